@@ -1,0 +1,25 @@
+# One entry point for people and CI. Everything lives in a local venv (.venv).
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+
+$(BIN)/cogo: pyproject.toml
+	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY)"; exit 1; }
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	@touch $(BIN)/cogo
+
+install: $(BIN)/cogo
+
+up: install
+	$(BIN)/cogo up
+
+test: install
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+lint: install
+	$(BIN)/ruff check cogo tests
+	$(BIN)/ruff format --check cogo tests
+
+.PHONY: install up test lint

@@ -1,0 +1,3 @@
+from cogo.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,83 @@
+"""Dead-lettering of messages JetStream gave up on after ``max_deliver`` deliveries.
+
+The server announces each one on ``$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.TASKS.<consumer>``
+with its stream sequence. The watcher (run inside every dispatcher process, as a queue group
+so exactly one handles each advisory) copies the message to ``DLQ`` with its reason, removes
+it from ``TASKS`` so it never blocks the queue, and has the dispatcher append
+``execute_failed`` with ``error_code = "dead_letter"``. ``cogo reclaim`` finds any it missed
+while no dispatcher ran.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js.errors import NotFoundError
+
+from cogo.actors.base import Actor, publish_dead_letter
+from cogo.errors import DeadLetter
+from cogo.streams.topology import MAX_DELIVERIES_ADVISORY, TASKS
+
+log = logging.getLogger(__name__)
+
+# report(subject, data, error_code, reason, deliveries): append the execute_failed event
+Reporter = Callable[[str, bytes, str, str, int], Awaitable[None]]
+
+
+class DeadLetterWatcher:
+    """Moves messages past ``max_deliver`` to ``DLQ`` and reports them."""
+
+    def __init__(self, dispatcher: Actor, report: Reporter) -> None:
+        self.dispatcher = dispatcher
+        self.report = report
+        self.js = dispatcher.js
+        self._sub: Subscription | None = None
+
+    async def start(self) -> None:
+        self._sub = await self.dispatcher.nc.subscribe(
+            f"{MAX_DELIVERIES_ADVISORY}.{TASKS}.*", queue="cogo-deadletter", cb=self._on_advisory
+        )
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+
+    async def _on_advisory(self, msg: Msg) -> None:
+        try:
+            advisory = json.loads(msg.data)
+            await self.dead_letter_seq(
+                int(advisory["stream_seq"]), int(advisory.get("deliveries", 0))
+            )
+        except Exception:
+            log.exception("dead-lettering from advisory failed: %r", msg.data[:500])
+
+    async def dead_letter_seq(self, seq: int, deliveries: int, reason: str | None = None) -> bool:
+        """Dead-letter the TASKS message at ``seq``; False if it is already gone."""
+        try:
+            raw = await self.js.get_msg(TASKS, seq)
+        except NotFoundError:
+            return False
+        subject, data = raw.subject or "", raw.data or b""
+        reason = reason or f"gave up after {deliveries} deliveries (max_deliver)"
+        await publish_dead_letter(
+            self.js,
+            subject=subject,
+            data=data,
+            seq=seq,
+            deliveries=deliveries,
+            code=DeadLetter.code,
+            reason=reason,
+            actor=self.dispatcher.name,
+        )
+        await self.report(subject, data, DeadLetter.code, reason, deliveries)
+        with contextlib.suppress(NotFoundError):
+            await self.js.delete_msg(TASKS, seq)
+        self.dispatcher.counters["dead_lettered"] += 1
+        log.warning("dead-lettered %s seq %d: %s", subject, seq, reason)
+        return True

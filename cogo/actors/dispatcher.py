@@ -1,0 +1,418 @@
+"""The executor dispatcher: claim -> enforce(``__assignment``) -> publish -> append events.
+
+It consumes two routes:
+
+- ``orchestrator.execute.0``: tasks submitted by users (``TaskMessage``) and the retries it
+  scheduled itself (``WorkOrder`` with ``Cogo-Kind: retry``, held back with ``nak(delay)``
+  until their backoff has passed, so a restart never loses or hurries one);
+- ``orchestrator.result.0``: workers' reports (``WorkResult``), where usage accumulates and
+  retry / backoff / terminal status is decided: **the one place retries are decided**.
+
+The dispatcher keeps no task state of its own: each order carries its attempt, deadline and
+the usage so far, so any number of dispatcher replicas can share the consumers. Every id it
+publishes is deterministic (``<task>:<attempt>`` orders, ``<task>:terminal`` events), so
+handling a message twice appends nothing twice.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import msgspec
+
+from cogo.actors.base import Actor, Defer, Delivery
+from cogo.actors.deadletter import DeadLetterWatcher
+from cogo.config import Backoff, RoutePolicy
+from cogo.errors import (
+    AttemptsAboveCeiling,
+    AttemptsExhausted,
+    CogoError,
+    CostAboveCeiling,
+    CostBudgetExhausted,
+    MalformedMessage,
+    ModelNotAllowed,
+    TimeoutAboveCeiling,
+    TokenBudgetExhausted,
+    TokensAboveCeiling,
+    TtlAboveCeiling,
+    TtlExpired,
+)
+from cogo.streams.envelope import (
+    EXECUTE_SUBJECT,
+    KIND_HEADER,
+    MSG_ID,
+    RESULT_SUBJECT,
+    Assignment,
+    ResolvedAssignment,
+    Usage,
+    WorkOrder,
+    WorkResult,
+    decode_assignment,
+    decode_order,
+    decode_result,
+    decode_task,
+    encoder,
+    new_id,
+)
+from cogo.streams.events import (
+    EXECUTE_DONE,
+    EXECUTE_ENQUEUED,
+    EXECUTE_FAILED,
+    EXECUTE_RETRY,
+    Event,
+    iso,
+    make_event,
+)
+from cogo.streams.policies import PolicyStore
+
+RETRY_KIND = "retry"
+
+
+def resolve_assignment(requested: Assignment, policy: RoutePolicy) -> ResolvedAssignment:
+    """Fill absent keys from the route policy and reject anything above its ceilings."""
+    c = policy.ceilings
+    bypass = set(requested.bypass)
+    b = requested.backoff
+    resolved = ResolvedAssignment(
+        model=requested.model or policy.model,
+        max_tokens=requested.max_tokens or policy.max_tokens,
+        max_cost_usd=(
+            requested.max_cost_usd if requested.max_cost_usd is not None else policy.max_cost_usd
+        ),
+        timeout_ms=requested.timeout_ms or policy.timeout_ms,
+        ttl_ms=requested.ttl_ms or policy.ttl_ms,
+        max_attempts=requested.max_attempts or policy.max_attempts,
+        backoff=Backoff(
+            initial_ms=b.initial_ms
+            if b and b.initial_ms is not None
+            else policy.backoff.initial_ms,
+            multiplier=b.multiplier
+            if b and b.multiplier is not None
+            else policy.backoff.multiplier,
+            max_ms=b.max_ms if b and b.max_ms is not None else policy.backoff.max_ms,
+        ),
+    )
+    if c.allowed_models and resolved.model not in c.allowed_models and "model" not in bypass:
+        raise ModelNotAllowed(
+            f"model {resolved.model!r} is not allowed on this route (allowed: "
+            f"{', '.join(c.allowed_models)})"
+        )
+    checks: list[tuple[str, float, float, type[CogoError]]] = [
+        ("max_tokens", resolved.max_tokens, c.max_tokens, TokensAboveCeiling),
+        ("max_cost_usd", resolved.max_cost_usd, c.max_cost_usd, CostAboveCeiling),
+        ("max_attempts", resolved.max_attempts, c.max_attempts, AttemptsAboveCeiling),
+        ("timeout_ms", resolved.timeout_ms, c.max_timeout_ms, TimeoutAboveCeiling),
+        ("ttl_ms", resolved.ttl_ms, c.max_ttl_ms, TtlAboveCeiling),
+    ]
+    for field, value, ceiling, error in checks:
+        if value > ceiling and field not in bypass:
+            raise error(f"{field}={value} is above the route ceiling {ceiling}")
+    return resolved
+
+
+class ExecutorDispatcher(Actor):
+    """Enforces each task's assignment, forwards attempts, decides retries, appends events."""
+
+    kind = "dispatcher"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.policies = PolicyStore(self.js)
+        self.dead_letters = DeadLetterWatcher(self, self.report_dead_letter)
+
+    def default_routes(self) -> list[str]:
+        return [EXECUTE_SUBJECT, RESULT_SUBJECT]
+
+    async def on_start(self) -> None:
+        await self.policies.start()
+        await self.dead_letters.start()
+
+    async def on_stop(self) -> None:
+        await self.dead_letters.stop()
+        await self.policies.stop()
+
+    async def handle(self, delivery: Delivery) -> None:
+        if delivery.route == RESULT_SUBJECT:
+            await self._on_result(decode_result(delivery.data), delivery)
+        elif delivery.headers.get(KIND_HEADER) == RETRY_KIND:
+            await self._on_retry(decode_order(delivery.data))
+        else:
+            await self._on_submit(delivery)
+
+    # -- submissions -------------------------------------------------------------------
+
+    async def _on_submit(self, delivery: Delivery) -> None:
+        try:
+            task = decode_task(delivery.data)
+        except MalformedMessage as exc:
+            await self._report_malformed(delivery, exc)
+            raise  # the actor base dead-letters and terminates it
+        task_id = task.task_id or delivery.headers.get(MSG_ID) or new_id()
+        base = {
+            "task_id": task_id,
+            "correlation_id": task.correlation_id or task_id,
+            "causation_id": task.causation_id,
+            "route": task.route,
+        }
+        submitted_at = delivery.published_at
+        try:
+            policy = self.policies.get(task.route)
+            resolved = resolve_assignment(decode_assignment(task.payload), policy)
+            deadline = submitted_at + resolved.ttl_ms / 1000.0
+            if time.time() > deadline:
+                raise TtlExpired(
+                    f"task waited {delivery.queue_wait_ms:.0f} ms for the dispatcher, "
+                    f"past its ttl_ms={resolved.ttl_ms}"
+                )
+        except CogoError as exc:
+            await self._fail(base, exc.code, str(exc), attempt=0, detail=exc.detail)
+            return
+        order = WorkOrder(
+            task_id=task_id,
+            route=task.route,
+            attempt=1,
+            payload=task.payload,
+            assignment=resolved,
+            submitted_at=submitted_at,
+            deadline=deadline,
+            correlation_id=base["correlation_id"],
+            causation_id=task.causation_id,
+        )
+        await self._forward(order, submitted_at=submitted_at)
+
+    async def _report_malformed(self, delivery: Delivery, exc: MalformedMessage) -> None:
+        # keep whatever ids we can read so the submitter can find its failure
+        task_id = f"malformed:{delivery.seq}"
+        route = None
+        try:
+            raw = msgspec.json.decode(delivery.data)
+            if isinstance(raw, dict):
+                if isinstance(raw.get("task_id"), str) and raw["task_id"]:
+                    task_id = raw["task_id"][:200]
+                if isinstance(raw.get("route"), str):
+                    route = raw["route"][:200]
+        except msgspec.DecodeError:
+            pass
+        base = {"task_id": task_id, "correlation_id": task_id, "route": route}
+        await self._fail(base, exc.code, str(exc), attempt=0, detail=exc.detail)
+
+    async def _forward(self, order: WorkOrder, *, submitted_at: float) -> None:
+        """Publish one attempt to the task's route and record ``execute_enqueued``."""
+        ack = await self.js.publish(
+            order.route,
+            encoder.encode(order),
+            headers={MSG_ID: f"{order.task_id}:{order.attempt}"},
+            timeout=10,
+        )
+        if ack.duplicate and order.attempt == 1:
+            self.counters["duplicates"] += 1
+        event = make_event(
+            EXECUTE_ENQUEUED,
+            event_id=f"{order.task_id}:enqueued:{order.attempt}",
+            task_id=order.task_id,
+            correlation_id=order.correlation_id,
+            causation_id=order.causation_id,
+            route=order.route,
+            actor=self.name,
+            attempt=order.attempt,
+            queue_wait_ms=round(max(0.0, time.time() - submitted_at) * 1000.0, 3),
+            version=order.version,
+            cohort=order.cohort,
+            data={
+                "submitted_at": iso(order.submitted_at),
+                "deadline": iso(order.deadline),
+                "assignment": msgspec.to_builtins(order.assignment),
+            },
+        )
+        await self.events.append(event)
+
+    async def _on_retry(self, order: WorkOrder) -> None:
+        now = time.time()
+        if now < order.not_before:
+            raise Defer(order.not_before - now)  # backoff not over yet: hold it back
+        if now > order.deadline:
+            base = _base_of(order)
+            err = TtlExpired(
+                f"task reached its ttl_ms={order.assignment.ttl_ms} before attempt {order.attempt}"
+            )
+            await self._fail(
+                base, err.code, str(err), attempt=order.attempt - 1, usage=order.usage_so_far
+            )
+            return
+        await self._forward(order, submitted_at=order.not_before)
+
+    # -- results -----------------------------------------------------------------------
+
+    async def _on_result(self, r: WorkResult, delivery: Delivery) -> None:
+        order = r.order
+        a = order.assignment
+        total = order.usage_so_far + r.usage
+        base = _base_of(order)
+        measured = {
+            "actor": r.actor,
+            "attempt": order.attempt,
+            "queue_wait_ms": r.queue_wait_ms,
+            "duration_ms": r.duration_ms,
+            "usage": total,
+            "version": r.version or order.version,
+            "cohort": order.cohort,
+        }
+        timing = {"claimed_at": iso(r.claimed_at), "submitted_at": iso(order.submitted_at)}
+        budget: CogoError | None = None
+        if total.tokens > a.max_tokens:
+            budget = TokenBudgetExhausted(
+                f"used {total.tokens} tokens across {order.attempt} attempt(s), "
+                f"budget max_tokens={a.max_tokens}"
+            )
+        elif total.cost_usd > a.max_cost_usd:
+            budget = CostBudgetExhausted(
+                f"spent ${total.cost_usd:.4f} across {order.attempt} attempt(s), "
+                f"budget max_cost_usd={a.max_cost_usd}"
+            )
+        if budget is not None:
+            await self._fail(base, budget.code, str(budget), data=timing, **measured)
+            return
+        if r.ok:
+            await self._terminal(
+                make_event(
+                    EXECUTE_DONE,
+                    event_id=f"{order.task_id}:terminal",
+                    data={**timing, "result": r.result},
+                    **base,
+                    **measured,
+                )
+            )
+            return
+        code, error = r.error_code or "worker.error", r.error or "attempt failed"
+        if not r.retryable:
+            await self._fail(base, code, error, data=timing, **measured)
+            return
+        if order.attempt >= a.max_attempts:
+            await self._fail(
+                base,
+                AttemptsExhausted.code,
+                f"all {a.max_attempts} attempt(s) failed; last: [{code}] {error}",
+                data={**timing, "last_error_code": code},
+                **measured,
+            )
+            return
+        backoff_ms = a.backoff.delay_ms(order.attempt)
+        next_at = time.time() + backoff_ms / 1000.0
+        if next_at > order.deadline:
+            await self._fail(
+                base,
+                TtlExpired.code,
+                f"no time left for attempt {order.attempt + 1} within ttl_ms={a.ttl_ms}; "
+                f"last: [{code}] {error}",
+                data={**timing, "last_error_code": code},
+                **measured,
+            )
+            return
+        retry = msgspec.structs.replace(
+            order, attempt=order.attempt + 1, usage_so_far=total, not_before=next_at
+        )
+        await self.js.publish(
+            EXECUTE_SUBJECT,
+            encoder.encode(retry),
+            headers={MSG_ID: f"{order.task_id}:{retry.attempt}:retry", KIND_HEADER: RETRY_KIND},
+            timeout=10,
+        )
+        await self.events.append(
+            make_event(
+                EXECUTE_RETRY,
+                event_id=f"{order.task_id}:retry:{order.attempt}",
+                backoff_ms=backoff_ms,
+                next_attempt_at=iso(next_at),
+                error_code=code,
+                error=error,
+                data=timing,
+                **base,
+                **measured,
+            )
+        )
+
+    # -- terminal events ---------------------------------------------------------------
+
+    async def _fail(
+        self,
+        base: dict[str, Any],
+        code: str,
+        error: str,
+        *,
+        attempt: int,
+        detail: Any = None,
+        data: dict[str, Any] | None = None,
+        **fields: Any,
+    ) -> None:
+        extra = dict(data or {})
+        if detail is not None:
+            extra["detail"] = detail
+        fields.setdefault("actor", self.name)
+        await self._terminal(
+            make_event(
+                EXECUTE_FAILED,
+                event_id=f"{base['task_id']}:terminal",
+                attempt=attempt,
+                error_code=code,
+                error=error,
+                data=extra or None,
+                **base,
+                **fields,
+            )
+        )
+
+    async def _terminal(self, event: Event) -> None:
+        appended = await self.events.append(event)
+        self.counters[event.type if appended else "duplicate_terminal"] += 1
+
+    async def report_dead_letter(
+        self, subject: str, data: bytes, code: str, reason: str, deliveries: int
+    ) -> None:
+        """Turn a dead-lettered TASKS message into ``execute_failed`` (``dead_letter``)."""
+        base: dict[str, Any] | None = None
+        attempt = 0
+        usage: Usage | None = None
+        with _suppress_malformed():
+            if subject == RESULT_SUBJECT:
+                order = decode_result(data).order
+                base, attempt, usage = _base_of(order), order.attempt, order.usage_so_far
+            elif subject == EXECUTE_SUBJECT:
+                try:
+                    order = decode_order(data)
+                    base, attempt, usage = _base_of(order), order.attempt, order.usage_so_far
+                except MalformedMessage:
+                    task = decode_task(data)
+                    tid = task.task_id or f"dead:{new_id()}"
+                    base = {"task_id": tid, "correlation_id": task.correlation_id or tid,
+                            "causation_id": task.causation_id, "route": task.route}  # fmt: skip
+            else:
+                order = decode_order(data)
+                base, attempt, usage = _base_of(order), order.attempt, order.usage_so_far
+        if base is None:
+            tid = f"dead:{new_id()}"
+            base = {"task_id": tid, "correlation_id": tid, "route": None}
+        await self._fail(
+            base,
+            code,
+            f"{reason} (subject {subject}, {deliveries} deliveries)",
+            attempt=attempt,
+            usage=usage,
+        )
+
+
+class _suppress_malformed:  # noqa: N801 - used as a context manager
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, et: Any, ev: Any, tb: Any) -> bool:
+        return et is not None and issubclass(et, MalformedMessage)
+
+
+def _base_of(order: WorkOrder) -> dict[str, Any]:
+    return {
+        "task_id": order.task_id,
+        "correlation_id": order.correlation_id,
+        "causation_id": order.causation_id,
+        "route": order.route,
+    }

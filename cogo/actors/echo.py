@@ -1,0 +1,49 @@
+"""The echo actor on ``echo.run.0``: a built-in diagnostic worker for demos, tests and benchmarks.
+
+Payload keys (all optional):
+  ``result``       echoed back in ``execute_done``
+  ``sleep_ms``     work that long (heartbeats keep the claim alive meanwhile)
+  ``fail_times``   fail the first N attempts with ``worker.error``
+  ``fail_always``  fail every attempt (``true``), or with ``"permanent"`` once, no retry
+  ``tokens``, ``cost_usd``   reported as this attempt's usage
+  ``exit_process`` kill the worker process mid-task (a poison-message drill; needs
+                   ``COGO_ECHO_ALLOW_EXIT=1`` in the worker's environment)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from cogo.actors.worker import Outcome, TaskContext, Worker
+from cogo.errors import PermanentWorkerError, WorkerError
+from cogo.streams.envelope import Usage, WorkOrder
+
+
+class EchoActor(Worker):
+    """Echoes its payload; sleeps, fails and spends on request."""
+
+    kind = "echo"
+    route = "echo.run.0"
+
+    async def run(self, order: WorkOrder, ctx: TaskContext) -> Outcome:
+        payload = order.payload
+        usage = Usage(
+            tokens=int(payload.get("tokens", 0)), cost_usd=float(payload.get("cost_usd", 0))
+        )
+        sleep_ms = float(payload.get("sleep_ms", 0) or 0)
+        if payload.get("exit_process") and os.environ.get("COGO_ECHO_ALLOW_EXIT") == "1":
+            os._exit(70)  # drill: the process dies holding the message
+        if sleep_ms > 0:
+            await asyncio.sleep(sleep_ms / 1000.0)
+        fail_always = payload.get("fail_always")
+        if fail_always == "permanent":
+            raise _with_usage(PermanentWorkerError("echo asked to fail permanently"), usage)
+        if fail_always or order.attempt <= int(payload.get("fail_times", 0) or 0):
+            raise _with_usage(WorkerError(f"echo asked to fail attempt {order.attempt}"), usage)
+        return Outcome(result=payload.get("result"), usage=usage)
+
+
+def _with_usage(exc: Exception, usage: Usage) -> Exception:
+    exc.usage = usage  # type: ignore[attr-defined] - a failed attempt still spent tokens
+    return exc

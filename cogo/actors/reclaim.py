@@ -1,0 +1,66 @@
+"""``cogo reclaim``: what is stuck in flight, redelivered, or stranded, per route consumer.
+
+In a work-queue stream an acknowledged message is deleted, so a message still stored below
+its consumer's ack floor was given up on (``max_deliver`` reached) without being
+dead-lettered, e.g. because no dispatcher was running when the server's advisory fired.
+``--dead-letter`` moves those to ``DLQ`` and appends their ``execute_failed`` events.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nats.aio.client import Client as NATS
+from nats.js.errors import NotFoundError
+
+from cogo.actors.deadletter import DeadLetterWatcher
+from cogo.actors.dispatcher import ExecutorDispatcher
+from cogo.config import Config
+from cogo.streams.topology import TASKS, all_routes, durable_name
+
+MAX_LISTED = 1000
+
+
+async def reclaim(nc: NATS, config: Config, dead_letter: bool = False) -> dict[str, Any]:
+    js = nc.jetstream()
+    report: dict[str, Any] = {"consumers": []}
+    dispatcher = ExecutorDispatcher(nc, config) if dead_letter else None
+    watcher = DeadLetterWatcher(dispatcher, dispatcher.report_dead_letter) if dispatcher else None
+    for route in all_routes(config):
+        try:
+            info = await js.consumer_info(TASKS, durable_name(route))
+        except NotFoundError:
+            continue
+        floor = info.ack_floor.stream_seq if info.ack_floor else 0
+        stranded: list[dict[str, Any]] = []
+        seq = 1
+        while seq <= floor and len(stranded) < MAX_LISTED:
+            try:
+                msg = await js.get_msg(TASKS, seq, subject=route, next=True)
+            except NotFoundError:
+                break
+            if msg.seq is None or msg.seq > floor:
+                break
+            stranded.append({"seq": msg.seq, "subject": msg.subject, "bytes": len(msg.data or b"")})
+            seq = msg.seq + 1
+        moved = 0
+        if watcher is not None:
+            for item in stranded:
+                if await watcher.dead_letter_seq(
+                    item["seq"], info.config.max_deliver or 0, "stranded below the ack floor"
+                ):
+                    moved += 1
+        report["consumers"].append(
+            {
+                "route": route,
+                "consumer": info.name,
+                "pending": info.num_pending,
+                "in_flight": info.num_ack_pending,
+                "redelivered": info.num_redelivered,
+                "waiting_pulls": info.num_waiting,
+                "ack_floor": floor,
+                "stranded": stranded,
+                "dead_lettered": moved,
+            }
+        )
+    return report

@@ -1,0 +1,129 @@
+"""Configuration: the built-in ``defaults.toml`` merged with a user file.
+
+Route policies here are only the *seed*: at runtime the dispatcher reads them from the
+JetStream KV bucket ``policies`` (see ``cogo.streams.policies``), so they change without
+a restart.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from cogo.errors import ConfigError
+
+
+class Backoff(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Exponential backoff between attempts: ``initial_ms * multiplier**n``, capped."""
+
+    initial_ms: int = 500
+    multiplier: float = 2.0
+    max_ms: int = 30000
+
+    def delay_ms(self, failed_attempts: int) -> int:
+        """Delay before the attempt that follows ``failed_attempts`` failures (>= 1)."""
+        raw = self.initial_ms * self.multiplier ** max(0, failed_attempts - 1)
+        return int(min(raw, self.max_ms))
+
+
+class Ceilings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The most an assignment on a route may ask for."""
+
+    allowed_models: list[str] = msgspec.field(default_factory=list)
+    max_tokens: int = 200000
+    max_cost_usd: float = 10.0
+    max_attempts: int = 10
+    max_timeout_ms: int = 3600000
+    max_ttl_ms: int = 86400000
+
+
+class RoutePolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Defaults for absent ``__assignment`` keys plus the ceilings of one route."""
+
+    model: str = "gpt-4o-mini"
+    max_tokens: int = 4000
+    max_cost_usd: float = 0.5
+    timeout_ms: int = 30000
+    ttl_ms: int = 600000
+    max_attempts: int = 3
+    backoff: Backoff = Backoff()
+    ceilings: Ceilings = Ceilings()
+
+
+class BusConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    ack_wait_s: float = 30.0
+    max_deliver: int = 5
+    duplicate_window_s: float = 1200.0
+    replicas: int = 1
+    max_ack_pending: int = 2000
+
+
+class LimitsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    max_age_s: float = 2592000.0
+    max_bytes: int = 10 * 1024**3
+
+
+class ActorsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    concurrency: int = 64
+    batch: int = 64
+
+
+class PolicyConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    default: dict[str, Any] = msgspec.field(default_factory=dict)
+    routes: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
+
+
+class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The whole configuration of one Cogo deployment."""
+
+    bus: BusConfig = BusConfig()
+    events: LimitsConfig = LimitsConfig()
+    dlq: LimitsConfig = LimitsConfig(max_bytes=1024**3)
+    actors: ActorsConfig = ActorsConfig()
+    policy: PolicyConfig = PolicyConfig()
+
+    @property
+    def routes(self) -> list[str]:
+        """Every route an actor consumes (besides the dispatcher's own)."""
+        return list(self.policy.routes)
+
+    def route_policy(self, route: str) -> RoutePolicy:
+        """The seed policy of ``route``: the default table overlaid with the route's table."""
+        merged = _merge(self.policy.default, self.policy.routes.get(route, {}))
+        try:
+            return msgspec.convert(merged, RoutePolicy)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(f"policy for {route!r}: {exc}") from exc
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(path: Path | None = None, data_dir: Path | None = None) -> Config:
+    """Load ``defaults.toml`` and merge ``path`` (or ``<data_dir>/cogo.toml``) over it."""
+    raw = tomllib.loads(resources.files("cogo").joinpath("defaults.toml").read_text())
+    if path is None and data_dir is not None and (data_dir / "cogo.toml").exists():
+        path = data_dir / "cogo.toml"
+    if path is not None:
+        try:
+            raw = _merge(raw, tomllib.loads(Path(path).read_text()))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    try:
+        config = msgspec.convert(raw, Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"invalid config: {exc}") from exc
+    for route in config.routes:
+        config.route_policy(route)  # fail early on a bad policy table
+    return config

@@ -1,0 +1,74 @@
+"""``POST /api/tasks``: submit a task to the executor dispatcher."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import nats.errors
+import pydantic
+from nats.js.errors import APIError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from cogo.errors import InvalidAssignment, UnknownRoute
+from cogo.http.app import ValidationFailed, field_error, json_body, state_of, validate
+from cogo.streams.envelope import EXECUTE_SUBJECT, MSG_ID, decode_assignment, encoder, new_id
+
+
+class TaskRequest(pydantic.BaseModel):
+    """The body of ``POST /api/tasks`` (DESIGN §3)."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    route: str = pydantic.Field(
+        min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)+$"
+    )
+    payload: dict[str, Any] = pydantic.Field(default_factory=dict)
+    task_id: str | None = pydantic.Field(
+        default=None, min_length=1, max_length=200, pattern=r"^[!-~]+$"
+    )
+    correlation_id: str | None = pydantic.Field(default=None, max_length=200)
+
+
+async def submit_task(request: Request) -> JSONResponse:
+    state = state_of(request)
+    body = validate(TaskRequest, await json_body(request))
+    try:
+        state.policies.get(body.route)
+    except UnknownRoute as exc:
+        raise ValidationFailed([field_error(["body", "route"], str(exc), exc.code)]) from None
+    try:
+        decode_assignment(body.payload)
+    except InvalidAssignment as exc:
+        loc = (exc.detail or "").split(" - at `$.")[-1].rstrip("`")
+        path = (
+            ["body", *[p for p in loc.replace("$.", "").split(".") if p]]
+            if loc
+            else ["body", "payload", "__assignment"]
+        )
+        raise ValidationFailed([field_error(path, exc.message, exc.code)]) from None
+    task_id = body.task_id or new_id()
+    message = {"task_id": task_id, "route": body.route, "payload": body.payload}
+    if body.correlation_id:
+        message["correlation_id"] = body.correlation_id
+    try:
+        ack = await state.js.publish(
+            EXECUTE_SUBJECT, encoder.encode(message), headers={MSG_ID: task_id}, timeout=5
+        )
+    except APIError as exc:  # e.g. the TASKS stream is full: refuse, never accept-and-drop
+        raise HTTPException(503, f"the bus refused the task: {exc.description}") from None
+    except (
+        nats.errors.TimeoutError,
+        nats.errors.NoRespondersError,
+        nats.errors.ConnectionClosedError,
+    ) as exc:
+        raise HTTPException(503, f"the bus is unavailable: {type(exc).__name__}") from None
+    return JSONResponse(
+        {"task_id": task_id, "duplicate": bool(ack.duplicate), "stream_seq": ack.seq},
+        status_code=202,
+    )
+
+
+routes = [Route("/api/tasks", submit_task, methods=["POST"])]

@@ -1,0 +1,207 @@
+"""Wire types of tasks: what users submit, what the dispatcher sends workers, what comes back.
+
+One module-level encoder and typed decoders, reused for every message (msgspec perf tips).
+
+    user ──TaskMessage──▶ orchestrator.execute.0 ──WorkOrder──▶ <route>
+    <route> worker ──WorkResult──▶ orchestrator.result.0 ──▶ dispatcher ──▶ events
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import msgspec
+
+from cogo.config import Backoff
+from cogo.errors import InvalidAssignment, MalformedMessage
+
+ASSIGNMENT_KEY = "__assignment"
+EXECUTE_SUBJECT = "orchestrator.execute.0"
+RESULT_SUBJECT = "orchestrator.result.0"
+
+# headers
+MSG_ID = "Nats-Msg-Id"
+KIND_HEADER = "Cogo-Kind"  # "retry" on dispatcher-made retries of a task
+
+
+class BackoffSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Backoff as a user writes it: every key optional."""
+
+    initial_ms: int | None = None
+    multiplier: float | None = None
+    max_ms: int | None = None
+
+
+class Assignment(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The ``__assignment`` policy envelope as submitted; absent keys take route defaults."""
+
+    model: str | None = None
+    max_tokens: int | None = None
+    max_cost_usd: float | None = None
+    timeout_ms: int | None = None
+    ttl_ms: int | None = None
+    max_attempts: int | None = None
+    backoff: BackoffSpec | None = None
+    bypass: list[str] = msgspec.field(default_factory=list)
+
+
+class ResolvedAssignment(msgspec.Struct, frozen=True):
+    """An assignment with every key decided (defaults applied, ceilings checked)."""
+
+    model: str
+    max_tokens: int
+    max_cost_usd: float
+    timeout_ms: int
+    ttl_ms: int
+    max_attempts: int
+    backoff: Backoff
+
+
+class TaskMessage(msgspec.Struct, frozen=True):
+    """What a user publishes to ``orchestrator.execute.0`` (DESIGN §3)."""
+
+    route: str
+    payload: dict[str, Any] = msgspec.field(default_factory=dict)
+    task_id: str | None = None
+    correlation_id: str | None = None
+    causation_id: str | None = None
+
+
+class Usage(msgspec.Struct, frozen=True, omit_defaults=True):
+    """Resources an attempt consumed; summed across attempts by the dispatcher."""
+
+    tokens: int = 0
+    cost_usd: float = 0.0
+    duration_ms: float = 0.0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            tokens=self.tokens + other.tokens,
+            cost_usd=round(self.cost_usd + other.cost_usd, 9),
+            duration_ms=round(self.duration_ms + other.duration_ms, 3),
+        )
+
+
+class WorkOrder(msgspec.Struct, frozen=True):
+    """One attempt of a task, sent by the dispatcher to the task's route."""
+
+    task_id: str
+    route: str
+    attempt: int
+    payload: dict[str, Any]
+    assignment: ResolvedAssignment
+    submitted_at: float  # unix seconds, when the task entered the bus
+    deadline: float  # unix seconds, submitted_at + ttl
+    correlation_id: str
+    causation_id: str | None = None
+    usage_so_far: Usage = Usage()
+    not_before: float = 0.0  # unix seconds; retries wait for their backoff
+    version: str | None = None
+    cohort: str | None = None
+
+
+class WorkResult(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A worker's report on one attempt, sent to ``orchestrator.result.0``."""
+
+    order: WorkOrder
+    ok: bool
+    actor: str
+    claimed_at: float
+    queue_wait_ms: float
+    duration_ms: float
+    delivery: int = 1
+    result: Any = None
+    usage: Usage = Usage()
+    error_code: str | None = None
+    error: str | None = None
+    retryable: bool = True
+    version: str | None = None
+
+
+encoder = msgspec.json.Encoder()
+_task_decoder = msgspec.json.Decoder(TaskMessage)
+_order_decoder = msgspec.json.Decoder(WorkOrder)
+_result_decoder = msgspec.json.Decoder(WorkResult)
+
+
+def new_id() -> str:
+    """A fresh random id (uuid4 hex)."""
+    return uuid.uuid4().hex
+
+
+def decode_task(data: bytes) -> TaskMessage:
+    """Decode a submitted task; raise MalformedMessage with the field path on error."""
+    try:
+        task = _task_decoder.decode(data)
+    except msgspec.ValidationError as exc:
+        raise MalformedMessage(f"invalid task message: {exc}", detail=str(exc)) from exc
+    except msgspec.DecodeError as exc:
+        raise MalformedMessage(f"task message is not valid JSON: {exc}") from exc
+    if not task.route:
+        raise MalformedMessage("invalid task message: `route` is empty - at `$.route`")
+    if task.task_id is not None and not _valid_id(task.task_id):
+        raise MalformedMessage(
+            "invalid task message: `task_id` must be 1-200 printable characters without spaces"
+            " - at `$.task_id`"
+        )
+    return task
+
+
+def _valid_id(value: str) -> bool:
+    return 0 < len(value) <= 200 and value.isprintable() and " " not in value
+
+
+def decode_assignment(payload: dict[str, Any]) -> Assignment:
+    """Extract the ``__assignment`` envelope from a payload (absent means all defaults)."""
+    raw = payload.get(ASSIGNMENT_KEY)
+    if raw is None:
+        return Assignment()
+    try:
+        assignment = msgspec.convert(raw, Assignment)
+    except msgspec.ValidationError as exc:
+        path = str(exc).replace("`$", f"`$.payload.{ASSIGNMENT_KEY}")
+        raise InvalidAssignment(f"invalid __assignment: {path}", detail=path) from exc
+    _check_ranges(assignment)
+    return assignment
+
+
+def _check_ranges(a: Assignment) -> None:
+    def bad(field: str, why: str) -> InvalidAssignment:
+        where = f"$.payload.{ASSIGNMENT_KEY}.{field}"
+        return InvalidAssignment(
+            f"invalid __assignment: `{field}` {why} - at `{where}`", detail=where
+        )
+
+    for field in ("max_tokens", "timeout_ms", "ttl_ms", "max_attempts"):
+        value = getattr(a, field)
+        if value is not None and value <= 0:
+            raise bad(field, "must be > 0")
+    if a.max_cost_usd is not None and a.max_cost_usd < 0:
+        raise bad("max_cost_usd", "must be >= 0")
+    if a.model is not None and not a.model.strip():
+        raise bad("model", "must not be empty")
+    if a.backoff is not None:
+        b = a.backoff
+        if b.initial_ms is not None and b.initial_ms < 0:
+            raise bad("backoff.initial_ms", "must be >= 0")
+        if b.multiplier is not None and b.multiplier < 1.0:
+            raise bad("backoff.multiplier", "must be >= 1.0")
+        if b.max_ms is not None and b.max_ms < 0:
+            raise bad("backoff.max_ms", "must be >= 0")
+
+
+def decode_order(data: bytes) -> WorkOrder:
+    """Decode a work order; raise MalformedMessage on error."""
+    try:
+        return _order_decoder.decode(data)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise MalformedMessage(f"invalid work order: {exc}") from exc
+
+
+def decode_result(data: bytes) -> WorkResult:
+    """Decode a worker's result; raise MalformedMessage on error."""
+    try:
+        return _result_decoder.decode(data)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise MalformedMessage(f"invalid work result: {exc}") from exc

@@ -1,0 +1,101 @@
+"""Events: the facts Cogo appends to the ``EVENTS`` stream (DESIGN §5).
+
+Every event is one ``Event`` struct on ``events.<type>[.<route>]``, published with
+``Nats-Msg-Id = event_id``. Ids of facts that must happen once per task are deterministic
+(``<task_id>:terminal``), so a dispatcher that handles a message twice, or two dispatchers
+racing, still append one terminal event: the stream's duplicate window drops the second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from nats.js.client import JetStreamContext
+
+from cogo.streams.envelope import MSG_ID, Usage, new_id
+
+# the four dispatcher audit events
+EXECUTE_ENQUEUED = "execute_enqueued"
+EXECUTE_RETRY = "execute_retry"
+EXECUTE_FAILED = "execute_failed"
+EXECUTE_DONE = "execute_done"
+TERMINAL_TYPES = frozenset({EXECUTE_FAILED, EXECUTE_DONE})
+
+
+class Event(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One fact in the event log."""
+
+    event_id: str
+    type: str
+    at: str  # ISO-8601 UTC with microseconds
+    task_id: str | None = None
+    correlation_id: str | None = None
+    causation_id: str | None = None
+    route: str | None = None
+    actor: str | None = None
+    attempt: int | None = None
+    queue_wait_ms: float | None = None
+    duration_ms: float | None = None
+    backoff_ms: int | None = None
+    next_attempt_at: str | None = None
+    error_code: str | None = None
+    error: str | None = None
+    usage: Usage | None = None
+    version: str | None = None
+    cohort: str | None = None
+    data: dict[str, Any] | None = None
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(Event)
+
+
+def iso(ts: float | None = None) -> str:
+    """Unix seconds as ISO-8601 UTC with microseconds (``2026-11-24T06:29:46.123456Z``)."""
+    moment = datetime.fromtimestamp(time.time() if ts is None else ts, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def make_event(type: str, *, event_id: str | None = None, **fields: Any) -> Event:
+    """Build an event stamped now; ``event_id`` defaults to a fresh random id."""
+    return Event(event_id=event_id or new_id(), type=type, at=iso(), **fields)
+
+
+def event_subject(event: Event) -> str:
+    """``events.<type>`` plus ``.<route>`` when the event belongs to a route."""
+    return f"events.{event.type}.{event.route}" if event.route else f"events.{event.type}"
+
+
+def encode_event(event: Event) -> bytes:
+    return _encoder.encode(event)
+
+
+def decode_event(data: bytes) -> Event:
+    return _decoder.decode(data)
+
+
+class EventLog:
+    """Appends events to the ``EVENTS`` stream with de-duplication by ``event_id``."""
+
+    def __init__(self, js: JetStreamContext) -> None:
+        self._js = js
+
+    async def append(self, event: Event, *, timeout: float = 10.0) -> bool:
+        """Append one event and wait for the stream's ack; False if it was a duplicate."""
+        ack = await self._js.publish(
+            event_subject(event),
+            encode_event(event),
+            timeout=timeout,
+            headers={MSG_ID: event.event_id},
+        )
+        return not ack.duplicate
+
+    async def append_async(self, event: Event) -> asyncio.Future[Any]:
+        """Start appending; the returned future resolves to the stream's PubAck."""
+        return await self._js.publish_async(
+            event_subject(event), encode_event(event), headers={MSG_ID: event.event_id}
+        )

@@ -1,0 +1,126 @@
+"""JetStream topology: the streams, the durable consumer of every route, the KV buckets.
+
+``ensure_topology`` is idempotent: it creates what is missing and updates what changed,
+never deleting data, so ``cogo up`` twice on one data dir keeps every event.
+"""
+
+from __future__ import annotations
+
+from nats.js import api
+from nats.js.client import JetStreamContext
+from nats.js.errors import BadRequestError, NotFoundError
+
+from cogo.config import Config
+from cogo.streams.envelope import EXECUTE_SUBJECT, RESULT_SUBJECT
+
+TASKS = "TASKS"
+EVENTS = "EVENTS"
+DLQ = "DLQ"
+TASK_SUBJECTS = ["orchestrator.>", "codegen.>", "code.>", "indexing.>", "notify.>", "echo.>"]
+POLICY_BUCKET = "policies"
+ARTIFACT_BUCKET = "artifacts"
+DISPATCHER_ROUTES = [EXECUTE_SUBJECT, RESULT_SUBJECT]
+MAX_DELIVERIES_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
+
+
+def durable_name(route: str) -> str:
+    """The durable consumer of a route (consumer names cannot contain dots)."""
+    return route.replace(".", "-")
+
+
+def all_routes(config: Config) -> list[str]:
+    """Every route with a consumer: the dispatcher's two and each actor route."""
+    return DISPATCHER_ROUTES + [r for r in config.routes if r not in DISPATCHER_ROUTES]
+
+
+def stream_configs(config: Config) -> list[api.StreamConfig]:
+    replicas = config.bus.replicas
+    window = config.bus.duplicate_window_s
+    return [
+        api.StreamConfig(
+            name=TASKS,
+            description="commands for actors (work queue)",
+            subjects=TASK_SUBJECTS,
+            retention=api.RetentionPolicy.WORK_QUEUE,
+            storage=api.StorageType.FILE,
+            num_replicas=replicas,
+            duplicate_window=window,
+            # refuse new work rather than silently dropping queued work when full
+            discard=api.DiscardPolicy.NEW,
+        ),
+        api.StreamConfig(
+            name=EVENTS,
+            description="the event log: source of truth",
+            subjects=["events.>"],
+            retention=api.RetentionPolicy.LIMITS,
+            storage=api.StorageType.FILE,
+            num_replicas=replicas,
+            duplicate_window=window,
+            max_age=config.events.max_age_s,
+            max_bytes=config.events.max_bytes,
+            # a full log refuses writes (callers see an error) instead of dropping history
+            discard=api.DiscardPolicy.NEW,
+        ),
+        api.StreamConfig(
+            name=DLQ,
+            description="dead letters with their reason",
+            subjects=["dlq.>"],
+            retention=api.RetentionPolicy.LIMITS,
+            storage=api.StorageType.FILE,
+            num_replicas=replicas,
+            duplicate_window=window,
+            max_age=config.dlq.max_age_s,
+            max_bytes=config.dlq.max_bytes,
+        ),
+    ]
+
+
+def consumer_config(route: str, config: Config) -> api.ConsumerConfig:
+    """The durable pull consumer of one route."""
+    return api.ConsumerConfig(
+        durable_name=durable_name(route),
+        description=f"cogo route {route}",
+        filter_subject=route,
+        ack_policy=api.AckPolicy.EXPLICIT,
+        deliver_policy=api.DeliverPolicy.ALL,
+        ack_wait=config.bus.ack_wait_s,
+        max_deliver=config.bus.max_deliver,
+        max_ack_pending=config.bus.max_ack_pending,
+        max_waiting=512,
+        num_replicas=config.bus.replicas,
+    )
+
+
+async def ensure_topology(js: JetStreamContext, config: Config) -> None:
+    """Create or update the streams, every route's consumer and the KV/object buckets."""
+    for cfg in stream_configs(config):
+        try:
+            await js.stream_info(cfg.name)  # type: ignore[arg-type]
+            await js.update_stream(cfg)
+        except NotFoundError:
+            await js.add_stream(cfg)
+    for route in all_routes(config):
+        await ensure_consumer(js, route, config)
+    try:
+        await js.key_value(POLICY_BUCKET)
+    except (NotFoundError, BadRequestError):
+        await js.create_key_value(
+            api.KeyValueConfig(
+                bucket=POLICY_BUCKET, history=16, replicas=config.bus.replicas,
+                storage=api.StorageType.FILE,
+            )
+        )  # fmt: skip
+    try:
+        await js.object_store(ARTIFACT_BUCKET)
+    except (NotFoundError, BadRequestError):
+        await js.create_object_store(
+            ARTIFACT_BUCKET,
+            api.ObjectStoreConfig(replicas=config.bus.replicas, storage=api.StorageType.FILE),
+        )
+
+
+async def ensure_consumer(js: JetStreamContext, route: str, config: Config) -> None:
+    """Create the route's durable consumer, or update it in place if it exists."""
+    cfg = consumer_config(route, config)
+    # add_consumer with an existing durable name updates its mutable fields
+    await js.add_consumer(TASKS, cfg)

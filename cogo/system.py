@@ -1,0 +1,287 @@
+"""``cogo up``: the whole system on one machine.
+
+Starts (or joins, with ``--nats-url``) a nats-server, creates the topology, seeds route
+policies, supervises one child process per actor (restarting any that dies), runs the HTTP
+facade and the in-process components (the projector, which owns the DuckDB file) and writes
+``<data-dir>/endpoints.json``. SIGINT/SIGTERM drains: the facade stops taking requests,
+actors finish in-flight work, then the server stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import uvicorn
+
+from cogo.actors import ACTORS, UP_ACTORS
+from cogo.actors.runner import connect, install_stop_signals, spawn_actor
+from cogo.config import Config, load_config
+from cogo.http.app import AppState, create_app
+from cogo.streams.policies import PolicyStore, seed_policies
+from cogo.streams.server import EmbeddedServer, free_port
+from cogo.streams.topology import ensure_topology
+
+log = logging.getLogger(__name__)
+
+
+class Component(Protocol):
+    """Something ``cogo up`` runs inside its own process (e.g. the projector)."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+def api_token(data_dir: Path) -> str:
+    """``COGO_API_TOKEN``, or a token generated once into ``<data-dir>/api_token`` (0600)."""
+    token = os.environ.get("COGO_API_TOKEN")
+    if token:
+        return token
+    path = data_dir / "api_token"
+    if path.exists():
+        return path.read_text().strip()
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token)
+    return token
+
+
+def write_endpoints(data_dir: Path, endpoints: dict[str, Any]) -> Path:
+    path = data_dir / "endpoints.json"
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(endpoints, fh, indent=2)
+    os.replace(tmp, path)
+    return path
+
+
+def read_endpoints(data_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((data_dir / "endpoints.json").read_text())  # type: ignore[no-any-return]
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+@dataclass
+class Child:
+    """A supervised actor process."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    restarts: int = 0
+    started_at: float = field(default_factory=time.monotonic)
+
+
+class System:
+    """Everything ``cogo up`` runs, in start order; ``stop`` undoes it in reverse."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        config_path: Path | None = None,
+        nats_url: str | None = None,
+        nats_port: int | None = None,
+        http_port: int | None = None,
+        sync: str = "always",
+        actors: list[str] | None = None,
+        child_env: dict[str, str] | None = None,
+    ) -> None:
+        self.data_dir = data_dir.resolve()
+        self.config_path = config_path
+        self.config: Config = load_config(config_path, self.data_dir)
+        self.external_url = nats_url
+        self.server: EmbeddedServer | None = None
+        self.nats_port = nats_port
+        self.http_port = http_port or free_port()
+        self.sync = sync
+        self.actor_names = actors if actors is not None else [a for a in UP_ACTORS if a in ACTORS]
+        self.child_env = child_env or {}
+        self.children: list[Child] = []
+        self.components: dict[str, Component] = {}
+        self._stopping = False
+
+    @property
+    def nats_url(self) -> str:
+        if self.external_url:
+            return self.external_url
+        assert self.server is not None
+        return self.server.url
+
+    async def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if not self.external_url:
+            self.server = EmbeddedServer(self.data_dir, self.nats_port, sync=self.sync)
+            self.server.start()
+            await self.server.wait_ready()
+        self.nc = await connect(self.nats_url, "cogo-up")
+        js = self.nc.jetstream()
+        await ensure_topology(js, self.config)
+        await seed_policies(js, self.config)
+        self.policies = PolicyStore(js)
+        await self.policies.start()
+        for name in self.actor_names:
+            self.children.append(Child(name, self._spawn(name)))
+        self.state = AppState(
+            nc=self.nc,
+            config=self.config,
+            policies=self.policies,
+            data_dir=self.data_dir,
+            api_token=api_token(self.data_dir),
+        )
+        await self._start_components()
+        self.state.components.update(self.components)
+        self.state.components["system"] = self
+        app = create_app(self.state, extra_routes=_extra_routes())
+        self.http = uvicorn.Server(
+            uvicorn.Config(
+                app, host="127.0.0.1", port=self.http_port, log_level="warning", lifespan="off"
+            )
+        )
+        self._http_task = asyncio.create_task(self.http.serve(), name="http")
+        while not self.http.started:
+            if self._http_task.done():
+                await self._http_task
+                raise RuntimeError("HTTP facade failed to start")
+            await asyncio.sleep(0.05)
+        write_endpoints(
+            self.data_dir,
+            {
+                "nats_url": self.nats_url,
+                "http_url": f"http://127.0.0.1:{self.http_port}",
+                "api_token": self.state.api_token,
+                "pid": os.getpid(),
+            },
+        )
+        self._supervisor = asyncio.create_task(self._supervise(), name="supervisor")
+
+    def _spawn(self, name: str) -> subprocess.Popen[bytes]:
+        return spawn_actor(
+            name,
+            self.nats_url,
+            config_path=self.config_path,
+            data_dir=self.data_dir,
+            env=self.child_env,
+            log_file=self.data_dir / "logs" / f"{name}.log",
+        )
+
+    async def _start_components(self) -> None:
+        for name, factory in _component_factories().items():
+            component = factory(self)
+            await component.start()
+            self.components[name] = component
+
+    async def _supervise(self) -> None:
+        # restart a crashed actor, with a growing pause if it keeps crashing
+        while not self._stopping:
+            for child in self.children:
+                code = child.process.poll()
+                if code is None or self._stopping:
+                    continue
+                quick = time.monotonic() - child.started_at < 10
+                child.restarts = child.restarts + 1 if quick else 0
+                delay = min(10.0, 0.2 * 2**child.restarts) if quick else 0.0
+                log.warning("actor %s exited with %s; restarting in %.1fs", child.name, code, delay)
+                await asyncio.sleep(delay)
+                if not self._stopping:
+                    child.process = self._spawn(child.name)
+                    child.started_at = time.monotonic()
+            await asyncio.sleep(0.2)
+
+    async def stop(self, grace: float = 30.0) -> None:
+        self._stopping = True
+        with contextlib.suppress(Exception):
+            self._supervisor.cancel()
+        if hasattr(self, "http"):
+            self.http.should_exit = True
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._http_task, 10)
+        for child in self.children:
+            with contextlib.suppress(ProcessLookupError):
+                child.process.terminate()
+        deadline = time.monotonic() + grace
+        for child in self.children:
+            remaining = max(0.1, deadline - time.monotonic())
+            try:
+                await asyncio.to_thread(child.process.wait, remaining)
+            except subprocess.TimeoutExpired:
+                child.process.kill()
+                await asyncio.to_thread(child.process.wait)
+        for component in reversed(list(self.components.values())):
+            with contextlib.suppress(Exception):
+                await component.stop()
+        if hasattr(self, "policies"):
+            await self.policies.stop()
+        if hasattr(self, "nc"):
+            with contextlib.suppress(Exception):
+                await self.nc.drain()
+        if self.server is not None:
+            await asyncio.to_thread(self.server.stop)
+        with contextlib.suppress(OSError):
+            endpoints = read_endpoints(self.data_dir)
+            if endpoints and endpoints.get("pid") == os.getpid():
+                (self.data_dir / "endpoints.json").unlink()
+
+
+def _component_factories() -> dict[str, Any]:
+    """In-process components, by name; modules register here as they land."""
+    factories: dict[str, Any] = {}
+    with contextlib.suppress(ImportError):
+        from cogo.projections.component import projector_component
+
+        factories["projector"] = projector_component
+    return factories
+
+
+def _extra_routes() -> list[Any]:
+    routes: list[Any] = []
+    import importlib
+
+    for module in (
+        "cogo.http.metrics",
+        "cogo.http.sql",
+        "cogo.http.orchestrator",
+        "cogo.http.artifacts",
+        "cogo.http.dashboard",
+        "cogo.http.rollouts",
+    ):
+        try:
+            routes.extend(importlib.import_module(module).routes)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+    return routes
+
+
+async def run_up(system: System) -> None:
+    """Start the system, print where it is, run until SIGINT/SIGTERM, then drain."""
+    stop = asyncio.Event()
+    install_stop_signals(stop)
+    try:
+        await system.start()
+        endpoints = read_endpoints(system.data_dir) or {}
+        print(
+            f"cogo up: nats {endpoints.get('nats_url')}  http {endpoints.get('http_url')}",
+            flush=True,
+        )
+        print(
+            f"cogo up: endpoints in {system.data_dir / 'endpoints.json'}; Ctrl-C to stop",
+            flush=True,
+        )
+        await stop.wait()
+        print("cogo up: draining...", flush=True)
+    finally:
+        await system.stop()
+        print("cogo up: stopped", flush=True)

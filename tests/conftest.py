@@ -1,0 +1,83 @@
+"""Fixtures: a real nats-server per test on a random loopback port, chained
+``data_dir -> nats_server -> nc -> js -> topology`` (as nats.py's own tests do)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from nats.aio.client import Client as NATS
+from nats.js.client import JetStreamContext
+
+from cogo.actors.runner import connect
+from cogo.config import Config, load_config
+from cogo.streams.policies import seed_policies
+from cogo.streams.server import EmbeddedServer
+from cogo.streams.topology import ensure_topology
+
+# Fast redelivery and short backoffs so fault paths finish in seconds, not minutes.
+TEST_CONFIG = """
+[bus]
+ack_wait_s = 2.0
+max_deliver = 3
+duplicate_window_s = 120.0
+
+[actors]
+concurrency = 32
+batch = 32
+
+[policy.routes."echo.run.0"]
+model = "local"
+timeout_ms = 10000
+backoff = { initial_ms = 100, multiplier = 2.0, max_ms = 2000 }
+"""
+
+
+@pytest.fixture
+def config_path(tmp_path: Path) -> Path:
+    path = tmp_path / "cogo.toml"
+    path.write_text(TEST_CONFIG)
+    return path
+
+
+@pytest.fixture
+def config(config_path: Path) -> Config:
+    return load_config(config_path)
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "data"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def nats_server(data_dir: Path) -> Iterator[EmbeddedServer]:
+    # tests use the server's default fsync: durability is measured by the benchmark
+    server = EmbeddedServer(data_dir, sync=os.environ.get("COGO_TEST_SYNC", "default"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def nc(nats_server: EmbeddedServer) -> AsyncIterator[NATS]:
+    await nats_server.wait_ready()
+    client = await connect(nats_server.url, "cogo-test")
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+async def js(nc: NATS, config: Config) -> JetStreamContext:
+    js = nc.jetstream()
+    await ensure_topology(js, config)
+    await seed_policies(js, config)
+    return js

@@ -1,0 +1,115 @@
+"""Test helpers: run actors in-process, submit tasks, read the event log."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.js import api
+from nats.js.client import JetStreamContext
+
+from cogo.actors.base import Actor
+from cogo.actors.runner import connect
+from cogo.config import Config
+from cogo.streams.envelope import EXECUTE_SUBJECT, MSG_ID, encoder, new_id
+from cogo.streams.events import TERMINAL_TYPES, Event, decode_event
+
+
+@contextlib.asynccontextmanager
+async def running(
+    url: str, config: Config, *actor_classes: type[Actor], **kwargs: Any
+) -> AsyncIterator[list[Actor]]:
+    """Run actors in this process, each on its own connection; drain them on exit."""
+    actors: list[Actor] = []
+    conns: list[NATS] = []
+    try:
+        for cls in actor_classes:
+            nc = await connect(url, f"test-{cls.kind}")
+            conns.append(nc)
+            actor = cls(nc, config, **kwargs)
+            await actor.start()
+            actors.append(actor)
+        yield actors
+    finally:
+        for actor in actors:
+            await actor.stop(grace=5)
+        for nc in conns:
+            await nc.close()
+
+
+async def submit(
+    js: JetStreamContext,
+    route: str = "echo.run.0",
+    payload: dict[str, Any] | None = None,
+    task_id: str | None = None,
+    **extra: Any,
+) -> str:
+    task_id = task_id or new_id()
+    body = {"task_id": task_id, "route": route, "payload": payload or {}, **extra}
+    await js.publish(EXECUTE_SUBJECT, encoder.encode(body), headers={MSG_ID: task_id})
+    return task_id
+
+
+class EventReader:
+    """Reads the EVENTS stream from the start through an ephemeral consumer."""
+
+    def __init__(self, js: JetStreamContext, subject: str = "events.>") -> None:
+        self.js = js
+        self.subject = subject
+        self.events: list[Event] = []
+        self._sub: Any = None
+
+    async def poll(self, wait: float = 0.2) -> list[Event]:
+        if self._sub is None:
+            self._sub = await self.js.pull_subscribe(
+                self.subject,
+                stream="EVENTS",
+                config=api.ConsumerConfig(
+                    ack_policy=api.AckPolicy.NONE, inactive_threshold=60.0,
+                    deliver_policy=api.DeliverPolicy.ALL,
+                ),
+            )  # fmt: skip
+        fresh: list[Event] = []
+        while True:
+            try:
+                msgs = await self._sub.fetch(1000, timeout=wait)
+            except (TimeoutError, nats.errors.TimeoutError):
+                break
+            fresh.extend(decode_event(m.data) for m in msgs)
+            if len(msgs) < 1000:
+                break
+        self.events.extend(fresh)
+        return fresh
+
+    def terminal(self) -> dict[str, list[Event]]:
+        out: dict[str, list[Event]] = {}
+        for e in self.events:
+            if e.type in TERMINAL_TYPES and e.task_id:
+                out.setdefault(e.task_id, []).append(e)
+        return out
+
+    def of(self, task_id: str) -> list[Event]:
+        return [e for e in self.events if e.task_id == task_id]
+
+    async def wait_terminal(
+        self, task_ids: Iterable[str], timeout: float = 30.0
+    ) -> dict[str, Event]:
+        """Wait until every task has a terminal event; return the first of each."""
+        wanted = set(task_ids)
+        deadline = time.monotonic() + timeout
+        while True:
+            await self.poll()
+            done = self.terminal()
+            if wanted <= done.keys():
+                return {t: done[t][0] for t in wanted}
+            if time.monotonic() > deadline:
+                missing = sorted(wanted - done.keys())
+                raise AssertionError(
+                    f"{len(missing)} task(s) without terminal event: {missing[:5]}"
+                )
+            await asyncio.sleep(0.05)

@@ -36,10 +36,8 @@ async def running(
             actors.append(actor)
         yield actors
     finally:
-        for actor in actors:
-            await actor.stop(grace=5)
-        for nc in conns:
-            await nc.close()
+        await asyncio.gather(*(actor.stop(grace=5) for actor in actors))
+        await asyncio.gather(*(nc.close() for nc in conns))
 
 
 async def submit(

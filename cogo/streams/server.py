@@ -113,6 +113,9 @@ class EmbeddedServer:
                 raise ConfigError(
                     f"nats-server exited with {self.process.returncode}; see {self.log_file}"
                 )
+            if not _port_open(self.port):
+                await asyncio.sleep(0.02)
+                continue
             try:
                 nc = await nats.connect(
                     self.url,
@@ -148,6 +151,12 @@ class EmbeddedServer:
         if self.process is not None and self.process.poll() is None:
             os.kill(self.process.pid, signal.SIGKILL)
             self.process.wait(10)
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 async def _quiet(exc: Exception) -> None:

@@ -226,7 +226,8 @@ class System:
             await self.policies.stop()
         if hasattr(self, "nc"):
             with contextlib.suppress(Exception):
-                await self.nc.drain()
+                await self.nc.flush(timeout=5)
+                await self.nc.close()
         if self.server is not None:
             await asyncio.to_thread(self.server.stop)
         with contextlib.suppress(OSError):

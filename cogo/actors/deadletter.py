@@ -10,11 +10,13 @@ while no dispatcher ran.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
 
+import nats.errors
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.errors import NotFoundError
@@ -37,6 +39,7 @@ class DeadLetterWatcher:
         self.report = report
         self.js = dispatcher.js
         self._sub: Subscription | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         self._sub = await self.dispatcher.nc.subscribe(
@@ -49,6 +52,12 @@ class DeadLetterWatcher:
                 await self._sub.unsubscribe()
 
     async def _on_advisory(self, msg: Msg) -> None:
+        # handled off the subscription's callback task so one slow advisory holds up no other
+        task = asyncio.create_task(self._handle(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _handle(self, msg: Msg) -> None:
         try:
             advisory = json.loads(msg.data)
             await self.dead_letter_seq(
@@ -76,8 +85,16 @@ class DeadLetterWatcher:
             actor=self.dispatcher.name,
         )
         await self.report(subject, data, DeadLetter.code, reason, deliveries)
-        with contextlib.suppress(NotFoundError):
-            await self.js.delete_msg(TASKS, seq)
+        for attempt in range(5):
+            try:
+                await self.js.delete_msg(TASKS, seq)
+                break
+            except NotFoundError:
+                break
+            except nats.errors.TimeoutError:
+                # already in DLQ and reported; `cogo reclaim` removes it if this keeps failing
+                log.warning("deleting dead letter seq %d timed out (try %d)", seq, attempt + 1)
+                await asyncio.sleep(0.5)
         self.dispatcher.counters["dead_lettered"] += 1
         log.warning("dead-lettered %s seq %d: %s", subject, seq, reason)
         return True

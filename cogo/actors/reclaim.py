@@ -1,7 +1,7 @@
 """``cogo reclaim``: what is stuck in flight, redelivered, or stranded, per route consumer.
 
 In a work-queue stream an acknowledged message is deleted, so a message still stored below
-its consumer's ack floor was given up on (``max_deliver`` reached) without being
+its consumer's ack floor (or already delivered, when nothing is in flight) was given up on (``max_deliver`` reached) without being
 dead-lettered, e.g. because no dispatcher was running when the server's advisory fired.
 ``--dead-letter`` moves those to ``DLQ`` and appends their ``execute_failed`` events.
 """
@@ -32,14 +32,18 @@ async def reclaim(nc: NATS, config: Config, dead_letter: bool = False) -> dict[s
         except NotFoundError:
             continue
         floor = info.ack_floor.stream_seq if info.ack_floor else 0
+        delivered = info.delivered.stream_seq if info.delivered else 0
+        # with nothing in flight, every delivered message still stored was given up on;
+        # otherwise only those below the ack floor are certainly stranded
+        limit = delivered if not info.num_ack_pending else floor
         stranded: list[dict[str, Any]] = []
         seq = 1
-        while seq <= floor and len(stranded) < MAX_LISTED:
+        while seq <= limit and len(stranded) < MAX_LISTED:
             try:
                 msg = await js.get_msg(TASKS, seq, subject=route, next=True)
             except NotFoundError:
                 break
-            if msg.seq is None or msg.seq > floor:
+            if msg.seq is None or msg.seq > limit:
                 break
             stranded.append({"seq": msg.seq, "subject": msg.subject, "bytes": len(msg.data or b"")})
             seq = msg.seq + 1

@@ -71,7 +71,8 @@ async def run_actor(
         await actor.stop()
     finally:
         with contextlib.suppress(Exception):
-            await nc.drain()
+            await nc.flush(timeout=5)
+            await nc.close()
 
 
 def run_actor_main(

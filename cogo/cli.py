@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--http-port", type=int, default=None)
     p.add_argument("--sync", choices=["always", "default"], default="always",
                    help="JetStream fsync: always (durable, default) or the server default")  # fmt: skip
+    p.add_argument("--cluster", type=int, default=0, metavar="N",
+                   help="start an N-node local JetStream cluster (streams at N replicas)")  # fmt: skip
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("run", help="run one actor kind in this process (or N processes)")
@@ -117,6 +119,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         nats_port=args.nats_port,
         http_port=args.http_port,
         sync=args.sync,
+        cluster=args.cluster,
     )
     _use_uvloop()
     asyncio.run(run_up(system))

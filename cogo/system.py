@@ -21,12 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import msgspec
 import uvicorn
 
 from cogo.actors import ACTORS, UP_ACTORS
 from cogo.actors.runner import connect, install_stop_signals, spawn_actor
 from cogo.config import Config, load_config
 from cogo.http.app import AppState, create_app
+from cogo.streams.cluster import LocalCluster
 from cogo.streams.policies import PolicyStore, seed_policies
 from cogo.streams.server import EmbeddedServer, free_port
 from cogo.streams.topology import ensure_topology
@@ -98,12 +100,17 @@ class System:
         sync: str = "always",
         actors: list[str] | None = None,
         child_env: dict[str, str] | None = None,
+        cluster: int = 0,
     ) -> None:
         self.data_dir = data_dir.resolve()
         self.config_path = config_path
         self.config: Config = load_config(config_path, self.data_dir)
         self.external_url = nats_url
-        self.server: EmbeddedServer | None = None
+        self.server: EmbeddedServer | LocalCluster | None = None
+        self.cluster = cluster
+        if cluster > 1:  # streams and consumers at one replica per node
+            bus = msgspec.structs.replace(self.config.bus, replicas=min(cluster, 5))
+            self.config = msgspec.structs.replace(self.config, bus=bus)
         self.nats_port = nats_port
         self.http_port = http_port or free_port()
         self.sync = sync
@@ -123,7 +130,10 @@ class System:
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if not self.external_url:
-            self.server = EmbeddedServer(self.data_dir, self.nats_port, sync=self.sync)
+            if self.cluster > 1:
+                self.server = LocalCluster(self.data_dir / "cluster", self.cluster, sync=self.sync)
+            else:
+                self.server = EmbeddedServer(self.data_dir, self.nats_port, sync=self.sync)
             self.server.start()
             await self.server.wait_ready()
         self.nc = await connect(self.nats_url, "cogo-up")

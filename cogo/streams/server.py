@@ -67,9 +67,15 @@ class EmbeddedServer:
         sync: str = "always",
         extra_config: str = "",
         log_file: Path | None = None,
+        name: str = "cogo",
+        cluster_port: int | None = None,
+        routes: list[str] | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
+        self.name = name
+        self.cluster_port = cluster_port
+        self.routes = routes or []
         self.sync = sync
         self.extra_config = extra_config
         self.log_file = log_file or self.data_dir / "nats-server.log"
@@ -93,7 +99,14 @@ class EmbeddedServer:
             "-a", "127.0.0.1",
             "-p", str(self.port),
             "-sd", str(self.store_dir),
+            "--server_name", self.name,
         ]  # fmt: skip
+        if self.cluster_port:
+            args += [
+                "--cluster_name", "cogo",
+                "--cluster", f"nats://127.0.0.1:{self.cluster_port}",
+                "--routes", ",".join(self.routes),
+            ]  # fmt: skip
         log = open(self.log_file, "ab")  # noqa: SIM115 - owned by the child from here on
         try:
             # own session: a Ctrl-C in the terminal reaches `cogo up`, which then stops

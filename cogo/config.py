@@ -77,6 +77,16 @@ class PolicyConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     routes: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
 
 
+class ModelPrice(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """USD per 1,000 prompt (``input``) and completion (``output``) tokens of one model."""
+
+    input: float = 0.0
+    output: float = 0.0
+
+    def cost_usd(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.input + completion_tokens * self.output) / 1000.0
+
+
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The whole configuration of one Cogo deployment."""
 
@@ -85,6 +95,8 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     dlq: LimitsConfig = LimitsConfig(max_bytes=1024**3)
     actors: ActorsConfig = ActorsConfig()
     policy: PolicyConfig = PolicyConfig()
+    # model -> price; workers turn reported tokens into cost with it (budget max_cost_usd)
+    pricing: dict[str, ModelPrice] = msgspec.field(default_factory=dict)
 
     @property
     def routes(self) -> list[str]:

@@ -25,10 +25,43 @@ CogoError                          root; ``code``, human ``message``, optional `
 │   ├── AttemptTimeout             attempt.timeout: the handler ran past ``timeout_ms``
 │   ├── WorkerError                worker.error: the handler raised (retryable)
 │   └── PermanentWorkerError       worker.permanent: the handler says retrying is useless
+│       └── WebhookHostNotAllowed  webhook.host_not_allowed: the webhook URL's host is not allowed
 ├── AttemptsExhausted              attempts.exhausted: the last allowed attempt failed
 ├── DeadLetter                     dead_letter: JetStream gave up after ``max_deliver``
 ├── BackpressureError              bus.backpressure: the event log refuses writes (full)
-└── ConfigError                    config.invalid: a configuration file or value is wrong
+├── ConfigError                    config.invalid: a configuration file or value is wrong
+├── InvalidPayload                 payload.invalid: the task payload has the wrong shape for its route
+├── EditError                      a code edit cannot be accepted or applied (not retryable)
+│   ├── InvalidEdit                edit.invalid: unknown ``op``, missing or mistyped fields
+│   ├── EditPathInvalid            edit.path_invalid: absolute, ``..``, or escapes via a symlink
+│   └── EditConflict               edit.conflict: the edit does not apply to the file as it is
+├── LlmError                       llm.error: the LLM endpoint failed or timed out (retryable)
+│   ├── LlmNotConfigured           llm.not_configured: ``COGO_LLM_BASE_URL`` is not set
+│   ├── LlmRequestRejected         llm.rejected: the endpoint refused the request (4xx)
+│   └── LlmBadReply                llm.bad_reply: the reply holds no usable edits (retryable)
+├── BuildError
+│   └── RepoMissing                build.repo_missing: the repository is not a directory
+├── ArtifactError
+│   ├── ArtifactKeyInvalid         artifact.key_invalid: empty, absolute or ``..`` segments
+│   └── ArtifactNotFound           artifact.not_found: no such object in the ``artifacts`` bucket
+├── ProjectionError                projection.error: the DuckDB projection cannot be opened or built
+│   └── ProjectionBusy             projection.busy: another process or a replay holds the file
+├── SqlError                       ad-hoc SQL (``cogo sql``, ``POST /api/sql``) failed
+│   ├── SqlRejected                sql.rejected: not a read-only query, or it touched files/network
+│   ├── SqlInvalid                 sql.invalid: DuckDB could not parse or bind the query
+│   └── SqlTimeout                 sql.timeout: the query ran past its time limit and was interrupted
+├── WorkflowError                  a workflow definition, plan or run
+│   ├── InvalidWorkflow            workflow.invalid: a definition or plan is wrong (``detail``: field errors)
+│   │   └── InvalidParameters      workflow.parameters_invalid: parameters do not fit the definition
+│   ├── WorkflowNotFound           workflow.not_found: no definition with that id
+│   ├── RunNotFound                workflow.run_not_found: no events for that run id
+│   ├── WaitTimeout                workflow.wait_timeout: a Wait node's deadline passed
+│   ├── GateFailed                 workflow.gate_failed: a Gate's condition did not hold
+│   ├── ConditionUnmet             workflow.condition_unmet: a Retry's ``until`` still failed
+│   └── RunCancelled               workflow.cancelled: the run was cancelled
+└── ExpressionError                a workflow condition or ``${...}`` template
+    ├── InvalidExpression          expression.invalid: bad syntax, or outside the whitelist
+    └── ExpressionEvalError        expression.eval_failed: a value could not be read (missing key, type)
 """
 
 from __future__ import annotations
@@ -191,3 +224,198 @@ class ConfigError(CogoError):
     """Raised when a configuration file or value is wrong."""
 
     code = "config.invalid"
+
+
+class InvalidPayload(CogoError):
+    """Raised when a task payload has the wrong shape for its route."""
+
+    code = "payload.invalid"
+
+
+class EditError(CogoError):
+    """Raised when a code edit cannot be accepted or applied; retrying does not change it."""
+
+
+class InvalidEdit(EditError):
+    """Raised when an edit has an unknown ``op`` or missing / mistyped fields."""
+
+    code = "edit.invalid"
+
+
+class EditPathInvalid(EditError):
+    """Raised when an edit path is absolute, holds ``..`` or resolves outside the workspace."""
+
+    code = "edit.path_invalid"
+
+
+class EditConflict(EditError):
+    """Raised when an edit does not apply to the file as it is (search text or hunk missing)."""
+
+    code = "edit.conflict"
+
+
+class LlmError(CogoError):
+    """Raised when the LLM endpoint fails or times out; another attempt may succeed."""
+
+    code = "llm.error"
+    retryable = True
+
+
+class LlmNotConfigured(LlmError):
+    """Raised when ``COGO_LLM_BASE_URL`` is not set."""
+
+    code = "llm.not_configured"
+    retryable = False
+
+
+class LlmRequestRejected(LlmError):
+    """Raised when the endpoint refuses the request (a 4xx other than 408/429)."""
+
+    code = "llm.rejected"
+    retryable = False
+
+
+class LlmBadReply(LlmError):
+    """Raised when the reply holds no usable edits; the model may do better next attempt."""
+
+    code = "llm.bad_reply"
+
+
+class BuildError(CogoError):
+    """Raised when a build/test run cannot start for reasons outside the change."""
+
+
+class RepoMissing(BuildError):
+    """Raised when the repository to generate for or build is not a directory."""
+
+    code = "build.repo_missing"
+
+
+class ArtifactError(CogoError):
+    """Raised when an artifact cannot be named, stored or found."""
+
+
+class ArtifactKeyInvalid(ArtifactError):
+    """Raised when an artifact key is empty, absolute or has ``.`` / ``..`` segments."""
+
+    code = "artifact.key_invalid"
+
+
+class ArtifactNotFound(ArtifactError):
+    """Raised when the ``artifacts`` bucket holds no object under the key."""
+
+    code = "artifact.not_found"
+
+
+class ProjectionError(CogoError):
+    """Raised when the DuckDB projection cannot be opened, migrated or rebuilt."""
+
+    code = "projection.error"
+
+
+class ProjectionBusy(ProjectionError):
+    """Raised when another process owns the projection file, or a replay is running."""
+
+    code = "projection.busy"
+
+
+class SqlError(CogoError):
+    """Raised when an ad-hoc SQL query cannot be run."""
+
+    code = "sql.error"
+
+
+class SqlRejected(SqlError):
+    """Raised when a query is not read-only or reaches for files, network or extensions."""
+
+    code = "sql.rejected"
+
+
+class SqlInvalid(SqlError):
+    """Raised when DuckDB cannot parse, bind or execute a query."""
+
+    code = "sql.invalid"
+
+
+class SqlTimeout(SqlError):
+    """Raised when a query runs past its time limit and is interrupted."""
+
+    code = "sql.timeout"
+
+
+class WebhookHostNotAllowed(PermanentWorkerError):
+    """Raised when a webhook URL points at a host outside the notifier's allow-list."""
+
+    code = "webhook.host_not_allowed"
+
+
+class WorkflowError(CogoError):
+    """Raised when a workflow definition, plan or run cannot go on."""
+
+    code = "workflow.error"
+
+
+class InvalidWorkflow(WorkflowError):
+    """Raised when a definition or plan is wrong; ``detail`` lists field-level errors."""
+
+    code = "workflow.invalid"
+
+
+class InvalidParameters(InvalidWorkflow):
+    """Raised when run parameters do not fit the definition's declared parameters."""
+
+    code = "workflow.parameters_invalid"
+
+
+class WorkflowNotFound(WorkflowError):
+    """Raised when no workflow definition has the requested id."""
+
+    code = "workflow.not_found"
+
+
+class RunNotFound(WorkflowError):
+    """Raised when the event log holds nothing for a run id."""
+
+    code = "workflow.run_not_found"
+
+
+class WaitTimeout(WorkflowError):
+    """Raised when a Wait node's deadline passes before its event or condition."""
+
+    code = "workflow.wait_timeout"
+
+
+class GateFailed(WorkflowError):
+    """Raised when a Gate's condition is false or cannot be evaluated."""
+
+    code = "workflow.gate_failed"
+
+
+class ConditionUnmet(WorkflowError):
+    """Raised when a Retry node's ``until`` condition is false after an attempt."""
+
+    code = "workflow.condition_unmet"
+
+
+class RunCancelled(WorkflowError):
+    """Raised when a run was cancelled."""
+
+    code = "workflow.cancelled"
+
+
+class ExpressionError(CogoError):
+    """Raised when a workflow condition or template is wrong."""
+
+    code = "expression.error"
+
+
+class InvalidExpression(ExpressionError):
+    """Raised when an expression has bad syntax or uses something outside the whitelist."""
+
+    code = "expression.invalid"
+
+
+class ExpressionEvalError(ExpressionError):
+    """Raised when evaluating an expression fails (missing key, null, wrong type)."""
+
+    code = "expression.eval_failed"

@@ -20,6 +20,9 @@ TASK_SUBJECTS = ["orchestrator.>", "codegen.>", "code.>", "indexing.>", "notify.
 POLICY_BUCKET = "policies"
 ARTIFACT_BUCKET = "artifacts"
 DISPATCHER_ROUTES = [EXECUTE_SUBJECT, RESULT_SUBJECT]
+# the workflow orchestrator's commands (start / cancel a run); not a task route
+ORCHESTRATOR_ROUTE = "orchestrator.workflow.0"
+FIXED_ROUTES = [*DISPATCHER_ROUTES, ORCHESTRATOR_ROUTE]
 MAX_DELIVERIES_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
 
 
@@ -29,8 +32,9 @@ def durable_name(route: str) -> str:
 
 
 def all_routes(config: Config) -> list[str]:
-    """Every route with a consumer: the dispatcher's two and each actor route."""
-    return DISPATCHER_ROUTES + [r for r in config.routes if r not in DISPATCHER_ROUTES]
+    """Every route with a consumer: the dispatcher's two, the orchestrator's commands and
+    each actor route."""
+    return FIXED_ROUTES + [r for r in config.routes if r not in FIXED_ROUTES]
 
 
 def stream_configs(config: Config) -> list[api.StreamConfig]:

@@ -1,0 +1,110 @@
+"""Artifacts: files a task produced, in the JetStream Object Store bucket ``artifacts``.
+
+Keys are ``<taskId>/<path>`` (``<taskId>/edits.json``, ``<taskId>/build-test/report.json``).
+The object store is the copy every node and the HTTP facade read; the writer also mirrors
+each artifact to ``<data-dir>/artifacts/<taskId>/<path>`` for local inspection, and appends
+an ``artifact_stored`` event that ties the artifact to its task and workflow run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from pathlib import Path, PurePosixPath
+
+import msgspec
+from nats.js.client import JetStreamContext
+from nats.js.errors import NotFoundError
+from nats.js.object_store import ObjectStore
+
+from cogo.errors import ArtifactKeyInvalid, ArtifactNotFound
+from cogo.streams.envelope import WorkOrder
+from cogo.streams.events import EventLog, make_event
+from cogo.streams.topology import ARTIFACT_BUCKET
+
+ARTIFACT_STORED = "artifact_stored"
+MAX_KEY_CHARS = 1024
+
+
+class ArtifactRef(msgspec.Struct, frozen=True):
+    """What was stored: the key, its size in bytes and its SHA-256 (hex)."""
+
+    name: str
+    size: int
+    sha256: str
+
+
+def artifact_key(task_id: str, path: str) -> str:
+    """``<task_id>/<path>``, or ArtifactKeyInvalid if either part could escape its folder."""
+    key = f"{task_id}/{path}"
+    if not task_id or "/" in task_id or not path or len(key) > MAX_KEY_CHARS:
+        raise ArtifactKeyInvalid(
+            f"artifact key {key[:200]!r}: need a task id without '/' and a non-empty path"
+        )
+    if "\x00" in key or "\\" in key or PurePosixPath(path).is_absolute():
+        raise ArtifactKeyInvalid(f"artifact key {key[:200]!r} holds a NUL, '\\' or absolute path")
+    if any(part in ("", ".", "..") for part in key.split("/")):
+        raise ArtifactKeyInvalid(f"artifact key {key[:200]!r} has an empty, '.' or '..' segment")
+    return key
+
+
+class ArtifactStore:
+    """Reads and writes artifacts; ``data_dir`` (optional) receives the local mirror."""
+
+    def __init__(
+        self, js: JetStreamContext, data_dir: Path | None = None, events: EventLog | None = None
+    ) -> None:
+        self._js = js
+        self._data_dir = data_dir
+        self._events = events or EventLog(js)
+        self._bucket: ObjectStore | None = None
+
+    async def bucket(self) -> ObjectStore:
+        if self._bucket is None:
+            self._bucket = await self._js.object_store(ARTIFACT_BUCKET)
+        return self._bucket
+
+    async def put(
+        self, order: WorkOrder, path: str, data: bytes, *, actor: str | None = None
+    ) -> ArtifactRef:
+        """Store ``<order.task_id>/<path>``, mirror it, append ``artifact_stored``."""
+        key = artifact_key(order.task_id, path)
+        ref = ArtifactRef(name=key, size=len(data), sha256=hashlib.sha256(data).hexdigest())
+        await (await self.bucket()).put(key, data)
+        if self._data_dir is not None:
+            await asyncio.to_thread(_mirror, self._data_dir / "artifacts", key, data)
+        await self._events.append(
+            make_event(
+                ARTIFACT_STORED,
+                # one event per artifact per attempt: a redelivered attempt appends nothing new
+                event_id=f"{order.task_id}:artifact:{order.attempt}:{path}",
+                task_id=order.task_id,
+                correlation_id=order.correlation_id,
+                causation_id=order.causation_id,
+                route=order.route,
+                actor=actor,
+                attempt=order.attempt,
+                version=order.version,
+                cohort=order.cohort,
+                data=msgspec.to_builtins(ref),
+            )
+        )
+        return ref
+
+    async def get(self, key: str) -> bytes:
+        """The bytes stored under ``key`` (ArtifactNotFound if there are none)."""
+        try:
+            result = await (await self.bucket()).get(key)
+        except NotFoundError:  # also ObjectNotFoundError, and a missing bucket
+            raise ArtifactNotFound(f"no artifact {key!r}") from None
+        return result.data or b""
+
+
+def _mirror(root: Path, key: str, data: bytes) -> None:
+    # write-then-rename so a reader never sees half a file
+    target = root.joinpath(*key.split("/"))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, target)

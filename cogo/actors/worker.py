@@ -11,6 +11,7 @@ the same attempt again, and the stream drops the second report (DESIGN §9, nats
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -27,6 +28,8 @@ from cogo.streams.envelope import (
     decode_order,
     encoder,
 )
+
+log = logging.getLogger(__name__)
 
 
 class Outcome(msgspec.Struct, frozen=True):
@@ -122,9 +125,17 @@ class Worker(Actor):
             retryable=error.retryable if error else True,
             version=self.version,
         )
-        await self.js.publish(
+        ack = await self.js.publish(
             RESULT_SUBJECT,
             encoder.encode(report),
             headers={MSG_ID: f"{order.task_id}:{order.attempt}:result"},
             timeout=10,
         )
+        if ack.duplicate:
+            # another worker already reported this attempt (our claim had lapsed): fenced off
+            self.counters["fenced"] += 1
+            log.warning(
+                "late result for %s attempt %d fenced off (already reported)",
+                order.task_id,
+                order.attempt,
+            )

@@ -12,8 +12,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from cogo.errors import InvalidAssignment, UnknownRoute
-from cogo.http.app import ValidationFailed, field_error, json_body, state_of, validate
+from cogo.errors import BackpressureError, InvalidAssignment, UnknownRoute
+from cogo.http.app import AppState, ValidationFailed, field_error, json_body, state_of, validate
+from cogo.streams.capacity import Capacity
 from cogo.streams.envelope import EXECUTE_SUBJECT, MSG_ID, decode_assignment, encoder, new_id
 
 
@@ -49,6 +50,10 @@ async def submit_task(request: Request) -> JSONResponse:
             else ["body", "payload", "__assignment"]
         )
         raise ValidationFailed([field_error(path, exc.message, exc.code)]) from None
+    try:
+        await _capacity(state).check()
+    except BackpressureError as exc:
+        raise HTTPException(503, f"[{exc.code}] {exc}") from None
     task_id = body.task_id or new_id()
     message = {"task_id": task_id, "route": body.route, "payload": body.payload}
     if body.correlation_id:
@@ -69,6 +74,13 @@ async def submit_task(request: Request) -> JSONResponse:
         {"task_id": task_id, "duplicate": bool(ack.duplicate), "stream_seq": ack.seq},
         status_code=202,
     )
+
+
+def _capacity(state: AppState) -> Capacity:
+    capacity = state.components.get("capacity")
+    if capacity is None:
+        capacity = state.components["capacity"] = Capacity(state.js)
+    return capacity  # type: ignore[no-any-return]
 
 
 routes = [Route("/api/tasks", submit_task, methods=["POST"])]

@@ -150,6 +150,9 @@ class System:
             policies=self.policies,
             data_dir=self.data_dir,
             api_token=api_token(self.data_dir),
+            cors_origins=[
+                o.strip() for o in os.environ.get("COGO_CORS_ORIGINS", "").split(",") if o.strip()
+            ],
         )
         await self._start_components()
         self.state.components.update(self.components)

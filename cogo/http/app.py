@@ -20,6 +20,7 @@ from nats.aio.client import Client as NATS
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
@@ -44,6 +45,8 @@ class AppState:
     data_dir: Path
     api_token: str | None = None
     max_body_bytes: int = MAX_BODY_BYTES
+    # origins allowed by CORS (COGO_CORS_ORIGINS, comma-separated); empty = CORS off
+    cors_origins: list[str] = field(default_factory=list)
     # filled by the components `cogo up` runs in the same process
     components: dict[str, Any] = field(default_factory=dict)
 
@@ -151,15 +154,23 @@ def create_app(
     on_startup: list[Callable[[], Awaitable[None]]] | None = None,
 ) -> Starlette:
     """Build the facade for ``state``; route modules are collected here."""
-    from cogo.http import health, tasks
+    from cogo.http import health, openapi, tasks
 
-    routes: list[BaseRoute] = [*tasks.routes, *health.routes, *(extra_routes or [])]
+    routes: list[BaseRoute] = [
+        *tasks.routes, *health.routes, *openapi.routes, *(extra_routes or [])
+    ]  # fmt: skip
+    middleware = [
+        Middleware(BodyLimitMiddleware, max_bytes=state.max_body_bytes),
+        Middleware(TokenAuthMiddleware, token=state.api_token),
+    ]
+    if state.cors_origins:  # off unless configured: the API is not for arbitrary pages
+        middleware.insert(0, Middleware(
+            CORSMiddleware, allow_origins=state.cors_origins, allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        ))  # fmt: skip
     app = Starlette(
         routes=routes,
-        middleware=[
-            Middleware(BodyLimitMiddleware, max_bytes=state.max_body_bytes),
-            Middleware(TokenAuthMiddleware, token=state.api_token),
-        ],
+        middleware=middleware,
         exception_handlers={HTTPException: _http_error, Exception: _server_error},
     )
     app.state.cogo = state

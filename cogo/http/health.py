@@ -10,6 +10,7 @@ from cogo.http.app import state_of
 
 
 async def healthz(request: Request) -> JSONResponse:
+    """Liveness: the facade is up and connected to NATS."""
     state = state_of(request)
     connected = state.nc.is_connected
     body = {"status": "ok" if connected else "degraded", "nats_connected": connected}

@@ -14,6 +14,7 @@ from starlette.routing import Route
 
 from cogo.errors import BackpressureError, InvalidAssignment, UnknownRoute
 from cogo.http.app import AppState, ValidationFailed, field_error, json_body, state_of, validate
+from cogo.http.openapi import documented
 from cogo.streams.capacity import Capacity
 from cogo.streams.envelope import EXECUTE_SUBJECT, MSG_ID, decode_assignment, encoder, new_id
 
@@ -33,7 +34,15 @@ class TaskRequest(pydantic.BaseModel):
     correlation_id: str | None = pydantic.Field(default=None, max_length=200)
 
 
+@documented(
+    body=TaskRequest,
+    responses={
+        202: "accepted: {task_id, duplicate, stream_seq}",
+        503: "the bus refuses new work (full or unavailable)",
+    },
+)
 async def submit_task(request: Request) -> JSONResponse:
+    """Submit a task to the executor dispatcher (orchestrator.execute.0)."""
     state = state_of(request)
     body = validate(TaskRequest, await json_body(request))
     try:

@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="JetStream fsync: always (durable, default) or the server default")  # fmt: skip
     p.add_argument("--cluster", type=int, default=0, metavar="N",
                    help="start an N-node local JetStream cluster (streams at N replicas)")  # fmt: skip
+    p.add_argument("--auth", action="store_true",
+                   help="least privilege: one NATS user per actor kind, passwords in the data dir")  # fmt: skip
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("run", help="run one actor kind in this process (or N processes)")
@@ -108,6 +110,19 @@ def resolve_nats_url(args: argparse.Namespace) -> str:
     raise CogoError(f"no --nats-url and no running `cogo up` in {args.data_dir} (endpoints.json)")
 
 
+def nats_credentials(args: argparse.Namespace, user: str) -> dict[str, str]:
+    """Credentials of ``user`` from ``<data-dir>/credentials.json`` when the system runs with
+    ``--auth`` (unless ``COGO_NATS_USER`` is set, which ``connect`` then uses)."""
+    if os.environ.get("COGO_NATS_USER"):
+        return {}
+    path = Path(args.data_dir) / "credentials.json"
+    try:
+        passwords = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return {"user": user, "password": passwords[user]} if user in passwords else {}
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from cogo.actors.runner import _use_uvloop
     from cogo.system import System, run_up
@@ -120,6 +135,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         http_port=args.http_port,
         sync=args.sync,
         cluster=args.cluster,
+        auth=args.auth,
     )
     _use_uvloop()
     asyncio.run(run_up(system))
@@ -139,6 +155,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             version=args.version, concurrency=args.concurrency,
         )  # fmt: skip
     config = load_config(args.config, args.data_dir)
+    creds = nats_credentials(args, args.actor)
+    if creds:  # the actor's own user, handed to the process through its environment
+        os.environ["COGO_NATS_USER"], os.environ["COGO_NATS_PASSWORD"] = (
+            creds["user"],
+            creds["password"],
+        )
     return run_actor_main(
         args.actor, url, config, concurrency=args.concurrency, version=args.version,
         data_dir=args.data_dir,
@@ -160,7 +182,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
         from cogo.actors.runner import connect
         from cogo.streams.events import decode_event
 
-        nc = await connect(resolve_nats_url(args), "cogo-submit")
+        nc = await connect(
+            resolve_nats_url(args), "cogo-submit", **nats_credentials(args, "client")
+        )
         try:
             js = nc.jetstream()
             sub = None
@@ -200,7 +224,7 @@ def cmd_policy(args: argparse.Namespace) -> int:
     async def main() -> int:
         from cogo.actors.runner import connect
 
-        nc = await connect(resolve_nats_url(args), "cogo-policy")
+        nc = await connect(resolve_nats_url(args), "cogo-policy", **nats_credentials(args, "admin"))
         try:
             js = nc.jetstream()
             if args.action == "list":
@@ -234,7 +258,9 @@ def cmd_reclaim(args: argparse.Namespace) -> int:
     async def main() -> int:
         from cogo.actors.runner import connect
 
-        nc = await connect(resolve_nats_url(args), "cogo-reclaim")
+        nc = await connect(
+            resolve_nats_url(args), "cogo-reclaim", **nats_credentials(args, "admin")
+        )
         try:
             report = await reclaim(nc, load_config(args.config, args.data_dir), args.dead_letter)
             print(json.dumps(report, indent=2))
@@ -252,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    logging.getLogger("nats").setLevel(logging.WARNING)
+    logging.getLogger("nats").setLevel(logging.CRITICAL)  # errors come through error_cb
     try:
         return int(args.func(args) or 0)
     except CogoError as exc:

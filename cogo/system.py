@@ -28,6 +28,7 @@ from cogo.actors import ACTORS, UP_ACTORS
 from cogo.actors.runner import connect, install_stop_signals, spawn_actor
 from cogo.config import Config, load_config
 from cogo.http.app import AppState, create_app
+from cogo.streams import auth
 from cogo.streams.cluster import LocalCluster
 from cogo.streams.policies import PolicyStore, seed_policies
 from cogo.streams.server import EmbeddedServer, free_port
@@ -101,6 +102,7 @@ class System:
         actors: list[str] | None = None,
         child_env: dict[str, str] | None = None,
         cluster: int = 0,
+        auth: bool = False,
     ) -> None:
         self.data_dir = data_dir.resolve()
         self.config_path = config_path
@@ -116,6 +118,9 @@ class System:
         self.sync = sync
         self.actor_names = actors if actors is not None else [a for a in UP_ACTORS if a in ACTORS]
         self.child_env = child_env or {}
+        # least privilege: one NATS user per actor kind (see cogo/streams/auth.py)
+        self.auth = auth
+        self.passwords: dict[str, str] = {}
         self.children: list[Child] = []
         self.components: dict[str, Component] = {}
         self._stopping = False
@@ -130,13 +135,22 @@ class System:
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if not self.external_url:
+            extra, creds = "", None
+            if self.auth:
+                self.passwords = auth.credentials(self.data_dir)
+                extra = auth.accounts_config(self.config, self.passwords)
+                creds = ("admin", self.passwords["admin"])
             if self.cluster > 1:
                 self.server = LocalCluster(self.data_dir / "cluster", self.cluster, sync=self.sync)
             else:
-                self.server = EmbeddedServer(self.data_dir, self.nats_port, sync=self.sync)
+                self.server = EmbeddedServer(
+                    self.data_dir, self.nats_port, sync=self.sync, extra_config=extra,
+                    credentials=creds,
+                )  # fmt: skip
             self.server.start()
             await self.server.wait_ready()
-        self.nc = await connect(self.nats_url, "cogo-up")
+        admin = {"user": "admin", "password": self.passwords["admin"]} if self.auth else {}
+        self.nc = await connect(self.nats_url, "cogo-up", **admin)
         js = self.nc.jetstream()
         await ensure_topology(js, self.config)
         await seed_policies(js, self.config)
@@ -175,6 +189,11 @@ class System:
                 "nats_url": self.nats_url,
                 "http_url": f"http://127.0.0.1:{self.http_port}",
                 "api_token": self.state.api_token,
+                **(
+                    {"nats_user": "client", "nats_password": self.passwords["client"]}
+                    if self.auth
+                    else {}
+                ),
                 "pid": os.getpid(),
             },
         )
@@ -186,9 +205,14 @@ class System:
             self.nats_url,
             config_path=self.config_path,
             data_dir=self.data_dir,
-            env=self.child_env,
+            env={**self.child_env, **self._credentials_env(name)},
             log_file=self.data_dir / "logs" / f"{name}.log",
         )
+
+    def _credentials_env(self, name: str) -> dict[str, str]:
+        if not self.auth:
+            return {}
+        return {auth.USER_ENV: name, auth.PASSWORD_ENV: self.passwords[name]}
 
     async def _start_components(self) -> None:
         for name, factory in _component_factories().items():

@@ -22,13 +22,26 @@ from nats.aio.client import Client as NATS
 
 from cogo.actors import actor_class
 from cogo.config import Config
+from cogo.streams.auth import PASSWORD_ENV, USER_ENV, inbox_prefix
 
 log = logging.getLogger(__name__)
 
 
-async def connect(url: str, name: str, **options: Any) -> NATS:
-    """Connect to every seed in ``url`` (comma-separated) and reconnect forever."""
+async def connect(
+    url: str, name: str, *, user: str | None = None, password: str | None = None, **options: Any
+) -> NATS:
+    """Connect to every seed in ``url`` (comma-separated) and reconnect forever.
+
+    Credentials: ``user``/``password``, else ``COGO_NATS_USER``/``COGO_NATS_PASSWORD``; a user
+    gets its private inbox prefix, the only reply subjects its permissions allow.
+    """
     servers = [u.strip() for u in url.split(",") if u.strip()]
+    user = user or os.environ.get(USER_ENV) or None
+    password = password or os.environ.get(PASSWORD_ENV) or None
+    options.setdefault("error_cb", _log_nats_error)
+    if user:
+        options.setdefault("inbox_prefix", inbox_prefix(user))
+        options.update(user=user, password=password)
     return await nats.connect(
         servers=servers,
         name=name,
@@ -37,6 +50,11 @@ async def connect(url: str, name: str, **options: Any) -> NATS:
         connect_timeout=5,
         **options,
     )
+
+
+async def _log_nats_error(exc: Exception) -> None:
+    # one line, not nats-py's traceback per reconnect attempt
+    log.warning("nats: %s: %s", type(exc).__name__, exc)
 
 
 def install_stop_signals(stop: asyncio.Event) -> None:

@@ -70,12 +70,14 @@ class EmbeddedServer:
         name: str = "cogo",
         cluster_port: int | None = None,
         routes: list[str] | None = None,
+        credentials: tuple[str, str] | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.name = name
         self.cluster_port = cluster_port
         self.routes = routes or []
+        self.credentials = credentials  # (user, password) for readiness checks under auth
         self.sync = sync
         self.extra_config = extra_config
         self.log_file = log_file or self.data_dir / "nats-server.log"
@@ -130,8 +132,11 @@ class EmbeddedServer:
                 await asyncio.sleep(0.02)
                 continue
             try:
+                user, password = self.credentials or (None, None)
                 nc = await nats.connect(
                     self.url,
+                    user=user,
+                    password=password,
                     connect_timeout=1,
                     allow_reconnect=False,
                     max_reconnect_attempts=0,

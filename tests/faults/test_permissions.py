@@ -1,0 +1,166 @@
+"""The NATS permission matrix: every forbidden subject refused for every user, allowed ones work.
+
+The expected matrix is written out here by hand (not derived from cogo.streams.auth), so a
+change that widens or narrows a user's permissions fails this test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import nats
+import pytest
+
+from cogo.actors.runner import connect
+from cogo.streams.auth import accounts_config, credentials
+from cogo.streams.policies import seed_policies
+from cogo.streams.server import EmbeddedServer
+from cogo.streams.topology import ensure_topology
+from tests.helpers import EventReader
+
+USERS = ["admin", "client", "dispatcher", "echo", "codegen", "orchestrator", "projector"]
+
+# subject -> users allowed to publish to it
+PUBLISH = {
+    "orchestrator.execute.0": {"admin", "client", "dispatcher", "orchestrator"},
+    "orchestrator.result.0": {"admin", "echo", "codegen"},
+    "echo.run.0": {"admin", "dispatcher"},
+    "codegen.generate.0": {"admin", "dispatcher"},
+    "events.execute_done.echo.run.0": {"admin", "dispatcher"},
+    "events.workflow_started.wf.x.y": {"admin", "orchestrator"},
+    "events.artifact_stored.codegen.generate.0": {"admin", "echo", "codegen"},
+    "dlq.echo.run.0": {"admin", "dispatcher"},
+    "$KV.policies.echo.run.0": {"admin"},
+    "$JS.API.STREAM.CREATE.NOPE": {"admin"},
+    "$JS.API.STREAM.DELETE.NOPE": {"admin"},
+    "$JS.API.STREAM.PURGE.TASKS": {"admin"},
+    "$JS.API.CONSUMER.MSG.NEXT.TASKS.echo-run-0": {"admin", "echo"},
+    "$JS.API.CONSUMER.MSG.NEXT.TASKS.orchestrator-execute-0": {"admin", "dispatcher"},
+    "$JS.API.CONSUMER.MSG.NEXT.TASKS.codegen-generate-0": {"admin", "codegen"},
+    "$JS.API.STREAM.MSG.DELETE.TASKS": {"admin", "dispatcher"},
+    "$O.artifacts.C.x": {"admin", "codegen"},
+    "$JS.API.CONSUMER.CREATE.EVENTS": {"admin", "client", "orchestrator", "projector"},
+}
+# subject -> users allowed to subscribe to it
+SUBSCRIBE = {
+    "events.>": {"admin", "client"},
+    "echo.run.0": {"admin"},
+    "orchestrator.execute.0": {"admin"},
+    "_INBOX_client.x": {"admin", "client"},
+    "_INBOX_dispatcher.x": {"admin", "dispatcher"},
+    "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.TASKS.echo-run-0": {"admin", "dispatcher"},
+}
+
+
+@pytest.fixture
+async def secured(data_dir, config):
+    passwords = credentials(data_dir)
+    server = EmbeddedServer(
+        data_dir, sync="default", extra_config=accounts_config(config, passwords),
+        credentials=("admin", passwords["admin"]),
+    )  # fmt: skip
+    server.start()
+    await server.wait_ready()
+    admin = await connect(server.url, "admin", user="admin", password=passwords["admin"])
+    await ensure_topology(admin.jetstream(), config)
+    await seed_policies(admin.jetstream(), config)
+    yield server, passwords
+    await admin.close()
+    server.stop()
+
+
+async def _client(server, user: str, password: str, errors: list[str]):
+    async def on_error(exc: Exception) -> None:
+        errors.append(str(exc).lower())
+
+    return await connect(
+        server.url, f"probe-{user}", user=user, password=password, error_cb=on_error
+    )
+
+
+async def test_anonymous_and_wrong_password_are_refused(secured):
+    server, passwords = secured
+    with pytest.raises(Exception):  # noqa: B017 - any auth failure
+        await nats.connect(server.url, allow_reconnect=False, max_reconnect_attempts=0)
+    with pytest.raises(Exception):  # noqa: B017
+        await nats.connect(server.url, user="client", password="wrong", allow_reconnect=False,
+                           max_reconnect_attempts=0)  # fmt: skip
+
+
+@pytest.mark.parametrize("user", USERS)
+async def test_permission_matrix(secured, user):
+    server, passwords = secured
+    mismatches = []
+    for subject, allowed in PUBLISH.items():
+        errors: list[str] = []
+        nc = await _client(server, user, passwords[user], errors)
+        await nc.publish(subject, b"{}")
+        await nc.flush()
+        await asyncio.sleep(0.05)
+        refused = any(f'publish to "{subject.lower()}"' in e for e in errors)
+        if refused == (user in allowed):
+            mismatches.append(("publish", subject, "refused" if refused else "allowed"))
+        await nc.close()
+    for subject, allowed in SUBSCRIBE.items():
+        errors = []
+        nc = await _client(server, user, passwords[user], errors)
+        await nc.subscribe(subject)
+        await nc.flush()
+        await asyncio.sleep(0.05)
+        refused = any(f'subscription to "{subject.lower()}"' in e for e in errors)
+        if refused == (user in allowed):
+            mismatches.append(("subscribe", subject, "refused" if refused else "allowed"))
+        await nc.close()
+    assert not mismatches, f"{user}: {mismatches}"
+
+
+async def test_secured_system_runs_tasks_end_to_end(tmp_path, config_path):
+    """`cogo up --auth`: every actor on its own user; the client user submits and reads."""
+    data_dir = tmp_path / "secure"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cogo", "up", "--auth", "--data-dir", str(data_dir), "--config",
+         str(config_path), "--sync", "default"],
+        env={**os.environ}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        endpoints = data_dir / "endpoints.json"
+        deadline = time.monotonic() + 30
+        while not endpoints.exists():
+            assert proc.poll() is None and time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+        info = json.loads(endpoints.read_text())
+        assert info["nats_user"] == "client"
+        assert (data_dir / "credentials.json").stat().st_mode & 0o777 == 0o600
+        nc = await connect(
+            info["nats_url"], "client", user="client", password=info["nats_password"]
+        )
+        js = nc.jetstream()
+        ids = []
+        for i in range(20):
+            tid = f"secure-{i}"
+            body = {"task_id": tid, "route": "echo.run.0", "payload": {"fail_times": i % 2}}
+            await js.publish(
+                "orchestrator.execute.0", json.dumps(body).encode(), headers={"Nats-Msg-Id": tid}
+            )
+            ids.append(tid)
+        got = await EventReader(js).wait_terminal(ids, timeout=30)
+        assert all(e.type == "execute_done" for e in got.values())
+        # the client user cannot touch what it does not own
+        with pytest.raises(Exception):  # noqa: B017
+            await js.publish("echo.run.0", b"{}", timeout=1)
+        with pytest.raises(Exception):  # noqa: B017
+            await js.delete_stream("EVENTS")
+        await nc.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = await asyncio.to_thread(proc.communicate, timeout=30)
+    logs = "".join(p.read_text() for p in (data_dir / "logs").glob("*.log"))
+    assert "violation" not in logs.lower(), [
+        line for line in logs.splitlines() if "violation" in line.lower()
+    ]

@@ -15,11 +15,16 @@ install: $(BIN)/cogo
 up: install
 	$(BIN)/cogo up
 
-test: install
+# headless Chromium for the dashboard's browser test: Debian's package (Playwright only
+# drives it; `playwright install` downloads browsers and is never used)
+browser:
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+
+test: install browser
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: install
 	$(BIN)/ruff check cogo tests
 	$(BIN)/ruff format --check cogo tests
 
-.PHONY: install up test lint
+.PHONY: install up browser test lint

@@ -59,9 +59,12 @@ CogoError                          root; ``code``, human ``message``, optional `
 │   ├── GateFailed                 workflow.gate_failed: a Gate's condition did not hold
 │   ├── ConditionUnmet             workflow.condition_unmet: a Retry's ``until`` still failed
 │   └── RunCancelled               workflow.cancelled: the run was cancelled
-└── ExpressionError                a workflow condition or ``${...}`` template
-    ├── InvalidExpression          expression.invalid: bad syntax, or outside the whitelist
-    └── ExpressionEvalError        expression.eval_failed: a value could not be read (missing key, type)
+├── ExpressionError                a workflow condition or ``${...}`` template
+│   ├── InvalidExpression          expression.invalid: bad syntax, or outside the whitelist
+│   └── ExpressionEvalError        expression.eval_failed: a value could not be read (missing key, type)
+└── RolloutError                   a rollout of a worker version (``/api/rollouts``)
+    ├── RolloutNotFound            rollout.not_found: no rollout with that id
+    └── RolloutConflict            rollout.conflict: the route already has one running, or it is over
 """
 
 from __future__ import annotations
@@ -419,3 +422,21 @@ class ExpressionEvalError(ExpressionError):
     """Raised when evaluating an expression fails (missing key, null, wrong type)."""
 
     code = "expression.eval_failed"
+
+
+class RolloutError(CogoError):
+    """Raised when a rollout cannot be started or changed."""
+
+    code = "rollout.error"
+
+
+class RolloutNotFound(RolloutError):
+    """Raised when no rollout has the given id."""
+
+    code = "rollout.not_found"
+
+
+class RolloutConflict(RolloutError):
+    """Raised when a route already has an active rollout, or the rollout is already over."""
+
+    code = "rollout.conflict"

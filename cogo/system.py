@@ -280,6 +280,10 @@ def _component_factories() -> dict[str, Any]:
         from cogo.projections.component import projector_component
 
         factories["projector"] = projector_component
+    with contextlib.suppress(ImportError):
+        from cogo.workflows.rollout import rollout_component
+
+        factories["rollouts"] = rollout_component  # after the projector: it reads its DuckDB
     return factories
 
 
@@ -316,6 +320,12 @@ async def run_up(system: System) -> None:
         )
         print(
             f"cogo up: endpoints in {system.data_dir / 'endpoints.json'}; Ctrl-C to stop",
+            flush=True,
+        )
+        token = endpoints.get("api_token")
+        print(
+            f"cogo up: dashboard {endpoints.get('http_url')}/"
+            + (f"#token={token}" if token else ""),
             flush=True,
         )
         await stop.wait()

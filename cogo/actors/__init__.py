@@ -9,6 +9,9 @@ from typing import Any
 ACTORS: dict[str, str] = {
     "dispatcher": "cogo.actors.dispatcher:ExecutorDispatcher",
     "echo": "cogo.actors.echo:EchoActor",
+    "orchestrator": "cogo.actors.orchestrator:Orchestrator",
+    "indexer": "cogo.actors.indexer:IndexerActor",
+    "notifier": "cogo.actors.notifier:NotifierActor",
     "projector": "cogo.projections.projector:Projector",
     "codegen": "cogo.actors.codegen:CodegenActor",
     "build_test": "cogo.actors.build_test:BuildTestActor",

@@ -3,10 +3,11 @@
 An actor is a handler plus configuration. This base owns everything around the handler:
 
 - one fetch loop per consumer per process, asking only for as many messages as there are
-  free handler slots (nothing sits un-acked in a local queue; nats-server #2488), with an
-  empty or partial fetch treated as "no work", never an error (nats.py #418);
-- bounded concurrency, ``in_progress()`` heartbeats while a handler runs longer than a
-  third of ``ack_wait``;
+  free handler slots (nothing sits un-acked in a local queue; nats-server #2488), each
+  message handed to its handler the moment it arrives (``cogo.actors.puller``); an empty
+  or partial pull is "no work", never an error (nats.py #418);
+- bounded concurrency (``concurrency`` handlers per route), ``in_progress()`` heartbeats
+  while a handler runs longer than a third of ``ack_wait``;
 - ack on success, ``nak(delay)`` on an unexpected error (a plain nak spins; DESIGN §9),
   ``term`` plus a copy in ``DLQ`` for a message that can never be processed;
 - graceful drain: on stop, no new fetches; in-flight handlers finish (up to a grace
@@ -34,10 +35,12 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 
+from cogo.actors.puller import Puller
 from cogo.config import Config
 from cogo.errors import CogoError, MessageError
 from cogo.streams.envelope import MSG_ID
 from cogo.streams.events import EventLog
+from cogo.streams.publisher import Outgoing, Publisher, StreamAck
 from cogo.streams.topology import TASKS, durable_name
 
 log = logging.getLogger(__name__)
@@ -45,6 +48,7 @@ log = logging.getLogger(__name__)
 FETCH_TIMEOUT_S = 1.0
 NAK_BASE_DELAY_S = 1.0
 NAK_MAX_DELAY_S = 30.0
+PUBLISH_TIMEOUT_S = 10.0
 
 
 class Defer(Exception):  # noqa: N818 - a control-flow signal, not an error
@@ -53,6 +57,44 @@ class Defer(Exception):  # noqa: N818 - a control-flow signal, not an error
     def __init__(self, delay: float) -> None:
         super().__init__(f"deferred {delay:.3f}s")
         self.delay = delay
+
+
+class _Slots:
+    """Free handler slots of one route: a counter, since a delivery that arrives after its
+    pull request was given up on is still handled (and may overdraw it for a moment)."""
+
+    __slots__ = ("free", "_freed")
+
+    def __init__(self, size: int) -> None:
+        self.free = size
+        self._freed = asyncio.Event()
+
+    def take(self) -> None:
+        self.free -= 1
+
+    def give(self) -> None:
+        self.free += 1
+        if self.free > 0:
+            self._freed.set()
+
+    def wake(self) -> None:
+        self._freed.set()
+
+    async def wait(self) -> None:
+        """Until a slot is free (or ``wake``)."""
+        if self.free <= 0:
+            self._freed.clear()
+            await self._freed.wait()
+
+
+class _Claim:
+    """A message being handled and when its next ``in_progress()`` is due."""
+
+    __slots__ = ("msg", "due")
+
+    def __init__(self, msg: Msg, due: float) -> None:
+        self.msg = msg
+        self.due = due
 
 
 class Delivery:
@@ -110,13 +152,16 @@ class Actor:
         self.batch = min(config.actors.batch, self.concurrency)
         self.version = version
         self.name = actor_id(self.kind)
-        self.events = EventLog(self.js)
+        self.publisher = Publisher(nc)
+        self.events = EventLog(self.js, self.publisher)
         self.counters: Counter[str] = Counter()
-        self._slots = asyncio.Semaphore(self.concurrency)
+        self._slots: list[_Slots] = []
         self._inflight: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._heartbeat_s = max(0.2, config.bus.ack_wait_s / 3)
+        self._claims: dict[int, _Claim] = {}
+        self._heartbeats: asyncio.Task[None] | None = None
 
     def default_routes(self) -> list[str]:
         raise NotImplementedError
@@ -140,20 +185,20 @@ class Actor:
         return len(self._inflight)
 
     async def start(self) -> None:
+        await self.publisher.start()
         await self.on_start()
+        self._heartbeats = asyncio.create_task(self._heartbeat_loop(), name="heartbeats")
         for route in self.routes:
-            sub = await self.js.pull_subscribe_bind(
-                durable=durable_name(route),
-                stream=TASKS,
-                pending_msgs_limit=self.concurrency * 4,
-            )
-            self._loops.append(asyncio.create_task(self._fetch_loop(route, sub), name=route))
+            consumer = (TASKS, durable_name(route))
+            self._loops.append(asyncio.create_task(self._fetch_loop(route, consumer), name=route))
         log.info("%s consuming %s (concurrency %d)", self.name, self.routes, self.concurrency)
 
     async def stop(self, grace: float = 30.0) -> None:
         """Stop fetching, let in-flight handlers finish (up to ``grace``), then return."""
         self._stopping.set()
-        # a fetch in progress returns within FETCH_TIMEOUT_S; never cancel it (nats.py #933)
+        for slots in self._slots:
+            slots.wake()
+        # a pull in progress ends within FETCH_TIMEOUT_S; never abandon it (nats.py #933)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(
                 asyncio.gather(*self._loops, return_exceptions=True), FETCH_TIMEOUT_S + 5
@@ -162,48 +207,60 @@ class Actor:
             _, pending = await asyncio.wait(set(self._inflight), timeout=grace)
             for task in pending:  # unfinished: JetStream redelivers them after ack_wait
                 task.cancel()
+        if self._heartbeats is not None:
+            self._heartbeats.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeats
         await self.on_stop()
+        await self.publisher.stop()
 
     async def run_until(self, stop: asyncio.Event) -> None:
         await self.start()
         await stop.wait()
         await self.stop()
 
-    async def _fetch_loop(self, route: str, sub: JetStreamContext.PullSubscription) -> None:
-        while not self._stopping.is_set():
-            await self._slots.acquire()
-            free = 1
-            # take every free slot at once so one fetch asks for a whole batch
-            while free < self.batch and not self._slots.locked():
-                await self._slots.acquire()
-                free += 1
-            try:
-                msgs = await sub.fetch(free, timeout=FETCH_TIMEOUT_S)
-            except (TimeoutError, nats.errors.TimeoutError):
-                msgs = []  # an empty batch is "no work", not an error
-            except (nats.errors.ConnectionClosedError, nats.errors.DrainTimeoutError):
-                msgs = []
-                self._release(free)
-                return
-            except Exception as exc:  # server gone for a moment: back off, keep the loop
-                log.warning("%s fetch on %s failed: %s", self.name, route, exc)
-                msgs = []
-                await asyncio.sleep(0.5)
-            self._release(free - len(msgs))
-            for msg in msgs:
-                task = asyncio.create_task(self._process(msg, route))
-                self._inflight.add(task)
-                task.add_done_callback(self._inflight.discard)
+    async def _fetch_loop(
+        self, route: str, consumer: tuple[str, str] | JetStreamContext.PullSubscription
+    ) -> None:
+        """Pull ``route``'s messages while slots are free; each starts a handler on arrival."""
+        if not isinstance(consumer, tuple):  # a subclass bound it with pull_subscribe_bind
+            consumer = (consumer._stream, consumer._consumer)
+        slots = _Slots(self.concurrency)
+        self._slots.append(slots)
+        puller = Puller(self.nc, *consumer, lambda msg: self._spawn(msg, route, slots))
+        await puller.start()
+        try:
+            while not self._stopping.is_set():
+                await slots.wait()
+                if self._stopping.is_set():
+                    break
+                try:
+                    await puller.pull(min(slots.free, self.batch), FETCH_TIMEOUT_S)
+                except (nats.errors.ConnectionClosedError, nats.errors.DrainTimeoutError):
+                    return
+                except Exception as exc:  # server gone for a moment: back off, keep the loop
+                    log.warning("%s fetch on %s failed: %s", self.name, route, exc)
+                    await asyncio.sleep(0.5)
+                    continue
+                status = puller.status
+                if status is not None and not status.startswith("408"):
+                    # refused (no such consumer, leadership change, ...): do not spin on it
+                    log.warning("%s fetch on %s: %s", self.name, route, status)
+                    await asyncio.sleep(0.5)
+        finally:
+            await puller.stop()
 
-    def _release(self, n: int) -> None:
-        for _ in range(n):
-            self._slots.release()
+    def _spawn(self, msg: Msg, route: str, slots: _Slots) -> None:
+        slots.take()
+        task = asyncio.create_task(self._process(msg, route, slots))
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
 
-    async def _process(self, msg: Msg, route: str) -> None:
+    async def _process(self, msg: Msg, route: str, slots: _Slots) -> None:
         try:
             await self._process_one(msg, route)
         finally:
-            self._slots.release()
+            slots.give()
 
     async def _process_one(self, msg: Msg, route: str) -> None:
         self.counters["received"] += 1
@@ -212,7 +269,8 @@ class Actor:
         except Exception:  # not a JetStream message: nothing to ack
             self.counters["invalid"] += 1
             return
-        heartbeat = asyncio.create_task(self._heartbeat(msg))
+        key = id(msg)
+        self._claims[key] = _Claim(msg, time.monotonic() + self._heartbeat_s)
         try:
             await self.handle(delivery)
         except Defer as defer:
@@ -234,17 +292,34 @@ class Actor:
             await _settle(msg.nak(delay=delay))
             return
         finally:
-            heartbeat.cancel()
+            del self._claims[key]
         self.counters["handled"] += 1
         await _settle(msg.ack())
 
-    async def _heartbeat(self, msg: Msg) -> None:
-        # the server restarts ack_wait on every in_progress(): a slow handler keeps its claim
+    async def _heartbeat_loop(self) -> None:
+        # the server restarts ack_wait on every in_progress(): a slow handler keeps its claim.
+        # One loop for every message in flight, not a timer task per message: most handlers
+        # finish long before their first heartbeat is due.
+        tick = self._heartbeat_s / 4
         while True:
-            await asyncio.sleep(self._heartbeat_s)
-            with contextlib.suppress(Exception):
-                await msg.in_progress()
-                self.counters["heartbeats"] += 1
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            for claim in [c for c in self._claims.values() if c.due <= now]:
+                claim.due = now + self._heartbeat_s
+                with contextlib.suppress(Exception):
+                    await claim.msg.in_progress()
+                    self.counters["heartbeats"] += 1
+
+    async def publish_all(
+        self, messages: Sequence[Outgoing], timeout: float = PUBLISH_TIMEOUT_S
+    ) -> list[StreamAck]:
+        """Publish ``(subject, data, headers)`` messages at once and wait for every stream
+        ack: one round trip for all of them instead of one each.
+
+        Raises if any is refused or unacknowledged in time; the caller then fails its message,
+        which is redelivered, and each ``Nats-Msg-Id`` makes the retry store nothing twice.
+        """
+        return await self.publisher.publish_all(messages, timeout)
 
     async def dead_letter(self, delivery: Delivery, code: str, reason: str) -> None:
         """Copy the message to ``dlq.<subject>`` with its reason, then terminate it."""

@@ -22,6 +22,7 @@ from typing import Any
 import msgspec
 
 from cogo.actors.base import Actor, Defer, Delivery
+from cogo.actors.canary import CanaryRouter, subject_of
 from cogo.actors.deadletter import DeadLetterWatcher
 from cogo.config import Backoff, RoutePolicy
 from cogo.errors import (
@@ -61,6 +62,7 @@ from cogo.streams.events import (
     EXECUTE_FAILED,
     EXECUTE_RETRY,
     Event,
+    event_message,
     iso,
     make_event,
 )
@@ -119,6 +121,7 @@ class ExecutorDispatcher(Actor):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.policies = PolicyStore(self.js)
+        self.canary = CanaryRouter(self.js)  # rollouts: version and cohort per task
         self.dead_letters = DeadLetterWatcher(self, self.report_dead_letter)
 
     def default_routes(self) -> list[str]:
@@ -126,10 +129,12 @@ class ExecutorDispatcher(Actor):
 
     async def on_start(self) -> None:
         await self.policies.start()
+        await self.canary.start()
         await self.dead_letters.start()
 
     async def on_stop(self) -> None:
         await self.dead_letters.stop()
+        await self.canary.stop()
         await self.policies.stop()
 
     async def handle(self, delivery: Delivery) -> None:
@@ -179,6 +184,7 @@ class ExecutorDispatcher(Actor):
             correlation_id=base["correlation_id"],
             causation_id=task.causation_id,
         )
+        order = await self.canary.route(order, policy, actor=self.name)
         await self._forward(order, submitted_at=submitted_at)
 
     async def _report_malformed(self, delivery: Delivery, exc: MalformedMessage) -> None:
@@ -199,14 +205,6 @@ class ExecutorDispatcher(Actor):
 
     async def _forward(self, order: WorkOrder, *, submitted_at: float) -> None:
         """Publish one attempt to the task's route and record ``execute_enqueued``."""
-        ack = await self.js.publish(
-            order.route,
-            encoder.encode(order),
-            headers={MSG_ID: f"{order.task_id}:{order.attempt}"},
-            timeout=10,
-        )
-        if ack.duplicate and order.attempt == 1:
-            self.counters["duplicates"] += 1
         event = make_event(
             EXECUTE_ENQUEUED,
             event_id=f"{order.task_id}:enqueued:{order.attempt}",
@@ -225,7 +223,18 @@ class ExecutorDispatcher(Actor):
                 "assignment": msgspec.to_builtins(order.assignment),
             },
         )
-        await self.events.append(event)
+        # Order and event go out together, one round trip instead of two; the submission is
+        # acked only once both are stored. If the order is refused, the handler fails, the
+        # submission is redelivered and the event's fixed id keeps it from being appended twice.
+        ack, _ = await self.publish_all(
+            [
+                (subject_of(order), encoder.encode(order),
+                 {MSG_ID: f"{order.task_id}:{order.attempt}"}),
+                event_message(event),
+            ]
+        )  # fmt: skip
+        if ack.duplicate and order.attempt == 1:
+            self.counters["duplicates"] += 1
 
     async def _on_retry(self, order: WorkOrder) -> None:
         now = time.time()
@@ -237,8 +246,9 @@ class ExecutorDispatcher(Actor):
                 f"task reached its ttl_ms={order.assignment.ttl_ms} before attempt {order.attempt}"
             )
             await self._fail(
-                base, err.code, str(err), attempt=order.attempt - 1, usage=order.usage_so_far
-            )
+                base, err.code, str(err), attempt=order.attempt - 1, usage=order.usage_so_far,
+                version=order.version, cohort=order.cohort,
+            )  # fmt: skip
             return
         await self._forward(order, submitted_at=order.not_before)
 
@@ -312,25 +322,25 @@ class ExecutorDispatcher(Actor):
         retry = msgspec.structs.replace(
             order, attempt=order.attempt + 1, usage_so_far=total, not_before=next_at
         )
-        await self.js.publish(
-            EXECUTE_SUBJECT,
-            encoder.encode(retry),
-            headers={MSG_ID: f"{order.task_id}:{retry.attempt}:retry", KIND_HEADER: RETRY_KIND},
-            timeout=10,
+        event = make_event(
+            EXECUTE_RETRY,
+            event_id=f"{order.task_id}:retry:{order.attempt}",
+            backoff_ms=backoff_ms,
+            next_attempt_at=iso(next_at),
+            error_code=code,
+            error=error,
+            data=timing,
+            **base,
+            **measured,
         )
-        await self.events.append(
-            make_event(
-                EXECUTE_RETRY,
-                event_id=f"{order.task_id}:retry:{order.attempt}",
-                backoff_ms=backoff_ms,
-                next_attempt_at=iso(next_at),
-                error_code=code,
-                error=error,
-                data=timing,
-                **base,
-                **measured,
-            )
-        )
+        # the retry and its event together, acked together (as in _forward)
+        await self.publish_all(
+            [
+                (EXECUTE_SUBJECT, encoder.encode(retry),
+                 {MSG_ID: f"{order.task_id}:{retry.attempt}:retry", KIND_HEADER: RETRY_KIND}),
+                event_message(event),
+            ]
+        )  # fmt: skip
 
     # -- terminal events ---------------------------------------------------------------
 

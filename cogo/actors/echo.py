@@ -8,12 +8,20 @@ Payload keys (all optional):
   ``tokens``, ``cost_usd``   reported as this attempt's usage
   ``exit_process`` kill the worker process mid-task (a poison-message drill; needs
                    ``COGO_ECHO_ALLOW_EXIT=1`` in the worker's environment)
+
+Environment knobs, to simulate a bad release in rollout drills:
+  ``COGO_ECHO_FAIL_RATE``   fail this share (0..1) of tasks permanently, chosen by a hash
+                            of the task id (so a task's retries fail alike)
+  ``COGO_ECHO_FAIL_AFTER``  ...but only after this process handled that many tasks (a
+                            defect that shows under sustained traffic, not in smoke tests)
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
+from typing import Any
 
 from cogo.actors.worker import Outcome, TaskContext, Worker
 from cogo.errors import PermanentWorkerError, WorkerError
@@ -26,8 +34,17 @@ class EchoActor(Worker):
     kind = "echo"
     route = "echo.run.0"
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fail_rate = float(os.environ.get("COGO_ECHO_FAIL_RATE", "0") or 0)
+        self.fail_after = int(os.environ.get("COGO_ECHO_FAIL_AFTER", "0") or 0)
+        self.runs = 0
+
     async def run(self, order: WorkOrder, ctx: TaskContext) -> Outcome:
         payload = order.payload
+        self.runs += 1
+        if self.fail_rate > 0 and self.runs > self.fail_after and _fails(order, self.fail_rate):
+            raise PermanentWorkerError(f"echo {self.version or ''} injected failure (fail rate)")
         usage = Usage(
             tokens=int(payload.get("tokens", 0)), cost_usd=float(payload.get("cost_usd", 0))
         )
@@ -47,3 +64,9 @@ class EchoActor(Worker):
 def _with_usage(exc: Exception, usage: Usage) -> Exception:
     exc.usage = usage  # type: ignore[attr-defined] - a failed attempt still spent tokens
     return exc
+
+
+def _fails(order: WorkOrder, rate: float) -> bool:
+    # salted, so the choice is independent of the canary split (also a task-id hash)
+    digest = hashlib.sha256(b"echo-fail:" + order.task_id.encode()).digest()
+    return int.from_bytes(digest[:8], "big") % 10_000 < rate * 10_000

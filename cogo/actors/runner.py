@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -113,6 +114,7 @@ def run_actor_main(
         )  # fmt: skip
 
     _use_uvloop()
+    _tune_gc()
     asyncio.run(main())
     return 0
 
@@ -166,6 +168,15 @@ def run_replicas(name: str, replicas: int, nats_url: str, **kwargs: Any) -> int:
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     return max(child.wait() for child in children)
+
+
+def _tune_gc() -> None:
+    # An actor allocates dozens of short-lived objects per message (tasks, futures, Msgs).
+    # At the default threshold (700) the collector ran every few messages and, every 100th
+    # run, walked every object in the process: ~7% of a dispatcher's CPU when profiled.
+    # Reference counting frees nearly all of it anyway; cycles are still collected.
+    gc.freeze()  # modules and config loaded at startup are never garbage: skip them
+    gc.set_threshold(50_000, 20, 100)
 
 
 def _use_uvloop() -> None:

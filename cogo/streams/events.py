@@ -17,6 +17,7 @@ import msgspec
 from nats.js.client import JetStreamContext
 
 from cogo.streams.envelope import MSG_ID, Usage, new_id
+from cogo.streams.publisher import Publisher
 
 # the four dispatcher audit events
 EXECUTE_ENQUEUED = "execute_enqueued"
@@ -57,7 +58,8 @@ _decoder = msgspec.json.Decoder(Event)
 def iso(ts: float | None = None) -> str:
     """Unix seconds as ISO-8601 UTC with microseconds (``2026-11-24T06:29:46.123456Z``)."""
     moment = datetime.fromtimestamp(time.time() if ts is None else ts, UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat is ~30% cheaper than strftime, and this runs several times per task
+    return moment.isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 def make_event(type: str, *, event_id: str | None = None, **fields: Any) -> Event:
@@ -68,6 +70,11 @@ def make_event(type: str, *, event_id: str | None = None, **fields: Any) -> Even
 def event_subject(event: Event) -> str:
     """``events.<type>`` plus ``.<route>`` when the event belongs to a route."""
     return f"events.{event.type}.{event.route}" if event.route else f"events.{event.type}"
+
+
+def event_message(event: Event) -> tuple[str, bytes, dict[str, str]]:
+    """``(subject, data, headers)`` of an event, for publishing it with other messages."""
+    return event_subject(event), _encoder.encode(event), {MSG_ID: event.event_id}
 
 
 def encode_event(event: Event) -> bytes:
@@ -81,11 +88,15 @@ def decode_event(data: bytes) -> Event:
 class EventLog:
     """Appends events to the ``EVENTS`` stream with de-duplication by ``event_id``."""
 
-    def __init__(self, js: JetStreamContext) -> None:
+    def __init__(self, js: JetStreamContext, publisher: Publisher | None = None) -> None:
         self._js = js
+        self._publisher = publisher  # an actor's: cheaper per event than js.publish
 
     async def append(self, event: Event, *, timeout: float = 10.0) -> bool:
         """Append one event and wait for the stream's ack; False if it was a duplicate."""
+        if self._publisher is not None:
+            (ack,) = await self._publisher.publish_all([event_message(event)], timeout)
+            return not ack.duplicate
         ack = await self._js.publish(
             event_subject(event),
             encode_event(event),

@@ -1,0 +1,127 @@
+"""Canary routing: which version of a route's workers gets each task, and bypass audits.
+
+The dispatcher calls ``CanaryRouter.route`` once per submitted task. For a route under
+rollout (a ``RouteSplit`` in the ``rollouts`` KV bucket), a task goes to the candidate when
+``sha256(task_id) % 100 < percent``: deterministic, so a task and all its retries land on
+the same version, and a replayed submission makes the same choice. Candidate orders carry
+``cohort="canary"`` and ``version=<candidate>`` and are published to ``<route>.<candidate>``;
+the rest are ``cohort="baseline"`` on the baseline's subject. A payload may pin its cohort
+with ``"__cohort": "canary" | "baseline"`` (the rollout controller's Dev E2E and smoke tasks).
+
+Versioned workers (``cogo run echo --version v2``) consume ``<route>.<version>`` through
+their own durable (``echo-run-0-v2``), created at start: the filters of a route and of its
+versions never overlap, as a work-queue stream requires.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import msgspec
+
+from cogo.config import RoutePolicy
+from cogo.streams.envelope import ASSIGNMENT_KEY, WorkOrder, decode_assignment
+from cogo.streams.events import EventLog, make_event
+from cogo.streams.rollouts import RouteSplit, SplitWatch, check_version, versioned_route
+from cogo.streams.topology import ensure_consumer
+
+BASELINE, CANARY = "baseline", "canary"
+COHORT_KEY = "__cohort"  # payload pin: run this task on the canary or the baseline
+POLICY_BYPASSED = "policy_bypassed"
+
+
+def share_bucket(task_id: str) -> int:
+    """The task's bucket in 0..99; buckets below the rollout percent go to the candidate."""
+    digest = hashlib.sha256(task_id.encode()).digest()
+    return int.from_bytes(digest[:8], "big") % 100
+
+
+def choose(order: WorkOrder, split: RouteSplit | None) -> WorkOrder:
+    """The order with the version and cohort the split assigns it."""
+    if split is None:
+        return msgspec.structs.replace(order, cohort=BASELINE)
+    pin = order.payload.get(COHORT_KEY)
+    canary = split.candidate is not None and (
+        pin == CANARY
+        or (pin != BASELINE and split.percent > 0 and share_bucket(order.task_id) < split.percent)
+    )
+    if canary:
+        return msgspec.structs.replace(order, version=split.candidate, cohort=CANARY)
+    return msgspec.structs.replace(order, version=split.baseline, cohort=BASELINE)
+
+
+def subject_of(order: WorkOrder) -> str:
+    """Where an order is published: its route, or ``<route>.<version>`` for a version."""
+    return versioned_route(order.route, order.version)
+
+
+def bypassed_checks(order: WorkOrder, policy: RoutePolicy) -> list[str]:
+    """The ceiling checks named in ``__assignment.bypass`` that this order really skipped."""
+    raw = order.payload.get(ASSIGNMENT_KEY)
+    if not isinstance(raw, dict) or not raw.get("bypass"):
+        return []
+    requested = set(decode_assignment(order.payload).bypass)
+    a, c = order.assignment, policy.ceilings
+    over = {
+        "model": bool(c.allowed_models) and a.model not in c.allowed_models,
+        "max_tokens": a.max_tokens > c.max_tokens,
+        "max_cost_usd": a.max_cost_usd > c.max_cost_usd,
+        "max_attempts": a.max_attempts > c.max_attempts,
+        "timeout_ms": a.timeout_ms > c.max_timeout_ms,
+        "ttl_ms": a.ttl_ms > c.max_ttl_ms,
+    }
+    return sorted(name for name in requested if over.get(name))
+
+
+class CanaryRouter:
+    """The dispatcher's view of rollouts: splits tasks, audits policy bypasses."""
+
+    def __init__(self, js: Any) -> None:
+        self.js = js
+        self.splits = SplitWatch(js)
+        self.events = EventLog(js)
+
+    async def start(self) -> None:
+        await self.splits.start()
+
+    async def stop(self) -> None:
+        await self.splits.stop()
+
+    async def route(self, order: WorkOrder, policy: RoutePolicy, *, actor: str) -> WorkOrder:
+        """Assign the order's version and cohort; record a ``policy_bypassed`` if one was used."""
+        order = choose(order, self.splits.splits.get(order.route))
+        bypassed = bypassed_checks(order, policy)
+        if bypassed:
+            await self.events.append(
+                make_event(
+                    POLICY_BYPASSED,
+                    event_id=f"{order.task_id}:bypass",
+                    task_id=order.task_id,
+                    correlation_id=order.correlation_id,
+                    route=order.route,
+                    actor=actor,
+                    version=order.version,
+                    cohort=order.cohort,
+                    data={
+                        "bypassed": bypassed,
+                        "assignment": msgspec.to_builtins(order.assignment),
+                        "ceilings": msgspec.to_builtins(policy.ceilings),
+                    },
+                )
+            )
+        return order
+
+
+async def versioned_routes(worker: Any) -> list[str]:
+    """A versioned worker's subjects (``<route>.<version>``), their consumers made if missing."""
+    if not worker.version:
+        return list(worker.routes)
+    version = check_version(worker.version)
+    routes = [
+        route if route.endswith(f".{version}") else versioned_route(route, version)
+        for route in worker.routes
+    ]
+    for route in routes:
+        await ensure_consumer(worker.js, route, worker.config)
+    return routes

@@ -1,0 +1,205 @@
+"""Rollout routes: start a candidate version's rollout, watch its stages, steer it.
+
+``POST /api/rollouts``                   ``{"route", "candidate", "slo": {"p90_ms"},
+                                          "min_samples", ...}`` -> 201 the rollout
+``GET  /api/rollouts``                   every rollout, newest first
+``GET  /api/rollouts/{id}``              one rollout: stage, split, samples, gate figures
+``POST /api/rollouts/{id}/promote``      to 100% now, skipping the remaining gates
+``POST /api/rollouts/{id}/rollback``     back to the baseline (``{"reason"}`` optional)
+``POST /api/rollouts/{id}/pause``        stop advancing; the split stays as it is
+
+The controller (``cogo.workflows.rollout``) runs in the ``cogo up`` process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pydantic
+from pydantic import ConfigDict, Field
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from cogo.errors import (
+    InvalidWorkflow,
+    RolloutConflict,
+    RolloutNotFound,
+    UnknownRoute,
+    WorkflowNotFound,
+)
+from cogo.http.app import AppState, ValidationFailed, field_error, json_body, state_of, validate
+from cogo.http.openapi import documented
+from cogo.streams.rollouts import VERSION_PATTERN
+from cogo.workflows.definition import WORKFLOW_ID, Catalog
+from cogo.workflows.planner import plan_workflow
+from cogo.workflows.rollout import RolloutController, RolloutSpec
+
+ROUTE_PATTERN = r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)+$"
+
+
+class Slo(pydantic.BaseModel):
+    """The service level a candidate must hold."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    p90_ms: float | None = Field(None, gt=0, description="p90 end-to-end task latency, ms")
+
+
+class DevE2eWorkflow(pydantic.BaseModel):
+    """A workflow Dev E2E runs with the candidate pinned on the route (e.g. codeBuildTest)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    workflow_id: str = Field(alias="workflowId", pattern=WORKFLOW_ID)
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class RolloutRequest(pydantic.BaseModel):
+    """The body of ``POST /api/rollouts``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    route: str = Field(min_length=3, max_length=200, pattern=ROUTE_PATTERN)
+    candidate: str = Field(pattern=VERSION_PATTERN, description="the candidate's --version")
+    slo: Slo = Field(default_factory=Slo)
+    min_samples: int = Field(20, ge=1, le=1_000_000, description="candidate tasks per gate")
+    canary_percent: int = Field(10, ge=1, le=99)
+    dev_e2e_tasks: int = Field(5, ge=0, le=1000)
+    smoke_tasks: int = Field(20, ge=0, le=10_000)
+    stage_timeout_s: float = Field(300.0, gt=0, le=7 * 86400)
+    sample_payload: dict[str, Any] = Field(
+        default_factory=dict, description="payload of the Dev E2E and smoke tasks"
+    )
+    dev_e2e_workflow: DevE2eWorkflow | None = None
+
+
+class ActionRequest(pydantic.BaseModel):
+    """Optional body of promote / rollback / pause."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str | None = Field(None, max_length=1000)
+
+
+def controller_of(request: Request) -> RolloutController:
+    controller = state_of(request).components.get("rollouts")
+    if controller is None:
+        raise HTTPException(503, "the rollout controller does not run in this process")
+    return controller  # type: ignore[no-any-return]
+
+
+@documented(
+    body=RolloutRequest,
+    responses={201: "the rollout, at its first stage", 409: "the route has a rollout running"},
+)
+async def start_rollout(request: Request) -> JSONResponse:
+    """Start a rollout: Dev E2E -> CI smoke -> canary -> promote 100%, behind gates."""
+    state = state_of(request)
+    body = validate(RolloutRequest, await json_body(request))
+    try:
+        state.policies.get(body.route)
+    except UnknownRoute as exc:
+        raise ValidationFailed([field_error(["body", "route"], str(exc), exc.code)]) from None
+    if body.dev_e2e_workflow is not None:
+        await _check_workflow(state, body.dev_e2e_workflow)
+    spec = RolloutSpec(
+        route=body.route,
+        candidate=body.candidate,
+        slo_p90_ms=body.slo.p90_ms,
+        min_samples=body.min_samples,
+        canary_percent=body.canary_percent,
+        dev_e2e_tasks=body.dev_e2e_tasks,
+        smoke_tasks=body.smoke_tasks,
+        stage_timeout_s=body.stage_timeout_s,
+        sample_payload=body.sample_payload,
+        dev_e2e_workflow=(
+            body.dev_e2e_workflow.model_dump(by_alias=True) if body.dev_e2e_workflow else None
+        ),
+    )
+    try:
+        rollout = await controller_of(request).begin(spec)
+    except RolloutConflict as exc:
+        raise HTTPException(409, str(exc)) from None
+    return JSONResponse(rollout.view(), status_code=201)
+
+
+async def _check_workflow(state: AppState, workflow: DevE2eWorkflow) -> None:
+    """422 unless the Dev E2E workflow exists and plans with its parameters."""
+    loc: list[str | int] = ["body", "dev_e2e_workflow"]
+    try:
+        catalog = Catalog.for_data_dir(state.data_dir)
+        definition = await asyncio.to_thread(catalog.get, workflow.workflow_id)
+        plan_workflow(definition, workflow.parameters, state.policies.get)
+    except WorkflowNotFound as exc:
+        raise ValidationFailed([field_error([*loc, "workflowId"], exc.message, exc.code)]) from None
+    except InvalidWorkflow as exc:
+        raise ValidationFailed([field_error(loc, exc.message, exc.code)]) from None
+
+
+async def list_rollouts(request: Request) -> JSONResponse:
+    """Every rollout, newest first."""
+    rollouts = await controller_of(request).list()
+    return JSONResponse({"rollouts": [r.view() for r in reversed(rollouts)]})
+
+
+@documented(responses={404: "no such rollout"})
+async def get_rollout(request: Request) -> JSONResponse:
+    """One rollout: its stage, traffic split, samples and gate figures."""
+    try:
+        rollout = await controller_of(request).get(request.path_params["rollout_id"])
+    except RolloutNotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+    return JSONResponse(rollout.view())
+
+
+async def _act(request: Request, action: str) -> JSONResponse:
+    controller = controller_of(request)
+    rollout_id = request.path_params["rollout_id"]
+    raw = await request.body()
+    body = validate(ActionRequest, await json_body(request)) if raw.strip() else ActionRequest()
+    try:
+        if action == "promote":
+            rollout = await controller.promote(rollout_id)
+        elif action == "rollback":
+            rollout = await controller.rollback(rollout_id, body.reason)
+        else:
+            rollout = await controller.pause(rollout_id)
+    except RolloutNotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+    except RolloutConflict as exc:
+        raise HTTPException(409, str(exc)) from None
+    return JSONResponse(rollout.view())
+
+
+_ACTION_RESPONSES = {404: "no such rollout", 409: "the rollout is already promoted or rolled back"}
+
+
+@documented(body=ActionRequest, responses=_ACTION_RESPONSES)
+async def promote_rollout(request: Request) -> JSONResponse:
+    """Promote the candidate to 100% now, skipping the remaining gates."""
+    return await _act(request, "promote")
+
+
+@documented(body=ActionRequest, responses=_ACTION_RESPONSES)
+async def rollback_rollout(request: Request) -> JSONResponse:
+    """Roll back to the baseline (0% to the candidate)."""
+    return await _act(request, "rollback")
+
+
+@documented(body=ActionRequest, responses=_ACTION_RESPONSES)
+async def pause_rollout(request: Request) -> JSONResponse:
+    """Pause: stop advancing stages; the traffic split stays as it is."""
+    return await _act(request, "pause")
+
+
+routes = [
+    Route("/api/rollouts", start_rollout, methods=["POST"]),
+    Route("/api/rollouts", list_rollouts, methods=["GET"]),
+    Route("/api/rollouts/{rollout_id}", get_rollout, methods=["GET"]),
+    Route("/api/rollouts/{rollout_id}/promote", promote_rollout, methods=["POST"]),
+    Route("/api/rollouts/{rollout_id}/rollback", rollback_rollout, methods=["POST"]),
+    Route("/api/rollouts/{rollout_id}/pause", pause_rollout, methods=["POST"]),
+]

@@ -1,0 +1,49 @@
+"""``POST /api/sql {"sql": "SELECT ...", "max_rows"?, "timeout_s"?}``: read-only SQL.
+
+Runs on the in-process projector's database through the sandbox
+(``cogo.projections.sandbox``): ``{"columns": [...], "rows": [[...]], ...}``, or 400 with
+``detail`` and a stable ``code`` (``sql.rejected``, ``sql.invalid``, ``sql.timeout``).
+"""
+
+from __future__ import annotations
+
+import pydantic
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from cogo.errors import ProjectionBusy, SqlError
+from cogo.http.app import json_body, validate
+from cogo.http.metrics import projector_of
+from cogo.projections import sandbox
+
+
+class SqlRequest(pydantic.BaseModel):
+    """The body of ``POST /api/sql``."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    sql: str = pydantic.Field(min_length=1, max_length=sandbox.MAX_SQL_CHARS)
+    max_rows: int = pydantic.Field(default=sandbox.DEFAULT_MAX_ROWS, ge=1, le=sandbox.MAX_ROWS)
+    timeout_s: float = pydantic.Field(
+        default=sandbox.DEFAULT_TIMEOUT_S, gt=0, le=sandbox.MAX_TIMEOUT_S
+    )
+
+
+async def run_sql(request: Request) -> JSONResponse:
+    body = validate(SqlRequest, await json_body(request))
+    projector = projector_of(request)
+    try:
+        result = await projector.store.read(
+            lambda cur: sandbox.run_query(
+                cur, body.sql, timeout_s=body.timeout_s, max_rows=body.max_rows
+            )
+        )
+    except SqlError as exc:
+        return JSONResponse({"detail": str(exc), "code": exc.code}, status_code=400)
+    except ProjectionBusy as exc:
+        return JSONResponse({"detail": str(exc), "code": exc.code}, status_code=503)
+    return JSONResponse(result.as_dict())
+
+
+routes = [Route("/api/sql", run_sql, methods=["POST"])]

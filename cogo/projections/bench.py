@@ -1,0 +1,155 @@
+"""Projector ingest benchmark: ``python -m cogo.projections.bench [--events N]``.
+
+Starts a throwaway nats-server, fills EVENTS with N realistic events (the dispatcher's
+four types, with usage and timing data), then times a fresh projector from zero to
+caught up, and a replay of the same stream. Prints events/s for both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import tempfile
+import time
+from pathlib import Path
+
+from cogo.actors.runner import connect
+from cogo.config import load_config
+from cogo.projections.projector import Projector
+from cogo.projections.replay import Rebuild
+from cogo.streams.envelope import MSG_ID, Usage
+from cogo.streams.events import (
+    EXECUTE_DONE,
+    EXECUTE_ENQUEUED,
+    EXECUTE_FAILED,
+    EXECUTE_RETRY,
+    encode_event,
+    event_subject,
+    iso,
+    make_event,
+)
+from cogo.streams.server import EmbeddedServer
+from cogo.streams.topology import ensure_topology
+
+
+def synthetic_events(count: int, seed: int = 7) -> list[tuple[str, bytes, str]]:
+    """(subject, body, event_id) of ``count`` events shaped like the dispatcher's."""
+    rng = random.Random(seed)
+    out: list[tuple[str, bytes, str]] = []
+    now = time.time()
+    task = 0
+    while len(out) < count:
+        task += 1
+        tid = f"bench-{task:08d}"
+        route = f"echo.run.{task % 3}"
+        submitted = now - 3600 + task * 0.001
+        common = {"task_id": tid, "correlation_id": tid, "route": route}
+        qw, dur = rng.expovariate(1 / 5.0), rng.expovariate(1 / 40.0)
+        timing = {"submitted_at": iso(submitted), "claimed_at": iso(submitted + qw / 1000)}
+        usage = Usage(tokens=rng.randint(10, 2000), cost_usd=0.001, duration_ms=dur)
+        events = [
+            make_event(EXECUTE_ENQUEUED, event_id=f"{tid}:enqueued:1", actor="dispatcher@b:1",
+                       attempt=1, queue_wait_ms=0.4,
+                       data={"submitted_at": iso(submitted), "deadline": iso(submitted + 600),
+                             "assignment": {"model": "local", "max_tokens": 4000}}, **common),
+        ]  # fmt: skip
+        kind = rng.random()
+        if kind < 0.1:
+            events.append(
+                make_event(
+                    EXECUTE_RETRY,
+                    event_id=f"{tid}:retry:1",
+                    actor="echo@b:1",
+                    attempt=1,
+                    queue_wait_ms=qw,
+                    duration_ms=dur,
+                    backoff_ms=200,
+                    next_attempt_at=iso(submitted + 1),
+                    error_code="worker.error",
+                    error="echo asked to fail attempt 1",
+                    usage=usage,
+                    data=timing,
+                    **common,
+                )  # fmt: skip
+            )
+        terminal = EXECUTE_FAILED if kind < 0.03 else EXECUTE_DONE
+        events.append(
+            make_event(
+                terminal,
+                event_id=f"{tid}:terminal",
+                actor="echo@b:1",
+                attempt=1,
+                queue_wait_ms=qw,
+                duration_ms=dur,
+                usage=usage,
+                error_code="worker.permanent" if terminal == EXECUTE_FAILED else None,
+                error="no" if terminal == EXECUTE_FAILED else None,
+                data={**timing, "result": {"ok": True}},
+                **common,
+            )  # fmt: skip
+        )
+        out.extend((event_subject(e), encode_event(e), e.event_id) for e in events)
+    return out[:count]
+
+
+async def fill(js: object, events: list[tuple[str, bytes, str]]) -> None:
+    pending = []
+    for subject, body, event_id in events:
+        pending.append(await js.publish_async(subject, body, headers={MSG_ID: event_id}))  # type: ignore[attr-defined]
+        if len(pending) >= 4000:
+            await asyncio.gather(*pending)
+            pending = []
+    await asyncio.gather(*pending)
+
+
+async def main(count: int, batch: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="cogo-bench-") as tmp:
+        data_dir = Path(tmp)
+        server = EmbeddedServer(data_dir, sync="default")
+        server.start()
+        try:
+            await server.wait_ready()
+            nc = await connect(server.url, "cogo-bench")
+            js = nc.jetstream()
+            config = load_config()
+            await ensure_topology(js, config)
+            began = time.perf_counter()
+            await fill(js, synthetic_events(count))
+            print(f"filled EVENTS with {count} events in {time.perf_counter() - began:.1f}s")
+
+            projector = Projector(nc, config, data_dir=data_dir, batch=batch)
+            began = time.perf_counter()
+            await projector.start()
+            await projector.wait_caught_up(timeout=600)
+            elapsed = time.perf_counter() - began
+            rows = projector.streams["EVENTS"].rows
+            await projector.stop()
+            print(f"projector: {rows} events in {elapsed:.2f}s = {rows / elapsed:,.0f} events/s")
+
+            rebuild = Rebuild(nc, data_dir / "replay.duckdb", batch=batch)
+            began = time.perf_counter()
+            await rebuild.run()
+            result = await rebuild.finish()
+            elapsed = time.perf_counter() - began
+            replayed = result.messages["EVENTS"]
+            print(
+                f"replay:    {replayed} events in {elapsed:.2f}s = {replayed / elapsed:,.0f} events/s"
+            )
+            await nc.close()
+        finally:
+            server.stop()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--batch", type=int, default=5000)
+    args = parser.parse_args()
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(main(args.events, args.batch))

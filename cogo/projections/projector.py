@@ -1,0 +1,292 @@
+"""The projector: EVENTS and DLQ into ``<data-dir>/cogo.duckdb``, exactly once.
+
+Each stream is followed by its own loop: fetch a batch (up to ``batch`` messages), hand it
+to the store's writer thread, which writes the rows and the stream sequence of the last
+one in one DuckDB transaction, then ack the batch. Fetching the next batch overlaps with
+writing the previous one. On start, and after anything unexpected, a loop reads its
+checkpoint and recreates its consumer at ``checkpoint + 1``; rows at or below the
+checkpoint are skipped inside the transaction too. So a crash (``kill -9`` included) at
+any point neither loses nor duplicates a row.
+
+``cogo up`` runs one in-process (``cogo.projections.component``); ``cogo run projector``
+runs one alone. One projector per DuckDB file, and one per consumer name (``projector``,
+or ``COGO_PROJECTOR_CONSUMER``) on a stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nats.aio.client import Client as NATS
+
+from cogo.actors.base import actor_id
+from cogo.config import Config
+from cogo.errors import ProjectionBusy
+from cogo.projections.feed import FeedDesync, Fetched, StreamFeed
+from cogo.projections.replay import Progress, Rebuild, ReplayResult, swap_files
+from cogo.projections.store import DLQ_STREAM, EVENTS_STREAM, ProjectionStore, db_path
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH = 5000
+DEFAULT_CONSUMER = "projector"
+IDLE_WAIT_S = 1.0
+
+
+@dataclass
+class StreamState:
+    """How far one stream is projected."""
+
+    stream: str
+    consumer: str
+    applied_seq: int = 0  # the checkpoint: last stream sequence written
+    first_seq: int = 0  # the stream's first kept sequence, as last seen
+    last_seq: int = 0  # the stream's last sequence, as last seen
+    rows: int = 0  # rows this process wrote
+    batches: int = 0
+    resets: int = 0
+    aged_out: int = 0  # messages retention removed before they were projected
+    feed: StreamFeed | None = None
+
+    @property
+    def lag(self) -> int:
+        """Messages in the stream not yet in the projection."""
+        return max(0, self.last_seq - max(self.applied_seq, self.first_seq - 1))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "consumer": self.consumer,
+            "applied_seq": self.applied_seq,
+            "first_seq": self.first_seq,
+            "last_seq": self.last_seq,
+            "lag": self.lag,
+            "rows": self.rows,
+            "batches": self.batches,
+            "resets": self.resets,
+            "aged_out": self.aged_out,
+        }
+
+
+class Projector:
+    """Follows EVENTS and DLQ into the DuckDB projection; serves its readers."""
+
+    kind = "projector"
+    needs_data_dir = True  # the runner passes --data-dir
+
+    def __init__(
+        self,
+        nc: NATS,
+        config: Config,
+        *,
+        concurrency: int | None = None,
+        version: str | None = None,
+        data_dir: Path | None = None,
+        batch: int | None = None,
+        consumer: str | None = None,
+    ) -> None:
+        del concurrency, version  # the runner's actor arguments; one writer is the point
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.config = config
+        self.data_dir = Path(data_dir or ".cogo").resolve()
+        self.path = db_path(self.data_dir)
+        self.name = actor_id(self.kind)
+        self.batch = batch or int(os.environ.get("COGO_PROJECTOR_BATCH", DEFAULT_BATCH))
+        consumer = consumer or os.environ.get("COGO_PROJECTOR_CONSUMER", DEFAULT_CONSUMER)
+        self.store = ProjectionStore(self.path)
+        self.streams = {
+            EVENTS_STREAM: StreamState(EVENTS_STREAM, consumer),
+            DLQ_STREAM: StreamState(DLQ_STREAM, f"{consumer}-dlq"),
+        }
+        self.started_at = 0.0
+        self._loops: list[asyncio.Task[None]] = []
+        self._rebuilding = asyncio.Lock()
+        self._progress: dict[str, Any] | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.store.open()
+        self.started_at = time.monotonic()
+        self._start_loops()
+
+    async def stop(self) -> None:
+        await self._stop_loops()
+        for state in self.streams.values():
+            if state.feed is not None:
+                await state.feed.close()
+        await self.store.close()
+        self.store.shutdown()
+
+    def _start_loops(self) -> None:
+        self._loops = [
+            asyncio.create_task(self._follow_forever(state), name=f"projector-{stream}")
+            for stream, state in self.streams.items()
+        ]
+
+    async def _stop_loops(self) -> None:
+        for task in self._loops:
+            task.cancel()
+        for task in self._loops:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._loops = []
+
+    # -- following a stream ------------------------------------------------------------
+
+    async def _follow_forever(self, state: StreamState) -> None:
+        pause = 0.0
+        while True:
+            batches = state.batches
+            try:
+                await self._follow(state)
+            except asyncio.CancelledError:
+                raise
+            except FeedDesync as exc:
+                log.info("projector %s: %s; resuming from the checkpoint", state.stream, exc)
+            except Exception:
+                log.exception("projector %s failed; resuming from the checkpoint", state.stream)
+            state.resets += 1
+            # straight back after progress; back off while every attempt fails at once
+            pause = 0.0 if state.batches > batches else min(10.0, max(0.2, pause * 2))
+            await asyncio.sleep(pause)
+
+    async def _follow(self, state: StreamState) -> None:
+        checkpoint = await self.store.write(self.store.checkpoint_sync, state.stream)
+        state.applied_seq = checkpoint
+        await self._refresh(state)
+        if state.first_seq > checkpoint + 1 and state.last_seq >= state.first_seq:
+            gone = state.first_seq - 1 - checkpoint
+            state.aged_out += gone
+            log.warning(
+                "projector %s: %d message(s) after checkpoint %d left the stream (retention) "
+                "before they were projected; continuing at %d",
+                state.stream, gone, checkpoint, state.first_seq,
+            )  # fmt: skip
+            # they are gone for good: move past them so they are counted once
+            checkpoint = state.first_seq - 1
+            await self.store.write(self.store.skip_to_sync, state.stream, checkpoint)
+            state.applied_seq = checkpoint
+        elif checkpoint > state.last_seq:
+            log.error(
+                "projector %s: checkpoint %d is past the stream's last sequence %d: the stream "
+                "was recreated; run `cogo replay` to rebuild the projection",
+                state.stream, checkpoint, state.last_seq,
+            )  # fmt: skip
+        if state.feed is None:
+            state.feed = StreamFeed(
+                self.nc,
+                state.stream,
+                state.consumer,
+                batch=self.batch,
+                description=f"cogo projector -> {self.path}",
+            )
+        feed = state.feed
+        await feed.reset(checkpoint + 1)
+        writing: asyncio.Task[None] | None = None
+        try:
+            while True:
+                fetched = await feed.fetch(wait=IDLE_WAIT_S)
+                if fetched is None:
+                    await self._refresh(state)
+                    continue
+                if writing is not None:
+                    await writing  # one batch in the writer at a time; errors surface here
+                writing = asyncio.create_task(self._apply(state, feed, fetched))
+        finally:
+            if writing is not None and not writing.done():
+                # let the transaction finish (it runs on the writer thread regardless)
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(writing)
+
+    async def _apply(self, state: StreamState, feed: StreamFeed, fetched: Fetched) -> None:
+        rows = await self.store.write(self.store.apply_sync, state.stream, fetched)
+        state.applied_seq = fetched.seqs[-1]
+        state.last_seq = max(state.last_seq, fetched.seqs[-1] + fetched.pending)
+        state.rows += rows
+        state.batches += 1
+        await feed.ack(fetched.msgs[-1])
+
+    async def _refresh(self, state: StreamState) -> None:
+        info = await self.js.stream_info(state.stream)
+        state.first_seq = info.state.first_seq
+        state.last_seq = info.state.last_seq
+
+    # -- for readers -------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "actor": self.name,
+            "kind": self.kind,
+            "path": str(self.path),
+            "batch": self.batch,
+            "uptime_s": round(time.monotonic() - self.started_at, 1) if self.started_at else 0,
+            "streams": {name: state.as_dict() for name, state in self.streams.items()},
+            "lag": sum(state.lag for state in self.streams.values()),
+            "replay": self._progress,
+        }
+
+    async def wait_caught_up(self, timeout: float = 10.0) -> None:
+        """Wait until every message in the streams as of now is projected."""
+        targets = {}
+        for stream, state in self.streams.items():
+            info = await self.js.stream_info(stream)
+            targets[stream] = info.state.last_seq
+            state.last_seq = max(state.last_seq, info.state.last_seq)
+        deadline = time.monotonic() + timeout
+        while any(self.streams[s].applied_seq < seq for s, seq in targets.items()):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"projector not caught up within {timeout}s: {self.stats()}")
+            await asyncio.sleep(0.02)
+
+    # -- replay ------------------------------------------------------------------------
+
+    @property
+    def rebuilding(self) -> bool:
+        return self._rebuilding.locked()
+
+    async def rebuild(self, progress: Progress | None = None) -> ReplayResult:
+        """Rebuild the file from the streams while running, then swap it in.
+
+        Ingest continues into the old file during the rebuild; it pauses only for the
+        final catch-up and the swap. Readers see the old file or the new one.
+        """
+        if self._rebuilding.locked():
+            raise ProjectionBusy("a replay is already running")
+        async with self._rebuilding:
+
+            def track(p: Any) -> None:
+                self._progress = {"stream": p.stream, "applied": p.applied, "total": p.total}
+                if progress is not None:
+                    progress(p)
+
+            rebuild = Rebuild(
+                self.nc, Path(f"{self.path}.replay"), batch=self.batch, progress=track
+            )
+            try:
+                await rebuild.run()
+                await self._stop_loops()
+                try:
+                    await rebuild.catch_up()
+                    result = await rebuild.finish()
+                    await self.store.close()
+                    try:
+                        await asyncio.to_thread(swap_files, rebuild.path, self.path)
+                    finally:
+                        await self.store.open()
+                finally:
+                    self._start_loops()
+            except BaseException:
+                await rebuild.discard()
+                raise
+            finally:
+                self._progress = None
+            result.path = str(self.path)
+            return result

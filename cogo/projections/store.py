@@ -1,0 +1,334 @@
+"""The DuckDB file behind the projections: schema, batched ingest, checkpoints, readers.
+
+One ``ProjectionStore`` owns one database file in one process. Every write runs on a
+single dedicated thread (DuckDB calls block, and must never run on the event loop); reads
+check out one of a small pool of cursors (each its own DuckDB connection to the same
+database) so queries run beside ingest under DuckDB's MVCC.
+
+A batch is the raw message bodies plus their stream sequences. Parsing happens inside
+DuckDB (``from_json`` over a columnar ``unnest``), and the rows and the checkpoint are
+written in one transaction, so a crash at any point neither loses nor duplicates a row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+import duckdb
+
+from cogo.errors import ProjectionBusy, ProjectionError
+from cogo.projections.feed import Fetched
+
+T = TypeVar("T")
+
+EVENTS_STREAM = "EVENTS"
+DLQ_STREAM = "DLQ"
+DB_FILE = "cogo.duckdb"
+READERS = 4
+
+# The whole database instance is locked down, writer included: SQL typed by users runs
+# on it, and nothing the projector does needs files, the network or extensions.
+HARDENED: dict[str, Any] = {
+    "enable_external_access": False,
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+    "allow_community_extensions": False,
+    "lock_configuration": True,
+    # checkpoints compress whole row groups; fewer, larger ones keep ingest fast
+    "checkpoint_threshold": "64MB",
+}
+
+# the fields of an Event (cogo.streams.events) that become columns
+_EVENT_SHAPE = (
+    '{"event_id":"VARCHAR","type":"VARCHAR","at":"VARCHAR","task_id":"VARCHAR",'
+    '"correlation_id":"VARCHAR","causation_id":"VARCHAR","route":"VARCHAR","actor":"VARCHAR",'
+    '"attempt":"INTEGER","queue_wait_ms":"DOUBLE","duration_ms":"DOUBLE","backoff_ms":"BIGINT",'
+    '"next_attempt_at":"VARCHAR","error_code":"VARCHAR","error":"VARCHAR","version":"VARCHAR",'
+    '"cohort":"VARCHAR","usage":{"tokens":"BIGINT","cost_usd":"DOUBLE","duration_ms":"DOUBLE"},'
+    '"data":{"submitted_at":"VARCHAR","claimed_at":"VARCHAR","deadline":"VARCHAR"}}'
+)
+
+# $1: sequences, $2: bodies joined by newlines (one string crosses into DuckDB instead of
+# thousands of Python objects; compact JSON never holds a raw newline), $3: checkpoint.
+# Rows at or below the checkpoint are skipped: a redelivered batch applies nothing twice.
+_INSERT_EVENTS = f"""
+INSERT INTO bus_events
+SELECT seq, j.event_id, j.type, TRY_CAST(j."at" AS TIMESTAMP), j.task_id, j.correlation_id,
+       j.causation_id, j.route, j.actor, j.attempt, j.queue_wait_ms, j.duration_ms,
+       j.backoff_ms, TRY_CAST(j.next_attempt_at AS TIMESTAMP), j.error_code, j.error,
+       j.version, j.cohort,
+       -- Usage omits zero fields on the wire: present usage means zero, absent means NULL
+       CASE WHEN j.usage IS NOT NULL THEN coalesce(j.usage.tokens, 0) END,
+       CASE WHEN j.usage IS NOT NULL THEN coalesce(j.usage.cost_usd, 0) END,
+       CASE WHEN j.usage IS NOT NULL THEN coalesce(j.usage.duration_ms, 0) END,
+       TRY_CAST(j.data.submitted_at AS TIMESTAMP), TRY_CAST(j.data.claimed_at AS TIMESTAMP),
+       TRY_CAST(j.data.deadline AS TIMESTAMP),
+       CASE WHEN ok THEN body::JSON ELSE to_json(body) END
+FROM (
+    SELECT seq, body, ok, CASE WHEN ok THEN from_json(body, '{_EVENT_SHAPE}') END AS j
+    FROM (
+        SELECT seq, body, json_valid(body) AND starts_with(ltrim(body), '{{') AS ok
+        FROM (SELECT unnest($1::BIGINT[]) AS seq, unnest(string_split($2, chr(10))) AS body)
+    )
+)
+WHERE seq > $3
+"""
+
+_INSERT_DLQ = """
+INSERT INTO dlq_messages
+SELECT seq, make_timestamp(ts_us), subject, original_subject, original_seq, deliveries,
+       error_code, reason, actor,
+       CASE WHEN json_valid(data) THEN coalesce(data->>'$.task_id', data->>'$.order.task_id') END,
+       CASE WHEN json_valid(data) THEN coalesce(data->>'$.route', data->>'$.order.route') END,
+       data
+FROM (
+    SELECT unnest($1::BIGINT[]) AS seq, unnest($2::BIGINT[]) AS ts_us,
+           unnest($3::VARCHAR[]) AS subject, unnest($4::VARCHAR[]) AS original_subject,
+           unnest($5::BIGINT[]) AS original_seq, unnest($6::INTEGER[]) AS deliveries,
+           unnest($7::VARCHAR[]) AS error_code, unnest($8::VARCHAR[]) AS reason,
+           unnest($9::VARCHAR[]) AS actor, unnest($10::VARCHAR[]) AS data
+)
+WHERE seq > $11
+"""
+
+
+@dataclass(frozen=True)
+class EventBatch:
+    """Consecutive EVENTS messages: their stream sequences and bodies."""
+
+    seqs: list[int]
+    bodies: list[bytes]
+
+
+@dataclass(frozen=True)
+class DeadLetterBatch:
+    """Consecutive DLQ messages, already split into columns."""
+
+    seqs: list[int]
+    timestamps_us: list[int]
+    subjects: list[str]
+    original_subjects: list[str | None]
+    original_seqs: list[int | None]
+    deliveries: list[int | None]
+    error_codes: list[str | None]
+    reasons: list[str | None]
+    actors: list[str | None]
+    data: list[str]
+
+
+def dead_letter_batch(fetched: Fetched) -> DeadLetterBatch:
+    """DLQ messages as columns; the reason travels in headers (cogo.actors.base)."""
+    headers = [m.headers or {} for m in fetched.msgs]
+
+    def as_int(value: str | None) -> int | None:
+        return int(value) if value and value.isdigit() else None
+
+    return DeadLetterBatch(
+        seqs=fetched.seqs,
+        timestamps_us=[ns // 1000 for ns in fetched.timestamps_ns()],
+        subjects=[m.subject for m in fetched.msgs],
+        original_subjects=[h.get("Cogo-Original-Subject") for h in headers],
+        original_seqs=[as_int(h.get("Cogo-Stream-Seq")) for h in headers],
+        deliveries=[as_int(h.get("Cogo-Deliveries")) for h in headers],
+        error_codes=[h.get("Cogo-Error-Code") for h in headers],
+        reasons=[h.get("Cogo-Reason") for h in headers],
+        actors=[h.get("Cogo-Actor") for h in headers],
+        data=[m.data.decode("utf-8", errors="replace") for m in fetched.msgs],
+    )
+
+
+def schema_files() -> list[tuple[str, str]]:
+    """Every ``*.sql`` file of ``cogo/projections/sql`` as (name, text), in filename order."""
+    folder = resources.files("cogo.projections").joinpath("sql")
+    files = [f for f in folder.iterdir() if f.name.endswith(".sql")]
+    return [(f.name, f.read_text()) for f in sorted(files, key=lambda f: f.name)]
+
+
+def db_path(data_dir: Path) -> Path:
+    return Path(data_dir) / DB_FILE
+
+
+def join_bodies(bodies: Sequence[bytes]) -> str:
+    """Bodies as one newline-separated string; stray newlines inside a body become spaces."""
+    joined = b"\n".join(bodies)
+    if joined.count(b"\n") != len(bodies) - 1:
+        # a newline outside a JSON string is whitespace; inside one the body is invalid anyway
+        joined = b"\n".join(b.replace(b"\n", b" ").replace(b"\r", b" ") for b in bodies)
+    return joined.decode("utf-8", errors="replace")
+
+
+def connect(path: Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """Open the file with the hardened configuration; ProjectionBusy if another process has it."""
+    try:
+        return duckdb.connect(str(path), read_only=read_only, config=dict(HARDENED))
+    except duckdb.IOException as exc:
+        if "lock" in str(exc).lower():
+            raise ProjectionBusy(
+                f"{path} is in use by another process (a running `cogo up` or "
+                f"`cogo run projector`): {exc}"
+            ) from None
+        raise
+
+
+class ProjectionStore:
+    """One DuckDB projection file: writes on one thread, reads through a cursor pool."""
+
+    def __init__(self, path: Path, *, readers: int = READERS) -> None:
+        self.path = Path(path)
+        self.readers = readers
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._pool: queue.Queue[duckdb.DuckDBPyConnection] = queue.Queue()
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="duckdb-writer")
+        self._closed = threading.Event()
+
+    # -- lifecycle (blocking; call through ``write`` or a thread) ----------------------
+
+    def open_sync(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        con = connect(self.path)
+        try:
+            con.execute("BEGIN")
+            for name, text in schema_files():
+                try:
+                    con.execute(text)
+                except duckdb.Error as exc:
+                    raise ProjectionError(f"projection schema file {name} failed: {exc}") from exc
+            con.execute("COMMIT")
+        except BaseException:
+            con.close()
+            raise
+        self._con = con
+        for _ in range(self.readers):
+            self._pool.put(con.cursor())
+        self._closed.clear()
+
+    def close_sync(self, wait_readers: float = 60.0) -> None:
+        # Wait for every reader to come back: a cursor still out keeps the database
+        # instance (and the file) open, which would break a replay's swap.
+        self._closed.set()
+        for _ in range(self.readers if self._con is not None else 0):
+            try:
+                self._pool.get(timeout=wait_readers).close()
+            except queue.Empty:
+                break
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+
+    async def open(self) -> None:
+        await self.write(self.open_sync)
+
+    async def close(self) -> None:
+        """Close the file after the last queued write, once every reader is back."""
+        await self.write(self.close_sync)
+
+    def shutdown(self) -> None:
+        self._writer.shutdown(wait=True)
+
+    # -- writes ------------------------------------------------------------------------
+
+    async def write(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` on the writer thread (one at a time, in submission order)."""
+        return await asyncio.get_running_loop().run_in_executor(self._writer, fn, *args)
+
+    @property
+    def con(self) -> duckdb.DuckDBPyConnection:
+        if self._con is None:
+            raise RuntimeError("projection store is not open")
+        return self._con
+
+    def checkpoint_sync(self, stream: str) -> int:
+        row = self.con.execute(
+            "SELECT last_seq FROM projector_checkpoint WHERE stream = ?", [stream]
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def checkpoints_sync(self) -> dict[str, int]:
+        rows = self.con.execute("SELECT stream, last_seq FROM projector_checkpoint").fetchall()
+        return {str(s): int(q) for s, q in rows}
+
+    def apply_sync(self, stream: str, fetched: Fetched) -> int:
+        """Write one fetched batch of ``stream`` (EVENTS or DLQ) with its checkpoint."""
+        if stream == EVENTS_STREAM:
+            return self.apply_events_sync(EventBatch(fetched.seqs, [m.data for m in fetched.msgs]))
+        return self.apply_dead_letters_sync(dead_letter_batch(fetched))
+
+    def apply_events_sync(self, batch: EventBatch) -> int:
+        """Write a batch and its checkpoint in one transaction; the number of rows written."""
+        return self._apply(
+            EVENTS_STREAM,
+            batch.seqs[-1],
+            _INSERT_EVENTS,
+            [batch.seqs, join_bodies(batch.bodies)],
+        )
+
+    def apply_dead_letters_sync(self, batch: DeadLetterBatch) -> int:
+        params: list[Any] = [
+            batch.seqs, batch.timestamps_us, batch.subjects, batch.original_subjects,
+            batch.original_seqs, batch.deliveries, batch.error_codes, batch.reasons,
+            batch.actors, batch.data,
+        ]  # fmt: skip
+        return self._apply(DLQ_STREAM, batch.seqs[-1], _INSERT_DLQ, params)
+
+    def _apply(self, stream: str, last_seq: int, sql: str, params: list[Any]) -> int:
+        con = self.con
+        con.execute("BEGIN")
+        try:
+            checkpoint = self.checkpoint_sync(stream)
+            if last_seq <= checkpoint:
+                con.execute("ROLLBACK")
+                return 0
+            row = con.execute(sql, [*params, checkpoint]).fetchone()
+            written = int(row[0]) if row else 0
+            con.execute(
+                "UPDATE projector_checkpoint SET last_seq = ?, applied = applied + ? "
+                "WHERE stream = ?",
+                [last_seq, written, stream],
+            )
+            con.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(duckdb.Error):
+                con.execute("ROLLBACK")
+            raise
+        return written
+
+    def skip_to_sync(self, stream: str, seq: int) -> None:
+        """Move a checkpoint forward without rows (the stream no longer has them)."""
+        self.con.execute(
+            "UPDATE projector_checkpoint SET last_seq = greatest(last_seq, ?) WHERE stream = ?",
+            [seq, stream],
+        )
+
+    # -- reads -------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def reader(self, timeout: float = 30.0) -> Iterator[duckdb.DuckDBPyConnection]:
+        """Check out a read cursor (blocking: call from a thread)."""
+        if self._closed.is_set():
+            raise ProjectionBusy("the projection is closed or being swapped by a replay; retry")
+        try:
+            cursor = self._pool.get(timeout=timeout)
+        except queue.Empty:
+            raise ProjectionBusy("every projection reader is busy; try again") from None
+        try:
+            yield cursor
+        finally:
+            self._pool.put(cursor)
+
+    async def read(self, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
+        """Run ``fn(cursor)`` on a worker thread with a pooled cursor."""
+
+        def run() -> T:
+            with self.reader() as cursor:
+                return fn(cursor)
+
+        return await asyncio.to_thread(run)

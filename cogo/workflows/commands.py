@@ -1,0 +1,219 @@
+"""``cogo workflow ...``: run, inspect and cancel workflows of a running ``cogo up``.
+
+cogo workflow run    <workflowId> [-p key=value ...] [--params JSON] [--wait]
+cogo workflow run    --file definition.json [-p ...] [--wait]
+cogo workflow plan   <workflowId> [-p key=value ...]
+cogo workflow state  <runId>
+cogo workflow list   [--workflow ID] [--status S] [--limit N] [--json]
+cogo workflow cancel <runId> [--reason TEXT]
+cogo workflow defs
+
+The commands talk to the HTTP facade named in ``<data-dir>/endpoints.json`` (or
+``--http-url``), with ``Authorization: Bearer <api_token>``. ``-p`` values are JSON when
+they parse as JSON (``-p full=true``, ``-p n=3``), strings otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from cogo.errors import CogoError
+
+
+def register(subparsers: Any, common: Any) -> None:
+    """Add ``workflow`` and its subcommands to the ``cogo`` parser."""
+    parser = subparsers.add_parser("workflow", help="run, inspect and cancel workflows")
+    sub = parser.add_subparsers(dest="workflow_command", required=True)
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help)
+        common(p)
+        p.add_argument("--http-url", default=os.environ.get("COGO_HTTP_URL"),
+                       help="the facade; default: the running `cogo up` in --data-dir")  # fmt: skip
+        return p
+
+    p = command("run", "start a run; --wait to follow it to the end")
+    p.add_argument("workflow_id", nargs="?", help="a workflow id (see `cogo workflow defs`)")
+    p.add_argument("--file", type=Path, help="run this definition file (JSON) instead")
+    _parameter_arguments(p)
+    p.add_argument("--run-id", default=None, help="choose the run id (idempotent)")
+    p.add_argument("--wait", action="store_true", help="wait for the run to end")
+    p.add_argument("--timeout", type=float, default=600.0)
+    p.set_defaults(func=cmd_run)
+
+    p = command("plan", "validate and show the resolved plan; nothing runs")
+    p.add_argument("workflow_id", nargs="?")
+    p.add_argument("--file", type=Path)
+    _parameter_arguments(p)
+    p.set_defaults(func=cmd_plan)
+
+    p = command("state", "a run's status, nodes, gate verdicts and artifacts")
+    p.add_argument("run_id")
+    p.set_defaults(func=cmd_state)
+
+    p = command("list", "runs, newest first")
+    p.add_argument("--workflow", default=None)
+    p.add_argument("--status", default=None,
+                   choices=["running", "succeeded", "failed", "cancelled"])  # fmt: skip
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_list)
+
+    p = command("cancel", "cancel a run (running tasks finish; nothing new starts)")
+    p.add_argument("run_id")
+    p.add_argument("--reason", default=None)
+    p.set_defaults(func=cmd_cancel)
+
+    p = command("defs", "the workflow definitions and their parameters")
+    p.set_defaults(func=cmd_defs)
+
+
+def _parameter_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="a parameter; the value is JSON if it parses, else a string")  # fmt: skip
+    p.add_argument("--params", default=None, help="all parameters as one JSON object")
+
+
+def parameters_of(args: argparse.Namespace) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    if args.params:
+        try:
+            params = json.loads(args.params)
+        except json.JSONDecodeError as exc:
+            raise CogoError(f"--params is not valid JSON: {exc}") from exc
+        if not isinstance(params, dict):
+            raise CogoError("--params must be a JSON object")
+    for item in args.param:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise CogoError(f"-p expects KEY=VALUE, got {item!r}")
+        try:
+            params[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            params[key] = raw
+    return params
+
+
+class Facade:
+    """The HTTP facade of a running ``cogo up``."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        from cogo.system import read_endpoints
+
+        endpoints = read_endpoints(args.data_dir) or {}
+        url = args.http_url or endpoints.get("http_url")
+        if not url:
+            raise CogoError(
+                f"no --http-url and no running `cogo up` in {args.data_dir} (endpoints.json)"
+            )
+        token = os.environ.get("COGO_API_TOKEN") or endpoints.get("api_token")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.client = httpx.Client(base_url=url, headers=headers, timeout=30, trust_env=False)
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll is noise
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self.client.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise CogoError(f"cannot reach the facade: {exc}") from exc
+        if response.status_code >= 400:
+            raise CogoError(f"{method} {path} -> {response.status_code}: {_detail(response)}")
+        return response.json()
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        detail = response.json().get("detail")
+    except (ValueError, AttributeError):
+        return response.text[:500]
+    if isinstance(detail, list):
+        return "; ".join(f"{'.'.join(map(str, d.get('loc', [])))}: {d.get('msg')}" for d in detail)
+    return str(detail)
+
+
+def _target(args: argparse.Namespace) -> dict[str, Any]:
+    if args.file is not None:
+        try:
+            return {"definition": json.loads(args.file.read_text())}
+        except (OSError, json.JSONDecodeError) as exc:
+            raise CogoError(f"cannot read {args.file}: {exc}") from exc
+    if not args.workflow_id:
+        raise CogoError("name a workflow id or give --file")
+    return {"workflowId": args.workflow_id}
+
+
+def _print(value: Any) -> None:
+    print(json.dumps(value, indent=2, default=str))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    facade = Facade(args)
+    body = {**_target(args), "parameters": parameters_of(args)}
+    if args.run_id:
+        body["runId"] = args.run_id
+    started = facade.call("POST", "/api/orchestrator/execute", json=body)
+    print(json.dumps(started))
+    if not args.wait:
+        return 0
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        try:
+            state = facade.call(
+                "GET", "/api/orchestrator/state", params={"runId": started["runId"]}
+            )
+        except CogoError:  # 404 until the orchestrator has taken the start command
+            state = None
+        if state and state.get("endedAt"):
+            _print(state)
+            return 0 if state["status"] == "succeeded" else 1
+        time.sleep(0.5)
+    print(f"run {started['runId']} did not end within {args.timeout}s", file=sys.stderr)
+    return 2
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    body = {**_target(args), "parameters": parameters_of(args)}
+    _print(Facade(args).call("POST", "/api/orchestrator/plan", json=body))
+    return 0
+
+
+def cmd_state(args: argparse.Namespace) -> int:
+    _print(Facade(args).call("GET", "/api/orchestrator/state", params={"runId": args.run_id}))
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    params: dict[str, Any] = {"limit": args.limit}
+    if args.workflow:
+        params["workflowId"] = args.workflow
+    if args.status:
+        params["status"] = args.status
+    runs = Facade(args).call("GET", "/api/orchestrator/runs", params=params)["runs"]
+    if args.json:
+        _print(runs)
+        return 0
+    for run in runs:
+        duration = f"{run['durationMs'] / 1000:.1f}s" if run["durationMs"] is not None else "-"
+        print(f"{run['runId']:<34} {run['workflowId'] or '-':<20} {run['status']:<10} "
+              f"{run['startedAt'] or '-':<28} {duration:>8}  {run['error'] or ''}")  # fmt: skip
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    body = {"runId": args.run_id, "reason": args.reason}
+    print(json.dumps(Facade(args).call("POST", "/api/orchestrator/cancel", json=body)))
+    return 0
+
+
+def cmd_defs(args: argparse.Namespace) -> int:
+    _print(Facade(args).call("GET", "/api/workflows")["workflows"])
+    return 0

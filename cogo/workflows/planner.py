@@ -1,0 +1,294 @@
+"""The planner: definition + parameters -> a checked, resolved ``Plan``; nothing runs.
+
+Planning substitutes ``${params.*}``, validates every node, fills each Publish/Notify's
+``__assignment`` (workflow defaults, then the node's own keys) and resolves it against the
+route policy, so a violation is reported before anything is sent. ``${nodes.*}`` templates
+stay in the plan and are rendered when their node starts. Problems come back as
+field-level errors (``InvalidWorkflow.detail``): every shape error of every node at once,
+then, once all nodes have a valid shape, every ordering, expression, route and assignment
+error at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import msgspec
+import pydantic
+from pydantic import ConfigDict, Field
+
+from cogo.actors.dispatcher import resolve_assignment
+from cogo.config import RoutePolicy
+from cogo.errors import (
+    AssignmentError,
+    CogoError,
+    ExpressionError,
+    InvalidWorkflow,
+    PolicyViolation,
+    UnknownRoute,
+)
+from cogo.streams.envelope import ASSIGNMENT_KEY, Assignment, decode_assignment
+from cogo.workflows.definition import (
+    WORKFLOW_ID,
+    GateNode,
+    Node,
+    NotifyNode,
+    PublishNode,
+    RetryNode,
+    WaitNode,
+    WorkflowDefinition,
+    executed,
+    node_adapter,
+    resolve_parameters,
+)
+from cogo.workflows.expressions import parse, render, template_expressions
+
+# what conditions and templates may read while a run goes on
+RUN_NAMES = frozenset({"params", "nodes", "run"})
+UNTIL_NAMES = RUN_NAMES | {"result"}
+WHERE_NAMES = RUN_NAMES | {"event"}
+
+PolicyLookup = Callable[[str], RoutePolicy]
+
+
+class Plan(pydantic.BaseModel):
+    """A workflow ready to run: parameters substituted, nodes checked, assignments resolved."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    workflow_id: str = Field(pattern=WORKFLOW_ID)
+    description: str = ""
+    version: int = 1
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    nodes: list[Node] = Field(min_length=1, max_length=200)
+
+    def node(self, node_id: str) -> Any:
+        for node in self.nodes:
+            if node.id == node_id:
+                return node
+        raise KeyError(node_id)
+
+    @property
+    def routes(self) -> list[str]:
+        routes = []
+        for node in self.nodes:
+            inner = executed(node)
+            if isinstance(inner, PublishNode | NotifyNode) and inner.route not in routes:
+                routes.append(inner.route)
+        return routes
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def plan_workflow(
+    definition: dict[str, Any], parameters: dict[str, Any] | None, policy_of: PolicyLookup
+) -> Plan:
+    """Plan a definition (raw, as loaded) with ``parameters``; InvalidWorkflow on any error."""
+    try:
+        spec = WorkflowDefinition.model_validate(definition)
+    except pydantic.ValidationError as exc:
+        raise InvalidWorkflow(
+            "invalid workflow definition", detail=pydantic_errors(exc, ["definition"])
+        ) from None
+    params = resolve_parameters(spec, parameters or {})
+    context = {"params": params}
+    errors: list[dict[str, Any]] = []
+    defaults: Any = {}
+    try:
+        defaults = render(spec.defaults.assignment, context)
+    except ExpressionError as exc:
+        errors.append(_error(["definition", "defaults", "assignment"], exc))
+    if not isinstance(defaults, dict):
+        errors.append(_error(["definition", "defaults", "assignment"], "must render to an object"))
+        defaults = {}
+    nodes = []
+    for i, raw in enumerate(spec.nodes):
+        try:
+            rendered = render(raw, context, only={"params"})
+        except ExpressionError as exc:
+            errors.append(_error(["definition", "nodes", i], exc))
+            continue
+        try:
+            node = node_adapter.validate_python(rendered)
+        except pydantic.ValidationError as exc:
+            errors.extend(pydantic_errors(exc, ["definition", "nodes", i]))
+            continue
+        inner = executed(node)
+        if isinstance(inner, PublishNode | NotifyNode):
+            inner.assignment = _merge(defaults, inner.assignment)
+        nodes.append(node)
+    if errors:
+        raise InvalidWorkflow(f"workflow {spec.id!r} cannot be planned", detail=errors)
+    plan = Plan(
+        workflow_id=spec.id,
+        description=spec.description,
+        version=spec.version,
+        parameters=params,
+        nodes=nodes,
+    )
+    return check_plan(plan, policy_of, where=["definition"])
+
+
+def load_plan(raw: Any, policy_of: PolicyLookup) -> Plan:
+    """Validate a plan given back by a user (e.g. the output of ``/plan``) before it runs."""
+    try:
+        plan = Plan.model_validate(raw)
+    except pydantic.ValidationError as exc:
+        raise InvalidWorkflow("invalid plan", detail=pydantic_errors(exc, ["plan"])) from None
+    return check_plan(plan, policy_of, where=["plan"])
+
+
+def check_plan(plan: Plan, policy_of: PolicyLookup, where: list[Any] | None = None) -> Plan:
+    """Check ids, ordering, expressions, routes and assignments; fill ``after`` and the
+    resolved assignments. Raises InvalidWorkflow listing every problem."""
+    where = where or ["plan"]
+    link(plan)
+    errors: list[dict[str, Any]] = []
+    position: dict[str, int] = {}
+    ancestors: dict[str, set[str]] = {}
+    for i, node in enumerate(plan.nodes):
+        loc = [*where, "nodes", i]
+        if not node.id:
+            errors.append(_error([*loc, "id"], "field required", "missing"))
+            continue
+        if node.id in position:
+            errors.append(_error([*loc, "id"], f"duplicate node id {node.id!r}"))
+            continue
+        upstream: set[str] = set()
+        for name in node.after:
+            if name not in position:
+                errors.append(
+                    _error([*loc, "after"], f"{name!r} is not a node defined before {node.id!r}")
+                )
+                continue
+            upstream |= {name, *ancestors[name]}
+        position[node.id] = i
+        ancestors[node.id] = upstream
+        errors.extend(_check_node(node, loc, upstream, set(n.id or "" for n in plan.nodes)))
+        errors.extend(_check_route(executed(node), loc, policy_of, isinstance(node, RetryNode)))
+    if errors:
+        raise InvalidWorkflow(f"workflow {plan.workflow_id!r} cannot be planned", detail=errors)
+    return plan
+
+
+def link(plan: Plan) -> Plan:
+    """Fill each absent ``after`` with the node before it: a list of nodes is a sequence."""
+    for i, node in enumerate(plan.nodes):
+        if node.after is None:
+            node.after = [plan.nodes[i - 1].id] if i and plan.nodes[i - 1].id else []
+    return plan
+
+
+def _check_node(
+    node: Any, loc: list[Any], upstream: set[str], every: set[str]
+) -> Iterator[dict[str, Any]]:
+    yield from _check_expression(node.when, [*loc, "when"], RUN_NAMES, upstream)
+    inner_loc = [*loc, "node"] if isinstance(node, RetryNode) else loc
+    inner = executed(node)
+    if isinstance(node, RetryNode):
+        yield from _check_expression(node.until, [*loc, "until"], UNTIL_NAMES, upstream | {node.id})
+    if isinstance(inner, GateNode):
+        yield from _check_expression(inner.condition, [*loc, "condition"], RUN_NAMES, upstream)
+    elif isinstance(inner, WaitNode):
+        # a condition is re-evaluated while other branches progress: any node may be read
+        yield from _check_expression(inner.condition, [*inner_loc, "condition"], RUN_NAMES, every)
+        if inner.event is not None:
+            yield from _check_expression(
+                inner.event.where, [*inner_loc, "event", "where"], WHERE_NAMES, every
+            )
+            yield from _check_templates(
+                inner.event.model_dump(exclude={"where"}), [*inner_loc, "event"], upstream
+            )
+    elif isinstance(inner, PublishNode):
+        yield from _check_templates(inner.payload, [*inner_loc, "payload"], upstream)
+    elif isinstance(inner, NotifyNode):
+        yield from _check_templates(inner.message, [*inner_loc, "message"], upstream)
+        yield from _check_templates(inner.url, [*inner_loc, "url"], upstream)
+        if inner.url is None and node.when is None:
+            yield _error([*inner_loc, "url"], "a notify node needs `url` (or a `when` to skip it)")
+        elif (
+            isinstance(inner.url, str)
+            and "${" not in inner.url
+            and not inner.url.startswith(("http://", "https://"))
+        ):
+            yield _error([*inner_loc, "url"], "must be an http:// or https:// URL")
+
+
+def _check_expression(
+    text: str | None, loc: list[Any], names: frozenset[str], readable: set[str]
+) -> Iterator[dict[str, Any]]:
+    if text is None:
+        return
+    try:
+        expression = parse(text, names)
+    except ExpressionError as exc:
+        yield _error(loc, exc, exc.code)
+        return
+    for ref in sorted(expression.node_refs - readable):
+        yield _error(loc, f"reads nodes.{ref}, which does not run before this node")
+
+
+def _check_templates(value: Any, loc: list[Any], upstream: set[str]) -> Iterator[dict[str, Any]]:
+    for text in _strings(value):
+        for source in template_expressions(text):
+            yield from _check_expression(source, loc, RUN_NAMES, upstream)
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+
+
+def _check_route(
+    inner: Any, loc: list[Any], policy_of: PolicyLookup, wrapped: bool
+) -> Iterator[dict[str, Any]]:
+    if not isinstance(inner, PublishNode | NotifyNode):
+        return
+    loc = [*loc, "node"] if wrapped else loc
+    try:
+        policy = policy_of(inner.route)
+    except UnknownRoute as exc:
+        yield _error([*loc, "route"], exc, exc.code)
+        return
+    try:
+        requested = (
+            decode_assignment({ASSIGNMENT_KEY: inner.assignment})
+            if inner.assignment
+            else Assignment()
+        )
+        resolved = resolve_assignment(requested, policy)
+    except (AssignmentError, PolicyViolation) as exc:
+        yield _error([*loc, "assignment"], exc, exc.code)
+        return
+    inner.resolved_assignment = msgspec.to_builtins(resolved)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _error(loc: list[Any], msg: Any, type: str = "value_error") -> dict[str, Any]:
+    text = msg.message if isinstance(msg, CogoError) else str(msg)
+    return {"loc": loc, "msg": text, "type": type}
+
+
+def pydantic_errors(exc: pydantic.ValidationError, prefix: list[Any]) -> list[dict[str, Any]]:
+    """pydantic's errors as field errors, with ``prefix`` before each location."""
+    return [
+        {"loc": [*prefix, *err["loc"]], "msg": err["msg"], "type": err["type"]}
+        for err in exc.errors(include_url=False, include_context=False, include_input=False)
+    ]

@@ -1,0 +1,513 @@
+"""The rollout controller: a candidate version through Dev E2E, CI smoke, canary and promote.
+
+``cogo up`` runs one in-process (component ``rollouts``); ``/api/rollouts`` drives it.
+
+    dev_e2e   a few sample tasks pinned to the candidate (and as many to the baseline), or
+              the route's sample workflow (e.g. codeBuildTest) with the candidate pinned
+    smoke     a batch of smoke tasks, pinned the same way
+    canary    ``canary_percent`` of the route's real traffic (by task-id hash)
+    promote   100% of the traffic, until ``min_samples`` tasks confirm it
+
+Each stage ends with gates computed in DuckDB over that stage's samples
+(``cogo.workflows.gates``). A failed gate rolls back at once: the split goes back to the
+baseline at 0%. After the last stage the candidate becomes the route's baseline.
+The split the dispatchers follow and every rollout's record live in the KV bucket
+``rollouts`` (``cogo.streams.rollouts``); every change is also an event:
+``rollout_started``, ``rollout_stage_changed``, ``rollout_gate_evaluated``,
+``rollout_promoted``, ``rollout_rolled_back``, ``rollout_paused``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import datetime as dt
+import logging
+import re
+import time
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client as NATS
+
+from cogo.actors.base import actor_id
+from cogo.actors.canary import BASELINE, CANARY, COHORT_KEY
+from cogo.config import Config
+from cogo.errors import RolloutConflict, RolloutNotFound
+from cogo.streams.envelope import EXECUTE_SUBJECT, MSG_ID, encoder, new_id
+from cogo.streams.events import EventLog, iso, make_event
+from cogo.streams.rollouts import (
+    PAUSED,
+    PROMOTED,
+    ROLLED_BACK,
+    RUNNING,
+    Gate,
+    Rollout,
+    RolloutStore,
+    RouteSplit,
+    Stage,
+    check_version,
+)
+from cogo.workflows import gates
+
+log = logging.getLogger(__name__)
+
+DEV_E2E, SMOKE, CANARY_STAGE, PROMOTE = "dev_e2e", "smoke", "canary", "promote"
+STAGES = (DEV_E2E, SMOKE, CANARY_STAGE, PROMOTE)
+STAGE_TITLES = {
+    DEV_E2E: "Dev E2E",
+    SMOKE: "CI smoke",
+    CANARY_STAGE: "Canary",
+    PROMOTE: "Promote 100%",
+}
+POLL_S = 0.5
+_ID = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
+EARLY_FAILURE_SAMPLES = 10  # canary/promote stop early once failures are this clear
+
+ROLLOUT_STARTED = "rollout_started"
+ROLLOUT_STAGE_CHANGED = "rollout_stage_changed"
+ROLLOUT_GATE_EVALUATED = "rollout_gate_evaluated"
+ROLLOUT_PROMOTED = "rollout_promoted"
+ROLLOUT_ROLLED_BACK = "rollout_rolled_back"
+ROLLOUT_PAUSED = "rollout_paused"
+
+
+class RolloutSpec(msgspec.Struct, frozen=True):
+    """What ``POST /api/rollouts`` asks for."""
+
+    route: str
+    candidate: str
+    slo_p90_ms: float | None = None
+    min_samples: int = 20
+    canary_percent: int = 10
+    dev_e2e_tasks: int = 5
+    smoke_tasks: int = 20
+    stage_timeout_s: float = 300.0
+    sample_payload: dict[str, Any] = msgspec.field(default_factory=dict)
+    # {"workflowId": ..., "parameters": {...}}: Dev E2E runs this workflow instead of tasks
+    dev_e2e_workflow: dict[str, Any] | None = None
+
+
+def _naive(at: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(at.replace("Z", "+00:00")).replace(tzinfo=None)
+
+
+class _Halted(Exception):
+    """Raised inside a driver when its rollout stopped running under it."""
+
+
+class RolloutController:
+    """Runs rollouts: one driver task per running rollout, state in KV, facts as events."""
+
+    kind = "rollouts"
+
+    def __init__(self, nc: NATS, config: Config, projector: Any, *, data_dir: Any = None) -> None:
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.config = config
+        self.projector = projector
+        self.data_dir = data_dir
+        self.name = actor_id("rollout-controller")
+        self.store = RolloutStore(self.js, config.bus.replicas)
+        self.events = EventLog(self.js)
+        self.policy_of: Any = None  # a route -> RoutePolicy lookup, for workflow plans
+        self._drivers: dict[str, asyncio.Task[None]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Resume every rollout that was running when the last ``cogo up`` stopped."""
+        await self.store.kv()
+        for rollout in await self.store.all():
+            if rollout.status == RUNNING:
+                self._drive(rollout)
+
+    async def stop(self) -> None:
+        drivers = list(self._drivers.values())
+        for task in drivers:
+            task.cancel()
+        for task in drivers:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    # -- reading -----------------------------------------------------------------------
+
+    async def list(self) -> list[Rollout]:
+        return await self.store.all()
+
+    async def get(self, rollout_id: str) -> Rollout:
+        # ids are hex; anything else cannot be a KV key, let alone a rollout
+        rollout = await self.store.get(rollout_id) if _ID.match(rollout_id) else None
+        if rollout is None:
+            raise RolloutNotFound(f"no rollout {rollout_id!r}")
+        return rollout
+
+    # -- commands ----------------------------------------------------------------------
+
+    async def begin(self, spec: RolloutSpec) -> Rollout:
+        """Start a rollout of ``spec.candidate`` on ``spec.route``."""
+        check_version(spec.candidate)
+        for other in await self.store.all():
+            if other.route == spec.route and other.status in (RUNNING, PAUSED):
+                raise RolloutConflict(
+                    f"route {spec.route!r} already has rollout {other.id} ({other.status})"
+                )
+        split = await self.store.split(spec.route)
+        if split.baseline == spec.candidate:
+            raise RolloutConflict(f"{spec.candidate!r} already is the baseline of {spec.route!r}")
+        now = iso()
+        rollout = Rollout(
+            id=new_id()[:12],
+            route=spec.route,
+            candidate=spec.candidate,
+            baseline=split.baseline,
+            created_at=now,
+            updated_at=now,
+            slo_p90_ms=spec.slo_p90_ms,
+            min_samples=spec.min_samples,
+            canary_percent=spec.canary_percent,
+            dev_e2e_tasks=spec.dev_e2e_tasks,
+            smoke_tasks=spec.smoke_tasks,
+            stage_timeout_s=spec.stage_timeout_s,
+            sample_payload=spec.sample_payload,
+            dev_e2e_workflow=spec.dev_e2e_workflow,
+        )
+        await self.store.put(rollout)
+        await self._event(rollout, ROLLOUT_STARTED, data={
+            "candidate": rollout.candidate, "baseline": rollout.baseline,
+            "slo_p90_ms": rollout.slo_p90_ms, "min_samples": rollout.min_samples,
+        })  # fmt: skip
+        self._drive(rollout)
+        return rollout
+
+    async def pause(self, rollout_id: str) -> Rollout:
+        """Stop advancing; the traffic split stays where it is."""
+        await self._halt(rollout_id)
+        async with self._lock(rollout_id):
+            rollout = await self._active(rollout_id)
+            if rollout.status == PAUSED:
+                return rollout
+            rollout.status = PAUSED
+            await self._save(rollout)
+            await self._event(rollout, ROLLOUT_PAUSED, data={"stage": rollout.stage,
+                                                            "percent": rollout.percent})  # fmt: skip
+            return rollout
+
+    async def promote(self, rollout_id: str) -> Rollout:
+        """Promote the candidate to 100% now, skipping the stages still to come."""
+        await self._halt(rollout_id)
+        async with self._lock(rollout_id):
+            rollout = await self._active(rollout_id)
+            self._close_stage(rollout, "aborted")
+            await self._promoted(rollout, manual=True)
+            return rollout
+
+    async def rollback(self, rollout_id: str, reason: str | None = None) -> Rollout:
+        """Send every task back to the baseline."""
+        await self._halt(rollout_id)
+        async with self._lock(rollout_id):
+            rollout = await self._active(rollout_id)
+            self._close_stage(rollout, "aborted")
+            await self._rolled_back(rollout, reason or "rolled back by an operator")
+            return rollout
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _lock(self, rollout_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(rollout_id, asyncio.Lock())
+
+    async def _active(self, rollout_id: str) -> Rollout:
+        rollout = await self.get(rollout_id)
+        if rollout.final:
+            raise RolloutConflict(f"rollout {rollout_id} is already {rollout.status}")
+        return rollout
+
+    async def _halt(self, rollout_id: str) -> None:
+        task = self._drivers.pop(rollout_id, None)
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    def _drive(self, rollout: Rollout) -> None:
+        task = asyncio.create_task(self._run(rollout.id), name=f"rollout-{rollout.id}")
+        self._drivers[rollout.id] = task
+        task.add_done_callback(lambda t: self._done(rollout.id, t))
+
+    def _done(self, rollout_id: str, task: asyncio.Task[None]) -> None:
+        if self._drivers.get(rollout_id) is task:
+            del self._drivers[rollout_id]
+        if not task.cancelled() and task.exception() is not None:
+            log.error("rollout %s driver failed", rollout_id, exc_info=task.exception())
+
+    async def _run(self, rollout_id: str) -> None:
+        try:
+            await self._stages(rollout_id)
+        except _Halted:
+            pass
+        except Exception as exc:  # a broken stage must not leave traffic on the candidate
+            log.exception("rollout %s: stage failed", rollout_id)
+            async with self._lock(rollout_id):
+                rollout = await self.get(rollout_id)
+                if rollout.status == RUNNING:
+                    self._close_stage(rollout, "failed")
+                    await self._rolled_back(rollout, f"the stage could not run: {exc}")
+
+    async def _stages(self, rollout_id: str) -> None:
+        rollout = await self.get(rollout_id)
+        # a resumed rollout reruns the stage it was in: its samples restart with it
+        start = STAGES.index(rollout.stage) if rollout.stage in STAGES else 0
+        for name in STAGES[start:]:
+            async with self._lock(rollout_id):
+                rollout = await self.get(rollout_id)
+                if rollout.status != RUNNING:
+                    return
+                stage = await self._enter(rollout, name)
+            verdict = await self._run_stage(rollout, stage)
+            async with self._lock(rollout_id):
+                fresh = await self.get(rollout_id)
+                if fresh.status != RUNNING:
+                    return
+                fresh.stages[-1] = stage
+                stage.status = "passed" if all(g.passed for g in verdict) else "failed"
+                stage.ended_at = iso()
+                await self._save(fresh)
+                for gate in verdict:
+                    await self._event(fresh, ROLLOUT_GATE_EVALUATED, event_id=(
+                        f"rollout:{fresh.id}:{name}:{len(fresh.stages)}:{gate.name}"),
+                        data={"stage": name, **msgspec.to_builtins(gate)})  # fmt: skip
+                if stage.status == "failed":
+                    failed = ", ".join(f"{g.name} ({g.detail})" for g in verdict if not g.passed)
+                    await self._rolled_back(fresh, f"{STAGE_TITLES[name]} gate failed: {failed}")
+                    return
+        async with self._lock(rollout_id):
+            rollout = await self.get(rollout_id)
+            if rollout.status == RUNNING:
+                await self._promoted(rollout, manual=False)
+
+    async def _enter(self, rollout: Rollout, name: str) -> Stage:
+        percent = {CANARY_STAGE: rollout.canary_percent, PROMOTE: 100}.get(name, 0)
+        stage = Stage(name=name, status="running", started_at=iso(), percent=percent)
+        rollout.stage, rollout.percent = name, percent
+        rollout.stages.append(stage)
+        await self.store.put_split(
+            RouteSplit(route=rollout.route, baseline=rollout.baseline,
+                       candidate=rollout.candidate, percent=percent, rollout_id=rollout.id)
+        )  # fmt: skip
+        await self._save(rollout)
+        await self._event(rollout, ROLLOUT_STAGE_CHANGED, data={
+            "stage": name, "title": STAGE_TITLES[name], "percent": percent})  # fmt: skip
+        return stage
+
+    async def _run_stage(self, rollout: Rollout, stage: Stage) -> list[Gate]:
+        """Produce or wait for the stage's samples, then judge them."""
+        deadline = time.monotonic() + rollout.stage_timeout_s
+        since = _naive(stage.started_at)
+        extra: list[Gate] = []
+        if stage.name in (DEV_E2E, SMOKE):
+            workflow = rollout.dev_e2e_workflow if stage.name == DEV_E2E else None
+            correlation = f"rollout-{rollout.id}-{stage.name.replace('_', '-')}"
+            if workflow:
+                extra.append(await self._sample_workflow(rollout, correlation, workflow, deadline))
+                wanted = None
+            else:
+                count = rollout.dev_e2e_tasks if stage.name == DEV_E2E else rollout.smoke_tasks
+                await self._submit_samples(rollout, correlation, count)
+                wanted = count
+            figures = await self._wait_samples(
+                rollout, stage, since, correlation, wanted=wanted, deadline=deadline
+            )
+            min_samples = wanted if wanted is not None else 1
+        else:
+            figures = await self._wait_samples(
+                rollout, stage, since, None, wanted=rollout.min_samples, deadline=deadline
+            )
+            min_samples = rollout.min_samples
+        candidate, baseline = figures[CANARY], figures[BASELINE]
+        if stage.name == PROMOTE and baseline.finished == 0:
+            # no baseline traffic at 100%: compare with the baseline of the canary stage
+            baseline = self._previous_baseline(rollout)
+        stage.samples = {"candidate": candidate.as_dict(), "baseline": baseline.as_dict()}
+        verdict = gates.evaluate(
+            candidate, baseline, min_samples=min_samples, slo_p90_ms=rollout.slo_p90_ms
+        )
+        stage.gates = [*extra, *verdict]
+        return stage.gates
+
+    def _previous_baseline(self, rollout: Rollout) -> gates.Figures:
+        for stage in reversed(rollout.stages):
+            if stage.name == CANARY_STAGE and stage.samples:
+                return gates.Figures.from_dict(stage.samples.get("baseline"))
+        return gates.Figures()
+
+    async def _wait_samples(
+        self,
+        rollout: Rollout,
+        stage: Stage,
+        since: dt.datetime,
+        correlation: str | None,
+        *,
+        wanted: int | None,
+        deadline: float,
+    ) -> dict[str, gates.Figures]:
+        """Poll the projection until the stage has its samples (or its time is up)."""
+        synthetic = correlation is not None
+        while True:
+            figures = await self._figures(rollout.route, since, correlation)
+            candidate = figures[CANARY]
+            stage.samples = {k: v.as_dict() for k, v in
+                             (("candidate", candidate), ("baseline", figures[BASELINE]))}  # fmt: skip
+            await self._save_progress(rollout, stage)
+            if synthetic:
+                if wanted is None or (
+                    candidate.finished >= wanted and figures[BASELINE].finished >= wanted
+                ):
+                    return figures
+            elif candidate.finished >= (wanted or 0):
+                return figures
+            elif (
+                candidate.finished >= EARLY_FAILURE_SAMPLES
+                and not gates.failure_gate(candidate, figures[BASELINE]).passed
+            ):
+                return figures  # clearly worse already: no need to expose more traffic
+            if time.monotonic() > deadline:
+                return figures
+            await asyncio.sleep(POLL_S)
+
+    async def _figures(
+        self, route: str, since: dt.datetime, correlation: str | None
+    ) -> dict[str, gates.Figures]:
+        with contextlib.suppress(TimeoutError):
+            await self.projector.wait_caught_up(timeout=5.0)
+        return await self.projector.store.read(  # type: ignore[no-any-return]
+            lambda cur: gates.cohort_figures(
+                cur, route=route, since=since, correlation_id=correlation
+            )
+        )
+
+    async def _submit_samples(self, rollout: Rollout, correlation: str, count: int) -> None:
+        """``count`` sample tasks pinned to the candidate, as many pinned to the baseline."""
+        futures = []
+        for cohort in (CANARY, BASELINE):
+            for i in range(count):
+                task_id = f"{correlation}-{cohort}-{i}"
+                body = {
+                    "task_id": task_id,
+                    "route": rollout.route,
+                    "correlation_id": correlation,
+                    "payload": {**rollout.sample_payload, COHORT_KEY: cohort},
+                }
+                futures.append(await self.js.publish_async(
+                    EXECUTE_SUBJECT, encoder.encode(body), headers={MSG_ID: task_id}
+                ))  # fmt: skip
+        await asyncio.gather(*futures)
+
+    async def _sample_workflow(
+        self, rollout: Rollout, run_id: str, workflow: dict[str, Any], deadline: float
+    ) -> Gate:
+        """Run the sample workflow with the candidate pinned on the rollout's route."""
+        from cogo.actors.orchestrator import StartRun, send_command
+        from cogo.workflows.definition import Catalog
+        from cogo.workflows.planner import plan_workflow
+
+        workflow_id = str(workflow.get("workflowId") or workflow.get("workflow_id"))
+        catalog = Catalog.for_data_dir(self.data_dir)
+        definition = copy.deepcopy(await asyncio.to_thread(catalog.get, workflow_id))
+        _pin_route(definition.get("nodes") or [], rollout.route)
+        plan = plan_workflow(definition, workflow.get("parameters") or {}, self.policy_of)
+        await send_command(self.js, StartRun(run_id=run_id, plan=plan.to_json()))
+        while time.monotonic() < deadline:
+            outcome = await self.projector.store.read(lambda cur: _run_outcome(cur, run_id))
+            if outcome is not None:
+                status, error = outcome
+                return Gate(name="sample_workflow", passed=status == "workflow_succeeded",
+                            detail=f"{workflow_id} run {run_id}: {status}"
+                            + (f" ({error})" if error else ""))  # fmt: skip
+            await asyncio.sleep(POLL_S)
+        return Gate(name="sample_workflow", passed=False,
+                    detail=f"{workflow_id} run {run_id} did not finish in time")  # fmt: skip
+
+    async def _save_progress(self, rollout: Rollout, stage: Stage) -> None:
+        async with self._lock(rollout.id):
+            fresh = await self.get(rollout.id)
+            if fresh.status != RUNNING or not fresh.stages:
+                raise _Halted  # paused or ended meanwhile
+            fresh.stages[-1].samples = stage.samples
+            await self._save(fresh)
+
+    def _close_stage(self, rollout: Rollout, status: str) -> None:
+        if rollout.stages and rollout.stages[-1].status == "running":
+            rollout.stages[-1].status = status
+            rollout.stages[-1].ended_at = iso()
+
+    async def _promoted(self, rollout: Rollout, *, manual: bool) -> None:
+        await self.store.put_split(
+            RouteSplit(route=rollout.route, baseline=rollout.candidate, rollout_id=rollout.id)
+        )
+        rollout.status, rollout.percent = PROMOTED, 100
+        rollout.reason = "promoted by an operator" if manual else "every gate passed"
+        await self._save(rollout)
+        await self._event(rollout, ROLLOUT_PROMOTED, data={
+            "manual": manual, "previous_baseline": rollout.baseline})  # fmt: skip
+
+    async def _rolled_back(self, rollout: Rollout, reason: str) -> None:
+        await self.store.put_split(
+            RouteSplit(route=rollout.route, baseline=rollout.baseline, rollout_id=rollout.id)
+        )
+        rollout.status, rollout.percent, rollout.reason = ROLLED_BACK, 0, reason
+        await self._save(rollout)
+        await self._event(rollout, ROLLOUT_ROLLED_BACK, error=reason, data={
+            "stage": rollout.stage, "reason": reason})  # fmt: skip
+
+    async def _save(self, rollout: Rollout) -> None:
+        rollout.updated_at = iso()
+        await self.store.put(rollout)
+
+    async def _event(
+        self, rollout: Rollout, type: str, *, event_id: str | None = None, **fields: Any
+    ) -> None:
+        await self.events.append(
+            make_event(
+                type,
+                event_id=event_id,
+                correlation_id=f"rollout-{rollout.id}",
+                route=rollout.route,
+                actor=self.name,
+                version=rollout.candidate,
+                cohort=CANARY,
+                **{"data": {"rollout_id": rollout.id, **fields.pop("data", {})}, **fields},
+            )
+        )
+
+
+def _pin_route(nodes: list[Any], route: str) -> None:
+    """Pin every node publishing to ``route`` (nested ones too) to the canary cohort."""
+    for node in nodes:
+        if not isinstance(node, dict):
+            continue
+        if node.get("route") == route and isinstance(node.get("payload"), dict):
+            node["payload"][COHORT_KEY] = CANARY
+        inner = node.get("node")
+        if isinstance(inner, dict):
+            _pin_route([inner], route)
+
+
+def _run_outcome(cur: Any, run_id: str) -> tuple[str, str | None] | None:
+    row = cur.execute(
+        """SELECT type, error FROM bus_events WHERE correlation_id = ?
+           AND type IN ('workflow_succeeded', 'workflow_failed', 'workflow_cancelled')
+           ORDER BY seq LIMIT 1""",
+        [run_id],
+    ).fetchone()
+    return (row[0], row[1]) if row else None
+
+
+def rollout_component(system: Any) -> RolloutController:
+    """The controller of ``system`` (a ``cogo.system.System``), on the projector's database."""
+    controller = RolloutController(
+        system.nc, system.config, system.components.get("projector"), data_dir=system.data_dir
+    )
+    controller.policy_of = system.policies.get
+    return controller

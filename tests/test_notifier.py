@@ -1,0 +1,97 @@
+"""The notifier against a real HTTP server on 127.0.0.1: signatures, retries through the
+dispatcher, permanent failures and the host allow-list."""
+
+from __future__ import annotations
+
+import json
+import stat
+from typing import Any
+
+from cogo.actors.dispatcher import ExecutorDispatcher
+from cogo.actors.notifier import (
+    DELIVERY_HEADER,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    NotifierActor,
+    host_allowed,
+    sign,
+)
+from cogo.streams.server import free_port
+from tests.helpers import EventReader, running, submit
+from tests.test_workflow_support import Webhook, webhook_fixture  # noqa: F401
+
+SECRET = "s3cret"
+
+
+async def _notify(js: Any, url: str, **assignment: Any) -> Any:
+    payload: dict[str, Any] = {"url": url, "body": {"hello": "world", "n": 1}}
+    if assignment:
+        payload["__assignment"] = assignment
+    task_id = await submit(js, "notify.webhook.0", payload)
+    reader = EventReader(js)
+    done = await reader.wait_terminal([task_id], timeout=20)
+    return done[task_id], reader.of(task_id)
+
+
+async def test_signed_and_retried_on_500(nats_server, js, config, webhook: Webhook, monkeypatch):
+    monkeypatch.setenv("COGO_WEBHOOK_SECRET", SECRET)
+    webhook.statuses = [500]
+    async with running(nats_server.url, config, ExecutorDispatcher, NotifierActor):
+        event, history = await _notify(js, webhook.url)
+    assert event.type == "execute_done" and event.attempt == 2
+    assert event.data["result"] == {"status_code": 200, "attempt": 2}
+    assert [e.type for e in history] == [
+        "execute_enqueued", "execute_retry", "execute_enqueued", "execute_done"]  # fmt: skip
+    assert [r["status"] for r in webhook.requests] == [500, 200]
+    for request in webhook.requests:
+        headers = request["headers"]
+        assert headers[SIGNATURE_HEADER] == sign(SECRET.encode(), request["raw"])
+        assert headers[SIGNATURE_HEADER].startswith("sha256=")
+        assert headers[DELIVERY_HEADER] == event.task_id  # the same on every retry
+        assert int(headers[TIMESTAMP_HEADER]) > 0
+        assert json.loads(request["raw"]) == {"hello": "world", "n": 1}
+
+
+async def test_client_error_is_permanent(nats_server, js, config, webhook, monkeypatch):
+    monkeypatch.setenv("COGO_WEBHOOK_SECRET", SECRET)
+    webhook.statuses = [404]
+    async with running(nats_server.url, config, ExecutorDispatcher, NotifierActor):
+        event, _ = await _notify(js, webhook.url)
+    assert event.type == "execute_failed" and event.error_code == "worker.permanent"
+    assert "404" in (event.error or "")
+    assert len(webhook.requests) == 1
+
+
+async def test_unreachable_is_retried_until_exhausted(nats_server, js, config, monkeypatch):
+    monkeypatch.setenv("COGO_WEBHOOK_SECRET", SECRET)
+    url = f"http://127.0.0.1:{free_port()}/nobody-listens"
+    async with running(nats_server.url, config, ExecutorDispatcher, NotifierActor):
+        event, _ = await _notify(js, url, max_attempts=2, backoff={"initial_ms": 50})
+    assert event.type == "execute_failed" and event.error_code == "attempts.exhausted"
+    assert event.attempt == 2 and "unreachable" in (event.error or "")
+
+
+async def test_host_allow_list(nats_server, js, config, webhook, monkeypatch):
+    monkeypatch.setenv("COGO_WEBHOOK_SECRET", SECRET)
+    monkeypatch.delenv("COGO_WEBHOOK_ALLOWED_HOSTS", raising=False)
+    async with running(nats_server.url, config, ExecutorDispatcher, NotifierActor):
+        event, _ = await _notify(js, "http://example.com/hook")
+        local_name, _ = await _notify(js, webhook.url.replace("127.0.0.1", "localhost"))
+    assert event.type == "execute_failed" and event.error_code == "webhook.host_not_allowed"
+    assert local_name.type == "execute_done"
+    assert host_allowed("https://hooks.example.com/x", ["*.example.com"])
+    assert not host_allowed("https://example.com.evil.net/x", ["*.example.com"])
+    assert not host_allowed("http://127.0.0.1.nip.io/x", ["127.0.0.1", "localhost"])
+
+
+async def test_secret_from_data_dir(nats_server, js, config, data_dir, webhook, monkeypatch):
+    monkeypatch.delenv("COGO_WEBHOOK_SECRET", raising=False)
+    async with running(nats_server.url, config, ExecutorDispatcher):
+        async with running(nats_server.url, config, NotifierActor, data_dir=data_dir):
+            event, _ = await _notify(js, webhook.url)
+    assert event.type == "execute_done"
+    secret_file = data_dir / "webhook_secret"
+    assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+    request = webhook.requests[0]
+    secret = secret_file.read_text().strip().encode()
+    assert request["headers"][SIGNATURE_HEADER] == sign(secret, request["raw"])

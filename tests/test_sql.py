@@ -1,0 +1,293 @@
+"""Ad-hoc SQL: the sandbox on a real DuckDB file, ``POST /api/sql``, and ``cogo sql`` /
+``cogo replay`` against a real ``cogo up``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from cogo.actors.runner import connect
+from cogo.errors import SqlInvalid, SqlRejected, SqlTimeout
+from cogo.http.app import AppState, create_app
+from cogo.http.sql import routes as sql_routes
+from cogo.projections.bench import fill, synthetic_events
+from cogo.projections.projector import Projector
+from cogo.projections.sandbox import run_query
+from cogo.projections.store import ProjectionStore
+from cogo.streams.policies import PolicyStore
+from tests.conftest import TEST_CONFIG
+from tests.helpers import submit
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[ProjectionStore]:
+    store = ProjectionStore(tmp_path / "cogo.duckdb")
+    store.open_sync()
+    store.con.execute(
+        "INSERT INTO bus_events (seq, event_id, type, raw) "
+        "SELECT i, 'e' || i, 'execute_done', '{}' FROM range(1, 101) r(i)"
+    )
+    try:
+        yield store
+    finally:
+        store.close_sync()
+        store.shutdown()
+
+
+def query(store: ProjectionStore, sql: str, **options: Any) -> Any:
+    with store.reader() as cursor:
+        return run_query(cursor, sql, **options)
+
+
+ESCAPES = [
+    "SELECT * FROM read_csv('/etc/passwd')",
+    "SELECT * FROM read_text('/etc/passwd')",
+    "SELECT * FROM read_blob('/etc/hostname')",
+    "SELECT * FROM glob('/etc/*')",
+    "SELECT * FROM '/etc/passwd'",
+    "SELECT * FROM read_json('http://127.0.0.1:9/x.json')",
+    "SELECT * FROM read_parquet('s3://bucket/x.parquet')",
+    "COPY bus_events TO '{tmp}/out.csv'",
+    "COPY (SELECT 1) TO '{tmp}/out.csv'",
+    "EXPORT DATABASE '{tmp}/export'",
+    "ATTACH '{tmp}/other.duckdb' AS other",
+    "ATTACH ':memory:' AS mem",
+    "DETACH cogo",
+    "INSTALL httpfs",
+    "LOAD httpfs",
+    "SET enable_external_access = true",
+    "RESET enable_external_access",
+    "SET VARIABLE x = 1",
+    "USE memory",
+    "PRAGMA enable_profiling",
+    "CALL pragma_version()",
+    "CHECKPOINT",
+    "VACUUM",
+    "CREATE TABLE stolen AS SELECT 1",
+    "CREATE VIEW v AS SELECT 1",
+    "CREATE SECRET s (TYPE s3, KEY_ID 'a', SECRET 'b')",
+    "DROP TABLE bus_events",
+    "ALTER TABLE bus_events ADD COLUMN x INT",
+    "INSERT INTO bus_events (seq) VALUES (1000)",
+    "UPDATE bus_events SET type = 'x'",
+    "DELETE FROM bus_events",
+    "WITH gone AS (DELETE FROM bus_events RETURNING *) SELECT count(*) FROM gone",
+    "SELECT 1; DROP TABLE bus_events",
+    "EXPLAIN ANALYZE COPY (SELECT 1) TO '{tmp}/out.csv'",
+    "BEGIN TRANSACTION",
+    "PREPARE p AS SELECT 1",
+    "SELECT * FROM query('COPY (SELECT 1) TO ''{tmp}/q.csv''')",
+]
+
+
+@pytest.mark.parametrize("sql", ESCAPES)
+def test_sandbox_rejects_escapes(store, tmp_path, sql):
+    with pytest.raises((SqlRejected, SqlInvalid)) as caught:
+        query(store, sql.format(tmp=tmp_path))
+    assert str(caught.value)
+    # nothing changed, nothing written
+    assert query(store, "SELECT count(*) FROM bus_events").rows == [[100]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cogo.duckdb", "cogo.duckdb.wal"] or (
+        sorted(p.name for p in tmp_path.iterdir()) == ["cogo.duckdb"]
+    )
+
+
+def test_sandbox_messages_say_why(store):
+    with pytest.raises(SqlRejected, match="file, network and extension access is disabled"):
+        query(store, "SELECT * FROM read_csv('/etc/passwd')")
+    with pytest.raises(SqlRejected, match="only read-only queries.*not COPY"):
+        query(store, "COPY bus_events TO 'x.csv'")
+    with pytest.raises(SqlRejected, match="one statement at a time"):
+        query(store, "SELECT 1; SELECT 2")
+    with pytest.raises(SqlRejected, match="read-only"):
+        query(store, "WITH d AS (DELETE FROM bus_events RETURNING *) SELECT * FROM d")
+    with pytest.raises(SqlInvalid, match='write "at"'):
+        query(store, "SELECT max(at) FROM bus_events")
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT sum(i) FROM range(1000000000000) r(i)",
+        "SELECT count(*) FROM range(1000000) a, range(1000000) b",
+    ],
+)
+def test_sandbox_interrupts_runaway_queries(store, sql):
+    began = time.monotonic()
+    with pytest.raises(SqlTimeout, match="time limit of 0.5s"):
+        query(store, sql, timeout_s=0.5)
+    assert time.monotonic() - began < 5
+    assert query(store, "SELECT 42").rows == [[42]]  # the cursor is still usable
+
+
+def test_sandbox_reads_caps_rows_and_converts_values(store):
+    result = query(store, "SELECT seq FROM bus_events ORDER BY seq", max_rows=10)
+    assert result.rows == [[i] for i in range(1, 11)] and result.truncated
+    full = query(store, "WITH x AS (SELECT count(*) AS n FROM bus_events) SELECT n FROM x")
+    assert full.rows == [[100]] and not full.truncated
+    values = query(
+        store,
+        "SELECT TIMESTAMP '2026-01-02 03:04:05.5' AS t, TIMESTAMPTZ '2026-01-02 03:04:05+00' AS tz,"
+        " 1.25::DECIMAL(5,2) AS d, [1, 2] AS l, {'k': 'v'} AS s, 'x'::BLOB AS b, 'nan'::DOUBLE AS n",
+    )
+    assert values.columns == ["t", "tz", "d", "l", "s", "b", "n"]
+    t, tz, d, lst, struct, blob, nan = values.rows[0]
+    assert t == "2026-01-02T03:04:05.500000" and tz.startswith("2026-01-02 03:04:05")
+    assert (d, lst, struct, blob, nan) == (1.25, [1, 2], {"k": "v"}, "eA==", None)
+    assert query(store, "EXPLAIN SELECT * FROM bus_events").columns == [
+        "explain_key", "explain_value",
+    ]  # fmt: skip
+    assert query(store, "FROM task_latency LIMIT 1").columns[0] == "task_id"
+
+
+# -- POST /api/sql ---------------------------------------------------------------------
+
+
+async def test_http_sql(nc, js, config, data_dir):
+    await fill(js, synthetic_events(50))
+    projector = Projector(nc, config, data_dir=data_dir)
+    await projector.start()
+    try:
+        await projector.wait_caught_up()
+        state = AppState(
+            nc=nc, config=config, policies=PolicyStore(js), data_dir=data_dir, api_token="t0k"
+        )
+        state.components["projector"] = projector
+        app = create_app(state, extra_routes=sql_routes)
+        auth = {"Authorization": "Bearer t0k"}
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://cogo"
+        ) as client:
+            ok = await client.post(
+                "/api/sql",
+                json={"sql": "SELECT type, count(*) AS n FROM bus_events GROUP BY type ORDER BY 1"},
+                headers=auth,
+            )
+            escape = await client.post(
+                "/api/sql", json={"sql": "SELECT * FROM read_csv('/etc/passwd')"}, headers=auth
+            )
+            ddl = await client.post("/api/sql", json={"sql": "DROP TABLE bus_events"}, headers=auth)
+            slow = await client.post(
+                "/api/sql",
+                json={"sql": "SELECT sum(i) FROM range(1000000000000) r(i)", "timeout_s": 0.3},
+                headers=auth,
+            )
+            invalid = await client.post(
+                "/api/sql", json={"sql": "SELEC 1", "max_rows": 0, "extra": 1}, headers=auth
+            )
+            not_json = await client.post("/api/sql", content=b"{", headers=auth)
+            anonymous = await client.post("/api/sql", json={"sql": "SELECT 1"})
+    finally:
+        await projector.stop()
+    assert ok.status_code == 200, ok.text
+    body = ok.json()
+    assert body["columns"] == ["type", "n"]
+    assert sum(n for _, n in body["rows"]) == 50
+    assert escape.status_code == 400 and escape.json()["code"] == "sql.rejected"
+    assert "disabled" in escape.json()["detail"]
+    assert ddl.status_code == 400 and ddl.json()["code"] == "sql.rejected"
+    assert slow.status_code == 400 and slow.json()["code"] == "sql.timeout"
+    assert invalid.status_code == 422
+    assert {tuple(d["loc"]) for d in invalid.json()["detail"]} == {
+        ("body", "max_rows"), ("body", "extra"),
+    }  # fmt: skip
+    assert not_json.status_code == 400
+    assert anonymous.status_code == 401
+
+
+# -- the CLI against a running `cogo up` ------------------------------------------------
+
+
+def _cogo(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cogo", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def _start_up(data_dir: Path) -> subprocess.Popen[bytes]:
+    # an empty COGO_API_TOKEN makes `cogo up` generate one: the CLI must send it
+    return subprocess.Popen(
+        [sys.executable, "-m", "cogo", "up", "--data-dir", str(data_dir), "--sync", "default"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "COGO_API_TOKEN": ""},
+    )
+
+
+async def test_cli_sql_and_replay_through_running_cogo_up(tmp_path):
+    data_dir = tmp_path / "up"
+    data_dir.mkdir()
+    (data_dir / "cogo.toml").write_text(TEST_CONFIG)
+    up = _start_up(data_dir)
+    try:
+        endpoints_file = data_dir / "endpoints.json"
+        deadline = time.monotonic() + 20
+        while not endpoints_file.exists():
+            assert up.poll() is None, up.stderr.read().decode() if up.stderr else ""
+            assert time.monotonic() < deadline, "cogo up did not write endpoints.json"
+            await asyncio.sleep(0.1)
+        endpoints = json.loads(endpoints_file.read_text())
+        nc = await connect(endpoints["nats_url"], "test-cli")
+        try:
+            js = nc.jetstream()
+            for i in range(5):
+                await submit(js, payload={"result": i, "tokens": 3})
+        finally:
+            await nc.close()
+        count_sql = "SELECT count(*) AS done FROM bus_events WHERE type = 'execute_done'"
+        deadline = time.monotonic() + 20
+        while True:
+            run = await asyncio.to_thread(
+                _cogo, "sql", count_sql, "--json", "--data-dir", str(data_dir)
+            )
+            assert run.returncode == 0, run.stderr
+            result = json.loads(run.stdout)
+            if result["rows"] == [[5]]:
+                break
+            assert time.monotonic() < deadline, result
+            await asyncio.sleep(0.3)
+        assert result["columns"] == ["done"]
+
+        rejected = await asyncio.to_thread(
+            _cogo, "sql", "COPY bus_events TO '/tmp/x.csv'", "--data-dir", str(data_dir)
+        )
+        assert rejected.returncode == 2 and "[sql.rejected]" in rejected.stderr
+
+        table = await asyncio.to_thread(
+            _cogo,
+            "sql",
+            "SELECT type, count(*) FROM bus_events GROUP BY 1",
+            "--data-dir",
+            str(data_dir),
+        )
+        assert table.returncode == 0 and "execute_done" in table.stdout
+
+        replay = await asyncio.to_thread(_cogo, "replay", "--json", "--data-dir", str(data_dir))
+        assert replay.returncode == 0, replay.stderr
+        replayed = json.loads(replay.stdout)
+        assert replayed["messages"]["EVENTS"] >= 10 and replayed["path"].endswith("cogo.duckdb")
+        assert "through the running instance" in replay.stderr
+        again = await asyncio.to_thread(
+            _cogo, "sql", count_sql, "--json", "--data-dir", str(data_dir)
+        )
+        assert json.loads(again.stdout)["rows"] == [[5]]
+    finally:
+        up.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(up.wait, 30)
+    # stopped: the CLI opens the file read-only itself
+    offline = await asyncio.to_thread(
+        _cogo, "sql", count_sql, "--json", "--data-dir", str(data_dir)
+    )
+    assert offline.returncode == 0, offline.stderr
+    assert json.loads(offline.stdout)["rows"] == [[5]]

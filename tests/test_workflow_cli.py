@@ -1,0 +1,106 @@
+"""``cogo workflow ...`` against a real facade (uvicorn on 127.0.0.1) found through
+``<data-dir>/endpoints.json``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+import uvicorn
+
+from cogo import cli
+from cogo.actors.dispatcher import ExecutorDispatcher
+from cogo.actors.echo import EchoActor
+from cogo.actors.orchestrator import Orchestrator
+from cogo.http import orchestrator as orchestrator_routes
+from cogo.http.app import AppState, create_app
+from cogo.streams.policies import PolicyStore
+from cogo.streams.server import free_port
+from cogo.system import write_endpoints
+from cogo.workflows.commands import parameters_of
+from tests.helpers import running
+
+DEFINITION: dict[str, Any] = {
+    "id": "cliDemo",
+    "parameters": {"sleep_ms": {"type": "integer", "default": 0}},
+    "nodes": [
+        {"id": "work", "type": "publish", "route": "echo.run.0",
+         "payload": {"sleep_ms": "${params.sleep_ms}", "result": {"ok": True}}},
+        {"id": "check", "type": "gate", "condition": "nodes.work.result.ok"},
+    ],
+}  # fmt: skip
+
+
+async def _cli(capsys: Any, *argv: str) -> tuple[int, str]:
+    """Run ``cogo ...`` (blocking httpx) in a thread; stdout, or stderr on failure."""
+    code = await asyncio.to_thread(cli.main, list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out if code == 0 else captured.err
+
+
+async def test_workflow_commands(nats_server, nc, js, config, data_dir, tmp_path, capsys):
+    policies = PolicyStore(js)
+    await policies.start()
+    state = AppState(nc=nc, config=config, policies=policies, data_dir=data_dir, api_token="tok")
+    port = free_port()
+    app = create_app(state, extra_routes=orchestrator_routes.routes)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    )
+    serving = asyncio.create_task(server.serve())
+    for _ in range(250):  # uvicorn has no "started" event to await
+        if server.started:
+            break
+        await asyncio.sleep(0.02)
+    write_endpoints(data_dir, {"nats_url": nats_server.url,
+                               "http_url": f"http://127.0.0.1:{port}", "api_token": "tok"})  # fmt: skip
+    definition = tmp_path / "cli.json"
+    definition.write_text(json.dumps(DEFINITION))
+    common = ["--data-dir", str(data_dir)]
+    try:
+        async with running(nats_server.url, config, ExecutorDispatcher, EchoActor, Orchestrator):
+            code, out = await _cli(capsys, "workflow", "run", "--file", str(definition),
+                                   "-p", "sleep_ms=10", "--run-id", "cli-run-1", "--wait",
+                                   "--timeout", "20", *common)  # fmt: skip
+            assert code == 0, out
+            started, _, final = out.partition("\n")
+            assert json.loads(started)["runId"] == "cli-run-1"
+            assert json.loads(final)["status"] == "succeeded"
+
+            code, out = await _cli(capsys, "workflow", "state", "cli-run-1", *common)
+            assert code == 0 and json.loads(out)["gates"]["check"]["verdict"] == "passed"
+
+            code, out = await _cli(capsys, "workflow", "list", *common)
+            assert code == 0 and "cli-run-1" in out and "succeeded" in out
+
+            code, out = await _cli(capsys, "workflow", "run", "--file", str(definition),
+                                   "-p", "sleep_ms=2000", "--run-id", "cli-run-2", *common)  # fmt: skip
+            assert code == 0
+            for _ in range(100):  # the start is queued until the orchestrator takes it
+                code, out = await _cli(capsys, "workflow", "cancel", "cli-run-2", *common)
+                if code == 0:
+                    break
+                await asyncio.sleep(0.1)
+            assert code == 0 and json.loads(out)["status"] == "cancelling"
+
+            code, err = await _cli(capsys, "workflow", "plan", "indexing", *common)
+            assert code == 2 and "parameters.path: field required" in err
+    finally:
+        server.should_exit = True
+        await serving
+        await policies.stop()
+
+
+def test_parameters_parse_json_or_text():
+    class Args:
+        params = '{"a": 1}'
+        param = ["n=3", "flag=true", "name=repo", 'obj={"x": [1]}', "path=/tmp/x"]
+
+    assert parameters_of(Args()) == {  # type: ignore[arg-type]
+        "a": 1, "n": 3, "flag": True, "name": "repo", "obj": {"x": [1]}, "path": "/tmp/x"
+    }  # fmt: skip
+    Args.param = ["novalue"]
+    with pytest.raises(Exception, match="KEY=VALUE"):
+        parameters_of(Args())  # type: ignore[arg-type]

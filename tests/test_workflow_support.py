@@ -1,0 +1,97 @@
+"""Helpers shared by the workflow tests (no tests here): start runs, wait for them, and a
+real webhook receiver on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from nats.js.client import JetStreamContext
+
+from cogo.actors.orchestrator import StartRun, send_command
+from cogo.config import Config
+from cogo.streams.envelope import new_id
+from cogo.workflows import history
+from cogo.workflows.planner import Plan, plan_workflow
+from cogo.workflows.run import RunState
+
+
+def plan_of(config: Config, definition: dict[str, Any], **params: Any) -> Plan:
+    return plan_workflow(definition, params, config.route_policy)
+
+
+async def start_run(
+    js: JetStreamContext,
+    config: Config,
+    definition: dict[str, Any],
+    run_id: str | None = None,
+    **params: Any,
+) -> str:
+    run_id = run_id or new_id()
+    plan = plan_of(config, definition, **params)
+    await send_command(js, StartRun(run_id=run_id, plan=plan.to_json()))
+    return run_id
+
+
+async def wait_run(
+    js: JetStreamContext, run_id: str, timeout: float = 20.0, until: Any = None
+) -> RunState:
+    """Poll the run's events until it ended (or ``until(state)`` holds)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state = await history.read_run(js, run_id)
+        if (until(state) if until else state.finished) or time.monotonic() > deadline:
+            return state
+        await asyncio.sleep(0.1)
+
+
+@dataclass
+class Webhook:
+    """A local HTTP receiver; answers with ``statuses`` in order, then 200."""
+
+    url: str = ""
+    statuses: list[int] = field(default_factory=list)
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@pytest.fixture(name="webhook")
+def webhook_fixture() -> Iterator[Webhook]:
+    """Import ``webhook_fixture`` into a test module to use the ``webhook`` fixture."""
+    hook = Webhook()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - the stdlib's naming
+            raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            with hook.lock:
+                status = hook.statuses.pop(0) if hook.statuses else 200
+                hook.requests.append(
+                    {"path": self.path, "headers": dict(self.headers), "raw": raw,
+                     "status": status, "at": time.time()}
+                )  # fmt: skip
+            body = json.dumps({"ok": status < 300}).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    hook.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    try:
+        yield hook
+    finally:
+        server.shutdown()
+        server.server_close()

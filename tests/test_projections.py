@@ -203,11 +203,17 @@ async def test_schema_files_run_in_name_order():
 
 def _spawn_projector(url: str, data_dir: Path, batch: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, "COGO_PROJECTOR_BATCH": str(batch)}
-    return subprocess.Popen(
-        [sys.executable, "-m", "cogo", "run", "projector", "--nats-url", url,
-         "--data-dir", str(data_dir)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
+    # the log goes to a file: a pipe nobody reads could fill up and stall the child
+    with open(data_dir / "projector.log", "ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "cogo", "-v", "run", "projector", "--nats-url", url,
+             "--data-dir", str(data_dir)],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+
+def _log(data_dir: Path) -> str:
+    return (data_dir / "projector.log").read_text(errors="replace")[-4000:]
 
 
 async def _ack_floor(js: Any) -> int:
@@ -246,11 +252,15 @@ async def test_exactly_once_across_kill_9(nats_server, js, data_dir):
     child = _spawn_projector(nats_server.url, data_dir, batch=1000)
     deadline = time.monotonic() + 20
     while await _ack_floor(js) < total:
-        assert child.poll() is None, child.stderr.read().decode() if child.stderr else ""
+        assert child.poll() is None, _log(data_dir)
         assert time.monotonic() < deadline, "projector did not catch up"
         await asyncio.sleep(0.02)
     child.send_signal(signal.SIGTERM)
-    assert await asyncio.to_thread(child.wait, 15) == 0
+    try:
+        assert await asyncio.to_thread(child.wait, 30) == 0, _log(data_dir)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        pytest.fail(f"projector did not stop on SIGTERM:\n{_log(data_dir)}")
     con = duckdb.connect(str(db_path(data_dir)), read_only=True)
     try:
         count, seqs, ids, low, high = con.execute(

@@ -291,3 +291,38 @@ async def test_cli_sql_and_replay_through_running_cogo_up(tmp_path):
     )
     assert offline.returncode == 0, offline.stderr
     assert json.loads(offline.stdout)["rows"] == [[5]]
+
+
+async def test_cli_replay_offline_and_refusal(nats_server, js, tmp_path):
+    await fill(js, synthetic_events(300))
+    data_dir = tmp_path / "offline"
+    args = ["--nats-url", nats_server.url, "--data-dir", str(data_dir)]
+    replay = await asyncio.to_thread(_cogo, "replay", "--json", *args)
+    assert replay.returncode == 0, replay.stderr
+    assert json.loads(replay.stdout)["messages"] == {"EVENTS": 300, "DLQ": 0}
+    count = await asyncio.to_thread(
+        _cogo, "sql", "SELECT count(DISTINCT seq) FROM bus_events", "--json", *args
+    )
+    assert json.loads(count.stdout)["rows"] == [[300]]
+
+    projector = _run_projector(nats_server.url, data_dir)
+    try:
+        deadline = time.monotonic() + 15
+        while True:  # the projector holds the file once it logged that it started
+            busy = await asyncio.to_thread(_cogo, "replay", *args)
+            if busy.returncode != 0 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+        assert busy.returncode == 2 and "[projection.busy]" in busy.stderr
+        assert "in use by another process" in busy.stderr
+    finally:
+        projector.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(projector.wait, 15)
+
+
+def _run_projector(url: str, data_dir: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "cogo", "run", "projector", "--nats-url", url,
+         "--data-dir", str(data_dir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip

@@ -2,7 +2,8 @@
 
 Starts a throwaway nats-server, fills EVENTS with N realistic events (the dispatcher's
 four types, with usage and timing data), then times a fresh projector from zero to
-caught up, and a replay of the same stream. Prints events/s for both.
+caught up, a replay of the same stream, and the DuckDB writes alone (bodies already in
+memory). Prints events/s for each.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from cogo.actors.runner import connect
 from cogo.config import load_config
 from cogo.projections.projector import Projector
 from cogo.projections.replay import Rebuild
+from cogo.projections.store import EventBatch, ProjectionStore
 from cogo.streams.envelope import MSG_ID, Usage
 from cogo.streams.events import (
     EXECUTE_DONE,
@@ -137,6 +139,20 @@ async def main(count: int, batch: int) -> None:
                 f"replay:    {replayed} events in {elapsed:.2f}s = {replayed / elapsed:,.0f} events/s"
             )
             await nc.close()
+
+            # DuckDB alone: the same bodies, already in memory, in batches of `batch`
+            store = ProjectionStore(data_dir / "store-only.duckdb")
+            store.open_sync()
+            bodies = [body for _, body, _ in synthetic_events(count)]
+            began = time.perf_counter()
+            for start in range(0, count, batch):
+                chunk = bodies[start : start + batch]
+                seqs = list(range(start + 1, start + len(chunk) + 1))
+                store.apply_events_sync(EventBatch(seqs, chunk))
+            elapsed = time.perf_counter() - began
+            store.close_sync()
+            store.shutdown()
+            print(f"duckdb:    {count} events in {elapsed:.2f}s = {count / elapsed:,.0f} events/s")
         finally:
             server.stop()
 

@@ -77,7 +77,9 @@ def _objects(bucket: str, write: bool) -> list[str]:
                 f"{API}.DIRECT.GET.{stream}", f"{API}.DIRECT.GET.{stream}.>",
                 f"{API}.CONSUMER.CREATE.{stream}", f"{API}.CONSUMER.CREATE.{stream}.>",
                 f"{API}.CONSUMER.DELETE.{stream}.>", f"$JS.FC.{stream}.>",
-                f"{API}.CONSUMER.INFO.{stream}.>"]  # fmt: skip
+                f"{API}.CONSUMER.INFO.{stream}.>",
+                # ObjectStore.get subscribes without naming its stream: a name lookup
+                f"{API}.STREAM.NAMES"]  # fmt: skip
     if write:
         subjects += [f"$O.{bucket}.C.>", f"$O.{bucket}.M.>", f"{API}.STREAM.PURGE.{stream}"]
     return subjects

@@ -215,6 +215,37 @@ async def test_thousand_mixed_tasks_through_cogo_up(tmp_path, config_path):
         retries = [e for e in reader.events if e.type == "execute_retry"]
         assert len(retries) == 500  # 250 flaky tasks x 2 failed attempts
         await nc.close()
+
+        # the projection agrees, through the running instance
+        expected_counts = {"execute_enqueued": 1000, "execute_retry": 500,
+                           "execute_failed": 500, "execute_done": 500}  # fmt: skip
+        counts: dict = {}
+        for _ in range(100):
+            out = await asyncio.to_thread(
+                subprocess.run,
+                [sys.executable, "-m", "cogo", "sql", "--json", "--data-dir", str(tmp_path / "up"),
+                 "SELECT type, count(*) AS n FROM bus_events GROUP BY 1"],
+                capture_output=True, timeout=30,
+            )  # fmt: skip
+            assert out.returncode == 0, out.stderr
+            counts = {row[0]: row[1] for row in json.loads(out.stdout)["rows"]}
+            if counts == expected_counts:
+                break
+            await asyncio.sleep(0.2)
+        assert counts == expected_counts
+        headers = {"Authorization": f"Bearer {info['api_token']}"}
+        async with httpx.AsyncClient(base_url=info["http_url"], headers=headers) as http:
+            latency = (
+                await http.get("/api/metrics/bus/latency", params={"route": "echo.run.0"})
+            ).json()
+        print("LATENCY", json.dumps(latency))
+        (echo,) = [r for r in latency["routes"] if r["route"] == "echo.run.0"]
+        assert (
+            echo["count"] == 1000
+            and echo["retries"] == 500
+            and echo["failures"] == 500
+            and echo["queue_wait_ms"]["p90"] >= echo["queue_wait_ms"]["p50"]
+        )
     finally:
         stop(proc)
 

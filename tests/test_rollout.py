@@ -104,6 +104,21 @@ async def drive_until_final(
     raise AssertionError(f"rollout not over in {timeout}s: {rollout}")
 
 
+async def dispatcher_sees_split(js: Any, timeout: float = 15.0) -> None:
+    """Wait until a task in the canary's hash range really goes to the candidate."""
+    reader = EventReader(js)
+    deadline = time.monotonic() + timeout
+    for n in range(10_000):
+        probe = f"probe-{n}"
+        if share_bucket(probe) >= 10:
+            continue
+        await submit_many(js, [probe])
+        if (await reader.wait_terminal([probe]))[probe].cohort == CANARY:
+            return
+        assert time.monotonic() < deadline, "the dispatcher never applied the split"
+        await asyncio.sleep(0.1)
+
+
 def rollout_events(reader: EventReader, rollout_id: str) -> list[Any]:
     return [e for e in reader.events if e.type.startswith("rollout_")
             and (e.data or {}).get("rollout_id") == rollout_id]  # fmt: skip
@@ -196,7 +211,7 @@ async def test_canary_share_is_ten_percent_over_1000_tasks(tmp_path, config_path
         while (await http.get(f"/api/rollouts/{rollout_id}")).json()["stage"] != "canary":
             assert time.monotonic() < deadline
             await asyncio.sleep(0.1)
-        await asyncio.sleep(0.5)  # the dispatcher's KV watch sees the split
+        await dispatcher_sees_split(js)
         ids = [f"share-{i}" for i in range(1000)]
         await submit_many(js, ids)
         reader = EventReader(js)

@@ -20,7 +20,7 @@ from typing import Any
 
 import msgspec
 
-from cogo.config import RoutePolicy
+from cogo.config import Config, RoutePolicy
 from cogo.streams.envelope import ASSIGNMENT_KEY, WorkOrder, decode_assignment
 from cogo.streams.events import EventLog, make_event
 from cogo.streams.rollouts import RouteSplit, SplitWatch, check_version, versioned_route
@@ -77,9 +77,9 @@ def bypassed_checks(order: WorkOrder, policy: RoutePolicy) -> list[str]:
 class CanaryRouter:
     """The dispatcher's view of rollouts: splits tasks, audits policy bypasses."""
 
-    def __init__(self, js: Any) -> None:
+    def __init__(self, js: Any, config: Config) -> None:
         self.js = js
-        self.splits = SplitWatch(js)
+        self.splits = SplitWatch(js, config.bus.replicas)
         self.events = EventLog(js)
 
     async def start(self) -> None:

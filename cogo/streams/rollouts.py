@@ -193,14 +193,15 @@ class RolloutStore:
 class SplitWatch:
     """Live view of every route's split, kept current by a KV watch (dispatcher side)."""
 
-    def __init__(self, js: JetStreamContext) -> None:
+    def __init__(self, js: JetStreamContext, replicas: int = 1) -> None:
         self._js = js
+        self._replicas = replicas
         self.splits: dict[str, RouteSplit] = {}
         self._watch_task: asyncio.Task[None] | None = None
         self._loaded = asyncio.Event()
 
     async def start(self) -> None:
-        kv = await bucket(self._js)
+        kv = await bucket(self._js, self._replicas)
         watcher = await kv.watch(SPLIT_PREFIX + ">")
         self._watch_task = asyncio.create_task(self._watch(watcher), name="rollout-watch")
         await asyncio.wait_for(self._loaded.wait(), 10)

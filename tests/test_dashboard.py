@@ -1,0 +1,222 @@
+"""The dashboard in a real headless Chromium, against a real ``cogo up``.
+
+Echo tasks (some failing, one malformed message dead-lettered), two codeBuildTest runs on
+the sample repo (one passing its gate, one failing it) and a short rollout, then the page:
+the cards show non-zero figures, the runs table shows the verdict and opens an artifact
+and a run's node timeline, and nothing is loaded from outside the facade. The screenshot
+lands in ``test-artifacts/dashboard.png``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from cogo.actors.runner import connect
+from cogo.streams.envelope import EXECUTE_SUBJECT, MSG_ID
+from tests.test_processes import _up, cogo, stop
+from tests.test_rollout import submit_many
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+
+playwright_api = pytest.importorskip("playwright.async_api")
+if not Path(CHROMIUM).exists():  # `make test` installs it; never downloaded by playwright
+    pytest.skip("chromium is not installed (apt-get install chromium)", allow_module_level=True)
+
+
+def workflow_params(name: str, repo: Path) -> dict[str, Any]:
+    params = json.loads((EXAMPLES / name).read_text())
+    params["repo"] = str(repo)
+    return params
+
+
+async def wait_until(check: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout}s")
+        await asyncio.sleep(0.3)
+
+
+async def produce_activity(http: httpx.AsyncClient, js: Any, repo: Path) -> dict[str, str]:
+    """Tasks that succeed, retry, fail and violate policy; two workflow runs; a dead letter."""
+    ids = [f"ok-{i}" for i in range(40)]
+    await submit_many(js, ids)
+    for _ in range(8):
+        r = await http.post("/api/tasks", json={"route": "echo.run.0",
+                                                 "payload": {"fail_always": "permanent"}})  # fmt: skip
+        assert r.status_code == 202
+    for _ in range(4):
+        await http.post("/api/tasks", json={"route": "echo.run.0", "payload": {
+            "fail_times": 1, "__assignment": {"backoff": {"initial_ms": 50}}}})  # fmt: skip
+        await http.post("/api/tasks", json={"route": "echo.run.0",
+                                            "payload": {"__assignment": {"model": "gpt-9"}}})  # fmt: skip
+    await js.publish(EXECUTE_SUBJECT, b"not json at all", headers={MSG_ID: "garbage-1"})
+    runs = {}
+    for name in ("fix.json", "bad-fix.json"):
+        started = await http.post("/api/workflows/execute", json={
+            "workflowId": "codeBuildTest", "parameters": workflow_params(name, repo)})  # fmt: skip
+        assert started.status_code == 202, started.text
+        runs[name] = started.json()["runId"]
+    return runs
+
+
+async def test_dashboard_in_headless_chromium(tmp_path, config_path):
+    repo = tmp_path / "sample-repo"
+    shutil.copytree(EXAMPLES / "sample-repo", repo)
+    proc, info = _up(tmp_path / "up", config_path)
+    worker = cogo("run", "echo", "--version", "v2", "--nats-url", info["nats_url"],
+                  "--config", str(config_path))  # fmt: skip
+    nc = await connect(info["nats_url"], "test")
+    headers = {"Authorization": f"Bearer {info['api_token']}"}
+    try:
+        async with httpx.AsyncClient(
+            base_url=info["http_url"], headers=headers, timeout=20
+        ) as http:
+            # the page is public; its data is not
+            async with httpx.AsyncClient(base_url=info["http_url"]) as anonymous:
+                page = await anonymous.get("/")
+                assert page.status_code == 200 and "Cogo dashboard" in page.text
+                assert "script-src 'self'" in page.headers["content-security-policy"]
+                assert (await anonymous.get("/api/dashboard")).status_code == 401
+            assert (await http.get("/api/dashboard?window=nope")).status_code == 422
+            assert "/api/dashboard" in (await http.get("/openapi.json")).json()["paths"]
+
+            runs = await produce_activity(http, nc.jetstream(), repo)
+            rollout = await http.post("/api/rollouts", json={
+                "route": "echo.run.0", "candidate": "v2", "min_samples": 5,
+                "dev_e2e_tasks": 2, "smoke_tasks": 4, "stage_timeout_s": 30})  # fmt: skip
+            assert rollout.status_code == 201, rollout.text
+            rollout_id = rollout.json()["id"]
+
+            async def finished_runs() -> bool:
+                states = [(await http.get("/api/orchestrator/state", params={"runId": r})).json()
+                          for r in runs.values()]  # fmt: skip
+                return all(s.get("status") in ("succeeded", "failed") for s in states)
+
+            await wait_until(finished_runs, 45, "codeBuildTest runs finished")
+
+            sent = 0
+
+            async def rollout_over() -> bool:
+                nonlocal sent
+                state = (await http.get(f"/api/rollouts/{rollout_id}")).json()
+                if state["stage"] in ("canary", "promote"):
+                    await submit_many(nc.jetstream(), [f"live-{sent + i}" for i in range(20)])
+                    sent += 20
+                return state["status"] in ("promoted", "rolled_back")
+
+            await wait_until(rollout_over, 40, "rollout finished")
+
+            async def summary_ready() -> dict[str, Any] | None:
+                body = (await http.get("/api/dashboard")).json()
+                done = [r for r in body["runs"] if r["status"] in ("succeeded", "failed")]
+                ready = len(done) == 2 and body["dlq"]["messages"] and body["failures"]["total"]
+                return body if ready else None
+
+            summary = await wait_until(summary_ready, 20, "dashboard summary complete")
+        by_run = {r["runId"]: r for r in summary["runs"]}
+        good, bad = by_run[runs["fix.json"]], by_run[runs["bad-fix.json"]]
+        assert good["status"] == "succeeded" and good["verdict"] == "passed"
+        assert bad["status"] == "failed" and bad["verdict"] == "failed"
+        assert any(k.endswith("build-test/report.json") for k in good["artifacts"])
+        quality = summary["decision_quality"]
+        assert 0 < quality["overall"]["quality"] < 1
+        assert {v["version"] for v in quality["by_version"]} >= {"unversioned", "v2"}
+        assert {c["cohort"] for c in summary["cohorts"]} == {"baseline", "canary"}
+        codes = {f["error_code"] for f in summary["failures"]["series"]}
+        assert {"worker.permanent", "policy.model_not_allowed"} <= codes
+        assert summary["rollouts"][0]["status"] == "promoted"
+
+        await browse(info, summary, good)
+    finally:
+        await nc.close()
+        await asyncio.to_thread(stop, worker)
+        await asyncio.to_thread(stop, proc)
+
+
+async def browse(info: dict[str, Any], summary: dict[str, Any], good: dict[str, Any]) -> None:
+    origin = info["http_url"]
+    async with playwright_api.async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            context = await browser.new_context(viewport={"width": 1440, "height": 1000})
+            page = await context.new_page()
+            requested: list[str] = []
+            errors: list[str] = []
+            page.on("request", lambda r: requested.append(r.url))
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+
+            # without a token: the login form
+            await page.goto(origin + "/")
+            await page.wait_for_selector("#login:not([hidden])")
+            # the link `cogo up` prints: the token rides in the fragment, then leaves the URL
+            await page.goto(f"{origin}/#token={info['api_token']}")
+            await page.reload()
+            try:
+                await page.wait_for_selector("body[data-loaded='true']", timeout=15_000)
+            except playwright_api.Error:
+                status = await page.inner_text("#status")
+                raise AssertionError(f"dashboard did not load: {status} {errors}") from None
+            assert "#token" not in page.url
+            assert await page.evaluate("localStorage.getItem('cogo.apiToken')") == info["api_token"]
+
+            values = {
+                key: (await page.inner_text(f"[data-testid='{key}']")).strip()
+                for key in ("quality", "queue", "throughput", "failures", "dlq", "lag")
+            }
+            for key in ("quality", "queue", "throughput", "failures", "dlq"):
+                number = float(values[key].split()[0].rstrip("%").replace(",", "").rstrip("ms"))
+                assert number > 0, values
+            assert values["lag"].split()[0].isdigit(), values
+            for chart in ("quality", "queue", "throughput", "failures", "dlq", "lag"):
+                assert await page.locator(f"#chart-{chart} svg").count() == 1, chart
+            assert await page.locator("#chart-failures svg rect").count() >= 2
+
+            row = page.locator(f"tr[data-run='{good['runId']}']")
+            assert (await row.locator("[data-testid='verdict']").inner_text()) == "passed"
+            rollout = page.locator(f"[data-rollout='{summary['rollouts'][0]['id']}']")
+            assert "promoted" in await rollout.inner_text()
+            assert await rollout.locator("svg circle").count() == 4
+
+            report = [k for k in good["artifacts"] if k.endswith("report.json")][0]
+            await row.locator(f"a[data-artifact='{report}']").click()
+            await page.wait_for_function(
+                "document.getElementById('artifact-body').textContent.includes('verdict')"
+            )
+            assert '"pass"' in await page.inner_text("#artifact-body")
+            await page.click("#artifact-close")
+
+            await row.click()
+            await page.wait_for_selector("#timeline svg[data-testid='timeline']")
+            timeline = await page.inner_text("#timeline")
+            assert "build_test" in timeline and "verdict" in timeline
+
+            await page.wait_for_timeout(3500)  # one more live refresh, charts and all
+            assert await page.locator("body[data-loaded='true']").count() == 1
+            ARTIFACTS.mkdir(exist_ok=True)
+            await page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+        finally:
+            await browser.close()
+    outside = [u for u in requested if not u.startswith(origin) and not u.startswith("data:")]
+    assert not outside, outside
+    # the one 401: the first visit, before the page had a token
+    assert [e for e in errors if "401" not in e] == [], errors

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -33,8 +34,11 @@ CHROMIUM_ARGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]  # fmt: skip
 
-playwright_api = pytest.importorskip("playwright.async_api")
+import playwright.async_api as playwright_api  # noqa: E402 - a test extra, always installed
+
 if not Path(CHROMIUM).exists():  # `make test` installs it; never downloaded by playwright
+    if os.environ.get("CI"):  # in CI a missing browser is a broken setup, not a skip
+        raise RuntimeError("chromium is not installed: `make browser` should have installed it")
     pytest.skip("chromium is not installed (apt-get install chromium)", allow_module_level=True)
 
 

@@ -147,13 +147,9 @@ def permissions(user: str, config: Config) -> dict[str, Any] | None:
                                         "code_index_completed", "webhook_delivered")]  # fmt: skip
         for route in routes:
             pub += _consume(TASKS, durable_name(route))
-            # a versioned worker (canary) pulls from <route>.<version> and creates that consumer
-            pub += [f"{API}.CONSUMER.MSG.NEXT.{TASKS}.{durable_name(route)}-*",
-                    f"$JS.ACK.{TASKS}.{durable_name(route)}-*.>",
-                    f"{API}.CONSUMER.INFO.{TASKS}.{durable_name(route)}-*",
-                    f"{API}.CONSUMER.DURABLE.CREATE.{TASKS}.{durable_name(route)}-*",
-                    f"{API}.CONSUMER.CREATE.{TASKS}.{durable_name(route)}-*",
-                    f"{API}.CONSUMER.CREATE.{TASKS}.{durable_name(route)}-*.>"]  # fmt: skip
+            # Not granted: versioned (canary) consumers `<durable>-<version>`. NATS permissions
+            # match whole tokens only, so `echo-run-0-*` would be a literal; a canary worker
+            # under --auth needs a user the operator grants that consumer (COGO_NATS_USER).
         if user in ("codegen", "build_test"):
             pub += _objects(ARTIFACT_BUCKET, write=True)
         if user == "indexer":

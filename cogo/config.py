@@ -105,18 +105,19 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     def route_policy(self, route: str) -> RoutePolicy:
         """The seed policy of ``route``: the default table overlaid with the route's table."""
-        merged = _merge(self.policy.default, self.policy.routes.get(route, {}))
+        merged = deep_merge(self.policy.default, self.policy.routes.get(route, {}))
         try:
             return msgspec.convert(merged, RoutePolicy)
         except msgspec.ValidationError as exc:
             raise ConfigError(f"policy for {route!r}: {exc}") from exc
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` laid over ``base``, table by table (nested dicts merge, the rest replaces)."""
     out = dict(base)
     for key, value in over.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+            out[key] = deep_merge(out[key], value)
         else:
             out[key] = value
     return out
@@ -129,7 +130,7 @@ def load_config(path: Path | None = None, data_dir: Path | None = None) -> Confi
         path = data_dir / "cogo.toml"
     if path is not None:
         try:
-            raw = _merge(raw, tomllib.loads(Path(path).read_text()))
+            raw = deep_merge(raw, tomllib.loads(Path(path).read_text()))
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read config {path}: {exc}") from exc
     try:

@@ -7,7 +7,6 @@ appends a ``policy_changed`` event, and every dispatcher picks the change up fro
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from typing import Any
@@ -15,11 +14,11 @@ from typing import Any
 import msgspec
 from nats.js.client import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
-from nats.js.kv import KeyValue
 
-from cogo.config import Config, RoutePolicy, _merge
+from cogo.config import Config, RoutePolicy, deep_merge
 from cogo.errors import ConfigError, UnknownRoute
 from cogo.streams.events import EventLog, make_event
+from cogo.streams.kvview import KvView
 from cogo.streams.topology import POLICY_BUCKET
 
 log = logging.getLogger(__name__)
@@ -31,49 +30,23 @@ class PolicyStore:
     """Live view of every route's policy, kept current by a KV watch."""
 
     def __init__(self, js: JetStreamContext) -> None:
-        self._js = js
-        self._kv: KeyValue | None = None
-        self._policies: dict[str, RoutePolicy] = {}
-        self._watch_task: asyncio.Task[None] | None = None
-        self._loaded = asyncio.Event()
+        self._view: KvView[RoutePolicy] = KvView(
+            lambda: js.key_value(POLICY_BUCKET), _decoder, name="policy-watch"
+        )
 
     async def start(self) -> None:
         """Load every policy and keep watching for changes."""
-        self._kv = await self._js.key_value(POLICY_BUCKET)
-        watcher = await self._kv.watchall()
-        self._watch_task = asyncio.create_task(self._watch(watcher), name="policy-watch")
-        await asyncio.wait_for(self._loaded.wait(), 10)
-
-    async def _watch(self, watcher: Any) -> None:
-        try:
-            async for entry in watcher:
-                if entry is None:  # end of the initial values
-                    self._loaded.set()
-                    continue
-                if entry.operation in ("DEL", "PURGE") or not entry.value:
-                    self._policies.pop(entry.key, None)
-                    continue
-                try:
-                    self._policies[entry.key] = _decoder.decode(entry.value)
-                except msgspec.DecodeError as exc:  # keep the last good policy
-                    log.error("ignoring invalid policy for %s: %s", entry.key, exc)
-        finally:
-            self._loaded.set()
-            with contextlib.suppress(Exception):
-                await watcher.stop()
+        await self._view.start()
 
     async def stop(self) -> None:
-        if self._watch_task is not None:
-            self._watch_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch_task
+        await self._view.stop()
 
     def routes(self) -> list[str]:
-        return sorted(self._policies)
+        return sorted(self._view.items)
 
     def get(self, route: str) -> RoutePolicy:
         """The current policy of ``route``; UnknownRoute if no actor is configured for it."""
-        policy = self._policies.get(route)
+        policy = self._view.items.get(route)
         if policy is None:
             raise UnknownRoute(f"unknown route {route!r}: no actor consumes it")
         return policy
@@ -111,7 +84,7 @@ async def set_policy(
     except KeyNotFoundError:
         current, revision = msgspec.to_builtins(RoutePolicy()), None
     try:
-        policy = msgspec.convert(_merge(current, changes), RoutePolicy)
+        policy = msgspec.convert(deep_merge(current, changes), RoutePolicy)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"invalid policy change for {route!r}: {exc}") from exc
     value = _encoder.encode(policy)

@@ -14,7 +14,6 @@ unversioned one is the baseline on ``<route>`` itself.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 from typing import Any
@@ -26,6 +25,7 @@ from nats.js.errors import BadRequestError, KeyNotFoundError, NoKeysError, NotFo
 from nats.js.kv import KeyValue
 
 from cogo.errors import ConfigError
+from cogo.streams.kvview import KvView
 
 log = logging.getLogger(__name__)
 
@@ -194,39 +194,13 @@ class SplitWatch:
     """Live view of every route's split, kept current by a KV watch (dispatcher side)."""
 
     def __init__(self, js: JetStreamContext, replicas: int = 1) -> None:
-        self._js = js
-        self._replicas = replicas
-        self.splits: dict[str, RouteSplit] = {}
-        self._watch_task: asyncio.Task[None] | None = None
-        self._loaded = asyncio.Event()
+        self._view: KvView[RouteSplit] = KvView(
+            lambda: bucket(js, replicas), _split_decoder, prefix=SPLIT_PREFIX, name="rollout-watch"
+        )
+        self.splits = self._view.items
 
     async def start(self) -> None:
-        kv = await bucket(self._js, self._replicas)
-        watcher = await kv.watch(SPLIT_PREFIX + ">")
-        self._watch_task = asyncio.create_task(self._watch(watcher), name="rollout-watch")
-        await asyncio.wait_for(self._loaded.wait(), 10)
-
-    async def _watch(self, watcher: Any) -> None:
-        try:
-            async for entry in watcher:
-                if entry is None:  # end of the initial values
-                    self._loaded.set()
-                    continue
-                route = entry.key[len(SPLIT_PREFIX) :]
-                if entry.operation in ("DEL", "PURGE") or not entry.value:
-                    self.splits.pop(route, None)
-                    continue
-                try:
-                    self.splits[route] = _split_decoder.decode(entry.value)
-                except msgspec.DecodeError as exc:  # keep the last good split
-                    log.error("ignoring invalid rollout split for %s: %s", route, exc)
-        finally:
-            self._loaded.set()
-            with contextlib.suppress(Exception):
-                await watcher.stop()
+        await self._view.start()
 
     async def stop(self) -> None:
-        if self._watch_task is not None:
-            self._watch_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch_task
+        await self._view.stop()

@@ -19,7 +19,7 @@ import pydantic
 from pydantic import ConfigDict, Field
 
 from cogo.actors.dispatcher import resolve_assignment
-from cogo.config import RoutePolicy
+from cogo.config import RoutePolicy, deep_merge
 from cogo.errors import (
     AssignmentError,
     CogoError,
@@ -117,7 +117,7 @@ def plan_workflow(
             continue
         inner = executed(node)
         if isinstance(inner, PublishNode | NotifyNode):
-            inner.assignment = _merge(defaults, inner.assignment)
+            inner.assignment = deep_merge(defaults, inner.assignment)
         nodes.append(node)
     if errors:
         raise InvalidWorkflow(f"workflow {spec.id!r} cannot be planned", detail=errors)
@@ -269,16 +269,6 @@ def _check_route(
         yield _error([*loc, "assignment"], exc, exc.code)
         return
     inner.resolved_assignment = msgspec.to_builtins(resolved)
-
-
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def _error(loc: list[Any], msg: Any, type: str = "value_error") -> dict[str, Any]:

@@ -85,17 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _plugins() -> list[Any]:
-    """Subcommands contributed by other packages of cogo (projections, workflows, ...)."""
-    import importlib
+    """Subcommands that live with their package (projections, workflows, bench)."""
+    from cogo import bench
+    from cogo.projections import commands as projection_commands
+    from cogo.workflows import commands as workflow_commands
 
-    found = []
-    for module in ("cogo.projections.commands", "cogo.workflows.commands", "cogo.bench"):
-        try:
-            found.append(importlib.import_module(module).register)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-    return found
+    return [projection_commands.register, workflow_commands.register, bench.register]
 
 
 def resolve_nats_url(args: argparse.Namespace) -> str:

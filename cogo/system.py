@@ -274,37 +274,19 @@ class System:
 
 
 def _component_factories() -> dict[str, Any]:
-    """In-process components, by name; modules register here as they land."""
-    factories: dict[str, Any] = {}
-    with contextlib.suppress(ImportError):
-        from cogo.projections.component import projector_component
+    """In-process components, in start order (the rollout controller reads the projector's DuckDB)."""
+    from cogo.projections.component import projector_component
+    from cogo.workflows.rollout import rollout_component
 
-        factories["projector"] = projector_component
-    with contextlib.suppress(ImportError):
-        from cogo.workflows.rollout import rollout_component
-
-        factories["rollouts"] = rollout_component  # after the projector: it reads its DuckDB
-    return factories
+    return {"projector": projector_component, "rollouts": rollout_component}
 
 
 def _extra_routes() -> list[Any]:
-    routes: list[Any] = []
-    import importlib
+    """Every HTTP route module beyond the core (tasks, health, openapi)."""
+    from cogo.http import artifacts, dashboard, metrics, orchestrator, rollouts, sql
 
-    for module in (
-        "cogo.http.metrics",
-        "cogo.http.sql",
-        "cogo.http.orchestrator",
-        "cogo.http.artifacts",
-        "cogo.http.dashboard",
-        "cogo.http.rollouts",
-    ):
-        try:
-            routes.extend(importlib.import_module(module).routes)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-    return routes
+    modules = (metrics, sql, orchestrator, artifacts, rollouts, dashboard)
+    return [route for module in modules for route in module.routes]
 
 
 async def run_up(system: System) -> None:

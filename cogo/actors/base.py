@@ -49,6 +49,7 @@ FETCH_TIMEOUT_S = 1.0
 NAK_BASE_DELAY_S = 1.0
 NAK_MAX_DELAY_S = 30.0
 PUBLISH_TIMEOUT_S = 10.0
+BATCH_GATHER_S = 0.005
 
 
 class Defer(Exception):  # noqa: N818 - a control-flow signal, not an error
@@ -86,6 +87,17 @@ class _Slots:
             self._freed.clear()
             await self._freed.wait()
 
+    async def gather(self, wanted: int, within: float) -> None:
+        """Until ``wanted`` slots are free, or ``within`` seconds passed."""
+        deadline = time.monotonic() + within
+        while self.free < wanted:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._freed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._freed.wait(), left)
+
 
 class _Claim:
     """A message being handled and when its next ``in_progress()`` is due."""
@@ -103,12 +115,18 @@ class Delivery:
     __slots__ = ("msg", "route", "seq", "delivered", "published_at", "claimed_at", "_settled")
 
     def __init__(self, msg: Msg, route: str) -> None:
-        meta = msg.metadata
+        # Read straight from the ack subject, $JS.ACK.<stream>.<consumer>.<delivered>.
+        # <stream seq>.<consumer seq>.<timestamp ns>.<pending> (or the 12-token form with
+        # domain and account hash): msg.metadata builds four objects and a datetime.
+        tokens = msg.reply.split(".")
+        if len(tokens) < 9 or tokens[0] != "$JS" or tokens[1] != "ACK":
+            raise ValueError(f"not a JetStream delivery: {msg.reply!r}")
+        base = 2 if len(tokens) == 9 else 4
         self.msg = msg
         self.route = route
-        self.seq: int = meta.sequence.stream
-        self.delivered: int = meta.num_delivered
-        self.published_at: float = meta.timestamp.timestamp()
+        self.seq = int(tokens[base + 3])
+        self.delivered = int(tokens[base + 2])
+        self.published_at = int(tokens[base + 5]) / 1e9
         self.claimed_at = time.time()
         self._settled = False
 
@@ -162,6 +180,7 @@ class Actor:
         self._heartbeat_s = max(0.2, config.bus.ack_wait_s / 3)
         self._claims: dict[int, _Claim] = {}
         self._heartbeats: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def default_routes(self) -> list[str]:
         raise NotImplementedError
@@ -185,6 +204,7 @@ class Actor:
         return len(self._inflight)
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()  # a getpid() syscall per call: ask once
         await self.publisher.start()
         await self.on_start()
         self._heartbeats = asyncio.create_task(self._heartbeat_loop(), name="heartbeats")
@@ -234,6 +254,13 @@ class Actor:
                 await slots.wait()
                 if self._stopping.is_set():
                     break
+                if slots.free <= 0:  # overdrawn by a late delivery: wait for its handler
+                    continue
+                if slots.free < self.concurrency:
+                    # busy: let a few more slots free up so one request asks for a batch.
+                    # Fewer pull round trips, and work arrives in bursts, which keeps the
+                    # events it causes in bursts too (one projector transaction each).
+                    await slots.gather(max(1, self.batch // 2), BATCH_GATHER_S)
                 try:
                     await puller.pull(min(slots.free, self.batch), FETCH_TIMEOUT_S)
                 except (nats.errors.ConnectionClosedError, nats.errors.DrainTimeoutError):
@@ -252,7 +279,8 @@ class Actor:
 
     def _spawn(self, msg: Msg, route: str, slots: _Slots) -> None:
         slots.take()
-        task = asyncio.create_task(self._process(msg, route, slots))
+        assert self._loop is not None
+        task = self._loop.create_task(self._process(msg, route, slots))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
 

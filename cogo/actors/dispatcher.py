@@ -121,7 +121,7 @@ class ExecutorDispatcher(Actor):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.policies = PolicyStore(self.js)
-        self.canary = CanaryRouter(self.js)  # rollouts: version and cohort per task
+        self.canary = CanaryRouter(self.js, self.config)  # rollouts: version and cohort per task
         self.dead_letters = DeadLetterWatcher(self, self.report_dead_letter)
 
     def default_routes(self) -> list[str]:

@@ -61,6 +61,7 @@ class Publisher:
         self._sub: Subscription | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._next = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
         # token -> (future, deadline on the monotonic clock)
         self._waiting: dict[str, tuple[asyncio.Future[StreamAck], float]] = {}
         self._starting = asyncio.Lock()
@@ -74,6 +75,8 @@ class Publisher:
                 f"{prefix}*", cb=self._on_answer, pending_msgs_limit=0, pending_bytes_limit=0
             )
             self._prefix = prefix
+            # asyncio.get_running_loop() is a getpid() syscall per call here: ask once
+            self._loop = asyncio.get_running_loop()
             self._sweeper = asyncio.create_task(self._sweep(), name="publisher-sweep")
 
     async def stop(self) -> None:
@@ -86,6 +89,7 @@ class Publisher:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
             self._sub = None
+        self._loop = None
         for future, _ in self._waiting.values():
             future.cancel()
         self._waiting.clear()
@@ -98,11 +102,12 @@ class Publisher:
         timeout: float = DEFAULT_TIMEOUT_S,
     ) -> asyncio.Future[StreamAck]:
         """Send one message; the future resolves to the stream's ack (or its refusal)."""
-        if self._sub is None:
+        if self._loop is None:
             await self.start()
+            assert self._loop is not None
         self._next += 1
         token = str(self._next)
-        future: asyncio.Future[StreamAck] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[StreamAck] = self._loop.create_future()
         self._waiting[token] = (future, time.monotonic() + timeout)
         try:
             await self.nc.publish(subject, data, reply=self._prefix + token, headers=headers)
@@ -144,9 +149,7 @@ class Publisher:
         if answer.error is not None:
             future.set_exception(nats.js.errors.APIError.from_error(answer.error))
         else:
-            future.set_result(
-                StreamAck(answer.stream, answer.seq, answer.duplicate, answer.domain)
-            )
+            future.set_result(StreamAck(answer.stream, answer.seq, answer.duplicate, answer.domain))
 
     async def _sweep(self) -> None:
         # one task fails every overdue ack, instead of a timer per publish

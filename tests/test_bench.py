@@ -1,0 +1,54 @@
+"""``cogo bench --json`` runs a small isolated system end to end and reports every figure.
+
+No timed assertions: the figures depend on the machine. Only their presence and shape.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+KEYS = {
+    "tasks_per_s",
+    "latency_ms",
+    "projector_events_per_s",
+    "http_submit_per_s",
+    "peak_rss_mb",
+    "sync_interval",
+}
+
+
+def test_bench_json_reports_every_figure() -> None:
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "cogo", "bench", "--json",
+            "--tasks", "500", "--rate", "200", "--rate", "400", "--duration", "1",
+            "--http-requests", "200", "--projector-events", "2000", "--timeout", "60",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1, f"--json must print one object, got: {proc.stdout[:2000]}"
+    result = json.loads(lines[0])
+
+    assert KEYS <= result.keys()
+    assert result["sync_interval"] == "always"  # what nats.conf ships with
+    assert result["tasks"] == 500
+    for key in ("tasks_per_s", "projector_events_per_s", "http_submit_per_s"):
+        assert isinstance(result[key], float | int) and result[key] > 0, key
+
+    rates = [row["offered_per_s"] for row in result["latency_ms"]]
+    assert rates == [200, 400]
+    for row in result["latency_ms"]:
+        assert row["completed"] == row["tasks"] == row["offered_per_s"]
+        assert row["achieved_per_s"] > 0
+        assert 0 < row["p50"] <= row["p90"] <= row["p99"] <= row["max"]
+
+    rss = result["peak_rss_mb"]
+    for process in ("nats-server", "dispatcher-1", "echo-1", "projector", "facade", "bench"):
+        assert rss.get(process, 0) > 0, process
+    assert result["cpu_us_per_task"]["total"] > 0

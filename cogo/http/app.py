@@ -27,6 +27,7 @@ from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cogo.config import Config
+from cogo.errors import UnknownRoute
 from cogo.streams.policies import PolicyStore
 
 log = logging.getLogger(__name__)
@@ -190,6 +191,16 @@ async def json_body(request: Request) -> Any:
         return json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise HTTPException(400, f"request body is not valid JSON: {exc}") from exc
+
+
+def require_route(state: AppState, route: str, loc: list[str | int] | None = None) -> None:
+    """422 at ``loc`` unless an actor consumes ``route`` (its policy exists)."""
+    try:
+        state.policies.get(route)
+    except UnknownRoute as exc:
+        raise ValidationFailed(
+            [field_error(loc or ["body", "route"], str(exc), exc.code)]
+        ) from None
 
 
 def validate(model: type[M], data: Any) -> M:

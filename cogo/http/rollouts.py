@@ -27,10 +27,17 @@ from cogo.errors import (
     InvalidWorkflow,
     RolloutConflict,
     RolloutNotFound,
-    UnknownRoute,
     WorkflowNotFound,
 )
-from cogo.http.app import AppState, ValidationFailed, field_error, json_body, state_of, validate
+from cogo.http.app import (
+    AppState,
+    ValidationFailed,
+    field_error,
+    json_body,
+    require_route,
+    state_of,
+    validate,
+)
 from cogo.http.openapi import documented
 from cogo.streams.rollouts import VERSION_PATTERN
 from cogo.workflows.definition import WORKFLOW_ID, Catalog
@@ -99,10 +106,7 @@ async def start_rollout(request: Request) -> JSONResponse:
     """Start a rollout: Dev E2E -> CI smoke -> canary -> promote 100%, behind gates."""
     state = state_of(request)
     body = validate(RolloutRequest, await json_body(request))
-    try:
-        state.policies.get(body.route)
-    except UnknownRoute as exc:
-        raise ValidationFailed([field_error(["body", "route"], str(exc), exc.code)]) from None
+    require_route(state, body.route)
     if body.dev_e2e_workflow is not None:
         await _check_workflow(state, body.dev_e2e_workflow)
     spec = RolloutSpec(

@@ -12,8 +12,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from cogo.errors import BackpressureError, InvalidAssignment, UnknownRoute
-from cogo.http.app import AppState, ValidationFailed, field_error, json_body, state_of, validate
+from cogo.errors import BackpressureError, InvalidAssignment
+from cogo.http.app import (
+    AppState,
+    ValidationFailed,
+    field_error,
+    json_body,
+    require_route,
+    state_of,
+    validate,
+)
 from cogo.http.openapi import documented
 from cogo.streams.capacity import Capacity
 from cogo.streams.envelope import EXECUTE_SUBJECT, MSG_ID, decode_assignment, encoder, new_id
@@ -45,10 +53,7 @@ async def submit_task(request: Request) -> JSONResponse:
     """Submit a task to the executor dispatcher (orchestrator.execute.0)."""
     state = state_of(request)
     body = validate(TaskRequest, await json_body(request))
-    try:
-        state.policies.get(body.route)
-    except UnknownRoute as exc:
-        raise ValidationFailed([field_error(["body", "route"], str(exc), exc.code)]) from None
+    require_route(state, body.route)
     try:
         decode_assignment(body.payload)
     except InvalidAssignment as exc:

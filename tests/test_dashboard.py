@@ -203,9 +203,8 @@ async def browse(info: dict[str, Any], summary: dict[str, Any], good: dict[str, 
 
             report = [k for k in good["artifacts"] if k.endswith("report.json")][0]
             await row.locator(f"a[data-artifact='{report}']").click()
-            await page.wait_for_function(
-                "document.getElementById('artifact-body').textContent.includes('verdict')"
-            )
+            # a locator wait, not wait_for_function: the page's CSP forbids eval, rightly
+            await page.locator("#artifact-body", has_text="verdict").wait_for(timeout=10_000)
             assert '"pass"' in await page.inner_text("#artifact-body")
             await page.click("#artifact-close")
 

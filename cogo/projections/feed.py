@@ -155,13 +155,21 @@ class StreamFeed:
                 await self._sub.unsubscribe()
             self._sub = None
 
-    async def fetch(self, wait: float = 1.0) -> Fetched | None:
-        """The next messages (up to ``batch``); None if none arrived within ``wait`` seconds."""
+    async def fetch(self, wait: float = 1.0, linger: float = 0.0) -> Fetched | None:
+        """The next messages (up to ``batch``); None if none arrived within ``wait`` seconds.
+
+        With ``linger``, a small batch waits that long once for more: each DuckDB commit costs
+        milliseconds of CPU, and under a steady trickle committing every few events starves
+        the actors sharing the machine.
+        """
         msgs = await self._request(self.batch, no_wait=True)
         if not msgs:
             msgs = await self._request(1, expires=wait)
             if msgs and self.batch > 1:
                 msgs += await self._request(self.batch - 1, no_wait=True)
+        if msgs and linger > 0 and len(msgs) < self.batch // 4:
+            await asyncio.sleep(linger)
+            msgs += await self._request(self.batch - len(msgs), no_wait=True)
         return self._check(msgs) if msgs else None
 
     async def ack(self, msg: Msg) -> None:

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BATCH = 5000
 DEFAULT_CONSUMER = "projector"
+# a small batch waits this long once for more (see StreamFeed.fetch); bounds added lag
+LINGER_S = 0.05
 IDLE_WAIT_S = 1.0
 
 
@@ -193,7 +195,7 @@ class Projector:
         writing: asyncio.Task[None] | None = None
         try:
             while True:
-                fetched = await feed.fetch(wait=IDLE_WAIT_S)
+                fetched = await feed.fetch(wait=IDLE_WAIT_S, linger=LINGER_S)
                 if fetched is None:
                     await self._refresh(state)
                     continue

@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -87,11 +88,33 @@ async def run_actor(
         log.info("%s started", actor.name)
         await stop.wait()
         log.info("%s draining", actor.name)
+        _exit_if_stuck(actor.name, STOP_DEADLINE_S)
         await actor.stop()
     finally:
         with contextlib.suppress(Exception):
             await nc.flush(timeout=5)
             await nc.close()
+
+
+STOP_DEADLINE_S = 25.0
+
+
+def _exit_if_stuck(name: str, seconds: float) -> None:
+    """Bound shutdown: past ``seconds`` the process exits anyway.
+
+    Nothing is lost by it: unacknowledged messages are redelivered and the projector's rows
+    and checkpoint commit together. A drain that hangs (a worker thread that never returns
+    blocks interpreter exit) must not keep a supervisor or an operator waiting forever.
+    """
+
+    def expire() -> None:
+        log.error("%s: drain did not finish within %.0f s; exiting anyway", name, seconds)
+        logging.shutdown()
+        os._exit(0)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
 
 
 def run_actor_main(

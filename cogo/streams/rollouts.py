@@ -29,7 +29,8 @@ from cogo.streams.kvview import KvView
 
 log = logging.getLogger(__name__)
 
-ROLLOUT_BUCKET = "rollouts"
+from cogo.streams.topology import ROLLOUT_BUCKET  # noqa: E402
+
 SPLIT_PREFIX = "route."
 RECORD_PREFIX = "rollout."
 VERSION_PATTERN = r"^[A-Za-z0-9_\-]{1,64}$"

@@ -19,6 +19,7 @@ DLQ = "DLQ"
 TASK_SUBJECTS = ["orchestrator.>", "codegen.>", "code.>", "indexing.>", "notify.>", "echo.>"]
 POLICY_BUCKET = "policies"
 ARTIFACT_BUCKET = "artifacts"
+ROLLOUT_BUCKET = "rollouts"
 DISPATCHER_ROUTES = [EXECUTE_SUBJECT, RESULT_SUBJECT]
 # the workflow orchestrator's commands (start / cancel a run); not a task route
 ORCHESTRATOR_ROUTE = "orchestrator.workflow.0"
@@ -111,6 +112,16 @@ async def ensure_topology(js: JetStreamContext, config: Config) -> None:
         await js.create_key_value(
             api.KeyValueConfig(
                 bucket=POLICY_BUCKET, history=16, replicas=config.bus.replicas,
+                storage=api.StorageType.FILE,
+            )
+        )  # fmt: skip
+    try:
+        await js.key_value(ROLLOUT_BUCKET)
+    except (NotFoundError, BadRequestError):
+        # created here by the admin connection: dispatchers only watch it
+        await js.create_key_value(
+            api.KeyValueConfig(
+                bucket=ROLLOUT_BUCKET, history=8, replicas=config.bus.replicas,
                 storage=api.StorageType.FILE,
             )
         )  # fmt: skip

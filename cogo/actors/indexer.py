@@ -33,14 +33,14 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from nats.js import api
-from nats.js.errors import BadRequestError, KeyNotFoundError, NotFoundError
+from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from cogo.actors.worker import Outcome, TaskContext, Worker
 from cogo.errors import InvalidPayload
 from cogo.streams.envelope import WorkOrder
 from cogo.streams.events import make_event
+from cogo.streams.topology import ensure_kv
 
 INDEX_BUCKET = "code_index"
 FILE_INDEXED = "code_file_indexed"
@@ -488,15 +488,10 @@ def _repository(repo: str) -> Path:
 
 
 async def _bucket(js: Any, replicas: int) -> KeyValue:
-    try:
-        return await js.key_value(INDEX_BUCKET)  # type: ignore[no-any-return]
-    except (NotFoundError, BadRequestError):
-        return await js.create_key_value(  # type: ignore[no-any-return]
-            api.KeyValueConfig(
-                bucket=INDEX_BUCKET, history=1, replicas=replicas, storage=api.StorageType.FILE,
-                description="indexer state: repository -> {path: sha256}",
-            )
-        )  # fmt: skip
+    return await ensure_kv(
+        js, INDEX_BUCKET, history=1, replicas=replicas,
+        description="indexer state: repository -> {path: sha256}",
+    )  # fmt: skip
 
 
 def _encode_state(repo: str, files: dict[str, str]) -> bytes:

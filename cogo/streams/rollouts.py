@@ -19,9 +19,8 @@ import re
 from typing import Any
 
 import msgspec
-from nats.js import api
 from nats.js.client import JetStreamContext
-from nats.js.errors import BadRequestError, KeyNotFoundError, NoKeysError, NotFoundError
+from nats.js.errors import KeyNotFoundError, NoKeysError, NotFoundError
 from nats.js.kv import KeyValue
 
 from cogo.errors import ConfigError
@@ -29,7 +28,7 @@ from cogo.streams.kvview import KvView
 
 log = logging.getLogger(__name__)
 
-from cogo.streams.topology import ROLLOUT_BUCKET  # noqa: E402
+from cogo.streams.topology import ROLLOUT_BUCKET, ensure_kv  # noqa: E402
 
 SPLIT_PREFIX = "route."
 RECORD_PREFIX = "rollout."
@@ -125,15 +124,7 @@ def versioned_route(route: str, version: str | None) -> str:
 
 async def bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:
     """The ``rollouts`` bucket, created if missing."""
-    try:
-        return await js.key_value(ROLLOUT_BUCKET)
-    except (NotFoundError, BadRequestError):
-        return await js.create_key_value(
-            api.KeyValueConfig(
-                bucket=ROLLOUT_BUCKET, history=8, replicas=replicas,
-                storage=api.StorageType.FILE,
-            )
-        )  # fmt: skip
+    return await ensure_kv(js, ROLLOUT_BUCKET, history=8, replicas=replicas)
 
 
 class RolloutStore:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from nats.js import api
 from nats.js.client import JetStreamContext
 from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.kv import KeyValue
 
 from cogo.config import Config
 from cogo.streams.envelope import EXECUTE_SUBJECT, RESULT_SUBJECT
@@ -106,25 +107,9 @@ async def ensure_topology(js: JetStreamContext, config: Config) -> None:
             await js.add_stream(cfg)
     for route in all_routes(config):
         await ensure_consumer(js, route, config)
-    try:
-        await js.key_value(POLICY_BUCKET)
-    except (NotFoundError, BadRequestError):
-        await js.create_key_value(
-            api.KeyValueConfig(
-                bucket=POLICY_BUCKET, history=16, replicas=config.bus.replicas,
-                storage=api.StorageType.FILE,
-            )
-        )  # fmt: skip
-    try:
-        await js.key_value(ROLLOUT_BUCKET)
-    except (NotFoundError, BadRequestError):
-        # created here by the admin connection: dispatchers only watch it
-        await js.create_key_value(
-            api.KeyValueConfig(
-                bucket=ROLLOUT_BUCKET, history=8, replicas=config.bus.replicas,
-                storage=api.StorageType.FILE,
-            )
-        )  # fmt: skip
+    await ensure_kv(js, POLICY_BUCKET, history=16, replicas=config.bus.replicas)
+    # created here by the admin connection: dispatchers only watch it
+    await ensure_kv(js, ROLLOUT_BUCKET, history=8, replicas=config.bus.replicas)
     try:
         await js.object_store(ARTIFACT_BUCKET)
     except (NotFoundError, BadRequestError):
@@ -132,6 +117,26 @@ async def ensure_topology(js: JetStreamContext, config: Config) -> None:
             ARTIFACT_BUCKET,
             api.ObjectStoreConfig(replicas=config.bus.replicas, storage=api.StorageType.FILE),
         )
+
+
+async def ensure_kv(
+    js: JetStreamContext,
+    bucket: str,
+    *,
+    history: int,
+    replicas: int,
+    description: str | None = None,
+) -> KeyValue:
+    """The KV ``bucket``, created (file storage) if missing."""
+    try:
+        return await js.key_value(bucket)
+    except (NotFoundError, BadRequestError):
+        return await js.create_key_value(
+            api.KeyValueConfig(
+                bucket=bucket, history=history, replicas=replicas, description=description,
+                storage=api.StorageType.FILE,
+            )
+        )  # fmt: skip
 
 
 async def ensure_consumer(js: JetStreamContext, route: str, config: Config) -> None:

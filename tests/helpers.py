@@ -64,7 +64,26 @@ class EventReader:
 
     async def poll(self, wait: float = 0.2) -> list[Event]:
         if self._sub is None:
-            self._sub = await self.js.pull_subscribe(
+            try:
+                self._sub = await self._subscribe()
+            except (TimeoutError, nats.errors.Error):
+                return []  # e.g. a cluster electing a new leader: try again on the next poll
+        fresh: list[Event] = []
+        while True:
+            try:
+                msgs = await self._sub.fetch(1000, timeout=wait)
+            except (TimeoutError, nats.errors.TimeoutError):
+                break
+            except nats.errors.Error:
+                break  # a transient server error (failover); the next poll continues
+            fresh.extend(decode_event(m.data) for m in msgs)
+            if len(msgs) < 1000:
+                break
+        self.events.extend(fresh)
+        return fresh
+
+    async def _subscribe(self) -> Any:
+        return await self.js.pull_subscribe(
                 self.subject,
                 stream="EVENTS",
                 config=api.ConsumerConfig(
@@ -72,17 +91,6 @@ class EventReader:
                     deliver_policy=api.DeliverPolicy.ALL,
                 ),
             )  # fmt: skip
-        fresh: list[Event] = []
-        while True:
-            try:
-                msgs = await self._sub.fetch(1000, timeout=wait)
-            except (TimeoutError, nats.errors.TimeoutError):
-                break
-            fresh.extend(decode_event(m.data) for m in msgs)
-            if len(msgs) < 1000:
-                break
-        self.events.extend(fresh)
-        return fresh
 
     def terminal(self) -> dict[str, list[Event]]:
         out: dict[str, list[Event]] = {}

@@ -5,11 +5,15 @@ feed recreates its consumer at ``checkpoint + 1`` (``reset``), so the consumer's
 never decides what is applied. The consumer acks with ``AckPolicy.ALL`` after each commit,
 which keeps ``nats consumer info`` honest (ack floor = applied) at one ack per batch.
 
-nats-py's ``fetch()`` costs ~15 µs a message (a queue round trip each); here pull requests
-are sent by hand to an inbox whose callback only appends to a list, about 3x faster. One
-request is outstanding at a time (no pull requests left behind; DESIGN §9): first a
-``no_wait`` request for everything available, and only when nothing is, a lingering request
-for one message, then ``no_wait`` again for the rest.
+Pull requests are sent by hand to an inbox, one outstanding at a time (no pull requests
+left behind; DESIGN §9): first a ``no_wait`` request for everything available, and only
+when nothing is, a lingering request for one message, then ``no_wait`` again for the rest.
+
+Deliveries to that inbox skip nats-py's per-message path (~8 µs a message, half of a
+projector's time; see ``cogo.streams.intake``): the feed's sink receives the raw
+``(subject, reply, data, headers)`` bytes from the client's protocol parser, and headers
+are parsed only where they are used (DLQ rows). Should a nats-py release not take the
+hook, the feed falls back to the ordinary callback (``StreamFeed.direct`` says which).
 
 A feed trusts nothing it cannot check: a consumer sequence that skips (a lost delivery)
 or a redelivery raises ``FeedDesync``, and the caller resets from its checkpoint.
@@ -20,7 +24,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -28,7 +34,8 @@ from nats.aio.subscription import Subscription
 from nats.js import api
 from nats.js.errors import NotFoundError
 
-STATUS = "Status"
+from cogo.streams.intake import direct_delivery, inline_status, parse_headers
+
 HEARTBEAT = "100"
 # how long past a request's own expiry we wait before declaring the feed lost
 REQUEST_GRACE_S = 5.0
@@ -49,11 +56,13 @@ class Position:
     pending: int
 
 
-def position(reply: str) -> Position:
+def position(reply: str | bytes) -> Position:
     """Parse ``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>``.
 
     Also the newer form with domain and account hash (12 tokens) that servers may send.
     """
+    if isinstance(reply, bytes):
+        reply = reply.decode()
     tokens = reply.split(".")
     base = 2 if len(tokens) == 9 else 4
     return Position(
@@ -65,20 +74,82 @@ def position(reply: str) -> Position:
     )
 
 
+# -- batches -------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Deliveries:
+    """Messages as the parser handed them over, column by column.
+
+    Subjects and headers are kept only by feeds that need them (``keep_meta``; the DLQ):
+    EVENTS rows come from the body and the reply subject alone.
+    """
+
+    replies: list[bytes] = field(default_factory=list)
+    bodies: list[bytes] = field(default_factory=list)
+    subjects: list[bytes] | None = None
+    headers: list[bytes | dict[str, str] | None] | None = None
+
+    def __len__(self) -> int:
+        return len(self.replies)
+
+    def extend(self, other: Deliveries) -> None:
+        self.replies += other.replies
+        self.bodies += other.bodies
+        if self.subjects is not None and other.subjects is not None:
+            self.subjects += other.subjects
+        if self.headers is not None and other.headers is not None:
+            self.headers += other.headers
+
+
 @dataclass(frozen=True, slots=True)
 class Fetched:
     """One batch as delivered: the messages and their stream sequences."""
 
-    msgs: list[Msg]
+    deliveries: Deliveries
     seqs: list[int]
     pending: int  # messages the consumer still holds after this batch
 
     def __len__(self) -> int:
-        return len(self.msgs)
+        return len(self.seqs)
+
+    @property
+    def bodies(self) -> list[bytes]:
+        return self.deliveries.bodies
+
+    @property
+    def last_reply(self) -> str:
+        return self.deliveries.replies[-1].decode()
+
+    def subjects(self) -> list[str]:
+        if self.deliveries.subjects is None:
+            raise ValueError("this feed does not keep subjects (keep_meta=False)")
+        return [subject.decode() for subject in self.deliveries.subjects]
+
+    def headers(self) -> list[dict[str, str]]:
+        if self.deliveries.headers is None:
+            raise ValueError("this feed does not keep headers (keep_meta=False)")
+        return [parse_headers(raw) for raw in self.deliveries.headers]
 
     def timestamps_ns(self) -> list[int]:
         """When each message was stored (parsed on demand: only DLQ rows need it)."""
-        return [position(m.reply).timestamp_ns for m in self.msgs]
+        return [position(reply).timestamp_ns for reply in self.deliveries.replies]
+
+    @staticmethod
+    def merge(batches: Sequence[Fetched]) -> Fetched:
+        """Consecutive batches of one feed as one (for a single, larger commit)."""
+        if len(batches) == 1:
+            return batches[0]
+        first = batches[0].deliveries
+        deliveries = Deliveries(
+            subjects=[] if first.subjects is not None else None,
+            headers=[] if first.headers is not None else None,
+        )
+        seqs: list[int] = []
+        for batch in batches:
+            deliveries.extend(batch.deliveries)
+            seqs += batch.seqs
+        return Fetched(deliveries, seqs, batches[-1].pending)
 
 
 class StreamFeed:
@@ -91,7 +162,9 @@ class StreamFeed:
         consumer: str,
         *,
         batch: int = 5000,
+        max_ack_pending: int | None = None,
         durable: bool = True,
+        keep_meta: bool = False,
         description: str = "cogo projector",
     ) -> None:
         self.nc = nc
@@ -99,17 +172,21 @@ class StreamFeed:
         self.stream = stream
         self.consumer = consumer
         self.batch = batch
+        self.max_ack_pending = max_ack_pending or max(8 * batch, 10_000)
         self.durable = durable
+        self.keep_meta = keep_meta
         self.description = description
+        self.direct = False  # deliveries bypass nats-py's Msg path (see direct_delivery)
         self.last_consumer_seq = 0
         self.last_stream_seq = 0
         self.last_pending = 0
         self._sub: Subscription | None = None
         self._inbox = ""
-        self._buffer: list[Msg] = []
+        self._buffer = Deliveries()
         self._wanted = 0
         self._status: str | None = None
         self._done = asyncio.Event()
+        self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
 
     async def reset(self, start_seq: int) -> None:
         """Recreate the consumer so its first delivery is ``start_seq`` (or the first kept)."""
@@ -127,7 +204,7 @@ class StreamFeed:
             # durable: ack the last message of each committed batch; replay: no acks at all
             ack_policy=api.AckPolicy.ALL if self.durable else api.AckPolicy.NONE,
             ack_wait=300.0,
-            max_ack_pending=max(8 * self.batch, 10_000),
+            max_ack_pending=self.max_ack_pending,
             max_waiting=16,
             inactive_threshold=None if self.durable else 120.0,
             mem_storage=not self.durable,
@@ -142,6 +219,7 @@ class StreamFeed:
             pending_msgs_limit=4 * self.batch + 100,
             pending_bytes_limit=1024 * 1024 * 1024,
         )
+        self.direct = direct_delivery(self.nc, self._sub._id, self._deliver)
 
     async def close(self, *, delete: bool = False) -> None:
         await self._unsubscribe()
@@ -151,52 +229,58 @@ class StreamFeed:
 
     async def _unsubscribe(self) -> None:
         if self._sub is not None:
+            direct_delivery(self.nc, self._sub._id, None)
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
             self._sub = None
 
-    async def fetch(self, wait: float = 1.0, linger: float = 0.0) -> Fetched | None:
+    async def fetch(
+        self, wait: float = 1.0, linger: float = 0.0, *, block: bool = True
+    ) -> Fetched | None:
         """The next messages (up to ``batch``); None if none arrived within ``wait`` seconds.
 
         With ``linger``, a small batch waits that long once for more: each DuckDB commit costs
         milliseconds of CPU, and under a steady trickle committing every few events starves
-        the actors sharing the machine.
+        the actors sharing the machine. With ``block=False``, only what is there already.
         """
         msgs = await self._request(self.batch, no_wait=True)
-        if not msgs:
+        if not msgs and block:
             msgs = await self._request(1, expires=wait)
             if msgs and self.batch > 1:
-                msgs += await self._request(self.batch - 1, no_wait=True)
-        if msgs and linger > 0 and len(msgs) < self.batch // 4:
+                msgs.extend(await self._request(self.batch - 1, no_wait=True))
+        if msgs and block and linger > 0 and len(msgs) < self.batch // 4:
             await asyncio.sleep(linger)
-            msgs += await self._request(self.batch - len(msgs), no_wait=True)
+            msgs.extend(await self._request(self.batch - len(msgs), no_wait=True))
         return self._check(msgs) if msgs else None
 
-    async def ack(self, msg: Msg) -> None:
-        """Acknowledge ``msg`` and everything delivered before it."""
-        if self.durable and msg.reply:
-            await self.nc.publish(msg.reply, b"+ACK")
+    async def ack(self, fetched: Fetched) -> None:
+        """Acknowledge the batch's last message and everything delivered before it."""
+        if self.durable and len(fetched):
+            await self.nc.publish(fetched.last_reply, b"+ACK")
 
-    def _check(self, msgs: list[Msg]) -> Fetched:
-        # The hot loop of ingest (~1 µs a message): only the stream sequence of each
+    def _check(self, msgs: Deliveries) -> Fetched:
+        # The hot loop of ingest (< 1 µs a message): only the stream sequence of each
         # message is parsed. Consumer sequences grow by one per delivery, redeliveries
         # included, so first/last/count prove nothing was lost; strictly growing stream
         # sequences prove nothing was delivered twice.
-        first, last = position(msgs[0].reply), position(msgs[-1].reply)
+        replies = msgs.replies
+        first, last = position(replies[0]), position(replies[-1])
         expected = self.last_consumer_seq + 1
         if first.consumer_seq != expected or last.consumer_seq - expected + 1 != len(msgs):
             raise FeedDesync(
                 f"{self.stream}/{self.consumer}: deliveries {first.consumer_seq}.."
                 f"{last.consumer_seq} ({len(msgs)} messages) where {expected} was next"
             )
-        seqs: list[int] = []
+        try:
+            # every reply of a batch comes from one server: one shape (9 or 12 tokens)
+            index = 5 if replies[0].count(b".") == 8 else 7
+            seqs = [int(reply.split(b".", index + 1)[index]) for reply in replies]
+        except (ValueError, IndexError):
+            raise FeedDesync(f"{self.stream}/{self.consumer}: malformed reply subject") from None
         previous = self.last_stream_seq
-        for msg in msgs:
-            tokens = msg.reply.split(".")
-            seq = int(tokens[5] if len(tokens) == 9 else tokens[7])
+        for seq in seqs:
             if seq <= previous:
                 raise FeedDesync(f"{self.stream}/{self.consumer}: sequence {seq} redelivered")
-            seqs.append(seq)
             previous = seq
         self.last_consumer_seq = last.consumer_seq
         self.last_stream_seq = previous
@@ -205,10 +289,11 @@ class StreamFeed:
 
     async def _request(
         self, batch: int, *, no_wait: bool = False, expires: float | None = None
-    ) -> list[Msg]:
+    ) -> Deliveries:
         if self._sub is None:
             raise FeedDesync(f"{self.stream}/{self.consumer}: feed is not reset")
-        self._buffer = []
+        meta = self.keep_meta
+        self._buffer = Deliveries(subjects=[] if meta else None, headers=[] if meta else None)
         self._wanted = batch
         self._status = None
         self._done.clear()
@@ -217,11 +302,7 @@ class StreamFeed:
             request["no_wait"] = True
         if expires is not None:
             request["expires"] = int(expires * 1e9)
-        await self.nc.publish(
-            f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self.consumer}",
-            json.dumps(request).encode(),
-            reply=self._inbox,
-        )
+        await self.nc.publish(self._next_subject, json.dumps(request).encode(), reply=self._inbox)
         try:
             await asyncio.wait_for(self._done.wait(), (expires or 0.0) + REQUEST_GRACE_S)
         except TimeoutError:
@@ -233,16 +314,27 @@ class StreamFeed:
             raise FeedDesync(f"{self.stream}/{self.consumer}: {self._status}")
         return self._buffer
 
-    async def _on_message(self, msg: Msg) -> None:
-        headers = msg.headers
-        if not msg.data and headers and STATUS in headers:
-            status = headers[STATUS]
-            if status == HEARTBEAT:
+    def _deliver(self, subject: bytes, reply: bytes, data: bytes, headers: Any) -> None:
+        """One delivery to the inbox (called by the client's parser; must not block)."""
+        if not data and headers:
+            status = inline_status(headers)
+            if status is not None:
+                if status.startswith(HEARTBEAT):
+                    return
+                # 404 no messages, 408 request expired, 409 ...: this request is over
+                self._status = status
+                self._done.set()
                 return
-            # 404 no messages, 408 request expired, 409 ...: this request is over
-            self._status = f"{status} {headers.get('Description', '')}".strip()
+        buffer = self._buffer
+        buffer.replies.append(reply)
+        buffer.bodies.append(data)
+        if buffer.subjects is not None:
+            buffer.subjects.append(subject)
+        if buffer.headers is not None:
+            buffer.headers.append(headers)
+        if len(buffer.replies) >= self._wanted:
             self._done.set()
-            return
-        self._buffer.append(msg)
-        if len(self._buffer) >= self._wanted:
-            self._done.set()
+
+    async def _on_message(self, msg: Msg) -> None:
+        # the fallback path, when direct delivery could not be hooked in
+        self._deliver(msg.subject.encode(), msg.reply.encode(), msg.data, msg.headers)

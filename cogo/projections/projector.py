@@ -40,6 +40,8 @@ DEFAULT_CONSUMER = "projector"
 # a small batch waits this long once for more (see StreamFeed.fetch); bounds added lag
 LINGER_S = 0.05
 IDLE_WAIT_S = 1.0
+# a transaction takes up to this many queued batches (see _follow)
+GROUP_COMMIT_BATCHES = 4
 
 
 @dataclass
@@ -101,6 +103,8 @@ class Projector:
         self.path = db_path(self.data_dir)
         self.name = actor_id(self.kind)
         self.batch = batch or int(os.environ.get("COGO_PROJECTOR_BATCH", DEFAULT_BATCH))
+        # the most rows one transaction takes when batches queue up behind the writer
+        self.max_rows = GROUP_COMMIT_BATCHES * self.batch
         consumer = consumer or os.environ.get("COGO_PROJECTOR_CONSUMER", DEFAULT_CONSUMER)
         self.store = ProjectionStore(self.path)
         self.streams = {
@@ -188,20 +192,40 @@ class Projector:
                 state.stream,
                 state.consumer,
                 batch=self.batch,
+                keep_meta=state.stream == DLQ_STREAM,
+                # room for the transaction being written, the queue behind it, one fetch
+                max_ack_pending=2 * self.max_rows + 2 * self.batch,
                 description=f"cogo projector -> {self.path}",
             )
         feed = state.feed
         await feed.reset(checkpoint + 1)
+        # Group commit: while the writer is busy with a backlog, fetching goes on and
+        # batches queue up (to max_rows); the next transaction takes them all. A backlog
+        # is written in few large transactions (DuckDB alone: ~200k rows/s in 20,000s vs
+        # ~150k in 5,000s), while a trickle still commits as it comes.
+        queued: list[Fetched] = []
+        size = 0
         writing: asyncio.Task[None] | None = None
         try:
             while True:
-                fetched = await feed.fetch(wait=IDLE_WAIT_S, linger=LINGER_S)
-                if fetched is None:
+                fetched = await feed.fetch(
+                    wait=IDLE_WAIT_S, linger=LINGER_S if not queued else 0.0, block=not queued
+                )
+                if fetched is not None:
+                    queued.append(fetched)
+                    size += len(fetched)
+                elif not queued:
                     await self._refresh(state)
                     continue
+                busy = writing is not None and not writing.done()
+                backlog = fetched is not None and len(fetched) >= self.batch // 4
+                if busy and backlog and size < self.max_rows:
+                    continue  # keep reading while the writer works
+                # nothing more, a trickle (no polling), or a full queue: commit the queue next
                 if writing is not None:
-                    await writing  # one batch in the writer at a time; errors surface here
-                writing = asyncio.create_task(self._apply(state, feed, fetched))
+                    await writing  # one transaction at a time; errors surface here
+                writing = asyncio.create_task(self._apply(state, feed, Fetched.merge(queued)))
+                queued, size = [], 0
         finally:
             if writing is not None and not writing.done():
                 # let the transaction finish (it runs on the writer thread regardless)
@@ -214,7 +238,7 @@ class Projector:
         state.last_seq = max(state.last_seq, fetched.seqs[-1] + fetched.pending)
         state.rows += rows
         state.batches += 1
-        await feed.ack(fetched.msgs[-1])
+        await feed.ack(fetched)
 
     async def _refresh(self, state: StreamState) -> None:
         info = await self.js.stream_info(state.stream)

@@ -119,6 +119,7 @@ class Rebuild:
                 stream,
                 f"replay-{stream.lower()}-{suffix}",
                 batch=self.batch,
+                keep_meta=stream == DLQ_STREAM,
                 durable=False,
                 description="cogo replay",
             )

@@ -60,7 +60,10 @@ _EVENT_SHAPE = (
 # $1: sequences, $2: bodies joined by newlines (one string crosses into DuckDB instead of
 # thousands of Python objects; compact JSON never holds a raw newline), $3: checkpoint.
 # Rows at or below the checkpoint are skipped: a redelivered batch applies nothing twice.
-_INSERT_EVENTS = f"""
+# {ok} says whether a body is a JSON object: the checked form validates every body first;
+# the fast form (one JSON parse less) fails on the whole batch if a body is not JSON, and
+# the batch is then written again with the checked form. Both write the same rows.
+_INSERT_EVENTS_TEMPLATE = f"""
 INSERT INTO bus_events
 SELECT seq, j.event_id, j.type, TRY_CAST(j."at" AS TIMESTAMP), j.task_id, j.correlation_id,
        j.causation_id, j.route, j.actor, j.attempt, j.queue_wait_ms, j.duration_ms,
@@ -76,12 +79,15 @@ SELECT seq, j.event_id, j.type, TRY_CAST(j."at" AS TIMESTAMP), j.task_id, j.corr
 FROM (
     SELECT seq, body, ok, CASE WHEN ok THEN from_json(body, '{_EVENT_SHAPE}') END AS j
     FROM (
-        SELECT seq, body, json_valid(body) AND starts_with(ltrim(body), '{{') AS ok
+        SELECT seq, body, {{ok}} AS ok
         FROM (SELECT unnest($1::BIGINT[]) AS seq, unnest(string_split($2, chr(10))) AS body)
     )
 )
 WHERE seq > $3
 """
+_IS_OBJECT = "starts_with(ltrim(body), '{')"
+_INSERT_EVENTS = _INSERT_EVENTS_TEMPLATE.replace("{ok}", f"json_valid(body) AND {_IS_OBJECT}")
+_INSERT_EVENTS_FAST = _INSERT_EVENTS_TEMPLATE.replace("{ok}", _IS_OBJECT)
 
 _INSERT_DLQ = """
 INSERT INTO dlq_messages
@@ -127,7 +133,7 @@ class DeadLetterBatch:
 
 def dead_letter_batch(fetched: Fetched) -> DeadLetterBatch:
     """DLQ messages as columns; the reason travels in headers (cogo.actors.base)."""
-    headers = [m.headers or {} for m in fetched.msgs]
+    headers = fetched.headers()
 
     def as_int(value: str | None) -> int | None:
         return int(value) if value and value.isdigit() else None
@@ -135,14 +141,14 @@ def dead_letter_batch(fetched: Fetched) -> DeadLetterBatch:
     return DeadLetterBatch(
         seqs=fetched.seqs,
         timestamps_us=[ns // 1000 for ns in fetched.timestamps_ns()],
-        subjects=[m.subject for m in fetched.msgs],
+        subjects=fetched.subjects(),
         original_subjects=[h.get("Cogo-Original-Subject") for h in headers],
         original_seqs=[as_int(h.get("Cogo-Stream-Seq")) for h in headers],
         deliveries=[as_int(h.get("Cogo-Deliveries")) for h in headers],
         error_codes=[h.get("Cogo-Error-Code") for h in headers],
         reasons=[h.get("Cogo-Reason") for h in headers],
         actors=[h.get("Cogo-Actor") for h in headers],
-        data=[m.data.decode("utf-8", errors="replace") for m in fetched.msgs],
+        data=[body.decode("utf-8", errors="replace") for body in fetched.bodies],
     )
 
 
@@ -259,17 +265,18 @@ class ProjectionStore:
     def apply_sync(self, stream: str, fetched: Fetched) -> int:
         """Write one fetched batch of ``stream`` (EVENTS or DLQ) with its checkpoint."""
         if stream == EVENTS_STREAM:
-            return self.apply_events_sync(EventBatch(fetched.seqs, [m.data for m in fetched.msgs]))
+            return self.apply_events_sync(EventBatch(fetched.seqs, fetched.bodies))
         return self.apply_dead_letters_sync(dead_letter_batch(fetched))
 
     def apply_events_sync(self, batch: EventBatch) -> int:
         """Write a batch and its checkpoint in one transaction; the number of rows written."""
-        return self._apply(
-            EVENTS_STREAM,
-            batch.seqs[-1],
-            _INSERT_EVENTS,
-            [batch.seqs, join_bodies(batch.bodies)],
-        )
+        params = [batch.seqs, join_bodies(batch.bodies)]
+        try:
+            return self._apply(EVENTS_STREAM, batch.seqs[-1], _INSERT_EVENTS_FAST, params)
+        except duckdb.InvalidInputException:
+            # some body is not JSON (the transaction was rolled back): the checked form
+            # keeps such a body as a JSON string in `raw`, with NULL columns
+            return self._apply(EVENTS_STREAM, batch.seqs[-1], _INSERT_EVENTS, params)
 
     def apply_dead_letters_sync(self, batch: DeadLetterBatch) -> int:
         params: list[Any] = [

@@ -14,7 +14,9 @@ dispatcher(s), echo worker(s) and the projector as separate ``cogo run`` process
 3. ``http_submit_per_s``: ``POST /api/tasks`` against the facade under uvicorn in its own
    process, from ``--http-concurrency`` connections.
 4. ``projector_events_per_s``: a fresh projector, alone, on the pre-filled ``EVENTS``
-   (topped up with synthetic events to ``--projector-events``).
+   (topped up with synthetic events to ``--projector-events``): the median of
+   ``--projector-runs`` fresh projectors, each its own consumer and DuckDB file (every
+   run is listed in ``projector_runs``).
 
 Every process's peak RSS (``VmHWM``) is reported. Everything binds 127.0.0.1, every phase
 has a bounded count and a timeout, and the system is torn down at the end.
@@ -32,6 +34,7 @@ import multiprocessing
 import os
 import resource
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -72,7 +75,8 @@ class Options:
     duration: float = 5.0
     http_requests: int = 5_000
     http_concurrency: int = 8
-    projector_events: int = 100_000
+    projector_events: int = 200_000
+    projector_runs: int = 3
     dispatchers: int = 1
     echoes: int = 1
     sync: str = "always"
@@ -409,8 +413,8 @@ class Bench:
 
     # -- 4. projector ingest alone -----------------------------------------------------
 
-    async def projector_ingest(self) -> float:
-        """Stop the system, top EVENTS up, time a fresh projector from zero to caught up."""
+    async def projector_ingest(self) -> list[float]:
+        """Stop the system, top EVENTS up, time fresh projectors from zero to caught up."""
         for label in [x for x in self.children if x != "projector"]:
             await self.stop_child(label)
         await self.wait_projected(await self.events_last_seq(), time.monotonic() + 120)
@@ -419,14 +423,21 @@ class Bench:
         if last < self.o.projector_events:
             await self._fill_events(self.o.projector_events - last)
             last = await self.events_last_seq()
-        update = self.progress.task("projector ingest", last)
+        rates = []
+        for run in range(1, self.o.projector_runs + 1):
+            rates.append(await self._ingest_once(run, last))
+        return rates
+
+    async def _ingest_once(self, run: int, last: int) -> float:
+        label, consumer = f"projector-ingest-{run}", f"{INGEST_CONSUMER}-{run}"
+        update = self.progress.task(f"projector ingest {run}/{self.o.projector_runs}", last)
         self.spawn(
-            "projector", "projector-ingest", data_dir=self.dir / "ingest",
-            env={"COGO_PROJECTOR_CONSUMER": INGEST_CONSUMER},
+            "projector", label, data_dir=self.dir / f"ingest-{run}",
+            env={"COGO_PROJECTOR_CONSUMER": consumer},
         )  # fmt: skip
         deadline = time.monotonic() + self.o.timeout
         # the clock starts when the consumer exists (DuckDB open, schema created)
-        while (seq := await self.projected_seq(INGEST_CONSUMER)) is None:
+        while (seq := await self.projected_seq(consumer)) is None:
             if time.monotonic() > deadline:
                 raise CogoError("the ingest projector did not start")
             self.check_children()
@@ -438,10 +449,12 @@ class Bench:
             self.check_children()
             update(seq, "")
             await asyncio.sleep(0.01)
-            seq = await self.projected_seq(INGEST_CONSUMER) or 0
+            seq = await self.projected_seq(consumer) or 0
         rate = (last - start_seq) / (time.perf_counter() - began)
         update(last, f"{rate:,.0f} events/s")
-        await self.stop_child("projector-ingest")
+        await self.stop_child(label)
+        with contextlib.suppress(NotFoundError):
+            await self.js.delete_consumer(EVENTS, consumer)
         return rate
 
     async def _fill_events(self, count: int) -> None:
@@ -495,14 +508,15 @@ async def run_bench(options: Options, progress: Progress) -> dict[str, Any]:
             cpu_us["total"] = round(sum(cpu_us.values()), 1)
             latency = [await bench.latency(rate) for rate in options.rates]
             http_rate = await bench.http_submit() if options.http_requests > 0 else 0.0
-            ingest = await bench.projector_ingest()
+            ingest = await bench.projector_ingest() if options.projector_runs > 0 else []
         finally:
             await bench.stop()
     return {
         "tasks_per_s": round(options.tasks / elapsed, 1),
         "tasks": options.tasks,
         "latency_ms": latency,
-        "projector_events_per_s": round(ingest, 1),
+        "projector_events_per_s": round(statistics.median(ingest), 1) if ingest else 0.0,
+        "projector_runs": [round(rate, 1) for rate in ingest],
         "http_submit_per_s": round(http_rate, 1),
         "peak_rss_mb": bench.rss,
         # where the CPU went in the saturated run: microseconds of CPU per task, per process
@@ -542,7 +556,11 @@ def render(result: dict[str, Any]) -> None:
         f"{cpu['total']:,.0f} µs: "
         + ", ".join(f"{k} {v:,.0f}" for k, v in cpu.items() if k != "total"),
     )
-    table.add_row("projector ingest (DuckDB)", f"{result['projector_events_per_s']:,.0f} events/s")
+    runs = ", ".join(f"{rate:,.0f}" for rate in result["projector_runs"])
+    table.add_row(
+        "projector ingest (DuckDB), median",
+        f"{result['projector_events_per_s']:,.0f} events/s ({runs})",
+    )
     table.add_row("POST /api/tasks", f"{result['http_submit_per_s']:,.0f} req/s")
     for name, mb in result["peak_rss_mb"].items():
         table.add_row(f"peak RSS {name}", f"{mb:,.0f} MB")
@@ -592,6 +610,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         http_requests=args.http_requests,
         http_concurrency=args.http_concurrency,
         projector_events=args.projector_events,
+        projector_runs=args.projector_runs,
         dispatchers=args.dispatchers,
         echoes=args.echoes,
         sync=args.sync,
@@ -643,8 +662,14 @@ def register(subparsers: Any, common: Callable[[argparse.ArgumentParser], None])
     p.add_argument(
         "--projector-events",
         type=int,
-        default=100_000,
-        help="top EVENTS up to this many before timing the projector alone",
+        default=200_000,
+        help="top EVENTS up to this many before timing the projector alone (200,000)",
+    )
+    p.add_argument(
+        "--projector-runs",
+        type=int,
+        default=3,
+        help="fresh projectors timed on that stream; the median is reported (3)",
     )
     p.add_argument("--dispatchers", type=int, default=1, help="dispatcher processes (1)")
     p.add_argument("--echoes", type=int, default=1, help="echo worker processes (1)")

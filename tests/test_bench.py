@@ -24,7 +24,8 @@ def test_bench_json_reports_every_figure() -> None:
         [
             sys.executable, "-m", "cogo", "bench", "--json",
             "--tasks", "500", "--rate", "200", "--rate", "400", "--duration", "1",
-            "--http-requests", "200", "--projector-events", "2000", "--timeout", "60",
+            "--http-requests", "200", "--projector-events", "2000", "--projector-runs", "2",
+            "--timeout", "60",
         ],
         capture_output=True,
         text=True,
@@ -48,7 +49,14 @@ def test_bench_json_reports_every_figure() -> None:
         assert row["achieved_per_s"] > 0
         assert 0 < row["p50"] <= row["p90"] <= row["p99"] <= row["max"]
 
+    runs = result["projector_runs"]
+    assert len(runs) == 2 and all(rate > 0 for rate in runs)
+    median = (runs[0] + runs[1]) / 2  # both rounded to 0.1 as reported
+    assert abs(result["projector_events_per_s"] - median) <= 0.1
+
     rss = result["peak_rss_mb"]
-    for process in ("nats-server", "dispatcher-1", "echo-1", "projector", "facade", "bench"):
+    processes = ("nats-server", "dispatcher-1", "echo-1", "projector", "facade", "bench",
+                 "projector-ingest-1", "projector-ingest-2")  # fmt: skip
+    for process in processes:
         assert rss.get(process, 0) > 0, process
     assert result["cpu_us_per_task"]["total"] > 0

@@ -37,6 +37,9 @@ from nats.js.errors import NotFoundError
 from cogo.streams.intake import direct_delivery, inline_status, parse_headers
 
 HEARTBEAT = "100"
+# a reader's transaction takes up to this many queued batches (group commit: see
+# Projector._follow)
+GROUP_COMMIT_BATCHES = 4
 # how long past a request's own expiry we wait before declaring the feed lost
 REQUEST_GRACE_S = 5.0
 

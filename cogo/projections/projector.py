@@ -29,7 +29,7 @@ from nats.aio.client import Client as NATS
 from cogo.actors.base import actor_id
 from cogo.config import Config
 from cogo.errors import ProjectionBusy
-from cogo.projections.feed import FeedDesync, Fetched, StreamFeed
+from cogo.projections.feed import GROUP_COMMIT_BATCHES, FeedDesync, Fetched, StreamFeed
 from cogo.projections.replay import Progress, Rebuild, ReplayResult, swap_files
 from cogo.projections.store import DLQ_STREAM, EVENTS_STREAM, ProjectionStore, db_path
 
@@ -40,8 +40,6 @@ DEFAULT_CONSUMER = "projector"
 # a small batch waits this long once for more (see StreamFeed.fetch); bounds added lag
 LINGER_S = 0.05
 IDLE_WAIT_S = 1.0
-# a transaction takes up to this many queued batches (see _follow)
-GROUP_COMMIT_BATCHES = 4
 
 
 @dataclass

@@ -18,7 +18,8 @@ dispatcher(s), echo worker(s) and the projector as separate ``cogo run`` process
    ``--projector-runs`` fresh projectors, each its own consumer and DuckDB file (every
    run is listed in ``projector_runs``).
 
-Every process's peak RSS (``VmHWM``) is reported. Everything binds 127.0.0.1, every phase
+Every process's peak RSS (``VmHWM``) is reported, and the disk's pace: small write +
+``fdatasync`` pairs per second on the bench's data dir, which bounds ``--sync always``. Everything binds 127.0.0.1, every phase
 has a bounded count and a timeout, and the system is torn down at the end.
 """
 
@@ -122,6 +123,26 @@ class Progress:
             self._bar.stop()
 
 
+def fsync_rate(directory: Path, seconds: float = 1.0) -> float:
+    """Small write + ``fdatasync`` pairs per second, one at a time, in ``directory``.
+
+    With ``sync_interval: always`` every message the server stores or removes costs one,
+    so this bounds ``always`` throughput (the bench reports it next to the figures).
+    """
+    path = directory / "fsync-probe"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        count, began = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - began) < seconds:
+            os.write(fd, b"x" * 512)
+            os.fdatasync(fd)
+            count += 1
+        return count / elapsed
+    finally:
+        os.close(fd)
+        path.unlink()
+
+
 def peak_rss_mb(pid: int) -> float:
     """The high-water mark of a live process's resident memory (``VmHWM``), in MB."""
     with contextlib.suppress(OSError, ValueError):
@@ -159,6 +180,7 @@ class Bench:
     def __init__(self, options: Options, work_dir: Path, progress: Progress) -> None:
         self.o = options
         self.dir = work_dir
+        self.fsync_per_s = 0.0
         self.progress = progress
         self.config: Config = load_config(options.config_path)
         self.server = EmbeddedServer(work_dir / "nats", sync=options.sync)
@@ -171,6 +193,8 @@ class Bench:
     # -- the system --------------------------------------------------------------------
 
     async def start(self) -> None:
+        # before anything else runs: what this disk allows is what `always` can reach
+        self.fsync_per_s = await asyncio.to_thread(fsync_rate, self.dir)
         self.server.start()
         await self.server.wait_ready()
         self.nc: NATS = await connect(self.server.url, "cogo-bench")
@@ -522,6 +546,8 @@ async def run_bench(options: Options, progress: Progress) -> dict[str, Any]:
         # where the CPU went in the saturated run: microseconds of CPU per task, per process
         "cpu_us_per_task": cpu_us,
         "sync_interval": options.sync,
+        # one write + fdatasync at a time, on the bench's data dir: the disk's pace
+        "disk_fsync_per_s": round(bench.fsync_per_s),
         "processes": {"dispatchers": options.dispatchers, "echoes": options.echoes},
         "cpus": os.cpu_count(),
     }
@@ -562,6 +588,7 @@ def render(result: dict[str, Any]) -> None:
         f"{result['projector_events_per_s']:,.0f} events/s ({runs})",
     )
     table.add_row("POST /api/tasks", f"{result['http_submit_per_s']:,.0f} req/s")
+    table.add_row("disk: write + fdatasync", f"{result['disk_fsync_per_s']:,} /s")
     for name, mb in result["peak_rss_mb"].items():
         table.add_row(f"peak RSS {name}", f"{mb:,.0f} MB")
     console.print(table)

@@ -16,6 +16,7 @@ KEYS = {
     "http_submit_per_s",
     "peak_rss_mb",
     "sync_interval",
+    "disk_fsync_per_s",
 }
 
 
@@ -39,7 +40,7 @@ def test_bench_json_reports_every_figure() -> None:
     assert KEYS <= result.keys()
     assert result["sync_interval"] == "always"  # what nats.conf ships with
     assert result["tasks"] == 500
-    for key in ("tasks_per_s", "projector_events_per_s", "http_submit_per_s"):
+    for key in ("tasks_per_s", "projector_events_per_s", "http_submit_per_s", "disk_fsync_per_s"):
         assert isinstance(result[key], float | int) and result[key] > 0, key
 
     rates = [row["offered_per_s"] for row in result["latency_ms"]]

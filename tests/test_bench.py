@@ -8,6 +8,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
+
+RAW_PIPELINE = Path(__file__).resolve().parents[1] / "examples" / "raw_pipeline.py"
 
 KEYS = {
     "tasks_per_s",
@@ -61,3 +64,15 @@ def test_bench_json_reports_every_figure() -> None:
     for process in processes:
         assert rss.get(process, 0) > 0, process
     assert result["cpu_us_per_task"]["total"] > 0
+
+
+def test_raw_pipeline_yardstick_runs() -> None:
+    # the hand-written nats-py pipeline the README compares `cogo bench` with
+    proc = subprocess.run(
+        [sys.executable, str(RAW_PIPELINE), "--tasks", "300", "--sync", "default"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "300 tasks in" in proc.stdout and "tasks/s" in proc.stdout

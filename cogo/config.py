@@ -59,7 +59,7 @@ class BusConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_deliver: int = 5
     duplicate_window_s: float = 1200.0
     replicas: int = 1
-    max_ack_pending: int = 2000
+    max_ack_pending: int = 20_000
 
 
 class LimitsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,8 +37,7 @@ from nats.js.errors import NotFoundError
 from cogo.streams.intake import direct_delivery, inline_status, parse_headers
 
 HEARTBEAT = "100"
-# a reader's transaction takes up to this many queued batches (group commit: see
-# Projector._follow)
+# a reader's transaction takes up to this many queued batches (see GroupCommit)
 GROUP_COMMIT_BATCHES = 4
 # how long past a request's own expiry we wait before declaring the feed lost
 REQUEST_GRACE_S = 5.0
@@ -153,6 +152,43 @@ class Fetched:
             deliveries.extend(batch.deliveries)
             seqs += batch.seqs
         return Fetched(deliveries, seqs, batches[-1].pending)
+
+
+class GroupCommit:
+    """One transaction at a time, and the batches fetched meanwhile queued for the next.
+
+    While the writer is busy with a backlog, the reader keeps fetching and batches queue up
+    (to ``max_rows``); the next transaction takes them all. A backlog is then written in few
+    large transactions (DuckDB alone: ~200k rows/s in 20,000s vs ~150k in 5,000s), while a
+    trickle still commits as it comes. Used by the projector and by replay.
+    """
+
+    def __init__(self, write: Callable[[Fetched], Awaitable[None]], max_rows: int) -> None:
+        self._write = write
+        self.max_rows = max_rows
+        self.queued: list[Fetched] = []
+        self.size = 0
+        self._writing: asyncio.Task[None] | None = None
+
+    def add(self, fetched: Fetched) -> None:
+        self.queued.append(fetched)
+        self.size += len(fetched)
+
+    def can_queue_more(self) -> bool:
+        """True while a transaction runs and the queue has room: keep reading."""
+        busy = self._writing is not None and not self._writing.done()
+        return busy and self.size < self.max_rows
+
+    async def commit(self) -> None:
+        """Wait for the running transaction (its error is raised here), start the queue's."""
+        await self.wait()
+        self._writing = asyncio.create_task(self._write(Fetched.merge(self.queued)))
+        self.queued, self.size = [], 0
+
+    async def wait(self) -> None:
+        """The running transaction, to its end (it runs on the writer thread regardless)."""
+        if self._writing is not None:
+            await asyncio.shield(self._writing)
 
 
 class StreamFeed:

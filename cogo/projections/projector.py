@@ -29,7 +29,13 @@ from nats.aio.client import Client as NATS
 from cogo.actors.base import actor_id
 from cogo.config import Config
 from cogo.errors import ProjectionBusy
-from cogo.projections.feed import GROUP_COMMIT_BATCHES, FeedDesync, Fetched, StreamFeed
+from cogo.projections.feed import (
+    GROUP_COMMIT_BATCHES,
+    FeedDesync,
+    Fetched,
+    GroupCommit,
+    StreamFeed,
+)
 from cogo.projections.replay import Progress, Rebuild, ReplayResult, swap_files
 from cogo.projections.store import DLQ_STREAM, EVENTS_STREAM, ProjectionStore, db_path
 
@@ -197,38 +203,27 @@ class Projector:
             )
         feed = state.feed
         await feed.reset(checkpoint + 1)
-        # Group commit: while the writer is busy with a backlog, fetching goes on and
-        # batches queue up (to max_rows); the next transaction takes them all. A backlog
-        # is written in few large transactions (DuckDB alone: ~200k rows/s in 20,000s vs
-        # ~150k in 5,000s), while a trickle still commits as it comes.
-        queued: list[Fetched] = []
-        size = 0
-        writing: asyncio.Task[None] | None = None
+        group = GroupCommit(lambda fetched: self._apply(state, feed, fetched), self.max_rows)
         try:
             while True:
                 fetched = await feed.fetch(
-                    wait=IDLE_WAIT_S, linger=LINGER_S if not queued else 0.0, block=not queued
+                    wait=IDLE_WAIT_S,
+                    linger=0.0 if group.queued else LINGER_S,
+                    block=not group.queued,
                 )
                 if fetched is not None:
-                    queued.append(fetched)
-                    size += len(fetched)
-                elif not queued:
+                    group.add(fetched)
+                elif not group.queued:
                     await self._refresh(state)
                     continue
-                busy = writing is not None and not writing.done()
                 backlog = fetched is not None and len(fetched) >= self.batch // 4
-                if busy and backlog and size < self.max_rows:
+                if backlog and group.can_queue_more():
                     continue  # keep reading while the writer works
                 # nothing more, a trickle (no polling), or a full queue: commit the queue next
-                if writing is not None:
-                    await writing  # one transaction at a time; errors surface here
-                writing = asyncio.create_task(self._apply(state, feed, Fetched.merge(queued)))
-                queued, size = [], 0
+                await group.commit()
         finally:
-            if writing is not None and not writing.done():
-                # let the transaction finish (it runs on the writer thread regardless)
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(writing)
+            with contextlib.suppress(Exception):
+                await group.wait()
 
     async def _apply(self, state: StreamState, feed: StreamFeed, fetched: Fetched) -> None:
         rows = await self.store.write(self.store.apply_sync, state.stream, fetched)

@@ -23,7 +23,7 @@ from nats.aio.client import Client as NATS
 from nats.js.errors import NotFoundError
 
 from cogo.errors import ProjectionError
-from cogo.projections.feed import GROUP_COMMIT_BATCHES, Fetched, StreamFeed
+from cogo.projections.feed import GROUP_COMMIT_BATCHES, Fetched, GroupCommit, StreamFeed
 from cogo.projections.store import DLQ_STREAM, EVENTS_STREAM, ProjectionStore, connect, db_path
 from cogo.streams.envelope import new_id
 
@@ -163,22 +163,19 @@ class Rebuild:
         applied_seq = await self.store.write(self.store.checkpoint_sync, stream)
         began = time.monotonic()
         done_before = self.applied[stream]
-        # group commit, as the projector does: batches queue while the writer works
-        max_rows = GROUP_COMMIT_BATCHES * self.batch
-        queued: list[Fetched] = []
-        size = 0
+        group = GroupCommit(
+            lambda fetched: self._apply(stream, fetched), GROUP_COMMIT_BATCHES * self.batch
+        )
         read = done_before
-        pending: asyncio.Task[None] | None = None
         try:
-            while applied_seq < target or queued:
+            while applied_seq < target or group.queued:
                 fetched = None
                 if applied_seq < target:
-                    fetched = await feed.fetch(wait=0.5, block=not queued)
-                    if fetched is None and not queued:
+                    fetched = await feed.fetch(wait=0.5, block=not group.queued)
+                    if fetched is None and not group.queued:
                         break  # the rest was deleted from the stream meanwhile
                 if fetched is not None:
-                    queued.append(fetched)
-                    size += len(fetched)
+                    group.add(fetched)
                     read += len(fetched)
                     applied_seq = fetched.seqs[-1]
                     if self.progress is not None:
@@ -188,16 +185,11 @@ class Rebuild:
                                 stream, read, max(total, read), (read - done_before) / elapsed
                             )
                         )
-                busy = pending is not None and not pending.done()
-                if busy and fetched is not None and size < max_rows and applied_seq < target:
+                if fetched is not None and applied_seq < target and group.can_queue_more():
                     continue
-                if pending is not None:
-                    await pending
-                pending = asyncio.create_task(self._apply(stream, Fetched.merge(queued)))
-                queued, size = [], 0
+                await group.commit()
         finally:
-            if pending is not None:
-                await pending
+            await group.wait()
 
     async def _apply(self, stream: str, fetched: Fetched) -> None:
         await self.store.write(self.store.apply_sync, stream, fetched)

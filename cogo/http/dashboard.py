@@ -33,7 +33,8 @@ from starlette.staticfiles import StaticFiles
 
 from cogo.http.app import ValidationFailed, field_error, state_of
 from cogo.http.openapi import documented
-from cogo.projections import queries
+from cogo.projections import queries, rollups, windows
+from cogo.projections.windows import Window
 from cogo.streams.topology import DLQ
 
 DEFAULT_WINDOW = "1h"
@@ -50,59 +51,49 @@ PAGE_HEADERS = {
     "Cache-Control": "no-cache",
 }
 
-# One row per task that finished in the window: outcome, and whether it was accepted.
-_TASKS = """
+# Tasks that finished in the window, split by route / version / cohort, from the rollups:
+# a task counts where its terminal event (execute_done or execute_failed) falls, with that
+# event's route, version and cohort. Accepted = succeeded with a passing (or no) verdict,
+# less those of workflow runs that a gate failed (rollup_run_tasks x rollup_gate_failures).
+_SPLITS = """
 WITH finished AS (
-    SELECT task_id FROM bus_events
-    WHERE type IN ('execute_done', 'execute_failed') AND "at" >= $since AND task_id IS NOT NULL
-), ev AS (
-    SELECT b.* FROM bus_events b SEMI JOIN finished f ON b.task_id = f.task_id
-    WHERE b.type IN ('execute_enqueued', 'execute_done', 'execute_failed', 'execute_retry')
+    SELECT route, version, cohort, sum(events) AS n,
+           sum(events) FILTER (type = 'execute_failed') AS failed, sum(accepted) AS accepted
+    FROM {events} WHERE type IN ('execute_done', 'execute_failed') GROUP BY ALL
 ), rejected AS (
-    SELECT DISTINCT correlation_id FROM bus_events
-    WHERE type = 'gate_failed' AND correlation_id IS NOT NULL
+    SELECT route, version, cohort, sum(done_ok) AS rejected
+    FROM {run_tasks} r SEMI JOIN {gate_failures} g ON g.correlation_id = r.correlation_id
+    GROUP BY ALL
+), tasks AS (
+    SELECT nullif(f.route, '') AS route,
+           CASE f.version WHEN '' THEN 'unversioned' ELSE f.version END AS version,
+           CASE f.cohort WHEN '' THEN 'baseline' ELSE f.cohort END AS cohort,
+           f.n, f.failed, f.accepted - coalesce(r.rejected, 0) AS accepted
+    FROM finished f LEFT JOIN rejected r USING (route, version, cohort)
 )
-SELECT t.*, (t.done AND coalesce(t.verdict, 'pass') = 'pass' AND r.correlation_id IS NULL)
-       AS accepted
-FROM (
-    SELECT task_id,
-           arg_min(route, seq)                                               AS route,
-           coalesce(max(version), 'unversioned')                             AS version,
-           coalesce(max(cohort), 'baseline')                                 AS cohort,
-           max(correlation_id)                                               AS correlation_id,
-           bool_or(type = 'execute_done')                                    AS done,
-           arg_max(raw->>'$.data.result.verdict', seq) FILTER (type = 'execute_done')
-                                                                             AS verdict,
-           max("at") FILTER (type IN ('execute_done', 'execute_failed'))     AS finished_at,
-           arg_max(error_code, seq) FILTER (type = 'execute_failed')         AS error_code
-    FROM ev GROUP BY task_id
-) t LEFT JOIN rejected r ON r.correlation_id = t.correlation_id
+SELECT route, version, cohort, sum(n)::BIGINT, coalesce(sum(failed), 0)::BIGINT,
+       sum(accepted)::BIGINT, grouping(route, version, cohort)
+FROM tasks
+GROUP BY GROUPING SETS ((), (route), (version), (route, version, cohort))
+HAVING sum(n) > 0
+ORDER BY ALL NULLS FIRST
 """
 
+_MINUTES = """
+SELECT bucket AS minute,
+       CASE WHEN type = 'execute_done' THEN NULL ELSE coalesce(nullif(error_code, ''), 'unknown') END,
+       coalesce(sum(events) FILTER (type = 'execute_done'), 0)::BIGINT,
+       coalesce(sum(events) FILTER (type = 'execute_failed'), 0)::BIGINT
+FROM {events}
+WHERE type IN ('execute_done', 'execute_failed') AND bucket <> TIMESTAMP '1970-01-01'
+GROUP BY ALL HAVING sum(events) > 0 ORDER BY ALL NULLS FIRST
+"""
+
+# the most recent runs (rollups.workflow_runs: one row per run)
 _RUNS = """
-WITH starts AS (
-    SELECT correlation_id AS run_id, min("at") AS started_at,
-           any_value(raw->>'$.data.workflow_id') AS workflow_id
-    FROM bus_events
-    WHERE type = 'workflow_started' AND correlation_id IS NOT NULL
-    GROUP BY ALL ORDER BY started_at DESC LIMIT $limit
-), wf AS (
-    SELECT b.correlation_id AS run_id, b.type, b.seq, b."at", b.error, b.raw
-    FROM bus_events b SEMI JOIN starts s ON b.correlation_id = s.run_id
-    WHERE b.type IN ('workflow_succeeded', 'workflow_failed', 'workflow_cancelled',
-                     'gate_passed', 'gate_failed', 'node_succeeded', 'node_failed')
-)
-SELECT s.run_id, s.workflow_id, s.started_at,
-       max(w."at") FILTER (w.type LIKE 'workflow_%')                        AS ended_at,
-       arg_min(w.type, w.seq) FILTER (w.type LIKE 'workflow_%')             AS outcome,
-       arg_min(w.error, w.seq) FILTER (w.type LIKE 'workflow_%')            AS error,
-       list(w.raw->>'$.data.node_id' || '=' || (w.raw->>'$.data.verdict') ORDER BY w.seq)
-           FILTER (w.type IN ('gate_passed', 'gate_failed'))                AS gates,
-       list(coalesce(w.raw->>'$.data.result.artifacts',
-                     w.raw->>'$.data.result.data.result.artifacts') ORDER BY w.seq)
-           FILTER (w.type IN ('node_succeeded', 'node_failed'))             AS artifacts
-FROM starts s LEFT JOIN wf w ON w.run_id = s.run_id
-GROUP BY ALL ORDER BY s.started_at DESC
+SELECT run_id, workflow_id, started_at, ended_at, outcome, error, gates, artifacts
+FROM workflow_runs WHERE start_seq IS NOT NULL
+ORDER BY started_at DESC LIMIT $limit
 """
 
 
@@ -114,33 +105,25 @@ def _share(accepted: int, finished: int) -> float | None:
     return round(accepted / finished, 4) if finished else None
 
 
-_SPLITS = """
-WITH dash_tasks AS ({tasks})
-SELECT route, version, cohort, count(*), count(*) FILTER (NOT done), count(*) FILTER (accepted),
-       grouping(route, version, cohort)
-FROM dash_tasks
-GROUP BY GROUPING SETS ((), (route), (version), (route, version, cohort))
-ORDER BY ALL NULLS FIRST
-"""
-
-_MINUTES = """
-WITH dash_tasks AS ({tasks})
-SELECT time_bucket(INTERVAL 1 MINUTE, finished_at) AS minute,
-       CASE WHEN done THEN NULL ELSE coalesce(error_code, 'unknown') END AS error_code,
-       count(*) FILTER (done), count(*) FILTER (NOT done)
-FROM dash_tasks WHERE finished_at IS NOT NULL
-GROUP BY ALL ORDER BY ALL NULLS FIRST
-"""
-
-
 def summary(cur: duckdb.DuckDBPyConnection, since: dt.datetime) -> dict[str, Any]:
     """Everything the dashboard's cards draw, over the window from ``since`` (naive UTC)."""
-    params = {"since": since}
+    with windows.snapshot(cur, since) as window:
+        return _summary(cur, window)
+
+
+def _summary(cur: duckdb.DuckDBPyConnection, window: Window) -> dict[str, Any]:
+    params = window.params()
+    splits = _SPLITS.format(
+        events=windows.relation(rollups.EVENTS, window),
+        run_tasks=windows.run_tasks_relation(window),
+        gate_failures=windows.gate_failures_relation(),
+    )
+    minutes = _MINUTES.format(events=windows.relation(rollups.EVENTS, window, series=True))
     quality: dict[str, Any] = {"overall": {"finished": 0, "accepted": 0, "quality": None},
                                "by_route": [], "by_version": []}  # fmt: skip
     cohorts = []
     for route, version, cohort, n, failed, accepted, grouping in cur.execute(
-        _SPLITS.format(tasks=_TASKS), params
+        splits, windows.bind(splits, params)
     ).fetchall():
         row = {"finished": n, "accepted": accepted, "quality": _share(accepted, n)}
         if grouping == 0b111:
@@ -154,13 +137,15 @@ def summary(cur: duckdb.DuckDBPyConnection, since: dt.datetime) -> dict[str, Any
                             "failures": failed, **row})  # fmt: skip
     throughput: dict[str, dict[str, Any]] = {}
     failures = []
-    for minute, code, done, failed in cur.execute(_MINUTES.format(tasks=_TASKS), params).fetchall():
+    for minute, code, done, failed in cur.execute(
+        minutes, windows.bind(minutes, params)
+    ).fetchall():
         bucket = throughput.setdefault(_iso(minute) or "", {"done": 0, "failed": 0})
         bucket["done"] += done
         bucket["failed"] += failed
         if code is not None:
             failures.append({"minute": _iso(minute), "error_code": code, "failures": failed})
-    latency = queries.bus_latency(cur, since=since)
+    latency = queries.latency_in(cur, window)
     runs = cur.execute(_RUNS, {"limit": RECENT_RUNS}).fetchall()
     return {
         "decision_quality": quality,

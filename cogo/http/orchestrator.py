@@ -11,13 +11,16 @@
 ``GET  /api/metrics/workflows/{id}`` runs, outcomes, duration p50/p90, gate pass rate
 
 Runs start by sending a command to the orchestrator (``orchestrator.workflow.0``); state
-and metrics are folds of the workflow events read back from ``EVENTS`` (see
-``cogo.workflows.history``), so this process needs no database of its own.
+is a fold of the workflow events read back from ``EVENTS`` (see ``cogo.workflows.history``),
+so this process needs no database of its own. Metrics come from the projection's
+``workflow_runs`` when a projector runs in this process (their cost is then the
+workflow's runs, not the stream), else from the same fold.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from typing import Any
 
@@ -40,6 +43,7 @@ from cogo.http.app import (
     state_of,
     validate,
 )
+from cogo.projections import queries
 from cogo.streams.envelope import new_id
 from cogo.workflows import history
 from cogo.workflows.definition import RUN_ID, WORKFLOW_ID, Catalog
@@ -47,6 +51,7 @@ from cogo.workflows.planner import Plan, load_plan, plan_workflow
 from cogo.workflows.run import GATE_FAILED, GATE_PASSED, RunState
 
 RECENT_RUNS = 20
+CATCH_UP_S = 2.0
 
 
 class _Body(pydantic.BaseModel):
@@ -250,6 +255,18 @@ async def metrics_endpoint(request: Request) -> JSONResponse:
     workflow_id = request.path_params["workflow_id"]
     if not _matches(WORKFLOW_ID, workflow_id):
         raise ValidationFailed([field_error(["path", "workflowId"], f"must match {WORKFLOW_ID}")])
+    projector = state.components.get("projector")
+    if projector is not None:
+        # the projection's one row per run (cogo.projections.rollups), once it has what
+        # the stream held when the request came (bounded: a lagging projector answers late)
+        with contextlib.suppress(TimeoutError):
+            await projector.wait_caught_up(timeout=CATCH_UP_S)
+        return JSONResponse(
+            await projector.store.read(
+                lambda cur: queries.workflow_metrics(cur, workflow_id, RECENT_RUNS)
+            )
+        )
+    # without a projector in this process: fold the workflow's events from the stream
     runs = await history.list_runs(state.js, workflow_id)
     gate_events = await history.read(
         state.js, [f"events.{t}.wf.{workflow_id}.*" for t in (GATE_PASSED, GATE_FAILED)]

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 
-RELATIVE_ERROR = 0.01
+RELATIVE_ERROR = 0.02
 GAMMA = (1 + RELATIVE_ERROR) / (1 - RELATIVE_ERROR)
 LN_GAMMA = math.log(GAMMA)
 FLOOR_MS = 0.001
@@ -59,8 +59,48 @@ def bin_value(index: int) -> float:
     return 2.0 * FLOOR_MS * GAMMA**index / (GAMMA + 1.0)
 
 
+def value_sql(index: str) -> str:
+    """``bin_value`` as a SQL expression of a bin column."""
+    return (
+        f"(CASE WHEN {index} <= 0 THEN 0.0 "
+        f"ELSE {2.0 * FLOOR_MS!r} * pow({GAMMA!r}, {index}) / {GAMMA + 1.0!r} END)"
+    )
+
+
+def quantiles_sql(merged: str, groups: Sequence[str], qs: Sequence[float]) -> str:
+    """A query for ``quantile_cont`` of each group's histogram, at each of ``qs``.
+
+    ``merged`` is a relation of ``(groups..., bin, n)`` with one row per group and bin; the
+    query returns ``(groups..., values)``, ``values`` a list in the order of ``qs``. The two
+    ranks around ``(total - 1) * q`` are found by cumulative counts (the first bin whose
+    running count passes the rank holds it) and interpolated between their bins' values.
+    """
+    keys = ", ".join(groups)
+    qs_list = "[" + ", ".join(repr(float(q)) for q in qs) + "]"
+    return f"""
+    WITH cum AS (
+        SELECT {keys}, bin, n,
+               sum(n) OVER (PARTITION BY {keys} ORDER BY bin ROWS UNBOUNDED PRECEDING) AS upto,
+               sum(n) OVER (PARTITION BY {keys}) AS total
+        FROM {merged} WHERE n > 0
+    ), ranked AS (
+        SELECT *, (total - 1) * q AS position, floor((total - 1) * q) AS low_rank,
+               least(floor((total - 1) * q) + 1, total - 1) AS high_rank
+        FROM cum, (SELECT unnest({qs_list}) AS q)
+    ), picks AS (
+        SELECT {keys}, q, position,
+               min(bin) FILTER (upto > low_rank) AS low, min(bin) FILTER (upto > high_rank) AS high
+        FROM ranked GROUP BY {keys}, q, position
+    )
+    SELECT {keys},
+           list({value_sql("low")} + ({value_sql("high")} - {value_sql("low")})
+                * (position - floor(position)) ORDER BY q) AS values
+    FROM picks GROUP BY {keys}
+    """
+
+
 def quantiles(bins: Iterable[tuple[int, int]], qs: Sequence[float]) -> list[float | None]:
-    """``quantile_cont`` of the values counted in ``(bin, count)`` pairs, one per ``q``."""
+    """``quantiles_sql`` in Python, for a histogram already in memory (tests use it)."""
     merged: dict[int, int] = {}
     for index, count in bins:
         merged[index] = merged.get(index, 0) + count

@@ -52,7 +52,7 @@ DEFAULT_CONSUMER = "projector"
 # a small batch waits this long once for more (see StreamFeed.fetch); bounds added lag
 LINGER_S = 0.05
 IDLE_WAIT_S = 1.0
-FOLD_EVERY_S = 1.0
+FOLD_EVERY_S = 2.0
 RETENTION_EVERY_S = 30.0
 
 

@@ -48,11 +48,10 @@ ORDER BY ALL NULLS FIRST
 
 # Per route (and series bucket) and metric: the merged histogram, bin by bin.
 _BINS = """
-SELECT {group} nullif(key, '') AS route, metric, bin, sum(n)
+SELECT {group} nullif(key, '') AS route, metric, bin, sum(n) AS n
 FROM {rows}
 WHERE ($route IS NULL OR key = $route) {extra}
 GROUP BY ALL
-HAVING sum(n) > 0
 """
 
 
@@ -82,17 +81,15 @@ def _number(value: Any) -> float | None:
 
 
 def _route_row(
-    route: str | None, counts: tuple[Any, ...], bins: dict[str, list[tuple[int, int]]]
+    route: str | None, counts: tuple[Any, ...], values: dict[str, list[float]]
 ) -> dict[str, Any]:
     attempts, tasks, done, failures, retries = (int(c or 0) for c in counts)
     return {
         "route": route,
         "count": attempts,
-        "queue_wait_ms": _quantiles(histogram.quantiles(bins.get("queue_wait", []), PERCENTILES)),
-        "duration_ms": _quantiles(histogram.quantiles(bins.get("duration", []), PERCENTILES)),
-        "dispatch_wait_ms": _quantiles(
-            histogram.quantiles(bins.get("dispatch_wait", []), PERCENTILES)
-        ),
+        "queue_wait_ms": _quantiles(values.get("queue_wait")),
+        "duration_ms": _quantiles(values.get("duration")),
+        "dispatch_wait_ms": _quantiles(values.get("dispatch_wait")),
         "tasks": tasks,
         "done": done,
         "failures": failures,
@@ -104,11 +101,15 @@ def _run(cur: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any]) -> li
     return cur.execute(sql, windows.bind(sql, params)).fetchall()
 
 
-def _binned(rows: Iterable[tuple[Any, ...]]) -> dict[tuple[Any, ...], dict[str, list[Any]]]:
-    """``(group..., metric, bin, n)`` rows as {group: {metric: [(bin, n), ...]}}."""
-    out: dict[tuple[Any, ...], dict[str, list[Any]]] = defaultdict(lambda: defaultdict(list))
-    for *group, metric, index, count in rows:
-        out[tuple(group)][metric].append((index, int(count)))
+def _percentiles(
+    cur: duckdb.DuckDBPyConnection, bins_sql: str, params: dict[str, Any], groups: list[str]
+) -> dict[tuple[Any, ...], dict[str, list[float]]]:
+    """p50/p90/p99 of each (groups..., metric) histogram of ``bins_sql``, computed in DuckDB:
+    {(groups...): {metric: [p50, p90, p99]}}."""
+    sql = histogram.quantiles_sql(f"({bins_sql})", [*groups, "metric"], PERCENTILES)
+    out: dict[tuple[Any, ...], dict[str, list[float]]] = defaultdict(dict)
+    for *group, metric, values in _run(cur, sql, params):
+        out[tuple(group)][metric] = values
     return out
 
 
@@ -139,9 +140,9 @@ def latency_in(
     events = windows.relation(rollups.EVENTS, window)
     latency = windows.relation(rollups.LATENCY, window)
     counts = _run(cur, _COUNTS.format(group="", rows=events, extra=""), params)
-    bins = _binned(_run(cur, _BINS.format(group="", rows=latency, extra=""), params))
+    values = _percentiles(cur, _BINS.format(group="", rows=latency, extra=""), params, ["route"])
     body: dict[str, Any] = {
-        "routes": [_route_row(r[0], r[1:], bins.get((r[0],), {})) for r in counts]
+        "routes": [_route_row(r[0], r[1:], values.get((r[0],), {})) for r in counts]
     }
     if bucket_s:
         body["series"] = _series(cur, window, params, int(bucket_s))
@@ -165,9 +166,12 @@ def _series(
     # events without a valid "at" are in the epoch bucket: not part of any series
     extra = "AND bucket <> TIMESTAMP '1970-01-01'"
     counts = _run(cur, _COUNTS.format(group=group, rows=events, extra=extra), params)
-    bins = _binned(_run(cur, _BINS.format(group=group, rows=latency, extra=extra), params))
+    values = _percentiles(
+        cur, _BINS.format(group=group, rows=latency, extra=extra), params,
+        ["series_bucket", "route"],
+    )  # fmt: skip
     return [
-        {"bucket": _iso(r[0]), **_route_row(r[1], r[2:], bins.get((r[0], r[1]), {}))}
+        {"bucket": _iso(r[0]), **_route_row(r[1], r[2:], values.get((r[0], r[1]), {}))}
         for r in counts
     ]
 
@@ -259,13 +263,12 @@ def _projection_metrics(
         """,
         params,
     )
-    bins = _binned(
-        _run(
-            cur,
-            f"SELECT key, metric, bin, sum(n) FROM {latency} "
-            "WHERE metric IN ('queue_wait', 'duration') GROUP BY ALL HAVING sum(n) > 0",
-            params,
-        )
+    values = _percentiles(
+        cur,
+        f"SELECT key AS route, metric, bin, sum(n) AS n FROM {latency} "
+        "WHERE metric IN ('queue_wait', 'duration') GROUP BY ALL",
+        params,
+        ["route"],
     )
     for index, metric, name, what in (
         (2, "queue_wait", "cogo_attempt_queue_wait_ms",
@@ -276,8 +279,8 @@ def _projection_metrics(
         samples: list[tuple[dict[str, Any], Any]] = []
         for row in rows:
             route = row[0]
-            values = histogram.quantiles(bins.get((route,), {}).get(metric, []), PERCENTILES)
-            for q, v in zip(PERCENTILES, values, strict=True):
+            quantiles = values.get((route,), {}).get(metric) or [None] * len(PERCENTILES)
+            for q, v in zip(PERCENTILES, quantiles, strict=True):
                 samples.append(({"route": route, "quantile": q}, _number(v)))
             samples.append(({"route": route, "__suffix": "_sum"}, row[index]))
             samples.append(({"route": route, "__suffix": "_count"}, row[1]))

@@ -180,12 +180,6 @@ def join_bodies(bodies: Sequence[bytes]) -> str:
     return joined.decode("utf-8", errors="replace")
 
 
-def may_hold_workflow_events(text: str) -> bool:
-    """False only if no body in ``text`` can be a workflow event (their types all contain one
-    of these; a JSON escape could hide one, so any escape counts as maybe)."""
-    return any(mark in text for mark in ("workflow_", "gate_", "node_", "\\u"))
-
-
 def connect(path: Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
     """Open the file with the hardened configuration; ProjectionBusy if another process has it."""
     try:
@@ -290,10 +284,9 @@ class ProjectionStore:
         text = join_bodies(batch.bodies)
         params = [batch.seqs, text]
         last = batch.seqs[-1]
-        workflow = may_hold_workflow_events(text)
 
         def derive(con: duckdb.DuckDBPyConnection, checkpoint: int) -> None:
-            rollups.ingest_sync(con, checkpoint, last, workflow=workflow)
+            rollups.ingest_sync(con, checkpoint, last)
 
         try:
             return self._apply(EVENTS_STREAM, last, _INSERT_EVENTS_FAST, params, derive)

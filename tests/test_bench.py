@@ -32,7 +32,7 @@ def test_bench_json_reports_every_figure() -> None:
             "--tasks", "500", "--rate", "200", "--rate", "400", "--duration", "1",
             "--http-requests", "200", "--projector-events", "2000", "--projector-runs", "2",
             "--workflow-runs", "2", "--workflow-nodes", "3",
-            "--scale-workers", "1", "--scale-workers", "2", "--scale-tasks", "120",
+            "--scale-workers", "1", "--scale-workers", "2", "--scale-tasks", "60",
             "--scale-sleep-ms", "20", "--history", "1500", "--history", "3000",
             "--history-requests", "2", "--timeout", "60",
         ],
@@ -75,6 +75,7 @@ def test_bench_json_reports_every_figure() -> None:
     for row in scale:
         # sleep-bound: 8 at once per worker, 20 ms each; never above what sleeping allows
         assert row["ideal_per_s"] == row["workers"] * 8 * 1000 / 20
+        assert row["tasks"] == row["workers"] * 60
         assert 0 < row["tasks_per_s"] <= row["ideal_per_s"] * 1.05
         assert row["efficiency"] == pytest.approx(row["tasks_per_s"] / row["ideal_per_s"], abs=1e-3)
 

@@ -190,7 +190,12 @@ def register(subparsers: Any, common: Callable[[argparse.ArgumentParser], None])
         help="scale-out: echo processes for sleep-bound tasks; repeat (default 1, 2, 4)",
     )
     p.add_argument("--no-scale-out", action="store_true", help="skip the scale-out figure")
-    p.add_argument("--scale-tasks", type=int, default=2_000, help="tasks per worker count (2,000)")
+    p.add_argument(
+        "--scale-tasks",
+        type=int,
+        default=400,
+        help="scale-out tasks per worker process: each step runs ~2.5 s at the ideal (400)",
+    )
     p.add_argument("--scale-sleep-ms", type=float, default=50.0, help="each task sleeps (50)")
     p.add_argument(
         "--scale-concurrency", type=int, default=8, help="tasks at once per worker process (8)"

@@ -40,16 +40,18 @@ async def scale_out(bench: Bench) -> list[dict[str, Any]]:
                 await bench.run_tasks(workers * o.scale_concurrency, f"scale-out {workers}: warm-up",
                                       timeout=60, payload=payload)  # fmt: skip
                 await _wait_fetching(bench, workers)
+                count = o.scale_tasks * workers
                 elapsed = await bench.run_tasks(
-                    o.scale_tasks, f"scale-out, {workers} worker(s)", payload=payload
+                    count, f"scale-out, {workers} worker(s)", payload=payload
                 )
             finally:
                 for label in labels:
                     await bench.stop_child(label)
             ideal = workers * o.scale_concurrency * 1000.0 / o.scale_sleep_ms
-            rate = o.scale_tasks / elapsed
+            rate = count / elapsed
             rows.append({
                 "workers": workers,
+                "tasks": count,
                 "tasks_per_s": round(rate, 1),
                 "ideal_per_s": round(ideal, 1),
                 "efficiency": round(rate / ideal, 3),

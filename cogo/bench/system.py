@@ -65,7 +65,7 @@ class Options:
     workflow_nodes: int = 10
     # scale-out: sleep-bound tasks with 1, 2, 4 ... worker processes (empty: skipped)
     scale_workers: list[int] = field(default_factory=list)
-    scale_tasks: int = 2_000
+    scale_tasks: int = 400  # per worker process: every step takes about as long
     scale_sleep_ms: float = 50.0
     scale_concurrency: int = 8
     # dashboard / latency API / /metrics at this many synthetic events (0: skipped)

@@ -303,6 +303,19 @@ class ProjectionStore:
         ]  # fmt: skip
         return self._apply(DLQ_STREAM, batch.seqs[-1], _INSERT_DLQ, params)
 
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """BEGIN ... COMMIT on the writer connection; ROLLBACK on any exception."""
+        con = self.con
+        con.execute("BEGIN")
+        try:
+            yield con
+            con.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(duckdb.Error):
+                con.execute("ROLLBACK")
+            raise
+
     def _apply(
         self,
         stream: str,
@@ -311,13 +324,10 @@ class ProjectionStore:
         params: list[Any],
         derive: Callable[[duckdb.DuckDBPyConnection, int], None] | None = None,
     ) -> int:
-        con = self.con
-        con.execute("BEGIN")
-        try:
+        if last_seq <= self.checkpoint_sync(stream):
+            return 0  # a redelivered batch: all of it is in already
+        with self._transaction() as con:
             checkpoint = self.checkpoint_sync(stream)
-            if last_seq <= checkpoint:
-                con.execute("ROLLBACK")
-                return 0
             row = con.execute(sql, [*params, checkpoint]).fetchone()
             written = int(row[0]) if row else 0
             if derive is not None and written:
@@ -327,25 +337,12 @@ class ProjectionStore:
                 "WHERE stream = ?",
                 [last_seq, written, stream],
             )
-            con.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(duckdb.Error):
-                con.execute("ROLLBACK")
-            raise
         return written
 
     def fold_sync(self) -> int:
         """Fold the rows not yet in the rollup tables into them (one transaction)."""
-        con = self.con
-        con.execute("BEGIN")
-        try:
-            folded = rollups.fold_sync(con)
-            con.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(duckdb.Error):
-                con.execute("ROLLBACK")
-            raise
-        return folded
+        with self._transaction() as con:
+            return rollups.fold_sync(con)
 
     def prune_sync(self, stream: str, first_kept: int) -> int:
         """Delete the rows of ``stream`` below ``first_kept`` (the stream's first sequence),
@@ -355,16 +352,10 @@ class ProjectionStore:
         row = con.execute(f"SELECT min(seq) FROM {table}").fetchone()
         if row is None or row[0] is None or row[0] >= first_kept:
             return 0
-        con.execute("BEGIN")
-        try:
+        with self._transaction():
             if stream == EVENTS_STREAM:
                 rollups.subtract_sync(con, first_kept)
             deleted = con.execute(f"DELETE FROM {table} WHERE seq < ?", [first_kept]).fetchone()
-            con.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(duckdb.Error):
-                con.execute("ROLLBACK")
-            raise
         return int(deleted[0]) if deleted else 0
 
     def skip_to_sync(self, stream: str, seq: int) -> None:

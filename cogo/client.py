@@ -198,7 +198,7 @@ class Client:
                 "no projector answers task status requests (run `cogo up`, or `cogo run projector`)"
             ) from None
         answer = msgspec.json.decode(reply.data)
-        if isinstance(answer, dict) and "error" in answer:
+        if isinstance(answer, dict) and "task_id" not in answer:  # {"error": {code, message}}
             if answer["error"].get("code") == TaskNotFound.code:
                 raise TaskNotFound(answer["error"].get("message", task_id))
             raise CogoError(answer["error"].get("message", "status unavailable"))
@@ -222,7 +222,8 @@ class Client:
                 if left <= 0:
                     raise TimeoutError(f"task {handle.task_id} did not end within {timeout}s")
                 with contextlib.suppress(TimeoutError):
-                    return await asyncio.wait_for(asyncio.shield(future), left)
+                    async with asyncio.timeout(left):  # (wait_for may swallow a cancel)
+                        return await asyncio.shield(future)
                 known = await self._lookup(handle)
                 if known is not None:
                     return known

@@ -267,7 +267,7 @@ class System:
         while time.monotonic() < deadline:  # the reload is asynchronous in the server
             probe = await connect(
                 self.nats_url, "cogo-up-probe", user=user, password=self.passwords[user],
-                allow_reconnect=False,
+                allow_reconnect=False, error_cb=_quiet,
             )  # fmt: skip
             try:
                 await probe.jetstream().consumer_info(TASKS, durable_name(versioned), timeout=0.5)
@@ -305,6 +305,11 @@ class System:
             endpoints = read_endpoints(self.data_dir)
             if endpoints and endpoints.get("pid") == os.getpid():
                 (self.data_dir / "endpoints.json").unlink()
+
+
+async def _quiet(exc: Exception) -> None:
+    # the probe is refused until the reload has reached the server: expected, not news
+    return None
 
 
 def _component_factories() -> dict[str, Any]:

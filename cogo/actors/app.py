@@ -151,6 +151,7 @@ class App:
         pydantic model, TypedDict, dataclass or ``dict``); the return value becomes
         ``execute_done``'s ``data.result``.
         """
+        check_route(route, builtin=self._builtin)  # a bad route fails at the decorator line
 
         def register(fn: H) -> H:
             from cogo.actors.agent import check_handler

@@ -96,7 +96,8 @@ class _Slots:
                 return
             self._freed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._freed.wait(), left)
+                async with asyncio.timeout(left):  # not wait_for: see Puller.pull
+                    await self._freed.wait()
 
 
 class _Claim:

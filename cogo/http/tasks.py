@@ -127,7 +127,7 @@ async def _remote_status(state: AppState, task_id: str) -> Any:
     except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
         raise HTTPException(503, "no projector answers task status requests") from None
     answer = msgspec.json.decode(reply.data)
-    if "error" in answer:
+    if "task_id" not in answer:  # {"error": {code, message}}
         if answer["error"].get("code") == TaskNotFound.code:
             raise TaskNotFound(answer["error"].get("message", "task not found"))
         raise HTTPException(503, answer["error"].get("message", "status unavailable"))

@@ -13,12 +13,14 @@ process runs the projector, so ``cogo.Client.status`` needs no HTTP.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import duckdb
 import msgspec
 
 from cogo.streams.topology import STATUS_SUBJECT
+
+if TYPE_CHECKING:
+    import duckdb
 
 __all__ = ["STATUS_SUBJECT", "TaskStatus", "fold", "task_status"]
 TERMINAL = {"execute_done": "succeeded", "execute_failed": "failed"}

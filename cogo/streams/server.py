@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -93,7 +94,7 @@ class EmbeddedServer:
 
     def start(self) -> None:
         """Start the server process (returns before it is ready; see ``wait_ready``)."""
-        conf = server_config(self.data_dir / "nats.conf", self.sync, self.extra_config)
+        conf = server_config(self.data_dir / "nats.conf", self.sync, self._extra())
         self.store_dir.mkdir(parents=True, exist_ok=True)
         args = [
             nats_server_binary(),
@@ -101,7 +102,6 @@ class EmbeddedServer:
             "-a", "127.0.0.1",
             "-p", str(self.port),
             "-sd", str(self.store_dir),
-            "--server_name", self.name,
         ]  # fmt: skip
         if self.cluster_port:
             args += [
@@ -119,10 +119,14 @@ class EmbeddedServer:
         finally:
             log.close()
 
+    def _extra(self) -> str:
+        # the name lives in the file, not on the command line: a reload compares the two
+        return f"\nserver_name: {json.dumps(self.name)}\n{self.extra_config}"
+
     def reload(self) -> None:
         """Rewrite the configuration (``extra_config`` may have changed) and have the running
         server reload it (SIGHUP): users and permissions change without a restart."""
-        server_config(self.data_dir / "nats.conf", self.sync, self.extra_config)
+        server_config(self.data_dir / "nats.conf", self.sync, self._extra())
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGHUP)
 

@@ -33,10 +33,11 @@ class SqlRequest(pydantic.BaseModel):
 async def run_sql(request: Request) -> JSONResponse:
     body = validate(SqlRequest, await json_body(request))
     projector = projector_of(request)
+    max_bytes = projector.config.sql.max_result_bytes
     try:
         result = await projector.store.read(
             lambda cur: sandbox.run_query(
-                cur, body.sql, timeout_s=body.timeout_s, max_rows=body.max_rows
+                cur, body.sql, timeout_s=body.timeout_s, max_rows=body.max_rows, max_bytes=max_bytes
             )
         )
     except SqlError as exc:

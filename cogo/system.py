@@ -14,7 +14,6 @@ import contextlib
 import json
 import logging
 import os
-import secrets
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from cogo.actors import ACTORS, UP_ACTORS
 from cogo.actors.runner import connect, install_stop_signals, spawn_actor
 from cogo.config import Config, load_config
 from cogo.http.app import AppState, create_app
+from cogo.secretfile import read_or_create
 from cogo.streams import auth
 from cogo.streams.cluster import LocalCluster
 from cogo.streams.policies import PolicyStore, seed_policies
@@ -50,14 +50,7 @@ def api_token(data_dir: Path) -> str:
     token = os.environ.get("COGO_API_TOKEN")
     if token:
         return token
-    path = data_dir / "api_token"
-    if path.exists():
-        return path.read_text().strip()
-    token = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(token)
-    return token
+    return read_or_create(data_dir / "api_token")
 
 
 def write_endpoints(data_dir: Path, endpoints: dict[str, Any]) -> Path:

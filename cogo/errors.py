@@ -30,6 +30,10 @@ CogoError                          root; ``code``, human ``message``, optional `
 ├── DeadLetter                     dead_letter: JetStream gave up after ``max_deliver``
 ├── BackpressureError              bus.backpressure: the event log refuses writes (full)
 ├── ConfigError                    config.invalid: a configuration file or value is wrong
+├── StartupError                   startup.failed: ``cogo up`` could not start (what it started is stopped)
+│   ├── PortInUse                  startup.port_in_use: the NATS or HTTP port is taken by another process
+│   ├── StoreInUse                 startup.store_in_use: a live process owns the JetStream store
+│   └── ForeignServer              startup.foreign_server: what answers on the port is not the server started
 ├── InvalidPayload                 payload.invalid: the task payload has the wrong shape for its route
 ├── EditError                      a code edit cannot be accepted or applied (not retryable)
 │   ├── InvalidEdit                edit.invalid: unknown ``op``, missing or mistyped fields
@@ -227,6 +231,30 @@ class ConfigError(CogoError):
     """Raised when a configuration file or value is wrong."""
 
     code = "config.invalid"
+
+
+class StartupError(CogoError):
+    """Raised when ``cogo up`` cannot start; everything it had started is stopped again."""
+
+    code = "startup.failed"
+
+
+class PortInUse(StartupError):
+    """Raised when the NATS or HTTP port ``cogo up`` was to listen on is taken."""
+
+    code = "startup.port_in_use"
+
+
+class StoreInUse(StartupError):
+    """Raised when another live process owns the JetStream store directory."""
+
+    code = "startup.store_in_use"
+
+
+class ForeignServer(StartupError):
+    """Raised when the server answering on the port is not the one just started."""
+
+    code = "startup.foreign_server"
 
 
 class InvalidPayload(CogoError):

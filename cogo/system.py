@@ -5,6 +5,11 @@ policies, supervises one child process per actor (restarting any that dies), run
 facade and the in-process components (the projector, which owns the DuckDB file) and writes
 ``<data-dir>/endpoints.json``. SIGINT/SIGTERM drains: the facade stops taking requests,
 actors finish in-flight work, then the server stops.
+
+Start-up claims its ports first (the HTTP socket is bound and held before anything runs; a
+taken NATS port is refused by name), and any failure on the way stops everything started
+so far: no actor or server is left running by a ``cogo up`` that did not come up. Children
+die with this process (``cogo.lifeline``), so one killed hard leaves nothing behind either.
 """
 
 from __future__ import annotations
@@ -26,12 +31,13 @@ import uvicorn
 from cogo.actors import ACTORS, UP_ACTORS
 from cogo.actors.runner import connect, install_stop_signals, spawn_actor
 from cogo.config import Config, load_config
+from cogo.errors import StartupError
 from cogo.http.app import AppState, create_app
 from cogo.secretfile import read_or_create
 from cogo.streams import auth
 from cogo.streams.cluster import LocalCluster
 from cogo.streams.policies import PolicyStore, seed_policies
-from cogo.streams.server import EmbeddedServer, free_port
+from cogo.streams.server import EmbeddedServer, ensure_port_free, free_port, listen_socket
 from cogo.streams.topology import ensure_topology
 
 log = logging.getLogger(__name__)
@@ -126,7 +132,20 @@ class System:
         return self.server.url
 
     async def start(self) -> None:
+        """Start everything; on any failure stop what was started, then raise."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            await self._start()
+        except BaseException:
+            log.debug("start-up failed; stopping what was started")
+            await self.stop(grace=10.0)
+            raise
+
+    async def _start(self) -> None:
+        # claim the ports before starting anything: a taken one is a one-line error
+        self._http_socket = listen_socket(self.http_port, "HTTP", "--http-port")
+        if not self.external_url and self.nats_port and not self.cluster > 1:
+            ensure_port_free(self.nats_port, "NATS", "--nats-port")
         if not self.external_url:
             extra, creds = "", None
             if self.auth:
@@ -170,11 +189,15 @@ class System:
                 app, host="127.0.0.1", port=self.http_port, log_level="warning", lifespan="off"
             )
         )
-        self._http_task = asyncio.create_task(self.http.serve(), name="http")
+        self._http_task = asyncio.create_task(
+            self.http.serve(sockets=[self._http_socket]), name="http"
+        )
         while not self.http.started:
             if self._http_task.done():
-                await self._http_task
-                raise RuntimeError("HTTP facade failed to start")
+                # uvicorn reports start-up errors by sys.exit(), which is no error to us
+                with contextlib.suppress(SystemExit):
+                    await self._http_task
+                raise StartupError("the HTTP facade failed to start; see the log above")
             await asyncio.sleep(0.05)
         write_endpoints(
             self.data_dir,
@@ -236,8 +259,10 @@ class System:
             self._supervisor.cancel()
         if hasattr(self, "http"):
             self.http.should_exit = True
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception, SystemExit):
                 await asyncio.wait_for(self._http_task, 10)
+        if hasattr(self, "_http_socket"):
+            self._http_socket.close()
         for child in self.children:
             with contextlib.suppress(ProcessLookupError):
                 child.process.terminate()

@@ -24,6 +24,7 @@ from nats.aio.client import Client as NATS
 
 from cogo.actors import actor_class
 from cogo.config import Config
+from cogo.lifeline import die_with_parent
 from cogo.streams.auth import PASSWORD_ENV, USER_ENV, inbox_prefix
 
 log = logging.getLogger(__name__)
@@ -173,6 +174,7 @@ def spawn_actor(
             env={**os.environ, **(env or {})},
             stdout=out,
             stderr=subprocess.STDOUT if out else None,
+            preexec_fn=die_with_parent(),  # a supervisor killed hard leaves no actor behind
         )
     finally:
         if out is not None:

@@ -200,7 +200,7 @@ def connect(
                 f"{path} is in use by another process (a running `cogo up` or "
                 f"`cogo run projector`): {exc}"
             ) from None
-        raise
+        raise ProjectionError(f"cannot open the projection {path}: {exc}") from None
 
 
 class ProjectionStore:

@@ -17,11 +17,11 @@ import time
 import nats
 import pytest
 
+from cogo.actors import app as builtin_app
+from cogo.actors.loader import declare_apps
 from cogo.actors.runner import connect
-from cogo.streams.auth import accounts_config, credentials
-from cogo.streams.policies import seed_policies
+from cogo.streams.auth import AuthPlan, accounts_config, credentials
 from cogo.streams.server import EmbeddedServer
-from cogo.streams.topology import ensure_topology
 from tests.helpers import EventReader
 
 USERS = ["admin", "client", "dispatcher", "echo", "codegen", "orchestrator", "projector"]
@@ -60,16 +60,16 @@ SUBSCRIBE = {
 
 @pytest.fixture
 async def secured(data_dir, config):
-    passwords = credentials(data_dir)
+    plan = AuthPlan.from_decls(builtin_app.declarations())
+    passwords = credentials(data_dir, plan.users)
     server = EmbeddedServer(
-        data_dir, sync="default", extra_config=accounts_config(config, passwords),
+        data_dir, sync="default", extra_config=accounts_config(plan, passwords),
         credentials=("admin", passwords["admin"]),
     )  # fmt: skip
     server.start()
     await server.wait_ready()
     admin = await connect(server.url, "admin", user="admin", password=passwords["admin"])
-    await ensure_topology(admin.jetstream(), config)
-    await seed_policies(admin.jetstream(), config)
+    await declare_apps(admin.jetstream(), config)
     yield server, passwords
     await admin.close()
     server.stop()

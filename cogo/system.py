@@ -36,6 +36,7 @@ from cogo.actors.supervisor import Supervisor, spawn
 from cogo.config import Config, load_config
 from cogo.errors import CogoError, StartupError
 from cogo.http.app import AppState, create_app
+from cogo.http.server import server_config
 from cogo.secretfile import read_or_create
 from cogo.streams import auth as auth_module
 from cogo.streams.cluster import LocalCluster
@@ -203,11 +204,7 @@ class System:
         self.state.components.update(self.components)
         self.state.components["system"] = self
         app = create_app(self.state, extra_routes=_extra_routes())
-        self.http = uvicorn.Server(
-            uvicorn.Config(
-                app, host="127.0.0.1", port=self.http_port, log_level="warning", lifespan="off"
-            )
-        )
+        self.http = uvicorn.Server(server_config(app, port=self.http_port))
         self._http_task = asyncio.create_task(
             self.http.serve(sockets=[self._http_socket]), name="http"
         )

@@ -164,7 +164,10 @@ class System:
                     self.data_dir, self.nats_port, sync=self.sync, extra_config=extra,
                     credentials=creds,
                 )  # fmt: skip
-            self.server.start()
+            nodes = self.server.nodes if isinstance(self.server, LocalCluster) else [self.server]
+            for node in nodes:  # may wait for a server left behind to stop: not on the loop
+                await asyncio.to_thread(node.claim_store)
+            self.server.start()  # on this thread: the server dies with it (cogo.lifeline)
             await self.server.wait_ready()
         admin = {"user": "admin", "password": self.passwords["admin"]} if self.auth else {}
         self.nc = await connect(self.nats_url, "cogo-up", **admin)

@@ -196,3 +196,30 @@ async def test_a_prompt_client_on_the_same_server_is_served(served):
         for _ in range(3):  # keep-alive: each request on the connection gets its own deadline
             assert (await client.get("/healthz")).status_code == 200
             await asyncio.sleep(0.3)
+
+
+async def test_openapi_documents_what_each_route_answers(http):
+    spec = (await http.get("/openapi.json")).json()
+    paths = spec["paths"]
+    for public in ("/healthz", "/metrics", "/"):
+        op = paths[public]["get"]
+        assert "401" not in op["responses"] and "security" not in op, public
+    tasks = paths["/api/tasks"]["post"]
+    assert {"202", "400", "401", "408", "413", "422", "503"} <= set(tasks["responses"])
+    assert tasks["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "/TaskRequest"
+    )
+    schema = spec["components"]["schemas"]["TaskRequest"]
+    assert "echo.run.0" in schema["properties"]["route"]["enum"]  # the routes declared now
+    assignment = schema["properties"]["payload"]["properties"]["__assignment"]["anyOf"][0]
+    assert assignment["properties"]["max_tokens"]["anyOf"][0]["exclusiveMinimum"] == 0
+    latency = paths["/api/metrics/bus/latency"]["get"]
+    assert {p["name"] for p in latency["parameters"]} == {"window", "route", "bucket"}
+    assert all(p["in"] == "query" for p in latency["parameters"])
+    rollout = paths["/api/rollouts/{rollout_id}"]["get"]["responses"]
+    assert {"200", "401", "404", "422", "503"} <= set(rollout)
+    replay = paths["/api/projections/replay"]["post"]
+    assert replay["requestBody"]["required"] is False
+    assert {"409", "503"} <= set(replay["responses"])
+    error = spec["components"]["schemas"]["ErrorBody"]
+    assert set(error["required"]) == {"detail", "code"}

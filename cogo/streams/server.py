@@ -138,17 +138,23 @@ class EmbeddedServer:
     def ports_dir(self) -> Path:
         return self.data_dir / "nats-ports"
 
+    def claim_store(self) -> None:
+        """Lock the store (StoreInUse if a live process owns it; a server left behind on it
+        is stopped first). Blocking, and may wait: async callers run it in a thread first;
+        ``start`` does it itself otherwise. The lock is kept across kill()/start()."""
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        self.ports_dir.mkdir(parents=True, exist_ok=True)
+        if self.lock is None:
+            self.lock = StoreLock.acquire(self.store_dir, self.pid_file)
+
     def start(self) -> None:
         """Start the server process (returns before it is ready; see ``wait_ready``).
 
-        Takes the store's lock first (StoreInUse if a live process owns it; a server left
-        behind on it is stopped). Call it from a long-lived thread (see ``cogo.lifeline``).
+        Claims the store first if that was not done (``claim_store``). Call it from a
+        long-lived thread: the server dies with the thread that started it (cogo.lifeline).
         """
         conf = server_config(self.data_dir / "nats.conf", self.sync, self.extra_config)
-        self.store_dir.mkdir(parents=True, exist_ok=True)
-        self.ports_dir.mkdir(parents=True, exist_ok=True)
-        if self.lock is None:  # kept across a kill()/start() of the same server
-            self.lock = StoreLock.acquire(self.store_dir, self.pid_file)
+        self.claim_store()
         args = [
             nats_server_binary(),
             "-c", str(conf),

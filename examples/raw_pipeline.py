@@ -51,7 +51,9 @@ async def main(tasks: int, sync: str) -> None:
             await server.wait_ready()
             nc = await connect(server.url, "raw-pipeline")
             js = nc.jetstream()
-            await ensure_topology(js, load_config())
+            await ensure_topology(
+                js, load_config(), ["orchestrator.execute.0", "echo.run.0", "orchestrator.result.0"]
+            )
             for durable, subject in (("raw-exec", "orchestrator.execute.0"),
                                      ("raw-echo", "echo.run.0"),
                                      ("raw-result", "orchestrator.result.0")):  # fmt: skip

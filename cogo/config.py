@@ -77,6 +77,26 @@ class ActorsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_result_bytes: int = 512 * 1024
 
 
+class DuckdbConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Limits of the DuckDB instance behind the projections.
+
+    Ingest and ad-hoc SQL share one instance per file (DuckDB opens a file once per process),
+    so these bound both together; DuckDB's own default is 80% of RAM and every core.
+    """
+
+    memory_limit: str = "2GB"
+    # 0: DuckDB's default (one thread per core)
+    threads: int = 2
+    # what a query may spill to <data-dir>/cogo.duckdb.tmp once it is past memory_limit
+    max_temp_directory_size: str = "4GB"
+
+
+class SqlConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Ad-hoc SQL (``cogo sql``, ``POST /api/sql``): the most an answer may hold."""
+
+    max_result_bytes: int = 16 * 1024 * 1024
+
+
 class PolicyConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     default: dict[str, Any] = msgspec.field(default_factory=dict)
     routes: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
@@ -106,6 +126,8 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     events: LimitsConfig = LimitsConfig()
     dlq: LimitsConfig = LimitsConfig(max_bytes=1024**3)
     actors: ActorsConfig = ActorsConfig()
+    duckdb: DuckdbConfig = DuckdbConfig()
+    sql: SqlConfig = SqlConfig()
     policy: PolicyConfig = PolicyConfig()
     apps: AppsConfig = AppsConfig()
     # model -> price; workers turn reported tokens into cost with it (budget max_cost_usd)

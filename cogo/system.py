@@ -6,6 +6,11 @@ supervises each agent's processes (restarting any that dies), runs the HTTP faca
 in-process components (the projector, which owns the DuckDB file) and writes
 ``<data-dir>/endpoints.json``. SIGINT/SIGTERM drains: the facade stops taking requests,
 actors finish in-flight work, then the server stops.
+
+Start-up claims its ports first (the HTTP socket is bound and held before anything runs; a
+taken NATS port is refused by name), and any failure on the way stops everything started
+so far: no actor or server is left running by a ``cogo up`` that did not come up. Children
+die with this process (``cogo.lifeline``), so one killed hard leaves nothing behind either.
 """
 
 from __future__ import annotations
@@ -15,7 +20,6 @@ import contextlib
 import json
 import logging
 import os
-import secrets
 import subprocess
 import time
 from pathlib import Path
@@ -30,14 +34,16 @@ from cogo.actors.loader import BUILTIN_REF, LoadedApp, apps_for_up
 from cogo.actors.runner import agent_args, child_env, connect, install_stop_signals
 from cogo.actors.supervisor import Supervisor, spawn
 from cogo.config import Config, load_config
-from cogo.errors import CogoError
+from cogo.errors import CogoError, StartupError
 from cogo.http.app import AppState, create_app
+from cogo.http.server import server_config
+from cogo.secretfile import read_or_create
 from cogo.streams import auth as auth_module
 from cogo.streams.cluster import LocalCluster
 from cogo.streams.policies import PolicyStore
 from cogo.streams.registry import declare, declare_version
 from cogo.streams.routes import durable_name
-from cogo.streams.server import EmbeddedServer, free_port
+from cogo.streams.server import EmbeddedServer, ensure_port_free, free_port, listen_socket
 from cogo.streams.topology import CONTROL_VERSION, TASKS, ensure_topology
 
 log = logging.getLogger(__name__)
@@ -56,14 +62,7 @@ def api_token(data_dir: Path) -> str:
     token = os.environ.get("COGO_API_TOKEN")
     if token:
         return token
-    path = data_dir / "api_token"
-    if path.exists():
-        return path.read_text().strip()
-    token = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(token)
-    return token
+    return read_or_create(data_dir / "api_token")
 
 
 def write_endpoints(data_dir: Path, endpoints: dict[str, Any]) -> Path:
@@ -137,7 +136,20 @@ class System:
         return self.server.url
 
     async def start(self) -> None:
+        """Start everything; on any failure stop what was started, then raise."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            await self._start()
+        except BaseException:
+            log.debug("start-up failed; stopping what was started")
+            await self.stop(grace=10.0)
+            raise
+
+    async def _start(self) -> None:
+        # claim the ports before starting anything: a taken one is a one-line error
+        self._http_socket = listen_socket(self.http_port, "HTTP", "--http-port")
+        if not self.external_url and self.nats_port and not self.cluster > 1:
+            ensure_port_free(self.nats_port, "NATS", "--nats-port")
         if not self.external_url:
             extra, creds = "", None
             if self.auth:
@@ -152,7 +164,10 @@ class System:
                     self.data_dir, self.nats_port, sync=self.sync, extra_config=extra,
                     credentials=creds,
                 )  # fmt: skip
-            self.server.start()
+            nodes = self.server.nodes if isinstance(self.server, LocalCluster) else [self.server]
+            for node in nodes:  # may wait for a server left behind to stop: not on the loop
+                await asyncio.to_thread(node.claim_store)
+            self.server.start()  # on this thread: the server dies with it (cogo.lifeline)
             await self.server.wait_ready()
         admin = {"user": "admin", "password": self.passwords["admin"]} if self.auth else {}
         self.nc = await connect(self.nats_url, "cogo-up", **admin)
@@ -192,16 +207,16 @@ class System:
         self.state.components.update(self.components)
         self.state.components["system"] = self
         app = create_app(self.state, extra_routes=_extra_routes())
-        self.http = uvicorn.Server(
-            uvicorn.Config(
-                app, host="127.0.0.1", port=self.http_port, log_level="warning", lifespan="off"
-            )
+        self.http = uvicorn.Server(server_config(app, port=self.http_port))
+        self._http_task = asyncio.create_task(
+            self.http.serve(sockets=[self._http_socket]), name="http"
         )
-        self._http_task = asyncio.create_task(self.http.serve(), name="http")
         while not self.http.started:
             if self._http_task.done():
-                await self._http_task
-                raise RuntimeError("HTTP facade failed to start")
+                # uvicorn reports start-up errors by sys.exit(), which is no error to us
+                with contextlib.suppress(SystemExit):
+                    await self._http_task
+                raise StartupError("the HTTP facade failed to start; see the log above")
             await asyncio.sleep(0.05)
         write_endpoints(
             self.data_dir,
@@ -287,8 +302,10 @@ class System:
         self._stopping = True
         if hasattr(self, "http"):
             self.http.should_exit = True
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception, SystemExit):
                 await asyncio.wait_for(self._http_task, 10)
+        if hasattr(self, "_http_socket"):
+            self._http_socket.close()
         await self.supervisor.stop(grace)
         for component in reversed(list(self.components.values())):
             with contextlib.suppress(Exception):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import signal
@@ -26,18 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cogo.lifeline import die_with_parent
+
 log = logging.getLogger(__name__)
 
 QUICK_EXIT_S = 10.0
-_PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent() -> None:
-    """In a child before exec: receive SIGTERM when the parent dies (Linux; else nothing)."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            libc = ctypes.CDLL("libc.so.6", use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 def spawn(
@@ -57,7 +49,7 @@ def spawn(
             env={**os.environ, **(env or {})},
             stdout=out,
             stderr=subprocess.STDOUT if out else None,
-            preexec_fn=die_with_parent,  # noqa: PLW1509 - only prctl, no locks taken
+            preexec_fn=die_with_parent(),  # prctl only: see cogo.lifeline
         )
     finally:
         if out is not None:

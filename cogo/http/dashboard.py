@@ -26,13 +26,17 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pydantic
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from cogo.errors import ProjectionBusy, Unavailable
 from cogo.http.app import ValidationFailed, field_error, state_of
-from cogo.http.openapi import documented
+from cogo.http.endpoint import Success, endpoint
+from cogo.http.metrics import DURATION
+from cogo.http.schemas import Query
 from cogo.projections import queries
 from cogo.streams.topology import DLQ
 
@@ -211,25 +215,24 @@ def _run_row(row: tuple[Any, ...]) -> dict[str, Any]:
     }
 
 
-@documented(
-    query={
-        "window": {
-            "schema": {"type": "string", "default": DEFAULT_WINDOW},
-            "description": "30s, 15m, 1h, 1d",
-        }
-    },  # fmt: skip
-    responses={503: "the projector does not run in this process"},
+class DashboardQuery(Query):
+    """The query of ``GET /api/dashboard``."""
+
+    window: str = pydantic.Field(
+        DEFAULT_WINDOW, pattern=DURATION, description="30s, 15m, 1h, 1d (at most 366d)"
+    )
+
+
+@endpoint(
+    query=DashboardQuery,
+    ok={200: "every card's figures over the window"},
+    errors=(ProjectionBusy, Unavailable),
 )
-async def dashboard_summary(request: Request) -> JSONResponse:
+async def dashboard_summary(request: Request, query: DashboardQuery) -> JSONResponse:
     """The dashboard's cards: decision quality, queue wait, failures, throughput, DLQ, runs."""
     from cogo.http.metrics import projector_of
 
-    unknown = [k for k in request.query_params if k != "window"]
-    if unknown:
-        raise ValidationFailed(
-            [field_error(["query", k], "unknown parameter", "extra_forbidden") for k in unknown]
-        )
-    window = request.query_params.get("window", DEFAULT_WINDOW)
+    window = query.window
     try:
         window_s = queries.parse_duration(window)
     except ValueError as exc:
@@ -261,6 +264,7 @@ async def dashboard_summary(request: Request) -> JSONResponse:
     )
 
 
+@endpoint(ok={200: Success("the dashboard page", media_type="text/html")})
 async def index(request: Request) -> Response:
     """The dashboard page (public HTML; the data behind it needs the API token)."""
     return FileResponse(STATIC_DIR / "index.html", headers=PAGE_HEADERS)

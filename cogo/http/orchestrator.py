@@ -18,28 +18,26 @@ and metrics are folds of the workflow events read back from ``EVENTS`` (see
 from __future__ import annotations
 
 import asyncio
-import re
 from typing import Any
 
 import nats.errors
-import pydantic
 from nats.js.errors import APIError
-from pydantic import ConfigDict, Field
-from starlette.exceptions import HTTPException
+from pydantic import ConfigDict, Field, model_validator
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from cogo.actors.orchestrator import CancelRun, StartRun, send_command
-from cogo.errors import InvalidWorkflow, WorkflowNotFound
-from cogo.http.app import (
-    AppState,
-    ValidationFailed,
-    field_error,
-    json_body,
-    state_of,
-    validate,
+from cogo.errors import (
+    BusUnavailable,
+    InvalidWorkflow,
+    RunFinished,
+    RunNotFound,
+    WorkflowNotFound,
 )
+from cogo.http.app import AppState, ValidationFailed, field_error, state_of
+from cogo.http.endpoint import endpoint
+from cogo.http.schemas import WORKFLOW_ENUM, WORKFLOW_PARAMETERS, Body, Query
 from cogo.streams.envelope import new_id
 from cogo.workflows import history
 from cogo.workflows.definition import RUN_ID, WORKFLOW_ID, Catalog
@@ -49,32 +47,70 @@ from cogo.workflows.run import GATE_FAILED, GATE_PASSED, RunState
 RECENT_RUNS = 20
 
 
-class _Body(pydantic.BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+_Body = Body
+# the choices of a plan/execute body: exactly one of them is given (_plan checks), never null
+_SOURCES = ("workflowId", "workflow_id", "definition", "plan")
+
+
+def _present(schema: dict[str, Any]) -> None:
+    """A field that may be left out but, when given, is not null."""
+    branches = [b for b in schema.pop("anyOf", []) if b.get("type") != "null"]
+    if branches:
+        schema.update(branches[0])
+    schema.pop("default", None)
 
 
 class PlanRequest(_Body):
     """What to plan: a workflow by id, or an inline definition, with its parameters."""
 
-    workflow_id: str | None = Field(None, alias="workflowId", pattern=WORKFLOW_ID)
-    definition: dict[str, Any] | None = None
+    model_config = ConfigDict(
+        json_schema_extra={"oneOf": [{"required": ["workflowId"]}, {"required": ["definition"]}]},
+    )
+
+    workflow_id: str | None = Field(
+        None, alias="workflowId", pattern=WORKFLOW_ID,
+        json_schema_extra=lambda s: (_present(s), s.update(WORKFLOW_ENUM)) and None,
+    )  # fmt: skip
+    definition: dict[str, Any] | None = Field(None, json_schema_extra=_present)
     parameters: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nulls(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in _SOURCES:
+                if key in data and data[key] is None:
+                    raise ValueError(f"{key} must not be null (leave it out instead)")
+        return data
 
 
 class ExecuteRequest(PlanRequest):
     """What to run: a plan from ``/plan``, or what ``PlanRequest`` takes."""
 
-    plan: dict[str, Any] | None = None
+    model_config = ConfigDict(
+        json_schema_extra={"oneOf": [{"required": ["workflowId"]}, {"required": ["definition"]},
+                                     {"required": ["plan"]}]},
+    )  # fmt: skip
+
+    plan: dict[str, Any] | None = Field(None, json_schema_extra=_present)
     run_id: str | None = Field(None, alias="runId", pattern=RUN_ID)
 
 
 class WorkflowExecuteRequest(_Body):
-    workflow_id: str = Field(alias="workflowId", pattern=WORKFLOW_ID)
+    """What to run: a workflow of the catalog by id, with its parameters."""
+
+    model_config = ConfigDict(json_schema_extra=WORKFLOW_PARAMETERS)
+
+    workflow_id: str = Field(
+        alias="workflowId", pattern=WORKFLOW_ID, json_schema_extra=WORKFLOW_ENUM
+    )
     parameters: dict[str, Any] = Field(default_factory=dict)
     run_id: str | None = Field(None, alias="runId", pattern=RUN_ID)
 
 
 class CancelRequest(_Body):
+    """Which run to cancel, and why."""
+
     run_id: str = Field(alias="runId", pattern=RUN_ID)
     reason: str | None = Field(None, max_length=1000)
 
@@ -111,12 +147,11 @@ async def _plan(state: AppState, body: PlanRequest | ExecuteRequest) -> Plan:
         else:
             definition = body.definition or {}
         return plan_workflow(definition, body.parameters, state.policies.get)
-    except WorkflowNotFound as exc:
-        raise HTTPException(404, exc.message) from None
-    except InvalidWorkflow as exc:
+    except InvalidWorkflow as exc:  # WorkflowNotFound (404) goes through as it is
         raise ValidationFailed(
             [field_error(["body", *e["loc"]], e["msg"], e["type"]) for e in exc.detail or []]
-            or [field_error(["body"], exc.message, exc.code)]
+            or [field_error(["body"], exc.message, exc.code)],
+            code=exc.code,
         ) from None
 
 
@@ -124,9 +159,14 @@ def _plan_view(plan: Plan) -> dict[str, Any]:
     return {"workflowId": plan.workflow_id, "routes": plan.routes, "plan": plan.to_json()}
 
 
-async def plan_endpoint(request: Request) -> JSONResponse:
-    state = state_of(request)
-    plan = await _plan(state, validate(PlanRequest, await json_body(request)))
+_PLAN_ERRORS = (WorkflowNotFound, InvalidWorkflow)
+_START_ERRORS = (*_PLAN_ERRORS, BusUnavailable)
+
+
+@endpoint(body=PlanRequest, ok={200: "the resolved plan; nothing runs"}, errors=_PLAN_ERRORS)
+async def plan_endpoint(request: Request, body: PlanRequest) -> JSONResponse:
+    """Validate a workflow and its parameters; return the resolved plan."""
+    plan = await _plan(state_of(request), body)
     return JSONResponse(_plan_view(plan))
 
 
@@ -135,61 +175,64 @@ async def _start(state: AppState, plan: Plan, run_id: str | None) -> JSONRespons
     try:
         fresh = await send_command(state.js, StartRun(run_id=run_id, plan=plan.to_json()))
     except APIError as exc:
-        raise HTTPException(503, f"the bus refused the run: {exc.description}") from None
+        raise BusUnavailable(f"the bus refused the run: {exc.description}") from None
     except (nats.errors.TimeoutError, nats.errors.NoRespondersError,
             nats.errors.ConnectionClosedError) as exc:  # fmt: skip
-        raise HTTPException(503, f"the bus is unavailable: {type(exc).__name__}") from None
+        raise BusUnavailable(f"the bus is unavailable: {type(exc).__name__}") from None
     return JSONResponse(
         {"runId": run_id, "workflowId": plan.workflow_id, "duplicate": not fresh},
         status_code=202,
     )
 
 
-async def execute_endpoint(request: Request) -> JSONResponse:
+@endpoint(body=ExecuteRequest, ok={202: "started: {runId, workflowId, duplicate}"},
+          errors=_START_ERRORS)  # fmt: skip
+async def execute_endpoint(request: Request, body: ExecuteRequest) -> JSONResponse:
+    """Start a run from a plan, a workflow id or an inline definition."""
     state = state_of(request)
-    body = validate(ExecuteRequest, await json_body(request))
     plan = await _plan(state, body)
     return await _start(state, plan, body.run_id)
 
 
-async def workflows_execute_endpoint(request: Request) -> JSONResponse:
+@endpoint(body=WorkflowExecuteRequest, ok={202: "started: {runId, workflowId, duplicate}"},
+          errors=_START_ERRORS)  # fmt: skip
+async def workflows_execute_endpoint(
+    request: Request, body: WorkflowExecuteRequest
+) -> JSONResponse:
+    """Start a run of a catalog workflow with its parameters."""
     state = state_of(request)
-    body = validate(WorkflowExecuteRequest, await json_body(request))
     plan = await _plan(state, PlanRequest(workflowId=body.workflow_id, parameters=body.parameters))
     return await _start(state, plan, body.run_id)
 
 
-def _run_id_param(request: Request) -> str:
-    run_id = request.query_params.get("runId") or request.query_params.get("run_id")
-    if not run_id:
-        raise ValidationFailed([field_error(["query", "runId"], "field required", "missing")])
-    try:
-        return CancelRequest(runId=run_id).run_id
-    except pydantic.ValidationError:
-        raise ValidationFailed(
-            [field_error(["query", "runId"], f"must match {RUN_ID}", "string_pattern_mismatch")]
-        ) from None
+class StateQuery(Query):
+    """The query of ``GET /api/orchestrator/state``."""
+
+    run_id: str = Field(alias="runId", pattern=RUN_ID)
 
 
 async def _existing_run(state: AppState, run_id: str) -> RunState:
     run = await history.read_run(state.js, run_id)
     if not run.started:
-        raise HTTPException(404, f"no run {run_id!r} (unknown, or its start is still queued)")
+        raise RunNotFound(f"no run {run_id!r} (unknown, or its start is still queued)")
     return run
 
 
-async def state_endpoint(request: Request) -> JSONResponse:
-    state = state_of(request)
-    run = await _existing_run(state, _run_id_param(request))
+@endpoint(query=StateQuery, ok={200: "the run: status, nodes, gate verdicts, artifacts"},
+          errors=(RunNotFound,))  # fmt: skip
+async def state_endpoint(request: Request, query: StateQuery) -> JSONResponse:
+    """A run's status, nodes, gate verdicts and artifacts."""
+    run = await _existing_run(state_of(request), query.run_id)
     return JSONResponse(run.view())
 
 
-async def cancel_endpoint(request: Request) -> JSONResponse:
+@endpoint(body=CancelRequest, ok={202: "cancelling"}, errors=(RunNotFound, RunFinished))
+async def cancel_endpoint(request: Request, body: CancelRequest) -> JSONResponse:
+    """Cancel a run that has not ended."""
     state = state_of(request)
-    body = validate(CancelRequest, await json_body(request))
     run = await _existing_run(state, body.run_id)
     if run.finished:
-        raise HTTPException(409, f"run {body.run_id!r} already {run.status}")
+        raise RunFinished(f"run {body.run_id!r} already {run.status}")
     await send_command(state.js, CancelRun(run_id=body.run_id, reason=body.reason))
     return JSONResponse({"runId": body.run_id, "status": "cancelling"}, status_code=202)
 
@@ -207,28 +250,27 @@ def _run_row(run: RunState) -> dict[str, Any]:
     }
 
 
-async def runs_endpoint(request: Request) -> JSONResponse:
-    state = state_of(request)
-    query = request.query_params
-    workflow_id = query.get("workflowId")
-    if workflow_id is not None and not _matches(WORKFLOW_ID, workflow_id):
-        raise ValidationFailed([field_error(["query", "workflowId"], f"must match {WORKFLOW_ID}")])
-    try:
-        limit = int(query.get("limit", "100"))
-        if not 1 <= limit <= 10000:
-            raise ValueError
-    except ValueError:
-        raise ValidationFailed(
-            [field_error(["query", "limit"], "must be an integer in 1..10000")]
-        ) from None
-    runs = await history.list_runs(state.js, workflow_id)
-    if query.get("status"):
-        runs = [r for r in runs if r.status == query["status"]]
-    rows = [_run_row(r) for r in reversed(runs[-limit:])]
+class RunsQuery(Query):
+    """The query of ``GET /api/orchestrator/runs``."""
+
+    workflow_id: str | None = Field(None, alias="workflowId", pattern=WORKFLOW_ID)
+    status: str | None = Field(None, max_length=50, description="running, succeeded, failed...")
+    limit: int = Field(100, ge=1, le=10000)
+
+
+@endpoint(query=RunsQuery, ok={200: "{runs, count}, newest first"})
+async def runs_endpoint(request: Request, query: RunsQuery) -> JSONResponse:
+    """Recent runs, newest first, by workflow and status."""
+    runs = await history.list_runs(state_of(request).js, query.workflow_id)
+    if query.status:
+        runs = [r for r in runs if r.status == query.status]
+    rows = [_run_row(r) for r in reversed(runs[-query.limit :])]
     return JSONResponse({"runs": rows, "count": len(rows)})
 
 
+@endpoint(ok={200: "the workflow definitions and their parameters"})
 async def definitions_endpoint(request: Request) -> JSONResponse:
+    """The workflow definitions of the catalog and their parameters."""
     definitions = await asyncio.to_thread(_catalog(state_of(request)).load)
     return JSONResponse(
         {
@@ -245,11 +287,17 @@ async def definitions_endpoint(request: Request) -> JSONResponse:
     )
 
 
-async def metrics_endpoint(request: Request) -> JSONResponse:
+class WorkflowPath(Query):
+    """``/api/metrics/workflows/{workflow_id}``."""
+
+    workflow_id: str = Field(pattern=WORKFLOW_ID)
+
+
+@endpoint(path=WorkflowPath, ok={200: "runs, outcomes, duration p50/p90, gate pass rate"})
+async def metrics_endpoint(request: Request, path: WorkflowPath) -> JSONResponse:
+    """Runs, outcomes, duration percentiles and gate pass rate of one workflow."""
     state = state_of(request)
-    workflow_id = request.path_params["workflow_id"]
-    if not _matches(WORKFLOW_ID, workflow_id):
-        raise ValidationFailed([field_error(["path", "workflowId"], f"must match {WORKFLOW_ID}")])
+    workflow_id = path.workflow_id
     runs = await history.list_runs(state.js, workflow_id)
     gate_events = await history.read(
         state.js, [f"events.{t}.wf.{workflow_id}.*" for t in (GATE_PASSED, GATE_FAILED)]
@@ -293,10 +341,6 @@ def _quantile(values: list[float], q: float) -> float | None:
     low = int(position)
     high = min(low + 1, len(values) - 1)
     return round(values[low] + (values[high] - values[low]) * (position - low), 3)
-
-
-def _matches(pattern: str, value: str) -> bool:
-    return re.fullmatch(pattern.strip("^$"), value) is not None
 
 
 routes = [

@@ -120,7 +120,7 @@ class Projector:
         # the most rows one transaction takes when batches queue up behind the writer
         self.max_rows = GROUP_COMMIT_BATCHES * self.batch
         consumer = consumer or os.environ.get("COGO_PROJECTOR_CONSUMER", DEFAULT_CONSUMER)
-        self.store = ProjectionStore(self.path)
+        self.store = ProjectionStore(self.path, limits=config.duckdb)
         self.streams = {
             EVENTS_STREAM: StreamState(EVENTS_STREAM, consumer),
             DLQ_STREAM: StreamState(DLQ_STREAM, f"{consumer}-dlq"),
@@ -330,8 +330,9 @@ class Projector:
                     progress(p)
 
             rebuild = Rebuild(
-                self.nc, Path(f"{self.path}.replay"), batch=self.batch, progress=track
-            )
+                self.nc, Path(f"{self.path}.replay"), batch=self.batch, progress=track,
+                limits=self.config.duckdb,
+            )  # fmt: skip
             try:
                 await rebuild.run()
                 await self._stop_loops()

@@ -178,17 +178,18 @@ def projection_metrics(cur: duckdb.DuckDBPyConnection, out: PrometheusText) -> N
         "Messages in the DLQ stream, by error code.",
         (({"error_code": code}, n) for code, n in dead),
     )
+    # Prometheus wants base units: the projection keeps milliseconds, /metrics says seconds
     rows = cur.execute(
         """
-        SELECT route, count(*), sum(queue_wait_ms), sum(duration_ms),
-               quantile_cont(queue_wait_ms, [0.5, 0.9, 0.99]),
-               quantile_cont(duration_ms, [0.5, 0.9, 0.99])
+        SELECT route, count(*), sum(queue_wait_ms) / 1000.0, sum(duration_ms) / 1000.0,
+               quantile_cont(queue_wait_ms / 1000.0, [0.5, 0.9, 0.99]),
+               quantile_cont(duration_ms / 1000.0, [0.5, 0.9, 0.99])
         FROM attempts GROUP BY route ORDER BY route NULLS FIRST
         """
     ).fetchall()
     for index, name, what in (
-        (2, "cogo_attempt_queue_wait_ms", "Queue wait of attempts (enqueued -> claimed), ms."),
-        (3, "cogo_attempt_duration_ms", "Duration of attempts (claimed -> result), ms."),
+        (2, "cogo_attempt_queue_wait_seconds", "Queue wait of attempts (enqueued -> claimed)."),
+        (3, "cogo_attempt_duration_seconds", "Duration of attempts (claimed -> result)."),
     ):
         samples: list[tuple[dict[str, Any], Any]] = []
         for row in rows:

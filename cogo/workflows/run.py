@@ -313,13 +313,15 @@ class RunState:
         }
 
     def summary(self) -> dict[str, Any]:
-        """A short account of the run so far (what Notify posts): ``status`` is "failed" if
-        any node failed, else "succeeded"."""
+        """A short account of the run so far (what Notify posts): ``status`` is the run's
+        outcome once it has one; before that "failed" if a node failed (the run will fail),
+        else "running" (a Notify node is itself still running while its body is built)."""
         failed = [n.id for n in self.nodes.values() if n.status == FAILED]
+        status = self.status if self.finished else ("failed" if failed else RUNNING)
         return {
             "run_id": self.run_id,
             "workflow_id": self.workflow_id,
-            "status": "failed" if failed else "succeeded",
+            "status": status,
             "started_at": self.started_at,
             "failed_nodes": failed,
             "nodes": {

@@ -193,7 +193,7 @@ async def test_full_event_log_refuses_submissions(tmp_path, data_dir):
         async with httpx.AsyncClient(transport=transport, base_url="http://cogo") as http:
             r = await http.post("/api/tasks", json={"route": "echo.run.0"})
         assert r.status_code == 503, r.text
-        assert "bus.backpressure" in r.json()["detail"]
+        assert r.json()["code"] == "bus.backpressure" and r.json()["detail"]
         info = await js.stream_info("TASKS")
         assert info.state.messages == 0  # refused, not accepted-and-dropped
         await policies.stop()

@@ -238,7 +238,13 @@ class RetryNode(NodeBase):
 
 
 Node = Annotated[
-    PublishNode | WaitNode | GateNode | NotifyNode | RetryNode | SignalNode | MapNode
+    PublishNode
+    | WaitNode
+    | GateNode
+    | NotifyNode
+    | RetryNode
+    | SignalNode
+    | MapNode
     | WorkflowNode,
     Field(discriminator="type"),
 ]
@@ -357,7 +363,11 @@ class Catalog:
                 except (OSError, ValueError, UnicodeDecodeError) as exc:
                     log.error("skipping workflow definition %s: %s", path, exc)
                     problems.append(
-                        {"path": str(path), "id": path.stem, "error": f"{type(exc).__name__}: {exc}"}
+                        {
+                            "path": str(path),
+                            "id": path.stem,
+                            "error": f"{type(exc).__name__}: {exc}",
+                        }
                     )
                     continue
                 _add(found, path.name, raw)

@@ -171,9 +171,12 @@ class NodeState:
             **({"signal": self.inputs.get("name")} if self.type == "signal" else {}),
             **({"childRunId": self.child_run_id} if self.child_run_id else {}),
             **(
-                {"itemCount": self.inputs.get("count"),
-                 "items": [self.items[i].view() for i in sorted(self.items)]}
-                if self.type == "map" else {}
+                {
+                    "itemCount": self.inputs.get("count"),
+                    "items": [self.items[i].view() for i in sorted(self.items)],
+                }
+                if self.type == "map"
+                else {}
             ),  # fmt: skip
             "attempts": [
                 {

@@ -206,7 +206,10 @@ def test_plan_refuses_cycles_and_items_that_are_not_lists(config, workflows_dir)
     loc_types = {(tuple(e["loc"]), e["type"]) for e in cycle.value.detail}
     assert (("definition", "nodes", 0, "workflowId"), "workflow.cycle") in loc_types
     assert any("parent -> child -> parent" in e["msg"] for e in cycle.value.detail)
-    selfish = {"id": "selfish", "nodes": [{"id": "me", "type": "workflow", "workflowId": "selfish"}]}
+    selfish = {
+        "id": "selfish",
+        "nodes": [{"id": "me", "type": "workflow", "workflowId": "selfish"}],
+    }
     with pytest.raises(InvalidWorkflow, match="cannot be planned"):
         plan_workflow(selfish, {}, config.route_policy, {**definitions, "selfish": selfish})
     with pytest.raises(InvalidWorkflow) as missing:

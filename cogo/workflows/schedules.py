@@ -31,7 +31,6 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import (
     KeyNotFoundError,
     KeyWrongLastSequenceError,
-    NoKeysError,
     NotFoundError,
 )
 from nats.js.kv import KeyValue
@@ -197,11 +196,17 @@ class ScheduleStore:
 
     async def ids(self) -> list[str]:
         kv = await self.kv()
+        # a watch on spec.> alone (KeyValue.keys() would read every key, cursors too)
+        watcher = await kv.watch("spec.>", ignore_deletes=True, meta_only=True)
+        found = []
         try:
-            keys = await kv.keys(filters=["spec.>"])
-        except NoKeysError:
-            return []
-        return sorted(k.removeprefix("spec.") for k in keys)
+            async for entry in watcher:
+                if entry is None:
+                    break
+                found.append(entry.key.removeprefix("spec."))
+        finally:
+            await watcher.stop()
+        return sorted(found)
 
     async def delete(self, schedule_id: str) -> bool:
         """Remove a schedule and its cursor; False if there was none."""

@@ -174,7 +174,9 @@ async def test_dashboard_in_headless_chromium(tmp_path, config_path):
         approve_node = next(n for n in final["nodes"] if n["id"] == "approve")
         assert approve_node["result"] == {"approved": True, "by": "dashboard"}
         assert final["children"] == [child]
-        assert next(n for n in final["nodes"] if n["id"] == "build")["result"]["status"] == "succeeded"
+        assert (
+            next(n for n in final["nodes"] if n["id"] == "build")["result"]["status"] == "succeeded"
+        )
     finally:
         await nc.close()
         await asyncio.to_thread(stop, worker)
@@ -208,7 +210,9 @@ async def approve_in_browser(info: dict[str, Any], run_id: str, child: str) -> N
             await page.locator(f"tr[data-run='{run_id}'][data-status='succeeded']").wait_for(
                 timeout=30_000
             )
-            assert await page.locator(f"tr[data-run='{run_id}'] [data-testid='approve']").count() == 0
+            assert (
+                await page.locator(f"tr[data-run='{run_id}'] [data-testid='approve']").count() == 0
+            )
             await page.locator(f"tr[data-run='{run_id}']").click()
             links = page.locator("#timeline [data-testid='run-links']")
             await links.locator(f"a[data-open-run='{child}']").wait_for(timeout=10_000)

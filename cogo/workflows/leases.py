@@ -6,7 +6,7 @@ runs of the partitions it holds a lease on. A lease is the KV key ``partition.<p
 Sequence``) and a per-message TTL (``Nats-TTL``, the server's clock, not ours):
 
 - acquire: create the key (fails if anybody holds it);
-- renew: every ``ttl / 3``, rewrite it expecting our own last revision (fails if it
+- renew: every ``min(ttl / 3, 2 s)``, rewrite it expecting our own last revision (fails if it
   expired and somebody else took it);
 - expire: a holder that stops renewing (killed, paused, cut off) loses the key after
   ``ttl`` by itself, and another member creates it;
@@ -143,7 +143,8 @@ class PartitionLeases:
 
     @property
     def tick_s(self) -> float:
-        return self.ttl_s / 3
+        # renew well inside the TTL; with a long TTL, still balance within a few seconds
+        return min(self.ttl_s / 3, 2.0)
 
     def valid(self, partition: int) -> bool:
         lease = self.held.get(partition)

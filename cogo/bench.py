@@ -54,14 +54,14 @@ from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from cogo.actors.loader import declare_apps
 from cogo.actors.runner import _use_uvloop, connect, spawn_actor
 from cogo.config import Config, load_config
 from cogo.errors import CogoError
 from cogo.streams.envelope import EXECUTE_SUBJECT, MSG_ID
-from cogo.streams.policies import seed_policies
 from cogo.streams.publisher import Publisher
 from cogo.streams.server import SYNC_CHOICES, EmbeddedServer, free_port
-from cogo.streams.topology import EVENTS, ensure_topology
+from cogo.streams.topology import EVENTS
 
 PROJECTOR_CONSUMER = "projector"
 INGEST_CONSUMER = "projector-ingest"
@@ -208,8 +208,7 @@ class Bench:
         # the actors' publisher: the bench's own CPU per task stays small
         self.publisher = Publisher(self.nc)
         await self.publisher.start()
-        await ensure_topology(self.js, self.config)
-        await seed_policies(self.js, self.config)
+        await declare_apps(self.js, self.config)
         self._done_sub = await self.nc.subscribe(
             f"events.execute_done.{ROUTE}", cb=self._on_done, pending_msgs_limit=1_000_000
         )

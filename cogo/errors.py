@@ -7,7 +7,12 @@ CogoError                          root; ``code``, human ``message``, optional `
 ├── MessageError                   a message on the bus cannot be decoded
 │   └── MalformedMessage           message.malformed: not JSON, wrong types, missing fields
 ├── RouteError
-│   └── UnknownRoute               route.unknown: no actor consumes that route
+│   ├── UnknownRoute               route.unknown: no app declared that route
+│   ├── InvalidRoute               route.invalid: not ``<service>.<role>.<shard>``, or a reserved service
+│   └── RouteConflict              route.conflict: two apps (or agents) declare the same route
+├── AppError                       loading or declaring an app (``cogo run/up --app``)
+│   ├── AppNotFound                app.not_found: the module or attribute does not import
+│   └── AgentNotFound              app.agent_not_found: the app has no agent of that name
 ├── AssignmentError                the task's ``__assignment`` envelope
 │   ├── InvalidAssignment          assignment.invalid: wrong type or out-of-range value
 │   └── TtlExpired                 assignment.ttl_expired: the task outlived its TTL
@@ -31,6 +36,9 @@ CogoError                          root; ``code``, human ``message``, optional `
 ├── BackpressureError              bus.backpressure: the event log refuses writes (full)
 ├── ConfigError                    config.invalid: a configuration file or value is wrong
 ├── InvalidPayload                 payload.invalid: the task payload has the wrong shape for its route
+├── InvalidResult                  result.invalid: a handler returned something that is not JSON data, or too large
+├── TaskFailed                     a task a client waited for ended in ``execute_failed`` (its own ``code``)
+├── TaskNotFound                   task.not_found: no events for that task id
 ├── EditError                      a code edit cannot be accepted or applied (not retryable)
 │   ├── InvalidEdit                edit.invalid: unknown ``op``, missing or mistyped fields
 │   ├── EditPathInvalid            edit.path_invalid: absolute, ``..``, or escapes via a symlink
@@ -110,9 +118,39 @@ class RouteError(CogoError):
 
 
 class UnknownRoute(RouteError):
-    """Raised when no actor consumes the requested route."""
+    """Raised when no app declared the requested route."""
 
     code = "route.unknown"
+
+
+class InvalidRoute(RouteError):
+    """Raised when a route is not ``<service>.<role>.<shard>`` or uses a reserved service."""
+
+    code = "route.invalid"
+
+
+class RouteConflict(RouteError):
+    """Raised when two apps or agents declare the same route (or consumer name)."""
+
+    code = "route.conflict"
+
+
+class AppError(CogoError):
+    """Raised when an app cannot be loaded or declared."""
+
+    code = "app.error"
+
+
+class AppNotFound(AppError):
+    """Raised when ``module:attr`` does not import or is not a ``cogo.App``."""
+
+    code = "app.not_found"
+
+
+class AgentNotFound(AppError):
+    """Raised when an app has no agent of the requested name."""
+
+    code = "app.agent_not_found"
 
 
 class AssignmentError(CogoError):
@@ -241,6 +279,37 @@ class InvalidPayload(CogoError):
     """Raised when a task payload has the wrong shape for its route."""
 
     code = "payload.invalid"
+
+
+class InvalidResult(CogoError):
+    """Raised when a handler's return value is not JSON data or is too large for the bus."""
+
+    code = "result.invalid"
+
+
+class TaskFailed(CogoError):
+    """Raised by ``TaskHandle.result()`` when the task ended in ``execute_failed``.
+
+    ``code`` is the task's ``error_code`` (``worker.permanent``, ``budget.tokens_exceeded``,
+    ...), ``message`` its ``error`` and ``attempts`` the attempts it made.
+    """
+
+    code = "task.failed"
+
+    def __init__(self, code: str, message: str, attempts: int, *, task_id: str = "") -> None:
+        super().__init__(message, detail={"task_id": task_id, "attempts": attempts})
+        self.code = code
+        self.attempts = attempts
+        self.task_id = task_id
+
+    def __str__(self) -> str:
+        return f"[{self.code}] {self.message} (after {self.attempts} attempt(s))"
+
+
+class TaskNotFound(CogoError):
+    """Raised when the event log holds nothing for a task id."""
+
+    code = "task.not_found"
 
 
 class EditError(CogoError):

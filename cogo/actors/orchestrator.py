@@ -87,6 +87,8 @@ class Orchestrator(Actor):
 
     def __init__(self, *args: Any, data_dir: Path | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # the declared routes are the partitions' queues: pulled while leased, never all
+        self.routes = []
         self.data_dir = data_dir
         self.policies = PolicyStore(self.js)
         self.runs = Runs(

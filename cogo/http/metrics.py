@@ -28,7 +28,7 @@ from cogo.http.app import AppState, ValidationFailed, field_error, state_of
 from cogo.projections import queries
 from cogo.projections.projector import Projector
 from cogo.projections.replay import ReplayProgress
-from cogo.streams.topology import TASKS, all_routes, durable_name
+from cogo.streams.topology import task_consumers
 
 DEFAULT_WINDOW = "15m"
 LATENCY_PARAMS = {"window", "route", "bucket"}
@@ -128,16 +128,11 @@ async def prometheus(request: Request) -> Response:
 
 async def _consumer_metrics(state: AppState, out: queries.PrometheusText) -> None:
     """In flight (delivered, not acked) and waiting messages of every route's consumer."""
-    routes = all_routes(state.config)
-
-    async def info(route: str) -> Any:
-        try:
-            return await state.js.consumer_info(TASKS, durable_name(route), timeout=1.0)
-        except Exception:
-            return None
-
-    infos = await asyncio.gather(*(info(r) for r in routes))
-    known = [(r, i) for r, i in zip(routes, infos, strict=True) if i is not None]
+    try:
+        infos = await task_consumers(state.js)
+    except Exception:  # the bus is away for a moment: the rest of the page still answers
+        infos = []
+    known = [(i.config.filter_subject or i.name, i) for i in infos]
     out.family(
         "cogo_route_in_flight",
         "gauge",

@@ -1,9 +1,11 @@
-"""``POST /api/tasks``: submit a task to the executor dispatcher."""
+"""``POST /api/tasks`` submits a task to the executor dispatcher; ``GET /api/tasks/{id}``
+tells where it is (``cogo.projections.tasks``)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import nats.errors
 import pydantic
 from nats.js.errors import APIError
@@ -12,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from cogo.errors import BackpressureError, InvalidAssignment
+from cogo.errors import BackpressureError, InvalidAssignment, ProjectionBusy, TaskNotFound
 from cogo.http.app import (
     AppState,
     ValidationFailed,
@@ -90,6 +92,48 @@ async def submit_task(request: Request) -> JSONResponse:
     )
 
 
+@documented(
+    responses={
+        200: "the task: {task_id, route, status, attempt, result, error_code, error, usage, "
+        "events}",
+        404: "no events for that task id",
+        503: "the projection is busy (a replay) or unreachable",
+    }
+)
+async def get_task(request: Request) -> JSONResponse:
+    """A task's status, attempt, result or error, usage and events."""
+    state = state_of(request)
+    task_id = request.path_params["task_id"]
+    projector = state.components.get("projector")
+    try:
+        if projector is not None:
+            status = await projector.task_status(task_id)
+        else:  # the projector runs in another process: ask it over NATS
+            status = await _remote_status(state, task_id)
+    except TaskNotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+    except ProjectionBusy as exc:
+        raise HTTPException(503, str(exc)) from None
+    return JSONResponse(msgspec.to_builtins(status))
+
+
+async def _remote_status(state: AppState, task_id: str) -> Any:
+    from cogo.projections.tasks import STATUS_SUBJECT, TaskStatus
+
+    try:
+        reply = await state.nc.request(
+            STATUS_SUBJECT, encoder.encode({"task_id": task_id}), timeout=5
+        )
+    except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+        raise HTTPException(503, "no projector answers task status requests") from None
+    answer = msgspec.json.decode(reply.data)
+    if "error" in answer:
+        if answer["error"].get("code") == TaskNotFound.code:
+            raise TaskNotFound(answer["error"].get("message", "task not found"))
+        raise HTTPException(503, answer["error"].get("message", "status unavailable"))
+    return msgspec.convert(answer, TaskStatus)
+
+
 def _capacity(state: AppState) -> Capacity:
     capacity = state.components.get("capacity")
     if capacity is None:
@@ -97,4 +141,7 @@ def _capacity(state: AppState) -> Capacity:
     return capacity  # type: ignore[no-any-return]
 
 
-routes = [Route("/api/tasks", submit_task, methods=["POST"])]
+routes = [
+    Route("/api/tasks", submit_task, methods=["POST"]),
+    Route("/api/tasks/{task_id}", get_task, methods=["GET"]),
+]

@@ -17,6 +17,9 @@ from cogo.config import Backoff
 from cogo.errors import InvalidAssignment, MalformedMessage
 
 ASSIGNMENT_KEY = "__assignment"
+COHORT_KEY = "__cohort"  # payload pin: run this task on the canary or the baseline (rollouts)
+# keys of a payload that are instructions to Cogo, not input of the handler
+RESERVED_PAYLOAD_KEYS = frozenset({ASSIGNMENT_KEY, COHORT_KEY})
 EXECUTE_SUBJECT = "orchestrator.execute.0"
 RESULT_SUBJECT = "orchestrator.result.0"
 
@@ -117,6 +120,7 @@ class WorkResult(msgspec.Struct, frozen=True, omit_defaults=True):
     error: str | None = None
     retryable: bool = True
     version: str | None = None
+    detail: Any = None  # the error's structured detail (e.g. the payload field that failed)
 
 
 encoder = msgspec.json.Encoder()

@@ -119,6 +119,13 @@ class EmbeddedServer:
         finally:
             log.close()
 
+    def reload(self) -> None:
+        """Rewrite the configuration (``extra_config`` may have changed) and have the running
+        server reload it (SIGHUP): users and permissions change without a restart."""
+        server_config(self.data_dir / "nats.conf", self.sync, self.extra_config)
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGHUP)
+
     async def wait_ready(self, timeout: float = 20.0) -> None:
         """Wait until the server accepts connections and JetStream answers."""
         deadline = time.monotonic() + timeout

@@ -68,6 +68,7 @@ from cogo.workflows.inbox import (
 )
 from cogo.workflows.leases import PartitionLeases
 from cogo.workflows.planner import Plan, plan_workflow
+from cogo.workflows.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ class Orchestrator(Actor):
         self._partition_loops: dict[int, tuple[asyncio.Task[None], asyncio.Event]] = {}
         self._busy: Counter[int] = Counter()
         self._idle: dict[int, asyncio.Event] = {}
-        self.scheduler: Any = None
+        self.scheduler: Scheduler | None = None
 
     def default_routes(self) -> list[str]:
         return []  # the partition queues are pulled while their lease is held
@@ -132,8 +133,6 @@ class Orchestrator(Actor):
         )
         await self.policies.start()
         await self.leases.start()
-        from cogo.workflows.scheduler import Scheduler
-
         self.scheduler = Scheduler(self.js, self.name, self.config, self._plan_scheduled)
         await self.scheduler.start()
 

@@ -28,7 +28,7 @@ import msgspec
 import pydantic
 from nats.js.client import JetStreamContext
 
-from cogo.errors import CogoError
+from cogo.errors import CogoError, MalformedMessage
 from cogo.streams.envelope import EXECUTE_SUBJECT, MSG_ID, encoder
 from cogo.streams.events import Event, make_event
 from cogo.streams.publisher import Publisher
@@ -112,8 +112,6 @@ class Runs:
         try:
             plan = link(Plan.model_validate(command.plan))
         except pydantic.ValidationError as exc:
-            from cogo.errors import MalformedMessage
-
             raise MalformedMessage(f"invalid plan for run {command.run_id}: {exc}") from exc
         async with self.lock(command.run_id):
             if command.run_id in self.runs:

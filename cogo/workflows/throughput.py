@@ -16,6 +16,7 @@ import contextlib
 import json
 import statistics
 import time
+from collections import Counter
 from typing import Any
 
 from nats.aio.msg import Msg
@@ -108,7 +109,8 @@ async def measure(
 
 
 async def _until_shared(bench: Any, count: int, deadline: float) -> None:
-    """Until ``count`` orchestrators hold every partition between them."""
+    """Until ``count`` orchestrators hold every partition between them, balanced (no
+    rebalancing is left to happen inside a timed round)."""
     kv = await bench.js.key_value(LEASE_BUCKET)
     while True:
         owners = set()
@@ -116,8 +118,9 @@ async def _until_shared(bench: Any, count: int, deadline: float) -> None:
             with contextlib.suppress(Exception):
                 entry = await kv.get(f"partition.{partition}")
                 owners.add((partition, json.loads(entry.value or b"{}").get("owner")))
-        members = {owner for _, owner in owners}
-        if len(owners) == ORCHESTRATOR_PARTITIONS and len(members) == count:
+        held = Counter(owner for _, owner in owners)
+        balanced = len(held) == count and max(held.values()) - min(held.values()) <= 1
+        if len(owners) == ORCHESTRATOR_PARTITIONS and balanced:
             return
         if time.monotonic() > deadline:
             raise CogoError(f"{count} orchestrators did not share the partitions in time")

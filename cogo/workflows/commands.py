@@ -39,15 +39,7 @@ from cogo.errors import CogoError
 
 def register(subparsers: Any, common: Any) -> None:
     """Add ``workflow`` and its subcommands to the ``cogo`` parser."""
-    parser = subparsers.add_parser("workflow", help="run, inspect and cancel workflows")
-    sub = parser.add_subparsers(dest="workflow_command", required=True)
-
-    def command(name: str, help: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help)
-        common(p)
-        p.add_argument("--http-url", default=os.environ.get("COGO_HTTP_URL"),
-                       help="the facade; default: the running `cogo up` in --data-dir")  # fmt: skip
-        return p
+    command = _group(subparsers, common, "workflow", "run, inspect and cancel workflows")
 
     p = command("run", "start a run; --wait to follow it to the end")
     p.add_argument("workflow_id", nargs="?", help="a workflow id (see `cogo workflow defs`)")
@@ -95,15 +87,7 @@ def register(subparsers: Any, common: Any) -> None:
 
 
 def _register_schedules(subparsers: Any, common: Any) -> None:
-    parser = subparsers.add_parser("schedule", help="run workflows on a cron or an interval")
-    sub = parser.add_subparsers(dest="schedule_command", required=True)
-
-    def command(name: str, help: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help)
-        common(p)
-        p.add_argument("--http-url", default=os.environ.get("COGO_HTTP_URL"),
-                       help="the facade; default: the running `cogo up` in --data-dir")  # fmt: skip
-        return p
+    command = _group(subparsers, common, "schedule", "run workflows on a cron or an interval")
 
     p = command("add", "create or replace a schedule")
     p.add_argument("id")
@@ -124,6 +108,21 @@ def _register_schedules(subparsers: Any, common: Any) -> None:
     p = command("delete", "delete a schedule (runs it started go on)")
     p.add_argument("id")
     p.set_defaults(func=cmd_schedule_delete)
+
+
+def _group(subparsers: Any, common: Any, name: str, help: str) -> Any:
+    """A command group whose subcommands talk to the facade; returns their factory."""
+    parser = subparsers.add_parser(name, help=help)
+    sub = parser.add_subparsers(dest=f"{name}_command", required=True)
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help)
+        common(p)
+        p.add_argument("--http-url", default=os.environ.get("COGO_HTTP_URL"),
+                       help="the facade; default: the running `cogo up` in --data-dir")  # fmt: skip
+        return p
+
+    return command
 
 
 def _parameter_arguments(p: argparse.ArgumentParser) -> None:

@@ -28,6 +28,7 @@ from cogo.workflows.definition import Catalog
 from cogo.workflows.inbox import StartRun, send_command
 from cogo.workflows.planner import plan_workflow
 from tests.helpers import EventReader, running
+from tests.test_processes import wait_for
 from tests.test_workflow_recovery import OrchestratorProcess
 
 STEP: dict[str, Any] = {
@@ -71,13 +72,10 @@ async def lease_holders(js: JetStreamContext) -> Counter[str]:
 
 
 async def until(check: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what}: not within {timeout}s"
-        await asyncio.sleep(0.1)
+    try:
+        return await wait_for(check, timeout=timeout, interval=0.1)
+    except AssertionError:
+        raise AssertionError(f"{what}: not within {timeout}s") from None
 
 
 async def test_sigkill_one_of_two_orchestrators_mid_map_and_children(

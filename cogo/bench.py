@@ -13,7 +13,10 @@ dispatcher(s), echo worker(s) and the projector as separate ``cogo run`` process
    subscription (same clock as the submit time).
 3. ``http_submit_per_s``: ``POST /api/tasks`` against the facade under uvicorn in its own
    process, from ``--http-concurrency`` connections.
-4. ``projector_events_per_s``: a fresh projector, alone, on the pre-filled ``EVENTS``
+4. ``workflows`` (opt-in, ``--workflow-runs N``): workflow runs per second with each
+   ``--orchestrators K`` (``cogo.workflows.throughput``), the median of
+   ``--workflow-repeats`` rounds.
+5. ``projector_events_per_s``: a fresh projector, alone, on the pre-filled ``EVENTS``
    (topped up with synthetic events to ``--projector-events``): the median of
    ``--projector-runs`` fresh projectors, each its own consumer and DuckDB file (every
    run is listed in ``projector_runs``).
@@ -78,6 +81,9 @@ class Options:
     http_concurrency: int = 8
     projector_events: int = 200_000
     projector_runs: int = 3
+    workflow_runs: int = 0
+    orchestrators: list[int] = field(default_factory=lambda: [1, 2])
+    workflow_repeats: int = 3
     dispatchers: int = 1
     echoes: int = 1
     sync: str = "always"
@@ -531,6 +537,14 @@ async def run_bench(options: Options, progress: Progress) -> dict[str, Any]:
             cpu_us["total"] = round(sum(cpu_us.values()), 1)
             latency = [await bench.latency(rate) for rate in options.rates]
             http_rate = await bench.http_submit() if options.http_requests > 0 else 0.0
+            workflows = None
+            if options.workflow_runs > 0:
+                from cogo.workflows import throughput
+
+                workflows = await throughput.measure(
+                    bench, options.workflow_runs, options.orchestrators,
+                    options.workflow_repeats, options.timeout,
+                )  # fmt: skip
             ingest = await bench.projector_ingest() if options.projector_runs > 0 else []
         finally:
             await bench.stop()
@@ -541,6 +555,7 @@ async def run_bench(options: Options, progress: Progress) -> dict[str, Any]:
         "projector_events_per_s": round(statistics.median(ingest), 1) if ingest else 0.0,
         "projector_runs": [round(rate, 1) for rate in ingest],
         "http_submit_per_s": round(http_rate, 1),
+        "workflows": workflows,
         "peak_rss_mb": bench.rss,
         # where the CPU went in the saturated run: microseconds of CPU per task, per process
         "cpu_us_per_task": cpu_us,
@@ -587,6 +602,14 @@ def render(result: dict[str, Any]) -> None:
         f"{result['projector_events_per_s']:,.0f} events/s ({runs})",
     )
     table.add_row("POST /api/tasks", f"{result['http_submit_per_s']:,.0f} req/s")
+    workflows = result.get("workflows")
+    for count, row in ((workflows or {}).get("by_orchestrators") or {}).items():
+        rounds = ", ".join(f"{r:,.1f}" for r in row["rounds"])
+        table.add_row(
+            f"workflow runs ({workflows['runs']} at once, {workflows['nodes_per_run']} nodes), "
+            f"{count} orchestrator(s), median",
+            f"{row['runs_per_s']:,.1f} runs/s = {row['nodes_per_s']:,.0f} nodes/s ({rounds})",
+        )
     table.add_row("disk: write + fdatasync", f"{result['disk_fsync_per_s']:,} /s")
     for name, mb in result["peak_rss_mb"].items():
         table.add_row(f"peak RSS {name}", f"{mb:,.0f} MB")
@@ -643,6 +666,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         config_path=args.config,
         timeout=args.timeout,
         keep=args.keep,
+        workflow_runs=args.workflow_runs,
+        orchestrators=args.orchestrators or [1, 2],
+        workflow_repeats=args.workflow_repeats,
     )
     if options.tasks < 1 or any(r < 1 for r in options.rates) or options.duration <= 0:
         raise CogoError("--tasks, --rate and --duration must be positive")
@@ -697,6 +723,12 @@ def register(subparsers: Any, common: Callable[[argparse.ArgumentParser], None])
         default=3,
         help="fresh projectors timed on that stream; the median is reported (3)",
     )
+    p.add_argument("--workflow-runs", type=int, default=0, metavar="N",
+                   help="also time N workflow runs sent at once (opt-in; 0 = off)")  # fmt: skip
+    p.add_argument("--orchestrators", type=int, action="append", metavar="K",
+                   help="orchestrator processes for --workflow-runs; repeat (default 1, 2)")  # fmt: skip
+    p.add_argument("--workflow-repeats", type=int, default=3,
+                   help="rounds per orchestrator count; the median is reported (3)")  # fmt: skip
     p.add_argument("--dispatchers", type=int, default=1, help="dispatcher processes (1)")
     p.add_argument("--echoes", type=int, default=1, help="echo worker processes (1)")
     p.add_argument(

@@ -68,11 +68,18 @@ CogoError                          root; ``code``, human ``message``, optional `
 │   │   └── InvalidParameters      workflow.parameters_invalid: parameters do not fit the definition
 │   ├── WorkflowNotFound           workflow.not_found: no definition with that id
 │   ├── RunNotFound                workflow.run_not_found: no events for that run id
-│   ├── RunFinished                workflow.run_finished: the run already ended (it cannot be cancelled)
+│   ├── RunFinished                workflow.run_finished: the run already ended (no signal, no cancel)
 │   ├── WaitTimeout                workflow.wait_timeout: a Wait node's deadline passed
 │   ├── GateFailed                 workflow.gate_failed: a Gate's condition did not hold
 │   ├── ConditionUnmet             workflow.condition_unmet: a Retry's ``until`` still failed
-│   └── RunCancelled               workflow.cancelled: the run was cancelled
+│   ├── RunCancelled               workflow.cancelled: the run was cancelled
+│   ├── SignalTimeout              workflow.signal_timeout: a Signal node's deadline passed
+│   ├── SignalUnknown              workflow.signal_unknown: the run has no signal node of that name
+│   ├── ChildFailed                workflow.child_failed: a child run did not succeed
+│   └── WorkflowCycle              workflow.cycle: a workflow would (indirectly) run itself
+├── ScheduleError                  a schedule of workflow runs (``/api/schedules``)
+│   ├── InvalidSchedule            schedule.invalid: bad cron expression, interval or catch-up policy
+│   └── ScheduleNotFound           schedule.not_found: no schedule with that id
 ├── ExpressionError                a workflow condition or ``${...}`` template
 │   ├── InvalidExpression          expression.invalid: bad syntax, or outside the whitelist
 │   └── ExpressionEvalError        expression.eval_failed: a value could not be read (missing key, type)
@@ -500,12 +507,6 @@ class RunNotFound(WorkflowError):
     code = "workflow.run_not_found"
 
 
-class RunFinished(WorkflowError):
-    """Raised when a run that already ended is asked to change (e.g. cancelled)."""
-
-    code = "workflow.run_finished"
-
-
 class WaitTimeout(WorkflowError):
     """Raised when a Wait node's deadline passes before its event or condition."""
 
@@ -528,6 +529,54 @@ class RunCancelled(WorkflowError):
     """Raised when a run was cancelled."""
 
     code = "workflow.cancelled"
+
+
+class SignalTimeout(WorkflowError):
+    """Raised when a Signal node's deadline passes before its signal arrived."""
+
+    code = "workflow.signal_timeout"
+
+
+class SignalUnknown(WorkflowError):
+    """Raised when a signal names no signal node of the run."""
+
+    code = "workflow.signal_unknown"
+
+
+class RunFinished(WorkflowError):
+    """Raised when a run that already ended is signalled or cancelled."""
+
+    code = "workflow.run_finished"
+
+
+class ChildFailed(WorkflowError):
+    """Raised when a child run (workflow node, map item) failed or was cancelled."""
+
+    code = "workflow.child_failed"
+
+
+class WorkflowCycle(WorkflowError):
+    """Raised when a workflow node would run a workflow that is already its ancestor."""
+
+    code = "workflow.cycle"
+
+
+class ScheduleError(CogoError):
+    """Raised when a schedule cannot be stored or fired."""
+
+    code = "schedule.error"
+
+
+class InvalidSchedule(ScheduleError):
+    """Raised when a schedule's cron expression, interval or catch-up policy is wrong."""
+
+    code = "schedule.invalid"
+
+
+class ScheduleNotFound(ScheduleError):
+    """Raised when no schedule has the given id."""
+
+    code = "schedule.not_found"
 
 
 class ExpressionError(CogoError):

@@ -29,7 +29,8 @@ def test_bench_json_reports_every_figure() -> None:
             sys.executable, "-m", "cogo", "bench", "--json",
             "--tasks", "500", "--rate", "200", "--rate", "400", "--duration", "1",
             "--http-requests", "200", "--projector-events", "2000", "--projector-runs", "2",
-            "--timeout", "60",
+            "--workflow-runs", "20", "--orchestrators", "1", "--orchestrators", "2",
+            "--workflow-repeats", "1", "--timeout", "60",
         ],
         capture_output=True,
         text=True,
@@ -64,6 +65,12 @@ def test_bench_json_reports_every_figure() -> None:
     for process in processes:
         assert rss.get(process, 0) > 0, process
     assert result["cpu_us_per_task"]["total"] > 0
+
+    workflows = result["workflows"]  # the opt-in phase: runs/s with 1 and 2 orchestrators
+    assert workflows["runs"] == 20 and set(workflows["by_orchestrators"]) == {"1", "2"}
+    for row in workflows["by_orchestrators"].values():
+        assert len(row["rounds"]) == 1 and row["runs_per_s"] == row["rounds"][0] > 0
+    assert rss.get("orchestrator-2x-0-1", 0) > 0
 
 
 def test_raw_pipeline_yardstick_runs() -> None:

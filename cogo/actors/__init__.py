@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from cogo.actors.app import AgentSpec, App
 from cogo.streams.envelope import EXECUTE_SUBJECT, RESULT_SUBJECT
-from cogo.streams.topology import ORCHESTRATOR_ROUTE
+from cogo.streams.topology import ORCHESTRATOR_ROUTES
 
 app = App("cogo", _builtin=True)
 
@@ -27,8 +27,9 @@ app.add("cogo.actors.indexer:IndexerActor", name="indexer", route="indexing.inde
         policy={"model": "local", "timeout_ms": 300000})  # fmt: skip
 app.add("cogo.actors.notifier:NotifierActor", name="notifier", route="notify.webhook.0",
         policy={"model": "local", "timeout_ms": 10000, "max_attempts": 5})  # fmt: skip
+# one command queue per partition of runs; a process pulls those whose lease it holds
 app.add("cogo.actors.orchestrator:Orchestrator", name="orchestrator",
-        routes=[ORCHESTRATOR_ROUTE], tasks=False)  # fmt: skip
+        routes=ORCHESTRATOR_ROUTES, tasks=False)  # fmt: skip
 # runs inside `cogo up` (it owns the DuckDB file there); `cogo run projector` elsewhere
 app.add("cogo.projections.projector:Projector", name="projector", routes=[], tasks=False,
         up=False)  # fmt: skip

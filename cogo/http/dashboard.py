@@ -12,7 +12,9 @@ the API token (or takes ``#token=...`` from the link ``cogo up`` prints), keeps 
 - ``failures``: terminal failures per minute and error code; ``throughput``: finished
   tasks per minute; ``cohorts``: the same split by version and cohort (baseline/canary);
 - ``dlq``: messages in the DLQ stream; ``projector``: its lag in messages;
-- ``runs``: recent workflow runs with status, duration, gate verdict and artifacts;
+- ``runs``: recent workflow runs with status, duration, gate verdict, artifacts, the signals
+  a running run waits for (``waiting``: a human gate shows Approve / Reject), its parent
+  run and how many child runs it started;
 - ``rollouts``: every rollout with its stage, split and gate figures.
 """
 
@@ -86,7 +88,8 @@ FROM (
 _RUNS = """
 WITH starts AS (
     SELECT correlation_id AS run_id, min("at") AS started_at,
-           any_value(raw->>'$.data.workflow_id') AS workflow_id
+           any_value(raw->>'$.data.workflow_id') AS workflow_id,
+           any_value(raw->>'$.data.parent.runId') AS parent_run_id
     FROM bus_events
     WHERE type = 'workflow_started' AND correlation_id IS NOT NULL
     GROUP BY ALL ORDER BY started_at DESC LIMIT $limit
@@ -94,7 +97,13 @@ WITH starts AS (
     SELECT b.correlation_id AS run_id, b.type, b.seq, b."at", b.error, b.raw
     FROM bus_events b SEMI JOIN starts s ON b.correlation_id = s.run_id
     WHERE b.type IN ('workflow_succeeded', 'workflow_failed', 'workflow_cancelled',
-                     'gate_passed', 'gate_failed', 'node_succeeded', 'node_failed')
+                     'gate_passed', 'gate_failed', 'node_succeeded', 'node_failed',
+                     'node_skipped', 'node_started')
+), kids AS (
+    SELECT raw->>'$.data.parent.runId' AS run_id, count(*) AS children
+    FROM bus_events
+    WHERE type = 'workflow_started' AND raw->>'$.data.parent.runId' IN (SELECT run_id FROM starts)
+    GROUP BY 1
 )
 SELECT s.run_id, s.workflow_id, s.started_at,
        max(w."at") FILTER (w.type LIKE 'workflow_%')                        AS ended_at,
@@ -104,8 +113,15 @@ SELECT s.run_id, s.workflow_id, s.started_at,
            FILTER (w.type IN ('gate_passed', 'gate_failed'))                AS gates,
        list(coalesce(w.raw->>'$.data.result.artifacts',
                      w.raw->>'$.data.result.data.result.artifacts') ORDER BY w.seq)
-           FILTER (w.type IN ('node_succeeded', 'node_failed'))             AS artifacts
-FROM starts s LEFT JOIN wf w ON w.run_id = s.run_id
+           FILTER (w.type IN ('node_succeeded', 'node_failed'))             AS artifacts,
+       list(w.raw->>'$.data.node_id' || '=' || (w.raw->>'$.data.name') ORDER BY w.seq)
+           FILTER (w.type = 'node_started' AND w.raw->>'$.data.node_type' = 'signal')
+                                                                            AS signals,
+       list(w.raw->>'$.data.node_id')
+           FILTER (w.type IN ('node_succeeded', 'node_failed', 'node_skipped',
+                              'gate_passed', 'gate_failed'))                AS over,
+       s.parent_run_id, any_value(k.children)                              AS children
+FROM starts s LEFT JOIN wf w ON w.run_id = s.run_id LEFT JOIN kids k ON k.run_id = s.run_id
 GROUP BY ALL ORDER BY s.started_at DESC
 """
 
@@ -191,7 +207,8 @@ def summary(cur: duckdb.DuckDBPyConnection, since: dt.datetime) -> dict[str, Any
 
 
 def _run_row(row: tuple[Any, ...]) -> dict[str, Any]:
-    run_id, workflow_id, started, ended, outcome, error, gates, artifacts = row
+    (run_id, workflow_id, started, ended, outcome, error, gates, artifacts, signals, over,
+     parent, children) = row  # fmt: skip
     verdicts = dict(g.split("=", 1) for g in gates or [] if g and "=" in g)
     verdict = None
     if verdicts:
@@ -201,6 +218,13 @@ def _run_row(row: tuple[Any, ...]) -> dict[str, Any]:
         with contextlib.suppress(ValueError, TypeError):
             keys.extend(k for k in json.loads(raw) if isinstance(k, str) and k not in keys)
     status = (outcome or "workflow_running").removeprefix("workflow_")
+    done = set(over or [])
+    waiting = []
+    if status == "running":
+        for entry in signals or []:
+            node, _, name = (entry or "").partition("=")
+            if node and node not in done and not any(w["node"] == node for w in waiting):
+                waiting.append({"node": node, "name": name})
     return {
         "runId": run_id,
         "workflowId": workflow_id,
@@ -212,6 +236,9 @@ def _run_row(row: tuple[Any, ...]) -> dict[str, Any]:
         "verdict": verdict,
         "gates": verdicts,
         "artifacts": keys,
+        "waiting": waiting,
+        "parentRunId": parent,
+        "children": children or 0,
     }
 
 

@@ -4,13 +4,17 @@
 ``POST /api/orchestrator/execute``   start a run from a ``plan``, a ``workflowId`` or a
                                      ``definition`` -> 202 ``{"runId"}``
 ``POST /api/workflows/execute``      ``{"workflowId", "parameters"}`` -> 202 ``{"runId"}``
-``POST /api/orchestrator/cancel``    ``{"runId", "reason"}`` -> 202
-``GET  /api/orchestrator/state``     ``?runId=``: status, nodes, gate verdicts, artifacts
+``POST /api/orchestrator/cancel``    ``{"runId", "reason"}`` -> 202 (children are cancelled too)
+``POST /api/orchestrator/signal``    ``{"runId", "name", "data"}`` -> 202; 404 unknown run or
+                                     signal name, 409 when the run (or that node) is over
+``GET  /api/orchestrator/state``     ``?runId=``: status, nodes, gate verdicts, artifacts,
+                                     parent / children, signals awaited
 ``GET  /api/orchestrator/runs``      ``?workflowId=&status=&limit=``, newest first
 ``GET  /api/workflows``              the definitions and their parameters
 ``GET  /api/metrics/workflows/{id}`` runs, outcomes, duration p50/p90, gate pass rate
 
-Runs start by sending a command to the orchestrator (``orchestrator.workflow.0``); state
+Runs start by sending a command to the run's partition of the orchestrators
+(``orchestrator.workflow.<p>``, see ``cogo.workflows.inbox``); state
 and metrics are folds of the workflow events read back from ``EVENTS`` (see
 ``cogo.workflows.history``), so this process needs no database of its own.
 """
@@ -21,27 +25,30 @@ import asyncio
 from typing import Any
 
 import nats.errors
+import pydantic
 from nats.js.errors import APIError
 from pydantic import ConfigDict, Field, model_validator
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from cogo.actors.orchestrator import CancelRun, StartRun, send_command
 from cogo.errors import (
     BusUnavailable,
     InvalidWorkflow,
     RunFinished,
     RunNotFound,
+    SignalUnknown,
     WorkflowNotFound,
 )
+from cogo.http import schedules as schedule_routes
 from cogo.http.app import AppState, ValidationFailed, field_error, state_of
 from cogo.http.endpoint import endpoint
 from cogo.http.schemas import WORKFLOW_ENUM, WORKFLOW_PARAMETERS, Body, Query
 from cogo.streams.envelope import new_id
 from cogo.workflows import history
-from cogo.workflows.definition import RUN_ID, WORKFLOW_ID, Catalog
-from cogo.workflows.planner import Plan, load_plan, plan_workflow
+from cogo.workflows.definition import RUN_ID, SIGNAL_NAME, WORKFLOW_ID, Catalog, WorkflowDefinition
+from cogo.workflows.inbox import CancelRun, Command, SignalRun, StartRun, send_command
+from cogo.workflows.planner import Plan, load_plan, plan_workflow, pydantic_errors
 from cogo.workflows.run import GATE_FAILED, GATE_PASSED, RunState
 
 RECENT_RUNS = 20
@@ -115,6 +122,18 @@ class CancelRequest(_Body):
     reason: str | None = Field(None, max_length=1000)
 
 
+class SignalRequest(_Body):
+    """A signal for a run's signal node: its ``data`` becomes the node's result."""
+
+    run_id: str = Field(alias="runId", pattern=RUN_ID)
+    name: str = Field(pattern=SIGNAL_NAME)
+    data: Any = None
+    # idempotency: the same signalId twice is delivered once
+    signal_id: str | None = Field(
+        None, alias="signalId", pattern=r"^[A-Za-z0-9][A-Za-z0-9_:-]{0,127}$"
+    )
+
+
 def _catalog(state: AppState) -> Catalog:
     return Catalog.for_data_dir(state.data_dir)
 
@@ -140,13 +159,18 @@ async def _plan(state: AppState, body: PlanRequest | ExecuteRequest) -> Plan:
             [field_error(["body", "parameters"], "a plan already holds its parameters")]
         )
     try:
+        # the catalog lets the planner check child workflows (existence, parameters, cycles)
+        definitions = await asyncio.to_thread(_catalog(state).load)
         if isinstance(body, ExecuteRequest) and body.plan is not None:
-            return load_plan(body.plan, state.policies.get)
+            return load_plan(body.plan, state.policies.get, definitions)
         if body.workflow_id is not None:
-            definition = await asyncio.to_thread(_catalog(state).get, body.workflow_id)
+            if body.workflow_id not in definitions:
+                raise WorkflowNotFound(f"no workflow {body.workflow_id!r}; known: "
+                                       + ", ".join(sorted(definitions)))  # fmt: skip
+            definition = definitions[body.workflow_id]
         else:
             definition = body.definition or {}
-        return plan_workflow(definition, body.parameters, state.policies.get)
+        return plan_workflow(definition, body.parameters, state.policies.get, definitions)
     except InvalidWorkflow as exc:  # WorkflowNotFound (404) goes through as it is
         raise ValidationFailed(
             [field_error(["body", *e["loc"]], e["msg"], e["type"]) for e in exc.detail or []]
@@ -170,15 +194,20 @@ async def plan_endpoint(request: Request, body: PlanRequest) -> JSONResponse:
     return JSONResponse(_plan_view(plan))
 
 
-async def _start(state: AppState, plan: Plan, run_id: str | None) -> JSONResponse:
-    run_id = run_id or new_id()
+async def _send(state: AppState, command: Command) -> bool:
+    """Send a command to the run's orchestrator partition; 503 when the bus cannot take it."""
     try:
-        fresh = await send_command(state.js, StartRun(run_id=run_id, plan=plan.to_json()))
+        return await send_command(state.js, command)
     except APIError as exc:
-        raise BusUnavailable(f"the bus refused the run: {exc.description}") from None
+        raise BusUnavailable(f"the bus refused the command: {exc.description}") from None
     except (nats.errors.TimeoutError, nats.errors.NoRespondersError,
             nats.errors.ConnectionClosedError) as exc:  # fmt: skip
         raise BusUnavailable(f"the bus is unavailable: {type(exc).__name__}") from None
+
+
+async def _start(state: AppState, plan: Plan, run_id: str | None) -> JSONResponse:
+    run_id = run_id or new_id()
+    fresh = await _send(state, StartRun(run_id=run_id, plan=plan.to_json()))
     return JSONResponse(
         {"runId": run_id, "workflowId": plan.workflow_id, "duplicate": not fresh},
         status_code=202,
@@ -226,15 +255,48 @@ async def state_endpoint(request: Request, query: StateQuery) -> JSONResponse:
     return JSONResponse(run.view())
 
 
-@endpoint(body=CancelRequest, ok={202: "cancelling"}, errors=(RunNotFound, RunFinished))
+@endpoint(body=CancelRequest, ok={202: "cancelling"},
+          errors=(RunNotFound, RunFinished, BusUnavailable))  # fmt: skip
 async def cancel_endpoint(request: Request, body: CancelRequest) -> JSONResponse:
-    """Cancel a run that has not ended."""
+    """Cancel a run that has not ended (its child runs too)."""
     state = state_of(request)
     run = await _existing_run(state, body.run_id)
     if run.finished:
         raise RunFinished(f"run {body.run_id!r} already {run.status}")
-    await send_command(state.js, CancelRun(run_id=body.run_id, reason=body.reason))
+    await _send(state, CancelRun(run_id=body.run_id, reason=body.reason,
+                                 workflow_id=run.workflow_id))  # fmt: skip
     return JSONResponse({"runId": body.run_id, "status": "cancelling"}, status_code=202)
+
+
+@endpoint(
+    body=SignalRequest,
+    ok={202: "accepted: {runId, name, signalId, node, nodeStatus, duplicate}; a node that "
+             "has not started yet takes it when it starts"},
+    errors=(RunNotFound, SignalUnknown, RunFinished, BusUnavailable),
+)  # fmt: skip
+async def signal_endpoint(request: Request, body: SignalRequest) -> JSONResponse:
+    """Send a signal to a run (a human's approval, an outside system's answer)."""
+    state = state_of(request)
+    run = await _existing_run(state, body.run_id)
+    nodes = {str(n.get("name") or n.get("id")): str(n.get("id"))
+             for n in (run.plan or {}).get("nodes") or [] if n.get("type") == "signal"}  # fmt: skip
+    if body.name not in nodes:
+        known = ", ".join(sorted(nodes)) or "none"
+        raise SignalUnknown(f"run {body.run_id!r} has no signal node named {body.name!r} "
+                            f"(signals: {known})")  # fmt: skip
+    node = run.nodes[nodes[body.name]]
+    if run.finished:
+        raise RunFinished(f"run {body.run_id!r} already {run.status}")
+    if node.final:
+        raise RunFinished(f"signal node {node.id!r} of run {body.run_id!r} is {node.status}")
+    signal_id = body.signal_id or new_id()
+    fresh = await _send(state, SignalRun(run_id=body.run_id, name=body.name,
+                                         signal_id=signal_id, data=body.data))  # fmt: skip
+    return JSONResponse(
+        {"runId": body.run_id, "name": body.name, "signalId": signal_id, "node": node.id,
+         "nodeStatus": node.status, "duplicate": not fresh},
+        status_code=202,
+    )  # fmt: skip
 
 
 def _run_row(run: RunState) -> dict[str, Any]:
@@ -242,6 +304,7 @@ def _run_row(run: RunState) -> dict[str, Any]:
         "runId": run.run_id,
         "workflowId": run.workflow_id,
         "status": run.status,
+        "parentRunId": (run.parent or {}).get("runId"),
         "startedAt": run.started_at,
         "endedAt": run.ended_at,
         "durationMs": run.duration_ms(),
@@ -268,23 +331,30 @@ async def runs_endpoint(request: Request, query: RunsQuery) -> JSONResponse:
     return JSONResponse({"runs": rows, "count": len(rows)})
 
 
-@endpoint(ok={200: "the workflow definitions and their parameters"})
+@endpoint(ok={200: "the workflow definitions and their parameters; a file that does not "
+                   "load is listed with its error"})  # fmt: skip
 async def definitions_endpoint(request: Request) -> JSONResponse:
-    """The workflow definitions of the catalog and their parameters."""
-    definitions = await asyncio.to_thread(_catalog(state_of(request)).load)
-    return JSONResponse(
-        {
-            "workflows": [
-                {
-                    "id": workflow_id,
-                    "description": raw.get("description", ""),
-                    "version": raw.get("version", 1),
-                    "parameters": raw.get("parameters", {}),
-                }
-                for workflow_id, raw in sorted(definitions.items())
-            ]
+    """The workflow definitions and their parameters; a file that does not load is listed
+    with its ``error`` (and ``path``)."""
+    definitions, problems = await asyncio.to_thread(_catalog(state_of(request)).load_all)
+    rows: list[dict[str, Any]] = []
+    for workflow_id, raw in sorted(definitions.items()):
+        row: dict[str, Any] = {
+            "id": workflow_id,
+            "description": raw.get("description", ""),
+            "version": raw.get("version", 1),
+            "parameters": raw.get("parameters", {}),
         }
-    )
+        try:
+            WorkflowDefinition.model_validate(raw)
+        except pydantic.ValidationError as exc:
+            row["error"] = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                                     for e in pydantic_errors(exc, []))  # fmt: skip
+        rows.append(row)
+    for problem in problems:
+        rows.append({"id": problem["id"], "description": "", "version": None, "parameters": {},
+                     "error": problem["error"], "path": problem["path"]})  # fmt: skip
+    return JSONResponse({"workflows": rows})
 
 
 class WorkflowPath(Query):
@@ -347,9 +417,12 @@ routes = [
     Route("/api/orchestrator/plan", plan_endpoint, methods=["POST"]),
     Route("/api/orchestrator/execute", execute_endpoint, methods=["POST"]),
     Route("/api/orchestrator/cancel", cancel_endpoint, methods=["POST"]),
+    Route("/api/orchestrator/signal", signal_endpoint, methods=["POST"]),
     Route("/api/orchestrator/state", state_endpoint, methods=["GET"]),
     Route("/api/orchestrator/runs", runs_endpoint, methods=["GET"]),
     Route("/api/workflows", definitions_endpoint, methods=["GET"]),
     Route("/api/workflows/execute", workflows_execute_endpoint, methods=["POST"]),
     Route("/api/metrics/workflows/{workflow_id}", metrics_endpoint, methods=["GET"]),
+    # schedules start runs of these workflows: served beside them
+    *schedule_routes.routes,
 ]

@@ -34,9 +34,11 @@ from cogo.streams.topology import (
     CONTROL_VERSION,
     DLQ,
     EVENTS,
+    LEASE_BUCKET,
     MAX_DELIVERIES_ADVISORY,
-    ORCHESTRATOR_ROUTE,
+    ORCHESTRATOR_ROUTES,
     POLICY_BUCKET,
+    SCHEDULE_BUCKET,
     STATUS_SUBJECT,
     TASKS,
 )
@@ -170,17 +172,21 @@ def permissions(user: str, plan: AuthPlan) -> dict[str, Any] | None:
         sub += [f"{MAX_DELIVERIES_ADVISORY}.{TASKS}.*"]
     elif user == "orchestrator":
         pub = [
-            *_consume(TASKS, durable_name(ORCHESTRATOR_ROUTE)),
             *_consume(EVENTS, "orchestrator-events"),
             f"{API}.CONSUMER.DURABLE.CREATE.{EVENTS}.orchestrator-events",
             f"{API}.CONSUMER.CREATE.{EVENTS}.orchestrator-events",
             f"{API}.CONSUMER.CREATE.{EVENTS}.orchestrator-events.>",
-            f"{API}.CONSUMER.DURABLE.CREATE.{TASKS}.{durable_name(ORCHESTRATOR_ROUTE)}",
-            f"{API}.CONSUMER.CREATE.{TASKS}.{durable_name(ORCHESTRATOR_ROUTE)}",
-            f"{API}.CONSUMER.CREATE.{TASKS}.{durable_name(ORCHESTRATOR_ROUTE)}.>",
-            EXECUTE_SUBJECT, ORCHESTRATOR_ROUTE,
+            # one command queue per partition of runs; it pulls those whose lease it holds,
+            # and publishes to any (forwarded outcomes, child starts, scheduled runs)
+            *[s for r in ORCHESTRATOR_ROUTES for s in (
+                *_consume(TASKS, durable_name(r)),
+                f"{API}.CONSUMER.DURABLE.CREATE.{TASKS}.{durable_name(r)}",
+                f"{API}.CONSUMER.CREATE.{TASKS}.{durable_name(r)}",
+                f"{API}.CONSUMER.CREATE.{TASKS}.{durable_name(r)}.>")],
+            EXECUTE_SUBJECT, "orchestrator.workflow.*",
             "events.*.wf.>",  # every workflow event: events.<type>.wf.<workflowId>.<runId>
             *_read_events(), *_read_kv(POLICY_BUCKET),
+            *_write_kv(LEASE_BUCKET), *_write_kv(SCHEDULE_BUCKET),
         ]  # fmt: skip
     elif user == "projector":
         pub = [

@@ -23,16 +23,27 @@ DLQ = "DLQ"
 POLICY_BUCKET = "policies"
 ARTIFACT_BUCKET = "artifacts"
 ROLLOUT_BUCKET = "rollouts"
+# who drives which partition of workflow runs (leases with per-key TTL; cogo.workflows.leases)
+LEASE_BUCKET = "orchestrator_leases"
+# workflow schedules and where each one's ticks stand (cogo.workflows.schedules)
+SCHEDULE_BUCKET = "schedules"
 DISPATCHER_ROUTES = [EXECUTE_SUBJECT, RESULT_SUBJECT]
-# the workflow orchestrator's commands (start / cancel a run); not a task route
-ORCHESTRATOR_ROUTE = "orchestrator.workflow.0"
-FIXED_ROUTES = [*DISPATCHER_ROUTES, ORCHESTRATOR_ROUTE]
+# the workflow orchestrator's commands, one subject per partition of runs; not task routes
+ORCHESTRATOR_PARTITIONS = 8
+ORCHESTRATOR_ROUTES = [f"orchestrator.workflow.{p}" for p in range(ORCHESTRATOR_PARTITIONS)]
+ORCHESTRATOR_ROUTE = ORCHESTRATOR_ROUTES[0]
+FIXED_ROUTES = [*DISPATCHER_ROUTES, *ORCHESTRATOR_ROUTES]
 MAX_DELIVERIES_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
 # core NATS request/reply subjects (in no stream)
 STATUS_SUBJECT = "cogo.tasks.status"  # a task's status, answered by the projector
 CONTROL_VERSION = "cogo.control.version"  # + .<user>: ask `cogo up --auth` for a version
 
 __all__ = ["durable_name"]  # re-exported: callers have always found it here
+
+
+def orchestrator_route(partition: int) -> str:
+    """The command subject of one partition of workflow runs."""
+    return ORCHESTRATOR_ROUTES[partition]
 
 
 def stream_configs(
@@ -89,7 +100,8 @@ def consumer_config(route: str, config: Config) -> api.ConsumerConfig:
         ack_policy=api.AckPolicy.EXPLICIT,
         deliver_policy=api.DeliverPolicy.ALL,
         ack_wait=config.bus.ack_wait_s,
-        max_deliver=config.bus.max_deliver,
+        # a run's command is never given up on (a lease moving can redeliver it)
+        max_deliver=-1 if route in ORCHESTRATOR_ROUTES else config.bus.max_deliver,
         max_ack_pending=config.bus.max_ack_pending,
         max_waiting=512,
         num_replicas=config.bus.replicas,
@@ -118,6 +130,8 @@ async def ensure_topology(
     await ensure_kv(js, POLICY_BUCKET, history=16, replicas=config.bus.replicas)
     # created here by the admin connection: dispatchers only watch it
     await ensure_kv(js, ROLLOUT_BUCKET, history=8, replicas=config.bus.replicas)
+    await ensure_kv(js, LEASE_BUCKET, history=1, replicas=config.bus.replicas)
+    await ensure_kv(js, SCHEDULE_BUCKET, history=4, replicas=config.bus.replicas)
     try:
         await js.object_store(ARTIFACT_BUCKET)
     except (NotFoundError, BadRequestError):

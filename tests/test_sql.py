@@ -307,12 +307,17 @@ async def test_cli_replay_offline_and_refusal(nats_server, js, tmp_path):
 
     projector = _run_projector(nats_server.url, data_dir)
     try:
+        # the projector holds the file once its consumer exists (it opens the file first);
+        # replaying meanwhile would itself hold the file and make the projector give up
         deadline = time.monotonic() + 60  # a loaded machine starts a process slowly
-        while True:  # the projector holds the file once it logged that it started
-            busy = await asyncio.to_thread(_cogo, "replay", *args)
-            if busy.returncode != 0 or time.monotonic() > deadline:
+        while True:
+            try:
+                await js.consumer_info("EVENTS", "projector")
                 break
-            await asyncio.sleep(0.2)
+            except Exception:
+                assert projector.poll() is None and time.monotonic() < deadline
+                await asyncio.sleep(0.1)
+        busy = await asyncio.to_thread(_cogo, "replay", *args)
         assert busy.returncode == 2 and "[projection.busy]" in busy.stderr
         assert "in use by another process" in busy.stderr
     finally:

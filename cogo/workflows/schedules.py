@@ -46,16 +46,28 @@ MAX_ENUMERATED = 100_000
 UTC = dt.UTC
 
 
-class ScheduleSpec(pydantic.BaseModel):
-    """A schedule as submitted (``POST /api/schedules``)."""
+def _not_null(schema: dict[str, Any]) -> None:
+    """In the published schema: a field that may be left out but, when given, is not null."""
+    branches = [b for b in schema.pop("anyOf", []) if b.get("type") != "null"]
+    if branches:
+        schema.update(branches[0])
+    schema.pop("default", None)
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+class ScheduleSpec(pydantic.BaseModel):
+    """A schedule as submitted (``POST /api/schedules``): exactly one of ``cron`` and
+    ``interval_s``."""
+
+    model_config = ConfigDict(
+        extra="forbid", populate_by_name=True,
+        json_schema_extra={"oneOf": [{"required": ["cron"]}, {"required": ["interval_s"]}]},
+    )  # fmt: skip
 
     id: str = Field(pattern=SCHEDULE_ID)
     workflow_id: str = Field(alias="workflowId", pattern=WORKFLOW_ID)
     parameters: dict[str, Any] = Field(default_factory=dict)
-    cron: str | None = Field(None, max_length=200)
-    interval_s: int | None = Field(None, ge=1, le=366 * 86400)
+    cron: str | None = Field(None, max_length=200, json_schema_extra=_not_null)
+    interval_s: int | None = Field(None, ge=1, le=366 * 86400, json_schema_extra=_not_null)
     catchup: Literal["none", "last", "all"] = "last"
     max_catchup: int = Field(100, ge=1, le=10_000)
 
@@ -66,6 +78,15 @@ class ScheduleSpec(pydantic.BaseModel):
             raise ValueError(f"{value!r} is not a valid cron expression "
                              "(5 fields, or 6 with seconds last)")  # fmt: skip
         return value
+
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _no_nulls(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in ("cron", "interval_s"):
+                if key in data and data[key] is None:
+                    raise ValueError(f"{key} must not be null (leave it out instead)")
+        return data
 
     @pydantic.model_validator(mode="after")
     def _one_clock(self) -> ScheduleSpec:
@@ -81,7 +102,8 @@ class Schedule(pydantic.BaseModel):
     created_at: float  # unix seconds, whole
 
     def view(self) -> dict[str, Any]:
-        return {**self.spec.model_dump(by_alias=True), "createdAt": iso(self.created_at)}
+        return {**self.spec.model_dump(by_alias=True, exclude_none=True),
+                "createdAt": iso(self.created_at)}  # fmt: skip
 
 
 class Cursor(pydantic.BaseModel):
@@ -183,7 +205,8 @@ class ScheduleStore:
         kv = await self.kv()
         created = await self.get(spec.id) is None
         schedule = Schedule(spec=spec, created_at=float(int(now)))
-        await kv.put(f"spec.{spec.id}", schedule.model_dump_json().encode())
+        # without nulls: the spec refuses an explicit null for the clock it does not use
+        await kv.put(f"spec.{spec.id}", schedule.model_dump_json(exclude_none=True).encode())
         return schedule, created
 
     async def get(self, schedule_id: str) -> Schedule | None:

@@ -1,3 +1,38 @@
-"""Cogo: an event-sourced actor system for AI-agent work on NATS JetStream."""
+"""Cogo: run your AI agents reliably, as actors on NATS JetStream.
+
+    import cogo
+
+    app = cogo.App("lexicon")
+
+    @app.agent("lexicon.count.0", policy={"max_attempts": 3})
+    async def count(ctx: cogo.TaskContext, doc: Text) -> dict:
+        return {"words": len(doc.text.split())}
+
+Run it with ``cogo run lexicon.agents:app`` (or ``cogo up --app lexicon.agents:app``);
+submit with ``cogo.Client``, ``POST /api/tasks`` or plain NATS.
+"""
+
+from cogo.actors.app import AgentSpec, App
+from cogo.actors.worker import Outcome, TaskContext, Worker
+from cogo.client import Client, TaskHandle
+from cogo.errors import CogoError, PermanentWorkerError, TaskFailed, WorkerError
+from cogo.projections.tasks import TaskStatus
+from cogo.streams.envelope import Usage
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "AgentSpec",
+    "App",
+    "Client",
+    "CogoError",
+    "Outcome",
+    "PermanentWorkerError",
+    "TaskContext",
+    "TaskFailed",
+    "TaskHandle",
+    "TaskStatus",
+    "Usage",
+    "Worker",
+    "WorkerError",
+]

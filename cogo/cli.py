@@ -1,9 +1,12 @@
 """The ``cogo`` command.
 
-cogo up       [--data-dir DIR] [--nats-port N] [--http-port N] [--nats-url URL] [--sync S]
-cogo run      <actor> [--replicas N] [--version V] [--nats-url URL]
-cogo submit   --route ROUTE [--payload JSON] [--task-id ID] [--wait]
-cogo policy   get|set|list ...
+cogo up       [--app pkg.module:app ...] [--data-dir DIR] [--nats-port N] [--http-port N]
+              [--nats-url URL] [--sync S] [--cluster N] [--auth]
+cogo run      TARGET [--agent NAME] [--replicas N] [--version V] [--nats-url URL]
+cogo submit   --route ROUTE [--payload JSON|@file|-] [--task-id ID] [--wait]
+cogo status   TASK_ID
+cogo policy   get|set|reset|list ...
+cogo routes   [list] | forget ROUTE
 cogo reclaim  [--dead-letter]
 """
 
@@ -15,7 +18,6 @@ import json
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -46,32 +48,59 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cluster", type=int, default=0, metavar="N",
                    help="start an N-node local JetStream cluster (streams at N replicas)")  # fmt: skip
     p.add_argument("--auth", action="store_true",
-                   help="least privilege: one NATS user per actor kind, passwords in the data dir")  # fmt: skip
+                   help="least privilege: one NATS user per actor kind and per app, passwords "
+                   "in the data dir")  # fmt: skip
+    p.add_argument("--app", action="append", default=[], metavar="MODULE:ATTR",
+                   help="also run this app's agents (repeatable), e.g. lexicon.agents:app")  # fmt: skip
+    p.add_argument("--app-dir", default=".", help="where apps import from (default: .)")
     p.set_defaults(func=cmd_up)
 
-    p = sub.add_parser("run", help="run one actor kind in this process (or N processes)")
+    p = sub.add_parser(
+        "run", help="run an app's agents (or one of Cogo's) in this process or N processes",
+        description="Run agents: TARGET is pkg.module:app (an app of yours), the name of one "
+        "of Cogo's own agents, or the name of an installed app.",
+        epilog=_runnable_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
     _common(p)
-    p.add_argument("actor")
-    p.add_argument("--replicas", type=int, default=1)
-    p.add_argument("--version", default=None, help="version this worker declares")
-    p.add_argument("--concurrency", type=int, default=None)
+    p.add_argument("target", metavar="TARGET", help="pkg.module:app, or a name listed below")
+    p.add_argument("--agent", default=None, help="run only this agent of the app")
+    p.add_argument("--replicas", type=int, default=None,
+                   help="processes per agent (default: what the agent declares)")  # fmt: skip
+    p.add_argument("--version", default=None, help="version this worker declares (canary)")
+    p.add_argument("--concurrency", type=int, default=None, help="handlers per process")
+    p.add_argument("--app-dir", default=".", help="where the app imports from (default: .)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("submit", help="submit a task to orchestrator.execute.0")
     _common(p)
     p.add_argument("--route", required=True)
-    p.add_argument("--payload", default="{}", help="JSON object")
+    p.add_argument("--payload", default="{}",
+                   help="a JSON object, @file.json to read it from a file, or - for stdin")  # fmt: skip
     p.add_argument("--task-id", default=None)
-    p.add_argument("--wait", action="store_true", help="wait for the terminal event")
+    p.add_argument("--wait", action="store_true",
+                   help="wait for the task to end and print its status (exit 1 if it failed)")  # fmt: skip
     p.add_argument("--timeout", type=float, default=60.0)
     p.set_defaults(func=cmd_submit)
 
+    p = sub.add_parser("status", help="a task's status, attempt, result or error, and events")
+    _common(p)
+    p.add_argument("task_id")
+    p.set_defaults(func=cmd_status)
+
     p = sub.add_parser("policy", help="read or change route policies at runtime")
     _common(p)
-    p.add_argument("action", choices=["get", "set", "list"])
+    p.add_argument("action", choices=["get", "set", "reset", "list"])
     p.add_argument("route", nargs="?")
-    p.add_argument("changes", nargs="?", help='JSON, e.g. \'{"ceilings": {"max_tokens": 1000}}\'')
+    p.add_argument("changes", nargs="?",
+                   help='JSON, e.g. \'{"max_tokens": 1000, "ceilings": {"max_tokens": 1000}}\'')  # fmt: skip
     p.set_defaults(func=cmd_policy)
+
+    p = sub.add_parser("routes", help="the declared routes: app, agent, consumer state")
+    _common(p)
+    p.add_argument("action", nargs="?", choices=["list", "forget"], default="list")
+    p.add_argument("route", nargs="?")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_routes)
 
     p = sub.add_parser("reclaim", help="list stuck / redelivered messages per consumer")
     _common(p)
@@ -118,7 +147,18 @@ def nats_credentials(args: argparse.Namespace, user: str) -> dict[str, str]:
     return {"user": user, "password": passwords[user]} if user in passwords else {}
 
 
+def _runnable_epilog() -> str:
+    from cogo.actors.loader import runnable
+
+    try:
+        config = load_config(None, DEFAULT_DATA_DIR)
+    except CogoError:
+        config = None
+    return "what can run:\n" + "\n".join(runnable(config))
+
+
 def cmd_up(args: argparse.Namespace) -> int:
+    from cogo.actors.loader import add_app_dir
     from cogo.actors.runner import _use_uvloop
     from cogo.system import System, run_up
 
@@ -131,6 +171,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         sync=args.sync,
         cluster=args.cluster,
         auth=args.auth,
+        apps=args.app,
+        app_dir=add_app_dir(args.app_dir),
     )
     _use_uvloop()
     asyncio.run(run_up(system))
@@ -138,74 +180,104 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from cogo.actors import ACTORS
-    from cogo.actors.runner import run_actor_main, run_replicas
+    from cogo.actors.loader import add_app_dir, resolve
+    from cogo.actors.runner import check_can_run, run_agent_main, run_processes
+    from cogo.streams.auth import user_of
 
-    if args.actor not in ACTORS:
-        raise CogoError(f"unknown actor {args.actor!r}; known: {', '.join(sorted(ACTORS))}")
+    app_dir = add_app_dir(args.app_dir)
+    loaded = resolve(args.target)
+    if args.agent:
+        specs = [loaded.app.get(args.agent)]
+    elif args.target in loaded.app.agents:  # `cogo run echo`: one of Cogo's own agents
+        specs = [loaded.app.agents[args.target]]
+    else:
+        specs = [spec for spec in loaded.app.agents.values() if spec.up]
+    if args.replicas is not None and args.replicas < 1:
+        raise CogoError("--replicas must be at least 1")
+    check_can_run(specs, args.version)
     url = resolve_nats_url(args)
-    if args.replicas > 1:
-        return run_replicas(
-            args.actor, args.replicas, url, config_path=args.config, data_dir=args.data_dir,
-            version=args.version, concurrency=args.concurrency,
+    if len(specs) > 1 or (args.replicas or specs[0].replicas) > 1:
+        return run_processes(
+            loaded, specs, args.replicas, url, app_dir=app_dir, config_path=args.config,
+            data_dir=args.data_dir, version=args.version, concurrency=args.concurrency,
         )  # fmt: skip
     config = load_config(args.config, args.data_dir)
-    creds = nats_credentials(args, args.actor)
-    if creds:  # the actor's own user, handed to the process through its environment
+    creds = nats_credentials(args, user_of(loaded.app.name, specs[0].name))
+    if creds:  # the agent's own user, handed to the process through its environment
         os.environ["COGO_NATS_USER"], os.environ["COGO_NATS_PASSWORD"] = (
             creds["user"],
             creds["password"],
         )
-    return run_actor_main(
-        args.actor, url, config, concurrency=args.concurrency, version=args.version,
+    return run_agent_main(
+        specs[0], url, config, concurrency=args.concurrency, version=args.version,
         data_dir=args.data_dir,
     )  # fmt: skip
 
 
-def cmd_submit(args: argparse.Namespace) -> int:
-    from cogo.streams.envelope import EXECUTE_SUBJECT, MSG_ID, encoder, new_id
-
+def read_payload(text: str) -> dict[str, Any]:
+    """``--payload``: JSON text, ``@path`` (a file), or ``-`` (standard input)."""
+    where = "--payload"
+    if text == "-":
+        text, where = sys.stdin.read(), "standard input"
+    elif text.startswith("@"):
+        path = Path(text[1:])
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise CogoError(f"--payload {text}: cannot read {path}: {exc.strerror}") from None
+        where = str(path)
     try:
-        payload = json.loads(args.payload)
+        payload = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise CogoError(f"--payload is not valid JSON: {exc}") from exc
+        raise CogoError(f"{where} is not valid JSON: {exc}") from exc
     if not isinstance(payload, dict):
-        raise CogoError("--payload must be a JSON object")
-    task_id = args.task_id or new_id()
+        raise CogoError(f"{where} must hold a JSON object, not {type(payload).__name__}")
+    return payload
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    import msgspec
+
+    from cogo.client import Client
+
+    payload = read_payload(args.payload)
 
     async def main() -> int:
-        from cogo.actors.runner import connect
-        from cogo.streams.events import decode_event
-
-        nc = await connect(
-            resolve_nats_url(args), "cogo-submit", **nats_credentials(args, "client")
-        )
-        try:
-            js = nc.jetstream()
-            sub = None
-            if args.wait:
-                sub = await nc.subscribe(f"events.*.{args.route}")
-            body = {"task_id": task_id, "route": args.route, "payload": payload}
-            ack = await js.publish(
-                EXECUTE_SUBJECT, encoder.encode(body), headers={MSG_ID: task_id}, timeout=10
-            )
-            print(json.dumps({"task_id": task_id, "duplicate": ack.duplicate, "seq": ack.seq}))
-            if sub is None:
+        creds = nats_credentials(args, "client")
+        async with Client(
+            resolve_nats_url(args), user=creds.get("user"), password=creds.get("password"),
+            name="cogo-submit",
+        ) as client:  # fmt: skip
+            handle = await client.submit(args.route, payload, task_id=args.task_id)
+            print(json.dumps({"task_id": handle.task_id, "duplicate": handle.duplicate,
+                              "seq": handle.seq}), flush=True)  # fmt: skip
+            if not args.wait:
                 return 0
-            deadline = time.monotonic() + args.timeout
-            while time.monotonic() < deadline:
-                try:
-                    msg = await sub.next_msg(timeout=max(0.1, deadline - time.monotonic()))
-                except TimeoutError:
-                    break
-                event = decode_event(msg.data)
-                if event.task_id == task_id and event.type in ("execute_done", "execute_failed"):
-                    print(msg.data.decode())
-                    return 0 if event.type == "execute_done" else 1
-            print(f"no terminal event for {task_id} within {args.timeout}s", file=sys.stderr)
-            return 2
-        finally:
-            await nc.close()
+            try:
+                final = await handle.wait(timeout=args.timeout)
+            except TimeoutError:
+                print(f"task {handle.task_id} did not end within {args.timeout}s", file=sys.stderr)
+                return 2
+            print(json.dumps(msgspec.to_builtins(final)))
+            return 0 if final.status == "succeeded" else 1
+
+    return asyncio.run(main())
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import msgspec
+
+    from cogo.client import Client
+
+    async def main() -> int:
+        creds = nats_credentials(args, "client")
+        async with Client(
+            resolve_nats_url(args), user=creds.get("user"), password=creds.get("password"),
+            name="cogo-status",
+        ) as client:  # fmt: skip
+            status = await client.status(args.task_id)
+        print(json.dumps(msgspec.to_builtins(status), indent=2))
+        return 0
 
     return asyncio.run(main())
 
@@ -213,7 +285,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def cmd_policy(args: argparse.Namespace) -> int:
     import msgspec
 
-    from cogo.streams.policies import read_policy, set_policy
+    from cogo.streams.policies import read_policy, reset_policy, set_policy
     from cogo.streams.topology import POLICY_BUCKET
 
     async def main() -> int:
@@ -228,9 +300,11 @@ def cmd_policy(args: argparse.Namespace) -> int:
                     print(key)
                 return 0
             if not args.route:
-                raise CogoError("policy get/set needs a route")
+                raise CogoError(f"policy {args.action} needs a route")
             if args.action == "get":
                 policy = await read_policy(js, args.route)
+            elif args.action == "reset":
+                policy = await reset_policy(js, args.route)
             else:
                 try:
                     changes = json.loads(args.changes or "")
@@ -240,6 +314,54 @@ def cmd_policy(args: argparse.Namespace) -> int:
                     raise CogoError("changes must be a JSON object")
                 policy = await set_policy(js, args.route, changes)
             print(json.dumps(msgspec.to_builtins(policy), indent=2))
+            return 0
+        finally:
+            await nc.close()
+
+    return asyncio.run(main())
+
+
+def cmd_routes(args: argparse.Namespace) -> int:
+    from cogo.streams.policies import forget_route
+    from cogo.streams.routes import durable_name
+
+    async def main() -> int:
+        from cogo.actors.runner import connect
+        from cogo.streams.policies import PolicyStore
+        from cogo.streams.topology import task_consumers
+
+        nc = await connect(resolve_nats_url(args), "cogo-routes", **nats_credentials(args, "admin"))
+        try:
+            js = nc.jetstream()
+            if args.action == "forget":
+                if not args.route:
+                    raise CogoError("routes forget needs a route")
+                await forget_route(js, args.route)
+                print(f"forgot {args.route}: tasks for it now fail with route.unknown")
+                return 0
+            store = PolicyStore(js)
+            await store.start()
+            try:
+                records = {route: store.record(route) for route in store.routes()}
+            finally:
+                await store.stop()
+            consumers = {info.name: info for info in await task_consumers(js)}
+            rows = []
+            for route, record in records.items():
+                info = consumers.get(durable_name(route))
+                rows.append({
+                    "route": route, "app": record.app, "agent": record.agent,
+                    "pending": info.num_pending if info else None,
+                    "in_flight": info.num_ack_pending if info else None,
+                    "overrides": record.overrides or None,
+                })  # fmt: skip
+            if args.json:
+                print(json.dumps(rows, indent=2))
+            else:
+                for row in rows:
+                    print(f"{row['route']:<28} {row['app'] or '-':<12} {row['agent'] or '-':<16} "
+                          f"pending={row['pending']} in_flight={row['in_flight']}"
+                          + ("  (policy overridden at runtime)" if row["overrides"] else ""))  # fmt: skip
             return 0
         finally:
             await nc.close()

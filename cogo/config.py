@@ -70,11 +70,43 @@ class LimitsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class ActorsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     concurrency: int = 64
     batch: int = 64
+    # an attempt still running this long after its claim gets an `execute_started` event
+    # (negative: never)
+    started_event_after_ms: int = 500
+    # the largest result (encoded) a worker may report; bigger output belongs in artifacts
+    max_result_bytes: int = 512 * 1024
+
+
+class DuckdbConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Limits of the DuckDB instance behind the projections.
+
+    Ingest and ad-hoc SQL share one instance per file (DuckDB opens a file once per process),
+    so these bound both together; DuckDB's own default is 80% of RAM and every core.
+    """
+
+    memory_limit: str = "2GB"
+    # 0: DuckDB's default (one thread per core)
+    threads: int = 2
+    # what a query may spill to <data-dir>/cogo.duckdb.tmp once it is past memory_limit
+    max_temp_directory_size: str = "4GB"
+
+
+class SqlConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Ad-hoc SQL (``cogo sql``, ``POST /api/sql``): the most an answer may hold."""
+
+    max_result_bytes: int = 16 * 1024 * 1024
 
 
 class PolicyConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     default: dict[str, Any] = msgspec.field(default_factory=dict)
     routes: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
+
+
+class AppsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Which apps ``cogo up`` loads besides Cogo's own and those named with ``--app``."""
+
+    load: list[str] = msgspec.field(default_factory=list)  # "pkg.module:app" references
+    entry_points: bool = True  # also every installed app (entry-point group `cogo.apps`)
 
 
 class ModelPrice(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -94,22 +126,68 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     events: LimitsConfig = LimitsConfig()
     dlq: LimitsConfig = LimitsConfig(max_bytes=1024**3)
     actors: ActorsConfig = ActorsConfig()
+    duckdb: DuckdbConfig = DuckdbConfig()
+    sql: SqlConfig = SqlConfig()
     policy: PolicyConfig = PolicyConfig()
+    apps: AppsConfig = AppsConfig()
     # model -> price; workers turn reported tokens into cost with it (budget max_cost_usd)
     pricing: dict[str, ModelPrice] = msgspec.field(default_factory=dict)
 
-    @property
-    def routes(self) -> list[str]:
-        """Every route an actor consumes (besides the dispatcher's own)."""
-        return list(self.policy.routes)
-
-    def route_policy(self, route: str) -> RoutePolicy:
-        """The seed policy of ``route``: the default table overlaid with the route's table."""
-        merged = deep_merge(self.policy.default, self.policy.routes.get(route, {}))
+    def route_policy(self, route: str, declared: dict[str, Any] | None = None) -> RoutePolicy:
+        """The configured policy of ``route``: ``[policy.default]``, then what the agent
+        declared (``policy=``), then the route's own table in the configuration."""
+        merged = deep_merge(
+            deep_merge(self.policy.default, declared or {}), self.policy.routes.get(route, {})
+        )
         try:
-            return msgspec.convert(merged, RoutePolicy)
+            policy = msgspec.convert(merged, RoutePolicy)
         except msgspec.ValidationError as exc:
-            raise ConfigError(f"policy for {route!r}: {exc}") from exc
+            raise ConfigError(f"policy for {route!r}: {exc}", detail=str(exc)) from exc
+        check_policy(policy, route)
+        return policy
+
+
+def check_policy(policy: RoutePolicy, route: str) -> RoutePolicy:
+    """``policy`` if its defaults fit its own ceilings; ConfigError naming the field otherwise.
+
+    A default above a ceiling would make every task that relies on it a violation, so such a
+    policy is refused when it is configured or changed, not discovered task by task.
+    """
+    c = policy.ceilings
+    problems = []
+    if c.allowed_models and policy.model not in c.allowed_models:
+        problems.append(
+            f"model={policy.model!r} is not in ceilings.allowed_models {c.allowed_models}"
+        )
+    for name, value, ceiling in (
+        ("max_tokens", policy.max_tokens, c.max_tokens),
+        ("max_cost_usd", policy.max_cost_usd, c.max_cost_usd),
+        ("max_attempts", policy.max_attempts, c.max_attempts),
+        ("timeout_ms", policy.timeout_ms, c.max_timeout_ms),
+        ("ttl_ms", policy.ttl_ms, c.max_ttl_ms),
+    ):
+        if value > ceiling:
+            problems.append(f"{name}={value} is above its ceiling {ceiling}")
+    for name, value in (
+        ("max_tokens", policy.max_tokens),
+        ("timeout_ms", policy.timeout_ms),
+        ("ttl_ms", policy.ttl_ms),
+        ("max_attempts", policy.max_attempts),
+    ):
+        if value <= 0:
+            problems.append(f"{name}={value} must be > 0")
+    if policy.max_cost_usd < 0:
+        problems.append(f"max_cost_usd={policy.max_cost_usd} must be >= 0")
+    b = policy.backoff
+    if b.initial_ms < 0 or b.max_ms < 0 or b.multiplier < 1.0:
+        problems.append("backoff needs initial_ms >= 0, max_ms >= 0 and multiplier >= 1.0")
+    if problems:
+        raise ConfigError(
+            f"policy of {route!r}: " + "; ".join(problems) + " (change the default and the "
+            "ceiling together)",
+            detail=problems,
+        )
+    return policy
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -137,6 +215,6 @@ def load_config(path: Path | None = None, data_dir: Path | None = None) -> Confi
         config = msgspec.convert(raw, Config)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"invalid config: {exc}") from exc
-    for route in config.routes:
+    for route in config.policy.routes:
         config.route_policy(route)  # fail early on a bad policy table
     return config

@@ -7,7 +7,12 @@ CogoError                          root; ``code``, human ``message``, optional `
 ├── MessageError                   a message on the bus cannot be decoded
 │   └── MalformedMessage           message.malformed: not JSON, wrong types, missing fields
 ├── RouteError
-│   └── UnknownRoute               route.unknown: no actor consumes that route
+│   ├── UnknownRoute               route.unknown: no app declared that route
+│   ├── InvalidRoute               route.invalid: not ``<service>.<role>.<shard>``, or a reserved service
+│   └── RouteConflict              route.conflict: two apps (or agents) declare the same route
+├── AppError                       loading or declaring an app (``cogo run/up --app``)
+│   ├── AppNotFound                app.not_found: the module or attribute does not import
+│   └── AgentNotFound              app.agent_not_found: the app has no agent of that name
 ├── AssignmentError                the task's ``__assignment`` envelope
 │   ├── InvalidAssignment          assignment.invalid: wrong type or out-of-range value
 │   └── TtlExpired                 assignment.ttl_expired: the task outlived its TTL
@@ -30,7 +35,14 @@ CogoError                          root; ``code``, human ``message``, optional `
 ├── DeadLetter                     dead_letter: JetStream gave up after ``max_deliver``
 ├── BackpressureError              bus.backpressure: the event log refuses writes (full)
 ├── ConfigError                    config.invalid: a configuration file or value is wrong
+├── StartupError                   startup.failed: ``cogo up`` could not start (what it started is stopped)
+│   ├── PortInUse                  startup.port_in_use: the NATS or HTTP port is taken by another process
+│   ├── StoreInUse                 startup.store_in_use: a live process owns the JetStream store
+│   └── ForeignServer              startup.foreign_server: what answers on the port is not the server started
 ├── InvalidPayload                 payload.invalid: the task payload has the wrong shape for its route
+├── InvalidResult                  result.invalid: a handler returned something that is not JSON data, or too large
+├── TaskFailed                     a task a client waited for ended in ``execute_failed`` (its own ``code``)
+├── TaskNotFound                   task.not_found: no events for that task id
 ├── EditError                      a code edit cannot be accepted or applied (not retryable)
 │   ├── InvalidEdit                edit.invalid: unknown ``op``, missing or mistyped fields
 │   ├── EditPathInvalid            edit.path_invalid: absolute, ``..``, or escapes via a symlink
@@ -46,6 +58,7 @@ CogoError                          root; ``code``, human ``message``, optional `
 │   └── ArtifactNotFound           artifact.not_found: no such object in the ``artifacts`` bucket
 ├── ProjectionError                projection.error: the DuckDB projection cannot be opened or built
 │   └── ProjectionBusy             projection.busy: another process or a replay holds the file
+│       └── ReplayRunning          projection.replay_running: a replay is already running
 ├── SqlError                       ad-hoc SQL (``cogo sql``, ``POST /api/sql``) failed
 │   ├── SqlRejected                sql.rejected: not a read-only query, or it touched files/network
 │   ├── SqlInvalid                 sql.invalid: DuckDB could not parse or bind the query
@@ -55,16 +68,37 @@ CogoError                          root; ``code``, human ``message``, optional `
 │   │   └── InvalidParameters      workflow.parameters_invalid: parameters do not fit the definition
 │   ├── WorkflowNotFound           workflow.not_found: no definition with that id
 │   ├── RunNotFound                workflow.run_not_found: no events for that run id
+│   ├── RunFinished                workflow.run_finished: the run already ended (no signal, no cancel)
 │   ├── WaitTimeout                workflow.wait_timeout: a Wait node's deadline passed
 │   ├── GateFailed                 workflow.gate_failed: a Gate's condition did not hold
 │   ├── ConditionUnmet             workflow.condition_unmet: a Retry's ``until`` still failed
-│   └── RunCancelled               workflow.cancelled: the run was cancelled
+│   ├── RunCancelled               workflow.cancelled: the run was cancelled
+│   ├── SignalTimeout              workflow.signal_timeout: a Signal node's deadline passed
+│   ├── SignalUnknown              workflow.signal_unknown: the run has no signal node of that name
+│   ├── ChildFailed                workflow.child_failed: a child run did not succeed
+│   └── WorkflowCycle              workflow.cycle: a workflow would (indirectly) run itself
+├── ScheduleError                  a schedule of workflow runs (``/api/schedules``)
+│   ├── InvalidSchedule            schedule.invalid: bad cron expression, interval or catch-up policy
+│   └── ScheduleNotFound           schedule.not_found: no schedule with that id
 ├── ExpressionError                a workflow condition or ``${...}`` template
 │   ├── InvalidExpression          expression.invalid: bad syntax, or outside the whitelist
 │   └── ExpressionEvalError        expression.eval_failed: a value could not be read (missing key, type)
-└── RolloutError                   a rollout of a worker version (``/api/rollouts``)
-    ├── RolloutNotFound            rollout.not_found: no rollout with that id
-    └── RolloutConflict            rollout.conflict: the route already has one running, or it is over
+├── RolloutError                   a rollout of a worker version (``/api/rollouts``)
+│   ├── RolloutNotFound            rollout.not_found: no rollout with that id
+│   └── RolloutConflict            rollout.conflict: the route already has one running, or it is over
+├── Unavailable                    service.unavailable: what the request needs does not run in this process
+│   └── BusUnavailable             bus.unavailable: NATS did not answer, or refused the write
+└── RequestError                   an HTTP request the facade cannot take (``cogo.http.errors`` maps
+    │                              every CogoError to its status; the body is ``{"detail", "code"}``)
+    ├── InvalidJson                request.invalid_json: the body is empty or not JSON
+    ├── JsonTooDeep                request.json_too_deep: arrays/objects nested past the limit
+    ├── JsonNumberOutOfRange       request.number_out_of_range: an integer past 64 bits, or a huge float
+    ├── RequestInvalid             request.invalid: fields are wrong (``detail`` lists each, by ``loc``)
+    ├── BodyTooLarge               request.too_large: the body is over the size limit
+    ├── RequestTimeout             request.timeout: the body did not arrive within the time limit
+    ├── Unauthorized               auth.unauthorized: the bearer token is missing or wrong
+    ├── NotFound                   http.not_found: no such path
+    └── MethodNotAllowed           http.method_not_allowed: the path does not take that method
 """
 
 from __future__ import annotations
@@ -102,9 +136,39 @@ class RouteError(CogoError):
 
 
 class UnknownRoute(RouteError):
-    """Raised when no actor consumes the requested route."""
+    """Raised when no app declared the requested route."""
 
     code = "route.unknown"
+
+
+class InvalidRoute(RouteError):
+    """Raised when a route is not ``<service>.<role>.<shard>`` or uses a reserved service."""
+
+    code = "route.invalid"
+
+
+class RouteConflict(RouteError):
+    """Raised when two apps or agents declare the same route (or consumer name)."""
+
+    code = "route.conflict"
+
+
+class AppError(CogoError):
+    """Raised when an app cannot be loaded or declared."""
+
+    code = "app.error"
+
+
+class AppNotFound(AppError):
+    """Raised when ``module:attr`` does not import or is not a ``cogo.App``."""
+
+    code = "app.not_found"
+
+
+class AgentNotFound(AppError):
+    """Raised when an app has no agent of the requested name."""
+
+    code = "app.agent_not_found"
 
 
 class AssignmentError(CogoError):
@@ -229,10 +293,65 @@ class ConfigError(CogoError):
     code = "config.invalid"
 
 
+class StartupError(CogoError):
+    """Raised when ``cogo up`` cannot start; everything it had started is stopped again."""
+
+    code = "startup.failed"
+
+
+class PortInUse(StartupError):
+    """Raised when the NATS or HTTP port ``cogo up`` was to listen on is taken."""
+
+    code = "startup.port_in_use"
+
+
+class StoreInUse(StartupError):
+    """Raised when another live process owns the JetStream store directory."""
+
+    code = "startup.store_in_use"
+
+
+class ForeignServer(StartupError):
+    """Raised when the server answering on the port is not the one just started."""
+
+    code = "startup.foreign_server"
+
+
 class InvalidPayload(CogoError):
     """Raised when a task payload has the wrong shape for its route."""
 
     code = "payload.invalid"
+
+
+class InvalidResult(CogoError):
+    """Raised when a handler's return value is not JSON data or is too large for the bus."""
+
+    code = "result.invalid"
+
+
+class TaskFailed(CogoError):
+    """Raised by ``TaskHandle.result()`` when the task ended in ``execute_failed``.
+
+    ``code`` is the task's ``error_code`` (``worker.permanent``, ``budget.tokens_exceeded``,
+    ...), ``message`` its ``error`` and ``attempts`` the attempts it made.
+    """
+
+    code = "task.failed"
+
+    def __init__(self, code: str, message: str, attempts: int, *, task_id: str = "") -> None:
+        super().__init__(message, detail={"task_id": task_id, "attempts": attempts})
+        self.code = code
+        self.attempts = attempts
+        self.task_id = task_id
+
+    def __str__(self) -> str:
+        return f"[{self.code}] {self.message} (after {self.attempts} attempt(s))"
+
+
+class TaskNotFound(CogoError):
+    """Raised when the event log holds nothing for a task id."""
+
+    code = "task.not_found"
 
 
 class EditError(CogoError):
@@ -322,6 +441,12 @@ class ProjectionBusy(ProjectionError):
     code = "projection.busy"
 
 
+class ReplayRunning(ProjectionBusy):
+    """Raised when a replay is asked for while one is running."""
+
+    code = "projection.replay_running"
+
+
 class SqlError(CogoError):
     """Raised when an ad-hoc SQL query cannot be run."""
 
@@ -406,6 +531,54 @@ class RunCancelled(WorkflowError):
     code = "workflow.cancelled"
 
 
+class SignalTimeout(WorkflowError):
+    """Raised when a Signal node's deadline passes before its signal arrived."""
+
+    code = "workflow.signal_timeout"
+
+
+class SignalUnknown(WorkflowError):
+    """Raised when a signal names no signal node of the run."""
+
+    code = "workflow.signal_unknown"
+
+
+class RunFinished(WorkflowError):
+    """Raised when a run that already ended is signalled or cancelled."""
+
+    code = "workflow.run_finished"
+
+
+class ChildFailed(WorkflowError):
+    """Raised when a child run (workflow node, map item) failed or was cancelled."""
+
+    code = "workflow.child_failed"
+
+
+class WorkflowCycle(WorkflowError):
+    """Raised when a workflow node would run a workflow that is already its ancestor."""
+
+    code = "workflow.cycle"
+
+
+class ScheduleError(CogoError):
+    """Raised when a schedule cannot be stored or fired."""
+
+    code = "schedule.error"
+
+
+class InvalidSchedule(ScheduleError):
+    """Raised when a schedule's cron expression, interval or catch-up policy is wrong."""
+
+    code = "schedule.invalid"
+
+
+class ScheduleNotFound(ScheduleError):
+    """Raised when no schedule has the given id."""
+
+    code = "schedule.not_found"
+
+
 class ExpressionError(CogoError):
     """Raised when a workflow condition or template is wrong."""
 
@@ -440,3 +613,76 @@ class RolloutConflict(RolloutError):
     """Raised when a route already has an active rollout, or the rollout is already over."""
 
     code = "rollout.conflict"
+
+
+class Unavailable(CogoError):
+    """Raised when what a request needs (the projector, the rollout controller) does not run here."""
+
+    code = "service.unavailable"
+    retryable = True
+
+
+class BusUnavailable(Unavailable):
+    """Raised when NATS does not answer a request in time, or refuses a write."""
+
+    code = "bus.unavailable"
+
+
+class RequestError(CogoError):
+    """Raised when the HTTP facade cannot take a request as sent."""
+
+    code = "request.error"
+
+
+class InvalidJson(RequestError):
+    """Raised when a request body is empty or not JSON."""
+
+    code = "request.invalid_json"
+
+
+class JsonTooDeep(RequestError):
+    """Raised when a JSON body nests arrays and objects deeper than the limit."""
+
+    code = "request.json_too_deep"
+
+
+class JsonNumberOutOfRange(RequestError):
+    """Raised when a JSON body holds an integer past 64 bits or a float beyond double range."""
+
+    code = "request.number_out_of_range"
+
+
+class RequestInvalid(RequestError):
+    """Raised when fields of a request are wrong; ``detail`` lists them (``loc``, ``msg``, ``type``)."""
+
+    code = "request.invalid"
+
+
+class BodyTooLarge(RequestError):
+    """Raised when a request body is larger than the limit."""
+
+    code = "request.too_large"
+
+
+class RequestTimeout(RequestError):
+    """Raised when a request body does not arrive within the time limit."""
+
+    code = "request.timeout"
+
+
+class Unauthorized(RequestError):
+    """Raised when the bearer token is missing or wrong."""
+
+    code = "auth.unauthorized"
+
+
+class NotFound(RequestError):
+    """Raised when no route serves the path."""
+
+    code = "http.not_found"
+
+
+class MethodNotAllowed(RequestError):
+    """Raised when the path is served, but not for that method."""
+
+    code = "http.method_not_allowed"

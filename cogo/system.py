@@ -1,10 +1,16 @@
 """``cogo up``: the whole system on one machine.
 
-Starts (or joins, with ``--nats-url``) a nats-server, creates the topology, seeds route
-policies, supervises one child process per actor (restarting any that dies), runs the HTTP
-facade and the in-process components (the projector, which owns the DuckDB file) and writes
+Starts (or joins, with ``--nats-url``) a nats-server, creates the topology, declares the
+routes of every app it runs (Cogo's own, installed ones, ``[apps] load``, ``--app``),
+supervises each agent's processes (restarting any that dies), runs the HTTP facade and the
+in-process components (the projector, which owns the DuckDB file) and writes
 ``<data-dir>/endpoints.json``. SIGINT/SIGTERM drains: the facade stops taking requests,
 actors finish in-flight work, then the server stops.
+
+Start-up claims its ports first (the HTTP socket is bound and held before anything runs; a
+taken NATS port is refused by name), and any failure on the way stops everything started
+so far: no actor or server is left running by a ``cogo up`` that did not come up. Children
+die with this process (``cogo.lifeline``), so one killed hard leaves nothing behind either.
 """
 
 from __future__ import annotations
@@ -14,25 +20,31 @@ import contextlib
 import json
 import logging
 import os
-import secrets
 import subprocess
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import msgspec
 import uvicorn
+from nats.aio.msg import Msg
 
-from cogo.actors import ACTORS, UP_ACTORS
-from cogo.actors.runner import connect, install_stop_signals, spawn_actor
+from cogo.actors.app import AgentSpec
+from cogo.actors.loader import BUILTIN_REF, LoadedApp, apps_for_up
+from cogo.actors.runner import agent_args, child_env, connect, install_stop_signals
+from cogo.actors.supervisor import Supervisor, spawn
 from cogo.config import Config, load_config
+from cogo.errors import CogoError, StartupError
 from cogo.http.app import AppState, create_app
-from cogo.streams import auth
+from cogo.http.server import server_config
+from cogo.secretfile import read_or_create
+from cogo.streams import auth as auth_module
 from cogo.streams.cluster import LocalCluster
-from cogo.streams.policies import PolicyStore, seed_policies
-from cogo.streams.server import EmbeddedServer, free_port
-from cogo.streams.topology import ensure_topology
+from cogo.streams.policies import PolicyStore
+from cogo.streams.registry import declare, declare_version
+from cogo.streams.routes import durable_name
+from cogo.streams.server import EmbeddedServer, ensure_port_free, free_port, listen_socket
+from cogo.streams.topology import CONTROL_VERSION, TASKS, ensure_topology
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +62,7 @@ def api_token(data_dir: Path) -> str:
     token = os.environ.get("COGO_API_TOKEN")
     if token:
         return token
-    path = data_dir / "api_token"
-    if path.exists():
-        return path.read_text().strip()
-    token = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(token)
-    return token
+    return read_or_create(data_dir / "api_token")
 
 
 def write_endpoints(data_dir: Path, endpoints: dict[str, Any]) -> Path:
@@ -77,16 +82,6 @@ def read_endpoints(data_dir: Path) -> dict[str, Any] | None:
         return None
 
 
-@dataclass
-class Child:
-    """A supervised actor process."""
-
-    name: str
-    process: subprocess.Popen[bytes]
-    restarts: int = 0
-    started_at: float = field(default_factory=time.monotonic)
-
-
 class System:
     """Everything ``cogo up`` runs, in start order; ``stop`` undoes it in reverse."""
 
@@ -103,6 +98,8 @@ class System:
         child_env: dict[str, str] | None = None,
         cluster: int = 0,
         auth: bool = False,
+        apps: list[str] | None = None,
+        app_dir: str | None = None,
     ) -> None:
         self.data_dir = data_dir.resolve()
         self.config_path = config_path
@@ -116,12 +113,18 @@ class System:
         self.nats_port = nats_port
         self.http_port = http_port or free_port()
         self.sync = sync
-        self.actor_names = actors if actors is not None else [a for a in UP_ACTORS if a in ACTORS]
+        # every app it runs, loaded now: an app that does not import, or two apps declaring
+        # one route, stop `cogo up` before anything starts
+        self.apps: list[LoadedApp] = apps_for_up(self.config, apps or [])
+        self.app_dir = app_dir or os.getcwd()
+        self.decls = [decl for loaded in self.apps for decl in loaded.app.declarations()]
+        self.actor_names = actors  # None: every agent with up=True (Cogo's own included)
         self.child_env = child_env or {}
-        # least privilege: one NATS user per actor kind (see cogo/streams/auth.py)
+        # least privilege: one NATS user per actor kind and per app (cogo/streams/auth.py)
         self.auth = auth
+        self.auth_plan = auth_module.AuthPlan.from_decls(self.decls)
         self.passwords: dict[str, str] = {}
-        self.children: list[Child] = []
+        self.supervisor = Supervisor()
         self.components: dict[str, Component] = {}
         self._stopping = False
 
@@ -133,12 +136,26 @@ class System:
         return self.server.url
 
     async def start(self) -> None:
+        """Start everything; on any failure stop what was started, then raise."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            await self._start()
+        except BaseException:
+            log.debug("start-up failed; stopping what was started")
+            await self.stop(grace=10.0)
+            raise
+
+    async def _start(self) -> None:
+        # claim the ports before starting anything: a taken one is a one-line error
+        self._http_socket = listen_socket(self.http_port, "HTTP", "--http-port")
+        if not self.external_url and self.nats_port and not self.cluster > 1:
+            ensure_port_free(self.nats_port, "NATS", "--nats-port")
         if not self.external_url:
             extra, creds = "", None
             if self.auth:
-                self.passwords = auth.credentials(self.data_dir)
-                extra = auth.accounts_config(self.config, self.passwords)
+                self.auth_plan.versions = auth_module.load_grants(self.data_dir)
+                self.passwords = auth_module.credentials(self.data_dir, self.auth_plan.users)
+                extra = auth_module.accounts_config(self.auth_plan, self.passwords)
                 creds = ("admin", self.passwords["admin"])
             if self.cluster > 1:
                 self.server = LocalCluster(self.data_dir / "cluster", self.cluster, sync=self.sync)
@@ -147,17 +164,35 @@ class System:
                     self.data_dir, self.nats_port, sync=self.sync, extra_config=extra,
                     credentials=creds,
                 )  # fmt: skip
-            self.server.start()
+            nodes = self.server.nodes if isinstance(self.server, LocalCluster) else [self.server]
+            for node in nodes:  # may wait for a server left behind to stop: not on the loop
+                await asyncio.to_thread(node.claim_store)
+            self.server.start()  # on this thread: the server dies with it (cogo.lifeline)
             await self.server.wait_ready()
         admin = {"user": "admin", "password": self.passwords["admin"]} if self.auth else {}
         self.nc = await connect(self.nats_url, "cogo-up", **admin)
         js = self.nc.jetstream()
         await ensure_topology(js, self.config)
-        await seed_policies(js, self.config)
+        await declare(js, self.config, self.decls)
         self.policies = PolicyStore(js)
         await self.policies.start()
-        for name in self.actor_names:
-            self.children.append(Child(name, self._spawn(name)))
+        if self.auth and isinstance(self.server, EmbeddedServer):
+            await self.nc.subscribe(f"{CONTROL_VERSION}.*", cb=self._on_version_request)
+        for loaded in self.apps:
+            for spec in loaded.app.agents.values():
+                if not self._runs(loaded, spec):
+                    continue
+                for n in range(spec.replicas):
+                    label = (
+                        spec.name if loaded.ref == BUILTIN_REF else f"{loaded.app.name}.{spec.name}"
+                    )
+                    label += f"-{n + 1}" if spec.replicas > 1 else ""
+                    self.supervisor.add(
+                        label,
+                        lambda loaded=loaded, spec=spec, label=label: self._spawn(
+                            loaded, spec, label
+                        ),
+                    )
         self.state = AppState(
             nc=self.nc,
             config=self.config,
@@ -172,16 +207,16 @@ class System:
         self.state.components.update(self.components)
         self.state.components["system"] = self
         app = create_app(self.state, extra_routes=_extra_routes())
-        self.http = uvicorn.Server(
-            uvicorn.Config(
-                app, host="127.0.0.1", port=self.http_port, log_level="warning", lifespan="off"
-            )
+        self.http = uvicorn.Server(server_config(app, port=self.http_port))
+        self._http_task = asyncio.create_task(
+            self.http.serve(sockets=[self._http_socket]), name="http"
         )
-        self._http_task = asyncio.create_task(self.http.serve(), name="http")
         while not self.http.started:
             if self._http_task.done():
-                await self._http_task
-                raise RuntimeError("HTTP facade failed to start")
+                # uvicorn reports start-up errors by sys.exit(), which is no error to us
+                with contextlib.suppress(SystemExit):
+                    await self._http_task
+                raise StartupError("the HTTP facade failed to start; see the log above")
             await asyncio.sleep(0.05)
         write_endpoints(
             self.data_dir,
@@ -197,22 +232,65 @@ class System:
                 "pid": os.getpid(),
             },
         )
-        self._supervisor = asyncio.create_task(self._supervise(), name="supervisor")
+        self.supervisor.watch()
 
-    def _spawn(self, name: str) -> subprocess.Popen[bytes]:
-        return spawn_actor(
-            name,
-            self.nats_url,
-            config_path=self.config_path,
+    def _runs(self, loaded: LoadedApp, spec: AgentSpec) -> bool:
+        if not spec.up:
+            return False
+        if loaded.ref == BUILTIN_REF and self.actor_names is not None:
+            return spec.name in self.actor_names
+        return True
+
+    def _spawn(self, loaded: LoadedApp, spec: AgentSpec, label: str) -> subprocess.Popen[bytes]:
+        target = spec.name if loaded.ref == BUILTIN_REF else loaded.ref
+        args = agent_args(
+            target, spec.name, self.nats_url, config_path=self.config_path,
             data_dir=self.data_dir,
-            env={**self.child_env, **self._credentials_env(name)},
-            log_file=self.data_dir / "logs" / f"{name}.log",
-        )
+        )  # fmt: skip
+        user = auth_module.user_of(loaded.app.name, spec.name)
+        env = child_env([self.app_dir], {**self.child_env, **self._credentials_env(user)})
+        return spawn(args, env=env, log_file=self.data_dir / "logs" / f"{label}.log")
 
-    def _credentials_env(self, name: str) -> dict[str, str]:
+    def _credentials_env(self, user: str) -> dict[str, str]:
         if not self.auth:
             return {}
-        return {auth.USER_ENV: name, auth.PASSWORD_ENV: self.passwords[name]}
+        return {auth_module.USER_ENV: user, auth_module.PASSWORD_ENV: self.passwords[user]}
+
+    async def _on_version_request(self, msg: Msg) -> None:
+        """A versioned worker under --auth asks for its consumer and the grant to use it."""
+        user = msg.subject.rsplit(".", 1)[-1]
+        try:
+            body = json.loads(msg.data or b"{}")
+            route, version = str(body["route"]), str(body["version"])
+            if self.auth_plan.owner(route) != user:
+                raise CogoError(f"user {user!r} does not own route {route!r}")
+            versioned = await declare_version(self.nc.jetstream(), self.config, route, version)
+            if self.auth_plan.grant_version(user, versioned):
+                auth_module.save_grants(self.data_dir, self.auth_plan.versions)
+                await self._reload_permissions(user, versioned)
+            answer: dict[str, Any] = {"ok": True, "route": versioned}
+        except (CogoError, KeyError, ValueError) as exc:
+            answer = {"ok": False, "error": str(exc)}
+        await msg.respond(json.dumps(answer).encode())
+
+    async def _reload_permissions(self, user: str, versioned: str) -> None:
+        """Rewrite the server's users and reload it; return once ``user`` may use the grant."""
+        assert isinstance(self.server, EmbeddedServer)
+        self.server.extra_config = auth_module.accounts_config(self.auth_plan, self.passwords)
+        await asyncio.to_thread(self.server.reload)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # the reload is asynchronous in the server
+            probe = await connect(
+                self.nats_url, "cogo-up-probe", user=user, password=self.passwords[user],
+                allow_reconnect=False, error_cb=_quiet,
+            )  # fmt: skip
+            try:
+                await probe.jetstream().consumer_info(TASKS, durable_name(versioned), timeout=0.5)
+                return
+            except Exception:
+                await asyncio.sleep(0.1)
+            finally:
+                await probe.close()
 
     async def _start_components(self) -> None:
         for name, factory in _component_factories().items():
@@ -220,42 +298,15 @@ class System:
             await component.start()
             self.components[name] = component
 
-    async def _supervise(self) -> None:
-        # restart a crashed actor, with a growing pause if it keeps crashing
-        while not self._stopping:
-            for child in self.children:
-                code = child.process.poll()
-                if code is None or self._stopping:
-                    continue
-                quick = time.monotonic() - child.started_at < 10
-                child.restarts = child.restarts + 1 if quick else 0
-                delay = min(10.0, 0.2 * 2**child.restarts) if quick else 0.0
-                log.warning("actor %s exited with %s; restarting in %.1fs", child.name, code, delay)
-                await asyncio.sleep(delay)
-                if not self._stopping:
-                    child.process = self._spawn(child.name)
-                    child.started_at = time.monotonic()
-            await asyncio.sleep(0.2)
-
     async def stop(self, grace: float = 30.0) -> None:
         self._stopping = True
-        with contextlib.suppress(Exception):
-            self._supervisor.cancel()
         if hasattr(self, "http"):
             self.http.should_exit = True
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception, SystemExit):
                 await asyncio.wait_for(self._http_task, 10)
-        for child in self.children:
-            with contextlib.suppress(ProcessLookupError):
-                child.process.terminate()
-        deadline = time.monotonic() + grace
-        for child in self.children:
-            remaining = max(0.1, deadline - time.monotonic())
-            try:
-                await asyncio.to_thread(child.process.wait, remaining)
-            except subprocess.TimeoutExpired:
-                child.process.kill()
-                await asyncio.to_thread(child.process.wait)
+        if hasattr(self, "_http_socket"):
+            self._http_socket.close()
+        await self.supervisor.stop(grace)
         for component in reversed(list(self.components.values())):
             with contextlib.suppress(Exception):
                 await component.stop()
@@ -271,6 +322,11 @@ class System:
             endpoints = read_endpoints(self.data_dir)
             if endpoints and endpoints.get("pid") == os.getpid():
                 (self.data_dir / "endpoints.json").unlink()
+
+
+async def _quiet(exc: Exception) -> None:
+    # the probe is refused until the reload has reached the server: expected, not news
+    return None
 
 
 def _component_factories() -> dict[str, Any]:

@@ -24,8 +24,9 @@ from nats.js.api import AckPolicy, ConsumerConfig
 
 from cogo.actors.runner import connect
 from cogo.config import load_config
+from cogo.streams.routes import ensure_subjects, route_subjects
 from cogo.streams.server import EmbeddedServer
-from cogo.streams.topology import ensure_topology
+from cogo.streams.topology import TASKS, ensure_topology
 
 WINDOW = 2000  # publishes awaiting their stream ack, per stage
 
@@ -51,13 +52,13 @@ async def main(tasks: int, sync: str) -> None:
             await server.wait_ready()
             nc = await connect(server.url, "raw-pipeline")
             js = nc.jetstream()
+            # the streams with the three subjects of the pipeline, none of Cogo's consumers
+            routes = ["orchestrator.execute.0", "echo.run.0", "orchestrator.result.0"]
             await ensure_topology(js, load_config())
+            await ensure_subjects(js, TASKS, [s for r in routes for s in route_subjects(r)])
             for durable, subject in (("raw-exec", "orchestrator.execute.0"),
                                      ("raw-echo", "echo.run.0"),
                                      ("raw-result", "orchestrator.result.0")):  # fmt: skip
-                # the topology's own durables would compete: work queues allow one per subject
-                info = await js.consumer_info("TASKS", subject.replace(".", "-"))
-                await js.delete_consumer("TASKS", info.name)
                 await js.add_consumer("TASKS", ConsumerConfig(
                     durable_name=durable, filter_subject=subject, ack_policy=AckPolicy.EXPLICIT,
                     max_ack_pending=20_000, ack_wait=60,

@@ -11,11 +11,10 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js.client import JetStreamContext
 
+from cogo.actors.loader import declare_apps
 from cogo.actors.runner import connect
 from cogo.config import Config, load_config
-from cogo.streams.policies import seed_policies
 from cogo.streams.server import EmbeddedServer
-from cogo.streams.topology import ensure_topology
 
 # Fast redelivery and short backoffs so fault paths finish in seconds, not minutes.
 TEST_CONFIG = """
@@ -78,6 +77,5 @@ async def nc(nats_server: EmbeddedServer) -> AsyncIterator[NATS]:
 @pytest.fixture
 async def js(nc: NATS, config: Config) -> JetStreamContext:
     js = nc.jetstream()
-    await ensure_topology(js, config)
-    await seed_policies(js, config)
+    await declare_apps(js, config)
     return js

@@ -31,7 +31,8 @@ def test_bench_json_reports_every_figure() -> None:
             sys.executable, "-m", "cogo", "bench", "--json",
             "--tasks", "500", "--rate", "200", "--rate", "400", "--duration", "1",
             "--http-requests", "200", "--projector-events", "2000", "--projector-runs", "2",
-            "--workflow-runs", "2", "--workflow-nodes", "3",
+            "--workflow-runs", "20", "--orchestrators", "1", "--orchestrators", "2",
+            "--workflow-repeats", "1", "--step-runs", "2", "--step-nodes", "3",
             "--scale-workers", "1", "--scale-workers", "2", "--scale-tasks", "60",
             "--scale-sleep-ms", "20", "--history", "1500", "--history", "3000",
             "--history-requests", "2", "--timeout", "60",
@@ -63,7 +64,7 @@ def test_bench_json_reports_every_figure() -> None:
     median = (runs[0] + runs[1]) / 2  # both rounded to 0.1 as reported
     assert abs(result["projector_events_per_s"] - median) <= 0.1
 
-    flow = result["workflow"]
+    flow = result["workflow_steps"]
     assert (flow["runs"], flow["nodes"]) == (2, 3)
     assert 0 < flow["step_ms_median"] * 3 == pytest.approx(flow["run_ms_median"], rel=0.01)
     assert (
@@ -97,6 +98,12 @@ def test_bench_json_reports_every_figure() -> None:
     for process in processes:
         assert rss.get(process, 0) > 0, process
     assert result["cpu_us_per_task"]["total"] > 0
+
+    workflows = result["workflows"]  # the opt-in phase: runs/s with 1 and 2 orchestrators
+    assert workflows["runs"] == 20 and set(workflows["by_orchestrators"]) == {"1", "2"}
+    for row in workflows["by_orchestrators"].values():
+        assert len(row["rounds"]) == 1 and row["runs_per_s"] == row["rounds"][0] > 0
+    assert rss.get("orchestrator-2x-0-1", 0) > 0
 
 
 def test_raw_pipeline_yardstick_runs() -> None:

@@ -79,6 +79,11 @@ async def produce_activity(http: httpx.AsyncClient, js: Any, repo: Path) -> dict
             "workflowId": "codeBuildTest", "parameters": workflow_params(name, repo)})  # fmt: skip
         assert started.status_code == 202, started.text
         runs[name] = started.json()["runId"]
+    # codeBuildTest as a child run, then a human gate the page approves
+    started = await http.post("/api/workflows/execute", json={
+        "workflowId": "approveMerge", "parameters": workflow_params("fix.json", repo)})  # fmt: skip
+    assert started.status_code == 202, started.text
+    runs["approval"] = started.json()["runId"]
     return runs
 
 
@@ -112,7 +117,7 @@ async def test_dashboard_in_headless_chromium(tmp_path, config_path):
 
             async def finished_runs() -> bool:
                 states = [(await http.get("/api/orchestrator/state", params={"runId": r})).json()
-                          for r in runs.values()]  # fmt: skip
+                          for n, r in runs.items() if n != "approval"]  # fmt: skip
                 return all(s.get("status") in ("succeeded", "failed") for s in states)
 
             await wait_until(finished_runs, 45, "codeBuildTest runs finished")
@@ -131,8 +136,9 @@ async def test_dashboard_in_headless_chromium(tmp_path, config_path):
 
             async def summary_ready() -> dict[str, Any] | None:
                 body = (await http.get("/api/dashboard")).json()
-                done = [r for r in body["runs"] if r["status"] in ("succeeded", "failed")]
-                ready = len(done) == 2 and body["dlq"]["messages"] and body["failures"]["total"]
+                done = {r["runId"] for r in body["runs"] if r["status"] in ("succeeded", "failed")}
+                built = {runs["fix.json"], runs["bad-fix.json"]} <= done
+                ready = built and body["dlq"]["messages"] and body["failures"]["total"]
                 return body if ready else None
 
             summary = await wait_until(summary_ready, 20, "dashboard summary complete")
@@ -150,10 +156,69 @@ async def test_dashboard_in_headless_chromium(tmp_path, config_path):
         assert summary["rollouts"][0]["status"] == "promoted"
 
         await browse(info, summary, good)
+        async with httpx.AsyncClient(
+            base_url=info["http_url"], headers=headers, timeout=20
+        ) as http:
+            approval = runs["approval"]
+            child = f"{approval}:build:1"
+
+            async def waiting() -> bool:
+                rows = (await http.get("/api/dashboard")).json()["runs"]
+                row = next((r for r in rows if r["runId"] == approval), None)
+                return bool(row and row["waiting"])
+
+            await wait_until(waiting, 45, "approval run waiting at its signal")
+            await approve_in_browser(info, approval, child)
+            final = (await http.get("/api/orchestrator/state", params={"runId": approval})).json()
+        assert final["status"] == "succeeded", final
+        approve_node = next(n for n in final["nodes"] if n["id"] == "approve")
+        assert approve_node["result"] == {"approved": True, "by": "dashboard"}
+        assert final["children"] == [child]
+        assert (
+            next(n for n in final["nodes"] if n["id"] == "build")["result"]["status"] == "succeeded"
+        )
     finally:
         await nc.close()
         await asyncio.to_thread(stop, worker)
         await asyncio.to_thread(stop, proc)
+
+
+async def approve_in_browser(info: dict[str, Any], run_id: str, child: str) -> None:
+    """The page shows the run waiting at its human gate; Approve sends the signal."""
+    origin = info["http_url"]
+    async with playwright_api.async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = await (await browser.new_context(viewport={"width": 1440, "height": 1000})
+                          ).new_page()  # fmt: skip
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            await page.goto(f"{origin}/#token={info['api_token']}")
+            await page.wait_for_selector("body[data-loaded='true']", timeout=15_000)
+            row = page.locator(f"tr[data-run='{run_id}']")
+            await row.locator("[data-testid='approve']").wait_for(timeout=15_000)
+            assert "waiting: approve" in await row.inner_text()
+            assert await row.locator("[data-testid='reject']").count() == 1
+            assert await row.locator("[data-children='1']").count() == 1
+            child_row = page.locator(f"tr[data-run='{child}']")
+            assert await child_row.locator(f"a[data-parent='{run_id}']").count() == 1
+            ARTIFACTS.mkdir(exist_ok=True)
+            await page.screenshot(path=str(ARTIFACTS / "dashboard-approval.png"), full_page=True)
+            await row.locator("[data-testid='approve']").click()
+            await row.locator("[data-testid='signal-sent']").wait_for(timeout=10_000)
+            # the run goes on: the page's next refreshes show it succeeded, no buttons left
+            await page.locator(f"tr[data-run='{run_id}'][data-status='succeeded']").wait_for(
+                timeout=30_000
+            )
+            assert (
+                await page.locator(f"tr[data-run='{run_id}'] [data-testid='approve']").count() == 0
+            )
+            await page.locator(f"tr[data-run='{run_id}']").click()
+            links = page.locator("#timeline [data-testid='run-links']")
+            await links.locator(f"a[data-open-run='{child}']").wait_for(timeout=10_000)
+            assert errors == [], errors
+        finally:
+            await browser.close()
 
 
 async def browse(info: dict[str, Any], summary: dict[str, Any], good: dict[str, Any]) -> None:

@@ -9,6 +9,7 @@ import pytest
 
 from cogo.actors.dispatcher import ExecutorDispatcher
 from cogo.actors.echo import EchoActor
+from cogo.errors import ConfigError
 from cogo.streams.envelope import EXECUTE_SUBJECT, MSG_ID
 from cogo.streams.policies import set_policy
 from tests.helpers import EventReader, running, submit
@@ -213,14 +214,22 @@ async def test_policy_change_takes_effect_without_restart(nats_server, js, confi
         first = await submit(js, payload={"__assignment": {"max_tokens": 5000}})
         reader = EventReader(js)
         assert (await reader.wait_terminal([first]))[first].type == "execute_done"
-        await set_policy(js, "echo.run.0", {"ceilings": {"max_tokens": 1000}}, actor="test")
+        # a ceiling below the route's own default would fail every plain task: refused
+        with pytest.raises(ConfigError, match="max_tokens=4000 is above its ceiling 1000"):
+            await set_policy(js, "echo.run.0", {"ceilings": {"max_tokens": 1000}}, actor="t")
+        await set_policy(
+            js, "echo.run.0", {"max_tokens": 800, "ceilings": {"max_tokens": 1000}}, actor="test"
+        )
         for _ in range(50):  # the dispatcher's KV watch applies it within moments
             if disp.policies.get("echo.run.0").ceilings.max_tokens == 1000:
                 break
             await asyncio.sleep(0.05)
         second = await submit(js, payload={"__assignment": {"max_tokens": 5000}})
         got = await reader.wait_terminal([second])
+        plain = await submit(js, payload={"result": "fits"})  # the new default fits the ceiling
+        done = (await reader.wait_terminal([plain]))[plain]
     assert got[second].error_code == "policy.max_tokens_exceeded"
+    assert done.type == "execute_done"
     changes = [e for e in reader.events if e.type == "policy_changed"]
     assert len(changes) == 1 and changes[0].route == "echo.run.0"
     assert changes[0].data["policy"]["ceilings"]["max_tokens"] == 1000

@@ -15,6 +15,8 @@ from cogo.actors.notifier import (
     NotifierActor,
     host_allowed,
     sign,
+    verify,
+    webhook_secret,
 )
 from cogo.streams.server import free_port
 from tests.helpers import EventReader, running, submit
@@ -45,7 +47,9 @@ async def test_signed_and_retried_on_500(nats_server, js, config, webhook: Webho
     assert [r["status"] for r in webhook.requests] == [500, 200]
     for request in webhook.requests:
         headers = request["headers"]
-        assert headers[SIGNATURE_HEADER] == sign(SECRET.encode(), request["raw"])
+        stamp = headers[TIMESTAMP_HEADER]
+        assert headers[SIGNATURE_HEADER] == sign(SECRET.encode(), stamp, request["raw"])
+        assert verify(SECRET.encode(), stamp, request["raw"], headers[SIGNATURE_HEADER])
         assert headers[SIGNATURE_HEADER].startswith("sha256=")
         assert headers[DELIVERY_HEADER] == event.task_id  # the same on every retry
         assert int(headers[TIMESTAMP_HEADER]) > 0
@@ -92,6 +96,53 @@ async def test_secret_from_data_dir(nats_server, js, config, data_dir, webhook, 
     assert event.type == "execute_done"
     secret_file = data_dir / "webhook_secret"
     assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+    assert not list(data_dir.glob(".webhook_secret.*"))  # no temporary file left behind
     request = webhook.requests[0]
     secret = secret_file.read_text().strip().encode()
-    assert request["headers"][SIGNATURE_HEADER] == sign(secret, request["raw"])
+    stamp = request["headers"][TIMESTAMP_HEADER]
+    assert request["headers"][SIGNATURE_HEADER] == sign(secret, stamp, request["raw"])
+
+
+def _secrets_in_race(dirs: list[str], barrier: Any, out: Any) -> None:
+    from pathlib import Path
+
+    for directory in dirs:
+        barrier.wait()
+        out.put((directory, webhook_secret(Path(directory))))
+
+
+def test_concurrent_first_starts_agree_on_one_secret(tmp_path, monkeypatch):
+    """Processes that create the secret at the same moment all sign with the same full key."""
+    import multiprocessing
+
+    monkeypatch.delenv("COGO_WEBHOOK_SECRET", raising=False)
+    ctx = multiprocessing.get_context("spawn")
+    processes, rounds = 6, 15
+    dirs = [str(tmp_path / f"round{i}") for i in range(rounds)]
+    barrier, out = ctx.Barrier(processes), ctx.Queue()
+    workers = [
+        ctx.Process(target=_secrets_in_race, args=(dirs, barrier, out)) for _ in range(processes)
+    ]
+    for worker in workers:
+        worker.start()
+    seen: dict[str, set[bytes]] = {}
+    for _ in range(processes * rounds):
+        directory, secret = out.get(timeout=60)
+        seen.setdefault(directory, set()).add(secret)
+    for worker in workers:
+        worker.join(30)
+    assert len(seen) == rounds
+    for directory, keys in seen.items():
+        (key,) = keys  # one secret per data dir, whoever won
+        assert len(key) >= 40
+        on_disk = (tmp_path / directory / "webhook_secret").read_bytes().strip()
+        assert on_disk == key
+
+
+def test_the_timestamp_is_signed():
+    secret, body = b"k", b'{"a":1}'
+    signature = sign(secret, "1700000000", body)
+    assert verify(secret, "1700000000", body, signature, now=1700000010)
+    assert not verify(secret, "1700000999", body, signature, now=1700000999)  # replayed later
+    assert not verify(secret, "1700000000", body + b" ", signature, now=1700000010)
+    assert not verify(secret, "1700000000", body, signature, now=1700009999)  # too old

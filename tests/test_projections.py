@@ -544,7 +544,7 @@ async def test_latency_api_percentiles_match_the_raw_events(nats_server, nc, js,
     assert f'cogo_events_total{{type="execute_done",route="echo.run.0"}} {done}' in text
     assert 'cogo_projector_lag_messages{stream="EVENTS"} 0' in text
     assert 'cogo_route_in_flight{route="echo.run.0"} 0' in text
-    assert "# TYPE cogo_attempt_duration_ms summary" in text
+    assert "# TYPE cogo_attempt_duration_seconds summary" in text
 
 
 async def test_latency_api_without_projector_is_503(nc, js, config, data_dir):

@@ -108,25 +108,40 @@ FROM dash_tasks WHERE finished_at IS NOT NULL GROUP BY ALL ORDER BY ALL NULLS FI
 RAW_RUNS = """
 WITH starts AS (
     SELECT correlation_id AS run_id, min("at") AS started_at,
-           any_value(raw->>'$.data.workflow_id') AS workflow_id
-    FROM bus_events WHERE type = 'workflow_started' AND correlation_id IS NOT NULL
+           any_value(raw->>'$.data.workflow_id') AS workflow_id,
+           any_value(raw->>'$.data.parent.runId') AS parent_run_id
+    FROM bus_events
+    WHERE type = 'workflow_started' AND correlation_id IS NOT NULL
     GROUP BY ALL ORDER BY started_at DESC LIMIT 25
 ), wf AS (
     SELECT b.correlation_id AS run_id, b.type, b.seq, b."at", b.error, b.raw
     FROM bus_events b SEMI JOIN starts s ON b.correlation_id = s.run_id
     WHERE b.type IN ('workflow_succeeded', 'workflow_failed', 'workflow_cancelled',
-                     'gate_passed', 'gate_failed', 'node_succeeded', 'node_failed')
+                     'gate_passed', 'gate_failed', 'node_succeeded', 'node_failed',
+                     'node_skipped', 'node_started')
+), kids AS (
+    SELECT raw->>'$.data.parent.runId' AS run_id, count(*) AS children
+    FROM bus_events
+    WHERE type = 'workflow_started' AND raw->>'$.data.parent.runId' IN (SELECT run_id FROM starts)
+    GROUP BY 1
 )
 SELECT s.run_id, s.workflow_id, s.started_at,
-       max(w."at") FILTER (w.type LIKE 'workflow_%'),
-       arg_min(w.type, w.seq) FILTER (w.type LIKE 'workflow_%'),
-       arg_min(w.error, w.seq) FILTER (w.type LIKE 'workflow_%'),
+       max(w."at") FILTER (w.type LIKE 'workflow_%')                        AS ended_at,
+       arg_min(w.type, w.seq) FILTER (w.type LIKE 'workflow_%')             AS outcome,
+       arg_min(w.error, w.seq) FILTER (w.type LIKE 'workflow_%')            AS error,
        list(w.raw->>'$.data.node_id' || '=' || (w.raw->>'$.data.verdict') ORDER BY w.seq)
-           FILTER (w.type IN ('gate_passed', 'gate_failed')),
+           FILTER (w.type IN ('gate_passed', 'gate_failed'))                AS gates,
        list(coalesce(w.raw->>'$.data.result.artifacts',
                      w.raw->>'$.data.result.data.result.artifacts') ORDER BY w.seq)
-           FILTER (w.type IN ('node_succeeded', 'node_failed'))
-FROM starts s LEFT JOIN wf w ON w.run_id = s.run_id
+           FILTER (w.type IN ('node_succeeded', 'node_failed'))             AS artifacts,
+       list(w.raw->>'$.data.node_id' || '=' || (w.raw->>'$.data.name') ORDER BY w.seq)
+           FILTER (w.type = 'node_started' AND w.raw->>'$.data.node_type' = 'signal')
+                                                                            AS signals,
+       list(w.raw->>'$.data.node_id')
+           FILTER (w.type IN ('node_succeeded', 'node_failed', 'node_skipped',
+                              'gate_passed', 'gate_failed'))                AS over,
+       s.parent_run_id, any_value(k.children)                              AS children
+FROM starts s LEFT JOIN wf w ON w.run_id = s.run_id LEFT JOIN kids k ON k.run_id = s.run_id
 GROUP BY ALL ORDER BY s.started_at DESC
 """
 
@@ -151,6 +166,7 @@ def awkward_events() -> list[bytes]:
     """Events the synthetic set lacks; each one is a way a rollup could drift from SQL."""
     at = _iso(NOW - dt.timedelta(minutes=30, seconds=5))
     late = _iso(NOW - dt.timedelta(minutes=1))
+    later = _iso(NOW - dt.timedelta(seconds=50))
     base = {"route": "echo.run.0", "attempt": 1}
     return [
         b"not json at all",
@@ -167,7 +183,7 @@ def awkward_events() -> list[bytes]:
         _event(event_id="x4e2", type="execute_enqueued", at=at, task_id="x2", attempt=2,
                route="echo.run.0", queue_wait_ms=0.5, version="v2", cohort="canary"),
         # a run whose gate fails before its second task is done
-        _event(event_id="r1s", type="workflow_started", at=at, correlation_id="run-x",
+        _event(event_id="r1s", type="workflow_started", at=late, correlation_id="run-x",
                data={"workflow_id": WORKFLOW_ID, "plan": {}}),
         _event(event_id="r1t1", type="execute_done", at=at, task_id="run-x:a:1",
                correlation_id="run-x", queue_wait_ms=1.5, duration_ms=9.5,
@@ -182,6 +198,17 @@ def awkward_events() -> list[bytes]:
         _event(event_id="r1o", type="workflow_failed", at=late, correlation_id="run-x",
                error_code="workflow.gate_failed", error="gate check failed", duration_ms=5.0,
                data={"workflow_id": WORKFLOW_ID}),
+        # a child of run-x, still running, waiting for a signal (one other signal came)
+        _event(event_id="r2s", type="workflow_started", at=later, correlation_id="run-y",
+               data={"workflow_id": WORKFLOW_ID, "plan": {}, "parent": {"runId": "run-x"}}),
+        _event(event_id="r2a", type="node_started", at=at, correlation_id="run-y",
+               data={"workflow_id": WORKFLOW_ID, "node_id": "approve", "node_type": "signal",
+                     "name": "approval"}),
+        _event(event_id="r2b", type="node_started", at=at, correlation_id="run-y",
+               data={"workflow_id": WORKFLOW_ID, "node_id": "ping", "node_type": "signal",
+                     "name": "ping"}),
+        _event(event_id="r2c", type="node_succeeded", at=late, correlation_id="run-y",
+               data={"workflow_id": WORKFLOW_ID, "node_id": "ping", "result": {}}),
     ]  # fmt: skip
 
 
@@ -229,7 +256,7 @@ def projected(
     if request.param == "folded":
         store.fold_sync()
     else:
-        assert rollups.folded_seq_sync(store.con) < 6013
+        assert rollups.folded_seq_sync(store.con) < len(event_set())
     try:
         yield store
     finally:
@@ -351,6 +378,9 @@ def test_dashboard_equals_the_raw_sql(projected: ProjectionStore, since: dt.date
         assert "v2" in {v["version"] for v in quality["by_version"]}
 
     assert body["runs"] == [_run_row(row) for row in con.execute(RAW_RUNS).fetchall()]
+    by_run = {run["runId"]: run for run in body["runs"]}
+    assert by_run["run-y"]["waiting"] == [{"node": "approve", "name": "approval"}]
+    assert by_run["run-y"]["parentRunId"] == "run-x" and by_run["run-x"]["children"] == 1
     raw_latency = {
         r[0]: r for r in con.execute(RAW_LATENCY.format(group=""), {"since": since}).fetchall()
     }
@@ -390,14 +420,17 @@ def test_prometheus_text_equals_the_raw_sql(projected: ProjectionStore) -> None:
     for route, n, qw_sum, dur_sum, qw, dur in con.execute(RAW_ATTEMPTS).fetchall():
         label = route or ""
         for name, total, quantiles in (
-            ("cogo_attempt_queue_wait_ms", qw_sum, qw),
-            ("cogo_attempt_duration_ms", dur_sum, dur),
+            ("cogo_attempt_queue_wait_seconds", qw_sum, qw),
+            ("cogo_attempt_duration_seconds", dur_sum, dur),
         ):
+            # the projection keeps milliseconds; Prometheus gets seconds
             assert samples[f'{name}_count{{route="{label}"}}'] == n
-            assert samples[f'{name}_sum{{route="{label}"}}'] == pytest.approx(total, abs=1e-6 * n)
+            assert samples[f'{name}_sum{{route="{label}"}}'] == pytest.approx(
+                total / 1000.0, abs=1e-9 * n
+            )
             for q, value in zip(queries.PERCENTILES, quantiles, strict=True):
                 got = samples[f'{name}{{route="{label}",quantile="{q}"}}']
-                assert got == pytest.approx(value, **ERR), (name, route, q)
+                assert got == pytest.approx(value / 1000.0, rel=ERR["rel"], abs=1e-6), (name, q)
 
 
 # -- workflow metrics -----------------------------------------------------------------------
@@ -461,7 +494,7 @@ def test_existing_files_get_their_rollups_on_open(
         store.shutdown()
 
 
-@pytest.mark.parametrize("cut", [1, 1200, 3601, 6013])
+@pytest.mark.parametrize("cut", [1, 1200, 3601, 6017])
 def test_pruned_rollups_equal_rollups_of_what_remains(tmp_path: Path, cut: int) -> None:
     bodies = event_set()
     pruned = build(tmp_path / "pruned.duckdb", bodies, seed=7)

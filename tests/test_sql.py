@@ -307,12 +307,17 @@ async def test_cli_replay_offline_and_refusal(nats_server, js, tmp_path):
 
     projector = _run_projector(nats_server.url, data_dir)
     try:
-        deadline = time.monotonic() + 15
-        while True:  # the projector holds the file once it logged that it started
-            busy = await asyncio.to_thread(_cogo, "replay", *args)
-            if busy.returncode != 0 or time.monotonic() > deadline:
+        # the projector holds the file once its consumer exists (it opens the file first);
+        # replaying meanwhile would itself hold the file and make the projector give up
+        deadline = time.monotonic() + 60  # a loaded machine starts a process slowly
+        while True:
+            try:
+                await js.consumer_info("EVENTS", "projector")
                 break
-            await asyncio.sleep(0.2)
+            except Exception:
+                assert projector.poll() is None and time.monotonic() < deadline
+                await asyncio.sleep(0.1)
+        busy = await asyncio.to_thread(_cogo, "replay", *args)
         assert busy.returncode == 2 and "[projection.busy]" in busy.stderr
         assert "in use by another process" in busy.stderr
     finally:
@@ -326,3 +331,80 @@ def _run_projector(url: str, data_dir: Path) -> subprocess.Popen[bytes]:
          "--data-dir", str(data_dir)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
+
+
+# -- limits (issue 14, items 1 and 2) ----------------------------------------------------
+
+HEAVY = "SELECT sum(a.range * b.range) FROM range(30000) a, range(30000) b"
+
+
+@pytest.mark.parametrize("timeout_s", [1e-6, 1e-3])
+def test_time_limit_holds_when_it_passes_before_the_query_starts(store, timeout_s):
+    # the limit passes while the query is still being bound: one interrupt() would be lost
+    for _ in range(3):
+        with pytest.raises(SqlTimeout):
+            query(store, HEAVY, timeout_s=timeout_s)
+    assert query(store, "SELECT 42").rows == [[42]]
+
+
+SIDE_EFFECTS = [
+    "SELECT * FROM checkpoint()",
+    "SELECT * FROM force_checkpoint()",
+    "SELECT (SELECT count(*) FROM main.checkpoint())",
+    'SELECT * FROM "checkpoint"()',
+    "EXPLAIN SELECT * FROM checkpoint()",
+    "SELECT * FROM query('SELECT * FROM checkpoint()')",
+    "SELECT * FROM json_execute_serialized_sql(json_serialize_sql('SELECT 1'))",
+    "SELECT * FROM truncate_duckdb_logs()",
+    "SELECT * FROM arrow_scan(1, 2, 3)",
+    "SELECT setseed(0.5)",
+    "SELECT write_log('x')",
+    "SELECT sleep_ms(60000)",
+    "SELECT * FROM (PIVOT (SELECT 1 AS a) ON a)",
+]
+
+
+@pytest.mark.parametrize("sql", SIDE_EFFECTS)
+def test_functions_with_side_effects_are_refused(store, tmp_path, sql):
+    wal = tmp_path / "cogo.duckdb.wal"
+    store.con.execute("INSERT INTO bus_events (seq, type, raw) VALUES (1000, 'x', '{}')")
+    before = wal.stat().st_size
+    with pytest.raises(SqlRejected, match="not allowed|side effects|read-only|cannot be checked"):
+        query(store, sql)
+    assert wal.stat().st_size == before  # no checkpoint folded the WAL into the file
+
+
+def test_read_only_functions_still_work(store):
+    assert query(store, "SELECT count(*) FROM range(10)").rows == [[10]]
+    assert query(store, "SHOW TABLES").rows
+    assert query(store, "DESCRIBE bus_events").rows
+    assert query(store, "SELECT count(*) > 0 FROM duckdb_settings()").rows == [[True]]
+
+
+def test_answer_is_cut_at_max_bytes(store):
+    huge = query(store, "SELECT repeat('x', 100000000)", max_bytes=1024 * 1024)
+    assert huge.rows == [] and huge.truncated and huge.truncated_by == "max_bytes"
+    many = query(store, "SELECT repeat('x', 1000) FROM range(5000)", max_bytes=100_000)
+    assert 90 <= len(many.rows) < 100 and many.truncated_by == "max_bytes"
+    rows = query(store, "SELECT * FROM range(20)", max_rows=5)
+    assert rows.truncated_by == "max_rows" and len(rows.rows) == 5
+    assert query(store, "SELECT 1").truncated_by is None
+
+
+def test_memory_limit_and_threads_come_from_the_config(tmp_path):
+    from cogo.config import DuckdbConfig
+
+    limits = DuckdbConfig(memory_limit="64MB", threads=1, max_temp_directory_size="0KB")
+    small = ProjectionStore(tmp_path / "small.duckdb", limits=limits)
+    small.open_sync()
+    try:
+        settings = query(
+            small, "SELECT current_setting('memory_limit'), current_setting('threads')"
+        )
+        assert settings.rows == [["61.0 MiB", 1]]
+        with pytest.raises(SqlRejected, match="more memory than allowed"):
+            query(small, "SELECT count(DISTINCT range::VARCHAR) FROM range(20000000)")
+        assert query(small, "SELECT 1").rows == [[1]]
+    finally:
+        small.close_sync()
+        small.shutdown()

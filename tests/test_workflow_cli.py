@@ -60,14 +60,16 @@ async def test_workflow_commands(nats_server, nc, js, config, data_dir, tmp_path
     definition.write_text(json.dumps(DEFINITION))
     common = ["--data-dir", str(data_dir)]
     try:
-        async with running(nats_server.url, config, ExecutorDispatcher, EchoActor, Orchestrator):
+        async with (
+            running(nats_server.url, config, ExecutorDispatcher, EchoActor),
+            running(nats_server.url, config, Orchestrator, data_dir=data_dir),
+        ):
             code, out = await _cli(capsys, "workflow", "run", "--file", str(definition),
                                    "-p", "sleep_ms=10", "--run-id", "cli-run-1", "--wait",
                                    "--timeout", "20", *common)  # fmt: skip
             assert code == 0, out
-            started, _, final = out.partition("\n")
-            assert json.loads(started)["runId"] == "cli-run-1"
-            assert json.loads(final)["status"] == "succeeded"
+            final = json.loads(out)  # one JSON document: the final state
+            assert final["runId"] == "cli-run-1" and final["status"] == "succeeded"
 
             code, out = await _cli(capsys, "workflow", "state", "cli-run-1", *common)
             assert code == 0 and json.loads(out)["gates"]["check"]["verdict"] == "passed"
@@ -87,10 +89,69 @@ async def test_workflow_commands(nats_server, nc, js, config, data_dir, tmp_path
 
             code, err = await _cli(capsys, "workflow", "plan", "indexing", *common)
             assert code == 2 and "parameters.path: field required" in err
+
+            # a human gate: the run waits until `cogo workflow signal` approves it
+            gated = tmp_path / "gated.json"
+            gated.write_text(json.dumps(GATED))
+            code, out = await _cli(capsys, "workflow", "run", "--file", str(gated),
+                                   "--run-id", "cli-gated", *common)  # fmt: skip
+            assert code == 0 and json.loads(out)["runId"] == "cli-gated"
+            for _ in range(100):  # 404 until the orchestrator has taken the start command
+                code, out = await _cli(capsys, "workflow", "signal", "cli-gated", "approve",
+                                       "--data", '{"approved": true}', *common)  # fmt: skip
+                if code == 0:
+                    break
+                await asyncio.sleep(0.1)
+            assert code == 0 and json.loads(out)["node"] == "approve"
+            code, err = await _cli(capsys, "workflow", "signal", "cli-gated", "nope", *common)
+            assert code == 2 and "404" in err and "no signal node named 'nope'" in err
+            for _ in range(100):
+                code, out = await _cli(capsys, "workflow", "state", "cli-gated", *common)
+                if json.loads(out)["status"] == "succeeded":
+                    break
+                await asyncio.sleep(0.1)
+            assert json.loads(out)["nodes"][0]["result"] == {"approved": True}
+
+            # schedules: every second, fired by the orchestrator holding the scheduler lease
+            code, err = await _cli(capsys, "schedule", "add", "tick", "cliDemo", "--cron",
+                                   "not a cron", *common)  # fmt: skip
+            assert code == 2 and "422" in err and "cron" in err
+            (data_dir / "workflows").mkdir(exist_ok=True)
+            (data_dir / "workflows" / "cliDemo.json").write_text(json.dumps(DEFINITION))
+            code, out = await _cli(capsys, "schedule", "add", "tick", "cliDemo", "--every", "1",
+                                   *common)  # fmt: skip
+            assert code == 0 and json.loads(out)["interval_s"] == 1, out
+            for _ in range(150):
+                code, out = await _cli(capsys, "schedule", "list", "--json", *common)
+                if json.loads(out)[0]["fired"] >= 2:
+                    break
+                await asyncio.sleep(0.1)
+            listed = json.loads(out)[0]
+            assert listed["fired"] >= 2 and listed["lastRunId"].startswith("tick:20")
+            code, out = await _cli(capsys, "schedule", "list", *common)
+            assert code == 0 and "tick" in out and "every 1s" in out
+            code, out = await _cli(capsys, "schedule", "delete", "tick", *common)
+            assert code == 0 and json.loads(out)["deleted"] is True
+            code, err = await _cli(capsys, "schedule", "delete", "tick", *common)
+            assert code == 2 and "404" in err
+
+            (data_dir / "workflows" / "broken.toml").write_text("id = ")
+            code, out = await _cli(capsys, "workflow", "defs", *common)
+            broken = [w for w in json.loads(out) if w["id"] == "broken"]
+            assert code == 0 and broken and "TOMLDecodeError" in broken[0]["error"]
     finally:
         server.should_exit = True
         await serving
         await policies.stop()
+
+
+GATED: dict[str, Any] = {
+    "id": "cliGated",
+    "nodes": [
+        {"id": "approve", "type": "signal"},
+        {"id": "check", "type": "gate", "condition": "nodes.approve.result.approved == true"},
+    ],
+}
 
 
 def test_parameters_parse_json_or_text():

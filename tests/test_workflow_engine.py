@@ -8,7 +8,7 @@ from typing import Any
 
 from cogo.actors.dispatcher import ExecutorDispatcher
 from cogo.actors.echo import EchoActor
-from cogo.actors.notifier import SIGNATURE_HEADER, NotifierActor, sign
+from cogo.actors.notifier import SIGNATURE_HEADER, TIMESTAMP_HEADER, NotifierActor, sign
 from cogo.actors.orchestrator import CancelRun, Orchestrator, send_command
 from tests.helpers import EventReader, running
 from tests.test_workflow_support import Webhook, start_run, wait_run, webhook_fixture  # noqa: F401
@@ -90,10 +90,13 @@ async def test_every_node_type(nats_server, js, config, webhook: Webhook, monkey
     # Notify reached the receiver once, signed
     assert len(webhook.requests) == 1
     request = webhook.requests[0]
-    assert request["headers"][SIGNATURE_HEADER] == sign(SECRET.encode(), request["raw"])
+    stamp = request["headers"][TIMESTAMP_HEADER]
+    assert request["headers"][SIGNATURE_HEADER] == sign(SECRET.encode(), stamp, request["raw"])
     body = json.loads(request["raw"])
     assert body["run_id"] == run_id and body["message"] == "all done"
     assert body["gates"] == {"check": "passed"}
+    # sent while the Notify node itself runs: the run has not succeeded yet (issue 14)
+    assert body["status"] == "running" and state.status == "succeeded"
 
     reader = EventReader(js)
     await reader.poll()

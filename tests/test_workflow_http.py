@@ -179,3 +179,102 @@ async def test_execute_state_runs_and_metrics(nats_server, client, config, data_
     assert len(metrics["recentRuns"]) == 2
     assert not_found.status_code == 404
     assert finished_cancel.status_code == 409
+
+
+GATED_BY_HUMAN: dict[str, Any] = {
+    "id": "gatedByHuman",
+    "nodes": [
+        {"id": "ask", "type": "signal", "name": "approve", "timeout_ms": 60000},
+        {"id": "ok", "type": "gate", "condition": "nodes.ask.result.approved == true"},
+    ],
+}
+
+
+async def test_signal_route_statuses(nats_server, client, config, data_dir):
+    (data_dir / "workflows").mkdir()
+    import json
+
+    (data_dir / "workflows" / "gatedByHuman.json").write_text(json.dumps(GATED_BY_HUMAN))
+    async with running(nats_server.url, config, ExecutorDispatcher, EchoActor, Orchestrator):
+        started = await client.post("/api/workflows/execute", json={"workflowId": "gatedByHuman"})
+        run_id = started.json()["runId"]
+        unknown_run = await client.post("/api/orchestrator/signal",
+                                        json={"runId": "nope", "name": "approve"})  # fmt: skip
+        deadline = time.monotonic() + 15
+        while (await client.get("/api/orchestrator/state", params={"runId": run_id})).status_code \
+                == 404:  # fmt: skip
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        unknown_name = await client.post("/api/orchestrator/signal",
+                                         json={"runId": run_id, "name": "reject"})  # fmt: skip
+        malformed = await client.post("/api/orchestrator/signal",
+                                      json={"runId": run_id, "name": "no spaces"})  # fmt: skip
+        sent = await client.post("/api/orchestrator/signal", json={
+            "runId": run_id, "name": "approve", "data": {"approved": True}, "signalId": "once"})  # fmt: skip
+        again = await client.post("/api/orchestrator/signal", json={
+            "runId": run_id, "name": "approve", "data": {"approved": True}, "signalId": "once"})  # fmt: skip
+        final = await _state(client, run_id)
+        late = await client.post("/api/orchestrator/signal",
+                                 json={"runId": run_id, "name": "approve"})  # fmt: skip
+    assert unknown_run.status_code == 404 and "no run" in unknown_run.json()["detail"]
+    assert unknown_name.status_code == 404
+    assert "no signal node named 'reject' (signals: approve)" in unknown_name.json()["detail"]
+    assert malformed.status_code == 422 and malformed.json()["detail"][0]["loc"] == ["body", "name"]
+    assert sent.status_code == 202, sent.text
+    assert sent.json()["node"] == "ask" and sent.json()["signalId"] == "once"
+    assert again.status_code in (202, 409)  # the same signal id: delivered once either way
+    assert final["status"] == "succeeded", final
+    assert final["nodes"][0]["result"] == {"approved": True} and final["signals"] == ["approve"]
+    assert late.status_code == 409 and "already succeeded" in late.json()["detail"]
+    paths = (await client.get("/openapi.json")).json()["paths"]
+    assert {"202", "404", "409", "503"} <= set(
+        paths["/api/orchestrator/signal"]["post"]["responses"]
+    )
+
+
+async def test_schedule_routes(client, data_dir):
+    bad_cron = await client.post("/api/schedules", json={
+        "id": "nightly", "workflowId": "indexing", "parameters": {"path": "/tmp"},
+        "cron": "61 * * * *"})  # fmt: skip
+    both = await client.post("/api/schedules", json={
+        "id": "nightly", "workflowId": "indexing", "cron": "0 3 * * *", "interval_s": 5})  # fmt: skip
+    unknown = await client.post("/api/schedules", json={
+        "id": "nightly", "workflowId": "nope", "interval_s": 5})  # fmt: skip
+    unplannable = await client.post("/api/schedules", json={
+        "id": "nightly", "workflowId": "indexing", "interval_s": 5})  # fmt: skip
+    policy = await client.post("/api/schedules", json={
+        "id": "nightly", "workflowId": "indexing", "interval_s": 5, "catchup": "some"})  # fmt: skip
+    body = {"id": "nightly", "workflowId": "indexing", "parameters": {"path": "/tmp"},
+            "cron": "0 3 * * *", "catchup": "all", "max_catchup": 5}  # fmt: skip
+    created = await client.post("/api/schedules", json=body)
+    replaced = await client.post("/api/schedules", json={**body, "cron": "30 3 * * *"})
+    listed = await client.get("/api/schedules")
+    gone = await client.delete("/api/schedules/nightly")
+    gone_again = await client.delete("/api/schedules/nightly")
+    empty = await client.get("/api/schedules")
+    assert bad_cron.status_code == 422 and bad_cron.json()["detail"][0]["loc"] == ["body", "cron"]
+    assert "not a valid cron expression" in bad_cron.json()["detail"][0]["msg"]
+    assert both.status_code == 422 and "exactly one of" in both.json()["detail"][0]["msg"]
+    assert unknown.status_code == 404
+    assert unplannable.status_code == 422
+    assert unplannable.json()["detail"][0]["loc"] == ["body", "parameters", "path"]
+    assert policy.status_code == 422 and policy.json()["detail"][0]["loc"] == ["body", "catchup"]
+    assert created.status_code == 201, created.text
+    assert created.json()["nextTick"].endswith("T03:00:00Z") and created.json()["fired"] == 0
+    assert replaced.status_code == 200 and replaced.json()["nextTick"].endswith("T03:30:00Z")
+    assert [s["id"] for s in listed.json()["schedules"]] == ["nightly"]
+    assert listed.json()["schedules"][0]["cron"] == "30 3 * * *"
+    assert gone.status_code == 200 and gone_again.status_code == 404
+    assert empty.json() == {"schedules": [], "count": 0}
+
+
+async def test_defs_lists_files_that_do_not_load(client, data_dir):
+    folder = data_dir / "workflows"
+    folder.mkdir()
+    (folder / "broken.json").write_text('{"id": "broken", "nodes": [')
+    (folder / "misshapen.json").write_text('{"id": "misshapen", "nodes": []}')
+    rows = {w["id"]: w for w in (await client.get("/api/workflows")).json()["workflows"]}
+    assert "JSONDecodeError" in rows["broken"]["error"] and rows["broken"]["path"].endswith(
+        "broken.json")  # fmt: skip
+    assert "nodes" in rows["misshapen"]["error"]
+    assert "error" not in rows["codeBuildTest"]

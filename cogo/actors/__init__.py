@@ -1,28 +1,37 @@
-"""Actors: one module per actor kind; ``ACTORS`` maps the names ``cogo run`` accepts."""
+"""Actors: one module per actor kind, and ``app``, the app that declares Cogo's own.
+
+The built-in actors are declared exactly as a team declares its agents (``cogo.App``):
+``cogo run echo`` runs the agent ``echo`` of this app, and ``cogo up`` starts every agent
+of it that has ``up=True``. Classes are named as ``"module:Class"`` so that running one
+actor imports only its module (``cogo run echo`` does not load DuckDB).
+"""
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from cogo.actors.app import AgentSpec, App
+from cogo.streams.envelope import EXECUTE_SUBJECT, RESULT_SUBJECT
+from cogo.streams.topology import ORCHESTRATOR_ROUTES
 
-# name -> "module:Class"; imported lazily so `cogo run echo` does not load DuckDB
-ACTORS: dict[str, str] = {
-    "dispatcher": "cogo.actors.dispatcher:ExecutorDispatcher",
-    "echo": "cogo.actors.echo:EchoActor",
-    "orchestrator": "cogo.actors.orchestrator:Orchestrator",
-    "indexer": "cogo.actors.indexer:IndexerActor",
-    "notifier": "cogo.actors.notifier:NotifierActor",
-    "projector": "cogo.projections.projector:Projector",
-    "codegen": "cogo.actors.codegen:CodegenActor",
-    "build_test": "cogo.actors.build_test:BuildTestActor",
-}
+app = App("cogo", _builtin=True)
 
+app.add("cogo.actors.dispatcher:ExecutorDispatcher", name="dispatcher",
+        routes=[EXECUTE_SUBJECT, RESULT_SUBJECT], tasks=False)  # fmt: skip
+app.add("cogo.actors.echo:EchoActor", name="echo", route="echo.run.0",
+        policy={"model": "local", "timeout_ms": 10000,
+                "backoff": {"initial_ms": 200, "multiplier": 2.0, "max_ms": 5000}})  # fmt: skip
+app.add("cogo.actors.codegen:CodegenActor", name="codegen", route="codegen.generate.0",
+        policy={"timeout_ms": 120000})  # fmt: skip
+app.add("cogo.actors.build_test:BuildTestActor", name="build_test", route="code.build-test.0",
+        policy={"model": "local", "timeout_ms": 300000, "max_attempts": 2})  # fmt: skip
+app.add("cogo.actors.indexer:IndexerActor", name="indexer", route="indexing.index.0",
+        policy={"model": "local", "timeout_ms": 300000})  # fmt: skip
+app.add("cogo.actors.notifier:NotifierActor", name="notifier", route="notify.webhook.0",
+        policy={"model": "local", "timeout_ms": 10000, "max_attempts": 5})  # fmt: skip
+# one command queue per partition of runs; a process pulls those whose lease it holds
+app.add("cogo.actors.orchestrator:Orchestrator", name="orchestrator",
+        routes=ORCHESTRATOR_ROUTES, tasks=False)  # fmt: skip
+# runs inside `cogo up` (it owns the DuckDB file there); `cogo run projector` elsewhere
+app.add("cogo.projections.projector:Projector", name="projector", routes=[], tasks=False,
+        up=False)  # fmt: skip
 
-def actor_class(name: str) -> Any:
-    """The class registered under ``name`` (KeyError if none)."""
-    module, _, cls = ACTORS[name].partition(":")
-    return getattr(importlib.import_module(module), cls)
-
-
-# what `cogo up` starts, one supervised process each (those registered so far)
-UP_ACTORS = ["dispatcher", "echo", "codegen", "build_test", "indexer", "notifier", "orchestrator"]
+__all__ = ["AgentSpec", "App", "app"]

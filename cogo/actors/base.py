@@ -96,7 +96,8 @@ class _Slots:
                 return
             self._freed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._freed.wait(), left)
+                async with asyncio.timeout(left):  # not wait_for: see Puller.pull
+                    await self._freed.wait()
 
 
 class _Claim:
@@ -240,19 +241,26 @@ class Actor:
         await self.stop()
 
     async def _fetch_loop(
-        self, route: str, consumer: tuple[str, str] | JetStreamContext.PullSubscription
+        self,
+        route: str,
+        consumer: tuple[str, str] | JetStreamContext.PullSubscription,
+        stop: asyncio.Event | None = None,
     ) -> None:
-        """Pull ``route``'s messages while slots are free; each starts a handler on arrival."""
+        """Pull ``route``'s messages while slots are free; each starts a handler on arrival.
+
+        ``stop`` ends this one loop (its last pull expires first, so no request is left
+        behind to capture messages); ``stop()`` of the actor ends them all."""
         if not isinstance(consumer, tuple):  # a subclass bound it with pull_subscribe_bind
             consumer = (consumer._stream, consumer._consumer)
         slots = _Slots(self.concurrency)
         self._slots.append(slots)
         puller = Puller(self.nc, *consumer, lambda msg: self._spawn(msg, route, slots))
         await puller.start()
+        stopped = stop or self._stopping
         try:
-            while not self._stopping.is_set():
+            while not self._stopping.is_set() and not stopped.is_set():
                 await slots.wait()
-                if self._stopping.is_set():
+                if self._stopping.is_set() or stopped.is_set():
                     break
                 if slots.free <= 0:  # overdrawn by a late delivery: wait for its handler
                     continue
@@ -276,6 +284,7 @@ class Actor:
                     await asyncio.sleep(0.5)
         finally:
             await puller.stop()
+            self._slots.remove(slots)
 
     def _spawn(self, msg: Msg, route: str, slots: _Slots) -> None:
         slots.take()

@@ -21,13 +21,12 @@ from typing import Any
 import msgspec
 
 from cogo.config import Config, RoutePolicy
-from cogo.streams.envelope import ASSIGNMENT_KEY, WorkOrder, decode_assignment
+from cogo.streams.envelope import ASSIGNMENT_KEY, COHORT_KEY, WorkOrder, decode_assignment
 from cogo.streams.events import EventLog, make_event
+from cogo.streams.registry import declare_version
 from cogo.streams.rollouts import RouteSplit, SplitWatch, check_version, versioned_route
-from cogo.streams.topology import ensure_consumer
 
 BASELINE, CANARY = "baseline", "canary"
-COHORT_KEY = "__cohort"  # payload pin: run this task on the canary or the baseline
 POLICY_BYPASSED = "policy_bypassed"
 
 
@@ -118,10 +117,9 @@ async def versioned_routes(worker: Any) -> list[str]:
     if not worker.version:
         return list(worker.routes)
     version = check_version(worker.version)
-    routes = [
-        route if route.endswith(f".{version}") else versioned_route(route, version)
+    return [
+        route
+        if route.endswith(f".{version}")
+        else await declare_version(worker.js, worker.config, route, version)
         for route in worker.routes
     ]
-    for route in routes:
-        await ensure_consumer(worker.js, route, worker.config)
-    return routes

@@ -162,7 +162,7 @@ class ExecutorDispatcher(Actor):
         }
         submitted_at = delivery.published_at
         try:
-            policy = self.policies.get(task.route)
+            policy = await self.policies.lookup(task.route)
             resolved = resolve_assignment(decode_assignment(task.payload), policy)
             deadline = submitted_at + resolved.ttl_ms / 1000.0
             if time.time() > deadline:
@@ -296,7 +296,7 @@ class ExecutorDispatcher(Actor):
             return
         code, error = r.error_code or "worker.error", r.error or "attempt failed"
         if not r.retryable:
-            await self._fail(base, code, error, data=timing, **measured)
+            await self._fail(base, code, error, data=timing, detail=r.detail, **measured)
             return
         if order.attempt >= a.max_attempts:
             await self._fail(

@@ -25,7 +25,7 @@ from typing import Any
 
 from cogo.actors.worker import Outcome, TaskContext, Worker
 from cogo.errors import PermanentWorkerError, WorkerError
-from cogo.streams.envelope import Usage, WorkOrder
+from cogo.streams.envelope import WorkOrder
 
 
 class EchoActor(Worker):
@@ -45,7 +45,8 @@ class EchoActor(Worker):
         self.runs += 1
         if self.fail_rate > 0 and self.runs > self.fail_after and _fails(order, self.fail_rate):
             raise PermanentWorkerError(f"echo {self.version or ''} injected failure (fail rate)")
-        usage = Usage(
+        # spent whether or not the attempt then fails (budgets count failed attempts too)
+        ctx.report_usage(
             tokens=int(payload.get("tokens", 0)), cost_usd=float(payload.get("cost_usd", 0))
         )
         sleep_ms = float(payload.get("sleep_ms", 0) or 0)
@@ -55,15 +56,10 @@ class EchoActor(Worker):
             await asyncio.sleep(sleep_ms / 1000.0)
         fail_always = payload.get("fail_always")
         if fail_always == "permanent":
-            raise _with_usage(PermanentWorkerError("echo asked to fail permanently"), usage)
+            raise PermanentWorkerError("echo asked to fail permanently")
         if fail_always or order.attempt <= int(payload.get("fail_times", 0) or 0):
-            raise _with_usage(WorkerError(f"echo asked to fail attempt {order.attempt}"), usage)
-        return Outcome(result=payload.get("result"), usage=usage)
-
-
-def _with_usage(exc: Exception, usage: Usage) -> Exception:
-    exc.usage = usage  # type: ignore[attr-defined] - a failed attempt still spent tokens
-    return exc
+            raise WorkerError(f"echo asked to fail attempt {order.attempt}")
+        return Outcome(result=payload.get("result"))
 
 
 def _fails(order: WorkOrder, rate: float) -> bool:

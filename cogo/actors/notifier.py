@@ -3,10 +3,13 @@
 Payload: ``{"url": "http://127.0.0.1:9000/hook", "body": {...}}`` (without ``body``, the
 rest of the payload is sent). The request carries
 
-- ``X-Cogo-Signature: sha256=<hex>``: HMAC-SHA256 of the raw body with the webhook secret
-  (``COGO_WEBHOOK_SECRET``, else ``<data-dir>/webhook_secret``, created 0600 on first use);
-- ``X-Cogo-Timestamp`` (unix seconds) and ``X-Cogo-Delivery`` (the task id, the same on
-  every retry, so a receiver can drop repeats).
+- ``X-Cogo-Timestamp``: unix seconds when this attempt was sent;
+- ``X-Cogo-Signature: sha256=<hex>``: HMAC-SHA256, keyed with the webhook secret
+  (``COGO_WEBHOOK_SECRET``, else ``<data-dir>/webhook_secret``, created 0600 on first use),
+  of ``<timestamp>.<raw body>``: the timestamp is signed, so a captured request cannot be
+  replayed later with a fresh one; a receiver checks the signature, then that the
+  timestamp is recent (``verify`` does both);
+- ``X-Cogo-Delivery``: the task id, the same on every retry, so a receiver can drop repeats.
 
 Failures go through the dispatcher's uniform retry: a 5xx, 408, 429, timeout or
 connection error raises ``WorkerError`` (retried with backoff); any other 4xx, a redirect
@@ -23,7 +26,6 @@ import fnmatch
 import hashlib
 import hmac
 import os
-import secrets
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,6 +42,7 @@ from cogo.errors import (
     WebhookHostNotAllowed,
     WorkerError,
 )
+from cogo.secretfile import read_or_create
 from cogo.streams.envelope import ASSIGNMENT_KEY, WorkOrder
 
 DEFAULT_ALLOWED_HOSTS = ("127.0.0.1", "localhost")
@@ -48,6 +51,8 @@ TIMESTAMP_HEADER = "X-Cogo-Timestamp"
 DELIVERY_HEADER = "X-Cogo-Delivery"
 SECRET_FILE = "webhook_secret"
 RETRYABLE_STATUS = {408, 425, 429}
+# how old a timestamp ``verify`` accepts by default (clock skew plus delivery time)
+DEFAULT_TOLERANCE_S = 300
 
 _encoder = msgspec.json.Encoder(order="deterministic")
 
@@ -60,26 +65,38 @@ def allowed_hosts_from_env() -> list[str]:
 
 
 def webhook_secret(data_dir: Path | None) -> bytes | None:
-    """``COGO_WEBHOOK_SECRET``, else ``<data-dir>/webhook_secret`` (created if missing)."""
+    """``COGO_WEBHOOK_SECRET``, else ``<data-dir>/webhook_secret`` (created once, atomically)."""
     secret = os.environ.get("COGO_WEBHOOK_SECRET")
     if secret:
         return secret.encode()
     if data_dir is None:
         return None
-    path = Path(data_dir) / SECRET_FILE
+    return read_or_create(Path(data_dir) / SECRET_FILE).encode()
+
+
+def sign(secret: bytes, timestamp: str, body: bytes) -> str:
+    """The ``X-Cogo-Signature`` value for ``body`` sent at ``timestamp`` (unix seconds)."""
+    signed = timestamp.encode() + b"." + body
+    return "sha256=" + hmac.new(secret, signed, hashlib.sha256).hexdigest()
+
+
+def verify(
+    secret: bytes,
+    timestamp: str,
+    body: bytes,
+    signature: str,
+    *,
+    tolerance_s: float = DEFAULT_TOLERANCE_S,
+    now: float | None = None,
+) -> bool:
+    """What a receiver checks: the signature over timestamp and body, and a recent timestamp."""
+    if not hmac.compare_digest(sign(secret, timestamp, body), signature):
+        return False
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_text().strip().encode()
-    token = secrets.token_urlsafe(32)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(token)
-    return token.encode()
-
-
-def sign(secret: bytes, body: bytes) -> str:
-    """The ``X-Cogo-Signature`` value for ``body``."""
-    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+        sent = int(timestamp)
+    except ValueError:
+        return False
+    return abs((time.time() if now is None else now) - sent) <= tolerance_s
 
 
 def host_allowed(url: str, allowed: Sequence[str]) -> bool:
@@ -133,11 +150,12 @@ class NotifierActor(Worker):
             )
         assert self._client is not None
         raw = _encoder.encode(body)
+        timestamp = str(int(time.time()))
         headers = {
             "Content-Type": "application/json",
             "User-Agent": "cogo-notifier",
-            SIGNATURE_HEADER: sign(self._secret, raw),
-            TIMESTAMP_HEADER: str(int(time.time())),
+            SIGNATURE_HEADER: sign(self._secret, timestamp, raw),
+            TIMESTAMP_HEADER: timestamp,
             DELIVERY_HEADER: order.task_id,
         }
         timeout = max(0.1, ctx.deadline - time.time())

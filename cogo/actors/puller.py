@@ -70,7 +70,10 @@ class Puller:
         with contextlib.suppress(TimeoutError):
             # unanswered (e.g. a reconnect dropped it): whatever still comes for it is
             # handled like any delivery, never left unread
-            await asyncio.wait_for(self._over.wait(), expires + REQUEST_GRACE_S)
+            # (asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancellation that
+            # arrives as the wait ends, and the caller would never stop)
+            async with asyncio.timeout(expires + REQUEST_GRACE_S):
+                await self._over.wait()
         return self._delivered
 
     async def _on_delivery(self, msg: Msg) -> None:

@@ -16,7 +16,7 @@ from nats.js.errors import NotFoundError
 from cogo.actors.deadletter import DeadLetterWatcher
 from cogo.actors.dispatcher import ExecutorDispatcher
 from cogo.config import Config
-from cogo.streams.topology import TASKS, all_routes, durable_name
+from cogo.streams.topology import TASKS, task_consumers
 
 MAX_LISTED = 1000
 
@@ -26,11 +26,8 @@ async def reclaim(nc: NATS, config: Config, dead_letter: bool = False) -> dict[s
     report: dict[str, Any] = {"consumers": []}
     dispatcher = ExecutorDispatcher(nc, config) if dead_letter else None
     watcher = DeadLetterWatcher(dispatcher, dispatcher.report_dead_letter) if dispatcher else None
-    for route in all_routes(config):
-        try:
-            info = await js.consumer_info(TASKS, durable_name(route))
-        except NotFoundError:
-            continue
+    for info in await task_consumers(js):
+        route = info.config.filter_subject or info.name
         floor = info.ack_floor.stream_seq if info.ack_floor else 0
         delivered = info.delivered.stream_seq if info.delivered else 0
         # with nothing in flight, every delivered message still stored was given up on;

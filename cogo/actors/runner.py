@@ -1,8 +1,15 @@
-"""Running actors as processes: ``cogo run <actor> [--replicas N]``.
+"""Running agents as processes: ``cogo run TARGET [--agent NAME] [--replicas N]``.
 
-One process runs one actor instance; ``--replicas N`` starts N such processes, all fetching
-from the same durable consumer. SIGTERM / SIGINT drain: no new fetches, in-flight handlers
-finish and are acked, then the connection closes.
+One process runs one agent instance. When a target names several agents, or ``--replicas``
+asks for more than one, this process becomes their supervisor (``cogo.actors.supervisor``):
+one child per replica, each a ``cogo run <ref> --agent NAME`` that finds the app the same
+way (the app directory rides along in ``PYTHONPATH``). SIGTERM / SIGINT drain: no new
+fetches, in-flight handlers finish and are acked, then the connection closes.
+
+Before it fetches, an agent declares its routes (``cogo.streams.registry``), so starting a
+new app against a running system is all it takes to add its routes. Under ``--auth`` an
+agent's user may not change streams: its routes were declared by ``cogo up``, and a new
+version's consumer is asked of ``cogo up`` (``cogo.control.version.<user>``).
 """
 
 from __future__ import annotations
@@ -10,23 +17,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import json
 import logging
 import os
 import signal
 import subprocess
-import sys
 import threading
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import nats
+import nats.errors
 from nats.aio.client import Client as NATS
 
-from cogo.actors import actor_class
+from cogo.actors.app import AgentSpec
+from cogo.actors.loader import LoadedApp
+from cogo.actors.supervisor import Supervisor, spawn
 from cogo.config import Config
+from cogo.errors import CogoError, ConfigError
 from cogo.streams.auth import PASSWORD_ENV, USER_ENV, inbox_prefix
+from cogo.streams.registry import declare
+from cogo.streams.topology import CONTROL_VERSION
 
 log = logging.getLogger(__name__)
+
+STOP_DEADLINE_S = 25.0
 
 
 async def connect(
@@ -65,8 +81,43 @@ def install_stop_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
-async def run_actor(
-    name: str,
+def nats_user(nc: NATS) -> str | None:
+    """The user this connection authenticated as (None: no auth)."""
+    return nc.options.get("user") or None
+
+
+async def declare_agent(nc: NATS, config: Config, spec: AgentSpec, version: str | None) -> None:
+    """Make the agent's routes exist before it fetches (see the module docstring)."""
+    user = nats_user(nc)
+    if user is None or user == "admin":
+        for warning in await declare(nc.jetstream(), config, spec.declarations()):
+            log.warning("%s", warning)
+        return
+    if version and spec.routes and spec.tasks:
+        for route in spec.routes:
+            await request_version(nc, user, route, version)
+
+
+async def request_version(nc: NATS, user: str, route: str, version: str) -> None:
+    """Ask ``cogo up`` (under ``--auth``) to make ``<route>.<version>``'s consumer and grant it."""
+    body = json.dumps({"route": route, "version": version}).encode()
+    try:
+        reply = await nc.request(f"{CONTROL_VERSION}.{user}", body, timeout=15)
+    except (nats.errors.NoRespondersError, nats.errors.TimeoutError) as exc:
+        raise ConfigError(
+            f"cannot declare version {version!r} of {route!r} as user {user!r}: no `cogo up "
+            f"--auth` answered ({type(exc).__name__}); versioned consumers under --auth are "
+            "made by cogo up"
+        ) from None
+    answer = msgspec.json.decode(reply.data)
+    if not answer.get("ok"):
+        raise ConfigError(
+            f"cogo up refused version {version!r} of {route!r}: {answer.get('error')}"
+        )
+
+
+async def run_agent(
+    spec: AgentSpec,
     nats_url: str,
     config: Config,
     *,
@@ -75,28 +126,23 @@ async def run_actor(
     stop: asyncio.Event | None = None,
     data_dir: Path | None = None,
 ) -> None:
-    """Run one actor until ``stop`` is set (or SIGTERM/SIGINT), then drain it."""
+    """Run one agent until ``stop`` is set (or SIGTERM/SIGINT), then drain it."""
     stop = stop or asyncio.Event()
-    nc = await connect(nats_url, f"cogo-{name}-{os.getpid()}")
-    kwargs: dict[str, Any] = {"concurrency": concurrency, "version": version}
-    cls = actor_class(name)
-    if getattr(cls, "needs_data_dir", False):
-        kwargs["data_dir"] = data_dir
-    actor = cls(nc, config, **kwargs)
+    nc = await connect(nats_url, f"cogo-{spec.app}-{spec.name}-{os.getpid()}")
     try:
+        actor = spec.build(nc, config, version=version, concurrency=concurrency, data_dir=data_dir)
+        if spec.routes:
+            await declare_agent(nc, config, spec, version)
         await actor.start()
-        log.info("%s started", actor.name)
+        log.info("%s started (app %s)", getattr(actor, "name", spec.name), spec.app)
         await stop.wait()
-        log.info("%s draining", actor.name)
-        _exit_if_stuck(actor.name, STOP_DEADLINE_S)
+        log.info("%s draining", spec.name)
+        _exit_if_stuck(spec.name, STOP_DEADLINE_S)
         await actor.stop()
     finally:
         with contextlib.suppress(Exception):
             await nc.flush(timeout=5)
             await nc.close()
-
-
-STOP_DEADLINE_S = 25.0
 
 
 def _exit_if_stuck(name: str, seconds: float) -> None:
@@ -117,24 +163,13 @@ def _exit_if_stuck(name: str, seconds: float) -> None:
     timer.start()
 
 
-def run_actor_main(
-    name: str,
-    nats_url: str,
-    config: Config,
-    *,
-    concurrency: int | None = None,
-    version: str | None = None,
-    data_dir: Path | None = None,
-) -> int:
-    """Process entry point for one actor instance."""
+def run_agent_main(spec: AgentSpec, nats_url: str, config: Config, **kwargs: Any) -> int:
+    """Process entry point for one agent instance."""
 
     async def main() -> None:
         stop = asyncio.Event()
         install_stop_signals(stop)
-        await run_actor(
-            name, nats_url, config, concurrency=concurrency, version=version, stop=stop,
-            data_dir=data_dir,
-        )  # fmt: skip
+        await run_agent(spec, nats_url, config, stop=stop, **kwargs)
 
     _use_uvloop()
     _tune_gc()
@@ -142,19 +177,19 @@ def run_actor_main(
     return 0
 
 
-def spawn_actor(
-    name: str,
+def agent_args(
+    target: str,
+    agent: str,
     nats_url: str,
     *,
     config_path: Path | None = None,
     data_dir: Path | None = None,
     version: str | None = None,
     concurrency: int | None = None,
-    env: dict[str, str] | None = None,
-    log_file: Path | None = None,
-) -> subprocess.Popen[bytes]:
-    """Start ``cogo run <name>`` as a child process."""
-    args = [sys.executable, "-m", "cogo", "run", name, "--nats-url", nats_url]
+) -> list[str]:
+    """The ``cogo run`` arguments that run one replica of ``agent`` of ``target``."""
+    args = ["run", target, *(["--agent", agent] if agent != target else [])]
+    args += ["--replicas", "1", "--nats-url", nats_url]
     if config_path is not None:
         args += ["--config", str(config_path)]
     if data_dir is not None:
@@ -163,34 +198,69 @@ def spawn_actor(
         args += ["--version", version]
     if concurrency:
         args += ["--concurrency", str(concurrency)]
-    out: Any = None
-    if log_file is not None:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        out = open(log_file, "ab")  # noqa: SIM115 - handed to the child
-    try:
-        return subprocess.Popen(
-            args,
-            env={**os.environ, **(env or {})},
-            stdout=out,
-            stderr=subprocess.STDOUT if out else None,
-        )
-    finally:
-        if out is not None:
-            out.close()
+    return args
 
 
-def run_replicas(name: str, replicas: int, nats_url: str, **kwargs: Any) -> int:
-    """Run ``replicas`` processes of one actor; forward SIGTERM/SIGINT; wait for all."""
-    children = [spawn_actor(name, nats_url, **kwargs) for _ in range(replicas)]
+def spawn_actor(
+    name: str,
+    nats_url: str,
+    *,
+    target: str | None = None,
+    env: dict[str, str] | None = None,
+    log_file: Path | None = None,
+    **kwargs: Any,
+) -> subprocess.Popen[bytes]:
+    """Start one replica of agent ``name`` (Cogo's own, or of the app ``target``) as a child."""
+    return spawn(agent_args(target or name, name, nats_url, **kwargs), env=env, log_file=log_file)
 
-    def forward(signum: int, _frame: Any) -> None:
-        for child in children:
-            with contextlib.suppress(ProcessLookupError):
-                child.send_signal(signum)
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    return max(child.wait() for child in children)
+def child_env(app_dirs: list[str], extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of an agent process: the app directories first on its PYTHONPATH."""
+    paths = [*app_dirs, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**(extra or {}), "PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}
+
+
+def run_processes(
+    loaded: LoadedApp,
+    specs: list[AgentSpec],
+    replicas: int | None,
+    nats_url: str,
+    *,
+    app_dir: str,
+    **kwargs: Any,
+) -> int:
+    """Run ``replicas`` processes of each agent (its declared count when None); supervise them
+    (a child that dies is started again) until SIGTERM/SIGINT, then drain them all."""
+    target = loaded.ref if not _is_builtin(loaded) else None
+
+    async def main() -> int:
+        supervisor = Supervisor()
+        env = child_env([app_dir])
+        for spec in specs:
+            for n in range(replicas or spec.replicas):
+                args = agent_args(target or spec.name, spec.name, nats_url, **kwargs)
+                supervisor.add(f"{spec.name}#{n}", lambda args=args: spawn(args, env=env))
+        supervisor.watch()
+        stop = asyncio.Event()
+        install_stop_signals(stop)
+        await stop.wait()
+        await supervisor.stop(grace=STOP_DEADLINE_S + 5)
+        return supervisor.exit_code
+
+    return asyncio.run(main())
+
+
+def _is_builtin(loaded: LoadedApp) -> bool:
+    from cogo.actors.loader import BUILTIN_REF
+
+    return loaded.ref == BUILTIN_REF
+
+
+def check_can_run(specs: list[AgentSpec], version: str | None) -> None:
+    """Refuse what can never run, before starting anything."""
+    if version and any(not spec.tasks for spec in specs):
+        names = ", ".join(spec.name for spec in specs if not spec.tasks)
+        raise CogoError(f"--version applies to task workers only, not to {names}")
 
 
 def _tune_gc() -> None:

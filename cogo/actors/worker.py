@@ -1,11 +1,16 @@
 """Workers: actors that execute one attempt of a task and report back to the dispatcher.
 
-A worker subclass implements ``run(order, ctx) -> Outcome``; this module decodes the work
-order, enforces the TTL and the per-attempt timeout, and publishes a ``WorkResult`` to
-``orchestrator.result.0`` with ``Nats-Msg-Id = <task_id>:<attempt>:result``. That id fences
-results: a paused "zombie" worker whose order was redelivered to another worker reports
-the same attempt again, and the stream drops the second report (DESIGN §9, nats-server
-#4786). Retry decisions are not made here: the dispatcher owns them.
+A worker subclass implements ``run(order, ctx) -> Outcome`` (a decorated ``@app.agent``
+handler is one, ``cogo.actors.agent``); this module decodes the work order, enforces the TTL
+and the per-attempt timeout, and publishes a ``WorkResult`` to ``orchestrator.result.0``
+with ``Nats-Msg-Id = <task_id>:<attempt>:result``. That id fences results: a paused "zombie"
+worker whose order was redelivered to another worker reports the same attempt again, and
+the stream drops the second report (DESIGN §9, nats-server #4786). Retry decisions are not
+made here: the dispatcher owns them.
+
+An attempt that is still running ``[actors] started_event_after_ms`` after its claim is
+announced with one ``execute_started`` event (``GET /api/tasks/{id}`` then says
+``running``); quicker attempts cost no event at all.
 """
 
 from __future__ import annotations
@@ -19,47 +24,105 @@ import msgspec
 
 from cogo.actors.base import Actor, Delivery
 from cogo.actors.canary import versioned_routes
-from cogo.errors import AttemptTimeout, CogoError, TtlExpired, WorkerError
+from cogo.errors import (
+    AttemptTimeout,
+    CogoError,
+    CostBudgetExhausted,
+    InvalidResult,
+    TokenBudgetExhausted,
+    TtlExpired,
+    WorkerError,
+)
 from cogo.streams.envelope import (
     MSG_ID,
+    RESERVED_PAYLOAD_KEYS,
     RESULT_SUBJECT,
+    ResolvedAssignment,
     Usage,
     WorkOrder,
     WorkResult,
     decode_order,
     encoder,
 )
+from cogo.streams.events import EXECUTE_STARTED, iso, make_event
 
 log = logging.getLogger(__name__)
 
 
 class Outcome(msgspec.Struct, frozen=True):
-    """What a successful attempt produced."""
+    """What a successful attempt produced (class-based workers return one)."""
 
     result: Any = None
     usage: Usage = Usage()
 
 
 class TaskContext:
-    """What a handler may use while it runs one attempt."""
+    """What a handler may use while it runs one attempt of a task.
+
+    async def handle(ctx: cogo.TaskContext, doc: Doc) -> dict:
+        ctx.report_usage(tokens=120, cost_usd=0.0004)
+    """
 
     def __init__(self, worker: Worker, delivery: Delivery, order: WorkOrder) -> None:
         self.worker = worker
         self.delivery = delivery
         self.order = order
+        self._tokens = 0
+        self._cost_usd = 0.0
+
+    @property
+    def task_id(self) -> str:
+        return self.order.task_id
+
+    @property
+    def route(self) -> str:
+        return self.order.route
+
+    @property
+    def attempt(self) -> int:
+        """1 for the first attempt, 2 for the first retry, ..."""
+        return self.order.attempt
+
+    @property
+    def assignment(self) -> ResolvedAssignment:
+        """The task's policy envelope with every key decided (model, budgets, limits)."""
+        return self.order.assignment
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        """The payload as submitted, without ``__assignment`` and the other reserved keys."""
+        raw = self.order.payload
+        if not any(key in raw for key in RESERVED_PAYLOAD_KEYS):
+            return raw
+        return {k: v for k, v in raw.items() if k not in RESERVED_PAYLOAD_KEYS}
+
+    @property
+    def correlation_id(self) -> str:
+        return self.order.correlation_id
+
+    @property
+    def version(self) -> str | None:
+        return self.worker.version
 
     @property
     def js(self) -> Any:
         return self.worker.js
 
     @property
+    def usage(self) -> Usage:
+        """What this attempt reported so far."""
+        return Usage(tokens=self._tokens, cost_usd=round(self._cost_usd, 9))
+
+    @property
     def remaining_tokens(self) -> int:
-        """Tokens this attempt may still spend under the task's ``max_tokens``."""
-        return max(0, self.order.assignment.max_tokens - self.order.usage_so_far.tokens)
+        """Tokens the task may still spend under its ``max_tokens``, this attempt included."""
+        spent = self.order.usage_so_far.tokens + self._tokens
+        return max(0, self.order.assignment.max_tokens - spent)
 
     @property
     def remaining_cost_usd(self) -> float:
-        return max(0.0, self.order.assignment.max_cost_usd - self.order.usage_so_far.cost_usd)
+        spent = self.order.usage_so_far.cost_usd + self._cost_usd
+        return max(0.0, self.order.assignment.max_cost_usd - spent)
 
     @property
     def deadline(self) -> float:
@@ -67,11 +130,40 @@ class TaskContext:
         timeout_at = self.delivery.claimed_at + self.order.assignment.timeout_ms / 1000.0
         return min(timeout_at, self.order.deadline)
 
+    def report_usage(self, *, tokens: int = 0, cost_usd: float = 0.0) -> None:
+        """Add to this attempt's usage; it is summed across attempts and enforced.
+
+        Raises ``TokenBudgetExhausted`` / ``CostBudgetExhausted`` (no retry) once the task as
+        a whole has spent more than its assignment allows: the budget holds mid-attempt.
+        """
+        if tokens < 0 or cost_usd < 0:
+            raise ValueError("usage cannot be negative")
+        self._tokens += int(tokens)
+        self._cost_usd += float(cost_usd)
+        a = self.order.assignment
+        spent = self.order.usage_so_far + self.usage
+        if spent.tokens > a.max_tokens:
+            raise TokenBudgetExhausted(
+                f"used {spent.tokens} tokens across {self.attempt} attempt(s), "
+                f"budget max_tokens={a.max_tokens}"
+            )
+        if spent.cost_usd > a.max_cost_usd:
+            raise CostBudgetExhausted(
+                f"spent ${spent.cost_usd:.4f} across {self.attempt} attempt(s), "
+                f"budget max_cost_usd={a.max_cost_usd}"
+            )
+
 
 class Worker(Actor):
-    """Base of actors that run task attempts (echo, codegen, build/test, ...)."""
+    """Base of actors that run task attempts (echo, codegen, your class-based agents, ...)."""
 
     route: str = ""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._started_after_s = self.config.actors.started_event_after_ms / 1000.0
+        self._max_result_bytes = self.config.actors.max_result_bytes
+        self._announcing: set[asyncio.Task[Any]] = set()
 
     def default_routes(self) -> list[str]:
         return [self.route]
@@ -89,13 +181,17 @@ class Worker(Actor):
         started = time.time()
         outcome: Outcome | None = None
         error: CogoError | None = None
-        usage = Usage()
+        ctx = TaskContext(self, delivery, order)
+        announce = None
+        if self._started_after_s >= 0:
+            announce = asyncio.get_running_loop().call_later(
+                self._started_after_s, self._announce, order, delivery
+            )
         try:
             if started > order.deadline:
                 raise TtlExpired(
                     f"task expired {started - order.deadline:.3f}s before a worker claimed it"
                 )
-            ctx = TaskContext(self, delivery, order)
             budget = max(0.0, ctx.deadline - started)
             try:
                 async with asyncio.timeout(budget):
@@ -108,34 +204,34 @@ class Worker(Actor):
                 ) from None
         except CogoError as exc:
             error = exc
-            usage = getattr(exc, "usage", None) or Usage()
         except Exception as exc:  # a bug or unexpected failure in the handler: retryable
+            log.exception("%s: %s attempt %d raised", self.name, order.task_id, order.attempt)
             error = WorkerError(f"{type(exc).__name__}: {exc}")
+        finally:
+            if announce is not None:
+                announce.cancel()
         duration_ms = (time.time() - started) * 1000.0
-        if outcome is not None:
-            usage = outcome.usage
-        usage = Usage(tokens=usage.tokens, cost_usd=usage.cost_usd, duration_ms=duration_ms)
-        self.counters["succeeded" if error is None else "failed"] += 1
-        report = WorkResult(
-            order=order,
-            ok=error is None,
-            actor=self.name,
-            claimed_at=delivery.claimed_at,
-            queue_wait_ms=round(delivery.queue_wait_ms, 3),
-            duration_ms=round(duration_ms, 3),
-            delivery=delivery.delivered,
-            result=outcome.result if outcome is not None else None,
-            usage=usage,
-            error_code=error.code if error else None,
-            error=str(error) if error else None,
-            retryable=error.retryable if error else True,
-            version=self.version,
+        # what the attempt spent: reported through ctx, by a class-based worker's Outcome, or
+        # carried by the exception of a failed attempt (it still spent tokens)
+        usage = ctx.usage + (
+            outcome.usage if outcome is not None else getattr(error, "usage", None) or Usage()
         )
+        usage = Usage(tokens=usage.tokens, cost_usd=usage.cost_usd, duration_ms=duration_ms)
+        report = self._report(order, delivery, outcome, error, usage, duration_ms)
+        data = encoder.encode(report)
+        if outcome is not None and len(data) > self._max_result_bytes:
+            error = InvalidResult(
+                f"the result is {len(data):,} bytes encoded, over the {self._max_result_bytes:,}"
+                " bytes a result may have on the bus: store large output as an artifact "
+                "(the object store) and return its key"
+            )
+            report = self._report(order, delivery, None, error, usage, duration_ms)
+            data = encoder.encode(report)
+        self.counters["succeeded" if error is None else "failed"] += 1
         # through the actor's publisher: the same stream ack, for less CPU than js.publish
         (ack,) = await self.publish_all(
-            [(RESULT_SUBJECT, encoder.encode(report),
-              {MSG_ID: f"{order.task_id}:{order.attempt}:result"})]
-        )  # fmt: skip
+            [(RESULT_SUBJECT, data, {MSG_ID: f"{order.task_id}:{order.attempt}:result"})]
+        )
         if ack.duplicate:
             # another worker already reported this attempt (our claim had lapsed): fenced off
             self.counters["fenced"] += 1
@@ -144,3 +240,54 @@ class Worker(Actor):
                 order.task_id,
                 order.attempt,
             )
+
+    def _report(
+        self,
+        order: WorkOrder,
+        delivery: Delivery,
+        outcome: Outcome | None,
+        error: CogoError | None,
+        usage: Usage,
+        duration_ms: float,
+    ) -> WorkResult:
+        return WorkResult(
+            order=order,
+            ok=error is None,
+            actor=self.name,
+            claimed_at=delivery.claimed_at,
+            queue_wait_ms=round(delivery.queue_wait_ms, 3),
+            duration_ms=round(duration_ms, 3),
+            delivery=delivery.delivered,
+            result=outcome.result if outcome is not None and error is None else None,
+            usage=usage,
+            error_code=error.code if error else None,
+            error=str(error) if error else None,
+            retryable=error.retryable if error else True,
+            version=self.version,
+            detail=error.detail if error is not None else None,
+        )
+
+    def _announce(self, order: WorkOrder, delivery: Delivery) -> None:
+        """The attempt is still running: record ``execute_started`` (once per attempt)."""
+        event = make_event(
+            EXECUTE_STARTED,
+            event_id=f"{order.task_id}:started:{order.attempt}",
+            task_id=order.task_id,
+            correlation_id=order.correlation_id,
+            causation_id=order.causation_id,
+            route=order.route,
+            actor=self.name,
+            attempt=order.attempt,
+            queue_wait_ms=round(delivery.queue_wait_ms, 3),
+            version=self.version or order.version,
+            cohort=order.cohort,
+            data={"claimed_at": iso(delivery.claimed_at), "delivery": delivery.delivered},
+        )
+        task = asyncio.ensure_future(self.events.append(event))
+        self._announcing.add(task)
+        task.add_done_callback(self._announced)
+
+    def _announced(self, task: asyncio.Task[Any]) -> None:
+        self._announcing.discard(task)
+        if not task.cancelled() and task.exception() is not None:  # informational: never fatal
+            log.warning("%s: execute_started not recorded: %s", self.name, task.exception())

@@ -5,8 +5,10 @@ Parts, one module each, all on one throwaway system (``system``) unless said oth
 1. ``tasks_per_s``: ``--tasks`` echo tasks published at once; the clock stops when every
    task's ``execute_done`` is in DuckDB (``system.Bench.run_tasks``).
 2. ``latency_ms``: submit -> ``execute_done`` percentiles at each ``--rate`` (``latency``).
-3. ``workflow``: a chain of ``--workflow-nodes`` publish nodes through the real
-   orchestrator, per run and per step (``workflow``).
+3. ``workflow_steps``: a chain of ``--step-nodes`` publish nodes through the real
+   orchestrator, per run and per step (``workflow``); ``workflows`` (opt-in,
+   ``--workflow-runs N``): runs per second with each ``--orchestrators K``
+   (``cogo.workflows.throughput``).
 4. ``scale_out``: sleep-bound tasks with 1, 2, 4 worker processes (``scaleout``).
 5. ``http_submit_per_s``: ``POST /api/tasks`` against the facade in its own process
    (``facade``).

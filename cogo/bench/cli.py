@@ -56,11 +56,19 @@ async def run_bench(options: Options, progress: Progress) -> dict[str, Any]:
             cpu_us = {k: round(v / options.tasks * 1e6, 1) for k, v in cpu.items()}
             cpu_us["total"] = round(sum(cpu_us.values()), 1)
             latency = [await latency_at(bench, rate) for rate in options.rates]
-            if options.workflow_runs > 0:
-                extra["workflow"] = await workflow_steps(bench)
+            if options.step_runs > 0:
+                extra["workflow_steps"] = await workflow_steps(bench)
             if options.scale_workers:
                 extra["scale_out"] = await scale_out(bench)
             http_rate = await http_submit(bench) if options.http_requests > 0 else 0.0
+            workflows = None
+            if options.workflow_runs > 0:
+                from cogo.workflows import throughput
+
+                workflows = await throughput.measure(
+                    bench, options.workflow_runs, options.orchestrators,
+                    options.workflow_repeats, options.timeout,
+                )  # fmt: skip
             ingest = await projector_ingest(bench) if options.projector_runs > 0 else []
         finally:
             await bench.stop()
@@ -76,6 +84,7 @@ async def run_bench(options: Options, progress: Progress) -> dict[str, Any]:
         "projector_events_per_s": round(statistics.median(ingest), 1) if ingest else 0.0,
         "projector_runs": [round(rate, 1) for rate in ingest],
         "http_submit_per_s": round(http_rate, 1),
+        "workflows": workflows,
         "peak_rss_mb": bench.rss,
         # where the CPU went in the saturated run: microseconds of CPU per task, per process
         "cpu_us_per_task": cpu_us,
@@ -99,8 +108,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         projector_runs=args.projector_runs,
         dispatchers=args.dispatchers,
         echoes=args.echoes,
+        step_runs=args.step_runs,
+        step_nodes=args.step_nodes,
         workflow_runs=args.workflow_runs,
-        workflow_nodes=args.workflow_nodes,
+        orchestrators=args.orchestrators or [1, 2],
+        workflow_repeats=args.workflow_repeats,
         scale_workers=[] if args.no_scale_out else args.scale_workers or DEFAULT_SCALE_WORKERS,
         scale_tasks=args.scale_tasks,
         scale_sleep_ms=args.scale_sleep_ms,
@@ -114,8 +126,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     )
     if options.tasks < 1 or any(r < 1 for r in options.rates) or options.duration <= 0:
         raise CogoError("--tasks, --rate and --duration must be positive")
-    if options.workflow_runs > 0 and options.workflow_nodes < 1:
-        raise CogoError("--workflow-nodes must be positive")
+    if options.step_runs > 0 and options.step_nodes < 1:
+        raise CogoError("--step-nodes must be positive")
     if any(n < 1 for n in options.scale_workers) or options.scale_tasks < 1:
         raise CogoError("--scale-workers and --scale-tasks must be positive")
     if options.scale_sleep_ms <= 0 or options.scale_concurrency < 1:

@@ -21,16 +21,16 @@ from typing import Any
 
 import httpx
 
+from cogo.actors.loader import declare_apps
 from cogo.actors.runner import connect
 from cogo.config import Config, load_config
 from cogo.errors import CogoError
 from cogo.projections.bench import WORKFLOW_ID, synthetic_events
 from cogo.projections.projector import Projector
 from cogo.streams.envelope import MSG_ID
-from cogo.streams.policies import PolicyStore, seed_policies
+from cogo.streams.policies import PolicyStore
 from cogo.streams.publisher import Publisher
 from cogo.streams.server import EmbeddedServer
-from cogo.streams.topology import ensure_topology
 
 SPAN_S = 50 * 60.0  # the events' timestamps: the 50 minutes before the fill
 RUNS_EVERY = 50
@@ -77,8 +77,7 @@ async def _one_size(
         nc = await connect(server.url, "cogo-bench-history")
         try:
             js = nc.jetstream()
-            await ensure_topology(js, config)
-            await seed_policies(js, config)
+            await declare_apps(js, config)
             began = time.perf_counter()
             await _fill(nc, size, progress)
             fill_s = time.perf_counter() - began

@@ -4,7 +4,7 @@ Starts a throwaway system in a temporary directory, as production runs it: its o
 ``nats-server`` (``--sync always|default``), the topology and policies, then the
 dispatcher(s), echo worker(s), the orchestrator and the projector as separate ``cogo run``
 processes. The parts (``cogo.bench.latency``, ``.facade``, ``.ingest``, ``.workflow``,
-``.scaleout``, ``.history``) take measurements on it; this module holds what they share:
+``.scaleout``, ``.history``, ``cogo.workflows.throughput``) take measurements on it; this module holds what they share:
 spawning and stopping children, counting ``execute_done`` as it happens, waiting until the
 projector's durable consumer acked a sequence (it acks a batch only after its transaction
 committed, so its ack floor is "projected"), peak RSS and CPU of every process, and the
@@ -32,14 +32,14 @@ from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from cogo.actors.loader import declare_apps
 from cogo.actors.runner import connect, spawn_actor
 from cogo.config import Config, load_config
 from cogo.errors import CogoError
 from cogo.streams.envelope import EXECUTE_SUBJECT, MSG_ID
-from cogo.streams.policies import seed_policies
 from cogo.streams.publisher import Publisher
 from cogo.streams.server import EmbeddedServer
-from cogo.streams.topology import EVENTS, ensure_topology
+from cogo.streams.topology import EVENTS
 
 PROJECTOR_CONSUMER = "projector"
 ROUTE = "echo.run.0"
@@ -60,9 +60,13 @@ class Options:
     projector_runs: int = 3
     dispatchers: int = 1
     echoes: int = 1
-    # workflow step latency: runs of a chain of `workflow_nodes` publish nodes
-    workflow_runs: int = 5
-    workflow_nodes: int = 10
+    # workflow step latency: runs of a chain of `step_nodes` publish nodes, one at a time
+    step_runs: int = 5
+    step_nodes: int = 10
+    # workflow throughput (cogo.workflows.throughput): runs at once, per orchestrator count
+    workflow_runs: int = 0
+    orchestrators: list[int] = field(default_factory=lambda: [1, 2])
+    workflow_repeats: int = 3
     # scale-out: sleep-bound tasks with 1, 2, 4 ... worker processes (empty: skipped)
     scale_workers: list[int] = field(default_factory=list)
     scale_tasks: int = 400  # per worker process: every step takes about as long
@@ -195,8 +199,7 @@ class Bench:
         # the actors' publisher: the bench's own CPU per task stays small
         self.publisher = Publisher(self.nc)
         await self.publisher.start()
-        await ensure_topology(self.js, self.config)
-        await seed_policies(self.js, self.config)
+        await declare_apps(self.js, self.config)
         self._done_sub = await self.nc.subscribe(
             f"events.execute_done.{ROUTE}", cb=self._on_done, pending_msgs_limit=1_000_000
         )

@@ -2,7 +2,7 @@
 
 The orchestrator runs as its own ``cogo run orchestrator`` process for this part only (it
 follows EVENTS, which the saturated figure should not pay for). Each run is a plan of
-``--workflow-nodes`` publish nodes to the echo route, in list order (each waits for the
+``--step-nodes`` publish nodes to the echo route, in list order (each waits for the
 previous one's ``execute_done``), started with a ``StartRun`` command; runs go one at a
 time, so the figure is latency, not throughput. Per run: start -> ``workflow_succeeded``
 as this process sees it, and the gaps between consecutive ``node_succeeded`` events (one
@@ -19,14 +19,13 @@ from typing import Any
 import msgspec
 from nats.aio.msg import Msg
 
-from cogo.actors.orchestrator import StartRun, send_command
 from cogo.bench.system import POLL_S, ROUTE, Bench, percentile
 from cogo.errors import CogoError
-from cogo.streams.policies import PolicyStore
+from cogo.workflows.inbox import StartRun, send_command
 from cogo.workflows.planner import plan_workflow
 from cogo.workflows.run import NODE_SUCCEEDED, RUN_OUTCOMES, WORKFLOW_SUCCEEDED
 
-WORKFLOW_ID = "benchChain"
+WORKFLOW_ID = "benchSteps"
 
 
 class _RunEvent(msgspec.Struct):
@@ -51,14 +50,9 @@ def chain_definition(nodes: int) -> dict[str, Any]:
 
 
 async def workflow_steps(bench: Bench) -> dict[str, Any]:
-    """Run latency and per-step latency of ``--workflow-runs`` chains of ``--workflow-nodes``."""
-    runs, nodes = bench.o.workflow_runs, bench.o.workflow_nodes
-    policies = PolicyStore(bench.js)
-    await policies.start()
-    try:
-        plan = plan_workflow(chain_definition(nodes), {}, policies.get).to_json()
-    finally:
-        await policies.stop()
+    """Run latency and per-step latency of ``--step-runs`` chains of ``--step-nodes``."""
+    runs, nodes = bench.o.step_runs, bench.o.step_nodes
+    plan = plan_workflow(chain_definition(nodes), {}, bench.config.route_policy).to_json()
     seen: dict[str, list[tuple[str, float]]] = {}
 
     async def on_event(msg: Msg) -> None:

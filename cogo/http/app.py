@@ -1,15 +1,23 @@
-"""The Starlette HTTP facade: app factory, auth, body limit and error shapes.
+"""The Starlette HTTP facade: app factory, auth, request limits and error shapes.
 
 Route modules (``tasks``, ...) each expose ``routes``; this module wires them together.
-Errors always come back as JSON: ``{"detail": [{"loc": [...], "msg": ..., "type": ...}]}``
-for validation (422), ``{"detail": "..."}`` otherwise; never a stack trace.
+Errors always come back as ``{"detail": ..., "code": ...}`` (``cogo.http.errors``, the one
+place that maps a ``CogoError`` to a status): ``detail`` is the list of field errors
+``[{"loc": [...], "msg": ..., "type": ...}]`` for validation (422), a message otherwise;
+never a stack trace.
+
+Limits every request meets before a handler sees it: a body of at most ``max_body_bytes``
+(413), read within ``BODY_TIMEOUT_S`` (408), JSON nested at most ``MAX_DEPTH`` deep with
+integers in 64 bits (400, ``cogo.http.jsonbody``); the request head is timed by the
+server (``cogo.http.server``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
-import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,18 +30,35 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cogo.config import Config
-from cogo.errors import UnknownRoute
+from cogo.errors import (
+    BodyTooLarge,
+    CogoError,
+    RequestInvalid,
+    RequestTimeout,
+    Unauthorized,
+    UnknownRoute,
+)
+from cogo.http import errors
+from cogo.http.endpoint import field_error
+from cogo.http.endpoint import validate as _validate
+from cogo.http.jsonbody import MAX_DEPTH, parse_json
 from cogo.streams.policies import PolicyStore
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1024 * 1024
+# the whole body must arrive within this, from the handler's first read (slow-body clients)
+BODY_TIMEOUT_S = 30.0
 M = TypeVar("M", bound=pydantic.BaseModel)
+
+__all__ = [
+    "AppState", "ValidationFailed", "create_app", "field_error", "json_body", "require_route",
+    "state_of", "validate", "MAX_BODY_BYTES", "BODY_TIMEOUT_S", "MAX_DEPTH",
+]  # fmt: skip
 
 
 @dataclass
@@ -46,6 +71,7 @@ class AppState:
     data_dir: Path
     api_token: str | None = None
     max_body_bytes: int = MAX_BODY_BYTES
+    body_timeout_s: float = BODY_TIMEOUT_S
     # origins allowed by CORS (COGO_CORS_ORIGINS, comma-separated); empty = CORS off
     cors_origins: list[str] = field(default_factory=list)
     # filled by the components `cogo up` runs in the same process
@@ -56,24 +82,27 @@ class AppState:
         return self.nc.jetstream()
 
 
-class ValidationFailed(HTTPException):
-    """Raised by handlers for a 422 with a field-level ``detail`` list."""
+class ValidationFailed(RequestInvalid):
+    """Raised by handlers for a 422 with a field-level ``detail`` list (code ``request.invalid``
+    unless a more precise one is given, e.g. ``route.unknown``)."""
 
-    def __init__(self, detail: list[dict[str, Any]], status_code: int = 422) -> None:
-        super().__init__(status_code=status_code)
-        self.errors = detail
-
-
-def field_error(loc: list[str | int], msg: str, type: str = "value_error") -> dict[str, Any]:
-    return {"loc": loc, "msg": msg, "type": type}
+    def __init__(
+        self, detail: list[dict[str, Any]], status_code: int = 422, *, code: str | None = None
+    ) -> None:
+        del status_code  # always 422: the status comes from cogo.http.errors
+        super().__init__(detail[0]["msg"] if detail else "invalid request", detail=detail)
+        if code is not None:
+            self.code = code
 
 
 class BodyLimitMiddleware:
-    """Reject bodies over the limit with 413 before the handler reads them."""
+    """Bodies over the limit get 413 (by Content-Length, or as they stream in); a body that
+    does not arrive within the time limit gets 408 and the connection is closed."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float = BODY_TIMEOUT_S) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -82,34 +111,54 @@ class BodyLimitMiddleware:
         headers = dict(scope.get("headers") or [])
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            await _too_large(self.max_bytes)(scope, receive, send)
+            await self._too_large(scope, receive, send)
             return
         seen = 0
+        deadline: float | None = None
+        complete = False
 
         async def limited() -> Message:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, deadline, complete
+            if complete:  # after the body, receive() waits for the disconnect: no limit
+                return await receive()
+            deadline = deadline or time.monotonic() + self.timeout_s
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                raise _BodyTimeout from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
                     raise _BodyTooLarge
+                complete = not message.get("more_body", False)
+            else:
+                complete = True
             return message
 
         try:
             await self.app(scope, limited, send)
         except _BodyTooLargeError:
-            await _too_large(self.max_bytes)(scope, receive, send)
+            await self._too_large(scope, receive, send)
+        except _BodyTimeoutError:
+            error = RequestTimeout(f"the request body did not arrive within {self.timeout_s:g}s")
+            # the rest of the body may still trickle in: do not keep the connection
+            await errors.error_response(error, {"Connection": "close"})(scope, receive, send)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        error = BodyTooLarge(f"request body larger than {self.max_bytes} bytes")
+        await errors.error_response(error, {"Connection": "close"})(scope, receive, send)
 
 
 class _BodyTooLargeError(Exception):
     pass
 
 
+class _BodyTimeoutError(Exception):
+    pass
+
+
 _BodyTooLarge = _BodyTooLargeError()
-
-
-def _too_large(limit: int) -> Response:
-    return JSONResponse({"detail": f"request body larger than {limit} bytes"}, status_code=413)
+_BodyTimeout = _BodyTimeoutError()
 
 
 class TokenAuthMiddleware:
@@ -127,26 +176,12 @@ class TokenAuthMiddleware:
             if scheme.lower() != b"bearer" or not hmac.compare_digest(
                 credential.strip(), self.token
             ):
-                response = JSONResponse(
-                    {"detail": "missing or invalid bearer token"},
-                    status_code=401,
-                    headers={"WWW-Authenticate": "Bearer"},
+                response = errors.error_response(
+                    Unauthorized("missing or invalid bearer token"), {"WWW-Authenticate": "Bearer"}
                 )
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
-
-
-async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    if isinstance(exc, ValidationFailed):
-        return JSONResponse({"detail": exc.errors}, status_code=exc.status_code)
-    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
-
-
-async def _server_error(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return JSONResponse({"detail": "internal error"}, status_code=500)
 
 
 def create_app(
@@ -161,7 +196,9 @@ def create_app(
         *tasks.routes, *health.routes, *openapi.routes, *(extra_routes or [])
     ]  # fmt: skip
     middleware = [
-        Middleware(BodyLimitMiddleware, max_bytes=state.max_body_bytes),
+        Middleware(
+            BodyLimitMiddleware, max_bytes=state.max_body_bytes, timeout_s=state.body_timeout_s
+        ),
         Middleware(TokenAuthMiddleware, token=state.api_token),
     ]
     if state.cors_origins:  # off unless configured: the API is not for arbitrary pages
@@ -172,7 +209,11 @@ def create_app(
     app = Starlette(
         routes=routes,
         middleware=middleware,
-        exception_handlers={HTTPException: _http_error, Exception: _server_error},
+        exception_handlers={
+            CogoError: errors.cogo_error,
+            HTTPException: errors.http_error,
+            Exception: errors.server_error,
+        },
     )
     app.state.cogo = state
     return app
@@ -183,14 +224,8 @@ def state_of(request: Request) -> AppState:
 
 
 async def json_body(request: Request) -> Any:
-    """The request's JSON body, or a 400 that says what is wrong with it."""
-    body = await request.body()
-    if not body:
-        raise HTTPException(400, "request body is empty; expected JSON")
-    try:
-        return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise HTTPException(400, f"request body is not valid JSON: {exc}") from exc
+    """The request's JSON body, within the depth and number limits (400s that say why)."""
+    return parse_json(await request.body())
 
 
 def require_route(state: AppState, route: str, loc: list[str | int] | None = None) -> None:
@@ -199,18 +234,10 @@ def require_route(state: AppState, route: str, loc: list[str | int] | None = Non
         state.policies.get(route)
     except UnknownRoute as exc:
         raise ValidationFailed(
-            [field_error(loc or ["body", "route"], str(exc), exc.code)]
+            [field_error(loc or ["body", "route"], str(exc), exc.code)], code=exc.code
         ) from None
 
 
 def validate(model: type[M], data: Any) -> M:
     """Validate ``data`` with a pydantic model; 422 with each field's path on failure."""
-    try:
-        return model.model_validate(data)
-    except pydantic.ValidationError as exc:
-        raise ValidationFailed(
-            [
-                field_error(["body", *err["loc"]], err["msg"], err["type"])
-                for err in exc.errors(include_url=False, include_context=False, include_input=False)
-            ]
-        ) from None
+    return _validate(model, data)  # type: ignore[no-any-return]

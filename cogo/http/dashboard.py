@@ -4,7 +4,8 @@ The page (``cogo/http/static``) is public HTML with no outside dependencies; it 
 the API token (or takes ``#token=...`` from the link ``cogo up`` prints), keeps it in
 ``localStorage``, polls ``/api/dashboard`` every few seconds and draws inline SVG charts.
 
-``GET /api/dashboard[?window=1h]`` answers, from the DuckDB projection:
+``GET /api/dashboard[?window=1h]`` answers, from the DuckDB projection's rollups
+(``cogo.projections.rollups``: the cost does not grow with the events in the window):
 
 - ``decision_quality``: accepted / finished tasks, overall, by route and by version
   (accepted = succeeded, and no gate judged it bad: see ``cogo.workflows.gates``);
@@ -12,7 +13,9 @@ the API token (or takes ``#token=...`` from the link ``cogo up`` prints), keeps 
 - ``failures``: terminal failures per minute and error code; ``throughput``: finished
   tasks per minute; ``cohorts``: the same split by version and cohort (baseline/canary);
 - ``dlq``: messages in the DLQ stream; ``projector``: its lag in messages;
-- ``runs``: recent workflow runs with status, duration, gate verdict and artifacts;
+- ``runs``: recent workflow runs with status, duration, gate verdict, artifacts, the signals
+  a running run waits for (``waiting``: a human gate shows Approve / Reject), its parent
+  run and how many child runs it started;
 - ``rollouts``: every rollout with its stage, split and gate figures.
 """
 
@@ -26,13 +29,17 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pydantic
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from cogo.errors import ProjectionBusy, Unavailable
 from cogo.http.app import ValidationFailed, field_error, state_of
-from cogo.http.openapi import documented
+from cogo.http.endpoint import Success, endpoint
+from cogo.http.metrics import DURATION
+from cogo.http.schemas import Query
 from cogo.projections import queries, rollups, windows
 from cogo.projections.windows import Window
 from cogo.streams.topology import DLQ
@@ -89,11 +96,20 @@ WHERE type IN ('execute_done', 'execute_failed') AND bucket <> TIMESTAMP '1970-0
 GROUP BY ALL HAVING sum(events) > 0 ORDER BY ALL NULLS FIRST
 """
 
-# the most recent runs (rollups.workflow_runs: one row per run)
+# the most recent runs (rollups.workflow_runs: one row per run) and how many children each
 _RUNS = """
-SELECT run_id, workflow_id, started_at, ended_at, outcome, error, gates, artifacts
-FROM workflow_runs WHERE start_seq IS NOT NULL
-ORDER BY started_at DESC LIMIT $limit
+WITH recent AS (
+    SELECT * FROM workflow_runs WHERE start_seq IS NOT NULL
+    ORDER BY started_at DESC, start_seq DESC LIMIT $limit
+), kids AS (
+    SELECT parent_run_id AS run_id, count(*) AS children FROM workflow_runs
+    WHERE start_seq IS NOT NULL AND parent_run_id IN (SELECT run_id FROM recent)
+    GROUP BY 1
+)
+SELECT r.run_id, r.workflow_id, r.started_at, r.ended_at, r.outcome, r.error, r.gates,
+       r.artifacts, r.signals, r.over, r.parent_run_id, k.children
+FROM recent r LEFT JOIN kids k USING (run_id)
+ORDER BY r.started_at DESC, r.start_seq DESC
 """
 
 
@@ -172,7 +188,8 @@ def _summary(cur: duckdb.DuckDBPyConnection, window: Window) -> dict[str, Any]:
 
 
 def _run_row(row: tuple[Any, ...]) -> dict[str, Any]:
-    run_id, workflow_id, started, ended, outcome, error, gates, artifacts = row
+    (run_id, workflow_id, started, ended, outcome, error, gates, artifacts, signals, over,
+     parent, children) = row  # fmt: skip
     verdicts = dict(g.split("=", 1) for g in gates or [] if g and "=" in g)
     verdict = None
     if verdicts:
@@ -182,6 +199,13 @@ def _run_row(row: tuple[Any, ...]) -> dict[str, Any]:
         with contextlib.suppress(ValueError, TypeError):
             keys.extend(k for k in json.loads(raw) if isinstance(k, str) and k not in keys)
     status = (outcome or "workflow_running").removeprefix("workflow_")
+    done = set(over or [])
+    waiting = []
+    if status == "running":
+        for entry in signals or []:
+            node, _, name = (entry or "").partition("=")
+            if node and node not in done and not any(w["node"] == node for w in waiting):
+                waiting.append({"node": node, "name": name})
     return {
         "runId": run_id,
         "workflowId": workflow_id,
@@ -193,28 +217,30 @@ def _run_row(row: tuple[Any, ...]) -> dict[str, Any]:
         "verdict": verdict,
         "gates": verdicts,
         "artifacts": keys,
+        "waiting": waiting,
+        "parentRunId": parent,
+        "children": children or 0,
     }
 
 
-@documented(
-    query={
-        "window": {
-            "schema": {"type": "string", "default": DEFAULT_WINDOW},
-            "description": "30s, 15m, 1h, 1d",
-        }
-    },  # fmt: skip
-    responses={503: "the projector does not run in this process"},
+class DashboardQuery(Query):
+    """The query of ``GET /api/dashboard``."""
+
+    window: str = pydantic.Field(
+        DEFAULT_WINDOW, pattern=DURATION, description="30s, 15m, 1h, 1d (at most 366d)"
+    )
+
+
+@endpoint(
+    query=DashboardQuery,
+    ok={200: "every card's figures over the window"},
+    errors=(ProjectionBusy, Unavailable),
 )
-async def dashboard_summary(request: Request) -> JSONResponse:
+async def dashboard_summary(request: Request, query: DashboardQuery) -> JSONResponse:
     """The dashboard's cards: decision quality, queue wait, failures, throughput, DLQ, runs."""
     from cogo.http.metrics import projector_of
 
-    unknown = [k for k in request.query_params if k != "window"]
-    if unknown:
-        raise ValidationFailed(
-            [field_error(["query", k], "unknown parameter", "extra_forbidden") for k in unknown]
-        )
-    window = request.query_params.get("window", DEFAULT_WINDOW)
+    window = query.window
     try:
         window_s = queries.parse_duration(window)
     except ValueError as exc:
@@ -246,6 +272,7 @@ async def dashboard_summary(request: Request) -> JSONResponse:
     )
 
 
+@endpoint(ok={200: Success("the dashboard page", media_type="text/html")})
 async def index(request: Request) -> Response:
     """The dashboard page (public HTML; the data behind it needs the API token)."""
     return FileResponse(STATIC_DIR / "index.html", headers=PAGE_HEADERS)

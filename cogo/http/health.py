@@ -7,8 +7,10 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from cogo.http.app import state_of
+from cogo.http.endpoint import Success, endpoint
 
 
+@endpoint(ok={200: "up and connected to NATS", 503: Success("up, but NATS is not connected")})
 async def healthz(request: Request) -> JSONResponse:
     """Liveness: the facade is up and connected to NATS."""
     state = state_of(request)

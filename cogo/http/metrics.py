@@ -18,20 +18,27 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
-from starlette.exceptions import HTTPException
+import pydantic
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from cogo.errors import CogoError, ProjectionBusy
+from cogo.errors import CogoError, ProjectionBusy, ReplayRunning, Unavailable
 from cogo.http.app import AppState, ValidationFailed, field_error, state_of
+from cogo.http.endpoint import Success, endpoint
+from cogo.http.schemas import Body, Query
 from cogo.projections import queries
 from cogo.projections.projector import Projector
 from cogo.projections.replay import ReplayProgress
-from cogo.streams.topology import TASKS, all_routes, durable_name
+from cogo.streams.topology import task_consumers
 
 DEFAULT_WINDOW = "15m"
-LATENCY_PARAMS = {"window", "route", "bucket"}
+# a duration of at most 366 days, in the units parse_duration reads (the pattern is the
+# schema's, so anything it admits is served)
+DURATION = (
+    r"^(?:[1-9][0-9]{0,6}s|[1-9][0-9]{0,4}m|(?:[1-9][0-9]{0,2}|[1-7][0-9]{3}|8[0-6][0-9]{2}"
+    r"|87[0-7][0-9]|878[0-4])h|(?:[1-9][0-9]?|[12][0-9]{2}|3[0-5][0-9]|36[0-6])d)$"
+)
 PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 PROGRESS_EVERY_S = 0.1
 _background: set[asyncio.Task[Any]] = set()  # replays outlive a client that went away
@@ -39,41 +46,52 @@ T = TypeVar("T")
 
 
 async def read(projector: Projector, fn: Callable[[Any], T]) -> T:
-    """``projector.store.read(fn)``, with a busy store (replay swap) as 503."""
-    try:
-        return await projector.store.read(fn)
-    except ProjectionBusy as exc:
-        raise HTTPException(503, str(exc)) from None
+    """``projector.store.read(fn)``; a busy store (replay swap) raises ProjectionBusy (503)."""
+    return await projector.store.read(fn)
 
 
 def projector_of(request: Request) -> Projector:
     projector = state_of(request).components.get("projector")
     if projector is None:
-        raise HTTPException(503, "the projector does not run in this process")
+        raise Unavailable("the projector does not run in this process")
     return projector  # type: ignore[no-any-return]
 
 
-async def bus_latency(request: Request) -> JSONResponse:
-    params = request.query_params
-    errors = [
-        field_error(["query", key], "unknown parameter", "extra_forbidden")
-        for key in params
-        if key not in LATENCY_PARAMS
-    ]
-    window = params.get("window", DEFAULT_WINDOW)
+class LatencyQuery(Query):
+    """The query of ``GET /api/metrics/bus/latency``."""
+
+    window: str = pydantic.Field(
+        DEFAULT_WINDOW, pattern=f"^(?:all|{DURATION[1:-1]})$",
+        description="30s, 15m, 6h, 7d (at most 366d), or all",
+    )  # fmt: skip
+    route: str | None = pydantic.Field(
+        None, min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$"
+    )
+    bucket: str | None = pydantic.Field(
+        None, pattern=DURATION, description="a series of this step (at most 10,000 buckets)"
+    )
+
+
+@endpoint(
+    query=LatencyQuery,
+    ok={200: "per route: attempts, p50/p90/p99 of queue wait and duration, failures, retries"},
+    errors=(ProjectionBusy, Unavailable),
+)
+async def bus_latency(request: Request, query: LatencyQuery) -> JSONResponse:
+    """Queue wait and duration percentiles per route (and per time bucket) from the projection."""
+    errors: list[dict[str, Any]] = []
+    window = query.window
     window_s: int | None = None
     if window != "all":
         try:
             window_s = queries.parse_duration(window)
         except ValueError as exc:
             errors.append(field_error(["query", "window"], f"{exc} (or 'all')"))
-    route = params.get("route")
-    if route is not None and not (0 < len(route) <= 200 and route.isprintable()):
-        errors.append(field_error(["query", "route"], "must be 1-200 printable characters"))
+    route = query.route
     bucket_s: int | None = None
-    if "bucket" in params:
+    if query.bucket is not None:
         try:
-            bucket_s = queries.parse_duration(params["bucket"])
+            bucket_s = queries.parse_duration(query.bucket)
         except ValueError as exc:
             errors.append(field_error(["query", "bucket"], str(exc)))
         else:
@@ -105,7 +123,9 @@ async def bus_latency(request: Request) -> JSONResponse:
     )
 
 
+@endpoint(ok={200: Success("Prometheus text exposition", media_type="text/plain")})
 async def prometheus(request: Request) -> Response:
+    """Event counters, attempt latency summaries, projector lag, consumer in-flight."""
     state = state_of(request)
     out = queries.PrometheusText()
     projector: Projector | None = state.components.get("projector")
@@ -128,16 +148,11 @@ async def prometheus(request: Request) -> Response:
 
 async def _consumer_metrics(state: AppState, out: queries.PrometheusText) -> None:
     """In flight (delivered, not acked) and waiting messages of every route's consumer."""
-    routes = all_routes(state.config)
-
-    async def info(route: str) -> Any:
-        try:
-            return await state.js.consumer_info(TASKS, durable_name(route), timeout=1.0)
-        except Exception:
-            return None
-
-    infos = await asyncio.gather(*(info(r) for r in routes))
-    known = [(r, i) for r, i in zip(routes, infos, strict=True) if i is not None]
+    try:
+        infos = await task_consumers(state.js)
+    except Exception:  # the bus is away for a moment: the rest of the page still answers
+        infos = []
+    known = [(i.config.filter_subject or i.name, i) for i in infos]
     out.family(
         "cogo_route_in_flight",
         "gauge",
@@ -158,14 +173,28 @@ async def _consumer_metrics(state: AppState, out: queries.PrometheusText) -> Non
     )
 
 
+@endpoint(ok={200: "the projector's checkpoints and lag per stream"}, errors=(Unavailable,))
 async def projection_status(request: Request) -> JSONResponse:
+    """The projector's checkpoints and lag."""
     return JSONResponse(projector_of(request).stats())
 
 
-async def replay(request: Request) -> Response:
+class ReplayRequest(Body):
+    """The body of ``POST /api/projections/replay``: optional, and takes no options yet."""
+
+
+@endpoint(
+    body=ReplayRequest,
+    body_required=False,
+    ok={200: Success("progress lines, then the result (or an error) line",
+                     media_type="application/x-ndjson")},
+    errors=(ReplayRunning, Unavailable),
+)  # fmt: skip
+async def replay(request: Request, body: ReplayRequest) -> Response:
+    """Rebuild the projection from the streams, streaming progress as NDJSON."""
     projector = projector_of(request)
     if projector.rebuilding:
-        raise HTTPException(409, "a replay is already running")
+        raise ReplayRunning("a replay is already running")
     lines: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     last = 0.0
 

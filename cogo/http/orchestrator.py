@@ -4,84 +4,139 @@
 ``POST /api/orchestrator/execute``   start a run from a ``plan``, a ``workflowId`` or a
                                      ``definition`` -> 202 ``{"runId"}``
 ``POST /api/workflows/execute``      ``{"workflowId", "parameters"}`` -> 202 ``{"runId"}``
-``POST /api/orchestrator/cancel``    ``{"runId", "reason"}`` -> 202
-``GET  /api/orchestrator/state``     ``?runId=``: status, nodes, gate verdicts, artifacts
+``POST /api/orchestrator/cancel``    ``{"runId", "reason"}`` -> 202 (children are cancelled too)
+``POST /api/orchestrator/signal``    ``{"runId", "name", "data"}`` -> 202; 404 unknown run or
+                                     signal name, 409 when the run (or that node) is over
+``GET  /api/orchestrator/state``     ``?runId=``: status, nodes, gate verdicts, artifacts,
+                                     parent / children, signals awaited
 ``GET  /api/orchestrator/runs``      ``?workflowId=&status=&limit=``, newest first
 ``GET  /api/workflows``              the definitions and their parameters
 ``GET  /api/metrics/workflows/{id}`` runs, outcomes, duration p50/p90, gate pass rate
 
-Runs start by sending a command to the orchestrator (``orchestrator.workflow.0``); state
-is a fold of the workflow events read back from ``EVENTS`` (see ``cogo.workflows.history``),
-so this process needs no database of its own. Metrics come from the projection's
-``workflow_runs`` when a projector runs in this process (their cost is then the
-workflow's runs, not the stream), else from the same fold.
+Runs start by sending a command to the run's partition of the orchestrators
+(``orchestrator.workflow.<p>``, see ``cogo.workflows.inbox``); state is a fold of the
+workflow events read back from ``EVENTS`` (see ``cogo.workflows.history``), so this process
+needs no database of its own. Metrics come from the projection's ``workflow_runs`` when a
+projector runs in this process (their cost is then the workflow's runs, not the stream),
+else from the same fold.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 from typing import Any
 
 import nats.errors
 import pydantic
 from nats.js.errors import APIError
-from pydantic import ConfigDict, Field
-from starlette.exceptions import HTTPException
+from pydantic import ConfigDict, Field, model_validator
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from cogo.actors.orchestrator import CancelRun, StartRun, send_command
-from cogo.errors import InvalidWorkflow, WorkflowNotFound
-from cogo.http.app import (
-    AppState,
-    ValidationFailed,
-    field_error,
-    json_body,
-    state_of,
-    validate,
+from cogo.errors import (
+    BusUnavailable,
+    InvalidWorkflow,
+    RunFinished,
+    RunNotFound,
+    SignalUnknown,
+    WorkflowNotFound,
 )
+from cogo.http import schedules as schedule_routes
+from cogo.http.app import AppState, ValidationFailed, field_error, state_of
+from cogo.http.endpoint import endpoint
+from cogo.http.schemas import WORKFLOW_ENUM, WORKFLOW_PARAMETERS, Body, Query
 from cogo.projections import queries
 from cogo.streams.envelope import new_id
 from cogo.workflows import history
-from cogo.workflows.definition import RUN_ID, WORKFLOW_ID, Catalog
-from cogo.workflows.planner import Plan, load_plan, plan_workflow
+from cogo.workflows.definition import RUN_ID, SIGNAL_NAME, WORKFLOW_ID, Catalog, WorkflowDefinition
+from cogo.workflows.inbox import CancelRun, Command, SignalRun, StartRun, send_command
+from cogo.workflows.planner import Plan, load_plan, plan_workflow, pydantic_errors
 from cogo.workflows.run import GATE_FAILED, GATE_PASSED, RunState
 
 RECENT_RUNS = 20
 CATCH_UP_S = 2.0
 
 
-class _Body(pydantic.BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+_Body = Body
+# the choices of a plan/execute body: exactly one of them is given (_plan checks), never null
+_SOURCES = ("workflowId", "workflow_id", "definition", "plan")
+
+
+def _present(schema: dict[str, Any]) -> None:
+    """A field that may be left out but, when given, is not null."""
+    branches = [b for b in schema.pop("anyOf", []) if b.get("type") != "null"]
+    if branches:
+        schema.update(branches[0])
+    schema.pop("default", None)
 
 
 class PlanRequest(_Body):
     """What to plan: a workflow by id, or an inline definition, with its parameters."""
 
-    workflow_id: str | None = Field(None, alias="workflowId", pattern=WORKFLOW_ID)
-    definition: dict[str, Any] | None = None
+    model_config = ConfigDict(
+        json_schema_extra={"oneOf": [{"required": ["workflowId"]}, {"required": ["definition"]}]},
+    )
+
+    workflow_id: str | None = Field(
+        None, alias="workflowId", pattern=WORKFLOW_ID,
+        json_schema_extra=lambda s: (_present(s), s.update(WORKFLOW_ENUM)) and None,
+    )  # fmt: skip
+    definition: dict[str, Any] | None = Field(None, json_schema_extra=_present)
     parameters: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nulls(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in _SOURCES:
+                if key in data and data[key] is None:
+                    raise ValueError(f"{key} must not be null (leave it out instead)")
+        return data
 
 
 class ExecuteRequest(PlanRequest):
     """What to run: a plan from ``/plan``, or what ``PlanRequest`` takes."""
 
-    plan: dict[str, Any] | None = None
+    model_config = ConfigDict(
+        json_schema_extra={"oneOf": [{"required": ["workflowId"]}, {"required": ["definition"]},
+                                     {"required": ["plan"]}]},
+    )  # fmt: skip
+
+    plan: dict[str, Any] | None = Field(None, json_schema_extra=_present)
     run_id: str | None = Field(None, alias="runId", pattern=RUN_ID)
 
 
 class WorkflowExecuteRequest(_Body):
-    workflow_id: str = Field(alias="workflowId", pattern=WORKFLOW_ID)
+    """What to run: a workflow of the catalog by id, with its parameters."""
+
+    model_config = ConfigDict(json_schema_extra=WORKFLOW_PARAMETERS)
+
+    workflow_id: str = Field(
+        alias="workflowId", pattern=WORKFLOW_ID, json_schema_extra=WORKFLOW_ENUM
+    )
     parameters: dict[str, Any] = Field(default_factory=dict)
     run_id: str | None = Field(None, alias="runId", pattern=RUN_ID)
 
 
 class CancelRequest(_Body):
+    """Which run to cancel, and why."""
+
     run_id: str = Field(alias="runId", pattern=RUN_ID)
     reason: str | None = Field(None, max_length=1000)
+
+
+class SignalRequest(_Body):
+    """A signal for a run's signal node: its ``data`` becomes the node's result."""
+
+    run_id: str = Field(alias="runId", pattern=RUN_ID)
+    name: str = Field(pattern=SIGNAL_NAME)
+    data: Any = None
+    # idempotency: the same signalId twice is delivered once
+    signal_id: str | None = Field(
+        None, alias="signalId", pattern=r"^[A-Za-z0-9][A-Za-z0-9_:-]{0,127}$"
+    )
 
 
 def _catalog(state: AppState) -> Catalog:
@@ -109,19 +164,23 @@ async def _plan(state: AppState, body: PlanRequest | ExecuteRequest) -> Plan:
             [field_error(["body", "parameters"], "a plan already holds its parameters")]
         )
     try:
+        # the catalog lets the planner check child workflows (existence, parameters, cycles)
+        definitions = await asyncio.to_thread(_catalog(state).load)
         if isinstance(body, ExecuteRequest) and body.plan is not None:
-            return load_plan(body.plan, state.policies.get)
+            return load_plan(body.plan, state.policies.get, definitions)
         if body.workflow_id is not None:
-            definition = await asyncio.to_thread(_catalog(state).get, body.workflow_id)
+            if body.workflow_id not in definitions:
+                raise WorkflowNotFound(f"no workflow {body.workflow_id!r}; known: "
+                                       + ", ".join(sorted(definitions)))  # fmt: skip
+            definition = definitions[body.workflow_id]
         else:
             definition = body.definition or {}
-        return plan_workflow(definition, body.parameters, state.policies.get)
-    except WorkflowNotFound as exc:
-        raise HTTPException(404, exc.message) from None
-    except InvalidWorkflow as exc:
+        return plan_workflow(definition, body.parameters, state.policies.get, definitions)
+    except InvalidWorkflow as exc:  # WorkflowNotFound (404) goes through as it is
         raise ValidationFailed(
             [field_error(["body", *e["loc"]], e["msg"], e["type"]) for e in exc.detail or []]
-            or [field_error(["body"], exc.message, exc.code)]
+            or [field_error(["body"], exc.message, exc.code)],
+            code=exc.code,
         ) from None
 
 
@@ -129,74 +188,120 @@ def _plan_view(plan: Plan) -> dict[str, Any]:
     return {"workflowId": plan.workflow_id, "routes": plan.routes, "plan": plan.to_json()}
 
 
-async def plan_endpoint(request: Request) -> JSONResponse:
-    state = state_of(request)
-    plan = await _plan(state, validate(PlanRequest, await json_body(request)))
+_PLAN_ERRORS = (WorkflowNotFound, InvalidWorkflow)
+_START_ERRORS = (*_PLAN_ERRORS, BusUnavailable)
+
+
+@endpoint(body=PlanRequest, ok={200: "the resolved plan; nothing runs"}, errors=_PLAN_ERRORS)
+async def plan_endpoint(request: Request, body: PlanRequest) -> JSONResponse:
+    """Validate a workflow and its parameters; return the resolved plan."""
+    plan = await _plan(state_of(request), body)
     return JSONResponse(_plan_view(plan))
+
+
+async def _send(state: AppState, command: Command) -> bool:
+    """Send a command to the run's orchestrator partition; 503 when the bus cannot take it."""
+    try:
+        return await send_command(state.js, command)
+    except APIError as exc:
+        raise BusUnavailable(f"the bus refused the command: {exc.description}") from None
+    except (nats.errors.TimeoutError, nats.errors.NoRespondersError,
+            nats.errors.ConnectionClosedError) as exc:  # fmt: skip
+        raise BusUnavailable(f"the bus is unavailable: {type(exc).__name__}") from None
 
 
 async def _start(state: AppState, plan: Plan, run_id: str | None) -> JSONResponse:
     run_id = run_id or new_id()
-    try:
-        fresh = await send_command(state.js, StartRun(run_id=run_id, plan=plan.to_json()))
-    except APIError as exc:
-        raise HTTPException(503, f"the bus refused the run: {exc.description}") from None
-    except (nats.errors.TimeoutError, nats.errors.NoRespondersError,
-            nats.errors.ConnectionClosedError) as exc:  # fmt: skip
-        raise HTTPException(503, f"the bus is unavailable: {type(exc).__name__}") from None
+    fresh = await _send(state, StartRun(run_id=run_id, plan=plan.to_json()))
     return JSONResponse(
         {"runId": run_id, "workflowId": plan.workflow_id, "duplicate": not fresh},
         status_code=202,
     )
 
 
-async def execute_endpoint(request: Request) -> JSONResponse:
+@endpoint(body=ExecuteRequest, ok={202: "started: {runId, workflowId, duplicate}"},
+          errors=_START_ERRORS)  # fmt: skip
+async def execute_endpoint(request: Request, body: ExecuteRequest) -> JSONResponse:
+    """Start a run from a plan, a workflow id or an inline definition."""
     state = state_of(request)
-    body = validate(ExecuteRequest, await json_body(request))
     plan = await _plan(state, body)
     return await _start(state, plan, body.run_id)
 
 
-async def workflows_execute_endpoint(request: Request) -> JSONResponse:
+@endpoint(body=WorkflowExecuteRequest, ok={202: "started: {runId, workflowId, duplicate}"},
+          errors=_START_ERRORS)  # fmt: skip
+async def workflows_execute_endpoint(
+    request: Request, body: WorkflowExecuteRequest
+) -> JSONResponse:
+    """Start a run of a catalog workflow with its parameters."""
     state = state_of(request)
-    body = validate(WorkflowExecuteRequest, await json_body(request))
     plan = await _plan(state, PlanRequest(workflowId=body.workflow_id, parameters=body.parameters))
     return await _start(state, plan, body.run_id)
 
 
-def _run_id_param(request: Request) -> str:
-    run_id = request.query_params.get("runId") or request.query_params.get("run_id")
-    if not run_id:
-        raise ValidationFailed([field_error(["query", "runId"], "field required", "missing")])
-    try:
-        return CancelRequest(runId=run_id).run_id
-    except pydantic.ValidationError:
-        raise ValidationFailed(
-            [field_error(["query", "runId"], f"must match {RUN_ID}", "string_pattern_mismatch")]
-        ) from None
+class StateQuery(Query):
+    """The query of ``GET /api/orchestrator/state``."""
+
+    run_id: str = Field(alias="runId", pattern=RUN_ID)
 
 
 async def _existing_run(state: AppState, run_id: str) -> RunState:
     run = await history.read_run(state.js, run_id)
     if not run.started:
-        raise HTTPException(404, f"no run {run_id!r} (unknown, or its start is still queued)")
+        raise RunNotFound(f"no run {run_id!r} (unknown, or its start is still queued)")
     return run
 
 
-async def state_endpoint(request: Request) -> JSONResponse:
-    state = state_of(request)
-    run = await _existing_run(state, _run_id_param(request))
+@endpoint(query=StateQuery, ok={200: "the run: status, nodes, gate verdicts, artifacts"},
+          errors=(RunNotFound,))  # fmt: skip
+async def state_endpoint(request: Request, query: StateQuery) -> JSONResponse:
+    """A run's status, nodes, gate verdicts and artifacts."""
+    run = await _existing_run(state_of(request), query.run_id)
     return JSONResponse(run.view())
 
 
-async def cancel_endpoint(request: Request) -> JSONResponse:
+@endpoint(body=CancelRequest, ok={202: "cancelling"},
+          errors=(RunNotFound, RunFinished, BusUnavailable))  # fmt: skip
+async def cancel_endpoint(request: Request, body: CancelRequest) -> JSONResponse:
+    """Cancel a run that has not ended (its child runs too)."""
     state = state_of(request)
-    body = validate(CancelRequest, await json_body(request))
     run = await _existing_run(state, body.run_id)
     if run.finished:
-        raise HTTPException(409, f"run {body.run_id!r} already {run.status}")
-    await send_command(state.js, CancelRun(run_id=body.run_id, reason=body.reason))
+        raise RunFinished(f"run {body.run_id!r} already {run.status}")
+    await _send(state, CancelRun(run_id=body.run_id, reason=body.reason,
+                                 workflow_id=run.workflow_id))  # fmt: skip
     return JSONResponse({"runId": body.run_id, "status": "cancelling"}, status_code=202)
+
+
+@endpoint(
+    body=SignalRequest,
+    ok={202: "accepted: {runId, name, signalId, node, nodeStatus, duplicate}; a node that "
+             "has not started yet takes it when it starts"},
+    errors=(RunNotFound, SignalUnknown, RunFinished, BusUnavailable),
+)  # fmt: skip
+async def signal_endpoint(request: Request, body: SignalRequest) -> JSONResponse:
+    """Send a signal to a run (a human's approval, an outside system's answer)."""
+    state = state_of(request)
+    run = await _existing_run(state, body.run_id)
+    nodes = {str(n.get("name") or n.get("id")): str(n.get("id"))
+             for n in (run.plan or {}).get("nodes") or [] if n.get("type") == "signal"}  # fmt: skip
+    if body.name not in nodes:
+        known = ", ".join(sorted(nodes)) or "none"
+        raise SignalUnknown(f"run {body.run_id!r} has no signal node named {body.name!r} "
+                            f"(signals: {known})")  # fmt: skip
+    node = run.nodes[nodes[body.name]]
+    if run.finished:
+        raise RunFinished(f"run {body.run_id!r} already {run.status}")
+    if node.final:
+        raise RunFinished(f"signal node {node.id!r} of run {body.run_id!r} is {node.status}")
+    signal_id = body.signal_id or new_id()
+    fresh = await _send(state, SignalRun(run_id=body.run_id, name=body.name,
+                                         signal_id=signal_id, data=body.data))  # fmt: skip
+    return JSONResponse(
+        {"runId": body.run_id, "name": body.name, "signalId": signal_id, "node": node.id,
+         "nodeStatus": node.status, "duplicate": not fresh},
+        status_code=202,
+    )  # fmt: skip
 
 
 def _run_row(run: RunState) -> dict[str, Any]:
@@ -204,6 +309,7 @@ def _run_row(run: RunState) -> dict[str, Any]:
         "runId": run.run_id,
         "workflowId": run.workflow_id,
         "status": run.status,
+        "parentRunId": (run.parent or {}).get("runId"),
         "startedAt": run.started_at,
         "endedAt": run.ended_at,
         "durationMs": run.duration_ms(),
@@ -212,49 +318,61 @@ def _run_row(run: RunState) -> dict[str, Any]:
     }
 
 
-async def runs_endpoint(request: Request) -> JSONResponse:
-    state = state_of(request)
-    query = request.query_params
-    workflow_id = query.get("workflowId")
-    if workflow_id is not None and not _matches(WORKFLOW_ID, workflow_id):
-        raise ValidationFailed([field_error(["query", "workflowId"], f"must match {WORKFLOW_ID}")])
-    try:
-        limit = int(query.get("limit", "100"))
-        if not 1 <= limit <= 10000:
-            raise ValueError
-    except ValueError:
-        raise ValidationFailed(
-            [field_error(["query", "limit"], "must be an integer in 1..10000")]
-        ) from None
-    runs = await history.list_runs(state.js, workflow_id)
-    if query.get("status"):
-        runs = [r for r in runs if r.status == query["status"]]
-    rows = [_run_row(r) for r in reversed(runs[-limit:])]
+class RunsQuery(Query):
+    """The query of ``GET /api/orchestrator/runs``."""
+
+    workflow_id: str | None = Field(None, alias="workflowId", pattern=WORKFLOW_ID)
+    status: str | None = Field(None, max_length=50, description="running, succeeded, failed...")
+    limit: int = Field(100, ge=1, le=10000)
+
+
+@endpoint(query=RunsQuery, ok={200: "{runs, count}, newest first"})
+async def runs_endpoint(request: Request, query: RunsQuery) -> JSONResponse:
+    """Recent runs, newest first, by workflow and status."""
+    runs = await history.list_runs(state_of(request).js, query.workflow_id)
+    if query.status:
+        runs = [r for r in runs if r.status == query.status]
+    rows = [_run_row(r) for r in reversed(runs[-query.limit :])]
     return JSONResponse({"runs": rows, "count": len(rows)})
 
 
+@endpoint(ok={200: "the workflow definitions and their parameters; a file that does not "
+                   "load is listed with its error"})  # fmt: skip
 async def definitions_endpoint(request: Request) -> JSONResponse:
-    definitions = await asyncio.to_thread(_catalog(state_of(request)).load)
-    return JSONResponse(
-        {
-            "workflows": [
-                {
-                    "id": workflow_id,
-                    "description": raw.get("description", ""),
-                    "version": raw.get("version", 1),
-                    "parameters": raw.get("parameters", {}),
-                }
-                for workflow_id, raw in sorted(definitions.items())
-            ]
+    """The workflow definitions and their parameters; a file that does not load is listed
+    with its ``error`` (and ``path``)."""
+    definitions, problems = await asyncio.to_thread(_catalog(state_of(request)).load_all)
+    rows: list[dict[str, Any]] = []
+    for workflow_id, raw in sorted(definitions.items()):
+        row: dict[str, Any] = {
+            "id": workflow_id,
+            "description": raw.get("description", ""),
+            "version": raw.get("version", 1),
+            "parameters": raw.get("parameters", {}),
         }
-    )
+        try:
+            WorkflowDefinition.model_validate(raw)
+        except pydantic.ValidationError as exc:
+            row["error"] = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                                     for e in pydantic_errors(exc, []))  # fmt: skip
+        rows.append(row)
+    for problem in problems:
+        rows.append({"id": problem["id"], "description": "", "version": None, "parameters": {},
+                     "error": problem["error"], "path": problem["path"]})  # fmt: skip
+    return JSONResponse({"workflows": rows})
 
 
-async def metrics_endpoint(request: Request) -> JSONResponse:
+class WorkflowPath(Query):
+    """``/api/metrics/workflows/{workflow_id}``."""
+
+    workflow_id: str = Field(pattern=WORKFLOW_ID)
+
+
+@endpoint(path=WorkflowPath, ok={200: "runs, outcomes, duration p50/p90, gate pass rate"})
+async def metrics_endpoint(request: Request, path: WorkflowPath) -> JSONResponse:
+    """Runs, outcomes, duration percentiles and gate pass rate of one workflow."""
     state = state_of(request)
-    workflow_id = request.path_params["workflow_id"]
-    if not _matches(WORKFLOW_ID, workflow_id):
-        raise ValidationFailed([field_error(["path", "workflowId"], f"must match {WORKFLOW_ID}")])
+    workflow_id = path.workflow_id
     projector = state.components.get("projector")
     if projector is not None:
         # the projection's one row per run (cogo.projections.rollups), once it has what
@@ -312,17 +430,16 @@ def _quantile(values: list[float], q: float) -> float | None:
     return round(values[low] + (values[high] - values[low]) * (position - low), 3)
 
 
-def _matches(pattern: str, value: str) -> bool:
-    return re.fullmatch(pattern.strip("^$"), value) is not None
-
-
 routes = [
     Route("/api/orchestrator/plan", plan_endpoint, methods=["POST"]),
     Route("/api/orchestrator/execute", execute_endpoint, methods=["POST"]),
     Route("/api/orchestrator/cancel", cancel_endpoint, methods=["POST"]),
+    Route("/api/orchestrator/signal", signal_endpoint, methods=["POST"]),
     Route("/api/orchestrator/state", state_endpoint, methods=["GET"]),
     Route("/api/orchestrator/runs", runs_endpoint, methods=["GET"]),
     Route("/api/workflows", definitions_endpoint, methods=["GET"]),
     Route("/api/workflows/execute", workflows_execute_endpoint, methods=["POST"]),
     Route("/api/metrics/workflows/{workflow_id}", metrics_endpoint, methods=["GET"]),
+    # schedules start runs of these workflows: served beside them
+    *schedule_routes.routes,
 ]

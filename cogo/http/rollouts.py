@@ -18,7 +18,6 @@ from typing import Any
 
 import pydantic
 from pydantic import ConfigDict, Field
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -27,18 +26,13 @@ from cogo.errors import (
     InvalidWorkflow,
     RolloutConflict,
     RolloutNotFound,
+    Unavailable,
+    UnknownRoute,
     WorkflowNotFound,
 )
-from cogo.http.app import (
-    AppState,
-    ValidationFailed,
-    field_error,
-    json_body,
-    require_route,
-    state_of,
-    validate,
-)
-from cogo.http.openapi import documented
+from cogo.http.app import AppState, ValidationFailed, field_error, require_route, state_of
+from cogo.http.endpoint import Success, endpoint
+from cogo.http.schemas import ROUTE_ENUM, WORKFLOW_ENUM, WORKFLOW_PARAMETERS, Body, JsonInt
 from cogo.streams.rollouts import VERSION_PATTERN
 from cogo.workflows.definition import WORKFLOW_ID, Catalog
 from cogo.workflows.planner import plan_workflow
@@ -47,35 +41,35 @@ from cogo.workflows.rollout import RolloutController, RolloutSpec
 ROUTE_PATTERN = r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)+$"
 
 
-class Slo(pydantic.BaseModel):
+class Slo(Body):
     """The service level a candidate must hold."""
-
-    model_config = ConfigDict(extra="forbid")
 
     p90_ms: float | None = Field(None, gt=0, description="p90 end-to-end task latency, ms")
 
 
-class DevE2eWorkflow(pydantic.BaseModel):
+class DevE2eWorkflow(Body):
     """A workflow Dev E2E runs with the candidate pinned on the route (e.g. codeBuildTest)."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(json_schema_extra=WORKFLOW_PARAMETERS)
 
-    workflow_id: str = Field(alias="workflowId", pattern=WORKFLOW_ID)
+    workflow_id: str = Field(
+        alias="workflowId", pattern=WORKFLOW_ID, json_schema_extra=WORKFLOW_ENUM
+    )
     parameters: dict[str, Any] = Field(default_factory=dict)
 
 
-class RolloutRequest(pydantic.BaseModel):
+class RolloutRequest(Body):
     """The body of ``POST /api/rollouts``."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    route: str = Field(min_length=3, max_length=200, pattern=ROUTE_PATTERN)
+    route: str = Field(
+        min_length=3, max_length=200, pattern=ROUTE_PATTERN, json_schema_extra=ROUTE_ENUM
+    )
     candidate: str = Field(pattern=VERSION_PATTERN, description="the candidate's --version")
     slo: Slo = Field(default_factory=Slo)
-    min_samples: int = Field(20, ge=1, le=1_000_000, description="candidate tasks per gate")
-    canary_percent: int = Field(10, ge=1, le=99)
-    dev_e2e_tasks: int = Field(5, ge=0, le=1000)
-    smoke_tasks: int = Field(20, ge=0, le=10_000)
+    min_samples: JsonInt = Field(20, ge=1, le=1_000_000, description="candidate tasks per gate")
+    canary_percent: JsonInt = Field(10, ge=1, le=99)
+    dev_e2e_tasks: JsonInt = Field(5, ge=0, le=1000)
+    smoke_tasks: JsonInt = Field(20, ge=0, le=10_000)
     stage_timeout_s: float = Field(300.0, gt=0, le=7 * 86400)
     sample_payload: dict[str, Any] = Field(
         default_factory=dict, description="payload of the Dev E2E and smoke tasks"
@@ -83,29 +77,33 @@ class RolloutRequest(pydantic.BaseModel):
     dev_e2e_workflow: DevE2eWorkflow | None = None
 
 
-class ActionRequest(pydantic.BaseModel):
+class ActionRequest(Body):
     """Optional body of promote / rollback / pause."""
 
-    model_config = ConfigDict(extra="forbid")
-
     reason: str | None = Field(None, max_length=1000)
+
+
+class RolloutPath(pydantic.BaseModel):
+    """``/api/rollouts/{rollout_id}``."""
+
+    rollout_id: str = Field(min_length=1, max_length=200)
 
 
 def controller_of(request: Request) -> RolloutController:
     controller = state_of(request).components.get("rollouts")
     if controller is None:
-        raise HTTPException(503, "the rollout controller does not run in this process")
+        raise Unavailable("the rollout controller does not run in this process")
     return controller  # type: ignore[no-any-return]
 
 
-@documented(
+@endpoint(
     body=RolloutRequest,
-    responses={201: "the rollout, at its first stage", 409: "the route has a rollout running"},
+    ok={201: "the rollout, at its first stage"},
+    errors=(UnknownRoute, InvalidWorkflow, RolloutConflict, Unavailable),
 )
-async def start_rollout(request: Request) -> JSONResponse:
+async def start_rollout(request: Request, body: RolloutRequest) -> JSONResponse:
     """Start a rollout: Dev E2E -> CI smoke -> canary -> promote 100%, behind gates."""
     state = state_of(request)
-    body = validate(RolloutRequest, await json_body(request))
     require_route(state, body.route)
     if body.dev_e2e_workflow is not None:
         await _check_workflow(state, body.dev_e2e_workflow)
@@ -123,10 +121,7 @@ async def start_rollout(request: Request) -> JSONResponse:
             body.dev_e2e_workflow.model_dump(by_alias=True) if body.dev_e2e_workflow else None
         ),
     )
-    try:
-        rollout = await controller_of(request).begin(spec)
-    except RolloutConflict as exc:
-        raise HTTPException(409, str(exc)) from None
+    rollout = await controller_of(request).begin(spec)
     return JSONResponse(rollout.view(), status_code=201)
 
 
@@ -138,65 +133,65 @@ async def _check_workflow(state: AppState, workflow: DevE2eWorkflow) -> None:
         definition = await asyncio.to_thread(catalog.get, workflow.workflow_id)
         plan_workflow(definition, workflow.parameters, state.policies.get)
     except WorkflowNotFound as exc:
-        raise ValidationFailed([field_error([*loc, "workflowId"], exc.message, exc.code)]) from None
+        raise ValidationFailed(
+            [field_error([*loc, "workflowId"], exc.message, exc.code)], code=exc.code
+        ) from None
     except InvalidWorkflow as exc:
-        raise ValidationFailed([field_error(loc, exc.message, exc.code)]) from None
+        raise ValidationFailed([field_error(loc, exc.message, exc.code)], code=exc.code) from None
 
 
+@endpoint(ok={200: "every rollout, newest first"}, errors=(Unavailable,))
 async def list_rollouts(request: Request) -> JSONResponse:
     """Every rollout, newest first."""
     rollouts = await controller_of(request).list()
     return JSONResponse({"rollouts": [r.view() for r in reversed(rollouts)]})
 
 
-@documented(responses={404: "no such rollout"})
-async def get_rollout(request: Request) -> JSONResponse:
+@endpoint(path=RolloutPath, ok={200: "the rollout"}, errors=(RolloutNotFound, Unavailable))
+async def get_rollout(request: Request, path: RolloutPath) -> JSONResponse:
     """One rollout: its stage, traffic split, samples and gate figures."""
-    try:
-        rollout = await controller_of(request).get(request.path_params["rollout_id"])
-    except RolloutNotFound as exc:
-        raise HTTPException(404, str(exc)) from None
+    rollout = await controller_of(request).get(path.rollout_id)
     return JSONResponse(rollout.view())
 
 
-async def _act(request: Request, action: str) -> JSONResponse:
+async def _act(request: Request, action: str, rollout_id: str, body: ActionRequest) -> JSONResponse:
     controller = controller_of(request)
-    rollout_id = request.path_params["rollout_id"]
-    raw = await request.body()
-    body = validate(ActionRequest, await json_body(request)) if raw.strip() else ActionRequest()
-    try:
-        if action == "promote":
-            rollout = await controller.promote(rollout_id)
-        elif action == "rollback":
-            rollout = await controller.rollback(rollout_id, body.reason)
-        else:
-            rollout = await controller.pause(rollout_id)
-    except RolloutNotFound as exc:
-        raise HTTPException(404, str(exc)) from None
-    except RolloutConflict as exc:
-        raise HTTPException(409, str(exc)) from None
+    if action == "promote":
+        rollout = await controller.promote(rollout_id)
+    elif action == "rollback":
+        rollout = await controller.rollback(rollout_id, body.reason)
+    else:
+        rollout = await controller.pause(rollout_id)
     return JSONResponse(rollout.view())
 
 
-_ACTION_RESPONSES = {404: "no such rollout", 409: "the rollout is already promoted or rolled back"}
+_ACTION = {
+    "path": RolloutPath,
+    "body": ActionRequest,
+    "body_required": False,
+    "ok": {200: Success("the rollout after the action")},
+    "errors": (RolloutNotFound, RolloutConflict, Unavailable),
+}
 
 
-@documented(body=ActionRequest, responses=_ACTION_RESPONSES)
-async def promote_rollout(request: Request) -> JSONResponse:
+@endpoint(**_ACTION)  # type: ignore[arg-type]
+async def promote_rollout(request: Request, path: RolloutPath, body: ActionRequest) -> JSONResponse:
     """Promote the candidate to 100% now, skipping the remaining gates."""
-    return await _act(request, "promote")
+    return await _act(request, "promote", path.rollout_id, body)
 
 
-@documented(body=ActionRequest, responses=_ACTION_RESPONSES)
-async def rollback_rollout(request: Request) -> JSONResponse:
+@endpoint(**_ACTION)  # type: ignore[arg-type]
+async def rollback_rollout(
+    request: Request, path: RolloutPath, body: ActionRequest
+) -> JSONResponse:
     """Roll back to the baseline (0% to the candidate)."""
-    return await _act(request, "rollback")
+    return await _act(request, "rollback", path.rollout_id, body)
 
 
-@documented(body=ActionRequest, responses=_ACTION_RESPONSES)
-async def pause_rollout(request: Request) -> JSONResponse:
+@endpoint(**_ACTION)  # type: ignore[arg-type]
+async def pause_rollout(request: Request, path: RolloutPath, body: ActionRequest) -> JSONResponse:
     """Pause: stop advancing stages; the traffic split stays as it is."""
-    return await _act(request, "pause")
+    return await _act(request, "pause", path.rollout_id, body)
 
 
 routes = [

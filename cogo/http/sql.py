@@ -12,37 +12,37 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from cogo.errors import ProjectionBusy, SqlError
-from cogo.http.app import json_body, validate
+from cogo.errors import ProjectionBusy, SqlInvalid, SqlRejected, SqlTimeout, Unavailable
+from cogo.http.endpoint import endpoint
 from cogo.http.metrics import projector_of
+from cogo.http.schemas import Body, JsonInt
 from cogo.projections import sandbox
 
 
-class SqlRequest(pydantic.BaseModel):
+class SqlRequest(Body):
     """The body of ``POST /api/sql``."""
 
-    model_config = pydantic.ConfigDict(extra="forbid")
-
     sql: str = pydantic.Field(min_length=1, max_length=sandbox.MAX_SQL_CHARS)
-    max_rows: int = pydantic.Field(default=sandbox.DEFAULT_MAX_ROWS, ge=1, le=sandbox.MAX_ROWS)
+    max_rows: JsonInt = pydantic.Field(default=sandbox.DEFAULT_MAX_ROWS, ge=1, le=sandbox.MAX_ROWS)
     timeout_s: float = pydantic.Field(
         default=sandbox.DEFAULT_TIMEOUT_S, gt=0, le=sandbox.MAX_TIMEOUT_S
     )
 
 
-async def run_sql(request: Request) -> JSONResponse:
-    body = validate(SqlRequest, await json_body(request))
+@endpoint(
+    body=SqlRequest,
+    ok={200: "{columns, types, rows, row_count, truncated, truncated_by, elapsed_ms}"},
+    errors=(SqlRejected, SqlInvalid, SqlTimeout, ProjectionBusy, Unavailable),
+)
+async def run_sql(request: Request, body: SqlRequest) -> JSONResponse:
+    """Run one read-only query on the projections (sandboxed, time- and size-limited)."""
     projector = projector_of(request)
-    try:
-        result = await projector.store.read(
-            lambda cur: sandbox.run_query(
-                cur, body.sql, timeout_s=body.timeout_s, max_rows=body.max_rows
-            )
+    max_bytes = projector.config.sql.max_result_bytes
+    result = await projector.store.read(
+        lambda cur: sandbox.run_query(
+            cur, body.sql, timeout_s=body.timeout_s, max_rows=body.max_rows, max_bytes=max_bytes
         )
-    except SqlError as exc:
-        return JSONResponse({"detail": str(exc), "code": exc.code}, status_code=400)
-    except ProjectionBusy as exc:
-        return JSONResponse({"detail": str(exc), "code": exc.code}, status_code=503)
+    )
     return JSONResponse(result.as_dict())
 
 

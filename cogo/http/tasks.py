@@ -1,58 +1,58 @@
-"""``POST /api/tasks``: submit a task to the executor dispatcher."""
+"""``POST /api/tasks`` submits a task to the executor dispatcher; ``GET /api/tasks/{id}``
+tells where it is (``cogo.projections.tasks``)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import nats.errors
 import pydantic
 from nats.js.errors import APIError
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from cogo.errors import BackpressureError, InvalidAssignment
-from cogo.http.app import (
-    AppState,
-    ValidationFailed,
-    field_error,
-    json_body,
-    require_route,
-    state_of,
-    validate,
+from cogo.errors import (
+    BackpressureError,
+    BusUnavailable,
+    InvalidAssignment,
+    ProjectionBusy,
+    TaskNotFound,
+    Unavailable,
+    UnknownRoute,
 )
-from cogo.http.openapi import documented
+from cogo.http.app import AppState, ValidationFailed, field_error, require_route, state_of
+from cogo.http.endpoint import Success, endpoint
+from cogo.http.schemas import ROUTE_ENUM, Body, TaskAccepted, TaskPath, payload_schema
 from cogo.streams.capacity import Capacity
 from cogo.streams.envelope import EXECUTE_SUBJECT, MSG_ID, decode_assignment, encoder, new_id
 
 
-class TaskRequest(pydantic.BaseModel):
+class TaskRequest(Body):
     """The body of ``POST /api/tasks`` (DESIGN §3)."""
 
-    model_config = pydantic.ConfigDict(extra="forbid")
-
     route: str = pydantic.Field(
-        min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)+$"
+        min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)+$",
+        json_schema_extra=ROUTE_ENUM,
+    )  # fmt: skip
+    payload: dict[str, Any] = pydantic.Field(
+        default_factory=dict, json_schema_extra=payload_schema()
     )
-    payload: dict[str, Any] = pydantic.Field(default_factory=dict)
     task_id: str | None = pydantic.Field(
         default=None, min_length=1, max_length=200, pattern=r"^[!-~]+$"
     )
     correlation_id: str | None = pydantic.Field(default=None, max_length=200)
 
 
-@documented(
+@endpoint(
     body=TaskRequest,
-    responses={
-        202: "accepted: {task_id, duplicate, stream_seq}",
-        503: "the bus refuses new work (full or unavailable)",
-    },
+    ok={202: Success("accepted", model=TaskAccepted)},
+    errors=(UnknownRoute, InvalidAssignment, BackpressureError, BusUnavailable),
 )
-async def submit_task(request: Request) -> JSONResponse:
+async def submit_task(request: Request, body: TaskRequest) -> JSONResponse:
     """Submit a task to the executor dispatcher (orchestrator.execute.0)."""
     state = state_of(request)
-    body = validate(TaskRequest, await json_body(request))
     require_route(state, body.route)
     try:
         decode_assignment(body.payload)
@@ -63,11 +63,8 @@ async def submit_task(request: Request) -> JSONResponse:
             if loc
             else ["body", "payload", "__assignment"]
         )
-        raise ValidationFailed([field_error(path, exc.message, exc.code)]) from None
-    try:
-        await _capacity(state).check()
-    except BackpressureError as exc:
-        raise HTTPException(503, f"[{exc.code}] {exc}") from None
+        raise ValidationFailed([field_error(path, exc.message, exc.code)], code=exc.code) from None
+    await _capacity(state).check()  # BackpressureError (503) when the bus is full
     task_id = body.task_id or new_id()
     message = {"task_id": task_id, "route": body.route, "payload": body.payload}
     if body.correlation_id:
@@ -77,17 +74,86 @@ async def submit_task(request: Request) -> JSONResponse:
             EXECUTE_SUBJECT, encoder.encode(message), headers={MSG_ID: task_id}, timeout=5
         )
     except APIError as exc:  # e.g. the TASKS stream is full: refuse, never accept-and-drop
-        raise HTTPException(503, f"the bus refused the task: {exc.description}") from None
+        raise BusUnavailable(f"the bus refused the task: {exc.description}") from None
     except (
         nats.errors.TimeoutError,
         nats.errors.NoRespondersError,
         nats.errors.ConnectionClosedError,
     ) as exc:
-        raise HTTPException(503, f"the bus is unavailable: {type(exc).__name__}") from None
+        raise BusUnavailable(f"the bus is unavailable: {type(exc).__name__}") from None
+    _accepted(state).add(task_id, body.route)
     return JSONResponse(
         {"task_id": task_id, "duplicate": bool(ack.duplicate), "stream_seq": ack.seq},
         status_code=202,
     )
+
+
+@endpoint(
+    path=TaskPath,
+    ok={200: "the task: {task_id, route, status, attempt, result, error_code, error, usage, "
+             "events}"},
+    errors=(TaskNotFound, ProjectionBusy, Unavailable),
+)  # fmt: skip
+async def get_task(request: Request, path: TaskPath) -> JSONResponse:
+    """A task's status, attempt, result or error, usage and events."""
+    state = state_of(request)
+    projector = state.components.get("projector")
+    try:
+        if projector is not None:
+            status = await projector.task_status(path.task_id)
+        else:  # the projector runs in another process: ask it over NATS
+            status = await _remote_status(state, path.task_id)
+    except TaskNotFound:
+        # accepted here a moment ago, not yet dispatched or projected: it is queued
+        status = _accepted(state).queued(path.task_id)
+        if status is None:
+            raise
+    return JSONResponse(msgspec.to_builtins(status))
+
+
+class Accepted:
+    """Task ids this facade accepted lately, so a GET right after the 202 finds the task
+    (``queued``) before the dispatcher's first event reaches the projection."""
+
+    def __init__(self, size: int = 10_000) -> None:
+        self.size = size
+        self._routes: dict[str, str] = {}
+
+    def add(self, task_id: str, route: str) -> None:
+        self._routes.pop(task_id, None)
+        self._routes[task_id] = route
+        while len(self._routes) > self.size:
+            del self._routes[next(iter(self._routes))]
+
+    def queued(self, task_id: str) -> Any:
+        from cogo.projections.tasks import TaskStatus
+
+        route = self._routes.get(task_id)
+        return None if route is None else TaskStatus(task_id, route, "queued", 0)
+
+
+def _accepted(state: AppState) -> Accepted:
+    accepted = state.components.get("accepted")
+    if accepted is None:
+        accepted = state.components["accepted"] = Accepted()
+    return accepted  # type: ignore[no-any-return]
+
+
+async def _remote_status(state: AppState, task_id: str) -> Any:
+    from cogo.projections.tasks import STATUS_SUBJECT, TaskStatus
+
+    try:
+        reply = await state.nc.request(
+            STATUS_SUBJECT, encoder.encode({"task_id": task_id}), timeout=5
+        )
+    except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+        raise Unavailable("no projector answers task status requests") from None
+    answer = msgspec.json.decode(reply.data)
+    if "task_id" not in answer:  # {"error": {code, message}}
+        if answer["error"].get("code") == TaskNotFound.code:
+            raise TaskNotFound(answer["error"].get("message", "task not found"))
+        raise Unavailable(answer["error"].get("message", "status unavailable"))
+    return msgspec.convert(answer, TaskStatus)
 
 
 def _capacity(state: AppState) -> Capacity:
@@ -97,4 +163,7 @@ def _capacity(state: AppState) -> Capacity:
     return capacity  # type: ignore[no-any-return]
 
 
-routes = [Route("/api/tasks", submit_task, methods=["POST"])]
+routes = [
+    Route("/api/tasks", submit_task, methods=["POST"]),
+    Route("/api/tasks/{task_id}", get_task, methods=["GET"]),
+]

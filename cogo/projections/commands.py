@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 
+from cogo.config import load_config
 from cogo.errors import CogoError, ProjectionBusy, ProjectionError, SqlError
 
 UNREACHABLE = (httpx.ConnectError, httpx.ConnectTimeout)
@@ -126,9 +127,12 @@ def _sql_local(args: argparse.Namespace, query: str, options: dict[str, Any]) ->
             f"no projection at {path}: start `cogo up` (or `cogo run projector`), "
             "or build it with `cogo replay --nats-url ...`"
         )
-    con = connect(path, read_only=True)
+    config = load_config(args.config, args.data_dir)
+    con = connect(path, read_only=True, limits=config.duckdb)
     try:
-        return sandbox.run_query(con.cursor(), query, **options).as_dict()
+        return sandbox.run_query(
+            con.cursor(), query, max_bytes=config.sql.max_result_bytes, **options
+        ).as_dict()
     finally:
         con.close()
 
@@ -276,8 +280,9 @@ async def _replay_local(args: argparse.Namespace, console: Any) -> dict[str, Any
                 bars.update(p.stream, p.applied, p.total, p.rate)
 
             try:
+                limits = load_config(args.config, args.data_dir).duckdb
                 result = await replay_offline(
-                    nc, args.data_dir, batch=args.batch, progress=progress
+                    nc, args.data_dir, batch=args.batch, progress=progress, limits=limits
                 )
             except ProjectionBusy as exc:
                 raise ProjectionBusy(

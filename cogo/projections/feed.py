@@ -343,7 +343,10 @@ class StreamFeed:
             request["expires"] = int(expires * 1e9)
         await self.nc.publish(self._next_subject, json.dumps(request).encode(), reply=self._inbox)
         try:
-            await asyncio.wait_for(self._done.wait(), (expires or 0.0) + REQUEST_GRACE_S)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation
+            # that arrives just as the wait ends, and the projector then never stopped
+            async with asyncio.timeout((expires or 0.0) + REQUEST_GRACE_S):
+                await self._done.wait()
         except TimeoutError:
             # the server never answered: whatever it still sends belongs to a lost request
             await self._unsubscribe()

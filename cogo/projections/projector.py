@@ -17,6 +17,10 @@ stream itself no longer holds are deleted, rollups included (``ProjectionStore.p
 ``cogo up`` runs one in-process (``cogo.projections.component``); ``cogo run projector``
 runs one alone. One projector per DuckDB file, and one per consumer name (``projector``,
 or ``COGO_PROJECTOR_CONSUMER``) on a stream.
+
+The projector also answers task status requests on ``cogo.tasks.status`` (NATS request /
+reply, queue group ``cogo-status``): it owns the file, so it can answer with what it has
+applied, after catching up with the stream as of the request (read your writes).
 """
 
 from __future__ import annotations
@@ -30,11 +34,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from cogo.actors.base import actor_id
 from cogo.config import Config
-from cogo.errors import ProjectionBusy
+from cogo.errors import CogoError, ProjectionBusy, TaskNotFound
 from cogo.projections.feed import (
     GROUP_COMMIT_BATCHES,
     FeedDesync,
@@ -44,6 +51,7 @@ from cogo.projections.feed import (
 )
 from cogo.projections.replay import Progress, Rebuild, ReplayResult, swap_files
 from cogo.projections.store import DLQ_STREAM, EVENTS_STREAM, ProjectionStore, db_path
+from cogo.projections.tasks import STATUS_SUBJECT, TaskStatus, task_status
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +62,8 @@ LINGER_S = 0.05
 IDLE_WAIT_S = 1.0
 FOLD_EVERY_S = 2.0
 RETENTION_EVERY_S = 30.0
+# how long a status answer waits for the projection to reach the stream's end
+FRESH_WAIT_S = 2.0
 
 
 @dataclass
@@ -122,7 +132,7 @@ class Projector:
         # the most rows one transaction takes when batches queue up behind the writer
         self.max_rows = GROUP_COMMIT_BATCHES * self.batch
         consumer = consumer or os.environ.get("COGO_PROJECTOR_CONSUMER", DEFAULT_CONSUMER)
-        self.store = ProjectionStore(self.path)
+        self.store = ProjectionStore(self.path, limits=config.duckdb)
         self.streams = {
             EVENTS_STREAM: StreamState(EVENTS_STREAM, consumer),
             DLQ_STREAM: StreamState(DLQ_STREAM, f"{consumer}-dlq"),
@@ -133,6 +143,7 @@ class Projector:
         self._loops: list[asyncio.Task[None]] = []
         self._rebuilding = asyncio.Lock()
         self._progress: dict[str, Any] | None = None
+        self._status_sub: Subscription | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -140,8 +151,14 @@ class Projector:
         await self.store.open()
         self.started_at = time.monotonic()
         self._start_loops()
+        self._status_sub = await self.nc.subscribe(
+            STATUS_SUBJECT, queue="cogo-status", cb=self._on_status_request
+        )
 
     async def stop(self) -> None:
+        if self._status_sub is not None:
+            with contextlib.suppress(Exception):
+                await self._status_sub.unsubscribe()
         await self._stop_loops()
         for state in self.streams.values():
             if state.feed is not None:
@@ -300,6 +317,32 @@ class Projector:
                 raise TimeoutError(f"projector not caught up within {timeout}s: {self.stats()}")
             await asyncio.sleep(0.02)
 
+    async def task_status(self, task_id: str, *, fresh: bool = True) -> TaskStatus:
+        """``task_id``'s status (TaskNotFound if it has no events), after catching up with
+        what the stream held when asked, unless that takes over ``FRESH_WAIT_S``."""
+        if fresh:
+            with contextlib.suppress(TimeoutError):
+                await self.wait_caught_up(FRESH_WAIT_S)
+        status = await self.store.read(lambda con: task_status(con, task_id))
+        if status is None:
+            raise TaskNotFound(f"no events for task {task_id!r} (unknown, or not dispatched yet)")
+        return status
+
+    async def _on_status_request(self, msg: Msg) -> None:
+        try:
+            request = msgspec.json.decode(msg.data or b"{}")
+            task_id = request.get("task_id") if isinstance(request, dict) else None
+            if not isinstance(task_id, str) or not task_id:
+                raise TaskNotFound('a status request needs {"task_id": "..."}')
+            answer: Any = await self.task_status(task_id)
+        except CogoError as exc:
+            answer = {"error": {"code": exc.code, "message": str(exc)}}
+        except Exception as exc:  # never leave a requester waiting for a timeout
+            log.exception("status request failed")
+            answer = {"error": {"code": "projection.error", "message": str(exc)}}
+        with contextlib.suppress(Exception):
+            await msg.respond(msgspec.json.encode(answer))
+
     # -- replay ------------------------------------------------------------------------
 
     @property
@@ -322,8 +365,9 @@ class Projector:
                     progress(p)
 
             rebuild = Rebuild(
-                self.nc, Path(f"{self.path}.replay"), batch=self.batch, progress=track
-            )
+                self.nc, Path(f"{self.path}.replay"), batch=self.batch, progress=track,
+                limits=self.config.duckdb,
+            )  # fmt: skip
             try:
                 await rebuild.run()
                 await self._stop_loops()

@@ -254,10 +254,11 @@ def _projection_metrics(
         "Messages in the DLQ stream, by error code.",
         (({"error_code": code}, n) for code, n in dead),
     )
+    # Prometheus wants base units: the projection keeps milliseconds, /metrics says seconds
     rows = _run(
         cur,
         f"""
-        SELECT route, sum(measured), sum(queue_wait_ms), sum(duration_ms)
+        SELECT route, sum(measured), sum(queue_wait_ms) / 1000.0, sum(duration_ms) / 1000.0
         FROM {events} WHERE type IN {rollups._in(RESULT_TYPES)}
         GROUP BY route HAVING sum(measured) > 0 ORDER BY route
         """,
@@ -271,17 +272,17 @@ def _projection_metrics(
         ["route"],
     )
     for index, metric, name, what in (
-        (2, "queue_wait", "cogo_attempt_queue_wait_ms",
-         "Queue wait of attempts (enqueued -> claimed), ms."),
-        (3, "duration", "cogo_attempt_duration_ms",
-         "Duration of attempts (claimed -> result), ms."),
+        (2, "queue_wait", "cogo_attempt_queue_wait_seconds",
+         "Queue wait of attempts (enqueued -> claimed)."),
+        (3, "duration", "cogo_attempt_duration_seconds", "Duration of attempts (claimed -> result)."),
     ):  # fmt: skip
         samples: list[tuple[dict[str, Any], Any]] = []
         for row in rows:
             route = row[0]
             quantiles = values.get((route,), {}).get(metric) or [None] * len(PERCENTILES)
             for q, v in zip(PERCENTILES, quantiles, strict=True):
-                samples.append(({"route": route, "quantile": q}, _number(v)))
+                seconds = None if v is None else float(v) / 1000.0
+                samples.append(({"route": route, "quantile": q}, seconds))
             samples.append(({"route": route, "__suffix": "_sum"}, row[index]))
             samples.append(({"route": route, "__suffix": "_count"}, row[1]))
         out.family(name, "summary", what, samples)
@@ -307,7 +308,7 @@ FROM (
 """
 
 _RECENT_RUNS = """
-SELECT run_id, workflow_id, coalesce(outcome, 'running'), started_at, ended_at,
+SELECT run_id, workflow_id, coalesce(outcome, 'running'), parent_run_id, started_at, ended_at,
        round(date_diff('microsecond', started_at, ended_at) / 1000.0, 3), error_code, error
 FROM workflow_runs WHERE workflow_id = $workflow_id AND start_seq IS NOT NULL
 ORDER BY start_seq DESC LIMIT $limit
@@ -351,12 +352,13 @@ def workflow_metrics(
                 "runId": run_id,
                 "workflowId": wf,
                 "status": rollups.RUN_OUTCOMES.get(status, status),
+                "parentRunId": parent,
                 "startedAt": _iso(started) if started else None,
                 "endedAt": _iso(ended) if ended else None,
                 "durationMs": float(duration) if duration is not None else None,
                 "errorCode": error_code,
                 "error": error,
             }
-            for run_id, wf, status, started, ended, duration, error_code, error in recent_rows
+            for run_id, wf, status, parent, started, ended, duration, error_code, error in recent_rows
         ],
     }

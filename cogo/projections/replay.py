@@ -22,6 +22,7 @@ from pathlib import Path
 from nats.aio.client import Client as NATS
 from nats.js.errors import NotFoundError
 
+from cogo.config import DuckdbConfig
 from cogo.errors import ProjectionError
 from cogo.projections.feed import GROUP_COMMIT_BATCHES, Fetched, GroupCommit, StreamFeed
 from cogo.projections.store import DLQ_STREAM, EVENTS_STREAM, ProjectionStore, connect, db_path
@@ -86,14 +87,20 @@ class Rebuild:
     """Projects EVENTS and DLQ from their first kept message into a new file at ``path``."""
 
     def __init__(
-        self, nc: NATS, path: Path, *, batch: int = 5000, progress: Progress | None = None
+        self,
+        nc: NATS,
+        path: Path,
+        *,
+        batch: int = 5000,
+        progress: Progress | None = None,
+        limits: DuckdbConfig | None = None,
     ) -> None:
         self.nc = nc
         self.js = nc.jetstream()
         self.path = path
         self.batch = batch
         self.progress = progress
-        self.store = ProjectionStore(path, readers=0)
+        self.store = ProjectionStore(path, readers=0, limits=limits)
         self.feeds: dict[str, StreamFeed] = {}
         self.applied: dict[str, int] = dict.fromkeys(STREAMS, 0)
         self.result = ReplayResult(path=str(path))
@@ -197,18 +204,23 @@ class Rebuild:
 
 
 async def replay_offline(
-    nc: NATS, data_dir: Path, *, batch: int = 5000, progress: Progress | None = None
+    nc: NATS,
+    data_dir: Path,
+    *,
+    batch: int = 5000,
+    progress: Progress | None = None,
+    limits: DuckdbConfig | None = None,
 ) -> ReplayResult:
     """Rebuild ``<data-dir>/cogo.duckdb`` when no projector runs (ProjectionBusy if one does)."""
     live = db_path(data_dir)
     if live.exists():
         # fails with ProjectionBusy while another process holds the file
-        await asyncio.to_thread(lambda: connect(live).close())
+        await asyncio.to_thread(lambda: connect(live, limits=limits).close())
     try:
         await nc.jetstream().stream_info(EVENTS_STREAM)
     except NotFoundError:
         raise ProjectionError("the EVENTS stream does not exist on this server") from None
-    rebuild = Rebuild(nc, Path(f"{live}.replay"), batch=batch, progress=progress)
+    rebuild = Rebuild(nc, Path(f"{live}.replay"), batch=batch, progress=progress, limits=limits)
     try:
         await rebuild.run()
         await rebuild.catch_up()

@@ -55,7 +55,7 @@ import duckdb
 
 from cogo.projections.histogram import bin_sql
 
-VERSION = 2  # bump when a definition below changes: the tables are rebuilt on open
+VERSION = 3  # bump when a definition below changes: the tables are rebuilt on open
 # The rollup tables hold the rows up to rollup_state.folded_seq; readers add the few after
 # it from bus_events (cogo.projections.windows). A batch's transaction folds them in once
 # there are FOLD_ROWS of them; the projector folds a smaller tail every couple of seconds
@@ -72,7 +72,7 @@ RUN_OUTCOMES = {
 }
 _WORKFLOW_TYPES = (
     "workflow_started", *RUN_OUTCOMES, "gate_passed", "gate_failed",
-    "node_succeeded", "node_failed",
+    "node_succeeded", "node_failed", "node_skipped", "node_started",
 )  # fmt: skip
 
 
@@ -198,8 +198,11 @@ CREATE TABLE IF NOT EXISTS workflow_runs (
     ended_at TIMESTAMP,
     error_code VARCHAR,
     error VARCHAR,
+    parent_run_id VARCHAR,     -- data.parent.runId of its workflow_started (a child run)
     gates VARCHAR[] NOT NULL DEFAULT [],      -- node_id=verdict, in stream order
     artifacts VARCHAR[] NOT NULL DEFAULT [],  -- each node result's artifacts (JSON), in order
+    signals VARCHAR[] NOT NULL DEFAULT [],    -- node_id=name of each signal node started
+    over VARCHAR[] NOT NULL DEFAULT [],       -- node ids that finished (or were skipped)
     gates_passed BIGINT NOT NULL DEFAULT 0,
     gates_failed BIGINT NOT NULL DEFAULT 0
 );
@@ -355,9 +358,14 @@ def _fold_runs(con: duckdb.DuckDBPyConnection, where: str, params: list | None =
         SELECT seq, type, "at", correlation_id AS run_id, error_code, error,
                coalesce(raw->>'$.data.workflow_id', raw->>'$.data.plan.workflow_id')
                    AS workflow_id,
+               raw->>'$.data.node_id' AS node_id,
                raw->>'$.data.node_id' || '=' || (raw->>'$.data.verdict') AS gate,
                coalesce(raw->>'$.data.result.artifacts',
-                        raw->>'$.data.result.data.result.artifacts') AS artifacts
+                        raw->>'$.data.result.data.result.artifacts') AS artifacts,
+               CASE WHEN type = 'node_started' AND raw->>'$.data.node_type' = 'signal'
+                    THEN raw->>'$.data.node_id' || '=' || (raw->>'$.data.name') END AS signal,
+               CASE WHEN type = 'workflow_started' THEN raw->>'$.data.parent.runId' END
+                   AS parent_run_id
         FROM bus_events
         WHERE ({where}) AND type IN {_in(_WORKFLOW_TYPES)} AND correlation_id IS NOT NULL
         """,
@@ -372,7 +380,7 @@ def _fold_runs(con: duckdb.DuckDBPyConnection, where: str, params: list | None =
     con.execute(
         f"""
         INSERT INTO workflow_runs (run_id, workflow_id, start_seq, started_at, outcome_seq,
-                                   outcome, ended_at, error_code, error)
+                                   outcome, ended_at, error_code, error, parent_run_id)
         SELECT run_id,
                arg_min(workflow_id, seq) FILTER (type = 'workflow_started'),
                min(seq) FILTER (type = 'workflow_started'),
@@ -381,11 +389,14 @@ def _fold_runs(con: duckdb.DuckDBPyConnection, where: str, params: list | None =
                arg_min(type, seq) FILTER (type IN {_in(tuple(RUN_OUTCOMES))}),
                arg_min("at", seq) FILTER (type IN {_in(tuple(RUN_OUTCOMES))}),
                arg_min(error_code, seq) FILTER (type IN {_in(tuple(RUN_OUTCOMES))}),
-               arg_min(error, seq) FILTER (type IN {_in(tuple(RUN_OUTCOMES))})
+               arg_min(error, seq) FILTER (type IN {_in(tuple(RUN_OUTCOMES))}),
+               arg_min(parent_run_id, seq) FILTER (type = 'workflow_started')
         FROM rollup_wf GROUP BY run_id
         ON CONFLICT (run_id) DO UPDATE SET
             workflow_id = CASE WHEN start_seq IS NULL THEN excluded.workflow_id ELSE workflow_id END,
             started_at = CASE WHEN start_seq IS NULL THEN excluded.started_at ELSE started_at END,
+            parent_run_id = CASE WHEN start_seq IS NULL THEN excluded.parent_run_id
+                                 ELSE parent_run_id END,
             start_seq = coalesce(start_seq, excluded.start_seq),
             outcome = CASE WHEN outcome_seq IS NULL THEN excluded.outcome ELSE outcome END,
             ended_at = CASE WHEN outcome_seq IS NULL THEN excluded.ended_at ELSE ended_at END,
@@ -395,10 +406,12 @@ def _fold_runs(con: duckdb.DuckDBPyConnection, where: str, params: list | None =
         """
     )
     con.execute(
-        """
+        f"""
         UPDATE workflow_runs w SET
             gates = list_concat(w.gates, a.gates),
             artifacts = list_concat(w.artifacts, a.artifacts),
+            signals = list_concat(w.signals, a.signals),
+            over = list_concat(w.over, a.over),
             gates_passed = w.gates_passed + a.passed,
             gates_failed = w.gates_failed + a.failed
         FROM (
@@ -408,10 +421,14 @@ def _fold_runs(con: duckdb.DuckDBPyConnection, where: str, params: list | None =
                    coalesce(list(artifacts ORDER BY seq) FILTER (
                        type IN ('node_succeeded', 'node_failed') AND artifacts IS NOT NULL), [])
                        AS artifacts,
+                   coalesce(list(signal ORDER BY seq) FILTER (signal IS NOT NULL), []) AS signals,
+                   coalesce(list(node_id ORDER BY seq) FILTER (
+                       type IN ('node_succeeded', 'node_failed', 'node_skipped', 'gate_passed',
+                                'gate_failed') AND node_id IS NOT NULL), []) AS over,
                    count(*) FILTER (type = 'gate_passed') AS passed,
                    count(*) FILTER (type = 'gate_failed') AS failed
             FROM rollup_wf
-            WHERE type IN ('gate_passed', 'gate_failed', 'node_succeeded', 'node_failed')
+            WHERE type <> 'workflow_started' AND type NOT IN {_in(tuple(RUN_OUTCOMES))}
             GROUP BY run_id
         ) a
         WHERE w.run_id = a.run_id

@@ -9,9 +9,18 @@ Layers, each enough on its own for the common escapes, together for the rest:
 2. The database instance itself (``store.HARDENED``): no external access (files, network:
    ``read_csv('/etc/passwd')``, ``glob``, URLs), no extension install or autoload, and the
    configuration locked so SQL cannot undo any of it.
-3. A read-only transaction around the query, which catches what (1) cannot see, such as a
+3. The functions it calls, read from DuckDB's own parse tree (``json_serialize_sql``): a
+   table function must be on a list of read-only ones (``checkpoint()`` writes the file
+   even in a read-only transaction; ``query()`` runs a string as SQL; ``arrow_scan`` reads
+   raw pointers), and scalar functions with side effects or that block (``setseed``,
+   ``nextval``, ``write_log``, ``sleep_ms``) are refused.
+4. A read-only transaction around the query, which catches what (1) cannot see, such as a
    ``DELETE ... RETURNING`` inside a CTE of a SELECT.
-4. A timer that interrupts the query at its time limit, and a cap on the rows returned.
+5. A watchdog that interrupts the query from its deadline on, again and again until the
+   query's thread is done: one ``interrupt()`` that lands before the query has started is
+   lost (DuckDB clears the flag when a query begins), so a single timer let a query run
+   unbounded. DuckDB's ``memory_limit`` and spill cap (``[duckdb]`` in the config) bound
+   its memory and disk; the answer is cut at ``max_rows`` rows and ``max_bytes`` bytes.
 """
 
 from __future__ import annotations
@@ -20,15 +29,18 @@ import base64
 import contextlib
 import datetime as dt
 import decimal
+import json
 import math
 import re
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import duckdb
+import msgspec
 
 from cogo.errors import SqlInvalid, SqlRejected, SqlTimeout
 
@@ -37,6 +49,32 @@ MAX_TIMEOUT_S = 60.0
 DEFAULT_MAX_ROWS = 10_000
 MAX_ROWS = 100_000
 MAX_SQL_CHARS = 100_000
+DEFAULT_MAX_BYTES = 16 * 1024 * 1024
+FETCH_ROWS = 1024
+# how often the watchdog repeats interrupt() once the deadline has passed
+INTERRUPT_EVERY_S = 0.01
+
+# Table functions that only read (the catalog, generators, JSON helpers). Anything else is
+# refused: checkpoint/force_checkpoint write the file, query()/query_table() run strings as
+# SQL past the statement check, *_scan read Python objects or raw pointers, enable_*/
+# truncate_*/register_* change the instance, read_*/glob reach files.
+READ_ONLY_TABLE_FUNCTIONS = frozenset(
+    {
+        "range", "generate_series", "unnest", "repeat", "repeat_row", "json_each", "json_tree",
+        "summary", "test_all_types", "test_vector_types", "icu_calendar_names",
+        "pg_timezone_names", "pragma_collations", "pragma_database_size",
+        "pragma_metadata_info", "pragma_platform", "pragma_show", "pragma_storage_info",
+        "pragma_table_info", "pragma_user_agent", "pragma_version", "duckdb_columns",
+        "duckdb_constraints", "duckdb_databases", "duckdb_dependencies", "duckdb_functions",
+        "duckdb_indexes", "duckdb_keywords", "duckdb_memory", "duckdb_optimizers",
+        "duckdb_schemas", "duckdb_sequences", "duckdb_settings", "duckdb_tables",
+        "duckdb_temporary_files", "duckdb_types", "duckdb_views",
+    }
+)  # fmt: skip
+# Scalar functions with a side effect (RNG state, sequences, the log) or that sleep
+# without looking at the interrupt flag.
+REFUSED_FUNCTIONS = frozenset({"setseed", "nextval", "setval", "write_log", "sleep_ms", "pg_sleep"})
+_FILE_FUNCTION = re.compile(r"^(read_|parquet_|sniff_csv$|glob$)")
 
 _ALLOWED = {duckdb.StatementType.SELECT}
 _EXPLAIN_PREFIX = re.compile(r"^\s*EXPLAIN\s+(ANALYZE\s+)?", re.IGNORECASE)
@@ -45,13 +83,14 @@ _AT_HINT = re.compile(r"(?<![\"\w.])at(?![\"\w])", re.IGNORECASE)
 
 @dataclass
 class SqlResult:
-    """Columns, rows (JSON-ready) and whether the row cap cut the result short."""
+    """Columns, rows (JSON-ready) and whether a cap (rows or bytes) cut the result short."""
 
     columns: list[str]
     types: list[str]
     rows: list[list[Any]]
     truncated: bool
     elapsed_ms: float
+    truncated_by: str | None = None  # "max_rows" or "max_bytes"
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -60,6 +99,7 @@ class SqlResult:
             "rows": self.rows,
             "row_count": len(self.rows),
             "truncated": self.truncated,
+            "truncated_by": self.truncated_by,
             "elapsed_ms": round(self.elapsed_ms, 3),
         }
 
@@ -87,6 +127,45 @@ def check_statement(con: duckdb.DuckDBPyConnection, sql: str) -> None:
     if statement.type not in _ALLOWED:
         kind = str(statement.type).rsplit(".", 1)[-1]
         raise SqlRejected(f"only read-only queries (SELECT, WITH, EXPLAIN) are allowed, not {kind}")
+    check_functions(con, statement.query)
+
+
+def check_functions(con: duckdb.DuckDBPyConnection, sql: str) -> None:
+    """Refuse table functions off the read-only list and scalar functions with side effects."""
+    tree = json.loads(con.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()[0])
+    if tree.get("error"):
+        # PIVOT and a few other forms have no serialized tree: unseen is refused
+        raise SqlRejected(
+            "this query form cannot be checked for side effects; write it as a plain SELECT "
+            f"({tree.get('error_message', 'not serializable')})"
+        )
+    for name, is_table in _functions(tree):
+        if is_table and _FILE_FUNCTION.match(name):
+            raise SqlRejected(
+                f"file, network and extension access is disabled for ad-hoc SQL: {name}()"
+            )
+        if is_table and name not in READ_ONLY_TABLE_FUNCTIONS:
+            raise SqlRejected(f"table function {name}() is not allowed in ad-hoc SQL")
+        if name in REFUSED_FUNCTIONS:
+            raise SqlRejected(
+                f"function {name}() is not allowed in ad-hoc SQL "
+                "(it has side effects or cannot be interrupted)"
+            )
+
+
+def _functions(node: Any, table: bool = False) -> Iterator[tuple[str, bool]]:
+    """Every function call in a serialized parse tree: (lower-case name, is a table function)."""
+    stack: list[tuple[Any, bool]] = [(node, table)]
+    while stack:
+        item, is_table = stack.pop()
+        if isinstance(item, list):
+            stack.extend((child, False) for child in item)
+        elif isinstance(item, dict):
+            if isinstance(item.get("function_name"), str):
+                yield item["function_name"].lower(), is_table
+            for key, child in item.items():
+                # a TABLE_FUNCTION table ref holds its call under "function"
+                stack.append((child, key == "function" and item.get("type") == "TABLE_FUNCTION"))
 
 
 def run_query(
@@ -95,17 +174,21 @@ def run_query(
     *,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     max_rows: int = DEFAULT_MAX_ROWS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> SqlResult:
     """Check and run ``sql`` on ``con`` (a cursor of its own: interrupt stops only it).
 
     Blocking: call it from a thread.
     """
     check_statement(con, sql)
-    timer = threading.Timer(timeout_s, con.interrupt)
+    done = threading.Event()
+    watchdog = threading.Thread(
+        target=_interrupt_after, args=(con, timeout_s, done), name="sql-watchdog", daemon=True
+    )
     began = time.perf_counter()
     try:
         con.execute("BEGIN TRANSACTION READ ONLY")
-        timer.start()
+        watchdog.start()
         try:
             relation = con.sql(sql)  # bound, not yet run
             if relation is None:
@@ -120,9 +203,13 @@ def run_query(
                         for i, t in enumerate(types, start=1)
                     )
                 )
-            raw = relation.limit(max_rows + 1).fetchall()
+            # run once, streamed: rows are converted and counted chunk by chunk
+            con.execute(relation.limit(max_rows + 1).sql_query())
+            rows, truncated_by = _fetch(con, max_rows, max_bytes)
         finally:
-            timer.cancel()
+            done.set()
+            if watchdog.is_alive():
+                watchdog.join()
     except duckdb.InterruptException:
         raise SqlTimeout(f"query interrupted after its time limit of {timeout_s:g}s") from None
     except duckdb.PermissionException as exc:
@@ -137,21 +224,53 @@ def run_query(
         if "configuration" in str(exc) and "locked" in str(exc):
             raise SqlRejected(f"settings cannot be changed: {_first_line(exc)}") from None
         raise SqlInvalid(_first_line(exc, sql)) from None
+    except duckdb.OutOfMemoryException as exc:
+        raise SqlRejected(f"the query needs more memory than allowed: {_first_line(exc)}") from None
     except duckdb.Error as exc:
         raise SqlInvalid(_first_line(exc, sql)) from None
     finally:
         with contextlib.suppress(duckdb.Error):
             con.execute("ROLLBACK")
-    elapsed_ms = (time.perf_counter() - began) * 1000.0
-    truncated = len(raw) > max_rows
-    rows = [[_jsonable(v) for v in row] for row in raw[:max_rows]]
     return SqlResult(
         columns=columns,
         types=types,
         rows=rows,
-        truncated=truncated,
-        elapsed_ms=elapsed_ms,
+        truncated=truncated_by is not None,
+        elapsed_ms=(time.perf_counter() - began) * 1000.0,
+        truncated_by=truncated_by,
     )
+
+
+def _interrupt_after(
+    con: duckdb.DuckDBPyConnection, timeout_s: float, done: threading.Event
+) -> None:
+    """From the deadline on, interrupt ``con`` until the query's thread says it is done."""
+    if done.wait(timeout_s):
+        return
+    while not done.is_set():
+        con.interrupt()
+        done.wait(INTERRUPT_EVERY_S)
+
+
+_row_encoder = msgspec.json.Encoder()
+
+
+def _fetch(
+    con: duckdb.DuckDBPyConnection, max_rows: int, max_bytes: int
+) -> tuple[list[list[Any]], str | None]:
+    """The pending result's rows as JSON-ready lists, in chunks, until it ends or a cap is hit."""
+    rows: list[list[Any]] = []
+    size = 2  # the enclosing brackets
+    while chunk := con.fetchmany(FETCH_ROWS):
+        for raw in chunk:
+            if len(rows) == max_rows:
+                return rows, "max_rows"
+            row = [_jsonable(v) for v in raw]
+            size += len(_row_encoder.encode(row)) + 1
+            if size > max_bytes:
+                return rows, "max_bytes"
+            rows.append(row)
+    return rows, None
 
 
 def _needs_text(type_name: str) -> bool:

@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 
 import duckdb
 
+from cogo.config import DuckdbConfig
 from cogo.errors import ProjectionBusy, ProjectionError
 from cogo.projections import rollups
 from cogo.projections.feed import Fetched
@@ -51,6 +52,8 @@ HARDENED: dict[str, Any] = {
     "autoload_known_extensions": False,
     "allow_community_extensions": False,
     "lock_configuration": True,
+    # SQL must not read Python objects of this process (DuckDB's replacement scans)
+    "python_enable_replacements": False,
     # checkpoints compress whole row groups; fewer, larger ones keep ingest fast
     "checkpoint_threshold": "64MB",
 }
@@ -180,25 +183,43 @@ def join_bodies(bodies: Sequence[bytes]) -> str:
     return joined.decode("utf-8", errors="replace")
 
 
-def connect(path: Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+def instance_config(limits: DuckdbConfig | None = None) -> dict[str, Any]:
+    """``HARDENED`` plus the memory, thread and spill limits (locked with the rest)."""
+    limits = limits or DuckdbConfig()
+    config = {
+        **HARDENED,
+        "memory_limit": limits.memory_limit,
+        "max_temp_directory_size": limits.max_temp_directory_size,
+    }
+    if limits.threads > 0:
+        config["threads"] = limits.threads
+    return config
+
+
+def connect(
+    path: Path, *, read_only: bool = False, limits: DuckdbConfig | None = None
+) -> duckdb.DuckDBPyConnection:
     """Open the file with the hardened configuration; ProjectionBusy if another process has it."""
     try:
-        return duckdb.connect(str(path), read_only=read_only, config=dict(HARDENED))
+        return duckdb.connect(str(path), read_only=read_only, config=instance_config(limits))
     except duckdb.IOException as exc:
         if "lock" in str(exc).lower():
             raise ProjectionBusy(
                 f"{path} is in use by another process (a running `cogo up` or "
                 f"`cogo run projector`): {exc}"
             ) from None
-        raise
+        raise ProjectionError(f"cannot open the projection {path}: {exc}") from None
 
 
 class ProjectionStore:
     """One DuckDB projection file: writes on one thread, reads through a cursor pool."""
 
-    def __init__(self, path: Path, *, readers: int = READERS) -> None:
+    def __init__(
+        self, path: Path, *, readers: int = READERS, limits: DuckdbConfig | None = None
+    ) -> None:
         self.path = Path(path)
         self.readers = readers
+        self.limits = limits
         self._con: duckdb.DuckDBPyConnection | None = None
         self._pool: queue.Queue[duckdb.DuckDBPyConnection] = queue.Queue()
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="duckdb-writer")
@@ -208,7 +229,7 @@ class ProjectionStore:
 
     def open_sync(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        con = connect(self.path)
+        con = connect(self.path, limits=self.limits)
         try:
             con.execute("BEGIN")
             for name, text in schema_files():

@@ -1,13 +1,20 @@
-"""Least privilege on NATS: one user per actor kind, a ``client`` user, an ``admin``.
+"""Least privilege on NATS: a user per built-in actor kind, one per app, ``client``, ``admin``.
 
-Each actor user may only pull from and ack its own consumers, publish to the subjects it
-produces (routes, its events), use the KV / object buckets it needs, and receive replies
-on its private inbox prefix ``_INBOX_<user>``. The ``client`` user may only submit to
-``orchestrator.execute.*`` and read results (events). Only ``admin`` manages streams.
+Each worker user may only pull from and ack its own consumers (its routes', and the
+versioned consumers ``cogo up`` granted it), publish what it produces (results, its events),
+use the buckets it needs, ask ``cogo up`` for a version's consumer
+(``cogo.control.version.<user>``) and receive replies on its private inbox prefix
+``_INBOX_<user>``. A team's app gets one user, ``app-<name>``, for all its agents. The
+``client`` user may only submit to ``orchestrator.execute.*``, read events, look routes up
+and ask for a task's status. Only ``admin`` manages streams.
 
-Passwords are generated once into ``<data-dir>/credentials.json`` (mode 0600), or taken
-from ``COGO_NATS_PASSWORD_<USER>``; the server configuration that holds them is written to
-the data dir, never to the repository.
+The plan is derived from the routes the loaded apps declare (``AuthPlan.from_decls``), so a
+new agent is granted what it needs without editing this file. Passwords are generated once
+into ``<data-dir>/credentials.json`` (mode 0600), or taken from ``COGO_NATS_PASSWORD_<USER>``;
+the server configuration that holds them is written to the data dir, never to the repository.
+NATS permissions match whole subject tokens, so a versioned consumer (``echo-run-0-v2``)
+cannot be granted by a wildcard: ``cogo up`` adds it to the user's grants when the versioned
+worker asks, stores it in ``<data-dir>/grants.json`` and reloads the server's configuration.
 """
 
 from __future__ import annotations
@@ -15,40 +22,82 @@ from __future__ import annotations
 import json
 import os
 import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cogo.config import Config
 from cogo.streams.envelope import EXECUTE_SUBJECT, RESULT_SUBJECT
+from cogo.streams.routes import RouteDecl, durable_name
 from cogo.streams.topology import (
     ARTIFACT_BUCKET,
+    CONTROL_VERSION,
     DLQ,
     EVENTS,
+    LEASE_BUCKET,
     MAX_DELIVERIES_ADVISORY,
-    ORCHESTRATOR_ROUTE,
+    ORCHESTRATOR_ROUTES,
     POLICY_BUCKET,
+    SCHEDULE_BUCKET,
+    STATUS_SUBJECT,
     TASKS,
-    durable_name,
 )
 
 API = "$JS.API"
 ACCOUNT = "COGO"
 USER_ENV = "COGO_NATS_USER"
 PASSWORD_ENV = "COGO_NATS_PASSWORD"
-
-# actor kind -> the routes whose consumers it pulls from (besides what config adds)
-WORKER_ROUTES = {
-    "echo": ["echo.run.0"],
-    "codegen": ["codegen.generate.0"],
-    "build_test": ["code.build-test.0"],
-    "indexer": ["indexing.index.0"],
-    "notifier": ["notify.webhook.0"],
-}
-USERS = ["admin", "client", "dispatcher", "orchestrator", "projector", *WORKER_ROUTES]
+BUILTIN_APP = "cogo"
+# users that are not task workers, with permissions of their own
+SYSTEM_USERS = ["admin", "client", "dispatcher", "orchestrator", "projector"]
+# events any worker may append (the dispatcher owns execute_enqueued/retry/failed/done)
+WORKER_EVENTS = ("execute_started", "artifact_stored", "code_file_indexed", "code_file_removed",
+                 "code_index_completed", "webhook_delivered")  # fmt: skip
+ARTIFACT_WRITERS = {"codegen", "build_test"}  # built-in kinds that store artifacts
 
 
 def inbox_prefix(user: str) -> str:
     return f"_INBOX_{user}"
+
+
+def user_of(app: str, agent: str) -> str:
+    """The NATS user an agent runs as: its kind for Cogo's own, ``app-<name>`` for an app."""
+    return agent if app == BUILTIN_APP else f"app-{app}"
+
+
+@dataclass
+class AuthPlan:
+    """Who consumes which routes: derived from the declared routes of every loaded app."""
+
+    workers: dict[str, list[str]] = field(default_factory=dict)  # user -> task routes
+    versions: dict[str, list[str]] = field(default_factory=dict)  # user -> granted versions
+
+    @classmethod
+    def from_decls(cls, decls: Sequence[RouteDecl]) -> AuthPlan:
+        plan = cls()
+        for decl in decls:
+            if decl.task:
+                plan.workers.setdefault(user_of(decl.app, decl.agent), []).append(decl.route)
+        return plan
+
+    @property
+    def users(self) -> list[str]:
+        return [*SYSTEM_USERS, *self.workers]
+
+    @property
+    def task_routes(self) -> list[str]:
+        return [route for routes in self.workers.values() for route in routes]
+
+    def owner(self, route: str) -> str | None:
+        return next((u for u, routes in self.workers.items() if route in routes), None)
+
+    def grant_version(self, user: str, versioned_route: str) -> bool:
+        """Add a versioned consumer to ``user``'s grants; False if it already had it."""
+        granted = self.versions.setdefault(user, [])
+        if versioned_route in granted:
+            return False
+        granted.append(versioned_route)
+        return True
 
 
 def _consume(stream: str, consumer: str) -> list[str]:
@@ -97,17 +146,19 @@ def _events(*types: str) -> list[str]:
     return [s for t in types for s in (f"events.{t}", f"events.{t}.>")]
 
 
-def permissions(user: str, config: Config) -> dict[str, Any] | None:
+def permissions(user: str, plan: AuthPlan) -> dict[str, Any] | None:
     """The NATS permissions of ``user``; None means unrestricted (admin)."""
     if user == "admin":
         return None
     pub: list[str]
     sub = [f"{inbox_prefix(user)}.>"]
+    extra: dict[str, Any] = {}
     if user == "client":
-        pub = [f"orchestrator.execute.*", *_read_events()]  # noqa: F541 - a subject pattern
+        pub = ["orchestrator.execute.*", *_read_events(), *_read_kv(POLICY_BUCKET),
+               STATUS_SUBJECT]  # fmt: skip
         sub += ["events.>"]
     elif user == "dispatcher":
-        routes = [r for r in config.routes]
+        routes = plan.task_routes
         pub = [
             *_consume(TASKS, durable_name(EXECUTE_SUBJECT)),
             *_consume(TASKS, durable_name(RESULT_SUBJECT)),
@@ -121,17 +172,21 @@ def permissions(user: str, config: Config) -> dict[str, Any] | None:
         sub += [f"{MAX_DELIVERIES_ADVISORY}.{TASKS}.*"]
     elif user == "orchestrator":
         pub = [
-            *_consume(TASKS, durable_name(ORCHESTRATOR_ROUTE)),
             *_consume(EVENTS, "orchestrator-events"),
             f"{API}.CONSUMER.DURABLE.CREATE.{EVENTS}.orchestrator-events",
             f"{API}.CONSUMER.CREATE.{EVENTS}.orchestrator-events",
             f"{API}.CONSUMER.CREATE.{EVENTS}.orchestrator-events.>",
-            f"{API}.CONSUMER.DURABLE.CREATE.{TASKS}.{durable_name(ORCHESTRATOR_ROUTE)}",
-            f"{API}.CONSUMER.CREATE.{TASKS}.{durable_name(ORCHESTRATOR_ROUTE)}",
-            f"{API}.CONSUMER.CREATE.{TASKS}.{durable_name(ORCHESTRATOR_ROUTE)}.>",
-            EXECUTE_SUBJECT, ORCHESTRATOR_ROUTE,
+            # one command queue per partition of runs; it pulls those whose lease it holds,
+            # and publishes to any (forwarded outcomes, child starts, scheduled runs)
+            *[s for r in ORCHESTRATOR_ROUTES for s in (
+                *_consume(TASKS, durable_name(r)),
+                f"{API}.CONSUMER.DURABLE.CREATE.{TASKS}.{durable_name(r)}",
+                f"{API}.CONSUMER.CREATE.{TASKS}.{durable_name(r)}",
+                f"{API}.CONSUMER.CREATE.{TASKS}.{durable_name(r)}.>")],
+            EXECUTE_SUBJECT, "orchestrator.workflow.*",
             "events.*.wf.>",  # every workflow event: events.<type>.wf.<workflowId>.<runId>
             *_read_events(), *_read_kv(POLICY_BUCKET),
+            *_write_kv(LEASE_BUCKET), *_write_kv(SCHEDULE_BUCKET),
         ]  # fmt: skip
     elif user == "projector":
         pub = [
@@ -141,33 +196,31 @@ def permissions(user: str, config: Config) -> dict[str, Any] | None:
             f"{API}.CONSUMER.CREATE.{DLQ}", f"{API}.STREAM.INFO.{DLQ}", f"$JS.ACK.{EVENTS}.>", f"$JS.ACK.{DLQ}.>",
             f"$JS.FC.{DLQ}.>",
         ]  # fmt: skip
-    elif user in WORKER_ROUTES:
-        routes = WORKER_ROUTES[user]
-        pub = [RESULT_SUBJECT, *_events("artifact_stored", "code_file_indexed", "code_file_removed",
-                                        "code_index_completed", "webhook_delivered")]  # fmt: skip
-        for route in routes:
+        sub += [STATUS_SUBJECT]
+        extra["allow_responses"] = True  # answer status requests on the requester's inbox
+    elif user in plan.workers:
+        pub = [RESULT_SUBJECT, *_events(*WORKER_EVENTS), f"{CONTROL_VERSION}.{user}",
+               f"{API}.STREAM.INFO.{TASKS}"]  # fmt: skip
+        for route in [*plan.workers[user], *plan.versions.get(user, [])]:
             pub += _consume(TASKS, durable_name(route))
-            # Not granted: versioned (canary) consumers `<durable>-<version>`. NATS permissions
-            # match whole tokens only, so `echo-run-0-*` would be a literal; a canary worker
-            # under --auth needs a user the operator grants that consumer (COGO_NATS_USER).
-        if user in ("codegen", "build_test"):
+        if user in ARTIFACT_WRITERS or user.startswith("app-"):
             pub += _objects(ARTIFACT_BUCKET, write=True)
         if user == "indexer":
             pub += [*_write_kv("code_index"), f"{API}.STREAM.CREATE.KV_code_index"]
     else:
         raise KeyError(user)
-    return {"publish": {"allow": pub}, "subscribe": {"allow": sub}}
+    return {"publish": {"allow": pub}, "subscribe": {"allow": sub}, **extra}
 
 
-def credentials(data_dir: Path) -> dict[str, str]:
+def credentials(data_dir: Path, users: Sequence[str]) -> dict[str, str]:
     """Every user's password: env ``COGO_NATS_PASSWORD_<USER>``, else generated once (0600)."""
     path = data_dir / "credentials.json"
     stored: dict[str, str] = {}
     if path.exists():
         stored = json.loads(path.read_text())
     changed = False
-    for user in USERS:
-        env = os.environ.get(f"{PASSWORD_ENV}_{user.upper()}")
+    for user in users:
+        env = os.environ.get(f"{PASSWORD_ENV}_{user.upper().replace('-', '_')}")
         if env:
             stored[user] = env
         elif user not in stored:
@@ -180,14 +233,33 @@ def credentials(data_dir: Path) -> dict[str, str]:
     return stored
 
 
-def accounts_config(config: Config, passwords: dict[str, str]) -> str:
-    """The ``accounts`` block for nats.conf: every user with its permissions."""
+def load_grants(data_dir: Path) -> dict[str, list[str]]:
+    try:
+        return json.loads((data_dir / "grants.json").read_text())  # type: ignore[no-any-return]
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def save_grants(data_dir: Path, grants: dict[str, list[str]]) -> None:
+    path = data_dir / "grants.json"
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(grants, fh, indent=2)
+    os.replace(tmp, path)
+
+
+def accounts_config(plan: AuthPlan, passwords: dict[str, str]) -> str:
+    """The ``accounts`` block for nats.conf: every user of ``plan`` with its permissions."""
     users = []
-    for user in USERS:
+    for user in plan.users:
         entry: dict[str, Any] = {"user": user, "password": passwords[user]}
-        perms = permissions(user, config)
+        perms = permissions(user, plan)
         if perms is not None:
+            allow_responses = perms.pop("allow_responses", None)
             entry["permissions"] = perms
+            if allow_responses:
+                entry["permissions"]["allow_responses"] = True
         users.append(entry)
     block = {
         ACCOUNT: {"jetstream": "enabled", "users": users},

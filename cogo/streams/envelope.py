@@ -9,7 +9,7 @@ One module-level encoder and typed decoders, reused for every message (msgspec p
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -17,6 +17,9 @@ from cogo.config import Backoff
 from cogo.errors import InvalidAssignment, MalformedMessage
 
 ASSIGNMENT_KEY = "__assignment"
+COHORT_KEY = "__cohort"  # payload pin: run this task on the canary or the baseline (rollouts)
+# keys of a payload that are instructions to Cogo, not input of the handler
+RESERVED_PAYLOAD_KEYS = frozenset({ASSIGNMENT_KEY, COHORT_KEY})
 EXECUTE_SUBJECT = "orchestrator.execute.0"
 RESULT_SUBJECT = "orchestrator.result.0"
 
@@ -25,23 +28,28 @@ MSG_ID = "Nats-Msg-Id"
 KIND_HEADER = "Cogo-Kind"  # "retry" on dispatcher-made retries of a task
 
 
+# the ranges decode_assignment enforces, and the JSON schema /openapi.json publishes
+Positive = Annotated[int, msgspec.Meta(gt=0)]
+NonNegative = Annotated[int, msgspec.Meta(ge=0)]
+
+
 class BackoffSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Backoff as a user writes it: every key optional."""
 
-    initial_ms: int | None = None
-    multiplier: float | None = None
-    max_ms: int | None = None
+    initial_ms: NonNegative | None = None
+    multiplier: Annotated[float, msgspec.Meta(ge=1.0)] | None = None
+    max_ms: NonNegative | None = None
 
 
 class Assignment(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The ``__assignment`` policy envelope as submitted; absent keys take route defaults."""
 
-    model: str | None = None
-    max_tokens: int | None = None
-    max_cost_usd: float | None = None
-    timeout_ms: int | None = None
-    ttl_ms: int | None = None
-    max_attempts: int | None = None
+    model: Annotated[str, msgspec.Meta(min_length=1, pattern=r"\S")] | None = None
+    max_tokens: Positive | None = None
+    max_cost_usd: Annotated[float, msgspec.Meta(ge=0.0)] | None = None
+    timeout_ms: Positive | None = None
+    ttl_ms: Positive | None = None
+    max_attempts: Positive | None = None
     backoff: BackoffSpec | None = None
     bypass: list[str] = msgspec.field(default_factory=list)
 
@@ -117,6 +125,7 @@ class WorkResult(msgspec.Struct, frozen=True, omit_defaults=True):
     error: str | None = None
     retryable: bool = True
     version: str | None = None
+    detail: Any = None  # the error's structured detail (e.g. the payload field that failed)
 
 
 encoder = msgspec.json.Encoder()
@@ -158,12 +167,32 @@ def decode_assignment(payload: dict[str, Any]) -> Assignment:
     if raw is None:
         return Assignment()
     try:
-        assignment = msgspec.convert(raw, Assignment)
+        assignment = msgspec.convert(_integral_floats_as_ints(raw), Assignment)
     except msgspec.ValidationError as exc:
         path = str(exc).replace("`$", f"`$.payload.{ASSIGNMENT_KEY}")
         raise InvalidAssignment(f"invalid __assignment: {path}", detail=path) from exc
     _check_ranges(assignment)
     return assignment
+
+
+def _integral_floats_as_ints(raw: Any) -> Any:
+    """``5.0`` where an integer is expected reads as 5: JSON has one number type, and a
+    JSON Schema ``integer`` includes 5.0 (JavaScript clients send it that way, too)."""
+    if not isinstance(raw, dict):
+        return raw
+    out = dict(raw)
+    for key, value in raw.items():
+        if isinstance(value, float) and value.is_integer() and key in _INT_FIELDS:
+            out[key] = int(value)
+        elif key == "backoff" and isinstance(value, dict):
+            out[key] = {
+                k: int(v) if isinstance(v, float) and v.is_integer() and k != "multiplier" else v
+                for k, v in value.items()
+            }
+    return out
+
+
+_INT_FIELDS = frozenset({"max_tokens", "timeout_ms", "ttl_ms", "max_attempts"})
 
 
 def _check_ranges(a: Assignment) -> None:

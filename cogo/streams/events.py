@@ -25,6 +25,8 @@ EXECUTE_ENQUEUED = "execute_enqueued"
 EXECUTE_RETRY = "execute_retry"
 EXECUTE_FAILED = "execute_failed"
 EXECUTE_DONE = "execute_done"
+# a worker still running an attempt a moment after its claim (not for quick attempts)
+EXECUTE_STARTED = "execute_started"
 TERMINAL_TYPES = frozenset({EXECUTE_FAILED, EXECUTE_DONE})
 
 

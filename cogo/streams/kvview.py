@@ -26,13 +26,13 @@ class KvView(Generic[T]):
     def __init__(
         self,
         open_bucket: Callable[[], Awaitable[KeyValue]],
-        decoder: msgspec.json.Decoder[T],
+        decode: Callable[[bytes], T],
         *,
         prefix: str = "",
         name: str = "kv-watch",
     ) -> None:
         self._open_bucket = open_bucket
-        self._decoder = decoder
+        self._decode = decode
         self._prefix = prefix
         self._name = name
         self.items: dict[str, T] = {}
@@ -57,7 +57,7 @@ class KvView(Generic[T]):
                     self.items.pop(key, None)
                     continue
                 try:
-                    self.items[key] = self._decoder.decode(entry.value)
+                    self.items[key] = self._decode(entry.value)
                 except msgspec.DecodeError as exc:  # keep the last good value
                     log.error("%s: ignoring invalid value for %s: %s", self._name, key, exc)
         finally:

@@ -1,37 +1,83 @@
-"""Route policies in the JetStream KV bucket ``policies``, watched live by dispatchers.
+"""Route policies in the JetStream KV bucket ``policies``: the registry of declared routes.
 
-One key per route (``echo.run.0``); the value is a ``RoutePolicy`` as JSON. ``cogo up``
-seeds missing keys from the configuration; ``cogo policy set`` changes them at runtime and
-appends a ``policy_changed`` event, and every dispatcher picks the change up from its watch.
+One key per declared task route (``echo.run.0``); the value is a ``PolicyRecord``: who
+declared the route and its policy, built from layers, lowest first (DESIGN §10):
+
+    [policy.default]  <  the agent's ``policy=``  <  cogo.toml's route table  <  ``cogo policy set``
+
+The first three make the record's ``seed``, recomputed by whoever declares the route (so an
+edited cogo.toml takes effect at the next start); ``cogo policy set`` changes are kept apart as
+``overrides`` and laid over every new seed, until ``cogo policy reset`` drops them. ``policy``
+is the result, what dispatchers enforce; every dispatcher watches the bucket, so a change is
+live everywhere without a restart and is recorded as a ``policy_changed`` event.
+
+A route without a record was never declared: the dispatcher fails its tasks with
+``route.unknown`` and ``cogo policy set`` refuses it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
 from nats.js.client import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
 
-from cogo.config import Config, RoutePolicy, deep_merge
-from cogo.errors import ConfigError, UnknownRoute
-from cogo.streams.events import EventLog, make_event
+from cogo.config import Config, RoutePolicy, check_policy, deep_merge
+from cogo.errors import ConfigError, RouteConflict, UnknownRoute
+from cogo.streams.events import EventLog, iso, make_event
 from cogo.streams.kvview import KvView
 from cogo.streams.topology import POLICY_BUCKET
 
 log = logging.getLogger(__name__)
+_CAS_ATTEMPTS = 10
+
+
+class PolicyRecord(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A declared route's entry in ``policies``."""
+
+    policy: RoutePolicy  # what dispatchers enforce: ``seed`` with ``overrides`` laid over it
+    seed: RoutePolicy  # [policy.default] < the agent's policy= < cogo.toml, as last declared
+    overrides: dict[str, Any] = msgspec.field(default_factory=dict)  # `cogo policy set`
+    app: str | None = None
+    agent: str | None = None
+    declared_at: str | None = None
+
+
 _encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder(RoutePolicy)
+_record_decoder = msgspec.json.Decoder(PolicyRecord)
+_policy_decoder = msgspec.json.Decoder(RoutePolicy)
+
+
+def decode_record(data: bytes) -> PolicyRecord:
+    """A stored record; a bare ``RoutePolicy`` (what earlier releases stored) is adopted as one."""
+    try:
+        return _record_decoder.decode(data)
+    except msgspec.ValidationError:
+        policy = _policy_decoder.decode(data)
+        return PolicyRecord(policy=policy, seed=policy)
+
+
+def effective(seed: RoutePolicy, overrides: dict[str, Any], route: str) -> RoutePolicy:
+    """``overrides`` laid over ``seed``, checked; ConfigError naming the field otherwise."""
+    try:
+        policy = msgspec.convert(deep_merge(msgspec.to_builtins(seed), overrides), RoutePolicy)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"invalid policy for {route!r}: {exc}", detail=str(exc)) from exc
+    check_policy(policy, route)
+    return policy
 
 
 class PolicyStore:
-    """Live view of every route's policy, kept current by a KV watch."""
+    """Live view of every declared route's policy, kept current by a KV watch."""
 
     def __init__(self, js: JetStreamContext) -> None:
-        self._view: KvView[RoutePolicy] = KvView(
-            lambda: js.key_value(POLICY_BUCKET), _decoder, name="policy-watch"
+        self._js = js
+        self._view: KvView[PolicyRecord] = KvView(
+            lambda: js.key_value(POLICY_BUCKET), decode_record, name="policy-watch"
         )
 
     async def start(self) -> None:
@@ -44,60 +90,180 @@ class PolicyStore:
     def routes(self) -> list[str]:
         return sorted(self._view.items)
 
+    def record(self, route: str) -> PolicyRecord:
+        """The record of ``route``; UnknownRoute if nobody declared it."""
+        record = self._view.items.get(route)
+        if record is None:
+            raise UnknownRoute(
+                f"unknown route {route!r}: no app declared it (declare it with "
+                "@app.agent(...) and start the app with `cogo run` or `cogo up --app`)"
+            )
+        return record
+
     def get(self, route: str) -> RoutePolicy:
-        """The current policy of ``route``; UnknownRoute if no actor is configured for it."""
-        policy = self._view.items.get(route)
-        if policy is None:
-            raise UnknownRoute(f"unknown route {route!r}: no actor consumes it")
-        return policy
+        """The current policy of ``route``; UnknownRoute if nobody declared it."""
+        return self.record(route).policy
 
-
-async def seed_policies(js: JetStreamContext, config: Config) -> None:
-    """Write each configured route's policy into KV unless a runtime value already exists."""
-    kv = await js.key_value(POLICY_BUCKET)
-    for route in config.routes:
-        with contextlib.suppress(KeyWrongLastSequenceError):
+    async def lookup(self, route: str) -> RoutePolicy:
+        """``get``, but on a miss ask the bucket itself: a route declared a moment ago may
+        not have reached the watch yet."""
+        record = self._view.items.get(route)
+        if record is None:
+            kv = await self._js.key_value(POLICY_BUCKET)
             try:
-                await kv.get(route)
+                entry = await kv.get(route)
             except KeyNotFoundError:
-                await kv.create(route, _encoder.encode(config.route_policy(route)))
+                return self.get(route)  # raises UnknownRoute
+            record = decode_record(entry.value or b"")
+        return record.policy
+
+
+async def declare_policies(
+    js: JetStreamContext, config: Config, routes: Sequence[tuple[str, str, str, dict[str, Any]]]
+) -> list[str]:
+    """Create or refresh the records of ``(route, app, agent, declared policy)``; return
+    warnings for runtime overrides that now mask a different configured value."""
+    kv = await js.key_value(POLICY_BUCKET)
+    warnings: list[str] = []
+    for route, app, agent, declared in routes:
+        seed = config.route_policy(route, declared)
+        for _ in range(_CAS_ATTEMPTS):
+            record, revision = await _read(kv, route)
+            if record is not None and record.app not in (None, app):
+                raise RouteConflict(
+                    f"route {route!r} is declared by app {record.app!r} (agent {record.agent!r}); "
+                    f"app {app!r} (agent {agent!r}) declares it too. A route belongs to one app: "
+                    f"rename one, or `cogo routes forget {route}` if {record.app!r} is gone"
+                )
+            overrides = record.overrides if record is not None else {}
+            try:
+                policy = effective(seed, overrides, route)
+            except ConfigError as exc:  # the overrides no longer fit the new seed: keep them
+                assert record is not None
+                warnings.append(f"{exc}; keeping the stored policy of {route!r} unchanged")
+                break
+            new = PolicyRecord(
+                policy=policy, seed=seed, overrides=overrides, app=app, agent=agent,
+                declared_at=record.declared_at if record is not None and record.declared_at
+                else iso(),
+            )  # fmt: skip
+            if record is not None and record == new:
+                break
+            try:
+                if revision is None:
+                    await kv.create(route, _encoder.encode(new))
+                else:
+                    await kv.update(route, _encoder.encode(new), last=revision)
+            except KeyWrongLastSequenceError:
+                continue  # another declarer or a `policy set` got there first: read again
+            break
+        warnings.extend(_masked(route, seed, overrides))
+    for warning in warnings:
+        log.warning("%s", warning)
+    return warnings
+
+
+def _masked(route: str, seed: RoutePolicy, overrides: dict[str, Any]) -> list[str]:
+    """One line per runtime override that differs from the configured value under it."""
+    configured = msgspec.to_builtins(seed)
+    out = []
+    for path, value in _leaves(overrides):
+        below: Any = configured
+        for key in path:
+            below = below.get(key) if isinstance(below, dict) else None
+        if below != value:
+            name = ".".join(path)
+            out.append(
+                f"route {route!r}: `cogo policy set` keeps {name}={value!r} over the configured "
+                f"{below!r} (`cogo policy reset {route}` returns to the configuration)"
+            )
+    return out
+
+
+def _leaves(
+    tree: dict[str, Any], prefix: tuple[str, ...] = ()
+) -> list[tuple[tuple[str, ...], Any]]:
+    out: list[tuple[tuple[str, ...], Any]] = []
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.extend(_leaves(value, (*prefix, key)))
+        else:
+            out.append(((*prefix, key), value))
+    return out
+
+
+async def _read(kv: KeyValue, route: str) -> tuple[PolicyRecord | None, int | None]:
+    try:
+        entry = await kv.get(route)
+    except KeyNotFoundError:
+        return None, None
+    if not entry.value:  # deleted: the route was forgotten
+        return None, entry.revision
+    return decode_record(entry.value), entry.revision
+
+
+async def read_record(js: JetStreamContext, route: str) -> PolicyRecord:
+    """The record of ``route``; UnknownRoute if nobody declared it."""
+    record, _ = await _read(await js.key_value(POLICY_BUCKET), route)
+    if record is None:
+        raise UnknownRoute(f"unknown route {route!r}: no app declared it")
+    return record
 
 
 async def read_policy(js: JetStreamContext, route: str) -> RoutePolicy:
-    kv = await js.key_value(POLICY_BUCKET)
-    try:
-        entry = await kv.get(route)
-    except KeyNotFoundError as exc:
-        raise UnknownRoute(f"unknown route {route!r}") from exc
-    return _decoder.decode(entry.value or b"")
+    return (await read_record(js, route)).policy
 
 
 async def set_policy(
     js: JetStreamContext, route: str, changes: dict[str, Any], *, actor: str = "cli"
 ) -> RoutePolicy:
-    """Merge ``changes`` into the route's policy, store it and record a ``policy_changed`` event."""
+    """Lay ``changes`` over the route's policy (kept as runtime overrides), store it and
+    record a ``policy_changed`` event. Refused if the result is invalid (a default above a
+    ceiling, a model the allow-list does not have) or the route was never declared."""
+    return await _change(js, route, lambda overrides: deep_merge(overrides, changes), actor,
+                         {"changes": changes})  # fmt: skip
+
+
+async def reset_policy(js: JetStreamContext, route: str, *, actor: str = "cli") -> RoutePolicy:
+    """Drop every runtime override of ``route``: back to the configured policy."""
+    return await _change(js, route, lambda _: {}, actor, {"reset": True})
+
+
+async def forget_route(js: JetStreamContext, route: str, *, actor: str = "cli") -> None:
+    """Remove a route from the registry (its stream subject and consumer stay: no data is
+    dropped); tasks for it fail with ``route.unknown`` until something declares it again."""
     kv = await js.key_value(POLICY_BUCKET)
-    try:
-        entry = await kv.get(route)
-        current = msgspec.to_builtins(_decoder.decode(entry.value or b""))
-        revision: int | None = entry.revision
-    except KeyNotFoundError:
-        current, revision = msgspec.to_builtins(RoutePolicy()), None
-    try:
-        policy = msgspec.convert(deep_merge(current, changes), RoutePolicy)
-    except msgspec.ValidationError as exc:
-        raise ConfigError(f"invalid policy change for {route!r}: {exc}") from exc
-    value = _encoder.encode(policy)
-    if revision is None:
-        await kv.create(route, value)
-    else:
-        await kv.update(route, value, last=revision)
+    await read_record(js, route)  # UnknownRoute if there is nothing to forget
+    await kv.delete(route)
     await EventLog(js).append(
-        make_event(
-            "policy_changed",
-            route=route,
-            actor=actor,
-            data={"changes": changes, "policy": msgspec.to_builtins(policy)},
-        )
+        make_event("route_forgotten", route=route, actor=actor, data={"route": route})
     )
-    return policy
+
+
+async def _change(
+    js: JetStreamContext, route: str, update: Any, actor: str, data: dict[str, Any]
+) -> RoutePolicy:
+    kv = await js.key_value(POLICY_BUCKET)
+    for _ in range(_CAS_ATTEMPTS):
+        record, revision = await _read(kv, route)
+        if record is None:
+            raise UnknownRoute(
+                f"unknown route {route!r}: no app declared it, so it has no policy to change"
+            )
+        overrides = update(record.overrides)
+        policy = effective(record.seed, overrides, route)
+        new = msgspec.structs.replace(record, policy=policy, overrides=overrides)
+        try:
+            await kv.update(route, _encoder.encode(new), last=revision)
+        except KeyWrongLastSequenceError:
+            continue
+        await EventLog(js).append(
+            make_event(
+                "policy_changed",
+                route=route,
+                actor=actor,
+                data={**data, "policy": msgspec.to_builtins(policy), "overrides": overrides},
+            )
+        )
+        return policy
+    raise ConfigError(f"policy of {route!r} kept changing under us; try again")

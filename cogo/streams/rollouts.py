@@ -187,7 +187,10 @@ class SplitWatch:
 
     def __init__(self, js: JetStreamContext, replicas: int = 1) -> None:
         self._view: KvView[RouteSplit] = KvView(
-            lambda: bucket(js, replicas), _split_decoder, prefix=SPLIT_PREFIX, name="rollout-watch"
+            lambda: bucket(js, replicas),
+            _split_decoder.decode,
+            prefix=SPLIT_PREFIX,
+            name="rollout-watch",
         )
         self.splits = self._view.items
 

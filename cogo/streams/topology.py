@@ -1,7 +1,9 @@
 """JetStream topology: the streams, the durable consumer of every route, the KV buckets.
 
 ``ensure_topology`` is idempotent: it creates what is missing and updates what changed,
-never deleting data, so ``cogo up`` twice on one data dir keeps every event.
+never deleting data, so ``cogo up`` twice on one data dir keeps every event. Which routes
+exist is not fixed here: apps declare them (``cogo.streams.routes``), and ``TASKS`` keeps
+the subjects of every route ever declared.
 """
 
 from __future__ import annotations
@@ -13,40 +15,48 @@ from nats.js.kv import KeyValue
 
 from cogo.config import Config
 from cogo.streams.envelope import EXECUTE_SUBJECT, RESULT_SUBJECT
+from cogo.streams.routes import durable_name, ensure_subjects, route_subjects
 
 TASKS = "TASKS"
 EVENTS = "EVENTS"
 DLQ = "DLQ"
-TASK_SUBJECTS = ["orchestrator.>", "codegen.>", "code.>", "indexing.>", "notify.>", "echo.>"]
 POLICY_BUCKET = "policies"
 ARTIFACT_BUCKET = "artifacts"
 ROLLOUT_BUCKET = "rollouts"
+# who drives which partition of workflow runs (leases with per-key TTL; cogo.workflows.leases)
+LEASE_BUCKET = "orchestrator_leases"
+# workflow schedules and where each one's ticks stand (cogo.workflows.schedules)
+SCHEDULE_BUCKET = "schedules"
 DISPATCHER_ROUTES = [EXECUTE_SUBJECT, RESULT_SUBJECT]
-# the workflow orchestrator's commands (start / cancel a run); not a task route
-ORCHESTRATOR_ROUTE = "orchestrator.workflow.0"
-FIXED_ROUTES = [*DISPATCHER_ROUTES, ORCHESTRATOR_ROUTE]
+# the workflow orchestrator's commands, one subject per partition of runs; not task routes
+ORCHESTRATOR_PARTITIONS = 8
+ORCHESTRATOR_ROUTES = [f"orchestrator.workflow.{p}" for p in range(ORCHESTRATOR_PARTITIONS)]
+ORCHESTRATOR_ROUTE = ORCHESTRATOR_ROUTES[0]
+FIXED_ROUTES = [*DISPATCHER_ROUTES, *ORCHESTRATOR_ROUTES]
 MAX_DELIVERIES_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
+# core NATS request/reply subjects (in no stream)
+STATUS_SUBJECT = "cogo.tasks.status"  # a task's status, answered by the projector
+CONTROL_VERSION = "cogo.control.version"  # + .<user>: ask `cogo up --auth` for a version
+
+__all__ = ["durable_name"]  # re-exported: callers have always found it here
 
 
-def durable_name(route: str) -> str:
-    """The durable consumer of a route (consumer names cannot contain dots)."""
-    return route.replace(".", "-")
+def orchestrator_route(partition: int) -> str:
+    """The command subject of one partition of workflow runs."""
+    return ORCHESTRATOR_ROUTES[partition]
 
 
-def all_routes(config: Config) -> list[str]:
-    """Every route with a consumer: the dispatcher's two, the orchestrator's commands and
-    each actor route."""
-    return FIXED_ROUTES + [r for r in config.routes if r not in FIXED_ROUTES]
-
-
-def stream_configs(config: Config) -> list[api.StreamConfig]:
+def stream_configs(
+    config: Config, task_subjects: list[str] | None = None
+) -> list[api.StreamConfig]:
+    """The three streams; ``task_subjects`` are the subjects ``TASKS`` is created with."""
     replicas = config.bus.replicas
     window = config.bus.duplicate_window_s
     return [
         api.StreamConfig(
             name=TASKS,
             description="commands for actors (work queue)",
-            subjects=TASK_SUBJECTS,
+            subjects=task_subjects or [s for r in FIXED_ROUTES for s in route_subjects(r)],
             retention=api.RetentionPolicy.WORK_QUEUE,
             storage=api.StorageType.FILE,
             num_replicas=replicas,
@@ -90,26 +100,38 @@ def consumer_config(route: str, config: Config) -> api.ConsumerConfig:
         ack_policy=api.AckPolicy.EXPLICIT,
         deliver_policy=api.DeliverPolicy.ALL,
         ack_wait=config.bus.ack_wait_s,
-        max_deliver=config.bus.max_deliver,
+        # a run's command is never given up on (a lease moving can redeliver it)
+        max_deliver=-1 if route in ORCHESTRATOR_ROUTES else config.bus.max_deliver,
         max_ack_pending=config.bus.max_ack_pending,
         max_waiting=512,
         num_replicas=config.bus.replicas,
     )
 
 
-async def ensure_topology(js: JetStreamContext, config: Config) -> None:
-    """Create or update the streams, every route's consumer and the KV/object buckets."""
-    for cfg in stream_configs(config):
+async def ensure_topology(
+    js: JetStreamContext, config: Config, routes: list[str] | None = None
+) -> None:
+    """Create or update the streams and the KV/object buckets; with ``routes``, also give
+    each its ``TASKS`` subjects and its consumer (what ``cogo.streams.routes`` declares)."""
+    subjects = [s for r in routes or FIXED_ROUTES for s in route_subjects(r)]
+    for cfg in stream_configs(config, subjects):
         try:
-            await js.stream_info(cfg.name)  # type: ignore[arg-type]
-            await js.update_stream(cfg)
+            info = await js.stream_info(cfg.name)  # type: ignore[arg-type]
         except NotFoundError:
             await js.add_stream(cfg)
-    for route in all_routes(config):
-        await ensure_consumer(js, route, config)
+            continue
+        # keep the subjects the stream has: other apps' routes are among them
+        cfg.subjects = info.config.subjects
+        await js.update_stream(cfg)
+    if routes:
+        await ensure_subjects(js, TASKS, subjects)
+        for route in routes:
+            await ensure_consumer(js, route, config)
     await ensure_kv(js, POLICY_BUCKET, history=16, replicas=config.bus.replicas)
     # created here by the admin connection: dispatchers only watch it
     await ensure_kv(js, ROLLOUT_BUCKET, history=8, replicas=config.bus.replicas)
+    await ensure_kv(js, LEASE_BUCKET, history=1, replicas=config.bus.replicas)
+    await ensure_kv(js, SCHEDULE_BUCKET, history=4, replicas=config.bus.replicas)
     try:
         await js.object_store(ARTIFACT_BUCKET)
     except (NotFoundError, BadRequestError):
@@ -144,3 +166,14 @@ async def ensure_consumer(js: JetStreamContext, route: str, config: Config) -> N
     cfg = consumer_config(route, config)
     # add_consumer with an existing durable name updates its mutable fields
     await js.add_consumer(TASKS, cfg)
+
+
+async def task_consumers(js: JetStreamContext) -> list[api.ConsumerInfo]:
+    """Every consumer of ``TASKS`` (one per declared route, plus versioned ones), by route."""
+    out: list[api.ConsumerInfo] = []
+    while True:
+        page = await js.consumers_info(TASKS, offset=len(out) or None)
+        out.extend(page)
+        if len(page) < 256:  # the server's page size
+            break
+    return sorted(out, key=lambda info: info.config.filter_subject or info.name)

@@ -6,11 +6,19 @@ cogo workflow plan   <workflowId> [-p key=value ...]
 cogo workflow state  <runId>
 cogo workflow list   [--workflow ID] [--status S] [--limit N] [--json]
 cogo workflow cancel <runId> [--reason TEXT]
+cogo workflow signal <runId> <name> [--data JSON] [--signal-id ID]
 cogo workflow defs
+
+cogo schedule add    <id> <workflowId> (--cron EXPR | --every SECONDS) [-p ...] [--params JSON]
+                     [--catchup none|last|all] [--max-catchup N]
+cogo schedule list   [--json]
+cogo schedule delete <id>
 
 The commands talk to the HTTP facade named in ``<data-dir>/endpoints.json`` (or
 ``--http-url``), with ``Authorization: Bearer <api_token>``. ``-p`` values are JSON when
-they parse as JSON (``-p full=true``, ``-p n=3``), strings otherwise.
+they parse as JSON (``-p full=true``, ``-p n=3``), strings otherwise. ``run --wait``
+prints one JSON document, the run's final state (exit 0 if it succeeded, 1 if not, 2 if it
+did not end in time).
 """
 
 from __future__ import annotations
@@ -31,15 +39,7 @@ from cogo.errors import CogoError
 
 def register(subparsers: Any, common: Any) -> None:
     """Add ``workflow`` and its subcommands to the ``cogo`` parser."""
-    parser = subparsers.add_parser("workflow", help="run, inspect and cancel workflows")
-    sub = parser.add_subparsers(dest="workflow_command", required=True)
-
-    def command(name: str, help: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help)
-        common(p)
-        p.add_argument("--http-url", default=os.environ.get("COGO_HTTP_URL"),
-                       help="the facade; default: the running `cogo up` in --data-dir")  # fmt: skip
-        return p
+    command = _group(subparsers, common, "workflow", "run, inspect and cancel workflows")
 
     p = command("run", "start a run; --wait to follow it to the end")
     p.add_argument("workflow_id", nargs="?", help="a workflow id (see `cogo workflow defs`)")
@@ -73,8 +73,56 @@ def register(subparsers: Any, common: Any) -> None:
     p.add_argument("--reason", default=None)
     p.set_defaults(func=cmd_cancel)
 
-    p = command("defs", "the workflow definitions and their parameters")
+    p = command("signal", "send a signal to a run (e.g. an approval); early signals are kept")
+    p.add_argument("run_id")
+    p.add_argument("name", help="the signal node's name")
+    p.add_argument("--data", default="null", help="JSON: the signal node's result")
+    p.add_argument("--signal-id", default=None, help="idempotency key (default: random)")
+    p.set_defaults(func=cmd_signal)
+
+    p = command("defs", "the workflow definitions and their parameters (and files that fail)")
     p.set_defaults(func=cmd_defs)
+
+    _register_schedules(subparsers, common)
+
+
+def _register_schedules(subparsers: Any, common: Any) -> None:
+    command = _group(subparsers, common, "schedule", "run workflows on a cron or an interval")
+
+    p = command("add", "create or replace a schedule")
+    p.add_argument("id")
+    p.add_argument("workflow_id")
+    clock = p.add_mutually_exclusive_group(required=True)
+    clock.add_argument("--cron", help="cron expression, UTC (5 fields, or 6 with seconds last)")
+    clock.add_argument("--every", type=int, metavar="SECONDS", help="interval in seconds")
+    p.add_argument("--catchup", choices=["none", "last", "all"], default="last",
+                   help="missed ticks: none, the last one (default), or all (bounded)")  # fmt: skip
+    p.add_argument("--max-catchup", type=int, default=100)
+    _parameter_arguments(p)
+    p.set_defaults(func=cmd_schedule_add)
+
+    p = command("list", "schedules, their last and next ticks")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_schedule_list)
+
+    p = command("delete", "delete a schedule (runs it started go on)")
+    p.add_argument("id")
+    p.set_defaults(func=cmd_schedule_delete)
+
+
+def _group(subparsers: Any, common: Any, name: str, help: str) -> Any:
+    """A command group whose subcommands talk to the facade; returns their factory."""
+    parser = subparsers.add_parser(name, help=help)
+    sub = parser.add_subparsers(dest=f"{name}_command", required=True)
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help)
+        common(p)
+        p.add_argument("--http-url", default=os.environ.get("COGO_HTTP_URL"),
+                       help="the facade; default: the running `cogo up` in --data-dir")  # fmt: skip
+        return p
+
+    return command
 
 
 def _parameter_arguments(p: argparse.ArgumentParser) -> None:
@@ -161,10 +209,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.run_id:
         body["runId"] = args.run_id
     started = facade.call("POST", "/api/orchestrator/execute", json=body)
-    print(json.dumps(started))
     if not args.wait:
+        print(json.dumps(started))
         return 0
+    # one document on stdout: the final state (or the last one seen), never two
     deadline = time.monotonic() + args.timeout
+    state: dict[str, Any] | None = None
     while time.monotonic() < deadline:
         try:
             state = facade.call(
@@ -176,6 +226,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             _print(state)
             return 0 if state["status"] == "succeeded" else 1
         time.sleep(0.5)
+    _print(state or {**started, "status": "queued"})
     print(f"run {started['runId']} did not end within {args.timeout}s", file=sys.stderr)
     return 2
 
@@ -214,6 +265,52 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_signal(args: argparse.Namespace) -> int:
+    try:
+        data = json.loads(args.data)
+    except json.JSONDecodeError as exc:
+        raise CogoError(f"--data is not valid JSON: {exc}") from exc
+    body: dict[str, Any] = {"runId": args.run_id, "name": args.name, "data": data}
+    if args.signal_id:
+        body["signalId"] = args.signal_id
+    print(json.dumps(Facade(args).call("POST", "/api/orchestrator/signal", json=body)))
+    return 0
+
+
 def cmd_defs(args: argparse.Namespace) -> int:
-    _print(Facade(args).call("GET", "/api/workflows")["workflows"])
+    workflows = Facade(args).call("GET", "/api/workflows")["workflows"]
+    _print(workflows)
+    for broken in (w for w in workflows if w.get("error")):
+        print(f"cogo: workflow {broken['id']} does not load: {broken['error']}", file=sys.stderr)
+    return 0
+
+
+def cmd_schedule_add(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {
+        "id": args.id, "workflowId": args.workflow_id, "parameters": parameters_of(args),
+        "catchup": args.catchup, "max_catchup": args.max_catchup,
+    }  # fmt: skip
+    if args.cron:
+        body["cron"] = args.cron
+    else:
+        body["interval_s"] = args.every
+    _print(Facade(args).call("POST", "/api/schedules", json=body))
+    return 0
+
+
+def cmd_schedule_list(args: argparse.Namespace) -> int:
+    schedules = Facade(args).call("GET", "/api/schedules")["schedules"]
+    if args.json:
+        _print(schedules)
+        return 0
+    for s in schedules:
+        clock = f"cron {s['cron']}" if s.get("cron") else f"every {s['interval_s']}s"
+        print(f"{s['id']:<24} {s['workflowId']:<20} {clock:<24} next {s['nextTick']}  "
+              f"fired {s['fired']}  last {s['lastRunId'] or '-'}"
+              + (f"  error {s['lastError']}" if s.get("lastError") else ""))  # fmt: skip
+    return 0
+
+
+def cmd_schedule_delete(args: argparse.Namespace) -> int:
+    print(json.dumps(Facade(args).call("DELETE", f"/api/schedules/{args.id}")))
     return 0

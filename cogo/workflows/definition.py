@@ -1,5 +1,9 @@
 """Workflow definitions as data: the node types, typed parameters, and the catalog.
 
+Node types: ``publish``, ``wait``, ``gate``, ``notify``, ``retry`` (around one of the first
+three kinds), ``signal`` (wait for a named signal from outside), ``map`` (an inner
+``publish`` or ``workflow`` node once per item) and ``workflow`` (a child run).
+
 A definition is a JSON (or TOML) document::
 
     {"id": "indexing", "description": "...",
@@ -38,7 +42,12 @@ log = logging.getLogger(__name__)
 NODE_ID = r"^[A-Za-z][A-Za-z0-9_]{0,63}$"
 # workflow and run ids become subject tokens (``events.<type>.wf.<workflow>.<run>``)
 WORKFLOW_ID = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
-RUN_ID = WORKFLOW_ID
+# run ids may carry ``:`` (``<schedule>:<tick>``, ``<parent>:<node>:<attempt>``); still no
+# dots or wildcards, since they are subject tokens too
+RUN_ID = r"^[A-Za-z0-9][A-Za-z0-9_:-]{0,254}$"
+SIGNAL_NAME = r"^[A-Za-z0-9][A-Za-z0-9_:-]{0,63}$"
+# a map's items are in its node_started event: bounded so the event stays small
+MAX_MAP_ITEMS = 1000
 ROUTE = r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)+$"
 NOTIFY_ROUTE = "notify.webhook.0"
 
@@ -158,7 +167,63 @@ class NotifyNode(NodeBase):
     resolved_assignment: dict[str, Any] | None = None
 
 
+class SignalNode(NodeBase):
+    """Wait for the signal ``name`` (``POST /api/orchestrator/signal``); its data is the result.
+
+    A signal that arrives before the node starts is kept in the log (``workflow_signaled``)
+    and taken when the node starts.
+    """
+
+    type: Literal["signal"]
+    # what senders name; defaults to the node id
+    name: str | None = Field(None, pattern=SIGNAL_NAME)
+    timeout_ms: int = Field(7 * 86400 * 1000, gt=0, le=365 * 86400 * 1000)
+
+    @property
+    def signal_name(self) -> str:
+        return self.name or self.id or ""
+
+
+class WorkflowNode(NodeBase):
+    """Run another workflow as a child run and wait for its end.
+
+    The child's run id is ``<run>:<node>:<attempt>`` (``...:<index>`` inside a map); the
+    result is ``{"runId", "workflowId", "status", "errorCode", "error"}`` and a child that
+    does not succeed fails the node (``workflow.child_failed``). Cancelling the parent
+    cancels its running children.
+    """
+
+    type: Literal["workflow"]
+    workflowId: str  # noqa: N815 - the contract's spelling (DESIGN §13)
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+    @pydantic.field_validator("workflowId")
+    @classmethod
+    def _workflow_id(cls, value: str) -> str:
+        if "${" not in value and not re.fullmatch(WORKFLOW_ID, value):
+            raise ValueError(f"{value!r} is not a workflow id (nor a ${{...}} template)")
+        return value
+
+
 InnerNode = Annotated[PublishNode | WaitNode | NotifyNode, Field(discriminator="type")]
+MapInner = Annotated[PublishNode | WorkflowNode, Field(discriminator="type")]
+
+
+class MapNode(NodeBase):
+    """Run ``node`` once per item of ``items``, at most ``max_parallel`` at once.
+
+    ``${item}`` and ``${index}`` in the inner node read the current item. The result is the
+    list of the inner results in item order. An item that fails fails the node (no new
+    items start; those running finish first) unless ``allow_failures`` is set, in which
+    case its slot in the result is ``null``.
+    """
+
+    type: Literal["map"]
+    # a list, or a template that renders to one (checked at plan time when it can be)
+    items: Any
+    max_parallel: int = Field(10, ge=1, le=MAX_MAP_ITEMS)
+    allow_failures: bool = False
+    node: MapInner
 
 
 class RetryNode(NodeBase):
@@ -173,9 +238,17 @@ class RetryNode(NodeBase):
 
 
 Node = Annotated[
-    PublishNode | WaitNode | GateNode | NotifyNode | RetryNode, Field(discriminator="type")
+    PublishNode
+    | WaitNode
+    | GateNode
+    | NotifyNode
+    | RetryNode
+    | SignalNode
+    | MapNode
+    | WorkflowNode,
+    Field(discriminator="type"),
 ]
-ExecNode = PublishNode | WaitNode | GateNode | NotifyNode
+ExecNode = PublishNode | WaitNode | GateNode | NotifyNode | SignalNode | MapNode | WorkflowNode
 node_adapter: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(Node)
 
 
@@ -272,7 +345,13 @@ class Catalog:
 
     def load(self) -> dict[str, dict[str, Any]]:
         """Every definition by id (blocking file reads: call it from a thread)."""
+        return self.load_all()[0]
+
+    def load_all(self) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+        """Every definition by id, and the files that could not be read: ``{"path",
+        "id", "error"}`` (blocking file reads: call it from a thread)."""
         found: dict[str, dict[str, Any]] = {}
+        problems: list[dict[str, Any]] = []
         builtin = resources.files("cogo.workflows").joinpath("definitions")
         for entry in sorted(builtin.iterdir(), key=lambda e: e.name):
             if entry.name.endswith(".json"):
@@ -281,11 +360,18 @@ class Catalog:
             for path in _definition_files(directory):
                 try:
                     raw = _read(path)
-                except (OSError, ValueError) as exc:
+                except (OSError, ValueError, UnicodeDecodeError) as exc:
                     log.error("skipping workflow definition %s: %s", path, exc)
+                    problems.append(
+                        {
+                            "path": str(path),
+                            "id": path.stem,
+                            "error": f"{type(exc).__name__}: {exc}",
+                        }
+                    )
                     continue
                 _add(found, path.name, raw)
-        return found
+        return found, problems
 
     def get(self, workflow_id: str) -> dict[str, Any]:
         """The raw definition with this id; WorkflowNotFound if there is none."""

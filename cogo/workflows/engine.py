@@ -1,11 +1,11 @@
 """The node engine: given a plan and a run's state, what happens next.
 
-``decide`` is a pure function of (plan, state, now): it returns the next actions: events to
-append and tasks to submit. The orchestrator executes them, folds each appended event into
-the state, and calls ``decide`` again until nothing is left to do. Every event id is
-deterministic (``<run>:<node>:started:<attempt>``, ``<run>:<node>:outcome:<attempt>``,
-``<run>:outcome``), so deciding twice (after a crash, or racing a timer) appends nothing
-twice, and a node attempt gets exactly one outcome even if a timeout and a match race.
+``decide`` is a pure function of (plan, state, now): it returns the next actions (events to
+append, tasks to submit, child runs to start; see ``cogo.workflows.actions``). The
+orchestrator carries them out, folds each appended event into the state, and calls
+``decide`` again until nothing is left to do. Every id is deterministic, so deciding twice
+(after a crash, on a second orchestrator, or racing a timer) appends nothing twice, and a
+node attempt gets exactly one outcome even if a timeout and a match race.
 
 Node semantics:
 
@@ -15,6 +15,10 @@ Node semantics:
   succeed with ``execute_done``'s result (or at once with ``wait: false``);
 - Wait succeeds with the matched event (or ``{"value": ...}`` of its condition) and fails
   with ``workflow.wait_timeout`` at its deadline, which is stored in ``node_started``;
+- Signal succeeds with the data of the first ``workflow_signaled`` of its name (sent
+  before or after it started) and fails with ``workflow.signal_timeout`` at its deadline;
+- Workflow starts a child run and succeeds when it succeeds (``workflow.child_failed``
+  otherwise); Map runs its inner node per item (``cogo.workflows.fanout``);
 - Gate records ``gate_passed`` / ``gate_failed`` with the verdict;
 - Retry runs its node again after ``backoff`` (``retry_at`` is stored in ``node_failed``);
 - the run ends when every node is final: failed if any node failed.
@@ -22,93 +26,69 @@ Node semantics:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from cogo.errors import (
+    ChildFailed,
+    CogoError,
     ConditionUnmet,
     ExpressionError,
     GateFailed,
+    SignalTimeout,
     WaitTimeout,
 )
-from cogo.streams.envelope import ASSIGNMENT_KEY
-from cogo.streams.events import EXECUTE_DONE, Event, iso, make_event
+from cogo.streams.events import EXECUTE_DONE, Event, iso
+from cogo.workflows import fanout
+from cogo.workflows.actions import (
+    Action,
+    Append,
+    StartChild,
+    Submit,
+    cancelled_event,
+    child_error,
+    child_result,
+    child_start,
+    event,
+    failed,
+    run_outcome,
+    skipped,
+    started_event,
+    succeeded,
+    task_id_of,
+    task_message,
+)
 from cogo.workflows.definition import (
     GateNode,
+    MapNode,
     NotifyNode,
     PublishNode,
     RetryNode,
+    SignalNode,
     WaitNode,
+    WorkflowNode,
     executed,
 )
 from cogo.workflows.expressions import evaluate, render
 from cogo.workflows.planner import Plan
 from cogo.workflows.run import (
-    FAILED,
     GATE_FAILED,
     GATE_PASSED,
-    NODE_FAILED,
-    NODE_SKIPPED,
     NODE_STARTED,
-    NODE_SUCCEEDED,
     PENDING,
     RETRYING,
     RUNNING,
     SKIPPED,
     SUCCEEDED,
-    WORKFLOW_CANCELLED,
-    WORKFLOW_FAILED,
-    WORKFLOW_STARTED,
-    WORKFLOW_SUCCEEDED,
     NodeState,
     RunState,
     timestamp,
 )
 
-
-@dataclass(frozen=True)
-class Append:
-    """Append this event to the log (then fold it into the run)."""
-
-    event: Event
-
-
-@dataclass(frozen=True)
-class Submit:
-    """Publish this TaskMessage to the executor dispatcher (``Nats-Msg-Id = task_id``)."""
-
-    task: dict[str, Any]
-
-
-Action = Append | Submit
-
-
-def task_id_of(run_id: str, node_id: str, attempt: int) -> str:
-    return f"{run_id}:{node_id}:{attempt}"
-
-
-def started_event(plan: Plan, run_id: str, actor: str) -> Event:
-    """``workflow_started``: the plan travels in the event, so the log alone can resume it."""
-    return make_event(
-        WORKFLOW_STARTED,
-        event_id=f"{run_id}:started",
-        correlation_id=run_id,
-        actor=actor,
-        data={"run_id": run_id, "workflow_id": plan.workflow_id, "plan": plan.to_json()},
-    )
-
-
-def cancelled_event(state: RunState, actor: str, reason: str | None = None) -> Event:
-    # shares the id of the run's other outcomes: a run ends once, whichever comes first
-    return _event(
-        WORKFLOW_CANCELLED,
-        state,
-        actor,
-        event_id=f"{state.run_id}:outcome",
-        error_code="workflow.cancelled",
-        error=reason or "cancelled",
-        data={},
-    )
+__all__ = [
+    "Action", "Append", "StartChild", "Submit", "cancelled_event", "decide", "matches",
+    "next_wakeup", "restarts", "resubmissions", "running_children", "started_event",
+    "task_id_of", "wait_filter",
+]  # fmt: skip
 
 
 def decide(plan: Plan, state: RunState, now: float, actor: str) -> list[Action]:
@@ -128,7 +108,7 @@ def decide(plan: Plan, state: RunState, now: float, actor: str) -> list[Action]:
         if actions:
             return actions
     if all(n.final for n in state.nodes.values()):
-        return [Append(_outcome(state, now, actor))]
+        return [Append(run_outcome(state, now, actor))]
     return []
 
 
@@ -148,17 +128,46 @@ def next_wakeup(plan: Plan, state: RunState) -> float | None:
 def resubmissions(state: RunState, now: float, window_s: float) -> list[Submit]:
     """Submissions to repeat when a run is resumed.
 
-    The orchestrator may have died between appending ``node_started`` and publishing the
-    task. Publishing again with the same ``Nats-Msg-Id`` is dropped by JetStream inside
-    the duplicate window, so it is only done while the window still covers the original.
+    The orchestrator may have died between appending ``node_started`` (or
+    ``map_item_started``) and publishing the task. Publishing again with the same
+    ``Nats-Msg-Id`` is dropped by JetStream inside the duplicate window, so it is only done
+    while the window still covers the original.
     """
     out = []
     for node in state.nodes.values():
+        if node.status != RUNNING:
+            continue
         task = node.inputs.get("task")
         started = node.attempt_started
-        if node.status == RUNNING and task and started and now - started < window_s * 0.9:
+        if task and started and now - started < window_s * 0.9:
             out.append(Submit(task))
+        for item in node.items.values():
+            task = item.inputs.get("task")
+            began = timestamp(item.started_at)
+            if item.status == RUNNING and task and began and now - began < window_s * 0.9:
+                out.append(Submit(task))
     return out
+
+
+def restarts(state: RunState) -> list[StartChild]:
+    """Child runs to (re)start when a run is resumed: every running child without an outcome.
+
+    Unlike a task, a child start is safe to repeat at any age: the child's orchestrator
+    reads the child's log first and does nothing for a run that started or ended already.
+    """
+    out = []
+    for child_run_id in state.running_children:
+        if child_run_id in state.child_outcomes:
+            continue
+        spec = _child_inputs(state, child_run_id)
+        if spec is not None:
+            out.append(StartChild(**spec))
+    return out
+
+
+def running_children(state: RunState) -> list[str]:
+    """Child runs still running (what a cancel of this run cascades to)."""
+    return [c for c in state.running_children if c not in state.child_outcomes]
 
 
 def wait_filter(state: RunState, node_id: str) -> dict[str, Any] | None:
@@ -187,6 +196,13 @@ def matches(spec: dict[str, Any], event: dict[str, Any], state: RunState) -> boo
     return True
 
 
+def _child_inputs(state: RunState, child_run_id: str) -> dict[str, Any] | None:
+    node_id, index = state.running_children[child_run_id]
+    node = state.nodes[node_id]
+    inputs = node.inputs if index is None else node.items[index].inputs
+    return inputs.get("child")
+
+
 # -- pending nodes -----------------------------------------------------------------------
 
 
@@ -199,14 +215,14 @@ def _consider(plan: Plan, node: Any, state: RunState, now: float, actor: str) ->
         for dep in upstream
     )
     if not healthy and not node.always:
-        return [Append(_skipped(state, node.id, "upstream", actor))]
+        return [Append(skipped(state, node.id, "upstream", actor))]
     if node.when is not None:
         try:
             run_it = bool(evaluate(node.when, state.context()))
         except ExpressionError as exc:
             return _start(node, 1, state, now, actor, broken=exc)
         if not run_it:
-            return [Append(_skipped(state, node.id, "condition", actor))]
+            return [Append(skipped(state, node.id, "condition", actor))]
     return _start(node, 1, state, now, actor)
 
 
@@ -227,7 +243,8 @@ def _start(
             raise broken
         context = state.context()
         if isinstance(inner, PublishNode | NotifyNode):
-            task = _task(inner, node.id, attempt, state, context, started_id)
+            task_id = task_id_of(state.run_id, node.id, attempt)
+            task = task_message(inner, task_id, state, context, started_id)
             inputs.update(task_id=task["task_id"], route=task["route"], task=task)
             actions.append(Submit(task))
         elif isinstance(inner, WaitNode):
@@ -240,45 +257,32 @@ def _start(
                 inputs["event"] = {**spec, "where": where} if where else spec
             else:
                 inputs["condition"] = inner.condition
+        elif isinstance(inner, SignalNode):
+            deadline = now + inner.timeout_ms / 1000.0
+            inputs.update(name=inner.signal_name, deadline=deadline, deadline_at=iso(deadline))
+        elif isinstance(inner, WorkflowNode):
+            child = child_start(inner, task_id_of(state.run_id, node.id, attempt), state,
+                                context, node.id)  # fmt: skip
+            inputs.update(child_run_id=child.run_id, workflow=child.workflow_id,
+                          child=_child_json(child))  # fmt: skip
+            actions.append(child)
+        elif isinstance(inner, MapNode):
+            inputs.update(fanout.start_inputs(inner, context))
         elif isinstance(inner, GateNode):
             inputs["condition"] = inner.condition
-    except ExpressionError as exc:
-        started = _event(NODE_STARTED, state, actor, event_id=started_id, attempt=attempt,
-                         data=inputs)  # fmt: skip
+    except CogoError as exc:  # ExpressionError, WorkflowCycle, InvalidParameters...
+        started = event(NODE_STARTED, state, actor, event_id=started_id, attempt=attempt,
+                        data=inputs)  # fmt: skip
         # a template that cannot be rendered will not render next attempt either
-        return [Append(started), Append(_failed(state, node, attempt, now, actor, exc.code,
-                                                str(exc), retryable=False))]  # fmt: skip
-    started = _event(NODE_STARTED, state, actor, event_id=started_id, attempt=attempt, data=inputs)
+        return [Append(started), Append(failed(state, node, attempt, now, actor, exc.code,
+                                               exc.message, retryable=False))]  # fmt: skip
+    started = event(NODE_STARTED, state, actor, event_id=started_id, attempt=attempt, data=inputs)
     return [Append(started), *actions]
 
 
-def _task(
-    inner: PublishNode | NotifyNode,
-    node_id: str,
-    attempt: int,
-    state: RunState,
-    context: dict[str, Any],
-    causation_id: str,
-) -> dict[str, Any]:
-    if isinstance(inner, PublishNode):
-        payload = dict(render(inner.payload, context))
-    else:
-        url = render(inner.url, context)
-        if not url:
-            raise ExpressionError("notify node has no url")
-        body = state.summary()
-        if inner.message:
-            body["message"] = render(inner.message, context)
-        payload = {"url": url, "body": body}
-    if inner.assignment:
-        payload[ASSIGNMENT_KEY] = inner.assignment
-    return {
-        "task_id": task_id_of(state.run_id, node_id, attempt),
-        "route": inner.route,
-        "payload": payload,
-        "correlation_id": state.run_id,
-        "causation_id": causation_id,
-    }
+def _child_json(child: StartChild) -> dict[str, Any]:
+    return {"run_id": child.run_id, "workflow_id": child.workflow_id,
+            "parameters": child.parameters, "parent": child.parent}  # fmt: skip
 
 
 # -- running nodes -----------------------------------------------------------------------
@@ -296,32 +300,67 @@ def _check(node: Any, current: NodeState, state: RunState, now: float, actor: st
         if outcome.type == EXECUTE_DONE:
             result = (outcome.data or {}).get("result")
             return _succeeded(state, node, current, now, actor, result, cause=outcome.event_id)
-        return [Append(_failed(state, node, attempt, now, actor,
-                               outcome.error_code or "worker.error",
-                               outcome.error or "task failed", cause=outcome.event_id))]  # fmt: skip
+        return [Append(failed(state, node, attempt, now, actor,
+                              outcome.error_code or "worker.error",
+                              outcome.error or "task failed", cause=outcome.event_id))]  # fmt: skip
     if isinstance(inner, GateNode):
         return [Append(_gate(state, node, inner, attempt, now, actor))]
+    if isinstance(inner, SignalNode):
+        return _check_signal(node, inner, current, state, now, actor)
+    if isinstance(inner, WorkflowNode):
+        ended = state.child_outcomes.get(current.child_run_id or "")
+        if ended is None:
+            return []
+        result = child_result(current.child_run_id or "", ended)
+        if ended.get("status") == SUCCEEDED:
+            return _succeeded(state, node, current, now, actor, result, cause=ended.get("event_id"))
+        return [Append(failed(state, node, attempt, now, actor, ChildFailed.code,
+                              child_error(current.child_run_id or "", ended),
+                              cause=ended.get("event_id"), result=result))]  # fmt: skip
+    if isinstance(inner, MapNode):
+        return fanout.check(node, inner, current, state, now, actor)
     if isinstance(inner, WaitNode):
-        if inner.event is not None:
-            match = state.matches.get((node.id, attempt))
-            if match is not None:
-                return _succeeded(state, node, current, now, actor, match,
-                                  cause=match.get("event_id"))  # fmt: skip
+        return _check_wait(node, inner, current, state, now, actor)
+    return []
+
+
+def _check_signal(
+    node: Any, inner: SignalNode, current: NodeState, state: RunState, now: float, actor: str
+) -> list[Action]:
+    received = state.signals.get(inner.signal_name) or []
+    if received:
+        first = received[0]
+        return _succeeded(state, node, current, now, actor, first["data"],
+                          cause=first.get("event_id"))  # fmt: skip
+    if current.deadline is not None and now >= current.deadline:
+        error = f"no signal {inner.signal_name!r} within {inner.timeout_ms} ms"
+        return [Append(failed(state, node, current.attempt, now, actor, SignalTimeout.code, error))]
+    return []
+
+
+def _check_wait(
+    node: Any, inner: WaitNode, current: NodeState, state: RunState, now: float, actor: str
+) -> list[Action]:
+    if inner.event is not None:
+        match = state.matches.get((node.id, current.attempt))
+        if match is not None:
+            return _succeeded(state, node, current, now, actor, match,
+                              cause=match.get("event_id"))  # fmt: skip
+        last_error = None
+    else:
+        try:
+            value = evaluate(inner.condition or "", state.context())
+            if value:
+                return _succeeded(state, node, current, now, actor, {"value": value})
             last_error = None
-        else:
-            try:
-                value = evaluate(inner.condition or "", state.context())
-                if value:
-                    return _succeeded(state, node, current, now, actor, {"value": value})
-                last_error = None
-            except ExpressionError as exc:  # not readable yet: keep waiting
-                last_error = str(exc)
-        if current.deadline is not None and now >= current.deadline:
-            what = f"event {current.inputs.get('event')}" if inner.event else inner.condition
-            error = f"no {what} within {inner.timeout_ms} ms"
-            if last_error:
-                error += f" (last: {last_error})"
-            return [Append(_failed(state, node, attempt, now, actor, WaitTimeout.code, error))]
+        except ExpressionError as exc:  # not readable yet: keep waiting
+            last_error = str(exc)
+    if current.deadline is not None and now >= current.deadline:
+        what = f"event {current.inputs.get('event')}" if inner.event else inner.condition
+        error = f"no {what} within {inner.timeout_ms} ms"
+        if last_error:
+            error += f" (last: {last_error})"
+        return [Append(failed(state, node, current.attempt, now, actor, WaitTimeout.code, error))]
     return []
 
 
@@ -342,59 +381,9 @@ def _succeeded(
         except ExpressionError as exc:
             ok, error = False, f"until {node.until!r}: {exc}"
         if not ok:
-            failed = _failed(state, node, attempt, now, actor, ConditionUnmet.code, error,
-                             cause=cause, result=result)  # fmt: skip
-            return [Append(failed)]
-    started = current.attempt_started
-    return [
-        Append(
-            _event(
-                NODE_SUCCEEDED,
-                state,
-                actor,
-                event_id=f"{state.run_id}:{node.id}:outcome:{attempt}",
-                attempt=attempt,
-                causation_id=cause,
-                duration_ms=round((now - started) * 1000.0, 3) if started else None,
-                data={"node_id": node.id, "task_id": current.task_id, "result": result},
-            )
-        )
-    ]
-
-
-def _failed(
-    state: RunState,
-    node: Any,
-    attempt: int,
-    now: float,
-    actor: str,
-    code: str,
-    error: str,
-    *,
-    retryable: bool = True,
-    cause: str | None = None,
-    result: Any = None,
-) -> Event:
-    current = state.nodes[node.id]
-    data: dict[str, Any] = {"node_id": node.id, "task_id": current.task_id}
-    if result is not None:
-        data["result"] = result
-    if retryable and isinstance(node, RetryNode) and attempt < node.max_attempts:
-        retry_at = now + node.backoff.delay_ms(attempt) / 1000.0
-        data.update(retry_at=retry_at, retry_at_iso=iso(retry_at))
-    started = current.attempt_started
-    return _event(
-        NODE_FAILED,
-        state,
-        actor,
-        event_id=f"{state.run_id}:{node.id}:outcome:{attempt}",
-        attempt=attempt,
-        causation_id=cause,
-        error_code=code,
-        error=error,
-        duration_ms=round((now - started) * 1000.0, 3) if started else None,
-        data=data,
-    )
+            return [Append(failed(state, node, attempt, now, actor, ConditionUnmet.code, error,
+                                  cause=cause, result=result))]  # fmt: skip
+    return [Append(succeeded(state, node.id, attempt, now, actor, result, cause))]
 
 
 def _gate(
@@ -405,7 +394,7 @@ def _gate(
         error = None if passed else f"condition {gate.condition!r} is false"
     except ExpressionError as exc:
         passed, error = False, f"condition {gate.condition!r} could not be evaluated: {exc}"
-    return _event(
+    return event(
         GATE_PASSED if passed else GATE_FAILED,
         state,
         actor,
@@ -418,48 +407,4 @@ def _gate(
             "condition": gate.condition,
             "verdict": "passed" if passed else "failed",
         },
-    )
-
-
-def _skipped(state: RunState, node_id: str, reason: str, actor: str) -> Event:
-    return _event(
-        NODE_SKIPPED,
-        state,
-        actor,
-        event_id=f"{state.run_id}:{node_id}:skipped",
-        data={"node_id": node_id, "reason": reason},
-    )
-
-
-def _outcome(state: RunState, now: float, actor: str) -> Event:
-    started = timestamp(state.started_at)
-    duration_ms = round((now - started) * 1000.0, 3) if started else None
-    failed = [n for n in state.nodes.values() if n.status == FAILED]
-    data: dict[str, Any] = {"failed_nodes": [n.id for n in failed]}
-    if failed:
-        first = failed[0]
-        return _event(
-            WORKFLOW_FAILED,
-            state,
-            actor,
-            event_id=f"{state.run_id}:outcome",
-            error_code=first.error_code,
-            error=f"node {first.id} failed: {first.error}",
-            duration_ms=duration_ms,
-            data=data,
-        )
-    return _event(
-        WORKFLOW_SUCCEEDED,
-        state,
-        actor,
-        event_id=f"{state.run_id}:outcome",
-        duration_ms=duration_ms,
-        data=data,
-    )
-
-
-def _event(type: str, state: RunState, actor: str, *, event_id: str, **fields: Any) -> Event:
-    data = {"run_id": state.run_id, "workflow_id": state.workflow_id, **(fields.pop("data", {}))}
-    return make_event(
-        type, event_id=event_id, correlation_id=state.run_id, actor=actor, data=data, **fields
     )

@@ -4,7 +4,8 @@ Conditions (``Gate``, ``Wait``, ``when``, ``until``) are Python *syntax* parsed 
 ``ast`` and checked against a whitelist before anything runs; they are never handed to
 ``eval``. What is allowed:
 
-- literals (strings, numbers, ``True``/``False``/``None``, lists and tuples of them);
+- literals (strings, numbers, ``True``/``False``/``None`` or their JSON spellings
+  ``true``/``false``/``null``, lists and tuples of them);
 - names of the context (``params``, ``nodes``, ``run``, ``result``, ``event``);
 - ``a.b`` and ``a["b"]`` / ``a[0]`` to read *data*: ``.b`` is a key lookup in a JSON
   object, never Python attribute access, and names starting with ``_`` are refused;
@@ -59,6 +60,9 @@ _ALLOWED = (
     ast.Constant, ast.List, ast.Tuple, ast.Call, *_COMPARE, *_ARITHMETIC,
 )  # fmt: skip
 _FUNCTIONS = {"len"}
+# JSON's spellings of the three constants: definitions are JSON, so conditions written
+# there read ``x == true`` as naturally as ``x == True``
+JSON_LITERALS: dict[str, Any] = {"true": True, "false": False, "null": None}
 
 
 class Expression:
@@ -150,7 +154,9 @@ def _check(node: ast.AST, text: str) -> None:
 def _root_names(tree: ast.Expression) -> frozenset[str]:
     called = {id(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
     return frozenset(
-        n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and id(n) not in called
+        n.id
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Name) and id(n) not in called and n.id not in JSON_LITERALS
     )
 
 
@@ -184,6 +190,8 @@ class _Evaluator:
         match node:
             case ast.Constant(value=value):
                 return value
+            case ast.Name(id=name) if name in JSON_LITERALS and name not in self.context:
+                return JSON_LITERALS[name]
             case ast.Name(id=name):
                 if name not in self.context:
                     raise ExpressionEvalError(f"unknown name {name!r}")

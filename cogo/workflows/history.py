@@ -45,6 +45,11 @@ def run_level_subjects(workflow_id: str | None = None) -> list[str]:
     return [f"events.{t}.wf.{workflow_id or '*'}.*" for t in RUN_LEVEL_TYPES]
 
 
+def message(event: Event) -> tuple[str, bytes, dict[str, str]]:
+    """``(subject, data, headers)`` of a workflow event, to publish with others."""
+    return subject_of(event), encode_event(event), {MSG_ID: event.event_id}
+
+
 async def append(js: JetStreamContext, event: Event) -> tuple[int, bool]:
     """Append a workflow event; returns its stream sequence and whether it was a duplicate.
 

@@ -6,12 +6,18 @@ route policy, so a violation is reported before anything is sent. ``${nodes.*}``
 stay in the plan and are rendered when their node starts. Problems come back as
 field-level errors (``InvalidWorkflow.detail``): every shape error of every node at once,
 then, once all nodes have a valid shape, every ordering, expression, route and assignment
-error at once.
+error at once. A map whose ``items`` is known at plan time and is not a list is an
+``InvalidParameters`` (``workflow.parameters_invalid``).
+
+Given the catalog's definitions, the planner also follows ``workflow`` nodes with a literal
+``workflowId``: the child must exist, its literal parameters must fit it, and no chain of
+children may lead back to a workflow already on the way (a cycle). Ids chosen at run time
+(``${...}``) are checked when the child starts, against the run's ancestry.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import msgspec
@@ -24,20 +30,25 @@ from cogo.errors import (
     AssignmentError,
     CogoError,
     ExpressionError,
+    InvalidParameters,
     InvalidWorkflow,
     PolicyViolation,
     UnknownRoute,
 )
 from cogo.streams.envelope import ASSIGNMENT_KEY, Assignment, decode_assignment
 from cogo.workflows.definition import (
+    MAX_MAP_ITEMS,
     WORKFLOW_ID,
     GateNode,
+    MapNode,
     Node,
     NotifyNode,
     PublishNode,
     RetryNode,
+    SignalNode,
     WaitNode,
     WorkflowDefinition,
+    WorkflowNode,
     executed,
     node_adapter,
     resolve_parameters,
@@ -48,6 +59,8 @@ from cogo.workflows.expressions import parse, render, template_expressions
 RUN_NAMES = frozenset({"params", "nodes", "run"})
 UNTIL_NAMES = RUN_NAMES | {"result"}
 WHERE_NAMES = RUN_NAMES | {"event"}
+ITEM_NAMES = RUN_NAMES | {"item", "index"}
+ITEMS_INVALID = "workflow.parameters_invalid"
 
 PolicyLookup = Callable[[str], RoutePolicy]
 
@@ -74,6 +87,8 @@ class Plan(pydantic.BaseModel):
         routes = []
         for node in self.nodes:
             inner = executed(node)
+            if isinstance(inner, MapNode):
+                inner = inner.node
             if isinstance(inner, PublishNode | NotifyNode) and inner.route not in routes:
                 routes.append(inner.route)
         return routes
@@ -82,10 +97,18 @@ class Plan(pydantic.BaseModel):
         return self.model_dump(mode="json")
 
 
+Definitions = Mapping[str, dict[str, Any]]
+
+
 def plan_workflow(
-    definition: dict[str, Any], parameters: dict[str, Any] | None, policy_of: PolicyLookup
+    definition: dict[str, Any],
+    parameters: dict[str, Any] | None,
+    policy_of: PolicyLookup,
+    definitions: Definitions | None = None,
 ) -> Plan:
-    """Plan a definition (raw, as loaded) with ``parameters``; InvalidWorkflow on any error."""
+    """Plan a definition (raw, as loaded) with ``parameters``; InvalidWorkflow on any error.
+
+    ``definitions`` (the catalog, by id) lets the planner check child workflows."""
     try:
         spec = WorkflowDefinition.model_validate(definition)
     except pydantic.ValidationError as exc:
@@ -116,11 +139,14 @@ def plan_workflow(
             errors.extend(pydantic_errors(exc, ["definition", "nodes", i]))
             continue
         inner = executed(node)
+        if isinstance(inner, MapNode):
+            errors.extend(_check_items(inner.items, ["definition", "nodes", i, "items"]))
+            inner = inner.node
         if isinstance(inner, PublishNode | NotifyNode):
             inner.assignment = deep_merge(defaults, inner.assignment)
         nodes.append(node)
     if errors:
-        raise InvalidWorkflow(f"workflow {spec.id!r} cannot be planned", detail=errors)
+        _raise(f"workflow {spec.id!r} cannot be planned", errors)
     plan = Plan(
         workflow_id=spec.id,
         description=spec.description,
@@ -128,26 +154,53 @@ def plan_workflow(
         parameters=params,
         nodes=nodes,
     )
-    return check_plan(plan, policy_of, where=["definition"])
+    return check_plan(plan, policy_of, where=["definition"], definitions=definitions)
 
 
-def load_plan(raw: Any, policy_of: PolicyLookup) -> Plan:
+def _raise(message: str, errors: list[dict[str, Any]]) -> None:
+    # a map's items that are known and wrong are the parameters' fault, said with its code
+    if any(e["type"] == ITEMS_INVALID for e in errors):
+        raise InvalidParameters(message, detail=errors)
+    raise InvalidWorkflow(message, detail=errors)
+
+
+def _check_items(items: Any, loc: list[Any]) -> Iterator[dict[str, Any]]:
+    if isinstance(items, list):
+        if len(items) > MAX_MAP_ITEMS:
+            yield _error(loc, f"{len(items)} items; at most {MAX_MAP_ITEMS}", ITEMS_INVALID)
+        return
+    if isinstance(items, str) and "${" in items:
+        return  # read from other nodes: checked when the map starts
+    kind = {dict: "an object", str: "a string", bool: "a boolean", int: "a number",
+            float: "a number", type(None): "null"}.get(type(items), type(items).__name__)  # fmt: skip
+    yield _error(loc, f"must be a list (or a ${{...}} template giving one), got {kind}",
+                 ITEMS_INVALID)  # fmt: skip
+
+
+def load_plan(raw: Any, policy_of: PolicyLookup, definitions: Definitions | None = None) -> Plan:
     """Validate a plan given back by a user (e.g. the output of ``/plan``) before it runs."""
     try:
         plan = Plan.model_validate(raw)
     except pydantic.ValidationError as exc:
         raise InvalidWorkflow("invalid plan", detail=pydantic_errors(exc, ["plan"])) from None
-    return check_plan(plan, policy_of, where=["plan"])
+    return check_plan(plan, policy_of, where=["plan"], definitions=definitions)
 
 
-def check_plan(plan: Plan, policy_of: PolicyLookup, where: list[Any] | None = None) -> Plan:
-    """Check ids, ordering, expressions, routes and assignments; fill ``after`` and the
-    resolved assignments. Raises InvalidWorkflow listing every problem."""
+def check_plan(
+    plan: Plan,
+    policy_of: PolicyLookup,
+    where: list[Any] | None = None,
+    definitions: Definitions | None = None,
+) -> Plan:
+    """Check ids, ordering, expressions, routes, assignments and (given ``definitions``)
+    child workflows; fill ``after`` and the resolved assignments. Raises InvalidWorkflow
+    listing every problem."""
     where = where or ["plan"]
     link(plan)
     errors: list[dict[str, Any]] = []
     position: dict[str, int] = {}
     ancestors: dict[str, set[str]] = {}
+    signals: dict[str, str] = {}
     for i, node in enumerate(plan.nodes):
         loc = [*where, "nodes", i]
         if not node.id:
@@ -167,10 +220,77 @@ def check_plan(plan: Plan, policy_of: PolicyLookup, where: list[Any] | None = No
         position[node.id] = i
         ancestors[node.id] = upstream
         errors.extend(_check_node(node, loc, upstream, set(n.id or "" for n in plan.nodes)))
-        errors.extend(_check_route(executed(node), loc, policy_of, isinstance(node, RetryNode)))
+        if isinstance(node, MapNode):
+            errors.extend(_check_items(node.items, [*loc, "items"]))
+            errors.extend(_check_route(node.node, [*loc, "node"], policy_of, False))
+        else:
+            errors.extend(_check_route(executed(node), loc, policy_of, isinstance(node, RetryNode)))
+        if isinstance(node, SignalNode):
+            name = node.signal_name
+            if name in signals:
+                errors.append(_error([*loc, "name"], f"signal {name!r} is already awaited by "
+                                     f"node {signals[name]!r}; names must be unique"))  # fmt: skip
+            signals[name] = node.id
+        if definitions is not None:
+            errors.extend(_check_children(plan.workflow_id, node, loc, definitions))
     if errors:
-        raise InvalidWorkflow(f"workflow {plan.workflow_id!r} cannot be planned", detail=errors)
+        _raise(f"workflow {plan.workflow_id!r} cannot be planned", errors)
     return plan
+
+
+def _check_children(
+    root: str, node: Any, loc: list[Any], definitions: Definitions
+) -> Iterator[dict[str, Any]]:
+    """A literal child workflow must exist, fit its parameters and not lead back up."""
+    inner, inner_loc = (node.node, [*loc, "node"]) if isinstance(node, MapNode) else (node, loc)
+    if not isinstance(inner, WorkflowNode) or "${" in inner.workflowId:
+        return
+    child = inner.workflowId
+    if child not in definitions:
+        known = ", ".join(sorted(definitions))
+        yield _error([*inner_loc, "workflowId"], f"no workflow {child!r}; known: {known}",
+                     "workflow.not_found")  # fmt: skip
+        return
+    cycle = _cycle([root], child, definitions)
+    if cycle:
+        yield _error([*inner_loc, "workflowId"],
+                     f"a cycle: {' -> '.join(cycle)} (a workflow may not run itself)",
+                     "workflow.cycle")  # fmt: skip
+        return
+    if not any("${" in text for text in _strings(inner.parameters)):
+        try:
+            resolve_parameters(WorkflowDefinition.model_validate(definitions[child]),
+                               inner.parameters)  # fmt: skip
+        except InvalidParameters as exc:
+            for e in exc.detail or []:
+                yield _error([*inner_loc, *e["loc"]], f"{child}: {e['msg']}", e["type"])
+        except pydantic.ValidationError:
+            yield _error([*inner_loc, "workflowId"], f"the definition of {child!r} is invalid")
+
+
+def _cycle(path: list[str], child: str, definitions: Definitions) -> list[str] | None:
+    """The chain back to a workflow on ``path`` through literal child ids, if there is one."""
+    if child in path:
+        return [*path, child]
+    if len(path) > 32:  # deeper than any sane nesting: report it as the cycle it likely is
+        return [*path, child]
+    for grandchild in _literal_children(definitions.get(child) or {}):
+        found = _cycle([*path, child], grandchild, definitions)
+        if found:
+            return found
+    return None
+
+
+def _literal_children(raw: dict[str, Any]) -> Iterator[str]:
+    """Literal ``workflowId``s of a raw definition's workflow nodes (and map inner nodes)."""
+    for node in raw.get("nodes") or []:
+        if not isinstance(node, dict):
+            continue
+        inner = node.get("node") if node.get("type") == "map" else node
+        if isinstance(inner, dict) and inner.get("type") == "workflow":
+            workflow_id = inner.get("workflowId")
+            if isinstance(workflow_id, str) and "${" not in workflow_id:
+                yield workflow_id
 
 
 def link(plan: Plan) -> Plan:
@@ -185,8 +305,12 @@ def _check_node(
     node: Any, loc: list[Any], upstream: set[str], every: set[str]
 ) -> Iterator[dict[str, Any]]:
     yield from _check_expression(node.when, [*loc, "when"], RUN_NAMES, upstream)
-    inner_loc = [*loc, "node"] if isinstance(node, RetryNode) else loc
+    inner_loc = [*loc, "node"] if isinstance(node, RetryNode | MapNode) else loc
     inner = executed(node)
+    names = RUN_NAMES
+    if isinstance(inner, MapNode):
+        yield from _check_templates(inner.items, [*loc, "items"], upstream)
+        inner, names = inner.node, ITEM_NAMES
     if isinstance(node, RetryNode):
         yield from _check_expression(node.until, [*loc, "until"], UNTIL_NAMES, upstream | {node.id})
     if isinstance(inner, GateNode):
@@ -202,7 +326,10 @@ def _check_node(
                 inner.event.model_dump(exclude={"where"}), [*inner_loc, "event"], upstream
             )
     elif isinstance(inner, PublishNode):
-        yield from _check_templates(inner.payload, [*inner_loc, "payload"], upstream)
+        yield from _check_templates(inner.payload, [*inner_loc, "payload"], upstream, names)
+    elif isinstance(inner, WorkflowNode):
+        yield from _check_templates(inner.workflowId, [*inner_loc, "workflowId"], upstream, names)
+        yield from _check_templates(inner.parameters, [*inner_loc, "parameters"], upstream, names)
     elif isinstance(inner, NotifyNode):
         yield from _check_templates(inner.message, [*inner_loc, "message"], upstream)
         yield from _check_templates(inner.url, [*inner_loc, "url"], upstream)
@@ -230,10 +357,12 @@ def _check_expression(
         yield _error(loc, f"reads nodes.{ref}, which does not run before this node")
 
 
-def _check_templates(value: Any, loc: list[Any], upstream: set[str]) -> Iterator[dict[str, Any]]:
+def _check_templates(
+    value: Any, loc: list[Any], upstream: set[str], names: frozenset[str] = RUN_NAMES
+) -> Iterator[dict[str, Any]]:
     for text in _strings(value):
         for source in template_expressions(text):
-            yield from _check_expression(source, loc, RUN_NAMES, upstream)
+            yield from _check_expression(source, loc, names, upstream)
 
 
 def _strings(value: Any) -> Iterator[str]:

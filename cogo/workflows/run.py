@@ -3,9 +3,11 @@
 Nothing about a run is stored anywhere but the event log. ``RunState.apply`` folds one
 workflow event (idempotently: an event id is applied once), so the orchestrator rebuilds
 an unfinished run after a restart, and the HTTP facade answers ``/state`` by reading the
-same events. Terminal task events (``execute_done`` / ``execute_failed``) and events
-matched by Wait nodes are *inputs*: ``observe_task`` / ``observe_match`` record them, and
-the engine turns them into node outcomes, which are events again.
+same events. Terminal task events (``execute_done`` / ``execute_failed``), events
+matched by Wait nodes and the outcomes of child runs are *inputs*: ``observe_task`` /
+``observe_match`` / ``observe_child`` record them, and the engine turns them into node
+outcomes, which are events again. Signals are events of the run itself
+(``workflow_signaled``), so one sent before its node starts is kept.
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ NODE_FAILED = "node_failed"
 NODE_SKIPPED = "node_skipped"
 GATE_PASSED = "gate_passed"
 GATE_FAILED = "gate_failed"
+WORKFLOW_SIGNALED = "workflow_signaled"
+MAP_ITEM_STARTED = "map_item_started"
+MAP_ITEM_SUCCEEDED = "map_item_succeeded"
+MAP_ITEM_FAILED = "map_item_failed"
 WORKFLOW_SUCCEEDED = "workflow_succeeded"
 WORKFLOW_FAILED = "workflow_failed"
 WORKFLOW_CANCELLED = "workflow_cancelled"
@@ -34,7 +40,8 @@ RUN_OUTCOMES = {
 }
 WORKFLOW_EVENT_TYPES = (
     WORKFLOW_STARTED, NODE_STARTED, NODE_SUCCEEDED, NODE_FAILED, NODE_SKIPPED, GATE_PASSED,
-    GATE_FAILED, *RUN_OUTCOMES,
+    GATE_FAILED, WORKFLOW_SIGNALED, MAP_ITEM_STARTED, MAP_ITEM_SUCCEEDED, MAP_ITEM_FAILED,
+    *RUN_OUTCOMES,
 )  # fmt: skip
 
 # node statuses; the last four are final
@@ -64,6 +71,46 @@ class Attempt:
 
 
 @dataclass
+class ItemState:
+    """One item of a map node's current attempt."""
+
+    index: int
+    status: str = RUNNING
+    started_at: str | None = None
+    ended_at: str | None = None
+    # what map_item_started recorded: task_id/task, or child_run_id/child
+    inputs: dict[str, Any] = field(default_factory=dict)
+    result: Any = None
+    error_code: str | None = None
+    error: str | None = None
+
+    @property
+    def task_id(self) -> str | None:
+        return self.inputs.get("task_id")
+
+    @property
+    def child_run_id(self) -> str | None:
+        return self.inputs.get("child_run_id")
+
+    @property
+    def final(self) -> bool:
+        return self.status in NODE_FINAL
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "status": self.status,
+            "taskId": self.task_id,
+            "runId": self.child_run_id,
+            "startedAt": self.started_at,
+            "endedAt": self.ended_at,
+            "result": self.result,
+            "errorCode": self.error_code,
+            "error": self.error,
+        }
+
+
+@dataclass
 class NodeState:
     """Where one node of a run stands."""
 
@@ -82,10 +129,16 @@ class NodeState:
     # what the current attempt's node_started recorded (task, payload, deadline, filter)
     inputs: dict[str, Any] = field(default_factory=dict)
     retry_at: float | None = None
+    # a map node's items (current attempt), by index
+    items: dict[int, ItemState] = field(default_factory=dict)
 
     @property
     def task_id(self) -> str | None:
         return self.inputs.get("task_id")
+
+    @property
+    def child_run_id(self) -> str | None:
+        return self.inputs.get("child_run_id")
 
     @property
     def deadline(self) -> float | None:
@@ -115,6 +168,16 @@ class NodeState:
             "error": self.error,
             "verdict": self.verdict,
             "skipReason": self.skip_reason,
+            **({"signal": self.inputs.get("name")} if self.type == "signal" else {}),
+            **({"childRunId": self.child_run_id} if self.child_run_id else {}),
+            **(
+                {
+                    "itemCount": self.inputs.get("count"),
+                    "items": [self.items[i].view() for i in sorted(self.items)],
+                }
+                if self.type == "map"
+                else {}
+            ),  # fmt: skip
             "attempts": [
                 {
                     "attempt": a.attempt,
@@ -148,6 +211,15 @@ class RunState:
     seen: set[str] = field(default_factory=set)
     task_outcomes: dict[str, Event] = field(default_factory=dict)
     matches: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
+    # signals received, by name, in log order: {"signal_id", "data", "at", "event_id"}
+    signals: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    # ends of child runs (workflow nodes, map items): child run id -> its outcome
+    child_outcomes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # the run that started this one (``{"runId", "nodeId", "workflowId", "ancestry"}``)
+    parent: dict[str, Any] | None = None
+    # running task ids and child run ids -> (node id, item index or None)
+    running_tasks: dict[str, tuple[str, int | None]] = field(default_factory=dict)
+    running_children: dict[str, tuple[str, int | None]] = field(default_factory=dict)
 
     @property
     def started(self) -> bool:
@@ -177,20 +249,36 @@ class RunState:
                 self.status = RUN_OUTCOMES[event.type]
                 self.ended_at = event.at
                 self.error_code, self.error = event.error_code, event.error
+                self.workflow_id = self.workflow_id or data.get("workflow_id")
                 if self.status == CANCELLED:
                     for node in self.nodes.values():
                         if not node.final:
                             node.status = CANCELLED
+                        for item in node.items.values():
+                            if not item.final:
+                                item.status = CANCELLED
+            return True
+        if event.type == WORKFLOW_SIGNALED:
+            name = str(data.get("name"))
+            self.signals.setdefault(name, []).append(
+                {"signal_id": data.get("signal_id"), "data": data.get("data"), "at": event.at,
+                 "event_id": event.event_id}
+            )  # fmt: skip
             return True
         node = self.nodes.get(str(data.get("node_id")))
         if node is None:
+            return True
+        if event.type in (MAP_ITEM_STARTED, MAP_ITEM_SUCCEEDED, MAP_ITEM_FAILED):
+            self._on_item(node, event, data)
             return True
         attempt = event.attempt or node.attempt
         if event.type == NODE_STARTED:
             node.status, node.attempt, node.retry_at = RUNNING, attempt, None
             node.started_at = node.started_at or event.at
             node.inputs = dict(data)
+            node.items = {}
             node.attempts.append(Attempt(attempt, event.at, task_id=data.get("task_id")))
+            self._track(node.task_id, node.child_run_id, (node.id, None))
         elif event.type in (NODE_SUCCEEDED, GATE_PASSED):
             node.status, node.ended_at = SUCCEEDED, event.at
             node.result = data.get("result")
@@ -209,10 +297,42 @@ class RunState:
             node.skip_reason = data.get("reason")
         if event.type in (GATE_PASSED, GATE_FAILED):
             node.verdict = data.get("verdict")
+        if event.type != NODE_STARTED:
+            self._untrack(node.task_id, node.child_run_id)
         return True
+
+    def _on_item(self, node: NodeState, event: Event, data: dict[str, Any]) -> None:
+        if event.attempt is not None and event.attempt != node.attempt:
+            return  # an item of an earlier attempt
+        index = int(data.get("index", -1))
+        if event.type == MAP_ITEM_STARTED:
+            item = node.items.setdefault(index, ItemState(index, started_at=event.at))
+            item.inputs = dict(data)
+            self._track(item.task_id, item.child_run_id, (node.id, index))
+            return
+        item = node.items.setdefault(index, ItemState(index, started_at=event.at))
+        item.ended_at = event.at
+        if event.type == MAP_ITEM_SUCCEEDED:
+            item.status, item.result = SUCCEEDED, data.get("result")
+        else:
+            item.status, item.error_code, item.error = FAILED, event.error_code, event.error
+        self._untrack(item.task_id, item.child_run_id)
+
+    def _track(self, task_id: str | None, child: str | None, where: tuple[str, int | None]) -> None:
+        if task_id:
+            self.running_tasks[task_id] = where
+        if child:
+            self.running_children[child] = where
+
+    def _untrack(self, task_id: str | None, child: str | None) -> None:
+        if task_id:
+            self.running_tasks.pop(task_id, None)
+        if child:
+            self.running_children.pop(child, None)
 
     def _on_started(self, event: Event, data: dict[str, Any], seq: int) -> None:
         self.plan = data.get("plan") or {}
+        self.parent = data.get("parent")
         self.workflow_id = data.get("workflow_id") or self.plan.get("workflow_id")
         self.started_at = event.at
         self.start_seq = seq
@@ -232,14 +352,20 @@ class RunState:
     # -- inputs --------------------------------------------------------------------------
 
     def observe_task(self, event: Event) -> bool:
-        """Record a task's terminal event if it belongs to a running node of this run."""
+        """Record a task's terminal event if it belongs to a running node (or map item)."""
         if event.type not in TERMINAL_TYPES or not event.task_id:
             return False
-        for node in self.nodes.values():
-            if node.status == RUNNING and node.task_id == event.task_id:
-                self.task_outcomes.setdefault(event.task_id, event)
-                return True
-        return False
+        if event.task_id not in self.running_tasks:
+            return False
+        self.task_outcomes.setdefault(event.task_id, event)
+        return True
+
+    def observe_child(self, child_run_id: str, outcome: dict[str, Any]) -> bool:
+        """Record the end of a child run (``{"status", "error_code", "error", ...}``)."""
+        if child_run_id not in self.running_children:
+            return False
+        self.child_outcomes.setdefault(child_run_id, outcome)
+        return True
 
     def observe_match(self, node_id: str, attempt: int, event: dict[str, Any]) -> None:
         """Record the event a Wait node's attempt was waiting for."""
@@ -287,12 +413,34 @@ class RunState:
         start, end = timestamp(self.started_at), timestamp(self.ended_at)
         return round((end - start) * 1000.0, 3) if start and end else None
 
+    def waiting_for(self) -> list[dict[str, Any]]:
+        """Signal nodes that are running: what this run waits for from outside."""
+        return [
+            {"node": n.id, "name": n.inputs.get("name"), "deadline": n.deadline,
+             "since": n.attempts[-1].started_at if n.attempts else None}
+            for n in self.nodes.values()
+            if n.type == "signal" and n.status == RUNNING
+        ]  # fmt: skip
+
+    def children(self) -> list[str]:
+        """Child run ids started by workflow nodes and map items, in node order."""
+        out: list[str] = []
+        for node in self.nodes.values():
+            if node.child_run_id:
+                out.append(node.child_run_id)
+            out.extend(i.child_run_id for _, i in sorted(node.items.items()) if i.child_run_id)
+        return out
+
     def view(self) -> dict[str, Any]:
         """The run as the HTTP facade and the CLI show it."""
         return {
             "runId": self.run_id,
             "workflowId": self.workflow_id,
             "status": self.status,
+            "parent": self.parent,
+            "children": self.children(),
+            "waitingFor": self.waiting_for(),
+            "signals": sorted(self.signals),
             "startedAt": self.started_at,
             "endedAt": self.ended_at,
             "durationMs": self.duration_ms(),
@@ -313,13 +461,15 @@ class RunState:
         }
 
     def summary(self) -> dict[str, Any]:
-        """A short account of the run so far (what Notify posts): ``status`` is "failed" if
-        any node failed, else "succeeded"."""
+        """A short account of the run so far (what Notify posts): ``status`` is the run's
+        outcome once it has one; before that "failed" if a node failed (the run will fail),
+        else "running" (a Notify node is itself still running while its body is built)."""
         failed = [n.id for n in self.nodes.values() if n.status == FAILED]
+        status = self.status if self.finished else ("failed" if failed else RUNNING)
         return {
             "run_id": self.run_id,
             "workflow_id": self.workflow_id,
-            "status": "failed" if failed else "succeeded",
+            "status": status,
             "started_at": self.started_at,
             "failed_nodes": failed,
             "nodes": {

@@ -18,14 +18,14 @@ import pytest
 
 from cogo.actors.dispatcher import ExecutorDispatcher
 from cogo.actors.echo import EchoActor
+from cogo.actors.loader import declare_apps
 from cogo.actors.runner import connect
 from cogo.config import load_config
 from cogo.http.app import AppState, create_app
 from cogo.streams.cluster import LocalCluster
 from cogo.streams.events import EventLog, make_event
-from cogo.streams.policies import PolicyStore, seed_policies
+from cogo.streams.policies import PolicyStore
 from cogo.streams.server import EmbeddedServer
-from cogo.streams.topology import ensure_topology
 from tests.faults.ledger import Ledger, Loader, cogo_process, terminate
 from tests.helpers import EventReader, running, submit
 
@@ -57,8 +57,7 @@ async def test_nats_server_sigkill_under_load(durable_server, config, config_pat
     await durable_server.wait_ready()
     nc = await connect(durable_server.url, "faults")
     js = nc.jetstream()
-    await ensure_topology(js, config)
-    await seed_policies(js, config)
+    await declare_apps(js, config)
     args = ["--nats-url", durable_server.url, "--config", str(config_path)]
     procs = [cogo_process("run", "dispatcher", *args), cogo_process("run", "echo", *args)]
     ledger = Ledger("nats-server SIGKILL + restart on the same store")
@@ -181,8 +180,7 @@ async def test_full_event_log_refuses_submissions(tmp_path, data_dir):
         await server.wait_ready()
         nc = await connect(server.url, "faults")
         js = nc.jetstream()
-        await ensure_topology(js, config)
-        await seed_policies(js, config)
+        await declare_apps(js, config)
         log = EventLog(js)
         filler = {"blob": "x" * 4000}
         with contextlib.suppress(Exception):  # fill the log until it refuses appends
@@ -195,7 +193,7 @@ async def test_full_event_log_refuses_submissions(tmp_path, data_dir):
         async with httpx.AsyncClient(transport=transport, base_url="http://cogo") as http:
             r = await http.post("/api/tasks", json={"route": "echo.run.0"})
         assert r.status_code == 503, r.text
-        assert "bus.backpressure" in r.json()["detail"]
+        assert r.json()["code"] == "bus.backpressure" and r.json()["detail"]
         info = await js.stream_info("TASKS")
         assert info.state.messages == 0  # refused, not accepted-and-dropped
         await policies.stop()
@@ -216,8 +214,7 @@ async def test_cluster_node_sigkill_under_load(tmp_path, config):
         js = nc.jetstream()
         for _ in range(50):  # the meta leader may still be settling
             try:
-                await ensure_topology(js, config3)
-                await seed_policies(js, config3)
+                await declare_apps(js, config3)
                 break
             except Exception:
                 await asyncio.sleep(0.2)

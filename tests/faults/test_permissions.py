@@ -17,11 +17,11 @@ import time
 import nats
 import pytest
 
+from cogo.actors import app as builtin_app
+from cogo.actors.loader import declare_apps
 from cogo.actors.runner import connect
-from cogo.streams.auth import accounts_config, credentials
-from cogo.streams.policies import seed_policies
+from cogo.streams.auth import AuthPlan, accounts_config, credentials
 from cogo.streams.server import EmbeddedServer
-from cogo.streams.topology import ensure_topology
 from tests.helpers import EventReader
 
 USERS = ["admin", "client", "dispatcher", "echo", "codegen", "orchestrator", "projector"]
@@ -60,16 +60,16 @@ SUBSCRIBE = {
 
 @pytest.fixture
 async def secured(data_dir, config):
-    passwords = credentials(data_dir)
+    plan = AuthPlan.from_decls(builtin_app.declarations())
+    passwords = credentials(data_dir, plan.users)
     server = EmbeddedServer(
-        data_dir, sync="default", extra_config=accounts_config(config, passwords),
+        data_dir, sync="default", extra_config=accounts_config(plan, passwords),
         credentials=("admin", passwords["admin"]),
     )  # fmt: skip
     server.start()
     await server.wait_ready()
     admin = await connect(server.url, "admin", user="admin", password=passwords["admin"])
-    await ensure_topology(admin.jetstream(), config)
-    await seed_policies(admin.jetstream(), config)
+    await declare_apps(admin.jetstream(), config)
     yield server, passwords
     await admin.close()
     server.stop()
@@ -157,6 +157,7 @@ async def test_secured_system_runs_tasks_end_to_end(tmp_path, config_path):
         with pytest.raises(Exception):  # noqa: B017
             await js.delete_stream("EVENTS")
         await nc.close()
+        await _workflows_under_auth(info, data_dir)
     finally:
         proc.send_signal(signal.SIGTERM)
         out, _ = await asyncio.to_thread(proc.communicate, timeout=30)
@@ -164,3 +165,51 @@ async def test_secured_system_runs_tasks_end_to_end(tmp_path, config_path):
     assert "violation" not in logs.lower(), [
         line for line in logs.splitlines() if "violation" in line.lower()
     ]
+
+
+SECURED_WORKFLOW = {
+    "id": "securedFlow",
+    "nodes": [
+        {"id": "each", "type": "map", "items": [1, 2], "max_parallel": 2,
+         "node": {"type": "publish", "route": "echo.run.0", "payload": {"result": "${item}"}}},
+        {"id": "ok", "type": "signal"},
+        {"id": "child", "type": "workflow", "workflowId": "securedChild"},
+    ],
+}  # fmt: skip
+SECURED_CHILD = {
+    "id": "securedChild",
+    "nodes": [{"id": "one", "type": "publish", "route": "echo.run.0", "payload": {"result": "c"}}],
+}
+
+
+async def _workflows_under_auth(info: dict, data_dir) -> None:
+    """The orchestrator's user can lease partitions, fire schedules and start children."""
+    import httpx
+
+    folder = data_dir / "workflows"
+    folder.mkdir(exist_ok=True)
+    for definition in (SECURED_WORKFLOW, SECURED_CHILD):
+        (folder / f"{definition['id']}.json").write_text(json.dumps(definition))
+    headers = {"Authorization": f"Bearer {info['api_token']}"}
+    async with httpx.AsyncClient(base_url=info["http_url"], headers=headers, timeout=20) as http:
+        run = (await http.post("/api/workflows/execute", json={"workflowId": "securedFlow"})
+               ).json()["runId"]  # fmt: skip
+        created = await http.post("/api/schedules", json={
+            "id": "secured", "workflowId": "securedChild", "interval_s": 1})  # fmt: skip
+        assert created.status_code == 201, created.text
+        deadline = time.monotonic() + 30
+        while True:
+            signal_sent = await http.post("/api/orchestrator/signal", json={"runId": run,
+                                                                            "name": "ok"})  # fmt: skip
+            if signal_sent.status_code == 202:
+                break
+            assert time.monotonic() < deadline, signal_sent.text
+            await asyncio.sleep(0.2)
+        while True:
+            state = (await http.get("/api/orchestrator/state", params={"runId": run})).json()
+            fired = (await http.get("/api/schedules")).json()["schedules"][0]["fired"]
+            if state.get("status") == "succeeded" and fired >= 1:
+                break
+            assert time.monotonic() < deadline, (state, fired)
+            await asyncio.sleep(0.2)
+        assert (await http.delete("/api/schedules/secured")).status_code == 200

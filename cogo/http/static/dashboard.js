@@ -91,9 +91,14 @@ function empty(container, text) {
 
 function token() { return localStorage.getItem(TOKEN_KEY) || ""; }
 
-async function api(path, { text = false } = {}) {
+async function api(path, { text = false, method = "GET", body = undefined } = {}) {
   const headers = token() ? { Authorization: "Bearer " + token() } : {};
-  const response = await fetch(path, { headers, cache: "no-store" });
+  const init = { headers, cache: "no-store", method };
+  if (body !== undefined) {
+    headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const response = await fetch(path, init);
   if (response.status === 401) throw new AuthError("the API refused the token");
   if (!response.ok) {
     let detail = response.statusText;
@@ -248,7 +253,23 @@ function timeline(container, run) {
   g.append(svg("line", { x1: labelW, x2: W - right, y1: H - 14, y2: H - 14, class: "axis" }),
     svg("text", { x: labelW, y: H - 2 }, "0"),
     svg("text", { x: W - right, y: H - 2, "text-anchor": "end" }, fmtMs(t1 - t0)));
-  container.replaceChildren(head, g);
+  container.replaceChildren(head, g, runLinks(run));
+}
+
+// parent and child runs of a run, each opening its own timeline
+function runLinks(run) {
+  const link = (id, label) => el("a", { href: "#", class: "run-link", "data-open-run": id, title: id,
+    onclick: (ev) => { ev.preventDefault(); openRun(id); } }, label);
+  const children = [];
+  for (const n of run.nodes) {
+    if (n.childRunId) children.push([n.childRunId, `${n.id}: ${shortId(n.childRunId)}`]);
+    for (const item of n.items || []) if (item.runId) children.push([item.runId, `${n.id}[${item.index}]: ${item.status}`]);
+  }
+  const parts = [];
+  if (run.parent) parts.push(el("span", {}, "parent ", link(run.parent.runId, shortId(run.parent.runId))));
+  if (children.length) parts.push(el("span", {}, "children ", children.map(([id, label]) => link(id, label))));
+  if (run.waitingFor && run.waitingFor.length) parts.push(el("span", {}, "waiting for " + run.waitingFor.map((w) => w.name).join(", ")));
+  return parts.length ? el("div", { class: "run-links", "data-testid": "run-links" }, parts) : "";
 }
 
 function stepper(rollout) {
@@ -348,18 +369,56 @@ function drawCohorts(rows) {
     el("td", { class: "num" }, fmtPct(r.quality)))));
 }
 
+// a run waiting at a signal node: its name, and Approve / Reject for a human gate
+function waitingCell(r) {
+  return el("div", { class: "waiting" }, r.waiting.map((w) => el("div", { class: "signal", "data-signal": w.name },
+    el("span", { class: "badge waiting", title: `node ${w.node} waits for signal ${w.name}` }, `waiting: ${w.name}`),
+    el("button", { type: "button", class: "approve", "data-testid": "approve",
+      onclick: (ev) => sendSignal(ev, r.runId, w.name, true) }, "Approve"),
+    el("button", { type: "button", class: "reject ghost", "data-testid": "reject",
+      onclick: (ev) => sendSignal(ev, r.runId, w.name, false) }, "Reject"))));
+}
+
+function linksCell(r) {
+  const parts = [];
+  if (r.parentRunId) {
+    parts.push(el("a", { href: "#", class: "run-link", "data-parent": r.parentRunId, title: r.parentRunId,
+      onclick: (ev) => { ev.preventDefault(); ev.stopPropagation(); openRun(r.parentRunId); } },
+    "child of " + shortId(r.parentRunId)));
+  }
+  if (r.children) parts.push(el("span", { class: "children", "data-children": r.children }, `${r.children} child run${r.children > 1 ? "s" : ""}`));
+  return parts.length ? parts : "–";
+}
+
+async function sendSignal(ev, runId, name, approved) {
+  ev.preventDefault();
+  ev.stopPropagation();
+  const box = ev.target.closest(".signal");
+  for (const b of box.querySelectorAll("button")) b.disabled = true;
+  try {
+    await api("/api/orchestrator/signal", { method: "POST",
+      body: { runId, name, data: { approved, by: "dashboard" } } });
+    box.append(el("span", { class: "sent", "data-testid": "signal-sent" }, approved ? "approved" : "rejected"));
+  } catch (e) {
+    box.append(el("span", { class: "fail" }, String(e.message || e)));
+    for (const b of box.querySelectorAll("button")) b.disabled = false;
+  }
+  setTimeout(refresh, 300);
+}
+
 function drawRuns(runs) {
   const body = $("runs").tBodies[0];
   if (!runs.length) {
-    body.replaceChildren(el("tr", {}, el("td", { colspan: 7, class: "empty" }, "no workflow runs yet")));
+    body.replaceChildren(el("tr", {}, el("td", { colspan: 8, class: "empty" }, "no workflow runs yet")));
     return;
   }
   body.replaceChildren(...runs.map((r) => {
-    const tr = el("tr", { "data-run": r.runId, class: r.runId === state.selectedRun ? "selected" : null,
-      onclick: () => openRun(r.runId) },
+    const tr = el("tr", { "data-run": r.runId, "data-status": r.status,
+      class: r.runId === state.selectedRun ? "selected" : null, onclick: () => openRun(r.runId) },
     el("td", { class: "mono", title: r.runId }, shortId(r.runId)),
     el("td", {}, r.workflowId || "–"),
-    el("td", {}, el("span", { class: "badge " + r.status, title: r.error || "" }, r.status)),
+    el("td", {}, el("span", { class: "badge " + r.status, title: r.error || "" }, r.status),
+      r.waiting && r.waiting.length ? waitingCell(r) : null),
     el("td", { class: "num" }, fmtMs(r.durationMs)),
     el("td", {}, r.verdict ? el("span", { class: "badge " + r.verdict, "data-testid": "verdict",
       title: Object.entries(r.gates).map(([k, v]) => `${k}: ${v}`).join(", ") }, r.verdict) : "–"),
@@ -367,6 +426,7 @@ function drawRuns(runs) {
       href: "#", class: "artifact", "data-artifact": key, title: key,
       onclick: (ev) => { ev.preventDefault(); ev.stopPropagation(); openArtifact(key); },
     }, key.split("/").slice(1).join("/") || key)) : "–"),
+    el("td", {}, linksCell(r)),
     el("td", {}, fmtTime(r.startedAt)));
     return tr;
   }));

@@ -1,0 +1,126 @@
+"""One task's status, folded from its events in ``bus_events`` (``GET /api/tasks/{id}``).
+
+``status`` is read off the last fact of the newest attempt:
+
+    queued      execute_enqueued (waiting for a worker, or in a worker's first moments)
+    running     execute_started: a worker has held this attempt for a moment
+    retrying    execute_retry: the attempt failed, the next waits for its backoff
+    succeeded   execute_done          failed   execute_failed
+
+The same answer is served over NATS (``cogo.tasks.status``, request/reply) by whichever
+process runs the projector, so ``cogo.Client.status`` needs no HTTP.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from cogo.streams.topology import STATUS_SUBJECT
+
+if TYPE_CHECKING:
+    import duckdb
+
+__all__ = ["STATUS_SUBJECT", "TaskStatus", "fold", "task_status"]
+TERMINAL = {"execute_done": "succeeded", "execute_failed": "failed"}
+MAX_EVENTS = 1000
+
+
+class TaskStatus(msgspec.Struct, frozen=True):
+    """What ``GET /api/tasks/{task_id}`` and ``Client.status`` answer."""
+
+    task_id: str
+    route: str | None
+    status: str  # queued | running | retrying | succeeded | failed
+    attempt: int
+    result: Any = None
+    error_code: str | None = None
+    error: str | None = None
+    usage: dict[str, Any] = msgspec.field(default_factory=dict)
+    submitted_at: str | None = None
+    finished_at: str | None = None
+    events: list[dict[str, Any]] = msgspec.field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in ("succeeded", "failed")
+
+
+_EVENTS = """
+SELECT type, strftime("at", '%Y-%m-%dT%H:%M:%S.%fZ') AS at_iso, attempt, route, actor,
+       error_code, error, queue_wait_ms, duration_ms, backoff_ms, version, cohort,
+       tokens, cost_usd, usage_duration_ms,
+       strftime(submitted_at, '%Y-%m-%dT%H:%M:%S.%fZ') AS submitted_iso,
+       raw->'$.data.result' AS result, raw->'$.data.detail' AS detail
+FROM bus_events
+WHERE task_id = $task_id AND type LIKE 'execute_%'
+ORDER BY seq
+LIMIT {limit}
+"""
+
+
+def task_status(con: duckdb.DuckDBPyConnection, task_id: str) -> TaskStatus | None:
+    """The status of ``task_id``, or None when the projection holds no event of it."""
+    cursor = con.execute(_EVENTS.format(limit=MAX_EVENTS), {"task_id": task_id})
+    columns = [d[0] for d in cursor.description]
+    rows = [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
+    if not rows:
+        return None
+    return fold(task_id, rows)
+
+
+def fold(task_id: str, rows: list[dict[str, Any]]) -> TaskStatus:
+    """Fold a task's ``execute_*`` rows (in stream order) into its status."""
+    status, attempt, route, submitted = "queued", 0, None, None
+    result: Any = None
+    error_code = error = finished = None
+    usage: dict[str, Any] = {}
+    events = []
+    terminal = False
+    for row in rows:
+        kind = row["type"]
+        route = route or row["route"]
+        submitted = submitted or row["submitted_iso"]
+        attempt = max(attempt, row["attempt"] or 0)
+        events.append(
+            {k: v for k, v in {
+                "type": kind, "at": row["at_iso"], "attempt": row["attempt"],
+                "actor": row["actor"], "error_code": row["error_code"], "error": row["error"],
+                "queue_wait_ms": row["queue_wait_ms"], "duration_ms": row["duration_ms"],
+                "backoff_ms": row["backoff_ms"], "version": row["version"],
+                "cohort": row["cohort"],
+            }.items() if v is not None}
+        )  # fmt: skip
+        if row["tokens"] is not None or row["cost_usd"] is not None:
+            usage = {
+                "tokens": row["tokens"] or 0,
+                "cost_usd": row["cost_usd"] or 0.0,
+                "duration_ms": row["usage_duration_ms"] or 0.0,
+            }
+        if terminal:
+            continue  # nothing after the terminal event changes the outcome
+        if kind in TERMINAL:
+            status, terminal, finished = TERMINAL[kind], True, row["at_iso"]
+            error_code, error = row["error_code"], row["error"]
+            if kind == "execute_done" and row["result"] is not None:
+                result = msgspec.json.decode(row["result"])
+        elif kind == "execute_retry":
+            status, error_code, error = "retrying", row["error_code"], row["error"]
+        elif kind == "execute_enqueued":
+            status = "queued"
+        elif kind == "execute_started" and (row["attempt"] or 0) >= attempt:
+            status = "running"
+    return TaskStatus(
+        task_id=task_id,
+        route=route,
+        status=status,
+        attempt=attempt,
+        result=result,
+        error_code=error_code,
+        error=error,
+        usage=usage,
+        submitted_at=submitted,
+        finished_at=finished,
+        events=events,
+    )

@@ -1,0 +1,1 @@
+"""Lexicon: an example app of agents for Cogo (see examples/agents/README.md)."""

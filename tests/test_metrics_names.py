@@ -1,0 +1,71 @@
+"""``/metrics`` in the exposition format with names promtool accepts (base units).
+
+promtool is not on these machines: ``tests.promlint`` parses with ``prometheus_client`` and
+applies promtool's naming rules; where promtool is installed it is run as well.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+
+import httpx
+
+from cogo.http.app import AppState, create_app
+from cogo.http.metrics import routes as metric_routes
+from cogo.projections.bench import fill, synthetic_events
+from cogo.projections.projector import Projector
+from cogo.streams.policies import PolicyStore
+from tests.promlint import lint
+
+
+def test_the_linter_catches_what_promtool_rejects():
+    bad = (
+        "# HELP cogo_attempt_duration_ms d\n# TYPE cogo_attempt_duration_ms summary\n"
+        'cogo_attempt_duration_ms{quantile="0.5"} 1\ncogo_attempt_duration_ms_count 1\n'
+        "# HELP cogo_things t\n# TYPE cogo_things counter\ncogo_things_total 1\n"
+        "# TYPE cogo_lag_minutes gauge\ncogo_lag_minutes 1\n"
+    )
+    problems = "\n".join(lint(bad))
+    assert "abbreviated units" in problems
+    assert '"_total" suffix' in problems
+    assert 'base unit "seconds"' in problems and "no help text" in problems
+
+
+async def test_metrics_are_in_base_units_and_lint_clean(nc, js, config, data_dir):
+    await fill(js, synthetic_events(200))
+    projector = Projector(nc, config, data_dir=data_dir)
+    await projector.start()
+    try:
+        await projector.wait_caught_up()
+        policies = PolicyStore(js)
+        await policies.start()
+        state = AppState(nc=nc, config=config, policies=policies, data_dir=data_dir)
+        state.components["projector"] = projector
+        app = create_app(state, extra_routes=metric_routes)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://cogo") as client:
+            response = await client.get("/metrics")
+        await policies.stop()
+    finally:
+        await projector.stop()
+    assert response.status_code == 200
+    text = response.text
+    assert "# TYPE cogo_attempt_duration_seconds summary" in text
+    assert "# TYPE cogo_attempt_queue_wait_seconds summary" in text
+    assert "_ms" not in text
+    assert lint(text) == []
+    count = next(
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith("cogo_attempt_duration_seconds_count")
+    )
+    assert count > 0
+    promtool = shutil.which("promtool")
+    if promtool:  # the real thing, where it is installed
+        checked = await asyncio.to_thread(
+            subprocess.run,
+            [promtool, "check", "metrics"], input=text, capture_output=True, text=True,
+        )  # fmt: skip
+        assert checked.returncode == 0, checked.stdout + checked.stderr

@@ -188,12 +188,16 @@ def register(subparsers: Any, common: Callable[[argparse.ArgumentParser], None])
     p.add_argument("--dispatchers", type=int, default=1, help="dispatcher processes (1)")
     p.add_argument("--echoes", type=int, default=1, help="echo worker processes (1)")
     p.add_argument(
-        "--workflow-runs",
-        type=int,
-        default=5,
-        help="workflow step latency: runs of the chain, one at a time (5; 0 skips it)",
-    )
-    p.add_argument("--workflow-nodes", type=int, default=10, help="publish nodes a run (10)")
+        "--step-runs", type=int, default=5,
+        help="workflow step latency: runs of a publish chain, one at a time (5; 0 skips it)",
+    )  # fmt: skip
+    p.add_argument("--step-nodes", type=int, default=10, help="publish nodes a chain (10)")
+    p.add_argument("--workflow-runs", type=int, default=0, metavar="N",
+                   help="also time N workflow runs sent at once (opt-in; 0 = off)")  # fmt: skip
+    p.add_argument("--orchestrators", type=int, action="append", metavar="K",
+                   help="orchestrator processes for --workflow-runs; repeat (default 1, 2)")  # fmt: skip
+    p.add_argument("--workflow-repeats", type=int, default=3,
+                   help="rounds per orchestrator count; the median is reported (3)")  # fmt: skip
     p.add_argument(
         "--scale-workers",
         type=int,

@@ -10,10 +10,10 @@ from typing import Any
 
 from cogo.actors.dispatcher import ExecutorDispatcher
 from cogo.actors.indexer import IndexerActor
-from cogo.indexing.files import list_files
-from cogo.indexing.symbols import go_symbols, javascript_symbols, python_symbols, rust_symbols
 from cogo.actors.orchestrator import Orchestrator
 from cogo.actors.runner import connect
+from cogo.indexing.files import list_files
+from cogo.indexing.symbols import go_symbols, javascript_symbols, python_symbols, rust_symbols
 from cogo.projections.projector import Projector
 from cogo.workflows.definition import Catalog
 from tests.helpers import EventReader, running, submit

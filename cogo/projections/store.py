@@ -400,15 +400,12 @@ class ProjectionStore:
         try:
             yield cursor
         finally:
-            # A cursor keeps its last result, and the result keeps its transaction open:
-            # one left behind in the pool blocked every checkpoint (the WAL then grew until
-            # a restart). A fresh cursor per read holds nothing.
+            # A cursor keeps its last result, and a result not read to its end keeps its
+            # transaction open: one left in the pool blocked every checkpoint (the WAL then
+            # grew until a restart). A tiny query read to the end replaces it.
             with contextlib.suppress(duckdb.Error):
-                cursor.close()
-            try:
-                cursor = self.con.cursor()
-            finally:
-                self._pool.put(cursor)
+                cursor.execute("SELECT 1").fetchall()
+            self._pool.put(cursor)
 
     async def read(self, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
         """Run ``fn(cursor)`` on a worker thread with a pooled cursor."""

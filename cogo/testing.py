@@ -79,7 +79,7 @@ class CogoEnv:
         env: dict[str, str] | None = None,
     ) -> None:
         self.apps = list(apps)
-        self._config_text = TEST_CONFIG + "\n" + config
+        self._config_text = merged_toml(TEST_CONFIG, config)
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self.data_dir = data_dir
         self.processes = processes
@@ -219,6 +219,36 @@ class CogoEnv:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
         return out
+
+
+def merged_toml(base: str, over: str) -> str:
+    """``over`` laid over ``base`` table by table, as TOML text (a test's config may set keys
+    of the tables the fast test settings already have)."""
+    import tomllib
+
+    from cogo.config import deep_merge
+
+    merged = deep_merge(tomllib.loads(base), tomllib.loads(over))
+    lines = []
+    for table, values in merged.items():
+        if not isinstance(values, dict):
+            lines.insert(0, f"{json.dumps(table)} = {_toml_value(values)}")
+            continue
+        lines.append(f"[{json.dumps(table)}]")
+        lines += [f"{json.dumps(k)} = {_toml_value(v)}" for k, v in values.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return (
+            "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+        )
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(value)  # strings, integers, floats: JSON's form is TOML's
 
 
 def _ref_of(app: App, given: App | str) -> str:

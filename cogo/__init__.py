@@ -13,6 +13,7 @@ submit with ``cogo.Client``, ``POST /api/tasks`` or plain NATS.
 """
 
 from cogo.actors.app import AgentSpec, App
+from cogo.actors.llm import LlmReply, LlmUsage, ToolCall
 from cogo.actors.worker import Outcome, TaskContext, Worker
 from cogo.client import Client, TaskHandle
 from cogo.errors import CogoError, PermanentWorkerError, TaskFailed, WorkerError
@@ -26,12 +27,15 @@ __all__ = [
     "App",
     "Client",
     "CogoError",
+    "LlmReply",
+    "LlmUsage",
     "Outcome",
     "PermanentWorkerError",
     "TaskContext",
     "TaskFailed",
     "TaskHandle",
     "TaskStatus",
+    "ToolCall",
     "Usage",
     "Worker",
     "WorkerError",

@@ -33,7 +33,7 @@ import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -280,6 +280,8 @@ class Reply:
     delay_s: float = 0.0
     finish_reason: str | None = None
     raw: str | None = None  # send this body as is (a malformed reply)
+    retry_after: float | None = None  # a Retry-After header (with a 429 or 503)
+    word_delay_s: float = 0.0  # streaming: a pause before each word
 
 
 @dataclass
@@ -288,7 +290,9 @@ class ChatServer:
 
     ``script`` is consumed in order; when it runs out, ``default`` answers. Streaming
     requests (``"stream": true``) get Server-Sent Events, word by word, with a final usage
-    chunk. ``requests`` holds every request body received.
+    chunk. ``requests`` holds every request body received. Like a real endpoint it never
+    reports more completion tokens than the request's ``max_tokens`` (the reply then ends
+    with ``finish_reason: "length"``).
     """
 
     script: list[Reply] = field(default_factory=list)
@@ -312,12 +316,17 @@ class ChatServer:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
                 with chat._lock:
-                    chat.requests.append({"path": self.path, "headers": dict(self.headers), **body})
+                    chat.requests.append({"path": self.path, "headers": _headers(self), **body})
                     reply = chat.script.pop(0) if chat.script else chat.default
+                cap = body.get("max_tokens")
+                if isinstance(cap, int) and reply.completion_tokens > cap:
+                    reply = replace(reply, completion_tokens=cap, finish_reason="length")
                 if reply.delay_s:
                     time.sleep(reply.delay_s)
                 if reply.status != 200:
-                    self._send(reply.status, {"error": {"message": f"scripted {reply.status}"}})
+                    extra = {"Retry-After": str(reply.retry_after)} if reply.retry_after else {}
+                    self._send(reply.status, {"error": {"message": f"scripted {reply.status}"}},
+                               headers=extra)  # fmt: skip
                 elif reply.raw is not None:
                     self._send(200, None, raw=reply.raw.encode())
                 elif body.get("stream"):
@@ -325,11 +334,16 @@ class ChatServer:
                 else:
                     self._send(200, _completion(body, reply))
 
-            def _send(self, status: int, doc: Any, raw: bytes | None = None) -> None:
+            def _send(
+                self, status: int, doc: Any, raw: bytes | None = None,
+                headers: dict[str, str] | None = None,
+            ) -> None:  # fmt: skip
                 data = raw if raw is not None else json.dumps(doc).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(data)
 
@@ -340,6 +354,8 @@ class ChatServer:
                 self.end_headers()
                 words = (reply.content or "").split(" ")
                 for i, word in enumerate(words):
+                    if reply.word_delay_s:
+                        time.sleep(reply.word_delay_s)
                     piece = word if i == 0 else " " + word
                     self._chunk({"choices": [{"index": 0, "delta": {"content": piece},
                                               "finish_reason": None}]}, body)  # fmt: skip
@@ -382,6 +398,11 @@ class ChatServer:
         """Append one answer to the script."""
         self.script.append(Reply(content=content, **kwargs))
         return self
+
+
+def _headers(handler: BaseHTTPRequestHandler) -> dict[str, str]:
+    """The request's headers, names in one case (``Authorization``) whatever the client sent."""
+    return {name.title(): value for name, value in handler.headers.items()}
 
 
 def _usage(reply: Reply) -> dict[str, int]:

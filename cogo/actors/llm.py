@@ -428,7 +428,6 @@ class _Failed(Exception):
 
 async def _send(sdk: Any, body: dict[str, Any], *, raw: bool = True) -> Any:
     """POST the body; the SDK's errors sorted into retryable, rejected and failed."""
-    import httpx2
     import openai
 
     known = {"model", "messages", "max_tokens", "tools", "stream", "stream_options"}
@@ -452,7 +451,8 @@ async def _send(sdk: Any, body: dict[str, Any], *, raw: bool = True) -> Any:
         raise _Failed(LlmError("the LLM request timed out")) from None
     except openai.APIConnectionError as exc:
         cause = exc.__cause__
-        if isinstance(cause, httpx2.ConnectError | httpx2.ConnectTimeout | httpx2.PoolTimeout):
+        # by name: the SDK's transport is httpx in some releases and httpx2 in others
+        if type(cause).__name__ in ("ConnectError", "ConnectTimeout", "PoolTimeout"):
             raise _Retryable(LlmError(f"cannot connect to the LLM endpoint: {cause}")) from None
         # the request may have reached the endpoint (and been billed): not retried here
         raise _Failed(LlmError(f"the LLM connection failed: {cause or exc}")) from None

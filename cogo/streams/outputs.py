@@ -35,6 +35,7 @@ import msgspec
 import nats.errors
 from nats.js import api
 from nats.js.client import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from cogo.config import Config
 from cogo.streams.envelope import MSG_ID, WorkOrder
@@ -126,42 +127,56 @@ async def read_output(
     """``(stream sequence, Output)`` of ``task_id`` from its first chunk (or after
     ``after_seq``), up to and including the end marker.
 
-    ``finished`` is asked when nothing arrived for ``idle_s`` (and once at the start when
-    the stream holds nothing for the task): an ``Output`` it returns ends the reading, as
-    the marker would have.
+    ``finished`` is asked at the start and whenever nothing arrived for ``idle_s``: once it
+    returns an end marker (the task ended), what the stream holds for the task up to now is
+    still read, and that marker closes the reading if the stream has none of its own.
     """
+    subject = output_subject(task_id)
     config = api.ConsumerConfig(
         deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE if after_seq else api.DeliverPolicy.ALL,
         opt_start_seq=after_seq + 1 if after_seq else None,
         inactive_threshold=30.0,
     )
     sub = await js.subscribe(
-        output_subject(task_id), stream=OUTPUTS, ordered_consumer=True, config=config,
-        idle_heartbeat=5.0,
-    )  # fmt: skip
+        subject, stream=OUTPUTS, ordered_consumer=True, config=config, idle_heartbeat=5.0
+    )
+    seen = after_seq
+    ended: Output | None = None  # the task ended; read up to ``until``, then this closes
+    until = 0
     try:
-        if finished is not None and (await sub.consumer_info()).num_pending == 0:
-            end = await finished()
-            if end is not None:
-                yield 0, end
-                return
+        if finished is not None:  # a task that already ended: read what it left, then stop
+            ended = await finished()
+            if ended is not None:
+                until = await last_seq(js, subject)
         while True:
+            if ended is not None and seen >= until:
+                yield 0, ended
+                return
             try:
                 msg = await sub.next_msg(timeout=idle_s)
             except (TimeoutError, nats.errors.TimeoutError):
-                if finished is not None:
-                    end = await finished()
-                    if end is not None:
-                        yield 0, end
-                        return
+                if finished is not None and ended is None:
+                    ended = await finished()
+                    if ended is not None:
+                        until = await last_seq(js, subject)
                 continue
+            seen = msg.metadata.sequence.stream
             try:
                 output = decode_output(msg.data)
             except msgspec.DecodeError:
                 continue  # not ours: nothing a reader could show
-            yield msg.metadata.sequence.stream, output
+            yield seen, output
             if output.end:
                 return
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
+
+
+async def last_seq(js: JetStreamContext, subject: str) -> int:
+    """The stream sequence of the last message on ``subject`` (0: there is none)."""
+    try:
+        msg = await js.get_last_msg(OUTPUTS, subject)
+    except NotFoundError:
+        return 0
+    return int(msg.seq or 0)

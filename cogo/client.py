@@ -234,6 +234,8 @@ class Client:
         async for _, output in read_output(
             self.nc.jetstream(), task_id, finished=finished, idle_s=idle_s
         ):
+            if output is None:
+                continue
             if output.end:
                 return
             yield output

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -44,6 +45,7 @@ from cogo.streams.events import iso
 OUTPUTS = "OUTPUTS"
 PREFIX = "outputs"
 ESCAPED = "~"  # first token of a task id that cannot be a subject as it is (base64url after)
+_PLAIN = re.compile(r"[!-~]+")  # printable ASCII, no space
 
 
 class Output(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -66,10 +68,11 @@ _decoder = msgspec.json.Decoder(Output)
 
 
 def output_subject(task_id: str) -> str:
-    """``outputs.<task_id>``; an id that is no valid subject (an empty, ``*`` or ``>`` token,
-    or a leading ``~``) as ``outputs.~.<base64url of the id>``."""
+    """``outputs.<task_id>``; an id that is no plain subject (beyond printable ASCII, an
+    empty, ``*`` or ``>`` token, or a leading ``~``) as ``outputs.~.<base64url of the id>``."""
     tokens = task_id.split(".")
-    if not task_id.startswith(ESCAPED) and all(t and t not in ("*", ">") for t in tokens):
+    plain = _PLAIN.fullmatch(task_id) and not task_id.startswith(ESCAPED)
+    if plain and all(t and t not in ("*", ">") for t in tokens):
         return f"{PREFIX}.{task_id}"
     encoded = base64.urlsafe_b64encode(task_id.encode()).decode().rstrip("=")
     return f"{PREFIX}.{ESCAPED}.{encoded}"
@@ -123,9 +126,11 @@ async def read_output(
     finished: Finished | None = None,
     idle_s: float = 1.0,
     after_seq: int = 0,
-) -> AsyncIterator[tuple[int, Output]]:
+    ticks: bool = False,
+) -> AsyncIterator[tuple[int, Output | None]]:
     """``(stream sequence, Output)`` of ``task_id`` from its first chunk (or after
-    ``after_seq``), up to and including the end marker.
+    ``after_seq``), up to and including the end marker; with ``ticks``, also ``(0, None)``
+    after each quiet ``idle_s`` (a server's cue for a keep-alive).
 
     ``finished`` is asked at the start and whenever nothing arrived for ``idle_s``: once it
     returns an end marker (the task ended), what the stream holds for the task up to now is
@@ -159,6 +164,8 @@ async def read_output(
                     ended = await finished()
                     if ended is not None:
                         until = await last_seq(js, subject)
+                if ticks:
+                    yield 0, None
                 continue
             seen = msg.metadata.sequence.stream
             try:

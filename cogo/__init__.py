@@ -16,7 +16,7 @@ from cogo.actors.app import AgentSpec, App
 from cogo.actors.llm import LlmReply, LlmUsage, ToolCall
 from cogo.actors.worker import Outcome, TaskContext, Worker
 from cogo.client import Client, TaskHandle
-from cogo.errors import CogoError, PermanentWorkerError, TaskFailed, WorkerError
+from cogo.errors import BudgetExhausted, CogoError, PermanentWorkerError, TaskFailed, WorkerError
 from cogo.projections.tasks import TaskStatus
 from cogo.streams.envelope import Usage
 
@@ -25,6 +25,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AgentSpec",
     "App",
+    "BudgetExhausted",
     "Client",
     "CogoError",
     "LlmReply",

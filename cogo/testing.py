@@ -156,7 +156,8 @@ class CogoEnv:
                           data_dir=self.data_dir, **kwargs)  # fmt: skip
         assert self.data_dir is not None
         log = self.data_dir / "logs" / f"{label}.log"
-        self.children[label] = spawn(args, env=child_env([str(Path.cwd())], self.env),
+        roots = [str(Path.cwd()), *_import_roots(ref)]
+        self.children[label] = spawn(args, env=child_env(roots, self.env),
                                      log_file=log)  # fmt: skip
         return self.children[label]
 
@@ -219,6 +220,22 @@ class CogoEnv:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
         return out
+
+
+def _import_roots(ref: str) -> list[str]:
+    """Where the module of ``ref`` imports from in this process (its package's parent
+    folder), so an agent process finds it too (pytest's ``pythonpath`` is not inherited)."""
+    import importlib.util
+
+    top = ref.partition(":")[0].split(".")[0]
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return []
+    if spec is None or spec.origin is None:
+        return []
+    origin = Path(spec.origin)
+    return [str(origin.parent.parent if origin.name == "__init__.py" else origin.parent)]
 
 
 def merged_toml(base: str, over: str) -> str:

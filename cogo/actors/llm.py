@@ -151,9 +151,11 @@ class LlmClient:
         if self._client is None:
             import openai  # imported on first use: most workers never call an LLM
 
+            # the SDK insists on a key: a local endpoint without auth gets a placeholder
             self._client = openai.AsyncOpenAI(
-                api_key=self._api_key, base_url=self.base_url, max_retries=0, timeout=None
-            )
+                api_key=self._api_key or "no-key", base_url=self.base_url, max_retries=0,
+                timeout=None,
+            )  # fmt: skip
         return self._client
 
     async def aclose(self) -> None:

@@ -77,6 +77,7 @@ class CogoEnv:
         data_dir: Path | None = None,
         processes: bool = False,
         env: dict[str, str] | None = None,
+        sync: str = "default",
     ) -> None:
         self.apps = list(apps)
         self._config_text = merged_toml(TEST_CONFIG, config)
@@ -84,6 +85,7 @@ class CogoEnv:
         self.data_dir = data_dir
         self.processes = processes
         self.env = env or {}
+        self.sync = sync  # JetStream fsync: the server default, or "always" (as `cogo up`)
         self.url = ""
         self.config: Config | None = None
         self.client = Client("", name="cogo-testing")
@@ -115,7 +117,7 @@ class CogoEnv:
         config_path.write_text(self._config_text)
         self.config_path = config_path
         self.config = load_config(config_path)
-        self._server = EmbeddedServer(self.data_dir, sync="default")
+        self._server = EmbeddedServer(self.data_dir, sync=self.sync)
         self._server.start()
         await self._server.wait_ready()
         self.url = self._server.url

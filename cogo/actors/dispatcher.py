@@ -65,6 +65,7 @@ from cogo.streams.events import (
     event_message,
     iso,
     make_event,
+    order_event,
 )
 from cogo.streams.outputs import end_marker
 from cogo.streams.policies import PolicyStore
@@ -209,18 +210,12 @@ class ExecutorDispatcher(Actor):
 
     async def _forward(self, order: WorkOrder, *, submitted_at: float) -> None:
         """Publish one attempt to the task's route and record ``execute_enqueued``."""
-        event = make_event(
+        event = order_event(
             EXECUTE_ENQUEUED,
+            order,
             event_id=f"{order.task_id}:enqueued:{order.attempt}",
-            task_id=order.task_id,
-            correlation_id=order.correlation_id,
-            causation_id=order.causation_id,
-            route=order.route,
             actor=self.name,
-            attempt=order.attempt,
             queue_wait_ms=round(max(0.0, time.time() - submitted_at) * 1000.0, 3),
-            version=order.version,
-            cohort=order.cohort,
             data={
                 "submitted_at": iso(order.submitted_at),
                 "deadline": iso(order.deadline),

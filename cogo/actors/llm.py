@@ -56,7 +56,7 @@ from cogo.errors import (
     TokenBudgetExhausted,
 )
 from cogo.streams.envelope import Usage
-from cogo.streams.events import LLM_CALL, event_message, make_event
+from cogo.streams.events import LLM_CALL, event_message, order_event
 
 if TYPE_CHECKING:
     from cogo.actors.worker import TaskContext
@@ -399,15 +399,13 @@ class LlmSession:
             "reply_model": reply.model if reply else None,
             "delivery": ctx.delivery.delivered,
         }  # fmt: skip
-        event = make_event(
-            LLM_CALL,
+        event = order_event(
+            LLM_CALL, ctx.order,
             event_id=f"{ctx.task_id}:llm:{ctx.attempt}.{ctx.delivery.delivered}.{self._calls}",
-            task_id=ctx.task_id, correlation_id=ctx.correlation_id,
-            causation_id=ctx.order.causation_id, route=ctx.route, actor=ctx.worker.name,
-            attempt=ctx.attempt, duration_ms=round((time.time() - started) * 1000.0, 3),
+            actor=ctx.worker.name, duration_ms=round((time.time() - started) * 1000.0, 3),
             usage=Usage(tokens=u.total_tokens, cost_usd=u.cost_usd),
             error_code=error.code if error else None, error=str(error)[:1000] if error else None,
-            version=ctx.version or ctx.order.version, cohort=ctx.order.cohort, data=data,
+            version=ctx.version or ctx.order.version, data=data,
         )  # fmt: skip
         await ctx.worker.publish_all([event_message(event)])
 

@@ -52,7 +52,7 @@ from cogo.errors import (
     WorkerError,
 )
 from cogo.streams.envelope import MSG_ID, Usage, new_id
-from cogo.streams.events import STEP_COMPLETED, decode_event, encode_event, iso, make_event
+from cogo.streams.events import STEP_COMPLETED, decode_event, encode_event, iso, order_event
 from cogo.streams.topology import EVENTS
 
 if TYPE_CHECKING:
@@ -227,14 +227,11 @@ async def run_step(
         entry["artifact"] = msgspec.to_builtins(ref)
     else:
         entry["result"] = result
-    event = make_event(
-        STEP_COMPLETED,
-        event_id=f"{ctx.task_id}:step:{name}",
-        task_id=ctx.task_id, correlation_id=ctx.correlation_id,
-        causation_id=ctx.order.causation_id, route=ctx.route, actor=ctx.worker.name,
-        attempt=ctx.attempt, duration_ms=round((time.time() - started) * 1000.0, 3),
+    event = order_event(
+        STEP_COMPLETED, ctx.order, event_id=f"{ctx.task_id}:step:{name}",
+        actor=ctx.worker.name, duration_ms=round((time.time() - started) * 1000.0, 3),
         usage=Usage(tokens=scope.tokens, cost_usd=round(scope.cost_usd, 9)),
-        version=ctx.version or ctx.order.version, cohort=ctx.order.cohort, data=entry,
+        version=ctx.version or ctx.order.version, data=entry,
     )  # fmt: skip
     (ack,) = await ctx.worker.publish_all(
         [(journal_subject(ctx.route, ctx.task_id), encode_event(event), {MSG_ID: event.event_id})]

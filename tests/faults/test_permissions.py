@@ -17,6 +17,7 @@ import time
 import nats
 import pytest
 
+import cogo
 from cogo.actors import app as builtin_app
 from cogo.actors.loader import declare_apps
 from cogo.actors.runner import connect
@@ -140,21 +141,28 @@ async def test_permission_matrix(secured, user):
     assert not mismatches, f"{user}: {mismatches}"
 
 
+async def secured_up(
+    data_dir, config_path, *extra: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen, dict]:
+    """`cogo up --auth` on ``data_dir``, once it has written its endpoints."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cogo", "up", "--auth", "--data-dir", str(data_dir), "--config",
+         str(config_path), "--sync", "default", *extra],
+        env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    endpoints = data_dir / "endpoints.json"
+    deadline = time.monotonic() + 60
+    while not endpoints.exists():
+        assert proc.poll() is None and time.monotonic() < deadline
+        await asyncio.sleep(0.1)
+    return proc, json.loads(endpoints.read_text())
+
+
 async def test_secured_system_runs_tasks_end_to_end(tmp_path, config_path):
     """`cogo up --auth`: every actor on its own user; the client user submits and reads."""
     data_dir = tmp_path / "secure"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cogo", "up", "--auth", "--data-dir", str(data_dir), "--config",
-         str(config_path), "--sync", "default"],
-        env={**os.environ}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    proc, info = await secured_up(data_dir, config_path)
     try:
-        endpoints = data_dir / "endpoints.json"
-        deadline = time.monotonic() + 30
-        while not endpoints.exists():
-            assert proc.poll() is None and time.monotonic() < deadline
-            await asyncio.sleep(0.1)
-        info = json.loads(endpoints.read_text())
         assert info["nats_user"] == "client"
         assert (data_dir / "credentials.json").stat().st_mode & 0o777 == 0o600
         nc = await connect(
@@ -192,21 +200,11 @@ async def test_agent_runtime_under_auth(tmp_path, config_path, chat_server):
     on the app's own user), output streamed to the client user with the dispatcher's end
     marker, an LLM call recorded; no permission violation anywhere."""
     data_dir = tmp_path / "secure"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cogo", "up", "--auth", "--data-dir", str(data_dir), "--config",
-         str(config_path), "--sync", "default", "--app", "tests.runtime_apps:app"],
-        env={**os.environ, "COGO_LLM_BASE_URL": chat_server.url, "COGO_LLM_API_KEY": "k"},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    proc, info = await secured_up(
+        data_dir, config_path, "--app", "tests.runtime_apps:app",
+        env={"COGO_LLM_BASE_URL": chat_server.url, "COGO_LLM_API_KEY": "k"},
     )  # fmt: skip
     try:
-        endpoints = data_dir / "endpoints.json"
-        deadline = time.monotonic() + 60
-        while not endpoints.exists():
-            assert proc.poll() is None and time.monotonic() < deadline
-            await asyncio.sleep(0.1)
-        info = json.loads(endpoints.read_text())
-        import cogo
-
         async with cogo.Client(info["nats_url"], user="client",
                                password=info["nats_password"]) as client:  # fmt: skip
             steps = await client.submit("rt.steps.0", {"fail_until": 2})

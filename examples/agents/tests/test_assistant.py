@@ -50,6 +50,12 @@ async def test_the_model_calls_a_tool_then_answers(cogo_env, chat_server, tool_l
     assert second[-1] == {"role": "tool", "tool_call_id": "c1",
                           "content": json.dumps({"expression": "17 * 23", "value": 391})}  # fmt: skip
     assert [r["tool"] for r in runs(tool_log)] == ["calculate"]
+    events = await cogo_env.events(handle.task_id)
+    # each llm_call names the step it ran in; the journal holds both turns and the tool
+    assert [e["data"]["step"] for e in events if e["type"] == "llm_call"] == ["llm:0", "llm:1"]
+    assert [e["data"]["step"] for e in events if e["type"] == "step_completed"] == [
+        "llm:0", "tool:0.0:calculate", "llm:1",
+    ]  # fmt: skip
 
 
 async def test_sigkill_between_steps_redoes_no_finished_step(tmp_path, chat_server, tool_log):

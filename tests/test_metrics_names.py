@@ -12,9 +12,8 @@ import os
 import shutil
 import subprocess
 
-import pytest
-
 import httpx
+import pytest
 
 from cogo.http.app import AppState, create_app
 from cogo.http.metrics import routes as metric_routes

@@ -67,6 +67,7 @@ from cogo.streams.events import (
     make_event,
     order_event,
 )
+from cogo.streams.outputs import end_marker
 from cogo.streams.policies import PolicyStore
 
 RETRY_KIND = "retry"
@@ -101,6 +102,9 @@ def resolve_assignment(requested: Assignment, policy: RoutePolicy) -> ResolvedAs
             f"model {resolved.model!r} is not allowed on this route (allowed: "
             f"{', '.join(c.allowed_models)})"
         )
+    if c.allowed_models:  # what ctx.llm may call: the ceiling, and a bypassed model
+        allowed = dict.fromkeys([*c.allowed_models, resolved.model])
+        resolved = msgspec.structs.replace(resolved, allowed_models=tuple(allowed))
     checks: list[tuple[str, float, float, type[CogoError]]] = [
         ("max_tokens", resolved.max_tokens, c.max_tokens, TokensAboveCeiling),
         ("max_cost_usd", resolved.max_cost_usd, c.max_cost_usd, CostAboveCeiling),
@@ -243,6 +247,7 @@ class ExecutorDispatcher(Actor):
             await self._fail(
                 base, err.code, str(err), attempt=order.attempt - 1, usage=order.usage_so_far,
                 version=order.version, cohort=order.cohort,
+                closes=order if order.emitted else None,
             )  # fmt: skip
             return
         await self._forward(order, submitted_at=order.not_before)
@@ -254,6 +259,9 @@ class ExecutorDispatcher(Actor):
         a = order.assignment
         total = order.usage_so_far + r.usage
         base = _base_of(order)
+        # a redelivered attempt's first delivery may have emitted before its worker died
+        emitted = order.emitted or r.emitted or r.delivery > 1
+        closes = order if emitted else None
         measured = {
             "actor": r.actor,
             "attempt": order.attempt,
@@ -276,7 +284,7 @@ class ExecutorDispatcher(Actor):
                 f"budget max_cost_usd={a.max_cost_usd}"
             )
         if budget is not None:
-            await self._fail(base, budget.code, str(budget), data=timing, **measured)
+            await self._fail(base, budget.code, str(budget), data=timing, closes=closes, **measured)
             return
         if r.ok:
             await self._terminal(
@@ -286,12 +294,15 @@ class ExecutorDispatcher(Actor):
                     data={**timing, "result": r.result},
                     **base,
                     **measured,
-                )
+                ),
+                closes,
             )
             return
         code, error = r.error_code or "worker.error", r.error or "attempt failed"
         if not r.retryable:
-            await self._fail(base, code, error, data=timing, detail=r.detail, **measured)
+            await self._fail(
+                base, code, error, data=timing, detail=r.detail, closes=closes, **measured
+            )
             return
         if order.attempt >= a.max_attempts:
             await self._fail(
@@ -299,6 +310,7 @@ class ExecutorDispatcher(Actor):
                 AttemptsExhausted.code,
                 f"all {a.max_attempts} attempt(s) failed; last: [{code}] {error}",
                 data={**timing, "last_error_code": code},
+                closes=closes,
                 **measured,
             )
             return
@@ -311,12 +323,14 @@ class ExecutorDispatcher(Actor):
                 f"no time left for attempt {order.attempt + 1} within ttl_ms={a.ttl_ms}; "
                 f"last: [{code}] {error}",
                 data={**timing, "last_error_code": code},
+                closes=closes,
                 **measured,
             )
             return
         retry = msgspec.structs.replace(
-            order, attempt=order.attempt + 1, usage_so_far=total, not_before=next_at
-        )
+            order, attempt=order.attempt + 1, usage_so_far=total, not_before=next_at,
+            emitted=emitted,
+        )  # fmt: skip
         event = make_event(
             EXECUTE_RETRY,
             event_id=f"{order.task_id}:retry:{order.attempt}",
@@ -348,6 +362,7 @@ class ExecutorDispatcher(Actor):
         attempt: int,
         detail: Any = None,
         data: dict[str, Any] | None = None,
+        closes: WorkOrder | None = None,
         **fields: Any,
     ) -> None:
         extra = dict(data or {})
@@ -364,11 +379,21 @@ class ExecutorDispatcher(Actor):
                 data=extra or None,
                 **base,
                 **fields,
-            )
+            ),
+            closes,
         )
 
-    async def _terminal(self, event: Event) -> None:
-        appended = await self.events.append(event)
+    async def _terminal(self, event: Event, closes: WorkOrder | None = None) -> None:
+        """Append the terminal event; with ``closes``, also the end marker of that task's
+        output (it may have emitted), in the same batch (``cogo.streams.outputs``)."""
+        if closes is None:
+            appended = await self.events.append(event)
+        else:
+            status = "succeeded" if event.type == EXECUTE_DONE else "failed"
+            marker = end_marker(closes, status, attempt=event.attempt or 0,
+                                error_code=event.error_code, error=event.error)  # fmt: skip
+            ack, _ = await self.publish_all([event_message(event), marker])
+            appended = not ack.duplicate
         self.counters[event.type if appended else "duplicate_terminal"] += 1
 
     async def report_dead_letter(
@@ -378,6 +403,7 @@ class ExecutorDispatcher(Actor):
         base: dict[str, Any] | None = None
         attempt = 0
         usage: Usage | None = None
+        order: WorkOrder | None = None
         with _suppress_malformed():
             if subject == RESULT_SUBJECT:
                 order = decode_result(data).order
@@ -403,6 +429,8 @@ class ExecutorDispatcher(Actor):
             f"{reason} (subject {subject}, {deliveries} deliveries)",
             attempt=attempt,
             usage=usage,
+            # its workers may have emitted (and died doing it): the output is closed too
+            closes=order,
         )
 
 

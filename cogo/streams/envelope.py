@@ -64,6 +64,8 @@ class ResolvedAssignment(msgspec.Struct, frozen=True):
     ttl_ms: int
     max_attempts: int
     backoff: Backoff
+    # the models ``ctx.llm`` may call for this task (the route's ceiling); empty: any model
+    allowed_models: tuple[str, ...] = ()
 
 
 class TaskMessage(msgspec.Struct, frozen=True):
@@ -107,6 +109,9 @@ class WorkOrder(msgspec.Struct, frozen=True):
     not_before: float = 0.0  # unix seconds; retries wait for their backoff
     version: str | None = None
     cohort: str | None = None
+    # an earlier attempt may have written to the task's output (ctx.emit): the dispatcher
+    # then closes it with an end marker when the task ends
+    emitted: bool = False
 
 
 class WorkResult(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -126,6 +131,7 @@ class WorkResult(msgspec.Struct, frozen=True, omit_defaults=True):
     retryable: bool = True
     version: str | None = None
     detail: Any = None  # the error's structured detail (e.g. the payload field that failed)
+    emitted: bool = False  # this attempt wrote to the task's output (ctx.emit)
 
 
 encoder = msgspec.json.Encoder()

@@ -28,6 +28,9 @@ EXECUTE_DONE = "execute_done"
 # a worker still running an attempt a moment after its claim (not for quick attempts)
 EXECUTE_STARTED = "execute_started"
 TERMINAL_TYPES = frozenset({EXECUTE_FAILED, EXECUTE_DONE})
+# the agent runtime (DESIGN §11): one per LLM call, one per durable step's first success
+LLM_CALL = "llm_call"
+STEP_COMPLETED = "step_completed"
 
 
 class Event(msgspec.Struct, frozen=True, omit_defaults=True):

@@ -14,6 +14,7 @@ from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 
 from cogo.config import Config
+from cogo.streams import outputs
 from cogo.streams.envelope import EXECUTE_SUBJECT, RESULT_SUBJECT
 from cogo.streams.routes import durable_name, ensure_subjects, route_subjects
 
@@ -49,7 +50,7 @@ def orchestrator_route(partition: int) -> str:
 def stream_configs(
     config: Config, task_subjects: list[str] | None = None
 ) -> list[api.StreamConfig]:
-    """The three streams; ``task_subjects`` are the subjects ``TASKS`` is created with."""
+    """The streams; ``task_subjects`` are the subjects ``TASKS`` is created with."""
     replicas = config.bus.replicas
     window = config.bus.duplicate_window_s
     return [
@@ -88,6 +89,7 @@ def stream_configs(
             max_age=config.dlq.max_age_s,
             max_bytes=config.dlq.max_bytes,
         ),
+        outputs.stream_config(config),
     ]
 
 

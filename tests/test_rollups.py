@@ -25,7 +25,7 @@ import pytest
 
 from cogo.http import orchestrator as orchestrator_http
 from cogo.http.dashboard import _run_row, summary
-from cogo.projections import histogram, queries, rollups
+from cogo.projections import histogram, queries, rollups, tasks
 from cogo.projections.bench import WORKFLOW_ID, synthetic_events
 from cogo.projections.store import EventBatch, ProjectionStore
 from cogo.streams.events import decode_event
@@ -388,6 +388,40 @@ def test_dashboard_equals_the_raw_sql(projected: ProjectionStore, since: dt.date
         want = raw_latency[card["route"]]
         assert card["attempts"] == want[1] and card["tasks"] == want[5]
         assert card["p90_ms"] == pytest.approx(want[2][1], **ERR)
+
+
+RAW_RECENT_TASKS = """
+WITH recent AS (
+    SELECT task_id FROM bus_events
+    WHERE type = 'execute_enqueued' AND "at" >= $since AND task_id IS NOT NULL
+    GROUP BY task_id ORDER BY max(seq) DESC LIMIT $limit
+)
+SELECT b.task_id, arg_min(b.route, b.seq), max(b.attempt),
+       arg_max(b.type, b.seq) FILTER (b.type LIKE 'execute_%'),
+       strftime(min(b."at"), '%Y-%m-%dT%H:%M:%S.%fZ'),
+       count(*) FILTER (b.type = 'llm_call'), count(*) FILTER (b.type = 'step_completed')
+FROM bus_events b SEMI JOIN recent r ON b.task_id = r.task_id
+GROUP BY b.task_id ORDER BY max(b.seq) DESC
+"""
+
+
+@pytest.mark.parametrize("tail", [tasks.RECENT_TAIL, 3, 700])
+def test_recent_tasks_from_the_tail_equal_the_whole_search(
+    projected: ProjectionStore, tail: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the search starts in the last `tail` events and widens while that is too few
+    monkeypatch.setattr(tasks, "RECENT_TAIL", tail)
+    con = projected.con
+    for since, limit in ((WINDOWS[0], 20), (WINDOWS[3], 20), (WINDOWS[3], 2000)):
+        rows = con.execute(RAW_RECENT_TASKS, {"since": since, "limit": limit}).fetchall()
+        want = [
+            {"task_id": t, "route": r, "attempt": a or 0,
+             "status": tasks._STATE.get(last or "", "queued"), "enqueued_at": at,
+             "llm_calls": calls, "steps": steps}
+            for t, r, a, last, at, calls, steps in rows
+        ]  # fmt: skip
+        assert tasks.recent_tasks(con, since, limit) == want
+        assert len(want) == min(limit, len(want)) > 0
 
 
 def test_the_gate_that_failed_first_still_rejects_the_later_task(

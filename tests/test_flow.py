@@ -31,6 +31,7 @@ from cogo.streams.flow import partition_of, slot_prefix
 from cogo.streams.policies import set_policy
 from cogo.streams.topology import FLOW, FLOW_BUCKET
 from tests.helpers import EventReader, submit
+from tests.test_projections import projecting
 
 ROUTE = "echo.run.0"
 ENDS = ("execute_retry", "execute_done", "execute_failed")
@@ -174,7 +175,7 @@ async def flow_is_empty(js: JetStreamContext, route: str = ROUTE) -> bool:
 
 
 async def test_per_key_and_route_concurrency_hold_and_small_keys_go_first(
-    nats_server, js, config_path, tmp_path
+    nats_server, nc, js, config, config_path, data_dir, tmp_path
 ):
     await set_policy(js, ROUTE, {"flow": {"concurrency": 4, "concurrency_per_key": 2}})
     async with two_dispatchers(js, nats_server.url, config_path, tmp_path / "logs"):
@@ -210,6 +211,22 @@ async def test_per_key_and_route_concurrency_hold_and_small_keys_go_first(
         if e.type == "execute_enqueued" and e.task_id in held:
             assert e.data["held_ms"] > 0 and e.queue_wait_ms >= e.data["held_ms"]
     assert all(done[t].queue_wait_ms >= 150 for t in big[-4:])
+    # and SQL tells the same (flow_holds over the projected bus_events)
+    async with projecting(nc, config, data_dir) as projector:
+        await projector.wait_caught_up()
+        holds = await projector.store.read(lambda cur: cur.execute(
+            "SELECT task_id, held_ms, outcome FROM flow_holds").fetchall())  # fmt: skip
+        by_key_sql = dict(await projector.store.read(lambda cur: cur.execute(
+            "SELECT key, holds FROM flow_throttled_by_key").fetchall()))  # fmt: skip
+    expected = {}
+    for e in reader.events:
+        if e.type == "execute_enqueued" and e.task_id in held:
+            start = next(ts(t.data["held_at"]) for t in throttled if t.task_id == e.task_id)
+            expected[e.task_id] = round((ts(e.at) - start) * 1000.0, 3)
+    assert {t: (round(ms, 3), o) for t, ms, o in holds} == {
+        t: (ms, "admitted") for t, ms in expected.items()
+    }
+    assert by_key_sql == dict(Counter(e.data["key"] for e in throttled))
 
 
 async def test_rate_per_key_then_priority_overtakes_a_backlog(

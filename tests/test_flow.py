@@ -22,7 +22,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import pytest
 from nats.js.client import JetStreamContext
 
 from cogo.streams.envelope import new_id

@@ -42,7 +42,7 @@ async def test_flow_panel_shows_what_runs_and_what_waits(nats_server, nc, js, co
                                               port=port))  # fmt: skip
         serving = asyncio.create_task(server.serve())
         try:
-            while not server.started:
+            while not server.started:  # noqa: ASYNC110 - uvicorn offers no event for it
                 await asyncio.sleep(0.05)
             # the first holds the key's one slot for a while; the three after it wait
             ids = [await submit(js, payload={"sleep_ms": 5000 if i == 0 else 50,

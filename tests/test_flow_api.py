@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
@@ -40,7 +41,7 @@ async def poll(http: httpx.AsyncClient, check: Any, path: str = "/api/flow") -> 
         body = r.json()
         if check(body):
             return body
-        assert time.monotonic() < deadline, body
+        assert time.monotonic() < deadline, json.dumps(body)
         await asyncio.sleep(0.1)
 
 
@@ -48,9 +49,14 @@ async def test_flow_shows_running_waiting_and_rate_per_key(http, nats_server, js
     assert (await http.get("/api/flow")).json()["routes"] == []  # no route has limits
     await set_policy(js, "echo.run.0", {"flow": {"concurrency_per_key": 1, "concurrency": 3}})
     async with running(nats_server.url, config, ExecutorDispatcher, EchoActor):
-        slow = {"sleep_ms": 800, "__assignment": {"key": "acme"}}
-        ids = [await submit(js, payload=slow) for _ in range(3)]
-        ids.append(await submit(js, payload={"sleep_ms": 800, "__assignment": {"key": "beta"}}))
+        # acme's first task holds the key's one slot for a while, its two others wait
+        ids = [
+            await submit(
+                js, payload={"sleep_ms": 2500 if i == 0 else 50, "__assignment": {"key": "acme"}}
+            )
+            for i in range(3)
+        ]
+        ids.append(await submit(js, payload={"sleep_ms": 2500, "__assignment": {"key": "beta"}}))
 
         def busy(body: dict[str, Any]) -> bool:
             keys = {k["key"]: k for r in body["routes"] for k in r["keys"]}
@@ -65,7 +71,7 @@ async def test_flow_shows_running_waiting_and_rate_per_key(http, nats_server, js
         keys = {k["key"]: k for k in route["keys"]}
         assert keys["acme"] == {
             "key": "acme", "running": 1, "waiting": 2, "waiting_by_priority": {"5": 2},
-            "rate_per_s": 0.1, "tokens": None, "held_by": "concurrency_per_key",
+            "rate_per_s": 0.1, "tokens": None, "held_by": "concurrency_per_key",  # 1 in 10 s
         }  # fmt: skip
         assert keys["beta"]["running"] == 1 and keys["beta"]["held_by"] is None
         assert (await http.get("/api/flow?route=echo.run.0")).json()["routes"][0]["route"]

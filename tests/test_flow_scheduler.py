@@ -168,3 +168,16 @@ def test_figures_per_key():
     assert by_key["a"].held_by == KEY_LIMIT and by_key["a"].waiting_by_priority == {"5": 2}
     assert by_key["b"].running == 1 and by_key["b"].waiting == 0 and by_key["b"].held_by is None
     assert rate == 0.2 and omitted == 0
+
+
+def test_memory_follows_what_waits_and_runs_not_what_passed_through():
+    flow = RouteFlow(FlowPolicy(concurrency=10), now=0.0)
+    for _ in range(5000):
+        task = held("k", deadline=1e9)
+        flow.add(task)
+        (picked,) = flow.pick(1.0, most=1)
+        flow.slot_released(picked.slot)
+        flow.forget(picked.seq)
+    assert flow.running == flow.waiting == 0
+    assert len(flow._deadlines) <= 1024 + 1 and len(flow._expiries) <= 1024 + 1
+    assert not flow._by_seq

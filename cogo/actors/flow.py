@@ -151,6 +151,7 @@ class RouteFlow:
         """Up to ``most`` held tasks that may start now, each counted as running from here."""
         self._expire_slots(now)
         self._tokens_due(now)
+        self._compact()
         out: list[Held] = []
         while self._redo and len(out) < most:
             held = self._redo.popleft()
@@ -296,6 +297,19 @@ class RouteFlow:
             state = self._keys.get(key)
             if state is not None and state.blocked == RATE_LIMIT:
                 self._unblock(key, state)
+
+    def _compact(self) -> None:
+        # the heaps drop entries lazily (admitted tasks, released slots stay until their
+        # time comes): rebuild them once most of what they hold is dead, so a busy route's
+        # memory follows what waits and runs, not what passed through in the last TTL
+        if len(self._deadlines) > 2 * self.waiting + 1024:
+            self._deadlines = [
+                (h.deadline, h.seq) for h in self._by_seq.values() if not h.gone and not h.redo
+            ]
+            heapq.heapify(self._deadlines)
+        if len(self._expiries) > 2 * len(self._slots) + 1024:
+            self._expiries = [(expires, slot) for slot, (_, expires) in self._slots.items()]
+            heapq.heapify(self._expiries)
 
     def _expire_slots(self, now: float) -> None:
         while self._expiries and self._expiries[0][0] < now:

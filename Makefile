@@ -23,11 +23,22 @@ browser:
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium \
 	  || echo "warning: could not install chromium; the browser test will be skipped"; }
 
-test: install browser
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+# promtool, to check /metrics the way Prometheus users will: the binary out of Debian's
+# `prometheus` package, unpacked into .tools/ (nothing installed, no server started)
+PROMTOOL := .tools/usr/bin/promtool
+$(PROMTOOL):
+	@mkdir -p .tools/deb
+	@cd .tools/deb && { apt-get download prometheus >/dev/null 2>&1 \
+	  && dpkg-deb -x prometheus_*.deb .. && rm -f prometheus_*.deb ../usr/bin/prometheus; } \
+	  || echo "warning: could not fetch promtool; the metrics test checks names without it"
+
+promtool: $(PROMTOOL)
+
+test: install browser promtool
+	PATH="$(CURDIR)/.tools/usr/bin:$$PATH" $(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: install
 	$(BIN)/ruff check cogo tests
 	$(BIN)/ruff format --check cogo tests
 
-.PHONY: install up browser test lint
+.PHONY: install up browser promtool test lint

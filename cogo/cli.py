@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +159,18 @@ def _runnable_epilog() -> str:
     return "what can run:\n" + "\n".join(runnable(config))
 
 
+@contextlib.asynccontextmanager
+async def bus(args: argparse.Namespace, name: str, user: str = "admin") -> AsyncIterator[Any]:
+    """A NATS connection for one CLI command, as ``user`` when the system runs ``--auth``."""
+    from cogo.actors.runner import connect
+
+    nc = await connect(resolve_nats_url(args), name, **nats_credentials(args, user))
+    try:
+        yield nc
+    finally:
+        await nc.close()
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from cogo.actors.loader import add_app_dir
     from cogo.actors.runner import _use_uvloop
@@ -289,10 +303,7 @@ def cmd_policy(args: argparse.Namespace) -> int:
     from cogo.streams.topology import POLICY_BUCKET
 
     async def main() -> int:
-        from cogo.actors.runner import connect
-
-        nc = await connect(resolve_nats_url(args), "cogo-policy", **nats_credentials(args, "admin"))
-        try:
+        async with bus(args, "cogo-policy") as nc:
             js = nc.jetstream()
             if args.action == "list":
                 kv = await js.key_value(POLICY_BUCKET)
@@ -315,8 +326,6 @@ def cmd_policy(args: argparse.Namespace) -> int:
                 policy = await set_policy(js, args.route, changes)
             print(json.dumps(msgspec.to_builtins(policy), indent=2))
             return 0
-        finally:
-            await nc.close()
 
     return asyncio.run(main())
 
@@ -326,12 +335,10 @@ def cmd_routes(args: argparse.Namespace) -> int:
     from cogo.streams.routes import durable_name
 
     async def main() -> int:
-        from cogo.actors.runner import connect
         from cogo.streams.policies import PolicyStore
         from cogo.streams.topology import task_consumers
 
-        nc = await connect(resolve_nats_url(args), "cogo-routes", **nats_credentials(args, "admin"))
-        try:
+        async with bus(args, "cogo-routes") as nc:
             js = nc.jetstream()
             if args.action == "forget":
                 if not args.route:
@@ -363,8 +370,6 @@ def cmd_routes(args: argparse.Namespace) -> int:
                           f"pending={row['pending']} in_flight={row['in_flight']}"
                           + ("  (policy overridden at runtime)" if row["overrides"] else ""))  # fmt: skip
             return 0
-        finally:
-            await nc.close()
 
     return asyncio.run(main())
 
@@ -373,17 +378,10 @@ def cmd_reclaim(args: argparse.Namespace) -> int:
     from cogo.actors.reclaim import reclaim
 
     async def main() -> int:
-        from cogo.actors.runner import connect
-
-        nc = await connect(
-            resolve_nats_url(args), "cogo-reclaim", **nats_credentials(args, "admin")
-        )
-        try:
+        async with bus(args, "cogo-reclaim") as nc:
             report = await reclaim(nc, load_config(args.config, args.data_dir), args.dead_letter)
-            print(json.dumps(report, indent=2))
-            return 0
-        finally:
-            await nc.close()
+        print(json.dumps(report, indent=2))
+        return 0
 
     return asyncio.run(main())
 

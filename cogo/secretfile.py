@@ -9,9 +9,11 @@ its own complete file or reads the one that won; none ever sees a partial one.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from pathlib import Path
+from typing import Any
 
 from cogo.errors import ConfigError
 
@@ -42,6 +44,17 @@ def read_or_create(path: Path, *, nbytes: int = 32) -> str:
     if winner is None:
         raise ConfigError(f"secret file {path} vanished while it was being created")
     return winner
+
+
+def write_private_json(path: Path, data: Any) -> Path:
+    """Replace ``path`` with ``data`` as JSON, readable by its owner only (0600), atomically:
+    a reader sees the old file or the new one, never a half-written one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, indent=2)
+    os.replace(tmp, path)
+    return path
 
 
 def _read(path: Path) -> str | None:

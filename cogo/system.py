@@ -37,7 +37,7 @@ from cogo.config import Config, load_config
 from cogo.errors import CogoError, StartupError
 from cogo.http.app import AppState, create_app
 from cogo.http.server import server_config
-from cogo.secretfile import read_or_create
+from cogo.secretfile import read_or_create, write_private_json
 from cogo.streams import auth as auth_module
 from cogo.streams.cluster import LocalCluster
 from cogo.streams.policies import PolicyStore
@@ -66,13 +66,7 @@ def api_token(data_dir: Path) -> str:
 
 
 def write_endpoints(data_dir: Path, endpoints: dict[str, Any]) -> Path:
-    path = data_dir / "endpoints.json"
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(endpoints, fh, indent=2)
-    os.replace(tmp, path)
-    return path
+    return write_private_json(data_dir / "endpoints.json", endpoints)
 
 
 def read_endpoints(data_dir: Path) -> dict[str, Any] | None:

@@ -235,3 +235,26 @@ async def test_missing_inputs_fail_with_codes(nats_server, js, config, data_dir,
         assert done[task_id].type == "execute_failed"
         assert done[task_id].error_code == code.strip(), done[task_id].error
         assert done[task_id].attempt == 1
+
+
+def test_junit_from_an_untrusted_repository_cannot_blow_up_the_worker(tmp_path):
+    """A report with entity expansion (billion laughs) or an external entity is refused."""
+    from cogo.actors.build_test import parse_junit
+
+    lol = "".join(f'<!ENTITY l{i} "&l{i - 1};&l{i - 1};&l{i - 1};&l{i - 1};">' for i in range(1, 9))
+    bomb = tmp_path / "bomb.xml"
+    bomb.write_text(f'<?xml version="1.0"?><!DOCTYPE t [<!ENTITY l0 "lol">{lol}]>'
+                    '<testsuite><testcase name="a"><failure message="&l8;"/></testcase>'
+                    "</testsuite>")  # fmt: skip
+    external = tmp_path / "external.xml"
+    external.write_text('<?xml version="1.0"?><!DOCTYPE t [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
+                        '<testsuite><testcase name="b"><error message="&x;"/></testcase>'
+                        "</testsuite>")  # fmt: skip
+    plain = tmp_path / "plain.xml"
+    plain.write_text('<testsuite><testcase classname="t" name="c"><failure message="m">d'
+                     "</failure></testcase></testsuite>")  # fmt: skip
+    assert parse_junit(bomb) is None
+    assert parse_junit(external) is None
+    assert parse_junit(plain) == [
+        {"name": "t::c", "outcome": "failure", "message": "m", "detail": "d"}
+    ]

@@ -9,16 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from cogo.actors.dispatcher import ExecutorDispatcher
-from cogo.actors.indexer import (
-    IndexerActor,
-    go_symbols,
-    javascript_symbols,
-    list_files,
-    python_symbols,
-    rust_symbols,
-)
+from cogo.actors.indexer import IndexerActor
 from cogo.actors.orchestrator import Orchestrator
 from cogo.actors.runner import connect
+from cogo.indexing.files import list_files
+from cogo.indexing.symbols import go_symbols, javascript_symbols, python_symbols, rust_symbols
 from cogo.projections.projector import Projector
 from cogo.workflows.definition import Catalog
 from tests.helpers import EventReader, running, submit
@@ -188,3 +183,30 @@ async def test_indexing_workflow(nats_server, js, config, tmp_path):
     assert empty_state.status == "failed"
     assert empty_state.nodes["has_files"].verdict == "failed"
     assert re.match(r"^workflow\.", empty_state.error_code or "")
+
+
+def test_the_walk_ignores_exactly_what_git_ignores(tmp_path):
+    """The walk (used when there is no git work tree) against git itself on one tree."""
+    import subprocess
+
+    from cogo.indexing.files import _walk
+
+    rules = {
+        ".gitignore": "doc/*.txt\n!doc/keep.txt\n**/cache/\n*.o\nbuild\n/top.md\n",
+        "src/.gitignore": "*.gen.py\n!keep.gen.py\n",
+        "src/deep/.gitignore": "!*.o\n",
+    }
+    files = ["doc/x.txt", "doc/keep.txt", "doc/sub/y.txt", "a/cache/c.py", "cache/d.py",
+             "m.o", "src/deep/n.o", "build", "src/build/z.py", "top.md", "src/top.md",
+             "src/a.gen.py", "src/keep.gen.py", "src/ok.py"]  # fmt: skip
+    for path, text in [*rules.items(), *((f, "x\n") for f in files)]:
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text(text)
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    listed = subprocess.run(
+        ["git", "-C", str(tmp_path), "ls-files", "--others", "--exclude-standard"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    walked = [p for p in _walk(tmp_path) if not p.startswith(".git/")]
+    assert sorted(walked) == sorted(listed)
+    assert "doc/sub/y.txt" in walked and "doc/x.txt" not in walked  # git's rule, not fnmatch's

@@ -1,16 +1,19 @@
 """``/metrics`` in the exposition format with names promtool accepts (base units).
 
-promtool is not on these machines: ``tests.promlint`` parses with ``prometheus_client`` and
-applies promtool's naming rules; where promtool is installed it is run as well.
+``tests.promlint`` parses with ``prometheus_client`` and applies promtool's naming rules;
+promtool itself (``make promtool``: Debian's binary, unpacked into .tools/) runs as well, and
+in CI its absence is a failure.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import subprocess
 
 import httpx
+import pytest
 
 from cogo.http.app import AppState, create_app
 from cogo.http.metrics import routes as metric_routes
@@ -62,8 +65,10 @@ async def test_metrics_are_in_base_units_and_lint_clean(nc, js, config, data_dir
         if line.startswith("cogo_attempt_duration_seconds_count")
     )
     assert count > 0
-    promtool = shutil.which("promtool")
-    if promtool:  # the real thing, where it is installed
+    promtool = shutil.which("promtool")  # `make test` unpacks it into .tools/ and PATH
+    if os.environ.get("CI") and not promtool:
+        pytest.fail("promtool is missing in CI: `make promtool` should have fetched it")
+    if promtool:  # the real thing
         checked = await asyncio.to_thread(
             subprocess.run,
             [promtool, "check", "metrics"], input=text, capture_output=True, text=True,

@@ -184,7 +184,9 @@ async def test_failing_candidate_is_rolled_back_at_canary(tmp_path, config_path)
         assert [s["status"] for s in rollout["stages"]] == ["passed", "passed", "failed"]
         canary = rollout["stages"][2]
         failure = next(g for g in canary["gates"] if g["name"] == "failure_rate")
-        assert not failure["passed"] and failure["candidate"] > 0.2 and failure["baseline"] == 0
+        # stopped early on >= 10 samples: how many of them failed is chance (the fail rate is a
+        # hash of random task ids), that the gate saw them fail above the baseline is not
+        assert not failure["passed"] and failure["candidate"] > 0 and failure["baseline"] == 0
 
         # rolled back: new tasks all run on the baseline again
         ids = [f"after-rollback-{i}" for i in range(30)]

@@ -40,11 +40,12 @@ import signal
 import sys
 import tempfile
 import time
-import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 from typing import Any
 
+import defusedxml.ElementTree as defused
 import msgspec
+from defusedxml import DefusedXmlException
 
 from cogo.actors.edits import EDITS_ARTIFACT, Edit, apply_edits, decode_edits
 from cogo.actors.worker import Outcome, TaskContext, Worker
@@ -311,10 +312,16 @@ def judge(build: CommandRun, test: CommandRun | None, cases: list[dict[str, Any]
 
 
 def parse_junit(path: Path) -> list[dict[str, Any]] | None:
-    """Every ``<testcase>`` of a JUnit XML file as name/outcome/message (None if no file)."""
+    """Every ``<testcase>`` of a JUnit XML file as name/outcome/message (None if no file, or
+    not a report we can trust).
+
+    The file is written by the repository's own test run: untrusted input. defusedxml
+    refuses entity expansion (billion laughs), external entities and DTD tricks that the
+    standard library's parser would follow.
+    """
     try:
-        root = ElementTree.parse(path).getroot()
-    except (OSError, ElementTree.ParseError):
+        root = defused.parse(path).getroot()
+    except (OSError, defused.ParseError, DefusedXmlException):
         return None
     cases = []
     for case in root.iter("testcase"):

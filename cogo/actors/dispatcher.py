@@ -72,6 +72,7 @@ from cogo.streams.events import (
     event_message,
     iso,
     make_event,
+    order_event,
 )
 from cogo.streams.policies import PolicyStore
 from cogo.streams.publisher import Outgoing
@@ -241,18 +242,12 @@ class ExecutorDispatcher(Actor):
         }
         if order.flow_slot:
             data["held_ms"] = order.held_ms
-        event = make_event(
+        event = order_event(
             EXECUTE_ENQUEUED,
+            order,
             event_id=f"{order.task_id}:enqueued:{order.attempt}",
-            task_id=order.task_id,
-            correlation_id=order.correlation_id,
-            causation_id=order.causation_id,
-            route=order.route,
             actor=self.name,
-            attempt=order.attempt,
             queue_wait_ms=round(max(0.0, time.time() - since) * 1000.0, 3),
-            version=order.version,
-            cohort=order.cohort,
             data=data,
         )
         return [

@@ -44,7 +44,7 @@ from cogo.streams.envelope import (
     decode_order,
     encoder,
 )
-from cogo.streams.events import EXECUTE_STARTED, iso, make_event
+from cogo.streams.events import EXECUTE_STARTED, iso, order_event
 
 log = logging.getLogger(__name__)
 
@@ -269,18 +269,13 @@ class Worker(Actor):
 
     def _announce(self, order: WorkOrder, delivery: Delivery) -> None:
         """The attempt is still running: record ``execute_started`` (once per attempt)."""
-        event = make_event(
+        event = order_event(
             EXECUTE_STARTED,
+            order,
             event_id=f"{order.task_id}:started:{order.attempt}",
-            task_id=order.task_id,
-            correlation_id=order.correlation_id,
-            causation_id=order.causation_id,
-            route=order.route,
             actor=self.name,
-            attempt=order.attempt,
             queue_wait_ms=round(delivery.queue_wait_ms, 3),
             version=self.version or order.version,
-            cohort=order.cohort,
             data={"claimed_at": iso(delivery.claimed_at), "delivery": delivery.delivered},
         )
         task = asyncio.ensure_future(self.events.append(event))

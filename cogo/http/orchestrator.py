@@ -22,6 +22,7 @@ and metrics are folds of the workflow events read back from ``EVENTS`` (see
 from __future__ import annotations
 
 import asyncio
+import statistics
 from typing import Any
 
 import nats.errors
@@ -407,10 +408,10 @@ def _quantile(values: list[float], q: float) -> float | None:
     """Linear interpolation between closest ranks (DuckDB's ``quantile_cont``)."""
     if not values:
         return None
-    position = (len(values) - 1) * q
-    low = int(position)
-    high = min(low + 1, len(values) - 1)
-    return round(values[low] + (values[high] - values[low]) * (position - low), 3)
+    if len(values) == 1:
+        return round(values[0], 3)
+    cuts = statistics.quantiles(values, n=100, method="inclusive")  # p1 .. p99
+    return round(cuts[round(q * 100) - 1], 3)
 
 
 routes = [

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cogo.secretfile import write_private_json
 from cogo.streams.envelope import EXECUTE_SUBJECT, RESULT_SUBJECT
 from cogo.streams.routes import RouteDecl, durable_name
 from cogo.streams.topology import (
@@ -239,9 +240,7 @@ def credentials(data_dir: Path, users: Sequence[str]) -> dict[str, str]:
             stored[user] = secrets.token_urlsafe(24)
             changed = True
     if changed or not path.exists():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(stored, fh, indent=2)
+        write_private_json(path, stored)
     return stored
 
 
@@ -253,12 +252,7 @@ def load_grants(data_dir: Path) -> dict[str, list[str]]:
 
 
 def save_grants(data_dir: Path, grants: dict[str, list[str]]) -> None:
-    path = data_dir / "grants.json"
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(grants, fh, indent=2)
-    os.replace(tmp, path)
+    write_private_json(data_dir / "grants.json", grants)
 
 
 def accounts_config(plan: AuthPlan, passwords: dict[str, str]) -> str:

@@ -93,6 +93,21 @@ def make_event(type: str, *, event_id: str | None = None, **fields: Any) -> Even
     return Event(event_id=event_id or new_id(), type=type, at=iso(), **fields)
 
 
+def order_event(type: str, order: Any, *, event_id: str, **fields: Any) -> Event:
+    """An event about one attempt of a task (a ``WorkOrder``): its ids, route, attempt,
+    version and cohort come from the order; ``fields`` add to or override them."""
+    base = {
+        "task_id": order.task_id,
+        "correlation_id": order.correlation_id,
+        "causation_id": order.causation_id,
+        "route": order.route,
+        "attempt": order.attempt,
+        "version": order.version,
+        "cohort": order.cohort,
+    }
+    return make_event(type, event_id=event_id, **{**base, **fields})
+
+
 def event_subject(event: Event) -> str:
     """``events.<type>`` plus ``.<route>`` when the event belongs to a route."""
     return f"events.{event.type}.{event.route}" if event.route else f"events.{event.type}"

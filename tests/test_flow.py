@@ -15,7 +15,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Iterable
 from datetime import datetime
@@ -29,7 +28,7 @@ from cogo.streams.events import Event
 from cogo.streams.flow import partition_of, slot_prefix
 from cogo.streams.policies import set_policy
 from cogo.streams.topology import FLOW, FLOW_BUCKET
-from tests.helpers import EventReader, submit
+from tests.helpers import EventReader, submit, wait_until
 from tests.test_projections import projecting
 
 ROUTE = "echo.run.0"
@@ -62,17 +61,6 @@ async def stop_all(procs: Iterable[subprocess.Popen[bytes]]) -> None:
             proc.wait()
 
     await asyncio.gather(*(asyncio.to_thread(stop, p) for p in procs))
-
-
-async def wait_for(check: Any, what: str, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout}s")
-        await asyncio.sleep(0.1)
 
 
 async def partition_owners(js: JetStreamContext) -> dict[int, str]:
@@ -114,7 +102,7 @@ async def two_dispatchers(
             owners = await partition_owners(js)
             return len(owners) == 8 and len(set(owners.values())) == 2
 
-        await wait_for(shared, "two dispatchers sharing the admission partitions")
+        await wait_until(shared, 30, "two dispatchers sharing the admission partitions")
         yield procs
     finally:
         await stop_all(procs.values())
@@ -183,7 +171,7 @@ async def test_per_key_and_route_concurrency_hold_and_small_keys_go_first(
         small = await submit_keyed(js, "small", 3, "c", sleep_ms=150)
         reader = EventReader(js)
         done = await reader.wait_terminal([*big, *other, *small], timeout=60)
-        await wait_for(lambda: flow_is_empty(js), "every slot released")
+        await wait_until(lambda: flow_is_empty(js), 30, "every slot released")
         await asyncio.sleep(0.5)
         await reader.poll()
     assert all(e.type == "execute_done" for e in done.values())
@@ -260,10 +248,10 @@ async def test_rate_per_key_then_priority_overtakes_a_backlog(
             started = {e.task_id for e in reader.events if e.type == "execute_enqueued"}
             return len(started & set(backlog)) >= 2
 
-        await wait_for(backlog_waiting, "the backlog running")
+        await wait_until(backlog_waiting, 30, "the backlog running")
         urgent = await submit_keyed(js, "user", 3, "p", priority=9, sleep_ms=100)
         await reader.wait_terminal([*backlog, *urgent], timeout=60)
-        await wait_for(lambda: flow_is_empty(js), "every slot released")
+        await wait_until(lambda: flow_is_empty(js), 30, "every slot released")
     enqueued = {e.task_id: ts(e.at) for e in reader.events if e.type == "execute_enqueued"}
     urgent_last = max(enqueued[t] for t in urgent)
     overtaken = [t for t in backlog if enqueued[t] > urgent_last]
@@ -290,7 +278,7 @@ async def test_no_slot_leaks_after_sigkill_of_the_admitter_and_of_a_worker(
             await reader.poll()
             return sum(e.type == "execute_done" for e in reader.events) >= 6
 
-        await wait_for(running_some, "the load running")
+        await wait_until(running_some, 30, "the load running")
         owner = (await partition_owners(js))[partition_of(ROUTE)]
         admitter = next(p for p in procs.values() if owner.endswith(f":{p.pid}"))
         admitter.kill()  # SIGKILL the process admitting the route, mid-admission
@@ -299,7 +287,7 @@ async def test_no_slot_leaks_after_sigkill_of_the_admitter_and_of_a_worker(
         await asyncio.to_thread(admitter.wait, 10)
         await asyncio.to_thread(echo.wait, 10)
         done = await reader.wait_terminal(ids, timeout=90)
-        await wait_for(lambda: flow_is_empty(js), "every slot released", timeout=30)
+        await wait_until(lambda: flow_is_empty(js), 30, "every slot released")
         await asyncio.sleep(0.5)
         await reader.poll()
     assert all(e.type == "execute_done" for e in done.values())

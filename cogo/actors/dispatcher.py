@@ -372,20 +372,9 @@ class ExecutorDispatcher(Actor):
 
     # -- terminal events ---------------------------------------------------------------
 
-    async def _fail(
-        self,
-        base: dict[str, Any],
-        code: str,
-        error: str,
-        *,
-        attempt: int,
-        detail: Any = None,
-        data: dict[str, Any] | None = None,
-        **fields: Any,
-    ) -> None:
-        await self._terminal(
-            self._failure(base, code, error, attempt=attempt, detail=detail, data=data, **fields)
-        )
+    async def _fail(self, base: dict[str, Any], code: str, error: str, **fields: Any) -> None:
+        """Append the task's terminal ``execute_failed`` (see ``_failure``)."""
+        await self._terminal(self._failure(base, code, error, **fields))
 
     def _failure(
         self,

@@ -162,6 +162,8 @@ class RouteAdmitter:
                 await held_loaded.wait()
             self.flow = flow
             while not self._stopping:
+                if follower.done():  # the watch ended: releases would go unseen from here
+                    raise RuntimeError("the watch of the route's slots ended")
                 if self._valid():
                     async with self._round_lock:
                         await self._round(flow)

@@ -13,9 +13,10 @@ submit with ``cogo.Client``, ``POST /api/tasks`` or plain NATS.
 """
 
 from cogo.actors.app import AgentSpec, App
+from cogo.actors.llm import LlmReply, LlmUsage, ToolCall
 from cogo.actors.worker import Outcome, TaskContext, Worker
 from cogo.client import Client, TaskHandle
-from cogo.errors import CogoError, PermanentWorkerError, TaskFailed, WorkerError
+from cogo.errors import BudgetExhausted, CogoError, PermanentWorkerError, TaskFailed, WorkerError
 from cogo.projections.tasks import TaskStatus
 from cogo.streams.envelope import Usage
 
@@ -24,14 +25,18 @@ __version__ = "0.1.0"
 __all__ = [
     "AgentSpec",
     "App",
+    "BudgetExhausted",
     "Client",
     "CogoError",
+    "LlmReply",
+    "LlmUsage",
     "Outcome",
     "PermanentWorkerError",
     "TaskContext",
     "TaskFailed",
     "TaskHandle",
     "TaskStatus",
+    "ToolCall",
     "Usage",
     "Worker",
     "WorkerError",

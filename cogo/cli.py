@@ -3,7 +3,7 @@
 cogo up       [--app pkg.module:app ...] [--data-dir DIR] [--nats-port N] [--http-port N]
               [--nats-url URL] [--sync S] [--cluster N] [--auth]
 cogo run      TARGET [--agent NAME] [--replicas N] [--version V] [--nats-url URL]
-cogo submit   --route ROUTE [--payload JSON|@file|-] [--task-id ID] [--wait]
+cogo submit   --route ROUTE [--payload JSON|@file|-] [--task-id ID] [--wait | --follow]
 cogo status   TASK_ID
 cogo policy   get|set|reset|list ...
 cogo routes   [list] | forget ROUTE
@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task-id", default=None)
     p.add_argument("--wait", action="store_true",
                    help="wait for the task to end and print its status (exit 1 if it failed)")  # fmt: skip
+    p.add_argument("--follow", action="store_true",
+                   help="print the task's output (ctx.emit) as it arrives, then its status "
+                   "(exit 1 if it failed); text chunks as they are, others as JSON lines")  # fmt: skip
     p.add_argument("--timeout", type=float, default=60.0)
     p.set_defaults(func=cmd_submit)
 
@@ -265,9 +268,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
             handle = await client.submit(args.route, payload, task_id=args.task_id)
             print(json.dumps({"task_id": handle.task_id, "duplicate": handle.duplicate,
                               "seq": handle.seq}), flush=True)  # fmt: skip
-            if not args.wait:
+            if not (args.wait or args.follow):
                 return 0
             try:
+                if args.follow:
+                    async with asyncio.timeout(args.timeout):
+                        await _follow(handle)
                 final = await handle.wait(timeout=args.timeout)
             except TimeoutError:
                 print(f"task {handle.task_id} did not end within {args.timeout}s", file=sys.stderr)
@@ -276,6 +282,23 @@ def cmd_submit(args: argparse.Namespace) -> int:
             return 0 if final.status == "succeeded" else 1
 
     return asyncio.run(main())
+
+
+async def _follow(handle: Any) -> None:
+    """Print ``handle``'s output: text chunks as they come (tokens), others as JSON lines."""
+    text = False  # in the middle of a line of text chunks
+    async for chunk in handle.stream():
+        if isinstance(chunk.data, str):
+            sys.stdout.write(chunk.data)
+            text = True
+        else:
+            if text:
+                sys.stdout.write("\n")
+                text = False
+            sys.stdout.write(json.dumps(chunk.data) + "\n")
+        sys.stdout.flush()
+    if text:
+        sys.stdout.write("\n")
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,8 @@ from nats.js.errors import APIError, KeyNotFoundError
 from cogo.errors import BackpressureError, CogoError, TaskFailed, TaskNotFound, UnknownRoute
 from cogo.projections.tasks import STATUS_SUBJECT, TERMINAL, TaskStatus
 from cogo.streams.envelope import ASSIGNMENT_KEY, EXECUTE_SUBJECT, MSG_ID, encoder, new_id
-from cogo.streams.events import EXECUTE_DONE, EXECUTE_FAILED, Event, decode_event
+from cogo.streams.events import EXECUTE_DONE, EXECUTE_FAILED, Event, decode_event, iso
+from cogo.streams.outputs import Output, read_output
 from cogo.streams.topology import EVENTS, POLICY_BUCKET
 
 RECHECK_S = 5.0  # while waiting, ask again this often (a reconnect can miss an event)
@@ -63,6 +65,17 @@ class TaskHandle:
     async def wait(self, timeout: float | None = None) -> TaskStatus:
         """Until the task ends; its final status. TimeoutError after ``timeout`` seconds."""
         return await self._client.wait(self, timeout)
+
+    def stream(self, *, idle_s: float = 1.0) -> AsyncIterator[Output]:
+        """The task's output chunks (``ctx.emit``), from the first, until the task ends.
+
+        async for chunk in handle.stream():
+            print(chunk.attempt, chunk.seq, chunk.data)
+
+        Each chunk carries the ``attempt`` (and ``delivery``) that emitted it: a retried
+        attempt starts its output again at ``seq`` 1, after the failed one's.
+        """
+        return self._client.stream(self.task_id, idle_s=idle_s)
 
     async def result(self, timeout: float | None = None) -> Any:
         """The task's result; ``cogo.TaskFailed`` (``code``, ``message``, ``attempts``) if it
@@ -203,6 +216,29 @@ class Client:
                 raise TaskNotFound(answer["error"].get("message", task_id))
             raise CogoError(answer["error"].get("message", "status unavailable"))
         return msgspec.convert(answer, TaskStatus)
+
+    async def stream(self, task_id: str, *, idle_s: float = 1.0) -> AsyncIterator[Output]:
+        """``task_id``'s output chunks until its end marker (see ``TaskHandle.stream``)."""
+
+        async def finished() -> Output | None:
+            try:
+                status = await self.status(task_id)
+            except TaskNotFound:
+                return None  # submitted, not dispatched yet: keep waiting
+            if not status.finished:
+                return None
+            return Output(task_id=task_id, attempt=status.attempt, at=iso(), end=True,
+                          status=status.status, error_code=status.error_code,
+                          error=status.error)  # fmt: skip
+
+        async for _, output in read_output(
+            self.nc.jetstream(), task_id, finished=finished, idle_s=idle_s
+        ):
+            if output is None:
+                continue
+            if output.end:
+                return
+            yield output
 
     async def wait(self, handle: TaskHandle, timeout: float | None = None) -> TaskStatus:
         """Until ``handle``'s task ends (see the module docstring)."""

@@ -181,12 +181,42 @@ class ModelPrice(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         return (prompt_tokens * self.input + completion_tokens * self.output) / 1000.0
 
 
+class LlmConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``ctx.llm``: the OpenAI-compatible endpoint and how calls are metered and retried."""
+
+    # e.g. "https://api.openai.com/v1"; COGO_LLM_BASE_URL overrides it; the key is only ever
+    # read from COGO_LLM_API_KEY (never from a file of the repository)
+    base_url: str = ""
+    # retries inside one attempt (429, 5xx, connection refused), while its deadline allows
+    max_retries: int = 3
+    retry_initial_ms: int = 250
+    retry_max_ms: int = 4000
+    # below this many completion tokens left in the budget a call is not made at all
+    min_completion_tokens: int = 16
+    # the prompt estimate: characters per token (OpenAI's rule of thumb for English)
+    chars_per_token: float = 4.0
+
+
+class RuntimeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Durable steps and streamed output (``ctx.step``, ``ctx.emit``)."""
+
+    # a step result larger than this (JSON) goes to the object store; the journal keeps a
+    # reference
+    step_inline_max_bytes: int = 64 * 1024
+    # the largest chunk ctx.emit takes (JSON-encoded)
+    max_chunk_bytes: int = 256 * 1024
+
+
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The whole configuration of one Cogo deployment."""
 
     bus: BusConfig = BusConfig()
     events: LimitsConfig = LimitsConfig()
     dlq: LimitsConfig = LimitsConfig(max_bytes=1024**3)
+    # tasks' streamed output (ctx.emit): a bounded buffer, oldest dropped first
+    outputs: LimitsConfig = LimitsConfig(max_age_s=7 * 86400.0, max_bytes=1024**3)
+    llm: LlmConfig = LlmConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
     actors: ActorsConfig = ActorsConfig()
     duckdb: DuckdbConfig = DuckdbConfig()
     sql: SqlConfig = SqlConfig()

@@ -50,7 +50,13 @@ CogoError                          root; ``code``, human ``message``, optional `
 ├── LlmError                       llm.error: the LLM endpoint failed or timed out (retryable)
 │   ├── LlmNotConfigured           llm.not_configured: ``COGO_LLM_BASE_URL`` is not set
 │   ├── LlmRequestRejected         llm.rejected: the endpoint refused the request (4xx)
-│   └── LlmBadReply                llm.bad_reply: the reply holds no usable edits (retryable)
+│   └── LlmBadReply                llm.bad_reply: the reply is malformed or holds nothing usable (retryable)
+├── StepError                      a durable step (``ctx.step``) that cannot run or be journaled
+│   ├── StepNameInvalid            step.name_invalid: empty, longer than 200 characters, or not printable
+│   ├── StepNameReused             step.name_reused: a step of that name already ran in this attempt
+│   ├── StepNested                 step.nested: ``ctx.step`` called inside another step's function
+│   └── StepResultInvalid          step.result_invalid: the step's result has no JSON form
+├── OutputInvalid                  output.invalid: ``ctx.emit`` of a value that is not JSON data, or too large
 ├── BuildError
 │   └── RepoMissing                build.repo_missing: the repository is not a directory
 ├── ArtifactError
@@ -398,9 +404,45 @@ class LlmRequestRejected(LlmError):
 
 
 class LlmBadReply(LlmError):
-    """Raised when the reply holds no usable edits; the model may do better next attempt."""
+    """Raised when a reply is malformed or holds nothing usable; another attempt may do better."""
 
     code = "llm.bad_reply"
+
+
+class StepError(CogoError):
+    """Raised when a durable step cannot run or be journaled (a bug in the handler: no retry)."""
+
+    code = "step.error"
+
+
+class StepNameInvalid(StepError):
+    """Raised when a step name is empty, longer than 200 characters or not printable."""
+
+    code = "step.name_invalid"
+
+
+class StepNameReused(StepError):
+    """Raised when a step of the same name already ran in this attempt."""
+
+    code = "step.name_reused"
+
+
+class StepNested(StepError):
+    """Raised when ``ctx.step`` is called inside another step's function."""
+
+    code = "step.nested"
+
+
+class StepResultInvalid(StepError):
+    """Raised when a step's result has no JSON form (it could not be journaled)."""
+
+    code = "step.result_invalid"
+
+
+class OutputInvalid(CogoError):
+    """Raised when ``ctx.emit`` is given a value that is not JSON data, or one too large."""
+
+    code = "output.invalid"
 
 
 class BuildError(CogoError):

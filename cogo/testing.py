@@ -33,7 +33,7 @@ import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -77,13 +77,15 @@ class CogoEnv:
         data_dir: Path | None = None,
         processes: bool = False,
         env: dict[str, str] | None = None,
+        sync: str = "default",
     ) -> None:
         self.apps = list(apps)
-        self._config_text = TEST_CONFIG + "\n" + config
+        self._config_text = merged_toml(TEST_CONFIG, config)
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self.data_dir = data_dir
         self.processes = processes
         self.env = env or {}
+        self.sync = sync  # JetStream fsync: the server default, or "always" (as `cogo up`)
         self.url = ""
         self.config: Config | None = None
         self.client = Client("", name="cogo-testing")
@@ -115,7 +117,7 @@ class CogoEnv:
         config_path.write_text(self._config_text)
         self.config_path = config_path
         self.config = load_config(config_path)
-        self._server = EmbeddedServer(self.data_dir, sync="default")
+        self._server = EmbeddedServer(self.data_dir, sync=self.sync)
         self._server.start()
         await self._server.wait_ready()
         self.url = self._server.url
@@ -156,7 +158,8 @@ class CogoEnv:
                           data_dir=self.data_dir, **kwargs)  # fmt: skip
         assert self.data_dir is not None
         log = self.data_dir / "logs" / f"{label}.log"
-        self.children[label] = spawn(args, env=child_env([str(Path.cwd())], self.env),
+        roots = [str(Path.cwd()), *_import_roots(ref)]
+        self.children[label] = spawn(args, env=child_env(roots, self.env),
                                      log_file=log)  # fmt: skip
         return self.children[label]
 
@@ -221,6 +224,52 @@ class CogoEnv:
         return out
 
 
+def _import_roots(ref: str) -> list[str]:
+    """Where the module of ``ref`` imports from in this process (its package's parent
+    folder), so an agent process finds it too (pytest's ``pythonpath`` is not inherited)."""
+    import importlib.util
+
+    top = ref.partition(":")[0].split(".")[0]
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return []
+    if spec is None or spec.origin is None:
+        return []
+    origin = Path(spec.origin)
+    return [str(origin.parent.parent if origin.name == "__init__.py" else origin.parent)]
+
+
+def merged_toml(base: str, over: str) -> str:
+    """``over`` laid over ``base`` table by table, as TOML text (a test's config may set keys
+    of the tables the fast test settings already have)."""
+    import tomllib
+
+    from cogo.config import deep_merge
+
+    merged = deep_merge(tomllib.loads(base), tomllib.loads(over))
+    lines = []
+    for table, values in merged.items():
+        if not isinstance(values, dict):
+            lines.insert(0, f"{json.dumps(table)} = {_toml_value(values)}")
+            continue
+        lines.append(f"[{json.dumps(table)}]")
+        lines += [f"{json.dumps(k)} = {_toml_value(v)}" for k, v in values.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return (
+            "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+        )
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(value)  # strings, integers, floats: JSON's form is TOML's
+
+
 def _ref_of(app: App, given: App | str) -> str:
     """``module:attr`` for an app object (found among loaded modules), or the given ref."""
     if isinstance(given, str):
@@ -250,6 +299,8 @@ class Reply:
     delay_s: float = 0.0
     finish_reason: str | None = None
     raw: str | None = None  # send this body as is (a malformed reply)
+    retry_after: float | None = None  # a Retry-After header (with a 429 or 503)
+    word_delay_s: float = 0.0  # streaming: a pause before each word
 
 
 @dataclass
@@ -258,7 +309,9 @@ class ChatServer:
 
     ``script`` is consumed in order; when it runs out, ``default`` answers. Streaming
     requests (``"stream": true``) get Server-Sent Events, word by word, with a final usage
-    chunk. ``requests`` holds every request body received.
+    chunk. ``requests`` holds every request body received. Like a real endpoint it never
+    reports more completion tokens than the request's ``max_tokens`` (the reply then ends
+    with ``finish_reason: "length"``).
     """
 
     script: list[Reply] = field(default_factory=list)
@@ -279,15 +332,26 @@ class ChatServer:
             protocol_version = "HTTP/1.1"
 
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                try:
+                    self._answer()
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (its deadline passed): as a real server, move on
+
+            def _answer(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
                 with chat._lock:
-                    chat.requests.append({"path": self.path, "headers": dict(self.headers), **body})
+                    chat.requests.append({"path": self.path, "headers": _headers(self), **body})
                     reply = chat.script.pop(0) if chat.script else chat.default
+                cap = body.get("max_tokens")
+                if isinstance(cap, int) and reply.completion_tokens > cap:
+                    reply = replace(reply, completion_tokens=cap, finish_reason="length")
                 if reply.delay_s:
                     time.sleep(reply.delay_s)
                 if reply.status != 200:
-                    self._send(reply.status, {"error": {"message": f"scripted {reply.status}"}})
+                    extra = {"Retry-After": str(reply.retry_after)} if reply.retry_after else {}
+                    self._send(reply.status, {"error": {"message": f"scripted {reply.status}"}},
+                               headers=extra)  # fmt: skip
                 elif reply.raw is not None:
                     self._send(200, None, raw=reply.raw.encode())
                 elif body.get("stream"):
@@ -295,11 +359,16 @@ class ChatServer:
                 else:
                     self._send(200, _completion(body, reply))
 
-            def _send(self, status: int, doc: Any, raw: bytes | None = None) -> None:
+            def _send(
+                self, status: int, doc: Any, raw: bytes | None = None,
+                headers: dict[str, str] | None = None,
+            ) -> None:  # fmt: skip
                 data = raw if raw is not None else json.dumps(doc).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(data)
 
@@ -310,6 +379,8 @@ class ChatServer:
                 self.end_headers()
                 words = (reply.content or "").split(" ")
                 for i, word in enumerate(words):
+                    if reply.word_delay_s:
+                        time.sleep(reply.word_delay_s)
                     piece = word if i == 0 else " " + word
                     self._chunk({"choices": [{"index": 0, "delta": {"content": piece},
                                               "finish_reason": None}]}, body)  # fmt: skip
@@ -352,6 +423,11 @@ class ChatServer:
         """Append one answer to the script."""
         self.script.append(Reply(content=content, **kwargs))
         return self
+
+
+def _headers(handler: BaseHTTPRequestHandler) -> dict[str, str]:
+    """The request's headers, names in one case (``Authorization``) whatever the client sent."""
+    return {name.title(): value for name, value in handler.headers.items()}
 
 
 def _usage(reply: Reply) -> dict[str, int]:

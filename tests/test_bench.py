@@ -90,3 +90,14 @@ def test_raw_pipeline_yardstick_runs() -> None:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "300 tasks in" in proc.stdout and "tasks/s" in proc.stdout
+
+
+def test_step_benchmark_runs_and_reports_each_figure(capsys) -> None:
+    """``python -m cogo.actors.stepbench`` on a few steps: every figure printed (no timing
+    is asserted: the numbers are the benchmark's to report)."""
+    from cogo.actors import stepbench
+
+    assert stepbench.main(["--steps", "20", "--sync", "default"]) == 0
+    out = capsys.readouterr().out
+    for line in ("bare await", "first run (journaled)", "journal scan", "each after"):
+        assert line in out and "p50" in out and "p99" in out, out

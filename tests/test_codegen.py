@@ -43,7 +43,7 @@ class FakeLLM:
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 fake.requests.append({"path": self.path, **body})
-                fake.headers.append(dict(self.headers))
+                fake.headers.append({k.title(): v for k, v in self.headers.items()})
                 status, content, usage = fake.script[min(len(fake.requests), len(fake.script)) - 1]
                 reply = {
                     "id": "chatcmpl-test",
@@ -142,7 +142,8 @@ async def test_reply_over_the_token_budget_fails_once(nats_server, js, config, d
     assert event.type == "execute_failed"
     assert event.error_code == "budget.tokens_exceeded"
     assert event.attempt == 1 and event.usage is not None and event.usage.tokens == 5000
-    assert [e.type for e in reader.of(task_id)] == ["execute_enqueued", "execute_failed"]
+    types = [e.type for e in reader.of(task_id)]
+    assert types == ["execute_enqueued", "llm_call", "execute_failed"]  # no retry
     (request,) = llm.requests  # exactly one call, and it asked for no more than the budget
     assert request["max_tokens"] <= 1000
 

@@ -10,9 +10,11 @@ lands in ``test-artifacts/dashboard.png``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -172,42 +174,48 @@ async def test_dashboard_in_headless_chromium(tmp_path, config_path):
         await asyncio.to_thread(stop, proc)
 
 
-async def approve_in_browser(info: dict[str, Any], run_id: str, child: str) -> None:
-    """The page shows the run waiting at its human gate; Approve sends the signal."""
-    origin = info["http_url"]
+@contextlib.asynccontextmanager
+async def dashboard_page(info: dict[str, Any], height: int = 1000) -> AsyncIterator[Any]:
+    """The dashboard loaded with the API token, in a fresh headless Chromium; the page's
+    script errors collect in ``page.errors``."""
     async with playwright_api.async_playwright() as p:
         browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            page = await (await browser.new_context(viewport={"width": 1440, "height": 1000})
-                          ).new_page()  # fmt: skip
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            await page.goto(f"{origin}/#token={info['api_token']}")
+            context = await browser.new_context(viewport={"width": 1440, "height": height})
+            page = await context.new_page()
+            page.errors = []
+            page.on("pageerror", lambda e: page.errors.append(str(e)))
+            await page.goto(f"{info['http_url']}/#token={info['api_token']}")
             await page.wait_for_selector("body[data-loaded='true']", timeout=15_000)
-            row = page.locator(f"tr[data-run='{run_id}']")
-            await row.locator("[data-testid='approve']").wait_for(timeout=15_000)
-            assert "waiting: approve" in await row.inner_text()
-            assert await row.locator("[data-testid='reject']").count() == 1
-            assert await row.locator("[data-children='1']").count() == 1
-            child_row = page.locator(f"tr[data-run='{child}']")
-            assert await child_row.locator(f"a[data-parent='{run_id}']").count() == 1
-            ARTIFACTS.mkdir(exist_ok=True)
-            await page.screenshot(path=str(ARTIFACTS / "dashboard-approval.png"), full_page=True)
-            await row.locator("[data-testid='approve']").click()
-            await row.locator("[data-testid='signal-sent']").wait_for(timeout=10_000)
-            # the run goes on: the page's next refreshes show it succeeded, no buttons left
-            await page.locator(f"tr[data-run='{run_id}'][data-status='succeeded']").wait_for(
-                timeout=30_000
-            )
-            assert (
-                await page.locator(f"tr[data-run='{run_id}'] [data-testid='approve']").count() == 0
-            )
-            await page.locator(f"tr[data-run='{run_id}']").click()
-            links = page.locator("#timeline [data-testid='run-links']")
-            await links.locator(f"a[data-open-run='{child}']").wait_for(timeout=10_000)
-            assert errors == [], errors
+            yield page
         finally:
             await browser.close()
+
+
+async def approve_in_browser(info: dict[str, Any], run_id: str, child: str) -> None:
+    """The page shows the run waiting at its human gate; Approve sends the signal."""
+    async with dashboard_page(info) as page:
+        errors = page.errors
+        row = page.locator(f"tr[data-run='{run_id}']")
+        await row.locator("[data-testid='approve']").wait_for(timeout=15_000)
+        assert "waiting: approve" in await row.inner_text()
+        assert await row.locator("[data-testid='reject']").count() == 1
+        assert await row.locator("[data-children='1']").count() == 1
+        child_row = page.locator(f"tr[data-run='{child}']")
+        assert await child_row.locator(f"a[data-parent='{run_id}']").count() == 1
+        ARTIFACTS.mkdir(exist_ok=True)
+        await page.screenshot(path=str(ARTIFACTS / "dashboard-approval.png"), full_page=True)
+        await row.locator("[data-testid='approve']").click()
+        await row.locator("[data-testid='signal-sent']").wait_for(timeout=10_000)
+        # the run goes on: the page's next refreshes show it succeeded, no buttons left
+        await page.locator(f"tr[data-run='{run_id}'][data-status='succeeded']").wait_for(
+            timeout=30_000
+        )
+        assert await page.locator(f"tr[data-run='{run_id}'] [data-testid='approve']").count() == 0
+        await page.locator(f"tr[data-run='{run_id}']").click()
+        links = page.locator("#timeline [data-testid='run-links']")
+        await links.locator(f"a[data-open-run='{child}']").wait_for(timeout=10_000)
+        assert errors == [], errors
 
 
 async def browse(info: dict[str, Any], summary: dict[str, Any], good: dict[str, Any]) -> None:
@@ -277,3 +285,60 @@ async def browse(info: dict[str, Any], summary: dict[str, Any], good: dict[str, 
     assert not outside, outside
     # the one 401: the first visit, before the page had a token
     assert [e for e in errors if "401" not in e] == [], errors
+
+
+async def test_dashboard_streams_a_running_tasks_output_and_shows_spend(
+    tmp_path, config_path, chat_server, monkeypatch
+):
+    """An agent emits one chunk, then waits at a gate (a file): the page, watching the task,
+    shows that chunk while the task is still running, the rest once the gate opens, then its
+    end; the spend card shows what an LLM call cost."""
+    monkeypatch.setenv("COGO_LLM_BASE_URL", chat_server.url)
+    chat_server.reply("fine", prompt_tokens=1200, completion_tokens=300)
+    proc, info = _up(tmp_path / "up", config_path, "--app", "tests.runtime_apps:app")
+    gate = tmp_path / "gate"
+    headers = {"Authorization": f"Bearer {info['api_token']}"}
+    try:
+        async with httpx.AsyncClient(
+            base_url=info["http_url"], headers=headers, timeout=20
+        ) as http:
+            talk = (await http.post("/api/tasks", json={"route": "rt.talk.0",
+                                                         "payload": {"prompt": "hi"}})).json()  # fmt: skip
+            speak = (await http.post("/api/tasks", json={"route": "rt.speak.0", "payload": {
+                "lines": 3, "gate": str(gate)}})).json()["task_id"]  # fmt: skip
+
+            async def spent() -> bool:
+                body = (await http.get("/api/dashboard")).json()
+                return body["spend"]["cost_usd"] > 0 and any(
+                    t["task_id"] == speak for t in body["tasks"]
+                )
+
+            await wait_until(spent, 30, "the LLM call's cost and the task in the summary")
+            summary = (await http.get("/api/dashboard")).json()
+            assert summary["spend"]["calls"] == 1 and summary["spend"]["tokens"] == 1500
+            assert summary["spend"]["by_route"][0]["route"] == "rt.talk.0"
+            assert talk["task_id"] in {t["task_id"] for t in summary["tasks"]}
+            async with dashboard_page(info, height=1200) as page:
+                cost = (await page.inner_text("[data-testid='spend']")).strip()
+                assert cost.startswith("$") and float(cost[1:]) > 0, cost
+                assert await page.locator("#chart-spend svg").count() == 1
+                await page.locator(f"tr[data-task='{speak}']").click()
+                output = page.locator(f"#output[data-task='{speak}']")
+                await output.locator(".chunk[data-seq='1']").wait_for(timeout=15_000)
+                # live: the first chunk is on the page while the task waits at its gate
+                assert await output.get_attribute("data-state") == "live"
+                assert await output.locator(".chunk").count() == 1
+                state = (await http.get(f"/api/tasks/{speak}")).json()["status"]
+                assert state in ("queued", "running"), state
+                ARTIFACTS.mkdir(exist_ok=True)
+                await page.screenshot(path=str(ARTIFACTS / "dashboard-output.png"),
+                                      full_page=True)  # fmt: skip
+                gate.write_text("open")
+                await page.locator(
+                    f"#output[data-task='{speak}'][data-state='ended'][data-status='succeeded']"
+                ).wait_for(timeout=20_000)
+                texts = await output.locator(".chunk").all_inner_texts()
+                assert [json.loads(t)["line"] for t in texts] == [0, 1, 2]
+                assert page.errors == [], page.errors
+    finally:
+        await asyncio.to_thread(stop, proc)

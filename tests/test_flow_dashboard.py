@@ -21,7 +21,7 @@ from cogo.streams.policies import PolicyStore, set_policy
 from cogo.streams.server import free_port
 from cogo.system import _extra_routes
 from tests.helpers import EventReader, running, submit
-from tests.test_dashboard import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, playwright_api
+from tests.test_dashboard import ARTIFACTS, dashboard_page
 from tests.test_projections import projecting
 
 TOKEN = "flow-dashboard-token"
@@ -49,31 +49,22 @@ async def test_flow_panel_shows_what_runs_and_what_waits(nats_server, nc, js, co
                                              "__assignment": {"key": "acme"}})
                    for i in range(4)]  # fmt: skip
             ids.append(await submit(js, payload={"result": 1}))
-            async with playwright_api.async_playwright() as p:
-                browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-                try:
-                    page = await browser.new_page(viewport={"width": 1440, "height": 1100})
-                    errors: list[str] = []
-                    page.on("pageerror", lambda e: errors.append(str(e)))
-                    await page.goto(f"http://127.0.0.1:{port}/#token={TOKEN}")
-                    await page.wait_for_selector("body[data-loaded='true']", timeout=15_000)
-                    row = page.locator("#flow tr[data-key='acme']")
-                    await row.wait_for(timeout=15_000)
-                    cells = row.locator("td")
-                    await page.wait_for_function(
-                        "() => { const r = document.querySelector(\"#flow tr[data-key='acme']\");"
-                        " return r && r.cells[2].textContent === '1'"
-                        " && r.cells[3].textContent === '3'; }",
-                        timeout=15_000,
-                    )
-                    assert await cells.nth(5).inner_text() == "concurrency_per_key"
-                    route_row = page.locator("#flow tr[data-route='echo.run.0']").first
-                    assert "1 per key" in await route_row.inner_text()
-                    ARTIFACTS.mkdir(exist_ok=True)
-                    await page.locator("#panel-flow").screenshot(path=str(ARTIFACTS / "flow.png"))
-                    assert not errors, errors
-                finally:
-                    await browser.close()
+            info = {"http_url": f"http://127.0.0.1:{port}", "api_token": TOKEN}
+            async with dashboard_page(info, height=1100) as page:
+                row = page.locator("#flow tr[data-key='acme']")
+                await row.wait_for(timeout=15_000)
+                await page.wait_for_function(
+                    "() => { const r = document.querySelector(\"#flow tr[data-key='acme']\");"
+                    " return r && r.cells[2].textContent === '1'"
+                    " && r.cells[3].textContent === '3'; }",
+                    timeout=15_000,
+                )
+                assert await row.locator("td").nth(5).inner_text() == "concurrency_per_key"
+                route_row = page.locator("#flow tr[data-route='echo.run.0']").first
+                assert "1 per key" in await route_row.inner_text()
+                ARTIFACTS.mkdir(exist_ok=True)
+                await page.locator("#panel-flow").screenshot(path=str(ARTIFACTS / "flow.png"))
+                assert not page.errors, page.errors
             await EventReader(js).wait_terminal(ids, timeout=30)
         finally:
             server.should_exit = True

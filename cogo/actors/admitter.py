@@ -295,7 +295,7 @@ class RouteAdmitter:
 
     async def _expire(self, flow: RouteFlow, expired: list[Held], now: float) -> None:
         d = self.c.d
-        events = []
+        messages: list[Outgoing] = []
         for held in expired:
             try:
                 order = decode_order(held.data)
@@ -307,12 +307,14 @@ class RouteAdmitter:
                 f"ttl_ms={order.assignment.ttl_ms}"
             )
             held_ms = round((now - held.held_at) * 1000.0, 3)
-            events.append(d.order_failure(order, error, data={
+            event = d.order_failure(order, error, data={
                 "limit": limit, "key": held.key, "priority": held.priority, "held_ms": held_ms,
-            }))  # fmt: skip
-        if events:
-            await d.publish_all([event_message(e) for e in events])
-            self.counters["flow_expired"] += len(events)
+            })  # fmt: skip
+            # a held retry whose earlier attempt wrote output: that output ends here too
+            messages += d.terminal_messages(event, order if order.emitted else None)
+            self.counters["flow_expired"] += 1
+        if messages:
+            await d.publish_all(messages)
         await self._delete(flow, expired)
 
     async def _announce(self, flow: RouteFlow, holds: list[tuple[Held, str]], now: float) -> None:

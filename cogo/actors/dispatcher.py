@@ -74,6 +74,7 @@ from cogo.streams.events import (
     make_event,
     order_event,
 )
+from cogo.streams.outputs import end_marker
 from cogo.streams.policies import PolicyStore
 from cogo.streams.publisher import Outgoing
 
@@ -111,6 +112,9 @@ def resolve_assignment(requested: Assignment, policy: RoutePolicy) -> ResolvedAs
             f"model {resolved.model!r} is not allowed on this route (allowed: "
             f"{', '.join(c.allowed_models)})"
         )
+    if c.allowed_models:  # what ctx.llm may call: the ceiling, and a bypassed model
+        allowed = dict.fromkeys([*c.allowed_models, resolved.model])
+        resolved = msgspec.structs.replace(resolved, allowed_models=tuple(allowed))
     checks: list[tuple[str, float, float, type[CogoError]]] = [
         ("max_tokens", resolved.max_tokens, c.max_tokens, TokensAboveCeiling),
         ("max_cost_usd", resolved.max_cost_usd, c.max_cost_usd, CostAboveCeiling),
@@ -264,7 +268,7 @@ class ExecutorDispatcher(Actor):
             err = TtlExpired(
                 f"task reached its ttl_ms={order.assignment.ttl_ms} before attempt {order.attempt}"
             )
-            await self._terminal(self.order_failure(order, err))
+            await self._terminal(self.order_failure(order, err), order if order.emitted else None)
             return
         if self._flow_enabled(order.route):
             await self.flow.hold(order)
@@ -284,6 +288,9 @@ class ExecutorDispatcher(Actor):
         a = order.assignment
         total = order.usage_so_far + r.usage
         base = _base_of(order)
+        # a redelivered attempt's first delivery may have emitted before its worker died
+        emitted = order.emitted or r.emitted or r.delivery > 1
+        closes = order if emitted else None
         measured = {
             "actor": r.actor,
             "attempt": order.attempt,
@@ -309,7 +316,7 @@ class ExecutorDispatcher(Actor):
                 f"budget max_cost_usd={a.max_cost_usd}"
             )
         if budget is not None:
-            await self._fail(base, budget.code, str(budget), data=timing, **measured)
+            await self._fail(base, budget.code, str(budget), data=timing, closes=closes, **measured)
             return
         if r.ok:
             await self._terminal(
@@ -319,12 +326,15 @@ class ExecutorDispatcher(Actor):
                     data={**timing, "result": r.result},
                     **base,
                     **measured,
-                )
+                ),
+                closes,
             )
             return
         code, error = r.error_code or "worker.error", r.error or "attempt failed"
         if not r.retryable:
-            await self._fail(base, code, error, data=timing, detail=r.detail, **measured)
+            await self._fail(
+                base, code, error, data=timing, detail=r.detail, closes=closes, **measured
+            )
             return
         if order.attempt >= a.max_attempts:
             await self._fail(
@@ -332,6 +342,7 @@ class ExecutorDispatcher(Actor):
                 AttemptsExhausted.code,
                 f"all {a.max_attempts} attempt(s) failed; last: [{code}] {error}",
                 data={**timing, "last_error_code": code},
+                closes=closes,
                 **measured,
             )
             return
@@ -344,12 +355,15 @@ class ExecutorDispatcher(Actor):
                 f"no time left for attempt {order.attempt + 1} within ttl_ms={a.ttl_ms}; "
                 f"last: [{code}] {error}",
                 data={**timing, "last_error_code": code},
+                closes=closes,
                 **measured,
             )
             return
         retry = msgspec.structs.replace(
-            order, attempt=order.attempt + 1, usage_so_far=total, not_before=next_at
-        )
+            order, attempt=order.attempt + 1, usage_so_far=total, not_before=next_at,
+            emitted=emitted,
+            flow_slot=None, held_ms=0.0,  # this attempt's slot is released; its own is to come
+        )  # fmt: skip
         event = make_event(
             EXECUTE_RETRY,
             event_id=f"{order.task_id}:retry:{order.attempt}",
@@ -372,9 +386,13 @@ class ExecutorDispatcher(Actor):
 
     # -- terminal events ---------------------------------------------------------------
 
-    async def _fail(self, base: dict[str, Any], code: str, error: str, **fields: Any) -> None:
-        """Append the task's terminal ``execute_failed`` (see ``_failure``)."""
-        await self._terminal(self._failure(base, code, error, **fields))
+    async def _fail(
+        self, base: dict[str, Any], code: str, error: str, *, closes: WorkOrder | None = None,
+        **fields: Any,
+    ) -> None:  # fmt: skip
+        """Append the task's terminal ``execute_failed`` (see ``_failure``); with ``closes``,
+        the end marker of that task's output too."""
+        await self._terminal(self._failure(base, code, error, **fields), closes)
 
     def _failure(
         self,
@@ -411,8 +429,20 @@ class ExecutorDispatcher(Actor):
             usage=order.usage_so_far, version=order.version, cohort=order.cohort, data=data,
         )  # fmt: skip
 
-    async def _terminal(self, event: Event) -> None:
-        appended = await self.events.append(event)
+    def terminal_messages(self, event: Event, closes: WorkOrder | None = None) -> list[Outgoing]:
+        """The terminal event and, with ``closes``, the end marker of that task's output (it
+        may have emitted), to go out in one batch (``cogo.streams.outputs``)."""
+        if closes is None:
+            return [event_message(event)]
+        status = "succeeded" if event.type == EXECUTE_DONE else "failed"
+        marker = end_marker(closes, status, attempt=event.attempt or 0,
+                            error_code=event.error_code, error=event.error)  # fmt: skip
+        return [event_message(event), marker]
+
+    async def _terminal(self, event: Event, closes: WorkOrder | None = None) -> None:
+        """Append the terminal event (and the end marker of the output it ``closes``)."""
+        ack, *_ = await self.publish_all(self.terminal_messages(event, closes))
+        appended = not ack.duplicate
         self.counters[event.type if appended else "duplicate_terminal"] += 1
 
     async def report_dead_letter(
@@ -422,6 +452,7 @@ class ExecutorDispatcher(Actor):
         base: dict[str, Any] | None = None
         attempt = 0
         usage: Usage | None = None
+        order: WorkOrder | None = None
         running: WorkOrder | None = None  # an attempt that holds a flow slot
         with _suppress_malformed():
             if subject == RESULT_SUBJECT:
@@ -448,6 +479,8 @@ class ExecutorDispatcher(Actor):
             f"{reason} (subject {subject}, {deliveries} deliveries)",
             attempt=attempt,
             usage=usage,
+            # its workers may have emitted (and died doing it): the output is closed too
+            closes=order,
         )
         if running is not None:
             await self.flow.release(running)

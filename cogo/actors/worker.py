@@ -18,21 +18,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
 
 from cogo.actors.base import Actor, Delivery
 from cogo.actors.canary import versioned_routes
+from cogo.actors.llm import LlmClient, LlmSession
+from cogo.actors.steps import Journal, charge_step, run_step
 from cogo.errors import (
     AttemptTimeout,
     CogoError,
     CostBudgetExhausted,
     InvalidResult,
+    OutputInvalid,
     TokenBudgetExhausted,
     TtlExpired,
     WorkerError,
 )
+from cogo.streams.artifacts import ArtifactStore
 from cogo.streams.envelope import (
     MSG_ID,
     RESERVED_PAYLOAD_KEYS,
@@ -45,6 +50,7 @@ from cogo.streams.envelope import (
     encoder,
 )
 from cogo.streams.events import EXECUTE_STARTED, iso, order_event
+from cogo.streams.outputs import Output, encode_output, output_subject
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +66,9 @@ class TaskContext:
     """What a handler may use while it runs one attempt of a task.
 
     async def handle(ctx: cogo.TaskContext, doc: Doc) -> dict:
-        ctx.report_usage(tokens=120, cost_usd=0.0004)
+        reply = await ctx.llm.chat([{"role": "user", "content": doc.text}])
+        await ctx.emit(reply.content)
+        return await ctx.step("save", save, reply.content)
     """
 
     def __init__(self, worker: Worker, delivery: Delivery, order: WorkOrder) -> None:
@@ -69,6 +77,53 @@ class TaskContext:
         self.order = order
         self._tokens = 0
         self._cost_usd = 0.0
+        self.journal = Journal(self)
+        self._llm: LlmSession | None = None
+        self._emitted = 0
+        self._emitting = asyncio.Lock()
+
+    @property
+    def llm(self) -> LlmSession:
+        """The task's metered LLM client: ``await ctx.llm.chat(messages, ...)``."""
+        if self._llm is None:
+            self._llm = LlmSession(self, self.worker.llm_client)
+        return self._llm
+
+    async def step(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run ``fn(*args, **kwargs)`` once per task: its JSON result is journaled, and a
+        retried attempt or a redelivery gets it back without running ``fn`` again.
+
+        result = await ctx.step("fetch", fetch_page, url)
+        """
+        return await run_step(self, name, fn, args, kwargs)
+
+    async def emit(self, chunk: Any) -> None:
+        """Append ``chunk`` (any JSON value) to the task's output, ``outputs.<task_id>``;
+        returns once the stream stored it."""
+        cap = self.worker.config.runtime.max_chunk_bytes
+        async with self._emitting:  # one at a time: sequence numbers follow stream order
+            output = Output(
+                task_id=self.task_id, attempt=self.attempt, at=iso(), seq=self._emitted + 1,
+                delivery=self.delivery.delivered, data=chunk,
+            )  # fmt: skip
+            try:
+                data = encode_output(output)
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise OutputInvalid(
+                    f"ctx.emit takes JSON data; a {type(chunk).__name__} is not: {exc}"
+                ) from None
+            if len(data) > cap:
+                raise OutputInvalid(
+                    f"the chunk is {len(data):,} bytes encoded, over the {cap:,} an output chunk "
+                    "may have: emit smaller pieces, or store it as an artifact"
+                )
+            await self.worker.publish_all([(output_subject(self.task_id), data, None)])
+            self._emitted += 1
+
+    @property
+    def emitted(self) -> int:
+        """Chunks this attempt appended to the task's output."""
+        return self._emitted
 
     @property
     def task_id(self) -> str:
@@ -140,6 +195,7 @@ class TaskContext:
             raise ValueError("usage cannot be negative")
         self._tokens += int(tokens)
         self._cost_usd += float(cost_usd)
+        charge_step(int(tokens), float(cost_usd))  # a step journals what it spent
         a = self.order.assignment
         spent = self.order.usage_so_far + self.usage
         if spent.tokens > a.max_tokens:
@@ -164,6 +220,9 @@ class Worker(Actor):
         self._started_after_s = self.config.actors.started_event_after_ms / 1000.0
         self._max_result_bytes = self.config.actors.max_result_bytes
         self._announcing: set[asyncio.Task[Any]] = set()
+        self.llm_client = LlmClient(self.config)
+        # large step results; a worker that stores artifacts of its own replaces it
+        self.artifacts = ArtifactStore(self.js, None, self.events)
 
     def default_routes(self) -> list[str]:
         return [self.route]
@@ -172,6 +231,10 @@ class Worker(Actor):
         # a versioned worker (--version v2) consumes <route>.<version>: the canary's subject
         self.routes = await versioned_routes(self)
         await super().start()
+
+    async def stop(self, grace: float = 30.0) -> None:
+        await super().stop(grace)
+        await self.llm_client.aclose()
 
     async def run(self, order: WorkOrder, ctx: TaskContext) -> Outcome:
         raise NotImplementedError
@@ -217,7 +280,8 @@ class Worker(Actor):
             outcome.usage if outcome is not None else getattr(error, "usage", None) or Usage()
         )
         usage = Usage(tokens=usage.tokens, cost_usd=usage.cost_usd, duration_ms=duration_ms)
-        report = self._report(order, delivery, outcome, error, usage, duration_ms)
+        emitted = ctx.emitted > 0
+        report = self._report(order, delivery, outcome, error, usage, duration_ms, emitted)
         data = encoder.encode(report)
         if outcome is not None and len(data) > self._max_result_bytes:
             error = InvalidResult(
@@ -225,7 +289,7 @@ class Worker(Actor):
                 " bytes a result may have on the bus: store large output as an artifact "
                 "(the object store) and return its key"
             )
-            report = self._report(order, delivery, None, error, usage, duration_ms)
+            report = self._report(order, delivery, None, error, usage, duration_ms, emitted)
             data = encoder.encode(report)
         self.counters["succeeded" if error is None else "failed"] += 1
         # through the actor's publisher: the same stream ack, for less CPU than js.publish
@@ -249,6 +313,7 @@ class Worker(Actor):
         error: CogoError | None,
         usage: Usage,
         duration_ms: float,
+        emitted: bool = False,
     ) -> WorkResult:
         return WorkResult(
             order=order,
@@ -265,6 +330,7 @@ class Worker(Actor):
             retryable=error.retryable if error else True,
             version=self.version,
             detail=error.detail if error is not None else None,
+            emitted=emitted,
         )
 
     def _announce(self, order: WorkOrder, delivery: Delivery) -> None:

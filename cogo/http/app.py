@@ -190,10 +190,10 @@ def create_app(
     on_startup: list[Callable[[], Awaitable[None]]] | None = None,
 ) -> Starlette:
     """Build the facade for ``state``; route modules are collected here."""
-    from cogo.http import health, openapi, tasks
+    from cogo.http import health, openapi, stream, tasks
 
     routes: list[BaseRoute] = [
-        *tasks.routes, *health.routes, *openapi.routes, *(extra_routes or [])
+        *tasks.routes, *stream.routes, *health.routes, *openapi.routes, *(extra_routes or [])
     ]  # fmt: skip
     middleware = [
         Middleware(

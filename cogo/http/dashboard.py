@@ -15,7 +15,10 @@ the API token (or takes ``#token=...`` from the link ``cogo up`` prints), keeps 
 - ``runs``: recent workflow runs with status, duration, gate verdict, artifacts, the signals
   a running run waits for (``waiting``: a human gate shows Approve / Reject), its parent
   run and how many child runs it started;
-- ``rollouts``: every rollout with its stage, split and gate figures.
+- ``rollouts``: every rollout with its stage, split and gate figures;
+- ``spend``: LLM calls, tokens and cost in the window, by route and by model
+  (``cogo.projections.spend``); ``tasks``: the latest tasks, whose output the page streams
+  live from ``GET /api/tasks/{id}/stream``.
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ from cogo.http.app import ValidationFailed, field_error, state_of
 from cogo.http.endpoint import Success, endpoint
 from cogo.http.metrics import DURATION
 from cogo.http.schemas import Query
-from cogo.projections import queries
+from cogo.projections import queries, spend
+from cogo.projections.tasks import recent_tasks
 from cogo.streams.topology import DLQ
 
 DEFAULT_WINDOW = "1h"
@@ -203,6 +207,9 @@ def summary(cur: duckdb.DuckDBPyConnection, since: dt.datetime) -> dict[str, Any
         },
         "failures": {"total": sum(f["failures"] for f in failures), "series": failures},
         "runs": [_run_row(row) for row in runs],
+        # the agent runtime: what LLM calls cost, and the latest tasks (their output is live)
+        "spend": spend.summary(cur, since),
+        "tasks": recent_tasks(cur, since),
     }
 
 

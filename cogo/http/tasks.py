@@ -96,19 +96,24 @@ async def submit_task(request: Request, body: TaskRequest) -> JSONResponse:
 )  # fmt: skip
 async def get_task(request: Request, path: TaskPath) -> JSONResponse:
     """A task's status, attempt, result or error, usage and events."""
-    state = state_of(request)
+    status = await task_status(state_of(request), path.task_id)
+    return JSONResponse(msgspec.to_builtins(status))
+
+
+async def task_status(state: AppState, task_id: str) -> Any:
+    """Where ``task_id`` is (a ``TaskStatus``); TaskNotFound if nothing is known of it."""
     projector = state.components.get("projector")
     try:
         if projector is not None:
-            status = await projector.task_status(path.task_id)
-        else:  # the projector runs in another process: ask it over NATS
-            status = await _remote_status(state, path.task_id)
+            return await projector.task_status(task_id)
+        # the projector runs in another process: ask it over NATS
+        return await _remote_status(state, task_id)
     except TaskNotFound:
         # accepted here a moment ago, not yet dispatched or projected: it is queued
-        status = _accepted(state).queued(path.task_id)
+        status = _accepted(state).queued(task_id)
         if status is None:
             raise
-    return JSONResponse(msgspec.to_builtins(status))
+        return status
 
 
 class Accepted:

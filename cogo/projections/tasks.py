@@ -60,6 +60,36 @@ LIMIT {limit}
 """
 
 
+_RECENT = """
+WITH recent AS (
+    SELECT task_id FROM bus_events
+    WHERE type = 'execute_enqueued' AND "at" >= $since AND task_id IS NOT NULL
+    GROUP BY task_id ORDER BY max(seq) DESC LIMIT $limit
+)
+SELECT b.task_id, arg_min(b.route, b.seq), max(b.attempt),
+       arg_max(b.type, b.seq) FILTER (b.type LIKE 'execute_%'),
+       strftime(min(b."at"), '%Y-%m-%dT%H:%M:%S.%fZ'),
+       count(*) FILTER (b.type = 'llm_call'), count(*) FILTER (b.type = 'step_completed')
+FROM bus_events b SEMI JOIN recent r ON b.task_id = r.task_id
+GROUP BY b.task_id ORDER BY max(b.seq) DESC
+"""
+_STATE = {"execute_enqueued": "queued", "execute_started": "running",
+          "execute_retry": "retrying", "execute_done": "succeeded", "execute_failed": "failed"}  # fmt: skip
+
+
+def recent_tasks(
+    con: duckdb.DuckDBPyConnection, since: Any, limit: int = 20
+) -> list[dict[str, Any]]:
+    """The ``limit`` tasks enqueued last since ``since``: status, attempt, calls and steps."""
+    rows = con.execute(_RECENT, {"since": since, "limit": limit}).fetchall()
+    return [
+        {"task_id": task_id, "route": route, "attempt": attempt or 0,
+         "status": _STATE.get(last or "", "queued"), "enqueued_at": at, "llm_calls": calls,
+         "steps": steps}
+        for task_id, route, attempt, last, at, calls, steps in rows
+    ]  # fmt: skip
+
+
 def task_status(con: duckdb.DuckDBPyConnection, task_id: str) -> TaskStatus | None:
     """The status of ``task_id``, or None when the projection holds no event of it."""
     cursor = con.execute(_EVENTS.format(limit=MAX_EVENTS), {"task_id": task_id})

@@ -29,6 +29,7 @@ from typing import Any
 
 from cogo.secretfile import write_private_json
 from cogo.streams.envelope import EXECUTE_SUBJECT, RESULT_SUBJECT
+from cogo.streams.outputs import OUTPUTS
 from cogo.streams.routes import RouteDecl, durable_name
 from cogo.streams.topology import (
     ARTIFACT_BUCKET,
@@ -55,7 +56,8 @@ BUILTIN_APP = "cogo"
 SYSTEM_USERS = ["admin", "client", "dispatcher", "orchestrator", "projector"]
 # events any worker may append (the dispatcher owns execute_enqueued/retry/failed/done)
 WORKER_EVENTS = ("execute_started", "artifact_stored", "code_file_indexed", "code_file_removed",
-                 "code_index_completed", "webhook_delivered")  # fmt: skip
+                 "code_index_completed", "webhook_delivered",
+                 "llm_call", "step_completed")  # the agent runtime (cogo.actors.llm, steps)  # fmt: skip
 ARTIFACT_WRITERS = {"codegen", "build_test"}  # built-in kinds that store artifacts
 
 
@@ -153,6 +155,20 @@ def _held_tasks() -> list[str]:
             f"$JS.FC.{FLOW}.>"]  # fmt: skip
 
 
+def _read_outputs() -> list[str]:
+    """Read tasks' output: ordered consumers on OUTPUTS, and its last message per task."""
+    return [f"{API}.CONSUMER.CREATE.{OUTPUTS}", f"{API}.CONSUMER.CREATE.{OUTPUTS}.>",
+            f"{API}.CONSUMER.DELETE.{OUTPUTS}.>", f"{API}.CONSUMER.INFO.{OUTPUTS}.>",
+            f"{API}.STREAM.MSG.GET.{OUTPUTS}", f"$JS.FC.{OUTPUTS}.>"]  # fmt: skip
+
+
+def _read_journal(routes: Sequence[str]) -> list[str]:
+    """Scan the step journal of one's own routes (cogo.actors.steps): a consumer is created
+    with its filter in the subject, so no other event can be read this way."""
+    return [f"{API}.CONSUMER.CREATE.{EVENTS}.*.events.step_completed.{route}.*"
+            for route in routes]  # fmt: skip
+
+
 def _events(*types: str) -> list[str]:
     return [s for t in types for s in (f"events.{t}", f"events.{t}.>")]
 
@@ -166,7 +182,7 @@ def permissions(user: str, plan: AuthPlan) -> dict[str, Any] | None:
     extra: dict[str, Any] = {}
     if user == "client":
         pub = ["orchestrator.execute.*", *_read_events(), *_read_kv(POLICY_BUCKET),
-               STATUS_SUBJECT]  # fmt: skip
+               STATUS_SUBJECT, *_read_outputs()]  # fmt: skip
         sub += ["events.>"]
     elif user == "dispatcher":
         routes = plan.task_routes
@@ -178,6 +194,7 @@ def permissions(user: str, plan: AuthPlan) -> dict[str, Any] | None:
             *_events("execute_enqueued", "execute_retry", "execute_failed", "execute_done",
                      "execute_throttled", "policy_bypassed"),
             "dlq.>", f"{API}.STREAM.MSG.GET.{TASKS}", f"{API}.STREAM.MSG.DELETE.{TASKS}",
+            "outputs.>",  # the end marker of a task's output, with its terminal event
             *_read_kv(POLICY_BUCKET), *_read_kv("rollouts"),
             # flow control: held tasks, admission leases and slots (cogo.actors.admission)
             *_held_tasks(), *_write_kv(FLOW_BUCKET),
@@ -213,7 +230,8 @@ def permissions(user: str, plan: AuthPlan) -> dict[str, Any] | None:
         extra["allow_responses"] = True  # answer status requests on the requester's inbox
     elif user in plan.workers:
         pub = [RESULT_SUBJECT, *_events(*WORKER_EVENTS), f"{CONTROL_VERSION}.{user}",
-               f"{API}.STREAM.INFO.{TASKS}"]  # fmt: skip
+               f"{API}.STREAM.INFO.{TASKS}", "outputs.>",  # ctx.emit
+               *_read_journal(plan.workers[user])]  # fmt: skip
         for route in [*plan.workers[user], *plan.versions.get(user, [])]:
             pub += _consume(TASKS, durable_name(route))
         if user in ARTIFACT_WRITERS or user.startswith("app-"):

@@ -73,6 +73,8 @@ class ResolvedAssignment(msgspec.Struct, frozen=True):
     backoff: Backoff
     key: str | None = None
     priority: int = DEFAULT_PRIORITY
+    # the models ``ctx.llm`` may call for this task (the route's ceiling); empty: any model
+    allowed_models: tuple[str, ...] = ()
 
 
 class TaskMessage(msgspec.Struct, frozen=True):
@@ -120,6 +122,9 @@ class WorkOrder(msgspec.Struct, frozen=True):
     # result is handled, and how long admission held it back (part of its queue wait)
     flow_slot: str | None = None
     held_ms: float = 0.0
+    # an earlier attempt may have written to the task's output (ctx.emit): the dispatcher
+    # then closes it with an end marker when the task ends
+    emitted: bool = False
 
 
 class WorkResult(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -139,6 +144,7 @@ class WorkResult(msgspec.Struct, frozen=True, omit_defaults=True):
     retryable: bool = True
     version: str | None = None
     detail: Any = None  # the error's structured detail (e.g. the payload field that failed)
+    emitted: bool = False  # this attempt wrote to the task's output (ctx.emit)
 
 
 encoder = msgspec.json.Encoder()

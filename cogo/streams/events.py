@@ -30,6 +30,9 @@ EXECUTE_STARTED = "execute_started"
 # flow control held an attempt back (once per attempt; data.limit says which limit)
 EXECUTE_THROTTLED = "execute_throttled"
 TERMINAL_TYPES = frozenset({EXECUTE_FAILED, EXECUTE_DONE})
+# the agent runtime (DESIGN §11): one per LLM call, one per durable step's first success
+LLM_CALL = "llm_call"
+STEP_COMPLETED = "step_completed"
 
 
 class Event(msgspec.Struct, frozen=True, omit_defaults=True):

@@ -14,6 +14,7 @@ from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 
 from cogo.config import Config
+from cogo.streams import outputs
 from cogo.streams.envelope import EXECUTE_SUBJECT, RESULT_SUBJECT
 from cogo.streams.routes import durable_name, ensure_subjects, route_subjects
 
@@ -104,6 +105,7 @@ def stream_configs(
             duplicate_window=window,
             discard=api.DiscardPolicy.NEW,
         ),
+        outputs.stream_config(config),
     ]
 
 

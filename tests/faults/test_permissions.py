@@ -17,6 +17,7 @@ import time
 import nats
 import pytest
 
+import cogo
 from cogo.actors import app as builtin_app
 from cogo.actors.loader import declare_apps
 from cogo.actors.runner import connect
@@ -51,6 +52,26 @@ PUBLISH = {
     "$JS.API.STREAM.MSG.DELETE.FLOW": {"admin", "dispatcher"},
     "$KV.flow.slot.echo-run-0.dA.1": {"admin", "dispatcher"},
     "events.execute_throttled.echo.run.0": {"admin", "dispatcher"},
+    # the agent runtime: llm_call / step_completed events, task output, the step journal
+    "events.llm_call.echo.run.0": {"admin", "echo", "codegen"},
+    "events.step_completed.echo.run.0.17": {"admin", "echo", "codegen"},
+    "outputs.t-1": {"admin", "dispatcher", "echo", "codegen"},
+    # a worker scans only its own routes' journal (the filter is in the subject)
+    "$JS.API.CONSUMER.CREATE.EVENTS.j1.events.step_completed.echo.run.0.17": {
+        "admin",
+        "client",
+        "orchestrator",
+        "projector",
+        "echo",
+    },
+    "$JS.API.CONSUMER.CREATE.EVENTS.j1.events.execute_done.echo.run.0": {
+        "admin",
+        "client",
+        "orchestrator",
+        "projector",
+    },
+    "$JS.API.CONSUMER.CREATE.OUTPUTS": {"admin", "client"},
+    "$JS.API.STREAM.MSG.GET.OUTPUTS": {"admin", "client"},
 }
 # subject -> users allowed to subscribe to it
 SUBSCRIBE = {
@@ -125,21 +146,28 @@ async def test_permission_matrix(secured, user):
     assert not mismatches, f"{user}: {mismatches}"
 
 
+async def secured_up(
+    data_dir, config_path, *extra: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen, dict]:
+    """`cogo up --auth` on ``data_dir``, once it has written its endpoints."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cogo", "up", "--auth", "--data-dir", str(data_dir), "--config",
+         str(config_path), "--sync", "default", *extra],
+        env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    endpoints = data_dir / "endpoints.json"
+    deadline = time.monotonic() + 60
+    while not endpoints.exists():
+        assert proc.poll() is None and time.monotonic() < deadline
+        await asyncio.sleep(0.1)
+    return proc, json.loads(endpoints.read_text())
+
+
 async def test_secured_system_runs_tasks_end_to_end(tmp_path, config_path):
     """`cogo up --auth`: every actor on its own user; the client user submits and reads."""
     data_dir = tmp_path / "secure"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cogo", "up", "--auth", "--data-dir", str(data_dir), "--config",
-         str(config_path), "--sync", "default"],
-        env={**os.environ}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    proc, info = await secured_up(data_dir, config_path)
     try:
-        endpoints = data_dir / "endpoints.json"
-        deadline = time.monotonic() + 30
-        while not endpoints.exists():
-            assert proc.poll() is None and time.monotonic() < deadline
-            await asyncio.sleep(0.1)
-        info = json.loads(endpoints.read_text())
         assert info["nats_user"] == "client"
         assert (data_dir / "credentials.json").stat().st_mode & 0o777 == 0o600
         nc = await connect(
@@ -197,6 +225,37 @@ async def _flow_under_auth(info: dict, data_dir) -> None:
     await reset_policy(admin.jetstream(), "echo.run.0")
     await nc.close()
     await admin.close()
+
+
+async def test_agent_runtime_under_auth(tmp_path, config_path, chat_server):
+    """An app's agents under `cogo up --auth`: steps journaled and replayed (the journal scan
+    on the app's own user), output streamed to the client user with the dispatcher's end
+    marker, an LLM call recorded; no permission violation anywhere."""
+    data_dir = tmp_path / "secure"
+    proc, info = await secured_up(
+        data_dir, config_path, "--app", "tests.runtime_apps:app",
+        env={"COGO_LLM_BASE_URL": chat_server.url, "COGO_LLM_API_KEY": "k"},
+    )  # fmt: skip
+    try:
+        async with cogo.Client(info["nats_url"], user="client",
+                               password=info["nats_password"]) as client:  # fmt: skip
+            steps = await client.submit("rt.steps.0", {"fail_until": 2})
+            result = await steps.result(timeout=60)
+            assert result["a"]["run"] == 1 and result["b"]["run"] == 1  # a replayed
+            speak = await client.submit("rt.speak.0", {"lines": 2, "fail_until": 2})
+            chunks = [(c.attempt, c.seq) async for c in speak.stream()]
+            assert chunks == [(1, 1), (1, 2), (2, 1), (2, 2)]
+            talk = await client.submit("rt.talk.0", {"prompt": "hi"})
+            # its llm_call event is appended before the reply returns: refused, it would fail
+            assert (await talk.result(timeout=60))["content"] == "ok"
+            assert chat_server.calls == 1 and (await talk.status()).usage["tokens"] == 15
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(proc.communicate, timeout=30)
+    logs = "".join(p.read_text() for p in (data_dir / "logs").glob("*.log"))
+    assert "violation" not in logs.lower(), [
+        line for line in logs.splitlines() if "violation" in line.lower()
+    ]
 
 
 SECURED_WORKFLOW = {

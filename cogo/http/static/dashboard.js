@@ -10,7 +10,8 @@ const STAGES = [
   ["dev_e2e", "Dev E2E"], ["smoke", "CI smoke"], ["canary", "Canary"], ["promote", "Promote 100%"],
 ];
 
-const state = { timer: null, busy: false, lag: [], dlq: [], selectedRun: null, errorColors: {} };
+const state = { timer: null, busy: false, lag: [], dlq: [], selectedRun: null, errorColors: {},
+  watching: null };
 
 class AuthError extends Error {}
 
@@ -476,6 +477,111 @@ function drawRollouts(rollouts) {
   }));
 }
 
+function fmtUsd(x) {
+  if (x === null || x === undefined) return "–";
+  return "$" + (x >= 1 ? x.toFixed(2) : x >= 0.01 ? x.toFixed(3) : x.toFixed(5));
+}
+
+function drawSpend(spend) {
+  setValue("spend", fmtUsd(spend.cost_usd));
+  $("spend-caption").textContent = `${fmtInt(spend.tokens)} tokens in ${fmtInt(spend.calls)} LLM calls`
+    + ` by ${fmtInt(spend.tasks)} tasks` + (spend.estimated_calls ? ` (${spend.estimated_calls} estimated)` : "");
+  const max = Math.max(1e-9, ...spend.by_route.map((r) => r.cost_usd), ...spend.by_model.map((r) => r.cost_usd));
+  const rows = [
+    ...spend.by_route.map((r) => ({ label: r.route, value: r.cost_usd, title: `${fmtInt(r.tokens)} tokens, ${r.calls} calls` })),
+    ...spend.by_model.map((r) => ({ label: "model " + r.model, value: r.cost_usd, color: "#2ec4a6", title: `${fmtInt(r.tokens)} tokens, ${r.calls} calls` })),
+  ];
+  if (!rows.length) return empty($("chart-spend"), "no LLM calls in this window");
+  hbars($("chart-spend"), rows, { max, format: fmtUsd });
+}
+
+function drawTasks(tasks) {
+  const body = $("tasks").tBodies[0];
+  if (!tasks.length) {
+    body.replaceChildren(el("tr", {}, el("td", { colspan: 7, class: "empty" }, "no tasks in this window")));
+    return;
+  }
+  body.replaceChildren(...tasks.map((t) => el("tr", { "data-task": t.task_id, "data-status": t.status,
+    class: t.task_id === state.watching ? "selected" : null, onclick: () => watch(t.task_id) },
+  el("td", { class: "mono", title: t.task_id }, shortId(t.task_id)), el("td", { class: "mono" }, t.route || "–"),
+  el("td", {}, el("span", { class: "badge " + t.status }, t.status)),
+  el("td", { class: "num" }, fmtInt(t.attempt)), el("td", { class: "num" }, fmtInt(t.llm_calls)),
+  el("td", { class: "num" }, fmtInt(t.steps)), el("td", {}, fmtTime(t.enqueued_at)))));
+}
+
+// a task's output: GET /api/tasks/{id}/stream read with fetch (EventSource cannot send the
+// token), Server-Sent Events parsed here; chunks appear as they are emitted
+async function watch(taskId) {
+  if (state.watching === taskId) return;
+  if (state.stream) state.stream.abort();
+  const controller = new AbortController();
+  state.stream = controller;
+  state.watching = taskId;
+  for (const tr of $("tasks").tBodies[0].rows) tr.classList.toggle("selected", tr.dataset.task === taskId);
+  const box = $("output"), body = $("output-body"), badge = $("output-state");
+  box.hidden = false;
+  box.dataset.task = taskId;
+  box.dataset.state = "connecting";
+  $("output-title").textContent = "Output of " + taskId;
+  badge.className = "badge running";
+  badge.textContent = "connecting";
+  body.replaceChildren();
+  let attempt = null, buffer = "";
+  const show = (event, data) => {
+    if (event === "end") {
+      box.dataset.state = "ended";
+      box.dataset.status = data.status || "";
+      badge.className = "badge " + (data.status || "");
+      badge.textContent = data.status + (data.error_code ? " · " + data.error_code : "");
+      return;
+    }
+    if (data.attempt !== attempt) {
+      if (attempt !== null) body.append(el("span", { class: "attempt" }, `— attempt ${data.attempt} —`));
+      attempt = data.attempt;
+    }
+    const text = typeof data.data === "string" ? data.data : JSON.stringify(data.data);
+    body.append(el("span", { class: "chunk" + (typeof data.data === "string" ? "" : " json"),
+      "data-seq": data.seq, "data-attempt": data.attempt }, text));
+    body.scrollTop = body.scrollHeight;
+  };
+  try {
+    const headers = token() ? { Authorization: "Bearer " + token() } : {};
+    const response = await fetch("/api/tasks/" + encodeURIComponent(taskId) + "/stream",
+      { headers, cache: "no-store", signal: controller.signal });
+    if (!response.ok) {
+      let detail = response.statusText;
+      try { detail = (await response.json()).detail; } catch (e) { /* not JSON */ }
+      throw new Error(`${response.status} ${detail}`);
+    }
+    box.dataset.state = "live";
+    badge.textContent = "live";
+    const reader = response.body.getReader(), decoder = new TextDecoder();
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += decoder.decode(value, { stream: true });
+      let cut;
+      while ((cut = buffer.indexOf("\n\n")) >= 0) {
+        const block = buffer.slice(0, cut);
+        buffer = buffer.slice(cut + 2);
+        let event = "message", data = "";
+        for (const line of block.split("\n")) {
+          if (line.startsWith("event: ")) event = line.slice(7);
+          else if (line.startsWith("data: ")) data += line.slice(6);
+        }
+        if (data) show(event, JSON.parse(data));
+      }
+    }
+  } catch (e) {
+    if (e.name === "AbortError") return;
+    box.dataset.state = "error";
+    badge.className = "badge failed";
+    badge.textContent = String(e.message || e);
+  } finally {
+    if (state.stream === controller) state.stream = null;
+  }
+}
+
 // -- actions -----------------------------------------------------------------------------
 
 async function openRun(runId) {
@@ -519,6 +625,8 @@ async function refresh() {
     drawThroughput(summary, s);
     drawFailures(summary, s);
     drawGauges(summary);
+    drawSpend(summary.spend);
+    drawTasks(summary.tasks);
     drawRollouts(summary.rollouts);
     drawCohorts(summary.cohorts);
     drawRuns(summary.runs);
@@ -548,6 +656,11 @@ function init() {
   $("forget").addEventListener("click", () => { localStorage.removeItem(TOKEN_KEY); showLogin(); });
   $("window").addEventListener("change", () => { state.lag = []; state.dlq = []; refresh(); });
   $("artifact-close").addEventListener("click", () => $("artifact").close());
+  $("follow-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const id = $("follow-input").value.trim();
+    if (id) { state.watching = null; watch(id); }
+  });
   window.addEventListener("hashchange", () => { takeTokenFromLink(); refresh(); });
   refresh();
 }

@@ -1,0 +1,287 @@
+"""Durable steps: ``await ctx.step(name, fn, *args)`` (DESIGN §11).
+
+The first successful result of step ``name`` of a task is journaled in the event log, as a
+``step_completed`` event with ``event_id = <task_id>:step:<name>``, before ``step`` returns.
+Any later attempt, or a redelivery after the worker died, gets the journaled result (its
+JSON form) without running ``fn`` again or charging its usage again. ``step`` returns the
+JSON form the first time too, so a handler sees the same value either way.
+
+Finding a task's journal. A subject per task (``events.step_completed.<task_id>``, or a KV
+key per task) would make the lookup one direct get, but JetStream keeps an index entry per
+distinct subject for as long as the stream retains it (``EVENTS``: 30 days by default), in
+memory: every agent task of a month would pay for it. Instead the journal rides on
+``events.step_completed.<route>.<bucket>``, ``bucket = crc32(task_id) % 64``: a fixed 64
+subjects per route, whatever the traffic. The lookup is then a scan of that one subject from
+the task's submission on, which costs what the route journaled since (a 64th of it), and it
+happens only when a journal can exist: the first delivery of the first attempt (almost all
+of them) never looks, and a handler that never calls ``ctx.step`` never looks either. The
+scan does not depend on ``Nats-Msg-Id`` de-duplication, so a task retried after its journal
+outlived the duplicate window still finds it; should two deliveries of one attempt (a
+"zombie" and its replacement) journal the same step, the first in the stream wins, for them
+and for every later reader.
+
+- A step that raises is not journaled: the next attempt runs it again.
+- A result with no JSON form is ``step.result_invalid``, naming the step.
+- A name that already ran in this attempt is ``step.name_reused``: names must be unique per
+  task (``f"tool:{turn}:{call.id}"``), or replay could not tell two steps apart.
+- A result larger than ``[runtime] step_inline_max_bytes`` goes to the object store
+  (``<task_id>/steps/<name>.json``); the journal keeps the reference.
+- Steps do not nest (``step.nested``): an inner step's usage would be charged twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import msgspec
+from nats.js import api
+
+from cogo.errors import (
+    StepNameInvalid,
+    StepNameReused,
+    StepNested,
+    StepResultInvalid,
+    WorkerError,
+)
+from cogo.streams.envelope import MSG_ID, Usage, new_id
+from cogo.streams.events import STEP_COMPLETED, decode_event, encode_event, iso, order_event
+from cogo.streams.topology import EVENTS
+
+if TYPE_CHECKING:
+    from cogo.actors.worker import TaskContext
+
+JOURNAL_BUCKETS = 64
+MAX_NAME_CHARS = 200
+CLOCK_SLACK_S = 5.0  # scan from a little before the submission (server clocks drift)
+SCAN_IDLE_S = 10.0  # a journal scan that receives nothing this long has failed
+
+
+@dataclass
+class StepScope:
+    """The step running in this context, and the usage reported inside it."""
+
+    name: str
+    tokens: int = 0
+    cost_usd: float = 0.0
+
+
+_current: contextvars.ContextVar[StepScope | None] = contextvars.ContextVar(
+    "cogo_step", default=None
+)
+
+
+def current_step() -> str | None:
+    """The name of the step running in this context (``llm_call`` events record it)."""
+    scope = _current.get()
+    return scope.name if scope is not None else None
+
+
+def charge_step(tokens: int, cost_usd: float) -> None:
+    """Add usage reported through ``ctx.report_usage`` to the running step, if any."""
+    scope = _current.get()
+    if scope is not None:
+        scope.tokens += tokens
+        scope.cost_usd += cost_usd
+
+
+def journal_subject(route: str, task_id: str) -> str:
+    """Where the steps of ``task_id`` are journaled: one of 64 subjects of its route."""
+    bucket = zlib.crc32(task_id.encode()) % JOURNAL_BUCKETS
+    return f"events.{STEP_COMPLETED}.{route}.{bucket}"
+
+
+def check_name(name: Any) -> str:
+    if not isinstance(name, str) or not name or len(name) > MAX_NAME_CHARS:
+        raise StepNameInvalid(
+            f"step name {name!r}: give a non-empty string of at most {MAX_NAME_CHARS} characters"
+        )
+    if not name.isprintable():
+        raise StepNameInvalid(f"step name {name!r} holds characters that are not printable")
+    return name
+
+
+@dataclass(frozen=True)
+class Journaled:
+    """One journaled step: its result (or artifact reference), who ran it, what it cost."""
+
+    name: str
+    attempt: int
+    delivery: int
+    usage: Usage
+    result: Any = None
+    artifact: str | None = None
+
+
+class Journal:
+    """The journaled steps of one task, as one attempt sees them (loaded at most once)."""
+
+    def __init__(self, ctx: TaskContext) -> None:
+        self._ctx = ctx
+        self._steps: dict[str, Journaled] | None = None
+        self.names: set[str] = set()  # steps this attempt asked for (unique per attempt)
+        self.replayed = 0
+        self.ran = 0
+
+    @property
+    def may_exist(self) -> bool:
+        """Whether an earlier attempt or delivery could have journaled anything."""
+        return self._ctx.attempt > 1 or self._ctx.delivery.delivered > 1
+
+    async def get(self, name: str, *, reload: bool = False) -> Journaled | None:
+        if not self.may_exist and not reload:
+            return None
+        if self._steps is None or reload:
+            self._steps = await self._load()
+        return self._steps.get(name)
+
+    async def _load(self) -> dict[str, Journaled]:
+        """Scan the task's journal subject from its submission on (see the docstring)."""
+        ctx = self._ctx
+        nc, js = ctx.worker.nc, ctx.worker.js
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox)
+        found: dict[str, Journaled] = {}
+        try:
+            info = await js.add_consumer(
+                EVENTS,
+                api.ConsumerConfig(
+                    name=f"journal-{new_id()}",
+                    filter_subject=journal_subject(ctx.route, ctx.task_id),
+                    deliver_subject=inbox,
+                    deliver_policy=api.DeliverPolicy.BY_START_TIME,
+                    opt_start_time=iso(ctx.order.submitted_at - CLOCK_SLACK_S),
+                    ack_policy=api.AckPolicy.NONE,
+                    max_deliver=1,
+                    inactive_threshold=5.0,
+                    mem_storage=True,
+                    num_replicas=1,
+                ),
+            )
+            pending = info.num_pending
+            while pending > 0:
+                try:
+                    msg = await sub.next_msg(timeout=SCAN_IDLE_S)
+                except Exception as exc:
+                    raise WorkerError(f"reading the step journal failed: {exc!r}") from None
+                pending = int(msg.reply.rsplit(".", 1)[-1]) if msg.reply else 0
+                event = decode_event(msg.data)
+                if event.task_id != ctx.task_id or event.type != STEP_COMPLETED:
+                    continue
+                data = event.data or {}
+                name = data.get("step")
+                if isinstance(name, str) and name not in found:  # the first one wins
+                    found[name] = Journaled(
+                        name=name, attempt=event.attempt or 0,
+                        delivery=int(data.get("delivery") or 1),
+                        usage=event.usage or Usage(), result=data.get("result"),
+                        artifact=(data.get("artifact") or {}).get("name"),
+                    )  # fmt: skip
+        finally:
+            await sub.unsubscribe()
+        return found
+
+
+async def run_step(
+    ctx: TaskContext, name: str, fn: Callable[..., Any], args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:  # fmt: skip
+    """``ctx.step``: the journaled result of ``name``, or ``fn``'s, journaled first."""
+    check_name(name)
+    if _current.get() is not None:
+        raise StepNested(
+            f"step {name!r} was called inside step {current_step()!r}: steps do not nest"
+        )
+    journal = ctx.journal
+    if name in journal.names:
+        raise StepNameReused(
+            f"step {name!r} already ran in this attempt: give each step of a task its own "
+            "name (e.g. f'tool:{turn}:{call.id}')"
+        )
+    journal.names.add(name)
+    done = await journal.get(name)
+    if done is not None:
+        return await _replay(ctx, done)
+    scope = StepScope(name)
+    token = _current.set(scope)
+    started = time.time()
+    try:
+        value = await _call(fn, args, kwargs)
+    finally:
+        _current.reset(token)
+    data = _json_bytes(name, value)
+    journal.ran += 1
+    result = msgspec.json.decode(data)
+    entry: dict[str, Any] = {"step": name, "delivery": ctx.delivery.delivered}
+    if len(data) > ctx.worker.config.runtime.step_inline_max_bytes:
+        ref = await ctx.worker.artifacts.put(
+            ctx.order, f"steps/{quote(name, safe='')}.json", data, actor=ctx.worker.name
+        )
+        entry["artifact"] = msgspec.to_builtins(ref)
+    else:
+        entry["result"] = result
+    event = order_event(
+        STEP_COMPLETED, ctx.order, event_id=f"{ctx.task_id}:step:{name}",
+        actor=ctx.worker.name, duration_ms=round((time.time() - started) * 1000.0, 3),
+        usage=Usage(tokens=scope.tokens, cost_usd=round(scope.cost_usd, 9)),
+        version=ctx.version or ctx.order.version, data=entry,
+    )  # fmt: skip
+    (ack,) = await ctx.worker.publish_all(
+        [(journal_subject(ctx.route, ctx.task_id), encode_event(event), {MSG_ID: event.event_id})]
+    )
+    if ack.duplicate:
+        # another delivery of this task journaled the step first (a paused worker whose
+        # claim lapsed): its result is the one every reader replays, so return that
+        first = await journal.get(name, reload=True)
+        if first is not None and first.delivery != ctx.delivery.delivered:
+            return await _fetch(ctx, first)
+    return result
+
+
+async def _replay(ctx: TaskContext, done: Journaled) -> Any:
+    journal = ctx.journal
+    journal.replayed += 1
+    if done.attempt == ctx.attempt and done.delivery != ctx.delivery.delivered:
+        # journaled by a delivery of this attempt that died before reporting: its usage
+        # reached no result yet, so it counts now (once); an earlier attempt's was reported
+        ctx.report_usage(tokens=done.usage.tokens, cost_usd=done.usage.cost_usd)
+    return await _fetch(ctx, done)
+
+
+async def _fetch(ctx: TaskContext, done: Journaled) -> Any:
+    if done.artifact is None:
+        return done.result
+    return msgspec.json.decode(await ctx.worker.artifacts.get(done.artifact))
+
+
+async def _call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    if inspect.iscoroutinefunction(fn):
+        return await fn(*args, **kwargs)
+    if callable(fn) and inspect.iscoroutinefunction(getattr(fn, "__call__", None)):  # noqa: B004
+        return await fn(*args, **kwargs)
+    if not callable(fn):
+        raise TypeError(f"ctx.step needs a function, not {type(fn).__name__}")
+    # a plain function may block (files, subprocesses, CPU): never on the event loop
+    # (to_thread copies this context: the step scope is seen there too)
+    value = await asyncio.to_thread(fn, *args, **kwargs)
+    if inspect.isawaitable(value):
+        value = await value
+    return value
+
+
+def _json_bytes(name: str, value: Any) -> bytes:
+    if hasattr(value, "model_dump") and hasattr(type(value), "model_fields"):
+        value = value.model_dump(mode="json")
+    try:
+        return msgspec.json.encode(value)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise StepResultInvalid(
+            f"step {name!r} returned a {type(value).__name__}, which is not JSON data: {exc}"
+        ) from None

@@ -16,6 +16,8 @@ dispatcher(s), echo worker(s) and the projector as separate ``cogo run`` process
 4. ``workflows`` (opt-in, ``--workflow-runs N``): workflow runs per second with each
    ``--orchestrators K`` (``cogo.workflows.throughput``), the median of
    ``--workflow-repeats`` rounds.
+   ``flow`` (opt-in, ``--flow-tasks N``): the dispatcher's CPU per task with flow control off
+   and on, alternating rounds on the same system (``cogo.actors.flowbench``).
 5. ``projector_events_per_s``: a fresh projector, alone, on the pre-filled ``EVENTS``
    (topped up with synthetic events to ``--projector-events``): the median of
    ``--projector-runs`` fresh projectors, each its own consumer and DuckDB file (every
@@ -84,6 +86,8 @@ class Options:
     workflow_runs: int = 0
     orchestrators: list[int] = field(default_factory=lambda: [1, 2])
     workflow_repeats: int = 3
+    flow_tasks: int = 0  # opt-in: dispatcher cost with flow control off and on
+    flow_repeats: int = 3
     dispatchers: int = 1
     echoes: int = 1
     sync: str = "always"
@@ -298,7 +302,10 @@ class Bench:
 
     # -- 1. saturated throughput -------------------------------------------------------
 
-    async def run_tasks(self, count: int, label: str, timeout: float | None = None) -> float:
+    async def run_tasks(
+        self, count: int, label: str, timeout: float | None = None,
+        body: Callable[[str], bytes] = task_body,
+    ) -> float:  # fmt: skip
         """Publish ``count`` tasks at once; seconds until all are done and projected."""
         self._run += 1
         prefix = f"t{self._run}-"
@@ -306,7 +313,7 @@ class Bench:
         deadline = time.monotonic() + (timeout or self.o.timeout)
         before = self.done_count
         began = time.perf_counter()
-        publishing = asyncio.create_task(self._publish_burst(prefix, count))
+        publishing = asyncio.create_task(self._publish_burst(prefix, count, body))
         while self.done_count - before < count:
             if time.monotonic() > deadline:
                 raise CogoError(f"{label}: {self.done_count - before}/{count} done in time")
@@ -322,13 +329,11 @@ class Bench:
         update(count, f"{count / elapsed:,.0f} tasks/s")
         return elapsed
 
-    async def _publish_burst(self, prefix: str, count: int) -> None:
+    async def _publish_burst(self, prefix: str, count: int, body: Callable[[str], bytes]) -> None:
         acks: list[asyncio.Future[Any]] = []
         for i in range(count):
             tid = f"{prefix}{i}"
-            acks.append(
-                await self.publisher.publish(EXECUTE_SUBJECT, task_body(tid), {MSG_ID: tid})
-            )
+            acks.append(await self.publisher.publish(EXECUTE_SUBJECT, body(tid), {MSG_ID: tid}))
             if len(acks) >= PUBLISH_WINDOW:  # bounded: a 100,000-task burst stays flat
                 await asyncio.gather(*acks)
                 acks = []
@@ -545,6 +550,11 @@ async def run_bench(options: Options, progress: Progress) -> dict[str, Any]:
                     bench, options.workflow_runs, options.orchestrators,
                     options.workflow_repeats, options.timeout,
                 )  # fmt: skip
+            flow = None
+            if options.flow_tasks > 0:
+                from cogo.actors import flowbench
+
+                flow = await flowbench.measure(bench, options.flow_tasks, options.flow_repeats)
             ingest = await bench.projector_ingest() if options.projector_runs > 0 else []
         finally:
             await bench.stop()
@@ -556,6 +566,7 @@ async def run_bench(options: Options, progress: Progress) -> dict[str, Any]:
         "projector_runs": [round(rate, 1) for rate in ingest],
         "http_submit_per_s": round(http_rate, 1),
         "workflows": workflows,
+        "flow": flow,
         "peak_rss_mb": bench.rss,
         # where the CPU went in the saturated run: microseconds of CPU per task, per process
         "cpu_us_per_task": cpu_us,
@@ -609,6 +620,14 @@ def render(result: dict[str, Any]) -> None:
             f"workflow runs ({workflows['runs']} at once, {workflows['nodes_per_run']} nodes), "
             f"{count} orchestrator(s), median",
             f"{row['runs_per_s']:,.1f} runs/s = {row['nodes_per_s']:,.0f} nodes/s ({rounds})",
+        )
+    flow = result.get("flow")
+    for mode in ("off", "on") if flow else ():
+        row = flow[mode]
+        table.add_row(
+            f"flow control {mode} ({flow['tasks']:,} tasks, {flow['keys']} keys), median",
+            f"dispatcher {row['dispatcher_cpu_us_per_task']:,.0f} µs/task, "
+            f"total {row['total_cpu_us_per_task']:,.0f} µs/task, {row['tasks_per_s']:,.0f} tasks/s",
         )
     table.add_row("disk: write + fdatasync", f"{result['disk_fsync_per_s']:,} /s")
     for name, mb in result["peak_rss_mb"].items():
@@ -669,6 +688,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         workflow_runs=args.workflow_runs,
         orchestrators=args.orchestrators or [1, 2],
         workflow_repeats=args.workflow_repeats,
+        flow_tasks=args.flow_tasks,
+        flow_repeats=args.flow_repeats,
     )
     if options.tasks < 1 or any(r < 1 for r in options.rates) or options.duration <= 0:
         raise CogoError("--tasks, --rate and --duration must be positive")
@@ -729,6 +750,10 @@ def register(subparsers: Any, common: Callable[[argparse.ArgumentParser], None])
                    help="orchestrator processes for --workflow-runs; repeat (default 1, 2)")  # fmt: skip
     p.add_argument("--workflow-repeats", type=int, default=3,
                    help="rounds per orchestrator count; the median is reported (3)")  # fmt: skip
+    p.add_argument("--flow-tasks", type=int, default=0, metavar="N",
+                   help="also time N tasks with flow control off and on (opt-in; 0 = off)")  # fmt: skip
+    p.add_argument("--flow-repeats", type=int, default=3,
+                   help="rounds per mode for --flow-tasks; the median is reported (3)")  # fmt: skip
     p.add_argument("--dispatchers", type=int, default=1, help="dispatcher processes (1)")
     p.add_argument("--echoes", type=int, default=1, help="echo worker processes (1)")
     p.add_argument(

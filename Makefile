@@ -29,7 +29,8 @@ PROMTOOL := .tools/usr/bin/promtool
 $(PROMTOOL):
 	@mkdir -p .tools/deb
 	@cd .tools/deb && { apt-get download prometheus >/dev/null 2>&1 \
-	  && dpkg-deb -x prometheus_*.deb .. && rm -f prometheus_*.deb ../usr/bin/prometheus; } \
+	  && dpkg-deb --fsys-tarfile prometheus_*.deb | tar -x -C .. ./usr/bin/promtool \
+	  && rm -f prometheus_*.deb; } \
 	  || echo "warning: could not fetch promtool; the metrics test checks names without it"
 
 promtool: $(PROMTOOL)

@@ -7,6 +7,7 @@ a restart.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from importlib import resources
 from pathlib import Path
@@ -41,8 +42,68 @@ class Ceilings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_ttl_ms: int = 86400000
 
 
+# the most a flow limit may say: past these a value is a typo, not a limit (DESIGN §14)
+MAX_FLOW_CONCURRENCY = 100_000
+MAX_FLOW_RATE_S = 100_000.0
+MAX_FLOW_BURST = 100_000
+
+
+class FlowPolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Flow control of one route, held across every dispatcher (``cogo.actors.admission``).
+
+    ``None`` is "no limit". At most ``concurrency`` attempts of the route run at once, at most
+    ``concurrency_per_key`` of one ``__assignment.key``, and a key starts at most
+    ``rate_per_key_s`` attempts per second (a token bucket of ``burst``, default
+    ``ceil(rate_per_key_s)``). Tasks without a key share one key, ``""``.
+    """
+
+    concurrency: int | None = None
+    concurrency_per_key: int | None = None
+    rate_per_key_s: float | None = None
+    burst: int | None = None
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any limit is set (the route's tasks then pass through admission)."""
+        return (
+            self.concurrency is not None
+            or self.concurrency_per_key is not None
+            or self.rate_per_key_s is not None
+        )
+
+    @property
+    def bucket(self) -> int:
+        """The token bucket's size: ``burst``, else ``ceil(rate_per_key_s)`` (at least 1)."""
+        if self.burst is not None:
+            return self.burst
+        return max(1, math.ceil(self.rate_per_key_s or 1.0))
+
+
+def flow_problems(flow: FlowPolicy) -> list[str]:
+    """What is wrong with a flow policy, one line per field (empty: nothing)."""
+    problems = []
+    for name, value, ceiling in (
+        ("concurrency", flow.concurrency, MAX_FLOW_CONCURRENCY),
+        ("concurrency_per_key", flow.concurrency_per_key, MAX_FLOW_CONCURRENCY),
+        ("burst", flow.burst, MAX_FLOW_BURST),
+    ):
+        if value is not None and not 1 <= value <= ceiling:
+            problems.append(
+                f"flow.{name}={value} must be between 1 and {ceiling:,} (leave it out for no limit)"
+            )
+    rate = flow.rate_per_key_s
+    if rate is not None and not (math.isfinite(rate) and 0 < rate <= MAX_FLOW_RATE_S):
+        problems.append(
+            f"flow.rate_per_key_s={rate} must be above 0 and at most {MAX_FLOW_RATE_S:,.0f} "
+            "(starts per second per key; leave it out for no limit)"
+        )
+    if flow.burst is not None and rate is None:
+        problems.append("flow.burst needs flow.rate_per_key_s (the bucket of what rate?)")
+    return problems
+
+
 class RoutePolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """Defaults for absent ``__assignment`` keys plus the ceilings of one route."""
+    """Defaults for absent ``__assignment`` keys, the ceilings and the flow limits of one route."""
 
     model: str = "gpt-4o-mini"
     max_tokens: int = 4000
@@ -52,6 +113,7 @@ class RoutePolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_attempts: int = 3
     backoff: Backoff = Backoff()
     ceilings: Ceilings = Ceilings()
+    flow: FlowPolicy = FlowPolicy()
 
 
 class BusConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -211,12 +273,10 @@ def check_policy(policy: RoutePolicy, route: str) -> RoutePolicy:
     b = policy.backoff
     if b.initial_ms < 0 or b.max_ms < 0 or b.multiplier < 1.0:
         problems.append("backoff needs initial_ms >= 0, max_ms >= 0 and multiplier >= 1.0")
+    hint = " (change the default and the ceiling together)" if problems else ""
+    problems.extend(flow_problems(policy.flow))
     if problems:
-        raise ConfigError(
-            f"policy of {route!r}: " + "; ".join(problems) + " (change the default and the "
-            "ceiling together)",
-            detail=problems,
-        )
+        raise ConfigError(f"policy of {route!r}: " + "; ".join(problems) + hint, detail=problems)
     return policy
 
 

@@ -333,9 +333,9 @@ def _component_factories() -> dict[str, Any]:
 
 def _extra_routes() -> list[Any]:
     """Every HTTP route module beyond the core (tasks, health, openapi)."""
-    from cogo.http import artifacts, dashboard, metrics, orchestrator, rollouts, sql
+    from cogo.http import artifacts, dashboard, flow, metrics, orchestrator, rollouts, sql
 
-    modules = (metrics, sql, orchestrator, artifacts, rollouts, dashboard)
+    modules = (metrics, sql, orchestrator, artifacts, rollouts, flow, dashboard)
     return [route for module in modules for route in module.routes]
 
 

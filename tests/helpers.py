@@ -119,3 +119,15 @@ class EventReader:
                     f"{len(missing)} task(s) without terminal event: {missing[:5]}"
                 )
             await asyncio.sleep(0.05)
+
+
+async def wait_until(check: Any, timeout: float, what: str) -> Any:
+    """Poll ``await check()`` until it returns something true; fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout}s")
+        await asyncio.sleep(0.1)

@@ -32,7 +32,8 @@ def test_bench_json_reports_every_figure() -> None:
             "--tasks", "500", "--rate", "200", "--rate", "400", "--duration", "1",
             "--http-requests", "200", "--projector-events", "2000", "--projector-runs", "2",
             "--workflow-runs", "20", "--orchestrators", "1", "--orchestrators", "2",
-            "--workflow-repeats", "1", "--step-runs", "2", "--step-nodes", "3",
+            "--workflow-repeats", "1", "--flow-tasks", "300", "--flow-repeats", "1",
+            "--step-runs", "2", "--step-nodes", "3",
             "--scale-workers", "1", "--scale-workers", "2", "--scale-tasks", "60",
             "--scale-sleep-ms", "20", "--history", "1500", "--history", "3000",
             "--history-requests", "2", "--timeout", "60",
@@ -104,6 +105,12 @@ def test_bench_json_reports_every_figure() -> None:
     for row in workflows["by_orchestrators"].values():
         assert len(row["rounds"]) == 1 and row["runs_per_s"] == row["rounds"][0] > 0
     assert rss.get("orchestrator-2x-0-1", 0) > 0
+
+    flow = result["flow"]  # the opt-in phase: the dispatcher with flow control off and on
+    assert [r["mode"] for r in flow["rounds"]] == ["off", "on"]
+    for mode in ("off", "on"):
+        assert flow[mode]["tasks_per_s"] > 0 and flow[mode]["total_cpu_us_per_task"] > 0
+        assert flow[mode]["dispatcher_cpu_us_per_task"] >= 0
 
 
 def test_raw_pipeline_yardstick_runs() -> None:

@@ -14,7 +14,6 @@ import contextlib
 import json
 import os
 import shutil
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import pytest
 
 from cogo.actors.runner import connect
 from cogo.streams.envelope import EXECUTE_SUBJECT, MSG_ID
+from tests.helpers import wait_until
 from tests.test_processes import _up, cogo, stop
 from tests.test_rollout import submit_many
 
@@ -48,17 +48,6 @@ def workflow_params(name: str, repo: Path) -> dict[str, Any]:
     params = json.loads((EXAMPLES / name).read_text())
     params["repo"] = str(repo)
     return params
-
-
-async def wait_until(check: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout}s")
-        await asyncio.sleep(0.3)
 
 
 async def produce_activity(http: httpx.AsyncClient, js: Any, repo: Path) -> dict[str, str]:

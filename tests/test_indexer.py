@@ -72,7 +72,8 @@ async def test_reindex_is_incremental(nats_server, js, config, data_dir, tmp_pat
     shutil.copytree(
         REPO, repo,
         ignore=shutil.ignore_patterns(
-            ".venv", ".git", ".cogo", "__pycache__", "*.egg-info", ".*_cache", "test-artifacts"
+            ".venv", ".git", ".cogo", ".tools", "__pycache__", "*.egg-info", ".*_cache",
+            "test-artifacts",
         ),
     )  # fmt: skip
     (repo / "build").mkdir(exist_ok=True)

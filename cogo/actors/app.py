@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
-from cogo.config import RoutePolicy
+from cogo.config import RoutePolicy, flow_problems
 from cogo.errors import AgentNotFound, ConfigError, RouteConflict
 from cogo.streams.routes import RouteDecl, check_route
 
@@ -51,9 +51,13 @@ def _check_policy(declared: Mapping[str, Any] | None, where: str) -> dict[str, A
     """A declared policy as a plain dict; unknown keys and wrong types are refused at once."""
     policy = dict(declared or {})
     try:
-        msgspec.convert(policy, RoutePolicy)  # every key optional: this checks names and types
+        # every key optional: this checks names and types
+        converted = msgspec.convert(policy, RoutePolicy)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"invalid policy of {where}: {exc}", detail=str(exc)) from exc
+    problems = flow_problems(converted.flow)  # flow limits stand alone: check them now
+    if problems:
+        raise ConfigError(f"invalid policy of {where}: " + "; ".join(problems), detail=problems)
     return policy
 
 

@@ -12,6 +12,10 @@ The dispatcher keeps no task state of its own: each order carries its attempt, d
 the usage so far, so any number of dispatcher replicas can share the consumers. Every id it
 publishes is deterministic (``<task>:<attempt>`` orders, ``<task>:terminal`` events), so
 handling a message twice appends nothing twice.
+
+Attempts of a route with a ``flow`` policy are not forwarded here but held for the route's
+admitter (``cogo.actors.admission``), which forwards them as its limits allow; their slots
+are released here, once their result's events are stored.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 
 import msgspec
 
+from cogo.actors.admission import FlowControl
 from cogo.actors.base import Actor, Defer, Delivery
 from cogo.actors.canary import CanaryRouter, subject_of
 from cogo.actors.deadletter import DeadLetterWatcher
@@ -38,8 +43,10 @@ from cogo.errors import (
     TokensAboveCeiling,
     TtlAboveCeiling,
     TtlExpired,
+    UnknownRoute,
 )
 from cogo.streams.envelope import (
+    DEFAULT_PRIORITY,
     EXECUTE_SUBJECT,
     KIND_HEADER,
     MSG_ID,
@@ -69,6 +76,7 @@ from cogo.streams.events import (
 )
 from cogo.streams.outputs import end_marker
 from cogo.streams.policies import PolicyStore
+from cogo.streams.publisher import Outgoing
 
 RETRY_KIND = "retry"
 
@@ -96,6 +104,8 @@ def resolve_assignment(requested: Assignment, policy: RoutePolicy) -> ResolvedAs
             else policy.backoff.multiplier,
             max_ms=b.max_ms if b and b.max_ms is not None else policy.backoff.max_ms,
         ),
+        key=requested.key,
+        priority=requested.priority if requested.priority is not None else DEFAULT_PRIORITY,
     )
     if c.allowed_models and resolved.model not in c.allowed_models and "model" not in bypass:
         raise ModelNotAllowed(
@@ -128,6 +138,7 @@ class ExecutorDispatcher(Actor):
         self.policies = PolicyStore(self.js)
         self.canary = CanaryRouter(self.js, self.config)  # rollouts: version and cohort per task
         self.dead_letters = DeadLetterWatcher(self, self.report_dead_letter)
+        self.flow = FlowControl(self)  # admission of flow-controlled routes
 
     def default_routes(self) -> list[str]:
         return [EXECUTE_SUBJECT, RESULT_SUBJECT]
@@ -136,15 +147,21 @@ class ExecutorDispatcher(Actor):
         await self.policies.start()
         await self.canary.start()
         await self.dead_letters.start()
+        await self.flow.start()
 
     async def on_stop(self) -> None:
+        await self.flow.stop()
         await self.dead_letters.stop()
         await self.canary.stop()
         await self.policies.stop()
 
     async def handle(self, delivery: Delivery) -> None:
         if delivery.route == RESULT_SUBJECT:
-            await self._on_result(decode_result(delivery.data), delivery)
+            result = decode_result(delivery.data)
+            await self._on_result(result, delivery)
+            # after the result's events are stored, before it is acked: a redelivery frees
+            # the slot again (harmless), and no next attempt starts before the last one ended
+            await self.flow.release(result.order)
         elif delivery.headers.get(KIND_HEADER) == RETRY_KIND:
             await self._on_retry(decode_order(delivery.data))
         else:
@@ -190,6 +207,9 @@ class ExecutorDispatcher(Actor):
             causation_id=task.causation_id,
         )
         order = await self.canary.route(order, policy, actor=self.name)
+        if policy.flow.enabled:
+            await self.flow.hold(order)  # its admitter forwards it (cogo.actors.admission)
+            return
         await self._forward(order, submitted_at=submitted_at)
 
     async def _report_malformed(self, delivery: Delivery, exc: MalformedMessage) -> None:
@@ -210,47 +230,56 @@ class ExecutorDispatcher(Actor):
 
     async def _forward(self, order: WorkOrder, *, submitted_at: float) -> None:
         """Publish one attempt to the task's route and record ``execute_enqueued``."""
+        # Order and event go out together, one round trip instead of two; the submission is
+        # acked only once both are stored. If the order is refused, the handler fails, the
+        # submission is redelivered and the event's fixed id keeps it from being appended twice.
+        ack, _ = await self.publish_all(self.enqueued_messages(order, since=submitted_at))
+        if ack.duplicate and order.attempt == 1:
+            self.counters["duplicates"] += 1
+
+    def enqueued_messages(self, order: WorkOrder, *, since: float) -> list[Outgoing]:
+        """The attempt for its route and its ``execute_enqueued`` (queue wait from ``since``)."""
+        data: dict[str, Any] = {
+            "submitted_at": iso(order.submitted_at),
+            "deadline": iso(order.deadline),
+            "assignment": msgspec.to_builtins(order.assignment),
+        }
+        if order.flow_slot:
+            data["held_ms"] = order.held_ms
         event = order_event(
             EXECUTE_ENQUEUED,
             order,
             event_id=f"{order.task_id}:enqueued:{order.attempt}",
             actor=self.name,
-            queue_wait_ms=round(max(0.0, time.time() - submitted_at) * 1000.0, 3),
-            data={
-                "submitted_at": iso(order.submitted_at),
-                "deadline": iso(order.deadline),
-                "assignment": msgspec.to_builtins(order.assignment),
-            },
+            queue_wait_ms=round(max(0.0, time.time() - since) * 1000.0, 3),
+            data=data,
         )
-        # Order and event go out together, one round trip instead of two; the submission is
-        # acked only once both are stored. If the order is refused, the handler fails, the
-        # submission is redelivered and the event's fixed id keeps it from being appended twice.
-        ack, _ = await self.publish_all(
-            [
-                (subject_of(order), encoder.encode(order),
-                 {MSG_ID: f"{order.task_id}:{order.attempt}"}),
-                event_message(event),
-            ]
-        )  # fmt: skip
-        if ack.duplicate and order.attempt == 1:
-            self.counters["duplicates"] += 1
+        return [
+            (subject_of(order), encoder.encode(order),
+             {MSG_ID: f"{order.task_id}:{order.attempt}"}),
+            event_message(event),
+        ]  # fmt: skip
 
     async def _on_retry(self, order: WorkOrder) -> None:
         now = time.time()
         if now < order.not_before:
             raise Defer(order.not_before - now)  # backoff not over yet: hold it back
         if now > order.deadline:
-            base = _base_of(order)
             err = TtlExpired(
                 f"task reached its ttl_ms={order.assignment.ttl_ms} before attempt {order.attempt}"
             )
-            await self._fail(
-                base, err.code, str(err), attempt=order.attempt - 1, usage=order.usage_so_far,
-                version=order.version, cohort=order.cohort,
-                closes=order if order.emitted else None,
-            )  # fmt: skip
+            await self._terminal(self.order_failure(order, err), order if order.emitted else None)
+            return
+        if self._flow_enabled(order.route):
+            await self.flow.hold(order)
             return
         await self._forward(order, submitted_at=order.not_before)
+
+    def _flow_enabled(self, route: str) -> bool:
+        try:
+            return self.policies.get(route).flow.enabled
+        except UnknownRoute:  # forgotten since: its retry goes out as before
+            return False
 
     # -- results -----------------------------------------------------------------------
 
@@ -265,7 +294,10 @@ class ExecutorDispatcher(Actor):
         measured = {
             "actor": r.actor,
             "attempt": order.attempt,
-            "queue_wait_ms": r.queue_wait_ms,
+            # a hold by flow control is part of the wait (before the worker's own queue)
+            "queue_wait_ms": round(r.queue_wait_ms + order.held_ms, 3)
+            if order.held_ms
+            else r.queue_wait_ms,
             "duration_ms": r.duration_ms,
             "usage": total,
             "version": r.version or order.version,
@@ -330,6 +362,7 @@ class ExecutorDispatcher(Actor):
         retry = msgspec.structs.replace(
             order, attempt=order.attempt + 1, usage_so_far=total, not_before=next_at,
             emitted=emitted,
+            flow_slot=None, held_ms=0.0,  # this attempt's slot is released; its own is to come
         )  # fmt: skip
         event = make_event(
             EXECUTE_RETRY,
@@ -354,6 +387,14 @@ class ExecutorDispatcher(Actor):
     # -- terminal events ---------------------------------------------------------------
 
     async def _fail(
+        self, base: dict[str, Any], code: str, error: str, *, closes: WorkOrder | None = None,
+        **fields: Any,
+    ) -> None:  # fmt: skip
+        """Append the task's terminal ``execute_failed`` (see ``_failure``); with ``closes``,
+        the end marker of that task's output too."""
+        await self._terminal(self._failure(base, code, error, **fields), closes)
+
+    def _failure(
         self,
         base: dict[str, Any],
         code: str,
@@ -362,38 +403,46 @@ class ExecutorDispatcher(Actor):
         attempt: int,
         detail: Any = None,
         data: dict[str, Any] | None = None,
-        closes: WorkOrder | None = None,
         **fields: Any,
-    ) -> None:
+    ) -> Event:
         extra = dict(data or {})
         if detail is not None:
             extra["detail"] = detail
         fields.setdefault("actor", self.name)
-        await self._terminal(
-            make_event(
-                EXECUTE_FAILED,
-                event_id=f"{base['task_id']}:terminal",
-                attempt=attempt,
-                error_code=code,
-                error=error,
-                data=extra or None,
-                **base,
-                **fields,
-            ),
-            closes,
+        return make_event(
+            EXECUTE_FAILED,
+            event_id=f"{base['task_id']}:terminal",
+            attempt=attempt,
+            error_code=code,
+            error=error,
+            data=extra or None,
+            **base,
+            **fields,
         )
 
-    async def _terminal(self, event: Event, closes: WorkOrder | None = None) -> None:
-        """Append the terminal event; with ``closes``, also the end marker of that task's
-        output (it may have emitted), in the same batch (``cogo.streams.outputs``)."""
+    def order_failure(
+        self, order: WorkOrder, error: CogoError, *, data: dict[str, Any] | None = None
+    ) -> Event:
+        """The terminal ``execute_failed`` of a task whose next attempt never started."""
+        return self._failure(
+            _base_of(order), error.code, str(error), attempt=order.attempt - 1,
+            usage=order.usage_so_far, version=order.version, cohort=order.cohort, data=data,
+        )  # fmt: skip
+
+    def terminal_messages(self, event: Event, closes: WorkOrder | None = None) -> list[Outgoing]:
+        """The terminal event and, with ``closes``, the end marker of that task's output (it
+        may have emitted), to go out in one batch (``cogo.streams.outputs``)."""
         if closes is None:
-            appended = await self.events.append(event)
-        else:
-            status = "succeeded" if event.type == EXECUTE_DONE else "failed"
-            marker = end_marker(closes, status, attempt=event.attempt or 0,
-                                error_code=event.error_code, error=event.error)  # fmt: skip
-            ack, _ = await self.publish_all([event_message(event), marker])
-            appended = not ack.duplicate
+            return [event_message(event)]
+        status = "succeeded" if event.type == EXECUTE_DONE else "failed"
+        marker = end_marker(closes, status, attempt=event.attempt or 0,
+                            error_code=event.error_code, error=event.error)  # fmt: skip
+        return [event_message(event), marker]
+
+    async def _terminal(self, event: Event, closes: WorkOrder | None = None) -> None:
+        """Append the terminal event (and the end marker of the output it ``closes``)."""
+        ack, *_ = await self.publish_all(self.terminal_messages(event, closes))
+        appended = not ack.duplicate
         self.counters[event.type if appended else "duplicate_terminal"] += 1
 
     async def report_dead_letter(
@@ -404,9 +453,10 @@ class ExecutorDispatcher(Actor):
         attempt = 0
         usage: Usage | None = None
         order: WorkOrder | None = None
+        running: WorkOrder | None = None  # an attempt that holds a flow slot
         with _suppress_malformed():
             if subject == RESULT_SUBJECT:
-                order = decode_result(data).order
+                order = running = decode_result(data).order
                 base, attempt, usage = _base_of(order), order.attempt, order.usage_so_far
             elif subject == EXECUTE_SUBJECT:
                 try:
@@ -418,7 +468,7 @@ class ExecutorDispatcher(Actor):
                     base = {"task_id": tid, "correlation_id": task.correlation_id or tid,
                             "causation_id": task.causation_id, "route": task.route}  # fmt: skip
             else:
-                order = decode_order(data)
+                order = running = decode_order(data)
                 base, attempt, usage = _base_of(order), order.attempt, order.usage_so_far
         if base is None:
             tid = f"dead:{new_id()}"
@@ -432,6 +482,8 @@ class ExecutorDispatcher(Actor):
             # its workers may have emitted (and died doing it): the output is closed too
             closes=order,
         )
+        if running is not None:
+            await self.flow.release(running)
 
 
 class _suppress_malformed:  # noqa: N801 - used as a context manager

@@ -69,6 +69,11 @@ async def run_bench(options: Options, progress: Progress) -> dict[str, Any]:
                     bench, options.workflow_runs, options.orchestrators,
                     options.workflow_repeats, options.timeout,
                 )  # fmt: skip
+            flow = None
+            if options.flow_tasks > 0:
+                from cogo.actors import flowbench
+
+                flow = await flowbench.measure(bench, options.flow_tasks, options.flow_repeats)
             ingest = await projector_ingest(bench) if options.projector_runs > 0 else []
         finally:
             await bench.stop()
@@ -85,6 +90,7 @@ async def run_bench(options: Options, progress: Progress) -> dict[str, Any]:
         "projector_runs": [round(rate, 1) for rate in ingest],
         "http_submit_per_s": round(http_rate, 1),
         "workflows": workflows,
+        "flow": flow,
         "peak_rss_mb": bench.rss,
         # where the CPU went in the saturated run: microseconds of CPU per task, per process
         "cpu_us_per_task": cpu_us,
@@ -113,6 +119,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         workflow_runs=args.workflow_runs,
         orchestrators=args.orchestrators or [1, 2],
         workflow_repeats=args.workflow_repeats,
+        flow_tasks=args.flow_tasks,
+        flow_repeats=args.flow_repeats,
         scale_workers=[] if args.no_scale_out else args.scale_workers or DEFAULT_SCALE_WORKERS,
         scale_tasks=args.scale_tasks,
         scale_sleep_ms=args.scale_sleep_ms,
@@ -198,6 +206,10 @@ def register(subparsers: Any, common: Callable[[argparse.ArgumentParser], None])
                    help="orchestrator processes for --workflow-runs; repeat (default 1, 2)")  # fmt: skip
     p.add_argument("--workflow-repeats", type=int, default=3,
                    help="rounds per orchestrator count; the median is reported (3)")  # fmt: skip
+    p.add_argument("--flow-tasks", type=int, default=0, metavar="N",
+                   help="also time N tasks with flow control off and on (opt-in; 0 = off)")  # fmt: skip
+    p.add_argument("--flow-repeats", type=int, default=3,
+                   help="rounds per mode for --flow-tasks; the median is reported (3)")  # fmt: skip
     p.add_argument(
         "--scale-workers",
         type=int,

@@ -95,6 +95,15 @@ def _optional_rows(table: Any, result: dict[str, Any]) -> None:
             f"{count} orchestrator(s), median",
             f"{row['runs_per_s']:,.1f} runs/s = {row['nodes_per_s']:,.0f} nodes/s ({rounds})",
         )
+    flow_control = result.get("flow")
+    for mode in ("off", "on") if flow_control else ():
+        row = flow_control[mode]
+        table.add_row(
+            f"flow control {mode} ({flow_control['tasks']:,} tasks, {flow_control['keys']} keys), "
+            "median",
+            f"dispatcher {row['dispatcher_cpu_us_per_task']:,.0f} µs/task, "
+            f"total {row['total_cpu_us_per_task']:,.0f} µs/task, {row['tasks_per_s']:,.0f} tasks/s",
+        )
     flow = result.get("workflow_steps")
     if flow:
         gap = flow["step_gap_ms"]

@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-from cogo.bench.system import POLL_S, ROUTE, Bench
+from cogo.bench.system import POLL_S, ROUTE, Bench, task_body
 from cogo.streams.topology import TASKS, durable_name
 
 READY_TIMEOUT_S = 30.0
@@ -26,6 +26,10 @@ async def scale_out(bench: Bench) -> list[dict[str, Any]]:
     """tasks/s and the share of the ideal, for each worker count of ``--scale-workers``."""
     o = bench.o
     payload = msgspec.json.encode({"sleep_ms": o.scale_sleep_ms})
+
+    def body(task_id: str) -> bytes:
+        return task_body(task_id, payload)
+
     echoes = [label for label in bench.children if label.startswith("echo-")]
     for label in echoes:
         await bench.stop_child(label)
@@ -38,12 +42,10 @@ async def scale_out(bench: Bench) -> list[dict[str, Any]]:
             try:
                 # every new process up and fetching before the clock starts
                 await bench.run_tasks(workers * o.scale_concurrency, f"scale-out {workers}: warm-up",
-                                      timeout=60, payload=payload)  # fmt: skip
+                                      timeout=60, body=body)  # fmt: skip
                 await _wait_fetching(bench, workers)
                 count = o.scale_tasks * workers
-                elapsed = await bench.run_tasks(
-                    count, f"scale-out, {workers} worker(s)", payload=payload
-                )
+                elapsed = await bench.run_tasks(count, f"scale-out, {workers} worker(s)", body=body)
             finally:
                 for label in labels:
                     await bench.stop_child(label)

@@ -72,6 +72,9 @@ class Options:
     scale_tasks: int = 400  # per worker process: every step takes about as long
     scale_sleep_ms: float = 50.0
     scale_concurrency: int = 8
+    # dispatcher cost with flow control off and on (cogo.actors.flowbench; 0: skipped)
+    flow_tasks: int = 0
+    flow_repeats: int = 3
     # dashboard / latency API / /metrics at this many synthetic events (0: skipped)
     history: list[int] = field(default_factory=list)
     history_requests: int = 7
@@ -296,15 +299,16 @@ class Bench:
     # -- tasks until projected (the saturated figure, warm-up, scale-out) ---------------
 
     async def run_tasks(
-        self, count: int, label: str, timeout: float | None = None, payload: bytes = b"{}"
-    ) -> float:
+        self, count: int, label: str, timeout: float | None = None,
+        body: Callable[[str], bytes] = task_body,
+    ) -> float:  # fmt: skip
         """Publish ``count`` tasks at once; seconds until all are done and projected."""
         prefix = self.task_prefix("t")
         update = self.progress.task(label, count)
         deadline = time.monotonic() + (timeout or self.o.timeout)
         before = self.done_count
         began = time.perf_counter()
-        publishing = asyncio.create_task(self._publish_burst(prefix, count, payload))
+        publishing = asyncio.create_task(self._publish_burst(prefix, count, body))
         while self.done_count - before < count:
             if time.monotonic() > deadline:
                 raise CogoError(f"{label}: {self.done_count - before}/{count} done in time")
@@ -320,15 +324,11 @@ class Bench:
         update(count, f"{count / elapsed:,.0f} tasks/s")
         return elapsed
 
-    async def _publish_burst(self, prefix: str, count: int, payload: bytes) -> None:
+    async def _publish_burst(self, prefix: str, count: int, body: Callable[[str], bytes]) -> None:
         acks: list[asyncio.Future[Any]] = []
         for i in range(count):
             tid = f"{prefix}{i}"
-            acks.append(
-                await self.publisher.publish(
-                    EXECUTE_SUBJECT, task_body(tid, payload), {MSG_ID: tid}
-                )
-            )
+            acks.append(await self.publisher.publish(EXECUTE_SUBJECT, body(tid), {MSG_ID: tid}))
             if len(acks) >= PUBLISH_WINDOW:  # bounded: a 100,000-task burst stays flat
                 await asyncio.gather(*acks)
                 acks = []

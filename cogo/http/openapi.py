@@ -63,6 +63,7 @@ def build_openapi(
                 route, path, method, spec, summary, guarded, schemas
             )
     _fill_enums(schemas, enums or {})
+    _fill_enums(paths, enums or {})  # query and path parameters are inline in the operations
     _fill_parameters(schemas, workflows or {})
     document: dict[str, Any] = {
         "openapi": "3.1.0",

@@ -36,6 +36,8 @@ from cogo.streams.topology import (
     CONTROL_VERSION,
     DLQ,
     EVENTS,
+    FLOW,
+    FLOW_BUCKET,
     LEASE_BUCKET,
     MAX_DELIVERIES_ADVISORY,
     ORCHESTRATOR_ROUTES,
@@ -145,6 +147,14 @@ def _read_events() -> list[str]:
             f"{API}.STREAM.MSG.GET.{EVENTS}", f"$JS.FC.{EVENTS}.>"]  # fmt: skip
 
 
+def _held_tasks() -> list[str]:
+    """Hold tasks in ``FLOW``, follow a route's with an ordered consumer, delete admitted ones."""
+    return ["flow.>", f"{API}.STREAM.INFO.{FLOW}", f"{API}.STREAM.MSG.DELETE.{FLOW}",
+            f"{API}.CONSUMER.CREATE.{FLOW}", f"{API}.CONSUMER.CREATE.{FLOW}.>",
+            f"{API}.CONSUMER.DELETE.{FLOW}.>", f"{API}.CONSUMER.INFO.{FLOW}.>",
+            f"$JS.FC.{FLOW}.>"]  # fmt: skip
+
+
 def _read_outputs() -> list[str]:
     """Read tasks' output: ordered consumers on OUTPUTS, and its last message per task."""
     return [f"{API}.CONSUMER.CREATE.{OUTPUTS}", f"{API}.CONSUMER.CREATE.{OUTPUTS}.>",
@@ -182,10 +192,12 @@ def permissions(user: str, plan: AuthPlan) -> dict[str, Any] | None:
             *routes, *[f"{r}.*" for r in routes],  # baseline and versioned (canary) routes
             EXECUTE_SUBJECT,  # retries
             *_events("execute_enqueued", "execute_retry", "execute_failed", "execute_done",
-                     "policy_bypassed"),
+                     "execute_throttled", "policy_bypassed"),
             "dlq.>", f"{API}.STREAM.MSG.GET.{TASKS}", f"{API}.STREAM.MSG.DELETE.{TASKS}",
             "outputs.>",  # the end marker of a task's output, with its terminal event
             *_read_kv(POLICY_BUCKET), *_read_kv("rollouts"),
+            # flow control: held tasks, admission leases and slots (cogo.actors.admission)
+            *_held_tasks(), *_write_kv(FLOW_BUCKET),
         ]  # fmt: skip
         sub += [f"{MAX_DELIVERIES_ADVISORY}.{TASKS}.*"]
     elif user == "orchestrator":

@@ -31,6 +31,11 @@ KIND_HEADER = "Cogo-Kind"  # "retry" on dispatcher-made retries of a task
 # the ranges decode_assignment enforces, and the JSON schema /openapi.json publishes
 Positive = Annotated[int, msgspec.Meta(gt=0)]
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
+# flow control (DESIGN §14): who a task is for, and how urgent it is (higher first)
+MAX_KEY_LENGTH = 256
+DEFAULT_PRIORITY = 5
+FlowKey = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_KEY_LENGTH)]
+Priority = Annotated[int, msgspec.Meta(ge=0, le=9)]
 
 
 class BackoffSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -52,6 +57,8 @@ class Assignment(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_attempts: Positive | None = None
     backoff: BackoffSpec | None = None
     bypass: list[str] = msgspec.field(default_factory=list)
+    key: FlowKey | None = None  # the tenant, user, repository... flow limits count per key
+    priority: Priority | None = None  # 0-9, default 5; higher is admitted first
 
 
 class ResolvedAssignment(msgspec.Struct, frozen=True):
@@ -64,6 +71,8 @@ class ResolvedAssignment(msgspec.Struct, frozen=True):
     ttl_ms: int
     max_attempts: int
     backoff: Backoff
+    key: str | None = None
+    priority: int = DEFAULT_PRIORITY
     # the models ``ctx.llm`` may call for this task (the route's ceiling); empty: any model
     allowed_models: tuple[str, ...] = ()
 
@@ -109,6 +118,10 @@ class WorkOrder(msgspec.Struct, frozen=True):
     not_before: float = 0.0  # unix seconds; retries wait for their backoff
     version: str | None = None
     cohort: str | None = None
+    # flow control: the slot this attempt holds (``cogo.streams.flow``), released when its
+    # result is handled, and how long admission held it back (part of its queue wait)
+    flow_slot: str | None = None
+    held_ms: float = 0.0
     # an earlier attempt may have written to the task's output (ctx.emit): the dispatcher
     # then closes it with an end marker when the task ends
     emitted: bool = False
@@ -198,7 +211,7 @@ def _integral_floats_as_ints(raw: Any) -> Any:
     return out
 
 
-_INT_FIELDS = frozenset({"max_tokens", "timeout_ms", "ttl_ms", "max_attempts"})
+_INT_FIELDS = frozenset({"max_tokens", "timeout_ms", "ttl_ms", "max_attempts", "priority"})
 
 
 def _check_ranges(a: Assignment) -> None:

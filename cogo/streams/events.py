@@ -27,6 +27,8 @@ EXECUTE_FAILED = "execute_failed"
 EXECUTE_DONE = "execute_done"
 # a worker still running an attempt a moment after its claim (not for quick attempts)
 EXECUTE_STARTED = "execute_started"
+# flow control held an attempt back (once per attempt; data.limit says which limit)
+EXECUTE_THROTTLED = "execute_throttled"
 TERMINAL_TYPES = frozenset({EXECUTE_FAILED, EXECUTE_DONE})
 # the agent runtime (DESIGN §11): one per LLM call, one per durable step's first success
 LLM_CALL = "llm_call"

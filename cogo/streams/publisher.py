@@ -147,7 +147,7 @@ class Publisher:
             future.set_exception(nats.errors.Error(f"unreadable publish ack: {exc}"))
             return
         if answer.error is not None:
-            future.set_exception(nats.js.errors.APIError.from_error(answer.error))
+            future.set_exception(_refusal(answer.error))
         else:
             future.set_result(StreamAck(answer.stream, answer.seq, answer.duplicate, answer.domain))
 
@@ -161,3 +161,13 @@ class Publisher:
                 future, _ = self._waiting.pop(token)
                 if not future.done():
                     future.set_exception(nats.errors.TimeoutError())
+
+
+def _refusal(error: dict[str, Any]) -> Exception:
+    """The APIError subclass for a refusal (``APIError.from_error`` raises it, never returns
+    it: called in the answer callback, it would leave the publish waiting for its timeout)."""
+    try:
+        nats.js.errors.APIError.from_error(error)
+    except nats.js.errors.APIError as exc:
+        return exc
+    return nats.js.errors.APIError(**error)  # pragma: no cover - from_error always raises

@@ -34,8 +34,8 @@ from cogo.errors import ConfigError, InvalidRoute, RouteConflict
 ROUTE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\.[A-Za-z0-9][A-Za-z0-9_-]{0,63}\.[0-9]{1,6}$"
 _ROUTE = re.compile(ROUTE_PATTERN)
 # services whose subjects belong to Cogo itself: the dispatcher's and orchestrator's routes,
-# the other streams (events, dead letters, task output) and control subjects
-RESERVED_SERVICES = frozenset({"orchestrator", "events", "dlq", "outputs", "cogo"})
+# the other streams (events, dead letters, task output, held tasks) and control subjects
+RESERVED_SERVICES = frozenset({"orchestrator", "events", "dlq", "outputs", "flow", "cogo"})
 _SUBJECT_UPDATE_ATTEMPTS = 8
 
 

@@ -21,6 +21,8 @@ from cogo.streams.routes import durable_name, ensure_subjects, route_subjects
 TASKS = "TASKS"
 EVENTS = "EVENTS"
 DLQ = "DLQ"
+# tasks flow control holds back, one subject per route, priority and key (cogo.streams.flow)
+FLOW = "FLOW"
 POLICY_BUCKET = "policies"
 ARTIFACT_BUCKET = "artifacts"
 ROLLOUT_BUCKET = "rollouts"
@@ -28,6 +30,8 @@ ROLLOUT_BUCKET = "rollouts"
 LEASE_BUCKET = "orchestrator_leases"
 # workflow schedules and where each one's ticks stand (cogo.workflows.schedules)
 SCHEDULE_BUCKET = "schedules"
+# flow control: admission leases, the slots running attempts hold, what each admitter sees
+FLOW_BUCKET = "flow"
 DISPATCHER_ROUTES = [EXECUTE_SUBJECT, RESULT_SUBJECT]
 # the workflow orchestrator's commands, one subject per partition of runs; not task routes
 ORCHESTRATOR_PARTITIONS = 8
@@ -89,6 +93,18 @@ def stream_configs(
             max_age=config.dlq.max_age_s,
             max_bytes=config.dlq.max_bytes,
         ),
+        api.StreamConfig(
+            name=FLOW,
+            description="tasks held back by flow control, by route, priority and key",
+            subjects=["flow.>"],
+            # a held task leaves when it is admitted (or expires): deleted by its admitter.
+            # No age limit: a held task ends only as an event, never by silently aging out
+            retention=api.RetentionPolicy.LIMITS,
+            storage=api.StorageType.FILE,
+            num_replicas=replicas,
+            duplicate_window=window,
+            discard=api.DiscardPolicy.NEW,
+        ),
         outputs.stream_config(config),
     ]
 
@@ -134,6 +150,7 @@ async def ensure_topology(
     await ensure_kv(js, ROLLOUT_BUCKET, history=8, replicas=config.bus.replicas)
     await ensure_kv(js, LEASE_BUCKET, history=1, replicas=config.bus.replicas)
     await ensure_kv(js, SCHEDULE_BUCKET, history=4, replicas=config.bus.replicas)
+    await ensure_kv(js, FLOW_BUCKET, history=1, replicas=config.bus.replicas)
     try:
         await js.object_store(ARTIFACT_BUCKET)
     except (NotFoundError, BadRequestError):

@@ -61,8 +61,9 @@ class Lease:
     """One key held with compare-and-set and a TTL."""
 
     def __init__(self, kv: KeyValue, js: JetStreamContext, key: str, value: bytes,
-                 ttl_s: int) -> None:  # fmt: skip
+                 ttl_s: int, *, bucket: str = LEASE_BUCKET) -> None:  # fmt: skip
         self.kv, self.js, self.key, self.value, self.ttl_s = kv, js, key, value, ttl_s
+        self.bucket = bucket
         self.revision: int | None = None
         self.valid_until = 0.0
         self._margin = min(1.0, ttl_s * 0.2)
@@ -88,7 +89,7 @@ class Lease:
         began = time.monotonic()
         try:
             ack = await self.js.publish(
-                f"$KV.{LEASE_BUCKET}.{self.key}", self.value, timeout=max(1.0, self.ttl_s / 3),
+                f"$KV.{self.bucket}.{self.key}", self.value, timeout=max(1.0, self.ttl_s / 3),
                 headers={EXPECTED_LAST: str(self.revision), TTL_HEADER: f"{self.ttl_s}s"},
             )  # fmt: skip
         except nats.js.errors.APIError as exc:
@@ -122,8 +123,10 @@ class PartitionLeases:
         on_gain: Partitions,
         on_release: Partitions,
         on_lost: Partitions,
+        bucket: str = LEASE_BUCKET,
     ) -> None:
         self.js = js
+        self.bucket = bucket  # the orchestrators'; flow control leases its own (cogo.streams.flow)
         self.name = name
         self.member = member_key(name)
         self.partitions = partitions
@@ -151,7 +154,7 @@ class PartitionLeases:
         return lease is not None and lease.valid()
 
     async def start(self) -> None:
-        self._kv = await self.js.key_value(LEASE_BUCKET)
+        self._kv = await self.js.key_value(self.bucket)
         self._watch = asyncio.create_task(self._watch_members(), name="lease-members")
         await self._tick()  # take what is free now, before the first input arrives
         self._loop = asyncio.create_task(self._run(), name="leases")
@@ -198,7 +201,7 @@ class PartitionLeases:
 
     async def _tick(self) -> None:
         assert self._kv is not None
-        await self.js.publish(f"$KV.{LEASE_BUCKET}.{self.member}", self._value,
+        await self.js.publish(f"$KV.{self.bucket}.{self.member}", self._value,
                               headers={TTL_HEADER: f"{self.ttl_s}s"}, timeout=5)  # fmt: skip
         await self._renew()
         owners = await self._owners()
@@ -220,7 +223,8 @@ class PartitionLeases:
             rounds = self._free_rounds[partition] = self._free_rounds.get(partition, 0) + 1
             if len(mine) + len(gained) >= fair and rounds < 3:
                 continue  # leave it to a member under its share for a round or two
-            lease = Lease(self._kv, self.js, f"partition.{partition}", self._value, self.ttl_s)
+            lease = Lease(self._kv, self.js, f"partition.{partition}", self._value, self.ttl_s,
+                          bucket=self.bucket)  # fmt: skip
             if await lease.acquire():
                 self.held[partition] = lease
                 gained.append(partition)

@@ -47,6 +47,11 @@ PUBLISH = {
     "$JS.API.STREAM.MSG.DELETE.TASKS": {"admin", "dispatcher"},
     "$O.artifacts.C.x": {"admin", "codegen"},
     "$JS.API.CONSUMER.CREATE.EVENTS": {"admin", "client", "orchestrator", "projector"},
+    # flow control: held tasks, their deletion once admitted, slots and leases
+    "flow.echo-run-0.5.kYQ": {"admin", "dispatcher"},
+    "$JS.API.STREAM.MSG.DELETE.FLOW": {"admin", "dispatcher"},
+    "$KV.flow.slot.echo-run-0.dA.1": {"admin", "dispatcher"},
+    "events.execute_throttled.echo.run.0": {"admin", "dispatcher"},
     # the agent runtime: llm_call / step_completed events, task output, the step journal
     "events.llm_call.echo.run.0": {"admin", "echo", "codegen"},
     "events.step_completed.echo.run.0.17": {"admin", "echo", "codegen"},
@@ -186,6 +191,7 @@ async def test_secured_system_runs_tasks_end_to_end(tmp_path, config_path):
             await js.delete_stream("EVENTS")
         await nc.close()
         await _workflows_under_auth(info, data_dir)
+        await _flow_under_auth(info, data_dir)
     finally:
         proc.send_signal(signal.SIGTERM)
         out, _ = await asyncio.to_thread(proc.communicate, timeout=30)
@@ -193,6 +199,32 @@ async def test_secured_system_runs_tasks_end_to_end(tmp_path, config_path):
     assert "violation" not in logs.lower(), [
         line for line in logs.splitlines() if "violation" in line.lower()
     ]
+
+
+async def _flow_under_auth(info: dict, data_dir) -> None:
+    """The dispatcher's user holds, admits and releases tasks of a flow-controlled route."""
+    from cogo.streams.policies import reset_policy, set_policy
+
+    passwords = json.loads((data_dir / "credentials.json").read_text())
+    admin = await connect(info["nats_url"], "admin", user="admin", password=passwords["admin"])
+    await set_policy(admin.jetstream(), "echo.run.0", {"flow": {"concurrency_per_key": 1}})
+    nc = await connect(info["nats_url"], "client", user="client", password=info["nats_password"])
+    js = nc.jetstream()
+    ids = []
+    for i in range(6):
+        tid = f"secure-flow-{i}"
+        body = {"task_id": tid, "route": "echo.run.0",
+                "payload": {"sleep_ms": 100, "__assignment": {"key": f"k{i % 2}"}}}  # fmt: skip
+        await js.publish("orchestrator.execute.0", json.dumps(body).encode(),
+                         headers={"Nats-Msg-Id": tid})  # fmt: skip
+        ids.append(tid)
+    reader = EventReader(js)
+    got = await reader.wait_terminal(ids, timeout=30)
+    assert all(e.type == "execute_done" for e in got.values())
+    assert sum(e.type == "execute_throttled" for e in reader.events) == 4
+    await reset_policy(admin.jetstream(), "echo.run.0")
+    await nc.close()
+    await admin.close()
 
 
 async def test_agent_runtime_under_auth(tmp_path, config_path, chat_server):

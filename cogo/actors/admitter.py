@@ -1,0 +1,362 @@
+"""One route's admission while this dispatcher holds the route's partition.
+
+How and why it works is told in ``cogo.actors.admission``; in short, a session loads the
+route's slots (a KV watch) and held tasks (an ordered consumer on its ``FLOW`` subjects),
+then admits in rounds: expire held tasks past their deadline, pick what may start
+(``cogo.actors.flow``), write the picks' slots, forward them with their
+``execute_enqueued``, delete their held copies, announce the new holds
+(``execute_throttled``), and now and then write what it sees for ``GET /api/flow``. Any
+failure ends the session; the next one loads the route from the bus again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+
+from cogo.actors.flow import Held, RouteFlow
+from cogo.errors import MalformedMessage, TtlExpired
+from cogo.streams.envelope import WorkOrder, decode_order
+from cogo.streams.events import EXECUTE_THROTTLED, event_message, iso, make_event
+from cogo.streams.flow import (
+    NOT_FOUND,
+    SEQ_NOT_FOUND,
+    SLOT_GRACE_S,
+    RouteSnapshot,
+    Slot,
+    decode_slot,
+    delete_held_message,
+    encode_snapshot,
+    held_filter,
+    partition_of,
+    release_message,
+    slot_key,
+    slot_message,
+    slot_prefix,
+    snapshot_message,
+)
+from cogo.streams.publisher import Outgoing
+from cogo.streams.topology import FLOW, FLOW_BUCKET
+
+if TYPE_CHECKING:
+    from cogo.actors.admission import FlowControl
+
+log = logging.getLogger(__name__)
+
+ADMIT_BATCH = 128  # attempts admitted per round, at most (one round trip per step each)
+# an admitter looks again at least this often, and sees then whether what it shows on
+# GET /api/flow changed: a view at most about half a second old
+IDLE_WAKE_S = 0.5
+SNAPSHOT_EVERY_S = 0.5
+SNAPSHOT_REFRESH_S = 10.0  # rewritten this often even when nothing changed (its TTL is 30 s)
+RELOAD_PAUSE_S = 1.0
+
+
+class _HeadAssignment(msgspec.Struct):
+    key: str | None = None
+    priority: int = 5
+
+
+class _Head(msgspec.Struct):
+    """The fields of a held ``WorkOrder`` admission needs (decoding the rest costs more)."""
+
+    task_id: str
+    route: str
+    attempt: int
+    deadline: float
+    assignment: _HeadAssignment
+
+
+_head_decoder = msgspec.json.Decoder(_Head)
+
+
+def wait_started(order: WorkOrder) -> float:
+    """When the attempt began to wait: its submission, or (a retry) the end of its backoff."""
+    return order.not_before if order.attempt > 1 else order.submitted_at
+
+
+class RouteAdmitter:
+    """Admits one route's held tasks while this process holds the route's partition."""
+
+    def __init__(self, control: FlowControl, route: str) -> None:
+        self.c = control
+        self.route = route
+        self.partition = partition_of(route)
+        self.flow: RouteFlow | None = None
+        self.counters = control.d.counters
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._round_lock = asyncio.Lock()
+        self._checked_at = 0.0  # when the snapshot was last computed
+        self._snapshot_at = 0.0  # ... and last written
+        self._snapshot_body = b""
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"admit {self.route}")
+
+    async def stop(self, *, abort: bool = False) -> None:
+        """Stop after the round in progress (``abort``: at once; the lease is gone)."""
+        self._stopping = True
+        self._wake.set()
+        if self._task is None:
+            return
+        if abort:
+            self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    def idle(self) -> bool:
+        return self.flow is not None and self.flow.waiting == 0
+
+    def _valid(self) -> bool:
+        return not self._stopping and self.c.leases.valid(self.partition)
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            try:
+                await self._session()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # whatever went wrong, the bus has the truth: load the route from it again
+                log.warning("%s: admitting %s failed (%s); reloading", self.c.name, self.route,
+                            exc)  # fmt: skip
+                self.counters["flow_reloads"] += 1
+                await asyncio.sleep(RELOAD_PAUSE_S)
+
+    async def _session(self) -> None:
+        """One life of the route's state: slots and held tasks loaded from the bus, then
+        rounds of admission until this process stops admitting the route."""
+        js = self.c.d.js
+        flow = RouteFlow(self.c.limits(self.route), time.time())
+        kv = await js.key_value(FLOW_BUCKET)
+        # slots first: a held task whose slot exists is re-forwarded, not counted again
+        watcher = await kv.watch(slot_prefix(self.route) + ">")
+        slots_loaded = asyncio.Event()
+        follower = asyncio.create_task(self._follow_slots(watcher, flow, slots_loaded))
+        held_loaded = asyncio.Event()
+        sub = None
+        try:
+            async with asyncio.timeout(30):
+                await slots_loaded.wait()
+
+            async def on_held(msg: Msg) -> None:
+                self._on_held(msg, flow, held_loaded)
+
+            sub = await js.subscribe(
+                held_filter(self.route), stream=FLOW, ordered_consumer=True, cb=on_held,
+                pending_msgs_limit=0, pending_bytes_limit=0,  # the backlog is in memory anyway
+            )  # fmt: skip
+            if (await sub.consumer_info()).num_pending == 0:
+                held_loaded.set()
+            async with asyncio.timeout(60):
+                await held_loaded.wait()
+            self.flow = flow
+            while not self._stopping:
+                if follower.done():  # the watch ended: releases would go unseen from here
+                    raise RuntimeError("the watch of the route's slots ended")
+                if self._valid():
+                    async with self._round_lock:
+                        await self._round(flow)
+                await self._sleep(flow)
+        finally:
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await follower
+            with contextlib.suppress(Exception):
+                await watcher.stop()
+            if sub is not None:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+
+    async def _follow_slots(self, watcher: Any, flow: RouteFlow, loaded: asyncio.Event) -> None:
+        async for entry in watcher:
+            if entry is None:
+                loaded.set()
+                continue
+            if entry.operation in ("DEL", "PURGE") or not entry.value:
+                flow.slot_released(entry.key)
+            else:
+                try:
+                    slot = decode_slot(entry.value)
+                except msgspec.DecodeError:
+                    log.error("%s: unreadable slot %s ignored", self.route, entry.key)
+                    continue
+                flow.slot_taken(entry.key, slot.key, slot.expires_at)
+            self._wake.set()
+
+    def _on_held(self, msg: Msg, flow: RouteFlow, loaded: asyncio.Event) -> None:
+        meta = msg.metadata
+        try:
+            head = _head_decoder.decode(msg.data)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            log.error("%s: unreadable held task (FLOW seq %d) left alone: %s",
+                      self.route, meta.sequence.stream, exc)  # fmt: skip
+        else:
+            flow.add(
+                Held(
+                    seq=meta.sequence.stream, task_id=head.task_id, attempt=head.attempt,
+                    key=head.assignment.key or "", priority=head.assignment.priority,
+                    deadline=head.deadline, held_at=meta.timestamp.timestamp(),
+                    slot=slot_key(self.route, head.task_id, head.attempt), data=msg.data,
+                )
+            )  # fmt: skip
+            self._wake.set()
+        if meta.num_pending == 0:
+            loaded.set()
+
+    async def _sleep(self, flow: RouteFlow) -> None:
+        timeout = IDLE_WAKE_S
+        due = flow.next_wake()
+        if due is not None:
+            timeout = min(timeout, max(0.0, due - time.time()) + 0.001)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._wake.wait()
+
+    # -- one round ----------------------------------------------------------------------
+
+    async def _round(self, flow: RouteFlow) -> None:
+        self._wake.clear()  # what arrives while this round runs wakes the next one
+        flow.set_limits(self.c.limits(self.route))
+        now = time.time()
+        expired = flow.expired(now)
+        if expired:
+            await self._expire(flow, expired, now)
+        while True:
+            picks = flow.pick(now, ADMIT_BATCH)
+            if not picks:
+                break
+            await self._admit(flow, picks, now)
+            if len(picks) < ADMIT_BATCH or not self._valid():
+                break
+            now = time.time()
+        holds = flow.holds(now)
+        if holds:
+            await self._announce(flow, holds, now)
+        if now - self._checked_at >= SNAPSHOT_EVERY_S:
+            await self._snapshot(flow, now)
+
+    async def _admit(self, flow: RouteFlow, picks: list[Held], now: float) -> None:
+        d = self.c.d
+        orders = []
+        slots: list[Outgoing] = []
+        for held in picks:
+            order = msgspec.structs.replace(
+                decode_order(held.data), flow_slot=held.slot,
+                held_ms=round(max(0.0, now - held.held_at) * 1000.0, 3),
+            )  # fmt: skip
+            orders.append(order)
+            slot = Slot(task_id=held.task_id, attempt=held.attempt, key=held.key,
+                        admitted_at=now, expires_at=held.deadline + SLOT_GRACE_S,
+                        admitter=d.name)  # fmt: skip
+            slots.append(slot_message(held.slot, slot, now))
+        # 1. the slots are stored before any attempt goes out: a takeover finds them
+        await d.publish_all(slots)
+        if not self._valid():  # the lease lapsed meanwhile: the next holder re-forwards
+            raise _LeaseLapsed()
+        # 2. the attempts and their execute_enqueued (fixed ids: a redo stores nothing twice)
+        messages = [m for o in orders for m in d.enqueued_messages(o, since=wait_started(o))]
+        acks = await d.publish_all(messages)
+        freed: list[Outgoing] = []
+        for i, held in enumerate(picks):
+            if acks[2 * i].duplicate and not held.redo:
+                # it was forwarded before (a killed admitter did not delete it) and its
+                # result has released its slot since: the slot just taken is for nothing
+                flow.slot_released(held.slot)
+                freed.append(release_message(held.slot))
+        if freed:
+            await d.publish_all(freed)
+        # 3. the held copies go
+        await self._delete(flow, picks)
+        self.counters["flow_admitted"] += len(picks)
+
+    async def _delete(self, flow: RouteFlow, gone: list[Held]) -> None:
+        publisher = self.c.d.publisher
+        futures = [await publisher.publish(*delete_held_message(h.seq)) for h in gone]
+        for held, outcome in zip(gone, await asyncio.gather(*futures, return_exceptions=True),
+                                 strict=True):  # fmt: skip
+            if isinstance(outcome, nats.js.errors.APIError) and outcome.err_code in (
+                NOT_FOUND, SEQ_NOT_FOUND,
+            ):  # fmt: skip
+                outcome = None  # somebody deleted it already (a takeover's redo)
+            if isinstance(outcome, BaseException):
+                raise outcome
+            flow.forget(held.seq)
+
+    async def _expire(self, flow: RouteFlow, expired: list[Held], now: float) -> None:
+        d = self.c.d
+        messages: list[Outgoing] = []
+        for held in expired:
+            try:
+                order = decode_order(held.data)
+            except MalformedMessage:
+                continue
+            limit = flow.reason(held, now) or "flow"
+            error = TtlExpired(
+                f"held by flow control ({limit}) for {now - held.held_at:.1f} s, past its "
+                f"ttl_ms={order.assignment.ttl_ms}"
+            )
+            held_ms = round((now - held.held_at) * 1000.0, 3)
+            event = d.order_failure(order, error, data={
+                "limit": limit, "key": held.key, "priority": held.priority, "held_ms": held_ms,
+            })  # fmt: skip
+            # a held retry whose earlier attempt wrote output: that output ends here too
+            messages += d.terminal_messages(event, order if order.emitted else None)
+            self.counters["flow_expired"] += 1
+        if messages:
+            await d.publish_all(messages)
+        await self._delete(flow, expired)
+
+    async def _announce(self, flow: RouteFlow, holds: list[tuple[Held, str]], now: float) -> None:
+        d = self.c.d
+        messages = []
+        for held, limit in holds:
+            try:
+                order = decode_order(held.data)
+            except MalformedMessage:
+                continue
+            event = make_event(
+                EXECUTE_THROTTLED,
+                event_id=f"{order.task_id}:throttled:{order.attempt}",
+                task_id=order.task_id, correlation_id=order.correlation_id,
+                causation_id=order.causation_id, route=order.route, actor=d.name,
+                attempt=order.attempt, version=order.version, cohort=order.cohort,
+                queue_wait_ms=round(max(0.0, now - wait_started(order)) * 1000.0, 3),
+                data={"limit": limit, "key": held.key, "priority": held.priority,
+                      "held_at": iso(held.held_at), "limits": flow.limits_dict(),
+                      "running": flow.running, "waiting": flow.waiting},
+            )  # fmt: skip
+            messages.append(event_message(event))
+        if messages:
+            await d.publish_all(messages)
+            self.counters["flow_throttled"] += len(messages)
+
+    async def _snapshot(self, flow: RouteFlow, now: float) -> None:
+        self._checked_at = now
+        rate, keys, omitted = flow.figures(now)
+        snapshot = RouteSnapshot(
+            route=self.route, admitter=self.c.name, updated_at=0.0, limits=flow.limits_dict(),
+            running=flow.running, waiting=flow.waiting, rate_per_s=rate, keys=keys,
+            keys_omitted=omitted,
+        )  # fmt: skip
+        body = encode_snapshot(snapshot)
+        if body == self._snapshot_body and now - self._snapshot_at < SNAPSHOT_REFRESH_S:
+            return
+        self._snapshot_body, self._snapshot_at = body, now
+        snapshot = msgspec.structs.replace(snapshot, updated_at=now)
+        with contextlib.suppress(nats.errors.Error):  # a view: never worth failing a round
+            await self.c.d.publish_all([snapshot_message(snapshot)])
+
+
+class _LeaseLapsed(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """The route's lease ran out during a round: stop admitting it here."""

@@ -122,6 +122,9 @@ class BusConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     duplicate_window_s: float = 1200.0
     replicas: int = 1
     max_ack_pending: int = 20_000
+    # leases (which orchestrator drives which runs, which dispatcher admits which route):
+    # a dead holder's share moves after this; a live one renews every third of it
+    lease_ttl_s: float = 10.0
 
 
 class LimitsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

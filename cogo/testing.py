@@ -48,6 +48,8 @@ from cogo.config import Config, load_config
 TEST_CONFIG = """
 [bus]
 ack_wait_s = 2.0
+# short enough for takeovers in seconds, long enough to renew on a loaded machine
+lease_ttl_s = 4.0
 max_deliver = 3
 duplicate_window_s = 120.0
 

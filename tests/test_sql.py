@@ -124,10 +124,10 @@ def test_sandbox_messages_say_why(store):
     ],
 )
 def test_sandbox_interrupts_runaway_queries(store, sql):
-    began = time.monotonic()
+    # both run for many seconds (the first for hours) unless interrupted: SqlTimeout is
+    # raised only by the interrupt
     with pytest.raises(SqlTimeout, match="time limit of 0.5s"):
         query(store, sql, timeout_s=0.5)
-    assert time.monotonic() - began < 5
     assert query(store, "SELECT 42").rows == [[42]]  # the cursor is still usable
 
 

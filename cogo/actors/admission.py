@@ -64,7 +64,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-LEASE_TTL_S = 3  # a dead admitter's routes move after this (whole seconds: Nats-TTL)
 ORPHAN_SCAN_S = 10.0  # how often routes without a flow policy are checked for held tasks
 
 
@@ -75,7 +74,7 @@ class FlowControl:
         self.d = dispatcher
         self.name = dispatcher.name
         self.leases = PartitionLeases(
-            dispatcher.js, dispatcher.name, FLOW_PARTITIONS, LEASE_TTL_S,
+            dispatcher.js, dispatcher.name, FLOW_PARTITIONS, dispatcher.config.bus.lease_ttl_s,
             on_gain=self._gained, on_release=self._released, on_lost=self._lost,
             bucket=FLOW_BUCKET,
         )  # fmt: skip

@@ -14,7 +14,7 @@ Any number of orchestrator processes, on any hosts, share the runs:
   its partition is still valid, otherwise it is handed back (``nak``) and redelivered,
   after ``ack_wait`` at the latest, to whoever holds the partition then.
 
-When a process dies, its leases expire after their TTL (``[bus] ack_wait_s``); another
+When a process dies, its leases expire after their TTL (``[bus] lease_ttl_s``); another
 member takes the partitions, loads their unfinished runs from the log (folds of their
 events, timers re-armed from stored deadlines) and pulls their queues, where every command
 and forwarded outcome the dead one had not acked is waiting: the runs continue within about
@@ -98,7 +98,7 @@ class Orchestrator(Actor):
             publisher=self.publisher,
         )  # fmt: skip
         self.leases = PartitionLeases(
-            self.js, self.name, ORCHESTRATOR_PARTITIONS, self.config.bus.ack_wait_s,
+            self.js, self.name, ORCHESTRATOR_PARTITIONS, self.config.bus.lease_ttl_s,
             on_gain=self._gain, on_release=self._let_go, on_lost=self._let_go,
         )  # fmt: skip
         # partitions whose runs are loaded and whose queue is being pulled

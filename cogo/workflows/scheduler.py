@@ -51,7 +51,7 @@ class Scheduler:
         self.name = name
         self.plan = plan
         self.store = ScheduleStore(js)
-        self.ttl_s = max(1, math.ceil(config.bus.ack_wait_s))
+        self.ttl_s = max(1, math.ceil(config.bus.lease_ttl_s))
         self.schedules: dict[str, Schedule] = {}
         self.counters: dict[str, int] = {"fired": 0, "failed": 0, "skipped": 0}
         self._cursors: dict[str, tuple[Cursor, int]] = {}

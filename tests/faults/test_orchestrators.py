@@ -149,7 +149,7 @@ async def test_sigkill_one_of_two_orchestrators_mid_map_and_children(
         and history_time(e.at) > killed_at
     )  # type: ignore[union-attr]  # fmt: skip
     print(f"TAKEOVER first step by the survivor {first_after - killed_at:.2f}s after the kill "
-          f"(ack_wait {config.bus.ack_wait_s}s)")  # fmt: skip
+          f"(lease_ttl {config.bus.lease_ttl_s}s)")  # fmt: skip
 
 
 def history_time(at: str) -> float:

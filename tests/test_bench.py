@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 RAW_PIPELINE = Path(__file__).resolve().parents[1] / "examples" / "raw_pipeline.py"
 
 KEYS = {
@@ -31,11 +33,14 @@ def test_bench_json_reports_every_figure() -> None:
             "--http-requests", "200", "--projector-events", "2000", "--projector-runs", "2",
             "--workflow-runs", "20", "--orchestrators", "1", "--orchestrators", "2",
             "--workflow-repeats", "1", "--flow-tasks", "300", "--flow-repeats", "1",
-            "--timeout", "60",
+            "--step-runs", "2", "--step-nodes", "3",
+            "--scale-workers", "1", "--scale-workers", "2", "--scale-tasks", "60",
+            "--scale-sleep-ms", "20", "--history", "1500", "--history", "3000",
+            "--history-requests", "2", "--timeout", "60",
         ],
         capture_output=True,
         text=True,
-        timeout=150,
+        timeout=240,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
@@ -60,9 +65,37 @@ def test_bench_json_reports_every_figure() -> None:
     median = (runs[0] + runs[1]) / 2  # both rounded to 0.1 as reported
     assert abs(result["projector_events_per_s"] - median) <= 0.1
 
+    flow = result["workflow_steps"]
+    assert (flow["runs"], flow["nodes"]) == (2, 3)
+    assert 0 < flow["step_ms_median"] * 3 == pytest.approx(flow["run_ms_median"], rel=0.01)
+    assert (
+        0 < flow["step_gap_ms"]["p50"] <= flow["step_gap_ms"]["p90"] <= flow["step_gap_ms"]["max"]
+    )
+
+    scale = result["scale_out"]
+    assert [row["workers"] for row in scale] == [1, 2]
+    for row in scale:
+        # sleep-bound: 8 at once per worker, 20 ms each; never above what sleeping allows
+        assert row["ideal_per_s"] == row["workers"] * 8 * 1000 / 20
+        assert row["tasks"] == row["workers"] * 60
+        assert 0 < row["tasks_per_s"] <= row["ideal_per_s"] * 1.05
+        assert row["efficiency"] == pytest.approx(row["tasks_per_s"] / row["ideal_per_s"], abs=1e-3)
+
+    history = result["history"]
+    assert set(history["sizes"]) == {"1500", "3000"}
+    for size, figures in history["sizes"].items():
+        assert figures["events"] == int(size) and figures["duckdb_mb"] > 0
+        assert set(figures["endpoints_ms"]) == {
+            "dashboard", "bus_latency", "bus_latency_series", "prometheus", "workflow_metrics",
+        }  # fmt: skip
+        for ms in figures["endpoints_ms"].values():
+            assert 0 < ms["min"] <= ms["median"] <= ms["max"]
+    assert history["ratio_to_smallest"]["1500"]["dashboard"] == 1.0
+
     rss = result["peak_rss_mb"]
     processes = ("nats-server", "dispatcher-1", "echo-1", "projector", "facade", "bench",
-                 "projector-ingest-1", "projector-ingest-2")  # fmt: skip
+                 "projector-ingest-1", "projector-ingest-2", "orchestrator",
+                 "scale-1-echo-1", "scale-2-echo-2")  # fmt: skip
     for process in processes:
         assert rss.get(process, 0) > 0, process
     assert result["cpu_us_per_task"]["total"] > 0

@@ -4,7 +4,8 @@ The page (``cogo/http/static``) is public HTML with no outside dependencies; it 
 the API token (or takes ``#token=...`` from the link ``cogo up`` prints), keeps it in
 ``localStorage``, polls ``/api/dashboard`` every few seconds and draws inline SVG charts.
 
-``GET /api/dashboard[?window=1h]`` answers, from the DuckDB projection:
+``GET /api/dashboard[?window=1h]`` answers, from the DuckDB projection's rollups
+(``cogo.projections.rollups``: the cost does not grow with the events in the window):
 
 - ``decision_quality``: accepted / finished tasks, overall, by route and by version
   (accepted = succeeded, and no gate judged it bad: see ``cogo.workflows.gates``);
@@ -42,8 +43,9 @@ from cogo.http.app import ValidationFailed, field_error, state_of
 from cogo.http.endpoint import Success, endpoint
 from cogo.http.metrics import DURATION
 from cogo.http.schemas import Query
-from cogo.projections import queries, spend
+from cogo.projections import queries, rollups, spend, windows
 from cogo.projections.tasks import recent_tasks
+from cogo.projections.windows import Window
 from cogo.streams.topology import DLQ
 
 DEFAULT_WINDOW = "1h"
@@ -60,73 +62,58 @@ PAGE_HEADERS = {
     "Cache-Control": "no-cache",
 }
 
-# One row per task that finished in the window: outcome, and whether it was accepted.
-_TASKS = """
+# Tasks that finished in the window, split by route / version / cohort, from the rollups:
+# a task counts where its terminal event (execute_done or execute_failed) falls, with that
+# event's route, version and cohort. Accepted = succeeded with a passing (or no) verdict,
+# less those of workflow runs that a gate failed (rollup_run_tasks x rollup_gate_failures).
+_SPLITS = """
 WITH finished AS (
-    SELECT task_id FROM bus_events
-    WHERE type IN ('execute_done', 'execute_failed') AND "at" >= $since AND task_id IS NOT NULL
-), ev AS (
-    SELECT b.* FROM bus_events b SEMI JOIN finished f ON b.task_id = f.task_id
-    WHERE b.type IN ('execute_enqueued', 'execute_done', 'execute_failed', 'execute_retry')
+    SELECT route, version, cohort, sum(events) AS n,
+           sum(events) FILTER (type = 'execute_failed') AS failed, sum(accepted) AS accepted
+    FROM {events} WHERE type IN ('execute_done', 'execute_failed') GROUP BY ALL
 ), rejected AS (
-    SELECT DISTINCT correlation_id FROM bus_events
-    WHERE type = 'gate_failed' AND correlation_id IS NOT NULL
+    SELECT route, version, cohort, sum(done_ok) AS rejected
+    FROM {run_tasks} r SEMI JOIN {gate_failures} g ON g.correlation_id = r.correlation_id
+    GROUP BY ALL
+), tasks AS (
+    SELECT nullif(f.route, '') AS route,
+           CASE f.version WHEN '' THEN 'unversioned' ELSE f.version END AS version,
+           CASE f.cohort WHEN '' THEN 'baseline' ELSE f.cohort END AS cohort,
+           f.n, f.failed, f.accepted - coalesce(r.rejected, 0) AS accepted
+    FROM finished f LEFT JOIN rejected r USING (route, version, cohort)
 )
-SELECT t.*, (t.done AND coalesce(t.verdict, 'pass') = 'pass' AND r.correlation_id IS NULL)
-       AS accepted
-FROM (
-    SELECT task_id,
-           arg_min(route, seq)                                               AS route,
-           coalesce(max(version), 'unversioned')                             AS version,
-           coalesce(max(cohort), 'baseline')                                 AS cohort,
-           max(correlation_id)                                               AS correlation_id,
-           bool_or(type = 'execute_done')                                    AS done,
-           arg_max(raw->>'$.data.result.verdict', seq) FILTER (type = 'execute_done')
-                                                                             AS verdict,
-           max("at") FILTER (type IN ('execute_done', 'execute_failed'))     AS finished_at,
-           arg_max(error_code, seq) FILTER (type = 'execute_failed')         AS error_code
-    FROM ev GROUP BY task_id
-) t LEFT JOIN rejected r ON r.correlation_id = t.correlation_id
+SELECT route, version, cohort, sum(n)::BIGINT, coalesce(sum(failed), 0)::BIGINT,
+       sum(accepted)::BIGINT, grouping(route, version, cohort)
+FROM tasks
+GROUP BY GROUPING SETS ((), (route), (version), (route, version, cohort))
+HAVING sum(n) > 0
+ORDER BY ALL NULLS FIRST
 """
 
+_MINUTES = """
+SELECT bucket AS minute,
+       CASE WHEN type = 'execute_done' THEN NULL ELSE coalesce(nullif(error_code, ''), 'unknown') END,
+       coalesce(sum(events) FILTER (type = 'execute_done'), 0)::BIGINT,
+       coalesce(sum(events) FILTER (type = 'execute_failed'), 0)::BIGINT
+FROM {events}
+WHERE type IN ('execute_done', 'execute_failed') AND bucket <> TIMESTAMP '1970-01-01'
+GROUP BY ALL HAVING sum(events) > 0 ORDER BY ALL NULLS FIRST
+"""
+
+# the most recent runs (rollups.workflow_runs: one row per run) and how many children each
 _RUNS = """
-WITH starts AS (
-    SELECT correlation_id AS run_id, min("at") AS started_at,
-           any_value(raw->>'$.data.workflow_id') AS workflow_id,
-           any_value(raw->>'$.data.parent.runId') AS parent_run_id
-    FROM bus_events
-    WHERE type = 'workflow_started' AND correlation_id IS NOT NULL
-    GROUP BY ALL ORDER BY started_at DESC LIMIT $limit
-), wf AS (
-    SELECT b.correlation_id AS run_id, b.type, b.seq, b."at", b.error, b.raw
-    FROM bus_events b SEMI JOIN starts s ON b.correlation_id = s.run_id
-    WHERE b.type IN ('workflow_succeeded', 'workflow_failed', 'workflow_cancelled',
-                     'gate_passed', 'gate_failed', 'node_succeeded', 'node_failed',
-                     'node_skipped', 'node_started')
+WITH recent AS (
+    SELECT * FROM workflow_runs WHERE start_seq IS NOT NULL
+    ORDER BY started_at DESC, start_seq DESC LIMIT $limit
 ), kids AS (
-    SELECT raw->>'$.data.parent.runId' AS run_id, count(*) AS children
-    FROM bus_events
-    WHERE type = 'workflow_started' AND raw->>'$.data.parent.runId' IN (SELECT run_id FROM starts)
+    SELECT parent_run_id AS run_id, count(*) AS children FROM workflow_runs
+    WHERE start_seq IS NOT NULL AND parent_run_id IN (SELECT run_id FROM recent)
     GROUP BY 1
 )
-SELECT s.run_id, s.workflow_id, s.started_at,
-       max(w."at") FILTER (w.type LIKE 'workflow_%')                        AS ended_at,
-       arg_min(w.type, w.seq) FILTER (w.type LIKE 'workflow_%')             AS outcome,
-       arg_min(w.error, w.seq) FILTER (w.type LIKE 'workflow_%')            AS error,
-       list(w.raw->>'$.data.node_id' || '=' || (w.raw->>'$.data.verdict') ORDER BY w.seq)
-           FILTER (w.type IN ('gate_passed', 'gate_failed'))                AS gates,
-       list(coalesce(w.raw->>'$.data.result.artifacts',
-                     w.raw->>'$.data.result.data.result.artifacts') ORDER BY w.seq)
-           FILTER (w.type IN ('node_succeeded', 'node_failed'))             AS artifacts,
-       list(w.raw->>'$.data.node_id' || '=' || (w.raw->>'$.data.name') ORDER BY w.seq)
-           FILTER (w.type = 'node_started' AND w.raw->>'$.data.node_type' = 'signal')
-                                                                            AS signals,
-       list(w.raw->>'$.data.node_id')
-           FILTER (w.type IN ('node_succeeded', 'node_failed', 'node_skipped',
-                              'gate_passed', 'gate_failed'))                AS over,
-       s.parent_run_id, any_value(k.children)                              AS children
-FROM starts s LEFT JOIN wf w ON w.run_id = s.run_id LEFT JOIN kids k ON k.run_id = s.run_id
-GROUP BY ALL ORDER BY s.started_at DESC
+SELECT r.run_id, r.workflow_id, r.started_at, r.ended_at, r.outcome, r.error, r.gates,
+       r.artifacts, r.signals, r.over, r.parent_run_id, k.children
+FROM recent r LEFT JOIN kids k USING (run_id)
+ORDER BY r.started_at DESC, r.start_seq DESC
 """
 
 
@@ -138,33 +125,25 @@ def _share(accepted: int, finished: int) -> float | None:
     return round(accepted / finished, 4) if finished else None
 
 
-_SPLITS = """
-WITH dash_tasks AS ({tasks})
-SELECT route, version, cohort, count(*), count(*) FILTER (NOT done), count(*) FILTER (accepted),
-       grouping(route, version, cohort)
-FROM dash_tasks
-GROUP BY GROUPING SETS ((), (route), (version), (route, version, cohort))
-ORDER BY ALL NULLS FIRST
-"""
-
-_MINUTES = """
-WITH dash_tasks AS ({tasks})
-SELECT time_bucket(INTERVAL 1 MINUTE, finished_at) AS minute,
-       CASE WHEN done THEN NULL ELSE coalesce(error_code, 'unknown') END AS error_code,
-       count(*) FILTER (done), count(*) FILTER (NOT done)
-FROM dash_tasks WHERE finished_at IS NOT NULL
-GROUP BY ALL ORDER BY ALL NULLS FIRST
-"""
-
-
 def summary(cur: duckdb.DuckDBPyConnection, since: dt.datetime) -> dict[str, Any]:
     """Everything the dashboard's cards draw, over the window from ``since`` (naive UTC)."""
-    params = {"since": since}
+    with windows.snapshot(cur, since) as window:
+        return _summary(cur, window)
+
+
+def _summary(cur: duckdb.DuckDBPyConnection, window: Window) -> dict[str, Any]:
+    params = window.params()
+    splits = _SPLITS.format(
+        events=windows.relation(rollups.EVENTS, window),
+        run_tasks=windows.run_tasks_relation(window),
+        gate_failures=windows.gate_failures_relation(),
+    )
+    minutes = _MINUTES.format(events=windows.relation(rollups.EVENTS, window, series=True))
     quality: dict[str, Any] = {"overall": {"finished": 0, "accepted": 0, "quality": None},
                                "by_route": [], "by_version": []}  # fmt: skip
     cohorts = []
     for route, version, cohort, n, failed, accepted, grouping in cur.execute(
-        _SPLITS.format(tasks=_TASKS), params
+        splits, windows.bind(splits, params)
     ).fetchall():
         row = {"finished": n, "accepted": accepted, "quality": _share(accepted, n)}
         if grouping == 0b111:
@@ -178,13 +157,15 @@ def summary(cur: duckdb.DuckDBPyConnection, since: dt.datetime) -> dict[str, Any
                             "failures": failed, **row})  # fmt: skip
     throughput: dict[str, dict[str, Any]] = {}
     failures = []
-    for minute, code, done, failed in cur.execute(_MINUTES.format(tasks=_TASKS), params).fetchall():
+    for minute, code, done, failed in cur.execute(
+        minutes, windows.bind(minutes, params)
+    ).fetchall():
         bucket = throughput.setdefault(_iso(minute) or "", {"done": 0, "failed": 0})
         bucket["done"] += done
         bucket["failed"] += failed
         if code is not None:
             failures.append({"minute": _iso(minute), "error_code": code, "failures": failed})
-    latency = queries.bus_latency(cur, since=since)
+    latency = queries.latency_in(cur, window)
     runs = cur.execute(_RUNS, {"limit": RECENT_RUNS}).fetchall()
     return {
         "decision_quality": quality,
@@ -208,8 +189,8 @@ def summary(cur: duckdb.DuckDBPyConnection, since: dt.datetime) -> dict[str, Any
         "failures": {"total": sum(f["failures"] for f in failures), "series": failures},
         "runs": [_run_row(row) for row in runs],
         # the agent runtime: what LLM calls cost, and the latest tasks (their output is live)
-        "spend": spend.summary(cur, since),
-        "tasks": recent_tasks(cur, since),
+        "spend": spend.summary(cur, window.since),
+        "tasks": recent_tasks(cur, window.since),
     }
 
 

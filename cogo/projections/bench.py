@@ -14,6 +14,9 @@ import random
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
+
+import msgspec
 
 from cogo.actors.runner import connect
 from cogo.config import load_config
@@ -26,6 +29,7 @@ from cogo.streams.events import (
     EXECUTE_ENQUEUED,
     EXECUTE_FAILED,
     EXECUTE_RETRY,
+    Event,
     encode_event,
     event_subject,
     iso,
@@ -33,66 +37,120 @@ from cogo.streams.events import (
 )
 from cogo.streams.server import EmbeddedServer
 from cogo.streams.topology import ensure_topology
+from cogo.workflows.history import subject_of
+from cogo.workflows.run import (
+    GATE_FAILED,
+    GATE_PASSED,
+    WORKFLOW_EVENT_TYPES,
+    WORKFLOW_FAILED,
+    WORKFLOW_STARTED,
+    WORKFLOW_SUCCEEDED,
+)
+
+WORKFLOW_ID = "benchFlow"
 
 
-def synthetic_events(count: int, seed: int = 7) -> list[tuple[str, bytes, str]]:
-    """(subject, body, event_id) of ``count`` events shaped like the dispatcher's."""
+def synthetic_events(
+    count: int,
+    seed: int = 7,
+    *,
+    span_s: float | None = None,
+    end: float | None = None,
+    runs_every: int = 0,
+) -> list[tuple[str, bytes, str]]:
+    """(subject, body, event_id) of ``count`` events shaped like the dispatcher's.
+
+    With ``span_s`` the tasks' timestamps (``at`` included) spread evenly over the
+    ``span_s`` seconds before ``end`` (default now), as a system busy for that long would
+    write them; otherwise every event is stamped now. With ``runs_every`` = k, every k-th
+    task belongs to a run of the ``benchFlow`` workflow (its start, node, gate and outcome
+    events around the task; one gate in five fails).
+    """
     rng = random.Random(seed)
     out: list[tuple[str, bytes, str]] = []
-    now = time.time()
+    now = time.time() if end is None else end
+    # ~2.1 events per task (a retry for one in ten): enough to place the last task near `end`
+    expected_tasks = max(1.0, count / 2.1)
     task = 0
     while len(out) < count:
         task += 1
         tid = f"bench-{task:08d}"
         route = f"echo.run.{task % 3}"
-        submitted = now - 3600 + task * 0.001
-        common = {"task_id": tid, "correlation_id": tid, "route": route}
+        if span_s is None:
+            submitted = now - 3600 + task * 0.001
+        else:
+            submitted = now - span_s + min(1.0, task / expected_tasks) * span_s
+        run_id = f"bench-run-{task:08d}" if runs_every and task % runs_every == 0 else None
+        common = {"task_id": tid, "correlation_id": run_id or tid, "route": route}
         qw, dur = rng.expovariate(1 / 5.0), rng.expovariate(1 / 40.0)
-        timing = {"submitted_at": iso(submitted), "claimed_at": iso(submitted + qw / 1000)}
+        claimed = submitted + qw / 1000
+        timing = {"submitted_at": iso(submitted), "claimed_at": iso(claimed)}
         usage = Usage(tokens=rng.randint(10, 2000), cost_usd=0.001, duration_ms=dur)
-        events = [
+        events: list[tuple[Event, float]] = []
+        if run_id is not None:
+            events.append((_run_event(WORKFLOW_STARTED, run_id, "started", plan={}), submitted))
+        events.append((
             make_event(EXECUTE_ENQUEUED, event_id=f"{tid}:enqueued:1", actor="dispatcher@b:1",
                        attempt=1, queue_wait_ms=0.4,
                        data={"submitted_at": iso(submitted), "deadline": iso(submitted + 600),
                              "assignment": {"model": "local", "max_tokens": 4000}}, **common),
-        ]  # fmt: skip
+            submitted,
+        ))  # fmt: skip
         kind = rng.random()
+        finished = claimed + dur / 1000
         if kind < 0.1:
-            events.append(
+            events.append((
                 make_event(
-                    EXECUTE_RETRY,
-                    event_id=f"{tid}:retry:1",
-                    actor="echo@b:1",
-                    attempt=1,
-                    queue_wait_ms=qw,
-                    duration_ms=dur,
-                    backoff_ms=200,
-                    next_attempt_at=iso(submitted + 1),
-                    error_code="worker.error",
-                    error="echo asked to fail attempt 1",
-                    usage=usage,
-                    data=timing,
-                    **common,
-                )  # fmt: skip
-            )
+                    EXECUTE_RETRY, event_id=f"{tid}:retry:1", actor="echo@b:1", attempt=1,
+                    queue_wait_ms=qw, duration_ms=dur, backoff_ms=200,
+                    next_attempt_at=iso(finished + 0.2), error_code="worker.error",
+                    error="echo asked to fail attempt 1", usage=usage, data=timing, **common,
+                ),
+                finished,
+            ))  # fmt: skip
         terminal = EXECUTE_FAILED if kind < 0.03 else EXECUTE_DONE
-        events.append(
+        events.append((
             make_event(
-                terminal,
-                event_id=f"{tid}:terminal",
-                actor="echo@b:1",
-                attempt=1,
-                queue_wait_ms=qw,
-                duration_ms=dur,
-                usage=usage,
+                terminal, event_id=f"{tid}:terminal", actor="echo@b:1", attempt=1,
+                queue_wait_ms=qw, duration_ms=dur, usage=usage,
                 error_code="worker.permanent" if terminal == EXECUTE_FAILED else None,
                 error="no" if terminal == EXECUTE_FAILED else None,
-                data={**timing, "result": {"ok": True}},
-                **common,
-            )  # fmt: skip
-        )
-        out.extend((event_subject(e), encode_event(e), e.event_id) for e in events)
+                data={**timing, "result": {"ok": True}}, **common,
+            ),
+            finished,
+        ))  # fmt: skip
+        if run_id is not None:
+            passed = terminal == EXECUTE_DONE and rng.random() >= 0.2
+            gate = GATE_PASSED if passed else GATE_FAILED
+            events.append((
+                _run_event(gate, run_id, "verdict:outcome:1", node_id="verdict",
+                           verdict="passed" if passed else "failed"),
+                finished + 0.001,
+            ))  # fmt: skip
+            outcome = WORKFLOW_SUCCEEDED if passed else WORKFLOW_FAILED
+            run_ms = round((finished + 0.002 - submitted) * 1000.0, 3)
+            events.append((
+                _run_event(outcome, run_id, "outcome", duration_ms=run_ms), finished + 0.002
+            ))  # fmt: skip
+        for event, at in events:
+            if span_s is not None:
+                event = msgspec.structs.replace(event, at=iso(at))
+            subject = subject_of(event) if event.type in WORKFLOW_EVENT_TYPES else None
+            out.append((subject or event_subject(event), encode_event(event), event.event_id))
     return out[:count]
+
+
+def _run_event(
+    type: str, run_id: str, suffix: str, *, duration_ms: float | None = None, **data: Any
+) -> Event:
+    return make_event(
+        type,
+        event_id=f"{run_id}:{suffix}",
+        correlation_id=run_id,
+        actor="orchestrator@b:1",
+        duration_ms=duration_ms,
+        data={"run_id": run_id, "workflow_id": WORKFLOW_ID, **data},
+    )
 
 
 async def fill(js: object, events: list[tuple[str, bytes, str]]) -> None:

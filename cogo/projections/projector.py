@@ -8,6 +8,12 @@ checkpoint and recreates its consumer at ``checkpoint + 1``; rows at or below th
 checkpoint are skipped inside the transaction too. So a crash (``kill -9`` included) at
 any point neither loses nor duplicates a row.
 
+Upkeep, on the same writer thread, between batches: the rows not yet folded into the
+rollup tables are folded in at least every ``FOLD_EVERY_S`` (``cogo.projections.rollups``),
+and at least every ``RETENTION_EVERY_S`` (and whenever the stream goes quiet) the rows the
+stream itself no longer holds are deleted, rollups included (``ProjectionStore.prune_sync``):
+``[events] max_age_s`` / ``max_bytes`` bound the DuckDB file as they bound the stream.
+
 ``cogo up`` runs one in-process (``cogo.projections.component``); ``cogo run projector``
 runs one alone. One projector per DuckDB file, and one per consumer name (``projector``,
 or ``COGO_PROJECTOR_CONSUMER``) on a stream.
@@ -54,6 +60,8 @@ DEFAULT_CONSUMER = "projector"
 # a small batch waits this long once for more (see StreamFeed.fetch); bounds added lag
 LINGER_S = 0.05
 IDLE_WAIT_S = 1.0
+FOLD_EVERY_S = 2.0
+RETENTION_EVERY_S = 30.0
 # how long a status answer waits for the projection to reach the stream's end
 FRESH_WAIT_S = 2.0
 
@@ -71,7 +79,10 @@ class StreamState:
     batches: int = 0
     resets: int = 0
     aged_out: int = 0  # messages retention removed before they were projected
+    pruned: int = 0  # rows deleted because the stream no longer holds them
     feed: StreamFeed | None = None
+    next_fold: float = 0.0  # monotonic clock
+    next_retention: float = 0.0
 
     @property
     def lag(self) -> int:
@@ -89,6 +100,7 @@ class StreamState:
             "batches": self.batches,
             "resets": self.resets,
             "aged_out": self.aged_out,
+            "pruned": self.pruned,
         }
 
 
@@ -126,6 +138,8 @@ class Projector:
             DLQ_STREAM: StreamState(DLQ_STREAM, f"{consumer}-dlq"),
         }
         self.started_at = 0.0
+        self.fold_every_s = FOLD_EVERY_S
+        self.retention_every_s = RETENTION_EVERY_S
         self._loops: list[asyncio.Task[None]] = []
         self._rebuilding = asyncio.Lock()
         self._progress: dict[str, Any] | None = None
@@ -207,6 +221,7 @@ class Projector:
                 "was recreated; run `cogo replay` to rebuild the projection",
                 state.stream, checkpoint, state.last_seq,
             )  # fmt: skip
+        await self._upkeep(state, retention=True)
         if state.feed is None:
             state.feed = StreamFeed(
                 self.nc,
@@ -232,12 +247,19 @@ class Projector:
                     group.add(fetched)
                 elif not group.queued:
                     await self._refresh(state)
+                    await self._upkeep(state, retention=True)
                     continue
                 backlog = fetched is not None and len(fetched) >= self.batch // 4
                 if backlog and group.can_queue_more():
                     continue  # keep reading while the writer works
                 # nothing more, a trickle (no polling), or a full queue: commit the queue next
                 await group.commit()
+                now = time.monotonic()
+                if now >= state.next_fold or now >= state.next_retention:
+                    retention = now >= state.next_retention
+                    if retention:
+                        await self._refresh(state)
+                    await self._upkeep(state, retention=retention)
         finally:
             with contextlib.suppress(Exception):
                 await group.wait()
@@ -249,6 +271,19 @@ class Projector:
         state.rows += rows
         state.batches += 1
         await feed.ack(fetched)
+
+    async def _upkeep(self, state: StreamState, *, retention: bool) -> None:
+        """Fold the rollups' tail; with ``retention``, drop what the stream dropped."""
+        now = time.monotonic()
+        if state.stream == EVENTS_STREAM and now >= state.next_fold:
+            state.next_fold = now + self.fold_every_s
+            await self.store.write(self.store.fold_sync)
+        if retention:
+            state.next_retention = now + self.retention_every_s
+            if state.first_seq > 1:
+                state.pruned += await self.store.write(
+                    self.store.prune_sync, state.stream, state.first_seq
+                )
 
     async def _refresh(self, state: StreamState) -> None:
         info = await self.js.stream_info(state.stream)

@@ -1,8 +1,11 @@
 """Metric queries over the projection: bus latency percentiles and Prometheus text.
 
 Blocking functions taking a DuckDB cursor; callers run them on a thread
-(``ProjectionStore.read``). Percentiles are ``quantile_cont`` (linear interpolation
-between closest ranks, as numpy's default and ``statistics.quantiles(method="inclusive")``).
+(``ProjectionStore.read``). They read the rollups (``cogo.projections.rollups``) over a
+window (``cogo.projections.windows``), so they cost the same at millions of events as at
+thousands. Counts and sums equal the raw SQL over ``bus_events``; percentiles follow
+``quantile_cont`` (linear interpolation between closest ranks) over the histogram bins,
+within 1% of the exact value (``cogo.projections.histogram``).
 """
 
 from __future__ import annotations
@@ -10,43 +13,45 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
+from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
 import duckdb
 
+from cogo.projections import histogram, rollups, windows
+from cogo.projections.windows import Window
+
 PERCENTILES = (0.5, 0.9, 0.99)
 _LABELS = ("p50", "p90", "p99")
-RESULT_TYPES = ("execute_done", "execute_retry", "execute_failed")
+RESULT_TYPES = rollups.RESULT_TYPES
 _WINDOW = re.compile(r"^(\d+)(s|m|h|d)$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_WINDOW_S = 366 * 86400
 MAX_BUCKETS = 10_000
 
-# Worker results carry the attempt's queue wait (enqueued -> claimed) and duration (claimed
-# -> result); execute_enqueued carries the dispatcher's own wait (submitted -> dispatched).
-_LATENCY = """
-SELECT
-    {group} route,
-    count(*) FILTER (measured)                                          AS attempts,
-    quantile_cont(queue_wait_ms, [0.5, 0.9, 0.99]) FILTER (measured)    AS queue_wait_ms,
-    quantile_cont(duration_ms, [0.5, 0.9, 0.99]) FILTER (measured)      AS duration_ms,
-    quantile_cont(queue_wait_ms, [0.5, 0.9, 0.99])
-        FILTER (type = 'execute_enqueued')                              AS dispatch_wait_ms,
-    count(DISTINCT task_id) FILTER (type = 'execute_enqueued')          AS tasks,
-    count(*) FILTER (type = 'execute_done')                             AS done,
-    count(*) FILTER (type = 'execute_failed')                           AS failures,
-    count(*) FILTER (type = 'execute_retry')                            AS retries
-FROM (
-    SELECT *, type IN ('execute_done', 'execute_retry', 'execute_failed')
-              AND duration_ms IS NOT NULL AS measured
-    FROM bus_events
-    WHERE type IN ('execute_enqueued', 'execute_done', 'execute_retry', 'execute_failed')
-      AND ($since IS NULL OR "at" >= $since)
-      AND ($route IS NULL OR route = $route)
-)
+# Per route: attempts (worker results with a duration), tasks (first attempts enqueued),
+# outcomes. {rows} is a relation of rollup_*_events rows; {group} adds a series bucket.
+_COUNTS = """
+SELECT {group} nullif(route, '') AS route,
+       sum(measured) FILTER (type IN ('execute_done', 'execute_retry', 'execute_failed')),
+       sum(first_attempts) FILTER (type = 'execute_enqueued'),
+       sum(events) FILTER (type = 'execute_done'),
+       sum(events) FILTER (type = 'execute_failed'),
+       sum(events) FILTER (type = 'execute_retry')
+FROM {rows}
+WHERE type IN ('execute_enqueued', 'execute_done', 'execute_retry', 'execute_failed')
+  AND ($route IS NULL OR route = $route) {extra}
 GROUP BY ALL
 ORDER BY ALL NULLS FIRST
+"""
+
+# Per route (and series bucket) and metric: the merged histogram, bin by bin.
+_BINS = """
+SELECT {group} nullif(key, '') AS route, metric, bin, sum(n) AS n
+FROM {rows}
+WHERE ($route IS NULL OR key = $route) {extra}
+GROUP BY ALL
 """
 
 
@@ -63,8 +68,8 @@ def parse_duration(text: str) -> int:
     return seconds
 
 
-def _quantiles(values: list[float] | None) -> dict[str, float | None]:
-    values = values or [None, None, None]  # type: ignore[list-item]
+def _quantiles(values: list[float | None] | None) -> dict[str, float | None]:
+    values = values or [None, None, None]
     return {label: _number(v) for label, v in zip(_LABELS, values, strict=True)}
 
 
@@ -75,19 +80,37 @@ def _number(value: Any) -> float | None:
     return round(number, 6) if math.isfinite(number) else None
 
 
-def _route_row(row: tuple[Any, ...]) -> dict[str, Any]:
-    route, attempts, queue_wait, duration, dispatch, tasks, done, failures, retries = row
+def _route_row(
+    route: str | None, counts: tuple[Any, ...], values: dict[str, list[float]]
+) -> dict[str, Any]:
+    attempts, tasks, done, failures, retries = (int(c or 0) for c in counts)
     return {
         "route": route,
         "count": attempts,
-        "queue_wait_ms": _quantiles(queue_wait),
-        "duration_ms": _quantiles(duration),
-        "dispatch_wait_ms": _quantiles(dispatch),
+        "queue_wait_ms": _quantiles(values.get("queue_wait")),
+        "duration_ms": _quantiles(values.get("duration")),
+        "dispatch_wait_ms": _quantiles(values.get("dispatch_wait")),
         "tasks": tasks,
         "done": done,
         "failures": failures,
         "retries": retries,
     }
+
+
+def _run(cur: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any]) -> list[Any]:
+    return cur.execute(sql, windows.bind(sql, params)).fetchall()
+
+
+def _percentiles(
+    cur: duckdb.DuckDBPyConnection, bins_sql: str, params: dict[str, Any], groups: list[str]
+) -> dict[tuple[Any, ...], dict[str, list[float]]]:
+    """p50/p90/p99 of each (groups..., metric) histogram of ``bins_sql``, computed in DuckDB:
+    {(groups...): {metric: [p50, p90, p99]}}."""
+    sql = histogram.quantiles_sql(f"({bins_sql})", [*groups, "metric"], PERCENTILES)
+    out: dict[tuple[Any, ...], dict[str, list[float]]] = defaultdict(dict)
+    for *group, metric, values in _run(cur, sql, params):
+        out[tuple(group)][metric] = values
+    return out
 
 
 def bus_latency(
@@ -101,16 +124,56 @@ def bus_latency(
 
     ``since`` is naive UTC; with ``bucket_s`` a per-bucket series is added.
     """
-    params = {"since": since, "route": route}
-    rows = cur.execute(_LATENCY.format(group=""), params).fetchall()
-    body: dict[str, Any] = {"routes": [_route_row(r) for r in rows]}
+    with windows.snapshot(cur, since) as window:
+        return latency_in(cur, window, route=route, bucket_s=bucket_s)
+
+
+def latency_in(
+    cur: duckdb.DuckDBPyConnection,
+    window: Window,
+    *,
+    route: str | None = None,
+    bucket_s: int | None = None,
+) -> dict[str, Any]:
+    """``bus_latency`` inside a snapshot the caller holds."""
+    params = {**window.params(), "route": route}
+    events = windows.relation(rollups.EVENTS, window)
+    latency = windows.relation(rollups.LATENCY, window)
+    counts = _run(cur, _COUNTS.format(group="", rows=events, extra=""), params)
+    values = _percentiles(cur, _BINS.format(group="", rows=latency, extra=""), params, ["route"])
+    body: dict[str, Any] = {
+        "routes": [_route_row(r[0], r[1:], values.get((r[0],), {})) for r in counts]
+    }
     if bucket_s:
-        series_sql = _LATENCY.format(group=f'time_bucket(INTERVAL {int(bucket_s)} SECOND, "at"),')
-        series = cur.execute(series_sql, params).fetchall()
-        body["series"] = [
-            {"bucket": _iso(r[0]), **_route_row(r[1:])} for r in series if r[0] is not None
-        ]
+        body["series"] = _series(cur, window, params, int(bucket_s))
     return body
+
+
+def _series(
+    cur: duckdb.DuckDBPyConnection, window: Window, params: dict[str, Any], bucket_s: int
+) -> list[dict[str, Any]]:
+    group = f"time_bucket(INTERVAL {bucket_s} SECOND, bucket) AS series_bucket,"
+    if bucket_s % 60 == 0:
+        # whole minutes nest in the bucket (time_bucket's origin is minute-aligned)
+        events = windows.relation(rollups.EVENTS, window, series=True)
+        latency = windows.relation(rollups.LATENCY, window, series=True)
+    else:
+        # finer than the rollups: the same aggregates, from the window's events
+        where = '"at" >= $since' if window.since is not None else '"at" IS NOT NULL'
+        bucket = f'time_bucket(INTERVAL {bucket_s} SECOND, "at")'
+        events = windows.raw_sql(rollups.EVENTS_DELTA, where, bucket)
+        latency = windows.raw_sql(rollups.LATENCY_DELTA, where, bucket)
+    # events without a valid "at" are in the epoch bucket: not part of any series
+    extra = "AND bucket <> TIMESTAMP '1970-01-01'"
+    counts = _run(cur, _COUNTS.format(group=group, rows=events, extra=extra), params)
+    values = _percentiles(
+        cur, _BINS.format(group=group, rows=latency, extra=extra), params,
+        ["series_bucket", "route"],
+    )  # fmt: skip
+    return [
+        {"bucket": _iso(r[0]), **_route_row(r[1], r[2:], values.get((r[0], r[1]), {}))}
+        for r in counts
+    ]
 
 
 def _iso(value: dt.datetime) -> str:
@@ -160,14 +223,27 @@ def _format(value: Any) -> str:
 
 def projection_metrics(cur: duckdb.DuckDBPyConnection, out: PrometheusText) -> None:
     """Counters per event type and route, dead letters, attempt latency summaries."""
-    counts = cur.execute(
-        "SELECT type, route, events FROM event_counts WHERE type IS NOT NULL ORDER BY ALL"
-    ).fetchall()
+    with windows.snapshot(cur, None) as window:
+        _projection_metrics(cur, window, out)
+
+
+def _projection_metrics(
+    cur: duckdb.DuckDBPyConnection, window: Window, out: PrometheusText
+) -> None:
+    params = window.params()
+    events = windows.relation(rollups.EVENTS, window)
+    latency = windows.relation(rollups.LATENCY, window)
+    counts = _run(
+        cur,
+        f"SELECT type, route, sum(events) FROM {events} WHERE type <> '' "
+        "GROUP BY ALL HAVING sum(events) > 0 ORDER BY ALL",
+        params,
+    )
     out.family(
         "cogo_events_total",
         "counter",
         "Events in the projected event log, by type and route.",
-        (({"type": t, "route": r or ""}, n) for t, r, n in counts),
+        (({"type": t, "route": r}, n) for t, r, n in counts),
     )
     dead = cur.execute(
         "SELECT coalesce(error_code, ''), count(*) FROM dlq_messages GROUP BY ALL ORDER BY ALL"
@@ -179,23 +255,110 @@ def projection_metrics(cur: duckdb.DuckDBPyConnection, out: PrometheusText) -> N
         (({"error_code": code}, n) for code, n in dead),
     )
     # Prometheus wants base units: the projection keeps milliseconds, /metrics says seconds
-    rows = cur.execute(
-        """
-        SELECT route, count(*), sum(queue_wait_ms) / 1000.0, sum(duration_ms) / 1000.0,
-               quantile_cont(queue_wait_ms / 1000.0, [0.5, 0.9, 0.99]),
-               quantile_cont(duration_ms / 1000.0, [0.5, 0.9, 0.99])
-        FROM attempts GROUP BY route ORDER BY route NULLS FIRST
-        """
-    ).fetchall()
-    for index, name, what in (
-        (2, "cogo_attempt_queue_wait_seconds", "Queue wait of attempts (enqueued -> claimed)."),
-        (3, "cogo_attempt_duration_seconds", "Duration of attempts (claimed -> result)."),
-    ):
+    rows = _run(
+        cur,
+        f"""
+        SELECT route, sum(measured), sum(queue_wait_ms) / 1000.0, sum(duration_ms) / 1000.0
+        FROM {events} WHERE type IN {rollups._in(RESULT_TYPES)}
+        GROUP BY route HAVING sum(measured) > 0 ORDER BY route
+        """,
+        params,
+    )
+    values = _percentiles(
+        cur,
+        f"SELECT key AS route, metric, bin, sum(n) AS n FROM {latency} "
+        "WHERE metric IN ('queue_wait', 'duration') GROUP BY ALL",
+        params,
+        ["route"],
+    )
+    for index, metric, name, what in (
+        (2, "queue_wait", "cogo_attempt_queue_wait_seconds",
+         "Queue wait of attempts (enqueued -> claimed)."),
+        (3, "duration", "cogo_attempt_duration_seconds", "Duration of attempts (claimed -> result)."),
+    ):  # fmt: skip
         samples: list[tuple[dict[str, Any], Any]] = []
         for row in rows:
-            route = row[0] or ""
-            for q, v in zip(PERCENTILES, row[index + 2] or [], strict=False):
-                samples.append(({"route": route, "quantile": q}, v))
+            route = row[0]
+            quantiles = values.get((route,), {}).get(metric) or [None] * len(PERCENTILES)
+            for q, v in zip(PERCENTILES, quantiles, strict=True):
+                seconds = None if v is None else float(v) / 1000.0
+                samples.append(({"route": route, "quantile": q}, seconds))
             samples.append(({"route": route, "__suffix": "_sum"}, row[index]))
             samples.append(({"route": route, "__suffix": "_count"}, row[1]))
         out.family(name, "summary", what, samples)
+
+
+# -- workflows -------------------------------------------------------------------------
+
+_WORKFLOW = """
+SELECT count(*),
+       count(*) FILTER (outcome IS NULL),
+       count(*) FILTER (outcome = 'workflow_succeeded'),
+       count(*) FILTER (outcome = 'workflow_failed'),
+       count(*) FILTER (outcome = 'workflow_cancelled'),
+       quantile_cont(duration_ms, [0.5, 0.9]) FILTER (finished),
+       max(duration_ms) FILTER (finished),
+       coalesce(sum(gates_passed), 0), coalesce(sum(gates_failed), 0)
+FROM (
+    SELECT *, round(date_diff('microsecond', started_at, ended_at) / 1000.0, 3) AS duration_ms,
+           outcome IN ('workflow_succeeded', 'workflow_failed')
+               AND ended_at IS NOT NULL AS finished
+    FROM workflow_runs WHERE workflow_id = $workflow_id AND start_seq IS NOT NULL
+)
+"""
+
+_RECENT_RUNS = """
+SELECT run_id, workflow_id, coalesce(outcome, 'running'), parent_run_id, started_at, ended_at,
+       round(date_diff('microsecond', started_at, ended_at) / 1000.0, 3), error_code, error
+FROM workflow_runs WHERE workflow_id = $workflow_id AND start_seq IS NOT NULL
+ORDER BY start_seq DESC LIMIT $limit
+"""
+
+
+def workflow_metrics(
+    cur: duckdb.DuckDBPyConnection, workflow_id: str, recent: int
+) -> dict[str, Any]:
+    """Outcome counts, duration percentiles and the gate pass rate of one workflow's runs,
+    from ``workflow_runs`` (one row per run: the cost is that workflow's runs, not events)."""
+    row = cur.execute(_WORKFLOW, {"workflow_id": workflow_id}).fetchone() or ()
+    runs, running, succeeded, failed, cancelled, spread, longest, passed, gate_failed = row
+    durations = [round(float(v), 3) for v in spread] if spread else [None, None]
+    finished = succeeded + failed
+    evaluated = int(passed) + int(gate_failed)
+    recent_rows = cur.execute(
+        _RECENT_RUNS, {"workflow_id": workflow_id, "limit": recent}
+    ).fetchall()
+    return {
+        "workflowId": workflow_id,
+        "runs": runs,
+        "running": running,
+        "succeeded": succeeded,
+        "failed": failed,
+        "cancelled": cancelled,
+        "successRate": round(succeeded / finished, 4) if finished else None,
+        "durationMs": {
+            "p50": durations[0],
+            "p90": durations[1],
+            "max": float(longest) if longest is not None else None,
+        },
+        "gates": {
+            "evaluated": evaluated,
+            "passed": int(passed),
+            "failed": int(gate_failed),
+            "passRate": round(int(passed) / evaluated, 4) if evaluated else None,
+        },
+        "recentRuns": [
+            {
+                "runId": run_id,
+                "workflowId": wf,
+                "status": rollups.RUN_OUTCOMES.get(status, status),
+                "parentRunId": parent,
+                "startedAt": _iso(started) if started else None,
+                "endedAt": _iso(ended) if ended else None,
+                "durationMs": float(duration) if duration is not None else None,
+                "errorCode": error_code,
+                "error": error,
+            }
+            for run_id, wf, status, parent, started, ended, duration, error_code, error in recent_rows
+        ],
+    }

@@ -6,8 +6,15 @@ check out one of a small pool of cursors (each its own DuckDB connection to the 
 database) so queries run beside ingest under DuckDB's MVCC.
 
 A batch is the raw message bodies plus their stream sequences. Parsing happens inside
-DuckDB (``from_json`` over a columnar ``unnest``), and the rows and the checkpoint are
-written in one transaction, so a crash at any point neither loses nor duplicates a row.
+DuckDB (``from_json`` over a columnar ``unnest``), and the rows, the rollups built from
+them (``cogo.projections.rollups``) and the checkpoint are written in one transaction, so
+a crash at any point neither loses nor duplicates a row or a count.
+
+Retention: ``prune_sync`` deletes the rows the stream itself no longer holds (below its
+first sequence: ``[events] max_age_s`` / ``max_bytes`` and purges), taking them out of the
+rollups in the same transaction. The projection then holds what the stream holds, which
+is also exactly what ``cogo replay`` can rebuild, and the file stops growing once the
+stream does.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import duckdb
 
 from cogo.config import DuckdbConfig
 from cogo.errors import ProjectionBusy, ProjectionError
+from cogo.projections import rollups
 from cogo.projections.feed import Fetched
 
 T = TypeVar("T")
@@ -229,6 +237,7 @@ class ProjectionStore:
                     con.execute(text)
                 except duckdb.Error as exc:
                     raise ProjectionError(f"projection schema file {name} failed: {exc}") from exc
+            rollups.ensure_sync(con)
             con.execute("COMMIT")
         except BaseException:
             con.close()
@@ -241,6 +250,8 @@ class ProjectionStore:
     def close_sync(self, wait_readers: float = 60.0) -> None:
         # Wait for every reader to come back: a cursor still out keeps the database
         # instance (and the file) open, which would break a replay's swap.
+        if self._con is not None:
+            self.fold_sync()  # a file at rest has its rollups complete
         self._closed.set()
         for _ in range(self.readers if self._con is not None else 0):
             try:
@@ -291,13 +302,19 @@ class ProjectionStore:
 
     def apply_events_sync(self, batch: EventBatch) -> int:
         """Write a batch and its checkpoint in one transaction; the number of rows written."""
-        params = [batch.seqs, join_bodies(batch.bodies)]
+        text = join_bodies(batch.bodies)
+        params = [batch.seqs, text]
+        last = batch.seqs[-1]
+
+        def derive(con: duckdb.DuckDBPyConnection, checkpoint: int) -> None:
+            rollups.ingest_sync(con, checkpoint, last)
+
         try:
-            return self._apply(EVENTS_STREAM, batch.seqs[-1], _INSERT_EVENTS_FAST, params)
+            return self._apply(EVENTS_STREAM, last, _INSERT_EVENTS_FAST, params, derive)
         except duckdb.InvalidInputException:
             # some body is not JSON (the transaction was rolled back): the checked form
             # keeps such a body as a JSON string in `raw`, with NULL columns
-            return self._apply(EVENTS_STREAM, batch.seqs[-1], _INSERT_EVENTS, params)
+            return self._apply(EVENTS_STREAM, last, _INSERT_EVENTS, params, derive)
 
     def apply_dead_letters_sync(self, batch: DeadLetterBatch) -> int:
         params: list[Any] = [
@@ -307,27 +324,60 @@ class ProjectionStore:
         ]  # fmt: skip
         return self._apply(DLQ_STREAM, batch.seqs[-1], _INSERT_DLQ, params)
 
-    def _apply(self, stream: str, last_seq: int, sql: str, params: list[Any]) -> int:
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """BEGIN ... COMMIT on the writer connection; ROLLBACK on any exception."""
         con = self.con
         con.execute("BEGIN")
         try:
-            checkpoint = self.checkpoint_sync(stream)
-            if last_seq <= checkpoint:
-                con.execute("ROLLBACK")
-                return 0
-            row = con.execute(sql, [*params, checkpoint]).fetchone()
-            written = int(row[0]) if row else 0
-            con.execute(
-                "UPDATE projector_checkpoint SET last_seq = ?, applied = applied + ? "
-                "WHERE stream = ?",
-                [last_seq, written, stream],
-            )
+            yield con
             con.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(duckdb.Error):
                 con.execute("ROLLBACK")
             raise
+
+    def _apply(
+        self,
+        stream: str,
+        last_seq: int,
+        sql: str,
+        params: list[Any],
+        derive: Callable[[duckdb.DuckDBPyConnection, int], None] | None = None,
+    ) -> int:
+        if last_seq <= self.checkpoint_sync(stream):
+            return 0  # a redelivered batch: all of it is in already
+        with self._transaction() as con:
+            checkpoint = self.checkpoint_sync(stream)
+            row = con.execute(sql, [*params, checkpoint]).fetchone()
+            written = int(row[0]) if row else 0
+            if derive is not None and written:
+                derive(con, checkpoint)  # the rollups of the rows just written
+            con.execute(
+                "UPDATE projector_checkpoint SET last_seq = ?, applied = applied + ? "
+                "WHERE stream = ?",
+                [last_seq, written, stream],
+            )
         return written
+
+    def fold_sync(self) -> int:
+        """Fold the rows not yet in the rollup tables into them (one transaction)."""
+        with self._transaction() as con:
+            return rollups.fold_sync(con)
+
+    def prune_sync(self, stream: str, first_kept: int) -> int:
+        """Delete the rows of ``stream`` below ``first_kept`` (the stream's first sequence),
+        with their share of the rollups, in one transaction; the number of rows deleted."""
+        table = "bus_events" if stream == EVENTS_STREAM else "dlq_messages"
+        con = self.con
+        row = con.execute(f"SELECT min(seq) FROM {table}").fetchone()
+        if row is None or row[0] is None or row[0] >= first_kept:
+            return 0
+        with self._transaction():
+            if stream == EVENTS_STREAM:
+                rollups.subtract_sync(con, first_kept)
+            deleted = con.execute(f"DELETE FROM {table} WHERE seq < ?", [first_kept]).fetchone()
+        return int(deleted[0]) if deleted else 0
 
     def skip_to_sync(self, stream: str, seq: int) -> None:
         """Move a checkpoint forward without rows (the stream no longer has them)."""
@@ -350,6 +400,11 @@ class ProjectionStore:
         try:
             yield cursor
         finally:
+            # A cursor keeps its last result, and a result not read to its end keeps its
+            # transaction open: one left in the pool blocked every checkpoint (the WAL then
+            # grew until a restart). A tiny query read to the end replaces it.
+            with contextlib.suppress(duckdb.Error):
+                cursor.execute("SELECT 1").fetchall()
             self._pool.put(cursor)
 
     async def read(self, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T:

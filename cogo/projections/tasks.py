@@ -60,10 +60,21 @@ LIMIT {limit}
 """
 
 
+# The newest tasks are found in the last {tail} events (zone maps on seq keep the scan to
+# them), and each one's figures are taken from its first enqueue on: a task has no event
+# before its first execute_enqueued, so nothing of it is missed.
 _RECENT = """
 WITH recent AS (
+    SELECT task_id, min(seq) FILTER (attempt = 1) AS first_seq FROM bus_events
+    WHERE seq > $floor AND type = 'execute_enqueued' AND "at" >= $since AND task_id IS NOT NULL
+    GROUP BY task_id ORDER BY max(seq) DESC LIMIT $limit
+)
+SELECT count(*), min(first_seq), count(*) FILTER (first_seq IS NULL) FROM recent
+"""
+_RECENT_ROWS = """
+WITH recent AS (
     SELECT task_id FROM bus_events
-    WHERE type = 'execute_enqueued' AND "at" >= $since AND task_id IS NOT NULL
+    WHERE seq > $floor AND type = 'execute_enqueued' AND "at" >= $since AND task_id IS NOT NULL
     GROUP BY task_id ORDER BY max(seq) DESC LIMIT $limit
 )
 SELECT b.task_id, arg_min(b.route, b.seq), max(b.attempt),
@@ -71,8 +82,10 @@ SELECT b.task_id, arg_min(b.route, b.seq), max(b.attempt),
        strftime(min(b."at"), '%Y-%m-%dT%H:%M:%S.%fZ'),
        count(*) FILTER (b.type = 'llm_call'), count(*) FILTER (b.type = 'step_completed')
 FROM bus_events b SEMI JOIN recent r ON b.task_id = r.task_id
+WHERE b.seq >= $first
 GROUP BY b.task_id ORDER BY max(b.seq) DESC
 """
+RECENT_TAIL = 20_000  # events looked at first; eight times more each time that is too few
 _STATE = {"execute_enqueued": "queued", "execute_started": "running",
           "execute_retry": "retrying", "execute_done": "succeeded", "execute_failed": "failed"}  # fmt: skip
 
@@ -80,13 +93,28 @@ _STATE = {"execute_enqueued": "queued", "execute_started": "running",
 def recent_tasks(
     con: duckdb.DuckDBPyConnection, since: Any, limit: int = 20
 ) -> list[dict[str, Any]]:
-    """The ``limit`` tasks enqueued last since ``since``: status, attempt, calls and steps."""
-    rows = con.execute(_RECENT, {"since": since, "limit": limit}).fetchall()
+    """The ``limit`` tasks enqueued last since ``since``: status, attempt, calls and steps.
+
+    Costs the last few thousand events, not the window: the search widens only while the
+    tail holds fewer than ``limit`` such tasks (or one whose first attempt is older).
+    """
+    row = con.execute("SELECT max(seq) FROM bus_events").fetchone()
+    last = int(row[0]) if row and row[0] is not None else 0
+    tail = RECENT_TAIL
+    while True:
+        floor = max(0, last - tail)
+        params = {"floor": floor, "since": since, "limit": limit}
+        found, first, without_first = con.execute(_RECENT, params).fetchone() or (0, None, 0)
+        if floor == 0 or (found >= limit and not without_first):
+            break
+        tail *= 8
+    first_seq = 0 if floor == 0 or first is None else int(first)
+    rows = con.execute(_RECENT_ROWS, {**params, "first": first_seq}).fetchall()
     return [
         {"task_id": task_id, "route": route, "attempt": attempt or 0,
-         "status": _STATE.get(last or "", "queued"), "enqueued_at": at, "llm_calls": calls,
+         "status": _STATE.get(last_type or "", "queued"), "enqueued_at": at, "llm_calls": calls,
          "steps": steps}
-        for task_id, route, attempt, last, at, calls, steps in rows
+        for task_id, route, attempt, last_type, at, calls, steps in rows
     ]  # fmt: skip
 
 

@@ -1,0 +1,130 @@
+"""What ``cogo bench`` prints: the human table, and the optional latency plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from cogo.errors import CogoError
+
+
+def render(result: dict[str, Any]) -> None:
+    """The human summary."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(
+        f"\n[bold]cogo bench[/bold]  sync_interval={result['sync_interval']}  "
+        f"{result['processes']['dispatchers']} dispatcher(s), "
+        f"{result['processes']['echoes']} echo worker(s), {result['cpus']} CPUs"
+    )
+    table = Table(show_header=True, header_style="bold")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_row(
+        f"end to end ({result['tasks']:,} tasks, until projected)",
+        f"{result['tasks_per_s']:,.0f} tasks/s",
+    )
+    for row in result["latency_ms"]:
+        table.add_row(
+            f"latency @ {row['offered_per_s']}/s offered ({row['achieved_per_s']:,.0f} achieved)",
+            f"p50 {row['p50']:.1f}  p90 {row['p90']:.1f}  p99 {row['p99']:.1f} ms",
+        )
+    cpu = result["cpu_us_per_task"]
+    table.add_row(
+        "CPU per task, saturated run",
+        f"{cpu['total']:,.0f} µs: "
+        + ", ".join(f"{k} {v:,.0f}" for k, v in cpu.items() if k != "total"),
+    )
+    runs = ", ".join(f"{rate:,.0f}" for rate in result["projector_runs"])
+    table.add_row(
+        "projector ingest (DuckDB), median",
+        f"{result['projector_events_per_s']:,.0f} events/s ({runs})",
+    )
+    table.add_row("POST /api/tasks", f"{result['http_submit_per_s']:,.0f} req/s")
+    _optional_rows(table, result)
+    table.add_row("disk: write + fdatasync", f"{result['disk_fsync_per_s']:,} /s")
+    for name, mb in result["peak_rss_mb"].items():
+        table.add_row(f"peak RSS {name}", f"{mb:,.0f} MB")
+    console.print(table)
+
+
+def _require_matplotlib() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise CogoError(
+            "--plot needs matplotlib: pip install 'cogo[bench]' (or pip install matplotlib)"
+        ) from None
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    """Latency percentiles against offered load, as a PNG."""
+    _require_matplotlib()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = sorted(result["latency_ms"], key=lambda r: r["offered_per_s"])
+    x = [r["offered_per_s"] for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for key in ("p50", "p90", "p99"):
+        ax.plot(x, [r[key] for r in rows], marker="o", label=key)
+    ax.set_xlabel("offered load (tasks/s)")
+    ax.set_ylabel("submit -> execute_done (ms)")
+    values = [r[k] for r in rows for k in ("p50", "p99") if r[k] > 0]
+    if values and max(values) / min(values) > 50:  # an overloaded rate dwarfs the others
+        ax.set_yscale("log")
+    ax.set_title(f"cogo bench, sync_interval={result['sync_interval']}")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _optional_rows(table: Any, result: dict[str, Any]) -> None:
+    """The parts that run only when asked for (or could be turned off)."""
+    workflows = result.get("workflows")
+    for count, row in ((workflows or {}).get("by_orchestrators") or {}).items():
+        rounds = ", ".join(f"{r:,.1f}" for r in row["rounds"])
+        table.add_row(
+            f"workflow runs ({workflows['runs']} at once, {workflows['nodes_per_run']} nodes), "
+            f"{count} orchestrator(s), median",
+            f"{row['runs_per_s']:,.1f} runs/s = {row['nodes_per_s']:,.0f} nodes/s ({rounds})",
+        )
+    flow_control = result.get("flow")
+    for mode in ("off", "on") if flow_control else ():
+        row = flow_control[mode]
+        table.add_row(
+            f"flow control {mode} ({flow_control['tasks']:,} tasks, {flow_control['keys']} keys), "
+            "median",
+            f"dispatcher {row['dispatcher_cpu_us_per_task']:,.0f} µs/task, "
+            f"total {row['total_cpu_us_per_task']:,.0f} µs/task, {row['tasks_per_s']:,.0f} tasks/s",
+        )
+    flow = result.get("workflow_steps")
+    if flow:
+        gap = flow["step_gap_ms"]
+        table.add_row(
+            f"workflow: {flow['runs']} runs of {flow['nodes']} publish steps, median",
+            f"{flow['run_ms_median']:,.0f} ms a run = {flow['step_ms_median']:.1f} ms a step "
+            f"(gap p50 {gap['p50']:.1f}, p90 {gap['p90']:.1f})",
+        )
+    for row in result.get("scale_out") or []:
+        table.add_row(
+            f"scale-out: {row['workers']} worker process(es), sleep-bound",
+            f"{row['tasks_per_s']:,.0f} tasks/s ({row['efficiency']:.0%} of {row['ideal_per_s']:,.0f})",
+        )
+    history = result.get("history")
+    if history:
+        ratios = history.get("ratio_to_smallest", {})
+        for size, figures in history["sizes"].items():
+            ratio = ratios.get(size, {})
+            for name, ms in figures["endpoints_ms"].items():
+                note = f"  (x{ratio[name]:.2f})" if name in ratio and len(ratios) > 1 else ""
+                table.add_row(
+                    f"{name} at {int(size):,} events in 1 h",
+                    f"{ms['median']:,.1f} ms ({ms['min']:,.1f}-{ms['max']:,.1f}){note}",
+                )

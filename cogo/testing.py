@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sys
 import tempfile
 import threading
 import time
@@ -41,10 +42,13 @@ from typing import Any
 import pytest
 
 from cogo.actors.app import App
+from cogo.aio import dump_tasks
 from cogo.client import Client
 from cogo.config import Config, load_config
 
 # Fast redelivery and short backoffs: fault paths finish in seconds in a test.
+STOP_WATCHDOG_S = 60.0
+
 TEST_CONFIG = """
 [bus]
 ack_wait_s = 2.0
@@ -172,6 +176,16 @@ class CogoEnv:
         child.wait(10)
 
     async def stop(self) -> None:
+        # a stop that hangs says where: every task's stack, once, on stderr
+        watchdog = asyncio.get_running_loop().call_later(
+            STOP_WATCHDOG_S, lambda: print(dump_tasks(), file=sys.stderr, flush=True)
+        )
+        try:
+            await self._stop()
+        finally:
+            watchdog.cancel()
+
+    async def _stop(self) -> None:
         with contextlib.suppress(Exception):
             await self.client.close()
         for child in self.children.values():

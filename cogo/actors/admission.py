@@ -44,6 +44,7 @@ import time
 from typing import TYPE_CHECKING
 
 from cogo.actors.admitter import RouteAdmitter
+from cogo.aio import cancel_and_wait
 from cogo.config import FlowPolicy
 from cogo.errors import UnknownRoute
 from cogo.streams.envelope import MSG_ID, WorkOrder, encoder
@@ -88,10 +89,7 @@ class FlowControl:
 
     async def stop(self) -> None:
         """Stop admitting (a round in progress finishes) and hand the routes over."""
-        if self._loop is not None:
-            self._loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop
+        await cancel_and_wait([self._loop])
         await self.leases.stop()  # on_release drains the admitters of every partition
         await asyncio.gather(*(a.stop() for a in list(self.admitters.values())))
         self.admitters.clear()

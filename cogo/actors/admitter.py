@@ -23,6 +23,7 @@ import nats.js.errors
 from nats.aio.msg import Msg
 
 from cogo.actors.flow import Held, RouteFlow
+from cogo.aio import cancel_and_wait
 from cogo.errors import MalformedMessage, TtlExpired
 from cogo.streams.envelope import WorkOrder, decode_order
 from cogo.streams.events import EXECUTE_THROTTLED, event_message, iso, make_event
@@ -110,7 +111,8 @@ class RouteAdmitter:
         if self._task is None:
             return
         if abort:
-            self._task.cancel()
+            await cancel_and_wait([self._task])
+            return
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
 
@@ -169,9 +171,7 @@ class RouteAdmitter:
                         await self._round(flow)
                 await self._sleep(flow)
         finally:
-            follower.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await follower
+            await cancel_and_wait([follower])
             with contextlib.suppress(Exception):
                 await watcher.stop()
             if sub is not None:

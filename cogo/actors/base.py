@@ -36,6 +36,7 @@ from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 
 from cogo.actors.puller import Puller
+from cogo.aio import cancel_and_wait
 from cogo.config import Config
 from cogo.errors import CogoError, MessageError
 from cogo.streams.envelope import MSG_ID
@@ -220,18 +221,14 @@ class Actor:
         for slots in self._slots:
             slots.wake()
         # a pull in progress ends within FETCH_TIMEOUT_S; never abandon it (nats.py #933)
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(
-                asyncio.gather(*self._loops, return_exceptions=True), FETCH_TIMEOUT_S + 5
-            )
+        if self._loops:
+            _, late = await asyncio.wait(self._loops, timeout=FETCH_TIMEOUT_S + 5)
+            await cancel_and_wait(late)
         if self._inflight:
             _, pending = await asyncio.wait(set(self._inflight), timeout=grace)
             for task in pending:  # unfinished: JetStream redelivers them after ack_wait
                 task.cancel()
-        if self._heartbeats is not None:
-            self._heartbeats.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeats
+        await cancel_and_wait([self._heartbeats])
         await self.on_stop()
         await self.publisher.stop()
 

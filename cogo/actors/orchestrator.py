@@ -39,6 +39,7 @@ import msgspec
 from nats.js import api
 
 from cogo.actors.base import Actor, Defer, Delivery
+from cogo.aio import cancel_and_wait
 from cogo.errors import WorkflowNotFound
 from cogo.streams.events import EXECUTE_DONE, EXECUTE_FAILED, Event, decode_event
 from cogo.streams.policies import PolicyStore
@@ -193,9 +194,9 @@ class Orchestrator(Actor):
         loops = [self._partition_loops.pop(p) for p in partitions if p in self._partition_loops]
         for _, stop in loops:
             stop.set()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*(t for t, _ in loops),
-                                                  return_exceptions=True), 10)  # fmt: skip
+        if loops:
+            _, late = await asyncio.wait([t for t, _ in loops], timeout=10)
+            await cancel_and_wait(late)
         for partition in partitions:
             while self._busy[partition]:
                 idle = self._idle.setdefault(partition, asyncio.Event())

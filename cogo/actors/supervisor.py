@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cogo.aio import cancel_and_wait
 from cogo.lifeline import die_with_parent
 
 log = logging.getLogger(__name__)
@@ -110,10 +111,7 @@ class Supervisor:
     async def stop(self, grace: float = 30.0) -> None:
         """SIGTERM every child, wait up to ``grace`` for them to drain, then SIGKILL."""
         self._stopping = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait([self._task])
         self.signal_all(signal.SIGTERM)
         deadline = time.monotonic() + grace
         for child in self.children:

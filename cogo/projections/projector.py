@@ -40,6 +40,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from cogo.actors.base import actor_id
+from cogo.aio import cancel_and_wait
 from cogo.config import Config
 from cogo.errors import CogoError, ProjectionBusy, TaskNotFound
 from cogo.projections.feed import (
@@ -173,11 +174,7 @@ class Projector:
         ]
 
     async def _stop_loops(self) -> None:
-        for task in self._loops:
-            task.cancel()
-        for task in self._loops:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._loops)
         self._loops = []
 
     # -- following a stream ------------------------------------------------------------

@@ -16,6 +16,8 @@ from typing import Any, Generic, TypeVar
 import msgspec
 from nats.js.kv import KeyValue
 
+from cogo.aio import cancel_and_wait
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -66,7 +68,4 @@ class KvView(Generic[T]):
                 await watcher.stop()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait([self._task])

@@ -24,6 +24,8 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from cogo.aio import cancel_and_wait
+
 DEFAULT_TIMEOUT_S = 10.0
 SWEEP_EVERY_S = 0.5
 NO_RESPONDERS = "503"
@@ -80,11 +82,8 @@ class Publisher:
             self._sweeper = asyncio.create_task(self._sweep(), name="publisher-sweep")
 
     async def stop(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-            self._sweeper = None
+        await cancel_and_wait([self._sweeper])
+        self._sweeper = None
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()

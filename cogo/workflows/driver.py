@@ -28,6 +28,7 @@ import msgspec
 import pydantic
 from nats.js.client import JetStreamContext
 
+from cogo.aio import cancel_and_wait
 from cogo.errors import CogoError, MalformedMessage
 from cogo.streams.envelope import EXECUTE_SUBJECT, MSG_ID, encoder
 from cogo.streams.events import Event, make_event
@@ -237,9 +238,7 @@ class Runs:
         for run in list(self.runs.values()):
             self._close(run)
         tasks = list(self._background)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(tasks)
 
     # -- driving a run (the caller holds its lock) ---------------------------------------
 

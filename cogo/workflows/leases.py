@@ -42,6 +42,7 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
+from cogo.aio import cancel_and_wait
 from cogo.streams.topology import LEASE_BUCKET
 
 log = logging.getLogger(__name__)
@@ -162,11 +163,7 @@ class PartitionLeases:
     async def stop(self) -> None:
         """Drain and release every partition (others take them at once), then stop."""
         self._stopping = True
-        for task in (self._loop, self._watch):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        await cancel_and_wait([self._loop, self._watch])
         await asyncio.gather(*self._tasks, return_exceptions=True)
         held = sorted(self.held)
         if held:
@@ -174,7 +171,7 @@ class PartitionLeases:
             try:
                 await self.on_release(held)
             finally:
-                keeper.cancel()
+                await cancel_and_wait([keeper])
             for partition in held:
                 await self.held.pop(partition).release()
         if self._kv is not None:

@@ -33,6 +33,7 @@ from nats.aio.client import Client as NATS
 
 from cogo.actors.base import actor_id
 from cogo.actors.canary import BASELINE, CANARY, COHORT_KEY
+from cogo.aio import cancel_and_wait
 from cogo.config import Config
 from cogo.errors import RolloutConflict, RolloutNotFound
 from cogo.streams.envelope import EXECUTE_SUBJECT, MSG_ID, encoder, new_id
@@ -126,11 +127,7 @@ class RolloutController:
 
     async def stop(self) -> None:
         drivers = list(self._drivers.values())
-        for task in drivers:
-            task.cancel()
-        for task in drivers:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(drivers)
 
     # -- reading -----------------------------------------------------------------------
 
@@ -226,10 +223,7 @@ class RolloutController:
 
     async def _halt(self, rollout_id: str) -> None:
         task = self._drivers.pop(rollout_id, None)
-        if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait([task])
 
     def _drive(self, rollout: Rollout) -> None:
         task = asyncio.create_task(self._run(rollout.id), name=f"rollout-{rollout.id}")

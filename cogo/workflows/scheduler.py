@@ -28,6 +28,7 @@ from typing import Any
 from nats.js.client import JetStreamContext
 from pydantic import ValidationError
 
+from cogo.aio import cancel_and_wait
 from cogo.config import Config
 from cogo.errors import CogoError
 from cogo.streams.topology import LEASE_BUCKET
@@ -70,9 +71,7 @@ class Scheduler:
                        asyncio.create_task(self._run(), name="scheduler")]  # fmt: skip
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(self._tasks)
         if self._lease is not None:
             await self._lease.release()
 

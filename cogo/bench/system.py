@@ -72,6 +72,8 @@ class Options:
     scale_tasks: int = 400  # per worker process: every step takes about as long
     scale_sleep_ms: float = 50.0
     scale_concurrency: int = 8
+    # a decorated agent (``cogo.bench.agent``) against echo, this many tasks each (0: skipped)
+    agent_tasks: int = 5_000
     # dispatcher cost with flow control off and on (cogo.actors.flowbench; 0: skipped)
     flow_tasks: int = 0
     flow_repeats: int = 3
@@ -167,10 +169,10 @@ def percentile(ordered: list[float], q: float) -> float:
     return ordered[index]
 
 
-def task_body(task_id: str, payload: bytes = b"{}") -> bytes:
+def task_body(task_id: str, payload: bytes = b"{}", route: str = ROUTE) -> bytes:
     """An echo task; empty by default: the cost measured is the bus's, not the worker's."""
     return b'{"task_id":"%s","route":"%s","payload":%s}' % (
-        task_id.encode(), ROUTE.encode(), payload
+        task_id.encode(), route.encode(), payload
     )  # fmt: skip
 
 
@@ -202,9 +204,12 @@ class Bench:
         # the actors' publisher: the bench's own CPU per task stays small
         self.publisher = Publisher(self.nc)
         await self.publisher.start()
-        await declare_apps(self.js, self.config)
+        # the bench's own decorated agent too, as `cogo up --app` declares an app's routes
+        from cogo.bench.agent import app as bench_app
+
+        await declare_apps(self.js, self.config, [bench_app])
         self._done_sub = await self.nc.subscribe(
-            f"events.execute_done.{ROUTE}", cb=self._on_done, pending_msgs_limit=1_000_000
+            f"events.execute_done.{ROUTE}", cb=self.on_done, pending_msgs_limit=1_000_000
         )
         self.spawn("projector", env={"COGO_PROJECTOR_CONSUMER": PROJECTOR_CONSUMER})
         for i in range(self.o.dispatchers):
@@ -217,11 +222,14 @@ class Bench:
     def spawn(
         self, actor: str, label: str | None = None, *, data_dir: Path | None = None,
         env: dict[str, str] | None = None, concurrency: int | None = None,
+        target: str | None = None,
     ) -> None:  # fmt: skip
+        """Start agent ``actor`` (of Cogo's app, or of the app ``target``) as ``cogo run``."""
         label = label or actor
         self.children[label] = spawn_actor(
             actor,
             self.server.url,
+            target=target,
             config_path=self.o.config_path,
             data_dir=data_dir or self.dir / "data",
             env=env,
@@ -266,7 +274,8 @@ class Bench:
         snapshot["bench"] = sum(os.times()[:2])
         return snapshot
 
-    async def _on_done(self, msg: Msg) -> None:
+    async def on_done(self, msg: Msg) -> None:
+        """Count an ``execute_done`` (subscribed to the routes whose tasks are counted)."""
         self.done_count += 1
         with contextlib.suppress(msgspec.DecodeError):
             self.done_at[_done_decoder.decode(msg.data).task_id] = time.perf_counter()

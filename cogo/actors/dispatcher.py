@@ -29,7 +29,7 @@ from cogo.actors.admission import FlowControl
 from cogo.actors.base import Actor, Defer, Delivery
 from cogo.actors.canary import CanaryRouter, subject_of
 from cogo.actors.deadletter import DeadLetterWatcher
-from cogo.config import Backoff, RoutePolicy
+from cogo.config import Backoff, Config, RoutePolicy
 from cogo.errors import (
     AttemptsAboveCeiling,
     AttemptsExhausted,
@@ -142,6 +142,11 @@ class ExecutorDispatcher(Actor):
 
     def default_routes(self) -> list[str]:
         return [EXECUTE_SUBJECT, RESULT_SUBJECT]
+
+    def default_concurrency(self, config: Config) -> int:
+        # no user code runs here: a handler waits for stream acks, which `always` queues
+        # behind fsyncs, so the in-flight window is what keeps the disk busy
+        return config.actors.dispatcher_concurrency
 
     async def on_start(self) -> None:
         await self.policies.start()

@@ -128,7 +128,7 @@ class Client:
         return self._nc
 
     async def connect(self) -> None:
-        from cogo.actors.runner import connect
+        from cogo.streams.connection import connect
 
         url, user, password = self._url, self._user, self._password
         if url is None:

@@ -111,8 +111,8 @@ class CogoEnv:
     async def start(self) -> None:
         from cogo.actors import app as builtin
         from cogo.actors.loader import declare_apps
-        from cogo.actors.runner import connect
         from cogo.projections.projector import Projector
+        from cogo.streams.connection import connect
         from cogo.streams.server import EmbeddedServer
 
         if self.data_dir is None:
@@ -145,7 +145,7 @@ class CogoEnv:
         await self.client.connect()
 
     async def _run(self, spec: Any) -> None:
-        from cogo.actors.runner import connect
+        from cogo.streams.connection import connect
 
         assert self.config is not None
         nc = await connect(self.url, f"cogo-testing-{spec.name}")

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 import cogo
-from cogo.actors.runner import connect
+from cogo.streams.connection import connect
 from cogo.streams.policies import read_record, reset_policy, set_policy
 from tests.helpers import EventReader
 from tests.test_processes import _up, stop

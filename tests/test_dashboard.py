@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from cogo.actors.runner import connect
+from cogo.streams.connection import connect
 from cogo.streams.envelope import EXECUTE_SUBJECT, MSG_ID
 from tests.helpers import wait_until
 from tests.test_processes import _up, cogo, stop

@@ -16,7 +16,7 @@ import httpx
 import nats.errors
 
 from cogo.actors.dispatcher import ExecutorDispatcher
-from cogo.actors.runner import connect
+from cogo.streams.connection import connect
 from cogo.streams.envelope import EXECUTE_SUBJECT, MSG_ID, encoder, new_id
 from tests.helpers import EventReader, running, submit
 

@@ -18,11 +18,13 @@ from typing import Any
 
 import httpx
 
-from cogo.actors.canary import BASELINE, CANARY, choose, share_bucket
 from cogo.actors.dispatcher import ExecutorDispatcher
 from cogo.actors.echo import EchoActor
-from cogo.actors.runner import connect
 from cogo.config import Backoff
+from cogo.rollouts.canary import BASELINE, CANARY, choose, share_bucket
+from cogo.rollouts.gates import Figures, evaluate, wilson
+from cogo.rollouts.split import RouteSplit
+from cogo.streams.connection import connect
 from cogo.streams.envelope import (
     EXECUTE_SUBJECT,
     MSG_ID,
@@ -30,8 +32,6 @@ from cogo.streams.envelope import (
     WorkOrder,
     encoder,
 )
-from cogo.streams.rollouts import RouteSplit
-from cogo.workflows.gates import Figures, evaluate, wilson
 from tests.helpers import EventReader, running, submit
 from tests.test_processes import _up, cogo, stop
 

@@ -17,14 +17,15 @@ from typing import Any
 import httpx
 import pytest
 
-from cogo.actors.runner import connect
+from cogo.bench.projections import fill, synthetic_events
 from cogo.errors import SqlInvalid, SqlRejected, SqlTimeout
-from cogo.http.app import AppState, create_app
+from cogo.http.app import create_app
 from cogo.http.sql import routes as sql_routes
-from cogo.projections.bench import fill, synthetic_events
+from cogo.http.state import AppState
 from cogo.projections.projector import Projector
 from cogo.projections.sandbox import run_query
 from cogo.projections.store import ProjectionStore
+from cogo.streams.connection import connect
 from cogo.streams.policies import PolicyStore
 from tests.conftest import TEST_CONFIG
 from tests.helpers import submit
@@ -163,7 +164,7 @@ async def test_http_sql(nc, js, config, data_dir):
         state = AppState(
             nc=nc, config=config, policies=PolicyStore(js), data_dir=data_dir, api_token="t0k"
         )
-        state.components["projector"] = projector
+        state.projector = projector
         app = create_app(state, extra_routes=sql_routes)
         auth = {"Authorization": "Bearer t0k"}
         async with httpx.AsyncClient(

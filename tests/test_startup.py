@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from cogo.actors.runner import connect
 from cogo.errors import PortInUse
+from cogo.streams.connection import connect
 from cogo.streams.server import EmbeddedServer, nats_server_binary
 from cogo.streams.store_lock import alive
 from tests.conftest import TEST_CONFIG

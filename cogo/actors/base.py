@@ -23,8 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -39,6 +37,7 @@ from cogo.actors.puller import Puller
 from cogo.aio import cancel_and_wait
 from cogo.config import Config
 from cogo.errors import CogoError, MessageError
+from cogo.streams.connection import actor_id
 from cogo.streams.envelope import MSG_ID
 from cogo.streams.events import EventLog
 from cogo.streams.publisher import Outgoing, Publisher, StreamAck
@@ -143,11 +142,6 @@ class Delivery:
     @property
     def queue_wait_ms(self) -> float:
         return max(0.0, (self.claimed_at - self.published_at) * 1000.0)
-
-
-def actor_id(kind: str) -> str:
-    """``kind@host:pid``: who did the work, for events and counters."""
-    return f"{kind}@{socket.gethostname()}:{os.getpid()}"
 
 
 class Actor:

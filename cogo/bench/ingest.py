@@ -67,6 +67,6 @@ async def _ingest_once(bench: Bench, run: int, last: int) -> float:
 
 
 async def _fill_events(bench: Bench, count: int) -> None:
-    from cogo.projections.bench import fill, synthetic_events
+    from cogo.bench.projections import fill, synthetic_events
 
     await fill(bench.js, synthetic_events(count))

@@ -33,9 +33,10 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from cogo.actors.loader import declare_apps
-from cogo.actors.runner import connect, spawn_actor
+from cogo.actors.runner import spawn_actor
 from cogo.config import Config, load_config
 from cogo.errors import CogoError
+from cogo.streams.connection import connect
 from cogo.streams.envelope import EXECUTE_SUBJECT, MSG_ID
 from cogo.streams.publisher import Publisher
 from cogo.streams.server import EmbeddedServer
@@ -72,7 +73,7 @@ class Options:
     scale_tasks: int = 400  # per worker process: every step takes about as long
     scale_sleep_ms: float = 50.0
     scale_concurrency: int = 8
-    # dispatcher cost with flow control off and on (cogo.actors.flowbench; 0: skipped)
+    # dispatcher cost with flow control off and on (cogo.bench.flow; 0: skipped)
     flow_tasks: int = 0
     flow_repeats: int = 3
     # dashboard / latency API / /metrics at this many synthetic events (0: skipped)

@@ -45,9 +45,9 @@ from cogo.errors import (
     WorkflowNotFound,
 )
 from cogo.http import schedules as schedule_routes
-from cogo.http.app import AppState, ValidationFailed, field_error, state_of
 from cogo.http.endpoint import endpoint
 from cogo.http.schemas import WORKFLOW_ENUM, WORKFLOW_PARAMETERS, Body, Query
+from cogo.http.state import AppState, ValidationFailed, field_error, state_of
 from cogo.projections import queries
 from cogo.streams.envelope import new_id
 from cogo.workflows import history
@@ -374,7 +374,7 @@ async def metrics_endpoint(request: Request, path: WorkflowPath) -> JSONResponse
     """Runs, outcomes, duration percentiles and gate pass rate of one workflow."""
     state = state_of(request)
     workflow_id = path.workflow_id
-    projector = state.components.get("projector")
+    projector = state.projector
     if projector is not None:
         # the projection's one row per run (cogo.projections.rollups), once it has what
         # the stream held when the request came (bounded: a lagging projector answers late)

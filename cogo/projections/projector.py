@@ -39,7 +39,6 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from cogo.actors.base import actor_id
 from cogo.aio import cancel_and_wait
 from cogo.config import Config
 from cogo.errors import CogoError, ProjectionBusy, TaskNotFound
@@ -53,6 +52,7 @@ from cogo.projections.feed import (
 from cogo.projections.replay import Progress, Rebuild, ReplayResult, swap_files
 from cogo.projections.store import DLQ_STREAM, EVENTS_STREAM, ProjectionStore, db_path
 from cogo.projections.tasks import STATUS_SUBJECT, TaskStatus, task_status
+from cogo.streams.connection import actor_id
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ FLOW = "FLOW"
 POLICY_BUCKET = "policies"
 ARTIFACT_BUCKET = "artifacts"
 ROLLOUT_BUCKET = "rollouts"
-# who drives which partition of workflow runs (leases with per-key TTL; cogo.workflows.leases)
+# who drives which partition of workflow runs (leases with per-key TTL; cogo.streams.leases)
 LEASE_BUCKET = "orchestrator_leases"
 # workflow schedules and where each one's ticks stand (cogo.workflows.schedules)
 SCHEDULE_BUCKET = "schedules"

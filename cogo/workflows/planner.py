@@ -24,7 +24,6 @@ import msgspec
 import pydantic
 from pydantic import ConfigDict, Field
 
-from cogo.actors.dispatcher import resolve_assignment
 from cogo.config import RoutePolicy, deep_merge
 from cogo.errors import (
     AssignmentError,
@@ -36,6 +35,7 @@ from cogo.errors import (
     UnknownRoute,
 )
 from cogo.streams.envelope import ASSIGNMENT_KEY, Assignment, decode_assignment
+from cogo.streams.policies import resolve_assignment
 from cogo.workflows.definition import (
     MAX_MAP_ITEMS,
     WORKFLOW_ID,

@@ -21,7 +21,7 @@ from nats.js.client import JetStreamContext
 
 from cogo.actors.dispatcher import ExecutorDispatcher
 from cogo.actors.echo import EchoActor
-from cogo.actors.runner import connect
+from cogo.streams.connection import connect
 from cogo.streams.topology import LEASE_BUCKET, ORCHESTRATOR_PARTITIONS
 from cogo.workflows import history
 from cogo.workflows.definition import Catalog

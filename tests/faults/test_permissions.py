@@ -20,8 +20,8 @@ import pytest
 import cogo
 from cogo.actors import app as builtin_app
 from cogo.actors.loader import declare_apps
-from cogo.actors.runner import connect
 from cogo.streams.auth import AuthPlan, accounts_config, credentials
+from cogo.streams.connection import connect
 from cogo.streams.server import EmbeddedServer
 from tests.helpers import EventReader
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -30,6 +29,7 @@ from nats.aio.msg import Msg
 from nats.js import api
 from nats.js.errors import APIError, KeyNotFoundError
 
+from cogo.config import DATA_DIR_ENV, env
 from cogo.errors import BackpressureError, CogoError, TaskFailed, TaskNotFound, UnknownRoute
 from cogo.projections.tasks import STATUS_SUBJECT, TERMINAL, TaskStatus
 from cogo.streams.envelope import ASSIGNMENT_KEY, EXECUTE_SUBJECT, MSG_ID, encoder, new_id
@@ -107,7 +107,7 @@ class Client:
     ) -> None:
         self._url = nats_url
         self._user, self._password = user, password
-        self._data_dir = Path(data_dir or os.environ.get("COGO_DATA_DIR", ".cogo"))
+        self._data_dir = Path(data_dir or env(DATA_DIR_ENV, ".cogo") or ".cogo")
         self._name = name
         self._nc: NATS | None = None
         self._known_routes: set[str] = set()

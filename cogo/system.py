@@ -33,7 +33,7 @@ from cogo.actors.app import AgentSpec
 from cogo.actors.loader import BUILTIN_REF, LoadedApp, apps_for_up
 from cogo.actors.runner import agent_args, child_env
 from cogo.actors.supervisor import Supervisor, spawn
-from cogo.config import Config, load_config
+from cogo.config import API_TOKEN_ENV, CORS_ORIGINS_ENV, Config, env, env_list, load_config
 from cogo.errors import CogoError, StartupError
 from cogo.http.app import create_app
 from cogo.http.server import server_config
@@ -65,7 +65,7 @@ class Component(Protocol):
 
 def api_token(data_dir: Path) -> str:
     """``COGO_API_TOKEN``, or a token generated once into ``<data-dir>/api_token`` (0600)."""
-    token = os.environ.get("COGO_API_TOKEN")
+    token = env(API_TOKEN_ENV)
     if token:
         return token
     return read_or_create(data_dir / "api_token")
@@ -203,9 +203,7 @@ class System:
             policies=self.policies,
             data_dir=self.data_dir,
             api_token=api_token(self.data_dir),
-            cors_origins=[
-                o.strip() for o in os.environ.get("COGO_CORS_ORIGINS", "").split(",") if o.strip()
-            ],
+            cors_origins=env_list(CORS_ORIGINS_ENV),
         )
         await self._start_components()
         self.state.projector, self.state.rollouts = self.projector, self.rollouts

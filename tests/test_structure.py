@@ -37,3 +37,25 @@ def test_imports_point_down_the_layers():
         if LAYERS.index(dst) > LAYERS.index(src)
     ]
     assert upward == []
+
+
+def test_cogo_variables_are_read_in_config_and_documented():
+    """Every ``COGO_*`` name is a constant of ``cogo.config`` and listed in defaults.toml."""
+    import ast
+
+    import cogo.config
+    from cogo import config
+
+    root = Path(cogo.config.__file__).parent
+    elsewhere = []
+    for path in sorted(root.rglob("*.py")):
+        if path.name == "config.py" and path.parent == root:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                if node.value.startswith("COGO_") and node.value.strip("_").isupper():
+                    elsewhere.append(f"{path.relative_to(root)}: {node.value}")
+    assert elsewhere == []
+    names = [v for k, v in vars(config).items() if k.endswith("_ENV") and isinstance(v, str)]
+    documented = (root / "defaults.toml").read_text()
+    assert len(names) >= 17 and [n for n in names if n not in documented] == []

@@ -20,6 +20,7 @@ are released here, once their result's events are stored.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -397,7 +398,7 @@ class ExecutorDispatcher(Actor):
         usage: Usage | None = None
         order: WorkOrder | None = None
         running: WorkOrder | None = None  # an attempt that holds a flow slot
-        with _suppress_malformed():
+        with contextlib.suppress(MalformedMessage):
             if subject == RESULT_SUBJECT:
                 order = running = decode_result(data).order
                 base, attempt, usage = _base_of(order), order.attempt, order.usage_so_far
@@ -427,14 +428,6 @@ class ExecutorDispatcher(Actor):
         )
         if running is not None:
             await self.flow.release(running)
-
-
-class _suppress_malformed:  # noqa: N801 - used as a context manager
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, et: Any, ev: Any, tb: Any) -> bool:
-        return et is not None and issubclass(et, MalformedMessage)
 
 
 def _base_of(order: WorkOrder) -> dict[str, Any]:

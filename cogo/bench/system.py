@@ -34,7 +34,7 @@ from nats.js.errors import NotFoundError
 
 from cogo.actors.loader import declare_apps
 from cogo.actors.runner import spawn_actor
-from cogo.config import Config, load_config
+from cogo.config import PROJECTOR_CONSUMER_ENV, Config, load_config
 from cogo.errors import CogoError
 from cogo.streams.connection import connect
 from cogo.streams.envelope import EXECUTE_SUBJECT, MSG_ID
@@ -207,7 +207,7 @@ class Bench:
         self._done_sub = await self.nc.subscribe(
             f"events.execute_done.{ROUTE}", cb=self._on_done, pending_msgs_limit=1_000_000
         )
-        self.spawn("projector", env={"COGO_PROJECTOR_CONSUMER": PROJECTOR_CONSUMER})
+        self.spawn("projector", env={PROJECTOR_CONSUMER_ENV: PROJECTOR_CONSUMER})
         for i in range(self.o.dispatchers):
             self.spawn("dispatcher", f"dispatcher-{i + 1}")
         for i in range(self.o.echoes):

@@ -6,20 +6,20 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from cogo.config import DATA_DIR_ENV, NATS_URL_ENV, NATS_USER_ENV, env
 from cogo.errors import CogoError
 
-DEFAULT_DATA_DIR = Path(os.environ.get("COGO_DATA_DIR", ".cogo"))
+DEFAULT_DATA_DIR = Path(env(DATA_DIR_ENV, ".cogo") or ".cogo")
 
 
 def common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="default ./.cogo")
     p.add_argument("--config", type=Path, default=None, help="TOML merged over the defaults")
-    p.add_argument("--nats-url", default=os.environ.get("COGO_NATS_URL"),
+    p.add_argument("--nats-url", default=env(NATS_URL_ENV),
                    help="NATS server(s), comma-separated; default: the running `cogo up`")  # fmt: skip
 
 
@@ -38,7 +38,7 @@ def resolve_nats_url(args: argparse.Namespace) -> str:
 def nats_credentials(args: argparse.Namespace, user: str) -> dict[str, str]:
     """Credentials of ``user`` from ``<data-dir>/credentials.json`` when the system runs with
     ``--auth`` (unless ``COGO_NATS_USER`` is set, which ``connect`` then uses)."""
-    if os.environ.get("COGO_NATS_USER"):
+    if env(NATS_USER_ENV):
         return {}
     path = Path(args.data_dir) / "credentials.json"
     try:

@@ -22,7 +22,7 @@ from typing import Any
 
 from cogo.cli.common import DEFAULT_DATA_DIR, bus, common_args, nats_credentials, resolve_nats_url
 from cogo.cli.tasks import cmd_policy, cmd_routes, cmd_status, cmd_submit
-from cogo.config import load_config
+from cogo.config import NATS_PASSWORD_ENV, NATS_USER_ENV, load_config
 from cogo.errors import CogoError
 
 
@@ -174,7 +174,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.data_dir)
     creds = nats_credentials(args, user_of(loaded.app.name, specs[0].name))
     if creds:  # the agent's own user, handed to the process through its environment
-        os.environ["COGO_NATS_USER"], os.environ["COGO_NATS_PASSWORD"] = (
+        os.environ[NATS_USER_ENV], os.environ[NATS_PASSWORD_ENV] = (
             creds["user"],
             creds["password"],
         )

@@ -16,6 +16,7 @@ from typing import Any
 import nats
 from nats.aio.client import Client as NATS
 
+from cogo.config import env
 from cogo.streams.auth import PASSWORD_ENV, USER_ENV, inbox_prefix
 
 log = logging.getLogger(__name__)
@@ -30,8 +31,8 @@ async def connect(
     gets its private inbox prefix, the only reply subjects its permissions allow.
     """
     servers = [u.strip() for u in url.split(",") if u.strip()]
-    user = user or os.environ.get(USER_ENV) or None
-    password = password or os.environ.get(PASSWORD_ENV) or None
+    user = user or env(USER_ENV)
+    password = password or env(PASSWORD_ENV)
     options.setdefault("error_cb", _log_nats_error)
     if user:
         options.setdefault("inbox_prefix", inbox_prefix(user))

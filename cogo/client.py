@@ -286,17 +286,19 @@ class Client:
             return None
         js = self.nc.jetstream()
         since = handle.submitted_at - 5.0 if handle.submitted_at else None
+        subjects = [
+            f"events.{EXECUTE_DONE}.{handle.route}",
+            f"events.{EXECUTE_FAILED}.{handle.route}",
+        ]
         config = api.ConsumerConfig(
             ack_policy=api.AckPolicy.NONE,
             inactive_threshold=30.0,
             deliver_policy=api.DeliverPolicy.BY_START_TIME if since else api.DeliverPolicy.ALL,
-            opt_start_time=_rfc3339(since) if since else None,
-            filter_subjects=[
-                f"events.{EXECUTE_DONE}.{handle.route}",
-                f"events.{EXECUTE_FAILED}.{handle.route}",
-            ],
+            # the server takes RFC 3339 text; nats-py's annotation says datetime
+            opt_start_time=_rfc3339(since) if since else None,  # type: ignore[arg-type]
+            filter_subjects=subjects,
         )
-        sub = await js.pull_subscribe(config.filter_subjects[0], stream=EVENTS, config=config)
+        sub = await js.pull_subscribe(subjects[0], stream=EVENTS, config=config)
         try:
             while True:
                 try:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -191,12 +192,7 @@ class System:
                         spec.name if loaded.ref == BUILTIN_REF else f"{loaded.app.name}.{spec.name}"
                     )
                     label += f"-{n + 1}" if spec.replicas > 1 else ""
-                    self.supervisor.add(
-                        label,
-                        lambda loaded=loaded, spec=spec, label=label: self._spawn(
-                            loaded, spec, label
-                        ),
-                    )
+                    self.supervisor.add(label, functools.partial(self._spawn, loaded, spec, label))
         self.state = AppState(
             nc=self.nc,
             config=self.config,

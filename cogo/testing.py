@@ -264,7 +264,7 @@ def merged_toml(base: str, over: str) -> str:
     from cogo.config import deep_merge
 
     merged = deep_merge(tomllib.loads(base), tomllib.loads(over))
-    lines = []
+    lines: list[str] = []
     for table, values in merged.items():
         if not isinstance(values, dict):
             lines.insert(0, f"{json.dumps(table)} = {_toml_value(values)}")

@@ -114,7 +114,7 @@ class _Claim:
 class Delivery:
     """One message being handled, with its JetStream metadata."""
 
-    __slots__ = ("msg", "route", "seq", "delivered", "published_at", "claimed_at", "_settled")
+    __slots__ = ("msg", "route", "seq", "delivered", "published_at", "claimed_at")
 
     def __init__(self, msg: Msg, route: str) -> None:
         # straight from the ack subject (cogo.streams.pull): msg.metadata builds four
@@ -126,7 +126,6 @@ class Delivery:
         self.delivered = delivered
         self.published_at = timestamp_ns / 1e9
         self.claimed_at = time.time()
-        self._settled = False
 
     @property
     def data(self) -> bytes:
@@ -222,11 +221,6 @@ class Actor:
         await cancel_and_wait([self._heartbeats])
         await self.on_stop()
         await self.publisher.stop()
-
-    async def run_until(self, stop: asyncio.Event) -> None:
-        await self.start()
-        await stop.wait()
-        await self.stop()
 
     async def _fetch_loop(
         self,

@@ -147,7 +147,7 @@ class ExecutorDispatcher(Actor):
             assignment=resolved,
             submitted_at=submitted_at,
             deadline=deadline,
-            correlation_id=base["correlation_id"],
+            correlation_id=task.correlation_id or task_id,
             causation_id=task.causation_id,
         )
         order = await self.canary.route(order, policy, actor=self.name)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import json
 import logging
@@ -197,7 +198,7 @@ def run_processes(
         for spec in specs:
             for n in range(replicas or spec.replicas):
                 args = agent_args(target or spec.name, spec.name, nats_url, **kwargs)
-                supervisor.add(f"{spec.name}#{n}", lambda args=args: spawn(args, env=env))
+                supervisor.add(f"{spec.name}#{n}", functools.partial(spawn, args, env=env))
         supervisor.watch()
         stop = asyncio.Event()
         install_stop_signals(stop)

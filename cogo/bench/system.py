@@ -112,10 +112,15 @@ class Progress:
             self._bar.start()
 
     def task(self, description: str, total: int) -> Callable[[int, str], None]:
-        if self._bar is None:
-            return lambda done, note="": None
-        tid = self._bar.add_task(description, total=total, note="")
-        return lambda done, note="": self._bar.update(tid, completed=done, note=note)
+        bar = self._bar
+        if bar is None:
+            return _no_progress
+        tid: Any = bar.add_task(description, total=total, note="")
+
+        def update(done: int, note: str = "") -> None:
+            bar.update(tid, completed=done, note=note)
+
+        return update
 
     def stop(self) -> None:
         if self._bar is not None:
@@ -334,3 +339,7 @@ class Bench:
                 await asyncio.gather(*acks)
                 acks = []
         await asyncio.gather(*acks)
+
+
+def _no_progress(done: int, note: str = "") -> None:
+    """A progress callback for a quiet run."""

@@ -51,7 +51,7 @@ def nats_credentials(args: argparse.Namespace, user: str) -> dict[str, str]:
 @contextlib.asynccontextmanager
 async def bus(args: argparse.Namespace, name: str, user: str = "admin") -> AsyncIterator[Any]:
     """A NATS connection for one CLI command, as ``user`` when the system runs ``--auth``."""
-    from cogo.actors.runner import connect
+    from cogo.streams.connection import connect
 
     nc = await connect(resolve_nats_url(args), name, **nats_credentials(args, user))
     try:

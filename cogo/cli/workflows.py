@@ -28,6 +28,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -110,13 +111,15 @@ def _register_schedules(subparsers: Any, common: Any) -> None:
     p.set_defaults(func=cmd_schedule_delete)
 
 
-def _group(subparsers: Any, common: Any, name: str, help: str) -> Any:
+def _group(
+    subparsers: Any, common: Any, name: str, help: str
+) -> Callable[[str, str], argparse.ArgumentParser]:
     """A command group whose subcommands talk to the facade; returns their factory."""
     parser = subparsers.add_parser(name, help=help)
     sub = parser.add_subparsers(dest=f"{name}_command", required=True)
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help)
+        p: argparse.ArgumentParser = sub.add_parser(name, help=help)
         common(p)
         p.add_argument("--http-url", default=env(HTTP_URL_ENV),
                        help="the facade; default: the running `cogo up` in --data-dir")  # fmt: skip

@@ -18,7 +18,6 @@ import asyncio
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -133,7 +132,6 @@ class TokenAuthMiddleware:
 def create_app(
     state: AppState,
     extra_routes: list[BaseRoute] | None = None,
-    on_startup: list[Callable[[], Awaitable[None]]] | None = None,
 ) -> Starlette:
     """Build the facade for ``state``; route modules are collected here."""
     routes: list[BaseRoute] = [

@@ -132,6 +132,8 @@ def summary(cur: duckdb.DuckDBPyConnection, since: dt.datetime) -> dict[str, Any
 
 
 def _summary(cur: duckdb.DuckDBPyConnection, window: Window) -> dict[str, Any]:
+    since = window.since
+    assert since is not None  # the dashboard always has a window
     params = window.params()
     splits = _SPLITS.format(
         events=windows.relation(rollups.EVENTS, window),
@@ -189,7 +191,7 @@ def _summary(cur: duckdb.DuckDBPyConnection, window: Window) -> dict[str, Any]:
         "failures": {"total": sum(f["failures"] for f in failures), "series": failures},
         "runs": [_run_row(row) for row in runs],
         # the agent runtime: what LLM calls cost, and the latest tasks (their output is live)
-        "spend": spend.summary(cur, window.since),
+        "spend": spend.summary(cur, since),
         "tasks": recent_tasks(cur, window.since),
     }
 
@@ -207,7 +209,7 @@ def _run_row(row: tuple[Any, ...]) -> dict[str, Any]:
             keys.extend(k for k in json.loads(raw) if isinstance(k, str) and k not in keys)
     status = (outcome or "workflow_running").removeprefix("workflow_")
     done = set(over or [])
-    waiting = []
+    waiting: list[dict[str, Any]] = []
     if status == "running":
         for entry in signals or []:
             node, _, name = (entry or "").partition("=")

@@ -54,7 +54,7 @@ def projector_of(request: Request) -> Projector:
     projector = state_of(request).projector
     if projector is None:
         raise Unavailable("the projector does not run in this process")
-    return projector  # type: ignore[no-any-return]
+    return projector
 
 
 class LatencyQuery(Query):
@@ -212,7 +212,7 @@ async def replay(request: Request, body: ReplayRequest) -> Response:
     _background.add(task)
     task.add_done_callback(_background.discard)
 
-    async def body() -> AsyncIterator[bytes]:
+    async def ndjson() -> AsyncIterator[bytes]:
         while not task.done():
             getter = asyncio.ensure_future(lines.get())
             await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
@@ -232,7 +232,7 @@ async def replay(request: Request, body: ReplayRequest) -> Response:
         else:
             yield _line({"error": f"replay failed: {error}", "code": "projection.error"})
 
-    return StreamingResponse(body(), media_type="application/x-ndjson")
+    return StreamingResponse(ndjson(), media_type="application/x-ndjson")
 
 
 def _line(payload: dict[str, Any]) -> bytes:

@@ -105,8 +105,8 @@ def _operation(
             "description": success.description, "content": {success.media_type: content}
         }  # fmt: skip
     for error in raised:
-        status = str(status_of(error))
-        entry = responses.setdefault(status, {
+        code = str(status_of(error))
+        entry = responses.setdefault(code, {
             "description": "", "content": {JSON: {"schema": {"$ref": REF.format(model="ErrorBody")}}},
         })  # fmt: skip
         text = description_of(error)

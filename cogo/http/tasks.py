@@ -58,7 +58,7 @@ async def submit_task(request: Request, body: TaskRequest) -> JSONResponse:
         decode_assignment(body.payload)
     except InvalidAssignment as exc:
         loc = (exc.detail or "").split(" - at `$.")[-1].rstrip("`")
-        path = (
+        path: list[str | int] = (
             ["body", *[p for p in loc.replace("$.", "").split(".") if p]]
             if loc
             else ["body", "payload", "__assignment"]

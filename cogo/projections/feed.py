@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -156,7 +156,9 @@ class GroupCommit:
     trickle still commits as it comes. Used by the projector and by replay.
     """
 
-    def __init__(self, write: Callable[[Fetched], Awaitable[None]], max_rows: int) -> None:
+    def __init__(
+        self, write: Callable[[Fetched], Coroutine[Any, Any, None]], max_rows: int
+    ) -> None:
         self._write = write
         self.max_rows = max_rows
         self.queued: list[Fetched] = []

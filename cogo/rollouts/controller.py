@@ -20,6 +20,7 @@ The split the dispatchers follow and every rollout's record live in the KV bucke
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import copy
 import datetime as dt
@@ -35,7 +36,7 @@ from cogo.aio import cancel_and_wait
 from cogo.config import Config
 from cogo.errors import RolloutConflict, RolloutNotFound
 from cogo.rollouts import gates
-from cogo.rollouts.canary import BASELINE, CANARY, COHORT_KEY
+from cogo.rollouts.canary import BASELINE, CANARY
 from cogo.rollouts.split import (
     PAUSED,
     PROMOTED,
@@ -48,7 +49,7 @@ from cogo.rollouts.split import (
     Stage,
 )
 from cogo.streams.connection import actor_id
-from cogo.streams.envelope import EXECUTE_SUBJECT, MSG_ID, encoder, new_id
+from cogo.streams.envelope import COHORT_KEY, EXECUTE_SUBJECT, MSG_ID, encoder, new_id
 from cogo.streams.events import EventLog, iso, make_event
 from cogo.streams.routes import check_version
 
@@ -295,7 +296,7 @@ class RolloutController:
             "stage": name, "title": STAGE_TITLES[name], "percent": percent})  # fmt: skip
         return stage
 
-    async def _run_stage(self, rollout: Rollout, stage: Stage) -> list[Gate]:
+    async def _run_stage(self, rollout: Rollout, stage: Stage) -> builtins.list[Gate]:
         """Produce or wait for the stage's samples, then judge them."""
         deadline = time.monotonic() + rollout.stage_timeout_s
         since = _naive(stage.started_at)

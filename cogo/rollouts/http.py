@@ -93,7 +93,7 @@ def controller_of(request: Request) -> RolloutController:
     controller = state_of(request).rollouts
     if controller is None:
         raise Unavailable("the rollout controller does not run in this process")
-    return controller  # type: ignore[no-any-return]
+    return controller
 
 
 @endpoint(

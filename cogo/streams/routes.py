@@ -151,4 +151,4 @@ async def check_consumer(js: JetStreamContext, stream: str, route: str) -> api.C
             f"route {route!r}: its consumer {durable_name(route)!r} already serves {subject!r} "
             "(routes that differ only in '.' versus '-' share a consumer name; rename one)"
         )
-    return info
+    return info  # type: ignore[no-any-return]  # nats-py: consumer_info is unannotated

@@ -36,7 +36,6 @@ DISPATCHER_ROUTES = [EXECUTE_SUBJECT, RESULT_SUBJECT]
 # the workflow orchestrator's commands, one subject per partition of runs; not task routes
 ORCHESTRATOR_PARTITIONS = 8
 ORCHESTRATOR_ROUTES = [f"orchestrator.workflow.{p}" for p in range(ORCHESTRATOR_PARTITIONS)]
-ORCHESTRATOR_ROUTE = ORCHESTRATOR_ROUTES[0]
 FIXED_ROUTES = [*DISPATCHER_ROUTES, *ORCHESTRATOR_ROUTES]
 MAX_DELIVERIES_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
 # core NATS request/reply subjects (in no stream)

@@ -114,6 +114,14 @@ class EventFilter(_Model):
 
 class NodeBase(_Model):
     id: str | None = Field(None, pattern=NODE_ID)
+
+    @property
+    def node_id(self) -> str:
+        """The id of a planned node (the planner refuses a node without one)."""
+        if self.id is None:
+            raise ValueError("a node of a plan has no id")
+        return self.id
+
     # ids this node runs after; absent means "the node before it in the list"
     after: list[str] | None = None
     # a condition; false means the node is skipped (downstream nodes still run)

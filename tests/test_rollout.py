@@ -33,7 +33,7 @@ from cogo.streams.envelope import (
     encoder,
 )
 from tests.helpers import EventReader, running, submit
-from tests.test_processes import _up, cogo, stop
+from tests.upsystem import cogo, cogo_up, stop
 
 ROUTE = "echo.run.0"
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -44,7 +44,7 @@ async def system(
     tmp_path: Path, config_path: Path, candidate_env: dict[str, str] | None = None
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Any, dict[str, Any]]]:
     """``cogo up`` plus one ``echo --version v2`` worker; yields (http, js, endpoints)."""
-    proc, info = _up(tmp_path / "up", config_path)
+    proc, info = await cogo_up(tmp_path / "up", config_path)
     worker = None
     nc = None
     try:
@@ -279,7 +279,7 @@ async def test_dev_e2e_runs_codebuildtest_on_the_candidate(tmp_path, config_path
     def params(name: str) -> dict[str, Any]:
         return {**json.loads((EXAMPLES / name).read_text()), "repo": str(repo)}
 
-    proc, info = _up(tmp_path / "up", config_path)
+    proc, info = await cogo_up(tmp_path / "up", config_path)
     worker = cogo("run", "build_test", "--version", "v2", "--nats-url", info["nats_url"],
                   "--config", str(config_path), "--data-dir", str(tmp_path / "up"))  # fmt: skip
     nc = await connect(info["nats_url"], "test")

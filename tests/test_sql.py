@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from cogo.streams.connection import connect
 from cogo.streams.policies import PolicyStore
 from tests.conftest import TEST_CONFIG
 from tests.helpers import submit
+from tests.upsystem import cogo_up, stop
 
 
 @pytest.fixture
@@ -216,29 +216,13 @@ def _cogo(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _start_up(data_dir: Path) -> subprocess.Popen[bytes]:
-    # an empty COGO_API_TOKEN makes `cogo up` generate one: the CLI must send it
-    return subprocess.Popen(
-        [sys.executable, "-m", "cogo", "up", "--data-dir", str(data_dir), "--sync", "default"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "COGO_API_TOKEN": ""},
-    )
-
-
 async def test_cli_sql_and_replay_through_running_cogo_up(tmp_path):
     data_dir = tmp_path / "up"
     data_dir.mkdir()
     (data_dir / "cogo.toml").write_text(TEST_CONFIG)
-    up = _start_up(data_dir)
+    # an empty COGO_API_TOKEN makes `cogo up` generate one: the CLI must send it
+    up, endpoints = await cogo_up(data_dir, env={"COGO_API_TOKEN": ""})
     try:
-        endpoints_file = data_dir / "endpoints.json"
-        deadline = time.monotonic() + 20
-        while not endpoints_file.exists():
-            assert up.poll() is None, up.stderr.read().decode() if up.stderr else ""
-            assert time.monotonic() < deadline, "cogo up did not write endpoints.json"
-            await asyncio.sleep(0.1)
-        endpoints = json.loads(endpoints_file.read_text())
         nc = await connect(endpoints["nats_url"], "test-cli")
         try:
             js = nc.jetstream()
@@ -284,8 +268,7 @@ async def test_cli_sql_and_replay_through_running_cogo_up(tmp_path):
         )
         assert json.loads(again.stdout)["rows"] == [[5]]
     finally:
-        up.send_signal(signal.SIGTERM)
-        await asyncio.to_thread(up.wait, 30)
+        await asyncio.to_thread(stop, up)
     # stopped: the CLI opens the file read-only itself
     offline = await asyncio.to_thread(
         _cogo, "sql", count_sql, "--json", "--data-dir", str(data_dir)

@@ -14,8 +14,8 @@ from nats.js import api
 from nats.js.client import JetStreamContext
 
 from cogo.actors.base import Actor
-from cogo.actors.runner import connect
 from cogo.config import Config
+from cogo.streams.connection import connect
 from cogo.streams.envelope import EXECUTE_SUBJECT, MSG_ID, encoder, new_id
 from cogo.streams.events import TERMINAL_TYPES, Event, decode_event
 

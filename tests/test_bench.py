@@ -161,9 +161,9 @@ def test_raw_pipeline_yardstick_runs() -> None:
 
 
 def test_step_benchmark_runs_and_reports_each_figure(capsys) -> None:
-    """``python -m cogo.actors.stepbench`` on a few steps: every figure printed (no timing
+    """``python -m cogo.bench.journal`` on a few steps: every figure printed (no timing
     is asserted: the numbers are the benchmark's to report)."""
-    from cogo.actors import stepbench
+    from cogo.bench import journal as stepbench
 
     assert stepbench.main(["--steps", "20", "--sync", "default"]) == 0
     out = capsys.readouterr().out

@@ -74,7 +74,7 @@ async def run_bench(options: Options, progress: Progress) -> dict[str, Any]:
                 )  # fmt: skip
             flow = None
             if options.flow_tasks > 0:
-                from cogo.actors import flowbench
+                from cogo.bench import flow as flowbench
 
                 flow = await flowbench.measure(bench, options.flow_tasks, options.flow_repeats)
             ingest = await projector_ingest(bench) if options.projector_runs > 0 else []

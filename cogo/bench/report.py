@@ -87,15 +87,15 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
 def _optional_rows(table: Any, result: dict[str, Any]) -> None:
     """The parts that run only when asked for (or could be turned off)."""
-    workflows = result.get("workflows")
-    for count, row in ((workflows or {}).get("by_orchestrators") or {}).items():
+    workflows = result.get("workflows") or {}
+    for count, row in (workflows.get("by_orchestrators") or {}).items():
         rounds = ", ".join(f"{r:,.1f}" for r in row["rounds"])
         table.add_row(
             f"workflow runs ({workflows['runs']} at once, {workflows['nodes_per_run']} nodes), "
             f"{count} orchestrator(s), median",
             f"{row['runs_per_s']:,.1f} runs/s = {row['nodes_per_s']:,.0f} nodes/s ({rounds})",
         )
-    flow_control = result.get("flow")
+    flow_control = result.get("flow") or {}
     for mode in ("off", "on") if flow_control else ():
         row = flow_control[mode]
         table.add_row(

@@ -33,9 +33,10 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from cogo.actors.loader import declare_apps
-from cogo.actors.runner import connect, spawn_actor
-from cogo.config import Config, load_config
+from cogo.actors.runner import spawn_actor
+from cogo.config import PROJECTOR_CONSUMER_ENV, Config, load_config
 from cogo.errors import CogoError
+from cogo.streams.connection import connect
 from cogo.streams.envelope import EXECUTE_SUBJECT, MSG_ID
 from cogo.streams.publisher import Publisher
 from cogo.streams.server import EmbeddedServer
@@ -74,7 +75,7 @@ class Options:
     scale_concurrency: int = 8
     # a decorated agent (``cogo.bench.agent``) against echo, this many tasks each (0: skipped)
     agent_tasks: int = 5_000
-    # dispatcher cost with flow control off and on (cogo.actors.flowbench; 0: skipped)
+    # dispatcher cost with flow control off and on (cogo.bench.flow; 0: skipped)
     flow_tasks: int = 0
     flow_repeats: int = 3
     # dashboard / latency API / /metrics at this many synthetic events (0: skipped)
@@ -113,10 +114,15 @@ class Progress:
             self._bar.start()
 
     def task(self, description: str, total: int) -> Callable[[int, str], None]:
-        if self._bar is None:
-            return lambda done, note="": None
-        tid = self._bar.add_task(description, total=total, note="")
-        return lambda done, note="": self._bar.update(tid, completed=done, note=note)
+        bar = self._bar
+        if bar is None:
+            return _no_progress
+        tid: Any = bar.add_task(description, total=total, note="")
+
+        def update(done: int, note: str = "") -> None:
+            bar.update(tid, completed=done, note=note)
+
+        return update
 
     def stop(self) -> None:
         if self._bar is not None:
@@ -211,7 +217,7 @@ class Bench:
         self._done_sub = await self.nc.subscribe(
             f"events.execute_done.{ROUTE}", cb=self.on_done, pending_msgs_limit=1_000_000
         )
-        self.spawn("projector", env={"COGO_PROJECTOR_CONSUMER": PROJECTOR_CONSUMER})
+        self.spawn("projector", env={PROJECTOR_CONSUMER_ENV: PROJECTOR_CONSUMER})
         for i in range(self.o.dispatchers):
             self.spawn("dispatcher", f"dispatcher-{i + 1}")
         for i in range(self.o.echoes):
@@ -342,3 +348,7 @@ class Bench:
                 await asyncio.gather(*acks)
                 acks = []
         await asyncio.gather(*acks)
+
+
+def _no_progress(done: int, note: str = "") -> None:
+    """A progress callback for a quiet run."""

@@ -64,7 +64,6 @@ FOLD_ROWS = 100_000
 GRAINS = ("minute", "hour", "total")
 EPOCH = dt.datetime(1970, 1, 1)  # the bucket of "total", and of events without a valid "at"
 RESULT_TYPES = ("execute_done", "execute_retry", "execute_failed")
-METRICS = ("queue_wait", "duration", "dispatch_wait")
 RUN_OUTCOMES = {
     "workflow_succeeded": "succeeded",
     "workflow_failed": "failed",
@@ -345,7 +344,7 @@ def _merge(con: duckdb.DuckDBPyConnection, family: Family, grain: str, oldest: d
     )
 
 
-def _fold_runs(con: duckdb.DuckDBPyConnection, where: str, params: list | None = None) -> None:
+def _fold_runs(con: duckdb.DuckDBPyConnection, where: str, params: list[Any] | None = None) -> None:
     """Fold the workflow events of ``bus_events`` matching ``where`` into ``workflow_runs``.
 
     Applied in stream order, batch after batch, this is one fold of every workflow event:

@@ -60,7 +60,7 @@ async def agent_vs_echo(bench: Bench) -> dict[str, Any]:
         await bench.run_tasks(
             min(200, count), "agent: warm-up", timeout=60, body=_body(AGENT_ROUTE)
         )
-        rows = {}
+        rows: dict[str, dict[str, Any]] = {}
         for name, workers, route in (("echo", "echo-", ROUTE), ("agent", "agent", AGENT_ROUTE)):
             before = bench.cpu_snapshot()
             elapsed = await bench.run_tasks(count, f"{name}: {count:,} tasks", body=_body(route))

@@ -24,6 +24,7 @@ from typing import Any
 
 from cogo.actors.runner import _use_uvloop
 from cogo.bench.agent import agent_vs_echo
+from cogo.bench.agent import app as bench_app
 from cogo.bench.facade import http_submit
 from cogo.bench.history import history_figures
 from cogo.bench.ingest import projector_ingest
@@ -47,7 +48,7 @@ async def run_bench(options: Options, progress: Progress) -> dict[str, Any]:
             work_dir.mkdir(parents=True, exist_ok=True)
         else:
             work_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cogo-bench-")))
-        bench = Bench(options, work_dir, progress)
+        bench = Bench(options, work_dir, progress, apps=[bench_app])
         extra: dict[str, Any] = {}
         try:
             await bench.start()

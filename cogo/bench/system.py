@@ -21,7 +21,7 @@ import resource
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from cogo.actors.app import App
 from cogo.actors.loader import declare_apps
 from cogo.actors.runner import spawn_actor
 from cogo.config import PROJECTOR_CONSUMER_ENV, Config, load_config
@@ -185,8 +186,11 @@ def task_body(task_id: str, payload: bytes = b"{}", route: str = ROUTE) -> bytes
 class Bench:
     """One isolated system and the measurements taken on it."""
 
-    def __init__(self, options: Options, work_dir: Path, progress: Progress) -> None:
+    def __init__(
+        self, options: Options, work_dir: Path, progress: Progress, apps: Sequence[App] = ()
+    ) -> None:
         self.o = options
+        self.apps = apps
         self.dir = work_dir
         self.fsync_per_s = 0.0
         self.progress = progress
@@ -210,10 +214,8 @@ class Bench:
         # the actors' publisher: the bench's own CPU per task stays small
         self.publisher = Publisher(self.nc)
         await self.publisher.start()
-        # the bench's own decorated agent too, as `cogo up --app` declares an app's routes
-        from cogo.bench.agent import app as bench_app
-
-        await declare_apps(self.js, self.config, [bench_app])
+        # the bench's own apps too (its decorated agent), as `cogo up --app` declares them
+        await declare_apps(self.js, self.config, list(self.apps))
         self._done_sub = await self.nc.subscribe(
             f"events.execute_done.{ROUTE}", cb=self.on_done, pending_msgs_limit=1_000_000
         )

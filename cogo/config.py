@@ -145,6 +145,10 @@ class LimitsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class ActorsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     concurrency: int = 64
     batch: int = 64
+    # the dispatcher's handlers per route: each only waits for stream acks (no user code),
+    # and with `sync_interval: always` that wait is the fsync queue, so more in flight keeps
+    # the disk busy (a --concurrency on `cogo run dispatcher` still wins)
+    dispatcher_concurrency: int = 256
     # an attempt still running this long after its claim gets an `execute_started` event
     # (negative: never)
     started_event_after_ms: int = 500

@@ -158,7 +158,7 @@ class Actor:
         self.js: JetStreamContext = nc.jetstream()
         self.config = config
         self.routes = list(routes) if routes is not None else list(self.default_routes())
-        self.concurrency = concurrency or config.actors.concurrency
+        self.concurrency = concurrency or self.default_concurrency(config)
         self.batch = min(config.actors.batch, self.concurrency)
         self.version = version
         self.name = actor_id(self.kind)
@@ -176,6 +176,10 @@ class Actor:
 
     def default_routes(self) -> list[str]:
         raise NotImplementedError
+
+    def default_concurrency(self, config: Config) -> int:
+        """Handlers per route when ``cogo run --concurrency`` / the agent does not say."""
+        return config.actors.concurrency
 
     # -- the handler -------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ import msgspec
 from cogo.actors.admission import FlowControl
 from cogo.actors.base import Actor, Defer, Delivery
 from cogo.actors.deadletter import DeadLetterWatcher
+from cogo.config import Config
 from cogo.errors import (
     AttemptsExhausted,
     CogoError,
@@ -86,6 +87,11 @@ class ExecutorDispatcher(Actor):
 
     def default_routes(self) -> list[str]:
         return [EXECUTE_SUBJECT, RESULT_SUBJECT]
+
+    def default_concurrency(self, config: Config) -> int:
+        # no user code runs here: a handler waits for stream acks, which `always` queues
+        # behind fsyncs, so the in-flight window is what keeps the disk busy
+        return config.actors.dispatcher_concurrency
 
     async def on_start(self) -> None:
         await self.policies.start()

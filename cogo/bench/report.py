@@ -112,6 +112,20 @@ def _optional_rows(table: Any, result: dict[str, Any]) -> None:
             f"{flow['run_ms_median']:,.0f} ms a run = {flow['step_ms_median']:.1f} ms a step "
             f"(gap p50 {gap['p50']:.1f}, p90 {gap['p90']:.1f})",
         )
+    agent = result.get("agent")
+    if agent:
+        for name in ("echo", "agent"):
+            row = agent[name]
+            table.add_row(
+                f"{'@app.agent' if name == 'agent' else 'echo actor'} ({agent['tasks']:,} tasks, "
+                f"{row['route']})",
+                f"{row['tasks_per_s']:,.0f} tasks/s, worker {row['worker_cpu_us_per_task']:,.0f} "
+                f"µs/task, dispatcher {row['dispatcher_cpu_us_per_task']:,.0f} µs/task",
+            )
+        table.add_row(
+            "@app.agent / echo",
+            f"x{agent['tasks_per_s_ratio']:.2f} tasks/s, x{agent['worker_cpu_ratio']:.2f} worker CPU",
+        )
     for row in result.get("scale_out") or []:
         table.add_row(
             f"scale-out: {row['workers']} worker process(es), sleep-bound",

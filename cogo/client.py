@@ -32,8 +32,9 @@ from nats.js.errors import APIError, KeyNotFoundError
 
 from cogo.errors import BackpressureError, CogoError, TaskFailed, TaskNotFound, UnknownRoute
 from cogo.projections.tasks import STATUS_SUBJECT, TERMINAL, TaskStatus
+from cogo.streams.catalogue import EXECUTE_DONE, EXECUTE_FAILED
 from cogo.streams.envelope import ASSIGNMENT_KEY, EXECUTE_SUBJECT, MSG_ID, encoder, new_id
-from cogo.streams.events import EXECUTE_DONE, EXECUTE_FAILED, Event, decode_event, iso
+from cogo.streams.events import Event, decode_event, iso
 from cogo.streams.outputs import Output, read_output
 from cogo.streams.topology import EVENTS, POLICY_BUCKET
 

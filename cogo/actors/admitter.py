@@ -25,8 +25,9 @@ from nats.aio.msg import Msg
 from cogo.actors.flow import Held, RouteFlow
 from cogo.aio import cancel_and_wait
 from cogo.errors import MalformedMessage, TtlExpired
+from cogo.streams.catalogue import EXECUTE_THROTTLED
 from cogo.streams.envelope import WorkOrder, decode_order
-from cogo.streams.events import EXECUTE_THROTTLED, event_message, iso, make_event
+from cogo.streams.events import event_message, iso, make_event
 from cogo.streams.flow import (
     NOT_FOUND,
     SEQ_NOT_FOUND,

@@ -45,6 +45,7 @@ from cogo.errors import (
     TtlExpired,
     UnknownRoute,
 )
+from cogo.streams.catalogue import EXECUTE_DONE, EXECUTE_ENQUEUED, EXECUTE_FAILED, EXECUTE_RETRY
 from cogo.streams.envelope import (
     DEFAULT_PRIORITY,
     EXECUTE_SUBJECT,
@@ -63,17 +64,7 @@ from cogo.streams.envelope import (
     encoder,
     new_id,
 )
-from cogo.streams.events import (
-    EXECUTE_DONE,
-    EXECUTE_ENQUEUED,
-    EXECUTE_FAILED,
-    EXECUTE_RETRY,
-    Event,
-    event_message,
-    iso,
-    make_event,
-    order_event,
-)
+from cogo.streams.events import Event, event_message, iso, make_event, order_event
 from cogo.streams.outputs import end_marker
 from cogo.streams.policies import PolicyStore
 from cogo.streams.publisher import Outgoing

@@ -55,8 +55,9 @@ from cogo.errors import (
     ModelNotAllowed,
     TokenBudgetExhausted,
 )
+from cogo.streams.catalogue import LLM_CALL
 from cogo.streams.envelope import Usage
-from cogo.streams.events import LLM_CALL, event_message, order_event
+from cogo.streams.events import event_message, order_event
 
 if TYPE_CHECKING:
     from cogo.actors.worker import TaskContext

@@ -51,8 +51,9 @@ from cogo.errors import (
     StepResultInvalid,
     WorkerError,
 )
+from cogo.streams.catalogue import STEP_COMPLETED
 from cogo.streams.envelope import MSG_ID, Usage, new_id
-from cogo.streams.events import STEP_COMPLETED, decode_event, encode_event, iso, order_event
+from cogo.streams.events import decode_event, encode_event, iso, order_event
 from cogo.streams.topology import EVENTS
 
 if TYPE_CHECKING:

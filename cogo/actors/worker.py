@@ -38,6 +38,7 @@ from cogo.errors import (
     WorkerError,
 )
 from cogo.streams.artifacts import ArtifactStore
+from cogo.streams.catalogue import EXECUTE_STARTED
 from cogo.streams.envelope import (
     MSG_ID,
     RESERVED_PAYLOAD_KEYS,
@@ -49,7 +50,7 @@ from cogo.streams.envelope import (
     decode_order,
     encoder,
 )
-from cogo.streams.events import EXECUTE_STARTED, iso, order_event
+from cogo.streams.events import iso, order_event
 from cogo.streams.outputs import Output, encode_output, output_subject
 
 log = logging.getLogger(__name__)

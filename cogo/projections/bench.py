@@ -23,22 +23,11 @@ from cogo.config import load_config
 from cogo.projections.projector import Projector
 from cogo.projections.replay import Rebuild
 from cogo.projections.store import EventBatch, ProjectionStore
-from cogo.streams.envelope import MSG_ID, Usage
-from cogo.streams.events import (
+from cogo.streams.catalogue import (
     EXECUTE_DONE,
     EXECUTE_ENQUEUED,
     EXECUTE_FAILED,
     EXECUTE_RETRY,
-    Event,
-    encode_event,
-    event_subject,
-    iso,
-    make_event,
-)
-from cogo.streams.server import EmbeddedServer
-from cogo.streams.topology import ensure_topology
-from cogo.workflows.history import subject_of
-from cogo.workflows.run import (
     GATE_FAILED,
     GATE_PASSED,
     WORKFLOW_EVENT_TYPES,
@@ -46,6 +35,11 @@ from cogo.workflows.run import (
     WORKFLOW_STARTED,
     WORKFLOW_SUCCEEDED,
 )
+from cogo.streams.envelope import MSG_ID, Usage
+from cogo.streams.events import Event, encode_event, event_subject, iso, make_event
+from cogo.streams.server import EmbeddedServer
+from cogo.streams.topology import ensure_topology
+from cogo.workflows.history import subject_of
 
 WORKFLOW_ID = "benchFlow"
 

@@ -28,6 +28,7 @@ from nats.js.kv import KeyValue
 
 from cogo.config import Config, RoutePolicy, check_policy, deep_merge
 from cogo.errors import ConfigError, RouteConflict, UnknownRoute
+from cogo.streams.catalogue import POLICY_CHANGED, ROUTE_FORGOTTEN
 from cogo.streams.events import EventLog, iso, make_event
 from cogo.streams.kvview import KvView
 from cogo.streams.topology import POLICY_BUCKET
@@ -236,7 +237,7 @@ async def forget_route(js: JetStreamContext, route: str, *, actor: str = "cli") 
     await read_record(js, route)  # UnknownRoute if there is nothing to forget
     await kv.delete(route)
     await EventLog(js).append(
-        make_event("route_forgotten", route=route, actor=actor, data={"route": route})
+        make_event(ROUTE_FORGOTTEN, route=route, actor=actor, data={"route": route})
     )
 
 
@@ -259,7 +260,7 @@ async def _change(
             continue
         await EventLog(js).append(
             make_event(
-                "policy_changed",
+                POLICY_CHANGED,
                 route=route,
                 actor=actor,
                 data={**data, "policy": msgspec.to_builtins(policy), "overrides": overrides},

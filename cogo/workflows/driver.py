@@ -30,6 +30,7 @@ from nats.js.client import JetStreamContext
 
 from cogo.aio import cancel_and_wait
 from cogo.errors import CogoError, MalformedMessage
+from cogo.streams.catalogue import RUN_OUTCOMES, WORKFLOW_SIGNALED
 from cogo.streams.envelope import EXECUTE_SUBJECT, MSG_ID, encoder
 from cogo.streams.events import Event, make_event
 from cogo.streams.publisher import Publisher
@@ -51,7 +52,7 @@ from cogo.workflows.engine import (
 )
 from cogo.workflows.inbox import CancelRun, SignalRun, StartRun, send_command
 from cogo.workflows.planner import Plan, link
-from cogo.workflows.run import RUN_OUTCOMES, RUNNING, WORKFLOW_SIGNALED, RunState
+from cogo.workflows.run import RUNNING, RunState
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,8 @@ from cogo.errors import (
     SignalTimeout,
     WaitTimeout,
 )
-from cogo.streams.events import EXECUTE_DONE, Event, iso
+from cogo.streams.catalogue import EXECUTE_DONE, GATE_FAILED, GATE_PASSED, NODE_STARTED
+from cogo.streams.events import Event, iso
 from cogo.workflows import fanout
 from cogo.workflows.actions import (
     Action,
@@ -71,9 +72,6 @@ from cogo.workflows.definition import (
 from cogo.workflows.expressions import evaluate, render
 from cogo.workflows.planner import Plan
 from cogo.workflows.run import (
-    GATE_FAILED,
-    GATE_PASSED,
-    NODE_STARTED,
     PENDING,
     RETRYING,
     RUNNING,

@@ -17,21 +17,17 @@ import json
 from typing import Any
 
 from cogo.errors import ChildFailed, CogoError, InvalidParameters
-from cogo.streams.events import EXECUTE_DONE, Event
-from cogo.workflows import actions as act
-from cogo.workflows.definition import MAX_MAP_ITEMS, MapNode, PublishNode, WorkflowNode
-from cogo.workflows.expressions import render
-from cogo.workflows.run import (
-    FAILED,
+from cogo.streams.catalogue import (
+    EXECUTE_DONE,
     MAP_ITEM_FAILED,
     MAP_ITEM_STARTED,
     MAP_ITEM_SUCCEEDED,
-    RUNNING,
-    SUCCEEDED,
-    ItemState,
-    NodeState,
-    RunState,
 )
+from cogo.streams.events import Event
+from cogo.workflows import actions as act
+from cogo.workflows.definition import MAX_MAP_ITEMS, MapNode, PublishNode, WorkflowNode
+from cogo.workflows.expressions import render
+from cogo.workflows.run import FAILED, RUNNING, SUCCEEDED, ItemState, NodeState, RunState
 
 # the rendered items travel in node_started: keep that event well under NATS' 1 MiB payload
 MAX_ITEMS_BYTES = 256 * 1024

@@ -19,10 +19,11 @@ import nats.errors
 from nats.js import api
 from nats.js.client import JetStreamContext
 
+from cogo.streams.catalogue import RUN_OUTCOMES, WORKFLOW_STARTED
 from cogo.streams.envelope import MSG_ID
 from cogo.streams.events import Event, decode_event, encode_event
 from cogo.streams.topology import EVENTS
-from cogo.workflows.run import RUN_OUTCOMES, WORKFLOW_STARTED, RunState, fold
+from cogo.workflows.run import RunState, fold
 
 log = logging.getLogger(__name__)
 

@@ -45,7 +45,14 @@ from cogo.errors import (
     TtlExpired,
     UnknownRoute,
 )
-from cogo.streams.catalogue import EXECUTE_DONE, EXECUTE_ENQUEUED, EXECUTE_FAILED, EXECUTE_RETRY
+from cogo.streams.catalogue import (
+    EXECUTE_DONE,
+    EXECUTE_ENQUEUED,
+    EXECUTE_FAILED,
+    EXECUTE_RETRY,
+    ExecuteDone,
+    ExecuteEnqueued,
+)
 from cogo.streams.envelope import (
     DEFAULT_PRIORITY,
     EXECUTE_SUBJECT,
@@ -230,13 +237,12 @@ class ExecutorDispatcher(Actor):
 
     def enqueued_messages(self, order: WorkOrder, *, since: float) -> list[Outgoing]:
         """The attempt for its route and its ``execute_enqueued`` (queue wait from ``since``)."""
-        data: dict[str, Any] = {
-            "submitted_at": iso(order.submitted_at),
-            "deadline": iso(order.deadline),
-            "assignment": msgspec.to_builtins(order.assignment),
-        }
-        if order.flow_slot:
-            data["held_ms"] = order.held_ms
+        data = ExecuteEnqueued(
+            submitted_at=iso(order.submitted_at),
+            deadline=iso(order.deadline),
+            assignment=order.assignment,
+            held_ms=order.held_ms if order.flow_slot else None,
+        )
         event = order_event(
             EXECUTE_ENQUEUED,
             order,
@@ -314,7 +320,7 @@ class ExecutorDispatcher(Actor):
                 make_event(
                     EXECUTE_DONE,
                     event_id=f"{order.task_id}:terminal",
-                    data={**timing, "result": r.result},
+                    data=ExecuteDone(**timing, result=r.result),
                     **base,
                     **measured,
                 ),

@@ -51,7 +51,7 @@ from cogo.errors import (
     StepResultInvalid,
     WorkerError,
 )
-from cogo.streams.catalogue import STEP_COMPLETED
+from cogo.streams.catalogue import STEP_COMPLETED, StepCompleted
 from cogo.streams.envelope import MSG_ID, Usage, new_id
 from cogo.streams.events import decode_event, encode_event, iso, order_event
 from cogo.streams.topology import EVENTS
@@ -220,14 +220,13 @@ async def run_step(
     data = _json_bytes(name, value)
     journal.ran += 1
     result = msgspec.json.decode(data)
-    entry: dict[str, Any] = {"step": name, "delivery": ctx.delivery.delivered}
     if len(data) > ctx.worker.config.runtime.step_inline_max_bytes:
         ref = await ctx.worker.artifacts.put(
             ctx.order, f"steps/{quote(name, safe='')}.json", data, actor=ctx.worker.name
         )
-        entry["artifact"] = msgspec.to_builtins(ref)
+        entry = StepCompleted(step=name, delivery=ctx.delivery.delivered, artifact=ref)
     else:
-        entry["result"] = result
+        entry = StepCompleted(step=name, delivery=ctx.delivery.delivered, result=result)
     event = order_event(
         STEP_COMPLETED, ctx.order, event_id=f"{ctx.task_id}:step:{name}",
         actor=ctx.worker.name, duration_ms=round((time.time() - started) * 1000.0, 3),

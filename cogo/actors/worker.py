@@ -38,7 +38,7 @@ from cogo.errors import (
     WorkerError,
 )
 from cogo.streams.artifacts import ArtifactStore
-from cogo.streams.catalogue import EXECUTE_STARTED
+from cogo.streams.catalogue import EXECUTE_STARTED, ExecuteStarted
 from cogo.streams.envelope import (
     MSG_ID,
     RESERVED_PAYLOAD_KEYS,
@@ -343,7 +343,7 @@ class Worker(Actor):
             actor=self.name,
             queue_wait_ms=round(delivery.queue_wait_ms, 3),
             version=self.version or order.version,
-            data={"claimed_at": iso(delivery.claimed_at), "delivery": delivery.delivered},
+            data=ExecuteStarted(claimed_at=iso(delivery.claimed_at), delivery=delivery.delivered),
         )
         task = asyncio.ensure_future(self.events.append(event))
         self._announcing.add(task)

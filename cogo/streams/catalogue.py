@@ -106,7 +106,7 @@ class ExecuteDone(EventData, frozen=True, kw_only=True, omit_defaults=True):
 
     claimed_at: str
     submitted_at: str
-    result: Any = None
+    result: Any  # written even when null
 
 
 class ExecuteRetry(EventData, frozen=True, kw_only=True, omit_defaults=True):
@@ -156,22 +156,24 @@ class ArtifactRef(EventData, frozen=True, kw_only=True, omit_defaults=True):
 
 
 class LlmCall(EventData, frozen=True, kw_only=True, omit_defaults=True):
-    """One request to the LLM endpoint (its usage is the event's ``usage``)."""
+    """One request to the LLM endpoint (its usage is the event's ``usage``); every field is
+    written, nulls included (``step`` is null outside a step, ``finish_reason`` and
+    ``reply_model`` when no reply came)."""
 
     model: str
-    step: str | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float = 0.0
-    finish_reason: str | None = None
-    usage_estimated: bool = False
-    prompt_estimate: int = 0
-    max_tokens: int = 0
-    stream: bool = False
-    retry: int = 0
-    tool_calls: int = 0
-    reply_model: str | None = None
-    delivery: int = 1
+    step: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    finish_reason: str | None
+    usage_estimated: bool
+    prompt_estimate: int
+    max_tokens: int
+    stream: bool
+    retry: int
+    tool_calls: int
+    reply_model: str | None
+    delivery: int
 
 
 class StepCompleted(EventData, frozen=True, kw_only=True, omit_defaults=True):

@@ -22,8 +22,8 @@ from cogo.actors.loader import declare_apps
 from cogo.actors.runner import connect
 from cogo.config import load_config
 from cogo.http.app import AppState, create_app
-from cogo.streams.cluster import LocalCluster
 from cogo.streams.catalogue import WORKFLOW_SIGNALED
+from cogo.streams.cluster import LocalCluster
 from cogo.streams.events import EventLog, make_event
 from cogo.streams.policies import PolicyStore
 from cogo.streams.server import EmbeddedServer

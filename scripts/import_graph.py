@@ -1,0 +1,160 @@
+"""Print Cogo's import graph: package edges and every cycle between modules or packages.
+
+    python scripts/import_graph.py            # package edges, cycles; exit 1 on a cycle
+    python scripts/import_graph.py --modules  # every module edge too
+
+Every import counts, also one inside a function (a lazy import still ties two modules);
+``if TYPE_CHECKING:`` blocks do not (they never run). Reads the source with ``ast``:
+nothing is imported."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent / "cogo"
+
+
+def module_of(path: Path) -> str:
+    rel = path.relative_to(ROOT.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def imports_of(path: Path, modules: set[str]) -> set[str]:
+    tree = ast.parse(path.read_text(), str(path))
+    here = module_of(path)
+    package = here if path.name == "__init__.py" else here.rpartition(".")[0]
+    found: set[str] = set()
+
+    def resolve(name: str) -> str | None:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and _type_checking(node):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("cogo"):
+                    found.add(resolve(alias.name) or alias.name)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            if base.startswith("cogo"):
+                for alias in node.names:
+                    target = resolve(f"{base}.{alias.name}") or resolve(base)
+                    if target:
+                        found.add(target)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(tree)
+    found.discard(here)
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    paths = sorted(ROOT.rglob("*.py"))
+    modules = {module_of(p) for p in paths}
+    return {module_of(p): imports_of(p, modules) for p in paths}
+
+
+def package_of(module: str) -> str:
+    parts = module.split(".")
+    return ".".join(parts[:2]) if len(parts) > 1 else module
+
+
+def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one node (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out: list[list[str]] = []
+    counter = 0
+
+    def strong(v: str) -> None:
+        nonlocal counter
+        index[v] = low[v] = counter
+        counter += 1
+        stack.append(v)
+        on.add(v)
+        for w in edges.get(v, ()):
+            if w not in index:
+                strong(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                out.append(sorted(component))
+
+    sys.setrecursionlimit(10_000)
+    for v in sorted(edges):
+        if v not in index:
+            strong(v)
+    return sorted(out)
+
+
+def package_edges(edges: dict[str, set[str]]) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = defaultdict(set)
+    for src, targets in edges.items():
+        for dst in targets:
+            a, b = package_of(src), package_of(dst)
+            # a package's __init__ re-exporting its own modules is not a dependency
+            if a != b and not (src == "cogo" or dst == "cogo"):
+                out[a].add(b)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--modules", action="store_true", help="print every module edge")
+    args = parser.parse_args()
+    edges = graph()
+    packages = package_edges(edges)
+    print("package edges:")
+    for src in sorted(packages):
+        print(f"  {src} -> {', '.join(sorted(packages[src]))}")
+    if args.modules:
+        print("module edges:")
+        for src in sorted(edges):
+            if edges[src]:
+                print(f"  {src} -> {', '.join(sorted(edges[src]))}")
+    found = False
+    for kind, cyc in (("package", cycles(packages)), ("module", cycles(edges))):
+        for component in cyc:
+            found = True
+            print(f"{kind} cycle: {' <-> '.join(component)}")
+    if not found:
+        print("no cycles")
+    return 1 if found else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

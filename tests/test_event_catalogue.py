@@ -276,9 +276,8 @@ def test_make_event_checks_the_catalogue() -> None:
     )
 
 
-async def test_every_event_of_a_real_run_decodes_against_its_struct(
-    nats_server, js, config, workflows_dir
-):
+@pytest.mark.usefixtures("workflows_dir")
+async def test_every_event_of_a_real_run_decodes_against_its_struct(nats_server, js, config):
     async with running(nats_server.url, config, ExecutorDispatcher, EchoActor, Orchestrator):
         ok = await submit(js, payload={"result": {"x": 1}})
         retried = await submit(js, payload={"fail_times": 1, "result": "second"})

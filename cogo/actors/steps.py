@@ -51,7 +51,7 @@ from cogo.errors import (
     StepResultInvalid,
     WorkerError,
 )
-from cogo.streams.catalogue import STEP_COMPLETED, StepCompleted
+from cogo.streams.catalogue import STEP_COMPLETED, StepCompleted, data_of
 from cogo.streams.envelope import MSG_ID, Usage, new_id
 from cogo.streams.events import decode_event, encode_event, iso, order_event
 from cogo.streams.topology import EVENTS
@@ -176,14 +176,15 @@ class Journal:
                 event = decode_event(msg.data)
                 if event.task_id != ctx.task_id or event.type != STEP_COMPLETED:
                     continue
-                data = event.data or {}
-                name = data.get("step")
-                if isinstance(name, str) and name not in found:  # the first one wins
-                    found[name] = Journaled(
-                        name=name, attempt=event.attempt or 0,
-                        delivery=int(data.get("delivery") or 1),
-                        usage=event.usage or Usage(), result=data.get("result"),
-                        artifact=(data.get("artifact") or {}).get("name"),
+                try:
+                    step = data_of(event, StepCompleted)
+                except msgspec.ValidationError:
+                    continue  # not a journal entry this version can read: never a result
+                if step.step not in found:  # the first one wins
+                    found[step.step] = Journaled(
+                        name=step.step, attempt=event.attempt or 0, delivery=step.delivery,
+                        usage=event.usage or Usage(), result=step.result,
+                        artifact=step.artifact.name if step.artifact else None,
                     )  # fmt: skip
         finally:
             await sub.unsubscribe()

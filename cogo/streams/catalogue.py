@@ -496,11 +496,13 @@ def checked_data(type: str, data: Any) -> EventData | None:
 
 
 def data_of(event: Any, kind: type[D]) -> D:
-    """The data of ``event`` (built here or decoded) as ``kind``; TypeError if the event's
-    type does not carry that struct, ``msgspec.ValidationError`` if its data does not fit."""
-    if CATALOGUE.get(event.type) is not kind:
+    """The data of ``event`` (built here or decoded) as ``kind``, its type's struct or a
+    base of it (``RunData`` reads any workflow event); TypeError if the event's type does
+    not carry ``kind``, ``msgspec.ValidationError`` if its data does not fit."""
+    cls = CATALOGUE.get(event.type)
+    if cls is None or not issubclass(cls, kind):
         raise TypeError(f"a {event.type} event does not carry {kind.__name__}")
     data = event.data
-    if data.__class__ is kind:
-        return data  # type: ignore[no-any-return]
+    if isinstance(data, kind):
+        return data
     return msgspec.convert(data or {}, kind)

@@ -30,7 +30,7 @@ from nats.js.client import JetStreamContext
 
 from cogo.aio import cancel_and_wait
 from cogo.errors import CogoError, MalformedMessage
-from cogo.streams.catalogue import RUN_OUTCOMES, WORKFLOW_SIGNALED
+from cogo.streams.catalogue import RUN_OUTCOMES, WORKFLOW_SIGNALED, RunData, data_of
 from cogo.streams.envelope import EXECUTE_SUBJECT, MSG_ID, encoder
 from cogo.streams.events import Event, make_event
 from cogo.streams.publisher import Publisher
@@ -432,7 +432,7 @@ class Runs:
                     return False
                 ended = {"status": RUN_OUTCOMES[event.type], "error_code": event.error_code,
                          "error": event.error, "event_id": event.event_id,
-                         "workflow_id": (event.data or {}).get("workflow_id")}  # fmt: skip
+                         "workflow_id": data_of(event, RunData).workflow_id}  # fmt: skip
                 if not run.state.observe_child(key[1], ended):
                     return True  # nothing waits for it any more
             else:

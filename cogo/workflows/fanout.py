@@ -22,6 +22,8 @@ from cogo.streams.catalogue import (
     MAP_ITEM_FAILED,
     MAP_ITEM_STARTED,
     MAP_ITEM_SUCCEEDED,
+    ExecuteDone,
+    data_of,
 )
 from cogo.streams.events import Event
 from cogo.workflows import actions as act
@@ -165,7 +167,7 @@ def _item_outcome(
         if outcome is None:
             return None
         if outcome.type == EXECUTE_DONE:
-            result = (outcome.data or {}).get("result")
+            result = data_of(outcome, ExecuteDone).result
             return _item_event(MAP_ITEM_SUCCEEDED, state, node_id, attempt, index, actor,
                                "outcome", causation_id=outcome.event_id,
                                data={"result": result})  # fmt: skip

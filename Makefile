@@ -39,7 +39,10 @@ test: install browser promtool
 	PATH="$(CURDIR)/.tools/usr/bin:$$PATH" $(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: install
-	$(BIN)/ruff check cogo tests
-	$(BIN)/ruff format --check cogo tests
+	$(BIN)/ruff check cogo tests scripts
+	$(BIN)/ruff format --check cogo tests scripts
+	$(BIN)/mypy
+	$(BIN)/vulture cogo scripts/vulture_whitelist.py
+	$(BIN)/python scripts/import_graph.py
 
 .PHONY: install up browser promtool test lint

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -30,6 +29,7 @@ from nats.aio.msg import Msg
 from nats.js import api
 from nats.js.errors import APIError, KeyNotFoundError
 
+from cogo.config import DATA_DIR_ENV, env
 from cogo.errors import BackpressureError, CogoError, TaskFailed, TaskNotFound, UnknownRoute
 from cogo.projections.tasks import STATUS_SUBJECT, TERMINAL, TaskStatus
 from cogo.streams.catalogue import (
@@ -114,7 +114,7 @@ class Client:
     ) -> None:
         self._url = nats_url
         self._user, self._password = user, password
-        self._data_dir = Path(data_dir or os.environ.get("COGO_DATA_DIR", ".cogo"))
+        self._data_dir = Path(data_dir or env(DATA_DIR_ENV, ".cogo") or ".cogo")
         self._name = name
         self._nc: NATS | None = None
         self._known_routes: set[str] = set()
@@ -135,7 +135,7 @@ class Client:
         return self._nc
 
     async def connect(self) -> None:
-        from cogo.actors.runner import connect
+        from cogo.streams.connection import connect
 
         url, user, password = self._url, self._user, self._password
         if url is None:
@@ -293,17 +293,19 @@ class Client:
             return None
         js = self.nc.jetstream()
         since = handle.submitted_at - 5.0 if handle.submitted_at else None
+        subjects = [
+            f"events.{EXECUTE_DONE}.{handle.route}",
+            f"events.{EXECUTE_FAILED}.{handle.route}",
+        ]
         config = api.ConsumerConfig(
             ack_policy=api.AckPolicy.NONE,
             inactive_threshold=30.0,
             deliver_policy=api.DeliverPolicy.BY_START_TIME if since else api.DeliverPolicy.ALL,
-            opt_start_time=_rfc3339(since) if since else None,
-            filter_subjects=[
-                f"events.{EXECUTE_DONE}.{handle.route}",
-                f"events.{EXECUTE_FAILED}.{handle.route}",
-            ],
+            # the server takes RFC 3339 text; nats-py's annotation says datetime
+            opt_start_time=_rfc3339(since) if since else None,  # type: ignore[arg-type]
+            filter_subjects=subjects,
         )
-        sub = await js.pull_subscribe(config.filter_subjects[0], stream=EVENTS, config=config)
+        sub = await js.pull_subscribe(subjects[0], stream=EVENTS, config=config)
         try:
             while True:
                 try:
@@ -345,7 +347,9 @@ class Client:
 
 
 def _from_event(event: Event) -> TaskStatus:
-    data = data_of(event, ExecuteDone if event.type == EXECUTE_DONE else ExecuteFailed)
+    data: ExecuteDone | ExecuteFailed = (
+        data_of(event, ExecuteDone) if event.type == EXECUTE_DONE else data_of(event, ExecuteFailed)
+    )
     return TaskStatus(
         task_id=event.task_id or "",
         route=event.route,

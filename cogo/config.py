@@ -8,6 +8,7 @@ a restart.
 from __future__ import annotations
 
 import math
+import os
 import tomllib
 from importlib import resources
 from pathlib import Path
@@ -16,6 +17,14 @@ from typing import Any
 import msgspec
 
 from cogo.errors import ConfigError
+
+
+def exponential_delay(
+    initial: float, failures: int, *, cap: float, multiplier: float = 2.0
+) -> float:
+    """``initial * multiplier**(failures - 1)``, at most ``cap``: the one backoff formula
+    (task attempts, Retry nodes, NAKs of a failed handler, restarts, LLM retries)."""
+    return min(initial * multiplier ** max(0, failures - 1), cap)
 
 
 class Backoff(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -27,8 +36,9 @@ class Backoff(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     def delay_ms(self, failed_attempts: int) -> int:
         """Delay before the attempt that follows ``failed_attempts`` failures (>= 1)."""
-        raw = self.initial_ms * self.multiplier ** max(0, failed_attempts - 1)
-        return int(min(raw, self.max_ms))
+        return int(exponential_delay(
+            self.initial_ms, failed_attempts, cap=self.max_ms, multiplier=self.multiplier
+        ))  # fmt: skip
 
 
 class Ceilings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -135,6 +145,10 @@ class LimitsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class ActorsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     concurrency: int = 64
     batch: int = 64
+    # the dispatcher's handlers per route: each only waits for stream acks (no user code),
+    # and with `sync_interval: always` that wait is the fsync queue, so more in flight keeps
+    # the disk busy (a --concurrency on `cogo run dispatcher` still wins)
+    dispatcher_concurrency: int = 256
     # an attempt still running this long after its claim gets an `execute_started` event
     # (negative: never)
     started_event_after_ms: int = 500
@@ -311,3 +325,45 @@ def load_config(path: Path | None = None, data_dir: Path | None = None) -> Confi
     for route in config.policy.routes:
         config.route_policy(route)  # fail early on a bad policy table
     return config
+
+
+# -- the environment -------------------------------------------------------------------
+# Every COGO_* variable is read here and nowhere else (a test checks), and each is listed
+# in defaults.toml's header. Read at call time: a test or a parent process may set them.
+
+DATA_DIR_ENV = "COGO_DATA_DIR"
+NATS_URL_ENV = "COGO_NATS_URL"
+HTTP_URL_ENV = "COGO_HTTP_URL"
+NATS_USER_ENV = "COGO_NATS_USER"
+NATS_PASSWORD_ENV = "COGO_NATS_PASSWORD"  # + _<USER>: a user's password for `cogo up --auth`
+API_TOKEN_ENV = "COGO_API_TOKEN"
+CORS_ORIGINS_ENV = "COGO_CORS_ORIGINS"
+LLM_BASE_URL_ENV = "COGO_LLM_BASE_URL"
+LLM_API_KEY_ENV = "COGO_LLM_API_KEY"
+WEBHOOK_SECRET_ENV = "COGO_WEBHOOK_SECRET"
+WEBHOOK_ALLOWED_HOSTS_ENV = "COGO_WEBHOOK_ALLOWED_HOSTS"
+WORKFLOWS_DIR_ENV = "COGO_WORKFLOWS_DIR"
+PROJECTOR_BATCH_ENV = "COGO_PROJECTOR_BATCH"
+PROJECTOR_CONSUMER_ENV = "COGO_PROJECTOR_CONSUMER"
+ECHO_FAIL_RATE_ENV = "COGO_ECHO_FAIL_RATE"
+ECHO_FAIL_AFTER_ENV = "COGO_ECHO_FAIL_AFTER"
+ECHO_ALLOW_EXIT_ENV = "COGO_ECHO_ALLOW_EXIT"
+
+
+def env(name: str, default: str | None = None, *, keep_empty: bool = False) -> str | None:
+    """The value of ``COGO_<...>`` variable ``name`` (an ``*_ENV`` constant); empty counts as
+    unset unless ``keep_empty`` (``COGO_WEBHOOK_ALLOWED_HOSTS=""``: no host at all)."""
+    value = os.environ.get(name)
+    if value is None or (value == "" and not keep_empty):
+        return default
+    return value
+
+
+def env_list(name: str, sep: str = ",") -> list[str]:
+    """A list variable (``COGO_CORS_ORIGINS``: commas; ``COGO_WORKFLOWS_DIR``: os.pathsep)."""
+    return [item.strip() for item in (env(name) or "").split(sep) if item.strip()]
+
+
+def nats_password_env(user: str) -> str:
+    """``COGO_NATS_PASSWORD_<USER>``: the variable that sets ``user``'s password."""
+    return f"{NATS_PASSWORD_ENV}_{user.upper().replace('-', '_')}"

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 import uvicorn
@@ -31,20 +32,26 @@ from nats.aio.msg import Msg
 
 from cogo.actors.app import AgentSpec
 from cogo.actors.loader import BUILTIN_REF, LoadedApp, apps_for_up
-from cogo.actors.runner import agent_args, child_env, connect, install_stop_signals
+from cogo.actors.runner import agent_args, child_env
 from cogo.actors.supervisor import Supervisor, spawn
-from cogo.config import Config, load_config
+from cogo.config import API_TOKEN_ENV, CORS_ORIGINS_ENV, Config, env, env_list, load_config
 from cogo.errors import CogoError, StartupError
-from cogo.http.app import AppState, create_app
+from cogo.http.app import create_app
 from cogo.http.server import server_config
+from cogo.http.state import AppState
 from cogo.secretfile import read_or_create, write_private_json
 from cogo.streams import auth as auth_module
 from cogo.streams.cluster import LocalCluster
+from cogo.streams.connection import connect, install_stop_signals
 from cogo.streams.policies import PolicyStore
 from cogo.streams.registry import declare, declare_version
 from cogo.streams.routes import durable_name
 from cogo.streams.server import EmbeddedServer, ensure_port_free, free_port, listen_socket
 from cogo.streams.topology import CONTROL_VERSION, TASKS, ensure_topology
+
+if TYPE_CHECKING:
+    from cogo.projections.projector import Projector
+    from cogo.rollouts.controller import RolloutController
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +66,7 @@ class Component(Protocol):
 
 def api_token(data_dir: Path) -> str:
     """``COGO_API_TOKEN``, or a token generated once into ``<data-dir>/api_token`` (0600)."""
-    token = os.environ.get("COGO_API_TOKEN")
+    token = env(API_TOKEN_ENV)
     if token:
         return token
     return read_or_create(data_dir / "api_token")
@@ -119,7 +126,11 @@ class System:
         self.auth_plan = auth_module.AuthPlan.from_decls(self.decls)
         self.passwords: dict[str, str] = {}
         self.supervisor = Supervisor()
-        self.components: dict[str, Component] = {}
+        # in-process components, in start order (the rollout controller reads the projector's
+        # DuckDB); stopped in reverse
+        self.projector: Projector | None = None
+        self.rollouts: RolloutController | None = None
+        self.components: list[Component] = []
         self._stopping = False
 
     @property
@@ -181,25 +192,17 @@ class System:
                         spec.name if loaded.ref == BUILTIN_REF else f"{loaded.app.name}.{spec.name}"
                     )
                     label += f"-{n + 1}" if spec.replicas > 1 else ""
-                    self.supervisor.add(
-                        label,
-                        lambda loaded=loaded, spec=spec, label=label: self._spawn(
-                            loaded, spec, label
-                        ),
-                    )
+                    self.supervisor.add(label, functools.partial(self._spawn, loaded, spec, label))
         self.state = AppState(
             nc=self.nc,
             config=self.config,
             policies=self.policies,
             data_dir=self.data_dir,
             api_token=api_token(self.data_dir),
-            cors_origins=[
-                o.strip() for o in os.environ.get("COGO_CORS_ORIGINS", "").split(",") if o.strip()
-            ],
+            cors_origins=env_list(CORS_ORIGINS_ENV),
         )
         await self._start_components()
-        self.state.components.update(self.components)
-        self.state.components["system"] = self
+        self.state.projector, self.state.rollouts = self.projector, self.rollouts
         app = create_app(self.state, extra_routes=_extra_routes())
         self.http = uvicorn.Server(server_config(app, port=self.http_port))
         self._http_task = asyncio.create_task(
@@ -287,10 +290,15 @@ class System:
                 await probe.close()
 
     async def _start_components(self) -> None:
-        for name, factory in _component_factories().items():
-            component = factory(self)
-            await component.start()
-            self.components[name] = component
+        from cogo.projections.component import projector_component
+        from cogo.rollouts.controller import rollout_component
+
+        self.projector = projector_component(self)
+        await self.projector.start()
+        self.components.append(self.projector)
+        self.rollouts = rollout_component(self)
+        await self.rollouts.start()
+        self.components.append(self.rollouts)
 
     async def stop(self, grace: float = 30.0) -> None:
         self._stopping = True
@@ -301,7 +309,7 @@ class System:
         if hasattr(self, "_http_socket"):
             self._http_socket.close()
         await self.supervisor.stop(grace)
-        for component in reversed(list(self.components.values())):
+        for component in reversed(self.components):
             with contextlib.suppress(Exception):
                 await component.stop()
         if hasattr(self, "policies"):
@@ -323,17 +331,10 @@ async def _quiet(exc: Exception) -> None:
     return None
 
 
-def _component_factories() -> dict[str, Any]:
-    """In-process components, in start order (the rollout controller reads the projector's DuckDB)."""
-    from cogo.projections.component import projector_component
-    from cogo.workflows.rollout import rollout_component
-
-    return {"projector": projector_component, "rollouts": rollout_component}
-
-
 def _extra_routes() -> list[Any]:
     """Every HTTP route module beyond the core (tasks, health, openapi)."""
-    from cogo.http import artifacts, dashboard, flow, metrics, orchestrator, rollouts, sql
+    from cogo.http import artifacts, dashboard, flow, metrics, orchestrator, sql
+    from cogo.rollouts import http as rollouts
 
     modules = (metrics, sql, orchestrator, artifacts, rollouts, flow, dashboard)
     return [route for module in modules for route in module.routes]

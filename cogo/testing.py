@@ -111,8 +111,8 @@ class CogoEnv:
     async def start(self) -> None:
         from cogo.actors import app as builtin
         from cogo.actors.loader import declare_apps
-        from cogo.actors.runner import connect
         from cogo.projections.projector import Projector
+        from cogo.streams.connection import connect
         from cogo.streams.server import EmbeddedServer
 
         if self.data_dir is None:
@@ -145,7 +145,7 @@ class CogoEnv:
         await self.client.connect()
 
     async def _run(self, spec: Any) -> None:
-        from cogo.actors.runner import connect
+        from cogo.streams.connection import connect
 
         assert self.config is not None
         nc = await connect(self.url, f"cogo-testing-{spec.name}")
@@ -264,7 +264,7 @@ def merged_toml(base: str, over: str) -> str:
     from cogo.config import deep_merge
 
     merged = deep_merge(tomllib.loads(base), tomllib.loads(over))
-    lines = []
+    lines: list[str] = []
     for table, values in merged.items():
         if not isinstance(values, dict):
             lines.insert(0, f"{json.dumps(table)} = {_toml_value(values)}")

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from nats.js.api import AckPolicy, ConsumerConfig
 
-from cogo.actors.runner import connect
 from cogo.config import load_config
+from cogo.streams.connection import connect
 from cogo.streams.routes import ensure_subjects, route_subjects
 from cogo.streams.server import EmbeddedServer
 from cogo.streams.topology import TASKS, ensure_topology

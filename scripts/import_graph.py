@@ -2,6 +2,7 @@
 
     python scripts/import_graph.py            # package edges, cycles; exit 1 on a cycle
     python scripts/import_graph.py --modules  # every module edge too
+    python scripts/import_graph.py --root /tmp/old/cogo   # another checkout's tree
 
 Every import counts, also one inside a function (a lazy import still ties two modules);
 ``if TYPE_CHECKING:`` blocks do not (they never run). Reads the source with ``ast``:
@@ -72,7 +73,7 @@ def imports_of(path: Path, modules: set[str]) -> set[str]:
 
 
 def graph() -> dict[str, set[str]]:
-    paths = sorted(ROOT.rglob("*.py"))
+    paths = sorted(p for p in ROOT.rglob("*.py") if "__pycache__" not in p.parts)
     modules = {module_of(p) for p in paths}
     return {module_of(p): imports_of(p, modules) for p in paths}
 
@@ -135,7 +136,11 @@ def package_edges(edges: dict[str, set[str]]) -> dict[str, set[str]]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--modules", action="store_true", help="print every module edge")
+    parser.add_argument("--root", type=Path, default=None, help="the cogo package to read")
     args = parser.parse_args()
+    if args.root is not None:
+        global ROOT
+        ROOT = args.root.resolve()
     edges = graph()
     packages = package_edges(edges)
     print("package edges:")

@@ -12,8 +12,8 @@ from nats.aio.client import Client as NATS
 from nats.js.client import JetStreamContext
 
 from cogo.actors.loader import declare_apps
-from cogo.actors.runner import connect
 from cogo.config import Config, load_config
+from cogo.streams.connection import connect
 from cogo.streams.server import EmbeddedServer
 
 # Fast redelivery and short backoffs so fault paths finish in seconds, not minutes.

@@ -14,9 +14,9 @@ from nats.js import api
 from nats.js.client import JetStreamContext
 
 from cogo.actors.base import Actor
-from cogo.actors.runner import connect
 from cogo.config import Config
 from cogo.streams.catalogue import TERMINAL_TYPES
+from cogo.streams.connection import connect
 from cogo.streams.envelope import EXECUTE_SUBJECT, MSG_ID, encoder, new_id
 from cogo.streams.events import Event, decode_event
 

@@ -10,18 +10,16 @@ The same run by hand (README, "API contract"):
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import TEST_CONFIG
+from tests.upsystem import cogo_up, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -39,18 +37,8 @@ async def test_schemathesis_all_checks_report_nothing(tmp_path):
     data_dir = tmp_path / "up"
     data_dir.mkdir()
     (data_dir / "cogo.toml").write_text(TEST_CONFIG)
-    up = subprocess.Popen(
-        [sys.executable, "-m", "cogo", "up", "--data-dir", str(data_dir), "--sync", "default"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
+    up, info = await cogo_up(data_dir)
     try:
-        endpoints = data_dir / "endpoints.json"
-        deadline = time.monotonic() + 60
-        while not endpoints.exists():
-            assert up.poll() is None, up.stderr.read().decode() if up.stderr else ""
-            assert time.monotonic() < deadline, "cogo up did not start"
-            await asyncio.sleep(0.1)
-        info = json.loads(endpoints.read_text())
         run = await asyncio.to_thread(
             subprocess.run,
             [
@@ -65,8 +53,7 @@ async def test_schemathesis_all_checks_report_nothing(tmp_path):
             env={**os.environ, "SCHEMATHESIS_TELEMETRY": "false"},
         )  # fmt: skip
     finally:
-        up.send_signal(signal.SIGTERM)
-        await asyncio.to_thread(up.wait, 60)
+        await asyncio.to_thread(stop, up, timeout=60)
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "schemathesis.txt").write_text(run.stdout + run.stderr)
     summary = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else run.stderr

@@ -16,11 +16,11 @@ import httpx
 import pytest
 
 import cogo
-from cogo.actors.runner import connect
+from cogo.streams.connection import connect
 from cogo.streams.policies import read_record, reset_policy, set_policy
 from tests.helpers import EventReader
-from tests.test_processes import _up, stop
-from tests.test_processes import cogo as cogo_proc
+from tests.upsystem import cogo as cogo_proc
+from tests.upsystem import cogo_up, stop
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,7 +35,7 @@ def _cli(*args: str, stdin: str | None = None, env: dict[str, str] | None = None
 
 async def test_an_app_under_cogo_up_via_http_client_and_plain_nats(tmp_path, config_path):
     data_dir = tmp_path / "up"
-    proc, info = _up(data_dir, config_path, "--app", "tests.sample_apps:app")
+    proc, info = await cogo_up(data_dir, config_path, "--app", "tests.sample_apps:app")
     try:
         headers = {"Authorization": f"Bearer {info['api_token']}"}
         async with httpx.AsyncClient(
@@ -94,7 +94,7 @@ async def test_an_app_under_cogo_up_via_http_client_and_plain_nats(tmp_path, con
 
 async def test_a_running_system_picks_up_an_app_started_with_replicas(tmp_path, config_path):
     data_dir = tmp_path / "up"
-    proc, info = _up(data_dir, config_path)  # no --app: sample's routes do not exist yet
+    proc, info = await cogo_up(data_dir, config_path)  # no --app: sample's routes do not exist yet
     run = None
     try:
         async with cogo.Client(info["nats_url"]) as client:
@@ -147,7 +147,7 @@ def test_loading_errors_are_one_clear_line_with_exit_2(tmp_path, config_path):
 
 async def test_submit_reads_files_and_stdin_and_waits_at_once_when_done(tmp_path, config_path):
     data_dir = tmp_path / "up"
-    proc, info = _up(data_dir, config_path)
+    proc, info = await cogo_up(data_dir, config_path)
     try:
         payload = tmp_path / "payload.json"
         payload.write_text('{"result": "from a file"}')
@@ -186,7 +186,7 @@ async def test_policy_precedence_default_agent_toml_runtime(tmp_path, config_pat
         timeout_ms = 4000
     """))  # fmt: skip
     data_dir = tmp_path / "up"
-    proc, info = _up(data_dir, config_path, "--app", "tests.sample_apps:app")
+    proc, info = await cogo_up(data_dir, config_path, "--app", "tests.sample_apps:app")
     try:
         nc = await connect(info["nats_url"], "test")
         js = nc.jetstream()
@@ -206,7 +206,7 @@ async def test_policy_precedence_default_agent_toml_runtime(tmp_path, config_pat
     finally:
         stop(proc)
     # restart: the runtime change survives and is reported as masking the configured value
-    proc, info = _up(data_dir, config_path, "--app", "tests.sample_apps:app")
+    proc, info = await cogo_up(data_dir, config_path, "--app", "tests.sample_apps:app")
     try:
         nc = await connect(info["nats_url"], "test")
         js = nc.jetstream()
@@ -221,7 +221,7 @@ async def test_policy_precedence_default_agent_toml_runtime(tmp_path, config_pat
 
 async def test_auth_gives_the_app_its_own_user_and_grants_a_canary_version(tmp_path, config_path):
     data_dir = tmp_path / "secure"
-    proc, info = _up(data_dir, config_path, "--auth", "--app", "tests.sample_apps:app")
+    proc, info = await cogo_up(data_dir, config_path, "--auth", "--app", "tests.sample_apps:app")
     canary = None
     try:
         passwords = json.loads((data_dir / "credentials.json").read_text())

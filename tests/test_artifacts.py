@@ -12,7 +12,8 @@ import pytest
 from cogo.config import Backoff
 from cogo.errors import ArtifactKeyInvalid, ArtifactNotFound
 from cogo.http import artifacts as artifact_routes
-from cogo.http.app import AppState, create_app
+from cogo.http.app import create_app
+from cogo.http.state import AppState
 from cogo.streams.artifacts import ArtifactStore, artifact_key
 from cogo.streams.catalogue import ARTIFACT_STORED
 from cogo.streams.envelope import ResolvedAssignment, WorkOrder

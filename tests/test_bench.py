@@ -36,7 +36,7 @@ def test_bench_json_reports_every_figure() -> None:
             "--step-runs", "2", "--step-nodes", "3",
             "--scale-workers", "1", "--scale-workers", "2", "--scale-tasks", "60",
             "--scale-sleep-ms", "20", "--history", "1500", "--history", "3000",
-            "--history-requests", "2", "--timeout", "60",
+            "--history-requests", "2", "--agent-tasks", "0", "--timeout", "60",
         ],
         capture_output=True,
         text=True,
@@ -99,6 +99,7 @@ def test_bench_json_reports_every_figure() -> None:
     for process in processes:
         assert rss.get(process, 0) > 0, process
     assert result["cpu_us_per_task"]["total"] > 0
+    assert "agent" not in result  # --agent-tasks 0 skips that part
 
     workflows = result["workflows"]  # the opt-in phase: runs/s with 1 and 2 orchestrators
     assert workflows["runs"] == 20 and set(workflows["by_orchestrators"]) == {"1", "2"}
@@ -111,6 +112,40 @@ def test_bench_json_reports_every_figure() -> None:
     for mode in ("off", "on"):
         assert flow[mode]["tasks_per_s"] > 0 and flow[mode]["total_cpu_us_per_task"] > 0
         assert flow[mode]["dispatcher_cpu_us_per_task"] >= 0
+
+
+def test_bench_reports_a_decorated_agent_against_echo() -> None:
+    # everything else as small as it goes: the part under test is the @app.agent figure
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "cogo", "bench", "--json", "--sync", "default",
+            "--tasks", "200", "--rate", "100", "--duration", "0.5", "--http-requests", "0",
+            "--projector-runs", "0", "--step-runs", "0", "--no-scale-out",
+            "--agent-tasks", "1000", "--timeout", "60",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    agent = json.loads(proc.stdout.strip().splitlines()[-1])["agent"]
+    assert agent["tasks"] == 1000
+    assert (agent["echo"]["route"], agent["agent"]["route"]) == ("echo.run.0", "bench.agent.0")
+    for name in ("echo", "agent"):
+        row = agent[name]
+        assert row["tasks_per_s"] > 0, name
+        # the worker process did the work (CPU clock ticks are 10 ms: 1,000 tasks show several)
+        assert row["worker_cpu_us_per_task"] > 0, name
+        assert row["dispatcher_cpu_us_per_task"] > 0, name
+    assert agent["tasks_per_s_ratio"] == pytest.approx(
+        agent["agent"]["tasks_per_s"] / agent["echo"]["tasks_per_s"], abs=1e-3
+    )
+    assert agent["worker_cpu_ratio"] == pytest.approx(
+        agent["agent"]["worker_cpu_us_per_task"] / agent["echo"]["worker_cpu_us_per_task"],
+        abs=1e-3,
+    )
+    # the agent's process really was a `cogo run` of the bench app, and it was stopped
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["peak_rss_mb"]["agent"] > 0
 
 
 def test_raw_pipeline_yardstick_runs() -> None:
@@ -126,9 +161,9 @@ def test_raw_pipeline_yardstick_runs() -> None:
 
 
 def test_step_benchmark_runs_and_reports_each_figure(capsys) -> None:
-    """``python -m cogo.actors.stepbench`` on a few steps: every figure printed (no timing
+    """``python -m cogo.bench.journal`` on a few steps: every figure printed (no timing
     is asserted: the numbers are the benchmark's to report)."""
-    from cogo.actors import stepbench
+    from cogo.bench import journal as stepbench
 
     assert stepbench.main(["--steps", "20", "--sync", "default"]) == 0
     out = capsys.readouterr().out

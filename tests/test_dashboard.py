@@ -21,11 +21,11 @@ from typing import Any
 import httpx
 import pytest
 
-from cogo.actors.runner import connect
+from cogo.streams.connection import connect
 from cogo.streams.envelope import EXECUTE_SUBJECT, MSG_ID
 from tests.helpers import wait_until
-from tests.test_processes import _up, cogo, stop
 from tests.test_rollout import submit_many
+from tests.upsystem import cogo, cogo_up, stop
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -81,7 +81,7 @@ async def produce_activity(http: httpx.AsyncClient, js: Any, repo: Path) -> dict
 async def test_dashboard_in_headless_chromium(tmp_path, config_path):
     repo = tmp_path / "sample-repo"
     shutil.copytree(EXAMPLES / "sample-repo", repo)
-    proc, info = _up(tmp_path / "up", config_path)
+    proc, info = await cogo_up(tmp_path / "up", config_path)
     worker = cogo("run", "echo", "--version", "v2", "--nats-url", info["nats_url"],
                   "--config", str(config_path))  # fmt: skip
     nc = await connect(info["nats_url"], "test")
@@ -295,7 +295,7 @@ async def test_dashboard_streams_a_running_tasks_output_and_shows_spend(
     end; the spend card shows what an LLM call cost."""
     monkeypatch.setenv("COGO_LLM_BASE_URL", chat_server.url)
     chat_server.reply("fine", prompt_tokens=1200, completion_tokens=300)
-    proc, info = _up(tmp_path / "up", config_path, "--app", "tests.runtime_apps:app")
+    proc, info = await cogo_up(tmp_path / "up", config_path, "--app", "tests.runtime_apps:app")
     gate = tmp_path / "gate"
     headers = {"Authorization": f"Bearer {info['api_token']}"}
     try:

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from tests.test_processes import _up, stop
+from tests.upsystem import cogo_up, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -56,7 +56,7 @@ def artifact_of(state: dict[str, Any], node: str) -> str:
 
 
 async def test_sample_fix_passes_and_bad_fix_fails(tmp_path, config_path):
-    proc, info = _up(tmp_path / "up", config_path)
+    proc, info = await cogo_up(tmp_path / "up", config_path)
     try:
         headers = {"Authorization": f"Bearer {info['api_token']}"}
         async with httpx.AsyncClient(

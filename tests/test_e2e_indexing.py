@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from tests.test_processes import _up, stop
+from tests.upsystem import cogo_up, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_TIMEOUT_S = 45.0
@@ -42,7 +42,7 @@ def cogo_sql(data_dir: Path, query: str) -> dict[str, Any]:
 
 async def test_indexing_workflow_and_sql_over_code_symbols(tmp_path, config_path):
     data_dir = tmp_path / "up"
-    proc, info = _up(data_dir, config_path)
+    proc, info = await cogo_up(data_dir, config_path)
     try:
         headers = {"Authorization": f"Bearer {info['api_token']}"}
         async with httpx.AsyncClient(

@@ -15,8 +15,9 @@ import uvicorn
 
 from cogo.actors.dispatcher import ExecutorDispatcher
 from cogo.actors.echo import EchoActor
-from cogo.http.app import AppState, create_app
+from cogo.http.app import create_app
 from cogo.http.server import server_config
+from cogo.http.state import AppState
 from cogo.streams.policies import PolicyStore, set_policy
 from cogo.streams.server import free_port
 from cogo.system import _extra_routes
@@ -37,7 +38,7 @@ async def test_flow_panel_shows_what_runs_and_what_waits(nats_server, nc, js, co
         projecting(nc, config, data_dir) as projector,
     ):
         state = AppState(nc=nc, config=config, policies=policies, data_dir=data_dir,
-                         api_token=TOKEN, components={"projector": projector})  # fmt: skip
+                         api_token=TOKEN, projector=projector)  # fmt: skip
         server = uvicorn.Server(server_config(create_app(state, extra_routes=_extra_routes()),
                                               port=port))  # fmt: skip
         serving = asyncio.create_task(server.serve())

@@ -14,7 +14,8 @@ from cogo.actors.dispatcher import ExecutorDispatcher
 from cogo.actors.echo import EchoActor
 from cogo.config import FlowPolicy, load_config
 from cogo.errors import ConfigError
-from cogo.http.app import AppState, create_app
+from cogo.http.app import create_app
+from cogo.http.state import AppState
 from cogo.streams.policies import PolicyStore, read_policy, set_policy
 from cogo.streams.registry import declare
 from tests.conftest import TEST_CONFIG

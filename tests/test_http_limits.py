@@ -13,8 +13,9 @@ import pytest
 import uvicorn
 
 from cogo.http import server as http_server
-from cogo.http.app import AppState, create_app
+from cogo.http.app import create_app
 from cogo.http.jsonbody import MAX_DEPTH
+from cogo.http.state import AppState
 from cogo.streams.policies import PolicyStore
 from cogo.system import _extra_routes
 

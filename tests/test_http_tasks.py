@@ -7,7 +7,8 @@ import pytest
 
 from cogo.actors.dispatcher import ExecutorDispatcher
 from cogo.actors.echo import EchoActor
-from cogo.http.app import AppState, create_app
+from cogo.http.app import create_app
+from cogo.http.state import AppState
 from cogo.streams.policies import PolicyStore
 from tests.helpers import EventReader, running
 

@@ -11,10 +11,10 @@ from typing import Any
 from cogo.actors.dispatcher import ExecutorDispatcher
 from cogo.actors.indexer import IndexerActor
 from cogo.actors.orchestrator import Orchestrator
-from cogo.actors.runner import connect
 from cogo.indexing.files import list_files
 from cogo.indexing.symbols import go_symbols, javascript_symbols, python_symbols, rust_symbols
 from cogo.projections.projector import Projector
+from cogo.streams.connection import connect
 from cogo.workflows.definition import Catalog
 from tests.helpers import EventReader, running, submit
 from tests.test_workflow_support import start_run, wait_run

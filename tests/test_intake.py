@@ -11,7 +11,7 @@ import pytest
 from nats.errors import ProtocolError
 from nats.protocol.parser import Parser
 
-from cogo.actors.runner import connect
+from cogo.streams.connection import connect
 from cogo.streams.intake import IntakeParser, direct_delivery, inline_status, parse_headers
 
 

@@ -15,9 +15,10 @@ import subprocess
 import httpx
 import pytest
 
-from cogo.http.app import AppState, create_app
+from cogo.bench.projections import fill, synthetic_events
+from cogo.http.app import create_app
 from cogo.http.metrics import routes as metric_routes
-from cogo.projections.bench import fill, synthetic_events
+from cogo.http.state import AppState
 from cogo.projections.projector import Projector
 from cogo.streams.policies import PolicyStore
 from tests.promlint import lint
@@ -45,7 +46,7 @@ async def test_metrics_are_in_base_units_and_lint_clean(nc, js, config, data_dir
         policies = PolicyStore(js)
         await policies.start()
         state = AppState(nc=nc, config=config, policies=policies, data_dir=data_dir)
-        state.components["projector"] = projector
+        state.projector = projector
         app = create_app(state, extra_routes=metric_routes)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://cogo") as client:

@@ -14,7 +14,8 @@ import httpx
 import pytest
 
 import cogo
-from cogo.http.app import AppState, create_app
+from cogo.http.app import create_app
+from cogo.http.state import AppState
 from cogo.streams.outputs import OUTPUTS, decode_output, output_subject
 from cogo.streams.policies import PolicyStore
 from tests import runtime_apps
@@ -80,7 +81,7 @@ async def http(cogo_env):
     policies = PolicyStore(cogo_env.client.nc.jetstream())
     await policies.start()
     state = AppState(nc=cogo_env.client.nc, config=cogo_env.config, policies=policies,
-                     data_dir=cogo_env.data_dir, components={"projector": cogo_env.projector})  # fmt: skip
+                     data_dir=cogo_env.data_dir, projector=cogo_env.projector)  # fmt: skip
     transport = httpx.ASGITransport(app=create_app(state))
     async with httpx.AsyncClient(transport=transport, base_url="http://cogo", timeout=30) as c:
         yield c

@@ -5,41 +5,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 import nats.errors
 
 from cogo.actors.dispatcher import ExecutorDispatcher
-from cogo.actors.runner import connect
+from cogo.streams.connection import connect
 from cogo.streams.envelope import EXECUTE_SUBJECT, MSG_ID, encoder, new_id
 from tests.helpers import EventReader, running, submit
-
-
-def cogo(*args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "cogo", *args],
-        env={**os.environ, **(env or {})},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        **kwargs,
-    )
-
-
-def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 20) -> str:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, _ = proc.communicate()
-    return (out or b"").decode(errors="replace")
+from tests.upsystem import cogo, cogo_up, stop
 
 
 async def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05):
@@ -120,26 +98,9 @@ async def test_poison_message_dead_letters_while_others_flow(nats_server, js, co
     assert info.state.messages == 0  # nothing left blocking the queue
 
 
-def _up(data_dir: Path, config_path: Path, *extra: str) -> tuple[subprocess.Popen, dict]:
-    proc = cogo(
-        "up", "--data-dir", str(data_dir), "--config", str(config_path), "--sync", "default", *extra
-    )
-    endpoints = data_dir / "endpoints.json"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if endpoints.exists():
-            info = json.loads(endpoints.read_text())
-            if info.get("pid") == proc.pid:
-                return proc, info
-        if proc.poll() is not None:
-            raise AssertionError(stop(proc))
-        time.sleep(0.1)
-    raise AssertionError("cogo up did not write endpoints.json: " + stop(proc))
-
-
 async def test_cogo_up_twice_keeps_events_and_serves_http(tmp_path, config_path):
     data_dir = tmp_path / "up"
-    proc, info = _up(data_dir, config_path)
+    proc, info = await cogo_up(data_dir, config_path)
     try:
         assert info["nats_url"].startswith("nats://127.0.0.1:")
         assert (data_dir / "endpoints.json").stat().st_mode & 0o777 == 0o600
@@ -161,7 +122,7 @@ async def test_cogo_up_twice_keeps_events_and_serves_http(tmp_path, config_path)
     assert "stopped" in out
     assert not (data_dir / "endpoints.json").exists()
 
-    proc, info = _up(data_dir, config_path)
+    proc, info = await cogo_up(data_dir, config_path)
     try:
         nc = await connect(info["nats_url"], "test")
         js = nc.jetstream()
@@ -176,7 +137,7 @@ async def test_cogo_up_twice_keeps_events_and_serves_http(tmp_path, config_path)
 
 async def test_thousand_mixed_tasks_through_cogo_up(tmp_path, config_path):
     """The issue's acceptance run: 1,000 tasks straight to orchestrator.execute.0 with nats-py."""
-    proc, info = _up(tmp_path / "up", config_path)
+    proc, info = await cogo_up(tmp_path / "up", config_path)
     try:
         nc = await connect(info["nats_url"], "test")
         js = nc.jetstream()

@@ -29,12 +29,13 @@ from nats.js.errors import NotFoundError
 from cogo.actors.base import publish_dead_letter
 from cogo.actors.dispatcher import ExecutorDispatcher
 from cogo.actors.echo import EchoActor
+from cogo.bench.projections import fill, synthetic_events
 from cogo.errors import ProjectionBusy
-from cogo.http.app import AppState, create_app
+from cogo.http.app import create_app
 from cogo.http.metrics import routes as metric_routes
+from cogo.http.state import AppState
 from cogo.projections import histogram, rollups
 from cogo.projections import store as store_module
-from cogo.projections.bench import fill, synthetic_events
 from cogo.projections.projector import Projector
 from cogo.projections.replay import replay_offline
 from cogo.projections.store import connect, db_path, schema_files
@@ -124,9 +125,10 @@ def quantile(values: list[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
-def app_for(nc: Any, js: Any, config: Any, data_dir: Path, **components: Any) -> Any:
-    state = AppState(nc=nc, config=config, policies=PolicyStore(js), data_dir=data_dir)
-    state.components.update(components)
+def app_for(nc: Any, js: Any, config: Any, data_dir: Path, projector: Any = None) -> Any:
+    state = AppState(
+        nc=nc, config=config, policies=PolicyStore(js), data_dir=data_dir, projector=projector
+    )
     return create_app(state, extra_routes=metric_routes)
 
 

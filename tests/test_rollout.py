@@ -18,11 +18,13 @@ from typing import Any
 
 import httpx
 
-from cogo.actors.canary import BASELINE, CANARY, choose, share_bucket
 from cogo.actors.dispatcher import ExecutorDispatcher
 from cogo.actors.echo import EchoActor
-from cogo.actors.runner import connect
 from cogo.config import Backoff
+from cogo.rollouts.canary import BASELINE, CANARY, choose, share_bucket
+from cogo.rollouts.gates import Figures, evaluate, wilson
+from cogo.rollouts.split import RouteSplit
+from cogo.streams.connection import connect
 from cogo.streams.envelope import (
     EXECUTE_SUBJECT,
     MSG_ID,
@@ -30,10 +32,8 @@ from cogo.streams.envelope import (
     WorkOrder,
     encoder,
 )
-from cogo.streams.rollouts import RouteSplit
-from cogo.workflows.gates import Figures, evaluate, wilson
 from tests.helpers import EventReader, running, submit
-from tests.test_processes import _up, cogo, stop
+from tests.upsystem import cogo, cogo_up, stop
 
 ROUTE = "echo.run.0"
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -44,7 +44,7 @@ async def system(
     tmp_path: Path, config_path: Path, candidate_env: dict[str, str] | None = None
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Any, dict[str, Any]]]:
     """``cogo up`` plus one ``echo --version v2`` worker; yields (http, js, endpoints)."""
-    proc, info = _up(tmp_path / "up", config_path)
+    proc, info = await cogo_up(tmp_path / "up", config_path)
     worker = None
     nc = None
     try:
@@ -279,7 +279,7 @@ async def test_dev_e2e_runs_codebuildtest_on_the_candidate(tmp_path, config_path
     def params(name: str) -> dict[str, Any]:
         return {**json.loads((EXAMPLES / name).read_text()), "repo": str(repo)}
 
-    proc, info = _up(tmp_path / "up", config_path)
+    proc, info = await cogo_up(tmp_path / "up", config_path)
     worker = cogo("run", "build_test", "--version", "v2", "--nats-url", info["nats_url"],
                   "--config", str(config_path), "--data-dir", str(tmp_path / "up"))  # fmt: skip
     nc = await connect(info["nats_url"], "test")

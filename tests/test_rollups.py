@@ -23,10 +23,10 @@ from typing import Any
 
 import pytest
 
+from cogo.bench.projections import WORKFLOW_ID, synthetic_events
 from cogo.http import orchestrator as orchestrator_http
 from cogo.http.dashboard import _run_row, summary
 from cogo.projections import histogram, queries, rollups, tasks
-from cogo.projections.bench import WORKFLOW_ID, synthetic_events
 from cogo.projections.store import EventBatch, ProjectionStore
 from cogo.streams.catalogue import RUN_OUTCOMES, WORKFLOW_STARTED
 from cogo.streams.events import decode_event

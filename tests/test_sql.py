@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -17,17 +16,19 @@ from typing import Any
 import httpx
 import pytest
 
-from cogo.actors.runner import connect
+from cogo.bench.projections import fill, synthetic_events
 from cogo.errors import SqlInvalid, SqlRejected, SqlTimeout
-from cogo.http.app import AppState, create_app
+from cogo.http.app import create_app
 from cogo.http.sql import routes as sql_routes
-from cogo.projections.bench import fill, synthetic_events
+from cogo.http.state import AppState
 from cogo.projections.projector import Projector
 from cogo.projections.sandbox import run_query
 from cogo.projections.store import ProjectionStore
+from cogo.streams.connection import connect
 from cogo.streams.policies import PolicyStore
 from tests.conftest import TEST_CONFIG
 from tests.helpers import submit
+from tests.upsystem import cogo_up, stop
 
 
 @pytest.fixture
@@ -163,7 +164,7 @@ async def test_http_sql(nc, js, config, data_dir):
         state = AppState(
             nc=nc, config=config, policies=PolicyStore(js), data_dir=data_dir, api_token="t0k"
         )
-        state.components["projector"] = projector
+        state.projector = projector
         app = create_app(state, extra_routes=sql_routes)
         auth = {"Authorization": "Bearer t0k"}
         async with httpx.AsyncClient(
@@ -215,29 +216,13 @@ def _cogo(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _start_up(data_dir: Path) -> subprocess.Popen[bytes]:
-    # an empty COGO_API_TOKEN makes `cogo up` generate one: the CLI must send it
-    return subprocess.Popen(
-        [sys.executable, "-m", "cogo", "up", "--data-dir", str(data_dir), "--sync", "default"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "COGO_API_TOKEN": ""},
-    )
-
-
 async def test_cli_sql_and_replay_through_running_cogo_up(tmp_path):
     data_dir = tmp_path / "up"
     data_dir.mkdir()
     (data_dir / "cogo.toml").write_text(TEST_CONFIG)
-    up = _start_up(data_dir)
+    # an empty COGO_API_TOKEN makes `cogo up` generate one: the CLI must send it
+    up, endpoints = await cogo_up(data_dir, env={"COGO_API_TOKEN": ""})
     try:
-        endpoints_file = data_dir / "endpoints.json"
-        deadline = time.monotonic() + 20
-        while not endpoints_file.exists():
-            assert up.poll() is None, up.stderr.read().decode() if up.stderr else ""
-            assert time.monotonic() < deadline, "cogo up did not write endpoints.json"
-            await asyncio.sleep(0.1)
-        endpoints = json.loads(endpoints_file.read_text())
         nc = await connect(endpoints["nats_url"], "test-cli")
         try:
             js = nc.jetstream()
@@ -283,8 +268,7 @@ async def test_cli_sql_and_replay_through_running_cogo_up(tmp_path):
         )
         assert json.loads(again.stdout)["rows"] == [[5]]
     finally:
-        up.send_signal(signal.SIGTERM)
-        await asyncio.to_thread(up.wait, 30)
+        await asyncio.to_thread(stop, up)
     # stopped: the CLI opens the file read-only itself
     offline = await asyncio.to_thread(
         _cogo, "sql", count_sql, "--json", "--data-dir", str(data_dir)

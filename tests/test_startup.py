@@ -4,7 +4,6 @@ hard kills and servers left behind (real processes, real ports)."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import socket
@@ -15,11 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from cogo.actors.runner import connect
 from cogo.errors import PortInUse
+from cogo.streams.connection import connect
 from cogo.streams.server import EmbeddedServer, nats_server_binary
 from cogo.streams.store_lock import alive
 from tests.conftest import TEST_CONFIG
+from tests.upsystem import cogo_up
 
 
 def processes_under(path: Path) -> list[int]:
@@ -44,29 +44,20 @@ async def wait_until(predicate, timeout: float = 30.0) -> None:
         await asyncio.sleep(0.1)
 
 
-def up(data_dir: Path, *extra: str) -> subprocess.Popen[str]:
+def configured(data_dir: Path) -> Path:
     data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / "cogo.toml").write_text(TEST_CONFIG)
+    return data_dir
+
+
+def up(data_dir: Path, *extra: str) -> subprocess.Popen[str]:
+    """``cogo up`` with its stderr on a pipe: for the refusals, whose last line is read."""
+    configured(data_dir)
     return subprocess.Popen(
         [sys.executable, "-m", "cogo", "up", "--data-dir", str(data_dir), "--sync", "default",
          *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-
-
-async def running_up(data_dir: Path) -> tuple[subprocess.Popen[str], dict]:
-    proc = up(data_dir)
-    endpoints = data_dir / "endpoints.json"
-
-    def ready() -> bool:
-        assert proc.poll() is None, proc.communicate()
-        try:
-            return json.loads(endpoints.read_text()).get("pid") == proc.pid
-        except (OSError, ValueError):
-            return False
-
-    await wait_until(ready, 60)
-    return proc, json.loads(endpoints.read_text())
 
 
 async def refused(proc: subprocess.Popen[str]) -> tuple[int, str]:
@@ -131,14 +122,14 @@ async def test_a_failure_half_way_stops_everything_started(tmp_path):
 
 async def test_a_killed_cogo_up_leaves_nothing_and_its_store_has_one_owner(tmp_path):
     data_dir = tmp_path / "d"
-    first, _ = await running_up(data_dir)
+    first, _ = await cogo_up(configured(data_dir))
     assert len(processes_under(data_dir)) >= 3  # cogo up, nats-server, actors
     first.send_signal(signal.SIGKILL)
     await asyncio.to_thread(first.communicate, timeout=30)
     # the kernel stops its children (PR_SET_PDEATHSIG): no server lives on on the store
     await wait_until(lambda: processes_under(data_dir) == [], 30)
 
-    second, info = await running_up(data_dir)
+    second, info = await cogo_up(configured(data_dir))
     try:
         # a second cogo up on the same store is refused, and the first is unharmed
         code, line = await refused(up(data_dir))

@@ -14,7 +14,8 @@ from cogo.actors.dispatcher import ExecutorDispatcher
 from cogo.actors.echo import EchoActor
 from cogo.actors.orchestrator import Orchestrator
 from cogo.http import orchestrator as orchestrator_routes
-from cogo.http.app import AppState, create_app
+from cogo.http.app import create_app
+from cogo.http.state import AppState
 from cogo.streams.policies import PolicyStore
 from tests.helpers import running
 

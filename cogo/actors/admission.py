@@ -10,7 +10,7 @@ Why this design (DESIGN §14; the bus objects are in ``cogo.streams.flow``):
   and a work queue hands out messages in stream order, so a held task would stand in front
   of other keys and routes. In ``FLOW`` a held task spends no attempt and blocks nobody.
 - **One admitter per route.** The routes are hashed into partitions leased in the KV bucket
-  ``flow`` (``cogo.workflows.leases``: compare-and-set, per-message TTL, balanced across the
+  ``flow`` (``cogo.streams.leases``: compare-and-set, per-message TTL, balanced across the
   dispatchers that run); the holder of a route's partition alone admits its tasks, from its
   own memory (``cogo.actors.flow``: limits, priorities, keys in turn), so limits hold across
   processes without a compare-and-set per task, and fairness is one queue's order, not a
@@ -57,8 +57,8 @@ from cogo.streams.flow import (
     release_message,
     snapshot_key,
 )
+from cogo.streams.leases import PartitionLeases
 from cogo.streams.topology import FLOW, FLOW_BUCKET
-from cogo.workflows.leases import PartitionLeases
 
 if TYPE_CHECKING:
     from cogo.actors.dispatcher import ExecutorDispatcher

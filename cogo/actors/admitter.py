@@ -174,7 +174,7 @@ class RouteAdmitter:
         finally:
             await cancel_and_wait([follower])
             with contextlib.suppress(Exception):
-                await watcher.stop()
+                await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py: unannotated
             if sub is not None:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
@@ -286,11 +286,11 @@ class RouteAdmitter:
         futures = [await publisher.publish(*delete_held_message(h.seq)) for h in gone]
         for held, outcome in zip(gone, await asyncio.gather(*futures, return_exceptions=True),
                                  strict=True):  # fmt: skip
-            if isinstance(outcome, nats.js.errors.APIError) and outcome.err_code in (
+            # a NOT_FOUND: somebody deleted it already (a takeover's redo)
+            gone_already = isinstance(outcome, nats.js.errors.APIError) and outcome.err_code in (
                 NOT_FOUND, SEQ_NOT_FOUND,
-            ):  # fmt: skip
-                outcome = None  # somebody deleted it already (a takeover's redo)
-            if isinstance(outcome, BaseException):
+            )  # fmt: skip
+            if isinstance(outcome, BaseException) and not gone_already:
                 raise outcome
             flow.forget(held.seq)
 

@@ -23,8 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -37,11 +35,13 @@ from nats.js.client import JetStreamContext
 
 from cogo.actors.puller import Puller
 from cogo.aio import cancel_and_wait
-from cogo.config import Config
+from cogo.config import Config, exponential_delay
 from cogo.errors import CogoError, MessageError
+from cogo.streams.connection import actor_id
 from cogo.streams.envelope import MSG_ID
 from cogo.streams.events import EventLog
 from cogo.streams.publisher import Outgoing, Publisher, StreamAck
+from cogo.streams.pull import ack_tokens
 from cogo.streams.topology import TASKS, durable_name
 
 log = logging.getLogger(__name__)
@@ -114,23 +114,18 @@ class _Claim:
 class Delivery:
     """One message being handled, with its JetStream metadata."""
 
-    __slots__ = ("msg", "route", "seq", "delivered", "published_at", "claimed_at", "_settled")
+    __slots__ = ("msg", "route", "seq", "delivered", "published_at", "claimed_at")
 
     def __init__(self, msg: Msg, route: str) -> None:
-        # Read straight from the ack subject, $JS.ACK.<stream>.<consumer>.<delivered>.
-        # <stream seq>.<consumer seq>.<timestamp ns>.<pending> (or the 12-token form with
-        # domain and account hash): msg.metadata builds four objects and a datetime.
-        tokens = msg.reply.split(".")
-        if len(tokens) < 9 or tokens[0] != "$JS" or tokens[1] != "ACK":
-            raise ValueError(f"not a JetStream delivery: {msg.reply!r}")
-        base = 2 if len(tokens) == 9 else 4
+        # straight from the ack subject (cogo.streams.pull): msg.metadata builds four
+        # objects and a datetime
+        delivered, seq, _, timestamp_ns, _ = ack_tokens(msg.reply)
         self.msg = msg
         self.route = route
-        self.seq = int(tokens[base + 3])
-        self.delivered = int(tokens[base + 2])
-        self.published_at = int(tokens[base + 5]) / 1e9
+        self.seq = seq
+        self.delivered = delivered
+        self.published_at = timestamp_ns / 1e9
         self.claimed_at = time.time()
-        self._settled = False
 
     @property
     def data(self) -> bytes:
@@ -143,11 +138,6 @@ class Delivery:
     @property
     def queue_wait_ms(self) -> float:
         return max(0.0, (self.claimed_at - self.published_at) * 1000.0)
-
-
-def actor_id(kind: str) -> str:
-    """``kind@host:pid``: who did the work, for events and counters."""
-    return f"{kind}@{socket.gethostname()}:{os.getpid()}"
 
 
 class Actor:
@@ -168,7 +158,7 @@ class Actor:
         self.js: JetStreamContext = nc.jetstream()
         self.config = config
         self.routes = list(routes) if routes is not None else list(self.default_routes())
-        self.concurrency = concurrency or config.actors.concurrency
+        self.concurrency = concurrency or self.default_concurrency(config)
         self.batch = min(config.actors.batch, self.concurrency)
         self.version = version
         self.name = actor_id(self.kind)
@@ -186,6 +176,10 @@ class Actor:
 
     def default_routes(self) -> list[str]:
         raise NotImplementedError
+
+    def default_concurrency(self, config: Config) -> int:
+        """Handlers per route when ``cogo run --concurrency`` / the agent does not say."""
+        return config.actors.concurrency
 
     # -- the handler -------------------------------------------------------------------
 
@@ -231,11 +225,6 @@ class Actor:
         await cancel_and_wait([self._heartbeats])
         await self.on_stop()
         await self.publisher.stop()
-
-    async def run_until(self, stop: asyncio.Event) -> None:
-        await self.start()
-        await stop.wait()
-        await self.stop()
 
     async def _fetch_loop(
         self,
@@ -319,7 +308,7 @@ class Actor:
             raise
         except Exception as exc:
             self.counters["errors"] += 1
-            delay = min(NAK_MAX_DELAY_S, NAK_BASE_DELAY_S * 2 ** (delivery.delivered - 1))
+            delay = exponential_delay(NAK_BASE_DELAY_S, delivery.delivered, cap=NAK_MAX_DELAY_S)
             log.exception("%s: handler failed on %s seq %d", self.name, route, delivery.seq)
             if isinstance(exc, CogoError):
                 log.warning("%s: %s", exc.code, exc)

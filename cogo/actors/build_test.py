@@ -323,6 +323,8 @@ def parse_junit(path: Path) -> list[dict[str, Any]] | None:
         root = defused.parse(path).getroot()
     except (OSError, defused.ParseError, DefusedXmlException):
         return None
+    if root is None:
+        return None
     cases = []
     for case in root.iter("testcase"):
         classname, name = case.get("classname", ""), case.get("name", "")

@@ -196,8 +196,8 @@ def parse_reply(content: str) -> list[Any]:
             value = json.loads(candidate)
         except ValueError:
             continue
-        if isinstance(value, dict) and isinstance(value.get("edits"), list):
-            return value["edits"]
+        if isinstance(value, dict) and isinstance(edits := value.get("edits"), list):
+            return edits
         if isinstance(value, list):
             return value
     raise LlmBadReply(f'no {{"edits": [...]}} object in the reply: {content[:200]!r}')
@@ -205,5 +205,6 @@ def parse_reply(content: str) -> list[Any]:
 
 def _with_usage(exc: CogoError, usage: Usage) -> CogoError:
     if getattr(exc, "usage", None) is None:
-        exc.usage = usage  # type: ignore[attr-defined] - a failed attempt still spent tokens
+        # a failed attempt still spent tokens: the worker charges what the error carries
+        setattr(exc, "usage", usage)  # noqa: B010 - CogoError declares no usage
     return exc

@@ -20,6 +20,7 @@ are released here, once their result's events are stored.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -27,24 +28,18 @@ import msgspec
 
 from cogo.actors.admission import FlowControl
 from cogo.actors.base import Actor, Defer, Delivery
-from cogo.actors.canary import CanaryRouter, subject_of
 from cogo.actors.deadletter import DeadLetterWatcher
-from cogo.config import Backoff, RoutePolicy
+from cogo.config import Config
 from cogo.errors import (
-    AttemptsAboveCeiling,
     AttemptsExhausted,
     CogoError,
-    CostAboveCeiling,
     CostBudgetExhausted,
     MalformedMessage,
-    ModelNotAllowed,
-    TimeoutAboveCeiling,
     TokenBudgetExhausted,
-    TokensAboveCeiling,
-    TtlAboveCeiling,
     TtlExpired,
     UnknownRoute,
 )
+from cogo.rollouts.canary import CanaryRouter, subject_of
 from cogo.streams.catalogue import (
     EXECUTE_DONE,
     EXECUTE_ENQUEUED,
@@ -54,13 +49,10 @@ from cogo.streams.catalogue import (
     ExecuteEnqueued,
 )
 from cogo.streams.envelope import (
-    DEFAULT_PRIORITY,
     EXECUTE_SUBJECT,
     KIND_HEADER,
     MSG_ID,
     RESULT_SUBJECT,
-    Assignment,
-    ResolvedAssignment,
     Usage,
     WorkOrder,
     WorkResult,
@@ -73,57 +65,10 @@ from cogo.streams.envelope import (
 )
 from cogo.streams.events import Event, event_message, iso, make_event, order_event
 from cogo.streams.outputs import end_marker
-from cogo.streams.policies import PolicyStore
+from cogo.streams.policies import PolicyStore, resolve_assignment
 from cogo.streams.publisher import Outgoing
 
 RETRY_KIND = "retry"
-
-
-def resolve_assignment(requested: Assignment, policy: RoutePolicy) -> ResolvedAssignment:
-    """Fill absent keys from the route policy and reject anything above its ceilings."""
-    c = policy.ceilings
-    bypass = set(requested.bypass)
-    b = requested.backoff
-    resolved = ResolvedAssignment(
-        model=requested.model or policy.model,
-        max_tokens=requested.max_tokens or policy.max_tokens,
-        max_cost_usd=(
-            requested.max_cost_usd if requested.max_cost_usd is not None else policy.max_cost_usd
-        ),
-        timeout_ms=requested.timeout_ms or policy.timeout_ms,
-        ttl_ms=requested.ttl_ms or policy.ttl_ms,
-        max_attempts=requested.max_attempts or policy.max_attempts,
-        backoff=Backoff(
-            initial_ms=b.initial_ms
-            if b and b.initial_ms is not None
-            else policy.backoff.initial_ms,
-            multiplier=b.multiplier
-            if b and b.multiplier is not None
-            else policy.backoff.multiplier,
-            max_ms=b.max_ms if b and b.max_ms is not None else policy.backoff.max_ms,
-        ),
-        key=requested.key,
-        priority=requested.priority if requested.priority is not None else DEFAULT_PRIORITY,
-    )
-    if c.allowed_models and resolved.model not in c.allowed_models and "model" not in bypass:
-        raise ModelNotAllowed(
-            f"model {resolved.model!r} is not allowed on this route (allowed: "
-            f"{', '.join(c.allowed_models)})"
-        )
-    if c.allowed_models:  # what ctx.llm may call: the ceiling, and a bypassed model
-        allowed = dict.fromkeys([*c.allowed_models, resolved.model])
-        resolved = msgspec.structs.replace(resolved, allowed_models=tuple(allowed))
-    checks: list[tuple[str, float, float, type[CogoError]]] = [
-        ("max_tokens", resolved.max_tokens, c.max_tokens, TokensAboveCeiling),
-        ("max_cost_usd", resolved.max_cost_usd, c.max_cost_usd, CostAboveCeiling),
-        ("max_attempts", resolved.max_attempts, c.max_attempts, AttemptsAboveCeiling),
-        ("timeout_ms", resolved.timeout_ms, c.max_timeout_ms, TimeoutAboveCeiling),
-        ("ttl_ms", resolved.ttl_ms, c.max_ttl_ms, TtlAboveCeiling),
-    ]
-    for field, value, ceiling, error in checks:
-        if value > ceiling and field not in bypass:
-            raise error(f"{field}={value} is above the route ceiling {ceiling}")
-    return resolved
 
 
 class ExecutorDispatcher(Actor):
@@ -140,6 +85,11 @@ class ExecutorDispatcher(Actor):
 
     def default_routes(self) -> list[str]:
         return [EXECUTE_SUBJECT, RESULT_SUBJECT]
+
+    def default_concurrency(self, config: Config) -> int:
+        # no user code runs here: a handler waits for stream acks, which `always` queues
+        # behind fsyncs, so the in-flight window is what keeps the disk busy
+        return config.actors.dispatcher_concurrency
 
     async def on_start(self) -> None:
         await self.policies.start()
@@ -201,7 +151,7 @@ class ExecutorDispatcher(Actor):
             assignment=resolved,
             submitted_at=submitted_at,
             deadline=deadline,
-            correlation_id=base["correlation_id"],
+            correlation_id=task.correlation_id or task_id,
             causation_id=task.causation_id,
         )
         order = await self.canary.route(order, policy, actor=self.name)
@@ -451,7 +401,7 @@ class ExecutorDispatcher(Actor):
         usage: Usage | None = None
         order: WorkOrder | None = None
         running: WorkOrder | None = None  # an attempt that holds a flow slot
-        with _suppress_malformed():
+        with contextlib.suppress(MalformedMessage):
             if subject == RESULT_SUBJECT:
                 order = running = decode_result(data).order
                 base, attempt, usage = _base_of(order), order.attempt, order.usage_so_far
@@ -481,14 +431,6 @@ class ExecutorDispatcher(Actor):
         )
         if running is not None:
             await self.flow.release(running)
-
-
-class _suppress_malformed:  # noqa: N801 - used as a context manager
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, et: Any, ev: Any, tb: Any) -> bool:
-        return et is not None and issubclass(et, MalformedMessage)
 
 
 def _base_of(order: WorkOrder) -> dict[str, Any]:

@@ -24,6 +24,7 @@ import os
 from typing import Any
 
 from cogo.actors.worker import Outcome, TaskContext, Worker
+from cogo.config import ECHO_ALLOW_EXIT_ENV, ECHO_FAIL_AFTER_ENV, ECHO_FAIL_RATE_ENV, env
 from cogo.errors import PermanentWorkerError, WorkerError
 from cogo.streams.envelope import WorkOrder
 
@@ -36,8 +37,8 @@ class EchoActor(Worker):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fail_rate = float(os.environ.get("COGO_ECHO_FAIL_RATE", "0") or 0)
-        self.fail_after = int(os.environ.get("COGO_ECHO_FAIL_AFTER", "0") or 0)
+        self.fail_rate = float(env(ECHO_FAIL_RATE_ENV, "0") or 0)
+        self.fail_after = int(env(ECHO_FAIL_AFTER_ENV, "0") or 0)
         self.runs = 0
 
     async def run(self, order: WorkOrder, ctx: TaskContext) -> Outcome:
@@ -50,7 +51,7 @@ class EchoActor(Worker):
             tokens=int(payload.get("tokens", 0)), cost_usd=float(payload.get("cost_usd", 0))
         )
         sleep_ms = float(payload.get("sleep_ms", 0) or 0)
-        if payload.get("exit_process") and os.environ.get("COGO_ECHO_ALLOW_EXIT") == "1":
+        if payload.get("exit_process") and env(ECHO_ALLOW_EXIT_ENV) == "1":
             os._exit(70)  # drill: the process dies holding the message
         if sleep_ms > 0:
             await asyncio.sleep(sleep_ms / 1000.0)

@@ -160,10 +160,10 @@ class RouteFlow:
                 out.append(held)
         route_limit = self.limits.concurrency
         while len(out) < most and (route_limit is None or self.running < route_limit):
-            held = self._next(now)
-            if held is None:
+            picked = self._next(now)
+            if picked is None:
                 break
-            out.append(held)
+            out.append(picked)
         return out
 
     def holds(self, now: float) -> list[tuple[Held, str]]:

@@ -36,7 +36,6 @@ import asyncio
 import json
 import logging
 import math
-import os
 import random
 import time
 from collections.abc import Sequence
@@ -44,7 +43,14 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from cogo.config import Config, ModelPrice
+from cogo.config import (
+    LLM_API_KEY_ENV,
+    LLM_BASE_URL_ENV,
+    Config,
+    ModelPrice,
+    env,
+    exponential_delay,
+)
 from cogo.errors import (
     CogoError,
     CostBudgetExhausted,
@@ -64,8 +70,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-BASE_URL_ENV = "COGO_LLM_BASE_URL"
-API_KEY_ENV = "COGO_LLM_API_KEY"
+BASE_URL_ENV, API_KEY_ENV = LLM_BASE_URL_ENV, LLM_API_KEY_ENV
 MESSAGE_OVERHEAD_TOKENS = 4
 MIN_CALL_S = 0.2  # less time than this left before the deadline: do not start a call
 
@@ -131,7 +136,7 @@ class LlmReply(msgspec.Struct, frozen=True):
 
 def endpoint_url(config: Config) -> str:
     """The API root the SDK appends ``/chat/completions`` to (``/v1`` added if missing)."""
-    url = (os.environ.get(BASE_URL_ENV) or config.llm.base_url).strip().rstrip("/")
+    url = (env(BASE_URL_ENV) or config.llm.base_url).strip().rstrip("/")
     if url and not url.endswith("/v1"):
         url += "/v1"
     return url
@@ -143,7 +148,7 @@ class LlmClient:
     def __init__(self, config: Config) -> None:
         # read once: the endpoint is deployment config, never task input (no SSRF)
         self.base_url = endpoint_url(config)
-        self._api_key = os.environ.get(API_KEY_ENV, "")
+        self._api_key = env(API_KEY_ENV, "") or ""
         self._client: Any = None
 
     def sdk(self) -> Any:
@@ -284,7 +289,7 @@ class LlmSession:
         llm = self._config.llm
         if retry_after is not None:
             return min(max(0.0, retry_after), llm.retry_max_ms / 1000.0)
-        base = min(llm.retry_max_ms, llm.retry_initial_ms * 2**retry) / 1000.0
+        base = exponential_delay(llm.retry_initial_ms, retry + 1, cap=llm.retry_max_ms) / 1000.0
         return base * (0.5 + random.random() / 2)  # jitter: replicas do not retry in step
 
     # -- one request ---------------------------------------------------------------------

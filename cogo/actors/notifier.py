@@ -25,7 +25,6 @@ import asyncio
 import fnmatch
 import hashlib
 import hmac
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,6 +35,7 @@ import httpx
 import msgspec
 
 from cogo.actors.worker import Outcome, TaskContext, Worker
+from cogo.config import WEBHOOK_ALLOWED_HOSTS_ENV, WEBHOOK_SECRET_ENV, env
 from cogo.errors import (
     InvalidPayload,
     PermanentWorkerError,
@@ -58,7 +58,7 @@ _encoder = msgspec.json.Encoder(order="deterministic")
 
 
 def allowed_hosts_from_env() -> list[str]:
-    raw = os.environ.get("COGO_WEBHOOK_ALLOWED_HOSTS")
+    raw = env(WEBHOOK_ALLOWED_HOSTS_ENV, keep_empty=True)
     if raw is None:
         return list(DEFAULT_ALLOWED_HOSTS)
     return [h.strip().lower() for h in raw.split(",") if h.strip()]
@@ -66,7 +66,7 @@ def allowed_hosts_from_env() -> list[str]:
 
 def webhook_secret(data_dir: Path | None) -> bytes | None:
     """``COGO_WEBHOOK_SECRET``, else ``<data-dir>/webhook_secret`` (created once, atomically)."""
-    secret = os.environ.get("COGO_WEBHOOK_SECRET")
+    secret = env(WEBHOOK_SECRET_ENV)
     if secret:
         return secret.encode()
     if data_dir is None:

@@ -3,7 +3,7 @@
 Any number of orchestrator processes, on any hosts, share the runs:
 
 - runs are split into partitions by run id (``cogo.workflows.inbox``); a process drives the
-  runs of the partitions it holds a lease on (``cogo.workflows.leases``: KV keys with
+  runs of the partitions it holds a lease on (``cogo.streams.leases``: KV keys with
   compare-and-set and a TTL), and the members balance the partitions between them;
 - each partition has its own command queue, ``orchestrator.workflow.<p>`` (TASKS, work
   queue: start, cancel, signal, forwarded task outcome), pulled only by its holder;
@@ -43,6 +43,7 @@ from cogo.aio import cancel_and_wait
 from cogo.errors import WorkflowNotFound
 from cogo.streams.catalogue import EXECUTE_DONE, EXECUTE_FAILED
 from cogo.streams.events import Event, decode_event
+from cogo.streams.leases import PartitionLeases
 from cogo.streams.policies import PolicyStore
 from cogo.streams.topology import (
     EVENTS,
@@ -68,7 +69,6 @@ from cogo.workflows.inbox import (
     send_command,
     subject_of,
 )
-from cogo.workflows.leases import PartitionLeases
 from cogo.workflows.planner import Plan, plan_workflow
 from cogo.workflows.scheduler import Scheduler
 

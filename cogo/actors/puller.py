@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import Callable
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+
+from cogo.streams.pull import next_subject, pull_request
 
 STATUS = "Status"
 IDLE_HEARTBEAT = "100"
@@ -37,7 +38,7 @@ class Puller:
         self, nc: NATS, stream: str, consumer: str, on_message: Callable[[Msg], None]
     ) -> None:
         self.nc = nc
-        self.subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+        self.subject = next_subject(stream, consumer)
         self.on_message = on_message
         self.status: str | None = None  # the status that ended the last request, if any
         self._sub: Subscription | None = None
@@ -65,8 +66,8 @@ class Puller:
         is over (full, expired, refused by the server, or unanswered)."""
         self._wanted, self._delivered, self.status = batch, 0, None
         self._over.clear()
-        request = {"batch": batch, "expires": int(expires * 1e9)}
-        await self.nc.publish(self.subject, json.dumps(request).encode(), reply=self._inbox)
+        request = pull_request(batch, expires=expires)
+        await self.nc.publish(self.subject, request, reply=self._inbox)
         with contextlib.suppress(TimeoutError):
             # unanswered (e.g. a reconnect dropped it): whatever still comes for it is
             # handled like any delivery, never left unread

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import json
 import logging
 import os
-import signal
 import subprocess
 import threading
 from pathlib import Path
@@ -36,54 +36,13 @@ from cogo.actors.loader import LoadedApp
 from cogo.actors.supervisor import Supervisor, spawn
 from cogo.config import Config
 from cogo.errors import CogoError, ConfigError
-from cogo.streams.auth import PASSWORD_ENV, USER_ENV, inbox_prefix
+from cogo.streams.connection import connect, install_stop_signals, nats_user
 from cogo.streams.registry import declare
 from cogo.streams.topology import CONTROL_VERSION
 
 log = logging.getLogger(__name__)
 
 STOP_DEADLINE_S = 25.0
-
-
-async def connect(
-    url: str, name: str, *, user: str | None = None, password: str | None = None, **options: Any
-) -> NATS:
-    """Connect to every seed in ``url`` (comma-separated) and reconnect forever.
-
-    Credentials: ``user``/``password``, else ``COGO_NATS_USER``/``COGO_NATS_PASSWORD``; a user
-    gets its private inbox prefix, the only reply subjects its permissions allow.
-    """
-    servers = [u.strip() for u in url.split(",") if u.strip()]
-    user = user or os.environ.get(USER_ENV) or None
-    password = password or os.environ.get(PASSWORD_ENV) or None
-    options.setdefault("error_cb", _log_nats_error)
-    if user:
-        options.setdefault("inbox_prefix", inbox_prefix(user))
-        options.update(user=user, password=password)
-    return await nats.connect(
-        servers=servers,
-        name=name,
-        max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5,
-        connect_timeout=5,
-        **options,
-    )
-
-
-async def _log_nats_error(exc: Exception) -> None:
-    # one line, not nats-py's traceback per reconnect attempt
-    log.warning("nats: %s: %s", type(exc).__name__, exc)
-
-
-def install_stop_signals(stop: asyncio.Event) -> None:
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-
-
-def nats_user(nc: NATS) -> str | None:
-    """The user this connection authenticated as (None: no auth)."""
-    return nc.options.get("user") or None
 
 
 async def declare_agent(nc: NATS, config: Config, spec: AgentSpec, version: str | None) -> None:
@@ -239,7 +198,7 @@ def run_processes(
         for spec in specs:
             for n in range(replicas or spec.replicas):
                 args = agent_args(target or spec.name, spec.name, nats_url, **kwargs)
-                supervisor.add(f"{spec.name}#{n}", lambda args=args: spawn(args, env=env))
+                supervisor.add(f"{spec.name}#{n}", functools.partial(spawn, args, env=env))
         supervisor.watch()
         stop = asyncio.Event()
         install_stop_signals(stop)

@@ -129,7 +129,6 @@ class Journal:
         self._steps: dict[str, Journaled] | None = None
         self.names: set[str] = set()  # steps this attempt asked for (unique per attempt)
         self.replayed = 0
-        self.ran = 0
 
     @property
     def may_exist(self) -> bool:
@@ -158,7 +157,8 @@ class Journal:
                     filter_subject=journal_subject(ctx.route, ctx.task_id),
                     deliver_subject=inbox,
                     deliver_policy=api.DeliverPolicy.BY_START_TIME,
-                    opt_start_time=iso(ctx.order.submitted_at - CLOCK_SLACK_S),
+                    # the server takes RFC 3339 text; nats-py's annotation says datetime
+                    opt_start_time=iso(ctx.order.submitted_at - CLOCK_SLACK_S),  # type: ignore[arg-type]
                     ack_policy=api.AckPolicy.NONE,
                     max_deliver=1,
                     inactive_threshold=5.0,
@@ -166,7 +166,7 @@ class Journal:
                     num_replicas=1,
                 ),
             )
-            pending = info.num_pending
+            pending = info.num_pending or 0
             while pending > 0:
                 try:
                     msg = await sub.next_msg(timeout=SCAN_IDLE_S)
@@ -219,7 +219,6 @@ async def run_step(
     finally:
         _current.reset(token)
     data = _json_bytes(name, value)
-    journal.ran += 1
     result = msgspec.json.decode(data)
     if len(data) > ctx.worker.config.runtime.step_inline_max_bytes:
         ref = await ctx.worker.artifacts.put(

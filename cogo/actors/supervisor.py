@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from cogo.aio import cancel_and_wait
+from cogo.config import exponential_delay
 from cogo.lifeline import die_with_parent
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ class Supervisor:
                     continue
                 quick = time.monotonic() - child.started_at < QUICK_EXIT_S
                 child.restarts = child.restarts + 1 if quick else 0
-                delay = min(10.0, 0.2 * 2**child.restarts) if quick else 0.0
+                delay = exponential_delay(0.2, child.restarts + 1, cap=10.0) if quick else 0.0
                 log.warning("actor %s exited with %s; restarting in %.1fs", child.name, code, delay)
                 child.process = None
                 await asyncio.sleep(delay)

@@ -24,7 +24,6 @@ from typing import Any
 import msgspec
 
 from cogo.actors.base import Actor, Delivery
-from cogo.actors.canary import versioned_routes
 from cogo.actors.llm import LlmClient, LlmSession
 from cogo.actors.steps import Journal, charge_step, run_step
 from cogo.errors import (
@@ -37,6 +36,7 @@ from cogo.errors import (
     TtlExpired,
     WorkerError,
 )
+from cogo.rollouts.canary import versioned_routes
 from cogo.streams.artifacts import ArtifactStore
 from cogo.streams.catalogue import EXECUTE_STARTED, ExecuteStarted
 from cogo.streams.envelope import (

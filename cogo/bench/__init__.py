@@ -9,7 +9,7 @@ Parts, one module each, all on one throwaway system (``system``) unless said oth
    orchestrator, per run and per step (``workflow``); ``workflows`` (opt-in,
    ``--workflow-runs N``): runs per second with each ``--orchestrators K``
    (``cogo.workflows.throughput``); ``flow`` (opt-in, ``--flow-tasks N``): the
-   dispatcher's CPU per task with flow control off and on (``cogo.actors.flowbench``).
+   dispatcher's CPU per task with flow control off and on (``cogo.bench.flow``).
 4. ``scale_out``: sleep-bound tasks with 1, 2, 4 worker processes (``scaleout``).
 5. ``http_submit_per_s``: ``POST /api/tasks`` against the facade in its own process
    (``facade``).

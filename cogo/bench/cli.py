@@ -4,7 +4,7 @@ A part is an async function of the running ``Bench`` that returns its figures (a
 a list) under one key of the result; ``run_bench`` calls them in an order that keeps them
 from disturbing each other (the saturated figure first, on a quiet system; the projector
 alone last, after the other processes are stopped). The history part runs on systems of
-its own. A figure for agents declared with ``@app.agent`` slots in as one more part here.
+its own.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from cogo.actors.runner import _use_uvloop
+from cogo.bench.agent import agent_vs_echo
+from cogo.bench.agent import app as bench_app
 from cogo.bench.facade import http_submit
 from cogo.bench.history import history_figures
 from cogo.bench.ingest import projector_ingest
@@ -46,7 +48,7 @@ async def run_bench(options: Options, progress: Progress) -> dict[str, Any]:
             work_dir.mkdir(parents=True, exist_ok=True)
         else:
             work_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cogo-bench-")))
-        bench = Bench(options, work_dir, progress)
+        bench = Bench(options, work_dir, progress, apps=[bench_app])
         extra: dict[str, Any] = {}
         try:
             await bench.start()
@@ -56,6 +58,8 @@ async def run_bench(options: Options, progress: Progress) -> dict[str, Any]:
             cpu_us = {k: round(v / options.tasks * 1e6, 1) for k, v in cpu.items()}
             cpu_us["total"] = round(sum(cpu_us.values()), 1)
             latency = [await latency_at(bench, rate) for rate in options.rates]
+            if options.agent_tasks > 0:
+                extra["agent"] = await agent_vs_echo(bench)
             if options.step_runs > 0:
                 extra["workflow_steps"] = await workflow_steps(bench)
             if options.scale_workers:
@@ -71,7 +75,7 @@ async def run_bench(options: Options, progress: Progress) -> dict[str, Any]:
                 )  # fmt: skip
             flow = None
             if options.flow_tasks > 0:
-                from cogo.actors import flowbench
+                from cogo.bench import flow as flowbench
 
                 flow = await flowbench.measure(bench, options.flow_tasks, options.flow_repeats)
             ingest = await projector_ingest(bench) if options.projector_runs > 0 else []
@@ -125,6 +129,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         scale_tasks=args.scale_tasks,
         scale_sleep_ms=args.scale_sleep_ms,
         scale_concurrency=args.scale_concurrency,
+        agent_tasks=args.agent_tasks,
         history=args.history or [],
         history_requests=args.history_requests,
         sync=args.sync,
@@ -140,6 +145,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise CogoError("--scale-workers and --scale-tasks must be positive")
     if options.scale_sleep_ms <= 0 or options.scale_concurrency < 1:
         raise CogoError("--scale-sleep-ms and --scale-concurrency must be positive")
+    if options.agent_tasks < 0:
+        raise CogoError("--agent-tasks must be 0 (skip) or positive")
     if any(n < 1 for n in options.history) or options.history_requests < 1:
         raise CogoError("--history and --history-requests must be positive")
     if args.plot is not None:
@@ -228,6 +235,10 @@ def register(subparsers: Any, common: Callable[[argparse.ArgumentParser], None])
     p.add_argument(
         "--scale-concurrency", type=int, default=8, help="tasks at once per worker process (8)"
     )
+    p.add_argument(
+        "--agent-tasks", type=int, default=5_000, metavar="N",
+        help="a decorated @app.agent against echo: N tasks each, same run (5,000; 0 skips it)",
+    )  # fmt: skip
     p.add_argument(
         "--history",
         type=int,

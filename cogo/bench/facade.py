@@ -13,10 +13,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from cogo.actors.runner import _use_uvloop, connect
+from cogo.actors.runner import _use_uvloop
 from cogo.bench.system import ROUTE, Bench, peak_rss_mb
 from cogo.config import load_config
 from cogo.errors import CogoError
+from cogo.streams.connection import connect
 from cogo.streams.server import free_port
 
 
@@ -81,7 +82,8 @@ def serve_facade(nats_url: str, port: int, token: str) -> None:
     """Process target: the HTTP facade alone, on 127.0.0.1:``port``."""
     import uvicorn
 
-    from cogo.http.app import AppState, create_app
+    from cogo.http.app import create_app
+    from cogo.http.state import AppState
     from cogo.streams.policies import PolicyStore
 
     async def main() -> None:

@@ -23,11 +23,11 @@ from typing import Any
 import httpx
 
 from cogo.actors.loader import declare_apps
-from cogo.actors.runner import connect
+from cogo.bench.projections import WORKFLOW_ID, synthetic_events
 from cogo.config import Config, load_config
 from cogo.errors import CogoError
-from cogo.projections.bench import WORKFLOW_ID, synthetic_events
 from cogo.projections.projector import Projector
+from cogo.streams.connection import connect
 from cogo.streams.envelope import MSG_ID
 from cogo.streams.policies import PolicyStore
 from cogo.streams.publisher import Publisher
@@ -138,12 +138,13 @@ async def _time_endpoints(
     nc: Any, js: Any, config: Config, data_dir: Path, projector: Projector, requests: int
 ) -> dict[str, dict[str, float]]:
     from cogo.http import dashboard, metrics, orchestrator
-    from cogo.http.app import AppState, create_app
+    from cogo.http.app import create_app
+    from cogo.http.state import AppState
 
     policies = PolicyStore(js)
     await policies.start()
     state = AppState(nc=nc, config=config, policies=policies, data_dir=data_dir)
-    state.components["projector"] = projector
+    state.projector = projector
     routes = [*metrics.routes, *dashboard.routes, *orchestrator.routes]
     app = create_app(state, extra_routes=routes)
     figures: dict[str, dict[str, float]] = {}

@@ -14,6 +14,7 @@ import time
 from nats.js.errors import NotFoundError
 
 from cogo.bench.system import Bench
+from cogo.config import PROJECTOR_CONSUMER_ENV
 from cogo.errors import CogoError
 from cogo.streams.topology import EVENTS
 
@@ -41,7 +42,7 @@ async def _ingest_once(bench: Bench, run: int, last: int) -> float:
     update = bench.progress.task(f"projector ingest {run}/{bench.o.projector_runs}", last)
     bench.spawn(
         "projector", label, data_dir=bench.dir / f"ingest-{run}",
-        env={"COGO_PROJECTOR_CONSUMER": consumer},
+        env={PROJECTOR_CONSUMER_ENV: consumer},
     )  # fmt: skip
     deadline = time.monotonic() + bench.o.timeout
     # the clock starts when the consumer exists (DuckDB open, schema created)
@@ -67,6 +68,6 @@ async def _ingest_once(bench: Bench, run: int, last: int) -> float:
 
 
 async def _fill_events(bench: Bench, count: int) -> None:
-    from cogo.projections.bench import fill, synthetic_events
+    from cogo.bench.projections import fill, synthetic_events
 
     await fill(bench.js, synthetic_events(count))

@@ -87,15 +87,15 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
 def _optional_rows(table: Any, result: dict[str, Any]) -> None:
     """The parts that run only when asked for (or could be turned off)."""
-    workflows = result.get("workflows")
-    for count, row in ((workflows or {}).get("by_orchestrators") or {}).items():
+    workflows = result.get("workflows") or {}
+    for count, row in (workflows.get("by_orchestrators") or {}).items():
         rounds = ", ".join(f"{r:,.1f}" for r in row["rounds"])
         table.add_row(
             f"workflow runs ({workflows['runs']} at once, {workflows['nodes_per_run']} nodes), "
             f"{count} orchestrator(s), median",
             f"{row['runs_per_s']:,.1f} runs/s = {row['nodes_per_s']:,.0f} nodes/s ({rounds})",
         )
-    flow_control = result.get("flow")
+    flow_control = result.get("flow") or {}
     for mode in ("off", "on") if flow_control else ():
         row = flow_control[mode]
         table.add_row(
@@ -111,6 +111,20 @@ def _optional_rows(table: Any, result: dict[str, Any]) -> None:
             f"workflow: {flow['runs']} runs of {flow['nodes']} publish steps, median",
             f"{flow['run_ms_median']:,.0f} ms a run = {flow['step_ms_median']:.1f} ms a step "
             f"(gap p50 {gap['p50']:.1f}, p90 {gap['p90']:.1f})",
+        )
+    agent = result.get("agent")
+    if agent:
+        for name in ("echo", "agent"):
+            row = agent[name]
+            table.add_row(
+                f"{'@app.agent' if name == 'agent' else 'echo actor'} ({agent['tasks']:,} tasks, "
+                f"{row['route']})",
+                f"{row['tasks_per_s']:,.0f} tasks/s, worker {row['worker_cpu_us_per_task']:,.0f} "
+                f"µs/task, dispatcher {row['dispatcher_cpu_us_per_task']:,.0f} µs/task",
+            )
+        table.add_row(
+            "@app.agent / echo",
+            f"x{agent['tasks_per_s_ratio']:.2f} tasks/s, x{agent['worker_cpu_ratio']:.2f} worker CPU",
         )
     for row in result.get("scale_out") or []:
         table.add_row(

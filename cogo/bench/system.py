@@ -21,7 +21,7 @@ import resource
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,10 +32,12 @@ from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from cogo.actors.app import App
 from cogo.actors.loader import declare_apps
-from cogo.actors.runner import connect, spawn_actor
-from cogo.config import Config, load_config
+from cogo.actors.runner import spawn_actor
+from cogo.config import PROJECTOR_CONSUMER_ENV, Config, load_config
 from cogo.errors import CogoError
+from cogo.streams.connection import connect
 from cogo.streams.envelope import EXECUTE_SUBJECT, MSG_ID
 from cogo.streams.publisher import Publisher
 from cogo.streams.server import EmbeddedServer
@@ -72,7 +74,9 @@ class Options:
     scale_tasks: int = 400  # per worker process: every step takes about as long
     scale_sleep_ms: float = 50.0
     scale_concurrency: int = 8
-    # dispatcher cost with flow control off and on (cogo.actors.flowbench; 0: skipped)
+    # a decorated agent (``cogo.bench.agent``) against echo, this many tasks each (0: skipped)
+    agent_tasks: int = 5_000
+    # dispatcher cost with flow control off and on (cogo.bench.flow; 0: skipped)
     flow_tasks: int = 0
     flow_repeats: int = 3
     # dashboard / latency API / /metrics at this many synthetic events (0: skipped)
@@ -111,10 +115,15 @@ class Progress:
             self._bar.start()
 
     def task(self, description: str, total: int) -> Callable[[int, str], None]:
-        if self._bar is None:
-            return lambda done, note="": None
-        tid = self._bar.add_task(description, total=total, note="")
-        return lambda done, note="": self._bar.update(tid, completed=done, note=note)
+        bar = self._bar
+        if bar is None:
+            return _no_progress
+        tid: Any = bar.add_task(description, total=total, note="")
+
+        def update(done: int, note: str = "") -> None:
+            bar.update(tid, completed=done, note=note)
+
+        return update
 
     def stop(self) -> None:
         if self._bar is not None:
@@ -167,18 +176,21 @@ def percentile(ordered: list[float], q: float) -> float:
     return ordered[index]
 
 
-def task_body(task_id: str, payload: bytes = b"{}") -> bytes:
+def task_body(task_id: str, payload: bytes = b"{}", route: str = ROUTE) -> bytes:
     """An echo task; empty by default: the cost measured is the bus's, not the worker's."""
     return b'{"task_id":"%s","route":"%s","payload":%s}' % (
-        task_id.encode(), ROUTE.encode(), payload
+        task_id.encode(), route.encode(), payload
     )  # fmt: skip
 
 
 class Bench:
     """One isolated system and the measurements taken on it."""
 
-    def __init__(self, options: Options, work_dir: Path, progress: Progress) -> None:
+    def __init__(
+        self, options: Options, work_dir: Path, progress: Progress, apps: Sequence[App] = ()
+    ) -> None:
         self.o = options
+        self.apps = apps
         self.dir = work_dir
         self.fsync_per_s = 0.0
         self.progress = progress
@@ -202,11 +214,12 @@ class Bench:
         # the actors' publisher: the bench's own CPU per task stays small
         self.publisher = Publisher(self.nc)
         await self.publisher.start()
-        await declare_apps(self.js, self.config)
+        # the bench's own apps too (its decorated agent), as `cogo up --app` declares them
+        await declare_apps(self.js, self.config, list(self.apps))
         self._done_sub = await self.nc.subscribe(
-            f"events.execute_done.{ROUTE}", cb=self._on_done, pending_msgs_limit=1_000_000
+            f"events.execute_done.{ROUTE}", cb=self.on_done, pending_msgs_limit=1_000_000
         )
-        self.spawn("projector", env={"COGO_PROJECTOR_CONSUMER": PROJECTOR_CONSUMER})
+        self.spawn("projector", env={PROJECTOR_CONSUMER_ENV: PROJECTOR_CONSUMER})
         for i in range(self.o.dispatchers):
             self.spawn("dispatcher", f"dispatcher-{i + 1}")
         for i in range(self.o.echoes):
@@ -217,11 +230,14 @@ class Bench:
     def spawn(
         self, actor: str, label: str | None = None, *, data_dir: Path | None = None,
         env: dict[str, str] | None = None, concurrency: int | None = None,
+        target: str | None = None,
     ) -> None:  # fmt: skip
+        """Start agent ``actor`` (of Cogo's app, or of the app ``target``) as ``cogo run``."""
         label = label or actor
         self.children[label] = spawn_actor(
             actor,
             self.server.url,
+            target=target,
             config_path=self.o.config_path,
             data_dir=data_dir or self.dir / "data",
             env=env,
@@ -266,7 +282,8 @@ class Bench:
         snapshot["bench"] = sum(os.times()[:2])
         return snapshot
 
-    async def _on_done(self, msg: Msg) -> None:
+    async def on_done(self, msg: Msg) -> None:
+        """Count an ``execute_done`` (subscribed to the routes whose tasks are counted)."""
         self.done_count += 1
         with contextlib.suppress(msgspec.DecodeError):
             self.done_at[_done_decoder.decode(msg.data).task_id] = time.perf_counter()
@@ -333,3 +350,7 @@ class Bench:
                 await asyncio.gather(*acks)
                 acks = []
         await asyncio.gather(*acks)
+
+
+def _no_progress(done: int, note: str = "") -> None:
+    """A progress callback for a quiet run."""

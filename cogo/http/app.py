@@ -18,81 +18,26 @@ import asyncio
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, TypeVar
 
-import pydantic
-from nats.aio.client import Client as NATS
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import Request
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from cogo.config import Config
 from cogo.errors import (
     BodyTooLarge,
     CogoError,
-    RequestInvalid,
     RequestTimeout,
     Unauthorized,
-    UnknownRoute,
 )
-from cogo.http import errors
-from cogo.http.endpoint import field_error
-from cogo.http.endpoint import validate as _validate
-from cogo.http.jsonbody import MAX_DEPTH, parse_json
-from cogo.streams.policies import PolicyStore
+from cogo.http import errors, health, openapi, stream, tasks
+from cogo.http.state import BODY_TIMEOUT_S, AppState
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 1024 * 1024
-# the whole body must arrive within this, from the handler's first read (slow-body clients)
-BODY_TIMEOUT_S = 30.0
-M = TypeVar("M", bound=pydantic.BaseModel)
-
-__all__ = [
-    "AppState", "ValidationFailed", "create_app", "field_error", "json_body", "require_route",
-    "state_of", "validate", "MAX_BODY_BYTES", "BODY_TIMEOUT_S", "MAX_DEPTH",
-]  # fmt: skip
-
-
-@dataclass
-class AppState:
-    """What request handlers share: the bus connection, config, and optional components."""
-
-    nc: NATS
-    config: Config
-    policies: PolicyStore
-    data_dir: Path
-    api_token: str | None = None
-    max_body_bytes: int = MAX_BODY_BYTES
-    body_timeout_s: float = BODY_TIMEOUT_S
-    # origins allowed by CORS (COGO_CORS_ORIGINS, comma-separated); empty = CORS off
-    cors_origins: list[str] = field(default_factory=list)
-    # filled by the components `cogo up` runs in the same process
-    components: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def js(self) -> Any:
-        return self.nc.jetstream()
-
-
-class ValidationFailed(RequestInvalid):
-    """Raised by handlers for a 422 with a field-level ``detail`` list (code ``request.invalid``
-    unless a more precise one is given, e.g. ``route.unknown``)."""
-
-    def __init__(
-        self, detail: list[dict[str, Any]], status_code: int = 422, *, code: str | None = None
-    ) -> None:
-        del status_code  # always 422: the status comes from cogo.http.errors
-        super().__init__(detail[0]["msg"] if detail else "invalid request", detail=detail)
-        if code is not None:
-            self.code = code
+__all__ = ["BodyLimitMiddleware", "TokenAuthMiddleware", "create_app"]
 
 
 class BodyLimitMiddleware:
@@ -187,11 +132,8 @@ class TokenAuthMiddleware:
 def create_app(
     state: AppState,
     extra_routes: list[BaseRoute] | None = None,
-    on_startup: list[Callable[[], Awaitable[None]]] | None = None,
 ) -> Starlette:
     """Build the facade for ``state``; route modules are collected here."""
-    from cogo.http import health, openapi, stream, tasks
-
     routes: list[BaseRoute] = [
         *tasks.routes, *stream.routes, *health.routes, *openapi.routes, *(extra_routes or [])
     ]  # fmt: skip
@@ -217,27 +159,3 @@ def create_app(
     )
     app.state.cogo = state
     return app
-
-
-def state_of(request: Request) -> AppState:
-    return request.app.state.cogo  # type: ignore[no-any-return]
-
-
-async def json_body(request: Request) -> Any:
-    """The request's JSON body, within the depth and number limits (400s that say why)."""
-    return parse_json(await request.body())
-
-
-def require_route(state: AppState, route: str, loc: list[str | int] | None = None) -> None:
-    """422 at ``loc`` unless an actor consumes ``route`` (its policy exists)."""
-    try:
-        state.policies.get(route)
-    except UnknownRoute as exc:
-        raise ValidationFailed(
-            [field_error(loc or ["body", "route"], str(exc), exc.code)], code=exc.code
-        ) from None
-
-
-def validate(model: type[M], data: Any) -> M:
-    """Validate ``data`` with a pydantic model; 422 with each field's path on failure."""
-    return _validate(model, data)  # type: ignore[no-any-return]

@@ -10,8 +10,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from cogo.errors import ArtifactKeyInvalid, ArtifactNotFound
-from cogo.http.app import state_of
 from cogo.http.endpoint import Success, endpoint
+from cogo.http.state import state_of
 from cogo.streams.artifacts import ArtifactStore, artifact_key
 
 # What artifact_key accepts, as a pattern for the document: segments without '/', '\' or

@@ -8,7 +8,7 @@ the API token (or takes ``#token=...`` from the link ``cogo up`` prints), keeps 
 (``cogo.projections.rollups``: the cost does not grow with the events in the window):
 
 - ``decision_quality``: accepted / finished tasks, overall, by route and by version
-  (accepted = succeeded, and no gate judged it bad: see ``cogo.workflows.gates``);
+  (accepted = succeeded, and no gate judged it bad: see ``cogo.rollouts.gates``);
 - ``queue_wait``: p50/p90 of queue wait (enqueued -> claimed) per route;
 - ``failures``: terminal failures per minute and error code; ``throughput``: finished
   tasks per minute; ``cohorts``: the same split by version and cohort (baseline/canary);
@@ -39,10 +39,10 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from cogo.errors import ProjectionBusy, Unavailable
-from cogo.http.app import ValidationFailed, field_error, state_of
 from cogo.http.endpoint import Success, endpoint
 from cogo.http.metrics import DURATION
 from cogo.http.schemas import Query
+from cogo.http.state import ValidationFailed, field_error, state_of
 from cogo.projections import queries, rollups, spend, windows
 from cogo.projections.tasks import recent_tasks
 from cogo.projections.windows import Window
@@ -132,6 +132,8 @@ def summary(cur: duckdb.DuckDBPyConnection, since: dt.datetime) -> dict[str, Any
 
 
 def _summary(cur: duckdb.DuckDBPyConnection, window: Window) -> dict[str, Any]:
+    since = window.since
+    assert since is not None  # the dashboard always has a window
     params = window.params()
     splits = _SPLITS.format(
         events=windows.relation(rollups.EVENTS, window),
@@ -189,7 +191,7 @@ def _summary(cur: duckdb.DuckDBPyConnection, window: Window) -> dict[str, Any]:
         "failures": {"total": sum(f["failures"] for f in failures), "series": failures},
         "runs": [_run_row(row) for row in runs],
         # the agent runtime: what LLM calls cost, and the latest tasks (their output is live)
-        "spend": spend.summary(cur, window.since),
+        "spend": spend.summary(cur, since),
         "tasks": recent_tasks(cur, window.since),
     }
 
@@ -207,7 +209,7 @@ def _run_row(row: tuple[Any, ...]) -> dict[str, Any]:
             keys.extend(k for k in json.loads(raw) if isinstance(k, str) and k not in keys)
     status = (outcome or "workflow_running").removeprefix("workflow_")
     done = set(over or [])
-    waiting = []
+    waiting: list[dict[str, Any]] = []
     if status == "running":
         for entry in signals or []:
             node, _, name = (entry or "").partition("=")
@@ -262,7 +264,7 @@ async def dashboard_summary(request: Request, query: DashboardQuery) -> JSONResp
         info = await state.js.stream_info(DLQ)
         dlq = {"messages": info.state.messages, "bytes": info.state.bytes}
     rollouts: list[dict[str, Any]] = []
-    controller = state.components.get("rollouts")
+    controller = state.rollouts
     if controller is not None:
         rollouts = [r.view() for r in reversed(await controller.list())]
     stats = projector.stats()

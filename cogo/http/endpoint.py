@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from cogo.errors import CogoError, RequestInvalid
+from cogo.http.jsonbody import parse_json
 
 Handler = Callable[..., Awaitable[Response]]
 JSON = "application/json"
@@ -91,8 +92,6 @@ def endpoint(
     def wrap(fn: Handler) -> Handler:
         @functools.wraps(fn)
         async def handler(request: Request) -> Response:
-            from cogo.http.app import json_body
-
             kwargs: dict[str, Any] = {}
             if path is not None:
                 kwargs["path"] = validate(path, dict(request.path_params), "path")
@@ -101,7 +100,7 @@ def endpoint(
             if body is not None:
                 raw = await request.body()
                 if raw.strip() or body_required:
-                    kwargs["body"] = validate(body, await json_body(request))
+                    kwargs["body"] = validate(body, parse_json(await request.body()))
                 else:
                     kwargs["body"] = body()
             return await fn(request, **kwargs)

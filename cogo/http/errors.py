@@ -78,7 +78,7 @@ def status_of(error: type[e.CogoError]) -> int:
     """The HTTP status of a CogoError class (500 for one the table does not know)."""
     for cls in error.__mro__:
         if cls in STATUS:
-            return STATUS[cls]  # type: ignore[index]
+            return STATUS[cls]
     return INTERNAL
 
 

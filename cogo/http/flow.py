@@ -20,9 +20,9 @@ from starlette.routing import Route
 
 from cogo.config import FlowPolicy
 from cogo.errors import BusUnavailable, UnknownRoute
-from cogo.http.app import AppState, require_route, state_of
 from cogo.http.endpoint import Success, endpoint
 from cogo.http.schemas import ROUTE_ENUM, ROUTE_PATTERN, Query
+from cogo.http.state import AppState, require_route, state_of
 from cogo.streams.events import iso
 from cogo.streams.flow import RouteSnapshot, decode_snapshot, snapshot_key
 from cogo.streams.topology import FLOW_BUCKET

@@ -6,8 +6,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from cogo.http.app import state_of
 from cogo.http.endpoint import Success, endpoint
+from cogo.http.state import state_of
 
 
 @endpoint(ok={200: "up and connected to NATS", 503: Success("up, but NATS is not connected")})

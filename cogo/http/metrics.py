@@ -24,9 +24,9 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 
 from cogo.errors import CogoError, ProjectionBusy, ReplayRunning, Unavailable
-from cogo.http.app import AppState, ValidationFailed, field_error, state_of
 from cogo.http.endpoint import Success, endpoint
 from cogo.http.schemas import Body, Query
+from cogo.http.state import AppState, ValidationFailed, field_error, state_of
 from cogo.projections import queries
 from cogo.projections.projector import Projector
 from cogo.projections.replay import ReplayProgress
@@ -51,10 +51,10 @@ async def read(projector: Projector, fn: Callable[[Any], T]) -> T:
 
 
 def projector_of(request: Request) -> Projector:
-    projector = state_of(request).components.get("projector")
+    projector = state_of(request).projector
     if projector is None:
         raise Unavailable("the projector does not run in this process")
-    return projector  # type: ignore[no-any-return]
+    return projector
 
 
 class LatencyQuery(Query):
@@ -128,7 +128,7 @@ async def prometheus(request: Request) -> Response:
     """Event counters, attempt latency summaries, projector lag, consumer in-flight."""
     state = state_of(request)
     out = queries.PrometheusText()
-    projector: Projector | None = state.components.get("projector")
+    projector: Projector | None = state.projector
     if projector is not None:
         with contextlib.suppress(Exception):
             await projector.store.read(lambda cur: queries.projection_metrics(cur, out))
@@ -212,7 +212,7 @@ async def replay(request: Request, body: ReplayRequest) -> Response:
     _background.add(task)
     task.add_done_callback(_background.discard)
 
-    async def body() -> AsyncIterator[bytes]:
+    async def ndjson() -> AsyncIterator[bytes]:
         while not task.done():
             getter = asyncio.ensure_future(lines.get())
             await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
@@ -232,7 +232,7 @@ async def replay(request: Request, body: ReplayRequest) -> Response:
         else:
             yield _line({"error": f"replay failed: {error}", "code": "projection.error"})
 
-    return StreamingResponse(body(), media_type="application/x-ndjson")
+    return StreamingResponse(ndjson(), media_type="application/x-ndjson")
 
 
 def _line(payload: dict[str, Any]) -> bytes:

@@ -105,8 +105,8 @@ def _operation(
             "description": success.description, "content": {success.media_type: content}
         }  # fmt: skip
     for error in raised:
-        status = str(status_of(error))
-        entry = responses.setdefault(status, {
+        code = str(status_of(error))
+        entry = responses.setdefault(code, {
             "description": "", "content": {JSON: {"schema": {"$ref": REF.format(model="ErrorBody")}}},
         })  # fmt: skip
         text = description_of(error)
@@ -199,7 +199,7 @@ def parameters_schema(declared: dict[str, Any]) -> dict[str, Any]:
 
 def live_facts(request: Request) -> tuple[dict[str, list[str]], dict[str, dict[str, Any]]]:
     """What the document needs from the running system: declared routes, the workflows."""
-    from cogo.http.app import state_of
+    from cogo.http.state import state_of
     from cogo.workflows.definition import Catalog
 
     state = state_of(request)
@@ -216,7 +216,7 @@ def live_facts(request: Request) -> tuple[dict[str, list[str]], dict[str, dict[s
 @endpoint(ok={200: "the OpenAPI 3.1 document of this facade"})
 async def openapi(request: Request) -> JSONResponse:
     """The OpenAPI document of this facade."""
-    from cogo.http.app import state_of
+    from cogo.http.state import state_of
 
     enums, workflows = await asyncio.to_thread(live_facts, request)  # the catalog reads files
     token = bool(state_of(request).api_token)

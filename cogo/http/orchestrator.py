@@ -45,9 +45,9 @@ from cogo.errors import (
     WorkflowNotFound,
 )
 from cogo.http import schedules as schedule_routes
-from cogo.http.app import AppState, ValidationFailed, field_error, state_of
 from cogo.http.endpoint import endpoint
 from cogo.http.schemas import WORKFLOW_ENUM, WORKFLOW_PARAMETERS, Body, Query
+from cogo.http.state import AppState, ValidationFailed, field_error, state_of
 from cogo.projections import queries
 from cogo.streams.catalogue import GATE_FAILED, GATE_PASSED
 from cogo.streams.envelope import new_id
@@ -74,6 +74,12 @@ def _present(schema: dict[str, Any]) -> None:
     schema.pop("default", None)
 
 
+def _present_workflow(schema: dict[str, Any]) -> None:
+    """``workflowId``: present-not-null, and one of the catalog's ids."""
+    _present(schema)
+    schema.update(WORKFLOW_ENUM)
+
+
 class PlanRequest(_Body):
     """What to plan: a workflow by id, or an inline definition, with its parameters."""
 
@@ -83,7 +89,7 @@ class PlanRequest(_Body):
 
     workflow_id: str | None = Field(
         None, alias="workflowId", pattern=WORKFLOW_ID,
-        json_schema_extra=lambda s: (_present(s), s.update(WORKFLOW_ENUM)) and None,
+        json_schema_extra=_present_workflow,
     )  # fmt: skip
     definition: dict[str, Any] | None = Field(None, json_schema_extra=_present)
     parameters: dict[str, Any] = Field(default_factory=dict)
@@ -237,7 +243,10 @@ async def workflows_execute_endpoint(
 ) -> JSONResponse:
     """Start a run of a catalog workflow with its parameters."""
     state = state_of(request)
-    plan = await _plan(state, PlanRequest(workflowId=body.workflow_id, parameters=body.parameters))
+    plan = await _plan(
+        state,
+        PlanRequest.model_validate({"workflowId": body.workflow_id, "parameters": body.parameters}),
+    )
     return await _start(state, plan, body.run_id)
 
 
@@ -375,7 +384,7 @@ async def metrics_endpoint(request: Request, path: WorkflowPath) -> JSONResponse
     """Runs, outcomes, duration percentiles and gate pass rate of one workflow."""
     state = state_of(request)
     workflow_id = path.workflow_id
-    projector = state.components.get("projector")
+    projector = state.projector
     if projector is not None:
         # the projection's one row per run (cogo.projections.rollups), once it has what
         # the stream held when the request came (bounded: a lagging projector answers late)

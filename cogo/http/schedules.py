@@ -30,9 +30,9 @@ from cogo.errors import (
     ScheduleNotFound,
     WorkflowNotFound,
 )
-from cogo.http.app import ValidationFailed, field_error, state_of
 from cogo.http.endpoint import endpoint
 from cogo.http.schemas import Query
+from cogo.http.state import ValidationFailed, field_error, state_of
 from cogo.workflows.definition import Catalog
 from cogo.workflows.planner import plan_workflow
 from cogo.workflows.schedules import (

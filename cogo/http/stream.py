@@ -25,9 +25,9 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from cogo.errors import ProjectionBusy, TaskNotFound, Unavailable
-from cogo.http.app import AppState, state_of
 from cogo.http.endpoint import Success, endpoint
 from cogo.http.schemas import TaskPath
+from cogo.http.state import AppState, state_of
 from cogo.http.tasks import task_status
 from cogo.streams.events import iso
 from cogo.streams.outputs import Output, encode_output, last_seq, output_subject, read_output

@@ -22,9 +22,9 @@ from cogo.errors import (
     Unavailable,
     UnknownRoute,
 )
-from cogo.http.app import AppState, ValidationFailed, field_error, require_route, state_of
 from cogo.http.endpoint import Success, endpoint
 from cogo.http.schemas import ROUTE_ENUM, Body, TaskAccepted, TaskPath, payload_schema
+from cogo.http.state import AppState, ValidationFailed, field_error, require_route, state_of
 from cogo.streams.capacity import Capacity
 from cogo.streams.envelope import EXECUTE_SUBJECT, MSG_ID, decode_assignment, encoder, new_id
 
@@ -58,7 +58,7 @@ async def submit_task(request: Request, body: TaskRequest) -> JSONResponse:
         decode_assignment(body.payload)
     except InvalidAssignment as exc:
         loc = (exc.detail or "").split(" - at `$.")[-1].rstrip("`")
-        path = (
+        path: list[str | int] = (
             ["body", *[p for p in loc.replace("$.", "").split(".") if p]]
             if loc
             else ["body", "payload", "__assignment"]
@@ -102,7 +102,7 @@ async def get_task(request: Request, path: TaskPath) -> JSONResponse:
 
 async def task_status(state: AppState, task_id: str) -> Any:
     """Where ``task_id`` is (a ``TaskStatus``); TaskNotFound if nothing is known of it."""
-    projector = state.components.get("projector")
+    projector = state.projector
     try:
         if projector is not None:
             return await projector.task_status(task_id)
@@ -138,10 +138,9 @@ class Accepted:
 
 
 def _accepted(state: AppState) -> Accepted:
-    accepted = state.components.get("accepted")
-    if accepted is None:
-        accepted = state.components["accepted"] = Accepted()
-    return accepted  # type: ignore[no-any-return]
+    if state.accepted is None:
+        state.accepted = Accepted()
+    return state.accepted
 
 
 async def _remote_status(state: AppState, task_id: str) -> Any:
@@ -162,10 +161,9 @@ async def _remote_status(state: AppState, task_id: str) -> Any:
 
 
 def _capacity(state: AppState) -> Capacity:
-    capacity = state.components.get("capacity")
-    if capacity is None:
-        capacity = state.components["capacity"] = Capacity(state.js)
-    return capacity  # type: ignore[no-any-return]
+    if state.capacity is None:
+        state.capacity = Capacity(state.js)
+    return state.capacity
 
 
 routes = [

@@ -1,7 +1,7 @@
 """The projector as an in-process component of ``cogo up``.
 
 ``cogo up`` owns the DuckDB file through this component; HTTP handlers reach it as
-``state_of(request).components["projector"]`` (SQL, metrics, replay), and so does
+``state_of(request).projector`` (SQL, metrics, replay), and so does
 ``cogo sql`` / ``cogo replay`` through the facade while ``cogo up`` runs.
 """
 

@@ -23,8 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +34,7 @@ from nats.js import api
 from nats.js.errors import NotFoundError
 
 from cogo.streams.intake import direct_delivery, inline_status, parse_headers
+from cogo.streams.pull import ack_tokens, next_subject, pull_request
 
 HEARTBEAT = "100"
 # a reader's transaction takes up to this many queued batches (see GroupCommit)
@@ -65,15 +65,8 @@ def position(reply: str | bytes) -> Position:
     """
     if isinstance(reply, bytes):
         reply = reply.decode()
-    tokens = reply.split(".")
-    base = 2 if len(tokens) == 9 else 4
-    return Position(
-        stream_seq=int(tokens[base + 3]),
-        consumer_seq=int(tokens[base + 4]),
-        delivered=int(tokens[base + 2]),
-        timestamp_ns=int(tokens[base + 5]),
-        pending=int(tokens[base + 6]),
-    )
+    delivered, stream_seq, consumer_seq, timestamp_ns, pending = ack_tokens(reply)
+    return Position(stream_seq, consumer_seq, delivered, timestamp_ns, pending)
 
 
 # -- batches -------------------------------------------------------------------------------
@@ -163,7 +156,9 @@ class GroupCommit:
     trickle still commits as it comes. Used by the projector and by replay.
     """
 
-    def __init__(self, write: Callable[[Fetched], Awaitable[None]], max_rows: int) -> None:
+    def __init__(
+        self, write: Callable[[Fetched], Coroutine[Any, Any, None]], max_rows: int
+    ) -> None:
         self._write = write
         self.max_rows = max_rows
         self.queued: list[Fetched] = []
@@ -225,7 +220,7 @@ class StreamFeed:
         self._wanted = 0
         self._status: str | None = None
         self._done = asyncio.Event()
-        self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+        self._next_subject = next_subject(stream, consumer)
 
     async def reset(self, start_seq: int) -> None:
         """Recreate the consumer so its first delivery is ``start_seq`` (or the first kept)."""
@@ -336,12 +331,8 @@ class StreamFeed:
         self._wanted = batch
         self._status = None
         self._done.clear()
-        request: dict[str, object] = {"batch": batch}
-        if no_wait:
-            request["no_wait"] = True
-        if expires is not None:
-            request["expires"] = int(expires * 1e9)
-        await self.nc.publish(self._next_subject, json.dumps(request).encode(), reply=self._inbox)
+        request = pull_request(batch, expires=expires, no_wait=no_wait)
+        await self.nc.publish(self._next_subject, request, reply=self._inbox)
         try:
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation
             # that arrives just as the wait ends, and the projector then never stopped

@@ -125,9 +125,3 @@ def quantiles(bins: Iterable[tuple[int, int]], qs: Sequence[float]) -> list[floa
         low_value, high_value = at_rank(low), at_rank(high)
         out.append(low_value + (high_value - low_value) * (position - low))
     return out
-
-
-def highest(bins: Iterable[tuple[int, int]]) -> float | None:
-    """The largest value counted (its bin's value), None if nothing was."""
-    present = [index for index, count in bins if count > 0]
-    return bin_value(max(present)) if present else None

@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,9 +38,8 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from cogo.actors.base import actor_id
 from cogo.aio import cancel_and_wait
-from cogo.config import Config
+from cogo.config import PROJECTOR_BATCH_ENV, PROJECTOR_CONSUMER_ENV, Config, env, exponential_delay
 from cogo.errors import CogoError, ProjectionBusy, TaskNotFound
 from cogo.projections.feed import (
     GROUP_COMMIT_BATCHES,
@@ -53,6 +51,7 @@ from cogo.projections.feed import (
 from cogo.projections.replay import Progress, Rebuild, ReplayResult, swap_files
 from cogo.projections.store import DLQ_STREAM, EVENTS_STREAM, ProjectionStore, db_path
 from cogo.projections.tasks import STATUS_SUBJECT, TaskStatus, task_status
+from cogo.streams.connection import actor_id
 
 log = logging.getLogger(__name__)
 
@@ -129,10 +128,10 @@ class Projector:
         self.data_dir = Path(data_dir or ".cogo").resolve()
         self.path = db_path(self.data_dir)
         self.name = actor_id(self.kind)
-        self.batch = batch or int(os.environ.get("COGO_PROJECTOR_BATCH", DEFAULT_BATCH))
+        self.batch = batch or int(env(PROJECTOR_BATCH_ENV) or DEFAULT_BATCH)
         # the most rows one transaction takes when batches queue up behind the writer
         self.max_rows = GROUP_COMMIT_BATCHES * self.batch
-        consumer = consumer or os.environ.get("COGO_PROJECTOR_CONSUMER", DEFAULT_CONSUMER)
+        consumer = consumer or env(PROJECTOR_CONSUMER_ENV, DEFAULT_CONSUMER) or DEFAULT_CONSUMER
         self.store = ProjectionStore(self.path, limits=config.duckdb)
         self.streams = {
             EVENTS_STREAM: StreamState(EVENTS_STREAM, consumer),
@@ -180,7 +179,7 @@ class Projector:
     # -- following a stream ------------------------------------------------------------
 
     async def _follow_forever(self, state: StreamState) -> None:
-        pause = 0.0
+        failures = 0  # in a row, without progress
         while True:
             batches = state.batches
             try:
@@ -193,8 +192,8 @@ class Projector:
                 log.exception("projector %s failed; resuming from the checkpoint", state.stream)
             state.resets += 1
             # straight back after progress; back off while every attempt fails at once
-            pause = 0.0 if state.batches > batches else min(10.0, max(0.2, pause * 2))
-            await asyncio.sleep(pause)
+            failures = 0 if state.batches > batches else failures + 1
+            await asyncio.sleep(exponential_delay(0.2, failures, cap=10.0) if failures else 0.0)
 
     async def _follow(self, state: StreamState) -> None:
         checkpoint = await self.store.write(self.store.checkpoint_sync, state.stream)

@@ -14,13 +14,14 @@ import datetime as dt
 import math
 import re
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import duckdb
 
 from cogo.projections import histogram, rollups, windows
 from cogo.projections.windows import Window
+from cogo.streams.catalogue import RUN_OUTCOMES
 
 PERCENTILES = (0.5, 0.9, 0.99)
 _LABELS = ("p50", "p90", "p99")
@@ -68,9 +69,9 @@ def parse_duration(text: str) -> int:
     return seconds
 
 
-def _quantiles(values: list[float | None] | None) -> dict[str, float | None]:
-    values = values or [None, None, None]
-    return {label: _number(v) for label, v in zip(_LABELS, values, strict=True)}
+def _quantiles(values: Sequence[float | None] | None) -> dict[str, float | None]:
+    given: Sequence[float | None] = values or [None, None, None]
+    return {label: _number(v) for label, v in zip(_LABELS, given, strict=True)}
 
 
 def _number(value: Any) -> float | None:
@@ -279,7 +280,9 @@ def _projection_metrics(
         samples: list[tuple[dict[str, Any], Any]] = []
         for row in rows:
             route = row[0]
-            quantiles = values.get((route,), {}).get(metric) or [None] * len(PERCENTILES)
+            quantiles: Sequence[float | None] = values.get((route,), {}).get(metric) or [
+                None
+            ] * len(PERCENTILES)
             for q, v in zip(PERCENTILES, quantiles, strict=True):
                 seconds = None if v is None else float(v) / 1000.0
                 samples.append(({"route": route, "quantile": q}, seconds))
@@ -351,7 +354,7 @@ def workflow_metrics(
             {
                 "runId": run_id,
                 "workflowId": wf,
-                "status": rollups.RUN_OUTCOMES.get(status, status),
+                "status": RUN_OUTCOMES.get(status, status),
                 "parentRunId": parent,
                 "startedAt": _iso(started) if started else None,
                 "endedAt": _iso(ended) if ended else None,

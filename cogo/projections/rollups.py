@@ -77,7 +77,6 @@ FOLD_ROWS = 100_000
 GRAINS = ("minute", "hour", "total")
 EPOCH = dt.datetime(1970, 1, 1)  # the bucket of "total", and of events without a valid "at"
 RESULT_TYPES = (EXECUTE_DONE, EXECUTE_RETRY, EXECUTE_FAILED)
-METRICS = ("queue_wait", "duration", "dispatch_wait")
 _WORKFLOW_TYPES = (
     WORKFLOW_STARTED, *RUN_OUTCOMES, GATE_PASSED, GATE_FAILED,
     NODE_SUCCEEDED, NODE_FAILED, NODE_SKIPPED, NODE_STARTED,
@@ -353,7 +352,7 @@ def _merge(con: duckdb.DuckDBPyConnection, family: Family, grain: str, oldest: d
     )
 
 
-def _fold_runs(con: duckdb.DuckDBPyConnection, where: str, params: list | None = None) -> None:
+def _fold_runs(con: duckdb.DuckDBPyConnection, where: str, params: list[Any] | None = None) -> None:
     """Fold the workflow events of ``bus_events`` matching ``where`` into ``workflow_runs``.
 
     Applied in stream order, batch after batch, this is one fold of every workflow event:

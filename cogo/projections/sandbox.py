@@ -132,7 +132,9 @@ def check_statement(con: duckdb.DuckDBPyConnection, sql: str) -> None:
 
 def check_functions(con: duckdb.DuckDBPyConnection, sql: str) -> None:
     """Refuse table functions off the read-only list and scalar functions with side effects."""
-    tree = json.loads(con.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()[0])
+    row = con.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()
+    assert row is not None  # a scalar SELECT has one row
+    tree = json.loads(row[0])
     if tree.get("error"):
         # PIVOT and a few other forms have no serialized tree: unseen is refused
         raise SqlRejected(

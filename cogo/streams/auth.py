@@ -20,13 +20,13 @@ worker asks, stores it in ``<data-dir>/grants.json`` and reloads the server's co
 from __future__ import annotations
 
 import json
-import os
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cogo.config import NATS_PASSWORD_ENV, NATS_USER_ENV, env, nats_password_env
 from cogo.secretfile import write_private_json
 from cogo.streams.envelope import EXECUTE_SUBJECT, RESULT_SUBJECT
 from cogo.streams.outputs import OUTPUTS
@@ -49,8 +49,7 @@ from cogo.streams.topology import (
 
 API = "$JS.API"
 ACCOUNT = "COGO"
-USER_ENV = "COGO_NATS_USER"
-PASSWORD_ENV = "COGO_NATS_PASSWORD"
+USER_ENV, PASSWORD_ENV = NATS_USER_ENV, NATS_PASSWORD_ENV
 BUILTIN_APP = "cogo"
 # users that are not task workers, with permissions of their own
 SYSTEM_USERS = ["admin", "client", "dispatcher", "orchestrator", "projector"]
@@ -251,9 +250,9 @@ def credentials(data_dir: Path, users: Sequence[str]) -> dict[str, str]:
         stored = json.loads(path.read_text())
     changed = False
     for user in users:
-        env = os.environ.get(f"{PASSWORD_ENV}_{user.upper().replace('-', '_')}")
-        if env:
-            stored[user] = env
+        given = env(nats_password_env(user))
+        if given:
+            stored[user] = given
         elif user not in stored:
             stored[user] = secrets.token_urlsafe(24)
             changed = True

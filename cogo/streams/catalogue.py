@@ -483,7 +483,7 @@ def checked_data(type: str, data: Any) -> EventData | None:
             return None
         raise TypeError(f"{type} events need data ({cls.__name__})")
     if data.__class__ is cls:
-        return data  # type: ignore[no-any-return]
+        return data
     if isinstance(data, dict):
         unknown = data.keys() - FIELDS[type]
         if unknown:

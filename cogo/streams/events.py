@@ -141,13 +141,13 @@ class EventLog:
         if self._publisher is not None:
             (ack,) = await self._publisher.publish_all([event_message(event)], timeout)
             return not ack.duplicate
-        ack = await self._js.publish(
+        pub = await self._js.publish(
             event_subject(event),
             encode_event(event),
             timeout=timeout,
             headers={MSG_ID: event.event_id},
         )
-        return not ack.duplicate
+        return not pub.duplicate
 
     async def append_async(self, event: Event) -> asyncio.Future[Any]:
         """Start appending; the returned future resolves to the stream's PubAck."""

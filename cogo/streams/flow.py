@@ -14,7 +14,7 @@ next task ``cogo.actors.flow``.
   worker stops it there), so a slot whose release was lost never outlives what it stood for.
   The dispatcher that handles the attempt's result purges it.
 - **Admission** of a route belongs to one dispatcher at a time: the routes are hashed into
-  ``FLOW_PARTITIONS`` partitions, leased in the same bucket (``cogo.workflows.leases``).
+  ``FLOW_PARTITIONS`` partitions, leased in the same bucket (``cogo.streams.leases``).
 - **What an admitter sees** (per key: running, waiting, rate) is ``state.<route>`` in the same
   bucket, rewritten every second or so while it changes: ``GET /api/flow`` reads it.
 

@@ -13,6 +13,10 @@ live everywhere without a restart and is recorded as a ``policy_changed`` event.
 
 A route without a record was never declared: the dispatcher fails its tasks with
 ``route.unknown`` and ``cogo policy set`` refuses it.
+
+``resolve_assignment`` lays a task's ``__assignment`` over its route's policy: absent keys
+come from the policy, anything above a ceiling is refused (the dispatcher and the workflow
+planner both use it).
 """
 
 from __future__ import annotations
@@ -26,9 +30,21 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from cogo.config import Config, RoutePolicy, check_policy, deep_merge
-from cogo.errors import ConfigError, RouteConflict, UnknownRoute
+from cogo.config import Backoff, Config, RoutePolicy, check_policy, deep_merge
+from cogo.errors import (
+    AttemptsAboveCeiling,
+    CogoError,
+    ConfigError,
+    CostAboveCeiling,
+    ModelNotAllowed,
+    RouteConflict,
+    TimeoutAboveCeiling,
+    TokensAboveCeiling,
+    TtlAboveCeiling,
+    UnknownRoute,
+)
 from cogo.streams.catalogue import POLICY_CHANGED, ROUTE_FORGOTTEN
+from cogo.streams.envelope import DEFAULT_PRIORITY, Assignment, ResolvedAssignment
 from cogo.streams.events import EventLog, iso, make_event
 from cogo.streams.kvview import KvView
 from cogo.streams.topology import POLICY_BUCKET
@@ -268,3 +284,50 @@ async def _change(
         )
         return policy
     raise ConfigError(f"policy of {route!r} kept changing under us; try again")
+
+
+def resolve_assignment(requested: Assignment, policy: RoutePolicy) -> ResolvedAssignment:
+    """Fill absent keys from the route policy and reject anything above its ceilings."""
+    c = policy.ceilings
+    bypass = set(requested.bypass)
+    b = requested.backoff
+    resolved = ResolvedAssignment(
+        model=requested.model or policy.model,
+        max_tokens=requested.max_tokens or policy.max_tokens,
+        max_cost_usd=(
+            requested.max_cost_usd if requested.max_cost_usd is not None else policy.max_cost_usd
+        ),
+        timeout_ms=requested.timeout_ms or policy.timeout_ms,
+        ttl_ms=requested.ttl_ms or policy.ttl_ms,
+        max_attempts=requested.max_attempts or policy.max_attempts,
+        backoff=Backoff(
+            initial_ms=b.initial_ms
+            if b and b.initial_ms is not None
+            else policy.backoff.initial_ms,
+            multiplier=b.multiplier
+            if b and b.multiplier is not None
+            else policy.backoff.multiplier,
+            max_ms=b.max_ms if b and b.max_ms is not None else policy.backoff.max_ms,
+        ),
+        key=requested.key,
+        priority=requested.priority if requested.priority is not None else DEFAULT_PRIORITY,
+    )
+    if c.allowed_models and resolved.model not in c.allowed_models and "model" not in bypass:
+        raise ModelNotAllowed(
+            f"model {resolved.model!r} is not allowed on this route (allowed: "
+            f"{', '.join(c.allowed_models)})"
+        )
+    if c.allowed_models:  # what ctx.llm may call: the ceiling, and a bypassed model
+        allowed = dict.fromkeys([*c.allowed_models, resolved.model])
+        resolved = msgspec.structs.replace(resolved, allowed_models=tuple(allowed))
+    checks: list[tuple[str, float, float, type[CogoError]]] = [
+        ("max_tokens", resolved.max_tokens, c.max_tokens, TokensAboveCeiling),
+        ("max_cost_usd", resolved.max_cost_usd, c.max_cost_usd, CostAboveCeiling),
+        ("max_attempts", resolved.max_attempts, c.max_attempts, AttemptsAboveCeiling),
+        ("timeout_ms", resolved.timeout_ms, c.max_timeout_ms, TimeoutAboveCeiling),
+        ("ttl_ms", resolved.ttl_ms, c.max_ttl_ms, TtlAboveCeiling),
+    ]
+    for field, value, ceiling, error in checks:
+        if value > ceiling and field not in bypass:
+            raise error(f"{field}={value} is above the route ceiling {ceiling}")
+    return resolved

@@ -52,7 +52,7 @@ async def declare_version(js: JetStreamContext, config: Config, route: str, vers
     """The consumer of ``<route>.<version>`` (a canary's subject, inside ``<route>.*``),
     created if missing (an existing one is left as it is: under ``--auth`` a worker may read
     its consumer but not change it)."""
-    from cogo.streams.rollouts import check_version, versioned_route
+    from cogo.streams.routes import check_version, versioned_route
 
     subject = versioned_route(route, check_version(version))
     if await check_consumer(js, TASKS, subject) is None:

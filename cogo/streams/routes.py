@@ -38,6 +38,21 @@ _ROUTE = re.compile(ROUTE_PATTERN)
 RESERVED_SERVICES = frozenset({"orchestrator", "events", "dlq", "outputs", "flow", "cogo"})
 _SUBJECT_UPDATE_ATTEMPTS = 8
 
+VERSION_PATTERN = r"^[A-Za-z0-9_\-]{1,64}$"
+_VERSION = re.compile(VERSION_PATTERN)
+
+
+def check_version(version: str) -> str:
+    """A version usable as a subject token and in a consumer name; ConfigError otherwise."""
+    if not _VERSION.match(version):
+        raise ConfigError(f"invalid version {version!r}: use 1-64 letters, digits, '-' or '_'")
+    return version
+
+
+def versioned_route(route: str, version: str | None) -> str:
+    """The subject the workers of ``version`` consume: ``<route>.<version>``, or ``<route>``."""
+    return f"{route}.{version}" if version else route
+
 
 @dataclass(frozen=True)
 class RouteDecl:
@@ -136,4 +151,4 @@ async def check_consumer(js: JetStreamContext, stream: str, route: str) -> api.C
             f"route {route!r}: its consumer {durable_name(route)!r} already serves {subject!r} "
             "(routes that differ only in '.' versus '-' share a consumer name; rename one)"
         )
-    return info
+    return info  # type: ignore[no-any-return]  # nats-py: consumer_info is unannotated

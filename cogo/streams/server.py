@@ -155,6 +155,8 @@ class EmbeddedServer:
         """
         conf = server_config(self.data_dir / "nats.conf", self.sync, self._extra())
         self.claim_store()
+        lock = self.lock
+        assert lock is not None  # claim_store took it
         args = [
             nats_server_binary(),
             "-c", str(conf),
@@ -181,7 +183,7 @@ class EmbeddedServer:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                pass_fds=(self.lock.fd,),
+                pass_fds=(lock.fd,),
                 preexec_fn=die_with_parent(),  # prctl only: see cogo.lifeline
             )
         finally:

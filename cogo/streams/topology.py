@@ -26,7 +26,7 @@ FLOW = "FLOW"
 POLICY_BUCKET = "policies"
 ARTIFACT_BUCKET = "artifacts"
 ROLLOUT_BUCKET = "rollouts"
-# who drives which partition of workflow runs (leases with per-key TTL; cogo.workflows.leases)
+# who drives which partition of workflow runs (leases with per-key TTL; cogo.streams.leases)
 LEASE_BUCKET = "orchestrator_leases"
 # workflow schedules and where each one's ticks stand (cogo.workflows.schedules)
 SCHEDULE_BUCKET = "schedules"
@@ -36,7 +36,6 @@ DISPATCHER_ROUTES = [EXECUTE_SUBJECT, RESULT_SUBJECT]
 # the workflow orchestrator's commands, one subject per partition of runs; not task routes
 ORCHESTRATOR_PARTITIONS = 8
 ORCHESTRATOR_ROUTES = [f"orchestrator.workflow.{p}" for p in range(ORCHESTRATOR_PARTITIONS)]
-ORCHESTRATOR_ROUTE = ORCHESTRATOR_ROUTES[0]
 FIXED_ROUTES = [*DISPATCHER_ROUTES, *ORCHESTRATOR_ROUTES]
 MAX_DELIVERIES_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
 # core NATS request/reply subjects (in no stream)

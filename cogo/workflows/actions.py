@@ -276,8 +276,8 @@ def child_start(
         raise InvalidWorkflow(f"child run id longer than {MAX_RUN_ID} characters (nested too deep)")
     if not re.fullmatch(RUN_ID, child_run_id):
         raise InvalidWorkflow(f"child run id {child_run_id!r} does not match {RUN_ID}")
-    parent = {"runId": state.run_id, "nodeId": node_id, "workflowId": state.workflow_id,
-              "ancestry": ancestry}  # fmt: skip
+    parent: dict[str, Any] = {"runId": state.run_id, "nodeId": node_id,
+                              "workflowId": state.workflow_id, "ancestry": ancestry}  # fmt: skip
     if index is not None:
         parent["index"] = index
     return StartChild(child_run_id, workflow_id, dict(parameters), parent)

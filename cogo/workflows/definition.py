@@ -34,6 +34,7 @@ from typing import Annotated, Any, Literal
 import pydantic
 from pydantic import ConfigDict, Field
 
+from cogo.config import WORKFLOWS_DIR_ENV, env_list, exponential_delay
 from cogo.errors import InvalidParameters, WorkflowNotFound
 
 log = logging.getLogger(__name__)
@@ -74,8 +75,9 @@ class BackoffSpec(_Model):
     max_ms: int = Field(60000, ge=0)
 
     def delay_ms(self, failed_attempts: int) -> int:
-        raw = self.initial_ms * self.multiplier ** max(0, failed_attempts - 1)
-        return int(min(raw, self.max_ms))
+        return int(exponential_delay(
+            self.initial_ms, failed_attempts, cap=self.max_ms, multiplier=self.multiplier
+        ))  # fmt: skip
 
 
 class EventFilter(_Model):
@@ -112,6 +114,14 @@ class EventFilter(_Model):
 
 class NodeBase(_Model):
     id: str | None = Field(None, pattern=NODE_ID)
+
+    @property
+    def node_id(self) -> str:
+        """The id of a planned node (the planner refuses a node without one)."""
+        if self.id is None:
+            raise ValueError("a node of a plan has no id")
+        return self.id
+
     # ids this node runs after; absent means "the node before it in the list"
     after: list[str] | None = None
     # a condition; false means the node is skipped (downstream nodes still run)
@@ -338,7 +348,7 @@ class Catalog:
 
     @classmethod
     def for_data_dir(cls, data_dir: Path | None) -> Catalog:
-        dirs = [Path(p) for p in os.environ.get("COGO_WORKFLOWS_DIR", "").split(os.pathsep) if p]
+        dirs = [Path(p) for p in env_list(WORKFLOWS_DIR_ENV, os.pathsep)]
         if data_dir is not None:
             dirs.insert(0, Path(data_dir) / "workflows")
         return cls(dirs)

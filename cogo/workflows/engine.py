@@ -101,7 +101,7 @@ def decide(plan: Plan, state: RunState, now: float, actor: str) -> list[Action]:
     if not state.started or state.finished:
         return []
     for node in plan.nodes:
-        current = state.nodes[node.id]
+        current = state.nodes[node.node_id]
         if current.status == PENDING:
             actions = _consider(plan, node, state, now, actor)
         elif current.status == RUNNING:

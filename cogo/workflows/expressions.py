@@ -25,7 +25,7 @@ from __future__ import annotations
 import ast
 import functools
 import re
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from cogo.errors import ExpressionEvalError, InvalidExpression
@@ -34,7 +34,7 @@ MAX_LENGTH = 2000
 MAX_NODES = 300
 TEMPLATE = re.compile(r"\$\{([^{}]*)\}")
 
-_COMPARE = {
+_COMPARE: dict[type[ast.cmpop], Callable[[Any, Any], Any]] = {
     ast.Eq: lambda a, b: a == b,
     ast.NotEq: lambda a, b: a != b,
     ast.Lt: lambda a, b: a < b,
@@ -46,7 +46,7 @@ _COMPARE = {
     ast.Is: lambda a, b: a is b,
     ast.IsNot: lambda a, b: a is not b,
 }
-_ARITHMETIC = {
+_ARITHMETIC: dict[type[ast.AST], Callable[[Any, Any], Any]] = {
     ast.Add: lambda a, b: a + b,
     ast.Sub: lambda a, b: a - b,
     ast.Mult: lambda a, b: a * b,
@@ -202,17 +202,17 @@ class _Evaluator:
                 return _lookup(self.visit(inner), self.visit(index), inner)
             case ast.List(elts=items) | ast.Tuple(elts=items):
                 return [self.visit(item) for item in items]
-            case ast.BoolOp(op=ast.And(), values=values):
+            case ast.BoolOp(op=ast.And(), values=conjuncts):
                 result: Any = True
-                for value in values:
-                    result = self.visit(value)
+                for term in conjuncts:
+                    result = self.visit(term)
                     if not result:
                         return result
                 return result
-            case ast.BoolOp(op=ast.Or(), values=values):
+            case ast.BoolOp(op=ast.Or(), values=disjuncts):
                 result = False
-                for value in values:
-                    result = self.visit(value)
+                for term in disjuncts:
+                    result = self.visit(term)
                     if result:
                         return result
                 return result
@@ -225,9 +225,9 @@ class _Evaluator:
                 return _arithmetic(op, self.visit(left), self.visit(right), node)
             case ast.Compare(left=left, ops=ops, comparators=comparators):
                 current = self.visit(left)
-                for op, comparator in zip(ops, comparators, strict=True):
+                for cmp, comparator in zip(ops, comparators, strict=True):
                     other = self.visit(comparator)
-                    if not _COMPARE[type(op)](current, other):
+                    if not _COMPARE[type(cmp)](current, other):
                         return False
                     current = other
                 return True
@@ -271,11 +271,11 @@ def _number(value: Any, where: ast.AST) -> int | float:
 def _arithmetic(op: ast.operator, left: Any, right: Any, node: ast.AST) -> Any:
     # `+` joins strings or lists (bounded by their sizes); everything else is numbers only,
     # so "x" * 10**9 cannot exhaust memory
-    if isinstance(op, ast.Add) and (
-        (isinstance(left, str) and isinstance(right, str))
-        or (isinstance(left, list) and isinstance(right, list))
-    ):
-        return left + right
+    if isinstance(op, ast.Add):
+        if isinstance(left, str) and isinstance(right, str):
+            return left + right
+        if isinstance(left, list) and isinstance(right, list):
+            return left + right
     a = _number(left, node.left if isinstance(node, ast.BinOp) else node)
     b = _number(right, node.right if isinstance(node, ast.BinOp) else node)
     return _ARITHMETIC[type(op)](a, b)

@@ -66,7 +66,7 @@ def check(
     items: list[Any] = current.inputs.get("items") or []
     attempt = current.attempt
     ended = [
-        _item_outcome(state, node.id, attempt, inner.node, item, actor)
+        _item_outcome(state, node.node_id, attempt, inner.node, item, actor)
         for _, item in sorted(current.items.items())
         if item.status == RUNNING
     ]
@@ -90,14 +90,16 @@ def check(
             return [act.Append(act.failed(state, node, attempt, now, actor,
                                           first.error_code or "worker.error", error,
                                           result=results))]  # fmt: skip
-        return [act.Append(act.succeeded(state, node.id, attempt, now, actor, results))]
+        return [act.Append(act.succeeded(state, node.node_id, attempt, now, actor, results))]
     if stop:
         return []
     free = inner.max_parallel - running
     starting = [i for i in range(len(items)) if i not in current.items][: max(0, free)]
     out: list[act.Action] = []
     for index in starting:
-        out.extend(_start_item(state, node.id, attempt, inner.node, index, items[index], actor))
+        out.extend(
+            _start_item(state, node.node_id, attempt, inner.node, index, items[index], actor)
+        )
     return out
 
 

@@ -115,7 +115,7 @@ async def tail(
     sub = await js.pull_subscribe("", stream=EVENTS, config=config)
     info = await sub.consumer_info()
     try:
-        yield Tail(sub, info.name, info.num_pending)
+        yield Tail(sub, info.name, info.num_pending or 0)
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()

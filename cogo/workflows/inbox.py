@@ -3,7 +3,7 @@
 Runs are split into ``PARTITIONS`` partitions by a hash of the run id. Commands for a run
 go to ``orchestrator.workflow.<partition>`` (``TASKS``, a work queue with one durable
 consumer per partition), so the one orchestrator that holds a partition's lease
-(``cogo.workflows.leases``) receives every command of its runs, and nobody else does.
+(``cogo.streams.leases``) receives every command of its runs, and nobody else does.
 
 Commands (JSON, tagged by ``op``), each published with a deterministic ``Nats-Msg-Id``:
 

@@ -24,7 +24,6 @@ import msgspec
 import pydantic
 from pydantic import ConfigDict, Field
 
-from cogo.actors.dispatcher import resolve_assignment
 from cogo.config import RoutePolicy, deep_merge
 from cogo.errors import (
     AssignmentError,
@@ -36,6 +35,7 @@ from cogo.errors import (
     UnknownRoute,
 )
 from cogo.streams.envelope import ASSIGNMENT_KEY, Assignment, decode_assignment
+from cogo.streams.policies import resolve_assignment
 from cogo.workflows.definition import (
     MAX_MAP_ITEMS,
     WORKFLOW_ID,
@@ -210,7 +210,7 @@ def check_plan(
             errors.append(_error([*loc, "id"], f"duplicate node id {node.id!r}"))
             continue
         upstream: set[str] = set()
-        for name in node.after:
+        for name in node.after or ():
             if name not in position:
                 errors.append(
                     _error([*loc, "after"], f"{name!r} is not a node defined before {node.id!r}")
@@ -297,7 +297,8 @@ def link(plan: Plan) -> Plan:
     """Fill each absent ``after`` with the node before it: a list of nodes is a sequence."""
     for i, node in enumerate(plan.nodes):
         if node.after is None:
-            node.after = [plan.nodes[i - 1].id] if i and plan.nodes[i - 1].id else []
+            before = plan.nodes[i - 1].id if i else None
+            node.after = [before] if before else []
     return plan
 
 
@@ -312,7 +313,9 @@ def _check_node(
         yield from _check_templates(inner.items, [*loc, "items"], upstream)
         inner, names = inner.node, ITEM_NAMES
     if isinstance(node, RetryNode):
-        yield from _check_expression(node.until, [*loc, "until"], UNTIL_NAMES, upstream | {node.id})
+        yield from _check_expression(
+            node.until, [*loc, "until"], UNTIL_NAMES, upstream | {node.node_id}
+        )
     if isinstance(inner, GateNode):
         yield from _check_expression(inner.condition, [*loc, "condition"], RUN_NAMES, upstream)
     elif isinstance(inner, WaitNode):

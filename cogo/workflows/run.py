@@ -17,7 +17,6 @@ from datetime import datetime
 from typing import Any
 
 from cogo.streams.catalogue import (
-    EXECUTE_DONE,
     GATE_FAILED,
     GATE_PASSED,
     MAP_ITEM_FAILED,
@@ -241,10 +240,10 @@ class RunState:
                 self.error_code, self.error = event.error_code, event.error
                 self.workflow_id = self.workflow_id or data.get("workflow_id")
                 if self.status == CANCELLED:
-                    for node in self.nodes.values():
-                        if not node.final:
-                            node.status = CANCELLED
-                        for item in node.items.values():
+                    for each in self.nodes.values():
+                        if not each.final:
+                            each.status = CANCELLED
+                        for item in each.items.values():
                             if not item.final:
                                 item.status = CANCELLED
             return True
@@ -482,7 +481,3 @@ def fold(run_id: str, events: list[tuple[int, Event]]) -> RunState:
     for seq, event in events:
         state.apply(event, seq)
     return state
-
-
-def is_success(event: Event) -> bool:
-    return event.type == EXECUTE_DONE

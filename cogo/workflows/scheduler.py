@@ -31,9 +31,9 @@ from pydantic import ValidationError
 from cogo.aio import cancel_and_wait
 from cogo.config import Config
 from cogo.errors import CogoError
+from cogo.streams.leases import Lease
 from cogo.streams.topology import LEASE_BUCKET
 from cogo.workflows.inbox import StartRun, send_command
-from cogo.workflows.leases import Lease
 from cogo.workflows.planner import Plan
 from cogo.workflows.schedules import Cursor, Schedule, ScheduleStore, due, run_id_of
 

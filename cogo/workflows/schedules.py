@@ -145,6 +145,7 @@ def ticks(schedule: Schedule, after: float, until: float, limit: int) -> tuple[l
         count = math.floor((until - first) / step) + 1
         start = max(0, count - limit)
         return [float(first + k * step) for k in range(start, count)], start
+    assert spec.cron is not None  # a spec has an interval or a cron expression
     it = croniter(spec.cron, dt.datetime.fromtimestamp(after, UTC))
     found: list[float] = []
     seen = 0
@@ -165,6 +166,7 @@ def next_tick(schedule: Schedule, after: float) -> float:
     if spec.interval_s is not None:
         step, anchor = spec.interval_s, int(schedule.created_at)
         return float(anchor + (math.floor((after - anchor) / step) + 1) * step)
+    assert spec.cron is not None  # a spec has an interval or a cron expression
     it = croniter(spec.cron, dt.datetime.fromtimestamp(after, UTC))
     return float(it.get_next(dt.datetime).timestamp())
 
@@ -228,7 +230,7 @@ class ScheduleStore:
                     break
                 found.append(entry.key.removeprefix("spec."))
         finally:
-            await watcher.stop()
+            await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py: unannotated
         return sorted(found)
 
     async def delete(self, schedule_id: str) -> bool:

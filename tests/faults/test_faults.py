@@ -19,11 +19,12 @@ import pytest
 from cogo.actors.dispatcher import ExecutorDispatcher
 from cogo.actors.echo import EchoActor
 from cogo.actors.loader import declare_apps
-from cogo.actors.runner import connect
 from cogo.config import load_config
-from cogo.http.app import AppState, create_app
+from cogo.http.app import create_app
+from cogo.http.state import AppState
 from cogo.streams.catalogue import WORKFLOW_SIGNALED
 from cogo.streams.cluster import LocalCluster
+from cogo.streams.connection import connect
 from cogo.streams.events import EventLog, make_event
 from cogo.streams.policies import PolicyStore
 from cogo.streams.server import EmbeddedServer

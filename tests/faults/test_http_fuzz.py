@@ -7,11 +7,6 @@ bodies generated from each operation's JSON schema and from arbitrary JSON.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -20,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import TEST_CONFIG
+from tests.upsystem import cogo_up_blocking, stop
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
@@ -81,24 +77,12 @@ def system(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("fuzz")
     config = data_dir / "cogo.toml"
     config.write_text(TEST_CONFIG)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cogo", "up", "--data-dir", str(data_dir), "--sync", "default"],
-        env={**os.environ},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoints = data_dir / "endpoints.json"
-    deadline = time.monotonic() + 60
-    while not endpoints.exists():
-        assert proc.poll() is None and time.monotonic() < deadline, "cogo up did not start"
-        time.sleep(0.1)
-    info = json.loads(endpoints.read_text())
+    proc, info = cogo_up_blocking(data_dir)
     headers = {"Authorization": f"Bearer {info['api_token']}"}
     with httpx.Client(base_url=info["http_url"], headers=headers, timeout=30) as client:
         spec = client.get("/openapi.json").json()
         yield client, spec
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(30)
+    stop(proc)
 
 
 def _operations(spec: dict) -> list[tuple[str, str, dict]]:

@@ -5,12 +5,7 @@ run finishes, carried on by the survivor, and no task is submitted twice."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -21,7 +16,7 @@ from nats.js.client import JetStreamContext
 
 from cogo.actors.dispatcher import ExecutorDispatcher
 from cogo.actors.echo import EchoActor
-from cogo.actors.runner import connect
+from cogo.streams.connection import connect
 from cogo.streams.topology import LEASE_BUCKET, ORCHESTRATOR_PARTITIONS
 from cogo.workflows import history
 from cogo.workflows.definition import Catalog
@@ -30,6 +25,7 @@ from cogo.workflows.planner import plan_workflow
 from tests.helpers import EventReader, running
 from tests.test_processes import wait_for
 from tests.test_workflow_recovery import OrchestratorProcess
+from tests.upsystem import cogo_up, kill_system, stop
 
 STEP: dict[str, Any] = {
     "id": "step",
@@ -179,56 +175,6 @@ CHAIN: dict[str, Any] = {
 }  # fmt: skip
 
 
-def start_up(data_dir: Path, config_path: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
-    """``cogo up`` in its own process group, so a SIGKILL of the group takes its actors."""
-    data_dir.mkdir(exist_ok=True)
-    log = open(data_dir / "up.log", "ab")  # noqa: SIM115 - the child's
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cogo", "up", "--data-dir", str(data_dir), "--config",
-         str(config_path), "--sync", "default"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    log.close()
-    endpoints = data_dir / "endpoints.json"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if endpoints.exists():
-            info = json.loads(endpoints.read_text())
-            if info.get("pid") == proc.pid:
-                return proc, info
-        assert proc.poll() is None, (data_dir / "up.log").read_text()[-3000:]
-        time.sleep(0.1)
-    raise AssertionError("cogo up did not start: " + (data_dir / "up.log").read_text()[-3000:])
-
-
-def kill_system(proc: subprocess.Popen[bytes], data_dir: Path) -> None:
-    """SIGKILL ``cogo up``, its actors and its nats-server (which runs in its own session)."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(10)
-    store = str(data_dir / "jetstream")
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if any(b"nats-server" in a for a in argv[:1]) and store.encode() in argv:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(entry.name), signal.SIGKILL)
-
-
-def stop_up(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-
-
 def _with_workflows(tmp_path: Path, *definitions: dict[str, Any]) -> Path:
     data = tmp_path / "up"
     (data / "workflows").mkdir(parents=True)
@@ -241,7 +187,7 @@ async def test_second_orchestrator_beside_cogo_up_all_runs_finish(tmp_path, conf
     """Issue 14, item 9: `cogo run orchestrator` beside `cogo up` used to leave new runs
     hanging (it acked task events of runs it did not hold). 10 of 10 must finish."""
     data = _with_workflows(tmp_path, CHAIN)
-    proc, info = start_up(data, config_path)
+    proc, info = await cogo_up(data, config_path)
     extra = OrchestratorProcess("", config_path, data)
     extra.args = [a for a in extra.args if a not in ("--nats-url", "")]  # found via endpoints
     extra.log = data / "extra.log"
@@ -268,7 +214,7 @@ async def test_second_orchestrator_beside_cogo_up_all_runs_finish(tmp_path, conf
     finally:
         await nc.close()
         extra.stop()
-        stop_up(proc)
+        stop(proc)
     assert [s.status for s in finals] == ["succeeded"] * 10, [s.view() for s in finals]
     enqueued = Counter(e.task_id for e in reader.events if e.type == "execute_enqueued")
     assert sum(enqueued.values()) == 20 and set(enqueued.values()) == {1}
@@ -285,7 +231,7 @@ TICK: dict[str, Any] = {
 
 async def test_schedule_fires_once_per_tick_across_sigkill_of_cogo_up(tmp_path, config_path):
     data = _with_workflows(tmp_path, TICK)
-    proc, info = start_up(data, config_path)
+    proc, info = await cogo_up(data, config_path)
     headers = {"Authorization": f"Bearer {info['api_token']}"}
     schedule = {"id": "beat", "workflowId": "tock", "interval_s": 1, "catchup": "all"}
     try:
@@ -302,7 +248,7 @@ async def test_schedule_fires_once_per_tick_across_sigkill_of_cogo_up(tmp_path, 
         kill_system(proc, data)
     killed_at = time.time()
     await asyncio.sleep(3.0)  # the system stays down over three ticks
-    proc, info = start_up(data, config_path)
+    proc, info = await cogo_up(data, config_path)
     restarted_at = time.time()
     headers = {"Authorization": f"Bearer {info['api_token']}"}
     nc = await connect(info["nats_url"], "test")
@@ -323,7 +269,7 @@ async def test_schedule_fires_once_per_tick_across_sigkill_of_cogo_up(tmp_path, 
         await reader.poll()
     finally:
         await nc.close()
-        stop_up(proc)
+        stop(proc)
     ticks = sorted(history_time(r.run_id.split(":", 1)[1]) for r in listed)
     assert all(r.run_id.startswith("beat:") for r in listed)
     # catchup "all": one run for every second from the first tick to the last, none twice

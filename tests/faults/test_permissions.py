@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
 import subprocess
-import sys
 import time
 
 import nats
@@ -20,10 +17,11 @@ import pytest
 import cogo
 from cogo.actors import app as builtin_app
 from cogo.actors.loader import declare_apps
-from cogo.actors.runner import connect
 from cogo.streams.auth import AuthPlan, accounts_config, credentials
+from cogo.streams.connection import connect
 from cogo.streams.server import EmbeddedServer
 from tests.helpers import EventReader
+from tests.upsystem import cogo_up, stop
 
 USERS = ["admin", "client", "dispatcher", "echo", "codegen", "orchestrator", "projector"]
 
@@ -150,17 +148,7 @@ async def secured_up(
     data_dir, config_path, *extra: str, env: dict[str, str] | None = None
 ) -> tuple[subprocess.Popen, dict]:
     """`cogo up --auth` on ``data_dir``, once it has written its endpoints."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cogo", "up", "--auth", "--data-dir", str(data_dir), "--config",
-         str(config_path), "--sync", "default", *extra],
-        env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    endpoints = data_dir / "endpoints.json"
-    deadline = time.monotonic() + 60
-    while not endpoints.exists():
-        assert proc.poll() is None and time.monotonic() < deadline
-        await asyncio.sleep(0.1)
-    return proc, json.loads(endpoints.read_text())
+    return await cogo_up(data_dir, config_path, "--auth", *extra, env=env)
 
 
 async def test_secured_system_runs_tasks_end_to_end(tmp_path, config_path):
@@ -193,8 +181,7 @@ async def test_secured_system_runs_tasks_end_to_end(tmp_path, config_path):
         await _workflows_under_auth(info, data_dir)
         await _flow_under_auth(info, data_dir)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        out, _ = await asyncio.to_thread(proc.communicate, timeout=30)
+        await asyncio.to_thread(stop, proc)
     logs = "".join(p.read_text() for p in (data_dir / "logs").glob("*.log"))
     assert "violation" not in logs.lower(), [
         line for line in logs.splitlines() if "violation" in line.lower()
@@ -250,8 +237,7 @@ async def test_agent_runtime_under_auth(tmp_path, config_path, chat_server):
             assert (await talk.result(timeout=60))["content"] == "ok"
             assert chat_server.calls == 1 and (await talk.status()).usage["tokens"] == 15
     finally:
-        proc.send_signal(signal.SIGTERM)
-        await asyncio.to_thread(proc.communicate, timeout=30)
+        await asyncio.to_thread(stop, proc)
     logs = "".join(p.read_text() for p in (data_dir / "logs").glob("*.log"))
     assert "violation" not in logs.lower(), [
         line for line in logs.splitlines() if "violation" in line.lower()

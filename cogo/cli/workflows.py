@@ -26,14 +26,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from cogo.config import API_TOKEN_ENV, HTTP_URL_ENV, env
 from cogo.errors import CogoError
 
 
@@ -110,15 +111,17 @@ def _register_schedules(subparsers: Any, common: Any) -> None:
     p.set_defaults(func=cmd_schedule_delete)
 
 
-def _group(subparsers: Any, common: Any, name: str, help: str) -> Any:
+def _group(
+    subparsers: Any, common: Any, name: str, help: str
+) -> Callable[[str, str], argparse.ArgumentParser]:
     """A command group whose subcommands talk to the facade; returns their factory."""
     parser = subparsers.add_parser(name, help=help)
     sub = parser.add_subparsers(dest=f"{name}_command", required=True)
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help)
+        p: argparse.ArgumentParser = sub.add_parser(name, help=help)
         common(p)
-        p.add_argument("--http-url", default=os.environ.get("COGO_HTTP_URL"),
+        p.add_argument("--http-url", default=env(HTTP_URL_ENV),
                        help="the facade; default: the running `cogo up` in --data-dir")  # fmt: skip
         return p
 
@@ -163,7 +166,7 @@ class Facade:
             raise CogoError(
                 f"no --http-url and no running `cogo up` in {args.data_dir} (endpoints.json)"
             )
-        token = os.environ.get("COGO_API_TOKEN") or endpoints.get("api_token")
+        token = env(API_TOKEN_ENV) or endpoints.get("api_token")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.client = httpx.Client(base_url=url, headers=headers, timeout=30, trust_env=False)
         logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll is noise

@@ -8,7 +8,7 @@
 ``POST /api/rollouts/{id}/rollback``     back to the baseline (``{"reason"}`` optional)
 ``POST /api/rollouts/{id}/pause``        stop advancing; the split stays as it is
 
-The controller (``cogo.workflows.rollout``) runs in the ``cogo up`` process.
+The controller (``cogo.rollouts.controller``) runs in the ``cogo up`` process.
 """
 
 from __future__ import annotations
@@ -30,13 +30,13 @@ from cogo.errors import (
     UnknownRoute,
     WorkflowNotFound,
 )
-from cogo.http.app import AppState, ValidationFailed, field_error, require_route, state_of
 from cogo.http.endpoint import Success, endpoint
 from cogo.http.schemas import ROUTE_ENUM, WORKFLOW_ENUM, WORKFLOW_PARAMETERS, Body, JsonInt
-from cogo.streams.rollouts import VERSION_PATTERN
+from cogo.http.state import AppState, ValidationFailed, field_error, require_route, state_of
+from cogo.rollouts.controller import RolloutController, RolloutSpec
+from cogo.streams.routes import VERSION_PATTERN
 from cogo.workflows.definition import WORKFLOW_ID, Catalog
 from cogo.workflows.planner import plan_workflow
-from cogo.workflows.rollout import RolloutController, RolloutSpec
 
 ROUTE_PATTERN = r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)+$"
 
@@ -90,10 +90,10 @@ class RolloutPath(pydantic.BaseModel):
 
 
 def controller_of(request: Request) -> RolloutController:
-    controller = state_of(request).components.get("rollouts")
+    controller = state_of(request).rollouts
     if controller is None:
         raise Unavailable("the rollout controller does not run in this process")
-    return controller  # type: ignore[no-any-return]
+    return controller
 
 
 @endpoint(

@@ -21,11 +21,12 @@ from typing import Any
 import msgspec
 
 from cogo.config import Config, RoutePolicy
+from cogo.rollouts.split import RouteSplit, SplitWatch
 from cogo.streams.catalogue import POLICY_BYPASSED
 from cogo.streams.envelope import ASSIGNMENT_KEY, COHORT_KEY, WorkOrder, decode_assignment
 from cogo.streams.events import EventLog, make_event
 from cogo.streams.registry import declare_version
-from cogo.streams.rollouts import RouteSplit, SplitWatch, check_version, versioned_route
+from cogo.streams.routes import check_version, versioned_route
 
 BASELINE, CANARY = "baseline", "canary"
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import duckdb
 
-from cogo.streams.rollouts import Gate
+from cogo.rollouts.split import Gate
 
 Z_ONE_SIDED_95 = 1.645
 EPSILON = 1e-9  # float noise at the bounds of 0% and 100%

@@ -1,4 +1,4 @@
-"""Projector ingest benchmark: ``python -m cogo.projections.bench [--events N]``.
+"""Projector ingest benchmark: ``python -m cogo.bench.projections [--events N]``.
 
 Starts a throwaway nats-server, fills EVENTS with N realistic events (the dispatcher's
 four types, with usage and timing data), then times a fresh projector from zero to
@@ -18,7 +18,6 @@ from typing import Any
 
 import msgspec
 
-from cogo.actors.runner import connect
 from cogo.config import load_config
 from cogo.projections.projector import Projector
 from cogo.projections.replay import Rebuild
@@ -35,6 +34,7 @@ from cogo.streams.catalogue import (
     WORKFLOW_STARTED,
     WORKFLOW_SUCCEEDED,
 )
+from cogo.streams.connection import connect
 from cogo.streams.envelope import MSG_ID, Usage
 from cogo.streams.events import Event, encode_event, event_subject, iso, make_event
 from cogo.streams.server import EmbeddedServer

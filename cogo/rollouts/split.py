@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from typing import Any
 
 import msgspec
@@ -23,7 +22,6 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import KeyNotFoundError, NoKeysError, NotFoundError
 from nats.js.kv import KeyValue
 
-from cogo.errors import ConfigError
 from cogo.streams.kvview import KvView
 
 log = logging.getLogger(__name__)
@@ -32,8 +30,6 @@ from cogo.streams.topology import ROLLOUT_BUCKET, ensure_kv  # noqa: E402
 
 SPLIT_PREFIX = "route."
 RECORD_PREFIX = "rollout."
-VERSION_PATTERN = r"^[A-Za-z0-9_\-]{1,64}$"
-_VERSION = re.compile(VERSION_PATTERN)
 
 # rollout statuses; the last two are final
 RUNNING, PAUSED, PROMOTED, ROLLED_BACK = "running", "paused", "promoted", "rolled_back"
@@ -108,18 +104,6 @@ class Rollout(msgspec.Struct):
 _encoder = msgspec.json.Encoder()
 _split_decoder = msgspec.json.Decoder(RouteSplit)
 _rollout_decoder = msgspec.json.Decoder(Rollout)
-
-
-def check_version(version: str) -> str:
-    """A version usable as a subject token and in a consumer name; ConfigError otherwise."""
-    if not _VERSION.match(version):
-        raise ConfigError(f"invalid version {version!r}: use 1-64 letters, digits, '-' or '_'")
-    return version
-
-
-def versioned_route(route: str, version: str | None) -> str:
-    """The subject the workers of ``version`` consume: ``<route>.<version>``, or ``<route>``."""
-    return f"{route}.{version}" if version else route
 
 
 async def bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:

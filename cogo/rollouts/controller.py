@@ -9,10 +9,10 @@
     promote   100% of the traffic, until ``min_samples`` tasks confirm it
 
 Each stage ends with gates computed in DuckDB over that stage's samples
-(``cogo.workflows.gates``). A failed gate rolls back at once: the split goes back to the
+(``cogo.rollouts.gates``). A failed gate rolls back at once: the split goes back to the
 baseline at 0%. After the last stage the candidate becomes the route's baseline.
 The split the dispatchers follow and every rollout's record live in the KV bucket
-``rollouts`` (``cogo.streams.rollouts``); every change is also an event:
+``rollouts`` (``cogo.rollouts.split``); every change is also an event:
 ``rollout_started``, ``rollout_stage_changed``, ``rollout_gate_evaluated``,
 ``rollout_promoted``, ``rollout_rolled_back``, ``rollout_paused``.
 """
@@ -20,6 +20,7 @@ The split the dispatchers follow and every rollout's record live in the KV bucke
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import copy
 import datetime as dt
@@ -31,22 +32,12 @@ from typing import Any
 import msgspec
 from nats.aio.client import Client as NATS
 
-from cogo.actors.base import actor_id
-from cogo.actors.canary import BASELINE, CANARY, COHORT_KEY
 from cogo.aio import cancel_and_wait
 from cogo.config import Config
 from cogo.errors import RolloutConflict, RolloutNotFound
-from cogo.streams.catalogue import (
-    ROLLOUT_GATE_EVALUATED,
-    ROLLOUT_PAUSED,
-    ROLLOUT_PROMOTED,
-    ROLLOUT_ROLLED_BACK,
-    ROLLOUT_STAGE_CHANGED,
-    ROLLOUT_STARTED,
-)
-from cogo.streams.envelope import EXECUTE_SUBJECT, MSG_ID, encoder, new_id
-from cogo.streams.events import EventLog, iso, make_event
-from cogo.streams.rollouts import (
+from cogo.rollouts import gates
+from cogo.rollouts.canary import BASELINE, CANARY
+from cogo.rollouts.split import (
     PAUSED,
     PROMOTED,
     ROLLED_BACK,
@@ -56,9 +47,19 @@ from cogo.streams.rollouts import (
     RolloutStore,
     RouteSplit,
     Stage,
-    check_version,
 )
-from cogo.workflows import gates
+from cogo.streams.catalogue import (
+    ROLLOUT_GATE_EVALUATED,
+    ROLLOUT_PAUSED,
+    ROLLOUT_PROMOTED,
+    ROLLOUT_ROLLED_BACK,
+    ROLLOUT_STAGE_CHANGED,
+    ROLLOUT_STARTED,
+)
+from cogo.streams.connection import actor_id
+from cogo.streams.envelope import COHORT_KEY, EXECUTE_SUBJECT, MSG_ID, encoder, new_id
+from cogo.streams.events import EventLog, iso, make_event
+from cogo.streams.routes import check_version
 
 log = logging.getLogger(__name__)
 
@@ -296,7 +297,7 @@ class RolloutController:
             "stage": name, "title": STAGE_TITLES[name], "percent": percent})  # fmt: skip
         return stage
 
-    async def _run_stage(self, rollout: Rollout, stage: Stage) -> list[Gate]:
+    async def _run_stage(self, rollout: Rollout, stage: Stage) -> builtins.list[Gate]:
         """Produce or wait for the stage's samples, then judge them."""
         deadline = time.monotonic() + rollout.stage_timeout_s
         since = _naive(stage.started_at)
@@ -403,8 +404,8 @@ class RolloutController:
         self, rollout: Rollout, run_id: str, workflow: dict[str, Any], deadline: float
     ) -> Gate:
         """Run the sample workflow with the candidate pinned on the rollout's route."""
-        from cogo.actors.orchestrator import StartRun, send_command
         from cogo.workflows.definition import Catalog
+        from cogo.workflows.inbox import StartRun, send_command
         from cogo.workflows.planner import plan_workflow
 
         workflow_id = str(workflow.get("workflowId") or workflow.get("workflow_id"))
@@ -502,7 +503,7 @@ def _run_outcome(cur: Any, run_id: str) -> tuple[str, str | None] | None:
 def rollout_component(system: Any) -> RolloutController:
     """The controller of ``system`` (a ``cogo.system.System``), on the projector's database."""
     controller = RolloutController(
-        system.nc, system.config, system.components.get("projector"), data_dir=system.data_dir
+        system.nc, system.config, system.projector, data_dir=system.data_dir
     )
     controller.policy_of = system.policies.get
     return controller

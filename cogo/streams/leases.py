@@ -212,7 +212,7 @@ class PartitionLeases:
             self.releasing.update(extra)
             self._spawn(self._release(extra))
             return
-        gained = []
+        gained: list[int] = []
         for partition in range(self.partitions):
             if owners.get(partition) is not None or partition in self.held:
                 self._free_rounds.pop(partition, None)

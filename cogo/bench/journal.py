@@ -1,4 +1,4 @@
-"""What a journaled step costs: ``python -m cogo.actors.stepbench [--steps N] [--sync S]``.
+"""What a journaled step costs: ``python -m cogo.bench.journal [--steps N] [--sync S]``.
 
 A benchmark, not a test: an agent on a private nats-server runs ``N`` steps whose function
 does nothing, so each ``await ctx.step(...)`` costs only the runtime's work (encode the
@@ -72,7 +72,7 @@ async def bench(steps: int, sync: str) -> dict[str, list[float]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cogo.actors.stepbench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m cogo.bench.journal", description=__doc__)
     parser.add_argument("--steps", type=int, default=2000, help="steps per attempt (2,000)")
     parser.add_argument("--sync", choices=["always", "default"], default="always",
                         help="JetStream fsync: always (as `cogo up`) or the server default")  # fmt: skip

@@ -259,9 +259,9 @@ def _replay_remote(endpoints: dict[str, Any], console: Any) -> dict[str, Any] | 
 
 
 async def _replay_local(args: argparse.Namespace, console: Any) -> dict[str, Any]:
-    from cogo.actors.runner import connect
-    from cogo.cli import resolve_nats_url
+    from cogo.cli.common import resolve_nats_url
     from cogo.projections.replay import ReplayProgress, replay_offline
+    from cogo.streams.connection import connect
 
     try:
         url = resolve_nats_url(args)

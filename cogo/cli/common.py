@@ -1,0 +1,60 @@
+"""What every ``cogo`` subcommand shares: the common arguments, where the bus is, and a
+connection as the right user."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from cogo.config import DATA_DIR_ENV, NATS_URL_ENV, NATS_USER_ENV, env
+from cogo.errors import CogoError
+
+DEFAULT_DATA_DIR = Path(env(DATA_DIR_ENV, ".cogo") or ".cogo")
+
+
+def common_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="default ./.cogo")
+    p.add_argument("--config", type=Path, default=None, help="TOML merged over the defaults")
+    p.add_argument("--nats-url", default=env(NATS_URL_ENV),
+                   help="NATS server(s), comma-separated; default: the running `cogo up`")  # fmt: skip
+
+
+def resolve_nats_url(args: argparse.Namespace) -> str:
+    """``--nats-url``, else the running ``cogo up`` in ``--data-dir``."""
+    if args.nats_url:
+        return str(args.nats_url)
+    from cogo.system import read_endpoints
+
+    endpoints = read_endpoints(args.data_dir)
+    if endpoints and endpoints.get("nats_url"):
+        return str(endpoints["nats_url"])
+    raise CogoError(f"no --nats-url and no running `cogo up` in {args.data_dir} (endpoints.json)")
+
+
+def nats_credentials(args: argparse.Namespace, user: str) -> dict[str, str]:
+    """Credentials of ``user`` from ``<data-dir>/credentials.json`` when the system runs with
+    ``--auth`` (unless ``COGO_NATS_USER`` is set, which ``connect`` then uses)."""
+    if env(NATS_USER_ENV):
+        return {}
+    path = Path(args.data_dir) / "credentials.json"
+    try:
+        passwords = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return {"user": user, "password": passwords[user]} if user in passwords else {}
+
+
+@contextlib.asynccontextmanager
+async def bus(args: argparse.Namespace, name: str, user: str = "admin") -> AsyncIterator[Any]:
+    """A NATS connection for one CLI command, as ``user`` when the system runs ``--auth``."""
+    from cogo.streams.connection import connect
+
+    nc = await connect(resolve_nats_url(args), name, **nats_credentials(args, user))
+    try:
+        yield nc
+    finally:
+        await nc.close()

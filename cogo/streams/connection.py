@@ -1,0 +1,69 @@
+"""Connecting to the bus and being told to stop: what every Cogo process does first.
+
+``connect`` joins every seed of a comma-separated URL and reconnects forever, as the user of
+``COGO_NATS_USER`` when the system runs ``--auth``; ``install_stop_signals`` turns SIGINT /
+SIGTERM into an event a process drains on; ``actor_id`` names who did the work in events."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+from typing import Any
+
+import nats
+from nats.aio.client import Client as NATS
+
+from cogo.config import env
+from cogo.streams.auth import PASSWORD_ENV, USER_ENV, inbox_prefix
+
+log = logging.getLogger(__name__)
+
+
+async def connect(
+    url: str, name: str, *, user: str | None = None, password: str | None = None, **options: Any
+) -> NATS:
+    """Connect to every seed in ``url`` (comma-separated) and reconnect forever.
+
+    Credentials: ``user``/``password``, else ``COGO_NATS_USER``/``COGO_NATS_PASSWORD``; a user
+    gets its private inbox prefix, the only reply subjects its permissions allow.
+    """
+    servers = [u.strip() for u in url.split(",") if u.strip()]
+    user = user or env(USER_ENV)
+    password = password or env(PASSWORD_ENV)
+    options.setdefault("error_cb", _log_nats_error)
+    if user:
+        options.setdefault("inbox_prefix", inbox_prefix(user))
+        options.update(user=user, password=password)
+    return await nats.connect(
+        servers=servers,
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        connect_timeout=5,
+        **options,
+    )
+
+
+async def _log_nats_error(exc: Exception) -> None:
+    # one line, not nats-py's traceback per reconnect attempt
+    log.warning("nats: %s: %s", type(exc).__name__, exc)
+
+
+def install_stop_signals(stop: asyncio.Event) -> None:
+    """SIGINT / SIGTERM set ``stop`` (the process drains, then exits)."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+
+def nats_user(nc: NATS) -> str | None:
+    """The user this connection authenticated as (None: no auth)."""
+    return nc.options.get("user") or None
+
+
+def actor_id(kind: str) -> str:
+    """``kind@host:pid``: who did the work, for events and counters."""
+    return f"{kind}@{socket.gethostname()}:{os.getpid()}"

@@ -1,0 +1,61 @@
+"""Package boundaries (``scripts/import_graph.py``): no import cycles between modules or
+packages, and every import points down the layers below (a lower layer never imports an
+upper one, not even inside a function)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+
+import import_graph  # noqa: E402
+
+# lowest first: a package may import the ones before it, never the ones after
+LAYERS = [
+    "cogo.errors", "cogo.aio", "cogo.lifeline", "cogo.config", "cogo.secretfile",
+    "cogo.streams", "cogo.indexing", "cogo.workflows", "cogo.projections", "cogo.http",
+    "cogo.rollouts", "cogo.actors", "cogo.client", "cogo.system", "cogo.testing", "cogo.bench",
+    "cogo.cli", "cogo.__main__",
+]  # fmt: skip
+
+
+def test_no_import_cycles():
+    edges = import_graph.graph()
+    assert import_graph.cycles(edges) == []
+    assert import_graph.cycles(import_graph.package_edges(edges)) == []
+
+
+def test_imports_point_down_the_layers():
+    packages = import_graph.package_edges(import_graph.graph())
+    unknown = set(packages) - set(LAYERS)
+    assert not unknown, f"place these packages in LAYERS: {sorted(unknown)}"
+    upward = [
+        f"{src} -> {dst}"
+        for src, targets in packages.items()
+        for dst in targets
+        if LAYERS.index(dst) > LAYERS.index(src)
+    ]
+    assert upward == []
+
+
+def test_cogo_variables_are_read_in_config_and_documented():
+    """Every ``COGO_*`` name is a constant of ``cogo.config`` and listed in defaults.toml."""
+    import ast
+
+    import cogo.config
+    from cogo import config
+
+    root = Path(cogo.config.__file__).parent
+    elsewhere = []
+    for path in sorted(root.rglob("*.py")):
+        if path.name == "config.py" and path.parent == root:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                if node.value.startswith("COGO_") and node.value.strip("_").isupper():
+                    elsewhere.append(f"{path.relative_to(root)}: {node.value}")
+    assert elsewhere == []
+    names = [v for k, v in vars(config).items() if k.endswith("_ENV") and isinstance(v, str)]
+    documented = (root / "defaults.toml").read_text()
+    assert len(names) >= 17 and [n for n in names if n not in documented] == []

@@ -25,6 +25,7 @@ from cogo.actors.loader import declare_apps
 from cogo.config import load_config
 from cogo.http.app import create_app
 from cogo.http.state import AppState
+from cogo.streams.catalogue import WORKFLOW_SIGNALED
 from cogo.streams.cluster import LocalCluster
 from cogo.streams.connection import connect
 from cogo.streams.events import EventLog, make_event
@@ -247,10 +248,12 @@ async def test_full_event_log_refuses_submissions(tmp_path, data_dir):
         js = nc.jetstream()
         await declare_apps(js, config)
         log = EventLog(js)
-        filler = {"blob": "x" * 4000}
         with contextlib.suppress(Exception):  # fill the log until it refuses appends
-            for _ in range(200):
-                await log.append(make_event("filler", data=filler))
+            for n in range(200):
+                filler = {"run_id": "filler", "name": "filler", "signal_id": str(n),
+                          "data": "x" * 4000}  # fmt: skip
+                await log.append(make_event(WORKFLOW_SIGNALED, correlation_id="filler",
+                                            data=filler))  # fmt: skip
         policies = PolicyStore(js)
         await policies.start()
         state = AppState(nc=nc, config=config, policies=policies, data_dir=data_dir)

@@ -268,6 +268,9 @@ class System:
             answer: dict[str, Any] = {"ok": True, "route": versioned}
         except (CogoError, KeyError, ValueError) as exc:
             answer = {"ok": False, "error": str(exc)}
+        except Exception as exc:  # the bus: the worker must hear why, not time out
+            log.exception("version request of %s failed", user)
+            answer = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
         await msg.respond(json.dumps(answer).encode())
 
     async def _reload_permissions(self, user: str, versioned: str) -> None:
@@ -277,17 +280,23 @@ class System:
         await asyncio.to_thread(self.server.reload)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:  # the reload is asynchronous in the server
-            probe = await connect(
-                self.nats_url, "cogo-up-probe", user=user, password=self.passwords[user],
-                allow_reconnect=False, error_cb=_quiet,
-            )  # fmt: skip
+            probe = None
             try:
+                # while the server reloads, a new connection can be refused outright
+                # ("authentication error": the account is being registered again)
+                probe = await connect(
+                    self.nats_url, "cogo-up-probe", user=user, password=self.passwords[user],
+                    allow_reconnect=False, error_cb=_quiet,
+                )  # fmt: skip
                 await probe.jetstream().consumer_info(TASKS, durable_name(versioned), timeout=0.5)
                 return
             except Exception:
                 await asyncio.sleep(0.1)
             finally:
-                await probe.close()
+                if probe is not None:
+                    with contextlib.suppress(Exception):
+                        await probe.close()
+        raise CogoError(f"the grant of {versioned!r} to {user!r} did not take effect within 10 s")
 
     async def _start_components(self) -> None:
         from cogo.projections.component import projector_component

@@ -32,8 +32,15 @@ from nats.js.errors import APIError, KeyNotFoundError
 from cogo.config import DATA_DIR_ENV, env
 from cogo.errors import BackpressureError, CogoError, TaskFailed, TaskNotFound, UnknownRoute
 from cogo.projections.tasks import STATUS_SUBJECT, TERMINAL, TaskStatus
+from cogo.streams.catalogue import (
+    EXECUTE_DONE,
+    EXECUTE_FAILED,
+    ExecuteDone,
+    ExecuteFailed,
+    data_of,
+)
 from cogo.streams.envelope import ASSIGNMENT_KEY, EXECUTE_SUBJECT, MSG_ID, encoder, new_id
-from cogo.streams.events import EXECUTE_DONE, EXECUTE_FAILED, Event, decode_event, iso
+from cogo.streams.events import Event, decode_event, iso
 from cogo.streams.outputs import Output, read_output
 from cogo.streams.topology import EVENTS, POLICY_BUCKET
 
@@ -340,17 +347,19 @@ class Client:
 
 
 def _from_event(event: Event) -> TaskStatus:
-    data = event.data or {}
+    data: ExecuteDone | ExecuteFailed = (
+        data_of(event, ExecuteDone) if event.type == EXECUTE_DONE else data_of(event, ExecuteFailed)
+    )
     return TaskStatus(
         task_id=event.task_id or "",
         route=event.route,
         status=TERMINAL[event.type],
         attempt=event.attempt or 0,
-        result=data.get("result") if event.type == EXECUTE_DONE else None,
+        result=data.result if isinstance(data, ExecuteDone) else None,
         error_code=event.error_code,
         error=event.error,
         usage=msgspec.to_builtins(event.usage) if event.usage else {},
-        submitted_at=data.get("submitted_at"),
+        submitted_at=data.submitted_at,
         finished_at=event.at,
     )
 

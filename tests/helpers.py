@@ -15,9 +15,10 @@ from nats.js.client import JetStreamContext
 
 from cogo.actors.base import Actor
 from cogo.config import Config
+from cogo.streams.catalogue import TERMINAL_TYPES
 from cogo.streams.connection import connect
 from cogo.streams.envelope import EXECUTE_SUBJECT, MSG_ID, encoder, new_id
-from cogo.streams.events import TERMINAL_TYPES, Event, decode_event
+from cogo.streams.events import Event, decode_event
 
 
 @contextlib.asynccontextmanager

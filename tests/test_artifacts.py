@@ -14,7 +14,8 @@ from cogo.errors import ArtifactKeyInvalid, ArtifactNotFound
 from cogo.http import artifacts as artifact_routes
 from cogo.http.app import create_app
 from cogo.http.state import AppState
-from cogo.streams.artifacts import ARTIFACT_STORED, ArtifactStore, artifact_key
+from cogo.streams.artifacts import ArtifactStore, artifact_key
+from cogo.streams.catalogue import ARTIFACT_STORED
 from cogo.streams.envelope import ResolvedAssignment, WorkOrder
 from cogo.streams.policies import PolicyStore
 from tests.helpers import EventReader

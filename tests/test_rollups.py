@@ -28,8 +28,9 @@ from cogo.http import orchestrator as orchestrator_http
 from cogo.http.dashboard import _run_row, summary
 from cogo.projections import histogram, queries, rollups, tasks
 from cogo.projections.store import EventBatch, ProjectionStore
+from cogo.streams.catalogue import RUN_OUTCOMES, WORKFLOW_STARTED
 from cogo.streams.events import decode_event
-from cogo.workflows.run import RUN_OUTCOMES, WORKFLOW_STARTED, RunState
+from cogo.workflows.run import RunState
 
 END = time.time()
 NOW = dt.datetime.fromtimestamp(END, dt.UTC).replace(tzinfo=None)

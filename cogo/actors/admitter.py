@@ -25,8 +25,9 @@ from nats.aio.msg import Msg
 from cogo.actors.flow import Held, RouteFlow
 from cogo.aio import cancel_and_wait
 from cogo.errors import MalformedMessage, TtlExpired
+from cogo.streams.catalogue import EXECUTE_THROTTLED, ExecuteThrottled
 from cogo.streams.envelope import WorkOrder, decode_order
-from cogo.streams.events import EXECUTE_THROTTLED, event_message, iso, make_event
+from cogo.streams.events import event_message, iso, make_event
 from cogo.streams.flow import (
     NOT_FOUND,
     SEQ_NOT_FOUND,
@@ -332,9 +333,9 @@ class RouteAdmitter:
                 causation_id=order.causation_id, route=order.route, actor=d.name,
                 attempt=order.attempt, version=order.version, cohort=order.cohort,
                 queue_wait_ms=round(max(0.0, now - wait_started(order)) * 1000.0, 3),
-                data={"limit": limit, "key": held.key, "priority": held.priority,
-                      "held_at": iso(held.held_at), "limits": flow.limits_dict(),
-                      "running": flow.running, "waiting": flow.waiting},
+                data=ExecuteThrottled(limit=limit, key=held.key, priority=held.priority,
+                                      held_at=iso(held.held_at), limits=flow.limits_dict(),
+                                      running=flow.running, waiting=flow.waiting),
             )  # fmt: skip
             messages.append(event_message(event))
         if messages:

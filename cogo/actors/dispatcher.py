@@ -46,6 +46,14 @@ from cogo.errors import (
     UnknownRoute,
 )
 from cogo.rollouts.canary import CanaryRouter, subject_of
+from cogo.streams.catalogue import (
+    EXECUTE_DONE,
+    EXECUTE_ENQUEUED,
+    EXECUTE_FAILED,
+    EXECUTE_RETRY,
+    ExecuteDone,
+    ExecuteEnqueued,
+)
 from cogo.streams.envelope import (
     EXECUTE_SUBJECT,
     KIND_HEADER,
@@ -62,17 +70,7 @@ from cogo.streams.envelope import (
     encoder,
     new_id,
 )
-from cogo.streams.events import (
-    EXECUTE_DONE,
-    EXECUTE_ENQUEUED,
-    EXECUTE_FAILED,
-    EXECUTE_RETRY,
-    Event,
-    event_message,
-    iso,
-    make_event,
-    order_event,
-)
+from cogo.streams.events import Event, event_message, iso, make_event, order_event
 from cogo.streams.outputs import end_marker
 from cogo.streams.policies import PolicyStore, resolve_assignment
 from cogo.streams.publisher import Outgoing
@@ -221,13 +219,12 @@ class ExecutorDispatcher(Actor):
 
     def enqueued_messages(self, order: WorkOrder, *, since: float) -> list[Outgoing]:
         """The attempt for its route and its ``execute_enqueued`` (queue wait from ``since``)."""
-        data: dict[str, Any] = {
-            "submitted_at": iso(order.submitted_at),
-            "deadline": iso(order.deadline),
-            "assignment": msgspec.to_builtins(order.assignment),
-        }
-        if order.flow_slot:
-            data["held_ms"] = order.held_ms
+        data = ExecuteEnqueued(
+            submitted_at=iso(order.submitted_at),
+            deadline=iso(order.deadline),
+            assignment=order.assignment,
+            held_ms=order.held_ms if order.flow_slot else None,
+        )
         event = order_event(
             EXECUTE_ENQUEUED,
             order,
@@ -305,7 +302,7 @@ class ExecutorDispatcher(Actor):
                 make_event(
                     EXECUTE_DONE,
                     event_id=f"{order.task_id}:terminal",
-                    data={**timing, "result": r.result},
+                    data=ExecuteDone(**timing, result=r.result),
                     **base,
                     **measured,
                 ),

@@ -35,13 +35,12 @@ from cogo.actors.worker import Outcome, TaskContext, Worker
 from cogo.errors import InvalidPayload
 from cogo.indexing.files import language_of
 from cogo.indexing.scan import batches, scan
+from cogo.streams.catalogue import FILE_INDEXED, FILE_REMOVED
 from cogo.streams.envelope import WorkOrder
 from cogo.streams.events import make_event
 from cogo.streams.topology import ensure_kv
 
 INDEX_BUCKET = "code_index"
-FILE_INDEXED = "code_file_indexed"
-FILE_REMOVED = "code_file_removed"
 COMPRESS_ABOVE = 256 * 1024
 
 _encoder = msgspec.json.Encoder()

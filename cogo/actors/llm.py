@@ -61,8 +61,9 @@ from cogo.errors import (
     ModelNotAllowed,
     TokenBudgetExhausted,
 )
+from cogo.streams.catalogue import LLM_CALL, LlmCall
 from cogo.streams.envelope import Usage
-from cogo.streams.events import LLM_CALL, event_message, order_event
+from cogo.streams.events import event_message, order_event
 
 if TYPE_CHECKING:
     from cogo.actors.worker import TaskContext
@@ -394,16 +395,16 @@ class LlmSession:
 
         ctx = self._ctx
         u = reply.usage if reply is not None else LlmUsage()
-        data: dict[str, Any] = {
-            "model": body["model"], "step": current_step(), "prompt_tokens": u.prompt_tokens,
-            "completion_tokens": u.completion_tokens, "cost_usd": u.cost_usd,
-            "finish_reason": reply.finish_reason if reply else None,
-            "usage_estimated": u.estimated, "prompt_estimate": prompt, "max_tokens": cap,
-            "stream": bool(body.get("stream_options")), "retry": retry,
-            "tool_calls": len(reply.tool_calls) if reply else 0,
-            "reply_model": reply.model if reply else None,
-            "delivery": ctx.delivery.delivered,
-        }  # fmt: skip
+        data = LlmCall(
+            model=body["model"], step=current_step(), prompt_tokens=u.prompt_tokens,
+            completion_tokens=u.completion_tokens, cost_usd=u.cost_usd,
+            finish_reason=reply.finish_reason if reply else None,
+            usage_estimated=u.estimated, prompt_estimate=prompt, max_tokens=cap,
+            stream=bool(body.get("stream_options")), retry=retry,
+            tool_calls=len(reply.tool_calls) if reply else 0,
+            reply_model=reply.model if reply else None,
+            delivery=ctx.delivery.delivered,
+        )  # fmt: skip
         event = order_event(
             LLM_CALL, ctx.order,
             event_id=f"{ctx.task_id}:llm:{ctx.attempt}.{ctx.delivery.delivered}.{self._calls}",

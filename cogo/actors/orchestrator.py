@@ -41,7 +41,8 @@ from nats.js import api
 from cogo.actors.base import Actor, Defer, Delivery
 from cogo.aio import cancel_and_wait
 from cogo.errors import WorkflowNotFound
-from cogo.streams.events import EXECUTE_DONE, EXECUTE_FAILED, Event, decode_event
+from cogo.streams.catalogue import EXECUTE_DONE, EXECUTE_FAILED
+from cogo.streams.events import Event, decode_event
 from cogo.streams.leases import PartitionLeases
 from cogo.streams.policies import PolicyStore
 from cogo.streams.topology import (

@@ -29,12 +29,13 @@ from typing import Any
 import msgspec
 import nats
 import nats.errors
+import nats.js.errors
 from nats.aio.client import Client as NATS
 
 from cogo.actors.app import AgentSpec
 from cogo.actors.loader import LoadedApp
 from cogo.actors.supervisor import Supervisor, spawn
-from cogo.config import Config
+from cogo.config import Config, exponential_delay
 from cogo.errors import CogoError, ConfigError
 from cogo.streams.connection import connect, install_stop_signals, nats_user
 from cogo.streams.registry import declare
@@ -43,6 +44,14 @@ from cogo.streams.topology import CONTROL_VERSION
 log = logging.getLogger(__name__)
 
 STOP_DEADLINE_S = 25.0
+# what a restarting server or a recovering JetStream answers (or does not) while it is away
+BUS_AWAY = (
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.errors.ConnectionClosedError,
+    nats.js.errors.ServiceUnavailableError,
+    TimeoutError,
+)
 
 
 async def declare_agent(nc: NATS, config: Config, spec: AgentSpec, version: str | None) -> None:
@@ -89,10 +98,10 @@ async def run_agent(
     stop = stop or asyncio.Event()
     nc = await connect(nats_url, f"cogo-{spec.app}-{spec.name}-{os.getpid()}")
     try:
-        actor = spec.build(nc, config, version=version, concurrency=concurrency, data_dir=data_dir)
-        if spec.routes:
-            await declare_agent(nc, config, spec, version)
-        await actor.start()
+        actor = await _start(nc, spec, config, stop, version=version,
+                             concurrency=concurrency, data_dir=data_dir)  # fmt: skip
+        if actor is None:  # stopped before it could start
+            return
         log.info("%s started (app %s)", getattr(actor, "name", spec.name), spec.app)
         await stop.wait()
         log.info("%s draining", spec.name)
@@ -102,6 +111,37 @@ async def run_agent(
         with contextlib.suppress(Exception):
             await nc.flush(timeout=5)
             await nc.close()
+
+
+async def _start(
+    nc: NATS, spec: AgentSpec, config: Config, stop: asyncio.Event, **options: Any
+) -> Any:
+    """Declare the agent's routes and start it, again while the bus is not there yet.
+
+    A server that restarts (or a JetStream still recovering its store) times out the
+    declaring API calls; the agent waits for it instead of exiting, so a process started
+    during an outage, or killed with it, does not need a supervisor to come back. Errors
+    that are not about the bus being away (a bad config, a route conflict) end it."""
+    failures = 0
+    while True:
+        actor = spec.build(nc, config, **options)
+        try:
+            if spec.routes:
+                await declare_agent(nc, config, spec, options.get("version"))
+            await actor.start()
+            return actor
+        except BUS_AWAY as exc:
+            failures += 1
+            log.warning("%s: the bus did not answer while starting (%s: %s); retrying",
+                        spec.name, type(exc).__name__, exc)  # fmt: skip
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(STOP_DEADLINE_S):
+                    await actor.stop(grace=0)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(exponential_delay(0.2, failures, cap=5.0)):
+                await stop.wait()
+        if stop.is_set():
+            return None
 
 
 def _exit_if_stuck(name: str, seconds: float) -> None:

@@ -51,8 +51,9 @@ from cogo.errors import (
     StepResultInvalid,
     WorkerError,
 )
+from cogo.streams.catalogue import STEP_COMPLETED, StepCompleted, data_of
 from cogo.streams.envelope import MSG_ID, Usage, new_id
-from cogo.streams.events import STEP_COMPLETED, decode_event, encode_event, iso, order_event
+from cogo.streams.events import decode_event, encode_event, iso, order_event
 from cogo.streams.topology import EVENTS
 
 if TYPE_CHECKING:
@@ -175,14 +176,15 @@ class Journal:
                 event = decode_event(msg.data)
                 if event.task_id != ctx.task_id or event.type != STEP_COMPLETED:
                     continue
-                data = event.data or {}
-                name = data.get("step")
-                if isinstance(name, str) and name not in found:  # the first one wins
-                    found[name] = Journaled(
-                        name=name, attempt=event.attempt or 0,
-                        delivery=int(data.get("delivery") or 1),
-                        usage=event.usage or Usage(), result=data.get("result"),
-                        artifact=(data.get("artifact") or {}).get("name"),
+                try:
+                    step = data_of(event, StepCompleted)
+                except msgspec.ValidationError:
+                    continue  # not a journal entry this version can read: never a result
+                if step.step not in found:  # the first one wins
+                    found[step.step] = Journaled(
+                        name=step.step, attempt=event.attempt or 0, delivery=step.delivery,
+                        usage=event.usage or Usage(), result=step.result,
+                        artifact=step.artifact.name if step.artifact else None,
                     )  # fmt: skip
         finally:
             await sub.unsubscribe()
@@ -218,14 +220,13 @@ async def run_step(
         _current.reset(token)
     data = _json_bytes(name, value)
     result = msgspec.json.decode(data)
-    entry: dict[str, Any] = {"step": name, "delivery": ctx.delivery.delivered}
     if len(data) > ctx.worker.config.runtime.step_inline_max_bytes:
         ref = await ctx.worker.artifacts.put(
             ctx.order, f"steps/{quote(name, safe='')}.json", data, actor=ctx.worker.name
         )
-        entry["artifact"] = msgspec.to_builtins(ref)
+        entry = StepCompleted(step=name, delivery=ctx.delivery.delivered, artifact=ref)
     else:
-        entry["result"] = result
+        entry = StepCompleted(step=name, delivery=ctx.delivery.delivered, result=result)
     event = order_event(
         STEP_COMPLETED, ctx.order, event_id=f"{ctx.task_id}:step:{name}",
         actor=ctx.worker.name, duration_ms=round((time.time() - started) * 1000.0, 3),

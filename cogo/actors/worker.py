@@ -38,6 +38,7 @@ from cogo.errors import (
 )
 from cogo.rollouts.canary import versioned_routes
 from cogo.streams.artifacts import ArtifactStore
+from cogo.streams.catalogue import EXECUTE_STARTED, ExecuteStarted
 from cogo.streams.envelope import (
     MSG_ID,
     RESERVED_PAYLOAD_KEYS,
@@ -49,7 +50,7 @@ from cogo.streams.envelope import (
     decode_order,
     encoder,
 )
-from cogo.streams.events import EXECUTE_STARTED, iso, order_event
+from cogo.streams.events import iso, order_event
 from cogo.streams.outputs import Output, encode_output, output_subject
 
 log = logging.getLogger(__name__)
@@ -342,7 +343,7 @@ class Worker(Actor):
             actor=self.name,
             queue_wait_ms=round(delivery.queue_wait_ms, 3),
             version=self.version or order.version,
-            data={"claimed_at": iso(delivery.claimed_at), "delivery": delivery.delivered},
+            data=ExecuteStarted(claimed_at=iso(delivery.claimed_at), delivery=delivery.delivered),
         )
         task = asyncio.ensure_future(self.events.append(event))
         self._announcing.add(task)

@@ -22,23 +22,11 @@ from cogo.config import load_config
 from cogo.projections.projector import Projector
 from cogo.projections.replay import Rebuild
 from cogo.projections.store import EventBatch, ProjectionStore
-from cogo.streams.connection import connect
-from cogo.streams.envelope import MSG_ID, Usage
-from cogo.streams.events import (
+from cogo.streams.catalogue import (
     EXECUTE_DONE,
     EXECUTE_ENQUEUED,
     EXECUTE_FAILED,
     EXECUTE_RETRY,
-    Event,
-    encode_event,
-    event_subject,
-    iso,
-    make_event,
-)
-from cogo.streams.server import EmbeddedServer
-from cogo.streams.topology import ensure_topology
-from cogo.workflows.history import subject_of
-from cogo.workflows.run import (
     GATE_FAILED,
     GATE_PASSED,
     WORKFLOW_EVENT_TYPES,
@@ -46,8 +34,20 @@ from cogo.workflows.run import (
     WORKFLOW_STARTED,
     WORKFLOW_SUCCEEDED,
 )
+from cogo.streams.connection import connect
+from cogo.streams.envelope import MSG_ID, Usage
+from cogo.streams.events import Event, encode_event, event_subject, iso, make_event
+from cogo.streams.server import EmbeddedServer
+from cogo.streams.topology import ensure_topology
+from cogo.workflows.history import subject_of
 
 WORKFLOW_ID = "benchFlow"
+
+
+# a resolved assignment as the dispatcher writes it (the catalogue checks every key)
+_ASSIGNMENT = {"model": "local", "max_tokens": 4000, "max_cost_usd": 0.5, "timeout_ms": 30000,
+               "ttl_ms": 600000, "max_attempts": 3,
+               "backoff": {"initial_ms": 500, "multiplier": 2.0, "max_ms": 30000}}  # fmt: skip
 
 
 def synthetic_events(
@@ -93,7 +93,7 @@ def synthetic_events(
             make_event(EXECUTE_ENQUEUED, event_id=f"{tid}:enqueued:1", actor="dispatcher@b:1",
                        attempt=1, queue_wait_ms=0.4,
                        data={"submitted_at": iso(submitted), "deadline": iso(submitted + 600),
-                             "assignment": {"model": "local", "max_tokens": 4000}}, **common),
+                             "assignment": _ASSIGNMENT}, **common),
             submitted,
         ))  # fmt: skip
         kind = rng.random()
@@ -115,7 +115,8 @@ def synthetic_events(
                 queue_wait_ms=qw, duration_ms=dur, usage=usage,
                 error_code="worker.permanent" if terminal == EXECUTE_FAILED else None,
                 error="no" if terminal == EXECUTE_FAILED else None,
-                data={**timing, "result": {"ok": True}}, **common,
+                data={**timing, "result": {"ok": True}} if terminal == EXECUTE_DONE else timing,
+                **common,
             ),
             finished,
         ))  # fmt: skip
@@ -124,13 +125,16 @@ def synthetic_events(
             gate = GATE_PASSED if passed else GATE_FAILED
             events.append((
                 _run_event(gate, run_id, "verdict:outcome:1", node_id="verdict",
+                           condition="nodes.build.status == 'succeeded'",
                            verdict="passed" if passed else "failed"),
                 finished + 0.001,
             ))  # fmt: skip
             outcome = WORKFLOW_SUCCEEDED if passed else WORKFLOW_FAILED
             run_ms = round((finished + 0.002 - submitted) * 1000.0, 3)
             events.append((
-                _run_event(outcome, run_id, "outcome", duration_ms=run_ms), finished + 0.002
+                _run_event(outcome, run_id, "outcome", duration_ms=run_ms,
+                           failed=None if passed else "node verdict failed"),
+                finished + 0.002,
             ))  # fmt: skip
         for event, at in events:
             if span_s is not None:
@@ -141,14 +145,17 @@ def synthetic_events(
 
 
 def _run_event(
-    type: str, run_id: str, suffix: str, *, duration_ms: float | None = None, **data: Any
-) -> Event:
+    type: str, run_id: str, suffix: str, *, duration_ms: float | None = None,
+    failed: str | None = None, **data: Any,
+) -> Event:  # fmt: skip
     return make_event(
         type,
         event_id=f"{run_id}:{suffix}",
         correlation_id=run_id,
         actor="orchestrator@b:1",
         duration_ms=duration_ms,
+        error_code="workflow.gate_failed" if failed else None,
+        error=failed,
         data={"run_id": run_id, "workflow_id": WORKFLOW_ID, **data},
     )
 

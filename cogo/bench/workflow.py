@@ -21,9 +21,9 @@ from nats.aio.msg import Msg
 
 from cogo.bench.system import POLL_S, ROUTE, Bench, percentile
 from cogo.errors import CogoError
+from cogo.streams.catalogue import NODE_SUCCEEDED, RUN_OUTCOMES, WORKFLOW_SUCCEEDED
 from cogo.workflows.inbox import StartRun, send_command
 from cogo.workflows.planner import plan_workflow
-from cogo.workflows.run import NODE_SUCCEEDED, RUN_OUTCOMES, WORKFLOW_SUCCEEDED
 
 WORKFLOW_ID = "benchSteps"
 

@@ -49,12 +49,13 @@ from cogo.http.endpoint import endpoint
 from cogo.http.schemas import WORKFLOW_ENUM, WORKFLOW_PARAMETERS, Body, Query
 from cogo.http.state import AppState, ValidationFailed, field_error, state_of
 from cogo.projections import queries
+from cogo.streams.catalogue import GATE_FAILED, GATE_PASSED
 from cogo.streams.envelope import new_id
 from cogo.workflows import history
 from cogo.workflows.definition import RUN_ID, SIGNAL_NAME, WORKFLOW_ID, Catalog, WorkflowDefinition
 from cogo.workflows.inbox import CancelRun, Command, SignalRun, StartRun, send_command
 from cogo.workflows.planner import Plan, load_plan, plan_workflow, pydantic_errors
-from cogo.workflows.run import GATE_FAILED, GATE_PASSED, RunState
+from cogo.workflows.run import RunState
 
 RECENT_RUNS = 20
 CATCH_UP_S = 2.0

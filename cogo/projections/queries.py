@@ -21,6 +21,7 @@ import duckdb
 
 from cogo.projections import histogram, rollups, windows
 from cogo.projections.windows import Window
+from cogo.streams.catalogue import RUN_OUTCOMES
 
 PERCENTILES = (0.5, 0.9, 0.99)
 _LABELS = ("p50", "p90", "p99")
@@ -353,7 +354,7 @@ def workflow_metrics(
             {
                 "runId": run_id,
                 "workflowId": wf,
-                "status": rollups.RUN_OUTCOMES.get(status, status),
+                "status": RUN_OUTCOMES.get(status, status),
                 "parentRunId": parent,
                 "startedAt": _iso(started) if started else None,
                 "endedAt": _iso(ended) if ended else None,

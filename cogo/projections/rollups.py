@@ -54,6 +54,19 @@ from typing import Any
 import duckdb
 
 from cogo.projections.histogram import bin_sql
+from cogo.streams.catalogue import (
+    EXECUTE_DONE,
+    EXECUTE_FAILED,
+    EXECUTE_RETRY,
+    GATE_FAILED,
+    GATE_PASSED,
+    NODE_FAILED,
+    NODE_SKIPPED,
+    NODE_STARTED,
+    NODE_SUCCEEDED,
+    RUN_OUTCOMES,
+    WORKFLOW_STARTED,
+)
 
 VERSION = 3  # bump when a definition below changes: the tables are rebuilt on open
 # The rollup tables hold the rows up to rollup_state.folded_seq; readers add the few after
@@ -63,15 +76,10 @@ VERSION = 3  # bump when a definition below changes: the tables are rebuilt on o
 FOLD_ROWS = 100_000
 GRAINS = ("minute", "hour", "total")
 EPOCH = dt.datetime(1970, 1, 1)  # the bucket of "total", and of events without a valid "at"
-RESULT_TYPES = ("execute_done", "execute_retry", "execute_failed")
-RUN_OUTCOMES = {
-    "workflow_succeeded": "succeeded",
-    "workflow_failed": "failed",
-    "workflow_cancelled": "cancelled",
-}
+RESULT_TYPES = (EXECUTE_DONE, EXECUTE_RETRY, EXECUTE_FAILED)
 _WORKFLOW_TYPES = (
-    "workflow_started", *RUN_OUTCOMES, "gate_passed", "gate_failed",
-    "node_succeeded", "node_failed", "node_skipped", "node_started",
+    WORKFLOW_STARTED, *RUN_OUTCOMES, GATE_PASSED, GATE_FAILED,
+    NODE_SUCCEEDED, NODE_FAILED, NODE_SKIPPED, NODE_STARTED,
 )  # fmt: skip
 
 

@@ -22,13 +22,13 @@ import msgspec
 
 from cogo.config import Config, RoutePolicy
 from cogo.rollouts.split import RouteSplit, SplitWatch
+from cogo.streams.catalogue import POLICY_BYPASSED
 from cogo.streams.envelope import ASSIGNMENT_KEY, COHORT_KEY, WorkOrder, decode_assignment
 from cogo.streams.events import EventLog, make_event
 from cogo.streams.registry import declare_version
 from cogo.streams.routes import check_version, versioned_route
 
 BASELINE, CANARY = "baseline", "canary"
-POLICY_BYPASSED = "policy_bypassed"
 
 
 def share_bucket(task_id: str) -> int:

@@ -48,6 +48,14 @@ from cogo.rollouts.split import (
     RouteSplit,
     Stage,
 )
+from cogo.streams.catalogue import (
+    ROLLOUT_GATE_EVALUATED,
+    ROLLOUT_PAUSED,
+    ROLLOUT_PROMOTED,
+    ROLLOUT_ROLLED_BACK,
+    ROLLOUT_STAGE_CHANGED,
+    ROLLOUT_STARTED,
+)
 from cogo.streams.connection import actor_id
 from cogo.streams.envelope import COHORT_KEY, EXECUTE_SUBJECT, MSG_ID, encoder, new_id
 from cogo.streams.events import EventLog, iso, make_event
@@ -66,13 +74,6 @@ STAGE_TITLES = {
 POLL_S = 0.5
 _ID = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
 EARLY_FAILURE_SAMPLES = 10  # canary/promote stop early once failures are this clear
-
-ROLLOUT_STARTED = "rollout_started"
-ROLLOUT_STAGE_CHANGED = "rollout_stage_changed"
-ROLLOUT_GATE_EVALUATED = "rollout_gate_evaluated"
-ROLLOUT_PROMOTED = "rollout_promoted"
-ROLLOUT_ROLLED_BACK = "rollout_rolled_back"
-ROLLOUT_PAUSED = "rollout_paused"
 
 
 class RolloutSpec(msgspec.Struct, frozen=True):

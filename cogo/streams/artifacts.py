@@ -19,20 +19,12 @@ from nats.js.errors import NotFoundError
 from nats.js.object_store import ObjectStore
 
 from cogo.errors import ArtifactKeyInvalid, ArtifactNotFound
+from cogo.streams.catalogue import ARTIFACT_STORED, ArtifactRef
 from cogo.streams.envelope import WorkOrder
 from cogo.streams.events import EventLog, make_event
 from cogo.streams.topology import ARTIFACT_BUCKET
 
-ARTIFACT_STORED = "artifact_stored"
 MAX_KEY_CHARS = 1024
-
-
-class ArtifactRef(msgspec.Struct, frozen=True):
-    """What was stored: the key, its size in bytes and its SHA-256 (hex)."""
-
-    name: str
-    size: int
-    sha256: str
 
 
 def artifact_key(task_id: str, path: str) -> str:

@@ -17,22 +17,9 @@ from typing import Any
 import msgspec
 from nats.js.client import JetStreamContext
 
+from cogo.streams.catalogue import REQUIRED, checked_data
 from cogo.streams.envelope import MSG_ID, Usage, new_id
 from cogo.streams.publisher import Publisher
-
-# the four dispatcher audit events
-EXECUTE_ENQUEUED = "execute_enqueued"
-EXECUTE_RETRY = "execute_retry"
-EXECUTE_FAILED = "execute_failed"
-EXECUTE_DONE = "execute_done"
-# a worker still running an attempt a moment after its claim (not for quick attempts)
-EXECUTE_STARTED = "execute_started"
-# flow control held an attempt back (once per attempt; data.limit says which limit)
-EXECUTE_THROTTLED = "execute_throttled"
-TERMINAL_TYPES = frozenset({EXECUTE_FAILED, EXECUTE_DONE})
-# the agent runtime (DESIGN §11): one per LLM call, one per durable step's first success
-LLM_CALL = "llm_call"
-STEP_COMPLETED = "step_completed"
 
 
 class Event(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -56,7 +43,9 @@ class Event(msgspec.Struct, frozen=True, omit_defaults=True):
     usage: Usage | None = None
     version: str | None = None
     cohort: str | None = None
-    data: dict[str, Any] | None = None
+    # a catalogue struct or a dict checked against one when built here (make_event); a
+    # dict when decoded: read it with cogo.streams.catalogue.data_of
+    data: Any = None
 
 
 _encoder = msgspec.json.Encoder()
@@ -92,8 +81,19 @@ def iso(ts: float | None = None) -> str:
 
 
 def make_event(type: str, *, event_id: str | None = None, **fields: Any) -> Event:
-    """Build an event stamped now; ``event_id`` defaults to a fresh random id."""
-    return Event(event_id=event_id or new_id(), type=type, at=iso(), **fields)
+    """Build an event stamped now; ``event_id`` defaults to a fresh random id.
+
+    The event is checked against the catalogue (``cogo.streams.catalogue``): its type must
+    be there, ``data`` must be that type's struct or a dict that validates against it, and
+    the event fields the type requires must be set. A mistake fails here, where the event
+    is built, never on the stream's readers.
+    """
+    checked_data(type, fields.get("data"))
+    event = Event(event_id=event_id or new_id(), type=type, at=iso(), **fields)
+    for name in REQUIRED.get(type, ()):
+        if getattr(event, name) is None:
+            raise TypeError(f"{type} events need {name}")
+    return event
 
 
 def order_event(type: str, order: Any, *, event_id: str, **fields: Any) -> Event:

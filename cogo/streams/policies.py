@@ -43,6 +43,7 @@ from cogo.errors import (
     TtlAboveCeiling,
     UnknownRoute,
 )
+from cogo.streams.catalogue import POLICY_CHANGED, ROUTE_FORGOTTEN
 from cogo.streams.envelope import DEFAULT_PRIORITY, Assignment, ResolvedAssignment
 from cogo.streams.events import EventLog, iso, make_event
 from cogo.streams.kvview import KvView
@@ -252,7 +253,7 @@ async def forget_route(js: JetStreamContext, route: str, *, actor: str = "cli") 
     await read_record(js, route)  # UnknownRoute if there is nothing to forget
     await kv.delete(route)
     await EventLog(js).append(
-        make_event("route_forgotten", route=route, actor=actor, data={"route": route})
+        make_event(ROUTE_FORGOTTEN, route=route, actor=actor, data={"route": route})
     )
 
 
@@ -275,7 +276,7 @@ async def _change(
             continue
         await EventLog(js).append(
             make_event(
-                "policy_changed",
+                POLICY_CHANGED,
                 route=route,
                 actor=actor,
                 data={**data, "policy": msgspec.to_builtins(policy), "overrides": overrides},

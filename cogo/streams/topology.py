@@ -139,6 +139,10 @@ def stream_configs(
     ]
 
 
+# "stream name already in use with a different configuration"
+STREAM_NAME_IN_USE = 10058
+
+
 def consumer_config(route: str, config: Config) -> api.ConsumerConfig:
     """The durable pull consumer of one route."""
     return api.ConsumerConfig(
@@ -167,8 +171,14 @@ async def ensure_topology(
         try:
             info = await js.stream_info(cfg.name)  # type: ignore[arg-type]
         except NotFoundError:
-            await js.add_stream(cfg)
-            continue
+            try:
+                await js.add_stream(cfg)
+                continue
+            except BadRequestError as exc:
+                if exc.err_code != STREAM_NAME_IN_USE:
+                    raise
+                # a concurrent declarer created it a moment ago: update it like any other
+                info = await js.stream_info(cfg.name)  # type: ignore[arg-type]
         # keep the subjects the stream has: other apps' routes are among them
         cfg.subjects = info.config.subjects
         await js.update_stream(cfg)

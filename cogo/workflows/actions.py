@@ -20,13 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cogo.errors import ExpressionError, InvalidWorkflow, WorkflowCycle
-from cogo.streams.envelope import ASSIGNMENT_KEY
-from cogo.streams.events import Event, iso, make_event
-from cogo.workflows.definition import RUN_ID, NotifyNode, PublishNode, RetryNode, WorkflowNode
-from cogo.workflows.expressions import render
-from cogo.workflows.planner import Plan
-from cogo.workflows.run import (
-    FAILED,
+from cogo.streams.catalogue import (
     NODE_FAILED,
     NODE_SKIPPED,
     NODE_SUCCEEDED,
@@ -34,9 +28,13 @@ from cogo.workflows.run import (
     WORKFLOW_FAILED,
     WORKFLOW_STARTED,
     WORKFLOW_SUCCEEDED,
-    RunState,
-    timestamp,
 )
+from cogo.streams.envelope import ASSIGNMENT_KEY
+from cogo.streams.events import Event, iso, make_event
+from cogo.workflows.definition import RUN_ID, NotifyNode, PublishNode, RetryNode, WorkflowNode
+from cogo.workflows.expressions import render
+from cogo.workflows.planner import Plan
+from cogo.workflows.run import FAILED, RunState, timestamp
 
 MAX_RUN_ID = 255
 

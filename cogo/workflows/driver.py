@@ -30,6 +30,7 @@ from nats.js.client import JetStreamContext
 
 from cogo.aio import cancel_and_wait
 from cogo.errors import CogoError, MalformedMessage
+from cogo.streams.catalogue import RUN_OUTCOMES, WORKFLOW_SIGNALED, RunData, data_of
 from cogo.streams.envelope import EXECUTE_SUBJECT, MSG_ID, encoder
 from cogo.streams.events import Event, make_event
 from cogo.streams.publisher import Publisher
@@ -51,7 +52,7 @@ from cogo.workflows.engine import (
 )
 from cogo.workflows.inbox import CancelRun, SignalRun, StartRun, send_command
 from cogo.workflows.planner import Plan, link
-from cogo.workflows.run import RUN_OUTCOMES, RUNNING, WORKFLOW_SIGNALED, RunState
+from cogo.workflows.run import RUNNING, RunState
 
 log = logging.getLogger(__name__)
 
@@ -431,7 +432,7 @@ class Runs:
                     return False
                 ended = {"status": RUN_OUTCOMES[event.type], "error_code": event.error_code,
                          "error": event.error, "event_id": event.event_id,
-                         "workflow_id": (event.data or {}).get("workflow_id")}  # fmt: skip
+                         "workflow_id": data_of(event, RunData).workflow_id}  # fmt: skip
                 if not run.state.observe_child(key[1], ended):
                     return True  # nothing waits for it any more
             else:

@@ -37,7 +37,15 @@ from cogo.errors import (
     SignalTimeout,
     WaitTimeout,
 )
-from cogo.streams.events import EXECUTE_DONE, Event, iso
+from cogo.streams.catalogue import (
+    EXECUTE_DONE,
+    GATE_FAILED,
+    GATE_PASSED,
+    NODE_STARTED,
+    ExecuteDone,
+    data_of,
+)
+from cogo.streams.events import Event, iso
 from cogo.workflows import fanout
 from cogo.workflows.actions import (
     Action,
@@ -71,9 +79,6 @@ from cogo.workflows.definition import (
 from cogo.workflows.expressions import evaluate, render
 from cogo.workflows.planner import Plan
 from cogo.workflows.run import (
-    GATE_FAILED,
-    GATE_PASSED,
-    NODE_STARTED,
     PENDING,
     RETRYING,
     RUNNING,
@@ -298,7 +303,7 @@ def _check(node: Any, current: NodeState, state: RunState, now: float, actor: st
         if outcome is None:
             return []
         if outcome.type == EXECUTE_DONE:
-            result = (outcome.data or {}).get("result")
+            result = data_of(outcome, ExecuteDone).result
             return _succeeded(state, node, current, now, actor, result, cause=outcome.event_id)
         return [Append(failed(state, node, attempt, now, actor,
                               outcome.error_code or "worker.error",

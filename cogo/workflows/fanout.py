@@ -17,21 +17,19 @@ import json
 from typing import Any
 
 from cogo.errors import ChildFailed, CogoError, InvalidParameters
-from cogo.streams.events import EXECUTE_DONE, Event
-from cogo.workflows import actions as act
-from cogo.workflows.definition import MAX_MAP_ITEMS, MapNode, PublishNode, WorkflowNode
-from cogo.workflows.expressions import render
-from cogo.workflows.run import (
-    FAILED,
+from cogo.streams.catalogue import (
+    EXECUTE_DONE,
     MAP_ITEM_FAILED,
     MAP_ITEM_STARTED,
     MAP_ITEM_SUCCEEDED,
-    RUNNING,
-    SUCCEEDED,
-    ItemState,
-    NodeState,
-    RunState,
+    ExecuteDone,
+    data_of,
 )
+from cogo.streams.events import Event
+from cogo.workflows import actions as act
+from cogo.workflows.definition import MAX_MAP_ITEMS, MapNode, PublishNode, WorkflowNode
+from cogo.workflows.expressions import render
+from cogo.workflows.run import FAILED, RUNNING, SUCCEEDED, ItemState, NodeState, RunState
 
 # the rendered items travel in node_started: keep that event well under NATS' 1 MiB payload
 MAX_ITEMS_BYTES = 256 * 1024
@@ -171,7 +169,7 @@ def _item_outcome(
         if outcome is None:
             return None
         if outcome.type == EXECUTE_DONE:
-            result = (outcome.data or {}).get("result")
+            result = data_of(outcome, ExecuteDone).result
             return _item_event(MAP_ITEM_SUCCEEDED, state, node_id, attempt, index, actor,
                                "outcome", causation_id=outcome.event_id,
                                data={"result": result})  # fmt: skip

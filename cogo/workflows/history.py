@@ -19,10 +19,11 @@ import nats.errors
 from nats.js import api
 from nats.js.client import JetStreamContext
 
+from cogo.streams.catalogue import RUN_OUTCOMES, WORKFLOW_STARTED, RunData, data_of
 from cogo.streams.envelope import MSG_ID
 from cogo.streams.events import Event, decode_event, encode_event
 from cogo.streams.topology import EVENTS
-from cogo.workflows.run import RUN_OUTCOMES, WORKFLOW_STARTED, RunState, fold
+from cogo.workflows.run import RunState, fold
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ RUN_LEVEL_TYPES = (WORKFLOW_STARTED, *RUN_OUTCOMES)
 
 def subject_of(event: Event) -> str:
     """``events.<type>.wf.<workflowId>.<runId>`` for a workflow event."""
-    workflow_id = (event.data or {}).get("workflow_id") or "_"
+    workflow_id = data_of(event, RunData).workflow_id or "_"
     return f"events.{event.type}.wf.{workflow_id}.{event.correlation_id}"
 
 

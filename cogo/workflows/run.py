@@ -16,33 +16,22 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from cogo.streams.events import TERMINAL_TYPES, Event
-
-WORKFLOW_STARTED = "workflow_started"
-NODE_STARTED = "node_started"
-NODE_SUCCEEDED = "node_succeeded"
-NODE_FAILED = "node_failed"
-NODE_SKIPPED = "node_skipped"
-GATE_PASSED = "gate_passed"
-GATE_FAILED = "gate_failed"
-WORKFLOW_SIGNALED = "workflow_signaled"
-MAP_ITEM_STARTED = "map_item_started"
-MAP_ITEM_SUCCEEDED = "map_item_succeeded"
-MAP_ITEM_FAILED = "map_item_failed"
-WORKFLOW_SUCCEEDED = "workflow_succeeded"
-WORKFLOW_FAILED = "workflow_failed"
-WORKFLOW_CANCELLED = "workflow_cancelled"
-
-RUN_OUTCOMES = {
-    WORKFLOW_SUCCEEDED: "succeeded",
-    WORKFLOW_FAILED: "failed",
-    WORKFLOW_CANCELLED: "cancelled",
-}
-WORKFLOW_EVENT_TYPES = (
-    WORKFLOW_STARTED, NODE_STARTED, NODE_SUCCEEDED, NODE_FAILED, NODE_SKIPPED, GATE_PASSED,
-    GATE_FAILED, WORKFLOW_SIGNALED, MAP_ITEM_STARTED, MAP_ITEM_SUCCEEDED, MAP_ITEM_FAILED,
-    *RUN_OUTCOMES,
-)  # fmt: skip
+from cogo.streams.catalogue import (
+    GATE_FAILED,
+    GATE_PASSED,
+    MAP_ITEM_FAILED,
+    MAP_ITEM_STARTED,
+    MAP_ITEM_SUCCEEDED,
+    NODE_FAILED,
+    NODE_SKIPPED,
+    NODE_STARTED,
+    NODE_SUCCEEDED,
+    RUN_OUTCOMES,
+    TERMINAL_TYPES,
+    WORKFLOW_SIGNALED,
+    WORKFLOW_STARTED,
+)
+from cogo.streams.events import Event
 
 # node statuses; the last four are final
 PENDING, RUNNING, RETRYING = "pending", "running", "retrying"

@@ -24,8 +24,8 @@ import nats.errors
 from nats.js.client import JetStreamContext
 from nats.js.errors import APIError
 
+from cogo.streams.catalogue import TERMINAL_TYPES
 from cogo.streams.envelope import EXECUTE_SUBJECT, MSG_ID, encoder, new_id
-from cogo.streams.events import TERMINAL_TYPES
 from tests.helpers import EventReader
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"

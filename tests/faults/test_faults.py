@@ -10,8 +10,11 @@ import asyncio
 import contextlib
 import json
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -22,13 +25,21 @@ from cogo.actors.loader import declare_apps
 from cogo.config import load_config
 from cogo.http.app import create_app
 from cogo.http.state import AppState
+from cogo.streams.catalogue import WORKFLOW_SIGNALED
 from cogo.streams.cluster import LocalCluster
 from cogo.streams.connection import connect
 from cogo.streams.events import EventLog, make_event
 from cogo.streams.policies import PolicyStore
-from cogo.streams.server import EmbeddedServer
+from cogo.streams.server import EmbeddedServer, free_port, nats_server_binary
 from tests.faults.ledger import Ledger, Loader, cogo_process, terminate
 from tests.helpers import EventReader, running, submit
+
+
+async def wait_until_true(check: Any, timeout: float, what: Any = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"condition not met in time {what() if what else ''}"
+        await asyncio.sleep(0.1)
 
 
 async def _drain(reader: EventReader, ledger: Ledger, timeout: float = 60) -> dict:
@@ -75,10 +86,64 @@ async def test_nats_server_sigkill_under_load(durable_server, config, config_pat
         report = await _drain(reader, ledger, timeout=90)
     finally:
         for proc in procs:
-            await terminate(proc)
+            # shown when the test fails: what each actor process said
+            print(f"--- {proc.args[3:5]}:\n{(await terminate(proc))[-4000:]}")
         await nc.close()
     _assert_clean(report)
     assert ledger.publish_errors > 0  # the fault really hit the submitters
+
+
+async def test_an_actor_started_while_jetstream_is_away_waits_for_it(data_dir, config_path):
+    """A plain nats-server (no JetStream) answers connections but not `$JS.API`: the actors
+    wait for JetStream instead of dying in their start-up declarations, and once a real
+    server is up on the same port they declare their routes and run tasks."""
+    port = free_port()
+    plain = subprocess.Popen([nats_server_binary(), "-a", "127.0.0.1", "-p", str(port)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    url = f"nats://127.0.0.1:{port}"
+    args = ["--nats-url", url, "--config", str(config_path)]
+    logs = {name: data_dir / f"{name}.log" for name in ("dispatcher", "echo")}
+    procs = []
+    server = None
+    try:
+        for name, log in logs.items():
+            with log.open("wb") as out:  # noqa: ASYNC230 - opening an empty file
+                procs.append(subprocess.Popen([sys.executable, "-m", "cogo", "run", name, *args],
+                                              stdout=out, stderr=subprocess.STDOUT))  # fmt: skip
+
+        def waiting() -> bool:
+            assert all(p.poll() is None for p in procs), {
+                n: log.read_text() for n, log in logs.items()
+            }
+            return all("did not answer while starting" in log.read_text() for log in logs.values())
+
+        def said() -> dict[str, str]:
+            return {n: log.read_text()[-3000:] for n, log in logs.items()}
+
+        await wait_until_true(waiting, 60, said)
+        plain.terminate()
+        plain.wait(10)
+        server = EmbeddedServer(data_dir, port, sync="default")
+        server.start()
+        await server.wait_ready()
+        nc = await connect(server.url, "check")
+        try:
+            js = nc.jetstream()
+            await wait_until_true(
+                lambda: all("started (app" in log.read_text() for log in logs.values()), 60, said
+            )
+            ids = [await submit(js, payload={"result": i}) for i in range(5)]
+            events = await EventReader(js).wait_terminal(ids, timeout=60)
+            assert {e.type for e in events.values()} == {"execute_done"}
+        finally:
+            await nc.close()
+    finally:
+        for proc in procs:
+            await terminate(proc)
+        if plain.poll() is None:
+            plain.kill()
+        if server is not None:
+            server.stop()
 
 
 async def test_dispatcher_sigkill_under_load(nats_server, js, config, config_path):
@@ -183,10 +248,12 @@ async def test_full_event_log_refuses_submissions(tmp_path, data_dir):
         js = nc.jetstream()
         await declare_apps(js, config)
         log = EventLog(js)
-        filler = {"blob": "x" * 4000}
         with contextlib.suppress(Exception):  # fill the log until it refuses appends
-            for _ in range(200):
-                await log.append(make_event("filler", data=filler))
+            for n in range(200):
+                filler = {"run_id": "filler", "name": "filler", "signal_id": str(n),
+                          "data": "x" * 4000}  # fmt: skip
+                await log.append(make_event(WORKFLOW_SIGNALED, correlation_id="filler",
+                                            data=filler))  # fmt: skip
         policies = PolicyStore(js)
         await policies.start()
         state = AppState(nc=nc, config=config, policies=policies, data_dir=data_dir)

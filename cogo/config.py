@@ -135,6 +135,9 @@ class BusConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # leases (which orchestrator drives which runs, which dispatcher admits which route):
     # a dead holder's share moves after this; a live one renews every third of it
     lease_ttl_s: float = 10.0
+    # RESULTS keeps an unread worker report at most this long (a backstop: the dispatcher
+    # purges what it has handled every few seconds); it must outlast any dispatcher outage
+    results_max_age_s: float = 7 * 86400.0
 
 
 class LimitsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

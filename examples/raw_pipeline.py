@@ -7,8 +7,10 @@ process does what the dispatcher and an echo worker do, minus everything Cogo ad
 (policies, budgets, retries, heartbeats, the projector): submit -> ``orchestrator.execute.0``
 -> (``execute_enqueued`` event + order on ``echo.run.0``) -> result on
 ``orchestrator.result.0`` -> ``execute_done`` event. Prints tasks/s from the first submit to
-the last ``execute_done`` stored. Every message is stored and removed exactly as in Cogo,
-so with ``--sync always`` it pays the same fsyncs per task.
+the last ``execute_done`` stored. Every message is stored and removed as the issue's
+yardstick did: all three hops on the ``TASKS`` work queue. Cogo now sends the result on its
+own limits-retention stream (``RESULTS``): the record moves off ``TASKS`` and its removal
+goes, so with ``--sync always`` Cogo's ``TASKS`` fsyncs a task are fewer than this one's.
 """
 
 from __future__ import annotations

@@ -99,6 +99,10 @@ def test_bench_json_reports_every_figure() -> None:
     for process in processes:
         assert rss.get(process, 0) > 0, process
     assert result["cpu_us_per_task"]["total"] > 0
+    # a task stores its submission and its attempt on TASKS, its report on RESULTS
+    stored = result["stored_per_task"]
+    assert stored["TASKS"]["stored"] == 2.0 and stored["RESULTS"]["stored"] == 1.0
+    assert stored["EVENTS"]["stored"] >= 2.0 and stored["EVENTS"]["removed"] == 0.0
     assert "agent" not in result  # --agent-tasks 0 skips that part
 
     workflows = result["workflows"]  # the opt-in phase: runs/s with 1 and 2 orchestrators

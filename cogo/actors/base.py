@@ -42,7 +42,7 @@ from cogo.streams.envelope import MSG_ID
 from cogo.streams.events import EventLog
 from cogo.streams.publisher import Outgoing, Publisher, StreamAck
 from cogo.streams.pull import ack_tokens
-from cogo.streams.topology import TASKS, durable_name
+from cogo.streams.topology import TASKS, durable_name, stream_of
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +205,7 @@ class Actor:
         await self.on_start()
         self._heartbeats = asyncio.create_task(self._heartbeat_loop(), name="heartbeats")
         for route in self.routes:
-            consumer = (TASKS, durable_name(route))
+            consumer = (stream_of(route), durable_name(route))
             self._loops.append(asyncio.create_task(self._fetch_loop(route, consumer), name=route))
         log.info("%s consuming %s (concurrency %d)", self.name, self.routes, self.concurrency)
 
@@ -348,6 +348,7 @@ class Actor:
         """Copy the message to ``dlq.<subject>`` with its reason, then terminate it."""
         await publish_dead_letter(
             self.js,
+            stream=stream_of(delivery.route),
             subject=delivery.msg.subject,
             data=delivery.data,
             seq=delivery.seq,
@@ -377,6 +378,7 @@ class Actor:
 async def publish_dead_letter(
     js: JetStreamContext,
     *,
+    stream: str = TASKS,
     subject: str,
     data: bytes,
     seq: int,
@@ -385,9 +387,9 @@ async def publish_dead_letter(
     reason: str,
     actor: str,
 ) -> None:
-    """Append a dead letter to ``DLQ`` (idempotent per original stream sequence)."""
+    """Append a dead letter to ``DLQ`` (idempotent per original stream and sequence)."""
     headers = {
-        MSG_ID: f"dlq:{TASKS}:{seq}",
+        MSG_ID: f"dlq:{stream}:{seq}",
         "Cogo-Error-Code": code,
         "Cogo-Reason": reason[:1000].replace("\r", " ").replace("\n", " "),
         "Cogo-Original-Subject": subject,

@@ -1,11 +1,13 @@
 """Dead-lettering of messages JetStream gave up on after ``max_deliver`` deliveries.
 
-The server announces each one on ``$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.TASKS.<consumer>``
-with its stream sequence. The watcher (run inside every dispatcher process, as a queue group
-so exactly one handles each advisory) copies the message to ``DLQ`` with its reason, removes
-it from ``TASKS`` so it never blocks the queue, and has the dispatcher append
-``execute_failed`` with ``error_code = "dead_letter"``. ``cogo reclaim`` finds any it missed
-while no dispatcher ran.
+The server announces each one on ``$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.<stream>.<consumer>``
+with its stream sequence, for ``TASKS`` (commands) and ``RESULTS`` (workers' reports). The
+watcher (run inside every dispatcher process, as a queue group so exactly one handles each
+advisory) copies the message to ``DLQ`` with its reason, removes it from its stream so it
+never blocks the queue (a work-queue message past ``max_deliver`` would stay stored; a
+result past it is not redelivered, and removing it keeps ``cogo reclaim`` from finding it
+again), and has the dispatcher append ``execute_failed`` with ``error_code =
+"dead_letter"``. ``cogo reclaim`` finds any it missed while no dispatcher ran.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from nats.js.errors import NotFoundError
 
 from cogo.actors.base import Actor, publish_dead_letter
 from cogo.errors import DeadLetter
-from cogo.streams.topology import MAX_DELIVERIES_ADVISORY, TASKS
+from cogo.streams.topology import MAX_DELIVERIES_ADVISORY, RESULTS, TASKS
 
 log = logging.getLogger(__name__)
 
@@ -38,18 +40,19 @@ class DeadLetterWatcher:
         self.dispatcher = dispatcher
         self.report = report
         self.js = dispatcher.js
-        self._sub: Subscription | None = None
+        self._subs: list[Subscription] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        self._sub = await self.dispatcher.nc.subscribe(
-            f"{MAX_DELIVERIES_ADVISORY}.{TASKS}.*", queue="cogo-deadletter", cb=self._on_advisory
-        )
+        for stream in (TASKS, RESULTS):
+            self._subs.append(await self.dispatcher.nc.subscribe(
+                f"{MAX_DELIVERIES_ADVISORY}.{stream}.*", queue="cogo-deadletter",
+                cb=self._on_advisory))  # fmt: skip
 
     async def stop(self) -> None:
-        if self._sub is not None:
+        for sub in self._subs:
             with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
+                await sub.unsubscribe()
 
     async def _on_advisory(self, msg: Msg) -> None:
         # handled off the subscription's callback task so one slow advisory holds up no other
@@ -61,21 +64,25 @@ class DeadLetterWatcher:
         try:
             advisory = json.loads(msg.data)
             await self.dead_letter_seq(
-                int(advisory["stream_seq"]), int(advisory.get("deliveries", 0))
-            )
+                int(advisory["stream_seq"]), int(advisory.get("deliveries", 0)),
+                stream=RESULTS if advisory.get("stream") == RESULTS else TASKS,
+            )  # fmt: skip
         except Exception:
             log.exception("dead-lettering from advisory failed: %r", msg.data[:500])
 
-    async def dead_letter_seq(self, seq: int, deliveries: int, reason: str | None = None) -> bool:
-        """Dead-letter the TASKS message at ``seq``; False if it is already gone."""
+    async def dead_letter_seq(
+        self, seq: int, deliveries: int, reason: str | None = None, *, stream: str = TASKS
+    ) -> bool:
+        """Dead-letter the ``stream`` message at ``seq``; False if it is already gone."""
         try:
-            raw = await self.js.get_msg(TASKS, seq)
+            raw = await self.js.get_msg(stream, seq)
         except NotFoundError:
             return False
         subject, data = raw.subject or "", raw.data or b""
         reason = reason or f"gave up after {deliveries} deliveries (max_deliver)"
         await publish_dead_letter(
             self.js,
+            stream=stream,
             subject=subject,
             data=data,
             seq=seq,
@@ -87,7 +94,7 @@ class DeadLetterWatcher:
         await self.report(subject, data, DeadLetter.code, reason, deliveries)
         for attempt in range(5):
             try:
-                await self.js.delete_msg(TASKS, seq)
+                await self.js.delete_msg(stream, seq)
                 break
             except NotFoundError:
                 break

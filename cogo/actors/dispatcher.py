@@ -5,8 +5,11 @@ It consumes two routes:
 - ``orchestrator.execute.0``: tasks submitted by users (``TaskMessage``) and the retries it
   scheduled itself (``WorkOrder`` with ``Cogo-Kind: retry``, held back with ``nak(delay)``
   until their backoff has passed, so a restart never loses or hurries one);
-- ``orchestrator.result.0``: workers' reports (``WorkResult``), where usage accumulates and
-  retry / backoff / terminal status is decided: **the one place retries are decided**.
+- ``orchestrator.results.0`` (stream ``RESULTS``): workers' reports (``WorkResult``), where
+  usage accumulates and retry / backoff / terminal status is decided: **the one place
+  retries are decided**. It also consumes ``orchestrator.result.0`` on ``TASKS``, where
+  workers before ``RESULTS`` existed reported, so results left there by an upgrade still
+  count; and it trims ``RESULTS`` below its consumer's ack floor every few seconds.
 
 The dispatcher keeps no task state of its own: each order carries its attempt, deadline and
 the usage so far, so any number of dispatcher replicas can share the consumers. Every id it
@@ -20,7 +23,9 @@ are released here, once their result's events are stored.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import time
 from typing import Any
 
@@ -29,6 +34,7 @@ import msgspec
 from cogo.actors.admission import FlowControl
 from cogo.actors.base import Actor, Defer, Delivery
 from cogo.actors.deadletter import DeadLetterWatcher
+from cogo.aio import cancel_and_wait
 from cogo.config import Config
 from cogo.errors import (
     AttemptsExhausted,
@@ -53,6 +59,7 @@ from cogo.streams.envelope import (
     KIND_HEADER,
     MSG_ID,
     RESULT_SUBJECT,
+    RESULTS_SUBJECT,
     Usage,
     WorkOrder,
     WorkResult,
@@ -67,8 +74,14 @@ from cogo.streams.events import Event, event_message, iso, make_event, order_eve
 from cogo.streams.outputs import end_marker
 from cogo.streams.policies import PolicyStore, resolve_assignment
 from cogo.streams.publisher import Outgoing
+from cogo.streams.topology import results_floor, trim_results
 
 RETRY_KIND = "retry"
+RESULT_ROUTES = (RESULTS_SUBJECT, RESULT_SUBJECT)
+# how often a dispatcher purges the results it has handled from RESULTS (one purge each)
+TRIM_EVERY_S = 5.0
+
+log = logging.getLogger(__name__)
 
 
 class ExecutorDispatcher(Actor):
@@ -82,9 +95,10 @@ class ExecutorDispatcher(Actor):
         self.canary = CanaryRouter(self.js, self.config)  # rollouts: version and cohort per task
         self.dead_letters = DeadLetterWatcher(self, self.report_dead_letter)
         self.flow = FlowControl(self)  # admission of flow-controlled routes
+        self._trimmer: asyncio.Task[None] | None = None
 
     def default_routes(self) -> list[str]:
-        return [EXECUTE_SUBJECT, RESULT_SUBJECT]
+        return [EXECUTE_SUBJECT, RESULTS_SUBJECT, RESULT_SUBJECT]
 
     def default_concurrency(self, config: Config) -> int:
         # no user code runs here: a handler waits for stream acks, which `always` queues
@@ -96,15 +110,33 @@ class ExecutorDispatcher(Actor):
         await self.canary.start()
         await self.dead_letters.start()
         await self.flow.start()
+        if RESULTS_SUBJECT in self.routes:
+            self._trimmer = asyncio.create_task(self._trim_loop(), name="trim-results")
 
     async def on_stop(self) -> None:
+        await cancel_and_wait([self._trimmer])
         await self.flow.stop()
         await self.dead_letters.stop()
         await self.canary.stop()
         await self.policies.stop()
 
+    async def _trim_loop(self) -> None:
+        # purge up to the floor seen one round earlier: a report the server gave up on
+        # (max_deliver) sinks below the floor at the next ack, and its advisory's handler
+        # must still find it stored (DeadLetterWatcher.dead_letter_seq)
+        seen = purged = 0
+        while True:
+            await asyncio.sleep(TRIM_EVERY_S)
+            try:
+                if seen > purged:
+                    await trim_results(self.js, seen)
+                    purged = seen
+                seen = await results_floor(self.js)
+            except Exception as exc:  # server away for a moment: the next round trims it
+                log.warning("%s: trimming RESULTS failed: %s", self.name, exc)
+
     async def handle(self, delivery: Delivery) -> None:
-        if delivery.route == RESULT_SUBJECT:
+        if delivery.route in RESULT_ROUTES:
             result = decode_result(delivery.data)
             await self._on_result(result, delivery)
             # after the result's events are stored, before it is acked: a redelivery frees
@@ -395,14 +427,15 @@ class ExecutorDispatcher(Actor):
     async def report_dead_letter(
         self, subject: str, data: bytes, code: str, reason: str, deliveries: int
     ) -> None:
-        """Turn a dead-lettered TASKS message into ``execute_failed`` (``dead_letter``)."""
+        """Turn a dead-lettered TASKS or RESULTS message into ``execute_failed``
+        (``dead_letter``)."""
         base: dict[str, Any] | None = None
         attempt = 0
         usage: Usage | None = None
         order: WorkOrder | None = None
         running: WorkOrder | None = None  # an attempt that holds a flow slot
         with contextlib.suppress(MalformedMessage):
-            if subject == RESULT_SUBJECT:
+            if subject in (RESULTS_SUBJECT, RESULT_SUBJECT):
                 order = running = decode_result(data).order
                 base, attempt, usage = _base_of(order), order.attempt, order.usage_so_far
             elif subject == EXECUTE_SUBJECT:

@@ -2,7 +2,7 @@
 
 A worker subclass implements ``run(order, ctx) -> Outcome`` (a decorated ``@app.agent``
 handler is one, ``cogo.actors.agent``); this module decodes the work order, enforces the TTL
-and the per-attempt timeout, and publishes a ``WorkResult`` to ``orchestrator.result.0``
+and the per-attempt timeout, and publishes a ``WorkResult`` to ``orchestrator.results.0``
 with ``Nats-Msg-Id = <task_id>:<attempt>:result``. That id fences results: a paused "zombie"
 worker whose order was redelivered to another worker reports the same attempt again, and
 the stream drops the second report (DESIGN §9, nats-server #4786). Retry decisions are not
@@ -42,7 +42,7 @@ from cogo.streams.catalogue import EXECUTE_STARTED, ExecuteStarted
 from cogo.streams.envelope import (
     MSG_ID,
     RESERVED_PAYLOAD_KEYS,
-    RESULT_SUBJECT,
+    RESULTS_SUBJECT,
     ResolvedAssignment,
     Usage,
     WorkOrder,
@@ -295,7 +295,7 @@ class Worker(Actor):
         self.counters["succeeded" if error is None else "failed"] += 1
         # through the actor's publisher: the same stream ack, for less CPU than js.publish
         (ack,) = await self.publish_all(
-            [(RESULT_SUBJECT, data, {MSG_ID: f"{order.task_id}:{order.attempt}:result"})]
+            [(RESULTS_SUBJECT, data, {MSG_ID: f"{order.task_id}:{order.attempt}:result"})]
         )
         if ack.duplicate:
             # another worker already reported this attempt (our claim had lapsed): fenced off

@@ -53,7 +53,9 @@ async def run_bench(options: Options, progress: Progress) -> dict[str, Any]:
         try:
             await bench.start()
             cpu_before = bench.cpu_snapshot()
+            stored_before = await bench.stored()
             elapsed = await bench.run_tasks(options.tasks, f"{options.tasks:,} tasks, saturated")
+            stored_after = await bench.stored()
             cpu = {k: v - cpu_before.get(k, 0.0) for k, v in bench.cpu_snapshot().items()}
             cpu_us = {k: round(v / options.tasks * 1e6, 1) for k, v in cpu.items()}
             cpu_us["total"] = round(sum(cpu_us.values()), 1)
@@ -98,6 +100,20 @@ async def run_bench(options: Options, progress: Progress) -> dict[str, Any]:
         "peak_rss_mb": bench.rss,
         # where the CPU went in the saturated run: microseconds of CPU per task, per process
         "cpu_us_per_task": cpu_us,
+        # per task of the saturated run, per stream: messages stored (each one fsynced write
+        # under `always`) and removed (on TASKS most removals write a tombstone; RESULTS is
+        # purged in bulk, one write per purge: README, Durability)
+        "stored_per_task": {
+            name: {
+                "stored": round((last - stored_before[name][0]) / options.tasks, 2),
+                "removed": round(
+                    ((last - stored_before[name][0]) - (kept - stored_before[name][1]))
+                    / options.tasks,
+                    2,
+                ),
+            }
+            for name, (last, kept) in stored_after.items()
+        },  # fmt: skip
         "sync_interval": options.sync,
         # one write + fdatasync at a time, on the bench's data dir: the disk's pace
         "disk_fsync_per_s": round(bench.fsync_per_s),

@@ -37,6 +37,11 @@ def render(result: dict[str, Any]) -> None:
         f"{cpu['total']:,.0f} µs: "
         + ", ".join(f"{k} {v:,.0f}" for k, v in cpu.items() if k != "total"),
     )
+    table.add_row(
+        "messages stored / removed per task, saturated run",
+        ", ".join(f"{name} {row['stored']:.2f} / {row['removed']:.2f}"
+                  for name, row in result["stored_per_task"].items()),
+    )  # fmt: skip
     runs = ", ".join(f"{rate:,.0f}" for rate in result["projector_runs"])
     table.add_row(
         "projector ingest (DuckDB), median",

@@ -41,7 +41,7 @@ from cogo.streams.connection import connect
 from cogo.streams.envelope import EXECUTE_SUBJECT, MSG_ID
 from cogo.streams.publisher import Publisher
 from cogo.streams.server import EmbeddedServer
-from cogo.streams.topology import EVENTS
+from cogo.streams.topology import EVENTS, RESULTS, TASKS
 
 PROJECTOR_CONSUMER = "projector"
 ROUTE = "echo.run.0"
@@ -294,6 +294,15 @@ class Bench:
         return f"{letter}{self._run}-"
 
     # -- progress of the projection ----------------------------------------------------
+
+    async def stored(self) -> dict[str, tuple[int, int]]:
+        """``(last_seq, messages)`` of the streams a task writes: the difference of two
+        snapshots is what was stored (one fsynced write each under ``always``) and removed."""
+        out: dict[str, tuple[int, int]] = {}
+        for name in (TASKS, RESULTS, EVENTS):
+            state = (await self.js.stream_info(name)).state
+            out[name] = (int(state.last_seq), int(state.messages))
+        return out
 
     async def events_last_seq(self) -> int:
         return int((await self.js.stream_info(EVENTS)).state.last_seq)

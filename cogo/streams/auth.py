@@ -28,7 +28,7 @@ from typing import Any
 
 from cogo.config import NATS_PASSWORD_ENV, NATS_USER_ENV, env, nats_password_env
 from cogo.secretfile import write_private_json
-from cogo.streams.envelope import EXECUTE_SUBJECT, RESULT_SUBJECT
+from cogo.streams.envelope import EXECUTE_SUBJECT, RESULT_SUBJECT, RESULTS_SUBJECT
 from cogo.streams.outputs import OUTPUTS
 from cogo.streams.routes import RouteDecl, durable_name
 from cogo.streams.topology import (
@@ -42,6 +42,7 @@ from cogo.streams.topology import (
     MAX_DELIVERIES_ADVISORY,
     ORCHESTRATOR_ROUTES,
     POLICY_BUCKET,
+    RESULTS,
     SCHEDULE_BUCKET,
     STATUS_SUBJECT,
     TASKS,
@@ -187,18 +188,21 @@ def permissions(user: str, plan: AuthPlan) -> dict[str, Any] | None:
         routes = plan.task_routes
         pub = [
             *_consume(TASKS, durable_name(EXECUTE_SUBJECT)),
-            *_consume(TASKS, durable_name(RESULT_SUBJECT)),
+            *_consume(RESULTS, durable_name(RESULTS_SUBJECT)),
+            *_consume(TASKS, durable_name(RESULT_SUBJECT)),  # reports of older workers
             *routes, *[f"{r}.*" for r in routes],  # baseline and versioned (canary) routes
             EXECUTE_SUBJECT,  # retries
             *_events("execute_enqueued", "execute_retry", "execute_failed", "execute_done",
                      "execute_throttled", "policy_bypassed"),
             "dlq.>", f"{API}.STREAM.MSG.GET.{TASKS}", f"{API}.STREAM.MSG.DELETE.{TASKS}",
+            f"{API}.STREAM.MSG.GET.{RESULTS}", f"{API}.STREAM.MSG.DELETE.{RESULTS}",
+            f"{API}.STREAM.PURGE.{RESULTS}",  # trimming what it handled (trim_results)
             "outputs.>",  # the end marker of a task's output, with its terminal event
             *_read_kv(POLICY_BUCKET), *_read_kv("rollouts"),
             # flow control: held tasks, admission leases and slots (cogo.actors.admission)
             *_held_tasks(), *_write_kv(FLOW_BUCKET),
         ]  # fmt: skip
-        sub += [f"{MAX_DELIVERIES_ADVISORY}.{TASKS}.*"]
+        sub += [f"{MAX_DELIVERIES_ADVISORY}.{TASKS}.*", f"{MAX_DELIVERIES_ADVISORY}.{RESULTS}.*"]
     elif user == "orchestrator":
         pub = [
             *_consume(EVENTS, "orchestrator-events"),
@@ -228,7 +232,7 @@ def permissions(user: str, plan: AuthPlan) -> dict[str, Any] | None:
         sub += [STATUS_SUBJECT]
         extra["allow_responses"] = True  # answer status requests on the requester's inbox
     elif user in plan.workers:
-        pub = [RESULT_SUBJECT, *_events(*WORKER_EVENTS), f"{CONTROL_VERSION}.{user}",
+        pub = [RESULTS_SUBJECT, *_events(*WORKER_EVENTS), f"{CONTROL_VERSION}.{user}",
                f"{API}.STREAM.INFO.{TASKS}", "outputs.>",  # ctx.emit
                *_read_journal(plan.workers[user])]  # fmt: skip
         for route in [*plan.workers[user], *plan.versions.get(user, [])]:

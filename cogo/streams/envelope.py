@@ -3,7 +3,7 @@
 One module-level encoder and typed decoders, reused for every message (msgspec perf tips).
 
     user ──TaskMessage──▶ orchestrator.execute.0 ──WorkOrder──▶ <route>
-    <route> worker ──WorkResult──▶ orchestrator.result.0 ──▶ dispatcher ──▶ events
+    <route> worker ──WorkResult──▶ orchestrator.results.0 (RESULTS) ──▶ dispatcher ──▶ events
 """
 
 from __future__ import annotations
@@ -21,6 +21,10 @@ COHORT_KEY = "__cohort"  # payload pin: run this task on the canary or the basel
 # keys of a payload that are instructions to Cogo, not input of the handler
 RESERVED_PAYLOAD_KEYS = frozenset({ASSIGNMENT_KEY, COHORT_KEY})
 EXECUTE_SUBJECT = "orchestrator.execute.0"
+# workers' reports, on the RESULTS stream (limits retention: an ack removes nothing, so a
+# result costs one fsynced write instead of a write plus a removal on the work queue)
+RESULTS_SUBJECT = "orchestrator.results.0"
+# where workers of versions before RESULTS reported, on TASKS: still consumed (upgrades)
 RESULT_SUBJECT = "orchestrator.result.0"
 
 # headers
@@ -128,7 +132,7 @@ class WorkOrder(msgspec.Struct, frozen=True):
 
 
 class WorkResult(msgspec.Struct, frozen=True, omit_defaults=True):
-    """A worker's report on one attempt, sent to ``orchestrator.result.0``."""
+    """A worker's report on one attempt, sent to ``orchestrator.results.0`` (``RESULTS``)."""
 
     order: WorkOrder
     ok: bool

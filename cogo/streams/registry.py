@@ -15,7 +15,7 @@ from cogo.config import Config
 from cogo.errors import RouteConflict
 from cogo.streams.policies import declare_policies
 from cogo.streams.routes import RouteDecl, check_consumer
-from cogo.streams.topology import TASKS, ensure_consumer, ensure_topology
+from cogo.streams.topology import TASKS, ensure_consumer, ensure_topology, stream_of
 
 
 def check_unique(decls: Sequence[RouteDecl]) -> None:
@@ -41,7 +41,7 @@ async def declare(js: JetStreamContext, config: Config, decls: Sequence[RouteDec
     routes = list(dict.fromkeys(d.route for d in decls))
     if await _has_tasks(js):
         for route in routes:
-            await check_consumer(js, TASKS, route)
+            await check_consumer(js, stream_of(route), route)
     await ensure_topology(js, config, routes)
     return await declare_policies(
         js, config, [(d.route, d.app, d.agent, d.policy) for d in decls if d.task]

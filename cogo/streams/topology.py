@@ -1,5 +1,14 @@
 """JetStream topology: the streams, the durable consumer of every route, the KV buckets.
 
+Streams: ``TASKS`` (work queue: commands for actors, one subject per route), ``RESULTS``
+(workers' reports to the dispatcher, ``orchestrator.results.0``), ``EVENTS`` (the event
+log), ``DLQ`` (dead letters), ``FLOW`` (tasks held back by flow control) and ``OUTPUTS``
+(what tasks emit). ``RESULTS`` has limits retention, not work-queue: acknowledging a result
+removes nothing, which with ``sync_interval: always`` saves the fsynced removal record a
+work-queue ack writes; the dispatcher trims it below its consumer's ack floor instead, in
+one purge every few seconds (``trim_results``), and ``[bus] results_max_age_s`` is only a
+backstop.
+
 ``ensure_topology`` is idempotent: it creates what is missing and updates what changed,
 never deleting data, so ``cogo up`` twice on one data dir keeps every event. Which routes
 exist is not fixed here: apps declare them (``cogo.streams.routes``), and ``TASKS`` keeps
@@ -15,10 +24,11 @@ from nats.js.kv import KeyValue
 
 from cogo.config import Config
 from cogo.streams import outputs
-from cogo.streams.envelope import EXECUTE_SUBJECT, RESULT_SUBJECT
+from cogo.streams.envelope import EXECUTE_SUBJECT, RESULT_SUBJECT, RESULTS_SUBJECT
 from cogo.streams.routes import durable_name, ensure_subjects, route_subjects
 
 TASKS = "TASKS"
+RESULTS = "RESULTS"
 EVENTS = "EVENTS"
 DLQ = "DLQ"
 # tasks flow control holds back, one subject per route, priority and key (cogo.streams.flow)
@@ -45,6 +55,11 @@ CONTROL_VERSION = "cogo.control.version"  # + .<user>: ask `cogo up --auth` for 
 __all__ = ["durable_name"]  # re-exported: callers have always found it here
 
 
+def stream_of(route: str) -> str:
+    """The stream a route's consumer reads: ``RESULTS`` for workers' reports, else ``TASKS``."""
+    return RESULTS if route == RESULTS_SUBJECT else TASKS
+
+
 def orchestrator_route(partition: int) -> str:
     """The command subject of one partition of workflow runs."""
     return ORCHESTRATOR_ROUTES[partition]
@@ -66,6 +81,22 @@ def stream_configs(
             num_replicas=replicas,
             duplicate_window=window,
             # refuse new work rather than silently dropping queued work when full
+            discard=api.DiscardPolicy.NEW,
+        ),
+        api.StreamConfig(
+            name=RESULTS,
+            description="workers' reports to the dispatcher (trimmed below its ack floor)",
+            subjects=[RESULTS_SUBJECT],
+            # limits, not work-queue: an ack writes no removal record (see the docstring)
+            retention=api.RetentionPolicy.LIMITS,
+            storage=api.StorageType.FILE,
+            num_replicas=replicas,
+            # fences a worker reporting one attempt twice (Nats-Msg-Id <task>:<attempt>:result)
+            duplicate_window=window,
+            # a backstop only: an unread result this old is dropped, so it must outlast any
+            # dispatcher outage; trim_results keeps the stream small meanwhile
+            max_age=config.bus.results_max_age_s,
+            # refuse a report rather than drop an unread one: the worker naks and retries
             discard=api.DiscardPolicy.NEW,
         ),
         api.StreamConfig(
@@ -134,7 +165,8 @@ async def ensure_topology(
 ) -> None:
     """Create or update the streams and the KV/object buckets; with ``routes``, also give
     each its ``TASKS`` subjects and its consumer (what ``cogo.streams.routes`` declares)."""
-    subjects = [s for r in routes or FIXED_ROUTES for s in route_subjects(r)]
+    subjects = [s for r in routes or FIXED_ROUTES if stream_of(r) == TASKS
+                for s in route_subjects(r)]  # fmt: skip
     for cfg in stream_configs(config, subjects):
         try:
             info = await js.stream_info(cfg.name)  # type: ignore[arg-type]
@@ -150,9 +182,11 @@ async def ensure_topology(
         # keep the subjects the stream has: other apps' routes are among them
         cfg.subjects = info.config.subjects
         await js.update_stream(cfg)
+    await ensure_consumer(js, RESULTS_SUBJECT, config)
     if routes:
-        await ensure_subjects(js, TASKS, subjects)
-        for route in routes:
+        task_routes = [r for r in routes if stream_of(r) == TASKS]
+        await ensure_subjects(js, TASKS, [s for r in task_routes for s in route_subjects(r)])
+        for route in task_routes:
             await ensure_consumer(js, route, config)
     await ensure_kv(js, POLICY_BUCKET, history=16, replicas=config.bus.replicas)
     # created here by the admin connection: dispatchers only watch it
@@ -193,7 +227,24 @@ async def ensure_consumer(js: JetStreamContext, route: str, config: Config) -> N
     """Create the route's durable consumer, or update it in place if it exists."""
     cfg = consumer_config(route, config)
     # add_consumer with an existing durable name updates its mutable fields
-    await js.add_consumer(TASKS, cfg)
+    await js.add_consumer(stream_of(route), cfg)
+
+
+async def results_floor(js: JetStreamContext) -> int:
+    """The ack floor of the dispatcher's ``RESULTS`` consumer: every report at or below it was
+    handled (acked, terminated, or given up on after ``max_deliver``, which the server
+    announces first: ``cogo.actors.deadletter``)."""
+    info = await js.consumer_info(RESULTS, durable_name(RESULTS_SUBJECT))
+    return int(info.ack_floor.stream_seq) if info.ack_floor else 0
+
+
+async def trim_results(js: JetStreamContext, upto: int) -> None:
+    """Purge ``RESULTS`` up to and including ``upto`` (a floor ``results_floor`` gave).
+
+    One purge whatever the number of results, instead of the removal record per ack that a
+    work-queue stream writes (and, with ``sync_interval: always``, fsyncs) per task."""
+    # purge seq=N removes every message below N
+    await js.purge_stream(RESULTS, seq=upto + 1)
 
 
 async def task_consumers(js: JetStreamContext) -> list[api.ConsumerInfo]:

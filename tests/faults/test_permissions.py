@@ -28,7 +28,13 @@ USERS = ["admin", "client", "dispatcher", "echo", "codegen", "orchestrator", "pr
 # subject -> users allowed to publish to it
 PUBLISH = {
     "orchestrator.execute.0": {"admin", "client", "dispatcher", "orchestrator"},
-    "orchestrator.result.0": {"admin", "echo", "codegen"},
+    # workers report on RESULTS; the old subject on TASKS is only drained (upgrades)
+    "orchestrator.results.0": {"admin", "echo", "codegen"},
+    "orchestrator.result.0": {"admin"},
+    "$JS.API.CONSUMER.MSG.NEXT.RESULTS.orchestrator-results-0": {"admin", "dispatcher"},
+    "$JS.API.CONSUMER.MSG.NEXT.TASKS.orchestrator-result-0": {"admin", "dispatcher"},
+    "$JS.API.STREAM.PURGE.RESULTS": {"admin", "dispatcher"},
+    "$JS.API.STREAM.MSG.DELETE.RESULTS": {"admin", "dispatcher"},
     "echo.run.0": {"admin", "dispatcher"},
     "codegen.generate.0": {"admin", "dispatcher"},
     "events.execute_done.echo.run.0": {"admin", "dispatcher"},
@@ -79,6 +85,10 @@ SUBSCRIBE = {
     "_INBOX_client.x": {"admin", "client"},
     "_INBOX_dispatcher.x": {"admin", "dispatcher"},
     "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.TASKS.echo-run-0": {"admin", "dispatcher"},
+    "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.RESULTS.orchestrator-results-0": {
+        "admin",
+        "dispatcher",
+    },
 }
 
 

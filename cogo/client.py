@@ -114,7 +114,7 @@ class Client:
     ) -> None:
         self._url = nats_url
         self._user, self._password = user, password
-        self._data_dir = Path(data_dir or env(DATA_DIR_ENV, ".cogo") or ".cogo")
+        self._data_dir = Path(data_dir or env(DATA_DIR_ENV, ".cogo"))
         self._name = name
         self._nc: NATS | None = None
         self._known_routes: set[str] = set()

@@ -12,7 +12,7 @@ import os
 import tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import msgspec
 
@@ -353,6 +353,10 @@ ECHO_FAIL_AFTER_ENV = "COGO_ECHO_FAIL_AFTER"
 ECHO_ALLOW_EXIT_ENV = "COGO_ECHO_ALLOW_EXIT"
 
 
+@overload
+def env(name: str, default: str, *, keep_empty: bool = False) -> str: ...
+@overload
+def env(name: str, default: None = None, *, keep_empty: bool = False) -> str | None: ...
 def env(name: str, default: str | None = None, *, keep_empty: bool = False) -> str | None:
     """The value of ``COGO_<...>`` variable ``name`` (an ``*_ENV`` constant); empty counts as
     unset unless ``keep_empty`` (``COGO_WEBHOOK_ALLOWED_HOSTS=""``: no host at all)."""

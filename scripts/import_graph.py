@@ -19,8 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent / "cogo"
 
 
-def module_of(path: Path) -> str:
-    rel = path.relative_to(ROOT.parent).with_suffix("")
+def module_of(path: Path, root: Path) -> str:
+    rel = path.relative_to(root.parent).with_suffix("")
     parts = list(rel.parts)
     if parts[-1] == "__init__":
         parts.pop()
@@ -34,9 +34,9 @@ def _type_checking(node: ast.If) -> bool:
     )
 
 
-def imports_of(path: Path, modules: set[str]) -> set[str]:
+def imports_of(path: Path, modules: set[str], root: Path) -> set[str]:
     tree = ast.parse(path.read_text(), str(path))
-    here = module_of(path)
+    here = module_of(path, root)
     package = here if path.name == "__init__.py" else here.rpartition(".")[0]
     found: set[str] = set()
 
@@ -72,10 +72,11 @@ def imports_of(path: Path, modules: set[str]) -> set[str]:
     return found
 
 
-def graph() -> dict[str, set[str]]:
-    paths = sorted(p for p in ROOT.rglob("*.py") if "__pycache__" not in p.parts)
-    modules = {module_of(p) for p in paths}
-    return {module_of(p): imports_of(p, modules) for p in paths}
+def graph(root: Path = ROOT) -> dict[str, set[str]]:
+    """Every module of the package at ``root`` and the cogo modules it imports."""
+    paths = sorted(p for p in root.rglob("*.py") if "__pycache__" not in p.parts)
+    modules = {module_of(p, root) for p in paths}
+    return {module_of(p, root): imports_of(p, modules, root) for p in paths}
 
 
 def package_of(module: str) -> str:
@@ -136,12 +137,9 @@ def package_edges(edges: dict[str, set[str]]) -> dict[str, set[str]]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--modules", action="store_true", help="print every module edge")
-    parser.add_argument("--root", type=Path, default=None, help="the cogo package to read")
+    parser.add_argument("--root", type=Path, default=ROOT, help="the cogo package to read")
     args = parser.parse_args()
-    if args.root is not None:
-        global ROOT
-        ROOT = args.root.resolve()
-    edges = graph()
+    edges = graph(args.root.resolve())
     packages = package_edges(edges)
     print("package edges:")
     for src in sorted(packages):

@@ -122,13 +122,14 @@ class EventReader:
             await asyncio.sleep(0.05)
 
 
-async def wait_until(check: Any, timeout: float, what: str) -> Any:
-    """Poll ``await check()`` until it returns something true; fail naming ``what``."""
+async def wait_until(check: Any, timeout: float, what: Any) -> Any:
+    """Poll ``await check()`` until it returns something true; fail naming ``what`` (text, or
+    a function giving it: e.g. the logs as they are when the wait gives up)."""
     deadline = time.monotonic() + timeout
     while True:
         value = await check()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout}s")
+            raise AssertionError(f"{what() if callable(what) else what}: not within {timeout}s")
         await asyncio.sleep(0.1)

@@ -27,7 +27,7 @@ from cogo.aio import cancel_and_wait
 from cogo.errors import MalformedMessage, TtlExpired
 from cogo.streams.catalogue import EXECUTE_THROTTLED, ExecuteThrottled
 from cogo.streams.envelope import WorkOrder, decode_order
-from cogo.streams.events import event_message, iso, make_event
+from cogo.streams.events import event_message, iso, order_event
 from cogo.streams.flow import (
     NOT_FOUND,
     SEQ_NOT_FOUND,
@@ -326,12 +326,9 @@ class RouteAdmitter:
                 order = decode_order(held.data)
             except MalformedMessage:
                 continue
-            event = make_event(
-                EXECUTE_THROTTLED,
-                event_id=f"{order.task_id}:throttled:{order.attempt}",
-                task_id=order.task_id, correlation_id=order.correlation_id,
-                causation_id=order.causation_id, route=order.route, actor=d.name,
-                attempt=order.attempt, version=order.version, cohort=order.cohort,
+            event = order_event(
+                EXECUTE_THROTTLED, order, event_id=f"{order.task_id}:throttled:{order.attempt}",
+                actor=d.name,
                 queue_wait_ms=round(max(0.0, now - wait_started(order)) * 1000.0, 3),
                 data=ExecuteThrottled(limit=limit, key=held.key, priority=held.priority,
                                       held_at=iso(held.held_at), limits=flow.limits_dict(),

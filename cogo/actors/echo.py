@@ -37,8 +37,8 @@ class EchoActor(Worker):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fail_rate = float(env(ECHO_FAIL_RATE_ENV, "0") or 0)
-        self.fail_after = int(env(ECHO_FAIL_AFTER_ENV, "0") or 0)
+        self.fail_rate = float(env(ECHO_FAIL_RATE_ENV, "0"))
+        self.fail_after = int(env(ECHO_FAIL_AFTER_ENV, "0"))
         self.runs = 0
 
     async def run(self, order: WorkOrder, ctx: TaskContext) -> Outcome:

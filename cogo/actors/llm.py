@@ -148,7 +148,7 @@ class LlmClient:
     def __init__(self, config: Config) -> None:
         # read once: the endpoint is deployment config, never task input (no SSRF)
         self.base_url = endpoint_url(config)
-        self._api_key = env(API_KEY_ENV, "") or ""
+        self._api_key = env(API_KEY_ENV, "")
         self._client: Any = None
 
     def sdk(self) -> Any:

@@ -13,7 +13,7 @@ from typing import Any
 from cogo.config import DATA_DIR_ENV, NATS_URL_ENV, NATS_USER_ENV, env
 from cogo.errors import CogoError
 
-DEFAULT_DATA_DIR = Path(env(DATA_DIR_ENV, ".cogo") or ".cogo")
+DEFAULT_DATA_DIR = Path(env(DATA_DIR_ENV, ".cogo"))
 
 
 def common_args(p: argparse.ArgumentParser) -> None:

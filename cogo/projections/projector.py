@@ -131,7 +131,7 @@ class Projector:
         self.batch = batch or int(env(PROJECTOR_BATCH_ENV) or DEFAULT_BATCH)
         # the most rows one transaction takes when batches queue up behind the writer
         self.max_rows = GROUP_COMMIT_BATCHES * self.batch
-        consumer = consumer or env(PROJECTOR_CONSUMER_ENV, DEFAULT_CONSUMER) or DEFAULT_CONSUMER
+        consumer = consumer or env(PROJECTOR_CONSUMER_ENV, DEFAULT_CONSUMER)
         self.store = ProjectionStore(self.path, limits=config.duckdb)
         self.streams = {
             EVENTS_STREAM: StreamState(EVENTS_STREAM, consumer),

@@ -21,7 +21,7 @@ from nats.js.object_store import ObjectStore
 from cogo.errors import ArtifactKeyInvalid, ArtifactNotFound
 from cogo.streams.catalogue import ARTIFACT_STORED, ArtifactRef
 from cogo.streams.envelope import WorkOrder
-from cogo.streams.events import EventLog, make_event
+from cogo.streams.events import EventLog, order_event
 from cogo.streams.topology import ARTIFACT_BUCKET
 
 MAX_KEY_CHARS = 1024
@@ -67,18 +67,12 @@ class ArtifactStore:
         if self._data_dir is not None:
             await asyncio.to_thread(_mirror, self._data_dir / "artifacts", key, data)
         await self._events.append(
-            make_event(
+            order_event(
                 ARTIFACT_STORED,
+                order,
                 # one event per artifact per attempt: a redelivered attempt appends nothing new
                 event_id=f"{order.task_id}:artifact:{order.attempt}:{path}",
-                task_id=order.task_id,
-                correlation_id=order.correlation_id,
-                causation_id=order.causation_id,
-                route=order.route,
                 actor=actor,
-                attempt=order.attempt,
-                version=order.version,
-                cohort=order.cohort,
                 data=msgspec.to_builtins(ref),
             )
         )

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -27,6 +25,7 @@ from nats.js.errors import APIError
 from cogo.streams.catalogue import TERMINAL_TYPES
 from cogo.streams.envelope import EXECUTE_SUBJECT, MSG_ID, encoder, new_id
 from tests.helpers import EventReader
+from tests.upsystem import cogo, stop
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
@@ -136,24 +135,9 @@ class Loader:
             pending.pop(0)
 
 
-def cogo_process(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "cogo", *args],
-        env={**os.environ, **(env or {})},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+cogo_process = cogo  # a `python -m cogo ...` with its output on a pipe
 
 
 async def terminate(proc: subprocess.Popen[bytes], timeout: float = 20) -> str:
-    def _stop() -> str:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            out, _ = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate()
-        return (out or b"").decode(errors="replace")
-
-    return await asyncio.to_thread(_stop)
+    """SIGTERM ``proc``, wait (SIGKILL after ``timeout``), return its output."""
+    return await asyncio.to_thread(stop, proc, signal.SIGTERM, timeout)

@@ -32,14 +32,7 @@ from cogo.streams.events import EventLog, make_event
 from cogo.streams.policies import PolicyStore
 from cogo.streams.server import EmbeddedServer, free_port, nats_server_binary
 from tests.faults.ledger import Ledger, Loader, cogo_process, terminate
-from tests.helpers import EventReader, running, submit
-
-
-async def wait_until_true(check: Any, timeout: float, what: Any = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"condition not met in time {what() if what else ''}"
-        await asyncio.sleep(0.1)
+from tests.helpers import EventReader, running, submit, wait_until
 
 
 async def _drain(reader: EventReader, ledger: Ledger, timeout: float = 60) -> dict:
@@ -111,16 +104,17 @@ async def test_an_actor_started_while_jetstream_is_away_waits_for_it(data_dir, c
                 procs.append(subprocess.Popen([sys.executable, "-m", "cogo", "run", name, *args],
                                               stdout=out, stderr=subprocess.STDOUT))  # fmt: skip
 
-        def waiting() -> bool:
-            assert all(p.poll() is None for p in procs), {
-                n: log.read_text() for n, log in logs.items()
-            }
-            return all("did not answer while starting" in log.read_text() for log in logs.values())
-
         def said() -> dict[str, str]:
             return {n: log.read_text()[-3000:] for n, log in logs.items()}
 
-        await wait_until_true(waiting, 60, said)
+        def all_say(text: str) -> Any:
+            async def check() -> bool:
+                assert all(p.poll() is None for p in procs), said()
+                return all(text in log.read_text() for log in logs.values())
+
+            return check
+
+        await wait_until(all_say("did not answer while starting"), 60, said)
         plain.terminate()
         plain.wait(10)
         server = EmbeddedServer(data_dir, port, sync="default")
@@ -129,9 +123,7 @@ async def test_an_actor_started_while_jetstream_is_away_waits_for_it(data_dir, c
         nc = await connect(server.url, "check")
         try:
             js = nc.jetstream()
-            await wait_until_true(
-                lambda: all("started (app" in log.read_text() for log in logs.values()), 60, said
-            )
+            await wait_until(all_say("started (app"), 60, said)
             ids = [await submit(js, payload={"result": i}) for i in range(5)]
             events = await EventReader(js).wait_terminal(ids, timeout=60)
             assert {e.type for e in events.values()} == {"execute_done"}

@@ -29,7 +29,7 @@ from nats.aio.msg import Msg
 from nats.js import api
 from nats.js.errors import APIError, KeyNotFoundError
 
-from cogo.config import DATA_DIR_ENV, env
+from cogo.config import resolve_data_dir
 from cogo.errors import BackpressureError, CogoError, TaskFailed, TaskNotFound, UnknownRoute
 from cogo.projections.tasks import STATUS_SUBJECT, TERMINAL, TaskStatus
 from cogo.streams.catalogue import (
@@ -114,7 +114,8 @@ class Client:
     ) -> None:
         self._url = nats_url
         self._user, self._password = user, password
-        self._data_dir = Path(data_dir or env(DATA_DIR_ENV, ".cogo"))
+        # found as every command finds it: data_dir=, COGO_DATA_DIR, the project's cogo.toml
+        self._data_dir = resolve_data_dir(data_dir)
         self._name = name
         self._nc: NATS | None = None
         self._known_routes: set[str] = set()
@@ -144,7 +145,12 @@ class Client:
             user = user or endpoints.get("nats_user")
             password = password or endpoints.get("nats_password")
             if not url:
-                raise CogoError(f"no nats_url given and no running `cogo up` in {self._data_dir}")
+                raise CogoError(
+                    f"no running `cogo up` in {self._data_dir} (no endpoints.json there): "
+                    "start one with `cogo up`, or say where yours is with "
+                    "Client(data_dir=...), COGO_DATA_DIR or a cogo.toml (data_dir) in your "
+                    "project, or connect anywhere with Client(nats_url)"
+                )
         self._nc = await connect(url, self._name, user=user, password=password)
 
     async def close(self) -> None:

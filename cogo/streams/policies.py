@@ -191,10 +191,16 @@ def _masked(route: str, seed: RoutePolicy, overrides: dict[str, Any]) -> list[st
         if below != value:
             name = ".".join(path)
             out.append(
-                f"route {route!r}: `cogo policy set` keeps {name}={value!r} over the configured "
-                f"{below!r} (`cogo policy reset {route}` returns to the configuration)"
+                f"route {route!r}: `cogo policy set` keeps {name}={_json(value)} over the "
+                f"configured {_json(below)} (`cogo policy reset {route}` returns to the "
+                "configuration)"
             )
     return out
+
+
+def _json(value: Any) -> str:
+    """A value as the JSON `cogo policy set` takes (``null``, not Python's ``None``)."""
+    return msgspec.json.encode(value).decode()
 
 
 def _leaves(

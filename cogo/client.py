@@ -18,9 +18,9 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar, overload
 
 import msgspec
 import nats.errors
@@ -44,12 +44,22 @@ from cogo.streams.events import Event, decode_event, iso
 from cogo.streams.outputs import Output, read_output
 from cogo.streams.topology import EVENTS, POLICY_BUCKET
 
+P = TypeVar("P")
+R = TypeVar("R")
+T = TypeVar("T")
+# an ``@app.agent`` handler: ``(ctx, payload: P) -> R``; it stands for its route
+AgentFunction = Callable[[Any, P], Awaitable[R]]
+
 RECHECK_S = 5.0  # while waiting, ask again this often (a reconnect can miss an event)
 _status_decoder = msgspec.json.Decoder(TaskStatus)
 
 
-class TaskHandle:
-    """A submitted task: ``await handle.result()``, ``await handle.status()``."""
+class TaskHandle(Generic[R]):
+    """A submitted task: ``await handle.result()``, ``await handle.status()``.
+
+    Submitted through its handler (``client.submit(count, ...)``), the handle knows the
+    handler's return type: ``result()`` is typed with it (its JSON form at runtime, or an
+    instance of ``type=`` when given)."""
 
     def __init__(
         self, client: Client, task_id: str, route: str | None, *, duplicate: bool = False,
@@ -74,26 +84,35 @@ class TaskHandle:
         return await self._client.wait(self, timeout)
 
     def stream(self, *, idle_s: float = 1.0) -> AsyncIterator[Output]:
-        """The task's output chunks (``ctx.emit``), from the first, until the task ends.
+        """The task's output (``ctx.emit``) as ``Output`` records, from the first, until
+        the task ends; what was emitted is each record's ``data``.
 
-        async for chunk in handle.stream():
-            print(chunk.attempt, chunk.seq, chunk.data)
+        async for output in handle.stream():
+            print(output.attempt, output.seq, output.data)
 
-        Each chunk carries the ``attempt`` (and ``delivery``) that emitted it: a retried
+        Each record carries the ``attempt`` (and ``delivery``) that emitted it: a retried
         attempt starts its output again at ``seq`` 1, after the failed one's.
         """
         return self._client.stream(self.task_id, idle_s=idle_s)
 
-    async def result(self, timeout: float | None = None) -> Any:
+    @overload
+    async def result(self, timeout: float | None = None) -> R: ...
+    @overload
+    async def result(self, timeout: float | None = None, *, type: type[T]) -> T: ...
+    async def result(self, timeout: float | None = None, *, type: Any = None) -> Any:
         """The task's result; ``cogo.TaskFailed`` (``code``, ``message``, ``attempts``) if it
-        failed, TimeoutError if it has not ended within ``timeout`` seconds."""
+        failed, TimeoutError if it has not ended within ``timeout`` seconds.
+
+        The result travels as JSON data; ``type=`` (a msgspec Struct, pydantic model,
+        dataclass, TypedDict...) decodes it into that type (``msgspec.ValidationError`` /
+        ``pydantic.ValidationError`` if it does not fit)."""
         final = await self.wait(timeout)
         if final.status != "succeeded":
             raise TaskFailed(
                 final.error_code or "task.failed", final.error or "the task failed",
                 final.attempt, task_id=self.task_id,
             )  # fmt: skip
-        return final.result
+        return final.result if type is None else decode_as(final.result, type)
 
 
 class Client:
@@ -161,22 +180,47 @@ class Client:
 
     # -- submitting --------------------------------------------------------------------
 
+    @overload
     async def submit(
         self,
-        route: str,
-        payload: dict[str, Any] | None = None,
+        route: AgentFunction[P, R],
+        payload: P | dict[str, Any] | None = None,
         *,
         task_id: str | None = None,
         assignment: dict[str, Any] | None = None,
         correlation_id: str | None = None,
-    ) -> TaskHandle:
+    ) -> TaskHandle[R]: ...
+    @overload
+    async def submit(
+        self,
+        route: str,
+        payload: Any = None,
+        *,
+        task_id: str | None = None,
+        assignment: dict[str, Any] | None = None,
+        correlation_id: str | None = None,
+    ) -> TaskHandle[Any]: ...
+    async def submit(
+        self,
+        route: Any,
+        payload: Any = None,
+        *,
+        task_id: str | None = None,
+        assignment: dict[str, Any] | None = None,
+        correlation_id: str | None = None,
+    ) -> TaskHandle[Any]:
         """Submit a task to ``route``; ``assignment`` becomes its ``__assignment``.
 
-        Resubmitting a ``task_id`` within the duplicate window runs nothing twice
-        (``handle.duplicate``). UnknownRoute if no app declared ``route``.
+        ``route`` is a route (``"lexicon.count.0"``) or the ``@app.agent`` function declared
+        on it (``client.submit(count, Text(text="a b"))``: the handle's ``result()`` is then
+        typed with the function's return type). ``payload`` is a dict or the type the agent
+        declared (a msgspec Struct, pydantic model, dataclass, TypedDict). Resubmitting a
+        ``task_id`` within the duplicate window runs nothing twice (``handle.duplicate``).
+        UnknownRoute if no app declared ``route``.
         """
+        route = route_name(route)
         await self._check_route(route)
-        body: dict[str, Any] = dict(payload or {})
+        body: dict[str, Any] = payload_dict(payload)
         if assignment is not None:
             body[ASSIGNMENT_KEY] = assignment
         task_id = task_id or new_id()
@@ -195,7 +239,7 @@ class Client:
             submitted_at=submitted_at,
         )  # fmt: skip
 
-    def handle(self, task_id: str, route: str | None = None) -> TaskHandle:
+    def handle(self, task_id: str, route: str | None = None) -> TaskHandle[Any]:
         """A handle on a task submitted elsewhere (by id; ``route`` helps waiting)."""
         return TaskHandle(self, task_id, route, submitted_at=0.0)
 
@@ -253,7 +297,7 @@ class Client:
                 return
             yield output
 
-    async def wait(self, handle: TaskHandle, timeout: float | None = None) -> TaskStatus:
+    async def wait(self, handle: TaskHandle[Any], timeout: float | None = None) -> TaskStatus:
         """Until ``handle``'s task ends (see the module docstring)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[TaskStatus] = loop.create_future()
@@ -284,7 +328,7 @@ class Client:
                 self._waiters.pop(handle.task_id, None)
             future.cancel()
 
-    async def _lookup(self, handle: TaskHandle) -> TaskStatus | None:
+    async def _lookup(self, handle: TaskHandle[Any]) -> TaskStatus | None:
         """The task's final status if it already ended, else None."""
         try:
             status = await self.status(handle.task_id)
@@ -294,7 +338,7 @@ class Client:
             return await self._scan(handle)
         return status if status.finished else None
 
-    async def _scan(self, handle: TaskHandle) -> TaskStatus | None:
+    async def _scan(self, handle: TaskHandle[Any]) -> TaskStatus | None:
         if handle.route is None:
             return None
         js = self.nc.jetstream()
@@ -350,6 +394,49 @@ class Client:
         for future in waiting:
             if not future.done():
                 future.set_result(status)
+
+
+def route_name(route: Any) -> str:
+    """A route given as a string, or as the ``@app.agent`` function declared on it."""
+    from cogo.actors.app import route_of
+
+    if isinstance(route, str):
+        return route
+    declared = route_of(route)
+    if declared is None:
+        raise CogoError(
+            f"{getattr(route, '__qualname__', route)!r} is not an @app.agent handler: "
+            "give its route (a string) or the decorated function"
+        )
+    return declared
+
+
+def payload_dict(payload: Any) -> dict[str, Any]:
+    """A payload as the JSON object the task carries: a dict as it is, a declared type
+    (msgspec Struct, pydantic model, dataclass) in its JSON form."""
+    if payload is None:
+        return {}
+    if isinstance(payload, dict):
+        return dict(payload)
+    if hasattr(payload, "model_dump") and hasattr(type(payload), "model_fields"):
+        data = payload.model_dump(mode="json")
+    else:
+        try:
+            data = msgspec.to_builtins(payload)
+        except TypeError as exc:
+            raise CogoError(f"the payload has no JSON form: {exc}") from None
+    if not isinstance(data, dict):
+        raise CogoError(f"a payload is a JSON object, not {type(payload).__name__}")
+    return data
+
+
+def decode_as(value: Any, tp: type[T]) -> T:
+    """``value`` (JSON data) as an instance of ``tp``: pydantic models validate, anything
+    else msgspec converts (Structs, dataclasses, TypedDicts, containers, scalars)."""
+    validate = getattr(tp, "model_validate", None)
+    if validate is not None and hasattr(tp, "model_fields"):
+        return validate(value)  # type: ignore[no-any-return]
+    return msgspec.convert(value, tp)
 
 
 def _from_event(event: Event) -> TaskStatus:

@@ -116,10 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
 def _plugins() -> list[Any]:
     """Subcommands that live with their package (projections, workflows, bench)."""
     from cogo import bench
+    from cogo.cli import project as project_commands
     from cogo.cli import projections as projection_commands
     from cogo.cli import workflows as workflow_commands
 
-    return [projection_commands.register, workflow_commands.register, bench.register]
+    return [
+        projection_commands.register, workflow_commands.register, bench.register,
+        project_commands.register,
+    ]  # fmt: skip
 
 
 def _runnable_epilog() -> str:

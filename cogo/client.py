@@ -1,4 +1,4 @@
-"""``cogo.Client``: submit tasks and wait for them, from any Python program (DESIGN §12).
+"""``cogo.Client``: submit tasks and wait for them, from any Python program (docs/design.md §12).
 
     async with cogo.Client("nats://127.0.0.1:4222") as client:
         handle = await client.submit("lexicon.count.0", {"text": "a b c"})

@@ -54,7 +54,7 @@ class Ceilings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_ttl_ms: int = 86400000
 
 
-# the most a flow limit may say: past these a value is a typo, not a limit (DESIGN §14)
+# the most a flow limit may say: past these a value is a typo, not a limit (docs/design.md §14)
 MAX_FLOW_CONCURRENCY = 100_000
 MAX_FLOW_RATE_S = 100_000.0
 MAX_FLOW_BURST = 100_000

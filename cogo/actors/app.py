@@ -1,4 +1,4 @@
-"""Apps and agents: how a team declares the actors Cogo runs for it (DESIGN §10).
+"""Apps and agents: how a team declares the actors Cogo runs for it (docs/design.md §10).
 
     app = cogo.App("lexicon")
 

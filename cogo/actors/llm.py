@@ -1,4 +1,4 @@
-"""``ctx.llm``: metered calls to an OpenAI-compatible chat endpoint (DESIGN §11).
+"""``ctx.llm``: metered calls to an OpenAI-compatible chat endpoint (docs/design.md §11).
 
 Every call is enforced against the task's assignment *before* anything is sent:
 

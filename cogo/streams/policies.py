@@ -1,7 +1,7 @@
 """Route policies in the JetStream KV bucket ``policies``: the registry of declared routes.
 
 One key per declared task route (``echo.run.0``); the value is a ``PolicyRecord``: who
-declared the route and its policy, built from layers, lowest first (DESIGN §10):
+declared the route and its policy, built from layers, lowest first (docs/design.md §10):
 
     [policy.default]  <  the agent's ``policy=``  <  cogo.toml's route table  <  ``cogo policy set``
 

@@ -105,7 +105,6 @@ class FakeContext:
         self._env = env
         self._payload = payload
         self._steps_this_attempt: set[str] = set()
-        self._call_count = 0
         self.llm = FakeLlm(env, self)
         p = env.policy
         self.assignment = ResolvedAssignment(
@@ -193,7 +192,6 @@ class FakeContext:
         self, route: str, payload: Any = None, *, key: str | None = None, **_: Any
     ) -> Any:
         """``env.calls[route]``: a value, or a function (sync or async) of the payload."""
-        self._call_count += 1
         self._env.called.append((route, to_result(payload)))
         if route not in self._env.calls:
             raise KeyError(f"ctx.call({route!r}): give AgentEnvironment(calls={{{route!r}: ...}})")

@@ -295,3 +295,15 @@ def _cogo(*args: str) -> subprocess.CompletedProcess[str]:
         [sys.executable, "-m", "cogo", *args], capture_output=True, text=True, timeout=60,
         cwd=ROOT,
     )  # fmt: skip
+
+
+def test_dashboard_first_visit_and_whole_count_axis():
+    """Item 5 (a static check of the page's script; tests/test_dashboard.py drives the page):
+    no token yet is not "refused", the status line leaves "connecting", and a gridline at a
+    fraction of a count gets no rounded label."""
+    script = (ROOT / "cogo" / "http" / "static" / "dashboard.js").read_text()
+    first_visit = script.index("a first visit has no token at all")
+    handler = script[first_visit : first_visit + 600]
+    assert 'given\n        ? "The API refused this token' in handler
+    assert "waiting for a token" in handler
+    assert "Number.isInteger(max * f)" in script and "Math.round(max * f)" not in script

@@ -58,8 +58,8 @@ class TaskHandle(Generic[R]):
     """A submitted task: ``await handle.result()``, ``await handle.status()``.
 
     Submitted through its handler (``client.submit(count, ...)``), the handle knows the
-    handler's return type: ``result()`` is typed with it (its JSON form at runtime, or an
-    instance of ``type=`` when given)."""
+    handler's return type: ``result()`` decodes the JSON result into it (``type=`` decodes
+    into another type; submitted by route name, the result is the JSON data)."""
 
     def __init__(
         self, client: Client, task_id: str, route: str | None, *, duplicate: bool = False,
@@ -71,6 +71,9 @@ class TaskHandle(Generic[R]):
         self.duplicate = duplicate  # the bus already had this task_id (it runs once)
         self.seq = seq
         self.submitted_at = submitted_at or time.time()
+        # submitted through its handler: the handler's return type, which result() decodes
+        # into (so the type mypy infers is the type it gets)
+        self.result_type: Any = None
 
     def __repr__(self) -> str:
         return f"TaskHandle({self.task_id!r}, route={self.route!r})"
@@ -104,7 +107,8 @@ class TaskHandle(Generic[R]):
         failed, TimeoutError if it has not ended within ``timeout`` seconds.
 
         The result travels as JSON data; ``type=`` (a msgspec Struct, pydantic model,
-        dataclass, TypedDict...) decodes it into that type (``msgspec.ValidationError`` /
+        dataclass, TypedDict...) decodes it into that type, as does the handler's return type
+        for a task submitted through its handler (``msgspec.ValidationError`` /
         ``pydantic.ValidationError`` if it does not fit)."""
         final = await self.wait(timeout)
         if final.status != "succeeded":
@@ -112,7 +116,8 @@ class TaskHandle(Generic[R]):
                 final.error_code or "task.failed", final.error or "the task failed",
                 final.attempt, task_id=self.task_id,
             )  # fmt: skip
-        return final.result if type is None else decode_as(final.result, type)
+        wanted = type if type is not None else self.result_type
+        return final.result if wanted is None else decode_as(final.result, wanted)
 
 
 class Client:
@@ -212,12 +217,13 @@ class Client:
         """Submit a task to ``route``; ``assignment`` becomes its ``__assignment``.
 
         ``route`` is a route (``"lexicon.count.0"``) or the ``@app.agent`` function declared
-        on it (``client.submit(count, Text(text="a b"))``: the handle's ``result()`` is then
-        typed with the function's return type). ``payload`` is a dict or the type the agent
+        on it (``client.submit(count, Text(text="a b"))``: the handle's ``result()`` then
+        returns the function's return type, decoded from the JSON result). ``payload`` is a dict or the type the agent
         declared (a msgspec Struct, pydantic model, dataclass, TypedDict). Resubmitting a
         ``task_id`` within the duplicate window runs nothing twice (``handle.duplicate``).
         UnknownRoute if no app declared ``route``.
         """
+        result_type = return_type(route)
         route = route_name(route)
         await self._check_route(route)
         body: dict[str, Any] = payload_dict(payload)
@@ -234,10 +240,12 @@ class Client:
             )
         except APIError as exc:  # the TASKS stream refuses (full): nothing was accepted
             raise BackpressureError(f"the bus refused the task: {exc.description}") from None
-        return TaskHandle(
+        handle: TaskHandle[Any] = TaskHandle(
             self, task_id, route, duplicate=bool(ack.duplicate), seq=ack.seq,
             submitted_at=submitted_at,
         )  # fmt: skip
+        handle.result_type = result_type
+        return handle
 
     def handle(self, task_id: str, route: str | None = None) -> TaskHandle[Any]:
         """A handle on a task submitted elsewhere (by id; ``route`` helps waiting)."""
@@ -409,6 +417,20 @@ def route_name(route: Any) -> str:
             "give its route (a string) or the decorated function"
         )
     return declared
+
+
+def return_type(handler: Any) -> Any:
+    """What an ``@app.agent`` handler declares it returns (None: not a handler, no
+    annotation, ``Any``, or one that does not resolve): ``result()`` decodes into it."""
+    import typing
+
+    if isinstance(handler, str) or not callable(handler):
+        return None
+    try:
+        declared = typing.get_type_hints(handler).get("return")
+    except Exception:  # a forward reference that does not resolve: JSON data, as sent
+        return None
+    return None if declared in (None, Any, type(None)) else declared
 
 
 def payload_dict(payload: Any) -> dict[str, Any]:

@@ -46,6 +46,11 @@ async def count(ctx: cogo.TaskContext, doc: Text) -> dict[str, int]:
     return {"words": len(words)}
 
 
+@app.agent("proj.counted.0")
+async def counted(ctx: cogo.TaskContext, doc: Text) -> Counted:
+    return Counted(words=len(doc.text.split()))
+
+
 @app.agent("proj.think.0")
 async def think(ctx: cogo.TaskContext, doc: Text) -> dict[str, Any]:
     upper = await ctx.step("upper", str.upper, doc.text)
@@ -171,6 +176,11 @@ async def test_typed_submit_and_the_llm_endpoint_set_by_the_fixture(cogo_env, ch
     assert await handle.result(timeout=30, type=Counted) == Counted(words=2)
     same = await cogo_env.client.submit("proj.count.0", {"text": "x"})
     assert await same.result(timeout=30) == {"words": 1}
+    # through its handler, the result comes back as the type the handler returns
+    typed = await cogo_env.client.submit(counted, Text(text="a b c"))
+    assert await typed.result(timeout=30) == Counted(words=3)
+    by_name = await cogo_env.client.submit("proj.counted.0", Text(text="a b c"))
+    assert await by_name.result(timeout=30) == {"words": 3}  # JSON data, as sent
     with pytest.raises(CogoError, match="not an @app.agent handler"):
         await cogo_env.client.submit(print, {})  # type: ignore[call-overload]
     status = await cogo_env.client.status(handle.task_id)  # what `submit --wait` prints now

@@ -224,8 +224,17 @@ def test_help_texts_describe_every_submit_argument_and_no_rest_markup():
     """Item 11: `cogo --help` without reST backticks; submit's arguments described."""
     from cogo.cli.main import build_parser
 
+    def subcommands(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+        found = [parser]
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    found += subcommands(sub)
+        return found
+
     parser = build_parser()
-    assert "``" not in parser.format_help()
+    for command in subcommands(parser):
+        assert "``" not in command.format_help(), command.prog
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     submit = commands.choices["submit"]
     for action in submit._actions:

@@ -69,10 +69,28 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
     return {}
 
 
-def _parser_section(parser: argparse.ArgumentParser, name: str, level: int) -> str:
+def _helps(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """The one-line help of each subcommand (what ``cogo --help`` lists)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return {a.dest: a.help or "" for a in action._choices_actions}
+    return {}
+
+
+def _text(text: str) -> str:
+    """Prose: reST literals as code, ``<x>`` shown as text outside code spans."""
+    parts = _plain(text).split("`")
+    for i in range(0, len(parts), 2):
+        parts[i] = parts[i].replace("<", "&lt;").replace(">", "&gt;")
+    return "`".join(parts)
+
+
+def _parser_section(
+    parser: argparse.ArgumentParser, name: str, level: int, summary: str = ""
+) -> str:
     out = [f"{'#' * level} `{name}`\n\n"] if level > 2 else []
-    if parser.description:
-        out.append(_plain(parser.description.strip()) + "\n\n")
+    if parser.description or summary:
+        out.append(_text((parser.description or summary).strip()) + "\n\n")
     out.append("```text\n" + parser.format_usage().strip() + "\n```\n\n")
     rows = []
     for action in parser._actions:
@@ -90,8 +108,11 @@ def _parser_section(parser: argparse.ArgumentParser, name: str, level: int) -> s
         out.append("| argument | meaning | default |\n|---|---|---|\n" + "\n".join(rows) + "\n\n")
     if parser.epilog:
         out.append("```text\n" + parser.epilog.strip() + "\n```\n\n")
+    helps = _helps(parser)
     for sub_name, sub in _subparsers(parser).items():
-        out.append(_parser_section(sub, f"{name} {sub_name}", min(level + 1, 4)))
+        out.append(
+            _parser_section(sub, f"{name} {sub_name}", min(level + 1, 4), helps.get(sub_name, ""))
+        )
     return "".join(out)
 
 
@@ -161,7 +182,7 @@ def http_page() -> str:
     )
     for path, operations in sorted(document["paths"].items()):
         for method, op in operations.items():
-            out.append(f"## `{method.upper()} {path}`\n\n{_plain(op.get('summary', ''))}\n\n")
+            out.append(f"## `{method.upper()} {path}`\n\n{_text(op.get('summary', ''))}\n\n")
             params = op.get("parameters") or []
             if params:
                 out.append(
@@ -310,7 +331,7 @@ def events_page() -> str:
             continue
         seen.add(cls.__name__)
         doc = (inspect.getdoc(cls) or "").split("\n\n")[0]
-        out.append(f"## {cls.__name__}\n\n{_plain(doc)}\n\n")
+        out.append(f"## {cls.__name__}\n\n{_text(doc)}\n\n")
         info = msgspec.inspect.type_info(cls)
         assert isinstance(info, msgspec.inspect.StructType)
         if not info.fields:

@@ -44,6 +44,7 @@ from cogo.errors import (
     CogoError,
     CostBudgetExhausted,
     LlmNotConfigured,
+    ModelNotAllowed,
     OutputInvalid,
     StepNameReused,
     StepResultInvalid,
@@ -231,6 +232,11 @@ class FakeLlm:
         **extra: Any,
     ) -> LlmReply:
         model = model or self._ctx.assignment.model
+        allowed = self._ctx.assignment.allowed_models
+        if allowed and model not in allowed:  # as the real ctx.llm: refused before sending
+            raise ModelNotAllowed(
+                f"model {model!r} is not in the route's allowed_models {list(allowed)}"
+            )
         request = {"model": model, "messages": list(messages), "max_tokens": max_tokens,
                    "tools": list(tools) if tools else None, **extra}  # fmt: skip
         self._env.llm_requests.append(request)

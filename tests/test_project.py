@@ -21,7 +21,7 @@ from cogo.actors.app import App
 from cogo.client import Client, decode_as, payload_dict
 from cogo.config import load_config, resolve_data_dir
 from cogo.devllm import ChatServer
-from cogo.errors import CogoError, InvalidPayload, StepNameReused
+from cogo.errors import CogoError, InvalidPayload, ModelNotAllowed, StepNameReused
 from cogo.harness import AgentEnvironment
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -150,6 +150,17 @@ async def test_harness_llm_against_the_chat_server_and_a_reused_step_name():
 
     with pytest.raises(StepNameReused):
         await AgentEnvironment().run(twice, {})
+
+    @App("models").agent("models.ask.0")
+    async def ask(ctx: cogo.TaskContext, doc: dict[str, Any]) -> str | None:
+        return (await ctx.llm.chat([{"role": "user", "content": "x"}], model=doc["model"])).content
+
+    strict = AgentEnvironment(llm=["fine"], policy={"model": "small",
+                                                    "ceilings": {"allowed_models": ["small"]}})  # fmt: skip
+    with pytest.raises(ModelNotAllowed):  # refused before anything is sent, as ctx.llm does
+        await strict.run(ask, {"model": "big"})
+    assert strict.llm_requests == []
+    assert await strict.run(ask, {"model": "small"}) == "fine"
 
 
 # -- the typed client and the fixtures -------------------------------------------------

@@ -3,14 +3,23 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
+# `make up` installs what running needs and nothing else; the test, lint and docs tools
+# come with `make test` / `make lint` / `make docs` (pyproject's extras)
 $(BIN)/cogo: pyproject.toml
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY)"; exit 1; }
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e .
 	@touch $(BIN)/cogo
 
+DEV := $(VENV)/.dev-tools
+$(DEV): $(BIN)/cogo pyproject.toml
+	$(BIN)/pip install -q -e '.[test,lint,docs]'
+	@touch $(DEV)
+
 install: $(BIN)/cogo
+
+dev: $(DEV)
 
 up: install
 	$(BIN)/cogo up
@@ -35,14 +44,24 @@ $(PROMTOOL):
 
 promtool: $(PROMTOOL)
 
-test: install browser promtool
+test: dev browser promtool
 	PATH="$(CURDIR)/.tools/usr/bin:$$PATH" $(BIN)/python -m pytest -q -p no:cacheprovider
 
-lint: install
+lint: dev
 	$(BIN)/ruff check cogo tests scripts
 	$(BIN)/ruff format --check cogo tests scripts
 	$(BIN)/mypy
+	$(BIN)/mypy tests/typing  # what the typed client lets mypy infer (assert_type)
 	$(BIN)/vulture cogo scripts/vulture_whitelist.py
 	$(BIN)/python scripts/import_graph.py
 
-.PHONY: install up browser promtool test lint
+# the docs site: docs/ plus the reference pages scripts/gen_reference.py generates from the
+# code during the build (a mkdocs hook); --strict turns every warning (a broken link, a page
+# missing from the nav) into a failure
+docs: dev
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir build/site
+
+docs-serve: dev
+	$(BIN)/mkdocs serve --dev-addr 127.0.0.1:8000
+
+.PHONY: install dev up browser promtool test lint docs docs-serve

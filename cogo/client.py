@@ -1,4 +1,4 @@
-"""``cogo.Client``: submit tasks and wait for them, from any Python program (DESIGN §12).
+"""``cogo.Client``: submit tasks and wait for them, from any Python program (docs/design.md §12).
 
     async with cogo.Client("nats://127.0.0.1:4222") as client:
         handle = await client.submit("lexicon.count.0", {"text": "a b c"})
@@ -18,9 +18,9 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar, overload
 
 import msgspec
 import nats.errors
@@ -29,7 +29,7 @@ from nats.aio.msg import Msg
 from nats.js import api
 from nats.js.errors import APIError, KeyNotFoundError
 
-from cogo.config import DATA_DIR_ENV, env
+from cogo.config import resolve_data_dir
 from cogo.errors import BackpressureError, CogoError, TaskFailed, TaskNotFound, UnknownRoute
 from cogo.projections.tasks import STATUS_SUBJECT, TERMINAL, TaskStatus
 from cogo.streams.catalogue import (
@@ -44,12 +44,22 @@ from cogo.streams.events import Event, decode_event, iso
 from cogo.streams.outputs import Output, read_output
 from cogo.streams.topology import EVENTS, POLICY_BUCKET
 
+P = TypeVar("P")
+R = TypeVar("R")
+T = TypeVar("T")
+# an ``@app.agent`` handler: ``(ctx, payload: P) -> R``; it stands for its route
+AgentFunction = Callable[[Any, P], Awaitable[R]]
+
 RECHECK_S = 5.0  # while waiting, ask again this often (a reconnect can miss an event)
 _status_decoder = msgspec.json.Decoder(TaskStatus)
 
 
-class TaskHandle:
-    """A submitted task: ``await handle.result()``, ``await handle.status()``."""
+class TaskHandle(Generic[R]):
+    """A submitted task: ``await handle.result()``, ``await handle.status()``.
+
+    Submitted through its handler (``client.submit(count, ...)``), the handle knows the
+    handler's return type: ``result()`` decodes the JSON result into it (``type=`` decodes
+    into another type; submitted by route name, the result is the JSON data)."""
 
     def __init__(
         self, client: Client, task_id: str, route: str | None, *, duplicate: bool = False,
@@ -61,6 +71,9 @@ class TaskHandle:
         self.duplicate = duplicate  # the bus already had this task_id (it runs once)
         self.seq = seq
         self.submitted_at = submitted_at or time.time()
+        # submitted through its handler: the handler's return type, which result() decodes
+        # into (so the type mypy infers is the type it gets)
+        self.result_type: Any = None
 
     def __repr__(self) -> str:
         return f"TaskHandle({self.task_id!r}, route={self.route!r})"
@@ -74,26 +87,37 @@ class TaskHandle:
         return await self._client.wait(self, timeout)
 
     def stream(self, *, idle_s: float = 1.0) -> AsyncIterator[Output]:
-        """The task's output chunks (``ctx.emit``), from the first, until the task ends.
+        """The task's output (``ctx.emit``) as ``Output`` records, from the first, until
+        the task ends; what was emitted is each record's ``data``.
 
-        async for chunk in handle.stream():
-            print(chunk.attempt, chunk.seq, chunk.data)
+        async for output in handle.stream():
+            print(output.attempt, output.seq, output.data)
 
-        Each chunk carries the ``attempt`` (and ``delivery``) that emitted it: a retried
+        Each record carries the ``attempt`` (and ``delivery``) that emitted it: a retried
         attempt starts its output again at ``seq`` 1, after the failed one's.
         """
         return self._client.stream(self.task_id, idle_s=idle_s)
 
-    async def result(self, timeout: float | None = None) -> Any:
+    @overload
+    async def result(self, timeout: float | None = None) -> R: ...
+    @overload
+    async def result(self, timeout: float | None = None, *, type: type[T]) -> T: ...
+    async def result(self, timeout: float | None = None, *, type: Any = None) -> Any:
         """The task's result; ``cogo.TaskFailed`` (``code``, ``message``, ``attempts``) if it
-        failed, TimeoutError if it has not ended within ``timeout`` seconds."""
+        failed, TimeoutError if it has not ended within ``timeout`` seconds.
+
+        The result travels as JSON data; ``type=`` (a msgspec Struct, pydantic model,
+        dataclass, TypedDict...) decodes it into that type, as does the handler's return type
+        for a task submitted through its handler (``msgspec.ValidationError`` /
+        ``pydantic.ValidationError`` if it does not fit)."""
         final = await self.wait(timeout)
         if final.status != "succeeded":
             raise TaskFailed(
                 final.error_code or "task.failed", final.error or "the task failed",
                 final.attempt, task_id=self.task_id,
             )  # fmt: skip
-        return final.result
+        wanted = type if type is not None else self.result_type
+        return final.result if wanted is None else decode_as(final.result, wanted)
 
 
 class Client:
@@ -114,7 +138,8 @@ class Client:
     ) -> None:
         self._url = nats_url
         self._user, self._password = user, password
-        self._data_dir = Path(data_dir or env(DATA_DIR_ENV, ".cogo"))
+        # found as every command finds it: data_dir=, COGO_DATA_DIR, the project's cogo.toml
+        self._data_dir = resolve_data_dir(data_dir)
         self._name = name
         self._nc: NATS | None = None
         self._known_routes: set[str] = set()
@@ -144,7 +169,12 @@ class Client:
             user = user or endpoints.get("nats_user")
             password = password or endpoints.get("nats_password")
             if not url:
-                raise CogoError(f"no nats_url given and no running `cogo up` in {self._data_dir}")
+                raise CogoError(
+                    f"no running `cogo up` in {self._data_dir} (no endpoints.json there): "
+                    "start one with `cogo up`, or say where yours is with "
+                    "Client(data_dir=...), COGO_DATA_DIR or a cogo.toml (data_dir) in your "
+                    "project, or connect anywhere with Client(nats_url)"
+                )
         self._nc = await connect(url, self._name, user=user, password=password)
 
     async def close(self) -> None:
@@ -155,22 +185,48 @@ class Client:
 
     # -- submitting --------------------------------------------------------------------
 
+    @overload
     async def submit(
         self,
-        route: str,
-        payload: dict[str, Any] | None = None,
+        route: AgentFunction[P, R],
+        payload: P | dict[str, Any] | None = None,
         *,
         task_id: str | None = None,
         assignment: dict[str, Any] | None = None,
         correlation_id: str | None = None,
-    ) -> TaskHandle:
+    ) -> TaskHandle[R]: ...
+    @overload
+    async def submit(
+        self,
+        route: str,
+        payload: Any = None,
+        *,
+        task_id: str | None = None,
+        assignment: dict[str, Any] | None = None,
+        correlation_id: str | None = None,
+    ) -> TaskHandle[Any]: ...
+    async def submit(
+        self,
+        route: Any,
+        payload: Any = None,
+        *,
+        task_id: str | None = None,
+        assignment: dict[str, Any] | None = None,
+        correlation_id: str | None = None,
+    ) -> TaskHandle[Any]:
         """Submit a task to ``route``; ``assignment`` becomes its ``__assignment``.
 
-        Resubmitting a ``task_id`` within the duplicate window runs nothing twice
-        (``handle.duplicate``). UnknownRoute if no app declared ``route``.
+        ``route`` is a route (``"lexicon.count.0"``) or the ``@app.agent`` function declared
+        on it (``client.submit(count, Text(text="a b"))``: the handle's ``result()`` then
+        returns the function's return type, decoded from the JSON result). ``payload`` is a dict or the type the agent
+        declared (a msgspec Struct, pydantic model, dataclass, TypedDict). Resubmitting a
+        ``task_id`` within the duplicate window runs nothing twice (``handle.duplicate``).
+        UnknownRoute if no app declared ``route``.
         """
+        result_type = return_type(route)
+        route = route_name(route)
         await self._check_route(route)
-        body: dict[str, Any] = dict(payload or {})
+        body: dict[str, Any] = payload_dict(payload)
         if assignment is not None:
             body[ASSIGNMENT_KEY] = assignment
         task_id = task_id or new_id()
@@ -184,12 +240,14 @@ class Client:
             )
         except APIError as exc:  # the TASKS stream refuses (full): nothing was accepted
             raise BackpressureError(f"the bus refused the task: {exc.description}") from None
-        return TaskHandle(
+        handle: TaskHandle[Any] = TaskHandle(
             self, task_id, route, duplicate=bool(ack.duplicate), seq=ack.seq,
             submitted_at=submitted_at,
         )  # fmt: skip
+        handle.result_type = result_type
+        return handle
 
-    def handle(self, task_id: str, route: str | None = None) -> TaskHandle:
+    def handle(self, task_id: str, route: str | None = None) -> TaskHandle[Any]:
         """A handle on a task submitted elsewhere (by id; ``route`` helps waiting)."""
         return TaskHandle(self, task_id, route, submitted_at=0.0)
 
@@ -247,7 +305,7 @@ class Client:
                 return
             yield output
 
-    async def wait(self, handle: TaskHandle, timeout: float | None = None) -> TaskStatus:
+    async def wait(self, handle: TaskHandle[Any], timeout: float | None = None) -> TaskStatus:
         """Until ``handle``'s task ends (see the module docstring)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[TaskStatus] = loop.create_future()
@@ -278,7 +336,7 @@ class Client:
                 self._waiters.pop(handle.task_id, None)
             future.cancel()
 
-    async def _lookup(self, handle: TaskHandle) -> TaskStatus | None:
+    async def _lookup(self, handle: TaskHandle[Any]) -> TaskStatus | None:
         """The task's final status if it already ended, else None."""
         try:
             status = await self.status(handle.task_id)
@@ -288,7 +346,7 @@ class Client:
             return await self._scan(handle)
         return status if status.finished else None
 
-    async def _scan(self, handle: TaskHandle) -> TaskStatus | None:
+    async def _scan(self, handle: TaskHandle[Any]) -> TaskStatus | None:
         if handle.route is None:
             return None
         js = self.nc.jetstream()
@@ -344,6 +402,63 @@ class Client:
         for future in waiting:
             if not future.done():
                 future.set_result(status)
+
+
+def route_name(route: Any) -> str:
+    """A route given as a string, or as the ``@app.agent`` function declared on it."""
+    from cogo.actors.app import route_of
+
+    if isinstance(route, str):
+        return route
+    declared = route_of(route)
+    if declared is None:
+        raise CogoError(
+            f"{getattr(route, '__qualname__', route)!r} is not an @app.agent handler: "
+            "give its route (a string) or the decorated function"
+        )
+    return declared
+
+
+def return_type(handler: Any) -> Any:
+    """What an ``@app.agent`` handler declares it returns (None: not a handler, no
+    annotation, ``Any``, or one that does not resolve): ``result()`` decodes into it."""
+    import typing
+
+    if isinstance(handler, str) or not callable(handler):
+        return None
+    try:
+        declared = typing.get_type_hints(handler).get("return")
+    except Exception:  # a forward reference that does not resolve: JSON data, as sent
+        return None
+    return None if declared in (None, Any, type(None)) else declared
+
+
+def payload_dict(payload: Any) -> dict[str, Any]:
+    """A payload as the JSON object the task carries: a dict as it is, a declared type
+    (msgspec Struct, pydantic model, dataclass) in its JSON form."""
+    if payload is None:
+        return {}
+    if isinstance(payload, dict):
+        return dict(payload)
+    if hasattr(payload, "model_dump") and hasattr(type(payload), "model_fields"):
+        data = payload.model_dump(mode="json")
+    else:
+        try:
+            data = msgspec.to_builtins(payload)
+        except TypeError as exc:
+            raise CogoError(f"the payload has no JSON form: {exc}") from None
+    if not isinstance(data, dict):
+        raise CogoError(f"a payload is a JSON object, not {type(payload).__name__}")
+    return data
+
+
+def decode_as(value: Any, tp: type[T]) -> T:
+    """``value`` (JSON data) as an instance of ``tp``: pydantic models validate, anything
+    else msgspec converts (Structs, dataclasses, TypedDicts, containers, scalars)."""
+    validate = getattr(tp, "model_validate", None)
+    if validate is not None and hasattr(tp, "model_fields"):
+        return validate(value)  # type: ignore[no-any-return]
+    return msgspec.convert(value, tp)
 
 
 def _from_event(event: Event) -> TaskStatus:

@@ -18,6 +18,8 @@ import msgspec
 
 from cogo.errors import ConfigError
 
+DEFAULT_DATA_DIR = ".cogo"
+
 
 def exponential_delay(
     initial: float, failures: int, *, cap: float, multiplier: float = 2.0
@@ -52,7 +54,7 @@ class Ceilings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_ttl_ms: int = 86400000
 
 
-# the most a flow limit may say: past these a value is a typo, not a limit (DESIGN §14)
+# the most a flow limit may say: past these a value is a typo, not a limit (docs/design.md §14)
 MAX_FLOW_CONCURRENCY = 100_000
 MAX_FLOW_RATE_S = 100_000.0
 MAX_FLOW_BURST = 100_000
@@ -244,6 +246,8 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     apps: AppsConfig = AppsConfig()
     # model -> price; workers turn reported tokens into cost with it (budget max_cost_usd)
     pricing: dict[str, ModelPrice] = msgspec.field(default_factory=dict)
+    # a project's cogo.toml: its data dir, relative to that file (see resolve_data_dir)
+    data_dir: str = DEFAULT_DATA_DIR
 
     def route_policy(self, route: str, declared: dict[str, Any] | None = None) -> RoutePolicy:
         """The configured policy of ``route``: ``[policy.default]``, then what the agent
@@ -312,10 +316,13 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_config(path: Path | None = None, data_dir: Path | None = None) -> Config:
-    """Load ``defaults.toml`` and merge ``path`` (or ``<data_dir>/cogo.toml``) over it."""
+    """Load ``defaults.toml`` and merge the user's file over it: ``path``, else
+    ``<data_dir>/cogo.toml``, else the project's ``cogo.toml`` (``find_project_file``)."""
     raw = tomllib.loads(resources.files("cogo").joinpath("defaults.toml").read_text())
-    if path is None and data_dir is not None and (data_dir / "cogo.toml").exists():
-        path = data_dir / "cogo.toml"
+    if path is None and data_dir is not None and (Path(data_dir) / CONFIG_FILE).exists():
+        path = Path(data_dir) / CONFIG_FILE
+    if path is None:
+        path = find_project_file()
     if path is not None:
         try:
             raw = deep_merge(raw, tomllib.loads(Path(path).read_text()))
@@ -328,6 +335,44 @@ def load_config(path: Path | None = None, data_dir: Path | None = None) -> Confi
     for route in config.policy.routes:
         config.route_policy(route)  # fail early on a bad policy table
     return config
+
+
+# -- where a project's files are -------------------------------------------------------
+# Every command and ``cogo.Client()`` find the data dir and the configuration this one way,
+# so a project of one's own needs no ``--data-dir`` anywhere.
+
+CONFIG_FILE = "cogo.toml"
+
+
+def find_project_file(start: Path | None = None) -> Path | None:
+    """The nearest ``cogo.toml`` in ``start`` (default: the working directory) or above it."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        candidate = folder / CONFIG_FILE
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def resolve_data_dir(given: str | Path | None = None, *, start: Path | None = None) -> Path:
+    """The data dir: ``given`` (``--data-dir``, ``Client(data_dir=)``), else
+    ``COGO_DATA_DIR``, else the ``data_dir`` of the project's ``cogo.toml`` (relative to that
+    file, default ``.cogo`` beside it), else ``./.cogo``."""
+    if given:
+        return Path(given)
+    from_env = env(DATA_DIR_ENV)
+    if from_env:
+        return Path(from_env)
+    project = find_project_file(start)
+    if project is None:
+        return Path(DEFAULT_DATA_DIR)
+    try:
+        declared = tomllib.loads(project.read_text()).get("data_dir", DEFAULT_DATA_DIR)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read config {project}: {exc}") from exc
+    if not isinstance(declared, str) or not declared:
+        raise ConfigError(f"{project}: data_dir must be a non-empty string, not {declared!r}")
+    return project.parent / declared
 
 
 # -- the environment -------------------------------------------------------------------

@@ -76,6 +76,19 @@ def write_endpoints(data_dir: Path, endpoints: dict[str, Any]) -> Path:
     return write_private_json(data_dir / "endpoints.json", endpoints)
 
 
+HTTP_PORT_FILE = "http_port"
+
+
+def remembered_http_port(data_dir: Path) -> int | None:
+    """The HTTP port the last ``cogo up`` of ``data_dir`` used, if it is free now."""
+    try:
+        port = int((data_dir / HTTP_PORT_FILE).read_text().strip())
+        ensure_port_free(port, "HTTP", "--http-port")
+    except (OSError, ValueError, OverflowError, CogoError):
+        return None
+    return port
+
+
 def read_endpoints(data_dir: Path) -> dict[str, Any] | None:
     try:
         return json.loads((data_dir / "endpoints.json").read_text())  # type: ignore[no-any-return]
@@ -112,7 +125,8 @@ class System:
             bus = msgspec.structs.replace(self.config.bus, replicas=min(cluster, 5))
             self.config = msgspec.structs.replace(self.config, bus=bus)
         self.nats_port = nats_port
-        self.http_port = http_port or free_port()
+        # the port of the last start when it is free: bookmarks and scripts keep working
+        self.http_port = http_port or remembered_http_port(self.data_dir) or free_port()
         self.sync = sync
         # every app it runs, loaded now: an app that does not import, or two apps declaring
         # one route, stop `cogo up` before anything starts
@@ -229,6 +243,7 @@ class System:
                 "pid": os.getpid(),
             },
         )
+        (self.data_dir / HTTP_PORT_FILE).write_text(f"{self.http_port}\n")
         self.supervisor.watch()
 
     def _runs(self, loaded: LoadedApp, spec: AgentSpec) -> bool:
@@ -364,6 +379,14 @@ async def run_up(system: System) -> None:
             f"cogo up: endpoints in {system.data_dir / 'endpoints.json'}; Ctrl-C to stop",
             flush=True,
         )
+        for loaded in system.apps:  # what runs: the app, its reference and its agents
+            agents = [
+                spec.name for spec in loaded.app.agents.values() if system._runs(loaded, spec)
+            ]
+            print(
+                f"cogo up: app {loaded.app.name} ({loaded.ref}): {', '.join(agents) or '-'}",
+                flush=True,
+            )
         token = endpoints.get("api_token")
         print(
             f"cogo up: dashboard {endpoints.get('http_url')}/"

@@ -18,10 +18,20 @@ ones.
         handle = await cogo_env.client.submit("lexicon.count.0", {"text": "a b c"})
         assert await handle.result(timeout=10) == {"words": 3}
 
-Fixtures: ``cogo_env`` (a started ``CogoEnv``), ``cogo_apps`` (override it: the apps to run),
-``cogo_config`` (override it: TOML text merged over fast test settings), ``chat_server`` (an
-OpenAI-compatible endpoint on 127.0.0.1 that answers from a script and counts calls).
-The plugin is registered under pytest's ``pytest11`` entry point; it needs pytest-asyncio.
+Fixtures: ``cogo_env`` (a started ``CogoEnv``; ``ctx.llm`` of its agents already points at
+``chat_server``), ``cogo_apps`` (override it: the apps to run), ``cogo_config`` (override it:
+TOML text merged over fast test settings), ``chat_server`` (an OpenAI-compatible endpoint on
+127.0.0.1 that answers from a script and counts calls). For a unit test without a bus, see
+``cogo.harness.AgentEnvironment`` (re-exported here).
+
+The plugin is opt-in: ``-p cogo.testing`` in pytest's ``addopts`` (or
+``pytest_plugins = ["cogo.testing"]`` in a top-level conftest.py). It needs pytest-asyncio
+(``pip install 'cogo[testing]'``) and these settings, which ``cogo init`` writes::
+
+    [tool.pytest.ini_options]
+    addopts = "-p cogo.testing"
+    asyncio_mode = "auto"        # async tests and fixtures without a marker on each
+    pythonpath = ["."]           # your agents import from the project's root
 """
 
 from __future__ import annotations
@@ -29,13 +39,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import sys
 import tempfile
-import threading
-import time
 from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass, field, replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +51,11 @@ import pytest
 from cogo.actors.app import App
 from cogo.aio import dump_tasks
 from cogo.client import Client
-from cogo.config import Config, load_config
+from cogo.config import LLM_BASE_URL_ENV, Config, load_config
+from cogo.devllm import ChatServer, Reply
+from cogo.harness import AgentEnvironment
+
+__all__ = ["AgentEnvironment", "ChatServer", "CogoEnv", "Reply", "merged_toml"]
 
 # Fast redelivery and short backoffs: fault paths finish in seconds in a test.
 STOP_WATCHDOG_S = 60.0
@@ -84,6 +95,7 @@ class CogoEnv:
         processes: bool = False,
         env: dict[str, str] | None = None,
         sync: str = "default",
+        llm_url: str | None = None,
     ) -> None:
         self.apps = list(apps)
         self._config_text = merged_toml(TEST_CONFIG, config)
@@ -92,6 +104,14 @@ class CogoEnv:
         self.processes = processes
         self.env = env or {}
         self.sync = sync  # JetStream fsync: the server default, or "always" (as `cogo up`)
+        # ctx.llm's endpoint for every agent of this env (a ChatServer's url): in its
+        # configuration, in the agent processes' environment and, while the env runs, in
+        # this process's (an agent reads it once, when it starts)
+        self.llm_url = llm_url
+        if llm_url:
+            self._config_text = merged_toml(self._config_text, f'[llm]\nbase_url = "{llm_url}"\n')
+            self.env = {LLM_BASE_URL_ENV: llm_url, **self.env}
+        self._saved_llm_env: str | None = None
         self.url = ""
         self.config: Config | None = None
         self.client = Client("", name="cogo-testing")
@@ -115,6 +135,9 @@ class CogoEnv:
         from cogo.streams.connection import connect
         from cogo.streams.server import EmbeddedServer
 
+        if self.llm_url:
+            self._saved_llm_env = os.environ.get(LLM_BASE_URL_ENV)
+            os.environ[LLM_BASE_URL_ENV] = self.llm_url
         if self.data_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="cogo-test-")
             self.data_dir = Path(self._tmp.name)
@@ -205,6 +228,11 @@ class CogoEnv:
             await asyncio.to_thread(self._server.stop)
         if self._tmp is not None:
             self._tmp.cleanup()
+        if self.llm_url:  # as it was before the env started
+            if self._saved_llm_env is None:
+                os.environ.pop(LLM_BASE_URL_ENV, None)
+            else:
+                os.environ[LLM_BASE_URL_ENV] = self._saved_llm_env
 
     @staticmethod
     def _app(app: App | str) -> App:
@@ -299,175 +327,6 @@ def _ref_of(app: App, given: App | str) -> str:
     raise ValueError(f"app {app.name!r}: pass 'module:attr' to run it as processes")
 
 
-# -- an OpenAI-compatible endpoint for tests -----------------------------------------------
-
-
-@dataclass
-class Reply:
-    """One scripted answer of ``ChatServer``."""
-
-    content: str | None = "ok"
-    tool_calls: list[dict[str, Any]] | None = None
-    status: int = 200
-    prompt_tokens: int = 10
-    completion_tokens: int = 5
-    usage: bool = True  # False: a reply without usage (the caller must estimate)
-    delay_s: float = 0.0
-    finish_reason: str | None = None
-    raw: str | None = None  # send this body as is (a malformed reply)
-    retry_after: float | None = None  # a Retry-After header (with a 429 or 503)
-    word_delay_s: float = 0.0  # streaming: a pause before each word
-
-
-@dataclass
-class ChatServer:
-    """``/v1/chat/completions`` on 127.0.0.1 answering from a script; counts every call.
-
-    ``script`` is consumed in order; when it runs out, ``default`` answers. Streaming
-    requests (``"stream": true``) get Server-Sent Events, word by word, with a final usage
-    chunk. ``requests`` holds every request body received. Like a real endpoint it never
-    reports more completion tokens than the request's ``max_tokens`` (the reply then ends
-    with ``finish_reason: "length"``).
-    """
-
-    script: list[Reply] = field(default_factory=list)
-    default: Reply = field(default_factory=Reply)
-    requests: list[dict[str, Any]] = field(default_factory=list)
-    url: str = ""
-    _server: ThreadingHTTPServer | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    @property
-    def calls(self) -> int:
-        return len(self.requests)
-
-    def start(self) -> ChatServer:
-        chat = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-                try:
-                    self._answer()
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up (its deadline passed): as a real server, move on
-
-            def _answer(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length) or b"{}")
-                with chat._lock:
-                    chat.requests.append({"path": self.path, "headers": _headers(self), **body})
-                    reply = chat.script.pop(0) if chat.script else chat.default
-                cap = body.get("max_tokens")
-                if isinstance(cap, int) and reply.completion_tokens > cap:
-                    reply = replace(reply, completion_tokens=cap, finish_reason="length")
-                if reply.delay_s:
-                    time.sleep(reply.delay_s)
-                if reply.status != 200:
-                    extra = {"Retry-After": str(reply.retry_after)} if reply.retry_after else {}
-                    self._send(reply.status, {"error": {"message": f"scripted {reply.status}"}},
-                               headers=extra)  # fmt: skip
-                elif reply.raw is not None:
-                    self._send(200, None, raw=reply.raw.encode())
-                elif body.get("stream"):
-                    self._stream(body, reply)
-                else:
-                    self._send(200, _completion(body, reply))
-
-            def _send(
-                self, status: int, doc: Any, raw: bytes | None = None,
-                headers: dict[str, str] | None = None,
-            ) -> None:  # fmt: skip
-                data = raw if raw is not None else json.dumps(doc).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for name, value in (headers or {}).items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(data)
-
-            def _stream(self, body: dict[str, Any], reply: Reply) -> None:
-                self.send_response(200)
-                self.send_header("Content-Type", "text/event-stream")
-                self.send_header("Transfer-Encoding", "chunked")
-                self.end_headers()
-                words = (reply.content or "").split(" ")
-                for i, word in enumerate(words):
-                    if reply.word_delay_s:
-                        time.sleep(reply.word_delay_s)
-                    piece = word if i == 0 else " " + word
-                    self._chunk({"choices": [{"index": 0, "delta": {"content": piece},
-                                              "finish_reason": None}]}, body)  # fmt: skip
-                if reply.tool_calls:
-                    deltas = [{**call, "index": i} for i, call in enumerate(reply.tool_calls)]
-                    self._chunk({"choices": [{"index": 0, "delta": {"tool_calls": deltas},
-                                              "finish_reason": None}]}, body)  # fmt: skip
-                finish = reply.finish_reason or ("tool_calls" if reply.tool_calls else "stop")
-                self._chunk({"choices": [{"index": 0, "delta": {}, "finish_reason": finish}]},
-                            body)  # fmt: skip
-                if reply.usage:
-                    self._chunk({"choices": [], "usage": _usage(reply)}, body)
-                self._write(b"data: [DONE]\n\n")
-                self._write(b"")
-
-            def _chunk(self, doc: dict[str, Any], body: dict[str, Any]) -> None:
-                doc = {"id": "chatcmpl-test", "object": "chat.completion.chunk",
-                       "model": body.get("model"), **doc}  # fmt: skip
-                self._write(b"data: " + json.dumps(doc).encode() + b"\n\n")
-
-            def _write(self, data: bytes) -> None:
-                self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
-                self.wfile.flush()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-
-    def reply(self, content: str | None = "ok", **kwargs: Any) -> ChatServer:
-        """Append one answer to the script."""
-        self.script.append(Reply(content=content, **kwargs))
-        return self
-
-
-def _headers(handler: BaseHTTPRequestHandler) -> dict[str, str]:
-    """The request's headers, names in one case (``Authorization``) whatever the client sent."""
-    return {name.title(): value for name, value in handler.headers.items()}
-
-
-def _usage(reply: Reply) -> dict[str, int]:
-    return {"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens,
-            "total_tokens": reply.prompt_tokens + reply.completion_tokens}  # fmt: skip
-
-
-def _completion(body: dict[str, Any], reply: Reply) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": "assistant", "content": reply.content}
-    if reply.tool_calls:
-        message["tool_calls"] = reply.tool_calls
-    doc: dict[str, Any] = {
-        "id": "chatcmpl-test",
-        "object": "chat.completion",
-        "model": body.get("model"),
-        "choices": [{"index": 0, "message": message,
-                     "finish_reason": reply.finish_reason or
-                     ("tool_calls" if reply.tool_calls else "stop")}],
-    }  # fmt: skip
-    if reply.usage:
-        doc["usage"] = _usage(reply)
-    return doc
-
-
 # -- the pytest plugin ---------------------------------------------------------------------
 
 
@@ -484,10 +343,17 @@ def cogo_config() -> str:
 
 
 async def _cogo_env(
-    cogo_apps: Sequence[App | str], cogo_config: str, tmp_path: Path
+    cogo_apps: Sequence[App | str], cogo_config: str, tmp_path: Path, chat_server: ChatServer
 ) -> AsyncIterator[CogoEnv]:
-    """A started ``CogoEnv`` running ``cogo_apps`` on a private nats-server."""
-    env = CogoEnv(*cogo_apps, config=cogo_config, data_dir=tmp_path / "cogo")
+    """A started ``CogoEnv`` running ``cogo_apps`` on a private nats-server; ``ctx.llm``
+    answers from ``chat_server`` unless ``cogo_config`` sets ``[llm] base_url``."""
+    import tomllib
+
+    configured = tomllib.loads(cogo_config or "").get("llm", {}).get("base_url")
+    env = CogoEnv(
+        *cogo_apps, config=cogo_config, data_dir=tmp_path / "cogo",
+        llm_url=None if configured else chat_server.url,
+    )  # fmt: skip
     await env.start()
     try:
         yield env

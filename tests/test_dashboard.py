@@ -234,6 +234,10 @@ async def browse(info: dict[str, Any], summary: dict[str, Any], good: dict[str, 
             # without a token: the login form
             await page.goto(origin + "/")
             await page.wait_for_selector("#login:not([hidden])")
+            # a first visit was given no token: it is asked for, not "refused" (issue 25 item 5)
+            why = await page.text_content("#login-why") or ""
+            assert "needs the API token" in why and "refused" not in why
+            assert await page.text_content("#status") == "waiting for a token"
             # the link `cogo up` prints: the token rides in the fragment, then leaves the URL
             await page.goto(f"{origin}/#token={info['api_token']}")
             await page.reload()

@@ -262,7 +262,7 @@ def test_make_event_checks_the_catalogue() -> None:
                                                                "result": 1})  # fmt: skip
     with pytest.raises(TypeError, match="need data"):
         make_event(EXECUTE_DONE, task_id="t", attempt=1)
-    with pytest.raises(TypeError, match="error_code"):  # an event field DESIGN §4 requires
+    with pytest.raises(TypeError, match="error_code"):  # an event field docs/design.md §4 requires
         make_event(EXECUTE_FAILED, task_id="t", error="boom")
     with pytest.raises(TypeError, match="ExecuteDone"):  # another type's struct
         make_event(EXECUTE_RETRY, task_id="t", attempt=1, backoff_ms=1, next_attempt_at="x",

@@ -1,4 +1,4 @@
-"""Flow control with TWO dispatcher processes sharing the work (DESIGN §14).
+"""Flow control with TWO dispatcher processes sharing the work (docs/design.md §14).
 
 Real ``cogo run dispatcher`` processes and an echo worker process on a real nats-server:
 both dispatchers take submissions and results, one of them admits the route. Every

@@ -15,7 +15,8 @@ import import_graph  # noqa: E402
 LAYERS = [
     "cogo.errors", "cogo.aio", "cogo.lifeline", "cogo.config", "cogo.secretfile",
     "cogo.streams", "cogo.indexing", "cogo.workflows", "cogo.projections", "cogo.http",
-    "cogo.rollouts", "cogo.actors", "cogo.client", "cogo.system", "cogo.testing", "cogo.bench",
+    "cogo.rollouts", "cogo.actors", "cogo.client", "cogo.devllm", "cogo.harness", "cogo.system",
+    "cogo.testing", "cogo.bench",
     "cogo.cli", "cogo.__main__",
 ]  # fmt: skip
 

@@ -134,12 +134,19 @@ async def test_workflow_commands(nats_server, nc, js, config, data_dir, tmp_path
             code, out = await _cli(capsys, "schedule", "delete", "tick", *common)
             assert code == 0 and json.loads(out)["deleted"] is True
             code, err = await _cli(capsys, "schedule", "delete", "tick", *common)
-            assert code == 2 and "404" in err
+            assert code == 2 and "404" in err and "[schedule.not_found]" in err  # its own code
 
             (data_dir / "workflows" / "broken.toml").write_text("id = ")
-            code, out = await _cli(capsys, "workflow", "defs", *common)
+            # an expression planning refuses: listed with its error, not as loaded
+            (data_dir / "workflows" / "sneaky.json").write_text(json.dumps({"id": "sneaky",
+                "nodes": [{"id": "g", "type": "gate", "condition": "__import__('os')"}]}))  # fmt: skip
+            code, out = await _cli(capsys, "workflow", "defs", "--json", *common)
             broken = [w for w in json.loads(out) if w["id"] == "broken"]
             assert code == 0 and broken and "TOMLDecodeError" in broken[0]["error"]
+            sneaky = [w for w in json.loads(out) if w["id"] == "sneaky"]
+            assert "nodes.0.condition" in sneaky[0]["error"]
+            code, out = await _cli(capsys, "workflow", "defs", *common)  # a table
+            assert code == 0 and out.startswith("approveMerge") and "sneaky" not in out
     finally:
         server.should_exit = True
         await serving

@@ -1,6 +1,6 @@
 """Admission: flow control of the routes that have a ``flow`` policy, across every dispatcher.
 
-Why this design (DESIGN §14; the bus objects are in ``cogo.streams.flow``):
+Why this design (docs/design.md §14; the bus objects are in ``cogo.streams.flow``):
 
 - **A held task leaves ``TASKS`` at once.** A dispatcher that claims an attempt of a flow-
   controlled route stores it in the ``FLOW`` stream (``flow.<route>.<priority>.<key>``) and

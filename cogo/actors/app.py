@@ -1,4 +1,4 @@
-"""Apps and agents: how a team declares the actors Cogo runs for it (DESIGN §10).
+"""Apps and agents: how a team declares the actors Cogo runs for it (docs/design.md §10).
 
     app = cogo.App("lexicon")
 
@@ -123,6 +123,15 @@ class AgentSpec:
         return [RouteDecl(r, self.app, self.name, self.tasks, self.policy) for r in self.routes]
 
 
+ROUTE_ATTR = "__cogo_route__"
+
+
+def route_of(handler: Any) -> str | None:
+    """The route an ``@app.agent`` function was declared on (None for anything else)."""
+    route = getattr(handler, ROUTE_ATTR, None)
+    return route if isinstance(route, str) else None
+
+
 class App:
     """A named set of agents: the unit ``cogo run`` and ``cogo up --app`` load.
 
@@ -175,6 +184,8 @@ class App:
                     doc=(inspect.getdoc(fn) or "").split("\n")[0],
                 )
             )
+            # the function stands for its route: `await client.submit(count, Text(...))`
+            setattr(fn, ROUTE_ATTR, route)  # noqa: B010 - a function has no declared slot
             return fn
 
         return register

@@ -8,7 +8,7 @@ An actor is a handler plus configuration. This base owns everything around the h
   or partial pull is "no work", never an error (nats.py #418);
 - bounded concurrency (``concurrency`` handlers per route), ``in_progress()`` heartbeats
   while a handler runs longer than a third of ``ack_wait``;
-- ack on success, ``nak(delay)`` on an unexpected error (a plain nak spins; DESIGN §9),
+- ack on success, ``nak(delay)`` on an unexpected error (a plain nak spins; docs/design.md §9),
   ``term`` plus a copy in ``DLQ`` for a message that can never be processed;
 - graceful drain: on stop, no new fetches; in-flight handlers finish (up to a grace
   period) and are acked before the connection closes;

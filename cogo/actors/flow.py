@@ -2,7 +2,7 @@
 
 ``RouteFlow`` is pure bookkeeping (no I/O, time passed in), so it is tested without a bus;
 ``cogo.actors.admission`` feeds it what the bus says (held tasks, slots taken and released)
-and forwards what it picks. Rules, per route (DESIGN §14):
+and forwards what it picks. Rules, per route (docs/design.md §14):
 
 - at most ``concurrency`` attempts run at once; at most ``concurrency_per_key`` of one key;
 - a key starts at most ``rate_per_key_s`` attempts per second: a token bucket of ``burst``

@@ -1,4 +1,4 @@
-"""``ctx.llm``: metered calls to an OpenAI-compatible chat endpoint (DESIGN §11).
+"""``ctx.llm``: metered calls to an OpenAI-compatible chat endpoint (docs/design.md §11).
 
 Every call is enforced against the task's assignment *before* anything is sent:
 
@@ -153,7 +153,12 @@ class LlmClient:
 
     def sdk(self) -> Any:
         if not self.base_url:
-            raise LlmNotConfigured(f"set {BASE_URL_ENV} (or [llm] base_url) to use ctx.llm")
+            raise LlmNotConfigured(
+                f"ctx.llm has no endpoint: set {BASE_URL_ENV} in the environment of `cogo up` / "
+                "`cogo run` (or [llm] base_url in cogo.toml) before it starts: each worker "
+                "reads it once, at start. In tests the cogo_env fixture points it at "
+                "chat_server by itself; `cogo dev-llm` serves a fake endpoint to try it"
+            )
         if self._client is None:
             import openai  # imported on first use: most workers never call an LLM
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from cogo.actors.app import AgentSpec, App, check_apps
 from cogo.config import Config
-from cogo.errors import AppNotFound
+from cogo.errors import AppNotFound, CogoError
 
 BUILTIN_REF = "cogo.actors:app"
 ENTRY_POINT_GROUP = "cogo.apps"
@@ -61,6 +61,8 @@ def load_ref(ref: str) -> App:
                 f"(looked in the current directory and sys.path; see --app-dir)"
             ) from None
         raise AppNotFound(f"importing {module_name!r} failed: {exc}") from exc
+    except CogoError:  # e.g. a bad route at a decorator line: its own code and message
+        raise
     except Exception as exc:  # the user's module raised while importing
         raise AppNotFound(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}") from exc
     value: object = module

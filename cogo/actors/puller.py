@@ -8,7 +8,7 @@ hand to an inbox whose callback passes each message on at once (the projector's
 ``StreamFeed`` does the same for batches).
 
 One request is outstanding at a time, so no pull request is ever left behind to capture
-messages nobody reads (nats.py #933, #986; DESIGN §9). The request lingers: messages
+messages nobody reads (nats.py #933, #986; docs/design.md §9). The request lingers: messages
 already in the stream come at once, later ones as they arrive, until the batch is full
 or the request expires.
 """

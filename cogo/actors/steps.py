@@ -1,4 +1,4 @@
-"""Durable steps: ``await ctx.step(name, fn, *args)`` (DESIGN §11).
+"""Durable steps: ``await ctx.step(name, fn, *args)`` (docs/design.md §11).
 
 The first successful result of step ``name`` of a task is journaled in the event log, as a
 ``step_completed`` event with ``event_id = <task_id>:step:<name>``, before ``step`` returns.

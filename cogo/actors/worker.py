@@ -5,7 +5,7 @@ handler is one, ``cogo.actors.agent``); this module decodes the work order, enfo
 and the per-attempt timeout, and publishes a ``WorkResult`` to ``orchestrator.results.0``
 with ``Nats-Msg-Id = <task_id>:<attempt>:result``. That id fences results: a paused "zombie"
 worker whose order was redelivered to another worker reports the same attempt again, and
-the stream drops the second report (DESIGN §9, nats-server #4786). Retry decisions are not
+the stream drops the second report (docs/design.md §9, nats-server #4786). Retry decisions are not
 made here: the dispatcher owns them.
 
 An attempt that is still running ``[actors] started_event_after_ms`` after its claim is

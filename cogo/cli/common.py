@@ -10,14 +10,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from cogo.config import DATA_DIR_ENV, NATS_URL_ENV, NATS_USER_ENV, env
+from cogo.config import NATS_URL_ENV, NATS_USER_ENV, env, resolve_data_dir
 from cogo.errors import CogoError
-
-DEFAULT_DATA_DIR = Path(env(DATA_DIR_ENV, ".cogo"))
 
 
 def common_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="default ./.cogo")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="where the system keeps its files (default: COGO_DATA_DIR, else "
+                   "data_dir of the nearest cogo.toml upward, else ./.cogo)")  # fmt: skip
     p.add_argument("--config", type=Path, default=None, help="TOML merged over the defaults")
     p.add_argument("--nats-url", default=env(NATS_URL_ENV),
                    help="NATS server(s), comma-separated; default: the running `cogo up`")  # fmt: skip
@@ -32,7 +32,22 @@ def resolve_nats_url(args: argparse.Namespace) -> str:
     endpoints = read_endpoints(args.data_dir)
     if endpoints and endpoints.get("nats_url"):
         return str(endpoints["nats_url"])
-    raise CogoError(f"no --nats-url and no running `cogo up` in {args.data_dir} (endpoints.json)")
+    raise CogoError(not_running(args.data_dir))
+
+
+def not_running(data_dir: Path) -> str:
+    """Why a command found no system, and how to point it at one."""
+    return (
+        f"no running `cogo up` in {data_dir} (no endpoints.json there): start one with "
+        "`cogo up`, or point at yours with --data-dir, COGO_DATA_DIR or a cogo.toml "
+        "(data_dir) in your project, or give --nats-url"
+    )
+
+
+def resolve_paths(args: argparse.Namespace) -> None:
+    """Fill ``args.data_dir`` the one way every command and ``cogo.Client()`` use."""
+    if hasattr(args, "data_dir"):
+        args.data_dir = resolve_data_dir(args.data_dir)
 
 
 def nats_credentials(args: argparse.Namespace, user: str) -> dict[str, str]:
@@ -58,3 +73,11 @@ async def bus(args: argparse.Namespace, name: str, user: str = "admin") -> Async
         yield nc
     finally:
         await nc.close()
+
+
+class RemoteError(CogoError):
+    """Raised when the running system answered with an error: its own ``code`` is kept."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code

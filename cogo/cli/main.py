@@ -1,4 +1,4 @@
-"""The ``cogo`` command.
+"""The cogo command: run Cogo, submit tasks, inspect them.
 
 cogo up       [--app pkg.module:app ...] [--data-dir DIR] [--nats-port N] [--http-port N]
               [--nats-url URL] [--sync S] [--cluster N] [--auth]
@@ -20,9 +20,9 @@ import os
 import sys
 from typing import Any
 
-from cogo.cli.common import DEFAULT_DATA_DIR, bus, common_args, nats_credentials, resolve_nats_url
+from cogo.cli.common import bus, common_args, nats_credentials, resolve_nats_url, resolve_paths
 from cogo.cli.tasks import cmd_policy, cmd_routes, cmd_status, cmd_submit
-from cogo.config import NATS_PASSWORD_ENV, NATS_USER_ENV, load_config
+from cogo.config import NATS_PASSWORD_ENV, NATS_USER_ENV, load_config, resolve_data_dir
 from cogo.errors import CogoError
 
 
@@ -65,16 +65,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("submit", help="submit a task to orchestrator.execute.0")
     common_args(p)
-    p.add_argument("--route", required=True)
+    p.add_argument("--route", required=True,
+                   help="the route an agent declared, e.g. lexicon.count.0 (`cogo routes`)")  # fmt: skip
     p.add_argument("--payload", default="{}",
                    help="a JSON object, @file.json to read it from a file, or - for stdin")  # fmt: skip
-    p.add_argument("--task-id", default=None)
+    p.add_argument("--task-id", default=None,
+                   help="your id for the task (default: a new one); resubmitting an id within "
+                   "the duplicate window runs the task once")  # fmt: skip
     p.add_argument("--wait", action="store_true",
                    help="wait for the task to end and print its status (exit 1 if it failed)")  # fmt: skip
     p.add_argument("--follow", action="store_true",
                    help="print the task's output (ctx.emit) as it arrives, then its status "
                    "(exit 1 if it failed); text chunks as they are, others as JSON lines")  # fmt: skip
-    p.add_argument("--timeout", type=float, default=60.0)
+    p.add_argument("--timeout", type=float, default=60.0,
+                   help="seconds --wait / --follow wait for the end (exit 2 past it; the task "
+                   "itself goes on)")  # fmt: skip
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("status", help="a task's status, attempt, result or error, and events")
@@ -111,17 +116,21 @@ def build_parser() -> argparse.ArgumentParser:
 def _plugins() -> list[Any]:
     """Subcommands that live with their package (projections, workflows, bench)."""
     from cogo import bench
+    from cogo.cli import project as project_commands
     from cogo.cli import projections as projection_commands
     from cogo.cli import workflows as workflow_commands
 
-    return [projection_commands.register, workflow_commands.register, bench.register]
+    return [
+        projection_commands.register, workflow_commands.register, bench.register,
+        project_commands.register,
+    ]  # fmt: skip
 
 
 def _runnable_epilog() -> str:
     from cogo.actors.loader import runnable
 
     try:
-        config = load_config(None, DEFAULT_DATA_DIR)
+        config = load_config(None, resolve_data_dir())
     except CogoError:
         config = None
     return "what can run:\n" + "\n".join(runnable(config))
@@ -205,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     logging.getLogger("nats").setLevel(logging.CRITICAL)  # errors come through error_cb
     try:
+        resolve_paths(args)
         return int(args.func(args) or 0)
     except CogoError as exc:
         print(f"cogo: error [{exc.code}]: {exc}", file=sys.stderr)

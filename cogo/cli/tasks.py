@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -49,8 +50,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
             name="cogo-submit",
         ) as client:  # fmt: skip
             handle = await client.submit(args.route, payload, task_id=args.task_id)
+            # the same document as POST /api/tasks answers
             print(json.dumps({"task_id": handle.task_id, "duplicate": handle.duplicate,
-                              "seq": handle.seq}), flush=True)  # fmt: skip
+                              "stream_seq": handle.seq}), flush=True)  # fmt: skip
             if not (args.wait or args.follow):
                 return 0
             try:
@@ -61,6 +63,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
             except TimeoutError:
                 print(f"task {handle.task_id} did not end within {args.timeout}s", file=sys.stderr)
                 return 2
+            # the waiter may have seen the terminal event before the projector did: print
+            # the projector's document (events, usage), as `cogo status` would a moment later
+            with contextlib.suppress(CogoError):
+                final = await client.status(handle.task_id)
             print(json.dumps(msgspec.to_builtins(final)))
             return 0 if final.status == "succeeded" else 1
 
@@ -166,6 +172,8 @@ def cmd_routes(args: argparse.Namespace) -> int:
                     "route": route, "app": record.app, "agent": record.agent,
                     "pending": info.num_pending if info else None,
                     "in_flight": info.num_ack_pending if info else None,
+                    # pull requests waiting on the route's consumer: workers ready for tasks
+                    "pulling": info.num_waiting if info else 0,
                     "overrides": record.overrides or None,
                 })  # fmt: skip
             if args.json:
@@ -173,7 +181,9 @@ def cmd_routes(args: argparse.Namespace) -> int:
             else:
                 for row in rows:
                     print(f"{row['route']:<28} {row['app'] or '-':<12} {row['agent'] or '-':<16} "
-                          f"pending={row['pending']} in_flight={row['in_flight']}"
+                          f"pending={row['pending']} in_flight={row['in_flight']} "
+                          + (f"workers_pulling={row['pulling']}" if row["pulling"]
+                             else "no worker pulling")
                           + ("  (policy overridden at runtime)" if row["overrides"] else ""))  # fmt: skip
             return 0
 

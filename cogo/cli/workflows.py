@@ -34,6 +34,7 @@ from typing import Any
 
 import httpx
 
+from cogo.cli.common import RemoteError
 from cogo.config import API_TOKEN_ENV, HTTP_URL_ENV, env
 from cogo.errors import CogoError
 
@@ -82,6 +83,7 @@ def register(subparsers: Any, common: Any) -> None:
     p.set_defaults(func=cmd_signal)
 
     p = command("defs", "the workflow definitions and their parameters (and files that fail)")
+    p.add_argument("--json", action="store_true", help="print the API's JSON document")
     p.set_defaults(func=cmd_defs)
 
     _register_schedules(subparsers, common)
@@ -177,8 +179,20 @@ class Facade:
         except httpx.HTTPError as exc:
             raise CogoError(f"cannot reach the facade: {exc}") from exc
         if response.status_code >= 400:
-            raise CogoError(f"{method} {path} -> {response.status_code}: {_detail(response)}")
+            raise RemoteError(
+                f"{method} {path} -> {response.status_code}: {_detail(response)}",
+                _code(response),
+            )
         return response.json()
+
+
+def _code(response: httpx.Response) -> str:
+    """The API's own error code (``workflow.not_found``...), not a generic one."""
+    try:
+        code = response.json().get("code")
+    except (ValueError, AttributeError):
+        code = None
+    return str(code) if code else f"http.{response.status_code}"
 
 
 def _detail(response: httpx.Response) -> str:
@@ -282,7 +296,19 @@ def cmd_signal(args: argparse.Namespace) -> int:
 
 def cmd_defs(args: argparse.Namespace) -> int:
     workflows = Facade(args).call("GET", "/api/workflows")["workflows"]
-    _print(workflows)
+    if args.json:
+        _print(workflows)
+    else:  # one line a definition: what loads, and with which parameters
+        for w in workflows:
+            if w.get("error"):
+                continue
+            params = ", ".join(
+                f"{name}{'*' if spec.get('required') else ''}"
+                for name, spec in (w.get("parameters") or {}).items()
+            )
+            print(f"{w['id']:<24} v{w.get('version') or 1}  {w.get('description', '')}".rstrip())
+            if params:
+                print(f"{'':<24}     parameters: {params}  (* required)")
     for broken in (w for w in workflows if w.get("error")):
         print(f"cogo: workflow {broken['id']} does not load: {broken['error']}", file=sys.stderr)
     return 0

@@ -54,7 +54,13 @@ from cogo.streams.envelope import new_id
 from cogo.workflows import history
 from cogo.workflows.definition import RUN_ID, SIGNAL_NAME, WORKFLOW_ID, Catalog, WorkflowDefinition
 from cogo.workflows.inbox import CancelRun, Command, SignalRun, StartRun, send_command
-from cogo.workflows.planner import Plan, load_plan, plan_workflow, pydantic_errors
+from cogo.workflows.planner import (
+    Plan,
+    expression_problems,
+    load_plan,
+    plan_workflow,
+    pydantic_errors,
+)
 from cogo.workflows.run import RunState
 
 RECENT_RUNS = 20
@@ -363,9 +369,12 @@ async def definitions_endpoint(request: Request) -> JSONResponse:
         }
         try:
             WorkflowDefinition.model_validate(raw)
+            problems_found = expression_problems(raw.get("nodes"), ["nodes"])
         except pydantic.ValidationError as exc:
+            problems_found = pydantic_errors(exc, [])
+        if problems_found:  # what planning would refuse, whatever the parameters
             row["error"] = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
-                                     for e in pydantic_errors(exc, []))  # fmt: skip
+                                     for e in problems_found)  # fmt: skip
         rows.append(row)
     for problem in problems:
         rows.append({"id": problem["id"], "description": "", "version": None, "parameters": {},

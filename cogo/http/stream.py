@@ -1,4 +1,4 @@
-"""``GET /api/tasks/{task_id}/stream``: a task's output as Server-Sent Events (DESIGN §11).
+"""``GET /api/tasks/{task_id}/stream``: a task's output as Server-Sent Events (docs/design.md §11).
 
 From the first chunk on (or after ``Last-Event-ID``, the stream sequence each chunk is sent
 with, so a client that reconnects picks up where it was), one ``chunk`` event per

@@ -30,7 +30,7 @@ from cogo.streams.envelope import EXECUTE_SUBJECT, MSG_ID, decode_assignment, en
 
 
 class TaskRequest(Body):
-    """The body of ``POST /api/tasks`` (DESIGN §3)."""
+    """The body of ``POST /api/tasks`` (docs/design.md §3)."""
 
     route: str = pydantic.Field(
         min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)+$",

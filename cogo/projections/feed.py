@@ -6,7 +6,7 @@ never decides what is applied. The consumer acks with ``AckPolicy.ALL`` after ea
 which keeps ``nats consumer info`` honest (ack floor = applied) at one ack per batch.
 
 Pull requests are sent by hand to an inbox, one outstanding at a time (no pull requests
-left behind; DESIGN §9): first a ``no_wait`` request for everything available, and only
+left behind; docs/design.md §9): first a ``no_wait`` request for everything available, and only
 when nothing is, a lingering request for one message, then ``no_wait`` again for the rest.
 
 Deliveries to that inbox skip nats-py's per-message path (~8 µs a message, half of a

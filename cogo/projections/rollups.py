@@ -2,7 +2,7 @@
 
 The dashboard, ``/api/metrics/*`` and ``/metrics`` read these instead of scanning the
 events in their window, so they cost about the same with millions of events as with
-thousands (DESIGN §15). Every table is a pure function of ``bus_events``: every measure is
+thousands (docs/design.md §15). Every table is a pure function of ``bus_events``: every measure is
 a count, an exact DECIMAL sum or a histogram bin count (``cogo.projections.histogram``),
 all associative, so rows folded in batch by batch give what one pass would (a replay
 builds identical tables), and rows retention deletes are subtracted exactly

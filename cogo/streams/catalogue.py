@@ -2,7 +2,7 @@
 
 One ``msgspec.Struct`` per event type, keyed by the type name in ``CATALOGUE`` (the event's
 own ``type`` is the tag: it travels next to ``data``, not inside it, so the wire form is the
-one DESIGN §5 names). ``cogo.streams.events.make_event`` checks every event against this
+one docs/design.md §5 names). ``cogo.streams.events.make_event`` checks every event against this
 catalogue before it can reach the stream: an unknown type, a missing required field or a
 misspelled one fails where the event is built. Readers turn a decoded event's ``data`` into
 its struct with ``data_of``; the SQL views' JSON paths are checked against these structs by
@@ -23,7 +23,7 @@ from cogo.streams.envelope import ResolvedAssignment
 
 # -- type names --------------------------------------------------------------------------
 
-# the dispatcher's audit trail of a task (DESIGN §4)
+# the dispatcher's audit trail of a task (docs/design.md §4)
 EXECUTE_ENQUEUED = "execute_enqueued"
 EXECUTE_RETRY = "execute_retry"
 EXECUTE_FAILED = "execute_failed"
@@ -33,7 +33,7 @@ EXECUTE_STARTED = "execute_started"
 # flow control held an attempt back (once per attempt; data.limit says which limit)
 EXECUTE_THROTTLED = "execute_throttled"
 TERMINAL_TYPES = frozenset({EXECUTE_FAILED, EXECUTE_DONE})
-# the agent runtime (DESIGN §11): one per LLM call, one per durable step's first success
+# the agent runtime (docs/design.md §11): one per LLM call, one per durable step's first success
 LLM_CALL = "llm_call"
 STEP_COMPLETED = "step_completed"
 ARTIFACT_STORED = "artifact_stored"
@@ -102,7 +102,7 @@ class ExecuteStarted(EventData, frozen=True, kw_only=True, omit_defaults=True):
 
 
 class ExecuteDone(EventData, frozen=True, kw_only=True, omit_defaults=True):
-    """The worker succeeded; ``result`` is the handler's return value (DESIGN §10)."""
+    """The worker succeeded; ``result`` is the handler's return value (docs/design.md §10)."""
 
     claimed_at: str
     submitted_at: str
@@ -133,7 +133,7 @@ class ExecuteFailed(EventData, frozen=True, kw_only=True, omit_defaults=True):
 
 
 class ExecuteThrottled(EventData, frozen=True, kw_only=True, omit_defaults=True):
-    """Flow control's first hold of an attempt (DESIGN §14)."""
+    """Flow control's first hold of an attempt (docs/design.md §14)."""
 
     limit: str
     key: str
@@ -432,7 +432,7 @@ CATALOGUE: dict[str, type[EventData]] = {
     WORKFLOW_CANCELLED: RunEnded,
 }
 
-# fields of the event itself (DESIGN §4/§5) a type must carry, beyond event_id/type/at
+# fields of the event itself (docs/design.md §4/§5) a type must carry, beyond event_id/type/at
 REQUIRED: dict[str, tuple[str, ...]] = {
     EXECUTE_ENQUEUED: ("task_id", "route", "attempt"),
     EXECUTE_STARTED: ("task_id", "route", "attempt"),

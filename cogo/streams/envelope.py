@@ -35,7 +35,7 @@ KIND_HEADER = "Cogo-Kind"  # "retry" on dispatcher-made retries of a task
 # the ranges decode_assignment enforces, and the JSON schema /openapi.json publishes
 Positive = Annotated[int, msgspec.Meta(gt=0)]
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
-# flow control (DESIGN §14): who a task is for, and how urgent it is (higher first)
+# flow control (docs/design.md §14): who a task is for, and how urgent it is (higher first)
 MAX_KEY_LENGTH = 256
 DEFAULT_PRIORITY = 5
 FlowKey = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_KEY_LENGTH)]
@@ -82,7 +82,7 @@ class ResolvedAssignment(msgspec.Struct, frozen=True):
 
 
 class TaskMessage(msgspec.Struct, frozen=True):
-    """What a user publishes to ``orchestrator.execute.0`` (DESIGN §3)."""
+    """What a user publishes to ``orchestrator.execute.0`` (docs/design.md §3)."""
 
     route: str
     payload: dict[str, Any] = msgspec.field(default_factory=dict)

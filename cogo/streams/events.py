@@ -1,4 +1,4 @@
-"""Events: the facts Cogo appends to the ``EVENTS`` stream (DESIGN §5).
+"""Events: the facts Cogo appends to the ``EVENTS`` stream (docs/design.md §5).
 
 Every event is one ``Event`` struct on ``events.<type>[.<route>]``, published with
 ``Nats-Msg-Id = event_id``. Ids of facts that must happen once per task are deterministic

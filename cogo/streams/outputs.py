@@ -1,4 +1,4 @@
-"""Tasks' streamed output: the ``OUTPUTS`` stream, ``outputs.<task_id>`` (DESIGN §11).
+"""Tasks' streamed output: the ``OUTPUTS`` stream, ``outputs.<task_id>`` (docs/design.md §11).
 
 ``ctx.emit(chunk)`` appends one ``Output`` to the task's subject: the chunk (``data``, any JSON value)
 with the attempt, delivery and sequence that produced it, so a reader can tell a retry's

@@ -1,7 +1,7 @@
 """Route policies in the JetStream KV bucket ``policies``: the registry of declared routes.
 
 One key per declared task route (``echo.run.0``); the value is a ``PolicyRecord``: who
-declared the route and its policy, built from layers, lowest first (DESIGN §10):
+declared the route and its policy, built from layers, lowest first (docs/design.md §10):
 
     [policy.default]  <  the agent's ``policy=``  <  cogo.toml's route table  <  ``cogo policy set``
 
@@ -191,10 +191,16 @@ def _masked(route: str, seed: RoutePolicy, overrides: dict[str, Any]) -> list[st
         if below != value:
             name = ".".join(path)
             out.append(
-                f"route {route!r}: `cogo policy set` keeps {name}={value!r} over the configured "
-                f"{below!r} (`cogo policy reset {route}` returns to the configuration)"
+                f"route {route!r}: `cogo policy set` keeps {name}={_json(value)} over the "
+                f"configured {_json(below)} (`cogo policy reset {route}` returns to the "
+                "configuration)"
             )
     return out
+
+
+def _json(value: Any) -> str:
+    """A value as the JSON `cogo policy set` takes (``null``, not Python's ``None``)."""
+    return msgspec.json.encode(value).decode()
 
 
 def _leaves(

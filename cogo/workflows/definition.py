@@ -204,7 +204,7 @@ class WorkflowNode(NodeBase):
     """
 
     type: Literal["workflow"]
-    workflowId: str  # noqa: N815 - the contract's spelling (DESIGN §13)
+    workflowId: str  # noqa: N815 - the contract's spelling (docs/design.md §13)
     parameters: dict[str, Any] = Field(default_factory=dict)
 
     @pydantic.field_validator("workflowId")

@@ -1,6 +1,6 @@
 """Workflow events in the ``EVENTS`` stream: where they go, how they are read back.
 
-Workflow events are published on ``events.<type>.wf.<workflowId>.<runId>`` (DESIGN §5:
+Workflow events are published on ``events.<type>.wf.<workflowId>.<runId>`` (docs/design.md §5:
 ``events.<kind>.<...>``), so the log can be read per run (``events.*.wf.*.<runId>``), per
 workflow (``events.workflow_started.wf.<id>.*``) or all together (``events.*.wf.>``)
 without scanning anything else. Reading uses a short-lived ephemeral consumer (no acks,

@@ -368,6 +368,36 @@ def _check_templates(
             yield from _check_expression(source, loc, names, upstream)
 
 
+EXPRESSION_KEYS = ("when", "condition", "until", "where")
+
+
+def expression_problems(raw: Any, loc: list[Any] | None = None) -> list[dict[str, Any]]:
+    """Every condition (``when``, ``condition``, ``until``, ``where``) and ``${...}`` template
+    of a raw definition that does not parse, without parameters: what ``cogo workflow defs``
+    reports, so it never lists as loaded a file that planning refuses."""
+    loc = loc or []
+    errors: list[dict[str, Any]] = []
+    if isinstance(raw, dict):
+        for key, value in raw.items():
+            if key in EXPRESSION_KEYS and isinstance(value, str):
+                try:
+                    parse(value)
+                except ExpressionError as exc:
+                    errors.append(_error([*loc, key], exc, exc.code))
+            elif isinstance(value, str):
+                for source in template_expressions(value):
+                    try:
+                        parse(source)
+                    except ExpressionError as exc:
+                        errors.append(_error([*loc, key], exc, exc.code))
+            else:
+                errors.extend(expression_problems(value, [*loc, key]))
+    elif isinstance(raw, list):
+        for i, item in enumerate(raw):
+            errors.extend(expression_problems(item, [*loc, i]))
+    return errors
+
+
 def _strings(value: Any) -> Iterator[str]:
     if isinstance(value, str):
         yield value

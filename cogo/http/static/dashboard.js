@@ -182,8 +182,11 @@ function columns(container, s, series, { keys, colors, unit }) {
   const plotH = H - bottom - top, slotW = (W - left) / s.n;
   for (const f of [0, 0.5, 1]) {
     const y = top + plotH * (1 - f);
-    g.append(svg("line", { x1: left, x2: W, y1: y, y2: y, class: f ? "grid" : "axis" }),
-      svg("text", { x: left - 5, y: y + 3, "text-anchor": "end" }, fmtInt(Math.round(max * f))));
+    g.append(svg("line", { x1: left, x2: W, y1: y, y2: y, class: f ? "grid" : "axis" }));
+    // counts are whole: a gridline at a fraction (0.5 of 1) gets no label, never a rounded one
+    if (Number.isInteger(max * f)) {
+      g.append(svg("text", { x: left - 5, y: y + 3, "text-anchor": "end" }, fmtInt(max * f)));
+    }
   }
   series.forEach((b, i) => {
     let y = top + plotH;
@@ -635,7 +638,15 @@ async function refresh() {
     $("foot").textContent = `window ${summary.window} · since ${new Date(summary.since).toLocaleString()}`;
     document.body.dataset.loaded = "true";
   } catch (e) {
-    if (e instanceof AuthError) { showLogin("The API refused this token. Paste the api_token from endpoints.json."); return; }
+    if (e instanceof AuthError) {
+      // a first visit has no token at all: ask for one, do not say it was refused
+      const given = localStorage.getItem(TOKEN_KEY);
+      showLogin(given
+        ? "The API refused this token. Paste the api_token from endpoints.json."
+        : "This dashboard needs the API token: open the link `cogo up` printed, or paste the api_token from endpoints.json.");
+      $("status").textContent = given ? "token refused" : "waiting for a token";
+      return;
+    }
     $("status").textContent = "update failed: " + (e.message || e);
     $("status").classList.add("error");
   } finally {

@@ -10,8 +10,7 @@ def cogo_apps():
 
 
 @pytest.fixture(autouse=True)
-def llm_endpoint(chat_server, monkeypatch):
-    """Point the summariser at cogo.testing's scripted OpenAI-compatible endpoint."""
-    monkeypatch.setenv("COGO_LLM_BASE_URL", chat_server.url)
+def llm_key(monkeypatch):
+    """A key for the endpoint (cogo_env already points ctx.llm at chat_server): the tests
+    check that it reaches the endpoint as a bearer token."""
     monkeypatch.setenv("COGO_LLM_API_KEY", "test-key")
-    return chat_server

@@ -33,7 +33,7 @@ Why this design (DESIGN §14; the bus objects are in ``cogo.streams.flow``):
   carries as ``data.held_ms``. A held task past its deadline fails (``assignment.ttl_expired``).
 - **At once when nothing waits.** The dispatcher that admits a route admits an attempt it
   claims itself on the spot when nothing of the route waits and its limits allow one more
-  (``RouteAdmitter.admit_now``): slot, then forward, as a round does, without the trip
+  (``RouteAdmitter.admit_now``): its slot and the attempt in one batch, without the trip
   through ``FLOW``. Other dispatchers' attempts, and everything while some wait, take turns.
 - **Rate across takeovers.** A new admitter starts every key's token bucket empty (the
   one before it may just have spent it), so a move of the route never exceeds the rate.

@@ -10,9 +10,9 @@ failure ends the session; the next one loads the route from the bus again.
 
 The fast path (``admit_now``): an attempt that this dispatcher claims for a route it admits,
 while nothing of the route waits and its limits allow one more, is admitted on the spot:
-its slot is written, then it is forwarded with its ``execute_enqueued``, as a round would,
-without the hold in ``FLOW``, its delivery back to the admitter and its deletion. That is
-most of what flow control cost a route under its limits.
+its slot, the attempt and its ``execute_enqueued`` go out in one batch, without the hold in
+``FLOW``, its delivery back to the admitter and its deletion. That is most of what flow
+control cost a route under its limits.
 """
 
 from __future__ import annotations
@@ -141,13 +141,14 @@ class RouteAdmitter:
         d = self.c.d
         order = msgspec.structs.replace(order, flow_slot=slot, held_ms=0.0)
         try:
-            # as a round does: the slot is stored before the attempt goes out
+            # the slot, the attempt and its event in one batch: a crash between them leaves
+            # what a crash of a round leaves (its submission is redelivered and admitted
+            # again; the forward's fixed id stores it once)
             stored = Slot(task_id=order.task_id, attempt=order.attempt, key=key,
                           admitted_at=now, expires_at=expires_at, admitter=d.name)  # fmt: skip
-            await d.publish_all([slot_message(slot, stored, now)])
-            if not self._valid():
-                raise _LeaseLapsed()
-            ack, _ = await d.publish_all(d.enqueued_messages(order, since=wait_started(order)))
+            messages = [slot_message(slot, stored, now),
+                        *d.enqueued_messages(order, since=wait_started(order))]  # fmt: skip
+            _, ack, _ = await d.publish_all(messages)
         except BaseException:
             # the submission is redelivered and admitted again; the watch of the slots
             # counts the slot again if it was stored
@@ -228,6 +229,8 @@ class RouteAdmitter:
                 continue
             if entry.operation in ("DEL", "PURGE") or not entry.value:
                 flow.slot_released(entry.key)
+            elif flow.has_slot(entry.key):
+                continue  # ours, counted when it was taken (the fast path's, mostly)
             else:
                 try:
                     slot = decode_slot(entry.value)

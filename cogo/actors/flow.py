@@ -154,6 +154,9 @@ class RouteFlow:
     def __contains__(self, seq: int) -> bool:
         return seq in self._by_seq
 
+    def has_slot(self, slot: str) -> bool:
+        return slot in self._slots
+
     def try_start(self, slot: str, key: str, expires_at: float, now: float) -> bool:
         """Start an attempt that was never held, if nothing waits and the limits allow it
         now (counted as running from here); False: it must wait its turn in ``FLOW``.

@@ -206,9 +206,7 @@ class Client:
         # the end is caught from here on: nothing the task does can come before this
         watch = await self._watch(task_id, route)
         submitted_at = time.time()
-        ack = await self._publish_task(
-            task_id, encoder.encode(message), self._task_headers(task_id)
-        )
+        ack = await self._publish_task(encoder.encode(message), self._task_headers(task_id))
         return TaskHandle(
             self, task_id, route, duplicate=bool(ack.duplicate), seq=ack.seq,
             submitted_at=submitted_at, watch=watch,
@@ -218,7 +216,7 @@ class Client:
         """The headers of a submission (its ``Nats-Msg-Id`` is the task id)."""
         return {MSG_ID: task_id}
 
-    async def _publish_task(self, task_id: str, data: bytes, headers: dict[str, str]) -> Any:
+    async def _publish_task(self, data: bytes, headers: dict[str, str]) -> Any:
         try:
             return await self.nc.jetstream().publish(
                 EXECUTE_SUBJECT, data, headers=headers, timeout=10
@@ -230,7 +228,9 @@ class Client:
         """Subscribe to ``route``'s terminal events (once) and track ``task_id``'s end."""
         await self._subscribe(route)
         watch = self._watches.get(task_id)
-        if watch is None or watch.final.cancelled():
+        # an ended watch belongs to an earlier run of this id: a resubmission past the
+        # duplicate window is a new run (a duplicate looks its end up: see _await_watch)
+        if watch is None or watch.final.done():
             future: asyncio.Future[TaskStatus] = asyncio.get_running_loop().create_future()
             watch = _Watch(route, future, self._reconnects())
             self._watches[task_id] = watch

@@ -100,3 +100,13 @@ async def test_the_projector_answers_a_finished_task_with_what_it_projected(cogo
     )
     answer = json.loads(missing.data)
     assert answer["error"]["code"] == "task.not_found" and answer["projected_seq"] >= 2
+
+
+async def test_a_resubmitted_task_id_answers_with_its_first_runs_end(cogo_env):
+    client = cogo_env.client
+    first = await client.submit("sample.greet.0", {"name": "once", "times": 1}, task_id="same")
+    ended = await first.result(timeout=30)
+    again = await client.submit("sample.greet.0", {"name": "twice", "times": 1}, task_id="same")
+    assert again.duplicate  # it ran once; its end came before this handle subscribed
+    assert await again.result(timeout=30) == ended
+    assert (await again.status()).status == "succeeded"

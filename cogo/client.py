@@ -4,12 +4,18 @@
         handle = await client.submit("lexicon.count.0", {"text": "a b c"})
         print(await handle.result(timeout=30))       # or raises cogo.TaskFailed
 
-Waiting needs no polling: the client subscribes to the route's terminal events
-(``events.execute_done.<route>``, ``events.execute_failed.<route>``) before it asks where the
-task is, then asks once (``cogo.tasks.status``, answered by the projector after it has caught
-up with the stream), so a task that finished before anyone waited answers at once and one
-that finishes later is seen the moment its event is published. Without a projector on the
-bus it reads the route's terminal events from the stream instead.
+Waiting costs what the terminal event costs. ``submit`` subscribes to the route's terminal
+events (``events.execute_done.<route>``, ``events.execute_failed.<route>``) *before* it
+publishes, so the handle it returns learns its end from that event alone: no request to the
+projector, no wait for DuckDB. Until then ``handle.status()`` reads ``queued`` where the
+projection knows nothing yet (this client knows it submitted the task).
+
+A task submitted elsewhere (``client.handle(task_id)``) is looked up once: the projector
+answers with what it has applied (``cogo.tasks.status`` with ``"wait": false``) and how far
+that is; the terminal events the stream holds past that point are read from the bus, so the
+answer never waits for DuckDB to catch up. Without a projector on the bus the route's
+terminal events are read from the stream. Either way the subscription, made first, catches
+an end that comes later. A reconnection can drop events: after one, a waiter looks again.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import asyncio
 import contextlib
 import json
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, Generic, TypeVar, overload
@@ -50,8 +57,24 @@ T = TypeVar("T")
 # an ``@app.agent`` handler: ``(ctx, payload: P) -> R``; it stands for its route
 AgentFunction = Callable[[Any, P], Awaitable[R]]
 
-RECHECK_S = 5.0  # while waiting, ask again this often (a reconnect can miss an event)
+RECHECK_S = 5.0  # while waiting, ask the projector this often (a safety net; see _Watch)
+STATUS_TIMEOUT_S = 10.0
+MAX_SCAN = 50_000  # terminal events read from the stream for one lookup, at most
 _status_decoder = msgspec.json.Decoder(TaskStatus)
+
+
+class _Watch:
+    """This client's view of a task it submitted: its end, once the terminal event came.
+
+    Shared by every handle of the task made here; the client keeps it only while a handle
+    does (a weak reference), so submitting without waiting holds no memory."""
+
+    __slots__ = ("route", "final", "reconnects", "__weakref__")
+
+    def __init__(self, route: str | None, final: asyncio.Future[TaskStatus], reconnects: int):
+        self.route = route
+        self.final = final
+        self.reconnects = reconnects  # the connection's count when the subscription was made
 
 
 class TaskHandle(Generic[R]):
@@ -63,9 +86,10 @@ class TaskHandle(Generic[R]):
 
     def __init__(
         self, client: Client, task_id: str, route: str | None, *, duplicate: bool = False,
-        seq: int | None = None, submitted_at: float | None = None,
+        seq: int | None = None, submitted_at: float | None = None, watch: _Watch | None = None,
     ) -> None:  # fmt: skip
         self._client = client
+        self._watch = watch  # set when this client submitted the task
         self.task_id = task_id
         self.route = route
         self.duplicate = duplicate  # the bus already had this task_id (it runs once)
@@ -79,7 +103,8 @@ class TaskHandle(Generic[R]):
         return f"TaskHandle({self.task_id!r}, route={self.route!r})"
 
     async def status(self) -> TaskStatus:
-        """Where the task is now (TaskNotFound if nothing is known of it yet)."""
+        """Where the task is now: ``queued`` right after this client submitted it, until its
+        events say more (TaskNotFound for an unknown task submitted elsewhere)."""
         return await self._client.status(self.task_id)
 
     async def wait(self, timeout: float | None = None) -> TaskStatus:
@@ -145,6 +170,7 @@ class Client:
         self._known_routes: set[str] = set()
         self._subscribed: set[str] = set()
         self._waiters: dict[str, list[asyncio.Future[TaskStatus]]] = {}
+        self._watches: weakref.WeakValueDictionary[str, _Watch] = weakref.WeakValueDictionary()
 
     async def __aenter__(self) -> Client:
         await self.connect()
@@ -233,19 +259,43 @@ class Client:
         message: dict[str, Any] = {"task_id": task_id, "route": route, "payload": body}
         if correlation_id:
             message["correlation_id"] = correlation_id
+        # the end is caught from here on: nothing the task does can come before this
+        watch = await self._watch(task_id, route)
         submitted_at = time.time()
-        try:
-            ack = await self.nc.jetstream().publish(
-                EXECUTE_SUBJECT, encoder.encode(message), headers={MSG_ID: task_id}, timeout=10
-            )
-        except APIError as exc:  # the TASKS stream refuses (full): nothing was accepted
-            raise BackpressureError(f"the bus refused the task: {exc.description}") from None
+        ack = await self._publish_task(encoder.encode(message), self._task_headers(task_id))
         handle: TaskHandle[Any] = TaskHandle(
             self, task_id, route, duplicate=bool(ack.duplicate), seq=ack.seq,
-            submitted_at=submitted_at,
+            submitted_at=submitted_at, watch=watch,
         )  # fmt: skip
         handle.result_type = result_type
         return handle
+
+    def _task_headers(self, task_id: str) -> dict[str, str]:
+        """The headers of a submission (its ``Nats-Msg-Id`` is the task id)."""
+        return {MSG_ID: task_id}
+
+    async def _publish_task(self, data: bytes, headers: dict[str, str]) -> Any:
+        try:
+            return await self.nc.jetstream().publish(
+                EXECUTE_SUBJECT, data, headers=headers, timeout=10
+            )
+        except APIError as exc:  # the TASKS stream refuses (full): nothing was accepted
+            raise BackpressureError(f"the bus refused the task: {exc.description}") from None
+
+    async def _watch(self, task_id: str, route: str) -> _Watch:
+        """Subscribe to ``route``'s terminal events (once) and track ``task_id``'s end."""
+        await self._subscribe(route)
+        watch = self._watches.get(task_id)
+        # an ended watch belongs to an earlier run of this id: a resubmission past the
+        # duplicate window is a new run (a duplicate looks its end up: see _await_watch)
+        if watch is None or watch.final.done():
+            future: asyncio.Future[TaskStatus] = asyncio.get_running_loop().create_future()
+            watch = _Watch(route, future, self._reconnects())
+            self._watches[task_id] = watch
+        return watch
+
+    def _reconnects(self) -> int:
+        return int(self.nc.stats.get("reconnects", 0))
 
     def handle(self, task_id: str, route: str | None = None) -> TaskHandle[Any]:
         """A handle on a task submitted elsewhere (by id; ``route`` helps waiting)."""
@@ -266,21 +316,47 @@ class Client:
     # -- following ---------------------------------------------------------------------
 
     async def status(self, task_id: str) -> TaskStatus:
-        """The task's status from the projection (TaskNotFound if it has no events yet)."""
+        """The task's status: its end if this client saw it, else the projection's answer;
+        ``queued`` for a task this client submitted that the projection does not know yet.
+        TaskNotFound for a task nothing is known of."""
+        watch = self._watches.get(task_id)
+        ended = watch is not None and watch.final.done() and not watch.final.cancelled()
+        # an end seen here is projected a moment later: catch up, for the whole record
+        status, _ = await self._projected(task_id, wait=watch is None or ended)
+        if watch is not None and watch.final.done() and not watch.final.cancelled():
+            if status is None or not status.finished:
+                return watch.final.result()  # the projection has not caught up with the end
+        if status is not None:
+            return status
+        if watch is not None:  # submitted here, not dispatched (or not projected) yet
+            return TaskStatus(task_id, watch.route, "queued", 0)
+        raise TaskNotFound(f"no events for task {task_id!r} (unknown, or not dispatched yet)")
+
+    async def _projected(self, task_id: str, *, wait: bool) -> tuple[TaskStatus | None, int | None]:
+        """The projector's answer (None: it has no event of the task) and the stream
+        sequence it has projected up to (None if it does not say). With ``wait`` it first
+        catches up with the stream as of the request."""
+        request: dict[str, Any] = {"task_id": task_id}
+        if not wait:
+            request["wait"] = False
         try:
             reply = await self.nc.request(
-                STATUS_SUBJECT, json.dumps({"task_id": task_id}).encode(), timeout=10
+                STATUS_SUBJECT, json.dumps(request).encode(), timeout=STATUS_TIMEOUT_S
             )
         except nats.errors.NoRespondersError:
             raise CogoError(
                 "no projector answers task status requests (run `cogo up`, or `cogo run projector`)"
             ) from None
         answer = msgspec.json.decode(reply.data)
-        if isinstance(answer, dict) and "task_id" not in answer:  # {"error": {code, message}}
+        if not isinstance(answer, dict):
+            raise CogoError("the projector's answer is not an object")
+        seq = answer.pop("projected_seq", None)
+        seq = seq if isinstance(seq, int) else None
+        if "task_id" not in answer:  # {"error": {code, message}}
             if answer["error"].get("code") == TaskNotFound.code:
-                raise TaskNotFound(answer["error"].get("message", task_id))
+                return None, seq
             raise CogoError(answer["error"].get("message", "status unavailable"))
-        return msgspec.convert(answer, TaskStatus)
+        return msgspec.convert(answer, TaskStatus), seq
 
     async def stream(self, task_id: str, *, idle_s: float = 1.0) -> AsyncIterator[Output]:
         """``task_id``'s output chunks until its end marker (see ``TaskHandle.stream``)."""
@@ -307,27 +383,50 @@ class Client:
 
     async def wait(self, handle: TaskHandle[Any], timeout: float | None = None) -> TaskStatus:
         """Until ``handle``'s task ends (see the module docstring)."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[TaskStatus] = loop.create_future()
-        self._waiters.setdefault(handle.task_id, []).append(future)
         deadline = None if timeout is None else time.monotonic() + timeout
+        watch = handle._watch or self._watches.get(handle.task_id)
+        if watch is not None:
+            return await self._await_watch(handle, watch, deadline, timeout)
+        return await self._await_lookup(handle, deadline, timeout)
+
+    async def _await_watch(
+        self, handle: TaskHandle[Any], watch: _Watch, deadline: float | None, timeout: float | None
+    ) -> TaskStatus:
+        """A task submitted here: its terminal event ends the wait. A resubmission (a
+        duplicate) may have ended before the subscription, so it is looked up first."""
+        if handle.duplicate and not watch.final.done():
+            self._settle(watch, await self._lookup(handle, bus=True))
+        while True:
+            left = _left(deadline, handle.task_id, timeout)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):  # (wait_for may swallow a cancel)
+                    return await asyncio.shield(watch.final)
+            # no end for a while: events dropped by a reconnection are read from the bus,
+            # else the projector is asked (a backstop; costs nothing while the task runs)
+            reconnects = self._reconnects()
+            scan = reconnects != watch.reconnects
+            watch.reconnects = reconnects
+            self._settle(watch, await self._lookup(handle, bus=scan))
+
+    async def _await_lookup(
+        self, handle: TaskHandle[Any], deadline: float | None, timeout: float | None
+    ) -> TaskStatus:
+        """A task submitted elsewhere: subscribe, then look it up once (it may have ended)."""
+        future: asyncio.Future[TaskStatus] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(handle.task_id, []).append(future)
         try:
             await self._subscribe(handle.route)
-            known = await self._lookup(handle)
-            if known is not None:
-                return known
-            while True:
-                left = (
-                    RECHECK_S if deadline is None else min(RECHECK_S, deadline - time.monotonic())
-                )
-                if left <= 0:
-                    raise TimeoutError(f"task {handle.task_id} did not end within {timeout}s")
+            reconnects = self._reconnects()
+            known = await self._lookup(handle, bus=True)
+            while known is None:
+                left = _left(deadline, handle.task_id, timeout)
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(left):  # (wait_for may swallow a cancel)
+                    async with asyncio.timeout(left):
                         return await asyncio.shield(future)
-                known = await self._lookup(handle)
-                if known is not None:
-                    return known
+                scan = self._reconnects() != reconnects
+                reconnects = self._reconnects()
+                known = await self._lookup(handle, bus=scan)
+            return known
         finally:
             waiting = self._waiters.get(handle.task_id, [])
             if future in waiting:
@@ -336,70 +435,98 @@ class Client:
                 self._waiters.pop(handle.task_id, None)
             future.cancel()
 
-    async def _lookup(self, handle: TaskHandle[Any]) -> TaskStatus | None:
-        """The task's final status if it already ended, else None."""
-        try:
-            status = await self.status(handle.task_id)
-        except TaskNotFound:
-            return None
-        except CogoError:  # no projector on this bus: read the route's terminal events
-            return await self._scan(handle)
-        return status if status.finished else None
+    @staticmethod
+    def _settle(watch: _Watch, status: TaskStatus | None) -> None:
+        if status is not None and not watch.final.done():
+            watch.final.set_result(status)
 
-    async def _scan(self, handle: TaskHandle[Any]) -> TaskStatus | None:
-        if handle.route is None:
-            return None
-        js = self.nc.jetstream()
-        since = handle.submitted_at - 5.0 if handle.submitted_at else None
-        subjects = [
-            f"events.{EXECUTE_DONE}.{handle.route}",
-            f"events.{EXECUTE_FAILED}.{handle.route}",
-        ]
-        config = api.ConsumerConfig(
-            ack_policy=api.AckPolicy.NONE,
-            inactive_threshold=30.0,
-            deliver_policy=api.DeliverPolicy.BY_START_TIME if since else api.DeliverPolicy.ALL,
-            # the server takes RFC 3339 text; nats-py's annotation says datetime
-            opt_start_time=_rfc3339(since) if since else None,  # type: ignore[arg-type]
-            filter_subjects=subjects,
-        )
-        sub = await js.pull_subscribe(subjects[0], stream=EVENTS, config=config)
+    async def _lookup(self, handle: TaskHandle[Any], *, bus: bool) -> TaskStatus | None:
+        """The task's final status if it already ended, else None. The projector answers
+        with what it has; with ``bus``, the terminal events past what it has projected are
+        read from the stream, so nothing waits for DuckDB to catch up."""
         try:
-            while True:
+            status, projected = await self._projected(handle.task_id, wait=False)
+        except CogoError:  # no projector on this bus: read the route's terminal events
+            return await self._scan(handle) if bus else None
+        if status is not None and status.finished:
+            return status
+        if not bus or projected is None:
+            return None
+        return await self._scan(handle, after_seq=projected)
+
+    async def _scan(
+        self, handle: TaskHandle[Any], after_seq: int | None = None
+    ) -> TaskStatus | None:
+        """The task's terminal event in ``EVENTS``: after ``after_seq``, or (no projector)
+        since shortly before it was submitted, or over the route's whole history."""
+        subjects = _terminal_subjects(handle.route)
+        if after_seq is not None:
+            deliver: dict[str, Any] = {
+                "deliver_policy": api.DeliverPolicy.BY_START_SEQUENCE,
+                "opt_start_seq": after_seq + 1,
+            }
+        elif handle.route is None:
+            return None  # every route's whole history: too much to read for one task
+        elif handle.submitted_at:
+            deliver = {
+                "deliver_policy": api.DeliverPolicy.BY_START_TIME,
+                # the server takes RFC 3339 text; nats-py's annotation says datetime
+                "opt_start_time": iso(handle.submitted_at - 5.0),
+            }
+        else:
+            deliver = {"deliver_policy": api.DeliverPolicy.ALL}
+        config = api.ConsumerConfig(
+            ack_policy=api.AckPolicy.NONE, inactive_threshold=30.0, filter_subjects=subjects,
+            **deliver,
+        )  # fmt: skip
+        sub = await self.nc.jetstream().pull_subscribe(subjects[0], stream=EVENTS, config=config)
+        try:
+            # read what the stream holds now, then stop: no fetch waits at the end
+            left = (await sub.consumer_info()).num_pending or 0
+            if left > MAX_SCAN:  # far behind (a projector replaying): wait for the event
+                return None
+            while left > 0:
                 try:
-                    msgs = await sub.fetch(500, timeout=0.5)
+                    msgs = await sub.fetch(min(left, 500), timeout=STATUS_TIMEOUT_S)
                 except (TimeoutError, nats.errors.TimeoutError):
                     return None
+                left -= len(msgs)
                 for msg in msgs:
-                    event = decode_event(msg.data)
-                    if event.task_id == handle.task_id:
-                        return _from_event(event)
+                    with contextlib.suppress(msgspec.DecodeError):
+                        event = decode_event(msg.data)
+                        if event.task_id == handle.task_id and event.type in TERMINAL:
+                            return _from_event(event)
+            return None
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
     async def _subscribe(self, route: str | None) -> None:
-        subjects = (
-            [f"events.{EXECUTE_DONE}.{route}", f"events.{EXECUTE_FAILED}.{route}"]
-            if route
-            else [f"events.{EXECUTE_DONE}.>", f"events.{EXECUTE_FAILED}.>"]
-        )
-        for subject in subjects:
+        added = False
+        for subject in _terminal_subjects(route):
             if subject not in self._subscribed:
                 await self.nc.subscribe(subject, cb=self._on_terminal)
                 self._subscribed.add(subject)
-        await self.nc.flush()  # the server has the interest before anyone looks the task up
+                added = True
+        if added:  # the server has the interest before the task goes out or is looked up
+            await self.nc.flush()
 
     async def _on_terminal(self, msg: Msg) -> None:
         try:
             event = decode_event(msg.data)
         except msgspec.DecodeError:
             return
-        waiting = self._waiters.get(event.task_id or "")
-        if not waiting or event.type not in TERMINAL:
+        task_id = event.task_id or ""
+        if event.type not in TERMINAL:
+            return
+        watch = self._watches.get(task_id)
+        waiting = self._waiters.get(task_id)
+        if watch is None and not waiting:
             return
         status = _from_event(event)
-        for future in waiting:
+        if watch is not None:
+            self._settle(watch, status)
+        for future in waiting or ():
             if not future.done():
                 future.set_result(status)
 
@@ -461,6 +588,22 @@ def decode_as(value: Any, tp: type[T]) -> T:
     return msgspec.convert(value, tp)
 
 
+def _terminal_subjects(route: str | None) -> list[str]:
+    if route:
+        return [f"events.{EXECUTE_DONE}.{route}", f"events.{EXECUTE_FAILED}.{route}"]
+    return [f"events.{EXECUTE_DONE}.>", f"events.{EXECUTE_FAILED}.>"]
+
+
+def _left(deadline: float | None, task_id: str, timeout: float | None) -> float:
+    """Seconds to wait before looking again; TimeoutError past ``deadline``."""
+    if deadline is None:
+        return RECHECK_S
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError(f"task {task_id} did not end within {timeout}s")
+    return min(RECHECK_S, left)
+
+
 def _from_event(event: Event) -> TaskStatus:
     data: ExecuteDone | ExecuteFailed = (
         data_of(event, ExecuteDone) if event.type == EXECUTE_DONE else data_of(event, ExecuteFailed)
@@ -477,12 +620,6 @@ def _from_event(event: Event) -> TaskStatus:
         submitted_at=data.submitted_at,
         finished_at=event.at,
     )
-
-
-def _rfc3339(ts: float) -> str:
-    from cogo.streams.events import iso
-
-    return iso(ts)
 
 
 def _endpoints(data_dir: Path) -> dict[str, Any]:

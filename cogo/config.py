@@ -129,7 +129,8 @@ class RoutePolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class BusConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    ack_wait_s: float = 30.0
+    # a dead worker's attempts come back after this; live ones heartbeat every third of it
+    ack_wait_s: float = 2.0
     max_deliver: int = 5
     duplicate_window_s: float = 1200.0
     replicas: int = 1

@@ -37,6 +37,8 @@ def test_bench_json_reports_every_figure() -> None:
             "--scale-workers", "1", "--scale-workers", "2", "--scale-tasks", "60",
             "--scale-sleep-ms", "20", "--history", "1500", "--history", "3000",
             "--history-requests", "2", "--agent-tasks", "0", "--timeout", "60",
+            "--client-tasks", "200", "--client-in-flight", "50", "--client-step-runs", "3",
+            "--client-steps", "5", "--kill-repeats", "1",
         ],
         capture_output=True,
         text=True,
@@ -111,7 +113,21 @@ def test_bench_json_reports_every_figure() -> None:
         assert len(row["rounds"]) == 1 and row["runs_per_s"] == row["rounds"][0] > 0
     assert rss.get("orchestrator-2x-0-1", 0) > 0
 
-    flow = result["flow"]  # the opt-in phase: the dispatcher with flow control off and on
+    client = result["client"]  # what a user feels: through cogo.Client, and a worker killed
+    awaited = client["awaited"]
+    assert (awaited["tasks"], awaited["in_flight"]) == (200, 50)
+    assert awaited["client_awaited_per_s"] > 0 and awaited["event_observed_per_s"] > 0
+    assert all(len(rounds) == 3 for rounds in awaited["rounds"].values())
+    steps = client["steps"]
+    assert (steps["runs"], steps["steps"]) == (3, 5)
+    for figures in (steps["client_ms"], steps["event_ms"]):
+        assert 0 < figures["p50"] <= figures["p99"]
+    kill = client["kill"]
+    assert kill["repeats"] == 1 and len(kill["kill_to_done_s"]) == 1
+    assert kill["kill_to_done_s"][0] > 0 and kill["ack_wait_s"] == 2.0  # the shipped setting
+    assert rss.get("steps", 0) > 0  # the steps agent ran as a `cogo run` of the bench app
+
+    flow = result["flow"]  # the dispatcher with flow control off and on
     assert [r["mode"] for r in flow["rounds"]] == ["off", "on"]
     for mode in ("off", "on"):
         assert flow[mode]["tasks_per_s"] > 0 and flow[mode]["total_cpu_us_per_task"] > 0
@@ -125,7 +141,8 @@ def test_bench_reports_a_decorated_agent_against_echo() -> None:
             sys.executable, "-m", "cogo", "bench", "--json", "--sync", "default",
             "--tasks", "200", "--rate", "100", "--duration", "0.5", "--http-requests", "0",
             "--projector-runs", "0", "--step-runs", "0", "--no-scale-out",
-            "--agent-tasks", "1000", "--timeout", "60",
+            "--agent-tasks", "1000", "--timeout", "60", "--flow-tasks", "0",
+            "--client-tasks", "0", "--client-step-runs", "0", "--kill-repeats", "0",
         ],
         capture_output=True,
         text=True,

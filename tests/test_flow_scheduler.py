@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 
-from cogo.actors.flow import KEY_LIMIT, RATE_LIMIT, ROUTE_LIMIT, Held, RouteFlow
+from cogo.actors.flow import AGE_PER_LEVEL_S, KEY_LIMIT, RATE_LIMIT, ROUTE_LIMIT, Held, RouteFlow
 from cogo.config import FlowPolicy
 
 _seq = itertools.count(1)
@@ -181,3 +181,59 @@ def test_memory_follows_what_waits_and_runs_not_what_passed_through():
     assert flow.running == flow.waiting == 0
     assert len(flow._deadlines) <= 1024 + 1 and len(flow._expiries) <= 1024 + 1
     assert not flow._by_seq
+
+
+def test_priorities_age_so_a_steady_high_stream_never_starves_a_low_task():
+    flow = RouteFlow(FlowPolicy(concurrency=1), now=0.0)
+    low = held("batch", priority=0)
+    flow.add(low)
+    started: list[tuple[float, Held]] = []
+    now = 0.0
+    while now < 200.0:  # a fresh priority-9 task every second, two always waiting
+        for _ in range(2 if now == 0.0 else 1):
+            fresh = held("user", priority=9)
+            fresh.held_at = now
+            flow.add(fresh)
+        picked = flow.pick(now, most=1)
+        started += [(now, h) for h in picked]
+        release(flow, picked)
+        now += 1.0
+    low_at = next(t for t, h in started if h is low)
+    # the fresh 9s go first while the low one ages, then it outranks them: it started
+    # once its wait, in levels, lifted it past 9 (and the 9 waiting beside it)
+    assert 9 * AGE_PER_LEVEL_S <= low_at <= 11 * AGE_PER_LEVEL_S
+    assert all(h.priority == 9 for t, h in started if t < low_at)
+    assert any(t > low_at for t, _ in started)  # the high stream went on after it
+
+
+def test_aging_keeps_priority_order_among_tasks_that_waited_alike():
+    flow = RouteFlow(FlowPolicy(concurrency=1), now=0.0)
+    tasks = [held("k", priority=p) for p in (1, 4, 7)]
+    for h in tasks:
+        flow.add(h)  # all held at 0.0
+    order = []
+    for now in (500.0, 501.0, 502.0):  # long waits, but equal: priority still decides
+        picked = flow.pick(now, most=1)
+        order += [h.priority for h in picked]
+        release(flow, picked)
+    assert order == [7, 4, 1]
+
+
+def test_try_start_admits_at_once_only_under_the_limits_with_nothing_waiting():
+    flow = RouteFlow(FlowPolicy(concurrency=2, concurrency_per_key=1), now=0.0)
+    assert flow.try_start("slot.r.t1.1", "a", 100.0, 1.0)
+    assert flow.running == 1
+    assert flow.try_start("slot.r.t1.1", "a", 100.0, 1.0)  # a redelivery: counted once
+    assert flow.running == 1
+    assert not flow.try_start("slot.r.t2.1", "a", 100.0, 1.0)  # key "a" is at its limit
+    assert flow.try_start("slot.r.t3.1", "b", 100.0, 1.0)
+    assert not flow.try_start("slot.r.t4.1", "c", 100.0, 1.0)  # the route is full
+    flow.slot_released("slot.r.t1.1")
+    waiting = held("c")
+    flow.add(waiting)
+    assert not flow.try_start("slot.r.t5.1", "d", 100.0, 1.0)  # no overtaking what waits
+    assert flow.pick(1.0, most=5) == [waiting]
+    rated = RouteFlow(FlowPolicy(rate_per_key_s=1.0, burst=1), now=0.0)
+    assert not rated.try_start("slot.r.x.1", "k", 100.0, 0.5)  # its bucket fills from 0
+    assert rated.try_start("slot.r.x.1", "k", 100.0, 1.0)
+    assert not rated.try_start("slot.r.y.1", "k", 100.0, 1.5)  # the token is spent

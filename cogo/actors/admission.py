@@ -31,6 +31,10 @@ Why this design (docs/design.md §14; the bus objects are in ``cogo.streams.flow
   (``<task>:throttled:<attempt>``, ``data.limit`` names the limit); its ``queue_wait_ms``
   (enqueued, and the worker's result) includes the hold, which ``execute_enqueued`` also
   carries as ``data.held_ms``. A held task past its deadline fails (``assignment.ttl_expired``).
+- **At once when nothing waits.** The dispatcher that admits a route admits an attempt it
+  claims itself on the spot when nothing of the route waits and its limits allow one more
+  (``RouteAdmitter.admit_now``): its slot and the attempt in one batch, without the trip
+  through ``FLOW``. Other dispatchers' attempts, and everything while some wait, take turns.
 - **Rate across takeovers.** A new admitter starts every key's token bucket empty (the
   one before it may just have spent it), so a move of the route never exceeds the rate.
 """
@@ -97,7 +101,11 @@ class FlowControl:
     # -- on the dispatcher's path -------------------------------------------------------
 
     async def hold(self, order: WorkOrder) -> None:
-        """Hand an attempt of a flow-controlled route to its admitter (through ``FLOW``)."""
+        """Hand an attempt of a flow-controlled route to its admitter (through ``FLOW``), or
+        admit it at once when this process admits the route and nothing waits there."""
+        admitter = self.admitters.get(order.route)
+        if admitter is not None and await admitter.admit_now(order):
+            return
         await self.d.publish_all(
             [(held_subject(order), encoder.encode(order), {MSG_ID: held_msg_id(order)})]
         )

@@ -10,7 +10,12 @@ and forwards what it picks. Rules, per route (docs/design.md §14):
   moment it took over: the one before it may have spent those tokens a moment ago, so this
   keeps the rate across a takeover (at the price of a slower first ``burst`` after one);
 - among tasks that may start, the highest priority first; within a priority, keys take turns
-  (round-robin, one task per turn), and one key's tasks go in the order they were held.
+  (round-robin, one task per turn), and one key's tasks go in the order they were held;
+- priorities age: a level whose oldest task has waited ``AGE_PER_LEVEL_S`` counts one level
+  higher, and so on, so a steady stream of high-priority tasks delays the rest but never
+  starves them (a priority-0 task that waited ``9 * AGE_PER_LEVEL_S`` outranks a fresh 9);
+- a route with nothing waiting starts a task that its limits allow at once (``try_start``):
+  the dispatcher that admits the route skips the hold in ``FLOW`` (the fast path).
 
 Keys whose limit holds them are taken out of the rotation until that changes (a slot of the
 key is released, its next token is due), so a pick never scans the keys that cannot start:
@@ -29,6 +34,7 @@ from cogo.streams.envelope import DEFAULT_PRIORITY
 from cogo.streams.flow import SLOT_GRACE_S, KeyFigures
 
 PRIORITIES = 10
+AGE_PER_LEVEL_S = 10.0  # waiting this long lifts a priority level by one (aging)
 RATE_WINDOW_S = 10.0  # starts per second are counted over this window
 SNAPSHOT_KEYS = 100  # the busiest keys a snapshot lists
 
@@ -81,6 +87,8 @@ class RouteFlow:
         # turn order (an OrderedDict as an ordered set: O(1) move-to-back and removal)
         self._ready = [OrderedDict[str, None]() for _ in range(PRIORITIES)]
         self._redo: deque[Held] = deque()  # held tasks whose slot already exists (see add)
+        # per priority, its held tasks in the order they were held: the head is the oldest
+        self._arrivals = [deque[Held]() for _ in range(PRIORITIES)]
         self._fresh: list[Held] = []  # held since the last pick: not announced yet
         self._rate_due: list[tuple[float, str]] = []  # (next token at, key), a heap
         self._deadlines: list[tuple[float, int]] = []  # (deadline, seq), a heap
@@ -104,6 +112,7 @@ class RouteFlow:
         state = self._key(held.key)
         priority = held.priority if 0 <= held.priority < PRIORITIES else DEFAULT_PRIORITY
         state.waiting.setdefault(priority, deque()).append(held)
+        self._arrivals[priority].append(held)
         if state.blocked is None:
             self._ready[priority].setdefault(held.key, None)
         heapq.heappush(self._deadlines, (held.deadline, held.seq))
@@ -144,6 +153,34 @@ class RouteFlow:
 
     def __contains__(self, seq: int) -> bool:
         return seq in self._by_seq
+
+    def has_slot(self, slot: str) -> bool:
+        return slot in self._slots
+
+    def try_start(self, slot: str, key: str, expires_at: float, now: float) -> bool:
+        """Start an attempt that was never held, if nothing waits and the limits allow it
+        now (counted as running from here); False: it must wait its turn in ``FLOW``.
+        An attempt whose slot is counted already (a redelivered submission) may go again."""
+        if slot in self._slots:
+            return True
+        if self.waiting or self._redo:
+            return False  # others were first: no overtaking
+        limits = self.limits
+        if limits.concurrency is not None and self.running >= limits.concurrency:
+            return False
+        state = self._keys.get(key)
+        if state is None:
+            state = self._key(key)
+        elif state.blocked is not None:
+            return False
+        if self._key_limit(state, now) is not None:
+            return False
+        if limits.rate_per_key_s is not None:
+            state.tokens -= 1.0
+        state.starts.append(now)
+        self._starts.append(now)
+        self.slot_taken(slot, key, expires_at)
+        return True
 
     # -- choosing -----------------------------------------------------------------------
 
@@ -222,33 +259,63 @@ class RouteFlow:
         return state
 
     def _next(self, now: float) -> Held | None:
-        for priority in range(PRIORITIES - 1, -1, -1):
-            ring = self._ready[priority]
-            while ring:
-                key = next(iter(ring))
-                state = self._keys.get(key)
-                if state is None:  # forgotten while idle (figures)
-                    del ring[key]
-                    continue
-                queue = state.waiting.get(priority)
-                while queue and queue[0].gone:
-                    queue.popleft()
-                if not queue:
-                    state.waiting.pop(priority, None)
-                    del ring[key]
-                    continue
-                limit = self._key_limit(state, now)
-                if limit is not None:
-                    self._block(key, state, limit, now)
-                    continue
-                held = queue.popleft()
-                if queue:
-                    ring.move_to_end(key)  # its turn is over: to the back of the round
-                else:
-                    state.waiting.pop(priority, None)
-                    del ring[key]
-                self._start(state, held, now)
+        aged = self._aged_level(now)
+        if aged is not None:
+            held = self._next_at(aged, now)
+            if held is not None:
                 return held
+        for priority in range(PRIORITIES - 1, -1, -1):
+            held = self._next_at(priority, now)
+            if held is not None:
+                return held
+        return None
+
+    def _aged_level(self, now: float) -> int | None:
+        """A level below the highest ready one whose oldest task has aged past it, if any:
+        each level's rank is its priority plus its oldest task's wait in levels."""
+        top = best = None
+        best_rank = -1.0
+        for priority in range(PRIORITIES - 1, -1, -1):
+            arrivals = self._arrivals[priority]
+            while arrivals and arrivals[0].gone:
+                arrivals.popleft()
+            if not arrivals or not self._ready[priority]:
+                continue
+            if top is None:
+                top = priority
+            rank = priority + (now - arrivals[0].held_at) / AGE_PER_LEVEL_S
+            if rank > best_rank:
+                best, best_rank = priority, rank
+        return best if best != top else None
+
+    def _next_at(self, priority: int, now: float) -> Held | None:
+        """The next task of ``priority`` whose key may start, keys in turn (None: none)."""
+        ring = self._ready[priority]
+        while ring:
+            key = next(iter(ring))
+            state = self._keys.get(key)
+            if state is None:  # forgotten while idle (figures)
+                del ring[key]
+                continue
+            queue = state.waiting.get(priority)
+            while queue and queue[0].gone:
+                queue.popleft()
+            if not queue:
+                state.waiting.pop(priority, None)
+                del ring[key]
+                continue
+            limit = self._key_limit(state, now)
+            if limit is not None:
+                self._block(key, state, limit, now)
+                continue
+            held = queue.popleft()
+            if queue:
+                ring.move_to_end(key)  # its turn is over: to the back of the round
+            else:
+                state.waiting.pop(priority, None)
+                del ring[key]
+            self._start(state, held, now)
+            return held
         return None
 
     def _key_limit(self, state: _Key, now: float) -> str | None:
@@ -307,6 +374,9 @@ class RouteFlow:
                 (h.deadline, h.seq) for h in self._by_seq.values() if not h.gone and not h.redo
             ]
             heapq.heapify(self._deadlines)
+        for priority, arrivals in enumerate(self._arrivals):
+            if len(arrivals) > 2 * self.waiting + 1024:
+                self._arrivals[priority] = deque(h for h in arrivals if not h.gone)
         if len(self._expiries) > 2 * len(self._slots) + 1024:
             self._expiries = [(expires, slot) for slot, (_, expires) in self._slots.items()]
             heapq.heapify(self._expiries)

@@ -41,6 +41,29 @@ async def bench_agent(ctx: cogo.TaskContext, ping: Ping) -> dict[str, int]:
     return {"n": ping.n}
 
 
+STEPS_AGENT = "bench_steps"
+STEPS_ROUTE = "bench.steps.0"
+
+
+class Steps(msgspec.Struct, forbid_unknown_fields=True):
+    """How many journaled steps the steps agent takes."""
+
+    steps: int = 20
+
+
+def _step(i: int) -> int:
+    return i
+
+
+@app.agent(STEPS_ROUTE, name=STEPS_AGENT)
+async def bench_steps(ctx: cogo.TaskContext, job: Steps) -> dict[str, int]:
+    """``job.steps`` journaled steps, one after the other (``cogo.bench.client``)."""
+    total = 0
+    for i in range(job.steps):
+        total += await ctx.step(f"s{i}", _step, i)
+    return {"total": total}
+
+
 def _body(route: str) -> Callable[[str], bytes]:
     def body(task_id: str) -> bytes:
         return task_body(task_id, PAYLOAD, route=route)

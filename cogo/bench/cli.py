@@ -25,6 +25,7 @@ from typing import Any
 from cogo.actors.runner import _use_uvloop
 from cogo.bench.agent import agent_vs_echo
 from cogo.bench.agent import app as bench_app
+from cogo.bench.client import client_figures
 from cogo.bench.facade import http_submit
 from cogo.bench.history import history_figures
 from cogo.bench.ingest import projector_ingest
@@ -60,6 +61,8 @@ async def run_bench(options: Options, progress: Progress) -> dict[str, Any]:
             cpu_us = {k: round(v / options.tasks * 1e6, 1) for k, v in cpu.items()}
             cpu_us["total"] = round(sum(cpu_us.values()), 1)
             latency = [await latency_at(bench, rate) for rate in options.rates]
+            if options.client_tasks > 0 or options.client_step_runs > 0 or options.kill_repeats:
+                extra["client"] = await client_figures(bench)
             if options.agent_tasks > 0:
                 extra["agent"] = await agent_vs_echo(bench)
             if options.step_runs > 0:
@@ -141,6 +144,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         workflow_repeats=args.workflow_repeats,
         flow_tasks=args.flow_tasks,
         flow_repeats=args.flow_repeats,
+        client_tasks=args.client_tasks,
+        client_in_flight=args.client_in_flight,
+        client_step_runs=args.client_step_runs,
+        client_steps=args.client_steps,
+        kill_repeats=args.kill_repeats,
         scale_workers=[] if args.no_scale_out else args.scale_workers or DEFAULT_SCALE_WORKERS,
         scale_tasks=args.scale_tasks,
         scale_sleep_ms=args.scale_sleep_ms,
@@ -163,6 +171,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise CogoError("--scale-sleep-ms and --scale-concurrency must be positive")
     if options.agent_tasks < 0:
         raise CogoError("--agent-tasks must be 0 (skip) or positive")
+    if min(options.client_tasks, options.client_step_runs, options.kill_repeats) < 0:
+        raise CogoError("--client-tasks, --client-step-runs and --kill-repeats must be 0 or more")
+    if options.client_in_flight < 1 or options.client_steps < 1:
+        raise CogoError("--client-in-flight and --client-steps must be positive")
     if any(n < 1 for n in options.history) or options.history_requests < 1:
         raise CogoError("--history and --history-requests must be positive")
     if args.plot is not None:
@@ -229,8 +241,19 @@ def register(subparsers: Any, common: Callable[[argparse.ArgumentParser], None])
                    help="orchestrator processes for --workflow-runs; repeat (default 1, 2)")  # fmt: skip
     p.add_argument("--workflow-repeats", type=int, default=3,
                    help="rounds per orchestrator count; the median is reported (3)")  # fmt: skip
-    p.add_argument("--flow-tasks", type=int, default=0, metavar="N",
-                   help="also time N tasks with flow control off and on (opt-in; 0 = off)")  # fmt: skip
+    p.add_argument("--flow-tasks", type=int, default=2_000, metavar="N",
+                   help="time N tasks with flow control off and on (2,000; 0 skips it)")  # fmt: skip
+    p.add_argument("--client-tasks", type=int, default=2_000, metavar="N",
+                   help="N tasks through cogo.Client: awaited with result() vs seen on their "
+                        "event (2,000; 0 skips it)")  # fmt: skip
+    p.add_argument("--client-in-flight", type=int, default=200,
+                   help="client tasks awaited at once (200)")  # fmt: skip
+    p.add_argument("--client-step-runs", type=int, default=50, metavar="N",
+                   help="latency of a --client-steps task through the client vs its event, "
+                        "N runs (50; 0 skips it)")  # fmt: skip
+    p.add_argument("--client-steps", type=int, default=20, help="journaled steps (20)")
+    p.add_argument("--kill-repeats", type=int, default=3, metavar="N",
+                   help="kill -> done: SIGKILL the echo worker mid-task N times (3; 0 skips)")  # fmt: skip
     p.add_argument("--flow-repeats", type=int, default=3,
                    help="rounds per mode for --flow-tasks; the median is reported (3)")  # fmt: skip
     p.add_argument(

@@ -109,6 +109,7 @@ def _optional_rows(table: Any, result: dict[str, Any]) -> None:
             f"dispatcher {row['dispatcher_cpu_us_per_task']:,.0f} µs/task, "
             f"total {row['total_cpu_us_per_task']:,.0f} µs/task, {row['tasks_per_s']:,.0f} tasks/s",
         )
+    _client_rows(table, result.get("client") or {})
     flow = result.get("workflow_steps")
     if flow:
         gap = flow["step_gap_ms"]
@@ -147,3 +148,28 @@ def _optional_rows(table: Any, result: dict[str, Any]) -> None:
                     f"{name} at {int(size):,} events in 1 h",
                     f"{ms['median']:,.1f} ms ({ms['min']:,.1f}-{ms['max']:,.1f}){note}",
                 )
+
+
+def _client_rows(table: Any, client: dict[str, Any]) -> None:
+    """What a user feels: awaiting through ``cogo.Client``, a worker killed."""
+    awaited = client.get("awaited")
+    if awaited:
+        table.add_row(
+            f"client: {awaited['tasks']:,} tasks, {awaited['in_flight']} in flight",
+            f"awaited {awaited['client_awaited_per_s']:,.0f} tasks/s, seen on the event "
+            f"{awaited['event_observed_per_s']:,.0f} tasks/s (x{awaited['ratio']:.2f})",
+        )
+    steps = client.get("steps")
+    if steps:
+        table.add_row(
+            f"client: a {steps['steps']}-step task, {steps['runs']} runs",
+            f"awaited p50 {steps['client_ms']['p50']:.1f} p99 {steps['client_ms']['p99']:.1f} ms, "
+            f"event p50 {steps['event_ms']['p50']:.1f} p99 {steps['event_ms']['p99']:.1f} ms",
+        )
+    kill = client.get("kill")
+    if kill:
+        runs = ", ".join(f"{s:.2f}" for s in kill["kill_to_done_s"])
+        table.add_row(
+            f"worker SIGKILLed mid-task: kill -> done (ack_wait {kill['ack_wait_s']:g} s)",
+            f"median {kill['median_s']:.2f} s ({runs})",
+        )

@@ -77,8 +77,16 @@ class Options:
     # a decorated agent (``cogo.bench.agent``) against echo, this many tasks each (0: skipped)
     agent_tasks: int = 5_000
     # dispatcher cost with flow control off and on (cogo.bench.flow; 0: skipped)
-    flow_tasks: int = 0
+    flow_tasks: int = 2_000
     flow_repeats: int = 3
+    # through cogo.Client (cogo.bench.client): tasks awaited, this many at once (0: skipped)
+    client_tasks: int = 2_000
+    client_in_flight: int = 200
+    # ... a task of client_steps journaled steps, this many times one at a time (0: skipped)
+    client_step_runs: int = 50
+    client_steps: int = 20
+    # ... an echo worker SIGKILLed mid-task, this many times (0: skipped)
+    kill_repeats: int = 3
     # dashboard / latency API / /metrics at this many synthetic events (0: skipped)
     history: list[int] = field(default_factory=list)
     history_requests: int = 7

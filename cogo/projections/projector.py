@@ -20,7 +20,12 @@ or ``COGO_PROJECTOR_CONSUMER``) on a stream.
 
 The projector also answers task status requests on ``cogo.tasks.status`` (NATS request /
 reply, queue group ``cogo-status``): it owns the file, so it can answer with what it has
-applied, after catching up with the stream as of the request (read your writes).
+applied. Requests are answered concurrently (each on a task of its own, ``STATUS_CONCURRENCY``
+at once): nats-py runs one callback at a time per subscription, so answering inside it
+queued every waiter behind the slowest. A task that ended is answered at once from the file;
+any other first catches up with the stream as of the request (read your writes), unless the
+request says ``"wait": false``. Every answer carries ``projected_seq``, the EVENTS sequence
+it reflects, so a client can read what came after it from the stream instead of waiting.
 """
 
 from __future__ import annotations
@@ -64,6 +69,7 @@ FOLD_EVERY_S = 2.0
 RETENTION_EVERY_S = 30.0
 # how long a status answer waits for the projection to reach the stream's end
 FRESH_WAIT_S = 2.0
+STATUS_CONCURRENCY = 64  # status requests answered at once; more wait for a turn
 
 
 @dataclass
@@ -144,6 +150,11 @@ class Projector:
         self._rebuilding = asyncio.Lock()
         self._progress: dict[str, Any] | None = None
         self._status_sub: Subscription | None = None
+        self._status_slots = asyncio.Semaphore(STATUS_CONCURRENCY)
+        self._answering: set[asyncio.Task[None]] = set()
+        # the streams' ends, looked up once for every request that arrived before the lookup
+        self._ends: asyncio.Task[dict[str, int]] | None = None
+        self._ends_asked_at = 0.0
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -159,6 +170,7 @@ class Projector:
         if self._status_sub is not None:
             with contextlib.suppress(Exception):
                 await self._status_sub.unsubscribe()
+        await cancel_and_wait(list(self._answering))
         await self._stop_loops()
         for state in self.streams.values():
             if state.feed is not None:
@@ -302,37 +314,79 @@ class Projector:
 
     async def wait_caught_up(self, timeout: float = 10.0) -> None:
         """Wait until every message in the streams as of now is projected."""
-        targets = {}
-        for stream, state in self.streams.items():
-            info = await self.js.stream_info(stream)
-            targets[stream] = info.state.last_seq
-            state.last_seq = max(state.last_seq, info.state.last_seq)
+        targets = await self._stream_ends(time.monotonic())
         deadline = time.monotonic() + timeout
         while any(self.streams[s].applied_seq < seq for s, seq in targets.items()):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"projector not caught up within {timeout}s: {self.stats()}")
             await asyncio.sleep(0.02)
 
+    async def _stream_ends(self, asked_at: float) -> dict[str, int]:
+        """Each stream's last sequence, as of a lookup started at or after ``asked_at``:
+        concurrent readers share one lookup instead of asking the server each."""
+        while True:
+            ends = self._ends
+            if ends is not None and self._ends_asked_at >= asked_at:
+                return await asyncio.shield(ends)
+            if ends is not None and not ends.done():
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(ends)  # started too early for us: the next one
+                continue
+            self._ends_asked_at = time.monotonic()
+            self._ends = asyncio.create_task(self._lookup_ends())
+
+    async def _lookup_ends(self) -> dict[str, int]:
+        targets = {}
+        for stream, state in self.streams.items():
+            info = await self.js.stream_info(stream)
+            targets[stream] = info.state.last_seq
+            state.last_seq = max(state.last_seq, info.state.last_seq)
+        return targets
+
     async def task_status(self, task_id: str, *, fresh: bool = True) -> TaskStatus:
-        """``task_id``'s status (TaskNotFound if it has no events), after catching up with
-        what the stream held when asked, unless that takes over ``FRESH_WAIT_S``."""
-        if fresh:
-            with contextlib.suppress(TimeoutError):
-                await self.wait_caught_up(FRESH_WAIT_S)
+        """``task_id``'s status (TaskNotFound if it has no events). A task that ended is
+        answered at once; otherwise, with ``fresh``, after catching up with what the stream
+        held when asked, unless that takes over ``FRESH_WAIT_S``."""
+        asked_at = time.monotonic()
         status = await self.store.read(lambda con: task_status(con, task_id))
+        if fresh and (status is None or not status.finished):
+            with contextlib.suppress(TimeoutError):
+                targets = await self._stream_ends(asked_at)
+                deadline = time.monotonic() + FRESH_WAIT_S
+                while any(self.streams[s].applied_seq < seq for s, seq in targets.items()):
+                    if time.monotonic() > deadline:
+                        raise TimeoutError
+                    await asyncio.sleep(0.02)
+                status = await self.store.read(lambda con: task_status(con, task_id))
         if status is None:
             raise TaskNotFound(f"no events for task {task_id!r} (unknown, or not dispatched yet)")
         return status
 
     async def _on_status_request(self, msg: Msg) -> None:
+        # nats-py awaits this callback before delivering the next request: hand the request
+        # to a task of its own and return (a slot bounds how many run at once)
+        await self._status_slots.acquire()
+        task = asyncio.create_task(self._answer_status(msg))
+        self._answering.add(task)
+        task.add_done_callback(self._answered)
+
+    def _answered(self, task: asyncio.Task[None]) -> None:
+        self._answering.discard(task)
+        self._status_slots.release()
+
+    async def _answer_status(self, msg: Msg) -> None:
+        # what the answer reflects: read before the file is, so it never claims too much
+        projected = self.streams[EVENTS_STREAM].applied_seq
         try:
             request = msgspec.json.decode(msg.data or b"{}")
             task_id = request.get("task_id") if isinstance(request, dict) else None
             if not isinstance(task_id, str) or not task_id:
                 raise TaskNotFound('a status request needs {"task_id": "..."}')
-            answer: Any = await self.task_status(task_id)
+            fresh = request.get("wait", True) is not False
+            status = await self.task_status(task_id, fresh=fresh)
+            answer: Any = {**msgspec.to_builtins(status), "projected_seq": projected}
         except CogoError as exc:
-            answer = {"error": {"code": exc.code, "message": str(exc)}}
+            answer = {"error": {"code": exc.code, "message": str(exc)}, "projected_seq": projected}
         except Exception as exc:  # never leave a requester waiting for a timeout
             log.exception("status request failed")
             answer = {"error": {"code": "projection.error", "message": str(exc)}}

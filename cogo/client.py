@@ -29,6 +29,7 @@ from nats.aio.msg import Msg
 from nats.js import api
 from nats.js.errors import APIError, KeyNotFoundError
 
+from cogo import tracing
 from cogo.config import DATA_DIR_ENV, env
 from cogo.errors import BackpressureError, CogoError, TaskFailed, TaskNotFound, UnknownRoute
 from cogo.projections.tasks import STATUS_SUBJECT, TERMINAL, TaskStatus
@@ -180,8 +181,9 @@ class Client:
         submitted_at = time.time()
         try:
             ack = await self.nc.jetstream().publish(
-                EXECUTE_SUBJECT, encoder.encode(message), headers={MSG_ID: task_id}, timeout=10
-            )
+                EXECUTE_SUBJECT, encoder.encode(message), timeout=10,
+                headers=tracing.submitted({MSG_ID: task_id}, task_id=task_id, route=route),
+            )  # fmt: skip
         except APIError as exc:  # the TASKS stream refuses (full): nothing was accepted
             raise BackpressureError(f"the bus refused the task: {exc.description}") from None
         return TaskHandle(

@@ -1,0 +1,131 @@
+"""OpenTelemetry traces (cogo/tracing.py) received by a real OTLP/HTTP receiver
+(tests/otlp_receiver.py, decoding with opentelemetry-proto): one trace across three processes
+(`cogo submit` -> `cogo up`'s dispatcher -> the agent's worker -> its step and LLM call),
+a traceparent given to POST /api/tasks, trace ids in SQL, an unreachable endpoint, and
+nothing imported when tracing is off."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import os
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+pytest.importorskip("opentelemetry.sdk")
+
+from tests.otlp_receiver import OtlpReceiver  # noqa: E402
+from tests.upsystem import cogo_up, stop  # noqa: E402
+
+CALLER = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+@pytest.fixture
+def receiver():
+    r = OtlpReceiver().start()
+    yield r
+    r.stop()
+
+
+def otel_env(endpoint: str, chat_url: str) -> dict[str, str]:
+    return {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100",
+            "OTEL_EXPORTER_OTLP_TIMEOUT": "2", "COGO_LLM_BASE_URL": chat_url,
+            "COGO_LLM_API_KEY": "k"}  # fmt: skip
+
+
+async def wait_for(check, what: str, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.1)
+
+
+def submit(data_dir, env: dict[str, str], task_id: str) -> dict:
+    """`cogo submit --wait` in a process of its own (the client of the trace)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "cogo", "submit", "--data-dir", str(data_dir), "--route",
+         "traced.ask.0", "--payload", json.dumps({"question": " why? "}), "--task-id", task_id,
+         "--wait", "--timeout", "60"],
+        capture_output=True, text=True, timeout=90, env={**os.environ, **env},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+async def test_one_trace_from_the_client_through_dispatcher_and_worker_to_the_llm_call(
+    tmp_path, config_path, chat_server, receiver
+):
+    chat_server.reply("because", prompt_tokens=12, completion_tokens=3)
+    env = otel_env(receiver.url, chat_server.url)
+    data_dir = tmp_path / "up"
+    up, info = await cogo_up(data_dir, config_path, "--app", "tests.traced_app:app", env=env)
+    try:
+        status = await asyncio.to_thread(submit, data_dir, env, "traced-1")
+        assert status["status"] == "succeeded" and status["result"] == {"answer": "because"}
+        spans = await wait_for(
+            lambda: (
+                {
+                    s.name.split(" ")[0]: s
+                    for s in receiver.spans
+                    if s.attributes.get("cogo.task_id") == "traced-1"
+                    or s.name.startswith(("chat", "step"))
+                }  # fmt: skip
+                if len(receiver.named("task ")) >= 1 and receiver.named("chat")
+                else None
+            ),
+            "the task's spans never reached the receiver",
+        )
+        headers = {"Authorization": f"Bearer {info['api_token']}", "traceparent": CALLER}
+        chat_server.reply("via http")
+        async with httpx.AsyncClient(base_url=info["http_url"], headers=headers) as http:
+            r = await http.post("/api/tasks", json={"route": "traced.ask.0", "task_id": "traced-2",
+                                                    "payload": {"question": "http?"}})  # fmt: skip
+            assert r.status_code == 202, r.text
+            rows = await wait_for(lambda: _sql(http, "traced-2"), "no trace id in bus_events")
+    finally:
+        log = stop(up)
+    submit_, task, dispatch = spans["submit"], spans["task"], spans["dispatch"]
+    attempt, step, chat = spans["attempt"], spans["step"], spans["chat"]
+    # one trace, each span the child of the one before it
+    assert len({s.trace_id for s in (submit_, task, dispatch, attempt, step, chat)}) == 1, log
+    assert submit_.parent_span_id == ""  # the client's submission starts the trace
+    assert task.parent_span_id == submit_.span_id
+    assert dispatch.parent_span_id == task.span_id
+    assert attempt.parent_span_id == task.span_id
+    assert step.parent_span_id == attempt.span_id and step.attributes["cogo.step"] == "prepare"
+    assert chat.parent_span_id == attempt.span_id
+    # three processes: the client, cogo up (the dispatcher), the agent's worker
+    pid = {name: s.resource["process.pid"] for name, s in spans.items()}
+    assert len({pid["submit"], pid["task"], pid["attempt"]}) == 3
+    assert pid["dispatch"] == pid["task"] and pid["chat"] == pid["step"] == pid["attempt"]
+    # the LLM call in GenAI semantic conventions
+    assert chat.name == "chat gpt-4o-mini" and chat.kind == 3  # SPAN_KIND_CLIENT
+    assert chat.attributes["gen_ai.operation.name"] == "chat"
+    assert chat.attributes["gen_ai.request.model"] == "gpt-4o-mini"
+    assert chat.attributes["gen_ai.usage.input_tokens"] == 12
+    assert chat.attributes["gen_ai.usage.output_tokens"] == 3
+    assert chat.attributes["gen_ai.response.finish_reasons"] == ["stop"]
+    # the task span covers the task: from its submission to its terminal event
+    assert task.start_ns <= attempt.start_ns and task.end_ns >= attempt.end_ns
+    # POST /api/tasks continued the caller's trace, and SQL finds the trace of each task
+    http_task = [s for s in receiver.named("task ") if s.attributes["cogo.task_id"] == "traced-2"]
+    assert http_task and http_task[0].trace_id == CALLER[3:35]
+    assert rows == {CALLER[3:35]}
+
+
+async def _sql(http: httpx.AsyncClient, task_id: str) -> set[str] | None:
+    r = await http.post("/api/sql", json={
+        "sql": f"SELECT DISTINCT trace_id FROM task_traces WHERE task_id = '{task_id}'"})  # fmt: skip
+    assert r.status_code == 200, r.text
+    rows = r.json()["rows"]
+    return {row[0] for row in rows} if rows else None

@@ -142,6 +142,9 @@ def current_trace_id() -> str | None:
     """The current trace's id (32 hex digits), for events; None when not tracing."""
     if _state != 2:
         return None
+    task = _task.get()
+    if task is not None:  # the dispatcher, handling a task's message
+        return task_traceparent(task[0], task[2])[3:35]
     tp = traceparent()
     return tp[3:35] if tp is not None else None
 
@@ -198,26 +201,23 @@ def task_traceparent(task_id: str, parent: str | None) -> str:
 
 
 def task_scope(
-    name: str, *, task_id: str, route: str, parent: str | None, submitted_at: float,
-    attributes: Mapping[str, Any] | None = None,
+    *, task_id: str, route: str, parent: str | None, submitted_at: float
 ) -> Any:  # fmt: skip
-    """The dispatcher handling one message of a task: a span under the task span, and the
-    task remembered for ``task_ended``."""
+    """The dispatcher handling one message of a task: events it builds carry the task's
+    trace id, and ``task_ended`` can report the task span. No span of its own: the
+    dispatcher's share of a task is a few hundred microseconds, not worth a span's cost."""
     if _state != 2 and not enabled():
         return _OFF
-    return _task_scope(name, task_id, route, parent, submitted_at, attributes)
+    return _task_scope(task_id, route, parent, submitted_at)
 
 
 @contextlib.contextmanager
 def _task_scope(
-    name: str, task_id: str, route: str, parent: str | None, submitted_at: float,
-    attributes: Mapping[str, Any] | None,
-) -> Iterator[Any]:  # fmt: skip
+    task_id: str, route: str, parent: str | None, submitted_at: float
+) -> Iterator[None]:
     token = _task.set((task_id, route, parent if _valid(parent) else None, submitted_at))
     try:
-        attrs = {"cogo.task_id": task_id, "cogo.route": route, **(attributes or {})}
-        with _span(name, task_traceparent(task_id, parent), "internal", attrs) as current:
-            yield current
+        yield
     finally:
         _task.reset(token)
 

@@ -10,6 +10,7 @@ import asyncio
 import inspect
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -94,20 +95,19 @@ async def test_one_trace_from_the_client_through_dispatcher_and_worker_to_the_ll
             rows = await wait_for(lambda: _sql(http, "traced-2"), "no trace id in bus_events")
     finally:
         log = stop(up)
-    submit_, task, dispatch = spans["submit"], spans["task"], spans["dispatch"]
+    submit_, task = spans["submit"], spans["task"]
     attempt, step, chat = spans["attempt"], spans["step"], spans["chat"]
     # one trace, each span the child of the one before it
-    assert len({s.trace_id for s in (submit_, task, dispatch, attempt, step, chat)}) == 1, log
+    assert len({s.trace_id for s in (submit_, task, attempt, step, chat)}) == 1, log
     assert submit_.parent_span_id == ""  # the client's submission starts the trace
     assert task.parent_span_id == submit_.span_id
-    assert dispatch.parent_span_id == task.span_id
     assert attempt.parent_span_id == task.span_id
     assert step.parent_span_id == attempt.span_id and step.attributes["cogo.step"] == "prepare"
     assert chat.parent_span_id == attempt.span_id
     # three processes: the client, cogo up (the dispatcher), the agent's worker
     pid = {name: s.resource["process.pid"] for name, s in spans.items()}
     assert len({pid["submit"], pid["task"], pid["attempt"]}) == 3
-    assert pid["dispatch"] == pid["task"] and pid["chat"] == pid["step"] == pid["attempt"]
+    assert pid["chat"] == pid["step"] == pid["attempt"]
     # the LLM call in GenAI semantic conventions
     assert chat.name == "chat gpt-4o-mini" and chat.kind == 3  # SPAN_KIND_CLIENT
     assert chat.attributes["gen_ai.operation.name"] == "chat"
@@ -129,3 +129,77 @@ async def _sql(http: httpx.AsyncClient, task_id: str) -> set[str] | None:
     assert r.status_code == 200, r.text
     rows = r.json()["rows"]
     return {row[0] for row in rows} if rows else None
+
+
+UNREACHABLE = """
+import asyncio, json, sys, time
+from cogo import tracing
+from cogo.testing import ChatServer, CogoEnv
+
+async def main():
+    chat = ChatServer().start()
+    import os
+    os.environ["COGO_LLM_BASE_URL"] = chat.url
+    async with CogoEnv("tests.traced_app:app") as env:
+        began = time.monotonic()
+        handles = [await env.client.submit("traced.ask.0", {"question": f"q{i}"})
+                   for i in range(20)]
+        results = [await h.result(timeout=60) for h in handles]
+        took = time.monotonic() - began
+    deadline = time.monotonic() + 30
+    while tracing.stats()["dropped"] == 0 and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    chat.stop()
+    print(json.dumps({"ok": sum(r == {"answer": "ok"} for r in results), "seconds": took,
+                      **tracing.stats()}))
+
+asyncio.run(main())
+"""
+
+
+def test_an_unreachable_endpoint_fails_no_task_and_its_spans_are_dropped_and_counted():
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+           "OTEL_BSP_SCHEDULE_DELAY": "50", "OTEL_EXPORTER_OTLP_TIMEOUT": "1",
+           "COGO_LLM_API_KEY": "k"}  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", UNREACHABLE], capture_output=True, text=True,
+                          timeout=150, env=env)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    figures = json.loads(done.stdout.splitlines()[-1])
+    assert figures["ok"] == 20 and figures["exported"] == 0 and figures["dropped"] > 0
+    print(f"\n20 traced tasks against an unreachable OTLP endpoint: {figures['seconds']:.2f}s, "
+          f"{figures['dropped']} spans dropped")  # fmt: skip
+
+
+def test_off_nothing_is_imported_and_nothing_is_added():
+    code = (
+        "import sys, cogo, cogo.client, cogo.actors.worker, cogo.actors.dispatcher, "
+        "cogo.http.app\n"
+        "from cogo import tracing\n"
+        "from cogo.streams.events import make_event\n"
+        "assert not tracing.enabled()\n"
+        "with tracing.span('x') as s: assert s is None\n"
+        "assert tracing.submitted({'a': 'b'}, task_id='t', route='r') == {'a': 'b'}\n"
+        "assert tracing.inject({}) == {} and tracing.current_trace_id() is None\n"
+        "assert make_event('step_completed', task_id='t', route='a.b.0', attempt=1, data={'step': 's'})"
+        ".trace_id is None\n"
+        "print(sorted(m for m in sys.modules if m.startswith('opentelemetry')))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, env=env)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "[]"
+
+
+def test_traceparents_are_checked_and_task_ids_derive_stable_spans():
+    from cogo import tracing
+
+    assert tracing.task_traceparent("t-1", CALLER)[3:35] == CALLER[3:35]
+    assert tracing.task_traceparent("t-1", CALLER) == tracing.task_traceparent("t-1", CALLER)
+    assert tracing.task_traceparent("t-1", None) != tracing.task_traceparent("t-2", None)
+    for bad in ("", "garbage", "01" + CALLER[2:], "00-" + "0" * 32 + CALLER[35:], CALLER + "x"):
+        own = tracing.task_traceparent("t-1", bad)  # a bad parent: a trace of its own
+        assert own == tracing.task_traceparent("t-1", None)

@@ -140,14 +140,14 @@ class ExecutorDispatcher(Actor):
     async def handle(self, delivery: Delivery) -> None:
         if delivery.route in RESULT_ROUTES:
             result = decode_result(delivery.data)
-            with _traced("result", result.order):
+            with _traced(result.order):
                 await self._on_result(result, delivery)
             # after the result's events are stored, before it is acked: a redelivery frees
             # the slot again (harmless), and no next attempt starts before the last one ended
             await self.flow.release(result.order)
         elif delivery.headers.get(KIND_HEADER) == RETRY_KIND:
             order = decode_order(delivery.data)
-            with _traced("retry", order):
+            with _traced(order):
                 await self._on_retry(order)
         else:
             await self._on_submit(delivery)
@@ -162,8 +162,8 @@ class ExecutorDispatcher(Actor):
             raise  # the actor base dead-letters and terminates it
         task_id = task.task_id or delivery.headers.get(MSG_ID) or new_id()
         parent = delivery.headers.get(tracing.TRACEPARENT)
-        with tracing.task_scope(f"dispatch {task.route}", task_id=task_id, route=task.route,
-                                parent=parent, submitted_at=delivery.published_at):  # fmt: skip
+        with tracing.task_scope(task_id=task_id, route=task.route, parent=parent,
+                                submitted_at=delivery.published_at):  # fmt: skip
             await self._dispatch(delivery, task, task_id, parent)
 
     async def _dispatch(
@@ -483,12 +483,11 @@ class ExecutorDispatcher(Actor):
             await self.flow.release(running)
 
 
-def _traced(name: str, order: WorkOrder) -> Any:
-    """The dispatcher's span for a message of ``order``'s task (under its task span)."""
+def _traced(order: WorkOrder) -> Any:
+    """The dispatcher handling a message of ``order``'s task (``cogo.tracing``)."""
     return tracing.task_scope(
-        f"{name} {order.route}", task_id=order.task_id, route=order.route,
-        parent=order.traceparent, submitted_at=order.submitted_at,
-        attributes={"cogo.attempt": order.attempt},
+        task_id=order.task_id, route=order.route, parent=order.traceparent,
+        submitted_at=order.submitted_at,
     )  # fmt: skip
 
 

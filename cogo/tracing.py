@@ -375,3 +375,48 @@ def _kind(kind: str) -> Any:
 def _clean(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
     """Attributes without ``None`` values (OTel rejects them)."""
     return {k: v for k, v in (attributes or {}).items() if v is not None}
+
+
+# -- workflow runs: a span per run and per node, ids derived from the run --------------------
+
+
+def run_traceparent(run_id: str) -> str:
+    """The workflow run span's ``traceparent`` (a trace of its own)."""
+    return derived_traceparent(f"run:{run_id}", None)
+
+
+def workflow_task(headers: dict[str, str], task: Mapping[str, Any]) -> dict[str, str]:
+    """The headers of a task a run submits: its parent is the node span (the node attempt
+    its ``causation_id`` names), else the run span; returns them."""
+    if _state != 2 and not enabled():
+        return headers
+    run_tp = run_traceparent(str(task.get("correlation_id")))
+    cause = task.get("causation_id")
+    headers[TRACEPARENT] = (
+        derived_traceparent(str(cause), run_tp) if cause and ":started:" in cause else run_tp
+    )
+    return headers
+
+
+def workflow_event(event: Any, *, workflow_id: str | None, run_started: float | None) -> None:
+    """A run appended ``event``: a node's or the run's outcome ends its span."""
+    if _state != 2 and not enabled():
+        return
+    run_id = event.correlation_id
+    kind = event.type
+    now = time.time()
+    if kind in ("node_succeeded", "node_failed"):
+        node = (event.data or {}).get("node_id")
+        started = now - (event.duration_ms or 0.0) / 1000.0
+        emit_derived(
+            f"node {node}", f"{run_id}:{node}:started:{event.attempt}", run_traceparent(run_id),
+            start=started, attributes={"cogo.run_id": run_id, "cogo.node_id": node,
+                                       "cogo.attempt": event.attempt},
+            error_code=event.error_code, error_message=event.error or "",
+        )  # fmt: skip
+    elif kind in ("workflow_succeeded", "workflow_failed", "workflow_cancelled"):
+        emit_derived(
+            f"workflow {workflow_id}", f"run:{run_id}", None, start=run_started or now,
+            attributes={"cogo.run_id": run_id, "cogo.workflow_id": workflow_id},
+            error_code=event.error_code, error_message=event.error or "",
+        )  # fmt: skip

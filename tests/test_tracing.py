@@ -23,6 +23,12 @@ pytest.importorskip("opentelemetry.sdk")
 from tests.otlp_receiver import OtlpReceiver  # noqa: E402
 from tests.upsystem import cogo_up, stop  # noqa: E402
 
+FLOW = {
+    "id": "tracedFlow",
+    "nodes": [
+        {"id": "ask", "type": "publish", "route": "traced.ask.0", "payload": {"question": "wf"}}
+    ],
+}
 CALLER = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 
@@ -93,6 +99,18 @@ async def test_one_trace_from_the_client_through_dispatcher_and_worker_to_the_ll
                                                     "payload": {"question": "http?"}})  # fmt: skip
             assert r.status_code == 202, r.text
             rows = await wait_for(lambda: _sql(http, "traced-2"), "no trace id in bus_events")
+            # a workflow run: its run span, a node span, the node's task under it
+            planned = await http.post("/api/orchestrator/plan", json={"definition": FLOW})
+            assert planned.status_code == 200, planned.text
+            run = await http.post("/api/orchestrator/execute",
+                                  json={"plan": planned.json()["plan"], "runId": "run-t"})  # fmt: skip
+            assert run.status_code == 202, run.text
+            flow = await wait_for(
+                lambda: receiver.named("workflow tracedFlow") and receiver.named("node ask")
+                and [s for s in receiver.named("task ")
+                     if s.attributes["cogo.task_id"] == "run-t:ask:1"],
+                "the workflow's spans never reached the receiver",
+            )  # fmt: skip
     finally:
         log = stop(up)
     submit_, task = spans["submit"], spans["task"]
@@ -121,6 +139,15 @@ async def test_one_trace_from_the_client_through_dispatcher_and_worker_to_the_ll
     http_task = [s for s in receiver.named("task ") if s.attributes["cogo.task_id"] == "traced-2"]
     assert http_task and http_task[0].trace_id == CALLER[3:35]
     assert rows == {CALLER[3:35]}
+    (wf,) = receiver.named("workflow tracedFlow")
+    (node,) = receiver.named("node ask")
+    (wf_task,) = flow
+    wf_attempt = [s for s in receiver.named("attempt ")
+                  if s.attributes["cogo.task_id"] == "run-t:ask:1"]  # fmt: skip
+    assert wf.parent_span_id == "" and node.parent_span_id == wf.span_id
+    assert wf_task.parent_span_id == node.span_id
+    assert wf_attempt and wf_attempt[0].parent_span_id == wf_task.span_id
+    assert len({wf.trace_id, node.trace_id, wf_task.trace_id, wf_attempt[0].trace_id}) == 1
 
 
 async def _sql(http: httpx.AsyncClient, task_id: str) -> set[str] | None:

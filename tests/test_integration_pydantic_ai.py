@@ -178,3 +178,26 @@ def test_a_version_outside_the_supported_range_is_refused_naming_the_range():
         require("pydantic-ai-slim", "3", "4", "cogo.integrations.pydantic_ai")
     with pytest.raises(ImportError, match=r"needs no-such-dist>=1,<2, which is not installed"):
         require("no-such-dist", "1", "2", "cogo.integrations.pydantic_ai")
+
+
+async def test_mcp_tool_calls_are_steps_and_a_retry_reruns_none(tmp_path, chat_server, monkeypatch):
+    """An MCP server's tool, then a function tool that fails the first attempt: the retry
+    replays both requests and the MCP call from the journal and reruns only the failed tool."""
+    pytest.importorskip("fastmcp")
+    log = tmp_path / "mcp-tools.jsonl"
+    monkeypatch.setenv("MCP_TOOL_LOG", str(log))
+    from tests import mcp_app  # reads MCP_TOOL_LOG
+
+    chat_server.reply(None, tool_calls=[tool_call("stamp", "m1", text="hello")])
+    chat_server.reply(None, tool_calls=[tool_call("flaky", "f1")])
+    chat_server.reply("stamped and warm")
+    async with CogoEnv(mcp_app.app, data_dir=tmp_path / "env") as env:
+        handle = await env.client.submit("mcp.ask.0", {"question": "stamp hello"})
+        assert await handle.result(timeout=60) == "stamped and warm"
+        events = await env.events(handle.task_id)
+    assert runs(log) == ["stamp", "flaky", "flaky"]  # the MCP tool ran once
+    assert chat_server.calls == 3
+    assert "[stamped] hello" in json.dumps(chat_server.requests[1]["messages"])
+    steps = [(e["attempt"], e["data"]["step"]) for e in events if e["type"] == "step_completed"]
+    assert steps == [(1, "agent:model:0"), (1, "agent:tool:1:m1"), (1, "agent:model:1"),
+                     (2, "agent:tool:2:f1"), (2, "agent:model:2")]  # fmt: skip

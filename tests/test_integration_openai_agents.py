@@ -171,3 +171,34 @@ async def test_streaming_puts_tools_handoffs_and_text_on_the_output(cogo_env, ch
     assert marks == ["lookup_order", "->billing", "refund"]
     assert "".join(c for c in chunks if isinstance(c, str)) == ANSWER
     assert (await handle.result(timeout=30))["answer"] == ANSWER
+
+
+async def test_runner_run_streamed_on_the_cogo_provider(tmp_path, chat_server, tool_log):
+    """The SDK's own streaming run (Runner.run_streamed) over CogoModelProvider: each
+    model request is still one journaled step, surfaced as a completed response."""
+    from agents import RunConfig, Runner
+
+    from cogo.integrations import openai_agents as cogo_agents
+
+    app = cogo.App("streamed")
+
+    @app.agent("streamed.run.0")
+    async def streamed(ctx: cogo.TaskContext, payload: dict) -> dict:
+        provider = cogo_agents.CogoModelProvider(ctx)
+        agent = cogo_agents.journaled_agent(helpdesk.triage, provider)
+        run = Runner.run_streamed(agent, payload["question"], run_config=RunConfig(
+            model_provider=provider, tracing_disabled=True))  # fmt: skip
+        kinds = [event.type async for event in run.stream_events()]
+        return {"answer": run.final_output, "agent": run.last_agent.name,
+                "tool_events": kinds.count("run_item_stream_event")}  # fmt: skip
+
+    script_refund(chat_server)
+    chat_server.reply(ANSWER)
+    async with CogoEnv(app, data_dir=tmp_path / "env") as env:
+        handle = await env.client.submit("streamed.run.0", {"question": "Refund order 7"})
+        result = await handle.result(timeout=60)
+        events = await env.events(handle.task_id)
+    assert result["answer"] == ANSWER and result["agent"] == "billing"
+    assert result["tool_events"] > 0
+    assert runs(tool_log) == ["lookup_order", "refund"] and chat_server.calls == 4
+    assert [e["data"]["step"] for e in events if e["type"] == "step_completed"] == STEPS

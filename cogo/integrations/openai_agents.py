@@ -68,6 +68,10 @@ from openai.types.responses import (  # noqa: E402
     ResponseOutputItem,  # noqa: E402
     ResponseUsage,
 )
+from openai.types.responses.response_usage import (  # noqa: E402
+    InputTokensDetails,
+    OutputTokensDetails,
+)
 from pydantic import TypeAdapter  # noqa: E402
 from pydantic_core import to_jsonable_python  # noqa: E402
 
@@ -184,10 +188,13 @@ class JournaledModel(Model):
             id=response.response_id or "cogo", object="response", created_at=0.0,
             model=getattr(self.wrapped, "model", ""), output=response.output, tools=[],
             parallel_tool_calls=True, tool_choice="auto", status="completed",
-            usage=ResponseUsage.model_validate({
-                "input_tokens": u.input_tokens, "output_tokens": u.output_tokens,
-                "total_tokens": u.total_tokens, "input_tokens_details": {"cached_tokens": 0},
-                "output_tokens_details": {"reasoning_tokens": 0}}),
+            # constructed, not validated: the fields of usage details grow between releases
+            usage=ResponseUsage.model_construct(
+                input_tokens=u.input_tokens, output_tokens=u.output_tokens,
+                total_tokens=u.total_tokens,
+                input_tokens_details=InputTokensDetails.model_construct(cached_tokens=0),  # type: ignore[call-arg]
+                output_tokens_details=OutputTokensDetails.model_construct(reasoning_tokens=0),
+            ),
         )  # fmt: skip
         yield ResponseCompletedEvent(type="response.completed", response=done, sequence_number=0)
 

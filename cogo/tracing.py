@@ -56,6 +56,8 @@ _task: contextvars.ContextVar[tuple[str, str, str | None, float] | None] = conte
 class _Off:
     """The span of a process that does not trace: a context manager that does nothing."""
 
+    __slots__ = ()
+
     def __enter__(self) -> None:
         return None
 
@@ -84,7 +86,7 @@ def span(
 ) -> Any:  # fmt: skip
     """A context manager around work: a span, child of ``parent`` (a ``traceparent``) or of
     the current span. Yields the span (``None`` when tracing is off)."""
-    if _state != 2 and not enabled():
+    if _state != 2 and (_state or not enabled()):
         return _OFF
     return _span(name, parent, kind, attributes)
 
@@ -102,7 +104,7 @@ def _span(
 
 def inject(headers: dict[str, str]) -> dict[str, str]:
     """``headers`` with the current span's ``traceparent`` added (if any); returns them."""
-    if _state == 2 or enabled():
+    if _state == 2 or (not _state and enabled()):
         tp = traceparent()
         if tp is not None:
             headers[TRACEPARENT] = tp
@@ -115,7 +117,7 @@ def submitted(
 ) -> dict[str, str]:  # fmt: skip
     """The headers of a task's submission, with the ``traceparent`` of a producer span
     ``submit <route>`` (child of ``parent``, else of the current span); returns them."""
-    if _state != 2 and not enabled():
+    if _state != 2 and (_state or not enabled()):
         return headers
     attrs = {"cogo.task_id": task_id, "cogo.route": route, "messaging.system": "nats",
              "messaging.operation.type": "send"}  # fmt: skip
@@ -128,7 +130,7 @@ def submitted(
 
 def traceparent() -> str | None:
     """The current span's W3C ``traceparent``; None when there is none or tracing is off."""
-    if _state != 2 and not enabled():
+    if _state != 2 and (_state or not enabled()):
         return None
     from opentelemetry import trace
 
@@ -171,7 +173,7 @@ def record(
 ) -> None:  # fmt: skip
     """A span that already happened (``start`` in unix seconds, ended now), child of the
     current span: an LLM call, reported with what its reply said."""
-    if _state != 2 and not enabled():
+    if _state != 2 and (_state or not enabled()):
         return
     s = _tracer.start_span(name, kind=_kind(kind), attributes=_clean(attributes),
                            start_time=int(start * 1e9))  # fmt: skip
@@ -206,7 +208,7 @@ def task_scope(
     """The dispatcher handling one message of a task: events it builds carry the task's
     trace id, and ``task_ended`` can report the task span. No span of its own: the
     dispatcher's share of a task is a few hundred microseconds, not worth a span's cost."""
-    if _state != 2 and not enabled():
+    if _state != 2 and (_state or not enabled()):
         return _OFF
     return _task_scope(task_id, route, parent, submitted_at)
 
@@ -239,7 +241,7 @@ def emit_derived(
     error_message: str = "",
 ) -> None:  # fmt: skip
     """Report the span with ids derived from ``key`` (see ``derived_traceparent``)."""
-    if _state != 2 and not enabled():
+    if _state != 2 and (_state or not enabled()):
         return
     digest = _digest(key)
     root = None if _valid(parent) else int.from_bytes(digest[8:24])
@@ -388,7 +390,7 @@ def run_traceparent(run_id: str) -> str:
 def workflow_task(headers: dict[str, str], task: Mapping[str, Any]) -> dict[str, str]:
     """The headers of a task a run submits: its parent is the node span (the node attempt
     its ``causation_id`` names), else the run span; returns them."""
-    if _state != 2 and not enabled():
+    if _state != 2 and (_state or not enabled()):
         return headers
     run_tp = run_traceparent(str(task.get("correlation_id")))
     cause = task.get("causation_id")
@@ -400,7 +402,7 @@ def workflow_task(headers: dict[str, str], task: Mapping[str, Any]) -> dict[str,
 
 def workflow_event(event: Any, *, workflow_id: str | None, run_started: float | None) -> None:
     """A run appended ``event``: a node's or the run's outcome ends its span."""
-    if _state != 2 and not enabled():
+    if _state != 2 and (_state or not enabled()):
         return
     run_id = event.correlation_id
     kind = event.type

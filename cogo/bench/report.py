@@ -146,6 +146,9 @@ def _optional_rows(table: Any, result: dict[str, Any]) -> None:
             f"x{traced['tasks_per_s_ratio']:.2f} tasks/s, "
             f"{traced['export_bytes_per_task']:,.0f} B exported/task",
         )
+        table.add_row(
+            "tracing off: its checks, per task", f"{traced['off_path_ns_per_task']:,.0f} ns"
+        )
     for row in result.get("scale_out") or []:
         table.add_row(
             f"scale-out: {row['workers']} worker process(es), sleep-bound",

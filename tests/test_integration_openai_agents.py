@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +22,7 @@ import cogo  # noqa: E402
 from cogo.testing import CogoEnv, Reply  # noqa: E402
 
 ROUTE = "helpdesk.triage.0"
+MCP_SERVER = Path(__file__).with_name("mcp_stamps.py")
 ANSWER = "Refunded $39 for order 7."
 
 
@@ -202,3 +205,51 @@ async def test_runner_run_streamed_on_the_cogo_provider(tmp_path, chat_server, t
     assert result["tool_events"] > 0
     assert runs(tool_log) == ["lookup_order", "refund"] and chat_server.calls == 4
     assert [e["data"]["step"] for e in events if e["type"] == "step_completed"] == STEPS
+
+
+async def test_mcp_tools_are_steps_and_a_retry_reruns_none(tmp_path, chat_server):
+    """An MCP server's tool (tests/mcp_stamps.py, over stdio), then a function tool that
+    fails the first attempt: the retry reruns neither the MCP tool nor a finished request."""
+    from agents import Agent, function_tool
+    from agents.mcp import MCPServerStdio
+
+    from cogo.integrations import openai_agents as cogo_agents
+
+    log = tmp_path / "mcp-tools.jsonl"
+    warm = tmp_path / "warm"
+
+    @function_tool(failure_error_function=None)
+    def flaky() -> str:
+        """Fails on the first try."""
+        with open(log, "a") as f:
+            f.write(json.dumps({"tool": "flaky"}) + "\n")
+        if not warm.exists():
+            warm.touch()
+            raise cogo.WorkerError("not warm yet")
+        return "warm"
+
+    app = cogo.App("mcp-sdk")
+
+    @app.agent("mcpsdk.ask.0", policy={"max_attempts": 3, "backoff": {"initial_ms": 100}})
+    async def ask(ctx: cogo.TaskContext, payload: dict) -> str:
+        stamps = MCPServerStdio(
+            {"command": sys.executable, "args": [str(MCP_SERVER), str(log)]}, name="stamps"
+        )
+        async with stamps:
+            agent = Agent(name="stamper", model="gpt-4o-mini", tools=[flaky],
+                          mcp_servers=[stamps])  # fmt: skip
+            return str((await cogo_agents.run(ctx, agent, payload["question"])).final_output)
+
+    chat_server.reply(None, tool_calls=[tool_call("stamp", "m1", text="hello")])
+    chat_server.reply(None, tool_calls=[tool_call("flaky", "f1")])
+    chat_server.reply("stamped and warm")
+    async with CogoEnv(app, data_dir=tmp_path / "env") as env:
+        handle = await env.client.submit("mcpsdk.ask.0", {"question": "stamp hello"})
+        assert await handle.result(timeout=60) == "stamped and warm"
+        events = await env.events(handle.task_id)
+    assert runs(log) == ["stamp", "flaky", "flaky"]  # the MCP tool ran once
+    assert chat_server.calls == 3
+    assert "[stamped] hello" in json.dumps(chat_server.requests[1]["messages"])
+    steps = [(e["attempt"], e["data"]["step"]) for e in events if e["type"] == "step_completed"]
+    assert steps == [(1, "agent:model:0"), (1, "agent:tool:1:m1"), (1, "agent:model:1"),
+                     (2, "agent:tool:2:f1"), (2, "agent:model:2")]  # fmt: skip

@@ -17,8 +17,9 @@ Temporal, DBOS and Restate integrations of the SDK do:
   ``OpenAIChatCompletionsModel`` whose client sends through ``ctx.llm`` (``LlmTransport``:
   the route's model allowance and the task's budget checked before anything is sent,
   ``llm_call`` after), each response a journaled step ``<key>:model:<n>``;
-- tools: every ``FunctionTool`` of the agent and of every agent it can hand off to is a
-  journaled step ``<key>:tool:<n>:<call id>`` (``n``: model requests made before it);
+- tools: every ``FunctionTool`` of the agent and of every agent it can hand off to, and
+  every tool of their MCP servers, is a journaled step ``<key>:tool:<n>:<call id>`` (``n``:
+  model requests made before it);
 - handoffs: follow the journaled responses, so a replayed run hands off to the same agents
   (their models and tools wrapped the same way); a ``Handoff``'s ``on_handoff`` callback
   runs again on replay: make it idempotent or journal its effect with ``ctx.step``;
@@ -212,7 +213,14 @@ def journaled_agent(agent: Agent[Any], provider: CogoModelProvider) -> Agent[Any
                 f"agent {original.name!r} has a Model instance: give it a model name, served by "
                 "Cogo's LLM endpoint through ctx.llm"
             )
-        clone = original.clone(tools=[_journaled_tool(t, provider) for t in original.tools])
+        tools = [_journaled_tool(t, provider) for t in original.tools]
+        if original.mcp_servers:  # their tools are listed per run: journaled as they are
+            fields = {f.name: getattr(original, f.name) for f in dataclasses.fields(original)
+                      if f.init}  # fmt: skip
+            clone: Agent[Any] = _WithMcp(**{**fields, "tools": tools})
+            clone._cogo_provider = provider  # type: ignore[attr-defined]
+        else:
+            clone = original.clone(tools=tools)
         done[id(original)] = clone  # before the handoffs: they may lead back here
         clone.handoffs = [
             wrap(h) if isinstance(h, Agent) else _handoff(h, wrap) for h in original.handoffs
@@ -220,6 +228,14 @@ def journaled_agent(agent: Agent[Any], provider: CogoModelProvider) -> Agent[Any
         return clone
 
     return wrap(agent)
+
+
+class _WithMcp(Agent[Any]):
+    """An agent whose MCP servers' tools are journaled steps, like its function tools."""
+
+    async def get_mcp_tools(self, run_context: RunContextWrapper[Any]) -> list[Tool]:
+        provider = self._cogo_provider  # type: ignore[attr-defined]
+        return [_journaled_tool(t, provider) for t in await super().get_mcp_tools(run_context)]
 
 
 def _journaled_tool(tool: Tool, provider: CogoModelProvider) -> Tool:

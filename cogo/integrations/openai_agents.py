@@ -217,8 +217,9 @@ def journaled_agent(agent: Agent[Any], provider: CogoModelProvider) -> Agent[Any
         if original.mcp_servers:  # their tools are listed per run: journaled as they are
             fields = {f.name: getattr(original, f.name) for f in dataclasses.fields(original)
                       if f.init}  # fmt: skip
-            clone: Agent[Any] = _WithMcp(**{**fields, "tools": tools})
-            clone._cogo_provider = provider  # type: ignore[attr-defined]
+            with_mcp = _WithMcp(**{**fields, "tools": tools})
+            with_mcp.cogo_provider = provider
+            clone: Agent[Any] = with_mcp
         else:
             clone = original.clone(tools=tools)
         done[id(original)] = clone  # before the handoffs: they may lead back here
@@ -233,9 +234,11 @@ def journaled_agent(agent: Agent[Any], provider: CogoModelProvider) -> Agent[Any
 class _WithMcp(Agent[Any]):
     """An agent whose MCP servers' tools are journaled steps, like its function tools."""
 
+    cogo_provider: CogoModelProvider  # set once built (not a dataclass field)
+
     async def get_mcp_tools(self, run_context: RunContextWrapper[Any]) -> list[Tool]:
-        provider = self._cogo_provider  # type: ignore[attr-defined]
-        return [_journaled_tool(t, provider) for t in await super().get_mcp_tools(run_context)]
+        tools = await super().get_mcp_tools(run_context)
+        return [_journaled_tool(t, self.cogo_provider) for t in tools]
 
 
 def _journaled_tool(tool: Tool, provider: CogoModelProvider) -> Tool:

@@ -83,7 +83,9 @@ if TYPE_CHECKING:
 
     from cogo.actors.worker import TaskContext
 
-__all__ = ["VERSION", "CogoModelProvider", "JournaledModel", "journaled_agent", "run"]
+__all__ = [
+    "VERSION", "CogoModelProvider", "JournaledModel", "agent_tool", "journaled_agent", "run",
+]  # fmt: skip
 
 _ITEMS: TypeAdapter[list[ResponseOutputItem]] = TypeAdapter(list[ResponseOutputItem])
 
@@ -241,7 +243,33 @@ class _WithMcp(Agent[Any]):
         return [_journaled_tool(t, self.cogo_provider) for t in tools]
 
 
+def agent_tool(
+    ctx: TaskContext, route: str, *, name: str, description: str,
+    parameters: dict[str, Any] | None = None,
+) -> FunctionTool:  # fmt: skip
+    """A tool that runs the Cogo agent on ``route`` as a child task (``ctx.call``, journaled
+    by the call itself, so never wrapped in a step) with the model's arguments as payload."""
+
+    async def invoke(tool_ctx: ToolContext[Any], arguments: str) -> Any:
+        caller = getattr(ctx, "call", None)
+        if caller is None:
+            raise RuntimeError("this Cogo has no ctx.call: agent_tool needs durable calls")
+        payload = json.loads(arguments or "{}")
+        return await caller(route, payload, key=f"{name}:{tool_ctx.tool_call_id}")
+
+    return _CallTool(
+        name=name, description=description, on_invoke_tool=invoke, strict_json_schema=False,
+        params_json_schema=parameters or {"type": "object", "additionalProperties": True},
+    )  # fmt: skip
+
+
+class _CallTool(FunctionTool):
+    """An ``agent_tool``: a child task, journaled by ``ctx.call``, never wrapped in a step."""
+
+
 def _journaled_tool(tool: Tool, provider: CogoModelProvider) -> Tool:
+    if isinstance(tool, _CallTool):
+        return tool
     if not isinstance(tool, FunctionTool):
         return tool  # hosted tools run at the provider; nothing runs here to journal
     invoke = tool.on_invoke_tool

@@ -147,6 +147,7 @@ class Client:
             if not url:
                 raise CogoError(f"no nats_url given and no running `cogo up` in {self._data_dir}")
         self._nc = await connect(url, self._name, user=user, password=password)
+        await asyncio.to_thread(tracing.enabled)  # decided (SDK imported if on) off the loop
 
     async def close(self) -> None:
         if self._nc is not None:

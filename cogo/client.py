@@ -36,6 +36,7 @@ from nats.aio.msg import Msg
 from nats.js import api
 from nats.js.errors import APIError, KeyNotFoundError
 
+from cogo import tracing
 from cogo.config import resolve_data_dir
 from cogo.errors import BackpressureError, CogoError, TaskFailed, TaskNotFound, UnknownRoute
 from cogo.projections.tasks import STATUS_SUBJECT, TERMINAL, TaskStatus
@@ -202,6 +203,7 @@ class Client:
                     "project, or connect anywhere with Client(nats_url)"
                 )
         self._nc = await connect(url, self._name, user=user, password=password)
+        await asyncio.to_thread(tracing.enabled)  # decided (SDK imported if on) off the loop
 
     async def close(self) -> None:
         if self._nc is not None:
@@ -262,7 +264,7 @@ class Client:
         # the end is caught from here on: nothing the task does can come before this
         watch = await self._watch(task_id, route)
         submitted_at = time.time()
-        ack = await self._publish_task(encoder.encode(message), self._task_headers(task_id))
+        ack = await self._publish_task(encoder.encode(message), self._task_headers(task_id, route))
         handle: TaskHandle[Any] = TaskHandle(
             self, task_id, route, duplicate=bool(ack.duplicate), seq=ack.seq,
             submitted_at=submitted_at, watch=watch,
@@ -270,9 +272,10 @@ class Client:
         handle.result_type = result_type
         return handle
 
-    def _task_headers(self, task_id: str) -> dict[str, str]:
-        """The headers of a submission (its ``Nats-Msg-Id`` is the task id)."""
-        return {MSG_ID: task_id}
+    def _task_headers(self, task_id: str, route: str) -> dict[str, str]:
+        """The headers of a submission: its ``Nats-Msg-Id`` is the task id, and, with
+        tracing on, the submit span's ``traceparent``."""
+        return tracing.submitted({MSG_ID: task_id}, task_id=task_id, route=route)
 
     async def _publish_task(self, data: bytes, headers: dict[str, str]) -> Any:
         try:

@@ -62,3 +62,10 @@ retry_at_iso  # unused variable (cogo/streams/catalogue.py:361): an event data f
 
 # cogo.harness.FakeContext: the handler under test calls ctx.wait_signal (durable agents' API)
 wait_signal
+_.get_model  # unused method (cogo/integrations/openai_agents.py): the Agents SDK's ModelProvider interface, called by its Runner
+_.stream_response  # unused method (cogo/integrations/openai_agents.py): the Agents SDK's Model interface (Runner.run_streamed)
+_.request_stream  # unused method (cogo/integrations/pydantic_ai.py): Pydantic AI's Model interface, called by its agent graph
+run_context  # unused variable (cogo/integrations/pydantic_ai.py): a parameter of Pydantic AI's Model.request_stream, passed by name
+_.get_wrapper_toolset  # unused method (cogo/integrations/pydantic_ai.py): Pydantic AI's capability interface, called per run
+_.handle_async_request  # unused method (cogo/integrations/transport.py): httpx's transport interface
+inject  # unused function (cogo/tracing.py): a submitter's headers with its traceparent, for child calls (ctx.call)

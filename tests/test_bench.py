@@ -36,7 +36,8 @@ def test_bench_json_reports_every_figure() -> None:
             "--step-runs", "2", "--step-nodes", "3",
             "--scale-workers", "1", "--scale-workers", "2", "--scale-tasks", "60",
             "--scale-sleep-ms", "20", "--history", "1500", "--history", "3000",
-            "--history-requests", "2", "--agent-tasks", "0", "--timeout", "60",
+            "--history-requests", "2", "--agent-tasks", "0", "--tracing-tasks", "0",
+            "--timeout", "60",
             "--client-tasks", "200", "--client-in-flight", "50", "--client-step-runs", "3",
             "--client-steps", "5", "--kill-repeats", "1",
         ],
@@ -141,7 +142,7 @@ def test_bench_reports_a_decorated_agent_against_echo() -> None:
             sys.executable, "-m", "cogo", "bench", "--json", "--sync", "default",
             "--tasks", "200", "--rate", "100", "--duration", "0.5", "--http-requests", "0",
             "--projector-runs", "0", "--step-runs", "0", "--no-scale-out",
-            "--agent-tasks", "1000", "--timeout", "60", "--flow-tasks", "0",
+            "--agent-tasks", "1000", "--tracing-tasks", "0", "--timeout", "60", "--flow-tasks", "0",
             "--client-tasks", "0", "--client-step-runs", "0", "--kill-repeats", "0",
         ],
         capture_output=True,
@@ -167,6 +168,38 @@ def test_bench_reports_a_decorated_agent_against_echo() -> None:
     )
     # the agent's process really was a `cogo run` of the bench app, and it was stopped
     assert json.loads(proc.stdout.strip().splitlines()[-1])["peak_rss_mb"]["agent"] > 0
+
+
+def test_bench_reports_tracing_off_and_on() -> None:
+    pytest.importorskip("opentelemetry.sdk")
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "cogo", "bench", "--json", "--sync", "default",
+            "--tasks", "200", "--rate", "100", "--duration", "0.5", "--http-requests", "0",
+            "--projector-runs", "0", "--step-runs", "0", "--no-scale-out",
+            "--agent-tasks", "0", "--tracing-tasks", "500", "--timeout", "60", "--flow-tasks", "0",
+            "--client-tasks", "0", "--client-step-runs", "0", "--kill-repeats", "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    traced = json.loads(proc.stdout.strip().splitlines()[-1])["tracing"]
+    assert traced["tasks"] == 500
+    for mode in ("off", "on"):
+        row = traced[mode]
+        assert row["tasks_per_s"] > 0 and row["worker_cpu_us_per_task"] > 0, mode
+    # spans really went out over OTLP/HTTP when on (the sink counts what it got)
+    assert traced["exports"] > 0 and traced["export_bytes_per_task"] > 0
+    assert traced["off_path_ns_per_task"] > 0
+    assert traced["overhead_cpu_us_per_task"] == pytest.approx(
+        traced["on"]["worker_cpu_us_per_task"]
+        + traced["on"]["dispatcher_cpu_us_per_task"]
+        - traced["off"]["worker_cpu_us_per_task"]
+        - traced["off"]["dispatcher_cpu_us_per_task"],
+        abs=0.2,
+    )
 
 
 def test_raw_pipeline_yardstick_runs() -> None:

@@ -13,10 +13,10 @@ import import_graph  # noqa: E402
 
 # lowest first: a package may import the ones before it, never the ones after
 LAYERS = [
-    "cogo.errors", "cogo.aio", "cogo.lifeline", "cogo.config", "cogo.secretfile",
+    "cogo.errors", "cogo.aio", "cogo.tracing", "cogo.lifeline", "cogo.config", "cogo.secretfile",
     "cogo.streams", "cogo.indexing", "cogo.workflows", "cogo.projections", "cogo.http",
-    "cogo.rollouts", "cogo.actors", "cogo.client", "cogo.devllm", "cogo.harness", "cogo.system",
-    "cogo.testing", "cogo.bench",
+    "cogo.rollouts", "cogo.actors", "cogo.client", "cogo.devllm", "cogo.harness",
+    "cogo.integrations", "cogo.system", "cogo.testing", "cogo.bench",
     "cogo.cli", "cogo.__main__",
 ]  # fmt: skip
 

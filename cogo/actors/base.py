@@ -33,6 +33,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 
+from cogo import tracing
 from cogo.actors.puller import Puller
 from cogo.aio import cancel_and_wait
 from cogo.config import Config, exponential_delay
@@ -201,6 +202,9 @@ class Actor:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()  # a getpid() syscall per call: ask once
+        # tracing decided (and the OpenTelemetry SDK imported, if on) off the event loop,
+        # before the first message rather than inside it
+        await asyncio.to_thread(tracing.enabled)
         await self.publisher.start()
         await self.on_start()
         self._heartbeats = asyncio.create_task(self._heartbeat_loop(), name="heartbeats")

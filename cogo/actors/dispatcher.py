@@ -31,6 +31,7 @@ from typing import Any
 
 import msgspec
 
+from cogo import tracing
 from cogo.actors.admission import FlowControl
 from cogo.actors.base import Actor, Defer, Delivery
 from cogo.actors.deadletter import DeadLetterWatcher
@@ -60,6 +61,7 @@ from cogo.streams.envelope import (
     MSG_ID,
     RESULT_SUBJECT,
     RESULTS_SUBJECT,
+    TaskMessage,
     Usage,
     WorkOrder,
     WorkResult,
@@ -138,12 +140,15 @@ class ExecutorDispatcher(Actor):
     async def handle(self, delivery: Delivery) -> None:
         if delivery.route in RESULT_ROUTES:
             result = decode_result(delivery.data)
-            await self._on_result(result, delivery)
+            with _traced(result.order):
+                await self._on_result(result, delivery)
             # after the result's events are stored, before it is acked: a redelivery frees
             # the slot again (harmless), and no next attempt starts before the last one ended
             await self.flow.release(result.order)
         elif delivery.headers.get(KIND_HEADER) == RETRY_KIND:
-            await self._on_retry(decode_order(delivery.data))
+            order = decode_order(delivery.data)
+            with _traced(order):
+                await self._on_retry(order)
         else:
             await self._on_submit(delivery)
 
@@ -156,6 +161,14 @@ class ExecutorDispatcher(Actor):
             await self._report_malformed(delivery, exc)
             raise  # the actor base dead-letters and terminates it
         task_id = task.task_id or delivery.headers.get(MSG_ID) or new_id()
+        parent = delivery.headers.get(tracing.TRACEPARENT)
+        with tracing.task_scope(task_id=task_id, route=task.route, parent=parent,
+                                submitted_at=delivery.published_at):  # fmt: skip
+            await self._dispatch(delivery, task, task_id, parent)
+
+    async def _dispatch(
+        self, delivery: Delivery, task: TaskMessage, task_id: str, parent: str | None
+    ) -> None:
         base = {
             "task_id": task_id,
             "correlation_id": task.correlation_id or task_id,
@@ -185,6 +198,7 @@ class ExecutorDispatcher(Actor):
             deadline=deadline,
             correlation_id=task.correlation_id or task_id,
             causation_id=task.causation_id,
+            traceparent=parent,
         )
         order = await self.canary.route(order, policy, actor=self.name)
         if policy.flow.enabled:
@@ -233,11 +247,12 @@ class ExecutorDispatcher(Actor):
             queue_wait_ms=round(max(0.0, time.time() - since) * 1000.0, 3),
             data=data,
         )
-        return [
-            (subject_of(order), encoder.encode(order),
-             {MSG_ID: f"{order.task_id}:{order.attempt}"}),
-            event_message(event),
-        ]  # fmt: skip
+        headers = {MSG_ID: f"{order.task_id}:{order.attempt}"}
+        if tracing.enabled():  # the attempt's parent: the task span
+            headers[tracing.TRACEPARENT] = tracing.task_traceparent(
+                order.task_id, order.traceparent
+            )
+        return [(subject_of(order), encoder.encode(order), headers), event_message(event)]
 
     async def _on_retry(self, order: WorkOrder) -> None:
         now = time.time()
@@ -422,6 +437,8 @@ class ExecutorDispatcher(Actor):
         """Append the terminal event (and the end marker of the output it ``closes``)."""
         ack, *_ = await self.publish_all(self.terminal_messages(event, closes))
         appended = not ack.duplicate
+        if appended:
+            tracing.task_ended(event.task_id, event.error_code, event.error)
         self.counters[event.type if appended else "duplicate_terminal"] += 1
 
     async def report_dead_letter(
@@ -464,6 +481,14 @@ class ExecutorDispatcher(Actor):
         )
         if running is not None:
             await self.flow.release(running)
+
+
+def _traced(order: WorkOrder) -> Any:
+    """The dispatcher handling a message of ``order``'s task (``cogo.tracing``)."""
+    return tracing.task_scope(
+        task_id=order.task_id, route=order.route, parent=order.traceparent,
+        submitted_at=order.submitted_at,
+    )  # fmt: skip
 
 
 def _base_of(order: WorkOrder) -> dict[str, Any]:

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from cogo import tracing
 from cogo.config import (
     LLM_API_KEY_ENV,
     LLM_BASE_URL_ENV,
@@ -419,6 +420,26 @@ class LlmSession:
             version=ctx.version or ctx.order.version, data=data,
         )  # fmt: skip
         await ctx.worker.publish_all([event_message(event)])
+        if tracing.enabled():
+            tracing.record(
+                f"chat {body['model']}", start=started, kind="client", attributes=_genai(data),
+                error_code=error.code if error else None, error_message=str(error or ""),
+            )  # fmt: skip
+
+
+def _genai(call: LlmCall) -> dict[str, Any]:
+    """The call's span attributes, in OpenTelemetry's GenAI semantic conventions."""
+    return {
+        "gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai",
+        "gen_ai.system": "openai", "gen_ai.request.model": call.model,
+        "gen_ai.request.max_tokens": call.max_tokens,
+        "gen_ai.response.model": call.reply_model,
+        "gen_ai.response.finish_reasons": [call.finish_reason] if call.finish_reason else None,
+        "gen_ai.usage.input_tokens": call.prompt_tokens,
+        "gen_ai.usage.output_tokens": call.completion_tokens,
+        "cogo.step": call.step, "cogo.llm.cost_usd": call.cost_usd,
+        "cogo.llm.retry": call.retry, "cogo.llm.usage_estimated": call.usage_estimated,
+    }  # fmt: skip
 
 
 class _Retryable(Exception):

@@ -44,6 +44,7 @@ from urllib.parse import quote
 import msgspec
 from nats.js import api
 
+from cogo import tracing
 from cogo.errors import (
     StepNameInvalid,
     StepNameReused,
@@ -215,7 +216,8 @@ async def run_step(
     token = _current.set(scope)
     started = time.time()
     try:
-        value = await _call(fn, args, kwargs)
+        with tracing.span(f"step {name}", attributes={"cogo.step": name}):
+            value = await _call(fn, args, kwargs)
     finally:
         _current.reset(token)
     data = _json_bytes(name, value)

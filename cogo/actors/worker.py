@@ -23,6 +23,7 @@ from typing import Any
 
 import msgspec
 
+from cogo import tracing
 from cogo.actors.base import Actor, Delivery
 from cogo.actors.llm import LlmClient, LlmSession
 from cogo.actors.steps import Journal, charge_step, run_step
@@ -259,7 +260,8 @@ class Worker(Actor):
             budget = max(0.0, ctx.deadline - started)
             try:
                 async with asyncio.timeout(budget):
-                    outcome = await self.run(order, ctx)
+                    with _attempt_span(order, delivery):
+                        outcome = await self.run(order, ctx)
             except TimeoutError:
                 if time.time() >= order.deadline:
                     raise TtlExpired("task reached its TTL while running") from None
@@ -353,3 +355,18 @@ class Worker(Actor):
         self._announcing.discard(task)
         if not task.cancelled() and task.exception() is not None:  # informational: never fatal
             log.warning("%s: execute_started not recorded: %s", self.name, task.exception())
+
+
+def _attempt_span(order: WorkOrder, delivery: Delivery) -> Any:
+    """The attempt's span, child of the task span whose ``traceparent`` the dispatcher sent
+    (computed from the order when a message came without it)."""
+    if not tracing.enabled():
+        return tracing.span("")
+    parent = delivery.headers.get(tracing.TRACEPARENT) or tracing.task_traceparent(
+        order.task_id, order.traceparent
+    )
+    return tracing.span(
+        f"attempt {order.route}", parent=parent, kind="consumer",
+        attributes={"cogo.task_id": order.task_id, "cogo.route": order.route,
+                    "cogo.attempt": order.attempt, "cogo.delivery": delivery.delivered},
+    )  # fmt: skip

@@ -33,6 +33,7 @@ from cogo.bench.latency import latency_at
 from cogo.bench.report import _require_matplotlib, plot, render
 from cogo.bench.scaleout import scale_out
 from cogo.bench.system import Bench, Options, Progress
+from cogo.bench.traces import tracing_overhead
 from cogo.bench.workflow import workflow_steps
 from cogo.errors import CogoError
 from cogo.streams.server import SYNC_CHOICES
@@ -65,6 +66,8 @@ async def run_bench(options: Options, progress: Progress) -> dict[str, Any]:
                 extra["client"] = await client_figures(bench)
             if options.agent_tasks > 0:
                 extra["agent"] = await agent_vs_echo(bench)
+            if options.tracing_tasks > 0:
+                extra["tracing"] = await tracing_overhead(bench)
             if options.step_runs > 0:
                 extra["workflow_steps"] = await workflow_steps(bench)
             if options.scale_workers:
@@ -154,6 +157,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         scale_sleep_ms=args.scale_sleep_ms,
         scale_concurrency=args.scale_concurrency,
         agent_tasks=args.agent_tasks,
+        tracing_tasks=args.tracing_tasks,
         history=args.history or [],
         history_requests=args.history_requests,
         sync=args.sync,
@@ -169,6 +173,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise CogoError("--scale-workers and --scale-tasks must be positive")
     if options.scale_sleep_ms <= 0 or options.scale_concurrency < 1:
         raise CogoError("--scale-sleep-ms and --scale-concurrency must be positive")
+    if options.tracing_tasks < 0:
+        raise CogoError("--tracing-tasks must be 0 (skip) or positive")
     if options.agent_tasks < 0:
         raise CogoError("--agent-tasks must be 0 (skip) or positive")
     if min(options.client_tasks, options.client_step_runs, options.kill_repeats) < 0:
@@ -277,6 +283,11 @@ def register(subparsers: Any, common: Callable[[argparse.ArgumentParser], None])
     p.add_argument(
         "--agent-tasks", type=int, default=5_000, metavar="N",
         help="a decorated @app.agent against echo: N tasks each, same run (5,000; 0 skips it)",
+    )  # fmt: skip
+    p.add_argument(
+        "--tracing-tasks", type=int, default=2_000, metavar="N",
+        help="the decorated agent with OpenTelemetry off, then on (spans exported over "
+        "OTLP/HTTP to a local sink): N tasks each, same run (2,000; 0 skips it)",
     )  # fmt: skip
     p.add_argument(
         "--history",

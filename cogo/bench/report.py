@@ -132,6 +132,24 @@ def _optional_rows(table: Any, result: dict[str, Any]) -> None:
             "@app.agent / echo",
             f"x{agent['tasks_per_s_ratio']:.2f} tasks/s, x{agent['worker_cpu_ratio']:.2f} worker CPU",
         )
+    traced = result.get("tracing")
+    if traced:
+        for mode in ("off", "on"):
+            row = traced[mode]
+            table.add_row(
+                f"tracing {mode} ({traced['tasks']:,} agent tasks)",
+                f"{row['tasks_per_s']:,.0f} tasks/s, worker {row['worker_cpu_us_per_task']:,.0f} "
+                f"µs/task, dispatcher {row['dispatcher_cpu_us_per_task']:,.0f} µs/task",
+            )
+        table.add_row(
+            "tracing on - off",
+            f"{traced['overhead_cpu_us_per_task']:+,.0f} µs CPU/task, "
+            f"x{traced['tasks_per_s_ratio']:.2f} tasks/s, "
+            f"{traced['export_bytes_per_task']:,.0f} B exported/task",
+        )
+        table.add_row(
+            "tracing off: its checks, per task", f"{traced['off_path_ns_per_task']:,.0f} ns"
+        )
     for row in result.get("scale_out") or []:
         table.add_row(
             f"scale-out: {row['workers']} worker process(es), sleep-bound",

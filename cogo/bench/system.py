@@ -76,6 +76,8 @@ class Options:
     scale_concurrency: int = 8
     # a decorated agent (``cogo.bench.agent``) against echo, this many tasks each (0: skipped)
     agent_tasks: int = 5_000
+    # the decorated agent with OpenTelemetry off, then on (cogo.bench.traces; 0: skipped)
+    tracing_tasks: int = 2_000
     # dispatcher cost with flow control off and on (cogo.bench.flow; 0: skipped)
     flow_tasks: int = 2_000
     flow_repeats: int = 3

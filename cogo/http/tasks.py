@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from cogo import tracing
 from cogo.errors import (
     BackpressureError,
     BusUnavailable,
@@ -71,8 +72,12 @@ async def submit_task(request: Request, body: TaskRequest) -> JSONResponse:
         message["correlation_id"] = body.correlation_id
     try:
         ack = await state.js.publish(
-            EXECUTE_SUBJECT, encoder.encode(message), headers={MSG_ID: task_id}, timeout=5
-        )
+            EXECUTE_SUBJECT, encoder.encode(message), timeout=5,
+            headers=tracing.submitted(
+                {MSG_ID: task_id}, task_id=task_id, route=body.route, name="POST /api/tasks",
+                parent=request.headers.get(tracing.TRACEPARENT),
+            ),
+        )  # fmt: skip
     except APIError as exc:  # e.g. the TASKS stream is full: refuse, never accept-and-drop
         raise BusUnavailable(f"the bus refused the task: {exc.description}") from None
     except (

@@ -129,6 +129,9 @@ class WorkOrder(msgspec.Struct, frozen=True):
     # an earlier attempt may have written to the task's output (ctx.emit): the dispatcher
     # then closes it with an end marker when the task ends
     emitted: bool = False
+    # the submitter's W3C traceparent (cogo.tracing): the task span's parent, kept here
+    # because retries and flow-control holds re-publish the order without its headers
+    traceparent: str | None = None
 
 
 class WorkResult(msgspec.Struct, frozen=True, omit_defaults=True):

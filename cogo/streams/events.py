@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 from nats.js.client import JetStreamContext
 
+from cogo import tracing
 from cogo.streams.catalogue import REQUIRED, checked_data
 from cogo.streams.envelope import MSG_ID, Usage, new_id
 from cogo.streams.publisher import Publisher
@@ -46,6 +47,7 @@ class Event(msgspec.Struct, frozen=True, omit_defaults=True):
     # a catalogue struct or a dict checked against one when built here (make_event); a
     # dict when decoded: read it with cogo.streams.catalogue.data_of
     data: Any = None
+    trace_id: str | None = None  # the OpenTelemetry trace it happened in (cogo.tracing)
 
 
 _encoder = msgspec.json.Encoder()
@@ -89,6 +91,8 @@ def make_event(type: str, *, event_id: str | None = None, **fields: Any) -> Even
     is built, never on the stream's readers.
     """
     checked_data(type, fields.get("data"))
+    if tracing.enabled() and "trace_id" not in fields:
+        fields["trace_id"] = tracing.current_trace_id()
     event = Event(event_id=event_id or new_id(), type=type, at=iso(), **fields)
     for name in REQUIRED.get(type, ()):
         if getattr(event, name) is None:

@@ -28,6 +28,7 @@ import msgspec
 import pydantic
 from nats.js.client import JetStreamContext
 
+from cogo import tracing
 from cogo.aio import cancel_and_wait
 from cogo.errors import CogoError, MalformedMessage
 from cogo.streams.catalogue import RUN_OUTCOMES, WORKFLOW_SIGNALED, RunData, data_of
@@ -52,7 +53,7 @@ from cogo.workflows.engine import (
 )
 from cogo.workflows.inbox import CancelRun, SignalRun, StartRun, send_command
 from cogo.workflows.planner import Plan, link
-from cogo.workflows.run import RUNNING, RunState
+from cogo.workflows.run import RUNNING, RunState, timestamp
 
 log = logging.getLogger(__name__)
 
@@ -286,10 +287,20 @@ class Runs:
                         event = await history.stored(self.js, ack.seq)
                     self.counters["duplicate_events"] += 1
                 progressed = run.state.apply(event, ack.seq) or progressed
+                if not ack.duplicate:
+                    tracing.workflow_event(event, workflow_id=run.state.workflow_id,
+                                           run_started=timestamp(run.state.started_at))  # fmt: skip
         tasks = [a.task for a in actions if isinstance(a, Submit)]
         if tasks:
             await self.publisher.publish_all(
-                [(EXECUTE_SUBJECT, encoder.encode(t), {MSG_ID: t["task_id"]}) for t in tasks]
+                [
+                    (
+                        EXECUTE_SUBJECT,
+                        encoder.encode(t),
+                        tracing.workflow_task({MSG_ID: t["task_id"]}, t),
+                    )
+                    for t in tasks
+                ]  # fmt: skip
             )
             self.counters["tasks_submitted"] += len(tasks)
         children = [a for a in actions if isinstance(a, StartChild)]

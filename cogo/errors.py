@@ -92,6 +92,7 @@ CogoError                          root; ``code``, human ``message``, optional `
 ├── RolloutError                   a rollout of a worker version (``/api/rollouts``)
 │   ├── RolloutNotFound            rollout.not_found: no rollout with that id
 │   └── RolloutConflict            rollout.conflict: the route already has one running, or it is over
+├── VersionGrantRefused            auth.version_refused: too many versions of a route, or granted too fast
 ├── Unavailable                    service.unavailable: what the request needs does not run in this process
 │   └── BusUnavailable             bus.unavailable: NATS did not answer, or refused the write
 └── RequestError                   an HTTP request the facade cannot take (``cogo.http.errors`` maps
@@ -655,6 +656,12 @@ class RolloutConflict(RolloutError):
     """Raised when a route already has an active rollout, or the rollout is already over."""
 
     code = "rollout.conflict"
+
+
+class VersionGrantRefused(CogoError):
+    """Raised when ``cogo up --auth`` refuses a versioned consumer: too many, or too fast."""
+
+    code = "auth.version_refused"
 
 
 class Unavailable(CogoError):

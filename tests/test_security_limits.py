@@ -1,0 +1,146 @@
+"""Issue 21's limits, attacked from outside: a real ``cogo up --auth`` with the sample app,
+and the app's NATS user driven through plain nats-py, as an attacker holding its password.
+
+Secrets are private from their first byte; version grants are bounded and rate-limited; a
+replay never rolls a rollout back; the small items (routes with wildcards, oversized
+payloads, stream look-ups) end in clear errors, never in a crashed handler.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+
+from cogo.errors import VersionGrantRefused
+from cogo.streams.auth import GRANT_BURST, MAX_VERSIONS_PER_ROUTE, AuthPlan
+from tests.conftest import TEST_CONFIG
+from tests.upsystem import START_TIMEOUT_S, start_up, stop
+
+
+class Secure:
+    """The running ``cogo up --auth`` of this module."""
+
+    def __init__(self, proc: Any, info: dict[str, Any], data_dir: Path) -> None:
+        self.proc, self.info, self.data_dir = proc, info, data_dir
+        self.passwords: dict[str, str] = json.loads((data_dir / "credentials.json").read_text())
+
+    async def as_user(self, user: str) -> nats.NATS:
+        """A plain nats-py connection as ``user`` (no Cogo code on the attacker's side)."""
+        return await nats.connect(
+            self.info["nats_url"], user=user, password=self.passwords[user],
+            allow_reconnect=False, error_cb=_ignore, inbox_prefix=f"_INBOX_{user}",
+        )  # fmt: skip
+
+
+async def _ignore(exc: Exception) -> None:
+    return None  # permission violations are the point of these tests
+
+
+@pytest.fixture(scope="module")
+def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secure]:
+    root = tmp_path_factory.mktemp("secure")
+    config = root / "cogo.toml"
+    config.write_text(TEST_CONFIG)
+    data_dir = root / "data"
+    proc = start_up(data_dir, config, "--auth", "--app", "tests.sample_apps:app")
+    deadline = time.monotonic() + START_TIMEOUT_S
+    info = None
+    while info is None and time.monotonic() < deadline:
+        try:
+            found = json.loads((data_dir / "endpoints.json").read_text())
+            info = found if found.get("pid") == proc.pid else None
+        except (OSError, ValueError):
+            pass
+        if proc.poll() is not None:
+            raise AssertionError(f"cogo up exited:\n{stop(proc)}")
+        time.sleep(0.1)
+    if info is None:
+        raise AssertionError(f"cogo up did not start:\n{stop(proc)}")
+    yield Secure(proc, info, data_dir)
+    stop(proc)
+
+
+# -- 7. secrets and version grants ---------------------------------------------------------
+
+
+def test_every_secret_in_the_data_dir_is_private(secure: Secure) -> None:
+    for name in ("nats.conf", "credentials.json", "endpoints.json", "grants.json"):
+        path = secure.data_dir / name
+        if name == "grants.json" and not path.exists():
+            continue
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+        assert mode == 0o600, f"{name} is {oct(mode)}"
+    assert secure.passwords["admin"] in (secure.data_dir / "nats.conf").read_text()
+
+
+def test_a_private_file_is_never_wider_even_over_an_old_one(tmp_path: Path) -> None:
+    from cogo.streams.server import server_config
+
+    old = tmp_path / "nats.conf"
+    old.write_text("left by an older release")
+    old.chmod(0o644)
+    server_config(old, "default", "\n# secret\n")
+    assert stat.S_IMODE(old.stat().st_mode) == 0o600
+    assert "# secret" in old.read_text()
+    assert [p.name for p in tmp_path.iterdir()] == ["nats.conf"]  # no temporary file left
+
+
+async def test_an_app_cannot_mint_versioned_consumers_without_bound(secure: Secure) -> None:
+    user = "app-sample"
+    nc = await secure.as_user(user)
+    answers = []
+    try:
+        for n in range(GRANT_BURST + 4):
+            body = json.dumps({"route": "sample.boom.0", "version": f"x{n}"}).encode()
+            reply = await nc.request(f"cogo.control.version.{user}", body, timeout=30)
+            answers.append(json.loads(reply.data))
+        # asking again for a version already granted is free
+        again = json.dumps({"route": "sample.boom.0", "version": "x0"}).encode()
+        repeat = json.loads((await nc.request(f"cogo.control.version.{user}", again, 30)).data)
+    finally:
+        await nc.close()
+    granted = [a for a in answers if a["ok"]]
+    refused = [a for a in answers if not a["ok"]]
+    assert len(granted) == GRANT_BURST, answers
+    assert {a["code"] for a in refused} == {"auth.version_refused"}, refused
+    assert "ask again in" in refused[0]["error"]
+    assert repeat["ok"] is True
+    admin = await secure.as_user("admin")
+    try:
+        names = [c.name async for c in _consumers(admin.jetstream(), "TASKS")]
+    finally:
+        await admin.close()
+    made = [n for n in names if n.startswith("sample-boom-0-")]
+    assert len(made) == GRANT_BURST, made  # a refused grant leaves no consumer behind
+
+
+async def _consumers(js: Any, stream: str) -> Any:
+    for info in await js.consumers_info(stream):
+        yield info
+
+
+def test_versions_of_a_route_are_bounded_and_grants_rate_limited() -> None:
+    plan = AuthPlan(workers={"app-a": ["a.b.0", "a.c.0"]})
+    now = 1000.0
+    for n in range(MAX_VERSIONS_PER_ROUTE):
+        assert plan.grant_version("app-a", f"a.b.0.v{n}", now=now + 100 * n)
+    with pytest.raises(VersionGrantRefused, match="none is idle"):
+        plan.grant_version("app-a", "a.b.0.late", now=now + 10_000)
+    assert plan.grant_version("app-a", "a.c.0.v1", now=now + 10_000)  # another route's own
+    assert not plan.grant_version("app-a", "a.b.0.v0", now=now + 10_000)  # held already
+    plan.revoke_version("app-a", "a.b.0.v0")
+    assert plan.grant_version("app-a", "a.b.0.late", now=now + 10_000)
+    fast = AuthPlan(workers={"app-f": ["f.b.0"]})
+    for n in range(GRANT_BURST):
+        fast.grant_version("app-f", f"f.b.0.v{n}", now=now)
+    with pytest.raises(VersionGrantRefused, match="ask again in 60 s"):
+        fast.grant_version("app-f", "f.b.0.next", now=now)
+    assert fast.grant_version("app-f", "f.b.0.next", now=now + 61)

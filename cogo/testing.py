@@ -317,6 +317,7 @@ class Reply:
     raw: str | None = None  # send this body as is (a malformed reply)
     retry_after: float | None = None  # a Retry-After header (with a 429 or 503)
     word_delay_s: float = 0.0  # streaming: a pause before each word
+    honest: bool = True  # False: usage and text as scripted, past max_tokens (a lying endpoint)
 
 
 @dataclass
@@ -360,7 +361,7 @@ class ChatServer:
                     chat.requests.append({"path": self.path, "headers": _headers(self), **body})
                     reply = chat.script.pop(0) if chat.script else chat.default
                 cap = body.get("max_tokens")
-                if isinstance(cap, int) and reply.completion_tokens > cap:
+                if isinstance(cap, int) and reply.completion_tokens > cap and reply.honest:
                     reply = replace(reply, completion_tokens=cap, finish_reason="length")
                 if reply.delay_s:
                     time.sleep(reply.delay_s)

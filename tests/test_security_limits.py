@@ -8,6 +8,7 @@ payloads, stream look-ups) end in clear errors, never in a crashed handler.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import stat
@@ -16,13 +17,22 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import nats
 import pytest
 
 from cogo.errors import VersionGrantRefused
 from cogo.streams.auth import GRANT_BURST, MAX_VERSIONS_PER_ROUTE, AuthPlan
 from tests.conftest import TEST_CONFIG
+from tests.helpers import wait_until
 from tests.upsystem import START_TIMEOUT_S, start_up, stop
+
+# a small DuckDB pool, so the memory test stays small on a shared machine
+SMALL_POOL = """
+[duckdb]
+memory_limit = "256MB"
+"""
+POOL_BYTES = 256 * 1024 * 1024
 
 
 class Secure:
@@ -31,6 +41,21 @@ class Secure:
     def __init__(self, proc: Any, info: dict[str, Any], data_dir: Path) -> None:
         self.proc, self.info, self.data_dir = proc, info, data_dir
         self.passwords: dict[str, str] = json.loads((data_dir / "credentials.json").read_text())
+
+    def http(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            base_url=self.info["http_url"], timeout=60,
+            headers={"Authorization": f"Bearer {self.info['api_token']}"},
+        )  # fmt: skip
+
+    def memory_kb(self) -> dict[str, int]:
+        """VmRSS and VmHWM (its peak) of the ``cogo up`` process (facade and projector)."""
+        lines = Path(f"/proc/{self.proc.pid}/status").read_text().splitlines()
+        return {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in lines)
+                if k in ("VmRSS", "VmHWM")}  # fmt: skip
+
+    def reset_peak(self) -> None:
+        Path(f"/proc/{self.proc.pid}/clear_refs").write_text("5")  # VmHWM := VmRSS
 
     async def as_user(self, user: str) -> nats.NATS:
         """A plain nats-py connection as ``user`` (no Cogo code on the attacker's side)."""
@@ -48,7 +73,7 @@ async def _ignore(exc: Exception) -> None:
 def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secure]:
     root = tmp_path_factory.mktemp("secure")
     config = root / "cogo.toml"
-    config.write_text(TEST_CONFIG)
+    config.write_text(TEST_CONFIG + SMALL_POOL)
     data_dir = root / "data"
     proc = start_up(data_dir, config, "--auth", "--app", "tests.sample_apps:app")
     deadline = time.monotonic() + START_TIMEOUT_S
@@ -144,3 +169,52 @@ def test_versions_of_a_route_are_bounded_and_grants_rate_limited() -> None:
     with pytest.raises(VersionGrantRefused, match="ask again in 60 s"):
         fast.grant_version("app-f", "f.b.0.next", now=now)
     assert fast.grant_version("app-f", "f.b.0.next", now=now + 61)
+
+
+# -- 10. SQL within its time limit and its memory pool --------------------------------------
+
+
+async def test_sql_answers_within_its_pool_and_keeps_nothing(secure: Secure) -> None:
+    async with secure.http() as http:
+        assert (await http.post("/api/sql", json={"sql": "SELECT 1"})).status_code == 200
+        before = secure.memory_kb()["VmRSS"]
+        secure.reset_peak()
+        health: list[float] = []
+        done = asyncio.Event()
+
+        async def ping() -> None:
+            while not done.is_set():
+                began = time.monotonic()
+                assert (await http.get("/healthz")).status_code == 200
+                health.append(time.monotonic() - began)
+                await asyncio.sleep(0.05)
+
+        pinger = asyncio.create_task(ping())
+        answers = []
+        for sql, timeout_s in [("SELECT list(range::DOUBLE) l FROM range(16000000)", 2),
+                               ("SELECT list(range) FROM range(40000000)", 10)]:  # fmt: skip
+            began = time.monotonic()
+            answer = await http.post("/api/sql", json={"sql": sql, "timeout_s": timeout_s})
+            answers.append((sql, answer.status_code, answer.json(), time.monotonic() - began))
+        done.set()
+        await pinger
+        peak = secure.memory_kb()["VmHWM"]
+    for sql, status, body, elapsed in answers:
+        print(f"{sql}: {status} {body.get('code') or body.get('truncated_by')} in {elapsed:.2f}s")
+        if status == 200:  # cut while it was fetched, never converted whole
+            assert body["truncated_by"] == "max_bytes" and body["rows"] == [], body
+        else:
+            assert status == 400 and body["code"] in ("sql.timeout", "sql.rejected"), body
+    growth = (peak - before) * 1024
+    print(
+        f"RSS {before / 1024:.0f} MB before, peak +{growth / 2**20:.0f} MB; /healthz worst "
+        f"{max(health) * 1000:.0f} ms over {len(health)} calls"
+    )
+    # DuckDB's pool plus the process's own working set; Python objects of the answer were
+    # over a gigabyte here before
+    assert growth < POOL_BYTES + 300 * 2**20, growth
+
+    async def released() -> bool:
+        return secure.memory_kb()["VmRSS"] < before + 100 * 1024
+
+    await wait_until(released, 30, lambda: f"memory kept after the queries: {secure.memory_kb()}")

@@ -218,3 +218,70 @@ async def test_sql_answers_within_its_pool_and_keeps_nothing(secure: Secure) -> 
         return secure.memory_kb()["VmRSS"] < before + 100 * 1024
 
     await wait_until(released, 30, lambda: f"memory kept after the queries: {secure.memory_kb()}")
+
+
+# -- 11. the smaller ones ------------------------------------------------------------------
+
+OUTPUT_CHUNKS, CHUNK_CHARS, READERS = 1000, 4000, 60
+
+
+async def _publish_output(secure: Secure, task_id: str) -> None:
+    """A finished task's 4 MB output, as its worker and dispatcher would have written it."""
+    from cogo.streams.outputs import Output, encode_output, output_subject
+
+    admin = await secure.as_user("admin")
+    js = admin.jetstream()
+    subject = output_subject(task_id)
+    acks = []
+    for seq in range(1, OUTPUT_CHUNKS + 1):
+        chunk = Output(task_id=task_id, attempt=1, at="2026-12-05T00:00:00Z", seq=seq,
+                       data="x" * CHUNK_CHARS)  # fmt: skip
+        acks.append(await js.publish_async(subject, encode_output(chunk)))
+    end = Output(task_id=task_id, attempt=1, at="2026-12-05T00:00:01Z", end=True,
+                 status="succeeded")  # fmt: skip
+    acks.append(await js.publish_async(subject, encode_output(end)))
+    await asyncio.gather(*acks)
+    await admin.close()
+
+
+async def _read_sse(http: httpx.AsyncClient, task_id: str, headers: dict | None = None) -> dict:
+    chunks, events, ids = 0, [], []
+    async with http.stream("GET", f"/api/tasks/{task_id}/stream", headers=headers) as response:
+        if response.status_code != 200:
+            return {"status": response.status_code, "body": json.loads(await response.aread())}
+        async for line in response.aiter_lines():
+            if line.startswith("id: "):
+                ids.append(int(line[4:]))
+            if line.startswith("event: "):
+                events.append(line[7:])
+                chunks += line == "event: chunk"
+    return {"status": 200, "chunks": chunks, "last": events[-1] if events else None, "ids": ids}
+
+
+async def test_many_readers_of_a_large_output_all_get_its_end(secure: Secure) -> None:
+    task_id = "big-output-1"
+    await _publish_output(secure, task_id)
+    began = time.monotonic()
+    async with secure.http() as http:
+        results = await asyncio.gather(*(_read_sse(http, task_id) for _ in range(READERS)))
+    print(f"{READERS} readers of {OUTPUT_CHUNKS * CHUNK_CHARS / 1e6:.0f} MB each in "
+          f"{time.monotonic() - began:.1f}s")  # fmt: skip
+    summary = [(r["status"], r.get("chunks"), r.get("last")) for r in results]
+    assert summary == [(200, OUTPUT_CHUNKS, "end")] * READERS, summary
+    log = (secure.data_dir / "up.log").read_text(errors="replace")
+    assert "unhandled error on GET /api/tasks" not in log, log[-3000:]
+
+
+async def test_a_last_event_id_past_64_bits_is_a_clear_400(secure: Secure) -> None:
+    task_id = "big-output-2"
+    await _publish_output(secure, task_id)
+    async with secure.http() as http:
+        for bad in (str(2**64 - 1), str(2**64), str(2**64 + 5), "1" * 40):
+            result = await _read_sse(http, task_id, headers={"Last-Event-ID": bad})
+            assert result["status"] == 400, (bad, result)
+            assert result["body"]["code"] == "request.number_out_of_range", result
+        whole = await _read_sse(http, task_id, headers={"Last-Event-ID": "not-ours"})
+        assert (whole["chunks"], whole["last"]) == (OUTPUT_CHUNKS, "end")
+        resume = str(whole["ids"][-2])  # a client that saw all but the last chunk
+        rest = await _read_sse(http, task_id, headers={"Last-Event-ID": resume})
+        assert (rest["chunks"], rest["last"]) == (1, "end"), rest

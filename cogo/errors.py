@@ -5,7 +5,8 @@ part of the contract: add new ones, never rename.
 
 CogoError                          root; ``code``, human ``message``, optional ``detail``
 ├── MessageError                   a message on the bus cannot be decoded
-│   └── MalformedMessage           message.malformed: not JSON, wrong types, missing fields
+│   └── MalformedMessage           message.malformed: not JSON, wrong types, missing fields, a route with wildcards
+│       └── MessageTooLarge        message.too_large: a task message over the 1 MiB the HTTP facade also takes
 ├── RouteError
 │   ├── UnknownRoute               route.unknown: no app declared that route
 │   ├── InvalidRoute               route.invalid: not ``<service>.<role>.<shard>``, or a reserved service
@@ -136,6 +137,12 @@ class MalformedMessage(MessageError):
     """Raised when a message is not JSON, has wrong types or misses a required field."""
 
     code = "message.malformed"
+
+
+class MessageTooLarge(MalformedMessage):
+    """Raised when a task message on the bus is larger than a submission may be."""
+
+    code = "message.too_large"
 
 
 class RouteError(CogoError):

@@ -21,6 +21,7 @@ import httpx
 import nats
 import pytest
 
+import cogo
 from cogo.errors import VersionGrantRefused
 from cogo.streams.auth import GRANT_BURST, MAX_VERSIONS_PER_ROUTE, AuthPlan
 from tests.conftest import TEST_CONFIG
@@ -285,3 +286,31 @@ async def test_a_last_event_id_past_64_bits_is_a_clear_400(secure: Secure) -> No
         resume = str(whole["ids"][-2])  # a client that saw all but the last chunk
         rest = await _read_sse(http, task_id, headers={"Last-Event-ID": resume})
         assert (rest["chunks"], rest["last"]) == (1, "end"), rest
+
+
+async def test_a_wildcard_route_and_an_oversized_task_fail_at_once(secure: Secure) -> None:
+    client = await secure.as_user("client")
+    js = client.jetstream()
+    wild = json.dumps({"task_id": "wild-1", "route": "echo.*.>", "payload": {}}).encode()
+    huge = json.dumps({"task_id": "huge-1", "route": "sample.greet.0",
+                       "payload": {"name": "x" * (3 * 2**20 // 2)}}).encode()  # fmt: skip
+    for task_id, body in (("wild-1", wild), ("huge-1", huge)):
+        await js.publish("orchestrator.execute.0", body, headers={"Nats-Msg-Id": task_id})
+    await client.close()
+    async with cogo.Client(data_dir=secure.data_dir) as c:
+        wild_end = await c.handle("wild-1", "echo.run.0").wait(timeout=30)
+        huge_end = await c.handle("huge-1", "sample.greet.0").wait(timeout=30)
+    assert (wild_end.status, wild_end.error_code) == ("failed", "message.malformed")
+    assert "is not <service>.<role>.<shard>" in wild_end.error
+    assert (huge_end.status, huge_end.error_code) == ("failed", "message.too_large")
+    assert "at most 1048576 bytes" in huge_end.error
+    admin = await secure.as_user("admin")
+    try:
+        failed = await admin.jetstream().get_last_msg("EVENTS", "events.execute_failed")
+        assert json.loads(failed.data)["task_id"] in ("wild-1", "huge-1")
+        wild_events = await admin.jetstream().get_last_msg("EVENTS", "events.execute_failed.>")
+        assert "*" not in wild_events.subject
+    finally:
+        await admin.close()
+    log = (secure.data_dir / "logs" / "dispatcher.log").read_text(errors="replace")
+    assert "Traceback" not in log, log[-2000:]  # the handler never crashed on them

@@ -42,6 +42,7 @@ from cogo.streams.catalogue import (
 from cogo.streams.envelope import ASSIGNMENT_KEY, EXECUTE_SUBJECT, MSG_ID, encoder, new_id
 from cogo.streams.events import Event, decode_event, iso
 from cogo.streams.outputs import Output, read_output
+from cogo.streams.routes import check_route
 from cogo.streams.topology import EVENTS, POLICY_BUCKET
 
 RECHECK_S = 5.0  # while waiting, ask again this often (a reconnect can miss an event)
@@ -196,6 +197,7 @@ class Client:
     async def _check_route(self, route: str) -> None:
         if route in self._known_routes:
             return
+        check_route(route, builtin=True)  # InvalidRoute before a wildcard reaches the bucket
         kv = await self.nc.jetstream().key_value(POLICY_BUCKET)
         try:
             entry = await kv.get(route)

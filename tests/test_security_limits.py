@@ -12,6 +12,8 @@ import asyncio
 import json
 import os
 import stat
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -314,3 +316,16 @@ async def test_a_wildcard_route_and_an_oversized_task_fail_at_once(secure: Secur
         await admin.close()
     log = (secure.data_dir / "logs" / "dispatcher.log").read_text(errors="replace")
     assert "Traceback" not in log, log[-2000:]  # the handler never crashed on them
+
+
+def test_the_cli_refuses_wildcard_routes_in_one_line(secure: Secure) -> None:
+    data = ["--data-dir", str(secure.data_dir)]
+    for args in (["policy", "set", "nope.*.>", '{"timeout_ms": 1000}', *data],
+                 ["policy", "get", "echo.>", *data],
+                 ["submit", "--route", "echo.*", *data],
+                 ["routes", "forget", "echo.*.0", *data]):  # fmt: skip
+        done = subprocess.run([sys.executable, "-m", "cogo", *args], capture_output=True,
+                              text=True, timeout=60)  # fmt: skip
+        lines = (done.stdout + done.stderr).strip().splitlines()
+        assert done.returncode != 0 and len(lines) == 1, (args, done.stdout, done.stderr)
+        assert "invalid route" in lines[0] and "Traceback" not in lines[0], lines

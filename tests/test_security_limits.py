@@ -329,3 +329,38 @@ def test_the_cli_refuses_wildcard_routes_in_one_line(secure: Secure) -> None:
         lines = (done.stdout + done.stderr).strip().splitlines()
         assert done.returncode != 0 and len(lines) == 1, (args, done.stdout, done.stderr)
         assert "invalid route" in lines[0] and "Traceback" not in lines[0], lines
+
+
+async def test_of_concurrent_signals_exactly_one_counts_and_says_so(secure: Secure) -> None:
+    definition = {"id": "approval", "nodes": [
+        {"id": "approve", "type": "signal", "name": "approve", "timeout_ms": 60000},
+        {"id": "done", "type": "publish", "route": "echo.run.0",
+         "payload": {"result": {"by": "${nodes.approve.result.by}"}}}]}  # fmt: skip
+    async with secure.http() as http:
+        started = await http.post(
+            "/api/orchestrator/execute", json={"definition": definition, "runId": "sig-run-1"}
+        )
+        assert started.status_code == 202, started.text
+
+        async def waiting() -> bool:
+            state = await http.get("/api/orchestrator/state", params={"runId": "sig-run-1"})
+            nodes = state.json().get("nodes", []) if state.status_code == 200 else []
+            return any(n["id"] == "approve" and n["status"] == "running" for n in nodes)
+
+        await wait_until(waiting, 30, "the signal node never started")
+        answers = await asyncio.gather(*(
+            http.post("/api/orchestrator/signal", json={
+                "runId": "sig-run-1", "name": "approve", "data": {"by": f"user-{n}"}})
+            for n in range(20)))  # fmt: skip
+
+        async def ended() -> dict | None:
+            state = await http.get("/api/orchestrator/state", params={"runId": "sig-run-1"})
+            return state.json() if state.json().get("endedAt") else None
+
+        final = await wait_until(ended, 30, "the run never ended")
+    counted = [a.json() for a in answers if a.status_code == 202 and not a.json()["duplicate"]]
+    assert len(counted) == 1, [(a.status_code, a.json()) for a in answers]
+    assert all(a.status_code in (202, 409) for a in answers)
+    approve = next(n for n in final["nodes"] if n["id"] == "approve")
+    winner = [n for n in range(20) if answers[n].json() == counted[0]]
+    assert approve["result"] == {"by": f"user-{winner[0]}"}, (approve, counted)

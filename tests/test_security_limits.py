@@ -364,3 +364,29 @@ async def test_of_concurrent_signals_exactly_one_counts_and_says_so(secure: Secu
     approve = next(n for n in final["nodes"] if n["id"] == "approve")
     winner = [n for n in range(20) if answers[n].json() == counted[0]]
     assert approve["result"] == {"by": f"user-{winner[0]}"}, (approve, counted)
+
+
+async def test_an_app_user_cannot_list_streams_or_read_tasks_info(secure: Secure) -> None:
+    refused: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        refused.append(str(exc))
+
+    nc = await nats.connect(
+        secure.info["nats_url"], user="app-sample", password=secure.passwords["app-sample"],
+        inbox_prefix="_INBOX_app-sample", allow_reconnect=False, error_cb=on_error,
+    )  # fmt: skip
+    try:
+        subjects = ("$JS.API.STREAM.INFO.TASKS", "$JS.API.STREAM.NAMES",
+                    "$JS.API.STREAM.LIST", "$JS.API.STREAM.INFO.EVENTS")  # fmt: skip
+        for subject in subjects:
+            with pytest.raises((nats.errors.TimeoutError, nats.errors.NoRespondersError)):
+                await nc.request(subject, b"{}", timeout=1)
+        # what the app does need still works: its own bucket of artifacts
+        info = await nc.request("$JS.API.STREAM.INFO.OBJ_artifacts", b"", timeout=5)
+        assert json.loads(info.data)["config"]["name"] == "OBJ_artifacts"
+    finally:
+        await nc.close()
+    for subject in subjects:
+        assert any(f"violation for publish to \"{subject.lower()}\"" in e for e in refused), (
+            subject, refused)  # fmt: skip

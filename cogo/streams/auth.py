@@ -181,9 +181,7 @@ def _objects(bucket: str, write: bool) -> list[str]:
                 f"{API}.DIRECT.GET.{stream}", f"{API}.DIRECT.GET.{stream}.>",
                 f"{API}.CONSUMER.CREATE.{stream}", f"{API}.CONSUMER.CREATE.{stream}.>",
                 f"{API}.CONSUMER.DELETE.{stream}.>", f"$JS.FC.{stream}.>",
-                f"{API}.CONSUMER.INFO.{stream}.>",
-                # ObjectStore.get subscribes without naming its stream: a name lookup
-                f"{API}.STREAM.NAMES"]  # fmt: skip
+                f"{API}.CONSUMER.INFO.{stream}.>"]  # fmt: skip
     if write:
         subjects += [f"$O.{bucket}.C.>", f"$O.{bucket}.M.>", f"{API}.STREAM.PURGE.{stream}"]
     return subjects
@@ -282,8 +280,9 @@ def permissions(user: str, plan: AuthPlan) -> dict[str, Any] | None:
         sub += [STATUS_SUBJECT]
         extra["allow_responses"] = True  # answer status requests on the requester's inbox
     elif user in plan.workers:
+        # no STREAM.INFO.TASKS nor STREAM.NAMES: nothing a worker runs needs them
         pub = [RESULTS_SUBJECT, *_events(*WORKER_EVENTS), f"{CONTROL_VERSION}.{user}",
-               f"{API}.STREAM.INFO.{TASKS}", "outputs.>",  # ctx.emit
+               "outputs.>",  # ctx.emit
                *_read_journal(plan.workers[user])]  # fmt: skip
         for route in [*plan.workers[user], *plan.versions.get(user, [])]:
             pub += _consume(TASKS, durable_name(route))

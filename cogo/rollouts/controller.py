@@ -383,11 +383,12 @@ class RolloutController:
         """The cohorts' figures, or None while a replay runs."""
         with contextlib.suppress(TimeoutError):
             await self.projector.wait_caught_up(timeout=5.0)
-        return await self._read(
+        figures: dict[str, gates.Figures] | None = await self._read(
             lambda cur: gates.cohort_figures(
                 cur, route=route, since=since, correlation_id=correlation
             )
         )
+        return figures
 
     async def _read(self, fn: Any) -> Any:
         """``fn(cursor)`` on the projection, or None while a replay rebuilds or swaps it.

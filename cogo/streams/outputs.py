@@ -147,14 +147,15 @@ async def read_output(
         deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE if after_seq else api.DeliverPolicy.ALL,
         opt_start_seq=after_seq + 1 if after_seq else None,
         inactive_threshold=30.0,
+        # a pull consumer's own: nothing to ack (it only reads), one fetch at a time
+        ack_policy=api.AckPolicy.NONE if pull_batch else None,
+        max_waiting=1 if pull_batch else None,
     )
     if pull_batch:
-        config.ack_policy = api.AckPolicy.NONE
-        config.max_waiting = 1
         psub = await js.pull_subscribe(subject, stream=OUTPUTS, config=config)
 
         async def fetch() -> list[Any]:
-            return await psub.fetch(pull_batch, timeout=idle_s)  # type: ignore[no-any-return]
+            return await psub.fetch(pull_batch, timeout=idle_s)
 
         sub: Any = psub
     else:

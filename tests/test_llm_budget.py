@@ -44,7 +44,7 @@ async def test_a_reply_past_max_tokens_is_not_read_and_charged_the_cap(cogo_env,
     # endpoint did 40 times for 4,000,000 characters and 80 tokens
     lie = {"prompt_tokens": 1, "completion_tokens": 1, "honest": False}
     for _ in range(3):  # every attempt meets the same endpoint
-        chat_server.reply("z" * 100_000, **lie)
+        chat_server.reply("z" * 400_000, **lie)  # past what is read at all
     handle = await cogo_env.client.submit("rt.talk.0", {"prompt": "hi"})
     with pytest.raises(cogo.TaskFailed) as failed:
         await handle.result(timeout=30)
@@ -57,6 +57,19 @@ async def test_a_reply_past_max_tokens_is_not_read_and_charged_the_cap(cogo_env,
     # the budget ran out on the cap charged, not on what was reported
     assert failed.value.code in ("budget.tokens_exceeded", "llm.bad_reply")
     assert (await handle.status()).usage["tokens"] >= cap
+
+
+async def test_a_reply_read_whole_but_past_max_tokens_is_refused(cogo_env, chat_server):
+    chat_server.reply("q" * 10_000, prompt_tokens=1, completion_tokens=1, honest=False)
+    handle = await cogo_env.client.submit(
+        "rt.talk.0", {"prompt": "hi", "max_tokens": 500}, assignment={"max_attempts": 1}
+    )
+    with pytest.raises(cogo.TaskFailed):
+        await handle.result(timeout=30)
+    (call,) = llm_calls(await cogo_env.events(handle.task_id))
+    assert call["error_code"] == "llm.bad_reply" and call["data"]["max_tokens"] == 500
+    assert call["data"]["completion_tokens"] == 500
+    assert "ran past 4000 characters" in call["data"]["usage_disputed"]
 
 
 async def test_usage_over_the_max_tokens_sent_is_charged_the_cap(cogo_env, chat_server):

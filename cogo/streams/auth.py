@@ -207,7 +207,9 @@ def _read_outputs() -> list[str]:
     """Read tasks' output: ordered consumers on OUTPUTS, and its last message per task."""
     return [f"{API}.CONSUMER.CREATE.{OUTPUTS}", f"{API}.CONSUMER.CREATE.{OUTPUTS}.>",
             f"{API}.CONSUMER.DELETE.{OUTPUTS}.>", f"{API}.CONSUMER.INFO.{OUTPUTS}.>",
-            f"{API}.STREAM.MSG.GET.{OUTPUTS}", f"$JS.FC.{OUTPUTS}.>"]  # fmt: skip
+            f"{API}.STREAM.MSG.GET.{OUTPUTS}", f"$JS.FC.{OUTPUTS}.>",
+            # a facade reads through pull consumers, a few chunks at a time (cogo.http.stream)
+            f"{API}.CONSUMER.MSG.NEXT.{OUTPUTS}.>"]  # fmt: skip
 
 
 def _read_journal(routes: Sequence[str]) -> list[str]:

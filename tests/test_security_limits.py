@@ -247,12 +247,20 @@ async def _publish_output(secure: Secure, task_id: str) -> None:
     await admin.close()
 
 
-async def _read_sse(http: httpx.AsyncClient, task_id: str, headers: dict | None = None) -> dict:
+async def _read_sse(
+    http: httpx.AsyncClient, task_id: str, headers: dict | None = None, pause_every: int = 0
+) -> dict:
+    """Read a task's SSE stream to its end; ``pause_every``: a slow reader, pausing a moment
+    every so many lines (the facade must not buffer what it cannot send yet)."""
     chunks, events, ids = 0, [], []
+    lines = 0
     async with http.stream("GET", f"/api/tasks/{task_id}/stream", headers=headers) as response:
         if response.status_code != 200:
             return {"status": response.status_code, "body": json.loads(await response.aread())}
         async for line in response.aiter_lines():
+            lines += 1
+            if pause_every and lines % pause_every == 0:
+                await asyncio.sleep(0.05)
             if line.startswith("id: "):
                 ids.append(int(line[4:]))
             if line.startswith("event: "):
@@ -266,7 +274,9 @@ async def test_many_readers_of_a_large_output_all_get_its_end(secure: Secure) ->
     await _publish_output(secure, task_id)
     began = time.monotonic()
     async with secure.http() as http:
-        results = await asyncio.gather(*(_read_sse(http, task_id) for _ in range(READERS)))
+        results = await asyncio.gather(
+            *(_read_sse(http, task_id, pause_every=200 if n % 2 else 0) for n in range(READERS))
+        )
     print(f"{READERS} readers of {OUTPUT_CHUNKS * CHUNK_CHARS / 1e6:.0f} MB each in "
           f"{time.monotonic() - began:.1f}s")  # fmt: skip
     summary = [(r["status"], r.get("chunks"), r.get("last")) for r in results]

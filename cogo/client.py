@@ -50,6 +50,7 @@ from cogo.streams.catalogue import (
 from cogo.streams.envelope import ASSIGNMENT_KEY, EXECUTE_SUBJECT, MSG_ID, encoder, new_id
 from cogo.streams.events import Event, decode_event, iso
 from cogo.streams.outputs import Output, read_output
+from cogo.streams.routes import check_route
 from cogo.streams.topology import EVENTS, POLICY_BUCKET
 
 P = TypeVar("P")
@@ -307,6 +308,7 @@ class Client:
     async def _check_route(self, route: str) -> None:
         if route in self._known_routes:
             return
+        check_route(route, builtin=True)  # InvalidRoute before a wildcard reaches the bucket
         kv = await self.nc.jetstream().key_value(POLICY_BUCKET)
         try:
             entry = await kv.get(route)

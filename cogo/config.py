@@ -218,6 +218,9 @@ class LlmConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     min_completion_tokens: int = 16
     # the prompt estimate: characters per token (OpenAI's rule of thumb for English)
     chars_per_token: float = 4.0
+    # no honest tokenizer averages more characters per token than this: what came back,
+    # divided by it, is the least a reply is charged, whatever its endpoint reports
+    max_chars_per_token: float = 8.0
 
 
 class RuntimeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -31,6 +31,7 @@ class Reply:
     raw: str | None = None  # send this body as is (a malformed reply)
     retry_after: float | None = None  # a Retry-After header (with a 429 or 503)
     word_delay_s: float = 0.0  # streaming: a pause before each word
+    honest: bool = True  # False: usage and text as scripted, past max_tokens (a lying endpoint)
 
 
 @dataclass
@@ -78,7 +79,7 @@ class ChatServer:
                     if reply is chat.default and chat.echo:
                         reply = replace(reply, content=_last_user_text(body))
                 cap = body.get("max_tokens")
-                if isinstance(cap, int) and reply.completion_tokens > cap:
+                if isinstance(cap, int) and reply.completion_tokens > cap and reply.honest:
                     reply = replace(reply, completion_tokens=cap, finish_reason="length")
                 if reply.delay_s:
                     time.sleep(reply.delay_s)

@@ -5,7 +5,8 @@ part of the contract: add new ones, never rename.
 
 CogoError                          root; ``code``, human ``message``, optional ``detail``
 ├── MessageError                   a message on the bus cannot be decoded
-│   └── MalformedMessage           message.malformed: not JSON, wrong types, missing fields
+│   └── MalformedMessage           message.malformed: not JSON, wrong types, missing fields, a route with wildcards
+│       └── MessageTooLarge        message.too_large: a task message over the 1 MiB the HTTP facade also takes
 ├── RouteError
 │   ├── UnknownRoute               route.unknown: no app declared that route
 │   ├── InvalidRoute               route.invalid: not ``<service>.<role>.<shard>``, or a reserved service
@@ -92,6 +93,7 @@ CogoError                          root; ``code``, human ``message``, optional `
 ├── RolloutError                   a rollout of a worker version (``/api/rollouts``)
 │   ├── RolloutNotFound            rollout.not_found: no rollout with that id
 │   └── RolloutConflict            rollout.conflict: the route already has one running, or it is over
+├── VersionGrantRefused            auth.version_refused: too many versions of a route, or granted too fast
 ├── Unavailable                    service.unavailable: what the request needs does not run in this process
 │   └── BusUnavailable             bus.unavailable: NATS did not answer, or refused the write
 └── RequestError                   an HTTP request the facade cannot take (``cogo.http.errors`` maps
@@ -135,6 +137,12 @@ class MalformedMessage(MessageError):
     """Raised when a message is not JSON, has wrong types or misses a required field."""
 
     code = "message.malformed"
+
+
+class MessageTooLarge(MalformedMessage):
+    """Raised when a task message on the bus is larger than a submission may be."""
+
+    code = "message.too_large"
 
 
 class RouteError(CogoError):
@@ -655,6 +663,12 @@ class RolloutConflict(RolloutError):
     """Raised when a route already has an active rollout, or the rollout is already over."""
 
     code = "rollout.conflict"
+
+
+class VersionGrantRefused(CogoError):
+    """Raised when ``cogo up --auth`` refuses a versioned consumer: too many, or too fast."""
+
+    code = "auth.version_refused"
 
 
 class Unavailable(CogoError):

@@ -1,4 +1,4 @@
-"""Secrets generated once into the data dir (API token, webhook key), created atomically.
+"""Secrets in the data dir (API token, webhook key, passwords), written 0600 and atomically.
 
 ``O_CREAT | O_EXCL`` and then a write leaves a moment in which the file exists and is
 empty: a second process starting at that moment read an empty key and signed with it.
@@ -49,11 +49,24 @@ def read_or_create(path: Path, *, nbytes: int = 32) -> str:
 def write_private_json(path: Path, data: Any) -> Path:
     """Replace ``path`` with ``data`` as JSON, readable by its owner only (0600), atomically:
     a reader sees the old file or the new one, never a half-written one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=2)
-    os.replace(tmp, path)
+    return write_private_text(path, json.dumps(data, indent=2))
+
+
+def write_private_text(path: Path, text: str) -> Path:
+    """Replace ``path`` with ``text``, 0600 from its first byte, atomically.
+
+    The temporary file gets a fresh name (``O_EXCL``), so it is never an older file whose
+    wider mode ``O_CREAT`` would keep, and ``os.replace`` swaps the inode: a file left 0644
+    by an older release is replaced, not rewritten in place.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 

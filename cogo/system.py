@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
+import nats.js.errors
 import uvicorn
 from nats.aio.msg import Msg
 
@@ -45,7 +46,7 @@ from cogo.streams.cluster import LocalCluster
 from cogo.streams.connection import connect, install_stop_signals
 from cogo.streams.policies import PolicyStore
 from cogo.streams.registry import declare, declare_version
-from cogo.streams.routes import durable_name
+from cogo.streams.routes import check_version, durable_name, versioned_route
 from cogo.streams.server import EmbeddedServer, ensure_port_free, free_port, listen_socket
 from cogo.streams.topology import CONTROL_VERSION, TASKS, ensure_topology
 
@@ -276,17 +277,46 @@ class System:
             route, version = str(body["route"]), str(body["version"])
             if self.auth_plan.owner(route) != user:
                 raise CogoError(f"user {user!r} does not own route {route!r}")
+            versioned = versioned_route(route, check_version(version))
+            if versioned not in self.auth_plan.versions.get(user, []):
+                # bounded before anything is made: a refused grant leaves no consumer behind
+                self.auth_plan.check_grant_rate(user)
+                await self._retire_idle_version(user, route)
+                self.auth_plan.check_version_grant(user, versioned)
             versioned = await declare_version(self.nc.jetstream(), self.config, route, version)
             if self.auth_plan.grant_version(user, versioned):
                 auth_module.save_grants(self.data_dir, self.auth_plan.versions)
                 await self._reload_permissions(user, versioned)
             answer: dict[str, Any] = {"ok": True, "route": versioned}
-        except (CogoError, KeyError, ValueError) as exc:
+        except CogoError as exc:
+            answer = {"ok": False, "error": str(exc), "code": exc.code}
+        except (KeyError, ValueError) as exc:
             answer = {"ok": False, "error": str(exc)}
         except Exception as exc:  # the bus: the worker must hear why, not time out
             log.exception("version request of %s failed", user)
             answer = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
         await msg.respond(json.dumps(answer).encode())
+
+    async def _retire_idle_version(self, user: str, route: str) -> None:
+        """At the bound of versions of ``route``, retire the oldest one nobody uses: no
+        task waiting or in flight, no worker fetching. Its consumer is deleted."""
+        held = self.auth_plan.versions_of(user, route)
+        if len(held) < auth_module.MAX_VERSIONS_PER_ROUTE:
+            return
+        js = self.nc.jetstream()
+        for old in held:
+            try:
+                info = await js.consumer_info(TASKS, durable_name(old))
+            except nats.js.errors.NotFoundError:
+                info = None
+            if info is not None and (info.num_pending or info.num_ack_pending or info.num_waiting):
+                continue
+            if info is not None:
+                await js.delete_consumer(TASKS, durable_name(old))
+            self.auth_plan.revoke_version(user, old)
+            auth_module.save_grants(self.data_dir, self.auth_plan.versions)
+            log.info("retired the idle version %s of %s to grant a new one", old, user)
+            return
 
     async def _reload_permissions(self, user: str, versioned: str) -> None:
         """Rewrite the server's users and reload it; return once ``user`` may use the grant."""

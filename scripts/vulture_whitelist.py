@@ -69,3 +69,4 @@ run_context  # unused variable (cogo/integrations/pydantic_ai.py): a parameter o
 _.get_wrapper_toolset  # unused method (cogo/integrations/pydantic_ai.py): Pydantic AI's capability interface, called per run
 _.handle_async_request  # unused method (cogo/integrations/transport.py): httpx's transport interface
 inject  # unused function (cogo/tracing.py): a submitter's headers with its traceparent, for child calls (ctx.call)
+usage_disputed  # unused variable (cogo/streams/catalogue.py:179): an event data field, read as JSON (SQL views, the dashboard)

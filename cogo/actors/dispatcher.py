@@ -70,6 +70,7 @@ from cogo.streams.envelope import (
     decode_result,
     decode_task,
     encoder,
+    is_route,
     new_id,
 )
 from cogo.streams.events import Event, event_message, iso, make_event, order_event
@@ -215,8 +216,8 @@ class ExecutorDispatcher(Actor):
             if isinstance(raw, dict):
                 if isinstance(raw.get("task_id"), str) and raw["task_id"]:
                     task_id = raw["task_id"][:200]
-                if isinstance(raw.get("route"), str):
-                    route = raw["route"][:200]
+                if isinstance(raw.get("route"), str) and is_route(raw["route"]):
+                    route = raw["route"]  # the event's subject: never a wildcard
         except msgspec.DecodeError:
             pass
         base = {"task_id": task_id, "correlation_id": task_id, "route": route}

@@ -15,6 +15,21 @@ message for its role and separators, plus the tool schemas' JSON. The reply's ow
 is what gets charged; a reply without one is charged by the same estimate, and its
 ``llm_call`` event says ``usage_estimated: true``.
 
+The reported usage is believed only within what was sent and received, so a lying
+endpoint cannot fool the budget:
+
+- at least the characters that came back / ``[llm] max_chars_per_token`` completion tokens:
+  reporting 1 token for 100k characters charges 12.5k (the prompt was built by the agent
+  and checked against the budget before it was sent);
+- at most the ``max_tokens`` sent for the completion and one token per byte of the prompt
+  (a byte-level tokenizer never does worse): reporting 50k tokens on a 2k budget charges
+  what the call could have cost, no more;
+- a reply longer than ``max_tokens`` allows (``max_tokens * max_chars_per_token``
+  characters) is not read further: ``llm.bad_reply``, charged the cap.
+
+Usage outside those bounds is clamped to them, and the call's ``llm_call`` event says, in
+``usage_disputed``, what the endpoint claimed and why it was not believed.
+
 After the call: one ``llm_call`` event (task, attempt, step, model, prompt/completion tokens,
 cost, duration, finish reason), then the usage goes through ``ctx.report_usage`` (summed
 across attempts, enforced by the dispatcher). ``stream=True`` emits each text delta to the
@@ -33,12 +48,14 @@ choices, message or valid JSON is ``llm.bad_reply``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
 import random
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -74,6 +91,7 @@ log = logging.getLogger(__name__)
 BASE_URL_ENV, API_KEY_ENV = LLM_BASE_URL_ENV, LLM_API_KEY_ENV
 MESSAGE_OVERHEAD_TOKENS = 4
 MIN_CALL_S = 0.2  # less time than this left before the deadline: do not start a call
+REPLY_ENVELOPE_BYTES = 64 * 1024  # a reply's JSON around its text: ids, usage, tool schemas
 
 
 class ToolCall(msgspec.Struct, frozen=True):
@@ -101,6 +119,15 @@ class LlmUsage(msgspec.Struct, frozen=True):
     total_tokens: int = 0
     cost_usd: float = 0.0
     estimated: bool = False
+
+
+class _Bounds(msgspec.Struct, frozen=True):
+    """What one request can honestly be charged: the prompt's estimate and ceiling, and the
+    completion's cap (the ``max_tokens`` sent)."""
+
+    prompt_estimate: int
+    prompt_ceiling: int
+    completion_cap: int
 
 
 class LlmReply(msgspec.Struct, frozen=True):
@@ -184,21 +211,32 @@ class LlmSession:
         self._client = client
         self._config = ctx.worker.config
         self._calls = 0
+        self._disputes: dict[int, str] = {}  # id(reply) -> why its usage was not believed
 
     def estimate_prompt(
         self, messages: Sequence[dict[str, Any]], tools: Sequence[Any] | None = None
     ) -> int:
         """Prompt tokens by the estimate the budget checks use (see the module docstring)."""
-        chars = 0
-        for m in messages:
-            chars += len(_text_of(m.get("content")))
-            for call in m.get("tool_calls") or []:
-                fn = call.get("function") or {} if isinstance(call, dict) else {}
-                chars += len(str(fn.get("name", ""))) + len(str(fn.get("arguments", "")))
-        if tools:
-            chars += len(json.dumps(tools, separators=(",", ":"), default=str))
         per = self._config.llm.chars_per_token
+        chars = _prompt_chars(messages, tools)
         return math.ceil(chars / per) + MESSAGE_OVERHEAD_TOKENS * len(messages)
+
+    def _bounds(
+        self, messages: Sequence[dict[str, Any]], tools: Sequence[Any] | None, cap: int
+    ) -> _Bounds:
+        sent = json.dumps([messages, list(tools or [])], ensure_ascii=False, default=str)
+        ceiling = len(sent.encode()) + MESSAGE_OVERHEAD_TOKENS * (len(messages) + 1)
+        if any(_has_media(m.get("content")) for m in messages):
+            ceiling = sys.maxsize  # an image's tokens are not bounded by its URL's bytes
+        return _Bounds(
+            prompt_estimate=self.estimate_prompt(messages, tools),
+            prompt_ceiling=ceiling,
+            completion_cap=cap,
+        )
+
+    def _max_reply_chars(self, cap: int) -> int:
+        """The most characters a reply of ``cap`` tokens can honestly hold."""
+        return math.ceil(cap * self._config.llm.max_chars_per_token)
 
     async def chat(
         self,
@@ -224,6 +262,7 @@ class LlmSession:
         prompt_estimate = self.estimate_prompt(messages, tools)
         price = self._config.pricing.get(model)
         cap = self._completion_cap(prompt_estimate, max_tokens, price)
+        bounds = self._bounds(messages, tools, cap)
         body: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": cap}
         if tools:
             body["tools"] = list(tools)
@@ -242,9 +281,9 @@ class LlmSession:
                 # worker's timeout, says what happened
                 async with asyncio.timeout(max(0.05, left - 0.05)):
                     if stream:
-                        reply = await self._streamed(sdk, body, prompt_estimate, price)
+                        reply = await self._streamed(sdk, body, bounds, price)
                     else:
-                        reply = await self._complete(sdk, body, prompt_estimate, price)
+                        reply = await self._complete(sdk, body, bounds, price)
             except _Retryable as exc:
                 delay = self._delay(retry, exc.retry_after)
                 await self._record(body, started, prompt_estimate, cap, None, exc.error, retry)
@@ -301,11 +340,16 @@ class LlmSession:
     # -- one request ---------------------------------------------------------------------
 
     async def _complete(
-        self, sdk: Any, body: dict[str, Any], prompt: int, price: ModelPrice | None
+        self, sdk: Any, body: dict[str, Any], bounds: _Bounds, price: ModelPrice | None
     ) -> LlmReply:
-        raw = await _send(sdk, body)
+        limit = self._max_reply_chars(bounds.completion_cap)
+        # JSON may spend 6 bytes on a character (\uXXXX): past that, the reply is too long
+        # for the max_tokens sent, and it is not read into memory any further
+        data = await _read(sdk, body, 6 * limit + REPLY_ENVELOPE_BYTES)
+        if data is None:
+            raise self._too_long(body, bounds, price, None)
+        text = data.decode("utf-8", errors="replace")
         try:
-            text = raw.http_response.text
             doc = json.loads(text)
         except ValueError:
             raise _Failed(LlmBadReply(f"the LLM reply is not JSON: {text[:200]!r}")) from None
@@ -318,27 +362,50 @@ class LlmSession:
             if not isinstance(message, dict):
                 raise TypeError
         except (KeyError, IndexError, TypeError):
-            reply = self._reply(body, None, [], usage, None, prompt, price, doc.get("model"))
+            reply = self._reply(body, None, [], usage, None, bounds, price, doc.get("model"))
             raise _Failed(
                 LlmBadReply(f"the LLM reply has no choices[0].message: {text[:200]!r}"), reply
             ) from None
         content = message.get("content")
         calls = _tool_calls(message.get("tool_calls"))
         reply = self._reply(body, content if isinstance(content, str) else None, calls, usage,
-                            choice.get("finish_reason"), prompt, price, doc.get("model"))  # fmt: skip
+                            choice.get("finish_reason"), bounds, price, doc.get("model"))  # fmt: skip
         if calls is None:
             raise _Failed(LlmBadReply("the LLM reply has malformed tool_calls"), reply)
+        if _written(reply.content, reply.tool_calls) > limit:
+            raise self._too_long(body, bounds, price, doc.get("model"))
         return reply
 
+    def _too_long(
+        self, body: dict[str, Any], bounds: _Bounds, price: ModelPrice | None, model: Any
+    ) -> _Failed:
+        """A reply longer than the ``max_tokens`` sent allows: charged the cap, refused."""
+        limit = self._max_reply_chars(bounds.completion_cap)
+        charged = self._reply(body, None, [], None, None, bounds, price, model, received=limit)
+        self._disputes[id(charged)] = (
+            f"the reply ran past {limit} characters, more than max_tokens="
+            f"{bounds.completion_cap} allows; it was not read further"
+        )
+        return _Failed(
+            LlmBadReply(
+                f"the LLM reply is longer than the max_tokens={bounds.completion_cap} sent "
+                f"allows (over {limit} characters): the endpoint ignores max_tokens"
+            ),
+            charged,
+        )
+
     async def _streamed(
-        self, sdk: Any, body: dict[str, Any], prompt: int, price: ModelPrice | None
+        self, sdk: Any, body: dict[str, Any], bounds: _Bounds, price: ModelPrice | None
     ) -> LlmReply:
-        stream = await _send(sdk, {**body, "stream": True}, raw=False)
+        limit = self._max_reply_chars(bounds.completion_cap)
+        async with _sorted_errors():
+            stream = await sdk.chat.completions.create(**_kwargs({**body, "stream": True}))
         text: list[str] = []
         calls: dict[int, dict[str, str]] = {}
         finish: str | None = None
         usage: dict[str, Any] | None = None
         model = None
+        received = 0
         try:
             async for chunk in stream:
                 doc = chunk.model_dump() if hasattr(chunk, "model_dump") else dict(chunk)
@@ -349,6 +416,9 @@ class LlmSession:
                     delta = choice.get("delta") or {}
                     piece = delta.get("content")
                     if isinstance(piece, str) and piece:
+                        received += len(piece)
+                        if received > limit:
+                            break
                         text.append(piece)
                         await self._ctx.emit(piece)
                     for part in delta.get("tool_calls") or []:
@@ -358,39 +428,69 @@ class LlmSession:
                         slot["id"] = part.get("id") or slot["id"]
                         slot["name"] += fn.get("name") or ""
                         slot["arguments"] += fn.get("arguments") or ""
+                        received += len(fn.get("name") or "") + len(fn.get("arguments") or "")
                     finish = choice.get("finish_reason") or finish
+                if received > limit:
+                    break  # stop reading: the endpoint ignores max_tokens
         except CogoError:
             raise
         except Exception as exc:  # cut off mid-stream: what arrived was paid for
-            partial = self._reply(body, "".join(text), [], None, None, prompt, price, model)
+            partial = self._reply(body, "".join(text), [], None, None, bounds, price, model)
             kind = LlmBadReply if isinstance(exc, ValueError) else LlmError
             raise _Failed(kind(f"the LLM stream broke off: {type(exc).__name__}: {exc}"),
                           partial) from None  # fmt: skip
+        if received > limit:
+            with contextlib.suppress(Exception):
+                await stream.close()
+            raise self._too_long(body, bounds, price, model)
         tool_calls = [ToolCall(c["id"] or f"call_{i}", c["name"], c["arguments"] or "{}")
                       for i, c in sorted(calls.items())]  # fmt: skip
         return self._reply(body, "".join(text) if text else None, tool_calls, usage, finish,
-                           prompt, price, model)  # fmt: skip
+                           bounds, price, model)  # fmt: skip
 
     def _reply(
         self, body: dict[str, Any], content: str | None, calls: list[ToolCall] | None,
-        usage: dict[str, Any] | None, finish: str | None, prompt: int,
-        price: ModelPrice | None, model: Any,
+        usage: dict[str, Any] | None, finish: str | None, bounds: _Bounds,
+        price: ModelPrice | None, model: Any, *, received: int | None = None,
     ) -> LlmReply:  # fmt: skip
+        """The reply, charged what it reported within what was sent and received."""
+        written = _written(content, calls) if received is None else received
         prompt_tokens = _count(usage, "prompt_tokens")
         completion_tokens = _count(usage, "completion_tokens")
         total = _count(usage, "total_tokens") or prompt_tokens + completion_tokens
         estimated = not total
         if estimated:  # nothing reported: it was still spent, so charge the estimate
             per = self._config.llm.chars_per_token
-            written = len(content or "") + sum(len(c.name) + len(c.arguments) for c in calls or [])
-            prompt_tokens, completion_tokens = prompt, math.ceil(written / per)
-            total = prompt_tokens + completion_tokens
+            prompt_tokens, completion_tokens = bounds.prompt_estimate, math.ceil(written / per)
         elif not prompt_tokens and not completion_tokens:
             prompt_tokens = total  # an unsplit total is priced at the input rate
+        reported = prompt_tokens + completion_tokens if not estimated else None
+        disputes: list[str] = []
+        floor = math.ceil(written / self._config.llm.max_chars_per_token)
+        if completion_tokens < floor:
+            disputes.append(f"completion_tokens {completion_tokens} for {written} characters "
+                            f"received (at least {floor})")  # fmt: skip
+            completion_tokens = floor
+        elif completion_tokens > bounds.completion_cap:
+            disputes.append(f"completion_tokens {completion_tokens} over the max_tokens "
+                            f"{bounds.completion_cap} sent")  # fmt: skip
+            completion_tokens = bounds.completion_cap
+        if prompt_tokens > bounds.prompt_ceiling:
+            disputes.append(f"prompt_tokens {prompt_tokens} for a prompt of at most "
+                            f"{bounds.prompt_ceiling} (one per byte sent)")  # fmt: skip
+            prompt_tokens = bounds.prompt_ceiling
+        total = prompt_tokens + completion_tokens
+        disputed = None
+        if disputes and not estimated:
+            disputed = f"the endpoint reported {reported} tokens: " + "; ".join(disputes)
+            log.warning("%s: LLM usage not believed: %s", self._ctx.task_id, disputed)
         cost = 0.0 if price is None else round(price.cost_usd(prompt_tokens, completion_tokens), 9)
         usage_ = LlmUsage(prompt_tokens, completion_tokens, total, cost, estimated)
         name = model if isinstance(model, str) and model else body["model"]
-        return LlmReply(content, calls or [], usage_, name, finish)
+        reply = LlmReply(content, calls or [], usage_, name, finish)
+        if disputed:
+            self._disputes[id(reply)] = disputed  # for its llm_call event (_record)
+        return reply
 
     async def _record(
         self, body: dict[str, Any], started: float, prompt: int, cap: int,
@@ -405,7 +505,9 @@ class LlmSession:
             model=body["model"], step=current_step(), prompt_tokens=u.prompt_tokens,
             completion_tokens=u.completion_tokens, cost_usd=u.cost_usd,
             finish_reason=reply.finish_reason if reply else None,
-            usage_estimated=u.estimated, prompt_estimate=prompt, max_tokens=cap,
+            usage_estimated=u.estimated,
+            usage_disputed=self._disputes.pop(id(reply), None) if reply else None,
+            prompt_estimate=prompt, max_tokens=cap,
             stream=bool(body.get("stream_options")), retry=retry,
             tool_calls=len(reply.tool_calls) if reply else 0,
             reply_model=reply.model if reply else None,
@@ -458,16 +560,39 @@ class _Failed(Exception):
         self.reply = reply
 
 
-async def _send(sdk: Any, body: dict[str, Any], *, raw: bool = True) -> Any:
-    """POST the body; the SDK's errors sorted into retryable, rejected and failed."""
-    import openai
-
+def _kwargs(body: dict[str, Any]) -> dict[str, Any]:
+    """The SDK's arguments for ``body``: its own fields, everything else as ``extra_body``."""
     known = {"model", "messages", "max_tokens", "tools", "stream", "stream_options"}
     kwargs = {k: v for k, v in body.items() if k in known}
     extra = {k: v for k, v in body.items() if k not in known}
-    create = sdk.chat.completions.with_raw_response.create if raw else sdk.chat.completions.create
+    return {**kwargs, "extra_body": extra or None}
+
+
+async def _read(sdk: Any, body: dict[str, Any], max_bytes: int) -> bytes | None:
+    """POST the body and read the reply; None once it is longer than ``max_bytes``."""
+    async with _sorted_errors():
+        create = sdk.chat.completions.with_streaming_response.create
+        async with create(**_kwargs(body)) as response:
+            chunks: list[bytes] = []
+            size = 0
+            try:
+                async for chunk in response.iter_bytes():
+                    size += len(chunk)
+                    if size > max_bytes:
+                        return None  # closing the response drops the connection
+                    chunks.append(chunk)
+            except Exception as exc:  # the transport's own error, whichever it is
+                raise _Failed(LlmError(f"the LLM connection failed: {exc}")) from None
+            return b"".join(chunks)
+
+
+@contextlib.asynccontextmanager
+async def _sorted_errors() -> AsyncIterator[None]:
+    """The SDK's errors sorted into retryable, rejected and failed."""
+    import openai
+
     try:
-        return await create(**kwargs, extra_body=extra or None)
+        yield
     except openai.APIStatusError as exc:
         status = exc.status_code
         text = _error_text(exc)
@@ -531,6 +656,31 @@ def _text_of(content: Any) -> str:
     if isinstance(content, list):  # content parts: [{"type": "text", "text": ...}, ...]
         return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
     return "" if content is None else str(content)
+
+
+def _prompt_chars(messages: Sequence[dict[str, Any]], tools: Sequence[Any] | None) -> int:
+    """The prompt's characters the estimate counts: messages' text, tool calls, tool schemas."""
+    chars = 0
+    for m in messages:
+        chars += len(_text_of(m.get("content")))
+        for call in m.get("tool_calls") or []:
+            fn = call.get("function") or {} if isinstance(call, dict) else {}
+            chars += len(str(fn.get("name", ""))) + len(str(fn.get("arguments", "")))
+    if tools:
+        chars += len(json.dumps(tools, separators=(",", ":"), default=str))
+    return chars
+
+
+def _has_media(content: Any) -> bool:
+    """Content parts other than text (images, audio): tokens the bytes sent do not bound."""
+    return isinstance(content, list) and any(
+        isinstance(p, dict) and p.get("type", "text") != "text" for p in content
+    )
+
+
+def _written(content: str | None, calls: Sequence[ToolCall] | None) -> int:
+    """The characters a reply holds: its text and its tool calls' names and arguments."""
+    return len(content or "") + sum(len(c.name) + len(c.arguments) for c in calls or [])
 
 
 def _count(usage: dict[str, Any] | None, key: str) -> int:

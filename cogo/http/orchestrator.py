@@ -213,10 +213,10 @@ async def plan_endpoint(request: Request, body: PlanRequest) -> JSONResponse:
     return JSONResponse(_plan_view(plan))
 
 
-async def _send(state: AppState, command: Command) -> bool:
+async def _send(state: AppState, command: Command, msg_id: str | None = None) -> bool:
     """Send a command to the run's orchestrator partition; 503 when the bus cannot take it."""
     try:
-        return await send_command(state.js, command)
+        return await send_command(state.js, command, msg_id)
     except APIError as exc:
         raise BusUnavailable(f"the bus refused the command: {exc.description}") from None
     except (nats.errors.TimeoutError, nats.errors.NoRespondersError,
@@ -312,8 +312,13 @@ async def signal_endpoint(request: Request, body: SignalRequest) -> JSONResponse
     if node.final:
         raise RunFinished(f"signal node {node.id!r} of run {body.run_id!r} is {node.status}")
     signal_id = body.signal_id or new_id()
-    fresh = await _send(state, SignalRun(run_id=body.run_id, name=body.name,
-                                         signal_id=signal_id, data=body.data))  # fmt: skip
+    # The first signal of a name is the one that counts, so its answer alone says
+    # duplicate: false. Keyed by name on the bus, of any number sent at once exactly one is
+    # stored; past the bus's duplicate window, the run itself knows it was signaled.
+    command = SignalRun(run_id=body.run_id, name=body.name, signal_id=signal_id, data=body.data)
+    fresh = not run.signals.get(body.name) and await _send(
+        state, command, msg_id=f"{body.run_id}:signal:{body.name}"
+    )
     return JSONResponse(
         {"runId": body.run_id, "name": body.name, "signalId": signal_id, "node": node.id,
          "nodeStatus": node.status, "duplicate": not fresh},

@@ -20,7 +20,8 @@ Layers, each enough on its own for the common escapes, together for the rest:
    query's thread is done: one ``interrupt()`` that lands before the query has started is
    lost (DuckDB clears the flag when a query begins), so a single timer let a query run
    unbounded. DuckDB's ``memory_limit`` and spill cap (``[duckdb]`` in the config) bound
-   its memory and disk; the answer is cut at ``max_rows`` rows and ``max_bytes`` bytes.
+   its memory and disk; the answer is cut at ``max_rows`` rows and ``max_bytes`` bytes,
+   sized by DuckDB as it streams, so nothing past the cap becomes a Python object.
 """
 
 from __future__ import annotations
@@ -205,8 +206,9 @@ def run_query(
                         for i, t in enumerate(types, start=1)
                     )
                 )
-            # run once, streamed: rows are converted and counted chunk by chunk
-            con.execute(relation.limit(max_rows + 1).sql_query())
+            # run once, streamed: rows are converted and counted chunk by chunk, and sized
+            # by DuckDB before Python sees them (_capped)
+            con.execute(_capped(relation.limit(max_rows + 1), len(columns), max_bytes))
             rows, truncated_by = _fetch(con, max_rows, max_bytes)
         finally:
             done.set()
@@ -257,16 +259,41 @@ def _interrupt_after(
 _row_encoder = msgspec.json.Encoder()
 
 
+def _capped(relation: duckdb.DuckDBPyRelation, width: int, max_bytes: int) -> str:
+    """The query with a last column of the answer's running JSON size, and every value of a
+    row past ``max_bytes`` replaced by NULL.
+
+    The cap holds while the rows are fetched, not after: a result's values become Python
+    objects (several times their size, outside DuckDB's ``memory_limit``, holding the GIL)
+    only while the answer is within its size. One row of a 16-million-element list used to
+    be converted whole, then found too large: 11 s past a 2 s limit and 4 GB of memory.
+    The running sum is a streaming window: it keeps the query's order and buffers nothing.
+    """
+    cols = ", ".join(f"#{i}" for i in range(1, width + 1))
+    sized = relation.project(
+        f"{cols}, sum(strlen(CAST(json_array({cols}) AS VARCHAR))) "
+        "OVER (ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)"
+    )
+    size = f"#{width + 1}"
+    kept = ", ".join(
+        f"CASE WHEN {size} <= {int(max_bytes)} THEN #{i} END" for i in range(1, width + 1)
+    )
+    return sized.project(f"{kept}, {size}").sql_query()
+
+
 def _fetch(
     con: duckdb.DuckDBPyConnection, max_rows: int, max_bytes: int
 ) -> tuple[list[list[Any]], str | None]:
-    """The pending result's rows as JSON-ready lists, in chunks, until it ends or a cap is hit."""
+    """The pending result's rows as JSON-ready lists, in chunks, until it ends or a cap is
+    hit; each row's last value is the answer's size so far (``_capped``)."""
     rows: list[list[Any]] = []
     size = 2  # the enclosing brackets
     while chunk := con.fetchmany(FETCH_ROWS):
-        for raw in chunk:
+        for *raw, running in chunk:
             if len(rows) == max_rows:
                 return rows, "max_rows"
+            if running is not None and running > max_bytes:
+                return rows, "max_bytes"  # its values were never fetched (NULL)
             row = [_jsonable(v) for v in raw]
             size += len(_row_encoder.encode(row)) + 1
             if size > max_bytes:

@@ -56,6 +56,9 @@ HARDENED: dict[str, Any] = {
     "python_enable_replacements": False,
     # checkpoints compress whole row groups; fewer, larger ones keep ingest fast
     "checkpoint_threshold": "64MB",
+    # the allocator hands freed memory back in the background: without it a large query's
+    # peak (1.2 GB for one list of 40M numbers) stayed resident after the query had ended
+    "allocator_background_threads": True,
 }
 
 # the fields of an Event (cogo.streams.events) that become columns

@@ -34,7 +34,7 @@ from nats.aio.client import Client as NATS
 
 from cogo.aio import cancel_and_wait
 from cogo.config import Config
-from cogo.errors import RolloutConflict, RolloutNotFound
+from cogo.errors import ProjectionBusy, RolloutConflict, RolloutNotFound
 from cogo.rollouts import gates
 from cogo.rollouts.canary import BASELINE, CANARY
 from cogo.rollouts.split import (
@@ -351,7 +351,12 @@ class RolloutController:
         """Poll the projection until the stage has its samples (or its time is up)."""
         synthetic = correlation is not None
         while True:
+            waited = time.monotonic()
             figures = await self._figures(rollout.route, since, correlation)
+            if figures is None:  # a replay: no verdict from it, and its time is not the stage's
+                await asyncio.sleep(POLL_S)
+                deadline += time.monotonic() - waited
+                continue
             candidate = figures[CANARY]
             stage.samples = {k: v.as_dict() for k, v in
                              (("candidate", candidate), ("baseline", figures[BASELINE]))}  # fmt: skip
@@ -374,14 +379,31 @@ class RolloutController:
 
     async def _figures(
         self, route: str, since: dt.datetime, correlation: str | None
-    ) -> dict[str, gates.Figures]:
+    ) -> dict[str, gates.Figures] | None:
+        """The cohorts' figures, or None while a replay runs."""
         with contextlib.suppress(TimeoutError):
             await self.projector.wait_caught_up(timeout=5.0)
-        return await self.projector.store.read(  # type: ignore[no-any-return]
+        figures: dict[str, gates.Figures] | None = await self._read(
             lambda cur: gates.cohort_figures(
                 cur, route=route, since=since, correlation_id=correlation
             )
         )
+        return figures
+
+    async def _read(self, fn: Any) -> Any:
+        """``fn(cursor)`` on the projection, or None while a replay rebuilds or swaps it.
+
+        A replay never decides a rollout: its swap closes the store for a moment (a read
+        then fails with ProjectionBusy, which used to roll the rollout back), and what is
+        read while it runs may be about to be replaced. The gates wait for it instead.
+        """
+        if self.projector.rebuilding:
+            return None
+        try:
+            result = await self.projector.store.read(fn)
+        except ProjectionBusy:
+            return None
+        return None if self.projector.rebuilding else result
 
     async def _submit_samples(self, rollout: Rollout, correlation: str, count: int) -> None:
         """``count`` sample tasks pinned to the candidate, as many pinned to the baseline."""
@@ -415,7 +437,12 @@ class RolloutController:
         plan = plan_workflow(definition, workflow.get("parameters") or {}, self.policy_of)
         await send_command(self.js, StartRun(run_id=run_id, plan=plan.to_json()))
         while time.monotonic() < deadline:
-            outcome = await self.projector.store.read(lambda cur: _run_outcome(cur, run_id))
+            waited = time.monotonic()
+            outcome = await self._read(lambda cur: _run_outcome(cur, run_id))
+            if outcome is None and self.projector.rebuilding:
+                await asyncio.sleep(POLL_S)
+                deadline += time.monotonic() - waited  # a replay's time is not the stage's
+                continue
             if outcome is not None:
                 status, error = outcome
                 return Gate(name="sample_workflow", passed=status == "workflow_succeeded",

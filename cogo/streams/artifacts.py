@@ -9,6 +9,8 @@ an ``artifact_stored`` event that ties the artifact to its task and workflow run
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import hashlib
 import os
 from pathlib import Path, PurePosixPath
@@ -25,6 +27,7 @@ from cogo.streams.events import EventLog, order_event
 from cogo.streams.topology import ARTIFACT_BUCKET
 
 MAX_KEY_CHARS = 1024
+CHUNK_TIMEOUT_S = 10.0  # the longest wait for the next chunk of an artifact being read
 
 
 def artifact_key(task_id: str, path: str) -> str:
@@ -79,12 +82,33 @@ class ArtifactStore:
         return ref
 
     async def get(self, key: str) -> bytes:
-        """The bytes stored under ``key`` (ArtifactNotFound if there are none)."""
+        """The bytes stored under ``key`` (ArtifactNotFound if there are none).
+
+        Read here rather than by ``ObjectStore.get``, which looks its stream up by subject
+        (``STREAM.NAMES``, a list of every stream): naming the stream, an app's NATS user
+        needs no such permission.
+        """
         try:
-            result = await (await self.bucket()).get(key)
+            info = await (await self.bucket()).get_info(key)
         except NotFoundError:  # also ObjectNotFoundError, and a missing bucket
             raise ArtifactNotFound(f"no artifact {key!r}") from None
-        return result.data or b""
+        if not info.size:
+            return b""
+        sub = await self._js.subscribe(
+            f"$O.{ARTIFACT_BUCKET}.C.{info.nuid}", stream=f"OBJ_{ARTIFACT_BUCKET}",
+            ordered_consumer=True,
+        )  # fmt: skip
+        data = bytearray()
+        try:
+            for _ in range(info.chunks or 0):
+                data += (await sub.next_msg(timeout=CHUNK_TIMEOUT_S)).data
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        digest = "SHA-256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).decode()
+        if len(data) != info.size or (info.digest and info.digest != digest):
+            raise ArtifactNotFound(f"artifact {key!r} is incomplete or corrupt in the store")
+        return bytes(data)
 
 
 def _mirror(root: Path, key: str, data: bytes) -> None:

@@ -15,18 +15,23 @@ the server configuration that holds them is written to the data dir, never to th
 NATS permissions match whole subject tokens, so a versioned consumer (``echo-run-0-v2``)
 cannot be granted by a wildcard: ``cogo up`` adds it to the user's grants when the versioned
 worker asks, stores it in ``<data-dir>/grants.json`` and reloads the server's configuration.
+Grants are bounded (``MAX_VERSIONS_PER_ROUTE``; an idle older version is retired to make
+room) and rate-limited per user (``GRANT_BURST`` per ``GRANT_WINDOW_S``).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import secrets
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cogo.config import NATS_PASSWORD_ENV, NATS_USER_ENV, env, nats_password_env
+from cogo.errors import VersionGrantRefused
 from cogo.secretfile import write_private_json
 from cogo.streams.envelope import EXECUTE_SUBJECT, RESULT_SUBJECT, RESULTS_SUBJECT
 from cogo.streams.outputs import OUTPUTS
@@ -59,6 +64,9 @@ WORKER_EVENTS = ("execute_started", "artifact_stored", "code_file_indexed", "cod
                  "code_index_completed", "webhook_delivered",
                  "llm_call", "step_completed")  # the agent runtime (cogo.actors.llm, steps)  # fmt: skip
 ARTIFACT_WRITERS = {"codegen", "build_test"}  # built-in kinds that store artifacts
+# version grants: each one is a consumer and a reload of the server's configuration
+MAX_VERSIONS_PER_ROUTE = 8
+GRANT_BURST, GRANT_WINDOW_S = 4, 60.0  # new grants per user in any such window
 
 
 def inbox_prefix(user: str) -> str:
@@ -76,6 +84,7 @@ class AuthPlan:
 
     workers: dict[str, list[str]] = field(default_factory=dict)  # user -> task routes
     versions: dict[str, list[str]] = field(default_factory=dict)  # user -> granted versions
+    _grant_times: dict[str, list[float]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_decls(cls, decls: Sequence[RouteDecl]) -> AuthPlan:
@@ -96,13 +105,54 @@ class AuthPlan:
     def owner(self, route: str) -> str | None:
         return next((u for u, routes in self.workers.items() if route in routes), None)
 
-    def grant_version(self, user: str, versioned_route: str) -> bool:
-        """Add a versioned consumer to ``user``'s grants; False if it already had it."""
+    def grant_version(self, user: str, versioned_route: str, now: float | None = None) -> bool:
+        """Add a versioned consumer to ``user``'s grants; False if it already had it.
+
+        Each new grant rewrites the server's configuration and reloads it, and leaves a
+        consumer behind: ``VersionGrantRefused`` past ``MAX_VERSIONS_PER_ROUTE`` versions of
+        one route, or past ``GRANT_BURST`` new grants in ``GRANT_WINDOW_S`` for one user.
+        """
         granted = self.versions.setdefault(user, [])
         if versioned_route in granted:
             return False
+        self.check_version_grant(user, versioned_route, now)
         granted.append(versioned_route)
+        self._grant_times.setdefault(user, []).append(time.time() if now is None else now)
         return True
+
+    def check_version_grant(
+        self, user: str, versioned_route: str, now: float | None = None
+    ) -> None:
+        """``VersionGrantRefused`` if a new grant of ``versioned_route`` would pass a bound."""
+        self.check_grant_rate(user, now)
+        route = versioned_route.rsplit(".", 1)[0]
+        held = self.versions_of(user, route)
+        if len(held) >= MAX_VERSIONS_PER_ROUTE:
+            raise VersionGrantRefused(
+                f"{user!r} already holds {len(held)} versions of {route!r} (at most "
+                f"{MAX_VERSIONS_PER_ROUTE}) and none is idle; retire one that has no work left"
+            )
+
+    def check_grant_rate(self, user: str, now: float | None = None) -> None:
+        """``VersionGrantRefused`` if ``user`` had ``GRANT_BURST`` new grants in the window."""
+        now = time.time() if now is None else now
+        recent = [t for t in self._grant_times.get(user, []) if t > now - GRANT_WINDOW_S]
+        self._grant_times[user] = recent
+        if len(recent) >= GRANT_BURST:
+            wait = recent[0] + GRANT_WINDOW_S - now
+            raise VersionGrantRefused(
+                f"{user!r} was granted {len(recent)} versions in the last {GRANT_WINDOW_S:.0f} s "
+                f"(at most {GRANT_BURST}); ask again in {max(1, math.ceil(wait))} s"
+            )
+
+    def versions_of(self, user: str, route: str) -> list[str]:
+        """The versioned consumers of ``route`` granted to ``user``, oldest first."""
+        return [v for v in self.versions.get(user, []) if v.rsplit(".", 1)[0] == route]
+
+    def revoke_version(self, user: str, versioned_route: str) -> None:
+        """Drop a versioned consumer from ``user``'s grants."""
+        if versioned_route in self.versions.get(user, []):
+            self.versions[user].remove(versioned_route)
 
 
 def _consume(stream: str, consumer: str) -> list[str]:
@@ -131,9 +181,7 @@ def _objects(bucket: str, write: bool) -> list[str]:
                 f"{API}.DIRECT.GET.{stream}", f"{API}.DIRECT.GET.{stream}.>",
                 f"{API}.CONSUMER.CREATE.{stream}", f"{API}.CONSUMER.CREATE.{stream}.>",
                 f"{API}.CONSUMER.DELETE.{stream}.>", f"$JS.FC.{stream}.>",
-                f"{API}.CONSUMER.INFO.{stream}.>",
-                # ObjectStore.get subscribes without naming its stream: a name lookup
-                f"{API}.STREAM.NAMES"]  # fmt: skip
+                f"{API}.CONSUMER.INFO.{stream}.>"]  # fmt: skip
     if write:
         subjects += [f"$O.{bucket}.C.>", f"$O.{bucket}.M.>", f"{API}.STREAM.PURGE.{stream}"]
     return subjects
@@ -159,7 +207,9 @@ def _read_outputs() -> list[str]:
     """Read tasks' output: ordered consumers on OUTPUTS, and its last message per task."""
     return [f"{API}.CONSUMER.CREATE.{OUTPUTS}", f"{API}.CONSUMER.CREATE.{OUTPUTS}.>",
             f"{API}.CONSUMER.DELETE.{OUTPUTS}.>", f"{API}.CONSUMER.INFO.{OUTPUTS}.>",
-            f"{API}.STREAM.MSG.GET.{OUTPUTS}", f"$JS.FC.{OUTPUTS}.>"]  # fmt: skip
+            f"{API}.STREAM.MSG.GET.{OUTPUTS}", f"$JS.FC.{OUTPUTS}.>",
+            # a facade reads through pull consumers, a few chunks at a time (cogo.http.stream)
+            f"{API}.CONSUMER.MSG.NEXT.{OUTPUTS}.>"]  # fmt: skip
 
 
 def _read_journal(routes: Sequence[str]) -> list[str]:
@@ -232,8 +282,9 @@ def permissions(user: str, plan: AuthPlan) -> dict[str, Any] | None:
         sub += [STATUS_SUBJECT]
         extra["allow_responses"] = True  # answer status requests on the requester's inbox
     elif user in plan.workers:
+        # no STREAM.INFO.TASKS nor STREAM.NAMES: nothing a worker runs needs them
         pub = [RESULTS_SUBJECT, *_events(*WORKER_EVENTS), f"{CONTROL_VERSION}.{user}",
-               f"{API}.STREAM.INFO.{TASKS}", "outputs.>",  # ctx.emit
+               "outputs.>",  # ctx.emit
                *_read_journal(plan.workers[user])]  # fmt: skip
         for route in [*plan.workers[user], *plan.versions.get(user, [])]:
             pub += _consume(TASKS, durable_name(route))

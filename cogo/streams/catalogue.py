@@ -174,6 +174,9 @@ class LlmCall(EventData, frozen=True, kw_only=True, omit_defaults=True):
     tool_calls: int
     reply_model: str | None
     delivery: int
+    # the reported usage was outside what was sent and received (a lying endpoint): what it
+    # claimed and why it was not believed; the event's usage is what was charged
+    usage_disputed: str | None = None
 
 
 class StepCompleted(EventData, frozen=True, kw_only=True, omit_defaults=True):

@@ -8,13 +8,15 @@ One module-level encoder and typed decoders, reused for every message (msgspec p
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Annotated, Any
 
 import msgspec
 
 from cogo.config import Backoff
-from cogo.errors import InvalidAssignment, MalformedMessage
+from cogo.errors import InvalidAssignment, MalformedMessage, MessageTooLarge
+from cogo.streams.routes import ROUTE_PATTERN
 
 ASSIGNMENT_KEY = "__assignment"
 COHORT_KEY = "__cohort"  # payload pin: run this task on the canary or the baseline (rollouts)
@@ -156,6 +158,8 @@ class WorkResult(msgspec.Struct, frozen=True, omit_defaults=True):
 
 encoder = msgspec.json.Encoder()
 _task_decoder = msgspec.json.Decoder(TaskMessage)
+_ROUTE = re.compile(ROUTE_PATTERN)
+MAX_TASK_BYTES = 1024 * 1024  # as the HTTP facade's body limit (cogo.http.state)
 _order_decoder = msgspec.json.Decoder(WorkOrder)
 _result_decoder = msgspec.json.Decoder(WorkResult)
 
@@ -167,6 +171,11 @@ def new_id() -> str:
 
 def decode_task(data: bytes) -> TaskMessage:
     """Decode a submitted task; raise MalformedMessage with the field path on error."""
+    if len(data) > MAX_TASK_BYTES:
+        raise MessageTooLarge(
+            f"task message of {len(data)} bytes: a submission is at most {MAX_TASK_BYTES} "
+            "bytes, over NATS as over HTTP; put large inputs in the artifact store"
+        )
     try:
         task = _task_decoder.decode(data)
     except msgspec.ValidationError as exc:
@@ -175,12 +184,23 @@ def decode_task(data: bytes) -> TaskMessage:
         raise MalformedMessage(f"task message is not valid JSON: {exc}") from exc
     if not task.route:
         raise MalformedMessage("invalid task message: `route` is empty - at `$.route`")
+    if not is_route(task.route):
+        # a wildcard (`echo.*.>`) is no subject to publish to: refused before any lookup
+        raise MalformedMessage(
+            f"invalid task message: `route` {task.route[:200]!r} is not <service>.<role>.<shard>"
+            " (letters, digits, '-' or '_'; the shard a number) - at `$.route`"
+        )
     if task.task_id is not None and not _valid_id(task.task_id):
         raise MalformedMessage(
             "invalid task message: `task_id` must be 1-200 printable characters without spaces"
             " - at `$.task_id`"
         )
     return task
+
+
+def is_route(value: str) -> bool:
+    """Whether ``value`` has the form of a route (and so is a subject without wildcards)."""
+    return _ROUTE.match(value) is not None
 
 
 def _valid_id(value: str) -> bool:

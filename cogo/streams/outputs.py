@@ -127,10 +127,16 @@ async def read_output(
     idle_s: float = 1.0,
     after_seq: int = 0,
     ticks: bool = False,
+    pull_batch: int = 0,
 ) -> AsyncIterator[tuple[int, Output | None]]:
     """``(stream sequence, Output)`` of ``task_id`` from its first chunk (or after
     ``after_seq``), up to and including the end marker; with ``ticks``, also ``(0, None)``
     after each quiet ``idle_s`` (a server's cue for a keep-alive).
+
+    With ``pull_batch``, read through a pull consumer, at most that many messages in flight:
+    a server reading for many clients on one connection (the HTTP facade) must not have
+    their outputs pushed at it all at once, or nats-server cuts the connection as a slow
+    consumer (60 readers of a 4 MB output did, ending every stream without its end).
 
     ``finished`` is asked at the start and whenever nothing arrived for ``idle_s``: once it
     returns an end marker (the task ended), what the stream holds for the task up to now is
@@ -141,10 +147,25 @@ async def read_output(
         deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE if after_seq else api.DeliverPolicy.ALL,
         opt_start_seq=after_seq + 1 if after_seq else None,
         inactive_threshold=30.0,
+        # a pull consumer's own: nothing to ack (it only reads), one fetch at a time
+        ack_policy=api.AckPolicy.NONE if pull_batch else None,
+        max_waiting=1 if pull_batch else None,
     )
-    sub = await js.subscribe(
-        subject, stream=OUTPUTS, ordered_consumer=True, config=config, idle_heartbeat=5.0
-    )
+    if pull_batch:
+        psub = await js.pull_subscribe(subject, stream=OUTPUTS, config=config)
+
+        async def fetch() -> list[Any]:
+            return await psub.fetch(pull_batch, timeout=idle_s)
+
+        sub: Any = psub
+    else:
+        sub = await js.subscribe(
+            subject, stream=OUTPUTS, ordered_consumer=True, config=config, idle_heartbeat=5.0
+        )
+
+        async def fetch() -> list[Any]:
+            return [await sub.next_msg(timeout=idle_s)]
+
     seen = after_seq
     ended: Output | None = None  # the task ended; read up to ``until``, then this closes
     until = 0
@@ -158,7 +179,7 @@ async def read_output(
                 yield 0, ended
                 return
             try:
-                msg = await sub.next_msg(timeout=idle_s)
+                msgs = await fetch()
             except (TimeoutError, nats.errors.TimeoutError):
                 if finished is not None and ended is None:
                     ended = await finished()
@@ -167,17 +188,21 @@ async def read_output(
                 if ticks:
                     yield 0, None
                 continue
-            seen = msg.metadata.sequence.stream
-            try:
-                output = decode_output(msg.data)
-            except msgspec.DecodeError:
-                continue  # not ours: nothing a reader could show
-            yield seen, output
-            if output.end:
-                return
+            for msg in msgs:
+                seen = msg.metadata.sequence.stream
+                try:
+                    output = decode_output(msg.data)
+                except msgspec.DecodeError:
+                    continue  # not ours: nothing a reader could show
+                yield seen, output
+                if output.end:
+                    return
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
+        if pull_batch:
+            with contextlib.suppress(Exception):
+                await js.delete_consumer(OUTPUTS, str(config.name))  # named by pull_subscribe
 
 
 async def last_seq(js: JetStreamContext, subject: str) -> int:

@@ -47,6 +47,7 @@ from cogo.streams.catalogue import POLICY_CHANGED, ROUTE_FORGOTTEN
 from cogo.streams.envelope import DEFAULT_PRIORITY, Assignment, ResolvedAssignment
 from cogo.streams.events import EventLog, iso, make_event
 from cogo.streams.kvview import KvView
+from cogo.streams.routes import check_route
 from cogo.streams.topology import POLICY_BUCKET
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,7 @@ class PolicyStore:
         not have reached the watch yet."""
         record = self._view.items.get(route)
         if record is None:
+            check_route(route, builtin=True)
             kv = await self._js.key_value(POLICY_BUCKET)
             try:
                 entry = await kv.get(route)
@@ -216,6 +218,7 @@ def _leaves(
 
 
 async def _read(kv: KeyValue, route: str) -> tuple[PolicyRecord | None, int | None]:
+    check_route(route, builtin=True)  # InvalidRoute: a wildcard is no KV key (a traceback)
     try:
         entry = await kv.get(route)
     except KeyNotFoundError:

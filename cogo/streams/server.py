@@ -30,6 +30,7 @@ import nats
 
 from cogo.errors import ConfigError, ForeignServer, PortInUse
 from cogo.lifeline import die_with_parent
+from cogo.secretfile import write_private_text
 from cogo.streams.store_lock import StoreLock
 
 SYNC_CHOICES = ("always", "default")
@@ -89,7 +90,7 @@ def server_config(target: Path, sync: str = "always", extra: str = "") -> Path:
     if sync == "default":
         text = re.sub(r"^\s*sync_interval:.*$", "", text, flags=re.M)
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(text + extra)
+    write_private_text(target, text + extra)  # it holds every user's password
     return target
 
 

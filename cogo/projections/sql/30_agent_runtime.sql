@@ -3,7 +3,8 @@
 -- `llm_call` events carry one call's own usage (bus_events.tokens / cost_usd are that call's,
 -- not a running total) and data = {"model", "step", "prompt_tokens", "completion_tokens",
 -- "cost_usd", "finish_reason", "usage_estimated", "stream", "retry", "max_tokens",
--- "prompt_estimate", "delivery", ...}. Every call that reached the endpoint has one, the calls
+-- "prompt_estimate", "delivery", "usage_disputed" (why the reported usage was clamped), ...}.
+-- Every call that reached the endpoint has one, the calls
 -- of a worker that died afterwards included: summing them is what was really spent, which
 -- can be more than the usage the dispatcher enforced on the task (`execute_done.usage`)
 -- when a worker died between a call and its result. `step_completed` events journal durable
@@ -32,7 +33,8 @@ SELECT seq,
        coalesce((raw->>'$.data.usage_estimated')::BOOLEAN, false) AS usage_estimated,
        coalesce((raw->>'$.data.stream')::BOOLEAN, false) AS stream,
        coalesce((raw->>'$.data.retry')::INTEGER, 0)      AS retry,
-       error_code
+       error_code,
+       raw->>'$.data.usage_disputed'                     AS usage_disputed  -- a lying endpoint
 FROM bus_events
 WHERE type = 'llm_call';
 

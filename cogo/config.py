@@ -182,6 +182,11 @@ class SqlConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class PolicyConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     default: dict[str, Any] = msgspec.field(default_factory=dict)
     routes: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
+    # who may lift ceilings with __assignment.bypass (cogo.rollouts.canary.BypassGrant):
+    # authenticated submitters by name ("http" is the HTTP API token's holder), and the
+    # canary cohort of a route under rollout
+    bypass_principals: list[str] = msgspec.field(default_factory=list)
+    bypass_for_canary: bool = True
 
 
 class AppsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

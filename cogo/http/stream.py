@@ -77,8 +77,9 @@ async def _events(state: AppState, task_id: str, after: int) -> AsyncIterator[by
     quiet = 0
     yield b": cogo task output\n\n"  # headers and a first byte at once: the client is live
     async for seq, output in read_output(
-        state.js, task_id, finished=finished, idle_s=IDLE_S, after_seq=after, ticks=True
-    ):
+        state.js, task_id, finished=finished, idle_s=IDLE_S, after_seq=after, ticks=True,
+        verifier=state.sealer.outputs if state.sealer is not None else None,
+    ):  # fmt: skip
         if output is None:
             quiet += 1
             if quiet % KEEPALIVE_EVERY == 0:

@@ -2,7 +2,12 @@
 
 Each worker user may only pull from and ack its own consumers (its routes', and the
 versioned consumers ``cogo up`` granted it), publish what it produces (results, its events),
-use the buckets it needs, ask ``cogo up`` for a version's consumer
+and an app's user only for its own routes: ``results.<route>``, ``events.<type>.<route>``
+(the step journal included) for each route it owns, so no app can speak for another's
+tasks; what permissions cannot see (message ids, what a message says) is covered by the
+dispatcher's seal (``cogo.streams.seal``). Nobody but ``admin`` may purge the artifacts
+bucket, and only the dispatcher publishes retries (``orchestrator.retry.0``, ``schedules.>``).
+Workers use the buckets it needs, ask ``cogo up`` for a version's consumer
 (``cogo.control.version.<user>``) and receive replies on its private inbox prefix
 ``_INBOX_<user>``. A team's app gets one user, ``app-<name>``, for all its agents. The
 ``client`` user may only submit to ``orchestrator.execute.*``, read events, look routes up
@@ -28,9 +33,17 @@ from typing import Any
 
 from cogo.config import NATS_PASSWORD_ENV, NATS_USER_ENV, env, nats_password_env
 from cogo.secretfile import write_private_json
-from cogo.streams.envelope import EXECUTE_SUBJECT, RESULT_SUBJECT, RESULTS_SUBJECT
+from cogo.streams.envelope import (
+    EXECUTE_SUBJECT,
+    RESULT_SUBJECT,
+    RESULTS_SUBJECT,
+    RETRY_SUBJECT,
+    result_subject,
+)
 from cogo.streams.outputs import OUTPUTS
 from cogo.streams.routes import RouteDecl, durable_name
+from cogo.streams.schedule import SCHEDULE_SUBJECTS
+from cogo.streams.seal import SEAL_KEY_ENV
 from cogo.streams.topology import (
     ARTIFACT_BUCKET,
     CONTROL_VERSION,
@@ -59,6 +72,9 @@ WORKER_EVENTS = ("execute_started", "artifact_stored", "code_file_indexed", "cod
                  "code_index_completed", "webhook_delivered",
                  "llm_call", "step_completed")  # the agent runtime (cogo.actors.llm, steps)  # fmt: skip
 ARTIFACT_WRITERS = {"codegen", "build_test"}  # built-in kinds that store artifacts
+SEAL_ENTRY = "@seal"  # the seal key's entry in credentials.json (no user has this name)
+# who gets the seal key under --auth: the dispatchers (and cogo up's own HTTP facade)
+SEAL_HOLDERS = {"dispatcher"}
 
 
 def inbox_prefix(user: str) -> str:
@@ -134,8 +150,8 @@ def _objects(bucket: str, write: bool) -> list[str]:
                 f"{API}.CONSUMER.INFO.{stream}.>",
                 # ObjectStore.get subscribes without naming its stream: a name lookup
                 f"{API}.STREAM.NAMES"]  # fmt: skip
-    if write:
-        subjects += [f"$O.{bucket}.C.>", f"$O.{bucket}.M.>", f"{API}.STREAM.PURGE.{stream}"]
+    if write:  # no STREAM.PURGE: a purge's filter is in its body, so it could wipe them all
+        subjects += [f"$O.{bucket}.C.>", f"$O.{bucket}.M.>"]
     return subjects
 
 
@@ -173,6 +189,12 @@ def _events(*types: str) -> list[str]:
     return [s for t in types for s in (f"events.{t}", f"events.{t}.>")]
 
 
+def _route_events(routes: Sequence[str], *types: str) -> list[str]:
+    """Events of ``types`` about ``routes`` only: ``events.<type>.<route>[.>]``."""
+    return [s for t in types for r in routes
+            for s in (f"events.{t}.{r}", f"events.{t}.{r}.>")]  # fmt: skip
+
+
 def permissions(user: str, plan: AuthPlan) -> dict[str, Any] | None:
     """The NATS permissions of ``user``; None means unrestricted (admin)."""
     if user == "admin":
@@ -190,8 +212,9 @@ def permissions(user: str, plan: AuthPlan) -> dict[str, Any] | None:
             *_consume(TASKS, durable_name(EXECUTE_SUBJECT)),
             *_consume(RESULTS, durable_name(RESULTS_SUBJECT)),
             *_consume(TASKS, durable_name(RESULT_SUBJECT)),  # reports of older workers
+            *_consume(TASKS, durable_name(RETRY_SUBJECT)),
             *routes, *[f"{r}.*" for r in routes],  # baseline and versioned (canary) routes
-            EXECUTE_SUBJECT,  # retries
+            RETRY_SUBJECT, SCHEDULE_SUBJECTS,  # retries: due now, or as a message schedule
             *_events("execute_enqueued", "execute_retry", "execute_failed", "execute_done",
                      "execute_throttled", "policy_bypassed"),
             "dlq.>", f"{API}.STREAM.MSG.GET.{TASKS}", f"{API}.STREAM.MSG.DELETE.{TASKS}",
@@ -232,9 +255,18 @@ def permissions(user: str, plan: AuthPlan) -> dict[str, Any] | None:
         sub += [STATUS_SUBJECT]
         extra["allow_responses"] = True  # answer status requests on the requester's inbox
     elif user in plan.workers:
-        pub = [RESULTS_SUBJECT, *_events(*WORKER_EVENTS), f"{CONTROL_VERSION}.{user}",
-               f"{API}.STREAM.INFO.{TASKS}", "outputs.>",  # ctx.emit
-               *_read_journal(plan.workers[user])]  # fmt: skip
+        own = plan.workers[user]
+        # an app speaks for its own routes only; Cogo's built-in kinds (indexer events name
+        # no route) keep the event types they append
+        events = (
+            _route_events(own, *WORKER_EVENTS)
+            if user.startswith("app-")
+            else _events(*WORKER_EVENTS)
+        )
+        pub = [*[result_subject(r) for r in own], *events, f"{CONTROL_VERSION}.{user}",
+               f"{API}.STREAM.INFO.{TASKS}",
+               "outputs.>",  # ctx.emit: readers show only chunks with the task's MAC (seal.py)
+               *_read_journal(own)]  # fmt: skip
         for route in [*plan.workers[user], *plan.versions.get(user, [])]:
             pub += _consume(TASKS, durable_name(route))
         if user in ARTIFACT_WRITERS or user.startswith("app-"):
@@ -263,6 +295,20 @@ def credentials(data_dir: Path, users: Sequence[str]) -> dict[str, str]:
     if changed or not path.exists():
         write_private_json(path, stored)
     return stored
+
+
+def seal_key(data_dir: Path) -> str:
+    """The dispatcher's seal key (``cogo.streams.seal``): ``COGO_SEAL_KEY``, else generated
+    once into ``credentials.json`` (0600) beside the passwords."""
+    given = env(SEAL_KEY_ENV)
+    if given:
+        return given
+    path = data_dir / "credentials.json"
+    stored: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    if SEAL_ENTRY not in stored:
+        stored[SEAL_ENTRY] = secrets.token_urlsafe(32)
+        write_private_json(path, stored)
+    return stored[SEAL_ENTRY]
 
 
 def load_grants(data_dir: Path) -> dict[str, list[str]]:

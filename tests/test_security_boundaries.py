@@ -279,8 +279,12 @@ async def test_a_forged_retry_is_a_fresh_task_with_the_routes_ceilings(system):
     nc, _ = await system.connect("app-mallory")
     data = encoder.encode(forged_order(new_id(), attempt=2, not_before=time.time() + 86_400))
     assert not await accepted(nc, RETRY_SUBJECT, data, {})
-    assert not await accepted(nc, "schedules.retry.x.2", data, {
-        "Nats-Schedule": "@at 2099-01-01T00:00:00Z", "Nats-Schedule-Target": RETRY_SUBJECT})
+    assert not await accepted(
+        nc,
+        "schedules.retry.x.2",
+        data,
+        {"Nats-Schedule": "@at 2099-01-01T00:00:00Z", "Nats-Schedule-Target": RETRY_SUBJECT},
+    )
     await nc.close()
     async with system.client() as client:
         final = await client.wait(cogo.TaskHandle(client, tid, ALICE), timeout=60)
@@ -336,8 +340,13 @@ async def test_a_bypass_needs_a_grant_over_nats_and_http(system):
 async def test_held_retries_never_block_fresh_tasks(system):
     """40 tasks whose retry waits a day, on a system whose consumers hold 16 unacked
     messages at most: fresh tasks still run (held in ack_pending, they stalled it)."""
-    held = {"fail_times": 1, "__assignment": {
-        "ttl_ms": 86_400_000, "backoff": {"initial_ms": 86_000_000, "max_ms": 86_000_000}}}
+    held = {
+        "fail_times": 1,
+        "__assignment": {
+            "ttl_ms": 86_400_000,
+            "backoff": {"initial_ms": 86_000_000, "max_ms": 86_000_000},
+        },
+    }
     admin = await nats.connect(system.info["nats_url"], user="admin",
                                password=system.passwords["admin"])  # fmt: skip
     reader = EventReader(admin.jetstream(), f"events.execute_retry.{ALICE}")

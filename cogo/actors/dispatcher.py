@@ -1,6 +1,6 @@
 """The executor dispatcher: claim -> enforce(``__assignment``) -> publish -> append events.
 
-It consumes two routes:
+It consumes these routes:
 
 - ``orchestrator.execute.0``: tasks submitted by users (``TaskMessage``). Whatever its
   headers say, a message here is a submission: its ``__assignment`` is resolved against the
@@ -116,9 +116,8 @@ class ExecutorDispatcher(Actor):
         self.policies = PolicyStore(self.js)
         # under --auth: seals orders and verifies results and retries (cogo.streams.seal)
         self.sealer = Sealer.from_env()
-        self.canary = CanaryRouter(
-            self.js, self.config, self.sealer
-        )  # rollouts: version and cohort per task
+        # rollouts: version and cohort per task, and bypass grants
+        self.canary = CanaryRouter(self.js, self.config, self.sealer)
         self.dead_letters = DeadLetterWatcher(self, self.report_dead_letter)
         self.flow = FlowControl(self)  # admission of flow-controlled routes
         self._trimmer: asyncio.Task[None] | None = None
@@ -312,8 +311,9 @@ class ExecutorDispatcher(Actor):
     async def _on_retry(self, order: WorkOrder) -> None:
         now = time.time()
         if order.not_before - now > SCHEDULE_AFTER_S:
-            # early (published straight, or a clock apart): wait as a schedule, not here
-            await self.publish_all([self._retry_message(order, now)])
+            # early (a dispatcher's clock apart): wait as a schedule, not in this consumer;
+            # under an id of its own, or the first schedule's id would drop it as a repeat
+            await self.publish_all([self._retry_message(order, now, again=True)])
             return
         if now < order.not_before:
             raise Defer(order.not_before - now)  # a moment early: hold it back
@@ -442,10 +442,11 @@ class ExecutorDispatcher(Actor):
             [self._retry_message(retry, time.time()), event_message(event, order.token)]
         )
 
-    def _retry_message(self, retry: WorkOrder, now: float) -> Outgoing:
+    def _retry_message(self, retry: WorkOrder, now: float, *, again: bool = False) -> Outgoing:
         """The retry on the dispatchers' own subject: straight away when due, else as a
         message schedule the server fires at ``not_before`` (nothing held meanwhile)."""
-        msg_id = guard_id(retry.token, f"{retry.task_id}:{retry.attempt}:retry")
+        suffix = "retry:again" if again else "retry"
+        msg_id = guard_id(retry.token, f"{retry.task_id}:{retry.attempt}:{suffix}")
         data = encoder.encode(retry)
         headers = {MSG_ID: msg_id, KIND_HEADER: RETRY_KIND}
         if retry.not_before - now <= SCHEDULE_AFTER_S:
@@ -535,7 +536,7 @@ class ExecutorDispatcher(Actor):
             if subject in (RESULTS_SUBJECT, RESULT_SUBJECT) or route_of_result(subject):
                 order = running = decode_result(data).order
                 base, attempt, usage = _base_of(order), order.attempt, order.usage_so_far
-            elif subject == EXECUTE_SUBJECT:
+            elif subject in (EXECUTE_SUBJECT, RETRY_SUBJECT):
                 try:
                     order = decode_order(data)
                     base, attempt, usage = _base_of(order), order.attempt, order.usage_so_far
@@ -547,6 +548,9 @@ class ExecutorDispatcher(Actor):
             else:
                 order = running = decode_order(data)
                 base, attempt, usage = _base_of(order), order.attempt, order.usage_so_far
+        if order is not None and self.sealer is not None and not self.sealer.verify(order):
+            # not an order the dispatcher made: it must not end the task it names
+            base, order, running, attempt, usage = None, None, None, 0, None
         if base is None:
             tid = f"dead:{new_id()}"
             base = {"task_id": tid, "correlation_id": tid, "route": None}

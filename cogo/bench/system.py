@@ -79,6 +79,9 @@ class Options:
     # dispatcher cost with flow control off and on (cogo.bench.flow; 0: skipped)
     flow_tasks: int = 0
     flow_repeats: int = 3
+    # dispatcher cost without and with the seal key of --auth (cogo.bench.seal; 0: skipped)
+    seal_tasks: int = 0
+    seal_repeats: int = 3
     # dashboard / latency API / /metrics at this many synthetic events (0: skipped)
     history: list[int] = field(default_factory=list)
     history_requests: int = 7

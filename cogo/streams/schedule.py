@@ -22,6 +22,7 @@ from typing import Any
 
 SCHEDULE_SUBJECTS = "schedules.>"  # added to TASKS, which gets allow_msg_schedules=True
 SCHEDULE_PREFIX = "schedules"
+SCHEDULE_STREAM = "TASKS"  # cogo.streams.topology.TASKS (which imports this module)
 SCHEDULE_HEADER = "Nats-Schedule"
 TARGET_HEADER = "Nats-Schedule-Target"
 
@@ -66,9 +67,7 @@ async def publish_at(
 
 async def cancel_schedule(js: Any, *, key: str) -> None:
     """Drop the schedule `key` if it has not fired (purge of its subject)."""
-    from cogo.streams.topology import TASKS  # topology imports this module
-
-    await js.purge_stream(TASKS, subject=schedule_subject(key))
+    await js.purge_stream(SCHEDULE_STREAM, subject=schedule_subject(key))
 
 
 def due_in(at: float) -> float:

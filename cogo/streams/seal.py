@@ -38,13 +38,13 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from cogo.config import env
+from cogo.config import OUTPUT_KEY_ENV, SEAL_KEY_ENV, env
 
 if TYPE_CHECKING:
     from cogo.streams.envelope import WorkOrder
 
-SEAL_KEY_ENV = "COGO_SEAL_KEY"
-OUTPUT_KEY_ENV = "COGO_OUTPUT_KEY"
+__all__ = ["GUARD", "MAC_HEADER", "OUTPUT_KEY_ENV", "SEAL_KEY_ENV", "OutputVerifier", "Sealer",
+           "guard_id", "output_mac"]  # fmt: skip
 MAC_HEADER = "Cogo-Mac"
 GUARD = "~"  # separates a message id from its guard
 _encoder = msgspec.json.Encoder()

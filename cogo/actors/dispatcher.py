@@ -91,7 +91,7 @@ from cogo.streams.events import Event, event_message, iso, make_event, order_eve
 from cogo.streams.outputs import end_marker
 from cogo.streams.policies import PolicyStore, check_ceilings, resolve_assignment
 from cogo.streams.publisher import Outgoing
-from cogo.streams.schedule import schedule_message
+from cogo.streams.schedule import publish_at, schedule_message
 from cogo.streams.seal import MAC_HEADER, Sealer, guard_id, output_mac
 from cogo.streams.topology import results_floor, trim_results
 
@@ -313,7 +313,9 @@ class ExecutorDispatcher(Actor):
         if order.not_before - now > SCHEDULE_AFTER_S:
             # early (a dispatcher's clock apart): wait as a schedule, not in this consumer;
             # under an id of its own, or the first schedule's id would drop it as a repeat
-            await self.publish_all([self._retry_message(order, now, again=True)])
+            _, data, headers = self._retry_message(order, now, again=True)
+            await publish_at(self.js, key=_retry_key(order), target=RETRY_SUBJECT, data=data,
+                             at=order.not_before, headers=headers)  # fmt: skip
             return
         if now < order.not_before:
             raise Defer(order.not_before - now)  # a moment early: hold it back
@@ -452,8 +454,7 @@ class ExecutorDispatcher(Actor):
         if retry.not_before - now <= SCHEDULE_AFTER_S:
             return RETRY_SUBJECT, data, headers
         # one schedule per attempt; a re-handled result re-publishes the same id (dropped)
-        key = f"retry.{hashlib.sha256(retry.task_id.encode()).hexdigest()[:32]}.{retry.attempt}"
-        return schedule_message(key=key, target=RETRY_SUBJECT, data=data,
+        return schedule_message(key=_retry_key(retry), target=RETRY_SUBJECT, data=data,
                                 at=retry.not_before, headers=headers)  # fmt: skip
 
     # -- terminal events ---------------------------------------------------------------
@@ -565,6 +566,11 @@ class ExecutorDispatcher(Actor):
         )
         if running is not None:
             await self.flow.release(running)
+
+
+def _retry_key(order: WorkOrder) -> str:
+    """The schedule of one retry: ``retry.<hash of the task id>.<attempt>``."""
+    return f"retry.{hashlib.sha256(order.task_id.encode()).hexdigest()[:32]}.{order.attempt}"
 
 
 def _base_of(order: WorkOrder) -> dict[str, Any]:

@@ -16,7 +16,6 @@ users (the dispatcher, the orchestrator) may publish on ``schedules.>`` (``cogo.
 from __future__ import annotations
 
 import math
-import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -68,8 +67,3 @@ async def publish_at(
 async def cancel_schedule(js: Any, *, key: str) -> None:
     """Drop the schedule `key` if it has not fired (purge of its subject)."""
     await js.purge_stream(SCHEDULE_STREAM, subject=schedule_subject(key))
-
-
-def due_in(at: float) -> float:
-    """Seconds until ``at`` (0 when it has passed)."""
-    return max(0.0, at - time.time())

@@ -311,6 +311,16 @@ def seal_key(data_dir: Path) -> str:
     return stored[SEAL_ENTRY]
 
 
+def stored_seal_key(data_dir: Path) -> str | None:
+    """The seal key ``cogo up --auth`` generated into ``credentials.json``, if any."""
+    try:
+        stored = json.loads((data_dir / "credentials.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    key = stored.get(SEAL_ENTRY) if isinstance(stored, dict) else None
+    return key if isinstance(key, str) else None
+
+
 def load_grants(data_dir: Path) -> dict[str, list[str]]:
     try:
         return json.loads((data_dir / "grants.json").read_text())  # type: ignore[no-any-return]

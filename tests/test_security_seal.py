@@ -1,5 +1,6 @@
 """The dispatcher's seal (``cogo.streams.seal``) and message schedules
-(``cogo.streams.schedule``): pure checks, and schedules on a real nats-server."""
+(``cogo.streams.schedule``): pure checks, schedules on a real nats-server, and signed
+principals through a real dispatcher."""
 
 from __future__ import annotations
 
@@ -9,8 +10,14 @@ import msgspec
 import nats.errors
 import pytest
 
-from cogo.config import Backoff
+from cogo.actors.dispatcher import ExecutorDispatcher
+from cogo.actors.echo import EchoActor
+from cogo.config import SEAL_KEY_ENV, Backoff
 from cogo.streams.envelope import (
+    EXECUTE_SUBJECT,
+    MSG_ID,
+    PRINCIPAL_HEADER,
+    PRINCIPAL_MAC_HEADER,
     RETRY_SUBJECT,
     ResolvedAssignment,
     Usage,
@@ -18,11 +25,13 @@ from cogo.streams.envelope import (
     WorkResult,
     decode_result,
     encoder,
+    new_id,
 )
 from cogo.streams.outputs import Output, encode_output
 from cogo.streams.schedule import at_header, cancel_schedule, publish_at
 from cogo.streams.seal import OutputVerifier, Sealer, guard_id, output_mac
 from cogo.streams.topology import TASKS
+from tests.helpers import EventReader, running
 
 
 def _order(**fields: object) -> WorkOrder:
@@ -92,3 +101,33 @@ async def test_a_schedule_fires_once_at_its_time_and_a_cancelled_one_never(js):
     await msg.ack()
     with pytest.raises((nats.errors.TimeoutError, TimeoutError)):
         await sub.fetch(1, timeout=2)
+
+
+async def test_a_principal_counts_only_as_the_facade_signed_it(
+    nats_server, js, config, monkeypatch
+):
+    """With a seal key, a ``Cogo-Principal`` header is believed only with its MAC for that
+    very task: anyone on NATS can write the header, only the facade can sign it."""
+    monkeypatch.setenv(SEAL_KEY_ENV, "test-seal-key")
+    sealer = Sealer("test-seal-key")
+    policy = msgspec.structs.replace(config.policy, bypass_principals=["http"])
+    config = msgspec.structs.replace(config, policy=policy)
+    ask = {"__assignment": {"max_tokens": 300_000, "bypass": ["max_tokens"]}}
+    signed, claimed, replayed = new_id(), new_id(), new_id()
+    headers = {
+        signed: {PRINCIPAL_HEADER: "http",
+                 PRINCIPAL_MAC_HEADER: sealer.principal_mac("http", signed)},
+        claimed: {PRINCIPAL_HEADER: "http"},
+        # a genuine signature, lifted from another task
+        replayed: {PRINCIPAL_HEADER: "http",
+                   PRINCIPAL_MAC_HEADER: sealer.principal_mac("http", signed)},
+    }  # fmt: skip
+    async with running(nats_server.url, config, ExecutorDispatcher, EchoActor):
+        for task_id, extra in headers.items():
+            body = {"task_id": task_id, "route": "echo.run.0", "payload": ask}
+            await js.publish(EXECUTE_SUBJECT, encoder.encode(body),
+                             headers={MSG_ID: task_id, **extra})  # fmt: skip
+        reader = EventReader(js)
+        done = await reader.wait_terminal(list(headers))
+    assert done[signed].type == "execute_done"
+    assert done[claimed].error_code == done[replayed].error_code == "policy.bypass_denied"

@@ -234,18 +234,31 @@ async def test_worker_events_count_only_from_the_tasks_own_route(system, tmp_pat
         for kind in ("execute_started", "llm_call"):
             assert not await accepted(nc, f"events.{kind}.{ALICE}", started(ALICE, 1), {})
         assert not await accepted(nc, "events.execute_started", started(ALICE, 1), {})
-        # on its own route's subject it is stored, and must not count as alice's task's
+        # on its own route's subject it is stored, and must not count as alice's task's,
+        # whatever its body claims: the projection takes type and route from the subject
         assert await accepted(nc, f"events.execute_started.{MALLORY}", started(MALLORY, 7), {})
+        assert await accepted(nc, f"events.execute_started.{MALLORY}", started(ALICE, 1), {})
+        done = encode_event(make_event(
+            "execute_done", event_id=f"{tid}:terminal", task_id=tid, correlation_id=tid,
+            route=ALICE, actor="mallory", attempt=1,
+            data={"claimed_at": iso(), "submitted_at": iso(), "result": {"forged_by": "mallory"}},
+        ))  # fmt: skip
+        assert await accepted(nc, f"events.execute_started.{MALLORY}", done, {})
 
         async def projected() -> bool:
-            sql = f"SELECT count(*) AS n FROM bus_events WHERE task_id = '{tid}' AND actor = 'mallory'"
-            rows = (await http.post("/api/sql", json={"sql": sql})).json().get("rows") or [[0]]
-            return bool(rows[0][0])
+            # the forgeries, and the dispatcher's execute_enqueued (which may come after them)
+            sql = (f"SELECT count(*) FILTER (actor = 'mallory'), count(*) FILTER "
+                   f"(type = 'execute_enqueued') FROM bus_events WHERE task_id = '{tid}'")  # fmt: skip
+            rows = (await http.post("/api/sql", json={"sql": sql})).json().get("rows") or [[0, 0]]
+            return rows[0][0] == 3 and rows[0][1] == 1
 
         await wait_until(projected, 60, "the forged event in bus_events")
         status = await handle.status()
-        assert status.route == ALICE and status.attempt == 1
+        assert status.route == ALICE and status.attempt == 1 and not status.finished
         assert all(e.get("actor") != "mallory" for e in status.events), status.events
+        sql = f"SELECT DISTINCT type, route FROM bus_events WHERE task_id = '{tid}' AND actor = 'mallory'"
+        rows = (await http.post("/api/sql", json={"sql": sql})).json()["rows"]
+        assert rows == [["execute_started", MALLORY]], rows
         opened(gate)
         assert (await handle.result(timeout=60))["by"] == "alice"
     await nc.close()

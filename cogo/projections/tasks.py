@@ -7,10 +7,12 @@
     retrying    execute_retry: the attempt failed, the next waits for its backoff
     succeeded   execute_done          failed   execute_failed
 
-Only the dispatcher may append the ``execute_*`` facts it owns; ``execute_started`` comes
-from workers, so it counts only for the route and the attempts the dispatcher's own events
-gave the task (under ``--auth`` an app may append it for its own routes only, and a task id
-is no secret): another route's worker cannot make a task look running, nor raise its attempt.
+Only the dispatcher may append the ``execute_*`` facts it owns (and a row's type and route
+are those of its subject, which permissions bind: ``cogo.projections.store``);
+``execute_started`` comes from workers, so it counts only for the route and the attempts
+the dispatcher's own events gave the task (under ``--auth`` an app may append it for its
+own routes only, and a task id is no secret): another route's worker cannot make a task
+look running, nor raise its attempt.
 
 The same answer is served over NATS (``cogo.tasks.status``, request/reply) by whichever
 process runs the projector, so ``cogo.Client.status`` needs no HTTP.

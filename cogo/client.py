@@ -51,6 +51,7 @@ from cogo.streams.envelope import ASSIGNMENT_KEY, EXECUTE_SUBJECT, MSG_ID, encod
 from cogo.streams.events import Event, decode_event, iso
 from cogo.streams.outputs import Output, read_output
 from cogo.streams.routes import check_route
+from cogo.streams.seal import OutputVerifier
 from cogo.streams.topology import EVENTS, POLICY_BUCKET
 
 P = TypeVar("P")
@@ -173,6 +174,7 @@ class Client:
         self._subscribed: set[str] = set()
         self._waiters: dict[str, list[asyncio.Future[TaskStatus]]] = {}
         self._watches: weakref.WeakValueDictionary[str, _Watch] = weakref.WeakValueDictionary()
+        self._outputs = OutputVerifier.from_env()  # COGO_OUTPUT_KEY, else endpoints.json
 
     async def __aenter__(self) -> Client:
         await self.connect()
@@ -196,6 +198,8 @@ class Client:
             url = endpoints.get("nats_url")
             user = user or endpoints.get("nats_user")
             password = password or endpoints.get("nats_password")
+            if endpoints.get("output_key"):  # under --auth: outputs are verified
+                self._outputs = OutputVerifier(str(endpoints["output_key"]))
             if not url:
                 raise CogoError(
                     f"no running `cogo up` in {self._data_dir} (no endpoints.json there): "
@@ -378,8 +382,9 @@ class Client:
                           error=status.error)  # fmt: skip
 
         async for _, output in read_output(
-            self.nc.jetstream(), task_id, finished=finished, idle_s=idle_s
-        ):
+            self.nc.jetstream(), task_id, finished=finished, idle_s=idle_s,
+            verifier=self._outputs,
+        ):  # fmt: skip
             if output is None:
                 continue
             if output.end:

@@ -185,6 +185,11 @@ class SqlConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class PolicyConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     default: dict[str, Any] = msgspec.field(default_factory=dict)
     routes: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
+    # who may lift ceilings with __assignment.bypass (cogo.rollouts.canary.BypassGrant):
+    # authenticated submitters by name ("http" is the HTTP API token's holder), and the
+    # canary cohort of a route under rollout
+    bypass_principals: list[str] = msgspec.field(default_factory=list)
+    bypass_for_canary: bool = True
 
 
 class AppsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -389,6 +394,8 @@ HTTP_URL_ENV = "COGO_HTTP_URL"
 NATS_USER_ENV = "COGO_NATS_USER"
 NATS_PASSWORD_ENV = "COGO_NATS_PASSWORD"  # + _<USER>: a user's password for `cogo up --auth`
 API_TOKEN_ENV = "COGO_API_TOKEN"
+SEAL_KEY_ENV = "COGO_SEAL_KEY"  # the dispatcher's key under --auth (cogo.streams.seal)
+OUTPUT_KEY_ENV = "COGO_OUTPUT_KEY"  # what output readers verify MACs with
 CORS_ORIGINS_ENV = "COGO_CORS_ORIGINS"
 LLM_BASE_URL_ENV = "COGO_LLM_BASE_URL"
 LLM_API_KEY_ENV = "COGO_LLM_API_KEY"

@@ -23,7 +23,8 @@ CogoError                          root; ``code``, human ``message``, optional `
 │   ├── CostAboveCeiling           policy.max_cost_exceeded
 │   ├── AttemptsAboveCeiling       policy.max_attempts_exceeded
 │   ├── TimeoutAboveCeiling        policy.timeout_exceeded
-│   └── TtlAboveCeiling            policy.ttl_exceeded
+│   ├── TtlAboveCeiling            policy.ttl_exceeded
+│   └── BypassDenied               policy.bypass_denied
 ├── BudgetExhausted                usage accumulated across attempts passed the budget
 │   ├── TokenBudgetExhausted       budget.tokens_exceeded
 │   └── CostBudgetExhausted        budget.cost_exceeded
@@ -239,6 +240,12 @@ class TtlAboveCeiling(PolicyViolation):
     """Raised when ``ttl_ms`` is above the route ceiling."""
 
     code = "policy.ttl_exceeded"
+
+
+class BypassDenied(PolicyViolation):
+    """Raised when ``__assignment.bypass`` asks to lift a ceiling without a grant."""
+
+    code = "policy.bypass_denied"
 
 
 class BudgetExhausted(CogoError):

@@ -47,6 +47,7 @@ from cogo.streams.connection import connect, install_stop_signals
 from cogo.streams.policies import PolicyStore
 from cogo.streams.registry import declare, declare_version
 from cogo.streams.routes import check_version, durable_name, versioned_route
+from cogo.streams.seal import SEAL_KEY_ENV, Sealer
 from cogo.streams.server import EmbeddedServer, ensure_port_free, free_port, listen_socket
 from cogo.streams.topology import CONTROL_VERSION, TASKS, ensure_topology
 
@@ -140,6 +141,7 @@ class System:
         self.auth = auth
         self.auth_plan = auth_module.AuthPlan.from_decls(self.decls)
         self.passwords: dict[str, str] = {}
+        self.sealer: Sealer | None = None  # under --auth (cogo.streams.seal)
         self.supervisor = Supervisor()
         # in-process components, in start order (the rollout controller reads the projector's
         # DuckDB); stopped in reverse
@@ -175,6 +177,7 @@ class System:
             if self.auth:
                 self.auth_plan.versions = auth_module.load_grants(self.data_dir)
                 self.passwords = auth_module.credentials(self.data_dir, self.auth_plan.users)
+                self.sealer = Sealer(auth_module.seal_key(self.data_dir))
                 extra = auth_module.accounts_config(self.auth_plan, self.passwords)
                 creds = ("admin", self.passwords["admin"])
             if self.cluster > 1:
@@ -214,6 +217,7 @@ class System:
             policies=self.policies,
             data_dir=self.data_dir,
             api_token=api_token(self.data_dir),
+            sealer=self.sealer,
             cors_origins=env_list(CORS_ORIGINS_ENV),
         )
         await self._start_components()
@@ -237,10 +241,14 @@ class System:
                 "http_url": f"http://127.0.0.1:{self.http_port}",
                 "api_token": self.state.api_token,
                 **(
-                    {"nats_user": "client", "nats_password": self.passwords["client"]}
-                    if self.auth
+                    {
+                        "nats_user": "client",
+                        "nats_password": self.passwords["client"],
+                        "output_key": self.sealer.output_key,
+                    }  # readers verify outputs
+                    if self.auth and self.sealer is not None
                     else {}
-                ),
+                ),  # fmt: skip
                 "pid": os.getpid(),
             },
         )
@@ -267,7 +275,10 @@ class System:
     def _credentials_env(self, user: str) -> dict[str, str]:
         if not self.auth:
             return {}
-        return {auth_module.USER_ENV: user, auth_module.PASSWORD_ENV: self.passwords[user]}
+        creds = {auth_module.USER_ENV: user, auth_module.PASSWORD_ENV: self.passwords[user]}
+        if user in auth_module.SEAL_HOLDERS and self.sealer is not None:
+            creds[SEAL_KEY_ENV] = self.sealer.key
+        return creds
 
     async def _on_version_request(self, msg: Msg) -> None:
         """A versioned worker under --auth asks for its consumer and the grant to use it."""

@@ -70,3 +70,4 @@ _.get_wrapper_toolset  # unused method (cogo/integrations/pydantic_ai.py): Pydan
 _.handle_async_request  # unused method (cogo/integrations/transport.py): httpx's transport interface
 inject  # unused function (cogo/tracing.py): a submitter's headers with its traceparent, for child calls (ctx.call)
 usage_disputed  # unused variable (cogo/streams/catalogue.py:179): an event data field, read as JSON (SQL views, the dashboard)
+cancel_schedule  # unused function (cogo/streams/schedule.py): the schedule API shared with durable timers (ctx.sleep, cancellation); tests/test_security_seal.py calls it

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 
 from cogo.actors.dispatcher import ExecutorDispatcher
 from cogo.actors.echo import EchoActor
@@ -28,9 +29,11 @@ from cogo.streams.connection import connect
 from cogo.streams.envelope import (
     EXECUTE_SUBJECT,
     MSG_ID,
+    PRINCIPAL_HEADER,
     ResolvedAssignment,
     WorkOrder,
     encoder,
+    new_id,
 )
 from tests.helpers import EventReader, running, submit
 from tests.upsystem import cogo, cogo_up, stop
@@ -334,18 +337,28 @@ async def test_dev_e2e_runs_codebuildtest_on_the_candidate(tmp_path, config_path
         await asyncio.to_thread(stop, proc)
 
 
-async def test_used_bypass_is_audited(nats_server, js, config):
+async def test_used_bypass_is_a_grant_and_is_audited(nats_server, js, config):
+    # a submitter named in [policy] bypass_principals may lift ceilings (without --auth
+    # there is no seal key, and the principal header is taken as it is)
+    policy = msgspec.structs.replace(config.policy, bypass_principals=["ops"])
+    config = msgspec.structs.replace(config, policy=policy)
+    ask = {"__assignment": {"model": "gpt-9", "bypass": ["model", "max_tokens"]}}
     async with running(nats_server.url, config, ExecutorDispatcher, EchoActor):
-        bypassed = await submit(js, payload={"__assignment": {"model": "gpt-9",
-                                                              "bypass": ["model", "max_tokens"]}})  # fmt: skip
+        bypassed = new_id()
+        body = {"task_id": bypassed, "route": ROUTE, "payload": ask}
+        await js.publish(EXECUTE_SUBJECT, encoder.encode(body),
+                         headers={MSG_ID: bypassed, PRINCIPAL_HEADER: "ops"})  # fmt: skip
         unused = await submit(js, payload={"__assignment": {"bypass": ["model"]}})
         refused = await submit(js, payload={"__assignment": {"model": "gpt-9"}})
+        denied = await submit(js, payload=ask)  # nobody granted it
         reader = EventReader(js)
-        done = await reader.wait_terminal([bypassed, unused, refused])
+        done = await reader.wait_terminal([bypassed, unused, refused, denied])
         await asyncio.sleep(0.2)
         await reader.poll()
     assert done[bypassed].type == done[unused].type == "execute_done"
     assert done[refused].error_code == "policy.model_not_allowed"
+    assert done[denied].error_code == "policy.bypass_denied"
     audits = [e for e in reader.events if e.type == "policy_bypassed"]
     assert [(e.task_id, e.data["bypassed"]) for e in audits] == [(bypassed, ["model"])]
     assert audits[0].cohort == BASELINE and audits[0].route == ROUTE
+    assert audits[0].data["granted_by"] == "principal" and audits[0].data["principal"] == "ops"

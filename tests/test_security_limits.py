@@ -229,9 +229,13 @@ OUTPUT_CHUNKS, CHUNK_CHARS, READERS = 1000, 4000, 60
 
 
 async def _publish_output(secure: Secure, task_id: str) -> None:
-    """A finished task's 4 MB output, as its worker and dispatcher would have written it."""
+    """A finished task's 4 MB output, as its worker and dispatcher would have written it
+    (each message with the task's output MAC: readers under --auth show nothing else)."""
     from cogo.streams.outputs import Output, encode_output, output_subject
+    from cogo.streams.seal import MAC_HEADER, OutputVerifier, output_mac
 
+    verifier = OutputVerifier(str(secure.info["output_key"]))
+    out_token = verifier.out_token(task_id)
     admin = await secure.as_user("admin")
     js = admin.jetstream()
     subject = output_subject(task_id)
@@ -239,10 +243,16 @@ async def _publish_output(secure: Secure, task_id: str) -> None:
     for seq in range(1, OUTPUT_CHUNKS + 1):
         chunk = Output(task_id=task_id, attempt=1, at="2026-12-05T00:00:00Z", seq=seq,
                        data="x" * CHUNK_CHARS)  # fmt: skip
-        acks.append(await js.publish_async(subject, encode_output(chunk)))
+        data = encode_output(chunk)
+        acks.append(
+            await js.publish_async(subject, data, headers={MAC_HEADER: output_mac(out_token, data)})
+        )
     end = Output(task_id=task_id, attempt=1, at="2026-12-05T00:00:01Z", end=True,
                  status="succeeded")  # fmt: skip
-    acks.append(await js.publish_async(subject, encode_output(end)))
+    data = encode_output(end)
+    acks.append(
+        await js.publish_async(subject, data, headers={MAC_HEADER: output_mac(out_token, data)})
+    )
     await asyncio.gather(*acks)
     await admin.close()
 

@@ -9,7 +9,7 @@ actor imports only its module (``cogo run echo`` does not load DuckDB).
 from __future__ import annotations
 
 from cogo.actors.app import AgentSpec, App
-from cogo.streams.envelope import EXECUTE_SUBJECT, RESULT_SUBJECT, RESULTS_SUBJECT
+from cogo.streams.envelope import EXECUTE_SUBJECT, RESULT_SUBJECT, RESULTS_SUBJECT, RETRY_SUBJECT
 from cogo.streams.topology import ORCHESTRATOR_ROUTES
 
 app = App("cogo", _builtin=True)
@@ -17,7 +17,7 @@ app = App("cogo", _builtin=True)
 # workers' reports arrive on RESULTS (orchestrator.results.0); orchestrator.result.0 on TASKS
 # is where versions before it reported, still drained after an upgrade
 app.add("cogo.actors.dispatcher:ExecutorDispatcher", name="dispatcher",
-        routes=[EXECUTE_SUBJECT, RESULTS_SUBJECT, RESULT_SUBJECT], tasks=False)  # fmt: skip
+        routes=[EXECUTE_SUBJECT, RESULTS_SUBJECT, RESULT_SUBJECT, RETRY_SUBJECT], tasks=False)  # fmt: skip
 app.add("cogo.actors.echo:EchoActor", name="echo", route="echo.run.0",
         policy={"model": "local", "timeout_ms": 10000,
                 "backoff": {"initial_ms": 200, "multiplier": 2.0, "max_ms": 5000}})  # fmt: skip

@@ -379,7 +379,7 @@ class RouteAdmitter:
                                       held_at=iso(held.held_at), limits=flow.limits_dict(),
                                       running=flow.running, waiting=flow.waiting),
             )  # fmt: skip
-            messages.append(event_message(event))
+            messages.append(event_message(event, d.task_token(order.task_id)))
         if messages:
             await d.publish_all(messages)
             self.counters["flow_throttled"] += len(messages)

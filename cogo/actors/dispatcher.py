@@ -1,15 +1,26 @@
 """The executor dispatcher: claim -> enforce(``__assignment``) -> publish -> append events.
 
-It consumes two routes:
+It consumes these routes:
 
-- ``orchestrator.execute.0``: tasks submitted by users (``TaskMessage``) and the retries it
-  scheduled itself (``WorkOrder`` with ``Cogo-Kind: retry``, held back with ``nak(delay)``
-  until their backoff has passed, so a restart never loses or hurries one);
-- ``orchestrator.results.0`` (stream ``RESULTS``): workers' reports (``WorkResult``), where
+- ``orchestrator.execute.0``: tasks submitted by users (``TaskMessage``). Whatever its
+  headers say, a message here is a submission: its ``__assignment`` is resolved against the
+  route's ceilings like any other (a ``Cogo-Kind: retry`` order published here is a fresh
+  task, never forwarded as it is);
+- ``orchestrator.retry.0``: the retries it scheduled itself (``WorkOrder``), which only
+  dispatchers may publish. A retry whose backoff is not over waits as a JetStream message
+  schedule (``cogo.streams.schedule``) that the server fires at its due time, not in this
+  consumer's ``ack_pending``: a day-long backoff holds no slot, so held retries never stall
+  fresh work. A retry is counted only with a valid seal and is re-checked against the
+  route's ceilings;
+- ``results.<route>`` (stream ``RESULTS``): workers' reports (``WorkResult``), where
   usage accumulates and retry / backoff / terminal status is decided: **the one place
-  retries are decided**. It also consumes ``orchestrator.result.0`` on ``TASKS``, where
-  workers before ``RESULTS`` existed reported, so results left there by an upgrade still
-  count; and it trims ``RESULTS`` below its consumer's ack floor every few seconds.
+  retries are decided**. A report counts only from its order's own route subject (which
+  only that route's app may publish to under ``--auth``) and, when the dispatcher holds a
+  seal key, only with the order exactly as the dispatcher sealed it (``cogo.streams.seal``);
+  anything else is dropped and counted as ``forged``. It also consumes the shared subjects
+  of older workers (``orchestrator.results.0``, and ``orchestrator.result.0`` on ``TASKS``),
+  so results left there by an upgrade still count; and it trims ``RESULTS`` below its
+  consumer's ack floor every few seconds.
 
 The dispatcher keeps no task state of its own: each order carries its attempt, deadline and
 the usage so far, so any number of dispatcher replicas can share the consumers. Every id it
@@ -25,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 from typing import Any
@@ -39,6 +51,7 @@ from cogo.aio import cancel_and_wait
 from cogo.config import Config
 from cogo.errors import (
     AttemptsExhausted,
+    BypassDenied,
     CogoError,
     CostBudgetExhausted,
     MalformedMessage,
@@ -59,8 +72,11 @@ from cogo.streams.envelope import (
     EXECUTE_SUBJECT,
     KIND_HEADER,
     MSG_ID,
+    PRINCIPAL_HEADER,
+    PRINCIPAL_MAC_HEADER,
     RESULT_SUBJECT,
     RESULTS_SUBJECT,
+    RETRY_SUBJECT,
     TaskMessage,
     Usage,
     WorkOrder,
@@ -72,15 +88,21 @@ from cogo.streams.envelope import (
     encoder,
     is_route,
     new_id,
+    route_of_result,
 )
 from cogo.streams.events import Event, event_message, iso, make_event, order_event
 from cogo.streams.outputs import end_marker
-from cogo.streams.policies import PolicyStore, resolve_assignment
+from cogo.streams.policies import PolicyStore, check_ceilings, resolve_assignment
 from cogo.streams.publisher import Outgoing
+from cogo.streams.schedule import publish_at, schedule_message
+from cogo.streams.seal import MAC_HEADER, Sealer, guard_id, output_mac
 from cogo.streams.topology import results_floor, trim_results
 
 RETRY_KIND = "retry"
 RESULT_ROUTES = (RESULTS_SUBJECT, RESULT_SUBJECT)
+# a retry due sooner than this goes straight to the retry subject; a later one waits as a
+# message schedule, and one that arrives early by more than this is scheduled again
+SCHEDULE_AFTER_S = 0.25
 # how often a dispatcher purges the results it has handled from RESULTS (one purge each)
 TRIM_EVERY_S = 5.0
 
@@ -95,13 +117,16 @@ class ExecutorDispatcher(Actor):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.policies = PolicyStore(self.js)
-        self.canary = CanaryRouter(self.js, self.config)  # rollouts: version and cohort per task
+        # under --auth: seals orders and verifies results and retries (cogo.streams.seal)
+        self.sealer = Sealer.from_env()
+        # rollouts: version and cohort per task, and bypass grants
+        self.canary = CanaryRouter(self.js, self.config, self.sealer)
         self.dead_letters = DeadLetterWatcher(self, self.report_dead_letter)
         self.flow = FlowControl(self)  # admission of flow-controlled routes
         self._trimmer: asyncio.Task[None] | None = None
 
     def default_routes(self) -> list[str]:
-        return [EXECUTE_SUBJECT, RESULTS_SUBJECT, RESULT_SUBJECT]
+        return [EXECUTE_SUBJECT, RESULTS_SUBJECT, RESULT_SUBJECT, RETRY_SUBJECT]
 
     def default_concurrency(self, config: Config) -> int:
         # no user code runs here: a handler waits for stream acks, which `always` queues
@@ -141,17 +166,52 @@ class ExecutorDispatcher(Actor):
     async def handle(self, delivery: Delivery) -> None:
         if delivery.route in RESULT_ROUTES:
             result = decode_result(delivery.data)
+            if not self._genuine(result.order, delivery):
+                return  # acked and dropped: it must not count, nor free anybody's slot
             with _traced(result.order):
                 await self._on_result(result, delivery)
             # after the result's events are stored, before it is acked: a redelivery frees
             # the slot again (harmless), and no next attempt starts before the last one ended
             await self.flow.release(result.order)
-        elif delivery.headers.get(KIND_HEADER) == RETRY_KIND:
+        elif delivery.route == RETRY_SUBJECT:
             order = decode_order(delivery.data)
-            with _traced(order):
-                await self._on_retry(order)
+            if self._genuine(order, delivery):
+                with _traced(order):
+                    await self._on_retry(order)
         else:
+            # the public submit subject: a submission whatever its headers say (a retry
+            # published here is a fresh task, its assignment resolved like any other)
             await self._on_submit(delivery)
+
+    def _genuine(self, order: WorkOrder, delivery: Delivery) -> bool:
+        """Whether a result or retry speaks for its order: on its route's own subject, with
+        the dispatcher's seal when there is a key (``cogo.streams.seal``)."""
+        subject = delivery.msg.subject
+        speaks_for = route_of_result(subject)
+        if speaks_for is not None and speaks_for != order.route:
+            reason = f"a report on {subject} for a task of {order.route}"
+        elif self.sealer is not None and not self.sealer.verify(order):
+            reason = f"an order on {subject} that the dispatcher did not seal as it is"
+        else:
+            return True
+        self.counters["forged"] += 1
+        log.warning("%s: dropped %s (task %s attempt %s)", self.name, reason,
+                    order.task_id[:200], order.attempt)  # fmt: skip
+        return False
+
+    def task_token(self, task_id: str | None) -> str | None:
+        return self.sealer.token(task_id) if self.sealer is not None and task_id else None
+
+    def _principal(self, delivery: Delivery, task_id: str) -> str | None:
+        """Who submitted the task, as an authenticated front end vouches (the HTTP facade
+        signs its principal with the seal key; without a key there is no boundary)."""
+        principal = delivery.headers.get(PRINCIPAL_HEADER)
+        if not principal:
+            return None
+        if self.sealer is None:
+            return principal
+        mac = delivery.headers.get(PRINCIPAL_MAC_HEADER, "")
+        return principal if self.sealer.valid_principal(principal, task_id, mac) else None
 
     # -- submissions -------------------------------------------------------------------
 
@@ -201,7 +261,13 @@ class ExecutorDispatcher(Actor):
             causation_id=task.causation_id,
             traceparent=parent,
         )
-        order = await self.canary.route(order, policy, actor=self.name)
+        try:
+            order = await self.canary.route(
+                order, policy, actor=self.name, principal=self._principal(delivery, task_id)
+            )
+        except BypassDenied as exc:
+            await self._fail(base, exc.code, str(exc), attempt=0, detail=exc.detail)
+            return
         if policy.flow.enabled:
             await self.flow.hold(order)  # its admitter forwards it (cogo.actors.admission)
             return
@@ -234,6 +300,8 @@ class ExecutorDispatcher(Actor):
 
     def enqueued_messages(self, order: WorkOrder, *, since: float) -> list[Outgoing]:
         """The attempt for its route and its ``execute_enqueued`` (queue wait from ``since``)."""
+        if self.sealer is not None:
+            order = self.sealer.seal(order)
         data = ExecuteEnqueued(
             submitted_at=iso(order.submitted_at),
             deadline=iso(order.deadline),
@@ -248,17 +316,34 @@ class ExecutorDispatcher(Actor):
             queue_wait_ms=round(max(0.0, time.time() - since) * 1000.0, 3),
             data=data,
         )
-        headers = {MSG_ID: f"{order.task_id}:{order.attempt}"}
+        headers = {MSG_ID: guard_id(order.token, f"{order.task_id}:{order.attempt}")}
         if tracing.enabled():  # the attempt's parent: the task span
             headers[tracing.TRACEPARENT] = tracing.task_traceparent(
                 order.task_id, order.traceparent
             )
-        return [(subject_of(order), encoder.encode(order), headers), event_message(event)]
+        return [
+            (subject_of(order), encoder.encode(order), headers),
+            event_message(event, order.token),
+        ]
 
     async def _on_retry(self, order: WorkOrder) -> None:
         now = time.time()
+        if order.not_before - now > SCHEDULE_AFTER_S:
+            # early (a dispatcher's clock apart): wait as a schedule, not in this consumer;
+            # under an id of its own, or the first schedule's id would drop it as a repeat
+            _, data, headers = self._retry_message(order, now, again=True)
+            await publish_at(self.js, key=_retry_key(order), target=RETRY_SUBJECT, data=data,
+                             at=order.not_before, headers=headers)  # fmt: skip
+            return
         if now < order.not_before:
-            raise Defer(order.not_before - now)  # backoff not over yet: hold it back
+            raise Defer(order.not_before - now)  # a moment early: hold it back
+        try:  # ceilings may have been lowered since; a sealed retry carries its granted bypass
+            check_ceilings(order.assignment, self.policies.get(order.route), order.bypass)
+        except UnknownRoute:
+            pass  # forgotten since: its retry goes out as before
+        except CogoError as exc:
+            await self._terminal(self.order_failure(order, exc), order if order.emitted else None)
+            return
         if now > order.deadline:
             err = TtlExpired(
                 f"task reached its ttl_ms={order.assignment.ttl_ms} before attempt {order.attempt}"
@@ -370,14 +455,25 @@ class ExecutorDispatcher(Actor):
             **base,
             **measured,
         )
-        # the retry and its event together, acked together (as in _forward)
+        if self.sealer is not None:
+            retry = self.sealer.seal(retry)
+        # the retry (a schedule when its backoff is not over) and its event, acked together
         await self.publish_all(
-            [
-                (EXECUTE_SUBJECT, encoder.encode(retry),
-                 {MSG_ID: f"{order.task_id}:{retry.attempt}:retry", KIND_HEADER: RETRY_KIND}),
-                event_message(event),
-            ]
-        )  # fmt: skip
+            [self._retry_message(retry, time.time()), event_message(event, order.token)]
+        )
+
+    def _retry_message(self, retry: WorkOrder, now: float, *, again: bool = False) -> Outgoing:
+        """The retry on the dispatchers' own subject: straight away when due, else as a
+        message schedule the server fires at ``not_before`` (nothing held meanwhile)."""
+        suffix = "retry:again" if again else "retry"
+        msg_id = guard_id(retry.token, f"{retry.task_id}:{retry.attempt}:{suffix}")
+        data = encoder.encode(retry)
+        headers = {MSG_ID: msg_id, KIND_HEADER: RETRY_KIND}
+        if retry.not_before - now <= SCHEDULE_AFTER_S:
+            return RETRY_SUBJECT, data, headers
+        # one schedule per attempt; a re-handled result re-publishes the same id (dropped)
+        return schedule_message(key=_retry_key(retry), target=RETRY_SUBJECT, data=data,
+                                at=retry.not_before, headers=headers)  # fmt: skip
 
     # -- terminal events ---------------------------------------------------------------
 
@@ -427,12 +523,17 @@ class ExecutorDispatcher(Actor):
     def terminal_messages(self, event: Event, closes: WorkOrder | None = None) -> list[Outgoing]:
         """The terminal event and, with ``closes``, the end marker of that task's output (it
         may have emitted), to go out in one batch (``cogo.streams.outputs``)."""
+        token = self.task_token(event.task_id)
         if closes is None:
-            return [event_message(event)]
+            return [event_message(event, token)]
         status = "succeeded" if event.type == EXECUTE_DONE else "failed"
-        marker = end_marker(closes, status, attempt=event.attempt or 0,
-                            error_code=event.error_code, error=event.error)  # fmt: skip
-        return [event_message(event), marker]
+        subject, data, headers = end_marker(closes, status, attempt=event.attempt or 0,
+                                            error_code=event.error_code, error=event.error)  # fmt: skip
+        if self.sealer is not None:  # readers show only what carries the task's output MAC
+            out_token = self.sealer.outputs.out_token(closes.task_id)
+            headers = {MSG_ID: guard_id(token, headers[MSG_ID]),
+                       MAC_HEADER: output_mac(out_token, data)}  # fmt: skip
+        return [event_message(event, token), (subject, data, headers)]
 
     async def _terminal(self, event: Event, closes: WorkOrder | None = None) -> None:
         """Append the terminal event (and the end marker of the output it ``closes``)."""
@@ -453,10 +554,10 @@ class ExecutorDispatcher(Actor):
         order: WorkOrder | None = None
         running: WorkOrder | None = None  # an attempt that holds a flow slot
         with contextlib.suppress(MalformedMessage):
-            if subject in (RESULTS_SUBJECT, RESULT_SUBJECT):
+            if subject in (RESULTS_SUBJECT, RESULT_SUBJECT) or route_of_result(subject):
                 order = running = decode_result(data).order
                 base, attempt, usage = _base_of(order), order.attempt, order.usage_so_far
-            elif subject == EXECUTE_SUBJECT:
+            elif subject in (EXECUTE_SUBJECT, RETRY_SUBJECT):
                 try:
                     order = decode_order(data)
                     base, attempt, usage = _base_of(order), order.attempt, order.usage_so_far
@@ -468,6 +569,9 @@ class ExecutorDispatcher(Actor):
             else:
                 order = running = decode_order(data)
                 base, attempt, usage = _base_of(order), order.attempt, order.usage_so_far
+        if order is not None and self.sealer is not None and not self.sealer.verify(order):
+            # not an order the dispatcher made: it must not end the task it names
+            base, order, running, attempt, usage = None, None, None, 0, None
         if base is None:
             tid = f"dead:{new_id()}"
             base = {"task_id": tid, "correlation_id": tid, "route": None}
@@ -490,6 +594,11 @@ def _traced(order: WorkOrder) -> Any:
         task_id=order.task_id, route=order.route, parent=order.traceparent,
         submitted_at=order.submitted_at,
     )  # fmt: skip
+
+
+def _retry_key(order: WorkOrder) -> str:
+    """The schedule of one retry: ``retry.<hash of the task id>.<attempt>``."""
+    return f"retry.{hashlib.sha256(order.task_id.encode()).hexdigest()[:32]}.{order.attempt}"
 
 
 def _base_of(order: WorkOrder) -> dict[str, Any]:

@@ -521,7 +521,7 @@ class LlmSession:
             error_code=error.code if error else None, error=str(error)[:1000] if error else None,
             version=ctx.version or ctx.order.version, data=data,
         )  # fmt: skip
-        await ctx.worker.publish_all([event_message(event)])
+        await ctx.worker.publish_all([event_message(event, ctx.order.token)])
         if tracing.enabled():
             tracing.record(
                 f"chat {body['model']}", start=started, kind="client", attributes=_genai(data),

@@ -55,6 +55,7 @@ from cogo.errors import (
 from cogo.streams.catalogue import STEP_COMPLETED, StepCompleted, data_of
 from cogo.streams.envelope import MSG_ID, Usage, new_id
 from cogo.streams.events import decode_event, encode_event, iso, order_event
+from cogo.streams.seal import guard_id
 from cogo.streams.topology import EVENTS
 
 if TYPE_CHECKING:
@@ -175,7 +176,10 @@ class Journal:
                     raise WorkerError(f"reading the step journal failed: {exc!r}") from None
                 pending = int(msg.reply.rsplit(".", 1)[-1]) if msg.reply else 0
                 event = decode_event(msg.data)
-                if event.task_id != ctx.task_id or event.type != STEP_COMPLETED:
+                # only the task's own route's subject is read, which under --auth only
+                # that route's app may publish to; an entry naming another route is no entry
+                if (event.task_id != ctx.task_id or event.type != STEP_COMPLETED
+                        or event.route != ctx.route):  # fmt: skip
                     continue
                 try:
                     step = data_of(event, StepCompleted)
@@ -236,7 +240,13 @@ async def run_step(
         version=ctx.version or ctx.order.version, data=entry,
     )  # fmt: skip
     (ack,) = await ctx.worker.publish_all(
-        [(journal_subject(ctx.route, ctx.task_id), encode_event(event), {MSG_ID: event.event_id})]
+        [
+            (
+                journal_subject(ctx.route, ctx.task_id),
+                encode_event(event),
+                {MSG_ID: guard_id(ctx.order.token, event.event_id)},
+            )
+        ]  # fmt: skip
     )
     if ack.duplicate:
         # another delivery of this task journaled the step first (a paused worker whose

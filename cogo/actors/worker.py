@@ -2,8 +2,10 @@
 
 A worker subclass implements ``run(order, ctx) -> Outcome`` (a decorated ``@app.agent``
 handler is one, ``cogo.actors.agent``); this module decodes the work order, enforces the TTL
-and the per-attempt timeout, and publishes a ``WorkResult`` to ``orchestrator.results.0``
-with ``Nats-Msg-Id = <task_id>:<attempt>:result``. That id fences results: a paused "zombie"
+and the per-attempt timeout, and publishes a ``WorkResult`` to its route's own subject of
+``RESULTS``, ``results.<route>`` (under ``--auth`` no other app may publish there), with
+``Nats-Msg-Id = <task_id>:<attempt>:result`` (guarded by the task's token under ``--auth``,
+so nobody else can take the id first: ``cogo.streams.seal``). That id fences results: a paused "zombie"
 worker whose order was redelivered to another worker reports the same attempt again, and
 the stream drops the second report (docs/design.md §9, nats-server #4786). Retry decisions are not
 made here: the dispatcher owns them.
@@ -43,16 +45,17 @@ from cogo.streams.catalogue import EXECUTE_STARTED, ExecuteStarted
 from cogo.streams.envelope import (
     MSG_ID,
     RESERVED_PAYLOAD_KEYS,
-    RESULTS_SUBJECT,
     ResolvedAssignment,
     Usage,
     WorkOrder,
     WorkResult,
     decode_order,
     encoder,
+    result_subject,
 )
 from cogo.streams.events import iso, order_event
 from cogo.streams.outputs import Output, encode_output, output_subject
+from cogo.streams.seal import MAC_HEADER, guard_id, output_mac
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +122,10 @@ class TaskContext:
                     f"the chunk is {len(data):,} bytes encoded, over the {cap:,} an output chunk "
                     "may have: emit smaller pieces, or store it as an artifact"
                 )
-            await self.worker.publish_all([(output_subject(self.task_id), data, None)])
+            # readers show a chunk only with the task's output MAC (cogo.streams.seal)
+            token = self.order.out_token
+            headers = {MAC_HEADER: output_mac(token, data)} if token else None
+            await self.worker.publish_all([(output_subject(self.task_id), data, headers)])
             self._emitted += 1
 
     @property
@@ -296,9 +302,8 @@ class Worker(Actor):
             data = encoder.encode(report)
         self.counters["succeeded" if error is None else "failed"] += 1
         # through the actor's publisher: the same stream ack, for less CPU than js.publish
-        (ack,) = await self.publish_all(
-            [(RESULTS_SUBJECT, data, {MSG_ID: f"{order.task_id}:{order.attempt}:result"})]
-        )
+        msg_id = guard_id(order.token, f"{order.task_id}:{order.attempt}:result")
+        (ack,) = await self.publish_all([(result_subject(order.route), data, {MSG_ID: msg_id})])
         if ack.duplicate:
             # another worker already reported this attempt (our claim had lapsed): fenced off
             self.counters["fenced"] += 1
@@ -347,7 +352,9 @@ class Worker(Actor):
             version=self.version or order.version,
             data=ExecuteStarted(claimed_at=iso(delivery.claimed_at), delivery=delivery.delivered),
         )
-        task = asyncio.ensure_future(self.events.append(event))
+        task = asyncio.ensure_future(
+            self.events.append(event, msg_id=guard_id(order.token, event.event_id))
+        )
         self._announcing.add(task)
         task.add_done_callback(self._announced)
 

@@ -86,6 +86,12 @@ async def run_bench(options: Options, progress: Progress) -> dict[str, Any]:
                 from cogo.bench import flow as flowbench
 
                 flow = await flowbench.measure(bench, options.flow_tasks, options.flow_repeats)
+            if options.seal_tasks > 0:
+                from cogo.bench import seal as sealbench
+
+                extra["seal"] = await sealbench.measure(
+                    bench, options.seal_tasks, options.seal_repeats
+                )
             ingest = await projector_ingest(bench) if options.projector_runs > 0 else []
         finally:
             await bench.stop()
@@ -152,6 +158,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         client_step_runs=args.client_step_runs,
         client_steps=args.client_steps,
         kill_repeats=args.kill_repeats,
+        seal_tasks=args.seal_tasks,
+        seal_repeats=args.seal_repeats,
         scale_workers=[] if args.no_scale_out else args.scale_workers or DEFAULT_SCALE_WORKERS,
         scale_tasks=args.scale_tasks,
         scale_sleep_ms=args.scale_sleep_ms,
@@ -262,6 +270,11 @@ def register(subparsers: Any, common: Callable[[argparse.ArgumentParser], None])
                    help="kill -> done: SIGKILL the echo worker mid-task N times (3; 0 skips)")  # fmt: skip
     p.add_argument("--flow-repeats", type=int, default=3,
                    help="rounds per mode for --flow-tasks; the median is reported (3)")  # fmt: skip
+    p.add_argument("--seal-tasks", type=int, default=0, metavar="N",
+                   help="also time N tasks with dispatchers without and with the --auth seal "
+                        "key (opt-in; 0 = off)")  # fmt: skip
+    p.add_argument("--seal-repeats", type=int, default=3,
+                   help="rounds per mode for --seal-tasks; the median is reported (3)")  # fmt: skip
     p.add_argument(
         "--scale-workers",
         type=int,

@@ -110,6 +110,14 @@ def _optional_rows(table: Any, result: dict[str, Any]) -> None:
             f"total {row['total_cpu_us_per_task']:,.0f} µs/task, {row['tasks_per_s']:,.0f} tasks/s",
         )
     _client_rows(table, result.get("client") or {})
+    seal = result.get("seal") or {}
+    for mode in ("off", "on") if seal else ():
+        row = seal[mode]
+        table.add_row(
+            f"--auth seal checks {mode} ({seal['tasks']:,} tasks), median",
+            f"dispatcher {row['dispatcher_cpu_us_per_task']:,.0f} µs/task, "
+            f"total {row['total_cpu_us_per_task']:,.0f} µs/task, {row['tasks_per_s']:,.0f} tasks/s",
+        )
     flow = result.get("workflow_steps")
     if flow:
         gap = flow["step_gap_ms"]

@@ -89,6 +89,9 @@ class Options:
     client_steps: int = 20
     # ... an echo worker SIGKILLed mid-task, this many times (0: skipped)
     kill_repeats: int = 3
+    # dispatcher cost without and with the seal key of --auth (cogo.bench.seal; 0: skipped)
+    seal_tasks: int = 0
+    seal_repeats: int = 3
     # dashboard / latency API / /metrics at this many synthetic events (0: skipped)
     history: list[int] = field(default_factory=list)
     history_requests: int = 7

@@ -18,11 +18,19 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from cogo.cli.common import bus, common_args, nats_credentials, resolve_nats_url, resolve_paths
 from cogo.cli.tasks import cmd_policy, cmd_routes, cmd_status, cmd_submit
-from cogo.config import NATS_PASSWORD_ENV, NATS_USER_ENV, load_config, resolve_data_dir
+from cogo.config import (
+    NATS_PASSWORD_ENV,
+    NATS_USER_ENV,
+    SEAL_KEY_ENV,
+    env,
+    load_config,
+    resolve_data_dir,
+)
 from cogo.errors import CogoError
 
 
@@ -161,7 +169,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from cogo.actors.loader import add_app_dir, resolve
     from cogo.actors.runner import check_can_run, run_agent_main, run_processes
-    from cogo.streams.auth import user_of
+    from cogo.streams.auth import SEAL_HOLDERS, stored_seal_key, user_of
 
     app_dir = add_app_dir(args.app_dir)
     loaded = resolve(args.target)
@@ -187,6 +195,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             creds["user"],
             creds["password"],
         )
+        # a dispatcher beside `cogo up --auth` seals with the same key (cogo.streams.seal)
+        key = stored_seal_key(Path(args.data_dir)) if creds["user"] in SEAL_HOLDERS else None
+        if key and not env(SEAL_KEY_ENV):
+            os.environ[SEAL_KEY_ENV] = key
     return run_agent_main(
         specs[0], url, config, concurrency=args.concurrency, version=args.version,
         data_dir=args.data_dir,

@@ -19,6 +19,7 @@ from cogo.http.endpoint import field_error
 from cogo.http.endpoint import validate as _validate
 from cogo.http.jsonbody import MAX_DEPTH, parse_json
 from cogo.streams.policies import PolicyStore
+from cogo.streams.seal import Sealer
 
 if TYPE_CHECKING:
     from cogo.http.tasks import Accepted
@@ -53,6 +54,8 @@ class AppState:
     # the components `cogo up` runs in the same process (None: not in this process)
     projector: Projector | None = None
     rollouts: RolloutController | None = None
+    # under --auth: vouches for HTTP submitters, verifies outputs (cogo.streams.seal)
+    sealer: Sealer | None = None
     # made on first use by the task routes
     accepted: Accepted | None = None
     capacity: Capacity | None = None

@@ -109,6 +109,7 @@ async def _events(state: AppState, task_id: str, after: int) -> AsyncIterator[by
                 after_seq=after,
                 ticks=True,
                 pull_batch=PULL_BATCH,
+                verifier=state.sealer.outputs if state.sealer is not None else None,
             ):
                 failing_since = None
                 if output is None:

@@ -27,7 +27,17 @@ from cogo.http.endpoint import Success, endpoint
 from cogo.http.schemas import ROUTE_ENUM, Body, TaskAccepted, TaskPath, payload_schema
 from cogo.http.state import AppState, ValidationFailed, field_error, require_route, state_of
 from cogo.streams.capacity import Capacity
-from cogo.streams.envelope import EXECUTE_SUBJECT, MSG_ID, decode_assignment, encoder, new_id
+from cogo.streams.envelope import (
+    EXECUTE_SUBJECT,
+    MSG_ID,
+    PRINCIPAL_HEADER,
+    PRINCIPAL_MAC_HEADER,
+    decode_assignment,
+    encoder,
+    new_id,
+)
+
+HTTP_PRINCIPAL = "http"  # who a task submitted with the API token is, to bypass grants
 
 
 class TaskRequest(Body):
@@ -70,11 +80,16 @@ async def submit_task(request: Request, body: TaskRequest) -> JSONResponse:
     message = {"task_id": task_id, "route": body.route, "payload": body.payload}
     if body.correlation_id:
         message["correlation_id"] = body.correlation_id
+    # the submitter, as the dispatcher's bypass grants know it (``[policy]
+    # bypass_principals``): whoever holds the API token; signed under --auth
+    headers = {MSG_ID: task_id, PRINCIPAL_HEADER: HTTP_PRINCIPAL}
+    if state.sealer is not None:
+        headers[PRINCIPAL_MAC_HEADER] = state.sealer.principal_mac(HTTP_PRINCIPAL, task_id)
     try:
         ack = await state.js.publish(
             EXECUTE_SUBJECT, encoder.encode(message), timeout=5,
             headers=tracing.submitted(
-                {MSG_ID: task_id}, task_id=task_id, route=body.route, name="POST /api/tasks",
+                headers, task_id=task_id, route=body.route, name="POST /api/tasks",
                 parent=request.headers.get(tracing.TRACEPARENT),
             ),
         )  # fmt: skip

@@ -76,8 +76,9 @@ def position(reply: str | bytes) -> Position:
 class Deliveries:
     """Messages as the parser handed them over, column by column.
 
-    Subjects and headers are kept only by feeds that need them (``keep_meta``; the DLQ):
-    EVENTS rows come from the body and the reply subject alone.
+    Headers are kept only by feeds that need them (``keep_meta``; the DLQ); subjects always
+    (a list append): an EVENTS row's type and route are checked against its subject, which
+    the server's permissions enforce while the body says what its publisher likes.
     """
 
     replies: list[bytes] = field(default_factory=list)
@@ -327,7 +328,7 @@ class StreamFeed:
         if self._sub is None:
             raise FeedDesync(f"{self.stream}/{self.consumer}: feed is not reset")
         meta = self.keep_meta
-        self._buffer = Deliveries(subjects=[] if meta else None, headers=[] if meta else None)
+        self._buffer = Deliveries(subjects=[], headers=[] if meta else None)
         self._wanted = batch
         self._status = None
         self._done.clear()

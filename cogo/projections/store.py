@@ -72,15 +72,30 @@ _EVENT_SHAPE = (
 )
 
 # $1: sequences, $2: bodies joined by newlines (one string crosses into DuckDB instead of
-# thousands of Python objects; compact JSON never holds a raw newline), $3: checkpoint.
+# thousands of Python objects; compact JSON never holds a raw newline), $3: subjects joined
+# likewise ('' where unknown), $4: checkpoint.
+# A row's type and route are its subject's (``events.<type>.<route>``) whenever the body
+# claims others: permissions bind who may publish on which subject, not what a body says,
+# so an app's worker cannot append, say, an execute_done of another route's task.
 # Rows at or below the checkpoint are skipped: a redelivered batch applies nothing twice.
 # {ok} says whether a body is a JSON object: the checked form validates every body first;
 # the fast form (one JSON parse less) fails on the whole batch if a body is not JSON, and
 # the batch is then written again with the checked form. Both write the same rows.
+# a subject without a route part (``events.<type>``) is open to trusted users only: there the
+# body's word stands, as it does when the subject is unknown
+_TYPE = (
+    "CASE WHEN subject = '' OR j.type IS NULL OR split_part(subject, '.', 3) = '' THEN j.type"
+    " ELSE subject_type END"
+)
+_ROUTE = (
+    "CASE WHEN subject = '' OR j.route IS NULL"
+    " OR subject = concat('events.', subject_type, '.', j.route) THEN j.route"
+    " ELSE nullif(substr(subject, length(subject_type) + 9), '') END"
+)
 _INSERT_EVENTS_TEMPLATE = f"""
 INSERT INTO bus_events
-SELECT seq, j.event_id, j.type, TRY_CAST(j."at" AS TIMESTAMP), j.task_id, j.correlation_id,
-       j.causation_id, j.route, j.actor, j.attempt, j.queue_wait_ms, j.duration_ms,
+SELECT seq, j.event_id, {_TYPE}, TRY_CAST(j."at" AS TIMESTAMP), j.task_id, j.correlation_id,
+       j.causation_id, {_ROUTE}, j.actor, j.attempt, j.queue_wait_ms, j.duration_ms,
        j.backoff_ms, TRY_CAST(j.next_attempt_at AS TIMESTAMP), j.error_code, j.error,
        j.version, j.cohort,
        -- Usage omits zero fields on the wire: present usage means zero, absent means NULL
@@ -91,13 +106,15 @@ SELECT seq, j.event_id, j.type, TRY_CAST(j."at" AS TIMESTAMP), j.task_id, j.corr
        TRY_CAST(j.data.deadline AS TIMESTAMP),
        CASE WHEN ok THEN body::JSON ELSE to_json(body) END
 FROM (
-    SELECT seq, body, ok, CASE WHEN ok THEN from_json(body, '{_EVENT_SHAPE}') END AS j
+    SELECT seq, body, ok, subject, split_part(subject, '.', 2) AS subject_type,
+           CASE WHEN ok THEN from_json(body, '{_EVENT_SHAPE}') END AS j
     FROM (
-        SELECT seq, body, {{ok}} AS ok
-        FROM (SELECT unnest($1::BIGINT[]) AS seq, unnest(string_split($2, chr(10))) AS body)
+        SELECT seq, body, subject, {{ok}} AS ok
+        FROM (SELECT unnest($1::BIGINT[]) AS seq, unnest(string_split($2, chr(10))) AS body,
+                     unnest(string_split($3, chr(10))) AS subject)
     )
 )
-WHERE seq > $3
+WHERE seq > $4
 """
 _IS_OBJECT = "starts_with(ltrim(body), '{')"
 _INSERT_EVENTS = _INSERT_EVENTS_TEMPLATE.replace("{ok}", f"json_valid(body) AND {_IS_OBJECT}")
@@ -123,10 +140,11 @@ WHERE seq > $11
 
 @dataclass(frozen=True)
 class EventBatch:
-    """Consecutive EVENTS messages: their stream sequences and bodies."""
+    """Consecutive EVENTS messages: their stream sequences, bodies and (when known) subjects."""
 
     seqs: list[int]
     bodies: list[bytes]
+    subjects: list[bytes] | None = None
 
 
 @dataclass(frozen=True)
@@ -300,13 +318,16 @@ class ProjectionStore:
     def apply_sync(self, stream: str, fetched: Fetched) -> int:
         """Write one fetched batch of ``stream`` (EVENTS or DLQ) with its checkpoint."""
         if stream == EVENTS_STREAM:
-            return self.apply_events_sync(EventBatch(fetched.seqs, fetched.bodies))
+            subjects = fetched.deliveries.subjects
+            return self.apply_events_sync(EventBatch(fetched.seqs, fetched.bodies, subjects))
         return self.apply_dead_letters_sync(dead_letter_batch(fetched))
 
     def apply_events_sync(self, batch: EventBatch) -> int:
         """Write a batch and its checkpoint in one transaction; the number of rows written."""
         text = join_bodies(batch.bodies)
-        params = [batch.seqs, text]
+        # subjects hold no newline; unknown ones are empty (the body is then believed)
+        subjects = batch.subjects or [b""] * len(batch.bodies)
+        params = [batch.seqs, text, b"\n".join(subjects).decode()]
         last = batch.seqs[-1]
 
         def derive(con: duckdb.DuckDBPyConnection, checkpoint: int) -> None:

@@ -7,6 +7,13 @@
     retrying    execute_retry: the attempt failed, the next waits for its backoff
     succeeded   execute_done          failed   execute_failed
 
+Only the dispatcher may append the ``execute_*`` facts it owns (and a row's type and route
+are those of its subject, which permissions bind: ``cogo.projections.store``);
+``execute_started`` comes from workers, so it counts only for the route and the attempts
+the dispatcher's own events gave the task (under ``--auth`` an app may append it for its
+own routes only, and a task id is no secret): another route's worker cannot make a task
+look running, nor raise its attempt.
+
 The same answer is served over NATS (``cogo.tasks.status``, request/reply) by whichever
 process runs the projector, so ``cogo.Client.status`` needs no HTTP.
 """
@@ -24,6 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = ["STATUS_SUBJECT", "TaskStatus", "fold", "task_status"]
 TERMINAL = {"execute_done": "succeeded", "execute_failed": "failed"}
+WORKER_TYPES = {"execute_started"}  # appended by workers, not by the dispatcher
 MAX_EVENTS = 1000
 
 
@@ -138,6 +146,10 @@ def fold(task_id: str, rows: list[dict[str, Any]]) -> TaskStatus:
     terminal = False
     for row in rows:
         kind = row["type"]
+        if kind in WORKER_TYPES and (
+            route is None or row["route"] != route or (row["attempt"] or 0) > attempt
+        ):
+            continue  # not from a worker of this task's route and attempts: no fact of it
         route = route or row["route"]
         submitted = submitted or row["submitted_iso"]
         attempt = max(attempt, row["attempt"] or 0)
@@ -150,7 +162,7 @@ def fold(task_id: str, rows: list[dict[str, Any]]) -> TaskStatus:
                 "cohort": row["cohort"],
             }.items() if v is not None}
         )  # fmt: skip
-        if row["tokens"] is not None or row["cost_usd"] is not None:
+        if kind not in WORKER_TYPES and (row["tokens"] is not None or row["cost_usd"] is not None):
             usage = {
                 "tokens": row["tokens"] or 0,
                 "cost_usd": row["cost_usd"] or 0.0,

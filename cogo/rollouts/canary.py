@@ -21,12 +21,14 @@ from typing import Any
 import msgspec
 
 from cogo.config import Config, RoutePolicy
+from cogo.errors import BypassDenied
 from cogo.rollouts.split import RouteSplit, SplitWatch
 from cogo.streams.catalogue import POLICY_BYPASSED
 from cogo.streams.envelope import ASSIGNMENT_KEY, COHORT_KEY, WorkOrder, decode_assignment
 from cogo.streams.events import EventLog, make_event
 from cogo.streams.registry import declare_version
 from cogo.streams.routes import check_version, versioned_route
+from cogo.streams.seal import Sealer, guard_id
 
 BASELINE, CANARY = "baseline", "canary"
 
@@ -74,11 +76,24 @@ def bypassed_checks(order: WorkOrder, policy: RoutePolicy) -> list[str]:
     return sorted(name for name in requested if over.get(name))
 
 
-class CanaryRouter:
-    """The dispatcher's view of rollouts: splits tasks, audits policy bypasses."""
+def bypass_grant(order: WorkOrder, principal: str | None, config: Config) -> str | None:
+    """What grants ``order`` its bypass: ``"canary"`` (a task of the route's canary cohort,
+    what the rollout seed asks bypass for), ``"principal"`` (a submitter named in
+    ``[policy] bypass_principals``), or None: refused."""
+    if principal is not None and principal in config.policy.bypass_principals:
+        return "principal"
+    if config.policy.bypass_for_canary and order.cohort == CANARY:
+        return "canary"
+    return None
 
-    def __init__(self, js: Any, config: Config) -> None:
+
+class CanaryRouter:
+    """The dispatcher's view of rollouts: splits tasks, grants and audits policy bypasses."""
+
+    def __init__(self, js: Any, config: Config, sealer: Sealer | None = None) -> None:
         self.js = js
+        self.config = config
+        self.sealer = sealer
         self.splits = SplitWatch(js, config.bus.replicas)
         self.events = EventLog(js)
 
@@ -88,15 +103,30 @@ class CanaryRouter:
     async def stop(self) -> None:
         await self.splits.stop()
 
-    async def route(self, order: WorkOrder, policy: RoutePolicy, *, actor: str) -> WorkOrder:
-        """Assign the order's version and cohort; record a ``policy_bypassed`` if one was used."""
+    async def route(
+        self, order: WorkOrder, policy: RoutePolicy, *, actor: str, principal: str | None = None
+    ) -> WorkOrder:
+        """Assign the order's version and cohort; a bypass it uses needs a grant (else
+        ``BypassDenied``) and is recorded as ``policy_bypassed``."""
         order = choose(order, self.splits.splits.get(order.route))
         bypassed = bypassed_checks(order, policy)
         if bypassed:
+            granted_by = bypass_grant(order, principal, self.config)
+            if granted_by is None:
+                who = f"submitter {principal!r}" if principal else "an anonymous submitter"
+                raise BypassDenied(
+                    f"__assignment.bypass of {', '.join(bypassed)} needs a grant: the route's "
+                    f"canary cohort, or a submitter named in [policy] bypass_principals "
+                    f"(this is {who})",
+                    detail={"bypass": bypassed, "principal": principal},
+                )
+            order = msgspec.structs.replace(order, bypass=tuple(bypassed))
+            event_id = f"{order.task_id}:bypass"
+            token = self.sealer.token(order.task_id) if self.sealer else None
             await self.events.append(
                 make_event(
                     POLICY_BYPASSED,
-                    event_id=f"{order.task_id}:bypass",
+                    event_id=event_id,
                     task_id=order.task_id,
                     correlation_id=order.correlation_id,
                     route=order.route,
@@ -107,8 +137,11 @@ class CanaryRouter:
                         "bypassed": bypassed,
                         "assignment": msgspec.to_builtins(order.assignment),
                         "ceilings": msgspec.to_builtins(policy.ceilings),
+                        "granted_by": granted_by,
+                        "principal": principal if granted_by == "principal" else None,
                     },
-                )
+                ),
+                msg_id=guard_id(token, event_id),
             )
         return order
 

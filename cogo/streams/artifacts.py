@@ -20,10 +20,12 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
 from nats.js.object_store import ObjectStore
 
+from cogo.config import NATS_USER_ENV, env
 from cogo.errors import ArtifactKeyInvalid, ArtifactNotFound
 from cogo.streams.catalogue import ARTIFACT_STORED, ArtifactRef
 from cogo.streams.envelope import WorkOrder
 from cogo.streams.events import EventLog, order_event
+from cogo.streams.seal import guard_id
 from cogo.streams.topology import ARTIFACT_BUCKET
 
 MAX_KEY_CHARS = 1024
@@ -44,6 +46,19 @@ def artifact_key(task_id: str, path: str) -> str:
     return key
 
 
+class _NoPurge:
+    """A JetStream context whose ``purge_stream`` does nothing (see ``ArtifactStore.bucket``)."""
+
+    def __init__(self, js: JetStreamContext) -> None:
+        self._js = js
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._js, name)
+
+    async def purge_stream(self, *_: object, **__: object) -> bool:
+        return True
+
+
 class ArtifactStore:
     """Reads and writes artifacts; ``data_dir`` (optional) receives the local mirror."""
 
@@ -58,6 +73,11 @@ class ArtifactStore:
     async def bucket(self) -> ObjectStore:
         if self._bucket is None:
             self._bucket = await self._js.object_store(ARTIFACT_BUCKET)
+            if env(NATS_USER_ENV) not in (None, "admin"):
+                # under --auth no worker may purge the bucket (it would wipe every app's
+                # artifacts): replacing an object then leaves its old chunks to the stream's
+                # limits instead of purging them
+                self._bucket._js = _NoPurge(self._js)  # type: ignore[assignment]
         return self._bucket
 
     async def put(
@@ -77,7 +97,8 @@ class ArtifactStore:
                 event_id=f"{order.task_id}:artifact:{order.attempt}:{path}",
                 actor=actor,
                 data=msgspec.to_builtins(ref),
-            )
+            ),
+            msg_id=guard_id(order.token, f"{order.task_id}:artifact:{order.attempt}:{path}"),
         )
         return ref
 

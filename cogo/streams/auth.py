@@ -2,7 +2,12 @@
 
 Each worker user may only pull from and ack its own consumers (its routes', and the
 versioned consumers ``cogo up`` granted it), publish what it produces (results, its events),
-use the buckets it needs, ask ``cogo up`` for a version's consumer
+and an app's user only for its own routes: ``results.<route>``, ``events.<type>.<route>``
+(the step journal included) for each route it owns, so no app can speak for another's
+tasks; what permissions cannot see (message ids, what a message says) is covered by the
+dispatcher's seal (``cogo.streams.seal``). Nobody but ``admin`` may purge the artifacts
+bucket, and only the dispatcher publishes retries (``orchestrator.retry.0``, ``schedules.>``).
+Workers use the buckets it needs, ask ``cogo up`` for a version's consumer
 (``cogo.control.version.<user>``) and receive replies on its private inbox prefix
 ``_INBOX_<user>``. A team's app gets one user, ``app-<name>``, for all its agents. The
 ``client`` user may only submit to ``orchestrator.execute.*``, read events, look routes up
@@ -33,9 +38,17 @@ from typing import Any
 from cogo.config import NATS_PASSWORD_ENV, NATS_USER_ENV, env, nats_password_env
 from cogo.errors import VersionGrantRefused
 from cogo.secretfile import write_private_json
-from cogo.streams.envelope import EXECUTE_SUBJECT, RESULT_SUBJECT, RESULTS_SUBJECT
+from cogo.streams.envelope import (
+    EXECUTE_SUBJECT,
+    RESULT_SUBJECT,
+    RESULTS_SUBJECT,
+    RETRY_SUBJECT,
+    result_subject,
+)
 from cogo.streams.outputs import OUTPUTS
 from cogo.streams.routes import RouteDecl, durable_name
+from cogo.streams.schedule import SCHEDULE_SUBJECTS
+from cogo.streams.seal import SEAL_KEY_ENV
 from cogo.streams.topology import (
     ARTIFACT_BUCKET,
     CONTROL_VERSION,
@@ -67,6 +80,9 @@ ARTIFACT_WRITERS = {"codegen", "build_test"}  # built-in kinds that store artifa
 # version grants: each one is a consumer and a reload of the server's configuration
 MAX_VERSIONS_PER_ROUTE = 8
 GRANT_BURST, GRANT_WINDOW_S = 4, 60.0  # new grants per user in any such window
+SEAL_ENTRY = "@seal"  # the seal key's entry in credentials.json (no user has this name)
+# who gets the seal key under --auth: the dispatchers (and cogo up's own HTTP facade)
+SEAL_HOLDERS = {"dispatcher"}
 
 
 def inbox_prefix(user: str) -> str:
@@ -182,8 +198,8 @@ def _objects(bucket: str, write: bool) -> list[str]:
                 f"{API}.CONSUMER.CREATE.{stream}", f"{API}.CONSUMER.CREATE.{stream}.>",
                 f"{API}.CONSUMER.DELETE.{stream}.>", f"$JS.FC.{stream}.>",
                 f"{API}.CONSUMER.INFO.{stream}.>"]  # fmt: skip
-    if write:
-        subjects += [f"$O.{bucket}.C.>", f"$O.{bucket}.M.>", f"{API}.STREAM.PURGE.{stream}"]
+    if write:  # no STREAM.PURGE: a purge's filter is in its body, so it could wipe them all
+        subjects += [f"$O.{bucket}.C.>", f"$O.{bucket}.M.>"]
     return subjects
 
 
@@ -223,6 +239,12 @@ def _events(*types: str) -> list[str]:
     return [s for t in types for s in (f"events.{t}", f"events.{t}.>")]
 
 
+def _route_events(routes: Sequence[str], *types: str) -> list[str]:
+    """Events of ``types`` about ``routes`` only: ``events.<type>.<route>[.>]``."""
+    return [s for t in types for r in routes
+            for s in (f"events.{t}.{r}", f"events.{t}.{r}.>")]  # fmt: skip
+
+
 def permissions(user: str, plan: AuthPlan) -> dict[str, Any] | None:
     """The NATS permissions of ``user``; None means unrestricted (admin)."""
     if user == "admin":
@@ -240,8 +262,9 @@ def permissions(user: str, plan: AuthPlan) -> dict[str, Any] | None:
             *_consume(TASKS, durable_name(EXECUTE_SUBJECT)),
             *_consume(RESULTS, durable_name(RESULTS_SUBJECT)),
             *_consume(TASKS, durable_name(RESULT_SUBJECT)),  # reports of older workers
+            *_consume(TASKS, durable_name(RETRY_SUBJECT)),
             *routes, *[f"{r}.*" for r in routes],  # baseline and versioned (canary) routes
-            EXECUTE_SUBJECT,  # retries
+            RETRY_SUBJECT, SCHEDULE_SUBJECTS,  # retries: due now, or as a message schedule
             *_events("execute_enqueued", "execute_retry", "execute_failed", "execute_done",
                      "execute_throttled", "policy_bypassed"),
             "dlq.>", f"{API}.STREAM.MSG.GET.{TASKS}", f"{API}.STREAM.MSG.DELETE.{TASKS}",
@@ -282,10 +305,18 @@ def permissions(user: str, plan: AuthPlan) -> dict[str, Any] | None:
         sub += [STATUS_SUBJECT]
         extra["allow_responses"] = True  # answer status requests on the requester's inbox
     elif user in plan.workers:
+        own = plan.workers[user]
+        # an app speaks for its own routes only; Cogo's built-in kinds (indexer events name
+        # no route) keep the event types they append
+        events = (
+            _route_events(own, *WORKER_EVENTS)
+            if user.startswith("app-")
+            else _events(*WORKER_EVENTS)
+        )
         # no STREAM.INFO.TASKS nor STREAM.NAMES: nothing a worker runs needs them
-        pub = [RESULTS_SUBJECT, *_events(*WORKER_EVENTS), f"{CONTROL_VERSION}.{user}",
-               "outputs.>",  # ctx.emit
-               *_read_journal(plan.workers[user])]  # fmt: skip
+        pub = [*[result_subject(r) for r in own], *events, f"{CONTROL_VERSION}.{user}",
+               "outputs.>",  # ctx.emit: readers show only chunks with the task's MAC (seal.py)
+               *_read_journal(own)]  # fmt: skip
         for route in [*plan.workers[user], *plan.versions.get(user, [])]:
             pub += _consume(TASKS, durable_name(route))
         if user in ARTIFACT_WRITERS or user.startswith("app-"):
@@ -314,6 +345,30 @@ def credentials(data_dir: Path, users: Sequence[str]) -> dict[str, str]:
     if changed or not path.exists():
         write_private_json(path, stored)
     return stored
+
+
+def seal_key(data_dir: Path) -> str:
+    """The dispatcher's seal key (``cogo.streams.seal``): ``COGO_SEAL_KEY``, else generated
+    once into ``credentials.json`` (0600) beside the passwords."""
+    given = env(SEAL_KEY_ENV)
+    if given:
+        return given
+    path = data_dir / "credentials.json"
+    stored: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    if SEAL_ENTRY not in stored:
+        stored[SEAL_ENTRY] = secrets.token_urlsafe(32)
+        write_private_json(path, stored)
+    return stored[SEAL_ENTRY]
+
+
+def stored_seal_key(data_dir: Path) -> str | None:
+    """The seal key ``cogo up --auth`` generated into ``credentials.json``, if any."""
+    try:
+        stored = json.loads((data_dir / "credentials.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    key = stored.get(SEAL_ENTRY) if isinstance(stored, dict) else None
+    return key if isinstance(key, str) else None
 
 
 def load_grants(data_dir: Path) -> dict[str, list[str]]:

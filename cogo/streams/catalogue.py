@@ -234,11 +234,15 @@ class RouteForgotten(EventData, frozen=True, kw_only=True, omit_defaults=True):
 
 
 class PolicyBypassed(EventData, frozen=True, kw_only=True, omit_defaults=True):
-    """A task ran with some policy checks bypassed (a rollout's canary)."""
+    """A task ran with some policy checks bypassed: the audit of an honoured grant."""
 
     bypassed: list[str]
     assignment: ResolvedAssignment
     ceilings: dict[str, Any]
+    # what granted it: "canary" (the route's canary cohort) or "principal" (a submitter named
+    # in [policy] bypass_principals, then ``principal`` names it)
+    granted_by: str | None = None
+    principal: str | None = None
 
 
 class RolloutData(EventData, frozen=True, kw_only=True, omit_defaults=True):

@@ -28,10 +28,20 @@ EXECUTE_SUBJECT = "orchestrator.execute.0"
 RESULTS_SUBJECT = "orchestrator.results.0"
 # where workers of versions before RESULTS reported, on TASKS: still consumed (upgrades)
 RESULT_SUBJECT = "orchestrator.result.0"
+# workers report on their route's own subject of RESULTS, which only that route's app may
+# publish to (cogo.streams.auth); the dispatcher counts a result only from its order's route
+RESULTS_PREFIX = "results"
+# the dispatcher's retries, due when their backoff is over (cogo.streams.schedule): only
+# dispatchers may publish here; the public submit subject carries submissions only
+RETRY_SUBJECT = "orchestrator.retry.0"
 
 # headers
 MSG_ID = "Nats-Msg-Id"
 KIND_HEADER = "Cogo-Kind"  # "retry" on dispatcher-made retries of a task
+# who submitted a task, as an authenticated front end (the HTTP facade) vouches for it: the
+# name and its MAC under the dispatcher's key (cogo.streams.seal), bound to the task id
+PRINCIPAL_HEADER = "Cogo-Principal"
+PRINCIPAL_MAC_HEADER = "Cogo-Principal-Mac"
 
 
 # the ranges decode_assignment enforces, and the JSON schema /openapi.json publishes
@@ -134,6 +144,13 @@ class WorkOrder(msgspec.Struct, frozen=True):
     # the submitter's W3C traceparent (cogo.tracing): the task span's parent, kept here
     # because retries and flow-control holds re-publish the order without its headers
     traceparent: str | None = None
+    # under --auth (cogo.streams.seal): the task's token (guards its message ids), the key of
+    # its output's MACs, and the dispatcher's seal over everything else in the order
+    token: str | None = None
+    out_token: str | None = None
+    # the ceiling checks a granted __assignment.bypass lifted (re-checked on every retry)
+    bypass: tuple[str, ...] = ()
+    seal: str | None = None
 
 
 class WorkResult(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -154,6 +171,17 @@ class WorkResult(msgspec.Struct, frozen=True, omit_defaults=True):
     version: str | None = None
     detail: Any = None  # the error's structured detail (e.g. the payload field that failed)
     emitted: bool = False  # this attempt wrote to the task's output (ctx.emit)
+
+
+def result_subject(route: str) -> str:
+    """Where a worker of ``route`` reports: ``results.<route>``."""
+    return f"{RESULTS_PREFIX}.{route}"
+
+
+def route_of_result(subject: str) -> str | None:
+    """The route a result's subject speaks for (None: the shared subjects of old workers)."""
+    prefix = RESULTS_PREFIX + "."
+    return subject[len(prefix) :] if subject.startswith(prefix) else None
 
 
 encoder = msgspec.json.Encoder()

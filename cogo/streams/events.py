@@ -21,6 +21,7 @@ from cogo import tracing
 from cogo.streams.catalogue import REQUIRED, checked_data
 from cogo.streams.envelope import MSG_ID, Usage, new_id
 from cogo.streams.publisher import Publisher
+from cogo.streams.seal import guard_id
 
 
 class Event(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -120,9 +121,11 @@ def event_subject(event: Event) -> str:
     return f"events.{event.type}.{event.route}" if event.route else f"events.{event.type}"
 
 
-def event_message(event: Event) -> tuple[str, bytes, dict[str, str]]:
-    """``(subject, data, headers)`` of an event, for publishing it with other messages."""
-    return event_subject(event), _encoder.encode(event), {MSG_ID: event.event_id}
+def event_message(event: Event, token: str | None = None) -> tuple[str, bytes, dict[str, str]]:
+    """``(subject, data, headers)`` of an event, for publishing it with other messages; with
+    the task's ``token``, its de-duplication id is guarded (``cogo.streams.seal``)."""
+    msg_id = guard_id(token, event.event_id) if token else event.event_id
+    return event_subject(event), _encoder.encode(event), {MSG_ID: msg_id}
 
 
 def encode_event(event: Event) -> bytes:
@@ -140,16 +143,19 @@ class EventLog:
         self._js = js
         self._publisher = publisher  # an actor's: cheaper per event than js.publish
 
-    async def append(self, event: Event, *, timeout: float = 10.0) -> bool:
-        """Append one event and wait for the stream's ack; False if it was a duplicate."""
+    async def append(
+        self, event: Event, *, timeout: float = 10.0, msg_id: str | None = None
+    ) -> bool:
+        """Append one event and wait for the stream's ack; False if it was a duplicate.
+        ``msg_id``: the de-duplication id, when not the event id (a guarded one,
+        ``cogo.streams.seal``)."""
+        headers = {MSG_ID: msg_id or event.event_id}
         if self._publisher is not None:
-            (ack,) = await self._publisher.publish_all([event_message(event)], timeout)
+            subject, data, _ = event_message(event)
+            (ack,) = await self._publisher.publish_all([(subject, data, headers)], timeout)
             return not ack.duplicate
         pub = await self._js.publish(
-            event_subject(event),
-            encode_event(event),
-            timeout=timeout,
-            headers={MSG_ID: event.event_id},
+            event_subject(event), encode_event(event), timeout=timeout, headers=headers
         )
         return not pub.duplicate
 

@@ -13,7 +13,14 @@ the terminal event, for every task that may have emitted, failed ones included:
 - the marker's ``Nats-Msg-Id`` is ``<task_id>:end``, so a redelivered result adds none.
 
 Readers (``GET /api/tasks/{id}/stream``, ``TaskHandle.stream()``, ``cogo submit --follow``)
-replay from the first chunk with an ordered consumer and stop after the end marker. A task
+replay from the first chunk with an ordered consumer and stop after the end marker.
+
+Anyone who may publish on ``outputs.>`` could write to any task's subject (permissions
+cannot tell one task id from another), so under ``--auth`` every message carries a MAC
+(``Cogo-Mac``) under the task's own output token, which only the task's worker (from its
+sealed order) and the dispatcher hold; a reader given the output key (``cogo.streams.seal``)
+skips anything without a valid one: a forged chunk is never shown, a forged end marker
+never closes the stream, and the genuine marker's guarded message id cannot be taken first. A task
 that never emitted has neither chunks nor marker: a reader that sees nothing for a moment
 asks whether the task ended and stops then.
 
@@ -41,6 +48,7 @@ from nats.js.errors import NotFoundError
 from cogo.config import Config
 from cogo.streams.envelope import MSG_ID, WorkOrder
 from cogo.streams.events import iso
+from cogo.streams.seal import OutputVerifier
 
 OUTPUTS = "OUTPUTS"
 PREFIX = "outputs"
@@ -128,6 +136,7 @@ async def read_output(
     after_seq: int = 0,
     ticks: bool = False,
     pull_batch: int = 0,
+    verifier: OutputVerifier | None = None,
 ) -> AsyncIterator[tuple[int, Output | None]]:
     """``(stream sequence, Output)`` of ``task_id`` from its first chunk (or after
     ``after_seq``), up to and including the end marker; with ``ticks``, also ``(0, None)``
@@ -141,6 +150,7 @@ async def read_output(
     ``finished`` is asked at the start and whenever nothing arrived for ``idle_s``: once it
     returns an end marker (the task ended), what the stream holds for the task up to now is
     still read, and that marker closes the reading if the stream has none of its own.
+    With ``verifier``, a message without the task's valid MAC is skipped.
     """
     subject = output_subject(task_id)
     config = api.ConsumerConfig(
@@ -190,10 +200,14 @@ async def read_output(
                 continue
             for msg in msgs:
                 seen = msg.metadata.sequence.stream
+                if verifier is not None and not verifier.valid(task_id, msg.data, msg.headers):
+                    continue  # not written by the task's worker or the dispatcher: never shown
                 try:
                     output = decode_output(msg.data)
                 except msgspec.DecodeError:
                     continue  # not ours: nothing a reader could show
+                if output.task_id != task_id:
+                    continue
                 yield seen, output
                 if output.end:
                     return

@@ -22,7 +22,7 @@ planner both use it).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import msgspec
@@ -321,14 +321,24 @@ def resolve_assignment(requested: Assignment, policy: RoutePolicy) -> ResolvedAs
         key=requested.key,
         priority=requested.priority if requested.priority is not None else DEFAULT_PRIORITY,
     )
+    check_ceilings(resolved, policy, bypass)
+    if c.allowed_models:  # what ctx.llm may call: the ceiling, and a bypassed model
+        allowed = dict.fromkeys([*c.allowed_models, resolved.model])
+        resolved = msgspec.structs.replace(resolved, allowed_models=tuple(allowed))
+    return resolved
+
+
+def check_ceilings(
+    resolved: ResolvedAssignment, policy: RoutePolicy, bypass: Collection[str] = ()
+) -> None:
+    """Raise the ``PolicyViolation`` of the first ceiling ``resolved`` is above (the checks
+    named in ``bypass`` excepted): at submission, and again on every retry."""
+    c = policy.ceilings
     if c.allowed_models and resolved.model not in c.allowed_models and "model" not in bypass:
         raise ModelNotAllowed(
             f"model {resolved.model!r} is not allowed on this route (allowed: "
             f"{', '.join(c.allowed_models)})"
         )
-    if c.allowed_models:  # what ctx.llm may call: the ceiling, and a bypassed model
-        allowed = dict.fromkeys([*c.allowed_models, resolved.model])
-        resolved = msgspec.structs.replace(resolved, allowed_models=tuple(allowed))
     checks: list[tuple[str, float, float, type[CogoError]]] = [
         ("max_tokens", resolved.max_tokens, c.max_tokens, TokensAboveCeiling),
         ("max_cost_usd", resolved.max_cost_usd, c.max_cost_usd, CostAboveCeiling),
@@ -339,4 +349,3 @@ def resolve_assignment(requested: Assignment, policy: RoutePolicy) -> ResolvedAs
     for field, value, ceiling, error in checks:
         if value > ceiling and field not in bypass:
             raise error(f"{field}={value} is above the route ceiling {ceiling}")
-    return resolved

@@ -24,8 +24,15 @@ from nats.js.kv import KeyValue
 
 from cogo.config import Config
 from cogo.streams import outputs
-from cogo.streams.envelope import EXECUTE_SUBJECT, RESULT_SUBJECT, RESULTS_SUBJECT
+from cogo.streams.envelope import (
+    EXECUTE_SUBJECT,
+    RESULT_SUBJECT,
+    RESULTS_PREFIX,
+    RESULTS_SUBJECT,
+    RETRY_SUBJECT,
+)
 from cogo.streams.routes import durable_name, ensure_subjects, route_subjects
+from cogo.streams.schedule import SCHEDULE_SUBJECTS
 
 TASKS = "TASKS"
 RESULTS = "RESULTS"
@@ -42,7 +49,9 @@ LEASE_BUCKET = "orchestrator_leases"
 SCHEDULE_BUCKET = "schedules"
 # flow control: admission leases, the slots running attempts hold, what each admitter sees
 FLOW_BUCKET = "flow"
-DISPATCHER_ROUTES = [EXECUTE_SUBJECT, RESULT_SUBJECT]
+DISPATCHER_ROUTES = [EXECUTE_SUBJECT, RESULT_SUBJECT, RETRY_SUBJECT]
+# RESULTS: the shared subject of workers before per-route results, and one per route
+RESULTS_SUBJECTS = [RESULTS_SUBJECT, f"{RESULTS_PREFIX}.>"]
 # the workflow orchestrator's commands, one subject per partition of runs; not task routes
 ORCHESTRATOR_PARTITIONS = 8
 ORCHESTRATOR_ROUTES = [f"orchestrator.workflow.{p}" for p in range(ORCHESTRATOR_PARTITIONS)]
@@ -75,18 +84,25 @@ def stream_configs(
         api.StreamConfig(
             name=TASKS,
             description="commands for actors (work queue)",
-            subjects=task_subjects or [s for r in FIXED_ROUTES for s in route_subjects(r)],
+            subjects=[
+                *(task_subjects or [s for r in FIXED_ROUTES for s in route_subjects(r)]),
+                SCHEDULE_SUBJECTS,
+            ],  # fmt: skip
             retention=api.RetentionPolicy.WORK_QUEUE,
+            # the dispatcher's held retries wait as schedules, not in a consumer (schedule.py)
+            allow_msg_schedules=True,
             storage=api.StorageType.FILE,
             num_replicas=replicas,
             duplicate_window=window,
-            # refuse new work rather than silently dropping queued work when full
-            discard=api.DiscardPolicy.NEW,
+            # message schedules refuse `discard: new`. TASKS sets no limits, so nothing is
+            # ever discarded; a full store refuses writes, and should an operator set
+            # max_bytes, submissions are refused before it fills (cogo.streams.capacity)
+            discard=api.DiscardPolicy.OLD,
         ),
         api.StreamConfig(
             name=RESULTS,
             description="workers' reports to the dispatcher (trimmed below its ack floor)",
-            subjects=[RESULTS_SUBJECT],
+            subjects=RESULTS_SUBJECTS,
             # limits, not work-queue: an ack writes no removal record (see the docstring)
             retention=api.RetentionPolicy.LIMITS,
             storage=api.StorageType.FILE,
@@ -144,11 +160,13 @@ STREAM_NAME_IN_USE = 10058
 
 
 def consumer_config(route: str, config: Config) -> api.ConsumerConfig:
-    """The durable pull consumer of one route."""
+    """The durable pull consumer of one route (the dispatcher's results: every route's)."""
+    results = route == RESULTS_SUBJECT
     return api.ConsumerConfig(
         durable_name=durable_name(route),
         description=f"cogo route {route}",
-        filter_subject=route,
+        filter_subject=None if results else route,
+        filter_subjects=RESULTS_SUBJECTS if results else None,
         ack_policy=api.AckPolicy.EXPLICIT,
         deliver_policy=api.DeliverPolicy.ALL,
         ack_wait=config.bus.ack_wait_s,
@@ -180,8 +198,11 @@ async def ensure_topology(
                 # a concurrent declarer created it a moment ago: update it like any other
                 info = await js.stream_info(cfg.name)  # type: ignore[arg-type]
         # keep the subjects the stream has: other apps' routes are among them
-        cfg.subjects = info.config.subjects
+        kept = list(info.config.subjects or [])
+        cfg.subjects = kept + [s for s in cfg.subjects or [] if s not in kept and cfg.name != TASKS]
         await js.update_stream(cfg)
+    # held retries (and durable timers) wait as schedules on TASKS
+    await ensure_subjects(js, TASKS, [SCHEDULE_SUBJECTS, *route_subjects(RETRY_SUBJECT)])
     await ensure_consumer(js, RESULTS_SUBJECT, config)
     if routes:
         task_routes = [r for r in routes if stream_of(r) == TASKS]

@@ -27,9 +27,18 @@ USERS = ["admin", "client", "dispatcher", "echo", "codegen", "orchestrator", "pr
 
 # subject -> users allowed to publish to it
 PUBLISH = {
-    "orchestrator.execute.0": {"admin", "client", "dispatcher", "orchestrator"},
-    # workers report on RESULTS; the old subject on TASKS is only drained (upgrades)
-    "orchestrator.results.0": {"admin", "echo", "codegen"},
+    "orchestrator.execute.0": {"admin", "client", "orchestrator"},
+    # workers report on RESULTS, each on its own routes' subjects; the shared subjects are
+    # only drained (upgrades)
+    "orchestrator.results.0": {"admin"},
+    "results.echo.run.0": {"admin", "echo"},
+    "results.codegen.generate.0": {"admin", "codegen"},
+    # retries: the dispatcher's own, due now or as message schedules
+    "orchestrator.retry.0": {"admin", "dispatcher"},
+    "schedules.retry.x.2": {"admin", "dispatcher"},
+    "$JS.API.CONSUMER.MSG.NEXT.TASKS.orchestrator-retry-0": {"admin", "dispatcher"},
+    # a purge's filter is in its body: nobody but admin may purge the artifacts
+    "$JS.API.STREAM.PURGE.OBJ_artifacts": {"admin"},
     "orchestrator.result.0": {"admin"},
     "$JS.API.CONSUMER.MSG.NEXT.RESULTS.orchestrator-results-0": {"admin", "dispatcher"},
     "$JS.API.CONSUMER.MSG.NEXT.TASKS.orchestrator-result-0": {"admin", "dispatcher"},

@@ -13,9 +13,19 @@ backstop.
 never deleting data, so ``cogo up`` twice on one data dir keeps every event. Which routes
 exist is not fixed here: apps declare them (``cogo.streams.routes``), and ``TASKS`` keeps
 the subjects of every route ever declared.
+
+The cluster's shape belongs to the cluster: ``[bus] replicas`` applies only to what a process
+creates. A stream or consumer that exists keeps its replica count, whatever the local
+configuration says (a worker started without ``--config`` once re-declared every stream of a
+3-node cluster at 1 replica, and the loss of one host then lost acknowledged data); the
+process warns, naming both values. A new consumer takes its stream's count, never more
+(JetStream refuses a consumer with more replicas than its stream). Only ``set_replicas``
+(``cogo cluster replicas N``) changes them.
 """
 
 from __future__ import annotations
+
+import logging
 
 from nats.js import api
 from nats.js.client import JetStreamContext
@@ -53,6 +63,10 @@ STATUS_SUBJECT = "cogo.tasks.status"  # a task's status, answered by the project
 CONTROL_VERSION = "cogo.control.version"  # + .<user>: ask `cogo up --auth` for a version
 
 __all__ = ["durable_name"]  # re-exported: callers have always found it here
+
+log = logging.getLogger(__name__)
+# (kind, name, kept, wanted) already warned about by this process: once each, not per declare
+_warned: set[tuple[str, str, int, int]] = set()
 
 
 def stream_of(route: str) -> str:
@@ -181,6 +195,9 @@ async def ensure_topology(
                 info = await js.stream_info(cfg.name)  # type: ignore[arg-type]
         # keep the subjects the stream has: other apps' routes are among them
         cfg.subjects = info.config.subjects
+        # and its replicas: the cluster's shape is not this process's to change
+        cfg.num_replicas = kept_replicas("stream", cfg.name, info.config.num_replicas,
+                                         config.bus.replicas)  # fmt: skip
         await js.update_stream(cfg)
     await ensure_consumer(js, RESULTS_SUBJECT, config)
     if routes:
@@ -223,36 +240,99 @@ async def ensure_kv(
         )  # fmt: skip
 
 
-async def ensure_consumer(js: JetStreamContext, route: str, config: Config) -> None:
-    """Create the route's durable consumer, or update it in place if it exists."""
-    cfg = consumer_config(route, config)
+def kept_replicas(kind: str, name: str, existing: int | None, wanted: int) -> int:
+    """The replicas an existing stream or consumer keeps (its own), warning once if the local
+    configuration wanted another count."""
+    have = int(existing or 1)
+    if have != wanted and (kind, name, have, wanted) not in _warned:
+        _warned.add((kind, name, have, wanted))
+        log.warning(
+            "%s %s has %d replica(s); this process's configuration says %d ([bus] replicas): "
+            "keeping %d (the cluster's shape changes only with `cogo cluster replicas N`)",
+            kind, name, have, wanted, have,
+        )  # fmt: skip
+    return have
+
+
+async def add_consumer_keeping_shape(
+    js: JetStreamContext, stream: str, cfg: api.ConsumerConfig, wanted: int
+) -> api.ConsumerInfo:
+    """Create ``cfg``'s durable consumer on ``stream``, or update it in place, with the replica
+    count the cluster already has: an existing consumer keeps its own, a new one takes its
+    stream's (``wanted``, the local configuration's, only decides the warning)."""
+    name = cfg.durable_name or cfg.name
+    assert name is not None
+    try:
+        info = await js.consumer_info(stream, name)
+        cfg.num_replicas = kept_replicas("consumer", f"{stream}/{name}",
+                                         info.config.num_replicas or None, wanted)  # fmt: skip
+    except NotFoundError:
+        stream_info = await js.stream_info(stream)
+        cfg.num_replicas = int(stream_info.config.num_replicas or 1)
     # add_consumer with an existing durable name updates its mutable fields
-    await js.add_consumer(stream_of(route), cfg)
+    return await js.add_consumer(stream, cfg)
 
 
-async def results_floor(js: JetStreamContext) -> int:
-    """The ack floor of the dispatcher's ``RESULTS`` consumer: every report at or below it was
-    handled (acked, terminated, or given up on after ``max_deliver``, which the server
-    announces first: ``cogo.actors.deadletter``)."""
-    info = await js.consumer_info(RESULTS, durable_name(RESULTS_SUBJECT))
-    return int(info.ack_floor.stream_seq) if info.ack_floor else 0
+async def ensure_consumer(js: JetStreamContext, route: str, config: Config) -> None:
+    """Create the route's durable consumer, or update it in place if it exists (its replicas
+    stay as the cluster has them: ``add_consumer_keeping_shape``)."""
+    cfg = consumer_config(route, config)
+    await add_consumer_keeping_shape(js, stream_of(route), cfg, config.bus.replicas)
 
 
-async def trim_results(js: JetStreamContext, upto: int) -> None:
-    """Purge ``RESULTS`` up to and including ``upto`` (a floor ``results_floor`` gave).
+async def set_replicas(js: JetStreamContext, replicas: int) -> list[str]:
+    """Change every Cogo stream, KV and object bucket, and every durable consumer on them, to
+    ``replicas`` (``cogo cluster replicas N``, the one way to change the cluster's shape).
 
-    One purge whatever the number of results, instead of the removal record per ack that a
-    work-queue stream writes (and, with ``sync_interval: always``, fsyncs) per task."""
-    # purge seq=N removes every message below N
-    await js.purge_stream(RESULTS, seq=upto + 1)
+    Raising: streams first, then their consumers; lowering: consumers first, since JetStream
+    refuses a consumer with more replicas than its stream (except on a work-queue stream, whose
+    consumers must always match it: the stream first). Returns what changed, one line each.
+    """
+    if not 1 <= replicas <= 5:
+        raise ValueError("replicas must be between 1 and 5 (JetStream's limit)")
+    buckets = [POLICY_BUCKET, ROLLOUT_BUCKET, LEASE_BUCKET, SCHEDULE_BUCKET, FLOW_BUCKET,
+               "code_index"]  # fmt: skip
+    ours = {TASKS, RESULTS, EVENTS, DLQ, FLOW, outputs.OUTPUTS, f"OBJ_{ARTIFACT_BUCKET}",
+            *(f"KV_{b}" for b in buckets)}  # fmt: skip
+    streams = [info.config.name for info in await _streams_info(js)
+               if info.config.name in ours]  # fmt: skip
+    changed: list[str] = []
+
+    async def consumers(stream: str) -> None:
+        for info in await js.consumers_info(stream):
+            cfg = info.config
+            # ephemeral and in-memory consumers are not part of the shape
+            if not cfg.durable_name or cfg.mem_storage:
+                continue
+            if int(cfg.num_replicas or 0) in (0, replicas):
+                continue
+            before = cfg.num_replicas
+            cfg.num_replicas = replicas
+            await js.add_consumer(stream, cfg)
+            changed.append(f"consumer {stream}/{cfg.durable_name}: {before} -> {replicas}")
+
+    for name in streams:
+        assert name is not None
+        info = await js.stream_info(name)
+        before = int(info.config.num_replicas or 1)
+        # a work-queue stream's consumers must match it at all times: the stream goes first
+        limits = info.config.retention in (None, api.RetentionPolicy.LIMITS)
+        if replicas < before and limits:
+            await consumers(name)
+        if before != replicas:
+            cfg = info.config
+            cfg.num_replicas = replicas
+            await js.update_stream(cfg)
+            changed.append(f"stream {name}: {before} -> {replicas}")
+        if replicas > before or not limits:
+            await consumers(name)
+    return changed
 
 
-async def task_consumers(js: JetStreamContext) -> list[api.ConsumerInfo]:
-    """Every consumer of ``TASKS`` (one per declared route, plus versioned ones), by route."""
-    out: list[api.ConsumerInfo] = []
+async def _streams_info(js: JetStreamContext) -> list[api.StreamInfo]:
+    out: list[api.StreamInfo] = []
     while True:
-        page = await js.consumers_info(TASKS, offset=len(out) or None)
+        page = await js.streams_info(offset=len(out))
         out.extend(page)
         if len(page) < 256:  # the server's page size
-            break
-    return sorted(out, key=lambda info: info.config.filter_subject or info.name)
+            return out

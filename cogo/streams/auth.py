@@ -59,6 +59,8 @@ WORKER_EVENTS = ("execute_started", "artifact_stored", "code_file_indexed", "cod
                  "code_index_completed", "webhook_delivered",
                  "llm_call", "step_completed")  # the agent runtime (cogo.actors.llm, steps)  # fmt: skip
 ARTIFACT_WRITERS = {"codegen", "build_test"}  # built-in kinds that store artifacts
+PROJECTOR_CONSUMER_OPS = ("CONSUMER.DURABLE.CREATE", "CONSUMER.CREATE", "CONSUMER.INFO",
+                          "CONSUMER.DELETE")  # fmt: skip
 
 
 def inbox_prefix(user: str) -> str:
@@ -180,6 +182,7 @@ def permissions(user: str, plan: AuthPlan) -> dict[str, Any] | None:
     pub: list[str]
     sub = [f"{inbox_prefix(user)}.>"]
     extra: dict[str, Any] = {}
+    deny: list[str] = []
     if user == "client":
         pub = ["orchestrator.execute.*", *_read_events(), *_read_kv(POLICY_BUCKET),
                STATUS_SUBJECT, *_read_outputs()]  # fmt: skip
@@ -224,13 +227,16 @@ def permissions(user: str, plan: AuthPlan) -> dict[str, Any] | None:
     elif user == "projector":
         pub = [
             *_read_events(),
-            *[f"{API}.{op}.{EVENTS}.projector" for op in ("CONSUMER.DURABLE.CREATE", "CONSUMER.CREATE", "CONSUMER.INFO", "CONSUMER.DELETE")],
+            # its consumer is named for its node and data dir (projector-<host>-<hash>), and
+            # NATS grants whole tokens only: any name on EVENTS, less the orchestrators' (deny)
+            *[f"{API}.{op}.{EVENTS}.*" for op in PROJECTOR_CONSUMER_OPS],
             *[f"{API}.{op}.{DLQ}.>" for op in ("CONSUMER.CREATE", "CONSUMER.DURABLE.CREATE", "CONSUMER.INFO", "CONSUMER.DELETE", "CONSUMER.MSG.NEXT")],
             f"{API}.CONSUMER.CREATE.{DLQ}", f"{API}.STREAM.INFO.{DLQ}", f"$JS.ACK.{EVENTS}.>", f"$JS.ACK.{DLQ}.>",
             f"$JS.FC.{DLQ}.>",
         ]  # fmt: skip
         sub += [STATUS_SUBJECT]
         extra["allow_responses"] = True  # answer status requests on the requester's inbox
+        deny = [f"{API}.{op}.{EVENTS}.orchestrator-events" for op in PROJECTOR_CONSUMER_OPS]
     elif user in plan.workers:
         pub = [RESULTS_SUBJECT, *_events(*WORKER_EVENTS), f"{CONTROL_VERSION}.{user}",
                f"{API}.STREAM.INFO.{TASKS}", "outputs.>",  # ctx.emit
@@ -243,7 +249,8 @@ def permissions(user: str, plan: AuthPlan) -> dict[str, Any] | None:
             pub += [*_write_kv("code_index"), f"{API}.STREAM.CREATE.KV_code_index"]
     else:
         raise KeyError(user)
-    return {"publish": {"allow": pub}, "subscribe": {"allow": sub}, **extra}
+    publish: dict[str, list[str]] = {"allow": pub, **({"deny": deny} if deny else {})}
+    return {"publish": publish, "subscribe": {"allow": sub}, **extra}
 
 
 def credentials(data_dir: Path, users: Sequence[str]) -> dict[str, str]:

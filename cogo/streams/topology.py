@@ -25,11 +25,13 @@ process warns, naming both values. A new consumer takes its stream's count, neve
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
+from nats.errors import TimeoutError as NatsTimeout
 from nats.js import api
 from nats.js.client import JetStreamContext
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
 from nats.js.kv import KeyValue
 
 from cogo.config import Config
@@ -155,6 +157,8 @@ def stream_configs(
 
 # "stream name already in use with a different configuration"
 STREAM_NAME_IN_USE = 10058
+# "consumer config replica count exceeds parent stream"
+CONSUMER_EXCEEDS_STREAM = 10126
 
 
 def consumer_config(route: str, config: Config) -> api.ConsumerConfig:
@@ -308,7 +312,15 @@ async def set_replicas(js: JetStreamContext, replicas: int) -> list[str]:
                 continue
             before = cfg.num_replicas
             cfg.num_replicas = replicas
-            await js.add_consumer(stream, cfg)
+            for attempt in range(50):
+                try:
+                    await js.add_consumer(stream, cfg)
+                    break
+                except BadRequestError as exc:
+                    # the stream's new size reaches its peers a moment after its update
+                    if exc.err_code != CONSUMER_EXCEEDS_STREAM or attempt == 49:
+                        raise
+                    await asyncio.sleep(0.2)
             changed.append(f"consumer {stream}/{cfg.durable_name}: {before} -> {replicas}")
 
     for name in streams:
@@ -324,9 +336,53 @@ async def set_replicas(js: JetStreamContext, replicas: int) -> list[str]:
             cfg.num_replicas = replicas
             await js.update_stream(cfg)
             changed.append(f"stream {name}: {before} -> {replicas}")
+            # its consumers may only follow once the stream has its new peers
+            await _wait_settled(js, [name], replicas, consumers=False)
         if replicas > before or not limits:
             await consumers(name)
+    if changed:
+        await _wait_settled(js, [n for n in streams if n], replicas)
     return changed
+
+
+async def _wait_settled(
+    js: JetStreamContext,
+    streams: list[str],
+    replicas: int,
+    *,
+    consumers: bool = True,
+    timeout: float = 120.0,
+) -> None:
+    """Wait until every stream and durable consumer of ``streams`` has a leader and exactly
+    ``replicas`` peers: a shape change moves RAFT groups, and until they settle requests to
+    them time out."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    pending = list(streams)
+    while pending:
+        name = pending[0]
+        try:
+            if await _group_settled(js, name, replicas, consumers=consumers):
+                pending.pop(0)
+                continue
+        except (NatsTimeout, TimeoutError, ServiceUnavailableError):
+            pass
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"stream {name} did not settle at {replicas} replica(s) in time")
+        await asyncio.sleep(0.25)
+
+
+async def _group_settled(
+    js: JetStreamContext, stream: str, replicas: int, *, consumers: bool
+) -> bool:
+    groups: list[api.ClusterInfo | None] = [(await js.stream_info(stream)).cluster]
+    for info in await js.consumers_info(stream) if consumers else []:
+        if info.config.durable_name and not info.config.mem_storage:
+            groups.append(info.cluster)
+    return all(
+        group is None  # a single server: nothing to elect
+        or (bool(group.leader) and len(group.replicas or []) + 1 == replicas)
+        for group in groups
+    )
 
 
 async def _streams_info(js: JetStreamContext) -> list[api.StreamInfo]:
@@ -336,3 +392,31 @@ async def _streams_info(js: JetStreamContext) -> list[api.StreamInfo]:
         out.extend(page)
         if len(page) < 256:  # the server's page size
             return out
+
+
+async def results_floor(js: JetStreamContext) -> int:
+    """The ack floor of the dispatcher's ``RESULTS`` consumer: every report at or below it was
+    handled (acked, terminated, or given up on after ``max_deliver``, which the server
+    announces first: ``cogo.actors.deadletter``)."""
+    info = await js.consumer_info(RESULTS, durable_name(RESULTS_SUBJECT))
+    return int(info.ack_floor.stream_seq) if info.ack_floor else 0
+
+
+async def trim_results(js: JetStreamContext, upto: int) -> None:
+    """Purge ``RESULTS`` up to and including ``upto`` (a floor ``results_floor`` gave).
+
+    One purge whatever the number of results, instead of the removal record per ack that a
+    work-queue stream writes (and, with ``sync_interval: always``, fsyncs) per task."""
+    # purge seq=N removes every message below N
+    await js.purge_stream(RESULTS, seq=upto + 1)
+
+
+async def task_consumers(js: JetStreamContext) -> list[api.ConsumerInfo]:
+    """Every consumer of ``TASKS`` (one per declared route, plus versioned ones), by route."""
+    out: list[api.ConsumerInfo] = []
+    while True:
+        page = await js.consumers_info(TASKS, offset=len(out) or None)
+        out.extend(page)
+        if len(page) < 256:  # the server's page size
+            break
+    return sorted(out, key=lambda info: info.config.filter_subject or info.name)

@@ -1,0 +1,74 @@
+"""Submissions while the bus is away (a host cut off, a leader being elected) get ``503
+bus.unavailable`` with ``Retry-After``, never ``500 internal.error``."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from nats.aio.client import Client as NATS
+from nats.js.client import JetStreamContext
+
+from cogo.config import Config
+from cogo.errors import BusUnavailable
+from cogo.http.app import create_app
+from cogo.http.state import AppState
+from cogo.http.tasks import on_bus
+from cogo.streams.policies import PolicyStore
+from cogo.streams.server import EmbeddedServer
+
+TOKEN = "test-token"
+
+
+@pytest.fixture
+async def http(
+    nc: NATS, js: JetStreamContext, config: Config, data_dir: Path
+) -> AsyncIterator[httpx.AsyncClient]:
+    policies = PolicyStore(js)
+    await policies.start()
+    state = AppState(nc=nc, config=config, policies=policies, data_dir=data_dir, api_token=TOKEN)
+    transport = httpx.ASGITransport(app=create_app(state))
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://cogo", headers={"Authorization": f"Bearer {TOKEN}"}
+    ) as client:
+        yield client
+    await policies.stop()
+
+
+async def test_a_submission_while_the_server_is_gone_is_503_with_retry_after(
+    http: httpx.AsyncClient, nats_server: EmbeddedServer
+) -> None:
+    ok = await http.post("/api/tasks", json={"route": "echo.run.0"})
+    assert ok.status_code == 202, ok.text
+    nats_server.kill()
+    try:
+        r = await http.post("/api/tasks", json={"route": "echo.run.0"})
+        assert r.status_code == 503, r.text
+        assert r.json()["code"] == "bus.unavailable"
+        assert int(r.headers["retry-after"]) > 0
+    finally:  # back on its port: the client reconnects, and the fixtures close cleanly
+        nats_server.start()
+        await nats_server.wait_ready()
+    ok = await http.post("/api/tasks", json={"route": "echo.run.0"})
+    assert ok.status_code == 202, ok.text
+
+
+async def test_a_request_cancelled_under_it_is_the_bus_not_an_internal_error() -> None:
+    # what a reset connection does to a request in flight: its future is cancelled, and the
+    # handler awaiting it sees CancelledError though nobody cancelled the handler
+    reply: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    asyncio.get_running_loop().call_later(0.01, reply.cancel)
+    with pytest.raises(BusUnavailable, match="reset"):
+        await on_bus(reply)
+
+
+async def test_cancelling_the_handler_itself_still_cancels_it() -> None:
+    never: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    handler = asyncio.create_task(on_bus(never))
+    await asyncio.sleep(0.01)
+    handler.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await handler

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from cogo.config import NATS_PASSWORD_ENV, NATS_USER_ENV, env, nats_password_env
+from cogo.errors import ConfigError
 from cogo.secretfile import write_private_json
 from cogo.streams.envelope import EXECUTE_SUBJECT, RESULT_SUBJECT, RESULTS_SUBJECT
 from cogo.streams.outputs import OUTPUTS
@@ -270,6 +271,36 @@ def credentials(data_dir: Path, users: Sequence[str]) -> dict[str, str]:
     if changed or not path.exists():
         write_private_json(path, stored)
     return stored
+
+
+def existing_credentials(data_dir: Path, users: Sequence[str]) -> dict[str, str]:
+    """Every user's password for a cluster whose users were generated elsewhere
+    (``cogo cluster config --auth``): env ``COGO_NATS_PASSWORD_<USER>``, else
+    ``<data-dir>/credentials.json``; ConfigError naming what is missing, never a new one."""
+    path = data_dir / "credentials.json"
+    try:
+        stored: dict[str, str] = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        stored = {}
+    found = {u: env(nats_password_env(u)) or stored.get(u, "") for u in users}
+    missing = [u for u, password in found.items() if not password]
+    if missing:
+        raise ConfigError(
+            f"`cogo up --auth --nats-url` joins a cluster whose users were made by `cogo cluster "
+            f"config --auth`: copy its credentials.json into {data_dir} (or set "
+            f"{nats_password_env(missing[0])} and the like); no password for {', '.join(missing)}"
+        )
+    return found
+
+
+def write_user_env_files(out: Path, passwords: dict[str, str]) -> None:
+    """``<out>/<user>.env`` (0600): what a host running one agent kind needs, and no more."""
+    out.mkdir(parents=True, exist_ok=True)
+    for user, password in passwords.items():
+        path = out / f"{user}.env"
+        path.touch(mode=0o600)
+        path.chmod(0o600)
+        path.write_text(f"{USER_ENV}={user}\n{PASSWORD_ENV}={password}\n")
 
 
 def load_grants(data_dir: Path) -> dict[str, list[str]]:

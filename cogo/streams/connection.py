@@ -11,12 +11,13 @@ import logging
 import os
 import signal
 import socket
+import ssl
 from typing import Any
 
 import nats
 from nats.aio.client import Client as NATS
 
-from cogo.config import env
+from cogo.config import NATS_CA_ENV, env
 from cogo.streams.auth import PASSWORD_ENV, USER_ENV, inbox_prefix
 
 log = logging.getLogger(__name__)
@@ -28,9 +29,13 @@ async def connect(
     """Connect to every seed in ``url`` (comma-separated) and reconnect forever.
 
     Credentials: ``user``/``password``, else ``COGO_NATS_USER``/``COGO_NATS_PASSWORD``; a user
-    gets its private inbox prefix, the only reply subjects its permissions allow.
+    gets its private inbox prefix, the only reply subjects its permissions allow. With
+    ``COGO_NATS_CA`` the connection is TLS, verifying the servers against that CA.
     """
     servers = [u.strip() for u in url.split(",") if u.strip()]
+    ca = env(NATS_CA_ENV)
+    if ca and "tls" not in options:  # a cluster with TLS: trust its CA (cogo cluster config)
+        options["tls"] = ssl.create_default_context(cafile=ca)
     user = user or env(USER_ENV)
     password = password or env(PASSWORD_ENV)
     options.setdefault("error_cb", _log_nats_error)

@@ -31,7 +31,7 @@ import logging
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import api
 from nats.js.client import JetStreamContext
-from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
+from nats.js.errors import APIError, BadRequestError, NotFoundError, ServiceUnavailableError
 from nats.js.kv import KeyValue
 
 from cogo.config import Config
@@ -192,7 +192,11 @@ async def ensure_topology(
             try:
                 await js.add_stream(cfg)
                 continue
-            except BadRequestError as exc:
+            except APIError as exc:
+                if "insufficient" in (exc.description or ""):  # no node can reserve max_bytes
+                    from cogo.streams.cluster import insufficient_storage
+
+                    raise insufficient_storage(exc, str(cfg.name), config) from None
                 if exc.err_code != STREAM_NAME_IN_USE:
                     raise
                 # a concurrent declarer created it a moment ago: update it like any other

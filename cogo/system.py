@@ -33,12 +33,21 @@ from typing import TYPE_CHECKING, Any, Protocol
 import msgspec
 import uvicorn
 from nats.aio.msg import Msg
+from nats.js.client import JetStreamContext
 
 from cogo.actors.app import AgentSpec
 from cogo.actors.loader import BUILTIN_REF, LoadedApp, apps_for_up
-from cogo.actors.runner import agent_args, child_env
+from cogo.actors.runner import BUS_AWAY, agent_args, child_env
 from cogo.actors.supervisor import Supervisor, spawn
-from cogo.config import API_TOKEN_ENV, CORS_ORIGINS_ENV, Config, env, env_list, load_config
+from cogo.config import (
+    API_TOKEN_ENV,
+    CORS_ORIGINS_ENV,
+    Config,
+    env,
+    env_list,
+    exponential_delay,
+    load_config,
+)
 from cogo.errors import CogoError, ConfigError, StartupError
 from cogo.http.app import create_app
 from cogo.http.server import server_config
@@ -199,8 +208,7 @@ class System:
         admin = {"user": "admin", "password": self.passwords["admin"]} if self.auth else {}
         self.nc = await connect(self.nats_url, "cogo-up", **admin)
         js = self.nc.jetstream()
-        await ensure_topology(js, self.config)
-        await declare(js, self.config, self.decls)
+        await self._declare(js)
         self.policies = PolicyStore(js)
         await self.policies.start()
         if self.auth and isinstance(self.server, EmbeddedServer):
@@ -258,6 +266,26 @@ class System:
             },
         )
         self.supervisor.watch()
+
+    async def _declare(self, js: JetStreamContext, timeout: float = 120.0) -> None:
+        """The topology and the routes; on a cluster still electing leaders (a host just
+        lost or back), retried until JetStream answers, as the actors do (``BUS_AWAY``)."""
+        deadline = time.monotonic() + timeout
+        failures = 0
+        while True:
+            try:
+                await ensure_topology(js, self.config)
+                await declare(js, self.config, self.decls)
+                return
+            except BUS_AWAY as exc:
+                failures += 1
+                if time.monotonic() > deadline:
+                    raise StartupError(
+                        f"JetStream did not answer for {timeout:.0f} s: {exc}"
+                    ) from None
+                log.warning("the bus did not answer while declaring (%s: %s); retrying",
+                            type(exc).__name__, exc)  # fmt: skip
+                await asyncio.sleep(exponential_delay(0.2, failures, cap=5.0))
 
     def _runs(self, loaded: LoadedApp, spec: AgentSpec) -> bool:
         if not spec.up:

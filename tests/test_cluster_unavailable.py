@@ -8,8 +8,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
+import nats.errors
 import pytest
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 
 from cogo.config import Config
@@ -17,7 +19,9 @@ from cogo.errors import BusUnavailable
 from cogo.http.app import create_app
 from cogo.http.state import AppState
 from cogo.http.tasks import on_bus
+from cogo.streams.envelope import MSG_ID
 from cogo.streams.policies import PolicyStore
+from cogo.streams.publisher import Publisher
 from cogo.streams.server import EmbeddedServer
 
 TOKEN = "test-token"
@@ -72,3 +76,28 @@ async def test_cancelling_the_handler_itself_still_cancels_it() -> None:
     handler.cancel()
     with pytest.raises(asyncio.CancelledError):
         await handler
+
+
+async def test_a_publish_nobody_stores_is_resent_only_if_a_resend_is_harmless(nc: NATS) -> None:
+    # a subscriber that never answers: what a publish meets when its stream's leader just
+    # stepped down (the request is taken, the ack never comes)
+    seen: list[str] = []
+
+    async def swallow(msg: Msg) -> None:
+        seen.append((msg.headers or {}).get(MSG_ID, ""))
+
+    sub = await nc.subscribe("nowhere.at.all", cb=swallow)
+    publisher = Publisher(nc)
+    await publisher.start()
+    try:
+        with pytest.raises(nats.errors.TimeoutError):
+            await publisher.publish_all([("nowhere.at.all", b"{}", {MSG_ID: "m-1"})], timeout=5)
+        assert seen.count("m-1") >= 2  # resent: the stream would store it once
+        expecting = {MSG_ID: "m-2", "Nats-Expected-Last-Sequence": "7"}
+        with pytest.raises(nats.errors.TimeoutError):
+            await publisher.publish_all([("nowhere.at.all", b"{}", expecting)], timeout=5)
+        await nc.flush()
+        assert seen.count("m-2") == 1  # a resend could fail where the first copy landed
+    finally:
+        await publisher.stop()
+        await sub.unsubscribe()

@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 # errs) is left after this many unanswered pings this far apart, for another seed. nats-py's
 # default, 2 pings 2 minutes apart, held every process connected to a lost host's server
 # until the link came back: a 40 s cut of one host of three stalled all of them for ~49 s.
-PING_INTERVAL_S = 2
+# Here a dead server is left after 3-4 s, about what a RAFT election takes anyway.
+PING_INTERVAL_S = 1
 MAX_OUTSTANDING_PINGS = 3
 
 

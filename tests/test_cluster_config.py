@@ -25,9 +25,11 @@ import httpx
 import pytest
 
 from cogo.config import Config
+from cogo.errors import ConfigError
 from cogo.streams.cluster import check_store, parse_size
 from cogo.streams.connection import connect
-from cogo.streams.server import free_port, nats_server_binary
+from cogo.streams.server import EmbeddedServer, free_port, nats_server_binary
+from cogo.streams.topology import ensure_topology
 from tests.upsystem import cogo_up, stop
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
@@ -47,6 +49,24 @@ def test_sizes_and_the_store_check(config: Config) -> None:
     check_store(parse_size("64GB"), config)
     with pytest.raises(Exception, match=r"EVENTS 10GB.*at least 14GB"):
         check_store(parse_size("10GB"), config)
+
+
+async def test_a_server_too_small_for_the_streams_is_named_not_a_traceback(
+    tmp_path: Path, config: Config
+) -> None:
+    server = EmbeddedServer(tmp_path / "small", sync="default",
+                            extra_config="jetstream { max_file_store: 1GB }\n")  # fmt: skip
+    server.start()
+    try:
+        await server.wait_ready()
+        nc = await connect(server.url, "small")
+        try:
+            with pytest.raises(ConfigError, match=r"no room for stream EVENTS .*at least 14GB"):
+                await ensure_topology(nc.jetstream(), config)
+        finally:
+            await nc.close()
+    finally:
+        server.stop()
 
 
 def test_a_store_too_small_is_refused_by_name_not_a_traceback(tmp_path: Path) -> None:

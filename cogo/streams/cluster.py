@@ -33,6 +33,7 @@ from cogo.config import Config
 from cogo.errors import ConfigError
 from cogo.secretfile import write_private_json
 from cogo.streams.server import EmbeddedServer, free_port
+from cogo.streams.topology import HEADROOM_BYTES, human, reserved_bytes
 
 
 class LocalCluster:
@@ -77,9 +78,6 @@ class LocalCluster:
 
 CLIENT_PORT = 4222
 CLUSTER_PORT = 6222
-# what one node keeps free beyond the reservations: TASKS, RESULTS and FLOW have no
-# max_bytes (they refuse work when the store is full), and the KV buckets live here too
-HEADROOM_BYTES = 2 * 1024**3
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B?)?\s*$", re.I)
 
 
@@ -91,22 +89,6 @@ def parse_size(text: str) -> int:
         raise ConfigError(f"not a size: {text!r} (e.g. 60GB, 512MB, or bytes)")
     number, unit = float(match.group(1)), match.group(2).upper()
     return int(number * 1024 ** " KMGT".index(unit or " "))
-
-
-def human(size: int) -> str:
-    for unit in ("TB", "GB", "MB", "KB"):
-        scale = 1024 ** (" KMGT".index(unit[0]))
-        if size >= scale:
-            return f"{size / scale:.1f}{unit}".replace(".0", "")
-    return f"{size}B"
-
-
-def reserved_bytes(config: Config) -> dict[str, int]:
-    """What each of Cogo's streams reserves on every node holding a replica (its max_bytes)."""
-    from cogo.streams.topology import stream_configs
-
-    return {str(c.name): int(c.max_bytes) for c in stream_configs(config)
-            if c.max_bytes and c.max_bytes > 0}  # fmt: skip
 
 
 def check_store(max_file_store: int, config: Config) -> None:
@@ -122,18 +104,6 @@ def check_store(max_file_store: int, config: Config) -> None:
             f"node at least {human(need)} (--store-size), or lower [events] / [dlq] / [outputs] "
             "max_bytes in cogo.toml"
         )
-
-
-def insufficient_storage(exc: Exception, stream: str, config: Config) -> ConfigError:
-    """The clear error for the server's ``insufficient storage`` when placing ``stream``."""
-    reserved = reserved_bytes(config)
-    return ConfigError(
-        f"the cluster has no room for stream {stream} ({exc}): Cogo's streams reserve "
-        f"{human(sum(reserved.values()))} on each node holding a replica "
-        f"({', '.join(f'{n} {human(b)}' for n, b in reserved.items())}); raise the nodes' "
-        f"jetstream max_file_store to at least {human(sum(reserved.values()) + HEADROOM_BYTES)} "
-        "(`cogo cluster config --store-size`), or lower [events] / [dlq] / [outputs] max_bytes"
-    )
 
 
 @dataclass(frozen=True)

@@ -52,15 +52,11 @@ async def connect(
         options.update(user=user, password=password)
     options.setdefault("ping_interval", PING_INTERVAL_S)
     options.setdefault("max_outstanding_pings", MAX_OUTSTANDING_PINGS)
+    # nats-py types reconnect_time_wait as int; it is a float in seconds
+    settings: dict[str, Any] = {"servers": servers, "name": name, "max_reconnect_attempts": -1,
+                                "reconnect_time_wait": 0.5, "connect_timeout": 5, **options}  # fmt: skip
     nc = Client()
-    await nc.connect(
-        servers=servers,
-        name=name,
-        max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5,
-        connect_timeout=5,
-        **options,
-    )
+    await nc.connect(**settings)
     return nc
 
 

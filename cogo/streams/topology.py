@@ -35,6 +35,7 @@ from nats.js.errors import APIError, BadRequestError, NotFoundError, ServiceUnav
 from nats.js.kv import KeyValue
 
 from cogo.config import Config
+from cogo.errors import ConfigError
 from cogo.streams import outputs
 from cogo.streams.envelope import EXECUTE_SUBJECT, RESULT_SUBJECT, RESULTS_SUBJECT
 from cogo.streams.routes import durable_name, ensure_subjects, route_subjects
@@ -194,8 +195,6 @@ async def ensure_topology(
                 continue
             except APIError as exc:
                 if "insufficient" in (exc.description or ""):  # no node can reserve max_bytes
-                    from cogo.streams.cluster import insufficient_storage
-
                     raise insufficient_storage(exc, str(cfg.name), config) from None
                 if exc.err_code != STREAM_NAME_IN_USE:
                     raise
@@ -204,7 +203,7 @@ async def ensure_topology(
         # keep the subjects the stream has: other apps' routes are among them
         cfg.subjects = info.config.subjects
         # and its replicas: the cluster's shape is not this process's to change
-        cfg.num_replicas = kept_replicas("stream", cfg.name, info.config.num_replicas,
+        cfg.num_replicas = kept_replicas("stream", str(cfg.name), info.config.num_replicas,
                                          config.bus.replicas)  # fmt: skip
         await js.update_stream(cfg)
     await ensure_consumer(js, RESULTS_SUBJECT, config)
@@ -424,3 +423,37 @@ async def task_consumers(js: JetStreamContext) -> list[api.ConsumerInfo]:
         if len(page) < 256:  # the server's page size
             break
     return sorted(out, key=lambda info: info.config.filter_subject or info.name)
+
+
+# -- store sizing: what the streams reserve on a node -------------------------------------
+
+# what one node keeps free beyond the reservations: TASKS, RESULTS and FLOW have no
+# max_bytes (they refuse work when the store is full), and the KV buckets live here too
+HEADROOM_BYTES = 2 * 1024**3
+
+
+def human(size: int) -> str:
+    """A byte count as an operator writes it (``10GB``, ``1.5GB``)."""
+    for unit in ("TB", "GB", "MB", "KB"):
+        scale = 1024 ** (" KMGT".index(unit[0]))
+        if size >= scale:
+            return f"{size / scale:.1f}{unit}".replace(".0", "")
+    return f"{size}B"
+
+
+def reserved_bytes(config: Config) -> dict[str, int]:
+    """What each of Cogo's streams reserves on every node holding a replica (its max_bytes)."""
+    return {str(c.name): int(c.max_bytes) for c in stream_configs(config)
+            if c.max_bytes and c.max_bytes > 0}  # fmt: skip
+
+
+def insufficient_storage(exc: Exception, stream: str, config: Config) -> ConfigError:
+    """The clear error for the server's ``insufficient storage`` when placing ``stream``."""
+    reserved = reserved_bytes(config)
+    return ConfigError(
+        f"the cluster has no room for stream {stream} ({exc}): Cogo's streams reserve "
+        f"{human(sum(reserved.values()))} on each node holding a replica "
+        f"({', '.join(f'{n} {human(b)}' for n, b in reserved.items())}); raise the nodes' "
+        f"jetstream max_file_store to at least {human(sum(reserved.values()) + HEADROOM_BYTES)} "
+        "(`cogo cluster config --store-size`), or lower [events] / [dlq] / [outputs] max_bytes"
+    )

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cogo.config import load_config
+from cogo.config import NATS_URL_ENV, load_config
 
 
 def register(subparsers: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -80,7 +80,7 @@ def cmd_config(args: argparse.Namespace) -> int:
     for node, host in zip(files.nodes, args.hosts, strict=True):
         print(f"{host}: nats-server -c {node}")
     print(f"every Cogo host: --config {files.cogo_toml}, environment {files.env_file}")
-    print(f"  COGO_NATS_URL={files.nats_url}")
+    print(f"  {NATS_URL_ENV}={files.nats_url}")
     if files.credentials:
         print(f"cogo up hosts: copy {files.credentials} into the data dir; a `cogo run AGENT` "
               f"host: {args.out / 'credentials'}/<its user>.env")  # fmt: skip

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from cogo.config import Config
+from cogo.config import NATS_CA_ENV, NATS_URL_ENV, Config
 from cogo.errors import ConfigError
 from cogo.secretfile import write_private_json
 from cogo.streams.server import EmbeddedServer, free_port
@@ -297,9 +297,9 @@ def write_cluster(
         f"# the replicas of what the first process creates; the cluster keeps them after\n"
         f"replicas = {replicas}\n"
     )
-    env_lines = [f"COGO_NATS_URL={url}"]
+    env_lines = [f"{NATS_URL_ENV}={url}"]
     if tls:
-        env_lines.append(f"COGO_NATS_CA={tls_dir or out / 'tls'}/ca.pem")
+        env_lines.append(f"{NATS_CA_ENV}={tls_dir or out / 'tls'}/ca.pem")
     env_file = out / "cogo.env"
     env_file.write_text("\n".join(env_lines) + "\n")
     credentials = None

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -114,3 +116,10 @@ async def test_only_the_admin_command_changes_the_shape(cluster_nc: NATS, config
     assert f"stream {TASKS}: 1 -> 3" in changed
     assert set((await replicas_of(cluster_nc)).values()) == {3}
     assert await set_replicas(js, 3) == []  # nothing left to change
+    assert cluster_nc.connected_url is not None
+    url = cluster_nc.connected_url.geturl()
+    done = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "cogo", "cluster", "replicas", "3",
+                         "--nats-url", url], capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0 and "already at 3 replica(s)" in done.stdout, done.stderr

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import nats
 
-from cogo.errors import ConfigError, ForeignServer, PortInUse
+from cogo.errors import ConfigError, ForeignServer, PortInUse, StartupError
 from cogo.lifeline import die_with_parent
 from cogo.streams.store_lock import StoreLock
 
@@ -75,7 +75,7 @@ def listen_socket(port: int, what: str, flag: str, host: str = "127.0.0.1") -> s
                 f"pick another with {flag}"
             ) from None
         if exc.errno == errno.EADDRNOTAVAIL:
-            raise PortInUse(f"{what}: {host} is not an address of this host ({flag})") from None
+            raise StartupError(f"{what}: {host} is not an address of this host ({flag})") from None
         raise
     return sock
 

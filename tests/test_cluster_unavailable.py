@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import nats.errors
@@ -67,6 +68,31 @@ async def test_a_request_cancelled_under_it_is_the_bus_not_an_internal_error() -
     asyncio.get_running_loop().call_later(0.01, reply.cancel)
     with pytest.raises(BusUnavailable, match="reset"):
         await on_bus(reply)
+
+
+async def test_any_endpoint_answers_a_request_cancelled_under_it_with_503(
+    nc: NATS, config: Config, data_dir: Path
+) -> None:
+    from starlette.routing import Route
+
+    from cogo.http.endpoint import endpoint
+
+    @endpoint()
+    async def reset(request: Any) -> Any:
+        # what a bus request whose connection is reset does to the handler awaiting it
+        reply: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().call_later(0.01, reply.cancel)
+        return await reply
+
+    state = AppState(nc=nc, config=config, policies=None, data_dir=data_dir, api_token=TOKEN)  # type: ignore[arg-type]
+    app = create_app(state, extra_routes=[Route("/api/reset", reset, methods=["GET"])])
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://cogo",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    ) as client:  # fmt: skip
+        r = await client.get("/api/reset")
+    assert r.status_code == 503 and r.json()["code"] == "bus.unavailable", r.text
+    assert r.headers["retry-after"]
 
 
 async def test_cancelling_the_handler_itself_still_cancels_it() -> None:

@@ -1,10 +1,11 @@
 """What ``tests/test_cluster_netns.py`` runs *inside* a host's network namespace (its
-addresses are reachable only from there): ``python -m tests.netns_driver load|check ...``.
+addresses are reachable only from there): ``python -m tests.netns_driver load|replicas|check``.
 
 ``load``: submit N echo tasks to a facade at a steady rate, one JSON line per answer
 (``{"task_id", "status", "code", "at"}``); a 503 is retried after its ``Retry-After``, any
-other failure is recorded as it is. ``check``: read EVENTS and the streams' shape and print
-one JSON object with what the test asserts.
+other failure is recorded as it is. ``replicas``: every stream's and durable consumer's
+replicas, as JSON. ``check``: read EVENTS and the streams' shape and print one JSON object
+with what the test asserts.
 """
 
 from __future__ import annotations
@@ -77,14 +78,7 @@ async def check(args: argparse.Namespace) -> None:
                         done_at.append(msg.metadata.timestamp.timestamp())
                 elif event.type == "execute_failed":
                     failed[event.task_id] += 1
-        # the replicas each RAFT group has (its leader and peers), not what a config asked
-        replicas: dict[str, int] = {}
-        for name in COGO_STREAMS:
-            info = await js.stream_info(name)
-            replicas[name] = peers(info.cluster)
-            for consumer in await js.consumers_info(name):
-                if consumer.config.durable_name:
-                    replicas[f"{name}/{consumer.name}"] = peers(consumer.cluster)
+        replicas = await shape(js)
         events = (await js.stream_info("EVENTS")).state.messages
         projections = {}
         for url, token in zip(args.facade, args.facade_token, strict=True):
@@ -94,6 +88,26 @@ async def check(args: argparse.Namespace) -> None:
     print(json.dumps({"done": done, "failed": failed, "done_at": sorted(done_at),
                       "replicas": replicas, "events": events, "projections": projections,
                       "timeline": timeline}))  # fmt: skip
+
+
+async def shape(js: Any) -> dict[str, int]:
+    """The replicas each RAFT group has (its leader and peers), not what a config asked."""
+    replicas: dict[str, int] = {}
+    for name in COGO_STREAMS:
+        info = await js.stream_info(name)
+        replicas[name] = peers(info.cluster)
+        for consumer in await js.consumers_info(name):
+            if consumer.config.durable_name:
+                replicas[f"{name}/{consumer.name}"] = peers(consumer.cluster)
+    return replicas
+
+
+async def replicas(args: argparse.Namespace) -> None:
+    nc = await connect(args.nats, "netns-shape", user="admin", password=args.admin_password)
+    try:
+        print(json.dumps(await shape(nc.jetstream())))
+    finally:
+        await nc.close()
 
 
 def peers(cluster: api.ClusterInfo | None) -> int:
@@ -133,6 +147,10 @@ def main(argv: list[str] | None = None) -> Any:
     p.add_argument("--facade-token", action="append", default=[])
     p.add_argument("--stall-prefix", default="", help="tasks whose finishing times are kept")
     p.set_defaults(func=check)
+    p = sub.add_parser("replicas")
+    p.add_argument("--nats", required=True)
+    p.add_argument("--admin-password", required=True)
+    p.set_defaults(func=replicas)
     args = parser.parse_args(argv)
     return asyncio.run(args.func(args))
 

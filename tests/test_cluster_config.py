@@ -77,6 +77,9 @@ def test_a_store_too_small_is_refused_by_name_not_a_traceback(tmp_path: Path) ->
     assert "at least 14GB" in done.stderr and "Traceback" not in done.stderr
     done = cogo_cli("cluster", "config", "10.0.0.1", "10.0.0.2", "--out", str(tmp_path / "c"))
     assert done.returncode == 2 and "3 or more nodes" in done.stderr
+    done = cogo_cli("cluster", "config", "10.0.0.1", "10.0.0.2", "10.0.0.3", "--replicas", "4",
+                    "--out", str(tmp_path / "c"), "--no-tls")  # fmt: skip
+    assert done.returncode == 2 and "between 1 and 3" in done.stderr
 
 
 @contextlib.contextmanager

@@ -271,6 +271,9 @@ def write_cluster(
                           f"more nodes; got {len(addresses)}")  # fmt: skip
     if len(set(addresses)) != len(addresses):
         raise ConfigError(f"each node needs its own address: {list(addresses)}")
+    if not 1 <= replicas <= min(5, len(addresses)):
+        raise ConfigError(f"replicas must be between 1 and {min(5, len(addresses))} (one per "
+                          f"node, at most 5); got {replicas}")  # fmt: skip
     check_store(store_size, config)
     hosts = [Host(f"cogo-{i + 1}", a) for i, a in enumerate(addresses)]
     out = out.resolve()

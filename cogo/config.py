@@ -393,6 +393,7 @@ NATS_URL_ENV = "COGO_NATS_URL"
 HTTP_URL_ENV = "COGO_HTTP_URL"
 NATS_USER_ENV = "COGO_NATS_USER"
 NATS_PASSWORD_ENV = "COGO_NATS_PASSWORD"  # + _<USER>: a user's password for `cogo up --auth`
+NATS_CA_ENV = "COGO_NATS_CA"  # the CA a TLS cluster's certificates are signed by
 API_TOKEN_ENV = "COGO_API_TOKEN"
 SEAL_KEY_ENV = "COGO_SEAL_KEY"  # the dispatcher's key under --auth (cogo.streams.seal)
 OUTPUT_KEY_ENV = "COGO_OUTPUT_KEY"  # what output readers verify MACs with

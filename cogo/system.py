@@ -1,4 +1,4 @@
-"""``cogo up``: the whole system on one machine.
+"""``cogo up``: the whole system on one machine, or one role of it on a host of a cluster.
 
 Starts (or joins, with ``--nats-url``) a nats-server, creates the topology, declares the
 routes of every app it runs (Cogo's own, installed ones, ``[apps] load``, ``--app``),
@@ -6,6 +6,10 @@ supervises each agent's processes (restarting any that dies), runs the HTTP faca
 in-process components (the projector, which owns the DuckDB file) and writes
 ``<data-dir>/endpoints.json``. SIGINT/SIGTERM drains: the facade stops taking requests,
 actors finish in-flight work, then the server stops.
+
+On a cluster (``--nats-url``) each host runs a ``--role``: ``all``; ``facade`` (the HTTP
+facade, bound to ``--http-host``, and the projector: a whole projection of its own, see
+``cogo.projections.projector``); or ``workers`` (the agents' processes only).
 
 Start-up claims its ports first (the HTTP socket is bound and held before anything runs; a
 taken NATS port is refused by name), and any failure on the way stops everything started
@@ -30,13 +34,22 @@ import msgspec
 import nats.js.errors
 import uvicorn
 from nats.aio.msg import Msg
+from nats.js.client import JetStreamContext
 
 from cogo.actors.app import AgentSpec
 from cogo.actors.loader import BUILTIN_REF, LoadedApp, apps_for_up
-from cogo.actors.runner import agent_args, child_env
+from cogo.actors.runner import BUS_AWAY, agent_args, child_env
 from cogo.actors.supervisor import Supervisor, spawn
-from cogo.config import API_TOKEN_ENV, CORS_ORIGINS_ENV, Config, env, env_list, load_config
-from cogo.errors import CogoError, StartupError
+from cogo.config import (
+    API_TOKEN_ENV,
+    CORS_ORIGINS_ENV,
+    Config,
+    env,
+    env_list,
+    exponential_delay,
+    load_config,
+)
+from cogo.errors import CogoError, ConfigError, StartupError
 from cogo.http.app import create_app
 from cogo.http.server import server_config
 from cogo.http.state import AppState
@@ -98,6 +111,13 @@ def read_endpoints(data_dir: Path) -> dict[str, Any] | None:
         return None
 
 
+# what a `cogo up` runs (`--role`); every role declares the topology and the routes first
+ROLE_ALL = "all"  # everything: actors, projector, facade
+ROLE_FACADE = "facade"  # the HTTP facade and the projector (and rollouts), no actors
+ROLE_WORKERS = "workers"  # the actors only: no HTTP, no DuckDB
+ROLES = (ROLE_ALL, ROLE_FACADE, ROLE_WORKERS)
+
+
 class System:
     """Everything ``cogo up`` runs, in start order; ``stop`` undoes it in reverse."""
 
@@ -116,7 +136,13 @@ class System:
         auth: bool = False,
         apps: list[str] | None = None,
         app_dir: str | None = None,
+        role: str = ROLE_ALL,
+        http_host: str = "127.0.0.1",
     ) -> None:
+        if role not in ROLES:
+            raise ConfigError(f"--role must be one of {', '.join(ROLES)}, not {role!r}")
+        self.role = role
+        self.http_host = http_host
         self.data_dir = data_dir.resolve()
         self.config_path = config_path
         self.config: Config = load_config(config_path, self.data_dir)
@@ -169,7 +195,10 @@ class System:
 
     async def _start(self) -> None:
         # claim the ports before starting anything: a taken one is a one-line error
-        self._http_socket = listen_socket(self.http_port, "HTTP", "--http-port")
+        if self.role != ROLE_WORKERS:
+            self._http_socket = listen_socket(
+                self.http_port, "HTTP", "--http-port/--http-host", self.http_host
+            )
         if not self.external_url and self.nats_port and not self.cluster > 1:
             ensure_port_free(self.nats_port, "NATS", "--nats-port")
         if not self.external_url:
@@ -192,16 +221,17 @@ class System:
                 await asyncio.to_thread(node.claim_store)
             self.server.start()  # on this thread: the server dies with it (cogo.lifeline)
             await self.server.wait_ready()
+        elif self.auth:  # a cluster whose users `cogo cluster config --auth` made
+            self.passwords = auth_module.existing_credentials(self.data_dir, self.auth_plan.users)
         admin = {"user": "admin", "password": self.passwords["admin"]} if self.auth else {}
         self.nc = await connect(self.nats_url, "cogo-up", **admin)
         js = self.nc.jetstream()
-        await ensure_topology(js, self.config)
-        await declare(js, self.config, self.decls)
+        await self._declare(js)
         self.policies = PolicyStore(js)
         await self.policies.start()
         if self.auth and isinstance(self.server, EmbeddedServer):
             await self.nc.subscribe(f"{CONTROL_VERSION}.*", cb=self._on_version_request)
-        for loaded in self.apps:
+        for loaded in self.apps if self.role != ROLE_FACADE else []:
             for spec in loaded.app.agents.values():
                 if not self._runs(loaded, spec):
                     continue
@@ -220,6 +250,11 @@ class System:
             sealer=self.sealer,
             cors_origins=env_list(CORS_ORIGINS_ENV),
         )
+        if self.role == ROLE_WORKERS:
+            write_endpoints(self.data_dir, {"nats_url": self.nats_url, "role": self.role,
+                                            "pid": os.getpid()})  # fmt: skip
+            self.supervisor.watch()
+            return
         await self._start_components()
         self.state.projector, self.state.rollouts = self.projector, self.rollouts
         app = create_app(self.state, extra_routes=_extra_routes())
@@ -238,7 +273,8 @@ class System:
             self.data_dir,
             {
                 "nats_url": self.nats_url,
-                "http_url": f"http://127.0.0.1:{self.http_port}",
+                "http_url": f"http://{_url_host(self.http_host)}:{self.http_port}",
+                "role": self.role,
                 "api_token": self.state.api_token,
                 **(
                     {
@@ -254,6 +290,26 @@ class System:
         )
         (self.data_dir / HTTP_PORT_FILE).write_text(f"{self.http_port}\n")
         self.supervisor.watch()
+
+    async def _declare(self, js: JetStreamContext, timeout: float = 120.0) -> None:
+        """The topology and the routes; on a cluster still electing leaders (a host just
+        lost or back), retried until JetStream answers, as the actors do (``BUS_AWAY``)."""
+        deadline = time.monotonic() + timeout
+        failures = 0
+        while True:
+            try:
+                await ensure_topology(js, self.config)
+                await declare(js, self.config, self.decls)
+                return
+            except BUS_AWAY as exc:
+                failures += 1
+                if time.monotonic() > deadline:
+                    raise StartupError(
+                        f"JetStream did not answer for {timeout:.0f} s: {exc}"
+                    ) from None
+                log.warning("the bus did not answer while declaring (%s: %s); retrying",
+                            type(exc).__name__, exc)  # fmt: skip
+                await asyncio.sleep(exponential_delay(0.2, failures, cap=5.0))
 
     def _runs(self, loaded: LoadedApp, spec: AgentSpec) -> bool:
         if not spec.up:
@@ -391,6 +447,12 @@ class System:
                 (self.data_dir / "endpoints.json").unlink()
 
 
+def _url_host(host: str) -> str:
+    """How a URL names ``host`` (a wildcard bind is reached on loopback from here)."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"[{host}]" if ":" in host else host
+
+
 async def _quiet(exc: Exception) -> None:
     # the probe is refused until the reload has reached the server: expected, not news
     return None
@@ -429,11 +491,12 @@ async def run_up(system: System) -> None:
                 flush=True,
             )
         token = endpoints.get("api_token")
-        print(
-            f"cogo up: dashboard {endpoints.get('http_url')}/"
-            + (f"#token={token}" if token else ""),
-            flush=True,
-        )
+        if endpoints.get("http_url"):
+            print(
+                f"cogo up: dashboard {endpoints.get('http_url')}/"
+                + (f"#token={token}" if token else ""),
+                flush=True,
+            )
         await stop.wait()
         print("cogo up: draining...", flush=True)
     finally:

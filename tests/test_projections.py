@@ -36,7 +36,7 @@ from cogo.http.metrics import routes as metric_routes
 from cogo.http.state import AppState
 from cogo.projections import histogram, rollups
 from cogo.projections import store as store_module
-from cogo.projections.projector import Projector
+from cogo.projections.projector import Projector, consumer_name
 from cogo.projections.replay import replay_offline
 from cogo.projections.store import connect, db_path, schema_files
 from cogo.streams.policies import PolicyStore
@@ -263,17 +263,17 @@ def _log(data_dir: Path) -> str:
     return (data_dir / "projector.log").read_text(errors="replace")[-4000:]
 
 
-async def _ack_floor(js: Any) -> int:
+async def _ack_floor(js: Any, data_dir: Path) -> int:
     try:
-        info = await js.consumer_info("EVENTS", "projector", timeout=1)
+        info = await js.consumer_info("EVENTS", consumer_name(data_dir), timeout=1)
     except (NotFoundError, TimeoutError):
         return 0
     return int(info.ack_floor.stream_seq or 0)
 
 
-async def _forget_consumer(js: Any) -> None:
+async def _forget_consumer(js: Any, data_dir: Path) -> None:
     with contextlib.suppress(NotFoundError):
-        await js.delete_consumer("EVENTS", "projector")
+        await js.delete_consumer("EVENTS", consumer_name(data_dir))
 
 
 async def test_exactly_once_across_kill_9(nats_server, js, data_dir):
@@ -283,23 +283,23 @@ async def test_exactly_once_across_kill_9(nats_server, js, data_dir):
     kills_mid_stream = 0
     floor = 0
     for _ in range(4):
-        await _forget_consumer(js)  # so the floor we watch is this child's
+        await _forget_consumer(js, data_dir)  # so the floor we watch is this child's
         child = _spawn_projector(nats_server.url, data_dir, batch=rng.choice([97, 250, 400]))
         deadline = time.monotonic() + 15
         # (a child that finds everything applied has nothing to show: no wait then)
-        while floor < total and await _ack_floor(js) <= floor and child.poll() is None:
+        while floor < total and await _ack_floor(js, data_dir) <= floor and child.poll() is None:
             assert time.monotonic() < deadline, "projector made no progress"
             await asyncio.sleep(0.01)
         await asyncio.sleep(rng.uniform(0.0, 0.15))  # somewhere mid-batch or mid-commit
-        floor = await _ack_floor(js)
+        floor = await _ack_floor(js, data_dir)
         child.send_signal(signal.SIGKILL)
         await asyncio.to_thread(child.wait)
         kills_mid_stream += 0 < floor < total
     assert kills_mid_stream >= 2, "the kills should land while the projector is mid-stream"
-    await _forget_consumer(js)
+    await _forget_consumer(js, data_dir)
     child = _spawn_projector(nats_server.url, data_dir, batch=1000)
     deadline = time.monotonic() + 20
-    while await _ack_floor(js) < total:
+    while await _ack_floor(js, data_dir) < total:
         assert child.poll() is None, _log(data_dir)
         assert time.monotonic() < deadline, "projector did not catch up"
         await asyncio.sleep(0.02)
@@ -369,7 +369,7 @@ async def test_replay_refuses_a_file_another_process_owns(nats_server, nc, js, d
     child = _spawn_projector(nats_server.url, data_dir, batch=100)
     try:
         deadline = time.monotonic() + 15
-        while await _ack_floor(js) < 10:
+        while await _ack_floor(js, data_dir) < 10:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.02)
         with pytest.raises(ProjectionBusy, match="in use by another process"):

@@ -21,7 +21,7 @@ from cogo.errors import SqlInvalid, SqlRejected, SqlTimeout
 from cogo.http.app import create_app
 from cogo.http.sql import routes as sql_routes
 from cogo.http.state import AppState
-from cogo.projections.projector import Projector
+from cogo.projections.projector import Projector, consumer_name
 from cogo.projections.sandbox import run_query
 from cogo.projections.store import ProjectionStore
 from cogo.streams.connection import connect
@@ -296,7 +296,7 @@ async def test_cli_replay_offline_and_refusal(nats_server, js, tmp_path):
         deadline = time.monotonic() + 60  # a loaded machine starts a process slowly
         while True:
             try:
-                await js.consumer_info("EVENTS", "projector")
+                await js.consumer_info("EVENTS", consumer_name(data_dir))
                 break
             except Exception:
                 assert projector.poll() is None and time.monotonic() < deadline

@@ -50,6 +50,7 @@ from cogo.streams.topology import (
     ORCHESTRATOR_PARTITIONS,
     ORCHESTRATOR_ROUTES,
     TASKS,
+    add_consumer_keeping_shape,
     durable_name,
     ensure_consumer,
 )
@@ -118,7 +119,8 @@ class Orchestrator(Actor):
     async def on_start(self) -> None:
         for route in ORCHESTRATOR_ROUTES:
             await ensure_consumer(self.js, route, self.config)
-        await self.js.add_consumer(
+        await add_consumer_keeping_shape(
+            self.js,
             EVENTS,
             api.ConsumerConfig(
                 durable_name=EVENTS_DURABLE,
@@ -130,8 +132,8 @@ class Orchestrator(Actor):
                 ack_wait=self.config.bus.ack_wait_s,
                 max_deliver=-1,  # a run must not lose its task's outcome
                 max_ack_pending=self.config.bus.max_ack_pending,
-                num_replicas=self.config.bus.replicas,
             ),
+            self.config.bus.replicas,
         )
         await self.policies.start()
         await self.leases.start()

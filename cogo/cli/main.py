@@ -2,12 +2,14 @@
 
 cogo up       [--app pkg.module:app ...] [--data-dir DIR] [--nats-port N] [--http-port N]
               [--nats-url URL] [--sync S] [--cluster N] [--auth]
+              [--role all|facade|workers] [--http-host ADDR]
 cogo run      TARGET [--agent NAME] [--replicas N] [--version V] [--nats-url URL]
 cogo submit   --route ROUTE [--payload JSON|@file|-] [--task-id ID] [--wait | --follow]
 cogo status   TASK_ID
 cogo policy   get|set|reset|list ...
 cogo routes   [list] | forget ROUTE
 cogo reclaim  [--dead-letter]
+cogo cluster  config HOST... --out DIR [--auth] | replicas N
 """
 
 from __future__ import annotations
@@ -53,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--app", action="append", default=[], metavar="MODULE:ATTR",
                    help="also run this app's agents (repeatable), e.g. lexicon.agents:app")  # fmt: skip
     p.add_argument("--app-dir", default=".", help="where apps import from (default: .)")
+    p.add_argument("--role", choices=["all", "facade", "workers"], default="all",
+                   help="on a cluster host: all (default), facade (HTTP and the projector) or "
+                   "workers (the agents only)")  # fmt: skip
+    p.add_argument("--http-host", default="127.0.0.1",
+                   help="address the HTTP facade binds (default 127.0.0.1: this host only)")  # fmt: skip
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser(
@@ -124,13 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
 def _plugins() -> list[Any]:
     """Subcommands that live with their package (projections, workflows, bench)."""
     from cogo import bench
+    from cogo.cli import cluster as cluster_commands
     from cogo.cli import project as project_commands
     from cogo.cli import projections as projection_commands
     from cogo.cli import workflows as workflow_commands
 
     return [
         projection_commands.register, workflow_commands.register, bench.register,
-        project_commands.register,
+        project_commands.register, cluster_commands.register,
     ]  # fmt: skip
 
 
@@ -160,6 +168,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         auth=args.auth,
         apps=args.app,
         app_dir=add_app_dir(args.app_dir),
+        role=args.role,
+        http_host=args.http_host,
     )
     _use_uvloop()
     asyncio.run(run_up(system))

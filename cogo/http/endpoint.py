@@ -12,6 +12,7 @@ and those its inputs imply (a JSON body: 400/408/413/422; a query or path model:
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ import pydantic
 from starlette.requests import Request
 from starlette.responses import Response
 
-from cogo.errors import CogoError, RequestInvalid
+from cogo.errors import BusUnavailable, CogoError, RequestInvalid
 from cogo.http.jsonbody import parse_json
 
 Handler = Callable[..., Awaitable[Response]]
@@ -103,7 +104,17 @@ def endpoint(
                     kwargs["body"] = validate(body, parse_json(await request.body()))
                 else:
                     kwargs["body"] = body()
-            return await fn(request, **kwargs)
+            try:
+                return await fn(request, **kwargs)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # this request is being cancelled (client gone, shutdown)
+                # a bus request's future cancelled under the handler: its connection was reset
+                # (a server failing over). The bus, for now: 503, not a 500
+                raise BusUnavailable(
+                    "the bus connection was reset while the request waited"
+                ) from None
 
         handler.__openapi__ = spec  # type: ignore[attr-defined]
         return handler

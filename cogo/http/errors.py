@@ -6,7 +6,8 @@ class's MRO (so a subclass inherits its parent's status unless it has its own).
 ``detail`` is a message, or for ``request.invalid`` (422) the list of field errors
 ``[{"loc", "msg", "type"}]``. Starlette's own ``HTTPException`` (404 for an unknown path,
 405 with its ``Allow`` header) gets the same shape with an ``http.*`` code. A 500 never
-carries more than ``internal error``: the traceback goes to the log.
+carries more than ``internal error``: the traceback goes to the log. A 503 (the bus or a
+service is away for now, e.g. during a failover) carries ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -57,6 +58,9 @@ STATUS: dict[type[e.CogoError], int] = {
     e.Unavailable: 503,
 }
 INTERNAL = 500
+UNAVAILABLE = 503
+# what a 503 tells a client to wait before retrying (seconds)
+RETRY_AFTER_S = 2
 
 
 class FieldError(pydantic.BaseModel):
@@ -90,6 +94,8 @@ def description_of(error: type[e.CogoError]) -> str:
 
 def error_response(error: e.CogoError, headers: dict[str, str] | None = None) -> JSONResponse:
     status = status_of(type(error))
+    if status == UNAVAILABLE:  # a retry hint: long enough for JetStream to elect a leader
+        headers = {"Retry-After": str(RETRY_AFTER_S), **(headers or {})}
     detail: Any = error.detail if isinstance(error, e.RequestInvalid) else error.message
     if status >= INTERNAL:
         log.error("%s: %s", error.code, error.message)

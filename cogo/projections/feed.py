@@ -41,6 +41,9 @@ HEARTBEAT = "100"
 GROUP_COMMIT_BATCHES = 4
 # how long past a request's own expiry we wait before declaring the feed lost
 REQUEST_GRACE_S = 5.0
+# a durable feed's consumer with no pull for this long is deleted by the server; the
+# projector's checkpoint is in DuckDB, so one back after that just makes it again
+ABANDONED_CONSUMER_S = 7 * 86400.0
 
 
 class FeedDesync(Exception):  # noqa: N818 - a control-flow signal: reset and carry on
@@ -241,7 +244,8 @@ class StreamFeed:
             ack_wait=300.0,
             max_ack_pending=self.max_ack_pending,
             max_waiting=16,
-            inactive_threshold=None if self.durable else 120.0,
+            # a durable one whose projector is gone for good (its data dir deleted) goes too
+            inactive_threshold=ABANDONED_CONSUMER_S if self.durable else 120.0,
             mem_storage=not self.durable,
         )
         await self.js.add_consumer(self.stream, config)

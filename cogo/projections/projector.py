@@ -15,8 +15,13 @@ stream itself no longer holds are deleted, rollups included (``ProjectionStore.p
 ``[events] max_age_s`` / ``max_bytes`` bound the DuckDB file as they bound the stream.
 
 ``cogo up`` runs one in-process (``cogo.projections.component``); ``cogo run projector``
-runs one alone. One projector per DuckDB file, and one per consumer name (``projector``,
-or ``COGO_PROJECTOR_CONSUMER``) on a stream.
+runs one alone. One projector per DuckDB file, and each with a durable consumer of its own,
+named for its node and data dir (``consumer_name``: ``projector-<host>-<hash of the dir>``,
+or ``COGO_PROJECTOR_CONSUMER``). Several ``cogo up`` on one cluster therefore each keep a
+whole projection: a feed only ever deletes and recreates its own consumer (two sharing the
+name ``projector`` deleted each other's 18 and 14 times in a run, and one file stopped 260
+rows short). A consumer left by a data dir that is gone is removed by the server after
+``cogo.projections.feed.ABANDONED_CONSUMER_S`` without a pull.
 
 The projector also answers task status requests on ``cogo.tasks.status`` (NATS request /
 reply, queue group ``cogo-status``): it owns the file, so it can answer with what it has
@@ -32,7 +37,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
+import re
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +69,7 @@ from cogo.streams.connection import actor_id
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH = 5000
+# the prefix of every projector's consumer (see consumer_name)
 DEFAULT_CONSUMER = "projector"
 # a small batch waits this long once for more (see StreamFeed.fetch); bounds added lag
 LINGER_S = 0.05
@@ -70,6 +79,14 @@ RETENTION_EVERY_S = 30.0
 # how long a status answer waits for the projection to reach the stream's end
 FRESH_WAIT_S = 2.0
 STATUS_CONCURRENCY = 64  # status requests answered at once; more wait for a turn
+
+
+def consumer_name(data_dir: Path) -> str:
+    """The durable consumer of the projector of ``data_dir`` on this node: stable across
+    restarts, distinct for every other data dir and host (``projector-<host>-<8 hex>``)."""
+    host = re.sub(r"[^A-Za-z0-9_-]+", "-", socket.gethostname()).strip("-")[:32] or "host"
+    digest = hashlib.sha256(str(Path(data_dir).resolve()).encode()).hexdigest()[:8]
+    return f"{DEFAULT_CONSUMER}-{host}-{digest}"
 
 
 @dataclass
@@ -137,7 +154,7 @@ class Projector:
         self.batch = batch or int(env(PROJECTOR_BATCH_ENV) or DEFAULT_BATCH)
         # the most rows one transaction takes when batches queue up behind the writer
         self.max_rows = GROUP_COMMIT_BATCHES * self.batch
-        consumer = consumer or env(PROJECTOR_CONSUMER_ENV, DEFAULT_CONSUMER)
+        consumer = consumer or env(PROJECTOR_CONSUMER_ENV) or consumer_name(self.data_dir)
         self.store = ProjectionStore(self.path, limits=config.duckdb)
         self.streams = {
             EVENTS_STREAM: StreamState(EVENTS_STREAM, consumer),

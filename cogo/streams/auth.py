@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from cogo.config import NATS_PASSWORD_ENV, NATS_USER_ENV, env, nats_password_env
-from cogo.errors import VersionGrantRefused
+from cogo.errors import ConfigError, VersionGrantRefused
 from cogo.secretfile import write_private_json
 from cogo.streams.envelope import (
     EXECUTE_SUBJECT,
@@ -83,6 +83,8 @@ GRANT_BURST, GRANT_WINDOW_S = 4, 60.0  # new grants per user in any such window
 SEAL_ENTRY = "@seal"  # the seal key's entry in credentials.json (no user has this name)
 # who gets the seal key under --auth: the dispatchers (and cogo up's own HTTP facade)
 SEAL_HOLDERS = {"dispatcher"}
+PROJECTOR_CONSUMER_OPS = ("CONSUMER.DURABLE.CREATE", "CONSUMER.CREATE", "CONSUMER.INFO",
+                          "CONSUMER.DELETE")  # fmt: skip
 
 
 def inbox_prefix(user: str) -> str:
@@ -252,6 +254,7 @@ def permissions(user: str, plan: AuthPlan) -> dict[str, Any] | None:
     pub: list[str]
     sub = [f"{inbox_prefix(user)}.>"]
     extra: dict[str, Any] = {}
+    deny: list[str] = []
     if user == "client":
         pub = ["orchestrator.execute.*", *_read_events(), *_read_kv(POLICY_BUCKET),
                STATUS_SUBJECT, *_read_outputs()]  # fmt: skip
@@ -297,13 +300,16 @@ def permissions(user: str, plan: AuthPlan) -> dict[str, Any] | None:
     elif user == "projector":
         pub = [
             *_read_events(),
-            *[f"{API}.{op}.{EVENTS}.projector" for op in ("CONSUMER.DURABLE.CREATE", "CONSUMER.CREATE", "CONSUMER.INFO", "CONSUMER.DELETE")],
+            # its consumer is named for its node and data dir (projector-<host>-<hash>), and
+            # NATS grants whole tokens only: any name on EVENTS, less the orchestrators' (deny)
+            *[f"{API}.{op}.{EVENTS}.*" for op in PROJECTOR_CONSUMER_OPS],
             *[f"{API}.{op}.{DLQ}.>" for op in ("CONSUMER.CREATE", "CONSUMER.DURABLE.CREATE", "CONSUMER.INFO", "CONSUMER.DELETE", "CONSUMER.MSG.NEXT")],
             f"{API}.CONSUMER.CREATE.{DLQ}", f"{API}.STREAM.INFO.{DLQ}", f"$JS.ACK.{EVENTS}.>", f"$JS.ACK.{DLQ}.>",
             f"$JS.FC.{DLQ}.>",
         ]  # fmt: skip
         sub += [STATUS_SUBJECT]
         extra["allow_responses"] = True  # answer status requests on the requester's inbox
+        deny = [f"{API}.{op}.{EVENTS}.orchestrator-events" for op in PROJECTOR_CONSUMER_OPS]
     elif user in plan.workers:
         own = plan.workers[user]
         # an app speaks for its own routes only; Cogo's built-in kinds (indexer events name
@@ -325,7 +331,8 @@ def permissions(user: str, plan: AuthPlan) -> dict[str, Any] | None:
             pub += [*_write_kv("code_index"), f"{API}.STREAM.CREATE.KV_code_index"]
     else:
         raise KeyError(user)
-    return {"publish": {"allow": pub}, "subscribe": {"allow": sub}, **extra}
+    publish: dict[str, list[str]] = {"allow": pub, **({"deny": deny} if deny else {})}
+    return {"publish": publish, "subscribe": {"allow": sub}, **extra}
 
 
 def credentials(data_dir: Path, users: Sequence[str]) -> dict[str, str]:
@@ -369,6 +376,36 @@ def stored_seal_key(data_dir: Path) -> str | None:
         return None
     key = stored.get(SEAL_ENTRY) if isinstance(stored, dict) else None
     return key if isinstance(key, str) else None
+
+
+def existing_credentials(data_dir: Path, users: Sequence[str]) -> dict[str, str]:
+    """Every user's password for a cluster whose users were generated elsewhere
+    (``cogo cluster config --auth``): env ``COGO_NATS_PASSWORD_<USER>``, else
+    ``<data-dir>/credentials.json``; ConfigError naming what is missing, never a new one."""
+    path = data_dir / "credentials.json"
+    try:
+        stored: dict[str, str] = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        stored = {}
+    found = {u: env(nats_password_env(u)) or stored.get(u, "") for u in users}
+    missing = [u for u, password in found.items() if not password]
+    if missing:
+        raise ConfigError(
+            f"`cogo up --auth --nats-url` joins a cluster whose users were made by `cogo cluster "
+            f"config --auth`: copy its credentials.json into {data_dir} (or set "
+            f"{nats_password_env(missing[0])} and the like); no password for {', '.join(missing)}"
+        )
+    return found
+
+
+def write_user_env_files(out: Path, passwords: dict[str, str]) -> None:
+    """``<out>/<user>.env`` (0600): what a host running one agent kind needs, and no more."""
+    out.mkdir(parents=True, exist_ok=True)
+    for user, password in passwords.items():
+        path = out / f"{user}.env"
+        path.touch(mode=0o600)
+        path.chmod(0o600)
+        path.write_text(f"{USER_ENV}={user}\n{PASSWORD_ENV}={password}\n")
 
 
 def load_grants(data_dir: Path) -> dict[str, list[str]]:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import nats
 
-from cogo.errors import ConfigError, ForeignServer, PortInUse
+from cogo.errors import ConfigError, ForeignServer, PortInUse, StartupError
 from cogo.lifeline import die_with_parent
 from cogo.secretfile import write_private_text
 from cogo.streams.store_lock import StoreLock
@@ -58,21 +58,25 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def listen_socket(port: int, what: str, flag: str) -> socket.socket:
-    """A listening socket on 127.0.0.1:``port``; PortInUse naming it if that port is taken."""
-    sock = socket.socket()
+def listen_socket(port: int, what: str, flag: str, host: str = "127.0.0.1") -> socket.socket:
+    """A listening socket on ``host``:``port`` (loopback unless told otherwise); PortInUse
+    naming it if that port is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family)
     # as servers do: a port with connections in TIME_WAIT is free to listen on again
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind(("127.0.0.1", port))
+        sock.bind((host, port))
         sock.listen(2048)
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
             raise PortInUse(
-                f"{what} port {port} on 127.0.0.1 is already in use by another process; "
+                f"{what} port {port} on {host} is already in use by another process; "
                 f"pick another with {flag}"
             ) from None
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise StartupError(f"{what}: {host} is not an address of this host ({flag})") from None
         raise
     return sock
 

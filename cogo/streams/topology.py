@@ -13,16 +13,29 @@ backstop.
 never deleting data, so ``cogo up`` twice on one data dir keeps every event. Which routes
 exist is not fixed here: apps declare them (``cogo.streams.routes``), and ``TASKS`` keeps
 the subjects of every route ever declared.
+
+The cluster's shape belongs to the cluster: ``[bus] replicas`` applies only to what a process
+creates. A stream or consumer that exists keeps its replica count, whatever the local
+configuration says (a worker started without ``--config`` once re-declared every stream of a
+3-node cluster at 1 replica, and the loss of one host then lost acknowledged data); the
+process warns, naming both values. A new consumer takes its stream's count, never more
+(JetStream refuses a consumer with more replicas than its stream). Only ``set_replicas``
+(``cogo cluster replicas N``) changes them.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
+from nats.errors import TimeoutError as NatsTimeout
 from nats.js import api
 from nats.js.client import JetStreamContext
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import APIError, BadRequestError, NotFoundError, ServiceUnavailableError
 from nats.js.kv import KeyValue
 
 from cogo.config import Config
+from cogo.errors import ConfigError
 from cogo.streams import outputs
 from cogo.streams.envelope import (
     EXECUTE_SUBJECT,
@@ -62,6 +75,10 @@ STATUS_SUBJECT = "cogo.tasks.status"  # a task's status, answered by the project
 CONTROL_VERSION = "cogo.control.version"  # + .<user>: ask `cogo up --auth` for a version
 
 __all__ = ["durable_name"]  # re-exported: callers have always found it here
+
+log = logging.getLogger(__name__)
+# (kind, name, kept, wanted) already warned about by this process: once each, not per declare
+_warned: set[tuple[str, str, int, int]] = set()
 
 
 def stream_of(route: str) -> str:
@@ -157,6 +174,8 @@ def stream_configs(
 
 # "stream name already in use with a different configuration"
 STREAM_NAME_IN_USE = 10058
+# "consumer config replica count exceeds parent stream"
+CONSUMER_EXCEEDS_STREAM = 10126
 
 
 def consumer_config(route: str, config: Config) -> api.ConsumerConfig:
@@ -192,7 +211,9 @@ async def ensure_topology(
             try:
                 await js.add_stream(cfg)
                 continue
-            except BadRequestError as exc:
+            except APIError as exc:
+                if "insufficient" in (exc.description or ""):  # no node can reserve max_bytes
+                    raise insufficient_storage(exc, str(cfg.name), config) from None
                 if exc.err_code != STREAM_NAME_IN_USE:
                     raise
                 # a concurrent declarer created it a moment ago: update it like any other
@@ -200,6 +221,9 @@ async def ensure_topology(
         # keep the subjects the stream has: other apps' routes are among them
         kept = list(info.config.subjects or [])
         cfg.subjects = kept + [s for s in cfg.subjects or [] if s not in kept and cfg.name != TASKS]
+        # and its replicas: the cluster's shape is not this process's to change
+        cfg.num_replicas = kept_replicas("stream", str(cfg.name), info.config.num_replicas,
+                                         config.bus.replicas)  # fmt: skip
         await js.update_stream(cfg)
     # held retries (and durable timers) wait as schedules on TASKS
     await ensure_subjects(js, TASKS, [SCHEDULE_SUBJECTS, *route_subjects(RETRY_SUBJECT)])
@@ -244,11 +268,154 @@ async def ensure_kv(
         )  # fmt: skip
 
 
-async def ensure_consumer(js: JetStreamContext, route: str, config: Config) -> None:
-    """Create the route's durable consumer, or update it in place if it exists."""
-    cfg = consumer_config(route, config)
+def kept_replicas(kind: str, name: str, existing: int | None, wanted: int) -> int:
+    """The replicas an existing stream or consumer keeps (its own), warning once if the local
+    configuration wanted another count."""
+    have = int(existing or 1)
+    if have != wanted and (kind, name, have, wanted) not in _warned:
+        _warned.add((kind, name, have, wanted))
+        log.warning(
+            "%s %s has %d replica(s); this process's configuration says %d ([bus] replicas): "
+            "keeping %d (the cluster's shape changes only with `cogo cluster replicas N`)",
+            kind, name, have, wanted, have,
+        )  # fmt: skip
+    return have
+
+
+async def add_consumer_keeping_shape(
+    js: JetStreamContext, stream: str, cfg: api.ConsumerConfig, wanted: int
+) -> api.ConsumerInfo:
+    """Create ``cfg``'s durable consumer on ``stream``, or update it in place, with the replica
+    count the cluster already has: an existing consumer keeps its own, a new one takes its
+    stream's (``wanted``, the local configuration's, only decides the warning)."""
+    name = cfg.durable_name or cfg.name
+    assert name is not None
+    try:
+        info = await js.consumer_info(stream, name)
+        cfg.num_replicas = kept_replicas("consumer", f"{stream}/{name}",
+                                         info.config.num_replicas or None, wanted)  # fmt: skip
+    except NotFoundError:
+        stream_info = await js.stream_info(stream)
+        cfg.num_replicas = int(stream_info.config.num_replicas or 1)
     # add_consumer with an existing durable name updates its mutable fields
-    await js.add_consumer(stream_of(route), cfg)
+    return await js.add_consumer(stream, cfg)
+
+
+async def ensure_consumer(js: JetStreamContext, route: str, config: Config) -> None:
+    """Create the route's durable consumer, or update it in place if it exists (its replicas
+    stay as the cluster has them: ``add_consumer_keeping_shape``)."""
+    cfg = consumer_config(route, config)
+    await add_consumer_keeping_shape(js, stream_of(route), cfg, config.bus.replicas)
+
+
+async def set_replicas(js: JetStreamContext, replicas: int) -> list[str]:
+    """Change every Cogo stream, KV and object bucket, and every durable consumer on them, to
+    ``replicas`` (``cogo cluster replicas N``, the one way to change the cluster's shape).
+
+    Raising: streams first, then their consumers; lowering: consumers first, since JetStream
+    refuses a consumer with more replicas than its stream (except on a work-queue stream, whose
+    consumers must always match it: the stream first). Returns what changed, one line each.
+    """
+    if not 1 <= replicas <= 5:
+        raise ValueError("replicas must be between 1 and 5 (JetStream's limit)")
+    buckets = [POLICY_BUCKET, ROLLOUT_BUCKET, LEASE_BUCKET, SCHEDULE_BUCKET, FLOW_BUCKET,
+               "code_index"]  # fmt: skip
+    ours = {TASKS, RESULTS, EVENTS, DLQ, FLOW, outputs.OUTPUTS, f"OBJ_{ARTIFACT_BUCKET}",
+            *(f"KV_{b}" for b in buckets)}  # fmt: skip
+    streams = [info.config.name for info in await _streams_info(js)
+               if info.config.name in ours]  # fmt: skip
+    changed: list[str] = []
+
+    async def consumers(stream: str) -> None:
+        for info in await js.consumers_info(stream):
+            cfg = info.config
+            # ephemeral and in-memory consumers are not part of the shape
+            if not cfg.durable_name or cfg.mem_storage:
+                continue
+            if int(cfg.num_replicas or 0) in (0, replicas):
+                continue
+            before = cfg.num_replicas
+            cfg.num_replicas = replicas
+            for attempt in range(50):
+                try:
+                    await js.add_consumer(stream, cfg)
+                    break
+                except BadRequestError as exc:
+                    # the stream's new size reaches its peers a moment after its update
+                    if exc.err_code != CONSUMER_EXCEEDS_STREAM or attempt == 49:
+                        raise
+                    await asyncio.sleep(0.2)
+            changed.append(f"consumer {stream}/{cfg.durable_name}: {before} -> {replicas}")
+
+    for name in streams:
+        assert name is not None
+        info = await js.stream_info(name)
+        before = int(info.config.num_replicas or 1)
+        # a work-queue stream's consumers must match it at all times: the stream goes first
+        limits = info.config.retention in (None, api.RetentionPolicy.LIMITS)
+        if replicas < before and limits:
+            await consumers(name)
+        if before != replicas:
+            cfg = info.config
+            cfg.num_replicas = replicas
+            await js.update_stream(cfg)
+            changed.append(f"stream {name}: {before} -> {replicas}")
+            # its consumers may only follow once the stream has its new peers
+            await _wait_settled(js, [name], replicas, consumers=False)
+        if replicas > before or not limits:
+            await consumers(name)
+    if changed:
+        await _wait_settled(js, [n for n in streams if n], replicas)
+    return changed
+
+
+async def _wait_settled(
+    js: JetStreamContext,
+    streams: list[str],
+    replicas: int,
+    *,
+    consumers: bool = True,
+    timeout: float = 120.0,
+) -> None:
+    """Wait until every stream and durable consumer of ``streams`` has a leader and exactly
+    ``replicas`` peers: a shape change moves RAFT groups, and until they settle requests to
+    them time out."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    pending = list(streams)
+    while pending:
+        name = pending[0]
+        try:
+            if await _group_settled(js, name, replicas, consumers=consumers):
+                pending.pop(0)
+                continue
+        except (NatsTimeout, TimeoutError, ServiceUnavailableError):
+            pass
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"stream {name} did not settle at {replicas} replica(s) in time")
+        await asyncio.sleep(0.25)
+
+
+async def _group_settled(
+    js: JetStreamContext, stream: str, replicas: int, *, consumers: bool
+) -> bool:
+    groups: list[api.ClusterInfo | None] = [(await js.stream_info(stream)).cluster]
+    for info in await js.consumers_info(stream) if consumers else []:
+        if info.config.durable_name and not info.config.mem_storage:
+            groups.append(info.cluster)
+    return all(
+        group is None  # a single server: nothing to elect
+        or (bool(group.leader) and len(group.replicas or []) + 1 == replicas)
+        for group in groups
+    )
+
+
+async def _streams_info(js: JetStreamContext) -> list[api.StreamInfo]:
+    out: list[api.StreamInfo] = []
+    while True:
+        page = await js.streams_info(offset=len(out))
+        out.extend(page)
+        if len(page) < 256:  # the server's page size
+            return out
 
 
 async def results_floor(js: JetStreamContext) -> int:
@@ -277,3 +444,37 @@ async def task_consumers(js: JetStreamContext) -> list[api.ConsumerInfo]:
         if len(page) < 256:  # the server's page size
             break
     return sorted(out, key=lambda info: info.config.filter_subject or info.name)
+
+
+# -- store sizing: what the streams reserve on a node -------------------------------------
+
+# what one node keeps free beyond the reservations: TASKS, RESULTS and FLOW have no
+# max_bytes (they refuse work when the store is full), and the KV buckets live here too
+HEADROOM_BYTES = 2 * 1024**3
+
+
+def human(size: int) -> str:
+    """A byte count as an operator writes it (``10GB``, ``1.5GB``)."""
+    for unit in ("TB", "GB", "MB", "KB"):
+        scale = 1024 ** (" KMGT".index(unit[0]))
+        if size >= scale:
+            return f"{size / scale:.1f}{unit}".replace(".0", "")
+    return f"{size}B"
+
+
+def reserved_bytes(config: Config) -> dict[str, int]:
+    """What each of Cogo's streams reserves on every node holding a replica (its max_bytes)."""
+    return {str(c.name): int(c.max_bytes) for c in stream_configs(config)
+            if c.max_bytes and c.max_bytes > 0}  # fmt: skip
+
+
+def insufficient_storage(exc: Exception, stream: str, config: Config) -> ConfigError:
+    """The clear error for the server's ``insufficient storage`` when placing ``stream``."""
+    reserved = reserved_bytes(config)
+    return ConfigError(
+        f"the cluster has no room for stream {stream} ({exc}): Cogo's streams reserve "
+        f"{human(sum(reserved.values()))} on each node holding a replica "
+        f"({', '.join(f'{n} {human(b)}' for n, b in reserved.items())}); raise the nodes' "
+        f"jetstream max_file_store to at least {human(sum(reserved.values()) + HEADROOM_BYTES)} "
+        "(`cogo cluster config --store-size`), or lower [events] / [dlq] / [outputs] max_bytes"
+    )

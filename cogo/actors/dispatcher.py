@@ -34,6 +34,7 @@ import msgspec
 from cogo.actors.admission import FlowControl
 from cogo.actors.base import Actor, Defer, Delivery
 from cogo.actors.deadletter import DeadLetterWatcher
+from cogo.actors.suspension import Suspensions, tree_usage, wake_messages
 from cogo.aio import cancel_and_wait
 from cogo.config import Config
 from cogo.errors import (
@@ -54,6 +55,7 @@ from cogo.streams.catalogue import (
     ExecuteDone,
     ExecuteEnqueued,
 )
+from cogo.streams.commands import CANCEL_KIND, WAKE_KIND, decode_cancel, decode_wake
 from cogo.streams.envelope import (
     EXECUTE_SUBJECT,
     KIND_HEADER,
@@ -95,6 +97,7 @@ class ExecutorDispatcher(Actor):
         self.canary = CanaryRouter(self.js, self.config)  # rollouts: version and cohort per task
         self.dead_letters = DeadLetterWatcher(self, self.report_dead_letter)
         self.flow = FlowControl(self)  # admission of flow-controlled routes
+        self.suspensions = Suspensions(self)  # durable agents (cogo.actors.suspension)
         self._trimmer: asyncio.Task[None] | None = None
 
     def default_routes(self) -> list[str]:
@@ -110,6 +113,7 @@ class ExecutorDispatcher(Actor):
         await self.canary.start()
         await self.dead_letters.start()
         await self.flow.start()
+        await self.suspensions.start()
         if RESULTS_SUBJECT in self.routes:
             self._trimmer = asyncio.create_task(self._trim_loop(), name="trim-results")
 
@@ -138,12 +142,27 @@ class ExecutorDispatcher(Actor):
     async def handle(self, delivery: Delivery) -> None:
         if delivery.route in RESULT_ROUTES:
             result = decode_result(delivery.data)
-            await self._on_result(result, delivery)
+            if result.suspended is not None or result.cancelled:
+                await self.suspensions.on_result(result)
+            else:
+                token = tree_usage.set(result.tree_usage)
+                try:
+                    await self._on_result(result, delivery)
+                finally:
+                    tree_usage.reset(token)
+                if result.durable:
+                    await self.suspensions.forget(result.order.task_id)
             # after the result's events are stored, before it is acked: a redelivery frees
             # the slot again (harmless), and no next attempt starts before the last one ended
             await self.flow.release(result.order)
-        elif delivery.headers.get(KIND_HEADER) == RETRY_KIND:
+            return
+        kind = delivery.headers.get(KIND_HEADER)
+        if kind == RETRY_KIND:
             await self._on_retry(decode_order(delivery.data))
+        elif kind == WAKE_KIND:
+            await self.suspensions.on_wake(decode_wake(delivery.data))
+        elif kind == CANCEL_KIND:
+            await self.suspensions.on_cancel(decode_cancel(delivery.data))
         else:
             await self._on_submit(delivery)
 
@@ -267,6 +286,8 @@ class ExecutorDispatcher(Actor):
         a = order.assignment
         total = order.usage_so_far + r.usage
         base = _base_of(order)
+        # a durable agent's budget bounds its tree: its ended children's spending counts
+        tree = total + r.tree_usage if r.tree_usage is not None else total
         # a redelivered attempt's first delivery may have emitted before its worker died
         emitted = order.emitted or r.emitted or r.delivery > 1
         closes = order if emitted else None
@@ -284,14 +305,14 @@ class ExecutorDispatcher(Actor):
         }
         timing = {"claimed_at": iso(r.claimed_at), "submitted_at": iso(order.submitted_at)}
         budget: CogoError | None = None
-        if total.tokens > a.max_tokens:
+        if tree.tokens > a.max_tokens:
             budget = TokenBudgetExhausted(
-                f"used {total.tokens} tokens across {order.attempt} attempt(s), "
+                f"used {tree.tokens} tokens across {order.attempt} attempt(s), "
                 f"budget max_tokens={a.max_tokens}"
             )
-        elif total.cost_usd > a.max_cost_usd:
+        elif tree.cost_usd > a.max_cost_usd:
             budget = CostBudgetExhausted(
-                f"spent ${total.cost_usd:.4f} across {order.attempt} attempt(s), "
+                f"spent ${tree.cost_usd:.4f} across {order.attempt} attempt(s), "
                 f"budget max_cost_usd={a.max_cost_usd}"
             )
         if budget is not None:
@@ -411,12 +432,14 @@ class ExecutorDispatcher(Actor):
     def terminal_messages(self, event: Event, closes: WorkOrder | None = None) -> list[Outgoing]:
         """The terminal event and, with ``closes``, the end marker of that task's output (it
         may have emitted), to go out in one batch (``cogo.streams.outputs``)."""
+        # a child of a durable agent wakes its parent (cogo.actors.suspension)
+        wakes = wake_messages(event)
         if closes is None:
-            return [event_message(event)]
+            return [event_message(event), *wakes]
         status = "succeeded" if event.type == EXECUTE_DONE else "failed"
         marker = end_marker(closes, status, attempt=event.attempt or 0,
                             error_code=event.error_code, error=event.error)  # fmt: skip
-        return [event_message(event), marker]
+        return [event_message(event), marker, *wakes]
 
     async def _terminal(self, event: Event, closes: WorkOrder | None = None) -> None:
         """Append the terminal event (and the end marker of the output it ``closes``)."""

@@ -26,6 +26,7 @@ from cogo.config import Config
 from cogo.streams import outputs
 from cogo.streams.envelope import EXECUTE_SUBJECT, RESULT_SUBJECT, RESULTS_SUBJECT
 from cogo.streams.routes import durable_name, ensure_subjects, route_subjects
+from cogo.streams.schedule import SCHEDULE_SUBJECTS
 
 TASKS = "TASKS"
 RESULTS = "RESULTS"
@@ -42,6 +43,9 @@ LEASE_BUCKET = "orchestrator_leases"
 SCHEDULE_BUCKET = "schedules"
 # flow control: admission leases, the slots running attempts hold, what each admitter sees
 FLOW_BUCKET = "flow"
+# durable agents: what each suspended task waits for, and what arrived while it ran
+# (cogo.actors.suspension)
+SUSPENSION_BUCKET = "suspensions"
 DISPATCHER_ROUTES = [EXECUTE_SUBJECT, RESULT_SUBJECT]
 # the workflow orchestrator's commands, one subject per partition of runs; not task routes
 ORCHESTRATOR_PARTITIONS = 8
@@ -75,13 +79,19 @@ def stream_configs(
         api.StreamConfig(
             name=TASKS,
             description="commands for actors (work queue)",
-            subjects=task_subjects or [s for r in FIXED_ROUTES for s in route_subjects(r)],
+            subjects=(task_subjects or [s for r in FIXED_ROUTES for s in route_subjects(r)])
+            + [SCHEDULE_SUBJECTS],
             retention=api.RetentionPolicy.WORK_QUEUE,
+            # timers of durable agents (ctx.sleep, wait_signal timeouts, ttl of suspended
+            # tasks) are messages the server publishes later (cogo.streams.schedule)
+            allow_msg_schedules=True,
             storage=api.StorageType.FILE,
             num_replicas=replicas,
             duplicate_window=window,
-            # refuse new work rather than silently dropping queued work when full
-            discard=api.DiscardPolicy.NEW,
+            # the server refuses message schedules on a `discard: new` stream; TASKS sets no
+            # max_msgs / max_bytes, so there is nothing it would discard: a full store (the
+            # account's limit) refuses new work either way, never dropping queued work
+            discard=api.DiscardPolicy.OLD,
         ),
         api.StreamConfig(
             name=RESULTS,
@@ -183,6 +193,7 @@ async def ensure_topology(
         cfg.subjects = info.config.subjects
         await js.update_stream(cfg)
     await ensure_consumer(js, RESULTS_SUBJECT, config)
+    await ensure_subjects(js, TASKS, [SCHEDULE_SUBJECTS])
     if routes:
         task_routes = [r for r in routes if stream_of(r) == TASKS]
         await ensure_subjects(js, TASKS, [s for r in task_routes for s in route_subjects(r)])
@@ -194,6 +205,7 @@ async def ensure_topology(
     await ensure_kv(js, LEASE_BUCKET, history=1, replicas=config.bus.replicas)
     await ensure_kv(js, SCHEDULE_BUCKET, history=4, replicas=config.bus.replicas)
     await ensure_kv(js, FLOW_BUCKET, history=1, replicas=config.bus.replicas)
+    await ensure_kv(js, SUSPENSION_BUCKET, history=1, replicas=config.bus.replicas)
     try:
         await js.object_store(ARTIFACT_BUCKET)
     except (NotFoundError, BadRequestError):

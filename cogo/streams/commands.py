@@ -1,0 +1,80 @@
+"""Commands to the dispatcher about durable tasks: wake-ups (signals, children's outcomes,
+timers) and cancels, on ``orchestrator.execute.0`` with ``Cogo-Kind: wake | cancel``.
+
+Each has a deterministic ``Nats-Msg-Id`` (``<task>:signal:<name>``, ``<child>:wake``,
+``<task>:cancel``), so sending one twice does nothing twice (``cogo.actors.suspension``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from cogo.errors import MalformedMessage
+from cogo.streams.catalogue import CallCompleted
+from cogo.streams.envelope import EXECUTE_SUBJECT, KIND_HEADER, MSG_ID, encoder
+
+WAKE_KIND = "wake"
+CANCEL_KIND = "cancel"
+# a worker's running handlers hear a cancel here (core NATS: a handler that misses it is
+# cancelled anyway, its outcome fenced by the task's terminal event)
+CANCEL_SUBJECT = "cogo.tasks.cancel"
+
+
+class Wake(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A wake-up command: a signal, a child's outcome or a timer, for ``task_id``."""
+
+    task_id: str
+    kind: str  # signal | call | timer
+    name: str = ""
+    data: Any = None
+    route: str | None = None
+    correlation_id: str | None = None
+    done: CallCompleted | None = None
+
+
+class CancelRequest(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A cancel command for ``task_id`` (``parent_id`` when its parent's cancel sent it)."""
+
+    task_id: str
+    reason: str | None = None
+    route: str | None = None
+    parent_id: str | None = None
+
+
+_wake_decoder = msgspec.json.Decoder(Wake)
+_cancel_decoder = msgspec.json.Decoder(CancelRequest)
+
+
+def decode_wake(data: bytes) -> Wake:
+    try:
+        return _wake_decoder.decode(data)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise MalformedMessage(f"invalid wake-up: {exc}") from exc
+
+
+def decode_cancel(data: bytes) -> CancelRequest:
+    try:
+        return _cancel_decoder.decode(data)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise MalformedMessage(f"invalid cancel request: {exc}") from exc
+
+
+def signal_message(
+    task_id: str, name: str, data: Any, *, route: str | None = None
+) -> tuple[str, bytes, dict[str, str]]:
+    """The command that signals ``task_id`` (the first of a name counts)."""
+    wake = Wake(task_id=task_id, kind="signal", name=name, data=data, route=route)
+    headers = {MSG_ID: f"{task_id}:signal:{name}", KIND_HEADER: WAKE_KIND}
+    return EXECUTE_SUBJECT, encoder.encode(wake), headers
+
+
+def cancel_message(
+    task_id: str, reason: str | None = None, *, route: str | None = None,
+    parent_id: str | None = None,
+) -> tuple[str, bytes, dict[str, str]]:  # fmt: skip
+    """The command that cancels ``task_id`` and its descendants (idempotent)."""
+    request = CancelRequest(task_id=task_id, reason=reason, route=route, parent_id=parent_id)
+    headers = {MSG_ID: f"{task_id}:cancel", KIND_HEADER: CANCEL_KIND}
+    return EXECUTE_SUBJECT, encoder.encode(request), headers

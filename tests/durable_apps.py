@@ -34,7 +34,7 @@ async def waiter(ctx: cogo.TaskContext, p: dict[str, Any]) -> Any:
         return {"timeout": True}
 
 
-@app.agent("dur.child.0", policy=FAST)
+@app.agent("dur.child.0", policy={**FAST, "max_tokens": 300})
 async def child(ctx: cogo.TaskContext, p: dict[str, Any]) -> Any:
     RUNS[f"child:{ctx.task_id}"] += 1
     if p.get("tokens"):

@@ -34,7 +34,7 @@ import msgspec
 from cogo.actors.admission import FlowControl
 from cogo.actors.base import Actor, Defer, Delivery
 from cogo.actors.deadletter import DeadLetterWatcher
-from cogo.actors.suspension import Suspensions, tree_usage, wake_messages
+from cogo.actors.suspension import Suspensions, pending_children, tree_usage, wake_messages
 from cogo.aio import cancel_and_wait
 from cogo.config import Config
 from cogo.errors import (
@@ -146,10 +146,12 @@ class ExecutorDispatcher(Actor):
                 await self.suspensions.on_result(result)
             else:
                 token = tree_usage.set(result.tree_usage)
+                orphans = pending_children.set(result.children)
                 try:
                     await self._on_result(result, delivery)
                 finally:
                     tree_usage.reset(token)
+                    pending_children.reset(orphans)
                 if result.durable:
                     await self.suspensions.forget(result.order.task_id)
             # after the result's events are stored, before it is acked: a redelivery frees

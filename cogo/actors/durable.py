@@ -26,8 +26,8 @@ Journal entries beyond steps (``cogo.actors.steps``):
 
 Budget: a child's ``max_tokens`` / ``max_cost_usd`` are carved from what the parent has left
 (its budget minus its own usage, minus what its ended children's trees spent, minus what
-running children hold); without an explicit ``assignment`` the child gets its route's default,
-capped by that. The parent's own spending counts against the same remainder
+running children hold): an explicit ``assignment`` budget as asked (capped by that), else the
+child route's default capped by half of it, so that parallel siblings are not starved. The parent's own spending counts against the same remainder
 (``TaskContext.report_usage``), so a root's budget bounds its whole tree.
 """
 
@@ -266,10 +266,18 @@ async def _start_child(
     if not isinstance(body, dict):
         raise TypeError(f"ctx.call takes a payload that is a JSON object, not {type(body)}")
     wanted = dict(assignment or {})
-    tokens_left = ctx.remaining_tokens
-    cost_left = ctx.remaining_cost_usd
-    tokens = min(int(wanted.get("max_tokens") or policy.max_tokens), tokens_left)
-    cost = min(float(wanted.get("max_cost_usd", policy.max_cost_usd)), cost_left)
+    d = ctx.durable
+    # carved and reserved with no await in between: parallel calls never carve the same.
+    # An explicit budget is carved as asked (capped by what is left); without one, the
+    # child's route default, capped by half of what is left, so siblings are not starved
+    if wanted.get("max_tokens"):
+        tokens = min(int(wanted["max_tokens"]), ctx.remaining_tokens)
+    else:
+        tokens = min(policy.max_tokens, ctx.remaining_tokens // 2)
+    if wanted.get("max_cost_usd") is not None:
+        cost = min(float(wanted["max_cost_usd"]), ctx.remaining_cost_usd)
+    else:
+        cost = min(policy.max_cost_usd, ctx.remaining_cost_usd / 2)
     if tokens <= 0:
         raise TokenBudgetExhausted(
             f"ctx.call({route!r}): the task's tree has no tokens left to carve for a child"
@@ -293,12 +301,17 @@ async def _start_child(
         CALL_STARTED, ctx.order, event_id=f"{ctx.task_id}:call:{key}", actor=worker.name,
         data=entry,
     )  # fmt: skip
-    # the child first: an entry without its child would leave the parent waiting forever
-    await worker.publish_all([(EXECUTE_SUBJECT, encoder.encode(message), {MSG_ID: child_id})])
-    await worker.publish_all(
-        [(durable_subject(CALL_STARTED, ctx.task_id), encode_event(event),
-          {MSG_ID: event.event_id})]
-    )  # fmt: skip
+    d.reserved[child_id] = (tokens, round(cost, 9))
+    try:
+        # the child first: an entry without its child would leave the parent waiting forever
+        await worker.publish_all([(EXECUTE_SUBJECT, encoder.encode(message), {MSG_ID: child_id})])
+        await worker.publish_all(
+            [(durable_subject(CALL_STARTED, ctx.task_id), encode_event(event),
+              {MSG_ID: event.event_id})]
+        )  # fmt: skip
+    except BaseException:
+        d.reserved.pop(child_id, None)
+        raise
     return entry
 
 

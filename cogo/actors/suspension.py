@@ -110,6 +110,10 @@ log = logging.getLogger(__name__)
 tree_usage: contextvars.ContextVar[Usage | None] = contextvars.ContextVar(
     "cogo_tree_usage", default=None
 )
+# the children that task started and that had not ended: cancelled if it ends now
+pending_children: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
+    "cogo_pending_children", default=None
+)
 
 
 class Record(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -146,12 +150,17 @@ def parent_of(event: Event) -> str | None:
 
 
 def wake_messages(event: Event) -> list[Outgoing]:
-    """A child's terminal event wakes its parent (published in the same batch)."""
+    """A child's terminal event wakes its parent, and a parent's cancels the children it
+    left running (published in the same batch)."""
     if event.type not in TERMINAL_TYPES or event.task_id is None:
         return []
+    orphans = [
+        cancel_message(c, f"parent {event.task_id} ended", parent_id=event.task_id)
+        for c in pending_children.get() or []
+    ]
     parent = parent_of(event)
     if parent is None:
-        return []
+        return orphans
     own = event.usage or Usage()
     below = tree_usage.get() or Usage()
     result = None
@@ -168,7 +177,7 @@ def wake_messages(event: Event) -> list[Outgoing]:
     wake = Wake(task_id=parent, kind="call", name=event.task_id, done=done,
                 correlation_id=event.correlation_id)  # fmt: skip
     headers = {MSG_ID: f"{event.task_id}:wake", KIND_HEADER: WAKE_KIND}
-    return [(EXECUTE_SUBJECT, encoder.encode(wake), headers)]
+    return [(EXECUTE_SUBJECT, encoder.encode(wake), headers), *orphans]
 
 
 def _arrival(kind: str, name: str) -> str:

@@ -1,0 +1,134 @@
+"""Cancellation and signals over every door (``Client``, HTTP, CLI) on a real nats-server: a
+tree of a suspended parent, suspended children and a running one ends ``cancelled`` at every
+node, the running handler gets ``CancelledError``; idempotent, 404 unknown, 409 finished."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+import cogo
+from cogo.http.app import create_app
+from cogo.http.state import AppState
+from cogo.streams.policies import PolicyStore
+from tests import durable_apps
+from tests.durable_apps import RUNS
+from tests.helpers import wait_until
+
+
+@pytest.fixture
+def cogo_apps():
+    return [durable_apps.app]
+
+
+@pytest.fixture
+def cogo_config():
+    return "[runtime]\nsuspend_after_ms = 50\n\n[actors]\nstarted_event_after_ms = 100\n"
+
+
+@pytest.fixture
+async def http(cogo_env):
+    js = cogo_env.client.nc.jetstream()
+    policies = PolicyStore(js)
+    await policies.start()
+    state = AppState(nc=cogo_env.client.nc, config=cogo_env.config, policies=policies,
+                     data_dir=cogo_env.data_dir, projector=cogo_env.projector)  # fmt: skip
+    transport = httpx.ASGITransport(app=create_app(state))
+    async with httpx.AsyncClient(transport=transport, base_url="http://cogo") as client:
+        yield client
+    await policies.stop()
+
+
+async def status_of(env, task_id: str) -> str | None:
+    try:
+        return (await env.client.status(task_id)).status
+    except cogo.errors.TaskNotFound:
+        return None
+
+
+async def test_cancelling_a_tree_ends_every_task_in_it(cogo_env):
+    handle = await cogo_env.client.submit("dur.tree.0", {})
+    root = handle.task_id
+    nodes = [f"{root}/x", f"{root}/y", f"{root}/slow"]
+
+    async def settled() -> bool:
+        states = [await status_of(cogo_env, t) for t in [root, *nodes]]
+        return states == ["suspended", "suspended", "suspended", "running"]
+
+    await wait_until(settled, 60, "the tree never reached suspended/suspended/suspended/running")
+    await cogo_env.client.cancel(root, "test")
+    with pytest.raises(cogo.TaskFailed) as failed:
+        await handle.result(timeout=30)
+    assert failed.value.code == "task.cancelled"
+    for node in nodes:
+        final = await cogo_env.client.handle(node, None).wait(timeout=30)
+        assert final.status == "cancelled" and final.error_code == "task.cancelled", final
+    # the running handler got CancelledError at its await; nothing ran again
+    assert RUNS[f"slow-cancelled:{root}/slow"] == 1 and RUNS[f"slow:{root}/slow"] == 1
+    # idempotent: again is fine, and changes nothing
+    await cogo_env.client.cancel(root)
+    events = await cogo_env.events(root)
+    assert [e["type"] for e in events].count("execute_cancelled") == 1
+    assert not [e for e in events if e["type"] in ("execute_done", "execute_failed")]
+
+
+async def test_signal_and_cancel_over_http(cogo_env, http):
+    handle = await cogo_env.client.submit("dur.signal.0", {})
+    tid = handle.task_id
+    await wait_until(lambda: _is(cogo_env, tid, "suspended"), 30, "never suspended")
+    r = await http.post(f"/api/tasks/{tid}/signals/go", json={"data": {"by": "http"}})
+    assert r.status_code == 202, r.text
+    assert await handle.result(timeout=30) == {"got": {"by": "http"}}
+    r = await http.post(f"/api/tasks/{tid}/signals/go", json={"data": 1})
+    assert r.status_code == 409 and r.json()["code"] == "task.finished"
+    r = await http.post(f"/api/tasks/{tid}/cancel")
+    assert r.status_code == 409
+    r = await http.post("/api/tasks/nope/signals/go", json={})
+    assert r.status_code == 404 and r.json()["code"] == "task.not_found"
+    r = await http.post("/api/tasks/nope/cancel")
+    assert r.status_code == 404
+    r = await http.post(f"/api/tasks/{tid}/signals/go", json={"data": 1, "extra": 2})
+    assert r.status_code == 422
+    # a suspended task is cancelled at once; GET shows it
+    other = await cogo_env.client.submit("dur.signal.0", {})
+    await wait_until(lambda: _is(cogo_env, other.task_id, "suspended"), 30, "never suspended")
+    task = (await http.get(f"/api/tasks/{other.task_id}")).json()
+    assert task["waiting_for"] == [{"kind": "signal", "name": "go"}] and task["children"] == []
+    r = await http.post(f"/api/tasks/{other.task_id}/cancel", json={"reason": "no longer"})
+    assert r.status_code == 202
+    final = await other.wait(timeout=30)
+    assert final.status == "cancelled" and "no longer" in (final.error or "")
+    assert (await http.post(f"/api/tasks/{other.task_id}/cancel")).status_code == 202
+
+
+async def test_signal_and_cancel_from_the_cli(cogo_env):
+    handle = await cogo_env.client.submit("dur.signal.0", {})
+    tid = handle.task_id
+    await wait_until(lambda: _is(cogo_env, tid, "suspended"), 30, "never suspended")
+    cli = [sys.executable, "-m", "cogo"]
+    bad = await asyncio.to_thread(
+        subprocess.run, [*cli, "signal", "--nats-url", cogo_env.url, tid, "go",
+                         "--data", "{nope"], capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "request.invalid" in bad.stderr and "Traceback" not in bad.stderr
+    ok = await asyncio.to_thread(
+        subprocess.run, [*cli, "signal", "--nats-url", cogo_env.url, tid, "go",
+                         "--data", '{"via": "cli"}'], capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["sent"] is True
+    assert await handle.result(timeout=30) == {"got": {"via": "cli"}}
+    gone = await asyncio.to_thread(
+        subprocess.run, [*cli, "cancel", "--nats-url", cogo_env.url, tid],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert gone.returncode == 2 and "task.finished" in gone.stderr
+
+
+async def _is(env, task_id: str, wanted: str) -> bool:
+    return await status_of(env, task_id) == wanted

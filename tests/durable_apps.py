@@ -4,6 +4,7 @@ process (``cogo_env``), so ``RUNS`` counts what each handler and child really ra
 from __future__ import annotations
 
 import asyncio
+import os
 from collections import Counter
 from typing import Any
 
@@ -92,3 +93,22 @@ async def tree(ctx: cogo.TaskContext, p: dict[str, Any]) -> Any:
     calls = [ctx.call("dur.child.0", {"topic": t, "wait": True}, key=t) for t in ("x", "y")]
     calls.append(ctx.call("dur.slow.0", {"s": 60}, key="slow"))
     return await asyncio.gather(*calls)
+
+
+# run as its own process (``cogo run tests.durable_apps:waiting``) by the fault and scale tests
+waiting = cogo.App("durwait")
+
+
+@waiting.agent("durwait.signal.0", policy={**FAST, "ttl_ms": 600000, "max_attempts": 3})
+async def wait_for_go(ctx: cogo.TaskContext, p: dict[str, Any]) -> Any:
+    """Waits for signal ``go``, then runs one step that counts (exactly once per task)."""
+    data = await ctx.wait_signal("go")
+    return await ctx.step("after", _count, ctx.task_id, data)
+
+
+def _count(task_id: str, data: Any) -> Any:
+    path = os.environ.get("DUR_LEDGER")
+    if path:
+        with open(path, "a") as ledger:
+            ledger.write(f"{task_id}\n")
+    return {"task": task_id, "data": data}

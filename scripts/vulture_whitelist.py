@@ -58,3 +58,4 @@ failed_nodes  # unused variable (cogo/streams/catalogue.py:317): an event data f
 node_type  # unused variable (cogo/streams/catalogue.py:331): an event data field, read as JSON (SQL views, the dashboard)
 deadline_at  # unused variable (cogo/streams/catalogue.py:336): an event data field, read as JSON (SQL views, the dashboard)
 retry_at_iso  # unused variable (cogo/streams/catalogue.py:361): an event data field, read as JSON (SQL views, the dashboard)
+child_route  # unused variable (cogo/streams/catalogue.py:189): call_started's field, read as JSON

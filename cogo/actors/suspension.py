@@ -42,6 +42,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from cogo.actors.steps import durable_subject, task_bucket
 from cogo.errors import (
+    CogoError,
     CostBudgetExhausted,
     TaskCancelled,
     TokenBudgetExhausted,
@@ -67,7 +68,6 @@ from cogo.streams.catalogue import (
 )
 from cogo.streams.commands import (
     CANCEL_SUBJECT,
-    KIND_HEADER,
     WAKE_KIND,
     CancelRequest,
     Wake,
@@ -75,6 +75,7 @@ from cogo.streams.commands import (
 )
 from cogo.streams.envelope import (
     EXECUTE_SUBJECT,
+    KIND_HEADER,
     MSG_ID,
     Usage,
     Waiting,
@@ -154,7 +155,7 @@ def wake_messages(event: Event) -> list[Outgoing]:
     left running (published in the same batch)."""
     if event.type not in TERMINAL_TYPES or event.task_id is None:
         return []
-    orphans = [
+    orphans: list[Outgoing] = [
         cancel_message(c, f"parent {event.task_id} ended", parent_id=event.task_id)
         for c in pending_children.get() or []
     ]
@@ -254,7 +255,7 @@ class Suspensions:
         total = order.usage_so_far + r.usage
         below = r.tree_usage or Usage()
         a = order.assignment
-        budget = None
+        budget: CogoError | None = None
         if total.tokens + below.tokens > a.max_tokens:
             budget = TokenBudgetExhausted(
                 f"the task's tree used {total.tokens + below.tokens} tokens, budget "

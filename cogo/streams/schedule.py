@@ -37,6 +37,5 @@ async def publish_at(
 
 async def cancel_schedule(js: Any, *, key: str) -> None:
     """Drop the schedule ``key`` if it has not fired (purge of its subject)."""
-    from cogo.streams.topology import TASKS
-
-    await js.purge_stream(TASKS, subject=SCHEDULE_PREFIX + key)
+    # the stream holding SCHEDULE_SUBJECTS (cogo.streams.topology.TASKS, which imports this)
+    await js.purge_stream("TASKS", subject=SCHEDULE_PREFIX + key)

@@ -47,6 +47,13 @@ async def until(env: CogoEnv, task_id: str, check, what: str, timeout: float = 6
         await asyncio.sleep(0.1)
 
 
+async def calls_reach(chat_server, n: int, timeout: float = 60.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while chat_server.calls < n:
+        assert asyncio.get_running_loop().time() < deadline, f"{chat_server.calls} LLM calls"
+        await asyncio.sleep(0.05)
+
+
 def waits_for(kind: str):
     return lambda s: (
         s.status == "suspended" and any(w["kind"] == kind for w in (s.waiting_for or []))
@@ -97,8 +104,7 @@ async def test_sigkill_in_every_phase_runs_every_child_once(tmp_path, chat_serve
         tid = handle.task_id
         # 1. the readers are in their LLM calls (the planner waits for them): kill them
         await until(env, tid, waits_for("call"), "the planner never waited for its readers")
-        while chat_server.calls < 4:
-            await asyncio.sleep(0.05)
+        await calls_reach(chat_server, 4)
         env.kill("research.read-0")
         env.spawn("lexicon.research:app", "read", "research.read-1")
         # 2. the planner waits for approval: kill it, then approve
@@ -114,9 +120,7 @@ async def test_sigkill_in_every_phase_runs_every_child_once(tmp_path, chat_serve
         # 4. the writer is in its LLM call: kill it
         await until(env, f"{tid}/write", lambda s: s.status in ("queued", "running"),
                     "the writer never started")  # fmt: skip
-        calls = chat_server.calls
-        while chat_server.calls == calls:
-            await asyncio.sleep(0.05)
+        await calls_reach(chat_server, chat_server.calls + 1)
         env.kill("research.write-0")
         env.spawn("lexicon.research:app", "write", "research.write-1")
         out = await handle.result(timeout=120)

@@ -44,7 +44,12 @@ async def child(ctx: cogo.TaskContext, p: dict[str, Any]) -> Any:
         raise cogo.PermanentWorkerError(f"child {p['topic']} fails")
     if p.get("wait"):
         await ctx.wait_signal("go")
+        await ctx.step("done", _mark, f"done:{ctx.task_id}")
     return {"topic": p["topic"], "budget": ctx.assignment.max_tokens}
+
+
+def _mark(name: str) -> None:
+    RUNS[name] += 1
 
 
 @app.agent("dur.parent.0", policy={**FAST, "max_tokens": 1000})

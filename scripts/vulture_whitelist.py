@@ -59,3 +59,6 @@ node_type  # unused variable (cogo/streams/catalogue.py:331): an event data fiel
 deadline_at  # unused variable (cogo/streams/catalogue.py:336): an event data field, read as JSON (SQL views, the dashboard)
 retry_at_iso  # unused variable (cogo/streams/catalogue.py:361): an event data field, read as JSON (SQL views, the dashboard)
 child_route  # unused variable (cogo/streams/catalogue.py:189): call_started's field, read as JSON
+dur_wait  # unused function (cogo/bench/durable.py:42): an @app.agent handler, run by cogo run
+dur_call  # unused function (cogo/bench/durable.py:48): an @app.agent handler, run by cogo run
+dur_echo  # unused function (cogo/bench/durable.py:56): an @app.agent handler, run by cogo run

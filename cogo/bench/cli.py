@@ -25,6 +25,8 @@ from typing import Any
 from cogo.actors.runner import _use_uvloop
 from cogo.bench.agent import agent_vs_echo
 from cogo.bench.agent import app as bench_app
+from cogo.bench.durable import app as durable_app
+from cogo.bench.durable import durable_figures
 from cogo.bench.facade import http_submit
 from cogo.bench.history import history_figures
 from cogo.bench.ingest import projector_ingest
@@ -48,7 +50,7 @@ async def run_bench(options: Options, progress: Progress) -> dict[str, Any]:
             work_dir.mkdir(parents=True, exist_ok=True)
         else:
             work_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cogo-bench-")))
-        bench = Bench(options, work_dir, progress, apps=[bench_app])
+        bench = Bench(options, work_dir, progress, apps=[bench_app, durable_app])
         extra: dict[str, Any] = {}
         try:
             await bench.start()
@@ -62,6 +64,8 @@ async def run_bench(options: Options, progress: Progress) -> dict[str, Any]:
             latency = [await latency_at(bench, rate) for rate in options.rates]
             if options.agent_tasks > 0:
                 extra["agent"] = await agent_vs_echo(bench)
+            if options.durable_tasks > 0:
+                extra["durable"] = await durable_figures(bench)
             if options.step_runs > 0:
                 extra["workflow_steps"] = await workflow_steps(bench)
             if options.scale_workers:
@@ -146,6 +150,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         scale_sleep_ms=args.scale_sleep_ms,
         scale_concurrency=args.scale_concurrency,
         agent_tasks=args.agent_tasks,
+        durable_tasks=args.durable_tasks,
         history=args.history or [],
         history_requests=args.history_requests,
         sync=args.sync,
@@ -163,6 +168,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise CogoError("--scale-sleep-ms and --scale-concurrency must be positive")
     if options.agent_tasks < 0:
         raise CogoError("--agent-tasks must be 0 (skip) or positive")
+    if options.durable_tasks < 0:
+        raise CogoError("--durable-tasks must be 0 (skip) or positive")
     if any(n < 1 for n in options.history) or options.history_requests < 1:
         raise CogoError("--history and --history-requests must be positive")
     if args.plot is not None:
@@ -254,6 +261,11 @@ def register(subparsers: Any, common: Callable[[argparse.ArgumentParser], None])
     p.add_argument(
         "--agent-tasks", type=int, default=5_000, metavar="N",
         help="a decorated @app.agent against echo: N tasks each, same run (5,000; 0 skips it)",
+    )  # fmt: skip
+    p.add_argument(
+        "--durable-tasks", type=int, default=300, metavar="N",
+        help="durable agents: N tasks suspended at once, then resumed; ctx.call round trips "
+        "(300; 0 skips it)",
     )  # fmt: skip
     p.add_argument(
         "--history",

@@ -76,6 +76,8 @@ class Options:
     scale_concurrency: int = 8
     # a decorated agent (``cogo.bench.agent``) against echo, this many tasks each (0: skipped)
     agent_tasks: int = 5_000
+    # durable agents (cogo.bench.durable): this many tasks suspended at once (0: skipped)
+    durable_tasks: int = 300
     # dispatcher cost with flow control off and on (cogo.bench.flow; 0: skipped)
     flow_tasks: int = 0
     flow_repeats: int = 3

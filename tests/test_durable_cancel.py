@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 import cogo
+from cogo.http import dashboard
 from cogo.http.app import create_app
 from cogo.http.state import AppState
 from cogo.streams.policies import PolicyStore
@@ -38,7 +39,7 @@ async def http(cogo_env):
     await policies.start()
     state = AppState(nc=cogo_env.client.nc, config=cogo_env.config, policies=policies,
                      data_dir=cogo_env.data_dir, projector=cogo_env.projector)  # fmt: skip
-    transport = httpx.ASGITransport(app=create_app(state))
+    transport = httpx.ASGITransport(app=create_app(state, extra_routes=[*dashboard.routes]))
     async with httpx.AsyncClient(transport=transport, base_url="http://cogo") as client:
         yield client
     await policies.stop()
@@ -51,7 +52,7 @@ async def status_of(env, task_id: str) -> str | None:
         return None
 
 
-async def test_cancelling_a_tree_ends_every_task_in_it(cogo_env):
+async def test_cancelling_a_tree_ends_every_task_in_it(cogo_env, http):
     handle = await cogo_env.client.submit("dur.tree.0", {})
     root = handle.task_id
     nodes = [f"{root}/x", f"{root}/y", f"{root}/slow"]
@@ -61,6 +62,12 @@ async def test_cancelling_a_tree_ends_every_task_in_it(cogo_env):
         return states == ["suspended", "suspended", "suspended", "running"]
 
     await wait_until(settled, 60, "the tree never reached suspended/suspended/suspended/running")
+    # the dashboard shows the suspended tree: the children under their parent
+    board = (await http.get("/api/dashboard")).json()
+    shown = {t["task_id"]: t for t in board["suspended"]}
+    assert shown[root]["depth"] == 0 and shown[root]["parent_id"] is None
+    assert {shown[c]["parent_id"] for c in nodes[:2]} == {root}
+    assert {shown[c]["depth"] for c in nodes[:2]} == {1} and nodes[2] not in shown
     await cogo_env.client.cancel(root, "test")
     with pytest.raises(cogo.TaskFailed) as failed:
         await handle.result(timeout=30)
@@ -99,6 +106,10 @@ async def test_signal_and_cancel_over_http(cogo_env, http):
     await wait_until(lambda: _is(cogo_env, other.task_id, "suspended"), 30, "never suspended")
     task = (await http.get(f"/api/tasks/{other.task_id}")).json()
     assert task["waiting_for"] == [{"kind": "signal", "name": "go"}] and task["children"] == []
+    # the dashboard lists it among the suspended tasks
+    board = (await http.get("/api/dashboard")).json()
+    (row,) = [t for t in board["suspended"] if t["task_id"] == other.task_id]
+    assert row["waiting_for"] == [{"kind": "signal", "name": "go"}] and row["depth"] == 0
     r = await http.post(f"/api/tasks/{other.task_id}/cancel", json={"reason": "no longer"})
     assert r.status_code == 202
     final = await other.wait(timeout=30)

@@ -435,7 +435,9 @@ class Worker(Actor):
         event = order_event(
             EXECUTE_STARTED,
             order,
-            event_id=f"{order.task_id}:started:{order.attempt}",
+            # a resumed run of the attempt is announced too (its own id)
+            event_id=f"{order.task_id}:started:{order.attempt}"
+            + (f":{order.resumes}" if order.resumes else ""),
             actor=self.name,
             queue_wait_ms=round(delivery.queue_wait_ms, 3),
             version=self.version or order.version,

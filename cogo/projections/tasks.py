@@ -132,6 +132,38 @@ def recent_tasks(
     ]  # fmt: skip
 
 
+# tasks whose latest fact in the window is execute_suspended: what each waits for, and
+# where it sits in its tree (a task started by ctx.call is <parent>/<key>, caused by it)
+_SUSPENDED = """
+WITH last AS (
+    SELECT task_id, arg_max(type, seq) AS last_type, arg_max(route, seq) AS route,
+           arg_max(raw->'$.data.waiting_for', seq) AS waiting_for, max("at") AS since,
+           any_value(causation_id) FILTER (starts_with(task_id, causation_id || '/')) AS parent
+    FROM bus_events
+    WHERE "at" >= $since AND task_id IS NOT NULL AND type LIKE 'execute_%'
+    GROUP BY task_id
+)
+SELECT task_id, route, parent, waiting_for, strftime(since, '%Y-%m-%dT%H:%M:%S.%fZ')
+FROM last WHERE last_type = 'execute_suspended'
+ORDER BY since DESC LIMIT $limit
+"""
+
+
+def suspended_tasks(
+    con: duckdb.DuckDBPyConnection, since: Any, limit: int = 50
+) -> list[dict[str, Any]]:
+    """The tasks suspended now (that were active since ``since``): what each waits for, its
+    parent (``ctx.call``) and its depth in its tree."""
+    rows = con.execute(_SUSPENDED, {"since": since, "limit": limit}).fetchall()
+    out = []
+    for task_id, route, parent, waiting, at in rows:
+        depth = task_id.count("/") if parent else 0
+        out.append({"task_id": task_id, "route": route, "parent_id": parent, "depth": depth,
+                    "waiting_for": msgspec.json.decode(waiting) if waiting else [],
+                    "suspended_at": at})  # fmt: skip
+    return out
+
+
 def task_status(con: duckdb.DuckDBPyConnection, task_id: str) -> TaskStatus | None:
     """The status of ``task_id``, or None when the projection holds no event of it."""
     cursor = con.execute(_EVENTS.format(limit=MAX_EVENTS), {"task_id": task_id})

@@ -143,3 +143,24 @@ async def test_signal_and_cancel_from_the_cli(cogo_env):
 
 async def _is(env, task_id: str, wanted: str) -> bool:
     return await status_of(env, task_id) == wanted
+
+
+async def test_cancelling_a_workflow_run_cancels_the_tasks_it_started(cogo_env):
+    from cogo.actors import app as builtin
+    from cogo.actors.orchestrator import CancelRun, send_command
+    from tests.test_workflow_support import start_run, wait_run
+
+    await cogo_env._run(builtin.get("orchestrator"))
+    js = cogo_env.client.nc.jetstream()
+    plan = {"id": "durableWait", "nodes": [
+        {"id": "ask", "type": "publish", "route": "dur.signal.0", "payload": {}},
+    ]}  # fmt: skip
+    run_id = await start_run(js, cogo_env.config, plan)
+    state = await wait_run(js, run_id, until=lambda s: s.nodes.get("ask")
+                           and s.nodes["ask"].task_id)  # fmt: skip
+    task_id = state.nodes["ask"].task_id
+    await wait_until(lambda: _is(cogo_env, task_id, "suspended"), 30, "never suspended")
+    await send_command(js, CancelRun(run_id=run_id, reason="stop"))
+    final = await cogo_env.client.handle(task_id, "dur.signal.0").wait(timeout=30)
+    assert final.status == "cancelled" and "stop" in (final.error or "")
+    assert (await wait_run(js, run_id)).status == "cancelled"

@@ -117,3 +117,13 @@ def _count(task_id: str, data: Any) -> Any:
         with open(path, "a") as ledger:
             ledger.write(f"{task_id}\n")
     return {"task": task_id, "data": data}
+
+
+# declared by a test but started only later: its tasks wait in the queue meanwhile
+queued = cogo.App("durq")
+
+
+@queued.agent("durq.child.0", policy=FAST)
+async def queued_child(ctx: cogo.TaskContext, p: dict[str, Any]) -> Any:
+    RUNS[f"queued:{ctx.task_id}"] += 1
+    return "ran"

@@ -164,3 +164,32 @@ async def test_cancelling_a_workflow_run_cancels_the_tasks_it_started(cogo_env):
     final = await cogo_env.client.handle(task_id, "dur.signal.0").wait(timeout=30)
     assert final.status == "cancelled" and "stop" in (final.error or "")
     assert (await wait_run(js, run_id)).status == "cancelled"
+
+
+async def test_a_queued_child_of_a_cancelled_parent_never_runs(cogo_env):
+    from cogo.actors.loader import declare_apps
+
+    js = cogo_env.client.nc.jetstream()
+    await declare_apps(js, cogo_env.config, [durable_apps.queued])  # no worker yet
+    handle = await cogo_env.client.submit(
+        "dur.parent.0", {"topics": ["q"], "route": "durq.child.0"}
+    )
+    child = f"{handle.task_id}/q"
+    await wait_until(lambda: _is(cogo_env, handle.task_id, "suspended"), 30, "never suspended")
+    assert await status_of(cogo_env, child) == "queued"
+    await cogo_env.client.cancel(handle.task_id)
+    final = await cogo_env.client.handle(child, "durq.child.0").wait(timeout=30)
+    assert final.status == "cancelled"
+    # its worker starts now and finds it in the queue: it is dropped, not run
+    await cogo_env._run(durable_apps.queued.agents["queued_child"])
+    assert (await handle.wait(timeout=30)).status == "cancelled"
+
+    async def consumed() -> bool:
+        info = await js.consumer_info("TASKS", "durq-child-0")
+        return info.num_pending == 0 and info.num_ack_pending == 0
+
+    await wait_until(consumed, 30, "the queued child was never taken")
+    assert RUNS[f"queued:{child}"] == 0
+    events = await cogo_env.events(child)
+    assert [e["type"] for e in events].count("execute_cancelled") == 1
+    assert "execute_done" not in [e["type"] for e in events]

@@ -137,6 +137,16 @@ def record_key(task_id: str) -> str:
     return "t" + hashlib.sha256(task_id.encode()).hexdigest()[:40]
 
 
+def is_cancelled(value: bytes | None) -> bool:
+    """Whether a stored record says its task was cancelled."""
+    if not value:
+        return False
+    try:
+        return _record_decoder.decode(value).state == "cancelled"
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return False
+
+
 def parent_of(event: Event) -> str | None:
     """The parent of a task started by ``ctx.call`` (id ``<parent>/<key>``, caused by it)."""
     cause, task_id = event.causation_id, event.task_id

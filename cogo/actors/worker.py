@@ -23,12 +23,14 @@ from collections.abc import Callable
 from typing import Any
 
 import msgspec
+from nats.js.errors import KeyNotFoundError
 
 from cogo.actors import durable
 from cogo.actors.base import Actor, Delivery
 from cogo.actors.durable import Durable, Suspend, Waiters
 from cogo.actors.llm import LlmClient, LlmSession
 from cogo.actors.steps import Journal, charge_step, run_step
+from cogo.actors.suspension import is_cancelled, record_key
 from cogo.errors import (
     AttemptTimeout,
     CogoError,
@@ -45,6 +47,7 @@ from cogo.streams.artifacts import ArtifactStore
 from cogo.streams.catalogue import EXECUTE_STARTED, ExecuteStarted
 from cogo.streams.commands import CANCEL_SUBJECT
 from cogo.streams.envelope import (
+    CALL_KEY,
     MSG_ID,
     RESERVED_PAYLOAD_KEYS,
     RESULTS_SUBJECT,
@@ -58,6 +61,7 @@ from cogo.streams.envelope import (
 )
 from cogo.streams.events import iso, order_event
 from cogo.streams.outputs import Output, encode_output, output_subject
+from cogo.streams.topology import SUSPENSION_BUCKET
 
 log = logging.getLogger(__name__)
 
@@ -269,6 +273,7 @@ class Worker(Actor):
         self.waiters = Waiters(self.nc)
         self._running: dict[str, list[TaskContext]] = {}
         self._cancel_sub: Any = None
+        self._suspensions: Any = None  # the KV bucket, opened on first use
 
     def default_routes(self) -> list[str]:
         return [self.route]
@@ -287,6 +292,16 @@ class Worker(Actor):
             with contextlib.suppress(Exception):
                 await self._cancel_sub.unsubscribe()
         await self.llm_client.aclose()
+
+    async def _cancelled(self, task_id: str) -> bool:
+        """Whether the dispatcher recorded a cancel of ``task_id`` (cogo.actors.suspension)."""
+        if self._suspensions is None:
+            self._suspensions = await self.js.key_value(SUSPENSION_BUCKET)
+        try:
+            entry = await self._suspensions.get(record_key(task_id))
+        except KeyNotFoundError:
+            return False
+        return is_cancelled(entry.value)
 
     async def _on_cancel(self, msg: Any) -> None:
         """A task was cancelled: its running handlers get CancelledError at their next await."""
@@ -318,6 +333,10 @@ class Worker(Actor):
                 raise TtlExpired(
                     f"task expired {started - order.deadline:.3f}s before a worker claimed it"
                 )
+            if CALL_KEY in order.payload and await self._cancelled(order.task_id):
+                # a child whose parent's cancel reached it in the queue: it never runs
+                ctx.cancel_requested = True
+                raise TaskCancelled("the task was cancelled before it ran")
             budget = max(0.0, ctx.deadline - started)
             try:
                 async with asyncio.timeout(budget):

@@ -32,6 +32,7 @@ and for every later reader.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import inspect
 import time
@@ -195,11 +196,12 @@ class Journal:
         inbox = nc.new_inbox()
         sub = await nc.subscribe(inbox)
         found: dict[str, Journaled] = {}
+        name = f"journal-{new_id()}"
         try:
             info = await js.add_consumer(
                 EVENTS,
                 api.ConsumerConfig(
-                    name=f"journal-{new_id()}",
+                    name=name,
                     filter_subjects=[
                         journal_subject(ctx.route, ctx.task_id),
                         f"events.*.{task_bucket(ctx.task_id)}",
@@ -246,6 +248,10 @@ class Journal:
                         self.by_seq.setdefault(step.seq, f"step {step.step!r}")
         finally:
             await sub.unsubscribe()
+            # gone now, not after its inactivity threshold: durable agents resume by the
+            # hundred, and the server caps how many consumers a stream may have at once
+            with contextlib.suppress(Exception):
+                await js.delete_consumer(EVENTS, name)
         return found
 
     def _durable_entry(self, event: Any) -> None:

@@ -500,11 +500,12 @@ class Suspensions:
         started: set[str] = set()
         ended: set[str] = set()
         bucket = task_bucket(task_id)
+        name = f"children-{new_id()}"
         try:
             info = await js.add_consumer(
                 EVENTS,
                 api.ConsumerConfig(
-                    name=f"children-{new_id()}",
+                    name=name,
                     filter_subjects=[f"events.{CALL_STARTED}.{bucket}",
                                      f"events.{CALL_COMPLETED}.{bucket}"],  # fmt: skip
                     deliver_subject=inbox, deliver_policy=api.DeliverPolicy.ALL,
@@ -525,6 +526,8 @@ class Suspensions:
                     ended.add(data_of(event, CallCompleted).child_id)
         finally:
             await sub.unsubscribe()
+            with contextlib.suppress(Exception):
+                await js.delete_consumer(EVENTS, name)
         return sorted(started - ended)
 
 

@@ -10,8 +10,10 @@ Three agents of ``app`` below run as real ``cogo run`` processes against the ben
   time from the signal's publication to its ``execute_resumed`` event (the dispatcher
   re-delivered it), and to its ``execute_done`` (the handler replayed and finished);
 - ``benchdur.call.0`` calls ``benchdur.echo.0`` once with ``ctx.call`` and returns how long
-  the call took inside the handler; compared with a plain submit of ``benchdur.echo.0`` from
-  the bench (submit -> ``execute_done``), one task at a time.
+  the call took inside the handler (from a journaled start, so a suspension counts);
+  compared with a plain submit of ``benchdur.echo.0`` from the bench (submit ->
+  ``execute_done``), one task at a time. With the default ``suspend_after_ms`` such a quick
+  child answers while the parent waits in its process; with 0 every call suspends.
 """
 
 from __future__ import annotations
@@ -47,10 +49,11 @@ async def dur_wait(ctx: cogo.TaskContext, p: dict[str, Any]) -> dict[str, Any]:
 
 @app.agent(CALL, name="dur_call")
 async def dur_call(ctx: cogo.TaskContext, p: dict[str, Any]) -> dict[str, Any]:
-    """Call the echo agent once; say how long the call took in here."""
-    started = time.perf_counter()
+    """Call the echo agent once; say how long the call took, a suspension included (the
+    start is journaled, so a resumed run measures from the first run's start)."""
+    started = await ctx.step("started", time.time)
     await ctx.call(ECHO, {"n": 1}, key="echo", assignment={"max_tokens": 100})
-    return {"call_ms": (time.perf_counter() - started) * 1000.0}
+    return {"call_ms": (time.time() - started) * 1000.0}
 
 
 @app.agent(ECHO, name="dur_echo")

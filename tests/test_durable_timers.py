@@ -112,3 +112,17 @@ async def _until_status(env, task_id: str, wanted: str):
 
     await wait_until(reached, 30, f"task {task_id} never became {wanted}")
     return found["s"]
+
+
+async def test_the_ttl_ends_a_task_suspended_without_a_timeout(cogo_env):
+    # nobody signals: the schedule left at the task's TTL deadline ends it
+    handle = await cogo_env.client.submit("dur.signal.0", {}, assignment={"ttl_ms": 2500})
+    with pytest.raises(cogo.TaskFailed) as failed:
+        await handle.result(timeout=60)
+    assert failed.value.code == "assignment.ttl_expired", failed.value
+    assert "while it waited" in failed.value.message
+    kinds = types(await cogo_env.events(handle.task_id))
+    assert "execute_suspended" in kinds and "execute_resumed" not in kinds
+    # a signal now is too late: the task ended
+    with pytest.raises(cogo.errors.TaskFinished):
+        await cogo_env.client.signal(handle.task_id, "go", 1)

@@ -47,7 +47,7 @@ from cogo.streams.catalogue import (
     ExecuteFailed,
     data_of,
 )
-from cogo.streams.commands import cancel_message, signal_message
+from cogo.streams.commands import cancel_message, signal_message, since_of
 from cogo.streams.envelope import ASSIGNMENT_KEY, EXECUTE_SUBJECT, MSG_ID, encoder, new_id
 from cogo.streams.events import Event, decode_event, iso
 from cogo.streams.outputs import Output, read_output
@@ -234,7 +234,9 @@ class Client:
         status = await self._live(task_id, "cancel", cancelled_ok=True)
         if status.status == "cancelled":
             return
-        subject, body, headers = cancel_message(task_id, reason, route=status.route)
+        subject, body, headers = cancel_message(
+            task_id, reason, route=status.route, since=since_of(status.submitted_at)
+        )
         await self.nc.jetstream().publish(subject, body, headers=headers, timeout=10)
 
     async def _live(self, task_id: str, what: str, *, cancelled_ok: bool = False) -> TaskStatus:

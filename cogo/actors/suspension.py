@@ -89,6 +89,7 @@ from cogo.streams.events import (
     decode_event,
     encode_event,
     event_message,
+    iso,
     make_event,
     order_event,
 )
@@ -249,9 +250,11 @@ class Suspensions:
         return True
 
     async def forget(self, task_id: str) -> None:
-        """The task ended: drop its record (nothing will wake it any more)."""
+        """The task ended: drop its record and its schedule (nothing will wake it any more)."""
+        key = record_key(task_id)
         with contextlib.suppress(KeyNotFoundError):
-            await self._kv.purge(record_key(task_id))
+            await self._kv.purge(key)
+        await cancel_schedule(self.d.js, key=key)
 
     # -- a run suspended or was cancelled ------------------------------------------------
 
@@ -458,9 +461,12 @@ class Suspensions:
                 break
         # a running handler hears it; one that misses it is fenced by the terminal event
         await self.d.nc.publish(CANCEL_SUBJECT, request.task_id.encode())
-        started = await self._children(request.task_id)
+        since = order.submitted_at - 60.0 if order is not None else request.since
+        started = await self._children(request.task_id, since)
         route = order.route if order is not None else request.route
-        await self._cancel_children(request.task_id, sorted(set(children) | set(started)), route)
+        await self._cancel_children(
+            request.task_id, sorted(set(children) | set(started)), route, since
+        )
         base: dict[str, Any] = {
             "task_id": request.task_id,
             "correlation_id": order.correlation_id if order else request.task_id,
@@ -485,15 +491,18 @@ class Suspensions:
         )
         self.d.counters["cancelled" if not ack.duplicate else "duplicate_terminal"] += 1
 
-    async def _cancel_children(self, task_id: str, children: list[str], route: str | None) -> None:
+    async def _cancel_children(
+        self, task_id: str, children: list[str], route: str | None, since: float | None = None
+    ) -> None:
         if children:
             await self.d.publish_all(
-                [cancel_message(c, f"parent {task_id} was cancelled", parent_id=task_id)
-                 for c in children]
+                [cancel_message(c, f"parent {task_id} was cancelled", parent_id=task_id,
+                                since=since) for c in children]
             )  # fmt: skip
 
-    async def _children(self, task_id: str) -> list[str]:
-        """Children ``task_id`` started that have not ended, read from its journal."""
+    async def _children(self, task_id: str, since: float | None) -> list[str]:
+        """Children ``task_id`` started that have not ended, read from its journal (from
+        ``since`` on when known: the journal subjects hold every task of a 64th bucket)."""
         nc, js = self.d.nc, self.d.js
         inbox = nc.new_inbox()
         sub = await nc.subscribe(inbox)
@@ -508,7 +517,11 @@ class Suspensions:
                     name=name,
                     filter_subjects=[f"events.{CALL_STARTED}.{bucket}",
                                      f"events.{CALL_COMPLETED}.{bucket}"],  # fmt: skip
-                    deliver_subject=inbox, deliver_policy=api.DeliverPolicy.ALL,
+                    deliver_subject=inbox,
+                    deliver_policy=api.DeliverPolicy.BY_START_TIME if since
+                    else api.DeliverPolicy.ALL,
+                    # the server takes RFC 3339 text; nats-py's annotation says datetime
+                    opt_start_time=iso(since) if since else None,  # type: ignore[arg-type]
                     ack_policy=api.AckPolicy.NONE, max_deliver=1, inactive_threshold=5.0,
                     mem_storage=True, num_replicas=1,
                 ),

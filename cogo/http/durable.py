@@ -19,7 +19,7 @@ from cogo.http.endpoint import endpoint
 from cogo.http.schemas import Body
 from cogo.http.state import AppState, state_of
 from cogo.http.tasks import task_status
-from cogo.streams.commands import cancel_message, signal_message
+from cogo.streams.commands import cancel_message, signal_message, since_of
 
 
 class SignalPath(pydantic.BaseModel):
@@ -97,7 +97,8 @@ async def cancel_task(
     status = await _live(state, path.task_id, "cancel", cancelled_ok=True)
     if status.status != "cancelled":
         reason = body.reason if body is not None else None
-        await _send(state, cancel_message(path.task_id, reason, route=status.route))
+        since = since_of(status.submitted_at)
+        await _send(state, cancel_message(path.task_id, reason, route=status.route, since=since))
     return JSONResponse({"task_id": path.task_id}, status_code=202)
 
 

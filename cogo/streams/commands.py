@@ -7,6 +7,7 @@ Each has a deterministic ``Nats-Msg-Id`` (``<task>:signal:<name>``, ``<child>:wa
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -41,6 +42,7 @@ class CancelRequest(msgspec.Struct, frozen=True, omit_defaults=True):
     reason: str | None = None
     route: str | None = None
     parent_id: str | None = None
+    since: float | None = None  # unix seconds, at or before the task's submission
 
 
 _wake_decoder = msgspec.json.Decoder(Wake)
@@ -72,9 +74,22 @@ def signal_message(
 
 def cancel_message(
     task_id: str, reason: str | None = None, *, route: str | None = None,
-    parent_id: str | None = None,
+    parent_id: str | None = None, since: float | None = None,
 ) -> tuple[str, bytes, dict[str, str]]:  # fmt: skip
-    """The command that cancels ``task_id`` and its descendants (idempotent)."""
-    request = CancelRequest(task_id=task_id, reason=reason, route=route, parent_id=parent_id)
+    """The command that cancels ``task_id`` and its descendants (idempotent); ``since`` (its
+    submission, or earlier) bounds the search of its journal for its children."""
+    request = CancelRequest(task_id=task_id, reason=reason, route=route, parent_id=parent_id,
+                            since=since)  # fmt: skip
     headers = {MSG_ID: f"{task_id}:cancel", KIND_HEADER: CANCEL_KIND}
     return EXECUTE_SUBJECT, encoder.encode(request), headers
+
+
+def since_of(submitted_at: str | None) -> float | None:
+    """An ISO submission time (``TaskStatus.submitted_at``) as unix seconds, a minute early
+    (clocks drift); None when unknown."""
+    if not submitted_at:
+        return None
+    try:
+        return datetime.fromisoformat(submitted_at.replace("Z", "+00:00")).timestamp() - 60.0
+    except ValueError:
+        return None

@@ -48,6 +48,7 @@ from cogo.errors import (
 )
 from cogo.rollouts.canary import CanaryRouter, subject_of
 from cogo.streams.catalogue import (
+    EXECUTE_CANCELLED,
     EXECUTE_DONE,
     EXECUTE_ENQUEUED,
     EXECUTE_FAILED,
@@ -438,7 +439,9 @@ class ExecutorDispatcher(Actor):
         wakes = wake_messages(event)
         if closes is None:
             return [event_message(event), *wakes]
-        status = "succeeded" if event.type == EXECUTE_DONE else "failed"
+        status = {EXECUTE_DONE: "succeeded", EXECUTE_CANCELLED: "cancelled"}.get(
+            event.type, "failed"
+        )
         marker = end_marker(closes, status, attempt=event.attempt or 0,
                             error_code=event.error_code, error=event.error)  # fmt: skip
         return [event_message(event), marker, *wakes]

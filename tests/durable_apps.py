@@ -127,3 +127,14 @@ queued = cogo.App("durq")
 async def queued_child(ctx: cogo.TaskContext, p: dict[str, Any]) -> Any:
     RUNS[f"queued:{ctx.task_id}"] += 1
     return "ran"
+
+
+@app.agent("dur.group.0", policy={**FAST, "max_tokens": 1000})
+async def group(ctx: cogo.TaskContext, p: dict[str, Any]) -> Any:
+    """Calls in a TaskGroup (the run suspends through an ExceptionGroup), then a sleep."""
+    async with asyncio.TaskGroup() as tg:
+        calls = [tg.create_task(ctx.call("dur.child.0", {"topic": t, "wait": True}, key=t,
+                                         assignment={"max_tokens": 100}))
+                 for t in ("m", "n")]  # fmt: skip
+    await ctx.sleep(0.5)
+    return [c.result()["topic"] for c in calls]

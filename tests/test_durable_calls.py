@@ -121,3 +121,26 @@ async def test_a_replay_that_asks_for_another_step_is_nondeterministic(cogo_env)
         await handle.result(timeout=60)
     assert failed.value.code == "task.nondeterministic", failed.value
     assert "step 'b'" in failed.value.message and "step 'a'" in failed.value.message
+
+
+async def test_calls_in_a_task_group_suspend_and_resume(cogo_env):
+    from tests.helpers import wait_until
+
+    handle = await cogo_env.client.submit("dur.group.0", {})
+    tid = handle.task_id
+
+    async def waiting() -> bool:
+        try:
+            s = await cogo_env.client.status(tid)
+        except cogo.errors.TaskNotFound:
+            return False
+        return s.status == "suspended" and len(s.waiting_for or []) == 2
+
+    await wait_until(waiting, 30, "the parent never waited for both children")
+    status = await cogo_env.client.status(tid)
+    assert sorted(w["name"] for w in status.waiting_for) == [f"{tid}/m", f"{tid}/n"]
+    for t in ("m", "n"):
+        await cogo_env.client.signal(f"{tid}/{t}", "go", t)
+    assert await handle.result(timeout=60) == ["m", "n"]
+    for t in ("m", "n"):
+        assert RUNS[f"done:{tid}/{t}"] == 1

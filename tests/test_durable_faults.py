@@ -1,6 +1,7 @@
-"""Durable agents under faults, on real processes: the dispatcher is SIGKILLed while a
-parent's children wake up and finish; after a new dispatcher starts, every child finishes
-once, no wake-up is lost and the parent ends with every result."""
+"""Durable agents under faults, on real processes: two dispatchers share the work (their
+record updates race), one is SIGKILLed while a parent's children wake up and finish; after a
+new one starts, every child finishes once, no wake-up is lost and the parent ends with
+every result."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ async def test_dispatcher_sigkill_while_children_finish(tmp_path: Path):
     env = CogoEnv(durable_apps.app, config="[runtime]\nsuspend_after_ms = 20\n",
                   data_dir=tmp_path / "cogo")  # fmt: skip
     await env.start()
-    dispatcher = None
+    dispatcher = other = None
     try:
         # the in-process dispatcher makes way for one in its own process, to be killed
         (inproc,) = [a for a in env._running if a.kind == "dispatcher"]
@@ -29,6 +30,7 @@ async def test_dispatcher_sigkill_while_children_finish(tmp_path: Path):
         env._running.remove(inproc)
         args = ["--nats-url", env.url, "--config", str(env.config_path)]
         dispatcher = cogo_process("run", "dispatcher", *args)
+        other = cogo_process("run", "dispatcher", *args)
         topics = [f"t{i}" for i in range(CHILDREN)]
         handle = await env.client.submit(
             "dur.parent.0", {"topics": topics, "wait": True, "assignment": {"max_tokens": 40}}
@@ -62,4 +64,6 @@ async def test_dispatcher_sigkill_while_children_finish(tmp_path: Path):
     finally:
         if dispatcher is not None:
             await terminate(dispatcher)
+        if other is not None:
+            await terminate(other)
         await env.stop()

@@ -2,18 +2,23 @@
 -- its parent as causation_id; usage is each task's own (accumulated across attempts), and
 -- summed over its subtree (itself and every descendant).
 
+-- A task's usage is the larger of what its execute_* events accumulated and what its LLM
+-- calls spent: a run cancelled while it ran ends on an event appended before it stopped.
 CREATE OR REPLACE VIEW task_nodes AS
 SELECT task_id,
        any_value(route) FILTER (route IS NOT NULL)                              AS route,
-       any_value(causation_id) FILTER (starts_with(task_id, causation_id || '/')) AS parent_id,
+       any_value(causation_id) FILTER (starts_with(task_id, causation_id || '/')
+                                       AND type LIKE 'execute_%')               AS parent_id,
        coalesce(arg_min(type, seq) FILTER (type IN ('execute_done', 'execute_failed',
                                                     'execute_cancelled')),
-                arg_max(type, seq))                                             AS last_type,
-       coalesce(max(tokens), 0)                                                 AS tokens,
-       coalesce(max(cost_usd), 0)                                               AS cost_usd,
+                arg_max(type, seq) FILTER (type LIKE 'execute_%'))              AS last_type,
+       greatest(coalesce(max(tokens) FILTER (type LIKE 'execute_%'), 0),
+                coalesce(sum(tokens) FILTER (type = 'llm_call'), 0))            AS tokens,
+       greatest(coalesce(max(cost_usd) FILTER (type LIKE 'execute_%'), 0),
+                coalesce(sum(cost_usd) FILTER (type = 'llm_call'), 0))          AS cost_usd,
        min("at")                                                                AS first_at
 FROM bus_events
-WHERE task_id IS NOT NULL AND type LIKE 'execute_%'
+WHERE task_id IS NOT NULL AND (type LIKE 'execute_%' OR type = 'llm_call')
 GROUP BY task_id;
 
 CREATE OR REPLACE VIEW task_tree AS

@@ -95,7 +95,6 @@ class Durable:
 
     def __init__(self, ctx: TaskContext) -> None:
         self.ctx = ctx
-        self.seq = 0
         self.calls = 0
         self.sleeps = 0
         self.used = False
@@ -112,10 +111,6 @@ class Durable:
         self.children_tokens = 0
         self.children_cost_usd = 0.0
         self.reserved: dict[str, tuple[int, float]] = {}
-
-    def next_seq(self) -> int:
-        self.seq += 1
-        return self.seq
 
     # -- budget --------------------------------------------------------------------------
 
@@ -212,7 +207,7 @@ async def call(
 ) -> Any:
     """``ctx.call``: the result of child ``<task_id>/<key>`` (see the module docstring)."""
     d = ctx.durable
-    seq = d.next_seq()
+    seq = ctx.next_seq()
     d.calls += 1
     key = _check_key(str(key) if key is not None else str(d.calls))
     child_id = f"{ctx.task_id}/{key}"
@@ -330,7 +325,7 @@ async def _start_child(
 async def sleep(ctx: TaskContext, seconds: float) -> None:
     """``ctx.sleep``: a durable timer (its due time journaled as step ``~sleep:<n>``)."""
     d = ctx.durable
-    seq = d.next_seq()
+    seq = ctx.next_seq()
     d.sleeps += 1
     name = f"~sleep:{d.sleeps}"
     seconds = float(seconds)
@@ -371,7 +366,7 @@ def _now_fn(fn: Any) -> Any:
 async def wait_signal(ctx: TaskContext, name: str, timeout_s: float | None) -> Any:
     """``ctx.wait_signal``: the data of the first signal ``name`` sent to the task."""
     d = ctx.durable
-    seq = d.next_seq()
+    seq = ctx.next_seq()
     if not isinstance(name, str) or not name or len(name) > 100 or not name.isprintable():
         raise StepNameInvalid(f"signal name {name!r}: give 1-100 printable characters")
     d._begin()

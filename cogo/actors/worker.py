@@ -92,7 +92,8 @@ class TaskContext:
         self._llm: LlmSession | None = None
         self._emitted = 0
         self._emitting = asyncio.Lock()
-        self.durable = Durable(self)
+        self._durable: Durable | None = None  # made by the first call, sleep or signal
+        self._seq = 0  # durable requests (steps included) of this run, in order
         self.cancel_requested = False
         self.task: asyncio.Task[Any] | None = None  # the one running the handler
 
@@ -109,7 +110,19 @@ class TaskContext:
 
         result = await ctx.step("fetch", fetch_page, url)
         """
-        return await run_step(self, name, fn, args, kwargs, seq=self.durable.next_seq())
+        return await run_step(self, name, fn, args, kwargs, seq=self.next_seq())
+
+    def next_seq(self) -> int:
+        """The number of this run's next durable request (a replay must ask the same)."""
+        self._seq += 1
+        return self._seq
+
+    @property
+    def durable(self) -> Durable:
+        """This run's calls, sleeps and signals (``cogo.actors.durable``)."""
+        if self._durable is None:
+            self._durable = Durable(self)
+        return self._durable
 
     async def call(
         self, route: str, payload: Any = None, *, key: str | None = None,
@@ -216,12 +229,14 @@ class TaskContext:
     def remaining_tokens(self) -> int:
         """Tokens the task may still spend under its ``max_tokens``, this attempt included
         (and what its children spent or hold: the budget bounds the task's tree)."""
-        spent = self.order.usage_so_far.tokens + self._tokens + self.durable.held_tokens
+        held = self._durable.held_tokens if self._durable is not None else 0
+        spent = self.order.usage_so_far.tokens + self._tokens + held
         return max(0, self.order.assignment.max_tokens - spent)
 
     @property
     def remaining_cost_usd(self) -> float:
-        spent = self.order.usage_so_far.cost_usd + self._cost_usd + self.durable.held_cost_usd
+        held = self._durable.held_cost_usd if self._durable is not None else 0.0
+        spent = self.order.usage_so_far.cost_usd + self._cost_usd + held
         return max(0.0, self.order.assignment.max_cost_usd - spent)
 
     @property
@@ -243,8 +258,9 @@ class TaskContext:
         charge_step(int(tokens), float(cost_usd))  # a step journals what it spent
         a = self.order.assignment
         spent = self.order.usage_so_far + self.usage
-        spent = Usage(tokens=spent.tokens + self.durable.held_tokens,
-                      cost_usd=spent.cost_usd + self.durable.held_cost_usd)  # fmt: skip
+        if self._durable is not None:
+            spent = Usage(tokens=spent.tokens + self._durable.held_tokens,
+                          cost_usd=spent.cost_usd + self._durable.held_cost_usd)  # fmt: skip
         if spent.tokens > a.max_tokens:
             raise TokenBudgetExhausted(
                 f"used {spent.tokens} tokens across {self.attempt} attempt(s), "
@@ -372,7 +388,8 @@ class Worker(Actor):
             running.remove(ctx)
             if not running:
                 del self._running[order.task_id]
-            ctx.durable.release()
+            if ctx._durable is not None:
+                ctx._durable.release()
         if ctx.cancel_requested and error is None:
             # it returned before its next await: the cancel still wins
             outcome, suspended = None, None
@@ -386,7 +403,7 @@ class Worker(Actor):
         usage = Usage(tokens=usage.tokens, cost_usd=usage.cost_usd, duration_ms=duration_ms)
         emitted = ctx.emitted > 0
         report = self._report(order, delivery, outcome, error, usage, duration_ms, emitted)
-        if ctx.durable.used:
+        if ctx._durable is not None and ctx._durable.used:
             report = msgspec.structs.replace(
                 report, durable=True, suspended=suspended,
                 cancelled=ctx.cancel_requested, children=ctx.durable.pending_children or None,

@@ -219,6 +219,7 @@ async def call(
     d.requested.add(child_id)
     d._begin()
     try:
+        await ctx.worker.waiters.start()
         journal = ctx.journal
         fut = d._future(wait_key)  # before anything is submitted: a quick child is heard
         # one call at a time from here, in the order the handler made them (the lock is
@@ -384,6 +385,7 @@ async def wait_signal(ctx: TaskContext, name: str, timeout_s: float | None) -> A
             return until
 
         key = f"signal:{name}"
+        await ctx.worker.waiters.start()
         fut = d._future(key)
         journal = ctx.journal
         await journal.load()
@@ -426,11 +428,23 @@ class Waiters:
     def __init__(self, nc: Any) -> None:
         self._nc = nc
         self._subs: list[Any] = []
+        self._starting: asyncio.Event | None = None
         self._pending: dict[tuple[str, str], asyncio.Future[Any]] = {}
 
     async def start(self) -> None:
-        for kind in (TASK_SIGNALED, CALL_COMPLETED):
-            self._subs.append(await self._nc.subscribe(f"events.{kind}.*", cb=self._on_event))
+        """Subscribe, once: on the first call or signal wait of this process (a worker that
+        never waits needs no such traffic, nor the right to it under ``--auth``)."""
+        if self._subs or self._starting:
+            if self._starting is not None:
+                await self._starting.wait()
+            return
+        self._starting = asyncio.Event()
+        try:
+            for kind in (TASK_SIGNALED, CALL_COMPLETED):
+                self._subs.append(await self._nc.subscribe(f"events.{kind}.*", cb=self._on_event))
+            await self._nc.flush()  # the server has the interest before anything is asked
+        finally:
+            self._starting.set()
 
     async def stop(self) -> None:
         for sub in self._subs:

@@ -158,6 +158,7 @@ class Journal:
         self.started: dict[str, CallStarted] = {}
         self.completed: dict[str, CallCompleted] = {}
         self.by_seq: dict[int, str] = {}
+        self._durable_loaded = False
 
     @property
     def may_exist(self) -> bool:
@@ -168,15 +169,29 @@ class Journal:
     async def get(self, name: str, *, reload: bool = False) -> Journaled | None:
         if self._steps is None and not self.may_exist and not reload:
             return None
-        if self._steps is None or reload:
+        if reload:
             self._steps = await self._load()
+        elif self._steps is None:
+            if self._ctx.order.resumes > 0:
+                await self.load()  # a resumed run: its calls and signals too
+            else:
+                self._steps = await self._load()
+        assert self._steps is not None
         return self._steps.get(name)
 
     async def load(self) -> None:
-        """Read the journal now if this attempt has not yet (a signal may precede the task's
-        first run, so durable requests look even when no earlier run could have written)."""
-        if self._steps is None:
-            self._steps = await self._load()
+        """Read the whole journal now (steps, signals, calls) if this run has not yet: a
+        signal may precede the task's first run, so durable requests look even when no
+        earlier run could have written. The two scans run at once."""
+        steps = self._load() if self._steps is None else None
+        durable = self._load_durable() if not self._durable_loaded else None
+        if steps is not None and durable is not None:
+            self._steps, _ = await asyncio.gather(steps, durable)
+        elif steps is not None:
+            self._steps = await steps
+        elif durable is not None:
+            await durable
+        self._durable_loaded = True
 
     def check(self, seq: int, label: str) -> None:
         """``task.nondeterministic`` unless the journal holds ``label`` (or nothing) at ``seq``."""
@@ -190,22 +205,53 @@ class Journal:
             )
 
     async def _load(self) -> dict[str, Journaled]:
-        """Scan the task's journal subjects from its submission on (see the docstring)."""
+        """The task's steps: a scan of its route's journal subject (see the docstring)."""
+        found: dict[str, Journaled] = {}
+        for event in await self._scan([journal_subject(self._ctx.route, self._ctx.task_id)]):
+            if event.type != STEP_COMPLETED:
+                continue
+            try:
+                step = data_of(event, StepCompleted)
+            except msgspec.ValidationError:
+                continue  # not a journal entry this version can read: never a result
+            if step.step not in found:  # the first one wins
+                found[step.step] = Journaled(
+                    name=step.step, attempt=event.attempt or 0, delivery=step.delivery,
+                    usage=event.usage or Usage(), result=step.result,
+                    artifact=step.artifact.name if step.artifact else None,
+                    run=step.run or 0,
+                )  # fmt: skip
+                if step.seq is not None:
+                    self.by_seq.setdefault(step.seq, f"step {step.step!r}")
+        return found
+
+    async def _load_durable(self) -> None:
+        """The task's signals and calls: a scan of their subjects for its bucket (whatever
+        the route: a signal's sender need not know it)."""
+        task_id = self._ctx.task_id
+        subjects = [durable_subject(t, task_id) for t in (TASK_SIGNALED, CALL_STARTED,
+                                                            CALL_COMPLETED)]  # fmt: skip
+        for event in await self._scan(subjects):
+            with contextlib.suppress(msgspec.ValidationError):
+                self._durable_entry(event)
+
+    async def _scan(self, subjects: list[str]) -> list[Any]:
+        """This task's events on ``subjects`` from its submission on, in stream order."""
         ctx = self._ctx
         nc, js = ctx.worker.nc, ctx.worker.js
         inbox = nc.new_inbox()
         sub = await nc.subscribe(inbox)
-        found: dict[str, Journaled] = {}
+        found: list[Any] = []
         name = f"journal-{new_id()}"
+        # one subject goes in the create request's subject (what --auth grants by route)
+        filters: dict[str, Any] = (
+            {"filter_subject": subjects[0]} if len(subjects) == 1 else {"filter_subjects": subjects}
+        )
         try:
             info = await js.add_consumer(
                 EVENTS,
                 api.ConsumerConfig(
                     name=name,
-                    filter_subjects=[
-                        journal_subject(ctx.route, ctx.task_id),
-                        f"events.*.{task_bucket(ctx.task_id)}",
-                    ],
                     deliver_subject=inbox,
                     deliver_policy=api.DeliverPolicy.BY_START_TIME,
                     # the server takes RFC 3339 text; nats-py's annotation says datetime
@@ -215,6 +261,7 @@ class Journal:
                     inactive_threshold=5.0,
                     mem_storage=True,
                     num_replicas=1,
+                    **filters,
                 ),
             )
             pending = info.num_pending or 0
@@ -225,33 +272,15 @@ class Journal:
                     raise WorkerError(f"reading the step journal failed: {exc!r}") from None
                 pending = int(msg.reply.rsplit(".", 1)[-1]) if msg.reply else 0
                 event = decode_event(msg.data)
-                if event.task_id != ctx.task_id:
-                    continue
-                try:
-                    if event.type == STEP_COMPLETED:
-                        step = data_of(event, StepCompleted)
-                    elif event.type in (TASK_SIGNALED, CALL_STARTED, CALL_COMPLETED):
-                        self._durable_entry(event)
-                        continue
-                    else:
-                        continue
-                except msgspec.ValidationError:
-                    continue  # not a journal entry this version can read: never a result
-                if step.step not in found:  # the first one wins
-                    found[step.step] = Journaled(
-                        name=step.step, attempt=event.attempt or 0, delivery=step.delivery,
-                        usage=event.usage or Usage(), result=step.result,
-                        artifact=step.artifact.name if step.artifact else None,
-                        run=step.run or 0,
-                    )  # fmt: skip
-                    if step.seq is not None:
-                        self.by_seq.setdefault(step.seq, f"step {step.step!r}")
+                if event.task_id == ctx.task_id:
+                    found.append(event)
         finally:
             await sub.unsubscribe()
-            # gone now, not after its inactivity threshold: durable agents resume by the
-            # hundred, and the server caps how many consumers a stream may have at once
-            with contextlib.suppress(Exception):
-                await js.delete_consumer(EVENTS, name)
+            if len(subjects) > 1:
+                # a durable agent's scan goes now, not after its inactivity threshold: they
+                # resume by the hundred, and the server caps consumers per stream
+                with contextlib.suppress(Exception):
+                    await js.delete_consumer(EVENTS, name)
         return found
 
     def _durable_entry(self, event: Any) -> None:

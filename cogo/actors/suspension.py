@@ -94,7 +94,7 @@ from cogo.streams.events import (
     order_event,
 )
 from cogo.streams.publisher import Outgoing
-from cogo.streams.schedule import cancel_schedule, publish_at
+from cogo.streams.schedule import publish_at
 from cogo.streams.topology import EVENTS, SUSPENSION_BUCKET
 
 if TYPE_CHECKING:
@@ -250,11 +250,24 @@ class Suspensions:
         return True
 
     async def forget(self, task_id: str) -> None:
-        """The task ended: drop its record and its schedule (nothing will wake it any more)."""
+        """The task ended: drop its record (nothing will wake it any more) and, if it ever
+        suspended, its schedule (replaced by one due now, which wakes nothing)."""
         key = record_key(task_id)
+        record, _ = await self._get(key)
+        if record is None:
+            return
         with contextlib.suppress(KeyNotFoundError):
             await self._kv.purge(key)
-        await cancel_schedule(self.d.js, key=key)
+        if record.order is not None:
+            await self._disarm(task_id)
+
+    async def _disarm(self, task_id: str) -> None:
+        # a purge of its subject would need the right to purge TASKS; a replacement does not
+        wake = Wake(task_id=task_id, kind="timer")
+        await publish_at(
+            self.d.js, key=record_key(task_id), target=EXECUTE_SUBJECT,
+            data=encoder.encode(wake), at=time.time(), headers={KIND_HEADER: WAKE_KIND},
+        )  # fmt: skip
 
     # -- a run suspended or was cancelled ------------------------------------------------
 
@@ -456,8 +469,7 @@ class Suspensions:
             new = Record(state="cancelled", run=record.run if record else -1, order=order)
             if await self._put(key, new, revision):
                 if record is not None and record.state == "suspended":
-                    with contextlib.suppress(Exception):
-                        await cancel_schedule(self.d.js, key=key)
+                    await self._disarm(request.task_id)
                 break
         # a running handler hears it; one that misses it is fenced by the terminal event
         await self.d.nc.publish(CANCEL_SUBJECT, request.task_id.encode())
@@ -501,13 +513,12 @@ class Suspensions:
             )  # fmt: skip
 
     async def _children(self, task_id: str, since: float | None) -> list[str]:
-        """Children ``task_id`` started that have not ended, read from its journal (from
-        ``since`` on when known: the journal subjects hold every task of a 64th bucket)."""
+        """Children ``task_id`` started, read from its journal (from ``since`` on when
+        known: the journal subjects hold every task of a 64th bucket)."""
         nc, js = self.d.nc, self.d.js
         inbox = nc.new_inbox()
         sub = await nc.subscribe(inbox)
         started: set[str] = set()
-        ended: set[str] = set()
         bucket = task_bucket(task_id)
         name = f"children-{new_id()}"
         try:
@@ -515,8 +526,8 @@ class Suspensions:
                 EVENTS,
                 api.ConsumerConfig(
                     name=name,
-                    filter_subjects=[f"events.{CALL_STARTED}.{bucket}",
-                                     f"events.{CALL_COMPLETED}.{bucket}"],  # fmt: skip
+                    # one filter, in the request's subject: what --auth grants it
+                    filter_subject=f"events.{CALL_STARTED}.{bucket}",
                     deliver_subject=inbox,
                     deliver_policy=api.DeliverPolicy.BY_START_TIME if since
                     else api.DeliverPolicy.ALL,
@@ -535,13 +546,10 @@ class Suspensions:
                     continue
                 if event.type == CALL_STARTED:
                     started.add(data_of(event, CallStarted).child_id)
-                elif event.type == CALL_COMPLETED:
-                    ended.add(data_of(event, CallCompleted).child_id)
         finally:
             await sub.unsubscribe()
-            with contextlib.suppress(Exception):
-                await js.delete_consumer(EVENTS, name)
-        return sorted(started - ended)
+        # an ended child's cancel changes nothing: its terminal event came first
+        return sorted(started)
 
 
 def _resumed(record: Record, woken_by: str) -> Record:

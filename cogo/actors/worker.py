@@ -297,7 +297,6 @@ class Worker(Actor):
     async def start(self) -> None:
         # a versioned worker (--version v2) consumes <route>.<version>: the canary's subject
         self.routes = await versioned_routes(self)
-        await self.waiters.start()
         self._cancel_sub = await self.nc.subscribe(CANCEL_SUBJECT, cb=self._on_cancel)
         await super().start()
 

@@ -28,9 +28,12 @@ from typing import Any
 
 from cogo.config import NATS_PASSWORD_ENV, NATS_USER_ENV, env, nats_password_env
 from cogo.secretfile import write_private_json
+from cogo.streams.catalogue import CALL_COMPLETED, CALL_STARTED, TASK_SIGNALED
+from cogo.streams.commands import CANCEL_SUBJECT
 from cogo.streams.envelope import EXECUTE_SUBJECT, RESULT_SUBJECT, RESULTS_SUBJECT
 from cogo.streams.outputs import OUTPUTS
 from cogo.streams.routes import RouteDecl, durable_name
+from cogo.streams.schedule import SCHEDULE_SUBJECTS
 from cogo.streams.topology import (
     ARTIFACT_BUCKET,
     CONTROL_VERSION,
@@ -45,6 +48,7 @@ from cogo.streams.topology import (
     RESULTS,
     SCHEDULE_BUCKET,
     STATUS_SUBJECT,
+    SUSPENSION_BUCKET,
     TASKS,
 )
 
@@ -201,6 +205,13 @@ def permissions(user: str, plan: AuthPlan) -> dict[str, Any] | None:
             *_read_kv(POLICY_BUCKET), *_read_kv("rollouts"),
             # flow control: held tasks, admission leases and slots (cogo.actors.admission)
             *_held_tasks(), *_write_kv(FLOW_BUCKET),
+            # durable agents (cogo.actors.suspension): suspended tasks' records, their
+            # timers (message schedules on TASKS), the journal entries it writes, the cancel
+            # it tells workers, the children a cancelled task started
+            *_write_kv(SUSPENSION_BUCKET), SCHEDULE_SUBJECTS,
+            *_events("execute_suspended", "execute_resumed", "execute_cancelled",
+                     "task_signaled", "call_completed"),
+            CANCEL_SUBJECT, f"{API}.CONSUMER.CREATE.{EVENTS}.*.events.{CALL_STARTED}.*",
         ]  # fmt: skip
         sub += [f"{MAX_DELIVERIES_ADVISORY}.{TASKS}.*", f"{MAX_DELIVERIES_ADVISORY}.{RESULTS}.*"]
     elif user == "orchestrator":
@@ -235,6 +246,16 @@ def permissions(user: str, plan: AuthPlan) -> dict[str, Any] | None:
         pub = [RESULTS_SUBJECT, *_events(*WORKER_EVENTS), f"{CONTROL_VERSION}.{user}",
                f"{API}.STREAM.INFO.{TASKS}", "outputs.>",  # ctx.emit
                *_read_journal(plan.workers[user])]  # fmt: skip
+        sub += [CANCEL_SUBJECT]  # a cancelled task's running handler is stopped
+        if user.startswith("app-"):
+            # durable agents (cogo.actors.durable): ctx.call submits a child and journals
+            # it, reading the child route's policy and whether a cancel reached it; a
+            # resumed run reads its signals and calls (one consumer with several filters:
+            # none in the request's subject) and hears signals and children's ends
+            pub += [EXECUTE_SUBJECT, *_events("call_started"), *_read_kv(POLICY_BUCKET),
+                    *_read_kv(SUSPENSION_BUCKET), f"{API}.CONSUMER.CREATE.{EVENTS}.*",
+                    f"{API}.CONSUMER.DELETE.{EVENTS}.*"]  # fmt: skip
+            sub += [f"events.{TASK_SIGNALED}.*", f"events.{CALL_COMPLETED}.*"]
         for route in [*plan.workers[user], *plan.versions.get(user, [])]:
             pub += _consume(TASKS, durable_name(route))
         if user in ARTIFACT_WRITERS or user.startswith("app-"):

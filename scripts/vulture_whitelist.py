@@ -62,3 +62,4 @@ child_route  # unused variable (cogo/streams/catalogue.py:189): call_started's f
 dur_wait  # unused function (cogo/bench/durable.py:42): an @app.agent handler, run by cogo run
 dur_call  # unused function (cogo/bench/durable.py:48): an @app.agent handler, run by cogo run
 dur_echo  # unused function (cogo/bench/durable.py:56): an @app.agent handler, run by cogo run
+cancel_schedule  # unused function (cogo/streams/schedule.py:38): the module's agreed API (held retries use it)

@@ -138,3 +138,12 @@ async def group(ctx: cogo.TaskContext, p: dict[str, Any]) -> Any:
                  for t in ("m", "n")]  # fmt: skip
     await ctx.sleep(0.5)
     return [c.result()["topic"] for c in calls]
+
+
+@app.agent("dur.nondet_call.0", policy={**FAST, "max_tokens": 1000})
+async def nondet_call(ctx: cogo.TaskContext, p: dict[str, Any]) -> Any:
+    """Calls a child under another key on its second run."""
+    RUNS[f"nondet_call:{ctx.task_id}"] += 1
+    key = "a" if RUNS[f"nondet_call:{ctx.task_id}"] == 1 else "b"
+    return await ctx.call("dur.child.0", {"topic": key, "wait": True}, key=key,
+                          assignment={"max_tokens": 100})  # fmt: skip

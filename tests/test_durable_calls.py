@@ -144,3 +144,23 @@ async def test_calls_in_a_task_group_suspend_and_resume(cogo_env):
     assert await handle.result(timeout=60) == ["m", "n"]
     for t in ("m", "n"):
         assert RUNS[f"done:{tid}/{t}"] == 1
+
+
+async def test_a_replay_that_calls_under_another_key_is_nondeterministic(cogo_env):
+    from tests.helpers import wait_until
+
+    handle = await cogo_env.client.submit("dur.nondet_call.0", {})
+    child = f"{handle.task_id}/a"
+
+    async def child_waits() -> bool:
+        try:
+            return (await cogo_env.client.status(child)).status == "suspended"
+        except cogo.errors.TaskNotFound:
+            return False
+
+    await wait_until(child_waits, 30, "the child never waited")
+    await cogo_env.client.signal(child, "go", 1)  # the parent resumes, and asks for "b"
+    with pytest.raises(cogo.TaskFailed) as failed:
+        await handle.result(timeout=60)
+    assert failed.value.code == "task.nondeterministic", failed.value
+    assert "call 'b'" in failed.value.message and "call 'a'" in failed.value.message

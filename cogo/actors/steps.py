@@ -27,6 +27,12 @@ and for every later reader.
 - A result larger than ``[runtime] step_inline_max_bytes`` goes to the object store
   (``<task_id>/steps/<name>.json``); the journal keeps the reference.
 - Steps do not nest (``step.nested``): an inner step's usage would be charged twice.
+
+Durable agents (``cogo.actors.durable``) journal more: signals (``task_signaled``) and
+children (``call_started``, ``call_completed``) on ``events.<type>.<bucket>``, 64 subjects
+per type whatever the route (a signal's sender need not know it). A resumed run reads them
+with a second scan, at the same time as its steps; each step also records its place in the
+run (``seq``), so a replay that asks for something else there is ``task.nondeterministic``.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from cogo.actors.llm import LlmReply, LlmUsage, ToolCall
 from cogo.actors.worker import Outcome, TaskContext, Worker
 from cogo.client import Client, TaskHandle
 from cogo.errors import BudgetExhausted, CogoError, PermanentWorkerError, TaskFailed, WorkerError
+from cogo.errors import TaskSignalTimeout as SignalTimeout
 from cogo.projections.tasks import TaskStatus
 from cogo.streams.envelope import Usage
 
@@ -32,6 +33,7 @@ __all__ = [
     "LlmUsage",
     "Outcome",
     "PermanentWorkerError",
+    "SignalTimeout",
     "TaskContext",
     "TaskFailed",
     "TaskHandle",

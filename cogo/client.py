@@ -38,7 +38,14 @@ from nats.js.errors import APIError, KeyNotFoundError
 
 from cogo import tracing
 from cogo.config import resolve_data_dir
-from cogo.errors import BackpressureError, CogoError, TaskFailed, TaskNotFound, UnknownRoute
+from cogo.errors import (
+    BackpressureError,
+    CogoError,
+    TaskFailed,
+    TaskFinished,
+    TaskNotFound,
+    UnknownRoute,
+)
 from cogo.projections.tasks import STATUS_SUBJECT, TERMINAL, TaskStatus
 from cogo.streams.catalogue import (
     EXECUTE_DONE,
@@ -47,6 +54,7 @@ from cogo.streams.catalogue import (
     ExecuteFailed,
     data_of,
 )
+from cogo.streams.commands import cancel_message, signal_message, since_of
 from cogo.streams.envelope import ASSIGNMENT_KEY, EXECUTE_SUBJECT, MSG_ID, encoder, new_id
 from cogo.streams.events import Event, decode_event, iso
 from cogo.streams.outputs import Output, read_output
@@ -321,6 +329,45 @@ class Client:
         if entry is None or not entry.value:
             raise UnknownRoute(f"unknown route {route!r}: no app declared it")
         self._known_routes.add(route)
+
+    # -- durable tasks -----------------------------------------------------------------
+
+    async def signal(self, task_id: str, name: str, data: Any = None) -> None:
+        """Send signal ``name`` (with JSON ``data``) to a task's ``ctx.wait_signal(name)``;
+        kept until the task ends if it does not wait yet, the first of a name counts.
+        TaskNotFound for an unknown task, TaskFinished for one that ended.
+
+            await client.signal(task_id, "approve", {"by": "ana"})
+        """
+        status = await self._live(task_id, "signal")
+        subject, body, headers = signal_message(task_id, name, data, route=status.route)
+        await self.nc.jetstream().publish(subject, body, headers=headers, timeout=10)
+
+    async def cancel(self, task_id: str, reason: str | None = None) -> None:
+        """Cancel a task and its descendants: a queued or suspended one ends at once, a
+        running handler gets ``CancelledError`` at its next await; it ends ``cancelled``.
+        Idempotent; TaskNotFound for an unknown task, TaskFinished for one that ended."""
+        status = await self._live(task_id, "cancel", cancelled_ok=True)
+        if status.status == "cancelled":
+            return
+        subject, body, headers = cancel_message(
+            task_id, reason, route=status.route, since=since_of(status.submitted_at)
+        )
+        await self.nc.jetstream().publish(subject, body, headers=headers, timeout=10)
+
+    async def _live(self, task_id: str, what: str, *, cancelled_ok: bool = False) -> TaskStatus:
+        status: TaskStatus | None = None
+        for _ in range(20):  # a task submitted a moment ago may not be projected yet
+            try:
+                status = await self.status(task_id)
+                break
+            except TaskNotFound:
+                await asyncio.sleep(0.1)
+        if status is None:
+            raise TaskNotFound(f"no task {task_id!r} is known")
+        if status.finished and not (cancelled_ok and status.status == "cancelled"):
+            raise TaskFinished(f"task {task_id!r} already ended ({status.status}): no {what}")
+        return status
 
     # -- following ---------------------------------------------------------------------
 
@@ -600,8 +647,8 @@ def decode_as(value: Any, tp: type[T]) -> T:
 
 def _terminal_subjects(route: str | None) -> list[str]:
     if route:
-        return [f"events.{EXECUTE_DONE}.{route}", f"events.{EXECUTE_FAILED}.{route}"]
-    return [f"events.{EXECUTE_DONE}.>", f"events.{EXECUTE_FAILED}.>"]
+        return [f"events.{kind}.{route}" for kind in TERMINAL]
+    return [f"events.{kind}.>" for kind in TERMINAL]
 
 
 def _left(deadline: float | None, task_id: str, timeout: float | None) -> float:
@@ -616,7 +663,11 @@ def _left(deadline: float | None, task_id: str, timeout: float | None) -> float:
 
 def _from_event(event: Event) -> TaskStatus:
     data: ExecuteDone | ExecuteFailed = (
-        data_of(event, ExecuteDone) if event.type == EXECUTE_DONE else data_of(event, ExecuteFailed)
+        data_of(event, ExecuteDone)
+        if event.type == EXECUTE_DONE
+        else data_of(event, ExecuteFailed)
+        if event.type == EXECUTE_FAILED
+        else ExecuteFailed()
     )
     return TaskStatus(
         task_id=event.task_id or "",

@@ -236,6 +236,11 @@ class RuntimeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     step_inline_max_bytes: int = 64 * 1024
     # the largest chunk ctx.emit takes (JSON-encoded)
     max_chunk_bytes: int = 256 * 1024
+    # durable agents: how long a handler waits in its process for a call's result, a timer
+    # or a signal before it suspends (gives back its worker); 0 suspends at once
+    suspend_after_ms: int = 200
+    # ctx.call nests at most this deep (a root task's children are at depth 1)
+    max_call_depth: int = 8
 
 
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -58,6 +58,13 @@ CogoError                          root; ``code``, human ``message``, optional `
 │   ├── StepNameReused             step.name_reused: a step of that name already ran in this attempt
 │   ├── StepNested                 step.nested: ``ctx.step`` called inside another step's function
 │   └── StepResultInvalid          step.result_invalid: the step's result has no JSON form
+├── DurableError                   a durable agent's call, sleep, signal or cancel (``cogo.actors.durable``)
+│   ├── TaskNondeterministic       task.nondeterministic: a replay asked for other things than the journal holds
+│   ├── TaskSignalTimeout          task.signal_timeout: ``ctx.wait_signal`` timed out (``cogo.SignalTimeout``)
+│   ├── CallDepthExceeded          call.depth_exceeded: ``ctx.call`` nested deeper than ``[runtime] max_call_depth``
+│   ├── SleepPastTtl               task.sleep_past_ttl: a sleep or wait would end after the task's ``ttl_ms``
+│   ├── TaskCancelled              task.cancelled: the task was cancelled (its terminal ``error_code``)
+│   └── TaskFinished               task.finished: a signal or cancel for a task that already ended
 ├── OutputInvalid                  output.invalid: ``ctx.emit`` of a value that is not JSON data, or too large
 ├── BuildError
 │   └── RepoMissing                build.repo_missing: the repository is not a directory
@@ -452,6 +459,48 @@ class StepResultInvalid(StepError):
     """Raised when a step's result has no JSON form (it could not be journaled)."""
 
     code = "step.result_invalid"
+
+
+class DurableError(CogoError):
+    """Raised when a durable agent's call, sleep, signal or cancel cannot go on."""
+
+    code = "durable.error"
+
+
+class TaskNondeterministic(DurableError):
+    """Raised when a resumed or retried handler asks for other things than its journal holds."""
+
+    code = "task.nondeterministic"
+
+
+class TaskSignalTimeout(DurableError):
+    """Raised in a handler when ``ctx.wait_signal`` timed out (exported as ``cogo.SignalTimeout``)."""
+
+    code = "task.signal_timeout"
+
+
+class CallDepthExceeded(DurableError):
+    """Raised when ``ctx.call`` would nest children deeper than ``[runtime] max_call_depth``."""
+
+    code = "call.depth_exceeded"
+
+
+class SleepPastTtl(DurableError):
+    """Raised when a sleep or a signal's timeout would end after the task's ``ttl_ms``."""
+
+    code = "task.sleep_past_ttl"
+
+
+class TaskCancelled(DurableError):
+    """Raised when a task was cancelled (the terminal ``error_code`` of ``execute_cancelled``)."""
+
+    code = "task.cancelled"
+
+
+class TaskFinished(DurableError):
+    """Raised when a signal or a cancel names a task that already ended."""
+
+    code = "task.finished"
 
 
 class OutputInvalid(CogoError):

@@ -71,3 +71,8 @@ _.handle_async_request  # unused method (cogo/integrations/transport.py): httpx'
 inject  # unused function (cogo/tracing.py): a submitter's headers with its traceparent, for child calls (ctx.call)
 usage_disputed  # unused variable (cogo/streams/catalogue.py:179): an event data field, read as JSON (SQL views, the dashboard)
 cancel_schedule  # unused function (cogo/streams/schedule.py): the schedule API shared with durable timers (ctx.sleep, cancellation); tests/test_security_seal.py calls it
+child_route  # unused variable (cogo/streams/catalogue.py:189): call_started's field, read as JSON
+dur_wait  # unused function (cogo/bench/durable.py:42): an @app.agent handler, run by cogo run
+dur_call  # unused function (cogo/bench/durable.py:48): an @app.agent handler, run by cogo run
+dur_echo  # unused function (cogo/bench/durable.py:56): an @app.agent handler, run by cogo run
+cancel_schedule  # unused function (cogo/streams/schedule.py:38): the module's agreed API (held retries use it)

@@ -37,7 +37,7 @@ def test_bench_json_reports_every_figure() -> None:
             "--scale-workers", "1", "--scale-workers", "2", "--scale-tasks", "60",
             "--scale-sleep-ms", "20", "--history", "1500", "--history", "3000",
             "--history-requests", "2", "--agent-tasks", "0", "--tracing-tasks", "0",
-            "--timeout", "60",
+            "--durable-tasks", "0", "--timeout", "60",
             "--client-tasks", "200", "--client-in-flight", "50", "--client-step-runs", "3",
             "--client-steps", "5", "--kill-repeats", "1",
         ],
@@ -142,7 +142,8 @@ def test_bench_reports_a_decorated_agent_against_echo() -> None:
             sys.executable, "-m", "cogo", "bench", "--json", "--sync", "default",
             "--tasks", "200", "--rate", "100", "--duration", "0.5", "--http-requests", "0",
             "--projector-runs", "0", "--step-runs", "0", "--no-scale-out",
-            "--agent-tasks", "1000", "--tracing-tasks", "0", "--timeout", "60", "--flow-tasks", "0",
+            "--agent-tasks", "1000", "--tracing-tasks", "0", "--durable-tasks", "0",
+            "--timeout", "60", "--flow-tasks", "0",
             "--client-tasks", "0", "--client-step-runs", "0", "--kill-repeats", "0",
         ],
         capture_output=True,
@@ -178,6 +179,7 @@ def test_bench_reports_tracing_off_and_on() -> None:
             "--tasks", "200", "--rate", "100", "--duration", "0.5", "--http-requests", "0",
             "--projector-runs", "0", "--step-runs", "0", "--no-scale-out",
             "--agent-tasks", "0", "--tracing-tasks", "500", "--timeout", "60", "--flow-tasks", "0",
+            "--durable-tasks", "0",
             "--client-tasks", "0", "--client-step-runs", "0", "--kill-repeats", "0",
         ],
         capture_output=True,
@@ -223,3 +225,28 @@ def test_step_benchmark_runs_and_reports_each_figure(capsys) -> None:
     out = capsys.readouterr().out
     for line in ("bare await", "first run (journaled)", "journal scan", "each after"):
         assert line in out and "p50" in out and "p99" in out, out
+
+
+def test_bench_reports_durable_agent_figures() -> None:
+    # everything else as small as it goes: the part under test is the durable figures
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "cogo", "bench", "--json", "--sync", "default",
+            "--tasks", "200", "--rate", "100", "--duration", "0.5", "--http-requests", "0",
+            "--projector-runs", "0", "--step-runs", "0", "--no-scale-out",
+            "--agent-tasks", "0", "--durable-tasks", "50", "--timeout", "60",
+            "--tracing-tasks", "0", "--flow-tasks", "0",
+            "--client-tasks", "0", "--client-step-runs", "0", "--kill-repeats", "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    durable = json.loads(proc.stdout.strip().splitlines()[-1])["durable"]
+    assert durable["suspended_tasks"] == 50
+    for key in ("suspend_to_resumed", "suspend_to_done"):
+        assert durable[key]["n"] == 50 and 0 < durable[key]["p50_ms"] <= durable[key]["p99_ms"]
+    assert durable["call_round_trip"]["n"] == durable["plain_submit_round_trip"]["n"] == 100
+    # a suspended task is a record and a schedule in the store
+    assert durable["store_bytes_per_suspended_task"] > 0

@@ -47,6 +47,7 @@ from cogo import tracing
 from cogo.actors.admission import FlowControl
 from cogo.actors.base import Actor, Defer, Delivery
 from cogo.actors.deadletter import DeadLetterWatcher
+from cogo.actors.suspension import Suspensions, pending_children, tree_usage, wake_messages
 from cogo.aio import cancel_and_wait
 from cogo.config import Config
 from cogo.errors import (
@@ -61,6 +62,7 @@ from cogo.errors import (
 )
 from cogo.rollouts.canary import CanaryRouter, subject_of
 from cogo.streams.catalogue import (
+    EXECUTE_CANCELLED,
     EXECUTE_DONE,
     EXECUTE_ENQUEUED,
     EXECUTE_FAILED,
@@ -68,6 +70,7 @@ from cogo.streams.catalogue import (
     ExecuteDone,
     ExecuteEnqueued,
 )
+from cogo.streams.commands import CANCEL_KIND, WAKE_KIND, decode_cancel, decode_wake
 from cogo.streams.envelope import (
     EXECUTE_SUBJECT,
     KIND_HEADER,
@@ -123,6 +126,7 @@ class ExecutorDispatcher(Actor):
         self.canary = CanaryRouter(self.js, self.config, self.sealer)
         self.dead_letters = DeadLetterWatcher(self, self.report_dead_letter)
         self.flow = FlowControl(self)  # admission of flow-controlled routes
+        self.suspensions = Suspensions(self)  # durable agents (cogo.actors.suspension)
         self._trimmer: asyncio.Task[None] | None = None
 
     def default_routes(self) -> list[str]:
@@ -138,6 +142,7 @@ class ExecutorDispatcher(Actor):
         await self.canary.start()
         await self.dead_letters.start()
         await self.flow.start()
+        await self.suspensions.start()
         if RESULTS_SUBJECT in self.routes:
             self._trimmer = asyncio.create_task(self._trim_loop(), name="trim-results")
 
@@ -169,19 +174,37 @@ class ExecutorDispatcher(Actor):
             if not self._genuine(result.order, delivery):
                 return  # acked and dropped: it must not count, nor free anybody's slot
             with _traced(result.order):
-                await self._on_result(result, delivery)
+                if result.suspended is not None or result.cancelled:
+                    await self.suspensions.on_result(result)
+                else:
+                    token = tree_usage.set(result.tree_usage)
+                    orphans = pending_children.set(result.children)
+                    try:
+                        await self._on_result(result, delivery)
+                    finally:
+                        tree_usage.reset(token)
+                        pending_children.reset(orphans)
+                    if result.durable:
+                        await self.suspensions.forget(result.order.task_id)
             # after the result's events are stored, before it is acked: a redelivery frees
             # the slot again (harmless), and no next attempt starts before the last one ended
             await self.flow.release(result.order)
-        elif delivery.route == RETRY_SUBJECT:
-            order = decode_order(delivery.data)
-            if self._genuine(order, delivery):
-                with _traced(order):
-                    await self._on_retry(order)
-        else:
-            # the public submit subject: a submission whatever its headers say (a retry
-            # published here is a fresh task, its assignment resolved like any other)
-            await self._on_submit(delivery)
+            return
+        if delivery.route == RETRY_SUBJECT:  # its own queue: retries, wake-ups, cancels
+            kind = delivery.headers.get(KIND_HEADER)
+            if kind == WAKE_KIND:
+                await self.suspensions.on_wake(decode_wake(delivery.data))
+            elif kind == CANCEL_KIND:
+                await self.suspensions.on_cancel(decode_cancel(delivery.data))
+            else:
+                order = decode_order(delivery.data)
+                if self._genuine(order, delivery):
+                    with _traced(order):
+                        await self._on_retry(order)
+            return
+        # the public submit subject: a submission whatever its headers say (a retry or a
+        # command published here is a fresh task, its assignment resolved like any other)
+        await self._on_submit(delivery)
 
     def _genuine(self, order: WorkOrder, delivery: Delivery) -> bool:
         """Whether a result or retry speaks for its order: on its route's own subject, with
@@ -368,6 +391,8 @@ class ExecutorDispatcher(Actor):
         a = order.assignment
         total = order.usage_so_far + r.usage
         base = _base_of(order)
+        # a durable agent's budget bounds its tree: its ended children's spending counts
+        tree = total + r.tree_usage if r.tree_usage is not None else total
         # a redelivered attempt's first delivery may have emitted before its worker died
         emitted = order.emitted or r.emitted or r.delivery > 1
         closes = order if emitted else None
@@ -385,14 +410,14 @@ class ExecutorDispatcher(Actor):
         }
         timing = {"claimed_at": iso(r.claimed_at), "submitted_at": iso(order.submitted_at)}
         budget: CogoError | None = None
-        if total.tokens > a.max_tokens:
+        if tree.tokens > a.max_tokens:
             budget = TokenBudgetExhausted(
-                f"used {total.tokens} tokens across {order.attempt} attempt(s), "
+                f"used {tree.tokens} tokens across {order.attempt} attempt(s), "
                 f"budget max_tokens={a.max_tokens}"
             )
-        elif total.cost_usd > a.max_cost_usd:
+        elif tree.cost_usd > a.max_cost_usd:
             budget = CostBudgetExhausted(
-                f"spent ${total.cost_usd:.4f} across {order.attempt} attempt(s), "
+                f"spent ${tree.cost_usd:.4f} across {order.attempt} attempt(s), "
                 f"budget max_cost_usd={a.max_cost_usd}"
             )
         if budget is not None:
@@ -524,16 +549,20 @@ class ExecutorDispatcher(Actor):
         """The terminal event and, with ``closes``, the end marker of that task's output (it
         may have emitted), to go out in one batch (``cogo.streams.outputs``)."""
         token = self.task_token(event.task_id)
+        # a child of a durable agent wakes its parent (cogo.actors.suspension)
+        wakes = wake_messages(event)
         if closes is None:
-            return [event_message(event, token)]
-        status = "succeeded" if event.type == EXECUTE_DONE else "failed"
+            return [event_message(event, token), *wakes]
+        status = {EXECUTE_DONE: "succeeded", EXECUTE_CANCELLED: "cancelled"}.get(
+            event.type, "failed"
+        )
         subject, data, headers = end_marker(closes, status, attempt=event.attempt or 0,
                                             error_code=event.error_code, error=event.error)  # fmt: skip
         if self.sealer is not None:  # readers show only what carries the task's output MAC
             out_token = self.sealer.outputs.out_token(closes.task_id)
             headers = {MSG_ID: guard_id(token, headers[MSG_ID]),
                        MAC_HEADER: output_mac(out_token, data)}  # fmt: skip
-        return [event_message(event, token), (subject, data, headers)]
+        return [event_message(event, token), (subject, data, headers), *wakes]
 
     async def _terminal(self, event: Event, closes: WorkOrder | None = None) -> None:
         """Append the terminal event (and the end marker of the output it ``closes``)."""

@@ -27,11 +27,18 @@ and for every later reader.
 - A result larger than ``[runtime] step_inline_max_bytes`` goes to the object store
   (``<task_id>/steps/<name>.json``); the journal keeps the reference.
 - Steps do not nest (``step.nested``): an inner step's usage would be charged twice.
+
+Durable agents (``cogo.actors.durable``) journal more: signals (``task_signaled``) and
+children (``call_started``, ``call_completed``) on ``events.<type>.<bucket>``, 64 subjects
+per type whatever the route (a signal's sender need not know it). A resumed run reads them
+with a second scan, at the same time as its steps; each step also records its place in the
+run (``seq``), so a replay that asks for something else there is ``task.nondeterministic``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import inspect
 import time
@@ -50,9 +57,20 @@ from cogo.errors import (
     StepNameReused,
     StepNested,
     StepResultInvalid,
+    TaskNondeterministic,
     WorkerError,
 )
-from cogo.streams.catalogue import STEP_COMPLETED, StepCompleted, data_of
+from cogo.streams.catalogue import (
+    CALL_COMPLETED,
+    CALL_STARTED,
+    STEP_COMPLETED,
+    TASK_SIGNALED,
+    CallCompleted,
+    CallStarted,
+    StepCompleted,
+    TaskSignaled,
+    data_of,
+)
 from cogo.streams.envelope import MSG_ID, Usage, new_id
 from cogo.streams.events import decode_event, encode_event, iso, order_event
 from cogo.streams.seal import guard_id
@@ -101,6 +119,16 @@ def journal_subject(route: str, task_id: str) -> str:
     return f"events.{STEP_COMPLETED}.{route}.{bucket}"
 
 
+def task_bucket(task_id: str) -> int:
+    return zlib.crc32(task_id.encode()) % JOURNAL_BUCKETS
+
+
+def durable_subject(type: str, task_id: str) -> str:
+    """Where a task's signals and calls are journaled: ``events.<type>.<bucket>``, a fixed
+    64 subjects per type whatever the route (a signal's sender need not know it)."""
+    return f"events.{type}.{task_bucket(task_id)}"
+
+
 def check_name(name: Any) -> str:
     if not isinstance(name, str) or not name or len(name) > MAX_NAME_CHARS:
         raise StepNameInvalid(
@@ -121,6 +149,7 @@ class Journaled:
     usage: Usage
     result: Any = None
     artifact: str | None = None
+    run: int = 0  # the order's ``resumes`` when it was journaled
 
 
 class Journal:
@@ -131,32 +160,108 @@ class Journal:
         self._steps: dict[str, Journaled] | None = None
         self.names: set[str] = set()  # steps this attempt asked for (unique per attempt)
         self.replayed = 0
+        # durable agents: signals sent to the task (the first of a name), the children it
+        # started and those that ended, and which request each journaled seq was
+        self.signals: dict[str, Any] = {}
+        self.started: dict[str, CallStarted] = {}
+        self.completed: dict[str, CallCompleted] = {}
+        self.by_seq: dict[int, str] = {}
+        self._durable_loaded = False
 
     @property
     def may_exist(self) -> bool:
-        """Whether an earlier attempt or delivery could have journaled anything."""
-        return self._ctx.attempt > 1 or self._ctx.delivery.delivered > 1
+        """Whether an earlier attempt, delivery or run could have journaled anything."""
+        o = self._ctx.order
+        return o.attempt > 1 or self._ctx.delivery.delivered > 1 or o.resumes > 0
 
     async def get(self, name: str, *, reload: bool = False) -> Journaled | None:
-        if not self.may_exist and not reload:
+        if self._steps is None and not self.may_exist and not reload:
             return None
-        if self._steps is None or reload:
+        if reload:
             self._steps = await self._load()
+        elif self._steps is None:
+            if self._ctx.order.resumes > 0:
+                await self.load()  # a resumed run: its calls and signals too
+            else:
+                self._steps = await self._load()
+        assert self._steps is not None
         return self._steps.get(name)
 
+    async def load(self) -> None:
+        """Read the whole journal now (steps, signals, calls) if this run has not yet: a
+        signal may precede the task's first run, so durable requests look even when no
+        earlier run could have written. The two scans run at once."""
+        steps = self._load() if self._steps is None else None
+        durable = self._load_durable() if not self._durable_loaded else None
+        if steps is not None and durable is not None:
+            self._steps, _ = await asyncio.gather(steps, durable)
+        elif steps is not None:
+            self._steps = await steps
+        elif durable is not None:
+            await durable
+        self._durable_loaded = True
+
+    def check(self, seq: int, label: str) -> None:
+        """``task.nondeterministic`` unless the journal holds ``label`` (or nothing) at ``seq``."""
+        had = self.by_seq.get(seq)
+        if had is not None and had != label:
+            raise TaskNondeterministic(
+                f"request #{seq} of the handler is {label}, but the journal has {had} there: "
+                "code between steps, calls, sleeps and signals must be deterministic (decide "
+                "on journaled values, not on time, randomness or outside state)",
+                detail={"seq": seq, "requested": label, "journaled": had},
+            )
+
     async def _load(self) -> dict[str, Journaled]:
-        """Scan the task's journal subject from its submission on (see the docstring)."""
+        """The task's steps: a scan of its route's journal subject (see the docstring)."""
+        found: dict[str, Journaled] = {}
+        for event in await self._scan([journal_subject(self._ctx.route, self._ctx.task_id)]):
+            # only the task's own route's subject is read, which under --auth only that
+            # route's app may publish to; an entry naming another route is no entry
+            if event.type != STEP_COMPLETED or event.route != self._ctx.route:
+                continue
+            try:
+                step = data_of(event, StepCompleted)
+            except msgspec.ValidationError:
+                continue  # not a journal entry this version can read: never a result
+            if step.step not in found:  # the first one wins
+                found[step.step] = Journaled(
+                    name=step.step, attempt=event.attempt or 0, delivery=step.delivery,
+                    usage=event.usage or Usage(), result=step.result,
+                    artifact=step.artifact.name if step.artifact else None,
+                    run=step.run or 0,
+                )  # fmt: skip
+                if step.seq is not None:
+                    self.by_seq.setdefault(step.seq, f"step {step.step!r}")
+        return found
+
+    async def _load_durable(self) -> None:
+        """The task's signals and calls: a scan of their subjects for its bucket (whatever
+        the route: a signal's sender need not know it)."""
+        task_id = self._ctx.task_id
+        subjects = [durable_subject(t, task_id) for t in (TASK_SIGNALED, CALL_STARTED,
+                                                            CALL_COMPLETED)]  # fmt: skip
+        for event in await self._scan(subjects):
+            with contextlib.suppress(msgspec.ValidationError):
+                self._durable_entry(event)
+
+    async def _scan(self, subjects: list[str]) -> list[Any]:
+        """This task's events on ``subjects`` from its submission on, in stream order."""
         ctx = self._ctx
         nc, js = ctx.worker.nc, ctx.worker.js
         inbox = nc.new_inbox()
         sub = await nc.subscribe(inbox)
-        found: dict[str, Journaled] = {}
+        found: list[Any] = []
+        name = f"journal-{new_id()}"
+        # one subject goes in the create request's subject (what --auth grants by route)
+        filters: dict[str, Any] = (
+            {"filter_subject": subjects[0]} if len(subjects) == 1 else {"filter_subjects": subjects}
+        )
         try:
             info = await js.add_consumer(
                 EVENTS,
                 api.ConsumerConfig(
-                    name=f"journal-{new_id()}",
-                    filter_subject=journal_subject(ctx.route, ctx.task_id),
+                    name=name,
                     deliver_subject=inbox,
                     deliver_policy=api.DeliverPolicy.BY_START_TIME,
                     # the server takes RFC 3339 text; nats-py's annotation says datetime
@@ -166,6 +271,7 @@ class Journal:
                     inactive_threshold=5.0,
                     mem_storage=True,
                     num_replicas=1,
+                    **filters,
                 ),
             )
             pending = info.num_pending or 0
@@ -176,31 +282,40 @@ class Journal:
                     raise WorkerError(f"reading the step journal failed: {exc!r}") from None
                 pending = int(msg.reply.rsplit(".", 1)[-1]) if msg.reply else 0
                 event = decode_event(msg.data)
-                # only the task's own route's subject is read, which under --auth only
-                # that route's app may publish to; an entry naming another route is no entry
-                if (event.task_id != ctx.task_id or event.type != STEP_COMPLETED
-                        or event.route != ctx.route):  # fmt: skip
-                    continue
-                try:
-                    step = data_of(event, StepCompleted)
-                except msgspec.ValidationError:
-                    continue  # not a journal entry this version can read: never a result
-                if step.step not in found:  # the first one wins
-                    found[step.step] = Journaled(
-                        name=step.step, attempt=event.attempt or 0, delivery=step.delivery,
-                        usage=event.usage or Usage(), result=step.result,
-                        artifact=step.artifact.name if step.artifact else None,
-                    )  # fmt: skip
+                if event.task_id == ctx.task_id:
+                    found.append(event)
         finally:
             await sub.unsubscribe()
+            if len(subjects) > 1:
+                # a durable agent's scan goes now, not after its inactivity threshold: they
+                # resume by the hundred, and the server caps consumers per stream
+                with contextlib.suppress(Exception):
+                    await js.delete_consumer(EVENTS, name)
         return found
+
+    def _durable_entry(self, event: Any) -> None:
+        """Keep a signal or call entry (the first of each wins, as for steps)."""
+        if event.type == TASK_SIGNALED:
+            signal = data_of(event, TaskSignaled)
+            self.signals.setdefault(signal.name, signal.data)
+        elif event.type == CALL_STARTED:
+            started = data_of(event, CallStarted)
+            if started.child_id not in self.started:
+                self.started[started.child_id] = started
+                self.by_seq.setdefault(started.seq, f"call {started.key!r}")
+        else:
+            done = data_of(event, CallCompleted)
+            self.completed.setdefault(done.child_id, done)
 
 
 async def run_step(
     ctx: TaskContext, name: str, fn: Callable[..., Any], args: tuple[Any, ...],
-    kwargs: dict[str, Any],
+    kwargs: dict[str, Any], *, seq: int | None = None,
 ) -> Any:  # fmt: skip
-    """``ctx.step``: the journaled result of ``name``, or ``fn``'s, journaled first."""
+    """``ctx.step``: the journaled result of ``name``, or ``fn``'s, journaled first.
+
+    ``seq`` is the request's place in the handler: a replay that asks for another step
+    there is ``task.nondeterministic``."""
     check_name(name)
     if _current.get() is not None:
         raise StepNested(
@@ -214,6 +329,8 @@ async def run_step(
         )
     journal.names.add(name)
     done = await journal.get(name)
+    if seq is not None:
+        journal.check(seq, f"step {name!r}")
     if done is not None:
         return await _replay(ctx, done)
     scope = StepScope(name)
@@ -230,9 +347,11 @@ async def run_step(
         ref = await ctx.worker.artifacts.put(
             ctx.order, f"steps/{quote(name, safe='')}.json", data, actor=ctx.worker.name
         )
-        entry = StepCompleted(step=name, delivery=ctx.delivery.delivered, artifact=ref)
+        entry = StepCompleted(step=name, delivery=ctx.delivery.delivered, artifact=ref,
+                              seq=seq, run=ctx.order.resumes or None)  # fmt: skip
     else:
-        entry = StepCompleted(step=name, delivery=ctx.delivery.delivered, result=result)
+        entry = StepCompleted(step=name, delivery=ctx.delivery.delivered, result=result,
+                              seq=seq, run=ctx.order.resumes or None)  # fmt: skip
     event = order_event(
         STEP_COMPLETED, ctx.order, event_id=f"{ctx.task_id}:step:{name}",
         actor=ctx.worker.name, duration_ms=round((time.time() - started) * 1000.0, 3),
@@ -260,9 +379,13 @@ async def run_step(
 async def _replay(ctx: TaskContext, done: Journaled) -> Any:
     journal = ctx.journal
     journal.replayed += 1
-    if done.attempt == ctx.attempt and done.delivery != ctx.delivery.delivered:
-        # journaled by a delivery of this attempt that died before reporting: its usage
-        # reached no result yet, so it counts now (once); an earlier attempt's was reported
+    if (
+        done.attempt == ctx.attempt
+        and done.run == ctx.order.resumes
+        and done.delivery != ctx.delivery.delivered
+    ):
+        # journaled by a delivery of this run that died before reporting: its usage reached
+        # no result yet, so it counts now (once); an earlier attempt's or run's was reported
         ctx.report_usage(tokens=done.usage.tokens, cost_usd=done.usage.cost_usd)
     return await _fetch(ctx, done)
 

@@ -18,23 +18,29 @@ announced with one ``execute_started`` event (``GET /api/tasks/{id}`` then says
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
 import msgspec
+from nats.js.errors import KeyNotFoundError
 
 from cogo import tracing
+from cogo.actors import durable
 from cogo.actors.base import Actor, Delivery
+from cogo.actors.durable import Durable, Suspend, Waiters
 from cogo.actors.llm import LlmClient, LlmSession
 from cogo.actors.steps import Journal, charge_step, run_step
+from cogo.actors.suspension import is_cancelled, record_key
 from cogo.errors import (
     AttemptTimeout,
     CogoError,
     CostBudgetExhausted,
     InvalidResult,
     OutputInvalid,
+    TaskCancelled,
     TokenBudgetExhausted,
     TtlExpired,
     WorkerError,
@@ -42,11 +48,14 @@ from cogo.errors import (
 from cogo.rollouts.canary import versioned_routes
 from cogo.streams.artifacts import ArtifactStore
 from cogo.streams.catalogue import EXECUTE_STARTED, ExecuteStarted
+from cogo.streams.commands import CANCEL_SUBJECT
 from cogo.streams.envelope import (
+    CALL_KEY,
     MSG_ID,
     RESERVED_PAYLOAD_KEYS,
     ResolvedAssignment,
     Usage,
+    Waiting,
     WorkOrder,
     WorkResult,
     decode_order,
@@ -56,6 +65,7 @@ from cogo.streams.envelope import (
 from cogo.streams.events import iso, order_event
 from cogo.streams.outputs import Output, encode_output, output_subject
 from cogo.streams.seal import MAC_HEADER, guard_id, output_mac
+from cogo.streams.topology import SUSPENSION_BUCKET
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +96,10 @@ class TaskContext:
         self._llm: LlmSession | None = None
         self._emitted = 0
         self._emitting = asyncio.Lock()
+        self._durable: Durable | None = None  # made by the first call, sleep or signal
+        self._seq = 0  # durable requests (steps included) of this run, in order
+        self.cancel_requested = False
+        self.task: asyncio.Task[Any] | None = None  # the one running the handler
 
     @property
     def llm(self) -> LlmSession:
@@ -100,7 +114,49 @@ class TaskContext:
 
         result = await ctx.step("fetch", fetch_page, url)
         """
-        return await run_step(self, name, fn, args, kwargs)
+        return await run_step(self, name, fn, args, kwargs, seq=self.next_seq())
+
+    def next_seq(self) -> int:
+        """The number of this run's next durable request (a replay must ask the same)."""
+        self._seq += 1
+        return self._seq
+
+    @property
+    def durable(self) -> Durable:
+        """This run's calls, sleeps and signals (``cogo.actors.durable``)."""
+        if self._durable is None:
+            self._durable = Durable(self)
+        return self._durable
+
+    async def call(
+        self, route: str, payload: Any = None, *, key: str | None = None,
+        assignment: dict[str, Any] | None = None,
+    ) -> Any:  # fmt: skip
+        """Run a child task on ``route`` and return its result (``cogo.TaskFailed`` if it
+        failed). The child's id is ``<task_id>/<key>`` (``key`` defaults to the call's order
+        in the handler); a replay never starts it twice. Its budget is carved from what this
+        task has left. Calls may run in parallel (``asyncio.gather``).
+
+        notes = await asyncio.gather(*(ctx.call("research.read.0", {"topic": t}, key=t)
+                                       for t in topics))
+        """
+        return await durable.call(self, route, payload, key, assignment)
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep durably: a long sleep gives back the worker and survives restarts.
+
+        await ctx.sleep(3600)
+        """
+        await durable.sleep(self, seconds)
+
+    async def wait_signal(self, name: str, *, timeout_s: float | None = None) -> Any:
+        """The data of signal ``name`` sent to this task (``Client.signal``, ``POST
+        /api/tasks/{id}/signals/{name}``, ``cogo signal``); one sent earlier is kept, the
+        first one counts. ``cogo.SignalTimeout`` after ``timeout_s``.
+
+        ok = await ctx.wait_signal("approve", timeout_s=86_400)
+        """
+        return await durable.wait_signal(self, name, timeout_s)
 
     async def emit(self, chunk: Any) -> None:
         """Append ``chunk`` (any JSON value) to the task's output, ``outputs.<task_id>``;
@@ -178,13 +234,16 @@ class TaskContext:
 
     @property
     def remaining_tokens(self) -> int:
-        """Tokens the task may still spend under its ``max_tokens``, this attempt included."""
-        spent = self.order.usage_so_far.tokens + self._tokens
+        """Tokens the task may still spend under its ``max_tokens``, this attempt included
+        (and what its children spent or hold: the budget bounds the task's tree)."""
+        held = self._durable.held_tokens if self._durable is not None else 0
+        spent = self.order.usage_so_far.tokens + self._tokens + held
         return max(0, self.order.assignment.max_tokens - spent)
 
     @property
     def remaining_cost_usd(self) -> float:
-        spent = self.order.usage_so_far.cost_usd + self._cost_usd
+        held = self._durable.held_cost_usd if self._durable is not None else 0.0
+        spent = self.order.usage_so_far.cost_usd + self._cost_usd + held
         return max(0.0, self.order.assignment.max_cost_usd - spent)
 
     @property
@@ -206,6 +265,9 @@ class TaskContext:
         charge_step(int(tokens), float(cost_usd))  # a step journals what it spent
         a = self.order.assignment
         spent = self.order.usage_so_far + self.usage
+        if self._durable is not None:
+            spent = Usage(tokens=spent.tokens + self._durable.held_tokens,
+                          cost_usd=spent.cost_usd + self._durable.held_cost_usd)  # fmt: skip
         if spent.tokens > a.max_tokens:
             raise TokenBudgetExhausted(
                 f"used {spent.tokens} tokens across {self.attempt} attempt(s), "
@@ -231,6 +293,10 @@ class Worker(Actor):
         self.llm_client = LlmClient(self.config)
         # large step results; a worker that stores artifacts of its own replaces it
         self.artifacts = ArtifactStore(self.js, None, self.events)
+        self.waiters = Waiters(self.nc)
+        self._running: dict[str, list[TaskContext]] = {}
+        self._cancel_sub: Any = None
+        self._suspensions: Any = None  # the KV bucket, opened on first use
 
     def default_routes(self) -> list[str]:
         return [self.route]
@@ -238,11 +304,33 @@ class Worker(Actor):
     async def start(self) -> None:
         # a versioned worker (--version v2) consumes <route>.<version>: the canary's subject
         self.routes = await versioned_routes(self)
+        self._cancel_sub = await self.nc.subscribe(CANCEL_SUBJECT, cb=self._on_cancel)
         await super().start()
 
     async def stop(self, grace: float = 30.0) -> None:
         await super().stop(grace)
+        await self.waiters.stop()
+        if self._cancel_sub is not None:
+            with contextlib.suppress(Exception):
+                await self._cancel_sub.unsubscribe()
         await self.llm_client.aclose()
+
+    async def _cancelled(self, task_id: str) -> bool:
+        """Whether the dispatcher recorded a cancel of ``task_id`` (cogo.actors.suspension)."""
+        if self._suspensions is None:
+            self._suspensions = await self.js.key_value(SUSPENSION_BUCKET)
+        try:
+            entry = await self._suspensions.get(record_key(task_id))
+        except KeyNotFoundError:
+            return False
+        return is_cancelled(entry.value)
+
+    async def _on_cancel(self, msg: Any) -> None:
+        """A task was cancelled: its running handlers get CancelledError at their next await."""
+        for ctx in self._running.get(msg.data.decode(errors="replace"), ()):
+            if ctx.task is not None and not ctx.cancel_requested:
+                ctx.cancel_requested = True
+                ctx.task.cancel()
 
     async def run(self, order: WorkOrder, ctx: TaskContext) -> Outcome:
         raise NotImplementedError
@@ -252,7 +340,11 @@ class Worker(Actor):
         started = time.time()
         outcome: Outcome | None = None
         error: CogoError | None = None
+        suspended: list[Waiting] | None = None
         ctx = TaskContext(self, delivery, order)
+        ctx.task = asyncio.current_task()
+        running = self._running.setdefault(order.task_id, [])
+        running.append(ctx)
         announce = None
         if self._started_after_s >= 0:
             announce = asyncio.get_running_loop().call_later(
@@ -263,6 +355,10 @@ class Worker(Actor):
                 raise TtlExpired(
                     f"task expired {started - order.deadline:.3f}s before a worker claimed it"
                 )
+            if CALL_KEY in order.payload and await self._cancelled(order.task_id):
+                # a child whose parent's cancel reached it in the queue: it never runs
+                ctx.cancel_requested = True
+                raise TaskCancelled("the task was cancelled before it ran")
             budget = max(0.0, ctx.deadline - started)
             try:
                 async with asyncio.timeout(budget):
@@ -274,14 +370,37 @@ class Worker(Actor):
                 raise AttemptTimeout(
                     f"attempt {order.attempt} ran past timeout_ms={order.assignment.timeout_ms}"
                 ) from None
+        except Suspend:
+            suspended = list(ctx.durable.waiting.values())
+        except asyncio.CancelledError:
+            if not ctx.cancel_requested:
+                raise  # the worker is stopping: the message is redelivered
+            if ctx.task is not None:
+                ctx.task.uncancel()
+            error = TaskCancelled("the task was cancelled while its handler ran")
         except CogoError as exc:
             error = exc
+        except BaseExceptionGroup as group:  # a TaskGroup of the handler's
+            if group.subgroup(Suspend) is not None:
+                suspended = list(ctx.durable.waiting.values())
+            else:
+                log.exception("%s: %s attempt %d raised", self.name, order.task_id, order.attempt)
+                error = WorkerError(f"{type(group).__name__}: {group}")
         except Exception as exc:  # a bug or unexpected failure in the handler: retryable
             log.exception("%s: %s attempt %d raised", self.name, order.task_id, order.attempt)
             error = WorkerError(f"{type(exc).__name__}: {exc}")
         finally:
             if announce is not None:
                 announce.cancel()
+            running.remove(ctx)
+            if not running:
+                del self._running[order.task_id]
+            if ctx._durable is not None:
+                ctx._durable.release()
+        if ctx.cancel_requested and error is None:
+            # it returned before its next await: the cancel still wins
+            outcome, suspended = None, None
+            error = TaskCancelled("the task was cancelled while its handler ran")
         duration_ms = (time.time() - started) * 1000.0
         # what the attempt spent: reported through ctx, by a class-based worker's Outcome, or
         # carried by the exception of a failed attempt (it still spent tokens)
@@ -291,6 +410,14 @@ class Worker(Actor):
         usage = Usage(tokens=usage.tokens, cost_usd=usage.cost_usd, duration_ms=duration_ms)
         emitted = ctx.emitted > 0
         report = self._report(order, delivery, outcome, error, usage, duration_ms, emitted)
+        if ctx._durable is not None and ctx._durable.used:
+            report = msgspec.structs.replace(
+                report, durable=True, suspended=suspended,
+                cancelled=ctx.cancel_requested, children=ctx.durable.pending_children or None,
+                tree_usage=ctx.durable.tree_usage,
+            )  # fmt: skip
+        elif ctx.cancel_requested:
+            report = msgspec.structs.replace(report, cancelled=True)
         data = encoder.encode(report)
         if outcome is not None and len(data) > self._max_result_bytes:
             error = InvalidResult(
@@ -301,8 +428,14 @@ class Worker(Actor):
             report = self._report(order, delivery, None, error, usage, duration_ms, emitted)
             data = encoder.encode(report)
         self.counters["succeeded" if error is None else "failed"] += 1
+        # one result per run: a suspended run reports under its resume number, so the
+        # final report of a resumed attempt is still fenced like any other
+        msg_id = f"{order.task_id}:{order.attempt}:result"
+        if suspended is not None:
+            msg_id = f"{order.task_id}:{order.attempt}:suspended:{order.resumes}"
+            self.counters["suspended"] += 1
         # through the actor's publisher: the same stream ack, for less CPU than js.publish
-        msg_id = guard_id(order.token, f"{order.task_id}:{order.attempt}:result")
+        msg_id = guard_id(order.token, msg_id)
         (ack,) = await self.publish_all([(result_subject(order.route), data, {MSG_ID: msg_id})])
         if ack.duplicate:
             # another worker already reported this attempt (our claim had lapsed): fenced off
@@ -346,7 +479,9 @@ class Worker(Actor):
         event = order_event(
             EXECUTE_STARTED,
             order,
-            event_id=f"{order.task_id}:started:{order.attempt}",
+            # a resumed run of the attempt is announced too (its own id)
+            event_id=f"{order.task_id}:started:{order.attempt}"
+            + (f":{order.resumes}" if order.resumes else ""),
             actor=self.name,
             queue_wait_ms=round(delivery.queue_wait_ms, 3),
             version=self.version or order.version,

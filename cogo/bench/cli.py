@@ -26,6 +26,8 @@ from cogo.actors.runner import _use_uvloop
 from cogo.bench.agent import agent_vs_echo
 from cogo.bench.agent import app as bench_app
 from cogo.bench.client import client_figures
+from cogo.bench.durable import app as durable_app
+from cogo.bench.durable import durable_figures
 from cogo.bench.facade import http_submit
 from cogo.bench.history import history_figures
 from cogo.bench.ingest import projector_ingest
@@ -50,7 +52,7 @@ async def run_bench(options: Options, progress: Progress) -> dict[str, Any]:
             work_dir.mkdir(parents=True, exist_ok=True)
         else:
             work_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cogo-bench-")))
-        bench = Bench(options, work_dir, progress, apps=[bench_app])
+        bench = Bench(options, work_dir, progress, apps=[bench_app, durable_app])
         extra: dict[str, Any] = {}
         try:
             await bench.start()
@@ -68,6 +70,8 @@ async def run_bench(options: Options, progress: Progress) -> dict[str, Any]:
                 extra["agent"] = await agent_vs_echo(bench)
             if options.tracing_tasks > 0:
                 extra["tracing"] = await tracing_overhead(bench)
+            if options.durable_tasks > 0:
+                extra["durable"] = await durable_figures(bench)
             if options.step_runs > 0:
                 extra["workflow_steps"] = await workflow_steps(bench)
             if options.scale_workers:
@@ -166,6 +170,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         scale_concurrency=args.scale_concurrency,
         agent_tasks=args.agent_tasks,
         tracing_tasks=args.tracing_tasks,
+        durable_tasks=args.durable_tasks,
         history=args.history or [],
         history_requests=args.history_requests,
         sync=args.sync,
@@ -189,6 +194,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise CogoError("--client-tasks, --client-step-runs and --kill-repeats must be 0 or more")
     if options.client_in_flight < 1 or options.client_steps < 1:
         raise CogoError("--client-in-flight and --client-steps must be positive")
+    if options.durable_tasks < 0:
+        raise CogoError("--durable-tasks must be 0 (skip) or positive")
     if any(n < 1 for n in options.history) or options.history_requests < 1:
         raise CogoError("--history and --history-requests must be positive")
     if args.plot is not None:
@@ -301,6 +308,11 @@ def register(subparsers: Any, common: Callable[[argparse.ArgumentParser], None])
         "--tracing-tasks", type=int, default=2_000, metavar="N",
         help="the decorated agent with OpenTelemetry off, then on (spans exported over "
         "OTLP/HTTP to a local sink): N tasks each, same run (2,000; 0 skips it)",
+    )  # fmt: skip
+    p.add_argument(
+        "--durable-tasks", type=int, default=300, metavar="N",
+        help="durable agents: N tasks suspended at once, then resumed; ctx.call round trips "
+        "(300; 0 skips it)",
     )  # fmt: skip
     p.add_argument(
         "--history",

@@ -158,6 +158,25 @@ def _optional_rows(table: Any, result: dict[str, Any]) -> None:
         table.add_row(
             "tracing off: its checks, per task", f"{traced['off_path_ns_per_task']:,.0f} ns"
         )
+    durable = result.get("durable")
+    if durable:
+        resumed, done = durable["suspend_to_resumed"], durable["suspend_to_done"]
+        call, plain = durable["call_round_trip"], durable["plain_submit_round_trip"]
+        table.add_row(
+            f"durable: signal -> resumed ({durable['suspended_tasks']:,} suspended)",
+            f"p50 {resumed['p50_ms']:,.1f} ms, p99 {resumed['p99_ms']:,.1f} ms; to done p50 "
+            f"{done['p50_ms']:,.1f} ms, p99 {done['p99_ms']:,.1f} ms",
+        )
+        table.add_row(
+            "durable: ctx.call round trip vs plain submit",
+            f"p50 {call['p50_ms']:,.1f} / {plain['p50_ms']:,.1f} ms, p99 {call['p99_ms']:,.1f} / "
+            f"{plain['p99_ms']:,.1f} ms",
+        )
+        table.add_row(
+            "durable: per suspended task",
+            f"{durable['store_bytes_per_suspended_task']:,.0f} bytes stored, worker RSS "
+            f"{durable['worker_rss_kb_per_suspended_task']:,.2f} KB",
+        )
     for row in result.get("scale_out") or []:
         table.add_row(
             f"scale-out: {row['workers']} worker process(es), sleep-bound",

@@ -78,6 +78,8 @@ class Options:
     agent_tasks: int = 5_000
     # the decorated agent with OpenTelemetry off, then on (cogo.bench.traces; 0: skipped)
     tracing_tasks: int = 2_000
+    # durable agents (cogo.bench.durable): this many tasks suspended at once (0: skipped)
+    durable_tasks: int = 300
     # dispatcher cost with flow control off and on (cogo.bench.flow; 0: skipped)
     flow_tasks: int = 2_000
     flow_repeats: int = 3

@@ -6,6 +6,8 @@ cogo up       [--app pkg.module:app ...] [--data-dir DIR] [--nats-port N] [--htt
 cogo run      TARGET [--agent NAME] [--replicas N] [--version V] [--nats-url URL]
 cogo submit   --route ROUTE [--payload JSON|@file|-] [--task-id ID] [--wait | --follow]
 cogo status   TASK_ID
+cogo signal   TASK_ID NAME [--data JSON]
+cogo cancel   TASK_ID [--reason TEXT]
 cogo policy   get|set|reset|list ...
 cogo routes   [list] | forget ROUTE
 cogo reclaim  [--dead-letter]
@@ -24,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from cogo.cli.common import bus, common_args, nats_credentials, resolve_nats_url, resolve_paths
-from cogo.cli.tasks import cmd_policy, cmd_routes, cmd_status, cmd_submit
+from cogo.cli.tasks import cmd_cancel, cmd_policy, cmd_routes, cmd_signal, cmd_status, cmd_submit
 from cogo.config import (
     NATS_PASSWORD_ENV,
     NATS_USER_ENV,
@@ -101,6 +103,19 @@ def build_parser() -> argparse.ArgumentParser:
     common_args(p)
     p.add_argument("task_id")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("signal", help="send a signal to a task's ctx.wait_signal(NAME)")
+    common_args(p)
+    p.add_argument("task_id")
+    p.add_argument("name")
+    p.add_argument("--data", default="null", help="JSON data (default null)")
+    p.set_defaults(func=cmd_signal)
+
+    p = sub.add_parser("cancel", help="cancel a task and its descendants")
+    common_args(p)
+    p.add_argument("task_id")
+    p.add_argument("--reason", default=None)
+    p.set_defaults(func=cmd_cancel)
 
     p = sub.add_parser("policy", help="read or change route policies at runtime")
     common_args(p)

@@ -108,6 +108,46 @@ def cmd_status(args: argparse.Namespace) -> int:
     return asyncio.run(main())
 
 
+def cmd_signal(args: argparse.Namespace) -> int:
+    """``cogo signal TASK NAME --data JSON``: wake the task's ``ctx.wait_signal(NAME)``."""
+    from cogo.client import Client
+    from cogo.errors import RequestInvalid
+
+    try:
+        data = json.loads(args.data)
+    except json.JSONDecodeError as exc:
+        raise RequestInvalid(f"--data is not JSON: {exc}") from None
+
+    async def main() -> int:
+        creds = nats_credentials(args, "client")
+        async with Client(
+            resolve_nats_url(args), user=creds.get("user"), password=creds.get("password"),
+            name="cogo-signal",
+        ) as client:  # fmt: skip
+            await client.signal(args.task_id, args.name, data)
+        print(json.dumps({"task_id": args.task_id, "name": args.name, "sent": True}))
+        return 0
+
+    return asyncio.run(main())
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    """``cogo cancel TASK``: cancel a task and its descendants."""
+    from cogo.client import Client
+
+    async def main() -> int:
+        creds = nats_credentials(args, "client")
+        async with Client(
+            resolve_nats_url(args), user=creds.get("user"), password=creds.get("password"),
+            name="cogo-cancel",
+        ) as client:  # fmt: skip
+            await client.cancel(args.task_id, args.reason)
+        print(json.dumps({"task_id": args.task_id, "cancelled": True}))
+        return 0
+
+    return asyncio.run(main())
+
+
 def cmd_policy(args: argparse.Namespace) -> int:
     import msgspec
 

@@ -32,7 +32,7 @@ from cogo.errors import (
     RequestTimeout,
     Unauthorized,
 )
-from cogo.http import errors, health, openapi, stream, tasks
+from cogo.http import durable, errors, health, openapi, stream, tasks
 from cogo.http.state import BODY_TIMEOUT_S, AppState
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,8 @@ def create_app(
 ) -> Starlette:
     """Build the facade for ``state``; route modules are collected here."""
     routes: list[BaseRoute] = [
-        *tasks.routes, *stream.routes, *health.routes, *openapi.routes, *(extra_routes or [])
+        *tasks.routes, *durable.routes, *stream.routes, *health.routes, *openapi.routes,
+        *(extra_routes or []),
     ]  # fmt: skip
     middleware = [
         Middleware(

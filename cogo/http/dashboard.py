@@ -44,7 +44,7 @@ from cogo.http.metrics import DURATION
 from cogo.http.schemas import Query
 from cogo.http.state import ValidationFailed, field_error, state_of
 from cogo.projections import queries, rollups, spend, windows
-from cogo.projections.tasks import recent_tasks
+from cogo.projections.tasks import recent_tasks, suspended_tasks
 from cogo.projections.windows import Window
 from cogo.streams.topology import DLQ
 
@@ -193,6 +193,8 @@ def _summary(cur: duckdb.DuckDBPyConnection, window: Window) -> dict[str, Any]:
         # the agent runtime: what LLM calls cost, and the latest tasks (their output is live)
         "spend": spend.summary(cur, since),
         "tasks": recent_tasks(cur, window.since),
+        # durable agents waiting for a call, a timer or a signal (their trees by parent)
+        "suspended": suspended_tasks(cur, window.since),
     }
 
 

@@ -50,6 +50,7 @@ STATUS: dict[type[e.CogoError], int] = {
     e.TaskNotFound: 404,
     e.RolloutNotFound: 404,
     e.RunFinished: 409,
+    e.TaskFinished: 409,
     e.RolloutConflict: 409,
     e.ReplayRunning: 409,
     e.SqlError: 400,

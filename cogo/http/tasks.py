@@ -131,7 +131,7 @@ async def on_bus(call: Awaitable[T]) -> T:
 @endpoint(
     path=TaskPath,
     ok={200: "the task: {task_id, route, status, attempt, result, error_code, error, usage, "
-             "events}"},
+             "events, parent_id, children, waiting_for}"},
     errors=(TaskNotFound, ProjectionBusy, Unavailable),
 )  # fmt: skip
 async def get_task(request: Request, path: TaskPath) -> JSONResponse:

@@ -5,7 +5,12 @@
     queued      execute_enqueued (waiting for a worker, or in a worker's first moments)
     running     execute_started: a worker has held this attempt for a moment
     retrying    execute_retry: the attempt failed, the next waits for its backoff
-    succeeded   execute_done          failed   execute_failed
+    suspended   execute_suspended: a durable agent waits for a call, a timer or a signal
+                (``waiting_for``); execute_resumed makes it queued again
+    succeeded   execute_done          failed   execute_failed     cancelled   execute_cancelled
+
+A task started by ``ctx.call`` has a ``parent_id``; a task's ``children`` are those it
+started (its ``call_started`` entries).
 
 Only the dispatcher may append the ``execute_*`` facts it owns (and a row's type and route
 are those of its subject, which permissions bind: ``cogo.projections.store``);
@@ -30,7 +35,8 @@ if TYPE_CHECKING:
     import duckdb
 
 __all__ = ["STATUS_SUBJECT", "TaskStatus", "fold", "task_status"]
-TERMINAL = {"execute_done": "succeeded", "execute_failed": "failed"}
+TERMINAL = {"execute_done": "succeeded", "execute_failed": "failed",
+            "execute_cancelled": "cancelled"}  # fmt: skip
 WORKER_TYPES = {"execute_started"}  # appended by workers, not by the dispatcher
 MAX_EVENTS = 1000
 
@@ -40,7 +46,7 @@ class TaskStatus(msgspec.Struct, frozen=True):
 
     task_id: str
     route: str | None
-    status: str  # queued | running | retrying | succeeded | failed
+    status: str  # queued | running | retrying | suspended | succeeded | failed | cancelled
     attempt: int
     result: Any = None
     error_code: str | None = None
@@ -49,10 +55,14 @@ class TaskStatus(msgspec.Struct, frozen=True):
     submitted_at: str | None = None
     finished_at: str | None = None
     events: list[dict[str, Any]] = msgspec.field(default_factory=list)
+    # durable agents: who started it (ctx.call), whom it started, what it waits for now
+    parent_id: str | None = None
+    children: list[str] = msgspec.field(default_factory=list)
+    waiting_for: list[dict[str, Any]] | None = None
 
     @property
     def finished(self) -> bool:
-        return self.status in ("succeeded", "failed")
+        return self.status in ("succeeded", "failed", "cancelled")
 
 
 _EVENTS = """
@@ -60,9 +70,11 @@ SELECT type, strftime("at", '%Y-%m-%dT%H:%M:%S.%fZ') AS at_iso, attempt, route, 
        error_code, error, queue_wait_ms, duration_ms, backoff_ms, version, cohort,
        tokens, cost_usd, usage_duration_ms,
        strftime(submitted_at, '%Y-%m-%dT%H:%M:%S.%fZ') AS submitted_iso,
-       raw->'$.data.result' AS result, raw->'$.data.detail' AS detail
+       raw->'$.data.result' AS result, raw->'$.data.detail' AS detail,
+       causation_id, raw->'$.data.waiting_for' AS waiting_for,
+       raw->>'$.data.child_id' AS child_id
 FROM bus_events
-WHERE task_id = $task_id AND type LIKE 'execute_%'
+WHERE task_id = $task_id AND (type LIKE 'execute_%' OR type = 'call_started')
 ORDER BY seq
 LIMIT {limit}
 """
@@ -95,7 +107,9 @@ GROUP BY b.task_id ORDER BY max(b.seq) DESC
 """
 RECENT_TAIL = 20_000  # events looked at first; eight times more each time that is too few
 _STATE = {"execute_enqueued": "queued", "execute_started": "running",
-          "execute_retry": "retrying", "execute_done": "succeeded", "execute_failed": "failed"}  # fmt: skip
+          "execute_retry": "retrying", "execute_done": "succeeded", "execute_failed": "failed",
+          "execute_suspended": "suspended", "execute_resumed": "queued",
+          "execute_cancelled": "cancelled"}  # fmt: skip
 
 
 def recent_tasks(
@@ -126,6 +140,38 @@ def recent_tasks(
     ]  # fmt: skip
 
 
+# tasks whose latest fact in the window is execute_suspended: what each waits for, and
+# where it sits in its tree (a task started by ctx.call is <parent>/<key>, caused by it)
+_SUSPENDED = """
+WITH last AS (
+    SELECT task_id, arg_max(type, seq) AS last_type, arg_max(route, seq) AS route,
+           arg_max(raw->'$.data.waiting_for', seq) AS waiting_for, max("at") AS since,
+           any_value(causation_id) FILTER (starts_with(task_id, causation_id || '/')) AS parent
+    FROM bus_events
+    WHERE "at" >= $since AND task_id IS NOT NULL AND type LIKE 'execute_%'
+    GROUP BY task_id
+)
+SELECT task_id, route, parent, waiting_for, strftime(since, '%Y-%m-%dT%H:%M:%S.%fZ')
+FROM last WHERE last_type = 'execute_suspended'
+ORDER BY since DESC LIMIT $limit
+"""
+
+
+def suspended_tasks(
+    con: duckdb.DuckDBPyConnection, since: Any, limit: int = 50
+) -> list[dict[str, Any]]:
+    """The tasks suspended now (that were active since ``since``): what each waits for, its
+    parent (``ctx.call``) and its depth in its tree."""
+    rows = con.execute(_SUSPENDED, {"since": since, "limit": limit}).fetchall()
+    out = []
+    for task_id, route, parent, waiting, at in rows:
+        depth = task_id.count("/") if parent else 0
+        out.append({"task_id": task_id, "route": route, "parent_id": parent, "depth": depth,
+                    "waiting_for": msgspec.json.decode(waiting) if waiting else [],
+                    "suspended_at": at})  # fmt: skip
+    return out
+
+
 def task_status(con: duckdb.DuckDBPyConnection, task_id: str) -> TaskStatus | None:
     """The status of ``task_id``, or None when the projection holds no event of it."""
     cursor = con.execute(_EVENTS.format(limit=MAX_EVENTS), {"task_id": task_id})
@@ -144,12 +190,22 @@ def fold(task_id: str, rows: list[dict[str, Any]]) -> TaskStatus:
     usage: dict[str, Any] = {}
     events = []
     terminal = False
+    parent_id: str | None = None
+    children: list[str] = []
+    waiting: list[dict[str, Any]] | None = None
     for row in rows:
         kind = row["type"]
         if kind in WORKER_TYPES and (
             route is None or row["route"] != route or (row["attempt"] or 0) > attempt
         ):
             continue  # not from a worker of this task's route and attempts: no fact of it
+        if kind == "call_started":
+            if row.get("child_id") and row["child_id"] not in children:
+                children.append(row["child_id"])
+            continue
+        cause = row.get("causation_id")
+        if parent_id is None and cause and task_id.startswith(cause + "/"):
+            parent_id = cause
         route = route or row["route"]
         submitted = submitted or row["submitted_iso"]
         attempt = max(attempt, row["attempt"] or 0)
@@ -177,8 +233,15 @@ def fold(task_id: str, rows: list[dict[str, Any]]) -> TaskStatus:
                 result = msgspec.json.decode(row["result"])
         elif kind == "execute_retry":
             status, error_code, error = "retrying", row["error_code"], row["error"]
+            waiting = None
         elif kind == "execute_enqueued":
             status = "queued"
+        elif kind == "execute_suspended":
+            status = "suspended"
+            raw = row.get("waiting_for")
+            waiting = msgspec.json.decode(raw) if raw else []
+        elif kind == "execute_resumed":
+            status, waiting = "queued", None
         elif kind == "execute_started" and (row["attempt"] or 0) >= attempt:
             status = "running"
     return TaskStatus(
@@ -193,4 +256,7 @@ def fold(task_id: str, rows: list[dict[str, Any]]) -> TaskStatus:
         submitted_at=submitted,
         finished_at=finished,
         events=events,
+        parent_id=parent_id,
+        children=children,
+        waiting_for=waiting if not terminal else None,
     )

@@ -38,6 +38,8 @@ from typing import Any
 from cogo.config import NATS_PASSWORD_ENV, NATS_USER_ENV, env, nats_password_env
 from cogo.errors import ConfigError, VersionGrantRefused
 from cogo.secretfile import write_private_json
+from cogo.streams.catalogue import CALL_COMPLETED, CALL_STARTED, TASK_SIGNALED
+from cogo.streams.commands import CANCEL_SUBJECT
 from cogo.streams.envelope import (
     EXECUTE_SUBJECT,
     RESULT_SUBJECT,
@@ -63,6 +65,7 @@ from cogo.streams.topology import (
     RESULTS,
     SCHEDULE_BUCKET,
     STATUS_SUBJECT,
+    SUSPENSION_BUCKET,
     TASKS,
 )
 
@@ -256,7 +259,9 @@ def permissions(user: str, plan: AuthPlan) -> dict[str, Any] | None:
     extra: dict[str, Any] = {}
     deny: list[str] = []
     if user == "client":
-        pub = ["orchestrator.execute.*", *_read_events(), *_read_kv(POLICY_BUCKET),
+        # RETRY_SUBJECT: signals and cancels (cogo.streams.commands); a retry sent there
+        # counts only with the dispatcher's seal
+        pub = ["orchestrator.execute.*", RETRY_SUBJECT, *_read_events(), *_read_kv(POLICY_BUCKET),
                STATUS_SUBJECT, *_read_outputs()]  # fmt: skip
         sub += ["events.>"]
     elif user == "dispatcher":
@@ -277,6 +282,13 @@ def permissions(user: str, plan: AuthPlan) -> dict[str, Any] | None:
             *_read_kv(POLICY_BUCKET), *_read_kv("rollouts"),
             # flow control: held tasks, admission leases and slots (cogo.actors.admission)
             *_held_tasks(), *_write_kv(FLOW_BUCKET),
+            # durable agents (cogo.actors.suspension): suspended tasks' records, their
+            # timers (message schedules on TASKS), the journal entries it writes, the cancel
+            # it tells workers, the children a cancelled task started
+            *_write_kv(SUSPENSION_BUCKET), SCHEDULE_SUBJECTS,
+            *_events("execute_suspended", "execute_resumed", "execute_cancelled",
+                     "task_signaled", "call_completed"),
+            CANCEL_SUBJECT, f"{API}.CONSUMER.CREATE.{EVENTS}.*.events.{CALL_STARTED}.*",
         ]  # fmt: skip
         sub += [f"{MAX_DELIVERIES_ADVISORY}.{TASKS}.*", f"{MAX_DELIVERIES_ADVISORY}.{RESULTS}.*"]
     elif user == "orchestrator":
@@ -292,7 +304,7 @@ def permissions(user: str, plan: AuthPlan) -> dict[str, Any] | None:
                 f"{API}.CONSUMER.DURABLE.CREATE.{TASKS}.{durable_name(r)}",
                 f"{API}.CONSUMER.CREATE.{TASKS}.{durable_name(r)}",
                 f"{API}.CONSUMER.CREATE.{TASKS}.{durable_name(r)}.>")],
-            EXECUTE_SUBJECT, "orchestrator.workflow.*",
+            EXECUTE_SUBJECT, RETRY_SUBJECT, "orchestrator.workflow.*",
             "events.*.wf.>",  # every workflow event: events.<type>.wf.<workflowId>.<runId>
             *_read_events(), *_read_kv(POLICY_BUCKET),
             *_write_kv(LEASE_BUCKET), *_write_kv(SCHEDULE_BUCKET),
@@ -323,6 +335,16 @@ def permissions(user: str, plan: AuthPlan) -> dict[str, Any] | None:
         pub = [*[result_subject(r) for r in own], *events, f"{CONTROL_VERSION}.{user}",
                "outputs.>",  # ctx.emit: readers show only chunks with the task's MAC (seal.py)
                *_read_journal(own)]  # fmt: skip
+        sub += [CANCEL_SUBJECT]  # a cancelled task's running handler is stopped
+        if user.startswith("app-"):
+            # durable agents (cogo.actors.durable): ctx.call submits a child and journals
+            # it, reading the child route's policy and whether a cancel reached it; a
+            # resumed run reads its signals and calls (one consumer with several filters:
+            # none in the request's subject) and hears signals and children's ends
+            pub += [EXECUTE_SUBJECT, *_events("call_started"), *_read_kv(POLICY_BUCKET),
+                    *_read_kv(SUSPENSION_BUCKET), f"{API}.CONSUMER.CREATE.{EVENTS}.*",
+                    f"{API}.CONSUMER.DELETE.{EVENTS}.*"]  # fmt: skip
+            sub += [f"events.{TASK_SIGNALED}.*", f"events.{CALL_COMPLETED}.*"]
         for route in [*plan.workers[user], *plan.versions.get(user, [])]:
             pub += _consume(TASKS, durable_name(route))
         if user in ARTIFACT_WRITERS or user.startswith("app-"):

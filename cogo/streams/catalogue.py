@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from cogo.streams.envelope import ResolvedAssignment
+from cogo.streams.envelope import ResolvedAssignment, Waiting
 
 # -- type names --------------------------------------------------------------------------
 
@@ -32,7 +32,16 @@ EXECUTE_DONE = "execute_done"
 EXECUTE_STARTED = "execute_started"
 # flow control held an attempt back (once per attempt; data.limit says which limit)
 EXECUTE_THROTTLED = "execute_throttled"
-TERMINAL_TYPES = frozenset({EXECUTE_FAILED, EXECUTE_DONE})
+# durable agents (cogo.actors.durable, cogo.actors.suspension): a task gave back its worker
+# to wait for a call, a timer or a signal; it was delivered again; it was cancelled
+EXECUTE_SUSPENDED = "execute_suspended"
+EXECUTE_RESUMED = "execute_resumed"
+EXECUTE_CANCELLED = "execute_cancelled"
+TERMINAL_TYPES = frozenset({EXECUTE_FAILED, EXECUTE_DONE, EXECUTE_CANCELLED})
+# a durable task's journal beyond its steps: signals sent to it, the children it called
+TASK_SIGNALED = "task_signaled"
+CALL_STARTED = "call_started"
+CALL_COMPLETED = "call_completed"
 # the agent runtime (docs/design.md §11): one per LLM call, one per durable step's first success
 LLM_CALL = "llm_call"
 STEP_COMPLETED = "step_completed"
@@ -144,6 +153,58 @@ class ExecuteThrottled(EventData, frozen=True, kw_only=True, omit_defaults=True)
     waiting: int
 
 
+class ExecuteSuspended(EventData, frozen=True, kw_only=True, omit_defaults=True):
+    """The attempt gave back its worker and flow slot until one of ``waiting_for`` arrives."""
+
+    waiting_for: list[Waiting]
+    resumes: int = 0  # how many times this attempt was resumed before
+
+
+class ExecuteResumed(EventData, frozen=True, kw_only=True, omit_defaults=True):
+    """A suspended attempt was delivered to its route again, woken by ``woken_by``."""
+
+    resumes: int
+    woken_by: str
+
+
+class ExecuteCancelled(EventData, frozen=True, kw_only=True, omit_defaults=True):
+    """The task was cancelled (terminal); ``parent_id`` when its parent's cancel did it."""
+
+    reason: str | None = None
+    parent_id: str | None = None
+
+
+class TaskSignaled(EventData, frozen=True, kw_only=True, omit_defaults=True):
+    """A signal for ``ctx.wait_signal(name)``: the first one of a name counts."""
+
+    name: str
+    data: Any = None
+
+
+class CallStarted(EventData, frozen=True, kw_only=True, omit_defaults=True):
+    """``ctx.call`` started child ``child_id`` with the budget carved for it."""
+
+    child_id: str
+    key: str
+    child_route: str
+    seq: int
+    max_tokens: int
+    max_cost_usd: float
+
+
+class CallCompleted(EventData, frozen=True, kw_only=True, omit_defaults=True):
+    """Child ``child_id`` ended; ``tree_usage`` is its usage plus its descendants'."""
+
+    child_id: str
+    ok: bool
+    result: Any = None
+    error_code: str | None = None
+    error: str | None = None
+    attempts: int = 0
+    tree_tokens: int = 0
+    tree_cost_usd: float = 0.0
+
+
 # -- agent runtime -----------------------------------------------------------------------
 
 
@@ -186,6 +247,10 @@ class StepCompleted(EventData, frozen=True, kw_only=True, omit_defaults=True):
     delivery: int = 1
     result: Any = None
     artifact: ArtifactRef | None = None
+    # the request's place in the handler (durable agents check a replay asks the same) and
+    # which run of the attempt journaled it (a resumed attempt runs again)
+    seq: int | None = None
+    run: int | None = None
 
 
 class Symbol(msgspec.Struct, frozen=True, kw_only=True):
@@ -409,6 +474,12 @@ CATALOGUE: dict[str, type[EventData]] = {
     EXECUTE_RETRY: ExecuteRetry,
     EXECUTE_FAILED: ExecuteFailed,
     EXECUTE_THROTTLED: ExecuteThrottled,
+    EXECUTE_SUSPENDED: ExecuteSuspended,
+    EXECUTE_RESUMED: ExecuteResumed,
+    EXECUTE_CANCELLED: ExecuteCancelled,
+    TASK_SIGNALED: TaskSignaled,
+    CALL_STARTED: CallStarted,
+    CALL_COMPLETED: CallCompleted,
     LLM_CALL: LlmCall,
     STEP_COMPLETED: StepCompleted,
     ARTIFACT_STORED: ArtifactRef,
@@ -449,6 +520,12 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     EXECUTE_THROTTLED: ("task_id", "route", "attempt"),
     LLM_CALL: ("task_id", "attempt", "usage"),
     STEP_COMPLETED: ("task_id", "attempt"),
+    EXECUTE_SUSPENDED: ("task_id", "route", "attempt"),
+    EXECUTE_RESUMED: ("task_id", "route", "attempt"),
+    EXECUTE_CANCELLED: ("task_id", "error_code", "error"),
+    TASK_SIGNALED: ("task_id",),
+    CALL_STARTED: ("task_id",),
+    CALL_COMPLETED: ("task_id",),
     **{t: ("correlation_id",) for t in WORKFLOW_EVENT_TYPES},
     **{t: ("error_code", "error") for t in (WORKFLOW_FAILED, WORKFLOW_CANCELLED)},
 }

@@ -20,8 +20,10 @@ from cogo.streams.routes import ROUTE_PATTERN
 
 ASSIGNMENT_KEY = "__assignment"
 COHORT_KEY = "__cohort"  # payload pin: run this task on the canary or the baseline (rollouts)
+# a child task started by ctx.call: {"parent": <task id>, "depth": <1 for a root's child>}
+CALL_KEY = "__call"
 # keys of a payload that are instructions to Cogo, not input of the handler
-RESERVED_PAYLOAD_KEYS = frozenset({ASSIGNMENT_KEY, COHORT_KEY})
+RESERVED_PAYLOAD_KEYS = frozenset({ASSIGNMENT_KEY, COHORT_KEY, CALL_KEY})
 EXECUTE_SUBJECT = "orchestrator.execute.0"
 # workers' reports, on the RESULTS stream (limits retention: an ack removes nothing, so a
 # result costs one fsynced write instead of a write plus a removal on the work queue)
@@ -151,6 +153,18 @@ class WorkOrder(msgspec.Struct, frozen=True):
     # the ceiling checks a granted __assignment.bypass lifted (re-checked on every retry)
     bypass: tuple[str, ...] = ()
     seal: str | None = None
+    # durable agents: how many times this attempt was resumed after a suspension
+    resumes: int = 0
+
+
+class Waiting(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One thing a suspended task waits for: a child (``call``, ``name`` its task id), a
+    ``signal`` (``name``) or a ``timer``; ``until`` is when a timer or a signal's timeout is
+    due (unix seconds)."""
+
+    kind: str
+    name: str = ""
+    until: float | None = None
 
 
 class WorkResult(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -171,6 +185,14 @@ class WorkResult(msgspec.Struct, frozen=True, omit_defaults=True):
     version: str | None = None
     detail: Any = None  # the error's structured detail (e.g. the payload field that failed)
     emitted: bool = False  # this attempt wrote to the task's output (ctx.emit)
+    # durable agents: the run gave back its worker until one of these arrives
+    suspended: list[Waiting] | None = None
+    # the run ended because the task was cancelled; children it started and that had not
+    # ended (cancelled in turn), and what its ended children's trees spent
+    cancelled: bool = False
+    children: list[str] | None = None
+    tree_usage: Usage | None = None
+    durable: bool = False  # the handler used calls, sleeps or signals
 
 
 def result_subject(route: str) -> str:

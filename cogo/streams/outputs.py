@@ -66,7 +66,7 @@ class Output(msgspec.Struct, frozen=True, omit_defaults=True):
     delivery: int = 1
     data: Any = None  # the chunk, as emitted
     end: bool = False
-    status: str | None = None  # the end marker's: succeeded | failed
+    status: str | None = None  # the end marker's: succeeded | failed | cancelled
     error_code: str | None = None
     error: str | None = None
 

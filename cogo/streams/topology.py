@@ -62,6 +62,9 @@ LEASE_BUCKET = "orchestrator_leases"
 SCHEDULE_BUCKET = "schedules"
 # flow control: admission leases, the slots running attempts hold, what each admitter sees
 FLOW_BUCKET = "flow"
+# durable agents: what each suspended task waits for, and what arrived while it ran
+# (cogo.actors.suspension)
+SUSPENSION_BUCKET = "suspensions"
 DISPATCHER_ROUTES = [EXECUTE_SUBJECT, RESULT_SUBJECT, RETRY_SUBJECT]
 # RESULTS: the shared subject of workers before per-route results, and one per route
 RESULTS_SUBJECTS = [RESULTS_SUBJECT, f"{RESULTS_PREFIX}.>"]
@@ -106,7 +109,8 @@ def stream_configs(
                 SCHEDULE_SUBJECTS,
             ],  # fmt: skip
             retention=api.RetentionPolicy.WORK_QUEUE,
-            # the dispatcher's held retries wait as schedules, not in a consumer (schedule.py)
+            # the dispatcher's held retries and durable agents' timers (ctx.sleep, signal
+            # timeouts, the ttl of suspended tasks) wait as schedules, not in a consumer
             allow_msg_schedules=True,
             storage=api.StorageType.FILE,
             num_replicas=replicas,
@@ -239,6 +243,7 @@ async def ensure_topology(
     await ensure_kv(js, LEASE_BUCKET, history=1, replicas=config.bus.replicas)
     await ensure_kv(js, SCHEDULE_BUCKET, history=4, replicas=config.bus.replicas)
     await ensure_kv(js, FLOW_BUCKET, history=1, replicas=config.bus.replicas)
+    await ensure_kv(js, SUSPENSION_BUCKET, history=1, replicas=config.bus.replicas)
     try:
         await js.object_store(ARTIFACT_BUCKET)
     except (NotFoundError, BadRequestError):

@@ -32,6 +32,7 @@ from cogo import tracing
 from cogo.aio import cancel_and_wait
 from cogo.errors import CogoError, MalformedMessage
 from cogo.streams.catalogue import RUN_OUTCOMES, WORKFLOW_SIGNALED, RunData, data_of
+from cogo.streams.commands import cancel_message
 from cogo.streams.envelope import EXECUTE_SUBJECT, MSG_ID, encoder
 from cogo.streams.events import Event, make_event
 from cogo.streams.publisher import Publisher
@@ -332,6 +333,12 @@ class Runs:
             await send_command(self.js, CancelRun(run_id=child_run_id, reason=why,
                                                   workflow_id=inputs.get("workflow")))  # fmt: skip
             self.counters["children_cancelled"] += 1
+        # and the tasks its nodes started that have not ended (cogo.actors.suspension)
+        why = f"workflow run {state.run_id} cancelled" + (f": {reason}" if reason else "")
+        for task_id in sorted(state.running_tasks):
+            subject, data, headers = cancel_message(task_id, why)
+            await self.js.publish(subject, data, headers=headers, timeout=10)
+            self.counters["tasks_cancelled"] += 1
 
     def _close(self, run: Run) -> None:
         """Forget a run's timer and watchers (it ended, or this process lets it go)."""

@@ -57,7 +57,7 @@ class StartRun(msgspec.Struct, frozen=True, tag="start", tag_field="op"):
 
 
 class CancelRun(msgspec.Struct, frozen=True, tag="cancel", tag_field="op"):
-    """Cancel a run; its running tasks finish, but nothing new starts; children are cancelled."""
+    """Cancel a run: nothing new starts; its running tasks and child runs are cancelled."""
 
     run_id: RunId
     reason: str | None = None

@@ -33,8 +33,9 @@ PUBLISH = {
     "orchestrator.results.0": {"admin"},
     "results.echo.run.0": {"admin", "echo"},
     "results.codegen.generate.0": {"admin", "codegen"},
-    # retries: the dispatcher's own, due now or as message schedules
-    "orchestrator.retry.0": {"admin", "dispatcher"},
+    # the dispatcher's own queue: its retries (sealed), and signals and cancels of durable
+    # tasks from the client and the workflow engine; never an app's
+    "orchestrator.retry.0": {"admin", "client", "dispatcher", "orchestrator"},
     "schedules.retry.x.2": {"admin", "dispatcher"},
     "$JS.API.CONSUMER.MSG.NEXT.TASKS.orchestrator-retry-0": {"admin", "dispatcher"},
     # a purge's filter is in its body: nobody but admin may purge the artifacts

@@ -512,6 +512,30 @@ function drawTasks(tasks) {
   el("td", { class: "num" }, fmtInt(t.steps)), el("td", {}, fmtTime(t.enqueued_at)))));
 }
 
+// durable agents waiting: each child right under its parent (indented by its depth)
+function drawSuspended(tasks) {
+  const body = $("suspended").tBodies[0];
+  if (!tasks || !tasks.length) {
+    body.replaceChildren(el("tr", {}, el("td", { colspan: 5, class: "empty" }, "no suspended tasks")));
+    return;
+  }
+  const byId = new Map(tasks.map((t) => [t.task_id, t]));
+  const roots = tasks.filter((t) => !t.parent_id || !byId.has(t.parent_id));
+  const ordered = [];
+  const visit = (t) => {
+    ordered.push(t);
+    tasks.filter((c) => c.parent_id === t.task_id).forEach(visit);
+  };
+  roots.forEach(visit);
+  const waits = (t) => t.waiting_for.map((w) => w.kind + (w.name ? " " + w.name : "")).join(", ") || "–";
+  body.replaceChildren(...ordered.map((t) => el("tr", { "data-task": t.task_id, onclick: () => watch(t.task_id) },
+    el("td", { class: "mono", title: t.task_id, style: `padding-left:${0.5 + 1.2 * t.depth}em` },
+      t.parent_id ? "…/" + t.task_id.slice(t.parent_id.length + 1) : shortId(t.task_id)),
+    el("td", { class: "mono" }, t.route || "–"),
+    el("td", { class: "mono", title: t.parent_id || "" }, t.parent_id ? shortId(t.parent_id) : "–"),
+    el("td", { class: "mono" }, waits(t)), el("td", {}, fmtTime(t.suspended_at)))));
+}
+
 // a task's output: GET /api/tasks/{id}/stream read with fetch (EventSource cannot send the
 // token), Server-Sent Events parsed here; chunks appear as they are emitted
 async function watch(taskId) {
@@ -630,6 +654,7 @@ async function refresh() {
     drawGauges(summary);
     drawSpend(summary.spend);
     drawTasks(summary.tasks);
+    drawSuspended(summary.suspended);
     drawRollouts(summary.rollouts);
     drawCohorts(summary.cohorts);
     drawRuns(summary.runs);

@@ -1,0 +1,563 @@
+"""Suspended tasks, the dispatcher's side: suspend, wake, resume, cancel.
+
+A worker whose handler waits for something not yet journaled reports a *suspended* run
+(``WorkResult.suspended``: what it waits for). The dispatcher then records the task in the KV
+bucket ``suspensions`` (one key per task: ``Record``), appends ``execute_suspended`` and,
+when a timer, a signal's timeout or the task's TTL is due, leaves a JetStream message
+schedule (``cogo.streams.schedule``) that publishes a wake-up at that time. The task's
+message was acked and its flow slot released: nothing holds it in any process.
+
+Wake-ups are commands on ``orchestrator.execute.0`` with ``Cogo-Kind: wake`` and a
+deterministic ``Nats-Msg-Id``: ``<task>:signal:<name>`` from ``Client.signal`` / HTTP / CLI,
+``<child>:wake`` from a child's terminal event (``wake_messages``, published with it), the
+schedule's for timers. Handling one appends its journal entry (``task_signaled`` /
+``call_completed``, fixed ids) and then, by compare-and-set on the record, either resumes
+the task (its attempt re-published to its route as ``<task>:<attempt>:resume:<n>``, plus
+``execute_resumed``) or, while the task still runs, notes the arrival so that the run's
+suspension, if it comes, resumes at once. Every step is idempotent and the command is acked
+last, so a dispatcher killed anywhere in between redoes it and appends nothing twice; two
+dispatchers racing are serialized by the record's revision.
+
+Resumed runs are forwarded directly to their route (not through flow-control admission).
+
+Cancellation (``Cogo-Kind: cancel``): the record becomes ``cancelled`` (later wake-ups and
+suspensions of the task are dropped), running handlers hear ``cogo.tasks.cancel``, every
+child the task started that has not ended is cancelled by the same command, then
+``execute_cancelled`` is appended under the task's terminal id (so a finished task's
+outcome stands, and the attempt still running is fenced off when it reports).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import hashlib
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from nats.js import api
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+
+from cogo.actors.steps import durable_subject, task_bucket
+from cogo.errors import (
+    CogoError,
+    CostBudgetExhausted,
+    TaskCancelled,
+    TokenBudgetExhausted,
+    TtlExpired,
+)
+from cogo.rollouts.canary import subject_of
+from cogo.streams.catalogue import (
+    CALL_COMPLETED,
+    CALL_STARTED,
+    EXECUTE_CANCELLED,
+    EXECUTE_DONE,
+    EXECUTE_RESUMED,
+    EXECUTE_SUSPENDED,
+    TASK_SIGNALED,
+    TERMINAL_TYPES,
+    CallCompleted,
+    CallStarted,
+    ExecuteCancelled,
+    ExecuteResumed,
+    ExecuteSuspended,
+    TaskSignaled,
+    data_of,
+)
+from cogo.streams.commands import (
+    CANCEL_SUBJECT,
+    COMMAND_SUBJECT,
+    WAKE_KIND,
+    CancelRequest,
+    Wake,
+    cancel_message,
+)
+from cogo.streams.envelope import (
+    KIND_HEADER,
+    MSG_ID,
+    Usage,
+    Waiting,
+    WorkOrder,
+    WorkResult,
+    encoder,
+    new_id,
+)
+from cogo.streams.events import (
+    Event,
+    decode_event,
+    encode_event,
+    event_message,
+    iso,
+    make_event,
+    order_event,
+)
+from cogo.streams.publisher import Outgoing
+from cogo.streams.schedule import publish_at
+from cogo.streams.seal import guard_id
+from cogo.streams.topology import EVENTS, SUSPENSION_BUCKET
+
+if TYPE_CHECKING:
+    from cogo.actors.dispatcher import ExecutorDispatcher
+
+CAS_ATTEMPTS = 20
+# a scheduled wake-up may land a moment before its time by another host's clock
+DUE_SLACK_S = 1.0
+SCAN_IDLE_S = 10.0
+
+log = logging.getLogger(__name__)
+
+# what the children of the task whose result is being handled spent (for its parent's
+# call_completed): set by the dispatcher around a result, read where terminal events are built
+tree_usage: contextvars.ContextVar[Usage | None] = contextvars.ContextVar(
+    "cogo_tree_usage", default=None
+)
+# the children that task started and that had not ended: cancelled if it ends now
+pending_children: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
+    "cogo_pending_children", default=None
+)
+
+
+class Record(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A durable task as the dispatcher keeps it: suspended (``order``, ``waiting``), running
+    run ``run`` (``arrived``: what came while it ran) or cancelled."""
+
+    state: str  # running | suspended | cancelled
+    run: int = -1  # the order's ``resumes``; -1: whichever run is current
+    order: WorkOrder | None = None
+    waiting: list[Waiting] = []
+    arrived: list[str] = []
+    woken_by: str | None = None
+
+
+_record_decoder = msgspec.json.Decoder(Record)
+
+
+def record_key(task_id: str) -> str:
+    """The KV key of a task (task ids may hold characters keys cannot)."""
+    return "t" + hashlib.sha256(task_id.encode()).hexdigest()[:40]
+
+
+def is_cancelled(value: bytes | None) -> bool:
+    """Whether a stored record says its task was cancelled."""
+    if not value:
+        return False
+    try:
+        return _record_decoder.decode(value).state == "cancelled"
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return False
+
+
+def parent_of(event: Event) -> str | None:
+    """The parent of a task started by ``ctx.call`` (id ``<parent>/<key>``, caused by it)."""
+    cause, task_id = event.causation_id, event.task_id
+    if (
+        cause
+        and task_id
+        and task_id.startswith(cause + "/")
+        and "/" not in task_id[len(cause) + 1 :]
+    ):
+        return cause
+    return None
+
+
+def wake_messages(event: Event) -> list[Outgoing]:
+    """A child's terminal event wakes its parent, and a parent's cancels the children it
+    left running (published in the same batch)."""
+    if event.type not in TERMINAL_TYPES or event.task_id is None:
+        return []
+    orphans: list[Outgoing] = [
+        cancel_message(c, f"parent {event.task_id} ended", parent_id=event.task_id)
+        for c in pending_children.get() or []
+    ]
+    parent = parent_of(event)
+    if parent is None:
+        return orphans
+    own = event.usage or Usage()
+    below = tree_usage.get() or Usage()
+    result = None
+    if event.type == EXECUTE_DONE and isinstance(event.data, msgspec.Struct):
+        result = getattr(event.data, "result", None)
+    elif event.type == EXECUTE_DONE and isinstance(event.data, dict):
+        result = event.data.get("result")
+    done = CallCompleted(
+        child_id=event.task_id, ok=event.type == EXECUTE_DONE, result=result,
+        error_code=event.error_code, error=event.error, attempts=event.attempt or 0,
+        tree_tokens=own.tokens + below.tokens,
+        tree_cost_usd=round(own.cost_usd + below.cost_usd, 9),
+    )  # fmt: skip
+    wake = Wake(task_id=parent, kind="call", name=event.task_id, done=done,
+                correlation_id=event.correlation_id)  # fmt: skip
+    headers = {MSG_ID: f"{event.task_id}:wake", KIND_HEADER: WAKE_KIND}
+    return [(COMMAND_SUBJECT, encoder.encode(wake), headers), *orphans]
+
+
+def _arrival(kind: str, name: str) -> str:
+    return f"{kind}:{name}"
+
+
+def _due(waiting: list[Waiting], deadline: float) -> float:
+    """When the earliest timer, signal timeout or the TTL of a suspended task is due."""
+    return min([w.until for w in waiting if w.until is not None] + [deadline])
+
+
+def _woken(record: Record, arrived: list[str], now: float) -> str | None:
+    """What, among ``arrived`` and the clock, wakes a suspended ``record`` (None: nothing)."""
+    wanted = {_arrival(w.kind, w.name) for w in record.waiting if w.kind != "timer"}
+    for arrival in arrived:
+        if arrival in wanted:
+            return arrival
+    for w in record.waiting:
+        if w.until is not None and w.until <= now + DUE_SLACK_S:
+            return _arrival(w.kind, w.name) if w.kind == "timer" else f"timeout:{w.name}"
+    return None
+
+
+class Suspensions:
+    """The dispatcher's suspended tasks (see the module docstring)."""
+
+    def __init__(self, dispatcher: ExecutorDispatcher) -> None:
+        self.d = dispatcher
+        self._kv: Any = None
+
+    async def start(self) -> None:
+        self._kv = await self.d.js.key_value(SUSPENSION_BUCKET)
+
+    # -- the record ----------------------------------------------------------------------
+
+    async def _get(self, key: str) -> tuple[Record | None, int]:
+        try:
+            entry = await self._kv.get(key)
+        except KeyNotFoundError:
+            return None, 0
+        if entry.value is None or entry.operation in ("DEL", "PURGE"):
+            return None, entry.revision or 0
+        return _record_decoder.decode(entry.value), entry.revision
+
+    async def _put(self, key: str, record: Record, revision: int) -> bool:
+        """Compare-and-set; False when another handler changed the record first."""
+        try:
+            if revision == 0:
+                await self._kv.create(key, encoder.encode(record))
+            else:
+                await self._kv.update(key, encoder.encode(record), last=revision)
+        except KeyWrongLastSequenceError:
+            return False
+        except Exception as exc:  # "wrong last sequence" arrives as a plain API error too
+            if "wrong last sequence" in str(exc).lower() or "10071" in str(exc):
+                return False
+            raise
+        return True
+
+    async def forget(self, task_id: str) -> None:
+        """The task ended: drop its record (nothing will wake it any more) and, if it ever
+        suspended, its schedule (replaced by one due now, which wakes nothing)."""
+        key = record_key(task_id)
+        record, _ = await self._get(key)
+        if record is None:
+            return
+        with contextlib.suppress(KeyNotFoundError):
+            await self._kv.purge(key)
+        if record.order is not None:
+            await self._disarm(task_id)
+
+    async def _disarm(self, task_id: str) -> None:
+        # a purge of its subject would need the right to purge TASKS; a replacement does not
+        wake = Wake(task_id=task_id, kind="timer")
+        await publish_at(
+            self.d.js, key=record_key(task_id), target=COMMAND_SUBJECT,
+            data=encoder.encode(wake), at=time.time(), headers={KIND_HEADER: WAKE_KIND},
+        )  # fmt: skip
+
+    # -- a run suspended or was cancelled ------------------------------------------------
+
+    async def on_result(self, r: WorkResult) -> None:
+        order = r.order
+        if r.cancelled:
+            # the cancel command appended the terminal event; its children go too
+            await self._cancel_children(order.task_id, r.children or [], order.route)
+            return
+        assert r.suspended is not None
+        total = order.usage_so_far + r.usage
+        below = r.tree_usage or Usage()
+        a = order.assignment
+        budget: CogoError | None = None
+        if total.tokens + below.tokens > a.max_tokens:
+            budget = TokenBudgetExhausted(
+                f"the task's tree used {total.tokens + below.tokens} tokens, budget "
+                f"max_tokens={a.max_tokens}"
+            )
+        elif total.cost_usd + below.cost_usd > a.max_cost_usd:
+            budget = CostBudgetExhausted(
+                f"the task's tree spent ${total.cost_usd + below.cost_usd:.4f}, budget "
+                f"max_cost_usd={a.max_cost_usd}"
+            )
+        if budget is not None:
+            await self._end(order, budget, usage=total, children=r.children)
+            return
+        parked = msgspec.structs.replace(
+            order, usage_so_far=total, flow_slot=None, held_ms=0.0,
+            emitted=order.emitted or r.emitted,
+        )  # fmt: skip
+        key = record_key(order.task_id)
+        for _ in range(CAS_ATTEMPTS):
+            record, revision = await self._get(key)
+            if record is not None and (
+                record.state == "cancelled"
+                or record.run > order.resumes
+                or (record.run == order.resumes and record.state == "suspended")
+            ):
+                if record.state != "cancelled":  # a redelivered report: redo what it caused
+                    await self._effects(record)
+                return
+            now = time.time()
+            if now > order.deadline:
+                await self._end(parked, TtlExpired(
+                    f"task reached its ttl_ms={a.ttl_ms} while it waited"
+                ), usage=total, children=r.children)  # fmt: skip
+                return
+            suspended = Record(state="suspended", run=order.resumes, order=parked,
+                               waiting=list(r.suspended))  # fmt: skip
+            woken = _woken(suspended, record.arrived if record is not None else [], now)
+            if woken is not None:
+                new = _resumed(suspended, woken)
+                if await self._put(key, new, revision):
+                    await self._suspended_event(suspended)
+                    await self._effects(new)
+                    return
+                continue
+            if await self._put(key, suspended, revision):
+                await self._effects(suspended)
+                return
+        raise RuntimeError(f"suspension of {order.task_id}: the record kept changing")
+
+    # -- wake-ups ------------------------------------------------------------------------
+
+    async def on_wake(self, wake: Wake) -> None:
+        if wake.kind == "signal":
+            entry = make_event(
+                TASK_SIGNALED, event_id=f"{wake.task_id}:signal:{wake.name}",
+                task_id=wake.task_id, correlation_id=wake.correlation_id or wake.task_id,
+                route=wake.route, actor=self.d.name,
+                data=TaskSignaled(name=wake.name, data=wake.data),
+            )  # fmt: skip
+            await self._journal(entry)
+        elif wake.kind == "call" and wake.done is not None:
+            entry = make_event(
+                CALL_COMPLETED, event_id=f"{wake.task_id}:call:{wake.name}:done",
+                task_id=wake.task_id, correlation_id=wake.correlation_id or wake.task_id,
+                actor=self.d.name, data=wake.done,
+            )  # fmt: skip
+            await self._journal(entry)
+        arrival = _arrival(wake.kind, wake.name)
+        key = record_key(wake.task_id)
+        for _ in range(CAS_ATTEMPTS):
+            record, revision = await self._get(key)
+            if record is None:
+                if wake.kind == "timer":
+                    return  # the task runs (or ended): it watches the clock itself
+                if await self._put(key, Record(state="running", arrived=[arrival]), revision):
+                    return
+                continue
+            if record.state == "cancelled":
+                return
+            if record.state == "running":
+                if wake.kind == "timer" or arrival in record.arrived:
+                    return
+                new = msgspec.structs.replace(record, arrived=[*record.arrived, arrival])
+                if await self._put(key, new, revision):
+                    return
+                continue
+            assert record.order is not None
+            now = time.time()
+            if now > record.order.deadline:
+                await self._expire(record, key, revision)
+                return
+            woken = _woken(record, [arrival], now)
+            if woken is None:
+                if wake.kind == "timer":  # early by a clock: arm it again
+                    await self._schedule(record)
+                return
+            new = _resumed(record, woken)
+            if await self._put(key, new, revision):
+                await self._effects(new)
+                return
+        raise RuntimeError(f"wake-up of {wake.task_id}: the record kept changing")
+
+    async def _expire(self, record: Record, key: str, revision: int) -> None:
+        assert record.order is not None
+        order = record.order
+        if not await self._put(key, msgspec.structs.replace(record, state="cancelled"), revision):
+            return  # changed meanwhile: the next wake-up decides
+        error = TtlExpired(f"task reached its ttl_ms={order.assignment.ttl_ms} while it waited")
+        children = [w.name for w in record.waiting if w.kind == "call"]
+        await self._end(order, error, usage=order.usage_so_far, children=children)
+
+    async def _end(
+        self, order: WorkOrder, error: Any, *, usage: Usage, children: list[str] | None
+    ) -> None:
+        """A suspended (or suspending) task fails: its children are cancelled first."""
+        await self._cancel_children(order.task_id, children or [], order.route)
+        event = self.d.order_failure(
+            msgspec.structs.replace(order, attempt=order.attempt + 1, usage_so_far=usage), error
+        )
+        await self.d.publish_all(self.d.terminal_messages(event, order if order.emitted else None))
+        await self.forget(order.task_id)
+
+    async def _journal(self, event: Event) -> None:
+        assert event.task_id is not None
+        await self.d.publish_all(
+            [(durable_subject(event.type, event.task_id), encode_event(event),
+              {MSG_ID: event.event_id})]
+        )  # fmt: skip
+
+    async def _suspended_event(self, record: Record) -> None:
+        assert record.order is not None
+        order = record.order
+        event = order_event(
+            EXECUTE_SUSPENDED, order, event_id=f"{order.task_id}:suspended:{order.attempt}:"
+            f"{record.run}", actor=self.d.name, usage=order.usage_so_far,
+            data=ExecuteSuspended(waiting_for=record.waiting, resumes=record.run),
+        )  # fmt: skip
+        await self.d.publish_all([event_message(event)])
+
+    async def _schedule(self, record: Record) -> None:
+        assert record.order is not None
+        order = record.order
+        wake = Wake(task_id=order.task_id, kind="timer")
+        await publish_at(
+            self.d.js, key=record_key(order.task_id), target=COMMAND_SUBJECT,
+            data=encoder.encode(wake), at=_due(record.waiting, order.deadline),
+            headers={KIND_HEADER: WAKE_KIND},
+        )  # fmt: skip
+
+    async def _effects(self, record: Record) -> None:
+        """What a record's state causes (idempotent: a redelivered command redoes it)."""
+        order = record.order
+        if order is None:
+            return
+        if record.state == "suspended":
+            await self._schedule(record)
+            await self._suspended_event(record)
+        elif record.state == "running":
+            event = order_event(
+                EXECUTE_RESUMED, order, event_id=f"{order.task_id}:resumed:{order.attempt}:"
+                f"{order.resumes}", actor=self.d.name,
+                data=ExecuteResumed(resumes=order.resumes, woken_by=record.woken_by or ""),
+            )  # fmt: skip
+            if self.d.sealer is not None:  # the resumed run's order, sealed as it now is
+                order = self.d.sealer.seal(order)
+            msg_id = guard_id(
+                order.token, f"{order.task_id}:{order.attempt}:resume:{order.resumes}"
+            )
+            await self.d.publish_all([
+                (subject_of(order), encoder.encode(order), {MSG_ID: msg_id}),
+                event_message(event, order.token),
+            ])  # fmt: skip
+            self.d.counters["resumed"] += 1
+
+    # -- cancellation --------------------------------------------------------------------
+
+    async def on_cancel(self, request: CancelRequest) -> None:
+        key = record_key(request.task_id)
+        order: WorkOrder | None = None
+        children: list[str] = []
+        for _ in range(CAS_ATTEMPTS):
+            record, revision = await self._get(key)
+            if record is not None and record.order is not None:
+                order = record.order
+            if record is not None and record.state == "cancelled":
+                break
+            if record is not None and record.state == "suspended":
+                children = [w.name for w in record.waiting if w.kind == "call"]
+            new = Record(state="cancelled", run=record.run if record else -1, order=order)
+            if await self._put(key, new, revision):
+                if record is not None and record.state == "suspended":
+                    await self._disarm(request.task_id)
+                break
+        # a running handler hears it; one that misses it is fenced by the terminal event
+        await self.d.nc.publish(CANCEL_SUBJECT, request.task_id.encode())
+        since = order.submitted_at - 60.0 if order is not None else request.since
+        started = await self._children(request.task_id, since)
+        route = order.route if order is not None else request.route
+        await self._cancel_children(
+            request.task_id, sorted(set(children) | set(started)), route, since
+        )
+        base: dict[str, Any] = {
+            "task_id": request.task_id,
+            "correlation_id": order.correlation_id if order else request.task_id,
+            "causation_id": order.causation_id if order else None,
+            "route": route,
+        }
+        if base["causation_id"] is None and "/" in request.task_id:
+            # a child cancelled before it ever suspended: its parent must still hear of it
+            base["causation_id"] = request.parent_id or request.task_id.rsplit("/", 1)[0]
+        event = make_event(
+            EXECUTE_CANCELLED, event_id=f"{request.task_id}:terminal",
+            attempt=order.attempt if order else None,
+            usage=order.usage_so_far if order else None,
+            error_code=TaskCancelled.code,
+            error=f"cancelled: {request.reason}" if request.reason else "cancelled",
+            actor=self.d.name,
+            data=ExecuteCancelled(reason=request.reason, parent_id=request.parent_id),
+            **base,
+        )  # fmt: skip
+        (ack, *_) = await self.d.publish_all(
+            self.d.terminal_messages(event, order if order is not None and order.emitted else None)
+        )
+        self.d.counters["cancelled" if not ack.duplicate else "duplicate_terminal"] += 1
+
+    async def _cancel_children(
+        self, task_id: str, children: list[str], route: str | None, since: float | None = None
+    ) -> None:
+        if children:
+            await self.d.publish_all(
+                [cancel_message(c, f"parent {task_id} was cancelled", parent_id=task_id,
+                                since=since) for c in children]
+            )  # fmt: skip
+
+    async def _children(self, task_id: str, since: float | None) -> list[str]:
+        """Children ``task_id`` started, read from its journal (from ``since`` on when
+        known: the journal subjects hold every task of a 64th bucket)."""
+        nc, js = self.d.nc, self.d.js
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox)
+        started: set[str] = set()
+        bucket = task_bucket(task_id)
+        name = f"children-{new_id()}"
+        try:
+            info = await js.add_consumer(
+                EVENTS,
+                api.ConsumerConfig(
+                    name=name,
+                    # one filter, in the request's subject: what --auth grants it
+                    filter_subject=f"events.{CALL_STARTED}.{bucket}",
+                    deliver_subject=inbox,
+                    deliver_policy=api.DeliverPolicy.BY_START_TIME if since
+                    else api.DeliverPolicy.ALL,
+                    # the server takes RFC 3339 text; nats-py's annotation says datetime
+                    opt_start_time=iso(since) if since else None,  # type: ignore[arg-type]
+                    ack_policy=api.AckPolicy.NONE, max_deliver=1, inactive_threshold=5.0,
+                    mem_storage=True, num_replicas=1,
+                ),
+            )  # fmt: skip
+            pending = info.num_pending or 0
+            while pending > 0:
+                msg = await sub.next_msg(timeout=SCAN_IDLE_S)
+                pending = int(msg.reply.rsplit(".", 1)[-1]) if msg.reply else 0
+                event = decode_event(msg.data)
+                if event.task_id != task_id:
+                    continue
+                if event.type == CALL_STARTED:
+                    started.add(data_of(event, CallStarted).child_id)
+        finally:
+            await sub.unsubscribe()
+        # an ended child's cancel changes nothing: its terminal event came first
+        return sorted(started)
+
+
+def _resumed(record: Record, woken_by: str) -> Record:
+    assert record.order is not None
+    order = msgspec.structs.replace(record.order, resumes=record.order.resumes + 1)
+    return Record(state="running", run=order.resumes, order=order, woken_by=woken_by)

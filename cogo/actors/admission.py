@@ -33,8 +33,14 @@ Why this design (docs/design.md §14; the bus objects are in ``cogo.streams.flow
   carries as ``data.held_ms``. A held task past its deadline fails (``assignment.ttl_expired``).
 - **At once when nothing waits.** The dispatcher that admits a route admits an attempt it
   claims itself on the spot when nothing of the route waits and its limits allow one more
-  (``RouteAdmitter.admit_now``): its slot and the attempt in one batch, without the trip
-  through ``FLOW``. Other dispatchers' attempts, and everything while some wait, take turns.
+  (``RouteAdmitter.admit_now``), without the trip through ``FLOW``. Other dispatchers'
+  attempts, and everything while some wait, take turns.
+- **Slots of the fast path are logged, not written one by one.** Such an attempt's slot is
+  counted in the admitter's memory and recorded in the route's slot log, one record per
+  batch of tasks (``cogo.actors.slotlog``), before the attempt goes out; when the admitter's
+  own process handles its result, the slot is freed in memory and in the log before the
+  result is acked. A takeover replays the log; a slot of the log that another dispatcher
+  releases is purged as a KV key like any other, and the admitter's watch frees it.
 - **Rate across takeovers.** A new admitter starts every key's token bucket empty (the
   one before it may just have spent it), so a move of the route never exceeds the rate.
 """
@@ -113,8 +119,13 @@ class FlowControl:
 
     async def release(self, order: WorkOrder) -> None:
         """The attempt's result is handled: free its slot (idempotent)."""
-        if order.flow_slot:
-            await self.d.publish_all([release_message(order.flow_slot)])
+        slot = order.flow_slot
+        if not slot:
+            return
+        admitter = self.admitters.get(order.route)
+        if admitter is not None and await admitter.release_here(slot):
+            return  # a slot of the log this process admits from: freed in memory and log
+        await self.d.publish_all([release_message(slot)])
 
     def limits(self, route: str) -> FlowPolicy:
         """The route's flow limits now (none once its policy drops them or it is forgotten:

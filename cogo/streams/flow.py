@@ -13,6 +13,12 @@ next task ``cogo.actors.flow``.
   deadline (``Nats-TTL``, the server's clock): the attempt cannot run past that deadline (its
   worker stops it there), so a slot whose release was lost never outlives what it stood for.
   The dispatcher that handles the attempt's result purges it.
+- **The slot log**: attempts admitted on the fast path (nothing of the route waits) hold no
+  KV entry of their own. Their admitter records their starts, and the ends its own process
+  handles, in batches: records ``log.<route>.<session>.<n>`` in the same bucket (a
+  ``SlotLogRecord``, applied in stream order: a start counts a slot, an end frees it). A new
+  admitter replays them; each admitter checkpoints what runs now and purges the records
+  before it, so the log stays about as long as what runs.
 - **Admission** of a route belongs to one dispatcher at a time: the routes are hashed into
   ``FLOW_PARTITIONS`` partitions, leased in the same bucket (``cogo.streams.leases``).
 - **What an admitter sees** (per key: running, waiting, rate) is ``state.<route>`` in the same
@@ -61,6 +67,14 @@ class Slot(msgspec.Struct, frozen=True):
     admitter: str
 
 
+class SlotLogRecord(msgspec.Struct, frozen=True, array_like=True):
+    """One batch of the slot log: slots taken, then slots freed, by one admitter session."""
+
+    session: str
+    starts: list[tuple[str, str, float]] = []  # (slot key, flow key, expires_at)
+    ends: list[str] = []  # slot keys
+
+
 class KeyFigures(msgspec.Struct, frozen=True, omit_defaults=True):
     """One key of a route as its admitter sees it."""
 
@@ -90,6 +104,7 @@ class RouteSnapshot(msgspec.Struct, frozen=True):
 _encoder = msgspec.json.Encoder()
 _slot_decoder = msgspec.json.Decoder(Slot)
 _snapshot_decoder = msgspec.json.Decoder(RouteSnapshot)
+_log_decoder = msgspec.json.Decoder(SlotLogRecord)
 
 
 def _b64(text: str) -> str:
@@ -135,6 +150,16 @@ def slot_prefix(route: str) -> str:
     return f"slot.{route_token(route)}."
 
 
+def log_prefix(route: str) -> str:
+    """The slot log of ``route`` (its records are ``<prefix><session>.<n>``)."""
+    return f"log.{route_token(route)}."
+
+
+def log_filter(route: str) -> str:
+    """Every record of the slot log of ``route``, as a subject of the bucket's stream."""
+    return _kv_subject(log_prefix(route) + ">")
+
+
 def snapshot_key(route: str) -> str:
     return f"state.{route_token(route)}"
 
@@ -166,6 +191,18 @@ def release_message(key: str) -> Outgoing:
         TTL_HEADER: _ttl(RELEASE_MARKER_TTL_S),
     }
     return _kv_subject(key), b"", headers
+
+
+def log_message(route: str, session: str, n: int, record: SlotLogRecord,
+                until: float, now: float) -> Outgoing:  # fmt: skip
+    """Record ``record`` in the slot log of ``route``; it may go once every slot it names has
+    expired (``until``, the latest expiry among them)."""
+    subject = _kv_subject(f"{log_prefix(route)}{session}.{n}")
+    return subject, _encoder.encode(record), {TTL_HEADER: _ttl(max(until - now, 0.0) + 1)}
+
+
+def decode_log_record(data: bytes) -> SlotLogRecord:
+    return _log_decoder.decode(data)
 
 
 def snapshot_message(snapshot: RouteSnapshot) -> Outgoing:

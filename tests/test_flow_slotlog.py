@@ -72,16 +72,21 @@ async def test_a_batch_is_one_record_and_a_checkpoint_purges_what_came_before(
     flow = RouteFlow(FlowPolicy(concurrency=100), now=0.0)
     log = SlotLog(publisher, js, ROUTE, "s1", flow.logged_slots, lambda: True)
     deadline = 4e9
+    attempts: list[int] = []  # stream sequences of the attempts that rode behind records
 
     async def start(n: int) -> None:
         slot = f"{slot_prefix(ROUTE)}t{n}.1"
         assert flow.try_start(slot, f"k{n % 2}", deadline, now=1.0)
-        await (await log.start(slot, f"k{n % 2}", deadline))
+        # an attempt of its own rides behind the record (here: a message to another key)
+        (ack,) = await log.start(slot, f"k{n % 2}", deadline, [
+            (f"$KV.{FLOW_BUCKET}.test.t{n}", b"attempt", None)])  # fmt: skip
+        attempts.append(ack.seq)
 
     # ten starts gathered by one turn of the loop: one record
     await asyncio.gather(*(start(n) for n in range(10)))
     records = await read_log(js, ROUTE)
     assert len(records) == 1 and len(records[0][1].starts) == 10
+    assert min(attempts) > records[0][0]  # the record was stored before any of its attempts
     # ends, and starts, in later batches
     for n in range(4):
         flow.slot_released(f"{slot_prefix(ROUTE)}t{n}.1")

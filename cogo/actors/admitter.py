@@ -150,19 +150,14 @@ class RouteAdmitter:
             return False
         d = self.c.d
         order = msgspec.structs.replace(order, flow_slot=slot, held_ms=0.0)
-        stored = None
+        messages = d.enqueued_messages(order, since=wait_started(order))
         if fresh:
-            try:
-                # on the connection before the attempt: the server stores the slot first
-                stored = await slots.start(slot, key, expires_at)
-            except BaseException:
-                flow.slot_released(slot)  # nothing went out; the submission comes again
-                raise
-        # from here the slot stays counted whatever fails: the attempt may be out, and its
-        # redelivered submission finds its slot and forwards it again (de-duplicated)
-        ack, _ = await d.publish_all(d.enqueued_messages(order, since=wait_started(order)))
-        if stored is not None:
-            await stored
+            # the slot's record, then the attempt and its event right behind it. Whatever
+            # fails, the slot stays counted (the attempt may be out): the redelivered
+            # submission finds it and forwards the attempt again (de-duplicated)
+            ack, _ = await slots.start(slot, key, expires_at, messages)
+        else:
+            ack, _ = await d.publish_all(messages)
         if ack.duplicate and fresh:
             # forwarded before (a redelivered submission) and maybe ended since: free the
             # slot taken anew, as a round does

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import nats.errors
 
 from cogo.streams.flow import SlotLogRecord, log_filter, log_message
-from cogo.streams.publisher import Publisher, StreamAck
+from cogo.streams.publisher import Outgoing, Publisher, StreamAck
 from cogo.streams.topology import FLOW_BUCKET
 
 if TYPE_CHECKING:
@@ -54,13 +54,15 @@ KV_STREAM = f"KV_{FLOW_BUCKET}"
 class _Batch:
     """What the next record holds, and who waits for it."""
 
-    __slots__ = ("starts", "ends", "until", "sent", "stored")
+    __slots__ = ("starts", "ends", "until", "followers", "stored")
 
     def __init__(self) -> None:
         self.starts: list[tuple[str, str, float]] = []
         self.ends: list[str] = []
         self.until = 0.0  # the latest expiry of a slot it names (its records' TTL)
-        self.sent: list[asyncio.Future[None]] = []
+        # the messages to publish right after the record (the attempts of its starts), and
+        # the future of their acks
+        self.followers: list[tuple[list[Outgoing], asyncio.Future[list[StreamAck]]]] = []
         self.stored: list[asyncio.Future[None]] = []
 
 
@@ -89,17 +91,18 @@ class SlotLog:
 
     # -- writing --------------------------------------------------------------------------
 
-    async def start(self, slot: str, key: str, expires_at: float) -> asyncio.Future[None]:
-        """Record a slot taken; returns once its record is on the connection (forward the
-        attempt after that), with a future that resolves once the record is stored."""
+    async def start(
+        self, slot: str, key: str, expires_at: float, messages: list[Outgoing]
+    ) -> list[StreamAck]:
+        """Record a slot taken, then publish ``messages`` (its attempt) right behind the
+        record that holds it; returns their acks once they and the record are stored.
+        Raises what refused any of them (``messages`` are not sent if the record was not)."""
         batch = self._join()
         batch.starts.append((slot, key, expires_at))
         batch.until = max(batch.until, expires_at)
-        sent, stored = self._loop.create_future(), self._loop.create_future()
-        batch.sent.append(sent)
-        batch.stored.append(stored)
-        await sent
-        return stored
+        acks: asyncio.Future[list[StreamAck]] = self._loop.create_future()
+        batch.followers.append((messages, acks))
+        return await acks
 
     def end(self, slot: str, expires_at: float) -> asyncio.Future[None]:
         """Record a slot freed; the future resolves once the record is stored."""
@@ -134,49 +137,65 @@ class SlotLog:
         now = time.time()
         checkpoint = self._checkpoint_due() and self._valid()
         starts = self._running() if checkpoint else batch.starts
-        acks: list[asyncio.Future[StreamAck]] = []
+        if checkpoint:
+            batch.until = max(batch.until, now, *(s[2] for s in starts))
+        publish = self._publisher.publish
+        records: list[asyncio.Future[StreamAck]] = []
         try:
-            if checkpoint:
-                until = max((s[2] for s in starts), default=now)
-                batch.until = max(batch.until, until)
-            chunks = _chunks(starts, batch.ends)
-            for part_starts, part_ends in chunks:
+            for part_starts, part_ends in _chunks(starts, batch.ends):
                 self._n += 1
                 record = SlotLogRecord(self.session, part_starts, part_ends)
-                message = log_message(self.route, self.session, self._n, record, batch.until, now)
-                acks.append(await self._publisher.publish(*message))
+                records.append(await publish(*log_message(
+                    self.route, self.session, self._n, record, batch.until, now)))  # fmt: skip
         except BaseException as exc:
-            self._fail(batch, exc)
+            self._fail(batch, exc)  # nothing of the attempts went out
             if isinstance(exc, Exception):
                 return
             raise
-        for future in batch.sent:
-            if not future.done():
-                future.set_result(None)
-        try:
-            stored = await asyncio.gather(*acks)
-        except BaseException as exc:
-            self._fail(batch, exc)
-            if isinstance(exc, Exception):
-                return
-            raise
+        # the attempts behind the record, on the same connection: the server stores the
+        # record first, so no attempt runs that a takeover would not count
+        followers: list[tuple[asyncio.Future[list[StreamAck]], list[asyncio.Future[StreamAck]]]]
+        followers = []
+        for messages, done in batch.followers:
+            sent = []
+            try:
+                for message in messages:
+                    sent.append(await publish(*message))
+            except Exception as exc:
+                _settle(done, exc)
+            followers.append((done, sent))
+        outcomes = await asyncio.gather(
+            *records, *(f for _, sent in followers for f in sent), return_exceptions=True
+        )
+        failure = next((o for o in outcomes[: len(records)] if isinstance(o, BaseException)), None)
+        if failure is not None:
+            self._fail(batch, failure)
+            return
+        i = len(records)
+        for done, sent in followers:
+            mine = outcomes[i : i + len(sent)]
+            i += len(sent)
+            refused = next((o for o in mine if isinstance(o, BaseException)), None)
+            if refused is not None:
+                _settle(done, refused)
+            elif not done.done():
+                done.set_result(mine)  # type: ignore[arg-type]  # no exception among them
         for future in batch.stored:
             if not future.done():
                 future.set_result(None)
         if checkpoint:
             self._since_checkpoint = 0
             self._checkpoint_at = time.monotonic()
-            self._purge_below = stored[0].seq
+            self._purge_below = outcomes[0].seq  # type: ignore[union-attr]  # not refused
         else:
-            self._since_checkpoint += len(acks)
+            self._since_checkpoint += len(records)
 
     def _fail(self, batch: _Batch, exc: BaseException) -> None:
         self.failed = exc  # the session reloads the route from the bus
-        error = exc if isinstance(exc, Exception) else nats.errors.Error("slot log stopped")
-        for future in [*batch.sent, *batch.stored]:
-            if not future.done():
-                future.set_exception(error)
-                future.exception()  # retrieved: nobody may be waiting any more
+        for _, future in batch.followers:
+            _settle(future, exc)
+        for stored in batch.stored:
+            _settle(stored, exc)
 
     def _checkpoint_due(self) -> bool:
         if self._since_checkpoint >= CHECKPOINT_RECORDS:
@@ -211,6 +230,14 @@ class SlotLog:
         while self._flushing:
             with contextlib.suppress(Exception):
                 await asyncio.gather(*list(self._flushing))
+
+
+def _settle(future: asyncio.Future[Any], exc: BaseException) -> None:
+    if future.done():
+        return
+    error = exc if isinstance(exc, Exception) else nats.errors.Error("slot log stopped")
+    future.set_exception(error)
+    future.exception()  # retrieved: its waiter may be gone
 
 
 def _chunks(

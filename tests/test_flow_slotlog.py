@@ -103,6 +103,18 @@ async def test_a_batch_is_one_record_and_a_checkpoint_purges_what_came_before(
     after = await read_log(js, ROUTE)
     assert len(after) < len(records)
     assert replay(after) == running == {s for s, _, _ in flow.logged_slots()}
+    # everything ends; a quiet route's log shrinks at the next checkpoint to nothing running
+    for slot in running:
+        flow.slot_released(slot)
+    await asyncio.gather(*(log.end(slot, deadline) for slot in running))
+    monkeypatch.setattr(slotlog, "CHECKPOINT_EVERY_S", 0.0)
+    log.tick()
+    await log.close()
+    records = await read_log(js, ROUTE)
+    log.read_to(records[-1][0])
+    await log.close()
+    quiet = await read_log(js, ROUTE)
+    assert len(quiet) <= 1 and replay(quiet) == set()  # the checkpoint itself, if not expired
     await publisher.stop()
 
 

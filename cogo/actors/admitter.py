@@ -253,6 +253,7 @@ class RouteAdmitter:
                 if self._valid():
                     async with self._round_lock:
                         await self._round(flow)
+                    slots.tick()
                 await self._sleep(flow)
         finally:
             self.flow = self._log = None

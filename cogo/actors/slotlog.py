@@ -123,6 +123,12 @@ class SlotLog:
         batch.ends += [slot for slot, _ in ends]
         batch.until = max([batch.until, *(s[2] for s in starts), *(e[1] for e in ends)])
 
+    def tick(self) -> None:
+        """Write a checkpoint if one is due, even when nothing else is to be written: the
+        log of a route that went quiet shrinks to what still runs."""
+        if self._batch is None and self._checkpoint_due() and self._valid():
+            self._join()
+
     def _join(self) -> _Batch:
         batch = self._batch
         if batch is None:

@@ -16,10 +16,12 @@ from cogo.actors.slotlog import KV_STREAM, SlotLog
 from cogo.config import FlowPolicy
 from cogo.streams.flow import (
     decode_log_record,
+    decode_snapshot,
     log_filter,
     log_prefix,
     partition_of,
     slot_prefix,
+    snapshot_key,
 )
 from cogo.streams.policies import set_policy
 from cogo.streams.publisher import Publisher
@@ -35,6 +37,7 @@ from tests.test_flow import (
     spawn,
     stop_all,
     submit_keyed,
+    two_dispatchers,
 )
 
 
@@ -175,3 +178,30 @@ async def test_a_takeover_counts_the_fast_path_slots_of_the_killed_admitter(
     assert set(more) <= set(throttled) and {throttled[t] for t in more} == {"concurrency"}
     # and what ended is in the log as ended: nothing of the route runs any more
     assert replay(await read_log(js, ROUTE)) == set()
+
+
+async def test_fast_path_slots_freed_by_the_other_dispatcher_are_freed_in_the_log(
+    nats_server, js, config_path, tmp_path
+):
+    # limits far above the load: the admitter takes its own claims by the fast path, and
+    # the other dispatcher handles about half of all results, freeing those slots by a purge
+    # of their keys, which the admitter's watch must turn into ends of the log
+    await set_policy(js, ROUTE, {"flow": {"concurrency": 1000, "concurrency_per_key": 1000}})
+    kv = await js.key_value(FLOW_BUCKET)
+    async with two_dispatchers(js, nats_server.url, config_path, tmp_path / "logs"):
+        reader = EventReader(js)
+        ids = []
+        for key in ("x", "y", "z"):
+            ids += await submit_keyed(js, key, 20, "o", sleep_ms=20)
+        done = await reader.wait_terminal(ids, timeout=60)
+        assert all(e.type == "execute_done" for e in done.values())
+
+        async def nothing_runs() -> bool:
+            entry = await kv.get(snapshot_key(ROUTE))
+            snapshot = decode_snapshot(entry.value or b"")
+            logged = replay(await read_log(js, ROUTE))
+            return snapshot.running == 0 and not logged and await flow_is_empty(js)
+
+        await wait_until(nothing_runs, 30, "every slot freed, in memory and in the log")
+        # some of them took the fast path: their slots were records of the log
+        assert await live_keys(kv, log_prefix(ROUTE) + ">")

@@ -201,6 +201,7 @@ def permissions(user: str, plan: AuthPlan) -> dict[str, Any] | None:
             *_read_kv(POLICY_BUCKET), *_read_kv("rollouts"),
             # flow control: held tasks, admission leases and slots (cogo.actors.admission)
             *_held_tasks(), *_write_kv(FLOW_BUCKET),
+            f"{API}.STREAM.PURGE.KV_{FLOW_BUCKET}",  # the slot log below a checkpoint
         ]  # fmt: skip
         sub += [f"{MAX_DELIVERIES_ADVISORY}.{TASKS}.*", f"{MAX_DELIVERIES_ADVISORY}.{RESULTS}.*"]
     elif user == "orchestrator":

@@ -9,11 +9,12 @@ instead, and releases it here when its own process handles the result:
 - **Group commit.** Every start and end gathered while the event loop was busy goes out as
   one record (``SlotLogRecord``, ``log.<route>.<session>.<n>`` in the ``flow`` bucket), one
   message for a whole batch of tasks.
-- **Written ahead.** A start's record is handed to the connection before its attempt is
-  forwarded (``start`` returns only then), so the server stores it first: a takeover never
-  meets an attempt that runs without its slot. An end's record is stored before the result
-  is acknowledged (``end`` resolves only then): a crash before that redelivers the result,
-  which frees the slot again.
+- **Written ahead.** The attempts of a batch's starts (and their ``execute_enqueued``) are
+  published by the same flush right behind its record, on the same connection, so the
+  server stores the record first: a takeover never meets an attempt that runs without its
+  slot. If the record is refused, none of them is sent. An end's record is stored before
+  the result is acknowledged (``end`` resolves only then): a crash before that redelivers
+  the result, which frees the slot again.
 - **Replayed on takeover.** A new admitter applies the route's records in stream order before
   it admits anything, then follows the log: an admitter that lost its lease without knowing
   it yet may still write, and what it writes counts. Slots of the log that another

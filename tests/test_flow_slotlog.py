@@ -166,8 +166,8 @@ async def test_a_takeover_counts_the_fast_path_slots_of_the_killed_admitter(
     finally:
         await stop_all(procs)
     assert all(e.type == "execute_done" for e in done.values())
-    terminal = Counter(e.task_id for e in reader.events if e.type in ("execute_done",
-                                                                       "execute_failed"))  # fmt: skip
+    ends = ("execute_done", "execute_failed")
+    terminal = Counter(e.task_id for e in reader.events if e.type in ends)
     assert all(terminal[t] == 1 for t in [*slow, *more])
     # the survivor counted the killed admitter's running attempts from the log: the new
     # tasks waited for them instead of running beside them

@@ -12,7 +12,7 @@ instead, and releases it here when its own process handles the result:
 - **Written ahead.** The attempts of a batch's starts (and their ``execute_enqueued``) are
   published by the same flush right behind its record, on the same connection, so the
   server stores the record first: a takeover never meets an attempt that runs without its
-  slot. If the record is refused, none of them is sent. An end's record is stored before
+  slot. If the record cannot be sent, none of them is. An end's record is stored before
   the result is acknowledged (``end`` resolves only then): a crash before that redelivers
   the result, which frees the slot again.
 - **Replayed on takeover.** A new admitter applies the route's records in stream order before
@@ -97,7 +97,7 @@ class SlotLog:
     ) -> list[StreamAck]:
         """Record a slot taken, then publish ``messages`` (its attempt) right behind the
         record that holds it; returns their acks once they and the record are stored.
-        Raises what refused any of them (``messages`` are not sent if the record was not)."""
+        Raises what refused any of them (``messages`` are not sent if the record could not be)."""
         batch = self._join()
         batch.starts.append((slot, key, expires_at))
         batch.until = max(batch.until, expires_at)

@@ -1,20 +1,20 @@
 """One route's admission while this dispatcher holds the route's partition.
 
 How and why it works is told in ``cogo.actors.admission``; in short, a session loads the
-route's slots (a KV watch) and held tasks (an ordered consumer on its ``FLOW`` subjects),
-then admits in rounds: expire held tasks past their deadline, pick what may start
-(``cogo.actors.flow``), write the picks' slots, forward them with their
+route's slots (its slot log, then a KV watch of the slots' keys, whose purges are releases
+by other dispatchers) and held tasks (an ordered consumer on its ``FLOW`` subjects), then
+admits in rounds: expire held tasks past their deadline, pick what may start
+(``cogo.actors.flow``), record the picks' slots in the log, forward them with their
 ``execute_enqueued``, delete their held copies, announce the new holds
 (``execute_throttled``), and now and then write what it sees for ``GET /api/flow``. Any
 failure ends the session; the next one loads the route from the bus again.
 
 The fast path (``admit_now``): an attempt that this dispatcher claims for a route it admits,
 while nothing of the route waits and its limits allow one more, is admitted on the spot,
-without the hold in ``FLOW``, its delivery back to the admitter and its deletion. Its slot is
-counted in memory and recorded in the route's slot log (``cogo.actors.slotlog``: one record
-per batch of tasks, written before the attempt goes out), and when this process handles its
-result, freed in memory and in the log (``release_here``) instead of purged as a KV entry
-that the admitter's own watch would then deliver back.
+without the hold in ``FLOW``, its delivery back to the admitter and its deletion: its slot
+is counted in memory, and the attempt rides behind the slot log's next record. When this
+process handles an attempt's result, its slot is freed in memory and in the log
+(``release_here``), not purged as a key that the admitter's own watch would deliver back.
 """
 
 from __future__ import annotations
@@ -42,7 +42,6 @@ from cogo.streams.flow import (
     SEQ_NOT_FOUND,
     SLOT_GRACE_S,
     RouteSnapshot,
-    Slot,
     SlotLogRecord,
     decode_log_record,
     decode_slot,
@@ -51,9 +50,7 @@ from cogo.streams.flow import (
     held_filter,
     log_filter,
     partition_of,
-    release_message,
     slot_key,
-    slot_message,
     slot_prefix,
     snapshot_message,
 )
@@ -378,34 +375,38 @@ class RouteAdmitter:
 
     async def _admit(self, flow: RouteFlow, picks: list[Held], now: float) -> None:
         d = self.c.d
+        slots = self._log
+        assert slots is not None  # rounds run once the session is loaded
         orders = []
-        slots: list[Outgoing] = []
+        taken = []
         for held in picks:
             order = msgspec.structs.replace(
                 decode_order(held.data), flow_slot=held.slot,
                 held_ms=round(max(0.0, now - held.held_at) * 1000.0, 3),
             )  # fmt: skip
             orders.append(order)
-            slot = Slot(task_id=held.task_id, attempt=held.attempt, key=held.key,
-                        admitted_at=now, expires_at=held.deadline + SLOT_GRACE_S,
-                        admitter=d.name)  # fmt: skip
-            slots.append(slot_message(held.slot, slot, now))
-        # 1. the slots are stored before any attempt goes out: a takeover finds them
-        await d.publish_all(slots)
+            if not held.redo:  # a redo's slot is counted already (in the log or the bucket)
+                expires_at = held.deadline + SLOT_GRACE_S
+                flow.log_slot(held.slot)
+                taken.append((held.slot, held.key, expires_at))
+        # 1. the slots are stored (one record of the slot log) before any attempt goes out:
+        # a takeover counts them
+        if taken:
+            await slots.starts(taken)
         if not self._valid():  # the lease lapsed meanwhile: the next holder re-forwards
             raise _LeaseLapsed()
         # 2. the attempts and their execute_enqueued (fixed ids: a redo stores nothing twice)
         messages = [m for o in orders for m in d.enqueued_messages(o, since=wait_started(o))]
         acks = await d.publish_all(messages)
-        freed: list[Outgoing] = []
+        freed = []
         for i, held in enumerate(picks):
             if acks[2 * i].duplicate and not held.redo:
                 # it was forwarded before (a killed admitter did not delete it) and its
                 # result has released its slot since: the slot just taken is for nothing
+                freed.append(slots.end(held.slot, held.deadline + SLOT_GRACE_S))
                 flow.slot_released(held.slot)
-                freed.append(release_message(held.slot))
         if freed:
-            await d.publish_all(freed)
+            await asyncio.gather(*freed)
         # 3. the held copies go
         await self._delete(flow, picks)
         self.counters["flow_admitted"] += len(picks)

@@ -163,6 +163,11 @@ class RouteFlow:
     def has_slot(self, slot: str) -> bool:
         return slot in self._slots
 
+    def log_slot(self, slot: str) -> None:
+        """A counted slot is recorded in the slot log (a round's pick), not as a KV entry."""
+        if slot in self._slots:
+            self._logged.add(slot)
+
     def logged_expiry(self, slot: str) -> float | None:
         """When ``slot`` expires, if it is counted and recorded in the slot log."""
         return self._slots[slot][1] if slot in self._logged else None

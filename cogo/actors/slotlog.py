@@ -2,9 +2,9 @@
 
 A slot written as a KV entry per attempt, then purged with its result, costs the admitting
 dispatcher four messages per task (the write, the purge, and its own watch delivering both):
-most of what flow control cost a route under its limits. On the fast path
-(``RouteAdmitter.admit_now``) the admitter counts the slot in memory and records it here
-instead, and releases it here when its own process handles the result:
+most of what flow control cost a route under its limits. Instead, the admitter counts every
+slot it takes (a round's picks, the fast path's attempts: ``RouteAdmitter.admit_now``) in
+memory and records it here, and frees it here when its own process handles the result:
 
 - **Group commit.** Every start and end gathered while the event loop was busy goes out as
   one record (``SlotLogRecord``, ``log.<route>.<session>.<n>`` in the ``flow`` bucket), one
@@ -104,6 +104,16 @@ class SlotLog:
         acks: asyncio.Future[list[StreamAck]] = self._loop.create_future()
         batch.followers.append((messages, acks))
         return await acks
+
+    def starts(self, taken: list[tuple[str, str, float]]) -> asyncio.Future[None]:
+        """Record slots taken whose attempts go out later (a round's picks: ``(slot, flow
+        key, expires_at)``); the future resolves once the record is stored."""
+        batch = self._join()
+        batch.starts += taken
+        batch.until = max(batch.until, *(t[2] for t in taken))
+        stored = self._loop.create_future()
+        batch.stored.append(stored)
+        return stored
 
     def end(self, slot: str, expires_at: float) -> asyncio.Future[None]:
         """Record a slot freed; the future resolves once the record is stored."""

@@ -8,17 +8,19 @@ next task ``cogo.actors.flow``.
   sits in ``TASKS`` (in stream order behind it, or un-acked against ``max_ack_pending``) and
   none is nak'd again and again (each redelivery would count against ``max_deliver``). The
   body is the ``WorkOrder`` of the attempt; its admitter deletes it once it is forwarded.
-- **Slots**: an admitted attempt holds ``slot.<route>.<task>.<attempt>`` in the KV bucket
-  ``flow`` (a ``Slot``), written with a per-message TTL that ends a little after the task's
-  deadline (``Nats-TTL``, the server's clock): the attempt cannot run past that deadline (its
-  worker stops it there), so a slot whose release was lost never outlives what it stood for.
-  The dispatcher that handles the attempt's result purges it.
-- **The slot log**: attempts admitted on the fast path (nothing of the route waits) hold no
-  KV entry of their own. Their admitter records their starts, and the ends its own process
-  handles, in batches: records ``log.<route>.<session>.<n>`` in the same bucket (a
-  ``SlotLogRecord``, applied in stream order: a start counts a slot, an end frees it). A new
-  admitter replays them; each admitter checkpoints what runs now and purges the records
-  before it, so the log stays about as long as what runs.
+- **Slots**: an admitted attempt holds the slot ``slot.<route>.<task>.<attempt>`` (its
+  ``WorkOrder.flow_slot``) until its result is handled. Its admitter records it in the
+  route's **slot log**, one record per batch of admissions and releases: records
+  ``log.<route>.<session>.<n>`` in the KV bucket ``flow`` (a ``SlotLogRecord``, applied in
+  stream order: a start counts a slot, an end frees it), each with a per-message TTL that
+  ends a little after the latest deadline it names (``Nats-TTL``, the server's clock): an
+  attempt cannot run past its deadline (its worker stops it there), so a slot whose release
+  was lost never outlives what it stood for. A new admitter replays the log; each admitter
+  checkpoints what runs now and purges the records before it, so the log stays about as
+  long as what runs. A dispatcher that handles a result of a route it does not admit purges
+  the slot's key in the same bucket (a marker the admitter's watch turns into an end of its
+  log). A slot stored under its key (a ``Slot``, as dispatchers before the slot log wrote
+  them) still counts until it is purged or expires.
 - **Admission** of a route belongs to one dispatcher at a time: the routes are hashed into
   ``FLOW_PARTITIONS`` partitions, leased in the same bucket (``cogo.streams.leases``).
 - **What an admitter sees** (per key: running, waiting, rate) is ``state.<route>`` in the same
@@ -33,7 +35,6 @@ from __future__ import annotations
 import base64
 import json
 import math
-import time
 import zlib
 from typing import Any
 
@@ -175,12 +176,6 @@ def _kv_subject(key: str) -> str:
 
 def _ttl(seconds: float) -> str:
     return f"{max(1, math.ceil(seconds))}s"
-
-
-def slot_message(key: str, slot: Slot, now: float | None = None) -> Outgoing:
-    """Store ``slot`` under ``key`` until it expires."""
-    now = time.time() if now is None else now
-    return _kv_subject(key), _encoder.encode(slot), {TTL_HEADER: _ttl(slot.expires_at - now + 1)}
 
 
 def release_message(key: str) -> Outgoing:

@@ -16,15 +16,17 @@ Why this design (docs/design.md §14; the bus objects are in ``cogo.streams.flow
   processes without a compare-and-set per task, and fairness is one queue's order, not a
   negotiation between dispatchers. The admitter sees held tasks through an ordered consumer
   on the route's ``FLOW`` subjects and slots through a watch of the route's slot keys.
-- **Slots are on the bus.** Admitting writes the attempt's slot (``slot.<route>.<task>.
-  <attempt>``, with a TTL a little past the task's deadline), *then* forwards the attempt
-  and its ``execute_enqueued`` (the ids of both are fixed), *then* deletes the held copy.
-  Whichever dispatcher handles the attempt's result purges the slot after the result's
-  events are stored and before the result is acked, so a dispatcher killed at any point
-  leaves a state the next one completes: a redelivered result purges again; a new admitter
-  loads the slots and held tasks left behind, re-forwards (de-duplicated) a held task whose
-  slot exists, and frees a slot it took anew for an attempt the stream says was forwarded
-  already. A worker killed mid-attempt costs nothing extra: JetStream redelivers the
+- **Slots are on the bus.** Admitting records the attempt's slot (``slot.<route>.<task>.
+  <attempt>``) in the route's slot log (``cogo.actors.slotlog``: one record per batch, with
+  a TTL a little past the latest deadline in it), *then* forwards the attempt and its
+  ``execute_enqueued`` (the ids of both are fixed), *then* deletes the held copy. Whichever
+  dispatcher handles the attempt's result frees the slot after the result's events are
+  stored and before the result is acked (the admitter's own process with an end in the
+  log, another one by purging the slot's key, which the admitter's watch turns into an
+  end), so a dispatcher killed at any point leaves a state the next one completes: a
+  redelivered result frees it again; a new admitter replays the log, loads the held tasks
+  left behind, re-forwards (de-duplicated) a held task whose slot exists, and frees a slot
+  it took anew for an attempt the stream says was forwarded already. A worker killed mid-attempt costs nothing extra: JetStream redelivers the
   attempt, which still holds its slot, and its result releases it. A slot whose release
   never comes (its route lost every worker) expires with its task's deadline.
 - **Held once, visibly.** A task that a limit keeps waiting gets one ``execute_throttled``
@@ -33,8 +35,12 @@ Why this design (docs/design.md §14; the bus objects are in ``cogo.streams.flow
   carries as ``data.held_ms``. A held task past its deadline fails (``assignment.ttl_expired``).
 - **At once when nothing waits.** The dispatcher that admits a route admits an attempt it
   claims itself on the spot when nothing of the route waits and its limits allow one more
-  (``RouteAdmitter.admit_now``): its slot and the attempt in one batch, without the trip
-  through ``FLOW``. Other dispatchers' attempts, and everything while some wait, take turns.
+  (``RouteAdmitter.admit_now``), without the trip through ``FLOW``. Other dispatchers'
+  attempts, and everything while some wait, take turns.
+- **Slots are logged in batches, not written one by one.** A slot written as a KV entry per
+  attempt, then purged, and both delivered back to the admitter's watch, was most of what
+  flow control cost a route under its limits; the log costs one record per batch of tasks,
+  and the fast path's attempts ride behind their record in the same flush.
 - **Rate across takeovers.** A new admitter starts every key's token bucket empty (the
   one before it may just have spent it), so a move of the route never exceeds the rate.
 """
@@ -113,8 +119,13 @@ class FlowControl:
 
     async def release(self, order: WorkOrder) -> None:
         """The attempt's result is handled: free its slot (idempotent)."""
-        if order.flow_slot:
-            await self.d.publish_all([release_message(order.flow_slot)])
+        slot = order.flow_slot
+        if not slot:
+            return
+        admitter = self.admitters.get(order.route)
+        if admitter is not None and await admitter.release_here(slot):
+            return  # a slot of the log this process admits from: freed in memory and log
+        await self.d.publish_all([release_message(slot)])
 
     def limits(self, route: str) -> FlowPolicy:
         """The route's flow limits now (none once its policy drops them or it is forgotten:

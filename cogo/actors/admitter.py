@@ -1,18 +1,20 @@
 """One route's admission while this dispatcher holds the route's partition.
 
 How and why it works is told in ``cogo.actors.admission``; in short, a session loads the
-route's slots (a KV watch) and held tasks (an ordered consumer on its ``FLOW`` subjects),
-then admits in rounds: expire held tasks past their deadline, pick what may start
-(``cogo.actors.flow``), write the picks' slots, forward them with their
+route's slots (its slot log, then a KV watch of the slots' keys, whose purges are releases
+by other dispatchers) and held tasks (an ordered consumer on its ``FLOW`` subjects), then
+admits in rounds: expire held tasks past their deadline, pick what may start
+(``cogo.actors.flow``), record the picks' slots in the log, forward them with their
 ``execute_enqueued``, delete their held copies, announce the new holds
 (``execute_throttled``), and now and then write what it sees for ``GET /api/flow``. Any
 failure ends the session; the next one loads the route from the bus again.
 
 The fast path (``admit_now``): an attempt that this dispatcher claims for a route it admits,
-while nothing of the route waits and its limits allow one more, is admitted on the spot:
-its slot, the attempt and its ``execute_enqueued`` go out in one batch, without the hold in
-``FLOW``, its delivery back to the admitter and its deletion. That is most of what flow
-control cost a route under its limits.
+while nothing of the route waits and its limits allow one more, is admitted on the spot,
+without the hold in ``FLOW``, its delivery back to the admitter and its deletion: its slot
+is counted in memory, and the attempt rides behind the slot log's next record. When this
+process handles an attempt's result, its slot is freed in memory and in the log
+(``release_here``), not purged as a key that the admitter's own watch would deliver back.
 """
 
 from __future__ import annotations
@@ -29,25 +31,26 @@ import nats.js.errors
 from nats.aio.msg import Msg
 
 from cogo.actors.flow import Held, RouteFlow
+from cogo.actors.slotlog import KV_STREAM, SlotLog
 from cogo.aio import cancel_and_wait
 from cogo.errors import MalformedMessage, TtlExpired
 from cogo.streams.catalogue import EXECUTE_THROTTLED, ExecuteThrottled
-from cogo.streams.envelope import WorkOrder, decode_order
+from cogo.streams.envelope import WorkOrder, decode_order, new_id
 from cogo.streams.events import event_message, iso, order_event
 from cogo.streams.flow import (
     NOT_FOUND,
     SEQ_NOT_FOUND,
     SLOT_GRACE_S,
     RouteSnapshot,
-    Slot,
+    SlotLogRecord,
+    decode_log_record,
     decode_slot,
     delete_held_message,
     encode_snapshot,
     held_filter,
+    log_filter,
     partition_of,
-    release_message,
     slot_key,
-    slot_message,
     slot_prefix,
     snapshot_message,
 )
@@ -99,6 +102,7 @@ class RouteAdmitter:
         self.route = route
         self.partition = partition_of(route)
         self.flow: RouteFlow | None = None
+        self._log: SlotLog | None = None  # the session's slot log
         self.counters = control.d.counters
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -129,38 +133,52 @@ class RouteAdmitter:
     async def admit_now(self, order: WorkOrder) -> bool:
         """Admit ``order`` at once if nothing waits and the limits allow it (the fast path);
         False: hold it in ``FLOW`` like any other."""
-        flow = self.flow
-        if flow is None or self._task is None or self._task.done() or not self._valid():
+        flow, slots = self.flow, self._log
+        if flow is None or slots is None or self._task is None or self._task.done():
+            return False
+        if not self._valid():
             return False
         now = time.time()
         key = order.assignment.key or ""
         slot = slot_key(self.route, order.task_id, order.attempt)
         expires_at = order.deadline + SLOT_GRACE_S
+        fresh = not flow.has_slot(slot)  # else a redelivered submission: counted already
         if not flow.try_start(slot, key, expires_at, now):
             return False
         d = self.c.d
         order = msgspec.structs.replace(order, flow_slot=slot, held_ms=0.0)
-        try:
-            # the slot, the attempt and its event in one batch: a crash between them leaves
-            # what a crash of a round leaves (its submission is redelivered and admitted
-            # again; the forward's fixed id stores it once)
-            stored = Slot(task_id=order.task_id, attempt=order.attempt, key=key,
-                          admitted_at=now, expires_at=expires_at, admitter=d.name)  # fmt: skip
-            messages = [slot_message(slot, stored, now),
-                        *d.enqueued_messages(order, since=wait_started(order))]  # fmt: skip
-            _, ack, _ = await d.publish_all(messages)
-        except BaseException:
-            # the submission is redelivered and admitted again; the watch of the slots
-            # counts the slot again if it was stored
-            flow.slot_released(slot)
-            raise
-        if ack.duplicate:
+        messages = d.enqueued_messages(order, since=wait_started(order))
+        if fresh:
+            # the slot's record, then the attempt and its event right behind it. Whatever
+            # fails, the slot stays counted (the attempt may be out): the redelivered
+            # submission finds it and forwards the attempt again (de-duplicated)
+            ack, _ = await slots.start(slot, key, expires_at, messages)
+        else:
+            ack, _ = await d.publish_all(messages)
+        if ack.duplicate and fresh:
             # forwarded before (a redelivered submission) and maybe ended since: free the
             # slot taken anew, as a round does
+            freed = slots.end(slot, expires_at)
             flow.slot_released(slot)
-            await d.publish_all([release_message(slot)])
+            await freed
         self.counters["flow_admitted"] += 1
         self.counters["flow_admitted_at_once"] += 1
+        return True
+
+    async def release_here(self, slot: str) -> bool:
+        """Free ``slot`` in memory and in the slot log if this admitter counts it there (the
+        result was handled in this process); False: it is a KV entry, or not counted here."""
+        flow, slots = self.flow, self._log
+        if flow is None or slots is None:
+            return False
+        expires_at = flow.logged_expiry(slot)
+        if expires_at is None:
+            return False
+        stored = slots.end(slot, expires_at)  # logged before anything can take its place
+        flow.slot_released(slot)
+        if flow.waiting:
+            self._wake.set()
+        await stored
         return True
 
     def _valid(self) -> bool:
@@ -184,14 +202,31 @@ class RouteAdmitter:
         rounds of admission until this process stops admitting the route."""
         js = self.c.d.js
         flow = RouteFlow(self.c.limits(self.route), time.time())
+        slots = SlotLog(self.c.d.publisher, js, self.route, new_id(), flow.logged_slots,
+                        self._valid)  # fmt: skip
         kv = await js.key_value(FLOW_BUCKET)
-        # slots first: a held task whose slot exists is re-forwarded, not counted again
-        watcher = await kv.watch(slot_prefix(self.route) + ">")
-        slots_loaded = asyncio.Event()
-        follower = asyncio.create_task(self._follow_slots(watcher, flow, slots_loaded))
+        # the slot log first, then the KV slots (whose purge markers free logged slots that
+        # other dispatchers released), then held tasks: a held task whose slot exists is
+        # re-forwarded, not counted again
+        log_loaded = asyncio.Event()
+
+        async def on_record(msg: Msg) -> None:
+            self._on_record(msg, flow, slots, log_loaded)
+
+        records = await js.subscribe(
+            log_filter(self.route), stream=KV_STREAM, ordered_consumer=True, cb=on_record,
+            pending_msgs_limit=0, pending_bytes_limit=0,
+        )  # fmt: skip
+        watcher = follower = sub = None
         held_loaded = asyncio.Event()
-        sub = None
         try:
+            if (await records.consumer_info()).num_pending == 0:
+                log_loaded.set()
+            async with asyncio.timeout(60):
+                await log_loaded.wait()
+            watcher = await kv.watch(slot_prefix(self.route) + ">")
+            slots_loaded = asyncio.Event()
+            follower = asyncio.create_task(self._follow_slots(watcher, flow, slots, slots_loaded))
             async with asyncio.timeout(30):
                 await slots_loaded.wait()
 
@@ -206,29 +241,75 @@ class RouteAdmitter:
                 held_loaded.set()
             async with asyncio.timeout(60):
                 await held_loaded.wait()
-            self.flow = flow
+            self.flow, self._log = flow, slots
             while not self._stopping:
                 if follower.done():  # the watch ended: releases would go unseen from here
                     raise RuntimeError("the watch of the route's slots ended")
+                if slots.failed is not None:  # memory and log may differ: load again
+                    raise RuntimeError(f"the slot log was not written: {slots.failed}")
                 if self._valid():
                     async with self._round_lock:
                         await self._round(flow)
+                    slots.tick()
                 await self._sleep(flow)
         finally:
+            self.flow = self._log = None
+            await slots.close()
             await cancel_and_wait([follower])
-            with contextlib.suppress(Exception):
-                await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py: unannotated
-            if sub is not None:
+            if watcher is not None:
                 with contextlib.suppress(Exception):
-                    await sub.unsubscribe()
+                    await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py: unannotated
+            for subscription in (records, sub):
+                if subscription is not None:
+                    with contextlib.suppress(Exception):
+                        await subscription.unsubscribe()
 
-    async def _follow_slots(self, watcher: Any, flow: RouteFlow, loaded: asyncio.Event) -> None:
+    def _on_record(self, msg: Msg, flow: RouteFlow, slots: SlotLog, loaded: asyncio.Event) -> None:
+        """A record of the route's slot log; another session's counts (ours are counted)."""
+        meta = msg.metadata
+        if msg.data:  # not a marker of a record that expired
+            try:
+                record = decode_log_record(msg.data)
+            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                log.error("%s: unreadable slot log record (seq %d) ignored: %s",
+                          self.route, meta.sequence.stream, exc)  # fmt: skip
+            else:
+                if record.session != slots.session:
+                    self._apply(record, flow, slots, live=loaded.is_set())
+        slots.read_to(meta.sequence.stream)
+        if meta.num_pending == 0:
+            loaded.set()
+
+    def _apply(self, record: SlotLogRecord, flow: RouteFlow, slots: SlotLog, *,
+               live: bool) -> None:  # fmt: skip
+        for slot, key, expires_at in record.starts:
+            flow.slot_taken(slot, key, expires_at, logged=True)
+        ended = []
+        for slot in record.ends:
+            expiry = flow.logged_expiry(slot)
+            if expiry is not None:
+                ended.append((slot, expiry))
+                flow.slot_released(slot)
+        if live:
+            # an admitter that has not noticed yet that it lost the route wrote it: ours from
+            # here, so that no checkpoint of ours purges it before it is counted there
+            slots.note([s for s in record.starts if flow.has_slot(s[0])], ended)
+        self._wake.set()
+
+    async def _follow_slots(
+        self, watcher: Any, flow: RouteFlow, slots: SlotLog, loaded: asyncio.Event
+    ) -> None:
         async for entry in watcher:
             if entry is None:
                 loaded.set()
                 continue
             if entry.operation in ("DEL", "PURGE") or not entry.value:
+                expires_at = flow.logged_expiry(entry.key)
                 flow.slot_released(entry.key)
+                if expires_at is not None:
+                    # a slot of the log, released by another dispatcher (which purges the
+                    # key, as for any slot): its end goes into the log, as if ours
+                    slots.note([], [(entry.key, expires_at)])
             elif flow.has_slot(entry.key):
                 continue  # ours, counted when it was taken (the fast path's, mostly)
             else:
@@ -294,34 +375,38 @@ class RouteAdmitter:
 
     async def _admit(self, flow: RouteFlow, picks: list[Held], now: float) -> None:
         d = self.c.d
+        slots = self._log
+        assert slots is not None  # rounds run once the session is loaded
         orders = []
-        slots: list[Outgoing] = []
+        taken = []
         for held in picks:
             order = msgspec.structs.replace(
                 decode_order(held.data), flow_slot=held.slot,
                 held_ms=round(max(0.0, now - held.held_at) * 1000.0, 3),
             )  # fmt: skip
             orders.append(order)
-            slot = Slot(task_id=held.task_id, attempt=held.attempt, key=held.key,
-                        admitted_at=now, expires_at=held.deadline + SLOT_GRACE_S,
-                        admitter=d.name)  # fmt: skip
-            slots.append(slot_message(held.slot, slot, now))
-        # 1. the slots are stored before any attempt goes out: a takeover finds them
-        await d.publish_all(slots)
+            if not held.redo:  # a redo's slot is counted already (in the log or the bucket)
+                expires_at = held.deadline + SLOT_GRACE_S
+                flow.log_slot(held.slot)
+                taken.append((held.slot, held.key, expires_at))
+        # 1. the slots are stored (one record of the slot log) before any attempt goes out:
+        # a takeover counts them
+        if taken:
+            await slots.starts(taken)
         if not self._valid():  # the lease lapsed meanwhile: the next holder re-forwards
             raise _LeaseLapsed()
         # 2. the attempts and their execute_enqueued (fixed ids: a redo stores nothing twice)
         messages = [m for o in orders for m in d.enqueued_messages(o, since=wait_started(o))]
         acks = await d.publish_all(messages)
-        freed: list[Outgoing] = []
+        freed = []
         for i, held in enumerate(picks):
             if acks[2 * i].duplicate and not held.redo:
                 # it was forwarded before (a killed admitter did not delete it) and its
                 # result has released its slot since: the slot just taken is for nothing
+                freed.append(slots.end(held.slot, held.deadline + SLOT_GRACE_S))
                 flow.slot_released(held.slot)
-                freed.append(release_message(held.slot))
         if freed:
-            await d.publish_all(freed)
+            await asyncio.gather(*freed)
         # 3. the held copies go
         await self._delete(flow, picks)
         self.counters["flow_admitted"] += len(picks)

@@ -15,7 +15,8 @@ and forwards what it picks. Rules, per route (docs/design.md §14):
   higher, and so on, so a steady stream of high-priority tasks delays the rest but never
   starves them (a priority-0 task that waited ``9 * AGE_PER_LEVEL_S`` outranks a fresh 9);
 - a route with nothing waiting starts a task that its limits allow at once (``try_start``):
-  the dispatcher that admits the route skips the hold in ``FLOW`` (the fast path).
+  the dispatcher that admits the route skips the hold in ``FLOW`` (the fast path), and its
+  slot is recorded in the route's slot log (``cogo.actors.slotlog``), not as a KV entry.
 
 Keys whose limit holds them are taken out of the rotation until that changes (a slot of the
 key is released, its next token is due), so a pick never scans the keys that cannot start:
@@ -82,6 +83,7 @@ class RouteFlow:
         self.waiting = 0
         self._keys: dict[str, _Key] = {}
         self._slots: dict[str, tuple[str, float]] = {}  # slot key -> (flow key, expires_at)
+        self._logged: set[str] = set()  # slots recorded in the slot log, not as KV entries
         self._by_seq: dict[int, Held] = {}
         # per priority, the keys with tasks waiting there and not held by their own limit, in
         # turn order (an OrderedDict as an ordered set: O(1) move-to-back and removal)
@@ -119,11 +121,14 @@ class RouteFlow:
         self._fresh.append(held)
         return True
 
-    def slot_taken(self, slot: str, key: str, expires_at: float) -> None:
-        """A slot exists (ours, or found when taking over the route)."""
+    def slot_taken(self, slot: str, key: str, expires_at: float, *, logged: bool = False) -> None:
+        """A slot exists (ours, or found when taking over the route); ``logged``: it is
+        recorded in the route's slot log, not as a KV entry of its own."""
         if slot in self._slots:
             return
         self._slots[slot] = (key, expires_at)
+        if logged:
+            self._logged.add(slot)
         heapq.heappush(self._expiries, (expires_at, slot))
         self._key(key).running += 1
         self.running += 1
@@ -133,6 +138,7 @@ class RouteFlow:
         entry = self._slots.pop(slot, None)
         if entry is None:
             return
+        self._logged.discard(slot)
         key = entry[0]
         self.running -= 1
         state = self._keys.get(key)
@@ -157,10 +163,25 @@ class RouteFlow:
     def has_slot(self, slot: str) -> bool:
         return slot in self._slots
 
+    def log_slot(self, slot: str) -> None:
+        """A counted slot is recorded in the slot log (a round's pick), not as a KV entry."""
+        if slot in self._slots:
+            self._logged.add(slot)
+
+    def logged_expiry(self, slot: str) -> float | None:
+        """When ``slot`` expires, if it is counted and recorded in the slot log."""
+        return self._slots[slot][1] if slot in self._logged else None
+
+    def logged_slots(self) -> list[tuple[str, str, float]]:
+        """(slot, flow key, expires_at) of every slot recorded in the slot log."""
+        slots = self._slots
+        return [(slot, *slots[slot]) for slot in self._logged]
+
     def try_start(self, slot: str, key: str, expires_at: float, now: float) -> bool:
         """Start an attempt that was never held, if nothing waits and the limits allow it
-        now (counted as running from here); False: it must wait its turn in ``FLOW``.
-        An attempt whose slot is counted already (a redelivered submission) may go again."""
+        now (counted as running from here, its slot a logged one); False: it must wait its
+        turn in ``FLOW``. An attempt whose slot is counted already (a redelivered submission)
+        may go again."""
         if slot in self._slots:
             return True
         if self.waiting or self._redo:
@@ -179,7 +200,7 @@ class RouteFlow:
             state.tokens -= 1.0
         state.starts.append(now)
         self._starts.append(now)
-        self.slot_taken(slot, key, expires_at)
+        self.slot_taken(slot, key, expires_at, logged=True)
         return True
 
     # -- choosing -----------------------------------------------------------------------

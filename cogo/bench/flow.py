@@ -4,9 +4,11 @@ On the bench's system (its nats-server, dispatcher(s), echo worker(s), projector
 with flow control off and on alternate, ``--flow-repeats`` of each: N echo tasks spread over
 ``KEYS`` keys, sent at once to ``echo.run.0`` (the same bodies both ways, key included).
 *Off*, the route has no flow policy; *on*, it has every limit set far above the load, so
-each task takes the whole flow path (held in ``FLOW``, admitted, its slot written, forwarded,
-the held copy deleted, the slot released with the result) and nothing is held back: the
-cost of the path, not of waiting. Each switch is followed by an untimed warm-up (the
+nothing is held back: the cost of the path, not of waiting. With the bench's one
+dispatcher, each task takes the fast path (its slot counted in memory and recorded in the
+route's slot log, one record per batch, and freed the same way when its result is handled);
+with ``--dispatchers 2``, about half of them are held in ``FLOW`` by the dispatcher that
+does not admit the route. Each switch is followed by an untimed warm-up (the
 policy reaches every dispatcher, an admitter takes the route).
 
 Per round: the dispatchers' CPU per task (``/proc``), every process's CPU per task, and

@@ -282,6 +282,7 @@ def permissions(user: str, plan: AuthPlan) -> dict[str, Any] | None:
             *_read_kv(POLICY_BUCKET), *_read_kv("rollouts"),
             # flow control: held tasks, admission leases and slots (cogo.actors.admission)
             *_held_tasks(), *_write_kv(FLOW_BUCKET),
+            f"{API}.STREAM.PURGE.KV_{FLOW_BUCKET}",  # the slot log below a checkpoint
             # durable agents (cogo.actors.suspension): suspended tasks' records, their
             # timers (message schedules on TASKS), the journal entries it writes, the cancel
             # it tells workers, the children a cancelled task started

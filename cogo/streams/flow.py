@@ -8,11 +8,19 @@ next task ``cogo.actors.flow``.
   sits in ``TASKS`` (in stream order behind it, or un-acked against ``max_ack_pending``) and
   none is nak'd again and again (each redelivery would count against ``max_deliver``). The
   body is the ``WorkOrder`` of the attempt; its admitter deletes it once it is forwarded.
-- **Slots**: an admitted attempt holds ``slot.<route>.<task>.<attempt>`` in the KV bucket
-  ``flow`` (a ``Slot``), written with a per-message TTL that ends a little after the task's
-  deadline (``Nats-TTL``, the server's clock): the attempt cannot run past that deadline (its
-  worker stops it there), so a slot whose release was lost never outlives what it stood for.
-  The dispatcher that handles the attempt's result purges it.
+- **Slots**: an admitted attempt holds the slot ``slot.<route>.<task>.<attempt>`` (its
+  ``WorkOrder.flow_slot``) until its result is handled. Its admitter records it in the
+  route's **slot log**, one record per batch of admissions and releases: records
+  ``log.<route>.<session>.<n>`` in the KV bucket ``flow`` (a ``SlotLogRecord``, applied in
+  stream order: a start counts a slot, an end frees it), each with a per-message TTL that
+  ends a little after the latest deadline it names (``Nats-TTL``, the server's clock): an
+  attempt cannot run past its deadline (its worker stops it there), so a slot whose release
+  was lost never outlives what it stood for. A new admitter replays the log; each admitter
+  checkpoints what runs now and purges the records before it, so the log stays about as
+  long as what runs. A dispatcher that handles a result of a route it does not admit purges
+  the slot's key in the same bucket (a marker the admitter's watch turns into an end of its
+  log). A slot stored under its key (a ``Slot``, as dispatchers before the slot log wrote
+  them) still counts until it is purged or expires.
 - **Admission** of a route belongs to one dispatcher at a time: the routes are hashed into
   ``FLOW_PARTITIONS`` partitions, leased in the same bucket (``cogo.streams.leases``).
 - **What an admitter sees** (per key: running, waiting, rate) is ``state.<route>`` in the same
@@ -27,7 +35,6 @@ from __future__ import annotations
 import base64
 import json
 import math
-import time
 import zlib
 from typing import Any
 
@@ -61,6 +68,14 @@ class Slot(msgspec.Struct, frozen=True):
     admitter: str
 
 
+class SlotLogRecord(msgspec.Struct, frozen=True, array_like=True):
+    """One batch of the slot log: slots taken, then slots freed, by one admitter session."""
+
+    session: str
+    starts: list[tuple[str, str, float]] = []  # (slot key, flow key, expires_at)
+    ends: list[str] = []  # slot keys
+
+
 class KeyFigures(msgspec.Struct, frozen=True, omit_defaults=True):
     """One key of a route as its admitter sees it."""
 
@@ -90,6 +105,7 @@ class RouteSnapshot(msgspec.Struct, frozen=True):
 _encoder = msgspec.json.Encoder()
 _slot_decoder = msgspec.json.Decoder(Slot)
 _snapshot_decoder = msgspec.json.Decoder(RouteSnapshot)
+_log_decoder = msgspec.json.Decoder(SlotLogRecord)
 
 
 def _b64(text: str) -> str:
@@ -135,6 +151,16 @@ def slot_prefix(route: str) -> str:
     return f"slot.{route_token(route)}."
 
 
+def log_prefix(route: str) -> str:
+    """The slot log of ``route`` (its records are ``<prefix><session>.<n>``)."""
+    return f"log.{route_token(route)}."
+
+
+def log_filter(route: str) -> str:
+    """Every record of the slot log of ``route``, as a subject of the bucket's stream."""
+    return _kv_subject(log_prefix(route) + ">")
+
+
 def snapshot_key(route: str) -> str:
     return f"state.{route_token(route)}"
 
@@ -152,12 +178,6 @@ def _ttl(seconds: float) -> str:
     return f"{max(1, math.ceil(seconds))}s"
 
 
-def slot_message(key: str, slot: Slot, now: float | None = None) -> Outgoing:
-    """Store ``slot`` under ``key`` until it expires."""
-    now = time.time() if now is None else now
-    return _kv_subject(key), _encoder.encode(slot), {TTL_HEADER: _ttl(slot.expires_at - now + 1)}
-
-
 def release_message(key: str) -> Outgoing:
     """Release a slot: purge its key (the marker itself goes after a minute)."""
     headers = {
@@ -166,6 +186,18 @@ def release_message(key: str) -> Outgoing:
         TTL_HEADER: _ttl(RELEASE_MARKER_TTL_S),
     }
     return _kv_subject(key), b"", headers
+
+
+def log_message(route: str, session: str, n: int, record: SlotLogRecord,
+                until: float, now: float) -> Outgoing:  # fmt: skip
+    """Record ``record`` in the slot log of ``route``; it may go once every slot it names has
+    expired (``until``, the latest expiry among them)."""
+    subject = _kv_subject(f"{log_prefix(route)}{session}.{n}")
+    return subject, _encoder.encode(record), {TTL_HEADER: _ttl(max(until - now, 0.0) + 1)}
+
+
+def decode_log_record(data: bytes) -> SlotLogRecord:
+    return _log_decoder.decode(data)
 
 
 def snapshot_message(snapshot: RouteSnapshot) -> Outgoing:

@@ -65,6 +65,9 @@ PUBLISH = {
     "flow.echo-run-0.5.kYQ": {"admin", "dispatcher"},
     "$JS.API.STREAM.MSG.DELETE.FLOW": {"admin", "dispatcher"},
     "$KV.flow.slot.echo-run-0.dA.1": {"admin", "dispatcher"},
+    # the slot log of the fast path, and its purge below a checkpoint
+    "$KV.flow.log.echo-run-0.s1.1": {"admin", "dispatcher"},
+    "$JS.API.STREAM.PURGE.KV_flow": {"admin", "dispatcher"},
     "events.execute_throttled.echo.run.0": {"admin", "dispatcher"},
     # the agent runtime: llm_call / step_completed events, task output, the step journal
     "events.llm_call.echo.run.0": {"admin", "echo", "codegen"},

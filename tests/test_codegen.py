@@ -141,7 +141,9 @@ async def test_reply_over_the_token_budget_fails_once(nats_server, js, config, d
         event = (await reader.wait_terminal([task_id], timeout=25))[task_id]
     assert event.type == "execute_failed"
     assert event.error_code == "budget.tokens_exceeded"
-    assert event.attempt == 1 and event.usage is not None and event.usage.tokens == 5000
+    # charged over the budget, though not the 5,000 claimed: the completion is charged at
+    # most the max_tokens sent and the prompt at most a token per byte sent
+    assert event.attempt == 1 and event.usage is not None and 1000 < event.usage.tokens < 5000
     types = [e.type for e in reader.of(task_id)]
     assert types == ["execute_enqueued", "llm_call", "execute_failed"]  # no retry
     (request,) = llm.requests  # exactly one call, and it asked for no more than the budget

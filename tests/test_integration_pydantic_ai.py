@@ -233,39 +233,46 @@ async def ask(ctx: cogo.TaskContext, p: dict) -> dict:
 
 
 async def test_a_tool_that_is_another_cogo_agent_runs_as_a_child_task(tmp_path, chat_server):
-    """The model calls ``research``: a child task on its own route, which waits for a signal
-    while the parent suspends; resumed, the parent replays its first request from the journal
-    and gets the child's result from ``ctx.call``: two requests, one child run."""
+    """The model calls ``research`` twice in one response: two child tasks on their own
+    route, which wait for a signal while the parent suspends; resumed, the parent replays its
+    first request from the journal and gets the children's results from ``ctx.call``: two
+    requests, each child's work done once."""
     from tests.helpers import wait_until
 
-    chat_server.reply(None, tool_calls=[tool_call("research", "r1", topic="tides")])
+    chat_server.reply(None, tool_calls=[tool_call("research", "r1", topic="tides"),
+                                        tool_call("research", "r2", topic="waves")])  # fmt: skip
     chat_server.reply("Tides: the moon pulls the sea.")
     async with CogoEnv(callers, config="[runtime]\nsuspend_after_ms = 50\n",
                        data_dir=tmp_path / "env") as env:  # fmt: skip
         handle = await env.client.submit("pyaicall.ask.0", {"question": "Why tides?"})
         tid = handle.task_id
-        child = f"{tid}/research:r1"
+        children = [f"{tid}/research:r1", f"{tid}/research:r2"]
 
         async def suspended() -> bool:
             try:
                 s = await env.client.status(tid)
             except cogo.errors.TaskNotFound:
                 return False
-            return s.status == "suspended" and [w["name"] for w in s.waiting_for or []] == [child]
+            names = sorted(w["name"] for w in s.waiting_for or [])
+            return s.status == "suspended" and names == children
 
         await wait_until(suspended, 30, "the parent never waited for its tool's child task")
-        await env.client.signal(child, "go", True)
+        for child in children:
+            await env.client.signal(child, "go", True)
         assert await handle.result(timeout=60) == {"answer": "Tides: the moon pulls the sea."}
-        child_status = await env.client.status(child)
+        statuses = [await env.client.status(child) for child in children]
         events = await env.events(tid)
-    assert child_status.parent_id == tid and child_status.result == {
-        "topic": "tides", "fact": "the moon pulls the sea"}  # fmt: skip
-    assert CHILD_RUNS.count(child) == 1
+    assert [(s.parent_id, s.result["topic"]) for s in statuses] == [(tid, "tides"),
+                                                                     (tid, "waves")]  # fmt: skip
+    assert [CHILD_RUNS.count(child) for child in children] == [1, 1]
     assert chat_server.calls == 2  # the resumed run replayed the first request
-    assert "the moon pulls the sea" in json.dumps(chat_server.requests[1]["messages"])
+    sent = chat_server.requests[1]["messages"]  # both children's results, as tool messages
+    assert [m["role"] for m in sent].count("tool") == 2
+    assert "the moon pulls the sea" in json.dumps(sent) and "waves" in json.dumps(sent)
     assert [e["data"]["step"] for e in events if e["type"] == "step_completed"] == [
         "agent:model:0",
         "agent:model:1",
     ]  # the tool is the child task, not a step
-    assert [e["data"]["child_id"] for e in events if e["type"] == "call_started"] == [child]
+    started = sorted(e["data"]["child_id"] for e in events if e["type"] == "call_started")
+    assert started == children
     assert any(e["type"] == "execute_suspended" for e in events)

@@ -17,6 +17,7 @@ import pytest
 pytest.importorskip("agents")
 
 import openai_agents_helpdesk as helpdesk  # noqa: E402
+from agents import Agent  # noqa: E402
 
 import cogo  # noqa: E402
 from cogo.testing import CogoEnv, Reply  # noqa: E402
@@ -255,3 +256,74 @@ async def test_mcp_tools_are_steps_and_a_retry_reruns_none(tmp_path, chat_server
     steps = [(e["attempt"], e["data"]["step"]) for e in events if e["type"] == "step_completed"]
     assert steps == [(1, "agent:model:0"), (1, "agent:tool:1:m1"), (1, "agent:model:1"),
                      (2, "agent:tool:2:f1"), (2, "agent:model:2")]  # fmt: skip
+
+
+# an Agents SDK agent whose tool is another Cogo agent (``agent_tool``: a child task)
+callers = cogo.App("oaicall")
+CHILD_RUNS: list[str] = []
+
+
+@callers.agent("oaicall.research.0", policy={"max_tokens": 500, "max_attempts": 2})
+async def research(ctx: cogo.TaskContext, p: dict) -> dict:
+    await ctx.wait_signal("go")  # the parent (and this child) suspend meanwhile
+    CHILD_RUNS.append(ctx.task_id)  # past the wait: once per child task
+    return {"topic": p["topic"], "fact": "the moon pulls the sea"}
+
+
+@callers.agent("oaicall.ask.0", policy={"max_tokens": 8000, "max_attempts": 2})
+async def ask(ctx: cogo.TaskContext, p: dict) -> dict:
+    tool = helpdesk.cogo_agents.agent_tool(
+        ctx, "oaicall.research.0", name="research", description="Facts about a topic.",
+        parameters={"type": "object", "properties": {"topic": {"type": "string"}},
+                    "required": ["topic"]},
+    )  # fmt: skip
+    researcher = Agent(name="researcher", model="gpt-4o-mini", tools=[tool],
+                       instructions="Research, then answer.")  # fmt: skip
+    result = await helpdesk.cogo_agents.run(ctx, researcher, p["question"])
+    return {"answer": result.final_output}
+
+
+async def test_a_tool_that_is_another_cogo_agent_runs_as_a_child_task(tmp_path, chat_server):
+    """The model calls ``research`` twice in one response: two child tasks on their own
+    route, which wait for a signal while the parent suspends; resumed, the parent replays its
+    first request from the journal and gets the children's results from ``ctx.call``: two
+    requests, each child's work done once."""
+    from tests.helpers import wait_until
+
+    chat_server.reply(None, tool_calls=[tool_call("research", "r1", topic="tides"),
+                                        tool_call("research", "r2", topic="waves")])  # fmt: skip
+    chat_server.reply("Tides: the moon pulls the sea.")
+    async with CogoEnv(callers, config="[runtime]\nsuspend_after_ms = 50\n",
+                       data_dir=tmp_path / "env") as env:  # fmt: skip
+        handle = await env.client.submit("oaicall.ask.0", {"question": "Why tides?"})
+        tid = handle.task_id
+        children = [f"{tid}/research:r1", f"{tid}/research:r2"]
+
+        async def suspended() -> bool:
+            try:
+                s = await env.client.status(tid)
+            except cogo.errors.TaskNotFound:
+                return False
+            names = sorted(w["name"] for w in s.waiting_for or [])
+            return s.status == "suspended" and names == children
+
+        await wait_until(suspended, 30, "the parent never waited for its tool's child task")
+        for child in children:
+            await env.client.signal(child, "go", True)
+        assert await handle.result(timeout=60) == {"answer": "Tides: the moon pulls the sea."}
+        statuses = [await env.client.status(child) for child in children]
+        events = await env.events(tid)
+    assert [(s.parent_id, s.result["topic"]) for s in statuses] == [(tid, "tides"),
+                                                                     (tid, "waves")]  # fmt: skip
+    assert [CHILD_RUNS.count(child) for child in children] == [1, 1]
+    assert chat_server.calls == 2  # the resumed run replayed the first request
+    sent = chat_server.requests[1]["messages"]  # both children's results, as tool messages
+    assert [m["role"] for m in sent].count("tool") == 2
+    assert "the moon pulls the sea" in json.dumps(sent) and "waves" in json.dumps(sent)
+    assert [e["data"]["step"] for e in events if e["type"] == "step_completed"] == [
+        "agent:model:0",
+        "agent:model:1",
+    ]  # the tool is the child task, not a step
+    started = sorted(e["data"]["child_id"] for e in events if e["type"] == "call_started")
+    assert started == children
+    assert any(e["type"] == "execute_suspended" for e in events)

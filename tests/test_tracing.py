@@ -2,7 +2,8 @@
 (tests/otlp_receiver.py, decoding with opentelemetry-proto): one trace across three processes
 (`cogo submit` -> `cogo up`'s dispatcher -> the agent's worker -> its step and LLM call),
 a traceparent given to POST /api/tasks, trace ids in SQL, an unreachable endpoint, and
-nothing imported when tracing is off."""
+a child task called with `ctx.call` in its parent's trace, nothing imported when tracing is
+off."""
 
 from __future__ import annotations
 
@@ -57,11 +58,15 @@ async def wait_for(check, what: str, timeout: float = 30.0):
         await asyncio.sleep(0.1)
 
 
-def submit(data_dir, env: dict[str, str], task_id: str) -> dict:
+def submit(
+    data_dir, env: dict[str, str], task_id: str, route: str = "traced.ask.0",
+    payload: dict | None = None,
+) -> dict:  # fmt: skip
     """`cogo submit --wait` in a process of its own (the client of the trace)."""
+    payload = payload if payload is not None else {"question": " why? "}
     done = subprocess.run(
         [sys.executable, "-m", "cogo", "submit", "--data-dir", str(data_dir), "--route",
-         "traced.ask.0", "--payload", json.dumps({"question": " why? "}), "--task-id", task_id,
+         route, "--payload", json.dumps(payload), "--task-id", task_id,
          "--wait", "--timeout", "60"],
         capture_output=True, text=True, timeout=90, env={**os.environ, **env},
     )  # fmt: skip
@@ -149,6 +154,72 @@ async def test_one_trace_from_the_client_through_dispatcher_and_worker_to_the_ll
     assert wf_task.parent_span_id == node.span_id
     assert wf_attempt and wf_attempt[0].parent_span_id == wf_task.span_id
     assert len({wf.trace_id, node.trace_id, wf_task.trace_id, wf_attempt[0].trace_id}) == 1
+
+
+async def test_a_child_called_with_ctx_call_is_in_its_parents_trace(
+    tmp_path, config_path, chat_server, receiver
+):
+    env = otel_env(receiver.url, chat_server.url)
+    data_dir = tmp_path / "up"
+    up, _ = await cogo_up(data_dir, config_path, "--app", "tests.traced_app:app", env=env)
+    try:
+        status = await asyncio.to_thread(
+            submit, data_dir, env, "fam-1", "traced.parent.0", {"topic": " tides "}
+        )
+        assert status["status"] == "succeeded", status
+        assert status["result"] == {"note": {"topic": "tides"}}
+
+        def of(prefix: str, task_id: str) -> list:
+            return [s for s in receiver.named(prefix) if s.attributes["cogo.task_id"] == task_id]
+
+        # both tasks ended (their task spans), the call under its attempt, the child's step
+        # under the child's attempt (each process exports on its own schedule)
+        def complete() -> bool:
+            ran = {s.span_id for s in of("attempt ", "fam-1")}
+            child_ran = {s.span_id for s in of("attempt ", "fam-1/note")}
+            calls = of("call ", "fam-1/note")
+            return bool(of("task ", "fam-1") and of("task ", "fam-1/note") and calls
+                        and calls[0].parent_span_id in ran
+                        and any(s.parent_span_id in child_ran for s in receiver.named("step ")))  # fmt: skip
+
+        await wait_for(complete, "the parent's and child's spans never reached the receiver")
+    finally:
+        log = stop(up)
+    by_id = {s.span_id: s for s in receiver.spans}
+
+    def ancestors(span) -> list:
+        chain = []
+        while span.parent_span_id in by_id:
+            span = by_id[span.parent_span_id]
+            chain.append(span)
+        return chain
+
+    (submit_,) = receiver.named("submit traced.parent.0")
+    (parent_task,) = of("task ", "fam-1")
+    (child_task,) = of("task ", "fam-1/note")
+    (call,) = of("call ", "fam-1/note")
+    parent_attempts = {s.span_id: s for s in of("attempt ", "fam-1")}
+    child_attempts = of("attempt ", "fam-1/note")
+    (child_step,) = [s for s in receiver.named("step ")
+                     if by_id.get(s.parent_span_id) in child_attempts]  # fmt: skip
+    # the submission of the child is a span of the parent's attempt that called it, and the
+    # child's task span (reported by the dispatcher) hangs under it: one trace, one tree
+    assert call.name == "call traced.child.0" and call.kind == 4  # SPAN_KIND_PRODUCER
+    assert call.parent_span_id in parent_attempts, log
+    assert child_task.parent_span_id == call.span_id
+    assert all(a.parent_span_id == child_task.span_id for a in child_attempts)
+    chain = ancestors(child_step)
+    assert chain[:3] == [by_id[child_step.parent_span_id], child_task, call]
+    assert parent_attempts[call.parent_span_id] in chain
+    assert chain[-2:] == [parent_task, submit_] and submit_.parent_span_id == ""
+    family = (submit_, parent_task, *parent_attempts.values(), call, child_task,
+              *child_attempts, child_step)  # fmt: skip
+    assert len({s.trace_id for s in family}) == 1
+    # across processes: the client, the dispatcher (task spans), the worker (attempts, call)
+    pid = {s.resource["process.pid"] for s in (submit_, parent_task, call)}
+    assert len(pid) == 3 and child_task.resource["process.pid"] == parent_task.resource[
+        "process.pid"]  # fmt: skip
+    assert call.resource["process.pid"] == by_id[call.parent_span_id].resource["process.pid"]
 
 
 async def _sql(http: httpx.AsyncClient, task_id: str) -> set[str] | None:

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from cogo import tracing
 from cogo.actors.steps import durable_subject, run_step
 from cogo.errors import (
     CallDepthExceeded,
@@ -311,8 +312,11 @@ async def _start_child(
     )  # fmt: skip
     d.reserved[child_id] = (tokens, round(cost, 9))
     try:
-        # the child first: an entry without its child would leave the parent waiting forever
-        await worker.publish_all([(EXECUTE_SUBJECT, encoder.encode(message), {MSG_ID: child_id})])
+        # the child first: an entry without its child would leave the parent waiting forever.
+        # Traced, the submission is a span under the attempt, so the child joins its trace
+        headers = tracing.submitted({MSG_ID: child_id}, task_id=child_id, route=route,
+                                    name="call")  # fmt: skip
+        await worker.publish_all([(EXECUTE_SUBJECT, encoder.encode(message), headers)])
         await worker.publish_all(
             [(durable_subject(CALL_STARTED, ctx.task_id), encode_event(event),
               {MSG_ID: event.event_id})]

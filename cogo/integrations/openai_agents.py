@@ -251,11 +251,8 @@ def agent_tool(
     by the call itself, so never wrapped in a step) with the model's arguments as payload."""
 
     async def invoke(tool_ctx: ToolContext[Any], arguments: str) -> Any:
-        caller = getattr(ctx, "call", None)
-        if caller is None:
-            raise RuntimeError("this Cogo has no ctx.call: agent_tool needs durable calls")
         payload = json.loads(arguments or "{}")
-        return await caller(route, payload, key=f"{name}:{tool_ctx.tool_call_id}")
+        return await ctx.call(route, payload, key=f"{name}:{tool_ctx.tool_call_id}")
 
     return _CallTool(
         name=name, description=description, on_invoke_tool=invoke, strict_json_schema=False,

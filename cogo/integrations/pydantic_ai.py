@@ -147,11 +147,7 @@ def agent_tool(
     schema = parameters or {"type": "object", "additionalProperties": True}
 
     async def call(run_ctx: RunContext[Any], **payload: Any) -> Any:
-        ctx = task_context()
-        caller = getattr(ctx, "call", None)
-        if caller is None:
-            raise RuntimeError("this Cogo has no ctx.call: agent_tool needs durable calls")
-        return await caller(route, payload, key=f"{name}:{run_ctx.tool_call_id}")
+        return await task_context().call(route, payload, key=f"{name}:{run_ctx.tool_call_id}")
 
     tool = Tool.from_schema(
         call, name=name, description=description, json_schema=schema, takes_ctx=True

@@ -65,6 +65,8 @@ FLOW_BUCKET = "flow"
 # durable agents: what each suspended task waits for, and what arrived while it ran
 # (cogo.actors.suspension)
 SUSPENSION_BUCKET = "suspensions"
+# consumers EVENTS may have at once (see stream_configs)
+EVENTS_MAX_CONSUMERS = 100_000
 DISPATCHER_ROUTES = [EXECUTE_SUBJECT, RESULT_SUBJECT, RETRY_SUBJECT]
 # RESULTS: the shared subject of workers before per-route results, and one per route
 RESULTS_SUBJECTS = [RESULTS_SUBJECT, f"{RESULTS_PREFIX}.>"]
@@ -148,6 +150,9 @@ def stream_configs(
             max_bytes=config.events.max_bytes,
             # a full log refuses writes (callers see an error) instead of dropping history
             discard=api.DiscardPolicy.NEW,
+            # every journal read is a short-lived consumer (cogo.actors.steps): durable agents
+            # resume by the hundred, and nats-server caps a stream left at -1 at 1,000
+            max_consumers=EVENTS_MAX_CONSUMERS,
         ),
         api.StreamConfig(
             name=DLQ,

@@ -21,11 +21,12 @@ import pytest
 from nats.js import api
 
 import cogo
-from cogo.actors.steps import durable_subject, task_bucket
+from cogo.actors.steps import task_bucket
+from cogo.actors.suspension import record_key
 from cogo.streams.catalogue import CALL_STARTED, CallStarted
 from cogo.streams.envelope import EXECUTE_SUBJECT, MSG_ID, new_id
 from cogo.streams.events import encode_event, make_event
-from cogo.streams.topology import EVENTS
+from cogo.streams.topology import EVENTS, SUSPENSION_BUCKET
 from tests.conftest import TEST_CONFIG
 from tests.helpers import wait_until
 from tests.upsystem import cogo_up_blocking, stop
@@ -160,7 +161,7 @@ async def test_an_app_cannot_forge_another_apps_child(system):
                 data=CallStarted(child_id=bystander.task_id, key="evil", child_route=WAIT,
                                  seq=0, max_tokens=1, max_cost_usd=0.0),
             )  # fmt: skip
-            subject = durable_subject(CALL_STARTED, route, parent.task_id)
+            subject = f"events.{CALL_STARTED}.{route}.{task_bucket(parent.task_id)}"
             forged[route] = await accepted(nc, subject, encode_event(entry),
                                            {MSG_ID: entry.event_id})  # fmt: skip
         # the route-less subject of before
@@ -210,4 +211,25 @@ async def test_an_app_cannot_drop_signals_cancels_and_wake_ups_by_message_id(sys
         await client.signal(child, "go", secret)
         assert await parent.result(timeout=60) == {"child": {"got": secret}}
         print(f"signal, cancel and wake-up after forged ids: {time.monotonic() - started:.2f} s")
+    await nc.close()
+
+
+async def test_a_suspension_record_holds_no_token(system):
+    """Apps read the ``suspensions`` bucket (is my task cancelled?): a suspended task's
+    record must not hand them its token (which guards its message ids), its output token
+    or its seal."""
+    nc, _ = await system.mallory()
+    async with system.client() as client:
+        waiting = await client.submit(WAIT, {})
+        await suspended(client, waiting.task_id)
+        kv = await nc.jetstream(timeout=5).key_value(SUSPENSION_BUCKET)
+        entry = await kv.get(record_key(waiting.task_id))
+        assert entry.value is not None
+        record = json.loads(entry.value)
+        assert record["state"] == "suspended" and record["order"]["task_id"] == waiting.task_id
+        order = record["order"]
+        assert [order.get(k) for k in ("token", "out_token", "seal")] == [None] * 3, order
+        # the resumed run's order was sealed anew: the signal still counts
+        await client.signal(waiting.task_id, "go", "ok")
+        assert await waiting.result(timeout=60) == {"got": "ok"}
     await nc.close()

@@ -194,6 +194,8 @@ class Journal:
         """Read the whole journal now (steps, signals, calls) if this run has not yet: a
         signal may precede the task's first run, so durable requests look even when no
         earlier run could have written. The two scans run at once."""
+        if self._steps is None and not self.may_exist:
+            self._steps = {}  # no earlier run, attempt or delivery: no step, call or end yet
         steps = self._load() if self._steps is None else None
         durable = self._load_durable() if not self._durable_loaded else None
         if steps is not None and durable is not None:
@@ -242,9 +244,13 @@ class Journal:
         """The task's signals and calls: a scan per subject (one filter each, in the create
         request's subject, which ``--auth`` grants per route), all three at once."""
         ctx = self._ctx
+        # a first run of a first attempt can find signals only (sent before it ran): the
+        # calls it started, and their ends, were journaled by a run
+        types = (
+            (TASK_SIGNALED, CALL_STARTED, CALL_COMPLETED) if self.may_exist else (TASK_SIGNALED,)
+        )
         scans = await asyncio.gather(*[
-            self._scan(durable_subject(t, ctx.route, ctx.task_id))
-            for t in (TASK_SIGNALED, CALL_STARTED, CALL_COMPLETED)
+            self._scan(durable_subject(t, ctx.route, ctx.task_id)) for t in types
         ])  # fmt: skip
         # in stream order across the three subjects (the first of each wins)
         for _, event in sorted((e for found in scans for e in found), key=lambda e: e[0]):

@@ -47,7 +47,14 @@ from cogo import tracing
 from cogo.actors.admission import FlowControl
 from cogo.actors.base import Actor, Defer, Delivery
 from cogo.actors.deadletter import DeadLetterWatcher
-from cogo.actors.suspension import Suspensions, pending_children, tree_usage, wake_messages
+from cogo.actors.suspension import (
+    Suspensions,
+    parent_route,
+    pending_children,
+    route_of_parent,
+    tree_usage,
+    wake_messages,
+)
 from cogo.aio import cancel_and_wait
 from cogo.config import Config
 from cogo.errors import (
@@ -179,11 +186,13 @@ class ExecutorDispatcher(Actor):
                 else:
                     token = tree_usage.set(result.tree_usage)
                     orphans = pending_children.set(result.children)
+                    parent = parent_route.set(route_of_parent(result.order))
                     try:
                         await self._on_result(result, delivery)
                     finally:
                         tree_usage.reset(token)
                         pending_children.reset(orphans)
+                        parent_route.reset(parent)
                     if result.durable:
                         await self.suspensions.forget(result.order.task_id)
             # after the result's events are stored, before it is acked: a redelivery frees
@@ -550,7 +559,7 @@ class ExecutorDispatcher(Actor):
         may have emitted), to go out in one batch (``cogo.streams.outputs``)."""
         token = self.task_token(event.task_id)
         # a child of a durable agent wakes its parent (cogo.actors.suspension)
-        wakes = wake_messages(event)
+        wakes = wake_messages(event, token)
         if closes is None:
             return [event_message(event, token), *wakes]
         status = {EXECUTE_DONE: "succeeded", EXECUTE_CANCELLED: "cancelled"}.get(

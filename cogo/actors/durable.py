@@ -72,6 +72,7 @@ from cogo.streams.envelope import (
 )
 from cogo.streams.events import decode_event, encode_event, order_event
 from cogo.streams.policies import read_policy
+from cogo.streams.seal import guard_id
 
 if TYPE_CHECKING:
     from cogo.actors.worker import TaskContext
@@ -220,7 +221,7 @@ async def call(
     d.requested.add(child_id)
     d._begin()
     try:
-        await ctx.worker.waiters.start()
+        await ctx.worker.waiters.start(ctx.route)
         journal = ctx.journal
         fut = d._future(wait_key)  # before anything is submitted: a quick child is heard
         # one call at a time from here, in the order the handler made them (the lock is
@@ -301,7 +302,8 @@ async def _start_child(
     wanted.update(max_tokens=tokens, max_cost_usd=round(cost, 9),
                   ttl_ms=min(int(wanted.get("ttl_ms") or ttl_ms), ttl_ms))  # fmt: skip
     body[ASSIGNMENT_KEY] = wanted
-    body[CALL_KEY] = {"parent": ctx.task_id, "depth": depth}
+    # the parent's route: where the dispatcher journals the child's end for its parent
+    body[CALL_KEY] = {"parent": ctx.task_id, "depth": depth, "route": ctx.route}
     message = {"task_id": child_id, "route": route, "payload": body,
                "correlation_id": ctx.correlation_id, "causation_id": ctx.task_id}  # fmt: skip
     entry = CallStarted(child_id=child_id, key=key, child_route=route, seq=seq,
@@ -318,8 +320,10 @@ async def _start_child(
                                     name="call")  # fmt: skip
         await worker.publish_all([(EXECUTE_SUBJECT, encoder.encode(message), headers)])
         await worker.publish_all(
-            [(durable_subject(CALL_STARTED, ctx.task_id), encode_event(event),
-              {MSG_ID: event.event_id})]
+            # the task's own route's subject (the only one its app may append to), under
+            # an id guarded by its token: nobody else can take it first
+            [(durable_subject(CALL_STARTED, ctx.route, ctx.task_id), encode_event(event),
+              {MSG_ID: guard_id(ctx.order.token, event.event_id)})]
         )  # fmt: skip
     except BaseException:
         d.reserved.pop(child_id, None)
@@ -389,7 +393,7 @@ async def wait_signal(ctx: TaskContext, name: str, timeout_s: float | None) -> A
             return until
 
         key = f"signal:{name}"
-        await ctx.worker.waiters.start()
+        await ctx.worker.waiters.start(ctx.route)
         fut = d._future(key)
         journal = ctx.journal
         await journal.load()
@@ -432,29 +436,33 @@ class Waiters:
     def __init__(self, nc: Any) -> None:
         self._nc = nc
         self._subs: list[Any] = []
-        self._starting: asyncio.Event | None = None
+        self._starting: dict[str, asyncio.Event] = {}
         self._pending: dict[tuple[str, str], asyncio.Future[Any]] = {}
 
-    async def start(self) -> None:
-        """Subscribe, once: on the first call or signal wait of this process (a worker that
-        never waits needs no such traffic, nor the right to it under ``--auth``)."""
-        if self._subs or self._starting:
-            if self._starting is not None:
-                await self._starting.wait()
+    async def start(self, route: str) -> None:
+        """Subscribe to ``route``'s entries, once: on the first call or signal wait of one of
+        its tasks in this process (a worker that never waits needs no such traffic, and under
+        ``--auth`` an app may hear its own routes' only)."""
+        starting = self._starting.get(route)
+        if starting is not None:
+            await starting.wait()
             return
-        self._starting = asyncio.Event()
+        starting = self._starting[route] = asyncio.Event()
         try:
             for kind in (TASK_SIGNALED, CALL_COMPLETED):
-                self._subs.append(await self._nc.subscribe(f"events.{kind}.*", cb=self._on_event))
+                self._subs.append(
+                    await self._nc.subscribe(f"events.{kind}.{route}.*", cb=self._on_event)
+                )
             await self._nc.flush()  # the server has the interest before anything is asked
         finally:
-            self._starting.set()
+            starting.set()
 
     async def stop(self) -> None:
         for sub in self._subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
         self._subs.clear()
+        self._starting.clear()
 
     def register(self, task_id: str, key: str) -> asyncio.Future[Any]:
         fut = self._pending.get((task_id, key))

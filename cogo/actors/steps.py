@@ -29,10 +29,13 @@ and for every later reader.
 - Steps do not nest (``step.nested``): an inner step's usage would be charged twice.
 
 Durable agents (``cogo.actors.durable``) journal more: signals (``task_signaled``) and
-children (``call_started``, ``call_completed``) on ``events.<type>.<bucket>``, 64 subjects
-per type whatever the route (a signal's sender need not know it). A resumed run reads them
-with a second scan, at the same time as its steps; each step also records its place in the
-run (``seq``), so a replay that asks for something else there is ``task.nondeterministic``.
+children (``call_started``, ``call_completed``) on ``events.<type>.<route>.<bucket>``, like
+steps (the dispatcher, who writes signals and children's ends, knows the task's route). A
+resumed run reads them with one single-filter scan per subject, at the same time as its
+steps: under ``--auth`` an app may read, and append ``call_started`` to, its own routes'
+subjects only, and an entry naming another route counts for nothing. Each step also records
+its place in the run (``seq``), so a replay that asks for something else there is
+``task.nondeterministic``.
 """
 
 from __future__ import annotations
@@ -123,10 +126,10 @@ def task_bucket(task_id: str) -> int:
     return zlib.crc32(task_id.encode()) % JOURNAL_BUCKETS
 
 
-def durable_subject(type: str, task_id: str) -> str:
-    """Where a task's signals and calls are journaled: ``events.<type>.<bucket>``, a fixed
-    64 subjects per type whatever the route (a signal's sender need not know it)."""
-    return f"events.{type}.{task_bucket(task_id)}"
+def durable_subject(type: str, route: str, task_id: str) -> str:
+    """Where a task's signals and calls are journaled: ``events.<type>.<route>.<bucket>``,
+    64 subjects per type and route, as for steps."""
+    return f"events.{type}.{route}.{task_bucket(task_id)}"
 
 
 def check_name(name: Any) -> str:
@@ -191,6 +194,8 @@ class Journal:
         """Read the whole journal now (steps, signals, calls) if this run has not yet: a
         signal may precede the task's first run, so durable requests look even when no
         earlier run could have written. The two scans run at once."""
+        if self._steps is None and not self.may_exist:
+            self._steps = {}  # no earlier run, attempt or delivery: no step, call or end yet
         steps = self._load() if self._steps is None else None
         durable = self._load_durable() if not self._durable_loaded else None
         if steps is not None and durable is not None:
@@ -215,7 +220,7 @@ class Journal:
     async def _load(self) -> dict[str, Journaled]:
         """The task's steps: a scan of its route's journal subject (see the docstring)."""
         found: dict[str, Journaled] = {}
-        for event in await self._scan([journal_subject(self._ctx.route, self._ctx.task_id)]):
+        for _, event in await self._scan(journal_subject(self._ctx.route, self._ctx.task_id)):
             # only the task's own route's subject is read, which under --auth only that
             # route's app may publish to; an entry naming another route is no entry
             if event.type != STEP_COMPLETED or event.route != self._ctx.route:
@@ -236,32 +241,39 @@ class Journal:
         return found
 
     async def _load_durable(self) -> None:
-        """The task's signals and calls: a scan of their subjects for its bucket (whatever
-        the route: a signal's sender need not know it)."""
-        task_id = self._ctx.task_id
-        subjects = [durable_subject(t, task_id) for t in (TASK_SIGNALED, CALL_STARTED,
-                                                            CALL_COMPLETED)]  # fmt: skip
-        for event in await self._scan(subjects):
+        """The task's signals and calls: a scan per subject (one filter each, in the create
+        request's subject, which ``--auth`` grants per route), all three at once."""
+        ctx = self._ctx
+        # a first run of a first attempt can find signals only (sent before it ran): the
+        # calls it started, and their ends, were journaled by a run
+        types = (
+            (TASK_SIGNALED, CALL_STARTED, CALL_COMPLETED) if self.may_exist else (TASK_SIGNALED,)
+        )
+        scans = await asyncio.gather(*[
+            self._scan(durable_subject(t, ctx.route, ctx.task_id)) for t in types
+        ])  # fmt: skip
+        # in stream order across the three subjects (the first of each wins)
+        for _, event in sorted((e for found in scans for e in found), key=lambda e: e[0]):
+            if event.route != ctx.route:
+                continue  # only the task's route's subjects are read: never another's entry
             with contextlib.suppress(msgspec.ValidationError):
                 self._durable_entry(event)
 
-    async def _scan(self, subjects: list[str]) -> list[Any]:
-        """This task's events on ``subjects`` from its submission on, in stream order."""
+    async def _scan(self, subject: str) -> list[tuple[int, Any]]:
+        """This task's events on ``subject`` from its submission on, with their stream
+        sequences, in stream order. The one filter goes in the create request's subject
+        (what ``--auth`` grants by route); the consumer ends after its inactivity threshold
+        (a worker may not delete consumers on EVENTS: it could delete anybody's)."""
         ctx = self._ctx
         nc, js = ctx.worker.nc, ctx.worker.js
         inbox = nc.new_inbox()
         sub = await nc.subscribe(inbox)
-        found: list[Any] = []
-        name = f"journal-{new_id()}"
-        # one subject goes in the create request's subject (what --auth grants by route)
-        filters: dict[str, Any] = (
-            {"filter_subject": subjects[0]} if len(subjects) == 1 else {"filter_subjects": subjects}
-        )
+        found: list[tuple[int, Any]] = []
         try:
             info = await js.add_consumer(
                 EVENTS,
                 api.ConsumerConfig(
-                    name=name,
+                    name=f"journal-{new_id()}",
                     deliver_subject=inbox,
                     deliver_policy=api.DeliverPolicy.BY_START_TIME,
                     # the server takes RFC 3339 text; nats-py's annotation says datetime
@@ -271,7 +283,7 @@ class Journal:
                     inactive_threshold=5.0,
                     mem_storage=True,
                     num_replicas=1,
-                    **filters,
+                    filter_subject=subject,
                 ),
             )
             pending = info.num_pending or 0
@@ -280,17 +292,13 @@ class Journal:
                     msg = await sub.next_msg(timeout=SCAN_IDLE_S)
                 except Exception as exc:
                     raise WorkerError(f"reading the step journal failed: {exc!r}") from None
-                pending = int(msg.reply.rsplit(".", 1)[-1]) if msg.reply else 0
+                meta = msg.metadata
+                pending = meta.num_pending or 0
                 event = decode_event(msg.data)
                 if event.task_id == ctx.task_id:
-                    found.append(event)
+                    found.append((meta.sequence.stream, event))
         finally:
             await sub.unsubscribe()
-            if len(subjects) > 1:
-                # a durable agent's scan goes now, not after its inactivity threshold: they
-                # resume by the hundred, and the server caps consumers per stream
-                with contextlib.suppress(Exception):
-                    await js.delete_consumer(EVENTS, name)
         return found
 
     def _durable_entry(self, event: Any) -> None:

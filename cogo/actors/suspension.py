@@ -7,11 +7,13 @@ when a timer, a signal's timeout or the task's TTL is due, leaves a JetStream me
 schedule (``cogo.streams.schedule``) that publishes a wake-up at that time. The task's
 message was acked and its flow slot released: nothing holds it in any process.
 
-Wake-ups are commands on ``orchestrator.execute.0`` with ``Cogo-Kind: wake`` and a
-deterministic ``Nats-Msg-Id``: ``<task>:signal:<name>`` from ``Client.signal`` / HTTP / CLI,
-``<child>:wake`` from a child's terminal event (``wake_messages``, published with it), the
-schedule's for timers. Handling one appends its journal entry (``task_signaled`` /
-``call_completed``, fixed ids) and then, by compare-and-set on the record, either resumes
+Wake-ups are commands on the dispatcher's queue (``cogo.streams.commands``) with
+``Cogo-Kind: wake``: signals from ``Client.signal`` / HTTP / CLI, ``<child>:wake`` from a
+child's terminal event (``wake_messages``, published with it), the schedule's for timers.
+Handling one appends its journal entry (``task_signaled`` / ``call_completed``, fixed ids
+guarded by the task's token) on the task's route's subject (its record's route, else the
+one the command names; when neither is known the entry waits in the record until the run
+suspends) and then, by compare-and-set on the record, either resumes
 the task (its attempt re-published to its route as ``<task>:<attempt>:resume:<n>``, plus
 ``execute_resumed``) or, while the task still runs, notes the arrival so that the run's
 suspension, if it comes, resumes at once. Every step is idempotent and the command is acked
@@ -75,6 +77,7 @@ from cogo.streams.commands import (
     cancel_message,
 )
 from cogo.streams.envelope import (
+    CALL_KEY,
     KIND_HEADER,
     MSG_ID,
     Usage,
@@ -117,6 +120,18 @@ tree_usage: contextvars.ContextVar[Usage | None] = contextvars.ContextVar(
 pending_children: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
     "cogo_pending_children", default=None
 )
+# the route of the parent of the task whose result is being handled (a child of ctx.call
+# carries it in its payload): where its call_completed is journaled
+parent_route: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "cogo_parent_route", default=None
+)
+
+
+def route_of_parent(order: WorkOrder) -> str | None:
+    """The parent's route a ``ctx.call`` child's order carries (None for any other task)."""
+    call = order.payload.get(CALL_KEY) if isinstance(order.payload, dict) else None
+    route = call.get("route") if isinstance(call, dict) else None
+    return route if isinstance(route, str) and route else None
 
 
 class Record(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -129,6 +144,9 @@ class Record(msgspec.Struct, frozen=True, omit_defaults=True):
     waiting: list[Waiting] = []
     arrived: list[str] = []
     woken_by: str | None = None
+    # wake-ups that came while the task ran and whose route was not known then: journaled
+    # on the route of the run when it suspends
+    pending: list[Wake] = []
 
 
 _record_decoder = msgspec.json.Decoder(Record)
@@ -162,9 +180,10 @@ def parent_of(event: Event) -> str | None:
     return None
 
 
-def wake_messages(event: Event) -> list[Outgoing]:
+def wake_messages(event: Event, token: str | None = None) -> list[Outgoing]:
     """A child's terminal event wakes its parent, and a parent's cancels the children it
-    left running (published in the same batch)."""
+    left running (published in the same batch); the wake-up's id is guarded by the child's
+    ``token`` (nobody else can take it first)."""
     if event.type not in TERMINAL_TYPES or event.task_id is None:
         return []
     orphans: list[Outgoing] = [
@@ -188,8 +207,8 @@ def wake_messages(event: Event) -> list[Outgoing]:
         tree_cost_usd=round(own.cost_usd + below.cost_usd, 9),
     )  # fmt: skip
     wake = Wake(task_id=parent, kind="call", name=event.task_id, done=done,
-                correlation_id=event.correlation_id)  # fmt: skip
-    headers = {MSG_ID: f"{event.task_id}:wake", KIND_HEADER: WAKE_KIND}
+                correlation_id=event.correlation_id, route=parent_route.get())  # fmt: skip
+    headers = {MSG_ID: guard_id(token, f"{event.task_id}:wake"), KIND_HEADER: WAKE_KIND}
     return [(COMMAND_SUBJECT, encoder.encode(wake), headers), *orphans]
 
 
@@ -296,9 +315,11 @@ class Suspensions:
         if budget is not None:
             await self._end(order, budget, usage=total, children=r.children)
             return
+        # kept without its tokens and seal (the record is readable by every app, which
+        # checks it for a cancel): a resumed run's order is sealed anew (``_effects``)
         parked = msgspec.structs.replace(
             order, usage_so_far=total, flow_slot=None, held_ms=0.0,
-            emitted=order.emitted or r.emitted,
+            emitted=order.emitted or r.emitted, token=None, out_token=None, seal=None,
         )  # fmt: skip
         key = record_key(order.task_id)
         for _ in range(CAS_ATTEMPTS):
@@ -311,6 +332,8 @@ class Suspensions:
                 if record.state != "cancelled":  # a redelivered report: redo what it caused
                     await self._effects(record)
                 return
+            for wake in record.pending if record is not None else []:
+                await self._journal_wake(wake, order.route)  # idempotent (fixed ids)
             now = time.time()
             if now > order.deadline:
                 await self._end(parked, TtlExpired(
@@ -334,12 +357,13 @@ class Suspensions:
 
     # -- wake-ups ------------------------------------------------------------------------
 
-    async def on_wake(self, wake: Wake) -> None:
+    async def _journal_wake(self, wake: Wake, route: str) -> None:
+        """A signal's or a child's end's journal entry, on the task's ``route``'s subject."""
         if wake.kind == "signal":
             entry = make_event(
                 TASK_SIGNALED, event_id=f"{wake.task_id}:signal:{wake.name}",
                 task_id=wake.task_id, correlation_id=wake.correlation_id or wake.task_id,
-                route=wake.route, actor=self.d.name,
+                route=route, actor=self.d.name,
                 data=TaskSignaled(name=wake.name, data=wake.data),
             )  # fmt: skip
             await self._journal(entry)
@@ -347,17 +371,30 @@ class Suspensions:
             entry = make_event(
                 CALL_COMPLETED, event_id=f"{wake.task_id}:call:{wake.name}:done",
                 task_id=wake.task_id, correlation_id=wake.correlation_id or wake.task_id,
-                actor=self.d.name, data=wake.done,
+                route=route, actor=self.d.name, data=wake.done,
             )  # fmt: skip
             await self._journal(entry)
+
+    async def on_wake(self, wake: Wake) -> None:
         arrival = _arrival(wake.kind, wake.name)
         key = record_key(wake.task_id)
+        journaled = False
         for _ in range(CAS_ATTEMPTS):
             record, revision = await self._get(key)
+            # the task's route: its record's (the dispatcher's own), else what the sender
+            # said (the client looked it up; a child carries its parent's)
+            route = record.order.route if record and record.order else wake.route
+            entry = wake.kind != "timer"
+            if entry and route and not journaled:
+                await self._journal_wake(wake, route)
+                journaled = True
+            # not known yet (the task runs): kept in its record, journaled when it suspends
+            keep = [wake] if entry and not journaled else []
             if record is None:
                 if wake.kind == "timer":
                     return  # the task runs (or ended): it watches the clock itself
-                if await self._put(key, Record(state="running", arrived=[arrival]), revision):
+                new = Record(state="running", arrived=[arrival], pending=keep)
+                if await self._put(key, new, revision):
                     return
                 continue
             if record.state == "cancelled":
@@ -365,7 +402,9 @@ class Suspensions:
             if record.state == "running":
                 if wake.kind == "timer" or arrival in record.arrived:
                     return
-                new = msgspec.structs.replace(record, arrived=[*record.arrived, arrival])
+                new = msgspec.structs.replace(
+                    record, arrived=[*record.arrived, arrival], pending=[*record.pending, *keep]
+                )
                 if await self._put(key, new, revision):
                     return
                 continue
@@ -406,10 +445,12 @@ class Suspensions:
         await self.forget(order.task_id)
 
     async def _journal(self, event: Event) -> None:
-        assert event.task_id is not None
+        assert event.task_id is not None and event.route is not None
+        # under an id guarded by the task's token: an app cannot publish it first
+        msg_id = guard_id(self.d.task_token(event.task_id), event.event_id)
         await self.d.publish_all(
-            [(durable_subject(event.type, event.task_id), encode_event(event),
-              {MSG_ID: event.event_id})]
+            [(durable_subject(event.type, event.route, event.task_id), encode_event(event),
+              {MSG_ID: msg_id})]
         )  # fmt: skip
 
     async def _suspended_event(self, record: Record) -> None:
@@ -479,10 +520,10 @@ class Suspensions:
         # a running handler hears it; one that misses it is fenced by the terminal event
         await self.d.nc.publish(CANCEL_SUBJECT, request.task_id.encode())
         since = order.submitted_at - 60.0 if order is not None else request.since
-        started = await self._children(request.task_id, since)
         route = order.route if order is not None else request.route
+        started = await self._children(request.task_id, route, since)
         await self._cancel_children(
-            request.task_id, sorted(set(children) | set(started)), route, since
+            request.task_id, sorted(set(children) | set(started)), route, since, started
         )
         base: dict[str, Any] = {
             "task_id": request.task_id,
@@ -509,21 +550,28 @@ class Suspensions:
         self.d.counters["cancelled" if not ack.duplicate else "duplicate_terminal"] += 1
 
     async def _cancel_children(
-        self, task_id: str, children: list[str], route: str | None, since: float | None = None
-    ) -> None:
+        self, task_id: str, children: list[str], route: str | None, since: float | None = None,
+        routes: dict[str, str] | None = None,
+    ) -> None:  # fmt: skip
+        """Cancel ``children`` (``routes``: each one's route, where its journal says)."""
+        routes = routes or {}
         if children:
             await self.d.publish_all(
                 [cancel_message(c, f"parent {task_id} was cancelled", parent_id=task_id,
-                                since=since) for c in children]
+                                since=since, route=routes.get(c)) for c in children]
             )  # fmt: skip
 
-    async def _children(self, task_id: str, since: float | None) -> list[str]:
-        """Children ``task_id`` started, read from its journal (from ``since`` on when
-        known: the journal subjects hold every task of a 64th bucket)."""
+    async def _children(
+        self, task_id: str, route: str | None, since: float | None
+    ) -> dict[str, str]:
+        """Children ``task_id`` started (with their routes), read from its route's journal
+        (from ``since`` on when known: a subject holds every task of a 64th bucket). Only
+        entries of the task's own route count (no other app may append there), and only
+        children of its own (``<task>/<key>``), the route unknown included."""
         nc, js = self.d.nc, self.d.js
         inbox = nc.new_inbox()
         sub = await nc.subscribe(inbox)
-        started: set[str] = set()
+        started: dict[str, str] = {}
         bucket = task_bucket(task_id)
         name = f"children-{new_id()}"
         try:
@@ -532,7 +580,7 @@ class Suspensions:
                 api.ConsumerConfig(
                     name=name,
                     # one filter, in the request's subject: what --auth grants it
-                    filter_subject=f"events.{CALL_STARTED}.{bucket}",
+                    filter_subject=f"events.{CALL_STARTED}.{route or '*'}.{bucket}",
                     deliver_subject=inbox,
                     deliver_policy=api.DeliverPolicy.BY_START_TIME if since
                     else api.DeliverPolicy.ALL,
@@ -547,14 +595,18 @@ class Suspensions:
                 msg = await sub.next_msg(timeout=SCAN_IDLE_S)
                 pending = int(msg.reply.rsplit(".", 1)[-1]) if msg.reply else 0
                 event = decode_event(msg.data)
-                if event.task_id != task_id:
+                if event.task_id != task_id or event.type != CALL_STARTED:
                     continue
-                if event.type == CALL_STARTED:
-                    started.add(data_of(event, CallStarted).child_id)
+                if route is not None and event.route != route:
+                    continue
+                with contextlib.suppress(msgspec.ValidationError):
+                    call = data_of(event, CallStarted)
+                    if call.child_id.startswith(task_id + "/"):
+                        started.setdefault(call.child_id, call.child_route)
         finally:
             await sub.unsubscribe()
         # an ended child's cancel changes nothing: its terminal event came first
-        return sorted(started)
+        return started
 
 
 def _resumed(record: Record, woken_by: str) -> Record:

@@ -189,5 +189,5 @@ async def durable_figures(bench: Bench) -> dict[str, Any]:
 
 
 async def _send_signal(bench: Bench, task_id: str) -> None:
-    subject, data, headers = signal_message(task_id, "go", {"n": 1})
+    subject, data, headers = signal_message(task_id, "go", {"n": 1}, route=WAIT)
     await bench.js.publish(subject, data, headers=headers)

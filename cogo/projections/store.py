@@ -87,9 +87,13 @@ _TYPE = (
     "CASE WHEN subject = '' OR j.type IS NULL OR split_part(subject, '.', 3) = '' THEN j.type"
     " ELSE subject_type END"
 )
+# (journal subjects, ``events.<type>.<route>.<bucket>``, hold the body's route too)
 _ROUTE = (
     "CASE WHEN subject = '' OR j.route IS NULL"
-    " OR subject = concat('events.', subject_type, '.', j.route) THEN j.route"
+    " OR subject = concat('events.', subject_type, '.', j.route)"
+    " OR (starts_with(subject, concat('events.', subject_type, '.', j.route, '.'))"
+    "     AND strpos(substr(subject, length(subject_type) + length(j.route) + 10), '.') = 0)"
+    " THEN j.route"
     " ELSE nullif(substr(subject, length(subject_type) + 9), '') END"
 )
 _INSERT_EVENTS_TEMPLATE = f"""

@@ -200,7 +200,12 @@ def fold(task_id: str, rows: list[dict[str, Any]]) -> TaskStatus:
         ):
             continue  # not from a worker of this task's route and attempts: no fact of it
         if kind == "call_started":
-            if row.get("child_id") and row["child_id"] not in children:
+            # the task's own route's entry naming one of its own children (<task>/<key>):
+            # under --auth no other app may append to that route's subjects
+            child = row.get("child_id")
+            if route is None or row["route"] != route or not child:
+                continue
+            if child.startswith(task_id + "/") and child not in children:
                 children.append(row["child_id"])
             continue
         cause = row.get("causation_id")

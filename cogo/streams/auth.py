@@ -233,11 +233,14 @@ def _read_outputs() -> list[str]:
             f"{API}.CONSUMER.MSG.NEXT.{OUTPUTS}.>"]  # fmt: skip
 
 
-def _read_journal(routes: Sequence[str]) -> list[str]:
-    """Scan the step journal of one's own routes (cogo.actors.steps): a consumer is created
-    with its filter in the subject, so no other event can be read this way."""
-    return [f"{API}.CONSUMER.CREATE.{EVENTS}.*.events.step_completed.{route}.*"
-            for route in routes]  # fmt: skip
+JOURNAL_TYPES = ("step_completed", TASK_SIGNALED, CALL_STARTED, CALL_COMPLETED)
+
+
+def _read_journal(routes: Sequence[str], types: Sequence[str] = ("step_completed",)) -> list[str]:
+    """Scan the journal of one's own routes (cogo.actors.steps): a consumer is created with
+    its one filter in the subject, so no other event can be read this way."""
+    return [f"{API}.CONSUMER.CREATE.{EVENTS}.*.events.{t}.{route}.*"
+            for t in types for route in routes]  # fmt: skip
 
 
 def _events(*types: str) -> list[str]:
@@ -289,7 +292,7 @@ def permissions(user: str, plan: AuthPlan) -> dict[str, Any] | None:
             *_write_kv(SUSPENSION_BUCKET), SCHEDULE_SUBJECTS,
             *_events("execute_suspended", "execute_resumed", "execute_cancelled",
                      "task_signaled", "call_completed"),
-            CANCEL_SUBJECT, f"{API}.CONSUMER.CREATE.{EVENTS}.*.events.{CALL_STARTED}.*",
+            CANCEL_SUBJECT, f"{API}.CONSUMER.CREATE.{EVENTS}.*.events.{CALL_STARTED}.>",
         ]  # fmt: skip
         sub += [f"{MAX_DELIVERIES_ADVISORY}.{TASKS}.*", f"{MAX_DELIVERIES_ADVISORY}.{RESULTS}.*"]
     elif user == "orchestrator":
@@ -325,6 +328,7 @@ def permissions(user: str, plan: AuthPlan) -> dict[str, Any] | None:
         deny = [f"{API}.{op}.{EVENTS}.orchestrator-events" for op in PROJECTOR_CONSUMER_OPS]
     elif user in plan.workers:
         own = plan.workers[user]
+        pub = []
         # an app speaks for its own routes only; Cogo's built-in kinds (indexer events name
         # no route) keep the event types they append
         events = (
@@ -333,19 +337,21 @@ def permissions(user: str, plan: AuthPlan) -> dict[str, Any] | None:
             else _events(*WORKER_EVENTS)
         )
         # no STREAM.INFO.TASKS nor STREAM.NAMES: nothing a worker runs needs them
-        pub = [*[result_subject(r) for r in own], *events, f"{CONTROL_VERSION}.{user}",
-               "outputs.>",  # ctx.emit: readers show only chunks with the task's MAC (seal.py)
-               *_read_journal(own)]  # fmt: skip
         sub += [CANCEL_SUBJECT]  # a cancelled task's running handler is stopped
+        journal: Sequence[str] = ("step_completed",)
         if user.startswith("app-"):
             # durable agents (cogo.actors.durable): ctx.call submits a child and journals
-            # it, reading the child route's policy and whether a cancel reached it; a
-            # resumed run reads its signals and calls (one consumer with several filters:
-            # none in the request's subject) and hears signals and children's ends
-            pub += [EXECUTE_SUBJECT, *_events("call_started"), *_read_kv(POLICY_BUCKET),
-                    *_read_kv(SUSPENSION_BUCKET), f"{API}.CONSUMER.CREATE.{EVENTS}.*",
-                    f"{API}.CONSUMER.DELETE.{EVENTS}.*"]  # fmt: skip
-            sub += [f"events.{TASK_SIGNALED}.*", f"events.{CALL_COMPLETED}.*"]
+            # it on its own route's subject, reading the child route's policy and whether a
+            # cancel reached it; a run reads its own routes' signals and calls (a consumer
+            # per subject, its filter in the request's subject) and hears its own routes'
+            # signals and children's ends, no other's
+            events += _route_events(own, CALL_STARTED)
+            journal = JOURNAL_TYPES
+            pub += [EXECUTE_SUBJECT, *_read_kv(POLICY_BUCKET), *_read_kv(SUSPENSION_BUCKET)]
+            sub += [f"events.{t}.{r}.*" for t in (TASK_SIGNALED, CALL_COMPLETED) for r in own]
+        pub += [*[result_subject(r) for r in own], *events, f"{CONTROL_VERSION}.{user}",
+                "outputs.>",  # ctx.emit: readers show only chunks with the task's MAC
+                *_read_journal(own, journal)]  # fmt: skip
         for route in [*plan.workers[user], *plan.versions.get(user, [])]:
             pub += _consume(TASKS, durable_name(route))
         if user in ARTIFACT_WRITERS or user.startswith("app-"):

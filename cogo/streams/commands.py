@@ -5,8 +5,13 @@ dispatcher, the orchestrator and the ``client`` user may publish to and no app m
 app cannot wake, signal or cancel another app's task. The same header on the public submit
 subject makes nothing but a malformed task.
 
-Each has a deterministic ``Nats-Msg-Id`` (``<task>:signal:<name>``, ``<child>:wake``,
-``<task>:cancel``), so sending one twice does nothing twice (``cogo.actors.suspension``).
+Handling one twice does nothing twice (``cogo.actors.suspension``: fixed journal ids, a
+record per task), so they do not rely on the stream's de-duplication: a signal's or a
+cancel's ``Nats-Msg-Id`` is unique per sending (``<task>:signal:<name>:<nonce>``,
+``<task>:cancel:<nonce>``), and a child's wake-up's (``<child>:wake``) is guarded by the
+child's token. De-duplication spans the whole stream, and apps may publish to other
+subjects of it (``ctx.call``): with a predictable id an app could publish first and have
+the genuine command dropped as a duplicate.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import msgspec
 
 from cogo.errors import MalformedMessage
 from cogo.streams.catalogue import CallCompleted
-from cogo.streams.envelope import KIND_HEADER, MSG_ID, RETRY_SUBJECT, encoder
+from cogo.streams.envelope import KIND_HEADER, MSG_ID, RETRY_SUBJECT, encoder, new_id
 
 WAKE_KIND = "wake"
 CANCEL_KIND = "cancel"
@@ -73,7 +78,7 @@ def signal_message(
 ) -> tuple[str, bytes, dict[str, str]]:
     """The command that signals ``task_id`` (the first of a name counts)."""
     wake = Wake(task_id=task_id, kind="signal", name=name, data=data, route=route)
-    headers = {MSG_ID: f"{task_id}:signal:{name}", KIND_HEADER: WAKE_KIND}
+    headers = {MSG_ID: f"{task_id}:signal:{name}:{new_id()}", KIND_HEADER: WAKE_KIND}
     return COMMAND_SUBJECT, encoder.encode(wake), headers
 
 
@@ -85,7 +90,7 @@ def cancel_message(
     submission, or earlier) bounds the search of its journal for its children."""
     request = CancelRequest(task_id=task_id, reason=reason, route=route, parent_id=parent_id,
                             since=since)  # fmt: skip
-    headers = {MSG_ID: f"{task_id}:cancel", KIND_HEADER: CANCEL_KIND}
+    headers = {MSG_ID: f"{task_id}:cancel:{new_id()}", KIND_HEADER: CANCEL_KIND}
     return COMMAND_SUBJECT, encoder.encode(request), headers
 
 

@@ -35,6 +35,12 @@ async def http(
 ) -> AsyncIterator[httpx.AsyncClient]:
     policies = PolicyStore(js)
     await policies.start()
+
+    # the built-in routes were declared just before (the js fixture): seen by the watch
+    async def declared() -> bool:
+        return "echo.run.0" in policies.routes()
+
+    await wait_until(declared, 30, "echo.run.0 never declared")
     state = AppState(nc=nc, config=config, policies=policies, data_dir=data_dir, api_token=TOKEN)
     transport = httpx.ASGITransport(app=create_app(state))
     async with httpx.AsyncClient(

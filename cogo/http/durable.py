@@ -7,9 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import nats.errors
 import pydantic
-from nats.js.errors import APIError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -18,7 +16,7 @@ from cogo.errors import BusUnavailable, TaskFinished, TaskNotFound, Unavailable
 from cogo.http.endpoint import endpoint
 from cogo.http.schemas import Body
 from cogo.http.state import AppState, state_of
-from cogo.http.tasks import task_status
+from cogo.http.tasks import on_bus, task_status
 from cogo.streams.commands import cancel_message, signal_message, since_of
 
 
@@ -56,12 +54,7 @@ async def _live(state: AppState, task_id: str, what: str, *, cancelled_ok: bool 
 
 async def _send(state: AppState, message: tuple[str, bytes, dict[str, str]]) -> None:
     subject, data, headers = message
-    try:
-        await state.js.publish(subject, data, headers=headers, timeout=5)
-    except APIError as exc:
-        raise BusUnavailable(f"the bus refused the command: {exc.description}") from None
-    except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
-        raise BusUnavailable(f"the bus is unavailable: {type(exc).__name__}") from None
+    await on_bus(state.js.publish(subject, data, headers=headers, timeout=5))
 
 
 @endpoint(

@@ -13,12 +13,14 @@ import time
 from pathlib import Path
 
 import httpx
+import nats.errors
+import nats.js.errors
 import pytest
 
 import cogo
 from cogo.streams.connection import connect
 from cogo.streams.policies import read_record, reset_policy, set_policy
-from tests.helpers import EventReader
+from tests.helpers import EventReader, wait_until
 from tests.upsystem import cogo as cogo_proc
 from tests.upsystem import cogo_up, stop
 
@@ -252,9 +254,19 @@ async def test_auth_gives_the_app_its_own_user_and_grants_a_canary_version(tmp_p
                 break
             except Exception:
                 await asyncio.sleep(0.2)
-        kv = await js.key_value("rollouts")
         split = {"route": "sample.greet.0", "candidate": "v2", "percent": 100}
-        await kv.put("route.sample.greet.0", json.dumps(split).encode())
+
+        async def put_split() -> bool:
+            # the consumer exists before the grant's reload runs; while the server reloads
+            # its accounts, JetStream's API answers "no responders" for a moment
+            try:
+                kv = await js.key_value("rollouts")
+                await kv.put("route.sample.greet.0", json.dumps(split).encode())
+            except (nats.js.errors.ServiceUnavailableError, nats.errors.TimeoutError):
+                return False
+            return True
+
+        await wait_until(put_split, 30, "the split written after the grant's reload")
         await asyncio.sleep(0.5)  # the dispatcher's watch
         async with cogo.Client(data_dir=data_dir) as client:
             handle = await client.submit("sample.greet.0", {"name": "canary"})

@@ -38,60 +38,21 @@ from typing import Any
 from cogo.config import NATS_PASSWORD_ENV, NATS_USER_ENV, env, nats_password_env
 from cogo.errors import ConfigError, VersionGrantRefused
 from cogo.secretfile import write_private_json
-from cogo.streams.catalogue import CALL_COMPLETED, CALL_STARTED, TASK_SIGNALED
-from cogo.streams.commands import CANCEL_SUBJECT
-from cogo.streams.envelope import (
-    EXECUTE_SUBJECT,
-    RESULT_SUBJECT,
-    RESULTS_SUBJECT,
-    RETRY_SUBJECT,
-    result_subject,
-)
-from cogo.streams.outputs import OUTPUTS
-from cogo.streams.routes import RouteDecl, durable_name
-from cogo.streams.schedule import SCHEDULE_SUBJECTS
+from cogo.streams.permissions import permissions
+from cogo.streams.routes import RouteDecl
 from cogo.streams.seal import SEAL_KEY_ENV
-from cogo.streams.topology import (
-    ARTIFACT_BUCKET,
-    CONTROL_VERSION,
-    DLQ,
-    EVENTS,
-    FLOW,
-    FLOW_BUCKET,
-    LEASE_BUCKET,
-    MAX_DELIVERIES_ADVISORY,
-    ORCHESTRATOR_ROUTES,
-    POLICY_BUCKET,
-    RESULTS,
-    SCHEDULE_BUCKET,
-    STATUS_SUBJECT,
-    SUSPENSION_BUCKET,
-    TASKS,
-)
 
-API = "$JS.API"
 ACCOUNT = "COGO"
 USER_ENV, PASSWORD_ENV = NATS_USER_ENV, NATS_PASSWORD_ENV
 BUILTIN_APP = "cogo"
 # users that are not task workers, with permissions of their own
 SYSTEM_USERS = ["admin", "client", "dispatcher", "orchestrator", "projector"]
-# events any worker may append (the dispatcher owns execute_enqueued/retry/failed/done)
-WORKER_EVENTS = ("execute_started", "artifact_stored", "code_file_indexed", "code_file_removed",
-                 "code_index_completed", "webhook_delivered",
-                 "llm_call", "step_completed")  # the agent runtime (cogo.actors.llm, steps)  # fmt: skip
-ARTIFACT_WRITERS = {"codegen", "build_test"}  # built-in kinds that store artifacts
 # version grants: each one is a consumer and a reload of the server's configuration
 MAX_VERSIONS_PER_ROUTE = 8
 GRANT_BURST, GRANT_WINDOW_S = 4, 60.0  # new grants per user in any such window
 SEAL_ENTRY = "@seal"  # the seal key's entry in credentials.json (no user has this name)
 # who gets the seal key under --auth: the dispatchers (and cogo up's own HTTP facade)
 SEAL_HOLDERS = {"dispatcher"}
-PROJECTOR_CONSUMER_OPS = ("CONSUMER.DURABLE.CREATE", "CONSUMER.CREATE", "CONSUMER.INFO",
-                          "CONSUMER.DELETE")  # fmt: skip
-
-
-def inbox_prefix(user: str) -> str:
-    return f"_INBOX_{user}"
 
 
 def user_of(app: str, agent: str) -> str:
@@ -175,193 +136,6 @@ class AuthPlan:
         if versioned_route in self.versions.get(user, []):
             self.versions[user].remove(versioned_route)
 
-
-def _consume(stream: str, consumer: str) -> list[str]:
-    """Pull from and ack one durable consumer."""
-    return [f"{API}.CONSUMER.MSG.NEXT.{stream}.{consumer}", f"$JS.ACK.{stream}.{consumer}.>",
-            f"{API}.CONSUMER.INFO.{stream}.{consumer}"]  # fmt: skip
-
-
-def _read_kv(bucket: str) -> list[str]:
-    """Read and watch a KV bucket (a watch is an ordered consumer with flow control)."""
-    stream = f"KV_{bucket}"
-    return [f"{API}.STREAM.INFO.{stream}", f"{API}.CONSUMER.CREATE.{stream}",
-            f"{API}.CONSUMER.CREATE.{stream}.>", f"{API}.CONSUMER.DELETE.{stream}.>",
-            f"{API}.DIRECT.GET.{stream}", f"{API}.DIRECT.GET.{stream}.>",
-            f"{API}.STREAM.MSG.GET.{stream}", f"$JS.FC.{stream}.>",
-            f"{API}.CONSUMER.INFO.{stream}.>"]  # fmt: skip
-
-
-def _write_kv(bucket: str) -> list[str]:
-    return [*_read_kv(bucket), f"$KV.{bucket}.>"]
-
-
-def _objects(bucket: str, write: bool) -> list[str]:
-    stream = f"OBJ_{bucket}"
-    subjects = [f"{API}.STREAM.INFO.{stream}", f"{API}.STREAM.MSG.GET.{stream}",
-                f"{API}.DIRECT.GET.{stream}", f"{API}.DIRECT.GET.{stream}.>",
-                f"{API}.CONSUMER.CREATE.{stream}", f"{API}.CONSUMER.CREATE.{stream}.>",
-                f"{API}.CONSUMER.DELETE.{stream}.>", f"$JS.FC.{stream}.>",
-                f"{API}.CONSUMER.INFO.{stream}.>"]  # fmt: skip
-    if write:  # no STREAM.PURGE: a purge's filter is in its body, so it could wipe them all
-        subjects += [f"$O.{bucket}.C.>", f"$O.{bucket}.M.>"]
-    return subjects
-
-
-def _read_events() -> list[str]:
-    """Read the event log: ephemeral consumers and direct gets on EVENTS only."""
-    return [f"{API}.STREAM.INFO.{EVENTS}", f"{API}.CONSUMER.CREATE.{EVENTS}",
-            f"{API}.CONSUMER.CREATE.{EVENTS}.>", f"{API}.CONSUMER.MSG.NEXT.{EVENTS}.>",
-            f"{API}.CONSUMER.DELETE.{EVENTS}.>", f"{API}.CONSUMER.INFO.{EVENTS}.>",
-            f"{API}.STREAM.MSG.GET.{EVENTS}", f"$JS.FC.{EVENTS}.>"]  # fmt: skip
-
-
-def _held_tasks() -> list[str]:
-    """Hold tasks in ``FLOW``, follow a route's with an ordered consumer, delete admitted ones."""
-    return ["flow.>", f"{API}.STREAM.INFO.{FLOW}", f"{API}.STREAM.MSG.DELETE.{FLOW}",
-            f"{API}.CONSUMER.CREATE.{FLOW}", f"{API}.CONSUMER.CREATE.{FLOW}.>",
-            f"{API}.CONSUMER.DELETE.{FLOW}.>", f"{API}.CONSUMER.INFO.{FLOW}.>",
-            f"$JS.FC.{FLOW}.>"]  # fmt: skip
-
-
-def _read_outputs() -> list[str]:
-    """Read tasks' output: ordered consumers on OUTPUTS, and its last message per task."""
-    return [f"{API}.CONSUMER.CREATE.{OUTPUTS}", f"{API}.CONSUMER.CREATE.{OUTPUTS}.>",
-            f"{API}.CONSUMER.DELETE.{OUTPUTS}.>", f"{API}.CONSUMER.INFO.{OUTPUTS}.>",
-            f"{API}.STREAM.MSG.GET.{OUTPUTS}", f"$JS.FC.{OUTPUTS}.>",
-            # a facade reads through pull consumers, a few chunks at a time (cogo.http.stream)
-            f"{API}.CONSUMER.MSG.NEXT.{OUTPUTS}.>"]  # fmt: skip
-
-
-JOURNAL_TYPES = ("step_completed", TASK_SIGNALED, CALL_STARTED, CALL_COMPLETED)
-
-
-def _read_journal(routes: Sequence[str], types: Sequence[str] = ("step_completed",)) -> list[str]:
-    """Scan the journal of one's own routes (cogo.actors.steps): a consumer is created with
-    its one filter in the subject, so no other event can be read this way."""
-    return [f"{API}.CONSUMER.CREATE.{EVENTS}.*.events.{t}.{route}.*"
-            for t in types for route in routes]  # fmt: skip
-
-
-def _events(*types: str) -> list[str]:
-    return [s for t in types for s in (f"events.{t}", f"events.{t}.>")]
-
-
-def _route_events(routes: Sequence[str], *types: str) -> list[str]:
-    """Events of ``types`` about ``routes`` only: ``events.<type>.<route>[.>]``."""
-    return [s for t in types for r in routes
-            for s in (f"events.{t}.{r}", f"events.{t}.{r}.>")]  # fmt: skip
-
-
-def permissions(user: str, plan: AuthPlan) -> dict[str, Any] | None:
-    """The NATS permissions of ``user``; None means unrestricted (admin)."""
-    if user == "admin":
-        return None
-    pub: list[str]
-    sub = [f"{inbox_prefix(user)}.>"]
-    extra: dict[str, Any] = {}
-    deny: list[str] = []
-    if user == "client":
-        # RETRY_SUBJECT: signals and cancels (cogo.streams.commands); a retry sent there
-        # counts only with the dispatcher's seal
-        pub = ["orchestrator.execute.*", RETRY_SUBJECT, *_read_events(), *_read_kv(POLICY_BUCKET),
-               STATUS_SUBJECT, *_read_outputs()]  # fmt: skip
-        sub += ["events.>"]
-    elif user == "dispatcher":
-        routes = plan.task_routes
-        pub = [
-            *_consume(TASKS, durable_name(EXECUTE_SUBJECT)),
-            *_consume(RESULTS, durable_name(RESULTS_SUBJECT)),
-            *_consume(TASKS, durable_name(RESULT_SUBJECT)),  # reports of older workers
-            *_consume(TASKS, durable_name(RETRY_SUBJECT)),
-            *routes, *[f"{r}.*" for r in routes],  # baseline and versioned (canary) routes
-            RETRY_SUBJECT, SCHEDULE_SUBJECTS,  # retries: due now, or as a message schedule
-            *_events("execute_enqueued", "execute_retry", "execute_failed", "execute_done",
-                     "execute_throttled", "policy_bypassed"),
-            "dlq.>", f"{API}.STREAM.MSG.GET.{TASKS}", f"{API}.STREAM.MSG.DELETE.{TASKS}",
-            f"{API}.STREAM.MSG.GET.{RESULTS}", f"{API}.STREAM.MSG.DELETE.{RESULTS}",
-            f"{API}.STREAM.PURGE.{RESULTS}",  # trimming what it handled (trim_results)
-            "outputs.>",  # the end marker of a task's output, with its terminal event
-            *_read_kv(POLICY_BUCKET), *_read_kv("rollouts"),
-            # flow control: held tasks, admission leases and slots (cogo.actors.admission)
-            *_held_tasks(), *_write_kv(FLOW_BUCKET),
-            f"{API}.STREAM.PURGE.KV_{FLOW_BUCKET}",  # the slot log below a checkpoint
-            # durable agents (cogo.actors.suspension): suspended tasks' records, their
-            # timers (message schedules on TASKS), the journal entries it writes, the cancel
-            # it tells workers, the children a cancelled task started
-            *_write_kv(SUSPENSION_BUCKET), SCHEDULE_SUBJECTS,
-            *_events("execute_suspended", "execute_resumed", "execute_cancelled",
-                     "task_signaled", "call_completed"),
-            CANCEL_SUBJECT, f"{API}.CONSUMER.CREATE.{EVENTS}.*.events.{CALL_STARTED}.>",
-        ]  # fmt: skip
-        sub += [f"{MAX_DELIVERIES_ADVISORY}.{TASKS}.*", f"{MAX_DELIVERIES_ADVISORY}.{RESULTS}.*"]
-    elif user == "orchestrator":
-        pub = [
-            *_consume(EVENTS, "orchestrator-events"),
-            f"{API}.CONSUMER.DURABLE.CREATE.{EVENTS}.orchestrator-events",
-            f"{API}.CONSUMER.CREATE.{EVENTS}.orchestrator-events",
-            f"{API}.CONSUMER.CREATE.{EVENTS}.orchestrator-events.>",
-            # one command queue per partition of runs; it pulls those whose lease it holds,
-            # and publishes to any (forwarded outcomes, child starts, scheduled runs)
-            *[s for r in ORCHESTRATOR_ROUTES for s in (
-                *_consume(TASKS, durable_name(r)),
-                f"{API}.CONSUMER.DURABLE.CREATE.{TASKS}.{durable_name(r)}",
-                f"{API}.CONSUMER.CREATE.{TASKS}.{durable_name(r)}",
-                f"{API}.CONSUMER.CREATE.{TASKS}.{durable_name(r)}.>")],
-            EXECUTE_SUBJECT, RETRY_SUBJECT, "orchestrator.workflow.*",
-            "events.*.wf.>",  # every workflow event: events.<type>.wf.<workflowId>.<runId>
-            *_read_events(), *_read_kv(POLICY_BUCKET),
-            *_write_kv(LEASE_BUCKET), *_write_kv(SCHEDULE_BUCKET),
-        ]  # fmt: skip
-    elif user == "projector":
-        pub = [
-            *_read_events(),
-            # its consumer is named for its node and data dir (projector-<host>-<hash>), and
-            # NATS grants whole tokens only: any name on EVENTS, less the orchestrators' (deny)
-            *[f"{API}.{op}.{EVENTS}.*" for op in PROJECTOR_CONSUMER_OPS],
-            *[f"{API}.{op}.{DLQ}.>" for op in ("CONSUMER.CREATE", "CONSUMER.DURABLE.CREATE", "CONSUMER.INFO", "CONSUMER.DELETE", "CONSUMER.MSG.NEXT")],
-            f"{API}.CONSUMER.CREATE.{DLQ}", f"{API}.STREAM.INFO.{DLQ}", f"$JS.ACK.{EVENTS}.>", f"$JS.ACK.{DLQ}.>",
-            f"$JS.FC.{DLQ}.>",
-        ]  # fmt: skip
-        sub += [STATUS_SUBJECT]
-        extra["allow_responses"] = True  # answer status requests on the requester's inbox
-        deny = [f"{API}.{op}.{EVENTS}.orchestrator-events" for op in PROJECTOR_CONSUMER_OPS]
-    elif user in plan.workers:
-        own = plan.workers[user]
-        pub = []
-        # an app speaks for its own routes only; Cogo's built-in kinds (indexer events name
-        # no route) keep the event types they append
-        events = (
-            _route_events(own, *WORKER_EVENTS)
-            if user.startswith("app-")
-            else _events(*WORKER_EVENTS)
-        )
-        # no STREAM.INFO.TASKS nor STREAM.NAMES: nothing a worker runs needs them
-        sub += [CANCEL_SUBJECT]  # a cancelled task's running handler is stopped
-        journal: Sequence[str] = ("step_completed",)
-        if user.startswith("app-"):
-            # durable agents (cogo.actors.durable): ctx.call submits a child and journals
-            # it on its own route's subject, reading the child route's policy and whether a
-            # cancel reached it; a run reads its own routes' signals and calls (a consumer
-            # per subject, its filter in the request's subject) and hears its own routes'
-            # signals and children's ends, no other's
-            events += _route_events(own, CALL_STARTED)
-            journal = JOURNAL_TYPES
-            pub += [EXECUTE_SUBJECT, *_read_kv(POLICY_BUCKET), *_read_kv(SUSPENSION_BUCKET)]
-            sub += [f"events.{t}.{r}.*" for t in (TASK_SIGNALED, CALL_COMPLETED) for r in own]
-        pub += [*[result_subject(r) for r in own], *events, f"{CONTROL_VERSION}.{user}",
-                "outputs.>",  # ctx.emit: readers show only chunks with the task's MAC
-                *_read_journal(own, journal)]  # fmt: skip
-        for route in [*plan.workers[user], *plan.versions.get(user, [])]:
-            pub += _consume(TASKS, durable_name(route))
-        if user in ARTIFACT_WRITERS or user.startswith("app-"):
-            pub += _objects(ARTIFACT_BUCKET, write=True)
-        if user == "indexer":
-            pub += [*_write_kv("code_index"), f"{API}.STREAM.CREATE.KV_code_index"]
-    else:
-        raise KeyError(user)
-    publish: dict[str, list[str]] = {"allow": pub, **({"deny": deny} if deny else {})}
-    return {"publish": publish, "subscribe": {"allow": sub}, **extra}
 
 
 def credentials(data_dir: Path, users: Sequence[str]) -> dict[str, str]:

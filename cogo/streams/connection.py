@@ -18,7 +18,8 @@ from typing import Any
 from nats.aio.client import Client as NATS
 
 from cogo.config import NATS_CA_ENV, env
-from cogo.streams.auth import PASSWORD_ENV, USER_ENV, inbox_prefix
+from cogo.streams.auth import PASSWORD_ENV, USER_ENV
+from cogo.streams.permissions import inbox_prefix
 
 log = logging.getLogger(__name__)
 

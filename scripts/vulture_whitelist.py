@@ -11,7 +11,7 @@ NotifierActor  # unused class (cogo/actors/notifier.py:107)
 _._done_sub  # unused attribute (cogo/bench/system.py:212)
 bench_agent  # unused function (cogo/bench/agent.py:38): an @app.agent handler, run by cogo run
 bench_steps  # unused function (cogo/bench/agent.py): an @app.agent handler, run by cogo run
-RunCancelled  # unused class (cogo/errors.py:570)
+RunCancelled  # unused class (cogo/errors/workflows.py)
 _._safe  # unused method (cogo/http/artifacts.py:32)
 generated_at  # unused variable (cogo/http/flow.py:77)
 model_config  # unused variable (cogo/http/orchestrator.py:85)

@@ -6,7 +6,7 @@
 Nothing here is written by hand: the CLI comes from the argparse parser, the errors from the
 classes in ``cogo/errors/`` (grouped by domain) with their HTTP status, the HTTP API from the OpenAPI document
 the facade serves, the configuration from ``cogo/defaults.toml`` and the events from the
-catalogue in ``cogo/streams/catalogue.py``. A page that drifts from the code cannot exist.
+catalogue in ``cogo/streams/catalogue/``. A page that drifts from the code cannot exist.
 """
 
 from __future__ import annotations
@@ -326,7 +326,7 @@ def events_page() -> str:
         "Every fact is an event in the `EVENTS` stream, on the subject "
         "`events.<type>.<route>` (or `events.<type>` without a route). Each carries "
         "`event_id`, `type` and `at`, and what its type requires below; its `data` is the "
-        "struct named, checked on publish (`cogo/streams/catalogue.py`). DuckDB's "
+        "struct named, checked on publish (`cogo.streams.catalogue`). DuckDB's "
         "`bus_events` has one row per event.\n\n"
     )
     out.append("| type | required fields | data |\n|---|---|---|\n")

@@ -1,4 +1,4 @@
-"""The event catalogue (cogo/streams/catalogue.py) as a contract.
+"""The event catalogue (cogo.streams.catalogue) as a contract.
 
 1. Every JSON path the SQL views, rollups, gates and task queries read from an event's
    ``data`` exists in the catalogue struct of the event type(s) that query reads, and every

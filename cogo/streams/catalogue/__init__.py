@@ -182,17 +182,66 @@ def checked_data(type: str, data: Any) -> EventData | None:
     raise TypeError(f"{type} data must be a {cls.__name__}, not {data.__class__.__name__}")
 
 
-def data_of(event: Any, kind: type[D]) -> D:
+def data_of(event: Any, kind: type[D], *, lenient: bool = False) -> D:
     """The data of ``event`` (built here or decoded) as ``kind``, its type's struct or a
     base of it (``RunData`` reads any workflow event); TypeError if the event's type does
-    not carry ``kind``, ``msgspec.ValidationError`` if its data does not fit."""
+    not carry ``kind``, ``msgspec.ValidationError`` if its data does not fit.
+
+    Optional fields an older producer left out take their defaults. ``lenient`` is for
+    folds over the whole log: a *required* field it left out (at any depth) reads as its
+    type's empty value (``""``, ``0``, ``[]``, ``{}``, None) instead of failing; a value
+    of the wrong type still fails.
+    """
     cls = CATALOGUE.get(event.type)
     if cls is None or not issubclass(cls, kind):
         raise TypeError(f"a {event.type} event does not carry {kind.__name__}")
     data = event.data
     if isinstance(data, kind):
         return data
+    if lenient and isinstance(data, dict | None):
+        return msgspec.convert(_filled(msgspec.inspect.type_info(kind), data or {}), kind)
     return msgspec.convert(data or {}, kind)
+
+
+def _filled(info: Any, data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with every required field of the struct ``info`` describes, empty if absent."""
+    out = dict(data)
+    for f in info.fields:
+        if f.encode_name not in out:
+            if f.required:
+                out[f.encode_name] = _empty(f.type)
+            continue
+        value = out[f.encode_name]
+        nested = _struct_of(f.type)
+        if nested is not None and isinstance(value, dict):
+            out[f.encode_name] = _filled(nested, value)
+    return out
+
+
+def _struct_of(t: Any) -> Any:
+    """The struct a field holds (directly or as an optional), else None."""
+    mi = msgspec.inspect
+    if isinstance(t, mi.StructType):
+        return t
+    if isinstance(t, mi.UnionType):
+        structs = [x for x in t.types if isinstance(x, mi.StructType)]
+        return structs[0] if len(structs) == 1 else None
+    return None
+
+
+def _empty(t: Any) -> Any:
+    mi = msgspec.inspect
+    empties = {mi.StrType: "", mi.IntType: 0, mi.FloatType: 0.0, mi.BoolType: False}
+    for kind, value in empties.items():
+        if isinstance(t, kind):
+            return value
+    if isinstance(t, mi.DictType):
+        return {}
+    if isinstance(t, mi.ListType):
+        return []
+    if isinstance(t, mi.StructType):
+        return _filled(t, {})
+    return None  # Any, or a union with None
 
 
 __all__ = [

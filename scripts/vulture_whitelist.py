@@ -76,3 +76,8 @@ dur_wait  # unused function (cogo/bench/durable.py:42): an @app.agent handler, r
 dur_call  # unused function (cogo/bench/durable.py:48): an @app.agent handler, run by cogo run
 dur_echo  # unused function (cogo/bench/durable.py:56): an @app.agent handler, run by cogo run
 cancel_schedule  # unused function (cogo/streams/schedule.py:38): the module's agreed API (held retries use it)
+DOMAINS  # unused variable (cogo/errors/__init__.py): read by scripts/gen_reference.py and tests/test_errors.py
+outcome_seq  # unused variable (cogo/workflows/record.py): a column of workflow_runs, stored by cogo/projections/runs.py
+parent_run_id  # unused variable (cogo/workflows/record.py): a column of workflow_runs, read by the dashboard's SQL
+gates_passed  # unused variable (cogo/workflows/record.py): a column of workflow_runs, read by the metrics' SQL
+gates_failed  # unused variable (cogo/workflows/record.py): a column of workflow_runs, read by the metrics' SQL

@@ -64,12 +64,13 @@ SELECT {", ".join(f"{c}::VARCHAR" if c in _TIMES else c for c in _COLUMNS)}
 FROM workflow_runs WHERE run_id IN (SELECT unnest($1::VARCHAR[]))
 """
 # every record, one list parameter per column
+_UNNEST = ", ".join(
+    f"unnest(${i}::{_TYPES.get(c, 'VARCHAR')}[]) AS {c}" for i, c in enumerate(_COLUMNS, 1)
+)
 _STORE = f"""
 INSERT INTO workflow_runs ({", ".join(_COLUMNS)})
 SELECT {", ".join(f"TRY_CAST({c} AS TIMESTAMP)" if c in _TIMES else c for c in _COLUMNS)}
-FROM (SELECT {", ".join(
-    f"unnest(${i}::{_TYPES.get(c, 'VARCHAR')}[]) AS {c}" for i, c in enumerate(_COLUMNS, 1)
-)})
+FROM (SELECT {_UNNEST})
 ON CONFLICT (run_id) DO UPDATE SET {", ".join(f"{c} = excluded.{c}" for c in _COLUMNS[1:])}
 """
 

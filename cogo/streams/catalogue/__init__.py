@@ -19,6 +19,7 @@ default to ``None`` and are left out of the JSON when unset, as producers always
 
 from __future__ import annotations
 
+import functools
 from typing import Any, TypeVar
 
 import msgspec
@@ -198,9 +199,17 @@ def data_of(event: Any, kind: type[D], *, lenient: bool = False) -> D:
     data = event.data
     if isinstance(data, kind):
         return data
-    if lenient and isinstance(data, dict | None):
-        return msgspec.convert(_filled(msgspec.inspect.type_info(kind), data or {}), kind)
-    return msgspec.convert(data or {}, kind)
+    try:
+        return msgspec.convert(data or {}, kind)
+    except msgspec.ValidationError:
+        if not lenient or not isinstance(data, dict | None):
+            raise
+    return msgspec.convert(_filled(_type_info(kind), data or {}), kind)
+
+
+@functools.cache
+def _type_info(kind: type[EventData]) -> Any:
+    return msgspec.inspect.type_info(kind)
 
 
 def _filled(info: Any, data: dict[str, Any]) -> dict[str, Any]:

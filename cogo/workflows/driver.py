@@ -451,7 +451,7 @@ class Runs:
                     return False
                 ended = {"status": RUN_OUTCOMES[event.type], "error_code": event.error_code,
                          "error": event.error, "event_id": event.event_id,
-                         "workflow_id": data_of(event, RunData).workflow_id}  # fmt: skip
+                         "workflow_id": data_of(event, RunData, lenient=True).workflow_id}  # fmt: skip
                 if not run.state.observe_child(key[1], ended):
                     return True  # nothing waits for it any more
             else:

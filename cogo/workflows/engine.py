@@ -303,7 +303,7 @@ def _check(node: Any, current: NodeState, state: RunState, now: float, actor: st
         if outcome is None:
             return []
         if outcome.type == EXECUTE_DONE:
-            result = data_of(outcome, ExecuteDone).result
+            result = data_of(outcome, ExecuteDone, lenient=True).result
             return _succeeded(state, node, current, now, actor, result, cause=outcome.event_id)
         return [Append(failed(state, node, attempt, now, actor,
                               outcome.error_code or "worker.error",

@@ -170,7 +170,7 @@ def _item_outcome(
         if outcome is None:
             return None
         if outcome.type == EXECUTE_DONE:
-            result = data_of(outcome, ExecuteDone).result
+            result = data_of(outcome, ExecuteDone, lenient=True).result
             return _item_event(MAP_ITEM_SUCCEEDED, state, node_id, attempt, index, actor,
                                "outcome", causation_id=outcome.event_id,
                                data={"result": result})  # fmt: skip

@@ -4,9 +4,9 @@
     python scripts/gen_reference.py OUT_DIR     # or writes the pages into OUT_DIR to read
 
 Nothing here is written by hand: the CLI comes from the argparse parser, the errors from the
-classes in ``cogo/errors.py`` with their HTTP status, the HTTP API from the OpenAPI document
+classes in ``cogo/errors/`` (grouped by domain) with their HTTP status, the HTTP API from the OpenAPI document
 the facade serves, the configuration from ``cogo/defaults.toml`` and the events from the
-catalogue in ``cogo/streams/catalogue.py``. A page that drifts from the code cannot exist.
+catalogue in ``cogo/streams/catalogue/``. A page that drifts from the code cannot exist.
 """
 
 from __future__ import annotations
@@ -119,40 +119,51 @@ def _parser_section(
 # -- errors ----------------------------------------------------------------------------
 
 
+def _name(cls: type) -> str:
+    return cls.__name__
+
+
 def errors_page() -> str:
     from cogo import errors
     from cogo.http.errors import status_of
 
-    classes = [
-        cls
-        for _, cls in inspect.getmembers(errors, inspect.isclass)
-        if issubclass(cls, errors.CogoError) and cls.__module__ == errors.__name__
-    ]
-    children: dict[type, list[type]] = {}
-    for cls in classes:
-        if cls is not errors.CogoError:
-            children.setdefault(cls.__bases__[0], []).append(cls)
-    rows: list[str] = []
-
-    def walk(cls: type, depth: int) -> None:
+    def row(cls: type[errors.CogoError], depth: int) -> str:
         doc = (inspect.getdoc(cls) or "").split("\n\n")[0]
         indent = "&nbsp;&nbsp;&nbsp;&nbsp;" * depth
-        code = getattr(cls, "code", "")
-        rows.append(f"| {indent}`{cls.__name__}` | `{code}` | {status_of(cls)} | {_cell(doc)} |")
-        for child in sorted(children.get(cls, []), key=lambda c: c.__name__):
-            walk(child, depth + 1)
+        return f"| {indent}`{cls.__name__}` | `{cls.code}` | {status_of(cls)} | {_cell(doc)} |"
 
-    walk(errors.CogoError, 0)
-    return (
+    header = "| class | code | HTTP | meaning |\n|---|---|---|---|\n"
+    out = [
         GENERATED + "# Errors\n\n"
         "Every error Cogo raises or reports has a stable `code`: it travels in "
         "`execute_failed` events (`error_code`), in HTTP error bodies "
         '(`{"detail": ..., "code": ...}`) and in the CLI\'s messages '
-        "(`cogo: error [code]: ...`). Codes are added, never renamed. The tree below is the "
-        "class hierarchy of `cogo/errors.py` (catch a parent to catch its children); the "
-        "status is what the HTTP facade answers with (`cogo/http/errors.py`).\n\n"
-        "| class | code | HTTP | meaning |\n|---|---|---|---|\n" + "\n".join(rows) + "\n"
-    )
+        "(`cogo: error [code]: ...`). Codes are added, never renamed. Every class is "
+        "importable from `cogo.errors`; catch a parent to catch its children. The tables "
+        "below follow the class hierarchy, one domain (a module of `cogo/errors/`) each; "
+        "the status is what the HTTP facade answers with (`cogo/http/errors.py`).\n\n",
+        header + row(errors.CogoError, 0) + "\n\n",
+    ]
+    for domain in errors.DOMAINS:
+        classes = [
+            cls
+            for _, cls in inspect.getmembers(domain, inspect.isclass)
+            if issubclass(cls, errors.CogoError) and cls.__module__ == domain.__name__
+        ]
+        children: dict[type, list[type[errors.CogoError]]] = {}
+        for cls in classes:
+            children.setdefault(cls.__bases__[0], []).append(cls)
+        rows: list[str] = []
+        # depth first, children by name: (class, depth) still to write, the next on top
+        todo = [(c, 1) for c in sorted(children.get(errors.CogoError, []), key=_name, reverse=True)]
+        while todo:
+            cls, depth = todo.pop()
+            rows.append(row(cls, depth))
+            todo += [(c, depth + 1) for c in sorted(children.get(cls, []), key=_name, reverse=True)]
+        title = domain.__name__.rsplit(".", 1)[-1].capitalize()
+        summary = _text((domain.__doc__ or "").strip().splitlines()[0])
+        out.append(f"## {title}\n\n{summary}\n\n" + header + "\n".join(rows) + "\n\n")
+    return "".join(out)
 
 
 # -- HTTP ------------------------------------------------------------------------------
@@ -315,7 +326,7 @@ def events_page() -> str:
         "Every fact is an event in the `EVENTS` stream, on the subject "
         "`events.<type>.<route>` (or `events.<type>` without a route). Each carries "
         "`event_id`, `type` and `at`, and what its type requires below; its `data` is the "
-        "struct named, checked on publish (`cogo/streams/catalogue.py`). DuckDB's "
+        "struct named, checked on publish (`cogo.streams.catalogue`). DuckDB's "
         "`bus_events` has one row per event.\n\n"
     )
     out.append("| type | required fields | data |\n|---|---|---|\n")

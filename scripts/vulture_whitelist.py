@@ -11,7 +11,7 @@ NotifierActor  # unused class (cogo/actors/notifier.py:107)
 _._done_sub  # unused attribute (cogo/bench/system.py:212)
 bench_agent  # unused function (cogo/bench/agent.py:38): an @app.agent handler, run by cogo run
 bench_steps  # unused function (cogo/bench/agent.py): an @app.agent handler, run by cogo run
-RunCancelled  # unused class (cogo/errors.py:570)
+RunCancelled  # unused class (cogo/errors/workflows.py)
 _._safe  # unused method (cogo/http/artifacts.py:32)
 generated_at  # unused variable (cogo/http/flow.py:77)
 model_config  # unused variable (cogo/http/orchestrator.py:85)
@@ -49,16 +49,16 @@ model_config  # unused variable (cogo/workflows/schedules.py:61)
 _._cron  # unused method (cogo/workflows/schedules.py:74)
 _._no_nulls  # unused method (cogo/workflows/schedules.py:82)
 _._one_clock  # unused method (cogo/workflows/schedules.py:91)
-last_error_code  # unused variable (cogo/streams/catalogue.py:128): an event data field, read as JSON (SQL views, the dashboard)
-usage_estimated  # unused variable (cogo/streams/catalogue.py:169): an event data field, read as JSON (SQL views, the dashboard)
-reply_model  # unused variable (cogo/streams/catalogue.py:175): an event data field, read as JSON (SQL views, the dashboard)
-previous_baseline  # unused variable (cogo/streams/catalogue.py:274): an event data field, read as JSON (SQL views, the dashboard)
-runId  # unused variable (cogo/streams/catalogue.py:293): an event data field, read as JSON (SQL views, the dashboard)
-nodeId  # unused variable (cogo/streams/catalogue.py:294): an event data field, read as JSON (SQL views, the dashboard)
-failed_nodes  # unused variable (cogo/streams/catalogue.py:317): an event data field, read as JSON (SQL views, the dashboard)
-node_type  # unused variable (cogo/streams/catalogue.py:331): an event data field, read as JSON (SQL views, the dashboard)
-deadline_at  # unused variable (cogo/streams/catalogue.py:336): an event data field, read as JSON (SQL views, the dashboard)
-retry_at_iso  # unused variable (cogo/streams/catalogue.py:361): an event data field, read as JSON (SQL views, the dashboard)
+last_error_code  # unused variable (cogo/streams/catalogue/): an event data field, read as JSON (SQL views, the dashboard)
+usage_estimated  # unused variable (cogo/streams/catalogue/): an event data field, read as JSON (SQL views, the dashboard)
+reply_model  # unused variable (cogo/streams/catalogue/): an event data field, read as JSON (SQL views, the dashboard)
+previous_baseline  # unused variable (cogo/streams/catalogue/): an event data field, read as JSON (SQL views, the dashboard)
+runId  # unused variable (cogo/streams/catalogue/): an event data field, read as JSON (SQL views, the dashboard)
+nodeId  # unused variable (cogo/streams/catalogue/): an event data field, read as JSON (SQL views, the dashboard)
+failed_nodes  # unused variable (cogo/streams/catalogue/): an event data field, read as JSON (SQL views, the dashboard)
+node_type  # unused variable (cogo/streams/catalogue/): an event data field, read as JSON (SQL views, the dashboard)
+deadline_at  # unused variable (cogo/streams/catalogue/): an event data field, read as JSON (SQL views, the dashboard)
+retry_at_iso  # unused variable (cogo/streams/catalogue/): an event data field, read as JSON (SQL views, the dashboard)
 
 # cogo.harness.FakeContext: the handler under test calls ctx.wait_signal (durable agents' API)
 wait_signal
@@ -69,10 +69,15 @@ run_context  # unused variable (cogo/integrations/pydantic_ai.py): a parameter o
 _.get_wrapper_toolset  # unused method (cogo/integrations/pydantic_ai.py): Pydantic AI's capability interface, called per run
 _.handle_async_request  # unused method (cogo/integrations/transport.py): httpx's transport interface
 inject  # unused function (cogo/tracing.py): a submitter's headers with its traceparent, for child calls (ctx.call)
-usage_disputed  # unused variable (cogo/streams/catalogue.py:179): an event data field, read as JSON (SQL views, the dashboard)
+usage_disputed  # unused variable (cogo/streams/catalogue/): an event data field, read as JSON (SQL views, the dashboard)
 cancel_schedule  # unused function (cogo/streams/schedule.py): the schedule API shared with durable timers (ctx.sleep, cancellation); tests/test_security_seal.py calls it
-child_route  # unused variable (cogo/streams/catalogue.py:189): call_started's field, read as JSON
+child_route  # unused variable (cogo/streams/catalogue/): call_started's field, read as JSON
 dur_wait  # unused function (cogo/bench/durable.py:42): an @app.agent handler, run by cogo run
 dur_call  # unused function (cogo/bench/durable.py:48): an @app.agent handler, run by cogo run
 dur_echo  # unused function (cogo/bench/durable.py:56): an @app.agent handler, run by cogo run
 cancel_schedule  # unused function (cogo/streams/schedule.py:38): the module's agreed API (held retries use it)
+DOMAINS  # unused variable (cogo/errors/__init__.py): read by scripts/gen_reference.py and tests/test_errors.py
+outcome_seq  # unused variable (cogo/workflows/record.py): a column of workflow_runs, stored by cogo/projections/runs.py
+parent_run_id  # unused variable (cogo/workflows/record.py): a column of workflow_runs, read by the dashboard's SQL
+gates_passed  # unused variable (cogo/workflows/record.py): a column of workflow_runs, read by the metrics' SQL
+gates_failed  # unused variable (cogo/workflows/record.py): a column of workflow_runs, read by the metrics' SQL

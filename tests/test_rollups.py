@@ -26,10 +26,11 @@ import pytest
 from cogo.bench.projections import WORKFLOW_ID, synthetic_events
 from cogo.http import orchestrator as orchestrator_http
 from cogo.http.dashboard import _run_row, summary
-from cogo.projections import histogram, queries, rollups, tasks
+from cogo.projections import histogram, queries, rollups, runs, tasks
 from cogo.projections.store import EventBatch, ProjectionStore
 from cogo.streams.catalogue import RUN_OUTCOMES, WORKFLOW_STARTED
 from cogo.streams.events import decode_event
+from cogo.workflows.record import RECORD_TYPES
 from cogo.workflows.run import RunState
 
 END = time.time()
@@ -493,6 +494,37 @@ def test_workflow_metrics_equal_the_fold_of_the_stream(projected: ProjectionStor
     got = queries.workflow_metrics(con, WORKFLOW_ID, orchestrator_http.RECENT_RUNS)
     assert got == folded
     assert got["runs"] > 100 and got["failed"] > 0 and got["gates"]["failed"] > 0
+
+
+def test_workflow_runs_hold_what_the_orchestrators_fold_says(projected: ProjectionStore) -> None:
+    # /api/orchestrator/state folds a run's events with RunState; the dashboard and the
+    # metrics read workflow_runs: every row is the record that fold keeps
+    con = projected.con
+    rows = con.execute(
+        f"SELECT seq, raw FROM bus_events WHERE type IN {rollups._in(RECORD_TYPES)} "
+        "AND correlation_id IS NOT NULL ORDER BY seq"
+    ).fetchall()
+    states: dict[str, RunState] = {}
+    for seq, raw in rows:
+        event = decode_event(raw.encode())
+        run_id = event.correlation_id or ""
+        states.setdefault(run_id, RunState(run_id)).apply(event, seq)
+    stored = runs.load_sync(con, sorted(states))
+    assert stored.keys() == states.keys() and len(stored) > 100
+    for run_id, state in states.items():
+        row, record = stored[run_id], state.record
+        times = ("started_at", "ended_at")
+        for name in record.__struct_fields__:
+            if name not in times:
+                assert getattr(row, name) == getattr(record, name), (run_id, name)
+        for name in times:  # the row holds a TIMESTAMP, the record the event's ISO text
+            got, want = getattr(row, name), getattr(record, name)
+            assert (got is None) == (want is None), (run_id, name)
+            if want is not None:
+                assert dt.datetime.fromisoformat(got) == dt.datetime.fromisoformat(
+                    want.replace("Z", "")
+                ), (run_id, name)
+    assert {"succeeded", "failed", "running"} <= {s.status for s in states.values()}
 
 
 # -- batches, replay and retention --------------------------------------------------------------

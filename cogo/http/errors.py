@@ -76,7 +76,7 @@ class ErrorBody(pydantic.BaseModel):
     """The body of every error response."""
 
     detail: str | list[FieldError]
-    code: str = pydantic.Field(description="stable error code (cogo/errors.py)")
+    code: str = pydantic.Field(description="stable error code (cogo.errors)")
 
 
 def status_of(error: type[e.CogoError]) -> int:

@@ -35,7 +35,8 @@ Tables (``cogo sql`` can read them; ``''`` stands for NULL in key columns; add t
   gate into "not accepted" for the dashboard, whichever of the two came first.
 - ``workflow_runs``: one row per workflow run (start, outcome, gates, artifacts), for the
   recent-runs lists and ``/api/metrics/workflows/{id}``; readers list the runs whose
-  ``workflow_started`` is still projected.
+  ``workflow_started`` is still projected. Its rows are the Python fold of each run
+  (``cogo.projections.runs``), the one ``/api/orchestrator/state`` answers from.
 
 Semantics the rollups fix (the SQL they replaced agreed on every real stream): a task
 counts where its terminal event falls, with that event's route, version and cohort;
@@ -53,20 +54,14 @@ from typing import Any
 
 import duckdb
 
+from cogo.projections import runs
 from cogo.projections.histogram import bin_sql
 from cogo.streams.catalogue import (
     EXECUTE_DONE,
     EXECUTE_FAILED,
     EXECUTE_RETRY,
-    GATE_FAILED,
-    GATE_PASSED,
-    NODE_FAILED,
-    NODE_SKIPPED,
-    NODE_STARTED,
-    NODE_SUCCEEDED,
-    RUN_OUTCOMES,
-    WORKFLOW_STARTED,
 )
+from cogo.workflows.record import RECORD_TYPES
 
 VERSION = 3  # bump when a definition below changes: the tables are rebuilt on open
 # The rollup tables hold the rows up to rollup_state.folded_seq; readers add the few after
@@ -77,10 +72,6 @@ FOLD_ROWS = 100_000
 GRAINS = ("minute", "hour", "total")
 EPOCH = dt.datetime(1970, 1, 1)  # the bucket of "total", and of events without a valid "at"
 RESULT_TYPES = (EXECUTE_DONE, EXECUTE_RETRY, EXECUTE_FAILED)
-_WORKFLOW_TYPES = (
-    WORKFLOW_STARTED, *RUN_OUTCOMES, GATE_PASSED, GATE_FAILED,
-    NODE_SUCCEEDED, NODE_FAILED, NODE_SKIPPED, NODE_STARTED,
-)  # fmt: skip
 
 
 def _in(values: tuple[str, ...]) -> str:
@@ -195,24 +186,7 @@ CREATE TABLE IF NOT EXISTS rollup_run_tasks (
 CREATE TABLE IF NOT EXISTS rollup_gate_failures (
     correlation_id VARCHAR PRIMARY KEY, gate_failures BIGINT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS workflow_runs (
-    run_id VARCHAR PRIMARY KEY,
-    workflow_id VARCHAR,
-    start_seq BIGINT,          -- NULL until its workflow_started is projected
-    started_at TIMESTAMP,
-    outcome_seq BIGINT,
-    outcome VARCHAR,           -- workflow_succeeded | workflow_failed | workflow_cancelled
-    ended_at TIMESTAMP,
-    error_code VARCHAR,
-    error VARCHAR,
-    parent_run_id VARCHAR,     -- data.parent.runId of its workflow_started (a child run)
-    gates VARCHAR[] NOT NULL DEFAULT [],      -- node_id=verdict, in stream order
-    artifacts VARCHAR[] NOT NULL DEFAULT [],  -- each node result's artifacts (JSON), in order
-    signals VARCHAR[] NOT NULL DEFAULT [],    -- node_id=name of each signal node started
-    over VARCHAR[] NOT NULL DEFAULT [],       -- node ids that finished (or were skipped)
-    gates_passed BIGINT NOT NULL DEFAULT 0,
-    gates_failed BIGINT NOT NULL DEFAULT 0
-);
+{runs.TABLE};
 {";".join(f.ddl(g) for f in FAMILIES for g in GRAINS)};
 """
 
@@ -234,7 +208,7 @@ def ensure_sync(con: duckdb.DuckDBPyConnection) -> None:
     for table in _DROP:
         con.execute(f"DROP TABLE IF EXISTS {table}")
     con.execute(TABLES)
-    _fold_runs(con, "TRUE")
+    runs.fold_sync(con, "TRUE")
     fold_sync(con)
     con.execute(
         "INSERT INTO rollup_meta VALUES ('rollups', ?) "
@@ -267,7 +241,7 @@ def ingest_sync(con: duckdb.DuckDBPyConnection, after_seq: int, last_seq: int) -
     """After a batch (``after_seq`` < seq <= ``last_seq``) was inserted, in its transaction:
     fold its workflow events into ``workflow_runs``, and the unfolded rows into the rollup
     tables once there are ``FOLD_ROWS`` of them."""
-    _fold_runs(con, "seq > $1", [after_seq])
+    runs.fold_sync(con, "seq > $1", [after_seq])
     if last_seq - folded_seq_sync(con) >= FOLD_ROWS:
         fold_sync(con, last_seq)
 
@@ -352,98 +326,6 @@ def _merge(con: duckdb.DuckDBPyConnection, family: Family, grain: str, oldest: d
     )
 
 
-def _fold_runs(con: duckdb.DuckDBPyConnection, where: str, params: list[Any] | None = None) -> None:
-    """Fold the workflow events of ``bus_events`` matching ``where`` into ``workflow_runs``.
-
-    Applied in stream order, batch after batch, this is one fold of every workflow event:
-    the result does not depend on where the batches were cut.
-    """
-    # the fields only workflow events need, read from their raw JSON
-    con.execute(
-        f"""
-        CREATE OR REPLACE TEMP TABLE rollup_wf AS
-        SELECT seq, type, "at", correlation_id AS run_id, error_code, error,
-               coalesce(raw->>'$.data.workflow_id', raw->>'$.data.plan.workflow_id')
-                   AS workflow_id,
-               raw->>'$.data.node_id' AS node_id,
-               raw->>'$.data.node_id' || '=' || (raw->>'$.data.verdict') AS gate,
-               coalesce(raw->>'$.data.result.artifacts',
-                        raw->>'$.data.result.data.result.artifacts') AS artifacts,
-               CASE WHEN type = 'node_started' AND raw->>'$.data.node_type' = 'signal'
-                    THEN raw->>'$.data.node_id' || '=' || (raw->>'$.data.name') END AS signal,
-               CASE WHEN type = 'workflow_started' THEN raw->>'$.data.parent.runId' END
-                   AS parent_run_id
-        FROM bus_events
-        WHERE ({where}) AND type IN {_in(_WORKFLOW_TYPES)} AND correlation_id IS NOT NULL
-        """,
-        params or [],
-    )
-    present = con.execute("SELECT count(*) FROM rollup_wf").fetchone()
-    if not present or not present[0]:
-        con.execute("DROP TABLE rollup_wf")
-        return
-    # a row for every run with an event; the first start and the first outcome (stream
-    # order) win, as in the fold (cogo.workflows.run.RunState)
-    con.execute(
-        f"""
-        INSERT INTO workflow_runs (run_id, workflow_id, start_seq, started_at, outcome_seq,
-                                   outcome, ended_at, error_code, error, parent_run_id)
-        SELECT run_id,
-               arg_min(workflow_id, seq) FILTER (type = 'workflow_started'),
-               min(seq) FILTER (type = 'workflow_started'),
-               arg_min("at", seq) FILTER (type = 'workflow_started'),
-               min(seq) FILTER (type IN {_in(tuple(RUN_OUTCOMES))}),
-               arg_min(type, seq) FILTER (type IN {_in(tuple(RUN_OUTCOMES))}),
-               arg_min("at", seq) FILTER (type IN {_in(tuple(RUN_OUTCOMES))}),
-               arg_min(error_code, seq) FILTER (type IN {_in(tuple(RUN_OUTCOMES))}),
-               arg_min(error, seq) FILTER (type IN {_in(tuple(RUN_OUTCOMES))}),
-               arg_min(parent_run_id, seq) FILTER (type = 'workflow_started')
-        FROM rollup_wf GROUP BY run_id
-        ON CONFLICT (run_id) DO UPDATE SET
-            workflow_id = CASE WHEN start_seq IS NULL THEN excluded.workflow_id ELSE workflow_id END,
-            started_at = CASE WHEN start_seq IS NULL THEN excluded.started_at ELSE started_at END,
-            parent_run_id = CASE WHEN start_seq IS NULL THEN excluded.parent_run_id
-                                 ELSE parent_run_id END,
-            start_seq = coalesce(start_seq, excluded.start_seq),
-            outcome = CASE WHEN outcome_seq IS NULL THEN excluded.outcome ELSE outcome END,
-            ended_at = CASE WHEN outcome_seq IS NULL THEN excluded.ended_at ELSE ended_at END,
-            error_code = CASE WHEN outcome_seq IS NULL THEN excluded.error_code ELSE error_code END,
-            error = CASE WHEN outcome_seq IS NULL THEN excluded.error ELSE error END,
-            outcome_seq = coalesce(outcome_seq, excluded.outcome_seq)
-        """
-    )
-    con.execute(
-        f"""
-        UPDATE workflow_runs w SET
-            gates = list_concat(w.gates, a.gates),
-            artifacts = list_concat(w.artifacts, a.artifacts),
-            signals = list_concat(w.signals, a.signals),
-            over = list_concat(w.over, a.over),
-            gates_passed = w.gates_passed + a.passed,
-            gates_failed = w.gates_failed + a.failed
-        FROM (
-            SELECT run_id,
-                   coalesce(list(gate ORDER BY seq) FILTER (
-                       type IN ('gate_passed', 'gate_failed') AND gate IS NOT NULL), []) AS gates,
-                   coalesce(list(artifacts ORDER BY seq) FILTER (
-                       type IN ('node_succeeded', 'node_failed') AND artifacts IS NOT NULL), [])
-                       AS artifacts,
-                   coalesce(list(signal ORDER BY seq) FILTER (signal IS NOT NULL), []) AS signals,
-                   coalesce(list(node_id ORDER BY seq) FILTER (
-                       type IN ('node_succeeded', 'node_failed', 'node_skipped', 'gate_passed',
-                                'gate_failed') AND node_id IS NOT NULL), []) AS over,
-                   count(*) FILTER (type = 'gate_passed') AS passed,
-                   count(*) FILTER (type = 'gate_failed') AS failed
-            FROM rollup_wf
-            WHERE type <> 'workflow_started' AND type NOT IN {_in(tuple(RUN_OUTCOMES))}
-            GROUP BY run_id
-        ) a
-        WHERE w.run_id = a.run_id
-        """
-    )
-    con.execute("DROP TABLE rollup_wf")
-
-
 def subtract_sync(con: duckdb.DuckDBPyConnection, below_seq: int) -> None:
     """Take the rows retention is about to delete (``seq < below_seq``) out of the rollups:
     afterwards they equal rollups built from the rows at or above ``below_seq`` alone."""
@@ -458,11 +340,11 @@ def subtract_sync(con: duckdb.DuckDBPyConnection, below_seq: int) -> None:
     # runs that lose events: folded again from the events they keep (most lose them all)
     cut = (
         "SELECT DISTINCT correlation_id FROM bus_events WHERE seq < $1 "
-        f"AND type IN {_in(_WORKFLOW_TYPES)} AND correlation_id IS NOT NULL"
+        f"AND type IN {_in(RECORD_TYPES)} AND correlation_id IS NOT NULL"
     )
     con.execute(f"CREATE OR REPLACE TEMP TABLE rollup_cut AS {cut}", [below_seq])
     con.execute("DELETE FROM workflow_runs WHERE run_id IN (SELECT correlation_id FROM rollup_cut)")
-    _fold_runs(
+    runs.fold_sync(
         con, "seq >= $1 AND correlation_id IN (SELECT correlation_id FROM rollup_cut)", [below_seq]
     )
     con.execute("DROP TABLE rollup_cut")

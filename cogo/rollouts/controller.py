@@ -9,7 +9,7 @@
     promote   100% of the traffic, until ``min_samples`` tasks confirm it
 
 Each stage ends with gates computed in DuckDB over that stage's samples
-(``cogo.rollouts.gates``). A failed gate rolls back at once: the split goes back to the
+(``cogo.rollouts.samples`` submits and reads them, ``cogo.rollouts.gates`` judges them). A failed gate rolls back at once: the split goes back to the
 baseline at 0%. After the last stage the candidate becomes the route's baseline.
 The split the dispatchers follow and every rollout's record live in the KV bucket
 ``rollouts`` (``cogo.rollouts.split``); every change is also an event:
@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import contextlib
-import copy
 import datetime as dt
 import logging
 import re
@@ -34,9 +32,10 @@ from nats.aio.client import Client as NATS
 
 from cogo.aio import cancel_and_wait
 from cogo.config import Config
-from cogo.errors import ProjectionBusy, RolloutConflict, RolloutNotFound
+from cogo.errors import RolloutConflict, RolloutNotFound
 from cogo.rollouts import gates
 from cogo.rollouts.canary import BASELINE, CANARY
+from cogo.rollouts.samples import POLL_S, Samples
 from cogo.rollouts.split import (
     PAUSED,
     PROMOTED,
@@ -57,7 +56,7 @@ from cogo.streams.catalogue import (
     ROLLOUT_STARTED,
 )
 from cogo.streams.connection import actor_id
-from cogo.streams.envelope import COHORT_KEY, EXECUTE_SUBJECT, MSG_ID, encoder, new_id
+from cogo.streams.envelope import new_id
 from cogo.streams.events import EventLog, iso, make_event
 from cogo.streams.routes import check_version
 
@@ -71,7 +70,6 @@ STAGE_TITLES = {
     CANARY_STAGE: "Canary",
     PROMOTE: "Promote 100%",
 }
-POLL_S = 0.5
 _ID = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
 EARLY_FAILURE_SAMPLES = 10  # canary/promote stop early once failures are this clear
 
@@ -109,12 +107,10 @@ class RolloutController:
         self.nc = nc
         self.js = nc.jetstream()
         self.config = config
-        self.projector = projector
-        self.data_dir = data_dir
         self.name = actor_id("rollout-controller")
         self.store = RolloutStore(self.js, config.bus.replicas)
         self.events = EventLog(self.js)
-        self.policy_of: Any = None  # a route -> RoutePolicy lookup, for workflow plans
+        self.samples = Samples(self.js, projector, data_dir)
         self._drivers: dict[str, asyncio.Task[None]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -306,11 +302,12 @@ class RolloutController:
             workflow = rollout.dev_e2e_workflow if stage.name == DEV_E2E else None
             correlation = f"rollout-{rollout.id}-{stage.name.replace('_', '-')}"
             if workflow:
-                extra.append(await self._sample_workflow(rollout, correlation, workflow, deadline))
+                gate = await self.samples.run_workflow(rollout, correlation, workflow, deadline)
+                extra.append(gate)
                 wanted = None
             else:
                 count = rollout.dev_e2e_tasks if stage.name == DEV_E2E else rollout.smoke_tasks
-                await self._submit_samples(rollout, correlation, count)
+                await self.samples.submit(rollout, correlation, count)
                 wanted = count
             figures = await self._wait_samples(
                 rollout, stage, since, correlation, wanted=wanted, deadline=deadline
@@ -352,7 +349,7 @@ class RolloutController:
         synthetic = correlation is not None
         while True:
             waited = time.monotonic()
-            figures = await self._figures(rollout.route, since, correlation)
+            figures = await self.samples.figures(rollout.route, since, correlation)
             if figures is None:  # a replay: no verdict from it, and its time is not the stage's
                 await asyncio.sleep(POLL_S)
                 deadline += time.monotonic() - waited
@@ -376,81 +373,6 @@ class RolloutController:
             if time.monotonic() > deadline:
                 return figures
             await asyncio.sleep(POLL_S)
-
-    async def _figures(
-        self, route: str, since: dt.datetime, correlation: str | None
-    ) -> dict[str, gates.Figures] | None:
-        """The cohorts' figures, or None while a replay runs."""
-        with contextlib.suppress(TimeoutError):
-            await self.projector.wait_caught_up(timeout=5.0)
-        figures: dict[str, gates.Figures] | None = await self._read(
-            lambda cur: gates.cohort_figures(
-                cur, route=route, since=since, correlation_id=correlation
-            )
-        )
-        return figures
-
-    async def _read(self, fn: Any) -> Any:
-        """``fn(cursor)`` on the projection, or None while a replay rebuilds or swaps it.
-
-        A replay never decides a rollout: its swap closes the store for a moment (a read
-        then fails with ProjectionBusy, which used to roll the rollout back), and what is
-        read while it runs may be about to be replaced. The gates wait for it instead.
-        """
-        if self.projector.rebuilding:
-            return None
-        try:
-            result = await self.projector.store.read(fn)
-        except ProjectionBusy:
-            return None
-        return None if self.projector.rebuilding else result
-
-    async def _submit_samples(self, rollout: Rollout, correlation: str, count: int) -> None:
-        """``count`` sample tasks pinned to the candidate, as many pinned to the baseline."""
-        futures = []
-        for cohort in (CANARY, BASELINE):
-            for i in range(count):
-                task_id = f"{correlation}-{cohort}-{i}"
-                body = {
-                    "task_id": task_id,
-                    "route": rollout.route,
-                    "correlation_id": correlation,
-                    "payload": {**rollout.sample_payload, COHORT_KEY: cohort},
-                }
-                futures.append(await self.js.publish_async(
-                    EXECUTE_SUBJECT, encoder.encode(body), headers={MSG_ID: task_id}
-                ))  # fmt: skip
-        await asyncio.gather(*futures)
-
-    async def _sample_workflow(
-        self, rollout: Rollout, run_id: str, workflow: dict[str, Any], deadline: float
-    ) -> Gate:
-        """Run the sample workflow with the candidate pinned on the rollout's route."""
-        from cogo.workflows.definition import Catalog
-        from cogo.workflows.inbox import StartRun, send_command
-        from cogo.workflows.planner import plan_workflow
-
-        workflow_id = str(workflow.get("workflowId") or workflow.get("workflow_id"))
-        catalog = Catalog.for_data_dir(self.data_dir)
-        definition = copy.deepcopy(await asyncio.to_thread(catalog.get, workflow_id))
-        _pin_route(definition.get("nodes") or [], rollout.route)
-        plan = plan_workflow(definition, workflow.get("parameters") or {}, self.policy_of)
-        await send_command(self.js, StartRun(run_id=run_id, plan=plan.to_json()))
-        while time.monotonic() < deadline:
-            waited = time.monotonic()
-            outcome = await self._read(lambda cur: _run_outcome(cur, run_id))
-            if outcome is None and self.projector.rebuilding:
-                await asyncio.sleep(POLL_S)
-                deadline += time.monotonic() - waited  # a replay's time is not the stage's
-                continue
-            if outcome is not None:
-                status, error = outcome
-                return Gate(name="sample_workflow", passed=status == "workflow_succeeded",
-                            detail=f"{workflow_id} run {run_id}: {status}"
-                            + (f" ({error})" if error else ""))  # fmt: skip
-            await asyncio.sleep(POLL_S)
-        return Gate(name="sample_workflow", passed=False,
-                    detail=f"{workflow_id} run {run_id} did not finish in time")  # fmt: skip
 
     async def _save_progress(self, rollout: Rollout, stage: Stage) -> None:
         async with self._lock(rollout.id):
@@ -505,32 +427,10 @@ class RolloutController:
         )
 
 
-def _pin_route(nodes: list[Any], route: str) -> None:
-    """Pin every node publishing to ``route`` (nested ones too) to the canary cohort."""
-    for node in nodes:
-        if not isinstance(node, dict):
-            continue
-        if node.get("route") == route and isinstance(node.get("payload"), dict):
-            node["payload"][COHORT_KEY] = CANARY
-        inner = node.get("node")
-        if isinstance(inner, dict):
-            _pin_route([inner], route)
-
-
-def _run_outcome(cur: Any, run_id: str) -> tuple[str, str | None] | None:
-    row = cur.execute(
-        """SELECT type, error FROM bus_events WHERE correlation_id = ?
-           AND type IN ('workflow_succeeded', 'workflow_failed', 'workflow_cancelled')
-           ORDER BY seq LIMIT 1""",
-        [run_id],
-    ).fetchone()
-    return (row[0], row[1]) if row else None
-
-
 def rollout_component(system: Any) -> RolloutController:
     """The controller of ``system`` (a ``cogo.system.System``), on the projector's database."""
     controller = RolloutController(
         system.nc, system.config, system.projector, data_dir=system.data_dir
     )
-    controller.policy_of = system.policies.get
+    controller.samples.policy_of = system.policies.get
     return controller

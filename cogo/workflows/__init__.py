@@ -7,7 +7,10 @@
     engine.py       (plan, run state, now) -> next actions: a pure function
     actions.py      the actions and the events they carry; deterministic ids
     fanout.py       map nodes: items, bounded parallelism, results in item order
-    run.py          ``RunState``: the fold of a run's events
+    run.py          ``RunState``: the fold of a run's events (its nodes from nodes.py)
+    nodes.py        where each node stands: attempts, map items, the inputs it started with
+    record.py       ``RunRecord``: start, outcome, gates, signals: the run-level fold the
+                    projection's ``workflow_runs`` stores too (one fold, two readers)
     history.py      where workflow events go in ``EVENTS`` and how they are read back
     inbox.py        the orchestrators' commands and the partition of runs each goes to
     leases.py       which orchestrator drives which partition (KV, compare-and-set, TTL)

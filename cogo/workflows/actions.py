@@ -33,8 +33,9 @@ from cogo.streams.envelope import ASSIGNMENT_KEY
 from cogo.streams.events import Event, iso, make_event
 from cogo.workflows.definition import RUN_ID, NotifyNode, PublishNode, RetryNode, WorkflowNode
 from cogo.workflows.expressions import render
+from cogo.workflows.nodes import FAILED, timestamp
 from cogo.workflows.planner import Plan
-from cogo.workflows.run import FAILED, RunState, timestamp
+from cogo.workflows.run import RunState
 
 MAX_RUN_ID = 255
 

@@ -53,8 +53,9 @@ from cogo.workflows.engine import (
     started_event,
 )
 from cogo.workflows.inbox import CancelRun, SignalRun, StartRun, send_command
+from cogo.workflows.nodes import RUNNING, timestamp
 from cogo.workflows.planner import Plan, link
-from cogo.workflows.run import RUNNING, RunState, timestamp
+from cogo.workflows.run import RunState
 
 log = logging.getLogger(__name__)
 
@@ -331,7 +332,7 @@ class Runs:
             inputs = node.inputs if index is None else node.items[index].inputs
             why = f"parent run {state.run_id} cancelled" + (f": {reason}" if reason else "")
             await send_command(self.js, CancelRun(run_id=child_run_id, reason=why,
-                                                  workflow_id=inputs.get("workflow")))  # fmt: skip
+                                                  workflow_id=inputs.workflow if inputs else None))  # fmt: skip
             self.counters["children_cancelled"] += 1
         # and the tasks its nodes started that have not ended (cogo.actors.suspension)
         why = f"workflow run {state.run_id} cancelled" + (f": {reason}" if reason else "")
@@ -397,9 +398,9 @@ class Runs:
         """One watcher per running Wait-on-event attempt and per running child run."""
         state = run.state
         wanted: dict[tuple[Any, ...], dict[str, Any]] = {
-            ("wait", node.id, node.attempt): node.inputs["event"]
+            ("wait", node.id, node.attempt): node.inputs.event
             for node in state.nodes.values()
-            if node.status == RUNNING and node.inputs.get("event")
+            if node.status == RUNNING and node.inputs and node.inputs.event
         }
         for child in running_children(state):
             wanted[("child", child)] = {}
@@ -450,7 +451,7 @@ class Runs:
                     return False
                 ended = {"status": RUN_OUTCOMES[event.type], "error_code": event.error_code,
                          "error": event.error, "event_id": event.event_id,
-                         "workflow_id": data_of(event, RunData).workflow_id}  # fmt: skip
+                         "workflow_id": data_of(event, RunData, lenient=True).workflow_id}  # fmt: skip
                 if not run.state.observe_child(key[1], ended):
                     return True  # nothing waits for it any more
             else:

@@ -77,17 +77,17 @@ from cogo.workflows.definition import (
     executed,
 )
 from cogo.workflows.expressions import evaluate, render
-from cogo.workflows.planner import Plan
-from cogo.workflows.run import (
+from cogo.workflows.nodes import (
     PENDING,
     RETRYING,
     RUNNING,
     SKIPPED,
     SUCCEEDED,
     NodeState,
-    RunState,
     timestamp,
 )
+from cogo.workflows.planner import Plan
+from cogo.workflows.run import RunState
 
 __all__ = [
     "Action", "Append", "StartChild", "Submit", "cancelled_event", "decide", "matches",
@@ -142,12 +142,12 @@ def resubmissions(state: RunState, now: float, window_s: float) -> list[Submit]:
     for node in state.nodes.values():
         if node.status != RUNNING:
             continue
-        task = node.inputs.get("task")
+        task = node.inputs.task if node.inputs else None
         started = node.attempt_started
         if task and started and now - started < window_s * 0.9:
             out.append(Submit(task))
         for item in node.items.values():
-            task = item.inputs.get("task")
+            task = item.inputs.task if item.inputs else None
             began = timestamp(item.started_at)
             if item.status == RUNNING and task and began and now - began < window_s * 0.9:
                 out.append(Submit(task))
@@ -180,7 +180,7 @@ def wait_filter(state: RunState, node_id: str) -> dict[str, Any] | None:
     node = state.nodes.get(node_id)
     if node is None or node.status != RUNNING:
         return None
-    return node.inputs.get("event")
+    return node.inputs.event if node.inputs else None
 
 
 def matches(spec: dict[str, Any], event: dict[str, Any], state: RunState) -> bool:
@@ -205,7 +205,7 @@ def _child_inputs(state: RunState, child_run_id: str) -> dict[str, Any] | None:
     node_id, index = state.running_children[child_run_id]
     node = state.nodes[node_id]
     inputs = node.inputs if index is None else node.items[index].inputs
-    return inputs.get("child")
+    return inputs.child if inputs else None
 
 
 # -- pending nodes -----------------------------------------------------------------------
@@ -303,7 +303,7 @@ def _check(node: Any, current: NodeState, state: RunState, now: float, actor: st
         if outcome is None:
             return []
         if outcome.type == EXECUTE_DONE:
-            result = data_of(outcome, ExecuteDone).result
+            result = data_of(outcome, ExecuteDone, lenient=True).result
             return _succeeded(state, node, current, now, actor, result, cause=outcome.event_id)
         return [Append(failed(state, node, attempt, now, actor,
                               outcome.error_code or "worker.error",
@@ -361,7 +361,8 @@ def _check_wait(
         except ExpressionError as exc:  # not readable yet: keep waiting
             last_error = str(exc)
     if current.deadline is not None and now >= current.deadline:
-        what = f"event {current.inputs.get('event')}" if inner.event else inner.condition
+        wanted = current.inputs.event if current.inputs else None
+        what = f"event {wanted}" if inner.event else inner.condition
         error = f"no {what} within {inner.timeout_ms} ms"
         if last_error:
             error += f" (last: {last_error})"

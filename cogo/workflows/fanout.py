@@ -29,7 +29,8 @@ from cogo.streams.events import Event
 from cogo.workflows import actions as act
 from cogo.workflows.definition import MAX_MAP_ITEMS, MapNode, PublishNode, WorkflowNode
 from cogo.workflows.expressions import render
-from cogo.workflows.run import FAILED, RUNNING, SUCCEEDED, ItemState, NodeState, RunState
+from cogo.workflows.nodes import FAILED, RUNNING, SUCCEEDED, ItemState, NodeState
+from cogo.workflows.run import RunState
 
 # the rendered items travel in node_started: keep that event well under NATS' 1 MiB payload
 MAX_ITEMS_BYTES = 256 * 1024
@@ -63,7 +64,7 @@ def check(
     node: MapNode, inner: MapNode, current: NodeState, state: RunState, now: float, actor: str
 ) -> list[act.Action]:
     """The next actions of a running map node: item outcomes, its own outcome, new items."""
-    items: list[Any] = current.inputs.get("items") or []
+    items: list[Any] = (current.inputs.items if current.inputs else None) or []
     attempt = current.attempt
     ended = [
         _item_outcome(state, node.node_id, attempt, inner.node, item, actor)
@@ -169,7 +170,7 @@ def _item_outcome(
         if outcome is None:
             return None
         if outcome.type == EXECUTE_DONE:
-            result = data_of(outcome, ExecuteDone).result
+            result = data_of(outcome, ExecuteDone, lenient=True).result
             return _item_event(MAP_ITEM_SUCCEEDED, state, node_id, attempt, index, actor,
                                "outcome", causation_id=outcome.event_id,
                                data={"result": result})  # fmt: skip

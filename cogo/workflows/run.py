@@ -12,9 +12,11 @@ outcomes, which are events again. Signals are events of the run itself
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
+
+import msgspec
 
 from cogo.streams.catalogue import (
     GATE_FAILED,
@@ -30,172 +32,52 @@ from cogo.streams.catalogue import (
     TERMINAL_TYPES,
     WORKFLOW_SIGNALED,
     WORKFLOW_STARTED,
+    GateEvaluated,
+    MapItemEnded,
+    MapItemStarted,
+    NodeFailed,
+    NodeSkipped,
+    NodeStarted,
+    NodeSucceeded,
+    RunData,
+    WorkflowSignaled,
+    WorkflowStarted,
+    data_of,
 )
 from cogo.streams.events import Event
+from cogo.workflows.nodes import (
+    CANCELLED,
+    FAILED,
+    PENDING,
+    RETRYING,
+    RUNNING,
+    SKIPPED,
+    SUCCEEDED,
+    Attempt,
+    ItemState,
+    NodeState,
+    timestamp,
+)
+from cogo.workflows.record import RunRecord
 
-# node statuses; the last four are final
-PENDING, RUNNING, RETRYING = "pending", "running", "retrying"
-SUCCEEDED, FAILED, SKIPPED, CANCELLED = "succeeded", "failed", "skipped", "cancelled"
-NODE_FINAL = frozenset({SUCCEEDED, FAILED, SKIPPED, CANCELLED})
+log = logging.getLogger(__name__)
 
-
-def timestamp(at: str | None) -> float | None:
-    """An event's ISO ``at`` as unix seconds."""
-    if not at:
-        return None
-    return datetime.fromisoformat(at.replace("Z", "+00:00")).timestamp()
-
-
-@dataclass
-class Attempt:
-    """One attempt of a node."""
-
-    attempt: int
-    started_at: str
-    task_id: str | None = None
-    ended_at: str | None = None
-    status: str = RUNNING
-    error_code: str | None = None
-    error: str | None = None
-
-
-@dataclass
-class ItemState:
-    """One item of a map node's current attempt."""
-
-    index: int
-    status: str = RUNNING
-    started_at: str | None = None
-    ended_at: str | None = None
-    # what map_item_started recorded: task_id/task, or child_run_id/child
-    inputs: dict[str, Any] = field(default_factory=dict)
-    result: Any = None
-    error_code: str | None = None
-    error: str | None = None
-
-    @property
-    def task_id(self) -> str | None:
-        return self.inputs.get("task_id")
-
-    @property
-    def child_run_id(self) -> str | None:
-        return self.inputs.get("child_run_id")
-
-    @property
-    def final(self) -> bool:
-        return self.status in NODE_FINAL
-
-    def view(self) -> dict[str, Any]:
-        return {
-            "index": self.index,
-            "status": self.status,
-            "taskId": self.task_id,
-            "runId": self.child_run_id,
-            "startedAt": self.started_at,
-            "endedAt": self.ended_at,
-            "result": self.result,
-            "errorCode": self.error_code,
-            "error": self.error,
-        }
-
-
-@dataclass
-class NodeState:
-    """Where one node of a run stands."""
-
-    id: str
-    type: str
-    status: str = PENDING
-    attempt: int = 0
-    attempts: list[Attempt] = field(default_factory=list)
-    started_at: str | None = None
-    ended_at: str | None = None
-    result: Any = None
-    error_code: str | None = None
-    error: str | None = None
-    verdict: str | None = None
-    skip_reason: str | None = None
-    # what the current attempt's node_started recorded (task, payload, deadline, filter)
-    inputs: dict[str, Any] = field(default_factory=dict)
-    retry_at: float | None = None
-    # a map node's items (current attempt), by index
-    items: dict[int, ItemState] = field(default_factory=dict)
-
-    @property
-    def task_id(self) -> str | None:
-        return self.inputs.get("task_id")
-
-    @property
-    def child_run_id(self) -> str | None:
-        return self.inputs.get("child_run_id")
-
-    @property
-    def deadline(self) -> float | None:
-        return self.inputs.get("deadline")
-
-    @property
-    def attempt_started(self) -> float | None:
-        return timestamp(self.attempts[-1].started_at) if self.attempts else None
-
-    @property
-    def final(self) -> bool:
-        return self.status in NODE_FINAL
-
-    def view(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "type": self.type,
-            "status": self.status,
-            "attempt": self.attempt,
-            "taskId": self.task_id,
-            "startedAt": self.started_at,
-            "endedAt": self.ended_at,
-            "retryAt": self.retry_at,
-            "deadline": self.deadline,
-            "result": self.result,
-            "errorCode": self.error_code,
-            "error": self.error,
-            "verdict": self.verdict,
-            "skipReason": self.skip_reason,
-            **({"signal": self.inputs.get("name")} if self.type == "signal" else {}),
-            **({"childRunId": self.child_run_id} if self.child_run_id else {}),
-            **(
-                {
-                    "itemCount": self.inputs.get("count"),
-                    "items": [self.items[i].view() for i in sorted(self.items)],
-                }
-                if self.type == "map"
-                else {}
-            ),  # fmt: skip
-            "attempts": [
-                {
-                    "attempt": a.attempt,
-                    "status": a.status,
-                    "taskId": a.task_id,
-                    "startedAt": a.started_at,
-                    "endedAt": a.ended_at,
-                    "errorCode": a.error_code,
-                    "error": a.error,
-                }
-                for a in self.attempts
-            ],
-        }
+# how a node's attempt ends -> the struct its event carries
+_NODE_ENDS: dict[str, type[RunData]] = {
+    NODE_SUCCEEDED: NodeSucceeded,
+    NODE_FAILED: NodeFailed,
+    NODE_SKIPPED: NodeSkipped,
+    GATE_PASSED: GateEvaluated,
+    GATE_FAILED: GateEvaluated,
+}
 
 
 @dataclass
 class RunState:
-    """The fold of one run's events."""
+    """The fold of one run's events: its record (``cogo.workflows.record``) and its nodes."""
 
     run_id: str
-    workflow_id: str | None = None
-    status: str = PENDING
     plan: dict[str, Any] | None = None
-    started_at: str | None = None
-    ended_at: str | None = None
-    error_code: str | None = None
-    error: str | None = None
-    # stream sequence of workflow_started: Wait nodes match events appended after it
-    start_seq: int = 0
     nodes: dict[str, NodeState] = field(default_factory=dict)
     seen: set[str] = field(default_factory=set)
     task_outcomes: dict[str, Event] = field(default_factory=dict)
@@ -209,6 +91,44 @@ class RunState:
     # running task ids and child run ids -> (node id, item index or None)
     running_tasks: dict[str, tuple[str, int | None]] = field(default_factory=dict)
     running_children: dict[str, tuple[str, int | None]] = field(default_factory=dict)
+    # start, outcome and workflow id: the fold the projection's workflow_runs holds too
+    record: RunRecord = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.record = RunRecord(run_id=self.run_id)
+
+    @property
+    def workflow_id(self) -> str | None:
+        return self.record.workflow_id
+
+    @workflow_id.setter
+    def workflow_id(self, value: str | None) -> None:
+        self.record.workflow_id = value
+
+    @property
+    def status(self) -> str:
+        return self.record.status or (RUNNING if self.started else PENDING)
+
+    @property
+    def started_at(self) -> str | None:
+        return self.record.started_at
+
+    @property
+    def ended_at(self) -> str | None:
+        return self.record.ended_at
+
+    @property
+    def error_code(self) -> str | None:
+        return self.record.error_code
+
+    @property
+    def error(self) -> str | None:
+        return self.record.error
+
+    @property
+    def start_seq(self) -> int:
+        """The stream sequence of workflow_started: Wait nodes match events appended after it."""
+        return self.record.start_seq or 0
 
     @property
     def started(self) -> bool:
@@ -216,7 +136,7 @@ class RunState:
 
     @property
     def finished(self) -> bool:
-        return self.status in ("succeeded", "failed", "cancelled")
+        return self.record.outcome is not None
 
     @property
     def parameters(self) -> dict[str, Any]:
@@ -229,80 +149,97 @@ class RunState:
         if event.event_id in self.seen:
             return False
         self.seen.add(event.event_id)
-        data = event.data or {}
-        if event.type == WORKFLOW_STARTED:
-            self._on_started(event, data, seq)
-            return True
-        if event.type in RUN_OUTCOMES:
-            if not self.finished:
-                self.status = RUN_OUTCOMES[event.type]
-                self.ended_at = event.at
-                self.error_code, self.error = event.error_code, event.error
-                self.workflow_id = self.workflow_id or data.get("workflow_id")
-                if self.status == CANCELLED:
-                    for each in self.nodes.values():
-                        if not each.final:
-                            each.status = CANCELLED
-                        for item in each.items.values():
-                            if not item.final:
-                                item.status = CANCELLED
-            return True
-        if event.type == WORKFLOW_SIGNALED:
-            name = str(data.get("name"))
-            self.signals.setdefault(name, []).append(
-                {"signal_id": data.get("signal_id"), "data": data.get("data"), "at": event.at,
+        finished = self.finished
+        self.record.apply(event, seq)
+        try:
+            self._apply(event, finished)
+        except (msgspec.ValidationError, TypeError) as exc:  # a body no version wrote
+            log.warning("run %s: skipping a %s event: %s", self.run_id, event.type, exc)
+        return True
+
+    def _apply(self, event: Event, finished: bool) -> None:
+        """Fold what ``event`` does to the nodes (its data read through its struct)."""
+        kind = event.type
+        if kind == WORKFLOW_STARTED:
+            self._on_started(data_of(event, WorkflowStarted, lenient=True))
+        elif kind in RUN_OUTCOMES:
+            if not finished and self.status == CANCELLED:
+                for each in self.nodes.values():
+                    if not each.final:
+                        each.status = CANCELLED
+                    for item in each.items.values():
+                        if not item.final:
+                            item.status = CANCELLED
+        elif kind == WORKFLOW_SIGNALED:
+            signal = data_of(event, WorkflowSignaled, lenient=True)
+            self.signals.setdefault(signal.name, []).append(
+                {"signal_id": signal.signal_id, "data": signal.data, "at": event.at,
                  "event_id": event.event_id}
             )  # fmt: skip
-            return True
-        node = self.nodes.get(str(data.get("node_id")))
+        elif kind in (MAP_ITEM_STARTED, MAP_ITEM_SUCCEEDED, MAP_ITEM_FAILED):
+            self._on_item(event)
+        elif kind == NODE_STARTED:
+            self._on_node_started(event, data_of(event, NodeStarted, lenient=True))
+        elif kind in _NODE_ENDS:
+            self._on_node_end(event, data_of(event, _NODE_ENDS[kind], lenient=True))
+
+    def _on_node_started(self, event: Event, started: NodeStarted) -> None:
+        node = self.nodes.get(started.node_id)
         if node is None:
-            return True
-        if event.type in (MAP_ITEM_STARTED, MAP_ITEM_SUCCEEDED, MAP_ITEM_FAILED):
-            self._on_item(node, event, data)
-            return True
+            return
         attempt = event.attempt or node.attempt
-        if event.type == NODE_STARTED:
-            node.status, node.attempt, node.retry_at = RUNNING, attempt, None
-            node.started_at = node.started_at or event.at
-            node.inputs = dict(data)
-            node.items = {}
-            node.attempts.append(Attempt(attempt, event.at, task_id=data.get("task_id")))
-            self._track(node.task_id, node.child_run_id, (node.id, None))
-        elif event.type in (NODE_SUCCEEDED, GATE_PASSED):
+        node.status, node.attempt, node.retry_at = RUNNING, attempt, None
+        node.started_at = node.started_at or event.at
+        node.inputs = started
+        node.items = {}
+        node.attempts.append(Attempt(attempt, event.at, task_id=started.task_id))
+        self._track(node.task_id, node.child_run_id, (node.id, None))
+
+    def _on_node_end(self, event: Event, ended: RunData) -> None:
+        node = self.nodes.get(getattr(ended, "node_id", ""))
+        if node is None:
+            return
+        attempt = event.attempt or node.attempt
+        if event.type in (NODE_SUCCEEDED, GATE_PASSED):
             node.status, node.ended_at = SUCCEEDED, event.at
-            node.result = data.get("result")
+            node.result = ended.result if isinstance(ended, NodeSucceeded) else None
             node.error_code = node.error = None
             self._close(node, attempt, event)
         elif event.type in (NODE_FAILED, GATE_FAILED):
-            retry_at = data.get("retry_at")
+            retry_at = ended.retry_at if isinstance(ended, NodeFailed) else None
             node.status = RETRYING if retry_at else FAILED
             node.retry_at = retry_at
             node.ended_at = None if retry_at else event.at
-            node.result = data.get("result", node.result)
+            if isinstance(ended, NodeFailed) and ended.result is not None:
+                node.result = ended.result  # else the last result stands
             node.error_code, node.error = event.error_code, event.error
             self._close(node, attempt, event)
-        elif event.type == NODE_SKIPPED:
+        elif isinstance(ended, NodeSkipped):
             node.status, node.ended_at = SKIPPED, event.at
-            node.skip_reason = data.get("reason")
-        if event.type in (GATE_PASSED, GATE_FAILED):
-            node.verdict = data.get("verdict")
-        if event.type != NODE_STARTED:
-            self._untrack(node.task_id, node.child_run_id)
-        return True
+            node.skip_reason = ended.reason
+        if isinstance(ended, GateEvaluated):
+            node.verdict = ended.verdict
+        self._untrack(node.task_id, node.child_run_id)
 
-    def _on_item(self, node: NodeState, event: Event, data: dict[str, Any]) -> None:
+    def _on_item(self, event: Event) -> None:
+        data: MapItemStarted | MapItemEnded = (
+            data_of(event, MapItemStarted, lenient=True)
+            if event.type == MAP_ITEM_STARTED
+            else data_of(event, MapItemEnded, lenient=True)
+        )
+        node = self.nodes.get(data.node_id)
+        if node is None:
+            return
         if event.attempt is not None and event.attempt != node.attempt:
             return  # an item of an earlier attempt
-        index = int(data.get("index", -1))
-        if event.type == MAP_ITEM_STARTED:
-            item = node.items.setdefault(index, ItemState(index, started_at=event.at))
-            item.inputs = dict(data)
-            self._track(item.task_id, item.child_run_id, (node.id, index))
+        item = node.items.setdefault(data.index, ItemState(data.index, started_at=event.at))
+        if isinstance(data, MapItemStarted):
+            item.inputs = data
+            self._track(item.task_id, item.child_run_id, (node.id, data.index))
             return
-        item = node.items.setdefault(index, ItemState(index, started_at=event.at))
         item.ended_at = event.at
         if event.type == MAP_ITEM_SUCCEEDED:
-            item.status, item.result = SUCCEEDED, data.get("result")
+            item.status, item.result = SUCCEEDED, data.result
         else:
             item.status, item.error_code, item.error = FAILED, event.error_code, event.error
         self._untrack(item.task_id, item.child_run_id)
@@ -319,14 +256,9 @@ class RunState:
         if child:
             self.running_children.pop(child, None)
 
-    def _on_started(self, event: Event, data: dict[str, Any], seq: int) -> None:
-        self.plan = data.get("plan") or {}
-        self.parent = data.get("parent")
-        self.workflow_id = data.get("workflow_id") or self.plan.get("workflow_id")
-        self.started_at = event.at
-        self.start_seq = seq
-        if not self.finished:
-            self.status = RUNNING
+    def _on_started(self, started: WorkflowStarted) -> None:
+        self.plan = started.plan
+        self.parent = msgspec.to_builtins(started.parent) if started.parent else None
         for spec in self.plan.get("nodes") or []:
             self.nodes.setdefault(spec["id"], NodeState(id=spec["id"], type=spec["type"]))
 
@@ -405,7 +337,7 @@ class RunState:
     def waiting_for(self) -> list[dict[str, Any]]:
         """Signal nodes that are running: what this run waits for from outside."""
         return [
-            {"node": n.id, "name": n.inputs.get("name"), "deadline": n.deadline,
+            {"node": n.id, "name": n.inputs.name if n.inputs else None, "deadline": n.deadline,
              "since": n.attempts[-1].started_at if n.attempts else None}
             for n in self.nodes.values()
             if n.type == "signal" and n.status == RUNNING
@@ -440,7 +372,7 @@ class RunState:
             "gates": {
                 node.id: {
                     "verdict": node.verdict,
-                    "condition": node.inputs.get("condition"),
+                    "condition": node.inputs.condition if node.inputs else None,
                     "error": node.error,
                 }
                 for node in self.nodes.values()

@@ -49,11 +49,18 @@ from cogo.config import (
     exponential_delay,
     load_config,
 )
+from cogo.endpoints import (
+    Endpoints,
+    endpoints_path,
+    read_endpoints,
+    remove_endpoints,
+    write_endpoints,
+)
 from cogo.errors import CogoError, ConfigError, StartupError
 from cogo.http.app import create_app
 from cogo.http.server import server_config
 from cogo.http.state import AppState
-from cogo.secretfile import read_or_create, write_private_json
+from cogo.secretfile import read_or_create
 from cogo.streams import auth as auth_module
 from cogo.streams.cluster import LocalCluster
 from cogo.streams.connection import connect, install_stop_signals
@@ -87,10 +94,6 @@ def api_token(data_dir: Path) -> str:
     return read_or_create(data_dir / "api_token")
 
 
-def write_endpoints(data_dir: Path, endpoints: dict[str, Any]) -> Path:
-    return write_private_json(data_dir / "endpoints.json", endpoints)
-
-
 HTTP_PORT_FILE = "http_port"
 
 
@@ -102,13 +105,6 @@ def remembered_http_port(data_dir: Path) -> int | None:
     except (OSError, ValueError, OverflowError, CogoError):
         return None
     return port
-
-
-def read_endpoints(data_dir: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((data_dir / "endpoints.json").read_text())  # type: ignore[no-any-return]
-    except (OSError, json.JSONDecodeError):
-        return None
 
 
 # what a `cogo up` runs (`--role`); every role declares the topology and the routes first
@@ -251,8 +247,9 @@ class System:
             cors_origins=env_list(CORS_ORIGINS_ENV),
         )
         if self.role == ROLE_WORKERS:
-            write_endpoints(self.data_dir, {"nats_url": self.nats_url, "role": self.role,
-                                            "pid": os.getpid()})  # fmt: skip
+            write_endpoints(
+                self.data_dir, Endpoints(nats_url=self.nats_url, role=self.role, pid=os.getpid())
+            )
             self.supervisor.watch()
             return
         await self._start_components()
@@ -269,24 +266,20 @@ class System:
                     await self._http_task
                 raise StartupError("the HTTP facade failed to start; see the log above")
             await asyncio.sleep(0.05)
+        sealer = self.sealer if self.auth else None
         write_endpoints(
             self.data_dir,
-            {
-                "nats_url": self.nats_url,
-                "http_url": f"http://{_url_host(self.http_host)}:{self.http_port}",
-                "role": self.role,
-                "api_token": self.state.api_token,
-                **(
-                    {
-                        "nats_user": "client",
-                        "nats_password": self.passwords["client"],
-                        "output_key": self.sealer.output_key,
-                    }  # readers verify outputs
-                    if self.auth and self.sealer is not None
-                    else {}
-                ),  # fmt: skip
-                "pid": os.getpid(),
-            },
+            Endpoints(
+                nats_url=self.nats_url,
+                http_url=f"http://{_url_host(self.http_host)}:{self.http_port}",
+                role=self.role,
+                api_token=self.state.api_token,
+                # readers connect as `client` and verify outputs with the key
+                nats_user="client" if sealer else None,
+                nats_password=self.passwords["client"] if sealer else None,
+                output_key=sealer.output_key if sealer else None,
+                pid=os.getpid(),
+            ),
         )
         (self.data_dir / HTTP_PORT_FILE).write_text(f"{self.http_port}\n")
         self.supervisor.watch()
@@ -442,9 +435,7 @@ class System:
         if self.server is not None:
             await asyncio.to_thread(self.server.stop)
         with contextlib.suppress(OSError):
-            endpoints = read_endpoints(self.data_dir)
-            if endpoints and endpoints.get("pid") == os.getpid():
-                (self.data_dir / "endpoints.json").unlink()
+            remove_endpoints(self.data_dir)
 
 
 def _url_host(host: str) -> str:
@@ -473,13 +464,10 @@ async def run_up(system: System) -> None:
     install_stop_signals(stop)
     try:
         await system.start()
-        endpoints = read_endpoints(system.data_dir) or {}
+        endpoints = read_endpoints(system.data_dir) or Endpoints(nats_url=system.nats_url)
+        print(f"cogo up: nats {endpoints.nats_url}  http {endpoints.http_url}", flush=True)
         print(
-            f"cogo up: nats {endpoints.get('nats_url')}  http {endpoints.get('http_url')}",
-            flush=True,
-        )
-        print(
-            f"cogo up: endpoints in {system.data_dir / 'endpoints.json'}; Ctrl-C to stop",
+            f"cogo up: endpoints in {endpoints_path(system.data_dir)}; Ctrl-C to stop",
             flush=True,
         )
         for loaded in system.apps:  # what runs: the app, its reference and its agents
@@ -490,10 +478,10 @@ async def run_up(system: System) -> None:
                 f"cogo up: app {loaded.app.name} ({loaded.ref}): {', '.join(agents) or '-'}",
                 flush=True,
             )
-        token = endpoints.get("api_token")
-        if endpoints.get("http_url"):
+        token = endpoints.api_token
+        if endpoints.http_url:
             print(
-                f"cogo up: dashboard {endpoints.get('http_url')}/"
+                f"cogo up: dashboard {endpoints.http_url}/"
                 + (f"#token={token}" if token else ""),
                 flush=True,
             )

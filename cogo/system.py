@@ -34,11 +34,10 @@ import msgspec
 import nats.js.errors
 import uvicorn
 from nats.aio.msg import Msg
-from nats.js.client import JetStreamContext
 
 from cogo.actors.app import AgentSpec
 from cogo.actors.loader import BUILTIN_REF, LoadedApp, apps_for_up
-from cogo.actors.runner import BUS_AWAY, agent_args, child_env
+from cogo.actors.runner import agent_args, child_env
 from cogo.actors.supervisor import Supervisor, spawn
 from cogo.config import (
     API_TOKEN_ENV,
@@ -46,7 +45,6 @@ from cogo.config import (
     Config,
     env,
     env_list,
-    exponential_delay,
     load_config,
 )
 from cogo.endpoints import (
@@ -57,19 +55,18 @@ from cogo.endpoints import (
     write_endpoints,
 )
 from cogo.errors import CogoError, ConfigError, StartupError
-from cogo.http.app import create_app
 from cogo.http.server import server_config
 from cogo.http.state import AppState
 from cogo.secretfile import read_or_create
+from cogo.startup import Startup
 from cogo.streams import auth as auth_module
 from cogo.streams.cluster import LocalCluster
 from cogo.streams.connection import connect, install_stop_signals
-from cogo.streams.policies import PolicyStore
-from cogo.streams.registry import declare, declare_version
+from cogo.streams.registry import declare_version
 from cogo.streams.routes import check_version, durable_name, versioned_route
 from cogo.streams.seal import SEAL_KEY_ENV, Sealer
 from cogo.streams.server import EmbeddedServer, ensure_port_free, free_port, listen_socket
-from cogo.streams.topology import CONTROL_VERSION, TASKS, ensure_topology
+from cogo.streams.topology import CONTROL_VERSION, TASKS
 
 if TYPE_CHECKING:
     from cogo.projections.projector import Projector
@@ -165,6 +162,16 @@ class System:
         self.passwords: dict[str, str] = {}
         self.sealer: Sealer | None = None  # under --auth (cogo.streams.seal)
         self.supervisor = Supervisor()
+        # the bus, the topology and routes, the facade: the start-up every system shares
+        self.startup = Startup(
+            self.data_dir,
+            self.config,
+            config_path=config_path,
+            sync=sync,
+            nats_url=nats_url,
+            nats_port=nats_port,
+            name="cogo-up",
+        )
         # in-process components, in start order (the rollout controller reads the projector's
         # DuckDB); stopped in reverse
         self.projector: Projector | None = None
@@ -195,36 +202,22 @@ class System:
             self._http_socket = listen_socket(
                 self.http_port, "HTTP", "--http-port/--http-host", self.http_host
             )
-        if not self.external_url and self.nats_port and not self.cluster > 1:
-            ensure_port_free(self.nats_port, "NATS", "--nats-port")
-        if not self.external_url:
-            extra, creds = "", None
-            if self.auth:
-                self.auth_plan.versions = auth_module.load_grants(self.data_dir)
-                self.passwords = auth_module.credentials(self.data_dir, self.auth_plan.users)
-                self.sealer = Sealer(auth_module.seal_key(self.data_dir))
-                extra = auth_module.accounts_config(self.auth_plan, self.passwords)
-                creds = ("admin", self.passwords["admin"])
-            if self.cluster > 1:
-                self.server = LocalCluster(self.data_dir / "cluster", self.cluster, sync=self.sync)
-            else:
-                self.server = EmbeddedServer(
-                    self.data_dir, self.nats_port, sync=self.sync, extra_config=extra,
-                    credentials=creds,
-                )  # fmt: skip
-            nodes = self.server.nodes if isinstance(self.server, LocalCluster) else [self.server]
-            for node in nodes:  # may wait for a server left behind to stop: not on the loop
-                await asyncio.to_thread(node.claim_store)
-            self.server.start()  # on this thread: the server dies with it (cogo.lifeline)
-            await self.server.wait_ready()
+        extra, creds = "", None
+        if self.auth and not self.external_url:
+            self.auth_plan.versions = auth_module.load_grants(self.data_dir)
+            self.passwords = auth_module.credentials(self.data_dir, self.auth_plan.users)
+            self.sealer = Sealer(auth_module.seal_key(self.data_dir))
+            extra = auth_module.accounts_config(self.auth_plan, self.passwords)
         elif self.auth:  # a cluster whose users `cogo cluster config --auth` made
             self.passwords = auth_module.existing_credentials(self.data_dir, self.auth_plan.users)
-        admin = {"user": "admin", "password": self.passwords["admin"]} if self.auth else {}
-        self.nc = await connect(self.nats_url, "cogo-up", **admin)
-        js = self.nc.jetstream()
-        await self._declare(js)
-        self.policies = PolicyStore(js)
-        await self.policies.start()
+        if self.auth:
+            creds = ("admin", self.passwords["admin"])
+        self.nc = await self.startup.start_bus(
+            cluster=self.cluster, extra_config=extra, credentials=creds
+        )
+        self.server = self.startup.server
+        await self.startup.declare(decls=self.decls)
+        self.policies = await self.startup.start_policies()
         if self.auth and isinstance(self.server, EmbeddedServer):
             await self.nc.subscribe(f"{CONTROL_VERSION}.*", cb=self._on_version_request)
         for loaded in self.apps if self.role != ROLE_FACADE else []:
@@ -254,7 +247,7 @@ class System:
             return
         await self._start_components()
         self.state.projector, self.state.rollouts = self.projector, self.rollouts
-        app = create_app(self.state, extra_routes=_extra_routes())
+        app = self.startup.facade(self.state, _extra_routes())
         self.http = uvicorn.Server(server_config(app, port=self.http_port))
         self._http_task = asyncio.create_task(
             self.http.serve(sockets=[self._http_socket]), name="http"
@@ -283,26 +276,6 @@ class System:
         )
         (self.data_dir / HTTP_PORT_FILE).write_text(f"{self.http_port}\n")
         self.supervisor.watch()
-
-    async def _declare(self, js: JetStreamContext, timeout: float = 120.0) -> None:
-        """The topology and the routes; on a cluster still electing leaders (a host just
-        lost or back), retried until JetStream answers, as the actors do (``BUS_AWAY``)."""
-        deadline = time.monotonic() + timeout
-        failures = 0
-        while True:
-            try:
-                await ensure_topology(js, self.config)
-                await declare(js, self.config, self.decls)
-                return
-            except BUS_AWAY as exc:
-                failures += 1
-                if time.monotonic() > deadline:
-                    raise StartupError(
-                        f"JetStream did not answer for {timeout:.0f} s: {exc}"
-                    ) from None
-                log.warning("the bus did not answer while declaring (%s: %s); retrying",
-                            type(exc).__name__, exc)  # fmt: skip
-                await asyncio.sleep(exponential_delay(0.2, failures, cap=5.0))
 
     def _runs(self, loaded: LoadedApp, spec: AgentSpec) -> bool:
         if not spec.up:
@@ -426,14 +399,7 @@ class System:
         for component in reversed(self.components):
             with contextlib.suppress(Exception):
                 await component.stop()
-        if hasattr(self, "policies"):
-            await self.policies.stop()
-        if hasattr(self, "nc"):
-            with contextlib.suppress(Exception):
-                await self.nc.flush(timeout=5)
-                await self.nc.close()
-        if self.server is not None:
-            await asyncio.to_thread(self.server.stop)
+        await self.startup.stop()  # the policy view, the connection, the server
         with contextlib.suppress(OSError):
             remove_endpoints(self.data_dir)
 

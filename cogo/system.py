@@ -447,8 +447,7 @@ async def run_up(system: System) -> None:
         token = endpoints.api_token
         if endpoints.http_url:
             print(
-                f"cogo up: dashboard {endpoints.http_url}/"
-                + (f"#token={token}" if token else ""),
+                f"cogo up: dashboard {endpoints.http_url}/" + (f"#token={token}" if token else ""),
                 flush=True,
             )
         await stop.wait()

@@ -211,6 +211,7 @@ async def main(count: int, batch: int) -> None:
         store.shutdown()
         print(f"duckdb:    {count} events in {elapsed:.2f}s = {count / elapsed:,.0f} events/s")
 
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=200_000)

@@ -299,7 +299,8 @@ class Startup:
             self.policies = None
         for nc in reversed(self._conns):
             with contextlib.suppress(Exception):
-                await nc.flush(timeout=5)
+                if nc.is_connected:  # what was published gets out; a lost bus is not waited for
+                    await nc.flush(timeout=5)
                 await nc.close()
         self._conns.clear()
         if self.server is not None:

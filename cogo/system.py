@@ -112,7 +112,12 @@ ROLES = (ROLE_ALL, ROLE_FACADE, ROLE_WORKERS)
 
 
 class System:
-    """Everything ``cogo up`` runs, in start order; ``stop`` undoes it in reverse."""
+    """Everything ``cogo up`` runs, in start order; ``stop`` undoes it in reverse.
+
+    The bus, the routes and the facade start as every system starts them
+    (``cogo.startup``); what is ``cogo up``'s own is around them: the ports, ``--auth``,
+    supervised agent processes, the components and ``endpoints.json``.
+    """
 
     def __init__(
         self,

@@ -38,6 +38,7 @@ from nats.js.errors import APIError, KeyNotFoundError
 
 from cogo import tracing
 from cogo.config import resolve_data_dir
+from cogo.endpoints import read_endpoints
 from cogo.errors import (
     BackpressureError,
     CogoError,
@@ -202,19 +203,19 @@ class Client:
 
         url, user, password = self._url, self._user, self._password
         if url is None:
-            endpoints = _endpoints(self._data_dir)
-            url = endpoints.get("nats_url")
-            user = user or endpoints.get("nats_user")
-            password = password or endpoints.get("nats_password")
-            if endpoints.get("output_key"):  # under --auth: outputs are verified
-                self._outputs = OutputVerifier(str(endpoints["output_key"]))
-            if not url:
+            endpoints = read_endpoints(self._data_dir)
+            if endpoints is None:
                 raise CogoError(
                     f"no running `cogo up` in {self._data_dir} (no endpoints.json there): "
                     "start one with `cogo up`, or say where yours is with "
                     "Client(data_dir=...), COGO_DATA_DIR or a cogo.toml (data_dir) in your "
                     "project, or connect anywhere with Client(nats_url)"
                 )
+            url = endpoints.nats_url
+            user = user or endpoints.nats_user
+            password = password or endpoints.nats_password
+            if endpoints.output_key:  # under --auth: outputs are verified
+                self._outputs = OutputVerifier(endpoints.output_key)
         self._nc = await connect(url, self._name, user=user, password=password)
         await asyncio.to_thread(tracing.enabled)  # decided (SDK imported if on) off the loop
 
@@ -681,10 +682,3 @@ def _from_event(event: Event) -> TaskStatus:
         submitted_at=data.submitted_at,
         finished_at=event.at,
     )
-
-
-def _endpoints(data_dir: Path) -> dict[str, Any]:
-    try:
-        return json.loads((data_dir / "endpoints.json").read_text())  # type: ignore[no-any-return]
-    except (OSError, json.JSONDecodeError):
-        return {}

@@ -42,14 +42,13 @@ from cogo.actors.llm import LlmReply, LlmUsage, ToolCall
 from cogo.config import RoutePolicy
 from cogo.errors import (
     CogoError,
-    CostBudgetExhausted,
     LlmNotConfigured,
     ModelNotAllowed,
     OutputInvalid,
     StepNameReused,
     StepResultInvalid,
-    TokenBudgetExhausted,
 )
+from cogo.streams.budget import over_budget
 from cogo.streams.envelope import ResolvedAssignment, Usage
 
 Handler = Callable[..., Any]
@@ -151,15 +150,10 @@ class FakeContext:
             raise ValueError("usage cannot be negative")
         self._env.tokens += int(tokens)
         self._env.cost_usd += float(cost_usd)
-        if self._env.tokens > self.assignment.max_tokens:
-            raise TokenBudgetExhausted(
-                f"used {self._env.tokens} tokens, budget max_tokens={self.assignment.max_tokens}"
-            )
-        if self._env.cost_usd > self.assignment.max_cost_usd:
-            raise CostBudgetExhausted(
-                f"spent ${self._env.cost_usd:.4f}, budget max_cost_usd="
-                f"{self.assignment.max_cost_usd}"
-            )
+        spent = Usage(tokens=self._env.tokens, cost_usd=self._env.cost_usd)
+        error = over_budget(spent, self.assignment)
+        if error is not None:
+            raise error
 
     async def step(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Journaled once: a name already in ``env.steps`` replays without running ``fn``."""

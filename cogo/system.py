@@ -34,11 +34,10 @@ import msgspec
 import nats.js.errors
 import uvicorn
 from nats.aio.msg import Msg
-from nats.js.client import JetStreamContext
 
 from cogo.actors.app import AgentSpec
 from cogo.actors.loader import BUILTIN_REF, LoadedApp, apps_for_up
-from cogo.actors.runner import BUS_AWAY, agent_args, child_env
+from cogo.actors.runner import agent_args, child_env
 from cogo.actors.supervisor import Supervisor, spawn
 from cogo.config import (
     API_TOKEN_ENV,
@@ -46,23 +45,28 @@ from cogo.config import (
     Config,
     env,
     env_list,
-    exponential_delay,
     load_config,
 )
+from cogo.endpoints import (
+    Endpoints,
+    endpoints_path,
+    read_endpoints,
+    remove_endpoints,
+    write_endpoints,
+)
 from cogo.errors import CogoError, ConfigError, StartupError
-from cogo.http.app import create_app
 from cogo.http.server import server_config
 from cogo.http.state import AppState
-from cogo.secretfile import read_or_create, write_private_json
+from cogo.secretfile import read_or_create
+from cogo.startup import Startup
 from cogo.streams import auth as auth_module
 from cogo.streams.cluster import LocalCluster
 from cogo.streams.connection import connect, install_stop_signals
-from cogo.streams.policies import PolicyStore
-from cogo.streams.registry import declare, declare_version
+from cogo.streams.registry import declare_version
 from cogo.streams.routes import check_version, durable_name, versioned_route
 from cogo.streams.seal import SEAL_KEY_ENV, Sealer
 from cogo.streams.server import EmbeddedServer, ensure_port_free, free_port, listen_socket
-from cogo.streams.topology import CONTROL_VERSION, TASKS, ensure_topology
+from cogo.streams.topology import CONTROL_VERSION, TASKS
 
 if TYPE_CHECKING:
     from cogo.projections.projector import Projector
@@ -87,10 +91,6 @@ def api_token(data_dir: Path) -> str:
     return read_or_create(data_dir / "api_token")
 
 
-def write_endpoints(data_dir: Path, endpoints: dict[str, Any]) -> Path:
-    return write_private_json(data_dir / "endpoints.json", endpoints)
-
-
 HTTP_PORT_FILE = "http_port"
 
 
@@ -104,13 +104,6 @@ def remembered_http_port(data_dir: Path) -> int | None:
     return port
 
 
-def read_endpoints(data_dir: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((data_dir / "endpoints.json").read_text())  # type: ignore[no-any-return]
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
 # what a `cogo up` runs (`--role`); every role declares the topology and the routes first
 ROLE_ALL = "all"  # everything: actors, projector, facade
 ROLE_FACADE = "facade"  # the HTTP facade and the projector (and rollouts), no actors
@@ -119,7 +112,12 @@ ROLES = (ROLE_ALL, ROLE_FACADE, ROLE_WORKERS)
 
 
 class System:
-    """Everything ``cogo up`` runs, in start order; ``stop`` undoes it in reverse."""
+    """Everything ``cogo up`` runs, in start order; ``stop`` undoes it in reverse.
+
+    The bus, the routes and the facade start as every system starts them
+    (``cogo.startup``); what is ``cogo up``'s own is around them: the ports, ``--auth``,
+    supervised agent processes, the components and ``endpoints.json``.
+    """
 
     def __init__(
         self,
@@ -169,6 +167,16 @@ class System:
         self.passwords: dict[str, str] = {}
         self.sealer: Sealer | None = None  # under --auth (cogo.streams.seal)
         self.supervisor = Supervisor()
+        # the bus, the topology and routes, the facade: the start-up every system shares
+        self.startup = Startup(
+            self.data_dir,
+            self.config,
+            config_path=config_path,
+            sync=sync,
+            nats_url=nats_url,
+            nats_port=nats_port,
+            name="cogo-up",
+        )
         # in-process components, in start order (the rollout controller reads the projector's
         # DuckDB); stopped in reverse
         self.projector: Projector | None = None
@@ -199,36 +207,22 @@ class System:
             self._http_socket = listen_socket(
                 self.http_port, "HTTP", "--http-port/--http-host", self.http_host
             )
-        if not self.external_url and self.nats_port and not self.cluster > 1:
-            ensure_port_free(self.nats_port, "NATS", "--nats-port")
-        if not self.external_url:
-            extra, creds = "", None
-            if self.auth:
-                self.auth_plan.versions = auth_module.load_grants(self.data_dir)
-                self.passwords = auth_module.credentials(self.data_dir, self.auth_plan.users)
-                self.sealer = Sealer(auth_module.seal_key(self.data_dir))
-                extra = auth_module.accounts_config(self.auth_plan, self.passwords)
-                creds = ("admin", self.passwords["admin"])
-            if self.cluster > 1:
-                self.server = LocalCluster(self.data_dir / "cluster", self.cluster, sync=self.sync)
-            else:
-                self.server = EmbeddedServer(
-                    self.data_dir, self.nats_port, sync=self.sync, extra_config=extra,
-                    credentials=creds,
-                )  # fmt: skip
-            nodes = self.server.nodes if isinstance(self.server, LocalCluster) else [self.server]
-            for node in nodes:  # may wait for a server left behind to stop: not on the loop
-                await asyncio.to_thread(node.claim_store)
-            self.server.start()  # on this thread: the server dies with it (cogo.lifeline)
-            await self.server.wait_ready()
+        extra, creds = "", None
+        if self.auth and not self.external_url:
+            self.auth_plan.versions = auth_module.load_grants(self.data_dir)
+            self.passwords = auth_module.credentials(self.data_dir, self.auth_plan.users)
+            self.sealer = Sealer(auth_module.seal_key(self.data_dir))
+            extra = auth_module.accounts_config(self.auth_plan, self.passwords)
         elif self.auth:  # a cluster whose users `cogo cluster config --auth` made
             self.passwords = auth_module.existing_credentials(self.data_dir, self.auth_plan.users)
-        admin = {"user": "admin", "password": self.passwords["admin"]} if self.auth else {}
-        self.nc = await connect(self.nats_url, "cogo-up", **admin)
-        js = self.nc.jetstream()
-        await self._declare(js)
-        self.policies = PolicyStore(js)
-        await self.policies.start()
+        if self.auth:
+            creds = ("admin", self.passwords["admin"])
+        self.nc = await self.startup.start_bus(
+            cluster=self.cluster, extra_config=extra, credentials=creds
+        )
+        self.server = self.startup.server
+        await self.startup.declare(decls=self.decls)
+        self.policies = await self.startup.start_policies()
         if self.auth and isinstance(self.server, EmbeddedServer):
             await self.nc.subscribe(f"{CONTROL_VERSION}.*", cb=self._on_version_request)
         for loaded in self.apps if self.role != ROLE_FACADE else []:
@@ -251,13 +245,14 @@ class System:
             cors_origins=env_list(CORS_ORIGINS_ENV),
         )
         if self.role == ROLE_WORKERS:
-            write_endpoints(self.data_dir, {"nats_url": self.nats_url, "role": self.role,
-                                            "pid": os.getpid()})  # fmt: skip
+            write_endpoints(
+                self.data_dir, Endpoints(nats_url=self.nats_url, role=self.role, pid=os.getpid())
+            )
             self.supervisor.watch()
             return
         await self._start_components()
         self.state.projector, self.state.rollouts = self.projector, self.rollouts
-        app = create_app(self.state, extra_routes=_extra_routes())
+        app = self.startup.facade(self.state, _extra_routes())
         self.http = uvicorn.Server(server_config(app, port=self.http_port))
         self._http_task = asyncio.create_task(
             self.http.serve(sockets=[self._http_socket]), name="http"
@@ -269,47 +264,23 @@ class System:
                     await self._http_task
                 raise StartupError("the HTTP facade failed to start; see the log above")
             await asyncio.sleep(0.05)
+        sealer = self.sealer if self.auth else None
         write_endpoints(
             self.data_dir,
-            {
-                "nats_url": self.nats_url,
-                "http_url": f"http://{_url_host(self.http_host)}:{self.http_port}",
-                "role": self.role,
-                "api_token": self.state.api_token,
-                **(
-                    {
-                        "nats_user": "client",
-                        "nats_password": self.passwords["client"],
-                        "output_key": self.sealer.output_key,
-                    }  # readers verify outputs
-                    if self.auth and self.sealer is not None
-                    else {}
-                ),  # fmt: skip
-                "pid": os.getpid(),
-            },
+            Endpoints(
+                nats_url=self.nats_url,
+                http_url=f"http://{_url_host(self.http_host)}:{self.http_port}",
+                role=self.role,
+                api_token=self.state.api_token,
+                # readers connect as `client` and verify outputs with the key
+                nats_user="client" if sealer else None,
+                nats_password=self.passwords["client"] if sealer else None,
+                output_key=sealer.output_key if sealer else None,
+                pid=os.getpid(),
+            ),
         )
         (self.data_dir / HTTP_PORT_FILE).write_text(f"{self.http_port}\n")
         self.supervisor.watch()
-
-    async def _declare(self, js: JetStreamContext, timeout: float = 120.0) -> None:
-        """The topology and the routes; on a cluster still electing leaders (a host just
-        lost or back), retried until JetStream answers, as the actors do (``BUS_AWAY``)."""
-        deadline = time.monotonic() + timeout
-        failures = 0
-        while True:
-            try:
-                await ensure_topology(js, self.config)
-                await declare(js, self.config, self.decls)
-                return
-            except BUS_AWAY as exc:
-                failures += 1
-                if time.monotonic() > deadline:
-                    raise StartupError(
-                        f"JetStream did not answer for {timeout:.0f} s: {exc}"
-                    ) from None
-                log.warning("the bus did not answer while declaring (%s: %s); retrying",
-                            type(exc).__name__, exc)  # fmt: skip
-                await asyncio.sleep(exponential_delay(0.2, failures, cap=5.0))
 
     def _runs(self, loaded: LoadedApp, spec: AgentSpec) -> bool:
         if not spec.up:
@@ -433,18 +404,9 @@ class System:
         for component in reversed(self.components):
             with contextlib.suppress(Exception):
                 await component.stop()
-        if hasattr(self, "policies"):
-            await self.policies.stop()
-        if hasattr(self, "nc"):
-            with contextlib.suppress(Exception):
-                await self.nc.flush(timeout=5)
-                await self.nc.close()
-        if self.server is not None:
-            await asyncio.to_thread(self.server.stop)
+        await self.startup.stop()  # the policy view, the connection, the server
         with contextlib.suppress(OSError):
-            endpoints = read_endpoints(self.data_dir)
-            if endpoints and endpoints.get("pid") == os.getpid():
-                (self.data_dir / "endpoints.json").unlink()
+            remove_endpoints(self.data_dir)
 
 
 def _url_host(host: str) -> str:
@@ -473,13 +435,10 @@ async def run_up(system: System) -> None:
     install_stop_signals(stop)
     try:
         await system.start()
-        endpoints = read_endpoints(system.data_dir) or {}
+        endpoints = read_endpoints(system.data_dir) or Endpoints(nats_url=system.nats_url)
+        print(f"cogo up: nats {endpoints.nats_url}  http {endpoints.http_url}", flush=True)
         print(
-            f"cogo up: nats {endpoints.get('nats_url')}  http {endpoints.get('http_url')}",
-            flush=True,
-        )
-        print(
-            f"cogo up: endpoints in {system.data_dir / 'endpoints.json'}; Ctrl-C to stop",
+            f"cogo up: endpoints in {endpoints_path(system.data_dir)}; Ctrl-C to stop",
             flush=True,
         )
         for loaded in system.apps:  # what runs: the app, its reference and its agents
@@ -490,11 +449,10 @@ async def run_up(system: System) -> None:
                 f"cogo up: app {loaded.app.name} ({loaded.ref}): {', '.join(agents) or '-'}",
                 flush=True,
             )
-        token = endpoints.get("api_token")
-        if endpoints.get("http_url"):
+        token = endpoints.api_token
+        if endpoints.http_url:
             print(
-                f"cogo up: dashboard {endpoints.get('http_url')}/"
-                + (f"#token={token}" if token else ""),
+                f"cogo up: dashboard {endpoints.http_url}/" + (f"#token={token}" if token else ""),
                 flush=True,
             )
         await stop.wait()

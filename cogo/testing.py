@@ -40,11 +40,12 @@ import asyncio
 import contextlib
 import json
 import os
+import subprocess
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -54,6 +55,10 @@ from cogo.client import Client
 from cogo.config import LLM_BASE_URL_ENV, Config, load_config
 from cogo.devllm import ChatServer, Reply
 from cogo.harness import AgentEnvironment
+
+if TYPE_CHECKING:
+    from cogo.projections.projector import Projector
+    from cogo.startup import Startup
 
 __all__ = ["AgentEnvironment", "ChatServer", "CogoEnv", "Reply", "merged_toml"]
 
@@ -115,11 +120,7 @@ class CogoEnv:
         self.url = ""
         self.config: Config | None = None
         self.client = Client("", name="cogo-testing")
-        self._server: Any = None
-        self._running: list[Any] = []
-        self._conns: list[Any] = []
-        self.children: dict[str, Any] = {}
-        self.projector: Any = None
+        self.startup: Startup | None = None
 
     async def __aenter__(self) -> CogoEnv:
         await self.start()
@@ -130,10 +131,7 @@ class CogoEnv:
 
     async def start(self) -> None:
         from cogo.actors import app as builtin
-        from cogo.actors.loader import declare_apps
-        from cogo.projections.projector import Projector
-        from cogo.streams.connection import connect
-        from cogo.streams.server import EmbeddedServer
+        from cogo.startup import Startup
 
         if self.llm_url:
             self._saved_llm_env = os.environ.get(LLM_BASE_URL_ENV)
@@ -146,51 +144,46 @@ class CogoEnv:
         config_path.write_text(self._config_text)
         self.config_path = config_path
         self.config = load_config(config_path)
-        self._server = EmbeddedServer(self.data_dir, sync=self.sync)
-        self._server.start()
-        await self._server.wait_ready()
-        self.url = self._server.url
+        # `cogo up`'s start-up with a test's options: a private server, agents here or as
+        # processes, the projector here, no HTTP facade
+        self.startup = Startup(
+            self.data_dir,
+            self.config,
+            config_path=config_path,
+            sync=self.sync,
+            name="cogo-testing",
+        )
+        await self.startup.start_bus()
+        self.url = self.startup.url
         apps = [self._app(a) for a in self.apps]
-        nc = await connect(self.url, "cogo-testing-admin")
-        self._conns.append(nc)
-        await declare_apps(nc.jetstream(), self.config, apps)
-        await self._run(builtin.get("dispatcher"))
-        self.projector = Projector(nc, self.config, data_dir=self.data_dir)
-        await self.projector.start()
+        await self.startup.declare(apps)
+        await self.startup.run_agent(builtin.get("dispatcher"))
+        await self.startup.start_projector()
         for app, ref in zip(apps, self.apps, strict=True):
             for spec in app.agents.values():
                 if self.processes:
                     for n in range(spec.replicas):
                         self.spawn(_ref_of(app, ref), spec.name, f"{app.name}.{spec.name}-{n}")
                 else:
-                    await self._run(spec)
+                    await self.startup.run_agent(spec)
         self.client = Client(self.url, name="cogo-testing")
         await self.client.connect()
 
-    async def _run(self, spec: Any) -> None:
-        from cogo.streams.connection import connect
+    @property
+    def projector(self) -> Projector | None:
+        """The projector running in this process (``None`` before ``start``)."""
+        return self.startup.projector if self.startup is not None else None
 
-        assert self.config is not None
-        nc = await connect(self.url, f"cogo-testing-{spec.name}")
-        self._conns.append(nc)
-        actor = spec.build(nc, self.config, data_dir=self.data_dir)
-        await actor.start()
-        self._running.append(actor)
+    @property
+    def children(self) -> dict[str, subprocess.Popen[bytes]]:
+        """The agent processes started by this env (``spawn``), by label."""
+        return self.startup.children if self.startup is not None else {}
 
     def spawn(self, ref: str, agent: str, label: str | None = None, **kwargs: Any) -> Any:
         """Start ``cogo run <ref> --agent <agent>`` against this env (a real process)."""
-        from cogo.actors.runner import agent_args, child_env
-        from cogo.actors.supervisor import spawn
-
-        label = label or agent
-        args = agent_args(ref, agent, self.url, config_path=self.config_path,
-                          data_dir=self.data_dir, **kwargs)  # fmt: skip
-        assert self.data_dir is not None
-        log = self.data_dir / "logs" / f"{label}.log"
+        assert self.startup is not None, "start the env first"
         roots = [str(Path.cwd()), *_import_roots(ref)]
-        self.children[label] = spawn(args, env=child_env(roots, self.env),
-                                     log_file=log)  # fmt: skip
-        return self.children[label]
+        return self.startup.spawn(ref, agent, label, env=self.env, import_roots=roots, **kwargs)
 
     def kill(self, label: str) -> None:
         """SIGKILL one agent process started by this env."""
@@ -211,21 +204,8 @@ class CogoEnv:
     async def _stop(self) -> None:
         with contextlib.suppress(Exception):
             await self.client.close()
-        for child in self.children.values():
-            if child.poll() is None:
-                child.terminate()
-        for child in self.children.values():
-            with contextlib.suppress(Exception):
-                await asyncio.to_thread(child.wait, 20)
-        await asyncio.gather(*(a.stop(grace=5) for a in self._running), return_exceptions=True)
-        if self.projector is not None:
-            with contextlib.suppress(Exception):
-                await self.projector.stop()
-        for nc in self._conns:
-            with contextlib.suppress(Exception):
-                await nc.close()
-        if self._server is not None:
-            await asyncio.to_thread(self._server.stop)
+        if self.startup is not None:
+            await self.startup.stop()
         if self._tmp is not None:
             self._tmp.cleanup()
         if self.llm_url:  # as it was before the env started

@@ -23,9 +23,9 @@ def cogo_apps():
 
 async def _replace_projector(env, answer: dict | None):
     """Stop the env's projector; answer status requests with ``answer`` (None: never)."""
-    await env.projector.stop()
-    env.projector = None
-    nc = env._conns[0]
+    await env.startup.projector.stop()
+    env.startup.projector = None
+    nc = env.startup.admin
     asked: list[dict] = []
 
     async def respond(msg):

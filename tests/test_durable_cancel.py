@@ -150,7 +150,7 @@ async def test_cancelling_a_workflow_run_cancels_the_tasks_it_started(cogo_env):
     from cogo.actors.orchestrator import CancelRun, send_command
     from tests.test_workflow_support import start_run, wait_run
 
-    await cogo_env._run(builtin.get("orchestrator"))
+    await cogo_env.startup.run_agent(builtin.get("orchestrator"))
     js = cogo_env.client.nc.jetstream()
     plan = {"id": "durableWait", "nodes": [
         {"id": "ask", "type": "publish", "route": "dur.signal.0", "payload": {}},
@@ -181,7 +181,7 @@ async def test_a_queued_child_of_a_cancelled_parent_never_runs(cogo_env):
     final = await cogo_env.client.handle(child, "durq.child.0").wait(timeout=30)
     assert final.status == "cancelled"
     # its worker starts now and finds it in the queue: it is dropped, not run
-    await cogo_env._run(durable_apps.queued.agents["queued_child"])
+    await cogo_env.startup.run_agent(durable_apps.queued.agents["queued_child"])
     assert (await handle.wait(timeout=30)).status == "cancelled"
 
     async def consumed() -> bool:

@@ -32,9 +32,9 @@ async def test_dispatcher_sigkill_while_children_finish(tmp_path: Path):
     dispatcher = other = None
     try:
         # the in-process dispatcher makes way for one in its own process, to be killed
-        (inproc,) = [a for a in env._running if a.kind == "dispatcher"]
+        (inproc,) = [a for a in env.startup.agents if a.kind == "dispatcher"]
         await inproc.stop(grace=5)
-        env._running.remove(inproc)
+        env.startup.agents.remove(inproc)
         args = ["--nats-url", env.url, "--config", str(env.config_path)]
         dispatcher = cogo_process("run", "dispatcher", *args)
         other = cogo_process("run", "dispatcher", *args)

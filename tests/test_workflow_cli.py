@@ -15,12 +15,12 @@ from cogo.actors.dispatcher import ExecutorDispatcher
 from cogo.actors.echo import EchoActor
 from cogo.actors.orchestrator import Orchestrator
 from cogo.cli.workflows import parameters_of
+from cogo.endpoints import Endpoints, write_endpoints
 from cogo.http import orchestrator as orchestrator_routes
 from cogo.http.app import create_app
 from cogo.http.state import AppState
 from cogo.streams.policies import PolicyStore
 from cogo.streams.server import free_port
-from cogo.system import write_endpoints
 from tests.helpers import running
 
 DEFINITION: dict[str, Any] = {
@@ -55,8 +55,8 @@ async def test_workflow_commands(nats_server, nc, js, config, data_dir, tmp_path
         if server.started:
             break
         await asyncio.sleep(0.02)
-    write_endpoints(data_dir, {"nats_url": nats_server.url,
-                               "http_url": f"http://127.0.0.1:{port}", "api_token": "tok"})  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    write_endpoints(data_dir, Endpoints(nats_url=nats_server.url, http_url=url, api_token="tok"))
     definition = tmp_path / "cli.json"
     definition.write_text(json.dumps(DEFINITION))
     common = ["--data-dir", str(data_dir)]

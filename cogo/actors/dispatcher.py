@@ -61,13 +61,12 @@ from cogo.errors import (
     AttemptsExhausted,
     BypassDenied,
     CogoError,
-    CostBudgetExhausted,
     MalformedMessage,
-    TokenBudgetExhausted,
     TtlExpired,
     UnknownRoute,
 )
 from cogo.rollouts.canary import CanaryRouter, subject_of
+from cogo.streams.budget import over_budget
 from cogo.streams.catalogue import (
     EXECUTE_CANCELLED,
     EXECUTE_DONE,
@@ -418,17 +417,7 @@ class ExecutorDispatcher(Actor):
             "cohort": order.cohort,
         }
         timing = {"claimed_at": iso(r.claimed_at), "submitted_at": iso(order.submitted_at)}
-        budget: CogoError | None = None
-        if tree.tokens > a.max_tokens:
-            budget = TokenBudgetExhausted(
-                f"used {tree.tokens} tokens across {order.attempt} attempt(s), "
-                f"budget max_tokens={a.max_tokens}"
-            )
-        elif tree.cost_usd > a.max_cost_usd:
-            budget = CostBudgetExhausted(
-                f"spent ${tree.cost_usd:.4f} across {order.attempt} attempt(s), "
-                f"budget max_cost_usd={a.max_cost_usd}"
-            )
+        budget = over_budget(tree, a, f"across {order.attempt} attempt(s)")
         if budget is not None:
             await self._fail(base, budget.code, str(budget), data=timing, closes=closes, **measured)
             return

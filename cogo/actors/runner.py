@@ -21,7 +21,6 @@ import gc
 import json
 import logging
 import os
-import subprocess
 import threading
 from pathlib import Path
 from typing import Any
@@ -198,19 +197,6 @@ def agent_args(
     if concurrency:
         args += ["--concurrency", str(concurrency)]
     return args
-
-
-def spawn_actor(
-    name: str,
-    nats_url: str,
-    *,
-    target: str | None = None,
-    env: dict[str, str] | None = None,
-    log_file: Path | None = None,
-    **kwargs: Any,
-) -> subprocess.Popen[bytes]:
-    """Start one replica of agent ``name`` (Cogo's own, or of the app ``target``) as a child."""
-    return spawn(agent_args(target or name, name, nats_url, **kwargs), env=env, log_file=log_file)
 
 
 def child_env(app_dirs: list[str], extra: dict[str, str] | None = None) -> dict[str, str]:

@@ -44,13 +44,11 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from cogo.actors.steps import durable_subject, task_bucket
 from cogo.errors import (
-    CogoError,
-    CostBudgetExhausted,
     TaskCancelled,
-    TokenBudgetExhausted,
     TtlExpired,
 )
 from cogo.rollouts.canary import subject_of
+from cogo.streams.budget import over_budget
 from cogo.streams.catalogue import (
     CALL_COMPLETED,
     CALL_STARTED,
@@ -301,17 +299,7 @@ class Suspensions:
         total = order.usage_so_far + r.usage
         below = r.tree_usage or Usage()
         a = order.assignment
-        budget: CogoError | None = None
-        if total.tokens + below.tokens > a.max_tokens:
-            budget = TokenBudgetExhausted(
-                f"the task's tree used {total.tokens + below.tokens} tokens, budget "
-                f"max_tokens={a.max_tokens}"
-            )
-        elif total.cost_usd + below.cost_usd > a.max_cost_usd:
-            budget = CostBudgetExhausted(
-                f"the task's tree spent ${total.cost_usd + below.cost_usd:.4f}, budget "
-                f"max_cost_usd={a.max_cost_usd}"
-            )
+        budget = over_budget(total + below, a, "in the task's tree")
         if budget is not None:
             await self._end(order, budget, usage=total, children=r.children)
             return

@@ -37,16 +37,15 @@ from cogo.actors.suspension import is_cancelled, record_key
 from cogo.errors import (
     AttemptTimeout,
     CogoError,
-    CostBudgetExhausted,
     InvalidResult,
     OutputInvalid,
     TaskCancelled,
-    TokenBudgetExhausted,
     TtlExpired,
     WorkerError,
 )
 from cogo.rollouts.canary import versioned_routes
 from cogo.streams.artifacts import ArtifactStore
+from cogo.streams.budget import over_budget
 from cogo.streams.catalogue import EXECUTE_STARTED, ExecuteStarted
 from cogo.streams.commands import CANCEL_SUBJECT
 from cogo.streams.envelope import (
@@ -263,21 +262,13 @@ class TaskContext:
         self._tokens += int(tokens)
         self._cost_usd += float(cost_usd)
         charge_step(int(tokens), float(cost_usd))  # a step journals what it spent
-        a = self.order.assignment
         spent = self.order.usage_so_far + self.usage
         if self._durable is not None:
             spent = Usage(tokens=spent.tokens + self._durable.held_tokens,
                           cost_usd=spent.cost_usd + self._durable.held_cost_usd)  # fmt: skip
-        if spent.tokens > a.max_tokens:
-            raise TokenBudgetExhausted(
-                f"used {spent.tokens} tokens across {self.attempt} attempt(s), "
-                f"budget max_tokens={a.max_tokens}"
-            )
-        if spent.cost_usd > a.max_cost_usd:
-            raise CostBudgetExhausted(
-                f"spent ${spent.cost_usd:.4f} across {self.attempt} attempt(s), "
-                f"budget max_cost_usd={a.max_cost_usd}"
-            )
+        error = over_budget(spent, self.order.assignment, f"across {self.attempt} attempt(s)")
+        if error is not None:
+            raise error
 
 
 class Worker(Actor):

@@ -79,7 +79,7 @@ async def client_figures(bench: Bench) -> dict[str, Any]:
     )
     out: dict[str, Any] = {}
     try:
-        async with Client(bench.server.url, name="cogo-bench-client") as client:
+        async with Client(bench.url, name="cogo-bench-client") as client:
             if o.client_tasks > 0:
                 out["awaited"] = await _awaited(bench, client, observer)
             if o.client_step_runs > 0:

@@ -17,7 +17,6 @@ from cogo.actors.runner import _use_uvloop
 from cogo.bench.system import ROUTE, Bench, peak_rss_mb
 from cogo.config import load_config
 from cogo.errors import CogoError
-from cogo.streams.connection import connect
 from cogo.streams.server import free_port
 
 
@@ -28,7 +27,7 @@ async def http_submit(bench: Bench) -> float:
     port, token = free_port(), "bench-token"
     ctx = multiprocessing.get_context("spawn")
     facade = ctx.Process(
-        target=serve_facade, args=(bench.server.url, port, token), name="cogo-bench-facade"
+        target=serve_facade, args=(bench.url, port, token), name="cogo-bench-facade"
     )
     facade.start()
     url = f"http://127.0.0.1:{port}"
@@ -82,21 +81,21 @@ def serve_facade(nats_url: str, port: int, token: str) -> None:
     """Process target: the HTTP facade alone, on 127.0.0.1:``port``."""
     import uvicorn
 
-    from cogo.http.app import create_app
     from cogo.http.state import AppState
-    from cogo.streams.policies import PolicyStore
+    from cogo.startup import Startup
 
     async def main() -> None:
-        nc = await connect(nats_url, "cogo-bench-facade")
-        policies = PolicyStore(nc.jetstream())
-        await policies.start()
+        # `cogo up`'s start-up joining the bench's server: the facade alone
+        data_dir = Path(tempfile.gettempdir())
+        boot = Startup(data_dir, load_config(), nats_url=nats_url, name="cogo-bench-facade")
+        nc = await boot.start_bus()
+        policies = await boot.start_policies()
         state = AppState(
-            nc=nc, config=load_config(), policies=policies,
-            data_dir=Path(tempfile.gettempdir()), api_token=token,
-        )  # fmt: skip
+            nc=nc, config=boot.config, policies=policies, data_dir=boot.data_dir, api_token=token
+        )
         server = uvicorn.Server(
             uvicorn.Config(
-                create_app(state), host="127.0.0.1", port=port, log_level="warning",
+                boot.facade(state), host="127.0.0.1", port=port, log_level="warning",
                 lifespan="off", access_log=False,
             )
         )  # fmt: skip

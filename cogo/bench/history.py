@@ -22,16 +22,12 @@ from typing import Any
 
 import httpx
 
-from cogo.actors.loader import declare_apps
 from cogo.bench.projections import WORKFLOW_ID, synthetic_events
 from cogo.config import Config, load_config
 from cogo.errors import CogoError
-from cogo.projections.projector import Projector
-from cogo.streams.connection import connect
+from cogo.startup import Startup
 from cogo.streams.envelope import MSG_ID
-from cogo.streams.policies import PolicyStore
 from cogo.streams.publisher import Publisher
-from cogo.streams.server import EmbeddedServer
 
 SPAN_S = 50 * 60.0  # the events' timestamps: the 50 minutes before the fill
 RUNS_EVERY = 50
@@ -71,34 +67,29 @@ async def history_figures(
 async def _one_size(
     size: int, work_dir: Path, config: Config, requests: int, progress: Any
 ) -> dict[str, Any]:
-    server = EmbeddedServer(work_dir / "nats", sync="default")
-    server.start()
-    try:
-        await server.wait_ready()
-        nc = await connect(server.url, "cogo-bench-history")
-        try:
-            js = nc.jetstream()
-            await declare_apps(js, config)
-            began = time.perf_counter()
-            await _fill(nc, size, progress)
-            fill_s = time.perf_counter() - began
-            projector = Projector(nc, config, data_dir=work_dir / "data")
-            began = time.perf_counter()
-            await projector.start()
-            try:
-                await projector.wait_caught_up(timeout=1800)
-                project_s = time.perf_counter() - began
-                # as a live system is between folds (its unfolded tail is the last couple of
-                # seconds of traffic, whatever the history), not right after a catch-up
-                await projector.store.write(projector.store.fold_sync)
-                endpoints = await _time_endpoints(nc, js, config, work_dir, projector, requests)
-                db_mb = _file_mb(projector.path)
-            finally:
-                await projector.stop()
-        finally:
-            await nc.close()
-    finally:
-        server.stop()
+    # `cogo up`'s start-up with the bench's options: a throwaway server (filling is not what
+    # is measured: no fsync per message), the projector and the facade in this process
+    async with Startup(
+        work_dir / "data",
+        config,
+        sync="default",
+        server_dir=work_dir / "nats",
+        name="cogo-bench-history",
+    ) as boot:
+        nc = await boot.start_bus()
+        await boot.declare()
+        began = time.perf_counter()
+        await _fill(nc, size, progress)
+        fill_s = time.perf_counter() - began
+        began = time.perf_counter()
+        projector = await boot.start_projector()
+        await projector.wait_caught_up(timeout=1800)
+        project_s = time.perf_counter() - began
+        # as a live system is between folds (its unfolded tail is the last couple of
+        # seconds of traffic, whatever the history), not right after a catch-up
+        await projector.store.write(projector.store.fold_sync)
+        endpoints = await _time_endpoints(boot, requests)
+        db_mb = _file_mb(projector.path)
     update = progress.task(f"history {size:,}: endpoints", 1)
     update(1, ", ".join(f"{k} {v['median']:.0f} ms" for k, v in endpoints.items()))
     return {
@@ -134,19 +125,13 @@ async def _fill(nc: Any, size: int, progress: Any) -> None:
         await publisher.stop()
 
 
-async def _time_endpoints(
-    nc: Any, js: Any, config: Config, data_dir: Path, projector: Projector, requests: int
-) -> dict[str, dict[str, float]]:
+async def _time_endpoints(boot: Startup, requests: int) -> dict[str, dict[str, float]]:
     from cogo.http import dashboard, metrics, orchestrator
-    from cogo.http.app import create_app
     from cogo.http.state import AppState
 
-    policies = PolicyStore(js)
-    await policies.start()
-    state = AppState(nc=nc, config=config, policies=policies, data_dir=data_dir)
-    state.projector = projector
-    routes = [*metrics.routes, *dashboard.routes, *orchestrator.routes]
-    app = create_app(state, extra_routes=routes)
+    policies = await boot.start_policies()
+    state = AppState(nc=boot.admin, config=boot.config, policies=policies, data_dir=boot.data_dir)
+    app = boot.facade(state, [*metrics.routes, *dashboard.routes, *orchestrator.routes])
     figures: dict[str, dict[str, float]] = {}
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
@@ -165,5 +150,4 @@ async def _time_endpoints(
                 "min": round(min(samples), 2),
                 "max": round(max(samples), 2),
             }
-    await policies.stop()
     return figures

@@ -19,9 +19,9 @@ from typing import Any
 import msgspec
 
 from cogo.config import load_config
-from cogo.projections.projector import Projector
 from cogo.projections.replay import Rebuild
 from cogo.projections.store import EventBatch, ProjectionStore
+from cogo.startup import Startup
 from cogo.streams.catalogue import (
     EXECUTE_DONE,
     EXECUTE_ENQUEUED,
@@ -34,11 +34,8 @@ from cogo.streams.catalogue import (
     WORKFLOW_STARTED,
     WORKFLOW_SUCCEEDED,
 )
-from cogo.streams.connection import connect
 from cogo.streams.envelope import MSG_ID, Usage
 from cogo.streams.events import Event, encode_event, event_subject, iso, make_event
-from cogo.streams.server import EmbeddedServer
-from cogo.streams.topology import ensure_topology
 from cogo.workflows.history import subject_of
 
 WORKFLOW_ID = "benchFlow"
@@ -173,25 +170,21 @@ async def fill(js: object, events: list[tuple[str, bytes, str]]) -> None:
 async def main(count: int, batch: int) -> None:
     with tempfile.TemporaryDirectory(prefix="cogo-bench-") as tmp:
         data_dir = Path(tmp)
-        server = EmbeddedServer(data_dir, sync="default")
-        server.start()
-        try:
-            await server.wait_ready()
-            nc = await connect(server.url, "cogo-bench")
-            js = nc.jetstream()
-            config = load_config()
-            await ensure_topology(js, config)
+        # `cogo up`'s start-up with the bench's options: a throwaway server, no agents
+        async with Startup(data_dir, load_config(), name="cogo-bench") as boot:
+            nc = await boot.start_bus()
+            await boot.declare()
             began = time.perf_counter()
-            await fill(js, synthetic_events(count))
+            await fill(boot.js, synthetic_events(count))
             print(f"filled EVENTS with {count} events in {time.perf_counter() - began:.1f}s")
 
-            projector = Projector(nc, config, data_dir=data_dir, batch=batch)
             began = time.perf_counter()
-            await projector.start()
+            projector = await boot.start_projector(batch=batch)
             await projector.wait_caught_up(timeout=600)
             elapsed = time.perf_counter() - began
             rows = projector.streams["EVENTS"].rows
             await projector.stop()
+            boot.projector = None
             print(f"projector: {rows} events in {elapsed:.2f}s = {rows / elapsed:,.0f} events/s")
 
             rebuild = Rebuild(nc, data_dir / "replay.duckdb", batch=batch)
@@ -203,23 +196,20 @@ async def main(count: int, batch: int) -> None:
             print(
                 f"replay:    {replayed} events in {elapsed:.2f}s = {replayed / elapsed:,.0f} events/s"
             )
-            await nc.close()
 
-            # DuckDB alone: the same bodies, already in memory, in batches of `batch`
-            store = ProjectionStore(data_dir / "store-only.duckdb")
-            store.open_sync()
-            bodies = [body for _, body, _ in synthetic_events(count)]
-            began = time.perf_counter()
-            for start in range(0, count, batch):
-                chunk = bodies[start : start + batch]
-                seqs = list(range(start + 1, start + len(chunk) + 1))
-                store.apply_events_sync(EventBatch(seqs, chunk))
-            elapsed = time.perf_counter() - began
-            store.close_sync()
-            store.shutdown()
-            print(f"duckdb:    {count} events in {elapsed:.2f}s = {count / elapsed:,.0f} events/s")
-        finally:
-            server.stop()
+        # DuckDB alone: the same bodies, already in memory, in batches of `batch`
+        store = ProjectionStore(data_dir / "store-only.duckdb")
+        store.open_sync()
+        bodies = [body for _, body, _ in synthetic_events(count)]
+        began = time.perf_counter()
+        for start in range(0, count, batch):
+            chunk = bodies[start : start + batch]
+            seqs = list(range(start + 1, start + len(chunk) + 1))
+            store.apply_events_sync(EventBatch(seqs, chunk))
+        elapsed = time.perf_counter() - began
+        store.close_sync()
+        store.shutdown()
+        print(f"duckdb:    {count} events in {elapsed:.2f}s = {count / elapsed:,.0f} events/s")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ import contextlib
 import math
 import os
 import resource
-import signal
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -33,11 +32,9 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from cogo.actors.app import App
-from cogo.actors.loader import declare_apps
-from cogo.actors.runner import spawn_actor
 from cogo.config import PROJECTOR_CONSUMER_ENV, Config, load_config
 from cogo.errors import CogoError
-from cogo.streams.connection import connect
+from cogo.startup import Startup
 from cogo.streams.envelope import EXECUTE_SUBJECT, MSG_ID
 from cogo.streams.publisher import Publisher
 from cogo.streams.server import EmbeddedServer
@@ -210,8 +207,16 @@ class Bench:
         self.fsync_per_s = 0.0
         self.progress = progress
         self.config: Config = load_config(options.config_path)
-        self.server = EmbeddedServer(work_dir / "nats", sync=options.sync)
-        self.children: dict[str, subprocess.Popen[bytes]] = {}
+        # `cogo up`'s start-up with the bench's options: its own server in `nats/`, every
+        # agent (the projector too) a `cogo run` process on `data/`, no facade
+        self.startup = Startup(
+            work_dir / "data",
+            self.config,
+            config_path=options.config_path,
+            sync=options.sync,
+            server_dir=work_dir / "nats",
+            name="cogo-bench",
+        )
         self.rss: dict[str, float] = {}
         self.done_at: dict[str, float] = {}
         self.done_count = 0
@@ -222,15 +227,13 @@ class Bench:
     async def start(self) -> None:
         # before anything else runs: what this disk allows is what `always` can reach
         self.fsync_per_s = await asyncio.to_thread(fsync_rate, self.dir)
-        self.server.start()
-        await self.server.wait_ready()
-        self.nc: NATS = await connect(self.server.url, "cogo-bench")
+        self.nc: NATS = await self.startup.start_bus()
         self.js: JetStreamContext = self.nc.jetstream()
         # the actors' publisher: the bench's own CPU per task stays small
         self.publisher = Publisher(self.nc)
         await self.publisher.start()
         # the bench's own apps too (its decorated agent), as `cogo up --app` declares them
-        await declare_apps(self.js, self.config, list(self.apps))
+        await self.startup.declare(self.apps)
         self._done_sub = await self.nc.subscribe(
             f"events.execute_done.{ROUTE}", cb=self.on_done, pending_msgs_limit=1_000_000
         )
@@ -242,57 +245,59 @@ class Bench:
         # warm up: the first tasks also prove every process is consuming
         await self.run_tasks(min(200, self.o.tasks), "warm-up", timeout=60)
 
+    @property
+    def url(self) -> str:
+        """The bench's nats-server."""
+        return self.startup.url
+
+    @property
+    def children(self) -> dict[str, subprocess.Popen[bytes]]:
+        """The system's processes, by label."""
+        return self.startup.children
+
     def spawn(
-        self, actor: str, label: str | None = None, *, data_dir: Path | None = None,
-        env: dict[str, str] | None = None, concurrency: int | None = None,
+        self,
+        actor: str,
+        label: str | None = None,
+        *,
+        data_dir: Path | None = None,
+        env: dict[str, str] | None = None,
+        concurrency: int | None = None,
         target: str | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         """Start agent ``actor`` (of Cogo's app, or of the app ``target``) as ``cogo run``."""
-        label = label or actor
-        self.children[label] = spawn_actor(
-            actor,
-            self.server.url,
-            target=target,
-            config_path=self.o.config_path,
-            data_dir=data_dir or self.dir / "data",
-            env=env,
-            concurrency=concurrency,
-            log_file=self.dir / "logs" / f"{label}.log",
+        self.startup.spawn(
+            target or actor, actor, label, data_dir=data_dir, env=env, concurrency=concurrency
         )
 
     async def stop_child(self, label: str) -> None:
-        child = self.children.pop(label)
-        self.rss[label] = peak_rss_mb(child.pid)
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.to_thread(child.wait, 30)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            await asyncio.to_thread(child.wait)
+        self.rss[label] = peak_rss_mb(self.children[label].pid)
+        await self.startup.stop_child(label)
 
     async def stop(self) -> None:
         for label in list(self.children):
             await self.stop_child(label)
-        if hasattr(self, "nc"):
+        if hasattr(self, "publisher"):
             with contextlib.suppress(Exception):
                 await self.publisher.stop()
-                await self.nc.close()
-        if self.server.process is not None:
-            self.rss["nats-server"] = peak_rss_mb(self.server.process.pid)
-        await asyncio.to_thread(self.server.stop)
+        server = self.startup.server
+        if isinstance(server, EmbeddedServer) and server.process is not None:
+            self.rss["nats-server"] = peak_rss_mb(server.process.pid)
+        await self.startup.stop()
         self.rss["bench"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
     def check_children(self) -> None:
         for label, child in self.children.items():
             if child.poll() is not None:
-                raise CogoError(f"{label} exited with {child.returncode}; see {self.dir / 'logs'}")
+                logs = self.startup.data_dir / "logs"
+                raise CogoError(f"{label} exited with {child.returncode}; see {logs}")
 
     def cpu_snapshot(self) -> dict[str, float]:
         """CPU seconds used so far by every process of the system, this one included."""
         pids = {label: child.pid for label, child in self.children.items()}
-        if self.server.process is not None:
-            pids["nats-server"] = self.server.process.pid
+        server = self.startup.server
+        if isinstance(server, EmbeddedServer) and server.process is not None:
+            pids["nats-server"] = server.process.pid
         snapshot = {label: cpu_seconds(pid) for label, pid in pids.items()}
         snapshot["bench"] = sum(os.times()[:2])
         return snapshot

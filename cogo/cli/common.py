@@ -27,11 +27,11 @@ def resolve_nats_url(args: argparse.Namespace) -> str:
     """``--nats-url``, else the running ``cogo up`` in ``--data-dir``."""
     if args.nats_url:
         return str(args.nats_url)
-    from cogo.system import read_endpoints
+    from cogo.endpoints import read_endpoints
 
     endpoints = read_endpoints(args.data_dir)
-    if endpoints and endpoints.get("nats_url"):
-        return str(endpoints["nats_url"])
+    if endpoints is not None:
+        return endpoints.nats_url
     raise CogoError(not_running(args.data_dir))
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 
 from cogo.config import load_config
+from cogo.endpoints import Endpoints, read_endpoints
 from cogo.errors import CogoError, ProjectionBusy, ProjectionError, SqlError
 
 UNREACHABLE = (httpx.ConnectError, httpx.ConnectTimeout)
@@ -48,18 +49,16 @@ def register(subparsers: Any, common: Callable[[argparse.ArgumentParser], None])
     p.set_defaults(func=cmd_replay)
 
 
-def _running(args: argparse.Namespace) -> dict[str, Any] | None:
-    """The endpoints of the ``cogo up`` in ``--data-dir``, if it wrote any."""
-    from cogo.system import read_endpoints
-
+def _running(args: argparse.Namespace) -> Endpoints | None:
+    """The endpoints of the ``cogo up`` in ``--data-dir``, if it wrote any with a facade."""
     logging.getLogger("httpx").setLevel(logging.WARNING)  # no log line per request
 
     endpoints = read_endpoints(args.data_dir)
-    return endpoints if endpoints and endpoints.get("http_url") else None
+    return endpoints if endpoints and endpoints.http_url else None
 
 
-def _headers(endpoints: dict[str, Any]) -> dict[str, str]:
-    token = endpoints.get("api_token")
+def _headers(endpoints: Endpoints) -> dict[str, str]:
+    token = endpoints.api_token
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
@@ -100,9 +99,9 @@ def cmd_sql(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sql_remote(endpoints: dict[str, Any], query: str, options: dict[str, Any]) -> Any:
+def _sql_remote(endpoints: Endpoints, query: str, options: dict[str, Any]) -> Any:
     """The result from the running instance; None if nothing answers there."""
-    url = f"{endpoints['http_url']}/api/sql"
+    url = f"{endpoints.http_url}/api/sql"
     timeout = float(options.get("timeout_s", 10.0)) + 10.0
     try:
         response = httpx.post(
@@ -229,9 +228,9 @@ class _Bars:
         )
 
 
-def _replay_remote(endpoints: dict[str, Any], console: Any) -> dict[str, Any] | None:
-    url = f"{endpoints['http_url']}/api/projections/replay"
-    console.print(f"replaying through the running instance at {endpoints['http_url']}")
+def _replay_remote(endpoints: Endpoints, console: Any) -> dict[str, Any] | None:
+    url = f"{endpoints.http_url}/api/projections/replay"
+    console.print(f"replaying through the running instance at {endpoints.http_url}")
     try:
         with (
             httpx.stream("POST", url, headers=_headers(endpoints), timeout=None) as response,

@@ -160,15 +160,15 @@ class Facade:
     """The HTTP facade of a running ``cogo up``."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        from cogo.system import read_endpoints
+        from cogo.endpoints import read_endpoints
 
-        endpoints = read_endpoints(args.data_dir) or {}
-        url = args.http_url or endpoints.get("http_url")
+        endpoints = read_endpoints(args.data_dir)
+        url = args.http_url or (endpoints.http_url if endpoints else None)
         if not url:
             raise CogoError(
                 f"no --http-url and no running `cogo up` in {args.data_dir} (endpoints.json)"
             )
-        token = env(API_TOKEN_ENV) or endpoints.get("api_token")
+        token = env(API_TOKEN_ENV) or (endpoints.api_token if endpoints else None)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.client = httpx.Client(base_url=url, headers=headers, timeout=30, trust_env=False)
         logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll is noise

@@ -1,0 +1,53 @@
+"""``cogo.startup.Startup``: the one start-up ``cogo up``, ``cogo.testing`` and the bench share."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cogo.actors import app as builtin
+from cogo.client import Client
+from cogo.config import load_config
+from cogo.startup import Startup
+from cogo.streams.server import EmbeddedServer
+from tests import sample_apps
+
+ROOT = str(Path(__file__).resolve().parents[1])
+
+
+async def test_agents_run_here_and_as_processes_and_stop_with_the_bus(tmp_path: Path) -> None:
+    boot = Startup(tmp_path, load_config(), sync="default", name="boot-test")
+    try:
+        await boot.start_bus()
+        await boot.declare([sample_apps.app])
+        await boot.run_agent(builtin.get("dispatcher"))
+        await boot.run_agent(sample_apps.app.agents["flaky"])
+        child = boot.spawn("tests.sample_apps:app", "greet", import_roots=[ROOT])
+        async with Client(boot.url, name="boot-test-client") as client:
+            greeted = await client.submit("sample.greet.0", {"name": "a"})
+            flaky = await client.submit("sample.flaky.0", {"fail_times": 1})
+            assert (await greeted.result(timeout=60))["pid"] == child.pid  # in its process
+            assert await flaky.result(timeout=60) == {"attempt": 2}  # retried, in this one
+        assert (tmp_path / "logs" / "greet.log").exists()
+    finally:
+        await boot.stop()
+    server = boot.server
+    assert isinstance(server, EmbeddedServer) and server.process is not None
+    assert child.returncode is not None and server.process.returncode is not None
+    assert server.lock is None  # the store is free for the next start
+
+
+async def test_joining_a_running_bus_leaves_its_server_up(tmp_path: Path) -> None:
+    config = load_config()
+    async with Startup(tmp_path / "first", config, sync="default") as first:
+        await first.start_bus()
+        joined = Startup(tmp_path / "second", config, nats_url=first.url, name="joined")
+        await joined.start_bus()
+        await joined.declare()
+        policies = await joined.start_policies()
+        assert policies is joined.policies
+        await joined.stop()
+        assert joined.server is None
+        server = first.server
+        assert isinstance(server, EmbeddedServer) and server.process is not None
+        assert server.process.poll() is None  # not ours to stop
+        await first.admin.flush(timeout=5)  # the first one's connection still works

@@ -17,8 +17,9 @@ suspends) and then, by compare-and-set on the record, either resumes
 the task (its attempt re-published to its route as ``<task>:<attempt>:resume:<n>``, plus
 ``execute_resumed``) or, while the task still runs, notes the arrival so that the run's
 suspension, if it comes, resumes at once. Every step is idempotent and the command is acked
-last, so a dispatcher killed anywhere in between redoes it and appends nothing twice; two
-dispatchers racing are serialized by the record's revision.
+last, so a dispatcher killed anywhere in between redoes it and appends nothing twice (a
+wake-up delivered again that finds the record it already changed sends what the change
+causes once more); two dispatchers racing are serialized by the record's revision.
 
 Resumed runs are forwarded directly to their route (not through flow-control admission).
 
@@ -106,6 +107,7 @@ CAS_ATTEMPTS = 20
 # a scheduled wake-up may land a moment before its time by another host's clock
 DUE_SLACK_S = 1.0
 SCAN_IDLE_S = 10.0
+EXPIRED = "ttl"  # ``Record.woken_by`` of a task its TTL ended while it waited
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +219,15 @@ def _arrival(kind: str, name: str) -> str:
 def _due(waiting: list[Waiting], deadline: float) -> float:
     """When the earliest timer, signal timeout or the TTL of a suspended task is due."""
     return min([w.until for w in waiting if w.until is not None] + [deadline])
+
+
+def _resumed_by(record: Record, wake: Wake) -> bool:
+    """Whether ``wake`` is what resumed ``record``'s current run (a timer wakes a run as
+    ``timer:<name>`` or ``timeout:<name>``, whichever of its waits was due)."""
+    woken_by = record.woken_by or ""
+    if wake.kind == "timer":
+        return woken_by.startswith(("timer:", "timeout:"))
+    return woken_by == _arrival(wake.kind, wake.name)
 
 
 def _woken(record: Record, arrived: list[str], now: float) -> str | None:
@@ -386,8 +397,15 @@ class Suspensions:
                     return
                 continue
             if record.state == "cancelled":
+                if record.woken_by == EXPIRED and record.order is not None:
+                    await self._expired(record.order, record)  # its handler may have died
                 return
             if record.state == "running":
+                if record.order is not None and _resumed_by(record, wake):
+                    # this wake-up resumed the run and is delivered again: its handler may
+                    # have died between the record's update and the resumed run's publish
+                    await self._effects(record)  # fixed ids: what went out is dropped
+                    return
                 if wake.kind == "timer" or arrival in record.arrived:
                     return
                 new = msgspec.structs.replace(
@@ -414,9 +432,14 @@ class Suspensions:
 
     async def _expire(self, record: Record, key: str, revision: int) -> None:
         assert record.order is not None
-        order = record.order
-        if not await self._put(key, msgspec.structs.replace(record, state="cancelled"), revision):
+        # cancelled, so that no wake-up resumes it any more; marked, so that a redelivered
+        # wake-up ends it if this handler dies before the terminal event is stored
+        ended = msgspec.structs.replace(record, state="cancelled", woken_by=EXPIRED)
+        if not await self._put(key, ended, revision):
             return  # changed meanwhile: the next wake-up decides
+        await self._expired(record.order, record)
+
+    async def _expired(self, order: WorkOrder, record: Record) -> None:
         error = TtlExpired(f"task reached its ttl_ms={order.assignment.ttl_ms} while it waited")
         children = [w.name for w in record.waiting if w.kind == "call"]
         await self._end(order, error, usage=order.usage_so_far, children=children)

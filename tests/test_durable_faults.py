@@ -87,7 +87,7 @@ async def test_dispatcher_sigkill_while_children_finish(tmp_path: Path):
 def _crash_once(env: CogoEnv, monkeypatch: pytest.MonkeyPatch, method: str) -> list[Record]:
     """The in-process dispatcher's handler dies the first time it reaches ``method`` of its
     suspensions (the record is already written): its command is delivered again."""
-    (dispatcher,) = [a for a in env._running if a.kind == "dispatcher"]
+    (dispatcher,) = [a for a in env.startup.agents if a.kind == "dispatcher"]
     suspensions = dispatcher.suspensions
     real = getattr(suspensions, method)
     crashed: list[Record] = []

@@ -22,7 +22,7 @@ Fixtures: ``cogo_env`` (a started ``CogoEnv``; ``ctx.llm`` of its agents already
 ``chat_server``), ``cogo_apps`` (override it: the apps to run), ``cogo_config`` (override it:
 TOML text merged over fast test settings), ``chat_server`` (an OpenAI-compatible endpoint on
 127.0.0.1 that answers from a script and counts calls). For a unit test without a bus, see
-``cogo.harness.AgentEnvironment`` (re-exported here).
+``cogo.sdk.harness.AgentEnvironment`` (re-exported here).
 
 The plugin is opt-in: ``-p cogo.testing`` in pytest's ``addopts`` (or
 ``pytest_plugins = ["cogo.testing"]`` in a top-level conftest.py). It needs pytest-asyncio
@@ -48,12 +48,12 @@ from typing import Any
 
 import pytest
 
-from cogo.actors.app import App
 from cogo.aio import dump_tasks
-from cogo.client import Client
 from cogo.config import LLM_BASE_URL_ENV, Config, load_config
 from cogo.devllm import ChatServer, Reply
-from cogo.harness import AgentEnvironment
+from cogo.sdk.app import App
+from cogo.sdk.client import Client
+from cogo.sdk.harness import AgentEnvironment
 
 __all__ = ["AgentEnvironment", "ChatServer", "CogoEnv", "Reply", "merged_toml"]
 
@@ -129,9 +129,9 @@ class CogoEnv:
         await self.stop()
 
     async def start(self) -> None:
-        from cogo.actors import app as builtin
-        from cogo.actors.loader import declare_apps
+        from cogo.agents import app as builtin
         from cogo.projections.projector import Projector
+        from cogo.runtime.loader import declare_apps
         from cogo.streams.connection import connect
         from cogo.streams.server import EmbeddedServer
 
@@ -179,8 +179,8 @@ class CogoEnv:
 
     def spawn(self, ref: str, agent: str, label: str | None = None, **kwargs: Any) -> Any:
         """Start ``cogo run <ref> --agent <agent>`` against this env (a real process)."""
-        from cogo.actors.runner import agent_args, child_env
-        from cogo.actors.supervisor import spawn
+        from cogo.runtime.runner import agent_args, child_env
+        from cogo.runtime.supervisor import spawn
 
         label = label or agent
         args = agent_args(ref, agent, self.url, config_path=self.config_path,
@@ -238,7 +238,7 @@ class CogoEnv:
     def _app(app: App | str) -> App:
         if isinstance(app, App):
             return app
-        from cogo.actors.loader import load_ref
+        from cogo.runtime.loader import load_ref
 
         return load_ref(app)
 

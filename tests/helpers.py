@@ -13,8 +13,8 @@ from nats.aio.client import Client as NATS
 from nats.js import api
 from nats.js.client import JetStreamContext
 
-from cogo.actors.base import Actor
 from cogo.config import Config
+from cogo.runtime.base import Actor
 from cogo.streams.catalogue import TERMINAL_TYPES
 from cogo.streams.connection import connect
 from cogo.streams.envelope import EXECUTE_SUBJECT, MSG_ID, encoder, new_id

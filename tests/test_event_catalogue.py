@@ -21,10 +21,10 @@ import msgspec
 import pytest
 
 import cogo
-from cogo.actors.dispatcher import ExecutorDispatcher
-from cogo.actors.echo import EchoActor
-from cogo.actors.orchestrator import Orchestrator, SignalRun, StartRun, send_command
+from cogo.agents.echo import EchoActor
 from cogo.projections import store
+from cogo.runtime.dispatcher import ExecutorDispatcher
+from cogo.runtime.workflow_engine import Orchestrator, SignalRun, StartRun, send_command
 from cogo.streams import catalogue
 from cogo.streams.catalogue import (
     CATALOGUE,

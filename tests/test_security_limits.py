@@ -415,8 +415,8 @@ async def test_an_app_user_cannot_list_streams_or_read_tasks_info(secure: Secure
 async def test_at_the_bound_the_oldest_idle_version_is_retired(nc, js, config, data_dir) -> None:
     from types import SimpleNamespace
 
+    from cogo.runtime.system import System
     from cogo.streams.registry import declare_version
-    from cogo.system import System
 
     user, route = "echo", "echo.run.0"
     plan = AuthPlan(workers={user: [route]})

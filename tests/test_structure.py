@@ -15,8 +15,8 @@ import import_graph  # noqa: E402
 LAYERS = [
     "cogo.errors", "cogo.aio", "cogo.tracing", "cogo.lifeline", "cogo.config", "cogo.secretfile",
     "cogo.streams", "cogo.indexing", "cogo.workflows", "cogo.projections", "cogo.http",
-    "cogo.rollouts", "cogo.actors", "cogo.client", "cogo.devllm", "cogo.harness",
-    "cogo.integrations", "cogo.system", "cogo.testing", "cogo.bench",
+    "cogo.rollouts", "cogo.agents", "cogo.sdk.client", "cogo.devllm", "cogo.sdk.harness",
+    "cogo.integrations", "cogo.runtime.system", "cogo.testing", "cogo.bench",
     "cogo.cli", "cogo.__main__",
 ]  # fmt: skip
 

@@ -11,16 +11,16 @@ import pytest
 import uvicorn
 
 from cogo import cli
-from cogo.actors.dispatcher import ExecutorDispatcher
-from cogo.actors.echo import EchoActor
-from cogo.actors.orchestrator import Orchestrator
+from cogo.agents.echo import EchoActor
 from cogo.cli.workflows import parameters_of
 from cogo.http import orchestrator as orchestrator_routes
 from cogo.http.app import create_app
 from cogo.http.state import AppState
+from cogo.runtime.dispatcher import ExecutorDispatcher
+from cogo.runtime.system import write_endpoints
+from cogo.runtime.workflow_engine import Orchestrator
 from cogo.streams.policies import PolicyStore
 from cogo.streams.server import free_port
-from cogo.system import write_endpoints
 from tests.helpers import running
 
 DEFINITION: dict[str, Any] = {

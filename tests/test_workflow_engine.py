@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from cogo.actors.dispatcher import ExecutorDispatcher
-from cogo.actors.echo import EchoActor
-from cogo.actors.notifier import SIGNATURE_HEADER, TIMESTAMP_HEADER, NotifierActor, sign
-from cogo.actors.orchestrator import CancelRun, Orchestrator, send_command
+from cogo.agents.echo import EchoActor
+from cogo.agents.notifier import SIGNATURE_HEADER, TIMESTAMP_HEADER, NotifierActor, sign
+from cogo.runtime.dispatcher import ExecutorDispatcher
+from cogo.runtime.workflow_engine import CancelRun, Orchestrator, send_command
 from tests.helpers import EventReader, running
 from tests.test_workflow_support import Webhook, start_run, wait_run, webhook_fixture  # noqa: F401
 

@@ -10,12 +10,12 @@ from typing import Any
 import httpx
 import pytest
 
-from cogo.actors.dispatcher import ExecutorDispatcher
-from cogo.actors.echo import EchoActor
-from cogo.actors.orchestrator import Orchestrator
+from cogo.agents.echo import EchoActor
 from cogo.http import orchestrator as orchestrator_routes
 from cogo.http.app import create_app
 from cogo.http.state import AppState
+from cogo.runtime.dispatcher import ExecutorDispatcher
+from cogo.runtime.workflow_engine import Orchestrator
 from cogo.streams.policies import PolicyStore
 from tests.helpers import running
 

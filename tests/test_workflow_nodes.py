@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from cogo.actors.dispatcher import ExecutorDispatcher
-from cogo.actors.echo import EchoActor
-from cogo.actors.orchestrator import CancelRun, Orchestrator, SignalRun, send_command
+from cogo.agents.echo import EchoActor
 from cogo.errors import InvalidParameters, InvalidWorkflow
+from cogo.runtime.dispatcher import ExecutorDispatcher
+from cogo.runtime.workflow_engine import CancelRun, Orchestrator, SignalRun, send_command
 from cogo.workflows.definition import Catalog
 from cogo.workflows.expressions import evaluate
 from cogo.workflows.planner import plan_workflow
@@ -170,7 +170,7 @@ def _catalog_plan(config: Any, workflow_id: str, **params: Any) -> Any:
 async def test_child_runs_links_and_cancel_cascade(nats_server, js, config, workflows_dir):
     async with running(nats_server.url, config, ExecutorDispatcher, EchoActor, Orchestrator):
         plan = _catalog_plan(config, "parent")
-        from cogo.actors.orchestrator import StartRun
+        from cogo.runtime.workflow_engine import StartRun
 
         await send_command(js, StartRun(run_id="p1", plan=plan.to_json()))
         done = await wait_run(js, "p1")

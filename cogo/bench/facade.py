@@ -13,10 +13,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from cogo.actors.runner import _use_uvloop
 from cogo.bench.system import ROUTE, Bench, peak_rss_mb
 from cogo.config import load_config
 from cogo.errors import CogoError
+from cogo.runtime.runner import _use_uvloop
 from cogo.streams.connection import connect
 from cogo.streams.server import free_port
 

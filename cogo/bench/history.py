@@ -22,11 +22,11 @@ from typing import Any
 
 import httpx
 
-from cogo.actors.loader import declare_apps
 from cogo.bench.projections import WORKFLOW_ID, synthetic_events
 from cogo.config import Config, load_config
 from cogo.errors import CogoError
 from cogo.projections.projector import Projector
+from cogo.runtime.loader import declare_apps
 from cogo.streams.connection import connect
 from cogo.streams.envelope import MSG_ID
 from cogo.streams.policies import PolicyStore

@@ -32,11 +32,11 @@ from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from cogo.actors.app import App
-from cogo.actors.loader import declare_apps
-from cogo.actors.runner import spawn_actor
 from cogo.config import PROJECTOR_CONSUMER_ENV, Config, load_config
 from cogo.errors import CogoError
+from cogo.runtime.loader import declare_apps
+from cogo.runtime.runner import spawn_actor
+from cogo.sdk.app import App
 from cogo.streams.connection import connect
 from cogo.streams.envelope import EXECUTE_SUBJECT, MSG_ID
 from cogo.streams.publisher import Publisher

@@ -27,7 +27,7 @@ def resolve_nats_url(args: argparse.Namespace) -> str:
     """``--nats-url``, else the running ``cogo up`` in ``--data-dir``."""
     if args.nats_url:
         return str(args.nats_url)
-    from cogo.system import read_endpoints
+    from cogo.runtime.system import read_endpoints
 
     endpoints = read_endpoints(args.data_dir)
     if endpoints and endpoints.get("nats_url"):

@@ -50,7 +50,7 @@ def register(subparsers: Any, common: Callable[[argparse.ArgumentParser], None])
 
 def _running(args: argparse.Namespace) -> dict[str, Any] | None:
     """The endpoints of the ``cogo up`` in ``--data-dir``, if it wrote any."""
-    from cogo.system import read_endpoints
+    from cogo.runtime.system import read_endpoints
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # no log line per request
 

@@ -160,7 +160,7 @@ class Facade:
     """The HTTP facade of a running ``cogo up``."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        from cogo.system import read_endpoints
+        from cogo.runtime.system import read_endpoints
 
         endpoints = read_endpoints(args.data_dir) or {}
         url = args.http_url or endpoints.get("http_url")

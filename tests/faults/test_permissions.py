@@ -15,8 +15,8 @@ import nats
 import pytest
 
 import cogo
-from cogo.actors import app as builtin_app
-from cogo.actors.loader import declare_apps
+from cogo.agents import app as builtin_app
+from cogo.runtime.loader import declare_apps
 from cogo.streams.auth import AuthPlan, accounts_config, credentials
 from cogo.streams.connection import connect
 from cogo.streams.server import EmbeddedServer

@@ -34,7 +34,6 @@ from urllib.parse import urlsplit
 import httpx
 import msgspec
 
-from cogo.actors.worker import Outcome, TaskContext, Worker
 from cogo.config import WEBHOOK_ALLOWED_HOSTS_ENV, WEBHOOK_SECRET_ENV, env
 from cogo.errors import (
     InvalidPayload,
@@ -42,6 +41,7 @@ from cogo.errors import (
     WebhookHostNotAllowed,
     WorkerError,
 )
+from cogo.runtime.worker import Outcome, TaskContext, Worker
 from cogo.secretfile import read_or_create
 from cogo.streams.envelope import ASSIGNMENT_KEY, WorkOrder
 

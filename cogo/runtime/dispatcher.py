@@ -28,7 +28,7 @@ publishes is deterministic (``<task>:<attempt>`` orders, ``<task>:terminal`` eve
 handling a message twice appends nothing twice.
 
 Attempts of a route with a ``flow`` policy are not forwarded here but held for the route's
-admitter (``cogo.actors.admission``), which forwards them as its limits allow; their slots
+admitter (``cogo.runtime.flow.admission``), which forwards them as its limits allow; their slots
 are released here, once their result's events are stored.
 """
 
@@ -44,17 +44,6 @@ from typing import Any
 import msgspec
 
 from cogo import tracing
-from cogo.actors.admission import FlowControl
-from cogo.actors.base import Actor, Defer, Delivery
-from cogo.actors.deadletter import DeadLetterWatcher
-from cogo.actors.suspension import (
-    Suspensions,
-    parent_route,
-    pending_children,
-    route_of_parent,
-    tree_usage,
-    wake_messages,
-)
 from cogo.aio import cancel_and_wait
 from cogo.config import Config
 from cogo.errors import (
@@ -68,6 +57,17 @@ from cogo.errors import (
     UnknownRoute,
 )
 from cogo.rollouts.canary import CanaryRouter, subject_of
+from cogo.runtime.base import Actor, Defer, Delivery
+from cogo.runtime.deadletter import DeadLetterWatcher
+from cogo.runtime.flow.admission import FlowControl
+from cogo.runtime.suspension import (
+    Suspensions,
+    parent_route,
+    pending_children,
+    route_of_parent,
+    tree_usage,
+    wake_messages,
+)
 from cogo.streams.catalogue import (
     EXECUTE_CANCELLED,
     EXECUTE_DONE,
@@ -133,7 +133,7 @@ class ExecutorDispatcher(Actor):
         self.canary = CanaryRouter(self.js, self.config, self.sealer)
         self.dead_letters = DeadLetterWatcher(self, self.report_dead_letter)
         self.flow = FlowControl(self)  # admission of flow-controlled routes
-        self.suspensions = Suspensions(self)  # durable agents (cogo.actors.suspension)
+        self.suspensions = Suspensions(self)  # durable agents (cogo.runtime.suspension)
         self._trimmer: asyncio.Task[None] | None = None
 
     def default_routes(self) -> list[str]:
@@ -301,7 +301,7 @@ class ExecutorDispatcher(Actor):
             await self._fail(base, exc.code, str(exc), attempt=0, detail=exc.detail)
             return
         if policy.flow.enabled:
-            await self.flow.hold(order)  # its admitter forwards it (cogo.actors.admission)
+            await self.flow.hold(order)  # its admitter forwards it (cogo.runtime.flow.admission)
             return
         await self._forward(order, submitted_at=submitted_at)
 
@@ -558,7 +558,7 @@ class ExecutorDispatcher(Actor):
         """The terminal event and, with ``closes``, the end marker of that task's output (it
         may have emitted), to go out in one batch (``cogo.streams.outputs``)."""
         token = self.task_token(event.task_id)
-        # a child of a durable agent wakes its parent (cogo.actors.suspension)
+        # a child of a durable agent wakes its parent (cogo.runtime.suspension)
         wakes = wake_messages(event, token)
         if closes is None:
             return [event_message(event, token), *wakes]

@@ -1,10 +1,10 @@
 """One route's admission while this dispatcher holds the route's partition.
 
-How and why it works is told in ``cogo.actors.admission``; in short, a session loads the
+How and why it works is told in ``cogo.runtime.flow.admission``; in short, a session loads the
 route's slots (its slot log, then a KV watch of the slots' keys, whose purges are releases
 by other dispatchers) and held tasks (an ordered consumer on its ``FLOW`` subjects), then
 admits in rounds: expire held tasks past their deadline, pick what may start
-(``cogo.actors.flow``), record the picks' slots in the log, forward them with their
+(``cogo.runtime.flow.fairness``), record the picks' slots in the log, forward them with their
 ``execute_enqueued``, delete their held copies, announce the new holds
 (``execute_throttled``), and now and then write what it sees for ``GET /api/flow``. Any
 failure ends the session; the next one loads the route from the bus again.
@@ -30,10 +30,10 @@ import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
 
-from cogo.actors.flow import Held, RouteFlow
-from cogo.actors.slotlog import KV_STREAM, SlotLog
 from cogo.aio import cancel_and_wait
 from cogo.errors import MalformedMessage, TtlExpired
+from cogo.runtime.flow.fairness import Held, RouteFlow
+from cogo.runtime.flow.slotlog import KV_STREAM, SlotLog
 from cogo.streams.catalogue import EXECUTE_THROTTLED, ExecuteThrottled
 from cogo.streams.envelope import WorkOrder, decode_order, new_id
 from cogo.streams.events import event_message, iso, order_event
@@ -58,7 +58,7 @@ from cogo.streams.publisher import Outgoing
 from cogo.streams.topology import FLOW, FLOW_BUCKET
 
 if TYPE_CHECKING:
-    from cogo.actors.admission import FlowControl
+    from cogo.runtime.flow.admission import FlowControl
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Workers: actors that execute one attempt of a task and report back to the dispatcher.
 
 A worker subclass implements ``run(order, ctx) -> Outcome`` (a decorated ``@app.agent``
-handler is one, ``cogo.actors.agent``); this module decodes the work order, enforces the TTL
+handler is one, ``cogo.sdk.agent``); this module decodes the work order, enforces the TTL
 and the per-attempt timeout, and publishes a ``WorkResult`` to its route's own subject of
 ``RESULTS``, ``results.<route>`` (under ``--auth`` no other app may publish there), with
 ``Nats-Msg-Id = <task_id>:<attempt>:result`` (guarded by the task's token under ``--auth``,
@@ -28,12 +28,6 @@ import msgspec
 from nats.js.errors import KeyNotFoundError
 
 from cogo import tracing
-from cogo.actors import durable
-from cogo.actors.base import Actor, Delivery
-from cogo.actors.durable import Durable, Suspend, Waiters
-from cogo.actors.llm import LlmClient, LlmSession
-from cogo.actors.steps import Journal, charge_step, run_step
-from cogo.actors.suspension import is_cancelled, record_key
 from cogo.errors import (
     AttemptTimeout,
     CogoError,
@@ -46,6 +40,12 @@ from cogo.errors import (
     WorkerError,
 )
 from cogo.rollouts.canary import versioned_routes
+from cogo.runtime.base import Actor, Delivery
+from cogo.runtime.suspension import is_cancelled, record_key
+from cogo.sdk import durable
+from cogo.sdk.durable import Durable, Suspend, Waiters
+from cogo.sdk.llm import LlmClient, LlmSession
+from cogo.sdk.steps import Journal, charge_step, run_step
 from cogo.streams.artifacts import ArtifactStore
 from cogo.streams.catalogue import EXECUTE_STARTED, ExecuteStarted
 from cogo.streams.commands import CANCEL_SUBJECT
@@ -123,7 +123,7 @@ class TaskContext:
 
     @property
     def durable(self) -> Durable:
-        """This run's calls, sleeps and signals (``cogo.actors.durable``)."""
+        """This run's calls, sleeps and signals (``cogo.sdk.durable``)."""
         if self._durable is None:
             self._durable = Durable(self)
         return self._durable
@@ -316,7 +316,7 @@ class Worker(Actor):
         await self.llm_client.aclose()
 
     async def _cancelled(self, task_id: str) -> bool:
-        """Whether the dispatcher recorded a cancel of ``task_id`` (cogo.actors.suspension)."""
+        """Whether the dispatcher recorded a cancel of ``task_id`` (cogo.runtime.suspension)."""
         if self._suspensions is None:
             self._suspensions = await self.js.key_value(SUSPENSION_BUCKET)
         try:

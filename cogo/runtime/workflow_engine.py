@@ -38,9 +38,9 @@ from typing import Any
 import msgspec
 from nats.js import api
 
-from cogo.actors.base import Actor, Defer, Delivery
 from cogo.aio import cancel_and_wait
 from cogo.errors import WorkflowNotFound
+from cogo.runtime.base import Actor, Defer, Delivery
 from cogo.streams.catalogue import EXECUTE_DONE, EXECUTE_FAILED
 from cogo.streams.events import Event, decode_event
 from cogo.streams.leases import PartitionLeases

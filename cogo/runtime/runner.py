@@ -1,7 +1,7 @@
 """Running agents as processes: ``cogo run TARGET [--agent NAME] [--replicas N]``.
 
 One process runs one agent instance. When a target names several agents, or ``--replicas``
-asks for more than one, this process becomes their supervisor (``cogo.actors.supervisor``):
+asks for more than one, this process becomes their supervisor (``cogo.runtime.supervisor``):
 one child per replica, each a ``cogo run <ref> --agent NAME`` that finds the app the same
 way (the app directory rides along in ``PYTHONPATH``). SIGTERM / SIGINT drain: no new
 fetches, in-flight handlers finish and are acked, then the connection closes.
@@ -32,11 +32,11 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
 
-from cogo.actors.app import AgentSpec
-from cogo.actors.loader import LoadedApp
-from cogo.actors.supervisor import Supervisor, spawn
 from cogo.config import Config, exponential_delay
 from cogo.errors import CogoError, ConfigError
+from cogo.runtime.loader import LoadedApp
+from cogo.runtime.supervisor import Supervisor, spawn
+from cogo.sdk.app import AgentSpec
 from cogo.streams.connection import connect, install_stop_signals, nats_user
 from cogo.streams.registry import declare
 from cogo.streams.topology import CONTROL_VERSION
@@ -250,7 +250,7 @@ def run_processes(
 
 
 def _is_builtin(loaded: LoadedApp) -> bool:
-    from cogo.actors.loader import BUILTIN_REF
+    from cogo.runtime.loader import BUILTIN_REF
 
     return loaded.ref == BUILTIN_REF
 

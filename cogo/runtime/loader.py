@@ -23,11 +23,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from cogo.actors.app import AgentSpec, App, check_apps
 from cogo.config import Config
 from cogo.errors import AppNotFound, CogoError
+from cogo.sdk.app import AgentSpec, App, check_apps
 
-BUILTIN_REF = "cogo.actors:app"
+BUILTIN_REF = "cogo.agents:app"
 ENTRY_POINT_GROUP = "cogo.apps"
 
 
@@ -82,7 +82,7 @@ def entry_points() -> dict[str, str]:
 
 
 def builtin() -> LoadedApp:
-    from cogo.actors import app
+    from cogo.agents import app
 
     return LoadedApp(app, BUILTIN_REF)
 

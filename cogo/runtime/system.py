@@ -36,10 +36,6 @@ import uvicorn
 from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 
-from cogo.actors.app import AgentSpec
-from cogo.actors.loader import BUILTIN_REF, LoadedApp, apps_for_up
-from cogo.actors.runner import BUS_AWAY, agent_args, child_env
-from cogo.actors.supervisor import Supervisor, spawn
 from cogo.config import (
     API_TOKEN_ENV,
     CORS_ORIGINS_ENV,
@@ -53,6 +49,10 @@ from cogo.errors import CogoError, ConfigError, StartupError
 from cogo.http.app import create_app
 from cogo.http.server import server_config
 from cogo.http.state import AppState
+from cogo.runtime.loader import BUILTIN_REF, LoadedApp, apps_for_up
+from cogo.runtime.runner import BUS_AWAY, agent_args, child_env
+from cogo.runtime.supervisor import Supervisor, spawn
+from cogo.sdk.app import AgentSpec
 from cogo.secretfile import read_or_create, write_private_json
 from cogo.streams import auth as auth_module
 from cogo.streams.cluster import LocalCluster

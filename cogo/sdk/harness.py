@@ -3,10 +3,10 @@
 
 No nats-server, no DuckDB, no processes: the handler runs in the test's event loop with a
 context that keeps what it does in memory. Validation of the payload and the conversion of
-the result are the worker's own (``cogo.actors.agent``), so a payload that would end a real
+the result are the worker's own (``cogo.sdk.agent``), so a payload that would end a real
 task with ``payload.invalid`` raises ``cogo.errors.InvalidPayload`` here too.
 
-    from cogo.harness import AgentEnvironment
+    from cogo.sdk.harness import AgentEnvironment
 
     async def test_count():
         env = AgentEnvironment()
@@ -37,8 +37,6 @@ from typing import Any
 
 import msgspec
 
-from cogo.actors.agent import payload_decoder, to_result
-from cogo.actors.llm import LlmReply, LlmUsage, ToolCall
 from cogo.config import RoutePolicy
 from cogo.errors import (
     CogoError,
@@ -50,6 +48,8 @@ from cogo.errors import (
     StepResultInvalid,
     TokenBudgetExhausted,
 )
+from cogo.sdk.agent import payload_decoder, to_result
+from cogo.sdk.llm import LlmReply, LlmUsage, ToolCall
 from cogo.streams.envelope import ResolvedAssignment, Usage
 
 Handler = Callable[..., Any]

@@ -5,14 +5,14 @@ not yet due, a signal not yet sent) waits for it in its process for ``[runtime]
 suspend_after_ms``; a quick answer costs nothing more. Past that the run *suspends*: the
 handler is unwound by ``Suspend`` (a ``BaseException``, so ``except Exception`` in user code
 does not swallow it), the worker reports what the task waits for to the dispatcher
-(``cogo.actors.suspension``), acks the message and forgets the task. When what it waits for
+(``cogo.runtime.suspension``), acks the message and forgets the task. When what it waits for
 arrives, the dispatcher delivers the same attempt again and the handler runs from the top:
 steps, calls, sleeps and signals that finished return their journaled values at once.
 
 Every durable request takes the next number of its run (``seq``); the journal records it,
 and a replay that asks for something else at a number is ``task.nondeterministic``.
 
-Journal entries beyond steps (``cogo.actors.steps``):
+Journal entries beyond steps (``cogo.sdk.steps``):
 
 - ``call_started`` (``<task>:call:<key>``): the child ``<task>/<key>`` was submitted, with the
   budget carved for it. A replay finds it and submits nothing; a crash between the
@@ -41,7 +41,6 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from cogo import tracing
-from cogo.actors.steps import durable_subject, run_step
 from cogo.errors import (
     CallDepthExceeded,
     CostBudgetExhausted,
@@ -53,6 +52,7 @@ from cogo.errors import (
     TokenBudgetExhausted,
     TtlExpired,
 )
+from cogo.sdk.steps import durable_subject, run_step
 from cogo.streams.catalogue import (
     CALL_COMPLETED,
     CALL_STARTED,
@@ -75,7 +75,7 @@ from cogo.streams.policies import read_policy
 from cogo.streams.seal import guard_id
 
 if TYPE_CHECKING:
-    from cogo.actors.worker import TaskContext
+    from cogo.runtime.worker import TaskContext
 
 MAX_KEY_CHARS = 100
 

@@ -84,7 +84,7 @@ from cogo.streams.envelope import Usage
 from cogo.streams.events import event_message, order_event
 
 if TYPE_CHECKING:
-    from cogo.actors.worker import TaskContext
+    from cogo.runtime.worker import TaskContext
 
 log = logging.getLogger(__name__)
 
@@ -497,7 +497,7 @@ class LlmSession:
         reply: LlmReply | None, error: CogoError | None, retry: int,
     ) -> None:  # fmt: skip
         """The ``llm_call`` event of one request (answered or not)."""
-        from cogo.actors.steps import current_step
+        from cogo.sdk.steps import current_step
 
         ctx = self._ctx
         u = reply.usage if reply is not None else LlmUsage()

@@ -23,8 +23,8 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.errors import NotFoundError
 
-from cogo.actors.base import Actor, publish_dead_letter
 from cogo.errors import DeadLetter
+from cogo.runtime.base import Actor, publish_dead_letter
 from cogo.streams.topology import MAX_DELIVERIES_ADVISORY, RESULTS, TASKS
 
 log = logging.getLogger(__name__)

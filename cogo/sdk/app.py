@@ -11,7 +11,7 @@ how many processes (``replicas``) and handlers per process (``concurrency``) run
 policy it declares for its route. Declaring runs nothing: ``cogo run lexicon.agents:app`` or
 ``cogo up --app lexicon.agents:app`` do, and the runtime around the handler (claims,
 heartbeats, timeouts, the policy envelope, retries, events) is the same for every actor,
-Cogo's own included: they are the app ``cogo.actors:app``, declared the same way.
+Cogo's own included: they are the app ``cogo.agents:app``, declared the same way.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from cogo.streams.routes import RouteDecl, check_route
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
 
-    from cogo.actors.base import Actor
     from cogo.config import Config
+    from cogo.runtime.base import Actor
 
 H = TypeVar("H", bound=Callable[..., Any])
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
@@ -85,7 +85,7 @@ class AgentSpec:
     def actor_class(self) -> type[Actor]:
         """The class that runs this agent."""
         if self.handler is not None:
-            from cogo.actors.agent import FunctionAgent
+            from cogo.sdk.agent import FunctionAgent
 
             return FunctionAgent
         if isinstance(self.target, str):
@@ -167,7 +167,7 @@ class App:
         check_route(route, builtin=self._builtin)  # a bad route fails at the decorator line
 
         def register(fn: H) -> H:
-            from cogo.actors.agent import check_handler
+            from cogo.sdk.agent import check_handler
 
             check_handler(fn, route)
             agent = name or fn.__name__

@@ -590,7 +590,7 @@ class Client:
 
 def route_name(route: Any) -> str:
     """A route given as a string, or as the ``@app.agent`` function declared on it."""
-    from cogo.actors.app import route_of
+    from cogo.sdk.app import route_of
 
     if isinstance(route, str):
         return route

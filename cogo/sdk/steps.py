@@ -28,7 +28,7 @@ and for every later reader.
   (``<task_id>/steps/<name>.json``); the journal keeps the reference.
 - Steps do not nest (``step.nested``): an inner step's usage would be charged twice.
 
-Durable agents (``cogo.actors.durable``) journal more: signals (``task_signaled``) and
+Durable agents (``cogo.sdk.durable``) journal more: signals (``task_signaled``) and
 children (``call_started``, ``call_completed``) on ``events.<type>.<route>.<bucket>``, like
 steps (the dispatcher, who writes signals and children's ends, knows the task's route). A
 resumed run reads them with one single-filter scan per subject, at the same time as its
@@ -80,7 +80,7 @@ from cogo.streams.seal import guard_id
 from cogo.streams.topology import EVENTS
 
 if TYPE_CHECKING:
-    from cogo.actors.worker import TaskContext
+    from cogo.runtime.worker import TaskContext
 
 JOURNAL_BUCKETS = 64
 MAX_NAME_CHARS = 200

@@ -19,9 +19,9 @@ from typing import Any
 from nats.aio.client import Client as NATS
 from nats.js.errors import NotFoundError
 
-from cogo.actors.deadletter import DeadLetterWatcher
-from cogo.actors.dispatcher import ExecutorDispatcher
 from cogo.config import Config
+from cogo.runtime.deadletter import DeadLetterWatcher
+from cogo.runtime.dispatcher import ExecutorDispatcher
 from cogo.streams.envelope import RESULTS_SUBJECT
 from cogo.streams.routes import durable_name
 from cogo.streams.topology import RESULTS, stream_of, task_consumers

@@ -31,10 +31,10 @@ import msgspec
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
-from cogo.actors.worker import Outcome, TaskContext, Worker
 from cogo.errors import InvalidPayload
 from cogo.indexing.files import language_of
 from cogo.indexing.scan import batches, scan
+from cogo.runtime.worker import Outcome, TaskContext, Worker
 from cogo.streams.catalogue import FILE_INDEXED, FILE_REMOVED
 from cogo.streams.envelope import WorkOrder
 from cogo.streams.events import make_event

@@ -10,7 +10,7 @@ Payload::
 
 Either way the edits are validated (shape, paths) and dry-run against the repository, then
 stored as the artifact ``<taskId>/edits.json``. The ``llm`` generator calls an
-OpenAI-compatible endpoint through ``ctx.llm`` (``cogo.actors.llm``: ``COGO_LLM_BASE_URL``,
+OpenAI-compatible endpoint through ``ctx.llm`` (``cogo.sdk.llm``: ``COGO_LLM_BASE_URL``,
 ``COGO_LLM_API_KEY``) with the assignment's model, never asking for more tokens than the
 task's budget has left; the tokens and their cost (``[pricing]``) are the attempt's usage,
 so the dispatcher enforces ``max_tokens`` / ``max_cost_usd``.
@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from cogo.actors.edits import (
+from cogo.agents.edits import (
     EDITS_ARTIFACT,
     Edit,
     decode_edits,
@@ -35,7 +35,6 @@ from cogo.actors.edits import (
     plan_edits,
     resolve_inside,
 )
-from cogo.actors.worker import Outcome, TaskContext, Worker
 from cogo.config import Config
 from cogo.errors import (
     CogoError,
@@ -45,6 +44,7 @@ from cogo.errors import (
     RepoMissing,
     WorkerError,
 )
+from cogo.runtime.worker import Outcome, TaskContext, Worker
 from cogo.streams.artifacts import ArtifactStore
 from cogo.streams.envelope import Usage, WorkOrder
 

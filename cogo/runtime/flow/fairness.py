@@ -1,7 +1,7 @@
 """The fair choice of the next held task of one route: limits, priorities, round-robin keys.
 
 ``RouteFlow`` is pure bookkeeping (no I/O, time passed in), so it is tested without a bus;
-``cogo.actors.admission`` feeds it what the bus says (held tasks, slots taken and released)
+``cogo.runtime.flow.admission`` feeds it what the bus says (held tasks, slots taken and released)
 and forwards what it picks. Rules, per route (docs/design.md §14):
 
 - at most ``concurrency`` attempts run at once; at most ``concurrency_per_key`` of one key;
@@ -16,7 +16,7 @@ and forwards what it picks. Rules, per route (docs/design.md §14):
   starves them (a priority-0 task that waited ``9 * AGE_PER_LEVEL_S`` outranks a fresh 9);
 - a route with nothing waiting starts a task that its limits allow at once (``try_start``):
   the dispatcher that admits the route skips the hold in ``FLOW`` (the fast path), and its
-  slot is recorded in the route's slot log (``cogo.actors.slotlog``), not as a KV entry.
+  slot is recorded in the route's slot log (``cogo.runtime.flow.slotlog``), not as a KV entry.
 
 Keys whose limit holds them are taken out of the rotation until that changes (a slot of the
 key is released, its next token is due), so a pick never scans the keys that cannot start:

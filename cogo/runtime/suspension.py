@@ -42,7 +42,6 @@ import msgspec
 from nats.js import api
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
-from cogo.actors.steps import durable_subject, task_bucket
 from cogo.errors import (
     CogoError,
     CostBudgetExhausted,
@@ -51,6 +50,7 @@ from cogo.errors import (
     TtlExpired,
 )
 from cogo.rollouts.canary import subject_of
+from cogo.sdk.steps import durable_subject, task_bucket
 from cogo.streams.catalogue import (
     CALL_COMPLETED,
     CALL_STARTED,
@@ -102,7 +102,7 @@ from cogo.streams.seal import guard_id
 from cogo.streams.topology import EVENTS, SUSPENSION_BUCKET
 
 if TYPE_CHECKING:
-    from cogo.actors.dispatcher import ExecutorDispatcher
+    from cogo.runtime.dispatcher import ExecutorDispatcher
 
 CAS_ATTEMPTS = 20
 # a scheduled wake-up may land a moment before its time by another host's clock

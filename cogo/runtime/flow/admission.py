@@ -12,12 +12,12 @@ Why this design (docs/design.md §14; the bus objects are in ``cogo.streams.flow
 - **One admitter per route.** The routes are hashed into partitions leased in the KV bucket
   ``flow`` (``cogo.streams.leases``: compare-and-set, per-message TTL, balanced across the
   dispatchers that run); the holder of a route's partition alone admits its tasks, from its
-  own memory (``cogo.actors.flow``: limits, priorities, keys in turn), so limits hold across
+  own memory (``cogo.runtime.flow.fairness``: limits, priorities, keys in turn), so limits hold across
   processes without a compare-and-set per task, and fairness is one queue's order, not a
   negotiation between dispatchers. The admitter sees held tasks through an ordered consumer
   on the route's ``FLOW`` subjects and slots through a watch of the route's slot keys.
 - **Slots are on the bus.** Admitting records the attempt's slot (``slot.<route>.<task>.
-  <attempt>``) in the route's slot log (``cogo.actors.slotlog``: one record per batch, with
+  <attempt>``) in the route's slot log (``cogo.runtime.flow.slotlog``: one record per batch, with
   a TTL a little past the latest deadline in it), *then* forwards the attempt and its
   ``execute_enqueued`` (the ids of both are fixed), *then* deletes the held copy. Whichever
   dispatcher handles the attempt's result frees the slot after the result's events are
@@ -53,10 +53,10 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from cogo.actors.admitter import RouteAdmitter
 from cogo.aio import cancel_and_wait
 from cogo.config import FlowPolicy
 from cogo.errors import UnknownRoute
+from cogo.runtime.flow.admitter import RouteAdmitter
 from cogo.streams.envelope import MSG_ID, WorkOrder, encoder
 from cogo.streams.flow import (
     FLOW_PARTITIONS,
@@ -71,7 +71,7 @@ from cogo.streams.leases import PartitionLeases
 from cogo.streams.topology import FLOW, FLOW_BUCKET
 
 if TYPE_CHECKING:
-    from cogo.actors.dispatcher import ExecutorDispatcher
+    from cogo.runtime.dispatcher import ExecutorDispatcher
 
 log = logging.getLogger(__name__)
 

@@ -23,9 +23,9 @@ import hashlib
 import os
 from typing import Any
 
-from cogo.actors.worker import Outcome, TaskContext, Worker
 from cogo.config import ECHO_ALLOW_EXIT_ENV, ECHO_FAIL_AFTER_ENV, ECHO_FAIL_RATE_ENV, env
 from cogo.errors import PermanentWorkerError, WorkerError
+from cogo.runtime.worker import Outcome, TaskContext, Worker
 from cogo.streams.envelope import WorkOrder
 
 

@@ -4,7 +4,7 @@ An actor is a handler plus configuration. This base owns everything around the h
 
 - one fetch loop per consumer per process, asking only for as many messages as there are
   free handler slots (nothing sits un-acked in a local queue; nats-server #2488), each
-  message handed to its handler the moment it arrives (``cogo.actors.puller``); an empty
+  message handed to its handler the moment it arrives (``cogo.runtime.puller``); an empty
   or partial pull is "no work", never an error (nats.py #418);
 - bounded concurrency (``concurrency`` handlers per route), ``in_progress()`` heartbeats
   while a handler runs longer than a third of ``ack_wait``;
@@ -15,7 +15,7 @@ An actor is a handler plus configuration. This base owns everything around the h
 - per-actor counters.
 
 Messages past ``max_deliver`` are dead-lettered by the dispatcher from the server's
-MAX_DELIVERIES advisory (see ``cogo.actors.deadletter``).
+MAX_DELIVERIES advisory (see ``cogo.runtime.deadletter``).
 """
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 
 from cogo import tracing
-from cogo.actors.puller import Puller
 from cogo.aio import cancel_and_wait
 from cogo.config import Config, exponential_delay
 from cogo.errors import CogoError, MessageError
+from cogo.runtime.puller import Puller
 from cogo.streams.connection import actor_id
 from cogo.streams.envelope import MSG_ID
 from cogo.streams.events import EventLog

@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from cogo.actors.worker import Outcome, TaskContext, Worker
 from cogo.errors import ConfigError, InvalidPayload, InvalidResult
+from cogo.runtime.worker import Outcome, TaskContext, Worker
 from cogo.streams.envelope import WorkOrder
 
 if TYPE_CHECKING:
-    from cogo.actors.app import AgentSpec
+    from cogo.sdk.app import AgentSpec
 
 PayloadDecoder = Callable[[dict[str, Any]], Any]
 

@@ -47,10 +47,10 @@ import defusedxml.ElementTree as defused
 import msgspec
 from defusedxml import DefusedXmlException
 
-from cogo.actors.edits import EDITS_ARTIFACT, Edit, apply_edits, decode_edits
-from cogo.actors.worker import Outcome, TaskContext, Worker
+from cogo.agents.edits import EDITS_ARTIFACT, Edit, apply_edits, decode_edits
 from cogo.config import Config
 from cogo.errors import InvalidPayload, RepoMissing
+from cogo.runtime.worker import Outcome, TaskContext, Worker
 from cogo.streams.artifacts import ArtifactStore, artifact_key
 from cogo.streams.envelope import WorkOrder
 

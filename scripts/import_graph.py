@@ -1,12 +1,21 @@
-"""Print Cogo's import graph: package edges and every cycle between modules or packages.
+"""Print Cogo's import graph: its rooms, the edges between them, package edges and cycles.
 
-    python scripts/import_graph.py            # package edges, cycles; exit 1 on a cycle
+    python scripts/import_graph.py            # rooms, edges, cycles; exit 1 on a cycle or
+                                              # on an edge that points the wrong way
     python scripts/import_graph.py --modules  # every module edge too
     python scripts/import_graph.py --root /tmp/old/cogo   # another checkout's tree
 
 Every import counts, also one inside a function (a lazy import still ties two modules);
 ``if TYPE_CHECKING:`` blocks do not (they never run). Reads the source with ``ast``:
-nothing is imported."""
+nothing is imported.
+
+The rooms, from the bottom up (``ROOMS``): the foundation every room may import (errors,
+configuration, the wire types and the bus), the SDK users import, then side by side the
+agents Cogo ships (an app like any user's: SDK and foundation only) and the runtime that runs
+apps (the HTTP facade, projections, workflows and rollouts are runtime services), and on top
+the entry points (CLI, bench, ``cogo.testing``). An import may point down, never up nor
+sideways: the SDK never imports the runtime, the agents never the runtime, the runtime never
+the agents (it loads their app by reference, as it loads a user's)."""
 
 from __future__ import annotations
 
@@ -17,6 +26,35 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent / "cogo"
+
+
+# room -> (level, the packages and modules in it); an import may only point to a lower level
+ROOMS: dict[str, tuple[int, tuple[str, ...]]] = {
+    "foundation": (0, ("cogo.aio", "cogo.config", "cogo.errors", "cogo.lifeline",
+                       "cogo.secretfile", "cogo.streams", "cogo.tracing")),
+    "sdk": (1, ("cogo", "cogo.sdk", "cogo.integrations")),
+    "agents": (2, ("cogo.agents", "cogo.indexing")),
+    "runtime": (2, ("cogo.runtime", "cogo.http", "cogo.projections", "cogo.workflows",
+                    "cogo.rollouts")),
+    "entry points": (3, ("cogo.__main__", "cogo.bench", "cogo.cli", "cogo.devllm",
+                         "cogo.testing")),
+}  # fmt: skip
+
+
+def room_of(module: str) -> str | None:
+    """The room of ``module``: that of the longest package in ``ROOMS`` it lies in."""
+    best, length = None, -1
+    for room, (_, members) in ROOMS.items():
+        for member in members:
+            inside = module == member or module.startswith(member + ".")
+            if inside and len(member) > length and (member != "cogo" or module == "cogo"):
+                best, length = room, len(member)
+    return best
+
+
+def wrong_way(src: str, dst: str) -> bool:
+    """Whether an import from room ``src`` of room ``dst`` points up or sideways."""
+    return src != dst and ROOMS[dst][0] >= ROOMS[src][0]
 
 
 def module_of(path: Path, root: Path) -> str:
@@ -141,6 +179,29 @@ def main() -> int:
     args = parser.parse_args()
     edges = graph(args.root.resolve())
     packages = package_edges(edges)
+    found = False
+    print("rooms:")
+    unplaced = sorted(m for m in edges if room_of(m) is None)
+    for room, (level, _) in sorted(ROOMS.items(), key=lambda item: item[1][0]):
+        members = sorted({package_of(m) for m in edges if room_of(m) == room})
+        print(f"  {level} {room}: {', '.join(members)}")
+    for module in unplaced:
+        found = True
+        print(f"module in no room (add its package to ROOMS): {module}")
+    rooms: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
+    for src, targets in edges.items():
+        for dst in targets:
+            a, b = room_of(src), room_of(dst)
+            if a and b and a != b:
+                rooms[a, b].append((src, dst))
+    print("room edges (imports):")
+    for (a, b), pairs in sorted(rooms.items(), key=lambda item: (-ROOMS[item[0][0]][0], item[0])):
+        print(f"  {a} -> {b} ({len(pairs)}){'  WRONG WAY' if wrong_way(a, b) else ''}")
+    for (a, b), pairs in sorted(rooms.items()):
+        if wrong_way(a, b):
+            found = True
+            for src, dst in sorted(pairs):
+                print(f"wrong way ({a} -> {b}): {src} imports {dst}")
     print("package edges:")
     for src in sorted(packages):
         print(f"  {src} -> {', '.join(sorted(packages[src]))}")
@@ -149,13 +210,12 @@ def main() -> int:
         for src in sorted(edges):
             if edges[src]:
                 print(f"  {src} -> {', '.join(sorted(edges[src]))}")
-    found = False
     for kind, cyc in (("package", cycles(packages)), ("module", cycles(edges))):
         for component in cyc:
             found = True
             print(f"{kind} cycle: {' <-> '.join(component)}")
     if not found:
-        print("no cycles")
+        print("no cycles, no edge pointing the wrong way")
     return 1 if found else 0
 
 

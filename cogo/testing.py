@@ -129,8 +129,8 @@ class CogoEnv:
         await self.stop()
 
     async def start(self) -> None:
-        from cogo.agents import app as builtin
         from cogo.projections.projector import Projector
+        from cogo.runtime.components import components
         from cogo.runtime.loader import declare_apps
         from cogo.streams.connection import connect
         from cogo.streams.server import EmbeddedServer
@@ -154,7 +154,7 @@ class CogoEnv:
         nc = await connect(self.url, "cogo-testing-admin")
         self._conns.append(nc)
         await declare_apps(nc.jetstream(), self.config, apps)
-        await self._run(builtin.get("dispatcher"))
+        await self._run(components.get("dispatcher"))
         self.projector = Projector(nc, self.config, data_dir=self.data_dir)
         await self.projector.start()
         for app, ref in zip(apps, self.apps, strict=True):
@@ -168,12 +168,13 @@ class CogoEnv:
         await self.client.connect()
 
     async def _run(self, spec: Any) -> None:
+        from cogo.runtime.worker import build
         from cogo.streams.connection import connect
 
         assert self.config is not None
         nc = await connect(self.url, f"cogo-testing-{spec.name}")
         self._conns.append(nc)
-        actor = spec.build(nc, self.config, data_dir=self.data_dir)
+        actor = build(spec, nc, self.config, data_dir=self.data_dir)
         await actor.start()
         self._running.append(actor)
 

@@ -146,11 +146,11 @@ async def _is(env, task_id: str, wanted: str) -> bool:
 
 
 async def test_cancelling_a_workflow_run_cancels_the_tasks_it_started(cogo_env):
-    from cogo.agents import app as builtin
+    from cogo.runtime.components import components
     from cogo.runtime.workflow_engine import CancelRun, send_command
     from tests.test_workflow_support import start_run, wait_run
 
-    await cogo_env._run(builtin.get("orchestrator"))
+    await cogo_env._run(components.get("orchestrator"))
     js = cogo_env.client.nc.jetstream()
     plan = {"id": "durableWait", "nodes": [
         {"id": "ask", "type": "publish", "route": "dur.signal.0", "payload": {}},

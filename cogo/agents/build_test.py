@@ -50,7 +50,8 @@ from defusedxml import DefusedXmlException
 from cogo.agents.edits import EDITS_ARTIFACT, Edit, apply_edits, decode_edits
 from cogo.config import Config
 from cogo.errors import InvalidPayload, RepoMissing
-from cogo.runtime.worker import Outcome, TaskContext, Worker
+from cogo.sdk.context import Outcome, TaskContext
+from cogo.sdk.worker import Worker
 from cogo.streams.artifacts import ArtifactStore, artifact_key
 from cogo.streams.envelope import WorkOrder
 

@@ -44,7 +44,8 @@ from cogo.errors import (
     RepoMissing,
     WorkerError,
 )
-from cogo.runtime.worker import Outcome, TaskContext, Worker
+from cogo.sdk.context import Outcome, TaskContext
+from cogo.sdk.worker import Worker
 from cogo.streams.artifacts import ArtifactStore
 from cogo.streams.envelope import Usage, WorkOrder
 

@@ -25,7 +25,8 @@ from typing import Any
 
 from cogo.config import ECHO_ALLOW_EXIT_ENV, ECHO_FAIL_AFTER_ENV, ECHO_FAIL_RATE_ENV, env
 from cogo.errors import PermanentWorkerError, WorkerError
-from cogo.runtime.worker import Outcome, TaskContext, Worker
+from cogo.sdk.context import Outcome, TaskContext
+from cogo.sdk.worker import Worker
 from cogo.streams.envelope import WorkOrder
 
 

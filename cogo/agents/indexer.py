@@ -34,7 +34,8 @@ from nats.js.kv import KeyValue
 from cogo.errors import InvalidPayload
 from cogo.indexing.files import language_of
 from cogo.indexing.scan import batches, scan
-from cogo.runtime.worker import Outcome, TaskContext, Worker
+from cogo.sdk.context import Outcome, TaskContext
+from cogo.sdk.worker import Worker
 from cogo.streams.catalogue import FILE_INDEXED, FILE_REMOVED
 from cogo.streams.envelope import WorkOrder
 from cogo.streams.events import make_event

@@ -41,7 +41,8 @@ from cogo.errors import (
     WebhookHostNotAllowed,
     WorkerError,
 )
-from cogo.runtime.worker import Outcome, TaskContext, Worker
+from cogo.sdk.context import Outcome, TaskContext
+from cogo.sdk.worker import Worker
 from cogo.secretfile import read_or_create
 from cogo.streams.envelope import ASSIGNMENT_KEY, WorkOrder
 

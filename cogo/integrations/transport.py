@@ -23,7 +23,7 @@ except ImportError:  # pragma: no cover - depends on the installed openai
 from cogo.errors import CogoError
 
 if TYPE_CHECKING:
-    from cogo.runtime.worker import TaskContext
+    from cogo.sdk.context import TaskContext
     from cogo.sdk.llm import LlmReply
 
 # never dialled: the transport answers every request itself

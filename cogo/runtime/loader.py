@@ -15,6 +15,7 @@ false``), those listed in ``[apps] load`` and every ``--app``.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import sys
@@ -81,10 +82,17 @@ def entry_points() -> dict[str, str]:
     return {ep.name: ep.value for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
 
 
+@functools.cache  # one app object: check_apps tells apps apart by identity
 def builtin() -> LoadedApp:
-    from cogo.agents import app
+    """Cogo's own: the runtime's components (``cogo.runtime.components``), then the agents
+    Cogo ships (the app at ``BUILTIN_REF``), as one app named ``cogo``."""
+    from cogo.runtime.components import components
 
-    return LoadedApp(app, BUILTIN_REF)
+    own = App(components.name, _builtin=True)
+    own.agents.update(components.agents)
+    # by reference, as a user's app: the runtime never imports the agents Cogo ships
+    own.agents.update(load_ref(BUILTIN_REF).agents)
+    return LoadedApp(own, BUILTIN_REF)
 
 
 def resolve(target: str) -> LoadedApp:

@@ -122,9 +122,11 @@ async def _start(
     declaring API calls; the agent waits for it instead of exiting, so a process started
     during an outage, or killed with it, does not need a supervisor to come back. Errors
     that are not about the bus being away (a bad config, a route conflict) end it."""
+    from cogo.runtime.worker import build  # not at import: a dispatcher runs no agent
+
     failures = 0
     while True:
-        actor = spec.build(nc, config, **options)
+        actor = build(spec, nc, config, **options)
         try:
             if spec.routes:
                 await declare_agent(nc, config, spec, options.get("version"))

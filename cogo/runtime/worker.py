@@ -19,41 +19,40 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 import msgspec
+from nats.aio.client import Client as NATS
 from nats.js.errors import KeyNotFoundError
 
 from cogo import tracing
+from cogo.config import Config
 from cogo.errors import (
     AttemptTimeout,
     CogoError,
-    CostBudgetExhausted,
+    ConfigError,
     InvalidResult,
-    OutputInvalid,
     TaskCancelled,
-    TokenBudgetExhausted,
     TtlExpired,
     WorkerError,
 )
 from cogo.rollouts.canary import versioned_routes
 from cogo.runtime.base import Actor, Delivery
 from cogo.runtime.suspension import is_cancelled, record_key
-from cogo.sdk import durable
-from cogo.sdk.durable import Durable, Suspend, Waiters
-from cogo.sdk.llm import LlmClient, LlmSession
-from cogo.sdk.steps import Journal, charge_step, run_step
+from cogo.sdk.app import AgentSpec
+from cogo.sdk.context import Outcome, TaskContext
+from cogo.sdk.durable import Suspend, Waiters
+from cogo.sdk.llm import LlmClient
+from cogo.sdk.worker import Worker
 from cogo.streams.artifacts import ArtifactStore
 from cogo.streams.catalogue import EXECUTE_STARTED, ExecuteStarted
 from cogo.streams.commands import CANCEL_SUBJECT
 from cogo.streams.envelope import (
     CALL_KEY,
     MSG_ID,
-    RESERVED_PAYLOAD_KEYS,
-    ResolvedAssignment,
     Usage,
     Waiting,
     WorkOrder,
@@ -63,225 +62,14 @@ from cogo.streams.envelope import (
     result_subject,
 )
 from cogo.streams.events import iso, order_event
-from cogo.streams.outputs import Output, encode_output, output_subject
-from cogo.streams.seal import MAC_HEADER, guard_id, output_mac
+from cogo.streams.seal import guard_id
 from cogo.streams.topology import SUSPENSION_BUCKET
 
 log = logging.getLogger(__name__)
 
 
-class Outcome(msgspec.Struct, frozen=True):
-    """What a successful attempt produced (class-based workers return one)."""
-
-    result: Any = None
-    usage: Usage = Usage()
-
-
-class TaskContext:
-    """What a handler may use while it runs one attempt of a task.
-
-    async def handle(ctx: cogo.TaskContext, doc: Doc) -> dict:
-        reply = await ctx.llm.chat([{"role": "user", "content": doc.text}])
-        await ctx.emit(reply.content)
-        return await ctx.step("save", save, reply.content)
-    """
-
-    def __init__(self, worker: Worker, delivery: Delivery, order: WorkOrder) -> None:
-        self.worker = worker
-        self.delivery = delivery
-        self.order = order
-        self._tokens = 0
-        self._cost_usd = 0.0
-        self.journal = Journal(self)
-        self._llm: LlmSession | None = None
-        self._emitted = 0
-        self._emitting = asyncio.Lock()
-        self._durable: Durable | None = None  # made by the first call, sleep or signal
-        self._seq = 0  # durable requests (steps included) of this run, in order
-        self.cancel_requested = False
-        self.task: asyncio.Task[Any] | None = None  # the one running the handler
-
-    @property
-    def llm(self) -> LlmSession:
-        """The task's metered LLM client: ``await ctx.llm.chat(messages, ...)``."""
-        if self._llm is None:
-            self._llm = LlmSession(self, self.worker.llm_client)
-        return self._llm
-
-    async def step(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Run ``fn(*args, **kwargs)`` once per task: its JSON result is journaled, and a
-        retried attempt or a redelivery gets it back without running ``fn`` again.
-
-        result = await ctx.step("fetch", fetch_page, url)
-        """
-        return await run_step(self, name, fn, args, kwargs, seq=self.next_seq())
-
-    def next_seq(self) -> int:
-        """The number of this run's next durable request (a replay must ask the same)."""
-        self._seq += 1
-        return self._seq
-
-    @property
-    def durable(self) -> Durable:
-        """This run's calls, sleeps and signals (``cogo.sdk.durable``)."""
-        if self._durable is None:
-            self._durable = Durable(self)
-        return self._durable
-
-    async def call(
-        self, route: str, payload: Any = None, *, key: str | None = None,
-        assignment: dict[str, Any] | None = None,
-    ) -> Any:  # fmt: skip
-        """Run a child task on ``route`` and return its result (``cogo.TaskFailed`` if it
-        failed). The child's id is ``<task_id>/<key>`` (``key`` defaults to the call's order
-        in the handler); a replay never starts it twice. Its budget is carved from what this
-        task has left. Calls may run in parallel (``asyncio.gather``).
-
-        notes = await asyncio.gather(*(ctx.call("research.read.0", {"topic": t}, key=t)
-                                       for t in topics))
-        """
-        return await durable.call(self, route, payload, key, assignment)
-
-    async def sleep(self, seconds: float) -> None:
-        """Sleep durably: a long sleep gives back the worker and survives restarts.
-
-        await ctx.sleep(3600)
-        """
-        await durable.sleep(self, seconds)
-
-    async def wait_signal(self, name: str, *, timeout_s: float | None = None) -> Any:
-        """The data of signal ``name`` sent to this task (``Client.signal``, ``POST
-        /api/tasks/{id}/signals/{name}``, ``cogo signal``); one sent earlier is kept, the
-        first one counts. ``cogo.SignalTimeout`` after ``timeout_s``.
-
-        ok = await ctx.wait_signal("approve", timeout_s=86_400)
-        """
-        return await durable.wait_signal(self, name, timeout_s)
-
-    async def emit(self, chunk: Any) -> None:
-        """Append ``chunk`` (any JSON value) to the task's output, ``outputs.<task_id>``;
-        returns once the stream stored it."""
-        cap = self.worker.config.runtime.max_chunk_bytes
-        async with self._emitting:  # one at a time: sequence numbers follow stream order
-            output = Output(
-                task_id=self.task_id, attempt=self.attempt, at=iso(), seq=self._emitted + 1,
-                delivery=self.delivery.delivered, data=chunk,
-            )  # fmt: skip
-            try:
-                data = encode_output(output)
-            except (TypeError, ValueError, OverflowError) as exc:
-                raise OutputInvalid(
-                    f"ctx.emit takes JSON data; a {type(chunk).__name__} is not: {exc}"
-                ) from None
-            if len(data) > cap:
-                raise OutputInvalid(
-                    f"the chunk is {len(data):,} bytes encoded, over the {cap:,} an output chunk "
-                    "may have: emit smaller pieces, or store it as an artifact"
-                )
-            # readers show a chunk only with the task's output MAC (cogo.streams.seal)
-            token = self.order.out_token
-            headers = {MAC_HEADER: output_mac(token, data)} if token else None
-            await self.worker.publish_all([(output_subject(self.task_id), data, headers)])
-            self._emitted += 1
-
-    @property
-    def emitted(self) -> int:
-        """Chunks this attempt appended to the task's output."""
-        return self._emitted
-
-    @property
-    def task_id(self) -> str:
-        return self.order.task_id
-
-    @property
-    def route(self) -> str:
-        return self.order.route
-
-    @property
-    def attempt(self) -> int:
-        """1 for the first attempt, 2 for the first retry, ..."""
-        return self.order.attempt
-
-    @property
-    def assignment(self) -> ResolvedAssignment:
-        """The task's policy envelope with every key decided (model, budgets, limits)."""
-        return self.order.assignment
-
-    @property
-    def payload(self) -> dict[str, Any]:
-        """The payload as submitted, without ``__assignment`` and the other reserved keys."""
-        raw = self.order.payload
-        if not any(key in raw for key in RESERVED_PAYLOAD_KEYS):
-            return raw
-        return {k: v for k, v in raw.items() if k not in RESERVED_PAYLOAD_KEYS}
-
-    @property
-    def correlation_id(self) -> str:
-        return self.order.correlation_id
-
-    @property
-    def version(self) -> str | None:
-        return self.worker.version
-
-    @property
-    def js(self) -> Any:
-        return self.worker.js
-
-    @property
-    def usage(self) -> Usage:
-        """What this attempt reported so far."""
-        return Usage(tokens=self._tokens, cost_usd=round(self._cost_usd, 9))
-
-    @property
-    def remaining_tokens(self) -> int:
-        """Tokens the task may still spend under its ``max_tokens``, this attempt included
-        (and what its children spent or hold: the budget bounds the task's tree)."""
-        held = self._durable.held_tokens if self._durable is not None else 0
-        spent = self.order.usage_so_far.tokens + self._tokens + held
-        return max(0, self.order.assignment.max_tokens - spent)
-
-    @property
-    def remaining_cost_usd(self) -> float:
-        held = self._durable.held_cost_usd if self._durable is not None else 0.0
-        spent = self.order.usage_so_far.cost_usd + self._cost_usd + held
-        return max(0.0, self.order.assignment.max_cost_usd - spent)
-
-    @property
-    def deadline(self) -> float:
-        """Unix seconds by which this attempt must be done (timeout or TTL, sooner)."""
-        timeout_at = self.delivery.claimed_at + self.order.assignment.timeout_ms / 1000.0
-        return min(timeout_at, self.order.deadline)
-
-    def report_usage(self, *, tokens: int = 0, cost_usd: float = 0.0) -> None:
-        """Add to this attempt's usage; it is summed across attempts and enforced.
-
-        Raises ``TokenBudgetExhausted`` / ``CostBudgetExhausted`` (no retry) once the task as
-        a whole has spent more than its assignment allows: the budget holds mid-attempt.
-        """
-        if tokens < 0 or cost_usd < 0:
-            raise ValueError("usage cannot be negative")
-        self._tokens += int(tokens)
-        self._cost_usd += float(cost_usd)
-        charge_step(int(tokens), float(cost_usd))  # a step journals what it spent
-        a = self.order.assignment
-        spent = self.order.usage_so_far + self.usage
-        if self._durable is not None:
-            spent = Usage(tokens=spent.tokens + self._durable.held_tokens,
-                          cost_usd=spent.cost_usd + self._durable.held_cost_usd)  # fmt: skip
-        if spent.tokens > a.max_tokens:
-            raise TokenBudgetExhausted(
-                f"used {spent.tokens} tokens across {self.attempt} attempt(s), "
-                f"budget max_tokens={a.max_tokens}"
-            )
-        if spent.cost_usd > a.max_cost_usd:
-            raise CostBudgetExhausted(
-                f"spent ${spent.cost_usd:.4f} across {self.attempt} attempt(s), "
-                f"budget max_cost_usd={a.max_cost_usd}"
-            )
-
-
-class Worker(Actor):
-    """Base of actors that run task attempts (echo, codegen, your class-based agents, ...)."""
+class WorkerRunner(Actor):
+    """Runs the attempts of one agent: joined with its ``cogo.Worker`` class by ``build``."""
 
     route: str = ""
 
@@ -328,12 +116,12 @@ class Worker(Actor):
     async def _on_cancel(self, msg: Any) -> None:
         """A task was cancelled: its running handlers get CancelledError at their next await."""
         for ctx in self._running.get(msg.data.decode(errors="replace"), ()):
-            if ctx.task is not None and not ctx.cancel_requested:
-                ctx.cancel_requested = True
-                ctx.task.cancel()
+            if ctx._task is not None and not ctx._cancel_requested:
+                ctx._cancel_requested = True
+                ctx._task.cancel()
 
     async def run(self, order: WorkOrder, ctx: TaskContext) -> Outcome:
-        raise NotImplementedError
+        raise NotImplementedError  # the agent's (cogo.Worker.run), first in the joined class
 
     async def handle(self, delivery: Delivery) -> None:
         order = decode_order(delivery.data)  # MalformedMessage -> dead letter
@@ -342,7 +130,7 @@ class Worker(Actor):
         error: CogoError | None = None
         suspended: list[Waiting] | None = None
         ctx = TaskContext(self, delivery, order)
-        ctx.task = asyncio.current_task()
+        ctx._task = asyncio.current_task()
         running = self._running.setdefault(order.task_id, [])
         running.append(ctx)
         announce = None
@@ -357,7 +145,7 @@ class Worker(Actor):
                 )
             if CALL_KEY in order.payload and await self._cancelled(order.task_id):
                 # a child whose parent's cancel reached it in the queue: it never runs
-                ctx.cancel_requested = True
+                ctx._cancel_requested = True
                 raise TaskCancelled("the task was cancelled before it ran")
             budget = max(0.0, ctx.deadline - started)
             try:
@@ -371,18 +159,18 @@ class Worker(Actor):
                     f"attempt {order.attempt} ran past timeout_ms={order.assignment.timeout_ms}"
                 ) from None
         except Suspend:
-            suspended = list(ctx.durable.waiting.values())
+            suspended = list(ctx._calls.waiting.values())
         except asyncio.CancelledError:
-            if not ctx.cancel_requested:
+            if not ctx._cancel_requested:
                 raise  # the worker is stopping: the message is redelivered
-            if ctx.task is not None:
-                ctx.task.uncancel()
+            if ctx._task is not None:
+                ctx._task.uncancel()
             error = TaskCancelled("the task was cancelled while its handler ran")
         except CogoError as exc:
             error = exc
         except BaseExceptionGroup as group:  # a TaskGroup of the handler's
             if group.subgroup(Suspend) is not None:
-                suspended = list(ctx.durable.waiting.values())
+                suspended = list(ctx._calls.waiting.values())
             else:
                 log.exception("%s: %s attempt %d raised", self.name, order.task_id, order.attempt)
                 error = WorkerError(f"{type(group).__name__}: {group}")
@@ -397,7 +185,7 @@ class Worker(Actor):
                 del self._running[order.task_id]
             if ctx._durable is not None:
                 ctx._durable.release()
-        if ctx.cancel_requested and error is None:
+        if ctx._cancel_requested and error is None:
             # it returned before its next await: the cancel still wins
             outcome, suspended = None, None
             error = TaskCancelled("the task was cancelled while its handler ran")
@@ -413,10 +201,10 @@ class Worker(Actor):
         if ctx._durable is not None and ctx._durable.used:
             report = msgspec.structs.replace(
                 report, durable=True, suspended=suspended,
-                cancelled=ctx.cancel_requested, children=ctx.durable.pending_children or None,
-                tree_usage=ctx.durable.tree_usage,
+                cancelled=ctx._cancel_requested, children=ctx._calls.pending_children or None,
+                tree_usage=ctx._calls.tree_usage,
             )  # fmt: skip
-        elif ctx.cancel_requested:
+        elif ctx._cancel_requested:
             report = msgspec.structs.replace(report, cancelled=True)
         data = encoder.encode(report)
         if outcome is not None and len(data) > self._max_result_bytes:
@@ -512,3 +300,68 @@ def _attempt_span(order: WorkOrder, delivery: Delivery) -> Any:
         attributes={"cogo.task_id": order.task_id, "cogo.route": order.route,
                     "cogo.attempt": order.attempt, "cogo.delivery": delivery.delivered},
     )  # fmt: skip
+
+
+def actor_class(spec: AgentSpec) -> type[Actor]:
+    """The class that runs ``spec``: a runtime actor as it is, an agent joined with the runner."""
+    if spec.handler is not None:
+        from cogo.sdk.agent import FunctionAgent
+
+        target: type[Any] = FunctionAgent
+    elif isinstance(spec.target, str):
+        module, _, attr = spec.target.partition(":")
+        target = getattr(importlib.import_module(module), attr)
+    else:
+        target = spec.target
+    return as_actor(target, f"agent {spec.name!r}")
+
+
+def as_actor(target: type[Any], what: str = "") -> type[Actor]:
+    """``target`` as an actor class: a runtime actor as it is, a ``cogo.Worker`` joined with
+    the runner (once per class)."""
+    if issubclass(target, Actor):
+        return target
+    if not issubclass(target, Worker):
+        raise ConfigError(f"{what or 'a class'}: {target!r} is neither a cogo.Worker nor an actor")
+    return _joined(target)
+
+
+_JOINED: dict[type[Worker], type[WorkerRunner]] = {}
+
+
+def _joined(agent: type[Worker]) -> type[WorkerRunner]:
+    # the agent first: its run, hooks and attributes win; the runner does the rest
+    if agent in _JOINED:
+        return _JOINED[agent]
+    namespace = {"__module__": agent.__module__, "__qualname__": agent.__qualname__,
+                 "__doc__": agent.__doc__}
+    joined: type[WorkerRunner] = type(agent.__name__, (agent, WorkerRunner), namespace)
+    _JOINED[agent] = joined
+    return joined
+
+
+def build(
+    spec: AgentSpec,
+    nc: NATS,
+    config: Config,
+    *,
+    version: str | None = None,
+    concurrency: int | None = None,
+    data_dir: Any = None,
+) -> Actor:
+    """A ready-to-start actor of agent ``spec`` on connection ``nc``."""
+    cls = actor_class(spec)
+    if spec.handler is None and "kind" not in vars(cls) and cls.kind != spec.name:
+        # a user's class that does not name itself: its agent name is its kind (actor ids)
+        cls = type(cls.__name__, (cls,), {"kind": spec.name})
+    kwargs: dict[str, Any] = {
+        "concurrency": concurrency or spec.concurrency,
+        "version": version,
+    }
+    if spec.handler is not None:
+        kwargs["spec"] = spec
+    elif spec.routes and list(spec.routes) != [getattr(cls, "route", None)]:
+        kwargs["routes"] = list(spec.routes)  # declared elsewhere than the class says
+    if getattr(cls, "needs_data_dir", False):
+        kwargs["data_dir"] = data_dir
+    return cls(nc, config, **kwargs)

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from cogo.errors import ConfigError, InvalidPayload, InvalidResult
-from cogo.runtime.worker import Outcome, TaskContext, Worker
+from cogo.sdk.context import Outcome, TaskContext
+from cogo.sdk.worker import Worker
 from cogo.streams.envelope import WorkOrder
 
 if TYPE_CHECKING:

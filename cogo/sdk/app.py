@@ -16,24 +16,17 @@ Cogo's own included: they are the app ``cogo.agents:app``, declared the same way
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 
 from cogo.config import RoutePolicy, flow_problems
 from cogo.errors import AgentNotFound, ConfigError, RouteConflict
 from cogo.streams.routes import RouteDecl, check_route
-
-if TYPE_CHECKING:
-    from nats.aio.client import Client as NATS
-
-    from cogo.config import Config
-    from cogo.runtime.base import Actor
 
 H = TypeVar("H", bound=Callable[..., Any])
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
@@ -70,7 +63,7 @@ class AgentSpec:
     routes: tuple[str, ...]
     # the actor class, or "module:Class" imported on first use (`cogo run echo` should not
     # import DuckDB because the projector is declared next to it)
-    target: type[Actor] | str
+    target: type[Any] | str
     replicas: int = 1
     concurrency: int | None = None
     policy: dict[str, Any] = field(default_factory=dict)
@@ -81,43 +74,6 @@ class AgentSpec:
     up: bool = True
     handler: Callable[..., Any] | None = None
     doc: str = ""
-
-    def actor_class(self) -> type[Actor]:
-        """The class that runs this agent."""
-        if self.handler is not None:
-            from cogo.sdk.agent import FunctionAgent
-
-            return FunctionAgent
-        if isinstance(self.target, str):
-            module, _, attr = self.target.partition(":")
-            return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
-        return self.target
-
-    def build(
-        self,
-        nc: NATS,
-        config: Config,
-        *,
-        version: str | None = None,
-        concurrency: int | None = None,
-        data_dir: Any = None,
-    ) -> Actor:
-        """A ready-to-start actor instance of this agent on connection ``nc``."""
-        cls = self.actor_class()
-        if self.handler is None and "kind" not in vars(cls) and cls.kind != self.name:
-            # a user's class that does not name itself: its agent name is its kind (actor ids)
-            cls = type(cls.__name__, (cls,), {"kind": self.name})
-        kwargs: dict[str, Any] = {
-            "concurrency": concurrency or self.concurrency,
-            "version": version,
-        }
-        if self.handler is not None:
-            kwargs["spec"] = self
-        elif self.routes and list(self.routes) != [getattr(cls, "route", None)]:
-            kwargs["routes"] = list(self.routes)  # declared elsewhere than the class says
-        if getattr(cls, "needs_data_dir", False):
-            kwargs["data_dir"] = data_dir
-        return cls(nc, config, **kwargs)
 
     def declarations(self) -> list[RouteDecl]:
         return [RouteDecl(r, self.app, self.name, self.tasks, self.policy) for r in self.routes]
@@ -192,7 +148,7 @@ class App:
 
     def add(
         self,
-        worker: type[Actor] | str,
+        worker: type[Any] | str,
         *,
         name: str | None = None,
         route: str | None = None,

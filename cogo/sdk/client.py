@@ -46,7 +46,6 @@ from cogo.errors import (
     TaskNotFound,
     UnknownRoute,
 )
-from cogo.projections.tasks import STATUS_SUBJECT, TERMINAL, TaskStatus
 from cogo.streams.catalogue import (
     EXECUTE_DONE,
     EXECUTE_FAILED,
@@ -60,7 +59,8 @@ from cogo.streams.events import Event, decode_event, iso
 from cogo.streams.outputs import Output, read_output
 from cogo.streams.routes import check_route
 from cogo.streams.seal import OutputVerifier
-from cogo.streams.topology import EVENTS, POLICY_BUCKET
+from cogo.streams.status import TERMINAL, TaskStatus
+from cogo.streams.topology import EVENTS, POLICY_BUCKET, STATUS_SUBJECT
 
 P = TypeVar("P")
 R = TypeVar("R")

@@ -75,7 +75,7 @@ from cogo.streams.policies import read_policy
 from cogo.streams.seal import guard_id
 
 if TYPE_CHECKING:
-    from cogo.runtime.worker import TaskContext
+    from cogo.sdk.context import TaskContext
 
 MAX_KEY_CHARS = 100
 
@@ -156,14 +156,14 @@ class Durable:
     def _future(self, key: str) -> asyncio.Future[Any]:
         fut = self._futures.get(key)
         if fut is None:
-            fut = self._futures[key] = self.ctx.worker.waiters.register(self.ctx.task_id, key)
+            fut = self._futures[key] = self.ctx._runtime.waiters.register(self.ctx.task_id, key)
         return fut
 
     def _drop(self, key: str) -> None:
         self.waiting.pop(key, None)
         fut = self._futures.pop(key, None)
         if fut is not None:
-            self.ctx.worker.waiters.discard(self.ctx.task_id, key, fut)
+            self.ctx._runtime.waiters.discard(self.ctx.task_id, key, fut)
 
     async def _wait(self, key: str, waiting: Waiting, within: float) -> Any:
         """What arrives for ``key`` within ``within`` seconds, else suspend the run."""
@@ -201,15 +201,15 @@ class Durable:
 
     @property
     def suspend_after_s(self) -> float:
-        return self.ctx.worker.config.runtime.suspend_after_ms / 1000.0
+        return self.ctx._runtime.config.runtime.suspend_after_ms / 1000.0
 
 
 async def call(
     ctx: TaskContext, route: str, payload: Any, key: str | None, assignment: dict[str, Any] | None
 ) -> Any:
     """``ctx.call``: the result of child ``<task_id>/<key>`` (see the module docstring)."""
-    d = ctx.durable
-    seq = ctx.next_seq()
+    d = ctx._calls
+    seq = ctx._next_seq()
     d.calls += 1
     key = _check_key(str(key) if key is not None else str(d.calls))
     child_id = f"{ctx.task_id}/{key}"
@@ -221,8 +221,8 @@ async def call(
     d.requested.add(child_id)
     d._begin()
     try:
-        await ctx.worker.waiters.start(ctx.route)
-        journal = ctx.journal
+        await ctx._runtime.waiters.start(ctx.route)
+        journal = ctx._journal
         fut = d._future(wait_key)  # before anything is submitted: a quick child is heard
         # one call at a time from here, in the order the handler made them (the lock is
         # FIFO, and taking a free one does not yield): parallel calls carve their budgets
@@ -260,7 +260,7 @@ async def _start_child(
     ctx: TaskContext, seq: int, key: str, child_id: str, route: str, payload: Any,
     assignment: dict[str, Any] | None,
 ) -> CallStarted:  # fmt: skip
-    worker = ctx.worker
+    worker = ctx._runtime
     parent_call = ctx.order.payload.get(CALL_KEY)
     depth = (parent_call.get("depth", 0) if isinstance(parent_call, dict) else 0) + 1
     limit = worker.config.runtime.max_call_depth
@@ -276,7 +276,7 @@ async def _start_child(
     if not isinstance(body, dict):
         raise TypeError(f"ctx.call takes a payload that is a JSON object, not {type(body)}")
     wanted = dict(assignment or {})
-    d = ctx.durable
+    d = ctx._calls
     # carved and reserved with no await in between: parallel calls never carve the same.
     # An explicit budget is carved as asked (capped by what is left); without one, the
     # child's route default, capped by half of what is left, so siblings are not starved
@@ -333,8 +333,8 @@ async def _start_child(
 
 async def sleep(ctx: TaskContext, seconds: float) -> None:
     """``ctx.sleep``: a durable timer (its due time journaled as step ``~sleep:<n>``)."""
-    d = ctx.durable
-    seq = ctx.next_seq()
+    d = ctx._calls
+    seq = ctx._next_seq()
     d.sleeps += 1
     name = f"~sleep:{d.sleeps}"
     seconds = float(seconds)
@@ -352,7 +352,7 @@ async def sleep(ctx: TaskContext, seconds: float) -> None:
                 )
             return due
 
-        await ctx.journal.load()
+        await ctx._journal.load()
         due = float(await run_step(ctx, name, _now_fn(due_at), (), {}, seq=seq))
         left = due - time.time()
         if left <= 0:
@@ -374,8 +374,8 @@ def _now_fn(fn: Any) -> Any:
 
 async def wait_signal(ctx: TaskContext, name: str, timeout_s: float | None) -> Any:
     """``ctx.wait_signal``: the data of the first signal ``name`` sent to the task."""
-    d = ctx.durable
-    seq = ctx.next_seq()
+    d = ctx._calls
+    seq = ctx._next_seq()
     if not isinstance(name, str) or not name or len(name) > 100 or not name.isprintable():
         raise StepNameInvalid(f"signal name {name!r}: give 1-100 printable characters")
     d._begin()
@@ -393,9 +393,9 @@ async def wait_signal(ctx: TaskContext, name: str, timeout_s: float | None) -> A
             return until
 
         key = f"signal:{name}"
-        await ctx.worker.waiters.start(ctx.route)
+        await ctx._runtime.waiters.start(ctx.route)
         fut = d._future(key)
-        journal = ctx.journal
+        journal = ctx._journal
         await journal.load()
         until = await run_step(ctx, f"~signal:{name}", _now_fn(deadline), (), {}, seq=seq)
         got = await journal.get(f"~signal:{name}:got")

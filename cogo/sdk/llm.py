@@ -84,7 +84,7 @@ from cogo.streams.envelope import Usage
 from cogo.streams.events import event_message, order_event
 
 if TYPE_CHECKING:
-    from cogo.runtime.worker import TaskContext
+    from cogo.sdk.context import TaskContext
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ class LlmSession:
     def __init__(self, ctx: TaskContext, client: LlmClient) -> None:
         self._ctx = ctx
         self._client = client
-        self._config = ctx.worker.config
+        self._config = ctx._runtime.config
         self._calls = 0
         self._disputes: dict[int, str] = {}  # id(reply) -> why its usage was not believed
 
@@ -511,17 +511,17 @@ class LlmSession:
             stream=bool(body.get("stream_options")), retry=retry,
             tool_calls=len(reply.tool_calls) if reply else 0,
             reply_model=reply.model if reply else None,
-            delivery=ctx.delivery.delivered,
+            delivery=ctx._delivery.delivered,
         )  # fmt: skip
         event = order_event(
             LLM_CALL, ctx.order,
-            event_id=f"{ctx.task_id}:llm:{ctx.attempt}.{ctx.delivery.delivered}.{self._calls}",
-            actor=ctx.worker.name, duration_ms=round((time.time() - started) * 1000.0, 3),
+            event_id=f"{ctx.task_id}:llm:{ctx.attempt}.{ctx._delivery.delivered}.{self._calls}",
+            actor=ctx._runtime.name, duration_ms=round((time.time() - started) * 1000.0, 3),
             usage=Usage(tokens=u.total_tokens, cost_usd=u.cost_usd),
             error_code=error.code if error else None, error=str(error)[:1000] if error else None,
             version=ctx.version or ctx.order.version, data=data,
         )  # fmt: skip
-        await ctx.worker.publish_all([event_message(event, ctx.order.token)])
+        await ctx._runtime.publish_all([event_message(event, ctx.order.token)])
         if tracing.enabled():
             tracing.record(
                 f"chat {body['model']}", start=started, kind="client", attributes=_genai(data),

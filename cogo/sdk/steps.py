@@ -80,7 +80,7 @@ from cogo.streams.seal import guard_id
 from cogo.streams.topology import EVENTS
 
 if TYPE_CHECKING:
-    from cogo.runtime.worker import TaskContext
+    from cogo.sdk.context import TaskContext
 
 JOURNAL_BUCKETS = 64
 MAX_NAME_CHARS = 200
@@ -175,7 +175,7 @@ class Journal:
     def may_exist(self) -> bool:
         """Whether an earlier attempt, delivery or run could have journaled anything."""
         o = self._ctx.order
-        return o.attempt > 1 or self._ctx.delivery.delivered > 1 or o.resumes > 0
+        return o.attempt > 1 or self._ctx._delivery.delivered > 1 or o.resumes > 0
 
     async def get(self, name: str, *, reload: bool = False) -> Journaled | None:
         if self._steps is None and not self.may_exist and not reload:
@@ -265,7 +265,7 @@ class Journal:
         (what ``--auth`` grants by route); the consumer ends after its inactivity threshold
         (a worker may not delete consumers on EVENTS: it could delete anybody's)."""
         ctx = self._ctx
-        nc, js = ctx.worker.nc, ctx.worker.js
+        nc, js = ctx._runtime.nc, ctx._runtime.js
         inbox = nc.new_inbox()
         sub = await nc.subscribe(inbox)
         found: list[tuple[int, Any]] = []
@@ -329,7 +329,7 @@ async def run_step(
         raise StepNested(
             f"step {name!r} was called inside step {current_step()!r}: steps do not nest"
         )
-    journal = ctx.journal
+    journal = ctx._journal
     if name in journal.names:
         raise StepNameReused(
             f"step {name!r} already ran in this attempt: give each step of a task its own "
@@ -351,22 +351,22 @@ async def run_step(
         _current.reset(token)
     data = _json_bytes(name, value)
     result = msgspec.json.decode(data)
-    if len(data) > ctx.worker.config.runtime.step_inline_max_bytes:
-        ref = await ctx.worker.artifacts.put(
-            ctx.order, f"steps/{quote(name, safe='')}.json", data, actor=ctx.worker.name
+    if len(data) > ctx._runtime.config.runtime.step_inline_max_bytes:
+        ref = await ctx._runtime.artifacts.put(
+            ctx.order, f"steps/{quote(name, safe='')}.json", data, actor=ctx._runtime.name
         )
-        entry = StepCompleted(step=name, delivery=ctx.delivery.delivered, artifact=ref,
+        entry = StepCompleted(step=name, delivery=ctx._delivery.delivered, artifact=ref,
                               seq=seq, run=ctx.order.resumes or None)  # fmt: skip
     else:
-        entry = StepCompleted(step=name, delivery=ctx.delivery.delivered, result=result,
+        entry = StepCompleted(step=name, delivery=ctx._delivery.delivered, result=result,
                               seq=seq, run=ctx.order.resumes or None)  # fmt: skip
     event = order_event(
         STEP_COMPLETED, ctx.order, event_id=f"{ctx.task_id}:step:{name}",
-        actor=ctx.worker.name, duration_ms=round((time.time() - started) * 1000.0, 3),
+        actor=ctx._runtime.name, duration_ms=round((time.time() - started) * 1000.0, 3),
         usage=Usage(tokens=scope.tokens, cost_usd=round(scope.cost_usd, 9)),
         version=ctx.version or ctx.order.version, data=entry,
     )  # fmt: skip
-    (ack,) = await ctx.worker.publish_all(
+    (ack,) = await ctx._runtime.publish_all(
         [
             (
                 journal_subject(ctx.route, ctx.task_id),
@@ -379,18 +379,18 @@ async def run_step(
         # another delivery of this task journaled the step first (a paused worker whose
         # claim lapsed): its result is the one every reader replays, so return that
         first = await journal.get(name, reload=True)
-        if first is not None and first.delivery != ctx.delivery.delivered:
+        if first is not None and first.delivery != ctx._delivery.delivered:
             return await _fetch(ctx, first)
     return result
 
 
 async def _replay(ctx: TaskContext, done: Journaled) -> Any:
-    journal = ctx.journal
+    journal = ctx._journal
     journal.replayed += 1
     if (
         done.attempt == ctx.attempt
         and done.run == ctx.order.resumes
-        and done.delivery != ctx.delivery.delivered
+        and done.delivery != ctx._delivery.delivered
     ):
         # journaled by a delivery of this run that died before reporting: its usage reached
         # no result yet, so it counts now (once); an earlier attempt's or run's was reported
@@ -401,7 +401,7 @@ async def _replay(ctx: TaskContext, done: Journaled) -> Any:
 async def _fetch(ctx: TaskContext, done: Journaled) -> Any:
     if done.artifact is None:
         return done.result
-    return msgspec.json.decode(await ctx.worker.artifacts.get(done.artifact))
+    return msgspec.json.decode(await ctx._runtime.artifacts.get(done.artifact))
 
 
 async def _call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

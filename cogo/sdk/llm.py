@@ -35,8 +35,8 @@ cost, duration, finish reason), then the usage goes through ``ctx.report_usage``
 across attempts, enforced by the dispatcher). ``stream=True`` emits each text delta to the
 task's output (``ctx.emit``) as it arrives.
 
-The client is the official ``openai`` SDK with its own retries off (``max_retries=0``): Cogo
-decides retries, inside the attempt's deadline. Retried here, with backoff (or the
+The client is the official ``openai`` SDK with its own retries off (``max_retries=0``,
+``cogo.sdk.llm_protocol``, with the reply types and the sorting of errors): Cogo decides retries, inside the attempt's deadline. Retried here, with backoff (or the
 endpoint's ``Retry-After``), only what is safe to send again: a 429 or 5xx answer, or a
 connection that was never made. A timeout or a connection lost after the request went out
 may have been billed: it ends the attempt with a retryable ``llm.error`` and the route's
@@ -55,18 +55,12 @@ import math
 import random
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
-
-import msgspec
 
 from cogo import tracing
 from cogo.config import (
-    LLM_API_KEY_ENV,
-    LLM_BASE_URL_ENV,
-    Config,
     ModelPrice,
-    env,
     exponential_delay,
 )
 from cogo.errors import (
@@ -74,10 +68,28 @@ from cogo.errors import (
     CostBudgetExhausted,
     LlmBadReply,
     LlmError,
-    LlmNotConfigured,
-    LlmRequestRejected,
     ModelNotAllowed,
     TokenBudgetExhausted,
+)
+from cogo.sdk.llm_protocol import (
+    API_KEY_ENV,
+    BASE_URL_ENV,
+    Bounds,
+    Failed,
+    LlmClient,
+    LlmReply,
+    LlmUsage,
+    Retryable,
+    ToolCall,
+    endpoint_url,
+    has_media,
+    prompt_chars,
+    read_reply,
+    request_kwargs,
+    sorted_errors,
+    tool_calls_of,
+    usage_count,
+    written_chars,
 )
 from cogo.streams.catalogue import LLM_CALL, LlmCall
 from cogo.streams.envelope import Usage
@@ -86,121 +98,16 @@ from cogo.streams.events import event_message, order_event
 if TYPE_CHECKING:
     from cogo.sdk.context import TaskContext
 
+# re-exported: cogo.LlmReply and the others are imported from here
+__all__ = ["API_KEY_ENV", "BASE_URL_ENV", "LlmClient", "LlmReply", "LlmSession", "LlmUsage",
+           "ToolCall", "endpoint_url"]
+
 log = logging.getLogger(__name__)
 
-BASE_URL_ENV, API_KEY_ENV = LLM_BASE_URL_ENV, LLM_API_KEY_ENV
 MESSAGE_OVERHEAD_TOKENS = 4
 MIN_CALL_S = 0.2  # less time than this left before the deadline: do not start a call
 REPLY_ENVELOPE_BYTES = 64 * 1024  # a reply's JSON around its text: ids, usage, tool schemas
 
-
-class ToolCall(msgspec.Struct, frozen=True):
-    """A function the model asked for: ``arguments`` is the JSON text it wrote."""
-
-    id: str
-    name: str
-    arguments: str = "{}"
-
-    def args(self) -> Any:
-        """The arguments decoded; ``LlmBadReply`` if the model wrote no valid JSON."""
-        try:
-            return json.loads(self.arguments or "{}")
-        except ValueError:
-            raise LlmBadReply(
-                f"tool call {self.name!r} has arguments that are not JSON: {self.arguments[:200]!r}"
-            ) from None
-
-
-class LlmUsage(msgspec.Struct, frozen=True):
-    """What one call cost; ``estimated`` when the reply reported no usage."""
-
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
-    cost_usd: float = 0.0
-    estimated: bool = False
-
-
-class _Bounds(msgspec.Struct, frozen=True):
-    """What one request can honestly be charged: the prompt's estimate and ceiling, and the
-    completion's cap (the ``max_tokens`` sent)."""
-
-    prompt_estimate: int
-    prompt_ceiling: int
-    completion_cap: int
-
-
-class LlmReply(msgspec.Struct, frozen=True):
-    """The answer of ``ctx.llm.chat``.
-
-    reply = await ctx.llm.chat([{"role": "user", "content": "Hi"}])
-    print(reply.content, reply.usage.total_tokens)
-    """
-
-    content: str | None = None
-    tool_calls: list[ToolCall] = msgspec.field(default_factory=list)
-    usage: LlmUsage = LlmUsage()
-    model: str = ""
-    finish_reason: str | None = None
-
-    def message(self) -> dict[str, Any]:
-        """The assistant message to append to the conversation for the next turn."""
-        out: dict[str, Any] = {"role": "assistant", "content": self.content}
-        if self.tool_calls:
-            out["tool_calls"] = [
-                {"id": c.id, "type": "function",
-                 "function": {"name": c.name, "arguments": c.arguments}}
-                for c in self.tool_calls
-            ]  # fmt: skip
-        return out
-
-    @classmethod
-    def from_dict(cls, data: Any) -> LlmReply:
-        """A reply from its JSON form (what ``ctx.step`` journals and returns)."""
-        if isinstance(data, LlmReply):
-            return data
-        return msgspec.convert(data, cls)
-
-
-def endpoint_url(config: Config) -> str:
-    """The API root the SDK appends ``/chat/completions`` to (``/v1`` added if missing)."""
-    url = (env(BASE_URL_ENV) or config.llm.base_url).strip().rstrip("/")
-    if url and not url.endswith("/v1"):
-        url += "/v1"
-    return url
-
-
-class LlmClient:
-    """One worker process's connection pool to the endpoint (opened on first use)."""
-
-    def __init__(self, config: Config) -> None:
-        # read once: the endpoint is deployment config, never task input (no SSRF)
-        self.base_url = endpoint_url(config)
-        self._api_key = env(API_KEY_ENV, "")
-        self._client: Any = None
-
-    def sdk(self) -> Any:
-        if not self.base_url:
-            raise LlmNotConfigured(
-                f"ctx.llm has no endpoint: set {BASE_URL_ENV} in the environment of `cogo up` / "
-                "`cogo run` (or [llm] base_url in cogo.toml) before it starts: each worker "
-                "reads it once, at start. In tests the cogo_env fixture points it at "
-                "chat_server by itself; `cogo dev-llm` serves a fake endpoint to try it"
-            )
-        if self._client is None:
-            import openai  # imported on first use: most workers never call an LLM
-
-            # the SDK insists on a key: a local endpoint without auth gets a placeholder
-            self._client = openai.AsyncOpenAI(
-                api_key=self._api_key or "no-key", base_url=self.base_url, max_retries=0,
-                timeout=None,
-            )  # fmt: skip
-        return self._client
-
-    async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
 
 
 class LlmSession:
@@ -218,17 +125,17 @@ class LlmSession:
     ) -> int:
         """Prompt tokens by the estimate the budget checks use (see the module docstring)."""
         per = self._config.llm.chars_per_token
-        chars = _prompt_chars(messages, tools)
+        chars = prompt_chars(messages, tools)
         return math.ceil(chars / per) + MESSAGE_OVERHEAD_TOKENS * len(messages)
 
     def _bounds(
         self, messages: Sequence[dict[str, Any]], tools: Sequence[Any] | None, cap: int
-    ) -> _Bounds:
+    ) -> Bounds:
         sent = json.dumps([messages, list(tools or [])], ensure_ascii=False, default=str)
         ceiling = len(sent.encode()) + MESSAGE_OVERHEAD_TOKENS * (len(messages) + 1)
-        if any(_has_media(m.get("content")) for m in messages):
+        if any(has_media(m.get("content")) for m in messages):
             ceiling = sys.maxsize  # an image's tokens are not bounded by its URL's bytes
-        return _Bounds(
+        return Bounds(
             prompt_estimate=self.estimate_prompt(messages, tools),
             prompt_ceiling=ceiling,
             completion_cap=cap,
@@ -284,7 +191,7 @@ class LlmSession:
                         reply = await self._streamed(sdk, body, bounds, price)
                     else:
                         reply = await self._complete(sdk, body, bounds, price)
-            except _Retryable as exc:
+            except Retryable as exc:
                 delay = self._delay(retry, exc.retry_after)
                 await self._record(body, started, prompt_estimate, cap, None, exc.error, retry)
                 if retry < retries and time.time() + delay + MIN_CALL_S < ctx.deadline:
@@ -292,7 +199,7 @@ class LlmSession:
                     await asyncio.sleep(delay)
                     continue
                 raise exc.error from None
-            except _Failed as exc:
+            except Failed as exc:
                 await self._record(body, started, prompt_estimate, cap, exc.reply, exc.error, retry)
                 if exc.reply is not None:
                     ctx.report_usage(tokens=exc.reply.usage.total_tokens,
@@ -340,21 +247,21 @@ class LlmSession:
     # -- one request ---------------------------------------------------------------------
 
     async def _complete(
-        self, sdk: Any, body: dict[str, Any], bounds: _Bounds, price: ModelPrice | None
+        self, sdk: Any, body: dict[str, Any], bounds: Bounds, price: ModelPrice | None
     ) -> LlmReply:
         limit = self._max_reply_chars(bounds.completion_cap)
         # JSON may spend 6 bytes on a character (\uXXXX): past that, the reply is too long
         # for the max_tokens sent, and it is not read into memory any further
-        data = await _read(sdk, body, 6 * limit + REPLY_ENVELOPE_BYTES)
+        data = await read_reply(sdk, body, 6 * limit + REPLY_ENVELOPE_BYTES)
         if data is None:
             raise self._too_long(body, bounds, price, None)
         text = data.decode("utf-8", errors="replace")
         try:
             doc = json.loads(text)
         except ValueError:
-            raise _Failed(LlmBadReply(f"the LLM reply is not JSON: {text[:200]!r}")) from None
+            raise Failed(LlmBadReply(f"the LLM reply is not JSON: {text[:200]!r}")) from None
         if not isinstance(doc, dict):
-            raise _Failed(LlmBadReply("the LLM reply is not a JSON object"))
+            raise Failed(LlmBadReply("the LLM reply is not a JSON object"))
         usage = doc.get("usage") if isinstance(doc.get("usage"), dict) else None
         try:
             choice = doc["choices"][0]
@@ -363,22 +270,22 @@ class LlmSession:
                 raise TypeError
         except (KeyError, IndexError, TypeError):
             reply = self._reply(body, None, [], usage, None, bounds, price, doc.get("model"))
-            raise _Failed(
+            raise Failed(
                 LlmBadReply(f"the LLM reply has no choices[0].message: {text[:200]!r}"), reply
             ) from None
         content = message.get("content")
-        calls = _tool_calls(message.get("tool_calls"))
+        calls = tool_calls_of(message.get("tool_calls"))
         reply = self._reply(body, content if isinstance(content, str) else None, calls, usage,
                             choice.get("finish_reason"), bounds, price, doc.get("model"))  # fmt: skip
         if calls is None:
-            raise _Failed(LlmBadReply("the LLM reply has malformed tool_calls"), reply)
-        if _written(reply.content, reply.tool_calls) > limit:
+            raise Failed(LlmBadReply("the LLM reply has malformed tool_calls"), reply)
+        if written_chars(reply.content, reply.tool_calls) > limit:
             raise self._too_long(body, bounds, price, doc.get("model"))
         return reply
 
     def _too_long(
-        self, body: dict[str, Any], bounds: _Bounds, price: ModelPrice | None, model: Any
-    ) -> _Failed:
+        self, body: dict[str, Any], bounds: Bounds, price: ModelPrice | None, model: Any
+    ) -> Failed:
         """A reply longer than the ``max_tokens`` sent allows: charged the cap, refused."""
         limit = self._max_reply_chars(bounds.completion_cap)
         charged = self._reply(body, None, [], None, None, bounds, price, model, received=limit)
@@ -386,7 +293,7 @@ class LlmSession:
             f"the reply ran past {limit} characters, more than max_tokens="
             f"{bounds.completion_cap} allows; it was not read further"
         )
-        return _Failed(
+        return Failed(
             LlmBadReply(
                 f"the LLM reply is longer than the max_tokens={bounds.completion_cap} sent "
                 f"allows (over {limit} characters): the endpoint ignores max_tokens"
@@ -395,11 +302,11 @@ class LlmSession:
         )
 
     async def _streamed(
-        self, sdk: Any, body: dict[str, Any], bounds: _Bounds, price: ModelPrice | None
+        self, sdk: Any, body: dict[str, Any], bounds: Bounds, price: ModelPrice | None
     ) -> LlmReply:
         limit = self._max_reply_chars(bounds.completion_cap)
-        async with _sorted_errors():
-            stream = await sdk.chat.completions.create(**_kwargs({**body, "stream": True}))
+        async with sorted_errors():
+            stream = await sdk.chat.completions.create(**request_kwargs({**body, "stream": True}))
         text: list[str] = []
         calls: dict[int, dict[str, str]] = {}
         finish: str | None = None
@@ -437,7 +344,7 @@ class LlmSession:
         except Exception as exc:  # cut off mid-stream: what arrived was paid for
             partial = self._reply(body, "".join(text), [], None, None, bounds, price, model)
             kind = LlmBadReply if isinstance(exc, ValueError) else LlmError
-            raise _Failed(kind(f"the LLM stream broke off: {type(exc).__name__}: {exc}"),
+            raise Failed(kind(f"the LLM stream broke off: {type(exc).__name__}: {exc}"),
                           partial) from None  # fmt: skip
         if received > limit:
             with contextlib.suppress(Exception):
@@ -450,14 +357,14 @@ class LlmSession:
 
     def _reply(
         self, body: dict[str, Any], content: str | None, calls: list[ToolCall] | None,
-        usage: dict[str, Any] | None, finish: str | None, bounds: _Bounds,
+        usage: dict[str, Any] | None, finish: str | None, bounds: Bounds,
         price: ModelPrice | None, model: Any, *, received: int | None = None,
     ) -> LlmReply:  # fmt: skip
         """The reply, charged what it reported within what was sent and received."""
-        written = _written(content, calls) if received is None else received
-        prompt_tokens = _count(usage, "prompt_tokens")
-        completion_tokens = _count(usage, "completion_tokens")
-        total = _count(usage, "total_tokens") or prompt_tokens + completion_tokens
+        written = written_chars(content, calls) if received is None else received
+        prompt_tokens = usage_count(usage, "prompt_tokens")
+        completion_tokens = usage_count(usage, "completion_tokens")
+        total = usage_count(usage, "total_tokens") or prompt_tokens + completion_tokens
         estimated = not total
         if estimated:  # nothing reported: it was still spent, so charge the estimate
             per = self._config.llm.chars_per_token
@@ -542,147 +449,3 @@ def _genai(call: LlmCall) -> dict[str, Any]:
         "cogo.step": call.step, "cogo.llm.cost_usd": call.cost_usd,
         "cogo.llm.retry": call.retry, "cogo.llm.usage_estimated": call.usage_estimated,
     }  # fmt: skip
-
-
-class _Retryable(Exception):
-    """A request that is safe to send again: answered 429/5xx, or never connected."""
-
-    def __init__(self, error: LlmError, retry_after: float | None = None) -> None:
-        self.error = error
-        self.retry_after = retry_after
-
-
-class _Failed(Exception):
-    """A request that failed for good in this attempt (``reply``: what was paid, if known)."""
-
-    def __init__(self, error: CogoError, reply: LlmReply | None = None) -> None:
-        self.error = error
-        self.reply = reply
-
-
-def _kwargs(body: dict[str, Any]) -> dict[str, Any]:
-    """The SDK's arguments for ``body``: its own fields, everything else as ``extra_body``."""
-    known = {"model", "messages", "max_tokens", "tools", "stream", "stream_options"}
-    kwargs = {k: v for k, v in body.items() if k in known}
-    extra = {k: v for k, v in body.items() if k not in known}
-    return {**kwargs, "extra_body": extra or None}
-
-
-async def _read(sdk: Any, body: dict[str, Any], max_bytes: int) -> bytes | None:
-    """POST the body and read the reply; None once it is longer than ``max_bytes``."""
-    async with _sorted_errors():
-        create = sdk.chat.completions.with_streaming_response.create
-        async with create(**_kwargs(body)) as response:
-            chunks: list[bytes] = []
-            size = 0
-            try:
-                async for chunk in response.iter_bytes():
-                    size += len(chunk)
-                    if size > max_bytes:
-                        return None  # closing the response drops the connection
-                    chunks.append(chunk)
-            except Exception as exc:  # the transport's own error, whichever it is
-                raise _Failed(LlmError(f"the LLM connection failed: {exc}")) from None
-            return b"".join(chunks)
-
-
-@contextlib.asynccontextmanager
-async def _sorted_errors() -> AsyncIterator[None]:
-    """The SDK's errors sorted into retryable, rejected and failed."""
-    import openai
-
-    try:
-        yield
-    except openai.APIStatusError as exc:
-        status = exc.status_code
-        text = _error_text(exc)
-        if status == 429 or status >= 500:
-            raise _Retryable(LlmError(f"the LLM endpoint answered {status}: {text}"),
-                             _retry_after(exc.response)) from None  # fmt: skip
-        if status == 408:
-            raise _Failed(LlmError(f"the LLM endpoint answered 408: {text}")) from None
-        raise _Failed(
-            LlmRequestRejected(f"the LLM endpoint refused the request ({status}): {text}")
-        ) from None
-    except openai.APITimeoutError:
-        raise _Failed(LlmError("the LLM request timed out")) from None
-    except openai.APIConnectionError as exc:
-        cause = exc.__cause__
-        # by name: the SDK's transport is httpx in some releases and httpx2 in others
-        if type(cause).__name__ in ("ConnectError", "ConnectTimeout", "PoolTimeout"):
-            raise _Retryable(LlmError(f"cannot connect to the LLM endpoint: {cause}")) from None
-        # the request may have reached the endpoint (and been billed): not retried here
-        raise _Failed(LlmError(f"the LLM connection failed: {cause or exc}")) from None
-    except openai.APIResponseValidationError as exc:
-        raise _Failed(LlmBadReply(f"the LLM reply does not fit the protocol: {exc}")) from None
-
-
-def _error_text(exc: Any) -> str:
-    try:
-        return str(exc.response.text)[:300]
-    except Exception:  # a streamed error body that was not read
-        return str(exc)[:300]
-
-
-def _retry_after(response: Any) -> float | None:
-    value = response.headers.get("retry-after") if response is not None else None
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
-
-
-def _tool_calls(raw: Any) -> list[ToolCall] | None:
-    """The message's tool calls; None if they are there but malformed."""
-    if raw is None:
-        return []
-    if not isinstance(raw, list):
-        return None
-    out = []
-    for i, call in enumerate(raw):
-        fn = call.get("function") if isinstance(call, dict) else None
-        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-            return None
-        arguments = fn.get("arguments")
-        if not isinstance(arguments, str):
-            arguments = json.dumps(arguments if arguments is not None else {})
-        out.append(ToolCall(str(call.get("id") or f"call_{i}"), fn["name"], arguments))
-    return out
-
-
-def _text_of(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # content parts: [{"type": "text", "text": ...}, ...]
-        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-    return "" if content is None else str(content)
-
-
-def _prompt_chars(messages: Sequence[dict[str, Any]], tools: Sequence[Any] | None) -> int:
-    """The prompt's characters the estimate counts: messages' text, tool calls, tool schemas."""
-    chars = 0
-    for m in messages:
-        chars += len(_text_of(m.get("content")))
-        for call in m.get("tool_calls") or []:
-            fn = call.get("function") or {} if isinstance(call, dict) else {}
-            chars += len(str(fn.get("name", ""))) + len(str(fn.get("arguments", "")))
-    if tools:
-        chars += len(json.dumps(tools, separators=(",", ":"), default=str))
-    return chars
-
-
-def _has_media(content: Any) -> bool:
-    """Content parts other than text (images, audio): tokens the bytes sent do not bound."""
-    return isinstance(content, list) and any(
-        isinstance(p, dict) and p.get("type", "text") != "text" for p in content
-    )
-
-
-def _written(content: str | None, calls: Sequence[ToolCall] | None) -> int:
-    """The characters a reply holds: its text and its tool calls' names and arguments."""
-    return len(content or "") + sum(len(c.name) + len(c.arguments) for c in calls or [])
-
-
-def _count(usage: dict[str, Any] | None, key: str) -> int:
-    value = (usage or {}).get(key)
-    return value if isinstance(value, int) and value > 0 else 0

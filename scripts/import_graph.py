@@ -28,23 +28,30 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent / "cogo"
 
 
-# room -> (level, the packages and modules in it); an import may only point to a lower level
-ROOMS: dict[str, tuple[int, tuple[str, ...]]] = {
-    "foundation": (0, ("cogo.aio", "cogo.config", "cogo.errors", "cogo.lifeline",
-                       "cogo.secretfile", "cogo.streams", "cogo.tracing")),
-    "sdk": (1, ("cogo", "cogo.sdk", "cogo.integrations")),
-    "agents": (2, ("cogo.agents", "cogo.indexing")),
-    "runtime": (2, ("cogo.runtime", "cogo.http", "cogo.projections", "cogo.workflows",
-                    "cogo.rollouts")),
-    "entry points": (3, ("cogo.__main__", "cogo.bench", "cogo.cli", "cogo.devllm",
-                         "cogo.testing")),
-}  # fmt: skip
+# room -> its level: an import may only point to a lower level
+LEVELS = {"foundation": 0, "sdk": 1, "agents": 2, "runtime": 2, "entry points": 3}
+# room -> the packages and modules in it
+ROOMS: dict[str, tuple[str, ...]] = {
+    "foundation": (
+        "cogo.aio",
+        "cogo.config",
+        "cogo.errors",
+        "cogo.lifeline",
+        "cogo.secretfile",
+        "cogo.streams",
+        "cogo.tracing",
+    ),
+    "sdk": ("cogo", "cogo.sdk", "cogo.integrations"),
+    "agents": ("cogo.agents", "cogo.indexing"),
+    "runtime": ("cogo.runtime", "cogo.http", "cogo.projections", "cogo.workflows", "cogo.rollouts"),
+    "entry points": ("cogo.__main__", "cogo.bench", "cogo.cli", "cogo.devllm", "cogo.testing"),
+}
 
 
 def room_of(module: str) -> str | None:
     """The room of ``module``: that of the longest package in ``ROOMS`` it lies in."""
     best, length = None, -1
-    for room, (_, members) in ROOMS.items():
+    for room, members in ROOMS.items():
         for member in members:
             inside = module == member or module.startswith(member + ".")
             if inside and len(member) > length and (member != "cogo" or module == "cogo"):
@@ -54,7 +61,28 @@ def room_of(module: str) -> str | None:
 
 def wrong_way(src: str, dst: str) -> bool:
     """Whether an import from room ``src`` of room ``dst`` points up or sideways."""
-    return src != dst and ROOMS[dst][0] >= ROOMS[src][0]
+    return src != dst and LEVELS[dst] >= LEVELS[src]
+
+
+def room_edges(edges: dict[str, set[str]]) -> dict[tuple[str, str], list[tuple[str, str]]]:
+    """(room, room) -> the module imports from the first into the second."""
+    out: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
+    for src, targets in edges.items():
+        for dst in targets:
+            a, b = room_of(src), room_of(dst)
+            if a and b and a != b:
+                out[a, b].append((src, dst))
+    return out
+
+
+def wrong_way_imports(edges: dict[str, set[str]]) -> list[str]:
+    """Every module import that points up or sideways between rooms, as text."""
+    return [
+        f"wrong way ({a} -> {b}): {src} imports {dst}"
+        for (a, b), pairs in sorted(room_edges(edges).items())
+        if wrong_way(a, b)
+        for src, dst in sorted(pairs)
+    ]
 
 
 def module_of(path: Path, root: Path) -> str:
@@ -182,26 +210,19 @@ def main() -> int:
     found = False
     print("rooms:")
     unplaced = sorted(m for m in edges if room_of(m) is None)
-    for room, (level, _) in sorted(ROOMS.items(), key=lambda item: item[1][0]):
+    for room, level in sorted(LEVELS.items(), key=lambda item: item[1]):
         members = sorted({package_of(m) for m in edges if room_of(m) == room})
         print(f"  {level} {room}: {', '.join(members)}")
     for module in unplaced:
         found = True
         print(f"module in no room (add its package to ROOMS): {module}")
-    rooms: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
-    for src, targets in edges.items():
-        for dst in targets:
-            a, b = room_of(src), room_of(dst)
-            if a and b and a != b:
-                rooms[a, b].append((src, dst))
+    rooms = room_edges(edges)
     print("room edges (imports):")
-    for (a, b), pairs in sorted(rooms.items(), key=lambda item: (-ROOMS[item[0][0]][0], item[0])):
+    for (a, b), pairs in sorted(rooms.items(), key=lambda item: (-LEVELS[item[0][0]], item[0])):
         print(f"  {a} -> {b} ({len(pairs)}){'  WRONG WAY' if wrong_way(a, b) else ''}")
-    for (a, b), pairs in sorted(rooms.items()):
-        if wrong_way(a, b):
-            found = True
-            for src, dst in sorted(pairs):
-                print(f"wrong way ({a} -> {b}): {src} imports {dst}")
+    for line in wrong_way_imports(edges):
+        found = True
+        print(line)
     print("package edges:")
     for src in sorted(packages):
         print(f"  {src} -> {', '.join(sorted(packages[src]))}")

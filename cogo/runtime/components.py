@@ -17,12 +17,20 @@ components = App("cogo", _builtin=True)
 
 # workers' reports arrive on RESULTS (orchestrator.results.0); orchestrator.result.0 on TASKS
 # is where versions before it reported, still drained after an upgrade
-components.add("cogo.runtime.dispatcher:ExecutorDispatcher", name="dispatcher",
-               routes=[EXECUTE_SUBJECT, RESULTS_SUBJECT, RESULT_SUBJECT, RETRY_SUBJECT],
-               tasks=False)  # fmt: skip
+components.add(
+    "cogo.runtime.dispatcher:ExecutorDispatcher",
+    name="dispatcher",
+    routes=[EXECUTE_SUBJECT, RESULTS_SUBJECT, RESULT_SUBJECT, RETRY_SUBJECT],
+    tasks=False,
+)
 # one command queue per partition of runs; a process pulls those whose lease it holds
-components.add("cogo.runtime.workflow_engine:Orchestrator", name="orchestrator",
-               routes=ORCHESTRATOR_ROUTES, tasks=False)  # fmt: skip
+components.add(
+    "cogo.runtime.workflow_engine:Orchestrator",
+    name="orchestrator",
+    routes=ORCHESTRATOR_ROUTES,
+    tasks=False,
+)
 # runs inside `cogo up` (it owns the DuckDB file there); `cogo run projector` elsewhere
-components.add("cogo.projections.projector:Projector", name="projector", routes=[], tasks=False,
-               up=False)  # fmt: skip
+components.add(
+    "cogo.projections.projector:Projector", name="projector", routes=[], tasks=False, up=False
+)

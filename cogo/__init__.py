@@ -15,8 +15,9 @@ submit with ``cogo.Client``, ``POST /api/tasks`` or plain NATS.
 from cogo.errors import BudgetExhausted, CogoError, PermanentWorkerError, TaskFailed, WorkerError
 from cogo.errors import TaskSignalTimeout as SignalTimeout
 from cogo.sdk.app import AgentSpec, App
-from cogo.sdk.client import Client, TaskHandle
+from cogo.sdk.client import Client
 from cogo.sdk.context import Outcome, TaskContext
+from cogo.sdk.handle import TaskHandle
 from cogo.sdk.llm import LlmReply, LlmUsage, ToolCall
 from cogo.sdk.worker import Worker
 from cogo.streams.envelope import Usage

@@ -21,7 +21,8 @@ from cogo.config import load_config, resolve_data_dir
 from cogo.devllm import ChatServer
 from cogo.errors import CogoError, InvalidPayload, ModelNotAllowed, StepNameReused
 from cogo.sdk.app import App
-from cogo.sdk.client import Client, decode_as, payload_dict
+from cogo.sdk.client import Client
+from cogo.sdk.handle import decode_as, payload_dict
 from cogo.sdk.harness import AgentEnvironment
 
 ROOT = Path(__file__).resolve().parent.parent

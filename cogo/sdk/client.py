@@ -27,13 +27,12 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, TypeVar, overload
 
 import msgspec
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js import api
 from nats.js.errors import APIError, KeyNotFoundError
 
 from cogo import tracing
@@ -41,26 +40,26 @@ from cogo.config import resolve_data_dir
 from cogo.errors import (
     BackpressureError,
     CogoError,
-    TaskFailed,
     TaskFinished,
     TaskNotFound,
     UnknownRoute,
 )
-from cogo.streams.catalogue import (
-    EXECUTE_DONE,
-    EXECUTE_FAILED,
-    ExecuteDone,
-    ExecuteFailed,
-    data_of,
+from cogo.sdk.handle import (
+    TaskHandle,
+    Watch,
+    payload_dict,
+    return_type,
+    route_name,
 )
+from cogo.sdk.terminal import from_event, scan_terminal, terminal_subjects
 from cogo.streams.commands import cancel_message, signal_message, since_of
 from cogo.streams.envelope import ASSIGNMENT_KEY, EXECUTE_SUBJECT, MSG_ID, encoder, new_id
-from cogo.streams.events import Event, decode_event, iso
+from cogo.streams.events import decode_event, iso
 from cogo.streams.outputs import Output, read_output
 from cogo.streams.routes import check_route
 from cogo.streams.seal import OutputVerifier
 from cogo.streams.status import TERMINAL, TaskStatus
-from cogo.streams.topology import EVENTS, POLICY_BUCKET, STATUS_SUBJECT
+from cogo.streams.topology import POLICY_BUCKET, STATUS_SUBJECT
 
 P = TypeVar("P")
 R = TypeVar("R")
@@ -68,92 +67,9 @@ T = TypeVar("T")
 # an ``@app.agent`` handler: ``(ctx, payload: P) -> R``; it stands for its route
 AgentFunction = Callable[[Any, P], Awaitable[R]]
 
-RECHECK_S = 5.0  # while waiting, ask the projector this often (a safety net; see _Watch)
+RECHECK_S = 5.0  # while waiting, ask the projector this often (a safety net; see Watch)
 STATUS_TIMEOUT_S = 10.0
-MAX_SCAN = 50_000  # terminal events read from the stream for one lookup, at most
 _status_decoder = msgspec.json.Decoder(TaskStatus)
-
-
-class _Watch:
-    """This client's view of a task it submitted: its end, once the terminal event came.
-
-    Shared by every handle of the task made here; the client keeps it only while a handle
-    does (a weak reference), so submitting without waiting holds no memory."""
-
-    __slots__ = ("route", "final", "reconnects", "__weakref__")
-
-    def __init__(self, route: str | None, final: asyncio.Future[TaskStatus], reconnects: int):
-        self.route = route
-        self.final = final
-        self.reconnects = reconnects  # the connection's count when the subscription was made
-
-
-class TaskHandle(Generic[R]):
-    """A submitted task: ``await handle.result()``, ``await handle.status()``.
-
-    Submitted through its handler (``client.submit(count, ...)``), the handle knows the
-    handler's return type: ``result()`` decodes the JSON result into it (``type=`` decodes
-    into another type; submitted by route name, the result is the JSON data)."""
-
-    def __init__(
-        self, client: Client, task_id: str, route: str | None, *, duplicate: bool = False,
-        seq: int | None = None, submitted_at: float | None = None, watch: _Watch | None = None,
-    ) -> None:  # fmt: skip
-        self._client = client
-        self._watch = watch  # set when this client submitted the task
-        self.task_id = task_id
-        self.route = route
-        self.duplicate = duplicate  # the bus already had this task_id (it runs once)
-        self.seq = seq
-        self.submitted_at = submitted_at or time.time()
-        # submitted through its handler: the handler's return type, which result() decodes
-        # into (so the type mypy infers is the type it gets)
-        self.result_type: Any = None
-
-    def __repr__(self) -> str:
-        return f"TaskHandle({self.task_id!r}, route={self.route!r})"
-
-    async def status(self) -> TaskStatus:
-        """Where the task is now: ``queued`` right after this client submitted it, until its
-        events say more (TaskNotFound for an unknown task submitted elsewhere)."""
-        return await self._client.status(self.task_id)
-
-    async def wait(self, timeout: float | None = None) -> TaskStatus:
-        """Until the task ends; its final status. TimeoutError after ``timeout`` seconds."""
-        return await self._client.wait(self, timeout)
-
-    def stream(self, *, idle_s: float = 1.0) -> AsyncIterator[Output]:
-        """The task's output (``ctx.emit``) as ``Output`` records, from the first, until
-        the task ends; what was emitted is each record's ``data``.
-
-        async for output in handle.stream():
-            print(output.attempt, output.seq, output.data)
-
-        Each record carries the ``attempt`` (and ``delivery``) that emitted it: a retried
-        attempt starts its output again at ``seq`` 1, after the failed one's.
-        """
-        return self._client.stream(self.task_id, idle_s=idle_s)
-
-    @overload
-    async def result(self, timeout: float | None = None) -> R: ...
-    @overload
-    async def result(self, timeout: float | None = None, *, type: type[T]) -> T: ...
-    async def result(self, timeout: float | None = None, *, type: Any = None) -> Any:
-        """The task's result; ``cogo.TaskFailed`` (``code``, ``message``, ``attempts``) if it
-        failed, TimeoutError if it has not ended within ``timeout`` seconds.
-
-        The result travels as JSON data; ``type=`` (a msgspec Struct, pydantic model,
-        dataclass, TypedDict...) decodes it into that type, as does the handler's return type
-        for a task submitted through its handler (``msgspec.ValidationError`` /
-        ``pydantic.ValidationError`` if it does not fit)."""
-        final = await self.wait(timeout)
-        if final.status != "succeeded":
-            raise TaskFailed(
-                final.error_code or "task.failed", final.error or "the task failed",
-                final.attempt, task_id=self.task_id,
-            )  # fmt: skip
-        wanted = type if type is not None else self.result_type
-        return final.result if wanted is None else decode_as(final.result, wanted)
 
 
 class Client:
@@ -181,7 +97,7 @@ class Client:
         self._known_routes: set[str] = set()
         self._subscribed: set[str] = set()
         self._waiters: dict[str, list[asyncio.Future[TaskStatus]]] = {}
-        self._watches: weakref.WeakValueDictionary[str, _Watch] = weakref.WeakValueDictionary()
+        self._watches: weakref.WeakValueDictionary[str, Watch] = weakref.WeakValueDictionary()
         self._outputs = OutputVerifier.from_env()  # COGO_OUTPUT_KEY, else endpoints.json
 
     async def __aenter__(self) -> Client:
@@ -298,7 +214,7 @@ class Client:
         except APIError as exc:  # the TASKS stream refuses (full): nothing was accepted
             raise BackpressureError(f"the bus refused the task: {exc.description}") from None
 
-    async def _watch(self, task_id: str, route: str) -> _Watch:
+    async def _watch(self, task_id: str, route: str) -> Watch:
         """Subscribe to ``route``'s terminal events (once) and track ``task_id``'s end."""
         await self._subscribe(route)
         watch = self._watches.get(task_id)
@@ -306,7 +222,7 @@ class Client:
         # duplicate window is a new run (a duplicate looks its end up: see _await_watch)
         if watch is None or watch.final.done():
             future: asyncio.Future[TaskStatus] = asyncio.get_running_loop().create_future()
-            watch = _Watch(route, future, self._reconnects())
+            watch = Watch(route, future, self._reconnects())
             self._watches[task_id] = watch
         return watch
 
@@ -447,7 +363,7 @@ class Client:
         return await self._await_lookup(handle, deadline, timeout)
 
     async def _await_watch(
-        self, handle: TaskHandle[Any], watch: _Watch, deadline: float | None, timeout: float | None
+        self, handle: TaskHandle[Any], watch: Watch, deadline: float | None, timeout: float | None
     ) -> TaskStatus:
         """A task submitted here: its terminal event ends the wait. A resubmission (a
         duplicate) may have ended before the subscription, so it is looked up first."""
@@ -493,7 +409,7 @@ class Client:
             future.cancel()
 
     @staticmethod
-    def _settle(watch: _Watch, status: TaskStatus | None) -> None:
+    def _settle(watch: Watch, status: TaskStatus | None) -> None:
         if status is not None and not watch.final.done():
             watch.final.set_result(status)
 
@@ -504,63 +420,16 @@ class Client:
         try:
             status, projected = await self._projected(handle.task_id, wait=False)
         except CogoError:  # no projector on this bus: read the route's terminal events
-            return await self._scan(handle) if bus else None
+            return await scan_terminal(self.nc, handle) if bus else None
         if status is not None and status.finished:
             return status
         if not bus or projected is None:
             return None
-        return await self._scan(handle, after_seq=projected)
-
-    async def _scan(
-        self, handle: TaskHandle[Any], after_seq: int | None = None
-    ) -> TaskStatus | None:
-        """The task's terminal event in ``EVENTS``: after ``after_seq``, or (no projector)
-        since shortly before it was submitted, or over the route's whole history."""
-        subjects = _terminal_subjects(handle.route)
-        if after_seq is not None:
-            deliver: dict[str, Any] = {
-                "deliver_policy": api.DeliverPolicy.BY_START_SEQUENCE,
-                "opt_start_seq": after_seq + 1,
-            }
-        elif handle.route is None:
-            return None  # every route's whole history: too much to read for one task
-        elif handle.submitted_at:
-            deliver = {
-                "deliver_policy": api.DeliverPolicy.BY_START_TIME,
-                # the server takes RFC 3339 text; nats-py's annotation says datetime
-                "opt_start_time": iso(handle.submitted_at - 5.0),
-            }
-        else:
-            deliver = {"deliver_policy": api.DeliverPolicy.ALL}
-        config = api.ConsumerConfig(
-            ack_policy=api.AckPolicy.NONE, inactive_threshold=30.0, filter_subjects=subjects,
-            **deliver,
-        )  # fmt: skip
-        sub = await self.nc.jetstream().pull_subscribe(subjects[0], stream=EVENTS, config=config)
-        try:
-            # read what the stream holds now, then stop: no fetch waits at the end
-            left = (await sub.consumer_info()).num_pending or 0
-            if left > MAX_SCAN:  # far behind (a projector replaying): wait for the event
-                return None
-            while left > 0:
-                try:
-                    msgs = await sub.fetch(min(left, 500), timeout=STATUS_TIMEOUT_S)
-                except (TimeoutError, nats.errors.TimeoutError):
-                    return None
-                left -= len(msgs)
-                for msg in msgs:
-                    with contextlib.suppress(msgspec.DecodeError):
-                        event = decode_event(msg.data)
-                        if event.task_id == handle.task_id and event.type in TERMINAL:
-                            return _from_event(event)
-            return None
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+        return await scan_terminal(self.nc, handle, after_seq=projected)
 
     async def _subscribe(self, route: str | None) -> None:
         added = False
-        for subject in _terminal_subjects(route):
+        for subject in terminal_subjects(route):
             if subject not in self._subscribed:
                 await self.nc.subscribe(subject, cb=self._on_terminal)
                 self._subscribed.add(subject)
@@ -580,75 +449,12 @@ class Client:
         waiting = self._waiters.get(task_id)
         if watch is None and not waiting:
             return
-        status = _from_event(event)
+        status = from_event(event)
         if watch is not None:
             self._settle(watch, status)
         for future in waiting or ():
             if not future.done():
                 future.set_result(status)
-
-
-def route_name(route: Any) -> str:
-    """A route given as a string, or as the ``@app.agent`` function declared on it."""
-    from cogo.sdk.app import route_of
-
-    if isinstance(route, str):
-        return route
-    declared = route_of(route)
-    if declared is None:
-        raise CogoError(
-            f"{getattr(route, '__qualname__', route)!r} is not an @app.agent handler: "
-            "give its route (a string) or the decorated function"
-        )
-    return declared
-
-
-def return_type(handler: Any) -> Any:
-    """What an ``@app.agent`` handler declares it returns (None: not a handler, no
-    annotation, ``Any``, or one that does not resolve): ``result()`` decodes into it."""
-    import typing
-
-    if isinstance(handler, str) or not callable(handler):
-        return None
-    try:
-        declared = typing.get_type_hints(handler).get("return")
-    except Exception:  # a forward reference that does not resolve: JSON data, as sent
-        return None
-    return None if declared in (None, Any, type(None)) else declared
-
-
-def payload_dict(payload: Any) -> dict[str, Any]:
-    """A payload as the JSON object the task carries: a dict as it is, a declared type
-    (msgspec Struct, pydantic model, dataclass) in its JSON form."""
-    if payload is None:
-        return {}
-    if isinstance(payload, dict):
-        return dict(payload)
-    if hasattr(payload, "model_dump") and hasattr(type(payload), "model_fields"):
-        data = payload.model_dump(mode="json")
-    else:
-        try:
-            data = msgspec.to_builtins(payload)
-        except TypeError as exc:
-            raise CogoError(f"the payload has no JSON form: {exc}") from None
-    if not isinstance(data, dict):
-        raise CogoError(f"a payload is a JSON object, not {type(payload).__name__}")
-    return data
-
-
-def decode_as(value: Any, tp: type[T]) -> T:
-    """``value`` (JSON data) as an instance of ``tp``: pydantic models validate, anything
-    else msgspec converts (Structs, dataclasses, TypedDicts, containers, scalars)."""
-    validate = getattr(tp, "model_validate", None)
-    if validate is not None and hasattr(tp, "model_fields"):
-        return validate(value)  # type: ignore[no-any-return]
-    return msgspec.convert(value, tp)
-
-
-def _terminal_subjects(route: str | None) -> list[str]:
-    if route:
-        return [f"events.{kind}.{route}" for kind in TERMINAL]
-    return [f"events.{kind}.>" for kind in TERMINAL]
 
 
 def _left(deadline: float | None, task_id: str, timeout: float | None) -> float:
@@ -659,28 +465,6 @@ def _left(deadline: float | None, task_id: str, timeout: float | None) -> float:
     if left <= 0:
         raise TimeoutError(f"task {task_id} did not end within {timeout}s")
     return min(RECHECK_S, left)
-
-
-def _from_event(event: Event) -> TaskStatus:
-    data: ExecuteDone | ExecuteFailed = (
-        data_of(event, ExecuteDone)
-        if event.type == EXECUTE_DONE
-        else data_of(event, ExecuteFailed)
-        if event.type == EXECUTE_FAILED
-        else ExecuteFailed()
-    )
-    return TaskStatus(
-        task_id=event.task_id or "",
-        route=event.route,
-        status=TERMINAL[event.type],
-        attempt=event.attempt or 0,
-        result=data.result if isinstance(data, ExecuteDone) else None,
-        error_code=event.error_code,
-        error=event.error,
-        usage=msgspec.to_builtins(event.usage) if event.usage else {},
-        submitted_at=data.submitted_at,
-        finished_at=event.at,
-    )
 
 
 def _endpoints(data_dir: Path) -> dict[str, Any]:

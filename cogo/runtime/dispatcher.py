@@ -12,9 +12,9 @@ It consumes these routes:
   consumer's ``ack_pending``: a day-long backoff holds no slot, so held retries never stall
   fresh work. A retry is counted only with a valid seal and is re-checked against the
   route's ceilings;
-- ``results.<route>`` (stream ``RESULTS``): workers' reports (``WorkResult``), where
-  usage accumulates and retry / backoff / terminal status is decided: **the one place
-  retries are decided**. A report counts only from its order's own route subject (which
+- ``results.<route>`` (stream ``RESULTS``): workers' reports (``WorkResult``), handed to
+  ``cogo.runtime.verdicts``, where usage accumulates and retry / backoff / terminal status
+  is decided: **the one place retries are decided**. A report counts only from its order's own route subject (which
   only that route's app may publish to under ``--auth``) and, when the dispatcher holds a
   seal key, only with the order exactly as the dispatcher sealed it (``cogo.streams.seal``);
   anything else is dropped and counted as ``forged``. It also consumes the shared subjects
@@ -35,8 +35,6 @@ are released here, once their result's events are stored.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
 import logging
 import time
 from typing import Any
@@ -47,34 +45,21 @@ from cogo import tracing
 from cogo.aio import cancel_and_wait
 from cogo.config import Config
 from cogo.errors import (
-    AttemptsExhausted,
     BypassDenied,
     CogoError,
-    CostBudgetExhausted,
     MalformedMessage,
-    TokenBudgetExhausted,
     TtlExpired,
     UnknownRoute,
 )
 from cogo.rollouts.canary import CanaryRouter, subject_of
 from cogo.runtime.base import Actor, Defer, Delivery
+from cogo.runtime.children import parent_route, pending_children, route_of_parent, tree_usage
 from cogo.runtime.deadletter import DeadLetterWatcher
 from cogo.runtime.flow.admission import FlowControl
-from cogo.runtime.suspension import (
-    Suspensions,
-    parent_route,
-    pending_children,
-    route_of_parent,
-    tree_usage,
-    wake_messages,
-)
+from cogo.runtime.suspension import Suspensions
+from cogo.runtime.verdicts import SCHEDULE_AFTER_S, Verdicts, retry_key
 from cogo.streams.catalogue import (
-    EXECUTE_CANCELLED,
-    EXECUTE_DONE,
     EXECUTE_ENQUEUED,
-    EXECUTE_FAILED,
-    EXECUTE_RETRY,
-    ExecuteDone,
     ExecuteEnqueued,
 )
 from cogo.streams.commands import CANCEL_KIND, WAKE_KIND, decode_cancel, decode_wake
@@ -88,9 +73,7 @@ from cogo.streams.envelope import (
     RESULTS_SUBJECT,
     RETRY_SUBJECT,
     TaskMessage,
-    Usage,
     WorkOrder,
-    WorkResult,
     decode_assignment,
     decode_order,
     decode_result,
@@ -100,19 +83,14 @@ from cogo.streams.envelope import (
     new_id,
     route_of_result,
 )
-from cogo.streams.events import Event, event_message, iso, make_event, order_event
-from cogo.streams.outputs import end_marker
+from cogo.streams.events import event_message, iso, order_event
 from cogo.streams.policies import PolicyStore, check_ceilings, resolve_assignment
 from cogo.streams.publisher import Outgoing
-from cogo.streams.schedule import publish_at, schedule_message
-from cogo.streams.seal import MAC_HEADER, Sealer, guard_id, output_mac
+from cogo.streams.schedule import publish_at
+from cogo.streams.seal import Sealer, guard_id
 from cogo.streams.topology import results_floor, trim_results
 
-RETRY_KIND = "retry"
 RESULT_ROUTES = (RESULTS_SUBJECT, RESULT_SUBJECT)
-# a retry due sooner than this goes straight to the retry subject; a later one waits as a
-# message schedule, and one that arrives early by more than this is scheduled again
-SCHEDULE_AFTER_S = 0.25
 # how often a dispatcher purges the results it has handled from RESULTS (one purge each)
 TRIM_EVERY_S = 5.0
 
@@ -131,7 +109,8 @@ class ExecutorDispatcher(Actor):
         self.sealer = Sealer.from_env()
         # rollouts: version and cohort per task, and bypass grants
         self.canary = CanaryRouter(self.js, self.config, self.sealer)
-        self.dead_letters = DeadLetterWatcher(self, self.report_dead_letter)
+        self.verdicts = Verdicts(self)  # results and terminal events (cogo.runtime.verdicts)
+        self.dead_letters = DeadLetterWatcher(self, self.verdicts.report_dead_letter)
         self.flow = FlowControl(self)  # admission of flow-controlled routes
         self.suspensions = Suspensions(self)  # durable agents (cogo.runtime.suspension)
         self._trimmer: asyncio.Task[None] | None = None
@@ -188,7 +167,7 @@ class ExecutorDispatcher(Actor):
                     orphans = pending_children.set(result.children)
                     parent = parent_route.set(route_of_parent(result.order))
                     try:
-                        await self._on_result(result, delivery)
+                        await self.verdicts.on_result(result, delivery)
                     finally:
                         tree_usage.reset(token)
                         pending_children.reset(orphans)
@@ -279,7 +258,7 @@ class ExecutorDispatcher(Actor):
                     f"past its ttl_ms={resolved.ttl_ms}"
                 )
         except CogoError as exc:
-            await self._fail(base, exc.code, str(exc), attempt=0, detail=exc.detail)
+            await self.verdicts.fail(base, exc.code, str(exc), attempt=0, detail=exc.detail)
             return
         order = WorkOrder(
             task_id=task_id,
@@ -298,7 +277,7 @@ class ExecutorDispatcher(Actor):
                 order, policy, actor=self.name, principal=self._principal(delivery, task_id)
             )
         except BypassDenied as exc:
-            await self._fail(base, exc.code, str(exc), attempt=0, detail=exc.detail)
+            await self.verdicts.fail(base, exc.code, str(exc), attempt=0, detail=exc.detail)
             return
         if policy.flow.enabled:
             await self.flow.hold(order)  # its admitter forwards it (cogo.runtime.flow.admission)
@@ -319,7 +298,7 @@ class ExecutorDispatcher(Actor):
         except msgspec.DecodeError:
             pass
         base = {"task_id": task_id, "correlation_id": task_id, "route": route}
-        await self._fail(base, exc.code, str(exc), attempt=0, detail=exc.detail)
+        await self.verdicts.fail(base, exc.code, str(exc), attempt=0, detail=exc.detail)
 
     async def _forward(self, order: WorkOrder, *, submitted_at: float) -> None:
         """Publish one attempt to the task's route and record ``execute_enqueued``."""
@@ -363,8 +342,8 @@ class ExecutorDispatcher(Actor):
         if order.not_before - now > SCHEDULE_AFTER_S:
             # early (a dispatcher's clock apart): wait as a schedule, not in this consumer;
             # under an id of its own, or the first schedule's id would drop it as a repeat
-            _, data, headers = self._retry_message(order, now, again=True)
-            await publish_at(self.js, key=_retry_key(order), target=RETRY_SUBJECT, data=data,
+            _, data, headers = self.verdicts.retry_message(order, now, again=True)
+            await publish_at(self.js, key=retry_key(order), target=RETRY_SUBJECT, data=data,
                              at=order.not_before, headers=headers)  # fmt: skip
             return
         if now < order.not_before:
@@ -374,13 +353,13 @@ class ExecutorDispatcher(Actor):
         except UnknownRoute:
             pass  # forgotten since: its retry goes out as before
         except CogoError as exc:
-            await self._terminal(self.order_failure(order, exc), order if order.emitted else None)
+            await self.verdicts.terminal(self.verdicts.order_failure(order, exc), order if order.emitted else None)
             return
         if now > order.deadline:
             err = TtlExpired(
                 f"task reached its ttl_ms={order.assignment.ttl_ms} before attempt {order.attempt}"
             )
-            await self._terminal(self.order_failure(order, err), order if order.emitted else None)
+            await self.verdicts.terminal(self.verdicts.order_failure(order, err), order if order.emitted else None)
             return
         if self._flow_enabled(order.route):
             await self.flow.hold(order)
@@ -393,239 +372,6 @@ class ExecutorDispatcher(Actor):
         except UnknownRoute:  # forgotten since: its retry goes out as before
             return False
 
-    # -- results -----------------------------------------------------------------------
-
-    async def _on_result(self, r: WorkResult, delivery: Delivery) -> None:
-        order = r.order
-        a = order.assignment
-        total = order.usage_so_far + r.usage
-        base = _base_of(order)
-        # a durable agent's budget bounds its tree: its ended children's spending counts
-        tree = total + r.tree_usage if r.tree_usage is not None else total
-        # a redelivered attempt's first delivery may have emitted before its worker died
-        emitted = order.emitted or r.emitted or r.delivery > 1
-        closes = order if emitted else None
-        measured = {
-            "actor": r.actor,
-            "attempt": order.attempt,
-            # a hold by flow control is part of the wait (before the worker's own queue)
-            "queue_wait_ms": round(r.queue_wait_ms + order.held_ms, 3)
-            if order.held_ms
-            else r.queue_wait_ms,
-            "duration_ms": r.duration_ms,
-            "usage": total,
-            "version": r.version or order.version,
-            "cohort": order.cohort,
-        }
-        timing = {"claimed_at": iso(r.claimed_at), "submitted_at": iso(order.submitted_at)}
-        budget: CogoError | None = None
-        if tree.tokens > a.max_tokens:
-            budget = TokenBudgetExhausted(
-                f"used {tree.tokens} tokens across {order.attempt} attempt(s), "
-                f"budget max_tokens={a.max_tokens}"
-            )
-        elif tree.cost_usd > a.max_cost_usd:
-            budget = CostBudgetExhausted(
-                f"spent ${tree.cost_usd:.4f} across {order.attempt} attempt(s), "
-                f"budget max_cost_usd={a.max_cost_usd}"
-            )
-        if budget is not None:
-            await self._fail(base, budget.code, str(budget), data=timing, closes=closes, **measured)
-            return
-        if r.ok:
-            await self._terminal(
-                make_event(
-                    EXECUTE_DONE,
-                    event_id=f"{order.task_id}:terminal",
-                    data=ExecuteDone(**timing, result=r.result),
-                    **base,
-                    **measured,
-                ),
-                closes,
-            )
-            return
-        code, error = r.error_code or "worker.error", r.error or "attempt failed"
-        if not r.retryable:
-            await self._fail(
-                base, code, error, data=timing, detail=r.detail, closes=closes, **measured
-            )
-            return
-        if order.attempt >= a.max_attempts:
-            await self._fail(
-                base,
-                AttemptsExhausted.code,
-                f"all {a.max_attempts} attempt(s) failed; last: [{code}] {error}",
-                data={**timing, "last_error_code": code},
-                closes=closes,
-                **measured,
-            )
-            return
-        backoff_ms = a.backoff.delay_ms(order.attempt)
-        next_at = time.time() + backoff_ms / 1000.0
-        if next_at > order.deadline:
-            await self._fail(
-                base,
-                TtlExpired.code,
-                f"no time left for attempt {order.attempt + 1} within ttl_ms={a.ttl_ms}; "
-                f"last: [{code}] {error}",
-                data={**timing, "last_error_code": code},
-                closes=closes,
-                **measured,
-            )
-            return
-        retry = msgspec.structs.replace(
-            order, attempt=order.attempt + 1, usage_so_far=total, not_before=next_at,
-            emitted=emitted,
-            flow_slot=None, held_ms=0.0,  # this attempt's slot is released; its own is to come
-        )  # fmt: skip
-        event = make_event(
-            EXECUTE_RETRY,
-            event_id=f"{order.task_id}:retry:{order.attempt}",
-            backoff_ms=backoff_ms,
-            next_attempt_at=iso(next_at),
-            error_code=code,
-            error=error,
-            data=timing,
-            **base,
-            **measured,
-        )
-        if self.sealer is not None:
-            retry = self.sealer.seal(retry)
-        # the retry (a schedule when its backoff is not over) and its event, acked together
-        await self.publish_all(
-            [self._retry_message(retry, time.time()), event_message(event, order.token)]
-        )
-
-    def _retry_message(self, retry: WorkOrder, now: float, *, again: bool = False) -> Outgoing:
-        """The retry on the dispatchers' own subject: straight away when due, else as a
-        message schedule the server fires at ``not_before`` (nothing held meanwhile)."""
-        suffix = "retry:again" if again else "retry"
-        msg_id = guard_id(retry.token, f"{retry.task_id}:{retry.attempt}:{suffix}")
-        data = encoder.encode(retry)
-        headers = {MSG_ID: msg_id, KIND_HEADER: RETRY_KIND}
-        if retry.not_before - now <= SCHEDULE_AFTER_S:
-            return RETRY_SUBJECT, data, headers
-        # one schedule per attempt; a re-handled result re-publishes the same id (dropped)
-        return schedule_message(key=_retry_key(retry), target=RETRY_SUBJECT, data=data,
-                                at=retry.not_before, headers=headers)  # fmt: skip
-
-    # -- terminal events ---------------------------------------------------------------
-
-    async def _fail(
-        self, base: dict[str, Any], code: str, error: str, *, closes: WorkOrder | None = None,
-        **fields: Any,
-    ) -> None:  # fmt: skip
-        """Append the task's terminal ``execute_failed`` (see ``_failure``); with ``closes``,
-        the end marker of that task's output too."""
-        await self._terminal(self._failure(base, code, error, **fields), closes)
-
-    def _failure(
-        self,
-        base: dict[str, Any],
-        code: str,
-        error: str,
-        *,
-        attempt: int,
-        detail: Any = None,
-        data: dict[str, Any] | None = None,
-        **fields: Any,
-    ) -> Event:
-        extra = dict(data or {})
-        if detail is not None:
-            extra["detail"] = detail
-        fields.setdefault("actor", self.name)
-        return make_event(
-            EXECUTE_FAILED,
-            event_id=f"{base['task_id']}:terminal",
-            attempt=attempt,
-            error_code=code,
-            error=error,
-            data=extra or None,
-            **base,
-            **fields,
-        )
-
-    def order_failure(
-        self, order: WorkOrder, error: CogoError, *, data: dict[str, Any] | None = None
-    ) -> Event:
-        """The terminal ``execute_failed`` of a task whose next attempt never started."""
-        return self._failure(
-            _base_of(order), error.code, str(error), attempt=order.attempt - 1,
-            usage=order.usage_so_far, version=order.version, cohort=order.cohort, data=data,
-        )  # fmt: skip
-
-    def terminal_messages(self, event: Event, closes: WorkOrder | None = None) -> list[Outgoing]:
-        """The terminal event and, with ``closes``, the end marker of that task's output (it
-        may have emitted), to go out in one batch (``cogo.streams.outputs``)."""
-        token = self.task_token(event.task_id)
-        # a child of a durable agent wakes its parent (cogo.runtime.suspension)
-        wakes = wake_messages(event, token)
-        if closes is None:
-            return [event_message(event, token), *wakes]
-        status = {EXECUTE_DONE: "succeeded", EXECUTE_CANCELLED: "cancelled"}.get(
-            event.type, "failed"
-        )
-        subject, data, headers = end_marker(closes, status, attempt=event.attempt or 0,
-                                            error_code=event.error_code, error=event.error)  # fmt: skip
-        if self.sealer is not None:  # readers show only what carries the task's output MAC
-            out_token = self.sealer.outputs.out_token(closes.task_id)
-            headers = {MSG_ID: guard_id(token, headers[MSG_ID]),
-                       MAC_HEADER: output_mac(out_token, data)}  # fmt: skip
-        return [event_message(event, token), (subject, data, headers), *wakes]
-
-    async def _terminal(self, event: Event, closes: WorkOrder | None = None) -> None:
-        """Append the terminal event (and the end marker of the output it ``closes``)."""
-        ack, *_ = await self.publish_all(self.terminal_messages(event, closes))
-        appended = not ack.duplicate
-        if appended:
-            tracing.task_ended(event.task_id, event.error_code, event.error)
-        self.counters[event.type if appended else "duplicate_terminal"] += 1
-
-    async def report_dead_letter(
-        self, subject: str, data: bytes, code: str, reason: str, deliveries: int
-    ) -> None:
-        """Turn a dead-lettered TASKS or RESULTS message into ``execute_failed``
-        (``dead_letter``)."""
-        base: dict[str, Any] | None = None
-        attempt = 0
-        usage: Usage | None = None
-        order: WorkOrder | None = None
-        running: WorkOrder | None = None  # an attempt that holds a flow slot
-        with contextlib.suppress(MalformedMessage):
-            if subject in (RESULTS_SUBJECT, RESULT_SUBJECT) or route_of_result(subject):
-                order = running = decode_result(data).order
-                base, attempt, usage = _base_of(order), order.attempt, order.usage_so_far
-            elif subject in (EXECUTE_SUBJECT, RETRY_SUBJECT):
-                try:
-                    order = decode_order(data)
-                    base, attempt, usage = _base_of(order), order.attempt, order.usage_so_far
-                except MalformedMessage:
-                    task = decode_task(data)
-                    tid = task.task_id or f"dead:{new_id()}"
-                    base = {"task_id": tid, "correlation_id": task.correlation_id or tid,
-                            "causation_id": task.causation_id, "route": task.route}  # fmt: skip
-            else:
-                order = running = decode_order(data)
-                base, attempt, usage = _base_of(order), order.attempt, order.usage_so_far
-        if order is not None and self.sealer is not None and not self.sealer.verify(order):
-            # not an order the dispatcher made: it must not end the task it names
-            base, order, running, attempt, usage = None, None, None, 0, None
-        if base is None:
-            tid = f"dead:{new_id()}"
-            base = {"task_id": tid, "correlation_id": tid, "route": None}
-        await self._fail(
-            base,
-            code,
-            f"{reason} (subject {subject}, {deliveries} deliveries)",
-            attempt=attempt,
-            usage=usage,
-            # its workers may have emitted (and died doing it): the output is closed too
-            closes=order,
-        )
-        if running is not None:
-            await self.flow.release(running)
-
-
 def _traced(order: WorkOrder) -> Any:
     """The dispatcher handling a message of ``order``'s task (``cogo.tracing``)."""
     return tracing.task_scope(
@@ -634,15 +380,3 @@ def _traced(order: WorkOrder) -> Any:
     )  # fmt: skip
 
 
-def _retry_key(order: WorkOrder) -> str:
-    """The schedule of one retry: ``retry.<hash of the task id>.<attempt>``."""
-    return f"retry.{hashlib.sha256(order.task_id.encode()).hexdigest()[:32]}.{order.attempt}"
-
-
-def _base_of(order: WorkOrder) -> dict[str, Any]:
-    return {
-        "task_id": order.task_id,
-        "correlation_id": order.correlation_id,
-        "causation_id": order.causation_id,
-        "route": order.route,
-    }

@@ -9,7 +9,7 @@ message was acked and its flow slot released: nothing holds it in any process.
 
 Wake-ups are commands on the dispatcher's queue (``cogo.streams.commands``) with
 ``Cogo-Kind: wake``: signals from ``Client.signal`` / HTTP / CLI, ``<child>:wake`` from a
-child's terminal event (``wake_messages``, published with it), the schedule's for timers.
+child's terminal event (``cogo.runtime.children``, published with it), the schedule's for timers.
 Handling one appends its journal entry (``task_signaled`` / ``call_completed``, fixed ids
 guarded by the task's token) on the task's route's subject (its record's route, else the
 one the command names; when neither is known the entry waits in the record until the run
@@ -32,14 +32,12 @@ outcome stands, and the attempt still running is fenced off when it reports).
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import hashlib
 import logging
 import time
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-from nats.js import api
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from cogo.errors import (
@@ -50,23 +48,18 @@ from cogo.errors import (
     TtlExpired,
 )
 from cogo.rollouts.canary import subject_of
-from cogo.sdk.steps import durable_subject, task_bucket
+from cogo.runtime.children import started_children
+from cogo.sdk.steps import durable_subject
 from cogo.streams.catalogue import (
     CALL_COMPLETED,
-    CALL_STARTED,
     EXECUTE_CANCELLED,
-    EXECUTE_DONE,
     EXECUTE_RESUMED,
     EXECUTE_SUSPENDED,
     TASK_SIGNALED,
-    TERMINAL_TYPES,
-    CallCompleted,
-    CallStarted,
     ExecuteCancelled,
     ExecuteResumed,
     ExecuteSuspended,
     TaskSignaled,
-    data_of,
 )
 from cogo.streams.commands import (
     CANCEL_SUBJECT,
@@ -77,7 +70,6 @@ from cogo.streams.commands import (
     cancel_message,
 )
 from cogo.streams.envelope import (
-    CALL_KEY,
     KIND_HEADER,
     MSG_ID,
     Usage,
@@ -85,21 +77,17 @@ from cogo.streams.envelope import (
     WorkOrder,
     WorkResult,
     encoder,
-    new_id,
 )
 from cogo.streams.events import (
     Event,
-    decode_event,
     encode_event,
     event_message,
-    iso,
     make_event,
     order_event,
 )
-from cogo.streams.publisher import Outgoing
 from cogo.streams.schedule import publish_at
 from cogo.streams.seal import guard_id
-from cogo.streams.topology import EVENTS, SUSPENSION_BUCKET
+from cogo.streams.topology import SUSPENSION_BUCKET
 
 if TYPE_CHECKING:
     from cogo.runtime.dispatcher import ExecutorDispatcher
@@ -107,32 +95,8 @@ if TYPE_CHECKING:
 CAS_ATTEMPTS = 20
 # a scheduled wake-up may land a moment before its time by another host's clock
 DUE_SLACK_S = 1.0
-SCAN_IDLE_S = 10.0
 
 log = logging.getLogger(__name__)
-
-# what the children of the task whose result is being handled spent (for its parent's
-# call_completed): set by the dispatcher around a result, read where terminal events are built
-tree_usage: contextvars.ContextVar[Usage | None] = contextvars.ContextVar(
-    "cogo_tree_usage", default=None
-)
-# the children that task started and that had not ended: cancelled if it ends now
-pending_children: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
-    "cogo_pending_children", default=None
-)
-# the route of the parent of the task whose result is being handled (a child of ctx.call
-# carries it in its payload): where its call_completed is journaled
-parent_route: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "cogo_parent_route", default=None
-)
-
-
-def route_of_parent(order: WorkOrder) -> str | None:
-    """The parent's route a ``ctx.call`` child's order carries (None for any other task)."""
-    call = order.payload.get(CALL_KEY) if isinstance(order.payload, dict) else None
-    route = call.get("route") if isinstance(call, dict) else None
-    return route if isinstance(route, str) and route else None
-
 
 class Record(msgspec.Struct, frozen=True, omit_defaults=True):
     """A durable task as the dispatcher keeps it: suspended (``order``, ``waiting``), running
@@ -165,51 +129,6 @@ def is_cancelled(value: bytes | None) -> bool:
         return _record_decoder.decode(value).state == "cancelled"
     except (msgspec.ValidationError, msgspec.DecodeError):
         return False
-
-
-def parent_of(event: Event) -> str | None:
-    """The parent of a task started by ``ctx.call`` (id ``<parent>/<key>``, caused by it)."""
-    cause, task_id = event.causation_id, event.task_id
-    if (
-        cause
-        and task_id
-        and task_id.startswith(cause + "/")
-        and "/" not in task_id[len(cause) + 1 :]
-    ):
-        return cause
-    return None
-
-
-def wake_messages(event: Event, token: str | None = None) -> list[Outgoing]:
-    """A child's terminal event wakes its parent, and a parent's cancels the children it
-    left running (published in the same batch); the wake-up's id is guarded by the child's
-    ``token`` (nobody else can take it first)."""
-    if event.type not in TERMINAL_TYPES or event.task_id is None:
-        return []
-    orphans: list[Outgoing] = [
-        cancel_message(c, f"parent {event.task_id} ended", parent_id=event.task_id)
-        for c in pending_children.get() or []
-    ]
-    parent = parent_of(event)
-    if parent is None:
-        return orphans
-    own = event.usage or Usage()
-    below = tree_usage.get() or Usage()
-    result = None
-    if event.type == EXECUTE_DONE and isinstance(event.data, msgspec.Struct):
-        result = getattr(event.data, "result", None)
-    elif event.type == EXECUTE_DONE and isinstance(event.data, dict):
-        result = event.data.get("result")
-    done = CallCompleted(
-        child_id=event.task_id, ok=event.type == EXECUTE_DONE, result=result,
-        error_code=event.error_code, error=event.error, attempts=event.attempt or 0,
-        tree_tokens=own.tokens + below.tokens,
-        tree_cost_usd=round(own.cost_usd + below.cost_usd, 9),
-    )  # fmt: skip
-    wake = Wake(task_id=parent, kind="call", name=event.task_id, done=done,
-                correlation_id=event.correlation_id, route=parent_route.get())  # fmt: skip
-    headers = {MSG_ID: guard_id(token, f"{event.task_id}:wake"), KIND_HEADER: WAKE_KIND}
-    return [(COMMAND_SUBJECT, encoder.encode(wake), headers), *orphans]
 
 
 def _arrival(kind: str, name: str) -> str:
@@ -438,10 +357,10 @@ class Suspensions:
     ) -> None:
         """A suspended (or suspending) task fails: its children are cancelled first."""
         await self._cancel_children(order.task_id, children or [], order.route)
-        event = self.d.order_failure(
+        event = self.d.verdicts.order_failure(
             msgspec.structs.replace(order, attempt=order.attempt + 1, usage_so_far=usage), error
         )
-        await self.d.publish_all(self.d.terminal_messages(event, order if order.emitted else None))
+        await self.d.publish_all(self.d.verdicts.terminal_messages(event, order if order.emitted else None))
         await self.forget(order.task_id)
 
     async def _journal(self, event: Event) -> None:
@@ -521,7 +440,7 @@ class Suspensions:
         await self.d.nc.publish(CANCEL_SUBJECT, request.task_id.encode())
         since = order.submitted_at - 60.0 if order is not None else request.since
         route = order.route if order is not None else request.route
-        started = await self._children(request.task_id, route, since)
+        started = await started_children(self.d.nc, self.d.js, request.task_id, route, since)
         await self._cancel_children(
             request.task_id, sorted(set(children) | set(started)), route, since, started
         )
@@ -545,7 +464,7 @@ class Suspensions:
             **base,
         )  # fmt: skip
         (ack, *_) = await self.d.publish_all(
-            self.d.terminal_messages(event, order if order is not None and order.emitted else None)
+            self.d.verdicts.terminal_messages(event, order if order is not None and order.emitted else None)
         )
         self.d.counters["cancelled" if not ack.duplicate else "duplicate_terminal"] += 1
 
@@ -560,54 +479,6 @@ class Suspensions:
                 [cancel_message(c, f"parent {task_id} was cancelled", parent_id=task_id,
                                 since=since, route=routes.get(c)) for c in children]
             )  # fmt: skip
-
-    async def _children(
-        self, task_id: str, route: str | None, since: float | None
-    ) -> dict[str, str]:
-        """Children ``task_id`` started (with their routes), read from its route's journal
-        (from ``since`` on when known: a subject holds every task of a 64th bucket). Only
-        entries of the task's own route count (no other app may append there), and only
-        children of its own (``<task>/<key>``), the route unknown included."""
-        nc, js = self.d.nc, self.d.js
-        inbox = nc.new_inbox()
-        sub = await nc.subscribe(inbox)
-        started: dict[str, str] = {}
-        bucket = task_bucket(task_id)
-        name = f"children-{new_id()}"
-        try:
-            info = await js.add_consumer(
-                EVENTS,
-                api.ConsumerConfig(
-                    name=name,
-                    # one filter, in the request's subject: what --auth grants it
-                    filter_subject=f"events.{CALL_STARTED}.{route or '*'}.{bucket}",
-                    deliver_subject=inbox,
-                    deliver_policy=api.DeliverPolicy.BY_START_TIME if since
-                    else api.DeliverPolicy.ALL,
-                    # the server takes RFC 3339 text; nats-py's annotation says datetime
-                    opt_start_time=iso(since) if since else None,  # type: ignore[arg-type]
-                    ack_policy=api.AckPolicy.NONE, max_deliver=1, inactive_threshold=5.0,
-                    mem_storage=True, num_replicas=1,
-                ),
-            )  # fmt: skip
-            pending = info.num_pending or 0
-            while pending > 0:
-                msg = await sub.next_msg(timeout=SCAN_IDLE_S)
-                pending = int(msg.reply.rsplit(".", 1)[-1]) if msg.reply else 0
-                event = decode_event(msg.data)
-                if event.task_id != task_id or event.type != CALL_STARTED:
-                    continue
-                if route is not None and event.route != route:
-                    continue
-                with contextlib.suppress(msgspec.ValidationError):
-                    call = data_of(event, CallStarted)
-                    if call.child_id.startswith(task_id + "/"):
-                        started.setdefault(call.child_id, call.child_route)
-        finally:
-            await sub.unsubscribe()
-        # an ended child's cancel changes nothing: its terminal event came first
-        return started
-
 
 def _resumed(record: Record, woken_by: str) -> Record:
     assert record.order is not None

@@ -438,11 +438,11 @@ class RouteAdmitter:
                 f"ttl_ms={order.assignment.ttl_ms}"
             )
             held_ms = round((now - held.held_at) * 1000.0, 3)
-            event = d.order_failure(order, error, data={
+            event = d.verdicts.order_failure(order, error, data={
                 "limit": limit, "key": held.key, "priority": held.priority, "held_ms": held_ms,
             })  # fmt: skip
             # a held retry whose earlier attempt wrote output: that output ends here too
-            messages += d.terminal_messages(event, order if order.emitted else None)
+            messages += d.verdicts.terminal_messages(event, order if order.emitted else None)
             self.counters["flow_expired"] += 1
         if messages:
             await d.publish_all(messages)

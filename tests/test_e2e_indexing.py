@@ -1,4 +1,4 @@
-"""Acceptance of "Orchestrator workflow engine": the indexing workflow on a real `cogo up`.
+"""Acceptance of "WorkflowEngine workflow engine": the indexing workflow on a real `cogo up`.
 
 `POST /api/workflows/execute {"workflowId": "indexing", "parameters": {"path": <this repo>}}`
 completes, `GET /api/orchestrator/state` shows every node and the gate verdict, and

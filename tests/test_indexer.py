@@ -13,7 +13,7 @@ from cogo.indexing.files import list_files
 from cogo.indexing.symbols import go_symbols, javascript_symbols, python_symbols, rust_symbols
 from cogo.projections.projector import Projector
 from cogo.runtime.dispatcher import ExecutorDispatcher
-from cogo.runtime.workflow_engine import Orchestrator
+from cogo.runtime.workflow_engine import WorkflowEngine
 from cogo.streams.connection import connect
 from cogo.workflows.definition import Catalog
 from tests.helpers import EventReader, running, submit
@@ -170,7 +170,7 @@ async def test_indexing_workflow(nats_server, js, config, tmp_path):
     (repo / "pkg" / "core.py").write_text("class Core:\n    def go(self): ...\n")
     (repo / "main.go").write_text("package main\nfunc main() {}\n")
     definition = Catalog().get("indexing")
-    async with running(nats_server.url, config, ExecutorDispatcher, IndexerActor, Orchestrator):
+    async with running(nats_server.url, config, ExecutorDispatcher, IndexerActor, WorkflowEngine):
         run_id = await start_run(js, config, definition, path=str(repo))
         state = await wait_run(js, run_id, timeout=25)
         empty = tmp_path / "empty"

@@ -18,7 +18,7 @@ from cogo.http.app import create_app
 from cogo.http.state import AppState
 from cogo.runtime.dispatcher import ExecutorDispatcher
 from cogo.runtime.system import write_endpoints
-from cogo.runtime.workflow_engine import Orchestrator
+from cogo.runtime.workflow_engine import WorkflowEngine
 from cogo.streams.policies import PolicyStore
 from cogo.streams.server import free_port
 from tests.helpers import running
@@ -63,7 +63,7 @@ async def test_workflow_commands(nats_server, nc, js, config, data_dir, tmp_path
     try:
         async with (
             running(nats_server.url, config, ExecutorDispatcher, EchoActor),
-            running(nats_server.url, config, Orchestrator, data_dir=data_dir),
+            running(nats_server.url, config, WorkflowEngine, data_dir=data_dir),
         ):
             code, out = await _cli(capsys, "workflow", "run", "--file", str(definition),
                                    "-p", "sleep_ms=10", "--run-id", "cli-run-1", "--wait",

@@ -25,7 +25,7 @@ components.add(
 )
 # one command queue per partition of runs; a process pulls those whose lease it holds
 components.add(
-    "cogo.runtime.workflow_engine:Orchestrator",
+    "cogo.runtime.workflow_engine:WorkflowEngine",
     name="orchestrator",
     routes=ORCHESTRATOR_ROUTES,
     tasks=False,

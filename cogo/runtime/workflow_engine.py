@@ -1,4 +1,5 @@
-"""The workflow orchestrator (``cogo run orchestrator [--replicas N]``): drives workflow runs.
+"""The workflow engine (``cogo run orchestrator [--replicas N]``, the agent name kept as it
+was): drives workflow runs.
 
 Any number of orchestrator processes, on any hosts, share the runs:
 
@@ -80,10 +81,10 @@ EVENTS_INPUT = "events:" + EVENTS_DURABLE  # the fetch loop's label, not a subje
 TASK_EVENT_SUBJECTS = [f"events.{EXECUTE_DONE}.>", f"events.{EXECUTE_FAILED}.>"]
 HAND_BACK_S = 0.2
 
-__all__ = ["CancelRun", "Orchestrator", "SignalRun", "StartRun", "send_command"]
+__all__ = ["CancelRun", "SignalRun", "StartRun", "WorkflowEngine", "send_command"]
 
 
-class Orchestrator(Actor):
+class WorkflowEngine(Actor):
     """Drives the workflow runs of the partitions it holds; every step is an event."""
 
     kind = "orchestrator"

@@ -29,6 +29,7 @@ class Worker:
     """Base of class-based agents: set ``route``, implement ``run(order, ctx) -> Outcome``."""
 
     route: str = ""
+    kind: str  # names its processes' actors (<kind>-<host>-<pid>); default: the agent's name
     # set by the runtime when it starts the worker
     name: str  # this process's actor id (``<kind>-<host>-<pid>``)
     version: str | None  # ``--version`` (a canary), None for the stable one

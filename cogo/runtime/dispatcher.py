@@ -353,13 +353,17 @@ class ExecutorDispatcher(Actor):
         except UnknownRoute:
             pass  # forgotten since: its retry goes out as before
         except CogoError as exc:
-            await self.verdicts.terminal(self.verdicts.order_failure(order, exc), order if order.emitted else None)
+            await self.verdicts.terminal(
+                self.verdicts.order_failure(order, exc), order if order.emitted else None
+            )
             return
         if now > order.deadline:
             err = TtlExpired(
                 f"task reached its ttl_ms={order.assignment.ttl_ms} before attempt {order.attempt}"
             )
-            await self.verdicts.terminal(self.verdicts.order_failure(order, err), order if order.emitted else None)
+            await self.verdicts.terminal(
+                self.verdicts.order_failure(order, err), order if order.emitted else None
+            )
             return
         if self._flow_enabled(order.route):
             await self.flow.hold(order)
@@ -372,11 +376,10 @@ class ExecutorDispatcher(Actor):
         except UnknownRoute:  # forgotten since: its retry goes out as before
             return False
 
+
 def _traced(order: WorkOrder) -> Any:
     """The dispatcher handling a message of ``order``'s task (``cogo.tracing``)."""
     return tracing.task_scope(
         task_id=order.task_id, route=order.route, parent=order.traceparent,
         submitted_at=order.submitted_at,
     )  # fmt: skip
-
-

@@ -98,6 +98,7 @@ DUE_SLACK_S = 1.0
 
 log = logging.getLogger(__name__)
 
+
 class Record(msgspec.Struct, frozen=True, omit_defaults=True):
     """A durable task as the dispatcher keeps it: suspended (``order``, ``waiting``), running
     run ``run`` (``arrived``: what came while it ran) or cancelled."""
@@ -360,7 +361,9 @@ class Suspensions:
         event = self.d.verdicts.order_failure(
             msgspec.structs.replace(order, attempt=order.attempt + 1, usage_so_far=usage), error
         )
-        await self.d.publish_all(self.d.verdicts.terminal_messages(event, order if order.emitted else None))
+        await self.d.publish_all(
+            self.d.verdicts.terminal_messages(event, order if order.emitted else None)
+        )
         await self.forget(order.task_id)
 
     async def _journal(self, event: Event) -> None:
@@ -464,7 +467,9 @@ class Suspensions:
             **base,
         )  # fmt: skip
         (ack, *_) = await self.d.publish_all(
-            self.d.verdicts.terminal_messages(event, order if order is not None and order.emitted else None)
+            self.d.verdicts.terminal_messages(
+                event, order if order is not None and order.emitted else None
+            )
         )
         self.d.counters["cancelled" if not ack.duplicate else "duplicate_terminal"] += 1
 
@@ -479,6 +484,7 @@ class Suspensions:
                 [cancel_message(c, f"parent {task_id} was cancelled", parent_id=task_id,
                                 since=since, route=routes.get(c)) for c in children]
             )  # fmt: skip
+
 
 def _resumed(record: Record, woken_by: str) -> Record:
     assert record.order is not None

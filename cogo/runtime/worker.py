@@ -333,8 +333,11 @@ def _joined(agent: type[Worker]) -> type[WorkerRunner]:
     # the agent first: its run, hooks and attributes win; the runner does the rest
     if agent in _JOINED:
         return _JOINED[agent]
-    namespace = {"__module__": agent.__module__, "__qualname__": agent.__qualname__,
-                 "__doc__": agent.__doc__}
+    namespace = {
+        "__module__": agent.__module__,
+        "__qualname__": agent.__qualname__,
+        "__doc__": agent.__doc__,
+    }
     joined: type[WorkerRunner] = type(agent.__name__, (agent, WorkerRunner), namespace)
     _JOINED[agent] = joined
     return joined

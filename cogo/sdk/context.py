@@ -76,7 +76,9 @@ class TaskContext:
         return await ctx.step("save", save, reply.content)
     """
 
-    def __init__(self, runtime: AttemptRuntime, delivery: AttemptDelivery, order: WorkOrder) -> None:
+    def __init__(
+        self, runtime: AttemptRuntime, delivery: AttemptDelivery, order: WorkOrder
+    ) -> None:
         # the bus behind this attempt: the runtime's, never a user's to touch
         self._runtime = runtime
         self._delivery = delivery

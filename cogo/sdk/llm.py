@@ -99,15 +99,22 @@ if TYPE_CHECKING:
     from cogo.sdk.context import TaskContext
 
 # re-exported: cogo.LlmReply and the others are imported from here
-__all__ = ["API_KEY_ENV", "BASE_URL_ENV", "LlmClient", "LlmReply", "LlmSession", "LlmUsage",
-           "ToolCall", "endpoint_url"]
+__all__ = [
+    "API_KEY_ENV",
+    "BASE_URL_ENV",
+    "LlmClient",
+    "LlmReply",
+    "LlmSession",
+    "LlmUsage",
+    "ToolCall",
+    "endpoint_url",
+]
 
 log = logging.getLogger(__name__)
 
 MESSAGE_OVERHEAD_TOKENS = 4
 MIN_CALL_S = 0.2  # less time than this left before the deadline: do not start a call
 REPLY_ENVELOPE_BYTES = 64 * 1024  # a reply's JSON around its text: ids, usage, tool schemas
-
 
 
 class LlmSession:

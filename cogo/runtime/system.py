@@ -31,9 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
-import nats.js.errors
 import uvicorn
-from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 
 from cogo.config import (
@@ -52,17 +50,17 @@ from cogo.http.state import AppState
 from cogo.runtime.loader import BUILTIN_REF, LoadedApp, apps_for_up
 from cogo.runtime.runner import BUS_AWAY, agent_args, child_env
 from cogo.runtime.supervisor import Supervisor, spawn
+from cogo.runtime.version_grants import VersionGrants
 from cogo.sdk.app import AgentSpec
 from cogo.secretfile import read_or_create, write_private_json
 from cogo.streams import auth as auth_module
 from cogo.streams.cluster import LocalCluster
 from cogo.streams.connection import connect, install_stop_signals
 from cogo.streams.policies import PolicyStore
-from cogo.streams.registry import declare, declare_version
-from cogo.streams.routes import check_version, durable_name, versioned_route
+from cogo.streams.registry import declare
 from cogo.streams.seal import SEAL_KEY_ENV, Sealer
 from cogo.streams.server import EmbeddedServer, ensure_port_free, free_port, listen_socket
-from cogo.streams.topology import CONTROL_VERSION, TASKS, ensure_topology
+from cogo.streams.topology import CONTROL_VERSION, ensure_topology
 
 if TYPE_CHECKING:
     from cogo.projections.projector import Projector
@@ -230,7 +228,8 @@ class System:
         self.policies = PolicyStore(js)
         await self.policies.start()
         if self.auth and isinstance(self.server, EmbeddedServer):
-            await self.nc.subscribe(f"{CONTROL_VERSION}.*", cb=self._on_version_request)
+            grants = VersionGrants(self)  # versioned workers ask for their route
+            await self.nc.subscribe(f"{CONTROL_VERSION}.*", cb=grants.on_request)
         for loaded in self.apps if self.role != ROLE_FACADE else []:
             for spec in loaded.app.agents.values():
                 if not self._runs(loaded, spec):
@@ -336,80 +335,6 @@ class System:
             creds[SEAL_KEY_ENV] = self.sealer.key
         return creds
 
-    async def _on_version_request(self, msg: Msg) -> None:
-        """A versioned worker under --auth asks for its consumer and the grant to use it."""
-        user = msg.subject.rsplit(".", 1)[-1]
-        try:
-            body = json.loads(msg.data or b"{}")
-            route, version = str(body["route"]), str(body["version"])
-            if self.auth_plan.owner(route) != user:
-                raise CogoError(f"user {user!r} does not own route {route!r}")
-            versioned = versioned_route(route, check_version(version))
-            if versioned not in self.auth_plan.versions.get(user, []):
-                # bounded before anything is made: a refused grant leaves no consumer behind
-                self.auth_plan.check_grant_rate(user)
-                await self._retire_idle_version(user, route)
-                self.auth_plan.check_version_grant(user, versioned)
-            versioned = await declare_version(self.nc.jetstream(), self.config, route, version)
-            if self.auth_plan.grant_version(user, versioned):
-                auth_module.save_grants(self.data_dir, self.auth_plan.versions)
-                await self._reload_permissions(user, versioned)
-            answer: dict[str, Any] = {"ok": True, "route": versioned}
-        except CogoError as exc:
-            answer = {"ok": False, "error": str(exc), "code": exc.code}
-        except (KeyError, ValueError) as exc:
-            answer = {"ok": False, "error": str(exc)}
-        except Exception as exc:  # the bus: the worker must hear why, not time out
-            log.exception("version request of %s failed", user)
-            answer = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-        await msg.respond(json.dumps(answer).encode())
-
-    async def _retire_idle_version(self, user: str, route: str) -> None:
-        """At the bound of versions of ``route``, retire the oldest one nobody uses: no
-        task waiting or in flight, no worker fetching. Its consumer is deleted."""
-        held = self.auth_plan.versions_of(user, route)
-        if len(held) < auth_module.MAX_VERSIONS_PER_ROUTE:
-            return
-        js = self.nc.jetstream()
-        for old in held:
-            try:
-                info = await js.consumer_info(TASKS, durable_name(old))
-            except nats.js.errors.NotFoundError:
-                info = None
-            if info is not None and (info.num_pending or info.num_ack_pending or info.num_waiting):
-                continue
-            if info is not None:
-                await js.delete_consumer(TASKS, durable_name(old))
-            self.auth_plan.revoke_version(user, old)
-            auth_module.save_grants(self.data_dir, self.auth_plan.versions)
-            log.info("retired the idle version %s of %s to grant a new one", old, user)
-            return
-
-    async def _reload_permissions(self, user: str, versioned: str) -> None:
-        """Rewrite the server's users and reload it; return once ``user`` may use the grant."""
-        assert isinstance(self.server, EmbeddedServer)
-        self.server.extra_config = auth_module.accounts_config(self.auth_plan, self.passwords)
-        await asyncio.to_thread(self.server.reload)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:  # the reload is asynchronous in the server
-            probe = None
-            try:
-                # while the server reloads, a new connection can be refused outright
-                # ("authentication error": the account is being registered again)
-                probe = await connect(
-                    self.nats_url, "cogo-up-probe", user=user, password=self.passwords[user],
-                    allow_reconnect=False, error_cb=_quiet,
-                )  # fmt: skip
-                await probe.jetstream().consumer_info(TASKS, durable_name(versioned), timeout=0.5)
-                return
-            except Exception:
-                await asyncio.sleep(0.1)
-            finally:
-                if probe is not None:
-                    with contextlib.suppress(Exception):
-                        await probe.close()
-        raise CogoError(f"the grant of {versioned!r} to {user!r} did not take effect within 10 s")
-
     async def _start_components(self) -> None:
         from cogo.projections.component import projector_component
         from cogo.rollouts.controller import rollout_component
@@ -451,11 +376,6 @@ def _url_host(host: str) -> str:
     """How a URL names ``host`` (a wildcard bind is reached on loopback from here)."""
     host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
     return f"[{host}]" if ":" in host else host
-
-
-async def _quiet(exc: Exception) -> None:
-    # the probe is refused until the reload has reached the server: expected, not news
-    return None
 
 
 def _extra_routes() -> list[Any]:

@@ -125,9 +125,13 @@ def apps_for_up(config: Config, refs: list[str]) -> list[LoadedApp]:
 
 def runnable(config: Config | None = None) -> list[str]:
     """Lines for ``cogo run --help``: what can run, and from where."""
+    from cogo.runtime.components import components
+
     own = builtin()
-    lines = ["Cogo's own agents (cogo run NAME):"]
-    lines += [f"  {name:<14} {_routes(spec)}" for name, spec in own.app.agents.items()]
+    lines = ["Cogo's runtime components and agents (cogo run NAME):"]
+    for name, spec in own.app.agents.items():
+        what = "component" if name in components.agents else "agent"
+        lines.append(f"  {name:<14} {what:<10} {_routes(spec)}")
     installed = entry_points()
     if installed:
         lines.append("installed apps (entry points `cogo.apps`):")

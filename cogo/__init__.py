@@ -12,14 +12,16 @@ Run it with ``cogo run lexicon.agents:app`` (or ``cogo up --app lexicon.agents:a
 submit with ``cogo.Client``, ``POST /api/tasks`` or plain NATS.
 """
 
-from cogo.actors.app import AgentSpec, App
-from cogo.actors.llm import LlmReply, LlmUsage, ToolCall
-from cogo.actors.worker import Outcome, TaskContext, Worker
-from cogo.client import Client, TaskHandle
 from cogo.errors import BudgetExhausted, CogoError, PermanentWorkerError, TaskFailed, WorkerError
 from cogo.errors import TaskSignalTimeout as SignalTimeout
-from cogo.projections.tasks import TaskStatus
+from cogo.sdk.app import AgentSpec, App
+from cogo.sdk.client import Client
+from cogo.sdk.context import Outcome, TaskContext
+from cogo.sdk.handle import TaskHandle
+from cogo.sdk.llm import LlmReply, LlmUsage, ToolCall
+from cogo.sdk.worker import Worker
 from cogo.streams.envelope import Usage
+from cogo.streams.status import TaskStatus
 
 __version__ = "0.1.0"
 

@@ -61,7 +61,7 @@ MAX_FLOW_BURST = 100_000
 
 
 class FlowPolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """Flow control of one route, held across every dispatcher (``cogo.actors.admission``).
+    """Flow control of one route, held across every dispatcher (``cogo.runtime.flow.admission``).
 
     ``None`` is "no limit". At most ``concurrency`` attempts of the route run at once, at most
     ``concurrency_per_key`` of one ``__assignment.key``, and a key starts at most

@@ -22,7 +22,7 @@ Fixtures: ``cogo_env`` (a started ``CogoEnv``; ``ctx.llm`` of its agents already
 ``chat_server``), ``cogo_apps`` (override it: the apps to run), ``cogo_config`` (override it:
 TOML text merged over fast test settings), ``chat_server`` (an OpenAI-compatible endpoint on
 127.0.0.1 that answers from a script and counts calls). For a unit test without a bus, see
-``cogo.harness.AgentEnvironment`` (re-exported here).
+``cogo.sdk.harness.AgentEnvironment`` (re-exported here).
 
 The plugin is opt-in: ``-p cogo.testing`` in pytest's ``addopts`` (or
 ``pytest_plugins = ["cogo.testing"]`` in a top-level conftest.py). It needs pytest-asyncio
@@ -49,16 +49,16 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from cogo.actors.app import App
 from cogo.aio import dump_tasks
-from cogo.client import Client
 from cogo.config import LLM_BASE_URL_ENV, Config, load_config
 from cogo.devllm import ChatServer, Reply
-from cogo.harness import AgentEnvironment
+from cogo.sdk.app import App
+from cogo.sdk.client import Client
+from cogo.sdk.harness import AgentEnvironment
 
 if TYPE_CHECKING:
     from cogo.projections.projector import Projector
-    from cogo.startup import Startup
+    from cogo.runtime.startup import Startup
 
 __all__ = ["AgentEnvironment", "ChatServer", "CogoEnv", "Reply", "merged_toml"]
 
@@ -130,8 +130,8 @@ class CogoEnv:
         await self.stop()
 
     async def start(self) -> None:
-        from cogo.actors import app as builtin
-        from cogo.startup import Startup
+        from cogo.runtime.components import components
+        from cogo.runtime.startup import Startup
 
         if self.llm_url:
             self._saved_llm_env = os.environ.get(LLM_BASE_URL_ENV)
@@ -157,7 +157,7 @@ class CogoEnv:
         self.url = self.startup.url
         apps = [self._app(a) for a in self.apps]
         await self.startup.declare(apps)
-        await self.startup.run_agent(builtin.get("dispatcher"))
+        await self.startup.run_agent(components.get("dispatcher"))
         await self.startup.start_projector()
         for app, ref in zip(apps, self.apps, strict=True):
             for spec in app.agents.values():
@@ -218,7 +218,7 @@ class CogoEnv:
     def _app(app: App | str) -> App:
         if isinstance(app, App):
             return app
-        from cogo.actors.loader import load_ref
+        from cogo.runtime.loader import load_ref
 
         return load_ref(app)
 

@@ -171,7 +171,7 @@ def errors_page() -> str:
 
 def http_routes() -> list[Any]:
     from cogo.http import health, openapi, stream, tasks
-    from cogo.system import _extra_routes
+    from cogo.runtime.system import _extra_routes
 
     return [*tasks.routes, *stream.routes, *health.routes, *openapi.routes, *_extra_routes()]
 

@@ -1,12 +1,21 @@
-"""Print Cogo's import graph: package edges and every cycle between modules or packages.
+"""Print Cogo's import graph: its rooms, the edges between them, package edges and cycles.
 
-    python scripts/import_graph.py            # package edges, cycles; exit 1 on a cycle
+    python scripts/import_graph.py            # rooms, edges, cycles; exit 1 on a cycle or
+                                              # on an edge that points the wrong way
     python scripts/import_graph.py --modules  # every module edge too
     python scripts/import_graph.py --root /tmp/old/cogo   # another checkout's tree
 
 Every import counts, also one inside a function (a lazy import still ties two modules);
 ``if TYPE_CHECKING:`` blocks do not (they never run). Reads the source with ``ast``:
-nothing is imported."""
+nothing is imported.
+
+The rooms, from the bottom up (``ROOMS``): the foundation every room may import (errors,
+configuration, the wire types and the bus), the SDK users import, then side by side the
+agents Cogo ships (an app like any user's: SDK and foundation only) and the runtime that runs
+apps (the HTTP facade, projections, workflows and rollouts are runtime services), and on top
+the entry points (CLI, bench, ``cogo.testing``). An import may point down, never up nor
+sideways: the SDK never imports the runtime, the agents never the runtime, the runtime never
+the agents (it loads their app by reference, as it loads a user's)."""
 
 from __future__ import annotations
 
@@ -17,6 +26,64 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent / "cogo"
+
+
+# room -> its level: an import may only point to a lower level
+LEVELS = {"foundation": 0, "sdk": 1, "agents": 2, "runtime": 2, "entry points": 3}
+# room -> the packages and modules in it
+ROOMS: dict[str, tuple[str, ...]] = {
+    "foundation": (
+        "cogo.aio",
+        "cogo.config",
+        "cogo.endpoints",
+        "cogo.errors",
+        "cogo.lifeline",
+        "cogo.secretfile",
+        "cogo.streams",
+        "cogo.tracing",
+    ),
+    "sdk": ("cogo", "cogo.sdk", "cogo.integrations"),
+    "agents": ("cogo.agents", "cogo.indexing"),
+    "runtime": ("cogo.runtime", "cogo.http", "cogo.projections", "cogo.workflows", "cogo.rollouts"),
+    "entry points": ("cogo.__main__", "cogo.bench", "cogo.cli", "cogo.devllm", "cogo.testing"),
+}
+
+
+def room_of(module: str) -> str | None:
+    """The room of ``module``: that of the longest package in ``ROOMS`` it lies in."""
+    best, length = None, -1
+    for room, members in ROOMS.items():
+        for member in members:
+            inside = module == member or module.startswith(member + ".")
+            if inside and len(member) > length and (member != "cogo" or module == "cogo"):
+                best, length = room, len(member)
+    return best
+
+
+def wrong_way(src: str, dst: str) -> bool:
+    """Whether an import from room ``src`` of room ``dst`` points up or sideways."""
+    return src != dst and LEVELS[dst] >= LEVELS[src]
+
+
+def room_edges(edges: dict[str, set[str]]) -> dict[tuple[str, str], list[tuple[str, str]]]:
+    """(room, room) -> the module imports from the first into the second."""
+    out: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
+    for src, targets in edges.items():
+        for dst in targets:
+            a, b = room_of(src), room_of(dst)
+            if a and b and a != b:
+                out[a, b].append((src, dst))
+    return out
+
+
+def wrong_way_imports(edges: dict[str, set[str]]) -> list[str]:
+    """Every module import that points up or sideways between rooms, as text."""
+    return [
+        f"wrong way ({a} -> {b}): {src} imports {dst}"
+        for (a, b), pairs in sorted(room_edges(edges).items())
+        if wrong_way(a, b)
+        for src, dst in sorted(pairs)
+    ]
 
 
 def module_of(path: Path, root: Path) -> str:
@@ -141,6 +208,22 @@ def main() -> int:
     args = parser.parse_args()
     edges = graph(args.root.resolve())
     packages = package_edges(edges)
+    found = False
+    print("rooms:")
+    unplaced = sorted(m for m in edges if room_of(m) is None)
+    for room, level in sorted(LEVELS.items(), key=lambda item: item[1]):
+        members = sorted({package_of(m) for m in edges if room_of(m) == room})
+        print(f"  {level} {room}: {', '.join(members)}")
+    for module in unplaced:
+        found = True
+        print(f"module in no room (add its package to ROOMS): {module}")
+    rooms = room_edges(edges)
+    print("room edges (imports):")
+    for (a, b), pairs in sorted(rooms.items(), key=lambda item: (-LEVELS[item[0][0]], item[0])):
+        print(f"  {a} -> {b} ({len(pairs)}){'  WRONG WAY' if wrong_way(a, b) else ''}")
+    for line in wrong_way_imports(edges):
+        found = True
+        print(line)
     print("package edges:")
     for src in sorted(packages):
         print(f"  {src} -> {', '.join(sorted(packages[src]))}")
@@ -149,13 +232,12 @@ def main() -> int:
         for src in sorted(edges):
             if edges[src]:
                 print(f"  {src} -> {', '.join(sorted(edges[src]))}")
-    found = False
     for kind, cyc in (("package", cycles(packages)), ("module", cycles(edges))):
         for component in cyc:
             found = True
             print(f"{kind} cycle: {' <-> '.join(component)}")
     if not found:
-        print("no cycles")
+        print("no cycles, no edge pointing the wrong way")
     return 1 if found else 0
 
 

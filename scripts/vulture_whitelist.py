@@ -2,12 +2,12 @@
 # and model_config, msgspec/struct fields read as JSON, handlers registered by name,
 # pytest fixtures, http.server hooks. Regenerate after review with
 #   .venv/bin/vulture cogo --make-whitelist > scripts/vulture_whitelist.py
-cmd  # unused variable (cogo/actors/build_test.py:110)
-CodegenActor  # unused class (cogo/actors/codegen.py:84)
-EchoActor  # unused class (cogo/actors/echo.py:32)
-IndexerActor  # unused class (cogo/actors/indexer.py:50)
-verify  # unused function (cogo/actors/notifier.py:83)
-NotifierActor  # unused class (cogo/actors/notifier.py:107)
+cmd  # unused variable (cogo/agents/build_test.py:110)
+CodegenActor  # unused class (cogo/agents/codegen.py:84)
+EchoActor  # unused class (cogo/agents/echo.py:32)
+IndexerActor  # unused class (cogo/agents/indexer.py:50)
+verify  # unused function (cogo/agents/notifier.py:83)
+NotifierActor  # unused class (cogo/agents/notifier.py:107)
 _._done_sub  # unused attribute (cogo/bench/system.py:212)
 bench_agent  # unused function (cogo/bench/agent.py:38): an @app.agent handler, run by cogo run
 bench_steps  # unused function (cogo/bench/agent.py): an @app.agent handler, run by cogo run
@@ -23,12 +23,12 @@ model_config  # unused variable (cogo/http/schemas.py:32)
 _.direct  # unused attribute (cogo/projections/feed.py:213)
 _.direct  # unused attribute (cogo/projections/feed.py:256)
 bin_of  # unused function (cogo/projections/histogram.py:46)
-finished_at  # unused variable (cogo/projections/tasks.py:42)
+finished_at  # unused variable (cogo/streams/status.py)
 p50_ms  # unused variable (cogo/rollouts/gates.py:80)
 model_config  # unused variable (cogo/rollouts/http.py:53)
 next_attempt_at  # unused variable (cogo/streams/events.py:53)
 admitted_at  # unused variable (cogo/streams/flow.py:59)
-_.should_exit  # unused attribute (cogo/system.py:306)
+_.should_exit  # unused attribute (cogo/runtime/system.py:306)
 protocol_version  # unused variable (cogo/testing.py:348)
 _.do_POST  # unused method (cogo/testing.py:350)
 _.log_message  # unused method (cogo/testing.py:424)
@@ -60,7 +60,7 @@ node_type  # unused variable (cogo/streams/catalogue/): an event data field, rea
 deadline_at  # unused variable (cogo/streams/catalogue/): an event data field, read as JSON (SQL views, the dashboard)
 retry_at_iso  # unused variable (cogo/streams/catalogue/): an event data field, read as JSON (SQL views, the dashboard)
 
-# cogo.harness.FakeContext: the handler under test calls ctx.wait_signal (durable agents' API)
+# cogo.sdk.harness.FakeContext: the handler under test calls ctx.wait_signal (durable agents' API)
 wait_signal
 _.get_model  # unused method (cogo/integrations/openai_agents.py): the Agents SDK's ModelProvider interface, called by its Runner
 _.stream_response  # unused method (cogo/integrations/openai_agents.py): the Agents SDK's Model interface (Runner.run_streamed)

@@ -11,8 +11,8 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js.client import JetStreamContext
 
-from cogo.actors.loader import declare_apps
 from cogo.config import Config, load_config
+from cogo.runtime.loader import declare_apps
 from cogo.streams.connection import connect
 from cogo.streams.server import EmbeddedServer
 

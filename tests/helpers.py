@@ -13,8 +13,9 @@ from nats.aio.client import Client as NATS
 from nats.js import api
 from nats.js.client import JetStreamContext
 
-from cogo.actors.base import Actor
 from cogo.config import Config
+from cogo.runtime.base import Actor
+from cogo.runtime.worker import as_actor
 from cogo.streams.catalogue import TERMINAL_TYPES
 from cogo.streams.connection import connect
 from cogo.streams.envelope import EXECUTE_SUBJECT, MSG_ID, encoder, new_id
@@ -23,13 +24,14 @@ from cogo.streams.events import Event, decode_event
 
 @contextlib.asynccontextmanager
 async def running(
-    url: str, config: Config, *actor_classes: type[Actor], **kwargs: Any
+    url: str, config: Config, *actor_classes: type[Any], **kwargs: Any
 ) -> AsyncIterator[list[Actor]]:
     """Run actors in this process, each on its own connection; drain them on exit."""
     actors: list[Actor] = []
     conns: list[NATS] = []
     try:
-        for cls in actor_classes:
+        for target in actor_classes:
+            cls = as_actor(target)  # a cogo.Worker (echo) runs joined with the runtime's runner
             nc = await connect(url, f"test-{cls.kind}")
             conns.append(nc)
             actor = cls(nc, config, **kwargs)

@@ -190,7 +190,7 @@ def test_declaring_refuses_bad_names_handlers_and_policies():
 
 async def test_two_apps_on_one_route_are_refused_on_the_bus_with_both_names(tmp_path):
     async with CogoEnv(sample_apps.app, data_dir=tmp_path / "a") as env:
-        from cogo.actors.loader import declare_apps
+        from cogo.runtime.loader import declare_apps
 
         with pytest.raises(RouteConflict) as conflict:
             await declare_apps(env.client.nc.jetstream(), env.config, [sample_apps.rival])
@@ -198,7 +198,7 @@ async def test_two_apps_on_one_route_are_refused_on_the_bus_with_both_names(tmp_
 
 
 def test_results_keep_their_types_as_json():
-    from cogo.actors.agent import to_result
+    from cogo.sdk.agent import to_result
 
     assert to_result(sample_apps.Greeted("hi", 1)) == {"text": "hi", "pid": 1}
     assert to_result(sample_apps.Flaky(fail_times=1)) == {"fail_times": 1, "permanent": False}

@@ -1,13 +1,13 @@
-"""``cogo.startup.Startup``: the one start-up ``cogo up``, ``cogo.testing`` and the bench share."""
+"""``cogo.runtime.startup.Startup``: the one start-up ``cogo up``, ``cogo.testing`` and the bench share."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from cogo.actors import app as builtin
-from cogo.client import Client
+from cogo import Client
 from cogo.config import load_config
-from cogo.startup import Startup
+from cogo.runtime.components import components
+from cogo.runtime.startup import Startup
 from cogo.streams.server import EmbeddedServer
 from tests import sample_apps
 
@@ -19,7 +19,7 @@ async def test_agents_run_here_and_as_processes_and_stop_with_the_bus(tmp_path: 
     try:
         await boot.start_bus()
         await boot.declare([sample_apps.app])
-        await boot.run_agent(builtin.get("dispatcher"))
+        await boot.run_agent(components.get("dispatcher"))
         await boot.run_agent(sample_apps.app.agents["flaky"])
         child = boot.spawn("tests.sample_apps:app", "greet", import_roots=[ROOT])
         async with Client(boot.url, name="boot-test-client") as client:

@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 from nats.js.client import JetStreamContext
 
-from cogo.actors.base import Actor
-from cogo.actors.build_test import BuildTestActor
-from cogo.actors.codegen import CodegenActor
-from cogo.actors.dispatcher import ExecutorDispatcher
+from cogo.agents.build_test import BuildTestActor
+from cogo.agents.codegen import CodegenActor
 from cogo.config import Config
+from cogo.runtime.base import Actor
+from cogo.runtime.dispatcher import ExecutorDispatcher
 from cogo.streams.artifacts import ArtifactStore
 from cogo.streams.events import Event
 from tests.helpers import EventReader, running, submit
@@ -236,7 +236,7 @@ async def test_missing_inputs_fail_with_codes(nats_server, js, config, data_dir,
 
 def test_junit_from_an_untrusted_repository_cannot_blow_up_the_worker(tmp_path):
     """A report with entity expansion (billion laughs) or an external entity is refused."""
-    from cogo.actors.build_test import parse_junit
+    from cogo.agents.build_test import parse_junit
 
     lol = "".join(f'<!ENTITY l{i} "&l{i - 1};&l{i - 1};&l{i - 1};&l{i - 1};">' for i in range(1, 9))
     bomb = tmp_path / "bomb.xml"

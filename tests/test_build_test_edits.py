@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from cogo.actors.build_test import CommandRun, judge, parse_junit
-from cogo.actors.edits import (
+from cogo.agents.build_test import CommandRun, judge, parse_junit
+from cogo.agents.edits import (
     Create,
     SearchReplace,
     apply_edits,

@@ -20,8 +20,8 @@ import pytest
 from msgspec.structs import replace
 from nats.aio.client import Client as NATS
 
-from cogo.actors.loader import declare_apps
 from cogo.config import Config
+from cogo.runtime.loader import declare_apps
 from cogo.streams.cluster import LocalCluster
 from cogo.streams.connection import connect
 from cogo.streams.registry import declare

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from cogo.actors.codegen import parse_reply
+from cogo.agents.codegen import parse_reply
 from cogo.errors import LlmBadReply
 from cogo.streams.artifacts import ArtifactStore
 from tests.helpers import EventReader, submit

@@ -7,9 +7,9 @@ from datetime import datetime
 
 import pytest
 
-from cogo.actors.dispatcher import ExecutorDispatcher
-from cogo.actors.echo import EchoActor
+from cogo.agents.echo import EchoActor
 from cogo.errors import ConfigError
+from cogo.runtime.dispatcher import ExecutorDispatcher
 from cogo.streams.envelope import EXECUTE_SUBJECT, MSG_ID
 from cogo.streams.policies import set_policy
 from tests.helpers import EventReader, running, submit

@@ -146,11 +146,11 @@ async def _is(env, task_id: str, wanted: str) -> bool:
 
 
 async def test_cancelling_a_workflow_run_cancels_the_tasks_it_started(cogo_env):
-    from cogo.actors import app as builtin
-    from cogo.actors.orchestrator import CancelRun, send_command
+    from cogo.runtime.components import components
+    from cogo.runtime.workflow_engine import CancelRun, send_command
     from tests.test_workflow_support import start_run, wait_run
 
-    await cogo_env.startup.run_agent(builtin.get("orchestrator"))
+    await cogo_env.startup.run_agent(components.get("orchestrator"))
     js = cogo_env.client.nc.jetstream()
     plan = {"id": "durableWait", "nodes": [
         {"id": "ask", "type": "publish", "route": "dur.signal.0", "payload": {}},
@@ -167,7 +167,7 @@ async def test_cancelling_a_workflow_run_cancels_the_tasks_it_started(cogo_env):
 
 
 async def test_a_queued_child_of_a_cancelled_parent_never_runs(cogo_env):
-    from cogo.actors.loader import declare_apps
+    from cogo.runtime.loader import declare_apps
 
     js = cogo_env.client.nc.jetstream()
     await declare_apps(js, cogo_env.config, [durable_apps.queued])  # no worker yet

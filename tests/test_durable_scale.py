@@ -85,7 +85,7 @@ async def test_a_sigkill_of_the_whole_system_while_a_thousand_wait(tmp_path: Pat
     are suspended; after a restart on the same data dir each is signalled and finishes once."""
     import httpx
 
-    from cogo.client import Client
+    from cogo.sdk.client import Client
     from tests.upsystem import cogo_up, kill_system, stop
 
     data = tmp_path / "data"

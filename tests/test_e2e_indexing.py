@@ -1,4 +1,4 @@
-"""Acceptance of "Orchestrator workflow engine": the indexing workflow on a real `cogo up`.
+"""Acceptance of "WorkflowEngine workflow engine": the indexing workflow on a real `cogo up`.
 
 `POST /api/workflows/execute {"workflowId": "indexing", "parameters": {"path": <this repo>}}`
 completes, `GET /api/orchestrator/state` shows every node and the gate verdict, and
@@ -77,9 +77,9 @@ async def test_indexing_workflow_and_sql_over_code_symbols(tmp_path, config_path
         while not (result := await asyncio.to_thread(cogo_sql, data_dir, QUERY))["rows"]:
             assert time.monotonic() < deadline, result
             await asyncio.sleep(0.3)
-        expected = class_line(ROOT / "cogo/actors/dispatcher.py", "ExecutorDispatcher")
+        expected = class_line(ROOT / "cogo/runtime/dispatcher.py", "ExecutorDispatcher")
         assert result["columns"] == ["path", "line"]
-        assert [list(row) for row in result["rows"]] == [["cogo/actors/dispatcher.py", expected]]
+        assert [list(row) for row in result["rows"]] == [["cogo/runtime/dispatcher.py", expected]]
     finally:
         out = await asyncio.to_thread(stop, proc)
     assert proc.returncode == 0, out

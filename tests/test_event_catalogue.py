@@ -21,10 +21,10 @@ import msgspec
 import pytest
 
 import cogo
-from cogo.actors.dispatcher import ExecutorDispatcher
-from cogo.actors.echo import EchoActor
-from cogo.actors.orchestrator import Orchestrator, SignalRun, StartRun, send_command
+from cogo.agents.echo import EchoActor
 from cogo.projections import store
+from cogo.runtime.dispatcher import ExecutorDispatcher
+from cogo.runtime.workflow_engine import SignalRun, StartRun, WorkflowEngine, send_command
 from cogo.streams import catalogue
 from cogo.streams.catalogue import (
     CATALOGUE,
@@ -295,7 +295,7 @@ def test_old_events_read_through_their_struct() -> None:
 
 @pytest.mark.usefixtures("workflows_dir")
 async def test_every_event_of_a_real_run_decodes_against_its_struct(nats_server, js, config):
-    async with running(nats_server.url, config, ExecutorDispatcher, EchoActor, Orchestrator):
+    async with running(nats_server.url, config, ExecutorDispatcher, EchoActor, WorkflowEngine):
         ok = await submit(js, payload={"result": {"x": 1}})
         retried = await submit(js, payload={"fail_times": 1, "result": "second"})
         failed = await submit(js, payload={"fail_always": True})

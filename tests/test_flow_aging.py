@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-from cogo.actors import flow as flow_module
-from cogo.actors.dispatcher import ExecutorDispatcher
-from cogo.actors.echo import EchoActor
+from cogo.agents.echo import EchoActor
+from cogo.runtime.dispatcher import ExecutorDispatcher
+from cogo.runtime.flow import fairness as flow_module
 from cogo.streams.policies import set_policy
 from tests.helpers import EventReader, running, submit, wait_until
 

@@ -10,11 +10,11 @@ from typing import Any
 import httpx
 import pytest
 
-from cogo.actors.dispatcher import ExecutorDispatcher
-from cogo.actors.echo import EchoActor
+from cogo.agents.echo import EchoActor
 from cogo.http.app import create_app
 from cogo.http.flow import routes as flow_routes
 from cogo.http.state import AppState
+from cogo.runtime.dispatcher import ExecutorDispatcher
 from cogo.streams.policies import PolicyStore, reset_policy, set_policy
 from tests.helpers import EventReader, running, submit
 

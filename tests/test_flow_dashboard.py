@@ -13,14 +13,14 @@ import contextlib
 
 import uvicorn
 
-from cogo.actors.dispatcher import ExecutorDispatcher
-from cogo.actors.echo import EchoActor
+from cogo.agents.echo import EchoActor
 from cogo.http.app import create_app
 from cogo.http.server import server_config
 from cogo.http.state import AppState
+from cogo.runtime.dispatcher import ExecutorDispatcher
+from cogo.runtime.system import _extra_routes
 from cogo.streams.policies import PolicyStore, set_policy
 from cogo.streams.server import free_port
-from cogo.system import _extra_routes
 from tests.helpers import EventReader, running, submit
 from tests.test_dashboard import ARTIFACTS, dashboard_page
 from tests.test_projections import projecting

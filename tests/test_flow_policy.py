@@ -10,12 +10,12 @@ import httpx
 import pytest
 
 import cogo
-from cogo.actors.dispatcher import ExecutorDispatcher
-from cogo.actors.echo import EchoActor
+from cogo.agents.echo import EchoActor
 from cogo.config import FlowPolicy, load_config
 from cogo.errors import ConfigError
 from cogo.http.app import create_app
 from cogo.http.state import AppState
+from cogo.runtime.dispatcher import ExecutorDispatcher
 from cogo.streams.policies import PolicyStore, read_policy, set_policy
 from cogo.streams.registry import declare
 from tests.conftest import TEST_CONFIG

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import itertools
 
-from cogo.actors.flow import AGE_PER_LEVEL_S, KEY_LIMIT, RATE_LIMIT, ROUTE_LIMIT, Held, RouteFlow
 from cogo.config import FlowPolicy
+from cogo.runtime.flow.fairness import (
+    AGE_PER_LEVEL_S,
+    KEY_LIMIT,
+    RATE_LIMIT,
+    ROUTE_LIMIT,
+    Held,
+    RouteFlow,
+)
 
 _seq = itertools.count(1)
 

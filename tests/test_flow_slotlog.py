@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 
-from cogo.actors import slotlog
-from cogo.actors.flow import RouteFlow
-from cogo.actors.slotlog import KV_STREAM, SlotLog
 from cogo.config import FlowPolicy
+from cogo.runtime.flow import slotlog
+from cogo.runtime.flow.fairness import RouteFlow
+from cogo.runtime.flow.slotlog import KV_STREAM, SlotLog
 from cogo.streams.flow import (
     decode_log_record,
     decode_snapshot,

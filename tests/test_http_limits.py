@@ -16,8 +16,8 @@ from cogo.http import server as http_server
 from cogo.http.app import create_app
 from cogo.http.jsonbody import MAX_DEPTH
 from cogo.http.state import AppState
+from cogo.runtime.system import _extra_routes
 from cogo.streams.policies import PolicyStore
-from cogo.system import _extra_routes
 
 TOKEN = "t0k"
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from cogo.actors.dispatcher import ExecutorDispatcher
-from cogo.actors.echo import EchoActor
+from cogo.agents.echo import EchoActor
 from cogo.http.app import create_app
 from cogo.http.state import AppState
+from cogo.runtime.dispatcher import ExecutorDispatcher
 from cogo.streams.policies import PolicyStore
 from tests.helpers import EventReader, running
 

@@ -8,12 +8,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from cogo.actors.dispatcher import ExecutorDispatcher
-from cogo.actors.indexer import IndexerActor
-from cogo.actors.orchestrator import Orchestrator
+from cogo.agents.indexer import IndexerActor
 from cogo.indexing.files import list_files
 from cogo.indexing.symbols import go_symbols, javascript_symbols, python_symbols, rust_symbols
 from cogo.projections.projector import Projector
+from cogo.runtime.dispatcher import ExecutorDispatcher
+from cogo.runtime.workflow_engine import WorkflowEngine
 from cogo.streams.connection import connect
 from cogo.workflows.definition import Catalog
 from tests.helpers import EventReader, running, submit
@@ -47,7 +47,7 @@ async def test_index_this_repository(nats_server, js, config, data_dir):
         result = await _index(js, REPO)
     assert result["files"] > 20 and result["indexed"] == result["files"]
     assert result["languages"]["python"] > 10
-    source = (REPO / "cogo/actors/dispatcher.py").read_text().splitlines()
+    source = (REPO / "cogo/runtime/dispatcher.py").read_text().splitlines()
     line = next(
         i for i, text in enumerate(source, 1) if text.startswith("class ExecutorDispatcher")
     )
@@ -56,11 +56,11 @@ async def test_index_this_repository(nats_server, js, config, data_dir):
         "SELECT path, kind, line, parent FROM code_symbols WHERE name = 'ExecutorDispatcher'"
         f" AND kind = 'class' AND repo = '{REPO}'",
     )  # fmt: skip
-    assert rows == [("cogo/actors/dispatcher.py", "class", line, None)]
+    assert rows == [("cogo/runtime/dispatcher.py", "class", line, None)]
     files = await _query(
         nats_server, config, data_dir,
         f"SELECT language, lines FROM code_files WHERE repo = '{REPO}'"
-        " AND path = 'cogo/actors/dispatcher.py'",
+        " AND path = 'cogo/runtime/dispatcher.py'",
     )  # fmt: skip
     assert files == [("python", len(source))]
     # nothing from the virtualenv or git internals
@@ -82,8 +82,8 @@ async def test_reindex_is_incremental(nats_server, js, config, data_dir, tmp_pat
     async with running(nats_server.url, config, ExecutorDispatcher, IndexerActor):
         first = await _index(js, repo)
         second = await _index(js, repo)
-        (repo / "cogo/actors/echo.py").write_text("class Echoed:\n    pass\n")
-        (repo / "cogo/actors/reclaim.py").unlink()
+        (repo / "cogo/agents/echo.py").write_text("class Echoed:\n    pass\n")
+        (repo / "cogo/runtime/reclaim.py").unlink()
         third = await _index(js, repo)
     assert first["indexed"] == first["files"] > 20
     assert first["skipped_binary"] == 1
@@ -95,9 +95,9 @@ async def test_reindex_is_incremental(nats_server, js, config, data_dir, tmp_pat
     rows = await _query(
         nats_server, config, data_dir,
         f"SELECT path, name FROM code_symbols WHERE repo = '{repo}' AND kind = 'class'"
-        " AND path IN ('cogo/actors/echo.py', 'cogo/actors/reclaim.py', 'build/generated.py')",
+        " AND path IN ('cogo/agents/echo.py', 'cogo/runtime/reclaim.py', 'build/generated.py')",
     )  # fmt: skip
-    assert rows == [("cogo/actors/echo.py", "Echoed")]
+    assert rows == [("cogo/agents/echo.py", "Echoed")]
     count = await _query(nats_server, config, data_dir,
                          f"SELECT count(*) FROM code_files WHERE repo = '{repo}'")  # fmt: skip
     assert count == [(third["files"],)]
@@ -170,7 +170,7 @@ async def test_indexing_workflow(nats_server, js, config, tmp_path):
     (repo / "pkg" / "core.py").write_text("class Core:\n    def go(self): ...\n")
     (repo / "main.go").write_text("package main\nfunc main() {}\n")
     definition = Catalog().get("indexing")
-    async with running(nats_server.url, config, ExecutorDispatcher, IndexerActor, Orchestrator):
+    async with running(nats_server.url, config, ExecutorDispatcher, IndexerActor, WorkflowEngine):
         run_id = await start_run(js, config, definition, path=str(repo))
         state = await wait_run(js, run_id, timeout=25)
         empty = tmp_path / "empty"

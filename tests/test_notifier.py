@@ -7,8 +7,7 @@ import json
 import stat
 from typing import Any
 
-from cogo.actors.dispatcher import ExecutorDispatcher
-from cogo.actors.notifier import (
+from cogo.agents.notifier import (
     DELIVERY_HEADER,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
@@ -18,6 +17,7 @@ from cogo.actors.notifier import (
     verify,
     webhook_secret,
 )
+from cogo.runtime.dispatcher import ExecutorDispatcher
 from cogo.streams.server import free_port
 from tests.helpers import EventReader, running, submit
 from tests.test_workflow_support import Webhook, webhook_fixture  # noqa: F401

@@ -13,7 +13,7 @@ import time
 import httpx
 import nats.errors
 
-from cogo.actors.dispatcher import ExecutorDispatcher
+from cogo.runtime.dispatcher import ExecutorDispatcher
 from cogo.streams.connection import connect
 from cogo.streams.envelope import EXECUTE_SUBJECT, MSG_ID, encoder, new_id
 from tests.helpers import EventReader, running, submit

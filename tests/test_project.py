@@ -17,12 +17,13 @@ import msgspec
 import pytest
 
 import cogo
-from cogo.actors.app import App
-from cogo.client import Client, decode_as, payload_dict
 from cogo.config import load_config, resolve_data_dir
 from cogo.devllm import ChatServer
 from cogo.errors import CogoError, InvalidPayload, ModelNotAllowed, StepNameReused
-from cogo.harness import AgentEnvironment
+from cogo.sdk.app import App
+from cogo.sdk.client import Client
+from cogo.sdk.handle import decode_as, payload_dict
+from cogo.sdk.harness import AgentEnvironment
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -255,8 +256,8 @@ def test_help_texts_describe_every_submit_argument_and_no_rest_markup():
 
 def test_the_http_port_is_remembered_when_it_is_free(tmp_path):
     """Item 11: the HTTP port stays across restarts."""
+    from cogo.runtime.system import HTTP_PORT_FILE, remembered_http_port
     from cogo.streams.server import free_port
-    from cogo.system import HTTP_PORT_FILE, remembered_http_port
 
     port = free_port()
     (tmp_path / HTTP_PORT_FILE).write_text(f"{port}\n")

@@ -26,9 +26,7 @@ import msgspec
 import pytest
 from nats.js.errors import NotFoundError
 
-from cogo.actors.base import publish_dead_letter
-from cogo.actors.dispatcher import ExecutorDispatcher
-from cogo.actors.echo import EchoActor
+from cogo.agents.echo import EchoActor
 from cogo.bench.projections import fill, synthetic_events
 from cogo.errors import ProjectionBusy
 from cogo.http.app import create_app
@@ -39,6 +37,8 @@ from cogo.projections import store as store_module
 from cogo.projections.projector import Projector, consumer_name
 from cogo.projections.replay import replay_offline
 from cogo.projections.store import connect, db_path, schema_files
+from cogo.runtime.base import publish_dead_letter
+from cogo.runtime.dispatcher import ExecutorDispatcher
 from cogo.streams.policies import PolicyStore
 from cogo.streams.topology import ensure_topology
 from tests.helpers import EventReader, running, submit

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from cogo.actors.dispatcher import ExecutorDispatcher
-from cogo.actors.supervisor import Supervisor, spawn
 from cogo.config import load_config
+from cogo.runtime.dispatcher import ExecutorDispatcher
+from cogo.runtime.supervisor import Supervisor, spawn
 from tests.helpers import EventReader, running, submit
 from tests.upsystem import stop
 

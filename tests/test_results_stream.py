@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from cogo.actors import dispatcher as dispatcher_module
-from cogo.actors.dispatcher import ExecutorDispatcher
-from cogo.actors.echo import EchoActor
+from cogo.agents.echo import EchoActor
+from cogo.runtime import dispatcher as dispatcher_module
+from cogo.runtime.dispatcher import ExecutorDispatcher
 from cogo.streams.envelope import (
     MSG_ID,
     RESULT_SUBJECT,

@@ -19,12 +19,12 @@ from typing import Any
 import httpx
 import msgspec
 
-from cogo.actors.dispatcher import ExecutorDispatcher
-from cogo.actors.echo import EchoActor
+from cogo.agents.echo import EchoActor
 from cogo.config import Backoff
 from cogo.rollouts.canary import BASELINE, CANARY, choose, share_bucket
 from cogo.rollouts.gates import Figures, evaluate, wilson
 from cogo.rollouts.split import RouteSplit
+from cogo.runtime.dispatcher import ExecutorDispatcher
 from cogo.streams.connection import connect
 from cogo.streams.envelope import (
     EXECUTE_SUBJECT,

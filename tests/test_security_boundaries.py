@@ -21,8 +21,8 @@ import nats.errors
 import pytest
 
 import cogo
-from cogo.actors.steps import journal_subject
 from cogo.config import Backoff
+from cogo.sdk.steps import journal_subject
 from cogo.streams.catalogue import StepCompleted
 from cogo.streams.envelope import (
     EXECUTE_SUBJECT,

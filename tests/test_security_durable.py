@@ -21,8 +21,8 @@ import pytest
 from nats.js import api
 
 import cogo
-from cogo.actors.steps import task_bucket
-from cogo.actors.suspension import record_key
+from cogo.runtime.suspension import record_key
+from cogo.sdk.steps import task_bucket
 from cogo.streams.catalogue import CALL_STARTED, CallStarted
 from cogo.streams.envelope import EXECUTE_SUBJECT, MSG_ID, new_id
 from cogo.streams.events import encode_event, make_event

@@ -415,8 +415,8 @@ async def test_an_app_user_cannot_list_streams_or_read_tasks_info(secure: Secure
 async def test_at_the_bound_the_oldest_idle_version_is_retired(nc, js, config, data_dir) -> None:
     from types import SimpleNamespace
 
+    from cogo.runtime.version_grants import VersionGrants
     from cogo.streams.registry import declare_version
-    from cogo.system import System
 
     user, route = "echo", "echo.run.0"
     plan = AuthPlan(workers={user: [route]})
@@ -424,10 +424,11 @@ async def test_at_the_bound_the_oldest_idle_version_is_retired(nc, js, config, d
         plan.versions.setdefault(user, []).append(await declare_version(js, config, route, f"v{n}"))
     await js.publish(f"{route}.v0", b"{}")  # v0 still has a task waiting: never retired
     up = SimpleNamespace(auth_plan=plan, nc=nc, data_dir=data_dir)
-    await System._retire_idle_version(up, user, route)  # type: ignore[arg-type]
+    grants = VersionGrants(up)  # type: ignore[arg-type]
+    await grants._retire_idle_version(user, route)
     assert plan.versions[user] == [f"{route}.v{n}" for n in (0, *range(2, 8))]
     names = {c.name for c in await js.consumers_info("TASKS")}
     assert "echo-run-0-v0" in names and "echo-run-0-v1" not in names
     assert json.loads((data_dir / "grants.json").read_text()) == plan.versions
-    await System._retire_idle_version(up, user, route)  # type: ignore[arg-type]
+    await grants._retire_idle_version(user, route)
     assert len(plan.versions[user]) == MAX_VERSIONS_PER_ROUTE - 1  # under the bound: kept

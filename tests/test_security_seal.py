@@ -10,9 +10,9 @@ import msgspec
 import nats.errors
 import pytest
 
-from cogo.actors.dispatcher import ExecutorDispatcher
-from cogo.actors.echo import EchoActor
+from cogo.agents.echo import EchoActor
 from cogo.config import SEAL_KEY_ENV, Backoff
+from cogo.runtime.dispatcher import ExecutorDispatcher
 from cogo.streams.envelope import (
     EXECUTE_SUBJECT,
     MSG_ID,

@@ -1,5 +1,5 @@
-from cogo.actors.dispatcher import ExecutorDispatcher
-from cogo.actors.echo import EchoActor
+from cogo.agents.echo import EchoActor
+from cogo.runtime.dispatcher import ExecutorDispatcher
 from tests.helpers import EventReader, running, submit
 
 

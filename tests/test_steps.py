@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 import cogo
-from cogo.actors.steps import JOURNAL_BUCKETS, journal_subject
+from cogo.sdk.steps import JOURNAL_BUCKETS, journal_subject
 from cogo.testing import CogoEnv
 from tests import runtime_apps
 from tests.runtime_apps import RUNS

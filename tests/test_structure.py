@@ -1,6 +1,7 @@
 """Package boundaries (``scripts/import_graph.py``): no import cycles between modules or
-packages, and every import points down the layers below (a lower layer never imports an
-upper one, not even inside a function)."""
+packages; every import points down the rooms (foundation, SDK, agents | runtime, entry
+points) and, inside them, down the layers of packages (a lower layer never imports an upper
+one, not even inside a function)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,9 @@ import import_graph  # noqa: E402
 # lowest first: a package may import the ones before it, never the ones after
 LAYERS = [
     "cogo.errors", "cogo.aio", "cogo.tracing", "cogo.lifeline", "cogo.config", "cogo.secretfile",
-    "cogo.streams", "cogo.indexing", "cogo.workflows", "cogo.projections", "cogo.http",
-    "cogo.rollouts", "cogo.actors", "cogo.client", "cogo.devllm", "cogo.harness",
-    "cogo.integrations", "cogo.system", "cogo.testing", "cogo.bench",
-    "cogo.cli", "cogo.__main__",
+    "cogo.streams", "cogo.sdk", "cogo.integrations", "cogo.indexing", "cogo.agents",
+    "cogo.workflows", "cogo.projections", "cogo.http", "cogo.rollouts", "cogo.runtime",
+    "cogo.devllm", "cogo.testing", "cogo.bench", "cogo.cli", "cogo.__main__",
 ]  # fmt: skip
 
 
@@ -25,6 +25,17 @@ def test_no_import_cycles():
     edges = import_graph.graph()
     assert import_graph.cycles(edges) == []
     assert import_graph.cycles(import_graph.package_edges(edges)) == []
+
+
+def test_every_module_is_in_a_room():
+    unplaced = [m for m in import_graph.graph() if import_graph.room_of(m) is None]
+    assert unplaced == [], "place these in import_graph.ROOMS"
+
+
+def test_imports_point_down_the_rooms():
+    """The SDK never imports the runtime, the agents Cogo ships neither (nor the runtime
+    them), the foundation nothing above it."""
+    assert import_graph.wrong_way_imports(import_graph.graph()) == []
 
 
 def test_imports_point_down_the_layers():
@@ -38,6 +49,14 @@ def test_imports_point_down_the_layers():
         if LAYERS.index(dst) > LAYERS.index(src)
     ]
     assert upward == []
+
+
+def test_the_rooms_check_fails_on_an_upward_import():
+    for src, dst in [("sdk", "runtime"), ("agents", "runtime"), ("runtime", "agents")]:
+        assert import_graph.wrong_way(src, dst), f"{src} -> {dst}"
+    assert import_graph.wrong_way("foundation", "sdk")
+    assert not import_graph.wrong_way("runtime", "sdk")
+    assert not import_graph.wrong_way("entry points", "agents")
 
 
 def test_cogo_variables_are_read_in_config_and_documented():

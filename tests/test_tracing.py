@@ -274,7 +274,7 @@ def test_an_unreachable_endpoint_fails_no_task_and_its_spans_are_dropped_and_cou
 
 def test_off_nothing_is_imported_and_nothing_is_added():
     code = (
-        "import sys, cogo, cogo.client, cogo.actors.worker, cogo.actors.dispatcher, "
+        "import sys, cogo, cogo.sdk.client, cogo.runtime.worker, cogo.runtime.dispatcher, "
         "cogo.http.app\n"
         "from cogo import tracing\n"
         "from cogo.streams.events import make_event\n"

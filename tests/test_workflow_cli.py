@@ -11,14 +11,14 @@ import pytest
 import uvicorn
 
 from cogo import cli
-from cogo.actors.dispatcher import ExecutorDispatcher
-from cogo.actors.echo import EchoActor
-from cogo.actors.orchestrator import Orchestrator
+from cogo.agents.echo import EchoActor
 from cogo.cli.workflows import parameters_of
 from cogo.endpoints import Endpoints, write_endpoints
 from cogo.http import orchestrator as orchestrator_routes
 from cogo.http.app import create_app
 from cogo.http.state import AppState
+from cogo.runtime.dispatcher import ExecutorDispatcher
+from cogo.runtime.workflow_engine import WorkflowEngine
 from cogo.streams.policies import PolicyStore
 from cogo.streams.server import free_port
 from tests.helpers import running
@@ -63,7 +63,7 @@ async def test_workflow_commands(nats_server, nc, js, config, data_dir, tmp_path
     try:
         async with (
             running(nats_server.url, config, ExecutorDispatcher, EchoActor),
-            running(nats_server.url, config, Orchestrator, data_dir=data_dir),
+            running(nats_server.url, config, WorkflowEngine, data_dir=data_dir),
         ):
             code, out = await _cli(capsys, "workflow", "run", "--file", str(definition),
                                    "-p", "sleep_ms=10", "--run-id", "cli-run-1", "--wait",

@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from cogo.actors.dispatcher import ExecutorDispatcher
-from cogo.actors.echo import EchoActor
-from cogo.actors.notifier import SIGNATURE_HEADER, TIMESTAMP_HEADER, NotifierActor, sign
-from cogo.actors.orchestrator import CancelRun, Orchestrator, send_command
+from cogo.agents.echo import EchoActor
+from cogo.agents.notifier import SIGNATURE_HEADER, TIMESTAMP_HEADER, NotifierActor, sign
+from cogo.runtime.dispatcher import ExecutorDispatcher
+from cogo.runtime.workflow_engine import CancelRun, WorkflowEngine, send_command
 from tests.helpers import EventReader, running
 from tests.test_workflow_support import Webhook, start_run, wait_run, webhook_fixture  # noqa: F401
 
@@ -67,7 +67,7 @@ EVERY_NODE_TYPE: dict[str, Any] = {
 
 async def test_every_node_type(nats_server, js, config, webhook: Webhook, monkeypatch):
     monkeypatch.setenv("COGO_WEBHOOK_SECRET", SECRET)
-    async with running(nats_server.url, config, ExecutorDispatcher, EchoActor, Orchestrator):
+    async with running(nats_server.url, config, ExecutorDispatcher, EchoActor, WorkflowEngine):
         async with running(nats_server.url, config, NotifierActor):
             run_id = await start_run(js, config, EVERY_NODE_TYPE, webhook_url=webhook.url)
             state = await wait_run(js, run_id)
@@ -140,7 +140,7 @@ FAILING_GATE: dict[str, Any] = {
 
 async def test_failing_gate_records_failed_verdict(nats_server, js, config, webhook, monkeypatch):
     monkeypatch.setenv("COGO_WEBHOOK_SECRET", SECRET)
-    async with running(nats_server.url, config, ExecutorDispatcher, EchoActor, Orchestrator):
+    async with running(nats_server.url, config, ExecutorDispatcher, EchoActor, WorkflowEngine):
         async with running(nats_server.url, config, NotifierActor):
             run_id = await start_run(js, config, FAILING_GATE, webhook_url=webhook.url)
             state = await wait_run(js, run_id)
@@ -180,7 +180,7 @@ WAITING: dict[str, Any] = {
 
 
 async def test_wait_timeout_fails_the_run(nats_server, js, config):
-    async with running(nats_server.url, config, ExecutorDispatcher, EchoActor, Orchestrator):
+    async with running(nats_server.url, config, ExecutorDispatcher, EchoActor, WorkflowEngine):
         run_id = await start_run(js, config, WAITING, timeout_ms=500)
         state = await wait_run(js, run_id, timeout=10)
     assert state.status == "failed"
@@ -190,7 +190,7 @@ async def test_wait_timeout_fails_the_run(nats_server, js, config):
 
 
 async def test_cancel_a_run(nats_server, js, config):
-    async with running(nats_server.url, config, ExecutorDispatcher, EchoActor, Orchestrator):
+    async with running(nats_server.url, config, ExecutorDispatcher, EchoActor, WorkflowEngine):
         run_id = await start_run(js, config, WAITING)
         await wait_run(js, run_id, until=lambda s: s.nodes.get("never") and
                        s.nodes["never"].status == "running")  # fmt: skip

@@ -10,12 +10,12 @@ from typing import Any
 import httpx
 import pytest
 
-from cogo.actors.dispatcher import ExecutorDispatcher
-from cogo.actors.echo import EchoActor
-from cogo.actors.orchestrator import Orchestrator
+from cogo.agents.echo import EchoActor
 from cogo.http import orchestrator as orchestrator_routes
 from cogo.http.app import create_app
 from cogo.http.state import AppState
+from cogo.runtime.dispatcher import ExecutorDispatcher
+from cogo.runtime.workflow_engine import WorkflowEngine
 from cogo.streams.policies import PolicyStore
 from tests.helpers import running
 
@@ -134,7 +134,7 @@ async def test_execute_state_runs_and_metrics(nats_server, client, config, data_
     import json
 
     (data_dir / "workflows" / "echoGated.json").write_text(json.dumps(ECHO_GATED))
-    async with running(nats_server.url, config, ExecutorDispatcher, EchoActor, Orchestrator):
+    async with running(nats_server.url, config, ExecutorDispatcher, EchoActor, WorkflowEngine):
         started = await client.post(
             "/api/workflows/execute",
             json={"workflowId": "echoGated", "parameters": {"verdict": "pass"}},
@@ -196,7 +196,7 @@ async def test_signal_route_statuses(nats_server, client, config, data_dir):
     import json
 
     (data_dir / "workflows" / "gatedByHuman.json").write_text(json.dumps(GATED_BY_HUMAN))
-    async with running(nats_server.url, config, ExecutorDispatcher, EchoActor, Orchestrator):
+    async with running(nats_server.url, config, ExecutorDispatcher, EchoActor, WorkflowEngine):
         started = await client.post("/api/workflows/execute", json={"workflowId": "gatedByHuman"})
         run_id = started.json()["runId"]
         unknown_run = await client.post("/api/orchestrator/signal",

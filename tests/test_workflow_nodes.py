@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from cogo.actors.dispatcher import ExecutorDispatcher
-from cogo.actors.echo import EchoActor
-from cogo.actors.orchestrator import CancelRun, Orchestrator, SignalRun, send_command
+from cogo.agents.echo import EchoActor
 from cogo.errors import InvalidParameters, InvalidWorkflow
+from cogo.runtime.dispatcher import ExecutorDispatcher
+from cogo.runtime.workflow_engine import CancelRun, SignalRun, WorkflowEngine, send_command
 from cogo.workflows.definition import Catalog
 from cogo.workflows.expressions import evaluate
 from cogo.workflows.planner import plan_workflow
@@ -39,7 +39,7 @@ def _running(node: str) -> Any:
 
 
 async def test_signal_early_late_and_timeout(nats_server, js, config):
-    async with running(nats_server.url, config, ExecutorDispatcher, EchoActor, Orchestrator):
+    async with running(nats_server.url, config, ExecutorDispatcher, EchoActor, WorkflowEngine):
         # early: sent while `work` still runs, so before the signal node started
         early = await start_run(js, config, APPROVAL, sleep_ms=1500)
         await wait_run(js, early, until=_running("work"))
@@ -97,7 +97,7 @@ def _items(n: int, fail: int | None = None) -> list[dict[str, Any]]:
 
 
 async def test_map_results_in_order_bounded_and_failures(nats_server, js, config):
-    async with running(nats_server.url, config, ExecutorDispatcher, EchoActor, Orchestrator):
+    async with running(nats_server.url, config, ExecutorDispatcher, EchoActor, WorkflowEngine):
         ok = await start_run(js, config, MAPPED, items=_items(6))
         tolerant = await start_run(js, config, MAPPED, items=_items(4, fail=1), allow=True)
         strict = await start_run(js, config, MAPPED, items=_items(4, fail=1))
@@ -168,9 +168,9 @@ def _catalog_plan(config: Any, workflow_id: str, **params: Any) -> Any:
 
 
 async def test_child_runs_links_and_cancel_cascade(nats_server, js, config, workflows_dir):
-    async with running(nats_server.url, config, ExecutorDispatcher, EchoActor, Orchestrator):
+    async with running(nats_server.url, config, ExecutorDispatcher, EchoActor, WorkflowEngine):
         plan = _catalog_plan(config, "parent")
-        from cogo.actors.orchestrator import StartRun
+        from cogo.runtime.workflow_engine import StartRun
 
         await send_command(js, StartRun(run_id="p1", plan=plan.to_json()))
         done = await wait_run(js, "p1")
@@ -248,7 +248,7 @@ async def test_map_items_that_turn_out_not_a_list(nats_server, js, config):
         {"id": "each", "type": "map", "items": "${nodes.first.result}",
          "node": {"type": "publish", "route": "echo.run.0", "payload": {}}},
     ]}  # fmt: skip
-    async with running(nats_server.url, config, ExecutorDispatcher, EchoActor, Orchestrator):
+    async with running(nats_server.url, config, ExecutorDispatcher, EchoActor, WorkflowEngine):
         state = await wait_run(js, await start_run(js, config, definition))
     assert state.status == "failed"
     assert state.nodes["each"].error_code == "workflow.parameters_invalid"

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from cogo.actors.dispatcher import ExecutorDispatcher
-from cogo.actors.echo import EchoActor
+from cogo.agents.echo import EchoActor
+from cogo.runtime.dispatcher import ExecutorDispatcher
 from cogo.streams.envelope import new_id
 from cogo.workflows import history
 from cogo.workflows.engine import Append, Submit, decide, started_event

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from nats.js.client import JetStreamContext
 
-from cogo.actors.orchestrator import StartRun, send_command
 from cogo.config import Config
+from cogo.runtime.workflow_engine import StartRun, send_command
 from cogo.streams.envelope import new_id
 from cogo.workflows import history
 from cogo.workflows.planner import Plan, plan_workflow

@@ -22,7 +22,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cogo.actors.runner import _use_uvloop
 from cogo.bench.agent import agent_vs_echo
 from cogo.bench.agent import app as bench_app
 from cogo.bench.client import client_figures
@@ -38,6 +37,7 @@ from cogo.bench.system import Bench, Options, Progress
 from cogo.bench.traces import tracing_overhead
 from cogo.bench.workflow import workflow_steps
 from cogo.errors import CogoError
+from cogo.runtime.runner import _use_uvloop
 from cogo.streams.server import SYNC_CHOICES
 
 DEFAULT_RATES = [500, 1000, 2000]

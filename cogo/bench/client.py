@@ -29,8 +29,8 @@ from nats.aio.msg import Msg
 
 from cogo.bench.agent import APP_REF, STEPS_AGENT, STEPS_ROUTE
 from cogo.bench.system import ROUTE, Bench, percentile, task_body
-from cogo.client import Client
 from cogo.errors import CogoError
+from cogo.sdk.client import Client
 from cogo.streams.envelope import EXECUTE_SUBJECT, MSG_ID
 from cogo.streams.topology import TASKS
 

@@ -13,10 +13,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from cogo.actors.runner import _use_uvloop
 from cogo.bench.system import ROUTE, Bench, peak_rss_mb
 from cogo.config import load_config
 from cogo.errors import CogoError
+from cogo.runtime.runner import _use_uvloop
 from cogo.streams.server import free_port
 
 
@@ -82,7 +82,7 @@ def serve_facade(nats_url: str, port: int, token: str) -> None:
     import uvicorn
 
     from cogo.http.state import AppState
-    from cogo.startup import Startup
+    from cogo.runtime.startup import Startup
 
     async def main() -> None:
         # `cogo up`'s start-up joining the bench's server: the facade alone

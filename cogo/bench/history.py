@@ -25,7 +25,7 @@ import httpx
 from cogo.bench.projections import WORKFLOW_ID, synthetic_events
 from cogo.config import Config, load_config
 from cogo.errors import CogoError
-from cogo.startup import Startup
+from cogo.runtime.startup import Startup
 from cogo.streams.envelope import MSG_ID
 from cogo.streams.publisher import Publisher
 

@@ -21,7 +21,7 @@ import msgspec
 from cogo.config import load_config
 from cogo.projections.replay import Rebuild
 from cogo.projections.store import EventBatch, ProjectionStore
-from cogo.startup import Startup
+from cogo.runtime.startup import Startup
 from cogo.streams.catalogue import (
     EXECUTE_DONE,
     EXECUTE_ENQUEUED,

@@ -31,10 +31,10 @@ from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from cogo.actors.app import App
 from cogo.config import PROJECTOR_CONSUMER_ENV, Config, load_config
 from cogo.errors import CogoError
-from cogo.startup import Startup
+from cogo.runtime.startup import Startup
+from cogo.sdk.app import App
 from cogo.streams.envelope import EXECUTE_SUBJECT, MSG_ID
 from cogo.streams.publisher import Publisher
 from cogo.streams.server import EmbeddedServer

@@ -61,7 +61,7 @@ def cmd_config(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.data_dir)
     accounts, passwords = "", None
     if args.auth:
-        from cogo.actors.loader import apps_for_up
+        from cogo.runtime.loader import apps_for_up
 
         decls = [d for loaded in apps_for_up(config, args.app) for d in loaded.app.declarations()]
         plan = auth_module.AuthPlan.from_decls(decls)

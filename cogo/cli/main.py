@@ -158,7 +158,7 @@ def _plugins() -> list[Any]:
 
 
 def _runnable_epilog() -> str:
-    from cogo.actors.loader import runnable
+    from cogo.runtime.loader import runnable
 
     try:
         config = load_config(None, resolve_data_dir())
@@ -168,9 +168,9 @@ def _runnable_epilog() -> str:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from cogo.actors.loader import add_app_dir
-    from cogo.actors.runner import _use_uvloop
-    from cogo.system import System, run_up
+    from cogo.runtime.loader import add_app_dir
+    from cogo.runtime.runner import _use_uvloop
+    from cogo.runtime.system import System, run_up
 
     system = System(
         args.data_dir,
@@ -192,8 +192,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from cogo.actors.loader import add_app_dir, resolve
-    from cogo.actors.runner import check_can_run, run_agent_main, run_processes
+    from cogo.runtime.loader import add_app_dir, resolve
+    from cogo.runtime.runner import check_can_run, run_agent_main, run_processes
     from cogo.streams.auth import SEAL_HOLDERS, stored_seal_key, user_of
 
     app_dir = add_app_dir(args.app_dir)
@@ -231,7 +231,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_reclaim(args: argparse.Namespace) -> int:
-    from cogo.actors.reclaim import reclaim
+    from cogo.runtime.reclaim import reclaim
 
     async def main() -> int:
         async with bus(args, "cogo-reclaim") as nc:

@@ -83,7 +83,7 @@ nats-server with the dispatcher (cogo_env, a second or two)."""
 import pytest
 
 import cogo
-from cogo.harness import AgentEnvironment
+from cogo.sdk.harness import AgentEnvironment
 from {name}.agents import Text, app, count, reply
 
 

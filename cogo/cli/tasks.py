@@ -39,7 +39,7 @@ def read_payload(text: str) -> dict[str, Any]:
 def cmd_submit(args: argparse.Namespace) -> int:
     import msgspec
 
-    from cogo.client import Client
+    from cogo.sdk.client import Client
 
     payload = read_payload(args.payload)
 
@@ -93,7 +93,7 @@ async def _follow(handle: Any) -> None:
 def cmd_status(args: argparse.Namespace) -> int:
     import msgspec
 
-    from cogo.client import Client
+    from cogo.sdk.client import Client
 
     async def main() -> int:
         creds = nats_credentials(args, "client")
@@ -110,8 +110,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_signal(args: argparse.Namespace) -> int:
     """``cogo signal TASK NAME --data JSON``: wake the task's ``ctx.wait_signal(NAME)``."""
-    from cogo.client import Client
     from cogo.errors import RequestInvalid
+    from cogo.sdk.client import Client
 
     try:
         data = json.loads(args.data)
@@ -133,7 +133,7 @@ def cmd_signal(args: argparse.Namespace) -> int:
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     """``cogo cancel TASK``: cancel a task and its descendants."""
-    from cogo.client import Client
+    from cogo.sdk.client import Client
 
     async def main() -> int:
         creds = nats_credentials(args, "client")

@@ -54,7 +54,7 @@ CogoError                              cogo.error: root; ``code``, human ``messa
 │   │   ├── StepNameReused             step.name_reused: a step of that name already ran in this attempt
 │   │   ├── StepNested                 step.nested: ``ctx.step`` called inside another step's function
 │   │   └── StepResultInvalid          step.result_invalid: the step's result has no JSON form
-│   └── DurableError                   durable.error: a durable agent's call, sleep, signal or cancel (``cogo.actors.durable``)
+│   └── DurableError                   durable.error: a durable agent's call, sleep, signal or cancel (``cogo.sdk.durable``)
 │       ├── TaskNondeterministic       task.nondeterministic: a replay asked for other things than the journal holds
 │       ├── TaskSignalTimeout          task.signal_timeout: ``ctx.wait_signal`` timed out (``cogo.SignalTimeout``)
 │       ├── CallDepthExceeded          call.depth_exceeded: ``ctx.call`` nested deeper than ``[runtime] max_call_depth``

@@ -1,7 +1,7 @@
 """``GET /api/flow``: per route and key, what runs, what waits and the current rate.
 
 Read from what each route's admitter writes about itself (``state.<route>`` in the ``flow``
-KV bucket, ``cogo.actors.admission``), about once a second while it changes. A route whose
+KV bucket, ``cogo.runtime.flow.admission``), about once a second while it changes. A route whose
 policy sets flow limits is listed even before its admitter wrote anything (``admitter`` is
 then ``null``); ``?route=`` picks one route.
 """

@@ -4,5 +4,5 @@
 through pathspec, git's own matching rules), ``symbols`` extracts classes, functions,
 methods and imports (``ast`` for Python, light regular expressions for JavaScript /
 TypeScript, Go and Rust), ``scan`` hashes and parses what changed. All of it blocks: the
-indexer actor (``cogo.actors.indexer``) runs it in a thread.
+indexer actor (``cogo.agents.indexer``) runs it in a thread.
 """

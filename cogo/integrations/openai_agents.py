@@ -81,7 +81,7 @@ from cogo.integrations.transport import openai_client  # noqa: E402
 if TYPE_CHECKING:
     from agents import RunResult
 
-    from cogo.actors.worker import TaskContext
+    from cogo.sdk.context import TaskContext
 
 __all__ = [
     "VERSION", "CogoModelProvider", "JournaledModel", "agent_tool", "journaled_agent", "run",

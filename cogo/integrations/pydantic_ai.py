@@ -74,7 +74,7 @@ from cogo.integrations.transport import LlmTransport, openai_client  # noqa: E40
 if TYPE_CHECKING:
     from pydantic_ai.run import AgentRunResult
 
-    from cogo.actors.worker import TaskContext
+    from cogo.sdk.context import TaskContext
 
 __all__ = ["VERSION", "JournaledModel", "agent_tool", "model_for", "run", "task_context"]
 

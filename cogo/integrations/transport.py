@@ -23,8 +23,8 @@ except ImportError:  # pragma: no cover - depends on the installed openai
 from cogo.errors import CogoError
 
 if TYPE_CHECKING:
-    from cogo.actors.llm import LlmReply
-    from cogo.actors.worker import TaskContext
+    from cogo.sdk.context import TaskContext
+    from cogo.sdk.llm import LlmReply
 
 # never dialled: the transport answers every request itself
 BASE_URL = "http://cogo-llm.invalid/v1"

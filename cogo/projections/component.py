@@ -13,5 +13,5 @@ from cogo.projections.projector import Projector
 
 
 def projector_component(system: Any) -> Projector:
-    """The projector of ``system`` (a ``cogo.system.System``), on its connection and data dir."""
+    """The projector of ``system`` (a ``cogo.runtime.system.System``), on its connection and data dir."""
     return Projector(system.nc, system.config, data_dir=system.data_dir)

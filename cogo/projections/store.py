@@ -168,7 +168,7 @@ class DeadLetterBatch:
 
 
 def dead_letter_batch(fetched: Fetched) -> DeadLetterBatch:
-    """DLQ messages as columns; the reason travels in headers (cogo.actors.base)."""
+    """DLQ messages as columns; the reason travels in headers (cogo.runtime.base)."""
     headers = fetched.headers()
 
     def as_int(value: str | None) -> int | None:

@@ -29,40 +29,15 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from cogo.streams.status import TERMINAL, TaskStatus
 from cogo.streams.topology import STATUS_SUBJECT
 
 if TYPE_CHECKING:
     import duckdb
 
 __all__ = ["STATUS_SUBJECT", "TaskStatus", "fold", "task_status"]
-TERMINAL = {"execute_done": "succeeded", "execute_failed": "failed",
-            "execute_cancelled": "cancelled"}  # fmt: skip
 WORKER_TYPES = {"execute_started"}  # appended by workers, not by the dispatcher
 MAX_EVENTS = 1000
-
-
-class TaskStatus(msgspec.Struct, frozen=True):
-    """What ``GET /api/tasks/{task_id}`` and ``Client.status`` answer."""
-
-    task_id: str
-    route: str | None
-    status: str  # queued | running | retrying | suspended | succeeded | failed | cancelled
-    attempt: int
-    result: Any = None
-    error_code: str | None = None
-    error: str | None = None
-    usage: dict[str, Any] = msgspec.field(default_factory=dict)
-    submitted_at: str | None = None
-    finished_at: str | None = None
-    events: list[dict[str, Any]] = msgspec.field(default_factory=list)
-    # durable agents: who started it (ctx.call), whom it started, what it waits for now
-    parent_id: str | None = None
-    children: list[str] = msgspec.field(default_factory=list)
-    waiting_for: list[dict[str, Any]] | None = None
-
-    @property
-    def finished(self) -> bool:
-        return self.status in ("succeeded", "failed", "cancelled")
 
 
 _EVENTS = """

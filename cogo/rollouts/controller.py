@@ -428,7 +428,7 @@ class RolloutController:
 
 
 def rollout_component(system: Any) -> RolloutController:
-    """The controller of ``system`` (a ``cogo.system.System``), on the projector's database."""
+    """The controller of ``system`` (a ``cogo.runtime.system.System``), on the projector's database."""
     controller = RolloutController(
         system.nc, system.config, system.projector, data_dir=system.data_dir
     )

@@ -5,7 +5,7 @@ dispatcher, the orchestrator and the ``client`` user may publish to and no app m
 app cannot wake, signal or cancel another app's task. The same header on the public submit
 subject makes nothing but a malformed task.
 
-Handling one twice does nothing twice (``cogo.actors.suspension``: fixed journal ids, a
+Handling one twice does nothing twice (``cogo.runtime.suspension``: fixed journal ids, a
 record per task), so they do not rely on the stream's de-duplication: a signal's or a
 cancel's ``Nats-Msg-Id`` is unique per sending (``<task>:signal:<name>:<nonce>``,
 ``<task>:cancel:<nonce>``), and a child's wake-up's (``<child>:wake``) is guarded by the

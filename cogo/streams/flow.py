@@ -1,7 +1,7 @@
 """Flow control on the bus: where held tasks wait, what a running attempt holds, who admits.
 
-Names and wire types only; the admitting is ``cogo.actors.admission``, the fair choice of the
-next task ``cogo.actors.flow``.
+Names and wire types only; the admitting is ``cogo.runtime.flow.admission``, the fair choice of the
+next task ``cogo.runtime.flow.fairness``.
 
 - **Held tasks** wait in the ``FLOW`` stream (limits retention) on
   ``flow.<route>.<priority>.<key>``, one subject per route, priority and key, so no held task

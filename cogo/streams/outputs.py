@@ -28,7 +28,7 @@ A subject per task costs the stream's per-subject index memory for its retention
 contract asks for it (one task's output must be found among all of them at once), and the
 stream is a bounded buffer (``[outputs] max_age_s``, ``max_bytes``; oldest dropped first)
 holding subjects only for tasks that emitted. The step journal, which every agent task
-would pay for, avoids it (``cogo.actors.steps``).
+would pay for, avoids it (``cogo.sdk.steps``).
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ API = "$JS.API"
 # events any worker may append (the dispatcher owns execute_enqueued/retry/failed/done)
 WORKER_EVENTS = ("execute_started", "artifact_stored", "code_file_indexed", "code_file_removed",
                  "code_index_completed", "webhook_delivered",
-                 "llm_call", "step_completed")  # the agent runtime (cogo.actors.llm, steps)  # fmt: skip
+                 "llm_call", "step_completed")  # the agent runtime (cogo.sdk.llm, steps)  # fmt: skip
 ARTIFACT_WRITERS = {"codegen", "build_test"}  # built-in kinds that store artifacts
 PROJECTOR_CONSUMER_OPS = ("CONSUMER.DURABLE.CREATE", "CONSUMER.CREATE", "CONSUMER.INFO",
                           "CONSUMER.DELETE")  # fmt: skip
@@ -120,7 +120,7 @@ JOURNAL_TYPES = ("step_completed", TASK_SIGNALED, CALL_STARTED, CALL_COMPLETED)
 
 
 def _read_journal(routes: Sequence[str], types: Sequence[str] = ("step_completed",)) -> list[str]:
-    """Scan the journal of one's own routes (cogo.actors.steps): a consumer is created with
+    """Scan the journal of one's own routes (cogo.sdk.steps): a consumer is created with
     its one filter in the subject, so no other event can be read this way."""
     return [f"{API}.CONSUMER.CREATE.{EVENTS}.*.events.{t}.{route}.*"
             for t in types for route in routes]  # fmt: skip
@@ -166,10 +166,10 @@ def permissions(user: str, plan: AuthPlan) -> dict[str, Any] | None:
             f"{API}.STREAM.PURGE.{RESULTS}",  # trimming what it handled (trim_results)
             "outputs.>",  # the end marker of a task's output, with its terminal event
             *_read_kv(POLICY_BUCKET), *_read_kv("rollouts"),
-            # flow control: held tasks, admission leases and slots (cogo.actors.admission)
+            # flow control: held tasks, admission leases and slots (cogo.runtime.flow.admission)
             *_held_tasks(), *_write_kv(FLOW_BUCKET),
             f"{API}.STREAM.PURGE.KV_{FLOW_BUCKET}",  # the slot log below a checkpoint
-            # durable agents (cogo.actors.suspension): suspended tasks' records, their
+            # durable agents (cogo.runtime.suspension): suspended tasks' records, their
             # timers (message schedules on TASKS), the journal entries it writes, the cancel
             # it tells workers, the children a cancelled task started
             *_write_kv(SUSPENSION_BUCKET), SCHEDULE_SUBJECTS,
@@ -223,7 +223,7 @@ def permissions(user: str, plan: AuthPlan) -> dict[str, Any] | None:
         sub += [CANCEL_SUBJECT]  # a cancelled task's running handler is stopped
         journal: Sequence[str] = ("step_completed",)
         if user.startswith("app-"):
-            # durable agents (cogo.actors.durable): ctx.call submits a child and journals
+            # durable agents (cogo.sdk.durable): ctx.call submits a child and journals
             # it on its own route's subject, reading the child route's policy and whether a
             # cancel reached it; a run reads its own routes' signals and calls (a consumer
             # per subject, its filter in the request's subject) and hears its own routes'

@@ -63,7 +63,7 @@ SCHEDULE_BUCKET = "schedules"
 # flow control: admission leases, the slots running attempts hold, what each admitter sees
 FLOW_BUCKET = "flow"
 # durable agents: what each suspended task waits for, and what arrived while it ran
-# (cogo.actors.suspension)
+# (cogo.runtime.suspension)
 SUSPENSION_BUCKET = "suspensions"
 # consumers EVENTS may have at once (see stream_configs)
 EVENTS_MAX_CONSUMERS = 100_000
@@ -150,7 +150,7 @@ def stream_configs(
             max_bytes=config.events.max_bytes,
             # a full log refuses writes (callers see an error) instead of dropping history
             discard=api.DiscardPolicy.NEW,
-            # every journal read is a short-lived consumer (cogo.actors.steps): durable agents
+            # every journal read is a short-lived consumer (cogo.sdk.steps): durable agents
             # resume by the hundred, and nats-server caps a stream left at -1 at 1,000
             max_consumers=EVENTS_MAX_CONSUMERS,
         ),
@@ -431,7 +431,7 @@ async def _streams_info(js: JetStreamContext) -> list[api.StreamInfo]:
 async def results_floor(js: JetStreamContext) -> int:
     """The ack floor of the dispatcher's ``RESULTS`` consumer: every report at or below it was
     handled (acked, terminated, or given up on after ``max_deliver``, which the server
-    announces first: ``cogo.actors.deadletter``)."""
+    announces first: ``cogo.runtime.deadletter``)."""
     info = await js.consumer_info(RESULTS, durable_name(RESULTS_SUBJECT))
     return int(info.ack_floor.stream_seq) if info.ack_floor else 0
 

@@ -20,7 +20,7 @@
     throughput.py   ``cogo bench --workflow-runs``: runs/s per number of orchestrators
     commands.py     ``cogo workflow ...`` and ``cogo schedule ...``
 
-The orchestrator actor (``cogo.actors.orchestrator``) drives runs; the HTTP routes are in
+The orchestrator actor (``cogo.runtime.workflow_engine``) drives runs; the HTTP routes are in
 ``cogo.http.orchestrator`` and ``cogo.http.schedules``.
 
 Workflow events (subject ``events.<type>.wf.<workflowId>.<runId>``, ``correlation_id`` =

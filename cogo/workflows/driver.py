@@ -334,7 +334,7 @@ class Runs:
             await send_command(self.js, CancelRun(run_id=child_run_id, reason=why,
                                                   workflow_id=inputs.workflow if inputs else None))  # fmt: skip
             self.counters["children_cancelled"] += 1
-        # and the tasks its nodes started that have not ended (cogo.actors.suspension)
+        # and the tasks its nodes started that have not ended (cogo.runtime.suspension)
         why = f"workflow run {state.run_id} cancelled" + (f": {reason}" if reason else "")
         for task_id in sorted(state.running_tasks):
             subject, data, headers = cancel_message(task_id, why)

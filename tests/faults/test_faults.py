@@ -19,12 +19,12 @@ from typing import Any
 import httpx
 import pytest
 
-from cogo.actors.dispatcher import ExecutorDispatcher
-from cogo.actors.echo import EchoActor
-from cogo.actors.loader import declare_apps
+from cogo.agents.echo import EchoActor
 from cogo.config import load_config
 from cogo.http.app import create_app
 from cogo.http.state import AppState
+from cogo.runtime.dispatcher import ExecutorDispatcher
+from cogo.runtime.loader import declare_apps
 from cogo.streams.catalogue import WORKFLOW_SIGNALED
 from cogo.streams.cluster import LocalCluster
 from cogo.streams.connection import connect

@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 from nats.js.client import JetStreamContext
 
-from cogo.actors.dispatcher import ExecutorDispatcher
-from cogo.actors.echo import EchoActor
+from cogo.agents.echo import EchoActor
+from cogo.runtime.dispatcher import ExecutorDispatcher
 from cogo.streams.connection import connect
 from cogo.streams.topology import LEASE_BUCKET, ORCHESTRATOR_PARTITIONS
 from cogo.workflows import history

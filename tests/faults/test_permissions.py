@@ -15,8 +15,7 @@ import nats
 import pytest
 
 import cogo
-from cogo.actors import app as builtin_app
-from cogo.actors.loader import declare_apps
+from cogo.runtime.loader import builtin, declare_apps
 from cogo.streams.auth import AuthPlan, accounts_config, credentials
 from cogo.streams.connection import connect
 from cogo.streams.server import EmbeddedServer
@@ -107,7 +106,7 @@ SUBSCRIBE = {
 
 @pytest.fixture
 async def secured(data_dir, config):
-    plan = AuthPlan.from_decls(builtin_app.declarations())
+    plan = AuthPlan.from_decls(builtin().app.declarations())
     passwords = credentials(data_dir, plan.users)
     server = EmbeddedServer(
         data_dir, sync="default", extra_config=accounts_config(plan, passwords),

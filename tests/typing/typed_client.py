@@ -5,7 +5,7 @@ from typing import Any, assert_type
 import msgspec
 
 import cogo
-from cogo.client import TaskHandle
+from cogo.sdk.handle import TaskHandle
 
 app = cogo.App("typing")
 

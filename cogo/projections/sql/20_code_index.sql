@@ -1,4 +1,4 @@
--- The code index: what the indexer actor (cogo/actors/indexer.py) reported, as views over
+-- The code index: what the indexer actor (cogo/agents/indexer.py) reported, as views over
 -- bus_events. `code_file_indexed` / `code_file_removed` events carry
 -- data = {"repo", "files": [{"path", "language", "size", "sha256", "lines",
 -- "symbols": [{"kind", "name", "line", "parent"}]}]} (removed files carry only "path").

@@ -1,4 +1,4 @@
--- The agent runtime as data (cogo/actors/llm.py, cogo/actors/steps.py): views over bus_events.
+-- The agent runtime as data (cogo/sdk/llm.py, cogo/sdk/steps.py): views over bus_events.
 --
 -- `llm_call` events carry one call's own usage (bus_events.tokens / cost_usd are that call's,
 -- not a running total) and data = {"model", "step", "prompt_tokens", "completion_tokens",

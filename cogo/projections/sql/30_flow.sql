@@ -1,4 +1,4 @@
--- Flow control (cogo/actors/admission.py): attempts held back by their route's flow limits,
+-- Flow control (cogo/runtime/flow/admission.py): attempts held back by their route's flow limits,
 -- as views over bus_events. An attempt's hold is told by
 --   execute_throttled  its first hold: data = {"limit", "key", "priority", "held_at",
 --                      "limits", "running", "waiting"} (once per task and attempt)

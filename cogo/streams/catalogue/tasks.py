@@ -17,7 +17,7 @@ EXECUTE_DONE = "execute_done"
 EXECUTE_STARTED = "execute_started"
 # flow control held an attempt back (once per attempt; data.limit says which limit)
 EXECUTE_THROTTLED = "execute_throttled"
-# durable agents (cogo.actors.durable, cogo.actors.suspension): a task gave back its worker
+# durable agents (cogo.sdk.durable, cogo.runtime.suspension): a task gave back its worker
 # to wait for a call, a timer or a signal; it was delivered again; it was cancelled
 EXECUTE_SUSPENDED = "execute_suspended"
 EXECUTE_RESUMED = "execute_resumed"

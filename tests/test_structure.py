@@ -15,6 +15,7 @@ import import_graph  # noqa: E402
 # lowest first: a package may import the ones before it, never the ones after
 LAYERS = [
     "cogo.errors", "cogo.aio", "cogo.tracing", "cogo.lifeline", "cogo.config", "cogo.secretfile",
+    "cogo.endpoints",
     "cogo.streams", "cogo.sdk", "cogo.integrations", "cogo.indexing", "cogo.agents",
     "cogo.workflows", "cogo.projections", "cogo.http", "cogo.rollouts", "cogo.runtime",
     "cogo.devllm", "cogo.testing", "cogo.bench", "cogo.cli", "cogo.__main__",

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import cogo
-from cogo.runtime.suspension import Record
+from cogo.runtime.records import Record
 from cogo.testing import CogoEnv
 from tests import durable_apps
 from tests.durable_apps import RUNS

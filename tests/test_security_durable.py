@@ -21,7 +21,7 @@ import pytest
 from nats.js import api
 
 import cogo
-from cogo.runtime.suspension import record_key
+from cogo.runtime.records import record_key
 from cogo.sdk.steps import task_bucket
 from cogo.streams.catalogue import CALL_STARTED, CallStarted
 from cogo.streams.envelope import EXECUTE_SUBJECT, MSG_ID, new_id

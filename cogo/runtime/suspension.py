@@ -33,7 +33,6 @@ outcome stands, and the attempt still running is fenced off when it reports).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -46,7 +45,9 @@ from cogo.errors import (
     TtlExpired,
 )
 from cogo.rollouts.canary import subject_of
+from cogo.runtime import records
 from cogo.runtime.children import started_children
+from cogo.runtime.records import Record, record_key
 from cogo.sdk.steps import durable_subject
 from cogo.streams.budget import over_budget
 from cogo.streams.catalogue import (
@@ -72,7 +73,6 @@ from cogo.streams.envelope import (
     KIND_HEADER,
     MSG_ID,
     Usage,
-    Waiting,
     WorkOrder,
     WorkResult,
     encoder,
@@ -92,74 +92,7 @@ if TYPE_CHECKING:
     from cogo.runtime.dispatcher import ExecutorDispatcher
 
 CAS_ATTEMPTS = 20
-# a scheduled wake-up may land a moment before its time by another host's clock
-DUE_SLACK_S = 1.0
-EXPIRED = "ttl"  # ``Record.woken_by`` of a task its TTL ended while it waited
-
 log = logging.getLogger(__name__)
-
-
-class Record(msgspec.Struct, frozen=True, omit_defaults=True):
-    """A durable task as the dispatcher keeps it: suspended (``order``, ``waiting``), running
-    run ``run`` (``arrived``: what came while it ran) or cancelled."""
-
-    state: str  # running | suspended | cancelled
-    run: int = -1  # the order's ``resumes``; -1: whichever run is current
-    order: WorkOrder | None = None
-    waiting: list[Waiting] = []
-    arrived: list[str] = []
-    woken_by: str | None = None
-    # wake-ups that came while the task ran and whose route was not known then: journaled
-    # on the route of the run when it suspends
-    pending: list[Wake] = []
-
-
-_record_decoder = msgspec.json.Decoder(Record)
-
-
-def record_key(task_id: str) -> str:
-    """The KV key of a task (task ids may hold characters keys cannot)."""
-    return "t" + hashlib.sha256(task_id.encode()).hexdigest()[:40]
-
-
-def is_cancelled(value: bytes | None) -> bool:
-    """Whether a stored record says its task was cancelled."""
-    if not value:
-        return False
-    try:
-        return _record_decoder.decode(value).state == "cancelled"
-    except (msgspec.ValidationError, msgspec.DecodeError):
-        return False
-
-
-def _arrival(kind: str, name: str) -> str:
-    return f"{kind}:{name}"
-
-
-def _due(waiting: list[Waiting], deadline: float) -> float:
-    """When the earliest timer, signal timeout or the TTL of a suspended task is due."""
-    return min([w.until for w in waiting if w.until is not None] + [deadline])
-
-
-def _resumed_by(record: Record, wake: Wake) -> bool:
-    """Whether ``wake`` is what resumed ``record``'s current run (a timer wakes a run as
-    ``timer:<name>`` or ``timeout:<name>``, whichever of its waits was due)."""
-    woken_by = record.woken_by or ""
-    if wake.kind == "timer":
-        return woken_by.startswith(("timer:", "timeout:"))
-    return woken_by == _arrival(wake.kind, wake.name)
-
-
-def _woken(record: Record, arrived: list[str], now: float) -> str | None:
-    """What, among ``arrived`` and the clock, wakes a suspended ``record`` (None: nothing)."""
-    wanted = {_arrival(w.kind, w.name) for w in record.waiting if w.kind != "timer"}
-    for arrival in arrived:
-        if arrival in wanted:
-            return arrival
-    for w in record.waiting:
-        if w.until is not None and w.until <= now + DUE_SLACK_S:
-            return _arrival(w.kind, w.name) if w.kind == "timer" else f"timeout:{w.name}"
-    return None
 
 
 class Suspensions:
@@ -181,7 +114,7 @@ class Suspensions:
             return None, 0
         if entry.value is None or entry.operation in ("DEL", "PURGE"):
             return None, entry.revision or 0
-        return _record_decoder.decode(entry.value), entry.revision
+        return records.record_decoder.decode(entry.value), entry.revision
 
     async def _put(self, key: str, record: Record, revision: int) -> bool:
         """Compare-and-set; False when another handler changed the record first."""
@@ -261,9 +194,9 @@ class Suspensions:
                 return
             suspended = Record(state="suspended", run=order.resumes, order=parked,
                                waiting=list(r.suspended))  # fmt: skip
-            woken = _woken(suspended, record.arrived if record is not None else [], now)
+            woken = records.woken(suspended, record.arrived if record is not None else [], now)
             if woken is not None:
-                new = _resumed(suspended, woken)
+                new = records.resumed(suspended, woken)
                 if await self._put(key, new, revision):
                     await self._suspended_event(suspended)
                     await self._effects(new)
@@ -295,7 +228,7 @@ class Suspensions:
             await self._journal(entry)
 
     async def on_wake(self, wake: Wake) -> None:
-        arrival = _arrival(wake.kind, wake.name)
+        arrival = records.arrival(wake.kind, wake.name)
         key = record_key(wake.task_id)
         journaled = False
         for _ in range(CAS_ATTEMPTS):
@@ -317,11 +250,11 @@ class Suspensions:
                     return
                 continue
             if record.state == "cancelled":
-                if record.woken_by == EXPIRED and record.order is not None:
+                if record.woken_by == records.EXPIRED and record.order is not None:
                     await self._expired(record.order, record)  # its handler may have died
                 return
             if record.state == "running":
-                if record.order is not None and _resumed_by(record, wake):
+                if record.order is not None and records.resumed_by(record, wake):
                     # this wake-up resumed the run and is delivered again: its handler may
                     # have died between the record's update and the resumed run's publish
                     await self._effects(record)  # fixed ids: what went out is dropped
@@ -339,12 +272,12 @@ class Suspensions:
             if now > record.order.deadline:
                 await self._expire(record, key, revision)
                 return
-            woken = _woken(record, [arrival], now)
+            woken = records.woken(record, [arrival], now)
             if woken is None:
                 if wake.kind == "timer":  # early by a clock: arm it again
                     await self._schedule(record)
                 return
-            new = _resumed(record, woken)
+            new = records.resumed(record, woken)
             if await self._put(key, new, revision):
                 await self._effects(new)
                 return
@@ -354,7 +287,7 @@ class Suspensions:
         assert record.order is not None
         # cancelled, so that no wake-up resumes it any more; marked, so that a redelivered
         # wake-up ends it if this handler dies before the terminal event is stored
-        ended = msgspec.structs.replace(record, state="cancelled", woken_by=EXPIRED)
+        ended = msgspec.structs.replace(record, state="cancelled", woken_by=records.EXPIRED)
         if not await self._put(key, ended, revision):
             return  # changed meanwhile: the next wake-up decides
         await self._expired(record.order, record)
@@ -402,7 +335,7 @@ class Suspensions:
         wake = Wake(task_id=order.task_id, kind="timer")
         await publish_at(
             self.d.js, key=record_key(order.task_id), target=COMMAND_SUBJECT,
-            data=encoder.encode(wake), at=_due(record.waiting, order.deadline),
+            data=encoder.encode(wake), at=records.due(record.waiting, order.deadline),
             headers={KIND_HEADER: WAKE_KIND},
         )  # fmt: skip
 
@@ -495,9 +428,3 @@ class Suspensions:
                 [cancel_message(c, f"parent {task_id} was cancelled", parent_id=task_id,
                                 since=since, route=routes.get(c)) for c in children]
             )  # fmt: skip
-
-
-def _resumed(record: Record, woken_by: str) -> Record:
-    assert record.order is not None
-    order = msgspec.structs.replace(record.order, resumes=record.order.resumes + 1)
-    return Record(state="running", run=order.resumes, order=order, woken_by=woken_by)

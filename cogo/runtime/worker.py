@@ -41,10 +41,11 @@ from cogo.errors import (
 )
 from cogo.rollouts.canary import versioned_routes
 from cogo.runtime.base import Actor, Delivery
-from cogo.runtime.suspension import is_cancelled, record_key
+from cogo.runtime.records import is_cancelled, record_key
+from cogo.runtime.waiters import Waiters
 from cogo.sdk.app import AgentSpec
 from cogo.sdk.context import Outcome, TaskContext
-from cogo.sdk.durable import Suspend, Waiters
+from cogo.sdk.durable import Suspend
 from cogo.sdk.llm import LlmClient
 from cogo.sdk.worker import Worker
 from cogo.streams.artifacts import ArtifactStore

@@ -32,8 +32,17 @@ from cogo.streams.publisher import Outgoing, StreamAck
 from cogo.streams.seal import MAC_HEADER, output_mac
 
 if TYPE_CHECKING:
-    from cogo.sdk.durable import Waiters
     from cogo.sdk.llm import LlmClient
+
+
+class RunWaiters(Protocol):
+    """The worker process's listeners a durable run waits on (``cogo.runtime.waiters``)."""
+
+    async def start(self, route: str) -> None: ...
+
+    def register(self, task_id: str, key: str) -> asyncio.Future[Any]: ...
+
+    def discard(self, task_id: str, key: str, fut: asyncio.Future[Any]) -> None: ...
 
 
 class AttemptRuntime(Protocol):
@@ -45,8 +54,10 @@ class AttemptRuntime(Protocol):
     nc: NATS
     js: JetStreamContext
     artifacts: ArtifactStore
-    waiters: Waiters
     llm_client: LlmClient
+
+    @property
+    def waiters(self) -> RunWaiters: ...
 
     async def publish_all(self, messages: Sequence[Outgoing]) -> list[StreamAck]: ...
 

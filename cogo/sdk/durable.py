@@ -54,12 +54,9 @@ from cogo.errors import (
 )
 from cogo.sdk.steps import durable_subject, run_step
 from cogo.streams.catalogue import (
-    CALL_COMPLETED,
     CALL_STARTED,
-    TASK_SIGNALED,
     CallCompleted,
     CallStarted,
-    data_of,
 )
 from cogo.streams.envelope import (
     ASSIGNMENT_KEY,
@@ -70,7 +67,7 @@ from cogo.streams.envelope import (
     Waiting,
     encoder,
 )
-from cogo.streams.events import decode_event, encode_event, order_event
+from cogo.streams.events import encode_event, order_event
 from cogo.streams.policies import read_policy
 from cogo.streams.seal import guard_id
 
@@ -427,68 +424,3 @@ async def wait_signal(ctx: TaskContext, name: str, timeout_s: float | None) -> A
         return result.get("data")
     finally:
         d._end()
-
-
-class Waiters:
-    """A worker's in-process listeners for signals and child results (one subscription each
-    for the whole process), so a handler that gets its answer quickly never suspends."""
-
-    def __init__(self, nc: Any) -> None:
-        self._nc = nc
-        self._subs: list[Any] = []
-        self._starting: dict[str, asyncio.Event] = {}
-        self._pending: dict[tuple[str, str], asyncio.Future[Any]] = {}
-
-    async def start(self, route: str) -> None:
-        """Subscribe to ``route``'s entries, once: on the first call or signal wait of one of
-        its tasks in this process (a worker that never waits needs no such traffic, and under
-        ``--auth`` an app may hear its own routes' only)."""
-        starting = self._starting.get(route)
-        if starting is not None:
-            await starting.wait()
-            return
-        starting = self._starting[route] = asyncio.Event()
-        try:
-            for kind in (TASK_SIGNALED, CALL_COMPLETED):
-                self._subs.append(
-                    await self._nc.subscribe(f"events.{kind}.{route}.*", cb=self._on_event)
-                )
-            await self._nc.flush()  # the server has the interest before anything is asked
-        finally:
-            starting.set()
-
-    async def stop(self) -> None:
-        for sub in self._subs:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-        self._subs.clear()
-        self._starting.clear()
-
-    def register(self, task_id: str, key: str) -> asyncio.Future[Any]:
-        fut = self._pending.get((task_id, key))
-        if fut is None or fut.cancelled():
-            fut = self._pending[(task_id, key)] = asyncio.get_running_loop().create_future()
-        return fut
-
-    def discard(self, task_id: str, key: str, fut: asyncio.Future[Any]) -> None:
-        if self._pending.get((task_id, key)) is fut:
-            del self._pending[(task_id, key)]
-
-    async def _on_event(self, msg: Any) -> None:
-        if not self._pending:
-            return
-        try:
-            event = decode_event(msg.data)
-        except msgspec.DecodeError:
-            return
-        if event.type == TASK_SIGNALED:
-            key = f"signal:{(event.data or {}).get('name')}"
-            value: Any = event.data or {}
-        elif event.type == CALL_COMPLETED:
-            done = data_of(event, CallCompleted)
-            key, value = f"call:{done.child_id}", msgspec.to_builtins(done)
-        else:
-            return
-        fut = self._pending.get((event.task_id or "", key))
-        if fut is not None and not fut.done():
-            fut.set_result(value)

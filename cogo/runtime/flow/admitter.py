@@ -33,6 +33,7 @@ from nats.aio.msg import Msg
 from cogo.aio import cancel_and_wait
 from cogo.errors import MalformedMessage, TtlExpired
 from cogo.runtime.flow.fairness import Held, RouteFlow
+from cogo.runtime.flow.held import held_of, wait_started
 from cogo.runtime.flow.slotlog import KV_STREAM, SlotLog
 from cogo.streams.catalogue import EXECUTE_THROTTLED, ExecuteThrottled
 from cogo.streams.envelope import WorkOrder, decode_order, new_id
@@ -69,29 +70,6 @@ IDLE_WAKE_S = 0.5
 SNAPSHOT_EVERY_S = 0.5
 SNAPSHOT_REFRESH_S = 10.0  # rewritten this often even when nothing changed (its TTL is 30 s)
 RELOAD_PAUSE_S = 1.0
-
-
-class _HeadAssignment(msgspec.Struct):
-    key: str | None = None
-    priority: int = 5
-
-
-class _Head(msgspec.Struct):
-    """The fields of a held ``WorkOrder`` admission needs (decoding the rest costs more)."""
-
-    task_id: str
-    route: str
-    attempt: int
-    deadline: float
-    assignment: _HeadAssignment
-
-
-_head_decoder = msgspec.json.Decoder(_Head)
-
-
-def wait_started(order: WorkOrder) -> float:
-    """When the attempt began to wait: its submission, or (a retry) the end of its backoff."""
-    return order.not_before if order.attempt > 1 else order.submitted_at
 
 
 class RouteAdmitter:
@@ -322,23 +300,14 @@ class RouteAdmitter:
             self._wake.set()
 
     def _on_held(self, msg: Msg, flow: RouteFlow, loaded: asyncio.Event) -> None:
-        meta = msg.metadata
         try:
-            head = _head_decoder.decode(msg.data)
+            flow.add(held_of(msg, self.route))
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             log.error("%s: unreadable held task (FLOW seq %d) left alone: %s",
-                      self.route, meta.sequence.stream, exc)  # fmt: skip
+                      self.route, msg.metadata.sequence.stream, exc)  # fmt: skip
         else:
-            flow.add(
-                Held(
-                    seq=meta.sequence.stream, task_id=head.task_id, attempt=head.attempt,
-                    key=head.assignment.key or "", priority=head.assignment.priority,
-                    deadline=head.deadline, held_at=meta.timestamp.timestamp(),
-                    slot=slot_key(self.route, head.task_id, head.attempt), data=msg.data,
-                )
-            )  # fmt: skip
             self._wake.set()
-        if meta.num_pending == 0:
+        if msg.metadata.num_pending == 0:
             loaded.set()
 
     async def _sleep(self, flow: RouteFlow) -> None:

@@ -1,8 +1,10 @@
 """Fixtures: a real nats-server per test on a random loopback port, chained
-``data_dir -> nats_server -> nc -> js -> topology`` (as nats.py's own tests do)."""
+``data_dir -> nats_server -> nc -> js -> topology`` (as nats.py's own tests do), and the
+fixtures several test modules share (test modules never import each other)."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -15,6 +17,7 @@ from cogo.actors.loader import declare_apps
 from cogo.config import Config, load_config
 from cogo.streams.connection import connect
 from cogo.streams.server import EmbeddedServer
+from tests.workflow_support import CHILD, PARENT, Webhook, serving_webhook
 
 # Fast redelivery and short backoffs so fault paths finish in seconds, not minutes.
 TEST_CONFIG = """
@@ -81,3 +84,22 @@ async def js(nc: NATS, config: Config) -> JetStreamContext:
     js = nc.jetstream()
     await declare_apps(js, config)
     return js
+
+
+@pytest.fixture
+def webhook() -> Iterator[Webhook]:
+    """A real HTTP receiver on 127.0.0.1 that records what it is sent."""
+    with serving_webhook() as hook:
+        yield hook
+
+
+@pytest.fixture
+def workflows_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A catalog directory (``COGO_WORKFLOWS_DIR``) holding the ``child`` and ``parent``
+    workflows."""
+    folder = tmp_path / "workflows"
+    folder.mkdir()
+    for definition in (CHILD, PARENT):
+        (folder / f"{definition['id']}.json").write_text(json.dumps(definition))
+    monkeypatch.setenv("COGO_WORKFLOWS_DIR", str(folder))
+    return folder

@@ -148,7 +148,7 @@ async def _is(env, task_id: str, wanted: str) -> bool:
 async def test_cancelling_a_workflow_run_cancels_the_tasks_it_started(cogo_env):
     from cogo.actors import app as builtin
     from cogo.actors.orchestrator import CancelRun, send_command
-    from tests.test_workflow_support import start_run, wait_run
+    from tests.workflow_support import start_run, wait_run
 
     await cogo_env._run(builtin.get("orchestrator"))
     js = cogo_env.client.nc.jetstream()

@@ -11,7 +11,7 @@ from cogo.actors.echo import EchoActor
 from cogo.actors.notifier import SIGNATURE_HEADER, TIMESTAMP_HEADER, NotifierActor, sign
 from cogo.actors.orchestrator import CancelRun, Orchestrator, send_command
 from tests.helpers import EventReader, running
-from tests.test_workflow_support import Webhook, start_run, wait_run, webhook_fixture  # noqa: F401
+from tests.workflow_support import Webhook, start_run, wait_run
 
 SECRET = "test-webhook-secret"
 

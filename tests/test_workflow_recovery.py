@@ -23,7 +23,7 @@ from cogo.workflows import history
 from cogo.workflows.engine import Append, Submit, decide, started_event
 from cogo.workflows.run import RunState, timestamp
 from tests.helpers import EventReader, running
-from tests.test_workflow_support import plan_of, start_run, wait_run
+from tests.workflow_support import plan_of, start_run, wait_run
 
 
 class OrchestratorProcess:

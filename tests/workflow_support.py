@@ -1,9 +1,10 @@
-"""Helpers shared by the workflow tests (no tests here): start runs, wait for them, and a
-real webhook receiver on 127.0.0.1."""
+"""Helpers shared by the workflow tests: start runs, wait for them, the definitions several
+tests plan, and a real webhook receiver on 127.0.0.1 (the ``webhook`` fixture of conftest)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
@@ -12,19 +13,62 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import pytest
 from nats.js.client import JetStreamContext
 
 from cogo.actors.orchestrator import StartRun, send_command
 from cogo.config import Config
 from cogo.streams.envelope import new_id
 from cogo.workflows import history
+from cogo.workflows.definition import Catalog
 from cogo.workflows.planner import Plan, plan_workflow
 from cogo.workflows.run import RunState
+
+APPROVAL: dict[str, Any] = {
+    "id": "approval",
+    "parameters": {"sleep_ms": {"type": "integer", "default": 0},
+                   "timeout_ms": {"type": "integer", "default": 60000}},
+    "nodes": [
+        {"id": "work", "type": "publish", "route": "echo.run.0",
+         "payload": {"sleep_ms": "${params.sleep_ms}", "result": {"built": True}}},
+        {"id": "approve", "type": "signal", "name": "approve", "timeout_ms": "${params.timeout_ms}"},
+        {"id": "approved", "type": "gate", "condition": "nodes.approve.result.approved == true"},
+        {"id": "merge", "type": "publish", "route": "echo.run.0",
+         "payload": {"result": {"merged_by": "${nodes.approve.result.by}"}}},
+    ],
+}  # fmt: skip
+
+CHILD: dict[str, Any] = {
+    "id": "child",
+    "parameters": {"name": {"type": "string", "required": True},
+                   "hold": {"type": "boolean", "default": False}},
+    "nodes": [
+        {"id": "hold", "type": "signal", "when": "params.hold", "timeout_ms": 60000},
+        {"id": "greet", "type": "publish", "route": "echo.run.0",
+         "payload": {"result": {"hello": "${params.name}"}}},
+    ],
+}  # fmt: skip
+
+PARENT: dict[str, Any] = {
+    "id": "parent",
+    "parameters": {"names": {"type": "array", "default": ["a", "b", "c"]},
+                   "hold": {"type": "boolean", "default": False}},
+    "nodes": [
+        {"id": "one", "type": "workflow", "workflowId": "child",
+         "parameters": {"name": "solo", "hold": "${params.hold}"}},
+        {"id": "many", "type": "map", "items": "${params.names}", "max_parallel": 2,
+         "node": {"type": "workflow", "workflowId": "child", "parameters": {"name": "${item}"}}},
+    ],
+}  # fmt: skip
 
 
 def plan_of(config: Config, definition: dict[str, Any], **params: Any) -> Plan:
     return plan_workflow(definition, params, config.route_policy)
+
+
+def catalog_plan(config: Config, workflow_id: str, **params: Any) -> Plan:
+    """The plan of a catalog workflow (the ``workflows_dir`` fixture adds child and parent)."""
+    definitions = Catalog.for_data_dir(None).load()
+    return plan_workflow(definitions[workflow_id], params, config.route_policy, definitions)
 
 
 async def start_run(
@@ -62,9 +106,9 @@ class Webhook:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-@pytest.fixture(name="webhook")
-def webhook_fixture() -> Iterator[Webhook]:
-    """Import ``webhook_fixture`` into a test module to use the ``webhook`` fixture."""
+@contextlib.contextmanager
+def serving_webhook() -> Iterator[Webhook]:
+    """A ``Webhook`` listening on 127.0.0.1 while the block runs."""
     hook = Webhook()
 
     class Handler(BaseHTTPRequestHandler):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -17,32 +18,15 @@ from cogo.actors.loader import declare_apps
 from cogo.config import Config, load_config
 from cogo.streams.connection import connect
 from cogo.streams.server import EmbeddedServer
+from tests.code_pipeline import EXAMPLES
+from tests.helpers import SUITE_CONFIG
 from tests.workflow_support import CHILD, PARENT, Webhook, serving_webhook
-
-# Fast redelivery and short backoffs so fault paths finish in seconds, not minutes.
-TEST_CONFIG = """
-[bus]
-ack_wait_s = 2.0
-# short enough for takeovers in seconds, long enough to renew on a loaded machine
-lease_ttl_s = 4.0
-max_deliver = 3
-duplicate_window_s = 120.0
-
-[actors]
-concurrency = 32
-batch = 32
-
-[policy.routes."echo.run.0"]
-model = "local"
-timeout_ms = 10000
-backoff = { initial_ms = 100, multiplier = 2.0, max_ms = 2000 }
-"""
 
 
 @pytest.fixture
 def config_path(tmp_path: Path) -> Path:
     path = tmp_path / "cogo.toml"
-    path.write_text(TEST_CONFIG)
+    path.write_text(SUITE_CONFIG)
     return path
 
 
@@ -103,3 +87,11 @@ def workflows_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         (folder / f"{definition['id']}.json").write_text(json.dumps(definition))
     monkeypatch.setenv("COGO_WORKFLOWS_DIR", str(folder))
     return folder
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A fresh copy of ``examples/sample-repo`` (the code pipeline edits, builds and tests it)."""
+    target = tmp_path / "sample-repo"
+    shutil.copytree(EXAMPLES / "sample-repo", target)
+    return target

@@ -5,11 +5,9 @@ bad replies enforced through the dispatcher."""
 from __future__ import annotations
 
 import json
-import shutil
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,8 +15,8 @@ import pytest
 from cogo.actors.codegen import parse_reply
 from cogo.errors import LlmBadReply
 from cogo.streams.artifacts import ArtifactStore
-from tests.helpers import EventReader, submit
-from tests.test_build_test import BUILD_TEST, CODEGEN, EXAMPLES, pipeline, run_task
+from tests.code_pipeline import BUILD_TEST, CODEGEN, pipeline
+from tests.helpers import EventReader, run_task, submit
 
 FIX_REPLY = """Here is the fix:
 
@@ -75,13 +73,6 @@ class FakeLLM:
         usage = {"prompt_tokens": prompt, "completion_tokens": completion,
                  "total_tokens": prompt + completion}  # fmt: skip
         self.script.append((status, content, usage))
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    target = tmp_path / "sample-repo"
-    shutil.copytree(EXAMPLES / "sample-repo", target)
-    return target
 
 
 @pytest.fixture

@@ -21,9 +21,8 @@ from cogo.http.state import AppState
 from cogo.streams.policies import PolicyStore, set_policy
 from cogo.streams.server import free_port
 from cogo.system import _extra_routes
-from tests.helpers import EventReader, running, submit
-from tests.test_dashboard import ARTIFACTS, dashboard_page
-from tests.test_projections import projecting
+from tests.browser import ARTIFACTS, dashboard_page
+from tests.helpers import EventReader, projecting, running, submit
 
 TOKEN = "flow-dashboard-token"
 

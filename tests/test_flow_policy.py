@@ -18,8 +18,7 @@ from cogo.http.app import create_app
 from cogo.http.state import AppState
 from cogo.streams.policies import PolicyStore, read_policy, set_policy
 from cogo.streams.registry import declare
-from tests.conftest import TEST_CONFIG
-from tests.helpers import EventReader, running, submit
+from tests.helpers import SUITE_CONFIG, EventReader, running, submit
 
 BAD_FLOWS = [
     ({"concurrency": -1}, "flow.concurrency=-1"),
@@ -47,7 +46,7 @@ def _toml(flow: dict) -> str:
 @pytest.mark.parametrize(("flow", "field"), BAD_FLOWS)
 def test_config_refuses_bad_flow_limits_naming_the_field(tmp_path: Path, flow, field):
     path = tmp_path / "cogo.toml"
-    path.write_text(TEST_CONFIG + _toml(flow))
+    path.write_text(SUITE_CONFIG + _toml(flow))
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     assert field in str(caught.value)
@@ -55,14 +54,14 @@ def test_config_refuses_bad_flow_limits_naming_the_field(tmp_path: Path, flow, f
 
 def test_config_infinite_rate_is_refused(tmp_path: Path):
     path = tmp_path / "cogo.toml"
-    path.write_text(TEST_CONFIG + _toml({"rate_per_key_s": "inf"}).replace('"inf"', "inf"))
+    path.write_text(SUITE_CONFIG + _toml({"rate_per_key_s": "inf"}).replace('"inf"', "inf"))
     with pytest.raises(ConfigError, match="flow.rate_per_key_s=inf"):
         load_config(path)
 
 
 def test_config_takes_a_good_flow_policy(tmp_path: Path):
     path = tmp_path / "cogo.toml"
-    path.write_text(TEST_CONFIG + _toml({"concurrency": 8, "rate_per_key_s": 2.5}))
+    path.write_text(SUITE_CONFIG + _toml({"concurrency": 8, "rate_per_key_s": 2.5}))
     flow = load_config(path).route_policy("echo.run.0").flow
     assert flow == FlowPolicy(concurrency=8, rate_per_key_s=2.5)
     assert flow.enabled and flow.bucket == 3  # burst defaults to ceil(rate)

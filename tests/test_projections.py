@@ -10,13 +10,10 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
-import os
 import random
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -36,26 +33,15 @@ from cogo.http.metrics import routes as metric_routes
 from cogo.http.state import AppState
 from cogo.projections import histogram, rollups
 from cogo.projections import store as store_module
-from cogo.projections.projector import Projector, consumer_name
+from cogo.projections.projector import consumer_name
 from cogo.projections.replay import replay_offline
 from cogo.projections.store import connect, db_path, schema_files
 from cogo.streams.policies import PolicyStore
 from cogo.streams.topology import ensure_topology
-from tests.helpers import EventReader, running, submit
+from tests.helpers import EventReader, projecting, running, submit
+from tests.upsystem import cogo
 
 RESULT_TYPES = ("execute_done", "execute_retry", "execute_failed")
-
-
-@contextlib.asynccontextmanager
-async def projecting(
-    nc: Any, config: Any, data_dir: Path, **kwargs: Any
-) -> AsyncIterator[Projector]:
-    projector = Projector(nc, config, data_dir=data_dir, **kwargs)
-    await projector.start()
-    try:
-        yield projector
-    finally:
-        await projector.stop()
 
 
 async def workload(nats_server: Any, js: Any, config: Any) -> EventReader:
@@ -249,14 +235,9 @@ async def test_schema_files_run_in_name_order():
 
 
 def _spawn_projector(url: str, data_dir: Path, batch: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "COGO_PROJECTOR_BATCH": str(batch)}
-    # the log goes to a file: a pipe nobody reads could fill up and stall the child
-    with open(data_dir / "projector.log", "ab") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "cogo", "-v", "run", "projector", "--nats-url", url,
-             "--data-dir", str(data_dir)],
-            env=env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+    env = {"COGO_PROJECTOR_BATCH": str(batch)}
+    args = ("-v", "run", "projector", "--nats-url", url, "--data-dir", str(data_dir))
+    return cogo(*args, env=env, log=data_dir / "projector.log")
 
 
 def _log(data_dir: Path) -> str:

@@ -40,14 +40,13 @@ from cogo.streams.envelope import (
 from cogo.streams.events import encode_event, iso, make_event
 from cogo.streams.outputs import OUTPUTS, Output, decode_output, encode_output, output_subject
 from cogo.streams.seal import MAC_HEADER, OutputVerifier
-from tests.conftest import TEST_CONFIG
-from tests.helpers import EventReader, wait_until
+from tests.helpers import SUITE_CONFIG, EventReader, wait_until
 from tests.upsystem import cogo_up_blocking, stop
 
 APPS = ["--app", "tests.security_apps:alice", "--app", "tests.security_apps:mallory"]
 ALICE, MALLORY = "alice.work.0", "mallory.x.0"
 # small enough that held retries in a consumer's ack_pending would stall it (item 6)
-CONFIG = TEST_CONFIG.replace("[bus]\n", "[bus]\nmax_ack_pending = 16\n")
+CONFIG = SUITE_CONFIG.replace("[bus]\n", "[bus]\nmax_ack_pending = 16\n")
 
 
 class System:

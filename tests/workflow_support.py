@@ -10,13 +10,14 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from nats.js.client import JetStreamContext
 
 from cogo.actors.orchestrator import StartRun, send_command
 from cogo.config import Config
+from cogo.devllm import send_body, serve_local, stop_local
 from cogo.streams.envelope import new_id
 from cogo.workflows import history
 from cogo.workflows.definition import Catalog
@@ -120,22 +121,14 @@ def serving_webhook() -> Iterator[Webhook]:
                     {"path": self.path, "headers": dict(self.headers), "raw": raw,
                      "status": status, "at": time.time()}
                 )  # fmt: skip
-            body = json.dumps({"ok": status < 300}).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            send_body(self, status, json.dumps({"ok": status < 300}).encode())
 
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    hook.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    server, url = serve_local(Handler)
+    hook.url = f"{url}/hook"
     try:
         yield hook
     finally:
-        server.shutdown()
-        server.server_close()
+        stop_local(server)

@@ -149,6 +149,15 @@ class ChatServer:
         return self
 
 
+def tool_call(name: str, call_id: str, **arguments: Any) -> dict[str, Any]:
+    """One tool call of a scripted reply, as the endpoint sends it:
+
+    chat_server.reply(None, tool_calls=[tool_call("refund", "c1", order_id=7)])
+    """
+    function = {"name": name, "arguments": json.dumps(arguments)}
+    return {"id": call_id, "type": "function", "function": function}
+
+
 def serve_local(
     handler: type[BaseHTTPRequestHandler], port: int = 0
 ) -> tuple[ThreadingHTTPServer, str]:

@@ -52,10 +52,10 @@ from cogo.actors.app import App
 from cogo.aio import dump_tasks
 from cogo.client import Client
 from cogo.config import LLM_BASE_URL_ENV, Config, load_config
-from cogo.devllm import ChatServer, Reply
+from cogo.devllm import ChatServer, Reply, tool_call
 from cogo.harness import AgentEnvironment
 
-__all__ = ["AgentEnvironment", "ChatServer", "CogoEnv", "Reply", "merged_toml"]
+__all__ = ["AgentEnvironment", "ChatServer", "CogoEnv", "Reply", "merged_toml", "tool_call"]
 
 # Fast redelivery and short backoffs: fault paths finish in seconds in a test.
 STOP_WATCHDOG_S = 60.0

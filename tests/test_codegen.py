@@ -96,8 +96,9 @@ async def test_prompt_larger_than_budget_is_not_sent(nats_server, js, config, da
 
 
 async def test_bad_reply_is_retried_and_usage_adds_up(nats_server, js, config, data_dir, repo, llm):
-    llm.reply("Sorry, I would rather talk about the weather.", prompt_tokens=100,
-              completion_tokens=10)
+    llm.reply(
+        "Sorry, I would rather talk about the weather.", prompt_tokens=100, completion_tokens=10
+    )
     llm.reply(
         json.dumps({"edits": [{"op": "patch", "path": "calc/ops.py",
                                "diff": "@@ -5 +5 @@\n-    return a - b\n+    return a + b\n"}]}),

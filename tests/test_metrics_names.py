@@ -81,7 +81,10 @@ async def test_promtool_accepts_the_metrics(metrics_text):
             pytest.fail("promtool is missing in CI: `make promtool` should have fetched it")
         pytest.skip("promtool is not on PATH (`make promtool` fetches it; CI requires it)")
     checked = await asyncio.to_thread(
-        subprocess.run, [promtool, "check", "metrics"], input=metrics_text,
-        capture_output=True, text=True,
+        subprocess.run,
+        [promtool, "check", "metrics"],
+        input=metrics_text,
+        capture_output=True,
+        text=True,
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr

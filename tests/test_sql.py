@@ -288,8 +288,9 @@ async def test_cli_replay_offline_and_refusal(nats_server, js, tmp_path):
     )
     assert json.loads(count.stdout)["rows"] == [[300]]
 
-    projector = cogo_run("projector", nats_server.url, "--data-dir", str(data_dir),
-                         log=data_dir / "projector.log")
+    projector = cogo_run(
+        "projector", nats_server.url, "--data-dir", str(data_dir), log=data_dir / "projector.log"
+    )
     try:
         # the projector holds the file once its consumer exists (it opens the file first);
         # replaying meanwhile would itself hold the file and make the projector give up

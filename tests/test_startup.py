@@ -138,8 +138,8 @@ async def test_a_server_left_behind_on_the_store_is_stopped(tmp_path):
     data_dir.mkdir()
     server.store_dir.mkdir()
     # a server nobody owns (started by hand, or by a version without the lock)
-    argv = [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", "0", "--pid", str(server.pid_file)]
-    argv += ["-sd", str(server.store_dir)]
+    argv = [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", "0"]
+    argv += ["--pid", str(server.pid_file), "-sd", str(server.store_dir)]
     orphan = spawn(argv, log=tmp_path / "orphan.log", new_session=True)
     try:
         await wait_until(lambda: server.pid_file.exists() and server.pid_file.read_text().strip())

@@ -169,9 +169,7 @@ async def test_a_child_called_with_ctx_call_is_in_its_parents_trace(
                         and calls[0].parent_span_id in ran
                         and any(s.parent_span_id in child_ran for s in receiver.named("step ")))  # fmt: skip
 
-        await wait_until(
-            complete, 30, "the parent's and child's spans never reached the receiver"
-        )
+        await wait_until(complete, 30, "the parent's and child's spans never reached the receiver")
     finally:
         log = stop(up)
     by_id = {s.span_id: s for s in receiver.spans}

@@ -49,8 +49,14 @@ def test_a_project_of_ones_own_from_the_built_wheel(tmp_path):
     assert "wrote    shop/agents.py" in init.stdout
 
     log_path = project / "up.log"
-    up = spawn(["cogo", "up", "--sync", "default"], log=log_path, env=env, cwd=project,
-               new_session=True, inherit_env=False)
+    up = spawn(
+        ["cogo", "up", "--sync", "default"],
+        log=log_path,
+        env=env,
+        cwd=project,
+        new_session=True,
+        inherit_env=False,
+    )
     try:
         endpoints = project / ".cogo" / "endpoints.json"  # cogo.toml's data_dir
         asyncio.run(wait_endpoints(endpoints, up, 120))

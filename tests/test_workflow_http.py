@@ -235,7 +235,6 @@ async def test_signal_route_statuses(nats_server, client, config, data_dir):
     )
 
 
-
 def _workflow_enums(node: Any) -> list[list[str]]:
     """Every ``enum`` of the document that lists workflow ids."""
     if isinstance(node, list):
@@ -258,6 +257,7 @@ async def test_openapi_without_its_workflow_enums_says_why(client, monkeypatch, 
     assert response.json()["paths"].keys() == served["paths"].keys()
     warnings = [r.getMessage() for r in caplog.records if r.name == "cogo.http.openapi"]
     assert len(warnings) == 1 and "File name too long" in warnings[0], warnings
+
 
 async def test_schedule_routes(client, data_dir):
     bad_cron = await client.post("/api/schedules", json={

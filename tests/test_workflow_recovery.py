@@ -26,10 +26,9 @@ from tests.workflow_support import plan_of, start_run, wait_run
 @pytest.fixture
 def orchestrator(nats_server, config_path, data_dir) -> Iterator[CogoProcess]:
     """``cogo run orchestrator`` as a child process (started by the test)."""
-    process = CogoProcess(
-        "run", "orchestrator", "--nats-url", nats_server.url, "--config", str(config_path),
-        "--data-dir", str(data_dir), log=data_dir / "orchestrator.log",
-    )
+    args = ["--nats-url", nats_server.url, "--config", str(config_path)]
+    args += ["--data-dir", str(data_dir)]
+    process = CogoProcess("run", "orchestrator", *args, log=data_dir / "orchestrator.log")
     try:
         yield process
     finally:

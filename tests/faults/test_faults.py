@@ -90,8 +90,9 @@ async def test_an_actor_started_while_jetstream_is_away_waits_for_it(data_dir, c
     wait for JetStream instead of dying in their start-up declarations, and once a real
     server is up on the same port they declare their routes and run tasks."""
     port = free_port()
-    plain = spawn([nats_server_binary(), "-a", "127.0.0.1", "-p", str(port)],
-                  log=data_dir / "plain-nats.log")
+    plain = spawn(
+        [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port)], log=data_dir / "plain-nats.log"
+    )
     url = f"nats://127.0.0.1:{port}"
     logs = {name: data_dir / f"{name}.log" for name in ("dispatcher", "echo")}
     procs = []

@@ -18,6 +18,7 @@ from cogo.actors.loader import declare_apps
 from cogo.config import Config, load_config
 from cogo.streams.connection import connect
 from cogo.streams.server import EmbeddedServer
+from cogo.testing import ChatServer
 from tests.code_pipeline import EXAMPLES
 from tests.helpers import SUITE_CONFIG
 from tests.workflow_support import CHILD, PARENT, Webhook, serving_webhook
@@ -95,3 +96,14 @@ def repo(tmp_path: Path) -> Path:
     target = tmp_path / "sample-repo"
     shutil.copytree(EXAMPLES / "sample-repo", target)
     return target
+
+
+@pytest.fixture
+def tool_log(tmp_path: Path, chat_server: ChatServer, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Where the helpdesk examples log each tool run (``$HELPDESK_TOOL_LOG``), with
+    ``chat_server`` as the LLM endpoint of anything started in the test."""
+    path = tmp_path / "tool-runs.jsonl"
+    monkeypatch.setenv("HELPDESK_TOOL_LOG", str(path))
+    monkeypatch.setenv("COGO_LLM_BASE_URL", chat_server.url)
+    monkeypatch.setenv("COGO_LLM_API_KEY", "test-key")
+    return path

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import cogo
 from cogo.testing import ChatServer, CogoEnv, tool_call
 from tests.helpers import wait_until
@@ -24,6 +26,14 @@ def runs(path: Path) -> list[str]:
     """The tools the helpdesk ran, in order (``$HELPDESK_TOOL_LOG``)."""
     lines = path.read_text().splitlines() if path.exists() else []
     return [json.loads(line)["tool"] for line in lines]
+
+
+async def failure_of(handle: cogo.TaskHandle, timeout: float = 60) -> cogo.TaskFailed:
+    """The ``TaskFailed`` that waiting for ``handle``'s result raises (the test fails if the
+    task succeeds)."""
+    with pytest.raises(cogo.TaskFailed) as failed:
+        await handle.result(timeout=timeout)
+    return failed.value
 
 
 async def research(ctx: cogo.TaskContext, p: dict[str, Any]) -> dict[str, Any]:

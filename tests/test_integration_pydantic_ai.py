@@ -21,25 +21,20 @@ from cogo.testing import CogoEnv, Reply, tool_call  # noqa: E402
 from tests.integration_support import (  # noqa: E402
     RESEARCH_PARAMETERS,
     a_tool_that_is_a_cogo_agent_runs_as_a_child_task,
+    failure_of,
     research,
     runs,
 )
 
 ROUTE = "helpdesk.answer.0"
 
+# every test: the tool log, and an endpoint for agents started outside cogo_env
+pytestmark = pytest.mark.usefixtures("tool_log")
+
 
 @pytest.fixture
 def cogo_apps():
     return [helpdesk.app]
-
-
-@pytest.fixture(autouse=True)
-def tool_log(tmp_path, chat_server, monkeypatch):
-    path = tmp_path / "tool-runs.jsonl"
-    monkeypatch.setenv("HELPDESK_TOOL_LOG", str(path))
-    monkeypatch.setenv("COGO_LLM_BASE_URL", chat_server.url)
-    monkeypatch.setenv("COGO_LLM_API_KEY", "test-key")
-    return path
 
 
 def script_refund(chat_server) -> None:
@@ -116,9 +111,8 @@ async def test_the_budget_stops_a_runaway_loop(cogo_env, chat_server, tool_log):
     handle = await cogo_env.client.submit(
         ROUTE, {"question": "loop"}, assignment={"max_tokens": 2000}
     )
-    with pytest.raises(cogo.TaskFailed) as failed:
-        await handle.result(timeout=60)
-    assert failed.value.code == "budget.tokens_exceeded"
+    failed = await failure_of(handle)
+    assert failed.code == "budget.tokens_exceeded"
     assert (await handle.status()).usage["tokens"] <= 2000
     assert 2 <= chat_server.calls < 20
     assert len(runs(tool_log)) == chat_server.calls
@@ -128,9 +122,8 @@ async def test_a_model_the_route_does_not_allow_is_refused_before_any_request(
     cogo_env, chat_server
 ):
     handle = await cogo_env.client.submit(ROUTE, {"question": "hi", "model": "gpt-9"})
-    with pytest.raises(cogo.TaskFailed) as failed:
-        await handle.result(timeout=30)
-    assert failed.value.code == "policy.model_not_allowed"
+    failed = await failure_of(handle, timeout=30)
+    assert failed.code == "policy.model_not_allowed"
     assert chat_server.calls == 0
 
 
@@ -142,10 +135,9 @@ async def test_a_raising_tool_follows_the_routes_retry_policy(
     monkeypatch.setenv("HELPDESK_REFUNDS_DOWN", "1")
     script_refund(chat_server)
     handle = await cogo_env.client.submit(ROUTE, {"question": "Refund order 7"})
-    with pytest.raises(cogo.TaskFailed) as failed:
-        await handle.result(timeout=60)
-    assert failed.value.code == "attempts.exhausted" and failed.value.attempts == 3
-    assert "payment service" in str(failed.value)
+    failed = await failure_of(handle)
+    assert failed.code == "attempts.exhausted" and failed.attempts == 3
+    assert "payment service" in str(failed)
     assert runs(tool_log) == ["lookup_order"] + ["refund"] * 3
     assert chat_server.calls == 2
 
@@ -153,9 +145,8 @@ async def test_a_raising_tool_follows_the_routes_retry_policy(
 async def test_a_permanent_tool_error_is_not_retried(cogo_env, chat_server, tool_log):
     chat_server.reply(None, tool_calls=[tool_call("lookup_order", "c1", order_id=99)])
     handle = await cogo_env.client.submit(ROUTE, {"question": "Refund order 99"})
-    with pytest.raises(cogo.TaskFailed) as failed:
-        await handle.result(timeout=60)
-    assert failed.value.code == "worker.permanent" and failed.value.attempts == 1
+    failed = await failure_of(handle)
+    assert failed.code == "worker.permanent" and failed.attempts == 1
 
 
 async def test_streaming_puts_tool_calls_and_text_on_the_output(cogo_env, chat_server):

@@ -7,22 +7,27 @@ import asyncio
 import contextlib
 import inspect
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import httpx
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.js import api
 from nats.js.client import JetStreamContext
+from starlette.routing import BaseRoute
 
 from cogo.actors.base import Actor
 from cogo.config import Config
+from cogo.http.app import create_app
+from cogo.http.state import AppState
 from cogo.projections.projector import Projector
 from cogo.streams.catalogue import TERMINAL_TYPES
 from cogo.streams.connection import connect
 from cogo.streams.envelope import EXECUTE_SUBJECT, MSG_ID, encoder, new_id
 from cogo.streams.events import Event, decode_event
+from cogo.streams.policies import PolicyStore
 from cogo.testing import TEST_CONFIG
 
 # The suite's cogo.toml: cogo.testing's fast settings, and the echo test double's retries as
@@ -190,3 +195,36 @@ async def projecting(
         yield projector
     finally:
         await projector.stop()
+
+
+@contextlib.asynccontextmanager
+async def facade(
+    nc: NATS,
+    config: Config,
+    data_dir: Path,
+    *,
+    token: str | None = None,
+    extra_routes: Sequence[BaseRoute] = (),
+    timeout: float = 5.0,
+    **state: Any,
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The HTTP facade in this process, called through ASGI (no socket), over a live policy
+    view; with ``token`` it is required and every request carries it. ``state``: more
+    ``AppState`` fields (``projector``, ``max_body_bytes``)."""
+    policies = PolicyStore(nc.jetstream())
+    await policies.start()
+    try:
+        app_state = AppState(
+            nc=nc, config=config, policies=policies, data_dir=data_dir, api_token=token, **state
+        )
+        app = create_app(app_state, extra_routes=list(extra_routes))
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://cogo",
+            headers=headers,
+            timeout=timeout,
+        ) as client:
+            yield client
+    finally:
+        await policies.stop()

@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
 
 import cogo
@@ -14,11 +13,9 @@ from cogo.actors.dispatcher import ExecutorDispatcher
 from cogo.actors.echo import EchoActor
 from cogo.config import FlowPolicy, load_config
 from cogo.errors import ConfigError
-from cogo.http.app import create_app
-from cogo.http.state import AppState
-from cogo.streams.policies import PolicyStore, read_policy, set_policy
+from cogo.streams.policies import read_policy, set_policy
 from cogo.streams.registry import declare
-from tests.helpers import SUITE_CONFIG, EventReader, running, submit
+from tests.helpers import SUITE_CONFIG, EventReader, facade, running, submit
 
 BAD_FLOWS = [
     ({"concurrency": -1}, "flow.concurrency=-1"),
@@ -133,18 +130,11 @@ async def test_bad_key_or_priority_fails_the_task_naming_the_field(nats_server, 
 
 
 async def test_http_refuses_bad_key_with_its_location(nc, js, config, data_dir):
-    policies = PolicyStore(js)
-    await policies.start()
-    state = AppState(nc=nc, config=config, policies=policies, data_dir=data_dir)
-    transport = httpx.ASGITransport(app=create_app(state))
-    try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://cogo") as http:
-            for assignment, field in BAD_ASSIGNMENTS:
-                r = await http.post("/api/tasks", json={"route": "echo.run.0",
-                                                        "payload": {"__assignment": assignment}})  # fmt: skip
-                assert r.status_code == 422, r.text
-                assert r.json()["code"] == "assignment.invalid"
-                loc = ["body", *field.removeprefix("$.").split(".")]
-                assert r.json()["detail"][0]["loc"] == loc
-    finally:
-        await policies.stop()
+    async with facade(nc, config, data_dir) as http:
+        for assignment, field in BAD_ASSIGNMENTS:
+            body = {"route": "echo.run.0", "payload": {"__assignment": assignment}}
+            r = await http.post("/api/tasks", json=body)
+            assert r.status_code == 422, r.text
+            assert r.json()["code"] == "assignment.invalid"
+            loc = ["body", *field.removeprefix("$.").split(".")]
+            assert r.json()["detail"][0]["loc"] == loc

@@ -12,15 +12,12 @@ import os
 import shutil
 import subprocess
 
-import httpx
 import pytest
 
 from cogo.bench.projections import fill, synthetic_events
-from cogo.http.app import create_app
 from cogo.http.metrics import routes as metric_routes
-from cogo.http.state import AppState
 from cogo.projections.projector import Projector
-from cogo.streams.policies import PolicyStore
+from tests.helpers import facade
 from tests.promlint import lint
 
 
@@ -45,15 +42,10 @@ async def metrics_text(nc, js, config, data_dir) -> str:
     await projector.start()
     try:
         await projector.wait_caught_up()
-        policies = PolicyStore(js)
-        await policies.start()
-        state = AppState(nc=nc, config=config, policies=policies, data_dir=data_dir)
-        state.projector = projector
-        app = create_app(state, extra_routes=metric_routes)
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://cogo") as client:
+        async with facade(
+            nc, config, data_dir, extra_routes=metric_routes, projector=projector
+        ) as client:
             response = await client.get("/metrics")
-        await policies.stop()
     finally:
         await projector.stop()
     assert response.status_code == 200

@@ -16,26 +16,16 @@ from cogo.actors.echo import EchoActor
 from cogo.actors.orchestrator import Orchestrator
 from cogo.config import WORKFLOWS_DIR_ENV
 from cogo.http import orchestrator as orchestrator_routes
-from cogo.http.app import create_app
-from cogo.http.state import AppState
-from cogo.streams.policies import PolicyStore
-from tests.helpers import running
+from tests.helpers import facade, running
 
 TOKEN = "t0ken"
 
 
 @pytest.fixture
 async def client(nc, js, config, data_dir) -> AsyncIterator[httpx.AsyncClient]:
-    policies = PolicyStore(js)
-    await policies.start()
-    state = AppState(nc=nc, config=config, policies=policies, data_dir=data_dir, api_token=TOKEN)
-    app = create_app(state, extra_routes=orchestrator_routes.routes)
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(
-        transport=transport, base_url="http://cogo", headers={"Authorization": f"Bearer {TOKEN}"}
-    ) as http:
+    routes = orchestrator_routes.routes
+    async with facade(nc, config, data_dir, token=TOKEN, extra_routes=routes) as http:
         yield http
-    await policies.stop()
 
 
 ECHO_GATED: dict[str, Any] = {

@@ -36,6 +36,24 @@ async def failure_of(handle: cogo.TaskHandle, timeout: float = 60) -> cogo.TaskF
     return failed.value
 
 
+async def a_model_the_route_does_not_allow_sends_nothing(
+    env: CogoEnv, chat_server: ChatServer, route: str
+) -> None:
+    handle = await env.client.submit(route, {"question": "hi", "model": "gpt-9"})
+    failed = await failure_of(handle, timeout=30)
+    assert failed.code == "policy.model_not_allowed"
+    assert chat_server.calls == 0
+
+
+async def a_permanent_tool_error_is_not_retried(
+    env: CogoEnv, chat_server: ChatServer, route: str
+) -> None:
+    chat_server.reply(None, tool_calls=[tool_call("lookup_order", "c1", order_id=99)])
+    handle = await env.client.submit(route, {"question": "Refund order 99"})
+    failed = await failure_of(handle)
+    assert failed.code == "worker.permanent" and failed.attempts == 1
+
+
 async def research(ctx: cogo.TaskContext, p: dict[str, Any]) -> dict[str, Any]:
     """The child agent: waits for a signal ``go`` (the parent suspends meanwhile)."""
     await ctx.wait_signal("go")

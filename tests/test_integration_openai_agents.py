@@ -23,6 +23,8 @@ import cogo  # noqa: E402
 from cogo.testing import CogoEnv, Reply, tool_call  # noqa: E402
 from tests.integration_support import (  # noqa: E402
     RESEARCH_PARAMETERS,
+    a_model_the_route_does_not_allow_sends_nothing,
+    a_permanent_tool_error_is_not_retried,
     a_tool_that_is_a_cogo_agent_runs_as_a_child_task,
     failure_of,
     research,
@@ -129,10 +131,7 @@ async def test_the_budget_stops_a_runaway_loop(cogo_env, chat_server, tool_log):
 async def test_a_model_the_route_does_not_allow_is_refused_before_any_request(
     cogo_env, chat_server
 ):
-    handle = await cogo_env.client.submit(ROUTE, {"question": "hi", "model": "gpt-9"})
-    failed = await failure_of(handle, timeout=30)
-    assert failed.code == "policy.model_not_allowed"
-    assert chat_server.calls == 0
+    await a_model_the_route_does_not_allow_sends_nothing(cogo_env, chat_server, ROUTE)
 
 
 async def test_a_raising_tool_follows_the_routes_retry_policy(
@@ -148,11 +147,8 @@ async def test_a_raising_tool_follows_the_routes_retry_policy(
     assert chat_server.calls == 3
 
 
-async def test_a_permanent_tool_error_is_not_retried(cogo_env, chat_server, tool_log):
-    chat_server.reply(None, tool_calls=[tool_call("lookup_order", "c1", order_id=99)])
-    handle = await cogo_env.client.submit(ROUTE, {"question": "Refund order 99"})
-    failed = await failure_of(handle)
-    assert failed.code == "worker.permanent" and failed.attempts == 1
+async def test_a_permanent_tool_error_is_not_retried(cogo_env, chat_server):
+    await a_permanent_tool_error_is_not_retried(cogo_env, chat_server, ROUTE)
 
 
 async def test_streaming_puts_tools_handoffs_and_text_on_the_output(cogo_env, chat_server):

@@ -38,7 +38,7 @@ from cogo.projections.replay import replay_offline
 from cogo.projections.store import connect, db_path, schema_files
 from cogo.streams.policies import PolicyStore
 from cogo.streams.topology import ensure_topology
-from tests.helpers import EventReader, projecting, running, submit
+from tests.helpers import EventReader, projecting, running, submit, wait_until
 from tests.upsystem import cogo
 
 RESULT_TYPES = ("execute_done", "execute_retry", "execute_failed")
@@ -393,14 +393,6 @@ async def test_projector_and_replay_survive_aged_out_events(nc, js, config, data
         con.close()
 
 
-async def _until(check: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := await check()):
-        assert time.monotonic() < deadline, f"not in {timeout}s: {what}"
-        await asyncio.sleep(0.05)
-    return value
-
-
 def _file_bytes(path: Path) -> int:
     wal = Path(f"{path}.wal")
     return path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
@@ -434,7 +426,7 @@ async def test_max_age_applies_to_the_projection(nc, js, config, data_dir):
             info = await js.stream_info("EVENTS")
             return info.state.messages == 0 and await counts() == (0, 0)
 
-        await _until(aged_out, 20, "events aged out of the stream and the projection")
+        await wait_until(aged_out, 20, "events aged out of the stream and the projection")
         assert projector.stats()["streams"]["EVENTS"]["pruned"] == 600
 
 
@@ -459,7 +451,7 @@ async def test_projection_size_stays_bounded_under_a_stream_of_events(nc, js, co
                 )
                 return row == target
 
-            await _until(mirrored, 20, f"round {r}: the projection holds what the stream holds")
+            await wait_until(mirrored, 20, f"round {r}: the projection holds what the stream holds")
             # what the automatic one does at 64 MB of WAL, now; it fails if a reader's result
             # still pins a transaction (ProjectionStore.reader)
             await projector.store.write(lambda: projector.store.con.execute("CHECKPOINT"))

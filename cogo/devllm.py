@@ -99,13 +99,7 @@ class ChatServer:
                 headers: dict[str, str] | None = None,
             ) -> None:  # fmt: skip
                 data = raw if raw is not None else json.dumps(doc).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for name, value in (headers or {}).items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(data)
+                send_body(self, status, data, headers=headers)
 
             def _stream(self, body: dict[str, Any], reply: Reply) -> None:
                 self.send_response(200)
@@ -143,21 +137,60 @@ class ChatServer:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._server, self.url = serve_local(Handler, self.port)
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+        stop_local(self._server)
 
     def reply(self, content: str | None = "ok", **kwargs: Any) -> ChatServer:
         """Append one answer to the script."""
         self.script.append(Reply(content=content, **kwargs))
         return self
+
+
+def tool_call(name: str, call_id: str, **arguments: Any) -> dict[str, Any]:
+    """One tool call of a scripted reply, as the endpoint sends it:
+
+    chat_server.reply(None, tool_calls=[tool_call("refund", "c1", order_id=7)])
+    """
+    function = {"name": name, "arguments": json.dumps(arguments)}
+    return {"id": call_id, "type": "function", "function": function}
+
+
+def serve_local(
+    handler: type[BaseHTTPRequestHandler], port: int = 0
+) -> tuple[ThreadingHTTPServer, str]:
+    """Serve ``handler`` on 127.0.0.1 (``port`` 0: any free one) from a daemon thread: the
+    server (``stop_local`` ends it) and its base URL. Test doubles of HTTP services use it."""
+    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def stop_local(server: ThreadingHTTPServer | None) -> None:
+    """Stop a ``serve_local`` server and close its socket."""
+    if server is not None:
+        server.shutdown()
+        server.server_close()
+
+
+def send_body(
+    handler: BaseHTTPRequestHandler,
+    status: int,
+    data: bytes,
+    content_type: str = "application/json",
+    headers: dict[str, str] | None = None,
+) -> None:
+    """Answer the request ``handler`` serves with ``status`` and ``data``, sized."""
+    handler.send_response(status)
+    handler.send_header("Content-Type", content_type)
+    handler.send_header("Content-Length", str(len(data)))
+    for name, value in (headers or {}).items():
+        handler.send_header(name, value)
+    handler.end_headers()
+    handler.wfile.write(data)
 
 
 def _last_user_text(body: dict[str, Any]) -> str:

@@ -51,7 +51,7 @@ import pytest
 
 from cogo.aio import dump_tasks
 from cogo.config import LLM_BASE_URL_ENV, Config, load_config
-from cogo.devllm import ChatServer, Reply
+from cogo.devllm import ChatServer, Reply, tool_call
 from cogo.sdk.app import App
 from cogo.sdk.client import Client
 from cogo.sdk.harness import AgentEnvironment
@@ -60,7 +60,7 @@ if TYPE_CHECKING:
     from cogo.projections.projector import Projector
     from cogo.runtime.startup import Startup
 
-__all__ = ["AgentEnvironment", "ChatServer", "CogoEnv", "Reply", "merged_toml"]
+__all__ = ["AgentEnvironment", "ChatServer", "CogoEnv", "Reply", "merged_toml", "tool_call"]
 
 # Fast redelivery and short backoffs: fault paths finish in seconds in a test.
 STOP_WATCHDOG_S = 60.0

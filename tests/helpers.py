@@ -1,25 +1,47 @@
-"""Test helpers: run actors in-process, submit tasks, read the event log."""
+"""Test helpers: run actors and a projector in-process, submit tasks, read the event log,
+wait for a condition."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
+import httpx
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.js import api
 from nats.js.client import JetStreamContext
+from starlette.routing import BaseRoute
 
 from cogo.config import Config
+from cogo.http.app import create_app
+from cogo.http.state import AppState
+from cogo.projections.projector import Projector
 from cogo.runtime.base import Actor
 from cogo.runtime.worker import as_actor
 from cogo.streams.catalogue import TERMINAL_TYPES
 from cogo.streams.connection import connect
 from cogo.streams.envelope import EXECUTE_SUBJECT, MSG_ID, encoder, new_id
 from cogo.streams.events import Event, decode_event
+from cogo.streams.policies import PolicyStore
+from cogo.testing import TEST_CONFIG
+
+# The suite's cogo.toml: cogo.testing's fast settings, and the echo test double's retries as
+# fast as the rest (its own declaration waits longer between attempts).
+SUITE_CONFIG = (
+    TEST_CONFIG
+    + """
+[policy.routes."echo.run.0"]
+model = "local"
+timeout_ms = 10000
+backoff = { initial_ms = 100, multiplier = 2.0, max_ms = 2000 }
+"""
+)
 
 
 @contextlib.asynccontextmanager
@@ -124,14 +146,87 @@ class EventReader:
             await asyncio.sleep(0.05)
 
 
-async def wait_until(check: Any, timeout: float, what: Any) -> Any:
-    """Poll ``await check()`` until it returns something true; fail naming ``what`` (text, or
-    a function giving it: e.g. the logs as they are when the wait gives up)."""
+async def wait_until(
+    check: Callable[[], Any], timeout: float = 30.0, what: Any = "condition", interval: float = 0.1
+) -> Any:
+    """Poll ``check()`` (a function, or a coroutine function) until it returns something true,
+    and return that; fail naming ``what`` (text, or a function giving it: e.g. the logs as
+    they are when the wait gives up)."""
     deadline = time.monotonic() + timeout
     while True:
-        value = await check()
+        value = check()
+        if inspect.isawaitable(value):
+            value = await value
         if value:
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"{what() if callable(what) else what}: not within {timeout}s")
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(interval)
+
+
+async def submit_many(
+    js: JetStreamContext,
+    ids: list[str],
+    payload: dict[str, Any] | None = None,
+    route: str = "echo.run.0",
+) -> None:
+    """Submit one task per id at once (its payload: ``payload``, else ``{"result": id}``)."""
+    futures = []
+    for tid in ids:
+        body = {"task_id": tid, "route": route, "payload": payload or {"result": tid}}
+        futures.append(
+            await js.publish_async(EXECUTE_SUBJECT, encoder.encode(body), headers={MSG_ID: tid})
+        )
+    await asyncio.gather(*futures)
+
+
+async def run_task(js: JetStreamContext, route: str, payload: dict[str, Any]) -> Event:
+    """Submit one task and return its terminal event."""
+    task_id = await submit(js, route, payload)
+    return (await EventReader(js).wait_terminal([task_id], timeout=25))[task_id]
+
+
+@contextlib.asynccontextmanager
+async def projecting(
+    nc: NATS, config: Config, data_dir: Path, **kwargs: Any
+) -> AsyncIterator[Projector]:
+    """A projector in this process, folding into ``data_dir``."""
+    projector = Projector(nc, config, data_dir=data_dir, **kwargs)
+    await projector.start()
+    try:
+        yield projector
+    finally:
+        await projector.stop()
+
+
+@contextlib.asynccontextmanager
+async def facade(
+    nc: NATS,
+    config: Config,
+    data_dir: Path,
+    *,
+    token: str | None = None,
+    extra_routes: Sequence[BaseRoute] = (),
+    timeout: float = 5.0,
+    **state: Any,
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The HTTP facade in this process, called through ASGI (no socket), over a live policy
+    view; with ``token`` it is required and every request carries it. ``state``: more
+    ``AppState`` fields (``projector``, ``max_body_bytes``)."""
+    policies = PolicyStore(nc.jetstream())
+    await policies.start()
+    try:
+        app_state = AppState(
+            nc=nc, config=config, policies=policies, data_dir=data_dir, api_token=token, **state
+        )
+        app = create_app(app_state, extra_routes=list(extra_routes))
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://cogo",
+            headers=headers,
+            timeout=timeout,
+        ) as client:
+            yield client
+    finally:
+        await policies.stop()

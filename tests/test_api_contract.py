@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TEST_CONFIG
+from tests.helpers import SUITE_CONFIG
 from tests.upsystem import cogo_up, stop
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,7 +36,7 @@ def schemathesis_command() -> list[str]:
 async def test_schemathesis_all_checks_report_nothing(tmp_path):
     data_dir = tmp_path / "up"
     data_dir.mkdir()
-    (data_dir / "cogo.toml").write_text(TEST_CONFIG)
+    (data_dir / "cogo.toml").write_text(SUITE_CONFIG)
     up, info = await cogo_up(data_dir)
     try:
         run = await asyncio.to_thread(

@@ -20,6 +20,7 @@ import pytest
 import cogo
 from cogo.streams.connection import connect
 from cogo.streams.policies import read_record, reset_policy, set_policy
+from cogo.testing import merged_toml
 from tests.helpers import EventReader, wait_until
 from tests.upsystem import cogo as cogo_proc
 from tests.upsystem import cogo_up, stop
@@ -179,14 +180,15 @@ async def test_submit_reads_files_and_stdin_and_waits_at_once_when_done(tmp_path
 
 async def test_policy_precedence_default_agent_toml_runtime(tmp_path, config_path):
     """[policy.default] < @app.agent(policy=) < cogo.toml < cogo policy set, across restarts."""
-    config_path.write_text(config_path.read_text() + textwrap.dedent("""
+    # laid over the suite's settings, which have a [policy.default] table of their own
+    config_path.write_text(merged_toml(config_path.read_text(), textwrap.dedent("""
         [policy.default]
         ttl_ms = 500000
         max_cost_usd = 0.25
 
         [policy.routes."sample.greet.0"]
         timeout_ms = 4000
-    """))  # fmt: skip
+    """)))  # fmt: skip
     data_dir = tmp_path / "up"
     proc, info = await cogo_up(data_dir, config_path, "--app", "tests.sample_apps:app")
     try:

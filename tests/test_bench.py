@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,30 +26,46 @@ KEYS = {
 }
 
 
-def test_bench_json_reports_every_figure() -> None:
+# everything as small as it goes, each optional figure off: a test turns on the part it is
+# about by naming its option again (argparse keeps the last value)
+SMALL = (
+    "--sync default --tasks 200 --rate 100 --duration 0.5 --http-requests 0 "
+    "--projector-runs 0 --step-runs 0 --no-scale-out --agent-tasks 0 --tracing-tasks 0 "
+    "--durable-tasks 0 --flow-tasks 0 --client-tasks 0 --client-step-runs 0 --kill-repeats 0 "
+    "--timeout 60"
+).split()
+
+
+def bench(*args: str, timeout: float = 180) -> dict[str, Any]:
+    """``cogo bench --json ARGS``: the one JSON object it prints (a failed run fails)."""
     proc = subprocess.run(
-        [
-            sys.executable, "-m", "cogo", "bench", "--json",
-            "--tasks", "500", "--rate", "200", "--rate", "400", "--duration", "1",
-            "--http-requests", "200", "--projector-events", "2000", "--projector-runs", "2",
-            "--workflow-runs", "20", "--orchestrators", "1", "--orchestrators", "2",
-            "--workflow-repeats", "1", "--flow-tasks", "300", "--flow-repeats", "1",
-            "--step-runs", "2", "--step-nodes", "3",
-            "--scale-workers", "1", "--scale-workers", "2", "--scale-tasks", "60",
-            "--scale-sleep-ms", "20", "--history", "1500", "--history", "3000",
-            "--history-requests", "2", "--agent-tasks", "0", "--tracing-tasks", "0",
-            "--durable-tasks", "0", "--timeout", "60",
-            "--client-tasks", "200", "--client-in-flight", "50", "--client-step-runs", "3",
-            "--client-steps", "5", "--kill-repeats", "1",
-        ],
+        [sys.executable, "-m", "cogo", "bench", "--json", *args],
         capture_output=True,
         text=True,
-        timeout=240,
-    )  # fmt: skip
+        timeout=timeout,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     assert len(lines) == 1, f"--json must print one object, got: {proc.stdout[:2000]}"
-    result = json.loads(lines[0])
+    result: dict[str, Any] = json.loads(lines[0])
+    return result
+
+
+def test_bench_json_reports_every_figure() -> None:
+    result = bench(
+        "--tasks", "500", "--rate", "200", "--rate", "400", "--duration", "1",
+        "--http-requests", "200", "--projector-events", "2000", "--projector-runs", "2",
+        "--workflow-runs", "20", "--orchestrators", "1", "--orchestrators", "2",
+        "--workflow-repeats", "1", "--flow-tasks", "300", "--flow-repeats", "1",
+        "--step-runs", "2", "--step-nodes", "3",
+        "--scale-workers", "1", "--scale-workers", "2", "--scale-tasks", "60",
+        "--scale-sleep-ms", "20", "--history", "1500", "--history", "3000",
+        "--history-requests", "2", "--agent-tasks", "0", "--tracing-tasks", "0",
+        "--durable-tasks", "0", "--timeout", "60",
+        "--client-tasks", "200", "--client-in-flight", "50", "--client-step-runs", "3",
+        "--client-steps", "5", "--kill-repeats", "1",
+        timeout=240,
+    )  # fmt: skip
 
     assert KEYS <= result.keys()
     assert result["sync_interval"] == "always"  # what nats.conf ships with
@@ -137,21 +154,8 @@ def test_bench_json_reports_every_figure() -> None:
 
 def test_bench_reports_a_decorated_agent_against_echo() -> None:
     # everything else as small as it goes: the part under test is the @app.agent figure
-    proc = subprocess.run(
-        [
-            sys.executable, "-m", "cogo", "bench", "--json", "--sync", "default",
-            "--tasks", "200", "--rate", "100", "--duration", "0.5", "--http-requests", "0",
-            "--projector-runs", "0", "--step-runs", "0", "--no-scale-out",
-            "--agent-tasks", "1000", "--tracing-tasks", "0", "--durable-tasks", "0",
-            "--timeout", "60", "--flow-tasks", "0",
-            "--client-tasks", "0", "--client-step-runs", "0", "--kill-repeats", "0",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    agent = json.loads(proc.stdout.strip().splitlines()[-1])["agent"]
+    result = bench(*SMALL, "--agent-tasks", "1000")
+    agent = result["agent"]
     assert agent["tasks"] == 1000
     assert (agent["echo"]["route"], agent["agent"]["route"]) == ("echo.run.0", "bench.agent.0")
     for name in ("echo", "agent"):
@@ -168,26 +172,12 @@ def test_bench_reports_a_decorated_agent_against_echo() -> None:
         abs=1e-3,
     )
     # the agent's process really was a `cogo run` of the bench app, and it was stopped
-    assert json.loads(proc.stdout.strip().splitlines()[-1])["peak_rss_mb"]["agent"] > 0
+    assert result["peak_rss_mb"]["agent"] > 0
 
 
 def test_bench_reports_tracing_off_and_on() -> None:
     pytest.importorskip("opentelemetry.sdk")
-    proc = subprocess.run(
-        [
-            sys.executable, "-m", "cogo", "bench", "--json", "--sync", "default",
-            "--tasks", "200", "--rate", "100", "--duration", "0.5", "--http-requests", "0",
-            "--projector-runs", "0", "--step-runs", "0", "--no-scale-out",
-            "--agent-tasks", "0", "--tracing-tasks", "500", "--timeout", "60", "--flow-tasks", "0",
-            "--durable-tasks", "0",
-            "--client-tasks", "0", "--client-step-runs", "0", "--kill-repeats", "0",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    traced = json.loads(proc.stdout.strip().splitlines()[-1])["tracing"]
+    traced = bench(*SMALL, "--tracing-tasks", "500")["tracing"]
     assert traced["tasks"] == 500
     for mode in ("off", "on"):
         row = traced[mode]
@@ -229,21 +219,7 @@ def test_step_benchmark_runs_and_reports_each_figure(capsys) -> None:
 
 def test_bench_reports_durable_agent_figures() -> None:
     # everything else as small as it goes: the part under test is the durable figures
-    proc = subprocess.run(
-        [
-            sys.executable, "-m", "cogo", "bench", "--json", "--sync", "default",
-            "--tasks", "200", "--rate", "100", "--duration", "0.5", "--http-requests", "0",
-            "--projector-runs", "0", "--step-runs", "0", "--no-scale-out",
-            "--agent-tasks", "0", "--durable-tasks", "50", "--timeout", "60",
-            "--tracing-tasks", "0", "--flow-tasks", "0",
-            "--client-tasks", "0", "--client-step-runs", "0", "--kill-repeats", "0",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    durable = json.loads(proc.stdout.strip().splitlines()[-1])["durable"]
+    durable = bench(*SMALL, "--durable-tasks", "50")["durable"]
     assert durable["suspended_tasks"] == 50
     for key in ("suspend_to_resumed", "suspend_to_done"):
         assert durable[key]["n"] == 50 and 0 < durable[key]["p50_ms"] <= durable[key]["p99_ms"]

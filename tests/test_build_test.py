@@ -4,40 +4,18 @@ nats-server, with real subprocesses: pass, fail, timeout, bad paths, missing inp
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import shlex
-import shutil
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from nats.js.client import JetStreamContext
 
-from cogo.agents.build_test import BuildTestActor
-from cogo.agents.codegen import CodegenActor
-from cogo.config import Config
-from cogo.runtime.base import Actor
-from cogo.runtime.dispatcher import ExecutorDispatcher
 from cogo.streams.artifacts import ArtifactStore
 from cogo.streams.events import Event
-from tests.helpers import EventReader, running, submit
-
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-CODEGEN = "codegen.generate.0"
-BUILD_TEST = "code.build-test.0"
-
-
-@contextlib.asynccontextmanager
-async def pipeline(url: str, config: Config, data_dir: Path) -> AsyncIterator[list[Actor]]:
-    """The dispatcher plus the codegen and build/test workers, in this process."""
-    async with (
-        running(url, config, ExecutorDispatcher),
-        running(url, config, CodegenActor, BuildTestActor, data_dir=data_dir) as workers,
-    ):
-        yield workers
+from tests.code_pipeline import BUILD_TEST, CODEGEN, EXAMPLES, pipeline
+from tests.helpers import EventReader, run_task, submit
 
 
 def example(name: str, repo: Path) -> dict[str, Any]:
@@ -45,18 +23,6 @@ def example(name: str, repo: Path) -> dict[str, Any]:
     params = json.loads((EXAMPLES / name).read_text())
     params["repo"] = str(repo)
     return params
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    target = tmp_path / "sample-repo"
-    shutil.copytree(EXAMPLES / "sample-repo", target)
-    return target
-
-
-async def run_task(js: JetStreamContext, route: str, payload: dict[str, Any]) -> Event:
-    task_id = await submit(js, route, payload)
-    return (await EventReader(js).wait_terminal([task_id], timeout=25))[task_id]
 
 
 async def codegen_then_build(js: JetStreamContext, params: dict[str, Any]) -> tuple[Event, Event]:

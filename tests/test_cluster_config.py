@@ -30,7 +30,7 @@ from cogo.streams.cluster import check_store, parse_size
 from cogo.streams.connection import connect
 from cogo.streams.server import EmbeddedServer, free_port, nats_server_binary
 from cogo.streams.topology import ensure_topology
-from tests.upsystem import cogo_up, stop
+from tests.upsystem import cogo_up, spawn, stop
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
 
@@ -87,22 +87,15 @@ def servers(confs: list[Path], log_dir: Path) -> Iterator[list[subprocess.Popen[
     procs = []
     try:
         for i, conf in enumerate(confs):
-            with open(log_dir / f"nats-{i + 1}.log", "ab") as log:
-                procs.append(subprocess.Popen(
-                    [nats_server_binary(), "-c", str(conf)], stdout=log,
-                    stderr=subprocess.STDOUT, start_new_session=True,
-                ))  # fmt: skip
+            argv = [nats_server_binary(), "-c", str(conf)]
+            procs.append(spawn(argv, log=log_dir / f"nats-{i + 1}.log", new_session=True))
         yield procs
     finally:
-        for proc in procs:
+        for proc in procs:  # all at once: a cluster member waits for its peers to go
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGTERM)
         for proc in procs:
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+            stop(proc, timeout=15)
 
 
 async def wait_for_tasks(http: httpx.AsyncClient, ids: list[str], timeout: float) -> dict[str, Any]:

@@ -1,15 +1,10 @@
-"""The ``llm`` generator against a real local HTTP server speaking the chat-completions
-protocol: prompt and budget in the request, edits and usage out of the reply, budgets and
+"""The ``llm`` generator against cogo.testing's chat server (real HTTP, the chat-completions
+protocol): prompt and budget in the request, edits and usage out of the reply, budgets and
 bad replies enforced through the dispatcher."""
 
 from __future__ import annotations
 
 import json
-import shutil
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,8 +12,9 @@ import pytest
 from cogo.agents.codegen import parse_reply
 from cogo.errors import LlmBadReply
 from cogo.streams.artifacts import ArtifactStore
-from tests.helpers import EventReader, submit
-from tests.test_build_test import BUILD_TEST, CODEGEN, EXAMPLES, pipeline, run_task
+from cogo.testing import ChatServer
+from tests.code_pipeline import BUILD_TEST, CODEGEN, pipeline
+from tests.helpers import EventReader, run_task, submit
 
 FIX_REPLY = """Here is the fix:
 
@@ -29,73 +25,12 @@ FIX_REPLY = """Here is the fix:
 """
 
 
-class FakeLLM:
-    """A chat-completions endpoint on 127.0.0.1 that answers from a script."""
-
-    def __init__(self) -> None:
-        self.requests: list[dict[str, Any]] = []
-        self.headers: list[dict[str, str]] = []
-        # each entry: (status, content, usage); the last one repeats
-        self.script: list[tuple[int, str, dict[str, int]]] = []
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                fake.requests.append({"path": self.path, **body})
-                fake.headers.append({k.title(): v for k, v in self.headers.items()})
-                status, content, usage = fake.script[min(len(fake.requests), len(fake.script)) - 1]
-                reply = {
-                    "id": "chatcmpl-test",
-                    "object": "chat.completion",
-                    "model": body.get("model"),
-                    "choices": [
-                        {"index": 0, "message": {"role": "assistant", "content": content},
-                         "finish_reason": "stop"}
-                    ],
-                    "usage": usage,
-                }  # fmt: skip
-                data = json.dumps(reply if status == 200 else {"error": content}).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def reply(
-        self, content: str, prompt: int = 300, completion: int = 50, status: int = 200
-    ) -> None:
-        usage = {"prompt_tokens": prompt, "completion_tokens": completion,
-                 "total_tokens": prompt + completion}  # fmt: skip
-        self.script.append((status, content, usage))
-
-
 @pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    target = tmp_path / "sample-repo"
-    shutil.copytree(EXAMPLES / "sample-repo", target)
-    return target
-
-
-@pytest.fixture
-def llm(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeLLM]:
-    fake = FakeLLM()
-    fake.thread.start()
-    monkeypatch.setenv("COGO_LLM_BASE_URL", fake.url)
+def llm(chat_server: ChatServer, monkeypatch: pytest.MonkeyPatch) -> ChatServer:
+    """cogo.testing's chat-completions endpoint, as the codegen actor's (read when it starts)."""
+    monkeypatch.setenv("COGO_LLM_BASE_URL", chat_server.url)
     monkeypatch.setenv("COGO_LLM_API_KEY", "sk-test")
-    try:
-        yield fake
-    finally:
-        fake.server.shutdown()
-        fake.server.server_close()
-        fake.thread.join(5)
+    return chat_server
 
 
 def llm_change(**extra: Any) -> dict[str, Any]:
@@ -108,7 +43,7 @@ def llm_change(**extra: Any) -> dict[str, Any]:
 
 
 async def test_llm_fix_builds_green_and_reports_usage(nats_server, js, config, data_dir, repo, llm):
-    llm.reply(FIX_REPLY, prompt=300, completion=50)
+    llm.reply(FIX_REPLY, prompt_tokens=300, completion_tokens=50)
     async with pipeline(nats_server.url, config, data_dir):
         gen = await run_task(js, CODEGEN, {"repo": str(repo), "change": llm_change()})
         assert gen.type == "execute_done", gen
@@ -121,7 +56,7 @@ async def test_llm_fix_builds_green_and_reports_usage(nats_server, js, config, d
     assert 0 < request["max_tokens"] < 4000  # route default max_tokens minus the prompt
     prompt = request["messages"][-1]["content"]
     assert "add() subtracts" in prompt and "return a - b" in prompt
-    assert llm.headers[0]["Authorization"] == "Bearer sk-test"
+    assert request["headers"]["Authorization"] == "Bearer sk-test"
     # usage: tokens from the reply, cost from [pricing] (gpt-4o-mini: 0.00015 / 0.0006 per 1k)
     assert gen.usage is not None and gen.usage.tokens == 350
     assert gen.usage.cost_usd == pytest.approx((300 * 0.00015 + 50 * 0.0006) / 1000)
@@ -133,7 +68,8 @@ async def test_llm_fix_builds_green_and_reports_usage(nats_server, js, config, d
 
 
 async def test_reply_over_the_token_budget_fails_once(nats_server, js, config, data_dir, repo, llm):
-    llm.reply(FIX_REPLY, prompt=3000, completion=2000)
+    # a lying endpoint: it claims 5,000 tokens whatever max_tokens said
+    llm.reply(FIX_REPLY, prompt_tokens=3000, completion_tokens=2000, honest=False)
     payload = {"repo": str(repo), "change": llm_change(), "__assignment": {"max_tokens": 1000}}
     async with pipeline(nats_server.url, config, data_dir):
         task_id = await submit(js, CODEGEN, payload)
@@ -151,7 +87,7 @@ async def test_reply_over_the_token_budget_fails_once(nats_server, js, config, d
 
 
 async def test_prompt_larger_than_budget_is_not_sent(nats_server, js, config, data_dir, repo, llm):
-    llm.reply(FIX_REPLY)
+    llm.reply(FIX_REPLY, prompt_tokens=300, completion_tokens=50)
     payload = {"repo": str(repo), "change": llm_change(), "__assignment": {"max_tokens": 50}}
     async with pipeline(nats_server.url, config, data_dir):
         event = await run_task(js, CODEGEN, payload)
@@ -160,11 +96,13 @@ async def test_prompt_larger_than_budget_is_not_sent(nats_server, js, config, da
 
 
 async def test_bad_reply_is_retried_and_usage_adds_up(nats_server, js, config, data_dir, repo, llm):
-    llm.reply("Sorry, I would rather talk about the weather.", prompt=100, completion=10)
+    llm.reply(
+        "Sorry, I would rather talk about the weather.", prompt_tokens=100, completion_tokens=10
+    )
     llm.reply(
         json.dumps({"edits": [{"op": "patch", "path": "calc/ops.py",
                                "diff": "@@ -5 +5 @@\n-    return a - b\n+    return a + b\n"}]}),
-        prompt=100, completion=40,
+        prompt_tokens=100, completion_tokens=40,
     )  # fmt: skip
     payload = {
         "repo": str(repo),

@@ -10,38 +10,19 @@ lands in ``test-artifacts/dashboard.png``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
 import shutil
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
-from cogo.streams.connection import connect
 from cogo.streams.envelope import EXECUTE_SUBJECT, MSG_ID
-from tests.helpers import wait_until
-from tests.test_rollout import submit_many
-from tests.upsystem import cogo, cogo_up, stop
+from tests.browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, dashboard_page, playwright_api
+from tests.helpers import submit_many, wait_until
+from tests.upsystem import cogo_up, stop, up_with_candidate
 
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ROOT / "examples"
-ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
-
-import playwright.async_api as playwright_api  # noqa: E402 - a test extra, always installed
-
-if not Path(CHROMIUM).exists():  # `make test` installs it; never downloaded by playwright
-    if os.environ.get("CI"):  # in CI a missing browser is a broken setup, not a skip
-        raise RuntimeError("chromium is not installed: `make browser` should have installed it")
-    pytest.skip("chromium is not installed (apt-get install chromium)", allow_module_level=True)
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 def workflow_params(name: str, repo: Path) -> dict[str, Any]:
@@ -81,58 +62,50 @@ async def produce_activity(http: httpx.AsyncClient, js: Any, repo: Path) -> dict
 async def test_dashboard_in_headless_chromium(tmp_path, config_path):
     repo = tmp_path / "sample-repo"
     shutil.copytree(EXAMPLES / "sample-repo", repo)
-    proc, info = await cogo_up(tmp_path / "up", config_path)
-    worker = cogo("run", "echo", "--version", "v2", "--nats-url", info["nats_url"],
-                  "--config", str(config_path))  # fmt: skip
-    nc = await connect(info["nats_url"], "test")
-    headers = {"Authorization": f"Bearer {info['api_token']}"}
-    try:
-        async with httpx.AsyncClient(
-            base_url=info["http_url"], headers=headers, timeout=20
-        ) as http:
-            # the page is public; its data is not
-            async with httpx.AsyncClient(base_url=info["http_url"]) as anonymous:
-                page = await anonymous.get("/")
-                assert page.status_code == 200 and "Cogo dashboard" in page.text
-                assert "script-src 'self'" in page.headers["content-security-policy"]
-                assert (await anonymous.get("/api/dashboard")).status_code == 401
-            assert (await http.get("/api/dashboard?window=nope")).status_code == 422
-            assert "/api/dashboard" in (await http.get("/openapi.json")).json()["paths"]
+    async with up_with_candidate(tmp_path / "up", config_path) as (http, js, info):
+        # the page is public; its data is not
+        async with httpx.AsyncClient(base_url=info["http_url"]) as anonymous:
+            page = await anonymous.get("/")
+            assert page.status_code == 200 and "Cogo dashboard" in page.text
+            assert "script-src 'self'" in page.headers["content-security-policy"]
+            assert (await anonymous.get("/api/dashboard")).status_code == 401
+        assert (await http.get("/api/dashboard?window=nope")).status_code == 422
+        assert "/api/dashboard" in (await http.get("/openapi.json")).json()["paths"]
 
-            runs = await produce_activity(http, nc.jetstream(), repo)
-            rollout = await http.post("/api/rollouts", json={
-                "route": "echo.run.0", "candidate": "v2", "min_samples": 5,
-                "dev_e2e_tasks": 2, "smoke_tasks": 4, "stage_timeout_s": 30})  # fmt: skip
-            assert rollout.status_code == 201, rollout.text
-            rollout_id = rollout.json()["id"]
+        runs = await produce_activity(http, js, repo)
+        rollout = await http.post("/api/rollouts", json={
+            "route": "echo.run.0", "candidate": "v2", "min_samples": 5,
+            "dev_e2e_tasks": 2, "smoke_tasks": 4, "stage_timeout_s": 30})  # fmt: skip
+        assert rollout.status_code == 201, rollout.text
+        rollout_id = rollout.json()["id"]
 
-            async def finished_runs() -> bool:
-                states = [(await http.get("/api/orchestrator/state", params={"runId": r})).json()
-                          for n, r in runs.items() if n != "approval"]  # fmt: skip
-                return all(s.get("status") in ("succeeded", "failed") for s in states)
+        async def finished_runs() -> bool:
+            states = [(await http.get("/api/orchestrator/state", params={"runId": r})).json()
+                      for n, r in runs.items() if n != "approval"]  # fmt: skip
+            return all(s.get("status") in ("succeeded", "failed") for s in states)
 
-            await wait_until(finished_runs, 45, "codeBuildTest runs finished")
+        await wait_until(finished_runs, 45, "codeBuildTest runs finished")
 
-            sent = 0
+        sent = 0
 
-            async def rollout_over() -> bool:
-                nonlocal sent
-                state = (await http.get(f"/api/rollouts/{rollout_id}")).json()
-                if state["stage"] in ("canary", "promote"):
-                    await submit_many(nc.jetstream(), [f"live-{sent + i}" for i in range(20)])
-                    sent += 20
-                return state["status"] in ("promoted", "rolled_back")
+        async def rollout_over() -> bool:
+            nonlocal sent
+            state = (await http.get(f"/api/rollouts/{rollout_id}")).json()
+            if state["stage"] in ("canary", "promote"):
+                await submit_many(js, [f"live-{sent + i}" for i in range(20)])
+                sent += 20
+            return state["status"] in ("promoted", "rolled_back")
 
-            await wait_until(rollout_over, 40, "rollout finished")
+        await wait_until(rollout_over, 40, "rollout finished")
 
-            async def summary_ready() -> dict[str, Any] | None:
-                body = (await http.get("/api/dashboard")).json()
-                done = {r["runId"] for r in body["runs"] if r["status"] in ("succeeded", "failed")}
-                built = {runs["fix.json"], runs["bad-fix.json"]} <= done
-                ready = built and body["dlq"]["messages"] and body["failures"]["total"]
-                return body if ready else None
+        async def summary_ready() -> dict[str, Any] | None:
+            body = (await http.get("/api/dashboard")).json()
+            done = {r["runId"] for r in body["runs"] if r["status"] in ("succeeded", "failed")}
+            built = {runs["fix.json"], runs["bad-fix.json"]} <= done
+            ready = built and body["dlq"]["messages"] and body["failures"]["total"]
+            return body if ready else None
 
-            summary = await wait_until(summary_ready, 20, "dashboard summary complete")
+        summary = await wait_until(summary_ready, 20, "dashboard summary complete")
         by_run = {r["runId"]: r for r in summary["runs"]}
         good, bad = by_run[runs["fix.json"]], by_run[runs["bad-fix.json"]]
         assert good["status"] == "succeeded" and good["verdict"] == "passed"
@@ -147,20 +120,17 @@ async def test_dashboard_in_headless_chromium(tmp_path, config_path):
         assert summary["rollouts"][0]["status"] == "promoted"
 
         await browse(info, summary, good)
-        async with httpx.AsyncClient(
-            base_url=info["http_url"], headers=headers, timeout=20
-        ) as http:
-            approval = runs["approval"]
-            child = f"{approval}:build:1"
+        approval = runs["approval"]
+        child = f"{approval}:build:1"
 
-            async def waiting() -> bool:
-                rows = (await http.get("/api/dashboard")).json()["runs"]
-                row = next((r for r in rows if r["runId"] == approval), None)
-                return bool(row and row["waiting"])
+        async def waiting() -> bool:
+            rows = (await http.get("/api/dashboard")).json()["runs"]
+            row = next((r for r in rows if r["runId"] == approval), None)
+            return bool(row and row["waiting"])
 
-            await wait_until(waiting, 45, "approval run waiting at its signal")
-            await approve_in_browser(info, approval, child)
-            final = (await http.get("/api/orchestrator/state", params={"runId": approval})).json()
+        await wait_until(waiting, 45, "approval run waiting at its signal")
+        await approve_in_browser(info, approval, child)
+        final = (await http.get("/api/orchestrator/state", params={"runId": approval})).json()
         assert final["status"] == "succeeded", final
         approve_node = next(n for n in final["nodes"] if n["id"] == "approve")
         assert approve_node["result"] == {"approved": True, "by": "dashboard"}
@@ -168,28 +138,6 @@ async def test_dashboard_in_headless_chromium(tmp_path, config_path):
         assert (
             next(n for n in final["nodes"] if n["id"] == "build")["result"]["status"] == "succeeded"
         )
-    finally:
-        await nc.close()
-        await asyncio.to_thread(stop, worker)
-        await asyncio.to_thread(stop, proc)
-
-
-@contextlib.asynccontextmanager
-async def dashboard_page(info: dict[str, Any], height: int = 1000) -> AsyncIterator[Any]:
-    """The dashboard loaded with the API token, in a fresh headless Chromium; the page's
-    script errors collect in ``page.errors``."""
-    async with playwright_api.async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            context = await browser.new_context(viewport={"width": 1440, "height": height})
-            page = await context.new_page()
-            page.errors = []
-            page.on("pageerror", lambda e: page.errors.append(str(e)))
-            await page.goto(f"{info['http_url']}/#token={info['api_token']}")
-            await page.wait_for_selector("body[data-loaded='true']", timeout=15_000)
-            yield page
-        finally:
-            await browser.close()
 
 
 async def approve_in_browser(info: dict[str, Any], run_id: str, child: str) -> None:

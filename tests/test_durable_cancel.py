@@ -9,17 +9,13 @@ import json
 import subprocess
 import sys
 
-import httpx
 import pytest
 
 import cogo
 from cogo.http import dashboard
-from cogo.http.app import create_app
-from cogo.http.state import AppState
-from cogo.streams.policies import PolicyStore
 from tests import durable_apps
 from tests.durable_apps import RUNS
-from tests.helpers import wait_until
+from tests.helpers import facade, wait_until
 
 
 @pytest.fixture
@@ -34,15 +30,11 @@ def cogo_config():
 
 @pytest.fixture
 async def http(cogo_env):
-    js = cogo_env.client.nc.jetstream()
-    policies = PolicyStore(js)
-    await policies.start()
-    state = AppState(nc=cogo_env.client.nc, config=cogo_env.config, policies=policies,
-                     data_dir=cogo_env.data_dir, projector=cogo_env.projector)  # fmt: skip
-    transport = httpx.ASGITransport(app=create_app(state, extra_routes=[*dashboard.routes]))
-    async with httpx.AsyncClient(transport=transport, base_url="http://cogo") as client:
+    nc, data_dir, routes = cogo_env.client.nc, cogo_env.data_dir, dashboard.routes
+    async with facade(
+        nc, cogo_env.config, data_dir, extra_routes=routes, projector=cogo_env.projector
+    ) as client:
         yield client
-    await policies.stop()
 
 
 async def status_of(env, task_id: str) -> str | None:
@@ -148,7 +140,7 @@ async def _is(env, task_id: str, wanted: str) -> bool:
 async def test_cancelling_a_workflow_run_cancels_the_tasks_it_started(cogo_env):
     from cogo.runtime.components import components
     from cogo.runtime.workflow_engine import CancelRun, send_command
-    from tests.test_workflow_support import start_run, wait_run
+    from tests.workflow_support import start_run, wait_run
 
     await cogo_env.startup.run_agent(components.get("orchestrator"))
     js = cogo_env.client.nc.jetstream()

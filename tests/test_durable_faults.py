@@ -17,8 +17,9 @@ from cogo.runtime.records import Record
 from cogo.testing import CogoEnv
 from tests import durable_apps
 from tests.durable_apps import RUNS
-from tests.faults.ledger import cogo_process, terminate
 from tests.helpers import wait_until
+from tests.upsystem import cogo as cogo_proc
+from tests.upsystem import terminate
 
 CHILDREN = 20
 
@@ -44,8 +45,8 @@ async def test_dispatcher_sigkill_while_children_finish(tmp_path: Path):
         await inproc.stop(grace=5)
         env.startup.agents.remove(inproc)
         args = ["--nats-url", env.url, "--config", str(env.config_path)]
-        dispatcher = cogo_process("run", "dispatcher", *args)
-        other = cogo_process("run", "dispatcher", *args)
+        dispatcher = cogo_proc("run", "dispatcher", *args)
+        other = cogo_proc("run", "dispatcher", *args)
         topics = [f"t{i}" for i in range(CHILDREN)]
         handle = await env.client.submit(
             "dur.parent.0", {"topics": topics, "wait": True, "assignment": {"max_tokens": 40}}
@@ -68,7 +69,7 @@ async def test_dispatcher_sigkill_while_children_finish(tmp_path: Path):
         dispatcher.send_signal(signal.SIGKILL)  # while their wake-ups and results flow
         await asyncio.to_thread(dispatcher.wait, 10)
         await sends
-        dispatcher = cogo_process("run", "dispatcher", *args)
+        dispatcher = cogo_proc("run", "dispatcher", *args)
         result = await handle.result(timeout=120)
         assert [n["topic"] for n in result["notes"]] == topics
         for c in children:

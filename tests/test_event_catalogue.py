@@ -41,8 +41,7 @@ from cogo.streams.catalogue import (
 from cogo.streams.envelope import EXECUTE_SUBJECT, MSG_ID
 from cogo.streams.events import Event, make_event
 from tests.helpers import EventReader, running, submit
-from tests.test_workflow_nodes import APPROVAL, _catalog_plan, workflows_dir  # noqa: F401
-from tests.test_workflow_support import start_run, wait_run
+from tests.workflow_support import APPROVAL, catalog_plan, start_run, wait_run
 
 ROOT = Path(cogo.__file__).parent
 # raw JSON read from something that is not an event (the DLQ table's message body)
@@ -304,7 +303,7 @@ async def test_every_event_of_a_real_run_decodes_against_its_struct(nats_server,
         signalled = await start_run(js, config, APPROVAL)
         await send_command(js, SignalRun(run_id=signalled, name="approve", signal_id="s1",
                                          data={"approved": True, "by": "ada"}))  # fmt: skip
-        parent = _catalog_plan(config, "parent")  # child runs (workflow and map nodes)
+        parent = catalog_plan(config, "parent")  # child runs (workflow and map nodes)
         await send_command(js, StartRun(run_id="parent-1", plan=parent.to_json()))
         reader = EventReader(js)
         await reader.wait_terminal([ok, retried, failed, unknown])

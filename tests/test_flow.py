@@ -10,153 +10,22 @@ before its slot is released), so those intervals may never overlap past a limit.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-import os
-import subprocess
-import sys
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Iterable
-from datetime import datetime
-from pathlib import Path
-from typing import Any
 
-from nats.js.client import JetStreamContext
-
-from cogo.streams.envelope import new_id
-from cogo.streams.events import Event
-from cogo.streams.flow import partition_of, slot_prefix
+from cogo.streams.flow import partition_of
 from cogo.streams.policies import set_policy
-from cogo.streams.topology import FLOW, FLOW_BUCKET
-from tests.helpers import EventReader, submit, wait_until
-from tests.test_projections import projecting
-
-ROUTE = "echo.run.0"
-ENDS = ("execute_retry", "execute_done", "execute_failed")
-
-
-def ts(value: str) -> float:
-    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-
-
-def spawn(kind: str, url: str, config_path: Path, logs: Path) -> subprocess.Popen[bytes]:
-    logs.mkdir(exist_ok=True)
-    # a log file, not a pipe nobody reads (a full pipe would stall the process)
-    with open(logs / f"{kind}-{new_id()[:6]}.log", "ab") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "cogo", "run", kind, "--nats-url", url,
-             "--config", str(config_path)],
-            env={**os.environ}, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-
-
-async def stop_all(procs: Iterable[subprocess.Popen[bytes]]) -> None:
-    def stop(proc: subprocess.Popen[bytes]) -> None:
-        if proc.poll() is None:
-            proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-    await asyncio.gather(*(asyncio.to_thread(stop, p) for p in procs))
-
-
-async def partition_owners(js: JetStreamContext) -> dict[int, str]:
-    kv = await js.key_value(FLOW_BUCKET)
-    return {
-        int(key.split(".")[1]): json.loads(value)["owner"]
-        for key, value in (await live_keys(kv, "partition.>")).items()
-    }
-
-
-async def live_keys(kv: Any, pattern: str) -> dict[str, bytes]:
-    """The keys under ``pattern`` that hold a value now, read through a watch."""
-    found: dict[str, bytes] = {}
-    watcher = await kv.watch(pattern)
-    try:
-        async with asyncio.timeout(10):
-            async for entry in watcher:
-                if entry is None:
-                    break
-                if entry.value and entry.operation not in ("DEL", "PURGE"):
-                    found[entry.key] = entry.value
-                else:
-                    found.pop(entry.key, None)
-    finally:
-        await watcher.stop()
-    return found
-
-
-@contextlib.asynccontextmanager
-async def two_dispatchers(
-    js: JetStreamContext, url: str, config_path: Path, logs: Path, echoes: int = 1
-) -> AsyncIterator[dict[str, subprocess.Popen[bytes]]]:
-    procs = {f"dispatcher-{i}": spawn("dispatcher", url, config_path, logs) for i in (1, 2)}
-    procs.update({f"echo-{i}": spawn("echo", url, config_path, logs) for i in range(echoes)})
-    try:
-
-        async def shared() -> bool:
-            # both dispatchers hold admission partitions: the work is really split
-            owners = await partition_owners(js)
-            return len(owners) == 8 and len(set(owners.values())) == 2
-
-        await wait_until(shared, 30, "two dispatchers sharing the admission partitions")
-        yield procs
-    finally:
-        await stop_all(procs.values())
-
-
-def key_of(enqueued: Event) -> str:
-    return (enqueued.data or {}).get("assignment", {}).get("key") or ""
-
-
-def attempt_intervals(events: list[Event]) -> list[tuple[str, float, float]]:
-    """(key, start, end) of every attempt: from its execute_enqueued to its result's event."""
-    starts: dict[tuple[str, int], tuple[str, float]] = {}
-    out = []
-    for e in events:
-        if e.type == "execute_enqueued" and e.task_id:
-            starts[(e.task_id, e.attempt or 0)] = (key_of(e), ts(e.at))
-    for e in events:
-        if e.type in ENDS and e.task_id and (e.task_id, e.attempt or 0) in starts:
-            key, start = starts[(e.task_id, e.attempt or 0)]
-            out.append((key, start, ts(e.at)))
-    return out
-
-
-def max_overlap(intervals: Iterable[tuple[float, float]]) -> int:
-    intervals = list(intervals)
-    points = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals],
-                    key=lambda p: (p[0], p[1]))  # fmt: skip
-    most = now = 0
-    for _, step in points:
-        now += step
-        most = max(most, now)
-    return most
-
-
-async def submit_keyed(
-    js: JetStreamContext, key: str, count: int, prefix: str, priority: int | None = None,
-    **payload: Any,
-) -> list[str]:  # fmt: skip
-    assignment: dict[str, Any] = {"key": key}
-    if priority is not None:
-        assignment["priority"] = priority
-    return [
-        await submit(js, task_id=f"{prefix}-{key}-{i}",
-                     payload={**payload, "__assignment": assignment})
-        for i in range(count)
-    ]  # fmt: skip
-
-
-async def flow_is_empty(js: JetStreamContext, route: str = ROUTE) -> bool:
-    kv = await js.key_value(FLOW_BUCKET)
-    slots = await live_keys(kv, slot_prefix(route) + ">")
-    held = (await js.stream_info(FLOW)).state.messages
-    return not slots and held == 0
-
+from tests.flow_support import (
+    ROUTE,
+    attempt_intervals,
+    flow_is_empty,
+    key_of,
+    max_overlap,
+    partition_owners,
+    submit_keyed,
+    ts,
+    two_dispatchers,
+)
+from tests.helpers import EventReader, projecting, wait_until
 
 # -- the limits hold -------------------------------------------------------------------
 

@@ -11,27 +11,18 @@ import httpx
 import pytest
 
 from cogo.agents.echo import EchoActor
-from cogo.http.app import create_app
 from cogo.http.flow import routes as flow_routes
-from cogo.http.state import AppState
 from cogo.runtime.dispatcher import ExecutorDispatcher
-from cogo.streams.policies import PolicyStore, reset_policy, set_policy
-from tests.helpers import EventReader, running, submit
+from cogo.streams.policies import reset_policy, set_policy
+from tests.helpers import EventReader, facade, running, submit
 
 TOKEN = "flow-token"
 
 
 @pytest.fixture
 async def http(nc, js, config, data_dir):
-    policies = PolicyStore(js)
-    await policies.start()
-    state = AppState(nc=nc, config=config, policies=policies, data_dir=data_dir, api_token=TOKEN)
-    transport = httpx.ASGITransport(app=create_app(state, extra_routes=flow_routes))
-    async with httpx.AsyncClient(
-        transport=transport, base_url="http://cogo", headers={"Authorization": f"Bearer {TOKEN}"}
-    ) as client:
+    async with facade(nc, config, data_dir, token=TOKEN, extra_routes=flow_routes) as client:
         yield client
-    await policies.stop()
 
 
 async def poll(http: httpx.AsyncClient, check: Any, path: str = "/api/flow") -> dict[str, Any]:

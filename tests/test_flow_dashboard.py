@@ -21,9 +21,8 @@ from cogo.runtime.dispatcher import ExecutorDispatcher
 from cogo.runtime.system import _extra_routes
 from cogo.streams.policies import PolicyStore, set_policy
 from cogo.streams.server import free_port
-from tests.helpers import EventReader, running, submit
-from tests.test_dashboard import ARTIFACTS, dashboard_page
-from tests.test_projections import projecting
+from tests.browser import ARTIFACTS, dashboard_page
+from tests.helpers import EventReader, projecting, running, submit
 
 TOKEN = "flow-dashboard-token"
 

@@ -6,20 +6,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
 
 import cogo
 from cogo.agents.echo import EchoActor
 from cogo.config import FlowPolicy, load_config
 from cogo.errors import ConfigError
-from cogo.http.app import create_app
-from cogo.http.state import AppState
 from cogo.runtime.dispatcher import ExecutorDispatcher
-from cogo.streams.policies import PolicyStore, read_policy, set_policy
+from cogo.streams.policies import read_policy, set_policy
 from cogo.streams.registry import declare
-from tests.conftest import TEST_CONFIG
-from tests.helpers import EventReader, running, submit
+from tests.helpers import SUITE_CONFIG, EventReader, facade, running, submit
 
 BAD_FLOWS = [
     ({"concurrency": -1}, "flow.concurrency=-1"),
@@ -47,7 +43,7 @@ def _toml(flow: dict) -> str:
 @pytest.mark.parametrize(("flow", "field"), BAD_FLOWS)
 def test_config_refuses_bad_flow_limits_naming_the_field(tmp_path: Path, flow, field):
     path = tmp_path / "cogo.toml"
-    path.write_text(TEST_CONFIG + _toml(flow))
+    path.write_text(SUITE_CONFIG + _toml(flow))
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     assert field in str(caught.value)
@@ -55,14 +51,14 @@ def test_config_refuses_bad_flow_limits_naming_the_field(tmp_path: Path, flow, f
 
 def test_config_infinite_rate_is_refused(tmp_path: Path):
     path = tmp_path / "cogo.toml"
-    path.write_text(TEST_CONFIG + _toml({"rate_per_key_s": "inf"}).replace('"inf"', "inf"))
+    path.write_text(SUITE_CONFIG + _toml({"rate_per_key_s": "inf"}).replace('"inf"', "inf"))
     with pytest.raises(ConfigError, match="flow.rate_per_key_s=inf"):
         load_config(path)
 
 
 def test_config_takes_a_good_flow_policy(tmp_path: Path):
     path = tmp_path / "cogo.toml"
-    path.write_text(TEST_CONFIG + _toml({"concurrency": 8, "rate_per_key_s": 2.5}))
+    path.write_text(SUITE_CONFIG + _toml({"concurrency": 8, "rate_per_key_s": 2.5}))
     flow = load_config(path).route_policy("echo.run.0").flow
     assert flow == FlowPolicy(concurrency=8, rate_per_key_s=2.5)
     assert flow.enabled and flow.bucket == 3  # burst defaults to ceil(rate)
@@ -134,18 +130,11 @@ async def test_bad_key_or_priority_fails_the_task_naming_the_field(nats_server, 
 
 
 async def test_http_refuses_bad_key_with_its_location(nc, js, config, data_dir):
-    policies = PolicyStore(js)
-    await policies.start()
-    state = AppState(nc=nc, config=config, policies=policies, data_dir=data_dir)
-    transport = httpx.ASGITransport(app=create_app(state))
-    try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://cogo") as http:
-            for assignment, field in BAD_ASSIGNMENTS:
-                r = await http.post("/api/tasks", json={"route": "echo.run.0",
-                                                        "payload": {"__assignment": assignment}})  # fmt: skip
-                assert r.status_code == 422, r.text
-                assert r.json()["code"] == "assignment.invalid"
-                loc = ["body", *field.removeprefix("$.").split(".")]
-                assert r.json()["detail"][0]["loc"] == loc
-    finally:
-        await policies.stop()
+    async with facade(nc, config, data_dir) as http:
+        for assignment, field in BAD_ASSIGNMENTS:
+            body = {"route": "echo.run.0", "payload": {"__assignment": assignment}}
+            r = await http.post("/api/tasks", json=body)
+            assert r.status_code == 422, r.text
+            assert r.json()["code"] == "assignment.invalid"
+            loc = ["body", *field.removeprefix("$.").split(".")]
+            assert r.json()["detail"][0]["loc"] == loc

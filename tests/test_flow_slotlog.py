@@ -26,19 +26,19 @@ from cogo.streams.flow import (
 from cogo.streams.policies import set_policy
 from cogo.streams.publisher import Publisher
 from cogo.streams.topology import FLOW_BUCKET
-from tests.helpers import EventReader, submit, wait_until
-from tests.test_flow import (
+from tests.flow_support import (
     ROUTE,
     attempt_intervals,
     flow_is_empty,
     live_keys,
     max_overlap,
     partition_owners,
-    spawn,
-    stop_all,
+    start_actor,
     submit_keyed,
     two_dispatchers,
 )
+from tests.helpers import EventReader, submit, wait_until
+from tests.upsystem import stop_all
 
 
 async def read_log(js, route: str) -> list[tuple[int, object]]:
@@ -127,8 +127,8 @@ async def test_a_takeover_counts_the_fast_path_slots_of_the_killed_admitter(
     tasks = 3
     await set_policy(js, ROUTE, {"flow": {"concurrency": tasks}})
     logs = tmp_path / "logs"
-    first = spawn("dispatcher", nats_server.url, config_path, logs)
-    procs = [first, spawn("echo", nats_server.url, config_path, logs)]
+    first = start_actor("dispatcher", nats_server.url, config_path, logs)
+    procs = [first, start_actor("echo", nats_server.url, config_path, logs)]
     reader = EventReader(js)
     kv = await js.key_value(FLOW_BUCKET)
     try:
@@ -153,7 +153,7 @@ async def test_a_takeover_counts_the_fast_path_slots_of_the_killed_admitter(
         # their slots are in the log only: no KV entry per attempt
         assert await live_keys(kv, slot_prefix(ROUTE) + ">") == {}
         # a second dispatcher, and the admitter SIGKILLed while the slow tasks run
-        procs.append(spawn("dispatcher", nats_server.url, config_path, logs))
+        procs.append(start_actor("dispatcher", nats_server.url, config_path, logs))
         owner = (await partition_owners(js))[partition_of(ROUTE)]
         admitter = next(p for p in procs if owner.endswith(f":{p.pid}"))
         admitter.kill()

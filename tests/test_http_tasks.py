@@ -2,32 +2,19 @@
 
 from __future__ import annotations
 
-import httpx
 import pytest
 
 from cogo.agents.echo import EchoActor
-from cogo.http.app import create_app
-from cogo.http.state import AppState
 from cogo.runtime.dispatcher import ExecutorDispatcher
-from cogo.streams.policies import PolicyStore
-from tests.helpers import EventReader, running
+from tests.helpers import EventReader, facade, running
 
 TOKEN = "test-token-123"
 
 
 @pytest.fixture
 async def http(nc, js, config, data_dir):
-    policies = PolicyStore(js)
-    await policies.start()
-    state = AppState(nc=nc, config=config, policies=policies, data_dir=data_dir, api_token=TOKEN,
-                     max_body_bytes=64 * 1024)  # fmt: skip
-    app = create_app(state)
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(
-        transport=transport, base_url="http://cogo", headers={"Authorization": f"Bearer {TOKEN}"}
-    ) as client:
+    async with facade(nc, config, data_dir, token=TOKEN, max_body_bytes=64 * 1024) as client:
         yield client
-    await policies.stop()
 
 
 async def test_submit_runs_the_task(http, nats_server, js, config):

@@ -17,7 +17,7 @@ from cogo.runtime.workflow_engine import WorkflowEngine
 from cogo.streams.connection import connect
 from cogo.workflows.definition import Catalog
 from tests.helpers import EventReader, running, submit
-from tests.test_workflow_support import start_run, wait_run
+from tests.workflow_support import start_run, wait_run
 
 REPO = Path(__file__).resolve().parents[1]
 

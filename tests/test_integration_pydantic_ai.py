@@ -17,33 +17,26 @@ import pydantic_ai_helpdesk as helpdesk  # noqa: E402
 from pydantic_ai import Agent  # noqa: E402
 
 import cogo  # noqa: E402
-from cogo.testing import CogoEnv, Reply  # noqa: E402
+from cogo.testing import CogoEnv, Reply, tool_call  # noqa: E402
+from tests.integration_support import (  # noqa: E402
+    RESEARCH_PARAMETERS,
+    a_model_the_route_does_not_allow_sends_nothing,
+    a_permanent_tool_error_is_not_retried,
+    a_tool_that_is_a_cogo_agent_runs_as_a_child_task,
+    failure_of,
+    research,
+    runs,
+)
 
 ROUTE = "helpdesk.answer.0"
+
+# every test: the tool log, and an endpoint for agents started outside cogo_env
+pytestmark = pytest.mark.usefixtures("tool_log")
 
 
 @pytest.fixture
 def cogo_apps():
     return [helpdesk.app]
-
-
-@pytest.fixture(autouse=True)
-def tool_log(tmp_path, chat_server, monkeypatch):
-    path = tmp_path / "tool-runs.jsonl"
-    monkeypatch.setenv("HELPDESK_TOOL_LOG", str(path))
-    monkeypatch.setenv("COGO_LLM_BASE_URL", chat_server.url)
-    monkeypatch.setenv("COGO_LLM_API_KEY", "test-key")
-    return path
-
-
-def tool_call(name: str, call_id: str, **args: object) -> dict:
-    return {"id": call_id, "type": "function",
-            "function": {"name": name, "arguments": json.dumps(args)}}  # fmt: skip
-
-
-def runs(path) -> list[str]:
-    lines = path.read_text().splitlines() if path.exists() else []
-    return [json.loads(line)["tool"] for line in lines]
 
 
 def script_refund(chat_server) -> None:
@@ -120,9 +113,8 @@ async def test_the_budget_stops_a_runaway_loop(cogo_env, chat_server, tool_log):
     handle = await cogo_env.client.submit(
         ROUTE, {"question": "loop"}, assignment={"max_tokens": 2000}
     )
-    with pytest.raises(cogo.TaskFailed) as failed:
-        await handle.result(timeout=60)
-    assert failed.value.code == "budget.tokens_exceeded"
+    failed = await failure_of(handle)
+    assert failed.code == "budget.tokens_exceeded"
     assert (await handle.status()).usage["tokens"] <= 2000
     assert 2 <= chat_server.calls < 20
     assert len(runs(tool_log)) == chat_server.calls
@@ -131,11 +123,7 @@ async def test_the_budget_stops_a_runaway_loop(cogo_env, chat_server, tool_log):
 async def test_a_model_the_route_does_not_allow_is_refused_before_any_request(
     cogo_env, chat_server
 ):
-    handle = await cogo_env.client.submit(ROUTE, {"question": "hi", "model": "gpt-9"})
-    with pytest.raises(cogo.TaskFailed) as failed:
-        await handle.result(timeout=30)
-    assert failed.value.code == "policy.model_not_allowed"
-    assert chat_server.calls == 0
+    await a_model_the_route_does_not_allow_sends_nothing(cogo_env, chat_server, ROUTE)
 
 
 async def test_a_raising_tool_follows_the_routes_retry_policy(
@@ -146,20 +134,15 @@ async def test_a_raising_tool_follows_the_routes_retry_policy(
     monkeypatch.setenv("HELPDESK_REFUNDS_DOWN", "1")
     script_refund(chat_server)
     handle = await cogo_env.client.submit(ROUTE, {"question": "Refund order 7"})
-    with pytest.raises(cogo.TaskFailed) as failed:
-        await handle.result(timeout=60)
-    assert failed.value.code == "attempts.exhausted" and failed.value.attempts == 3
-    assert "payment service" in str(failed.value)
+    failed = await failure_of(handle)
+    assert failed.code == "attempts.exhausted" and failed.attempts == 3
+    assert "payment service" in str(failed)
     assert runs(tool_log) == ["lookup_order"] + ["refund"] * 3
     assert chat_server.calls == 2
 
 
-async def test_a_permanent_tool_error_is_not_retried(cogo_env, chat_server, tool_log):
-    chat_server.reply(None, tool_calls=[tool_call("lookup_order", "c1", order_id=99)])
-    handle = await cogo_env.client.submit(ROUTE, {"question": "Refund order 99"})
-    with pytest.raises(cogo.TaskFailed) as failed:
-        await handle.result(timeout=60)
-    assert failed.value.code == "worker.permanent" and failed.value.attempts == 1
+async def test_a_permanent_tool_error_is_not_retried(cogo_env, chat_server):
+    await a_permanent_tool_error_is_not_retried(cogo_env, chat_server, ROUTE)
 
 
 async def test_streaming_puts_tool_calls_and_text_on_the_output(cogo_env, chat_server):
@@ -208,22 +191,17 @@ async def test_mcp_tool_calls_are_steps_and_a_retry_reruns_none(tmp_path, chat_s
 
 # a Pydantic AI agent whose tool is another Cogo agent (``agent_tool``: a child task)
 callers = cogo.App("pyaicall")
-CHILD_RUNS: list[str] = []
 researcher = Agent(
     "openai:gpt-4o-mini", defer_model_check=True, instructions="Research, then answer.",
     tools=[helpdesk.cogo_ai.agent_tool(
         "pyaicall.research.0", name="research", description="Facts about a topic.",
-        parameters={"type": "object", "properties": {"topic": {"type": "string"}},
-                    "required": ["topic"]},
+        parameters=RESEARCH_PARAMETERS,
     )],
 )  # fmt: skip
 
 
-@callers.agent("pyaicall.research.0", policy={"max_tokens": 500, "max_attempts": 2})
-async def research(ctx: cogo.TaskContext, p: dict) -> dict:
-    await ctx.wait_signal("go")  # the parent (and this child) suspend meanwhile
-    CHILD_RUNS.append(ctx.task_id)  # past the wait: once per child task
-    return {"topic": p["topic"], "fact": "the moon pulls the sea"}
+# the shared child agent, on this app's own route
+callers.agent("pyaicall.research.0", policy={"max_tokens": 500, "max_attempts": 2})(research)
 
 
 @callers.agent("pyaicall.ask.0", policy={"max_tokens": 8000, "max_attempts": 2})
@@ -237,42 +215,6 @@ async def test_a_tool_that_is_another_cogo_agent_runs_as_a_child_task(tmp_path, 
     route, which wait for a signal while the parent suspends; resumed, the parent replays its
     first request from the journal and gets the children's results from ``ctx.call``: two
     requests, each child's work done once."""
-    from tests.helpers import wait_until
-
-    chat_server.reply(None, tool_calls=[tool_call("research", "r1", topic="tides"),
-                                        tool_call("research", "r2", topic="waves")])  # fmt: skip
-    chat_server.reply("Tides: the moon pulls the sea.")
-    async with CogoEnv(callers, config="[runtime]\nsuspend_after_ms = 50\n",
-                       data_dir=tmp_path / "env") as env:  # fmt: skip
-        handle = await env.client.submit("pyaicall.ask.0", {"question": "Why tides?"})
-        tid = handle.task_id
-        children = [f"{tid}/research:r1", f"{tid}/research:r2"]
-
-        async def suspended() -> bool:
-            try:
-                s = await env.client.status(tid)
-            except cogo.errors.TaskNotFound:
-                return False
-            names = sorted(w["name"] for w in s.waiting_for or [])
-            return s.status == "suspended" and names == children
-
-        await wait_until(suspended, 30, "the parent never waited for its tool's child task")
-        for child in children:
-            await env.client.signal(child, "go", True)
-        assert await handle.result(timeout=60) == {"answer": "Tides: the moon pulls the sea."}
-        statuses = [await env.client.status(child) for child in children]
-        events = await env.events(tid)
-    assert [(s.parent_id, s.result["topic"]) for s in statuses] == [(tid, "tides"),
-                                                                     (tid, "waves")]  # fmt: skip
-    assert [CHILD_RUNS.count(child) for child in children] == [1, 1]
-    assert chat_server.calls == 2  # the resumed run replayed the first request
-    sent = chat_server.requests[1]["messages"]  # both children's results, as tool messages
-    assert [m["role"] for m in sent].count("tool") == 2
-    assert "the moon pulls the sea" in json.dumps(sent) and "waves" in json.dumps(sent)
-    assert [e["data"]["step"] for e in events if e["type"] == "step_completed"] == [
-        "agent:model:0",
-        "agent:model:1",
-    ]  # the tool is the child task, not a step
-    started = sorted(e["data"]["child_id"] for e in events if e["type"] == "call_started")
-    assert started == children
-    assert any(e["type"] == "execute_suspended" for e in events)
+    await a_tool_that_is_a_cogo_agent_runs_as_a_child_task(
+        callers, "pyaicall.ask.0", chat_server, tmp_path
+    )

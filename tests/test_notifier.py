@@ -20,7 +20,7 @@ from cogo.agents.notifier import (
 from cogo.runtime.dispatcher import ExecutorDispatcher
 from cogo.streams.server import free_port
 from tests.helpers import EventReader, running, submit
-from tests.test_workflow_support import Webhook, webhook_fixture  # noqa: F401
+from tests.workflow_support import Webhook
 
 SECRET = "s3cret"
 

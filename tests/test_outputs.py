@@ -10,15 +10,12 @@ import json
 import subprocess
 import sys
 
-import httpx
 import pytest
 
 import cogo
-from cogo.http.app import create_app
-from cogo.http.state import AppState
 from cogo.streams.outputs import OUTPUTS, decode_output, output_subject
-from cogo.streams.policies import PolicyStore
 from tests import runtime_apps
+from tests.helpers import facade
 
 
 @pytest.fixture
@@ -78,14 +75,11 @@ async def test_a_task_that_never_emitted_has_no_output_and_its_stream_ends(cogo_
 
 @pytest.fixture
 async def http(cogo_env):
-    policies = PolicyStore(cogo_env.client.nc.jetstream())
-    await policies.start()
-    state = AppState(nc=cogo_env.client.nc, config=cogo_env.config, policies=policies,
-                     data_dir=cogo_env.data_dir, projector=cogo_env.projector)  # fmt: skip
-    transport = httpx.ASGITransport(app=create_app(state))
-    async with httpx.AsyncClient(transport=transport, base_url="http://cogo", timeout=30) as c:
-        yield c
-    await policies.stop()
+    nc, data_dir = cogo_env.client.nc, cogo_env.data_dir
+    async with facade(
+        nc, cogo_env.config, data_dir, projector=cogo_env.projector, timeout=30
+    ) as client:
+        yield client
 
 
 def sse(text: str) -> list[dict]:

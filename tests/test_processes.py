@@ -16,18 +16,8 @@ import nats.errors
 from cogo.runtime.dispatcher import ExecutorDispatcher
 from cogo.streams.connection import connect
 from cogo.streams.envelope import EXECUTE_SUBJECT, MSG_ID, encoder, new_id
-from tests.helpers import EventReader, running, submit
+from tests.helpers import EventReader, running, submit, wait_until
 from tests.upsystem import cogo, cogo_up, stop
-
-
-async def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = await predicate()
-        if value:
-            return value
-        await asyncio.sleep(interval)
-    raise AssertionError("condition not met in time")
 
 
 async def test_killed_worker_is_reclaimed_and_task_finishes_once(
@@ -42,7 +32,7 @@ async def test_killed_worker_is_reclaimed_and_task_finishes_once(
             info = await js.consumer_info("TASKS", "echo-run-0")
             return info.num_ack_pending == 1
 
-        await wait_for(claimed)
+        await wait_until(claimed, 20, "the worker claimed the task", interval=0.05)
         await asyncio.sleep(0.3)
         first.send_signal(signal.SIGKILL)  # dies holding the message
         first.wait(10)
@@ -201,7 +191,6 @@ async def test_thousand_mixed_tasks_through_cogo_up(tmp_path, config_path):
             latency = (
                 await http.get("/api/metrics/bus/latency", params={"route": "echo.run.0"})
             ).json()
-        print("LATENCY", json.dumps(latency))
         (echo,) = [r for r in latency["routes"] if r["route"] == "echo.run.0"]
         assert (
             echo["count"] == 1000

@@ -10,13 +10,10 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
-import os
 import random
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -34,28 +31,17 @@ from cogo.http.metrics import routes as metric_routes
 from cogo.http.state import AppState
 from cogo.projections import histogram, rollups
 from cogo.projections import store as store_module
-from cogo.projections.projector import Projector, consumer_name
+from cogo.projections.projector import consumer_name
 from cogo.projections.replay import replay_offline
 from cogo.projections.store import connect, db_path, schema_files
 from cogo.runtime.base import publish_dead_letter
 from cogo.runtime.dispatcher import ExecutorDispatcher
 from cogo.streams.policies import PolicyStore
 from cogo.streams.topology import ensure_topology
-from tests.helpers import EventReader, running, submit
+from tests.helpers import EventReader, projecting, running, submit, wait_until
+from tests.upsystem import cogo
 
 RESULT_TYPES = ("execute_done", "execute_retry", "execute_failed")
-
-
-@contextlib.asynccontextmanager
-async def projecting(
-    nc: Any, config: Any, data_dir: Path, **kwargs: Any
-) -> AsyncIterator[Projector]:
-    projector = Projector(nc, config, data_dir=data_dir, **kwargs)
-    await projector.start()
-    try:
-        yield projector
-    finally:
-        await projector.stop()
 
 
 async def workload(nats_server: Any, js: Any, config: Any) -> EventReader:
@@ -249,14 +235,9 @@ async def test_schema_files_run_in_name_order():
 
 
 def _spawn_projector(url: str, data_dir: Path, batch: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "COGO_PROJECTOR_BATCH": str(batch)}
-    # the log goes to a file: a pipe nobody reads could fill up and stall the child
-    with open(data_dir / "projector.log", "ab") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "cogo", "-v", "run", "projector", "--nats-url", url,
-             "--data-dir", str(data_dir)],
-            env=env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+    env = {"COGO_PROJECTOR_BATCH": str(batch)}
+    args = ("-v", "run", "projector", "--nats-url", url, "--data-dir", str(data_dir))
+    return cogo(*args, env=env, log=data_dir / "projector.log")
 
 
 def _log(data_dir: Path) -> str:
@@ -412,14 +393,6 @@ async def test_projector_and_replay_survive_aged_out_events(nc, js, config, data
         con.close()
 
 
-async def _until(check: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := await check()):
-        assert time.monotonic() < deadline, f"not in {timeout}s: {what}"
-        await asyncio.sleep(0.05)
-    return value
-
-
 def _file_bytes(path: Path) -> int:
     wal = Path(f"{path}.wal")
     return path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
@@ -453,7 +426,7 @@ async def test_max_age_applies_to_the_projection(nc, js, config, data_dir):
             info = await js.stream_info("EVENTS")
             return info.state.messages == 0 and await counts() == (0, 0)
 
-        await _until(aged_out, 20, "events aged out of the stream and the projection")
+        await wait_until(aged_out, 20, "events aged out of the stream and the projection")
         assert projector.stats()["streams"]["EVENTS"]["pruned"] == 600
 
 
@@ -478,7 +451,7 @@ async def test_projection_size_stays_bounded_under_a_stream_of_events(nc, js, co
                 )
                 return row == target
 
-            await _until(mirrored, 20, f"round {r}: the projection holds what the stream holds")
+            await wait_until(mirrored, 20, f"round {r}: the projection holds what the stream holds")
             # what the automatic one does at 64 MB of WAL, now; it fails if a reader's result
             # still pins a transaction (ProjectionStore.reader)
             await projector.store.write(lambda: projector.store.con.execute("CHECKPOINT"))

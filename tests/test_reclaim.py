@@ -6,7 +6,6 @@ Real ``cogo run`` processes, real kills."""
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ import pytest
 from cogo.config import load_config
 from cogo.runtime.dispatcher import ExecutorDispatcher
 from cogo.runtime.supervisor import Supervisor, spawn
-from tests.helpers import EventReader, running, submit
+from tests.helpers import EventReader, running, submit, wait_until
 from tests.upsystem import stop
 
 # the shipped [bus] settings (no override of ack_wait_s), the rest as other tests run
@@ -36,13 +35,6 @@ def config_path(tmp_path: Path) -> Path:
     return path
 
 
-async def _until(predicate, what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        assert time.monotonic() < deadline, f"{what}: not within {timeout}s"
-        await asyncio.sleep(0.05)
-
-
 async def test_shipped_ack_wait_is_short():
     assert load_config(None).bus.ack_wait_s <= 3.0  # what the issue asks of a reclaim
 
@@ -61,7 +53,7 @@ async def test_a_sigkilled_worker_is_restarted_and_its_task_ends_once(
             async def claimed() -> bool:
                 return (await js.consumer_info("TASKS", "echo-run-0")).num_ack_pending == 1
 
-            await _until(claimed, "the worker claims the task")
+            await wait_until(claimed, 30, "the worker claims the task", interval=0.05)
             killed = child.process
             assert killed is not None
             killed.kill()  # dies holding the message; nobody tells the bus

@@ -11,8 +11,6 @@ import asyncio
 import json
 import shutil
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,59 +33,11 @@ from cogo.streams.envelope import (
     encoder,
     new_id,
 )
-from tests.helpers import EventReader, running, submit
-from tests.upsystem import cogo, cogo_up, stop
+from tests.helpers import EventReader, running, submit, submit_many
+from tests.upsystem import cogo, cogo_up, stop, up_with_candidate
 
 ROUTE = "echo.run.0"
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-
-
-@asynccontextmanager
-async def system(
-    tmp_path: Path, config_path: Path, candidate_env: dict[str, str] | None = None
-) -> AsyncIterator[tuple[httpx.AsyncClient, Any, dict[str, Any]]]:
-    """``cogo up`` plus one ``echo --version v2`` worker; yields (http, js, endpoints)."""
-    proc, info = await cogo_up(tmp_path / "up", config_path)
-    worker = None
-    nc = None
-    try:
-        worker = cogo(
-            "run", "echo", "--version", "v2", "--nats-url", info["nats_url"],
-            "--config", str(config_path), env=candidate_env,
-        )  # fmt: skip
-        nc = await connect(info["nats_url"], "test")
-        js = nc.jetstream()
-
-        async def consumer_ready() -> None:
-            while True:
-                try:
-                    await js.consumer_info("TASKS", "echo-run-0-v2")
-                    return
-                except Exception:
-                    await asyncio.sleep(0.1)
-
-        await asyncio.wait_for(consumer_ready(), 20)
-        headers = {"Authorization": f"Bearer {info['api_token']}"}
-        async with httpx.AsyncClient(
-            base_url=info["http_url"], headers=headers, timeout=20
-        ) as http:
-            yield http, js, info
-    finally:
-        if nc is not None:
-            await nc.close()
-        if worker is not None:
-            await asyncio.to_thread(stop, worker)
-        await asyncio.to_thread(stop, proc)
-
-
-async def submit_many(js: Any, ids: list[str], payload: dict[str, Any] | None = None) -> None:
-    futures = []
-    for tid in ids:
-        body = {"task_id": tid, "route": ROUTE, "payload": payload or {"result": tid}}
-        futures.append(
-            await js.publish_async(EXECUTE_SUBJECT, encoder.encode(body), headers={MSG_ID: tid})
-        )
-    await asyncio.gather(*futures)
 
 
 async def drive_until_final(
@@ -128,7 +78,7 @@ def rollout_events(reader: EventReader, rollout_id: str) -> list[Any]:
 
 
 async def test_good_candidate_goes_through_every_stage_to_100(tmp_path, config_path):
-    async with system(tmp_path, config_path) as (http, js, _):
+    async with up_with_candidate(tmp_path / "up", config_path) as (http, js, _):
         started = await http.post("/api/rollouts", json={
             "route": ROUTE, "candidate": "v2", "slo": {"p90_ms": 5000}, "min_samples": 15,
             "dev_e2e_tasks": 3, "smoke_tasks": 10, "stage_timeout_s": 30,
@@ -173,7 +123,7 @@ async def test_good_candidate_goes_through_every_stage_to_100(tmp_path, config_p
 async def test_failing_candidate_is_rolled_back_at_canary(tmp_path, config_path):
     # the candidate passes its 13 sample tasks, then fails half of the real traffic
     env = {"COGO_ECHO_FAIL_RATE": "0.5", "COGO_ECHO_FAIL_AFTER": "13"}
-    async with system(tmp_path, config_path, env) as (http, js, _):
+    async with up_with_candidate(tmp_path / "up", config_path, env) as (http, js, _):
         started = await http.post("/api/rollouts", json={
             "route": ROUTE, "candidate": "v2", "min_samples": 30, "dev_e2e_tasks": 3,
             "smoke_tasks": 10, "stage_timeout_s": 30,
@@ -206,7 +156,7 @@ async def test_failing_candidate_is_rolled_back_at_canary(tmp_path, config_path)
 
 
 async def test_canary_share_is_ten_percent_over_1000_tasks(tmp_path, config_path):
-    async with system(tmp_path, config_path) as (http, js, _):
+    async with up_with_candidate(tmp_path / "up", config_path) as (http, js, _):
         started = await http.post("/api/rollouts", json={
             "route": ROUTE, "candidate": "v2", "min_samples": 100_000, "dev_e2e_tasks": 0,
             "smoke_tasks": 0, "stage_timeout_s": 3600,

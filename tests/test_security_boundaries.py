@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import nats
 import nats.errors
 import pytest
@@ -40,65 +40,19 @@ from cogo.streams.envelope import (
 from cogo.streams.events import encode_event, iso, make_event
 from cogo.streams.outputs import OUTPUTS, Output, decode_output, encode_output, output_subject
 from cogo.streams.seal import MAC_HEADER, OutputVerifier
-from tests.conftest import TEST_CONFIG
-from tests.helpers import EventReader, wait_until
-from tests.upsystem import cogo_up_blocking, stop
+from tests.helpers import SUITE_CONFIG, EventReader, wait_until
+from tests.secured import SecuredSystem, accepted, secured_system
 
 APPS = ["--app", "tests.security_apps:alice", "--app", "tests.security_apps:mallory"]
 ALICE, MALLORY = "alice.work.0", "mallory.x.0"
 # small enough that held retries in a consumer's ack_pending would stall it (item 6)
-CONFIG = TEST_CONFIG.replace("[bus]\n", "[bus]\nmax_ack_pending = 16\n")
-
-
-class System:
-    def __init__(self, proc: Any, info: dict[str, Any], data_dir: Path) -> None:
-        self.proc, self.info, self.data_dir = proc, info, data_dir
-        self.passwords: dict[str, str] = json.loads((data_dir / "credentials.json").read_text())
-
-    async def connect(self, user: str) -> tuple[nats.NATS, list[str]]:
-        """A plain nats-py connection as ``user``, and the errors the server sends it."""
-        errors: list[str] = []
-
-        async def on_error(exc: Exception) -> None:
-            errors.append(str(exc).lower())
-
-        nc = await nats.connect(self.info["nats_url"], user=user, name=f"attacker-{user}",
-                                password=self.passwords[user], error_cb=on_error,
-                                # the one inbox its permissions let it receive replies on
-                                inbox_prefix=f"_INBOX_{user}", allow_reconnect=False)  # fmt: skip
-        return nc, errors
-
-    def client(self) -> cogo.Client:
-        return cogo.Client(data_dir=self.data_dir)
-
-    def http(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(
-            base_url=self.info["http_url"], timeout=30,
-            headers={"Authorization": f"Bearer {self.info['api_token']}"},
-        )  # fmt: skip
+CONFIG = SUITE_CONFIG.replace("[bus]\n", "[bus]\nmax_ack_pending = 16\n")
 
 
 @pytest.fixture(scope="module")
-def system(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    root = tmp_path_factory.mktemp("security")
-    config_path = root / "cogo.toml"
-    config_path.write_text(CONFIG)
-    data_dir = root / "data"
-    proc, info = cogo_up_blocking(data_dir, config_path, "--auth", *APPS)
-    try:
-        yield System(proc, info, data_dir)
-    finally:
-        out = stop(proc)
-        assert "Traceback" not in out, out[-3000:]
-
-
-async def accepted(nc: nats.NATS, subject: str, data: bytes, headers: dict[str, str]) -> bool:
-    """Whether the stream stored a message the attacker published (False: refused)."""
-    try:
-        await nc.jetstream().publish(subject, data, headers=headers, timeout=2)
-    except (nats.errors.Error, TimeoutError):
-        return False
-    return True
+def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredSystem]:
+    with secured_system(tmp_path_factory.mktemp("security"), CONFIG, *APPS) as running:
+        yield running
 
 
 def forged_order(task_id: str, route: str = ALICE, attempt: int = 1, **fields: Any) -> WorkOrder:

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import nats
@@ -27,50 +26,19 @@ from cogo.streams.catalogue import CALL_STARTED, CallStarted
 from cogo.streams.envelope import EXECUTE_SUBJECT, MSG_ID, new_id
 from cogo.streams.events import encode_event, make_event
 from cogo.streams.topology import EVENTS, SUSPENSION_BUCKET
-from tests.conftest import TEST_CONFIG
-from tests.helpers import wait_until
-from tests.upsystem import cogo_up_blocking, stop
+from tests.helpers import SUITE_CONFIG, wait_until
+from tests.secured import SecuredSystem, accepted, secured_system
 
 APPS = ["--app", "tests.security_durable_apps:victim",
         "--app", "tests.security_durable_apps:mallory"]  # fmt: skip
 WAIT, PARENT, MALLORY = "victim.wait.0", "victim.parent.0", "mallory.x.0"
-CONFIG = TEST_CONFIG + "\n[runtime]\nsuspend_after_ms = 50\n"
-
-
-class System:
-    def __init__(self, proc: Any, info: dict[str, Any], data_dir: Path) -> None:
-        self.proc, self.info, self.data_dir = proc, info, data_dir
-        self.passwords: dict[str, str] = json.loads((data_dir / "credentials.json").read_text())
-
-    async def mallory(self) -> tuple[nats.NATS, list[str]]:
-        """A plain nats-py connection as mallory's app user, and the errors it is sent."""
-        errors: list[str] = []
-
-        async def on_error(exc: Exception) -> None:
-            errors.append(str(exc).lower())
-
-        user = "app-mallory"
-        nc = await nats.connect(self.info["nats_url"], user=user, name="attacker",
-                                password=self.passwords[user], error_cb=on_error,
-                                inbox_prefix=f"_INBOX_{user}", allow_reconnect=False)  # fmt: skip
-        return nc, errors
-
-    def client(self) -> cogo.Client:
-        return cogo.Client(data_dir=self.data_dir)
+CONFIG = SUITE_CONFIG + "\n[runtime]\nsuspend_after_ms = 50\n"
 
 
 @pytest.fixture(scope="module")
-def system(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    root = tmp_path_factory.mktemp("security-durable")
-    config_path = root / "cogo.toml"
-    config_path.write_text(CONFIG)
-    data_dir = root / "data"
-    proc, info = cogo_up_blocking(data_dir, config_path, "--auth", *APPS)
-    try:
-        yield System(proc, info, data_dir)
-    finally:
-        out = stop(proc)
-        assert "Traceback" not in out, out[-3000:]
+def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredSystem]:
+    with secured_system(tmp_path_factory.mktemp("security-durable"), CONFIG, *APPS) as running:
+        yield running
 
 
 async def suspended(client: cogo.Client, task_id: str) -> None:
@@ -96,17 +64,8 @@ async def consumer_created(nc: nats.NATS, **config: Any) -> bool:
     return True
 
 
-async def accepted(nc: nats.NATS, subject: str, data: bytes, headers: dict[str, str]) -> bool:
-    """Whether the stream stored a message the attacker published (False: refused)."""
-    try:
-        await nc.jetstream().publish(subject, data, headers=headers, timeout=2)
-    except (nats.errors.Error, TimeoutError):
-        return False
-    return True
-
-
 async def test_an_app_reads_no_other_apps_signals_nor_childrens_results(system):
-    nc, errors = await system.mallory()
+    nc, errors = await system.connect("app-mallory")
     heard: list[bytes] = []
 
     async def on_msg(msg: Any) -> None:
@@ -145,7 +104,7 @@ async def test_an_app_reads_no_other_apps_signals_nor_childrens_results(system):
 async def test_an_app_cannot_forge_another_apps_child(system):
     """A forged ``call_started`` would list an unrelated task as the victim's child: its
     status would show it, and cancelling the victim would cancel that task too."""
-    nc, _ = await system.mallory()
+    nc, _ = await system.connect("app-mallory")
     secret = f"secret-{new_id()}"
     async with system.client() as client:
         bystander = await client.submit(WAIT, {})  # an unrelated task of the victim's
@@ -189,7 +148,7 @@ async def test_an_app_cannot_forge_another_apps_child(system):
 async def test_an_app_cannot_drop_signals_cancels_and_wake_ups_by_message_id(system):
     """Mallory may publish to the submit subject (``ctx.call``): a message there under the
     id a command would have must not make the command a duplicate."""
-    nc, _ = await system.mallory()
+    nc, _ = await system.connect("app-mallory")
     secret = f"secret-{new_id()}"
     async with system.client() as client:
         signalled = await client.submit(WAIT, {})
@@ -202,7 +161,6 @@ async def test_an_app_cannot_drop_signals_cancels_and_wake_ups_by_message_id(sys
                f"{child}:wake", f"{child}:signal:go"]  # fmt: skip
         for msg_id in ids:
             assert await accepted(nc, EXECUTE_SUBJECT, b"{}", {MSG_ID: msg_id})
-        started = time.monotonic()
         await client.signal(signalled.task_id, "go", secret)
         assert await signalled.result(timeout=60) == {"got": secret}
         await client.cancel(cancelled.task_id)
@@ -210,7 +168,6 @@ async def test_an_app_cannot_drop_signals_cancels_and_wake_ups_by_message_id(sys
         # the child's end wakes its parent with a wake-up of the child's id
         await client.signal(child, "go", secret)
         assert await parent.result(timeout=60) == {"child": {"got": secret}}
-        print(f"signal, cancel and wake-up after forged ids: {time.monotonic() - started:.2f} s")
     await nc.close()
 
 
@@ -218,7 +175,7 @@ async def test_a_suspension_record_holds_no_token(system):
     """Apps read the ``suspensions`` bucket (is my task cancelled?): a suspended task's
     record must not hand them its token (which guards its message ids), its output token
     or its seal."""
-    nc, _ = await system.mallory()
+    nc, _ = await system.connect("app-mallory")
     async with system.client() as client:
         waiting = await client.submit(WAIT, {})
         await suspended(client, waiting.task_id)

@@ -26,9 +26,8 @@ from cogo.projections.sandbox import run_query
 from cogo.projections.store import ProjectionStore
 from cogo.streams.connection import connect
 from cogo.streams.policies import PolicyStore
-from tests.conftest import TEST_CONFIG
-from tests.helpers import submit
-from tests.upsystem import cogo_up, stop
+from tests.helpers import SUITE_CONFIG, submit
+from tests.upsystem import cogo_run, cogo_up, stop
 
 
 @pytest.fixture
@@ -219,7 +218,7 @@ def _cogo(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
 async def test_cli_sql_and_replay_through_running_cogo_up(tmp_path):
     data_dir = tmp_path / "up"
     data_dir.mkdir()
-    (data_dir / "cogo.toml").write_text(TEST_CONFIG)
+    (data_dir / "cogo.toml").write_text(SUITE_CONFIG)
     # an empty COGO_API_TOKEN makes `cogo up` generate one: the CLI must send it
     up, endpoints = await cogo_up(data_dir, env={"COGO_API_TOKEN": ""})
     try:
@@ -289,7 +288,9 @@ async def test_cli_replay_offline_and_refusal(nats_server, js, tmp_path):
     )
     assert json.loads(count.stdout)["rows"] == [[300]]
 
-    projector = _run_projector(nats_server.url, data_dir)
+    projector = cogo_run(
+        "projector", nats_server.url, "--data-dir", str(data_dir), log=data_dir / "projector.log"
+    )
     try:
         # the projector holds the file once its consumer exists (it opens the file first);
         # replaying meanwhile would itself hold the file and make the projector give up
@@ -307,14 +308,6 @@ async def test_cli_replay_offline_and_refusal(nats_server, js, tmp_path):
     finally:
         projector.send_signal(signal.SIGTERM)
         await asyncio.to_thread(projector.wait, 15)
-
-
-def _run_projector(url: str, data_dir: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "cogo", "run", "projector", "--nats-url", url,
-         "--data-dir", str(data_dir)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
 
 
 # -- limits (issue 14, items 1 and 2) ----------------------------------------------------

@@ -8,8 +8,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,8 +16,8 @@ from cogo.errors import PortInUse
 from cogo.streams.connection import connect
 from cogo.streams.server import EmbeddedServer, nats_server_binary
 from cogo.streams.store_lock import alive
-from tests.conftest import TEST_CONFIG
-from tests.upsystem import cogo_up
+from tests.helpers import SUITE_CONFIG, wait_until
+from tests.upsystem import cogo, cogo_up, spawn
 
 
 def processes_under(path: Path) -> list[int]:
@@ -37,32 +35,21 @@ def processes_under(path: Path) -> list[int]:
     return found
 
 
-async def wait_until(predicate, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.1)
-
-
 def configured(data_dir: Path) -> Path:
     data_dir.mkdir(parents=True, exist_ok=True)
-    (data_dir / "cogo.toml").write_text(TEST_CONFIG)
+    (data_dir / "cogo.toml").write_text(SUITE_CONFIG)
     return data_dir
 
 
-def up(data_dir: Path, *extra: str) -> subprocess.Popen[str]:
-    """``cogo up`` with its stderr on a pipe: for the refusals, whose last line is read."""
+def up(data_dir: Path, *extra: str) -> subprocess.Popen[bytes]:
+    """``cogo up`` with its output on a pipe: for the refusals, whose last line is read."""
     configured(data_dir)
-    return subprocess.Popen(
-        [sys.executable, "-m", "cogo", "up", "--data-dir", str(data_dir), "--sync", "default",
-         *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    return cogo("up", "--data-dir", str(data_dir), "--sync", "default", *extra)
 
 
-async def refused(proc: subprocess.Popen[str]) -> tuple[int, str]:
-    _, err = await asyncio.to_thread(proc.communicate, timeout=60)
-    lines = [line for line in err.splitlines() if line.strip()]
+async def refused(proc: subprocess.Popen[bytes]) -> tuple[int, str]:
+    out, _ = await asyncio.to_thread(proc.communicate, timeout=60)  # it ends on its own
+    lines = [line for line in out.decode(errors="replace").splitlines() if line.strip()]
     return proc.returncode, lines[-1] if lines else ""
 
 
@@ -151,11 +138,9 @@ async def test_a_server_left_behind_on_the_store_is_stopped(tmp_path):
     data_dir.mkdir()
     server.store_dir.mkdir()
     # a server nobody owns (started by hand, or by a version without the lock)
-    orphan = subprocess.Popen(
-        [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", "0", "-sd", str(server.store_dir),
-         "--pid", str(server.pid_file)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
+    argv = [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", "0"]
+    argv += ["--pid", str(server.pid_file), "-sd", str(server.store_dir)]
+    orphan = spawn(argv, log=tmp_path / "orphan.log", new_session=True)
     try:
         await wait_until(lambda: server.pid_file.exists() and server.pid_file.read_text().strip())
         server.start()

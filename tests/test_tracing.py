@@ -8,19 +8,18 @@ off."""
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import os
 import socket
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
 
 pytest.importorskip("opentelemetry.sdk")
 
+from tests.helpers import wait_until  # noqa: E402
 from tests.otlp_receiver import OtlpReceiver  # noqa: E402
 from tests.upsystem import cogo_up, stop  # noqa: E402
 
@@ -44,18 +43,6 @@ def otel_env(endpoint: str, chat_url: str) -> dict[str, str]:
     return {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100",
             "OTEL_EXPORTER_OTLP_TIMEOUT": "2", "COGO_LLM_BASE_URL": chat_url,
             "COGO_LLM_API_KEY": "k"}  # fmt: skip
-
-
-async def wait_for(check, what: str, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if inspect.isawaitable(value):
-            value = await value
-        if value:
-            return value
-        assert time.monotonic() < deadline, what
-        await asyncio.sleep(0.1)
 
 
 def submit(
@@ -93,7 +80,7 @@ async def test_one_trace_from_the_client_through_dispatcher_and_worker_to_the_ll
             return bool(receiver.named("task ") and receiver.named("submit ") and steps and chats
                         and steps[0].parent_span_id in ran and chats[-1].parent_span_id in ran)  # fmt: skip
 
-        await wait_for(complete, "the task's spans never reached the receiver")
+        await wait_until(complete, 30, "the task's spans never reached the receiver")
         spans = {s.name.split(" ")[0]: s for s in receiver.spans if s.name.startswith(
             ("submit", "task", "step", "chat"))}  # fmt: skip
         attempts = {s.span_id: s for s in receiver.named("attempt ")}
@@ -103,18 +90,18 @@ async def test_one_trace_from_the_client_through_dispatcher_and_worker_to_the_ll
             r = await http.post("/api/tasks", json={"route": "traced.ask.0", "task_id": "traced-2",
                                                     "payload": {"question": "http?"}})  # fmt: skip
             assert r.status_code == 202, r.text
-            rows = await wait_for(lambda: _sql(http, "traced-2"), "no trace id in bus_events")
+            rows = await wait_until(lambda: _sql(http, "traced-2"), 30, "no trace id in bus_events")
             # a workflow run: its run span, a node span, the node's task under it
             planned = await http.post("/api/orchestrator/plan", json={"definition": FLOW})
             assert planned.status_code == 200, planned.text
             run = await http.post("/api/orchestrator/execute",
                                   json={"plan": planned.json()["plan"], "runId": "run-t"})  # fmt: skip
             assert run.status_code == 202, run.text
-            flow = await wait_for(
+            flow = await wait_until(
                 lambda: receiver.named("workflow tracedFlow") and receiver.named("node ask")
                 and [s for s in receiver.named("task ")
                      if s.attributes["cogo.task_id"] == "run-t:ask:1"],
-                "the workflow's spans never reached the receiver",
+                30, "the workflow's spans never reached the receiver",
             )  # fmt: skip
     finally:
         log = stop(up)
@@ -182,7 +169,7 @@ async def test_a_child_called_with_ctx_call_is_in_its_parents_trace(
                         and calls[0].parent_span_id in ran
                         and any(s.parent_span_id in child_ran for s in receiver.named("step ")))  # fmt: skip
 
-        await wait_for(complete, "the parent's and child's spans never reached the receiver")
+        await wait_until(complete, 30, "the parent's and child's spans never reached the receiver")
     finally:
         log = stop(up)
     by_id = {s.span_id: s for s in receiver.spans}
@@ -268,8 +255,6 @@ def test_an_unreachable_endpoint_fails_no_task_and_its_spans_are_dropped_and_cou
     assert done.returncode == 0, done.stderr[-3000:]
     figures = json.loads(done.stdout.splitlines()[-1])
     assert figures["ok"] == 20 and figures["exported"] == 0 and figures["dropped"] > 0
-    print(f"\n20 traced tasks against an unreachable OTLP endpoint: {figures['seconds']:.2f}s, "
-          f"{figures['dropped']} spans dropped")  # fmt: skip
 
 
 def test_off_nothing_is_imported_and_nothing_is_added():

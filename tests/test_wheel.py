@@ -5,15 +5,17 @@ project's directory and without any --data-dir."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from tests.upsystem import spawn, wait_endpoints
 
 ROOT = Path(__file__).resolve().parent.parent
 STEP_TIMEOUT_S = 600  # an install from an empty cache downloads ~100 MB
@@ -47,16 +49,17 @@ def test_a_project_of_ones_own_from_the_built_wheel(tmp_path):
     assert "wrote    shop/agents.py" in init.stdout
 
     log_path = project / "up.log"
-    with open(log_path, "wb") as log:
-        up = subprocess.Popen(["cogo", "up", "--sync", "default"], cwd=project, env=env,
-                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    up = spawn(
+        ["cogo", "up", "--sync", "default"],
+        log=log_path,
+        env=env,
+        cwd=project,
+        new_session=True,
+        inherit_env=False,
+    )
     try:
         endpoints = project / ".cogo" / "endpoints.json"  # cogo.toml's data_dir
-        deadline = time.monotonic() + 120
-        while not endpoints.exists():
-            assert up.poll() is None, log_path.read_text()
-            assert time.monotonic() < deadline, "cogo up did not start:\n" + log_path.read_text()
-            time.sleep(0.2)
+        asyncio.run(wait_endpoints(endpoints, up, 120))
         listed = log_path.read_text()
         assert "app shop (shop.agents:app): count, reply" in listed, listed
 

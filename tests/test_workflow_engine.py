@@ -11,7 +11,7 @@ from cogo.agents.notifier import SIGNATURE_HEADER, TIMESTAMP_HEADER, NotifierAct
 from cogo.runtime.dispatcher import ExecutorDispatcher
 from cogo.runtime.workflow_engine import CancelRun, WorkflowEngine, send_command
 from tests.helpers import EventReader, running
-from tests.test_workflow_support import Webhook, start_run, wait_run, webhook_fixture  # noqa: F401
+from tests.workflow_support import Webhook, start_run, wait_run
 
 SECRET = "test-webhook-secret"
 

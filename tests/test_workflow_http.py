@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -11,29 +12,20 @@ import httpx
 import pytest
 
 from cogo.agents.echo import EchoActor
+from cogo.config import WORKFLOWS_DIR_ENV
 from cogo.http import orchestrator as orchestrator_routes
-from cogo.http.app import create_app
-from cogo.http.state import AppState
 from cogo.runtime.dispatcher import ExecutorDispatcher
 from cogo.runtime.workflow_engine import WorkflowEngine
-from cogo.streams.policies import PolicyStore
-from tests.helpers import running
+from tests.helpers import facade, running
 
 TOKEN = "t0ken"
 
 
 @pytest.fixture
 async def client(nc, js, config, data_dir) -> AsyncIterator[httpx.AsyncClient]:
-    policies = PolicyStore(js)
-    await policies.start()
-    state = AppState(nc=nc, config=config, policies=policies, data_dir=data_dir, api_token=TOKEN)
-    app = create_app(state, extra_routes=orchestrator_routes.routes)
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(
-        transport=transport, base_url="http://cogo", headers={"Authorization": f"Bearer {TOKEN}"}
-    ) as http:
+    routes = orchestrator_routes.routes
+    async with facade(nc, config, data_dir, token=TOKEN, extra_routes=routes) as http:
         yield http
-    await policies.stop()
 
 
 ECHO_GATED: dict[str, Any] = {
@@ -231,6 +223,30 @@ async def test_signal_route_statuses(nats_server, client, config, data_dir):
     assert {"202", "404", "409", "503"} <= set(
         paths["/api/orchestrator/signal"]["post"]["responses"]
     )
+
+
+def _workflow_enums(node: Any) -> list[list[str]]:
+    """Every ``enum`` of the document that lists workflow ids."""
+    if isinstance(node, list):
+        return [e for child in node for e in _workflow_enums(child)]
+    if not isinstance(node, dict):
+        return []
+    found = [node["enum"]] if "codeBuildTest" in (node.get("enum") or []) else []
+    return found + [e for child in node.values() for e in _workflow_enums(child)]
+
+
+async def test_openapi_without_its_workflow_enums_says_why(client, monkeypatch, caplog):
+    served = (await client.get("/openapi.json")).json()
+    assert _workflow_enums(served)  # the catalog's ids, while it loads
+    # a workflows directory the catalog cannot even look at (ENAMETOOLONG)
+    monkeypatch.setenv(WORKFLOWS_DIR_ENV, "/tmp/" + "w" * 300)
+    caplog.set_level(logging.WARNING, logger="cogo.http.openapi")
+    response = await client.get("/openapi.json")
+    assert response.status_code == 200, response.text
+    assert _workflow_enums(response.json()) == []
+    assert response.json()["paths"].keys() == served["paths"].keys()
+    warnings = [r.getMessage() for r in caplog.records if r.name == "cogo.http.openapi"]
+    assert len(warnings) == 1 and "File name too long" in warnings[0], warnings
 
 
 async def test_schedule_routes(client, data_dir):

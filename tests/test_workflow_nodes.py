@@ -3,8 +3,6 @@ orchestrator on a real nats-server; plan-time refusals (cycles, items that are n
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,21 +15,7 @@ from cogo.workflows.definition import Catalog
 from cogo.workflows.expressions import evaluate
 from cogo.workflows.planner import plan_workflow
 from tests.helpers import EventReader, running
-from tests.test_workflow_support import start_run, wait_run
-
-APPROVAL: dict[str, Any] = {
-    "id": "approval",
-    "parameters": {"sleep_ms": {"type": "integer", "default": 0},
-                   "timeout_ms": {"type": "integer", "default": 60000}},
-    "nodes": [
-        {"id": "work", "type": "publish", "route": "echo.run.0",
-         "payload": {"sleep_ms": "${params.sleep_ms}", "result": {"built": True}}},
-        {"id": "approve", "type": "signal", "name": "approve", "timeout_ms": "${params.timeout_ms}"},
-        {"id": "approved", "type": "gate", "condition": "nodes.approve.result.approved == true"},
-        {"id": "merge", "type": "publish", "route": "echo.run.0",
-         "payload": {"result": {"merged_by": "${nodes.approve.result.by}"}}},
-    ],
-}  # fmt: skip
+from tests.workflow_support import APPROVAL, CHILD, catalog_plan, start_run, wait_run
 
 
 def _running(node: str) -> Any:
@@ -128,53 +112,14 @@ async def test_map_results_in_order_bounded_and_failures(nats_server, js, config
     assert states[empty].status == "succeeded" and states[empty].nodes["each"].result == []
 
 
-CHILD: dict[str, Any] = {
-    "id": "child",
-    "parameters": {"name": {"type": "string", "required": True},
-                   "hold": {"type": "boolean", "default": False}},
-    "nodes": [
-        {"id": "hold", "type": "signal", "when": "params.hold", "timeout_ms": 60000},
-        {"id": "greet", "type": "publish", "route": "echo.run.0",
-         "payload": {"result": {"hello": "${params.name}"}}},
-    ],
-}  # fmt: skip
-
-PARENT: dict[str, Any] = {
-    "id": "parent",
-    "parameters": {"names": {"type": "array", "default": ["a", "b", "c"]},
-                   "hold": {"type": "boolean", "default": False}},
-    "nodes": [
-        {"id": "one", "type": "workflow", "workflowId": "child",
-         "parameters": {"name": "solo", "hold": "${params.hold}"}},
-        {"id": "many", "type": "map", "items": "${params.names}", "max_parallel": 2,
-         "node": {"type": "workflow", "workflowId": "child", "parameters": {"name": "${item}"}}},
-    ],
-}  # fmt: skip
-
-
-@pytest.fixture
-def workflows_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    folder = tmp_path / "workflows"
-    folder.mkdir()
-    for definition in (CHILD, PARENT):
-        (folder / f"{definition['id']}.json").write_text(json.dumps(definition))
-    monkeypatch.setenv("COGO_WORKFLOWS_DIR", str(folder))
-    return folder
-
-
-def _catalog_plan(config: Any, workflow_id: str, **params: Any) -> Any:
-    definitions = Catalog.for_data_dir(None).load()
-    return plan_workflow(definitions[workflow_id], params, config.route_policy, definitions)
-
-
 async def test_child_runs_links_and_cancel_cascade(nats_server, js, config, workflows_dir):
     async with running(nats_server.url, config, ExecutorDispatcher, EchoActor, WorkflowEngine):
-        plan = _catalog_plan(config, "parent")
+        plan = catalog_plan(config, "parent")
         from cogo.runtime.workflow_engine import StartRun
 
         await send_command(js, StartRun(run_id="p1", plan=plan.to_json()))
         done = await wait_run(js, "p1")
-        held = _catalog_plan(config, "parent", hold=True)
+        held = catalog_plan(config, "parent", hold=True)
         await send_command(js, StartRun(run_id="p2", plan=held.to_json()))
         await wait_run(js, "p2:one:1", until=_running("hold"))
         await send_command(js, CancelRun(run_id="p2", reason="stop it"))

@@ -5,13 +5,9 @@ survive the restart."""
 from __future__ import annotations
 
 import asyncio
-import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,42 +19,16 @@ from cogo.workflows import history
 from cogo.workflows.engine import Append, Submit, decide, started_event
 from cogo.workflows.run import RunState, timestamp
 from tests.helpers import EventReader, running
-from tests.test_workflow_support import plan_of, start_run, wait_run
-
-
-class OrchestratorProcess:
-    """``python -m cogo run orchestrator`` as a child process."""
-
-    def __init__(self, url: str, config_path: Path, data_dir: Path) -> None:
-        self.args = [sys.executable, "-m", "cogo", "run", "orchestrator", "--nats-url", url,
-                     "--config", str(config_path), "--data-dir", str(data_dir)]  # fmt: skip
-        self.log = data_dir / "orchestrator.log"
-        self.process: subprocess.Popen[bytes] | None = None
-        self.pids: list[int] = []
-
-    def start(self) -> None:
-        with open(self.log, "ab") as out:
-            self.process = subprocess.Popen(self.args, stdout=out, stderr=subprocess.STDOUT)
-        self.pids.append(self.process.pid)
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(10)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+from tests.upsystem import CogoProcess
+from tests.workflow_support import plan_of, start_run, wait_run
 
 
 @pytest.fixture
-def orchestrator(nats_server, config_path, data_dir) -> Iterator[OrchestratorProcess]:
-    process = OrchestratorProcess(nats_server.url, config_path, data_dir)
+def orchestrator(nats_server, config_path, data_dir) -> Iterator[CogoProcess]:
+    """``cogo run orchestrator`` as a child process (started by the test)."""
+    args = ["--nats-url", nats_server.url, "--config", str(config_path)]
+    args += ["--data-dir", str(data_dir)]
+    process = CogoProcess("run", "orchestrator", *args, log=data_dir / "orchestrator.log")
     try:
         yield process
     finally:

@@ -9,10 +9,13 @@ import contextlib
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cogo.cli.common import bus, nats_credentials, resolve_nats_url
 from cogo.errors import CogoError
+
+if TYPE_CHECKING:
+    from cogo.sdk.client import Client
 
 
 def read_payload(text: str) -> dict[str, Any]:
@@ -36,19 +39,24 @@ def read_payload(text: str) -> dict[str, Any]:
     return payload
 
 
+def client_of(args: argparse.Namespace, name: str) -> Client:
+    """The ``cogo.Client`` a task command uses: the system of ``args``, as its ``client``
+    user when the data dir holds credentials (``cogo up --auth``)."""
+    from cogo.sdk.client import Client
+
+    creds = nats_credentials(args, "client")
+    return Client(
+        resolve_nats_url(args), user=creds.get("user"), password=creds.get("password"), name=name
+    )
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     import msgspec
-
-    from cogo.sdk.client import Client
 
     payload = read_payload(args.payload)
 
     async def main() -> int:
-        creds = nats_credentials(args, "client")
-        async with Client(
-            resolve_nats_url(args), user=creds.get("user"), password=creds.get("password"),
-            name="cogo-submit",
-        ) as client:  # fmt: skip
+        async with client_of(args, "cogo-submit") as client:
             handle = await client.submit(args.route, payload, task_id=args.task_id)
             # the same document as POST /api/tasks answers
             print(json.dumps({"task_id": handle.task_id, "duplicate": handle.duplicate,
@@ -93,14 +101,8 @@ async def _follow(handle: Any) -> None:
 def cmd_status(args: argparse.Namespace) -> int:
     import msgspec
 
-    from cogo.sdk.client import Client
-
     async def main() -> int:
-        creds = nats_credentials(args, "client")
-        async with Client(
-            resolve_nats_url(args), user=creds.get("user"), password=creds.get("password"),
-            name="cogo-status",
-        ) as client:  # fmt: skip
+        async with client_of(args, "cogo-status") as client:
             status = await client.status(args.task_id)
         print(json.dumps(msgspec.to_builtins(status), indent=2))
         return 0
@@ -111,7 +113,6 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_signal(args: argparse.Namespace) -> int:
     """``cogo signal TASK NAME --data JSON``: wake the task's ``ctx.wait_signal(NAME)``."""
     from cogo.errors import RequestInvalid
-    from cogo.sdk.client import Client
 
     try:
         data = json.loads(args.data)
@@ -119,11 +120,7 @@ def cmd_signal(args: argparse.Namespace) -> int:
         raise RequestInvalid(f"--data is not JSON: {exc}") from None
 
     async def main() -> int:
-        creds = nats_credentials(args, "client")
-        async with Client(
-            resolve_nats_url(args), user=creds.get("user"), password=creds.get("password"),
-            name="cogo-signal",
-        ) as client:  # fmt: skip
+        async with client_of(args, "cogo-signal") as client:
             await client.signal(args.task_id, args.name, data)
         print(json.dumps({"task_id": args.task_id, "name": args.name, "sent": True}))
         return 0
@@ -133,14 +130,9 @@ def cmd_signal(args: argparse.Namespace) -> int:
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     """``cogo cancel TASK``: cancel a task and its descendants."""
-    from cogo.sdk.client import Client
 
     async def main() -> int:
-        creds = nats_credentials(args, "client")
-        async with Client(
-            resolve_nats_url(args), user=creds.get("user"), password=creds.get("password"),
-            name="cogo-cancel",
-        ) as client:  # fmt: skip
+        async with client_of(args, "cogo-cancel") as client:
             await client.cancel(args.task_id, args.reason)
         print(json.dumps({"task_id": args.task_id, "cancelled": True}))
         return 0

@@ -17,6 +17,7 @@ the parameters that workflow declares (``resolve_parameters`` checks the same).
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from typing import Any
 
@@ -29,6 +30,8 @@ import cogo
 from cogo import errors as e
 from cogo.http.endpoint import JSON, Spec, Success, endpoint, spec_of
 from cogo.http.errors import ErrorBody, description_of, status_of
+
+log = logging.getLogger(__name__)
 
 _PARAM = re.compile(r"{([^}:]+)(?::[^}]+)?}")
 ENUM_KEY = "x-cogo-enum"
@@ -208,8 +211,9 @@ def live_facts(request: Request) -> tuple[dict[str, list[str]], dict[str, dict[s
     try:
         workflows = Catalog.for_data_dir(state.data_dir).load()
         enums["workflows"] = sorted(workflows)
-    except e.CogoError:
-        pass
+    except (e.CogoError, OSError) as exc:
+        # the document is still served, without the workflow enums: say why they are missing
+        log.warning("openapi: workflow ids and parameters left out, the catalog failed: %r", exc)
     return enums, workflows
 
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
-import subprocess
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -25,7 +23,6 @@ from nats.js.errors import APIError
 from cogo.streams.catalogue import TERMINAL_TYPES
 from cogo.streams.envelope import EXECUTE_SUBJECT, MSG_ID, encoder, new_id
 from tests.helpers import EventReader
-from tests.upsystem import cogo, stop
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
@@ -76,7 +73,6 @@ class Ledger:
         ARTIFACTS.mkdir(exist_ok=True)
         with open(ARTIFACTS / "faults.jsonl", "a") as fh:
             fh.write(json.dumps(report) + "\n")
-        print(f"\nLEDGER {json.dumps(report)}")
         return report
 
 
@@ -133,11 +129,3 @@ class Loader:
                 return
             self.ledger.acknowledged.add(tid)
             pending.pop(0)
-
-
-cogo_process = cogo  # a `python -m cogo ...` with its output on a pipe
-
-
-async def terminate(proc: subprocess.Popen[bytes], timeout: float = 20) -> str:
-    """SIGTERM ``proc``, wait (SIGKILL after ``timeout``), return its output."""
-    return await asyncio.to_thread(stop, proc, signal.SIGTERM, timeout)

@@ -10,8 +10,6 @@ import asyncio
 import contextlib
 import json
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -31,8 +29,9 @@ from cogo.streams.connection import connect
 from cogo.streams.events import EventLog, make_event
 from cogo.streams.policies import PolicyStore
 from cogo.streams.server import EmbeddedServer, free_port, nats_server_binary
-from tests.faults.ledger import Ledger, Loader, cogo_process, terminate
+from tests.faults.ledger import Ledger, Loader
 from tests.helpers import EventReader, running, submit, wait_until
+from tests.upsystem import cogo, cogo_run, spawn, terminate
 
 
 async def _drain(reader: EventReader, ledger: Ledger, timeout: float = 60) -> dict:
@@ -64,7 +63,7 @@ async def test_nats_server_sigkill_under_load(durable_server, config, config_pat
     js = nc.jetstream()
     await declare_apps(js, config)
     args = ["--nats-url", durable_server.url, "--config", str(config_path)]
-    procs = [cogo_process("run", "dispatcher", *args), cogo_process("run", "echo", *args)]
+    procs = [cogo("run", "dispatcher", *args), cogo("run", "echo", *args)]
     ledger = Ledger("nats-server SIGKILL + restart on the same store")
     try:
         load = asyncio.create_task(Loader(js, ledger, count=400, rate=100).run(deadline_s=60))
@@ -91,18 +90,16 @@ async def test_an_actor_started_while_jetstream_is_away_waits_for_it(data_dir, c
     wait for JetStream instead of dying in their start-up declarations, and once a real
     server is up on the same port they declare their routes and run tasks."""
     port = free_port()
-    plain = subprocess.Popen([nats_server_binary(), "-a", "127.0.0.1", "-p", str(port)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    plain = spawn(
+        [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port)], log=data_dir / "plain-nats.log"
+    )
     url = f"nats://127.0.0.1:{port}"
-    args = ["--nats-url", url, "--config", str(config_path)]
     logs = {name: data_dir / f"{name}.log" for name in ("dispatcher", "echo")}
     procs = []
     server = None
     try:
         for name, log in logs.items():
-            with log.open("wb") as out:  # noqa: ASYNC230 - opening an empty file
-                procs.append(subprocess.Popen([sys.executable, "-m", "cogo", "run", name, *args],
-                                              stdout=out, stderr=subprocess.STDOUT))  # fmt: skip
+            procs.append(cogo_run(name, url, "--config", str(config_path), log=log))
 
         def said() -> dict[str, str]:
             return {n: log.read_text()[-3000:] for n, log in logs.items()}
@@ -140,8 +137,8 @@ async def test_an_actor_started_while_jetstream_is_away_waits_for_it(data_dir, c
 
 async def test_dispatcher_sigkill_under_load(nats_server, js, config, config_path):
     args = ["--nats-url", nats_server.url, "--config", str(config_path)]
-    dispatcher = cogo_process("run", "dispatcher", *args)
-    echo = cogo_process("run", "echo", *args)
+    dispatcher = cogo("run", "dispatcher", *args)
+    echo = cogo("run", "echo", *args)
     ledger = Ledger("dispatcher SIGKILL mid-work")
     payload = {"fail_times": 1, "__assignment": {"backoff": {"initial_ms": 50}}}
     try:
@@ -151,7 +148,7 @@ async def test_dispatcher_sigkill_under_load(nats_server, js, config, config_pat
         ledger.fault_at = time.time()
         await asyncio.to_thread(dispatcher.wait, 10)
         await asyncio.sleep(0.5)
-        dispatcher = cogo_process("run", "dispatcher", *args)
+        dispatcher = cogo("run", "dispatcher", *args)
         await load
         reader = EventReader(js)
         report = await _drain(reader, ledger)
@@ -165,7 +162,7 @@ async def test_dispatcher_sigkill_under_load(nats_server, js, config, config_pat
 
 async def test_worker_sigkill_under_load(nats_server, js, config, config_path):
     args = ["--nats-url", nats_server.url, "--config", str(config_path)]
-    workers = [cogo_process("run", "echo", *args) for _ in range(2)]
+    workers = [cogo("run", "echo", *args) for _ in range(2)]
     ledger = Ledger("echo worker SIGKILL mid-task")
     async with running(nats_server.url, config, ExecutorDispatcher):
         try:
@@ -187,7 +184,7 @@ async def test_worker_sigkill_under_load(nats_server, js, config, config_path):
 async def test_stopped_worker_late_result_is_fenced(nats_server, js, config, config_path):
     """SIGSTOP a worker past ack_wait; another redoes the task; the resumed one is fenced."""
     args = ["--nats-url", nats_server.url, "--config", str(config_path), "--concurrency", "1"]
-    zombie = cogo_process("run", "echo", *args)
+    zombie = cogo("run", "echo", *args)
     async with running(nats_server.url, config, ExecutorDispatcher):
         await asyncio.sleep(1.0)  # the zombie is up and fetching
         tid = await submit(js, payload={"sleep_ms": 600, "result": "once"})

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import TEST_CONFIG
+from tests.helpers import SUITE_CONFIG
 from tests.upsystem import cogo_up_blocking, stop
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -76,7 +76,7 @@ segment = st.text(
 def system(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("fuzz")
     config = data_dir / "cogo.toml"
-    config.write_text(TEST_CONFIG)
+    config.write_text(SUITE_CONFIG)
     proc, info = cogo_up_blocking(data_dir)
     headers = {"Authorization": f"Bearer {info['api_token']}"}
     with httpx.Client(base_url=info["http_url"], headers=headers, timeout=30) as client:

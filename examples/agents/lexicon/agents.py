@@ -1,5 +1,5 @@
-"""The ``lexicon`` app: a word counter, a summariser on an OpenAI-compatible endpoint, and a
-class-based keyword extractor.
+"""The ``lexicon`` app: a word counter, a summariser on ``ctx.llm`` (an OpenAI-compatible
+endpoint), and a class-based keyword extractor.
 
 Run it with ``cogo up --app lexicon.agents:app`` (from ``examples/agents``) or on its own
 against a running system with ``cogo run lexicon.agents:app``.
@@ -7,13 +7,10 @@ against a running system with ``cogo run lexicon.agents:app``.
 
 from __future__ import annotations
 
-import os
 import re
-import time
 from collections import Counter
 from typing import Any
 
-import httpx
 import msgspec
 
 import cogo
@@ -45,7 +42,6 @@ class Summary(msgspec.Struct):
     completion_tokens: int
 
 
-# retried 429/5xx answers back off like every Cogo retry (the route's policy)
 SUMMARISE_POLICY = {
     "model": "gpt-4o-mini",
     "max_tokens": 2000,
@@ -57,45 +53,24 @@ SUMMARISE_POLICY = {
 
 @app.agent("lexicon.summarise.0", concurrency=8, policy=SUMMARISE_POLICY)
 async def summarise(ctx: cogo.TaskContext, doc: Document) -> Summary:
-    """Summarise a text with an OpenAI-compatible chat endpoint (``COGO_LLM_BASE_URL``)."""
-    base_url = os.environ.get("COGO_LLM_BASE_URL", "").rstrip("/")
-    if not base_url:
-        raise cogo.PermanentWorkerError("COGO_LLM_BASE_URL is not set")
+    """Summarise a text with ``ctx.llm`` (the endpoint of ``COGO_LLM_BASE_URL``).
+
+    ``ctx.llm`` caps the reply at what the task's budget leaves after the prompt, refuses a
+    model the route does not allow, retries a 429/5xx inside the attempt and reports the
+    usage; this handler only asks."""
     prompt = [
         {"role": "system", "content": "You summarise texts faithfully and briefly."},
         {"role": "user", "content": f"Summarise in at most {doc.max_words} words:\n\n{doc.text}"},
     ]
-    # a rough count of the prompt (4 characters a token): the answer may use what is left
-    prompt_estimate = sum(len(m["content"]) for m in prompt) // 4 + 8
-    max_tokens = min(4 * doc.max_words, ctx.remaining_tokens - prompt_estimate)
-    if max_tokens < 16:
-        raise cogo.PermanentWorkerError(
-            f"the task's token budget has {ctx.remaining_tokens} tokens left: too few"
-        )
-    headers = {"Authorization": f"Bearer {os.environ.get('COGO_LLM_API_KEY', '')}"}
-    body = {"model": ctx.assignment.model, "messages": prompt, "max_tokens": max_tokens}
-    timeout = max(1.0, ctx.deadline - time.time())
-    try:
-        async with httpx.AsyncClient(timeout=timeout) as http:
-            response = await http.post(f"{base_url}/v1/chat/completions", json=body,
-                                       headers=headers)  # fmt: skip
-    except httpx.HTTPError as exc:  # connection refused, reset, timed out: try again
-        raise cogo.WorkerError(f"LLM endpoint unreachable: {exc}") from exc
-    if response.status_code == 429 or response.status_code >= 500:
-        raise cogo.WorkerError(f"LLM endpoint answered {response.status_code}")
-    if response.status_code != 200:
-        raise cogo.PermanentWorkerError(f"LLM endpoint refused: {response.status_code}")
-    reply: dict[str, Any] = response.json()
-    usage = reply.get("usage") or {}
-    prompt_tokens = int(usage.get("prompt_tokens", prompt_estimate))
-    completion_tokens = int(usage.get("completion_tokens", 0))
-    ctx.report_usage(tokens=prompt_tokens + completion_tokens)
-    try:
-        summary = reply["choices"][0]["message"]["content"].strip()
-    except (KeyError, IndexError, TypeError, AttributeError):
-        raise cogo.WorkerError("the LLM reply has no message content") from None
-    return Summary(summary, reply.get("model") or ctx.assignment.model, prompt_tokens,
-                   completion_tokens)  # fmt: skip
+    reply = await ctx.llm.chat(prompt, max_tokens=4 * doc.max_words)
+    if not reply.content:
+        raise cogo.WorkerError("the LLM reply has no text")
+    return Summary(
+        summary=reply.content.strip(),
+        model=reply.model or ctx.assignment.model,
+        prompt_tokens=reply.usage.prompt_tokens,
+        completion_tokens=reply.usage.completion_tokens,
+    )
 
 
 class Keywords(cogo.Worker):

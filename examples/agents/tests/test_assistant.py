@@ -12,7 +12,7 @@ import pytest
 from lexicon import assistant
 
 import cogo
-from cogo.testing import CogoEnv
+from cogo.testing import CogoEnv, tool_call
 
 
 @pytest.fixture
@@ -27,11 +27,6 @@ def tool_log(tmp_path, monkeypatch):
     monkeypatch.setenv("ASSISTANT_TOOL_LOG", str(path))
     monkeypatch.setenv("ASSISTANT_NOTES_DIR", str(tmp_path / "notes"))
     return path
-
-
-def tool_call(name: str, call_id: str, **args: object) -> dict:
-    return {"id": call_id, "type": "function",
-            "function": {"name": name, "arguments": json.dumps(args)}}  # fmt: skip
 
 
 def runs(path) -> list[dict]:

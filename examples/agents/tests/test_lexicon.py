@@ -42,13 +42,14 @@ async def test_summarise_calls_the_endpoint_within_the_budget(cogo_env, chat_ser
     assert (await handle.status()).usage["tokens"] == 46
 
 
-async def test_summarise_retries_a_rate_limit_with_the_routes_backoff(cogo_env, chat_server):
+async def test_summarise_retries_a_rate_limit_inside_the_attempt(cogo_env, chat_server):
     chat_server.reply(status=429).reply(status=503).reply("Short.")
     handle = await cogo_env.client.submit("lexicon.summarise.0", {"text": "Long text."})
     assert (await handle.result(timeout=30))["summary"] == "Short."
     assert chat_server.calls == 3
     status = await handle.status()
-    assert [e["type"] for e in status.events].count("execute_retry") == 2
+    # ctx.llm sent the same request again (nothing was billed): one attempt, three calls
+    assert [e["type"] for e in status.events].count("execute_retry") == 0
 
 
 async def test_summarise_gives_up_on_a_refusal(cogo_env, chat_server):
@@ -56,7 +57,16 @@ async def test_summarise_gives_up_on_a_refusal(cogo_env, chat_server):
     handle = await cogo_env.client.submit("lexicon.summarise.0", {"text": "x"})
     with pytest.raises(cogo.TaskFailed) as failed:
         await handle.result(timeout=20)
-    assert failed.value.code == "worker.permanent" and chat_server.calls == 1
+    assert failed.value.code == "llm.rejected" and chat_server.calls == 1
+
+
+async def test_summarise_sends_nothing_without_budget_for_a_reply(cogo_env, chat_server):
+    handle = await cogo_env.client.submit(
+        "lexicon.summarise.0", {"text": "word " * 200}, assignment={"max_tokens": 100}
+    )
+    with pytest.raises(cogo.TaskFailed) as failed:
+        await handle.result(timeout=20)
+    assert failed.value.code == "budget.tokens_exceeded" and chat_server.calls == 0
 
 
 async def test_keywords_is_a_class_based_agent(cogo_env):

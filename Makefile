@@ -48,8 +48,8 @@ test: dev browser promtool
 	PATH="$(CURDIR)/.tools/usr/bin:$$PATH" $(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: dev
-	$(BIN)/ruff check cogo tests scripts
-	$(BIN)/ruff format --check cogo tests scripts
+	$(BIN)/ruff check cogo tests scripts examples
+	$(BIN)/ruff format --check cogo tests scripts examples
 	$(BIN)/mypy
 	$(BIN)/mypy tests/typing  # what the typed client lets mypy infer (assert_type)
 	$(BIN)/vulture cogo scripts/vulture_whitelist.py

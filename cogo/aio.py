@@ -10,9 +10,7 @@ from typing import Any
 NUDGE_S = 1.0
 
 
-async def cancel_and_wait(
-    tasks: Iterable[asyncio.Future[Any] | None], nudge_s: float = NUDGE_S
-) -> None:
+async def cancel_and_wait(tasks: Iterable[asyncio.Future[Any] | None], nudge_s: float = NUDGE_S) -> None:
     """Cancel ``tasks`` and wait until every one has ended, whatever it raised.
 
     A cancellation can be lost on Python 3.11: ``asyncio.wait_for`` (ours, or a library's,

@@ -21,9 +21,7 @@ from cogo.errors import ConfigError
 DEFAULT_DATA_DIR = ".cogo"
 
 
-def exponential_delay(
-    initial: float, failures: int, *, cap: float, multiplier: float = 2.0
-) -> float:
+def exponential_delay(initial: float, failures: int, *, cap: float, multiplier: float = 2.0) -> float:
     """``initial * multiplier**(failures - 1)``, at most ``cap``: the one backoff formula
     (task attempts, Retry nodes, NAKs of a failed handler, restarts, LLM retries)."""
     return min(initial * multiplier ** max(0, failures - 1), cap)
@@ -38,9 +36,7 @@ class Backoff(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     def delay_ms(self, failed_attempts: int) -> int:
         """Delay before the attempt that follows ``failed_attempts`` failures (>= 1)."""
-        return int(exponential_delay(
-            self.initial_ms, failed_attempts, cap=self.max_ms, multiplier=self.multiplier
-        ))  # fmt: skip
+        return int(exponential_delay(self.initial_ms, failed_attempts, cap=self.max_ms, multiplier=self.multiplier))
 
 
 class Ceilings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -77,11 +73,7 @@ class FlowPolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     @property
     def enabled(self) -> bool:
         """Whether any limit is set (the route's tasks then pass through admission)."""
-        return (
-            self.concurrency is not None
-            or self.concurrency_per_key is not None
-            or self.rate_per_key_s is not None
-        )
+        return self.concurrency is not None or self.concurrency_per_key is not None or self.rate_per_key_s is not None
 
     @property
     def bucket(self) -> int:
@@ -100,9 +92,7 @@ def flow_problems(flow: FlowPolicy) -> list[str]:
         ("burst", flow.burst, MAX_FLOW_BURST),
     ):
         if value is not None and not 1 <= value <= ceiling:
-            problems.append(
-                f"flow.{name}={value} must be between 1 and {ceiling:,} (leave it out for no limit)"
-            )
+            problems.append(f"flow.{name}={value} must be between 1 and {ceiling:,} (leave it out for no limit)")
     rate = flow.rate_per_key_s
     if rate is not None and not (math.isfinite(rate) and 0 < rate <= MAX_FLOW_RATE_S):
         problems.append(
@@ -266,9 +256,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     def route_policy(self, route: str, declared: dict[str, Any] | None = None) -> RoutePolicy:
         """The configured policy of ``route``: ``[policy.default]``, then what the agent
         declared (``policy=``), then the route's own table in the configuration."""
-        merged = deep_merge(
-            deep_merge(self.policy.default, declared or {}), self.policy.routes.get(route, {})
-        )
+        merged = deep_merge(deep_merge(self.policy.default, declared or {}), self.policy.routes.get(route, {}))
         try:
             policy = msgspec.convert(merged, RoutePolicy)
         except msgspec.ValidationError as exc:
@@ -286,9 +274,7 @@ def check_policy(policy: RoutePolicy, route: str) -> RoutePolicy:
     c = policy.ceilings
     problems = []
     if c.allowed_models and policy.model not in c.allowed_models:
-        problems.append(
-            f"model={policy.model!r} is not in ceilings.allowed_models {c.allowed_models}"
-        )
+        problems.append(f"model={policy.model!r} is not in ceilings.allowed_models {c.allowed_models}")
     for name, value, ceiling in (
         ("max_tokens", policy.max_tokens, c.max_tokens),
         ("max_cost_usd", policy.max_cost_usd, c.max_cost_usd),

@@ -85,8 +85,7 @@ class ChatServer:
                     time.sleep(reply.delay_s)
                 if reply.status != 200:
                     extra = {"Retry-After": str(reply.retry_after)} if reply.retry_after else {}
-                    self._send(reply.status, {"error": {"message": f"scripted {reply.status}"}},
-                               headers=extra)  # fmt: skip
+                    self._send(reply.status, {"error": {"message": f"scripted {reply.status}"}}, headers=extra)
                 elif reply.raw is not None:
                     self._send(200, None, raw=reply.raw.encode())
                 elif body.get("stream"):
@@ -95,9 +94,12 @@ class ChatServer:
                     self._send(200, _completion(body, reply))
 
             def _send(
-                self, status: int, doc: Any, raw: bytes | None = None,
+                self,
+                status: int,
+                doc: Any,
+                raw: bytes | None = None,
                 headers: dict[str, str] | None = None,
-            ) -> None:  # fmt: skip
+            ) -> None:
                 data = raw if raw is not None else json.dumps(doc).encode()
                 send_body(self, status, data, headers=headers)
 
@@ -111,23 +113,21 @@ class ChatServer:
                     if reply.word_delay_s:
                         time.sleep(reply.word_delay_s)
                     piece = word if i == 0 else " " + word
-                    self._chunk({"choices": [{"index": 0, "delta": {"content": piece},
-                                              "finish_reason": None}]}, body)  # fmt: skip
+                    self._chunk({"choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}, body)
                 if reply.tool_calls:
                     deltas = [{**call, "index": i} for i, call in enumerate(reply.tool_calls)]
-                    self._chunk({"choices": [{"index": 0, "delta": {"tool_calls": deltas},
-                                              "finish_reason": None}]}, body)  # fmt: skip
+                    self._chunk(
+                        {"choices": [{"index": 0, "delta": {"tool_calls": deltas}, "finish_reason": None}]}, body
+                    )
                 finish = reply.finish_reason or ("tool_calls" if reply.tool_calls else "stop")
-                self._chunk({"choices": [{"index": 0, "delta": {}, "finish_reason": finish}]},
-                            body)  # fmt: skip
+                self._chunk({"choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}, body)
                 if reply.usage:
                     self._chunk({"choices": [], "usage": _usage(reply)}, body)
                 self._write(b"data: [DONE]\n\n")
                 self._write(b"")
 
             def _chunk(self, doc: dict[str, Any], body: dict[str, Any]) -> None:
-                doc = {"id": "chatcmpl-test", "object": "chat.completion.chunk",
-                       "model": body.get("model"), **doc}  # fmt: skip
+                doc = {"id": "chatcmpl-test", "object": "chat.completion.chunk", "model": body.get("model"), **doc}
                 self._write(b"data: " + json.dumps(doc).encode() + b"\n\n")
 
             def _write(self, data: bytes) -> None:
@@ -158,9 +158,7 @@ def tool_call(name: str, call_id: str, **arguments: Any) -> dict[str, Any]:
     return {"id": call_id, "type": "function", "function": function}
 
 
-def serve_local(
-    handler: type[BaseHTTPRequestHandler], port: int = 0
-) -> tuple[ThreadingHTTPServer, str]:
+def serve_local(handler: type[BaseHTTPRequestHandler], port: int = 0) -> tuple[ThreadingHTTPServer, str]:
     """Serve ``handler`` on 127.0.0.1 (``port`` 0: any free one) from a daemon thread: the
     server (``stop_local`` ends it) and its base URL. Test doubles of HTTP services use it."""
     server = ThreadingHTTPServer(("127.0.0.1", port), handler)
@@ -228,8 +226,11 @@ def _headers(handler: BaseHTTPRequestHandler) -> dict[str, str]:
 
 
 def _usage(reply: Reply) -> dict[str, int]:
-    return {"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens,
-            "total_tokens": reply.prompt_tokens + reply.completion_tokens}  # fmt: skip
+    return {
+        "prompt_tokens": reply.prompt_tokens,
+        "completion_tokens": reply.completion_tokens,
+        "total_tokens": reply.prompt_tokens + reply.completion_tokens,
+    }
 
 
 def _completion(body: dict[str, Any], reply: Reply) -> dict[str, Any]:
@@ -240,10 +241,14 @@ def _completion(body: dict[str, Any], reply: Reply) -> dict[str, Any]:
         "id": "chatcmpl-test",
         "object": "chat.completion",
         "model": body.get("model"),
-        "choices": [{"index": 0, "message": message,
-                     "finish_reason": reply.finish_reason or
-                     ("tool_calls" if reply.tool_calls else "stop")}],
-    }  # fmt: skip
+        "choices": [
+            {
+                "index": 0,
+                "message": message,
+                "finish_reason": reply.finish_reason or ("tool_calls" if reply.tool_calls else "stop"),
+            }
+        ],
+    }
     if reply.usage:
         doc["usage"] = _usage(reply)
     return doc

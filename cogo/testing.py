@@ -228,9 +228,10 @@ class CogoEnv:
 
         js = self.client.nc.jetstream()
         sub = await js.pull_subscribe(
-            "events.>", stream="EVENTS",
+            "events.>",
+            stream="EVENTS",
             config=api.ConsumerConfig(ack_policy=api.AckPolicy.NONE, inactive_threshold=30.0),
-        )  # fmt: skip
+        )
         out: list[dict[str, Any]] = []
         try:
             while True:
@@ -286,9 +287,7 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, dict):
-        return (
-            "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
-        )
+        return "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     return json.dumps(value)  # strings, integers, floats: JSON's form is TOML's
@@ -331,9 +330,11 @@ async def _cogo_env(
 
     configured = tomllib.loads(cogo_config or "").get("llm", {}).get("base_url")
     env = CogoEnv(
-        *cogo_apps, config=cogo_config, data_dir=tmp_path / "cogo",
+        *cogo_apps,
+        config=cogo_config,
+        data_dir=tmp_path / "cogo",
         llm_url=None if configured else chat_server.url,
-    )  # fmt: skip
+    )
     await env.start()
     try:
         yield env

@@ -81,9 +81,12 @@ def stats() -> dict[str, int]:
 
 
 def span(
-    name: str, *, parent: str | None = None, kind: str = "internal",
+    name: str,
+    *,
+    parent: str | None = None,
+    kind: str = "internal",
     attributes: Mapping[str, Any] | None = None,
-) -> Any:  # fmt: skip
+) -> Any:
     """A context manager around work: a span, child of ``parent`` (a ``traceparent``) or of
     the current span. Yields the span (``None`` when tracing is off)."""
     if _state != 2 and (_state or not enabled()):
@@ -92,13 +95,15 @@ def span(
 
 
 @contextlib.contextmanager
-def _span(
-    name: str, parent: str | None, kind: str, attributes: Mapping[str, Any] | None
-) -> Iterator[Any]:
+def _span(name: str, parent: str | None, kind: str, attributes: Mapping[str, Any] | None) -> Iterator[Any]:
     with _tracer.start_as_current_span(
-        name, context=_context(parent), kind=_kind(kind), attributes=_clean(attributes),
-        record_exception=True, set_status_on_exception=True,
-    ) as current:  # fmt: skip
+        name,
+        context=_context(parent),
+        kind=_kind(kind),
+        attributes=_clean(attributes),
+        record_exception=True,
+        set_status_on_exception=True,
+    ) as current:
         yield current
 
 
@@ -112,15 +117,23 @@ def inject(headers: dict[str, str]) -> dict[str, str]:
 
 
 def submitted(
-    headers: dict[str, str], *, task_id: str, route: str, parent: str | None = None,
+    headers: dict[str, str],
+    *,
+    task_id: str,
+    route: str,
+    parent: str | None = None,
     name: str = "submit",
-) -> dict[str, str]:  # fmt: skip
+) -> dict[str, str]:
     """The headers of a task's submission, with the ``traceparent`` of a producer span
     ``submit <route>`` (child of ``parent``, else of the current span); returns them."""
     if _state != 2 and (_state or not enabled()):
         return headers
-    attrs = {"cogo.task_id": task_id, "cogo.route": route, "messaging.system": "nats",
-             "messaging.operation.type": "send"}  # fmt: skip
+    attrs = {
+        "cogo.task_id": task_id,
+        "cogo.route": route,
+        "messaging.system": "nats",
+        "messaging.operation.type": "send",
+    }
     with _span(f"{name} {route}", parent, "producer", attrs):
         tp = traceparent()
     if tp is not None:
@@ -167,16 +180,19 @@ def set_attributes(current: Any, attributes: Mapping[str, Any]) -> None:
 
 
 def record(
-    name: str, *, start: float, kind: str = "internal",
-    attributes: Mapping[str, Any] | None = None, error_code: str | None = None,
+    name: str,
+    *,
+    start: float,
+    kind: str = "internal",
+    attributes: Mapping[str, Any] | None = None,
+    error_code: str | None = None,
     error_message: str = "",
-) -> None:  # fmt: skip
+) -> None:
     """A span that already happened (``start`` in unix seconds, ended now), child of the
     current span: an LLM call, reported with what its reply said."""
     if _state != 2 and (_state or not enabled()):
         return
-    s = _tracer.start_span(name, kind=_kind(kind), attributes=_clean(attributes),
-                           start_time=int(start * 1e9))  # fmt: skip
+    s = _tracer.start_span(name, kind=_kind(kind), attributes=_clean(attributes), start_time=int(start * 1e9))
     if error_code is not None:
         error(s, error_code, error_message)
     s.end()
@@ -202,9 +218,7 @@ def task_traceparent(task_id: str, parent: str | None) -> str:
     return derived_traceparent(task_id, parent)
 
 
-def task_scope(
-    *, task_id: str, route: str, parent: str | None, submitted_at: float
-) -> Any:  # fmt: skip
+def task_scope(*, task_id: str, route: str, parent: str | None, submitted_at: float) -> Any:
     """The dispatcher handling one message of a task: events it builds carry the task's
     trace id, and ``task_ended`` can report the task span. No span of its own: the
     dispatcher's share of a task is a few hundred microseconds, not worth a span's cost."""
@@ -214,9 +228,7 @@ def task_scope(
 
 
 @contextlib.contextmanager
-def _task_scope(
-    task_id: str, route: str, parent: str | None, submitted_at: float
-) -> Iterator[None]:
+def _task_scope(task_id: str, route: str, parent: str | None, submitted_at: float) -> Iterator[None]:
     token = _task.set((task_id, route, parent if _valid(parent) else None, submitted_at))
     try:
         yield
@@ -231,15 +243,27 @@ def task_ended(task_id: str | None, error_code: str | None, message: str | None)
         return
     task_id, route, parent, submitted_at = task
     attrs = {"cogo.task_id": task_id, "cogo.route": route}
-    emit_derived(f"task {route}", task_id, parent, start=submitted_at, attributes=attrs,
-                 error_code=error_code, error_message=message or "")  # fmt: skip
+    emit_derived(
+        f"task {route}",
+        task_id,
+        parent,
+        start=submitted_at,
+        attributes=attrs,
+        error_code=error_code,
+        error_message=message or "",
+    )
 
 
 def emit_derived(
-    name: str, key: str, parent: str | None, *, start: float,
-    attributes: Mapping[str, Any] | None = None, error_code: str | None = None,
+    name: str,
+    key: str,
+    parent: str | None,
+    *,
+    start: float,
+    attributes: Mapping[str, Any] | None = None,
+    error_code: str | None = None,
     error_message: str = "",
-) -> None:  # fmt: skip
+) -> None:
     """Report the span with ids derived from ``key`` (see ``derived_traceparent``)."""
     if _state != 2 and (_state or not enabled()):
         return
@@ -248,9 +272,11 @@ def emit_derived(
     token = _forced.set((root, int.from_bytes(digest[:8])))
     try:
         s = _tracer.start_span(
-            name, context=_context(parent if _valid(parent) else None),
-            attributes=_clean(attributes), start_time=int(start * 1e9),
-        )  # fmt: skip
+            name,
+            context=_context(parent if _valid(parent) else None),
+            attributes=_clean(attributes),
+            start_time=int(start * 1e9),
+        )
     finally:
         _forced.reset(token)
     if error_code is not None:
@@ -323,8 +349,7 @@ def _setup() -> Any:
                 _stats["dropped"] += len(spans)
                 if time.monotonic() - self._warned > 60:
                     self._warned = time.monotonic()
-                    log.warning("OTLP endpoint unreachable: %d span(s) dropped so far",
-                                _stats["dropped"])  # fmt: skip
+                    log.warning("OTLP endpoint unreachable: %d span(s) dropped so far", _stats["dropped"])
             return result
 
         def shutdown(self) -> None:
@@ -349,9 +374,11 @@ def _context(parent: str | None) -> Any:
 
     assert parent is not None
     ctx = trace.SpanContext(
-        trace_id=int(parent[3:35], 16), span_id=int(parent[36:52], 16), is_remote=True,
+        trace_id=int(parent[3:35], 16),
+        span_id=int(parent[36:52], 16),
+        is_remote=True,
         trace_flags=trace.TraceFlags(int(parent[53:55], 16)),
-    )  # fmt: skip
+    )
     return trace.set_span_in_context(trace.NonRecordingSpan(ctx))
 
 
@@ -394,9 +421,7 @@ def workflow_task(headers: dict[str, str], task: Mapping[str, Any]) -> dict[str,
         return headers
     run_tp = run_traceparent(str(task.get("correlation_id")))
     cause = task.get("causation_id")
-    headers[TRACEPARENT] = (
-        derived_traceparent(str(cause), run_tp) if cause and ":started:" in cause else run_tp
-    )
+    headers[TRACEPARENT] = derived_traceparent(str(cause), run_tp) if cause and ":started:" in cause else run_tp
     return headers
 
 
@@ -411,14 +436,21 @@ def workflow_event(event: Any, *, workflow_id: str | None, run_started: float | 
         node = (event.data or {}).get("node_id")
         started = now - (event.duration_ms or 0.0) / 1000.0
         emit_derived(
-            f"node {node}", f"{run_id}:{node}:started:{event.attempt}", run_traceparent(run_id),
-            start=started, attributes={"cogo.run_id": run_id, "cogo.node_id": node,
-                                       "cogo.attempt": event.attempt},
-            error_code=event.error_code, error_message=event.error or "",
-        )  # fmt: skip
+            f"node {node}",
+            f"{run_id}:{node}:started:{event.attempt}",
+            run_traceparent(run_id),
+            start=started,
+            attributes={"cogo.run_id": run_id, "cogo.node_id": node, "cogo.attempt": event.attempt},
+            error_code=event.error_code,
+            error_message=event.error or "",
+        )
     elif kind in ("workflow_succeeded", "workflow_failed", "workflow_cancelled"):
         emit_derived(
-            f"workflow {workflow_id}", f"run:{run_id}", None, start=run_started or now,
+            f"workflow {workflow_id}",
+            f"run:{run_id}",
+            None,
+            start=run_started or now,
             attributes={"cogo.run_id": run_id, "cogo.workflow_id": workflow_id},
-            error_code=event.error_code, error_message=event.error or "",
-        )  # fmt: skip
+            error_code=event.error_code,
+            error_message=event.error or "",
+        )

@@ -58,13 +58,21 @@ async def main(tasks: int, sync: str) -> None:
             routes = ["orchestrator.execute.0", "echo.run.0", "orchestrator.result.0"]
             await ensure_topology(js, load_config())
             await ensure_subjects(js, TASKS, [s for r in routes for s in route_subjects(r)])
-            for durable, subject in (("raw-exec", "orchestrator.execute.0"),
-                                     ("raw-echo", "echo.run.0"),
-                                     ("raw-result", "orchestrator.result.0")):  # fmt: skip
-                await js.add_consumer("TASKS", ConsumerConfig(
-                    durable_name=durable, filter_subject=subject, ack_policy=AckPolicy.EXPLICIT,
-                    max_ack_pending=20_000, ack_wait=60,
-                ))  # fmt: skip
+            for durable, subject in (
+                ("raw-exec", "orchestrator.execute.0"),
+                ("raw-echo", "echo.run.0"),
+                ("raw-result", "orchestrator.result.0"),
+            ):
+                await js.add_consumer(
+                    "TASKS",
+                    ConsumerConfig(
+                        durable_name=durable,
+                        filter_subject=subject,
+                        ack_policy=AckPolicy.EXPLICIT,
+                        max_ack_pending=20_000,
+                        ack_wait=60,
+                    ),
+                )
             done = 0
             finished = asyncio.Event()
             stop = asyncio.Event()
@@ -108,8 +116,9 @@ async def main(tasks: int, sync: str) -> None:
             stop.set()
             await asyncio.gather(*workers)
             await nc.close()
-            print(f"raw nats-py pipeline, sync {sync}: {tasks} tasks in {elapsed:.2f}s "
-                  f"= {tasks / elapsed:,.0f} tasks/s")  # fmt: skip
+            print(
+                f"raw nats-py pipeline, sync {sync}: {tasks} tasks in {elapsed:.2f}s = {tasks / elapsed:,.0f} tasks/s"
+            )
         finally:
             server.stop()
 

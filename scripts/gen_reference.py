@@ -85,9 +85,7 @@ def _text(text: str) -> str:
     return "`".join(parts)
 
 
-def _parser_section(
-    parser: argparse.ArgumentParser, name: str, level: int, summary: str = ""
-) -> str:
+def _parser_section(parser: argparse.ArgumentParser, name: str, level: int, summary: str = "") -> str:
     out = [f"{'#' * level} `{name}`\n\n"] if level > 2 else []
     if parser.description or summary:
         out.append(_text((parser.description or summary).strip()) + "\n\n")
@@ -96,10 +94,7 @@ def _parser_section(
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction | argparse._HelpAction):
             continue
-        what = (
-            ", ".join(f"`{o}`" for o in action.option_strings)
-            or f"`{action.metavar or action.dest}`"
-        )
+        what = ", ".join(f"`{o}`" for o in action.option_strings) or f"`{action.metavar or action.dest}`"
         default = action.default
         shown = "" if default in (None, False, argparse.SUPPRESS, [], "") else f"`{default}`"
         choices = f" (one of {', '.join(map(str, action.choices))})" if action.choices else ""
@@ -110,9 +105,7 @@ def _parser_section(
         out.append("```text\n" + parser.epilog.strip() + "\n```\n\n")
     helps = _helps(parser)
     for sub_name, sub in _subparsers(parser).items():
-        out.append(
-            _parser_section(sub, f"{name} {sub_name}", min(level + 1, 4), helps.get(sub_name, ""))
-        )
+        out.append(_parser_section(sub, f"{name} {sub_name}", min(level + 1, 4), helps.get(sub_name, "")))
     return "".join(out)
 
 
@@ -196,9 +189,7 @@ def http_page() -> str:
             out.append(f"## `{method.upper()} {path}`\n\n{_text(op.get('summary', ''))}\n\n")
             params = op.get("parameters") or []
             if params:
-                out.append(
-                    "| parameter | in | type | required | meaning |\n|---|---|---|---|---|\n"
-                )
+                out.append("| parameter | in | type | required | meaning |\n|---|---|---|---|---|\n")
                 for p in params:
                     kind = _type_of(p.get("schema", {}), schemas)
                     out.append(
@@ -332,9 +323,7 @@ def events_page() -> str:
     out.append("| type | required fields | data |\n|---|---|---|\n")
     for event_type, cls in catalogue.CATALOGUE.items():
         required = ", ".join(f"`{f}`" for f in catalogue.REQUIRED.get(event_type, ())) or ""
-        out.append(
-            f"| `{event_type}` | {required} | [`{cls.__name__}`](#{cls.__name__.lower()}) |\n"
-        )
+        out.append(f"| `{event_type}` | {required} | [`{cls.__name__}`](#{cls.__name__.lower()}) |\n")
     out.append("\n")
     seen: set[str] = set()
     for cls in catalogue.CATALOGUE.values():
@@ -350,9 +339,7 @@ def events_page() -> str:
             continue
         out.append("| field | type | required |\n|---|---|---|\n")
         for f in info.fields:
-            out.append(
-                f"| `{f.encode_name}` | {_cell(_msgspec_type(f.type))} | {'yes' if f.required else ''} |\n"
-            )
+            out.append(f"| `{f.encode_name}` | {_cell(_msgspec_type(f.type))} | {'yes' if f.required else ''} |\n")
         out.append("\n")
     return "".join(out)
 
@@ -370,9 +357,13 @@ def _msgspec_type(t: Any) -> str:
     if isinstance(t, mi.StructType):
         return t.cls.__name__
     names = {
-        mi.StrType: "string", mi.IntType: "integer", mi.FloatType: "number",
-        mi.BoolType: "boolean", mi.NoneType: "null", mi.AnyType: "any",
-    }  # fmt: skip
+        mi.StrType: "string",
+        mi.IntType: "integer",
+        mi.FloatType: "number",
+        mi.BoolType: "boolean",
+        mi.NoneType: "null",
+        mi.AnyType: "any",
+    }
     for kind, name in names.items():
         if isinstance(t, kind):
             return name

@@ -12,8 +12,12 @@ import cogo
 
 app = cogo.App("dur")
 RUNS: Counter[str] = Counter()
-FAST = {"max_attempts": 2, "timeout_ms": 20000, "ttl_ms": 120000,
-        "backoff": {"initial_ms": 50, "multiplier": 1.0, "max_ms": 50}}  # fmt: skip
+FAST = {
+    "max_attempts": 2,
+    "timeout_ms": 20000,
+    "ttl_ms": 120000,
+    "backoff": {"initial_ms": 50, "multiplier": 1.0, "max_ms": 50},
+}
 
 
 @app.agent("dur.sleep.0", policy=FAST)
@@ -57,9 +61,11 @@ async def parent(ctx: cogo.TaskContext, p: dict[str, Any]) -> Any:
     RUNS[f"parent:{ctx.task_id}"] += 1
     extra = {k: p[k] for k in ("fail", "tokens", "wait") if k in p}
     notes = await asyncio.gather(
-        *(ctx.call(p.get("route", "dur.child.0"), {"topic": t, **extra},
-                   assignment=p.get("assignment"), key=t) for t in p["topics"])
-    )  # fmt: skip
+        *(
+            ctx.call(p.get("route", "dur.child.0"), {"topic": t, **extra}, assignment=p.get("assignment"), key=t)
+            for t in p["topics"]
+        )
+    )
     return {"notes": notes, "remaining": ctx.remaining_tokens}
 
 
@@ -133,9 +139,10 @@ async def queued_child(ctx: cogo.TaskContext, p: dict[str, Any]) -> Any:
 async def group(ctx: cogo.TaskContext, p: dict[str, Any]) -> Any:
     """Calls in a TaskGroup (the run suspends through an ExceptionGroup), then a sleep."""
     async with asyncio.TaskGroup() as tg:
-        calls = [tg.create_task(ctx.call("dur.child.0", {"topic": t, "wait": True}, key=t,
-                                         assignment={"max_tokens": 100}))
-                 for t in ("m", "n")]  # fmt: skip
+        calls = [
+            tg.create_task(ctx.call("dur.child.0", {"topic": t, "wait": True}, key=t, assignment={"max_tokens": 100}))
+            for t in ("m", "n")
+        ]
     await ctx.sleep(0.5)
     return [c.result()["topic"] for c in calls]
 
@@ -145,5 +152,4 @@ async def nondet_call(ctx: cogo.TaskContext, p: dict[str, Any]) -> Any:
     """Calls a child under another key on its second run."""
     RUNS[f"nondet_call:{ctx.task_id}"] += 1
     key = "a" if RUNS[f"nondet_call:{ctx.task_id}"] == 1 else "b"
-    return await ctx.call("dur.child.0", {"topic": key, "wait": True}, key=key,
-                          assignment={"max_tokens": 100})  # fmt: skip
+    return await ctx.call("dur.child.0", {"topic": key, "wait": True}, key=key, assignment={"max_tokens": 100})

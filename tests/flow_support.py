@@ -101,8 +101,7 @@ def attempt_intervals(events: list[Event]) -> list[tuple[str, float, float]]:
 
 def max_overlap(intervals: Iterable[tuple[float, float]]) -> int:
     intervals = list(intervals)
-    points = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals],
-                    key=lambda p: (p[0], p[1]))  # fmt: skip
+    points = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals], key=lambda p: (p[0], p[1]))
     most = now = 0
     for _, step in points:
         now += step
@@ -111,17 +110,20 @@ def max_overlap(intervals: Iterable[tuple[float, float]]) -> int:
 
 
 async def submit_keyed(
-    js: JetStreamContext, key: str, count: int, prefix: str, priority: int | None = None,
+    js: JetStreamContext,
+    key: str,
+    count: int,
+    prefix: str,
+    priority: int | None = None,
     **payload: Any,
-) -> list[str]:  # fmt: skip
+) -> list[str]:
     assignment: dict[str, Any] = {"key": key}
     if priority is not None:
         assignment["priority"] = priority
     return [
-        await submit(js, task_id=f"{prefix}-{key}-{i}",
-                     payload={**payload, "__assignment": assignment})
+        await submit(js, task_id=f"{prefix}-{key}-{i}", payload={**payload, "__assignment": assignment})
         for i in range(count)
-    ]  # fmt: skip
+    ]
 
 
 async def flow_is_empty(js: JetStreamContext, route: str = ROUTE) -> bool:

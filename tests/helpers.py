@@ -45,9 +45,7 @@ backoff = { initial_ms = 100, multiplier = 2.0, max_ms = 2000 }
 
 
 @contextlib.asynccontextmanager
-async def running(
-    url: str, config: Config, *actor_classes: type[Any], **kwargs: Any
-) -> AsyncIterator[list[Actor]]:
+async def running(url: str, config: Config, *actor_classes: type[Any], **kwargs: Any) -> AsyncIterator[list[Actor]]:
     """Run actors in this process, each on its own connection; drain them on exit."""
     actors: list[Actor] = []
     conns: list[NATS] = []
@@ -109,13 +107,14 @@ class EventReader:
 
     async def _subscribe(self) -> Any:
         return await self.js.pull_subscribe(
-                self.subject,
-                stream="EVENTS",
-                config=api.ConsumerConfig(
-                    ack_policy=api.AckPolicy.NONE, inactive_threshold=60.0,
-                    deliver_policy=api.DeliverPolicy.ALL,
-                ),
-            )  # fmt: skip
+            self.subject,
+            stream="EVENTS",
+            config=api.ConsumerConfig(
+                ack_policy=api.AckPolicy.NONE,
+                inactive_threshold=60.0,
+                deliver_policy=api.DeliverPolicy.ALL,
+            ),
+        )
 
     def terminal(self) -> dict[str, list[Event]]:
         out: dict[str, list[Event]] = {}
@@ -127,9 +126,7 @@ class EventReader:
     def of(self, task_id: str) -> list[Event]:
         return [e for e in self.events if e.task_id == task_id]
 
-    async def wait_terminal(
-        self, task_ids: Iterable[str], timeout: float = 30.0
-    ) -> dict[str, Event]:
+    async def wait_terminal(self, task_ids: Iterable[str], timeout: float = 30.0) -> dict[str, Event]:
         """Wait until every task has a terminal event; return the first of each."""
         wanted = set(task_ids)
         deadline = time.monotonic() + timeout
@@ -140,9 +137,7 @@ class EventReader:
                 return {t: done[t][0] for t in wanted}
             if time.monotonic() > deadline:
                 missing = sorted(wanted - done.keys())
-                raise AssertionError(
-                    f"{len(missing)} task(s) without terminal event: {missing[:5]}"
-                )
+                raise AssertionError(f"{len(missing)} task(s) without terminal event: {missing[:5]}")
             await asyncio.sleep(0.05)
 
 
@@ -174,9 +169,7 @@ async def submit_many(
     futures = []
     for tid in ids:
         body = {"task_id": tid, "route": route, "payload": payload or {"result": tid}}
-        futures.append(
-            await js.publish_async(EXECUTE_SUBJECT, encoder.encode(body), headers={MSG_ID: tid})
-        )
+        futures.append(await js.publish_async(EXECUTE_SUBJECT, encoder.encode(body), headers={MSG_ID: tid}))
     await asyncio.gather(*futures)
 
 
@@ -187,9 +180,7 @@ async def run_task(js: JetStreamContext, route: str, payload: dict[str, Any]) ->
 
 
 @contextlib.asynccontextmanager
-async def projecting(
-    nc: NATS, config: Config, data_dir: Path, **kwargs: Any
-) -> AsyncIterator[Projector]:
+async def projecting(nc: NATS, config: Config, data_dir: Path, **kwargs: Any) -> AsyncIterator[Projector]:
     """A projector in this process, folding into ``data_dir``."""
     projector = Projector(nc, config, data_dir=data_dir, **kwargs)
     await projector.start()
@@ -216,9 +207,7 @@ async def facade(
     policies = PolicyStore(nc.jetstream())
     await policies.start()
     try:
-        app_state = AppState(
-            nc=nc, config=config, policies=policies, data_dir=data_dir, api_token=token, **state
-        )
+        app_state = AppState(nc=nc, config=config, policies=policies, data_dir=data_dir, api_token=token, **state)
         app = create_app(app_state, extra_routes=list(extra_routes))
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         async with httpx.AsyncClient(

@@ -36,18 +36,14 @@ async def failure_of(handle: cogo.TaskHandle, timeout: float = 60) -> cogo.TaskF
     return failed.value
 
 
-async def a_model_the_route_does_not_allow_sends_nothing(
-    env: CogoEnv, chat_server: ChatServer, route: str
-) -> None:
+async def a_model_the_route_does_not_allow_sends_nothing(env: CogoEnv, chat_server: ChatServer, route: str) -> None:
     handle = await env.client.submit(route, {"question": "hi", "model": "gpt-9"})
     failed = await failure_of(handle, timeout=30)
     assert failed.code == "policy.model_not_allowed"
     assert chat_server.calls == 0
 
 
-async def a_permanent_tool_error_is_not_retried(
-    env: CogoEnv, chat_server: ChatServer, route: str
-) -> None:
+async def a_permanent_tool_error_is_not_retried(env: CogoEnv, chat_server: ChatServer, route: str) -> None:
     chat_server.reply(None, tool_calls=[tool_call("lookup_order", "c1", order_id=99)])
     handle = await env.client.submit(route, {"question": "Refund order 99"})
     failed = await failure_of(handle)
@@ -68,11 +64,11 @@ async def a_tool_that_is_a_cogo_agent_runs_as_a_child_task(
     route, which wait for a signal while the parent suspends; resumed, the parent replays its
     first request from the journal and gets the children's results from ``ctx.call``: two
     requests, each child's work done once."""
-    chat_server.reply(None, tool_calls=[tool_call("research", "r1", topic="tides"),
-                                        tool_call("research", "r2", topic="waves")])  # fmt: skip
+    chat_server.reply(
+        None, tool_calls=[tool_call("research", "r1", topic="tides"), tool_call("research", "r2", topic="waves")]
+    )
     chat_server.reply("Tides: the moon pulls the sea.")
-    async with CogoEnv(callers, config="[runtime]\nsuspend_after_ms = 50\n",
-                       data_dir=tmp_path / "env") as env:  # fmt: skip
+    async with CogoEnv(callers, config="[runtime]\nsuspend_after_ms = 50\n", data_dir=tmp_path / "env") as env:
         handle = await env.client.submit(route, {"question": "Why tides?"})
         tid = handle.task_id
         children = [f"{tid}/research:r1", f"{tid}/research:r2"]
@@ -91,8 +87,7 @@ async def a_tool_that_is_a_cogo_agent_runs_as_a_child_task(
         assert await handle.result(timeout=60) == {"answer": "Tides: the moon pulls the sea."}
         statuses = [await env.client.status(child) for child in children]
         events = await env.events(tid)
-    assert [(s.parent_id, s.result["topic"]) for s in statuses] == [(tid, "tides"),
-                                                                     (tid, "waves")]  # fmt: skip
+    assert [(s.parent_id, s.result["topic"]) for s in statuses] == [(tid, "tides"), (tid, "waves")]
     assert [CHILD_RUNS.count(child) for child in children] == [1, 1]
     assert chat_server.calls == 2  # the resumed run replayed the first request
     sent = chat_server.requests[1]["messages"]  # both children's results, as tool messages

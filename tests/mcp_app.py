@@ -27,8 +27,7 @@ def _log(tool: str) -> None:
         f.write(json.dumps({"tool": tool}) + "\n")
 
 
-stamps = PythonStdioTransport(Path(__file__).with_name("mcp_stamps.py"), args=[LOG],
-                              python_cmd=sys.executable)  # fmt: skip
+stamps = PythonStdioTransport(Path(__file__).with_name("mcp_stamps.py"), args=[LOG], python_cmd=sys.executable)
 agent = Agent("openai:gpt-4o-mini", defer_model_check=True, toolsets=[MCPToolset(Client(stamps))])
 
 

@@ -43,8 +43,7 @@ async def load(args: argparse.Namespace) -> None:
                     code, status = r.json().get("code"), r.status_code
                 except httpx.HTTPError as exc:
                     code, status, r = type(exc).__name__, 0, None
-                print(json.dumps({"task_id": task_id, "status": status, "code": code,
-                                  "at": time.time()}), flush=True)  # fmt: skip
+                print(json.dumps({"task_id": task_id, "status": status, "code": code, "at": time.time()}), flush=True)
                 if status != 503:
                     break
                 # the same task_id again: the bus deduplicates a submission that did land
@@ -56,10 +55,15 @@ async def check(args: argparse.Namespace) -> None:
     js = nc.jetstream()
     try:
         sub = await js.pull_subscribe(
-            "events.>", stream="EVENTS",
-            config=api.ConsumerConfig(ack_policy=api.AckPolicy.NONE, inactive_threshold=60.0,
-                                      deliver_policy=api.DeliverPolicy.ALL, mem_storage=True),
-        )  # fmt: skip
+            "events.>",
+            stream="EVENTS",
+            config=api.ConsumerConfig(
+                ack_policy=api.AckPolicy.NONE,
+                inactive_threshold=60.0,
+                deliver_policy=api.DeliverPolicy.ALL,
+                mem_storage=True,
+            ),
+        )
         done: Counter[str] = Counter()
         failed: Counter[str] = Counter()
         done_at: list[float] = []
@@ -85,9 +89,19 @@ async def check(args: argparse.Namespace) -> None:
             projections[url] = await projected(url, token, events)
     finally:
         await nc.close()
-    print(json.dumps({"done": done, "failed": failed, "done_at": sorted(done_at),
-                      "replicas": replicas, "events": events, "projections": projections,
-                      "timeline": timeline}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "done": done,
+                "failed": failed,
+                "done_at": sorted(done_at),
+                "replicas": replicas,
+                "events": events,
+                "projections": projections,
+                "timeline": timeline,
+            }
+        )
+    )
 
 
 async def shape(js: Any) -> dict[str, int]:

@@ -67,11 +67,20 @@ class OtlpReceiver:
                     resource = _attrs(rs.resource.attributes)
                     for ss in rs.scope_spans:
                         for s in ss.spans:
-                            got.append(ReceivedSpan(
-                                s.name, s.trace_id.hex(), s.span_id.hex(), s.parent_span_id.hex(),
-                                s.kind, _attrs(s.attributes), resource, s.status.code,
-                                s.start_time_unix_nano, s.end_time_unix_nano,
-                            ))  # fmt: skip
+                            got.append(
+                                ReceivedSpan(
+                                    s.name,
+                                    s.trace_id.hex(),
+                                    s.span_id.hex(),
+                                    s.parent_span_id.hex(),
+                                    s.kind,
+                                    _attrs(s.attributes),
+                                    resource,
+                                    s.status.code,
+                                    s.start_time_unix_nano,
+                                    s.end_time_unix_nano,
+                                )
+                            )
                 with receiver._lock:
                     receiver.spans.extend(got)
                     receiver.requests += 1

@@ -14,17 +14,45 @@ from prometheus_client.parser import text_string_to_metric_families
 
 NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 CAMEL = re.compile(r"[a-z][A-Z]")
-BASE_UNITS = {"amperes", "bytes", "celsius", "grams", "joules", "kelvin", "meters", "metres",
-              "seconds", "volts"}  # fmt: skip
-NON_BASE_UNITS = {"minutes": "seconds", "hours": "seconds", "days": "seconds",
-                  "weeks": "seconds", "kelvins": "kelvin", "fahrenheit": "celsius",
-                  "rankine": "celsius", "inches": "meters", "yards": "meters", "miles": "meters",
-                  "bits": "bytes", "calories": "joules", "pounds": "grams", "ounces": "grams"}  # fmt: skip
-PREFIXES = ("pico", "nano", "micro", "milli", "centi", "deci", "deca", "hecto", "kilo", "kibi",
-            "mega", "mibi", "giga", "gibi", "tera", "tebi", "peta", "pebi")  # fmt: skip
+BASE_UNITS = {"amperes", "bytes", "celsius", "grams", "joules", "kelvin", "meters", "metres", "seconds", "volts"}
+NON_BASE_UNITS = {
+    "minutes": "seconds",
+    "hours": "seconds",
+    "days": "seconds",
+    "weeks": "seconds",
+    "kelvins": "kelvin",
+    "fahrenheit": "celsius",
+    "rankine": "celsius",
+    "inches": "meters",
+    "yards": "meters",
+    "miles": "meters",
+    "bits": "bytes",
+    "calories": "joules",
+    "pounds": "grams",
+    "ounces": "grams",
+}
+PREFIXES = (
+    "pico",
+    "nano",
+    "micro",
+    "milli",
+    "centi",
+    "deci",
+    "deca",
+    "hecto",
+    "kilo",
+    "kibi",
+    "mega",
+    "mibi",
+    "giga",
+    "gibi",
+    "tera",
+    "tebi",
+    "peta",
+    "pebi",
+)
 ABBREVIATIONS = ("s", "ms", "us", "ns", "sec", "b", "kb", "mb", "gb", "tb", "pb", "m", "h", "d")
-TYPES = ("counter", "gauge", "summary", "histogram", "gaugehistogram", "stateset", "info",
-         "untyped", "unknown")  # fmt: skip
+TYPES = ("counter", "gauge", "summary", "histogram", "gaugehistogram", "stateset", "info", "untyped", "unknown")
 
 
 @dataclass
@@ -65,9 +93,7 @@ def lint(text: str) -> list[str]:
     # raises ValueError on any malformed sample line
     for parsed in text_string_to_metric_families(text):
         for sample in parsed.samples:
-            owner = next(
-                (f for n, f in families.items() if sample.name in _series_names(n, f.kind)), None
-            )
+            owner = next((f for n, f in families.items() if sample.name in _series_names(n, f.kind)), None)
             if owner is None:
                 problems.append(f"{sample.name}: sample without a # TYPE line")
                 continue

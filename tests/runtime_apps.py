@@ -14,8 +14,7 @@ import cogo
 
 app = cogo.App("rt")
 RUNS: Counter[str] = Counter()
-FAST = {"max_attempts": 3, "timeout_ms": 20000,
-        "backoff": {"initial_ms": 50, "multiplier": 1.0, "max_ms": 50}}  # fmt: skip
+FAST = {"max_attempts": 3, "timeout_ms": 20000, "backoff": {"initial_ms": 50, "multiplier": 1.0, "max_ms": 50}}
 
 
 def work(name: str, tokens: int = 7) -> dict[str, Any]:

@@ -32,10 +32,16 @@ class SecuredSystem:
         async def on_error(exc: Exception) -> None:
             errors.append(str(exc).lower())
 
-        nc = await nats.connect(self.info["nats_url"], user=user, name=f"attacker-{user}",
-                                password=self.passwords[user], error_cb=on_error,
-                                # the one inbox its permissions let it receive replies on
-                                inbox_prefix=f"_INBOX_{user}", allow_reconnect=False)  # fmt: skip
+        nc = await nats.connect(
+            self.info["nats_url"],
+            user=user,
+            name=f"attacker-{user}",
+            password=self.passwords[user],
+            error_cb=on_error,
+            # the one inbox its permissions let it receive replies on
+            inbox_prefix=f"_INBOX_{user}",
+            allow_reconnect=False,
+        )
         return nc, errors
 
     def client(self) -> cogo.Client:
@@ -43,9 +49,10 @@ class SecuredSystem:
 
     def http(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(
-            base_url=self.info["http_url"], timeout=30,
+            base_url=self.info["http_url"],
+            timeout=30,
             headers={"Authorization": f"Bearer {self.info['api_token']}"},
-        )  # fmt: skip
+        )
 
 
 @contextlib.contextmanager

@@ -24,8 +24,9 @@ def _secret() -> dict[str, str]:
     return {"by": "alice"}
 
 
-@alice.agent("alice.work.0", policy={"max_attempts": 3, "timeout_ms": 60000,
-                                      "backoff": {"initial_ms": 500, "max_ms": 500}})  # fmt: skip
+@alice.agent(
+    "alice.work.0", policy={"max_attempts": 3, "timeout_ms": 60000, "backoff": {"initial_ms": 500, "max_ms": 500}}
+)
 async def work(ctx: cogo.TaskContext, job: Job) -> dict[str, object]:
     """Emit, wait for the gate, run the step ``secret``, emit again; fail first if asked."""
     if ctx.attempt <= job.fail_times:

@@ -11,8 +11,13 @@ import cogo
 
 victim = cogo.App("victim")
 mallory = cogo.App("mallory")
-POLICY = {"max_attempts": 2, "timeout_ms": 60000, "ttl_ms": 300000, "max_tokens": 10000,
-          "backoff": {"initial_ms": 50, "multiplier": 1.0, "max_ms": 50}}  # fmt: skip
+POLICY = {
+    "max_attempts": 2,
+    "timeout_ms": 60000,
+    "ttl_ms": 300000,
+    "max_tokens": 10000,
+    "backoff": {"initial_ms": 50, "multiplier": 1.0, "max_ms": 50},
+}
 
 
 @victim.agent("victim.wait.0", policy=POLICY)

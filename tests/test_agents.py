@@ -51,9 +51,7 @@ async def test_payload_mismatch_is_payload_invalid_with_the_field_and_never_retr
     assert "Expected `str`, got `int`" in str((await wrong_type.status()).error)
     events = await cogo_env.events(wrong_type.task_id)
     failed_event = events[-1]
-    assert failed_event["data"]["detail"] == [
-        {"loc": ["payload", "name"], "msg": "Expected `str`, got `int`"}
-    ]
+    assert failed_event["data"]["detail"] == [{"loc": ["payload", "name"], "msg": "Expected `str`, got `int`"}]
 
 
 async def test_worker_errors_retry_permanent_errors_do_not(cogo_env):

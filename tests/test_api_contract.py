@@ -43,15 +43,26 @@ async def test_schemathesis_all_checks_report_nothing(tmp_path):
             subprocess.run,
             [
                 *schemathesis_command(),
-                "--config-file", str(ROOT / "schemathesis.toml"), "--no-color",
-                "run", f"{info['http_url']}/openapi.json",
-                "--checks", "all",
-                "-H", f"Authorization: Bearer {info['api_token']}",
-                "--max-examples", "30", "--seed", "1",
+                "--config-file",
+                str(ROOT / "schemathesis.toml"),
+                "--no-color",
+                "run",
+                f"{info['http_url']}/openapi.json",
+                "--checks",
+                "all",
+                "-H",
+                f"Authorization: Bearer {info['api_token']}",
+                "--max-examples",
+                "30",
+                "--seed",
+                "1",
             ],
-            cwd=tmp_path, capture_output=True, text=True, timeout=240,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=240,
             env={**os.environ, "SCHEMATHESIS_TELEMETRY": "false"},
-        )  # fmt: skip
+        )
     finally:
         await asyncio.to_thread(stop, up, timeout=60)
     ARTIFACTS.mkdir(exist_ok=True)

@@ -28,12 +28,18 @@ from tests.upsystem import cogo_up, stop
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _cli(*args: str, stdin: str | None = None, env: dict[str, str] | None = None,
-         cwd: Path = ROOT, timeout: float = 60) -> subprocess.CompletedProcess[str]:  # fmt: skip
+def _cli(
+    *args: str, stdin: str | None = None, env: dict[str, str] | None = None, cwd: Path = ROOT, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "cogo", *args], input=stdin, capture_output=True, text=True,
-        timeout=timeout, cwd=cwd, env={**os.environ, **(env or {})},
-    )  # fmt: skip
+        [sys.executable, "-m", "cogo", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+    )
 
 
 async def test_an_app_under_cogo_up_via_http_client_and_plain_nats(tmp_path, config_path):
@@ -41,12 +47,9 @@ async def test_an_app_under_cogo_up_via_http_client_and_plain_nats(tmp_path, con
     proc, info = await cogo_up(data_dir, config_path, "--app", "tests.sample_apps:app")
     try:
         headers = {"Authorization": f"Bearer {info['api_token']}"}
-        async with httpx.AsyncClient(
-            base_url=info["http_url"], headers=headers, timeout=20
-        ) as http:
+        async with httpx.AsyncClient(base_url=info["http_url"], headers=headers, timeout=20) as http:
             # HTTP: submit, then the task API
-            r = await http.post("/api/tasks", json={"route": "sample.greet.0",
-                                                    "payload": {"name": "http"}})  # fmt: skip
+            r = await http.post("/api/tasks", json={"route": "sample.greet.0", "payload": {"name": "http"}})
             assert r.status_code == 202, r.text
             task_id = r.json()["task_id"]
             for _ in range(200):
@@ -76,15 +79,19 @@ async def test_an_app_under_cogo_up_via_http_client_and_plain_nats(tmp_path, con
         # plain nats-py
         nc = await connect(info["nats_url"], "plain")
         js = nc.jetstream()
-        body = json.dumps({"task_id": "plain-1", "route": "sample.upper.0",
-                           "payload": {"text": "plain"}}).encode()  # fmt: skip
+        body = json.dumps({"task_id": "plain-1", "route": "sample.upper.0", "payload": {"text": "plain"}}).encode()
         await js.publish("orchestrator.execute.0", body, headers={"Nats-Msg-Id": "plain-1"})
         done = (await EventReader(js).wait_terminal(["plain-1"]))["plain-1"]
         assert done.type == "execute_done" and done.data["result"] == "PLAIN"
         await nc.close()
         # SQL sees the app's events like any other
-        sql = _cli("sql", "SELECT type, count(*) FROM bus_events WHERE route = 'sample.flaky.0' "
-                   "GROUP BY 1 ORDER BY 1", "--json", "--data-dir", str(data_dir))  # fmt: skip
+        sql = _cli(
+            "sql",
+            "SELECT type, count(*) FROM bus_events WHERE route = 'sample.flaky.0' GROUP BY 1 ORDER BY 1",
+            "--json",
+            "--data-dir",
+            str(data_dir),
+        )
         assert sql.returncode == 0, sql.stderr
         counts = dict(json.loads(sql.stdout)["rows"])
         assert counts["execute_retry"] == 1 and counts["execute_done"] == 1
@@ -103,14 +110,23 @@ async def test_a_running_system_picks_up_an_app_started_with_replicas(tmp_path, 
         async with cogo.Client(info["nats_url"]) as client:
             with pytest.raises(cogo.CogoError, match="route.unknown|no app declared"):
                 await client.submit("sample.greet.0", {"name": "early"})
-            run = cogo_proc("run", "tests.sample_apps:app", "--agent", "greet", "--replicas", "2",
-                            "--nats-url", info["nats_url"], "--config", str(config_path))  # fmt: skip
+            run = cogo_proc(
+                "run",
+                "tests.sample_apps:app",
+                "--agent",
+                "greet",
+                "--replicas",
+                "2",
+                "--nats-url",
+                info["nats_url"],
+                "--config",
+                str(config_path),
+            )
             pids: set[int] = set()
             deadline = time.monotonic() + 60
             while len(pids) < 2 and time.monotonic() < deadline:
                 try:
-                    handles = [await client.submit("sample.greet.0", {"name": str(i)})
-                               for i in range(20)]  # fmt: skip
+                    handles = [await client.submit("sample.greet.0", {"name": str(i)}) for i in range(20)]
                 except cogo.CogoError:  # not declared yet: the processes are starting
                     await asyncio.sleep(0.2)
                     continue
@@ -140,8 +156,17 @@ def test_loading_errors_are_one_clear_line_with_exit_2(tmp_path, config_path):
     assert "echo" in listed.stdout and "pkg.module:app" in listed.stdout
     # two apps declaring one route: refused at start, naming both, nothing left running
     data_dir = tmp_path / "clash"
-    clash = _cli("up", "--data-dir", str(data_dir), "--config", str(config_path),
-                 "--app", "tests.sample_apps:app", "--app", "tests.sample_apps:rival")  # fmt: skip
+    clash = _cli(
+        "up",
+        "--data-dir",
+        str(data_dir),
+        "--config",
+        str(config_path),
+        "--app",
+        "tests.sample_apps:app",
+        "--app",
+        "tests.sample_apps:rival",
+    )
     assert clash.returncode == 2, clash.stdout + clash.stderr
     assert "'sample.greet.0'" in clash.stderr
     assert "'sample'" in clash.stderr and "'rival'" in clash.stderr
@@ -162,8 +187,7 @@ async def test_submit_reads_files_and_stdin_and_waits_at_once_when_done(tmp_path
         piped = _cli(*base, "--payload", "-", "--wait", stdin='{"result": "piped"}')
         assert json.loads(piped.stdout.splitlines()[-1])["result"] == "piped"
         # a duplicate submission makes no new event: an answer can only come from the status
-        again = _cli(*base, "--payload", f"@{payload}", "--task-id", "cli-1", "--wait",
-                     "--timeout", "30")  # fmt: skip
+        again = _cli(*base, "--payload", f"@{payload}", "--task-id", "cli-1", "--wait", "--timeout", "30")
         assert again.returncode == 0, again.stderr
         assert json.loads(again.stdout.splitlines()[0])["duplicate"] is True
         assert json.loads(again.stdout.splitlines()[-1])["result"] == "from a file"
@@ -181,14 +205,19 @@ async def test_submit_reads_files_and_stdin_and_waits_at_once_when_done(tmp_path
 async def test_policy_precedence_default_agent_toml_runtime(tmp_path, config_path):
     """[policy.default] < @app.agent(policy=) < cogo.toml < cogo policy set, across restarts."""
     # laid over the suite's settings, which have a [policy.default] table of their own
-    config_path.write_text(merged_toml(config_path.read_text(), textwrap.dedent("""
+    config_path.write_text(
+        merged_toml(
+            config_path.read_text(),
+            textwrap.dedent("""
         [policy.default]
         ttl_ms = 500000
         max_cost_usd = 0.25
 
         [policy.routes."sample.greet.0"]
         timeout_ms = 4000
-    """)))  # fmt: skip
+    """),
+        )
+    )
     data_dir = tmp_path / "up"
     proc, info = await cogo_up(data_dir, config_path, "--app", "tests.sample_apps:app")
     try:
@@ -239,14 +268,25 @@ async def test_auth_gives_the_app_its_own_user_and_grants_a_canary_version(tmp_p
         async def on_error(exc: Exception) -> None:
             errors.append(str(exc).lower())
 
-        app_nc = await connect(info["nats_url"], "app", user="app-sample",
-                               password=passwords["app-sample"], error_cb=on_error)  # fmt: skip
+        app_nc = await connect(
+            info["nats_url"], "app", user="app-sample", password=passwords["app-sample"], error_cb=on_error
+        )
         with pytest.raises(Exception):  # noqa: B017
             await app_nc.jetstream().consumer_info("TASKS", "echo-run-0", timeout=1)
         await app_nc.close()
         # a canary version of the app's agent under --auth: cogo up grants its consumer
-        canary = cogo_proc("run", "tests.sample_apps:app", "--agent", "greet", "--version", "v2",
-                           "--data-dir", str(data_dir), "--config", str(config_path))  # fmt: skip
+        canary = cogo_proc(
+            "run",
+            "tests.sample_apps:app",
+            "--agent",
+            "greet",
+            "--version",
+            "v2",
+            "--data-dir",
+            str(data_dir),
+            "--config",
+            str(config_path),
+        )
         admin = await connect(info["nats_url"], "admin", user="admin", password=passwords["admin"])
         js = admin.jetstream()
         deadline = time.monotonic() + 60
@@ -283,9 +323,7 @@ async def test_auth_gives_the_app_its_own_user_and_grants_a_canary_version(tmp_p
             stop(canary)
         out = stop(proc)
     logs = out + "".join(p.read_text() for p in (data_dir / "logs").glob("*.log"))
-    assert "violation" not in logs.lower(), [
-        line for line in logs.splitlines() if "violation" in line.lower()
-    ]
+    assert "violation" not in logs.lower(), [line for line in logs.splitlines() if "violation" in line.lower()]
 
 
 async def test_installed_apps_are_found_by_entry_point(tmp_path, nats_server, js):
@@ -298,8 +336,7 @@ async def test_installed_apps_are_found_by_entry_point(tmp_path, nats_server, js
     listed = _cli("run", "--help", env=env)
     assert "lexicon" in listed.stdout and "lexicon.agents:app" in listed.stdout
     # `cogo run lexicon` runs the installed app by its entry-point name
-    run = cogo_proc("run", "lexicon", "--agent", "count", "--replicas", "1",
-                    "--nats-url", nats_server.url, env=env)  # fmt: skip
+    run = cogo_proc("run", "lexicon", "--agent", "count", "--replicas", "1", "--nats-url", nats_server.url, env=env)
     try:
         deadline = time.monotonic() + 60
         record = None

@@ -23,22 +23,42 @@ from tests.helpers import EventReader
 
 def order(task_id: str = "task-1", correlation_id: str = "run-7") -> WorkOrder:
     assignment = ResolvedAssignment(
-        model="local", max_tokens=1, max_cost_usd=0.0, timeout_ms=1000, ttl_ms=1000,
-        max_attempts=1, backoff=Backoff(),
-    )  # fmt: skip
+        model="local",
+        max_tokens=1,
+        max_cost_usd=0.0,
+        timeout_ms=1000,
+        ttl_ms=1000,
+        max_attempts=1,
+        backoff=Backoff(),
+    )
     now = time.time()
     return WorkOrder(
-        task_id=task_id, route="code.build-test.0", attempt=1, payload={},
-        assignment=assignment, submitted_at=now, deadline=now + 60,
+        task_id=task_id,
+        route="code.build-test.0",
+        attempt=1,
+        payload={},
+        assignment=assignment,
+        submitted_at=now,
+        deadline=now + 60,
         correlation_id=correlation_id,
-    )  # fmt: skip
+    )
 
 
 @pytest.mark.parametrize(
     ("task_id", "path"),
-    [("..", "x"), ("t", "../x"), ("t", "a/../../x"), ("t", "/etc/passwd"), ("a/b", "x"),
-     ("t", ""), ("", "x"), ("t", "a//b"), ("t", "./x"), ("t", "a\\b")],
-)  # fmt: skip
+    [
+        ("..", "x"),
+        ("t", "../x"),
+        ("t", "a/../../x"),
+        ("t", "/etc/passwd"),
+        ("a/b", "x"),
+        ("t", ""),
+        ("", "x"),
+        ("t", "a//b"),
+        ("t", "./x"),
+        ("t", "a\\b"),
+    ],
+)
 def test_unsafe_keys_are_rejected(task_id: str, path: str) -> None:
     with pytest.raises(ArtifactKeyInvalid):
         artifact_key(task_id, path)

@@ -53,19 +53,70 @@ def bench(*args: str, timeout: float = 180) -> dict[str, Any]:
 
 def test_bench_json_reports_every_figure() -> None:
     result = bench(
-        "--tasks", "500", "--rate", "200", "--rate", "400", "--duration", "1",
-        "--http-requests", "200", "--projector-events", "2000", "--projector-runs", "2",
-        "--workflow-runs", "20", "--orchestrators", "1", "--orchestrators", "2",
-        "--workflow-repeats", "1", "--flow-tasks", "300", "--flow-repeats", "1",
-        "--step-runs", "2", "--step-nodes", "3",
-        "--scale-workers", "1", "--scale-workers", "2", "--scale-tasks", "60",
-        "--scale-sleep-ms", "20", "--history", "1500", "--history", "3000",
-        "--history-requests", "2", "--agent-tasks", "0", "--tracing-tasks", "0",
-        "--durable-tasks", "0", "--timeout", "60",
-        "--client-tasks", "200", "--client-in-flight", "50", "--client-step-runs", "3",
-        "--client-steps", "5", "--kill-repeats", "1",
+        "--tasks",
+        "500",
+        "--rate",
+        "200",
+        "--rate",
+        "400",
+        "--duration",
+        "1",
+        "--http-requests",
+        "200",
+        "--projector-events",
+        "2000",
+        "--projector-runs",
+        "2",
+        "--workflow-runs",
+        "20",
+        "--orchestrators",
+        "1",
+        "--orchestrators",
+        "2",
+        "--workflow-repeats",
+        "1",
+        "--flow-tasks",
+        "300",
+        "--flow-repeats",
+        "1",
+        "--step-runs",
+        "2",
+        "--step-nodes",
+        "3",
+        "--scale-workers",
+        "1",
+        "--scale-workers",
+        "2",
+        "--scale-tasks",
+        "60",
+        "--scale-sleep-ms",
+        "20",
+        "--history",
+        "1500",
+        "--history",
+        "3000",
+        "--history-requests",
+        "2",
+        "--agent-tasks",
+        "0",
+        "--tracing-tasks",
+        "0",
+        "--durable-tasks",
+        "0",
+        "--timeout",
+        "60",
+        "--client-tasks",
+        "200",
+        "--client-in-flight",
+        "50",
+        "--client-step-runs",
+        "3",
+        "--client-steps",
+        "5",
+        "--kill-repeats",
+        "1",
         timeout=240,
-    )  # fmt: skip
+    )
 
     assert KEYS <= result.keys()
     assert result["sync_interval"] == "always"  # what nats.conf ships with
@@ -88,9 +139,7 @@ def test_bench_json_reports_every_figure() -> None:
     flow = result["workflow_steps"]
     assert (flow["runs"], flow["nodes"]) == (2, 3)
     assert 0 < flow["step_ms_median"] * 3 == pytest.approx(flow["run_ms_median"], rel=0.01)
-    assert (
-        0 < flow["step_gap_ms"]["p50"] <= flow["step_gap_ms"]["p90"] <= flow["step_gap_ms"]["max"]
-    )
+    assert 0 < flow["step_gap_ms"]["p50"] <= flow["step_gap_ms"]["p90"] <= flow["step_gap_ms"]["max"]
 
     scale = result["scale_out"]
     assert [row["workers"] for row in scale] == [1, 2]
@@ -106,16 +155,30 @@ def test_bench_json_reports_every_figure() -> None:
     for size, figures in history["sizes"].items():
         assert figures["events"] == int(size) and figures["duckdb_mb"] > 0
         assert set(figures["endpoints_ms"]) == {
-            "dashboard", "bus_latency", "bus_latency_series", "prometheus", "workflow_metrics",
-        }  # fmt: skip
+            "dashboard",
+            "bus_latency",
+            "bus_latency_series",
+            "prometheus",
+            "workflow_metrics",
+        }
         for ms in figures["endpoints_ms"].values():
             assert 0 < ms["min"] <= ms["median"] <= ms["max"]
     assert history["ratio_to_smallest"]["1500"]["dashboard"] == 1.0
 
     rss = result["peak_rss_mb"]
-    processes = ("nats-server", "dispatcher-1", "echo-1", "projector", "facade", "bench",
-                 "projector-ingest-1", "projector-ingest-2", "orchestrator",
-                 "scale-1-echo-1", "scale-2-echo-2")  # fmt: skip
+    processes = (
+        "nats-server",
+        "dispatcher-1",
+        "echo-1",
+        "projector",
+        "facade",
+        "bench",
+        "projector-ingest-1",
+        "projector-ingest-2",
+        "orchestrator",
+        "scale-1-echo-1",
+        "scale-2-echo-2",
+    )
     for process in processes:
         assert rss.get(process, 0) > 0, process
     assert result["cpu_us_per_task"]["total"] > 0

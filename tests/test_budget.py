@@ -36,6 +36,4 @@ def test_cost_above_the_limit_fails_with_its_code() -> None:
 
 
 def test_tokens_are_checked_before_cost() -> None:
-    assert isinstance(
-        over_budget(Usage(tokens=200, cost_usd=9.0), ASSIGNMENT), TokenBudgetExhausted
-    )
+    assert isinstance(over_budget(Usage(tokens=200, cost_usd=9.0), ASSIGNMENT), TokenBudgetExhausted)

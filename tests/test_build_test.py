@@ -51,8 +51,12 @@ async def test_fix_passes_and_artifacts_are_stored(nats_server, js, config, data
     result = build.data["result"]
     assert result["verdict"] == "pass"
     assert result["report"]["counts"] == {
-        "passed": 3, "failed": 0, "errors": 0, "skipped": 0, "total": 3,
-    }  # fmt: skip
+        "passed": 3,
+        "failed": 0,
+        "errors": 0,
+        "skipped": 0,
+        "total": 3,
+    }
     key = f"{build.task_id}/build-test/report.json"
     assert result["artifacts"] == [key]
     # the object store holds it, the writer's data dir mirrors it byte for byte
@@ -60,9 +64,7 @@ async def test_fix_passes_and_artifacts_are_stored(nats_server, js, config, data
     report = json.loads(stored)
     assert report["verdict"] == "pass" and report["exit_code"] == 0
     assert report["paths"] == ["calc/ops.py"] and report["build"]["exit_code"] == 0
-    assert (
-        data_dir / "artifacts" / build.task_id / "build-test" / "report.json"
-    ).read_bytes() == stored
+    assert (data_dir / "artifacts" / build.task_id / "build-test" / "report.json").read_bytes() == stored
     edits = json.loads((data_dir / "artifacts" / gen.task_id / "edits.json").read_text())
     assert edits[0]["op"] == "search_replace"
     # the original repository is untouched: the edits went into a copy
@@ -99,9 +101,7 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is dead, merely unreaped
 
 
-async def test_hanging_tests_are_killed_at_the_timeout(
-    nats_server, js, config, data_dir, repo, tmp_path
-):
+async def test_hanging_tests_are_killed_at_the_timeout(nats_server, js, config, data_dir, repo, tmp_path):
     pids = tmp_path / "pids"
     script = (
         "import os, subprocess, sys, time\n"
@@ -142,9 +142,7 @@ async def test_build_failure_is_an_error_verdict(nats_server, js, config, data_d
     assert report["test"] is None  # a broken build runs no tests
 
 
-async def test_bad_edit_paths_are_rejected_without_retry(
-    nats_server, js, config, data_dir, repo, tmp_path
-):
+async def test_bad_edit_paths_are_rejected_without_retry(nats_server, js, config, data_dir, repo, tmp_path):
     outside = tmp_path / "outside"
     outside.mkdir()
     (repo / "escape").symlink_to(outside)
@@ -188,7 +186,7 @@ async def test_missing_inputs_fail_with_codes(nats_server, js, config, data_dir,
                     ]
                 },
             },
-        ),  # fmt: skip
+        ),
         "build.repo_missing ": (CODEGEN, {"repo": str(tmp_path / "nope"), "change": {}}),
     }
     async with pipeline(nats_server.url, config, data_dir):
@@ -206,18 +204,21 @@ def test_junit_from_an_untrusted_repository_cannot_blow_up_the_worker(tmp_path):
 
     lol = "".join(f'<!ENTITY l{i} "&l{i - 1};&l{i - 1};&l{i - 1};&l{i - 1};">' for i in range(1, 9))
     bomb = tmp_path / "bomb.xml"
-    bomb.write_text(f'<?xml version="1.0"?><!DOCTYPE t [<!ENTITY l0 "lol">{lol}]>'
-                    '<testsuite><testcase name="a"><failure message="&l8;"/></testcase>'
-                    "</testsuite>")  # fmt: skip
+    bomb.write_text(
+        f'<?xml version="1.0"?><!DOCTYPE t [<!ENTITY l0 "lol">{lol}]>'
+        '<testsuite><testcase name="a"><failure message="&l8;"/></testcase>'
+        "</testsuite>"
+    )
     external = tmp_path / "external.xml"
-    external.write_text('<?xml version="1.0"?><!DOCTYPE t [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
-                        '<testsuite><testcase name="b"><error message="&x;"/></testcase>'
-                        "</testsuite>")  # fmt: skip
+    external.write_text(
+        '<?xml version="1.0"?><!DOCTYPE t [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
+        '<testsuite><testcase name="b"><error message="&x;"/></testcase>'
+        "</testsuite>"
+    )
     plain = tmp_path / "plain.xml"
-    plain.write_text('<testsuite><testcase classname="t" name="c"><failure message="m">d'
-                     "</failure></testcase></testsuite>")  # fmt: skip
+    plain.write_text(
+        '<testsuite><testcase classname="t" name="c"><failure message="m">d</failure></testcase></testsuite>'
+    )
     assert parse_junit(bomb) is None
     assert parse_junit(external) is None
-    assert parse_junit(plain) == [
-        {"name": "t::c", "outcome": "failure", "message": "m", "detail": "d"}
-    ]
+    assert parse_junit(plain) == [{"name": "t::c", "outcome": "failure", "message": "m", "detail": "d"}]

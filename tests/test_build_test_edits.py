@@ -20,9 +20,7 @@ from cogo.agents.edits import (
 from cogo.errors import EditConflict, EditPathInvalid, InvalidEdit
 
 
-@pytest.mark.parametrize(
-    "path", ["../x", "/etc/passwd", "a/../../x", "..", "", ".", "a\\b", "~/x", ".git/config"]
-)
+@pytest.mark.parametrize("path", ["../x", "/etc/passwd", "a/../../x", "..", "", ".", "a\\b", "~/x", ".git/config"])
 def test_bad_paths_are_rejected(path: str) -> None:
     with pytest.raises(EditPathInvalid) as info:
         decode_edits([{"op": "create", "path": path, "content": "x"}])
@@ -53,11 +51,14 @@ def test_round_trip_and_apply_every_op(tmp_path: Path) -> None:
     raw = [
         {"op": "create", "path": "pkg/new.py", "content": "NEW\n"},
         {"op": "search_replace", "path": "keep.py", "search": "b = 2", "replace": "b = 3"},
-        {"op": "patch", "path": "keep.py", "diff": "--- a/keep.py\n+++ b/keep.py\n"
-         "@@ -1,2 +1,3 @@\n a = 1\n+c = 4\n b = 3\n"},
+        {
+            "op": "patch",
+            "path": "keep.py",
+            "diff": "--- a/keep.py\n+++ b/keep.py\n@@ -1,2 +1,3 @@\n a = 1\n+c = 4\n b = 3\n",
+        },
         {"op": "delete", "path": "gone.py"},
         {"op": "replace", "path": "whole.py", "content": "new\n"},
-    ]  # fmt: skip
+    ]
     edits = decode_edits(raw)
     assert decode_edits(json.loads(encode_edits(edits))) == edits
     touched = apply_edits(tmp_path, edits)
@@ -103,10 +104,7 @@ def test_patch_offsets_no_newline_and_conflicts() -> None:
     # the header says line 2, the context sits at line 6: applied at an offset
     moved = apply_patch(text, "@@ -2,2 +2,2 @@\n line6\n-line7\n+LINE7\n", "f")
     assert "line6\nLINE7\nline8" in moved
-    assert (
-        apply_patch("a\nb", "@@ -1,2 +1,2 @@\n a\n-b\n\\ No newline at end of file\n+B\n", "f")
-        == "a\nB\n"
-    )
+    assert apply_patch("a\nb", "@@ -1,2 +1,2 @@\n a\n-b\n\\ No newline at end of file\n+B\n", "f") == "a\nB\n"
     assert apply_patch("", "--- /dev/null\n+++ b/f\n@@ -0,0 +1,2 @@\n+x\n+y\n", "f") == "x\ny\n"
     with pytest.raises(EditConflict, match="hunk 1"):
         apply_patch(text, "@@ -1,1 +1,1 @@\n-nope\n+yes\n", "f")

@@ -41,9 +41,7 @@ async def _replace_projector(env, answer: dict | None):
 async def test_a_submitted_task_ends_from_its_event_with_a_stalled_projector(cogo_env):
     asked = await _replace_projector(cogo_env, None)  # takes every request, answers none
     client = cogo_env.client
-    handles = [
-        await client.submit("sample.greet.0", {"name": f"n{i}", "times": 1}) for i in range(20)
-    ]
+    handles = [await client.submit("sample.greet.0", {"name": f"n{i}", "times": 1}) for i in range(20)]
     results = await asyncio.gather(*(h.result(timeout=30) for h in handles))
     assert [r["text"] for r in results] == [f"hello n{i}" for i in range(20)]
     failing = await client.submit("sample.boom.0", {"items": "not a list"})
@@ -55,9 +53,7 @@ async def test_a_submitted_task_ends_from_its_event_with_a_stalled_projector(cog
 
 async def test_status_right_after_submit_is_queued_not_unknown(cogo_env):
     # a projector that has projected nothing yet: every task is unknown to it
-    await _replace_projector(
-        cogo_env, {"error": {"code": "task.not_found", "message": "no"}, "projected_seq": 0}
-    )
+    await _replace_projector(cogo_env, {"error": {"code": "task.not_found", "message": "no"}, "projected_seq": 0})
     client = cogo_env.client
     handle = await client.submit("sample.sleepy.0", {"seconds": 0.5})
     status = await handle.status()
@@ -73,9 +69,7 @@ async def test_status_right_after_submit_is_queued_not_unknown(cogo_env):
 async def test_an_older_task_is_found_on_the_bus_past_what_the_projector_applied(cogo_env):
     done = await cogo_env.client.submit("sample.greet.0", {"name": "old", "times": 1})
     await done.result(timeout=30)
-    await _replace_projector(
-        cogo_env, {"error": {"code": "task.not_found", "message": "no"}, "projected_seq": 0}
-    )
+    await _replace_projector(cogo_env, {"error": {"code": "task.not_found", "message": "no"}, "projected_seq": 0})
     # another client, which did not submit it: only the stream can tell it ended
     async with cogo.Client(cogo_env.url) as other:
         result = await other.handle(done.task_id, "sample.greet.0").result(timeout=30)
@@ -95,9 +89,7 @@ async def test_the_projector_answers_a_finished_task_with_what_it_projected(cogo
         answer = json.loads(reply.data)
         assert answer["status"] == "succeeded" and answer["result"]["text"] == "hello p"
         assert answer["projected_seq"] >= 2  # its enqueued and done events, at least
-    missing = await nc.request(
-        STATUS_SUBJECT, json.dumps({"task_id": "nope", "wait": False}).encode(), timeout=10
-    )
+    missing = await nc.request(STATUS_SUBJECT, json.dumps({"task_id": "nope", "wait": False}).encode(), timeout=10)
     answer = json.loads(missing.data)
     assert answer["error"]["code"] == "task.not_found" and answer["projected_seq"] >= 2
 

@@ -37,9 +37,13 @@ pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs o
 
 def cogo_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "cogo", *args], env={**os.environ, **(env or {})},
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+        [sys.executable, "-m", "cogo", *args],
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def test_sizes_and_the_store_check(config: Config) -> None:
@@ -51,11 +55,8 @@ def test_sizes_and_the_store_check(config: Config) -> None:
         check_store(parse_size("10GB"), config)
 
 
-async def test_a_server_too_small_for_the_streams_is_named_not_a_traceback(
-    tmp_path: Path, config: Config
-) -> None:
-    server = EmbeddedServer(tmp_path / "small", sync="default",
-                            extra_config="jetstream { max_file_store: 1GB }\n")  # fmt: skip
+async def test_a_server_too_small_for_the_streams_is_named_not_a_traceback(tmp_path: Path, config: Config) -> None:
+    server = EmbeddedServer(tmp_path / "small", sync="default", extra_config="jetstream { max_file_store: 1GB }\n")
     server.start()
     try:
         await server.wait_ready()
@@ -70,15 +71,26 @@ async def test_a_server_too_small_for_the_streams_is_named_not_a_traceback(
 
 
 def test_a_store_too_small_is_refused_by_name_not_a_traceback(tmp_path: Path) -> None:
-    done = cogo_cli("cluster", "config", "10.0.0.1", "10.0.0.2", "10.0.0.3",
-                    "--out", str(tmp_path / "c"), "--store-size", "10GB")  # fmt: skip
+    done = cogo_cli(
+        "cluster", "config", "10.0.0.1", "10.0.0.2", "10.0.0.3", "--out", str(tmp_path / "c"), "--store-size", "10GB"
+    )
     assert done.returncode == 2, done.stderr
     assert "cogo: error [config.invalid]" in done.stderr
     assert "at least 14GB" in done.stderr and "Traceback" not in done.stderr
     done = cogo_cli("cluster", "config", "10.0.0.1", "10.0.0.2", "--out", str(tmp_path / "c"))
     assert done.returncode == 2 and "3 or more nodes" in done.stderr
-    done = cogo_cli("cluster", "config", "10.0.0.1", "10.0.0.2", "10.0.0.3", "--replicas", "4",
-                    "--out", str(tmp_path / "c"), "--no-tls")  # fmt: skip
+    done = cogo_cli(
+        "cluster",
+        "config",
+        "10.0.0.1",
+        "10.0.0.2",
+        "10.0.0.3",
+        "--replicas",
+        "4",
+        "--out",
+        str(tmp_path / "c"),
+        "--no-tls",
+    )
     assert done.returncode == 2 and "between 1 and 3" in done.stderr
 
 
@@ -116,9 +128,22 @@ def generated(tmp_path: Path) -> dict[str, Any]:
     out = tmp_path / "cluster"
     client_port, cluster_port = free_port(), free_port()
     hosts = ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
-    done = cogo_cli("cluster", "config", *hosts, "--out", str(out), "--auth",
-                    "--store-size", "20GB", "--store-dir", str(tmp_path / "{node}"),
-                    "--client-port", str(client_port), "--cluster-port", str(cluster_port))  # fmt: skip
+    done = cogo_cli(
+        "cluster",
+        "config",
+        *hosts,
+        "--out",
+        str(out),
+        "--auth",
+        "--store-size",
+        "20GB",
+        "--store-dir",
+        str(tmp_path / "{node}"),
+        "--client-port",
+        str(client_port),
+        "--cluster-port",
+        str(cluster_port),
+    )
     assert done.returncode == 0, done.stderr
     env_file = dict(line.split("=", 1) for line in (out / "cogo.env").read_text().split())
     url, ca = env_file["COGO_NATS_URL"], env_file["COGO_NATS_CA"]
@@ -139,8 +164,15 @@ async def test_a_generated_cluster_with_tls_and_auth_runs_cogo_in_roles(
     with servers(confs, tmp_path):
         # no CA, no connection: the servers only speak TLS
         with pytest.raises(Exception):  # noqa: B017 - ssl or nats error, either refuses
-            await connect(url, "no-tls", user="admin", password=passwords["admin"],
-                          allow_reconnect=False, tls=None, connect_timeout=2)  # fmt: skip
+            await connect(
+                url,
+                "no-tls",
+                user="admin",
+                password=passwords["admin"],
+                allow_reconnect=False,
+                tls=None,
+                connect_timeout=2,
+            )
         os.environ["COGO_NATS_CA"] = ca
         try:
             facade_dir, workers_dir = tmp_path / "facade", tmp_path / "workers"
@@ -148,22 +180,15 @@ async def test_a_generated_cluster_with_tls_and_auth_runs_cogo_in_roles(
                 data_dir.mkdir()
                 shutil.copy(out / "credentials.json", data_dir / "credentials.json")
             common = ("--auth", "--nats-url", url)
-            facade, endpoints = await cogo_up(
-                facade_dir, out / "cogo.toml", *common, "--role", "facade", timeout=120
-            )
-            workers, _ = await cogo_up(
-                workers_dir, out / "cogo.toml", *common, "--role", "workers", timeout=120
-            )
+            facade, endpoints = await cogo_up(facade_dir, out / "cogo.toml", *common, "--role", "facade", timeout=120)
+            workers, _ = await cogo_up(workers_dir, out / "cogo.toml", *common, "--role", "workers", timeout=120)
             try:
                 assert endpoints["role"] == "facade" and "http_url" in endpoints
                 headers = {"Authorization": f"Bearer {endpoints['api_token']}"}
-                async with httpx.AsyncClient(
-                    base_url=endpoints["http_url"], headers=headers, timeout=30
-                ) as http:
+                async with httpx.AsyncClient(base_url=endpoints["http_url"], headers=headers, timeout=30) as http:
                     ids = []
                     for i in range(20):
-                        r = await http.post("/api/tasks", json={"route": "echo.run.0",
-                                                                "payload": {"result": i}})  # fmt: skip
+                        r = await http.post("/api/tasks", json={"route": "echo.run.0", "payload": {"result": i}})
                         assert r.status_code == 202, r.text
                         ids.append(r.json()["task_id"])
                     finished = await wait_for_tasks(http, ids, timeout=90)
@@ -185,7 +210,8 @@ async def test_a_generated_cluster_with_tls_and_auth_runs_cogo_in_roles(
 def test_up_on_an_external_cluster_without_its_credentials_says_what_to_copy(
     tmp_path: Path,
 ) -> None:
-    done = cogo_cli("up", "--auth", "--nats-url", "nats://127.0.0.1:1", "--data-dir",
-                    str(tmp_path / "d"), "--role", "workers")  # fmt: skip
+    done = cogo_cli(
+        "up", "--auth", "--nats-url", "nats://127.0.0.1:1", "--data-dir", str(tmp_path / "d"), "--role", "workers"
+    )
     assert done.returncode == 2, done.stdout + done.stderr
     assert "credentials.json" in done.stderr and "KeyError" not in done.stderr

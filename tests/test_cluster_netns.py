@@ -103,9 +103,14 @@ class Hosts:
 
     def run(self, host: int, args: list[str], env: dict[str, str], timeout: float) -> str:
         done = subprocess.run(
-            ["ip", "netns", "exec", self.names[host], *args], capture_output=True, text=True,
-            env={**os.environ, **env}, cwd=REPO, timeout=timeout, check=False,
-        )  # fmt: skip
+            ["ip", "netns", "exec", self.names[host], *args],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **env},
+            cwd=REPO,
+            timeout=timeout,
+            check=False,
+        )
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         return done.stdout
 
@@ -153,46 +158,85 @@ def test_three_hosts_survive_a_cut_and_a_killed_up(tmp_path: Path) -> None:
     py = [sys.executable, "-m"]
     out = tmp_path / "cluster"
     subprocess.run(
-        [*py, "cogo", "cluster", "config", *[f"{SUBNET}.{i + 1}" for i in range(HOSTS)],
-         "--out", str(out), "--auth", "--store-size", "20GB",
-         "--store-dir", str(tmp_path / "{node}" / "jetstream")],
-        check=True, capture_output=True, timeout=120, cwd=REPO,
-    )  # fmt: skip
+        [
+            *py,
+            "cogo",
+            "cluster",
+            "config",
+            *[f"{SUBNET}.{i + 1}" for i in range(HOSTS)],
+            "--out",
+            str(out),
+            "--auth",
+            "--store-size",
+            "20GB",
+            "--store-dir",
+            str(tmp_path / "{node}" / "jetstream"),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+        cwd=REPO,
+    )
     cluster_env = dict(line.split("=", 1) for line in (out / "cogo.env").read_text().split())
     url = cluster_env["COGO_NATS_URL"]
     passwords = json.loads((out / "credentials.json").read_text())
     config = out / "cogo.toml"
     with hosts() as net:
         for i in range(HOSTS):
-            net.spawn(i, [nats_server_binary(), "-c", str(out / f"cogo-{i + 1}" / "nats.conf")],
-                      tmp_path / f"nats-{i + 1}.log", {})  # fmt: skip
+            net.spawn(
+                i,
+                [nats_server_binary(), "-c", str(out / f"cogo-{i + 1}" / "nats.conf")],
+                tmp_path / f"nats-{i + 1}.log",
+                {},
+            )
         data = [tmp_path / f"up-{i + 1}" for i in range(HOSTS)]
         data[2].mkdir()
-        up = [*py, "cogo", "up", "--config", str(config), "--auth", "--nats-url", url,
-              "--sync", "always"]  # fmt: skip
+        up = [*py, "cogo", "up", "--config", str(config), "--auth", "--nats-url", url, "--sync", "always"]
 
         def start_up(host: int, data_dir: Path, *role: str) -> tuple[Any, Any]:
             data_dir.mkdir(exist_ok=True)
             shutil.copy(out / "credentials.json", data_dir / "credentials.json")
-            proc = net.spawn(host, [*up, "--data-dir", str(data_dir), *role,
-                                    "--http-host", net.addresses[host]],
-                             data_dir / "up.log", cluster_env)  # fmt: skip
+            proc = net.spawn(
+                host,
+                [*up, "--data-dir", str(data_dir), *role, "--http-host", net.addresses[host]],
+                data_dir / "up.log",
+                cluster_env,
+            )
             # `ip netns exec` execs cogo: the pid is the process's own, the file is fresh
             return proc, asyncio.run(wait_endpoints(data_dir / "endpoints.json", proc, 120))
 
         up1, endpoints1 = start_up(0, data[0])
         up2, _ = start_up(1, data[1], "--role", "workers")
-        echo_env = {**cluster_env, "COGO_NATS_USER": "echo",
-                    "COGO_NATS_PASSWORD": passwords["echo"]}  # fmt: skip
-        net.spawn(2, [*py, "cogo", "run", "echo", "--config", str(config), "--nats-url", url,
-                      "--data-dir", str(data[2])], data[2] / "echo.log", echo_env)  # fmt: skip
+        echo_env = {**cluster_env, "COGO_NATS_USER": "echo", "COGO_NATS_PASSWORD": passwords["echo"]}
+        net.spawn(
+            2,
+            [*py, "cogo", "run", "echo", "--config", str(config), "--nats-url", url, "--data-dir", str(data[2])],
+            data[2] / "echo.log",
+            echo_env,
+        )
 
         # a few hundred tasks at a steady rate through host 1; host 3 cut off meanwhile
         load1 = tmp_path / "load-1.jsonl"
-        loader = net.spawn(0, [*py, "tests.netns_driver", "load", "--http",
-                               endpoints1["http_url"], "--token", endpoints1["api_token"],
-                               "--count", str(TASKS_BEFORE), "--rate", str(RATE),
-                               "--prefix", "before"], load1, cluster_env)  # fmt: skip
+        loader = net.spawn(
+            0,
+            [
+                *py,
+                "tests.netns_driver",
+                "load",
+                "--http",
+                endpoints1["http_url"],
+                "--token",
+                endpoints1["api_token"],
+                "--count",
+                str(TASKS_BEFORE),
+                "--rate",
+                str(RATE),
+                "--prefix",
+                "before",
+            ],
+            load1,
+            cluster_env,
+        )
         time.sleep(CUT_AFTER_S)
         cut_at = time.time()
         net.cut(2, up=False)
@@ -201,8 +245,7 @@ def test_three_hosts_survive_a_cut_and_a_killed_up(tmp_path: Path) -> None:
         restored_at = time.time()
         loader.wait(TASKS_BEFORE / RATE + 240)
         admin = ["--nats", url, "--admin-password", passwords["admin"]]
-        after_cut = json.loads(net.run(0, [*py, "tests.netns_driver", "replicas", *admin],
-                                       cluster_env, timeout=120))  # fmt: skip
+        after_cut = json.loads(net.run(0, [*py, "tests.netns_driver", "replicas", *admin], cluster_env, timeout=120))
 
         # host 1's `cogo up` dies hard; a second one (facade and projector) starts on host 2,
         # and host 1's comes back
@@ -211,10 +254,26 @@ def test_three_hosts_survive_a_cut_and_a_killed_up(tmp_path: Path) -> None:
         second, endpoints2 = start_up(1, data[1] / "second", "--role", "facade")
         up1b, endpoints1b = start_up(0, data[0])
         load2 = tmp_path / "load-2.jsonl"
-        loader = net.spawn(1, [*py, "tests.netns_driver", "load", "--http",
-                               endpoints2["http_url"], "--token", endpoints2["api_token"],
-                               "--count", str(TASKS_AFTER), "--rate", str(RATE),
-                               "--prefix", "after"], load2, cluster_env)  # fmt: skip
+        loader = net.spawn(
+            1,
+            [
+                *py,
+                "tests.netns_driver",
+                "load",
+                "--http",
+                endpoints2["http_url"],
+                "--token",
+                endpoints2["api_token"],
+                "--count",
+                str(TASKS_AFTER),
+                "--rate",
+                str(RATE),
+                "--prefix",
+                "after",
+            ],
+            load2,
+            cluster_env,
+        )
         loader.wait(TASKS_AFTER / RATE + 240)
 
         # wait (bounded) until every task has finished, then read the facts
@@ -222,19 +281,39 @@ def test_three_hosts_survive_a_cut_and_a_killed_up(tmp_path: Path) -> None:
         wanted |= {f"after-{i}" for i in range(TASKS_AFTER)}
         deadline = time.monotonic() + 180
         while True:
-            report = json.loads(net.run(0, [*py, "tests.netns_driver", "check", "--nats", url,
-                "--admin-password", passwords["admin"], "--stall-prefix", "before-",
-                "--facade", endpoints1b["http_url"], "--facade-token", endpoints1b["api_token"],
-                "--facade", endpoints2["http_url"], "--facade-token", endpoints2["api_token"]],
-                cluster_env, timeout=240))  # fmt: skip
+            report = json.loads(
+                net.run(
+                    0,
+                    [
+                        *py,
+                        "tests.netns_driver",
+                        "check",
+                        "--nats",
+                        url,
+                        "--admin-password",
+                        passwords["admin"],
+                        "--stall-prefix",
+                        "before-",
+                        "--facade",
+                        endpoints1b["http_url"],
+                        "--facade-token",
+                        endpoints1b["api_token"],
+                        "--facade",
+                        endpoints2["http_url"],
+                        "--facade-token",
+                        endpoints2["api_token"],
+                    ],
+                    cluster_env,
+                    timeout=240,
+                )
+            )
             finished = set(report["done"]) | set(report["failed"])
             if wanted <= finished or time.monotonic() > deadline:
                 break
             time.sleep(2)
         del up2, second  # stopped with everything else by the context manager
 
-    (tmp_path / "report.json").write_text(json.dumps({**report, "cut_at": cut_at,
-                                                      "restored_at": restored_at}))  # fmt: skip
+    (tmp_path / "report.json").write_text(json.dumps({**report, "cut_at": cut_at, "restored_at": restored_at}))
     answers = load_lines(load1) + load_lines(load2)
     statuses = {(a["status"], a["code"]) for a in answers}
     assert not [a for a in answers if a["status"] not in (202, 503)], statuses

@@ -89,9 +89,7 @@ async def test_a_process_configured_for_fewer_replicas_keeps_the_clusters(
     await declare_apps(cluster_nc.jetstream(), with_replicas(config, 1))
     assert await replicas_of(cluster_nc) == before
     warnings = [r.getMessage() for r in caplog.records if "replica" in r.getMessage()]
-    assert any(
-        m.startswith(f"stream {EVENTS} has 3 replica(s)") and "says 1" in m for m in warnings
-    ), warnings
+    assert any(m.startswith(f"stream {EVENTS} has 3 replica(s)") and "says 1" in m for m in warnings), warnings
     assert any(m.startswith(f"consumer {TASKS}/") and "says 1" in m for m in warnings), warnings
 
 
@@ -119,7 +117,10 @@ async def test_only_the_admin_command_changes_the_shape(cluster_nc: NATS, config
     assert cluster_nc.connected_url is not None
     url = cluster_nc.connected_url.geturl()
     done = await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-m", "cogo", "cluster", "replicas", "3",
-                         "--nats-url", url], capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        subprocess.run,
+        [sys.executable, "-m", "cogo", "cluster", "replicas", "3", "--nats-url", url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0 and "already at 3 replica(s)" in done.stdout, done.stderr

@@ -30,9 +30,7 @@ TOKEN = "test-token"
 
 
 @pytest.fixture
-async def http(
-    nc: NATS, js: JetStreamContext, config: Config, data_dir: Path
-) -> AsyncIterator[httpx.AsyncClient]:
+async def http(nc: NATS, js: JetStreamContext, config: Config, data_dir: Path) -> AsyncIterator[httpx.AsyncClient]:
     policies = PolicyStore(js)
     await policies.start()
 
@@ -101,9 +99,10 @@ async def test_any_endpoint_answers_a_request_cancelled_under_it_with_503(
     state = AppState(nc=nc, config=config, policies=None, data_dir=data_dir, api_token=TOKEN)  # type: ignore[arg-type]
     app = create_app(state, extra_routes=[Route("/api/reset", reset, methods=["GET"])])
     async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://cogo",
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://cogo",
         headers={"Authorization": f"Bearer {TOKEN}"},
-    ) as client:  # fmt: skip
+    ) as client:
         r = await client.get("/api/reset")
     assert r.status_code == 503 and r.json()["code"] == "bus.unavailable", r.text
     assert r.headers["retry-after"]

@@ -62,9 +62,14 @@ async def test_llm_fix_builds_green_and_reports_usage(nats_server, js, config, d
     assert gen.usage.cost_usd == pytest.approx((300 * 0.00015 + 50 * 0.0006) / 1000)
     edits = json.loads(await ArtifactStore(js).get(f"{gen.task_id}/edits.json"))
     assert edits == [
-        {"op": "search_replace", "path": "calc/ops.py", "search": "return a - b",
-         "replace": "return a + b", "replace_all": False}
-    ]  # fmt: skip
+        {
+            "op": "search_replace",
+            "path": "calc/ops.py",
+            "search": "return a - b",
+            "replace": "return a + b",
+            "replace_all": False,
+        }
+    ]
 
 
 async def test_reply_over_the_token_budget_fails_once(nats_server, js, config, data_dir, repo, llm):
@@ -96,14 +101,22 @@ async def test_prompt_larger_than_budget_is_not_sent(nats_server, js, config, da
 
 
 async def test_bad_reply_is_retried_and_usage_adds_up(nats_server, js, config, data_dir, repo, llm):
+    llm.reply("Sorry, I would rather talk about the weather.", prompt_tokens=100, completion_tokens=10)
     llm.reply(
-        "Sorry, I would rather talk about the weather.", prompt_tokens=100, completion_tokens=10
+        json.dumps(
+            {
+                "edits": [
+                    {
+                        "op": "patch",
+                        "path": "calc/ops.py",
+                        "diff": "@@ -5 +5 @@\n-    return a - b\n+    return a + b\n",
+                    }
+                ]
+            }
+        ),
+        prompt_tokens=100,
+        completion_tokens=40,
     )
-    llm.reply(
-        json.dumps({"edits": [{"op": "patch", "path": "calc/ops.py",
-                               "diff": "@@ -5 +5 @@\n-    return a - b\n+    return a + b\n"}]}),
-        prompt_tokens=100, completion_tokens=40,
-    )  # fmt: skip
     payload = {
         "repo": str(repo),
         "change": llm_change(),

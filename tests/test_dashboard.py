@@ -36,24 +36,26 @@ async def produce_activity(http: httpx.AsyncClient, js: Any, repo: Path) -> dict
     ids = [f"ok-{i}" for i in range(40)]
     await submit_many(js, ids)
     for _ in range(8):
-        r = await http.post("/api/tasks", json={"route": "echo.run.0",
-                                                 "payload": {"fail_always": "permanent"}})  # fmt: skip
+        r = await http.post("/api/tasks", json={"route": "echo.run.0", "payload": {"fail_always": "permanent"}})
         assert r.status_code == 202
     for _ in range(4):
-        await http.post("/api/tasks", json={"route": "echo.run.0", "payload": {
-            "fail_times": 1, "__assignment": {"backoff": {"initial_ms": 50}}}})  # fmt: skip
-        await http.post("/api/tasks", json={"route": "echo.run.0",
-                                            "payload": {"__assignment": {"model": "gpt-9"}}})  # fmt: skip
+        await http.post(
+            "/api/tasks",
+            json={"route": "echo.run.0", "payload": {"fail_times": 1, "__assignment": {"backoff": {"initial_ms": 50}}}},
+        )
+        await http.post("/api/tasks", json={"route": "echo.run.0", "payload": {"__assignment": {"model": "gpt-9"}}})
     await js.publish(EXECUTE_SUBJECT, b"not json at all", headers={MSG_ID: "garbage-1"})
     runs = {}
     for name in ("fix.json", "bad-fix.json"):
-        started = await http.post("/api/workflows/execute", json={
-            "workflowId": "codeBuildTest", "parameters": workflow_params(name, repo)})  # fmt: skip
+        started = await http.post(
+            "/api/workflows/execute", json={"workflowId": "codeBuildTest", "parameters": workflow_params(name, repo)}
+        )
         assert started.status_code == 202, started.text
         runs[name] = started.json()["runId"]
     # codeBuildTest as a child run, then a human gate the page approves
-    started = await http.post("/api/workflows/execute", json={
-        "workflowId": "approveMerge", "parameters": workflow_params("fix.json", repo)})  # fmt: skip
+    started = await http.post(
+        "/api/workflows/execute", json={"workflowId": "approveMerge", "parameters": workflow_params("fix.json", repo)}
+    )
     assert started.status_code == 202, started.text
     runs["approval"] = started.json()["runId"]
     return runs
@@ -73,15 +75,26 @@ async def test_dashboard_in_headless_chromium(tmp_path, config_path):
         assert "/api/dashboard" in (await http.get("/openapi.json")).json()["paths"]
 
         runs = await produce_activity(http, js, repo)
-        rollout = await http.post("/api/rollouts", json={
-            "route": "echo.run.0", "candidate": "v2", "min_samples": 5,
-            "dev_e2e_tasks": 2, "smoke_tasks": 4, "stage_timeout_s": 30})  # fmt: skip
+        rollout = await http.post(
+            "/api/rollouts",
+            json={
+                "route": "echo.run.0",
+                "candidate": "v2",
+                "min_samples": 5,
+                "dev_e2e_tasks": 2,
+                "smoke_tasks": 4,
+                "stage_timeout_s": 30,
+            },
+        )
         assert rollout.status_code == 201, rollout.text
         rollout_id = rollout.json()["id"]
 
         async def finished_runs() -> bool:
-            states = [(await http.get("/api/orchestrator/state", params={"runId": r})).json()
-                      for n, r in runs.items() if n != "approval"]  # fmt: skip
+            states = [
+                (await http.get("/api/orchestrator/state", params={"runId": r})).json()
+                for n, r in runs.items()
+                if n != "approval"
+            ]
             return all(s.get("status") in ("succeeded", "failed") for s in states)
 
         await wait_until(finished_runs, 45, "codeBuildTest runs finished")
@@ -135,9 +148,7 @@ async def test_dashboard_in_headless_chromium(tmp_path, config_path):
         approve_node = next(n for n in final["nodes"] if n["id"] == "approve")
         assert approve_node["result"] == {"approved": True, "by": "dashboard"}
         assert final["children"] == [child]
-        assert (
-            next(n for n in final["nodes"] if n["id"] == "build")["result"]["status"] == "succeeded"
-        )
+        assert next(n for n in final["nodes"] if n["id"] == "build")["result"]["status"] == "succeeded"
 
 
 async def approve_in_browser(info: dict[str, Any], run_id: str, child: str) -> None:
@@ -156,9 +167,7 @@ async def approve_in_browser(info: dict[str, Any], run_id: str, child: str) -> N
         await row.locator("[data-testid='approve']").click()
         await row.locator("[data-testid='signal-sent']").wait_for(timeout=10_000)
         # the run goes on: the page's next refreshes show it succeeded, no buttons left
-        await page.locator(f"tr[data-run='{run_id}'][data-status='succeeded']").wait_for(
-            timeout=30_000
-        )
+        await page.locator(f"tr[data-run='{run_id}'][data-status='succeeded']").wait_for(timeout=30_000)
         assert await page.locator(f"tr[data-run='{run_id}'] [data-testid='approve']").count() == 0
         await page.locator(f"tr[data-run='{run_id}']").click()
         links = page.locator("#timeline [data-testid='run-links']")
@@ -251,19 +260,15 @@ async def test_dashboard_streams_a_running_tasks_output_and_shows_spend(
     gate = tmp_path / "gate"
     headers = {"Authorization": f"Bearer {info['api_token']}"}
     try:
-        async with httpx.AsyncClient(
-            base_url=info["http_url"], headers=headers, timeout=20
-        ) as http:
-            talk = (await http.post("/api/tasks", json={"route": "rt.talk.0",
-                                                         "payload": {"prompt": "hi"}})).json()  # fmt: skip
-            speak = (await http.post("/api/tasks", json={"route": "rt.speak.0", "payload": {
-                "lines": 3, "gate": str(gate)}})).json()["task_id"]  # fmt: skip
+        async with httpx.AsyncClient(base_url=info["http_url"], headers=headers, timeout=20) as http:
+            talk = (await http.post("/api/tasks", json={"route": "rt.talk.0", "payload": {"prompt": "hi"}})).json()
+            speak = (
+                await http.post("/api/tasks", json={"route": "rt.speak.0", "payload": {"lines": 3, "gate": str(gate)}})
+            ).json()["task_id"]
 
             async def spent() -> bool:
                 body = (await http.get("/api/dashboard")).json()
-                return body["spend"]["cost_usd"] > 0 and any(
-                    t["task_id"] == speak for t in body["tasks"]
-                )
+                return body["spend"]["cost_usd"] > 0 and any(t["task_id"] == speak for t in body["tasks"])
 
             await wait_until(spent, 30, "the LLM call's cost and the task in the summary")
             summary = (await http.get("/api/dashboard")).json()
@@ -283,8 +288,7 @@ async def test_dashboard_streams_a_running_tasks_output_and_shows_spend(
                 state = (await http.get(f"/api/tasks/{speak}")).json()["status"]
                 assert state in ("queued", "running"), state
                 ARTIFACTS.mkdir(exist_ok=True)
-                await page.screenshot(path=str(ARTIFACTS / "dashboard-output.png"),
-                                      full_page=True)  # fmt: skip
+                await page.screenshot(path=str(ARTIFACTS / "dashboard-output.png"), full_page=True)
                 gate.write_text("open")
                 await page.locator(
                     f"#output[data-task='{speak}'][data-state='ended'][data-status='succeeded']"

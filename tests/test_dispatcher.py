@@ -146,8 +146,11 @@ async def test_budget_exhausted_across_retries(nats_server, js, config):
         "tokens": 400,
         "__assignment": {"max_tokens": 1000, "max_attempts": 5, "backoff": {"initial_ms": 50}},
     }
-    cost = {"fail_times": 9, "cost_usd": 0.2, "__assignment": {"max_cost_usd": 0.5, "max_attempts": 5,
-                                                               "backoff": {"initial_ms": 50}}}  # fmt: skip
+    cost = {
+        "fail_times": 9,
+        "cost_usd": 0.2,
+        "__assignment": {"max_cost_usd": 0.5, "max_attempts": 5, "backoff": {"initial_ms": 50}},
+    }
     async with running(nats_server.url, config, ExecutorDispatcher, EchoActor):
         tid = await submit(js, payload=payload)
         cid = await submit(js, payload=cost)
@@ -183,8 +186,7 @@ async def test_ttl_expired_before_dispatch(nats_server, js, config):
 
 
 async def test_attempt_timeout_is_retried_then_fails(nats_server, js, config):
-    payload = {"sleep_ms": 2000, "__assignment": {"timeout_ms": 200, "max_attempts": 2,
-                                                  "backoff": {"initial_ms": 50}}}  # fmt: skip
+    payload = {"sleep_ms": 2000, "__assignment": {"timeout_ms": 200, "max_attempts": 2, "backoff": {"initial_ms": 50}}}
     async with running(nats_server.url, config, ExecutorDispatcher, EchoActor):
         tid = await submit(js, payload=payload)
         reader = EventReader(js)
@@ -217,9 +219,7 @@ async def test_policy_change_takes_effect_without_restart(nats_server, js, confi
         # a ceiling below the route's own default would fail every plain task: refused
         with pytest.raises(ConfigError, match="max_tokens=4000 is above its ceiling 1000"):
             await set_policy(js, "echo.run.0", {"ceilings": {"max_tokens": 1000}}, actor="t")
-        await set_policy(
-            js, "echo.run.0", {"max_tokens": 800, "ceilings": {"max_tokens": 1000}}, actor="test"
-        )
+        await set_policy(js, "echo.run.0", {"max_tokens": 800, "ceilings": {"max_tokens": 1000}}, actor="test")
         for _ in range(50):  # the dispatcher's KV watch applies it within moments
             if disp.policies.get("echo.run.0").ceilings.max_tokens == 1000:
                 break

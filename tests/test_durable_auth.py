@@ -20,11 +20,9 @@ async def test_durable_agents_under_auth(tmp_path, config_path):
     data_dir = tmp_path / "secure"
     config = tmp_path / "durable.toml"
     config.write_text(config_path.read_text() + "\n[runtime]\nsuspend_after_ms = 50\n")
-    proc, info = await cogo_up(data_dir, config, "--auth", "--app", "tests.durable_apps:app",
-                               "--app-dir", ROOT)  # fmt: skip
+    proc, info = await cogo_up(data_dir, config, "--auth", "--app", "tests.durable_apps:app", "--app-dir", ROOT)
     try:
-        async with cogo.Client(info["nats_url"], user="client",
-                               password=info["nats_password"]) as client:  # fmt: skip
+        async with cogo.Client(info["nats_url"], user="client", password=info["nats_password"]) as client:
             parent = await client.submit("dur.parent.0", {"topics": ["a", "b"]})
             assert [n["topic"] for n in (await parent.result(timeout=60))["notes"]] == ["a", "b"]
             waiting = await client.submit("dur.signal.0", {})
@@ -51,6 +49,4 @@ async def test_durable_agents_under_auth(tmp_path, config_path):
         await asyncio.to_thread(stop, proc)
     logs = "".join(p.read_text() for p in (data_dir / "logs").glob("*.log"))
     logs += (data_dir / "up.log").read_text()
-    assert "violation" not in logs.lower(), [
-        line for line in logs.splitlines() if "violation" in line.lower()
-    ]
+    assert "violation" not in logs.lower(), [line for line in logs.splitlines() if "violation" in line.lower()]

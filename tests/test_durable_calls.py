@@ -52,9 +52,7 @@ async def test_a_failed_child_raises_task_failed_in_the_parent(cogo_env):
 
 
 async def test_a_call_to_an_undeclared_route_is_route_unknown_and_leaves_nothing(cogo_env):
-    handle = await cogo_env.client.submit(
-        "dur.parent.0", {"topics": ["x"], "route": "dur.nobody.0"}
-    )
+    handle = await cogo_env.client.submit("dur.parent.0", {"topics": ["x"], "route": "dur.nobody.0"})
     with pytest.raises(cogo.TaskFailed) as failed:
         await handle.result(timeout=60)
     assert failed.value.code == "route.unknown", failed.value
@@ -81,9 +79,10 @@ async def test_the_parent_budget_bounds_its_tree(cogo_env):
     rows = await cogo_env.projector.store.read(
         lambda con: con.execute(
             "SELECT task_id, parent_id, root_id, depth, subtree_tasks, subtree_tokens "
-            "FROM task_tree WHERE root_id = ? ORDER BY task_id", [tid]
+            "FROM task_tree WHERE root_id = ? ORDER BY task_id",
+            [tid],
         ).fetchall()
-    )  # fmt: skip
+    )
     root = next(r for r in rows if r[0] == tid)
     # (a child cancelled while its handler still ran reports no usage on its terminal
     # event: at least e's 100 are there, never more than the budget)

@@ -31,9 +31,7 @@ def cogo_config():
 @pytest.fixture
 async def http(cogo_env):
     nc, data_dir, routes = cogo_env.client.nc, cogo_env.data_dir, dashboard.routes
-    async with facade(
-        nc, cogo_env.config, data_dir, extra_routes=routes, projector=cogo_env.projector
-    ) as client:
+    async with facade(nc, cogo_env.config, data_dir, extra_routes=routes, projector=cogo_env.projector) as client:
         yield client
 
 
@@ -115,21 +113,30 @@ async def test_signal_and_cancel_from_the_cli(cogo_env):
     await wait_until(lambda: _is(cogo_env, tid, "suspended"), 30, "never suspended")
     cli = [sys.executable, "-m", "cogo"]
     bad = await asyncio.to_thread(
-        subprocess.run, [*cli, "signal", "--nats-url", cogo_env.url, tid, "go",
-                         "--data", "{nope"], capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        subprocess.run,
+        [*cli, "signal", "--nats-url", cogo_env.url, tid, "go", "--data", "{nope"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode == 2 and "request.invalid" in bad.stderr and "Traceback" not in bad.stderr
     ok = await asyncio.to_thread(
-        subprocess.run, [*cli, "signal", "--nats-url", cogo_env.url, tid, "go",
-                         "--data", '{"via": "cli"}'], capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        subprocess.run,
+        [*cli, "signal", "--nats-url", cogo_env.url, tid, "go", "--data", '{"via": "cli"}'],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["sent"] is True
     assert await handle.result(timeout=30) == {"got": {"via": "cli"}}
     gone = await asyncio.to_thread(
-        subprocess.run, [*cli, "cancel", "--nats-url", cogo_env.url, tid],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        subprocess.run,
+        [*cli, "cancel", "--nats-url", cogo_env.url, tid],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert gone.returncode == 2 and "task.finished" in gone.stderr
 
 
@@ -144,12 +151,14 @@ async def test_cancelling_a_workflow_run_cancels_the_tasks_it_started(cogo_env):
 
     await cogo_env.startup.run_agent(components.get("orchestrator"))
     js = cogo_env.client.nc.jetstream()
-    plan = {"id": "durableWait", "nodes": [
-        {"id": "ask", "type": "publish", "route": "dur.signal.0", "payload": {}},
-    ]}  # fmt: skip
+    plan = {
+        "id": "durableWait",
+        "nodes": [
+            {"id": "ask", "type": "publish", "route": "dur.signal.0", "payload": {}},
+        ],
+    }
     run_id = await start_run(js, cogo_env.config, plan)
-    state = await wait_run(js, run_id, until=lambda s: s.nodes.get("ask")
-                           and s.nodes["ask"].task_id)  # fmt: skip
+    state = await wait_run(js, run_id, until=lambda s: s.nodes.get("ask") and s.nodes["ask"].task_id)
     task_id = state.nodes["ask"].task_id
     await wait_until(lambda: _is(cogo_env, task_id, "suspended"), 30, "never suspended")
     await send_command(js, CancelRun(run_id=run_id, reason="stop"))
@@ -163,9 +172,7 @@ async def test_a_queued_child_of_a_cancelled_parent_never_runs(cogo_env):
 
     js = cogo_env.client.nc.jetstream()
     await declare_apps(js, cogo_env.config, [durable_apps.queued])  # no worker yet
-    handle = await cogo_env.client.submit(
-        "dur.parent.0", {"topics": ["q"], "route": "durq.child.0"}
-    )
+    handle = await cogo_env.client.submit("dur.parent.0", {"topics": ["q"], "route": "durq.child.0"})
     child = f"{handle.task_id}/q"
     await wait_until(lambda: _is(cogo_env, handle.task_id, "suspended"), 30, "never suspended")
     assert await status_of(cogo_env, child) == "queued"

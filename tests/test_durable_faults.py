@@ -35,8 +35,7 @@ def cogo_config():
 
 
 async def test_dispatcher_sigkill_while_children_finish(tmp_path: Path):
-    env = CogoEnv(durable_apps.app, config="[runtime]\nsuspend_after_ms = 20\n",
-                  data_dir=tmp_path / "cogo")  # fmt: skip
+    env = CogoEnv(durable_apps.app, config="[runtime]\nsuspend_after_ms = 20\n", data_dir=tmp_path / "cogo")
     await env.start()
     dispatcher = other = None
     try:

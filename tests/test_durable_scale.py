@@ -29,8 +29,13 @@ batch = 2
 @pytest.fixture
 async def env(tmp_path: Path):
     ledger = tmp_path / "ledger.txt"
-    env = CogoEnv("tests.durable_apps:waiting", config=CONFIG, data_dir=tmp_path / "cogo",
-                  processes=True, env={"DUR_LEDGER": str(ledger)})  # fmt: skip
+    env = CogoEnv(
+        "tests.durable_apps:waiting",
+        config=CONFIG,
+        data_dir=tmp_path / "cogo",
+        processes=True,
+        env={"DUR_LEDGER": str(ledger)},
+    )
     await env.start()
     env.ledger = ledger  # type: ignore[attr-defined]
     try:
@@ -53,9 +58,7 @@ async def suspended_count(env: CogoEnv, ids: list[str]) -> int:
 
 async def test_a_thousand_tasks_wait_on_two_slots_and_all_finish_once(env):
     client = env.client
-    handles = await asyncio.gather(
-        *(client.submit("durwait.signal.0", {}, task_id=f"wait-{i}") for i in range(N))
-    )
+    handles = await asyncio.gather(*(client.submit("durwait.signal.0", {}, task_id=f"wait-{i}") for i in range(N)))
     ids = [h.task_id for h in handles]
 
     async def all_suspended() -> bool:
@@ -100,8 +103,7 @@ async def test_a_sigkill_of_the_whole_system_while_a_thousand_wait(tmp_path: Pat
         async with Client(info["nats_url"]) as client:
             await asyncio.gather(*(client.submit("durwait.signal.0", {}, task_id=t) for t in ids))
         headers = {"Authorization": f"Bearer {info['api_token']}"}
-        query = ("SELECT count(*) AS n FROM task_tree WHERE status = 'suspended' "
-                 "AND route = 'durwait.signal.0'")  # fmt: skip
+        query = "SELECT count(*) AS n FROM task_tree WHERE status = 'suspended' AND route = 'durwait.signal.0'"
         async with httpx.AsyncClient(base_url=info["http_url"], headers=headers) as http:
 
             async def all_suspended() -> bool:

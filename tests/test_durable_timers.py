@@ -50,8 +50,7 @@ async def test_a_short_sleep_does_not_suspend(cogo_env):
 
 
 async def test_a_sleep_past_the_ttl_is_refused(cogo_env):
-    handle = await cogo_env.client.submit("dur.sleep.0", {"s": 3600},
-                                          assignment={"ttl_ms": 60000})  # fmt: skip
+    handle = await cogo_env.client.submit("dur.sleep.0", {"s": 3600}, assignment={"ttl_ms": 60000})
     with pytest.raises(cogo.TaskFailed) as failed:
         await handle.result(timeout=30)
     assert failed.value.code == "task.sleep_past_ttl", failed.value
@@ -92,9 +91,7 @@ async def test_a_signal_wait_times_out_with_signal_timeout(cogo_env):
     # a signal after the journaled timeout changes nothing
     tid = handle.task_id
     events = await cogo_env.events(tid)
-    got = [
-        e for e in events if e["type"] == "step_completed" and e["data"]["step"] == "~signal:go:got"
-    ]
+    got = [e for e in events if e["type"] == "step_completed" and e["data"]["step"] == "~signal:go:got"]
     assert len(got) == 1 and got[0]["data"]["result"] == {"timeout": True}
 
 

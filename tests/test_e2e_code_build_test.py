@@ -31,17 +31,13 @@ def sample_params(name: str) -> dict[str, Any]:
 
 async def run_to_end(http: httpx.AsyncClient, params: dict[str, Any]) -> dict[str, Any]:
     """Start a codeBuildTest run over HTTP and poll its state until it has ended."""
-    started = await http.post(
-        "/api/workflows/execute", json={"workflowId": "codeBuildTest", "parameters": params}
-    )
+    started = await http.post("/api/workflows/execute", json={"workflowId": "codeBuildTest", "parameters": params})
     assert started.status_code == 202, started.text
     run_id = started.json()["runId"]
     deadline = time.monotonic() + RUN_TIMEOUT_S
     while time.monotonic() < deadline:
         response = await http.get("/api/orchestrator/state", params={"runId": run_id})
-        if response.status_code == 200 and response.json()["status"] in (
-            "succeeded", "failed", "cancelled"
-        ):  # fmt: skip
+        if response.status_code == 200 and response.json()["status"] in ("succeeded", "failed", "cancelled"):
             return response.json()
         assert response.status_code in (200, 404), response.text  # 404: start still queued
         await asyncio.sleep(0.2)
@@ -59,9 +55,7 @@ async def test_sample_fix_passes_and_bad_fix_fails(tmp_path, config_path):
     proc, info = await cogo_up(tmp_path / "up", config_path)
     try:
         headers = {"Authorization": f"Bearer {info['api_token']}"}
-        async with httpx.AsyncClient(
-            base_url=info["http_url"], headers=headers, timeout=10
-        ) as http:
+        async with httpx.AsyncClient(base_url=info["http_url"], headers=headers, timeout=10) as http:
             good = await run_to_end(http, sample_params("fix.json"))
 
             assert good["status"] == "succeeded", good

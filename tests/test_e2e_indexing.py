@@ -34,8 +34,11 @@ def class_line(path: Path, name: str) -> int:
 def cogo_sql(data_dir: Path, query: str) -> dict[str, Any]:
     out = subprocess.run(
         [sys.executable, "-m", "cogo", "sql", query, "--json", "--data-dir", str(data_dir)],
-        capture_output=True, text=True, timeout=30, cwd=ROOT,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+    )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
@@ -45,9 +48,7 @@ async def test_indexing_workflow_and_sql_over_code_symbols(tmp_path, config_path
     proc, info = await cogo_up(data_dir, config_path)
     try:
         headers = {"Authorization": f"Bearer {info['api_token']}"}
-        async with httpx.AsyncClient(
-            base_url=info["http_url"], headers=headers, timeout=10
-        ) as http:
+        async with httpx.AsyncClient(base_url=info["http_url"], headers=headers, timeout=10) as http:
             started = await http.post(
                 "/api/workflows/execute",
                 json={"workflowId": "indexing", "parameters": {"path": str(ROOT)}},

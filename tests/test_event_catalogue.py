@@ -133,8 +133,7 @@ def reads_of(where: str, text: str, names: dict[str, Any] | None = None) -> list
         blocks = re.split(r"(?i)\bSELECT\b", statement)
         whole = _types_in(statement, names)
         for block in blocks:
-            for match in [*_ARROW.finditer(block), *_EACH.finditer(block),
-                          *_LENGTH.finditer(block)]:  # fmt: skip
+            for match in [*_ARROW.finditer(block), *_EACH.finditer(block), *_LENGTH.finditer(block)]:
                 base, path = match.group(1), match.group(2)
                 root = _root(base, roots)
                 if root is None:
@@ -196,10 +195,7 @@ def problems(reads: list[Read]) -> list[str]:
             out.append(f"{read.where}: filters on uncatalogued type(s) {unknown}")
             continue
         if not any(_has(CATALOGUE[t], read.path) for t in types):
-            out.append(
-                f"{read.where}: reads data.{'.'.join(read.path)}, which no struct of "
-                f"{sorted(types)} has"
-            )
+            out.append(f"{read.where}: reads data.{'.'.join(read.path)}, which no struct of {sorted(types)} has")
     return out
 
 
@@ -237,11 +233,11 @@ def test_the_contract_check_fails_on_a_key_no_producer_writes() -> None:
         "test: filters on uncatalogued type(s) ['execute_donee']",
     ]
     # a CASE WHEN type = ... narrows the read to that type
-    case = "SELECT CASE WHEN type = 'node_started' THEN raw->>'$.data.verdict' END FROM b " \
-           "WHERE type IN ('gate_passed', 'node_started')"  # fmt: skip
-    assert problems(reads_of("t", case)) == [
-        "t: reads data.verdict, which no struct of ['node_started'] has"
-    ]
+    case = (
+        "SELECT CASE WHEN type = 'node_started' THEN raw->>'$.data.verdict' END FROM b "
+        "WHERE type IN ('gate_passed', 'node_started')"
+    )
+    assert problems(reads_of("t", case)) == ["t: reads data.verdict, which no struct of ['node_started'] has"]
 
 
 def test_every_type_has_a_struct_and_every_constant_is_catalogued() -> None:
@@ -259,29 +255,39 @@ def test_make_event_checks_the_catalogue() -> None:
     with pytest.raises(msgspec.ValidationError, match="result"):  # missing
         make_event(EXECUTE_DONE, task_id="t", attempt=1, data=timing)
     with pytest.raises(msgspec.ValidationError):  # wrong type
-        make_event(EXECUTE_DONE, task_id="t", attempt=1, data={**timing, "claimed_at": 3,
-                                                               "result": 1})  # fmt: skip
+        make_event(EXECUTE_DONE, task_id="t", attempt=1, data={**timing, "claimed_at": 3, "result": 1})
     with pytest.raises(TypeError, match="need data"):
         make_event(EXECUTE_DONE, task_id="t", attempt=1)
     with pytest.raises(TypeError, match="error_code"):  # an event field docs/design.md §4 requires
         make_event(EXECUTE_FAILED, task_id="t", error="boom")
     with pytest.raises(TypeError, match="ExecuteDone"):  # another type's struct
-        make_event(EXECUTE_RETRY, task_id="t", attempt=1, backoff_ms=1, next_attempt_at="x",
-                   error_code="c", error="e", data=ExecuteDone(**timing, result=None))  # fmt: skip
+        make_event(
+            EXECUTE_RETRY,
+            task_id="t",
+            attempt=1,
+            backoff_ms=1,
+            next_attempt_at="x",
+            error_code="c",
+            error="e",
+            data=ExecuteDone(**timing, result=None),
+        )
     done = make_event(EXECUTE_DONE, task_id="t", attempt=1, data=ExecuteDone(**timing, result=None))
     # a struct encodes to the JSON a dict did (a null result is written, not left out)
     wire = msgspec.json.decode(msgspec.json.encode(done))
     assert wire["data"] == {**timing, "result": None}
-    assert data_of(msgspec.json.decode(msgspec.json.encode(done), type=Event), ExecuteDone) == (
-        done.data
-    )
+    assert data_of(msgspec.json.decode(msgspec.json.encode(done), type=Event), ExecuteDone) == (done.data)
 
 
 def test_old_events_read_through_their_struct() -> None:
     # a workflow_started as an older producer wrote it: no run_id, a parent without nodeId,
     # a key no struct has
-    old = Event(event_id="e", type=WORKFLOW_STARTED, at="x", correlation_id="r",
-                data={"plan": {}, "parent": {"runId": "p"}, "gone": 1})  # fmt: skip
+    old = Event(
+        event_id="e",
+        type=WORKFLOW_STARTED,
+        at="x",
+        correlation_id="r",
+        data={"plan": {}, "parent": {"runId": "p"}, "gone": 1},
+    )
     with pytest.raises(msgspec.ValidationError, match="missing required field"):
         data_of(old, WorkflowStarted)
     started = data_of(old, WorkflowStarted, lenient=True)  # a fold over the whole log
@@ -301,8 +307,9 @@ async def test_every_event_of_a_real_run_decodes_against_its_struct(nats_server,
         unknown = await submit(js, route="nobody.here.0")
         await js.publish(EXECUTE_SUBJECT, b"{not json", headers={MSG_ID: "malformed-1"})
         signalled = await start_run(js, config, APPROVAL)
-        await send_command(js, SignalRun(run_id=signalled, name="approve", signal_id="s1",
-                                         data={"approved": True, "by": "ada"}))  # fmt: skip
+        await send_command(
+            js, SignalRun(run_id=signalled, name="approve", signal_id="s1", data={"approved": True, "by": "ada"})
+        )
         parent = catalog_plan(config, "parent")  # child runs (workflow and map nodes)
         await send_command(js, StartRun(run_id="parent-1", plan=parent.to_json()))
         reader = EventReader(js)
@@ -317,9 +324,20 @@ async def test_every_event_of_a_real_run_decodes_against_its_struct(nats_server,
         for name in catalogue.REQUIRED.get(event.type, ()):
             assert getattr(event, name) is not None, (event.type, name)
         seen[event.type] = seen.get(event.type, 0) + 1
-    expected = {"execute_enqueued", "execute_done", "execute_retry", "execute_failed",
-                "workflow_started", "node_started", "node_succeeded", "node_skipped",
-                "workflow_signaled", "gate_passed", "map_item_started", "map_item_succeeded",
-                "workflow_succeeded"}  # fmt: skip
+    expected = {
+        "execute_enqueued",
+        "execute_done",
+        "execute_retry",
+        "execute_failed",
+        "workflow_started",
+        "node_started",
+        "node_succeeded",
+        "node_skipped",
+        "workflow_signaled",
+        "gate_passed",
+        "map_item_started",
+        "map_item_succeeded",
+        "workflow_succeeded",
+    }
     assert expected <= set(seen), sorted(seen)
     assert any(e.error_code == "route.unknown" for e in reader.events)

@@ -16,7 +16,7 @@ CONTEXT: dict[str, Any] = {
         "skipped": {"status": "skipped", "result": None},
         "index": {"result": {"files": 12, "items": [1, 2, 3]}},
     },
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize(
@@ -108,12 +108,23 @@ def test_names_can_be_restricted():
 
 
 def test_templates_keep_types_and_defer_what_is_not_known_yet():
-    value = {"count": "${params.n}", "text": "n=${params.n}, tags=${len(params.tags)}",
-             "later": "${nodes.index.result.files}", "mixed": "${params.name}/${nodes.x.task_id}",
-             "list": ["${params.tags}"], "none": "${params.url}"}  # fmt: skip
+    value = {
+        "count": "${params.n}",
+        "text": "n=${params.n}, tags=${len(params.tags)}",
+        "later": "${nodes.index.result.files}",
+        "mixed": "${params.name}/${nodes.x.task_id}",
+        "list": ["${params.tags}"],
+        "none": "${params.url}",
+    }
     planned = render(value, CONTEXT, only={"params"})
-    assert planned == {"count": 2, "text": "n=2, tags=2", "later": "${nodes.index.result.files}",
-                       "mixed": "repo/${nodes.x.task_id}", "list": [["a", "b"]], "none": None}  # fmt: skip
+    assert planned == {
+        "count": 2,
+        "text": "n=2, tags=2",
+        "later": "${nodes.index.result.files}",
+        "mixed": "repo/${nodes.x.task_id}",
+        "list": [["a", "b"]],
+        "none": None,
+    }
     assert render(planned["later"], CONTEXT) == 12
     with pytest.raises(InvalidExpression):
         render("${params.__class__}", CONTEXT)

@@ -70,24 +70,24 @@ async def test_per_key_and_route_concurrency_hold_and_small_keys_go_first(
     # and SQL tells the same (flow_holds over the projected bus_events)
     async with projecting(nc, config, data_dir) as projector:
         await projector.wait_caught_up()
-        holds = await projector.store.read(lambda cur: cur.execute(
-            "SELECT task_id, held_ms, outcome FROM flow_holds").fetchall())  # fmt: skip
-        by_key_sql = dict(await projector.store.read(lambda cur: cur.execute(
-            "SELECT key, holds FROM flow_throttled_by_key").fetchall()))  # fmt: skip
+        holds = await projector.store.read(
+            lambda cur: cur.execute("SELECT task_id, held_ms, outcome FROM flow_holds").fetchall()
+        )
+        by_key_sql = dict(
+            await projector.store.read(
+                lambda cur: cur.execute("SELECT key, holds FROM flow_throttled_by_key").fetchall()
+            )
+        )
     expected = {}
     for e in reader.events:
         if e.type == "execute_enqueued" and e.task_id in held:
             start = next(ts(t.data["held_at"]) for t in throttled if t.task_id == e.task_id)
             expected[e.task_id] = round((ts(e.at) - start) * 1000.0, 3)
-    assert {t: (round(ms, 3), o) for t, ms, o in holds} == {
-        t: (ms, "admitted") for t, ms in expected.items()
-    }
+    assert {t: (round(ms, 3), o) for t, ms, o in holds} == {t: (ms, "admitted") for t, ms in expected.items()}
     assert by_key_sql == dict(Counter(e.data["key"] for e in throttled))
 
 
-async def test_rate_per_key_then_priority_overtakes_a_backlog(
-    nats_server, js, config_path, tmp_path
-):
+async def test_rate_per_key_then_priority_overtakes_a_backlog(nats_server, js, config_path, tmp_path):
     await set_policy(js, ROUTE, {"flow": {"rate_per_key_s": 5.0, "burst": 2}})
     async with two_dispatchers(js, nats_server.url, config_path, tmp_path / "logs"):
         reader = EventReader(js)
@@ -108,8 +108,7 @@ async def test_rate_per_key_then_priority_overtakes_a_backlog(
             assert times[-1] - times[0] > 1.0  # the rate really held them back
 
         # priority: one slot, a backlog of 5s, then urgent 9s overtake what still waits
-        await set_policy(js, ROUTE, {"flow": {"rate_per_key_s": None, "burst": None,
-                                              "concurrency": 1}})  # fmt: skip
+        await set_policy(js, ROUTE, {"flow": {"rate_per_key_s": None, "burst": None, "concurrency": 1}})
         backlog = await submit_keyed(js, "batch", 15, "p", priority=2, sleep_ms=100)
 
         async def backlog_waiting() -> bool:
@@ -132,12 +131,9 @@ async def test_rate_per_key_then_priority_overtakes_a_backlog(
 # -- nothing leaks when processes die ------------------------------------------------------
 
 
-async def test_no_slot_leaks_after_sigkill_of_the_admitter_and_of_a_worker(
-    nats_server, js, config_path, tmp_path
-):
+async def test_no_slot_leaks_after_sigkill_of_the_admitter_and_of_a_worker(nats_server, js, config_path, tmp_path):
     await set_policy(js, ROUTE, {"flow": {"concurrency": 6, "concurrency_per_key": 2}})
-    async with two_dispatchers(js, nats_server.url, config_path, tmp_path / "logs",
-                               echoes=2) as procs:  # fmt: skip
+    async with two_dispatchers(js, nats_server.url, config_path, tmp_path / "logs", echoes=2) as procs:
         ids = []
         for key in ("k1", "k2", "k3", "k4"):
             ids += await submit_keyed(js, key, 12, "f", sleep_ms=250)
@@ -160,17 +156,14 @@ async def test_no_slot_leaks_after_sigkill_of_the_admitter_and_of_a_worker(
         await asyncio.sleep(0.5)
         await reader.poll()
     assert all(e.type == "execute_done" for e in done.values())
-    terminal = Counter(e.task_id for e in reader.events if e.type in ("execute_done",
-                                                                       "execute_failed"))  # fmt: skip
+    terminal = Counter(e.task_id for e in reader.events if e.type in ("execute_done", "execute_failed"))
     assert set(terminal.values()) == {1}
     by_key: dict[str, list[tuple[float, float]]] = defaultdict(list)
     intervals = attempt_intervals(reader.events)
     for key, start, end in intervals:
         by_key[key].append((start, end))
     # the limits held through the takeover and the redelivered attempts
-    assert all(max_overlap(v) <= 2 for v in by_key.values()), {
-        k: max_overlap(v) for k, v in by_key.items()
-    }
+    assert all(max_overlap(v) <= 2 for v in by_key.values()), {k: max_overlap(v) for k, v in by_key.items()}
     assert max_overlap((s, e) for _, s, e in intervals) <= 6
     # the survivor took the route over: both processes admitted some of it
     admitters = {e.actor for e in reader.events if e.type == "execute_enqueued"}

@@ -16,9 +16,7 @@ def _keyed(priority: int, **payload):
     return {**payload, "__assignment": {"key": f"p{priority}", "priority": priority}}
 
 
-async def test_a_low_priority_task_runs_while_high_ones_keep_coming(
-    nats_server, js, config, monkeypatch
-):
+async def test_a_low_priority_task_runs_while_high_ones_keep_coming(nats_server, js, config, monkeypatch):
     # a level per 0.3 s of waiting (10 s shipped): the same rule, in a test's time
     monkeypatch.setattr(flow_module, "AGE_PER_LEVEL_S", 0.3)
     await set_policy(js, ROUTE, {"flow": {"concurrency": 1}})

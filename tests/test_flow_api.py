@@ -43,9 +43,7 @@ async def test_flow_shows_running_waiting_and_rate_per_key(http, nats_server, js
     async with running(nats_server.url, config, ExecutorDispatcher, EchoActor):
         # acme's first task holds the key's one slot for a while, its two others wait
         ids = [
-            await submit(
-                js, payload={"sleep_ms": 2500 if i == 0 else 50, "__assignment": {"key": "acme"}}
-            )
+            await submit(js, payload={"sleep_ms": 2500 if i == 0 else 50, "__assignment": {"key": "acme"}})
             for i in range(3)
         ]
         ids.append(await submit(js, payload={"sleep_ms": 2500, "__assignment": {"key": "beta"}}))
@@ -57,14 +55,18 @@ async def test_flow_shows_running_waiting_and_rate_per_key(http, nats_server, js
         body = await poll(http, busy)
         (route,) = body["routes"]
         assert route["route"] == "echo.run.0" and route["admitter"].startswith("dispatcher@")
-        assert route["limits"] == {"concurrency": 3, "concurrency_per_key": 1,
-                                   "rate_per_key_s": None, "burst": None}  # fmt: skip
+        assert route["limits"] == {"concurrency": 3, "concurrency_per_key": 1, "rate_per_key_s": None, "burst": None}
         assert route["running"] == 2 and route["waiting"] == 2
         keys = {k["key"]: k for k in route["keys"]}
         assert keys["acme"] == {
-            "key": "acme", "running": 1, "waiting": 2, "waiting_by_priority": {"5": 2},
-            "rate_per_s": 0.1, "tokens": None, "held_by": "concurrency_per_key",  # 1 in 10 s
-        }  # fmt: skip
+            "key": "acme",
+            "running": 1,
+            "waiting": 2,
+            "waiting_by_priority": {"5": 2},
+            "rate_per_s": 0.1,
+            "tokens": None,
+            "held_by": "concurrency_per_key",  # 1 in 10 s
+        }
         assert keys["beta"]["running"] == 1 and keys["beta"]["held_by"] is None
         assert (await http.get("/api/flow?route=echo.run.0")).json()["routes"][0]["route"]
         await EventReader(js).wait_terminal(ids, timeout=30)

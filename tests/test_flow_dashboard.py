@@ -36,18 +36,19 @@ async def test_flow_panel_shows_what_runs_and_what_waits(nats_server, nc, js, co
         running(nats_server.url, config, ExecutorDispatcher, EchoActor),
         projecting(nc, config, data_dir) as projector,
     ):
-        state = AppState(nc=nc, config=config, policies=policies, data_dir=data_dir,
-                         api_token=TOKEN, projector=projector)  # fmt: skip
-        server = uvicorn.Server(server_config(create_app(state, extra_routes=_extra_routes()),
-                                              port=port))  # fmt: skip
+        state = AppState(
+            nc=nc, config=config, policies=policies, data_dir=data_dir, api_token=TOKEN, projector=projector
+        )
+        server = uvicorn.Server(server_config(create_app(state, extra_routes=_extra_routes()), port=port))
         serving = asyncio.create_task(server.serve())
         try:
             while not server.started:  # noqa: ASYNC110 - uvicorn offers no event for it
                 await asyncio.sleep(0.05)
             # the first holds the key's one slot for a while; the three after it wait
-            ids = [await submit(js, payload={"sleep_ms": 5000 if i == 0 else 50,
-                                             "__assignment": {"key": "acme"}})
-                   for i in range(4)]  # fmt: skip
+            ids = [
+                await submit(js, payload={"sleep_ms": 5000 if i == 0 else 50, "__assignment": {"key": "acme"}})
+                for i in range(4)
+            ]
             ids.append(await submit(js, payload={"result": 1}))
             info = {"http_url": f"http://127.0.0.1:{port}", "api_token": TOKEN}
             async with dashboard_page(info, height=1100) as page:

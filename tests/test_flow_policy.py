@@ -74,10 +74,21 @@ async def test_policy_set_refuses_bad_flow_limits(js, flow, field):
 
 def test_cli_policy_set_refuses_and_says_which_field(nats_server, js):
     proc = subprocess.run(
-        [sys.executable, "-m", "cogo", "policy", "set", "echo.run.0",
-         '{"flow": {"concurrency_per_key": -3}}', "--nats-url", nats_server.url],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "cogo",
+            "policy",
+            "set",
+            "echo.run.0",
+            '{"flow": {"concurrency_per_key": -3}}',
+            "--nats-url",
+            nats_server.url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2, proc.stderr
     assert "config.invalid" in proc.stderr and "flow.concurrency_per_key=-3" in proc.stderr
 

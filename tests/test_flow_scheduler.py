@@ -20,8 +20,17 @@ _seq = itertools.count(1)
 def held(key: str, priority: int = 5, deadline: float = 1e12, task: str | None = None) -> Held:
     seq = next(_seq)
     task = task or f"{key}-{seq}"
-    return Held(seq=seq, task_id=task, attempt=1, key=key, priority=priority, deadline=deadline,
-                held_at=0.0, slot=f"slot.r.{task}.1", data=b"{}")  # fmt: skip
+    return Held(
+        seq=seq,
+        task_id=task,
+        attempt=1,
+        key=key,
+        priority=priority,
+        deadline=deadline,
+        held_at=0.0,
+        slot=f"slot.r.{task}.1",
+        data=b"{}",
+    )
 
 
 def release(flow: RouteFlow, picked: list[Held]) -> None:
@@ -37,8 +46,7 @@ def test_keys_take_turns_and_a_key_keeps_its_order():
         flow.add(h)
     order = [h.task_id for h in flow.pick(1.0, most=8)]
     # one task per key per turn: the small key is not stuck behind the big one
-    assert order == [big[0].task_id, small[0].task_id, big[1].task_id, small[1].task_id,
-                     *[h.task_id for h in big[2:]]]  # fmt: skip
+    assert order == [big[0].task_id, small[0].task_id, big[1].task_id, small[1].task_id, *[h.task_id for h in big[2:]]]
 
 
 def test_route_concurrency_and_per_key_concurrency():
@@ -82,10 +90,12 @@ def test_priority_first_within_the_route():
     urgent = held("user", priority=9)
     flow.add(urgent)
     assert [(h.task_id, limit) for h, limit in flow.holds(1.0)] == [
-        (backlog[1].task_id, ROUTE_LIMIT), (backlog[2].task_id, ROUTE_LIMIT),
-        (backlog[3].task_id, ROUTE_LIMIT), (backlog[4].task_id, ROUTE_LIMIT),
+        (backlog[1].task_id, ROUTE_LIMIT),
+        (backlog[2].task_id, ROUTE_LIMIT),
+        (backlog[3].task_id, ROUTE_LIMIT),
+        (backlog[4].task_id, ROUTE_LIMIT),
         (urgent.task_id, ROUTE_LIMIT),
-    ]  # fmt: skip
+    ]
     release(flow, first)
     assert flow.pick(1.0, most=10) == [urgent]
 

@@ -66,9 +66,7 @@ def replay(records: list[tuple[int, object]]) -> set[str]:
     return running
 
 
-async def test_a_batch_is_one_record_and_a_checkpoint_purges_what_came_before(
-    nats_server, nc, js, monkeypatch
-):
+async def test_a_batch_is_one_record_and_a_checkpoint_purges_what_came_before(nats_server, nc, js, monkeypatch):
     monkeypatch.setattr(slotlog, "CHECKPOINT_RECORDS", 3)
     publisher = Publisher(nc)
     await publisher.start()
@@ -81,8 +79,7 @@ async def test_a_batch_is_one_record_and_a_checkpoint_purges_what_came_before(
         slot = f"{slot_prefix(ROUTE)}t{n}.1"
         assert flow.try_start(slot, f"k{n % 2}", deadline, now=1.0)
         # an attempt of its own rides behind the record (here: a message to another key)
-        (ack,) = await log.start(slot, f"k{n % 2}", deadline, [
-            (f"$KV.{FLOW_BUCKET}.test.t{n}", b"attempt", None)])  # fmt: skip
+        (ack,) = await log.start(slot, f"k{n % 2}", deadline, [(f"$KV.{FLOW_BUCKET}.test.t{n}", b"attempt", None)])
         attempts.append(ack.seq)
 
     # ten starts gathered by one turn of the loop: one record
@@ -121,9 +118,7 @@ async def test_a_batch_is_one_record_and_a_checkpoint_purges_what_came_before(
     await publisher.stop()
 
 
-async def test_a_takeover_counts_the_fast_path_slots_of_the_killed_admitter(
-    nats_server, js, config_path, tmp_path
-):
+async def test_a_takeover_counts_the_fast_path_slots_of_the_killed_admitter(nats_server, js, config_path, tmp_path):
     tasks = 3
     await set_policy(js, ROUTE, {"flow": {"concurrency": tasks}})
     logs = tmp_path / "logs"
@@ -173,8 +168,7 @@ async def test_a_takeover_counts_the_fast_path_slots_of_the_killed_admitter(
     # tasks waited for them instead of running beside them
     intervals = [i for i in attempt_intervals(reader.events) if i[0] in ("a", "b")]
     assert max_overlap((s, e) for _, s, e in intervals) <= tasks
-    throttled = {e.task_id: e.data["limit"] for e in reader.events
-                 if e.type == "execute_throttled"}  # fmt: skip
+    throttled = {e.task_id: e.data["limit"] for e in reader.events if e.type == "execute_throttled"}
     assert set(more) <= set(throttled) and {throttled[t] for t in more} == {"concurrency"}
     # and what ended is in the log as ended: nothing of the route runs any more
     assert replay(await read_log(js, ROUTE)) == set()

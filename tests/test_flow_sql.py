@@ -14,17 +14,30 @@ from cogo.projections.store import EventBatch, ProjectionStore
 DAY = "2026-03-02T10:00:"
 
 
-def throttled(task: str, key: str, held_at: str, at: str, attempt: int = 1,
-              limit: str = "concurrency_per_key") -> dict[str, Any]:  # fmt: skip
-    return {"event_id": f"{task}:throttled:{attempt}", "type": "execute_throttled",
-            "at": DAY + at, "task_id": task, "route": "echo.run.0", "attempt": attempt,
-            "data": {"limit": limit, "key": key, "priority": 5, "held_at": DAY + held_at}}  # fmt: skip
+def throttled(
+    task: str, key: str, held_at: str, at: str, attempt: int = 1, limit: str = "concurrency_per_key"
+) -> dict[str, Any]:
+    return {
+        "event_id": f"{task}:throttled:{attempt}",
+        "type": "execute_throttled",
+        "at": DAY + at,
+        "task_id": task,
+        "route": "echo.run.0",
+        "attempt": attempt,
+        "data": {"limit": limit, "key": key, "priority": 5, "held_at": DAY + held_at},
+    }
 
 
 def enqueued(task: str, at: str, attempt: int = 1) -> dict[str, Any]:
-    return {"event_id": f"{task}:enqueued:{attempt}", "type": "execute_enqueued",
-            "at": DAY + at, "task_id": task, "route": "echo.run.0", "attempt": attempt,
-            "data": {"held_ms": 1.0}}  # fmt: skip
+    return {
+        "event_id": f"{task}:enqueued:{attempt}",
+        "type": "execute_enqueued",
+        "at": DAY + at,
+        "task_id": task,
+        "route": "echo.run.0",
+        "attempt": attempt,
+        "data": {"held_ms": 1.0},
+    }
 
 
 EVENTS = [
@@ -36,9 +49,16 @@ EVENTS = [
     {**throttled("t1", "acme", "00.000000Z", "02.500000Z"), "event_id": "t1:throttled:1:again"},
     enqueued("t2", "03.500000Z"),
     throttled("t3", "acme", "10.000000Z", "10.001000Z", limit="rate_per_key_s"),
-    {"event_id": "t3:terminal", "type": "execute_failed", "at": DAY + "11.000000Z",
-     "task_id": "t3", "route": "echo.run.0", "attempt": 0, "error_code": "assignment.ttl_expired",
-     "data": {"limit": "rate_per_key_s", "key": "acme", "held_ms": 1000.0}},
+    {
+        "event_id": "t3:terminal",
+        "type": "execute_failed",
+        "at": DAY + "11.000000Z",
+        "task_id": "t3",
+        "route": "echo.run.0",
+        "attempt": 0,
+        "error_code": "assignment.ttl_expired",
+        "data": {"limit": "rate_per_key_s", "key": "acme", "held_ms": 1000.0},
+    },
     # t1's retry was held too, for 250 ms
     throttled("t1", "acme", "20.000000Z", "20.001000Z", attempt=2),
     enqueued("t1", "20.250000Z", attempt=2),
@@ -46,7 +66,7 @@ EVENTS = [
     throttled("t4", "beta", "05.000000Z", "05.002000Z", limit="concurrency"),
     # a task that was never held is not in the views
     enqueued("t5", "06.000000Z"),
-]  # fmt: skip
+]
 
 
 @pytest.fixture
@@ -81,8 +101,7 @@ def test_flow_holds_one_row_per_held_attempt(store):
 
 
 def test_how_long_was_a_tenant_throttled(store):
-    periods = rows(store, "SELECT * FROM flow_throttled_periods WHERE key = 'acme' "
-                          "ORDER BY held_from")  # fmt: skip
+    periods = rows(store, "SELECT * FROM flow_throttled_periods WHERE key = 'acme' ORDER BY held_from")
     # overlapping holds merge into one period: 00.0 -> 03.5
     assert [(p["held_ms"], p["holds"]) for p in periods] == [(3500.0, 2), (1000.0, 1), (250.0, 1)]
     (acme,) = rows(store, "SELECT * FROM flow_throttled_by_key WHERE key = 'acme'")

@@ -93,18 +93,18 @@ async def test_one_error_shape_with_stable_codes(http):
         (await http.get("/api/tasks", headers={"Authorization": "Bearer no"}), 401, "auth.unauthorized"),
         (await http.post("/api/tasks", json={"route": "x y"}), 422, "request.invalid"),
         (await http.post("/api/tasks", json={"route": "no.such.route"}), 422, "route.unknown"),
-        (await http.post("/api/tasks", json={"route": "echo.run.0",
-                                               "payload": {"__assignment": {"ttl_ms": 0}}}),
-         422, "assignment.invalid"),
+        (
+            await http.post("/api/tasks", json={"route": "echo.run.0", "payload": {"__assignment": {"ttl_ms": 0}}}),
+            422,
+            "assignment.invalid",
+        ),
         (await http.post("/api/tasks", content=b"x" * (2 * 1024 * 1024)), 413, "request.too_large"),
         (await http.post("/api/sql", json={"sql": "SELECT 1"}), 503, "service.unavailable"),
-        (await http.get("/api/orchestrator/state", params={"runId": "nope"}), 404,
-         "workflow.run_not_found"),
-        (await http.post("/api/orchestrator/plan", json={"workflowId": "nope"}), 404,
-         "workflow.not_found"),
+        (await http.get("/api/orchestrator/state", params={"runId": "nope"}), 404, "workflow.run_not_found"),
+        (await http.post("/api/orchestrator/plan", json={"workflowId": "nope"}), 404, "workflow.not_found"),
         (await http.get("/api/artifacts/t/%2e%2e/x"), 400, "artifact.key_invalid"),
         (await http.get("/api/tasks/nope"), 503, "service.unavailable"),
-    ]  # fmt: skip
+    ]
     for response, status, code in cases:
         body = response.json()
         assert (response.status_code, body.get("code")) == (status, code), response.text[:300]
@@ -207,9 +207,7 @@ async def test_openapi_documents_what_each_route_answers(http):
         assert "401" not in op["responses"] and "security" not in op, public
     tasks = paths["/api/tasks"]["post"]
     assert {"202", "400", "401", "408", "413", "422", "503"} <= set(tasks["responses"])
-    assert tasks["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith(
-        "/TaskRequest"
-    )
+    assert tasks["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/TaskRequest")
     schema = spec["components"]["schemas"]["TaskRequest"]
     assert "echo.run.0" in schema["properties"]["route"]["enum"]  # the routes declared now
     assignment = schema["properties"]["payload"]["properties"]["__assignment"]["anyOf"][0]

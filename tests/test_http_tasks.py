@@ -37,9 +37,7 @@ async def test_same_task_id_is_reported_duplicate(http):
 async def test_auth_is_required_and_constant(http):
     r = await http.post("/api/tasks", json={"route": "echo.run.0"}, headers={"Authorization": ""})
     assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
-    r = await http.post(
-        "/api/tasks", json={"route": "echo.run.0"}, headers={"Authorization": "Bearer nope"}
-    )
+    r = await http.post("/api/tasks", json={"route": "echo.run.0"}, headers={"Authorization": "Bearer nope"})
     assert r.status_code == 401
     assert (await http.get("/healthz", headers={"Authorization": ""})).status_code == 200
 
@@ -54,12 +52,16 @@ async def test_auth_is_required_and_constant(http):
         ({"route": "echo.run.0", "extra": 1}, ["body", "extra"]),
         ({"route": "echo.run.0", "task_id": "has space"}, ["body", "task_id"]),
         ({"route": "no.such.route"}, ["body", "route"]),
-        ({"route": "echo.run.0", "payload": {"__assignment": {"max_tokens": "x"}}},
-         ["body", "payload", "__assignment", "max_tokens"]),
-        ({"route": "echo.run.0", "payload": {"__assignment": {"ttl_ms": 0}}},
-         ["body", "payload", "__assignment", "ttl_ms"]),
+        (
+            {"route": "echo.run.0", "payload": {"__assignment": {"max_tokens": "x"}}},
+            ["body", "payload", "__assignment", "max_tokens"],
+        ),
+        (
+            {"route": "echo.run.0", "payload": {"__assignment": {"ttl_ms": 0}}},
+            ["body", "payload", "__assignment", "ttl_ms"],
+        ),
     ],
-)  # fmt: skip
+)
 async def test_bad_input_gets_422_with_field_paths(http, body, loc):
     r = await http.post("/api/tasks", json=body)
     assert r.status_code == 422, r.text
@@ -69,9 +71,7 @@ async def test_bad_input_gets_422_with_field_paths(http, body, loc):
 
 
 async def test_not_json_is_400_and_oversized_is_413(http):
-    r = await http.post(
-        "/api/tasks", content=b"{nope", headers={"content-type": "application/json"}
-    )
+    r = await http.post("/api/tasks", content=b"{nope", headers={"content-type": "application/json"})
     assert r.status_code == 400 and "not valid JSON" in r.json()["detail"]
     r = await http.post("/api/tasks", content=b"")
     assert r.status_code == 400

@@ -48,20 +48,21 @@ async def test_index_this_repository(nats_server, js, config, data_dir):
     assert result["files"] > 20 and result["indexed"] == result["files"]
     assert result["languages"]["python"] > 10
     source = (REPO / "cogo/runtime/dispatcher.py").read_text().splitlines()
-    line = next(
-        i for i, text in enumerate(source, 1) if text.startswith("class ExecutorDispatcher")
-    )
+    line = next(i for i, text in enumerate(source, 1) if text.startswith("class ExecutorDispatcher"))
     rows = await _query(
-        nats_server, config, data_dir,
+        nats_server,
+        config,
+        data_dir,
         "SELECT path, kind, line, parent FROM code_symbols WHERE name = 'ExecutorDispatcher'"
         f" AND kind = 'class' AND repo = '{REPO}'",
-    )  # fmt: skip
+    )
     assert rows == [("cogo/runtime/dispatcher.py", "class", line, None)]
     files = await _query(
-        nats_server, config, data_dir,
-        f"SELECT language, lines FROM code_files WHERE repo = '{REPO}'"
-        " AND path = 'cogo/runtime/dispatcher.py'",
-    )  # fmt: skip
+        nats_server,
+        config,
+        data_dir,
+        f"SELECT language, lines FROM code_files WHERE repo = '{REPO}' AND path = 'cogo/runtime/dispatcher.py'",
+    )
     assert files == [("python", len(source))]
     # nothing from the virtualenv or git internals
     assert not [p for p in list_files(REPO) if p.startswith((".venv/", ".git/"))]
@@ -70,12 +71,19 @@ async def test_index_this_repository(nats_server, js, config, data_dir):
 async def test_reindex_is_incremental(nats_server, js, config, data_dir, tmp_path):
     repo = tmp_path / "repo"
     shutil.copytree(
-        REPO, repo,
+        REPO,
+        repo,
         ignore=shutil.ignore_patterns(
-            ".venv", ".git", ".cogo", ".tools", "__pycache__", "*.egg-info", ".*_cache",
+            ".venv",
+            ".git",
+            ".cogo",
+            ".tools",
+            "__pycache__",
+            "*.egg-info",
+            ".*_cache",
             "test-artifacts",
         ),
-    )  # fmt: skip
+    )
     (repo / "build").mkdir(exist_ok=True)
     (repo / "build" / "generated.py").write_text("class Generated: ...\n")
     (repo / "blob.bin").write_bytes(b"\x00\x01binary")
@@ -93,13 +101,14 @@ async def test_reindex_is_incremental(nats_server, js, config, data_dir, tmp_pat
     assert (third["indexed"], third["removed"]) == (1, 1)
     assert third["files"] == first["files"] - 1
     rows = await _query(
-        nats_server, config, data_dir,
+        nats_server,
+        config,
+        data_dir,
         f"SELECT path, name FROM code_symbols WHERE repo = '{repo}' AND kind = 'class'"
         " AND path IN ('cogo/agents/echo.py', 'cogo/runtime/reclaim.py', 'build/generated.py')",
-    )  # fmt: skip
+    )
     assert rows == [("cogo/agents/echo.py", "Echoed")]
-    count = await _query(nats_server, config, data_dir,
-                         f"SELECT count(*) FROM code_files WHERE repo = '{repo}'")  # fmt: skip
+    count = await _query(nats_server, config, data_dir, f"SELECT count(*) FROM code_files WHERE repo = '{repo}'")
     assert count == [(third["files"],)]
 
 
@@ -131,37 +140,51 @@ def test_light_extractors():
         "interface Props { a: string }\n"
     )
     assert {(s["kind"], s["name"], s["parent"]) for s in js} == {
-        ("import", "./x", None), ("class", "Foo", None), ("method", "constructor", "Foo"),
-        ("method", "run", "Foo"), ("function", "f", None), ("interface", "Props", None),
-    }  # fmt: skip
-    go = go_symbols(
-        'package x\nimport (\n  "fmt"\n)\ntype S struct {}\n'
-        "func (s *S) Run() error {\n}\nfunc main() {}\n"
-    )
+        ("import", "./x", None),
+        ("class", "Foo", None),
+        ("method", "constructor", "Foo"),
+        ("method", "run", "Foo"),
+        ("function", "f", None),
+        ("interface", "Props", None),
+    }
+    go = go_symbols('package x\nimport (\n  "fmt"\n)\ntype S struct {}\nfunc (s *S) Run() error {\n}\nfunc main() {}\n')
     assert {(s["kind"], s["name"], s["line"], s["parent"]) for s in go} == {
-        ("import", "fmt", 3, None), ("struct", "S", 5, None), ("method", "Run", 6, "S"),
+        ("import", "fmt", 3, None),
+        ("struct", "S", 5, None),
+        ("method", "Run", 6, "S"),
         ("function", "main", 8, None),
-    }  # fmt: skip
+    }
     rust = rust_symbols(
-        "use std::fmt;\npub struct P;\nimpl fmt::Display for P {\n"
-        "    fn fmt(&self) {}\n}\npub fn top() {}\n"
+        "use std::fmt;\npub struct P;\nimpl fmt::Display for P {\n    fn fmt(&self) {}\n}\npub fn top() {}\n"
     )
     assert {(s["kind"], s["name"], s["parent"]) for s in rust} == {
-        ("import", "std::fmt", None), ("struct", "P", None), ("impl", "P", None),
-        ("method", "fmt", "P"), ("function", "top", None),
-    }  # fmt: skip
+        ("import", "std::fmt", None),
+        ("struct", "P", None),
+        ("impl", "P", None),
+        ("method", "fmt", "P"),
+        ("function", "top", None),
+    }
 
 
 def test_walk_honours_gitignore_and_skips_virtualenvs(tmp_path):
     (tmp_path / ".gitignore").write_text("*.log\n/out/\nsecret*\n!secret_ok.txt\n")
-    for path in ["a.py", "x.log", "out/o.py", "sub/out/kept.py", "secret.txt", "secret_ok.txt",
-                 "env1/lib/site.py", "node_modules/m.js", "sub/.gitignore", "sub/y.tmp"]:  # fmt: skip
+    for path in [
+        "a.py",
+        "x.log",
+        "out/o.py",
+        "sub/out/kept.py",
+        "secret.txt",
+        "secret_ok.txt",
+        "env1/lib/site.py",
+        "node_modules/m.js",
+        "sub/.gitignore",
+        "sub/y.tmp",
+    ]:
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / path).write_text("tmp\n" if path == "sub/.gitignore" else "x\n")
     (tmp_path / "sub/.gitignore").write_text("*.tmp\n")
     (tmp_path / "env1/pyvenv.cfg").write_text("home = /usr\n")
-    assert list_files(tmp_path) == [".gitignore", "a.py", "secret_ok.txt", "sub/.gitignore",
-                                    "sub/out/kept.py"]  # fmt: skip
+    assert list_files(tmp_path) == [".gitignore", "a.py", "secret_ok.txt", "sub/.gitignore", "sub/out/kept.py"]
 
 
 async def test_indexing_workflow(nats_server, js, config, tmp_path):
@@ -197,17 +220,32 @@ def test_the_walk_ignores_exactly_what_git_ignores(tmp_path):
         "src/.gitignore": "*.gen.py\n!keep.gen.py\n",
         "src/deep/.gitignore": "!*.o\n",
     }
-    files = ["doc/x.txt", "doc/keep.txt", "doc/sub/y.txt", "a/cache/c.py", "cache/d.py",
-             "m.o", "src/deep/n.o", "build", "src/build/z.py", "top.md", "src/top.md",
-             "src/a.gen.py", "src/keep.gen.py", "src/ok.py"]  # fmt: skip
+    files = [
+        "doc/x.txt",
+        "doc/keep.txt",
+        "doc/sub/y.txt",
+        "a/cache/c.py",
+        "cache/d.py",
+        "m.o",
+        "src/deep/n.o",
+        "build",
+        "src/build/z.py",
+        "top.md",
+        "src/top.md",
+        "src/a.gen.py",
+        "src/keep.gen.py",
+        "src/ok.py",
+    ]
     for path, text in [*rules.items(), *((f, "x\n") for f in files)]:
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / path).write_text(text)
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
     listed = subprocess.run(
         ["git", "-C", str(tmp_path), "ls-files", "--others", "--exclude-standard"],
-        capture_output=True, text=True, check=True,
-    ).stdout.split()  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     walked = [p for p in _walk(tmp_path) if not p.startswith(".git/")]
     assert sorted(walked) == sorted(listed)
     assert "doc/sub/y.txt" in walked and "doc/x.txt" not in walked  # git's rule, not fnmatch's

@@ -47,18 +47,14 @@ def protocol_stream(rng: random.Random, count: int) -> bytes:
             hdr = f"NATS/1.0\r\nNats-Msg-Id: m{i}\r\nCogo-Reason: a: b\r\n\r\n".encode()
             reply = f" $JS.ACK.EVENTS.c.1.{i}.{i}.17000.{count - i}" if rng.random() < 0.8 else ""
             out.append(
-                f"HMSG events.x.{i} {rng.choice([1, 2, 3])}{reply} {len(hdr)} "
-                f"{len(hdr) + len(body)}\r\n".encode()
+                f"HMSG events.x.{i} {rng.choice([1, 2, 3])}{reply} {len(hdr)} {len(hdr) + len(body)}\r\n".encode()
                 + hdr
                 + body
                 + b"\r\n"
             )
         elif kind < 0.6:
             reply = f" _INBOX.r{i}" if rng.random() < 0.5 else ""
-            out.append(
-                f"MSG subj.{i} {rng.choice([1, 2, 3])}{reply} {len(body)}\r\n".encode()
-                + body + b"\r\n"
-            )  # fmt: skip
+            out.append(f"MSG subj.{i} {rng.choice([1, 2, 3])}{reply} {len(body)}\r\n".encode() + body + b"\r\n")
         elif kind < 0.7:
             status = rng.choice([b"404 No Messages", b"408 Request Timeout", b"100 Idle Heartbeat"])
             hdr = b"NATS/1.0 " + status + b"\r\n\r\n"
@@ -104,9 +100,7 @@ async def test_sinks_take_their_subscription_raw_and_the_rest_goes_to_the_client
     await parse_all(Parser(expected), stream, cuts)
     parser = IntakeParser(rest)
     sunk: list[tuple[Any, ...]] = []
-    parser.sinks[2] = lambda subject, reply, data, headers: sunk.append(
-        ("msg", 2, subject, reply, data, headers)
-    )
+    parser.sinks[2] = lambda subject, reply, data, headers: sunk.append(("msg", 2, subject, reply, data, headers))
     await parse_all(parser, stream, cuts)
     assert sunk == [c for c in expected.calls if c[:2] == ("msg", 2)]
     assert rest.calls == [c for c in expected.calls if c[:2] != ("msg", 2)]

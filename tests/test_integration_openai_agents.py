@@ -51,8 +51,7 @@ def script_refund(chat_server) -> None:
     chat_server.reply(None, tool_calls=[tool_call("refund", "c2", order_id=7, amount_usd=39.0)])
 
 
-STEPS = ["agent:model:0", "agent:tool:1:c1", "agent:model:1", "agent:model:2",
-         "agent:tool:3:c2", "agent:model:3"]  # fmt: skip
+STEPS = ["agent:model:0", "agent:tool:1:c1", "agent:model:1", "agent:model:2", "agent:tool:3:c2", "agent:model:3"]
 
 
 async def test_requests_go_through_ctx_llm_and_tools_are_steps(cogo_env, chat_server, tool_log):
@@ -64,8 +63,7 @@ async def test_requests_go_through_ctx_llm_and_tools_are_steps(cogo_env, chat_se
     first, _, third, fourth = chat_server.requests
     assert first["model"] == "gpt-4o-mini"
     assert "helpdesk" in first["messages"][0]["content"]
-    assert {t["function"]["name"] for t in first["tools"]} == {"lookup_order",
-                                                               "transfer_to_billing"}  # fmt: skip
+    assert {t["function"]["name"] for t in first["tools"]} == {"lookup_order", "transfer_to_billing"}
     assert {t["function"]["name"] for t in third["tools"]} == {"refund"}  # billing's turn
     # the SDK gives the model str() of a tool's result
     assert "'status': 'refunded'" in fourth["messages"][-1]["content"]
@@ -79,20 +77,15 @@ async def test_requests_go_through_ctx_llm_and_tools_are_steps(cogo_env, chat_se
     assert done["usage"]["tokens"] == sum(c["usage"]["tokens"] for c in calls) >= 60
 
 
-async def test_sigkill_after_the_second_tool_resends_and_reruns_nothing(
-    tmp_path, chat_server, tool_log
-):
+async def test_sigkill_after_the_second_tool_resends_and_reruns_nothing(tmp_path, chat_server, tool_log):
     """The worker is SIGKILLed while the fourth request (after the lookup, the handoff and the
     refund) is in flight: the redelivered task replays three requests and two tool calls from
     the journal, hands off again, and sends only the request that was cut off."""
     script_refund(chat_server)
     chat_server.reply("never seen", delay_s=60)  # the request the SIGKILL cuts off
     chat_server.reply(ANSWER)
-    env_vars = {"COGO_LLM_BASE_URL": chat_server.url, "COGO_LLM_API_KEY": "k",
-                "HELPDESK_TOOL_LOG": str(tool_log)}  # fmt: skip
-    async with CogoEnv(
-        "openai_agents_helpdesk:app", processes=True, data_dir=tmp_path / "env", env=env_vars
-    ) as env:
+    env_vars = {"COGO_LLM_BASE_URL": chat_server.url, "COGO_LLM_API_KEY": "k", "HELPDESK_TOOL_LOG": str(tool_log)}
+    async with CogoEnv("openai_agents_helpdesk:app", processes=True, data_dir=tmp_path / "env", env=env_vars) as env:
         handle = await env.client.submit(ROUTE, {"question": "Refund order 7"})
         deadline = time.monotonic() + 60
         while chat_server.calls < 4:
@@ -109,17 +102,14 @@ async def test_sigkill_after_the_second_tool_resends_and_reruns_nothing(
     steps = [e["data"]["step"] for e in events if e["type"] == "step_completed"]
     assert sorted(steps) == sorted(STEPS)
     (done,) = [e for e in events if e["type"] == "execute_done"]
-    assert done["usage"]["tokens"] == sum(
-        e["usage"]["tokens"] for e in events if e["type"] == "llm_call"
-    )
+    assert done["usage"]["tokens"] == sum(e["usage"]["tokens"] for e in events if e["type"] == "llm_call")
 
 
 async def test_the_budget_stops_a_runaway_loop(cogo_env, chat_server, tool_log):
-    chat_server.default = Reply(None, tool_calls=[tool_call("lookup_order", "c", order_id=8)],
-                                prompt_tokens=150, completion_tokens=40)  # fmt: skip
-    handle = await cogo_env.client.submit(
-        ROUTE, {"question": "loop"}, assignment={"max_tokens": 2000}
+    chat_server.default = Reply(
+        None, tool_calls=[tool_call("lookup_order", "c", order_id=8)], prompt_tokens=150, completion_tokens=40
     )
+    handle = await cogo_env.client.submit(ROUTE, {"question": "loop"}, assignment={"max_tokens": 2000})
     failed = await failure_of(handle)
     assert failed.code == "budget.tokens_exceeded"
     assert (await handle.status()).usage["tokens"] <= 2000
@@ -128,15 +118,11 @@ async def test_the_budget_stops_a_runaway_loop(cogo_env, chat_server, tool_log):
     assert runs(tool_log) == ["lookup_order"]
 
 
-async def test_a_model_the_route_does_not_allow_is_refused_before_any_request(
-    cogo_env, chat_server
-):
+async def test_a_model_the_route_does_not_allow_is_refused_before_any_request(cogo_env, chat_server):
     await a_model_the_route_does_not_allow_sends_nothing(cogo_env, chat_server, ROUTE)
 
 
-async def test_a_raising_tool_follows_the_routes_retry_policy(
-    cogo_env, chat_server, tool_log, monkeypatch
-):
+async def test_a_raising_tool_follows_the_routes_retry_policy(cogo_env, chat_server, tool_log, monkeypatch):
     monkeypatch.setenv("HELPDESK_REFUNDS_DOWN", "1")
     script_refund(chat_server)
     handle = await cogo_env.client.submit(ROUTE, {"question": "Refund order 7"})
@@ -175,11 +161,15 @@ async def test_runner_run_streamed_on_the_cogo_provider(tmp_path, chat_server, t
     async def streamed(ctx: cogo.TaskContext, payload: dict) -> dict:
         provider = cogo_agents.CogoModelProvider(ctx)
         agent = cogo_agents.journaled_agent(helpdesk.triage, provider)
-        run = Runner.run_streamed(agent, payload["question"], run_config=RunConfig(
-            model_provider=provider, tracing_disabled=True))  # fmt: skip
+        run = Runner.run_streamed(
+            agent, payload["question"], run_config=RunConfig(model_provider=provider, tracing_disabled=True)
+        )
         kinds = [event.type async for event in run.stream_events()]
-        return {"answer": run.final_output, "agent": run.last_agent.name,
-                "tool_events": kinds.count("run_item_stream_event")}  # fmt: skip
+        return {
+            "answer": run.final_output,
+            "agent": run.last_agent.name,
+            "tool_events": kinds.count("run_item_stream_event"),
+        }
 
     script_refund(chat_server)
     chat_server.reply(ANSWER)
@@ -218,12 +208,9 @@ async def test_mcp_tools_are_steps_and_a_retry_reruns_none(tmp_path, chat_server
 
     @app.agent("mcpsdk.ask.0", policy={"max_attempts": 3, "backoff": {"initial_ms": 100}})
     async def ask(ctx: cogo.TaskContext, payload: dict) -> str:
-        stamps = MCPServerStdio(
-            {"command": sys.executable, "args": [str(MCP_SERVER), str(log)]}, name="stamps"
-        )
+        stamps = MCPServerStdio({"command": sys.executable, "args": [str(MCP_SERVER), str(log)]}, name="stamps")
         async with stamps:
-            agent = Agent(name="stamper", model="gpt-4o-mini", tools=[flaky],
-                          mcp_servers=[stamps])  # fmt: skip
+            agent = Agent(name="stamper", model="gpt-4o-mini", tools=[flaky], mcp_servers=[stamps])
             return str((await cogo_agents.run(ctx, agent, payload["question"])).final_output)
 
     chat_server.reply(None, tool_calls=[tool_call("stamp", "m1", text="hello")])
@@ -237,8 +224,13 @@ async def test_mcp_tools_are_steps_and_a_retry_reruns_none(tmp_path, chat_server
     assert chat_server.calls == 3
     assert "[stamped] hello" in json.dumps(chat_server.requests[1]["messages"])
     steps = [(e["attempt"], e["data"]["step"]) for e in events if e["type"] == "step_completed"]
-    assert steps == [(1, "agent:model:0"), (1, "agent:tool:1:m1"), (1, "agent:model:1"),
-                     (2, "agent:tool:2:f1"), (2, "agent:model:2")]  # fmt: skip
+    assert steps == [
+        (1, "agent:model:0"),
+        (1, "agent:tool:1:m1"),
+        (1, "agent:model:1"),
+        (2, "agent:tool:2:f1"),
+        (2, "agent:model:2"),
+    ]
 
 
 # an Agents SDK agent whose tool is another Cogo agent (``agent_tool``: a child task)
@@ -252,11 +244,13 @@ callers.agent("oaicall.research.0", policy={"max_tokens": 500, "max_attempts": 2
 @callers.agent("oaicall.ask.0", policy={"max_tokens": 8000, "max_attempts": 2})
 async def ask(ctx: cogo.TaskContext, p: dict) -> dict:
     tool = helpdesk.cogo_agents.agent_tool(
-        ctx, "oaicall.research.0", name="research", description="Facts about a topic.",
+        ctx,
+        "oaicall.research.0",
+        name="research",
+        description="Facts about a topic.",
         parameters=RESEARCH_PARAMETERS,
-    )  # fmt: skip
-    researcher = Agent(name="researcher", model="gpt-4o-mini", tools=[tool],
-                       instructions="Research, then answer.")  # fmt: skip
+    )
+    researcher = Agent(name="researcher", model="gpt-4o-mini", tools=[tool], instructions="Research, then answer.")
     result = await helpdesk.cogo_agents.run(ctx, researcher, p["question"])
     return {"answer": result.final_output}
 
@@ -266,6 +260,4 @@ async def test_a_tool_that_is_another_cogo_agent_runs_as_a_child_task(tmp_path, 
     route, which wait for a signal while the parent suspends; resumed, the parent replays its
     first request from the journal and gets the children's results from ``ctx.call``: two
     requests, each child's work done once."""
-    await a_tool_that_is_a_cogo_agent_runs_as_a_child_task(
-        callers, "oaicall.ask.0", chat_server, tmp_path
-    )
+    await a_tool_that_is_a_cogo_agent_runs_as_a_child_task(callers, "oaicall.ask.0", chat_server, tmp_path)

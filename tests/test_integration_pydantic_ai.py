@@ -48,8 +48,7 @@ async def test_requests_go_through_ctx_llm_and_tools_are_steps(cogo_env, chat_se
     script_refund(chat_server)
     chat_server.reply("Refunded $39 for order 7.")
     handle = await cogo_env.client.submit(ROUTE, {"question": "Refund order 7"})
-    assert await handle.result(timeout=60) == {"answer": "Refunded $39 for order 7.",
-                                               "requests": 3}  # fmt: skip
+    assert await handle.result(timeout=60) == {"answer": "Refunded $39 for order 7.", "requests": 3}
     assert runs(tool_log) == ["lookup_order", "refund"]
     # the agent's own OpenAI mapping reached the endpoint: its instructions, tools, results
     first, _, third = chat_server.requests
@@ -59,31 +58,29 @@ async def test_requests_go_through_ctx_llm_and_tools_are_steps(cogo_env, chat_se
     assert json.loads(third["messages"][-1]["content"])["status"] == "refunded"
     events = await cogo_env.events(handle.task_id)
     calls = [e for e in events if e["type"] == "llm_call"]
-    assert [c["data"]["step"] for c in calls] == ["agent:model:0", "agent:model:1",
-                                                  "agent:model:2"]  # fmt: skip
+    assert [c["data"]["step"] for c in calls] == ["agent:model:0", "agent:model:1", "agent:model:2"]
     assert [e["data"]["step"] for e in events if e["type"] == "step_completed"] == [
-        "agent:model:0", "agent:tool:1:c1", "agent:model:1", "agent:tool:2:c2", "agent:model:2",
-    ]  # fmt: skip
+        "agent:model:0",
+        "agent:tool:1:c1",
+        "agent:model:1",
+        "agent:tool:2:c2",
+        "agent:model:2",
+    ]
     (done,) = [e for e in events if e["type"] == "execute_done"]
     # at least what the endpoint reported (3 x 15): a tool call's arguments can weigh more
     # than its reported completion tokens, and then the characters received are charged
     assert done["usage"]["tokens"] == sum(c["usage"]["tokens"] for c in calls) >= 45
 
 
-async def test_sigkill_after_the_second_tool_resends_and_reruns_nothing(
-    tmp_path, chat_server, tool_log
-):
+async def test_sigkill_after_the_second_tool_resends_and_reruns_nothing(tmp_path, chat_server, tool_log):
     """The worker is SIGKILLed while the third request (after both tools ran) is in flight:
     the redelivered task replays two requests and two tool calls from the journal and sends
     only the request that was cut off."""
     script_refund(chat_server)
     chat_server.reply("never seen", delay_s=60)  # the request the SIGKILL cuts off
     chat_server.reply("Refunded $39 for order 7.")
-    env_vars = {"COGO_LLM_BASE_URL": chat_server.url, "COGO_LLM_API_KEY": "k",
-                "HELPDESK_TOOL_LOG": str(tool_log)}  # fmt: skip
-    async with CogoEnv(
-        "pydantic_ai_helpdesk:app", processes=True, data_dir=tmp_path / "env", env=env_vars
-    ) as env:
+    env_vars = {"COGO_LLM_BASE_URL": chat_server.url, "COGO_LLM_API_KEY": "k", "HELPDESK_TOOL_LOG": str(tool_log)}
+    async with CogoEnv("pydantic_ai_helpdesk:app", processes=True, data_dir=tmp_path / "env", env=env_vars) as env:
         handle = await env.client.submit(ROUTE, {"question": "Refund order 7"})
         deadline = time.monotonic() + 60
         while chat_server.calls < 3:
@@ -98,21 +95,19 @@ async def test_sigkill_after_the_second_tool_resends_and_reruns_nothing(
     assert chat_server.calls == 4  # 3 before the kill (one cut off) + that one again
     assert runs(tool_log) == ["lookup_order", "refund"]  # no tool ran twice
     steps = [e["data"]["step"] for e in events if e["type"] == "step_completed"]
-    assert sorted(steps) == sorted(["agent:model:0", "agent:tool:1:c1", "agent:model:1",
-                                    "agent:tool:2:c2", "agent:model:2"])  # fmt: skip
+    assert sorted(steps) == sorted(
+        ["agent:model:0", "agent:tool:1:c1", "agent:model:1", "agent:tool:2:c2", "agent:model:2"]
+    )
     (done,) = [e for e in events if e["type"] == "execute_done"]
     # the replayed requests were charged once: by the delivery that died, reported by the next
-    assert done["usage"]["tokens"] == sum(
-        e["usage"]["tokens"] for e in events if e["type"] == "llm_call"
-    )
+    assert done["usage"]["tokens"] == sum(e["usage"]["tokens"] for e in events if e["type"] == "llm_call")
 
 
 async def test_the_budget_stops_a_runaway_loop(cogo_env, chat_server, tool_log):
-    chat_server.default = Reply(None, tool_calls=[tool_call("lookup_order", "c", order_id=8)],
-                                prompt_tokens=150, completion_tokens=40)  # fmt: skip
-    handle = await cogo_env.client.submit(
-        ROUTE, {"question": "loop"}, assignment={"max_tokens": 2000}
+    chat_server.default = Reply(
+        None, tool_calls=[tool_call("lookup_order", "c", order_id=8)], prompt_tokens=150, completion_tokens=40
     )
+    handle = await cogo_env.client.submit(ROUTE, {"question": "loop"}, assignment={"max_tokens": 2000})
     failed = await failure_of(handle)
     assert failed.code == "budget.tokens_exceeded"
     assert (await handle.status()).usage["tokens"] <= 2000
@@ -120,15 +115,11 @@ async def test_the_budget_stops_a_runaway_loop(cogo_env, chat_server, tool_log):
     assert len(runs(tool_log)) == chat_server.calls
 
 
-async def test_a_model_the_route_does_not_allow_is_refused_before_any_request(
-    cogo_env, chat_server
-):
+async def test_a_model_the_route_does_not_allow_is_refused_before_any_request(cogo_env, chat_server):
     await a_model_the_route_does_not_allow_sends_nothing(cogo_env, chat_server, ROUTE)
 
 
-async def test_a_raising_tool_follows_the_routes_retry_policy(
-    cogo_env, chat_server, tool_log, monkeypatch
-):
+async def test_a_raising_tool_follows_the_routes_retry_policy(cogo_env, chat_server, tool_log, monkeypatch):
     # refund raises cogo.WorkerError on every attempt: retried, then failed, and no finished
     # request or lookup ran again on the retries
     monkeypatch.setenv("HELPDESK_REFUNDS_DOWN", "1")
@@ -185,19 +176,30 @@ async def test_mcp_tool_calls_are_steps_and_a_retry_reruns_none(tmp_path, chat_s
     assert chat_server.calls == 3
     assert "[stamped] hello" in json.dumps(chat_server.requests[1]["messages"])
     steps = [(e["attempt"], e["data"]["step"]) for e in events if e["type"] == "step_completed"]
-    assert steps == [(1, "agent:model:0"), (1, "agent:tool:1:m1"), (1, "agent:model:1"),
-                     (2, "agent:tool:2:f1"), (2, "agent:model:2")]  # fmt: skip
+    assert steps == [
+        (1, "agent:model:0"),
+        (1, "agent:tool:1:m1"),
+        (1, "agent:model:1"),
+        (2, "agent:tool:2:f1"),
+        (2, "agent:model:2"),
+    ]
 
 
 # a Pydantic AI agent whose tool is another Cogo agent (``agent_tool``: a child task)
 callers = cogo.App("pyaicall")
 researcher = Agent(
-    "openai:gpt-4o-mini", defer_model_check=True, instructions="Research, then answer.",
-    tools=[helpdesk.cogo_ai.agent_tool(
-        "pyaicall.research.0", name="research", description="Facts about a topic.",
-        parameters=RESEARCH_PARAMETERS,
-    )],
-)  # fmt: skip
+    "openai:gpt-4o-mini",
+    defer_model_check=True,
+    instructions="Research, then answer.",
+    tools=[
+        helpdesk.cogo_ai.agent_tool(
+            "pyaicall.research.0",
+            name="research",
+            description="Facts about a topic.",
+            parameters=RESEARCH_PARAMETERS,
+        )
+    ],
+)
 
 
 # the shared child agent, on this app's own route
@@ -215,6 +217,4 @@ async def test_a_tool_that_is_another_cogo_agent_runs_as_a_child_task(tmp_path, 
     route, which wait for a signal while the parent suspends; resumed, the parent replays its
     first request from the journal and gets the children's results from ``ctx.call``: two
     requests, each child's work done once."""
-    await a_tool_that_is_a_cogo_agent_runs_as_a_child_task(
-        callers, "pyaicall.ask.0", chat_server, tmp_path
-    )
+    await a_tool_that_is_a_cogo_agent_runs_as_a_child_task(callers, "pyaicall.ask.0", chat_server, tmp_path)

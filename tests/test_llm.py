@@ -49,14 +49,16 @@ async def fails(handle: cogo.TaskHandle) -> cogo.TaskFailed:
 async def test_a_call_within_the_budget_is_recorded_and_charged(cogo_env, chat_server):
     chat_server.reply("Hello there.", prompt_tokens=12, completion_tokens=3)
     prompt = "word " * 400  # ~2,000 characters: ~500 tokens by the estimate
-    handle = await cogo_env.client.submit(
-        "rt.talk.0", {"prompt": prompt}, assignment={"max_tokens": 1500}
-    )
+    handle = await cogo_env.client.submit("rt.talk.0", {"prompt": prompt}, assignment={"max_tokens": 1500})
     reply = await handle.result(timeout=30)
     assert reply["content"] == "Hello there." and reply["finish_reason"] == "stop"
-    assert reply["usage"] == {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15,
-                              "cost_usd": pytest.approx((12 * 0.00015 + 3 * 0.0006) / 1000),
-                              "estimated": False}  # fmt: skip
+    assert reply["usage"] == {
+        "prompt_tokens": 12,
+        "completion_tokens": 3,
+        "total_tokens": 15,
+        "cost_usd": pytest.approx((12 * 0.00015 + 3 * 0.0006) / 1000),
+        "estimated": False,
+    }
     (request,) = chat_server.requests
     assert request["path"] == "/v1/chat/completions"
     assert request["headers"]["Authorization"] == "Bearer sk-test"
@@ -86,9 +88,7 @@ async def test_a_model_outside_the_allowance_sends_nothing(cogo_env, chat_server
 
 
 async def test_below_the_floor_no_call_is_made(cogo_env, chat_server):
-    tokens = await cogo_env.client.submit(
-        "rt.talk.0", {"prompt": "x" * 4000}, assignment={"max_tokens": 1000}
-    )
+    tokens = await cogo_env.client.submit("rt.talk.0", {"prompt": "x" * 4000}, assignment={"max_tokens": 1000})
     assert (await fails(tokens)).code == "budget.tokens_exceeded"
     # "pricey" costs $2 per 1,000 completion tokens: $0.01 pays for 5 of them
     cost = await cogo_env.client.submit(
@@ -132,13 +132,13 @@ async def test_429_and_5xx_are_retried_inside_the_attempt(cogo_env, chat_server)
     assert status.attempt == 1 and chat_server.calls == 3  # one attempt, three requests
     calls = llm_calls(await cogo_env.events(handle.task_id))
     assert [(c.get("error_code"), c["data"]["retry"]) for c in calls] == [
-        ("llm.error", 0), ("llm.error", 1), (None, 2),
-    ]  # fmt: skip
+        ("llm.error", 0),
+        ("llm.error", 1),
+        (None, 2),
+    ]
 
 
-async def test_when_retries_run_out_the_attempt_fails_with_a_retryable_llm_error(
-    cogo_env, chat_server
-):
+async def test_when_retries_run_out_the_attempt_fails_with_a_retryable_llm_error(cogo_env, chat_server):
     for _ in range(4):  # [llm] max_retries = 3: four requests in the first attempt
         chat_server.reply(status=500)
     chat_server.reply("second attempt")
@@ -156,9 +156,7 @@ async def test_a_refusal_is_not_retried(cogo_env, chat_server):
     assert failed.code == "llm.rejected" and failed.attempts == 1 and chat_server.calls == 1
 
 
-@pytest.mark.parametrize(
-    "raw", ["this is not json", '{"choices": []}', '{"choices": [{"message": 7}]}', "[1, 2]"]
-)
+@pytest.mark.parametrize("raw", ["this is not json", '{"choices": []}', '{"choices": [{"message": 7}]}', "[1, 2]"])
 async def test_a_malformed_reply_is_llm_bad_reply(cogo_env, chat_server, raw):
     for _ in range(3):
         chat_server.reply(raw=raw)
@@ -167,8 +165,11 @@ async def test_a_malformed_reply_is_llm_bad_reply(cogo_env, chat_server, raw):
 
 
 async def test_tool_calls_come_back_parsed(cogo_env, chat_server):
-    call = {"id": "call_1", "type": "function",
-            "function": {"name": "lookup", "arguments": json.dumps({"term": "budget"})}}  # fmt: skip
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "lookup", "arguments": json.dumps({"term": "budget"})},
+    }
     chat_server.reply(None, tool_calls=[call])
     tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
     handle = await cogo_env.client.submit("rt.talk.0", {"tools": tools})

@@ -90,9 +90,7 @@ async def test_usage_over_the_max_tokens_sent_is_charged_the_cap(cogo_env, chat_
 
 async def test_a_streamed_reply_is_cut_at_the_cap(cogo_env, chat_server):
     chat_server.reply(" ".join(["w"] * 40_000), prompt_tokens=1, completion_tokens=1, honest=False)
-    handle = await cogo_env.client.submit(
-        "rt.talk.0", {"prompt": "hi", "stream": True}, assignment={"max_attempts": 1}
-    )
+    handle = await cogo_env.client.submit("rt.talk.0", {"prompt": "hi", "stream": True}, assignment={"max_attempts": 1})
     with pytest.raises(cogo.TaskFailed):
         await handle.result(timeout=30)
     (call,) = llm_calls(await cogo_env.events(handle.task_id))

@@ -42,9 +42,7 @@ async def metrics_text(nc, js, config, data_dir) -> str:
     await projector.start()
     try:
         await projector.wait_caught_up()
-        async with facade(
-            nc, config, data_dir, extra_routes=metric_routes, projector=projector
-        ) as client:
+        async with facade(nc, config, data_dir, extra_routes=metric_routes, projector=projector) as client:
             response = await client.get("/metrics")
     finally:
         await projector.stop()
@@ -59,9 +57,7 @@ async def test_metrics_are_in_base_units_and_lint_clean(metrics_text):
     assert "_ms" not in text
     assert lint(text) == []
     count = next(
-        float(line.split()[-1])
-        for line in text.splitlines()
-        if line.startswith("cogo_attempt_duration_seconds_count")
+        float(line.split()[-1]) for line in text.splitlines() if line.startswith("cogo_attempt_duration_seconds_count")
     )
     assert count > 0
 

@@ -42,8 +42,7 @@ async def test_signed_and_retried_on_500(nats_server, js, config, webhook: Webho
         event, history = await _notify(js, webhook.url)
     assert event.type == "execute_done" and event.attempt == 2
     assert event.data["result"] == {"status_code": 200, "attempt": 2}
-    assert [e.type for e in history] == [
-        "execute_enqueued", "execute_retry", "execute_enqueued", "execute_done"]  # fmt: skip
+    assert [e.type for e in history] == ["execute_enqueued", "execute_retry", "execute_enqueued", "execute_done"]
     assert [r["status"] for r in webhook.requests] == [500, 200]
     for request in webhook.requests:
         headers = request["headers"]
@@ -120,9 +119,7 @@ def test_concurrent_first_starts_agree_on_one_secret(tmp_path, monkeypatch):
     processes, rounds = 6, 15
     dirs = [str(tmp_path / f"round{i}") for i in range(rounds)]
     barrier, out = ctx.Barrier(processes), ctx.Queue()
-    workers = [
-        ctx.Process(target=_secrets_in_race, args=(dirs, barrier, out)) for _ in range(processes)
-    ]
+    workers = [ctx.Process(target=_secrets_in_race, args=(dirs, barrier, out)) for _ in range(processes)]
     for worker in workers:
         worker.start()
     seen: dict[str, set[bytes]] = {}

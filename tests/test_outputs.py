@@ -48,9 +48,11 @@ async def test_a_retried_tasks_output_has_both_attempts_and_one_end(cogo_env):
     handle = await cogo_env.client.submit("rt.speak.0", {"lines": 2, "fail_until": 2})
     chunks = [c async for c in handle.stream()]
     assert [(c.attempt, c.seq, c.data) for c in chunks] == [
-        (1, 1, {"line": 0, "attempt": 1}), (1, 2, {"line": 1, "attempt": 1}),
-        (2, 1, {"line": 0, "attempt": 2}), (2, 2, {"line": 1, "attempt": 2}),
-    ]  # fmt: skip
+        (1, 1, {"line": 0, "attempt": 1}),
+        (1, 2, {"line": 1, "attempt": 1}),
+        (2, 1, {"line": 0, "attempt": 2}),
+        (2, 2, {"line": 1, "attempt": 2}),
+    ]
     assert await handle.result(timeout=10) == {"lines": 2}
     raw = await stored(cogo_env, handle.task_id)
     assert [o.end for o in raw] == [False] * 4 + [True]
@@ -76,18 +78,14 @@ async def test_a_task_that_never_emitted_has_no_output_and_its_stream_ends(cogo_
 @pytest.fixture
 async def http(cogo_env):
     nc, data_dir = cogo_env.client.nc, cogo_env.data_dir
-    async with facade(
-        nc, cogo_env.config, data_dir, projector=cogo_env.projector, timeout=30
-    ) as client:
+    async with facade(nc, cogo_env.config, data_dir, projector=cogo_env.projector, timeout=30) as client:
         yield client
 
 
 def sse(text: str) -> list[dict]:
     events = []
     for block in text.split("\n\n"):
-        fields = dict(
-            line.split(": ", 1) for line in block.splitlines() if line and not line.startswith(":")
-        )
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if line and not line.startswith(":"))
         if fields:
             events.append({**fields, "data": json.loads(fields["data"])})
     return events
@@ -102,14 +100,18 @@ async def test_sse_replays_from_the_first_chunk_and_closes_after_the_end(cogo_en
     chunks, end = events[:-1], events[-1]
     assert [e["event"] for e in chunks] == ["chunk"] * 6 and end["event"] == "end"
     assert [(e["data"]["attempt"], e["data"]["seq"]) for e in chunks] == [
-        (1, 1), (1, 2), (1, 3), (2, 1), (2, 2), (2, 3),
-    ]  # fmt: skip
+        (1, 1),
+        (1, 2),
+        (1, 3),
+        (2, 1),
+        (2, 2),
+        (2, 3),
+    ]
     assert end["data"]["status"] == "succeeded"
     ids = [int(e["id"]) for e in chunks]
     assert ids == sorted(ids)
     # a client that reconnects with Last-Event-ID gets what came after
-    again = sse((await http.get(f"/api/tasks/{handle.task_id}/stream",
-                                headers={"Last-Event-ID": str(ids[3])})).text)  # fmt: skip
+    again = sse((await http.get(f"/api/tasks/{handle.task_id}/stream", headers={"Last-Event-ID": str(ids[3])})).text)
     assert [e["data"]["seq"] for e in again[:-1]] == [2, 3] and again[-1]["event"] == "end"
 
 
@@ -124,15 +126,26 @@ async def test_sse_of_an_unknown_task_is_404_and_of_a_silent_one_just_ends(cogo_
 
 async def test_cogo_submit_follow_prints_the_output_then_the_status(cogo_env):
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "cogo", "submit", "--nats-url", cogo_env.url,
-        "--route", "rt.speak.0", "--payload", json.dumps({"lines": 2}), "--follow",
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
+        sys.executable,
+        "-m",
+        "cogo",
+        "submit",
+        "--nats-url",
+        cogo_env.url,
+        "--route",
+        "rt.speak.0",
+        "--payload",
+        json.dumps({"lines": 2}),
+        "--follow",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()
     lines = out.decode().splitlines()
     assert json.loads(lines[0])["task_id"]
     assert [json.loads(line) for line in lines[1:3]] == [
-        {"line": 0, "attempt": 1}, {"line": 1, "attempt": 1},
-    ]  # fmt: skip
+        {"line": 0, "attempt": 1},
+        {"line": 1, "attempt": 1},
+    ]
     assert json.loads(lines[3])["status"] == "succeeded"

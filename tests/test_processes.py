@@ -20,9 +20,7 @@ from tests.helpers import EventReader, running, submit, wait_until
 from tests.upsystem import cogo, cogo_up, stop
 
 
-async def test_killed_worker_is_reclaimed_and_task_finishes_once(
-    nats_server, js, config, config_path
-):
+async def test_killed_worker_is_reclaimed_and_task_finishes_once(nats_server, js, config, config_path):
     args = ["run", "echo", "--nats-url", nats_server.url, "--config", str(config_path)]
     first = cogo(*args)
     async with running(nats_server.url, config, ExecutorDispatcher):
@@ -98,8 +96,7 @@ async def test_cogo_up_twice_keeps_events_and_serves_http(tmp_path, config_path)
         async with httpx.AsyncClient(base_url=info["http_url"], timeout=10) as http:
             assert (await http.get("/healthz")).json()["status"] == "ok"
             assert (await http.post("/api/tasks", json={"route": "echo.run.0"})).status_code == 401
-            r = await http.post("/api/tasks", json={"route": "echo.run.0", "payload": {"result": 1}},
-                                headers=headers)  # fmt: skip
+            r = await http.post("/api/tasks", json={"route": "echo.run.0", "payload": {"result": 1}}, headers=headers)
             assert r.status_code == 202, r.text
             first_id = r.json()["task_id"]
         nc = await connect(info["nats_url"], "test")
@@ -153,9 +150,7 @@ async def test_thousand_mixed_tasks_through_cogo_up(tmp_path, config_path):
                 )
             expected[tid] = want
             body = {"task_id": tid, "route": "echo.run.0", "payload": payload}
-            futures.append(
-                await js.publish_async(EXECUTE_SUBJECT, encoder.encode(body), headers={MSG_ID: tid})
-            )
+            futures.append(await js.publish_async(EXECUTE_SUBJECT, encoder.encode(body), headers={MSG_ID: tid}))
         await asyncio.gather(*futures)
         reader = EventReader(js)
         await reader.wait_terminal(expected, timeout=120)
@@ -170,16 +165,24 @@ async def test_thousand_mixed_tasks_through_cogo_up(tmp_path, config_path):
         await nc.close()
 
         # the projection agrees, through the running instance
-        expected_counts = {"execute_enqueued": 1000, "execute_retry": 500,
-                           "execute_failed": 500, "execute_done": 500}  # fmt: skip
+        expected_counts = {"execute_enqueued": 1000, "execute_retry": 500, "execute_failed": 500, "execute_done": 500}
         counts: dict = {}
         for _ in range(100):
             out = await asyncio.to_thread(
                 subprocess.run,
-                [sys.executable, "-m", "cogo", "sql", "--json", "--data-dir", str(tmp_path / "up"),
-                 "SELECT type, count(*) AS n FROM bus_events GROUP BY 1"],
-                capture_output=True, timeout=30,
-            )  # fmt: skip
+                [
+                    sys.executable,
+                    "-m",
+                    "cogo",
+                    "sql",
+                    "--json",
+                    "--data-dir",
+                    str(tmp_path / "up"),
+                    "SELECT type, count(*) AS n FROM bus_events GROUP BY 1",
+                ],
+                capture_output=True,
+                timeout=30,
+            )
             assert out.returncode == 0, out.stderr
             counts = {row[0]: row[1] for row in json.loads(out.stdout)["rows"]}
             if counts == expected_counts:
@@ -188,9 +191,7 @@ async def test_thousand_mixed_tasks_through_cogo_up(tmp_path, config_path):
         assert counts == expected_counts
         headers = {"Authorization": f"Bearer {info['api_token']}"}
         async with httpx.AsyncClient(base_url=info["http_url"], headers=headers) as http:
-            latency = (
-                await http.get("/api/metrics/bus/latency", params={"route": "echo.run.0"})
-            ).json()
+            latency = (await http.get("/api/metrics/bus/latency", params={"route": "echo.run.0"})).json()
         (echo,) = [r for r in latency["routes"] if r["route"] == "echo.run.0"]
         assert (
             echo["count"] == 1000
@@ -202,9 +203,7 @@ async def test_thousand_mixed_tasks_through_cogo_up(tmp_path, config_path):
         stop(proc)
 
 
-async def test_reclaim_lists_consumers_and_dead_letters_stranded(
-    nats_server, js, config, config_path
-):
+async def test_reclaim_lists_consumers_and_dead_letters_stranded(nats_server, js, config, config_path):
     # a message that exhausted max_deliver while no dispatcher listened for the advisory
     tid = new_id()
     async with running(nats_server.url, config, ExecutorDispatcher):
@@ -218,10 +217,21 @@ async def test_reclaim_lists_consumers_and_dead_letters_stranded(
         await sub.fetch(1, timeout=1)  # the server now gives up on it (no redelivery)
     out = await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "cogo", "reclaim", "--dead-letter", "--nats-url", nats_server.url,
-         "--config", str(config_path)],
-        capture_output=True, timeout=30, check=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "cogo",
+            "reclaim",
+            "--dead-letter",
+            "--nats-url",
+            nats_server.url,
+            "--config",
+            str(config_path),
+        ],
+        capture_output=True,
+        timeout=30,
+        check=True,
+    )
     report = json.loads(out.stdout)
     echo = next(c for c in report["consumers"] if c["route"] == "echo.run.0")
     assert [s["seq"] for s in echo["stranded"]] and echo["dead_lettered"] == 1

@@ -121,15 +121,17 @@ async def test_harness_runs_a_handler_with_validation_usage_and_output():
 async def test_harness_steps_llm_calls_and_signals():
     calls: list[Any] = []
     env = AgentEnvironment(
-        llm=["hello"], signals={"approve": True},
+        llm=["hello"],
+        signals={"approve": True},
         calls={"proj.count.0": lambda payload: calls.append(payload) or {"words": 1}},
-    )  # fmt: skip
+    )
     result = await env.run(think, Text(text="hi"))
     assert result == {"upper": "HI", "reply": "hello", "child": {"words": 1}, "ok": True}
     assert env.step_runs == ["upper"] and env.slept == [5.0] and calls == [{"text": "HI"}]
     # a retried attempt replays the journal: the step's function does not run again
-    replay = AgentEnvironment(llm=["again"], steps=env.steps, signals={"approve": False},
-                              calls={"proj.count.0": {"words": 9}})  # fmt: skip
+    replay = AgentEnvironment(
+        llm=["again"], steps=env.steps, signals={"approve": False}, calls={"proj.count.0": {"words": 9}}
+    )
     assert (await replay.run(think, Text(text="ignored")))["upper"] == "HI"
     assert replay.step_runs == []
 
@@ -156,8 +158,7 @@ async def test_harness_llm_against_the_chat_server_and_a_reused_step_name():
     async def ask(ctx: cogo.TaskContext, doc: dict[str, Any]) -> str | None:
         return (await ctx.llm.chat([{"role": "user", "content": "x"}], model=doc["model"])).content
 
-    strict = AgentEnvironment(llm=["fine"], policy={"model": "small",
-                                                    "ceilings": {"allowed_models": ["small"]}})  # fmt: skip
+    strict = AgentEnvironment(llm=["fine"], policy={"model": "small", "ceilings": {"allowed_models": ["small"]}})
     with pytest.raises(ModelNotAllowed):  # refused before anything is sent, as ctx.llm does
         await strict.run(ask, {"model": "big"})
     assert strict.llm_requests == []
@@ -226,8 +227,10 @@ def test_workflow_defs_reports_what_planning_refuses():
     """Item 10: an expression outside the language is reported by `defs`."""
     from cogo.workflows.planner import expression_problems
 
-    nodes = [{"id": "g", "type": "gate", "condition": "__import__('os')"},
-             {"id": "p", "type": "publish", "route": "a.b.0", "payload": {"t": "${params.x}"}}]  # fmt: skip
+    nodes = [
+        {"id": "g", "type": "gate", "condition": "__import__('os')"},
+        {"id": "p", "type": "publish", "route": "a.b.0", "payload": {"t": "${params.x}"}},
+    ]
     (problem,) = expression_problems(nodes, ["nodes"])
     assert problem["loc"] == ["nodes", 0, "condition"]
 
@@ -323,9 +326,12 @@ def test_readme_is_short_and_every_code_reference_resolves_in_the_repository():
 
 def _cogo(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "cogo", *args], capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "cogo", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
         cwd=ROOT,
-    )  # fmt: skip
+    )
 
 
 def test_dashboard_first_visit_and_whole_count_axis():

@@ -66,10 +66,15 @@ async def workload(nats_server: Any, js: Any, config: Any) -> EventReader:
 async def dead_letter(js: Any, n: int) -> None:
     for seq in range(1, n + 1):
         await publish_dead_letter(
-            js, subject="echo.run.0", data=b'{"task_id": "dead-%d", "route": "echo.run.0"}' % seq,
-            seq=1000 + seq, deliveries=3, code="dead_letter", reason="gave up after 3 deliveries",
+            js,
+            subject="echo.run.0",
+            data=b'{"task_id": "dead-%d", "route": "echo.run.0"}' % seq,
+            seq=1000 + seq,
+            deliveries=3,
+            code="dead_letter",
+            reason="gave up after 3 deliveries",
             actor="dispatcher@test:1",
-        )  # fmt: skip
+        )
 
 
 def snapshot(path: Path) -> dict[str, list[tuple[Any, ...]]]:
@@ -93,7 +98,7 @@ def snapshot(path: Path) -> dict[str, list[tuple[Any, ...]]]:
                 "workflow_runs",
                 "rollup_state",
             ]
-        },  # fmt: skip
+        },
     }
     con = duckdb.connect(str(path), read_only=True)
     try:
@@ -112,9 +117,7 @@ def quantile(values: list[float], q: float) -> float:
 
 
 def app_for(nc: Any, js: Any, config: Any, data_dir: Path, projector: Any = None) -> Any:
-    state = AppState(
-        nc=nc, config=config, policies=PolicyStore(js), data_dir=data_dir, projector=projector
-    )
+    state = AppState(nc=nc, config=config, policies=PolicyStore(js), data_dir=data_dir, projector=projector)
     return create_app(state, extra_routes=metric_routes)
 
 
@@ -134,8 +137,7 @@ async def test_projects_every_event_once_with_its_columns(nats_server, nc, js, c
         )
         tasks = await projector.store.read(
             lambda cur: cur.execute(
-                "SELECT task_id, status, attempts, retries, error_code, queue_wait_ms, duration_ms "
-                "FROM task_latency"
+                "SELECT task_id, status, attempts, retries, error_code, queue_wait_ms, duration_ms FROM task_latency"
             ).fetchall()
         )
         dlq = await projector.store.read(
@@ -145,8 +147,7 @@ async def test_projects_every_event_once_with_its_columns(nats_server, nc, js, c
         )
         stats = projector.stats()
         # both feeds read through the fast intake path, not nats-py's per-message one
-        assert all(state.feed is not None and state.feed.direct
-                   for state in projector.streams.values())  # fmt: skip
+        assert all(state.feed is not None and state.feed.direct for state in projector.streams.values())
     events = reader.events
     assert len(rows) == len(events)
     assert len({r[0] for r in rows}) == len(rows)
@@ -155,8 +156,11 @@ async def test_projects_every_event_once_with_its_columns(nats_server, nc, js, c
         assert row[2] == event.type and row[4] == event.task_id and row[5] == event.route
         assert row[3] == dt.datetime.strptime(event.at, "%Y-%m-%dT%H:%M:%S.%fZ")
         assert (row[6], row[7], row[8], row[10]) == (
-            event.attempt, event.queue_wait_ms, event.duration_ms, event.error_code,
-        )  # fmt: skip
+            event.attempt,
+            event.queue_wait_ms,
+            event.duration_ms,
+            event.error_code,
+        )
         assert row[9] == (event.usage.tokens if event.usage else None)
     by_task = {t[0]: t for t in tasks}
     terminal = {tid: evs[0] for tid, evs in reader.terminal().items()}
@@ -181,15 +185,11 @@ async def test_malformed_messages_are_kept_not_fatal(nc, js, data_dir, config):
     await js.publish("events.junk", b"not json at all")
     await js.publish("events.junk", b'{"pretty":\n  "printed"}')
     await js.publish("events.junk", b"[1, 2, 3]")
-    await js.publish(
-        "events.junk", b'{"event_id": "x", "type": "odd", "attempt": "three", "at": "?"}'
-    )
+    await js.publish("events.junk", b'{"event_id": "x", "type": "odd", "attempt": "three", "at": "?"}')
     async with projecting(nc, config, data_dir) as projector:
         await projector.wait_caught_up()
         rows = await projector.store.read(
-            lambda cur: cur.execute(
-                'SELECT seq, type, attempt, "at", raw FROM bus_events ORDER BY seq'
-            ).fetchall()
+            lambda cur: cur.execute('SELECT seq, type, attempt, "at", raw FROM bus_events ORDER BY seq').fetchall()
         )
     assert [r[0] for r in rows] == [1, 2, 3, 4]
     assert rows[0][1] is None and rows[0][4] == '"not json at all"'
@@ -201,17 +201,21 @@ async def test_malformed_messages_are_kept_not_fatal(nc, js, data_dir, config):
 def test_fast_and_checked_inserts_write_the_same_rows(tmp_path):
     # every body valid JSON (so the fast statement does not fall back), of every shape
     bodies = [
-        b"[1, 2, 3]", b'"a string"', b"5", b"null", b"{}", b"true",
+        b"[1, 2, 3]",
+        b'"a string"',
+        b"5",
+        b"null",
+        b"{}",
+        b"true",
         b'{"event_id": "x", "type": "odd", "attempt": "three", "at": "?"}',
         b'{"type": "t", "attempt": 99999999999, "usage": {}, "data": {"deadline": 3}}',
         b'{"type": "t", "usage": {"tokens": 5}, "at": "2026-01-02T03:04:05.678901Z"}',
         b' {"type": "padded", "error": "caf\\u00e9 \\ud83d\\ude00", "data": {"x": [1, {}]}}',
         b'{"type": "unicode \\u00fc", "route": "r\\u0000", "cohort": null}',
-    ] + [body for _, body, _ in synthetic_events(50)]  # fmt: skip
+    ] + [body for _, body, _ in synthetic_events(50)]
     seqs = list(range(1, len(bodies) + 1))
     tables = []
-    for name, sql in (("fast", store_module._INSERT_EVENTS_FAST),
-                      ("checked", store_module._INSERT_EVENTS)):  # fmt: skip
+    for name, sql in (("fast", store_module._INSERT_EVENTS_FAST), ("checked", store_module._INSERT_EVENTS)):
         store = store_module.ProjectionStore(tmp_path / f"{name}.duckdb", readers=0)
         store.open_sync()
         try:
@@ -293,12 +297,9 @@ async def test_exactly_once_across_kill_9(nats_server, js, data_dir):
     con = duckdb.connect(str(db_path(data_dir)), read_only=True)
     try:
         count, seqs, ids, low, high = con.execute(
-            "SELECT count(*), count(DISTINCT seq), count(DISTINCT event_id), min(seq), max(seq) "
-            "FROM bus_events"
+            "SELECT count(*), count(DISTINCT seq), count(DISTINCT event_id), min(seq), max(seq) FROM bus_events"
         ).fetchone()
-        checkpoint = con.execute(
-            "SELECT last_seq FROM projector_checkpoint WHERE stream = 'EVENTS'"
-        ).fetchone()[0]
+        checkpoint = con.execute("SELECT last_seq FROM projector_checkpoint WHERE stream = 'EVENTS'").fetchone()[0]
     finally:
         con.close()
     assert (count, seqs, ids, low, high, checkpoint) == (total, total, total, 1, total, total)
@@ -307,9 +308,7 @@ async def test_exactly_once_across_kill_9(nats_server, js, data_dir):
 # -- replay ----------------------------------------------------------------------------
 
 
-async def test_replay_rebuilds_identical_projection(
-    nats_server, nc, js, config, data_dir, tmp_path
-):
+async def test_replay_rebuilds_identical_projection(nats_server, nc, js, config, data_dir, tmp_path):
     await workload(nats_server, js, config)
     await dead_letter(js, 3)
     async with projecting(nc, config, data_dir, batch=7) as projector:
@@ -326,9 +325,7 @@ async def test_replay_rebuilds_identical_projection(
         await js.publish("events.after_replay", b'{"event_id": "late", "type": "late"}')
         await projector.wait_caught_up()
         late = await projector.store.read(
-            lambda cur: cur.execute(
-                "SELECT count(*) FROM bus_events WHERE type = 'late'"
-            ).fetchone()
+            lambda cur: cur.execute("SELECT count(*) FROM bus_events WHERE type = 'late'").fetchone()
         )
     assert after == before
     assert late == (1,)
@@ -373,9 +370,7 @@ async def test_projector_and_replay_survive_aged_out_events(nc, js, config, data
         await projector.wait_caught_up()
         stats = projector.stats()["streams"]["EVENTS"]
         rows = await projector.store.read(
-            lambda cur: cur.execute(
-                "SELECT count(*), min(seq), max(seq) FROM bus_events"
-            ).fetchone()
+            lambda cur: cur.execute("SELECT count(*), min(seq), max(seq) FROM bus_events").fetchone()
         )
     # 1..100 were projected before, then left the stream: the projection lets them go too;
     # 101..150 left before they were projected; 151..200 are projected now
@@ -480,9 +475,7 @@ async def test_latency_api_percentiles_match_the_raw_events(nats_server, nc, js,
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://cogo") as client:
             response = await client.get("/api/metrics/bus/latency", params={"window": "15m"})
-            filtered = await client.get(
-                "/api/metrics/bus/latency", params={"route": "nope.run.0", "window": "all"}
-            )
+            filtered = await client.get("/api/metrics/bus/latency", params={"route": "nope.run.0", "window": "all"})
             series = await client.get("/api/metrics/bus/latency", params={"bucket": "1m"})
             bad = await client.get(
                 "/api/metrics/bus/latency",
@@ -499,12 +492,11 @@ async def test_latency_api_percentiles_match_the_raw_events(nats_server, nc, js,
         for label, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99)):
             # histogram percentiles: within the stated relative error of the exact ones
             exact = quantile(values, q)
-            assert echo[key][label] == pytest.approx(
-                exact, rel=histogram.RELATIVE_ERROR, abs=histogram.FLOOR_MS
-            ), (key, label)
-    assert echo["failures"] == sum(
-        e.type == "execute_failed" for e in reader.events if e.route == "echo.run.0"
-    )
+            assert echo[key][label] == pytest.approx(exact, rel=histogram.RELATIVE_ERROR, abs=histogram.FLOOR_MS), (
+                key,
+                label,
+            )
+    assert echo["failures"] == sum(e.type == "execute_failed" for e in reader.events if e.route == "echo.run.0")
     assert echo["retries"] == sum(e.type == "execute_retry" for e in reader.events) >= 4
     assert echo["done"] == sum(e.type == "execute_done" for e in reader.events)
     assert filtered.json()["routes"] == []

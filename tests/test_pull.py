@@ -22,8 +22,11 @@ async def test_ack_tokens_of_real_deliveries_match_nats_py(nc, js):
         meta = msg.metadata
         delivered, sseq, cseq, ts_ns, pending = ack_tokens(msg.reply)
         assert (delivered, sseq, cseq, pending) == (
-            meta.num_delivered, meta.sequence.stream, meta.sequence.consumer, meta.num_pending,
-        )  # fmt: skip
+            meta.num_delivered,
+            meta.sequence.stream,
+            meta.sequence.consumer,
+            meta.num_pending,
+        )
         assert abs(ts_ns / 1e9 - meta.timestamp.timestamp()) < 1e-3
 
 

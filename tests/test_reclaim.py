@@ -39,9 +39,7 @@ async def test_shipped_ack_wait_is_short():
     assert load_config(None).bus.ack_wait_s <= 3.0  # what the issue asks of a reclaim
 
 
-async def test_a_sigkilled_worker_is_restarted_and_its_task_ends_once(
-    nats_server, js, config, config_path
-):
+async def test_a_sigkilled_worker_is_restarted_and_its_task_ends_once(nats_server, js, config, config_path):
     supervisor = Supervisor()
     args = ["run", "echo", "--nats-url", nats_server.url, "--config", str(config_path)]
     child = supervisor.add("echo", lambda: spawn(args))
@@ -71,9 +69,7 @@ async def test_a_sigkilled_worker_is_restarted_and_its_task_ends_once(
     assert done.actor.endswith(f":{child.process.pid}")  # the restarted worker finished it
 
 
-async def test_a_live_handler_running_many_ack_waits_runs_once(
-    nats_server, js, config, config_path
-):
+async def test_a_live_handler_running_many_ack_waits_runs_once(nats_server, js, config, config_path):
     seconds = 6 * config.bus.ack_wait_s
     args = ["run", "echo", "--nats-url", nats_server.url, "--config", str(config_path)]
     worker = spawn(args)

@@ -41,9 +41,16 @@ async def _queued_order(url, js, config):
 def _report(order) -> bytes:
     now = time.time()
     return encoder.encode(
-        WorkResult(order=order, ok=True, actor="old-worker@1", claimed_at=now,
-                   queue_wait_ms=1.0, duration_ms=1.0, result="from an old worker")
-    )  # fmt: skip
+        WorkResult(
+            order=order,
+            ok=True,
+            actor="old-worker@1",
+            claimed_at=now,
+            queue_wait_ms=1.0,
+            duration_ms=1.0,
+            result="from an old worker",
+        )
+    )
 
 
 async def test_reports_are_one_record_each_and_trimmed(nats_server, js, config, monkeypatch):
@@ -65,9 +72,7 @@ async def test_reports_are_one_record_each_and_trimmed(nats_server, js, config, 
     assert old.delivered.stream_seq == 0
 
 
-async def test_a_report_left_on_tasks_by_an_older_worker_completes_its_task(
-    nats_server, js, config
-):
+async def test_a_report_left_on_tasks_by_an_older_worker_completes_its_task(nats_server, js, config):
     tid, order = await _queued_order(nats_server.url, js, config)
     # what a worker of a version before RESULTS sends: its report on TASKS
     await js.publish(RESULT_SUBJECT, _report(order), headers={MSG_ID: f"{tid}:1:result"})
@@ -80,9 +85,7 @@ async def test_a_report_left_on_tasks_by_an_older_worker_completes_its_task(
 
 
 @pytest.mark.parametrize("malformed", [False, True])
-async def test_a_report_never_handled_fails_once_and_is_not_redelivered(
-    nats_server, js, config, malformed
-):
+async def test_a_report_never_handled_fails_once_and_is_not_redelivered(nats_server, js, config, malformed):
     tid, order = await _queued_order(nats_server.url, js, config)
     body = b"{not a report" if malformed else _report(order)
     ack = await js.publish(RESULTS_SUBJECT, body, headers={MSG_ID: f"{tid}:1:result"})

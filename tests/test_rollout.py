@@ -40,9 +40,7 @@ ROUTE = "echo.run.0"
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-async def drive_until_final(
-    http: httpx.AsyncClient, js: Any, rollout_id: str, timeout: float = 50.0
-) -> dict[str, Any]:
+async def drive_until_final(http: httpx.AsyncClient, js: Any, rollout_id: str, timeout: float = 50.0) -> dict[str, Any]:
     """Keep real traffic flowing (25 tasks every 0.25 s) until the rollout is over."""
     deadline = time.monotonic() + timeout
     sent = 0
@@ -73,17 +71,26 @@ async def dispatcher_sees_split(js: Any, timeout: float = 15.0) -> None:
 
 
 def rollout_events(reader: EventReader, rollout_id: str) -> list[Any]:
-    return [e for e in reader.events if e.type.startswith("rollout_")
-            and (e.data or {}).get("rollout_id") == rollout_id]  # fmt: skip
+    return [
+        e for e in reader.events if e.type.startswith("rollout_") and (e.data or {}).get("rollout_id") == rollout_id
+    ]
 
 
 async def test_good_candidate_goes_through_every_stage_to_100(tmp_path, config_path):
     async with up_with_candidate(tmp_path / "up", config_path) as (http, js, _):
-        started = await http.post("/api/rollouts", json={
-            "route": ROUTE, "candidate": "v2", "slo": {"p90_ms": 5000}, "min_samples": 15,
-            "dev_e2e_tasks": 3, "smoke_tasks": 10, "stage_timeout_s": 30,
-            "sample_payload": {"result": "sample"},
-        })  # fmt: skip
+        started = await http.post(
+            "/api/rollouts",
+            json={
+                "route": ROUTE,
+                "candidate": "v2",
+                "slo": {"p90_ms": 5000},
+                "min_samples": 15,
+                "dev_e2e_tasks": 3,
+                "smoke_tasks": 10,
+                "stage_timeout_s": 30,
+                "sample_payload": {"result": "sample"},
+            },
+        )
         assert started.status_code == 201, started.text
         rollout_id = started.json()["id"]
         conflict = await http.post("/api/rollouts", json={"route": ROUTE, "candidate": "v3"})
@@ -95,9 +102,7 @@ async def test_good_candidate_goes_through_every_stage_to_100(tmp_path, config_p
         assert all(s["status"] == "passed" for s in rollout["stages"]), rollout["stages"]
         canary = rollout["stages"][2]
         assert canary["percent"] == 10 and canary["samples"]["candidate"]["finished"] >= 15
-        assert (
-            canary["samples"]["baseline"]["finished"] > canary["samples"]["candidate"]["finished"]
-        )
+        assert canary["samples"]["baseline"]["finished"] > canary["samples"]["candidate"]["finished"]
         gate_names = {g["name"] for g in canary["gates"]}
         assert gate_names == {"samples", "failure_rate", "latency_p90", "decision_quality"}
 
@@ -115,8 +120,11 @@ async def test_good_candidate_goes_through_every_stage_to_100(tmp_path, config_p
     assert types[0] == "rollout_started" and types[-1] == "rollout_promoted"
     assert types.count("rollout_stage_changed") == 4
     assert types.count("rollout_gate_evaluated") == 16
-    pinned = [e for e in reader.events if e.type == "execute_done"
-              and (e.correlation_id or "").startswith(f"rollout-{rollout_id}-")]  # fmt: skip
+    pinned = [
+        e
+        for e in reader.events
+        if e.type == "execute_done" and (e.correlation_id or "").startswith(f"rollout-{rollout_id}-")
+    ]
     assert {(e.cohort, e.version) for e in pinned} == {(CANARY, "v2"), (BASELINE, None)}
 
 
@@ -124,10 +132,17 @@ async def test_failing_candidate_is_rolled_back_at_canary(tmp_path, config_path)
     # the candidate passes its 13 sample tasks, then fails half of the real traffic
     env = {"COGO_ECHO_FAIL_RATE": "0.5", "COGO_ECHO_FAIL_AFTER": "13"}
     async with up_with_candidate(tmp_path / "up", config_path, env) as (http, js, _):
-        started = await http.post("/api/rollouts", json={
-            "route": ROUTE, "candidate": "v2", "min_samples": 30, "dev_e2e_tasks": 3,
-            "smoke_tasks": 10, "stage_timeout_s": 30,
-        })  # fmt: skip
+        started = await http.post(
+            "/api/rollouts",
+            json={
+                "route": ROUTE,
+                "candidate": "v2",
+                "min_samples": 30,
+                "dev_e2e_tasks": 3,
+                "smoke_tasks": 10,
+                "stage_timeout_s": 30,
+            },
+        )
         assert started.status_code == 201, started.text
         rollout_id = started.json()["id"]
         rollout = await drive_until_final(http, js, rollout_id)
@@ -150,17 +165,25 @@ async def test_failing_candidate_is_rolled_back_at_canary(tmp_path, config_path)
         await reader.poll()
         types = [e.type for e in rollout_events(reader, rollout_id)]
         assert types[-1] == "rollout_rolled_back"
-        failed_gates = [e for e in rollout_events(reader, rollout_id)
-                        if e.type == "rollout_gate_evaluated" and not e.data["passed"]]  # fmt: skip
+        failed_gates = [
+            e for e in rollout_events(reader, rollout_id) if e.type == "rollout_gate_evaluated" and not e.data["passed"]
+        ]
         assert failed_gates and all(e.data["stage"] == "canary" for e in failed_gates)
 
 
 async def test_canary_share_is_ten_percent_over_1000_tasks(tmp_path, config_path):
     async with up_with_candidate(tmp_path / "up", config_path) as (http, js, _):
-        started = await http.post("/api/rollouts", json={
-            "route": ROUTE, "candidate": "v2", "min_samples": 100_000, "dev_e2e_tasks": 0,
-            "smoke_tasks": 0, "stage_timeout_s": 3600,
-        })  # fmt: skip
+        started = await http.post(
+            "/api/rollouts",
+            json={
+                "route": ROUTE,
+                "candidate": "v2",
+                "min_samples": 100_000,
+                "dev_e2e_tasks": 0,
+                "smoke_tasks": 0,
+                "stage_timeout_s": 3600,
+            },
+        )
         rollout_id = started.json()["id"]
         deadline = time.monotonic() + 20
         while (await http.get(f"/api/rollouts/{rollout_id}")).json()["stage"] != "canary":
@@ -173,8 +196,7 @@ async def test_canary_share_is_ten_percent_over_1000_tasks(tmp_path, config_path
         done = await reader.wait_terminal(ids, timeout=45)
         canary = [e for e in done.values() if e.cohort == CANARY]
         assert all(e.version == "v2" for e in canary)
-        assert all(e.cohort == BASELINE and e.version is None for e in done.values()
-                   if e.cohort != CANARY)  # fmt: skip
+        assert all(e.cohort == BASELINE and e.version is None for e in done.values() if e.cohort != CANARY)
         assert 70 <= len(canary) <= 130, len(canary)
 
         paused = await http.post(f"/api/rollouts/{rollout_id}/pause")
@@ -190,13 +212,26 @@ async def test_canary_share_is_ten_percent_over_1000_tasks(tmp_path, config_path
 
 def test_split_is_deterministic_and_pins_win():
     assignment = ResolvedAssignment(
-        model="m", max_tokens=1, max_cost_usd=1.0, timeout_ms=1, ttl_ms=1, max_attempts=1,
+        model="m",
+        max_tokens=1,
+        max_cost_usd=1.0,
+        timeout_ms=1,
+        ttl_ms=1,
+        max_attempts=1,
         backoff=Backoff(initial_ms=1, multiplier=1.0, max_ms=1),
-    )  # fmt: skip
+    )
 
     def order(task_id: str, payload: dict[str, Any] | None = None) -> WorkOrder:
-        return WorkOrder(task_id=task_id, route=ROUTE, attempt=1, payload=payload or {},
-                         assignment=assignment, submitted_at=0, deadline=1, correlation_id="c")  # fmt: skip
+        return WorkOrder(
+            task_id=task_id,
+            route=ROUTE,
+            attempt=1,
+            payload=payload or {},
+            assignment=assignment,
+            submitted_at=0,
+            deadline=1,
+            correlation_id="c",
+        )
 
     split = RouteSplit(route=ROUTE, candidate="v2", percent=10)
     buckets = [share_bucket(f"t{i}") for i in range(10_000)]
@@ -204,8 +239,10 @@ def test_split_is_deterministic_and_pins_win():
     chosen = [choose(order(f"t{i}"), split) for i in range(200)]
     assert [o.cohort == CANARY for o in chosen] == [b < 10 for b in buckets[:200]]
     assert choose(order("x", {"__cohort": "canary"}), split).version == "v2"
-    assert choose(order("x", {"__cohort": "baseline"}), split.__class__(
-        route=ROUTE, candidate="v2", percent=100)).cohort == BASELINE  # fmt: skip
+    assert (
+        choose(order("x", {"__cohort": "baseline"}), split.__class__(route=ROUTE, candidate="v2", percent=100)).cohort
+        == BASELINE
+    )
     assert choose(order("x"), None).cohort == BASELINE
 
 
@@ -216,8 +253,7 @@ def test_gates_tolerate_noise_but_not_regressions():
     broken = Figures(finished=40, failures=20, accepted=20, p90_ms=60)
     slow = Figures(finished=40, failures=0, accepted=40, p90_ms=900)
     verdict = {g.name: g.passed for g in evaluate(one_off, clean, min_samples=20, slo_p90_ms=500)}
-    assert verdict == {"samples": True, "failure_rate": True, "latency_p90": True,
-                       "decision_quality": True}  # fmt: skip
+    assert verdict == {"samples": True, "failure_rate": True, "latency_p90": True, "decision_quality": True}
     verdict = {g.name: g.passed for g in evaluate(broken, clean, min_samples=20, slo_p90_ms=500)}
     assert not verdict["failure_rate"] and not verdict["decision_quality"]
     verdict = {g.name: g.passed for g in evaluate(slow, clean, min_samples=50, slo_p90_ms=500)}
@@ -233,26 +269,41 @@ async def test_dev_e2e_runs_codebuildtest_on_the_candidate(tmp_path, config_path
         return {**json.loads((EXAMPLES / name).read_text()), "repo": str(repo)}
 
     proc, info = await cogo_up(tmp_path / "up", config_path)
-    worker = cogo("run", "build_test", "--version", "v2", "--nats-url", info["nats_url"],
-                  "--config", str(config_path), "--data-dir", str(tmp_path / "up"))  # fmt: skip
+    worker = cogo(
+        "run",
+        "build_test",
+        "--version",
+        "v2",
+        "--nats-url",
+        info["nats_url"],
+        "--config",
+        str(config_path),
+        "--data-dir",
+        str(tmp_path / "up"),
+    )
     nc = await connect(info["nats_url"], "test")
     headers = {"Authorization": f"Bearer {info['api_token']}"}
     try:
-        async with httpx.AsyncClient(
-            base_url=info["http_url"], headers=headers, timeout=20
-        ) as http:
-            unknown = await http.post("/api/rollouts", json={
-                "route": "code.build-test.0", "candidate": "v2",
-                "dev_e2e_workflow": {"workflowId": "nope"}})  # fmt: skip
+        async with httpx.AsyncClient(base_url=info["http_url"], headers=headers, timeout=20) as http:
+            unknown = await http.post(
+                "/api/rollouts",
+                json={"route": "code.build-test.0", "candidate": "v2", "dev_e2e_workflow": {"workflowId": "nope"}},
+            )
             assert unknown.status_code == 422
             assert unknown.json()["detail"][0]["loc"][-1] == "workflowId"
 
             async def rollout(name: str) -> dict[str, Any]:
-                started = await http.post("/api/rollouts", json={
-                    "route": "code.build-test.0", "candidate": "v2", "smoke_tasks": 0,
-                    "min_samples": 1000, "stage_timeout_s": 40,
-                    "dev_e2e_workflow": {"workflowId": "codeBuildTest",
-                                         "parameters": params(name)}})  # fmt: skip
+                started = await http.post(
+                    "/api/rollouts",
+                    json={
+                        "route": "code.build-test.0",
+                        "candidate": "v2",
+                        "smoke_tasks": 0,
+                        "min_samples": 1000,
+                        "stage_timeout_s": 40,
+                        "dev_e2e_workflow": {"workflowId": "codeBuildTest", "parameters": params(name)},
+                    },
+                )
                 assert started.status_code == 201, started.text
                 rollout_id = started.json()["id"]
                 deadline = time.monotonic() + 45
@@ -278,8 +329,7 @@ async def test_dev_e2e_runs_codebuildtest_on_the_candidate(tmp_path, config_path
 
         reader = EventReader(nc.jetstream())
         await reader.poll()
-        builds = [e for e in reader.events if e.type == "execute_done"
-                  and e.route == "code.build-test.0"]  # fmt: skip
+        builds = [e for e in reader.events if e.type == "execute_done" and e.route == "code.build-test.0"]
         assert builds and all(e.version == "v2" and e.cohort == CANARY for e in builds)
     finally:
         await nc.close()
@@ -296,8 +346,7 @@ async def test_used_bypass_is_a_grant_and_is_audited(nats_server, js, config):
     async with running(nats_server.url, config, ExecutorDispatcher, EchoActor):
         bypassed = new_id()
         body = {"task_id": bypassed, "route": ROUTE, "payload": ask}
-        await js.publish(EXECUTE_SUBJECT, encoder.encode(body),
-                         headers={MSG_ID: bypassed, PRINCIPAL_HEADER: "ops"})  # fmt: skip
+        await js.publish(EXECUTE_SUBJECT, encoder.encode(body), headers={MSG_ID: bypassed, PRINCIPAL_HEADER: "ops"})
         unused = await submit(js, payload={"__assignment": {"bypass": ["model"]}})
         refused = await submit(js, payload={"__assignment": {"model": "gpt-9"}})
         denied = await submit(js, payload=ask)  # nobody granted it

@@ -13,11 +13,18 @@ ROUTE = "echo.run.0"
 
 async def test_replays_never_roll_a_waiting_rollout_back(tmp_path, config_path):
     async with up_with_candidate(tmp_path / "up", config_path) as (http, _js, _):
-        started = await http.post("/api/rollouts", json={
-            "route": ROUTE, "candidate": "v2", "dev_e2e_tasks": 1, "smoke_tasks": 1,
-            "min_samples": 100_000, "stage_timeout_s": 600,  # the canary waits for traffic
-            "sample_payload": {"result": "sample"},
-        })  # fmt: skip
+        started = await http.post(
+            "/api/rollouts",
+            json={
+                "route": ROUTE,
+                "candidate": "v2",
+                "dev_e2e_tasks": 1,
+                "smoke_tasks": 1,
+                "min_samples": 100_000,
+                "stage_timeout_s": 600,  # the canary waits for traffic
+                "sample_payload": {"result": "sample"},
+            },
+        )
         assert started.status_code == 201, started.text
         rollout_id = started.json()["id"]
 

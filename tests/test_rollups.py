@@ -173,50 +173,132 @@ def awkward_events() -> list[bytes]:
     return [
         b"not json at all",
         b"[1, 2, 3]",
-        _event(event_id="x1", type="execute_done", at="yesterday", task_id="x1", **base,
-               queue_wait_ms=2.0, duration_ms=3.0),  # no valid "at": all-time figures only
-        _event(event_id="x2e", type="execute_enqueued", at=at, task_id="x2", queue_wait_ms=-3.0,
-               version="v2", cohort="canary", **base),
-        _event(event_id="x2", type="execute_done", at=at, task_id="x2", queue_wait_ms=0.0,
-               duration_ms=0.0, version="v2", cohort="canary",
-               data={"result": {"verdict": "fail"}}, **base),  # a failing verdict
-        _event(event_id="x3", type="execute_failed", at=at, task_id="x3", route=None,
-               error_code=None, error="lost"),  # no route, no code: 'unknown'
-        _event(event_id="x4e2", type="execute_enqueued", at=at, task_id="x2", attempt=2,
-               route="echo.run.0", queue_wait_ms=0.5, version="v2", cohort="canary"),
+        _event(
+            event_id="x1", type="execute_done", at="yesterday", task_id="x1", **base, queue_wait_ms=2.0, duration_ms=3.0
+        ),  # no valid "at": all-time figures only
+        _event(
+            event_id="x2e",
+            type="execute_enqueued",
+            at=at,
+            task_id="x2",
+            queue_wait_ms=-3.0,
+            version="v2",
+            cohort="canary",
+            **base,
+        ),
+        _event(
+            event_id="x2",
+            type="execute_done",
+            at=at,
+            task_id="x2",
+            queue_wait_ms=0.0,
+            duration_ms=0.0,
+            version="v2",
+            cohort="canary",
+            data={"result": {"verdict": "fail"}},
+            **base,
+        ),  # a failing verdict
+        _event(
+            event_id="x3", type="execute_failed", at=at, task_id="x3", route=None, error_code=None, error="lost"
+        ),  # no route, no code: 'unknown'
+        _event(
+            event_id="x4e2",
+            type="execute_enqueued",
+            at=at,
+            task_id="x2",
+            attempt=2,
+            route="echo.run.0",
+            queue_wait_ms=0.5,
+            version="v2",
+            cohort="canary",
+        ),
         # a run whose gate fails before its second task is done
-        _event(event_id="r1s", type="workflow_started", at=late, correlation_id="run-x",
-               data={"workflow_id": WORKFLOW_ID, "plan": {}}),
-        _event(event_id="r1t1", type="execute_done", at=at, task_id="run-x:a:1",
-               correlation_id="run-x", queue_wait_ms=1.5, duration_ms=9.5,
-               data={"result": {"artifacts": ["run-x/a.json"]}}, **base),
-        _event(event_id="r1n", type="node_succeeded", at=at, correlation_id="run-x",
-               data={"workflow_id": WORKFLOW_ID, "node_id": "a",
-                     "result": {"artifacts": ["run-x/a.json"]}}),
-        _event(event_id="r1g", type="gate_failed", at=at, correlation_id="run-x",
-               data={"workflow_id": WORKFLOW_ID, "node_id": "check", "verdict": "failed"}),
-        _event(event_id="r1t2", type="execute_done", at=late, task_id="run-x:b:1",
-               correlation_id="run-x", queue_wait_ms=2.5, duration_ms=19.5, **base),
-        _event(event_id="r1o", type="workflow_failed", at=late, correlation_id="run-x",
-               error_code="workflow.gate_failed", error="gate check failed", duration_ms=5.0,
-               data={"workflow_id": WORKFLOW_ID}),
+        _event(
+            event_id="r1s",
+            type="workflow_started",
+            at=late,
+            correlation_id="run-x",
+            data={"workflow_id": WORKFLOW_ID, "plan": {}},
+        ),
+        _event(
+            event_id="r1t1",
+            type="execute_done",
+            at=at,
+            task_id="run-x:a:1",
+            correlation_id="run-x",
+            queue_wait_ms=1.5,
+            duration_ms=9.5,
+            data={"result": {"artifacts": ["run-x/a.json"]}},
+            **base,
+        ),
+        _event(
+            event_id="r1n",
+            type="node_succeeded",
+            at=at,
+            correlation_id="run-x",
+            data={"workflow_id": WORKFLOW_ID, "node_id": "a", "result": {"artifacts": ["run-x/a.json"]}},
+        ),
+        _event(
+            event_id="r1g",
+            type="gate_failed",
+            at=at,
+            correlation_id="run-x",
+            data={"workflow_id": WORKFLOW_ID, "node_id": "check", "verdict": "failed"},
+        ),
+        _event(
+            event_id="r1t2",
+            type="execute_done",
+            at=late,
+            task_id="run-x:b:1",
+            correlation_id="run-x",
+            queue_wait_ms=2.5,
+            duration_ms=19.5,
+            **base,
+        ),
+        _event(
+            event_id="r1o",
+            type="workflow_failed",
+            at=late,
+            correlation_id="run-x",
+            error_code="workflow.gate_failed",
+            error="gate check failed",
+            duration_ms=5.0,
+            data={"workflow_id": WORKFLOW_ID},
+        ),
         # a child of run-x, still running, waiting for a signal (one other signal came)
-        _event(event_id="r2s", type="workflow_started", at=later, correlation_id="run-y",
-               data={"workflow_id": WORKFLOW_ID, "plan": {}, "parent": {"runId": "run-x"}}),
-        _event(event_id="r2a", type="node_started", at=at, correlation_id="run-y",
-               data={"workflow_id": WORKFLOW_ID, "node_id": "approve", "node_type": "signal",
-                     "name": "approval"}),
-        _event(event_id="r2b", type="node_started", at=at, correlation_id="run-y",
-               data={"workflow_id": WORKFLOW_ID, "node_id": "ping", "node_type": "signal",
-                     "name": "ping"}),
-        _event(event_id="r2c", type="node_succeeded", at=late, correlation_id="run-y",
-               data={"workflow_id": WORKFLOW_ID, "node_id": "ping", "result": {}}),
-    ]  # fmt: skip
+        _event(
+            event_id="r2s",
+            type="workflow_started",
+            at=later,
+            correlation_id="run-y",
+            data={"workflow_id": WORKFLOW_ID, "plan": {}, "parent": {"runId": "run-x"}},
+        ),
+        _event(
+            event_id="r2a",
+            type="node_started",
+            at=at,
+            correlation_id="run-y",
+            data={"workflow_id": WORKFLOW_ID, "node_id": "approve", "node_type": "signal", "name": "approval"},
+        ),
+        _event(
+            event_id="r2b",
+            type="node_started",
+            at=at,
+            correlation_id="run-y",
+            data={"workflow_id": WORKFLOW_ID, "node_id": "ping", "node_type": "signal", "name": "ping"},
+        ),
+        _event(
+            event_id="r2c",
+            type="node_succeeded",
+            at=late,
+            correlation_id="run-y",
+            data={"workflow_id": WORKFLOW_ID, "node_id": "ping", "result": {}},
+        ),
+    ]
 
 
 def event_set() -> list[bytes]:
-    bodies = [b for _, b, _ in synthetic_events(6000, seed=11, span_s=5400, end=END,
-                                                runs_every=25)]  # fmt: skip
+    bodies = [b for _, b, _ in synthetic_events(6000, seed=11, span_s=5400, end=END, runs_every=25)]
     extra = awkward_events()
     # the awkward ones spread through the stream, not bunched at one end
     for i, body in enumerate(extra):
@@ -234,9 +316,7 @@ def batches(bodies: list[bytes], seed: int, first_seq: int = 1) -> Iterator[Even
         i += len(chunk)
 
 
-def build(
-    path: Path, bodies: list[bytes], seed: int, first_seq: int = 1, fold_every: int = 0
-) -> ProjectionStore:
+def build(path: Path, bodies: list[bytes], seed: int, first_seq: int = 1, fold_every: int = 0) -> ProjectionStore:
     """A projection of ``bodies``; ``fold_every`` > 0 folds the tail after that many batches."""
     store = ProjectionStore(path, readers=1)
     store.open_sync()
@@ -250,9 +330,7 @@ def build(
 # Readers must give the same answers whatever part of the events the rollup tables hold:
 # none (all in the unfolded tail), some, or all.
 @pytest.fixture(scope="module", params=["tail", "mixed", "folded"])
-def projected(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ProjectionStore]:
+def projected(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProjectionStore]:
     path = tmp_path_factory.mktemp("rollups") / "cogo.duckdb"
     store = build(path, event_set(), seed=3, fold_every=9 if request.param == "mixed" else 0)
     if request.param == "folded":
@@ -300,8 +378,12 @@ def test_bus_latency_equals_the_raw_sql(projected: ProjectionStore, since: Any) 
     for row, want in zip(body["routes"], raw, strict=True):
         route, attempts, qw, dur, dispatch, tasks, done, failures, retries = want
         assert (row["count"], row["tasks"], row["done"], row["failures"], row["retries"]) == (
-            attempts, tasks, done, failures, retries,
-        ), route  # fmt: skip
+            attempts,
+            tasks,
+            done,
+            failures,
+            retries,
+        ), route
         _close(row["queue_wait_ms"], qw)
         _close(row["duration_ms"], dur)
         _close(row["dispatch_wait_ms"], dispatch)
@@ -320,8 +402,12 @@ def test_latency_series_equals_the_raw_sql(projected: ProjectionStore, bucket_s:
         assert row["bucket"] == queries._iso(want[0])
         assert row["route"] == want[1]
         assert (row["count"], row["tasks"], row["done"], row["failures"], row["retries"]) == (
-            want[2], want[6], want[7], want[8], want[9],
-        )  # fmt: skip
+            want[2],
+            want[6],
+            want[7],
+            want[8],
+            want[9],
+        )
         _close(row["duration_ms"], want[4])
 
 
@@ -344,13 +430,15 @@ def test_dashboard_equals_the_raw_sql(projected: ProjectionStore, since: dt.date
     quality = body["decision_quality"]
     by_route = {r["route"]: (r["finished"], r["accepted"]) for r in quality["by_route"]}
     by_version = {r["version"]: (r["finished"], r["accepted"]) for r in quality["by_version"]}
-    cohorts = {(c["route"], c["version"], c["cohort"]): (c["finished"], c["failures"],
-               c["accepted"]) for c in body["cohorts"]}  # fmt: skip
+    cohorts = {
+        (c["route"], c["version"], c["cohort"]): (c["finished"], c["failures"], c["accepted"]) for c in body["cohorts"]
+    }
     for route, version, cohort, n, failed, accepted, grouping in splits:
         if grouping == 0b111:
             assert (quality["overall"]["finished"], quality["overall"]["accepted"]) == (
-                n, accepted,
-            )  # fmt: skip
+                n,
+                accepted,
+            )
         elif grouping == 0b011:
             assert by_route.pop(route) == (n, accepted), route
         elif grouping == 0b101:
@@ -367,9 +455,7 @@ def test_dashboard_equals_the_raw_sql(projected: ProjectionStore, since: dt.date
         totals[0] += done
         totals[1] += failed
         if code is not None:
-            failures.append(
-                {"minute": queries._iso(minute), "error_code": code, "failures": failed}
-            )
+            failures.append({"minute": queries._iso(minute), "error_code": code, "failures": failed})
     assert body["throughput"]["series"] == [
         {"minute": m, "done": d, "failed": f} for m, (d, f) in sorted(done_by_minute.items())
     ]
@@ -383,9 +469,7 @@ def test_dashboard_equals_the_raw_sql(projected: ProjectionStore, since: dt.date
     by_run = {run["runId"]: run for run in body["runs"]}
     assert by_run["run-y"]["waiting"] == [{"node": "approve", "name": "approval"}]
     assert by_run["run-y"]["parentRunId"] == "run-x" and by_run["run-x"]["children"] == 1
-    raw_latency = {
-        r[0]: r for r in con.execute(RAW_LATENCY.format(group=""), {"since": since}).fetchall()
-    }
+    raw_latency = {r[0]: r for r in con.execute(RAW_LATENCY.format(group=""), {"since": since}).fetchall()}
     for card in body["queue_wait"]:
         want = raw_latency[card["route"]]
         assert card["attempts"] == want[1] and card["tasks"] == want[5]
@@ -417,11 +501,17 @@ def test_recent_tasks_from_the_tail_equal_the_whole_search(
     for since, limit in ((WINDOWS[0], 20), (WINDOWS[3], 20), (WINDOWS[3], 2000)):
         rows = con.execute(RAW_RECENT_TASKS, {"since": since, "limit": limit}).fetchall()
         want = [
-            {"task_id": t, "route": r, "attempt": a or 0,
-             "status": tasks._STATE.get(last or "", "queued"), "enqueued_at": at,
-             "llm_calls": calls, "steps": steps}
+            {
+                "task_id": t,
+                "route": r,
+                "attempt": a or 0,
+                "status": tasks._STATE.get(last or "", "queued"),
+                "enqueued_at": at,
+                "llm_calls": calls,
+                "steps": steps,
+            }
             for t, r, a, last, at, calls, steps in rows
-        ]  # fmt: skip
+        ]
         assert tasks.recent_tasks(con, since, limit) == want
         assert len(want) == min(limit, len(want)) > 0
 
@@ -447,8 +537,7 @@ def test_prometheus_text_equals_the_raw_sql(projected: ProjectionStore) -> None:
             name, _, value = line.rpartition(" ")
             samples[name] = float(value)
     counts = con.execute(
-        "SELECT type, coalesce(route, ''), count(*) FROM bus_events WHERE type IS NOT NULL "
-        "GROUP BY ALL"
+        "SELECT type, coalesce(route, ''), count(*) FROM bus_events WHERE type IS NOT NULL GROUP BY ALL"
     ).fetchall()
     for kind, route, n in counts:
         assert samples.pop(f'cogo_events_total{{type="{kind}",route="{route}"}}') == n
@@ -461,9 +550,7 @@ def test_prometheus_text_equals_the_raw_sql(projected: ProjectionStore) -> None:
         ):
             # the projection keeps milliseconds; Prometheus gets seconds
             assert samples[f'{name}_count{{route="{label}"}}'] == n
-            assert samples[f'{name}_sum{{route="{label}"}}'] == pytest.approx(
-                total / 1000.0, abs=1e-9 * n
-            )
+            assert samples[f'{name}_sum{{route="{label}"}}'] == pytest.approx(total / 1000.0, abs=1e-9 * n)
             for q, value in zip(queries.PERCENTILES, quantiles, strict=True):
                 got = samples[f'{name}{{route="{label}",quantile="{q}"}}']
                 assert got == pytest.approx(value / 1000.0, rel=ERR["rel"], abs=1e-6), (name, q)
@@ -483,14 +570,10 @@ def test_workflow_metrics_equal_the_fold_of_the_stream(projected: ProjectionStor
     for seq, raw in rows:
         event = decode_event(raw.encode())
         if event.type in (WORKFLOW_STARTED, *RUN_OUTCOMES):
-            runs.setdefault(event.correlation_id or "", RunState(event.correlation_id or "")).apply(
-                event, seq
-            )
+            runs.setdefault(event.correlation_id or "", RunState(event.correlation_id or "")).apply(event, seq)
         else:
             gates.append(event)
-    folded = orchestrator_http.workflow_metrics(
-        WORKFLOW_ID, [r for r in runs.values() if r.started], gates
-    )
+    folded = orchestrator_http.workflow_metrics(WORKFLOW_ID, [r for r in runs.values() if r.started], gates)
     got = queries.workflow_metrics(con, WORKFLOW_ID, orchestrator_http.RECENT_RUNS)
     assert got == folded
     assert got["runs"] > 100 and got["failed"] > 0 and got["gates"]["failed"] > 0
@@ -521,9 +604,10 @@ def test_workflow_runs_hold_what_the_orchestrators_fold_says(projected: Projecti
             got, want = getattr(row, name), getattr(record, name)
             assert (got is None) == (want is None), (run_id, name)
             if want is not None:
-                assert dt.datetime.fromisoformat(got) == dt.datetime.fromisoformat(
-                    want.replace("Z", "")
-                ), (run_id, name)
+                assert dt.datetime.fromisoformat(got) == dt.datetime.fromisoformat(want.replace("Z", "")), (
+                    run_id,
+                    name,
+                )
     assert {"succeeded", "failed", "running"} <= {s.status for s in states.values()}
 
 
@@ -543,9 +627,7 @@ def test_batches_do_not_matter(tmp_path: Path, projected: ProjectionStore) -> No
         whole.shutdown()
 
 
-def test_existing_files_get_their_rollups_on_open(
-    tmp_path: Path, projected: ProjectionStore
-) -> None:
+def test_existing_files_get_their_rollups_on_open(tmp_path: Path, projected: ProjectionStore) -> None:
     # a file from before the rollups (or with older definitions): rebuilt from bus_events
     path = tmp_path / "old.duckdb"
     store = build(path, event_set(), seed=5)
@@ -570,8 +652,9 @@ def test_pruned_rollups_equal_rollups_of_what_remains(tmp_path: Path, cut: int) 
         deleted = pruned.prune_sync("EVENTS", cut)
         assert deleted == cut - 1
         assert pruned.con.execute("SELECT count(*), min(seq) FROM bus_events").fetchone() == (
-            len(bodies) - cut + 1, cut,
-        )  # fmt: skip
+            len(bodies) - cut + 1,
+            cut,
+        )
         assert rollup_tables(pruned) == rollup_tables(fresh)
         if cut > 1:
             assert pruned.prune_sync("EVENTS", cut) == 0  # nothing below the floor any more
@@ -587,17 +670,22 @@ def test_values_out_of_range_neither_fail_a_batch_nor_count(tmp_path: Path) -> N
     try:
         at = _iso(NOW)
         odd = [
-            _event(event_id=f"o{i}", type="execute_done", at=at, task_id=f"o{i}",
-                   route="echo.run.0", queue_wait_ms=v, duration_ms=v)
+            _event(
+                event_id=f"o{i}",
+                type="execute_done",
+                at=at,
+                task_id=f"o{i}",
+                route="echo.run.0",
+                queue_wait_ms=v,
+                duration_ms=v,
+            )
             for i, v in enumerate([1e40, -1e40, 1e-9, 5.0])
-        ]  # fmt: skip
+        ]
         assert store.apply_events_sync(EventBatch([1, 2, 3, 4], odd)) == 4
         store.fold_sync()
         (row,) = queries.bus_latency(store.con, since=None)["routes"]
         assert row["count"] == 4 and row["duration_ms"]["p50"] is not None
-        total = store.con.execute(
-            "SELECT sum(measured), sum(duration_ms) FROM rollup_total_events"
-        ).fetchone()
+        total = store.con.execute("SELECT sum(measured), sum(duration_ms) FROM rollup_total_events").fetchone()
         assert total[0] == 4 and float(total[1]) == pytest.approx(5.0 + 1e-9, abs=1e-6)
         # the bins DuckDB computed are the ones Python computes, the huge value included
         bins = store.con.execute(
@@ -622,11 +710,8 @@ def test_histogram_error_bound_holds_bin_by_bin() -> None:
     bins: dict[int, int] = {}
     for v in values:
         bins[histogram.bin_of(v)] = bins.get(histogram.bin_of(v), 0) + 1
-    for q, got in zip((0.5, 0.9, 0.99), histogram.quantiles(bins.items(), (0.5, 0.9, 0.99)),
-                      strict=True):  # fmt: skip
+    for q, got in zip((0.5, 0.9, 0.99), histogram.quantiles(bins.items(), (0.5, 0.9, 0.99)), strict=True):
         position = (len(values) - 1) * q
         low = int(position)
-        exact = values[low] + (values[min(low + 1, len(values) - 1)] - values[low]) * (
-            position - low
-        )
+        exact = values[low] + (values[min(low + 1, len(values) - 1)] - values[low]) * (position - low)
         assert got == pytest.approx(exact, rel=histogram.RELATIVE_ERROR)

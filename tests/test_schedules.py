@@ -48,8 +48,7 @@ def test_cron_ticks_in_utc_with_seconds_field():
 def test_catchup_policies():
     now = T0 + 60.5  # down for a minute: 60 ticks of an every-second schedule missed
     cursor = Cursor()
-    fire, skipped, horizon = due(schedule(interval_s=1, catchup="all", max_catchup=100),
-                                 cursor, now)  # fmt: skip
+    fire, skipped, horizon = due(schedule(interval_s=1, catchup="all", max_catchup=100), cursor, now)
     assert fire == [T0 + i for i in range(1, 61)] and skipped == 0 and horizon == T0 + 60
     fire, skipped, _ = due(schedule(interval_s=1, catchup="all", max_catchup=10), cursor, now)
     assert fire == [T0 + i for i in range(51, 61)] and skipped == 50  # the newest ten
@@ -87,8 +86,7 @@ def test_invalid_specs(spec: dict[str, object], field: str | None):
 
 async def test_cursor_compare_and_set(js):
     store = ScheduleStore(js)
-    await store.put(ScheduleSpec.model_validate({"id": "s", "workflowId": "w",
-                                                 "interval_s": 5}), T0)  # fmt: skip
+    await store.put(ScheduleSpec.model_validate({"id": "s", "workflowId": "w", "interval_s": 5}), T0)
     cursor, revision = await store.cursor("s")
     assert revision == 0 and cursor.last_tick is None
     first = await store.save_cursor("s", Cursor(last_tick=T0 + 5, fired=1), revision)

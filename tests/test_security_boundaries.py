@@ -58,17 +58,37 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredSystem]:
 def forged_order(task_id: str, route: str = ALICE, attempt: int = 1, **fields: Any) -> WorkOrder:
     now = time.time()
     assignment = ResolvedAssignment(
-        model="gpt-4.1", max_tokens=10**12, max_cost_usd=1e9, timeout_ms=60_000,
-        ttl_ms=600_000, max_attempts=99, backoff=Backoff(initial_ms=1, multiplier=1.0, max_ms=1),
-    )  # fmt: skip
-    return WorkOrder(task_id=task_id, route=route, attempt=attempt, payload={},
-                     assignment=assignment, submitted_at=now, deadline=now + 600,
-                     correlation_id=task_id, **fields)  # fmt: skip
+        model="gpt-4.1",
+        max_tokens=10**12,
+        max_cost_usd=1e9,
+        timeout_ms=60_000,
+        ttl_ms=600_000,
+        max_attempts=99,
+        backoff=Backoff(initial_ms=1, multiplier=1.0, max_ms=1),
+    )
+    return WorkOrder(
+        task_id=task_id,
+        route=route,
+        attempt=attempt,
+        payload={},
+        assignment=assignment,
+        submitted_at=now,
+        deadline=now + 600,
+        correlation_id=task_id,
+        **fields,
+    )
 
 
 def forged_result(order: WorkOrder) -> bytes:
-    result = WorkResult(order=order, ok=True, actor="mallory", claimed_at=time.time(),
-                        queue_wait_ms=1.0, duration_ms=1.0, result={"forged_by": "mallory"})  # fmt: skip
+    result = WorkResult(
+        order=order,
+        ok=True,
+        actor="mallory",
+        claimed_at=time.time(),
+        queue_wait_ms=1.0,
+        duration_ms=1.0,
+        result={"forged_by": "mallory"},
+    )
     return encoder.encode(result)
 
 
@@ -85,8 +105,7 @@ async def test_a_forged_result_never_counts_and_the_genuine_one_does(system, tmp
         plain_id = {MSG_ID: f"{tid}:1:result"}  # the id the genuine report used to have
         # the shared subject, and alice's own: the server refuses them
         assert not await accepted(nc, RESULTS_SUBJECT, forged_result(forged_order(tid)), plain_id)
-        assert not await accepted(nc, result_subject(ALICE), forged_result(forged_order(tid)),
-                                  plain_id)  # fmt: skip
+        assert not await accepted(nc, result_subject(ALICE), forged_result(forged_order(tid)), plain_id)
         # mallory's own subject takes it, but the dispatcher counts a report only for its
         # subject's route, and only with an order it sealed itself
         for order in (forged_order(tid), forged_order(tid, route=MALLORY)):
@@ -104,10 +123,15 @@ async def test_the_journal_of_a_task_is_written_by_its_own_route_only(system):
     tid = new_id()
     nc, _ = await system.connect("app-mallory")
     event = make_event(
-        "step_completed", event_id=f"{tid}:step:secret", task_id=tid, correlation_id=tid,
-        route=ALICE, actor="mallory", attempt=1,
+        "step_completed",
+        event_id=f"{tid}:step:secret",
+        task_id=tid,
+        correlation_id=tid,
+        route=ALICE,
+        actor="mallory",
+        attempt=1,
         data=StepCompleted(step="secret", delivery=1, result={"by": "mallory"}),
-    )  # fmt: skip
+    )
     headers = {MSG_ID: event.event_id}
     assert not await accepted(nc, journal_subject(ALICE, tid), encode_event(event), headers)
     # its own route's journal takes it (and the plain id): alice never reads it there, and
@@ -146,12 +170,10 @@ async def test_forged_output_chunks_and_end_markers_are_never_shown(system, tmp_
     async with system.http() as http:
         body = (await http.get(f"/api/tasks/{tid}/stream")).text
     frames = [json.loads(line[6:]) for line in body.splitlines() if line.startswith("data: ")]
-    assert [f.get("data") for f in frames[:-1]] == [{"from": "alice", "n": 1},
-                                                    {"from": "alice", "n": 2}]  # fmt: skip
+    assert [f.get("data") for f in frames[:-1]] == [{"from": "alice", "n": 1}, {"from": "alice", "n": 2}]
     assert frames[-1]["end"] and frames[-1]["status"] == "succeeded"
     # the genuine end marker is in the stream: the forged one did not take its id
-    admin = await nats.connect(system.info["nats_url"], user="admin",
-                               password=system.passwords["admin"])  # fmt: skip
+    admin = await nats.connect(system.info["nats_url"], user="admin", password=system.passwords["admin"])
     verifier = OutputVerifier(system.info["output_key"])
     sub = await admin.jetstream().subscribe(subject, stream=OUTPUTS, ordered_consumer=True)
     genuine_ends = 0
@@ -179,11 +201,18 @@ async def test_worker_events_count_only_from_the_tasks_own_route(system, tmp_pat
         tid = handle.task_id
 
         def started(route: str, attempt: int) -> bytes:
-            return encode_event(make_event(
-                "execute_started", event_id=f"{tid}:started:{attempt}", task_id=tid,
-                correlation_id=tid, route=route, actor="mallory", attempt=attempt,
-                data={"claimed_at": iso(), "delivery": 1},
-            ))  # fmt: skip
+            return encode_event(
+                make_event(
+                    "execute_started",
+                    event_id=f"{tid}:started:{attempt}",
+                    task_id=tid,
+                    correlation_id=tid,
+                    route=route,
+                    actor="mallory",
+                    attempt=attempt,
+                    data={"claimed_at": iso(), "delivery": 1},
+                )
+            )
 
         for kind in ("execute_started", "llm_call"):
             assert not await accepted(nc, f"events.{kind}.{ALICE}", started(ALICE, 1), {})
@@ -192,17 +221,26 @@ async def test_worker_events_count_only_from_the_tasks_own_route(system, tmp_pat
         # whatever its body claims: the projection takes type and route from the subject
         assert await accepted(nc, f"events.execute_started.{MALLORY}", started(MALLORY, 7), {})
         assert await accepted(nc, f"events.execute_started.{MALLORY}", started(ALICE, 1), {})
-        done = encode_event(make_event(
-            "execute_done", event_id=f"{tid}:terminal", task_id=tid, correlation_id=tid,
-            route=ALICE, actor="mallory", attempt=1,
-            data={"claimed_at": iso(), "submitted_at": iso(), "result": {"forged_by": "mallory"}},
-        ))  # fmt: skip
+        done = encode_event(
+            make_event(
+                "execute_done",
+                event_id=f"{tid}:terminal",
+                task_id=tid,
+                correlation_id=tid,
+                route=ALICE,
+                actor="mallory",
+                attempt=1,
+                data={"claimed_at": iso(), "submitted_at": iso(), "result": {"forged_by": "mallory"}},
+            )
+        )
         assert await accepted(nc, f"events.execute_started.{MALLORY}", done, {})
 
         async def projected() -> bool:
             # the forgeries, and the dispatcher's execute_enqueued (which may come after them)
-            sql = (f"SELECT count(*) FILTER (actor = 'mallory'), count(*) FILTER "
-                   f"(type = 'execute_enqueued') FROM bus_events WHERE task_id = '{tid}'")  # fmt: skip
+            sql = (
+                f"SELECT count(*) FILTER (actor = 'mallory'), count(*) FILTER "
+                f"(type = 'execute_enqueued') FROM bus_events WHERE task_id = '{tid}'"
+            )
             rows = (await http.post("/api/sql", json={"sql": sql})).json().get("rows") or [[0, 0]]
             return rows[0][0] == 3 and rows[0][1] == 1
 
@@ -219,8 +257,7 @@ async def test_worker_events_count_only_from_the_tasks_own_route(system, tmp_pat
 
 
 async def test_no_app_may_purge_the_artifacts(system):
-    admin = await nats.connect(system.info["nats_url"], user="admin",
-                               password=system.passwords["admin"])  # fmt: skip
+    admin = await nats.connect(system.info["nats_url"], user="admin", password=system.passwords["admin"])
     bucket = await admin.jetstream().object_store("artifacts")
     await bucket.put("alice-task/report.json", b'{"kept": true}')
     nc, errors = await system.connect("app-mallory")
@@ -238,9 +275,11 @@ async def test_a_forged_retry_is_a_fresh_task_with_the_routes_ceilings(system):
     forged = forged_order(tid, attempt=2)
     # the public subject takes it as a submission: never forwarded as it is
     await client_nc.jetstream().publish(
-        EXECUTE_SUBJECT, encoder.encode(forged),
-        headers={MSG_ID: f"{tid}:2:retry", KIND_HEADER: "retry"}, timeout=5,
-    )  # fmt: skip
+        EXECUTE_SUBJECT,
+        encoder.encode(forged),
+        headers={MSG_ID: f"{tid}:2:retry", KIND_HEADER: "retry"},
+        timeout=5,
+    )
     await client_nc.close()
     # and only dispatchers may publish retries, due now or as schedules
     nc, _ = await system.connect("app-mallory")
@@ -255,8 +294,7 @@ async def test_a_forged_retry_is_a_fresh_task_with_the_routes_ceilings(system):
     await nc.close()
     async with system.client() as client:
         final = await client.wait(cogo.TaskHandle(client, tid, ALICE), timeout=60)
-    admin = await nats.connect(system.info["nats_url"], user="admin",
-                               password=system.passwords["admin"])  # fmt: skip
+    admin = await nats.connect(system.info["nats_url"], user="admin", password=system.passwords["admin"])
     reader = EventReader(admin.jetstream(), f"events.execute_enqueued.{ALICE}")
     await reader.poll()
     await admin.close()
@@ -281,8 +319,7 @@ async def test_a_bypass_needs_a_grant_over_nats_and_http(system):
         final = await client.wait(cogo.TaskHandle(client, over_http, ALICE), timeout=60)
         assert final.error_code == "policy.bypass_denied"
         # granted for the route's canary cohort (what the rollout seed asks it for)
-        admin = await nats.connect(system.info["nats_url"], user="admin",
-                                   password=system.passwords["admin"])  # fmt: skip
+        admin = await nats.connect(system.info["nats_url"], user="admin", password=system.passwords["admin"])
         kv = await admin.jetstream().key_value("rollouts")
         split = {"route": ALICE, "candidate": "v9", "percent": 0}
         await kv.put(f"route.{ALICE}", json.dumps(split).encode())
@@ -314,8 +351,7 @@ async def test_held_retries_never_block_fresh_tasks(system):
             "backoff": {"initial_ms": 86_000_000, "max_ms": 86_000_000},
         },
     }
-    admin = await nats.connect(system.info["nats_url"], user="admin",
-                               password=system.passwords["admin"])  # fmt: skip
+    admin = await nats.connect(system.info["nats_url"], user="admin", password=system.passwords["admin"])
     reader = EventReader(admin.jetstream(), f"events.execute_retry.{ALICE}")
     async with system.client() as client:
         handles = [await client.submit(ALICE, held) for _ in range(40)]

@@ -29,8 +29,7 @@ from cogo.streams.topology import EVENTS, SUSPENSION_BUCKET
 from tests.helpers import SUITE_CONFIG, wait_until
 from tests.secured import SecuredSystem, accepted, secured_system
 
-APPS = ["--app", "tests.security_durable_apps:victim",
-        "--app", "tests.security_durable_apps:mallory"]  # fmt: skip
+APPS = ["--app", "tests.security_durable_apps:victim", "--app", "tests.security_durable_apps:mallory"]
 WAIT, PARENT, MALLORY = "victim.wait.0", "victim.parent.0", "mallory.x.0"
 CONFIG = SUITE_CONFIG + "\n[runtime]\nsuspend_after_ms = 50\n"
 
@@ -54,9 +53,14 @@ async def suspended(client: cogo.Client, task_id: str) -> None:
 async def consumer_created(nc: nats.NATS, **config: Any) -> bool:
     """Whether the server let the attacker create a consumer on EVENTS (False: refused)."""
     js = nc.jetstream(timeout=2)
-    cfg = api.ConsumerConfig(name=f"m-{new_id()}", deliver_subject=nc.new_inbox(),
-                             ack_policy=api.AckPolicy.NONE, inactive_threshold=2.0,
-                             mem_storage=True, **config)  # fmt: skip
+    cfg = api.ConsumerConfig(
+        name=f"m-{new_id()}",
+        deliver_subject=nc.new_inbox(),
+        ack_policy=api.AckPolicy.NONE,
+        inactive_threshold=2.0,
+        mem_storage=True,
+        **config,
+    )
     try:
         await js.add_consumer(EVENTS, cfg)
     except (nats.errors.Error, TimeoutError):
@@ -71,10 +75,15 @@ async def test_an_app_reads_no_other_apps_signals_nor_childrens_results(system):
     async def on_msg(msg: Any) -> None:
         heard.append(msg.data)
 
-    for pattern in ("events.task_signaled.*", "events.task_signaled.>",
-                    "events.call_completed.*", "events.call_completed.>",
-                    f"events.task_signaled.{WAIT}.*", f"events.call_completed.{PARENT}.*",
-                    "events.>"):  # fmt: skip
+    for pattern in (
+        "events.task_signaled.*",
+        "events.task_signaled.>",
+        "events.call_completed.*",
+        "events.call_completed.>",
+        f"events.task_signaled.{WAIT}.*",
+        f"events.call_completed.{PARENT}.*",
+        "events.>",
+    ):
         await nc.subscribe(pattern, cb=on_msg)
     await nc.flush()
     secret = f"secret-{new_id()}"
@@ -115,14 +124,19 @@ async def test_an_app_cannot_forge_another_apps_child(system):
         forged = {}
         for route in (PARENT, MALLORY):  # the victim's journal, and mallory's own
             entry = make_event(
-                CALL_STARTED, event_id=f"{parent.task_id}:call:evil-{route}", actor="mallory",
-                task_id=parent.task_id, correlation_id=parent.task_id, route=PARENT, attempt=1,
-                data=CallStarted(child_id=bystander.task_id, key="evil", child_route=WAIT,
-                                 seq=0, max_tokens=1, max_cost_usd=0.0),
-            )  # fmt: skip
+                CALL_STARTED,
+                event_id=f"{parent.task_id}:call:evil-{route}",
+                actor="mallory",
+                task_id=parent.task_id,
+                correlation_id=parent.task_id,
+                route=PARENT,
+                attempt=1,
+                data=CallStarted(
+                    child_id=bystander.task_id, key="evil", child_route=WAIT, seq=0, max_tokens=1, max_cost_usd=0.0
+                ),
+            )
             subject = f"events.{CALL_STARTED}.{route}.{task_bucket(parent.task_id)}"
-            forged[route] = await accepted(nc, subject, encode_event(entry),
-                                           {MSG_ID: entry.event_id})  # fmt: skip
+            forged[route] = await accepted(nc, subject, encode_event(entry), {MSG_ID: entry.event_id})
         # the route-less subject of before
         old = f"events.{CALL_STARTED}.{task_bucket(parent.task_id)}"
         forged["old"] = await accepted(nc, old, encode_event(entry), {MSG_ID: new_id()})
@@ -157,8 +171,7 @@ async def test_an_app_cannot_drop_signals_cancels_and_wake_ups_by_message_id(sys
         child = f"{parent.task_id}/c"
         for tid in (signalled.task_id, cancelled.task_id, child):
             await suspended(client, tid)
-        ids = [f"{signalled.task_id}:signal:go", f"{cancelled.task_id}:cancel",
-               f"{child}:wake", f"{child}:signal:go"]  # fmt: skip
+        ids = [f"{signalled.task_id}:signal:go", f"{cancelled.task_id}:cancel", f"{child}:wake", f"{child}:signal:go"]
         for msg_id in ids:
             assert await accepted(nc, EXECUTE_SUBJECT, b"{}", {MSG_ID: msg_id})
         await client.signal(signalled.task_id, "go", secret)

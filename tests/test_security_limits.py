@@ -46,15 +46,15 @@ class Secure:
 
     def http(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(
-            base_url=self.info["http_url"], timeout=60,
+            base_url=self.info["http_url"],
+            timeout=60,
             headers={"Authorization": f"Bearer {self.info['api_token']}"},
-        )  # fmt: skip
+        )
 
     def memory_kb(self) -> dict[str, int]:
         """VmRSS and VmHWM (its peak) of the ``cogo up`` process (facade and projector)."""
         lines = Path(f"/proc/{self.proc.pid}/status").read_text().splitlines()
-        return {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in lines)
-                if k in ("VmRSS", "VmHWM")}  # fmt: skip
+        return {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in lines) if k in ("VmRSS", "VmHWM")}
 
     def reset_peak(self) -> None:
         Path(f"/proc/{self.proc.pid}/clear_refs").write_text("5")  # VmHWM := VmRSS
@@ -62,9 +62,13 @@ class Secure:
     async def as_user(self, user: str) -> nats.NATS:
         """A plain nats-py connection as ``user`` (no Cogo code on the attacker's side)."""
         return await nats.connect(
-            self.info["nats_url"], user=user, password=self.passwords[user],
-            allow_reconnect=False, error_cb=_ignore, inbox_prefix=f"_INBOX_{user}",
-        )  # fmt: skip
+            self.info["nats_url"],
+            user=user,
+            password=self.passwords[user],
+            allow_reconnect=False,
+            error_cb=_ignore,
+            inbox_prefix=f"_INBOX_{user}",
+        )
 
 
 async def _ignore(exc: Exception) -> None:
@@ -190,8 +194,10 @@ async def test_sql_answers_within_its_pool_and_keeps_nothing(secure: Secure) -> 
 
         pinger = asyncio.create_task(ping())
         answers = []
-        for sql, timeout_s in [("SELECT list(range::DOUBLE) l FROM range(16000000)", 2),
-                               ("SELECT list(range) FROM range(40000000)", 10)]:  # fmt: skip
+        for sql, timeout_s in [
+            ("SELECT list(range::DOUBLE) l FROM range(16000000)", 2),
+            ("SELECT list(range) FROM range(40000000)", 10),
+        ]:
             answer = await http.post("/api/sql", json={"sql": sql, "timeout_s": timeout_s})
             answers.append((answer.status_code, answer.json()))
         done.set()
@@ -231,25 +237,17 @@ async def _publish_output(secure: Secure, task_id: str) -> None:
     subject = output_subject(task_id)
     acks = []
     for seq in range(1, OUTPUT_CHUNKS + 1):
-        chunk = Output(task_id=task_id, attempt=1, at="2026-12-05T00:00:00Z", seq=seq,
-                       data="x" * CHUNK_CHARS)  # fmt: skip
+        chunk = Output(task_id=task_id, attempt=1, at="2026-12-05T00:00:00Z", seq=seq, data="x" * CHUNK_CHARS)
         data = encode_output(chunk)
-        acks.append(
-            await js.publish_async(subject, data, headers={MAC_HEADER: output_mac(out_token, data)})
-        )
-    end = Output(task_id=task_id, attempt=1, at="2026-12-05T00:00:01Z", end=True,
-                 status="succeeded")  # fmt: skip
+        acks.append(await js.publish_async(subject, data, headers={MAC_HEADER: output_mac(out_token, data)}))
+    end = Output(task_id=task_id, attempt=1, at="2026-12-05T00:00:01Z", end=True, status="succeeded")
     data = encode_output(end)
-    acks.append(
-        await js.publish_async(subject, data, headers={MAC_HEADER: output_mac(out_token, data)})
-    )
+    acks.append(await js.publish_async(subject, data, headers={MAC_HEADER: output_mac(out_token, data)}))
     await asyncio.gather(*acks)
     await admin.close()
 
 
-async def _read_sse(
-    http: httpx.AsyncClient, task_id: str, headers: dict | None = None, pause_every: int = 0
-) -> dict:
+async def _read_sse(http: httpx.AsyncClient, task_id: str, headers: dict | None = None, pause_every: int = 0) -> dict:
     """Read a task's SSE stream to its end; ``pause_every``: a slow reader, pausing a moment
     every so many lines (the facade must not buffer what it cannot send yet)."""
     chunks, events, ids = 0, [], []
@@ -301,8 +299,9 @@ async def test_a_wildcard_route_and_an_oversized_task_fail_at_once(secure: Secur
     client = await secure.as_user("client")
     js = client.jetstream()
     wild = json.dumps({"task_id": "wild-1", "route": "echo.*.>", "payload": {}}).encode()
-    huge = json.dumps({"task_id": "huge-1", "route": "sample.greet.0",
-                       "payload": {"name": "x" * (3 * 2**20 // 2)}}).encode()  # fmt: skip
+    huge = json.dumps(
+        {"task_id": "huge-1", "route": "sample.greet.0", "payload": {"name": "x" * (3 * 2**20 // 2)}}
+    ).encode()
     for task_id, body in (("wild-1", wild), ("huge-1", huge)):
         await js.publish("orchestrator.execute.0", body, headers={"Nats-Msg-Id": task_id})
     await client.close()
@@ -327,26 +326,33 @@ async def test_a_wildcard_route_and_an_oversized_task_fail_at_once(secure: Secur
 
 def test_the_cli_refuses_wildcard_routes_in_one_line(secure: Secure) -> None:
     data = ["--data-dir", str(secure.data_dir)]
-    for args in (["policy", "set", "nope.*.>", '{"timeout_ms": 1000}', *data],
-                 ["policy", "get", "echo.>", *data],
-                 ["submit", "--route", "echo.*", *data],
-                 ["routes", "forget", "echo.*.0", *data]):  # fmt: skip
-        done = subprocess.run([sys.executable, "-m", "cogo", *args], capture_output=True,
-                              text=True, timeout=60)  # fmt: skip
+    for args in (
+        ["policy", "set", "nope.*.>", '{"timeout_ms": 1000}', *data],
+        ["policy", "get", "echo.>", *data],
+        ["submit", "--route", "echo.*", *data],
+        ["routes", "forget", "echo.*.0", *data],
+    ):
+        done = subprocess.run([sys.executable, "-m", "cogo", *args], capture_output=True, text=True, timeout=60)
         lines = (done.stdout + done.stderr).strip().splitlines()
         assert done.returncode != 0 and len(lines) == 1, (args, done.stdout, done.stderr)
         assert "invalid route" in lines[0] and "Traceback" not in lines[0], lines
 
 
 async def test_of_concurrent_signals_exactly_one_counts_and_says_so(secure: Secure) -> None:
-    definition = {"id": "approval", "nodes": [
-        {"id": "approve", "type": "signal", "name": "approve", "timeout_ms": 60000},
-        {"id": "done", "type": "publish", "route": "echo.run.0",
-         "payload": {"result": {"by": "${nodes.approve.result.by}"}}}]}  # fmt: skip
+    definition = {
+        "id": "approval",
+        "nodes": [
+            {"id": "approve", "type": "signal", "name": "approve", "timeout_ms": 60000},
+            {
+                "id": "done",
+                "type": "publish",
+                "route": "echo.run.0",
+                "payload": {"result": {"by": "${nodes.approve.result.by}"}},
+            },
+        ],
+    }
     async with secure.http() as http:
-        started = await http.post(
-            "/api/orchestrator/execute", json={"definition": definition, "runId": "sig-run-1"}
-        )
+        started = await http.post("/api/orchestrator/execute", json={"definition": definition, "runId": "sig-run-1"})
         assert started.status_code == 202, started.text
 
         async def waiting() -> bool:
@@ -355,10 +361,15 @@ async def test_of_concurrent_signals_exactly_one_counts_and_says_so(secure: Secu
             return any(n["id"] == "approve" and n["status"] == "running" for n in nodes)
 
         await wait_until(waiting, 30, "the signal node never started")
-        answers = await asyncio.gather(*(
-            http.post("/api/orchestrator/signal", json={
-                "runId": "sig-run-1", "name": "approve", "data": {"by": f"user-{n}"}})
-            for n in range(20)))  # fmt: skip
+        answers = await asyncio.gather(
+            *(
+                http.post(
+                    "/api/orchestrator/signal",
+                    json={"runId": "sig-run-1", "name": "approve", "data": {"by": f"user-{n}"}},
+                )
+                for n in range(20)
+            )
+        )
 
         async def ended() -> dict | None:
             state = await http.get("/api/orchestrator/state", params={"runId": "sig-run-1"})
@@ -380,12 +391,20 @@ async def test_an_app_user_cannot_list_streams_or_read_tasks_info(secure: Secure
         refused.append(str(exc))
 
     nc = await nats.connect(
-        secure.info["nats_url"], user="app-sample", password=secure.passwords["app-sample"],
-        inbox_prefix="_INBOX_app-sample", allow_reconnect=False, error_cb=on_error,
-    )  # fmt: skip
+        secure.info["nats_url"],
+        user="app-sample",
+        password=secure.passwords["app-sample"],
+        inbox_prefix="_INBOX_app-sample",
+        allow_reconnect=False,
+        error_cb=on_error,
+    )
     try:
-        subjects = ("$JS.API.STREAM.INFO.TASKS", "$JS.API.STREAM.NAMES",
-                    "$JS.API.STREAM.LIST", "$JS.API.STREAM.INFO.EVENTS")  # fmt: skip
+        subjects = (
+            "$JS.API.STREAM.INFO.TASKS",
+            "$JS.API.STREAM.NAMES",
+            "$JS.API.STREAM.LIST",
+            "$JS.API.STREAM.INFO.EVENTS",
+        )
         for subject in subjects:
             with pytest.raises((nats.errors.TimeoutError, nats.errors.NoRespondersError)):
                 await nc.request(subject, b"{}", timeout=1)
@@ -395,8 +414,7 @@ async def test_an_app_user_cannot_list_streams_or_read_tasks_info(secure: Secure
     finally:
         await nc.close()
     for subject in subjects:
-        assert any(f"violation for publish to \"{subject.lower()}\"" in e for e in refused), (
-            subject, refused)  # fmt: skip
+        assert any(f'violation for publish to "{subject.lower()}"' in e for e in refused), (subject, refused)
 
 
 async def test_at_the_bound_the_oldest_idle_version_is_retired(nc, js, config, data_dir) -> None:

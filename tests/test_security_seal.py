@@ -36,15 +36,26 @@ from tests.helpers import EventReader, running
 
 def _order(**fields: object) -> WorkOrder:
     assignment = ResolvedAssignment(
-        model="gpt-4o-mini", max_tokens=4000, max_cost_usd=0.5, timeout_ms=1000, ttl_ms=60000,
-        max_attempts=3, backoff=Backoff(initial_ms=100, multiplier=2.0, max_ms=1000),
+        model="gpt-4o-mini",
+        max_tokens=4000,
+        max_cost_usd=0.5,
+        timeout_ms=1000,
+        ttl_ms=60000,
+        max_attempts=3,
+        backoff=Backoff(initial_ms=100, multiplier=2.0, max_ms=1000),
         allowed_models=("gpt-4o-mini",),
-    )  # fmt: skip
+    )
     now = time.time()
     base: dict[str, object] = dict(
-        task_id="t-1", route="alice.work.0", attempt=1, payload={"text": "é ✓", "n": 0.1},
-        assignment=assignment, submitted_at=now, deadline=now + 60, correlation_id="t-1",
-    )  # fmt: skip
+        task_id="t-1",
+        route="alice.work.0",
+        attempt=1,
+        payload={"text": "é ✓", "n": 0.1},
+        assignment=assignment,
+        submitted_at=now,
+        deadline=now + 60,
+        correlation_id="t-1",
+    )
     return WorkOrder(**{**base, **fields})  # type: ignore[arg-type]
 
 
@@ -53,14 +64,18 @@ def test_a_sealed_order_survives_the_workers_round_trip_and_nothing_else():
     sealed = sealer.seal(_order())
     assert sealed.seal and sealed.token and sealed.out_token
     # the worker decodes the order and reports it back inside its result
-    report = WorkResult(order=sealed, ok=True, actor="w", claimed_at=1.0, queue_wait_ms=1.0,
-                        duration_ms=1.0)  # fmt: skip
+    report = WorkResult(order=sealed, ok=True, actor="w", claimed_at=1.0, queue_wait_ms=1.0, duration_ms=1.0)
     echoed = decode_result(encoder.encode(report)).order
     assert sealer.verify(echoed)
-    for change in ({"task_id": "t-2"}, {"route": "mallory.x.0"}, {"attempt": 2},
-                   {"usage_so_far": Usage(tokens=0, cost_usd=-1.0)}, {"bypass": ("max_tokens",)},
-                   {"assignment": msgspec.structs.replace(sealed.assignment, max_tokens=10**12)},
-                   {"seal": None}):  # fmt: skip
+    for change in (
+        {"task_id": "t-2"},
+        {"route": "mallory.x.0"},
+        {"attempt": 2},
+        {"usage_so_far": Usage(tokens=0, cost_usd=-1.0)},
+        {"bypass": ("max_tokens",)},
+        {"assignment": msgspec.structs.replace(sealed.assignment, max_tokens=10**12)},
+        {"seal": None},
+    ):
         assert not sealer.verify(msgspec.structs.replace(echoed, **change)), change
     assert not Sealer("another key").verify(echoed)
 
@@ -91,8 +106,7 @@ def test_at_header_is_rfc3339_with_milliseconds():
 async def test_a_schedule_fires_once_at_its_time_and_a_cancelled_one_never(js):
     sub = await js.pull_subscribe_bind("orchestrator-retry-0", stream=TASKS)
     fires_at = time.time() + 1.0
-    await publish_at(js, key="test.one", target=RETRY_SUBJECT, data=b"one", at=fires_at,
-                     headers={"Cogo-Kind": "retry"})  # fmt: skip
+    await publish_at(js, key="test.one", target=RETRY_SUBJECT, data=b"one", at=fires_at, headers={"Cogo-Kind": "retry"})
     await publish_at(js, key="test.two", target=RETRY_SUBJECT, data=b"two", at=fires_at)
     await cancel_schedule(js, key="test.two")
     (msg,) = await sub.fetch(1, timeout=10)
@@ -103,9 +117,7 @@ async def test_a_schedule_fires_once_at_its_time_and_a_cancelled_one_never(js):
         await sub.fetch(1, timeout=2)
 
 
-async def test_a_principal_counts_only_as_the_facade_signed_it(
-    nats_server, js, config, monkeypatch
-):
+async def test_a_principal_counts_only_as_the_facade_signed_it(nats_server, js, config, monkeypatch):
     """With a seal key, a ``Cogo-Principal`` header is believed only with its MAC for that
     very task: anyone on NATS can write the header, only the facade can sign it."""
     monkeypatch.setenv(SEAL_KEY_ENV, "test-seal-key")
@@ -115,18 +127,15 @@ async def test_a_principal_counts_only_as_the_facade_signed_it(
     ask = {"__assignment": {"max_tokens": 300_000, "bypass": ["max_tokens"]}}
     signed, claimed, replayed = new_id(), new_id(), new_id()
     headers = {
-        signed: {PRINCIPAL_HEADER: "http",
-                 PRINCIPAL_MAC_HEADER: sealer.principal_mac("http", signed)},
+        signed: {PRINCIPAL_HEADER: "http", PRINCIPAL_MAC_HEADER: sealer.principal_mac("http", signed)},
         claimed: {PRINCIPAL_HEADER: "http"},
         # a genuine signature, lifted from another task
-        replayed: {PRINCIPAL_HEADER: "http",
-                   PRINCIPAL_MAC_HEADER: sealer.principal_mac("http", signed)},
-    }  # fmt: skip
+        replayed: {PRINCIPAL_HEADER: "http", PRINCIPAL_MAC_HEADER: sealer.principal_mac("http", signed)},
+    }
     async with running(nats_server.url, config, ExecutorDispatcher, EchoActor):
         for task_id, extra in headers.items():
             body = {"task_id": task_id, "route": "echo.run.0", "payload": ask}
-            await js.publish(EXECUTE_SUBJECT, encoder.encode(body),
-                             headers={MSG_ID: task_id, **extra})  # fmt: skip
+            await js.publish(EXECUTE_SUBJECT, encoder.encode(body), headers={MSG_ID: task_id, **extra})
         reader = EventReader(js)
         done = await reader.wait_terminal(list(headers))
     assert done[signed].type == "execute_done"

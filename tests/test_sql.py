@@ -146,8 +146,9 @@ def test_sandbox_reads_caps_rows_and_converts_values(store):
     assert t == "2026-01-02T03:04:05.500000" and tz.startswith("2026-01-02 03:04:05")
     assert (d, lst, struct, blob, nan) == (1.25, [1, 2], {"k": "v"}, "eA==", None)
     assert query(store, "EXPLAIN SELECT * FROM bus_events").columns == [
-        "explain_key", "explain_value",
-    ]  # fmt: skip
+        "explain_key",
+        "explain_value",
+    ]
     assert query(store, "FROM task_latency LIMIT 1").columns[0] == "task_id"
 
 
@@ -160,32 +161,24 @@ async def test_http_sql(nc, js, config, data_dir):
     await projector.start()
     try:
         await projector.wait_caught_up()
-        state = AppState(
-            nc=nc, config=config, policies=PolicyStore(js), data_dir=data_dir, api_token="t0k"
-        )
+        state = AppState(nc=nc, config=config, policies=PolicyStore(js), data_dir=data_dir, api_token="t0k")
         state.projector = projector
         app = create_app(state, extra_routes=sql_routes)
         auth = {"Authorization": "Bearer t0k"}
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://cogo"
-        ) as client:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://cogo") as client:
             ok = await client.post(
                 "/api/sql",
                 json={"sql": "SELECT type, count(*) AS n FROM bus_events GROUP BY type ORDER BY 1"},
                 headers=auth,
             )
-            escape = await client.post(
-                "/api/sql", json={"sql": "SELECT * FROM read_csv('/etc/passwd')"}, headers=auth
-            )
+            escape = await client.post("/api/sql", json={"sql": "SELECT * FROM read_csv('/etc/passwd')"}, headers=auth)
             ddl = await client.post("/api/sql", json={"sql": "DROP TABLE bus_events"}, headers=auth)
             slow = await client.post(
                 "/api/sql",
                 json={"sql": "SELECT sum(i) FROM range(1000000000000) r(i)", "timeout_s": 0.3},
                 headers=auth,
             )
-            invalid = await client.post(
-                "/api/sql", json={"sql": "SELEC 1", "max_rows": 0, "extra": 1}, headers=auth
-            )
+            invalid = await client.post("/api/sql", json={"sql": "SELEC 1", "max_rows": 0, "extra": 1}, headers=auth)
             not_json = await client.post("/api/sql", content=b"{", headers=auth)
             anonymous = await client.post("/api/sql", json={"sql": "SELECT 1"})
     finally:
@@ -200,8 +193,9 @@ async def test_http_sql(nc, js, config, data_dir):
     assert slow.status_code == 400 and slow.json()["code"] == "sql.timeout"
     assert invalid.status_code == 422
     assert {tuple(d["loc"]) for d in invalid.json()["detail"]} == {
-        ("body", "max_rows"), ("body", "extra"),
-    }  # fmt: skip
+        ("body", "max_rows"),
+        ("body", "extra"),
+    }
     assert not_json.status_code == 400
     assert anonymous.status_code == 401
 
@@ -210,9 +204,7 @@ async def test_http_sql(nc, js, config, data_dir):
 
 
 def _cogo(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "cogo", *args], capture_output=True, text=True, timeout=timeout
-    )
+    return subprocess.run([sys.executable, "-m", "cogo", *args], capture_output=True, text=True, timeout=timeout)
 
 
 async def test_cli_sql_and_replay_through_running_cogo_up(tmp_path):
@@ -232,9 +224,7 @@ async def test_cli_sql_and_replay_through_running_cogo_up(tmp_path):
         count_sql = "SELECT count(*) AS done FROM bus_events WHERE type = 'execute_done'"
         deadline = time.monotonic() + 20
         while True:
-            run = await asyncio.to_thread(
-                _cogo, "sql", count_sql, "--json", "--data-dir", str(data_dir)
-            )
+            run = await asyncio.to_thread(_cogo, "sql", count_sql, "--json", "--data-dir", str(data_dir))
             assert run.returncode == 0, run.stderr
             result = json.loads(run.stdout)
             if result["rows"] == [[5]]:
@@ -243,9 +233,7 @@ async def test_cli_sql_and_replay_through_running_cogo_up(tmp_path):
             await asyncio.sleep(0.3)
         assert result["columns"] == ["done"]
 
-        rejected = await asyncio.to_thread(
-            _cogo, "sql", "COPY bus_events TO '/tmp/x.csv'", "--data-dir", str(data_dir)
-        )
+        rejected = await asyncio.to_thread(_cogo, "sql", "COPY bus_events TO '/tmp/x.csv'", "--data-dir", str(data_dir))
         assert rejected.returncode == 2 and "[sql.rejected]" in rejected.stderr
 
         table = await asyncio.to_thread(
@@ -262,16 +250,12 @@ async def test_cli_sql_and_replay_through_running_cogo_up(tmp_path):
         replayed = json.loads(replay.stdout)
         assert replayed["messages"]["EVENTS"] >= 10 and replayed["path"].endswith("cogo.duckdb")
         assert "through the running instance" in replay.stderr
-        again = await asyncio.to_thread(
-            _cogo, "sql", count_sql, "--json", "--data-dir", str(data_dir)
-        )
+        again = await asyncio.to_thread(_cogo, "sql", count_sql, "--json", "--data-dir", str(data_dir))
         assert json.loads(again.stdout)["rows"] == [[5]]
     finally:
         await asyncio.to_thread(stop, up)
     # stopped: the CLI opens the file read-only itself
-    offline = await asyncio.to_thread(
-        _cogo, "sql", count_sql, "--json", "--data-dir", str(data_dir)
-    )
+    offline = await asyncio.to_thread(_cogo, "sql", count_sql, "--json", "--data-dir", str(data_dir))
     assert offline.returncode == 0, offline.stderr
     assert json.loads(offline.stdout)["rows"] == [[5]]
 
@@ -283,14 +267,10 @@ async def test_cli_replay_offline_and_refusal(nats_server, js, tmp_path):
     replay = await asyncio.to_thread(_cogo, "replay", "--json", *args)
     assert replay.returncode == 0, replay.stderr
     assert json.loads(replay.stdout)["messages"] == {"EVENTS": 300, "DLQ": 0}
-    count = await asyncio.to_thread(
-        _cogo, "sql", "SELECT count(DISTINCT seq) FROM bus_events", "--json", *args
-    )
+    count = await asyncio.to_thread(_cogo, "sql", "SELECT count(DISTINCT seq) FROM bus_events", "--json", *args)
     assert json.loads(count.stdout)["rows"] == [[300]]
 
-    projector = cogo_run(
-        "projector", nats_server.url, "--data-dir", str(data_dir), log=data_dir / "projector.log"
-    )
+    projector = cogo_run("projector", nats_server.url, "--data-dir", str(data_dir), log=data_dir / "projector.log")
     try:
         # the projector holds the file once its consumer exists (it opens the file first);
         # replaying meanwhile would itself hold the file and make the projector give up
@@ -375,9 +355,7 @@ def test_memory_limit_and_threads_come_from_the_config(tmp_path):
     small = ProjectionStore(tmp_path / "small.duckdb", limits=limits)
     small.open_sync()
     try:
-        settings = query(
-            small, "SELECT current_setting('memory_limit'), current_setting('threads')"
-        )
+        settings = query(small, "SELECT current_setting('memory_limit'), current_setting('threads')")
         assert settings.rows == [["61.0 MiB", 1]]
         with pytest.raises(SqlRejected, match="more memory than allowed"):
             query(small, "SELECT count(DISTINCT range::VARCHAR) FROM range(20000000)")

@@ -32,16 +32,15 @@ async def test_a_retried_attempt_replays_journaled_steps(cogo_env):
     events = await cogo_env.events(tid)
     journal = steps_of(events)
     assert [(e["event_id"], e["attempt"], e["data"]["step"]) for e in journal] == [
-        (f"{tid}:step:a", 1, "a"), (f"{tid}:step:b", 2, "b"),
-    ]  # fmt: skip
+        (f"{tid}:step:a", 1, "a"),
+        (f"{tid}:step:b", 2, "b"),
+    ]
     assert journal[0]["usage"]["tokens"] == 7 and journal[0]["data"]["result"] == result["a"]
     # charged once each: 7 tokens for a (attempt 1), 7 for b (attempt 2), nothing for the replay
     status = await handle.status()
     assert status.attempt == 2 and status.usage["tokens"] == 14
     # the journal rides on one of the route's 64 subjects, not on a subject per task
-    assert journal_subject("rt.steps.0", tid).rsplit(".", 1)[1] in {
-        str(b) for b in range(JOURNAL_BUCKETS)
-    }
+    assert journal_subject("rt.steps.0", tid).rsplit(".", 1)[1] in {str(b) for b in range(JOURNAL_BUCKETS)}
 
 
 async def test_a_step_that_raises_is_not_journaled_and_runs_again(cogo_env):

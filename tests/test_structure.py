@@ -14,12 +14,29 @@ import import_graph  # noqa: E402
 
 # lowest first: a package may import the ones before it, never the ones after
 LAYERS = [
-    "cogo.errors", "cogo.aio", "cogo.tracing", "cogo.lifeline", "cogo.config", "cogo.secretfile",
+    "cogo.errors",
+    "cogo.aio",
+    "cogo.tracing",
+    "cogo.lifeline",
+    "cogo.config",
+    "cogo.secretfile",
     "cogo.endpoints",
-    "cogo.streams", "cogo.sdk", "cogo.integrations", "cogo.indexing", "cogo.agents",
-    "cogo.workflows", "cogo.projections", "cogo.http", "cogo.rollouts", "cogo.runtime",
-    "cogo.devllm", "cogo.testing", "cogo.bench", "cogo.cli", "cogo.__main__",
-]  # fmt: skip
+    "cogo.streams",
+    "cogo.sdk",
+    "cogo.integrations",
+    "cogo.indexing",
+    "cogo.agents",
+    "cogo.workflows",
+    "cogo.projections",
+    "cogo.http",
+    "cogo.rollouts",
+    "cogo.runtime",
+    "cogo.devllm",
+    "cogo.testing",
+    "cogo.bench",
+    "cogo.cli",
+    "cogo.__main__",
+]
 
 
 def test_no_import_cycles():
@@ -80,3 +97,27 @@ def test_cogo_variables_are_read_in_config_and_documented():
     names = [v for k, v in vars(config).items() if k.endswith("_ENV") and isinstance(v, str)]
     documented = (root / "defaults.toml").read_text()
     assert len(names) >= 17 and [n for n in names if n not in documented] == []
+
+
+def test_no_module_of_the_package_is_over_500_lines():
+    """Past ~500 lines a module holds more than one idea: split it along a seam."""
+    root = Path(import_graph.ROOT)
+    long = {
+        str(p.relative_to(root.parent)): n for p in root.rglob("*.py") if (n := len(p.read_text().splitlines())) > 500
+    }
+    assert long == {}
+
+
+def test_the_formatter_needs_no_exceptions():
+    """``ruff format`` (line-length 120) formats every file as it stands: no file of the
+    package, the tests, the scripts or the examples opts a line or a block out of it."""
+    top = Path(import_graph.ROOT).parent
+    marker = "# fmt: " + "skip"  # spelled apart so that this file does not hold it
+    off = "# fmt: " + "off"
+    found = [
+        str(p.relative_to(top))
+        for folder in ("cogo", "tests", "scripts", "examples")
+        for p in (top / folder).rglob("*.py")
+        if marker in (text := p.read_text()) or off in text
+    ]
+    assert found == []

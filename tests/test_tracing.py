@@ -25,9 +25,7 @@ from tests.upsystem import cogo_up, stop  # noqa: E402
 
 FLOW = {
     "id": "tracedFlow",
-    "nodes": [
-        {"id": "ask", "type": "publish", "route": "traced.ask.0", "payload": {"question": "wf"}}
-    ],
+    "nodes": [{"id": "ask", "type": "publish", "route": "traced.ask.0", "payload": {"question": "wf"}}],
 }
 CALLER = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
@@ -40,23 +38,47 @@ def receiver():
 
 
 def otel_env(endpoint: str, chat_url: str) -> dict[str, str]:
-    return {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100",
-            "OTEL_EXPORTER_OTLP_TIMEOUT": "2", "COGO_LLM_BASE_URL": chat_url,
-            "COGO_LLM_API_KEY": "k"}  # fmt: skip
+    return {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+        "OTEL_EXPORTER_OTLP_TIMEOUT": "2",
+        "COGO_LLM_BASE_URL": chat_url,
+        "COGO_LLM_API_KEY": "k",
+    }
 
 
 def submit(
-    data_dir, env: dict[str, str], task_id: str, route: str = "traced.ask.0",
+    data_dir,
+    env: dict[str, str],
+    task_id: str,
+    route: str = "traced.ask.0",
     payload: dict | None = None,
-) -> dict:  # fmt: skip
+) -> dict:
     """`cogo submit --wait` in a process of its own (the client of the trace)."""
     payload = payload if payload is not None else {"question": " why? "}
     done = subprocess.run(
-        [sys.executable, "-m", "cogo", "submit", "--data-dir", str(data_dir), "--route",
-         route, "--payload", json.dumps(payload), "--task-id", task_id,
-         "--wait", "--timeout", "60"],
-        capture_output=True, text=True, timeout=90, env={**os.environ, **env},
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "cogo",
+            "submit",
+            "--data-dir",
+            str(data_dir),
+            "--route",
+            route,
+            "--payload",
+            json.dumps(payload),
+            "--task-id",
+            task_id,
+            "--wait",
+            "--timeout",
+            "60",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env={**os.environ, **env},
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     return json.loads(done.stdout.splitlines()[-1])
 
@@ -77,32 +99,42 @@ async def test_one_trace_from_the_client_through_dispatcher_and_worker_to_the_ll
         def complete() -> bool:
             steps, chats = receiver.named("step "), receiver.named("chat ")
             ran = {s.span_id for s in receiver.named("attempt ")}
-            return bool(receiver.named("task ") and receiver.named("submit ") and steps and chats
-                        and steps[0].parent_span_id in ran and chats[-1].parent_span_id in ran)  # fmt: skip
+            return bool(
+                receiver.named("task ")
+                and receiver.named("submit ")
+                and steps
+                and chats
+                and steps[0].parent_span_id in ran
+                and chats[-1].parent_span_id in ran
+            )
 
         await wait_until(complete, 30, "the task's spans never reached the receiver")
-        spans = {s.name.split(" ")[0]: s for s in receiver.spans if s.name.startswith(
-            ("submit", "task", "step", "chat"))}  # fmt: skip
+        spans = {
+            s.name.split(" ")[0]: s for s in receiver.spans if s.name.startswith(("submit", "task", "step", "chat"))
+        }
         attempts = {s.span_id: s for s in receiver.named("attempt ")}
         headers = {"Authorization": f"Bearer {info['api_token']}", "traceparent": CALLER}
         chat_server.reply("via http")
         async with httpx.AsyncClient(base_url=info["http_url"], headers=headers) as http:
-            r = await http.post("/api/tasks", json={"route": "traced.ask.0", "task_id": "traced-2",
-                                                    "payload": {"question": "http?"}})  # fmt: skip
+            r = await http.post(
+                "/api/tasks", json={"route": "traced.ask.0", "task_id": "traced-2", "payload": {"question": "http?"}}
+            )
             assert r.status_code == 202, r.text
             rows = await wait_until(lambda: _sql(http, "traced-2"), 30, "no trace id in bus_events")
             # a workflow run: its run span, a node span, the node's task under it
             planned = await http.post("/api/orchestrator/plan", json={"definition": FLOW})
             assert planned.status_code == 200, planned.text
-            run = await http.post("/api/orchestrator/execute",
-                                  json={"plan": planned.json()["plan"], "runId": "run-t"})  # fmt: skip
+            run = await http.post("/api/orchestrator/execute", json={"plan": planned.json()["plan"], "runId": "run-t"})
             assert run.status_code == 202, run.text
             flow = await wait_until(
-                lambda: receiver.named("workflow tracedFlow") and receiver.named("node ask")
-                and [s for s in receiver.named("task ")
-                     if s.attributes["cogo.task_id"] == "run-t:ask:1"],
-                30, "the workflow's spans never reached the receiver",
-            )  # fmt: skip
+                lambda: (
+                    receiver.named("workflow tracedFlow")
+                    and receiver.named("node ask")
+                    and [s for s in receiver.named("task ") if s.attributes["cogo.task_id"] == "run-t:ask:1"]
+                ),
+                30,
+                "the workflow's spans never reached the receiver",
+            )
     finally:
         log = stop(up)
     submit_, task, step, chat = spans["submit"], spans["task"], spans["step"], spans["chat"]
@@ -135,24 +167,19 @@ async def test_one_trace_from_the_client_through_dispatcher_and_worker_to_the_ll
     (wf,) = receiver.named("workflow tracedFlow")
     (node,) = receiver.named("node ask")
     (wf_task,) = flow
-    wf_attempt = [s for s in receiver.named("attempt ")
-                  if s.attributes["cogo.task_id"] == "run-t:ask:1"]  # fmt: skip
+    wf_attempt = [s for s in receiver.named("attempt ") if s.attributes["cogo.task_id"] == "run-t:ask:1"]
     assert wf.parent_span_id == "" and node.parent_span_id == wf.span_id
     assert wf_task.parent_span_id == node.span_id
     assert wf_attempt and wf_attempt[0].parent_span_id == wf_task.span_id
     assert len({wf.trace_id, node.trace_id, wf_task.trace_id, wf_attempt[0].trace_id}) == 1
 
 
-async def test_a_child_called_with_ctx_call_is_in_its_parents_trace(
-    tmp_path, config_path, chat_server, receiver
-):
+async def test_a_child_called_with_ctx_call_is_in_its_parents_trace(tmp_path, config_path, chat_server, receiver):
     env = otel_env(receiver.url, chat_server.url)
     data_dir = tmp_path / "up"
     up, _ = await cogo_up(data_dir, config_path, "--app", "tests.traced_app:app", env=env)
     try:
-        status = await asyncio.to_thread(
-            submit, data_dir, env, "fam-1", "traced.parent.0", {"topic": " tides "}
-        )
+        status = await asyncio.to_thread(submit, data_dir, env, "fam-1", "traced.parent.0", {"topic": " tides "})
         assert status["status"] == "succeeded", status
         assert status["result"] == {"note": {"topic": "tides"}}
 
@@ -165,9 +192,13 @@ async def test_a_child_called_with_ctx_call_is_in_its_parents_trace(
             ran = {s.span_id for s in of("attempt ", "fam-1")}
             child_ran = {s.span_id for s in of("attempt ", "fam-1/note")}
             calls = of("call ", "fam-1/note")
-            return bool(of("task ", "fam-1") and of("task ", "fam-1/note") and calls
-                        and calls[0].parent_span_id in ran
-                        and any(s.parent_span_id in child_ran for s in receiver.named("step ")))  # fmt: skip
+            return bool(
+                of("task ", "fam-1")
+                and of("task ", "fam-1/note")
+                and calls
+                and calls[0].parent_span_id in ran
+                and any(s.parent_span_id in child_ran for s in receiver.named("step "))
+            )
 
         await wait_until(complete, 30, "the parent's and child's spans never reached the receiver")
     finally:
@@ -187,8 +218,7 @@ async def test_a_child_called_with_ctx_call_is_in_its_parents_trace(
     (call,) = of("call ", "fam-1/note")
     parent_attempts = {s.span_id: s for s in of("attempt ", "fam-1")}
     child_attempts = of("attempt ", "fam-1/note")
-    (child_step,) = [s for s in receiver.named("step ")
-                     if by_id.get(s.parent_span_id) in child_attempts]  # fmt: skip
+    (child_step,) = [s for s in receiver.named("step ") if by_id.get(s.parent_span_id) in child_attempts]
     # the submission of the child is a span of the parent's attempt that called it, and the
     # child's task span (reported by the dispatcher) hangs under it: one trace, one tree
     assert call.name == "call traced.child.0" and call.kind == 4  # SPAN_KIND_PRODUCER
@@ -199,19 +229,18 @@ async def test_a_child_called_with_ctx_call_is_in_its_parents_trace(
     assert chain[:3] == [by_id[child_step.parent_span_id], child_task, call]
     assert parent_attempts[call.parent_span_id] in chain
     assert chain[-2:] == [parent_task, submit_] and submit_.parent_span_id == ""
-    family = (submit_, parent_task, *parent_attempts.values(), call, child_task,
-              *child_attempts, child_step)  # fmt: skip
+    family = (submit_, parent_task, *parent_attempts.values(), call, child_task, *child_attempts, child_step)
     assert len({s.trace_id for s in family}) == 1
     # across processes: the client, the dispatcher (task spans), the worker (attempts, call)
     pid = {s.resource["process.pid"] for s in (submit_, parent_task, call)}
-    assert len(pid) == 3 and child_task.resource["process.pid"] == parent_task.resource[
-        "process.pid"]  # fmt: skip
+    assert len(pid) == 3 and child_task.resource["process.pid"] == parent_task.resource["process.pid"]
     assert call.resource["process.pid"] == by_id[call.parent_span_id].resource["process.pid"]
 
 
 async def _sql(http: httpx.AsyncClient, task_id: str) -> set[str] | None:
-    r = await http.post("/api/sql", json={
-        "sql": f"SELECT DISTINCT trace_id FROM task_traces WHERE task_id = '{task_id}'"})  # fmt: skip
+    r = await http.post(
+        "/api/sql", json={"sql": f"SELECT DISTINCT trace_id FROM task_traces WHERE task_id = '{task_id}'"}
+    )
     assert r.status_code == 200, r.text
     rows = r.json()["rows"]
     return {row[0] for row in rows} if rows else None
@@ -247,11 +276,14 @@ def test_an_unreachable_endpoint_fails_no_task_and_its_spans_are_dropped_and_cou
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
-           "OTEL_BSP_SCHEDULE_DELAY": "50", "OTEL_EXPORTER_OTLP_TIMEOUT": "1",
-           "COGO_LLM_API_KEY": "k"}  # fmt: skip
-    done = subprocess.run([sys.executable, "-c", UNREACHABLE], capture_output=True, text=True,
-                          timeout=150, env=env)  # fmt: skip
+    env = {
+        **os.environ,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+        "OTEL_BSP_SCHEDULE_DELAY": "50",
+        "OTEL_EXPORTER_OTLP_TIMEOUT": "1",
+        "COGO_LLM_API_KEY": "k",
+    }
+    done = subprocess.run([sys.executable, "-c", UNREACHABLE], capture_output=True, text=True, timeout=150, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     figures = json.loads(done.stdout.splitlines()[-1])
     assert figures["ok"] == 20 and figures["exported"] == 0 and figures["dropped"] > 0
@@ -272,8 +304,7 @@ def test_off_nothing_is_imported_and_nothing_is_added():
         "print(sorted(m for m in sys.modules if m.startswith('opentelemetry')))\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60, env=env)  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip() == "[]"
 

@@ -22,8 +22,7 @@ STEP_TIMEOUT_S = 600  # an install from an empty cache downloads ~100 MB
 
 
 def run(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    out = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True,
-                         timeout=STEP_TIMEOUT_S)  # fmt: skip
+    out = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=STEP_TIMEOUT_S)
     assert out.returncode == 0, f"{' '.join(args)}\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
     return out
 
@@ -33,8 +32,7 @@ def test_a_project_of_ones_own_from_the_built_wheel(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("COGO_", "PYTHON"))}
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
     dist = tmp_path / "dist"
-    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(ROOT)],
-        tmp_path, env)  # fmt: skip
+    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(ROOT)], tmp_path, env)
     (wheel,) = dist.glob("cogo-*.whl")
     venv = tmp_path / "venv"
     run([sys.executable, "-m", "venv", str(venv)], tmp_path, env)
@@ -64,14 +62,26 @@ def test_a_project_of_ones_own_from_the_built_wheel(tmp_path):
         assert "app shop (shop.agents:app): count, reply" in listed, listed
 
         sub = project / "shop"  # any directory of the project finds the same system
-        done = run(["cogo", "submit", "--route", "shop.count.0", "--payload",
-                    '{"text": "to be or not to be"}', "--wait", "--timeout", "60"], sub, env)  # fmt: skip
+        done = run(
+            [
+                "cogo",
+                "submit",
+                "--route",
+                "shop.count.0",
+                "--payload",
+                '{"text": "to be or not to be"}',
+                "--wait",
+                "--timeout",
+                "60",
+            ],
+            sub,
+            env,
+        )
         final = json.loads(done.stdout.strip().splitlines()[-1])
         assert final["status"] == "succeeded" and final["result"] == {"words": 6, "distinct": 4}
         assert final["events"], final  # the projector's whole document, not the bare event
 
-        tests = run([str(bin_dir / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider"],
-                    project, env)  # fmt: skip
+        tests = run([str(bin_dir / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider"], project, env)
         assert "5 passed" in tests.stdout, tests.stdout
     finally:
         if up.poll() is None:

@@ -27,11 +27,15 @@ DEFINITION: dict[str, Any] = {
     "id": "cliDemo",
     "parameters": {"sleep_ms": {"type": "integer", "default": 0}},
     "nodes": [
-        {"id": "work", "type": "publish", "route": "echo.run.0",
-         "payload": {"sleep_ms": "${params.sleep_ms}", "result": {"ok": True}}},
+        {
+            "id": "work",
+            "type": "publish",
+            "route": "echo.run.0",
+            "payload": {"sleep_ms": "${params.sleep_ms}", "result": {"ok": True}},
+        },
         {"id": "check", "type": "gate", "condition": "nodes.work.result.ok"},
     ],
-}  # fmt: skip
+}
 
 
 async def _cli(capsys: Any, *argv: str) -> tuple[int, str]:
@@ -47,9 +51,7 @@ async def test_workflow_commands(nats_server, nc, js, config, data_dir, tmp_path
     state = AppState(nc=nc, config=config, policies=policies, data_dir=data_dir, api_token="tok")
     port = free_port()
     app = create_app(state, extra_routes=orchestrator_routes.routes)
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    )
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
     serving = asyncio.create_task(server.serve())
     for _ in range(250):  # uvicorn has no "started" event to await
         if server.started:
@@ -65,9 +67,21 @@ async def test_workflow_commands(nats_server, nc, js, config, data_dir, tmp_path
             running(nats_server.url, config, ExecutorDispatcher, EchoActor),
             running(nats_server.url, config, WorkflowEngine, data_dir=data_dir),
         ):
-            code, out = await _cli(capsys, "workflow", "run", "--file", str(definition),
-                                   "-p", "sleep_ms=10", "--run-id", "cli-run-1", "--wait",
-                                   "--timeout", "20", *common)  # fmt: skip
+            code, out = await _cli(
+                capsys,
+                "workflow",
+                "run",
+                "--file",
+                str(definition),
+                "-p",
+                "sleep_ms=10",
+                "--run-id",
+                "cli-run-1",
+                "--wait",
+                "--timeout",
+                "20",
+                *common,
+            )
             assert code == 0, out
             final = json.loads(out)  # one JSON document: the final state
             assert final["runId"] == "cli-run-1" and final["status"] == "succeeded"
@@ -78,8 +92,18 @@ async def test_workflow_commands(nats_server, nc, js, config, data_dir, tmp_path
             code, out = await _cli(capsys, "workflow", "list", *common)
             assert code == 0 and "cli-run-1" in out and "succeeded" in out
 
-            code, out = await _cli(capsys, "workflow", "run", "--file", str(definition),
-                                   "-p", "sleep_ms=2000", "--run-id", "cli-run-2", *common)  # fmt: skip
+            code, out = await _cli(
+                capsys,
+                "workflow",
+                "run",
+                "--file",
+                str(definition),
+                "-p",
+                "sleep_ms=2000",
+                "--run-id",
+                "cli-run-2",
+                *common,
+            )
             assert code == 0
             for _ in range(100):  # the start is queued until the orchestrator takes it
                 code, out = await _cli(capsys, "workflow", "cancel", "cli-run-2", *common)
@@ -94,12 +118,12 @@ async def test_workflow_commands(nats_server, nc, js, config, data_dir, tmp_path
             # a human gate: the run waits until `cogo workflow signal` approves it
             gated = tmp_path / "gated.json"
             gated.write_text(json.dumps(GATED))
-            code, out = await _cli(capsys, "workflow", "run", "--file", str(gated),
-                                   "--run-id", "cli-gated", *common)  # fmt: skip
+            code, out = await _cli(capsys, "workflow", "run", "--file", str(gated), "--run-id", "cli-gated", *common)
             assert code == 0 and json.loads(out)["runId"] == "cli-gated"
             for _ in range(100):  # 404 until the orchestrator has taken the start command
-                code, out = await _cli(capsys, "workflow", "signal", "cli-gated", "approve",
-                                       "--data", '{"approved": true}', *common)  # fmt: skip
+                code, out = await _cli(
+                    capsys, "workflow", "signal", "cli-gated", "approve", "--data", '{"approved": true}', *common
+                )
                 if code == 0:
                     break
                 await asyncio.sleep(0.1)
@@ -114,13 +138,11 @@ async def test_workflow_commands(nats_server, nc, js, config, data_dir, tmp_path
             assert json.loads(out)["nodes"][0]["result"] == {"approved": True}
 
             # schedules: every second, fired by the orchestrator holding the scheduler lease
-            code, err = await _cli(capsys, "schedule", "add", "tick", "cliDemo", "--cron",
-                                   "not a cron", *common)  # fmt: skip
+            code, err = await _cli(capsys, "schedule", "add", "tick", "cliDemo", "--cron", "not a cron", *common)
             assert code == 2 and "422" in err and "cron" in err
             (data_dir / "workflows").mkdir(exist_ok=True)
             (data_dir / "workflows" / "cliDemo.json").write_text(json.dumps(DEFINITION))
-            code, out = await _cli(capsys, "schedule", "add", "tick", "cliDemo", "--every", "1",
-                                   *common)  # fmt: skip
+            code, out = await _cli(capsys, "schedule", "add", "tick", "cliDemo", "--every", "1", *common)
             assert code == 0 and json.loads(out)["interval_s"] == 1, out
             for _ in range(150):
                 code, out = await _cli(capsys, "schedule", "list", "--json", *common)
@@ -138,8 +160,9 @@ async def test_workflow_commands(nats_server, nc, js, config, data_dir, tmp_path
 
             (data_dir / "workflows" / "broken.toml").write_text("id = ")
             # an expression planning refuses: listed with its error, not as loaded
-            (data_dir / "workflows" / "sneaky.json").write_text(json.dumps({"id": "sneaky",
-                "nodes": [{"id": "g", "type": "gate", "condition": "__import__('os')"}]}))  # fmt: skip
+            (data_dir / "workflows" / "sneaky.json").write_text(
+                json.dumps({"id": "sneaky", "nodes": [{"id": "g", "type": "gate", "condition": "__import__('os')"}]})
+            )
             code, out = await _cli(capsys, "workflow", "defs", "--json", *common)
             broken = [w for w in json.loads(out) if w["id"] == "broken"]
             assert code == 0 and broken and "TOMLDecodeError" in broken[0]["error"]
@@ -168,8 +191,13 @@ def test_parameters_parse_json_or_text():
         param = ["n=3", "flag=true", "name=repo", 'obj={"x": [1]}', "path=/tmp/x"]
 
     assert parameters_of(Args()) == {  # type: ignore[arg-type]
-        "a": 1, "n": 3, "flag": True, "name": "repo", "obj": {"x": [1]}, "path": "/tmp/x"
-    }  # fmt: skip
+        "a": 1,
+        "n": 3,
+        "flag": True,
+        "name": "repo",
+        "obj": {"x": [1]},
+        "path": "/tmp/x",
+    }
     Args.param = ["novalue"]
     with pytest.raises(Exception, match="KEY=VALUE"):
         parameters_of(Args())  # type: ignore[arg-type]

@@ -57,8 +57,7 @@ EVERY_NODE_TYPE: dict[str, Any] = {
         {
             "id": "check",
             "type": "gate",
-            "condition": "nodes.first.result.count == params.n"
-            " and len(nodes.first.result['items']) == 2",
+            "condition": "nodes.first.result.count == params.n and len(nodes.first.result['items']) == 2",
         },
         {"id": "tell", "type": "notify", "url": "${params.webhook_url}", "message": "all done"},
     ],
@@ -124,7 +123,7 @@ FAILING_GATE: dict[str, Any] = {
             "type": "publish",
             "route": "echo.run.0",
             "payload": {"result": {"verdict": "fail"}},
-        },  # fmt: skip
+        },
         {"id": "verdict", "type": "gate", "condition": "nodes.work.result.verdict == 'pass'"},
         {"id": "after_gate", "type": "publish", "route": "echo.run.0", "payload": {}},
         {
@@ -133,7 +132,7 @@ FAILING_GATE: dict[str, Any] = {
             "always": True,
             "when": "params.webhook_url",
             "url": "${params.webhook_url}",
-        },  # fmt: skip
+        },
     ],
 }
 
@@ -173,7 +172,7 @@ WAITING: dict[str, Any] = {
             "type": "wait",
             "timeout_ms": "${params.timeout_ms}",
             "event": {"type": "never_happens"},
-        },  # fmt: skip
+        },
         {"id": "unreached", "type": "publish", "route": "echo.run.0", "payload": {}},
     ],
 }
@@ -192,8 +191,7 @@ async def test_wait_timeout_fails_the_run(nats_server, js, config):
 async def test_cancel_a_run(nats_server, js, config):
     async with running(nats_server.url, config, ExecutorDispatcher, EchoActor, WorkflowEngine):
         run_id = await start_run(js, config, WAITING)
-        await wait_run(js, run_id, until=lambda s: s.nodes.get("never") and
-                       s.nodes["never"].status == "running")  # fmt: skip
+        await wait_run(js, run_id, until=lambda s: s.nodes.get("never") and s.nodes["never"].status == "running")
         await send_command(js, CancelRun(run_id=run_id, reason="test says stop"))
         state = await wait_run(js, run_id, timeout=10)
     assert state.status == "cancelled"

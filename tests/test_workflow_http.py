@@ -32,20 +32,31 @@ ECHO_GATED: dict[str, Any] = {
     "id": "echoGated",
     "parameters": {"verdict": {"type": "string", "required": True, "enum": ["pass", "fail"]}},
     "nodes": [
-        {"id": "work", "type": "publish", "route": "echo.run.0",
-         "payload": {"result": {"verdict": "${params.verdict}", "artifacts": ["x/report.json"]}}},
+        {
+            "id": "work",
+            "type": "publish",
+            "route": "echo.run.0",
+            "payload": {"result": {"verdict": "${params.verdict}", "artifacts": ["x/report.json"]}},
+        },
         {"id": "verdict", "type": "gate", "condition": "nodes.work.result.verdict == 'pass'"},
     ],
-}  # fmt: skip
+}
 
 
 async def test_plan_builtin_and_field_errors(client):
     ok = await client.post(
         "/api/orchestrator/plan",
-        json={"workflowId": "codeBuildTest", "parameters": {
-            "repo": "/tmp/r", "change": {"generator": "edits", "edits": []},
-            "build_cmd": "true", "test_cmd": "true", "assignment": {"timeout_ms": 120000}}},
-    )  # fmt: skip
+        json={
+            "workflowId": "codeBuildTest",
+            "parameters": {
+                "repo": "/tmp/r",
+                "change": {"generator": "edits", "edits": []},
+                "build_cmd": "true",
+                "test_cmd": "true",
+                "assignment": {"timeout_ms": 120000},
+            },
+        },
+    )
     assert ok.status_code == 200, ok.text
     body = ok.json()
     assert body["routes"] == ["codegen.generate.0", "code.build-test.0", "notify.webhook.0"]
@@ -64,11 +75,14 @@ async def test_plan_builtin_and_field_errors(client):
     unknown = await client.post("/api/orchestrator/plan", json={"workflowId": "nope"})
     assert unknown.status_code == 404
 
-    misshapen = dict(ECHO_GATED, nodes=[
-        {"id": "w", "type": "wait", "timeout_ms": 10},
-        {"id": "x", "type": "teleport"},
-        {"id": "bad id", "type": "gate", "condition": "True"},
-    ])  # fmt: skip
+    misshapen = dict(
+        ECHO_GATED,
+        nodes=[
+            {"id": "w", "type": "wait", "timeout_ms": 10},
+            {"id": "x", "type": "teleport"},
+            {"id": "bad id", "type": "gate", "condition": "True"},
+        ],
+    )
     shape = await client.post(
         "/api/orchestrator/plan", json={"definition": misshapen, "parameters": {"verdict": "pass"}}
     )
@@ -87,16 +101,23 @@ async def test_plan_builtin_and_field_errors(client):
         ).json()["detail"]
     )
 
-    bad = dict(ECHO_GATED, nodes=[
-        {"id": "work", "type": "publish", "route": "no.such.route", "payload": {}},
-        {"id": "g", "type": "gate", "condition": "__import__('os').system('true')"},
-        {"id": "p", "type": "publish", "route": "echo.run.0", "after": ["later"],
-         "assignment": {"max_tokens": 10**9}, "payload": {"x": "${nodes.later.result}"}},
-        {"id": "later", "type": "gate", "condition": "nodes.p.result.x == 1"},
-    ])  # fmt: skip
-    invalid = await client.post(
-        "/api/orchestrator/plan", json={"definition": bad, "parameters": {"verdict": "pass"}}
+    bad = dict(
+        ECHO_GATED,
+        nodes=[
+            {"id": "work", "type": "publish", "route": "no.such.route", "payload": {}},
+            {"id": "g", "type": "gate", "condition": "__import__('os').system('true')"},
+            {
+                "id": "p",
+                "type": "publish",
+                "route": "echo.run.0",
+                "after": ["later"],
+                "assignment": {"max_tokens": 10**9},
+                "payload": {"x": "${nodes.later.result}"},
+            },
+            {"id": "later", "type": "gate", "condition": "nodes.p.result.x == 1"},
+        ],
     )
+    invalid = await client.post("/api/orchestrator/plan", json={"definition": bad, "parameters": {"verdict": "pass"}})
     assert invalid.status_code == 422
     errors = {tuple(e["loc"]): e["type"] for e in invalid.json()["detail"]}
     assert errors[("body", "definition", "nodes", 0, "route")] == "route.unknown"
@@ -154,8 +175,9 @@ async def test_execute_state_runs_and_metrics(nats_server, client, config, data_
         finished_cancel = await client.post("/api/orchestrator/cancel", json={"runId": passing})
 
     assert ok["status"] == "succeeded"
-    assert ok["gates"] == {"verdict": {"verdict": "passed", "condition":
-                                       "nodes.work.result.verdict == 'pass'", "error": None}}  # fmt: skip
+    assert ok["gates"] == {
+        "verdict": {"verdict": "passed", "condition": "nodes.work.result.verdict == 'pass'", "error": None}
+    }
     assert ok["artifacts"] == [{"node": "work", "key": "x/report.json"}]
     work = ok["nodes"][0]
     assert work["status"] == "succeeded" and work["attempt"] == 1
@@ -167,8 +189,7 @@ async def test_execute_state_runs_and_metrics(nats_server, client, config, data_
     assert {r["runId"] for r in runs.json()["runs"]} == {passing, "r-fail-1"}
     assert metrics["runs"] == 2 and metrics["succeeded"] == 1 and metrics["failed"] == 1
     assert metrics["gates"] == {"evaluated": 2, "passed": 1, "failed": 1, "passRate": 0.5}
-    assert metrics["durationMs"]["p50"] > 0 and metrics["durationMs"]["p90"] >= metrics[
-        "durationMs"]["p50"]  # fmt: skip
+    assert metrics["durationMs"]["p50"] > 0 and metrics["durationMs"]["p90"] >= metrics["durationMs"]["p50"]
     assert len(metrics["recentRuns"]) == 2
     assert not_found.status_code == 404
     assert finished_cancel.status_code == 409
@@ -191,24 +212,23 @@ async def test_signal_route_statuses(nats_server, client, config, data_dir):
     async with running(nats_server.url, config, ExecutorDispatcher, EchoActor, WorkflowEngine):
         started = await client.post("/api/workflows/execute", json={"workflowId": "gatedByHuman"})
         run_id = started.json()["runId"]
-        unknown_run = await client.post("/api/orchestrator/signal",
-                                        json={"runId": "nope", "name": "approve"})  # fmt: skip
+        unknown_run = await client.post("/api/orchestrator/signal", json={"runId": "nope", "name": "approve"})
         deadline = time.monotonic() + 15
-        while (await client.get("/api/orchestrator/state", params={"runId": run_id})).status_code \
-                == 404:  # fmt: skip
+        while (await client.get("/api/orchestrator/state", params={"runId": run_id})).status_code == 404:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.05)
-        unknown_name = await client.post("/api/orchestrator/signal",
-                                         json={"runId": run_id, "name": "reject"})  # fmt: skip
-        malformed = await client.post("/api/orchestrator/signal",
-                                      json={"runId": run_id, "name": "no spaces"})  # fmt: skip
-        sent = await client.post("/api/orchestrator/signal", json={
-            "runId": run_id, "name": "approve", "data": {"approved": True}, "signalId": "once"})  # fmt: skip
-        again = await client.post("/api/orchestrator/signal", json={
-            "runId": run_id, "name": "approve", "data": {"approved": True}, "signalId": "once"})  # fmt: skip
+        unknown_name = await client.post("/api/orchestrator/signal", json={"runId": run_id, "name": "reject"})
+        malformed = await client.post("/api/orchestrator/signal", json={"runId": run_id, "name": "no spaces"})
+        sent = await client.post(
+            "/api/orchestrator/signal",
+            json={"runId": run_id, "name": "approve", "data": {"approved": True}, "signalId": "once"},
+        )
+        again = await client.post(
+            "/api/orchestrator/signal",
+            json={"runId": run_id, "name": "approve", "data": {"approved": True}, "signalId": "once"},
+        )
         final = await _state(client, run_id)
-        late = await client.post("/api/orchestrator/signal",
-                                 json={"runId": run_id, "name": "approve"})  # fmt: skip
+        late = await client.post("/api/orchestrator/signal", json={"runId": run_id, "name": "approve"})
     assert unknown_run.status_code == 404 and "no run" in unknown_run.json()["detail"]
     assert unknown_name.status_code == 404
     assert "no signal node named 'reject' (signals: approve)" in unknown_name.json()["detail"]
@@ -220,9 +240,7 @@ async def test_signal_route_statuses(nats_server, client, config, data_dir):
     assert final["nodes"][0]["result"] == {"approved": True} and final["signals"] == ["approve"]
     assert late.status_code == 409 and "already succeeded" in late.json()["detail"]
     paths = (await client.get("/openapi.json")).json()["paths"]
-    assert {"202", "404", "409", "503"} <= set(
-        paths["/api/orchestrator/signal"]["post"]["responses"]
-    )
+    assert {"202", "404", "409", "503"} <= set(paths["/api/orchestrator/signal"]["post"]["responses"])
 
 
 def _workflow_enums(node: Any) -> list[list[str]]:
@@ -250,19 +268,26 @@ async def test_openapi_without_its_workflow_enums_says_why(client, monkeypatch, 
 
 
 async def test_schedule_routes(client, data_dir):
-    bad_cron = await client.post("/api/schedules", json={
-        "id": "nightly", "workflowId": "indexing", "parameters": {"path": "/tmp"},
-        "cron": "61 * * * *"})  # fmt: skip
-    both = await client.post("/api/schedules", json={
-        "id": "nightly", "workflowId": "indexing", "cron": "0 3 * * *", "interval_s": 5})  # fmt: skip
-    unknown = await client.post("/api/schedules", json={
-        "id": "nightly", "workflowId": "nope", "interval_s": 5})  # fmt: skip
-    unplannable = await client.post("/api/schedules", json={
-        "id": "nightly", "workflowId": "indexing", "interval_s": 5})  # fmt: skip
-    policy = await client.post("/api/schedules", json={
-        "id": "nightly", "workflowId": "indexing", "interval_s": 5, "catchup": "some"})  # fmt: skip
-    body = {"id": "nightly", "workflowId": "indexing", "parameters": {"path": "/tmp"},
-            "cron": "0 3 * * *", "catchup": "all", "max_catchup": 5}  # fmt: skip
+    bad_cron = await client.post(
+        "/api/schedules",
+        json={"id": "nightly", "workflowId": "indexing", "parameters": {"path": "/tmp"}, "cron": "61 * * * *"},
+    )
+    both = await client.post(
+        "/api/schedules", json={"id": "nightly", "workflowId": "indexing", "cron": "0 3 * * *", "interval_s": 5}
+    )
+    unknown = await client.post("/api/schedules", json={"id": "nightly", "workflowId": "nope", "interval_s": 5})
+    unplannable = await client.post("/api/schedules", json={"id": "nightly", "workflowId": "indexing", "interval_s": 5})
+    policy = await client.post(
+        "/api/schedules", json={"id": "nightly", "workflowId": "indexing", "interval_s": 5, "catchup": "some"}
+    )
+    body = {
+        "id": "nightly",
+        "workflowId": "indexing",
+        "parameters": {"path": "/tmp"},
+        "cron": "0 3 * * *",
+        "catchup": "all",
+        "max_catchup": 5,
+    }
     created = await client.post("/api/schedules", json=body)
     replaced = await client.post("/api/schedules", json={**body, "cron": "30 3 * * *"})
     listed = await client.get("/api/schedules")
@@ -291,7 +316,6 @@ async def test_defs_lists_files_that_do_not_load(client, data_dir):
     (folder / "broken.json").write_text('{"id": "broken", "nodes": [')
     (folder / "misshapen.json").write_text('{"id": "misshapen", "nodes": []}')
     rows = {w["id"]: w for w in (await client.get("/api/workflows")).json()["workflows"]}
-    assert "JSONDecodeError" in rows["broken"]["error"] and rows["broken"]["path"].endswith(
-        "broken.json")  # fmt: skip
+    assert "JSONDecodeError" in rows["broken"]["error"] and rows["broken"]["path"].endswith("broken.json")
     assert "nodes" in rows["misshapen"]["error"]
     assert "error" not in rows["codeBuildTest"]

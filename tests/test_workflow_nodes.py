@@ -27,16 +27,19 @@ async def test_signal_early_late_and_timeout(nats_server, js, config):
         # early: sent while `work` still runs, so before the signal node started
         early = await start_run(js, config, APPROVAL, sleep_ms=1500)
         await wait_run(js, early, until=_running("work"))
-        await send_command(js, SignalRun(run_id=early, name="approve", signal_id="s1",
-                                         data={"approved": True, "by": "ada"}))  # fmt: skip
+        await send_command(
+            js, SignalRun(run_id=early, name="approve", signal_id="s1", data={"approved": True, "by": "ada"})
+        )
         # a second signal of the same name is kept in the log, but the first one counts
-        await send_command(js, SignalRun(run_id=early, name="approve", signal_id="s2",
-                                         data={"approved": False, "by": "eve"}))  # fmt: skip
+        await send_command(
+            js, SignalRun(run_id=early, name="approve", signal_id="s2", data={"approved": False, "by": "eve"})
+        )
         # late: sent once the node waits
         late = await start_run(js, config, APPROVAL)
         await wait_run(js, late, until=_running("approve"))
-        await send_command(js, SignalRun(run_id=late, name="approve", signal_id="s1",
-                                         data={"approved": False, "by": "bob"}))  # fmt: skip
+        await send_command(
+            js, SignalRun(run_id=late, name="approve", signal_id="s1", data={"approved": False, "by": "bob"})
+        )
         timed_out = await start_run(js, config, APPROVAL, timeout_ms=300)
         early_state = await wait_run(js, early)
         late_state = await wait_run(js, late)
@@ -47,8 +50,7 @@ async def test_signal_early_late_and_timeout(nats_server, js, config):
     assert [s["signal_id"] for s in early_state.signals["approve"]] == ["s1", "s2"]
     reader = EventReader(js)
     await reader.poll()
-    kinds = [(e.type, (e.data or {}).get("node_id")) for e in reader.events
-             if e.correlation_id == early]  # fmt: skip
+    kinds = [(e.type, (e.data or {}).get("node_id")) for e in reader.events if e.correlation_id == early]
     assert kinds.index(("workflow_signaled", None)) < kinds.index(("node_started", "approve"))
     # the first signal is the result; the gate on it fails the run
     assert late_state.status == "failed"
@@ -60,24 +62,33 @@ async def test_signal_early_late_and_timeout(nats_server, js, config):
 
 MAPPED: dict[str, Any] = {
     "id": "mapped",
-    "parameters": {"items": {"type": "array", "required": True},
-                   "allow": {"type": "boolean", "default": False}},
+    "parameters": {"items": {"type": "array", "required": True}, "allow": {"type": "boolean", "default": False}},
     "nodes": [
-        {"id": "each", "type": "map", "items": "${params.items}", "max_parallel": 2,
-         "allow_failures": "${params.allow}",
-         "node": {"type": "publish", "route": "echo.run.0",
-                  "payload": {"sleep_ms": "${item.sleep}", "fail_always": "${item.fail}",
-                              "result": {"i": "${index}", "name": "${item.name}"},
-                              "__assignment": {"max_attempts": 1}}}},
+        {
+            "id": "each",
+            "type": "map",
+            "items": "${params.items}",
+            "max_parallel": 2,
+            "allow_failures": "${params.allow}",
+            "node": {
+                "type": "publish",
+                "route": "echo.run.0",
+                "payload": {
+                    "sleep_ms": "${item.sleep}",
+                    "fail_always": "${item.fail}",
+                    "result": {"i": "${index}", "name": "${item.name}"},
+                    "__assignment": {"max_attempts": 1},
+                },
+            },
+        },
         {"id": "count", "type": "gate", "condition": "len(nodes.each.result) == len(params.items)"},
     ],
-}  # fmt: skip
+}
 
 
 def _items(n: int, fail: int | None = None) -> list[dict[str, Any]]:
     # later items finish first, so item order in the result is not completion order
-    return [{"name": f"n{i}", "sleep": 50 * (n - i), "fail": "permanent" if i == fail else None}
-            for i in range(n)]  # fmt: skip
+    return [{"name": f"n{i}", "sleep": 50 * (n - i), "fail": "permanent" if i == fail else None} for i in range(n)]
 
 
 async def test_map_results_in_order_bounded_and_failures(nats_server, js, config):
@@ -100,8 +111,7 @@ async def test_map_results_in_order_bounded_and_failures(nats_server, js, config
         elif e.correlation_id == ok and e.type in ("map_item_succeeded", "map_item_failed"):
             live -= 1
     assert most == 2
-    tasks = sorted(e.task_id for e in reader.events
-                   if e.type == "execute_enqueued" and e.correlation_id == ok)  # fmt: skip
+    tasks = sorted(e.task_id for e in reader.events if e.type == "execute_enqueued" and e.correlation_id == ok)
     assert tasks == [f"{ok}:each:1:{i}" for i in range(6)]
     assert states[tolerant].status == "succeeded"
     assert states[tolerant].nodes["each"].result[1] is None
@@ -127,14 +137,18 @@ async def test_child_runs_links_and_cancel_cascade(nats_server, js, config, work
         child = await wait_run(js, "p2:one:1")
     assert done.status == "succeeded", done.view()
     one = done.nodes["one"]
-    assert one.result == {"runId": "p1:one:1", "workflowId": "child", "status": "succeeded",
-                          "errorCode": None, "error": None}  # fmt: skip
+    assert one.result == {
+        "runId": "p1:one:1",
+        "workflowId": "child",
+        "status": "succeeded",
+        "errorCode": None,
+        "error": None,
+    }
     assert [r["runId"] for r in done.nodes["many"].result] == [f"p1:many:1:{i}" for i in range(3)]
     assert done.view()["children"] == ["p1:one:1", *[f"p1:many:1:{i}" for i in range(3)]]
     first = await wait_run(js, "p1:many:1:0")
     assert first.nodes["greet"].result == {"hello": "a"}
-    assert first.parent == {"runId": "p1", "nodeId": "many", "workflowId": "parent",
-                            "ancestry": ["parent"], "index": 0}  # fmt: skip
+    assert first.parent == {"runId": "p1", "nodeId": "many", "workflowId": "parent", "ancestry": ["parent"], "index": 0}
     assert cancelled.status == "cancelled"
     assert child.status == "cancelled" and "parent run p2 cancelled" in (child.error or "")
     assert child.parent is not None and child.parent["runId"] == "p2"
@@ -143,8 +157,7 @@ async def test_child_runs_links_and_cancel_cascade(nats_server, js, config, work
 def test_plan_refuses_cycles_and_items_that_are_not_lists(config, workflows_dir):
     clean = Catalog.for_data_dir(None).load()
     definitions = dict(clean)
-    looped = dict(CHILD, nodes=[*CHILD["nodes"], {"id": "back", "type": "workflow",
-                                                  "workflowId": "parent"}])  # fmt: skip
+    looped = dict(CHILD, nodes=[*CHILD["nodes"], {"id": "back", "type": "workflow", "workflowId": "parent"}])
     definitions["child"] = looped
     with pytest.raises(InvalidWorkflow) as cycle:
         plan_workflow(definitions["parent"], {}, config.route_policy, definitions)
@@ -158,15 +171,24 @@ def test_plan_refuses_cycles_and_items_that_are_not_lists(config, workflows_dir)
     with pytest.raises(InvalidWorkflow, match="cannot be planned"):
         plan_workflow(selfish, {}, config.route_policy, {**definitions, "selfish": selfish})
     with pytest.raises(InvalidWorkflow) as missing:
-        plan_workflow({"id": "x", "nodes": [{"id": "w", "type": "workflow", "workflowId": "nope"}]},
-                      {}, config.route_policy, definitions)  # fmt: skip
+        plan_workflow(
+            {"id": "x", "nodes": [{"id": "w", "type": "workflow", "workflowId": "nope"}]},
+            {},
+            config.route_policy,
+            definitions,
+        )
     assert missing.value.detail[0]["type"] == "workflow.not_found"
     with pytest.raises(InvalidWorkflow) as params:
-        plan_workflow({"id": "x", "nodes": [{"id": "w", "type": "workflow", "workflowId": "child",
-                                             "parameters": {"nam": "typo"}}]},
-                      {}, config.route_policy, clean)  # fmt: skip
-    assert {tuple(e["loc"])[-2:] for e in params.value.detail} >= {("parameters", "name"),
-                                                                    ("parameters", "nam")}  # fmt: skip
+        plan_workflow(
+            {
+                "id": "x",
+                "nodes": [{"id": "w", "type": "workflow", "workflowId": "child", "parameters": {"nam": "typo"}}],
+            },
+            {},
+            config.route_policy,
+            clean,
+        )
+    assert {tuple(e["loc"])[-2:] for e in params.value.detail} >= {("parameters", "name"), ("parameters", "nam")}
     # items known at plan time and not a list: the parameters' fault
     with pytest.raises(InvalidParameters) as typed:  # a declared array: the parameter check
         plan_workflow(MAPPED, {"items": {"not": "a list"}}, config.route_policy)
@@ -178,21 +200,28 @@ def test_plan_refuses_cycles_and_items_that_are_not_lists(config, workflows_dir)
     assert items.value.detail[0]["loc"] == ["definition", "nodes", 0, "items"]
     assert "got an object" in items.value.detail[0]["msg"]
     with pytest.raises(InvalidParameters):
-        plan_workflow(dict(untyped, nodes=[dict(MAPPED["nodes"][0], items="abc")]),
-                      {}, config.route_policy)  # fmt: skip
+        plan_workflow(dict(untyped, nodes=[dict(MAPPED["nodes"][0], items="abc")]), {}, config.route_policy)
     # read from another node: only known when the map starts
     later = dict(MAPPED["nodes"][0], items="${nodes.first.result}", after=["first"])
     first = {"id": "first", "type": "publish", "route": "echo.run.0", "payload": {}}
-    plan_workflow({"id": "later", "parameters": MAPPED["parameters"], "nodes": [first, later]},
-                  {"items": []}, config.route_policy)  # fmt: skip
+    plan_workflow(
+        {"id": "later", "parameters": MAPPED["parameters"], "nodes": [first, later]}, {"items": []}, config.route_policy
+    )
 
 
 async def test_map_items_that_turn_out_not_a_list(nats_server, js, config):
-    definition = {"id": "lateItems", "nodes": [
-        {"id": "first", "type": "publish", "route": "echo.run.0", "payload": {"result": "text"}},
-        {"id": "each", "type": "map", "items": "${nodes.first.result}",
-         "node": {"type": "publish", "route": "echo.run.0", "payload": {}}},
-    ]}  # fmt: skip
+    definition = {
+        "id": "lateItems",
+        "nodes": [
+            {"id": "first", "type": "publish", "route": "echo.run.0", "payload": {"result": "text"}},
+            {
+                "id": "each",
+                "type": "map",
+                "items": "${nodes.first.result}",
+                "node": {"type": "publish", "route": "echo.run.0", "payload": {}},
+            },
+        ],
+    }
     async with running(nats_server.url, config, ExecutorDispatcher, EchoActor, WorkflowEngine):
         state = await wait_run(js, await start_run(js, config, definition))
     assert state.status == "failed"

@@ -38,13 +38,16 @@ def orchestrator(nats_server, config_path, data_dir) -> Iterator[CogoProcess]:
 THREE_STEPS: dict[str, Any] = {
     "id": "threeSteps",
     "nodes": [
-        {"id": "a", "type": "publish", "route": "echo.run.0",
-         "payload": {"sleep_ms": 1500, "result": {"step": "a"}}},
-        {"id": "b", "type": "publish", "route": "echo.run.0",
-         "payload": {"sleep_ms": 1500, "result": {"step": "b", "after": "${nodes.a.result.step}"}}},
+        {"id": "a", "type": "publish", "route": "echo.run.0", "payload": {"sleep_ms": 1500, "result": {"step": "a"}}},
+        {
+            "id": "b",
+            "type": "publish",
+            "route": "echo.run.0",
+            "payload": {"sleep_ms": 1500, "result": {"step": "b", "after": "${nodes.a.result.step}"}},
+        },
         {"id": "c", "type": "publish", "route": "echo.run.0", "payload": {"result": "c"}},
     ],
-}  # fmt: skip
+}
 
 
 async def _enqueued(reader: EventReader, task_id: str, timeout: float = 10.0) -> None:
@@ -78,21 +81,19 @@ async def test_sigkill_mid_run_resumes_without_duplicates(nats_server, js, confi
         await reader.poll()
     assert state.status == "succeeded", state.view()
     assert state.nodes["b"].result == {"step": "b", "after": "a"}
-    enqueued = Counter(
-        e.task_id
-        for e in reader.events
-        if e.type == "execute_enqueued" and e.correlation_id == run_id
-    )
+    enqueued = Counter(e.task_id for e in reader.events if e.type == "execute_enqueued" and e.correlation_id == run_id)
     assert enqueued == {f"{run_id}:a:1": 1, f"{run_id}:b:1": 1, f"{run_id}:c:1": 1}
     assert echo.counters["succeeded"] == 3  # each Publish ran exactly once
     outcomes = Counter(
-        (e.data or {}).get("node_id") for e in reader.events
+        (e.data or {}).get("node_id")
+        for e in reader.events
         if e.correlation_id == run_id and e.type == "node_succeeded"
-    )  # fmt: skip
+    )
     assert outcomes == {"a": 1, "b": 1, "c": 1}
     assert len(orchestrator.pids) == 3
-    actors_seen = {e.actor for e in reader.events if e.correlation_id == run_id and
-                   e.type.startswith(("node_", "workflow_"))}  # fmt: skip
+    actors_seen = {
+        e.actor for e in reader.events if e.correlation_id == run_id and e.type.startswith(("node_", "workflow_"))
+    }
     assert len(actors_seen) >= 2  # the run was carried on by another process
 
 
@@ -105,7 +106,7 @@ WAIT_THEN_WORK: dict[str, Any] = {
             "type": "wait",
             "timeout_ms": "${params.timeout_ms}",
             "event": {"type": "never_happens"},
-        },  # fmt: skip
+        },
         {"id": "work", "type": "publish", "route": "echo.run.0", "payload": {}},
     ],
 }
@@ -160,9 +161,5 @@ async def test_resubmits_a_task_a_dead_process_never_sent(nats_server, js, confi
         reader = EventReader(js)
         await reader.poll()
     assert final.status == "succeeded", final.view()
-    enqueued = Counter(
-        e.task_id
-        for e in reader.events
-        if e.type == "execute_enqueued" and e.correlation_id == run_id
-    )
+    enqueued = Counter(e.task_id for e in reader.events if e.type == "execute_enqueued" and e.correlation_id == run_id)
     assert enqueued == {f"{run_id}:a:1": 1, f"{run_id}:b:1": 1, f"{run_id}:c:1": 1}

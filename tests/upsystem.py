@@ -225,9 +225,16 @@ async def up_with_candidate(
     nc = None
     try:
         worker = cogo(
-            "run", "echo", "--version", "v2", "--nats-url", info["nats_url"],
-            "--config", str(config_path), env=candidate_env,
-        )  # fmt: skip
+            "run",
+            "echo",
+            "--version",
+            "v2",
+            "--nats-url",
+            info["nats_url"],
+            "--config",
+            str(config_path),
+            env=candidate_env,
+        )
         nc = await connect(info["nats_url"], "test")
         js = nc.jetstream()
 
@@ -238,9 +245,7 @@ async def up_with_candidate(
 
         await wait_until(consumer_ready, 20, "the candidate's consumer echo-run-0-v2")
         headers = {"Authorization": f"Bearer {info['api_token']}"}
-        async with httpx.AsyncClient(
-            base_url=info["http_url"], headers=headers, timeout=20
-        ) as http:
+        async with httpx.AsyncClient(base_url=info["http_url"], headers=headers, timeout=20) as http:
             yield http, js, info
     finally:
         if nc is not None:

@@ -26,40 +26,56 @@ from cogo.workflows.run import RunState
 
 APPROVAL: dict[str, Any] = {
     "id": "approval",
-    "parameters": {"sleep_ms": {"type": "integer", "default": 0},
-                   "timeout_ms": {"type": "integer", "default": 60000}},
+    "parameters": {"sleep_ms": {"type": "integer", "default": 0}, "timeout_ms": {"type": "integer", "default": 60000}},
     "nodes": [
-        {"id": "work", "type": "publish", "route": "echo.run.0",
-         "payload": {"sleep_ms": "${params.sleep_ms}", "result": {"built": True}}},
+        {
+            "id": "work",
+            "type": "publish",
+            "route": "echo.run.0",
+            "payload": {"sleep_ms": "${params.sleep_ms}", "result": {"built": True}},
+        },
         {"id": "approve", "type": "signal", "name": "approve", "timeout_ms": "${params.timeout_ms}"},
         {"id": "approved", "type": "gate", "condition": "nodes.approve.result.approved == true"},
-        {"id": "merge", "type": "publish", "route": "echo.run.0",
-         "payload": {"result": {"merged_by": "${nodes.approve.result.by}"}}},
+        {
+            "id": "merge",
+            "type": "publish",
+            "route": "echo.run.0",
+            "payload": {"result": {"merged_by": "${nodes.approve.result.by}"}},
+        },
     ],
-}  # fmt: skip
+}
 
 CHILD: dict[str, Any] = {
     "id": "child",
-    "parameters": {"name": {"type": "string", "required": True},
-                   "hold": {"type": "boolean", "default": False}},
+    "parameters": {"name": {"type": "string", "required": True}, "hold": {"type": "boolean", "default": False}},
     "nodes": [
         {"id": "hold", "type": "signal", "when": "params.hold", "timeout_ms": 60000},
-        {"id": "greet", "type": "publish", "route": "echo.run.0",
-         "payload": {"result": {"hello": "${params.name}"}}},
+        {"id": "greet", "type": "publish", "route": "echo.run.0", "payload": {"result": {"hello": "${params.name}"}}},
     ],
-}  # fmt: skip
+}
 
 PARENT: dict[str, Any] = {
     "id": "parent",
-    "parameters": {"names": {"type": "array", "default": ["a", "b", "c"]},
-                   "hold": {"type": "boolean", "default": False}},
+    "parameters": {
+        "names": {"type": "array", "default": ["a", "b", "c"]},
+        "hold": {"type": "boolean", "default": False},
+    },
     "nodes": [
-        {"id": "one", "type": "workflow", "workflowId": "child",
-         "parameters": {"name": "solo", "hold": "${params.hold}"}},
-        {"id": "many", "type": "map", "items": "${params.names}", "max_parallel": 2,
-         "node": {"type": "workflow", "workflowId": "child", "parameters": {"name": "${item}"}}},
+        {
+            "id": "one",
+            "type": "workflow",
+            "workflowId": "child",
+            "parameters": {"name": "solo", "hold": "${params.hold}"},
+        },
+        {
+            "id": "many",
+            "type": "map",
+            "items": "${params.names}",
+            "max_parallel": 2,
+            "node": {"type": "workflow", "workflowId": "child", "parameters": {"name": "${item}"}},
+        },
     ],
-}  # fmt: skip
+}
 
 
 def plan_of(config: Config, definition: dict[str, Any], **params: Any) -> Plan:
@@ -85,9 +101,7 @@ async def start_run(
     return run_id
 
 
-async def wait_run(
-    js: JetStreamContext, run_id: str, timeout: float = 20.0, until: Any = None
-) -> RunState:
+async def wait_run(js: JetStreamContext, run_id: str, timeout: float = 20.0, until: Any = None) -> RunState:
     """Poll the run's events until it ended (or ``until(state)`` holds)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -118,9 +132,8 @@ def serving_webhook() -> Iterator[Webhook]:
             with hook.lock:
                 status = hook.statuses.pop(0) if hook.statuses else 200
                 hook.requests.append(
-                    {"path": self.path, "headers": dict(self.headers), "raw": raw,
-                     "status": status, "at": time.time()}
-                )  # fmt: skip
+                    {"path": self.path, "headers": dict(self.headers), "raw": raw, "status": status, "at": time.time()}
+                )
             send_body(self, status, json.dumps({"ok": status < 300}).encode())
 
         def log_message(self, *args: Any) -> None:

@@ -60,9 +60,18 @@ DEFAULT_TEST_CMD = "python -m pytest -q"
 REPORT_ARTIFACT = "build-test/report.json"
 JUNIT_NAME = ".cogo-junit.xml"
 COPY_IGNORE = shutil.ignore_patterns(
-    ".git", ".venv", "venv", "__pycache__", "*.pyc", ".pytest_cache", ".mypy_cache",
-    ".ruff_cache", ".tox", ".cogo", JUNIT_NAME,
-)  # fmt: skip
+    ".git",
+    ".venv",
+    "venv",
+    "__pycache__",
+    "*.pyc",
+    ".pytest_cache",
+    ".mypy_cache",
+    ".ruff_cache",
+    ".tox",
+    ".cogo",
+    JUNIT_NAME,
+)
 CAPTURE_BYTES = 256 * 1024  # output kept per stream while a command runs (the tail)
 TAIL_CHARS = 4000  # output tail per stream in the report
 MAX_FAILURES = 50  # failing tests listed in the report
@@ -151,18 +160,14 @@ class BuildTestActor(Worker):
         deadline = ctx.deadline - min(5.0, max(1.0, 0.1 * timeout_s))
         scratch = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="cogo-build-"))
         try:
-            report = await self._build_and_test(
-                order, repo, scratch, edits, build_argv, test_argv, deadline
-            )
+            report = await self._build_and_test(order, repo, scratch, edits, build_argv, test_argv, deadline)
             data = json.dumps(report, indent=2).encode()
             ref = await self.artifacts.put(order, REPORT_ARTIFACT, data, actor=self.name)
         finally:
             await asyncio.to_thread(shutil.rmtree, scratch, True)
         summary = {key: report[key] for key in ("verdict", "counts", "duration_ms", "exit_code")}
         summary["failures"] = [f["name"] for f in report["failures"]]
-        return Outcome(
-            result={"verdict": report["verdict"], "report": summary, "artifacts": [ref.name]}
-        )
+        return Outcome(result={"verdict": report["verdict"], "report": summary, "artifacts": [ref.name]})
 
     async def _edits(self, request: BuildTestRequest) -> list[Edit]:
         if request.edits is not None and request.edits_task_id is not None:
@@ -219,25 +224,29 @@ class BuildTestActor(Worker):
             "stderr_tail": last.stderr_tail,
         }
 
-    async def _run(
-        self, argv: list[str], cwd: Path, env: dict[str, str], deadline: float
-    ) -> CommandRun:
+    async def _run(self, argv: list[str], cwd: Path, env: dict[str, str], deadline: float) -> CommandRun:
         timeout = max(0.0, deadline - time.time())
         if timeout <= 0:
             return CommandRun(cmd=shlex.join(argv), exit_code=None, duration_ms=0, timed_out=True)
         return await run_command(argv, cwd=cwd, env=env, timeout=timeout, limits=self.limits)
 
 
-async def run_command(
-    argv: list[str], *, cwd: Path, env: dict[str, str], timeout: float, limits: Limits
-) -> CommandRun:
+async def run_command(argv: list[str], *, cwd: Path, env: dict[str, str], timeout: float, limits: Limits) -> CommandRun:
     """Run ``argv`` in its own process group under ``limits``; kill the group at ``timeout``."""
     cpu_s = math.ceil(timeout) + 5  # a backstop; the wall-clock timeout normally fires first
     launcher = [
-        sys.executable, "-I", "-S", "-c", _LAUNCHER, str(cpu_s),
-        str(limits.address_space_bytes), str(limits.file_size_bytes),
-        str(limits.processes), str(limits.open_files), *argv,
-    ]  # fmt: skip
+        sys.executable,
+        "-I",
+        "-S",
+        "-c",
+        _LAUNCHER,
+        str(cpu_s),
+        str(limits.address_space_bytes),
+        str(limits.file_size_bytes),
+        str(limits.processes),
+        str(limits.open_files),
+        *argv,
+    ]
     started = time.monotonic()
     proc = await asyncio.create_subprocess_exec(
         *launcher,
@@ -250,7 +259,7 @@ async def run_command(
     )
     assert proc.stdout is not None and proc.stderr is not None
     out, err = _Tail(), _Tail()
-    readers = [asyncio.create_task(out.drain(proc.stdout)), asyncio.create_task(err.drain(proc.stderr))]  # fmt: skip
+    readers = [asyncio.create_task(out.drain(proc.stdout)), asyncio.create_task(err.drain(proc.stderr))]
     timed_out = False
     try:
         await asyncio.wait_for(proc.wait(), timeout)
@@ -354,11 +363,10 @@ def _count(cases: list[dict[str, Any]] | None) -> tuple[dict[str, int], list[dic
         "total": len(cases),
     }
     failures = [
-        {"name": c["name"], "kind": c["outcome"], "message": c["message"][:500],
-         "detail": c["detail"]}
+        {"name": c["name"], "kind": c["outcome"], "message": c["message"][:500], "detail": c["detail"]}
         for c in cases
         if c["outcome"] in ("failure", "error")
-    ][:MAX_FAILURES]  # fmt: skip
+    ][:MAX_FAILURES]
     return counts, failures
 
 
@@ -383,9 +391,7 @@ def _is_pytest(argv: list[str]) -> bool:
     if not argv:
         return False
     program = Path(argv[0]).name
-    return program in ("pytest", "py.test") or (
-        program.startswith("python") and argv[1:3] == ["-m", "pytest"]
-    )
+    return program in ("pytest", "py.test") or (program.startswith("python") and argv[1:3] == ["-m", "pytest"])
 
 
 def _copy_repo(repo: Path, workspace: Path) -> None:
@@ -395,9 +401,7 @@ def _copy_repo(repo: Path, workspace: Path) -> None:
 
 def _scrubbed_env(workspace: Path, tmp: Path) -> dict[str, str]:
     # the worker's interpreter first: `python -m pytest` means the Python the worker runs on
-    path = os.pathsep.join(
-        [os.path.dirname(sys.executable), os.environ.get("PATH", "/usr/bin:/bin")]
-    )
+    path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "/usr/bin:/bin")])
     return {
         "PATH": path,
         "HOME": str(workspace),

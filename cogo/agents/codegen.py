@@ -116,9 +116,7 @@ class CodegenActor(Worker):
         else:
             edits, usage = await self._generate(order, ctx, repo, change)
         try:
-            ref = await self.artifacts.put(
-                order, EDITS_ARTIFACT, encode_edits(edits), actor=self.name
-            )
+            ref = await self.artifacts.put(order, EDITS_ARTIFACT, encode_edits(edits), actor=self.name)
         except Exception as exc:  # storing failed after tokens were spent: report them
             raise _with_usage(WorkerError(f"storing edits.json failed: {exc}"), usage) from exc
         result = {

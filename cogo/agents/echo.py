@@ -48,9 +48,7 @@ class EchoActor(Worker):
         if self.fail_rate > 0 and self.runs > self.fail_after and _fails(order, self.fail_rate):
             raise PermanentWorkerError(f"echo {self.version or ''} injected failure (fail rate)")
         # spent whether or not the attempt then fails (budgets count failed attempts too)
-        ctx.report_usage(
-            tokens=int(payload.get("tokens", 0)), cost_usd=float(payload.get("cost_usd", 0))
-        )
+        ctx.report_usage(tokens=int(payload.get("tokens", 0)), cost_usd=float(payload.get("cost_usd", 0)))
         sleep_ms = float(payload.get("sleep_ms", 0) or 0)
         if payload.get("exit_process") and env(ECHO_ALLOW_EXIT_ENV) == "1":
             os._exit(70)  # drill: the process dies holding the message

@@ -40,18 +40,14 @@ class Create(msgspec.Struct, frozen=True, tag="create", tag_field="op", forbid_u
     content: str
 
 
-class Replace(
-    msgspec.Struct, frozen=True, tag="replace", tag_field="op", forbid_unknown_fields=True
-):
+class Replace(msgspec.Struct, frozen=True, tag="replace", tag_field="op", forbid_unknown_fields=True):
     """Replace a whole file (or create it)."""
 
     path: str
     content: str
 
 
-class SearchReplace(
-    msgspec.Struct, frozen=True, tag="search_replace", tag_field="op", forbid_unknown_fields=True
-):
+class SearchReplace(msgspec.Struct, frozen=True, tag="search_replace", tag_field="op", forbid_unknown_fields=True):
     """Replace ``search`` with ``replace``: exactly one occurrence unless ``replace_all``."""
 
     path: str
@@ -176,8 +172,7 @@ def apply_edit(edit: Edit, text: str | None) -> str | None:
             raise EditConflict(f"search_replace {edit.path}: search text not found")
         if found > 1 and not edit.replace_all:
             raise EditConflict(
-                f"search_replace {edit.path}: search text occurs {found} times; make it "
-                "unique or set replace_all"
+                f"search_replace {edit.path}: search text occurs {found} times; make it unique or set replace_all"
             )
         return text.replace(edit.search, edit.replace)
     return apply_patch(text or "", edit.diff, edit.path)

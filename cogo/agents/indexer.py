@@ -117,9 +117,12 @@ def _repository(repo: str) -> Path:
 
 async def _bucket(js: Any, replicas: int) -> KeyValue:
     return await ensure_kv(
-        js, INDEX_BUCKET, history=1, replicas=replicas,
+        js,
+        INDEX_BUCKET,
+        history=1,
+        replicas=replicas,
         description="indexer state: repository -> {path: sha256}",
-    )  # fmt: skip
+    )
 
 
 def _encode_state(repo: str, files: dict[str, str]) -> bytes:

@@ -122,9 +122,7 @@ class NotifierActor(Worker):
         super().__init__(*args, **kwargs)
         self.data_dir = data_dir
         self.allowed_hosts = (
-            [h.lower() for h in allowed_hosts]
-            if allowed_hosts is not None
-            else allowed_hosts_from_env()
+            [h.lower() for h in allowed_hosts] if allowed_hosts is not None else allowed_hosts_from_env()
         )
         self._secret: bytes | None = None
         self._client: httpx.AsyncClient | None = None
@@ -146,9 +144,7 @@ class NotifierActor(Worker):
                 f"({', '.join(self.allowed_hosts) or 'empty'}; COGO_WEBHOOK_ALLOWED_HOSTS)"
             )
         if self._secret is None:
-            raise PermanentWorkerError(
-                "no webhook secret: set COGO_WEBHOOK_SECRET or run with a --data-dir"
-            )
+            raise PermanentWorkerError("no webhook secret: set COGO_WEBHOOK_SECRET or run with a --data-dir")
         assert self._client is not None
         raw = _encoder.encode(body)
         timestamp = str(int(time.time()))

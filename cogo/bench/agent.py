@@ -74,23 +74,18 @@ def _body(route: str) -> Callable[[str], bytes]:
 async def agent_vs_echo(bench: Bench) -> dict[str, Any]:
     """tasks/s and worker CPU µs/task of the decorated agent and of echo, same run, same N."""
     count = bench.o.agent_tasks
-    sub = await bench.nc.subscribe(
-        f"events.execute_done.{AGENT_ROUTE}", cb=bench.on_done, pending_msgs_limit=1_000_000
-    )
+    sub = await bench.nc.subscribe(f"events.execute_done.{AGENT_ROUTE}", cb=bench.on_done, pending_msgs_limit=1_000_000)
     bench.spawn(AGENT, "agent", target=APP_REF)
     try:
         # the agent process up and consuming before its clock starts
-        await bench.run_tasks(
-            min(200, count), "agent: warm-up", timeout=60, body=_body(AGENT_ROUTE)
-        )
+        await bench.run_tasks(min(200, count), "agent: warm-up", timeout=60, body=_body(AGENT_ROUTE))
         rows: dict[str, dict[str, Any]] = {}
         for name, workers, route in (("echo", "echo-", ROUTE), ("agent", "agent", AGENT_ROUTE)):
             before = bench.cpu_snapshot()
             elapsed = await bench.run_tasks(count, f"{name}: {count:,} tasks", body=_body(route))
             after = bench.cpu_snapshot()
 
-            def us_per_task(prefix: str, before: dict[str, float] = before,
-                            after: dict[str, float] = after) -> float:  # fmt: skip
+            def us_per_task(prefix: str, before: dict[str, float] = before, after: dict[str, float] = after) -> float:
                 used = sum(v - before.get(k, 0.0) for k, v in after.items() if k.startswith(prefix))
                 return round(used / count * 1e6, 1)
 
@@ -109,7 +104,5 @@ async def agent_vs_echo(bench: Bench) -> dict[str, Any]:
         "echo": echo,
         "agent": agent,
         "tasks_per_s_ratio": round(agent["tasks_per_s"] / echo["tasks_per_s"], 3),
-        "worker_cpu_ratio": round(
-            agent["worker_cpu_us_per_task"] / max(echo["worker_cpu_us_per_task"], 0.1), 3
-        ),
+        "worker_cpu_ratio": round(agent["worker_cpu_us_per_task"] / max(echo["worker_cpu_us_per_task"], 0.1), 3),
     }

@@ -82,9 +82,12 @@ async def run_bench(options: Options, progress: Progress) -> dict[str, Any]:
                 from cogo.workflows import throughput
 
                 workflows = await throughput.measure(
-                    bench, options.workflow_runs, options.orchestrators,
-                    options.workflow_repeats, options.timeout,
-                )  # fmt: skip
+                    bench,
+                    options.workflow_runs,
+                    options.orchestrators,
+                    options.workflow_repeats,
+                    options.timeout,
+                )
             flow = None
             if options.flow_tasks > 0:
                 from cogo.bench import flow as flowbench
@@ -93,17 +96,17 @@ async def run_bench(options: Options, progress: Progress) -> dict[str, Any]:
             if options.seal_tasks > 0:
                 from cogo.bench import seal as sealbench
 
-                extra["seal"] = await sealbench.measure(
-                    bench, options.seal_tasks, options.seal_repeats
-                )
+                extra["seal"] = await sealbench.measure(bench, options.seal_tasks, options.seal_repeats)
             ingest = await projector_ingest(bench) if options.projector_runs > 0 else []
         finally:
             await bench.stop()
     if options.history:
         extra["history"] = await history_figures(
-            options.history, requests=options.history_requests,
-            config_path=options.config_path, progress=progress,
-        )  # fmt: skip
+            options.history,
+            requests=options.history_requests,
+            config_path=options.config_path,
+            progress=progress,
+        )
     return {
         "tasks_per_s": round(options.tasks / elapsed, 1),
         "tasks": options.tasks,
@@ -123,13 +126,12 @@ async def run_bench(options: Options, progress: Progress) -> dict[str, Any]:
             name: {
                 "stored": round((last - stored_before[name][0]) / options.tasks, 2),
                 "removed": round(
-                    ((last - stored_before[name][0]) - (kept - stored_before[name][1]))
-                    / options.tasks,
+                    ((last - stored_before[name][0]) - (kept - stored_before[name][1])) / options.tasks,
                     2,
                 ),
             }
             for name, (last, kept) in stored_after.items()
-        },  # fmt: skip
+        },
         "sync_interval": options.sync,
         # one write + fdatasync at a time, on the bench's data dir: the disk's pace
         "disk_fsync_per_s": round(bench.fsync_per_s),
@@ -232,9 +234,7 @@ def register(subparsers: Any, common: Callable[[argparse.ArgumentParser], None])
         metavar="N",
         help="offered load for latency, tasks/s; repeat (default 500, 1000, 2000)",
     )
-    p.add_argument(
-        "--duration", type=float, default=5.0, help="seconds of offered load per --rate (5)"
-    )
+    p.add_argument("--duration", type=float, default=5.0, help="seconds of offered load per --rate (5)")
     p.add_argument("--http-requests", type=int, default=5_000, help="POST /api/tasks count")
     p.add_argument("--http-concurrency", type=int, default=8, help="connections (8)")
     p.add_argument(
@@ -252,36 +252,72 @@ def register(subparsers: Any, common: Callable[[argparse.ArgumentParser], None])
     p.add_argument("--dispatchers", type=int, default=1, help="dispatcher processes (1)")
     p.add_argument("--echoes", type=int, default=1, help="echo worker processes (1)")
     p.add_argument(
-        "--step-runs", type=int, default=5,
+        "--step-runs",
+        type=int,
+        default=5,
         help="workflow step latency: runs of a publish chain, one at a time (5; 0 skips it)",
-    )  # fmt: skip
+    )
     p.add_argument("--step-nodes", type=int, default=10, help="publish nodes a chain (10)")
-    p.add_argument("--workflow-runs", type=int, default=0, metavar="N",
-                   help="also time N workflow runs sent at once (opt-in; 0 = off)")  # fmt: skip
-    p.add_argument("--orchestrators", type=int, action="append", metavar="K",
-                   help="orchestrator processes for --workflow-runs; repeat (default 1, 2)")  # fmt: skip
-    p.add_argument("--workflow-repeats", type=int, default=3,
-                   help="rounds per orchestrator count; the median is reported (3)")  # fmt: skip
-    p.add_argument("--flow-tasks", type=int, default=2_000, metavar="N",
-                   help="time N tasks with flow control off and on (2,000; 0 skips it)")  # fmt: skip
-    p.add_argument("--client-tasks", type=int, default=2_000, metavar="N",
-                   help="N tasks through cogo.Client: awaited with result() vs seen on their "
-                        "event (2,000; 0 skips it)")  # fmt: skip
-    p.add_argument("--client-in-flight", type=int, default=200,
-                   help="client tasks awaited at once (200)")  # fmt: skip
-    p.add_argument("--client-step-runs", type=int, default=50, metavar="N",
-                   help="latency of a --client-steps task through the client vs its event, "
-                        "N runs (50; 0 skips it)")  # fmt: skip
+    p.add_argument(
+        "--workflow-runs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also time N workflow runs sent at once (opt-in; 0 = off)",
+    )
+    p.add_argument(
+        "--orchestrators",
+        type=int,
+        action="append",
+        metavar="K",
+        help="orchestrator processes for --workflow-runs; repeat (default 1, 2)",
+    )
+    p.add_argument(
+        "--workflow-repeats", type=int, default=3, help="rounds per orchestrator count; the median is reported (3)"
+    )
+    p.add_argument(
+        "--flow-tasks",
+        type=int,
+        default=2_000,
+        metavar="N",
+        help="time N tasks with flow control off and on (2,000; 0 skips it)",
+    )
+    p.add_argument(
+        "--client-tasks",
+        type=int,
+        default=2_000,
+        metavar="N",
+        help="N tasks through cogo.Client: awaited with result() vs seen on their event (2,000; 0 skips it)",
+    )
+    p.add_argument("--client-in-flight", type=int, default=200, help="client tasks awaited at once (200)")
+    p.add_argument(
+        "--client-step-runs",
+        type=int,
+        default=50,
+        metavar="N",
+        help="latency of a --client-steps task through the client vs its event, N runs (50; 0 skips it)",
+    )
     p.add_argument("--client-steps", type=int, default=20, help="journaled steps (20)")
-    p.add_argument("--kill-repeats", type=int, default=3, metavar="N",
-                   help="kill -> done: SIGKILL the echo worker mid-task N times (3; 0 skips)")  # fmt: skip
-    p.add_argument("--flow-repeats", type=int, default=3,
-                   help="rounds per mode for --flow-tasks; the median is reported (3)")  # fmt: skip
-    p.add_argument("--seal-tasks", type=int, default=0, metavar="N",
-                   help="also time N tasks with dispatchers without and with the --auth seal "
-                        "key (opt-in; 0 = off)")  # fmt: skip
-    p.add_argument("--seal-repeats", type=int, default=3,
-                   help="rounds per mode for --seal-tasks; the median is reported (3)")  # fmt: skip
+    p.add_argument(
+        "--kill-repeats",
+        type=int,
+        default=3,
+        metavar="N",
+        help="kill -> done: SIGKILL the echo worker mid-task N times (3; 0 skips)",
+    )
+    p.add_argument(
+        "--flow-repeats", type=int, default=3, help="rounds per mode for --flow-tasks; the median is reported (3)"
+    )
+    p.add_argument(
+        "--seal-tasks",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also time N tasks with dispatchers without and with the --auth seal key (opt-in; 0 = off)",
+    )
+    p.add_argument(
+        "--seal-repeats", type=int, default=3, help="rounds per mode for --seal-tasks; the median is reported (3)"
+    )
     p.add_argument(
         "--scale-workers",
         type=int,
@@ -297,23 +333,29 @@ def register(subparsers: Any, common: Callable[[argparse.ArgumentParser], None])
         help="scale-out tasks per worker process: each step runs ~2.5 s at the ideal (400)",
     )
     p.add_argument("--scale-sleep-ms", type=float, default=50.0, help="each task sleeps (50)")
+    p.add_argument("--scale-concurrency", type=int, default=8, help="tasks at once per worker process (8)")
     p.add_argument(
-        "--scale-concurrency", type=int, default=8, help="tasks at once per worker process (8)"
+        "--agent-tasks",
+        type=int,
+        default=5_000,
+        metavar="N",
+        help="a decorated @app.agent against echo: N tasks each, same run (5,000; 0 skips it)",
     )
     p.add_argument(
-        "--agent-tasks", type=int, default=5_000, metavar="N",
-        help="a decorated @app.agent against echo: N tasks each, same run (5,000; 0 skips it)",
-    )  # fmt: skip
-    p.add_argument(
-        "--tracing-tasks", type=int, default=2_000, metavar="N",
+        "--tracing-tasks",
+        type=int,
+        default=2_000,
+        metavar="N",
         help="the decorated agent with OpenTelemetry off, then on (spans exported over "
         "OTLP/HTTP to a local sink): N tasks each, same run (2,000; 0 skips it)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--durable-tasks", type=int, default=300, metavar="N",
-        help="durable agents: N tasks suspended at once, then resumed; ctx.call round trips "
-        "(300; 0 skips it)",
-    )  # fmt: skip
+        "--durable-tasks",
+        type=int,
+        default=300,
+        metavar="N",
+        help="durable agents: N tasks suspended at once, then resumed; ctx.call round trips (300; 0 skips it)",
+    )
     p.add_argument(
         "--history",
         type=int,
@@ -352,4 +394,4 @@ def register(subparsers: Any, common: Callable[[argparse.ArgumentParser], None])
         help="run in DIR and keep it (logs, DuckDB files) instead of a temp dir",
     )
     p.add_argument("--progress", action="store_true", help="progress bars even when not a tty")
-    p.set_defaults(func=cmd_bench)  # fmt: skip
+    p.set_defaults(func=cmd_bench)

@@ -71,9 +71,7 @@ async def client_figures(bench: Bench) -> dict[str, Any]:
     """Every figure of this module (the parts the options leave on)."""
     o = bench.o
     observer = _Observer()
-    sub = await bench.nc.subscribe(
-        f"events.execute_done.{ROUTE}", cb=observer.on_done, pending_msgs_limit=1_000_000
-    )
+    sub = await bench.nc.subscribe(f"events.execute_done.{ROUTE}", cb=observer.on_done, pending_msgs_limit=1_000_000)
     steps_sub = await bench.nc.subscribe(
         f"events.execute_done.{STEPS_ROUTE}", cb=observer.on_done, pending_msgs_limit=1_000_000
     )
@@ -168,13 +166,12 @@ async def _steps(bench: Bench, client: Client, observer: _Observer) -> dict[str,
     return {
         "runs": o.client_step_runs,
         "steps": o.client_steps,
-        "client_ms": {"p50": round(percentile(client_ms, 50), 2),
-                      "p99": round(percentile(client_ms, 99), 2)},
-        "event_ms": {"p50": round(percentile(event_ms, 50), 2),
-                     "p99": round(percentile(event_ms, 99), 2)},
+        "client_ms": {"p50": round(percentile(client_ms, 50), 2), "p99": round(percentile(client_ms, 99), 2)},
+        "event_ms": {"p50": round(percentile(event_ms, 50), 2), "p99": round(percentile(event_ms, 99), 2)},
         "client_minus_event_p50_ms": round(
-            statistics.median(c - e for c, e in zip(client_ms, event_ms, strict=True)), 2),
-    }  # fmt: skip
+            statistics.median(c - e for c, e in zip(client_ms, event_ms, strict=True)), 2
+        ),
+    }
 
 
 async def _kill_to_done(bench: Bench) -> dict[str, Any]:
@@ -185,9 +182,7 @@ async def _kill_to_done(bench: Bench) -> dict[str, Any]:
     for i in range(o.kill_repeats):
         task_id = f"{bench.task_prefix('k')}0"
         payload = b'{"sleep_ms":%d}' % KILL_TASK_MS
-        await bench.publisher.publish(
-            EXECUTE_SUBJECT, task_body(task_id, payload), {MSG_ID: task_id}
-        )
+        await bench.publisher.publish(EXECUTE_SUBJECT, task_body(task_id, payload), {MSG_ID: task_id})
         deadline = time.monotonic() + 60
         while (await bench.js.consumer_info(TASKS, "echo-run-0")).num_ack_pending < 1:
             if time.monotonic() > deadline:

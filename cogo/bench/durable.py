@@ -118,9 +118,7 @@ async def durable_figures(bench: Bench) -> dict[str, Any]:
     count = bench.o.durable_tasks
     seen = _Seen()
     subs = [
-        await bench.nc.subscribe(
-            f"events.{kind}.{route}", cb=seen.on, pending_msgs_limit=1_000_000
-        )  # fmt: skip
+        await bench.nc.subscribe(f"events.{kind}.{route}", cb=seen.on, pending_msgs_limit=1_000_000)
         for kind in ("execute_suspended", "execute_resumed", "execute_done")
         for route in (WAIT, CALL, ECHO)
     ]

@@ -26,9 +26,7 @@ async def http_submit(bench: Bench) -> float:
 
     port, token = free_port(), "bench-token"
     ctx = multiprocessing.get_context("spawn")
-    facade = ctx.Process(
-        target=serve_facade, args=(bench.url, port, token), name="cogo-bench-facade"
-    )
+    facade = ctx.Process(target=serve_facade, args=(bench.url, port, token), name="cogo-bench-facade")
     facade.start()
     url = f"http://127.0.0.1:{port}"
     count, ok = bench.o.http_requests, 0
@@ -90,15 +88,17 @@ def serve_facade(nats_url: str, port: int, token: str) -> None:
         boot = Startup(data_dir, load_config(), nats_url=nats_url, name="cogo-bench-facade")
         nc = await boot.start_bus()
         policies = await boot.start_policies()
-        state = AppState(
-            nc=nc, config=boot.config, policies=policies, data_dir=boot.data_dir, api_token=token
-        )
+        state = AppState(nc=nc, config=boot.config, policies=policies, data_dir=boot.data_dir, api_token=token)
         server = uvicorn.Server(
             uvicorn.Config(
-                boot.facade(state), host="127.0.0.1", port=port, log_level="warning",
-                lifespan="off", access_log=False,
+                boot.facade(state),
+                host="127.0.0.1",
+                port=port,
+                log_level="warning",
+                lifespan="off",
+                access_log=False,
             )
-        )  # fmt: skip
+        )
         await server.serve()
 
     _use_uvloop()

@@ -28,8 +28,7 @@ ROUTE = "echo.run.0"
 KEYS = 16
 WARM_UP = 200
 # every limit set and none reached by a bench burst
-LIMITS = {"concurrency": 100_000, "concurrency_per_key": 100_000,
-          "rate_per_key_s": 100_000.0, "burst": 100_000}  # fmt: skip
+LIMITS = {"concurrency": 100_000, "concurrency_per_key": 100_000, "rate_per_key_s": 100_000.0, "burst": 100_000}
 
 
 def keyed_body(task_id: str) -> bytes:
@@ -54,31 +53,28 @@ async def measure(bench: Any, tasks: int, repeats: int) -> dict[str, Any]:
                 await bench.run_tasks(WARM_UP, f"warm-up, flow {mode}", body=keyed_body)
                 before = bench.cpu_snapshot()
                 elapsed = await bench.run_tasks(
-                    tasks, f"{tasks:,} tasks, flow {mode} ({repeat + 1}/{repeats})",
+                    tasks,
+                    f"{tasks:,} tasks, flow {mode} ({repeat + 1}/{repeats})",
                     body=keyed_body,
-                )  # fmt: skip
+                )
                 after = bench.cpu_snapshot()
                 used = {k: v - before.get(k, 0.0) for k, v in after.items()}
                 dispatchers = sum(v for k, v in used.items() if k.startswith("dispatcher"))
-                rounds.append({
-                    "mode": mode,
-                    "tasks_per_s": round(tasks / elapsed, 1),
-                    "dispatcher_cpu_us_per_task": round(dispatchers / tasks * 1e6, 1),
-                    "nats_server_cpu_us_per_task": round(
-                        used.get("nats-server", 0.0) / tasks * 1e6, 1),
-                    "total_cpu_us_per_task": round(sum(used.values()) / tasks * 1e6, 1),
-                })  # fmt: skip
+                rounds.append(
+                    {
+                        "mode": mode,
+                        "tasks_per_s": round(tasks / elapsed, 1),
+                        "dispatcher_cpu_us_per_task": round(dispatchers / tasks * 1e6, 1),
+                        "nats_server_cpu_us_per_task": round(used.get("nats-server", 0.0) / tasks * 1e6, 1),
+                        "total_cpu_us_per_task": round(sum(used.values()) / tasks * 1e6, 1),
+                    }
+                )
     finally:
         await reset_policy(bench.js, ROUTE, actor="bench")
-    summary: dict[str, Any] = {"tasks": tasks, "keys": KEYS, "repeats": repeats,
-                               "limits": LIMITS, "rounds": rounds}  # fmt: skip
+    summary: dict[str, Any] = {"tasks": tasks, "keys": KEYS, "repeats": repeats, "limits": LIMITS, "rounds": rounds}
     for mode in ("off", "on"):
         mine = [r for r in rounds if r["mode"] == mode]
-        summary[mode] = {
-            name: round(statistics.median(r[name] for r in mine), 1)
-            for name in mine[0]
-            if name != "mode"
-        }
+        summary[mode] = {name: round(statistics.median(r[name] for r in mine), 1) for name in mine[0] if name != "mode"}
     off, on = summary["off"], summary["on"]
     summary["dispatcher_cpu_us_added_per_task"] = round(
         on["dispatcher_cpu_us_per_task"] - off["dispatcher_cpu_us_per_task"], 1

@@ -64,9 +64,7 @@ async def history_figures(
     return result
 
 
-async def _one_size(
-    size: int, work_dir: Path, config: Config, requests: int, progress: Any
-) -> dict[str, Any]:
+async def _one_size(size: int, work_dir: Path, config: Config, requests: int, progress: Any) -> dict[str, Any]:
     # `cogo up`'s start-up with the bench's options: a throwaway server (filling is not what
     # is measured: no fsync per message), the projector and the facade in this process
     async with Startup(

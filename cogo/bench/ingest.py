@@ -41,9 +41,11 @@ async def _ingest_once(bench: Bench, run: int, last: int) -> float:
     label, consumer = f"projector-ingest-{run}", f"{INGEST_CONSUMER}-{run}"
     update = bench.progress.task(f"projector ingest {run}/{bench.o.projector_runs}", last)
     bench.spawn(
-        "projector", label, data_dir=bench.dir / f"ingest-{run}",
+        "projector",
+        label,
+        data_dir=bench.dir / f"ingest-{run}",
         env={PROJECTOR_CONSUMER_ENV: consumer},
-    )  # fmt: skip
+    )
     deadline = time.monotonic() + bench.o.timeout
     # the clock starts when the consumer exists (DuckDB open, schema created)
     while (seq := await bench.projected_seq(consumer)) is None:

@@ -27,8 +27,9 @@ async def _nothing(i: int) -> dict[str, int]:
     return {"i": i}
 
 
-@app.agent("stepbench.run.0", policy={"max_attempts": 2, "timeout_ms": 600000,
-                                      "backoff": {"initial_ms": 10, "max_ms": 10}})  # fmt: skip
+@app.agent(
+    "stepbench.run.0", policy={"max_attempts": 2, "timeout_ms": 600000, "backoff": {"initial_ms": 10, "max_ms": 10}}
+)
 async def run(ctx: cogo.TaskContext, p: dict[str, Any]) -> dict[str, Any]:
     """``steps`` empty steps, timed one by one; the first attempt fails after them."""
     n = int(p["steps"])
@@ -74,8 +75,12 @@ async def bench(steps: int, sync: str) -> dict[str, list[float]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cogo.bench.journal", description=__doc__)
     parser.add_argument("--steps", type=int, default=2000, help="steps per attempt (2,000)")
-    parser.add_argument("--sync", choices=["always", "default"], default="always",
-                        help="JetStream fsync: always (as `cogo up`) or the server default")  # fmt: skip
+    parser.add_argument(
+        "--sync",
+        choices=["always", "default"],
+        default="always",
+        help="JetStream fsync: always (as `cogo up`) or the server default",
+    )
     args = parser.parse_args(argv)
     got = asyncio.run(bench(args.steps, args.sync))
     print(f"journaled step overhead, {args.steps} steps, sync={args.sync}")

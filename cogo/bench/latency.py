@@ -45,9 +45,7 @@ async def latency_at(bench: Bench, rate: int) -> dict[str, float]:
         bench.check_children()
         update(bench.done_count - before, "")
         await asyncio.sleep(POLL_S)
-    samples = sorted(
-        (bench.done_at[t] - at) * 1000.0 for t, at in submitted.items() if t in bench.done_at
-    )
+    samples = sorted((bench.done_at[t] - at) * 1000.0 for t, at in submitted.items() if t in bench.done_at)
     update(len(samples), f"p99 {percentile(samples, 99):.1f} ms")
     return {
         "offered_per_s": rate,

@@ -42,9 +42,15 @@ WORKFLOW_ID = "benchFlow"
 
 
 # a resolved assignment as the dispatcher writes it (the catalogue checks every key)
-_ASSIGNMENT = {"model": "local", "max_tokens": 4000, "max_cost_usd": 0.5, "timeout_ms": 30000,
-               "ttl_ms": 600000, "max_attempts": 3,
-               "backoff": {"initial_ms": 500, "multiplier": 2.0, "max_ms": 30000}}  # fmt: skip
+_ASSIGNMENT = {
+    "model": "local",
+    "max_tokens": 4000,
+    "max_cost_usd": 0.5,
+    "timeout_ms": 30000,
+    "ttl_ms": 600000,
+    "max_attempts": 3,
+    "backoff": {"initial_ms": 500, "multiplier": 2.0, "max_ms": 30000},
+}
 
 
 def synthetic_events(
@@ -86,53 +92,88 @@ def synthetic_events(
         events: list[tuple[Event, float]] = []
         if run_id is not None:
             events.append((_run_event(WORKFLOW_STARTED, run_id, "started", plan={}), submitted))
-        events.append((
-            make_event(EXECUTE_ENQUEUED, event_id=f"{tid}:enqueued:1", actor="dispatcher@b:1",
-                       attempt=1, queue_wait_ms=0.4,
-                       data={"submitted_at": iso(submitted), "deadline": iso(submitted + 600),
-                             "assignment": _ASSIGNMENT}, **common),
-            submitted,
-        ))  # fmt: skip
+        events.append(
+            (
+                make_event(
+                    EXECUTE_ENQUEUED,
+                    event_id=f"{tid}:enqueued:1",
+                    actor="dispatcher@b:1",
+                    attempt=1,
+                    queue_wait_ms=0.4,
+                    data={"submitted_at": iso(submitted), "deadline": iso(submitted + 600), "assignment": _ASSIGNMENT},
+                    **common,
+                ),
+                submitted,
+            )
+        )
         kind = rng.random()
         finished = claimed + dur / 1000
         if kind < 0.1:
-            events.append((
+            events.append(
+                (
+                    make_event(
+                        EXECUTE_RETRY,
+                        event_id=f"{tid}:retry:1",
+                        actor="echo@b:1",
+                        attempt=1,
+                        queue_wait_ms=qw,
+                        duration_ms=dur,
+                        backoff_ms=200,
+                        next_attempt_at=iso(finished + 0.2),
+                        error_code="worker.error",
+                        error="echo asked to fail attempt 1",
+                        usage=usage,
+                        data=timing,
+                        **common,
+                    ),
+                    finished,
+                )
+            )
+        terminal = EXECUTE_FAILED if kind < 0.03 else EXECUTE_DONE
+        events.append(
+            (
                 make_event(
-                    EXECUTE_RETRY, event_id=f"{tid}:retry:1", actor="echo@b:1", attempt=1,
-                    queue_wait_ms=qw, duration_ms=dur, backoff_ms=200,
-                    next_attempt_at=iso(finished + 0.2), error_code="worker.error",
-                    error="echo asked to fail attempt 1", usage=usage, data=timing, **common,
+                    terminal,
+                    event_id=f"{tid}:terminal",
+                    actor="echo@b:1",
+                    attempt=1,
+                    queue_wait_ms=qw,
+                    duration_ms=dur,
+                    usage=usage,
+                    error_code="worker.permanent" if terminal == EXECUTE_FAILED else None,
+                    error="no" if terminal == EXECUTE_FAILED else None,
+                    data={**timing, "result": {"ok": True}} if terminal == EXECUTE_DONE else timing,
+                    **common,
                 ),
                 finished,
-            ))  # fmt: skip
-        terminal = EXECUTE_FAILED if kind < 0.03 else EXECUTE_DONE
-        events.append((
-            make_event(
-                terminal, event_id=f"{tid}:terminal", actor="echo@b:1", attempt=1,
-                queue_wait_ms=qw, duration_ms=dur, usage=usage,
-                error_code="worker.permanent" if terminal == EXECUTE_FAILED else None,
-                error="no" if terminal == EXECUTE_FAILED else None,
-                data={**timing, "result": {"ok": True}} if terminal == EXECUTE_DONE else timing,
-                **common,
-            ),
-            finished,
-        ))  # fmt: skip
+            )
+        )
         if run_id is not None:
             passed = terminal == EXECUTE_DONE and rng.random() >= 0.2
             gate = GATE_PASSED if passed else GATE_FAILED
-            events.append((
-                _run_event(gate, run_id, "verdict:outcome:1", node_id="verdict",
-                           condition="nodes.build.status == 'succeeded'",
-                           verdict="passed" if passed else "failed"),
-                finished + 0.001,
-            ))  # fmt: skip
+            events.append(
+                (
+                    _run_event(
+                        gate,
+                        run_id,
+                        "verdict:outcome:1",
+                        node_id="verdict",
+                        condition="nodes.build.status == 'succeeded'",
+                        verdict="passed" if passed else "failed",
+                    ),
+                    finished + 0.001,
+                )
+            )
             outcome = WORKFLOW_SUCCEEDED if passed else WORKFLOW_FAILED
             run_ms = round((finished + 0.002 - submitted) * 1000.0, 3)
-            events.append((
-                _run_event(outcome, run_id, "outcome", duration_ms=run_ms,
-                           failed=None if passed else "node verdict failed"),
-                finished + 0.002,
-            ))  # fmt: skip
+            events.append(
+                (
+                    _run_event(
+                        outcome, run_id, "outcome", duration_ms=run_ms, failed=None if passed else "node verdict failed"
+                    ),
+                    finished + 0.002,
+                )
+            )
         for event, at in events:
             if span_s is not None:
                 event = msgspec.structs.replace(event, at=iso(at))
@@ -142,9 +183,14 @@ def synthetic_events(
 
 
 def _run_event(
-    type: str, run_id: str, suffix: str, *, duration_ms: float | None = None,
-    failed: str | None = None, **data: Any,
-) -> Event:  # fmt: skip
+    type: str,
+    run_id: str,
+    suffix: str,
+    *,
+    duration_ms: float | None = None,
+    failed: str | None = None,
+    **data: Any,
+) -> Event:
     return make_event(
         type,
         event_id=f"{run_id}:{suffix}",
@@ -193,9 +239,7 @@ async def main(count: int, batch: int) -> None:
             result = await rebuild.finish()
             elapsed = time.perf_counter() - began
             replayed = result.messages["EVENTS"]
-            print(
-                f"replay:    {replayed} events in {elapsed:.2f}s = {replayed / elapsed:,.0f} events/s"
-            )
+            print(f"replay:    {replayed} events in {elapsed:.2f}s = {replayed / elapsed:,.0f} events/s")
 
         # DuckDB alone: the same bodies, already in memory, in batches of `batch`
         store = ProjectionStore(data_dir / "store-only.duckdb")

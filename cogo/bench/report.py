@@ -34,14 +34,14 @@ def render(result: dict[str, Any]) -> None:
     cpu = result["cpu_us_per_task"]
     table.add_row(
         "CPU per task, saturated run",
-        f"{cpu['total']:,.0f} µs: "
-        + ", ".join(f"{k} {v:,.0f}" for k, v in cpu.items() if k != "total"),
+        f"{cpu['total']:,.0f} µs: " + ", ".join(f"{k} {v:,.0f}" for k, v in cpu.items() if k != "total"),
     )
     table.add_row(
         "messages stored / removed per task, saturated run",
-        ", ".join(f"{name} {row['stored']:.2f} / {row['removed']:.2f}"
-                  for name, row in result["stored_per_task"].items()),
-    )  # fmt: skip
+        ", ".join(
+            f"{name} {row['stored']:.2f} / {row['removed']:.2f}" for name, row in result["stored_per_task"].items()
+        ),
+    )
     runs = ", ".join(f"{rate:,.0f}" for rate in result["projector_runs"])
     table.add_row(
         "projector ingest (DuckDB), median",
@@ -59,9 +59,7 @@ def _require_matplotlib() -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise CogoError(
-            "--plot needs matplotlib: pip install 'cogo[bench]' (or pip install matplotlib)"
-        ) from None
+        raise CogoError("--plot needs matplotlib: pip install 'cogo[bench]' (or pip install matplotlib)") from None
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
@@ -104,8 +102,7 @@ def _optional_rows(table: Any, result: dict[str, Any]) -> None:
     for mode in ("off", "on") if flow_control else ():
         row = flow_control[mode]
         table.add_row(
-            f"flow control {mode} ({flow_control['tasks']:,} tasks, {flow_control['keys']} keys), "
-            "median",
+            f"flow control {mode} ({flow_control['tasks']:,} tasks, {flow_control['keys']} keys), median",
             f"dispatcher {row['dispatcher_cpu_us_per_task']:,.0f} µs/task, "
             f"total {row['total_cpu_us_per_task']:,.0f} µs/task, {row['tasks_per_s']:,.0f} tasks/s",
         )
@@ -131,8 +128,7 @@ def _optional_rows(table: Any, result: dict[str, Any]) -> None:
         for name in ("echo", "agent"):
             row = agent[name]
             table.add_row(
-                f"{'@app.agent' if name == 'agent' else 'echo actor'} ({agent['tasks']:,} tasks, "
-                f"{row['route']})",
+                f"{'@app.agent' if name == 'agent' else 'echo actor'} ({agent['tasks']:,} tasks, {row['route']})",
                 f"{row['tasks_per_s']:,.0f} tasks/s, worker {row['worker_cpu_us_per_task']:,.0f} "
                 f"µs/task, dispatcher {row['dispatcher_cpu_us_per_task']:,.0f} µs/task",
             )
@@ -155,9 +151,7 @@ def _optional_rows(table: Any, result: dict[str, Any]) -> None:
             f"x{traced['tasks_per_s_ratio']:.2f} tasks/s, "
             f"{traced['export_bytes_per_task']:,.0f} B exported/task",
         )
-        table.add_row(
-            "tracing off: its checks, per task", f"{traced['off_path_ns_per_task']:,.0f} ns"
-        )
+        table.add_row("tracing off: its checks, per task", f"{traced['off_path_ns_per_task']:,.0f} ns")
     durable = result.get("durable")
     if durable:
         resumed, done = durable["suspend_to_resumed"], durable["suspend_to_done"]

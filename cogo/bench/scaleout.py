@@ -41,8 +41,9 @@ async def scale_out(bench: Bench) -> list[dict[str, Any]]:
                 bench.spawn("echo", label, concurrency=o.scale_concurrency)
             try:
                 # every new process up and fetching before the clock starts
-                await bench.run_tasks(workers * o.scale_concurrency, f"scale-out {workers}: warm-up",
-                                      timeout=60, body=body)  # fmt: skip
+                await bench.run_tasks(
+                    workers * o.scale_concurrency, f"scale-out {workers}: warm-up", timeout=60, body=body
+                )
                 await _wait_fetching(bench, workers)
                 count = o.scale_tasks * workers
                 elapsed = await bench.run_tasks(count, f"scale-out, {workers} worker(s)", body=body)
@@ -51,13 +52,15 @@ async def scale_out(bench: Bench) -> list[dict[str, Any]]:
                     await bench.stop_child(label)
             ideal = workers * o.scale_concurrency * 1000.0 / o.scale_sleep_ms
             rate = count / elapsed
-            rows.append({
-                "workers": workers,
-                "tasks": count,
-                "tasks_per_s": round(rate, 1),
-                "ideal_per_s": round(ideal, 1),
-                "efficiency": round(rate / ideal, 3),
-            })  # fmt: skip
+            rows.append(
+                {
+                    "workers": workers,
+                    "tasks": count,
+                    "tasks_per_s": round(rate, 1),
+                    "ideal_per_s": round(ideal, 1),
+                    "efficiency": round(rate / ideal, 3),
+                }
+            )
     finally:
         for i in range(len(echoes)):
             bench.spawn("echo", f"echo-{i + 1}")

@@ -39,27 +39,23 @@ async def measure(bench: Any, tasks: int, repeats: int) -> dict[str, Any]:
                 await _restart_dispatchers(bench, key if mode == "on" else None)
                 await bench.run_tasks(WARM_UP, f"warm-up, seal {mode}")
                 before = bench.cpu_snapshot()
-                elapsed = await bench.run_tasks(
-                    tasks, f"{tasks:,} tasks, seal {mode} ({repeat + 1}/{repeats})"
-                )
+                elapsed = await bench.run_tasks(tasks, f"{tasks:,} tasks, seal {mode} ({repeat + 1}/{repeats})")
                 used = {k: v - before.get(k, 0.0) for k, v in bench.cpu_snapshot().items()}
                 dispatchers = sum(v for k, v in used.items() if k.startswith("dispatcher"))
-                rounds.append({
-                    "mode": mode,
-                    "tasks_per_s": round(tasks / elapsed, 1),
-                    "dispatcher_cpu_us_per_task": round(dispatchers / tasks * 1e6, 1),
-                    "total_cpu_us_per_task": round(sum(used.values()) / tasks * 1e6, 1),
-                })  # fmt: skip
+                rounds.append(
+                    {
+                        "mode": mode,
+                        "tasks_per_s": round(tasks / elapsed, 1),
+                        "dispatcher_cpu_us_per_task": round(dispatchers / tasks * 1e6, 1),
+                        "total_cpu_us_per_task": round(sum(used.values()) / tasks * 1e6, 1),
+                    }
+                )
     finally:
         await _restart_dispatchers(bench, None)  # later parts run as they always did
     summary: dict[str, Any] = {"tasks": tasks, "repeats": repeats, "rounds": rounds}
     for mode in ("off", "on"):
         mine = [r for r in rounds if r["mode"] == mode]
-        summary[mode] = {
-            name: round(statistics.median(r[name] for r in mine), 1)
-            for name in mine[0]
-            if name != "mode"
-        }
+        summary[mode] = {name: round(statistics.median(r[name] for r in mine), 1) for name in mine[0] if name != "mode"}
     summary["dispatcher_cpu_us_added_per_task"] = round(
         summary["on"]["dispatcher_cpu_us_per_task"] - summary["off"]["dispatcher_cpu_us_per_task"],
         1,

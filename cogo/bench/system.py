@@ -190,17 +190,13 @@ def percentile(ordered: list[float], q: float) -> float:
 
 def task_body(task_id: str, payload: bytes = b"{}", route: str = ROUTE) -> bytes:
     """An echo task; empty by default: the cost measured is the bus's, not the worker's."""
-    return b'{"task_id":"%s","route":"%s","payload":%s}' % (
-        task_id.encode(), route.encode(), payload
-    )  # fmt: skip
+    return b'{"task_id":"%s","route":"%s","payload":%s}' % (task_id.encode(), route.encode(), payload)
 
 
 class Bench:
     """One isolated system and the measurements taken on it."""
 
-    def __init__(
-        self, options: Options, work_dir: Path, progress: Progress, apps: Sequence[App] = ()
-    ) -> None:
+    def __init__(self, options: Options, work_dir: Path, progress: Progress, apps: Sequence[App] = ()) -> None:
         self.o = options
         self.apps = apps
         self.dir = work_dir
@@ -266,9 +262,7 @@ class Bench:
         target: str | None = None,
     ) -> None:
         """Start agent ``actor`` (of Cogo's app, or of the app ``target``) as ``cogo run``."""
-        self.startup.spawn(
-            target or actor, actor, label, data_dir=data_dir, env=env, concurrency=concurrency
-        )
+        self.startup.spawn(target or actor, actor, label, data_dir=data_dir, env=env, concurrency=concurrency)
 
     async def stop_child(self, label: str) -> None:
         self.rss[label] = peak_rss_mb(self.children[label].pid)
@@ -345,9 +339,12 @@ class Bench:
     # -- tasks until projected (the saturated figure, warm-up, scale-out) ---------------
 
     async def run_tasks(
-        self, count: int, label: str, timeout: float | None = None,
+        self,
+        count: int,
+        label: str,
+        timeout: float | None = None,
         body: Callable[[str], bytes] = task_body,
-    ) -> float:  # fmt: skip
+    ) -> float:
         """Publish ``count`` tasks at once; seconds until all are done and projected."""
         prefix = self.task_prefix("t")
         update = self.progress.task(label, count)

@@ -79,9 +79,7 @@ async def tracing_overhead(bench: Bench) -> dict[str, Any]:
     """tasks/s and dispatcher + worker CPU µs/task with tracing off and on, same run."""
     count = bench.o.tracing_tasks
     sink = _Sink()
-    sub = await bench.nc.subscribe(
-        f"events.execute_done.{AGENT_ROUTE}", cb=bench.on_done, pending_msgs_limit=1_000_000
-    )
+    sub = await bench.nc.subscribe(f"events.execute_done.{AGENT_ROUTE}", cb=bench.on_done, pending_msgs_limit=1_000_000)
     dispatchers = [label for label in bench.children if label.startswith("dispatcher")]
     rows: dict[str, dict[str, Any]] = {}
     try:
@@ -92,16 +90,12 @@ async def tracing_overhead(bench: Bench) -> dict[str, Any]:
                     await bench.stop_child(label)
                     bench.spawn("dispatcher", label, env=env)
             bench.spawn(AGENT, f"traced-{mode}", target=APP_REF, env=env)
-            await bench.run_tasks(min(200, count), f"tracing {mode}: warm-up", timeout=60,
-                                  body=_body(AGENT_ROUTE))  # fmt: skip
+            await bench.run_tasks(min(200, count), f"tracing {mode}: warm-up", timeout=60, body=_body(AGENT_ROUTE))
             before = bench.cpu_snapshot()
-            elapsed = await bench.run_tasks(
-                count, f"tracing {mode}: {count:,} tasks", body=_body(AGENT_ROUTE)
-            )
+            elapsed = await bench.run_tasks(count, f"tracing {mode}: {count:,} tasks", body=_body(AGENT_ROUTE))
             after = bench.cpu_snapshot()
 
-            def us(prefix: str, before: dict[str, float] = before,
-                   after: dict[str, float] = after) -> float:  # fmt: skip
+            def us(prefix: str, before: dict[str, float] = before, after: dict[str, float] = after) -> float:
                 used = sum(v - before.get(k, 0.0) for k, v in after.items() if k.startswith(prefix))
                 return round(used / count * 1e6, 1)
 

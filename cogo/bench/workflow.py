@@ -42,10 +42,7 @@ def chain_definition(nodes: int) -> dict[str, Any]:
         "id": WORKFLOW_ID,
         "description": "cogo bench: a chain of publish nodes",
         "version": 1,
-        "nodes": [
-            {"id": f"step{i + 1}", "type": "publish", "route": ROUTE, "payload": {}}
-            for i in range(nodes)
-        ],
+        "nodes": [{"id": f"step{i + 1}", "type": "publish", "route": ROUTE, "payload": {}} for i in range(nodes)],
     }
 
 
@@ -99,9 +96,7 @@ async def workflow_steps(bench: Bench) -> dict[str, Any]:
     }
 
 
-async def _wait_outcome(
-    bench: Bench, seen: dict[str, list[tuple[str, float]]], run_id: str, timeout: float
-) -> float:
+async def _wait_outcome(bench: Bench, seen: dict[str, list[tuple[str, float]]], run_id: str, timeout: float) -> float:
     deadline = time.monotonic() + timeout
     while True:
         for kind, at in seen.get(run_id, []):

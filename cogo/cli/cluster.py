@@ -20,35 +20,49 @@ def register(subparsers: Any, common: Callable[[argparse.ArgumentParser], None])
     sub = cluster.add_subparsers(dest="cluster_command", required=True)
 
     p = sub.add_parser(
-        "config", help="write each node's nats.conf (TLS, auth, store size) and what Cogo "
-        "hosts need", description="Write <out>/cogo-N/nats.conf for every HOST (an address "
+        "config",
+        help="write each node's nats.conf (TLS, auth, store size) and what Cogo hosts need",
+        description="Write <out>/cogo-N/nats.conf for every HOST (an address "
         "the others reach it at), <out>/tls (a CA and a certificate per host, made with "
         "openssl), <out>/cogo.toml, <out>/cogo.env and with --auth <out>/credentials.json.",
-    )  # fmt: skip
+    )
     common(p)
     p.add_argument("hosts", nargs="+", metavar="HOST", help="IP address or DNS name of a node")
     p.add_argument("--out", type=Path, required=True, help="directory to write to")
-    p.add_argument("--store-size", default="64GB",
-                   help="each node's JetStream max_file_store (default 64GB); checked against "
-                   "what Cogo's streams reserve")  # fmt: skip
-    p.add_argument("--store-dir", default="/var/lib/cogo/nats",
-                   help="JetStream store dir on each host ({node} is the node's name)")  # fmt: skip
-    p.add_argument("--tls-dir", default=None,
-                   help="where <out>/tls will be on the hosts (default: <out>/tls)")  # fmt: skip
+    p.add_argument(
+        "--store-size",
+        default="64GB",
+        help="each node's JetStream max_file_store (default 64GB); checked against what Cogo's streams reserve",
+    )
+    p.add_argument(
+        "--store-dir", default="/var/lib/cogo/nats", help="JetStream store dir on each host ({node} is the node's name)"
+    )
+    p.add_argument("--tls-dir", default=None, help="where <out>/tls will be on the hosts (default: <out>/tls)")
     p.add_argument("--no-tls", action="store_true", help="plain TCP for clients and routes")
-    p.add_argument("--auth", action="store_true",
-                   help="users and permissions (least privilege), passwords in "
-                   "<out>/credentials.json and <out>/credentials/<user>.env")  # fmt: skip
-    p.add_argument("--app", action="append", default=[], metavar="MODULE:ATTR",
-                   help="an app whose agents get users under --auth (repeatable)")  # fmt: skip
+    p.add_argument(
+        "--auth",
+        action="store_true",
+        help="users and permissions (least privilege), passwords in "
+        "<out>/credentials.json and <out>/credentials/<user>.env",
+    )
+    p.add_argument(
+        "--app",
+        action="append",
+        default=[],
+        metavar="MODULE:ATTR",
+        help="an app whose agents get users under --auth (repeatable)",
+    )
     p.add_argument("--replicas", type=int, default=3, help="written to cogo.toml (default 3)")
     p.add_argument("--client-port", type=int, default=4222)
     p.add_argument("--cluster-port", type=int, default=6222)
     p.set_defaults(func=cmd_config)
 
-    p = sub.add_parser("replicas", help="change every Cogo stream and consumer to N replicas",
-                       description="The cluster keeps the replicas its streams were made with; "
-                       "no process lowers them. This is the one way to change them.")  # fmt: skip
+    p = sub.add_parser(
+        "replicas",
+        help="change every Cogo stream and consumer to N replicas",
+        description="The cluster keeps the replicas its streams were made with; "
+        "no process lowers them. This is the one way to change them.",
+    )
     common(p)
     p.add_argument("replicas", type=int, metavar="N")
     p.set_defaults(func=cmd_replicas)
@@ -70,11 +84,19 @@ def cmd_config(args: argparse.Namespace) -> int:
         passwords = auth_module.credentials(args.out, plan.users)
         accounts = auth_module.accounts_config(plan, passwords)
     files = write_cluster(
-        args.out, args.hosts, config, store_size=parse_size(args.store_size),
-        store_dir=args.store_dir, tls=not args.no_tls, tls_dir=args.tls_dir,
-        auth_users=passwords, accounts=accounts, replicas=args.replicas,
-        client_port=args.client_port, cluster_port=args.cluster_port,
-    )  # fmt: skip
+        args.out,
+        args.hosts,
+        config,
+        store_size=parse_size(args.store_size),
+        store_dir=args.store_dir,
+        tls=not args.no_tls,
+        tls_dir=args.tls_dir,
+        auth_users=passwords,
+        accounts=accounts,
+        replicas=args.replicas,
+        client_port=args.client_port,
+        cluster_port=args.cluster_port,
+    )
     if passwords is not None:
         auth_module.write_user_env_files(args.out / "credentials", passwords)
     for node, host in zip(files.nodes, args.hosts, strict=True):
@@ -82,8 +104,10 @@ def cmd_config(args: argparse.Namespace) -> int:
     print(f"every Cogo host: --config {files.cogo_toml}, environment {files.env_file}")
     print(f"  {NATS_URL_ENV}={files.nats_url}")
     if files.credentials:
-        print(f"cogo up hosts: copy {files.credentials} into the data dir; a `cogo run AGENT` "
-              f"host: {args.out / 'credentials'}/<its user>.env")  # fmt: skip
+        print(
+            f"cogo up hosts: copy {files.credentials} into the data dir; a `cogo run AGENT` "
+            f"host: {args.out / 'credentials'}/<its user>.env"
+        )
     return 0
 
 

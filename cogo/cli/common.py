@@ -15,12 +15,17 @@ from cogo.errors import CogoError
 
 
 def common_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", type=Path, default=None,
-                   help="where the system keeps its files (default: COGO_DATA_DIR, else "
-                   "data_dir of the nearest cogo.toml upward, else ./.cogo)")  # fmt: skip
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="where the system keeps its files (default: COGO_DATA_DIR, else "
+        "data_dir of the nearest cogo.toml upward, else ./.cogo)",
+    )
     p.add_argument("--config", type=Path, default=None, help="TOML merged over the defaults")
-    p.add_argument("--nats-url", default=env(NATS_URL_ENV),
-                   help="NATS server(s), comma-separated; default: the running `cogo up`")  # fmt: skip
+    p.add_argument(
+        "--nats-url", default=env(NATS_URL_ENV), help="NATS server(s), comma-separated; default: the running `cogo up`"
+    )
 
 
 def resolve_nats_url(args: argparse.Namespace) -> str:

@@ -47,34 +47,55 @@ def build_parser() -> argparse.ArgumentParser:
     common_args(p)
     p.add_argument("--nats-port", type=int, default=None)
     p.add_argument("--http-port", type=int, default=None)
-    p.add_argument("--sync", choices=["always", "default"], default="always",
-                   help="JetStream fsync: always (durable, default) or the server default")  # fmt: skip
-    p.add_argument("--cluster", type=int, default=0, metavar="N",
-                   help="start an N-node local JetStream cluster (streams at N replicas)")  # fmt: skip
-    p.add_argument("--auth", action="store_true",
-                   help="least privilege: one NATS user per actor kind and per app, passwords "
-                   "in the data dir")  # fmt: skip
-    p.add_argument("--app", action="append", default=[], metavar="MODULE:ATTR",
-                   help="also run this app's agents (repeatable), e.g. lexicon.agents:app")  # fmt: skip
+    p.add_argument(
+        "--sync",
+        choices=["always", "default"],
+        default="always",
+        help="JetStream fsync: always (durable, default) or the server default",
+    )
+    p.add_argument(
+        "--cluster",
+        type=int,
+        default=0,
+        metavar="N",
+        help="start an N-node local JetStream cluster (streams at N replicas)",
+    )
+    p.add_argument(
+        "--auth",
+        action="store_true",
+        help="least privilege: one NATS user per actor kind and per app, passwords in the data dir",
+    )
+    p.add_argument(
+        "--app",
+        action="append",
+        default=[],
+        metavar="MODULE:ATTR",
+        help="also run this app's agents (repeatable), e.g. lexicon.agents:app",
+    )
     p.add_argument("--app-dir", default=".", help="where apps import from (default: .)")
-    p.add_argument("--role", choices=["all", "facade", "workers"], default="all",
-                   help="on a cluster host: all (default), facade (HTTP and the projector) or "
-                   "workers (the agents only)")  # fmt: skip
-    p.add_argument("--http-host", default="127.0.0.1",
-                   help="address the HTTP facade binds (default 127.0.0.1: this host only)")  # fmt: skip
+    p.add_argument(
+        "--role",
+        choices=["all", "facade", "workers"],
+        default="all",
+        help="on a cluster host: all (default), facade (HTTP and the projector) or workers (the agents only)",
+    )
+    p.add_argument(
+        "--http-host", default="127.0.0.1", help="address the HTTP facade binds (default 127.0.0.1: this host only)"
+    )
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser(
-        "run", help="run an app's agents (or one of Cogo's) in this process or N processes",
+        "run",
+        help="run an app's agents (or one of Cogo's) in this process or N processes",
         description="Run agents: TARGET is pkg.module:app (an app of yours), the name of one "
         "of Cogo's own agents, or the name of an installed app.",
-        epilog=_runnable_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
+        epilog=_runnable_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     common_args(p)
     p.add_argument("target", metavar="TARGET", help="pkg.module:app, or a name listed below")
     p.add_argument("--agent", default=None, help="run only this agent of the app")
-    p.add_argument("--replicas", type=int, default=None,
-                   help="processes per agent (default: what the agent declares)")  # fmt: skip
+    p.add_argument("--replicas", type=int, default=None, help="processes per agent (default: what the agent declares)")
     p.add_argument("--version", default=None, help="version this worker declares (canary)")
     p.add_argument("--concurrency", type=int, default=None, help="handlers per process")
     p.add_argument("--app-dir", default=".", help="where the app imports from (default: .)")
@@ -82,21 +103,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("submit", help="submit a task to orchestrator.execute.0")
     common_args(p)
-    p.add_argument("--route", required=True,
-                   help="the route an agent declared, e.g. lexicon.count.0 (`cogo routes`)")  # fmt: skip
-    p.add_argument("--payload", default="{}",
-                   help="a JSON object, @file.json to read it from a file, or - for stdin")  # fmt: skip
-    p.add_argument("--task-id", default=None,
-                   help="your id for the task (default: a new one); resubmitting an id within "
-                   "the duplicate window runs the task once")  # fmt: skip
-    p.add_argument("--wait", action="store_true",
-                   help="wait for the task to end and print its status (exit 1 if it failed)")  # fmt: skip
-    p.add_argument("--follow", action="store_true",
-                   help="print the task's output (ctx.emit) as it arrives, then its status "
-                   "(exit 1 if it failed); text chunks as they are, others as JSON lines")  # fmt: skip
-    p.add_argument("--timeout", type=float, default=60.0,
-                   help="seconds --wait / --follow wait for the end (exit 2 past it; the task "
-                   "itself goes on)")  # fmt: skip
+    p.add_argument("--route", required=True, help="the route an agent declared, e.g. lexicon.count.0 (`cogo routes`)")
+    p.add_argument("--payload", default="{}", help="a JSON object, @file.json to read it from a file, or - for stdin")
+    p.add_argument(
+        "--task-id",
+        default=None,
+        help="your id for the task (default: a new one); resubmitting an id within "
+        "the duplicate window runs the task once",
+    )
+    p.add_argument(
+        "--wait", action="store_true", help="wait for the task to end and print its status (exit 1 if it failed)"
+    )
+    p.add_argument(
+        "--follow",
+        action="store_true",
+        help="print the task's output (ctx.emit) as it arrives, then its status "
+        "(exit 1 if it failed); text chunks as they are, others as JSON lines",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        help="seconds --wait / --follow wait for the end (exit 2 past it; the task itself goes on)",
+    )
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("status", help="a task's status, attempt, result or error, and events")
@@ -121,8 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     common_args(p)
     p.add_argument("action", choices=["get", "set", "reset", "list"])
     p.add_argument("route", nargs="?")
-    p.add_argument("changes", nargs="?",
-                   help='JSON, e.g. \'{"max_tokens": 1000, "ceilings": {"max_tokens": 1000}}\'')  # fmt: skip
+    p.add_argument("changes", nargs="?", help='JSON, e.g. \'{"max_tokens": 1000, "ceilings": {"max_tokens": 1000}}\'')
     p.set_defaults(func=cmd_policy)
 
     p = sub.add_parser("routes", help="the declared routes: app, agent, consumer state")
@@ -134,8 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("reclaim", help="list stuck / redelivered messages per consumer")
     common_args(p)
-    p.add_argument("--dead-letter", action="store_true",
-                   help="move stranded messages to DLQ with an execute_failed event")  # fmt: skip
+    p.add_argument(
+        "--dead-letter", action="store_true", help="move stranded messages to DLQ with an execute_failed event"
+    )
     p.set_defaults(func=cmd_reclaim)
 
     for register in _plugins():
@@ -152,9 +181,12 @@ def _plugins() -> list[Any]:
     from cogo.cli import workflows as workflow_commands
 
     return [
-        projection_commands.register, workflow_commands.register, bench.register,
-        project_commands.register, cluster_commands.register,
-    ]  # fmt: skip
+        projection_commands.register,
+        workflow_commands.register,
+        bench.register,
+        project_commands.register,
+        cluster_commands.register,
+    ]
 
 
 def _runnable_epilog() -> str:
@@ -210,9 +242,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     url = resolve_nats_url(args)
     if len(specs) > 1 or (args.replicas or specs[0].replicas) > 1:
         return run_processes(
-            loaded, specs, args.replicas, url, app_dir=app_dir, config_path=args.config,
-            data_dir=args.data_dir, version=args.version, concurrency=args.concurrency,
-        )  # fmt: skip
+            loaded,
+            specs,
+            args.replicas,
+            url,
+            app_dir=app_dir,
+            config_path=args.config,
+            data_dir=args.data_dir,
+            version=args.version,
+            concurrency=args.concurrency,
+        )
     config = load_config(args.config, args.data_dir)
     creds = nats_credentials(args, user_of(loaded.app.name, specs[0].name))
     if creds:  # the agent's own user, handed to the process through its environment
@@ -225,9 +264,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         if key and not env(SEAL_KEY_ENV):
             os.environ[SEAL_KEY_ENV] = key
     return run_agent_main(
-        specs[0], url, config, concurrency=args.concurrency, version=args.version,
+        specs[0],
+        url,
+        config,
+        concurrency=args.concurrency,
+        version=args.version,
         data_dir=args.data_dir,
-    )  # fmt: skip
+    )
 
 
 def cmd_reclaim(args: argparse.Namespace) -> int:

@@ -15,22 +15,23 @@ from cogo.errors import CogoError
 
 def register(subparsers: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
     p = subparsers.add_parser(
-        "init", help="start a project here: a starter agent, its tests, cogo.toml, pytest settings",
+        "init",
+        help="start a project here: a starter agent, its tests, cogo.toml, pytest settings",
         description="Write a starter agent (<name>/agents.py), its tests (tests/), cogo.toml "
         "(the data dir and the app `cogo up` loads) and the pytest settings the tests need, "
         "into DIR. Existing files are left alone.",
-    )  # fmt: skip
+    )
     p.add_argument("dir", nargs="?", default=".", type=Path, help="the project (default: .)")
-    p.add_argument("--name", default=None,
-                   help="the package, app and route service (default: from the directory)")  # fmt: skip
+    p.add_argument("--name", default=None, help="the package, app and route service (default: from the directory)")
     p.set_defaults(func=cmd_init)
 
     p = subparsers.add_parser(
-        "dev-llm", help="serve a fake OpenAI-compatible chat endpoint on 127.0.0.1",
+        "dev-llm",
+        help="serve a fake OpenAI-compatible chat endpoint on 127.0.0.1",
         description="A stand-in for a real model, to try ctx.llm: answers every "
         "/v1/chat/completions request (streaming too, with usage) with --reply, or with the "
         "last user message (--echo). Start `cogo up` with COGO_LLM_BASE_URL set to its URL.",
-    )  # fmt: skip
+    )
     p.add_argument("--port", type=int, default=8099, help="port on 127.0.0.1 (0: any free one)")
     p.add_argument("--reply", default="ok", help="the answer's text")
     p.add_argument("--echo", action="store_true", help="answer with the last user message")

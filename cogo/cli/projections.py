@@ -104,9 +104,7 @@ def _sql_remote(endpoints: Endpoints, query: str, options: dict[str, Any]) -> An
     url = f"{endpoints.http_url}/api/sql"
     timeout = float(options.get("timeout_s", 10.0)) + 10.0
     try:
-        response = httpx.post(
-            url, json={"sql": query, **options}, headers=_headers(endpoints), timeout=timeout
-        )
+        response = httpx.post(url, json={"sql": query, **options}, headers=_headers(endpoints), timeout=timeout)
     except UNREACHABLE:
         return None  # a stale endpoints.json: nothing runs there
     if response.status_code == 503 and "does not run" in response.text:
@@ -129,9 +127,7 @@ def _sql_local(args: argparse.Namespace, query: str, options: dict[str, Any]) ->
     config = load_config(args.config, args.data_dir)
     con = connect(path, read_only=True, limits=config.duckdb)
     try:
-        return sandbox.run_query(
-            con.cursor(), query, max_bytes=config.sql.max_result_bytes, **options
-        ).as_dict()
+        return sandbox.run_query(con.cursor(), query, max_bytes=config.sql.max_result_bytes, **options).as_dict()
     finally:
         con.close()
 
@@ -223,9 +219,7 @@ class _Bars:
     def update(self, stream: str, applied: int, total: int, rate: float) -> None:
         if stream not in self.tasks:
             self.tasks[stream] = self.progress.add_task(f"replay {stream}", total=total, rate=0.0)
-        self.progress.update(
-            self.tasks[stream], completed=applied, total=max(total, applied), rate=rate
-        )
+        self.progress.update(self.tasks[stream], completed=applied, total=max(total, applied), rate=rate)
 
 
 def _replay_remote(endpoints: Endpoints, console: Any) -> dict[str, Any] | None:
@@ -280,13 +274,9 @@ async def _replay_local(args: argparse.Namespace, console: Any) -> dict[str, Any
 
             try:
                 limits = load_config(args.config, args.data_dir).duckdb
-                result = await replay_offline(
-                    nc, args.data_dir, batch=args.batch, progress=progress, limits=limits
-                )
+                result = await replay_offline(nc, args.data_dir, batch=args.batch, progress=progress, limits=limits)
             except ProjectionBusy as exc:
-                raise ProjectionBusy(
-                    f"{exc}. Stop that process first, or replay through `cogo up`"
-                ) from None
+                raise ProjectionBusy(f"{exc}. Stop that process first, or replay through `cogo up`") from None
         return result.as_dict()
     finally:
         await nc.close()

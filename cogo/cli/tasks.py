@@ -45,9 +45,7 @@ def client_of(args: argparse.Namespace, name: str) -> Client:
     from cogo.sdk.client import Client
 
     creds = nats_credentials(args, "client")
-    return Client(
-        resolve_nats_url(args), user=creds.get("user"), password=creds.get("password"), name=name
-    )
+    return Client(resolve_nats_url(args), user=creds.get("user"), password=creds.get("password"), name=name)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -59,8 +57,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
         async with client_of(args, "cogo-submit") as client:
             handle = await client.submit(args.route, payload, task_id=args.task_id)
             # the same document as POST /api/tasks answers
-            print(json.dumps({"task_id": handle.task_id, "duplicate": handle.duplicate,
-                              "stream_seq": handle.seq}), flush=True)  # fmt: skip
+            print(
+                json.dumps({"task_id": handle.task_id, "duplicate": handle.duplicate, "stream_seq": handle.seq}),
+                flush=True,
+            )
             if not (args.wait or args.follow):
                 return 0
             try:
@@ -200,23 +200,28 @@ def cmd_routes(args: argparse.Namespace) -> int:
             rows = []
             for route, record in records.items():
                 info = consumers.get(durable_name(route))
-                rows.append({
-                    "route": route, "app": record.app, "agent": record.agent,
-                    "pending": info.num_pending if info else None,
-                    "in_flight": info.num_ack_pending if info else None,
-                    # pull requests waiting on the route's consumer: workers ready for tasks
-                    "pulling": info.num_waiting if info else 0,
-                    "overrides": record.overrides or None,
-                })  # fmt: skip
+                rows.append(
+                    {
+                        "route": route,
+                        "app": record.app,
+                        "agent": record.agent,
+                        "pending": info.num_pending if info else None,
+                        "in_flight": info.num_ack_pending if info else None,
+                        # pull requests waiting on the route's consumer: workers ready for tasks
+                        "pulling": info.num_waiting if info else 0,
+                        "overrides": record.overrides or None,
+                    }
+                )
             if args.json:
                 print(json.dumps(rows, indent=2))
             else:
                 for row in rows:
-                    print(f"{row['route']:<28} {row['app'] or '-':<12} {row['agent'] or '-':<16} "
-                          f"pending={row['pending']} in_flight={row['in_flight']} "
-                          + (f"workers_pulling={row['pulling']}" if row["pulling"]
-                             else "no worker pulling")
-                          + ("  (policy overridden at runtime)" if row["overrides"] else ""))  # fmt: skip
+                    print(
+                        f"{row['route']:<28} {row['app'] or '-':<12} {row['agent'] or '-':<16} "
+                        f"pending={row['pending']} in_flight={row['in_flight']} "
+                        + (f"workers_pulling={row['pulling']}" if row["pulling"] else "no worker pulling")
+                        + ("  (policy overridden at runtime)" if row["overrides"] else "")
+                    )
             return 0
 
     return asyncio.run(main())

@@ -64,8 +64,7 @@ def register(subparsers: Any, common: Any) -> None:
 
     p = command("list", "runs, newest first")
     p.add_argument("--workflow", default=None)
-    p.add_argument("--status", default=None,
-                   choices=["running", "succeeded", "failed", "cancelled"])  # fmt: skip
+    p.add_argument("--status", default=None, choices=["running", "succeeded", "failed", "cancelled"])
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_list)
@@ -98,8 +97,12 @@ def _register_schedules(subparsers: Any, common: Any) -> None:
     clock = p.add_mutually_exclusive_group(required=True)
     clock.add_argument("--cron", help="cron expression, UTC (5 fields, or 6 with seconds last)")
     clock.add_argument("--every", type=int, metavar="SECONDS", help="interval in seconds")
-    p.add_argument("--catchup", choices=["none", "last", "all"], default="last",
-                   help="missed ticks: none, the last one (default), or all (bounded)")  # fmt: skip
+    p.add_argument(
+        "--catchup",
+        choices=["none", "last", "all"],
+        default="last",
+        help="missed ticks: none, the last one (default), or all (bounded)",
+    )
     p.add_argument("--max-catchup", type=int, default=100)
     _parameter_arguments(p)
     p.set_defaults(func=cmd_schedule_add)
@@ -113,9 +116,7 @@ def _register_schedules(subparsers: Any, common: Any) -> None:
     p.set_defaults(func=cmd_schedule_delete)
 
 
-def _group(
-    subparsers: Any, common: Any, name: str, help: str
-) -> Callable[[str, str], argparse.ArgumentParser]:
+def _group(subparsers: Any, common: Any, name: str, help: str) -> Callable[[str, str], argparse.ArgumentParser]:
     """A command group whose subcommands talk to the facade; returns their factory."""
     parser = subparsers.add_parser(name, help=help)
     sub = parser.add_subparsers(dest=f"{name}_command", required=True)
@@ -123,16 +124,23 @@ def _group(
     def command(name: str, help: str) -> argparse.ArgumentParser:
         p: argparse.ArgumentParser = sub.add_parser(name, help=help)
         common(p)
-        p.add_argument("--http-url", default=env(HTTP_URL_ENV),
-                       help="the facade; default: the running `cogo up` in --data-dir")  # fmt: skip
+        p.add_argument(
+            "--http-url", default=env(HTTP_URL_ENV), help="the facade; default: the running `cogo up` in --data-dir"
+        )
         return p
 
     return command
 
 
 def _parameter_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
-                   help="a parameter; the value is JSON if it parses, else a string")  # fmt: skip
+    p.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a parameter; the value is JSON if it parses, else a string",
+    )
     p.add_argument("--params", default=None, help="all parameters as one JSON object")
 
 
@@ -165,9 +173,7 @@ class Facade:
         endpoints = read_endpoints(args.data_dir)
         url = args.http_url or (endpoints.http_url if endpoints else None)
         if not url:
-            raise CogoError(
-                f"no --http-url and no running `cogo up` in {args.data_dir} (endpoints.json)"
-            )
+            raise CogoError(f"no --http-url and no running `cogo up` in {args.data_dir} (endpoints.json)")
         token = env(API_TOKEN_ENV) or (endpoints.api_token if endpoints else None)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.client = httpx.Client(base_url=url, headers=headers, timeout=30, trust_env=False)
@@ -234,9 +240,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     state: dict[str, Any] | None = None
     while time.monotonic() < deadline:
         try:
-            state = facade.call(
-                "GET", "/api/orchestrator/state", params={"runId": started["runId"]}
-            )
+            state = facade.call("GET", "/api/orchestrator/state", params={"runId": started["runId"]})
         except CogoError:  # 404 until the orchestrator has taken the start command
             state = None
         if state and state.get("endedAt"):
@@ -271,8 +275,10 @@ def cmd_list(args: argparse.Namespace) -> int:
         return 0
     for run in runs:
         duration = f"{run['durationMs'] / 1000:.1f}s" if run["durationMs"] is not None else "-"
-        print(f"{run['runId']:<34} {run['workflowId'] or '-':<20} {run['status']:<10} "
-              f"{run['startedAt'] or '-':<28} {duration:>8}  {run['error'] or ''}")  # fmt: skip
+        print(
+            f"{run['runId']:<34} {run['workflowId'] or '-':<20} {run['status']:<10} "
+            f"{run['startedAt'] or '-':<28} {duration:>8}  {run['error'] or ''}"
+        )
     return 0
 
 
@@ -303,8 +309,7 @@ def cmd_defs(args: argparse.Namespace) -> int:
             if w.get("error"):
                 continue
             params = ", ".join(
-                f"{name}{'*' if spec.get('required') else ''}"
-                for name, spec in (w.get("parameters") or {}).items()
+                f"{name}{'*' if spec.get('required') else ''}" for name, spec in (w.get("parameters") or {}).items()
             )
             print(f"{w['id']:<24} v{w.get('version') or 1}  {w.get('description', '')}".rstrip())
             if params:
@@ -316,9 +321,12 @@ def cmd_defs(args: argparse.Namespace) -> int:
 
 def cmd_schedule_add(args: argparse.Namespace) -> int:
     body: dict[str, Any] = {
-        "id": args.id, "workflowId": args.workflow_id, "parameters": parameters_of(args),
-        "catchup": args.catchup, "max_catchup": args.max_catchup,
-    }  # fmt: skip
+        "id": args.id,
+        "workflowId": args.workflow_id,
+        "parameters": parameters_of(args),
+        "catchup": args.catchup,
+        "max_catchup": args.max_catchup,
+    }
     if args.cron:
         body["cron"] = args.cron
     else:
@@ -334,9 +342,11 @@ def cmd_schedule_list(args: argparse.Namespace) -> int:
         return 0
     for s in schedules:
         clock = f"cron {s['cron']}" if s.get("cron") else f"every {s['interval_s']}s"
-        print(f"{s['id']:<24} {s['workflowId']:<20} {clock:<24} next {s['nextTick']}  "
-              f"fired {s['fired']}  last {s['lastRunId'] or '-'}"
-              + (f"  error {s['lastError']}" if s.get("lastError") else ""))  # fmt: skip
+        print(
+            f"{s['id']:<24} {s['workflowId']:<20} {clock:<24} next {s['nextTick']}  "
+            f"fired {s['fired']}  last {s['lastRunId'] or '-'}"
+            + (f"  error {s['lastError']}" if s.get("lastError") else "")
+        )
     return 0
 
 

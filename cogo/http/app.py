@@ -118,9 +118,7 @@ class TokenAuthMiddleware:
             headers = dict(scope.get("headers") or [])
             given = headers.get(b"authorization", b"")
             scheme, _, credential = given.partition(b" ")
-            if scheme.lower() != b"bearer" or not hmac.compare_digest(
-                credential.strip(), self.token
-            ):
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(credential.strip(), self.token):
                 response = errors.error_response(
                     Unauthorized("missing or invalid bearer token"), {"WWW-Authenticate": "Bearer"}
                 )
@@ -135,20 +133,27 @@ def create_app(
 ) -> Starlette:
     """Build the facade for ``state``; route modules are collected here."""
     routes: list[BaseRoute] = [
-        *tasks.routes, *durable.routes, *stream.routes, *health.routes, *openapi.routes,
+        *tasks.routes,
+        *durable.routes,
+        *stream.routes,
+        *health.routes,
+        *openapi.routes,
         *(extra_routes or []),
-    ]  # fmt: skip
+    ]
     middleware = [
-        Middleware(
-            BodyLimitMiddleware, max_bytes=state.max_body_bytes, timeout_s=state.body_timeout_s
-        ),
+        Middleware(BodyLimitMiddleware, max_bytes=state.max_body_bytes, timeout_s=state.body_timeout_s),
         Middleware(TokenAuthMiddleware, token=state.api_token),
     ]
     if state.cors_origins:  # off unless configured: the API is not for arbitrary pages
-        middleware.insert(0, Middleware(
-            CORSMiddleware, allow_origins=state.cors_origins, allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type"],
-        ))  # fmt: skip
+        middleware.insert(
+            0,
+            Middleware(
+                CORSMiddleware,
+                allow_origins=state.cors_origins,
+                allow_methods=["GET", "POST"],
+                allow_headers=["Authorization", "Content-Type"],
+            ),
+        )
     app = Starlette(
         routes=routes,
         middleware=middleware,

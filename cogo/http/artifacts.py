@@ -25,9 +25,7 @@ class ArtifactPath(pydantic.BaseModel):
     taskId: str = pydantic.Field(  # noqa: N815 - the path parameter's name
         json_schema_extra={"pattern": f"^{_SEGMENT}$", "maxLength": 200}
     )
-    path: str = pydantic.Field(
-        json_schema_extra={"pattern": f"^{_SEGMENT}(?:/{_SEGMENT})*$", "maxLength": 800}
-    )
+    path: str = pydantic.Field(json_schema_extra={"pattern": f"^{_SEGMENT}(?:/{_SEGMENT})*$", "maxLength": 800})
 
     @pydantic.model_validator(mode="after")
     def _safe(self) -> ArtifactPath:

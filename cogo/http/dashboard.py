@@ -141,8 +141,11 @@ def _summary(cur: duckdb.DuckDBPyConnection, window: Window) -> dict[str, Any]:
         gate_failures=windows.gate_failures_relation(),
     )
     minutes = _MINUTES.format(events=windows.relation(rollups.EVENTS, window, series=True))
-    quality: dict[str, Any] = {"overall": {"finished": 0, "accepted": 0, "quality": None},
-                               "by_route": [], "by_version": []}  # fmt: skip
+    quality: dict[str, Any] = {
+        "overall": {"finished": 0, "accepted": 0, "quality": None},
+        "by_route": [],
+        "by_version": [],
+    }
     cohorts = []
     for route, version, cohort, n, failed, accepted, grouping in cur.execute(
         splits, windows.bind(splits, params)
@@ -155,13 +158,10 @@ def _summary(cur: duckdb.DuckDBPyConnection, window: Window) -> dict[str, Any]:
         elif grouping == 0b101:
             quality["by_version"].append({"version": version, **row})
         else:
-            cohorts.append({"route": route, "version": version, "cohort": cohort,
-                            "failures": failed, **row})  # fmt: skip
+            cohorts.append({"route": route, "version": version, "cohort": cohort, "failures": failed, **row})
     throughput: dict[str, dict[str, Any]] = {}
     failures = []
-    for minute, code, done, failed in cur.execute(
-        minutes, windows.bind(minutes, params)
-    ).fetchall():
+    for minute, code, done, failed in cur.execute(minutes, windows.bind(minutes, params)).fetchall():
         bucket = throughput.setdefault(_iso(minute) or "", {"done": 0, "failed": 0})
         bucket["done"] += done
         bucket["failed"] += failed
@@ -182,7 +182,7 @@ def _summary(cur: duckdb.DuckDBPyConnection, window: Window) -> dict[str, Any]:
             }
             for r in latency["routes"]
             if r["route"] and r["count"]
-        ],  # fmt: skip
+        ],
         "cohorts": cohorts,
         "throughput": {
             "finished": sum(b["done"] + b["failed"] for b in throughput.values()),
@@ -199,8 +199,7 @@ def _summary(cur: duckdb.DuckDBPyConnection, window: Window) -> dict[str, Any]:
 
 
 def _run_row(row: tuple[Any, ...]) -> dict[str, Any]:
-    (run_id, workflow_id, started, ended, outcome, error, gates, artifacts, signals, over,
-     parent, children) = row  # fmt: skip
+    (run_id, workflow_id, started, ended, outcome, error, gates, artifacts, signals, over, parent, children) = row
     verdicts = dict(g.split("=", 1) for g in gates or [] if g and "=" in g)
     verdict = None
     if verdicts:
@@ -237,9 +236,7 @@ def _run_row(row: tuple[Any, ...]) -> dict[str, Any]:
 class DashboardQuery(Query):
     """The query of ``GET /api/dashboard``."""
 
-    window: str = pydantic.Field(
-        DEFAULT_WINDOW, pattern=DURATION, description="30s, 15m, 1h, 1d (at most 366d)"
-    )
+    window: str = pydantic.Field(DEFAULT_WINDOW, pattern=DURATION, description="30s, 15m, 1h, 1d (at most 366d)")
 
 
 @endpoint(

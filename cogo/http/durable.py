@@ -64,9 +64,7 @@ async def _send(state: AppState, message: tuple[str, bytes, dict[str, str]]) -> 
     ok={202: "the signal is stored: {task_id, name}"},
     errors=(TaskNotFound, TaskFinished, BusUnavailable, Unavailable),
 )
-async def signal_task(
-    request: Request, path: SignalPath, body: SignalRequest | None = None
-) -> JSONResponse:
+async def signal_task(request: Request, path: SignalPath, body: SignalRequest | None = None) -> JSONResponse:
     """Send signal ``name`` to a task; kept until the task ends, the first of a name counts."""
     state = state_of(request)
     status = await _live(state, path.task_id, "signal")
@@ -82,9 +80,7 @@ async def signal_task(
     ok={202: "the cancel is stored: {task_id}"},
     errors=(TaskNotFound, TaskFinished, BusUnavailable, Unavailable),
 )
-async def cancel_task(
-    request: Request, path: CancelPath, body: CancelRequestBody | None = None
-) -> JSONResponse:
+async def cancel_task(request: Request, path: CancelPath, body: CancelRequestBody | None = None) -> JSONResponse:
     """Cancel a task and its descendants (idempotent)."""
     state = state_of(request)
     status = await _live(state, path.task_id, "cancel", cancelled_ok=True)

@@ -112,9 +112,7 @@ def endpoint(
                     raise  # this request is being cancelled (client gone, shutdown)
                 # a bus request's future cancelled under the handler: its connection was reset
                 # (a server failing over). The bus, for now: 503, not a 500
-                raise BusUnavailable(
-                    "the bus connection was reset while the request waited"
-                ) from None
+                raise BusUnavailable("the bus connection was reset while the request waited") from None
 
         handler.__openapi__ = spec  # type: ignore[attr-defined]
         return handler

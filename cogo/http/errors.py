@@ -121,9 +121,7 @@ async def http_error(request: Request, exc: Exception) -> Response:
     code = {404: e.NotFound.code, 405: e.MethodNotAllowed.code}.get(
         exc.status_code, "http." + phrase.lower().replace(" ", "_").replace("-", "_")
     )
-    return JSONResponse(
-        {"detail": exc.detail, "code": code}, status_code=exc.status_code, headers=headers
-    )
+    return JSONResponse({"detail": exc.detail, "code": code}, status_code=exc.status_code, headers=headers)
 
 
 def allowed_methods(request: Request) -> str:

@@ -31,9 +31,7 @@ from cogo.streams.topology import FLOW_BUCKET
 class FlowQuery(Query):
     """``/api/flow?route=``."""
 
-    route: str | None = Field(
-        None, min_length=3, max_length=200, pattern=ROUTE_PATTERN, json_schema_extra=ROUTE_ENUM
-    )
+    route: str | None = Field(None, min_length=3, max_length=200, pattern=ROUTE_PATTERN, json_schema_extra=ROUTE_ENUM)
 
 
 class FlowLimits(BaseModel):
@@ -90,20 +88,39 @@ def _limits(flow: FlowPolicy) -> FlowLimits:
 def _view(route: str, flow: FlowPolicy, snapshot: RouteSnapshot | None) -> FlowRoute:
     if snapshot is None:
         return FlowRoute(
-            route=route, limits=_limits(flow), admitter=None, updated_at=None, running=0,
-            waiting=0, rate_per_s=0.0, keys=[], keys_omitted=0,
-        )  # fmt: skip
+            route=route,
+            limits=_limits(flow),
+            admitter=None,
+            updated_at=None,
+            running=0,
+            waiting=0,
+            rate_per_s=0.0,
+            keys=[],
+            keys_omitted=0,
+        )
     keys = [
-        FlowKey(key=k.key, running=k.running, waiting=k.waiting,
-                waiting_by_priority=k.waiting_by_priority, rate_per_s=k.rate_per_s,
-                tokens=k.tokens, held_by=k.held_by)
+        FlowKey(
+            key=k.key,
+            running=k.running,
+            waiting=k.waiting,
+            waiting_by_priority=k.waiting_by_priority,
+            rate_per_s=k.rate_per_s,
+            tokens=k.tokens,
+            held_by=k.held_by,
+        )
         for k in snapshot.keys
-    ]  # fmt: skip
+    ]
     return FlowRoute(
-        route=route, limits=FlowLimits(**snapshot.limits), admitter=snapshot.admitter,
-        updated_at=iso(snapshot.updated_at), running=snapshot.running, waiting=snapshot.waiting,
-        rate_per_s=snapshot.rate_per_s, keys=keys, keys_omitted=snapshot.keys_omitted,
-    )  # fmt: skip
+        route=route,
+        limits=FlowLimits(**snapshot.limits),
+        admitter=snapshot.admitter,
+        updated_at=iso(snapshot.updated_at),
+        running=snapshot.running,
+        waiting=snapshot.waiting,
+        rate_per_s=snapshot.rate_per_s,
+        keys=keys,
+        keys_omitted=snapshot.keys_omitted,
+    )
 
 
 async def read_flow(state: AppState, routes: list[str]) -> list[FlowRoute]:

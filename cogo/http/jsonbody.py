@@ -50,10 +50,6 @@ def check_limits(value: Any, *, max_depth: int = MAX_DEPTH) -> None:
             if depth > max_depth:
                 raise JsonTooDeep(f"request body is nested deeper than {max_depth} levels")
             children = item.values() if isinstance(item, dict) else item
-            stack.extend(
-                (child, depth + 1) for child in children if isinstance(child, dict | list | int)
-            )
+            stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list | int))
         elif isinstance(item, int) and not -_MAX_INT < item < _MAX_INT:
-            raise JsonNumberOutOfRange(
-                f"request body holds an integer of more than {MAX_INT_DIGITS} digits"
-            )
+            raise JsonNumberOutOfRange(f"request body holds an integer of more than {MAX_INT_DIGITS} digits")

@@ -61,12 +61,11 @@ class LatencyQuery(Query):
     """The query of ``GET /api/metrics/bus/latency``."""
 
     window: str = pydantic.Field(
-        DEFAULT_WINDOW, pattern=f"^(?:all|{DURATION[1:-1]})$",
+        DEFAULT_WINDOW,
+        pattern=f"^(?:all|{DURATION[1:-1]})$",
         description="30s, 15m, 6h, 7d (at most 366d), or all",
-    )  # fmt: skip
-    route: str | None = pydantic.Field(
-        None, min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$"
     )
+    route: str | None = pydantic.Field(None, min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")
     bucket: str | None = pydantic.Field(
         None, pattern=DURATION, description="a series of this step (at most 10,000 buckets)"
     )
@@ -139,8 +138,13 @@ async def prometheus(request: Request) -> Response:
             ("cogo_projector_stream_last_seq", "last_seq", "gauge", "Last sequence in the stream."),
             ("cogo_projector_rows_total", "rows", "counter", "Rows written by this projector process."),
             ("cogo_projector_batches_total", "batches", "counter", "Transactions committed by this process."),
-            ("cogo_projector_aged_out_total", "aged_out", "counter", "Messages removed by retention before projection."),
-        ):  # fmt: skip
+            (
+                "cogo_projector_aged_out_total",
+                "aged_out",
+                "counter",
+                "Messages removed by retention before projection.",
+            ),
+        ):
             out.family(name, kind, what, (({"stream": s}, v[key]) for s, v in streams.items()))
     await _consumer_metrics(state, out)
     return PlainTextResponse(out.text(), media_type=PROMETHEUS_TYPE)
@@ -186,10 +190,9 @@ class ReplayRequest(Body):
 @endpoint(
     body=ReplayRequest,
     body_required=False,
-    ok={200: Success("progress lines, then the result (or an error) line",
-                     media_type="application/x-ndjson")},
+    ok={200: Success("progress lines, then the result (or an error) line", media_type="application/x-ndjson")},
     errors=(ReplayRunning, Unavailable),
-)  # fmt: skip
+)
 async def replay(request: Request, body: ReplayRequest) -> Response:
     """Rebuild the projection from the streams, streaming progress as NDJSON."""
     projector = projector_of(request)
@@ -203,10 +206,7 @@ async def replay(request: Request, body: ReplayRequest) -> Response:
         now = time.monotonic()
         if now - last >= PROGRESS_EVERY_S or p.applied >= p.total:
             last = now
-            lines.put_nowait(
-                {"stream": p.stream, "applied": p.applied, "total": p.total,
-                 "rate": round(p.rate, 1)}
-            )  # fmt: skip
+            lines.put_nowait({"stream": p.stream, "applied": p.applied, "total": p.total, "rate": round(p.rate, 1)})
 
     task = asyncio.create_task(projector.rebuild(progress), name="replay")
     _background.add(task)

@@ -39,8 +39,7 @@ PARAMETERS_KEY = "x-cogo-workflow-parameters"
 _JSON_TYPES = {"string", "integer", "number", "boolean", "object", "array"}
 REF = "#/components/schemas/{model}"
 # what a JSON body can be refused with before the handler runs
-BODY_ERRORS = (e.InvalidJson, e.JsonTooDeep, e.JsonNumberOutOfRange, e.RequestTimeout,
-               e.BodyTooLarge, e.RequestInvalid)  # fmt: skip
+BODY_ERRORS = (e.InvalidJson, e.JsonTooDeep, e.JsonNumberOutOfRange, e.RequestTimeout, e.BodyTooLarge, e.RequestInvalid)
 
 
 def build_openapi(
@@ -80,9 +79,14 @@ def build_openapi(
 
 
 def _operation(
-    route: Route, path: str, method: str, spec: Spec, summary: str, guarded: bool,
+    route: Route,
+    path: str,
+    method: str,
+    spec: Spec,
+    summary: str,
+    guarded: bool,
     schemas: dict[str, Any],
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     op: dict[str, Any] = {"operationId": f"{method.lower()}_{route.name}", "summary": summary}
     op["parameters"] = _parameters(path, spec, schemas)
     raised: list[type[e.CogoError]] = list(spec.errors)
@@ -104,14 +108,16 @@ def _operation(
         content: dict[str, Any] = {}
         if success.model is not None:
             content["schema"] = _add_model(schemas, success.model)
-        responses[str(status)] = {
-            "description": success.description, "content": {success.media_type: content}
-        }  # fmt: skip
+        responses[str(status)] = {"description": success.description, "content": {success.media_type: content}}
     for error in raised:
         code = str(status_of(error))
-        entry = responses.setdefault(code, {
-            "description": "", "content": {JSON: {"schema": {"$ref": REF.format(model="ErrorBody")}}},
-        })  # fmt: skip
+        entry = responses.setdefault(
+            code,
+            {
+                "description": "",
+                "content": {JSON: {"schema": {"$ref": REF.format(model="ErrorBody")}}},
+            },
+        )
         text = description_of(error)
         if text not in entry["description"]:
             entry["description"] = "; ".join(filter(None, [entry["description"], text]))
@@ -174,10 +180,9 @@ def _fill_parameters(schemas: dict[str, Any], workflows: dict[str, dict[str, Any
             continue
         # the parameters of some workflow of the catalog (which one: the id decides, 422)
         schema["properties"][marker["parameters"]] = {
-            "anyOf": [parameters_schema(raw.get("parameters") or {})
-                      for _, raw in sorted(workflows.items())],
+            "anyOf": [parameters_schema(raw.get("parameters") or {}) for _, raw in sorted(workflows.items())],
             "description": "the parameters the workflow declares (GET /api/workflows)",
-        }  # fmt: skip
+        }
 
 
 def parameters_schema(declared: dict[str, Any]) -> dict[str, Any]:
@@ -196,8 +201,7 @@ def parameters_schema(declared: dict[str, Any]) -> dict[str, Any]:
         if spec.get("description"):
             prop["description"] = spec["description"]
         properties[name] = prop
-    return {"type": "object", "properties": properties, "required": required,
-            "additionalProperties": False}  # fmt: skip
+    return {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
 
 
 def live_facts(request: Request) -> tuple[dict[str, list[str]], dict[str, dict[str, Any]]]:

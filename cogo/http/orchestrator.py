@@ -94,9 +94,11 @@ class PlanRequest(_Body):
     )
 
     workflow_id: str | None = Field(
-        None, alias="workflowId", pattern=WORKFLOW_ID,
+        None,
+        alias="workflowId",
+        pattern=WORKFLOW_ID,
         json_schema_extra=_present_workflow,
-    )  # fmt: skip
+    )
     definition: dict[str, Any] | None = Field(None, json_schema_extra=_present)
     parameters: dict[str, Any] = Field(default_factory=dict)
 
@@ -114,9 +116,10 @@ class ExecuteRequest(PlanRequest):
     """What to run: a plan from ``/plan``, or what ``PlanRequest`` takes."""
 
     model_config = ConfigDict(
-        json_schema_extra={"oneOf": [{"required": ["workflowId"]}, {"required": ["definition"]},
-                                     {"required": ["plan"]}]},
-    )  # fmt: skip
+        json_schema_extra={
+            "oneOf": [{"required": ["workflowId"]}, {"required": ["definition"]}, {"required": ["plan"]}]
+        },
+    )
 
     plan: dict[str, Any] | None = Field(None, json_schema_extra=_present)
     run_id: str | None = Field(None, alias="runId", pattern=RUN_ID)
@@ -127,9 +130,7 @@ class WorkflowExecuteRequest(_Body):
 
     model_config = ConfigDict(json_schema_extra=WORKFLOW_PARAMETERS)
 
-    workflow_id: str = Field(
-        alias="workflowId", pattern=WORKFLOW_ID, json_schema_extra=WORKFLOW_ENUM
-    )
+    workflow_id: str = Field(alias="workflowId", pattern=WORKFLOW_ID, json_schema_extra=WORKFLOW_ENUM)
     parameters: dict[str, Any] = Field(default_factory=dict)
     run_id: str | None = Field(None, alias="runId", pattern=RUN_ID)
 
@@ -148,9 +149,7 @@ class SignalRequest(_Body):
     name: str = Field(pattern=SIGNAL_NAME)
     data: Any = None
     # idempotency: the same signalId twice is delivered once
-    signal_id: str | None = Field(
-        None, alias="signalId", pattern=r"^[A-Za-z0-9][A-Za-z0-9_:-]{0,127}$"
-    )
+    signal_id: str | None = Field(None, alias="signalId", pattern=r"^[A-Za-z0-9][A-Za-z0-9_:-]{0,127}$")
 
 
 def _catalog(state: AppState) -> Catalog:
@@ -170,13 +169,16 @@ async def _plan(state: AppState, body: PlanRequest | ExecuteRequest) -> Plan:
     ]
     if len(given) != 1:
         raise ValidationFailed(
-            [field_error(["body"], "give exactly one of workflowId, definition or plan"
-                         + (f" (got {', '.join(given)})" if given else ""))]
-        )  # fmt: skip
-    if given == ["plan"] and body.parameters:
-        raise ValidationFailed(
-            [field_error(["body", "parameters"], "a plan already holds its parameters")]
+            [
+                field_error(
+                    ["body"],
+                    "give exactly one of workflowId, definition or plan"
+                    + (f" (got {', '.join(given)})" if given else ""),
+                )
+            ]
         )
+    if given == ["plan"] and body.parameters:
+        raise ValidationFailed([field_error(["body", "parameters"], "a plan already holds its parameters")])
     try:
         # the catalog lets the planner check child workflows (existence, parameters, cycles)
         definitions = await asyncio.to_thread(_catalog(state).load)
@@ -184,8 +186,7 @@ async def _plan(state: AppState, body: PlanRequest | ExecuteRequest) -> Plan:
             return load_plan(body.plan, state.policies.get, definitions)
         if body.workflow_id is not None:
             if body.workflow_id not in definitions:
-                raise WorkflowNotFound(f"no workflow {body.workflow_id!r}; known: "
-                                       + ", ".join(sorted(definitions)))  # fmt: skip
+                raise WorkflowNotFound(f"no workflow {body.workflow_id!r}; known: " + ", ".join(sorted(definitions)))
             definition = definitions[body.workflow_id]
         else:
             definition = body.definition or {}
@@ -219,8 +220,7 @@ async def _send(state: AppState, command: Command, msg_id: str | None = None) ->
         return await send_command(state.js, command, msg_id)
     except APIError as exc:
         raise BusUnavailable(f"the bus refused the command: {exc.description}") from None
-    except (nats.errors.TimeoutError, nats.errors.NoRespondersError,
-            nats.errors.ConnectionClosedError) as exc:  # fmt: skip
+    except (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.errors.ConnectionClosedError) as exc:
         raise BusUnavailable(f"the bus is unavailable: {type(exc).__name__}") from None
 
 
@@ -233,8 +233,7 @@ async def _start(state: AppState, plan: Plan, run_id: str | None) -> JSONRespons
     )
 
 
-@endpoint(body=ExecuteRequest, ok={202: "started: {runId, workflowId, duplicate}"},
-          errors=_START_ERRORS)  # fmt: skip
+@endpoint(body=ExecuteRequest, ok={202: "started: {runId, workflowId, duplicate}"}, errors=_START_ERRORS)
 async def execute_endpoint(request: Request, body: ExecuteRequest) -> JSONResponse:
     """Start a run from a plan, a workflow id or an inline definition."""
     state = state_of(request)
@@ -242,11 +241,8 @@ async def execute_endpoint(request: Request, body: ExecuteRequest) -> JSONRespon
     return await _start(state, plan, body.run_id)
 
 
-@endpoint(body=WorkflowExecuteRequest, ok={202: "started: {runId, workflowId, duplicate}"},
-          errors=_START_ERRORS)  # fmt: skip
-async def workflows_execute_endpoint(
-    request: Request, body: WorkflowExecuteRequest
-) -> JSONResponse:
+@endpoint(body=WorkflowExecuteRequest, ok={202: "started: {runId, workflowId, duplicate}"}, errors=_START_ERRORS)
+async def workflows_execute_endpoint(request: Request, body: WorkflowExecuteRequest) -> JSONResponse:
     """Start a run of a catalog workflow with its parameters."""
     state = state_of(request)
     plan = await _plan(
@@ -269,43 +265,44 @@ async def _existing_run(state: AppState, run_id: str) -> RunState:
     return run
 
 
-@endpoint(query=StateQuery, ok={200: "the run: status, nodes, gate verdicts, artifacts"},
-          errors=(RunNotFound,))  # fmt: skip
+@endpoint(query=StateQuery, ok={200: "the run: status, nodes, gate verdicts, artifacts"}, errors=(RunNotFound,))
 async def state_endpoint(request: Request, query: StateQuery) -> JSONResponse:
     """A run's status, nodes, gate verdicts and artifacts."""
     run = await _existing_run(state_of(request), query.run_id)
     return JSONResponse(run.view())
 
 
-@endpoint(body=CancelRequest, ok={202: "cancelling"},
-          errors=(RunNotFound, RunFinished, BusUnavailable))  # fmt: skip
+@endpoint(body=CancelRequest, ok={202: "cancelling"}, errors=(RunNotFound, RunFinished, BusUnavailable))
 async def cancel_endpoint(request: Request, body: CancelRequest) -> JSONResponse:
     """Cancel a run that has not ended (its child runs too)."""
     state = state_of(request)
     run = await _existing_run(state, body.run_id)
     if run.finished:
         raise RunFinished(f"run {body.run_id!r} already {run.status}")
-    await _send(state, CancelRun(run_id=body.run_id, reason=body.reason,
-                                 workflow_id=run.workflow_id))  # fmt: skip
+    await _send(state, CancelRun(run_id=body.run_id, reason=body.reason, workflow_id=run.workflow_id))
     return JSONResponse({"runId": body.run_id, "status": "cancelling"}, status_code=202)
 
 
 @endpoint(
     body=SignalRequest,
-    ok={202: "accepted: {runId, name, signalId, node, nodeStatus, duplicate}; a node that "
-             "has not started yet takes it when it starts"},
+    ok={
+        202: "accepted: {runId, name, signalId, node, nodeStatus, duplicate}; a node that "
+        "has not started yet takes it when it starts"
+    },
     errors=(RunNotFound, SignalUnknown, RunFinished, BusUnavailable),
-)  # fmt: skip
+)
 async def signal_endpoint(request: Request, body: SignalRequest) -> JSONResponse:
     """Send a signal to a run (a human's approval, an outside system's answer)."""
     state = state_of(request)
     run = await _existing_run(state, body.run_id)
-    nodes = {str(n.get("name") or n.get("id")): str(n.get("id"))
-             for n in (run.plan or {}).get("nodes") or [] if n.get("type") == "signal"}  # fmt: skip
+    nodes = {
+        str(n.get("name") or n.get("id")): str(n.get("id"))
+        for n in (run.plan or {}).get("nodes") or []
+        if n.get("type") == "signal"
+    }
     if body.name not in nodes:
         known = ", ".join(sorted(nodes)) or "none"
-        raise SignalUnknown(f"run {body.run_id!r} has no signal node named {body.name!r} "
-                            f"(signals: {known})")  # fmt: skip
+        raise SignalUnknown(f"run {body.run_id!r} has no signal node named {body.name!r} (signals: {known})")
     node = run.nodes[nodes[body.name]]
     if run.finished:
         raise RunFinished(f"run {body.run_id!r} already {run.status}")
@@ -316,14 +313,18 @@ async def signal_endpoint(request: Request, body: SignalRequest) -> JSONResponse
     # duplicate: false. Keyed by name on the bus, of any number sent at once exactly one is
     # stored; past the bus's duplicate window, the run itself knows it was signaled.
     command = SignalRun(run_id=body.run_id, name=body.name, signal_id=signal_id, data=body.data)
-    fresh = not run.signals.get(body.name) and await _send(
-        state, command, msg_id=f"{body.run_id}:signal:{body.name}"
-    )
+    fresh = not run.signals.get(body.name) and await _send(state, command, msg_id=f"{body.run_id}:signal:{body.name}")
     return JSONResponse(
-        {"runId": body.run_id, "name": body.name, "signalId": signal_id, "node": node.id,
-         "nodeStatus": node.status, "duplicate": not fresh},
+        {
+            "runId": body.run_id,
+            "name": body.name,
+            "signalId": signal_id,
+            "node": node.id,
+            "nodeStatus": node.status,
+            "duplicate": not fresh,
+        },
         status_code=202,
-    )  # fmt: skip
+    )
 
 
 def _run_row(run: RunState) -> dict[str, Any]:
@@ -358,8 +359,7 @@ async def runs_endpoint(request: Request, query: RunsQuery) -> JSONResponse:
     return JSONResponse({"runs": rows, "count": len(rows)})
 
 
-@endpoint(ok={200: "the workflow definitions and their parameters; a file that does not "
-                   "load is listed with its error"})  # fmt: skip
+@endpoint(ok={200: "the workflow definitions and their parameters; a file that does not load is listed with its error"})
 async def definitions_endpoint(request: Request) -> JSONResponse:
     """The workflow definitions and their parameters; a file that does not load is listed
     with its ``error`` (and ``path``)."""
@@ -378,12 +378,19 @@ async def definitions_endpoint(request: Request) -> JSONResponse:
         except pydantic.ValidationError as exc:
             problems_found = pydantic_errors(exc, [])
         if problems_found:  # what planning would refuse, whatever the parameters
-            row["error"] = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
-                                     for e in problems_found)  # fmt: skip
+            row["error"] = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in problems_found)
         rows.append(row)
     for problem in problems:
-        rows.append({"id": problem["id"], "description": "", "version": None, "parameters": {},
-                     "error": problem["error"], "path": problem["path"]})  # fmt: skip
+        rows.append(
+            {
+                "id": problem["id"],
+                "description": "",
+                "version": None,
+                "parameters": {},
+                "error": problem["error"],
+                "path": problem["path"],
+            }
+        )
     return JSONResponse({"workflows": rows})
 
 
@@ -405,24 +412,18 @@ async def metrics_endpoint(request: Request, path: WorkflowPath) -> JSONResponse
         with contextlib.suppress(TimeoutError):
             await projector.wait_caught_up(timeout=CATCH_UP_S)
         return JSONResponse(
-            await projector.store.read(
-                lambda cur: queries.workflow_metrics(cur, workflow_id, RECENT_RUNS)
-            )
+            await projector.store.read(lambda cur: queries.workflow_metrics(cur, workflow_id, RECENT_RUNS))
         )
     # without a projector in this process: fold the workflow's events from the stream
     runs = await history.list_runs(state.js, workflow_id)
-    gate_events = await history.read(
-        state.js, [f"events.{t}.wf.{workflow_id}.*" for t in (GATE_PASSED, GATE_FAILED)]
-    )
+    gate_events = await history.read(state.js, [f"events.{t}.wf.{workflow_id}.*" for t in (GATE_PASSED, GATE_FAILED)])
     return JSONResponse(workflow_metrics(workflow_id, runs, [e for _, e in gate_events]))
 
 
 def workflow_metrics(workflow_id: str, runs: list[RunState], gates: list[Any]) -> dict[str, Any]:
     """Outcome counts, duration percentiles and the gate pass rate of one workflow's runs."""
-    counts = {s: sum(1 for r in runs if r.status == s) for s in
-              ("running", "succeeded", "failed", "cancelled")}  # fmt: skip
-    durations = sorted(d for r in runs if r.status in ("succeeded", "failed")
-                       if (d := r.duration_ms()) is not None)  # fmt: skip
+    counts = {s: sum(1 for r in runs if r.status == s) for s in ("running", "succeeded", "failed", "cancelled")}
+    durations = sorted(d for r in runs if r.status in ("succeeded", "failed") if (d := r.duration_ms()) is not None)
     finished = counts["succeeded"] + counts["failed"]
     passed = sum(1 for e in gates if e.type == GATE_PASSED)
     return {

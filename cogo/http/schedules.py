@@ -66,11 +66,9 @@ async def put_schedule(request: Request, body: ScheduleSpec) -> JSONResponse:
     catalog = Catalog.for_data_dir(state.data_dir)
     definitions = await asyncio.to_thread(catalog.load)
     if spec.workflow_id not in definitions:
-        raise WorkflowNotFound(f"no workflow {spec.workflow_id!r}; known: "
-                               + ", ".join(sorted(definitions)))  # fmt: skip
+        raise WorkflowNotFound(f"no workflow {spec.workflow_id!r}; known: " + ", ".join(sorted(definitions)))
     try:  # every tick plans the same way: refuse now what would fail at every tick
-        plan_workflow(definitions[spec.workflow_id], spec.parameters, state.policies.get,
-                      definitions)  # fmt: skip
+        plan_workflow(definitions[spec.workflow_id], spec.parameters, state.policies.get, definitions)
     except InvalidWorkflow as exc:
         raise ValidationFailed(
             [field_error(["body", *e["loc"]], e["msg"], e["type"]) for e in exc.detail or []]
@@ -84,8 +82,7 @@ async def put_schedule(request: Request, body: ScheduleSpec) -> JSONResponse:
     return JSONResponse(_view(schedule, cursor.view(), now), status_code=201 if created else 200)
 
 
-@endpoint(ok={200: "{schedules, count}: each with its cursor and next tick"},
-          errors=(BusUnavailable,))  # fmt: skip
+@endpoint(ok={200: "{schedules, count}: each with its cursor and next tick"}, errors=(BusUnavailable,))
 async def list_schedules(request: Request) -> JSONResponse:
     """Every schedule, with its cursor (last tick, counts, last error) and next tick."""
     store = ScheduleStore(state_of(request).js)
@@ -119,8 +116,12 @@ async def _bus(call: Any) -> Any:
     """Await a KV call; 503 when the bus cannot answer."""
     try:
         return await call
-    except (nats.errors.TimeoutError, nats.errors.NoRespondersError,
-            nats.errors.ConnectionClosedError, APIError) as exc:  # fmt: skip
+    except (
+        nats.errors.TimeoutError,
+        nats.errors.NoRespondersError,
+        nats.errors.ConnectionClosedError,
+        APIError,
+    ) as exc:
         raise BusUnavailable(f"the bus is unavailable: {type(exc).__name__}") from None
 
 

@@ -13,9 +13,7 @@ from cogo.streams.envelope import ASSIGNMENT_KEY, Assignment
 ROUTE_ENUM: dict[str, Any] = {"x-cogo-enum": "routes"}
 WORKFLOW_ENUM: dict[str, Any] = {"x-cogo-enum": "workflows"}
 # on a model with a workflow id and its parameters: one oneOf branch per catalog workflow
-WORKFLOW_PARAMETERS: dict[str, Any] = {
-    "x-cogo-workflow-parameters": {"id": "workflowId", "parameters": "parameters"}
-}
+WORKFLOW_PARAMETERS: dict[str, Any] = {"x-cogo-workflow-parameters": {"id": "workflowId", "parameters": "parameters"}}
 ROUTE_PATTERN = r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)+$"
 
 

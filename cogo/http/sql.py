@@ -24,9 +24,7 @@ class SqlRequest(Body):
 
     sql: str = pydantic.Field(min_length=1, max_length=sandbox.MAX_SQL_CHARS)
     max_rows: JsonInt = pydantic.Field(default=sandbox.DEFAULT_MAX_ROWS, ge=1, le=sandbox.MAX_ROWS)
-    timeout_s: float = pydantic.Field(
-        default=sandbox.DEFAULT_TIMEOUT_S, gt=0, le=sandbox.MAX_TIMEOUT_S
-    )
+    timeout_s: float = pydantic.Field(default=sandbox.DEFAULT_TIMEOUT_S, gt=0, le=sandbox.MAX_TIMEOUT_S)
 
 
 @endpoint(

@@ -33,9 +33,17 @@ BODY_TIMEOUT_S = 30.0
 M = TypeVar("M", bound=pydantic.BaseModel)
 
 __all__ = [
-    "AppState", "ValidationFailed", "field_error", "json_body", "require_route", "state_of",
-    "validate", "MAX_BODY_BYTES", "BODY_TIMEOUT_S", "MAX_DEPTH",
-]  # fmt: skip
+    "AppState",
+    "ValidationFailed",
+    "field_error",
+    "json_body",
+    "require_route",
+    "state_of",
+    "validate",
+    "MAX_BODY_BYTES",
+    "BODY_TIMEOUT_S",
+    "MAX_DEPTH",
+]
 
 
 @dataclass
@@ -69,9 +77,7 @@ class ValidationFailed(RequestInvalid):
     """Raised by handlers for a 422 with a field-level ``detail`` list (code ``request.invalid``
     unless a more precise one is given, e.g. ``route.unknown``)."""
 
-    def __init__(
-        self, detail: list[dict[str, Any]], status_code: int = 422, *, code: str | None = None
-    ) -> None:
+    def __init__(self, detail: list[dict[str, Any]], status_code: int = 422, *, code: str | None = None) -> None:
         del status_code  # always 422: the status comes from cogo.http.errors
         super().__init__(detail[0]["msg"] if detail else "invalid request", detail=detail)
         if code is not None:
@@ -92,9 +98,7 @@ def require_route(state: AppState, route: str, loc: list[str | int] | None = Non
     try:
         state.policies.get(route)
     except UnknownRoute as exc:
-        raise ValidationFailed(
-            [field_error(loc or ["body", "route"], str(exc), exc.code)], code=exc.code
-        ) from None
+        raise ValidationFailed([field_error(loc or ["body", "route"], str(exc), exc.code)], code=exc.code) from None
 
 
 def validate(model: type[M], data: Any) -> M:

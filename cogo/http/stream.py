@@ -50,12 +50,15 @@ log = logging.getLogger(__name__)
 
 @endpoint(
     path=TaskPath,
-    ok={200: Success(
-        "Server-Sent Events: a `chunk` event per ctx.emit (id = stream sequence), then one "
-        "`end` event with the final status", media_type=EVENT_STREAM,
-    )},
+    ok={
+        200: Success(
+            "Server-Sent Events: a `chunk` event per ctx.emit (id = stream sequence), then one "
+            "`end` event with the final status",
+            media_type=EVENT_STREAM,
+        )
+    },
     errors=(TaskNotFound, ProjectionBusy, Unavailable, JsonNumberOutOfRange),
-)  # fmt: skip
+)
 async def stream_task(request: Request, path: TaskPath) -> Response:
     """A task's streamed output (ctx.emit), from the first chunk, until it ends."""
     state = state_of(request)
@@ -92,9 +95,15 @@ async def _events(state: AppState, task_id: str, after: int) -> AsyncIterator[by
             return None  # not known (yet): asked again at the next quiet moment
         if not status.finished:
             return None
-        return Output(task_id=task_id, attempt=status.attempt, at=iso(), end=True,
-                      status=status.status, error_code=status.error_code,
-                      error=status.error)  # fmt: skip
+        return Output(
+            task_id=task_id,
+            attempt=status.attempt,
+            at=iso(),
+            end=True,
+            status=status.status,
+            error_code=status.error_code,
+            error=status.error,
+        )
 
     quiet = 0
     failing_since: float | None = None
@@ -133,8 +142,11 @@ async def _events(state: AppState, task_id: str, after: int) -> AsyncIterator[by
             failing_since = failing_since or now
             if now - failing_since > RESUME_FOR_S:
                 log.warning("task %s: output stream given up: %r", task_id, exc)
-                error = {"task_id": task_id, "code": "bus.unavailable",
-                         "error": f"the task's output cannot be read: {type(exc).__name__}"}  # fmt: skip
+                error = {
+                    "task_id": task_id,
+                    "code": "bus.unavailable",
+                    "error": f"the task's output cannot be read: {type(exc).__name__}",
+                }
                 yield b"event: error\ndata: " + json.dumps(error).encode() + b"\n\n"
                 return
             await asyncio.sleep(random.uniform(0.1, 0.5))

@@ -48,15 +48,13 @@ class TaskRequest(Body):
     """The body of ``POST /api/tasks`` (docs/design.md §3)."""
 
     route: str = pydantic.Field(
-        min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)+$",
+        min_length=1,
+        max_length=200,
+        pattern=r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)+$",
         json_schema_extra=ROUTE_ENUM,
-    )  # fmt: skip
-    payload: dict[str, Any] = pydantic.Field(
-        default_factory=dict, json_schema_extra=payload_schema()
     )
-    task_id: str | None = pydantic.Field(
-        default=None, min_length=1, max_length=200, pattern=r"^[!-~]+$"
-    )
+    payload: dict[str, Any] = pydantic.Field(default_factory=dict, json_schema_extra=payload_schema())
+    task_id: str | None = pydantic.Field(default=None, min_length=1, max_length=200, pattern=r"^[!-~]+$")
     correlation_id: str | None = pydantic.Field(default=None, max_length=200)
 
 
@@ -92,13 +90,18 @@ async def submit_task(request: Request, body: TaskRequest) -> JSONResponse:
         headers[PRINCIPAL_MAC_HEADER] = state.sealer.principal_mac(HTTP_PRINCIPAL, task_id)
     ack = await on_bus(
         state.js.publish(
-            EXECUTE_SUBJECT, encoder.encode(message), timeout=5,
+            EXECUTE_SUBJECT,
+            encoder.encode(message),
+            timeout=5,
             headers=tracing.submitted(
-                headers, task_id=task_id, route=body.route, name="POST /api/tasks",
+                headers,
+                task_id=task_id,
+                route=body.route,
+                name="POST /api/tasks",
                 parent=request.headers.get(tracing.TRACEPARENT),
             ),
         )
-    )  # fmt: skip
+    )
     _accepted(state).add(task_id, body.route)
     return JSONResponse(
         {"task_id": task_id, "duplicate": bool(ack.duplicate), "stream_seq": ack.seq},
@@ -130,10 +133,12 @@ async def on_bus(call: Awaitable[T]) -> T:
 
 @endpoint(
     path=TaskPath,
-    ok={200: "the task: {task_id, route, status, attempt, result, error_code, error, usage, "
-             "events, parent_id, children, waiting_for}"},
+    ok={
+        200: "the task: {task_id, route, status, attempt, result, error_code, error, usage, "
+        "events, parent_id, children, waiting_for}"
+    },
     errors=(TaskNotFound, ProjectionBusy, Unavailable),
-)  # fmt: skip
+)
 async def get_task(request: Request, path: TaskPath) -> JSONResponse:
     """A task's status, attempt, result or error, usage and events."""
     status = await task_status(state_of(request), path.task_id)
@@ -187,9 +192,7 @@ async def _remote_status(state: AppState, task_id: str) -> Any:
     from cogo.projections.tasks import STATUS_SUBJECT, TaskStatus
 
     try:
-        reply = await state.nc.request(
-            STATUS_SUBJECT, encoder.encode({"task_id": task_id}), timeout=5
-        )
+        reply = await state.nc.request(STATUS_SUBJECT, encoder.encode({"task_id": task_id}), timeout=5)
     except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
         raise Unavailable("no projector answers task status requests") from None
     answer = msgspec.json.decode(reply.data)

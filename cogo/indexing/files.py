@@ -17,21 +17,71 @@ from pathlib import Path
 import pathspec
 
 SKIP_DIRS = {
-    ".git", ".hg", ".svn", ".venv", "venv", ".env", "node_modules", "__pycache__", ".tox",
-    ".nox", ".mypy_cache", ".pytest_cache", ".ruff_cache", ".eggs", "build", "dist", "target",
-    ".cogo", ".idea", ".gradle", ".next", "vendor",
-}  # fmt: skip
+    ".git",
+    ".hg",
+    ".svn",
+    ".venv",
+    "venv",
+    ".env",
+    "node_modules",
+    "__pycache__",
+    ".tox",
+    ".nox",
+    ".mypy_cache",
+    ".pytest_cache",
+    ".ruff_cache",
+    ".eggs",
+    "build",
+    "dist",
+    "target",
+    ".cogo",
+    ".idea",
+    ".gradle",
+    ".next",
+    "vendor",
+}
 LANGUAGES = {
-    ".py": "python", ".pyi": "python", ".js": "javascript", ".mjs": "javascript",
-    ".cjs": "javascript", ".jsx": "javascript", ".ts": "typescript", ".tsx": "typescript",
-    ".mts": "typescript", ".go": "go", ".rs": "rust", ".java": "java", ".kt": "kotlin",
-    ".c": "c", ".h": "c", ".cc": "cpp", ".cpp": "cpp", ".hpp": "cpp", ".cs": "csharp",
-    ".rb": "ruby", ".php": "php", ".swift": "swift", ".scala": "scala", ".sh": "shell",
-    ".bash": "shell", ".sql": "sql", ".md": "markdown", ".rst": "rst", ".txt": "text",
-    ".json": "json", ".toml": "toml", ".yaml": "yaml", ".yml": "yaml", ".html": "html",
-    ".css": "css", ".scss": "css", ".xml": "xml", ".conf": "config", ".ini": "config",
+    ".py": "python",
+    ".pyi": "python",
+    ".js": "javascript",
+    ".mjs": "javascript",
+    ".cjs": "javascript",
+    ".jsx": "javascript",
+    ".ts": "typescript",
+    ".tsx": "typescript",
+    ".mts": "typescript",
+    ".go": "go",
+    ".rs": "rust",
+    ".java": "java",
+    ".kt": "kotlin",
+    ".c": "c",
+    ".h": "c",
+    ".cc": "cpp",
+    ".cpp": "cpp",
+    ".hpp": "cpp",
+    ".cs": "csharp",
+    ".rb": "ruby",
+    ".php": "php",
+    ".swift": "swift",
+    ".scala": "scala",
+    ".sh": "shell",
+    ".bash": "shell",
+    ".sql": "sql",
+    ".md": "markdown",
+    ".rst": "rst",
+    ".txt": "text",
+    ".json": "json",
+    ".toml": "toml",
+    ".yaml": "yaml",
+    ".yml": "yaml",
+    ".html": "html",
+    ".css": "css",
+    ".scss": "css",
+    ".xml": "xml",
+    ".conf": "config",
+    ".ini": "config",
     ".cfg": "config",
-}  # fmt: skip
+}
 NAMED = {"Makefile": "make", "Dockerfile": "dockerfile", "Justfile": "make"}
 
 
@@ -50,10 +100,11 @@ def list_files(root: Path) -> list[str]:
 def _git_files(root: Path) -> list[str] | None:
     try:
         done = subprocess.run(
-            ["git", "-C", str(root), "ls-files", "-z", "--cached", "--others",
-             "--exclude-standard"],
-            capture_output=True, timeout=60, check=True,
-        )  # fmt: skip
+            ["git", "-C", str(root), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            capture_output=True,
+            timeout=60,
+            check=True,
+        )
     except (OSError, subprocess.SubprocessError):
         return None  # no git, or not a work tree git accepts: walk instead
     return [p for p in done.stdout.decode("utf-8", "surrogateescape").split("\0") if p]

@@ -37,8 +37,7 @@ def python_symbols(source: str) -> list[dict[str, Any]]:
                     block = getattr(node, child, None)
                     if isinstance(block, list):
                         inner = [n.body if isinstance(n, ast.ExceptHandler) else [n] for n in block]
-                        visit([s for group in inner for s in group if isinstance(s, ast.stmt)],
-                              parent, in_class)  # fmt: skip
+                        visit([s for group in inner for s in group if isinstance(s, ast.stmt)], parent, in_class)
 
     visit(tree.body, None, False)
     return symbols
@@ -55,13 +54,18 @@ def _symbol(kind: str, name: str, line: int, parent: str | None) -> dict[str, An
 _JS_RULES = [
     ("class", re.compile(r"^\s*(?:export\s+(?:default\s+)?)?(?:abstract\s+)?class\s+([A-Za-z_$][\w$]*)")),
     ("function", re.compile(r"^\s*(?:export\s+(?:default\s+)?)?(?:async\s+)?function\s*\*?\s*([A-Za-z_$][\w$]*)")),
-    ("function", re.compile(r"^\s*(?:export\s+)?(?:const|let|var)\s+([A-Za-z_$][\w$]*)\s*(?::[^=]+)?=\s*(?:async\s+)?(?:function\b|\([^)]*\)\s*(?::[^=]+)?=>|[A-Za-z_$][\w$]*\s*=>)")),
+    (
+        "function",
+        re.compile(
+            r"^\s*(?:export\s+)?(?:const|let|var)\s+([A-Za-z_$][\w$]*)\s*(?::[^=]+)?=\s*(?:async\s+)?(?:function\b|\([^)]*\)\s*(?::[^=]+)?=>|[A-Za-z_$][\w$]*\s*=>)"
+        ),
+    ),
     ("interface", re.compile(r"^\s*(?:export\s+)?interface\s+([A-Za-z_$][\w$]*)")),
     ("type", re.compile(r"^\s*(?:export\s+)?type\s+([A-Za-z_$][\w$]*)\s*(?:<[^>]*>)?\s*=")),
     ("enum", re.compile(r"^\s*(?:export\s+)?(?:const\s+)?enum\s+([A-Za-z_$][\w$]*)")),
     ("import", re.compile(r"^\s*import\s+(?:[^'\"]*?\s+from\s+)?['\"]([^'\"]+)['\"]")),
     ("import", re.compile(r"\brequire\(\s*['\"]([^'\"]+)['\"]\s*\)")),
-]  # fmt: skip
+]
 _JS_METHOD = re.compile(
     r"^\s+(?:(?:static|async|public|private|protected|readonly|override|get|set)\s+)*"
     r"([A-Za-z_$][\w$]*)\s*\([^)]*\)\s*(?::[^{]+)?\{"
@@ -74,7 +78,7 @@ _GO_RULES = [
     ("interface", re.compile(r"^type\s+([A-Za-z_]\w*)(?:\[[^\]]*\])?\s+interface\b")),
     ("type", re.compile(r"^type\s+([A-Za-z_]\w*)\s+(?!struct\b|interface\b)")),
     ("import", re.compile(r"^import\s+(?:[\w.]+\s+)?\"([^\"]+)\"")),
-]  # fmt: skip
+]
 _GO_IMPORT_LINE = re.compile(r"^\s*(?:[\w.]+\s+)?\"([^\"]+)\"")
 _RUST_ITEM = re.compile(
     r"^\s*(?:pub(?:\([^)]*\))?\s+)?(?:(?:async|unsafe|const|extern\s+\"[^\"]*\")\s+)*"

@@ -84,8 +84,13 @@ if TYPE_CHECKING:
     from cogo.sdk.context import TaskContext
 
 __all__ = [
-    "VERSION", "CogoModelProvider", "JournaledModel", "agent_tool", "journaled_agent", "run",
-]  # fmt: skip
+    "VERSION",
+    "CogoModelProvider",
+    "JournaledModel",
+    "agent_tool",
+    "journaled_agent",
+    "run",
+]
 
 _ITEMS: TypeAdapter[list[ResponseOutputItem]] = TypeAdapter(list[ResponseOutputItem])
 
@@ -169,36 +174,46 @@ class JournaledModel(Model):
             u = response.usage
             return {
                 "output": [to_jsonable_python(item) for item in response.output],
-                "usage": {"requests": u.requests, "input_tokens": u.input_tokens,
-                          "output_tokens": u.output_tokens, "total_tokens": u.total_tokens},
+                "usage": {
+                    "requests": u.requests,
+                    "input_tokens": u.input_tokens,
+                    "output_tokens": u.output_tokens,
+                    "total_tokens": u.total_tokens,
+                },
                 "response_id": response.response_id,
-            }  # fmt: skip
+            }
 
         doc = await provider.ctx.step(name, send)
         return ModelResponse(
-            output=_ITEMS.validate_python(doc["output"]), usage=Usage(**doc["usage"]),
+            output=_ITEMS.validate_python(doc["output"]),
+            usage=Usage(**doc["usage"]),
             response_id=doc["response_id"],
-        )  # fmt: skip
+        )
 
-    async def stream_response(
-        self, *args: Any, **kwargs: Any
-    ) -> AsyncIterator[TResponseStreamEvent]:
+    async def stream_response(self, *args: Any, **kwargs: Any) -> AsyncIterator[TResponseStreamEvent]:
         # one journaled request; the stream is its completed response (its text reached
         # ctx.emit while it streamed, when the run streams)
         response = await self.get_response(*args, **kwargs)
         u = response.usage
         done = Response.model_construct(
-            id=response.response_id or "cogo", object="response", created_at=0.0,
-            model=getattr(self.wrapped, "model", ""), output=response.output, tools=[],
-            parallel_tool_calls=True, tool_choice="auto", status="completed",
+            id=response.response_id or "cogo",
+            object="response",
+            created_at=0.0,
+            model=getattr(self.wrapped, "model", ""),
+            output=response.output,
+            tools=[],
+            parallel_tool_calls=True,
+            tool_choice="auto",
+            status="completed",
             # constructed, not validated: the fields of usage details grow between releases
             usage=ResponseUsage.model_construct(
-                input_tokens=u.input_tokens, output_tokens=u.output_tokens,
+                input_tokens=u.input_tokens,
+                output_tokens=u.output_tokens,
                 total_tokens=u.total_tokens,
                 input_tokens_details=InputTokensDetails.model_construct(cached_tokens=0),  # type: ignore[call-arg]
                 output_tokens_details=OutputTokensDetails.model_construct(reasoning_tokens=0),
             ),
-        )  # fmt: skip
+        )
         yield ResponseCompletedEvent(type="response.completed", response=done, sequence_number=0)
 
 
@@ -217,17 +232,14 @@ def journaled_agent(agent: Agent[Any], provider: CogoModelProvider) -> Agent[Any
             )
         tools = [_journaled_tool(t, provider) for t in original.tools]
         if original.mcp_servers:  # their tools are listed per run: journaled as they are
-            fields = {f.name: getattr(original, f.name) for f in dataclasses.fields(original)
-                      if f.init}  # fmt: skip
+            fields = {f.name: getattr(original, f.name) for f in dataclasses.fields(original) if f.init}
             with_mcp = _WithMcp(**{**fields, "tools": tools})
             with_mcp.cogo_provider = provider
             clone: Agent[Any] = with_mcp
         else:
             clone = original.clone(tools=tools)
         done[id(original)] = clone  # before the handoffs: they may lead back here
-        clone.handoffs = [
-            wrap(h) if isinstance(h, Agent) else _handoff(h, wrap) for h in original.handoffs
-        ]
+        clone.handoffs = [wrap(h) if isinstance(h, Agent) else _handoff(h, wrap) for h in original.handoffs]
         return clone
 
     return wrap(agent)
@@ -244,9 +256,13 @@ class _WithMcp(Agent[Any]):
 
 
 def agent_tool(
-    ctx: TaskContext, route: str, *, name: str, description: str,
+    ctx: TaskContext,
+    route: str,
+    *,
+    name: str,
+    description: str,
     parameters: dict[str, Any] | None = None,
-) -> FunctionTool:  # fmt: skip
+) -> FunctionTool:
     """A tool that runs the Cogo agent on ``route`` as a child task (``ctx.call``, journaled
     by the call itself, so never wrapped in a step) with the model's arguments as payload."""
 
@@ -255,9 +271,12 @@ def agent_tool(
         return await ctx.call(route, payload, key=f"{name}:{tool_ctx.tool_call_id}")
 
     return _CallTool(
-        name=name, description=description, on_invoke_tool=invoke, strict_json_schema=False,
+        name=name,
+        description=description,
+        on_invoke_tool=invoke,
+        strict_json_schema=False,
         params_json_schema=parameters or {"type": "object", "additionalProperties": True},
-    )  # fmt: skip
+    )
 
 
 class _CallTool(FunctionTool):

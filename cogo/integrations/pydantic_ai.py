@@ -79,18 +79,14 @@ if TYPE_CHECKING:
 __all__ = ["VERSION", "JournaledModel", "agent_tool", "model_for", "run", "task_context"]
 
 CALL_METADATA = "cogo_call"  # tool metadata: a child task, journaled by ctx.call itself
-_task: contextvars.ContextVar[TaskContext | None] = contextvars.ContextVar(
-    "cogo_pydantic_ai_task", default=None
-)
+_task: contextvars.ContextVar[TaskContext | None] = contextvars.ContextVar("cogo_pydantic_ai_task", default=None)
 
 
 def task_context() -> TaskContext:
     """The Cogo task the agent runs in, for a tool that needs it (``ctx.emit``, ``ctx.call``)."""
     ctx = _task.get()
     if ctx is None:
-        raise RuntimeError(
-            "no Cogo task here: call tools through cogo.integrations.pydantic_ai.run"
-        )
+        raise RuntimeError("no Cogo task here: call tools through cogo.integrations.pydantic_ai.run")
     return ctx
 
 
@@ -118,30 +114,38 @@ async def run(
     token = _task.set(ctx)
     try:
         return await agent.run(
-            user_prompt, model=journaled, capabilities=capabilities,
-            event_stream_handler=handler, **run_kwargs,
-        )  # fmt: skip
+            user_prompt,
+            model=journaled,
+            capabilities=capabilities,
+            event_stream_handler=handler,
+            **run_kwargs,
+        )
     finally:
         _task.reset(token)
 
 
 def model_for(
-    ctx: TaskContext, agent: Agent[Any, Any] | None = None, *, key: str = "agent",
-    model: str | None = None, stream: bool = False,
-) -> JournaledModel:  # fmt: skip
+    ctx: TaskContext,
+    agent: Agent[Any, Any] | None = None,
+    *,
+    key: str = "agent",
+    model: str | None = None,
+    stream: bool = False,
+) -> JournaledModel:
     """The model ``run`` gives the agent: its requests go to ``ctx.llm``, journaled."""
     name = model or _model_name(agent.model if agent is not None else None)
     client, transport = openai_client(ctx, stream=stream)
-    inner = OpenAIChatModel(
-        name or ctx.assignment.model, provider=OpenAIProvider(openai_client=client)
-    )
+    inner = OpenAIChatModel(name or ctx.assignment.model, provider=OpenAIProvider(openai_client=client))
     return JournaledModel(inner, ctx=ctx, key=key, transport=transport)
 
 
 def agent_tool(
-    route: str, *, name: str, description: str,
+    route: str,
+    *,
+    name: str,
+    description: str,
     parameters: dict[str, Any] | None = None,
-) -> Tool[Any]:  # fmt: skip
+) -> Tool[Any]:
     """A tool that runs the Cogo agent on ``route`` as a child task (``ctx.call``) and
     returns its result; the model's arguments are the child's payload."""
     schema = parameters or {"type": "object", "additionalProperties": True}
@@ -149,9 +153,7 @@ def agent_tool(
     async def call(run_ctx: RunContext[Any], **payload: Any) -> Any:
         return await task_context().call(route, payload, key=f"{name}:{run_ctx.tool_call_id}")
 
-    tool = Tool.from_schema(
-        call, name=name, description=description, json_schema=schema, takes_ctx=True
-    )
+    tool = Tool.from_schema(call, name=name, description=description, json_schema=schema, takes_ctx=True)
     tool.metadata = {**(tool.metadata or {}), CALL_METADATA: route}
     return tool
 
@@ -159,9 +161,7 @@ def agent_tool(
 class JournaledModel(WrapperModel):
     """A model whose every request is a journaled step of the task (``<key>:model:<n>``)."""
 
-    def __init__(
-        self, wrapped: Model, *, ctx: TaskContext, key: str, transport: LlmTransport
-    ) -> None:
+    def __init__(self, wrapped: Model, *, ctx: TaskContext, key: str, transport: LlmTransport) -> None:
         super().__init__(wrapped)
         self.ctx = ctx
         self.key = key
@@ -179,9 +179,7 @@ class JournaledModel(WrapperModel):
 
         async def send() -> Any:
             try:
-                response = await self.wrapped.request(
-                    messages, model_settings, model_request_parameters
-                )
+                response = await self.wrapped.request(messages, model_settings, model_request_parameters)
             except Exception:
                 error = self.transport.take_error()
                 if error is not None:  # ctx.llm's own error, not the SDK's wrapping of it
@@ -205,9 +203,7 @@ class JournaledModel(WrapperModel):
         # the request is one step (its text reached ctx.emit while it streamed); the run's
         # stream consumers see its parts replayed from the complete response
         response = await self.request(messages, model_settings, model_request_parameters)
-        yield CompletedStreamedResponse(
-            response, model_request_parameters=model_request_parameters, replay_events=True
-        )
+        yield CompletedStreamedResponse(response, model_request_parameters=model_request_parameters, replay_events=True)
 
 
 @dataclass

@@ -28,8 +28,7 @@ if TYPE_CHECKING:
 
 # never dialled: the transport answers every request itself
 BASE_URL = "http://cogo-llm.invalid/v1"
-_OWN = {"model", "messages", "max_tokens", "max_completion_tokens", "tools", "stream",
-        "stream_options", "n"}  # fmt: skip
+_OWN = {"model", "messages", "max_tokens", "max_completion_tokens", "tools", "stream", "stream_options", "n"}
 
 
 class LlmTransport(httpx.AsyncBaseTransport):
@@ -42,17 +41,21 @@ class LlmTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if request.method != "POST" or not request.url.path.endswith("/chat/completions"):
-            return httpx.Response(404, json={"error": {"message": f"{request.url.path}: "
-                                                       "only chat completions go through ctx.llm"}})  # fmt: skip
+            return httpx.Response(
+                404, json={"error": {"message": f"{request.url.path}: only chat completions go through ctx.llm"}}
+            )
         body = json.loads(await request.aread() or b"{}")
         extra = {k: v for k, v in body.items() if k not in _OWN and v is not None}
         self.error = None
         try:
             reply = await self.ctx.llm.chat(
-                body.get("messages") or [], model=body.get("model") or None,
+                body.get("messages") or [],
+                model=body.get("model") or None,
                 max_tokens=body.get("max_completion_tokens") or body.get("max_tokens"),
-                tools=body.get("tools"), stream=self.stream, **extra,
-            )  # fmt: skip
+                tools=body.get("tools"),
+                stream=self.stream,
+                **extra,
+            )
         except CogoError as exc:
             self.error = exc
             raise
@@ -68,14 +71,23 @@ def completion(reply: LlmReply) -> dict[str, Any]:
     """``reply`` as the ``chat.completion`` document the OpenAI SDK parses."""
     u = reply.usage
     return {
-        "id": "chatcmpl-cogo", "object": "chat.completion", "created": 0,
+        "id": "chatcmpl-cogo",
+        "object": "chat.completion",
+        "created": 0,
         "model": reply.model,
-        "choices": [{"index": 0, "message": reply.message(),
-                     "finish_reason": reply.finish_reason
-                     or ("tool_calls" if reply.tool_calls else "stop")}],
-        "usage": {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
-                  "total_tokens": u.total_tokens},
-    }  # fmt: skip
+        "choices": [
+            {
+                "index": 0,
+                "message": reply.message(),
+                "finish_reason": reply.finish_reason or ("tool_calls" if reply.tool_calls else "stop"),
+            }
+        ],
+        "usage": {
+            "prompt_tokens": u.prompt_tokens,
+            "completion_tokens": u.completion_tokens,
+            "total_tokens": u.total_tokens,
+        },
+    }
 
 
 def openai_client(ctx: TaskContext, *, stream: bool = False) -> tuple[Any, LlmTransport]:
@@ -84,7 +96,9 @@ def openai_client(ctx: TaskContext, *, stream: bool = False) -> tuple[Any, LlmTr
 
     transport = LlmTransport(ctx, stream=stream)
     client = openai.AsyncOpenAI(
-        api_key="cogo", base_url=BASE_URL, max_retries=0,  # ctx.llm decides retries
+        api_key="cogo",
+        base_url=BASE_URL,
+        max_retries=0,  # ctx.llm decides retries
         http_client=httpx.AsyncClient(transport=transport),
-    )  # fmt: skip
+    )
     return client, transport

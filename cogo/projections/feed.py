@@ -160,9 +160,7 @@ class GroupCommit:
     trickle still commits as it comes. Used by the projector and by replay.
     """
 
-    def __init__(
-        self, write: Callable[[Fetched], Coroutine[Any, Any, None]], max_rows: int
-    ) -> None:
+    def __init__(self, write: Callable[[Fetched], Coroutine[Any, Any, None]], max_rows: int) -> None:
         self._write = write
         self.max_rows = max_rows
         self.queued: list[Fetched] = []
@@ -235,9 +233,7 @@ class StreamFeed:
             name=self.consumer,
             durable_name=self.consumer if self.durable else None,
             description=self.description,
-            deliver_policy=(
-                api.DeliverPolicy.BY_START_SEQUENCE if start_seq > 1 else api.DeliverPolicy.ALL
-            ),
+            deliver_policy=(api.DeliverPolicy.BY_START_SEQUENCE if start_seq > 1 else api.DeliverPolicy.ALL),
             opt_start_seq=start_seq if start_seq > 1 else None,
             # durable: ack the last message of each committed batch; replay: no acks at all
             ack_policy=api.AckPolicy.ALL if self.durable else api.AckPolicy.NONE,
@@ -273,9 +269,7 @@ class StreamFeed:
                 await self._sub.unsubscribe()
             self._sub = None
 
-    async def fetch(
-        self, wait: float = 1.0, linger: float = 0.0, *, block: bool = True
-    ) -> Fetched | None:
+    async def fetch(self, wait: float = 1.0, linger: float = 0.0, *, block: bool = True) -> Fetched | None:
         """The next messages (up to ``batch``); None if none arrived within ``wait`` seconds.
 
         With ``linger``, a small batch waits that long once for more: each DuckDB commit costs
@@ -326,9 +320,7 @@ class StreamFeed:
         self.last_pending = last.pending
         return Fetched(msgs, seqs, last.pending)
 
-    async def _request(
-        self, batch: int, *, no_wait: bool = False, expires: float | None = None
-    ) -> Deliveries:
+    async def _request(self, batch: int, *, no_wait: bool = False, expires: float | None = None) -> Deliveries:
         if self._sub is None:
             raise FeedDesync(f"{self.stream}/{self.consumer}: feed is not reset")
         meta = self.keep_meta

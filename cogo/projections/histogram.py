@@ -61,10 +61,7 @@ def bin_value(index: int) -> float:
 
 def value_sql(index: str) -> str:
     """``bin_value`` as a SQL expression of a bin column."""
-    return (
-        f"(CASE WHEN {index} <= 0 THEN 0.0 "
-        f"ELSE {2.0 * FLOOR_MS!r} * pow({GAMMA!r}, {index}) / {GAMMA + 1.0!r} END)"
-    )
+    return f"(CASE WHEN {index} <= 0 THEN 0.0 ELSE {2.0 * FLOOR_MS!r} * pow({GAMMA!r}, {index}) / {GAMMA + 1.0!r} END)"
 
 
 def quantiles_sql(merged: str, groups: Sequence[str], qs: Sequence[float]) -> str:

@@ -179,9 +179,7 @@ class Projector:
         await self.store.open()
         self.started_at = time.monotonic()
         self._start_loops()
-        self._status_sub = await self.nc.subscribe(
-            STATUS_SUBJECT, queue="cogo-status", cb=self._on_status_request
-        )
+        self._status_sub = await self.nc.subscribe(STATUS_SUBJECT, queue="cogo-status", cb=self._on_status_request)
 
     async def stop(self) -> None:
         if self._status_sub is not None:
@@ -234,8 +232,11 @@ class Projector:
             log.warning(
                 "projector %s: %d message(s) after checkpoint %d left the stream (retention) "
                 "before they were projected; continuing at %d",
-                state.stream, gone, checkpoint, state.first_seq,
-            )  # fmt: skip
+                state.stream,
+                gone,
+                checkpoint,
+                state.first_seq,
+            )
             # they are gone for good: move past them so they are counted once
             checkpoint = state.first_seq - 1
             await self.store.write(self.store.skip_to_sync, state.stream, checkpoint)
@@ -244,8 +245,10 @@ class Projector:
             log.error(
                 "projector %s: checkpoint %d is past the stream's last sequence %d: the stream "
                 "was recreated; run `cogo replay` to rebuild the projection",
-                state.stream, checkpoint, state.last_seq,
-            )  # fmt: skip
+                state.stream,
+                checkpoint,
+                state.last_seq,
+            )
         await self._upkeep(state, retention=True)
         if state.feed is None:
             state.feed = StreamFeed(
@@ -306,9 +309,7 @@ class Projector:
         if retention:
             state.next_retention = now + self.retention_every_s
             if state.first_seq > 1:
-                state.pruned += await self.store.write(
-                    self.store.prune_sync, state.stream, state.first_seq
-                )
+                state.pruned += await self.store.write(self.store.prune_sync, state.stream, state.first_seq)
 
     async def _refresh(self, state: StreamState) -> None:
         info = await self.js.stream_info(state.stream)
@@ -432,9 +433,12 @@ class Projector:
                     progress(p)
 
             rebuild = Rebuild(
-                self.nc, Path(f"{self.path}.replay"), batch=self.batch, progress=track,
+                self.nc,
+                Path(f"{self.path}.replay"),
+                batch=self.batch,
+                progress=track,
                 limits=self.config.duckdb,
-            )  # fmt: skip
+            )
             try:
                 await rebuild.run()
                 await self._stop_loops()

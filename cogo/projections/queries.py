@@ -81,9 +81,7 @@ def _number(value: Any) -> float | None:
     return round(number, 6) if math.isfinite(number) else None
 
 
-def _route_row(
-    route: str | None, counts: tuple[Any, ...], values: dict[str, list[float]]
-) -> dict[str, Any]:
+def _route_row(route: str | None, counts: tuple[Any, ...], values: dict[str, list[float]]) -> dict[str, Any]:
     attempts, tasks, done, failures, retries = (int(c or 0) for c in counts)
     return {
         "route": route,
@@ -142,9 +140,7 @@ def latency_in(
     latency = windows.relation(rollups.LATENCY, window)
     counts = _run(cur, _COUNTS.format(group="", rows=events, extra=""), params)
     values = _percentiles(cur, _BINS.format(group="", rows=latency, extra=""), params, ["route"])
-    body: dict[str, Any] = {
-        "routes": [_route_row(r[0], r[1:], values.get((r[0],), {})) for r in counts]
-    }
+    body: dict[str, Any] = {"routes": [_route_row(r[0], r[1:], values.get((r[0],), {})) for r in counts]}
     if bucket_s:
         body["series"] = _series(cur, window, params, int(bucket_s))
     return body
@@ -168,13 +164,12 @@ def _series(
     extra = "AND bucket <> TIMESTAMP '1970-01-01'"
     counts = _run(cur, _COUNTS.format(group=group, rows=events, extra=extra), params)
     values = _percentiles(
-        cur, _BINS.format(group=group, rows=latency, extra=extra), params,
+        cur,
+        _BINS.format(group=group, rows=latency, extra=extra),
+        params,
         ["series_bucket", "route"],
-    )  # fmt: skip
-    return [
-        {"bucket": _iso(r[0]), **_route_row(r[1], r[2:], values.get((r[0], r[1]), {}))}
-        for r in counts
-    ]
+    )
+    return [{"bucket": _iso(r[0]), **_route_row(r[1], r[2:], values.get((r[0], r[1]), {}))} for r in counts]
 
 
 def _iso(value: dt.datetime) -> str:
@@ -200,9 +195,7 @@ class PrometheusText:
     def __init__(self) -> None:
         self.lines: list[str] = []
 
-    def family(
-        self, name: str, kind: str, help: str, samples: Iterable[tuple[dict[str, Any], Any]]
-    ) -> None:
+    def family(self, name: str, kind: str, help: str, samples: Iterable[tuple[dict[str, Any], Any]]) -> None:
         self.lines.append(f"# HELP {name} {help}")
         self.lines.append(f"# TYPE {name} {kind}")
         for labels, value in samples:
@@ -228,9 +221,7 @@ def projection_metrics(cur: duckdb.DuckDBPyConnection, out: PrometheusText) -> N
         _projection_metrics(cur, window, out)
 
 
-def _projection_metrics(
-    cur: duckdb.DuckDBPyConnection, window: Window, out: PrometheusText
-) -> None:
+def _projection_metrics(cur: duckdb.DuckDBPyConnection, window: Window, out: PrometheusText) -> None:
     params = window.params()
     events = windows.relation(rollups.EVENTS, window)
     latency = windows.relation(rollups.LATENCY, window)
@@ -273,16 +264,13 @@ def _projection_metrics(
         ["route"],
     )
     for index, metric, name, what in (
-        (2, "queue_wait", "cogo_attempt_queue_wait_seconds",
-         "Queue wait of attempts (enqueued -> claimed)."),
+        (2, "queue_wait", "cogo_attempt_queue_wait_seconds", "Queue wait of attempts (enqueued -> claimed)."),
         (3, "duration", "cogo_attempt_duration_seconds", "Duration of attempts (claimed -> result)."),
-    ):  # fmt: skip
+    ):
         samples: list[tuple[dict[str, Any], Any]] = []
         for row in rows:
             route = row[0]
-            quantiles: Sequence[float | None] = values.get((route,), {}).get(metric) or [
-                None
-            ] * len(PERCENTILES)
+            quantiles: Sequence[float | None] = values.get((route,), {}).get(metric) or [None] * len(PERCENTILES)
             for q, v in zip(PERCENTILES, quantiles, strict=True):
                 seconds = None if v is None else float(v) / 1000.0
                 samples.append(({"route": route, "quantile": q}, seconds))
@@ -318,9 +306,7 @@ ORDER BY start_seq DESC LIMIT $limit
 """
 
 
-def workflow_metrics(
-    cur: duckdb.DuckDBPyConnection, workflow_id: str, recent: int
-) -> dict[str, Any]:
+def workflow_metrics(cur: duckdb.DuckDBPyConnection, workflow_id: str, recent: int) -> dict[str, Any]:
     """Outcome counts, duration percentiles and the gate pass rate of one workflow's runs,
     from ``workflow_runs`` (one row per run: the cost is that workflow's runs, not events)."""
     row = cur.execute(_WORKFLOW, {"workflow_id": workflow_id}).fetchone() or ()
@@ -328,9 +314,7 @@ def workflow_metrics(
     durations = [round(float(v), 3) for v in spread] if spread else [None, None]
     finished = succeeded + failed
     evaluated = int(passed) + int(gate_failed)
-    recent_rows = cur.execute(
-        _RECENT_RUNS, {"workflow_id": workflow_id, "limit": recent}
-    ).fetchall()
+    recent_rows = cur.execute(_RECENT_RUNS, {"workflow_id": workflow_id, "limit": recent}).fetchall()
     return {
         "workflowId": workflow_id,
         "runs": runs,

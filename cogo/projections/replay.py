@@ -59,9 +59,7 @@ class ReplayResult:
             "first_seq": self.first_seq,
             "last_seq": self.last_seq,
             "seconds": round(self.seconds, 3),
-            "events_per_s": round(self.messages.get(EVENTS_STREAM, 0) / self.seconds, 1)
-            if self.seconds
-            else None,
+            "events_per_s": round(self.messages.get(EVENTS_STREAM, 0) / self.seconds, 1) if self.seconds else None,
             "warnings": self.warnings,
         }
 
@@ -170,9 +168,7 @@ class Rebuild:
         applied_seq = await self.store.write(self.store.checkpoint_sync, stream)
         began = time.monotonic()
         done_before = self.applied[stream]
-        group = GroupCommit(
-            lambda fetched: self._apply(stream, fetched), GROUP_COMMIT_BATCHES * self.batch
-        )
+        group = GroupCommit(lambda fetched: self._apply(stream, fetched), GROUP_COMMIT_BATCHES * self.batch)
         read = done_before
         try:
             while applied_seq < target or group.queued:
@@ -187,11 +183,7 @@ class Rebuild:
                     applied_seq = fetched.seqs[-1]
                     if self.progress is not None:
                         elapsed = max(time.monotonic() - began, 1e-6)
-                        self.progress(
-                            ReplayProgress(
-                                stream, read, max(total, read), (read - done_before) / elapsed
-                            )
-                        )
+                        self.progress(ReplayProgress(stream, read, max(total, read), (read - done_before) / elapsed))
                 if fetched is not None and applied_seq < target and group.can_queue_more():
                     continue
                 await group.commit()

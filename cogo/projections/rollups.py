@@ -81,12 +81,17 @@ def _in(values: tuple[str, ...]) -> str:
 _RESULTS = _in(RESULT_TYPES)
 _EVENT_KEYS = ("type", "route", "version", "cohort", "error_code")
 _EVENT_MEASURES = (
-    ("events", "BIGINT"), ("first_attempts", "BIGINT"), ("measured", "BIGINT"),
-    ("accepted", "BIGINT"), ("queue_wait_ms", "DECIMAL(38,6)"),
-    ("duration_ms", "DECIMAL(38,6)"), ("dispatch_wait_ms", "DECIMAL(38,6)"),
-    ("tokens", "HUGEINT"), ("cost_usd", "DECIMAL(38,12)"),
+    ("events", "BIGINT"),
+    ("first_attempts", "BIGINT"),
+    ("measured", "BIGINT"),
+    ("accepted", "BIGINT"),
+    ("queue_wait_ms", "DECIMAL(38,6)"),
+    ("duration_ms", "DECIMAL(38,6)"),
+    ("dispatch_wait_ms", "DECIMAL(38,6)"),
+    ("tokens", "HUGEINT"),
+    ("cost_usd", "DECIMAL(38,12)"),
     ("usage_duration_ms", "DECIMAL(38,6)"),
-)  # fmt: skip
+)
 _LATENCY_KEYS = ("metric", "key", "bin")
 
 
@@ -191,16 +196,17 @@ CREATE TABLE IF NOT EXISTS rollup_gate_failures (
 """
 
 _DROP = [f.table(g) for f in FAMILIES for g in GRAINS] + [
-    "rollup_run_tasks", "rollup_gate_failures", "workflow_runs", "rollup_state",
-]  # fmt: skip
+    "rollup_run_tasks",
+    "rollup_gate_failures",
+    "workflow_runs",
+    "rollup_state",
+]
 
 
 def ensure_sync(con: duckdb.DuckDBPyConnection) -> None:
     """Create the tables (in the caller's transaction); rebuild them from ``bus_events`` if
     they are new to this file or were defined differently (``VERSION``)."""
-    con.execute(
-        "CREATE TABLE IF NOT EXISTS rollup_meta (name VARCHAR PRIMARY KEY, version INTEGER NOT NULL)"
-    )
+    con.execute("CREATE TABLE IF NOT EXISTS rollup_meta (name VARCHAR PRIMARY KEY, version INTEGER NOT NULL)")
     row = con.execute("SELECT version FROM rollup_meta WHERE name = 'rollups'").fetchone()
     if row is not None and row[0] == VERSION:
         con.execute(TABLES)
@@ -211,8 +217,7 @@ def ensure_sync(con: duckdb.DuckDBPyConnection) -> None:
     runs.fold_sync(con, "TRUE")
     fold_sync(con)
     con.execute(
-        "INSERT INTO rollup_meta VALUES ('rollups', ?) "
-        "ON CONFLICT (name) DO UPDATE SET version = excluded.version",
+        "INSERT INTO rollup_meta VALUES ('rollups', ?) ON CONFLICT (name) DO UPDATE SET version = excluded.version",
         [VERSION],
     )
 
@@ -246,14 +251,11 @@ def ingest_sync(con: duckdb.DuckDBPyConnection, after_seq: int, last_seq: int) -
         fold_sync(con, last_seq)
 
 
-def _add(
-    con: duckdb.DuckDBPyConnection, where: str, *, sign: int, params: list[Any] | None = None
-) -> None:
+def _add(con: duckdb.DuckDBPyConnection, where: str, *, sign: int, params: list[Any] | None = None) -> None:
     """Add (``sign`` 1) or take out (-1) the rows of ``bus_events`` matching ``where``, in
     every rollup table but ``workflow_runs``."""
     con.execute(
-        "CREATE OR REPLACE TEMP TABLE rollup_src AS "
-        + SOURCE.format(where=where, bucket=MINUTE_BUCKET),
+        "CREATE OR REPLACE TEMP TABLE rollup_src AS " + SOURCE.format(where=where, bucket=MINUTE_BUCKET),
         params or [],
     )
     row = con.execute(
@@ -263,16 +265,12 @@ def _add(
     oldest, gate_failures, run_tasks = row if row else (None, 0, 0)
     if oldest is not None:
         for family, delta in ((EVENTS, EVENTS_DELTA), (LATENCY, LATENCY_DELTA)):
-            con.execute(
-                "CREATE OR REPLACE TEMP TABLE rollup_delta AS "
-                + delta.format(src="rollup_src", sign=sign)
-            )
+            con.execute("CREATE OR REPLACE TEMP TABLE rollup_delta AS " + delta.format(src="rollup_src", sign=sign))
             for grain in GRAINS:
                 _merge(con, family, grain, oldest)
     if run_tasks:
         con.execute(
-            "CREATE OR REPLACE TEMP TABLE rollup_delta AS "
-            + RUN_TASKS_DELTA.format(src="rollup_src", sign=sign)
+            "CREATE OR REPLACE TEMP TABLE rollup_delta AS " + RUN_TASKS_DELTA.format(src="rollup_src", sign=sign)
         )
         con.execute(
             """
@@ -301,15 +299,13 @@ def _add(
 
 def _merge(con: duckdb.DuckDBPyConnection, family: Family, grain: str, oldest: dt.datetime) -> None:
     """Add ``rollup_delta`` (minute buckets) into one grain's table."""
-    bucket = {"minute": "bucket", "hour": "date_trunc('hour', bucket)",
-              "total": "TIMESTAMP '1970-01-01'"}[grain]  # fmt: skip
+    bucket = {"minute": "bucket", "hour": "date_trunc('hour', bucket)", "total": "TIMESTAMP '1970-01-01'"}[grain]
     keys = ", ".join(family.keys)
     sums = ", ".join(f"sum({m})::{t} AS {m}" for m, t in family.measures)
     on = " AND ".join(f"t.{k} = d.{k}" for k in ("bucket", *family.keys))
     add = ", ".join(f"{m} = t.{m} + d.{m}" for m, _ in family.measures)
     columns = ("bucket", *family.keys, *(m for m, _ in family.measures))
-    floor = {"minute": oldest, "hour": oldest.replace(minute=0, second=0, microsecond=0),
-             "total": EPOCH}[grain]  # fmt: skip
+    floor = {"minute": oldest, "hour": oldest.replace(minute=0, second=0, microsecond=0), "total": EPOCH}[grain]
     # the last condition is true of every row in the delta: it lets the scan of the table
     # skip the row groups of older buckets (zone maps), so a merge costs the delta, not
     # the table
@@ -344,7 +340,5 @@ def subtract_sync(con: duckdb.DuckDBPyConnection, below_seq: int) -> None:
     )
     con.execute(f"CREATE OR REPLACE TEMP TABLE rollup_cut AS {cut}", [below_seq])
     con.execute("DELETE FROM workflow_runs WHERE run_id IN (SELECT correlation_id FROM rollup_cut)")
-    runs.fold_sync(
-        con, "seq >= $1 AND correlation_id IN (SELECT correlation_id FROM rollup_cut)", [below_seq]
-    )
+    runs.fold_sync(con, "seq >= $1 AND correlation_id IN (SELECT correlation_id FROM rollup_cut)", [below_seq])
     con.execute("DROP TABLE rollup_cut")

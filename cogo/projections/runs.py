@@ -64,9 +64,7 @@ SELECT {", ".join(f"{c}::VARCHAR" if c in _TIMES else c for c in _COLUMNS)}
 FROM workflow_runs WHERE run_id IN (SELECT unnest($1::VARCHAR[]))
 """
 # every record, one list parameter per column
-_UNNEST = ", ".join(
-    f"unnest(${i}::{_TYPES.get(c, 'VARCHAR')}[]) AS {c}" for i, c in enumerate(_COLUMNS, 1)
-)
+_UNNEST = ", ".join(f"unnest(${i}::{_TYPES.get(c, 'VARCHAR')}[]) AS {c}" for i, c in enumerate(_COLUMNS, 1))
 _STORE = f"""
 INSERT INTO workflow_runs ({", ".join(_COLUMNS)})
 SELECT {", ".join(f"TRY_CAST({c} AS TIMESTAMP)" if c in _TIMES else c for c in _COLUMNS)}

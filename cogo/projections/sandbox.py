@@ -61,17 +61,45 @@ INTERRUPT_EVERY_S = 0.01
 # truncate_*/register_* change the instance, read_*/glob reach files.
 READ_ONLY_TABLE_FUNCTIONS = frozenset(
     {
-        "range", "generate_series", "unnest", "repeat", "repeat_row", "json_each", "json_tree",
-        "summary", "test_all_types", "test_vector_types", "icu_calendar_names",
-        "pg_timezone_names", "pragma_collations", "pragma_database_size",
-        "pragma_metadata_info", "pragma_platform", "pragma_show", "pragma_storage_info",
-        "pragma_table_info", "pragma_user_agent", "pragma_version", "duckdb_columns",
-        "duckdb_constraints", "duckdb_databases", "duckdb_dependencies", "duckdb_functions",
-        "duckdb_indexes", "duckdb_keywords", "duckdb_memory", "duckdb_optimizers",
-        "duckdb_schemas", "duckdb_sequences", "duckdb_settings", "duckdb_tables",
-        "duckdb_temporary_files", "duckdb_types", "duckdb_views",
+        "range",
+        "generate_series",
+        "unnest",
+        "repeat",
+        "repeat_row",
+        "json_each",
+        "json_tree",
+        "summary",
+        "test_all_types",
+        "test_vector_types",
+        "icu_calendar_names",
+        "pg_timezone_names",
+        "pragma_collations",
+        "pragma_database_size",
+        "pragma_metadata_info",
+        "pragma_platform",
+        "pragma_show",
+        "pragma_storage_info",
+        "pragma_table_info",
+        "pragma_user_agent",
+        "pragma_version",
+        "duckdb_columns",
+        "duckdb_constraints",
+        "duckdb_databases",
+        "duckdb_dependencies",
+        "duckdb_functions",
+        "duckdb_indexes",
+        "duckdb_keywords",
+        "duckdb_memory",
+        "duckdb_optimizers",
+        "duckdb_schemas",
+        "duckdb_sequences",
+        "duckdb_settings",
+        "duckdb_tables",
+        "duckdb_temporary_files",
+        "duckdb_types",
+        "duckdb_views",
     }
-)  # fmt: skip
+)
 # Scalar functions with a side effect (RNG state, sequences, the log) or that sleep
 # without looking at the interrupt flag.
 REFUSED_FUNCTIONS = frozenset({"setseed", "nextval", "setval", "write_log", "sleep_ms", "pg_sleep"})
@@ -144,15 +172,12 @@ def check_functions(con: duckdb.DuckDBPyConnection, sql: str) -> None:
         )
     for name, is_table in _functions(tree):
         if is_table and _FILE_FUNCTION.match(name):
-            raise SqlRejected(
-                f"file, network and extension access is disabled for ad-hoc SQL: {name}()"
-            )
+            raise SqlRejected(f"file, network and extension access is disabled for ad-hoc SQL: {name}()")
         if is_table and name not in READ_ONLY_TABLE_FUNCTIONS:
             raise SqlRejected(f"table function {name}() is not allowed in ad-hoc SQL")
         if name in REFUSED_FUNCTIONS:
             raise SqlRejected(
-                f"function {name}() is not allowed in ad-hoc SQL "
-                "(it has side effects or cannot be interrupted)"
+                f"function {name}() is not allowed in ad-hoc SQL (it has side effects or cannot be interrupted)"
             )
 
 
@@ -185,9 +210,7 @@ def run_query(
     """
     check_statement(con, sql)
     done = threading.Event()
-    watchdog = threading.Thread(
-        target=_interrupt_after, args=(con, timeout_s, done), name="sql-watchdog", daemon=True
-    )
+    watchdog = threading.Thread(target=_interrupt_after, args=(con, timeout_s, done), name="sql-watchdog", daemon=True)
     began = time.perf_counter()
     try:
         con.execute("BEGIN TRANSACTION READ ONLY")
@@ -202,8 +225,7 @@ def run_query(
                 # TIMESTAMPTZ values need pytz to become Python objects: send them as text
                 relation = relation.project(
                     ", ".join(
-                        f"CAST(#{i} AS VARCHAR)" if _needs_text(t) else f"#{i}"
-                        for i, t in enumerate(types, start=1)
+                        f"CAST(#{i} AS VARCHAR)" if _needs_text(t) else f"#{i}" for i, t in enumerate(types, start=1)
                     )
                 )
             # run once, streamed: rows are converted and counted chunk by chunk, and sized
@@ -245,9 +267,7 @@ def run_query(
     )
 
 
-def _interrupt_after(
-    con: duckdb.DuckDBPyConnection, timeout_s: float, done: threading.Event
-) -> None:
+def _interrupt_after(con: duckdb.DuckDBPyConnection, timeout_s: float, done: threading.Event) -> None:
     """From the deadline on, interrupt ``con`` until the query's thread says it is done."""
     if done.wait(timeout_s):
         return
@@ -275,15 +295,11 @@ def _capped(relation: duckdb.DuckDBPyRelation, width: int, max_bytes: int) -> st
         "OVER (ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)"
     )
     size = f"#{width + 1}"
-    kept = ", ".join(
-        f"CASE WHEN {size} <= {int(max_bytes)} THEN #{i} END" for i in range(1, width + 1)
-    )
+    kept = ", ".join(f"CASE WHEN {size} <= {int(max_bytes)} THEN #{i} END" for i in range(1, width + 1))
     return sized.project(f"{kept}, {size}").sql_query()
 
 
-def _fetch(
-    con: duckdb.DuckDBPyConnection, max_rows: int, max_bytes: int
-) -> tuple[list[list[Any]], str | None]:
+def _fetch(con: duckdb.DuckDBPyConnection, max_rows: int, max_bytes: int) -> tuple[list[list[Any]], str | None]:
     """The pending result's rows as JSON-ready lists, in chunks, until it ends or a cap is
     hit; each row's last value is the answer's size so far (``_capped``)."""
     rows: list[list[Any]] = []

@@ -21,15 +21,31 @@ ORDER BY sum(cost_usd) DESC, route NULLS FIRST, model NULLS FIRST
 
 def summary(cur: duckdb.DuckDBPyConnection, since: dt.datetime) -> dict[str, Any]:
     """Calls, tokens and cost since ``since`` (naive UTC): in all, by route, by model."""
-    out: dict[str, Any] = {"calls": 0, "tasks": 0, "prompt_tokens": 0, "completion_tokens": 0,
-                           "tokens": 0, "cost_usd": 0.0, "estimated_calls": 0,
-                           "failed_calls": 0, "by_route": [], "by_model": []}  # fmt: skip
-    for (route, model, calls, tasks, prompt, completion, tokens, cost, estimated, failed,
-         grouping) in cur.execute(_SPEND, {"since": since}).fetchall():  # fmt: skip
-        row = {"calls": calls, "tasks": tasks, "prompt_tokens": int(prompt or 0),
-               "completion_tokens": int(completion or 0), "tokens": int(tokens or 0),
-               "cost_usd": round(float(cost or 0.0), 9), "estimated_calls": estimated,
-               "failed_calls": failed}  # fmt: skip
+    out: dict[str, Any] = {
+        "calls": 0,
+        "tasks": 0,
+        "prompt_tokens": 0,
+        "completion_tokens": 0,
+        "tokens": 0,
+        "cost_usd": 0.0,
+        "estimated_calls": 0,
+        "failed_calls": 0,
+        "by_route": [],
+        "by_model": [],
+    }
+    for route, model, calls, tasks, prompt, completion, tokens, cost, estimated, failed, grouping in cur.execute(
+        _SPEND, {"since": since}
+    ).fetchall():
+        row = {
+            "calls": calls,
+            "tasks": tasks,
+            "prompt_tokens": int(prompt or 0),
+            "completion_tokens": int(completion or 0),
+            "tokens": int(tokens or 0),
+            "cost_usd": round(float(cost or 0.0), 9),
+            "estimated_calls": estimated,
+            "failed_calls": failed,
+        }
         if grouping == 0b11:
             out.update(row)
         elif grouping == 0b01:

@@ -83,10 +83,7 @@ _EVENT_SHAPE = (
 # the batch is then written again with the checked form. Both write the same rows.
 # a subject without a route part (``events.<type>``) is open to trusted users only: there the
 # body's word stands, as it does when the subject is unknown
-_TYPE = (
-    "CASE WHEN subject = '' OR j.type IS NULL OR split_part(subject, '.', 3) = '' THEN j.type"
-    " ELSE subject_type END"
-)
+_TYPE = "CASE WHEN subject = '' OR j.type IS NULL OR split_part(subject, '.', 3) = '' THEN j.type ELSE subject_type END"
 # (journal subjects, ``events.<type>.<route>.<bucket>``, hold the body's route too)
 _ROUTE = (
     "CASE WHEN subject = '' OR j.route IS NULL"
@@ -221,17 +218,14 @@ def instance_config(limits: DuckdbConfig | None = None) -> dict[str, Any]:
     return config
 
 
-def connect(
-    path: Path, *, read_only: bool = False, limits: DuckdbConfig | None = None
-) -> duckdb.DuckDBPyConnection:
+def connect(path: Path, *, read_only: bool = False, limits: DuckdbConfig | None = None) -> duckdb.DuckDBPyConnection:
     """Open the file with the hardened configuration; ProjectionBusy if another process has it."""
     try:
         return duckdb.connect(str(path), read_only=read_only, config=instance_config(limits))
     except duckdb.IOException as exc:
         if "lock" in str(exc).lower():
             raise ProjectionBusy(
-                f"{path} is in use by another process (a running `cogo up` or "
-                f"`cogo run projector`): {exc}"
+                f"{path} is in use by another process (a running `cogo up` or `cogo run projector`): {exc}"
             ) from None
         raise ProjectionError(f"cannot open the projection {path}: {exc}") from None
 
@@ -239,9 +233,7 @@ def connect(
 class ProjectionStore:
     """One DuckDB projection file: writes on one thread, reads through a cursor pool."""
 
-    def __init__(
-        self, path: Path, *, readers: int = READERS, limits: DuckdbConfig | None = None
-    ) -> None:
+    def __init__(self, path: Path, *, readers: int = READERS, limits: DuckdbConfig | None = None) -> None:
         self.path = Path(path)
         self.readers = readers
         self.limits = limits
@@ -310,9 +302,7 @@ class ProjectionStore:
         return self._con
 
     def checkpoint_sync(self, stream: str) -> int:
-        row = self.con.execute(
-            "SELECT last_seq FROM projector_checkpoint WHERE stream = ?", [stream]
-        ).fetchone()
+        row = self.con.execute("SELECT last_seq FROM projector_checkpoint WHERE stream = ?", [stream]).fetchone()
         return int(row[0]) if row else 0
 
     def checkpoints_sync(self) -> dict[str, int]:
@@ -346,10 +336,17 @@ class ProjectionStore:
 
     def apply_dead_letters_sync(self, batch: DeadLetterBatch) -> int:
         params: list[Any] = [
-            batch.seqs, batch.timestamps_us, batch.subjects, batch.original_subjects,
-            batch.original_seqs, batch.deliveries, batch.error_codes, batch.reasons,
-            batch.actors, batch.data,
-        ]  # fmt: skip
+            batch.seqs,
+            batch.timestamps_us,
+            batch.subjects,
+            batch.original_subjects,
+            batch.original_seqs,
+            batch.deliveries,
+            batch.error_codes,
+            batch.reasons,
+            batch.actors,
+            batch.data,
+        ]
         return self._apply(DLQ_STREAM, batch.seqs[-1], _INSERT_DLQ, params)
 
     @contextlib.contextmanager
@@ -382,8 +379,7 @@ class ProjectionStore:
             if derive is not None and written:
                 derive(con, checkpoint)  # the rollups of the rows just written
             con.execute(
-                "UPDATE projector_checkpoint SET last_seq = ?, applied = applied + ? "
-                "WHERE stream = ?",
+                "UPDATE projector_checkpoint SET last_seq = ?, applied = applied + ? WHERE stream = ?",
                 [last_seq, written, stream],
             )
         return written

@@ -81,15 +81,19 @@ WHERE b.seq >= $first
 GROUP BY b.task_id ORDER BY max(b.seq) DESC
 """
 RECENT_TAIL = 20_000  # events looked at first; eight times more each time that is too few
-_STATE = {"execute_enqueued": "queued", "execute_started": "running",
-          "execute_retry": "retrying", "execute_done": "succeeded", "execute_failed": "failed",
-          "execute_suspended": "suspended", "execute_resumed": "queued",
-          "execute_cancelled": "cancelled"}  # fmt: skip
+_STATE = {
+    "execute_enqueued": "queued",
+    "execute_started": "running",
+    "execute_retry": "retrying",
+    "execute_done": "succeeded",
+    "execute_failed": "failed",
+    "execute_suspended": "suspended",
+    "execute_resumed": "queued",
+    "execute_cancelled": "cancelled",
+}
 
 
-def recent_tasks(
-    con: duckdb.DuckDBPyConnection, since: Any, limit: int = 20
-) -> list[dict[str, Any]]:
+def recent_tasks(con: duckdb.DuckDBPyConnection, since: Any, limit: int = 20) -> list[dict[str, Any]]:
     """The ``limit`` tasks enqueued last since ``since``: status, attempt, calls and steps.
 
     Costs the last few thousand events, not the window: the search widens only while the
@@ -108,11 +112,17 @@ def recent_tasks(
     first_seq = 0 if floor == 0 or first is None else int(first)
     rows = con.execute(_RECENT_ROWS, {**params, "first": first_seq}).fetchall()
     return [
-        {"task_id": task_id, "route": route, "attempt": attempt or 0,
-         "status": _STATE.get(last_type or "", "queued"), "enqueued_at": at, "llm_calls": calls,
-         "steps": steps}
+        {
+            "task_id": task_id,
+            "route": route,
+            "attempt": attempt or 0,
+            "status": _STATE.get(last_type or "", "queued"),
+            "enqueued_at": at,
+            "llm_calls": calls,
+            "steps": steps,
+        }
         for task_id, route, attempt, last_type, at, calls, steps in rows
-    ]  # fmt: skip
+    ]
 
 
 # tasks whose latest fact in the window is execute_suspended: what each waits for, and
@@ -132,18 +142,23 @@ ORDER BY since DESC LIMIT $limit
 """
 
 
-def suspended_tasks(
-    con: duckdb.DuckDBPyConnection, since: Any, limit: int = 50
-) -> list[dict[str, Any]]:
+def suspended_tasks(con: duckdb.DuckDBPyConnection, since: Any, limit: int = 50) -> list[dict[str, Any]]:
     """The tasks suspended now (that were active since ``since``): what each waits for, its
     parent (``ctx.call``) and its depth in its tree."""
     rows = con.execute(_SUSPENDED, {"since": since, "limit": limit}).fetchall()
     out = []
     for task_id, route, parent, waiting, at in rows:
         depth = task_id.count("/") if parent else 0
-        out.append({"task_id": task_id, "route": route, "parent_id": parent, "depth": depth,
-                    "waiting_for": msgspec.json.decode(waiting) if waiting else [],
-                    "suspended_at": at})  # fmt: skip
+        out.append(
+            {
+                "task_id": task_id,
+                "route": route,
+                "parent_id": parent,
+                "depth": depth,
+                "waiting_for": msgspec.json.decode(waiting) if waiting else [],
+                "suspended_at": at,
+            }
+        )
     return out
 
 
@@ -170,9 +185,7 @@ def fold(task_id: str, rows: list[dict[str, Any]]) -> TaskStatus:
     waiting: list[dict[str, Any]] | None = None
     for row in rows:
         kind = row["type"]
-        if kind in WORKER_TYPES and (
-            route is None or row["route"] != route or (row["attempt"] or 0) > attempt
-        ):
+        if kind in WORKER_TYPES and (route is None or row["route"] != route or (row["attempt"] or 0) > attempt):
             continue  # not from a worker of this task's route and attempts: no fact of it
         if kind == "call_started":
             # the task's own route's entry naming one of its own children (<task>/<key>):
@@ -190,14 +203,24 @@ def fold(task_id: str, rows: list[dict[str, Any]]) -> TaskStatus:
         submitted = submitted or row["submitted_iso"]
         attempt = max(attempt, row["attempt"] or 0)
         events.append(
-            {k: v for k, v in {
-                "type": kind, "at": row["at_iso"], "attempt": row["attempt"],
-                "actor": row["actor"], "error_code": row["error_code"], "error": row["error"],
-                "queue_wait_ms": row["queue_wait_ms"], "duration_ms": row["duration_ms"],
-                "backoff_ms": row["backoff_ms"], "version": row["version"],
-                "cohort": row["cohort"],
-            }.items() if v is not None}
-        )  # fmt: skip
+            {
+                k: v
+                for k, v in {
+                    "type": kind,
+                    "at": row["at_iso"],
+                    "attempt": row["attempt"],
+                    "actor": row["actor"],
+                    "error_code": row["error_code"],
+                    "error": row["error"],
+                    "queue_wait_ms": row["queue_wait_ms"],
+                    "duration_ms": row["duration_ms"],
+                    "backoff_ms": row["backoff_ms"],
+                    "version": row["version"],
+                    "cohort": row["cohort"],
+                }.items()
+                if v is not None
+            }
+        )
         if kind not in WORKER_TYPES and (row["tokens"] is not None or row["cost_usd"] is not None):
             usage = {
                 "tokens": row["tokens"] or 0,

@@ -109,10 +109,7 @@ def relation(family: Family, window: Window, *, series: bool = False) -> str:
     elif series:
         parts.append(f"SELECT * FROM {family.table('minute')} WHERE bucket >= $edge_end")
     else:
-        parts.append(
-            f"SELECT * FROM {family.table('minute')} "
-            "WHERE bucket >= $edge_end AND bucket < $hour_start"
-        )
+        parts.append(f"SELECT * FROM {family.table('minute')} WHERE bucket >= $edge_end AND bucket < $hour_start")
         parts.append(f"SELECT * FROM {family.table('hour')} WHERE bucket >= $hour_start")
     return _union(parts)
 

@@ -45,8 +45,7 @@ def choose(order: WorkOrder, split: RouteSplit | None) -> WorkOrder:
         return msgspec.structs.replace(order, cohort=BASELINE)
     pin = order.payload.get(COHORT_KEY)
     canary = split.candidate is not None and (
-        pin == CANARY
-        or (pin != BASELINE and split.percent > 0 and share_bucket(order.task_id) < split.percent)
+        pin == CANARY or (pin != BASELINE and split.percent > 0 and share_bucket(order.task_id) < split.percent)
     )
     if canary:
         return msgspec.structs.replace(order, version=split.candidate, cohort=CANARY)
@@ -152,8 +151,6 @@ async def versioned_routes(worker: Any) -> list[str]:
         return list(worker.routes)
     version = check_version(worker.version)
     return [
-        route
-        if route.endswith(f".{version}")
-        else await declare_version(worker.js, worker.config, route, version)
+        route if route.endswith(f".{version}") else await declare_version(worker.js, worker.config, route, version)
         for route in worker.routes
     ]

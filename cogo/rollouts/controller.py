@@ -146,9 +146,7 @@ class RolloutController:
         check_version(spec.candidate)
         for other in await self.store.all():
             if other.route == spec.route and other.status in (RUNNING, PAUSED):
-                raise RolloutConflict(
-                    f"route {spec.route!r} already has rollout {other.id} ({other.status})"
-                )
+                raise RolloutConflict(f"route {spec.route!r} already has rollout {other.id} ({other.status})")
         split = await self.store.split(spec.route)
         if split.baseline == spec.candidate:
             raise RolloutConflict(f"{spec.candidate!r} already is the baseline of {spec.route!r}")
@@ -170,10 +168,16 @@ class RolloutController:
             dev_e2e_workflow=spec.dev_e2e_workflow,
         )
         await self.store.put(rollout)
-        await self._event(rollout, ROLLOUT_STARTED, data={
-            "candidate": rollout.candidate, "baseline": rollout.baseline,
-            "slo_p90_ms": rollout.slo_p90_ms, "min_samples": rollout.min_samples,
-        })  # fmt: skip
+        await self._event(
+            rollout,
+            ROLLOUT_STARTED,
+            data={
+                "candidate": rollout.candidate,
+                "baseline": rollout.baseline,
+                "slo_p90_ms": rollout.slo_p90_ms,
+                "min_samples": rollout.min_samples,
+            },
+        )
         self._drive(rollout)
         return rollout
 
@@ -186,8 +190,7 @@ class RolloutController:
                 return rollout
             rollout.status = PAUSED
             await self._save(rollout)
-            await self._event(rollout, ROLLOUT_PAUSED, data={"stage": rollout.stage,
-                                                            "percent": rollout.percent})  # fmt: skip
+            await self._event(rollout, ROLLOUT_PAUSED, data={"stage": rollout.stage, "percent": rollout.percent})
             return rollout
 
     async def promote(self, rollout_id: str) -> Rollout:
@@ -267,9 +270,12 @@ class RolloutController:
                 stage.ended_at = iso()
                 await self._save(fresh)
                 for gate in verdict:
-                    await self._event(fresh, ROLLOUT_GATE_EVALUATED, event_id=(
-                        f"rollout:{fresh.id}:{name}:{len(fresh.stages)}:{gate.name}"),
-                        data={"stage": name, **msgspec.to_builtins(gate)})  # fmt: skip
+                    await self._event(
+                        fresh,
+                        ROLLOUT_GATE_EVALUATED,
+                        event_id=(f"rollout:{fresh.id}:{name}:{len(fresh.stages)}:{gate.name}"),
+                        data={"stage": name, **msgspec.to_builtins(gate)},
+                    )
                 if stage.status == "failed":
                     failed = ", ".join(f"{g.name} ({g.detail})" for g in verdict if not g.passed)
                     await self._rolled_back(fresh, f"{STAGE_TITLES[name]} gate failed: {failed}")
@@ -285,12 +291,18 @@ class RolloutController:
         rollout.stage, rollout.percent = name, percent
         rollout.stages.append(stage)
         await self.store.put_split(
-            RouteSplit(route=rollout.route, baseline=rollout.baseline,
-                       candidate=rollout.candidate, percent=percent, rollout_id=rollout.id)
-        )  # fmt: skip
+            RouteSplit(
+                route=rollout.route,
+                baseline=rollout.baseline,
+                candidate=rollout.candidate,
+                percent=percent,
+                rollout_id=rollout.id,
+            )
+        )
         await self._save(rollout)
-        await self._event(rollout, ROLLOUT_STAGE_CHANGED, data={
-            "stage": name, "title": STAGE_TITLES[name], "percent": percent})  # fmt: skip
+        await self._event(
+            rollout, ROLLOUT_STAGE_CHANGED, data={"stage": name, "title": STAGE_TITLES[name], "percent": percent}
+        )
         return stage
 
     async def _run_stage(self, rollout: Rollout, stage: Stage) -> builtins.list[Gate]:
@@ -309,9 +321,7 @@ class RolloutController:
                 count = rollout.dev_e2e_tasks if stage.name == DEV_E2E else rollout.smoke_tasks
                 await self.samples.submit(rollout, correlation, count)
                 wanted = count
-            figures = await self._wait_samples(
-                rollout, stage, since, correlation, wanted=wanted, deadline=deadline
-            )
+            figures = await self._wait_samples(rollout, stage, since, correlation, wanted=wanted, deadline=deadline)
             min_samples = wanted if wanted is not None else 1
         else:
             figures = await self._wait_samples(
@@ -323,9 +333,7 @@ class RolloutController:
             # no baseline traffic at 100%: compare with the baseline of the canary stage
             baseline = self._previous_baseline(rollout)
         stage.samples = {"candidate": candidate.as_dict(), "baseline": baseline.as_dict()}
-        verdict = gates.evaluate(
-            candidate, baseline, min_samples=min_samples, slo_p90_ms=rollout.slo_p90_ms
-        )
+        verdict = gates.evaluate(candidate, baseline, min_samples=min_samples, slo_p90_ms=rollout.slo_p90_ms)
         stage.gates = [*extra, *verdict]
         return stage.gates
 
@@ -355,13 +363,10 @@ class RolloutController:
                 deadline += time.monotonic() - waited
                 continue
             candidate = figures[CANARY]
-            stage.samples = {k: v.as_dict() for k, v in
-                             (("candidate", candidate), ("baseline", figures[BASELINE]))}  # fmt: skip
+            stage.samples = {k: v.as_dict() for k, v in (("candidate", candidate), ("baseline", figures[BASELINE]))}
             await self._save_progress(rollout, stage)
             if synthetic:
-                if wanted is None or (
-                    candidate.finished >= wanted and figures[BASELINE].finished >= wanted
-                ):
+                if wanted is None or (candidate.finished >= wanted and figures[BASELINE].finished >= wanted):
                     return figures
             elif candidate.finished >= (wanted or 0):
                 return figures
@@ -388,31 +393,23 @@ class RolloutController:
             rollout.stages[-1].ended_at = iso()
 
     async def _promoted(self, rollout: Rollout, *, manual: bool) -> None:
-        await self.store.put_split(
-            RouteSplit(route=rollout.route, baseline=rollout.candidate, rollout_id=rollout.id)
-        )
+        await self.store.put_split(RouteSplit(route=rollout.route, baseline=rollout.candidate, rollout_id=rollout.id))
         rollout.status, rollout.percent = PROMOTED, 100
         rollout.reason = "promoted by an operator" if manual else "every gate passed"
         await self._save(rollout)
-        await self._event(rollout, ROLLOUT_PROMOTED, data={
-            "manual": manual, "previous_baseline": rollout.baseline})  # fmt: skip
+        await self._event(rollout, ROLLOUT_PROMOTED, data={"manual": manual, "previous_baseline": rollout.baseline})
 
     async def _rolled_back(self, rollout: Rollout, reason: str) -> None:
-        await self.store.put_split(
-            RouteSplit(route=rollout.route, baseline=rollout.baseline, rollout_id=rollout.id)
-        )
+        await self.store.put_split(RouteSplit(route=rollout.route, baseline=rollout.baseline, rollout_id=rollout.id))
         rollout.status, rollout.percent, rollout.reason = ROLLED_BACK, 0, reason
         await self._save(rollout)
-        await self._event(rollout, ROLLOUT_ROLLED_BACK, error=reason, data={
-            "stage": rollout.stage, "reason": reason})  # fmt: skip
+        await self._event(rollout, ROLLOUT_ROLLED_BACK, error=reason, data={"stage": rollout.stage, "reason": reason})
 
     async def _save(self, rollout: Rollout) -> None:
         rollout.updated_at = iso()
         await self.store.put(rollout)
 
-    async def _event(
-        self, rollout: Rollout, type: str, *, event_id: str | None = None, **fields: Any
-    ) -> None:
+    async def _event(self, rollout: Rollout, type: str, *, event_id: str | None = None, **fields: Any) -> None:
         await self.events.append(
             make_event(
                 type,
@@ -429,8 +426,6 @@ class RolloutController:
 
 def rollout_component(system: Any) -> RolloutController:
     """The controller of ``system`` (a ``cogo.runtime.system.System``), on the projector's database."""
-    controller = RolloutController(
-        system.nc, system.config, system.projector, data_dir=system.data_dir
-    )
+    controller = RolloutController(system.nc, system.config, system.projector, data_dir=system.data_dir)
     controller.samples.policy_of = system.policies.get
     return controller

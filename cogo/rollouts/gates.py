@@ -98,8 +98,7 @@ class Figures:
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None) -> Figures:
         raw = raw or {}
-        return cls(**{k: raw[k] for k in ("finished", "failures", "accepted", "p50_ms", "p90_ms")
-                      if k in raw})  # fmt: skip
+        return cls(**{k: raw[k] for k in ("finished", "failures", "accepted", "p50_ms", "p90_ms") if k in raw})
 
 
 def cohort_figures(
@@ -151,8 +150,7 @@ def evaluate(
     ]
     gates.append(failure_gate(candidate, baseline))
     if slo_p90_ms is None:
-        gates.append(Gate(name="latency_p90", passed=True, detail="no SLO set",
-                          candidate=candidate.p90_ms))  # fmt: skip
+        gates.append(Gate(name="latency_p90", passed=True, detail="no SLO set", candidate=candidate.p90_ms))
     else:
         within = candidate.p90_ms is not None and candidate.p90_ms <= slo_p90_ms
         gates.append(

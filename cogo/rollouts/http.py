@@ -52,18 +52,14 @@ class DevE2eWorkflow(Body):
 
     model_config = ConfigDict(json_schema_extra=WORKFLOW_PARAMETERS)
 
-    workflow_id: str = Field(
-        alias="workflowId", pattern=WORKFLOW_ID, json_schema_extra=WORKFLOW_ENUM
-    )
+    workflow_id: str = Field(alias="workflowId", pattern=WORKFLOW_ID, json_schema_extra=WORKFLOW_ENUM)
     parameters: dict[str, Any] = Field(default_factory=dict)
 
 
 class RolloutRequest(Body):
     """The body of ``POST /api/rollouts``."""
 
-    route: str = Field(
-        min_length=3, max_length=200, pattern=ROUTE_PATTERN, json_schema_extra=ROUTE_ENUM
-    )
+    route: str = Field(min_length=3, max_length=200, pattern=ROUTE_PATTERN, json_schema_extra=ROUTE_ENUM)
     candidate: str = Field(pattern=VERSION_PATTERN, description="the candidate's --version")
     slo: Slo = Field(default_factory=Slo)
     min_samples: JsonInt = Field(20, ge=1, le=1_000_000, description="candidate tasks per gate")
@@ -71,9 +67,7 @@ class RolloutRequest(Body):
     dev_e2e_tasks: JsonInt = Field(5, ge=0, le=1000)
     smoke_tasks: JsonInt = Field(20, ge=0, le=10_000)
     stage_timeout_s: float = Field(300.0, gt=0, le=7 * 86400)
-    sample_payload: dict[str, Any] = Field(
-        default_factory=dict, description="payload of the Dev E2E and smoke tasks"
-    )
+    sample_payload: dict[str, Any] = Field(default_factory=dict, description="payload of the Dev E2E and smoke tasks")
     dev_e2e_workflow: DevE2eWorkflow | None = None
 
 
@@ -117,9 +111,7 @@ async def start_rollout(request: Request, body: RolloutRequest) -> JSONResponse:
         smoke_tasks=body.smoke_tasks,
         stage_timeout_s=body.stage_timeout_s,
         sample_payload=body.sample_payload,
-        dev_e2e_workflow=(
-            body.dev_e2e_workflow.model_dump(by_alias=True) if body.dev_e2e_workflow else None
-        ),
+        dev_e2e_workflow=(body.dev_e2e_workflow.model_dump(by_alias=True) if body.dev_e2e_workflow else None),
     )
     rollout = await controller_of(request).begin(spec)
     return JSONResponse(rollout.view(), status_code=201)
@@ -133,9 +125,7 @@ async def _check_workflow(state: AppState, workflow: DevE2eWorkflow) -> None:
         definition = await asyncio.to_thread(catalog.get, workflow.workflow_id)
         plan_workflow(definition, workflow.parameters, state.policies.get)
     except WorkflowNotFound as exc:
-        raise ValidationFailed(
-            [field_error([*loc, "workflowId"], exc.message, exc.code)], code=exc.code
-        ) from None
+        raise ValidationFailed([field_error([*loc, "workflowId"], exc.message, exc.code)], code=exc.code) from None
     except InvalidWorkflow as exc:
         raise ValidationFailed([field_error(loc, exc.message, exc.code)], code=exc.code) from None
 
@@ -181,9 +171,7 @@ async def promote_rollout(request: Request, path: RolloutPath, body: ActionReque
 
 
 @endpoint(**_ACTION)  # type: ignore[arg-type]
-async def rollback_rollout(
-    request: Request, path: RolloutPath, body: ActionRequest
-) -> JSONResponse:
+async def rollback_rollout(request: Request, path: RolloutPath, body: ActionRequest) -> JSONResponse:
     """Roll back to the baseline (0% to the candidate)."""
     return await _act(request, "rollback", path.rollout_id, body)
 

@@ -36,16 +36,12 @@ class Samples:
         self.data_dir = data_dir
         self.policy_of: Any = None  # a route -> RoutePolicy lookup, for workflow plans
 
-    async def figures(
-        self, route: str, since: dt.datetime, correlation: str | None
-    ) -> dict[str, gates.Figures] | None:
+    async def figures(self, route: str, since: dt.datetime, correlation: str | None) -> dict[str, gates.Figures] | None:
         """The cohorts' figures, or None while a replay runs."""
         with contextlib.suppress(TimeoutError):
             await self.projector.wait_caught_up(timeout=5.0)
         figures: dict[str, gates.Figures] | None = await self.read(
-            lambda cur: gates.cohort_figures(
-                cur, route=route, since=since, correlation_id=correlation
-            )
+            lambda cur: gates.cohort_figures(cur, route=route, since=since, correlation_id=correlation)
         )
         return figures
 
@@ -76,14 +72,12 @@ class Samples:
                     "correlation_id": correlation,
                     "payload": {**rollout.sample_payload, COHORT_KEY: cohort},
                 }
-                futures.append(await self.js.publish_async(
-                    EXECUTE_SUBJECT, encoder.encode(body), headers={MSG_ID: task_id}
-                ))  # fmt: skip
+                futures.append(
+                    await self.js.publish_async(EXECUTE_SUBJECT, encoder.encode(body), headers={MSG_ID: task_id})
+                )
         await asyncio.gather(*futures)
 
-    async def run_workflow(
-        self, rollout: Rollout, run_id: str, workflow: dict[str, Any], deadline: float
-    ) -> Gate:
+    async def run_workflow(self, rollout: Rollout, run_id: str, workflow: dict[str, Any], deadline: float) -> Gate:
         """Run the sample workflow with the candidate pinned on the rollout's route."""
         from cogo.workflows.definition import Catalog
         from cogo.workflows.inbox import StartRun, send_command
@@ -104,12 +98,13 @@ class Samples:
                 continue
             if outcome is not None:
                 status, error = outcome
-                return Gate(name="sample_workflow", passed=status == "workflow_succeeded",
-                            detail=f"{workflow_id} run {run_id}: {status}"
-                            + (f" ({error})" if error else ""))  # fmt: skip
+                return Gate(
+                    name="sample_workflow",
+                    passed=status == "workflow_succeeded",
+                    detail=f"{workflow_id} run {run_id}: {status}" + (f" ({error})" if error else ""),
+                )
             await asyncio.sleep(POLL_S)
-        return Gate(name="sample_workflow", passed=False,
-                    detail=f"{workflow_id} run {run_id} did not finish in time")  # fmt: skip
+        return Gate(name="sample_workflow", passed=False, detail=f"{workflow_id} run {run_id} did not finish in time")
 
 
 def _pin_route(nodes: list[Any], route: str) -> None:

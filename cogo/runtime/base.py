@@ -337,9 +337,7 @@ class Actor:
                     await claim.msg.in_progress()
                     self.counters["heartbeats"] += 1
 
-    async def publish_all(
-        self, messages: Sequence[Outgoing], timeout: float = PUBLISH_TIMEOUT_S
-    ) -> list[StreamAck]:
+    async def publish_all(self, messages: Sequence[Outgoing], timeout: float = PUBLISH_TIMEOUT_S) -> list[StreamAck]:
         """Publish ``(subject, data, headers)`` messages at once and wait for every stream
         ack: one round trip for all of them instead of one each.
 

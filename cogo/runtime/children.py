@@ -55,18 +55,14 @@ SCAN_IDLE_S = 10.0  # a journal read that hears nothing this long is over
 
 # what the children of the task whose result is being handled spent (for its parent's
 # call_completed): set by the dispatcher around a result, read where terminal events are built
-tree_usage: contextvars.ContextVar[Usage | None] = contextvars.ContextVar(
-    "cogo_tree_usage", default=None
-)
+tree_usage: contextvars.ContextVar[Usage | None] = contextvars.ContextVar("cogo_tree_usage", default=None)
 # the children that task started and that had not ended: cancelled if it ends now
 pending_children: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
     "cogo_pending_children", default=None
 )
 # the route of the parent of the task whose result is being handled (a child of ctx.call
 # carries it in its payload): where its call_completed is journaled
-parent_route: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "cogo_parent_route", default=None
-)
+parent_route: contextvars.ContextVar[str | None] = contextvars.ContextVar("cogo_parent_route", default=None)
 
 
 def route_of_parent(order: WorkOrder) -> str | None:
@@ -79,12 +75,7 @@ def route_of_parent(order: WorkOrder) -> str | None:
 def parent_of(event: Event) -> str | None:
     """The parent of a task started by ``ctx.call`` (id ``<parent>/<key>``, caused by it)."""
     cause, task_id = event.causation_id, event.task_id
-    if (
-        cause
-        and task_id
-        and task_id.startswith(cause + "/")
-        and "/" not in task_id[len(cause) + 1 :]
-    ):
+    if cause and task_id and task_id.startswith(cause + "/") and "/" not in task_id[len(cause) + 1 :]:
         return cause
     return None
 
@@ -110,13 +101,23 @@ def wake_messages(event: Event, token: str | None = None) -> list[Outgoing]:
     elif event.type == EXECUTE_DONE and isinstance(event.data, dict):
         result = event.data.get("result")
     done = CallCompleted(
-        child_id=event.task_id, ok=event.type == EXECUTE_DONE, result=result,
-        error_code=event.error_code, error=event.error, attempts=event.attempt or 0,
+        child_id=event.task_id,
+        ok=event.type == EXECUTE_DONE,
+        result=result,
+        error_code=event.error_code,
+        error=event.error,
+        attempts=event.attempt or 0,
         tree_tokens=own.tokens + below.tokens,
         tree_cost_usd=round(own.cost_usd + below.cost_usd, 9),
-    )  # fmt: skip
-    wake = Wake(task_id=parent, kind="call", name=event.task_id, done=done,
-                correlation_id=event.correlation_id, route=parent_route.get())  # fmt: skip
+    )
+    wake = Wake(
+        task_id=parent,
+        kind="call",
+        name=event.task_id,
+        done=done,
+        correlation_id=event.correlation_id,
+        route=parent_route.get(),
+    )
     headers = {MSG_ID: guard_id(token, f"{event.task_id}:wake"), KIND_HEADER: WAKE_KIND}
     return [(COMMAND_SUBJECT, encoder.encode(wake), headers), *orphans]
 
@@ -141,14 +142,16 @@ async def started_children(
                 # one filter, in the request's subject: what --auth grants it
                 filter_subject=f"events.{CALL_STARTED}.{route or '*'}.{bucket}",
                 deliver_subject=inbox,
-                deliver_policy=api.DeliverPolicy.BY_START_TIME if since
-                else api.DeliverPolicy.ALL,
+                deliver_policy=api.DeliverPolicy.BY_START_TIME if since else api.DeliverPolicy.ALL,
                 # the server takes RFC 3339 text; nats-py's annotation says datetime
                 opt_start_time=iso(since) if since else None,  # type: ignore[arg-type]
-                ack_policy=api.AckPolicy.NONE, max_deliver=1, inactive_threshold=5.0,
-                mem_storage=True, num_replicas=1,
+                ack_policy=api.AckPolicy.NONE,
+                max_deliver=1,
+                inactive_threshold=5.0,
+                mem_storage=True,
+                num_replicas=1,
             ),
-        )  # fmt: skip
+        )
         pending = info.num_pending or 0
         while pending > 0:
             msg = await sub.next_msg(timeout=SCAN_IDLE_S)

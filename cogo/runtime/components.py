@@ -31,6 +31,4 @@ components.add(
     tasks=False,
 )
 # runs inside `cogo up` (it owns the DuckDB file there); `cogo run projector` elsewhere
-components.add(
-    "cogo.projections.projector:Projector", name="projector", routes=[], tasks=False, up=False
-)
+components.add("cogo.projections.projector:Projector", name="projector", routes=[], tasks=False, up=False)

@@ -45,9 +45,11 @@ class DeadLetterWatcher:
 
     async def start(self) -> None:
         for stream in (TASKS, RESULTS):
-            self._subs.append(await self.dispatcher.nc.subscribe(
-                f"{MAX_DELIVERIES_ADVISORY}.{stream}.*", queue="cogo-deadletter",
-                cb=self._on_advisory))  # fmt: skip
+            self._subs.append(
+                await self.dispatcher.nc.subscribe(
+                    f"{MAX_DELIVERIES_ADVISORY}.{stream}.*", queue="cogo-deadletter", cb=self._on_advisory
+                )
+            )
 
     async def stop(self) -> None:
         for sub in self._subs:
@@ -64,9 +66,10 @@ class DeadLetterWatcher:
         try:
             advisory = json.loads(msg.data)
             await self.dead_letter_seq(
-                int(advisory["stream_seq"]), int(advisory.get("deliveries", 0)),
+                int(advisory["stream_seq"]),
+                int(advisory.get("deliveries", 0)),
                 stream=RESULTS if advisory.get("stream") == RESULTS else TASKS,
-            )  # fmt: skip
+            )
         except Exception:
             log.exception("dead-lettering from advisory failed: %r", msg.data[:500])
 

@@ -206,8 +206,7 @@ class ExecutorDispatcher(Actor):
         else:
             return True
         self.counters["forged"] += 1
-        log.warning("%s: dropped %s (task %s attempt %s)", self.name, reason,
-                    order.task_id[:200], order.attempt)  # fmt: skip
+        log.warning("%s: dropped %s (task %s attempt %s)", self.name, reason, order.task_id[:200], order.attempt)
         return False
 
     def task_token(self, task_id: str | None) -> str | None:
@@ -234,13 +233,10 @@ class ExecutorDispatcher(Actor):
             raise  # the actor base dead-letters and terminates it
         task_id = task.task_id or delivery.headers.get(MSG_ID) or new_id()
         parent = delivery.headers.get(tracing.TRACEPARENT)
-        with tracing.task_scope(task_id=task_id, route=task.route, parent=parent,
-                                submitted_at=delivery.published_at):  # fmt: skip
+        with tracing.task_scope(task_id=task_id, route=task.route, parent=parent, submitted_at=delivery.published_at):
             await self._dispatch(delivery, task, task_id, parent)
 
-    async def _dispatch(
-        self, delivery: Delivery, task: TaskMessage, task_id: str, parent: str | None
-    ) -> None:
+    async def _dispatch(self, delivery: Delivery, task: TaskMessage, task_id: str, parent: str | None) -> None:
         base = {
             "task_id": task_id,
             "correlation_id": task.correlation_id or task_id,
@@ -254,8 +250,7 @@ class ExecutorDispatcher(Actor):
             deadline = submitted_at + resolved.ttl_ms / 1000.0
             if time.time() > deadline:
                 raise TtlExpired(
-                    f"task waited {delivery.queue_wait_ms:.0f} ms for the dispatcher, "
-                    f"past its ttl_ms={resolved.ttl_ms}"
+                    f"task waited {delivery.queue_wait_ms:.0f} ms for the dispatcher, past its ttl_ms={resolved.ttl_ms}"
                 )
         except CogoError as exc:
             await self.verdicts.fail(base, exc.code, str(exc), attempt=0, detail=exc.detail)
@@ -329,9 +324,7 @@ class ExecutorDispatcher(Actor):
         )
         headers = {MSG_ID: guard_id(order.token, f"{order.task_id}:{order.attempt}")}
         if tracing.enabled():  # the attempt's parent: the task span
-            headers[tracing.TRACEPARENT] = tracing.task_traceparent(
-                order.task_id, order.traceparent
-            )
+            headers[tracing.TRACEPARENT] = tracing.task_traceparent(order.task_id, order.traceparent)
         return [
             (subject_of(order), encoder.encode(order), headers),
             event_message(event, order.token),
@@ -343,8 +336,9 @@ class ExecutorDispatcher(Actor):
             # early (a dispatcher's clock apart): wait as a schedule, not in this consumer;
             # under an id of its own, or the first schedule's id would drop it as a repeat
             _, data, headers = self.verdicts.retry_message(order, now, again=True)
-            await publish_at(self.js, key=retry_key(order), target=RETRY_SUBJECT, data=data,
-                             at=order.not_before, headers=headers)  # fmt: skip
+            await publish_at(
+                self.js, key=retry_key(order), target=RETRY_SUBJECT, data=data, at=order.not_before, headers=headers
+            )
             return
         if now < order.not_before:
             raise Defer(order.not_before - now)  # a moment early: hold it back
@@ -353,17 +347,11 @@ class ExecutorDispatcher(Actor):
         except UnknownRoute:
             pass  # forgotten since: its retry goes out as before
         except CogoError as exc:
-            await self.verdicts.terminal(
-                self.verdicts.order_failure(order, exc), order if order.emitted else None
-            )
+            await self.verdicts.terminal(self.verdicts.order_failure(order, exc), order if order.emitted else None)
             return
         if now > order.deadline:
-            err = TtlExpired(
-                f"task reached its ttl_ms={order.assignment.ttl_ms} before attempt {order.attempt}"
-            )
-            await self.verdicts.terminal(
-                self.verdicts.order_failure(order, err), order if order.emitted else None
-            )
+            err = TtlExpired(f"task reached its ttl_ms={order.assignment.ttl_ms} before attempt {order.attempt}")
+            await self.verdicts.terminal(self.verdicts.order_failure(order, err), order if order.emitted else None)
             return
         if self._flow_enabled(order.route):
             await self.flow.hold(order)
@@ -380,6 +368,8 @@ class ExecutorDispatcher(Actor):
 def _traced(order: WorkOrder) -> Any:
     """The dispatcher handling a message of ``order``'s task (``cogo.tracing``)."""
     return tracing.task_scope(
-        task_id=order.task_id, route=order.route, parent=order.traceparent,
+        task_id=order.task_id,
+        route=order.route,
+        parent=order.traceparent,
         submitted_at=order.submitted_at,
-    )  # fmt: skip
+    )

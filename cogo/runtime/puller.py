@@ -34,9 +34,7 @@ REQUEST_GRACE_S = 5.0
 class Puller:
     """Pull requests for one durable consumer; delivered messages go to ``on_message``."""
 
-    def __init__(
-        self, nc: NATS, stream: str, consumer: str, on_message: Callable[[Msg], None]
-    ) -> None:
+    def __init__(self, nc: NATS, stream: str, consumer: str, on_message: Callable[[Msg], None]) -> None:
         self.nc = nc
         self.subject = next_subject(stream, consumer)
         self.on_message = on_message

@@ -33,11 +33,7 @@ async def reclaim(nc: NATS, config: Config, dead_letter: bool = False) -> dict[s
     js = nc.jetstream()
     report: dict[str, Any] = {"consumers": []}
     dispatcher = ExecutorDispatcher(nc, config) if dead_letter else None
-    watcher = (
-        DeadLetterWatcher(dispatcher, dispatcher.verdicts.report_dead_letter)
-        if dispatcher
-        else None
-    )
+    watcher = DeadLetterWatcher(dispatcher, dispatcher.verdicts.report_dead_letter) if dispatcher else None
     consumers = await task_consumers(js)
     try:
         consumers.append(await js.consumer_info(RESULTS, durable_name(RESULTS_SUBJECT)))

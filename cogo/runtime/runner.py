@@ -78,9 +78,7 @@ async def request_version(nc: NATS, user: str, route: str, version: str) -> None
         ) from None
     answer = msgspec.json.decode(reply.data)
     if not answer.get("ok"):
-        raise ConfigError(
-            f"cogo up refused version {version!r} of {route!r}: {answer.get('error')}"
-        )
+        raise ConfigError(f"cogo up refused version {version!r} of {route!r}: {answer.get('error')}")
 
 
 async def run_agent(
@@ -97,8 +95,7 @@ async def run_agent(
     stop = stop or asyncio.Event()
     nc = await connect(nats_url, f"cogo-{spec.app}-{spec.name}-{os.getpid()}")
     try:
-        actor = await _start(nc, spec, config, stop, version=version,
-                             concurrency=concurrency, data_dir=data_dir)  # fmt: skip
+        actor = await _start(nc, spec, config, stop, version=version, concurrency=concurrency, data_dir=data_dir)
         if actor is None:  # stopped before it could start
             return
         log.info("%s started (app %s)", getattr(actor, "name", spec.name), spec.app)
@@ -112,9 +109,7 @@ async def run_agent(
             await nc.close()
 
 
-async def _start(
-    nc: NATS, spec: AgentSpec, config: Config, stop: asyncio.Event, **options: Any
-) -> Any:
+async def _start(nc: NATS, spec: AgentSpec, config: Config, stop: asyncio.Event, **options: Any) -> Any:
     """Declare the agent's routes and start it, again while the bus is not there yet.
 
     A server that restarts (or a JetStream still recovering its store) times out the
@@ -133,8 +128,9 @@ async def _start(
             return actor
         except BUS_AWAY as exc:
             failures += 1
-            log.warning("%s: the bus did not answer while starting (%s: %s); retrying",
-                        spec.name, type(exc).__name__, exc)  # fmt: skip
+            log.warning(
+                "%s: the bus did not answer while starting (%s: %s); retrying", spec.name, type(exc).__name__, exc
+            )
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(STOP_DEADLINE_S):
                     await actor.stop(grace=0)

@@ -187,9 +187,7 @@ class Startup:
             except BUS_AWAY as exc:
                 failures += 1
                 if time.monotonic() > deadline:
-                    raise StartupError(
-                        f"JetStream did not answer for {timeout:.0f} s: {exc}"
-                    ) from None
+                    raise StartupError(f"JetStream did not answer for {timeout:.0f} s: {exc}") from None
                 log.warning(
                     "the bus did not answer while declaring (%s: %s); retrying",
                     type(exc).__name__,
@@ -205,15 +203,11 @@ class Startup:
 
     # -- 3. the projector --------------------------------------------------------------
 
-    async def start_projector(
-        self, *, data_dir: Path | None = None, batch: int | None = None
-    ) -> Projector:
+    async def start_projector(self, *, data_dir: Path | None = None, batch: int | None = None) -> Projector:
         """The projector in this process, on the admin connection."""
         from cogo.projections.projector import Projector
 
-        projector = Projector(
-            self.admin, self.config, data_dir=data_dir or self.data_dir, batch=batch
-        )
+        projector = Projector(self.admin, self.config, data_dir=data_dir or self.data_dir, batch=batch)
         await projector.start()
         self.projector = projector
         return projector
@@ -251,9 +245,7 @@ class Startup:
             **kwargs,
         )
         log_file = self.data_dir / "logs" / f"{label}.log"
-        self.children[label] = spawn(
-            args, env=child_env(list(import_roots), env), log_file=log_file
-        )
+        self.children[label] = spawn(args, env=child_env(list(import_roots), env), log_file=log_file)
         return self.children[label]
 
     async def stop_child(self, label: str, grace: float = 30.0) -> subprocess.Popen[bytes]:

@@ -147,9 +147,13 @@ class Suspensions:
         # a purge of its subject would need the right to purge TASKS; a replacement does not
         wake = Wake(task_id=task_id, kind="timer")
         await publish_at(
-            self.d.js, key=record_key(task_id), target=COMMAND_SUBJECT,
-            data=encoder.encode(wake), at=time.time(), headers={KIND_HEADER: WAKE_KIND},
-        )  # fmt: skip
+            self.d.js,
+            key=record_key(task_id),
+            target=COMMAND_SUBJECT,
+            data=encoder.encode(wake),
+            at=time.time(),
+            headers={KIND_HEADER: WAKE_KIND},
+        )
 
     # -- a run suspended or was cancelled ------------------------------------------------
 
@@ -170,9 +174,15 @@ class Suspensions:
         # kept without its tokens and seal (the record is readable by every app, which
         # checks it for a cancel): a resumed run's order is sealed anew (``_effects``)
         parked = msgspec.structs.replace(
-            order, usage_so_far=total, flow_slot=None, held_ms=0.0,
-            emitted=order.emitted or r.emitted, token=None, out_token=None, seal=None,
-        )  # fmt: skip
+            order,
+            usage_so_far=total,
+            flow_slot=None,
+            held_ms=0.0,
+            emitted=order.emitted or r.emitted,
+            token=None,
+            out_token=None,
+            seal=None,
+        )
         key = record_key(order.task_id)
         for _ in range(CAS_ATTEMPTS):
             record, revision = await self._get(key)
@@ -188,12 +198,14 @@ class Suspensions:
                 await self._journal_wake(wake, order.route)  # idempotent (fixed ids)
             now = time.time()
             if now > order.deadline:
-                await self._end(parked, TtlExpired(
-                    f"task reached its ttl_ms={a.ttl_ms} while it waited"
-                ), usage=total, children=r.children)  # fmt: skip
+                await self._end(
+                    parked,
+                    TtlExpired(f"task reached its ttl_ms={a.ttl_ms} while it waited"),
+                    usage=total,
+                    children=r.children,
+                )
                 return
-            suspended = Record(state="suspended", run=order.resumes, order=parked,
-                               waiting=list(r.suspended))  # fmt: skip
+            suspended = Record(state="suspended", run=order.resumes, order=parked, waiting=list(r.suspended))
             woken = records.woken(suspended, record.arrived if record is not None else [], now)
             if woken is not None:
                 new = records.resumed(suspended, woken)
@@ -213,18 +225,25 @@ class Suspensions:
         """A signal's or a child's end's journal entry, on the task's ``route``'s subject."""
         if wake.kind == "signal":
             entry = make_event(
-                TASK_SIGNALED, event_id=f"{wake.task_id}:signal:{wake.name}",
-                task_id=wake.task_id, correlation_id=wake.correlation_id or wake.task_id,
-                route=route, actor=self.d.name,
+                TASK_SIGNALED,
+                event_id=f"{wake.task_id}:signal:{wake.name}",
+                task_id=wake.task_id,
+                correlation_id=wake.correlation_id or wake.task_id,
+                route=route,
+                actor=self.d.name,
                 data=TaskSignaled(name=wake.name, data=wake.data),
-            )  # fmt: skip
+            )
             await self._journal(entry)
         elif wake.kind == "call" and wake.done is not None:
             entry = make_event(
-                CALL_COMPLETED, event_id=f"{wake.task_id}:call:{wake.name}:done",
-                task_id=wake.task_id, correlation_id=wake.correlation_id or wake.task_id,
-                route=route, actor=self.d.name, data=wake.done,
-            )  # fmt: skip
+                CALL_COMPLETED,
+                event_id=f"{wake.task_id}:call:{wake.name}:done",
+                task_id=wake.task_id,
+                correlation_id=wake.correlation_id or wake.task_id,
+                route=route,
+                actor=self.d.name,
+                data=wake.done,
+            )
             await self._journal(entry)
 
     async def on_wake(self, wake: Wake) -> None:
@@ -297,17 +316,13 @@ class Suspensions:
         children = [w.name for w in record.waiting if w.kind == "call"]
         await self._end(order, error, usage=order.usage_so_far, children=children)
 
-    async def _end(
-        self, order: WorkOrder, error: Any, *, usage: Usage, children: list[str] | None
-    ) -> None:
+    async def _end(self, order: WorkOrder, error: Any, *, usage: Usage, children: list[str] | None) -> None:
         """A suspended (or suspending) task fails: its children are cancelled first."""
         await self._cancel_children(order.task_id, children or [], order.route)
         event = self.d.verdicts.order_failure(
             msgspec.structs.replace(order, attempt=order.attempt + 1, usage_so_far=usage), error
         )
-        await self.d.publish_all(
-            self.d.verdicts.terminal_messages(event, order if order.emitted else None)
-        )
+        await self.d.publish_all(self.d.verdicts.terminal_messages(event, order if order.emitted else None))
         await self.forget(order.task_id)
 
     async def _journal(self, event: Event) -> None:
@@ -315,18 +330,20 @@ class Suspensions:
         # under an id guarded by the task's token: an app cannot publish it first
         msg_id = guard_id(self.d.task_token(event.task_id), event.event_id)
         await self.d.publish_all(
-            [(durable_subject(event.type, event.route, event.task_id), encode_event(event),
-              {MSG_ID: msg_id})]
-        )  # fmt: skip
+            [(durable_subject(event.type, event.route, event.task_id), encode_event(event), {MSG_ID: msg_id})]
+        )
 
     async def _suspended_event(self, record: Record) -> None:
         assert record.order is not None
         order = record.order
         event = order_event(
-            EXECUTE_SUSPENDED, order, event_id=f"{order.task_id}:suspended:{order.attempt}:"
-            f"{record.run}", actor=self.d.name, usage=order.usage_so_far,
+            EXECUTE_SUSPENDED,
+            order,
+            event_id=f"{order.task_id}:suspended:{order.attempt}:{record.run}",
+            actor=self.d.name,
+            usage=order.usage_so_far,
             data=ExecuteSuspended(waiting_for=record.waiting, resumes=record.run),
-        )  # fmt: skip
+        )
         await self.d.publish_all([event_message(event)])
 
     async def _schedule(self, record: Record) -> None:
@@ -334,10 +351,13 @@ class Suspensions:
         order = record.order
         wake = Wake(task_id=order.task_id, kind="timer")
         await publish_at(
-            self.d.js, key=record_key(order.task_id), target=COMMAND_SUBJECT,
-            data=encoder.encode(wake), at=records.due(record.waiting, order.deadline),
+            self.d.js,
+            key=record_key(order.task_id),
+            target=COMMAND_SUBJECT,
+            data=encoder.encode(wake),
+            at=records.due(record.waiting, order.deadline),
             headers={KIND_HEADER: WAKE_KIND},
-        )  # fmt: skip
+        )
 
     async def _effects(self, record: Record) -> None:
         """What a record's state causes (idempotent: a redelivered command redoes it)."""
@@ -349,19 +369,21 @@ class Suspensions:
             await self._suspended_event(record)
         elif record.state == "running":
             event = order_event(
-                EXECUTE_RESUMED, order, event_id=f"{order.task_id}:resumed:{order.attempt}:"
-                f"{order.resumes}", actor=self.d.name,
+                EXECUTE_RESUMED,
+                order,
+                event_id=f"{order.task_id}:resumed:{order.attempt}:{order.resumes}",
+                actor=self.d.name,
                 data=ExecuteResumed(resumes=order.resumes, woken_by=record.woken_by or ""),
-            )  # fmt: skip
+            )
             if self.d.sealer is not None:  # the resumed run's order, sealed as it now is
                 order = self.d.sealer.seal(order)
-            msg_id = guard_id(
-                order.token, f"{order.task_id}:{order.attempt}:resume:{order.resumes}"
+            msg_id = guard_id(order.token, f"{order.task_id}:{order.attempt}:resume:{order.resumes}")
+            await self.d.publish_all(
+                [
+                    (subject_of(order), encoder.encode(order), {MSG_ID: msg_id}),
+                    event_message(event, order.token),
+                ]
             )
-            await self.d.publish_all([
-                (subject_of(order), encoder.encode(order), {MSG_ID: msg_id}),
-                event_message(event, order.token),
-            ])  # fmt: skip
             self.d.counters["resumed"] += 1
 
     # -- cancellation --------------------------------------------------------------------
@@ -388,9 +410,7 @@ class Suspensions:
         since = order.submitted_at - 60.0 if order is not None else request.since
         route = order.route if order is not None else request.route
         started = await started_children(self.d.nc, self.d.js, request.task_id, route, since)
-        await self._cancel_children(
-            request.task_id, sorted(set(children) | set(started)), route, since, started
-        )
+        await self._cancel_children(request.task_id, sorted(set(children) | set(started)), route, since, started)
         base: dict[str, Any] = {
             "task_id": request.task_id,
             "correlation_id": order.correlation_id if order else request.task_id,
@@ -401,7 +421,8 @@ class Suspensions:
             # a child cancelled before it ever suspended: its parent must still hear of it
             base["causation_id"] = request.parent_id or request.task_id.rsplit("/", 1)[0]
         event = make_event(
-            EXECUTE_CANCELLED, event_id=f"{request.task_id}:terminal",
+            EXECUTE_CANCELLED,
+            event_id=f"{request.task_id}:terminal",
             attempt=order.attempt if order else None,
             usage=order.usage_so_far if order else None,
             error_code=TaskCancelled.code,
@@ -409,22 +430,28 @@ class Suspensions:
             actor=self.d.name,
             data=ExecuteCancelled(reason=request.reason, parent_id=request.parent_id),
             **base,
-        )  # fmt: skip
+        )
         (ack, *_) = await self.d.publish_all(
-            self.d.verdicts.terminal_messages(
-                event, order if order is not None and order.emitted else None
-            )
+            self.d.verdicts.terminal_messages(event, order if order is not None and order.emitted else None)
         )
         self.d.counters["cancelled" if not ack.duplicate else "duplicate_terminal"] += 1
 
     async def _cancel_children(
-        self, task_id: str, children: list[str], route: str | None, since: float | None = None,
+        self,
+        task_id: str,
+        children: list[str],
+        route: str | None,
+        since: float | None = None,
         routes: dict[str, str] | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         """Cancel ``children`` (``routes``: each one's route, where its journal says)."""
         routes = routes or {}
         if children:
             await self.d.publish_all(
-                [cancel_message(c, f"parent {task_id} was cancelled", parent_id=task_id,
-                                since=since, route=routes.get(c)) for c in children]
-            )  # fmt: skip
+                [
+                    cancel_message(
+                        c, f"parent {task_id} was cancelled", parent_id=task_id, since=since, route=routes.get(c)
+                    )
+                    for c in children
+                ]
+            )

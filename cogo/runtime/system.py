@@ -199,9 +199,7 @@ class System:
     async def _start(self) -> None:
         # claim the ports before starting anything: a taken one is a one-line error
         if self.role != ROLE_WORKERS:
-            self._http_socket = listen_socket(
-                self.http_port, "HTTP", "--http-port/--http-host", self.http_host
-            )
+            self._http_socket = listen_socket(self.http_port, "HTTP", "--http-port/--http-host", self.http_host)
         extra, creds = "", None
         if self.auth and not self.external_url:
             self.auth_plan.versions = auth_module.load_grants(self.data_dir)
@@ -212,9 +210,7 @@ class System:
             self.passwords = auth_module.existing_credentials(self.data_dir, self.auth_plan.users)
         if self.auth:
             creds = ("admin", self.passwords["admin"])
-        self.nc = await self.startup.start_bus(
-            cluster=self.cluster, extra_config=extra, credentials=creds
-        )
+        self.nc = await self.startup.start_bus(cluster=self.cluster, extra_config=extra, credentials=creds)
         self.server = self.startup.server
         await self.startup.declare(decls=self.decls)
         self.policies = await self.startup.start_policies()
@@ -226,9 +222,7 @@ class System:
                 if not self._runs(loaded, spec):
                     continue
                 for n in range(spec.replicas):
-                    label = (
-                        spec.name if loaded.ref == BUILTIN_REF else f"{loaded.app.name}.{spec.name}"
-                    )
+                    label = spec.name if loaded.ref == BUILTIN_REF else f"{loaded.app.name}.{spec.name}"
                     label += f"-{n + 1}" if spec.replicas > 1 else ""
                     self.supervisor.add(label, functools.partial(self._spawn, loaded, spec, label))
         self.state = AppState(
@@ -241,18 +235,14 @@ class System:
             cors_origins=env_list(CORS_ORIGINS_ENV),
         )
         if self.role == ROLE_WORKERS:
-            write_endpoints(
-                self.data_dir, Endpoints(nats_url=self.nats_url, role=self.role, pid=os.getpid())
-            )
+            write_endpoints(self.data_dir, Endpoints(nats_url=self.nats_url, role=self.role, pid=os.getpid()))
             self.supervisor.watch()
             return
         await self._start_components()
         self.state.projector, self.state.rollouts = self.projector, self.rollouts
         app = self.startup.facade(self.state, _extra_routes())
         self.http = uvicorn.Server(server_config(app, port=self.http_port))
-        self._http_task = asyncio.create_task(
-            self.http.serve(sockets=[self._http_socket]), name="http"
-        )
+        self._http_task = asyncio.create_task(self.http.serve(sockets=[self._http_socket]), name="http")
         while not self.http.started:
             if self._http_task.done():
                 # uvicorn reports start-up errors by sys.exit(), which is no error to us
@@ -288,9 +278,12 @@ class System:
     def _spawn(self, loaded: LoadedApp, spec: AgentSpec, label: str) -> subprocess.Popen[bytes]:
         target = spec.name if loaded.ref == BUILTIN_REF else loaded.ref
         args = agent_args(
-            target, spec.name, self.nats_url, config_path=self.config_path,
+            target,
+            spec.name,
+            self.nats_url,
+            config_path=self.config_path,
             data_dir=self.data_dir,
-        )  # fmt: skip
+        )
         user = auth_module.user_of(loaded.app.name, spec.name)
         env = child_env([self.app_dir], {**self.child_env, **self._credentials_env(user)})
         return spawn(args, env=env, log_file=self.data_dir / "logs" / f"{label}.log")
@@ -359,9 +352,7 @@ async def run_up(system: System) -> None:
             flush=True,
         )
         for loaded in system.apps:  # what runs: the app, its reference and its agents
-            agents = [
-                spec.name for spec in loaded.app.agents.values() if system._runs(loaded, spec)
-            ]
+            agents = [spec.name for spec in loaded.app.agents.values() if system._runs(loaded, spec)]
             print(
                 f"cogo up: app {loaded.app.name} ({loaded.ref}): {', '.join(agents) or '-'}",
                 flush=True,

@@ -92,9 +92,7 @@ class Verdicts:
             "actor": r.actor,
             "attempt": order.attempt,
             # a hold by flow control is part of the wait (before the worker's own queue)
-            "queue_wait_ms": round(r.queue_wait_ms + order.held_ms, 3)
-            if order.held_ms
-            else r.queue_wait_ms,
+            "queue_wait_ms": round(r.queue_wait_ms + order.held_ms, 3) if order.held_ms else r.queue_wait_ms,
             "duration_ms": r.duration_ms,
             "usage": total,
             "version": r.version or order.version,
@@ -119,9 +117,7 @@ class Verdicts:
             return
         code, error = r.error_code or "worker.error", r.error or "attempt failed"
         if not r.retryable:
-            await self.fail(
-                base, code, error, data=timing, detail=r.detail, closes=closes, **measured
-            )
+            await self.fail(base, code, error, data=timing, detail=r.detail, closes=closes, **measured)
             return
         if order.attempt >= a.max_attempts:
             await self.fail(
@@ -139,18 +135,21 @@ class Verdicts:
             await self.fail(
                 base,
                 TtlExpired.code,
-                f"no time left for attempt {order.attempt + 1} within ttl_ms={a.ttl_ms}; "
-                f"last: [{code}] {error}",
+                f"no time left for attempt {order.attempt + 1} within ttl_ms={a.ttl_ms}; last: [{code}] {error}",
                 data={**timing, "last_error_code": code},
                 closes=closes,
                 **measured,
             )
             return
         retry = msgspec.structs.replace(
-            order, attempt=order.attempt + 1, usage_so_far=total, not_before=next_at,
+            order,
+            attempt=order.attempt + 1,
+            usage_so_far=total,
+            not_before=next_at,
             emitted=emitted,
-            flow_slot=None, held_ms=0.0,  # this attempt's slot is released; its own is to come
-        )  # fmt: skip
+            flow_slot=None,
+            held_ms=0.0,  # this attempt's slot is released; its own is to come
+        )
         event = make_event(
             EXECUTE_RETRY,
             event_id=f"{order.task_id}:retry:{order.attempt}",
@@ -165,9 +164,7 @@ class Verdicts:
         if self.d.sealer is not None:
             retry = self.d.sealer.seal(retry)
         # the retry (a schedule when its backoff is not over) and its event, acked together
-        await self.d.publish_all(
-            [self.retry_message(retry, time.time()), event_message(event, order.token)]
-        )
+        await self.d.publish_all([self.retry_message(retry, time.time()), event_message(event, order.token)])
 
     def retry_message(self, retry: WorkOrder, now: float, *, again: bool = False) -> Outgoing:
         """The retry on the dispatchers' own subject: straight away when due, else as a
@@ -179,15 +176,21 @@ class Verdicts:
         if retry.not_before - now <= SCHEDULE_AFTER_S:
             return RETRY_SUBJECT, data, headers
         # one schedule per attempt; a re-handled result re-publishes the same id (dropped)
-        return schedule_message(key=retry_key(retry), target=RETRY_SUBJECT, data=data,
-                                at=retry.not_before, headers=headers)  # fmt: skip
+        return schedule_message(
+            key=retry_key(retry), target=RETRY_SUBJECT, data=data, at=retry.not_before, headers=headers
+        )
 
     # -- terminal events ---------------------------------------------------------------
 
     async def fail(
-        self, base: dict[str, Any], code: str, error: str, *, closes: WorkOrder | None = None,
+        self,
+        base: dict[str, Any],
+        code: str,
+        error: str,
+        *,
+        closes: WorkOrder | None = None,
         **fields: Any,
-    ) -> None:  # fmt: skip
+    ) -> None:
         """Append the task's terminal ``execute_failed`` (see ``_failure``); with ``closes``,
         the end marker of that task's output too."""
         await self.terminal(self.failure(base, code, error, **fields), closes)
@@ -218,14 +221,18 @@ class Verdicts:
             **fields,
         )
 
-    def order_failure(
-        self, order: WorkOrder, error: CogoError, *, data: dict[str, Any] | None = None
-    ) -> Event:
+    def order_failure(self, order: WorkOrder, error: CogoError, *, data: dict[str, Any] | None = None) -> Event:
         """The terminal ``execute_failed`` of a task whose next attempt never started."""
         return self.failure(
-            base_of(order), error.code, str(error), attempt=order.attempt - 1,
-            usage=order.usage_so_far, version=order.version, cohort=order.cohort, data=data,
-        )  # fmt: skip
+            base_of(order),
+            error.code,
+            str(error),
+            attempt=order.attempt - 1,
+            usage=order.usage_so_far,
+            version=order.version,
+            cohort=order.cohort,
+            data=data,
+        )
 
     def terminal_messages(self, event: Event, closes: WorkOrder | None = None) -> list[Outgoing]:
         """The terminal event and, with ``closes``, the end marker of that task's output (it
@@ -235,15 +242,13 @@ class Verdicts:
         wakes = wake_messages(event, token)
         if closes is None:
             return [event_message(event, token), *wakes]
-        status = {EXECUTE_DONE: "succeeded", EXECUTE_CANCELLED: "cancelled"}.get(
-            event.type, "failed"
+        status = {EXECUTE_DONE: "succeeded", EXECUTE_CANCELLED: "cancelled"}.get(event.type, "failed")
+        subject, data, headers = end_marker(
+            closes, status, attempt=event.attempt or 0, error_code=event.error_code, error=event.error
         )
-        subject, data, headers = end_marker(closes, status, attempt=event.attempt or 0,
-                                            error_code=event.error_code, error=event.error)  # fmt: skip
         if self.d.sealer is not None:  # readers show only what carries the task's output MAC
             out_token = self.d.sealer.outputs.out_token(closes.task_id)
-            headers = {MSG_ID: guard_id(token, headers[MSG_ID]),
-                       MAC_HEADER: output_mac(out_token, data)}  # fmt: skip
+            headers = {MSG_ID: guard_id(token, headers[MSG_ID]), MAC_HEADER: output_mac(out_token, data)}
         return [event_message(event, token), (subject, data, headers), *wakes]
 
     async def terminal(self, event: Event, closes: WorkOrder | None = None) -> None:
@@ -254,9 +259,7 @@ class Verdicts:
             tracing.task_ended(event.task_id, event.error_code, event.error)
         self.d.counters[event.type if appended else "duplicate_terminal"] += 1
 
-    async def report_dead_letter(
-        self, subject: str, data: bytes, code: str, reason: str, deliveries: int
-    ) -> None:
+    async def report_dead_letter(self, subject: str, data: bytes, code: str, reason: str, deliveries: int) -> None:
         """Turn a dead-lettered TASKS or RESULTS message into ``execute_failed``
         (``dead_letter``)."""
         base: dict[str, Any] | None = None
@@ -275,8 +278,12 @@ class Verdicts:
                 except MalformedMessage:
                     task = decode_task(data)
                     tid = task.task_id or f"dead:{new_id()}"
-                    base = {"task_id": tid, "correlation_id": task.correlation_id or tid,
-                            "causation_id": task.causation_id, "route": task.route}  # fmt: skip
+                    base = {
+                        "task_id": tid,
+                        "correlation_id": task.correlation_id or tid,
+                        "causation_id": task.causation_id,
+                        "route": task.route,
+                    }
             else:
                 order = running = decode_order(data)
                 base, attempt, usage = base_of(order), order.attempt, order.usage_so_far

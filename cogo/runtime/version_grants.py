@@ -53,9 +53,7 @@ class VersionGrants:
                 self.system.auth_plan.check_grant_rate(user)
                 await self._retire_idle_version(user, route)
                 self.system.auth_plan.check_version_grant(user, versioned)
-            versioned = await declare_version(
-                self.system.nc.jetstream(), self.system.config, route, version
-            )
+            versioned = await declare_version(self.system.nc.jetstream(), self.system.config, route, version)
             if self.system.auth_plan.grant_version(user, versioned):
                 auth_module.save_grants(self.system.data_dir, self.system.auth_plan.versions)
                 await self._reload_permissions(user, versioned)
@@ -93,9 +91,7 @@ class VersionGrants:
     async def _reload_permissions(self, user: str, versioned: str) -> None:
         """Rewrite the server's users and reload it; return once ``user`` may use the grant."""
         assert isinstance(self.system.server, EmbeddedServer)
-        self.system.server.extra_config = auth_module.accounts_config(
-            self.system.auth_plan, self.system.passwords
-        )
+        self.system.server.extra_config = auth_module.accounts_config(self.system.auth_plan, self.system.passwords)
         await asyncio.to_thread(self.system.server.reload)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:  # the reload is asynchronous in the server
@@ -104,9 +100,13 @@ class VersionGrants:
                 # while the server reloads, a new connection can be refused outright
                 # ("authentication error": the account is being registered again)
                 probe = await connect(
-                    self.system.nats_url, "cogo-up-probe", user=user, password=self.system.passwords[user],
-                    allow_reconnect=False, error_cb=_quiet,
-                )  # fmt: skip
+                    self.system.nats_url,
+                    "cogo-up-probe",
+                    user=user,
+                    password=self.system.passwords[user],
+                    allow_reconnect=False,
+                    error_cb=_quiet,
+                )
                 await probe.jetstream().consumer_info(TASKS, durable_name(versioned), timeout=0.5)
                 return
             except Exception:

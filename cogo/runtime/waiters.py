@@ -48,9 +48,7 @@ class Waiters:
         starting = self._starting[route] = asyncio.Event()
         try:
             for kind in (TASK_SIGNALED, CALL_COMPLETED):
-                self._subs.append(
-                    await self._nc.subscribe(f"events.{kind}.{route}.*", cb=self._on_event)
-                )
+                self._subs.append(await self._nc.subscribe(f"events.{kind}.{route}.*", cb=self._on_event))
             await self._nc.flush()  # the server has the interest before anything is asked
         finally:
             starting.set()

@@ -136,14 +136,10 @@ class WorkerRunner(Actor):
         running.append(ctx)
         announce = None
         if self._started_after_s >= 0:
-            announce = asyncio.get_running_loop().call_later(
-                self._started_after_s, self._announce, order, delivery
-            )
+            announce = asyncio.get_running_loop().call_later(self._started_after_s, self._announce, order, delivery)
         try:
             if started > order.deadline:
-                raise TtlExpired(
-                    f"task expired {started - order.deadline:.3f}s before a worker claimed it"
-                )
+                raise TtlExpired(f"task expired {started - order.deadline:.3f}s before a worker claimed it")
             if CALL_KEY in order.payload and await self._cancelled(order.task_id):
                 # a child whose parent's cancel reached it in the queue: it never runs
                 ctx._cancel_requested = True
@@ -193,18 +189,19 @@ class WorkerRunner(Actor):
         duration_ms = (time.time() - started) * 1000.0
         # what the attempt spent: reported through ctx, by a class-based worker's Outcome, or
         # carried by the exception of a failed attempt (it still spent tokens)
-        usage = ctx.usage + (
-            outcome.usage if outcome is not None else getattr(error, "usage", None) or Usage()
-        )
+        usage = ctx.usage + (outcome.usage if outcome is not None else getattr(error, "usage", None) or Usage())
         usage = Usage(tokens=usage.tokens, cost_usd=usage.cost_usd, duration_ms=duration_ms)
         emitted = ctx.emitted > 0
         report = self._report(order, delivery, outcome, error, usage, duration_ms, emitted)
         if ctx._durable is not None and ctx._durable.used:
             report = msgspec.structs.replace(
-                report, durable=True, suspended=suspended,
-                cancelled=ctx._cancel_requested, children=ctx._calls.pending_children or None,
+                report,
+                durable=True,
+                suspended=suspended,
+                cancelled=ctx._cancel_requested,
+                children=ctx._calls.pending_children or None,
                 tree_usage=ctx._calls.tree_usage,
-            )  # fmt: skip
+            )
         elif ctx._cancel_requested:
             report = msgspec.structs.replace(report, cancelled=True)
         data = encoder.encode(report)
@@ -269,16 +266,13 @@ class WorkerRunner(Actor):
             EXECUTE_STARTED,
             order,
             # a resumed run of the attempt is announced too (its own id)
-            event_id=f"{order.task_id}:started:{order.attempt}"
-            + (f":{order.resumes}" if order.resumes else ""),
+            event_id=f"{order.task_id}:started:{order.attempt}" + (f":{order.resumes}" if order.resumes else ""),
             actor=self.name,
             queue_wait_ms=round(delivery.queue_wait_ms, 3),
             version=self.version or order.version,
             data=ExecuteStarted(claimed_at=iso(delivery.claimed_at), delivery=delivery.delivered),
         )
-        task = asyncio.ensure_future(
-            self.events.append(event, msg_id=guard_id(order.token, event.event_id))
-        )
+        task = asyncio.ensure_future(self.events.append(event, msg_id=guard_id(order.token, event.event_id)))
         self._announcing.add(task)
         task.add_done_callback(self._announced)
 
@@ -293,14 +287,18 @@ def _attempt_span(order: WorkOrder, delivery: Delivery) -> Any:
     (computed from the order when a message came without it)."""
     if not tracing.enabled():
         return tracing.span("")
-    parent = delivery.headers.get(tracing.TRACEPARENT) or tracing.task_traceparent(
-        order.task_id, order.traceparent
-    )
+    parent = delivery.headers.get(tracing.TRACEPARENT) or tracing.task_traceparent(order.task_id, order.traceparent)
     return tracing.span(
-        f"attempt {order.route}", parent=parent, kind="consumer",
-        attributes={"cogo.task_id": order.task_id, "cogo.route": order.route,
-                    "cogo.attempt": order.attempt, "cogo.delivery": delivery.delivered},
-    )  # fmt: skip
+        f"attempt {order.route}",
+        parent=parent,
+        kind="consumer",
+        attributes={
+            "cogo.task_id": order.task_id,
+            "cogo.route": order.route,
+            "cogo.attempt": order.attempt,
+            "cogo.delivery": delivery.delivered,
+        },
+    )
 
 
 def actor_class(spec: AgentSpec) -> type[Actor]:

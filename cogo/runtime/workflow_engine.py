@@ -97,14 +97,23 @@ class WorkflowEngine(Actor):
         self.data_dir = data_dir
         self.policies = PolicyStore(self.js)
         self.runs = Runs(
-            self.js, self.name, duplicate_window_s=self.config.bus.duplicate_window_s,
-            may_act=self._may_act, plan_child=self._plan_child, counters=self.counters,
+            self.js,
+            self.name,
+            duplicate_window_s=self.config.bus.duplicate_window_s,
+            may_act=self._may_act,
+            plan_child=self._plan_child,
+            counters=self.counters,
             publisher=self.publisher,
-        )  # fmt: skip
+        )
         self.leases = PartitionLeases(
-            self.js, self.name, ORCHESTRATOR_PARTITIONS, self.config.bus.lease_ttl_s,
-            on_gain=self._gain, on_release=self._let_go, on_lost=self._let_go,
-        )  # fmt: skip
+            self.js,
+            self.name,
+            ORCHESTRATOR_PARTITIONS,
+            self.config.bus.lease_ttl_s,
+            on_gain=self._gain,
+            on_release=self._let_go,
+            on_lost=self._let_go,
+        )
         # partitions whose runs are loaded and whose queue is being pulled
         self.ready: set[int] = set()
         self._partition_loops: dict[int, tuple[asyncio.Task[None], asyncio.Event]] = {}
@@ -171,21 +180,17 @@ class WorkflowEngine(Actor):
                 await asyncio.sleep(1.0)
                 if not any(self.leases.valid(p) for p in partitions):
                     return
-        pending = [r.run_id for r in listed
-                   if not r.finished and partition_of(r.run_id) in wanted]  # fmt: skip
+        pending = [r.run_id for r in listed if not r.finished and partition_of(r.run_id) in wanted]
         resumed = await self.runs.resume(pending)
         if resumed:
-            log.info("%s resumed %d unfinished run(s) of partitions %s",
-                     self.name, resumed, partitions)  # fmt: skip
+            log.info("%s resumed %d unfinished run(s) of partitions %s", self.name, resumed, partitions)
         for partition in partitions:
             if not self.leases.valid(partition) or self._stopping.is_set():
                 continue
             self.ready.add(partition)
             stop = asyncio.Event()
             route = ORCHESTRATOR_ROUTES[partition]
-            task = asyncio.create_task(
-                self._fetch_loop(route, (TASKS, durable_name(route)), stop), name=route
-            )
+            task = asyncio.create_task(self._fetch_loop(route, (TASKS, durable_name(route)), stop), name=route)
             self._partition_loops[partition] = (task, stop)
             self._loops.append(task)
         self._loops = [t for t in self._loops if not t.done()]
@@ -294,16 +299,18 @@ class WorkflowEngine(Actor):
         def plan() -> Plan:  # file reads: in a thread
             definitions = catalog.load()
             if workflow_id not in definitions:
-                raise WorkflowNotFound(f"no workflow {workflow_id!r}; known: "
-                                       + ", ".join(sorted(definitions)))  # fmt: skip
-            return plan_workflow(definitions[workflow_id], parameters, self.policies.get,
-                                 definitions)  # fmt: skip
+                raise WorkflowNotFound(f"no workflow {workflow_id!r}; known: " + ", ".join(sorted(definitions)))
+            return plan_workflow(definitions[workflow_id], parameters, self.policies.get, definitions)
 
         return await asyncio.to_thread(plan)
 
     def stats(self) -> dict[str, Any]:
-        return {**super().stats(), "runs_active": len(self.runs.runs),
-                "partitions": sorted(self.leases.held), **self.leases.counters}  # fmt: skip
+        return {
+            **super().stats(),
+            "runs_active": len(self.runs.runs),
+            "partitions": sorted(self.leases.held),
+            **self.leases.counters,
+        }
 
 
 # kept for callers of the earlier module layout

@@ -37,9 +37,7 @@ def check_handler(fn: Any, route: str) -> None:
             "`await asyncio.to_thread(...)` so the actor's event loop stays free)"
         )
     params = [
-        p
-        for p in inspect.signature(fn).parameters.values()
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        p for p in inspect.signature(fn).parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
     ]
     if len(params) != 2:
         raise ConfigError(f"{where}: the handler takes (ctx: cogo.TaskContext, payload: T)")
@@ -128,9 +126,7 @@ def to_result(value: Any) -> Any:
     try:
         return msgspec.to_builtins(value)
     except TypeError as exc:
-        raise InvalidResult(
-            f"the handler returned a {type(value).__name__}, which is not JSON data: {exc}"
-        ) from None
+        raise InvalidResult(f"the handler returned a {type(value).__name__}, which is not JSON data: {exc}") from None
 
 
 class FunctionAgent(Worker):
@@ -155,9 +151,7 @@ class FunctionAgent(Worker):
         try:
             self._decode = payload_decoder(spec.handler)
         except NameError as exc:
-            raise ConfigError(
-                f"agent {spec.name!r}: cannot resolve its payload annotation: {exc}"
-            ) from exc
+            raise ConfigError(f"agent {spec.name!r}: cannot resolve its payload annotation: {exc}") from exc
 
     async def run(self, order: WorkOrder, ctx: TaskContext) -> Outcome:
         payload = self._decode(ctx.payload)

@@ -34,9 +34,7 @@ _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 
 def _check_name(what: str, name: str) -> str:
     if not isinstance(name, str) or not _NAME.match(name):
-        raise ConfigError(
-            f"invalid {what} name {name!r}: 1-64 letters, digits, '-' or '_', starting with a letter"
-        )
+        raise ConfigError(f"invalid {what} name {name!r}: 1-64 letters, digits, '-' or '_', starting with a letter")
     return name
 
 
@@ -198,8 +196,7 @@ class App:
             shared = set(other.routes) & set(spec.routes)
             if shared:
                 raise RouteConflict(
-                    f"app {self.name!r}: agents {other.name!r} and {spec.name!r} both declare "
-                    f"{sorted(shared)[0]!r}"
+                    f"app {self.name!r}: agents {other.name!r} and {spec.name!r} both declare {sorted(shared)[0]!r}"
                 )
         self.agents[spec.name] = spec
 
@@ -208,9 +205,7 @@ class App:
         try:
             return self.agents[name]
         except KeyError:
-            raise AgentNotFound(
-                f"app {self.name!r} has no agent {name!r}; it has: {', '.join(self.agents)}"
-            ) from None
+            raise AgentNotFound(f"app {self.name!r} has no agent {name!r}; it has: {', '.join(self.agents)}") from None
 
     def declarations(self) -> list[RouteDecl]:
         """Every route this app declares, as ``cogo.streams.routes`` takes them."""

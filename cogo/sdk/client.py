@@ -196,9 +196,14 @@ class Client:
         submitted_at = time.time()
         ack = await self._publish_task(encoder.encode(message), self._task_headers(task_id, route))
         handle: TaskHandle[Any] = TaskHandle(
-            self, task_id, route, duplicate=bool(ack.duplicate), seq=ack.seq,
-            submitted_at=submitted_at, watch=watch,
-        )  # fmt: skip
+            self,
+            task_id,
+            route,
+            duplicate=bool(ack.duplicate),
+            seq=ack.seq,
+            submitted_at=submitted_at,
+            watch=watch,
+        )
         handle.result_type = result_type
         return handle
 
@@ -209,9 +214,7 @@ class Client:
 
     async def _publish_task(self, data: bytes, headers: dict[str, str]) -> Any:
         try:
-            return await self.nc.jetstream().publish(
-                EXECUTE_SUBJECT, data, headers=headers, timeout=10
-            )
+            return await self.nc.jetstream().publish(EXECUTE_SUBJECT, data, headers=headers, timeout=10)
         except APIError as exc:  # the TASKS stream refuses (full): nothing was accepted
             raise BackpressureError(f"the bus refused the task: {exc.description}") from None
 
@@ -313,9 +316,7 @@ class Client:
         if not wait:
             request["wait"] = False
         try:
-            reply = await self.nc.request(
-                STATUS_SUBJECT, json.dumps(request).encode(), timeout=STATUS_TIMEOUT_S
-            )
+            reply = await self.nc.request(STATUS_SUBJECT, json.dumps(request).encode(), timeout=STATUS_TIMEOUT_S)
         except nats.errors.NoRespondersError:
             raise CogoError(
                 "no projector answers task status requests (run `cogo up`, or `cogo run projector`)"
@@ -341,14 +342,23 @@ class Client:
                 return None  # submitted, not dispatched yet: keep waiting
             if not status.finished:
                 return None
-            return Output(task_id=task_id, attempt=status.attempt, at=iso(), end=True,
-                          status=status.status, error_code=status.error_code,
-                          error=status.error)  # fmt: skip
+            return Output(
+                task_id=task_id,
+                attempt=status.attempt,
+                at=iso(),
+                end=True,
+                status=status.status,
+                error_code=status.error_code,
+                error=status.error,
+            )
 
         async for _, output in read_output(
-            self.nc.jetstream(), task_id, finished=finished, idle_s=idle_s,
+            self.nc.jetstream(),
+            task_id,
+            finished=finished,
+            idle_s=idle_s,
             verifier=self._outputs,
-        ):  # fmt: skip
+        ):
             if output is None:
                 continue
             if output.end:
@@ -382,9 +392,7 @@ class Client:
             watch.reconnects = reconnects
             self._settle(watch, await self._lookup(handle, bus=scan))
 
-    async def _await_lookup(
-        self, handle: TaskHandle[Any], deadline: float | None, timeout: float | None
-    ) -> TaskStatus:
+    async def _await_lookup(self, handle: TaskHandle[Any], deadline: float | None, timeout: float | None) -> TaskStatus:
         """A task submitted elsewhere: subscribe, then look it up once (it may have ended)."""
         future: asyncio.Future[TaskStatus] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(handle.task_id, []).append(future)
@@ -466,5 +474,3 @@ def _left(deadline: float | None, task_id: str, timeout: float | None) -> float:
     if left <= 0:
         raise TimeoutError(f"task {task_id} did not end within {timeout}s")
     return min(RECHECK_S, left)
-
-

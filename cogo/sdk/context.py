@@ -88,9 +88,7 @@ class TaskContext:
         return await ctx.step("save", save, reply.content)
     """
 
-    def __init__(
-        self, runtime: AttemptRuntime, delivery: AttemptDelivery, order: WorkOrder
-    ) -> None:
+    def __init__(self, runtime: AttemptRuntime, delivery: AttemptDelivery, order: WorkOrder) -> None:
         # the bus behind this attempt: the runtime's, never a user's to touch
         self._runtime = runtime
         self._delivery = delivery
@@ -134,9 +132,13 @@ class TaskContext:
         return self._durable
 
     async def call(
-        self, route: str, payload: Any = None, *, key: str | None = None,
+        self,
+        route: str,
+        payload: Any = None,
+        *,
+        key: str | None = None,
         assignment: dict[str, Any] | None = None,
-    ) -> Any:  # fmt: skip
+    ) -> Any:
         """Run a child task on ``route`` and return its result (``cogo.TaskFailed`` if it
         failed). The child's id is ``<task_id>/<key>`` (``key`` defaults to the call's order
         in the handler); a replay never starts it twice. Its budget is carved from what this
@@ -169,15 +171,17 @@ class TaskContext:
         cap = self._runtime.config.runtime.max_chunk_bytes
         async with self._emitting:  # one at a time: sequence numbers follow stream order
             output = Output(
-                task_id=self.task_id, attempt=self.attempt, at=iso(), seq=self._emitted + 1,
-                delivery=self._delivery.delivered, data=chunk,
-            )  # fmt: skip
+                task_id=self.task_id,
+                attempt=self.attempt,
+                at=iso(),
+                seq=self._emitted + 1,
+                delivery=self._delivery.delivered,
+                data=chunk,
+            )
             try:
                 data = encode_output(output)
             except (TypeError, ValueError, OverflowError) as exc:
-                raise OutputInvalid(
-                    f"ctx.emit takes JSON data; a {type(chunk).__name__} is not: {exc}"
-                ) from None
+                raise OutputInvalid(f"ctx.emit takes JSON data; a {type(chunk).__name__} is not: {exc}") from None
             if len(data) > cap:
                 raise OutputInvalid(
                     f"the chunk is {len(data):,} bytes encoded, over the {cap:,} an output chunk "
@@ -266,8 +270,9 @@ class TaskContext:
         charge_step(int(tokens), float(cost_usd))  # a step journals what it spent
         spent = self.order.usage_so_far + self.usage
         if self._durable is not None:
-            spent = Usage(tokens=spent.tokens + self._durable.held_tokens,
-                          cost_usd=spent.cost_usd + self._durable.held_cost_usd)  # fmt: skip
+            spent = Usage(
+                tokens=spent.tokens + self._durable.held_tokens, cost_usd=spent.cost_usd + self._durable.held_cost_usd
+            )
         error = over_budget(spent, self.order.assignment, f"across {self.attempt} attempt(s)")
         if error is not None:
             raise error

@@ -83,9 +83,7 @@ class Suspend(BaseException):  # noqa: N818 - control flow, not an error
 
 def _check_key(key: str) -> str:
     if not key or len(key) > MAX_KEY_CHARS or not key.isprintable() or " " in key:
-        raise StepNameInvalid(
-            f"call key {key!r}: give 1-{MAX_KEY_CHARS} printable characters without spaces"
-        )
+        raise StepNameInvalid(f"call key {key!r}: give 1-{MAX_KEY_CHARS} printable characters without spaces")
     return key
 
 
@@ -201,9 +199,7 @@ class Durable:
         return self.ctx._runtime.config.runtime.suspend_after_ms / 1000.0
 
 
-async def call(
-    ctx: TaskContext, route: str, payload: Any, key: str | None, assignment: dict[str, Any] | None
-) -> Any:
+async def call(ctx: TaskContext, route: str, payload: Any, key: str | None, assignment: dict[str, Any] | None) -> Any:
     """``ctx.call``: the result of child ``<task_id>/<key>`` (see the module docstring)."""
     d = ctx._calls
     seq = ctx._next_seq()
@@ -212,9 +208,7 @@ async def call(
     child_id = f"{ctx.task_id}/{key}"
     wait_key = f"call:{child_id}"
     if child_id in d.requested:
-        raise StepNameReused(
-            f"ctx.call key {key!r} was already used in this run: give each call its own key"
-        )
+        raise StepNameReused(f"ctx.call key {key!r} was already used in this run: give each call its own key")
     d.requested.add(child_id)
     d._begin()
     try:
@@ -248,15 +242,22 @@ def _outcome(d: Durable, child_id: str, done: CallCompleted) -> Any:
     if done.ok:
         return done.result
     raise TaskFailed(
-        done.error_code or "task.failed", done.error or "the child task failed", done.attempts,
+        done.error_code or "task.failed",
+        done.error or "the child task failed",
+        done.attempts,
         task_id=child_id,
-    )  # fmt: skip
+    )
 
 
 async def _start_child(
-    ctx: TaskContext, seq: int, key: str, child_id: str, route: str, payload: Any,
+    ctx: TaskContext,
+    seq: int,
+    key: str,
+    child_id: str,
+    route: str,
+    payload: Any,
     assignment: dict[str, Any] | None,
-) -> CallStarted:  # fmt: skip
+) -> CallStarted:
     worker = ctx._runtime
     parent_call = ctx.order.payload.get(CALL_KEY)
     depth = (parent_call.get("depth", 0) if isinstance(parent_call, dict) else 0) + 1
@@ -286,42 +287,52 @@ async def _start_child(
     else:
         cost = min(policy.max_cost_usd, ctx.remaining_cost_usd / 2)
     if tokens <= 0:
-        raise TokenBudgetExhausted(
-            f"ctx.call({route!r}): the task's tree has no tokens left to carve for a child"
-        )
+        raise TokenBudgetExhausted(f"ctx.call({route!r}): the task's tree has no tokens left to carve for a child")
     if cost <= 0 and policy.max_cost_usd > 0:
-        raise CostBudgetExhausted(
-            f"ctx.call({route!r}): the task's tree has no cost budget left for a child"
-        )
+        raise CostBudgetExhausted(f"ctx.call({route!r}): the task's tree has no cost budget left for a child")
     ttl_ms = int((ctx.order.deadline - time.time()) * 1000)
     if ttl_ms <= 0:
         raise TtlExpired(f"ctx.call({route!r}): the task reached its ttl_ms")
-    wanted.update(max_tokens=tokens, max_cost_usd=round(cost, 9),
-                  ttl_ms=min(int(wanted.get("ttl_ms") or ttl_ms), ttl_ms))  # fmt: skip
+    wanted.update(
+        max_tokens=tokens, max_cost_usd=round(cost, 9), ttl_ms=min(int(wanted.get("ttl_ms") or ttl_ms), ttl_ms)
+    )
     body[ASSIGNMENT_KEY] = wanted
     # the parent's route: where the dispatcher journals the child's end for its parent
     body[CALL_KEY] = {"parent": ctx.task_id, "depth": depth, "route": ctx.route}
-    message = {"task_id": child_id, "route": route, "payload": body,
-               "correlation_id": ctx.correlation_id, "causation_id": ctx.task_id}  # fmt: skip
-    entry = CallStarted(child_id=child_id, key=key, child_route=route, seq=seq,
-                        max_tokens=tokens, max_cost_usd=round(cost, 9))  # fmt: skip
+    message = {
+        "task_id": child_id,
+        "route": route,
+        "payload": body,
+        "correlation_id": ctx.correlation_id,
+        "causation_id": ctx.task_id,
+    }
+    entry = CallStarted(
+        child_id=child_id, key=key, child_route=route, seq=seq, max_tokens=tokens, max_cost_usd=round(cost, 9)
+    )
     event = order_event(
-        CALL_STARTED, ctx.order, event_id=f"{ctx.task_id}:call:{key}", actor=worker.name,
+        CALL_STARTED,
+        ctx.order,
+        event_id=f"{ctx.task_id}:call:{key}",
+        actor=worker.name,
         data=entry,
-    )  # fmt: skip
+    )
     d.reserved[child_id] = (tokens, round(cost, 9))
     try:
         # the child first: an entry without its child would leave the parent waiting forever.
         # Traced, the submission is a span under the attempt, so the child joins its trace
-        headers = tracing.submitted({MSG_ID: child_id}, task_id=child_id, route=route,
-                                    name="call")  # fmt: skip
+        headers = tracing.submitted({MSG_ID: child_id}, task_id=child_id, route=route, name="call")
         await worker.publish_all([(EXECUTE_SUBJECT, encoder.encode(message), headers)])
         await worker.publish_all(
             # the task's own route's subject (the only one its app may append to), under
             # an id guarded by its token: nobody else can take it first
-            [(durable_subject(CALL_STARTED, ctx.route, ctx.task_id), encode_event(event),
-              {MSG_ID: guard_id(ctx.order.token, event.event_id)})]
-        )  # fmt: skip
+            [
+                (
+                    durable_subject(CALL_STARTED, ctx.route, ctx.task_id),
+                    encode_event(event),
+                    {MSG_ID: guard_id(ctx.order.token, event.event_id)},
+                )
+            ]
+        )
     except BaseException:
         d.reserved.pop(child_id, None)
         raise

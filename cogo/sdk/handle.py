@@ -48,9 +48,16 @@ class TaskHandle(Generic[R]):
     into another type; submitted by route name, the result is the JSON data)."""
 
     def __init__(
-        self, client: Client, task_id: str, route: str | None, *, duplicate: bool = False,
-        seq: int | None = None, submitted_at: float | None = None, watch: Watch | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        client: Client,
+        task_id: str,
+        route: str | None,
+        *,
+        duplicate: bool = False,
+        seq: int | None = None,
+        submitted_at: float | None = None,
+        watch: Watch | None = None,
+    ) -> None:
         self._client = client
         self._watch = watch  # set when this client submitted the task
         self.task_id = task_id
@@ -101,9 +108,11 @@ class TaskHandle(Generic[R]):
         final = await self.wait(timeout)
         if final.status != "succeeded":
             raise TaskFailed(
-                final.error_code or "task.failed", final.error or "the task failed",
-                final.attempt, task_id=self.task_id,
-            )  # fmt: skip
+                final.error_code or "task.failed",
+                final.error or "the task failed",
+                final.attempt,
+                task_id=self.task_id,
+            )
         wanted = type if type is not None else self.result_type
         return final.result if wanted is None else decode_as(final.result, wanted)
 

@@ -108,10 +108,15 @@ class FakeContext:
         self.llm = FakeLlm(env, self)
         p = env.policy
         self.assignment = ResolvedAssignment(
-            model=p.model, max_tokens=p.max_tokens, max_cost_usd=p.max_cost_usd,
-            timeout_ms=p.timeout_ms, ttl_ms=p.ttl_ms, max_attempts=p.max_attempts,
-            backoff=p.backoff, allowed_models=tuple(p.ceilings.allowed_models),
-        )  # fmt: skip
+            model=p.model,
+            max_tokens=p.max_tokens,
+            max_cost_usd=p.max_cost_usd,
+            timeout_ms=p.timeout_ms,
+            ttl_ms=p.ttl_ms,
+            max_attempts=p.max_attempts,
+            backoff=p.backoff,
+            allowed_models=tuple(p.ceilings.allowed_models),
+        )
         self.deadline = time.time() + p.timeout_ms / 1000.0
         self.correlation_id = env.task_id
         self.version: str | None = None
@@ -183,9 +188,7 @@ class FakeContext:
         except TypeError as exc:
             raise OutputInvalid(f"ctx.emit takes JSON data: {exc}") from None
 
-    async def call(
-        self, route: str, payload: Any = None, *, key: str | None = None, **_: Any
-    ) -> Any:
+    async def call(self, route: str, payload: Any = None, *, key: str | None = None, **_: Any) -> Any:
         """``env.calls[route]``: a value, or a function (sync or async) of the payload."""
         self._env.called.append((route, to_result(payload)))
         if route not in self._env.calls:
@@ -228,11 +231,14 @@ class FakeLlm:
         model = model or self._ctx.assignment.model
         allowed = self._ctx.assignment.allowed_models
         if allowed and model not in allowed:  # as the real ctx.llm: refused before sending
-            raise ModelNotAllowed(
-                f"model {model!r} is not in the route's allowed_models {list(allowed)}"
-            )
-        request = {"model": model, "messages": list(messages), "max_tokens": max_tokens,
-                   "tools": list(tools) if tools else None, **extra}  # fmt: skip
+            raise ModelNotAllowed(f"model {model!r} is not in the route's allowed_models {list(allowed)}")
+        request = {
+            "model": model,
+            "messages": list(messages),
+            "max_tokens": max_tokens,
+            "tools": list(tools) if tools else None,
+            **extra,
+        }
         self._env.llm_requests.append(request)
         if self._env.llm_url:
             reply = await _request(self._env.llm_url, request)
@@ -254,8 +260,12 @@ def _as_reply(value: str | LlmReply | dict[str, Any], model: str) -> LlmReply:
         return value
     if isinstance(value, str):
         words = len(value.split())
-        return LlmReply(content=value, model=model, finish_reason="stop",
-                        usage=LlmUsage(completion_tokens=words, total_tokens=words))  # fmt: skip
+        return LlmReply(
+            content=value,
+            model=model,
+            finish_reason="stop",
+            usage=LlmUsage(completion_tokens=words, total_tokens=words),
+        )
     return LlmReply.from_dict({"model": model, **value})
 
 
@@ -273,10 +283,9 @@ async def _request(url: str, request: dict[str, Any]) -> LlmReply:
     message = choice.get("message") or {}
     usage = doc.get("usage") or {}
     calls = [
-        ToolCall(id=c.get("id", ""), name=c["function"]["name"],
-                 arguments=c["function"].get("arguments") or "{}")
+        ToolCall(id=c.get("id", ""), name=c["function"]["name"], arguments=c["function"].get("arguments") or "{}")
         for c in message.get("tool_calls") or []
-    ]  # fmt: skip
+    ]
     return LlmReply(
         content=message.get("content"),
         tool_calls=calls,

@@ -127,17 +127,13 @@ class LlmSession:
         self._calls = 0
         self._disputes: dict[int, str] = {}  # id(reply) -> why its usage was not believed
 
-    def estimate_prompt(
-        self, messages: Sequence[dict[str, Any]], tools: Sequence[Any] | None = None
-    ) -> int:
+    def estimate_prompt(self, messages: Sequence[dict[str, Any]], tools: Sequence[Any] | None = None) -> int:
         """Prompt tokens by the estimate the budget checks use (see the module docstring)."""
         per = self._config.llm.chars_per_token
         chars = prompt_chars(messages, tools)
         return math.ceil(chars / per) + MESSAGE_OVERHEAD_TOKENS * len(messages)
 
-    def _bounds(
-        self, messages: Sequence[dict[str, Any]], tools: Sequence[Any] | None, cap: int
-    ) -> Bounds:
+    def _bounds(self, messages: Sequence[dict[str, Any]], tools: Sequence[Any] | None, cap: int) -> Bounds:
         sent = json.dumps([messages, list(tools or [])], ensure_ascii=False, default=str)
         ceiling = len(sent.encode()) + MESSAGE_OVERHEAD_TOKENS * (len(messages) + 1)
         if any(has_media(m.get("content")) for m in messages):
@@ -169,8 +165,7 @@ class LlmSession:
         allowed = ctx.assignment.allowed_models
         if allowed and model not in allowed:
             raise ModelNotAllowed(
-                f"model {model!r} is not allowed on route {ctx.route} (allowed: "
-                f"{', '.join(allowed)}); nothing was sent"
+                f"model {model!r} is not allowed on route {ctx.route} (allowed: {', '.join(allowed)}); nothing was sent"
             )
         messages = list(messages)
         prompt_estimate = self.estimate_prompt(messages, tools)
@@ -209,8 +204,7 @@ class LlmSession:
             except Failed as exc:
                 await self._record(body, started, prompt_estimate, cap, exc.reply, exc.error, retry)
                 if exc.reply is not None:
-                    ctx.report_usage(tokens=exc.reply.usage.total_tokens,
-                                     cost_usd=exc.reply.usage.cost_usd)  # fmt: skip
+                    ctx.report_usage(tokens=exc.reply.usage.total_tokens, cost_usd=exc.reply.usage.cost_usd)
                 raise exc.error from None
             except TimeoutError:
                 error = LlmError("the LLM call ran into the attempt's deadline")
@@ -253,9 +247,7 @@ class LlmSession:
 
     # -- one request ---------------------------------------------------------------------
 
-    async def _complete(
-        self, sdk: Any, body: dict[str, Any], bounds: Bounds, price: ModelPrice | None
-    ) -> LlmReply:
+    async def _complete(self, sdk: Any, body: dict[str, Any], bounds: Bounds, price: ModelPrice | None) -> LlmReply:
         limit = self._max_reply_chars(bounds.completion_cap)
         # JSON may spend 6 bytes on a character (\uXXXX): past that, the reply is too long
         # for the max_tokens sent, and it is not read into memory any further
@@ -277,22 +269,26 @@ class LlmSession:
                 raise TypeError
         except (KeyError, IndexError, TypeError):
             reply = self._reply(body, None, [], usage, None, bounds, price, doc.get("model"))
-            raise Failed(
-                LlmBadReply(f"the LLM reply has no choices[0].message: {text[:200]!r}"), reply
-            ) from None
+            raise Failed(LlmBadReply(f"the LLM reply has no choices[0].message: {text[:200]!r}"), reply) from None
         content = message.get("content")
         calls = tool_calls_of(message.get("tool_calls"))
-        reply = self._reply(body, content if isinstance(content, str) else None, calls, usage,
-                            choice.get("finish_reason"), bounds, price, doc.get("model"))  # fmt: skip
+        reply = self._reply(
+            body,
+            content if isinstance(content, str) else None,
+            calls,
+            usage,
+            choice.get("finish_reason"),
+            bounds,
+            price,
+            doc.get("model"),
+        )
         if calls is None:
             raise Failed(LlmBadReply("the LLM reply has malformed tool_calls"), reply)
         if written_chars(reply.content, reply.tool_calls) > limit:
             raise self._too_long(body, bounds, price, doc.get("model"))
         return reply
 
-    def _too_long(
-        self, body: dict[str, Any], bounds: Bounds, price: ModelPrice | None, model: Any
-    ) -> Failed:
+    def _too_long(self, body: dict[str, Any], bounds: Bounds, price: ModelPrice | None, model: Any) -> Failed:
         """A reply longer than the ``max_tokens`` sent allows: charged the cap, refused."""
         limit = self._max_reply_chars(bounds.completion_cap)
         charged = self._reply(body, None, [], None, None, bounds, price, model, received=limit)
@@ -308,9 +304,7 @@ class LlmSession:
             charged,
         )
 
-    async def _streamed(
-        self, sdk: Any, body: dict[str, Any], bounds: Bounds, price: ModelPrice | None
-    ) -> LlmReply:
+    async def _streamed(self, sdk: Any, body: dict[str, Any], bounds: Bounds, price: ModelPrice | None) -> LlmReply:
         limit = self._max_reply_chars(bounds.completion_cap)
         async with sorted_errors():
             stream = await sdk.chat.completions.create(**request_kwargs({**body, "stream": True}))
@@ -336,8 +330,7 @@ class LlmSession:
                         text.append(piece)
                         await self._ctx.emit(piece)
                     for part in delta.get("tool_calls") or []:
-                        slot = calls.setdefault(int(part.get("index") or 0),
-                                                {"id": "", "name": "", "arguments": ""})  # fmt: skip
+                        slot = calls.setdefault(int(part.get("index") or 0), {"id": "", "name": "", "arguments": ""})
                         fn = part.get("function") or {}
                         slot["id"] = part.get("id") or slot["id"]
                         slot["name"] += fn.get("name") or ""
@@ -351,22 +344,29 @@ class LlmSession:
         except Exception as exc:  # cut off mid-stream: what arrived was paid for
             partial = self._reply(body, "".join(text), [], None, None, bounds, price, model)
             kind = LlmBadReply if isinstance(exc, ValueError) else LlmError
-            raise Failed(kind(f"the LLM stream broke off: {type(exc).__name__}: {exc}"),
-                          partial) from None  # fmt: skip
+            raise Failed(kind(f"the LLM stream broke off: {type(exc).__name__}: {exc}"), partial) from None
         if received > limit:
             with contextlib.suppress(Exception):
                 await stream.close()
             raise self._too_long(body, bounds, price, model)
-        tool_calls = [ToolCall(c["id"] or f"call_{i}", c["name"], c["arguments"] or "{}")
-                      for i, c in sorted(calls.items())]  # fmt: skip
-        return self._reply(body, "".join(text) if text else None, tool_calls, usage, finish,
-                           bounds, price, model)  # fmt: skip
+        tool_calls = [
+            ToolCall(c["id"] or f"call_{i}", c["name"], c["arguments"] or "{}") for i, c in sorted(calls.items())
+        ]
+        return self._reply(body, "".join(text) if text else None, tool_calls, usage, finish, bounds, price, model)
 
     def _reply(
-        self, body: dict[str, Any], content: str | None, calls: list[ToolCall] | None,
-        usage: dict[str, Any] | None, finish: str | None, bounds: Bounds,
-        price: ModelPrice | None, model: Any, *, received: int | None = None,
-    ) -> LlmReply:  # fmt: skip
+        self,
+        body: dict[str, Any],
+        content: str | None,
+        calls: list[ToolCall] | None,
+        usage: dict[str, Any] | None,
+        finish: str | None,
+        bounds: Bounds,
+        price: ModelPrice | None,
+        model: Any,
+        *,
+        received: int | None = None,
+    ) -> LlmReply:
         """The reply, charged what it reported within what was sent and received."""
         written = written_chars(content, calls) if received is None else received
         prompt_tokens = usage_count(usage, "prompt_tokens")
@@ -382,16 +382,17 @@ class LlmSession:
         disputes: list[str] = []
         floor = math.ceil(written / self._config.llm.max_chars_per_token)
         if completion_tokens < floor:
-            disputes.append(f"completion_tokens {completion_tokens} for {written} characters "
-                            f"received (at least {floor})")  # fmt: skip
+            disputes.append(
+                f"completion_tokens {completion_tokens} for {written} characters received (at least {floor})"
+            )
             completion_tokens = floor
         elif completion_tokens > bounds.completion_cap:
-            disputes.append(f"completion_tokens {completion_tokens} over the max_tokens "
-                            f"{bounds.completion_cap} sent")  # fmt: skip
+            disputes.append(f"completion_tokens {completion_tokens} over the max_tokens {bounds.completion_cap} sent")
             completion_tokens = bounds.completion_cap
         if prompt_tokens > bounds.prompt_ceiling:
-            disputes.append(f"prompt_tokens {prompt_tokens} for a prompt of at most "
-                            f"{bounds.prompt_ceiling} (one per byte sent)")  # fmt: skip
+            disputes.append(
+                f"prompt_tokens {prompt_tokens} for a prompt of at most {bounds.prompt_ceiling} (one per byte sent)"
+            )
             prompt_tokens = bounds.prompt_ceiling
         total = prompt_tokens + completion_tokens
         disputed = None
@@ -407,52 +408,75 @@ class LlmSession:
         return reply
 
     async def _record(
-        self, body: dict[str, Any], started: float, prompt: int, cap: int,
-        reply: LlmReply | None, error: CogoError | None, retry: int,
-    ) -> None:  # fmt: skip
+        self,
+        body: dict[str, Any],
+        started: float,
+        prompt: int,
+        cap: int,
+        reply: LlmReply | None,
+        error: CogoError | None,
+        retry: int,
+    ) -> None:
         """The ``llm_call`` event of one request (answered or not)."""
         from cogo.sdk.steps import current_step
 
         ctx = self._ctx
         u = reply.usage if reply is not None else LlmUsage()
         data = LlmCall(
-            model=body["model"], step=current_step(), prompt_tokens=u.prompt_tokens,
-            completion_tokens=u.completion_tokens, cost_usd=u.cost_usd,
+            model=body["model"],
+            step=current_step(),
+            prompt_tokens=u.prompt_tokens,
+            completion_tokens=u.completion_tokens,
+            cost_usd=u.cost_usd,
             finish_reason=reply.finish_reason if reply else None,
             usage_estimated=u.estimated,
             usage_disputed=self._disputes.pop(id(reply), None) if reply else None,
-            prompt_estimate=prompt, max_tokens=cap,
-            stream=bool(body.get("stream_options")), retry=retry,
+            prompt_estimate=prompt,
+            max_tokens=cap,
+            stream=bool(body.get("stream_options")),
+            retry=retry,
             tool_calls=len(reply.tool_calls) if reply else 0,
             reply_model=reply.model if reply else None,
             delivery=ctx._delivery.delivered,
-        )  # fmt: skip
+        )
         event = order_event(
-            LLM_CALL, ctx.order,
+            LLM_CALL,
+            ctx.order,
             event_id=f"{ctx.task_id}:llm:{ctx.attempt}.{ctx._delivery.delivered}.{self._calls}",
-            actor=ctx._runtime.name, duration_ms=round((time.time() - started) * 1000.0, 3),
+            actor=ctx._runtime.name,
+            duration_ms=round((time.time() - started) * 1000.0, 3),
             usage=Usage(tokens=u.total_tokens, cost_usd=u.cost_usd),
-            error_code=error.code if error else None, error=str(error)[:1000] if error else None,
-            version=ctx.version or ctx.order.version, data=data,
-        )  # fmt: skip
+            error_code=error.code if error else None,
+            error=str(error)[:1000] if error else None,
+            version=ctx.version or ctx.order.version,
+            data=data,
+        )
         await ctx._runtime.publish_all([event_message(event, ctx.order.token)])
         if tracing.enabled():
             tracing.record(
-                f"chat {body['model']}", start=started, kind="client", attributes=_genai(data),
-                error_code=error.code if error else None, error_message=str(error or ""),
-            )  # fmt: skip
+                f"chat {body['model']}",
+                start=started,
+                kind="client",
+                attributes=_genai(data),
+                error_code=error.code if error else None,
+                error_message=str(error or ""),
+            )
 
 
 def _genai(call: LlmCall) -> dict[str, Any]:
     """The call's span attributes, in OpenTelemetry's GenAI semantic conventions."""
     return {
-        "gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai",
-        "gen_ai.system": "openai", "gen_ai.request.model": call.model,
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": "openai",
+        "gen_ai.system": "openai",
+        "gen_ai.request.model": call.model,
         "gen_ai.request.max_tokens": call.max_tokens,
         "gen_ai.response.model": call.reply_model,
         "gen_ai.response.finish_reasons": [call.finish_reason] if call.finish_reason else None,
         "gen_ai.usage.input_tokens": call.prompt_tokens,
         "gen_ai.usage.output_tokens": call.completion_tokens,
-        "cogo.step": call.step, "cogo.llm.cost_usd": call.cost_usd,
-        "cogo.llm.retry": call.retry, "cogo.llm.usage_estimated": call.usage_estimated,
-    }  # fmt: skip
+        "cogo.step": call.step,
+        "cogo.llm.cost_usd": call.cost_usd,
+        "cogo.llm.retry": call.retry,
+        "cogo.llm.usage_estimated": call.usage_estimated,
+    }

@@ -78,10 +78,9 @@ class LlmReply(msgspec.Struct, frozen=True):
         out: dict[str, Any] = {"role": "assistant", "content": self.content}
         if self.tool_calls:
             out["tool_calls"] = [
-                {"id": c.id, "type": "function",
-                 "function": {"name": c.name, "arguments": c.arguments}}
+                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
                 for c in self.tool_calls
-            ]  # fmt: skip
+            ]
         return out
 
     @classmethod
@@ -122,9 +121,11 @@ class LlmClient:
 
             # the SDK insists on a key: a local endpoint without auth gets a placeholder
             self._client = openai.AsyncOpenAI(
-                api_key=self._api_key or "no-key", base_url=self.base_url, max_retries=0,
+                api_key=self._api_key or "no-key",
+                base_url=self.base_url,
+                max_retries=0,
                 timeout=None,
-            )  # fmt: skip
+            )
         return self._client
 
     async def aclose(self) -> None:
@@ -186,13 +187,12 @@ async def sorted_errors() -> AsyncIterator[None]:
         status = exc.status_code
         text = _error_text(exc)
         if status == 429 or status >= 500:
-            raise Retryable(LlmError(f"the LLM endpoint answered {status}: {text}"),
-                             _retry_after(exc.response)) from None  # fmt: skip
+            raise Retryable(
+                LlmError(f"the LLM endpoint answered {status}: {text}"), _retry_after(exc.response)
+            ) from None
         if status == 408:
             raise Failed(LlmError(f"the LLM endpoint answered 408: {text}")) from None
-        raise Failed(
-            LlmRequestRejected(f"the LLM endpoint refused the request ({status}): {text}")
-        ) from None
+        raise Failed(LlmRequestRejected(f"the LLM endpoint refused the request ({status}): {text}")) from None
     except openai.APITimeoutError:
         raise Failed(LlmError("the LLM request timed out")) from None
     except openai.APIConnectionError as exc:
@@ -262,9 +262,7 @@ def prompt_chars(messages: Sequence[dict[str, Any]], tools: Sequence[Any] | None
 
 def has_media(content: Any) -> bool:
     """Content parts other than text (images, audio): tokens the bytes sent do not bound."""
-    return isinstance(content, list) and any(
-        isinstance(p, dict) and p.get("type", "text") != "text" for p in content
-    )
+    return isinstance(content, list) and any(isinstance(p, dict) and p.get("type", "text") != "text" for p in content)
 
 
 def written_chars(content: str | None, calls: Sequence[ToolCall] | None) -> int:

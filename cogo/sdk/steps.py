@@ -97,9 +97,7 @@ class StepScope:
     cost_usd: float = 0.0
 
 
-_current: contextvars.ContextVar[StepScope | None] = contextvars.ContextVar(
-    "cogo_step", default=None
-)
+_current: contextvars.ContextVar[StepScope | None] = contextvars.ContextVar("cogo_step", default=None)
 
 
 def current_step() -> str | None:
@@ -134,9 +132,7 @@ def durable_subject(type: str, route: str, task_id: str) -> str:
 
 def check_name(name: Any) -> str:
     if not isinstance(name, str) or not name or len(name) > MAX_NAME_CHARS:
-        raise StepNameInvalid(
-            f"step name {name!r}: give a non-empty string of at most {MAX_NAME_CHARS} characters"
-        )
+        raise StepNameInvalid(f"step name {name!r}: give a non-empty string of at most {MAX_NAME_CHARS} characters")
     if not name.isprintable():
         raise StepNameInvalid(f"step name {name!r} holds characters that are not printable")
     return name
@@ -231,11 +227,14 @@ class Journal:
                 continue  # not a journal entry this version can read: never a result
             if step.step not in found:  # the first one wins
                 found[step.step] = Journaled(
-                    name=step.step, attempt=event.attempt or 0, delivery=step.delivery,
-                    usage=event.usage or Usage(), result=step.result,
+                    name=step.step,
+                    attempt=event.attempt or 0,
+                    delivery=step.delivery,
+                    usage=event.usage or Usage(),
+                    result=step.result,
                     artifact=step.artifact.name if step.artifact else None,
                     run=step.run or 0,
-                )  # fmt: skip
+                )
                 if step.seq is not None:
                     self.by_seq.setdefault(step.seq, f"step {step.step!r}")
         return found
@@ -246,12 +245,8 @@ class Journal:
         ctx = self._ctx
         # a first run of a first attempt can find signals only (sent before it ran): the
         # calls it started, and their ends, were journaled by a run
-        types = (
-            (TASK_SIGNALED, CALL_STARTED, CALL_COMPLETED) if self.may_exist else (TASK_SIGNALED,)
-        )
-        scans = await asyncio.gather(*[
-            self._scan(durable_subject(t, ctx.route, ctx.task_id)) for t in types
-        ])  # fmt: skip
+        types = (TASK_SIGNALED, CALL_STARTED, CALL_COMPLETED) if self.may_exist else (TASK_SIGNALED,)
+        scans = await asyncio.gather(*[self._scan(durable_subject(t, ctx.route, ctx.task_id)) for t in types])
         # in stream order across the three subjects (the first of each wins)
         for _, event in sorted((e for found in scans for e in found), key=lambda e: e[0]):
             if event.route != ctx.route:
@@ -317,18 +312,21 @@ class Journal:
 
 
 async def run_step(
-    ctx: TaskContext, name: str, fn: Callable[..., Any], args: tuple[Any, ...],
-    kwargs: dict[str, Any], *, seq: int | None = None,
-) -> Any:  # fmt: skip
+    ctx: TaskContext,
+    name: str,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    *,
+    seq: int | None = None,
+) -> Any:
     """``ctx.step``: the journaled result of ``name``, or ``fn``'s, journaled first.
 
     ``seq`` is the request's place in the handler: a replay that asks for another step
     there is ``task.nondeterministic``."""
     check_name(name)
     if _current.get() is not None:
-        raise StepNested(
-            f"step {name!r} was called inside step {current_step()!r}: steps do not nest"
-        )
+        raise StepNested(f"step {name!r} was called inside step {current_step()!r}: steps do not nest")
     journal = ctx._journal
     if name in journal.names:
         raise StepNameReused(
@@ -355,17 +353,23 @@ async def run_step(
         ref = await ctx._runtime.artifacts.put(
             ctx.order, f"steps/{quote(name, safe='')}.json", data, actor=ctx._runtime.name
         )
-        entry = StepCompleted(step=name, delivery=ctx._delivery.delivered, artifact=ref,
-                              seq=seq, run=ctx.order.resumes or None)  # fmt: skip
+        entry = StepCompleted(
+            step=name, delivery=ctx._delivery.delivered, artifact=ref, seq=seq, run=ctx.order.resumes or None
+        )
     else:
-        entry = StepCompleted(step=name, delivery=ctx._delivery.delivered, result=result,
-                              seq=seq, run=ctx.order.resumes or None)  # fmt: skip
+        entry = StepCompleted(
+            step=name, delivery=ctx._delivery.delivered, result=result, seq=seq, run=ctx.order.resumes or None
+        )
     event = order_event(
-        STEP_COMPLETED, ctx.order, event_id=f"{ctx.task_id}:step:{name}",
-        actor=ctx._runtime.name, duration_ms=round((time.time() - started) * 1000.0, 3),
+        STEP_COMPLETED,
+        ctx.order,
+        event_id=f"{ctx.task_id}:step:{name}",
+        actor=ctx._runtime.name,
+        duration_ms=round((time.time() - started) * 1000.0, 3),
         usage=Usage(tokens=scope.tokens, cost_usd=round(scope.cost_usd, 9)),
-        version=ctx.version or ctx.order.version, data=entry,
-    )  # fmt: skip
+        version=ctx.version or ctx.order.version,
+        data=entry,
+    )
     (ack,) = await ctx._runtime.publish_all(
         [
             (
@@ -373,7 +377,7 @@ async def run_step(
                 encode_event(event),
                 {MSG_ID: guard_id(ctx.order.token, event.event_id)},
             )
-        ]  # fmt: skip
+        ]
     )
     if ack.duplicate:
         # another delivery of this task journaled the step first (a paused worker whose
@@ -387,11 +391,7 @@ async def run_step(
 async def _replay(ctx: TaskContext, done: Journaled) -> Any:
     journal = ctx._journal
     journal.replayed += 1
-    if (
-        done.attempt == ctx.attempt
-        and done.run == ctx.order.resumes
-        and done.delivery != ctx._delivery.delivered
-    ):
+    if done.attempt == ctx.attempt and done.run == ctx.order.resumes and done.delivery != ctx._delivery.delivered:
         # journaled by a delivery of this run that died before reporting: its usage reached
         # no result yet, so it counts now (once); an earlier attempt's or run's was reported
         ctx.report_usage(tokens=done.usage.tokens, cost_usd=done.usage.cost_usd)

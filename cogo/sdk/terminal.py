@@ -57,9 +57,7 @@ def from_event(event: Event) -> TaskStatus:
     )
 
 
-async def scan_terminal(
-    nc: NATS, handle: TaskHandle[Any], after_seq: int | None = None
-) -> TaskStatus | None:
+async def scan_terminal(nc: NATS, handle: TaskHandle[Any], after_seq: int | None = None) -> TaskStatus | None:
     """The task's terminal event in ``EVENTS``: after ``after_seq``, or (no projector)
     since shortly before it was submitted, or over the route's whole history."""
     subjects = terminal_subjects(handle.route)
@@ -79,9 +77,11 @@ async def scan_terminal(
     else:
         deliver = {"deliver_policy": api.DeliverPolicy.ALL}
     config = api.ConsumerConfig(
-        ack_policy=api.AckPolicy.NONE, inactive_threshold=30.0, filter_subjects=subjects,
+        ack_policy=api.AckPolicy.NONE,
+        inactive_threshold=30.0,
+        filter_subjects=subjects,
         **deliver,
-    )  # fmt: skip
+    )
     sub = await nc.jetstream().pull_subscribe(subjects[0], stream=EVENTS, config=config)
     try:
         # read what the stream holds now, then stop: no fetch waits at the end

@@ -36,9 +36,7 @@ def artifact_key(task_id: str, path: str) -> str:
     """``<task_id>/<path>``, or ArtifactKeyInvalid if either part could escape its folder."""
     key = f"{task_id}/{path}"
     if not task_id or "/" in task_id or not path or len(key) > MAX_KEY_CHARS:
-        raise ArtifactKeyInvalid(
-            f"artifact key {key[:200]!r}: need a task id without '/' and a non-empty path"
-        )
+        raise ArtifactKeyInvalid(f"artifact key {key[:200]!r}: need a task id without '/' and a non-empty path")
     if "\x00" in key or "\\" in key or PurePosixPath(path).is_absolute():
         raise ArtifactKeyInvalid(f"artifact key {key[:200]!r} holds a NUL, '\\' or absolute path")
     if any(part in ("", ".", "..") for part in key.split("/")):
@@ -62,9 +60,7 @@ class _NoPurge:
 class ArtifactStore:
     """Reads and writes artifacts; ``data_dir`` (optional) receives the local mirror."""
 
-    def __init__(
-        self, js: JetStreamContext, data_dir: Path | None = None, events: EventLog | None = None
-    ) -> None:
+    def __init__(self, js: JetStreamContext, data_dir: Path | None = None, events: EventLog | None = None) -> None:
         self._js = js
         self._data_dir = data_dir
         self._events = events or EventLog(js)
@@ -80,9 +76,7 @@ class ArtifactStore:
                 self._bucket._js = _NoPurge(self._js)  # type: ignore[assignment]
         return self._bucket
 
-    async def put(
-        self, order: WorkOrder, path: str, data: bytes, *, actor: str | None = None
-    ) -> ArtifactRef:
+    async def put(self, order: WorkOrder, path: str, data: bytes, *, actor: str | None = None) -> ArtifactRef:
         """Store ``<order.task_id>/<path>``, mirror it, append ``artifact_stored``."""
         key = artifact_key(order.task_id, path)
         ref = ArtifactRef(name=key, size=len(data), sha256=hashlib.sha256(data).hexdigest())
@@ -116,9 +110,10 @@ class ArtifactStore:
         if not info.size:
             return b""
         sub = await self._js.subscribe(
-            f"$O.{ARTIFACT_BUCKET}.C.{info.nuid}", stream=f"OBJ_{ARTIFACT_BUCKET}",
+            f"$O.{ARTIFACT_BUCKET}.C.{info.nuid}",
+            stream=f"OBJ_{ARTIFACT_BUCKET}",
             ordered_consumer=True,
-        )  # fmt: skip
+        )
         data = bytearray()
         try:
             for _ in range(info.chunks or 0):

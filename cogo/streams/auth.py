@@ -102,9 +102,7 @@ class AuthPlan:
         self._grant_times.setdefault(user, []).append(time.time() if now is None else now)
         return True
 
-    def check_version_grant(
-        self, user: str, versioned_route: str, now: float | None = None
-    ) -> None:
+    def check_version_grant(self, user: str, versioned_route: str, now: float | None = None) -> None:
         """``VersionGrantRefused`` if a new grant of ``versioned_route`` would pass a bound."""
         self.check_grant_rate(user, now)
         route = versioned_route.rsplit(".", 1)[0]
@@ -135,7 +133,6 @@ class AuthPlan:
         """Drop a versioned consumer from ``user``'s grants."""
         if versioned_route in self.versions.get(user, []):
             self.versions[user].remove(versioned_route)
-
 
 
 def credentials(data_dir: Path, users: Sequence[str]) -> dict[str, str]:

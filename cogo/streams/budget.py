@@ -18,20 +18,14 @@ from cogo.errors import BudgetExhausted, CostBudgetExhausted, TokenBudgetExhaust
 from cogo.streams.envelope import ResolvedAssignment, Usage
 
 
-def over_budget(
-    spent: Usage, assignment: ResolvedAssignment, scope: str = ""
-) -> BudgetExhausted | None:
+def over_budget(spent: Usage, assignment: ResolvedAssignment, scope: str = "") -> BudgetExhausted | None:
     """The error ``spent`` earns under ``assignment``'s budget; None while within it.
 
     ``scope`` says whose usage it is in the message (``"across 2 attempt(s)"``).
     """
     where = f" {scope}" if scope else ""
     if spent.tokens > assignment.max_tokens:
-        return TokenBudgetExhausted(
-            f"used {spent.tokens} tokens{where}, budget max_tokens={assignment.max_tokens}"
-        )
+        return TokenBudgetExhausted(f"used {spent.tokens} tokens{where}, budget max_tokens={assignment.max_tokens}")
     if spent.cost_usd > assignment.max_cost_usd:
-        return CostBudgetExhausted(
-            f"spent ${spent.cost_usd:.4f}{where}, budget max_cost_usd={assignment.max_cost_usd}"
-        )
+        return CostBudgetExhausted(f"spent ${spent.cost_usd:.4f}{where}, budget max_cost_usd={assignment.max_cost_usd}")
     return None

@@ -141,8 +141,7 @@ def node_config(
 ) -> str:
     """The ``nats.conf`` of ``hosts[index]``."""
     me = hosts[index]
-    routes = [f"{'tls' if tls_dir else 'nats'}://{h.address}:{cluster_port}"
-              for j, h in enumerate(hosts) if j != index]  # fmt: skip
+    routes = [f"{'tls' if tls_dir else 'nats'}://{h.address}:{cluster_port}" for j, h in enumerate(hosts) if j != index]
     lines = [
         f"# node {me.name} of a {len(hosts)}-node Cogo cluster (`cogo cluster config`)",
         f"server_name: {json.dumps(me.name)}",
@@ -195,8 +194,10 @@ def node_config(
 def _openssl() -> str:
     found = shutil.which("openssl")
     if not found:
-        raise ConfigError("TLS certificates are made with the `openssl` command, which is not "
-                          "installed here: install it, or pass --no-tls and bring your own")  # fmt: skip
+        raise ConfigError(
+            "TLS certificates are made with the `openssl` command, which is not "
+            "installed here: install it, or pass --no-tls and bring your own"
+        )
     return found
 
 
@@ -213,10 +214,23 @@ def make_certificates(out: Path, hosts: Sequence[Host], days: int = 825) -> None
 
     curve = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
     if not (out / "ca.pem").exists():
-        run("req", "-x509", *curve, "-keyout", str(out / "ca-key.pem"),
-            "-out", str(out / "ca.pem"), "-days", str(days * 4), "-subj", "/CN=cogo cluster CA",
-            "-addext", "basicConstraints=critical,CA:TRUE",
-            "-addext", "keyUsage=critical,keyCertSign,cRLSign")  # fmt: skip
+        run(
+            "req",
+            "-x509",
+            *curve,
+            "-keyout",
+            str(out / "ca-key.pem"),
+            "-out",
+            str(out / "ca.pem"),
+            "-days",
+            str(days * 4),
+            "-subj",
+            "/CN=cogo cluster CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        )
     for host in hosts:
         key, csr = out / f"{host.name}-key.pem", out / f"{host.name}.csr"
         ext = out / f"{host.name}.ext"
@@ -226,9 +240,24 @@ def make_certificates(out: Path, hosts: Sequence[Host], days: int = 825) -> None
             "extendedKeyUsage=serverAuth,clientAuth\n"
         )
         run("req", *curve, "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={host.name}")
-        run("x509", "-req", "-in", str(csr), "-CA", str(out / "ca.pem"),
-            "-CAkey", str(out / "ca-key.pem"), "-set_serial", str(secrets.randbits(63)),
-            "-days", str(days), "-extfile", str(ext), "-out", str(out / f"{host.name}.pem"))  # fmt: skip
+        run(
+            "x509",
+            "-req",
+            "-in",
+            str(csr),
+            "-CA",
+            str(out / "ca.pem"),
+            "-CAkey",
+            str(out / "ca-key.pem"),
+            "-set_serial",
+            str(secrets.randbits(63)),
+            "-days",
+            str(days),
+            "-extfile",
+            str(ext),
+            "-out",
+            str(out / f"{host.name}.pem"),
+        )
         csr.unlink()
         ext.unlink()
     for key in out.glob("*-key.pem"):
@@ -267,13 +296,15 @@ def write_cluster(
     ``<out>/credentials.json``). ``{node}`` in ``store_dir`` is the node's name; ``tls_dir``
     is where the TLS files will be on every host (default: ``<out>/tls``)."""
     if len(addresses) < 3:
-        raise ConfigError("a JetStream cluster that survives the loss of a host needs 3 or "
-                          f"more nodes; got {len(addresses)}")  # fmt: skip
+        raise ConfigError(
+            f"a JetStream cluster that survives the loss of a host needs 3 or more nodes; got {len(addresses)}"
+        )
     if len(set(addresses)) != len(addresses):
         raise ConfigError(f"each node needs its own address: {list(addresses)}")
     if not 1 <= replicas <= min(5, len(addresses)):
-        raise ConfigError(f"replicas must be between 1 and {min(5, len(addresses))} (one per "
-                          f"node, at most 5); got {replicas}")  # fmt: skip
+        raise ConfigError(
+            f"replicas must be between 1 and {min(5, len(addresses))} (one per node, at most 5); got {replicas}"
+        )
     check_store(store_size, config)
     hosts = [Host(f"cogo-{i + 1}", a) for i, a in enumerate(addresses)]
     out = out.resolve()
@@ -282,10 +313,15 @@ def write_cluster(
         make_certificates(out / "tls", hosts)
     for i, host in enumerate(hosts):
         text = node_config(
-            hosts, i, store_dir=store_dir.replace("{node}", host.name), max_file_store=store_size,
+            hosts,
+            i,
+            store_dir=store_dir.replace("{node}", host.name),
+            max_file_store=store_size,
             tls_dir=(tls_dir or str(out / "tls")) if tls else None,
-            accounts=accounts, client_port=client_port, cluster_port=cluster_port,
-        )  # fmt: skip
+            accounts=accounts,
+            client_port=client_port,
+            cluster_port=cluster_port,
+        )
         path = out / host.name / "nats.conf"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)

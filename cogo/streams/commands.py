@@ -83,13 +83,16 @@ def signal_message(
 
 
 def cancel_message(
-    task_id: str, reason: str | None = None, *, route: str | None = None,
-    parent_id: str | None = None, since: float | None = None,
-) -> tuple[str, bytes, dict[str, str]]:  # fmt: skip
+    task_id: str,
+    reason: str | None = None,
+    *,
+    route: str | None = None,
+    parent_id: str | None = None,
+    since: float | None = None,
+) -> tuple[str, bytes, dict[str, str]]:
     """The command that cancels ``task_id`` and its descendants (idempotent); ``since`` (its
     submission, or earlier) bounds the search of its journal for its children."""
-    request = CancelRequest(task_id=task_id, reason=reason, route=route, parent_id=parent_id,
-                            since=since)  # fmt: skip
+    request = CancelRequest(task_id=task_id, reason=reason, route=route, parent_id=parent_id, since=since)
     headers = {MSG_ID: f"{task_id}:cancel:{new_id()}", KIND_HEADER: CANCEL_KIND}
     return COMMAND_SUBJECT, encoder.encode(request), headers
 

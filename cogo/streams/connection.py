@@ -32,9 +32,7 @@ PING_INTERVAL_S = 1
 MAX_OUTSTANDING_PINGS = 3
 
 
-async def connect(
-    url: str, name: str, *, user: str | None = None, password: str | None = None, **options: Any
-) -> NATS:
+async def connect(url: str, name: str, *, user: str | None = None, password: str | None = None, **options: Any) -> NATS:
     """Connect to every seed in ``url`` (comma-separated) and reconnect forever.
 
     Credentials: ``user``/``password``, else ``COGO_NATS_USER``/``COGO_NATS_PASSWORD``; a user
@@ -54,8 +52,14 @@ async def connect(
     options.setdefault("ping_interval", PING_INTERVAL_S)
     options.setdefault("max_outstanding_pings", MAX_OUTSTANDING_PINGS)
     # nats-py types reconnect_time_wait as int; it is a float in seconds
-    settings: dict[str, Any] = {"servers": servers, "name": name, "max_reconnect_attempts": -1,
-                                "reconnect_time_wait": 0.5, "connect_timeout": 5, **options}  # fmt: skip
+    settings: dict[str, Any] = {
+        "servers": servers,
+        "name": name,
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": 0.5,
+        "connect_timeout": 5,
+        **options,
+    }
     nc = Client()
     await nc.connect(**settings)
     return nc

@@ -242,8 +242,7 @@ def decode_task(data: bytes) -> TaskMessage:
         )
     if task.task_id is not None and not _valid_id(task.task_id):
         raise MalformedMessage(
-            "invalid task message: `task_id` must be 1-200 printable characters without spaces"
-            " - at `$.task_id`"
+            "invalid task message: `task_id` must be 1-200 printable characters without spaces - at `$.task_id`"
         )
     return task
 
@@ -294,9 +293,7 @@ _INT_FIELDS = frozenset({"max_tokens", "timeout_ms", "ttl_ms", "max_attempts", "
 def _check_ranges(a: Assignment) -> None:
     def bad(field: str, why: str) -> InvalidAssignment:
         where = f"$.payload.{ASSIGNMENT_KEY}.{field}"
-        return InvalidAssignment(
-            f"invalid __assignment: `{field}` {why} - at `{where}`", detail=where
-        )
+        return InvalidAssignment(f"invalid __assignment: `{field}` {why} - at `{where}`", detail=where)
 
     for field in ("max_tokens", "timeout_ms", "ttl_ms", "max_attempts"):
         value = getattr(a, field)

@@ -77,9 +77,7 @@ def iso(ts: float | None = None) -> str:
     if text is None:
         if len(_iso_seconds) >= 4096:
             _iso_seconds.clear()
-        text = _iso_seconds[second] = datetime.fromtimestamp(second, UTC).strftime(
-            "%Y-%m-%dT%H:%M:%S"
-        )
+        text = _iso_seconds[second] = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
     return f"{text}.{micros:06d}Z"
 
 
@@ -143,9 +141,7 @@ class EventLog:
         self._js = js
         self._publisher = publisher  # an actor's: cheaper per event than js.publish
 
-    async def append(
-        self, event: Event, *, timeout: float = 10.0, msg_id: str | None = None
-    ) -> bool:
+    async def append(self, event: Event, *, timeout: float = 10.0, msg_id: str | None = None) -> bool:
         """Append one event and wait for the stream's ack; False if it was a duplicate.
         ``msg_id``: the de-duplication id, when not the event id (a guarded one,
         ``cogo.streams.seal``)."""
@@ -154,13 +150,9 @@ class EventLog:
             subject, data, _ = event_message(event)
             (ack,) = await self._publisher.publish_all([(subject, data, headers)], timeout)
             return not ack.duplicate
-        pub = await self._js.publish(
-            event_subject(event), encode_event(event), timeout=timeout, headers=headers
-        )
+        pub = await self._js.publish(event_subject(event), encode_event(event), timeout=timeout, headers=headers)
         return not pub.duplicate
 
     async def append_async(self, event: Event) -> asyncio.Future[Any]:
         """Start appending; the returned future resolves to the stream's PubAck."""
-        return await self._js.publish_async(
-            event_subject(event), encode_event(event), headers={MSG_ID: event.event_id}
-        )
+        return await self._js.publish_async(event_subject(event), encode_event(event), headers={MSG_ID: event.event_id})

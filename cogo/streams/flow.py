@@ -188,8 +188,7 @@ def release_message(key: str) -> Outgoing:
     return _kv_subject(key), b"", headers
 
 
-def log_message(route: str, session: str, n: int, record: SlotLogRecord,
-                until: float, now: float) -> Outgoing:  # fmt: skip
+def log_message(route: str, session: str, n: int, record: SlotLogRecord, until: float, now: float) -> Outgoing:
     """Record ``record`` in the slot log of ``route``; it may go once every slot it names has
     expired (``until``, the latest expiry among them)."""
     subject = _kv_subject(f"{log_prefix(route)}{session}.{n}")

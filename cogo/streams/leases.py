@@ -61,8 +61,9 @@ def member_key(name: str) -> str:
 class Lease:
     """One key held with compare-and-set and a TTL."""
 
-    def __init__(self, kv: KeyValue, js: JetStreamContext, key: str, value: bytes,
-                 ttl_s: int, *, bucket: str = LEASE_BUCKET) -> None:  # fmt: skip
+    def __init__(
+        self, kv: KeyValue, js: JetStreamContext, key: str, value: bytes, ttl_s: int, *, bucket: str = LEASE_BUCKET
+    ) -> None:
         self.kv, self.js, self.key, self.value, self.ttl_s = kv, js, key, value, ttl_s
         self.bucket = bucket
         self.revision: int | None = None
@@ -90,9 +91,11 @@ class Lease:
         began = time.monotonic()
         try:
             ack = await self.js.publish(
-                f"$KV.{self.bucket}.{self.key}", self.value, timeout=max(1.0, self.ttl_s / 3),
+                f"$KV.{self.bucket}.{self.key}",
+                self.value,
+                timeout=max(1.0, self.ttl_s / 3),
                 headers={EXPECTED_LAST: str(self.revision), TTL_HEADER: f"{self.ttl_s}s"},
-            )  # fmt: skip
+            )
         except nats.js.errors.APIError as exc:
             if exc.err_code in WRONG_LAST_SEQUENCE:
                 self.revision = None
@@ -198,8 +201,9 @@ class PartitionLeases:
 
     async def _tick(self) -> None:
         assert self._kv is not None
-        await self.js.publish(f"$KV.{self.bucket}.{self.member}", self._value,
-                              headers={TTL_HEADER: f"{self.ttl_s}s"}, timeout=5)  # fmt: skip
+        await self.js.publish(
+            f"$KV.{self.bucket}.{self.member}", self._value, headers={TTL_HEADER: f"{self.ttl_s}s"}, timeout=5
+        )
         await self._renew()
         owners = await self._owners()
         alive = self._alive()
@@ -220,8 +224,7 @@ class PartitionLeases:
             rounds = self._free_rounds[partition] = self._free_rounds.get(partition, 0) + 1
             if len(mine) + len(gained) >= fair and rounds < 3:
                 continue  # leave it to a member under its share for a round or two
-            lease = Lease(self._kv, self.js, f"partition.{partition}", self._value, self.ttl_s,
-                          bucket=self.bucket)  # fmt: skip
+            lease = Lease(self._kv, self.js, f"partition.{partition}", self._value, self.ttl_s, bucket=self.bucket)
             if await lease.acquire():
                 self.held[partition] = lease
                 gained.append(partition)

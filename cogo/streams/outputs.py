@@ -112,14 +112,23 @@ def decode_output(data: bytes) -> Output:
 
 
 def end_marker(
-    order: WorkOrder, status: str, *, attempt: int, error_code: str | None = None,
+    order: WorkOrder,
+    status: str,
+    *,
+    attempt: int,
+    error_code: str | None = None,
     error: str | None = None,
-) -> tuple[str, bytes, dict[str, str]]:  # fmt: skip
+) -> tuple[str, bytes, dict[str, str]]:
     """``(subject, data, headers)`` of the marker that closes ``order``'s task output."""
     marker = Output(
-        task_id=order.task_id, attempt=attempt, at=iso(), end=True, status=status,
-        error_code=error_code, error=error,
-    )  # fmt: skip
+        task_id=order.task_id,
+        attempt=attempt,
+        at=iso(),
+        end=True,
+        status=status,
+        error_code=error_code,
+        error=error,
+    )
     return output_subject(order.task_id), encode_output(marker), {MSG_ID: f"{order.task_id}:end"}
 
 
@@ -169,9 +178,7 @@ async def read_output(
 
         sub: Any = psub
     else:
-        sub = await js.subscribe(
-            subject, stream=OUTPUTS, ordered_consumer=True, config=config, idle_heartbeat=5.0
-        )
+        sub = await js.subscribe(subject, stream=OUTPUTS, ordered_consumer=True, config=config, idle_heartbeat=5.0)
 
         async def fetch() -> list[Any]:
             return [await sub.next_msg(timeout=idle_s)]

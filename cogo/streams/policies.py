@@ -162,10 +162,13 @@ async def declare_policies(
                 warnings.append(f"{exc}; keeping the stored policy of {route!r} unchanged")
                 break
             new = PolicyRecord(
-                policy=policy, seed=seed, overrides=overrides, app=app, agent=agent,
-                declared_at=record.declared_at if record is not None and record.declared_at
-                else iso(),
-            )  # fmt: skip
+                policy=policy,
+                seed=seed,
+                overrides=overrides,
+                app=app,
+                agent=agent,
+                declared_at=record.declared_at if record is not None and record.declared_at else iso(),
+            )
             if record is not None and record == new:
                 break
             try:
@@ -205,9 +208,7 @@ def _json(value: Any) -> str:
     return msgspec.json.encode(value).decode()
 
 
-def _leaves(
-    tree: dict[str, Any], prefix: tuple[str, ...] = ()
-) -> list[tuple[tuple[str, ...], Any]]:
+def _leaves(tree: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
     out: list[tuple[tuple[str, ...], Any]] = []
     for key, value in tree.items():
         if isinstance(value, dict) and value:
@@ -240,14 +241,11 @@ async def read_policy(js: JetStreamContext, route: str) -> RoutePolicy:
     return (await read_record(js, route)).policy
 
 
-async def set_policy(
-    js: JetStreamContext, route: str, changes: dict[str, Any], *, actor: str = "cli"
-) -> RoutePolicy:
+async def set_policy(js: JetStreamContext, route: str, changes: dict[str, Any], *, actor: str = "cli") -> RoutePolicy:
     """Lay ``changes`` over the route's policy (kept as runtime overrides), store it and
     record a ``policy_changed`` event. Refused if the result is invalid (a default above a
     ceiling, a model the allow-list does not have) or the route was never declared."""
-    return await _change(js, route, lambda overrides: deep_merge(overrides, changes), actor,
-                         {"changes": changes})  # fmt: skip
+    return await _change(js, route, lambda overrides: deep_merge(overrides, changes), actor, {"changes": changes})
 
 
 async def reset_policy(js: JetStreamContext, route: str, *, actor: str = "cli") -> RoutePolicy:
@@ -261,21 +259,15 @@ async def forget_route(js: JetStreamContext, route: str, *, actor: str = "cli") 
     kv = await js.key_value(POLICY_BUCKET)
     await read_record(js, route)  # UnknownRoute if there is nothing to forget
     await kv.delete(route)
-    await EventLog(js).append(
-        make_event(ROUTE_FORGOTTEN, route=route, actor=actor, data={"route": route})
-    )
+    await EventLog(js).append(make_event(ROUTE_FORGOTTEN, route=route, actor=actor, data={"route": route}))
 
 
-async def _change(
-    js: JetStreamContext, route: str, update: Any, actor: str, data: dict[str, Any]
-) -> RoutePolicy:
+async def _change(js: JetStreamContext, route: str, update: Any, actor: str, data: dict[str, Any]) -> RoutePolicy:
     kv = await js.key_value(POLICY_BUCKET)
     for _ in range(_CAS_ATTEMPTS):
         record, revision = await _read(kv, route)
         if record is None:
-            raise UnknownRoute(
-                f"unknown route {route!r}: no app declared it, so it has no policy to change"
-            )
+            raise UnknownRoute(f"unknown route {route!r}: no app declared it, so it has no policy to change")
         overrides = update(record.overrides)
         policy = effective(record.seed, overrides, route)
         new = msgspec.structs.replace(record, policy=policy, overrides=overrides)
@@ -303,19 +295,13 @@ def resolve_assignment(requested: Assignment, policy: RoutePolicy) -> ResolvedAs
     resolved = ResolvedAssignment(
         model=requested.model or policy.model,
         max_tokens=requested.max_tokens or policy.max_tokens,
-        max_cost_usd=(
-            requested.max_cost_usd if requested.max_cost_usd is not None else policy.max_cost_usd
-        ),
+        max_cost_usd=(requested.max_cost_usd if requested.max_cost_usd is not None else policy.max_cost_usd),
         timeout_ms=requested.timeout_ms or policy.timeout_ms,
         ttl_ms=requested.ttl_ms or policy.ttl_ms,
         max_attempts=requested.max_attempts or policy.max_attempts,
         backoff=Backoff(
-            initial_ms=b.initial_ms
-            if b and b.initial_ms is not None
-            else policy.backoff.initial_ms,
-            multiplier=b.multiplier
-            if b and b.multiplier is not None
-            else policy.backoff.multiplier,
+            initial_ms=b.initial_ms if b and b.initial_ms is not None else policy.backoff.initial_ms,
+            multiplier=b.multiplier if b and b.multiplier is not None else policy.backoff.multiplier,
             max_ms=b.max_ms if b and b.max_ms is not None else policy.backoff.max_ms,
         ),
         key=requested.key,
@@ -328,16 +314,13 @@ def resolve_assignment(requested: Assignment, policy: RoutePolicy) -> ResolvedAs
     return resolved
 
 
-def check_ceilings(
-    resolved: ResolvedAssignment, policy: RoutePolicy, bypass: Collection[str] = ()
-) -> None:
+def check_ceilings(resolved: ResolvedAssignment, policy: RoutePolicy, bypass: Collection[str] = ()) -> None:
     """Raise the ``PolicyViolation`` of the first ceiling ``resolved`` is above (the checks
     named in ``bypass`` excepted): at submission, and again on every retry."""
     c = policy.ceilings
     if c.allowed_models and resolved.model not in c.allowed_models and "model" not in bypass:
         raise ModelNotAllowed(
-            f"model {resolved.model!r} is not allowed on this route (allowed: "
-            f"{', '.join(c.allowed_models)})"
+            f"model {resolved.model!r} is not allowed on this route (allowed: {', '.join(c.allowed_models)})"
         )
     checks: list[tuple[str, float, float, type[CogoError]]] = [
         ("max_tokens", resolved.max_tokens, c.max_tokens, TokensAboveCeiling),

@@ -35,8 +35,7 @@ DEFAULT_TIMEOUT_S = 10.0
 # to every failover for the tasks in flight.
 ATTEMPT_TIMEOUT_S = 2.0
 RESEND_PAUSE_S = 0.25
-LEADERLESS = (nats.errors.TimeoutError, nats.js.errors.NoStreamResponseError,
-              nats.js.errors.ServiceUnavailableError)  # fmt: skip
+LEADERLESS = (nats.errors.TimeoutError, nats.js.errors.NoStreamResponseError, nats.js.errors.ServiceUnavailableError)
 SWEEP_EVERY_S = 0.5
 NO_RESPONDERS = "503"
 
@@ -125,9 +124,7 @@ class Publisher:
             raise
         return future
 
-    async def publish_all(
-        self, messages: Sequence[Outgoing], timeout: float = DEFAULT_TIMEOUT_S
-    ) -> list[StreamAck]:
+    async def publish_all(self, messages: Sequence[Outgoing], timeout: float = DEFAULT_TIMEOUT_S) -> list[StreamAck]:
         """Send every message at once, then wait for all their acks: one round trip.
 
         Raises the first refusal (``nats.js.errors.APIError``), or ``nats.errors.TimeoutError``
@@ -146,9 +143,7 @@ class Publisher:
                     raise
             await asyncio.sleep(RESEND_PAUSE_S)
 
-    async def _publish_all_once(
-        self, messages: Sequence[Outgoing], timeout: float
-    ) -> list[StreamAck]:
+    async def _publish_all_once(self, messages: Sequence[Outgoing], timeout: float) -> list[StreamAck]:
         futures = [await self.publish(s, d, h, timeout) for s, d, h in messages]
         if len(futures) == 1:
             return [await futures[0]]

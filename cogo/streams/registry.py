@@ -43,9 +43,7 @@ async def declare(js: JetStreamContext, config: Config, decls: Sequence[RouteDec
         for route in routes:
             await check_consumer(js, stream_of(route), route)
     await ensure_topology(js, config, routes)
-    return await declare_policies(
-        js, config, [(d.route, d.app, d.agent, d.policy) for d in decls if d.task]
-    )
+    return await declare_policies(js, config, [(d.route, d.app, d.agent, d.policy) for d in decls if d.task])
 
 
 async def declare_version(js: JetStreamContext, config: Config, route: str, version: str) -> str:

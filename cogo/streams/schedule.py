@@ -59,8 +59,7 @@ async def publish_at(
 ) -> None:
     """Publish `data` to `target` (a TASKS subject) at unix time `at`, once; the schedule's
     subject is `schedules.<key>` (re-publishing the same key replaces it)."""
-    subject, body, hdrs = schedule_message(key=key, target=target, data=data, at=at,
-                                           headers=headers)  # fmt: skip
+    subject, body, hdrs = schedule_message(key=key, target=target, data=data, at=at, headers=headers)
     await js.publish(subject, body, headers=hdrs, timeout=10)
 
 

@@ -43,8 +43,16 @@ from cogo.config import OUTPUT_KEY_ENV, SEAL_KEY_ENV, env
 if TYPE_CHECKING:
     from cogo.streams.envelope import WorkOrder
 
-__all__ = ["GUARD", "MAC_HEADER", "OUTPUT_KEY_ENV", "SEAL_KEY_ENV", "OutputVerifier", "Sealer",
-           "guard_id", "output_mac"]  # fmt: skip
+__all__ = [
+    "GUARD",
+    "MAC_HEADER",
+    "OUTPUT_KEY_ENV",
+    "SEAL_KEY_ENV",
+    "OutputVerifier",
+    "Sealer",
+    "guard_id",
+    "output_mac",
+]
 MAC_HEADER = "Cogo-Mac"
 GUARD = "~"  # separates a message id from its guard
 _encoder = msgspec.json.Encoder()

@@ -72,8 +72,7 @@ def listen_socket(port: int, what: str, flag: str, host: str = "127.0.0.1") -> s
         sock.close()
         if exc.errno == errno.EADDRINUSE:
             raise PortInUse(
-                f"{what} port {port} on {host} is already in use by another process; "
-                f"pick another with {flag}"
+                f"{what} port {port} on {host} is already in use by another process; pick another with {flag}"
             ) from None
         if exc.errno == errno.EADDRNOTAVAIL:
             raise StartupError(f"{what}: {host} is not an address of this host ({flag})") from None
@@ -164,19 +163,28 @@ class EmbeddedServer:
         assert lock is not None  # claim_store took it
         args = [
             nats_server_binary(),
-            "-c", str(conf),
-            "-a", "127.0.0.1",
-            "-p", str(self.port),
-            "-sd", str(self.store_dir),
-            "--pid", str(self.pid_file),
-            "--ports_file_dir", str(self.ports_dir),
-        ]  # fmt: skip
+            "-c",
+            str(conf),
+            "-a",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-sd",
+            str(self.store_dir),
+            "--pid",
+            str(self.pid_file),
+            "--ports_file_dir",
+            str(self.ports_dir),
+        ]
         if self.cluster_port:
             args += [
-                "--cluster_name", "cogo",
-                "--cluster", f"nats://127.0.0.1:{self.cluster_port}",
-                "--routes", ",".join(self.routes),
-            ]  # fmt: skip
+                "--cluster_name",
+                "cogo",
+                "--cluster",
+                f"nats://127.0.0.1:{self.cluster_port}",
+                "--routes",
+                ",".join(self.routes),
+            ]
         log = open(self.log_file, "ab")  # noqa: SIM115 - owned by the child from here on
         try:
             self._log_offset = log.tell()
@@ -229,9 +237,7 @@ class EmbeddedServer:
                     # the pid's ports file proved the listener; the INFO name is a second check
                     name = nc._server_info.get("server_name")
                     if name != self.name:
-                        raise ForeignServer(
-                            f"the server on port {self.port} is {name!r}, not {self.name!r}"
-                        )
+                        raise ForeignServer(f"the server on port {self.port} is {name!r}, not {self.name!r}")
                     await nc.jetstream().account_info()
                     return
                 finally:

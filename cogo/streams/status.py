@@ -13,8 +13,7 @@ import msgspec
 __all__ = ["TERMINAL", "TaskStatus"]
 
 # the events that end a task, and the status each one leaves
-TERMINAL = {"execute_done": "succeeded", "execute_failed": "failed",
-            "execute_cancelled": "cancelled"}  # fmt: skip
+TERMINAL = {"execute_done": "succeeded", "execute_failed": "failed", "execute_cancelled": "cancelled"}
 
 
 class TaskStatus(msgspec.Struct, frozen=True):

@@ -96,9 +96,7 @@ def orchestrator_route(partition: int) -> str:
     return ORCHESTRATOR_ROUTES[partition]
 
 
-def stream_configs(
-    config: Config, task_subjects: list[str] | None = None
-) -> list[api.StreamConfig]:
+def stream_configs(config: Config, task_subjects: list[str] | None = None) -> list[api.StreamConfig]:
     """The streams; ``task_subjects`` are the subjects ``TASKS`` is created with."""
     replicas = config.bus.replicas
     window = config.bus.duplicate_window_s
@@ -109,7 +107,7 @@ def stream_configs(
             subjects=[
                 *(task_subjects or [s for r in FIXED_ROUTES for s in route_subjects(r)]),
                 SCHEDULE_SUBJECTS,
-            ],  # fmt: skip
+            ],
             retention=api.RetentionPolicy.WORK_QUEUE,
             # the dispatcher's held retries and durable agents' timers (ctx.sleep, signal
             # timeouts, the ttl of suspended tasks) wait as schedules, not in a consumer
@@ -206,13 +204,10 @@ def consumer_config(route: str, config: Config) -> api.ConsumerConfig:
     )
 
 
-async def ensure_topology(
-    js: JetStreamContext, config: Config, routes: list[str] | None = None
-) -> None:
+async def ensure_topology(js: JetStreamContext, config: Config, routes: list[str] | None = None) -> None:
     """Create or update the streams and the KV/object buckets; with ``routes``, also give
     each its ``TASKS`` subjects and its consumer (what ``cogo.streams.routes`` declares)."""
-    subjects = [s for r in routes or FIXED_ROUTES if stream_of(r) == TASKS
-                for s in route_subjects(r)]  # fmt: skip
+    subjects = [s for r in routes or FIXED_ROUTES if stream_of(r) == TASKS for s in route_subjects(r)]
     for cfg in stream_configs(config, subjects):
         try:
             info = await js.stream_info(cfg.name)  # type: ignore[arg-type]
@@ -231,8 +226,7 @@ async def ensure_topology(
         kept = list(info.config.subjects or [])
         cfg.subjects = kept + [s for s in cfg.subjects or [] if s not in kept and cfg.name != TASKS]
         # and its replicas: the cluster's shape is not this process's to change
-        cfg.num_replicas = kept_replicas("stream", str(cfg.name), info.config.num_replicas,
-                                         config.bus.replicas)  # fmt: skip
+        cfg.num_replicas = kept_replicas("stream", str(cfg.name), info.config.num_replicas, config.bus.replicas)
         await js.update_stream(cfg)
     # held retries (and durable timers) wait as schedules on TASKS
     await ensure_subjects(js, TASKS, [SCHEDULE_SUBJECTS, *route_subjects(RETRY_SUBJECT)])
@@ -272,10 +266,13 @@ async def ensure_kv(
     except (NotFoundError, BadRequestError):
         return await js.create_key_value(
             api.KeyValueConfig(
-                bucket=bucket, history=history, replicas=replicas, description=description,
+                bucket=bucket,
+                history=history,
+                replicas=replicas,
+                description=description,
                 storage=api.StorageType.FILE,
             )
-        )  # fmt: skip
+        )
 
 
 def kept_replicas(kind: str, name: str, existing: int | None, wanted: int) -> int:
@@ -287,8 +284,12 @@ def kept_replicas(kind: str, name: str, existing: int | None, wanted: int) -> in
         log.warning(
             "%s %s has %d replica(s); this process's configuration says %d ([bus] replicas): "
             "keeping %d (the cluster's shape changes only with `cogo cluster replicas N`)",
-            kind, name, have, wanted, have,
-        )  # fmt: skip
+            kind,
+            name,
+            have,
+            wanted,
+            have,
+        )
     return have
 
 
@@ -302,8 +303,7 @@ async def add_consumer_keeping_shape(
     assert name is not None
     try:
         info = await js.consumer_info(stream, name)
-        cfg.num_replicas = kept_replicas("consumer", f"{stream}/{name}",
-                                         info.config.num_replicas or None, wanted)  # fmt: skip
+        cfg.num_replicas = kept_replicas("consumer", f"{stream}/{name}", info.config.num_replicas or None, wanted)
     except NotFoundError:
         stream_info = await js.stream_info(stream)
         cfg.num_replicas = int(stream_info.config.num_replicas or 1)
@@ -328,12 +328,9 @@ async def set_replicas(js: JetStreamContext, replicas: int) -> list[str]:
     """
     if not 1 <= replicas <= 5:
         raise ValueError("replicas must be between 1 and 5 (JetStream's limit)")
-    buckets = [POLICY_BUCKET, ROLLOUT_BUCKET, LEASE_BUCKET, SCHEDULE_BUCKET, FLOW_BUCKET,
-               "code_index"]  # fmt: skip
-    ours = {TASKS, RESULTS, EVENTS, DLQ, FLOW, outputs.OUTPUTS, f"OBJ_{ARTIFACT_BUCKET}",
-            *(f"KV_{b}" for b in buckets)}  # fmt: skip
-    streams = [info.config.name for info in await _streams_info(js)
-               if info.config.name in ours]  # fmt: skip
+    buckets = [POLICY_BUCKET, ROLLOUT_BUCKET, LEASE_BUCKET, SCHEDULE_BUCKET, FLOW_BUCKET, "code_index"]
+    ours = {TASKS, RESULTS, EVENTS, DLQ, FLOW, outputs.OUTPUTS, f"OBJ_{ARTIFACT_BUCKET}", *(f"KV_{b}" for b in buckets)}
+    streams = [info.config.name for info in await _streams_info(js) if info.config.name in ours]
     changed: list[str] = []
 
     async def consumers(stream: str) -> None:
@@ -405,9 +402,7 @@ async def _wait_settled(
         await asyncio.sleep(0.25)
 
 
-async def _group_settled(
-    js: JetStreamContext, stream: str, replicas: int, *, consumers: bool
-) -> bool:
+async def _group_settled(js: JetStreamContext, stream: str, replicas: int, *, consumers: bool) -> bool:
     groups: list[api.ClusterInfo | None] = [(await js.stream_info(stream)).cluster]
     for info in await js.consumers_info(stream) if consumers else []:
         if info.config.durable_name and not info.config.mem_storage:
@@ -474,8 +469,7 @@ def human(size: int) -> str:
 
 def reserved_bytes(config: Config) -> dict[str, int]:
     """What each of Cogo's streams reserves on every node holding a replica (its max_bytes)."""
-    return {str(c.name): int(c.max_bytes) for c in stream_configs(config)
-            if c.max_bytes and c.max_bytes > 0}  # fmt: skip
+    return {str(c.name): int(c.max_bytes) for c in stream_configs(config) if c.max_bytes and c.max_bytes > 0}
 
 
 def insufficient_storage(exc: Exception, stream: str, config: Config) -> ConfigError:

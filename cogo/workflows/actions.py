@@ -77,18 +77,18 @@ def task_id_of(run_id: str, node_id: str, attempt: int) -> str:
     return f"{run_id}:{node_id}:{attempt}"
 
 
-def started_event(
-    plan: Plan, run_id: str, actor: str, parent: dict[str, Any] | None = None
-) -> Event:
+def started_event(plan: Plan, run_id: str, actor: str, parent: dict[str, Any] | None = None) -> Event:
     """``workflow_started``: the plan travels in the event, so the log alone can resume it."""
-    data: dict[str, Any] = {"run_id": run_id, "workflow_id": plan.workflow_id,
-                            "plan": plan.to_json()}  # fmt: skip
+    data: dict[str, Any] = {"run_id": run_id, "workflow_id": plan.workflow_id, "plan": plan.to_json()}
     if parent:
         data["parent"] = parent
     return make_event(
-        WORKFLOW_STARTED, event_id=f"{run_id}:started", correlation_id=run_id, actor=actor,
+        WORKFLOW_STARTED,
+        event_id=f"{run_id}:started",
+        correlation_id=run_id,
+        actor=actor,
         data=data,
-    )  # fmt: skip
+    )
 
 
 def cancelled_event(state: RunState, actor: str, reason: str | None = None) -> Event:
@@ -117,17 +117,14 @@ def unplannable_event(child: StartChild, actor: str, exc: Exception) -> Event:
         actor=actor,
         error_code=code,
         error=f"{message}: {text}" if text else message,
-        data={"run_id": child.run_id, "workflow_id": child.workflow_id, "parent": child.parent,
-              "failed_nodes": []},
-    )  # fmt: skip
+        data={"run_id": child.run_id, "workflow_id": child.workflow_id, "parent": child.parent, "failed_nodes": []},
+    )
 
 
 def event(type: str, state: RunState, actor: str, *, event_id: str, **fields: Any) -> Event:
     """A workflow event of ``state``'s run (``data.run_id`` / ``data.workflow_id`` set)."""
     data = {"run_id": state.run_id, "workflow_id": state.workflow_id, **(fields.pop("data", {}))}
-    return make_event(
-        type, event_id=event_id, correlation_id=state.run_id, actor=actor, data=data, **fields
-    )
+    return make_event(type, event_id=event_id, correlation_id=state.run_id, actor=actor, data=data, **fields)
 
 
 def succeeded(
@@ -277,8 +274,12 @@ def child_start(
         raise InvalidWorkflow(f"child run id longer than {MAX_RUN_ID} characters (nested too deep)")
     if not re.fullmatch(RUN_ID, child_run_id):
         raise InvalidWorkflow(f"child run id {child_run_id!r} does not match {RUN_ID}")
-    parent: dict[str, Any] = {"runId": state.run_id, "nodeId": node_id,
-                              "workflowId": state.workflow_id, "ancestry": ancestry}  # fmt: skip
+    parent: dict[str, Any] = {
+        "runId": state.run_id,
+        "nodeId": node_id,
+        "workflowId": state.workflow_id,
+        "ancestry": ancestry,
+    }
     if index is not None:
         parent["index"] = index
     return StartChild(child_run_id, workflow_id, dict(parameters), parent)
@@ -286,9 +287,13 @@ def child_start(
 
 def child_result(child_run_id: str, ended: dict[str, Any]) -> dict[str, Any]:
     """What a workflow node (or map item) holds as the result of its child run."""
-    return {"runId": child_run_id, "workflowId": ended.get("workflow_id"),
-            "status": ended.get("status"), "errorCode": ended.get("error_code"),
-            "error": ended.get("error")}  # fmt: skip
+    return {
+        "runId": child_run_id,
+        "workflowId": ended.get("workflow_id"),
+        "status": ended.get("status"),
+        "errorCode": ended.get("error_code"),
+        "error": ended.get("error"),
+    }
 
 
 def child_error(child_run_id: str, ended: dict[str, Any]) -> str:

@@ -75,9 +75,7 @@ class BackoffSpec(_Model):
     max_ms: int = Field(60000, ge=0)
 
     def delay_ms(self, failed_attempts: int) -> int:
-        return int(exponential_delay(
-            self.initial_ms, failed_attempts, cap=self.max_ms, multiplier=self.multiplier
-        ))  # fmt: skip
+        return int(exponential_delay(self.initial_ms, failed_attempts, cap=self.max_ms, multiplier=self.multiplier))
 
 
 class EventFilter(_Model):
@@ -248,14 +246,7 @@ class RetryNode(NodeBase):
 
 
 Node = Annotated[
-    PublishNode
-    | WaitNode
-    | GateNode
-    | NotifyNode
-    | RetryNode
-    | SignalNode
-    | MapNode
-    | WorkflowNode,
+    PublishNode | WaitNode | GateNode | NotifyNode | RetryNode | SignalNode | MapNode | WorkflowNode,
     Field(discriminator="type"),
 ]
 ExecNode = PublishNode | WaitNode | GateNode | NotifyNode | SignalNode | MapNode | WorkflowNode
@@ -387,9 +378,7 @@ class Catalog:
         """The raw definition with this id; WorkflowNotFound if there is none."""
         definitions = self.load()
         if workflow_id not in definitions:
-            raise WorkflowNotFound(
-                f"no workflow {workflow_id!r}; known: {', '.join(sorted(definitions))}"
-            )
+            raise WorkflowNotFound(f"no workflow {workflow_id!r}; known: {', '.join(sorted(definitions))}")
         return definitions[workflow_id]
 
 

@@ -130,8 +130,7 @@ class Runs:
                 plan = link(Plan.model_validate(state.plan))
             run = Run(plan, state)
             if not state.started:
-                await self._do(run, Append(started_event(plan, command.run_id, self.name,
-                                                         command.parent)))  # fmt: skip
+                await self._do(run, Append(started_event(plan, command.run_id, self.name, command.parent)))
                 self.counters["runs_started"] += 1
             self.runs[command.run_id] = run
             await self._advance(run, resume=True)
@@ -162,18 +161,23 @@ class Runs:
         async with self.lock(command.run_id):
             run = self.runs.get(command.run_id) or await self._load(command.run_id)
             if run is None:
-                log.info("%s: signal %s for run %s, which is not running; dropped",
-                         self.name, command.name, command.run_id)  # fmt: skip
+                log.info(
+                    "%s: signal %s for run %s, which is not running; dropped", self.name, command.name, command.run_id
+                )
                 return
             signaled = make_event(
                 WORKFLOW_SIGNALED,
                 event_id=f"{command.run_id}:signal:{command.signal_id}",
                 correlation_id=command.run_id,
                 actor=self.name,
-                data={"run_id": command.run_id, "workflow_id": run.state.workflow_id,
-                      "name": command.name, "signal_id": command.signal_id,
-                      "data": command.data},
-            )  # fmt: skip
+                data={
+                    "run_id": command.run_id,
+                    "workflow_id": run.state.workflow_id,
+                    "name": command.name,
+                    "signal_id": command.signal_id,
+                    "data": command.data,
+                },
+            )
             await self._do(run, Append(signaled))
             self.counters["signals"] += 1
             await self._advance(run)
@@ -250,8 +254,7 @@ class Runs:
         """Apply ``decide`` until the run has to wait."""
         if resume:
             now = time.time()
-            redo: list[Action] = [*resubmissions(run.state, now, self.duplicate_window_s),
-                                  *restarts(run.state)]  # fmt: skip
+            redo: list[Action] = [*resubmissions(run.state, now, self.duplicate_window_s), *restarts(run.state)]
             if redo:
                 await self._do_all(run, redo)
         for _ in range(MAX_STEPS):
@@ -290,8 +293,9 @@ class Runs:
                     self.counters["duplicate_events"] += 1
                 progressed = run.state.apply(event, ack.seq) or progressed
                 if not ack.duplicate:
-                    tracing.workflow_event(event, workflow_id=run.state.workflow_id,
-                                           run_started=timestamp(run.state.started_at))  # fmt: skip
+                    tracing.workflow_event(
+                        event, workflow_id=run.state.workflow_id, run_started=timestamp(run.state.started_at)
+                    )
         tasks = [a.task for a in actions if isinstance(a, Submit)]
         if tasks:
             await self.publisher.publish_all(
@@ -302,7 +306,7 @@ class Runs:
                         tracing.workflow_task({MSG_ID: t["task_id"]}, t),
                     )
                     for t in tasks
-                ]  # fmt: skip
+                ]
             )
             self.counters["tasks_submitted"] += len(tasks)
         children = [a for a in actions if isinstance(a, StartChild)]
@@ -316,8 +320,7 @@ class Runs:
         except CogoError as exc:  # unknown workflow, bad parameters...: the child fails
             await self._append_outside(unplannable_event(child, self.name, exc))
             return
-        await send_command(self.js, StartRun(run_id=child.run_id, plan=plan.to_json(),
-                                             parent=child.parent))  # fmt: skip
+        await send_command(self.js, StartRun(run_id=child.run_id, plan=plan.to_json(), parent=child.parent))
         self.counters["children_started"] += 1
 
     async def _append_outside(self, event: Event) -> None:
@@ -331,8 +334,9 @@ class Runs:
             node = state.nodes[node_id]
             inputs = node.inputs if index is None else node.items[index].inputs
             why = f"parent run {state.run_id} cancelled" + (f": {reason}" if reason else "")
-            await send_command(self.js, CancelRun(run_id=child_run_id, reason=why,
-                                                  workflow_id=inputs.workflow if inputs else None))  # fmt: skip
+            await send_command(
+                self.js, CancelRun(run_id=child_run_id, reason=why, workflow_id=inputs.workflow if inputs else None)
+            )
             self.counters["children_cancelled"] += 1
         # and the tasks its nodes started that have not ended (cogo.runtime.suspension)
         why = f"workflow run {state.run_id} cancelled" + (f": {reason}" if reason else "")
@@ -366,8 +370,7 @@ class Runs:
         if at is None:
             return
         delay = max(0.0, at - time.time()) + 0.005
-        run.timer = asyncio.get_running_loop().call_later(delay, self._wake_soon,
-                                                          run.state.run_id)  # fmt: skip
+        run.timer = asyncio.get_running_loop().call_later(delay, self._wake_soon, run.state.run_id)
 
     def _wake_soon(self, run_id: str) -> None:
         self._in_background(self._wake(run_id))
@@ -383,9 +386,7 @@ class Runs:
                 return  # the new holder re-arms it from the log
             except Exception:
                 log.exception("%s: advancing run %s failed; retrying", self.name, run_id)
-                run.timer = asyncio.get_running_loop().call_later(
-                    RETRY_ADVANCE_S, self._wake_soon, run_id
-                )
+                run.timer = asyncio.get_running_loop().call_later(RETRY_ADVANCE_S, self._wake_soon, run_id)
 
     def _in_background(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.create_task(coro)
@@ -438,9 +439,7 @@ class Runs:
                     run.watchers.pop(key, None)
                     self._sync_watchers(run)
 
-    async def _on_watched(
-        self, run_id: str, key: tuple[Any, ...], spec: dict[str, Any], event: Event
-    ) -> bool:
+    async def _on_watched(self, run_id: str, key: tuple[Any, ...], spec: dict[str, Any], event: Event) -> bool:
         """Record what a watcher found; True when the watcher is done."""
         async with self.lock(run_id):
             run = self.runs.get(run_id)
@@ -449,9 +448,13 @@ class Runs:
             if key[0] == "child":
                 if event.type not in RUN_OUTCOMES or event.correlation_id != key[1]:
                     return False
-                ended = {"status": RUN_OUTCOMES[event.type], "error_code": event.error_code,
-                         "error": event.error, "event_id": event.event_id,
-                         "workflow_id": data_of(event, RunData, lenient=True).workflow_id}  # fmt: skip
+                ended = {
+                    "status": RUN_OUTCOMES[event.type],
+                    "error_code": event.error_code,
+                    "error": event.error,
+                    "event_id": event.event_id,
+                    "workflow_id": data_of(event, RunData, lenient=True).workflow_id,
+                }
                 if not run.state.observe_child(key[1], ended):
                     return True  # nothing waits for it any more
             else:
@@ -469,17 +472,14 @@ class Runs:
                 pass
             except Exception:  # the input is recorded; a timer finishes the step
                 log.exception("%s: advancing run %s failed; retrying", self.name, run_id)
-                run.timer = asyncio.get_running_loop().call_later(
-                    RETRY_ADVANCE_S, self._wake_soon, run_id
-                )
+                run.timer = asyncio.get_running_loop().call_later(RETRY_ADVANCE_S, self._wake_soon, run_id)
             return True
 
 
 def _wait_subjects(spec: dict[str, Any]) -> list[str]:
     types = [spec["type"]] if isinstance(spec.get("type"), str) else list(spec["type"])
     route = spec.get("route")
-    return sorted({s for t in types for s in ([f"events.{t}.{route}"] if route
-                                              else [f"events.{t}", f"events.{t}.>"])})  # fmt: skip
+    return sorted({s for t in types for s in ([f"events.{t}.{route}"] if route else [f"events.{t}", f"events.{t}.>"])})
 
 
 def _child_subjects(child_run_id: str) -> list[str]:

@@ -90,10 +90,21 @@ from cogo.workflows.planner import Plan
 from cogo.workflows.run import RunState
 
 __all__ = [
-    "Action", "Append", "StartChild", "Submit", "cancelled_event", "decide", "matches",
-    "next_wakeup", "restarts", "resubmissions", "running_children", "started_event",
-    "task_id_of", "wait_filter",
-]  # fmt: skip
+    "Action",
+    "Append",
+    "StartChild",
+    "Submit",
+    "cancelled_event",
+    "decide",
+    "matches",
+    "next_wakeup",
+    "restarts",
+    "resubmissions",
+    "running_children",
+    "started_event",
+    "task_id_of",
+    "wait_filter",
+]
 
 
 def decide(plan: Plan, state: RunState, now: float, actor: str) -> list[Action]:
@@ -216,8 +227,7 @@ def _consider(plan: Plan, node: Any, state: RunState, now: float, actor: str) ->
     if any(not dep.final for dep in upstream):
         return []
     healthy = all(
-        dep.status == SUCCEEDED or (dep.status == SKIPPED and dep.skip_reason == "condition")
-        for dep in upstream
+        dep.status == SUCCEEDED or (dep.status == SKIPPED and dep.skip_reason == "condition") for dep in upstream
     )
     if not healthy and not node.always:
         return [Append(skipped(state, node.id, "upstream", actor))]
@@ -266,28 +276,31 @@ def _start(
             deadline = now + inner.timeout_ms / 1000.0
             inputs.update(name=inner.signal_name, deadline=deadline, deadline_at=iso(deadline))
         elif isinstance(inner, WorkflowNode):
-            child = child_start(inner, task_id_of(state.run_id, node.id, attempt), state,
-                                context, node.id)  # fmt: skip
-            inputs.update(child_run_id=child.run_id, workflow=child.workflow_id,
-                          child=_child_json(child))  # fmt: skip
+            child = child_start(inner, task_id_of(state.run_id, node.id, attempt), state, context, node.id)
+            inputs.update(child_run_id=child.run_id, workflow=child.workflow_id, child=_child_json(child))
             actions.append(child)
         elif isinstance(inner, MapNode):
             inputs.update(fanout.start_inputs(inner, context))
         elif isinstance(inner, GateNode):
             inputs["condition"] = inner.condition
     except CogoError as exc:  # ExpressionError, WorkflowCycle, InvalidParameters...
-        started = event(NODE_STARTED, state, actor, event_id=started_id, attempt=attempt,
-                        data=inputs)  # fmt: skip
+        started = event(NODE_STARTED, state, actor, event_id=started_id, attempt=attempt, data=inputs)
         # a template that cannot be rendered will not render next attempt either
-        return [Append(started), Append(failed(state, node, attempt, now, actor, exc.code,
-                                               exc.message, retryable=False))]  # fmt: skip
+        return [
+            Append(started),
+            Append(failed(state, node, attempt, now, actor, exc.code, exc.message, retryable=False)),
+        ]
     started = event(NODE_STARTED, state, actor, event_id=started_id, attempt=attempt, data=inputs)
     return [Append(started), *actions]
 
 
 def _child_json(child: StartChild) -> dict[str, Any]:
-    return {"run_id": child.run_id, "workflow_id": child.workflow_id,
-            "parameters": child.parameters, "parent": child.parent}  # fmt: skip
+    return {
+        "run_id": child.run_id,
+        "workflow_id": child.workflow_id,
+        "parameters": child.parameters,
+        "parent": child.parent,
+    }
 
 
 # -- running nodes -----------------------------------------------------------------------
@@ -305,9 +318,20 @@ def _check(node: Any, current: NodeState, state: RunState, now: float, actor: st
         if outcome.type == EXECUTE_DONE:
             result = data_of(outcome, ExecuteDone, lenient=True).result
             return _succeeded(state, node, current, now, actor, result, cause=outcome.event_id)
-        return [Append(failed(state, node, attempt, now, actor,
-                              outcome.error_code or "worker.error",
-                              outcome.error or "task failed", cause=outcome.event_id))]  # fmt: skip
+        return [
+            Append(
+                failed(
+                    state,
+                    node,
+                    attempt,
+                    now,
+                    actor,
+                    outcome.error_code or "worker.error",
+                    outcome.error or "task failed",
+                    cause=outcome.event_id,
+                )
+            )
+        ]
     if isinstance(inner, GateNode):
         return [Append(_gate(state, node, inner, attempt, now, actor))]
     if isinstance(inner, SignalNode):
@@ -319,9 +343,21 @@ def _check(node: Any, current: NodeState, state: RunState, now: float, actor: st
         result = child_result(current.child_run_id or "", ended)
         if ended.get("status") == SUCCEEDED:
             return _succeeded(state, node, current, now, actor, result, cause=ended.get("event_id"))
-        return [Append(failed(state, node, attempt, now, actor, ChildFailed.code,
-                              child_error(current.child_run_id or "", ended),
-                              cause=ended.get("event_id"), result=result))]  # fmt: skip
+        return [
+            Append(
+                failed(
+                    state,
+                    node,
+                    attempt,
+                    now,
+                    actor,
+                    ChildFailed.code,
+                    child_error(current.child_run_id or "", ended),
+                    cause=ended.get("event_id"),
+                    result=result,
+                )
+            )
+        ]
     if isinstance(inner, MapNode):
         return fanout.check(node, inner, current, state, now, actor)
     if isinstance(inner, WaitNode):
@@ -335,8 +371,7 @@ def _check_signal(
     received = state.signals.get(inner.signal_name) or []
     if received:
         first = received[0]
-        return _succeeded(state, node, current, now, actor, first["data"],
-                          cause=first.get("event_id"))  # fmt: skip
+        return _succeeded(state, node, current, now, actor, first["data"], cause=first.get("event_id"))
     if current.deadline is not None and now >= current.deadline:
         error = f"no signal {inner.signal_name!r} within {inner.timeout_ms} ms"
         return [Append(failed(state, node, current.attempt, now, actor, SignalTimeout.code, error))]
@@ -349,8 +384,7 @@ def _check_wait(
     if inner.event is not None:
         match = state.matches.get((node.id, current.attempt))
         if match is not None:
-            return _succeeded(state, node, current, now, actor, match,
-                              cause=match.get("event_id"))  # fmt: skip
+            return _succeeded(state, node, current, now, actor, match, cause=match.get("event_id"))
         last_error = None
     else:
         try:
@@ -387,14 +421,13 @@ def _succeeded(
         except ExpressionError as exc:
             ok, error = False, f"until {node.until!r}: {exc}"
         if not ok:
-            return [Append(failed(state, node, attempt, now, actor, ConditionUnmet.code, error,
-                                  cause=cause, result=result))]  # fmt: skip
+            return [
+                Append(failed(state, node, attempt, now, actor, ConditionUnmet.code, error, cause=cause, result=result))
+            ]
     return [Append(succeeded(state, node.id, attempt, now, actor, result, cause))]
 
 
-def _gate(
-    state: RunState, node: Any, gate: GateNode, attempt: int, now: float, actor: str
-) -> Event:
+def _gate(state: RunState, node: Any, gate: GateNode, attempt: int, now: float, actor: str) -> Event:
     try:
         passed = bool(evaluate(gate.condition, state.context()))
         error = None if passed else f"condition {gate.condition!r} is false"

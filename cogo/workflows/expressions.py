@@ -55,10 +55,28 @@ _ARITHMETIC: dict[type[ast.AST], Callable[[Any, Any], Any]] = {
     ast.Mod: lambda a, b: a % b,
 }
 _ALLOWED = (
-    ast.Expression, ast.BoolOp, ast.And, ast.Or, ast.UnaryOp, ast.Not, ast.USub, ast.UAdd,
-    ast.BinOp, ast.Compare, ast.IfExp, ast.Name, ast.Load, ast.Attribute, ast.Subscript,
-    ast.Constant, ast.List, ast.Tuple, ast.Call, *_COMPARE, *_ARITHMETIC,
-)  # fmt: skip
+    ast.Expression,
+    ast.BoolOp,
+    ast.And,
+    ast.Or,
+    ast.UnaryOp,
+    ast.Not,
+    ast.USub,
+    ast.UAdd,
+    ast.BinOp,
+    ast.Compare,
+    ast.IfExp,
+    ast.Name,
+    ast.Load,
+    ast.Attribute,
+    ast.Subscript,
+    ast.Constant,
+    ast.List,
+    ast.Tuple,
+    ast.Call,
+    *_COMPARE,
+    *_ARITHMETIC,
+)
 _FUNCTIONS = {"len"}
 # JSON's spellings of the three constants: definitions are JSON, so conditions written
 # there read ``x == true`` as naturally as ``x == True``
@@ -116,8 +134,7 @@ def parse(text: str, names: frozenset[str] | None = None) -> Expression:
         unknown = expression.names - names
         if unknown:
             raise InvalidExpression(
-                f"{text!r} uses unknown name(s) {', '.join(sorted(unknown))}; "
-                f"available: {', '.join(sorted(names))}"
+                f"{text!r} uses unknown name(s) {', '.join(sorted(unknown))}; available: {', '.join(sorted(names))}"
             )
     return expression
 
@@ -134,9 +151,7 @@ def _check(node: ast.AST, text: str) -> None:
         raise InvalidExpression(f"{text!r}: names starting with '_' are not allowed")
     if isinstance(node, ast.Attribute) and node.attr.startswith("_"):
         raise InvalidExpression(f"{text!r}: fields starting with '_' are not allowed")
-    if isinstance(node, ast.Constant) and not isinstance(
-        node.value, str | int | float | bool | type(None)
-    ):
+    if isinstance(node, ast.Constant) and not isinstance(node.value, str | int | float | bool | type(None)):
         raise InvalidExpression(f"{text!r}: {type(node.value).__name__} literals are not allowed")
     if isinstance(node, ast.Call):
         if not (isinstance(node.func, ast.Name) and node.func.id in _FUNCTIONS):
@@ -154,9 +169,7 @@ def _check(node: ast.AST, text: str) -> None:
 def _root_names(tree: ast.Expression) -> frozenset[str]:
     called = {id(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
     return frozenset(
-        n.id
-        for n in ast.walk(tree)
-        if isinstance(n, ast.Name) and id(n) not in called and n.id not in JSON_LITERALS
+        n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and id(n) not in called and n.id not in JSON_LITERALS
     )
 
 
@@ -236,9 +249,7 @@ class _Evaluator:
             case ast.Call(args=[arg]):
                 value = self.visit(arg)
                 if not isinstance(value, str | list | tuple | dict):
-                    raise ExpressionEvalError(
-                        f"len() of {_kind(value)} at {ast.unparse(arg)!r} is undefined"
-                    )
+                    raise ExpressionEvalError(f"len() of {_kind(value)} at {ast.unparse(arg)!r} is undefined")
                 return len(value)
         raise ExpressionEvalError(f"cannot evaluate {ast.unparse(node)!r}")  # pragma: no cover
 

@@ -38,8 +38,14 @@ ITEM_NAMES = frozenset({"item", "index"})
 
 
 def kind_of(value: Any) -> str:
-    return {dict: "an object", str: "a string", bool: "a boolean", int: "a number",
-            float: "a number", type(None): "null"}.get(type(value), type(value).__name__)  # fmt: skip
+    return {
+        dict: "an object",
+        str: "a string",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)
 
 
 def check_items(items: Any, where: str) -> list[Any]:
@@ -75,22 +81,24 @@ def check(
     if outcomes:
         return outcomes
     running = sum(1 for i in current.items.values() if i.status == RUNNING)
-    failures = sorted((i for i in current.items.values() if i.status == FAILED),
-                      key=lambda i: i.index)  # fmt: skip
+    failures = sorted((i for i in current.items.values() if i.status == FAILED), key=lambda i: i.index)
     stop = bool(failures) and not inner.allow_failures
     finished = sum(1 for i in current.items.values() if i.final)
     if finished == len(items) or (stop and not running):
         results = [
-            current.items[i].result
-            if i in current.items and current.items[i].status == SUCCEEDED else None
+            current.items[i].result if i in current.items and current.items[i].status == SUCCEEDED else None
             for i in range(len(items))
-        ]  # fmt: skip
+        ]
         if stop:
             first = failures[0]
             error = f"item {first.index} failed: {first.error}"
-            return [act.Append(act.failed(state, node, attempt, now, actor,
-                                          first.error_code or "worker.error", error,
-                                          result=results))]  # fmt: skip
+            return [
+                act.Append(
+                    act.failed(
+                        state, node, attempt, now, actor, first.error_code or "worker.error", error, result=results
+                    )
+                )
+            ]
         return [act.Append(act.succeeded(state, node.node_id, attempt, now, actor, results))]
     if stop:
         return []
@@ -98,9 +106,7 @@ def check(
     starting = [i for i in range(len(items)) if i not in current.items][: max(0, free)]
     out: list[act.Action] = []
     for index in starting:
-        out.extend(
-            _start_item(state, node.node_id, attempt, inner.node, index, items[index], actor)
-        )
+        out.extend(_start_item(state, node.node_id, attempt, inner.node, index, items[index], actor))
     return out
 
 
@@ -109,13 +115,25 @@ def _item_id(state: RunState, node_id: str, attempt: int, index: int) -> str:
 
 
 def _item_event(
-    type: str, state: RunState, node_id: str, attempt: int, index: int, actor: str,
-    suffix: str, **fields: Any,
-) -> Event:  # fmt: skip
+    type: str,
+    state: RunState,
+    node_id: str,
+    attempt: int,
+    index: int,
+    actor: str,
+    suffix: str,
+    **fields: Any,
+) -> Event:
     data = {"node_id": node_id, "index": index, **fields.pop("data", {})}
-    return act.event(type, state, actor, attempt=attempt, data=data,
-                     event_id=f"{_item_id(state, node_id, attempt, index)}:{suffix}",
-                     **fields)  # fmt: skip
+    return act.event(
+        type,
+        state,
+        actor,
+        attempt=attempt,
+        data=data,
+        event_id=f"{_item_id(state, node_id, attempt, index)}:{suffix}",
+        **fields,
+    )
 
 
 def _start_item(
@@ -139,17 +157,24 @@ def _start_item(
             action = act.Submit(task)
         else:
             child = act.child_start(inner, base, state, context, node_id, index)
-            inputs.update(child_run_id=child.run_id, workflow=child.workflow_id,
-                          child={"run_id": child.run_id, "workflow_id": child.workflow_id,
-                                 "parameters": child.parameters, "parent": child.parent})  # fmt: skip
+            inputs.update(
+                child_run_id=child.run_id,
+                workflow=child.workflow_id,
+                child={
+                    "run_id": child.run_id,
+                    "workflow_id": child.workflow_id,
+                    "parameters": child.parameters,
+                    "parent": child.parent,
+                },
+            )
             action = child
     except CogoError as exc:
         begun = _item_event(MAP_ITEM_STARTED, state, node_id, attempt, index, actor, "started")
-        over = _item_event(MAP_ITEM_FAILED, state, node_id, attempt, index, actor, "outcome",
-                           error_code=exc.code, error=exc.message)  # fmt: skip
+        over = _item_event(
+            MAP_ITEM_FAILED, state, node_id, attempt, index, actor, "outcome", error_code=exc.code, error=exc.message
+        )
         return [act.Append(begun), act.Append(over)]
-    begun = _item_event(MAP_ITEM_STARTED, state, node_id, attempt, index, actor, "started",
-                        data=inputs)  # fmt: skip
+    begun = _item_event(MAP_ITEM_STARTED, state, node_id, attempt, index, actor, "started", data=inputs)
     return [act.Append(begun), action]
 
 
@@ -164,28 +189,71 @@ def _item_outcome(
     index = item.index
     if isinstance(inner, PublishNode):
         if not inner.wait:
-            return _item_event(MAP_ITEM_SUCCEEDED, state, node_id, attempt, index, actor,
-                               "outcome", data={"result": {"task_id": item.task_id}})  # fmt: skip
+            return _item_event(
+                MAP_ITEM_SUCCEEDED,
+                state,
+                node_id,
+                attempt,
+                index,
+                actor,
+                "outcome",
+                data={"result": {"task_id": item.task_id}},
+            )
         outcome = state.task_outcomes.get(item.task_id or "")
         if outcome is None:
             return None
         if outcome.type == EXECUTE_DONE:
             result = data_of(outcome, ExecuteDone, lenient=True).result
-            return _item_event(MAP_ITEM_SUCCEEDED, state, node_id, attempt, index, actor,
-                               "outcome", causation_id=outcome.event_id,
-                               data={"result": result})  # fmt: skip
-        return _item_event(MAP_ITEM_FAILED, state, node_id, attempt, index, actor, "outcome",
-                           causation_id=outcome.event_id,
-                           error_code=outcome.error_code or "worker.error",
-                           error=outcome.error or "task failed")  # fmt: skip
+            return _item_event(
+                MAP_ITEM_SUCCEEDED,
+                state,
+                node_id,
+                attempt,
+                index,
+                actor,
+                "outcome",
+                causation_id=outcome.event_id,
+                data={"result": result},
+            )
+        return _item_event(
+            MAP_ITEM_FAILED,
+            state,
+            node_id,
+            attempt,
+            index,
+            actor,
+            "outcome",
+            causation_id=outcome.event_id,
+            error_code=outcome.error_code or "worker.error",
+            error=outcome.error or "task failed",
+        )
     child = item.child_run_id or ""
     ended = state.child_outcomes.get(child)
     if ended is None:
         return None
     result = act.child_result(child, ended)
     if ended.get("status") == SUCCEEDED:
-        return _item_event(MAP_ITEM_SUCCEEDED, state, node_id, attempt, index, actor, "outcome",
-                           causation_id=ended.get("event_id"), data={"result": result})  # fmt: skip
-    return _item_event(MAP_ITEM_FAILED, state, node_id, attempt, index, actor, "outcome",
-                       causation_id=ended.get("event_id"), error_code=ChildFailed.code,
-                       error=act.child_error(child, ended), data={"result": result})  # fmt: skip
+        return _item_event(
+            MAP_ITEM_SUCCEEDED,
+            state,
+            node_id,
+            attempt,
+            index,
+            actor,
+            "outcome",
+            causation_id=ended.get("event_id"),
+            data={"result": result},
+        )
+    return _item_event(
+        MAP_ITEM_FAILED,
+        state,
+        node_id,
+        attempt,
+        index,
+        actor,
+        "outcome",
+        causation_id=ended.get("event_id"),
+        error_code=ChildFailed.code,
+        error=act.child_error(child, ended),
+        data={"result": result},
+    )

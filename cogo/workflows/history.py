@@ -56,9 +56,7 @@ async def append(js: JetStreamContext, event: Event) -> tuple[int, bool]:
 
     For a duplicate, JetStream answers with the sequence of the event already stored.
     """
-    ack = await js.publish(
-        subject_of(event), encode_event(event), headers={MSG_ID: event.event_id}, timeout=10
-    )
+    ack = await js.publish(subject_of(event), encode_event(event), headers={MSG_ID: event.event_id}, timeout=10)
     return ack.seq, bool(ack.duplicate)
 
 
@@ -96,17 +94,13 @@ class Tail:
 
 
 @contextlib.asynccontextmanager
-async def tail(
-    js: JetStreamContext, subjects: Sequence[str], start_seq: int | None = None
-) -> AsyncIterator[Tail]:
+async def tail(js: JetStreamContext, subjects: Sequence[str], start_seq: int | None = None) -> AsyncIterator[Tail]:
     """Events on ``subjects`` from ``start_seq`` (or the start), through an ephemeral
     consumer that is deleted on exit (and expires by itself if this process dies)."""
     config = api.ConsumerConfig(
         filter_subjects=list(subjects),
         ack_policy=api.AckPolicy.NONE,
-        deliver_policy=(
-            api.DeliverPolicy.BY_START_SEQUENCE if start_seq else api.DeliverPolicy.ALL
-        ),
+        deliver_policy=(api.DeliverPolicy.BY_START_SEQUENCE if start_seq else api.DeliverPolicy.ALL),
         opt_start_seq=start_seq or None,
         inactive_threshold=30.0,
         mem_storage=True,
@@ -123,9 +117,7 @@ async def tail(
             await js.delete_consumer(EVENTS, info.name)
 
 
-async def read(
-    js: JetStreamContext, subjects: Sequence[str], start_seq: int | None = None
-) -> list[tuple[int, Event]]:
+async def read(js: JetStreamContext, subjects: Sequence[str], start_seq: int | None = None) -> list[tuple[int, Event]]:
     """Every event on ``subjects`` stored now, in stream order."""
     events: list[tuple[int, Event]] = []
     async with tail(js, subjects, start_seq) as reader:

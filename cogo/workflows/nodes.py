@@ -136,11 +136,7 @@ class NodeState:
             "error": self.error,
             "verdict": self.verdict,
             "skipReason": self.skip_reason,
-            **(
-                {"signal": self.inputs.name if self.inputs else None}
-                if self.type == "signal"
-                else {}
-            ),
+            **({"signal": self.inputs.name if self.inputs else None} if self.type == "signal" else {}),
             **({"childRunId": self.child_run_id} if self.child_run_id else {}),
             **(
                 {
@@ -149,7 +145,7 @@ class NodeState:
                 }
                 if self.type == "map"
                 else {}
-            ),  # fmt: skip
+            ),
             "attempts": [
                 {
                     "attempt": a.attempt,

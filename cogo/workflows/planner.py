@@ -112,9 +112,7 @@ def plan_workflow(
     try:
         spec = WorkflowDefinition.model_validate(definition)
     except pydantic.ValidationError as exc:
-        raise InvalidWorkflow(
-            "invalid workflow definition", detail=pydantic_errors(exc, ["definition"])
-        ) from None
+        raise InvalidWorkflow("invalid workflow definition", detail=pydantic_errors(exc, ["definition"])) from None
     params = resolve_parameters(spec, parameters or {})
     context = {"params": params}
     errors: list[dict[str, Any]] = []
@@ -171,10 +169,15 @@ def _check_items(items: Any, loc: list[Any]) -> Iterator[dict[str, Any]]:
         return
     if isinstance(items, str) and "${" in items:
         return  # read from other nodes: checked when the map starts
-    kind = {dict: "an object", str: "a string", bool: "a boolean", int: "a number",
-            float: "a number", type(None): "null"}.get(type(items), type(items).__name__)  # fmt: skip
-    yield _error(loc, f"must be a list (or a ${{...}} template giving one), got {kind}",
-                 ITEMS_INVALID)  # fmt: skip
+    kind = {
+        dict: "an object",
+        str: "a string",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        type(None): "null",
+    }.get(type(items), type(items).__name__)
+    yield _error(loc, f"must be a list (or a ${{...}} template giving one), got {kind}", ITEMS_INVALID)
 
 
 def load_plan(raw: Any, policy_of: PolicyLookup, definitions: Definitions | None = None) -> Plan:
@@ -212,9 +215,7 @@ def check_plan(
         upstream: set[str] = set()
         for name in node.after or ():
             if name not in position:
-                errors.append(
-                    _error([*loc, "after"], f"{name!r} is not a node defined before {node.id!r}")
-                )
+                errors.append(_error([*loc, "after"], f"{name!r} is not a node defined before {node.id!r}"))
                 continue
             upstream |= {name, *ancestors[name]}
         position[node.id] = i
@@ -228,8 +229,12 @@ def check_plan(
         if isinstance(node, SignalNode):
             name = node.signal_name
             if name in signals:
-                errors.append(_error([*loc, "name"], f"signal {name!r} is already awaited by "
-                                     f"node {signals[name]!r}; names must be unique"))  # fmt: skip
+                errors.append(
+                    _error(
+                        [*loc, "name"],
+                        f"signal {name!r} is already awaited by node {signals[name]!r}; names must be unique",
+                    )
+                )
             signals[name] = node.id
         if definitions is not None:
             errors.extend(_check_children(plan.workflow_id, node, loc, definitions))
@@ -238,9 +243,7 @@ def check_plan(
     return plan
 
 
-def _check_children(
-    root: str, node: Any, loc: list[Any], definitions: Definitions
-) -> Iterator[dict[str, Any]]:
+def _check_children(root: str, node: Any, loc: list[Any], definitions: Definitions) -> Iterator[dict[str, Any]]:
     """A literal child workflow must exist, fit its parameters and not lead back up."""
     inner, inner_loc = (node.node, [*loc, "node"]) if isinstance(node, MapNode) else (node, loc)
     if not isinstance(inner, WorkflowNode) or "${" in inner.workflowId:
@@ -248,19 +251,19 @@ def _check_children(
     child = inner.workflowId
     if child not in definitions:
         known = ", ".join(sorted(definitions))
-        yield _error([*inner_loc, "workflowId"], f"no workflow {child!r}; known: {known}",
-                     "workflow.not_found")  # fmt: skip
+        yield _error([*inner_loc, "workflowId"], f"no workflow {child!r}; known: {known}", "workflow.not_found")
         return
     cycle = _cycle([root], child, definitions)
     if cycle:
-        yield _error([*inner_loc, "workflowId"],
-                     f"a cycle: {' -> '.join(cycle)} (a workflow may not run itself)",
-                     "workflow.cycle")  # fmt: skip
+        yield _error(
+            [*inner_loc, "workflowId"],
+            f"a cycle: {' -> '.join(cycle)} (a workflow may not run itself)",
+            "workflow.cycle",
+        )
         return
     if not any("${" in text for text in _strings(inner.parameters)):
         try:
-            resolve_parameters(WorkflowDefinition.model_validate(definitions[child]),
-                               inner.parameters)  # fmt: skip
+            resolve_parameters(WorkflowDefinition.model_validate(definitions[child]), inner.parameters)
         except InvalidParameters as exc:
             for e in exc.detail or []:
                 yield _error([*inner_loc, *e["loc"]], f"{child}: {e['msg']}", e["type"])
@@ -302,9 +305,7 @@ def link(plan: Plan) -> Plan:
     return plan
 
 
-def _check_node(
-    node: Any, loc: list[Any], upstream: set[str], every: set[str]
-) -> Iterator[dict[str, Any]]:
+def _check_node(node: Any, loc: list[Any], upstream: set[str], every: set[str]) -> Iterator[dict[str, Any]]:
     yield from _check_expression(node.when, [*loc, "when"], RUN_NAMES, upstream)
     inner_loc = [*loc, "node"] if isinstance(node, RetryNode | MapNode) else loc
     inner = executed(node)
@@ -313,21 +314,15 @@ def _check_node(
         yield from _check_templates(inner.items, [*loc, "items"], upstream)
         inner, names = inner.node, ITEM_NAMES
     if isinstance(node, RetryNode):
-        yield from _check_expression(
-            node.until, [*loc, "until"], UNTIL_NAMES, upstream | {node.node_id}
-        )
+        yield from _check_expression(node.until, [*loc, "until"], UNTIL_NAMES, upstream | {node.node_id})
     if isinstance(inner, GateNode):
         yield from _check_expression(inner.condition, [*loc, "condition"], RUN_NAMES, upstream)
     elif isinstance(inner, WaitNode):
         # a condition is re-evaluated while other branches progress: any node may be read
         yield from _check_expression(inner.condition, [*inner_loc, "condition"], RUN_NAMES, every)
         if inner.event is not None:
-            yield from _check_expression(
-                inner.event.where, [*inner_loc, "event", "where"], WHERE_NAMES, every
-            )
-            yield from _check_templates(
-                inner.event.model_dump(exclude={"where"}), [*inner_loc, "event"], upstream
-            )
+            yield from _check_expression(inner.event.where, [*inner_loc, "event", "where"], WHERE_NAMES, every)
+            yield from _check_templates(inner.event.model_dump(exclude={"where"}), [*inner_loc, "event"], upstream)
     elif isinstance(inner, PublishNode):
         yield from _check_templates(inner.payload, [*inner_loc, "payload"], upstream, names)
     elif isinstance(inner, WorkflowNode):
@@ -338,11 +333,7 @@ def _check_node(
         yield from _check_templates(inner.url, [*inner_loc, "url"], upstream)
         if inner.url is None and node.when is None:
             yield _error([*inner_loc, "url"], "a notify node needs `url` (or a `when` to skip it)")
-        elif (
-            isinstance(inner.url, str)
-            and "${" not in inner.url
-            and not inner.url.startswith(("http://", "https://"))
-        ):
+        elif isinstance(inner.url, str) and "${" not in inner.url and not inner.url.startswith(("http://", "https://")):
             yield _error([*inner_loc, "url"], "must be an http:// or https:// URL")
 
 
@@ -409,9 +400,7 @@ def _strings(value: Any) -> Iterator[str]:
             yield from _strings(item)
 
 
-def _check_route(
-    inner: Any, loc: list[Any], policy_of: PolicyLookup, wrapped: bool
-) -> Iterator[dict[str, Any]]:
+def _check_route(inner: Any, loc: list[Any], policy_of: PolicyLookup, wrapped: bool) -> Iterator[dict[str, Any]]:
     if not isinstance(inner, PublishNode | NotifyNode):
         return
     loc = [*loc, "node"] if wrapped else loc
@@ -421,11 +410,7 @@ def _check_route(
         yield _error([*loc, "route"], exc, exc.code)
         return
     try:
-        requested = (
-            decode_assignment({ASSIGNMENT_KEY: inner.assignment})
-            if inner.assignment
-            else Assignment()
-        )
+        requested = decode_assignment({ASSIGNMENT_KEY: inner.assignment}) if inner.assignment else Assignment()
         resolved = resolve_assignment(requested, policy)
     except (AssignmentError, PolicyViolation) as exc:
         yield _error([*loc, "assignment"], exc, exc.code)

@@ -100,9 +100,7 @@ class RunRecord(msgspec.Struct, kw_only=True):
             started = data_of(event, WorkflowStarted, lenient=True)
             if self.start_seq is None:
                 self.start_seq, self.started_at = seq, event.at
-                self.workflow_id = (
-                    started.workflow_id or started.plan.get("workflow_id") or self.workflow_id
-                )
+                self.workflow_id = started.workflow_id or started.plan.get("workflow_id") or self.workflow_id
                 self.parent_run_id = started.parent.runId if started.parent else None
         elif kind in RUN_OUTCOMES:
             ended = data_of(event, RunEnded, lenient=True)

@@ -173,9 +173,8 @@ class RunState:
         elif kind == WORKFLOW_SIGNALED:
             signal = data_of(event, WorkflowSignaled, lenient=True)
             self.signals.setdefault(signal.name, []).append(
-                {"signal_id": signal.signal_id, "data": signal.data, "at": event.at,
-                 "event_id": event.event_id}
-            )  # fmt: skip
+                {"signal_id": signal.signal_id, "data": signal.data, "at": event.at, "event_id": event.event_id}
+            )
         elif kind in (MAP_ITEM_STARTED, MAP_ITEM_SUCCEEDED, MAP_ITEM_FAILED):
             self._on_item(event)
         elif kind == NODE_STARTED:
@@ -337,11 +336,15 @@ class RunState:
     def waiting_for(self) -> list[dict[str, Any]]:
         """Signal nodes that are running: what this run waits for from outside."""
         return [
-            {"node": n.id, "name": n.inputs.name if n.inputs else None, "deadline": n.deadline,
-             "since": n.attempts[-1].started_at if n.attempts else None}
+            {
+                "node": n.id,
+                "name": n.inputs.name if n.inputs else None,
+                "deadline": n.deadline,
+                "since": n.attempts[-1].started_at if n.attempts else None,
+            }
             for n in self.nodes.values()
             if n.type == "signal" and n.status == RUNNING
-        ]  # fmt: skip
+        ]
 
     def children(self) -> list[str]:
         """Child run ids started by workflow nodes and map items, in node order."""
@@ -401,7 +404,7 @@ class RunState:
                     "error": n.error,
                 }
                 for n in self.nodes.values()
-            },  # fmt: skip
+            },
             "gates": {n.id: n.verdict for n in self.nodes.values() if n.verdict},
             "artifacts": self.artifacts(),
         }

@@ -67,8 +67,10 @@ class Scheduler:
         kv = await self.js.key_value(LEASE_BUCKET)
         value = json.dumps({"owner": self.name}).encode()
         self._lease = Lease(kv, self.js, LEASE_KEY, value, self.ttl_s)
-        self._tasks = [asyncio.create_task(self._watch(), name="schedules-watch"),
-                       asyncio.create_task(self._run(), name="scheduler")]  # fmt: skip
+        self._tasks = [
+            asyncio.create_task(self._watch(), name="schedules-watch"),
+            asyncio.create_task(self._run(), name="scheduler"),
+        ]
 
     async def stop(self) -> None:
         await cancel_and_wait(self._tasks)
@@ -112,8 +114,7 @@ class Scheduler:
         if skipped:
             cursor.skipped += skipped
             self.counters["skipped"] += skipped
-            log.info("schedule %s: skipped %d missed tick(s) (catchup %s)",
-                     schedule_id, skipped, schedule.spec.catchup)  # fmt: skip
+            log.info("schedule %s: skipped %d missed tick(s) (catchup %s)", schedule_id, skipped, schedule.spec.catchup)
         for tick in fire:
             await self._fire(schedule, cursor, tick)
             cursor.last_tick = tick
@@ -163,9 +164,7 @@ class Scheduler:
                         self._cursors.pop(schedule_id, None)
                         continue
                     with contextlib.suppress(ValidationError, ValueError):
-                        self.schedules[schedule_id] = Schedule.model_validate_json(
-                            entry.value or b"{}"
-                        )
+                        self.schedules[schedule_id] = Schedule.model_validate_json(entry.value or b"{}")
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -59,9 +59,10 @@ class ScheduleSpec(pydantic.BaseModel):
     ``interval_s``."""
 
     model_config = ConfigDict(
-        extra="forbid", populate_by_name=True,
+        extra="forbid",
+        populate_by_name=True,
         json_schema_extra={"oneOf": [{"required": ["cron"]}, {"required": ["interval_s"]}]},
-    )  # fmt: skip
+    )
 
     id: str = Field(pattern=SCHEDULE_ID)
     workflow_id: str = Field(alias="workflowId", pattern=WORKFLOW_ID)
@@ -75,8 +76,7 @@ class ScheduleSpec(pydantic.BaseModel):
     @classmethod
     def _cron(cls, value: str | None) -> str | None:
         if value is not None and not croniter.is_valid(value, strict=True):
-            raise ValueError(f"{value!r} is not a valid cron expression "
-                             "(5 fields, or 6 with seconds last)")  # fmt: skip
+            raise ValueError(f"{value!r} is not a valid cron expression (5 fields, or 6 with seconds last)")
         return value
 
     @pydantic.model_validator(mode="before")
@@ -102,8 +102,7 @@ class Schedule(pydantic.BaseModel):
     created_at: float  # unix seconds, whole
 
     def view(self) -> dict[str, Any]:
-        return {**self.spec.model_dump(by_alias=True, exclude_none=True),
-                "createdAt": iso(self.created_at)}  # fmt: skip
+        return {**self.spec.model_dump(by_alias=True, exclude_none=True), "createdAt": iso(self.created_at)}
 
 
 class Cursor(pydantic.BaseModel):
@@ -117,9 +116,14 @@ class Cursor(pydantic.BaseModel):
     last_error: str | None = None
 
     def view(self) -> dict[str, Any]:
-        return {"lastTick": iso(self.last_tick) if self.last_tick is not None else None,
-                "fired": self.fired, "skipped": self.skipped, "failed": self.failed,
-                "lastRunId": self.last_run_id, "lastError": self.last_error}  # fmt: skip
+        return {
+            "lastTick": iso(self.last_tick) if self.last_tick is not None else None,
+            "fired": self.fired,
+            "skipped": self.skipped,
+            "failed": self.failed,
+            "lastRunId": self.last_run_id,
+            "lastError": self.last_error,
+        }
 
 
 def iso(ts: float) -> str:

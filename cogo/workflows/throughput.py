@@ -31,20 +31,16 @@ BENCH_WORKFLOW: dict[str, Any] = {
     "id": "benchChain",
     "nodes": [
         {"id": "a", "type": "publish", "route": "echo.run.0", "payload": {"result": 1}},
-        {"id": "b", "type": "publish", "route": "echo.run.0",
-         "payload": {"result": "${nodes.a.result + 1}"}},
-        {"id": "c", "type": "publish", "route": "echo.run.0",
-         "payload": {"result": "${nodes.b.result + 1}"}},
+        {"id": "b", "type": "publish", "route": "echo.run.0", "payload": {"result": "${nodes.a.result + 1}"}},
+        {"id": "c", "type": "publish", "route": "echo.run.0", "payload": {"result": "${nodes.b.result + 1}"}},
         {"id": "check", "type": "gate", "condition": "nodes.c.result == 3"},
     ],
-}  # fmt: skip
+}
 NODES = len(BENCH_WORKFLOW["nodes"])
 POLL_S = 0.05
 
 
-async def measure(
-    bench: Any, runs: int, counts: list[int], repeats: int, timeout: float
-) -> dict[str, Any]:
+async def measure(bench: Any, runs: int, counts: list[int], repeats: int, timeout: float) -> dict[str, Any]:
     """Runs/s of ``runs`` workflow runs sent at once, per orchestrator count."""
     plan = plan_workflow(BENCH_WORKFLOW, {}, bench.config.route_policy).to_json()
     ended: dict[str, str] = {}
@@ -53,9 +49,10 @@ async def measure(
         kind = msg.subject.split(".", 2)[1]
         ended.setdefault(msg.subject.rsplit(".", 1)[1], kind)
 
-    subs = [await bench.nc.subscribe(f"events.{kind}.wf.benchChain.*", cb=on_end,
-                                     pending_msgs_limit=1_000_000)
-            for kind in ("workflow_succeeded", "workflow_failed")]  # fmt: skip
+    subs = [
+        await bench.nc.subscribe(f"events.{kind}.wf.benchChain.*", cb=on_end, pending_msgs_limit=1_000_000)
+        for kind in ("workflow_succeeded", "workflow_failed")
+    ]
     result: dict[str, Any] = {}
     try:
         for count in counts:
@@ -68,15 +65,16 @@ async def measure(
                     await _until_shared(bench, count, time.monotonic() + timeout)
                     prefix = f"wf{count}x{repeat}-"
                     ids = [f"{prefix}{i}" for i in range(runs)]
-                    update = bench.progress.task(f"{runs} workflow runs, {count} orchestrator(s)",
-                                                 runs)  # fmt: skip
+                    update = bench.progress.task(f"{runs} workflow runs, {count} orchestrator(s)", runs)
                     began = time.perf_counter()
                     commands = [StartRun(run_id=run_id, plan=plan) for run_id in ids]
                     for start in range(0, runs, 500):
-                        await bench.publisher.publish_all([
-                            (subject_of(c.run_id), encoder.encode(c), {MSG_ID: msg_id_of(c)})
-                            for c in commands[start:start + 500]
-                        ])  # fmt: skip
+                        await bench.publisher.publish_all(
+                            [
+                                (subject_of(c.run_id), encoder.encode(c), {MSG_ID: msg_id_of(c)})
+                                for c in commands[start : start + 500]
+                            ]
+                        )
                     deadline = time.monotonic() + timeout
                     while True:
                         finished = sum(1 for run_id in ids if run_id in ended)

@@ -60,13 +60,18 @@ def refund(order_id: int, amount_usd: float) -> dict[str, Any]:
 
 
 billing = Agent(
-    name="billing", model="gpt-4o-mini", tools=[refund],
+    name="billing",
+    model="gpt-4o-mini",
+    tools=[refund],
     instructions="You make refunds for orders the triage agent looked up.",
-)  # fmt: skip
+)
 triage = Agent(
-    name="triage", model="gpt-4o-mini", tools=[lookup_order], handoffs=[billing],
+    name="triage",
+    model="gpt-4o-mini",
+    tools=[lookup_order],
+    handoffs=[billing],
     instructions="You are a helpdesk. Look the order up, then hand refunds to billing.",
-)  # fmt: skip
+)
 
 
 class Question(msgspec.Struct, forbid_unknown_fields=True):
@@ -76,8 +81,12 @@ class Question(msgspec.Struct, forbid_unknown_fields=True):
     max_turns: int = 50  # the SDK's own guard; the task's budget is Cogo's
 
 
-POLICY = {"max_tokens": 8000, "max_attempts": 3, "timeout_ms": 120000,
-          "backoff": {"initial_ms": 200, "multiplier": 2.0, "max_ms": 2000}}  # fmt: skip
+POLICY = {
+    "max_tokens": 8000,
+    "max_attempts": 3,
+    "timeout_ms": 120000,
+    "backoff": {"initial_ms": 200, "multiplier": 2.0, "max_ms": 2000},
+}
 
 
 @app.agent("helpdesk.triage.0", concurrency=8, policy=POLICY)

@@ -33,9 +33,10 @@ ORDERS = {7: {"item": "kettle", "paid_usd": 39.0}, 8: {"item": "toaster", "paid_
 # the model is only named here: Cogo's LLM endpoint serves it (defer_model_check: no
 # OpenAI key is looked for at import)
 agent = Agent(
-    "openai:gpt-4o-mini", defer_model_check=True,
+    "openai:gpt-4o-mini",
+    defer_model_check=True,
     instructions="You are a helpdesk. Look orders up before you refund them; answer briefly.",
-)  # fmt: skip
+)
 
 
 def _log(tool: str, **args: Any) -> None:
@@ -70,8 +71,12 @@ class Question(msgspec.Struct, forbid_unknown_fields=True):
     model: str | None = None  # None: the agent's own model
 
 
-POLICY = {"max_tokens": 8000, "max_attempts": 3, "timeout_ms": 120000,
-          "backoff": {"initial_ms": 200, "multiplier": 2.0, "max_ms": 2000}}  # fmt: skip
+POLICY = {
+    "max_tokens": 8000,
+    "max_attempts": 3,
+    "timeout_ms": 120000,
+    "backoff": {"initial_ms": 200, "multiplier": 2.0, "max_ms": 2000},
+}
 
 
 @app.agent("helpdesk.answer.0", concurrency=8, policy=POLICY)

@@ -47,11 +47,7 @@ class Ledger:
             elif e.type == "execute_enqueued":
                 enqueued[(e.task_id, e.attempt or 0)] += 1
         if self.fault_at is not None:
-            after = [
-                _ts(e.at)
-                for e in reader.events
-                if e.type == "execute_done" and _ts(e.at) > self.fault_at
-            ]
+            after = [_ts(e.at) for e in reader.events if e.type == "execute_done" and _ts(e.at) > self.fault_at]
             if after:
                 self.first_done_after_fault = min(after)
         finished = sum(1 for t in self.acknowledged if terminal[t] >= 1)
@@ -85,8 +81,9 @@ def _ts(value: str) -> float:
 class Loader:
     """Publishes ``count`` echo tasks at ``rate``/s; unacknowledged ones are retried, same id."""
 
-    def __init__(self, js: JetStreamContext, ledger: Ledger, count: int, rate: float,
-                 payload: dict[str, Any] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, js: JetStreamContext, ledger: Ledger, count: int, rate: float, payload: dict[str, Any] | None = None
+    ) -> None:
         self.js = js
         self.ledger = ledger
         self.count = count
@@ -120,9 +117,7 @@ class Loader:
                 "payload": self.ledger.submitted[tid]["payload"],
             }
             try:
-                await self.js.publish(
-                    EXECUTE_SUBJECT, encoder.encode(body), headers={MSG_ID: tid}, timeout=1.0
-                )
+                await self.js.publish(EXECUTE_SUBJECT, encoder.encode(body), headers={MSG_ID: tid}, timeout=1.0)
             except (TimeoutError, nats.errors.Error, APIError):
                 # no ack: the task may or may not be stored; resend later with the same id
                 self.ledger.publish_errors += 1

@@ -90,9 +90,7 @@ async def test_an_actor_started_while_jetstream_is_away_waits_for_it(data_dir, c
     wait for JetStream instead of dying in their start-up declarations, and once a real
     server is up on the same port they declare their routes and run tasks."""
     port = free_port()
-    plain = spawn(
-        [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port)], log=data_dir / "plain-nats.log"
-    )
+    plain = spawn([nats_server_binary(), "-a", "127.0.0.1", "-p", str(port)], log=data_dir / "plain-nats.log")
     url = f"nats://127.0.0.1:{port}"
     logs = {name: data_dir / f"{name}.log" for name in ("dispatcher", "echo")}
     procs = []
@@ -166,9 +164,7 @@ async def test_worker_sigkill_under_load(nats_server, js, config, config_path):
     ledger = Ledger("echo worker SIGKILL mid-task")
     async with running(nats_server.url, config, ExecutorDispatcher):
         try:
-            load = asyncio.create_task(
-                Loader(js, ledger, count=300, rate=150, payload={"sleep_ms": 200}).run()
-            )
+            load = asyncio.create_task(Loader(js, ledger, count=300, rate=150, payload={"sleep_ms": 200}).run())
             await asyncio.sleep(1.0)
             workers[0].send_signal(signal.SIGKILL)  # dies holding claimed messages
             ledger.fault_at = time.time()
@@ -239,10 +235,8 @@ async def test_full_event_log_refuses_submissions(tmp_path, data_dir):
         log = EventLog(js)
         with contextlib.suppress(Exception):  # fill the log until it refuses appends
             for n in range(200):
-                filler = {"run_id": "filler", "name": "filler", "signal_id": str(n),
-                          "data": "x" * 4000}  # fmt: skip
-                await log.append(make_event(WORKFLOW_SIGNALED, correlation_id="filler",
-                                            data=filler))  # fmt: skip
+                filler = {"run_id": "filler", "name": "filler", "signal_id": str(n), "data": "x" * 4000}
+                await log.append(make_event(WORKFLOW_SIGNALED, correlation_id="filler", data=filler))
         policies = PolicyStore(js)
         await policies.start()
         state = AppState(nc=nc, config=config, policies=policies, data_dir=data_dir)

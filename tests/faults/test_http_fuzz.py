@@ -21,9 +21,7 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
-    ),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
     max_leaves=12,
 )
 
@@ -53,9 +51,7 @@ def from_schema(schema: dict, defs: dict) -> st.SearchStrategy:
             return st.from_regex(schema["pattern"], fullmatch=True).filter(
                 lambda v: len(v) <= schema.get("maxLength", 10**6)
             )
-        return st.text(
-            min_size=schema.get("minLength", 0), max_size=min(schema.get("maxLength", 30), 30)
-        )
+        return st.text(min_size=schema.get("minLength", 0), max_size=min(schema.get("maxLength", 30), 30))
     if kind == "integer":
         return st.integers(min_value=schema.get("minimum"), max_value=schema.get("maximum"))
     if kind == "number":
@@ -67,9 +63,7 @@ def from_schema(schema: dict, defs: dict) -> st.SearchStrategy:
     return json_values
 
 
-segment = st.text(
-    alphabet=st.characters(codec="ascii", categories=("L", "N", "P")), min_size=1, max_size=16
-)
+segment = st.text(alphabet=st.characters(codec="ascii", categories=("L", "N", "P")), min_size=1, max_size=16)
 
 
 @pytest.fixture(scope="module")
@@ -86,11 +80,7 @@ def system(tmp_path_factory):
 
 
 def _operations(spec: dict) -> list[tuple[str, str, dict]]:
-    return [
-        (path, method, op)
-        for path, ops in sorted(spec["paths"].items())
-        for method, op in sorted(ops.items())
-    ]
+    return [(path, method, op) for path, ops in sorted(spec["paths"].items()) for method, op in sorted(ops.items())]
 
 
 def test_openapi_matches_routes(system):
@@ -109,9 +99,7 @@ def test_fuzz_never_5xx(system):
     schemas = spec["components"]["schemas"]
     seen: dict[str, int] = {}
 
-    @settings(
-        max_examples=400, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True
-    )
+    @settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
     @given(data=st.data())
     def run(data: st.DataObject) -> None:
         path, method, op = data.draw(st.sampled_from(ops))
@@ -120,22 +108,16 @@ def test_fuzz_never_5xx(system):
             value = data.draw(segment)
             if param["in"] == "path":
                 url = url.replace("{" + param["name"] + "}", value)
-        query = {
-            p["name"]: data.draw(segment) for p in op.get("parameters", []) if p["in"] == "query"
-        }
+        query = {p["name"]: data.draw(segment) for p in op.get("parameters", []) if p["in"] == "query"}
         kwargs: dict = {"params": query}
-        body_schema = (
-            op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema")
-        )
+        body_schema = op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema")
         if body_schema is not None:
             body = data.draw(from_schema(body_schema, schemas) | json_values)
             kwargs["content"] = json.dumps(body)
         r = client.request(method.upper(), url, **kwargs)
         key = f"{method.upper()} {path} -> {r.status_code}"
         seen[key] = seen.get(key, 0) + 1
-        assert r.status_code < 500, (
-            f"{method.upper()} {url} {kwargs} -> {r.status_code} {r.text[:300]}"
-        )
+        assert r.status_code < 500, f"{method.upper()} {url} {kwargs} -> {r.status_code} {r.text[:300]}"
 
     run()
     ARTIFACTS.mkdir(exist_ok=True)

@@ -30,25 +30,45 @@ STEP: dict[str, Any] = {
     "id": "step",
     "parameters": {"n": {"type": "integer", "required": True}},
     "nodes": [
-        {"id": "a", "type": "publish", "route": "echo.run.0",
-         "payload": {"sleep_ms": 400, "result": {"n": "${params.n}"}}},
-        {"id": "b", "type": "publish", "route": "echo.run.0",
-         "payload": {"sleep_ms": 400, "result": {"twice": "${nodes.a.result.n * 2}"}}},
+        {
+            "id": "a",
+            "type": "publish",
+            "route": "echo.run.0",
+            "payload": {"sleep_ms": 400, "result": {"n": "${params.n}"}},
+        },
+        {
+            "id": "b",
+            "type": "publish",
+            "route": "echo.run.0",
+            "payload": {"sleep_ms": 400, "result": {"twice": "${nodes.a.result.n * 2}"}},
+        },
     ],
-}  # fmt: skip
+}
 
 FANOUT: dict[str, Any] = {
     "id": "fanout",
     "nodes": [
-        {"id": "children", "type": "map", "items": [1, 2, 3], "max_parallel": 2,
-         "node": {"type": "workflow", "workflowId": "step", "parameters": {"n": "${item}"}}},
-        {"id": "tasks", "type": "map", "items": ["x", "y", "z"], "max_parallel": 3,
-         "node": {"type": "publish", "route": "echo.run.0",
-                  "payload": {"sleep_ms": 300, "result": "${item}"}}},
-        {"id": "sum", "type": "gate",
-         "condition": "len(nodes.children.result) == 3 and nodes.tasks.result == ['x', 'y', 'z']"},
+        {
+            "id": "children",
+            "type": "map",
+            "items": [1, 2, 3],
+            "max_parallel": 2,
+            "node": {"type": "workflow", "workflowId": "step", "parameters": {"n": "${item}"}},
+        },
+        {
+            "id": "tasks",
+            "type": "map",
+            "items": ["x", "y", "z"],
+            "max_parallel": 3,
+            "node": {"type": "publish", "route": "echo.run.0", "payload": {"sleep_ms": 300, "result": "${item}"}},
+        },
+        {
+            "id": "sum",
+            "type": "gate",
+            "condition": "len(nodes.children.result) == 3 and nodes.tasks.result == ['x', 'y', 'z']",
+        },
     ],
-}  # fmt: skip
+}
 
 RUNS = 8
 
@@ -101,8 +121,7 @@ async def test_sigkill_one_of_two_orchestrators_mid_map_and_children(
 
             await wait_until(children_under_way, 30, "child runs under way")
             victim = first
-            before = {e.correlation_id for e in reader.events if e.actor and
-                      e.actor.endswith(f":{victim.process.pid}")}  # type: ignore[union-attr]  # fmt: skip
+            before = {e.correlation_id for e in reader.events if e.actor and e.actor.endswith(f":{victim.process.pid}")}  # type: ignore[union-attr]
             victim.kill()
             killed_at = time.time()
             finals = {}
@@ -127,10 +146,13 @@ async def test_sigkill_one_of_two_orchestrators_mid_map_and_children(
     assert set(starts.values()) == {1} and len(starts) == RUNS * 4
     # the killed process was driving runs that the survivor then finished
     carried = {
-        e.correlation_id for e in reader.events
-        if e.correlation_id in before and e.actor and e.actor.endswith(f":{survivor.process.pid}")
+        e.correlation_id
+        for e in reader.events
+        if e.correlation_id in before
+        and e.actor
+        and e.actor.endswith(f":{survivor.process.pid}")
         and e.type.startswith(("node_", "map_item_", "workflow_"))
-    }  # type: ignore[union-attr]  # fmt: skip
+    }  # type: ignore[union-attr]
     assert carried, "the survivor carried on none of the killed orchestrator's runs"
     by_survivor = [e for e in reader.events if e.correlation_id in carried and e.actor]
     by_survivor = [e for e in by_survivor if e.actor.endswith(f":{survivor.process.pid}")]
@@ -153,11 +175,15 @@ CHAIN: dict[str, Any] = {
     "id": "chain",
     "nodes": [
         {"id": "one", "type": "publish", "route": "echo.run.0", "payload": {"result": 1}},
-        {"id": "two", "type": "publish", "route": "echo.run.0",
-         "payload": {"sleep_ms": 200, "result": "${nodes.one.result + 1}"}},
+        {
+            "id": "two",
+            "type": "publish",
+            "route": "echo.run.0",
+            "payload": {"sleep_ms": 200, "result": "${nodes.one.result + 1}"},
+        },
         {"id": "three", "type": "gate", "condition": "nodes.two.result == 2"},
     ],
-}  # fmt: skip
+}
 
 
 def _with_workflows(tmp_path: Path, *definitions: dict[str, Any]) -> Path:

@@ -109,9 +109,11 @@ async def secured(data_dir, config):
     plan = AuthPlan.from_decls(builtin().app.declarations())
     passwords = credentials(data_dir, plan.users)
     server = EmbeddedServer(
-        data_dir, sync="default", extra_config=accounts_config(plan, passwords),
+        data_dir,
+        sync="default",
+        extra_config=accounts_config(plan, passwords),
         credentials=("admin", passwords["admin"]),
-    )  # fmt: skip
+    )
     server.start()
     await server.wait_ready()
     admin = await connect(server.url, "admin", user="admin", password=passwords["admin"])
@@ -125,9 +127,7 @@ async def _client(server, user: str, password: str, errors: list[str]):
     async def on_error(exc: Exception) -> None:
         errors.append(str(exc).lower())
 
-    return await connect(
-        server.url, f"probe-{user}", user=user, password=password, error_cb=on_error
-    )
+    return await connect(server.url, f"probe-{user}", user=user, password=password, error_cb=on_error)
 
 
 async def test_anonymous_and_wrong_password_are_refused(secured):
@@ -135,8 +135,7 @@ async def test_anonymous_and_wrong_password_are_refused(secured):
     with pytest.raises(Exception):  # noqa: B017 - any auth failure
         await nats.connect(server.url, allow_reconnect=False, max_reconnect_attempts=0)
     with pytest.raises(Exception):  # noqa: B017
-        await nats.connect(server.url, user="client", password="wrong", allow_reconnect=False,
-                           max_reconnect_attempts=0)  # fmt: skip
+        await nats.connect(server.url, user="client", password="wrong", allow_reconnect=False, max_reconnect_attempts=0)
 
 
 @pytest.mark.parametrize("user", USERS)
@@ -180,17 +179,13 @@ async def test_secured_system_runs_tasks_end_to_end(tmp_path, config_path):
     try:
         assert info["nats_user"] == "client"
         assert (data_dir / "credentials.json").stat().st_mode & 0o777 == 0o600
-        nc = await connect(
-            info["nats_url"], "client", user="client", password=info["nats_password"]
-        )
+        nc = await connect(info["nats_url"], "client", user="client", password=info["nats_password"])
         js = nc.jetstream()
         ids = []
         for i in range(20):
             tid = f"secure-{i}"
             body = {"task_id": tid, "route": "echo.run.0", "payload": {"fail_times": i % 2}}
-            await js.publish(
-                "orchestrator.execute.0", json.dumps(body).encode(), headers={"Nats-Msg-Id": tid}
-            )
+            await js.publish("orchestrator.execute.0", json.dumps(body).encode(), headers={"Nats-Msg-Id": tid})
             ids.append(tid)
         got = await EventReader(js).wait_terminal(ids, timeout=30)
         assert all(e.type == "execute_done" for e in got.values())
@@ -205,9 +200,7 @@ async def test_secured_system_runs_tasks_end_to_end(tmp_path, config_path):
     finally:
         await asyncio.to_thread(stop, proc)
     logs = "".join(p.read_text() for p in (data_dir / "logs").glob("*.log"))
-    assert "violation" not in logs.lower(), [
-        line for line in logs.splitlines() if "violation" in line.lower()
-    ]
+    assert "violation" not in logs.lower(), [line for line in logs.splitlines() if "violation" in line.lower()]
 
 
 async def _flow_under_auth(info: dict, data_dir) -> None:
@@ -222,10 +215,12 @@ async def _flow_under_auth(info: dict, data_dir) -> None:
     ids = []
     for i in range(6):
         tid = f"secure-flow-{i}"
-        body = {"task_id": tid, "route": "echo.run.0",
-                "payload": {"sleep_ms": 100, "__assignment": {"key": f"k{i % 2}"}}}  # fmt: skip
-        await js.publish("orchestrator.execute.0", json.dumps(body).encode(),
-                         headers={"Nats-Msg-Id": tid})  # fmt: skip
+        body = {
+            "task_id": tid,
+            "route": "echo.run.0",
+            "payload": {"sleep_ms": 100, "__assignment": {"key": f"k{i % 2}"}},
+        }
+        await js.publish("orchestrator.execute.0", json.dumps(body).encode(), headers={"Nats-Msg-Id": tid})
         ids.append(tid)
     reader = EventReader(js)
     got = await reader.wait_terminal(ids, timeout=30)
@@ -242,12 +237,14 @@ async def test_agent_runtime_under_auth(tmp_path, config_path, chat_server):
     marker, an LLM call recorded; no permission violation anywhere."""
     data_dir = tmp_path / "secure"
     proc, info = await secured_up(
-        data_dir, config_path, "--app", "tests.runtime_apps:app",
+        data_dir,
+        config_path,
+        "--app",
+        "tests.runtime_apps:app",
         env={"COGO_LLM_BASE_URL": chat_server.url, "COGO_LLM_API_KEY": "k"},
-    )  # fmt: skip
+    )
     try:
-        async with cogo.Client(info["nats_url"], user="client",
-                               password=info["nats_password"]) as client:  # fmt: skip
+        async with cogo.Client(info["nats_url"], user="client", password=info["nats_password"]) as client:
             steps = await client.submit("rt.steps.0", {"fail_until": 2})
             result = await steps.result(timeout=60)
             assert result["a"]["run"] == 1 and result["b"]["run"] == 1  # a replayed
@@ -261,20 +258,23 @@ async def test_agent_runtime_under_auth(tmp_path, config_path, chat_server):
     finally:
         await asyncio.to_thread(stop, proc)
     logs = "".join(p.read_text() for p in (data_dir / "logs").glob("*.log"))
-    assert "violation" not in logs.lower(), [
-        line for line in logs.splitlines() if "violation" in line.lower()
-    ]
+    assert "violation" not in logs.lower(), [line for line in logs.splitlines() if "violation" in line.lower()]
 
 
 SECURED_WORKFLOW = {
     "id": "securedFlow",
     "nodes": [
-        {"id": "each", "type": "map", "items": [1, 2], "max_parallel": 2,
-         "node": {"type": "publish", "route": "echo.run.0", "payload": {"result": "${item}"}}},
+        {
+            "id": "each",
+            "type": "map",
+            "items": [1, 2],
+            "max_parallel": 2,
+            "node": {"type": "publish", "route": "echo.run.0", "payload": {"result": "${item}"}},
+        },
         {"id": "ok", "type": "signal"},
         {"id": "child", "type": "workflow", "workflowId": "securedChild"},
     ],
-}  # fmt: skip
+}
 SECURED_CHILD = {
     "id": "securedChild",
     "nodes": [{"id": "one", "type": "publish", "route": "echo.run.0", "payload": {"result": "c"}}],
@@ -291,15 +291,14 @@ async def _workflows_under_auth(info: dict, data_dir) -> None:
         (folder / f"{definition['id']}.json").write_text(json.dumps(definition))
     headers = {"Authorization": f"Bearer {info['api_token']}"}
     async with httpx.AsyncClient(base_url=info["http_url"], headers=headers, timeout=20) as http:
-        run = (await http.post("/api/workflows/execute", json={"workflowId": "securedFlow"})
-               ).json()["runId"]  # fmt: skip
-        created = await http.post("/api/schedules", json={
-            "id": "secured", "workflowId": "securedChild", "interval_s": 1})  # fmt: skip
+        run = (await http.post("/api/workflows/execute", json={"workflowId": "securedFlow"})).json()["runId"]
+        created = await http.post(
+            "/api/schedules", json={"id": "secured", "workflowId": "securedChild", "interval_s": 1}
+        )
         assert created.status_code == 201, created.text
         deadline = time.monotonic() + 30
         while True:
-            signal_sent = await http.post("/api/orchestrator/signal", json={"runId": run,
-                                                                            "name": "ok"})  # fmt: skip
+            signal_sent = await http.post("/api/orchestrator/signal", json={"runId": run, "name": "ok"})
             if signal_sent.status_code == 202:
                 break
             assert time.monotonic() < deadline, signal_sent.text

@@ -85,10 +85,15 @@ class FlowControl:
         self.d = dispatcher
         self.name = dispatcher.name
         self.leases = PartitionLeases(
-            dispatcher.js, dispatcher.name, FLOW_PARTITIONS, dispatcher.config.bus.lease_ttl_s,
-            on_gain=self._gained, on_release=self._released, on_lost=self._lost,
+            dispatcher.js,
+            dispatcher.name,
+            FLOW_PARTITIONS,
+            dispatcher.config.bus.lease_ttl_s,
+            on_gain=self._gained,
+            on_release=self._released,
+            on_lost=self._lost,
             bucket=FLOW_BUCKET,
-        )  # fmt: skip
+        )
         self.admitters: dict[str, RouteAdmitter] = {}
         self._loop: asyncio.Task[None] | None = None
         self._orphans_at = 0.0
@@ -112,9 +117,7 @@ class FlowControl:
         admitter = self.admitters.get(order.route)
         if admitter is not None and await admitter.admit_now(order):
             return
-        await self.d.publish_all(
-            [(held_subject(order), encoder.encode(order), {MSG_ID: held_msg_id(order)})]
-        )
+        await self.d.publish_all([(held_subject(order), encoder.encode(order), {MSG_ID: held_msg_id(order)})])
         self.d.counters["flow_held"] += 1
 
     async def release(self, order: WorkOrder) -> None:
@@ -163,8 +166,7 @@ class FlowControl:
 
     async def _adopt_orphans(self, mine: set[int]) -> None:
         """Held tasks of a route whose limits were dropped while nobody admitted it."""
-        routes = [r for r in self.d.policies.routes()
-                  if partition_of(r) in mine and r not in self.admitters]  # fmt: skip
+        routes = [r for r in self.d.policies.routes() if partition_of(r) in mine and r not in self.admitters]
         if not routes or not (await self.d.js.stream_info(FLOW)).state.messages:
             return
         for route in routes:

@@ -170,8 +170,7 @@ class RouteAdmitter:
                 raise
             except Exception as exc:
                 # whatever went wrong, the bus has the truth: load the route from it again
-                log.warning("%s: admitting %s failed (%s); reloading", self.c.name, self.route,
-                            exc)  # fmt: skip
+                log.warning("%s: admitting %s failed (%s); reloading", self.c.name, self.route, exc)
                 self.counters["flow_reloads"] += 1
                 await asyncio.sleep(RELOAD_PAUSE_S)
 
@@ -180,8 +179,7 @@ class RouteAdmitter:
         rounds of admission until this process stops admitting the route."""
         js = self.c.d.js
         flow = RouteFlow(self.c.limits(self.route), time.time())
-        slots = SlotLog(self.c.d.publisher, js, self.route, new_id(), flow.logged_slots,
-                        self._valid)  # fmt: skip
+        slots = SlotLog(self.c.d.publisher, js, self.route, new_id(), flow.logged_slots, self._valid)
         kv = await js.key_value(FLOW_BUCKET)
         # the slot log first, then the KV slots (whose purge markers free logged slots that
         # other dispatchers released), then held tasks: a held task whose slot exists is
@@ -192,9 +190,13 @@ class RouteAdmitter:
             self._on_record(msg, flow, slots, log_loaded)
 
         records = await js.subscribe(
-            log_filter(self.route), stream=KV_STREAM, ordered_consumer=True, cb=on_record,
-            pending_msgs_limit=0, pending_bytes_limit=0,
-        )  # fmt: skip
+            log_filter(self.route),
+            stream=KV_STREAM,
+            ordered_consumer=True,
+            cb=on_record,
+            pending_msgs_limit=0,
+            pending_bytes_limit=0,
+        )
         watcher = follower = sub = None
         held_loaded = asyncio.Event()
         try:
@@ -212,9 +214,13 @@ class RouteAdmitter:
                 self._on_held(msg, flow, held_loaded)
 
             sub = await js.subscribe(
-                held_filter(self.route), stream=FLOW, ordered_consumer=True, cb=on_held,
-                pending_msgs_limit=0, pending_bytes_limit=0,  # the backlog is in memory anyway
-            )  # fmt: skip
+                held_filter(self.route),
+                stream=FLOW,
+                ordered_consumer=True,
+                cb=on_held,
+                pending_msgs_limit=0,
+                pending_bytes_limit=0,  # the backlog is in memory anyway
+            )
             if (await sub.consumer_info()).num_pending == 0:
                 held_loaded.set()
             async with asyncio.timeout(60):
@@ -249,8 +255,7 @@ class RouteAdmitter:
             try:
                 record = decode_log_record(msg.data)
             except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-                log.error("%s: unreadable slot log record (seq %d) ignored: %s",
-                          self.route, meta.sequence.stream, exc)  # fmt: skip
+                log.error("%s: unreadable slot log record (seq %d) ignored: %s", self.route, meta.sequence.stream, exc)
             else:
                 if record.session != slots.session:
                     self._apply(record, flow, slots, live=loaded.is_set())
@@ -258,8 +263,7 @@ class RouteAdmitter:
         if meta.num_pending == 0:
             loaded.set()
 
-    def _apply(self, record: SlotLogRecord, flow: RouteFlow, slots: SlotLog, *,
-               live: bool) -> None:  # fmt: skip
+    def _apply(self, record: SlotLogRecord, flow: RouteFlow, slots: SlotLog, *, live: bool) -> None:
         for slot, key, expires_at in record.starts:
             flow.slot_taken(slot, key, expires_at, logged=True)
         ended = []
@@ -274,9 +278,7 @@ class RouteAdmitter:
             slots.note([s for s in record.starts if flow.has_slot(s[0])], ended)
         self._wake.set()
 
-    async def _follow_slots(
-        self, watcher: Any, flow: RouteFlow, slots: SlotLog, loaded: asyncio.Event
-    ) -> None:
+    async def _follow_slots(self, watcher: Any, flow: RouteFlow, slots: SlotLog, loaded: asyncio.Event) -> None:
         async for entry in watcher:
             if entry is None:
                 loaded.set()
@@ -303,8 +305,9 @@ class RouteAdmitter:
         try:
             flow.add(held_of(msg, self.route))
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            log.error("%s: unreadable held task (FLOW seq %d) left alone: %s",
-                      self.route, msg.metadata.sequence.stream, exc)  # fmt: skip
+            log.error(
+                "%s: unreadable held task (FLOW seq %d) left alone: %s", self.route, msg.metadata.sequence.stream, exc
+            )
         else:
             self._wake.set()
         if msg.metadata.num_pending == 0:
@@ -350,9 +353,10 @@ class RouteAdmitter:
         taken = []
         for held in picks:
             order = msgspec.structs.replace(
-                decode_order(held.data), flow_slot=held.slot,
+                decode_order(held.data),
+                flow_slot=held.slot,
                 held_ms=round(max(0.0, now - held.held_at) * 1000.0, 3),
-            )  # fmt: skip
+            )
             orders.append(order)
             if not held.redo:  # a redo's slot is counted already (in the log or the bucket)
                 expires_at = held.deadline + SLOT_GRACE_S
@@ -383,12 +387,12 @@ class RouteAdmitter:
     async def _delete(self, flow: RouteFlow, gone: list[Held]) -> None:
         publisher = self.c.d.publisher
         futures = [await publisher.publish(*delete_held_message(h.seq)) for h in gone]
-        for held, outcome in zip(gone, await asyncio.gather(*futures, return_exceptions=True),
-                                 strict=True):  # fmt: skip
+        for held, outcome in zip(gone, await asyncio.gather(*futures, return_exceptions=True), strict=True):
             # a NOT_FOUND: somebody deleted it already (a takeover's redo)
             gone_already = isinstance(outcome, nats.js.errors.APIError) and outcome.err_code in (
-                NOT_FOUND, SEQ_NOT_FOUND,
-            )  # fmt: skip
+                NOT_FOUND,
+                SEQ_NOT_FOUND,
+            )
             if isinstance(outcome, BaseException) and not gone_already:
                 raise outcome
             flow.forget(held.seq)
@@ -407,9 +411,16 @@ class RouteAdmitter:
                 f"ttl_ms={order.assignment.ttl_ms}"
             )
             held_ms = round((now - held.held_at) * 1000.0, 3)
-            event = d.verdicts.order_failure(order, error, data={
-                "limit": limit, "key": held.key, "priority": held.priority, "held_ms": held_ms,
-            })  # fmt: skip
+            event = d.verdicts.order_failure(
+                order,
+                error,
+                data={
+                    "limit": limit,
+                    "key": held.key,
+                    "priority": held.priority,
+                    "held_ms": held_ms,
+                },
+            )
             # a held retry whose earlier attempt wrote output: that output ends here too
             messages += d.verdicts.terminal_messages(event, order if order.emitted else None)
             self.counters["flow_expired"] += 1
@@ -426,13 +437,21 @@ class RouteAdmitter:
             except MalformedMessage:
                 continue
             event = order_event(
-                EXECUTE_THROTTLED, order, event_id=f"{order.task_id}:throttled:{order.attempt}",
+                EXECUTE_THROTTLED,
+                order,
+                event_id=f"{order.task_id}:throttled:{order.attempt}",
                 actor=d.name,
                 queue_wait_ms=round(max(0.0, now - wait_started(order)) * 1000.0, 3),
-                data=ExecuteThrottled(limit=limit, key=held.key, priority=held.priority,
-                                      held_at=iso(held.held_at), limits=flow.limits_dict(),
-                                      running=flow.running, waiting=flow.waiting),
-            )  # fmt: skip
+                data=ExecuteThrottled(
+                    limit=limit,
+                    key=held.key,
+                    priority=held.priority,
+                    held_at=iso(held.held_at),
+                    limits=flow.limits_dict(),
+                    running=flow.running,
+                    waiting=flow.waiting,
+                ),
+            )
             messages.append(event_message(event, d.task_token(order.task_id)))
         if messages:
             await d.publish_all(messages)
@@ -442,10 +461,16 @@ class RouteAdmitter:
         self._checked_at = now
         rate, keys, omitted = flow.figures(now)
         snapshot = RouteSnapshot(
-            route=self.route, admitter=self.c.name, updated_at=0.0, limits=flow.limits_dict(),
-            running=flow.running, waiting=flow.waiting, rate_per_s=rate, keys=keys,
+            route=self.route,
+            admitter=self.c.name,
+            updated_at=0.0,
+            limits=flow.limits_dict(),
+            running=flow.running,
+            waiting=flow.waiting,
+            rate_per_s=rate,
+            keys=keys,
             keys_omitted=omitted,
-        )  # fmt: skip
+        )
         body = encode_snapshot(snapshot)
         if body == self._snapshot_body and now - self._snapshot_at < SNAPSHOT_REFRESH_S:
             return

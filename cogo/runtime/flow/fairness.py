@@ -391,9 +391,7 @@ class RouteFlow:
         # time comes): rebuild them once most of what they hold is dead, so a busy route's
         # memory follows what waits and runs, not what passed through in the last TTL
         if len(self._deadlines) > 2 * self.waiting + 1024:
-            self._deadlines = [
-                (h.deadline, h.seq) for h in self._by_seq.values() if not h.gone and not h.redo
-            ]
+            self._deadlines = [(h.deadline, h.seq) for h in self._by_seq.values() if not h.gone and not h.redo]
             heapq.heapify(self._deadlines)
         for priority, arrivals in enumerate(self._arrivals):
             if len(arrivals) > 2 * self.waiting + 1024:
@@ -434,13 +432,15 @@ class RouteFlow:
                 held_by = ROUTE_LIMIT if self.running >= self.limits.concurrency else None
             rows.append(
                 KeyFigures(
-                    key=key, running=state.running, waiting=sum(waiting.values()),
+                    key=key,
+                    running=state.running,
+                    waiting=sum(waiting.values()),
                     waiting_by_priority={str(p): n for p, n in sorted(waiting.items())},
                     rate_per_s=round(len(state.starts) / RATE_WINDOW_S, 3),
                     tokens=None if tokens is None else round(tokens, 3),
                     held_by=held_by if waiting else None,
                 )
-            )  # fmt: skip
+            )
         while self._starts and self._starts[0] < horizon:
             self._starts.popleft()
         rows.sort(key=lambda r: (-(r.running + r.waiting), r.key))

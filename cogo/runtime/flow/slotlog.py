@@ -71,9 +71,14 @@ class SlotLog:
     """One admitter session's writer of a route's slot log."""
 
     def __init__(
-        self, publisher: Publisher, js: JetStreamContext, route: str, session: str,
-        running: Callable[[], list[tuple[str, str, float]]], valid: Callable[[], bool],
-    ) -> None:  # fmt: skip
+        self,
+        publisher: Publisher,
+        js: JetStreamContext,
+        route: str,
+        session: str,
+        running: Callable[[], list[tuple[str, str, float]]],
+        valid: Callable[[], bool],
+    ) -> None:
         self._publisher = publisher
         self._js = js
         self.route = route
@@ -92,9 +97,7 @@ class SlotLog:
 
     # -- writing --------------------------------------------------------------------------
 
-    async def start(
-        self, slot: str, key: str, expires_at: float, messages: list[Outgoing]
-    ) -> list[StreamAck]:
+    async def start(self, slot: str, key: str, expires_at: float, messages: list[Outgoing]) -> list[StreamAck]:
         """Record a slot taken, then publish ``messages`` (its attempt) right behind the
         record that holds it; returns their acks once they and the record are stored.
         Raises what refused any of them (``messages`` are not sent if the record could not be)."""
@@ -162,8 +165,7 @@ class SlotLog:
             for part_starts, part_ends in _chunks(starts, batch.ends):
                 self._n += 1
                 record = SlotLogRecord(self.session, part_starts, part_ends)
-                records.append(await publish(*log_message(
-                    self.route, self.session, self._n, record, batch.until, now)))  # fmt: skip
+                records.append(await publish(*log_message(self.route, self.session, self._n, record, batch.until, now)))
         except BaseException as exc:
             self._fail(batch, exc)  # nothing of the attempts went out
             if isinstance(exc, Exception):
@@ -181,9 +183,7 @@ class SlotLog:
             except Exception as exc:
                 _settle(done, exc)
             followers.append((done, sent))
-        outcomes = await asyncio.gather(
-            *records, *(f for _, sent in followers for f in sent), return_exceptions=True
-        )
+        outcomes = await asyncio.gather(*records, *(f for _, sent in followers for f in sent), return_exceptions=True)
         failure = next((o for o in outcomes[: len(records)] if isinstance(o, BaseException)), None)
         if failure is not None:
             self._fail(batch, failure)

@@ -135,13 +135,9 @@ REQUIRED: dict[str, tuple[str, ...]] = {
 }
 
 # names of each struct's fields: make_event refuses a dict with any other key
-FIELDS: dict[str, frozenset[str]] = {
-    t: frozenset(cls.__struct_fields__) for t, cls in CATALOGUE.items()
-}
+FIELDS: dict[str, frozenset[str]] = {t: frozenset(cls.__struct_fields__) for t, cls in CATALOGUE.items()}
 # types whose data may be left out (no required field)
-DATA_OPTIONAL = frozenset(
-    t for t, cls in CATALOGUE.items() if len(cls.__struct_defaults__) == len(FIELDS[t])
-)
+DATA_OPTIONAL = frozenset(t for t, cls in CATALOGUE.items() if len(cls.__struct_defaults__) == len(FIELDS[t]))
 
 D = TypeVar("D", bound=EventData)
 
@@ -175,10 +171,7 @@ def checked_data(type: str, data: Any) -> EventData | None:
     if isinstance(data, dict):
         unknown = data.keys() - FIELDS[type]
         if unknown:
-            raise TypeError(
-                f"{type} data has no field(s) {sorted(unknown)}; {cls.__name__} has "
-                f"{sorted(FIELDS[type])}"
-            )
+            raise TypeError(f"{type} data has no field(s) {sorted(unknown)}; {cls.__name__} has {sorted(FIELDS[type])}")
         return msgspec.convert(data, cls)
     raise TypeError(f"{type} data must be a {cls.__name__}, not {data.__class__.__name__}")
 

@@ -62,10 +62,15 @@ class Answer(msgspec.Struct):
 # -- tools: plain functions with a JSON schema each (run in a thread: they may block) -------
 
 _OPS: dict[type, Callable[..., Any]] = {
-    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
-    ast.Div: operator.truediv, ast.Pow: operator.pow, ast.USub: operator.neg,
-    ast.Mod: operator.mod, ast.FloorDiv: operator.floordiv,
-}  # fmt: skip
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.Pow: operator.pow,
+    ast.USub: operator.neg,
+    ast.Mod: operator.mod,
+    ast.FloorDiv: operator.floordiv,
+}
 GLOSSARY = {
     "budget": "the tokens and dollars a task may spend, across all its attempts",
     "step": "a unit of an agent's work whose result is journaled and never redone",
@@ -114,12 +119,16 @@ TOOLS: dict[str, tuple[Callable[..., dict[str, Any]], dict[str, Any]]] = {
     "save_note": (save_note, {"title": {"type": "string"}, "text": {"type": "string"}}),
 }
 SCHEMAS = [
-    {"type": "function", "function": {
-        "name": name, "description": (fn.__doc__ or "").split("\n")[0],
-        "parameters": {"type": "object", "properties": props, "required": list(props)},
-    }}
+    {
+        "type": "function",
+        "function": {
+            "name": name,
+            "description": (fn.__doc__ or "").split("\n")[0],
+            "parameters": {"type": "object", "properties": props, "required": list(props)},
+        },
+    }
     for name, (fn, props) in TOOLS.items()
-]  # fmt: skip
+]
 
 
 def run_tool(name: str, arguments: str) -> dict[str, Any]:
@@ -166,7 +175,7 @@ async def ask(ctx: cogo.TaskContext, q: Question) -> Answer:
                     tools=SCHEMAS,
                     stream=q.stream,
                     model=q.model,
-                )  # fmt: skip
+                )
             )
         except cogo.BudgetExhausted as exc:  # refused before sending: nothing was overspent
             return Answer(None, "budget", turn, used, note=str(exc))
@@ -181,7 +190,5 @@ async def ask(ctx: cogo.TaskContext, q: Question) -> Answer:
 
             result = await ctx.step(f"tool:{turn}.{i}:{call.name}", use)
             used.append(call.name)
-            messages.append(
-                {"role": "tool", "tool_call_id": call.id, "content": json.dumps(result)}
-            )
+            messages.append({"role": "tool", "tool_call_id": call.id, "content": json.dumps(result)})
     return Answer(None, "turns", q.max_turns, used)

@@ -24,8 +24,12 @@ import msgspec
 import cogo
 
 app = cogo.App("research")
-POLICY = {"max_attempts": 3, "timeout_ms": 30000, "ttl_ms": 600000,
-          "backoff": {"initial_ms": 100, "multiplier": 2.0, "max_ms": 1000}}  # fmt: skip
+POLICY = {
+    "max_attempts": 3,
+    "timeout_ms": 30000,
+    "ttl_ms": 600000,
+    "backoff": {"initial_ms": 100, "multiplier": 2.0, "max_ms": 1000},
+}
 
 
 class Question(msgspec.Struct):
@@ -72,16 +76,20 @@ async def plan(ctx: cogo.TaskContext, q: Question) -> dict[str, Any]:
 
     topics = await ctx.step("topics", pick)  # journaled: a replay never asks the model again
     notes = await asyncio.gather(
-        *(ctx.call("research.read.0", {"topic": t}, key=f"read:{i}",
-                   assignment={"max_tokens": 1000}) for i, t in enumerate(topics))
-    )  # fmt: skip
+        *(
+            ctx.call("research.read.0", {"topic": t}, key=f"read:{i}", assignment={"max_tokens": 1000})
+            for i, t in enumerate(topics)
+        )
+    )
     approval = await ctx.wait_signal("approve", timeout_s=3600)
     await ctx.sleep(q.pause_s)
     by = approval.get("by") if isinstance(approval, dict) else None
     report = await ctx.call(
-        "research.write.0", {"question": q.question, "notes": notes, "approved_by": by},
-        key="write", assignment={"max_tokens": 1000},
-    )  # fmt: skip
+        "research.write.0",
+        {"question": q.question, "notes": notes, "approved_by": by},
+        key="write",
+        assignment={"max_tokens": 1000},
+    )
     return {"topics": topics, "report": report, "approved_by": by}
 
 
@@ -104,9 +112,7 @@ async def write(ctx: cogo.TaskContext, n: Notes) -> dict[str, Any]:
 
     async def draft() -> str:
         joined = "\n".join(f"- {x.get('topic')}: {x.get('summary')}" for x in n.notes)
-        reply = await ctx.llm.chat(
-            [{"role": "user", "content": f"Write a report on {n.question} from:\n{joined}"}]
-        )
+        reply = await ctx.llm.chat([{"role": "user", "content": f"Write a report on {n.question} from:\n{joined}"}])
         return reply.content or ""
 
     text = await ctx.step("draft", draft)

@@ -38,19 +38,23 @@ async def test_the_model_calls_a_tool_then_answers(cogo_env, chat_server, tool_l
     chat_server.reply("17 * 23 = 391.")
     handle = await cogo_env.client.submit("assistant.ask.0", {"question": "17 * 23?"})
     answer = await handle.result(timeout=30)
-    assert answer == {"answer": "17 * 23 = 391.", "stopped": "answer", "turns": 2,
-                      "tools": ["calculate"], "note": None}  # fmt: skip
+    assert answer == {"answer": "17 * 23 = 391.", "stopped": "answer", "turns": 2, "tools": ["calculate"], "note": None}
     second = chat_server.requests[1]["messages"]
     assert second[-2]["tool_calls"][0]["function"]["name"] == "calculate"
-    assert second[-1] == {"role": "tool", "tool_call_id": "c1",
-                          "content": json.dumps({"expression": "17 * 23", "value": 391})}  # fmt: skip
+    assert second[-1] == {
+        "role": "tool",
+        "tool_call_id": "c1",
+        "content": json.dumps({"expression": "17 * 23", "value": 391}),
+    }
     assert [r["tool"] for r in runs(tool_log)] == ["calculate"]
     events = await cogo_env.events(handle.task_id)
     # each llm_call names the step it ran in; the journal holds both turns and the tool
     assert [e["data"]["step"] for e in events if e["type"] == "llm_call"] == ["llm:0", "llm:1"]
     assert [e["data"]["step"] for e in events if e["type"] == "step_completed"] == [
-        "llm:0", "tool:0.0:calculate", "llm:1",
-    ]  # fmt: skip
+        "llm:0",
+        "tool:0.0:calculate",
+        "llm:1",
+    ]
 
 
 async def test_sigkill_between_steps_redoes_no_finished_step(tmp_path, chat_server, tool_log):
@@ -62,12 +66,13 @@ async def test_sigkill_between_steps_redoes_no_finished_step(tmp_path, chat_serv
     chat_server.reply(None, tool_calls=[tool_call("save_note", "c3", title="answer", text="42")])
     chat_server.reply("never seen", delay_s=60)  # the call the SIGKILL cuts off
     chat_server.reply("6 * 7 = 42; a budget is what a task may spend. Noted.")
-    env_vars = {"COGO_LLM_BASE_URL": chat_server.url, "COGO_LLM_API_KEY": "k",
-                "ASSISTANT_TOOL_LOG": str(tool_log),
-                "ASSISTANT_NOTES_DIR": str(tmp_path / "notes")}  # fmt: skip
-    async with CogoEnv(
-        "lexicon.assistant:app", processes=True, data_dir=tmp_path / "env", env=env_vars
-    ) as env:
+    env_vars = {
+        "COGO_LLM_BASE_URL": chat_server.url,
+        "COGO_LLM_API_KEY": "k",
+        "ASSISTANT_TOOL_LOG": str(tool_log),
+        "ASSISTANT_NOTES_DIR": str(tmp_path / "notes"),
+    }
+    async with CogoEnv("lexicon.assistant:app", processes=True, data_dir=tmp_path / "env", env=env_vars) as env:
         handle = await env.client.submit("assistant.ask.0", {"question": "6 * 7? budget?"})
         deadline = time.monotonic() + 60
         while chat_server.calls < 4:  # the fourth call is in flight: three turns are done
@@ -82,8 +87,13 @@ async def test_sigkill_between_steps_redoes_no_finished_step(tmp_path, chat_serv
     assert answer["tools"] == ["calculate", "define", "save_note"]
     # before the kill: llm:0..2 and their three tools were journaled
     assert sorted(e["data"]["step"] for e in journaled) == [
-        "llm:0", "llm:1", "llm:2", "tool:0.0:calculate", "tool:1.0:define", "tool:2.0:save_note",
-    ]  # fmt: skip
+        "llm:0",
+        "llm:1",
+        "llm:2",
+        "tool:0.0:calculate",
+        "tool:1.0:define",
+        "tool:2.0:save_note",
+    ]
     # after: each step journaled once; the killed call was made again, nothing else
     steps = [e["data"]["step"] for e in events if e["type"] == "step_completed"]
     assert sorted(steps) == sorted(set(steps)) and "llm:3" in steps and len(steps) == 7
@@ -93,8 +103,10 @@ async def test_sigkill_between_steps_redoes_no_finished_step(tmp_path, chat_serv
     saved_calls = sum(1 for e in journaled if e["data"]["step"].startswith("llm:"))
     saved_tools = len(journaled) - saved_calls
     # what journaling saved in this run (the report quotes it)
-    print(f"\nSIGKILL mid-loop: {saved_calls} LLM calls and {saved_tools} tool runs replayed "
-          f"from the journal instead of redone; {chat_server.calls} LLM calls in all")  # fmt: skip
+    print(
+        f"\nSIGKILL mid-loop: {saved_calls} LLM calls and {saved_tools} tool runs replayed "
+        f"from the journal instead of redone; {chat_server.calls} LLM calls in all"
+    )
     (done,) = [e for e in events if e["type"] == "execute_done"]
     # the replayed steps were charged once: by the delivery that died, reported by the next
     tokens = sum(e["usage"]["tokens"] for e in events if e["type"] == "llm_call")
@@ -104,13 +116,16 @@ async def test_sigkill_between_steps_redoes_no_finished_step(tmp_path, chat_serv
 async def test_the_budget_ends_the_loop_and_is_never_overspent(cogo_env, chat_server, tool_log):
     # a model that keeps asking for tools: only the budget can end this loop
     chat_server.default = cogo.testing.Reply(
-        None, tool_calls=[tool_call("calculate", "c", expression="1 + 1")],
-        prompt_tokens=150, completion_tokens=40,
-    )  # fmt: skip
+        None,
+        tool_calls=[tool_call("calculate", "c", expression="1 + 1")],
+        prompt_tokens=150,
+        completion_tokens=40,
+    )
     handle = await cogo_env.client.submit(
-        "assistant.ask.0", {"question": "loop", "max_turns": 50},
+        "assistant.ask.0",
+        {"question": "loop", "max_turns": 50},
         assignment={"max_tokens": 2000},
-    )  # fmt: skip
+    )
     answer = await handle.result(timeout=60)
     assert answer["stopped"] == "budget" and "budget.tokens_exceeded" not in answer["note"]
     assert "the call was not made" in answer["note"]
@@ -128,9 +143,7 @@ async def test_a_model_the_route_does_not_allow_sends_nothing(cogo_env, chat_ser
     with pytest.raises(cogo.TaskFailed) as failed:
         await asked.result(timeout=30)
     assert failed.value.code == "policy.model_not_allowed"
-    assigned = await cogo_env.client.submit(
-        "assistant.ask.0", {"question": "hi"}, assignment={"model": "gpt-9"}
-    )
+    assigned = await cogo_env.client.submit("assistant.ask.0", {"question": "hi"}, assignment={"model": "gpt-9"})
     with pytest.raises(cogo.TaskFailed) as failed:
         await assigned.result(timeout=30)
     assert failed.value.code == "policy.model_not_allowed"
@@ -140,9 +153,7 @@ async def test_a_model_the_route_does_not_allow_sends_nothing(cogo_env, chat_ser
 async def test_streaming_shows_tools_and_tokens_as_they_come(cogo_env, chat_server):
     chat_server.reply(None, tool_calls=[tool_call("define", "d1", term="step")])
     chat_server.reply("A step is journaled work.")
-    handle = await cogo_env.client.submit(
-        "assistant.ask.0", {"question": "What is a step?", "stream": True}
-    )
+    handle = await cogo_env.client.submit("assistant.ask.0", {"question": "What is a step?", "stream": True})
     chunks = [c.data async for c in handle.stream()]
     assert chunks[0] == {"tool": "define", "arguments": json.dumps({"term": "step"})}
     assert "".join(c for c in chunks[1:] if isinstance(c, str)) == "A step is journaled work."

@@ -55,9 +55,7 @@ async def calls_reach(chat_server, n: int, timeout: float = 60.0) -> None:
 
 
 def waits_for(kind: str):
-    return lambda s: (
-        s.status == "suspended" and any(w["kind"] == kind for w in (s.waiting_for or []))
-    )
+    return lambda s: s.status == "suspended" and any(w["kind"] == kind for w in (s.waiting_for or []))
 
 
 async def tree_tokens(env: CogoEnv, root: str) -> int:
@@ -82,25 +80,19 @@ async def test_plan_read_approve_sleep_write(cogo_env, chat_server, ledger):
     assert out["topics"] == ["alpha", "beta", "gamma"] and out["approved_by"] == "ana"
     assert out["report"]["sections"] == 3
     status = await handle.status()
-    assert sorted(status.children) == sorted(
-        [f"{tid}/read:0", f"{tid}/read:1", f"{tid}/read:2", f"{tid}/write"]
-    )
+    assert sorted(status.children) == sorted([f"{tid}/read:0", f"{tid}/read:1", f"{tid}/read:2", f"{tid}/write"])
     assert set(counted(ledger).values()) == {1} and len(counted(ledger)) == 4
     assert await tree_tokens(cogo_env, tid) <= 6000
 
 
 async def test_sigkill_in_every_phase_runs_every_child_once(tmp_path, chat_server):
     ledger = tmp_path / "ledger.jsonl"
-    env_vars = {"COGO_LLM_BASE_URL": chat_server.url, "COGO_LLM_API_KEY": "k",
-                "RESEARCH_LEDGER": str(ledger)}  # fmt: skip
+    env_vars = {"COGO_LLM_BASE_URL": chat_server.url, "COGO_LLM_API_KEY": "k", "RESEARCH_LEDGER": str(ledger)}
     chat_server.reply("alpha\nbeta\ngamma")
     for _ in range(3):  # the readers' first calls: slow, and cut off by the SIGKILL
         chat_server.reply("never seen", delay_s=30)
-    async with CogoEnv("lexicon.research:app", processes=True, data_dir=tmp_path / "env",
-                       env=env_vars) as env:  # fmt: skip
-        handle = await env.client.submit(
-            "research.plan.0", {"question": "JetStream?", "pause_s": 3.0}
-        )
+    async with CogoEnv("lexicon.research:app", processes=True, data_dir=tmp_path / "env", env=env_vars) as env:
+        handle = await env.client.submit("research.plan.0", {"question": "JetStream?", "pause_s": 3.0})
         tid = handle.task_id
         # 1. the readers are in their LLM calls (the planner waits for them): kill them
         await until(env, tid, waits_for("call"), "the planner never waited for its readers")
@@ -118,8 +110,7 @@ async def test_sigkill_in_every_phase_runs_every_child_once(tmp_path, chat_serve
         env.kill("research.plan-1")
         env.spawn("lexicon.research:app", "plan", "research.plan-2")
         # 4. the writer is in its LLM call: kill it
-        await until(env, f"{tid}/write", lambda s: s.status in ("queued", "running"),
-                    "the writer never started")  # fmt: skip
+        await until(env, f"{tid}/write", lambda s: s.status in ("queued", "running"), "the writer never started")
         # the topics, three readers cut off, the three again: the writer's is the 8th call
         await calls_reach(chat_server, 8)
         env.kill("research.write-0")

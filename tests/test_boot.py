@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from cogo import Client
 from cogo.config import load_config
 from cogo.runtime.components import components
@@ -51,3 +53,19 @@ async def test_joining_a_running_bus_leaves_its_server_up(tmp_path: Path) -> Non
         assert isinstance(server, EmbeddedServer) and server.process is not None
         assert server.process.poll() is None  # not ours to stop
         await first.admin.flush(timeout=5)  # the first one's connection still works
+
+
+def test_every_runtime_component_and_shipped_agent_has_a_class_to_run() -> None:
+    """``cogo run <name>`` resolves every component (the projector is no actor, it only starts
+    and stops) and every agent Cogo ships; a class that is neither is refused by name."""
+    from cogo.errors import ConfigError
+    from cogo.runtime.loader import builtin
+    from cogo.runtime.worker import actor_class, as_actor
+
+    own = builtin().app.agents
+    assert {"dispatcher", "orchestrator", "projector", "echo", "codegen"} <= set(own)
+    for spec in own.values():
+        cls = actor_class(spec)
+        assert callable(cls.start) and callable(cls.stop), spec.name
+    with pytest.raises(ConfigError, match="neither a cogo.Worker nor an actor"):
+        as_actor(dict, "agent 'x'")

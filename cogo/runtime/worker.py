@@ -316,13 +316,16 @@ def actor_class(spec: AgentSpec) -> type[Actor]:
 
 
 def as_actor(target: type[Any], what: str = "") -> type[Actor]:
-    """``target`` as an actor class: a runtime actor as it is, a ``cogo.Worker`` joined with
-    the runner (once per class)."""
+    """``target`` as an actor class: a runtime actor (or component with ``start`` and
+    ``stop``, such as the projector) as it is, a ``cogo.Worker`` joined with the runner
+    (once per class)."""
     if issubclass(target, Actor):
         return target
-    if not issubclass(target, Worker):
-        raise ConfigError(f"{what or 'a class'}: {target!r} is neither a cogo.Worker nor an actor")
-    return _joined(target)
+    if issubclass(target, Worker):
+        return _joined(target)
+    if callable(getattr(target, "start", None)) and callable(getattr(target, "stop", None)):
+        return target
+    raise ConfigError(f"{what or 'a class'}: {target!r} is neither a cogo.Worker nor an actor")
 
 
 _JOINED: dict[type[Worker], type[WorkerRunner]] = {}

@@ -231,6 +231,9 @@ class RuntimeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     suspend_after_ms: int = 200
     # ctx.call nests at most this deep (a root task's children are at depth 1)
     max_call_depth: int = 8
+    # a wake-up that finds no suspended run (the task still runs, or has ended) is noted in
+    # the task's record; a note no run suspends into within this time is dropped
+    arrival_ttl_s: float = 7 * 86400.0
 
 
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -117,12 +117,17 @@ class Suspensions:
         return records.record_decoder.decode(entry.value), entry.revision
 
     async def _put(self, key: str, record: Record, revision: int) -> bool:
-        """Compare-and-set; False when another handler changed the record first."""
+        """Compare-and-set; False when another handler changed the record first.
+
+        A record with no run in it (wake-ups noted while the task ran, or after it ended:
+        its children's ends once it was cancelled) lives ``[runtime] arrival_ttl_s`` unless
+        a run suspends into it first; nothing else would ever remove it."""
+        ttl = self.d.config.runtime.arrival_ttl_s if record.order is None and record.state == "running" else None
         try:
             if revision == 0:
-                await self._kv.create(key, encoder.encode(record))
+                await self._kv.create(key, encoder.encode(record), msg_ttl=ttl)
             else:
-                await self._kv.update(key, encoder.encode(record), last=revision)
+                await self._kv.update(key, encoder.encode(record), last=revision, msg_ttl=ttl)
         except KeyWrongLastSequenceError:
             return False
         except Exception as exc:  # "wrong last sequence" arrives as a plain API error too

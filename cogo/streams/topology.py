@@ -26,6 +26,7 @@ process warns, naming both values. A new consumer takes its stream's count, neve
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 
 from nats.errors import TimeoutError as NatsTimeout
@@ -243,6 +244,7 @@ async def ensure_topology(js: JetStreamContext, config: Config, routes: list[str
     await ensure_kv(js, SCHEDULE_BUCKET, history=4, replicas=config.bus.replicas)
     await ensure_kv(js, FLOW_BUCKET, history=1, replicas=config.bus.replicas)
     await ensure_kv(js, SUSPENSION_BUCKET, history=1, replicas=config.bus.replicas)
+    await allow_msg_ttl(js, f"KV_{SUSPENSION_BUCKET}")  # notes expire (cogo.runtime.suspension)
     try:
         await js.object_store(ARTIFACT_BUCKET)
     except (NotFoundError, BadRequestError):
@@ -273,6 +275,14 @@ async def ensure_kv(
                 storage=api.StorageType.FILE,
             )
         )
+
+
+async def allow_msg_ttl(js: JetStreamContext, stream: str) -> None:
+    """Let ``stream`` take per-message TTLs (``Nats-TTL``, nats-server 2.11+); switched on in
+    place on a store made before."""
+    info = await js.stream_info(stream)
+    if not info.config.allow_msg_ttl:
+        await js.update_stream(dataclasses.replace(info.config, allow_msg_ttl=True))
 
 
 def kept_replicas(kind: str, name: str, existing: int | None, wanted: int) -> int:

@@ -31,16 +31,18 @@ async def test_a_wake_up_no_run_takes_expires(cogo_env):
     assert info.config.allow_msg_ttl
     kv = await js.key_value(SUSPENSION_BUCKET)
     ghost = f"gone-{new_id()}"  # a task that has ended, or never ran here
-    subject, data, headers = signal_message(ghost, "late", {"n": 1})
-    await js.publish(subject, data, headers=headers)
+    for name in ("late", "later"):  # the first note is created, the second updates it
+        subject, data, headers = signal_message(ghost, name, {"n": 1})
+        await js.publish(subject, data, headers=headers)
 
     async def noted() -> bool:
         try:
-            return (await kv.get(record_key(ghost))).value is not None
+            entry = await kv.get(record_key(ghost))
         except KeyNotFoundError:
             return False
+        return entry.value is not None and b"later" in entry.value and b"signal:late" in entry.value
 
-    await wait_until(noted, 30, "the dispatcher never noted the wake-up")
+    await wait_until(noted, 30, "the dispatcher never noted both wake-ups")
 
     async def dropped() -> bool:
         try:

@@ -126,8 +126,12 @@ class Suspensions:
         try:
             if revision == 0:
                 await self._kv.create(key, encoder.encode(record), msg_ttl=ttl)
-            else:
-                await self._kv.update(key, encoder.encode(record), last=revision, msg_ttl=ttl)
+            elif ttl is None:
+                await self._kv.update(key, encoder.encode(record), last=revision)
+            else:  # KeyValue.update takes no TTL: the same compare-and-set, by hand
+                expect = {"Nats-Expected-Last-Subject-Sequence": str(revision)}
+                subject = f"$KV.{SUSPENSION_BUCKET}.{key}"
+                await self.d.js.publish(subject, encoder.encode(record), headers=expect, msg_ttl=ttl)
         except KeyWrongLastSequenceError:
             return False
         except Exception as exc:  # "wrong last sequence" arrives as a plain API error too

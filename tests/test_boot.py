@@ -69,3 +69,17 @@ def test_every_runtime_component_and_shipped_agent_has_a_class_to_run() -> None:
         assert callable(cls.start) and callable(cls.stop), spec.name
     with pytest.raises(ConfigError, match="neither a cogo.Worker nor an actor"):
         as_actor(dict, "agent 'x'")
+
+
+def test_a_stream_not_placeable_while_peers_start_is_retried_other_refusals_are_not() -> None:
+    """A cluster whose peers are still starting refuses to place a stream (10005); start-up
+    retries that as it retries a leader election, and raises any other refusal at once."""
+    import nats.js.errors
+
+    from cogo.runtime.startup import _placing
+
+    offline = nats.js.errors.BadRequestError(
+        code=400, err_code=10005, description="no suitable peers for placement, peer offline"
+    )
+    other = nats.js.errors.BadRequestError(code=400, err_code=10058, description="stream name already in use")
+    assert _placing(offline) and not _placing(other) and not _placing(TimeoutError())

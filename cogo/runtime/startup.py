@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.js.client import JetStreamContext
 
@@ -184,7 +185,9 @@ class Startup:
                     await ensure_topology(self.js, self.config)
                     await declare(self.js, self.config, decls)
                 return
-            except BUS_AWAY as exc:
+            except (*BUS_AWAY, nats.js.errors.APIError) as exc:
+                if not isinstance(exc, BUS_AWAY) and not _placing(exc):
+                    raise
                 failures += 1
                 if time.monotonic() > deadline:
                     raise StartupError(f"JetStream did not answer for {timeout:.0f} s: {exc}") from None
@@ -298,3 +301,9 @@ class Startup:
         self._conns.clear()
         if self.server is not None:
             await asyncio.to_thread(self.server.stop)
+
+
+def _placing(exc: Exception) -> bool:
+    """A cluster still forming: a stream cannot be placed while its peers are offline
+    (10005, "no suitable peers for placement"): as transient as a leader election."""
+    return isinstance(exc, nats.js.errors.APIError) and exc.err_code == 10005

@@ -35,8 +35,7 @@ from cogo.http.endpoint import Success, endpoint
 from cogo.http.schemas import TaskPath
 from cogo.http.state import AppState, state_of
 from cogo.http.tasks import task_status
-from cogo.streams.events import iso
-from cogo.streams.outputs import Output, encode_output, last_seq, output_subject, read_output
+from cogo.streams.outputs import Output, encode_output, end_of, last_seq, output_subject, read_output
 
 EVENT_STREAM = "text/event-stream"
 IDLE_S = 2.0  # a quiet stream: ask whether the task ended, and send a keep-alive, this often
@@ -93,17 +92,7 @@ async def _events(state: AppState, task_id: str, after: int) -> AsyncIterator[by
             status = await task_status(state, task_id)
         except (TaskNotFound, Unavailable, ProjectionBusy, TimeoutError, nats.errors.Error):
             return None  # not known (yet): asked again at the next quiet moment
-        if not status.finished:
-            return None
-        return Output(
-            task_id=task_id,
-            attempt=status.attempt,
-            at=iso(),
-            end=True,
-            status=status.status,
-            error_code=status.error_code,
-            error=status.error,
-        )
+        return end_of(status)
 
     quiet = 0
     failing_since: float | None = None

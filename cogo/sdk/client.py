@@ -55,8 +55,8 @@ from cogo.sdk.handle import (
 from cogo.sdk.terminal import from_event, scan_terminal, terminal_subjects
 from cogo.streams.commands import cancel_message, signal_message, since_of
 from cogo.streams.envelope import ASSIGNMENT_KEY, EXECUTE_SUBJECT, MSG_ID, encoder, new_id
-from cogo.streams.events import decode_event, iso
-from cogo.streams.outputs import Output, read_output
+from cogo.streams.events import decode_event
+from cogo.streams.outputs import Output, end_of, read_output
 from cogo.streams.routes import check_route
 from cogo.streams.seal import OutputVerifier
 from cogo.streams.status import TERMINAL, TaskStatus
@@ -340,17 +340,7 @@ class Client:
                 status = await self.status(task_id)
             except TaskNotFound:
                 return None  # submitted, not dispatched yet: keep waiting
-            if not status.finished:
-                return None
-            return Output(
-                task_id=task_id,
-                attempt=status.attempt,
-                at=iso(),
-                end=True,
-                status=status.status,
-                error_code=status.error_code,
-                error=status.error,
-            )
+            return end_of(status)
 
         async for _, output in read_output(
             self.nc.jetstream(),

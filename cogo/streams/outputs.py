@@ -49,6 +49,7 @@ from cogo.config import Config
 from cogo.streams.envelope import MSG_ID, WorkOrder
 from cogo.streams.events import iso
 from cogo.streams.seal import OutputVerifier
+from cogo.streams.status import TaskStatus
 
 OUTPUTS = "OUTPUTS"
 PREFIX = "outputs"
@@ -73,6 +74,22 @@ class Output(msgspec.Struct, frozen=True, omit_defaults=True):
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(Output)
+
+
+def end_of(status: TaskStatus) -> Output | None:
+    """The end marker a finished task's status stands for (``None`` while it runs): what a
+    reader shows when the marker itself is not in the stream (aged out, or never written)."""
+    if not status.finished:
+        return None
+    return Output(
+        task_id=status.task_id,
+        attempt=status.attempt,
+        at=iso(),
+        end=True,
+        status=status.status,
+        error_code=status.error_code,
+        error=status.error,
+    )
 
 
 def output_subject(task_id: str) -> str:
